@@ -1,0 +1,139 @@
+import { z } from "zod";
+import { type FieldIssue, ValidationError } from "../errors.js";
+import { API_VERSION, InputMetadata, type Resource } from "./meta.js";
+import { ProjectSpec, ProjectStatus } from "./project.js";
+import { TrainingJobSpec, TrainingJobStatus } from "./trainingjob.js";
+
+/** A column `loom get` prints (and, later, a CRD printer column). */
+export interface PrinterColumn {
+  name: string;
+  /** Dotted path into the object, e.g. "status.phase". */
+  path: string;
+  wide?: boolean;
+  type?: "string" | "integer" | "date";
+}
+
+/** Everything the platform knows about one kind: names, schemas, scope, how to print it. */
+export interface KindDef {
+  kind: string;
+  singular: string;
+  plural: string;
+  shortNames: string[];
+  /** Cluster-scoped kinds (Project) have no metadata.project. */
+  namespaced: boolean;
+  spec: z.ZodType;
+  status: z.ZodType;
+  columns: PrinterColumn[];
+}
+
+export const KINDS: readonly KindDef[] = [
+  {
+    kind: "Project",
+    singular: "project",
+    plural: "projects",
+    shortNames: ["proj"],
+    namespaced: false,
+    spec: ProjectSpec,
+    status: ProjectStatus,
+    columns: [
+      { name: "PHASE", path: "status.phase" },
+      { name: "DESCRIPTION", path: "spec.description", wide: true },
+    ],
+  },
+  {
+    kind: "TrainingJob",
+    singular: "trainingjob",
+    plural: "trainingjobs",
+    shortNames: ["tj"],
+    namespaced: true,
+    spec: TrainingJobSpec,
+    status: TrainingJobStatus,
+    columns: [
+      { name: "PHASE", path: "status.phase" },
+      { name: "WORKERS", path: "spec.workers", type: "integer" },
+      { name: "ATTEMPTS", path: "status.attempts", type: "integer" },
+      { name: "REASON", path: "status.conditions[-1].reason", wide: true },
+      { name: "NODE", path: "status.admission.node", wide: true },
+    ],
+  },
+];
+
+const byName = new Map<string, KindDef>();
+for (const k of KINDS) {
+  for (const n of [k.kind.toLowerCase(), k.singular, k.plural, ...k.shortNames]) byName.set(n, k);
+}
+
+/** Resolves what a user typed ("tj", "trainingjobs", "TrainingJob") to a kind, or undefined. */
+export function findKind(name: string): KindDef | undefined {
+  return byName.get(name.toLowerCase());
+}
+
+export function kindByKind(kind: string): KindDef | undefined {
+  return KINDS.find((k) => k.kind === kind);
+}
+
+export function knownKindsText(): string {
+  return KINDS.map((k) => `${k.kind} (${[k.plural, ...k.shortNames].join(", ")})`).join(", ");
+}
+
+/** zod issues → field paths a user can find in their manifest ("spec.command", "spec.env.1X"). */
+export function toFieldIssues(error: z.ZodError, prefix: string): FieldIssue[] {
+  return error.issues.map((issue) => {
+    const path = [prefix, ...issue.path.map(String)].filter(Boolean).join(".");
+    let message = issue.message;
+    if (issue.code === "invalid_type" && /received undefined/.test(issue.message)) message = "required field is missing";
+    if (issue.code === "unrecognized_keys") message = `unknown field(s): ${issue.keys.join(", ")}`;
+    return { path, message };
+  });
+}
+
+function fail(issues: FieldIssue[]): never {
+  const summary = issues.map((i) => `${i.path}: ${i.message}`).join("; ");
+  throw new ValidationError(`invalid manifest: ${summary}`, issues);
+}
+
+const Envelope = z.object({
+  apiVersion: z.string(),
+  kind: z.string(),
+  metadata: InputMetadata,
+  spec: z.unknown().optional(),
+  status: z.unknown().optional(),
+});
+
+/**
+ * Checks a manifest as a user wrote it and returns it normalised: defaults applied, server-owned
+ * metadata dropped. Throws ValidationError naming every bad field.
+ */
+export function validateManifest(input: unknown): { def: KindDef; object: Resource } {
+  if (input === null || typeof input !== "object" || Array.isArray(input)) {
+    fail([{ path: "", message: "a manifest must be a mapping with apiVersion, kind, metadata and spec" }]);
+  }
+  const raw = input as Record<string, unknown>;
+  if (typeof raw.kind !== "string" || raw.kind === "") fail([{ path: "kind", message: "required field is missing" }]);
+  const def = kindByKind(raw.kind);
+  if (!def) fail([{ path: "kind", message: `unknown kind "${raw.kind}"; known kinds: ${knownKindsText()}` }]);
+  if (raw.apiVersion !== API_VERSION) {
+    fail([{ path: "apiVersion", message: `must be "${API_VERSION}" (got ${JSON.stringify(raw.apiVersion ?? null)})` }]);
+  }
+  const env = Envelope.safeParse(raw);
+  if (!env.success) fail(toFieldIssues(env.error, ""));
+  const meta = env.data.metadata;
+  if (!def.namespaced && meta.project) {
+    fail([{ path: "metadata.project", message: `${def.kind} is not part of a project; remove metadata.project` }]);
+  }
+  const spec = def.spec.safeParse(env.data.spec ?? {});
+  if (!spec.success) fail(toFieldIssues(spec.error, "spec"));
+  const metadata: Record<string, unknown> = { name: meta.name };
+  if (def.namespaced && meta.project) metadata.project = meta.project;
+  if (meta.labels) metadata.labels = meta.labels;
+  if (meta.annotations) metadata.annotations = meta.annotations;
+  return {
+    def,
+    object: { apiVersion: API_VERSION, kind: def.kind, metadata, spec: spec.data } as unknown as Resource,
+  };
+}
+
+/** JSON Schema of a kind's spec (input form: what a user may write), for OpenAPI and, later, CRDs. */
+export function specJsonSchema(def: KindDef): Record<string, unknown> {
+  return z.toJSONSchema(def.spec, { io: "input", unrepresentable: "any" }) as Record<string, unknown>;
+}

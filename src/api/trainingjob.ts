@@ -1,0 +1,109 @@
+import { z } from "zod";
+import { ConditionSchema, type Condition, type Resource } from "./meta.js";
+import { parseCpuMillis, parseMemoryBytes } from "./quantity.js";
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+const CpuQuantity = z
+  .union([z.number(), z.string()])
+  .refine((v) => parseCpuMillis(v) !== undefined, 'must be a CPU quantity such as 2, 0.5 or "500m"')
+  .describe('CPU cores: a number or a quantity such as "500m".');
+
+const MemoryQuantity = z
+  .union([z.number(), z.string()])
+  .refine((v) => parseMemoryBytes(v) !== undefined, 'must be a memory quantity such as "512Mi", "4Gi" or bytes')
+  .describe('Memory: bytes or a quantity such as "512Mi" or "4Gi".');
+
+export const Resources = z
+  .strictObject({
+    cpu: CpuQuantity.optional(),
+    memory: MemoryQuantity.optional(),
+    gpu: z.number().int("must be a whole number of GPUs").min(0).optional().describe("Whole GPUs per worker."),
+  })
+  .describe("What each worker requests. Requests are reserved by the scheduler; unset means none.");
+
+export const FailurePolicy = z
+  .strictObject({
+    maxRestarts: z
+      .number()
+      .int()
+      .min(0)
+      .default(0)
+      .describe("How many times a failed attempt is restarted before the job is Failed."),
+  })
+  .describe("What happens when a worker fails.");
+
+export const TrainingJobSpec = z
+  .strictObject({
+    command: z
+      .array(z.string())
+      .min(1, "must name the program to run, e.g. [python, train.py]")
+      .describe("The program and its arguments, run for every worker (not through a shell)."),
+    workers: z
+      .number()
+      .int()
+      .min(1, "must be at least 1")
+      .refine((n) => n <= 1, "multi-worker jobs are not supported yet: set workers: 1 (or omit it)")
+      .default(1)
+      .describe("Number of workers started together as a gang."),
+    env: z
+      .record(z.string().regex(ENV_NAME, "environment variable names are letters, digits and '_'"), z.string())
+      .default({})
+      .describe("Extra environment variables for every worker."),
+    workingDir: z
+      .string()
+      .optional()
+      .describe("Working directory of every worker. Embedded default: the job's own directory under the data dir."),
+    resources: Resources.default({}),
+    failurePolicy: FailurePolicy.default({ maxRestarts: 0 }),
+    terminationGracePeriodSeconds: z
+      .number()
+      .int()
+      .min(0)
+      .default(30)
+      .describe("Seconds between SIGTERM and SIGKILL when Loom stops a worker."),
+  })
+  .describe("A training or fine-tuning run: workers that start together and restart together.");
+
+export const WorkerStatus = z.object({
+  index: z.number(),
+  state: z.enum(["Pending", "Running", "Succeeded", "Failed", "Unknown"]),
+  pid: z.number().optional(),
+  exitCode: z.number().optional(),
+  signal: z.string().optional(),
+  startTime: z.string().optional(),
+  finishTime: z.string().optional(),
+});
+
+export const Admission = z.object({
+  node: z.string(),
+  cpuMillis: z.number(),
+  memoryBytes: z.number(),
+  gpus: z.array(z.string()),
+  admittedAt: z.string(),
+});
+
+export const TrainingJobStatus = z.object({
+  phase: z.enum(["Pending", "Running", "Succeeded", "Failed"]).optional(),
+  conditions: z.array(ConditionSchema).optional(),
+  attempts: z.number().optional(),
+  startTime: z.string().optional(),
+  completionTime: z.string().optional(),
+  nextAttemptTime: z.string().optional(),
+  admission: Admission.optional(),
+  workers: z.array(WorkerStatus).optional(),
+  observedGeneration: z.number().optional(),
+});
+
+export type TrainingJobSpec = z.output<typeof TrainingJobSpec>;
+export type WorkerStatus = z.output<typeof WorkerStatus>;
+export type Admission = z.output<typeof Admission>;
+export type TrainingJobPhase = NonNullable<z.output<typeof TrainingJobStatus>["phase"]>;
+export interface TrainingJobStatus extends Omit<z.output<typeof TrainingJobStatus>, "conditions"> {
+  conditions?: Condition[];
+}
+export type TrainingJob = Resource<TrainingJobSpec, TrainingJobStatus>;
+
+export function isFinished(job: TrainingJob): boolean {
+  return job.status?.phase === "Succeeded" || job.status?.phase === "Failed";
+}

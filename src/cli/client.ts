@@ -1,0 +1,74 @@
+import { Readable } from "node:stream";
+import type { StatusBody } from "../server/errors.js";
+import type { Context } from "./config.js";
+import { CliError } from "./errors.js";
+
+/** An API error with the server's Status body. */
+export class ApiError extends CliError {
+  constructor(
+    readonly status: number,
+    readonly body: Partial<StatusBody>,
+  ) {
+    super(ApiError.format(status, body));
+  }
+
+  get reason(): string | undefined {
+    return this.body.reason;
+  }
+
+  private static format(status: number, body: Partial<StatusBody>): string {
+    const causes = body.details?.causes ?? [];
+    if (causes.length > 0) return causes.map((c) => (c.field ? `${c.field}: ${c.message}` : c.message)).join("\n");
+    if (status === 401) return `unauthorized: ${body.message ?? "the token was rejected"}`;
+    return body.message ?? `the server answered ${status}`;
+  }
+}
+
+/** A thin HTTP client for Loom's REST API (fetch, JSON in and out). */
+export class ApiClient {
+  constructor(private readonly ctx: Context) {}
+
+  async request<T>(method: string, path: string, body?: unknown, contentType = "application/json"): Promise<T> {
+    const res = await this.fetch(path, {
+      method,
+      headers: body === undefined ? {} : { "content-type": contentType },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    const parsed = text ? safeJson(text) : undefined;
+    if (!res.ok) throw new ApiError(res.status, (parsed as Partial<StatusBody>) ?? { message: text });
+    return parsed as T;
+  }
+
+  /** A streaming GET (logs, watches). */
+  async stream(path: string): Promise<Readable> {
+    const res = await this.fetch(path, { method: "GET" });
+    if (!res.ok) {
+      const text = await res.text();
+      throw new ApiError(res.status, (safeJson(text) as Partial<StatusBody>) ?? { message: text });
+    }
+    if (!res.body) return Readable.from([]);
+    return Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);
+  }
+
+  private async fetch(path: string, init: RequestInit): Promise<Response> {
+    const headers = new Headers(init.headers);
+    if (this.ctx.token) headers.set("authorization", `Bearer ${this.ctx.token}`);
+    try {
+      return await fetch(`${this.ctx.url}${path}`, { ...init, headers });
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause;
+      throw new CliError(
+        `cannot reach Loom at ${this.ctx.url} (${cause?.code ?? (err as Error).message}): is 'loom up' running? (or set LOOM_URL)`,
+      );
+    }
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { message: text.trim() };
+  }
+}

@@ -1,0 +1,373 @@
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Command, Option } from "commander";
+import { findKind, type KindDef, knownKindsText } from "../api/kinds.js";
+import { API_VERSION, type Resource } from "../api/meta.js";
+import { DEFAULT_PROJECT } from "../api/project.js";
+import { createLogger } from "../log.js";
+import type { ObjectEvent } from "../store/port.js";
+import { VERSION } from "../version.js";
+import { ApiClient, ApiError } from "./client.js";
+import { configPath, resolveContext, saveContext } from "./config.js";
+import { CliError } from "./errors.js";
+import { type ManifestDoc, readManifests } from "./manifests.js";
+import { describe, resourceTable, toYaml } from "./print.js";
+
+const BASE = `/apis/${API_VERSION}`;
+
+interface GlobalOpts {
+  context?: string;
+}
+
+function client(program: Command): { api: ApiClient; defaultProject: string } {
+  const ctx = resolveContext((program.opts() as GlobalOpts).context);
+  return { api: new ApiClient(ctx), defaultProject: ctx.project ?? DEFAULT_PROJECT };
+}
+
+function kindOf(name: string): KindDef {
+  const def = findKind(name);
+  if (!def) throw new CliError(`unknown kind "${name}"; known kinds: ${knownKindsText()}`);
+  return def;
+}
+
+/** URL of a collection (project undefined + namespaced = across all projects). */
+function collectionPath(def: KindDef, project: string | undefined): string {
+  if (!def.namespaced || project === undefined) return `${BASE}/${def.plural}`;
+  return `${BASE}/projects/${encodeURIComponent(project)}/${def.plural}`;
+}
+
+function itemPath(def: KindDef, project: string, name: string): string {
+  return def.namespaced
+    ? `${BASE}/projects/${encodeURIComponent(project)}/${def.plural}/${encodeURIComponent(name)}`
+    : `${BASE}/${def.plural}/${encodeURIComponent(name)}`;
+}
+
+function ref(def: KindDef, name: string): string {
+  return `${def.singular}.loom.dev/${name}`;
+}
+
+/** Resolves "tj/hello" or ("tj", "hello") to a kind and name. */
+function kindAndName(a: string, b: string | undefined): { def: KindDef; name: string } {
+  if (a.includes("/")) {
+    const [k, n] = a.split("/", 2) as [string, string];
+    if (b) throw new CliError(`give either KIND/NAME or KIND NAME, not both ("${a}" "${b}")`);
+    return { def: kindOf(k), name: n };
+  }
+  if (!b) throw new CliError(`name the ${a}: loom ... ${a} NAME (or ${a}/NAME)`);
+  return { def: kindOf(a), name: b };
+}
+
+async function apply(program: Command, files: string[], projectOpt: string | undefined): Promise<void> {
+  const { api, defaultProject } = client(program);
+  const docs = readManifests(files);
+  const prepared = docs.map((d) => prepare(d, projectOpt ?? defaultProject));
+  // Validate everything first (server-side dry run), so a bad document stores nothing.
+  const problems: string[] = [];
+  await Promise.all(
+    prepared.map(async (p) => {
+      try {
+        await api.request("POST", `${collectionPath(p.def, p.project)}?dryRun=All`, p.body);
+      } catch (err) {
+        if (err instanceof ApiError && err.status !== 401 && err.status < 500) {
+          for (const line of err.message.split("\n")) problems.push(`${p.source}: ${p.def.kind} "${p.name}": ${line}`);
+        } else throw err;
+      }
+    }),
+  );
+  if (problems.length > 0) throw new CliError(`nothing was applied:\n${problems.join("\n")}`);
+  for (const p of prepared) {
+    const outcome = await createOrUpdate(api, p);
+    process.stdout.write(`${ref(p.def, p.name)} ${outcome}\n`);
+  }
+}
+
+interface Prepared {
+  source: string;
+  def: KindDef;
+  name: string;
+  project: string;
+  body: Record<string, unknown>;
+}
+
+function prepare(doc: ManifestDoc, project: string): Prepared {
+  const kind = doc.body.kind;
+  if (typeof kind !== "string") throw new CliError(`${doc.source}: kind: required field is missing`);
+  const def = findKind(kind);
+  if (!def || def.kind !== kind) throw new CliError(`${doc.source}: kind: unknown kind "${kind}"; known kinds: ${knownKindsText()}`);
+  const meta = (doc.body.metadata ?? {}) as Record<string, unknown>;
+  const name = typeof meta.name === "string" ? meta.name : "";
+  if (!name) throw new CliError(`${doc.source}: metadata.name: required field is missing`);
+  const proj = typeof meta.project === "string" ? meta.project : project;
+  const body = structuredClone(doc.body);
+  const bodyMeta = (body.metadata ?? {}) as Record<string, unknown>;
+  // A manifest from `get -o yaml` carries a resourceVersion; apply means "make it so", not "if unchanged".
+  delete bodyMeta.resourceVersion;
+  if (def.namespaced) bodyMeta.project = proj;
+  body.metadata = bodyMeta;
+  return { source: doc.source, def, name, project: proj, body };
+}
+
+async function createOrUpdate(api: ApiClient, p: Prepared): Promise<string> {
+  for (let i = 0; i < 10; i++) {
+    try {
+      await api.request("POST", collectionPath(p.def, p.project), p.body);
+      return "created";
+    } catch (err) {
+      if (!(err instanceof ApiError && err.reason === "AlreadyExists")) throw err;
+    }
+    const current = await api.request<Resource>("GET", itemPath(p.def, p.project, p.name));
+    const body = { ...p.body, metadata: { ...(p.body.metadata as object), resourceVersion: current.metadata.resourceVersion } };
+    try {
+      const updated = await api.request<Resource>("PUT", itemPath(p.def, p.project, p.name), body);
+      return updated.metadata.resourceVersion === current.metadata.resourceVersion ? "unchanged" : "configured";
+    } catch (err) {
+      if (err instanceof ApiError && (err.reason === "Conflict" || err.reason === "NotFound")) continue;
+      throw err;
+    }
+  }
+  throw new CliError(`${ref(p.def, p.name)}: gave up after repeated conflicting writes; try again`);
+}
+
+function output(items: Resource[], def: KindDef, format: string | undefined, allProjects: boolean, single: boolean): string {
+  switch (format) {
+    case "json":
+      return `${JSON.stringify(single ? items[0] : { apiVersion: API_VERSION, kind: `${def.kind}List`, items }, null, 2)}\n`;
+    case "yaml":
+      return toYaml(single ? items[0] : { apiVersion: API_VERSION, kind: `${def.kind}List`, items });
+    case "name":
+      return items.map((o) => `${ref(def, o.metadata.name)}\n`).join("");
+    case undefined:
+    case "wide":
+      if (items.length === 0) return "";
+      return resourceTable(def, items, { wide: format === "wide", allProjects });
+    default:
+      throw new CliError(`unknown output format "${format}": use wide, json, yaml or name`);
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command("loom")
+    .description("Loom: the generative-AI lifecycle on Kubernetes, or embedded on this machine.")
+    .option("--context <name>", "use this context from the config file")
+    .showHelpAfterError()
+    .configureOutput({ outputError: (s, write) => write(s) });
+
+  program
+    .command("up")
+    .description("run the embedded platform in the foreground (API, controllers, local runtime)")
+    .option("--data-dir <dir>", "where state, logs and the database live", process.env.LOOM_DATA_DIR ?? join(homedir(), ".loom", "data"))
+    .option("--port <port>", "port to listen on (0 picks a free one)", "7470")
+    .option("--host <host>", "address to listen on", "127.0.0.1")
+    .addOption(new Option("--gpus <n>", "declare N virtual GPUs instead of detecting them with nvidia-smi"))
+    .action(async (opts: { dataDir: string; port: string; host: string; gpus?: string }) => {
+      const port = Number(opts.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError(`--port must be 0-65535, got "${opts.port}"`);
+      const gpus = opts.gpus === undefined ? undefined : Number(opts.gpus);
+      if (gpus !== undefined && (!Number.isInteger(gpus) || gpus < 0)) throw new CliError(`--gpus must be a whole number, got "${opts.gpus}"`);
+      const { startEmbedded } = await import("../server/embedded.js");
+      const log = createLogger();
+      let server: Awaited<ReturnType<typeof startEmbedded>>;
+      try {
+        server = await startEmbedded({ dataDir: resolve(opts.dataDir), port, host: opts.host, gpus, log });
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        if (e.code === "EADDRINUSE") throw new CliError(`port ${port} is in use: stop what uses it or pass --port`);
+        if (e.message?.startsWith("data dir")) throw new CliError(e.message);
+        throw err;
+      }
+      saveContext({ name: "embedded", url: server.url, token: server.adminToken });
+      process.stdout.write(
+        `Loom ${VERSION} is up at ${server.url}\n` +
+          `data dir:    ${resolve(opts.dataDir)}\n` +
+          `admin token: ${server.adminToken}\n` +
+          `CLI context "embedded" written to ${configPath()}; try: loom apply -f examples/hello/\n`,
+      );
+      await new Promise<void>((done) => {
+        const stop = (signal: string) => {
+          log.info({ signal }, "stopping; running workloads keep running and are re-adopted by the next loom up");
+          server.close().then(done, (err) => {
+            log.error({ err }, "error while stopping");
+            done();
+          });
+        };
+        process.once("SIGINT", () => stop("SIGINT"));
+        process.once("SIGTERM", () => stop("SIGTERM"));
+      });
+      process.stdout.write("Loom stopped\n");
+    });
+
+  program
+    .command("apply")
+    .description("create or update the objects in manifests (multi-document YAML or JSON)")
+    .requiredOption("-f, --filename <path...>", "file, directory or - for stdin")
+    .option("-p, --project <project>", "project for objects that do not name one")
+    .action(async (opts: { filename: string[]; project?: string }) => apply(program, opts.filename, opts.project));
+
+  program
+    .command("get")
+    .description("list objects of a kind, or show one")
+    .argument("<kind>", `one of: ${knownKindsText()}`)
+    .argument("[name]")
+    .option("-p, --project <project>", "project to look in")
+    .option("-A, --all-projects", "list across every project")
+    .option("-l, --selector <selector>", "label selector, e.g. team=nlp,tier!=dev")
+    .option("-o, --output <format>", "wide, json, yaml or name")
+    .action(async (kindArg: string, name: string | undefined, opts: { project?: string; allProjects?: boolean; selector?: string; output?: string }) => {
+      const { def, name: n } = kindArg.includes("/") ? kindAndName(kindArg, name) : { def: kindOf(kindArg), name };
+      const { api, defaultProject } = client(program);
+      const project = opts.project ?? defaultProject;
+      if (n) {
+        const obj = await api.request<Resource>("GET", itemPath(def, project, n));
+        process.stdout.write(output([obj], def, opts.output, false, true));
+        return;
+      }
+      const all = !!opts.allProjects || !def.namespaced;
+      const q = opts.selector ? `?labelSelector=${encodeURIComponent(opts.selector)}` : "";
+      const list = await api.request<{ items: Resource[] }>("GET", `${collectionPath(def, all ? undefined : project)}${q}`);
+      const text = output(list.items, def, opts.output, all && def.namespaced, false);
+      if (text === "" && (opts.output === undefined || opts.output === "wide")) {
+        process.stderr.write(def.namespaced && !all ? `No ${def.plural} found in project ${project}.\n` : `No ${def.plural} found.\n`);
+      }
+      process.stdout.write(text);
+    });
+
+  program
+    .command("describe")
+    .description("show an object in detail: spec, status, conditions and recent events")
+    .argument("<kind>")
+    .argument("[name]")
+    .option("-p, --project <project>", "project to look in")
+    .action(async (kindArg: string, nameArg: string | undefined, opts: { project?: string }) => {
+      const { def, name } = kindAndName(kindArg, nameArg);
+      const { api, defaultProject } = client(program);
+      const project = opts.project ?? defaultProject;
+      const obj = await api.request<Resource>("GET", itemPath(def, project, name));
+      const events = def.namespaced
+        ? (
+            await api.request<{ items: ObjectEvent[] }>(
+              "GET",
+              `${BASE}/projects/${encodeURIComponent(project)}/events?kind=${def.kind}&name=${encodeURIComponent(name)}`,
+            )
+          ).items
+        : [];
+      process.stdout.write(describe(def, obj, events));
+    });
+
+  program
+    .command("logs")
+    .description("print a worker's output (KIND/NAME, e.g. tj/hello)")
+    .argument("<target>", "KIND/NAME")
+    .argument("[name]")
+    .option("-p, --project <project>", "project to look in")
+    .option("--worker <n>", "worker index", "0")
+    .option("--attempt <n>", "attempt number (default: the latest)")
+    .option("-f, --follow", "keep printing until the worker exits")
+    .action(async (target: string, nameArg: string | undefined, opts: { project?: string; worker: string; attempt?: string; follow?: boolean }) => {
+      const { def, name } = kindAndName(target, nameArg);
+      const { api, defaultProject } = client(program);
+      const q = new URLSearchParams({ worker: opts.worker });
+      if (opts.attempt) q.set("attempt", opts.attempt);
+      if (opts.follow) q.set("follow", "true");
+      const stream = await api.stream(`${itemPath(def, opts.project ?? defaultProject, name)}/log?${q}`);
+      for await (const chunk of stream) process.stdout.write(chunk as Buffer);
+    });
+
+  program
+    .command("delete")
+    .description("delete objects by kind and name, or those in manifests; waits until they are gone")
+    .argument("[kind]")
+    .argument("[names...]")
+    .option("-f, --filename <path...>", "delete the objects in these manifests")
+    .option("-p, --project <project>", "project to look in")
+    .option("--all", "delete every object of the kind in the project")
+    .option("--wait <bool>", "wait until the objects are gone (workers stopped)", "true")
+    .option("--timeout <seconds>", "how long to wait", "120")
+    .action(async (kindArg: string | undefined, names: string[], opts: { filename?: string[]; project?: string; all?: boolean; wait: string; timeout: string }) => {
+      const { api, defaultProject } = client(program);
+      const project = opts.project ?? defaultProject;
+      const targets: { def: KindDef; project: string; name: string }[] = [];
+      if (opts.filename) {
+        for (const p of readManifests(opts.filename).map((d) => prepare(d, project))) targets.push({ def: p.def, project: p.project, name: p.name });
+      } else {
+        if (!kindArg) throw new CliError("name what to delete: loom delete KIND NAME, loom delete KIND --all, or loom delete -f FILE");
+        if (kindArg.includes("/")) {
+          const { def, name } = kindAndName(kindArg, undefined);
+          targets.push({ def, project, name });
+        } else {
+          const def = kindOf(kindArg);
+          if (opts.all) {
+            const list = await api.request<{ items: Resource[] }>("GET", collectionPath(def, def.namespaced ? project : undefined));
+            for (const o of list.items) targets.push({ def, project, name: o.metadata.name });
+          } else if (names.length === 0) throw new CliError(`name the ${def.singular} to delete, or pass --all`);
+          for (const n of names) targets.push({ def, project, name: n });
+        }
+      }
+      let failed = false;
+      for (const t of targets) {
+        try {
+          await api.request("DELETE", itemPath(t.def, t.project, t.name));
+          process.stdout.write(`${ref(t.def, t.name)} deleted\n`);
+        } catch (err) {
+          if (!(err instanceof ApiError)) throw err;
+          process.stderr.write(`error: ${err.message}\n`);
+          failed = true;
+        }
+      }
+      if (opts.wait !== "false") {
+        const deadline = Date.now() + Number(opts.timeout) * 1000;
+        for (const t of targets) {
+          while (true) {
+            try {
+              await api.request("GET", itemPath(t.def, t.project, t.name));
+            } catch (err) {
+              if (err instanceof ApiError && err.status === 404) break;
+              throw err;
+            }
+            if (Date.now() > deadline) throw new CliError(`timed out waiting for ${ref(t.def, t.name)} to be deleted; its workers may still be stopping`);
+            await sleep(200);
+          }
+        }
+      }
+      if (failed) throw new CliError("some objects were not deleted", 1);
+    });
+
+  program
+    .command("version")
+    .description("print the CLI's and the server's version")
+    .action(async () => {
+      process.stdout.write(`Client: ${VERSION}\n`);
+      try {
+        const { api } = client(program);
+        const v = await api.request<{ version: string }>("GET", "/version");
+        process.stdout.write(`Server: ${v.version}\n`);
+      } catch (err) {
+        process.stdout.write(`Server: unavailable (${(err as Error).message})\n`);
+      }
+    });
+
+  return program;
+}
+
+/** Runs the CLI; user errors become one line on stderr and exit code 1. */
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  program.exitOverride();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number };
+    if (typeof e.code === "string" && e.code.startsWith("commander.")) {
+      process.exitCode = e.exitCode ?? 1;
+      return;
+    }
+    if (err instanceof CliError) {
+      const lines = err.message.split("\n");
+      process.stderr.write(`error: ${lines.join("\n")}\n`);
+      process.exitCode = err.exitCode;
+      return;
+    }
+    process.stderr.write(`error: ${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 2;
+  }
+}

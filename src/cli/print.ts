@@ -1,0 +1,117 @@
+import { stringify } from "yaml";
+import type { KindDef } from "../api/kinds.js";
+import type { Condition, Resource } from "../api/meta.js";
+import type { ObjectEvent } from "../store/port.js";
+
+/** "5s", "3m", "2h", "4d" — kubectl's AGE column. */
+export function age(since: string | undefined, now = Date.now()): string {
+  if (!since) return "<none>";
+  const s = Math.max(0, Math.floor((now - Date.parse(since)) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m`;
+  if (s < 172800) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+
+/** Reads a dotted path; "conditions[-1]" is the last element. */
+export function pick(obj: unknown, path: string): unknown {
+  let cur: unknown = obj;
+  for (const part of path.split(".")) {
+    if (cur === undefined || cur === null) return undefined;
+    const m = /^(\w+)\[(-?\d+)\]$/.exec(part);
+    if (m) {
+      const arr = (cur as Record<string, unknown>)[m[1]!];
+      if (!Array.isArray(arr)) return undefined;
+      const i = Number(m[2]);
+      cur = arr[i < 0 ? arr.length + i : i];
+    } else cur = (cur as Record<string, unknown>)[part];
+  }
+  return cur;
+}
+
+export function table(rows: string[][]): string {
+  if (rows.length === 0) return "";
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
+  return `${rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]! + 3))).join("").trimEnd()).join("\n")}\n`;
+}
+
+export function resourceTable(def: KindDef, items: Resource[], opts: { wide: boolean; allProjects: boolean }): string {
+  const cols = def.columns.filter((c) => opts.wide || !c.wide);
+  const header = [...(opts.allProjects && def.namespaced ? ["PROJECT"] : []), "NAME", ...cols.map((c) => c.name), "AGE"];
+  const rows = items.map((o) => [
+    ...(opts.allProjects && def.namespaced ? [o.metadata.project ?? ""] : []),
+    o.metadata.name,
+    ...cols.map((c) => {
+      const v = pick(o, c.path);
+      if (c.path === "status.phase" && o.metadata.deletionTimestamp) return "Terminating";
+      return v === undefined || v === null ? "<none>" : String(v);
+    }),
+    age(o.metadata.creationTimestamp),
+  ]);
+  return table([header, ...rows]);
+}
+
+export function toYaml(value: unknown): string {
+  return stringify(value, { lineWidth: 0 });
+}
+
+/** kubectl describe: the object in sections a person reads top to bottom, then its events. */
+export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): string {
+  const lines: string[] = [];
+  const field = (k: string, v: unknown) => lines.push(`${`${k}:`.padEnd(22)}${v === undefined || v === "" ? "<none>" : String(v)}`);
+  const block = (k: string, v: unknown) => {
+    lines.push(`${k}:`);
+    const text = v === undefined ? "<none>" : toYaml(v).trimEnd();
+    for (const l of text.split("\n")) lines.push(`  ${l}`);
+  };
+  field("Name", obj.metadata.name);
+  if (def.namespaced) field("Project", obj.metadata.project);
+  field("Kind", `${obj.kind} (${obj.apiVersion})`);
+  field("UID", obj.metadata.uid);
+  field("Created", `${obj.metadata.creationTimestamp} (${age(obj.metadata.creationTimestamp)} ago)`);
+  if (obj.metadata.deletionTimestamp) field("Deleting since", obj.metadata.deletionTimestamp);
+  field("Labels", Object.entries(obj.metadata.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(",") || undefined);
+  const status = (obj.status ?? {}) as Record<string, unknown>;
+  if (status.phase !== undefined) field("Phase", status.phase);
+  for (const k of ["attempts", "startTime", "completionTime", "nextAttemptTime"]) if (status[k] !== undefined) field(k[0]!.toUpperCase() + k.slice(1), status[k]);
+  block("Spec", obj.spec);
+  const workers = status.workers as { index: number; state: string; pid?: number; exitCode?: number; signal?: string }[] | undefined;
+  if (workers?.length) {
+    lines.push("Workers:");
+    lines.push(
+      ...table([
+        ["INDEX", "STATE", "PID", "EXIT CODE", "SIGNAL"],
+        ...workers.map((w) => [String(w.index), w.state, String(w.pid ?? ""), w.exitCode === undefined ? "" : String(w.exitCode), w.signal ?? ""]),
+      ])
+        .trimEnd()
+        .split("\n")
+        .map((l) => `  ${l}`),
+    );
+  }
+  if (status.admission) block("Admission", status.admission);
+  const conditions = (status.conditions as Condition[] | undefined) ?? [];
+  lines.push("Conditions:");
+  if (conditions.length === 0) lines.push("  <none>");
+  else {
+    lines.push(
+      ...table([["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], ...conditions.map((c) => [c.type, c.status, c.reason, age(c.lastTransitionTime), c.message])])
+        .trimEnd()
+        .split("\n")
+        .map((l) => `  ${l}`),
+    );
+  }
+  lines.push("Events:");
+  if (events.length === 0) lines.push("  <none>");
+  else {
+    lines.push(
+      ...table([
+        ["TYPE", "REASON", "AGE", "COUNT", "MESSAGE"],
+        ...events.map((e) => [e.type, e.reason, age(e.lastTimestamp), String(e.count), e.message]),
+      ])
+        .trimEnd()
+        .split("\n")
+        .map((l) => `  ${l}`),
+    );
+  }
+  return `${lines.join("\n")}\n`;
+}

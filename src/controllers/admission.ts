@@ -1,0 +1,97 @@
+import type { Logger } from "pino";
+import { getCondition, setCondition } from "../api/meta.js";
+import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
+import { isFinished, type TrainingJob } from "../api/trainingjob.js";
+import type { Runtime } from "../runtime/port.js";
+import type { Allocation, Scheduler, WorkloadDemand } from "../scheduler/port.js";
+import type { EventRecorder, ResourceStore } from "../store/port.js";
+import type { Reconciler, ReconcileResult } from "./controller.js";
+import { refOf, TRAININGJOB } from "./trainingjob.js";
+
+/** The admission loop has one key: every change to any workload triggers one scheduling cycle. */
+export const ADMISSION_KEY = "cycle";
+
+export interface AdmissionDeps {
+  store: ResourceStore;
+  runtime: Runtime;
+  scheduler: Scheduler;
+  events: EventRecorder;
+  log: Logger;
+  now: () => Date;
+}
+
+/**
+ * One scheduling cycle: (1) read every workload fresh from the store, (2) take node capacity from
+ * the runtime, (3) count what admitted, unfinished workloads hold, (4) ask the scheduler about
+ * the pending ones, (5) write admissions and, for the rest, a condition that says why they wait.
+ */
+export class AdmissionReconciler implements Reconciler {
+  readonly name = "admission";
+
+  constructor(private readonly deps: AdmissionDeps) {}
+
+  async reconcile(_key: string): Promise<ReconcileResult> {
+    const { items } = await this.deps.store.list(TRAININGJOB);
+    const jobs = items as TrainingJob[];
+    const nodes = await this.deps.runtime.nodes();
+    const allocations: Allocation[] = [];
+    const pending: WorkloadDemand[] = [];
+    const byId = new Map<string, TrainingJob>();
+    for (const job of jobs) {
+      if (isFinished(job)) continue;
+      const admission = job.status?.admission;
+      if (admission) {
+        allocations.push(admission);
+        continue;
+      }
+      if (job.metadata.deletionTimestamp) continue;
+      byId.set(job.metadata.uid, job);
+      pending.push(demandOf(job));
+    }
+    if (pending.length === 0) return {};
+    const decisions = this.deps.scheduler.schedule({ nodes, allocations, pending });
+    const now = this.deps.now();
+    for (const { id, allocation } of decisions.admit) {
+      const job = byId.get(id)!;
+      const message = `admitted to ${allocation.node}${allocation.gpus.length ? ` with GPU(s) ${allocation.gpus.join(",")}` : ""}`;
+      await this.deps.store.updateStatus({
+        ...job,
+        status: {
+          ...job.status,
+          phase: job.status?.phase ?? "Pending",
+          admission: { ...allocation, admittedAt: now.toISOString() },
+          conditions: setCondition(job.status?.conditions, { type: "Admitted", status: "True", reason: "Admitted", message }, now),
+        },
+      });
+      await this.deps.events.record(refOf(job), "Normal", "Admitted", message);
+    }
+    for (const p of decisions.pending) {
+      const job = byId.get(p.id)!;
+      const prev = getCondition(job.status?.conditions, "Admitted");
+      if (job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === p.message) continue;
+      await this.deps.store.updateStatus({
+        ...job,
+        status: {
+          ...job.status,
+          phase: "Pending",
+          conditions: setCondition(job.status?.conditions, { type: "Admitted", status: "False", reason: p.reason, message: p.message }, now),
+        },
+      });
+      await this.deps.events.record(refOf(job), "Warning", p.reason, p.message);
+    }
+    return {};
+  }
+}
+
+export function demandOf(job: TrainingJob): WorkloadDemand {
+  const r = job.spec.resources;
+  const workers = job.spec.workers;
+  return {
+    id: job.metadata.uid,
+    displayName: `${job.metadata.project}/${job.metadata.name}`,
+    createdAt: job.metadata.creationTimestamp,
+    cpuMillis: (r.cpu === undefined ? 0 : parseCpuMillis(r.cpu) ?? 0) * workers,
+    memoryBytes: (r.memory === undefined ? 0 : parseMemoryBytes(r.memory) ?? 0) * workers,
+    gpus: (r.gpu ?? 0) * workers,
+  };
+}

@@ -1,0 +1,77 @@
+import type { Logger } from "pino";
+import { ConflictError } from "../errors.js";
+import type { ControllerMetrics } from "./metrics.js";
+import { WorkQueue } from "./workqueue.js";
+
+export interface ReconcileResult {
+  /** Look at this key again after this long even if nothing changes (timers, polling). */
+  requeueAfterMs?: number;
+}
+
+/** An idempotent reconciler: read desired and observed state, act, say when to look again. */
+export interface Reconciler {
+  readonly name: string;
+  reconcile(key: string): Promise<ReconcileResult>;
+}
+
+/**
+ * Drives one reconciler from a work queue with `concurrency` workers. Keys are serialised (never
+ * two reconciles of one key at once), failures retried with backoff, conflicts retried at once.
+ */
+export class Controller {
+  readonly queue: WorkQueue;
+  private running: Promise<void>[] = [];
+
+  constructor(
+    private readonly reconciler: Reconciler,
+    private readonly log: Logger,
+    private readonly metrics: ControllerMetrics,
+    private readonly concurrency = 1,
+  ) {
+    this.queue = new WorkQueue();
+  }
+
+  enqueue(key: string): void {
+    this.queue.add(key);
+    this.metrics.queueDepth.set({ controller: this.reconciler.name }, this.queue.length);
+  }
+
+  start(): void {
+    for (let i = 0; i < this.concurrency; i++) this.running.push(this.work());
+  }
+
+  async stop(): Promise<void> {
+    this.queue.shutdown();
+    await Promise.all(this.running);
+    this.running = [];
+  }
+
+  private async work(): Promise<void> {
+    const name = this.reconciler.name;
+    while (true) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      this.metrics.queueDepth.set({ controller: name }, this.queue.length);
+      const end = this.metrics.reconcileSeconds.startTimer({ controller: name });
+      try {
+        const result = await this.reconciler.reconcile(key);
+        end({ result: "ok" });
+        this.queue.forget(key);
+        if (result.requeueAfterMs !== undefined) this.queue.addAfter(key, result.requeueAfterMs);
+      } catch (err) {
+        if (err instanceof ConflictError) {
+          // Someone else wrote first: re-read and try again straight away (with light backoff).
+          end({ result: "conflict" });
+          this.queue.addRateLimited(key);
+        } else {
+          end({ result: "error" });
+          this.metrics.reconcileErrors.inc({ controller: name });
+          const delay = this.queue.addRateLimited(key);
+          this.log.error({ err, key, retryInMs: delay }, "reconcile failed");
+        }
+      } finally {
+        this.queue.done(key);
+      }
+    }
+  }
+}

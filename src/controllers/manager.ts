@@ -1,0 +1,101 @@
+import type { Logger } from "pino";
+import type { Registry } from "prom-client";
+import { displayKey } from "../api/meta.js";
+import type { Runtime } from "../runtime/port.js";
+import type { Scheduler } from "../scheduler/port.js";
+import type { EventRecorder, ResourceStore } from "../store/port.js";
+import { ADMISSION_KEY, AdmissionReconciler } from "./admission.js";
+import { Controller } from "./controller.js";
+import { Informer } from "./informer.js";
+import { createControllerMetrics } from "./metrics.js";
+import { ProjectReconciler } from "./project.js";
+import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob.js";
+
+export interface ControllerManagerDeps {
+  store: ResourceStore;
+  runtime: Runtime;
+  scheduler: Scheduler;
+  events: EventRecorder;
+  log: Logger;
+  metrics: Registry;
+  now: () => Date;
+  resyncMs?: number;
+  /** Restart backoff of failed attempts (first delay). */
+  baseBackoffMs?: number;
+}
+
+/**
+ * Wires informers to controllers. Platform-agnostic: the same manager runs embedded and as the
+ * Kubernetes operator, with a different store and runtime in deps.
+ */
+export class ControllerManager {
+  private readonly informers: Informer[] = [];
+  private readonly controllers: Controller[] = [];
+  private gcTimer: NodeJS.Timeout | undefined;
+  private readonly tjInformer: Informer;
+
+  constructor(private readonly deps: ControllerManagerDeps) {
+    const metrics = createControllerMetrics(deps.metrics);
+    const log = (name: string) => deps.log.child({ component: `controller/${name}` });
+    const admission = new Controller(new AdmissionReconciler({ ...deps, log: log("admission") }), log("admission"), metrics);
+    const jobs = new Controller(
+      new TrainingJobReconciler({ ...deps, log: log("trainingjob"), baseBackoffMs: deps.baseBackoffMs }),
+      log("trainingjob"),
+      metrics,
+      4,
+    );
+    const projects = new Controller(new ProjectReconciler(deps.store), log("project"), metrics);
+    this.controllers.push(admission, jobs, projects);
+    const informerOpts = { resyncMs: deps.resyncMs };
+    this.tjInformer = new Informer(
+      deps.store,
+      TRAININGJOB,
+      {
+        onChange: (key) => {
+          jobs.enqueue(key);
+          admission.enqueue(ADMISSION_KEY);
+        },
+      },
+      log("informer"),
+      metrics,
+      informerOpts,
+    );
+    this.informers.push(this.tjInformer);
+    this.informers.push(new Informer(deps.store, "Project", { onChange: (key) => projects.enqueue(key) }, log("informer"), metrics, informerOpts));
+    deps.runtime.onChange((ref) => {
+      jobs.enqueue(displayKey(ref));
+      admission.enqueue(ADMISSION_KEY);
+    });
+  }
+
+  async start(): Promise<void> {
+    for (const c of this.controllers) c.start();
+    for (const i of this.informers) i.start();
+    await Promise.all(this.informers.map((i) => i.waitForSync()));
+    await this.collectGarbage();
+    this.gcTimer = setInterval(() => void this.collectGarbage(), this.deps.resyncMs ?? 30_000);
+    this.gcTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.gcTimer);
+    for (const i of this.informers) i.stop();
+    await Promise.all(this.controllers.map((c) => c.stop()));
+  }
+
+  /** Stops and forgets runtime workloads whose object no longer exists (deleted while we were down). */
+  private async collectGarbage(): Promise<void> {
+    try {
+      const live = new Set(this.tjInformer.list().map((o) => o.metadata.uid));
+      for (const ref of await this.deps.runtime.list()) {
+        if (live.has(ref.uid)) continue;
+        if (await this.deps.runtime.stop(ref, 10)) {
+          await this.deps.runtime.release(ref);
+          this.deps.log.info({ workload: displayKey(ref), uid: ref.uid }, "released workload whose object is gone");
+        }
+      }
+    } catch (err) {
+      this.deps.log.error({ err }, "garbage collection failed");
+    }
+  }
+}

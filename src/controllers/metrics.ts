@@ -1,0 +1,39 @@
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+
+/** Prometheus metrics every control loop exports. */
+export interface ControllerMetrics {
+  reconcileSeconds: Histogram<"controller" | "result">;
+  reconcileErrors: Counter<"controller">;
+  queueDepth: Gauge<"controller">;
+  lastEventTimestamp: Gauge<"kind">;
+}
+
+export function createControllerMetrics(registry: Registry): ControllerMetrics {
+  return {
+    reconcileSeconds: new Histogram({
+      name: "loom_reconcile_duration_seconds",
+      help: "Time spent in one reconcile, by controller and result.",
+      labelNames: ["controller", "result"],
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+      registers: [registry],
+    }),
+    reconcileErrors: new Counter({
+      name: "loom_reconcile_errors_total",
+      help: "Reconciles that failed and were retried with backoff.",
+      labelNames: ["controller"],
+      registers: [registry],
+    }),
+    queueDepth: new Gauge({
+      name: "loom_workqueue_depth",
+      help: "Keys waiting in a controller's work queue.",
+      labelNames: ["controller"],
+      registers: [registry],
+    }),
+    lastEventTimestamp: new Gauge({
+      name: "loom_informer_last_event_timestamp_seconds",
+      help: "Unix time of the last list or watch event an informer saw; now minus this is the last-event age.",
+      labelNames: ["kind"],
+      registers: [registry],
+    }),
+  };
+}

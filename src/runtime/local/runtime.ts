@@ -1,0 +1,366 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import type { Logger } from "pino";
+import type { NodeCapacity } from "../../scheduler/port.js";
+import type { GangObservation, GangSpec, LogOptions, Runtime, WorkerObservation, WorkloadRef } from "../port.js";
+import { tailFile } from "./tail.js";
+import { findProcessesByEnv, isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
+
+/**
+ * Runs each worker under /bin/sh as a tiny shim that records the exit code to a file. The shim
+ * outlives the server (it is its own process group, writing straight to log files), so an exit
+ * that happens while the server is down is still known when it comes back. `trap :` (not
+ * `trap ''`) keeps SIGTERM's default action for the worker itself while the shim waits for it.
+ */
+const SHIM = 'f=$1; shift; trap : TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f.tmp" && mv "$f.tmp" "$f"; exit $c';
+
+const INSTANCE_ENV = "LOOM_INSTANCE";
+const WORKER_KEY_ENV = "LOOM_WORKER_KEY";
+
+interface WorkerRecord {
+  index: number;
+  pid?: number;
+  startTicks?: number;
+  startTime?: string;
+  exit?: { code?: number; signal?: string; finishTime: string; message?: string };
+}
+
+/** What the runtime persists per workload (state.json), enough to re-adopt after a crash. */
+interface GangRecord {
+  ref: WorkloadRef;
+  attempt: number;
+  workers: WorkerRecord[];
+  stopRequestedAt?: string;
+  killSentAt?: string;
+}
+
+export interface LocalRuntimeOptions {
+  dataDir: string;
+  /** Identifies this installation's processes among others on the machine (tests run several). */
+  instanceId: string;
+  cpuMillis: number;
+  memoryBytes: number;
+  gpus: string[];
+  log: Logger;
+  /** How often processes not spawned by this server (re-adopted ones) are checked. */
+  pollMs?: number;
+  now?: () => Date;
+}
+
+/** The Runtime port on this machine: workers are supervised process groups. */
+export class LocalRuntime implements Runtime {
+  private readonly gangs = new Map<string, GangRecord>();
+  private readonly listeners: ((ref: WorkloadRef) => void)[] = [];
+  private readonly children = new Map<string, ChildProcess>();
+  private readonly poll: NodeJS.Timeout;
+  private readonly now: () => Date;
+  private readonly nodeName = hostname();
+
+  constructor(private readonly opts: LocalRuntimeOptions) {
+    this.now = opts.now ?? (() => new Date());
+    mkdirSync(this.workloadsDir(), { recursive: true });
+    this.recover();
+    this.poll = setInterval(() => this.checkAdopted(), opts.pollMs ?? 500);
+    this.poll.unref();
+  }
+
+  async nodes(): Promise<NodeCapacity[]> {
+    return [{ name: this.nodeName, cpuMillis: this.opts.cpuMillis, memoryBytes: this.opts.memoryBytes, gpus: this.opts.gpus }];
+  }
+
+  async start(spec: GangSpec): Promise<void> {
+    const prev = this.gangs.get(spec.ref.uid);
+    if (prev && prev.attempt >= spec.attempt) return;
+    if (prev?.workers.some((w) => !w.exit)) {
+      throw new Error(`attempt ${prev.attempt} of ${spec.ref.name} still has live workers; stop it before starting attempt ${spec.attempt}`);
+    }
+    const dir = this.attemptDir(spec.ref.uid, spec.attempt);
+    mkdirSync(dir, { recursive: true });
+    const gang: GangRecord = { ref: spec.ref, attempt: spec.attempt, workers: spec.workers.map((w) => ({ index: w.index })) };
+    this.gangs.set(spec.ref.uid, gang);
+    // Persist before spawning: a crash in between is found again by the environment marker.
+    this.persist(gang);
+    for (const w of spec.workers) {
+      const rec = gang.workers.find((r) => r.index === w.index)!;
+      const logFd = openSync(join(dir, `worker-${w.index}.log`), "a");
+      const workDir = this.workDir(spec.ref.uid);
+      mkdirSync(w.workingDir ?? workDir, { recursive: true });
+      const env: Record<string, string> = {
+        ...stringEnv(process.env),
+        ...w.env,
+        LOOM_WORKLOAD_DIR: workDir,
+        CUDA_VISIBLE_DEVICES: w.allocation.gpus.join(","),
+        [INSTANCE_ENV]: this.opts.instanceId,
+        [WORKER_KEY_ENV]: workerKey(spec.ref.uid, spec.attempt, w.index),
+      };
+      let child: ChildProcess;
+      try {
+        child = spawn("/bin/sh", ["-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`), ...w.command], {
+          cwd: w.workingDir ?? workDir,
+          env,
+          detached: true,
+          stdio: ["ignore", logFd, logFd],
+        });
+      } finally {
+        closeSync(logFd);
+      }
+      const pid = child.pid;
+      if (pid === undefined) {
+        rec.exit = { code: 127, finishTime: this.now().toISOString(), message: "could not start /bin/sh" };
+        continue;
+      }
+      rec.pid = pid;
+      rec.startTicks = processStartTicks(pid);
+      rec.startTime = this.now().toISOString();
+      this.children.set(workerKey(spec.ref.uid, spec.attempt, w.index), child);
+      child.on("exit", (code, signal) => {
+        this.children.delete(workerKey(spec.ref.uid, spec.attempt, w.index));
+        this.workerExited(gang, rec, code ?? undefined, signal ?? undefined);
+      });
+      child.on("error", (err) => this.opts.log.error({ err, workload: spec.ref.name }, "worker process error"));
+    }
+    this.persist(gang);
+    this.opts.log.info({ project: spec.ref.project, workload: spec.ref.name, attempt: spec.attempt, pids: gang.workers.map((w) => w.pid) }, "started workers");
+    this.notify(gang.ref);
+  }
+
+  async observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
+    const gang = this.gangs.get(ref.uid);
+    if (!gang) return undefined;
+    const workers: WorkerObservation[] = gang.workers.map((w) => {
+      const base = { index: w.index, pid: w.pid, startTime: w.startTime };
+      if (!w.exit) return { ...base, state: "Running" };
+      const failed = w.exit.code !== 0;
+      return {
+        ...base,
+        state: w.exit.code === undefined && !w.exit.signal ? "Unknown" : failed ? "Failed" : "Succeeded",
+        exitCode: w.exit.code,
+        signal: w.exit.signal,
+        finishTime: w.exit.finishTime,
+        message: w.exit.message,
+      };
+    });
+    return { attempt: gang.attempt, workers, stopping: !!gang.stopRequestedAt && gang.workers.some((w) => !w.exit) };
+  }
+
+  async stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean> {
+    const gang = this.gangs.get(ref.uid);
+    if (!gang) return true;
+    const alive = gang.workers.filter((w) => !w.exit && w.pid !== undefined);
+    if (alive.length === 0) return true;
+    const now = this.now();
+    if (!gang.stopRequestedAt) {
+      gang.stopRequestedAt = now.toISOString();
+      this.persist(gang);
+      for (const w of alive) signalGroup(w.pid!, "SIGTERM");
+      this.opts.log.info({ workload: ref.name, attempt: gang.attempt, graceSeconds }, "sent SIGTERM to workers");
+      if (graceSeconds === 0) return this.stop(ref, graceSeconds);
+      return false;
+    }
+    const elapsed = (now.getTime() - Date.parse(gang.stopRequestedAt)) / 1000;
+    if (elapsed >= graceSeconds) {
+      if (!gang.killSentAt) {
+        gang.killSentAt = now.toISOString();
+        this.persist(gang);
+      }
+      for (const w of alive) signalGroup(w.pid!, "SIGKILL");
+      this.opts.log.warn({ workload: ref.name, attempt: gang.attempt }, "grace period over: sent SIGKILL to workers");
+    }
+    return false;
+  }
+
+  async release(ref: WorkloadRef): Promise<void> {
+    const gang = this.gangs.get(ref.uid);
+    if (gang) {
+      for (const w of gang.workers) if (!w.exit && w.pid !== undefined) signalGroup(w.pid, "SIGKILL");
+      this.gangs.delete(ref.uid);
+    }
+    rmSync(join(this.workloadsDir(), ref.uid), { recursive: true, force: true });
+  }
+
+  async list(): Promise<WorkloadRef[]> {
+    return [...this.gangs.values()].map((g) => g.ref);
+  }
+
+  async logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
+    const gang = this.gangs.get(ref.uid);
+    const attempt = opts.attempt ?? gang?.attempt;
+    const file = attempt === undefined ? undefined : join(this.attemptDir(ref.uid, attempt), `worker-${opts.worker}.log`);
+    const finished = () => {
+      const g = this.gangs.get(ref.uid);
+      if (!g || g.attempt !== attempt) return true;
+      const w = g.workers.find((x) => x.index === opts.worker);
+      return !w || !!w.exit;
+    };
+    return tailFile(file, { follow: !!opts.follow, finished });
+  }
+
+  onChange(listener: (ref: WorkloadRef) => void): void {
+    this.listeners.push(listener);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.poll);
+    // Workers keep running: the next server on this data dir re-adopts them.
+    for (const child of this.children.values()) child.removeAllListeners("exit");
+    this.children.clear();
+  }
+
+  private workerExited(gang: GangRecord, rec: WorkerRecord, code: number | undefined, signal: string | undefined): void {
+    if (rec.exit) return;
+    const recorded = this.readExitFile(gang, rec.index);
+    rec.exit = { finishTime: this.now().toISOString() };
+    if (recorded !== undefined) {
+      rec.exit.code = recorded;
+      if (recorded > 128) rec.exit.signal = signalName(recorded - 128);
+    } else if (code !== undefined || signal !== undefined) {
+      rec.exit.code = code;
+      rec.exit.signal = signal;
+    } else if (gang.killSentAt) {
+      rec.exit.signal = "SIGKILL";
+      rec.exit.code = 137;
+    } else {
+      rec.exit.message = "the worker ended while the server was down and left no exit status";
+    }
+    // Anything the worker left behind in its process group goes with it, as in a container.
+    if (rec.pid !== undefined) signalGroup(rec.pid, "SIGKILL");
+    this.persist(gang);
+    this.opts.log.info({ workload: gang.ref.name, attempt: gang.attempt, worker: rec.index, ...rec.exit }, "worker exited");
+    this.notify(gang.ref);
+  }
+
+  private readExitFile(gang: GangRecord, index: number): number | undefined {
+    try {
+      const text = readFileSync(join(this.attemptDir(gang.ref.uid, gang.attempt), `worker-${index}.exit`), "utf8").trim();
+      const n = Number(text);
+      return text !== "" && Number.isInteger(n) ? n : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Processes this server did not spawn (re-adopted after a restart) are watched by polling. */
+  private checkAdopted(): void {
+    for (const gang of this.gangs.values()) {
+      for (const w of gang.workers) {
+        if (w.exit || w.pid === undefined || this.children.has(workerKey(gang.ref.uid, gang.attempt, w.index))) continue;
+        if (w.startTicks !== undefined && isSameProcessAlive(w.pid, w.startTicks)) continue;
+        this.workerExited(gang, w, undefined, undefined);
+      }
+    }
+  }
+
+  /**
+   * Re-reads every workload's state after a (re)start: live workers are adopted, ones that ended
+   * meanwhile get their recorded exit code, and processes of this installation that no state
+   * accounts for (a crash between spawn and persist, a duplicate) are killed.
+   */
+  private recover(): void {
+    const running = findProcessesByEnv(INSTANCE_ENV, this.opts.instanceId);
+    const byKey = new Map<string, number[]>();
+    for (const p of running) {
+      const key = p.env.get(WORKER_KEY_ENV);
+      if (!key) continue;
+      // Only the group leader (the shim) counts; its children share the key.
+      if (processGroupOf(p.pid) !== p.pid) continue;
+      byKey.set(key, [...(byKey.get(key) ?? []), p.pid]);
+    }
+    const claimed = new Set<number>();
+    for (const uid of readdirSync(this.workloadsDir())) {
+      const file = join(this.workloadsDir(), uid, "state.json");
+      if (!existsSync(file)) continue;
+      let gang: GangRecord;
+      try {
+        gang = JSON.parse(readFileSync(file, "utf8")) as GangRecord;
+      } catch (err) {
+        this.opts.log.error({ err, file }, "unreadable runtime state; ignoring it");
+        continue;
+      }
+      this.gangs.set(uid, gang);
+      for (const w of gang.workers) {
+        if (w.exit) continue;
+        if (w.pid === undefined) {
+          const found = byKey.get(workerKey(uid, gang.attempt, w.index))?.[0];
+          if (found !== undefined) {
+            w.pid = found;
+            w.startTicks = processStartTicks(found);
+            w.startTime = this.now().toISOString();
+          }
+        }
+        if (w.pid !== undefined && w.startTicks !== undefined && isSameProcessAlive(w.pid, w.startTicks)) {
+          claimed.add(w.pid);
+          continue;
+        }
+        const code = this.readExitFile(gang, w.index);
+        w.exit =
+          code !== undefined
+            ? { code, finishTime: this.now().toISOString(), ...(code > 128 ? { signal: signalName(code - 128) } : {}) }
+            : gang.killSentAt
+              ? { code: 137, signal: "SIGKILL", finishTime: this.now().toISOString() }
+              : { finishTime: this.now().toISOString(), message: "the worker ended while the server was down and left no exit status" };
+      }
+      this.persist(gang);
+    }
+    for (const pids of byKey.values()) {
+      for (const pid of pids) {
+        if (claimed.has(pid)) continue;
+        this.opts.log.warn({ pid }, "killing a worker process no workload accounts for");
+        signalGroup(pid, "SIGKILL");
+      }
+    }
+    const adopted = [...this.gangs.values()].flatMap((g) => g.workers.filter((w) => !w.exit).map((w) => w.pid));
+    if (adopted.length > 0) this.opts.log.info({ pids: adopted }, "re-adopted running workers");
+  }
+
+  private persist(gang: GangRecord): void {
+    const dir = join(this.workloadsDir(), gang.ref.uid);
+    mkdirSync(dir, { recursive: true });
+    const file = join(dir, "state.json");
+    writeFileSync(`${file}.tmp`, JSON.stringify(gang));
+    renameSync(`${file}.tmp`, file);
+  }
+
+  private notify(ref: WorkloadRef): void {
+    for (const l of this.listeners) l(ref);
+  }
+
+  private workloadsDir(): string {
+    return join(this.opts.dataDir, "workloads");
+  }
+
+  private workDir(uid: string): string {
+    return join(this.workloadsDir(), uid, "work");
+  }
+
+  private attemptDir(uid: string, attempt: number): string {
+    return join(this.workloadsDir(), uid, `attempt-${attempt}`);
+  }
+}
+
+function workerKey(uid: string, attempt: number, index: number): string {
+  return `${uid}/${attempt}/${index}`;
+}
+
+function processGroupOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+  } catch {
+    return undefined;
+  }
+}
+
+function stringEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && k !== "LOOM_TOKEN") out[k] = v;
+  return out;
+}
+
+const SIGNALS: Record<number, string> = { 1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM" };
+
+function signalName(n: number): string {
+  return SIGNALS[n] ?? `signal ${n}`;
+}

@@ -1,0 +1,83 @@
+import type { Readable } from "node:stream";
+import type { Allocation, NodeCapacity } from "../scheduler/port.js";
+
+/** Identifies one workload across the platform: uid guards against a re-created namesake. */
+export interface WorkloadRef {
+  kind: string;
+  project: string;
+  name: string;
+  uid: string;
+}
+
+export interface WorkerSpec {
+  index: number;
+  command: string[];
+  env: Record<string, string>;
+  workingDir?: string;
+  allocation: Allocation;
+}
+
+/** One attempt of a gang: every worker starts together; a later attempt never overlaps it. */
+export interface GangSpec {
+  ref: WorkloadRef;
+  attempt: number;
+  workers: WorkerSpec[];
+}
+
+export type WorkerState = "Running" | "Succeeded" | "Failed" | "Unknown";
+
+export interface WorkerObservation {
+  index: number;
+  state: WorkerState;
+  pid?: number;
+  exitCode?: number;
+  signal?: string;
+  startTime?: string;
+  finishTime?: string;
+  /** Why the state is what it is, when that is not obvious from the exit code. */
+  message?: string;
+}
+
+export interface GangObservation {
+  attempt: number;
+  workers: WorkerObservation[];
+  /** A stop was requested and not every worker has exited yet. */
+  stopping: boolean;
+}
+
+export interface LogOptions {
+  worker: number;
+  /** Default: the latest attempt. */
+  attempt?: number;
+  follow?: boolean;
+}
+
+/**
+ * The Runtime port: realises workloads on a platform. Local processes embedded; Jobs, Pods and
+ * Services on Kubernetes. Controllers talk only to this, never to the platform.
+ */
+export interface Runtime {
+  /** What the scheduler may place workloads on. */
+  nodes(): Promise<NodeCapacity[]>;
+  /**
+   * Starts an attempt. Idempotent: a second call for the same attempt does nothing. Throws if an
+   * earlier attempt still has live workers (stop it first: attempts never overlap).
+   */
+  start(spec: GangSpec): Promise<void>;
+  /** The latest attempt the runtime knows of, or undefined if it holds nothing for this workload. */
+  observe(ref: WorkloadRef): Promise<GangObservation | undefined>;
+  /**
+   * Stops every worker: SIGTERM (or pod deletion) first, SIGKILL once graceSeconds have passed
+   * since the first call. Call again until it returns true (nothing left alive).
+   */
+  stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean>;
+  /** Forgets the workload and removes what the runtime kept for it. Kills anything still alive. */
+  release(ref: WorkloadRef): Promise<void>;
+  /** Every workload the runtime holds, for garbage collection of ones whose object is gone. */
+  list(): Promise<WorkloadRef[]>;
+  /** A worker's output; ends at the end of the file, or when the worker exits if following. */
+  logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable>;
+  /** Called whenever a workload's observed state changes (a worker started or exited). */
+  onChange(listener: (ref: WorkloadRef) => void): void;
+  close(): Promise<void>;
+}

@@ -1,0 +1,228 @@
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import type { Logger } from "pino";
+import { Counter, Histogram, type Registry } from "prom-client";
+import { API_VERSION } from "../api/meta.js";
+import { BadRequestError, UnauthorizedError } from "../errors.js";
+import type { Runtime } from "../runtime/port.js";
+import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../store/port.js";
+import { installErrorHandler, statusBody } from "./errors.js";
+import { buildOpenApi } from "./openapi.js";
+import { ResourceService } from "./resources.js";
+
+export interface AppDeps {
+  store: ResourceStore;
+  tokens: TokenStore;
+  events: EventRecorder;
+  runtime: Runtime;
+  metrics: Registry;
+  log: Logger;
+  version: string;
+}
+
+const BASE = `/apis/${API_VERSION}`;
+
+declare module "fastify" {
+  interface FastifyRequest {
+    principal?: TokenInfo;
+  }
+}
+
+type Params = { project?: string; plural?: string; name?: string };
+type Query = Record<string, string | undefined>;
+
+/** Builds the HTTP API. No socket: callers listen, tests use inject(). */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const app: FastifyInstance = Fastify({ loggerInstance: deps.log.child({ component: "api" }) as FastifyBaseLogger, disableRequestLogging: true, bodyLimit: 8 * 1024 * 1024 });
+  const resources = new ResourceService(deps.store);
+  installErrorHandler(app);
+  app.addContentTypeParser(["application/merge-patch+json"], { parseAs: "string" }, (_req, body, done) => {
+    try {
+      done(null, JSON.parse(body as string));
+    } catch (err) {
+      (err as { statusCode?: number }).statusCode = 400;
+      done(err as Error, undefined);
+    }
+  });
+
+  const requests = new Counter({
+    name: "loom_http_requests_total",
+    help: "HTTP requests by method, route and status code.",
+    labelNames: ["method", "route", "code"],
+    registers: [deps.metrics],
+  });
+  const latency = new Histogram({
+    name: "loom_http_request_duration_seconds",
+    help: "HTTP request latency by method and route.",
+    labelNames: ["method", "route"],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1],
+    registers: [deps.metrics],
+  });
+  app.addHook("onResponse", async (req, reply) => {
+    const route = req.routeOptions.url ?? "unmatched";
+    requests.inc({ method: req.method, route, code: reply.statusCode });
+    latency.observe({ method: req.method, route }, reply.elapsedTime / 1000);
+  });
+
+  // Verified tokens are cached by their hash-free value only in memory, for the life of the process.
+  const verified = new Map<string, TokenInfo>();
+  app.addHook("onRequest", async (req) => {
+    if (req.url === "/healthz" || req.url.startsWith("/healthz?")) return;
+    const header = req.headers.authorization;
+    if (!header?.startsWith("Bearer ")) {
+      throw new UnauthorizedError("missing bearer token: send 'Authorization: Bearer <token>' (the CLI reads it from ~/.loom/config.yaml or LOOM_TOKEN)");
+    }
+    const token = header.slice(7).trim();
+    let principal = verified.get(token);
+    if (!principal) {
+      principal = await deps.tokens.verify(token);
+      if (!principal) throw new UnauthorizedError("invalid token: check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)");
+      if (verified.size > 10_000) verified.clear();
+      verified.set(token, principal);
+    }
+    req.principal = principal;
+  });
+
+  app.get("/healthz", async () => ({ status: "ok" }));
+  app.get("/metrics", async (_req, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.metrics()));
+  app.get("/openapi.json", async () => buildOpenApi(deps.version));
+  app.get("/version", async () => ({ version: deps.version, apiVersion: API_VERSION }));
+
+  const dryRun = (q: Query) => q.dryRun === "All";
+
+  const listOrWatch = async (req: FastifyRequest<{ Params: Params; Querystring: Query }>, reply: FastifyReply, plural: string, project: string | undefined) => {
+    const def = resources.kind(plural);
+    const q = req.query;
+    const opts = { project, labelSelector: q.labelSelector };
+    if (q.watch === "1" || q.watch === "true") return watch(req, reply, def.kind, { ...opts, resourceVersion: q.resourceVersion });
+    const result = await resources.list(def, opts);
+    return { apiVersion: API_VERSION, kind: `${def.kind}List`, metadata: { resourceVersion: result.resourceVersion }, items: result.items };
+  };
+
+  const watch = async (
+    req: FastifyRequest,
+    reply: FastifyReply,
+    kind: string,
+    opts: { project?: string; labelSelector?: string; resourceVersion?: string },
+  ) => {
+    const raw = reply.raw;
+    let stop: (() => void) | undefined;
+    let closed = false;
+    const close = () => {
+      closed = true;
+      stop?.();
+      if (!raw.writableEnded) raw.end();
+    };
+    const send = (obj: unknown) => {
+      if (closed) return;
+      raw.write(`${JSON.stringify(obj)}\n`);
+      // A watcher that stops reading is cut off rather than allowed to grow server memory.
+      if (raw.writableLength > 16 * 1024 * 1024) {
+        req.log.warn({ kind }, "closing a watch whose client does not keep up");
+        close();
+      }
+    };
+    // Fails before any byte is sent when the revision expired: the client gets a plain 410.
+    const buffered: unknown[] = [];
+    let started = false;
+    stop = await deps.store.watch(
+      kind,
+      opts,
+      (e) => (started ? send(e) : buffered.push(e)),
+      (err) => {
+        send({ type: "ERROR", object: statusBody(410, "Expired", err.message) });
+        close();
+      },
+    );
+    reply.hijack();
+    raw.writeHead(200, { "content-type": "application/json", "cache-control": "no-cache", "x-content-type-options": "nosniff" });
+    raw.flushHeaders();
+    started = true;
+    for (const e of buffered) send(e);
+    const timeout = Number(req.query && (req.query as Query).timeoutSeconds);
+    if (timeout > 0) setTimeout(close, timeout * 1000).unref();
+    raw.on("close", close);
+  };
+
+  // Projects (cluster-scoped) and resources inside a project share the /projects prefix, as
+  // namespaces and namespaced resources do in Kubernetes.
+  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects`, (req, reply) => listOrWatch(req, reply, "projects", undefined));
+  app.post<{ Params: Params; Querystring: Query }>(`${BASE}/projects`, async (req, reply) => {
+    const created = await resources.create(resources.kind("projects"), undefined, req.body, dryRun(req.query));
+    return reply.code(201).send(created);
+  });
+  app.get<{ Params: Params }>(`${BASE}/projects/:name`, async (req) => resources.get(resources.kind("projects"), undefined, req.params.name!));
+  app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:name`, async (req) =>
+    resources.update(resources.kind("projects"), undefined, req.params.name!, req.body, dryRun(req.query)),
+  );
+  app.patch<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:name`, async (req) =>
+    resources.patch(resources.kind("projects"), undefined, req.params.name!, req.body, dryRun(req.query)),
+  );
+  app.delete<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:name`, async (req) =>
+    resources.delete(resources.kind("projects"), undefined, req.params.name!, req.query.resourceVersion),
+  );
+
+  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/events`, async (req) => {
+    const { kind, name } = req.query;
+    if (!kind || !name) throw new BadRequestError("events need ?kind=KIND&name=NAME");
+    const items = await deps.events.listFor({ kind, project: req.params.project!, name }, Number(req.query.limit ?? 20));
+    return { kind: "EventList", items };
+  });
+
+  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural`, (req, reply) =>
+    listOrWatch(req, reply, req.params.plural!, req.params.project),
+  );
+  app.post<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural`, async (req, reply) => {
+    const created = await resources.create(resources.kind(req.params.plural!), req.params.project, req.body, dryRun(req.query));
+    return reply.code(201).send(created);
+  });
+  app.get<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
+    resources.get(resources.kind(req.params.plural!), req.params.project, req.params.name!),
+  );
+  app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
+    resources.update(resources.kind(req.params.plural!), req.params.project, req.params.name!, req.body, dryRun(req.query)),
+  );
+  app.patch<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
+    resources.patch(resources.kind(req.params.plural!), req.params.project, req.params.name!, req.body, dryRun(req.query)),
+  );
+  app.delete<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
+    resources.delete(resources.kind(req.params.plural!), req.params.project, req.params.name!, req.query.resourceVersion),
+  );
+  app.get<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name/status`, async (req) =>
+    resources.get(resources.kind(req.params.plural!), req.params.project, req.params.name!),
+  );
+  app.put<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name/status`, async (req) => {
+    const def = resources.kind(req.params.plural!);
+    const body = req.body as { metadata?: { resourceVersion?: string }; status?: unknown };
+    const current = await resources.get(def, req.params.project!, req.params.name!);
+    const st = def.status.safeParse(body?.status ?? {});
+    if (!st.success) throw new BadRequestError(`invalid status: ${st.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+    return deps.store.updateStatus({
+      ...current,
+      metadata: { ...current.metadata, resourceVersion: body?.metadata?.resourceVersion ?? "" },
+      status: st.data,
+    });
+  });
+  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name/log`, async (req, reply) => {
+    const def = resources.kind(req.params.plural!);
+    if (def.kind !== "TrainingJob") throw new BadRequestError(`${def.plural} have no logs`);
+    const job = (await resources.get(def, req.params.project!, req.params.name!)) as { metadata: { uid: string }; spec: { workers: number } };
+    const worker = Number(req.query.worker ?? 0);
+    if (!Number.isInteger(worker) || worker < 0 || worker >= job.spec.workers) {
+      throw new BadRequestError(`worker must be between 0 and ${job.spec.workers - 1}`);
+    }
+    const attempt = req.query.attempt === undefined ? undefined : Number(req.query.attempt);
+    if (attempt !== undefined && (!Number.isInteger(attempt) || attempt < 1)) throw new BadRequestError("attempt must be a positive integer");
+    const stream = await deps.runtime.logs(
+      { kind: def.kind, project: req.params.project!, name: req.params.name!, uid: job.metadata.uid },
+      { worker, attempt, follow: req.query.follow === "1" || req.query.follow === "true" },
+    );
+    req.raw.on("close", () => stream.destroy());
+    return reply.type("text/plain; charset=utf-8").send(stream);
+  });
+
+  // Listing one kind across every project (loom get tj -A).
+  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/:plural`, (req, reply) => listOrWatch(req, reply, req.params.plural!, undefined));
+
+  await resources.ensureDefaultProject();
+  return app;
+}

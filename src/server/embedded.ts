@@ -1,0 +1,102 @@
+import { availableParallelism, totalmem } from "node:os";
+import { join } from "node:path";
+import type { FastifyInstance } from "fastify";
+import type { Logger } from "pino";
+import { Registry, collectDefaultMetrics } from "prom-client";
+import { ControllerManager } from "../controllers/manager.js";
+import { detectGpus } from "../runtime/local/gpus.js";
+import { LocalRuntime } from "../runtime/local/runtime.js";
+import { FifoScheduler } from "../scheduler/fifo.js";
+import { openSqlite } from "../store/sqlite/db.js";
+import { SqliteEventRecorder } from "../store/sqlite/events.js";
+import { SqliteResourceStore } from "../store/sqlite/resources.js";
+import { SqliteTokenStore } from "../store/sqlite/tokens.js";
+import { VERSION } from "../version.js";
+import { buildApp } from "./app.js";
+import { instanceId, lockDataDir, readSecretFile, writeSecretFile } from "./datadir.js";
+
+export interface EmbeddedOptions {
+  dataDir: string;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** Declares N virtual GPUs instead of asking nvidia-smi. */
+  gpus?: number;
+  log: Logger;
+  /** Periodic resync of every controller (and orphan collection). */
+  resyncMs?: number;
+  baseBackoffMs?: number;
+}
+
+export interface EmbeddedServer {
+  url: string;
+  /** The admin token (created on the first start, then read from the data dir). */
+  adminToken: string;
+  adminTokenFile: string;
+  app: FastifyInstance;
+  close(): Promise<void>;
+}
+
+/**
+ * The composition root of `loom up`: one process with the API, the controllers, the scheduler
+ * and the local runtime, all on one SQLite file in the data dir.
+ */
+export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServer> {
+  const log = opts.log;
+  const unlock = lockDataDir(opts.dataDir);
+  const now = () => new Date();
+  const database = await openSqlite(join(opts.dataDir, "loom.db"));
+  const store = await SqliteResourceStore.open(database.db, { now });
+  const events = new SqliteEventRecorder(database.db, now);
+  const tokens = new SqliteTokenStore(database.db);
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics, prefix: "loom_process_" });
+
+  const adminTokenFile = join(opts.dataDir, "admin-token");
+  let adminToken = readSecretFile(adminTokenFile);
+  if (!adminToken || !(await tokens.verify(adminToken))) {
+    adminToken = (await tokens.create("admin", "admin")).token;
+    writeSecretFile(adminTokenFile, adminToken);
+    log.info({ file: adminTokenFile }, "created the admin token");
+  }
+
+  const runtime = new LocalRuntime({
+    dataDir: opts.dataDir,
+    instanceId: instanceId(opts.dataDir),
+    cpuMillis: availableParallelism() * 1000,
+    memoryBytes: totalmem(),
+    gpus: detectGpus(opts.gpus),
+    log: log.child({ component: "runtime/local" }),
+  });
+  const app = await buildApp({ store, tokens, events, runtime, metrics, log, version: VERSION });
+  const manager = new ControllerManager({
+    store,
+    runtime,
+    scheduler: new FifoScheduler(),
+    events,
+    log,
+    metrics,
+    now,
+    resyncMs: opts.resyncMs,
+    baseBackoffMs: opts.baseBackoffMs,
+  });
+  await manager.start();
+  const address = await app.listen({ host: opts.host ?? "127.0.0.1", port: opts.port ?? 7470 });
+  let closed = false;
+  return {
+    url: address,
+    adminToken,
+    adminTokenFile,
+    app,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await manager.stop();
+      await app.close();
+      await runtime.close();
+      await store.close();
+      await database.close();
+      unlock();
+    },
+  };
+}

@@ -1,0 +1,42 @@
+import type { FastifyError, FastifyInstance } from "fastify";
+import { LoomError, ValidationError } from "../errors.js";
+
+/** The Kubernetes Status object, so kubectl-style clients read Loom's errors the same way. */
+export interface StatusBody {
+  kind: "Status";
+  apiVersion: "v1";
+  status: "Failure";
+  message: string;
+  reason: string;
+  code: number;
+  details?: { causes: { field: string; message: string }[] };
+}
+
+export function statusBody(code: number, reason: string, message: string, causes?: { field: string; message: string }[]): StatusBody {
+  const body: StatusBody = { kind: "Status", apiVersion: "v1", status: "Failure", message, reason, code };
+  if (causes?.length) body.details = { causes };
+  return body;
+}
+
+/** The one place where errors become HTTP responses. */
+export function installErrorHandler(app: FastifyInstance): void {
+  app.setErrorHandler((err: FastifyError | LoomError | Error, request, reply) => {
+    if (err instanceof LoomError) {
+      const causes = err instanceof ValidationError ? err.issues.map((i) => ({ field: i.path, message: i.message })) : undefined;
+      return reply.code(err.httpStatus).send(statusBody(err.httpStatus, err.code, err.message, causes));
+    }
+    const fe = err as FastifyError;
+    if (typeof fe.statusCode === "number" && fe.statusCode >= 400 && fe.statusCode < 500) {
+      const message =
+        fe.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE"
+          ? `unsupported content type ${request.headers["content-type"] ?? "(none)"}: send application/json`
+          : fe.message;
+      return reply.code(fe.statusCode).send(statusBody(fe.statusCode, "BadRequest", message));
+    }
+    request.log.error({ err }, "unhandled error");
+    return reply.code(500).send(statusBody(500, "InternalError", "internal server error; the server log has the details"));
+  });
+  app.setNotFoundHandler((request, reply) =>
+    reply.code(404).send(statusBody(404, "NotFound", `no route for ${request.method} ${request.url.split("?")[0]}; see /openapi.json`)),
+  );
+}

@@ -1,0 +1,152 @@
+import { findKind, type KindDef, kindByKind, knownKindsText, validateManifest } from "../api/kinds.js";
+import type { Resource } from "../api/meta.js";
+import { DEFAULT_PROJECT } from "../api/project.js";
+import { BadRequestError, ConflictError, ForbiddenError, NotFoundError } from "../errors.js";
+import type { ListOptions, ResourceStore } from "../store/port.js";
+
+/**
+ * What the API does with resources beyond storing them: validation and defaults, scope and
+ * project checks, merge patches, and the rules about deleting projects.
+ */
+export class ResourceService {
+  constructor(private readonly store: ResourceStore) {}
+
+  kind(plural: string): KindDef {
+    const def = findKind(plural);
+    if (!def || def.plural !== plural) throw new NotFoundError(`unknown resource type "${plural}"; known: ${knownKindsText()}`);
+    return def;
+  }
+
+  async get(def: KindDef, project: string | undefined, name: string): Promise<Resource> {
+    return this.store.get(def.kind, scope(def, project), name);
+  }
+
+  async list(def: KindDef, opts: ListOptions) {
+    if (def.namespaced && opts.project !== undefined) await this.requireProject(opts.project);
+    return this.store.list(def.kind, def.namespaced ? opts : { labelSelector: opts.labelSelector });
+  }
+
+  async create(def: KindDef, project: string | undefined, body: unknown, dryRun: boolean): Promise<Resource> {
+    const { object } = this.validateFor(def, project, body);
+    if (def.namespaced) await this.requireProject(object.metadata.project!, true);
+    if (dryRun) return object;
+    return this.store.create(object);
+  }
+
+  async update(def: KindDef, project: string | undefined, name: string, body: unknown, dryRun: boolean): Promise<Resource> {
+    const { object } = this.validateFor(def, project, body);
+    if (object.metadata.name !== name) {
+      throw new BadRequestError(`metadata.name "${object.metadata.name}" does not match the name in the URL ("${name}")`);
+    }
+    const current = await this.store.get(def.kind, scope(def, project), name);
+    const rv = (body as { metadata?: { resourceVersion?: string } }).metadata?.resourceVersion;
+    const next: Resource = {
+      ...object,
+      metadata: { ...current.metadata, labels: object.metadata.labels, annotations: object.metadata.annotations, resourceVersion: rv ?? "" },
+    };
+    if (dryRun) return { ...next, status: current.status };
+    return this.store.update(next);
+  }
+
+  /** JSON merge patch (RFC 7386) of labels, annotations and spec; retried if a writer races us. */
+  async patch(def: KindDef, project: string | undefined, name: string, patch: unknown, dryRun: boolean): Promise<Resource> {
+    if (!isPlainObject(patch)) throw new BadRequestError("a merge patch must be a JSON object");
+    for (let i = 0; ; i++) {
+      const current = await this.store.get(def.kind, scope(def, project), name);
+      const merged = mergePatch(
+        { apiVersion: current.apiVersion, kind: current.kind, metadata: { ...current.metadata }, spec: current.spec },
+        patch,
+      ) as Record<string, unknown>;
+      const meta = (merged.metadata ?? {}) as Record<string, unknown>;
+      meta.resourceVersion = current.metadata.resourceVersion;
+      merged.metadata = meta;
+      try {
+        return await this.update(def, project, name, merged, dryRun);
+      } catch (err) {
+        if (err instanceof ConflictError && i < 5) continue;
+        throw err;
+      }
+    }
+  }
+
+  async delete(def: KindDef, project: string | undefined, name: string, resourceVersion?: string): Promise<Resource> {
+    if (def.kind === "Project") await this.checkProjectDeletable(name);
+    return this.store.delete(def.kind, scope(def, project), name, { resourceVersion });
+  }
+
+  /** Makes sure the default project exists; called at every start. */
+  async ensureDefaultProject(): Promise<void> {
+    try {
+      await this.store.get("Project", "", DEFAULT_PROJECT);
+    } catch (err) {
+      if (!(err instanceof NotFoundError)) throw err;
+      await this.store.create(
+        validateManifest({
+          apiVersion: "loom.dev/v1alpha1",
+          kind: "Project",
+          metadata: { name: DEFAULT_PROJECT },
+          spec: { description: "The project commands use when none is named." },
+        }).object,
+      );
+    }
+  }
+
+  private validateFor(def: KindDef, project: string | undefined, body: unknown) {
+    const result = validateManifest(body);
+    if (result.def.kind !== def.kind) {
+      throw new BadRequestError(`the body is a ${result.def.kind} but the URL is for ${def.plural}; send it to /${result.def.plural}`);
+    }
+    if (def.namespaced) {
+      const inBody = result.object.metadata.project;
+      if (inBody && project && inBody !== project) {
+        throw new BadRequestError(`metadata.project "${inBody}" does not match the project in the URL ("${project}")`);
+      }
+      result.object.metadata.project = inBody ?? project ?? DEFAULT_PROJECT;
+    }
+    return result;
+  }
+
+  private async requireProject(project: string, forWrite = false): Promise<void> {
+    let p: Resource;
+    try {
+      p = await this.store.get("Project", "", project);
+    } catch (err) {
+      if (err instanceof NotFoundError) {
+        throw new NotFoundError(`project "${project}" not found: create it first (kind: Project) or use -p default`);
+      }
+      throw err;
+    }
+    if (forWrite && p.metadata.deletionTimestamp) throw new ForbiddenError(`project "${project}" is being deleted; nothing new can be created in it`);
+  }
+
+  private async checkProjectDeletable(name: string): Promise<void> {
+    if (name === DEFAULT_PROJECT) throw new ForbiddenError(`the "${DEFAULT_PROJECT}" project cannot be deleted`);
+    const counts: string[] = [];
+    for (const k of ["TrainingJob"]) {
+      const { items } = await this.store.list(k, { project: name });
+      if (items.length > 0) counts.push(`${items.length} ${kindByKind(k)!.plural}`);
+    }
+    if (counts.length > 0) {
+      throw new ConflictError(`project "${name}" still has ${counts.join(", ")}: delete them first (loom delete tj --all -p ${name})`);
+    }
+  }
+}
+
+function scope(def: KindDef, project: string | undefined): string {
+  return def.namespaced ? (project ?? DEFAULT_PROJECT) : "";
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/** RFC 7386: objects merge recursively, null removes, anything else replaces. */
+export function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isPlainObject(patch)) return patch;
+  const out: Record<string, unknown> = isPlainObject(target) ? { ...target } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}

@@ -1,0 +1,101 @@
+import type { Resource } from "../api/meta.js";
+
+export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED";
+
+export interface WatchEvent {
+  type: WatchEventType;
+  object: Resource;
+}
+
+export interface ListOptions {
+  /** Only this project; undefined lists every project (and cluster-scoped kinds ignore it). */
+  project?: string;
+  labelSelector?: string;
+}
+
+export interface ListResult {
+  items: Resource[];
+  /** The store's revision at the time of the list: pass it to watch to see every later change. */
+  resourceVersion: string;
+}
+
+export interface WatchOptions extends ListOptions {
+  /** Deliver every change after this revision. Omitted: only changes from now on. */
+  resourceVersion?: string;
+}
+
+/** Stops a watch. Idempotent. */
+export type StopWatch = () => void;
+
+/**
+ * The persistence port. Every platform implements it: SQLite embedded, CRDs on a Kubernetes API
+ * server. Semantics follow Kubernetes: one monotonically increasing resourceVersion across the
+ * store, optimistic concurrency on it, generation bumped on spec changes, finalizers delaying
+ * deletion, watches that resume from a revision or fail with ExpiredError.
+ */
+export interface ResourceStore {
+  /** Throws NotFoundError. */
+  get(kind: string, project: string, name: string): Promise<Resource>;
+  list(kind: string, opts?: ListOptions): Promise<ListResult>;
+  /**
+   * Calls onEvent for each change, in revision order, until stopped. Rejects with ExpiredError
+   * when opts.resourceVersion is older than the retained history (the caller must relist).
+   * onEnd is called if the watch ends by itself (connection lost, history expired): the caller
+   * relists and watches again.
+   */
+  watch(kind: string, opts: WatchOptions, onEvent: (e: WatchEvent) => void, onEnd?: (err: Error) => void): Promise<StopWatch>;
+  /** Assigns uid, resourceVersion, generation 1 and creationTimestamp. Throws AlreadyExistsError. */
+  create(obj: Resource): Promise<Resource>;
+  /**
+   * Replaces spec, labels, annotations and finalizers (status is kept). With
+   * metadata.resourceVersion set, a stale version throws ConflictError. An object being deleted
+   * whose last finalizer is removed is deleted.
+   */
+  update(obj: Resource): Promise<Resource>;
+  /** Replaces status only; same concurrency rule as update. */
+  updateStatus(obj: Resource): Promise<Resource>;
+  /**
+   * Deletes at once, or — when finalizers remain — marks deletionTimestamp and returns the marked
+   * object; controllers finish the job and remove their finalizer.
+   */
+  delete(kind: string, project: string, name: string, opts?: { resourceVersion?: string }): Promise<Resource>;
+  close(): Promise<void>;
+}
+
+/** A human-readable record attached to an object: what happened and why (kubectl describe). */
+export interface ObjectEvent {
+  type: "Normal" | "Warning";
+  reason: string;
+  message: string;
+  count: number;
+  firstTimestamp: string;
+  lastTimestamp: string;
+}
+
+export interface EventRef {
+  kind: string;
+  project: string;
+  name: string;
+  uid: string;
+}
+
+/** Records events about objects; repeated identical events are counted, not duplicated. */
+export interface EventRecorder {
+  record(ref: EventRef, type: "Normal" | "Warning", reason: string, message: string): Promise<void>;
+  listFor(ref: Omit<EventRef, "uid"> & { uid?: string }, limit?: number): Promise<ObjectEvent[]>;
+}
+
+export type Role = "admin" | "editor" | "viewer";
+
+export interface TokenInfo {
+  id: string;
+  name: string;
+  role: Role;
+}
+
+/** Bearer tokens, stored only as hashes. */
+export interface TokenStore {
+  /** Creates a token and returns its secret once. */
+  create(name: string, role: Role): Promise<{ token: string; info: TokenInfo }>;
+  verify(token: string): Promise<TokenInfo | undefined>;
+}

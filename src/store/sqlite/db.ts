@@ -1,0 +1,165 @@
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import Database from "better-sqlite3";
+import { type Generated, Kysely, type Migration, Migrator, SqliteDialect, sql } from "kysely";
+
+export interface ResourcesTable {
+  kind: string;
+  project: string;
+  name: string;
+  uid: string;
+  rv: number;
+  body: string;
+}
+
+export interface ChangesTable {
+  rv: Generated<number>;
+  kind: string;
+  project: string;
+  name: string;
+  type: string;
+  body: string;
+}
+
+export interface EventsTable {
+  id: Generated<number>;
+  kind: string;
+  project: string;
+  name: string;
+  uid: string;
+  type: string;
+  reason: string;
+  message: string;
+  count: number;
+  first_ts: string;
+  last_ts: string;
+}
+
+export interface TokensTable {
+  id: string;
+  name: string;
+  role: string;
+  hash: string;
+  created_at: string;
+}
+
+export interface MetaTable {
+  key: string;
+  value: string;
+}
+
+export interface Schema {
+  resources: ResourcesTable;
+  changes: ChangesTable;
+  events: EventsTable;
+  tokens: TokensTable;
+  meta: MetaTable;
+}
+
+/**
+ * Migrations run in order on every start; each is applied once. Never edit a released one: add
+ * the next.
+ */
+const MIGRATIONS: Record<string, Migration> = {
+  "0001_initial": {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("resources")
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("uid", "text", (c) => c.notNull())
+        .addColumn("rv", "integer", (c) => c.notNull())
+        .addColumn("body", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("resources_pk", ["kind", "project", "name"])
+        .execute();
+      // The change log: one row per write, its rowid is the resourceVersion. Watches replay it.
+      await db.schema
+        .createTable("changes")
+        .addColumn("rv", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("type", "text", (c) => c.notNull())
+        .addColumn("body", "text", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("changes_kind_rv").on("changes").columns(["kind", "rv"]).execute();
+      await db.schema
+        .createTable("events")
+        .addColumn("id", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("kind", "text", (c) => c.notNull())
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("uid", "text", (c) => c.notNull())
+        .addColumn("type", "text", (c) => c.notNull())
+        .addColumn("reason", "text", (c) => c.notNull())
+        .addColumn("message", "text", (c) => c.notNull())
+        .addColumn("count", "integer", (c) => c.notNull())
+        .addColumn("first_ts", "text", (c) => c.notNull())
+        .addColumn("last_ts", "text", (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex("events_object").on("events").columns(["kind", "project", "name"]).execute();
+      await db.schema
+        .createTable("tokens")
+        .addColumn("id", "text", (c) => c.primaryKey())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("role", "text", (c) => c.notNull())
+        .addColumn("hash", "text", (c) => c.notNull().unique())
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable("meta")
+        .addColumn("key", "text", (c) => c.primaryKey())
+        .addColumn("value", "text", (c) => c.notNull())
+        .execute();
+    },
+  },
+};
+
+export interface OpenedDatabase {
+  db: Kysely<Schema>;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens (creating if needed) the embedded database and brings its schema up to date. WAL with
+ * synchronous=NORMAL: a committed write is in the WAL file before the client hears back, so it
+ * survives the process being killed; synchronous=FULL also survives power loss, at some speed.
+ */
+export async function openSqlite(file: string, opts: { synchronous?: "NORMAL" | "FULL" } = {}): Promise<OpenedDatabase> {
+  if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
+  const raw = new Database(file);
+  raw.pragma("journal_mode = WAL");
+  raw.pragma(`synchronous = ${opts.synchronous ?? "NORMAL"}`);
+  raw.pragma("foreign_keys = ON");
+  raw.pragma("busy_timeout = 5000");
+  const db = new Kysely<Schema>({ dialect: new SqliteDialect({ database: raw }) });
+  const migrator = new Migrator({ db, provider: { getMigrations: async () => MIGRATIONS } });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) {
+    await db.destroy();
+    const failed = results?.find((r) => r.status === "Error")?.migrationName ?? "unknown";
+    throw new Error(`database migration ${failed} failed on ${file}: ${String(error)}`);
+  }
+  return {
+    db,
+    close: async () => {
+      await db.destroy();
+    },
+  };
+}
+
+export async function getMeta(db: Kysely<Schema>, key: string): Promise<string | undefined> {
+  const row = await db.selectFrom("meta").select("value").where("key", "=", key).executeTakeFirst();
+  return row?.value;
+}
+
+export async function setMeta(db: Kysely<Schema>, key: string, value: string): Promise<void> {
+  await db
+    .insertInto("meta")
+    .values({ key, value })
+    .onConflict((oc) => oc.column("key").doUpdateSet({ value }))
+    .execute();
+}
+
+export { sql };

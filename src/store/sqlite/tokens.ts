@@ -1,0 +1,32 @@
+import { createHash, randomBytes, randomUUID } from "node:crypto";
+import type { Kysely } from "kysely";
+import type { Role, TokenInfo, TokenStore } from "../port.js";
+import type { Schema } from "./db.js";
+
+/** Secrets are never stored: only their SHA-256, so a copied database leaks no usable token. */
+export function hashToken(token: string): string {
+  return createHash("sha256").update(token).digest("hex");
+}
+
+export class SqliteTokenStore implements TokenStore {
+  constructor(private readonly db: Kysely<Schema>) {}
+
+  async create(name: string, role: Role): Promise<{ token: string; info: TokenInfo }> {
+    const token = `loom_${randomBytes(24).toString("base64url")}`;
+    const info: TokenInfo = { id: randomUUID(), name, role };
+    await this.db
+      .insertInto("tokens")
+      .values({ id: info.id, name, role, hash: hashToken(token), created_at: new Date().toISOString() })
+      .execute();
+    return { token, info };
+  }
+
+  async verify(token: string): Promise<TokenInfo | undefined> {
+    const row = await this.db
+      .selectFrom("tokens")
+      .select(["id", "name", "role"])
+      .where("hash", "=", hashToken(token))
+      .executeTakeFirst();
+    return row ? { id: row.id, name: row.name, role: row.role as Role } : undefined;
+  }
+}
