@@ -1,0 +1,186 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+
+export const ROOT = resolve(import.meta.dirname, "..");
+const BIN = join(ROOT, "bin", "loom.js");
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * A real `loom up` in its own process, with its own data dir and CLI config, driven through the
+ * real CLI. Each test file gets its own, so files can run in parallel.
+ */
+export class LoomProcess {
+  readonly dataDir: string;
+  readonly configFile: string;
+  url = "";
+  token = "";
+  private proc: ChildProcess | undefined;
+  readonly home: string;
+  log = "";
+
+  /** Pass the home of an earlier LoomProcess to start a server on the same data dir. */
+  constructor(
+    private readonly extraArgs: string[] = [],
+    home?: string,
+  ) {
+    this.home = home ?? mkdtempSync(join(tmpdir(), "loom-test-"));
+    this.dataDir = join(this.home, "data");
+    this.configFile = join(this.home, "config.yaml");
+  }
+
+  env(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env.LOOM_URL;
+    delete env.LOOM_TOKEN;
+    return { ...env, LOOM_CONFIG: this.configFile, LOOM_LOG_LEVEL: "info", ...extra };
+  }
+
+  /** Starts the server and waits for the line with its URL. */
+  async start(): Promise<void> {
+    const proc = spawn(process.execPath, [BIN, "up", "--data-dir", this.dataDir, "--port", "0", ...this.extraArgs], {
+      env: this.env(),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.proc = proc;
+    let out = "";
+    proc.stderr!.on("data", (d: Buffer) => {
+      this.log += d.toString();
+    });
+    await new Promise<void>((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error(`loom up did not start: ${out}\n${this.log}`)), 30_000);
+      proc.stdout!.on("data", (d: Buffer) => {
+        out += d.toString();
+        const url = /is up at (\S+)/.exec(out)?.[1];
+        const token = /admin token: (\S+)/.exec(out)?.[1];
+        if (url && token) {
+          clearTimeout(timer);
+          this.url = url;
+          this.token = token;
+          ok();
+        }
+      });
+      proc.on("exit", (code) => {
+        clearTimeout(timer);
+        fail(new Error(`loom up exited with ${code}: ${out}\n${this.log}`));
+      });
+    });
+    proc.removeAllListeners("exit");
+  }
+
+  get pid(): number | undefined {
+    return this.proc?.pid;
+  }
+
+  /** Sends a signal and waits for the process to be gone. */
+  async kill(signal: NodeJS.Signals = "SIGTERM"): Promise<number | null> {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return proc?.exitCode ?? null;
+    const exited = new Promise<number | null>((ok) => proc.once("exit", (code) => ok(code)));
+    proc.kill(signal);
+    return exited;
+  }
+
+  /** Runs the real CLI against this server. */
+  cli(args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
+    return new Promise((ok) => {
+      const p = spawn(process.execPath, [BIN, ...args], { env: this.env(opts.env), cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      p.stdout.on("data", (d: Buffer) => {
+        stdout += d.toString();
+      });
+      p.stderr.on("data", (d: Buffer) => {
+        stderr += d.toString();
+      });
+      p.stdin.end(opts.input ?? "");
+      p.on("close", (code) => ok({ code: code ?? -1, stdout, stderr }));
+    });
+  }
+
+  /** REST call with the admin token (or the given one). */
+  async api(method: string, path: string, body?: unknown, token: string | null = this.token): Promise<{ status: number; body: unknown }> {
+    const headers: Record<string, string> = {};
+    if (token !== null) headers.authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const res = await fetch(`${this.url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {}
+    return { status: res.status, body: parsed };
+  }
+
+  async job(name: string, project = "default"): Promise<Job> {
+    const r = await this.api("GET", `/apis/loom.dev/v1alpha1/projects/${project}/trainingjobs/${name}`);
+    if (r.status !== 200) throw new Error(`get ${name}: ${r.status} ${JSON.stringify(r.body)}`);
+    return r.body as Job;
+  }
+
+  /** Polls until the job satisfies the predicate. */
+  async waitFor(name: string, pred: (j: Job) => boolean, timeoutMs = 30_000, project = "default"): Promise<Job> {
+    const deadline = Date.now() + timeoutMs;
+    let last: Job | undefined;
+    while (Date.now() < deadline) {
+      try {
+        last = await this.job(name, project);
+        if (pred(last)) return last;
+      } catch {}
+      await sleep(100);
+    }
+    throw new Error(`timed out waiting for ${name}; last seen: ${JSON.stringify(last?.status)}`);
+  }
+
+  async stop(): Promise<void> {
+    // Delete what the test left so no worker process outlives it.
+    if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) {
+      await this.cli(["delete", "tj", "--all", "--timeout", "30"]).catch(() => undefined);
+      await this.kill("SIGTERM");
+    }
+    rmSync(this.home, { recursive: true, force: true });
+  }
+}
+
+export interface Job {
+  metadata: { name: string; uid: string; resourceVersion: string; finalizers?: string[] };
+  spec: Record<string, unknown>;
+  status?: {
+    phase?: string;
+    attempts?: number;
+    conditions?: { type: string; status: string; reason: string; message: string }[];
+    workers?: { index: number; state: string; pid?: number; exitCode?: number; signal?: string }[];
+  };
+}
+
+export function jobYaml(name: string, command: string[], extra = ""): string {
+  return `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata:
+  name: ${name}
+spec:
+  command: ${JSON.stringify(command)}
+${extra}`;
+}
+
+/** True while a process with this pid exists (and is not a zombie). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
