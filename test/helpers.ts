@@ -45,10 +45,14 @@ export class LoomProcess {
 
   /** Starts the server and waits for the line with its URL. */
   async start(): Promise<void> {
-    const proc = spawn(process.execPath, [BIN, "up", "--data-dir", this.dataDir, "--port", "0", ...this.extraArgs], {
-      env: this.env(),
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const proc = spawn(
+      process.execPath,
+      [BIN, "up", "--data-dir", this.dataDir, "--port", "0", ...this.extraArgs],
+      {
+        env: this.env(),
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     this.proc = proc;
     let out = "";
     proc.stderr!.on("data", (d: Buffer) => {
@@ -91,7 +95,11 @@ export class LoomProcess {
   /** Runs the real CLI against this server. */
   cli(args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
     return new Promise((ok) => {
-      const p = spawn(process.execPath, [BIN, ...args], { env: this.env(opts.env), cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
+      const p = spawn(process.execPath, [BIN, ...args], {
+        env: this.env(opts.env),
+        cwd: ROOT,
+        stdio: ["pipe", "pipe", "pipe"],
+      });
       let stdout = "";
       let stderr = "";
       p.stdout.on("data", (d: Buffer) => {
@@ -106,11 +114,20 @@ export class LoomProcess {
   }
 
   /** REST call with the admin token (or the given one). */
-  async api(method: string, path: string, body?: unknown, token: string | null = this.token): Promise<{ status: number; body: unknown }> {
+  async api(
+    method: string,
+    path: string,
+    body?: unknown,
+    token: string | null = this.token,
+  ): Promise<{ status: number; body: unknown }> {
     const headers: Record<string, string> = {};
     if (token !== null) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
-    const res = await fetch(`${this.url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const res = await fetch(`${this.url}${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
     const text = await res.text();
     let parsed: unknown = text;
     try {
@@ -126,7 +143,12 @@ export class LoomProcess {
   }
 
   /** Polls until the job satisfies the predicate. */
-  async waitFor(name: string, pred: (j: Job) => boolean, timeoutMs = 30_000, project = "default"): Promise<Job> {
+  async waitFor(
+    name: string,
+    pred: (j: Job) => boolean,
+    timeoutMs = 30_000,
+    project = "default",
+  ): Promise<Job> {
     const deadline = Date.now() + timeoutMs;
     let last: Job | undefined;
     while (Date.now() < deadline) {

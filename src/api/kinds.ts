@@ -81,7 +81,8 @@ export function toFieldIssues(error: z.ZodError, prefix: string): FieldIssue[] {
   return error.issues.map((issue) => {
     const path = [prefix, ...issue.path.map(String)].filter(Boolean).join(".");
     let message = issue.message;
-    if (issue.code === "invalid_type" && /received undefined/.test(issue.message)) message = "required field is missing";
+    if (issue.code === "invalid_type" && /received undefined/.test(issue.message))
+      message = "required field is missing";
     if (issue.code === "unrecognized_keys") message = `unknown field(s): ${issue.keys.join(", ")}`;
     return { path, message };
   });
@@ -109,17 +110,25 @@ export function validateManifest(input: unknown): { def: KindDef; object: Resour
     fail([{ path: "", message: "a manifest must be a mapping with apiVersion, kind, metadata and spec" }]);
   }
   const raw = input as Record<string, unknown>;
-  if (typeof raw.kind !== "string" || raw.kind === "") fail([{ path: "kind", message: "required field is missing" }]);
+  if (typeof raw.kind !== "string" || raw.kind === "")
+    fail([{ path: "kind", message: "required field is missing" }]);
   const def = kindByKind(raw.kind);
   if (!def) fail([{ path: "kind", message: `unknown kind "${raw.kind}"; known kinds: ${knownKindsText()}` }]);
   if (raw.apiVersion !== API_VERSION) {
-    fail([{ path: "apiVersion", message: `must be "${API_VERSION}" (got ${JSON.stringify(raw.apiVersion ?? null)})` }]);
+    fail([
+      {
+        path: "apiVersion",
+        message: `must be "${API_VERSION}" (got ${JSON.stringify(raw.apiVersion ?? null)})`,
+      },
+    ]);
   }
   const env = Envelope.safeParse(raw);
   if (!env.success) fail(toFieldIssues(env.error, ""));
   const meta = env.data.metadata;
   if (!def.namespaced && meta.project) {
-    fail([{ path: "metadata.project", message: `${def.kind} is not part of a project; remove metadata.project` }]);
+    fail([
+      { path: "metadata.project", message: `${def.kind} is not part of a project; remove metadata.project` },
+    ]);
   }
   const spec = def.spec.safeParse(env.data.spec ?? {});
   if (!spec.success) fail(toFieldIssues(spec.error, "spec"));

@@ -6,13 +6,17 @@ export const API_VERSION = `${GROUP}/${VERSION}`;
 
 /** RFC 1123 label, as Kubernetes requires for names that become DNS names and namespaces. */
 export const NAME_PATTERN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const LABEL_KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+const LABEL_KEY =
+  /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
 
 export const ResourceName = z
   .string()
   .max(63, "must be at most 63 characters")
-  .regex(NAME_PATTERN, "must be lowercase letters, digits and '-', starting and ending with a letter or digit");
+  .regex(
+    NAME_PATTERN,
+    "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
+  );
 
 /** What a user may write in metadata; the server owns uid, resourceVersion, generation and timestamps. */
 export const InputMetadata = z.object({
@@ -87,11 +91,16 @@ export function displayKey(k: { project?: string; name: string }): string {
  * Sets a condition, keeping lastTransitionTime when the status did not change (Kubernetes
  * convention: the time says when it flipped, not when it was last written).
  */
-export function setCondition(conditions: Condition[] | undefined, next: Omit<Condition, "lastTransitionTime">, now: Date): Condition[] {
+export function setCondition(
+  conditions: Condition[] | undefined,
+  next: Omit<Condition, "lastTransitionTime">,
+  now: Date,
+): Condition[] {
   const list = [...(conditions ?? [])];
   const i = list.findIndex((c) => c.type === next.type);
   const prev = i >= 0 ? list[i] : undefined;
-  const lastTransitionTime = prev && prev.status === next.status ? prev.lastTransitionTime : now.toISOString();
+  const lastTransitionTime =
+    prev && prev.status === next.status ? prev.lastTransitionTime : now.toISOString();
   const cond: Condition = { ...next, lastTransitionTime };
   if (i >= 0) list[i] = cond;
   else list.push(cond);

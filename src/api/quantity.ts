@@ -10,7 +10,8 @@ const QUANTITY = /^([0-9]+(?:\.[0-9]+)?)(m|Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$/;
 
 /** CPU as millicores: 2 → 2000, "500m" → 500, "1.5" → 1500. Undefined for malformed input. */
 export function parseCpuMillis(value: string | number): number | undefined {
-  if (typeof value === "number") return Number.isFinite(value) && value >= 0 ? Math.round(value * 1000) : undefined;
+  if (typeof value === "number")
+    return Number.isFinite(value) && value >= 0 ? Math.round(value * 1000) : undefined;
   const m = QUANTITY.exec(value.trim());
   if (!m) return undefined;
   const n = Number(m[1]);

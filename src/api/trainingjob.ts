@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { ConditionSchema, type Condition, type Resource } from "./meta.js";
+import { type Condition, ConditionSchema, type Resource } from "./meta.js";
 import { parseCpuMillis, parseMemoryBytes } from "./quantity.js";
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -11,14 +11,22 @@ const CpuQuantity = z
 
 const MemoryQuantity = z
   .union([z.number(), z.string()])
-  .refine((v) => parseMemoryBytes(v) !== undefined, 'must be a memory quantity such as "512Mi", "4Gi" or bytes')
+  .refine(
+    (v) => parseMemoryBytes(v) !== undefined,
+    'must be a memory quantity such as "512Mi", "4Gi" or bytes',
+  )
   .describe('Memory: bytes or a quantity such as "512Mi" or "4Gi".');
 
 export const Resources = z
   .strictObject({
     cpu: CpuQuantity.optional(),
     memory: MemoryQuantity.optional(),
-    gpu: z.number().int("must be a whole number of GPUs").min(0).optional().describe("Whole GPUs per worker."),
+    gpu: z
+      .number()
+      .int("must be a whole number of GPUs")
+      .min(0)
+      .optional()
+      .describe("Whole GPUs per worker."),
   })
   .describe("What each worker requests. Requests are reserved by the scheduler; unset means none.");
 
@@ -47,13 +55,18 @@ export const TrainingJobSpec = z
       .default(1)
       .describe("Number of workers started together as a gang."),
     env: z
-      .record(z.string().regex(ENV_NAME, "environment variable names are letters, digits and '_'"), z.string())
+      .record(
+        z.string().regex(ENV_NAME, "environment variable names are letters, digits and '_'"),
+        z.string(),
+      )
       .default({})
       .describe("Extra environment variables for every worker."),
     workingDir: z
       .string()
       .optional()
-      .describe("Working directory of every worker. Embedded default: the job's own directory under the data dir."),
+      .describe(
+        "Working directory of every worker. Embedded default: the job's own directory under the data dir.",
+      ),
     resources: Resources.default({}),
     failurePolicy: FailurePolicy.default({ maxRestarts: 0 }),
     terminationGracePeriodSeconds: z

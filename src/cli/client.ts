@@ -18,7 +18,8 @@ export class ApiError extends CliError {
 
   private static format(status: number, body: Partial<StatusBody>): string {
     const causes = body.details?.causes ?? [];
-    if (causes.length > 0) return causes.map((c) => (c.field ? `${c.field}: ${c.message}` : c.message)).join("\n");
+    if (causes.length > 0)
+      return causes.map((c) => (c.field ? `${c.field}: ${c.message}` : c.message)).join("\n");
     if (status === 401) return `unauthorized: ${body.message ?? "the token was rejected"}`;
     return body.message ?? `the server answered ${status}`;
   }
@@ -28,7 +29,12 @@ export class ApiError extends CliError {
 export class ApiClient {
   constructor(private readonly ctx: Context) {}
 
-  async request<T>(method: string, path: string, body?: unknown, contentType = "application/json"): Promise<T> {
+  async request<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    contentType = "application/json",
+  ): Promise<T> {
     const res = await this.fetch(path, {
       method,
       headers: body === undefined ? {} : { "content-type": contentType },

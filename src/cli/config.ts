@@ -27,7 +27,9 @@ export function readConfig(file = configPath()): CliConfig {
   try {
     raw = parse(readFileSync(file, "utf8"));
   } catch (err) {
-    throw new CliError(`cannot read ${file}: ${(err as Error).message}; fix or delete it, then run loom up again`);
+    throw new CliError(
+      `cannot read ${file}: ${(err as Error).message}; fix or delete it, then run loom up again`,
+    );
   }
   const cfg = (raw ?? {}) as Partial<CliConfig>;
   return { currentContext: cfg.currentContext, contexts: Array.isArray(cfg.contexts) ? cfg.contexts : [] };
@@ -51,6 +53,9 @@ export function resolveContext(contextName?: string): Context {
   if (contextName && !ctx) throw new CliError(`no context "${contextName}" in ${configPath()}`);
   const url = process.env.LOOM_URL ?? ctx?.url;
   const token = process.env.LOOM_TOKEN ?? ctx?.token;
-  if (!url) throw new CliError(`no Loom server configured: run 'loom up' (it writes ${configPath()}) or set LOOM_URL and LOOM_TOKEN`);
+  if (!url)
+    throw new CliError(
+      `no Loom server configured: run 'loom up' (it writes ${configPath()}) or set LOOM_URL and LOOM_TOKEN`,
+    );
   return { name: ctx?.name ?? "env", url: url.replace(/\/$/, ""), token: token ?? "", project: ctx?.project };
 }

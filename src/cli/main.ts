@@ -70,7 +70,8 @@ async function apply(program: Command, files: string[], projectOpt: string | und
         await api.request("POST", `${collectionPath(p.def, p.project)}?dryRun=All`, p.body);
       } catch (err) {
         if (err instanceof ApiError && err.status !== 401 && err.status < 500) {
-          for (const line of err.message.split("\n")) problems.push(`${p.source}: ${p.def.kind} "${p.name}": ${line}`);
+          for (const line of err.message.split("\n"))
+            problems.push(`${p.source}: ${p.def.kind} "${p.name}": ${line}`);
         } else throw err;
       }
     }),
@@ -94,7 +95,8 @@ function prepare(doc: ManifestDoc, project: string): Prepared {
   const kind = doc.body.kind;
   if (typeof kind !== "string") throw new CliError(`${doc.source}: kind: required field is missing`);
   const def = findKind(kind);
-  if (!def || def.kind !== kind) throw new CliError(`${doc.source}: kind: unknown kind "${kind}"; known kinds: ${knownKindsText()}`);
+  if (!def || def.kind !== kind)
+    throw new CliError(`${doc.source}: kind: unknown kind "${kind}"; known kinds: ${knownKindsText()}`);
   const meta = (doc.body.metadata ?? {}) as Record<string, unknown>;
   const name = typeof meta.name === "string" ? meta.name : "";
   if (!name) throw new CliError(`${doc.source}: metadata.name: required field is missing`);
@@ -117,10 +119,15 @@ async function createOrUpdate(api: ApiClient, p: Prepared): Promise<string> {
       if (!(err instanceof ApiError && err.reason === "AlreadyExists")) throw err;
     }
     const current = await api.request<Resource>("GET", itemPath(p.def, p.project, p.name));
-    const body = { ...p.body, metadata: { ...(p.body.metadata as object), resourceVersion: current.metadata.resourceVersion } };
+    const body = {
+      ...p.body,
+      metadata: { ...(p.body.metadata as object), resourceVersion: current.metadata.resourceVersion },
+    };
     try {
       const updated = await api.request<Resource>("PUT", itemPath(p.def, p.project, p.name), body);
-      return updated.metadata.resourceVersion === current.metadata.resourceVersion ? "unchanged" : "configured";
+      return updated.metadata.resourceVersion === current.metadata.resourceVersion
+        ? "unchanged"
+        : "configured";
     } catch (err) {
       if (err instanceof ApiError && (err.reason === "Conflict" || err.reason === "NotFound")) continue;
       throw err;
@@ -129,7 +136,13 @@ async function createOrUpdate(api: ApiClient, p: Prepared): Promise<string> {
   throw new CliError(`${ref(p.def, p.name)}: gave up after repeated conflicting writes; try again`);
 }
 
-function output(items: Resource[], def: KindDef, format: string | undefined, allProjects: boolean, single: boolean): string {
+function output(
+  items: Resource[],
+  def: KindDef,
+  format: string | undefined,
+  allProjects: boolean,
+  single: boolean,
+): string {
   switch (format) {
     case "json":
       return `${JSON.stringify(single ? items[0] : { apiVersion: API_VERSION, kind: `${def.kind}List`, items }, null, 2)}\n`;
@@ -156,15 +169,21 @@ export function buildProgram(): Command {
   program
     .command("up")
     .description("run the embedded platform in the foreground (API, controllers, local runtime)")
-    .option("--data-dir <dir>", "where state, logs and the database live", process.env.LOOM_DATA_DIR ?? join(homedir(), ".loom", "data"))
+    .option(
+      "--data-dir <dir>",
+      "where state, logs and the database live",
+      process.env.LOOM_DATA_DIR ?? join(homedir(), ".loom", "data"),
+    )
     .option("--port <port>", "port to listen on (0 picks a free one)", "7470")
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .addOption(new Option("--gpus <n>", "declare N virtual GPUs instead of detecting them with nvidia-smi"))
     .action(async (opts: { dataDir: string; port: string; host: string; gpus?: string }) => {
       const port = Number(opts.port);
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError(`--port must be 0-65535, got "${opts.port}"`);
+      if (!Number.isInteger(port) || port < 0 || port > 65535)
+        throw new CliError(`--port must be 0-65535, got "${opts.port}"`);
       const gpus = opts.gpus === undefined ? undefined : Number(opts.gpus);
-      if (gpus !== undefined && (!Number.isInteger(gpus) || gpus < 0)) throw new CliError(`--gpus must be a whole number, got "${opts.gpus}"`);
+      if (gpus !== undefined && (!Number.isInteger(gpus) || gpus < 0))
+        throw new CliError(`--gpus must be a whole number, got "${opts.gpus}"`);
       const { startEmbedded } = await import("../server/embedded.js");
       const log = createLogger();
       let server: Awaited<ReturnType<typeof startEmbedded>>;
@@ -172,7 +191,8 @@ export function buildProgram(): Command {
         server = await startEmbedded({ dataDir: resolve(opts.dataDir), port, host: opts.host, gpus, log });
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
-        if (e.code === "EADDRINUSE") throw new CliError(`port ${port} is in use: stop what uses it or pass --port`);
+        if (e.code === "EADDRINUSE")
+          throw new CliError(`port ${port} is in use: stop what uses it or pass --port`);
         if (e.message?.startsWith("data dir")) throw new CliError(e.message);
         throw err;
       }
@@ -185,7 +205,10 @@ export function buildProgram(): Command {
       );
       await new Promise<void>((done) => {
         const stop = (signal: string) => {
-          log.info({ signal }, "stopping; running workloads keep running and are re-adopted by the next loom up");
+          log.info(
+            { signal },
+            "stopping; running workloads keep running and are re-adopted by the next loom up",
+          );
           server.close().then(done, (err) => {
             log.error({ err }, "error while stopping");
             done();
@@ -202,7 +225,9 @@ export function buildProgram(): Command {
     .description("create or update the objects in manifests (multi-document YAML or JSON)")
     .requiredOption("-f, --filename <path...>", "file, directory or - for stdin")
     .option("-p, --project <project>", "project for objects that do not name one")
-    .action(async (opts: { filename: string[]; project?: string }) => apply(program, opts.filename, opts.project));
+    .action(async (opts: { filename: string[]; project?: string }) =>
+      apply(program, opts.filename, opts.project),
+    );
 
   program
     .command("get")
@@ -213,24 +238,39 @@ export function buildProgram(): Command {
     .option("-A, --all-projects", "list across every project")
     .option("-l, --selector <selector>", "label selector, e.g. team=nlp,tier!=dev")
     .option("-o, --output <format>", "wide, json, yaml or name")
-    .action(async (kindArg: string, name: string | undefined, opts: { project?: string; allProjects?: boolean; selector?: string; output?: string }) => {
-      const { def, name: n } = kindArg.includes("/") ? kindAndName(kindArg, name) : { def: kindOf(kindArg), name };
-      const { api, defaultProject } = client(program);
-      const project = opts.project ?? defaultProject;
-      if (n) {
-        const obj = await api.request<Resource>("GET", itemPath(def, project, n));
-        process.stdout.write(output([obj], def, opts.output, false, true));
-        return;
-      }
-      const all = !!opts.allProjects || !def.namespaced;
-      const q = opts.selector ? `?labelSelector=${encodeURIComponent(opts.selector)}` : "";
-      const list = await api.request<{ items: Resource[] }>("GET", `${collectionPath(def, all ? undefined : project)}${q}`);
-      const text = output(list.items, def, opts.output, all && def.namespaced, false);
-      if (text === "" && (opts.output === undefined || opts.output === "wide")) {
-        process.stderr.write(def.namespaced && !all ? `No ${def.plural} found in project ${project}.\n` : `No ${def.plural} found.\n`);
-      }
-      process.stdout.write(text);
-    });
+    .action(
+      async (
+        kindArg: string,
+        name: string | undefined,
+        opts: { project?: string; allProjects?: boolean; selector?: string; output?: string },
+      ) => {
+        const { def, name: n } = kindArg.includes("/")
+          ? kindAndName(kindArg, name)
+          : { def: kindOf(kindArg), name };
+        const { api, defaultProject } = client(program);
+        const project = opts.project ?? defaultProject;
+        if (n) {
+          const obj = await api.request<Resource>("GET", itemPath(def, project, n));
+          process.stdout.write(output([obj], def, opts.output, false, true));
+          return;
+        }
+        const all = !!opts.allProjects || !def.namespaced;
+        const q = opts.selector ? `?labelSelector=${encodeURIComponent(opts.selector)}` : "";
+        const list = await api.request<{ items: Resource[] }>(
+          "GET",
+          `${collectionPath(def, all ? undefined : project)}${q}`,
+        );
+        const text = output(list.items, def, opts.output, all && def.namespaced, false);
+        if (text === "" && (opts.output === undefined || opts.output === "wide")) {
+          process.stderr.write(
+            def.namespaced && !all
+              ? `No ${def.plural} found in project ${project}.\n`
+              : `No ${def.plural} found.\n`,
+          );
+        }
+        process.stdout.write(text);
+      },
+    );
 
   program
     .command("describe")
@@ -263,15 +303,21 @@ export function buildProgram(): Command {
     .option("--worker <n>", "worker index", "0")
     .option("--attempt <n>", "attempt number (default: the latest)")
     .option("-f, --follow", "keep printing until the worker exits")
-    .action(async (target: string, nameArg: string | undefined, opts: { project?: string; worker: string; attempt?: string; follow?: boolean }) => {
-      const { def, name } = kindAndName(target, nameArg);
-      const { api, defaultProject } = client(program);
-      const q = new URLSearchParams({ worker: opts.worker });
-      if (opts.attempt) q.set("attempt", opts.attempt);
-      if (opts.follow) q.set("follow", "true");
-      const stream = await api.stream(`${itemPath(def, opts.project ?? defaultProject, name)}/log?${q}`);
-      for await (const chunk of stream) process.stdout.write(chunk as Buffer);
-    });
+    .action(
+      async (
+        target: string,
+        nameArg: string | undefined,
+        opts: { project?: string; worker: string; attempt?: string; follow?: boolean },
+      ) => {
+        const { def, name } = kindAndName(target, nameArg);
+        const { api, defaultProject } = client(program);
+        const q = new URLSearchParams({ worker: opts.worker });
+        if (opts.attempt) q.set("attempt", opts.attempt);
+        if (opts.follow) q.set("follow", "true");
+        const stream = await api.stream(`${itemPath(def, opts.project ?? defaultProject, name)}/log?${q}`);
+        for await (const chunk of stream) process.stdout.write(chunk as Buffer);
+      },
+    );
 
   program
     .command("delete")
@@ -283,54 +329,71 @@ export function buildProgram(): Command {
     .option("--all", "delete every object of the kind in the project")
     .option("--wait <bool>", "wait until the objects are gone (workers stopped)", "true")
     .option("--timeout <seconds>", "how long to wait", "120")
-    .action(async (kindArg: string | undefined, names: string[], opts: { filename?: string[]; project?: string; all?: boolean; wait: string; timeout: string }) => {
-      const { api, defaultProject } = client(program);
-      const project = opts.project ?? defaultProject;
-      const targets: { def: KindDef; project: string; name: string }[] = [];
-      if (opts.filename) {
-        for (const p of readManifests(opts.filename).map((d) => prepare(d, project))) targets.push({ def: p.def, project: p.project, name: p.name });
-      } else {
-        if (!kindArg) throw new CliError("name what to delete: loom delete KIND NAME, loom delete KIND --all, or loom delete -f FILE");
-        if (kindArg.includes("/")) {
-          const { def, name } = kindAndName(kindArg, undefined);
-          targets.push({ def, project, name });
+    .action(
+      async (
+        kindArg: string | undefined,
+        names: string[],
+        opts: { filename?: string[]; project?: string; all?: boolean; wait: string; timeout: string },
+      ) => {
+        const { api, defaultProject } = client(program);
+        const project = opts.project ?? defaultProject;
+        const targets: { def: KindDef; project: string; name: string }[] = [];
+        if (opts.filename) {
+          for (const p of readManifests(opts.filename).map((d) => prepare(d, project)))
+            targets.push({ def: p.def, project: p.project, name: p.name });
         } else {
-          const def = kindOf(kindArg);
-          if (opts.all) {
-            const list = await api.request<{ items: Resource[] }>("GET", collectionPath(def, def.namespaced ? project : undefined));
-            for (const o of list.items) targets.push({ def, project, name: o.metadata.name });
-          } else if (names.length === 0) throw new CliError(`name the ${def.singular} to delete, or pass --all`);
-          for (const n of names) targets.push({ def, project, name: n });
-        }
-      }
-      let failed = false;
-      for (const t of targets) {
-        try {
-          await api.request("DELETE", itemPath(t.def, t.project, t.name));
-          process.stdout.write(`${ref(t.def, t.name)} deleted\n`);
-        } catch (err) {
-          if (!(err instanceof ApiError)) throw err;
-          process.stderr.write(`error: ${err.message}\n`);
-          failed = true;
-        }
-      }
-      if (opts.wait !== "false") {
-        const deadline = Date.now() + Number(opts.timeout) * 1000;
-        for (const t of targets) {
-          while (true) {
-            try {
-              await api.request("GET", itemPath(t.def, t.project, t.name));
-            } catch (err) {
-              if (err instanceof ApiError && err.status === 404) break;
-              throw err;
-            }
-            if (Date.now() > deadline) throw new CliError(`timed out waiting for ${ref(t.def, t.name)} to be deleted; its workers may still be stopping`);
-            await sleep(200);
+          if (!kindArg)
+            throw new CliError(
+              "name what to delete: loom delete KIND NAME, loom delete KIND --all, or loom delete -f FILE",
+            );
+          if (kindArg.includes("/")) {
+            const { def, name } = kindAndName(kindArg, undefined);
+            targets.push({ def, project, name });
+          } else {
+            const def = kindOf(kindArg);
+            if (opts.all) {
+              const list = await api.request<{ items: Resource[] }>(
+                "GET",
+                collectionPath(def, def.namespaced ? project : undefined),
+              );
+              for (const o of list.items) targets.push({ def, project, name: o.metadata.name });
+            } else if (names.length === 0)
+              throw new CliError(`name the ${def.singular} to delete, or pass --all`);
+            for (const n of names) targets.push({ def, project, name: n });
           }
         }
-      }
-      if (failed) throw new CliError("some objects were not deleted", 1);
-    });
+        let failed = false;
+        for (const t of targets) {
+          try {
+            await api.request("DELETE", itemPath(t.def, t.project, t.name));
+            process.stdout.write(`${ref(t.def, t.name)} deleted\n`);
+          } catch (err) {
+            if (!(err instanceof ApiError)) throw err;
+            process.stderr.write(`error: ${err.message}\n`);
+            failed = true;
+          }
+        }
+        if (opts.wait !== "false") {
+          const deadline = Date.now() + Number(opts.timeout) * 1000;
+          for (const t of targets) {
+            while (true) {
+              try {
+                await api.request("GET", itemPath(t.def, t.project, t.name));
+              } catch (err) {
+                if (err instanceof ApiError && err.status === 404) break;
+                throw err;
+              }
+              if (Date.now() > deadline)
+                throw new CliError(
+                  `timed out waiting for ${ref(t.def, t.name)} to be deleted; its workers may still be stopping`,
+                );
+              await sleep(200);
+            }
+          }
+        }
+        if (failed) throw new CliError("some objects were not deleted", 1);
+      },
+    );
 
   program
     .command("version")

@@ -54,17 +54,23 @@ export function parseManifests(text: string, source: string): ManifestDoc[] {
     if (doc.errors.length > 0) {
       const e = doc.errors[0]!;
       const line = e.linePos?.[0] ? ` line ${e.linePos[0].line}, column ${e.linePos[0].col}` : "";
-      throw new CliError(`${source}:${line}: invalid YAML: ${e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")}`);
+      throw new CliError(
+        `${source}:${line}: invalid YAML: ${e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")}`,
+      );
     }
     const body = doc.toJS() as unknown;
     if (body === null || body === undefined) continue; // an empty document between '---'
     if (typeof body !== "object" || Array.isArray(body)) {
-      throw new CliError(`${source} (document ${i}): a manifest must be a mapping with apiVersion, kind, metadata and spec`);
+      throw new CliError(
+        `${source} (document ${i}): a manifest must be a mapping with apiVersion, kind, metadata and spec`,
+      );
     }
     const obj = body as Record<string, unknown>;
     // A List (as `loom get -o yaml` prints) applies its items.
     if (typeof obj.kind === "string" && obj.kind.endsWith("List") && Array.isArray(obj.items)) {
-      obj.items.forEach((item, j) => docs.push({ source: `${source} (item ${j + 1})`, body: item as Record<string, unknown> }));
+      for (const [j, item] of obj.items.entries()) {
+        docs.push({ source: `${source} (item ${j + 1})`, body: item as Record<string, unknown> });
+      }
       continue;
     }
     docs.push({ source: `${source}${i > 1 ? ` (document ${i})` : ""}`, body: obj });

@@ -32,12 +32,28 @@ export function pick(obj: unknown, path: string): unknown {
 export function table(rows: string[][]): string {
   if (rows.length === 0) return "";
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
-  return `${rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]! + 3))).join("").trimEnd()).join("\n")}\n`;
+  return `${rows
+    .map((r) =>
+      r
+        .map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]! + 3)))
+        .join("")
+        .trimEnd(),
+    )
+    .join("\n")}\n`;
 }
 
-export function resourceTable(def: KindDef, items: Resource[], opts: { wide: boolean; allProjects: boolean }): string {
+export function resourceTable(
+  def: KindDef,
+  items: Resource[],
+  opts: { wide: boolean; allProjects: boolean },
+): string {
   const cols = def.columns.filter((c) => opts.wide || !c.wide);
-  const header = [...(opts.allProjects && def.namespaced ? ["PROJECT"] : []), "NAME", ...cols.map((c) => c.name), "AGE"];
+  const header = [
+    ...(opts.allProjects && def.namespaced ? ["PROJECT"] : []),
+    "NAME",
+    ...cols.map((c) => c.name),
+    "AGE",
+  ];
   const rows = items.map((o) => [
     ...(opts.allProjects && def.namespaced ? [o.metadata.project ?? ""] : []),
     o.metadata.name,
@@ -58,7 +74,8 @@ export function toYaml(value: unknown): string {
 /** kubectl describe: the object in sections a person reads top to bottom, then its events. */
 export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): string {
   const lines: string[] = [];
-  const field = (k: string, v: unknown) => lines.push(`${`${k}:`.padEnd(22)}${v === undefined || v === "" ? "<none>" : String(v)}`);
+  const field = (k: string, v: unknown) =>
+    lines.push(`${`${k}:`.padEnd(22)}${v === undefined || v === "" ? "<none>" : String(v)}`);
   const block = (k: string, v: unknown) => {
     lines.push(`${k}:`);
     const text = v === undefined ? "<none>" : toYaml(v).trimEnd();
@@ -70,18 +87,32 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
   field("UID", obj.metadata.uid);
   field("Created", `${obj.metadata.creationTimestamp} (${age(obj.metadata.creationTimestamp)} ago)`);
   if (obj.metadata.deletionTimestamp) field("Deleting since", obj.metadata.deletionTimestamp);
-  field("Labels", Object.entries(obj.metadata.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(",") || undefined);
+  field(
+    "Labels",
+    Object.entries(obj.metadata.labels ?? {})
+      .map(([k, v]) => `${k}=${v}`)
+      .join(",") || undefined,
+  );
   const status = (obj.status ?? {}) as Record<string, unknown>;
   if (status.phase !== undefined) field("Phase", status.phase);
-  for (const k of ["attempts", "startTime", "completionTime", "nextAttemptTime"]) if (status[k] !== undefined) field(k[0]!.toUpperCase() + k.slice(1), status[k]);
+  for (const k of ["attempts", "startTime", "completionTime", "nextAttemptTime"])
+    if (status[k] !== undefined) field(k[0]!.toUpperCase() + k.slice(1), status[k]);
   block("Spec", obj.spec);
-  const workers = status.workers as { index: number; state: string; pid?: number; exitCode?: number; signal?: string }[] | undefined;
+  const workers = status.workers as
+    | { index: number; state: string; pid?: number; exitCode?: number; signal?: string }[]
+    | undefined;
   if (workers?.length) {
     lines.push("Workers:");
     lines.push(
       ...table([
         ["INDEX", "STATE", "PID", "EXIT CODE", "SIGNAL"],
-        ...workers.map((w) => [String(w.index), w.state, String(w.pid ?? ""), w.exitCode === undefined ? "" : String(w.exitCode), w.signal ?? ""]),
+        ...workers.map((w) => [
+          String(w.index),
+          w.state,
+          String(w.pid ?? ""),
+          w.exitCode === undefined ? "" : String(w.exitCode),
+          w.signal ?? "",
+        ]),
       ])
         .trimEnd()
         .split("\n")
@@ -94,7 +125,10 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
   if (conditions.length === 0) lines.push("  <none>");
   else {
     lines.push(
-      ...table([["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], ...conditions.map((c) => [c.type, c.status, c.reason, age(c.lastTransitionTime), c.message])])
+      ...table([
+        ["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"],
+        ...conditions.map((c) => [c.type, c.status, c.reason, age(c.lastTransitionTime), c.message]),
+      ])
         .trimEnd()
         .split("\n")
         .map((l) => `  ${l}`),

@@ -5,7 +5,7 @@ import { isFinished, type TrainingJob } from "../api/trainingjob.js";
 import type { Runtime } from "../runtime/port.js";
 import type { Allocation, Scheduler, WorkloadDemand } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
-import type { Reconciler, ReconcileResult } from "./controller.js";
+import type { ReconcileResult, Reconciler } from "./controller.js";
 import { refOf, TRAININGJOB } from "./trainingjob.js";
 
 /** The admission loop has one key: every change to any workload triggers one scheduling cycle. */
@@ -60,7 +60,11 @@ export class AdmissionReconciler implements Reconciler {
           ...job.status,
           phase: job.status?.phase ?? "Pending",
           admission: { ...allocation, admittedAt: now.toISOString() },
-          conditions: setCondition(job.status?.conditions, { type: "Admitted", status: "True", reason: "Admitted", message }, now),
+          conditions: setCondition(
+            job.status?.conditions,
+            { type: "Admitted", status: "True", reason: "Admitted", message },
+            now,
+          ),
         },
       });
       await this.deps.events.record(refOf(job), "Normal", "Admitted", message);
@@ -68,13 +72,18 @@ export class AdmissionReconciler implements Reconciler {
     for (const p of decisions.pending) {
       const job = byId.get(p.id)!;
       const prev = getCondition(job.status?.conditions, "Admitted");
-      if (job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === p.message) continue;
+      if (job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === p.message)
+        continue;
       await this.deps.store.updateStatus({
         ...job,
         status: {
           ...job.status,
           phase: "Pending",
-          conditions: setCondition(job.status?.conditions, { type: "Admitted", status: "False", reason: p.reason, message: p.message }, now),
+          conditions: setCondition(
+            job.status?.conditions,
+            { type: "Admitted", status: "False", reason: p.reason, message: p.message },
+            now,
+          ),
         },
       });
       await this.deps.events.record(refOf(job), "Warning", p.reason, p.message);
@@ -90,8 +99,8 @@ export function demandOf(job: TrainingJob): WorkloadDemand {
     id: job.metadata.uid,
     displayName: `${job.metadata.project}/${job.metadata.name}`,
     createdAt: job.metadata.creationTimestamp,
-    cpuMillis: (r.cpu === undefined ? 0 : parseCpuMillis(r.cpu) ?? 0) * workers,
-    memoryBytes: (r.memory === undefined ? 0 : parseMemoryBytes(r.memory) ?? 0) * workers,
+    cpuMillis: (r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0)) * workers,
+    memoryBytes: (r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0)) * workers,
     gpus: (r.gpu ?? 0) * workers,
   };
 }

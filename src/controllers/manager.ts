@@ -37,7 +37,11 @@ export class ControllerManager {
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
-    const admission = new Controller(new AdmissionReconciler({ ...deps, log: log("admission") }), log("admission"), metrics);
+    const admission = new Controller(
+      new AdmissionReconciler({ ...deps, log: log("admission") }),
+      log("admission"),
+      metrics,
+    );
     const jobs = new Controller(
       new TrainingJobReconciler({ ...deps, log: log("trainingjob"), baseBackoffMs: deps.baseBackoffMs }),
       log("trainingjob"),
@@ -61,7 +65,16 @@ export class ControllerManager {
       informerOpts,
     );
     this.informers.push(this.tjInformer);
-    this.informers.push(new Informer(deps.store, "Project", { onChange: (key) => projects.enqueue(key) }, log("informer"), metrics, informerOpts));
+    this.informers.push(
+      new Informer(
+        deps.store,
+        "Project",
+        { onChange: (key) => projects.enqueue(key) },
+        log("informer"),
+        metrics,
+        informerOpts,
+      ),
+    );
     deps.runtime.onChange((ref) => {
       jobs.enqueue(displayKey(ref));
       admission.enqueue(ADMISSION_KEY);
@@ -91,7 +104,10 @@ export class ControllerManager {
         if (live.has(ref.uid)) continue;
         if (await this.deps.runtime.stop(ref, 10)) {
           await this.deps.runtime.release(ref);
-          this.deps.log.info({ workload: displayKey(ref), uid: ref.uid }, "released workload whose object is gone");
+          this.deps.log.info(
+            { workload: displayKey(ref), uid: ref.uid },
+            "released workload whose object is gone",
+          );
         }
       }
     } catch (err) {

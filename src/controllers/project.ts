@@ -1,7 +1,7 @@
 import type { Project } from "../api/project.js";
 import { NotFoundError } from "../errors.js";
 import type { ResourceStore } from "../store/port.js";
-import type { Reconciler, ReconcileResult } from "./controller.js";
+import type { ReconcileResult, Reconciler } from "./controller.js";
 
 /** Marks projects Active. Namespaces, quotas and roles join this loop in later issues. */
 export class ProjectReconciler implements Reconciler {
@@ -18,7 +18,8 @@ export class ProjectReconciler implements Reconciler {
       throw err;
     }
     const phase = project.metadata.deletionTimestamp ? "Terminating" : "Active";
-    if (project.status?.phase !== phase) await this.store.updateStatus({ ...project, status: { ...project.status, phase } });
+    if (project.status?.phase !== phase)
+      await this.store.updateStatus({ ...project, status: { ...project.status, phase } });
     return {};
   }
 }

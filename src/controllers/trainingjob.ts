@@ -1,10 +1,15 @@
 import type { Logger } from "pino";
 import { setCondition } from "../api/meta.js";
-import { isFinished, type TrainingJob, type TrainingJobStatus, type WorkerStatus } from "../api/trainingjob.js";
+import {
+  isFinished,
+  type TrainingJob,
+  type TrainingJobStatus,
+  type WorkerStatus,
+} from "../api/trainingjob.js";
 import { NotFoundError } from "../errors.js";
 import type { GangObservation, Runtime, WorkerObservation, WorkloadRef } from "../runtime/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
-import type { Reconciler, ReconcileResult } from "./controller.js";
+import type { ReconcileResult, Reconciler } from "./controller.js";
 
 export const TRAININGJOB = "TrainingJob";
 /** Held while the runtime may have processes for the job, so deletion waits until they are gone. */
@@ -59,7 +64,12 @@ export class TrainingJobReconciler implements Reconciler {
 
     if (!obs || obs.attempt < attempts) {
       if (attempts > 0 && !status.nextAttemptTime) {
-        return this.attemptFailed(job, status, attempts, `the workers of attempt ${attempts} were lost by the runtime`);
+        return this.attemptFailed(
+          job,
+          status,
+          attempts,
+          `the workers of attempt ${attempts} were lost by the runtime`,
+        );
       }
       return this.startAttempt(job, status, attempts + 1);
     }
@@ -93,7 +103,11 @@ export class TrainingJobReconciler implements Reconciler {
         },
         now,
       );
-      status.conditions = setCondition(status.conditions, { type: "Running", status: "False", reason: "Completed", message: "the job has finished" }, now);
+      status.conditions = setCondition(
+        status.conditions,
+        { type: "Running", status: "False", reason: "Completed", message: "the job has finished" },
+        now,
+      );
       await this.writeStatus(job, status);
       await this.event(job, "Normal", "Completed", `succeeded on attempt ${obs.attempt}`);
       return {};
@@ -110,15 +124,27 @@ export class TrainingJobReconciler implements Reconciler {
   }
 
   /** Records a failed attempt: schedules a restart with backoff, or fails the job for good. */
-  private async attemptFailed(job: TrainingJob, status: TrainingJobStatus, attempt: number, what: string): Promise<ReconcileResult> {
+  private async attemptFailed(
+    job: TrainingJob,
+    status: TrainingJobStatus,
+    attempt: number,
+    what: string,
+  ): Promise<ReconcileResult> {
     const now = this.deps.now();
     const maxRestarts = job.spec.failurePolicy.maxRestarts;
     const totalAttempts = maxRestarts + 1;
     if (attempt - 1 < maxRestarts) {
-      const delay = Math.min(this.deps.maxBackoffMs ?? 60_000, (this.deps.baseBackoffMs ?? 1000) * 2 ** (attempt - 1));
+      const delay = Math.min(
+        this.deps.maxBackoffMs ?? 60_000,
+        (this.deps.baseBackoffMs ?? 1000) * 2 ** (attempt - 1),
+      );
       status.nextAttemptTime = new Date(now.getTime() + delay).toISOString();
       const message = `${what} on attempt ${attempt} of ${totalAttempts}; restarting in ${(delay / 1000).toFixed(1)}s (restart ${attempt} of ${maxRestarts})`;
-      status.conditions = setCondition(status.conditions, { type: "Restarting", status: "True", reason: "WorkerFailed", message }, now);
+      status.conditions = setCondition(
+        status.conditions,
+        { type: "Restarting", status: "True", reason: "WorkerFailed", message },
+        now,
+      );
       await this.writeStatus(job, status);
       await this.event(job, "Warning", "WorkerFailed", message);
       return { requeueAfterMs: delay };
@@ -130,25 +156,47 @@ export class TrainingJobReconciler implements Reconciler {
       maxRestarts === 0
         ? `${what} on attempt ${attempt} of ${totalAttempts}; failurePolicy.maxRestarts is 0, so the job is not restarted`
         : `${what} on attempt ${attempt} of ${totalAttempts}; all ${maxRestarts} restart(s) of failurePolicy.maxRestarts used`;
-    status.conditions = setCondition(status.conditions, { type: "Restarting", status: "False", reason: "BackoffLimitExceeded", message }, now);
-    status.conditions = setCondition(status.conditions, { type: "Running", status: "False", reason: "Failed", message: "the job has finished" }, now);
-    status.conditions = setCondition(status.conditions, { type: "Failed", status: "True", reason: "BackoffLimitExceeded", message }, now);
+    status.conditions = setCondition(
+      status.conditions,
+      { type: "Restarting", status: "False", reason: "BackoffLimitExceeded", message },
+      now,
+    );
+    status.conditions = setCondition(
+      status.conditions,
+      { type: "Running", status: "False", reason: "Failed", message: "the job has finished" },
+      now,
+    );
+    status.conditions = setCondition(
+      status.conditions,
+      { type: "Failed", status: "True", reason: "BackoffLimitExceeded", message },
+      now,
+    );
     await this.writeStatus(job, status);
     await this.event(job, "Warning", "Failed", message);
     return {};
   }
 
-  private async startAttempt(job: TrainingJob, status: TrainingJobStatus, attempt: number): Promise<ReconcileResult> {
+  private async startAttempt(
+    job: TrainingJob,
+    status: TrainingJobStatus,
+    attempt: number,
+  ): Promise<ReconcileResult> {
     const admission = job.status!.admission!;
     const now = this.deps.now();
     const ref = refOf(job);
     // Attempts never overlap: anything left of the previous one goes first.
-    if (!(await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds))) return { requeueAfterMs: 250 };
+    if (!(await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds)))
+      return { requeueAfterMs: 250 };
     const workers = Array.from({ length: job.spec.workers }, (_, index) => ({
       index,
       command: job.spec.command,
       workingDir: job.spec.workingDir,
-      allocation: { node: admission.node, cpuMillis: admission.cpuMillis, memoryBytes: admission.memoryBytes, gpus: admission.gpus },
+      allocation: {
+        node: admission.node,
+        cpuMillis: admission.cpuMillis,
+        memoryBytes: admission.memoryBytes,
+        gpus: admission.gpus,
+      },
       env: {
         ...job.spec.env,
         LOOM_PROJECT: ref.project,
@@ -169,18 +217,33 @@ export class TrainingJobReconciler implements Reconciler {
     status.observedGeneration = job.metadata.generation;
     status.conditions = setCondition(
       status.conditions,
-      { type: "Running", status: "True", reason: "Started", message: `attempt ${attempt} started on ${admission.node}` },
+      {
+        type: "Running",
+        status: "True",
+        reason: "Started",
+        message: `attempt ${attempt} started on ${admission.node}`,
+      },
       now,
     );
     if (attempt > 1) {
       status.conditions = setCondition(
         status.conditions,
-        { type: "Restarting", status: "False", reason: "Restarted", message: `attempt ${attempt} started after a failure` },
+        {
+          type: "Restarting",
+          status: "False",
+          reason: "Restarted",
+          message: `attempt ${attempt} started after a failure`,
+        },
         now,
       );
     }
     await this.writeStatus(job, status);
-    await this.event(job, "Normal", "Started", `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`);
+    await this.event(
+      job,
+      "Normal",
+      "Started",
+      `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`,
+    );
     return {};
   }
 
@@ -201,7 +264,10 @@ export class TrainingJobReconciler implements Reconciler {
     await this.deps.runtime.release(ref);
     await this.deps.store.update({
       ...job,
-      metadata: { ...job.metadata, finalizers: job.metadata.finalizers.filter((f) => f !== RUNTIME_FINALIZER) },
+      metadata: {
+        ...job.metadata,
+        finalizers: job.metadata.finalizers.filter((f) => f !== RUNTIME_FINALIZER),
+      },
     });
     this.deps.log.info({ project: ref.project, job: ref.name }, "workers stopped; job deleted");
     return {};
@@ -211,13 +277,23 @@ export class TrainingJobReconciler implements Reconciler {
     await this.deps.store.updateStatus({ ...job, status });
   }
 
-  private async event(job: TrainingJob, type: "Normal" | "Warning", reason: string, message: string): Promise<void> {
+  private async event(
+    job: TrainingJob,
+    type: "Normal" | "Warning",
+    reason: string,
+    message: string,
+  ): Promise<void> {
     await this.deps.events.record(refOf(job), type, reason, message);
   }
 }
 
 export function refOf(job: TrainingJob): WorkloadRef {
-  return { kind: TRAININGJOB, project: job.metadata.project ?? "", name: job.metadata.name, uid: job.metadata.uid };
+  return {
+    kind: TRAININGJOB,
+    project: job.metadata.project ?? "",
+    name: job.metadata.name,
+    uid: job.metadata.uid,
+  };
 }
 
 export function splitKey(key: string): [string, string] {
@@ -236,7 +312,8 @@ function toWorkerStatus(w: WorkerObservation): WorkerStatus {
 }
 
 function describeFailure(w: WorkerObservation): string {
-  if (w.signal && (w.exitCode === undefined || w.exitCode > 128)) return `worker ${w.index} was killed by ${w.signal} (exit code ${w.exitCode ?? "none"})`;
+  if (w.signal && (w.exitCode === undefined || w.exitCode > 128))
+    return `worker ${w.index} was killed by ${w.signal} (exit code ${w.exitCode ?? "none"})`;
   if (w.exitCode !== undefined) return `worker ${w.index} exited with code ${w.exitCode}`;
   return `worker ${w.index} ended with unknown status: ${w.message ?? "no exit code recorded"}`;
 }

@@ -1,5 +1,13 @@
 import { formatBytes, formatCpu } from "../api/quantity.js";
-import type { Allocation, NodeCapacity, PendingReason, Scheduler, SchedulingDecisions, SchedulingSnapshot, WorkloadDemand } from "./port.js";
+import type {
+  Allocation,
+  NodeCapacity,
+  PendingReason,
+  Scheduler,
+  SchedulingDecisions,
+  SchedulingSnapshot,
+  WorkloadDemand,
+} from "./port.js";
 
 interface Free {
   node: NodeCapacity;
@@ -18,7 +26,9 @@ export class FifoScheduler implements Scheduler {
   schedule(snapshot: SchedulingSnapshot): SchedulingDecisions {
     const free = freeCapacity(snapshot.nodes, snapshot.allocations);
     const decisions: SchedulingDecisions = { admit: [], pending: [] };
-    const queue = [...snapshot.pending].sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+    const queue = [...snapshot.pending].sort(
+      (a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id),
+    );
     for (const w of queue) {
       const never = exceedsEveryNode(w, snapshot.nodes);
       if (never) {
@@ -34,7 +44,10 @@ export class FifoScheduler implements Scheduler {
       slot.gpus = slot.gpus.slice(w.gpus);
       slot.cpuMillis -= w.cpuMillis;
       slot.memoryBytes -= w.memoryBytes;
-      decisions.admit.push({ id: w.id, allocation: { node: slot.node.name, cpuMillis: w.cpuMillis, memoryBytes: w.memoryBytes, gpus } });
+      decisions.admit.push({
+        id: w.id,
+        allocation: { node: slot.node.name, cpuMillis: w.cpuMillis, memoryBytes: w.memoryBytes, gpus },
+      });
     }
     return decisions;
   }
@@ -58,13 +71,20 @@ function fits(w: WorkloadDemand, f: Free): boolean {
 }
 
 function exceedsEveryNode(w: WorkloadDemand, nodes: NodeCapacity[]): PendingReason | undefined {
-  if (nodes.some((n) => w.cpuMillis <= n.cpuMillis && w.memoryBytes <= n.memoryBytes && w.gpus <= n.gpus.length)) return undefined;
+  if (
+    nodes.some((n) => w.cpuMillis <= n.cpuMillis && w.memoryBytes <= n.memoryBytes && w.gpus <= n.gpus.length)
+  )
+    return undefined;
   const biggest = (f: (n: NodeCapacity) => number) => Math.max(0, ...nodes.map(f));
   const parts: string[] = [];
-  if (w.cpuMillis > biggest((n) => n.cpuMillis)) parts.push(`cpu ${formatCpu(w.cpuMillis)} (largest node has ${formatCpu(biggest((n) => n.cpuMillis))})`);
+  if (w.cpuMillis > biggest((n) => n.cpuMillis))
+    parts.push(`cpu ${formatCpu(w.cpuMillis)} (largest node has ${formatCpu(biggest((n) => n.cpuMillis))})`);
   if (w.memoryBytes > biggest((n) => n.memoryBytes))
-    parts.push(`memory ${formatBytes(w.memoryBytes)} (largest node has ${formatBytes(biggest((n) => n.memoryBytes))})`);
-  if (w.gpus > biggest((n) => n.gpus.length)) parts.push(`gpu ${w.gpus} (largest node has ${biggest((n) => n.gpus.length)})`);
+    parts.push(
+      `memory ${formatBytes(w.memoryBytes)} (largest node has ${formatBytes(biggest((n) => n.memoryBytes))})`,
+    );
+  if (w.gpus > biggest((n) => n.gpus.length))
+    parts.push(`gpu ${w.gpus} (largest node has ${biggest((n) => n.gpus.length)})`);
   if (parts.length === 0) parts.push("no single node has all of cpu, memory and gpu requested");
   return {
     reason: "ExceedsNodeCapacity",
@@ -75,10 +95,14 @@ function exceedsEveryNode(w: WorkloadDemand, nodes: NodeCapacity[]): PendingReas
 function insufficient(w: WorkloadDemand, free: Free[]): PendingReason {
   const best = (f: (x: Free) => number) => Math.max(0, ...free.map(f));
   const parts: string[] = [];
-  if (w.cpuMillis > best((f) => f.cpuMillis)) parts.push(`cpu: requested ${formatCpu(w.cpuMillis)}, free ${formatCpu(best((f) => f.cpuMillis))}`);
+  if (w.cpuMillis > best((f) => f.cpuMillis))
+    parts.push(`cpu: requested ${formatCpu(w.cpuMillis)}, free ${formatCpu(best((f) => f.cpuMillis))}`);
   if (w.memoryBytes > best((f) => f.memoryBytes))
-    parts.push(`memory: requested ${formatBytes(w.memoryBytes)}, free ${formatBytes(best((f) => f.memoryBytes))}`);
-  if (w.gpus > best((f) => f.gpus.length)) parts.push(`gpu: requested ${w.gpus}, free ${best((f) => f.gpus.length)}`);
+    parts.push(
+      `memory: requested ${formatBytes(w.memoryBytes)}, free ${formatBytes(best((f) => f.memoryBytes))}`,
+    );
+  if (w.gpus > best((f) => f.gpus.length))
+    parts.push(`gpu: requested ${w.gpus}, free ${best((f) => f.gpus.length)}`);
   if (parts.length === 0) parts.push("no single node has all of the requested resources free at once");
   return { reason: "InsufficientCapacity", message: `waiting for capacity: ${parts.join("; ")}` };
 }

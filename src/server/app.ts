@@ -1,4 +1,9 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from "fastify";
 import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { API_VERSION } from "../api/meta.js";
@@ -32,7 +37,11 @@ type Query = Record<string, string | undefined>;
 
 /** Builds the HTTP API. No socket: callers listen, tests use inject(). */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
-  const app: FastifyInstance = Fastify({ loggerInstance: deps.log.child({ component: "api" }) as FastifyBaseLogger, disableRequestLogging: true, bodyLimit: 8 * 1024 * 1024 });
+  const app: FastifyInstance = Fastify({
+    loggerInstance: deps.log.child({ component: "api" }) as FastifyBaseLogger,
+    disableRequestLogging: true,
+    bodyLimit: 8 * 1024 * 1024,
+  });
   const resources = new ResourceService(deps.store);
   installErrorHandler(app);
   app.addContentTypeParser(["application/merge-patch+json"], { parseAs: "string" }, (_req, body, done) => {
@@ -69,13 +78,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (req.url === "/healthz" || req.url.startsWith("/healthz?")) return;
     const header = req.headers.authorization;
     if (!header?.startsWith("Bearer ")) {
-      throw new UnauthorizedError("missing bearer token: send 'Authorization: Bearer <token>' (the CLI reads it from ~/.loom/config.yaml or LOOM_TOKEN)");
+      throw new UnauthorizedError(
+        "missing bearer token: send 'Authorization: Bearer <token>' (the CLI reads it from ~/.loom/config.yaml or LOOM_TOKEN)",
+      );
     }
     const token = header.slice(7).trim();
     let principal = verified.get(token);
     if (!principal) {
       principal = await deps.tokens.verify(token);
-      if (!principal) throw new UnauthorizedError("invalid token: check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)");
+      if (!principal)
+        throw new UnauthorizedError(
+          "invalid token: check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)",
+        );
       if (verified.size > 10_000) verified.clear();
       verified.set(token, principal);
     }
@@ -83,19 +97,32 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   app.get("/healthz", async () => ({ status: "ok" }));
-  app.get("/metrics", async (_req, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.metrics()));
+  app.get("/metrics", async (_req, reply) =>
+    reply.type(deps.metrics.contentType).send(await deps.metrics.metrics()),
+  );
   app.get("/openapi.json", async () => buildOpenApi(deps.version));
   app.get("/version", async () => ({ version: deps.version, apiVersion: API_VERSION }));
 
   const dryRun = (q: Query) => q.dryRun === "All";
 
-  const listOrWatch = async (req: FastifyRequest<{ Params: Params; Querystring: Query }>, reply: FastifyReply, plural: string, project: string | undefined) => {
+  const listOrWatch = async (
+    req: FastifyRequest<{ Params: Params; Querystring: Query }>,
+    reply: FastifyReply,
+    plural: string,
+    project: string | undefined,
+  ) => {
     const def = resources.kind(plural);
     const q = req.query;
     const opts = { project, labelSelector: q.labelSelector };
-    if (q.watch === "1" || q.watch === "true") return watch(req, reply, def.kind, { ...opts, resourceVersion: q.resourceVersion });
+    if (q.watch === "1" || q.watch === "true")
+      return watch(req, reply, def.kind, { ...opts, resourceVersion: q.resourceVersion });
     const result = await resources.list(def, opts);
-    return { apiVersion: API_VERSION, kind: `${def.kind}List`, metadata: { resourceVersion: result.resourceVersion }, items: result.items };
+    return {
+      apiVersion: API_VERSION,
+      kind: `${def.kind}List`,
+      metadata: { resourceVersion: result.resourceVersion },
+      items: result.items,
+    };
   };
 
   const watch = async (
@@ -134,7 +161,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       },
     );
     reply.hijack();
-    raw.writeHead(200, { "content-type": "application/json", "cache-control": "no-cache", "x-content-type-options": "nosniff" });
+    raw.writeHead(200, {
+      "content-type": "application/json",
+      "cache-control": "no-cache",
+      "x-content-type-options": "nosniff",
+    });
     raw.flushHeaders();
     started = true;
     for (const e of buffered) send(e);
@@ -145,12 +176,21 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   // Projects (cluster-scoped) and resources inside a project share the /projects prefix, as
   // namespaces and namespaced resources do in Kubernetes.
-  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects`, (req, reply) => listOrWatch(req, reply, "projects", undefined));
+  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects`, (req, reply) =>
+    listOrWatch(req, reply, "projects", undefined),
+  );
   app.post<{ Params: Params; Querystring: Query }>(`${BASE}/projects`, async (req, reply) => {
-    const created = await resources.create(resources.kind("projects"), undefined, req.body, dryRun(req.query));
+    const created = await resources.create(
+      resources.kind("projects"),
+      undefined,
+      req.body,
+      dryRun(req.query),
+    );
     return reply.code(201).send(created);
   });
-  app.get<{ Params: Params }>(`${BASE}/projects/:name`, async (req) => resources.get(resources.kind("projects"), undefined, req.params.name!));
+  app.get<{ Params: Params }>(`${BASE}/projects/:name`, async (req) =>
+    resources.get(resources.kind("projects"), undefined, req.params.name!),
+  );
   app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:name`, async (req) =>
     resources.update(resources.kind("projects"), undefined, req.params.name!, req.body, dryRun(req.query)),
   );
@@ -164,28 +204,56 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/events`, async (req) => {
     const { kind, name } = req.query;
     if (!kind || !name) throw new BadRequestError("events need ?kind=KIND&name=NAME");
-    const items = await deps.events.listFor({ kind, project: req.params.project!, name }, Number(req.query.limit ?? 20));
+    const items = await deps.events.listFor(
+      { kind, project: req.params.project!, name },
+      Number(req.query.limit ?? 20),
+    );
     return { kind: "EventList", items };
   });
 
   app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural`, (req, reply) =>
     listOrWatch(req, reply, req.params.plural!, req.params.project),
   );
-  app.post<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural`, async (req, reply) => {
-    const created = await resources.create(resources.kind(req.params.plural!), req.params.project, req.body, dryRun(req.query));
-    return reply.code(201).send(created);
-  });
+  app.post<{ Params: Params; Querystring: Query }>(
+    `${BASE}/projects/:project/:plural`,
+    async (req, reply) => {
+      const created = await resources.create(
+        resources.kind(req.params.plural!),
+        req.params.project,
+        req.body,
+        dryRun(req.query),
+      );
+      return reply.code(201).send(created);
+    },
+  );
   app.get<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
     resources.get(resources.kind(req.params.plural!), req.params.project, req.params.name!),
   );
   app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
-    resources.update(resources.kind(req.params.plural!), req.params.project, req.params.name!, req.body, dryRun(req.query)),
+    resources.update(
+      resources.kind(req.params.plural!),
+      req.params.project,
+      req.params.name!,
+      req.body,
+      dryRun(req.query),
+    ),
   );
   app.patch<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
-    resources.patch(resources.kind(req.params.plural!), req.params.project, req.params.name!, req.body, dryRun(req.query)),
+    resources.patch(
+      resources.kind(req.params.plural!),
+      req.params.project,
+      req.params.name!,
+      req.body,
+      dryRun(req.query),
+    ),
   );
   app.delete<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
-    resources.delete(resources.kind(req.params.plural!), req.params.project, req.params.name!, req.query.resourceVersion),
+    resources.delete(
+      resources.kind(req.params.plural!),
+      req.params.project,
+      req.params.name!,
+      req.query.resourceVersion,
+    ),
   );
   app.get<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name/status`, async (req) =>
     resources.get(resources.kind(req.params.plural!), req.params.project, req.params.name!),
@@ -195,33 +263,45 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const body = req.body as { metadata?: { resourceVersion?: string }; status?: unknown };
     const current = await resources.get(def, req.params.project!, req.params.name!);
     const st = def.status.safeParse(body?.status ?? {});
-    if (!st.success) throw new BadRequestError(`invalid status: ${st.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+    if (!st.success)
+      throw new BadRequestError(
+        `invalid status: ${st.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`,
+      );
     return deps.store.updateStatus({
       ...current,
       metadata: { ...current.metadata, resourceVersion: body?.metadata?.resourceVersion ?? "" },
       status: st.data,
     });
   });
-  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name/log`, async (req, reply) => {
-    const def = resources.kind(req.params.plural!);
-    if (def.kind !== "TrainingJob") throw new BadRequestError(`${def.plural} have no logs`);
-    const job = (await resources.get(def, req.params.project!, req.params.name!)) as { metadata: { uid: string }; spec: { workers: number } };
-    const worker = Number(req.query.worker ?? 0);
-    if (!Number.isInteger(worker) || worker < 0 || worker >= job.spec.workers) {
-      throw new BadRequestError(`worker must be between 0 and ${job.spec.workers - 1}`);
-    }
-    const attempt = req.query.attempt === undefined ? undefined : Number(req.query.attempt);
-    if (attempt !== undefined && (!Number.isInteger(attempt) || attempt < 1)) throw new BadRequestError("attempt must be a positive integer");
-    const stream = await deps.runtime.logs(
-      { kind: def.kind, project: req.params.project!, name: req.params.name!, uid: job.metadata.uid },
-      { worker, attempt, follow: req.query.follow === "1" || req.query.follow === "true" },
-    );
-    req.raw.on("close", () => stream.destroy());
-    return reply.type("text/plain; charset=utf-8").send(stream);
-  });
+  app.get<{ Params: Params; Querystring: Query }>(
+    `${BASE}/projects/:project/:plural/:name/log`,
+    async (req, reply) => {
+      const def = resources.kind(req.params.plural!);
+      if (def.kind !== "TrainingJob") throw new BadRequestError(`${def.plural} have no logs`);
+      const job = (await resources.get(def, req.params.project!, req.params.name!)) as {
+        metadata: { uid: string };
+        spec: { workers: number };
+      };
+      const worker = Number(req.query.worker ?? 0);
+      if (!Number.isInteger(worker) || worker < 0 || worker >= job.spec.workers) {
+        throw new BadRequestError(`worker must be between 0 and ${job.spec.workers - 1}`);
+      }
+      const attempt = req.query.attempt === undefined ? undefined : Number(req.query.attempt);
+      if (attempt !== undefined && (!Number.isInteger(attempt) || attempt < 1))
+        throw new BadRequestError("attempt must be a positive integer");
+      const stream = await deps.runtime.logs(
+        { kind: def.kind, project: req.params.project!, name: req.params.name!, uid: job.metadata.uid },
+        { worker, attempt, follow: req.query.follow === "1" || req.query.follow === "true" },
+      );
+      req.raw.on("close", () => stream.destroy());
+      return reply.type("text/plain; charset=utf-8").send(stream);
+    },
+  );
 
   // Listing one kind across every project (loom get tj -A).
-  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/:plural`, (req, reply) => listOrWatch(req, reply, req.params.plural!, undefined));
+  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/:plural`, (req, reply) =>
+    listOrWatch(req, reply, req.params.plural!, undefined),
+  );
 
   await resources.ensureDefaultProject();
   return app;

@@ -15,7 +15,9 @@ export function lockDataDir(dataDir: string): () => void {
     try {
       const held = JSON.parse(readFileSync(file, "utf8")) as { pid: number; startTicks: number };
       if (held.pid !== process.pid && isSameProcessAlive(held.pid, held.startTicks)) {
-        throw new Error(`data dir ${dataDir} is in use by another loom server (pid ${held.pid}); stop it or use --data-dir`);
+        throw new Error(
+          `data dir ${dataDir} is in use by another loom server (pid ${held.pid}); stop it or use --data-dir`,
+        );
       }
     } catch (err) {
       if (err instanceof Error && err.message.startsWith("data dir")) throw err;

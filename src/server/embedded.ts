@@ -2,7 +2,7 @@ import { availableParallelism, totalmem } from "node:os";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import type { Logger } from "pino";
-import { Registry, collectDefaultMetrics } from "prom-client";
+import { collectDefaultMetrics, Registry } from "prom-client";
 import { ControllerManager } from "../controllers/manager.js";
 import { detectGpus } from "../runtime/local/gpus.js";
 import { LocalRuntime } from "../runtime/local/runtime.js";

@@ -12,7 +12,12 @@ export interface StatusBody {
   details?: { causes: { field: string; message: string }[] };
 }
 
-export function statusBody(code: number, reason: string, message: string, causes?: { field: string; message: string }[]): StatusBody {
+export function statusBody(
+  code: number,
+  reason: string,
+  message: string,
+  causes?: { field: string; message: string }[],
+): StatusBody {
   const body: StatusBody = { kind: "Status", apiVersion: "v1", status: "Failure", message, reason, code };
   if (causes?.length) body.details = { causes };
   return body;
@@ -22,7 +27,10 @@ export function statusBody(code: number, reason: string, message: string, causes
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | LoomError | Error, request, reply) => {
     if (err instanceof LoomError) {
-      const causes = err instanceof ValidationError ? err.issues.map((i) => ({ field: i.path, message: i.message })) : undefined;
+      const causes =
+        err instanceof ValidationError
+          ? err.issues.map((i) => ({ field: i.path, message: i.message }))
+          : undefined;
       return reply.code(err.httpStatus).send(statusBody(err.httpStatus, err.code, err.message, causes));
     }
     const fe = err as FastifyError;
@@ -34,9 +42,19 @@ export function installErrorHandler(app: FastifyInstance): void {
       return reply.code(fe.statusCode).send(statusBody(fe.statusCode, "BadRequest", message));
     }
     request.log.error({ err }, "unhandled error");
-    return reply.code(500).send(statusBody(500, "InternalError", "internal server error; the server log has the details"));
+    return reply
+      .code(500)
+      .send(statusBody(500, "InternalError", "internal server error; the server log has the details"));
   });
   app.setNotFoundHandler((request, reply) =>
-    reply.code(404).send(statusBody(404, "NotFound", `no route for ${request.method} ${request.url.split("?")[0]}; see /openapi.json`)),
+    reply
+      .code(404)
+      .send(
+        statusBody(
+          404,
+          "NotFound",
+          `no route for ${request.method} ${request.url.split("?")[0]}; see /openapi.json`,
+        ),
+      ),
   );
 }

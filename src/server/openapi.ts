@@ -9,7 +9,11 @@ export function buildOpenApi(version: string): Record<string, unknown> {
   const base = `/apis/${API_VERSION}`;
   const ref = (kind: string) => ({ $ref: `#/components/schemas/${kind}` });
   const json = (schema: unknown) => ({ content: { "application/json": { schema } } });
-  const errors = { "401": { description: "missing or invalid token" }, "404": { description: "not found" }, "422": { description: "invalid manifest" } };
+  const errors = {
+    "401": { description: "missing or invalid token" },
+    "404": { description: "not found" },
+    "422": { description: "invalid manifest" },
+  };
   for (const def of KINDS) {
     schemas[def.kind] = {
       type: "object",
@@ -25,7 +29,9 @@ export function buildOpenApi(version: string): Record<string, unknown> {
     const collection = def.namespaced ? `${base}/projects/{project}/${def.plural}` : `${base}/${def.plural}`;
     const item = `${collection}/{name}`;
     const params = [
-      ...(def.namespaced ? [{ name: "project", in: "path", required: true, schema: { type: "string" } }] : []),
+      ...(def.namespaced
+        ? [{ name: "project", in: "path", required: true, schema: { type: "string" } }]
+        : []),
     ];
     const nameParam = { name: "name", in: "path", required: true, schema: { type: "string" } };
     paths[collection] = {
@@ -37,9 +43,16 @@ export function buildOpenApi(version: string): Record<string, unknown> {
           { name: "watch", in: "query", schema: { type: "string" } },
           { name: "resourceVersion", in: "query", schema: { type: "string" } },
         ],
-        responses: { "200": { description: "list, or a stream of watch events (one JSON per line)" }, ...errors },
+        responses: {
+          "200": { description: "list, or a stream of watch events (one JSON per line)" },
+          ...errors,
+        },
       },
-      post: { summary: `Create a ${def.kind}`, requestBody: json(ref(def.kind)), responses: { "201": json(ref(def.kind)), ...errors } },
+      post: {
+        summary: `Create a ${def.kind}`,
+        requestBody: json(ref(def.kind)),
+        responses: { "201": json(ref(def.kind)), ...errors },
+      },
     };
     paths[item] = {
       parameters: [...params, nameParam],
@@ -49,7 +62,11 @@ export function buildOpenApi(version: string): Record<string, unknown> {
         requestBody: json(ref(def.kind)),
         responses: { "200": json(ref(def.kind)), "409": { description: "stale resourceVersion" }, ...errors },
       },
-      patch: { summary: `Merge-patch a ${def.kind}`, requestBody: { content: { "application/merge-patch+json": { schema: { type: "object" } } } }, responses: { "200": json(ref(def.kind)), ...errors } },
+      patch: {
+        summary: `Merge-patch a ${def.kind}`,
+        requestBody: { content: { "application/merge-patch+json": { schema: { type: "object" } } } },
+        responses: { "200": json(ref(def.kind)), ...errors },
+      },
       delete: { summary: `Delete a ${def.kind}`, responses: { "200": json(ref(def.kind)), ...errors } },
     };
     if (def.kind === "TrainingJob") {

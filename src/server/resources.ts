@@ -13,7 +13,8 @@ export class ResourceService {
 
   kind(plural: string): KindDef {
     const def = findKind(plural);
-    if (!def || def.plural !== plural) throw new NotFoundError(`unknown resource type "${plural}"; known: ${knownKindsText()}`);
+    if (!def || def.plural !== plural)
+      throw new NotFoundError(`unknown resource type "${plural}"; known: ${knownKindsText()}`);
     return def;
   }
 
@@ -33,28 +34,52 @@ export class ResourceService {
     return this.store.create(object);
   }
 
-  async update(def: KindDef, project: string | undefined, name: string, body: unknown, dryRun: boolean): Promise<Resource> {
+  async update(
+    def: KindDef,
+    project: string | undefined,
+    name: string,
+    body: unknown,
+    dryRun: boolean,
+  ): Promise<Resource> {
     const { object } = this.validateFor(def, project, body);
     if (object.metadata.name !== name) {
-      throw new BadRequestError(`metadata.name "${object.metadata.name}" does not match the name in the URL ("${name}")`);
+      throw new BadRequestError(
+        `metadata.name "${object.metadata.name}" does not match the name in the URL ("${name}")`,
+      );
     }
     const current = await this.store.get(def.kind, scope(def, project), name);
     const rv = (body as { metadata?: { resourceVersion?: string } }).metadata?.resourceVersion;
     const next: Resource = {
       ...object,
-      metadata: { ...current.metadata, labels: object.metadata.labels, annotations: object.metadata.annotations, resourceVersion: rv ?? "" },
+      metadata: {
+        ...current.metadata,
+        labels: object.metadata.labels,
+        annotations: object.metadata.annotations,
+        resourceVersion: rv ?? "",
+      },
     };
     if (dryRun) return { ...next, status: current.status };
     return this.store.update(next);
   }
 
   /** JSON merge patch (RFC 7386) of labels, annotations and spec; retried if a writer races us. */
-  async patch(def: KindDef, project: string | undefined, name: string, patch: unknown, dryRun: boolean): Promise<Resource> {
+  async patch(
+    def: KindDef,
+    project: string | undefined,
+    name: string,
+    patch: unknown,
+    dryRun: boolean,
+  ): Promise<Resource> {
     if (!isPlainObject(patch)) throw new BadRequestError("a merge patch must be a JSON object");
     for (let i = 0; ; i++) {
       const current = await this.store.get(def.kind, scope(def, project), name);
       const merged = mergePatch(
-        { apiVersion: current.apiVersion, kind: current.kind, metadata: { ...current.metadata }, spec: current.spec },
+        {
+          apiVersion: current.apiVersion,
+          kind: current.kind,
+          metadata: { ...current.metadata },
+          spec: current.spec,
+        },
         patch,
       ) as Record<string, unknown>;
       const meta = (merged.metadata ?? {}) as Record<string, unknown>;
@@ -69,7 +94,12 @@ export class ResourceService {
     }
   }
 
-  async delete(def: KindDef, project: string | undefined, name: string, resourceVersion?: string): Promise<Resource> {
+  async delete(
+    def: KindDef,
+    project: string | undefined,
+    name: string,
+    resourceVersion?: string,
+  ): Promise<Resource> {
     if (def.kind === "Project") await this.checkProjectDeletable(name);
     return this.store.delete(def.kind, scope(def, project), name, { resourceVersion });
   }
@@ -94,12 +124,16 @@ export class ResourceService {
   private validateFor(def: KindDef, project: string | undefined, body: unknown) {
     const result = validateManifest(body);
     if (result.def.kind !== def.kind) {
-      throw new BadRequestError(`the body is a ${result.def.kind} but the URL is for ${def.plural}; send it to /${result.def.plural}`);
+      throw new BadRequestError(
+        `the body is a ${result.def.kind} but the URL is for ${def.plural}; send it to /${result.def.plural}`,
+      );
     }
     if (def.namespaced) {
       const inBody = result.object.metadata.project;
       if (inBody && project && inBody !== project) {
-        throw new BadRequestError(`metadata.project "${inBody}" does not match the project in the URL ("${project}")`);
+        throw new BadRequestError(
+          `metadata.project "${inBody}" does not match the project in the URL ("${project}")`,
+        );
       }
       result.object.metadata.project = inBody ?? project ?? DEFAULT_PROJECT;
     }
@@ -112,22 +146,28 @@ export class ResourceService {
       p = await this.store.get("Project", "", project);
     } catch (err) {
       if (err instanceof NotFoundError) {
-        throw new NotFoundError(`project "${project}" not found: create it first (kind: Project) or use -p default`);
+        throw new NotFoundError(
+          `project "${project}" not found: create it first (kind: Project) or use -p default`,
+        );
       }
       throw err;
     }
-    if (forWrite && p.metadata.deletionTimestamp) throw new ForbiddenError(`project "${project}" is being deleted; nothing new can be created in it`);
+    if (forWrite && p.metadata.deletionTimestamp)
+      throw new ForbiddenError(`project "${project}" is being deleted; nothing new can be created in it`);
   }
 
   private async checkProjectDeletable(name: string): Promise<void> {
-    if (name === DEFAULT_PROJECT) throw new ForbiddenError(`the "${DEFAULT_PROJECT}" project cannot be deleted`);
+    if (name === DEFAULT_PROJECT)
+      throw new ForbiddenError(`the "${DEFAULT_PROJECT}" project cannot be deleted`);
     const counts: string[] = [];
     for (const k of ["TrainingJob"]) {
       const { items } = await this.store.list(k, { project: name });
       if (items.length > 0) counts.push(`${items.length} ${kindByKind(k)!.plural}`);
     }
     if (counts.length > 0) {
-      throw new ConflictError(`project "${name}" still has ${counts.join(", ")}: delete them first (loom delete tj --all -p ${name})`);
+      throw new ConflictError(
+        `project "${name}" still has ${counts.join(", ")}: delete them first (loom delete tj --all -p ${name})`,
+      );
     }
   }
 }

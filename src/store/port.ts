@@ -43,7 +43,12 @@ export interface ResourceStore {
    * onEnd is called if the watch ends by itself (connection lost, history expired): the caller
    * relists and watches again.
    */
-  watch(kind: string, opts: WatchOptions, onEvent: (e: WatchEvent) => void, onEnd?: (err: Error) => void): Promise<StopWatch>;
+  watch(
+    kind: string,
+    opts: WatchOptions,
+    onEvent: (e: WatchEvent) => void,
+    onEnd?: (err: Error) => void,
+  ): Promise<StopWatch>;
   /** Assigns uid, resourceVersion, generation 1 and creationTimestamp. Throws AlreadyExistsError. */
   create(obj: Resource): Promise<Resource>;
   /**

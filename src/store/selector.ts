@@ -10,7 +10,8 @@ export interface LabelSelector {
   matches(labels: Record<string, string> | undefined): boolean;
 }
 
-const TERM = /^\s*(!?)\s*([A-Za-z0-9][-A-Za-z0-9_./]*)\s*(?:(==|=|!=)\s*([-A-Za-z0-9_.]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$/;
+const TERM =
+  /^\s*(!?)\s*([A-Za-z0-9][-A-Za-z0-9_./]*)\s*(?:(==|=|!=)\s*([-A-Za-z0-9_.]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$/;
 
 /** Parses a selector; throws BadRequestError with the offending term. Empty matches everything. */
 export function parseLabelSelector(text: string | undefined): LabelSelector {
@@ -30,11 +31,21 @@ export function parseLabelSelector(text: string | undefined): LabelSelector {
   if (cur.trim() !== "") terms.push(cur);
   for (const term of terms) {
     const m = TERM.exec(term);
-    if (!m) throw new BadRequestError(`invalid label selector term "${term.trim()}": use key=value, key!=value, key in (a,b), key or !key`);
+    if (!m)
+      throw new BadRequestError(
+        `invalid label selector term "${term.trim()}": use key=value, key!=value, key in (a,b), key or !key`,
+      );
     const [, not, key, eq, value, setOp, set] = m;
     if (eq) reqs.push({ op: eq === "!=" ? "!=" : "=", key: key!, value: value ?? "" });
     else if (setOp) {
-      reqs.push({ op: setOp as "in" | "notin", key: key!, values: set!.split(",").map((s) => s.trim()).filter(Boolean) });
+      reqs.push({
+        op: setOp as "in" | "notin",
+        key: key!,
+        values: set!
+          .split(",")
+          .map((s) => s.trim())
+          .filter(Boolean),
+      });
     } else reqs.push({ op: not ? "!exists" : "exists", key: key! });
   }
   return {
@@ -53,7 +64,7 @@ export function parseLabelSelector(text: string | undefined): LabelSelector {
             return v === undefined || !r.values.includes(v);
           case "exists":
             return v !== undefined;
-          case "!exists":
+          default:
             return v === undefined;
         }
       });

@@ -1,13 +1,30 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { NodeCapacity } from "../../scheduler/port.js";
-import type { GangObservation, GangSpec, LogOptions, Runtime, WorkerObservation, WorkloadRef } from "../port.js";
-import { tailFile } from "./tail.js";
+import type {
+  GangObservation,
+  GangSpec,
+  LogOptions,
+  Runtime,
+  WorkerObservation,
+  WorkloadRef,
+} from "../port.js";
 import { findProcessesByEnv, isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
+import { tailFile } from "./tail.js";
 
 /**
  * Runs each worker under /bin/sh as a tiny shim that records the exit code to a file. The shim
@@ -15,7 +32,8 @@ import { findProcessesByEnv, isSameProcessAlive, processStartTicks, signalGroup 
  * that happens while the server is down is still known when it comes back. `trap :` (not
  * `trap ''`) keeps SIGTERM's default action for the worker itself while the shim waits for it.
  */
-const SHIM = 'f=$1; shift; trap : TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f.tmp" && mv "$f.tmp" "$f"; exit $c';
+const SHIM =
+  'f=$1; shift; trap : TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f.tmp" && mv "$f.tmp" "$f"; exit $c';
 
 const INSTANCE_ENV = "LOOM_INSTANCE";
 const WORKER_KEY_ENV = "LOOM_WORKER_KEY";
@@ -68,18 +86,31 @@ export class LocalRuntime implements Runtime {
   }
 
   async nodes(): Promise<NodeCapacity[]> {
-    return [{ name: this.nodeName, cpuMillis: this.opts.cpuMillis, memoryBytes: this.opts.memoryBytes, gpus: this.opts.gpus }];
+    return [
+      {
+        name: this.nodeName,
+        cpuMillis: this.opts.cpuMillis,
+        memoryBytes: this.opts.memoryBytes,
+        gpus: this.opts.gpus,
+      },
+    ];
   }
 
   async start(spec: GangSpec): Promise<void> {
     const prev = this.gangs.get(spec.ref.uid);
     if (prev && prev.attempt >= spec.attempt) return;
     if (prev?.workers.some((w) => !w.exit)) {
-      throw new Error(`attempt ${prev.attempt} of ${spec.ref.name} still has live workers; stop it before starting attempt ${spec.attempt}`);
+      throw new Error(
+        `attempt ${prev.attempt} of ${spec.ref.name} still has live workers; stop it before starting attempt ${spec.attempt}`,
+      );
     }
     const dir = this.attemptDir(spec.ref.uid, spec.attempt);
     mkdirSync(dir, { recursive: true });
-    const gang: GangRecord = { ref: spec.ref, attempt: spec.attempt, workers: spec.workers.map((w) => ({ index: w.index })) };
+    const gang: GangRecord = {
+      ref: spec.ref,
+      attempt: spec.attempt,
+      workers: spec.workers.map((w) => ({ index: w.index })),
+    };
     this.gangs.set(spec.ref.uid, gang);
     // Persist before spawning: a crash in between is found again by the environment marker.
     this.persist(gang);
@@ -98,12 +129,16 @@ export class LocalRuntime implements Runtime {
       };
       let child: ChildProcess;
       try {
-        child = spawn("/bin/sh", ["-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`), ...w.command], {
-          cwd: w.workingDir ?? workDir,
-          env,
-          detached: true,
-          stdio: ["ignore", logFd, logFd],
-        });
+        child = spawn(
+          "/bin/sh",
+          ["-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`), ...w.command],
+          {
+            cwd: w.workingDir ?? workDir,
+            env,
+            detached: true,
+            stdio: ["ignore", logFd, logFd],
+          },
+        );
       } finally {
         closeSync(logFd);
       }
@@ -120,10 +155,20 @@ export class LocalRuntime implements Runtime {
         this.children.delete(workerKey(spec.ref.uid, spec.attempt, w.index));
         this.workerExited(gang, rec, code ?? undefined, signal ?? undefined);
       });
-      child.on("error", (err) => this.opts.log.error({ err, workload: spec.ref.name }, "worker process error"));
+      child.on("error", (err) =>
+        this.opts.log.error({ err, workload: spec.ref.name }, "worker process error"),
+      );
     }
     this.persist(gang);
-    this.opts.log.info({ project: spec.ref.project, workload: spec.ref.name, attempt: spec.attempt, pids: gang.workers.map((w) => w.pid) }, "started workers");
+    this.opts.log.info(
+      {
+        project: spec.ref.project,
+        workload: spec.ref.name,
+        attempt: spec.attempt,
+        pids: gang.workers.map((w) => w.pid),
+      },
+      "started workers",
+    );
     this.notify(gang.ref);
   }
 
@@ -143,7 +188,11 @@ export class LocalRuntime implements Runtime {
         message: w.exit.message,
       };
     });
-    return { attempt: gang.attempt, workers, stopping: !!gang.stopRequestedAt && gang.workers.some((w) => !w.exit) };
+    return {
+      attempt: gang.attempt,
+      workers,
+      stopping: !!gang.stopRequestedAt && gang.workers.some((w) => !w.exit),
+    };
   }
 
   async stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean> {
@@ -156,7 +205,10 @@ export class LocalRuntime implements Runtime {
       gang.stopRequestedAt = now.toISOString();
       this.persist(gang);
       for (const w of alive) signalGroup(w.pid!, "SIGTERM");
-      this.opts.log.info({ workload: ref.name, attempt: gang.attempt, graceSeconds }, "sent SIGTERM to workers");
+      this.opts.log.info(
+        { workload: ref.name, attempt: gang.attempt, graceSeconds },
+        "sent SIGTERM to workers",
+      );
       if (graceSeconds === 0) return this.stop(ref, graceSeconds);
       return false;
     }
@@ -167,7 +219,10 @@ export class LocalRuntime implements Runtime {
         this.persist(gang);
       }
       for (const w of alive) signalGroup(w.pid!, "SIGKILL");
-      this.opts.log.warn({ workload: ref.name, attempt: gang.attempt }, "grace period over: sent SIGKILL to workers");
+      this.opts.log.warn(
+        { workload: ref.name, attempt: gang.attempt },
+        "grace period over: sent SIGKILL to workers",
+      );
     }
     return false;
   }
@@ -188,7 +243,10 @@ export class LocalRuntime implements Runtime {
   async logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
     const gang = this.gangs.get(ref.uid);
     const attempt = opts.attempt ?? gang?.attempt;
-    const file = attempt === undefined ? undefined : join(this.attemptDir(ref.uid, attempt), `worker-${opts.worker}.log`);
+    const file =
+      attempt === undefined
+        ? undefined
+        : join(this.attemptDir(ref.uid, attempt), `worker-${opts.worker}.log`);
     const finished = () => {
       const g = this.gangs.get(ref.uid);
       if (!g || g.attempt !== attempt) return true;
@@ -209,7 +267,12 @@ export class LocalRuntime implements Runtime {
     this.children.clear();
   }
 
-  private workerExited(gang: GangRecord, rec: WorkerRecord, code: number | undefined, signal: string | undefined): void {
+  private workerExited(
+    gang: GangRecord,
+    rec: WorkerRecord,
+    code: number | undefined,
+    signal: string | undefined,
+  ): void {
     if (rec.exit) return;
     const recorded = this.readExitFile(gang, rec.index);
     rec.exit = { finishTime: this.now().toISOString() };
@@ -228,13 +291,19 @@ export class LocalRuntime implements Runtime {
     // Anything the worker left behind in its process group goes with it, as in a container.
     if (rec.pid !== undefined) signalGroup(rec.pid, "SIGKILL");
     this.persist(gang);
-    this.opts.log.info({ workload: gang.ref.name, attempt: gang.attempt, worker: rec.index, ...rec.exit }, "worker exited");
+    this.opts.log.info(
+      { workload: gang.ref.name, attempt: gang.attempt, worker: rec.index, ...rec.exit },
+      "worker exited",
+    );
     this.notify(gang.ref);
   }
 
   private readExitFile(gang: GangRecord, index: number): number | undefined {
     try {
-      const text = readFileSync(join(this.attemptDir(gang.ref.uid, gang.attempt), `worker-${index}.exit`), "utf8").trim();
+      const text = readFileSync(
+        join(this.attemptDir(gang.ref.uid, gang.attempt), `worker-${index}.exit`),
+        "utf8",
+      ).trim();
       const n = Number(text);
       return text !== "" && Number.isInteger(n) ? n : undefined;
     } catch {
@@ -246,7 +315,12 @@ export class LocalRuntime implements Runtime {
   private checkAdopted(): void {
     for (const gang of this.gangs.values()) {
       for (const w of gang.workers) {
-        if (w.exit || w.pid === undefined || this.children.has(workerKey(gang.ref.uid, gang.attempt, w.index))) continue;
+        if (
+          w.exit ||
+          w.pid === undefined ||
+          this.children.has(workerKey(gang.ref.uid, gang.attempt, w.index))
+        )
+          continue;
         if (w.startTicks !== undefined && isSameProcessAlive(w.pid, w.startTicks)) continue;
         this.workerExited(gang, w, undefined, undefined);
       }
@@ -297,10 +371,17 @@ export class LocalRuntime implements Runtime {
         const code = this.readExitFile(gang, w.index);
         w.exit =
           code !== undefined
-            ? { code, finishTime: this.now().toISOString(), ...(code > 128 ? { signal: signalName(code - 128) } : {}) }
+            ? {
+                code,
+                finishTime: this.now().toISOString(),
+                ...(code > 128 ? { signal: signalName(code - 128) } : {}),
+              }
             : gang.killSentAt
               ? { code: 137, signal: "SIGKILL", finishTime: this.now().toISOString() }
-              : { finishTime: this.now().toISOString(), message: "the worker ended while the server was down and left no exit status" };
+              : {
+                  finishTime: this.now().toISOString(),
+                  message: "the worker ended while the server was down and left no exit status",
+                };
       }
       this.persist(gang);
     }
@@ -311,7 +392,9 @@ export class LocalRuntime implements Runtime {
         signalGroup(pid, "SIGKILL");
       }
     }
-    const adopted = [...this.gangs.values()].flatMap((g) => g.workers.filter((w) => !w.exit).map((w) => w.pid));
+    const adopted = [...this.gangs.values()].flatMap((g) =>
+      g.workers.filter((w) => !w.exit).map((w) => w.pid),
+    );
     if (adopted.length > 0) this.opts.log.info({ pids: adopted }, "re-adopted running workers");
   }
 
@@ -359,7 +442,16 @@ function stringEnv(env: NodeJS.ProcessEnv): Record<string, string> {
   return out;
 }
 
-const SIGNALS: Record<number, string> = { 1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM" };
+const SIGNALS: Record<number, string> = {
+  1: "SIGHUP",
+  2: "SIGINT",
+  3: "SIGQUIT",
+  6: "SIGABRT",
+  9: "SIGKILL",
+  11: "SIGSEGV",
+  13: "SIGPIPE",
+  15: "SIGTERM",
+};
 
 function signalName(n: number): string {
   return SIGNALS[n] ?? `signal ${n}`;

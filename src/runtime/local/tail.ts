@@ -7,7 +7,10 @@ import { setTimeout as sleep } from "node:timers/promises";
  * A log file as a stream. Without follow: its current content. With follow: new bytes as they
  * are written, ending once `finished()` says the writer is gone and nothing more is left to read.
  */
-export function tailFile(file: string | undefined, opts: { follow: boolean; finished: () => boolean; pollMs?: number }): Readable {
+export function tailFile(
+  file: string | undefined,
+  opts: { follow: boolean; finished: () => boolean; pollMs?: number },
+): Readable {
   if (!opts.follow) return file && existsSync(file) ? createReadStream(file) : Readable.from([]);
   const pollMs = opts.pollMs ?? 200;
   async function* follow(): AsyncGenerator<Buffer> {

@@ -98,7 +98,11 @@ const MIGRATIONS: Record<string, Migration> = {
         .addColumn("first_ts", "text", (c) => c.notNull())
         .addColumn("last_ts", "text", (c) => c.notNull())
         .execute();
-      await db.schema.createIndex("events_object").on("events").columns(["kind", "project", "name"]).execute();
+      await db.schema
+        .createIndex("events_object")
+        .on("events")
+        .columns(["kind", "project", "name"])
+        .execute();
       await db.schema
         .createTable("tokens")
         .addColumn("id", "text", (c) => c.primaryKey())
@@ -126,7 +130,10 @@ export interface OpenedDatabase {
  * synchronous=NORMAL: a committed write is in the WAL file before the client hears back, so it
  * survives the process being killed; synchronous=FULL also survives power loss, at some speed.
  */
-export async function openSqlite(file: string, opts: { synchronous?: "NORMAL" | "FULL" } = {}): Promise<OpenedDatabase> {
+export async function openSqlite(
+  file: string,
+  opts: { synchronous?: "NORMAL" | "FULL" } = {},
+): Promise<OpenedDatabase> {
   if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
   const raw = new Database(file);
   raw.pragma("journal_mode = WAL");

@@ -70,7 +70,9 @@ export class SqliteResourceStore implements ResourceStore {
       let q = trx.selectFrom("resources").select("body").where("kind", "=", kind);
       if (opts.project !== undefined) q = q.where("project", "=", opts.project);
       const rows = await q.orderBy("project").orderBy("name").execute();
-      const items = rows.map((r) => JSON.parse(r.body) as Resource).filter((o) => selector.matches(o.metadata.labels));
+      const items = rows
+        .map((r) => JSON.parse(r.body) as Resource)
+        .filter((o) => selector.matches(o.metadata.labels));
       return { items, resourceVersion: String(await currentRv(trx)) };
     });
   }
@@ -78,7 +80,8 @@ export class SqliteResourceStore implements ResourceStore {
   async watch(kind: string, opts: WatchOptions, onEvent: (e: WatchEvent) => void): Promise<StopWatch> {
     const selector = parseLabelSelector(opts.labelSelector);
     const wanted = (o: Resource) =>
-      (opts.project === undefined || (o.metadata.project ?? "") === opts.project) && selector.matches(o.metadata.labels);
+      (opts.project === undefined || (o.metadata.project ?? "") === opts.project) &&
+      selector.matches(o.metadata.labels);
     let lastRv = 0;
     let live = false;
     const buffer: WatchEvent[] = [];
@@ -99,7 +102,8 @@ export class SqliteResourceStore implements ResourceStore {
     try {
       if (opts.resourceVersion !== undefined && opts.resourceVersion !== "") {
         const from = Number(opts.resourceVersion);
-        if (!Number.isInteger(from) || from < 0) throw new ExpiredError(`invalid resourceVersion "${opts.resourceVersion}"`);
+        if (!Number.isInteger(from) || from < 0)
+          throw new ExpiredError(`invalid resourceVersion "${opts.resourceVersion}"`);
         if (from < this.compactedRv) {
           throw new ExpiredError(
             `resourceVersion ${from} is too old (history starts after ${this.compactedRv}): list again and watch from the list's resourceVersion`,
@@ -113,7 +117,8 @@ export class SqliteResourceStore implements ResourceStore {
           .orderBy("rv")
           .execute();
         lastRv = from;
-        for (const r of rows) deliver({ type: r.type as WatchEventType, object: JSON.parse(r.body) as Resource });
+        for (const r of rows)
+          deliver({ type: r.type as WatchEventType, object: JSON.parse(r.body) as Resource });
       } else {
         // Kubernetes semantics for a watch without a revision: the current state as ADDED, then changes.
         const current = await this.list(kind, { project: opts.project, labelSelector: opts.labelSelector });
@@ -168,7 +173,8 @@ export class SqliteResourceStore implements ResourceStore {
           finalizers: obj.metadata.finalizers?.length ? obj.metadata.finalizers : undefined,
         },
       };
-      if (canonicalJson(next.spec) !== canonicalJson(current.spec)) next.metadata.generation = current.metadata.generation + 1;
+      if (canonicalJson(next.spec) !== canonicalJson(current.spec))
+        next.metadata.generation = current.metadata.generation + 1;
       if (next.metadata.deletionTimestamp && !next.metadata.finalizers) return this.remove(trx, next);
       if (canonicalJson(next) === canonicalJson(current)) return current;
       return this.record(trx, "MODIFIED", next);
@@ -184,7 +190,12 @@ export class SqliteResourceStore implements ResourceStore {
     });
   }
 
-  delete(kind: string, project: string, name: string, opts: { resourceVersion?: string } = {}): Promise<Resource> {
+  delete(
+    kind: string,
+    project: string,
+    name: string,
+    opts: { resourceVersion?: string } = {},
+  ): Promise<Resource> {
     return this.write(async (trx) => {
       const current = await this.current(trx, {
         kind,
@@ -192,7 +203,10 @@ export class SqliteResourceStore implements ResourceStore {
       } as Resource);
       if (current.metadata.finalizers?.length) {
         if (current.metadata.deletionTimestamp) return current;
-        const marked = { ...current, metadata: { ...current.metadata, deletionTimestamp: this.now().toISOString() } };
+        const marked = {
+          ...current,
+          metadata: { ...current.metadata, deletionTimestamp: this.now().toISOString() },
+        };
         return this.record(trx, "MODIFIED", marked);
       }
       return this.remove(trx, current);
@@ -259,12 +273,21 @@ export class SqliteResourceStore implements ResourceStore {
     const body = JSON.stringify(stored);
     await trx.updateTable("changes").set({ body }).where("rv", "=", inserted.rv).execute();
     if (type === "DELETED") {
-      await trx.deleteFrom("resources").where("kind", "=", kind).where("project", "=", project).where("name", "=", name).execute();
+      await trx
+        .deleteFrom("resources")
+        .where("kind", "=", kind)
+        .where("project", "=", project)
+        .where("name", "=", name)
+        .execute();
     } else {
       await trx
         .insertInto("resources")
         .values({ kind, project, name, uid: stored.metadata.uid, rv: inserted.rv, body })
-        .onConflict((oc) => oc.columns(["kind", "project", "name"]).doUpdateSet({ uid: stored.metadata.uid, rv: inserted.rv, body }))
+        .onConflict((oc) =>
+          oc
+            .columns(["kind", "project", "name"])
+            .doUpdateSet({ uid: stored.metadata.uid, rv: inserted.rv, body }),
+        )
         .execute();
     }
     this.pendingEvents?.push({ type, object: stored });
@@ -304,7 +327,5 @@ function displayName(project: string, name: string) {
 }
 
 function notFoundMessage(kind: string, project: string, name: string) {
-  return project
-    ? `${kind} "${name}" not found in project "${project}"`
-    : `${kind} "${name}" not found`;
+  return project ? `${kind} "${name}" not found in project "${project}"` : `${kind} "${name}" not found`;
 }
