@@ -8,7 +8,11 @@ describe("GPU accounting and why-pending (embedded, virtual GPUs)", () => {
   afterAll(() => loom.stop());
 
   const gpuJob = (name: string, gpus: number) =>
-    jobYaml(name, ["sh", "-c", 'echo "devices=$CUDA_VISIBLE_DEVICES"; sleep 30'], `  resources:\n    gpu: ${gpus}\n  terminationGracePeriodSeconds: 1\n`);
+    jobYaml(
+      name,
+      ["sh", "-c", 'echo "devices=$CUDA_VISIBLE_DEVICES"; sleep 30'],
+      `  resources:\n    gpu: ${gpus}\n  terminationGracePeriodSeconds: 1\n`,
+    );
 
   it("gives each job its own devices, queues the one that does not fit, and admits it when capacity frees", async () => {
     await loom.cli(["apply", "-f", "-"], { input: gpuJob("g1", 1) });
@@ -16,7 +20,10 @@ describe("GPU accounting and why-pending (embedded, virtual GPUs)", () => {
     await loom.cli(["apply", "-f", "-"], { input: gpuJob("g2", 1) });
     await loom.waitFor("g2", (j) => j.status?.workers?.[0]?.state === "Running");
     await loom.cli(["apply", "-f", "-"], { input: gpuJob("g3", 1) });
-    const waiting = await loom.waitFor("g3", (j) => j.status?.phase === "Pending" && !!j.status.conditions?.length);
+    const waiting = await loom.waitFor(
+      "g3",
+      (j) => j.status?.phase === "Pending" && !!j.status.conditions?.length,
+    );
     const cond = waiting.status?.conditions?.find((c) => c.type === "Admitted");
     expect(cond?.reason).toBe("InsufficientCapacity");
     expect(cond?.message).toContain("gpu: requested 1, free 0");
@@ -42,7 +49,10 @@ describe("GPU accounting and why-pending (embedded, virtual GPUs)", () => {
 
   it("rejects at once a request no node can ever satisfy", async () => {
     await loom.cli(["apply", "-f", "-"], { input: gpuJob("g-huge", 8) });
-    const job = await loom.waitFor("g-huge", (j) => j.status?.phase === "Pending" && !!j.status.conditions?.length);
+    const job = await loom.waitFor(
+      "g-huge",
+      (j) => j.status?.phase === "Pending" && !!j.status.conditions?.length,
+    );
     const cond = job.status?.conditions?.find((c) => c.type === "Admitted");
     expect(cond?.reason).toBe("ExceedsNodeCapacity");
     expect(cond?.message).toContain("gpu 8 (largest node has 2)");

@@ -29,7 +29,10 @@ describe("server crash and restart (embedded)", () => {
     const starts = join(first.home, "starts");
     const yaml = jobYaml("long", ["sh", "-c", `echo $$ >> ${starts}; sleep 20; echo finished`]);
     expect((await first.cli(["apply", "-f", "-"], { input: yaml })).code).toBe(0);
-    const running = await first.waitFor("long", (j) => j.status?.workers?.[0]?.state === "Running" && !!j.status.workers[0].pid);
+    const running = await first.waitFor(
+      "long",
+      (j) => j.status?.workers?.[0]?.state === "Running" && !!j.status.workers[0].pid,
+    );
     const pid = running.status!.workers![0]!.pid!;
 
     expect(await first.kill("SIGKILL")).toBe(null);
@@ -69,10 +72,14 @@ describe("server crash and restart (embedded)", () => {
     expect(acked.metadata.uid).toBe((ack.body as { metadata: { uid: string } }).metadata.uid);
     const failed = await again.waitFor("exit-while-down", (j) => j.status?.phase === "Failed", 20_000);
     expect(failed.status?.workers?.[0]?.exitCode).toBe(7);
-    expect(failed.status?.conditions?.find((c) => c.type === "Failed")?.message).toContain("exited with code 7");
+    expect(failed.status?.conditions?.find((c) => c.type === "Failed")?.message).toContain(
+      "exited with code 7",
+    );
     // The impossible request stays Pending and says why.
     const pending = await again.waitFor("acked", (j) => j.status?.phase === "Pending");
-    expect(pending.status?.conditions?.find((c) => c.type === "Admitted")?.reason).toBe("ExceedsNodeCapacity");
+    expect(pending.status?.conditions?.find((c) => c.type === "Admitted")?.reason).toBe(
+      "ExceedsNodeCapacity",
+    );
   }, 90_000);
 
   it("refuses a second server on a data dir that is in use", async () => {

@@ -27,7 +27,11 @@ describe("TrainingJob end to end (embedded)", () => {
   });
 
   it("restarts a failing job maxRestarts times, then fails naming the exit code and attempts", async () => {
-    const yaml = jobYaml("exit3", ["sh", "-c", "echo attempt $LOOM_ATTEMPT; exit 3"], "  failurePolicy:\n    maxRestarts: 2\n");
+    const yaml = jobYaml(
+      "exit3",
+      ["sh", "-c", "echo attempt $LOOM_ATTEMPT; exit 3"],
+      "  failurePolicy:\n    maxRestarts: 2\n",
+    );
     expect((await loom.cli(["apply", "-f", "-"], { input: yaml })).code).toBe(0);
     const job = await loom.waitFor("exit3", (j) => j.status?.phase === "Failed", 30_000);
     expect(job.status?.attempts).toBe(3);
@@ -46,12 +50,21 @@ describe("TrainingJob end to end (embedded)", () => {
     const marker = join(loom.dataDir, "..", "tree-pids");
     const yaml = jobYaml(
       "tree",
-      ["sh", "-c", `sleep 300 & echo $! >> ${marker}; sleep 300 & echo $! >> ${marker}; echo $$ >> ${marker}; wait`],
+      [
+        "sh",
+        "-c",
+        `sleep 300 & echo $! >> ${marker}; sleep 300 & echo $! >> ${marker}; echo $$ >> ${marker}; wait`,
+      ],
       "  terminationGracePeriodSeconds: 5\n",
     );
     await loom.cli(["apply", "-f", "-"], { input: yaml });
     await loom.waitFor("tree", (j) => j.status?.workers?.[0]?.state === "Running");
-    for (let i = 0; i < 50 && (!existsSync(marker) || readFileSync(marker, "utf8").trim().split("\n").length < 3); i++) await sleep(100);
+    for (
+      let i = 0;
+      i < 50 && (!existsSync(marker) || readFileSync(marker, "utf8").trim().split("\n").length < 3);
+      i++
+    )
+      await sleep(100);
     const pids = readFileSync(marker, "utf8").trim().split("\n").map(Number);
     expect(pids).toHaveLength(3);
     expect(pids.every(alive)).toBe(true);
@@ -65,7 +78,11 @@ describe("TrainingJob end to end (embedded)", () => {
   });
 
   it("a worker that ignores SIGTERM is killed once the grace period is over", async () => {
-    const yaml = jobYaml("stubborn", ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"], "  terminationGracePeriodSeconds: 1\n");
+    const yaml = jobYaml(
+      "stubborn",
+      ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+      "  terminationGracePeriodSeconds: 1\n",
+    );
     await loom.cli(["apply", "-f", "-"], { input: yaml });
     const job = await loom.waitFor("stubborn", (j) => j.status?.workers?.[0]?.state === "Running");
     const pid = job.status!.workers![0]!.pid!;
@@ -79,10 +96,19 @@ describe("TrainingJob end to end (embedded)", () => {
   it("rejects bad manifests with the field named, a non-zero exit, and stores nothing", async () => {
     const cases: { input: string; expect: RegExp }[] = [
       { input: "apiVersion: loom.dev/v1alpha1\nkind: [TrainingJob\n", expect: /invalid YAML/ },
-      { input: "apiVersion: loom.dev/v1alpha1\nkind: Widget\nmetadata: {name: bad1}\n", expect: /unknown kind "Widget"/ },
-      { input: "apiVersion: loom.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: bad2}\nspec: {}\n", expect: /spec\.command: required/ },
+      {
+        input: "apiVersion: loom.dev/v1alpha1\nkind: Widget\nmetadata: {name: bad1}\n",
+        expect: /unknown kind "Widget"/,
+      },
+      {
+        input: "apiVersion: loom.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: bad2}\nspec: {}\n",
+        expect: /spec\.command: required/,
+      },
       { input: jobYaml("bad3", ["true"], "  workers: 0\n"), expect: /spec\.workers: must be at least 1/ },
-      { input: jobYaml("bad4", ["true"], "  workers: 4\n"), expect: /spec\.workers: multi-worker jobs are not supported yet/ },
+      {
+        input: jobYaml("bad4", ["true"], "  workers: 4\n"),
+        expect: /spec\.workers: multi-worker jobs are not supported yet/,
+      },
       { input: jobYaml("bad5", ["true"], "  resources: {cpu: lots}\n"), expect: /spec\.resources\.cpu/ },
       { input: jobYaml("Bad_Name", ["true"]), expect: /metadata\.name/ },
     ];
@@ -97,7 +123,8 @@ describe("TrainingJob end to end (embedded)", () => {
     const r = await loom.cli(["apply", "-f", "-"], { input: mixed });
     expect(r.code).not.toBe(0);
     const list = await loom.cli(["get", "tj", "-o", "name"]);
-    for (const n of ["bad1", "bad2", "bad3", "bad4", "bad5", "good-one", "bad6"]) expect(list.stdout).not.toContain(`/${n}\n`);
+    for (const n of ["bad1", "bad2", "bad3", "bad4", "bad5", "good-one", "bad6"])
+      expect(list.stdout).not.toContain(`/${n}\n`);
   });
 
   it("answers 401 without a token or with a wrong one, over REST and through the CLI", async () => {
@@ -130,11 +157,17 @@ describe("TrainingJob end to end (embedded)", () => {
     await probing;
     expect(results.filter((r) => r.code !== 0).map((r) => r.stderr)).toEqual([]);
     expect(probes.length).toBe(20);
-    const list = await loom.api("GET", "/apis/loom.dev/v1alpha1/projects/default/trainingjobs?labelSelector=");
-    const names = new Set((list.body as { items: { metadata: { name: string } }[] }).items.map((i) => i.metadata.name));
+    const list = await loom.api(
+      "GET",
+      "/apis/loom.dev/v1alpha1/projects/default/trainingjobs?labelSelector=",
+    );
+    const names = new Set(
+      (list.body as { items: { metadata: { name: string } }[] }).items.map((i) => i.metadata.name),
+    );
     for (let i = 0; i < 100; i++) expect(names.has(`many-${i}`)).toBe(true);
     // They all run to completion.
-    for (let i = 0; i < 100; i += 9) await loom.waitFor(`many-${i}`, (j) => j.status?.phase === "Succeeded", 60_000);
+    for (let i = 0; i < 100; i += 9)
+      await loom.waitFor(`many-${i}`, (j) => j.status?.phase === "Succeeded", 60_000);
     expect((await loom.cli(["delete", "tj", "--all"])).code).toBe(0);
   }, 180_000);
 });
