@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jobYaml, LoomProcess } from "./helpers.js";
 
@@ -65,5 +66,18 @@ describe("GPU accounting and why-pending (embedded, virtual GPUs)", () => {
     const followed = await loom.cli(["logs", "tj/ticker", "-f"]);
     expect(followed.code).toBe(0);
     expect(followed.stdout).toBe("tick 1\ntick 2\ntick 3\n");
+  });
+
+  it("get -w prints each change of a job as it happens", async () => {
+    const watcher = loom.cliBackground(["get", "tj", "watched", "-w"]);
+    await sleep(1000);
+    await loom.cli(["apply", "-f", "-"], { input: jobYaml("watched", ["sh", "-c", "sleep 0.5"]) });
+    await loom.waitFor("watched", (j) => j.status?.phase === "Succeeded");
+    for (let i = 0; i < 50 && !/watched\s+Succeeded/.test(watcher.output()); i++) await sleep(100);
+    watcher.proc.kill("SIGINT");
+    const out = watcher.output();
+    expect(out).toMatch(/watched\s+Pending|watched\s+<none>/);
+    expect(out).toMatch(/watched\s+Running/);
+    expect(out).toMatch(/watched\s+Succeeded/);
   });
 });

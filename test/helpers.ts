@@ -113,6 +113,23 @@ export class LoomProcess {
     });
   }
 
+  /** Starts a long-running CLI command (get -w, logs -f); read its output as it comes, kill it when done. */
+  cliBackground(args: string[]): { proc: ChildProcess; output: () => string } {
+    const p = spawn(process.execPath, [BIN, ...args], {
+      env: this.env(),
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    p.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    p.stderr!.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    return { proc: p, output: () => out };
+  }
+
   /** REST call with the admin token (or the given one). */
   async api(
     method: string,

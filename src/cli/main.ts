@@ -238,28 +238,67 @@ export function buildProgram(): Command {
     .option("-A, --all-projects", "list across every project")
     .option("-l, --selector <selector>", "label selector, e.g. team=nlp,tier!=dev")
     .option("-o, --output <format>", "wide, json, yaml or name")
+    .option("-w, --watch", "after listing, print each change as it happens (Ctrl-C to stop)")
     .action(
       async (
         kindArg: string,
         name: string | undefined,
-        opts: { project?: string; allProjects?: boolean; selector?: string; output?: string },
+        opts: {
+          project?: string;
+          allProjects?: boolean;
+          selector?: string;
+          output?: string;
+          watch?: boolean;
+        },
       ) => {
         const { def, name: n } = kindArg.includes("/")
           ? kindAndName(kindArg, name)
           : { def: kindOf(kindArg), name };
         const { api, defaultProject } = client(program);
         const project = opts.project ?? defaultProject;
-        if (n) {
+        if (n && !opts.watch) {
           const obj = await api.request<Resource>("GET", itemPath(def, project, n));
           process.stdout.write(output([obj], def, opts.output, false, true));
           return;
         }
         const all = !!opts.allProjects || !def.namespaced;
-        const q = opts.selector ? `?labelSelector=${encodeURIComponent(opts.selector)}` : "";
-        const list = await api.request<{ items: Resource[] }>(
+        const q = opts.selector ? `labelSelector=${encodeURIComponent(opts.selector)}` : "";
+        const path = collectionPath(def, all ? undefined : project);
+        const list = await api.request<{ items: Resource[]; metadata: { resourceVersion: string } }>(
           "GET",
-          `${collectionPath(def, all ? undefined : project)}${q}`,
+          `${path}?${q}`,
         );
+        if (n) list.items = list.items.filter((o) => o.metadata.name === n);
+        if (opts.watch) {
+          const wide = all && def.namespaced;
+          const line = (o: Resource) =>
+            opts.output === "json"
+              ? `${JSON.stringify(o)}\n`
+              : output([o], def, opts.output, wide, false).split("\n").slice(1).join("\n");
+          process.stdout.write(
+            output(list.items, def, opts.output === "json" ? "wide" : opts.output, wide, false),
+          );
+          const stream = await api.stream(
+            `${path}?watch=1&resourceVersion=${list.metadata.resourceVersion}&${q}`,
+          );
+          let buffered = "";
+          for await (const chunk of stream) {
+            buffered += (chunk as Buffer).toString();
+            let i = buffered.indexOf("\n");
+            while (i >= 0) {
+              const event = JSON.parse(buffered.slice(0, i)) as { type: string; object: Resource };
+              buffered = buffered.slice(i + 1);
+              i = buffered.indexOf("\n");
+              if (event.type === "ERROR")
+                throw new CliError(
+                  `watch ended: ${(event.object as unknown as { message: string }).message}`,
+                );
+              if (n && event.object.metadata.name !== n) continue;
+              process.stdout.write(line(event.object));
+            }
+          }
+          return;
+        }
         const text = output(list.items, def, opts.output, all && def.namespaced, false);
         if (text === "" && (opts.output === undefined || opts.output === "wide")) {
           process.stderr.write(
