@@ -84,6 +84,8 @@ export function toFieldIssues(error: z.ZodError, prefix: string): FieldIssue[] {
     if (issue.code === "invalid_type" && /received undefined/.test(issue.message))
       message = "required field is missing";
     if (issue.code === "unrecognized_keys") message = `unknown field(s): ${issue.keys.join(", ")}`;
+    // A bad record key (label key, env var name) wraps the helpful message one level down.
+    if (issue.code === "invalid_key" && issue.issues[0]) message = issue.issues[0].message;
     return { path, message };
   });
 }

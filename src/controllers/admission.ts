@@ -6,13 +6,15 @@ import type { Runtime } from "../runtime/port.js";
 import type { Allocation, Scheduler, WorkloadDemand } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
-import { refOf, TRAININGJOB } from "./trainingjob.js";
+import { refOf } from "./trainingjob.js";
 
 /** The admission loop has one key: every change to any workload triggers one scheduling cycle. */
 export const ADMISSION_KEY = "cycle";
 
 export interface AdmissionDeps {
   store: ResourceStore;
+  /** Every TrainingJob as the informer sees it (no store round trip per cycle). */
+  listJobs: () => TrainingJob[];
   runtime: Runtime;
   scheduler: Scheduler;
   events: EventRecorder;
@@ -21,18 +23,46 @@ export interface AdmissionDeps {
 }
 
 /**
- * One scheduling cycle: (1) read every workload fresh from the store, (2) take node capacity from
+ * One scheduling cycle: (1) take every workload from the informer's cache, overlaid with this
+ * loop's own writes the cache may not show yet, (2) take node capacity from
  * the runtime, (3) count what admitted, unfinished workloads hold, (4) ask the scheduler about
  * the pending ones, (5) write admissions and, for the rest, a condition that says why they wait.
  */
 export class AdmissionReconciler implements Reconciler {
   readonly name = "admission";
 
+  /**
+   * Objects this loop wrote, until the informer's cache catches up. Without this a cycle that
+   * runs before its own writes come back through the watch would hand the same capacity out twice.
+   */
+  private readonly written = new Map<string, TrainingJob>();
+
   constructor(private readonly deps: AdmissionDeps) {}
 
+  private snapshot(): TrainingJob[] {
+    const seen = new Set<string>();
+    const jobs = this.deps.listJobs().map((cached) => {
+      const uid = cached.metadata.uid;
+      seen.add(uid);
+      const mine = this.written.get(uid);
+      if (!mine) return cached;
+      if (Number(mine.metadata.resourceVersion) <= Number(cached.metadata.resourceVersion)) {
+        this.written.delete(uid);
+        return cached;
+      }
+      return mine;
+    });
+    for (const uid of this.written.keys()) if (!seen.has(uid)) this.written.delete(uid);
+    return jobs;
+  }
+
+  private async writeStatus(job: TrainingJob): Promise<void> {
+    const stored = (await this.deps.store.updateStatus(job)) as TrainingJob;
+    this.written.set(stored.metadata.uid, stored);
+  }
+
   async reconcile(_key: string): Promise<ReconcileResult> {
-    const { items } = await this.deps.store.list(TRAININGJOB);
-    const jobs = items as TrainingJob[];
+    const jobs = this.snapshot();
     const nodes = await this.deps.runtime.nodes();
     const allocations: Allocation[] = [];
     const pending: WorkloadDemand[] = [];
@@ -54,7 +84,7 @@ export class AdmissionReconciler implements Reconciler {
     for (const { id, allocation } of decisions.admit) {
       const job = byId.get(id)!;
       const message = `admitted to ${allocation.node}${allocation.gpus.length ? ` with GPU(s) ${allocation.gpus.join(",")}` : ""}`;
-      await this.deps.store.updateStatus({
+      await this.writeStatus({
         ...job,
         status: {
           ...job.status,
@@ -74,7 +104,7 @@ export class AdmissionReconciler implements Reconciler {
       const prev = getCondition(job.status?.conditions, "Admitted");
       if (job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === p.message)
         continue;
-      await this.deps.store.updateStatus({
+      await this.writeStatus({
         ...job,
         status: {
           ...job.status,

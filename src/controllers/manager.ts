@@ -1,6 +1,7 @@
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { displayKey } from "../api/meta.js";
+import type { TrainingJob } from "../api/trainingjob.js";
 import type { Runtime } from "../runtime/port.js";
 import type { Scheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
@@ -38,7 +39,11 @@ export class ControllerManager {
     const metrics = createControllerMetrics(deps.metrics);
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
     const admission = new Controller(
-      new AdmissionReconciler({ ...deps, log: log("admission") }),
+      new AdmissionReconciler({
+        ...deps,
+        log: log("admission"),
+        listJobs: () => this.tjInformer.list() as TrainingJob[],
+      }),
       log("admission"),
       metrics,
     );

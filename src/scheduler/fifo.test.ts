@@ -9,7 +9,10 @@ function node(name: string, cpu: number, memGi: number, gpus: string[] = []): No
 }
 
 let seq = 0;
-function demand(id: string, opts: { cpu?: number; memGi?: number; gpus?: number; createdAt?: string } = {}): WorkloadDemand {
+function demand(
+  id: string,
+  opts: { cpu?: number; memGi?: number; gpus?: number; createdAt?: string } = {},
+): WorkloadDemand {
   seq++;
   return {
     id,
@@ -28,14 +31,15 @@ describe("FifoScheduler", () => {
 
   it("admits in createdAt order, whatever the input order", () => {
     const nodes = [node("n1", 2, 16)];
+    // Ids sort the other way round, so only createdAt can give this order.
     const pending = [
-      demand("third", { createdAt: at(3) }),
-      demand("first", { createdAt: at(1) }),
-      demand("second", { createdAt: at(2) }),
+      demand("a-third", { createdAt: at(3) }),
+      demand("c-first", { createdAt: at(1) }),
+      demand("b-second", { createdAt: at(2) }),
     ];
     const d = scheduler.schedule({ nodes, allocations: [], pending });
-    expect(d.admit.map((a) => a.id)).toEqual(["first", "second"]);
-    expect(d.pending.map((p) => p.id)).toEqual(["third"]);
+    expect(d.admit.map((a) => a.id)).toEqual(["c-first", "b-second"]);
+    expect(d.pending.map((p) => p.id)).toEqual(["a-third"]);
     expect(d.pending[0]!.reason).toBe("InsufficientCapacity");
   });
 
@@ -55,7 +59,9 @@ describe("FifoScheduler", () => {
       allocations: [{ node: "n1", cpuMillis: 2000, memoryBytes: 0, gpus: [] }],
       pending: [demand("big", { cpu: 3, createdAt: at(1) }), demand("small", { cpu: 2, createdAt: at(2) })],
     });
-    expect(d.admit).toEqual([{ id: "small", allocation: { node: "n1", cpuMillis: 2000, memoryBytes: GiB, gpus: [] } }]);
+    expect(d.admit).toEqual([
+      { id: "small", allocation: { node: "n1", cpuMillis: 2000, memoryBytes: GiB, gpus: [] } },
+    ]);
     expect(d.pending).toEqual([expect.objectContaining({ id: "big", reason: "InsufficientCapacity" })]);
   });
 
@@ -64,21 +70,34 @@ describe("FifoScheduler", () => {
     const d = scheduler.schedule({
       nodes: [node("n1", 32, 256, ["0", "1", "2", "3", "4", "5"])],
       allocations,
-      pending: [demand("a", { gpus: 2, createdAt: at(1) }), demand("b", { gpus: 2, createdAt: at(2) }), demand("c", { gpus: 1, createdAt: at(3) })],
+      pending: [
+        demand("a", { gpus: 2, createdAt: at(1) }),
+        demand("b", { gpus: 2, createdAt: at(2) }),
+        demand("c", { gpus: 1, createdAt: at(3) }),
+      ],
     });
     expect(d.admit.map((a) => a.id)).toEqual(["a", "b"]);
     const given = d.admit.flatMap((a) => a.allocation.gpus);
     expect(given).toHaveLength(4);
     expect(new Set(given).size).toBe(4);
     expect(given.sort()).toEqual(["0", "3", "4", "5"]);
-    expect(d.pending).toEqual([{ id: "c", reason: "InsufficientCapacity", message: expect.stringContaining("gpu: requested 1, free 0") }]);
+    expect(d.pending).toEqual([
+      {
+        id: "c",
+        reason: "InsufficientCapacity",
+        message: expect.stringContaining("gpu: requested 1, free 0"),
+      },
+    ]);
   });
 
   it("places a workload on the first node it fits, counting allocations per node", () => {
     const d = scheduler.schedule({
       nodes: [node("n1", 4, 16, ["0"]), node("n2", 4, 16, ["0", "1"])],
       allocations: [{ node: "n1", cpuMillis: 3000, memoryBytes: 0, gpus: [] }],
-      pending: [demand("a", { cpu: 2, createdAt: at(1) }), demand("b", { cpu: 1, gpus: 1, createdAt: at(2) })],
+      pending: [
+        demand("a", { cpu: 2, createdAt: at(1) }),
+        demand("b", { cpu: 1, gpus: 1, createdAt: at(2) }),
+      ],
     });
     expect(d.admit).toEqual([
       { id: "a", allocation: { node: "n2", cpuMillis: 2000, memoryBytes: GiB, gpus: [] } },

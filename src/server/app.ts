@@ -3,6 +3,7 @@ import Fastify, {
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
+  LogController,
 } from "fastify";
 import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
@@ -39,7 +40,7 @@ type Query = Record<string, string | undefined>;
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app: FastifyInstance = Fastify({
     loggerInstance: deps.log.child({ component: "api" }) as FastifyBaseLogger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
   });
   const resources = new ResourceService(deps.store);
@@ -110,8 +111,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     reply: FastifyReply,
     plural: string,
     project: string | undefined,
+    inProject = false,
   ) => {
-    const def = resources.kind(plural);
+    const def = inProject ? resources.namespacedKind(plural) : resources.kind(plural);
     const q = req.query;
     const opts = { project, labelSelector: q.labelSelector };
     if (q.watch === "1" || q.watch === "true")
@@ -204,21 +206,22 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/events`, async (req) => {
     const { kind, name } = req.query;
     if (!kind || !name) throw new BadRequestError("events need ?kind=KIND&name=NAME");
-    const items = await deps.events.listFor(
-      { kind, project: req.params.project!, name },
-      Number(req.query.limit ?? 20),
-    );
+    const limit = Number(req.query.limit ?? 20);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
+      throw new BadRequestError("limit must be a whole number from 1 to 1000");
+    }
+    const items = await deps.events.listFor({ kind, project: req.params.project!, name }, limit);
     return { kind: "EventList", items };
   });
 
   app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural`, (req, reply) =>
-    listOrWatch(req, reply, req.params.plural!, req.params.project),
+    listOrWatch(req, reply, req.params.plural!, req.params.project, true),
   );
   app.post<{ Params: Params; Querystring: Query }>(
     `${BASE}/projects/:project/:plural`,
     async (req, reply) => {
       const created = await resources.create(
-        resources.kind(req.params.plural!),
+        resources.namespacedKind(req.params.plural!),
         req.params.project,
         req.body,
         dryRun(req.query),
@@ -227,11 +230,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   );
   app.get<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
-    resources.get(resources.kind(req.params.plural!), req.params.project, req.params.name!),
+    resources.get(resources.namespacedKind(req.params.plural!), req.params.project, req.params.name!),
   );
   app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
     resources.update(
-      resources.kind(req.params.plural!),
+      resources.namespacedKind(req.params.plural!),
       req.params.project,
       req.params.name!,
       req.body,
@@ -240,7 +243,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   );
   app.patch<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
     resources.patch(
-      resources.kind(req.params.plural!),
+      resources.namespacedKind(req.params.plural!),
       req.params.project,
       req.params.name!,
       req.body,
@@ -249,17 +252,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   );
   app.delete<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
     resources.delete(
-      resources.kind(req.params.plural!),
+      resources.namespacedKind(req.params.plural!),
       req.params.project,
       req.params.name!,
       req.query.resourceVersion,
     ),
   );
   app.get<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name/status`, async (req) =>
-    resources.get(resources.kind(req.params.plural!), req.params.project, req.params.name!),
+    resources.get(resources.namespacedKind(req.params.plural!), req.params.project, req.params.name!),
   );
   app.put<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name/status`, async (req) => {
-    const def = resources.kind(req.params.plural!);
+    const def = resources.namespacedKind(req.params.plural!);
     const body = req.body as { metadata?: { resourceVersion?: string }; status?: unknown };
     const current = await resources.get(def, req.params.project!, req.params.name!);
     const st = def.status.safeParse(body?.status ?? {});
@@ -276,7 +279,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get<{ Params: Params; Querystring: Query }>(
     `${BASE}/projects/:project/:plural/:name/log`,
     async (req, reply) => {
-      const def = resources.kind(req.params.plural!);
+      const def = resources.namespacedKind(req.params.plural!);
       if (def.kind !== "TrainingJob") throw new BadRequestError(`${def.plural} have no logs`);
       const job = (await resources.get(def, req.params.project!, req.params.name!)) as {
         metadata: { uid: string };

@@ -39,7 +39,13 @@ export function installErrorHandler(app: FastifyInstance): void {
         fe.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE"
           ? `unsupported content type ${request.headers["content-type"] ?? "(none)"}: send application/json`
           : fe.message;
-      return reply.code(fe.statusCode).send(statusBody(fe.statusCode, "BadRequest", message));
+      const reason =
+        fe.statusCode === 415
+          ? "UnsupportedMediaType"
+          : fe.statusCode === 413
+            ? "RequestEntityTooLarge"
+            : "BadRequest";
+      return reply.code(fe.statusCode).send(statusBody(fe.statusCode, reason, message));
     }
     request.log.error({ err }, "unhandled error");
     return reply

@@ -18,6 +18,17 @@ export class ResourceService {
     return def;
   }
 
+  /** A kind that lives inside a project (the /projects/{project}/{plural} routes). */
+  namespacedKind(plural: string): KindDef {
+    const def = this.kind(plural);
+    if (!def.namespaced) {
+      throw new NotFoundError(
+        `${def.plural} do not belong to a project: use /apis/loom.dev/v1alpha1/${def.plural}`,
+      );
+    }
+    return def;
+  }
+
   async get(def: KindDef, project: string | undefined, name: string): Promise<Resource> {
     return this.store.get(def.kind, scope(def, project), name);
   }

@@ -36,6 +36,11 @@ export function parseLabelSelector(text: string | undefined): LabelSelector {
         `invalid label selector term "${term.trim()}": use key=value, key!=value, key in (a,b), key or !key`,
       );
     const [, not, key, eq, value, setOp, set] = m;
+    if (not && (eq || setOp)) {
+      throw new BadRequestError(
+        `invalid label selector term "${term.trim()}": '!' only negates a bare key (!key); use key!=value or key notin (a,b)`,
+      );
+    }
     if (eq) reqs.push({ op: eq === "!=" ? "!=" : "=", key: key!, value: value ?? "" });
     else if (setOp) {
       reqs.push({

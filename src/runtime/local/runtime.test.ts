@@ -12,7 +12,10 @@ import { LocalRuntime } from "./runtime.js";
 
 const log = pino({ level: "silent" });
 
-async function until<T>(fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 5000): Promise<T> {
+async function until<T>(
+  fn: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 5000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();
@@ -38,6 +41,7 @@ describe("LocalRuntime", () => {
   let runtimes: LocalRuntime[];
   let refs: WorkloadRef[];
   let strays: ChildProcess[];
+  let closed: Set<LocalRuntime>;
 
   function newRuntime(): LocalRuntime {
     const rt = new LocalRuntime({
@@ -53,8 +57,16 @@ describe("LocalRuntime", () => {
     return rt;
   }
 
-  function gang(command: string[], opts: { attempt?: number; gpus?: string[]; env?: Record<string, string>; ref?: WorkloadRef } = {}): GangSpec {
-    const ref = opts.ref ?? { kind: "TrainingJob", project: "default", name: `job-${refs.length}`, uid: randomUUID() };
+  function gang(
+    command: string[],
+    opts: { attempt?: number; gpus?: string[]; env?: Record<string, string>; ref?: WorkloadRef } = {},
+  ): GangSpec {
+    const ref = opts.ref ?? {
+      kind: "TrainingJob",
+      project: "default",
+      name: `job-${refs.length}`,
+      uid: randomUUID(),
+    };
     if (!refs.includes(ref)) refs.push(ref);
     return {
       ref,
@@ -73,7 +85,7 @@ describe("LocalRuntime", () => {
   async function finished(rt: LocalRuntime, ref: WorkloadRef): Promise<GangObservation> {
     return until(async () => {
       const o = await rt.observe(ref);
-      return o && o.workers.every((w) => w.state !== "Running") ? o : undefined;
+      return o?.workers.every((w) => w.state !== "Running") ? o : undefined;
     });
   }
 
@@ -83,10 +95,12 @@ describe("LocalRuntime", () => {
     runtimes = [];
     refs = [];
     strays = [];
+    closed = new Set();
   });
 
   afterEach(async () => {
-    for (const rt of runtimes) for (const ref of refs) await rt.release(ref);
+    // A closed runtime's view is stale (its pids may be gone and reused): release through live ones.
+    for (const rt of runtimes) if (!closed.has(rt)) for (const ref of refs) await rt.release(ref);
     for (const rt of runtimes) await rt.close();
     for (const c of strays) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
     // Anything still carrying this instance's marker is a leak.
@@ -136,10 +150,13 @@ describe("LocalRuntime", () => {
 
   it("sets LOOM_WORKLOAD_DIR, CUDA_VISIBLE_DEVICES and the job's env", async () => {
     const rt = newRuntime();
-    const spec = gang(["sh", "-c", 'echo "$LOOM_WORKLOAD_DIR"; echo "$CUDA_VISIBLE_DEVICES"; echo "$FOO"; pwd'], {
-      gpus: ["1", "3"],
-      env: { FOO: "bar" },
-    });
+    const spec = gang(
+      ["sh", "-c", 'echo "$LOOM_WORKLOAD_DIR"; echo "$CUDA_VISIBLE_DEVICES"; echo "$FOO"; pwd'],
+      {
+        gpus: ["1", "3"],
+        env: { FOO: "bar" },
+      },
+    );
     await rt.start(spec);
     const o = await finished(rt, spec.ref);
     expect(o.workers[0]!.state).toBe("Succeeded");
@@ -153,6 +170,7 @@ describe("LocalRuntime", () => {
 
   it("sets CUDA_VISIBLE_DEVICES empty when no GPU is allocated", async () => {
     const rt = newRuntime();
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion, not a template
     const spec = gang(["sh", "-c", 'echo "[${CUDA_VISIBLE_DEVICES-unset}]"']);
     await rt.start(spec);
     await finished(rt, spec.ref);
@@ -161,8 +179,10 @@ describe("LocalRuntime", () => {
 
   it("stop() sends SIGTERM and returns true once the worker is gone", async () => {
     const rt = newRuntime();
-    const spec = gang(["sleep", "30"]);
+    const spec = gang(["sh", "-c", "echo ready; exec sleep 30"]);
     await rt.start(spec);
+    // Signal only once the worker runs (a SIGTERM before the shim's trap leaves no exit code).
+    await until(async () => (await readAll(await rt.logs(spec.ref, { worker: 0 }))) === "ready\n");
     const pid = (await rt.observe(spec.ref))!.workers[0]!.pid!;
     expect(alive(pid)).toBe(true);
     expect(await rt.stop(spec.ref, 1)).toBe(false);
@@ -179,8 +199,10 @@ describe("LocalRuntime", () => {
 
   it("stop() SIGKILLs a worker that ignores SIGTERM once the grace period is over", async () => {
     const rt = newRuntime();
-    const spec = gang(["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]);
+    const spec = gang(["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"]);
     await rt.start(spec);
+    // Signal only once the trap is in place.
+    await until(async () => (await readAll(await rt.logs(spec.ref, { worker: 0 }))) === "ready\n");
     const pid = (await rt.observe(spec.ref))!.workers[0]!.pid!;
     const started = Date.now();
     expect(await rt.stop(spec.ref, 1)).toBe(false);
@@ -197,7 +219,9 @@ describe("LocalRuntime", () => {
 
   it("stop() of an unknown or finished workload returns true", async () => {
     const rt = newRuntime();
-    expect(await rt.stop({ kind: "TrainingJob", project: "default", name: "x", uid: randomUUID() }, 1)).toBe(true);
+    expect(await rt.stop({ kind: "TrainingJob", project: "default", name: "x", uid: randomUUID() }, 1)).toBe(
+      true,
+    );
     const spec = gang(["true"]);
     await rt.start(spec);
     await finished(rt, spec.ref);
@@ -210,6 +234,7 @@ describe("LocalRuntime", () => {
     await rt1.start(spec);
     const pid = (await rt1.observe(spec.ref))!.workers[0]!.pid!;
     await rt1.close();
+    closed.add(rt1);
     expect(alive(pid)).toBe(true);
 
     const rt2 = newRuntime();
@@ -219,7 +244,7 @@ describe("LocalRuntime", () => {
     expect(alive(pid)).toBe(true);
     const done = await until(async () => {
       const x = await rt2.observe(spec.ref);
-      return x?.workers[0]!.state !== "Running" ? x : undefined;
+      return x && x.workers[0]?.state !== "Running" ? x : undefined;
     }, 5000);
     expect(done.workers[0]).toMatchObject({ state: "Succeeded", exitCode: 0, pid });
   });
@@ -229,6 +254,7 @@ describe("LocalRuntime", () => {
     const spec = gang(["sh", "-c", "sleep 0.3; exit 7"]);
     await rt1.start(spec);
     await rt1.close();
+    closed.add(rt1);
     await new Promise((r) => setTimeout(r, 700));
     const rt2 = newRuntime();
     const o = (await rt2.observe(spec.ref))!;
@@ -242,7 +268,9 @@ describe("LocalRuntime", () => {
       env: { ...process.env, LOOM_INSTANCE: instanceId, LOOM_WORKER_KEY: "x/1/0" },
     });
     strays.push(stray);
-    const exited = new Promise<NodeJS.Signals | null>((resolve) => stray.on("exit", (_code, signal) => resolve(signal)));
+    const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+      stray.on("exit", (_code, signal) => resolve(signal)),
+    );
     // Another installation's process must be left alone.
     const other = spawn("sleep", ["30"], {
       detached: true,
@@ -282,7 +310,7 @@ describe("LocalRuntime", () => {
     expect(o.attempt).toBe(2);
     expect(o.workers[0]!.state).toBe("Succeeded");
     expect(await readAll(await rt.logs(spec.ref, { worker: 0 }))).toBe("two\n");
-    expect(await readAll(await rt.logs(spec.ref, { worker: 0, attempt: 1 }))).toBe("");
+    expect(await readAll(await rt.logs(spec.ref, { worker: 0, attempt: 1 }))).not.toContain("two");
   });
 
   it("release() kills live workers and removes the workload directory", async () => {
@@ -298,6 +326,18 @@ describe("LocalRuntime", () => {
     expect(await rt.observe(spec.ref)).toBeUndefined();
     expect(await rt.list()).toEqual([]);
     await until(() => !alive(pid));
+  });
+
+  it("release() of a live workload leaves nothing behind once the worker has exited", async () => {
+    const rt = newRuntime();
+    const spec = gang(["sleep", "30"]);
+    await rt.start(spec);
+    const pid = (await rt.observe(spec.ref))!.workers[0]!.pid!;
+    await rt.release(spec.ref);
+    await until(() => !alive(pid));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(existsSync(join(dataDir, "workloads", spec.ref.uid))).toBe(false);
+    expect(await newRuntime().list()).toEqual([]);
   });
 });
 

@@ -230,8 +230,13 @@ export class LocalRuntime implements Runtime {
   async release(ref: WorkloadRef): Promise<void> {
     const gang = this.gangs.get(ref.uid);
     if (gang) {
-      for (const w of gang.workers) if (!w.exit && w.pid !== undefined) signalGroup(w.pid, "SIGKILL");
       this.gangs.delete(ref.uid);
+      for (const w of gang.workers) {
+        const key = workerKey(ref.uid, gang.attempt, w.index);
+        this.children.get(key)?.removeAllListeners("exit");
+        this.children.delete(key);
+        if (!w.exit && w.pid !== undefined) signalGroup(w.pid, "SIGKILL");
+      }
     }
     rmSync(join(this.workloadsDir(), ref.uid), { recursive: true, force: true });
   }
@@ -273,7 +278,8 @@ export class LocalRuntime implements Runtime {
     code: number | undefined,
     signal: string | undefined,
   ): void {
-    if (rec.exit) return;
+    // A released workload is gone: its late exits must not write its state back.
+    if (rec.exit || this.gangs.get(gang.ref.uid) !== gang) return;
     const recorded = this.readExitFile(gang, rec.index);
     rec.exit = { finishTime: this.now().toISOString() };
     if (recorded !== undefined) {

@@ -10,7 +10,10 @@ import { SqliteResourceStore, type SqliteStoreOptions } from "./resources.js";
 
 const NOW = new Date("2024-05-06T07:08:09.000Z");
 
-function tj(name: string, opts: { project?: string; labels?: Record<string, string>; spec?: unknown } = {}): Resource {
+function tj(
+  name: string,
+  opts: { project?: string; labels?: Record<string, string>; spec?: unknown } = {},
+): Resource {
   return {
     apiVersion: "loom.dev/v1alpha1",
     kind: "TrainingJob",
@@ -45,6 +48,7 @@ async function until(cond: () => boolean, timeoutMs = 3000): Promise<void> {
 }
 
 const rvOf = (o: Resource) => Number(o.metadata.resourceVersion);
+const rvOfEvent = (e: WatchEvent) => Number(e.object.metadata.resourceVersion);
 const summary = (events: WatchEvent[]) => events.map((e) => `${e.type} ${e.object.metadata.name}`);
 
 describe("SqliteResourceStore", () => {
@@ -52,14 +56,25 @@ describe("SqliteResourceStore", () => {
   let store: SqliteResourceStore;
   let stops: StopWatch[];
   let uids: number;
+  /** Called once, from inside the next write's transaction (the store reads the clock there). */
+  let onNow: (() => void) | undefined;
 
   async function open(opts: SqliteStoreOptions = {}) {
     database = await openSqlite(":memory:");
-    store = await SqliteResourceStore.open(database.db, { now: () => NOW, newUid: () => `uid-${++uids}`, ...opts });
+    const now = () => {
+      const hook = onNow;
+      onNow = undefined;
+      hook?.();
+      return NOW;
+    };
+    store = await SqliteResourceStore.open(database.db, { now, newUid: () => `uid-${++uids}`, ...opts });
   }
 
   /** Starts a watch that collects its events into the returned array. */
-  async function collect(kind: string, opts: Parameters<SqliteResourceStore["watch"]>[1]): Promise<WatchEvent[]> {
+  async function collect(
+    kind: string,
+    opts: Parameters<SqliteResourceStore["watch"]>[1],
+  ): Promise<WatchEvent[]> {
     const events: WatchEvent[] = [];
     stops.push(await store.watch(kind, opts, (e) => events.push(e)));
     return events;
@@ -68,6 +83,7 @@ describe("SqliteResourceStore", () => {
   beforeEach(async () => {
     stops = [];
     uids = 0;
+    onNow = undefined;
     await open();
   });
 
@@ -119,7 +135,9 @@ describe("SqliteResourceStore", () => {
     it("throws NotFoundError naming the object and project", async () => {
       await store.create(tj("a"));
       await expect(store.get("TrainingJob", "default", "b")).rejects.toBeInstanceOf(NotFoundError);
-      await expect(store.get("TrainingJob", "other", "a")).rejects.toThrow(/"a" not found in project "other"/);
+      await expect(store.get("TrainingJob", "other", "a")).rejects.toThrow(
+        /"a" not found in project "other"/,
+      );
       await expect(store.get("Project", "", "a")).rejects.toBeInstanceOf(NotFoundError);
     });
 
@@ -130,7 +148,9 @@ describe("SqliteResourceStore", () => {
       const b = await store.create(tj("b", { project: "p" }));
       rvs.push(rvOf(b));
       rvs.push(rvOf(await store.updateStatus({ ...b, status: { phase: "Running" } })));
-      rvs.push(rvOf(await store.update({ ...(await store.get("Project", "", "p")), spec: { description: "x" } })));
+      rvs.push(
+        rvOf(await store.update({ ...(await store.get("Project", "", "p")), spec: { description: "x" } })),
+      );
       rvs.push(rvOf(await store.delete("TrainingJob", "default", "a")));
       for (let i = 1; i < rvs.length; i++) expect(rvs[i]).toBeGreaterThan(rvs[i - 1]!);
     });
@@ -142,14 +162,20 @@ describe("SqliteResourceStore", () => {
       const v2 = await store.update({ ...v1, spec: { command: ["v2"] } });
       const stale = { ...v1, spec: { command: ["stale"] } };
       await expect(store.update(stale)).rejects.toBeInstanceOf(ConflictError);
-      await expect(store.update(stale)).rejects.toThrow(new RegExp(`resourceVersion ${v2.metadata.resourceVersion}`));
+      await expect(store.update(stale)).rejects.toThrow(
+        new RegExp(`resourceVersion ${v2.metadata.resourceVersion}`),
+      );
       expect(await store.get("TrainingJob", "default", "a")).toEqual(v2);
     });
 
     it("succeeds without a resourceVersion (last write wins)", async () => {
       const v1 = await store.create(tj("a"));
       await store.update({ ...v1, spec: { command: ["v2"] } });
-      const v3 = await store.update({ ...v1, metadata: { ...v1.metadata, resourceVersion: "" }, spec: { command: ["v3"] } });
+      const v3 = await store.update({
+        ...v1,
+        metadata: { ...v1.metadata, resourceVersion: "" },
+        spec: { command: ["v3"] },
+      });
       expect(v3.spec).toEqual({ command: ["v3"] });
       expect((await store.get("TrainingJob", "default", "a")).spec).toEqual({ command: ["v3"] });
     });
@@ -165,7 +191,10 @@ describe("SqliteResourceStore", () => {
       expect(labelled.metadata.labels).toEqual({ team: "nlp" });
       expect(rvOf(labelled)).toBeGreaterThan(rvOf(v1));
       // Same spec with keys in another order is not a change.
-      const reordered = await store.update({ ...labelled, spec: { env: { B: "2", A: "1" }, command: ["x"] } });
+      const reordered = await store.update({
+        ...labelled,
+        spec: { env: { B: "2", A: "1" }, command: ["x"] },
+      });
       expect(reordered.metadata.generation).toBe(1);
       const changed = await store.update({ ...labelled, spec: { command: ["y"] } });
       expect(changed.metadata.generation).toBe(2);
@@ -190,12 +219,21 @@ describe("SqliteResourceStore", () => {
       const withStatus = await store.updateStatus({ ...v1, status: { phase: "Running" } });
       const next = await store.update({
         ...withStatus,
-        metadata: { ...withStatus.metadata, uid: "forged", generation: 99, creationTimestamp: "1999-01-01T00:00:00Z" },
+        metadata: {
+          ...withStatus.metadata,
+          uid: "forged",
+          generation: 99,
+          creationTimestamp: "1999-01-01T00:00:00Z",
+        },
         spec: { command: ["y"] },
         status: { phase: "Failed" },
       });
       expect(next.status).toEqual({ phase: "Running" });
-      expect(next.metadata).toMatchObject({ uid: v1.metadata.uid, generation: 2, creationTimestamp: NOW.toISOString() });
+      expect(next.metadata).toMatchObject({
+        uid: v1.metadata.uid,
+        generation: 2,
+        creationTimestamp: NOW.toISOString(),
+      });
     });
   });
 
@@ -219,7 +257,9 @@ describe("SqliteResourceStore", () => {
     it("rejects a stale resourceVersion and keeps the version for an unchanged status", async () => {
       const v1 = await store.create(tj("a"));
       const v2 = await store.updateStatus({ ...v1, status: { phase: "Running" } });
-      await expect(store.updateStatus({ ...v1, status: { phase: "Failed" } })).rejects.toBeInstanceOf(ConflictError);
+      await expect(store.updateStatus({ ...v1, status: { phase: "Failed" } })).rejects.toBeInstanceOf(
+        ConflictError,
+      );
       const same = await store.updateStatus({ ...v2, status: { phase: "Running" } });
       expect(same.metadata.resourceVersion).toBe(v2.metadata.resourceVersion);
     });
@@ -231,12 +271,21 @@ describe("SqliteResourceStore", () => {
       await store.create(tj("a", { labels: { env: "dev" } }));
       await store.create(tj("c", { project: "other", labels: { env: "prod" } }));
       await store.create(project("default"));
-      const names = (r: { items: Resource[] }) => r.items.map((o) => `${o.metadata.project}/${o.metadata.name}`);
+      const names = (r: { items: Resource[] }) =>
+        r.items.map((o) => `${o.metadata.project}/${o.metadata.name}`);
       expect(names(await store.list("TrainingJob"))).toEqual(["default/a", "default/b", "other/c"]);
-      expect(names(await store.list("TrainingJob", { project: "default" }))).toEqual(["default/a", "default/b"]);
+      expect(names(await store.list("TrainingJob", { project: "default" }))).toEqual([
+        "default/a",
+        "default/b",
+      ]);
       expect(names(await store.list("TrainingJob", { project: "nope" }))).toEqual([]);
-      expect(names(await store.list("TrainingJob", { labelSelector: "env=prod" }))).toEqual(["default/b", "other/c"]);
-      expect(names(await store.list("TrainingJob", { project: "other", labelSelector: "env!=prod" }))).toEqual([]);
+      expect(names(await store.list("TrainingJob", { labelSelector: "env=prod" }))).toEqual([
+        "default/b",
+        "other/c",
+      ]);
+      expect(
+        names(await store.list("TrainingJob", { project: "other", labelSelector: "env!=prod" })),
+      ).toEqual([]);
       expect((await store.list("Project")).items.map((o) => o.metadata.name)).toEqual(["default"]);
     });
 
@@ -251,7 +300,9 @@ describe("SqliteResourceStore", () => {
     });
 
     it("rejects an invalid label selector", async () => {
-      await expect(store.list("TrainingJob", { labelSelector: "env in prod" })).rejects.toThrow(/invalid label selector/);
+      await expect(store.list("TrainingJob", { labelSelector: "env in prod" })).rejects.toThrow(
+        /invalid label selector/,
+      );
     });
   });
 
@@ -270,14 +321,17 @@ describe("SqliteResourceStore", () => {
     it("honours a resourceVersion precondition", async () => {
       const v1 = await store.create(tj("a"));
       await store.updateStatus({ ...v1, status: { phase: "Running" } });
-      await expect(store.delete("TrainingJob", "default", "a", { resourceVersion: v1.metadata.resourceVersion })).rejects.toBeInstanceOf(
-        ConflictError,
-      );
+      await expect(
+        store.delete("TrainingJob", "default", "a", { resourceVersion: v1.metadata.resourceVersion }),
+      ).rejects.toBeInstanceOf(ConflictError);
       await store.get("TrainingJob", "default", "a");
     });
 
     it("with finalizers marks deletionTimestamp; removing the last finalizer deletes", async () => {
-      const created = await store.create({ ...tj("a"), metadata: { ...tj("a").metadata, finalizers: ["loom.dev/cleanup", "other"] } });
+      const created = await store.create({
+        ...tj("a"),
+        metadata: { ...tj("a").metadata, finalizers: ["loom.dev/cleanup", "other"] },
+      });
       expect(created.metadata.finalizers).toEqual(["loom.dev/cleanup", "other"]);
       const events = await collect("TrainingJob", { resourceVersion: created.metadata.resourceVersion });
 
@@ -335,6 +389,31 @@ describe("SqliteResourceStore", () => {
       expect(summary(events)).toEqual(["ADDED a", "ADDED b", "ADDED c", "DELETED b"]);
     });
 
+    it.each([
+      ["from a revision", true],
+      ["without a revision", false],
+    ])("%s, neither loses nor repeats a change committed while it starts", async (_name, fromRevision) => {
+      await store.create(tj("old"));
+      const listed = await store.list("TrainingJob");
+      // Start the watch from inside the next write's transaction: it subscribes before that write
+      // commits and announces itself, but its replay (or initial list) reads after the commit,
+      // so the change reaches it twice and must be delivered once.
+      let started: Promise<WatchEvent[]> | undefined;
+      onNow = () => {
+        started = collect("TrainingJob", fromRevision ? { resourceVersion: listed.resourceVersion } : {});
+      };
+      const racer = await store.create(tj("racer"));
+      expect(started).toBeDefined();
+      const events = await started!;
+      const after = await store.create(tj("after"));
+      const expected = fromRevision
+        ? [racer, after]
+        : [{ ...(await store.get("TrainingJob", "default", "old")) }, racer, after];
+      await until(() => events.length >= expected.length);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(events).toEqual(expected.map((object) => ({ type: "ADDED", object })));
+    });
+
     it("filters by label selector", async () => {
       await store.create(tj("a", { labels: { env: "prod" } }));
       await store.create(tj("b", { labels: { env: "dev" } }));
@@ -365,8 +444,12 @@ describe("SqliteResourceStore", () => {
       let obj = await store.create(tj("a"));
       for (let i = 1; i < 1000; i++) obj = await store.updateStatus({ ...obj, status: { attempts: i } });
       expect(obj.metadata.resourceVersion).toBe("1000");
-      await expect(store.watch("TrainingJob", { resourceVersion: "1" }, () => {})).rejects.toBeInstanceOf(ExpiredError);
-      await expect(store.watch("TrainingJob", { resourceVersion: "989" }, () => {})).rejects.toThrow(/too old/);
+      await expect(store.watch("TrainingJob", { resourceVersion: "1" }, () => {})).rejects.toBeInstanceOf(
+        ExpiredError,
+      );
+      await expect(store.watch("TrainingJob", { resourceVersion: "989" }, () => {})).rejects.toThrow(
+        /too old/,
+      );
       const events = await collect("TrainingJob", { resourceVersion: "990" });
       await until(() => events.length === 10);
       expect(events.map(rvOfEvent)).toEqual(Array.from({ length: 10 }, (_, i) => 991 + i));
@@ -376,7 +459,9 @@ describe("SqliteResourceStore", () => {
     });
 
     it("rejects a malformed resourceVersion", async () => {
-      await expect(store.watch("TrainingJob", { resourceVersion: "abc" }, () => {})).rejects.toBeInstanceOf(ExpiredError);
+      await expect(store.watch("TrainingJob", { resourceVersion: "abc" }, () => {})).rejects.toThrow(
+        /invalid resourceVersion "abc"/,
+      );
     });
 
     it("delivers 200 concurrent creates with distinct resourceVersions, in order", async () => {
@@ -393,8 +478,6 @@ describe("SqliteResourceStore", () => {
     });
   });
 });
-
-const rvOfEvent = (e: WatchEvent) => Number(e.object.metadata.resourceVersion);
 
 describe("SqliteResourceStore on a file", () => {
   let dir: string;
@@ -424,7 +507,9 @@ describe("SqliteResourceStore on a file", () => {
       const after = await store.list("TrainingJob");
       expect(after).toEqual(before);
       // The compaction point survives too: an old revision is still expired.
-      await expect(store.watch("TrainingJob", { resourceVersion: "5" }, () => {})).rejects.toBeInstanceOf(ExpiredError);
+      await expect(store.watch("TrainingJob", { resourceVersion: "5" }, () => {})).rejects.toBeInstanceOf(
+        ExpiredError,
+      );
       const next = await store.create(tj("b"));
       expect(rvOf(next)).toBeGreaterThan(Number(after.resourceVersion));
     } finally {

@@ -2,7 +2,13 @@ import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import type { Kysely, Transaction } from "kysely";
 import type { Resource } from "../../api/meta.js";
-import { AlreadyExistsError, ConflictError, ExpiredError, NotFoundError } from "../../errors.js";
+import {
+  AlreadyExistsError,
+  BadRequestError,
+  ConflictError,
+  ExpiredError,
+  NotFoundError,
+} from "../../errors.js";
 import { canonicalJson } from "../json.js";
 import type {
   ListOptions,
@@ -35,6 +41,8 @@ export class SqliteResourceStore implements ResourceStore {
   private writeChain: Promise<unknown> = Promise.resolve();
   private writesSinceCompaction = 0;
   private compactedRv = 0;
+  /** The last resourceVersion handed out. Writes are serialised, so the next one is known up front. */
+  private lastRv = 0;
 
   private constructor(
     private readonly db: Kysely<Schema>,
@@ -49,6 +57,7 @@ export class SqliteResourceStore implements ResourceStore {
   static async open(db: Kysely<Schema>, opts: SqliteStoreOptions = {}): Promise<SqliteResourceStore> {
     const store = new SqliteResourceStore(db, opts);
     store.compactedRv = Number((await getMeta(db, COMPACTED_KEY)) ?? 0);
+    store.lastRv = await currentRv(db);
     return store;
   }
 
@@ -103,7 +112,9 @@ export class SqliteResourceStore implements ResourceStore {
       if (opts.resourceVersion !== undefined && opts.resourceVersion !== "") {
         const from = Number(opts.resourceVersion);
         if (!Number.isInteger(from) || from < 0)
-          throw new ExpiredError(`invalid resourceVersion "${opts.resourceVersion}"`);
+          throw new BadRequestError(
+            `invalid resourceVersion "${opts.resourceVersion}": use the resourceVersion of a list`,
+          );
         if (from < this.compactedRv) {
           throw new ExpiredError(
             `resourceVersion ${from} is too old (history starts after ${this.compactedRv}): list again and watch from the list's resourceVersion`,
@@ -222,14 +233,23 @@ export class SqliteResourceStore implements ResourceStore {
   private write(fn: (trx: Transaction<Schema>) => Promise<Resource>): Promise<Resource> {
     const pending: WatchEvent[] = [];
     const run = async () => {
-      const result = await this.db.transaction().execute(async (trx) => {
-        this.pendingEvents = pending;
-        try {
-          return await fn(trx);
-        } finally {
-          this.pendingEvents = undefined;
-        }
-      });
+      const rvBefore = this.lastRv;
+      const result = await this.db
+        .transaction()
+        .execute(async (trx) => {
+          this.pendingEvents = pending;
+          try {
+            return await fn(trx);
+          } finally {
+            this.pendingEvents = undefined;
+          }
+        })
+        .catch((err: unknown) => {
+          // Rolled back: the revisions this write took were never committed.
+          this.lastRv = rvBefore;
+          pending.length = 0;
+          throw err;
+        });
       for (const e of pending) this.emitter.emit(e.object.kind, e);
       if (pending.length > 0 && ++this.writesSinceCompaction >= 1000) await this.compact();
       return result;
@@ -264,14 +284,10 @@ export class SqliteResourceStore implements ResourceStore {
   /** Appends to the change log (its rowid becomes the resourceVersion) and stores the object. */
   private async record(trx: Transaction<Schema>, type: WatchEventType, obj: Resource): Promise<Resource> {
     const { kind, project, name } = keyParts(obj);
-    const inserted = await trx
-      .insertInto("changes")
-      .values({ kind, project, name, type, body: "" })
-      .returning("rv")
-      .executeTakeFirstOrThrow();
-    const stored: Resource = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(inserted.rv) } };
+    const rv = ++this.lastRv;
+    const stored: Resource = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rv) } };
     const body = JSON.stringify(stored);
-    await trx.updateTable("changes").set({ body }).where("rv", "=", inserted.rv).execute();
+    await trx.insertInto("changes").values({ rv, kind, project, name, type, body }).execute();
     if (type === "DELETED") {
       await trx
         .deleteFrom("resources")
@@ -282,11 +298,9 @@ export class SqliteResourceStore implements ResourceStore {
     } else {
       await trx
         .insertInto("resources")
-        .values({ kind, project, name, uid: stored.metadata.uid, rv: inserted.rv, body })
+        .values({ kind, project, name, uid: stored.metadata.uid, rv, body })
         .onConflict((oc) =>
-          oc
-            .columns(["kind", "project", "name"])
-            .doUpdateSet({ uid: stored.metadata.uid, rv: inserted.rv, body }),
+          oc.columns(["kind", "project", "name"]).doUpdateSet({ uid: stored.metadata.uid, rv, body }),
         )
         .execute();
     }
