@@ -36,6 +36,13 @@ export class AdmissionReconciler implements Reconciler {
    * runs before its own writes come back through the watch would hand the same capacity out twice.
    */
   private readonly written = new Map<string, TrainingJob>();
+  /**
+   * Jobs already evaluated and still waiting, by uid → generation. They are only tried again
+   * when what is allocated (or the nodes) changed: capacity that did not change cannot admit
+   * them, and skipping them keeps a cycle cheap with thousands in the queue.
+   */
+  private readonly parked = new Map<string, number>();
+  private capacityKey = "";
 
   constructor(private readonly deps: AdmissionDeps) {}
 
@@ -65,24 +72,39 @@ export class AdmissionReconciler implements Reconciler {
     const jobs = this.snapshot();
     const nodes = await this.deps.runtime.nodes();
     const allocations: Allocation[] = [];
-    const pending: WorkloadDemand[] = [];
-    const byId = new Map<string, TrainingJob>();
+    const allocatedIds: string[] = [];
+    const waiting: TrainingJob[] = [];
     for (const job of jobs) {
       if (isFinished(job)) continue;
       const admission = job.status?.admission;
       if (admission) {
         allocations.push(admission);
+        allocatedIds.push(job.metadata.uid);
         continue;
       }
       if (job.metadata.deletionTimestamp) continue;
-      byId.set(job.metadata.uid, job);
+      waiting.push(job);
+    }
+    const capacityKey = `${JSON.stringify(nodes)}|${allocatedIds.sort().join(",")}`;
+    const capacityChanged = capacityKey !== this.capacityKey;
+    this.capacityKey = capacityKey;
+    const live = new Set<string>();
+    const pending: WorkloadDemand[] = [];
+    const byId = new Map<string, TrainingJob>();
+    for (const job of waiting) {
+      const uid = job.metadata.uid;
+      live.add(uid);
+      if (!capacityChanged && this.parked.get(uid) === job.metadata.generation) continue;
+      byId.set(uid, job);
       pending.push(demandOf(job));
     }
+    for (const uid of this.parked.keys()) if (!live.has(uid)) this.parked.delete(uid);
     if (pending.length === 0) return {};
     const decisions = this.deps.scheduler.schedule({ nodes, allocations, pending });
     const now = this.deps.now();
     for (const { id, allocation } of decisions.admit) {
       const job = byId.get(id)!;
+      this.parked.delete(id);
       const message = `admitted to ${allocation.node}${allocation.gpus.length ? ` with GPU(s) ${allocation.gpus.join(",")}` : ""}`;
       await this.writeStatus({
         ...job,
@@ -101,6 +123,7 @@ export class AdmissionReconciler implements Reconciler {
     }
     for (const p of decisions.pending) {
       const job = byId.get(p.id)!;
+      this.parked.set(p.id, job.metadata.generation);
       const prev = getCondition(job.status?.conditions, "Admitted");
       if (job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === p.message)
         continue;

@@ -36,6 +36,14 @@ export class Controller {
     this.metrics.queueDepth.set({ controller: this.reconciler.name }, this.queue.length);
   }
 
+  /**
+   * Enqueues after a short window so that a burst of changes (a thousand submissions) costs one
+   * pass, not a thousand: for loops whose one key stands for the whole world (admission).
+   */
+  enqueueBatched(key: string, windowMs = 10): void {
+    this.queue.addAfter(key, windowMs);
+  }
+
   start(): void {
     for (let i = 0; i < this.concurrency; i++) this.running.push(this.work());
   }

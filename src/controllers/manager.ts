@@ -48,7 +48,12 @@ export class ControllerManager {
       metrics,
     );
     const jobs = new Controller(
-      new TrainingJobReconciler({ ...deps, log: log("trainingjob"), baseBackoffMs: deps.baseBackoffMs }),
+      new TrainingJobReconciler({
+        ...deps,
+        log: log("trainingjob"),
+        baseBackoffMs: deps.baseBackoffMs,
+        cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
+      }),
       log("trainingjob"),
       metrics,
       4,
@@ -62,7 +67,7 @@ export class ControllerManager {
       {
         onChange: (key) => {
           jobs.enqueue(key);
-          admission.enqueue(ADMISSION_KEY);
+          admission.enqueueBatched(ADMISSION_KEY);
         },
       },
       log("informer"),
@@ -82,7 +87,7 @@ export class ControllerManager {
     );
     deps.runtime.onChange((ref) => {
       jobs.enqueue(displayKey(ref));
-      admission.enqueue(ADMISSION_KEY);
+      admission.enqueueBatched(ADMISSION_KEY);
     });
   }
 

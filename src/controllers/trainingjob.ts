@@ -17,6 +17,8 @@ export const RUNTIME_FINALIZER = "loom.dev/runtime";
 
 export interface TrainingJobDeps {
   store: ResourceStore;
+  /** The informer's copy, to skip a store read when there is clearly nothing to do. */
+  cached?: (key: string) => TrainingJob | undefined;
   runtime: Runtime;
   events: EventRecorder;
   log: Logger;
@@ -38,6 +40,9 @@ export class TrainingJobReconciler implements Reconciler {
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const [project, name] = splitKey(key);
+    const seen = this.deps.cached?.(key);
+    // Waiting for admission is the common case with a long queue: nothing to do, nothing to read.
+    if (seen && !seen.status?.admission && !seen.metadata.deletionTimestamp && !isFinished(seen)) return {};
     let job: TrainingJob;
     try {
       job = (await this.deps.store.get(TRAININGJOB, project, name)) as TrainingJob;

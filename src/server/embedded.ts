@@ -26,6 +26,8 @@ export interface EmbeddedOptions {
   /** Periodic resync of every controller (and orphan collection). */
   resyncMs?: number;
   baseBackoffMs?: number;
+  /** false serves the API and store without any controller (benchmarks of the API alone). */
+  controllers?: boolean;
 }
 
 export interface EmbeddedServer {
@@ -80,7 +82,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     resyncMs: opts.resyncMs,
     baseBackoffMs: opts.baseBackoffMs,
   });
-  await manager.start();
+  if (opts.controllers !== false) await manager.start();
   const address = await app.listen({ host: opts.host ?? "127.0.0.1", port: opts.port ?? 7470 });
   let closed = false;
   return {
@@ -91,7 +93,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     async close() {
       if (closed) return;
       closed = true;
-      await manager.stop();
+      if (opts.controllers !== false) await manager.stop();
       await app.close();
       await runtime.close();
       await store.close();
