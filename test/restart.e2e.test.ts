@@ -88,3 +88,18 @@ describe("server crash and restart (embedded)", () => {
     expect(existsSync(join(first.home, "data", "loom.db"))).toBe(true);
   });
 });
+
+describe("loom up in the foreground", () => {
+  it("stops cleanly on Ctrl-C (SIGINT) and releases the data dir", async () => {
+    const loom = new LoomProcess();
+    await loom.start();
+    expect((await loom.cli(["version"])).stdout).toMatch(/Server: \d+\.\d+\.\d+/);
+    expect(existsSync(join(loom.dataDir, "loom.lock"))).toBe(true);
+    expect(await loom.kill("SIGINT")).toBe(0);
+    expect(existsSync(join(loom.dataDir, "loom.lock"))).toBe(false);
+    const down = await loom.cli(["get", "tj"]);
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(/cannot reach Loom at .* is 'loom up' running\?/);
+    await loom.stop();
+  });
+});
