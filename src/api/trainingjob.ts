@@ -4,13 +4,15 @@ import { parseCpuMillis, parseMemoryBytes } from "./quantity.js";
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
+// Whole numbers or strings, as Kubernetes quantities are (int-or-string): the same manifest then
+// validates the same way embedded and against a CRD. Fractions are strings: "0.5" or "500m".
 const CpuQuantity = z
-  .union([z.number(), z.string()])
-  .refine((v) => parseCpuMillis(v) !== undefined, 'must be a CPU quantity such as 2, 0.5 or "500m"')
-  .describe('CPU cores: a number or a quantity such as "500m".');
+  .union([z.number().int('write fractional CPUs as a string such as "0.5" or "500m"').min(0), z.string()])
+  .refine((v) => parseCpuMillis(v) !== undefined, 'must be a CPU quantity such as 2, "0.5" or "500m"')
+  .describe('CPU cores: a whole number or a quantity such as "0.5" or "500m".');
 
 const MemoryQuantity = z
-  .union([z.number(), z.string()])
+  .union([z.number().int().min(0), z.string()])
   .refine(
     (v) => parseMemoryBytes(v) !== undefined,
     'must be a memory quantity such as "512Mi", "4Gi" or bytes',
@@ -51,7 +53,7 @@ export const TrainingJobSpec = z
       .number()
       .int()
       .min(1, "must be at least 1")
-      .refine((n) => n <= 1, "multi-worker jobs are not supported yet: set workers: 1 (or omit it)")
+      .max(1, "multi-worker jobs are not supported yet: set workers: 1 (or omit it)")
       .default(1)
       .describe("Number of workers started together as a gang."),
     env: z

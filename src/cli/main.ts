@@ -435,6 +435,19 @@ export function buildProgram(): Command {
     );
 
   program
+    .command("crds")
+    .description("print Loom's CustomResourceDefinitions (kubectl apply -f - installs them)")
+    .option("-o, --output <format>", "yaml or json", "yaml")
+    .action(async (opts: { output: string }) => {
+      const { allCrds } = await import("../api/crds.js");
+      const crds = allCrds();
+      if (opts.output === "json")
+        process.stdout.write(`${JSON.stringify({ apiVersion: "v1", kind: "List", items: crds }, null, 2)}\n`);
+      else if (opts.output === "yaml") process.stdout.write(crds.map((c) => toYaml(c)).join("---\n"));
+      else throw new CliError(`unknown output format "${opts.output}": use yaml or json`);
+    });
+
+  program
     .command("version")
     .description("print the CLI's and the server's version")
     .action(async () => {
