@@ -167,7 +167,7 @@ describe("validateManifest", () => {
   it("accepts a Project without a spec", () => {
     const { def, object } = validateManifest({ apiVersion: API, kind: "Project", metadata: { name: "p" } });
     expect(def.namespaced).toBe(false);
-    expect(object.spec).toEqual({});
+    expect(object.spec).toEqual({ members: [] });
     expect(object.metadata).toEqual({ name: "p" });
   });
 

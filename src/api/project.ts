@@ -1,11 +1,37 @@
 import { z } from "zod";
 import type { Condition, Resource } from "./meta.js";
 
-/** A tenant. Members, roles and quotas arrive with the security and scheduler issues. */
+export const ProjectMember = z
+  .strictObject({
+    user: z.string().min(1).optional().describe("A user name as the platform authenticates it."),
+    group: z.string().min(1).optional().describe("A group of users."),
+    role: z
+      .enum(["admin", "editor", "viewer"])
+      .describe("viewer reads; editor also writes workloads; admin also manages the project."),
+  })
+  .refine((m) => (m.user === undefined) !== (m.group === undefined), "name exactly one of user or group");
+
+export const ProjectQuota = z
+  .strictObject({
+    cpu: z
+      .union([z.number().int().min(0), z.string()])
+      .optional()
+      .describe('CPU cores, e.g. 16 or "500m".'),
+    memory: z
+      .union([z.number().int().min(0), z.string()])
+      .optional()
+      .describe('Memory, e.g. "64Gi".'),
+    gpu: z.number().int().min(0).optional().describe("Whole GPUs."),
+  })
+  .describe("The most the project's workloads may request in total (a ResourceQuota on Kubernetes).");
+
+/** A tenant: who may do what in it, and how much it may use. */
 export const ProjectSpec = z
   .strictObject({
     displayName: z.string().max(200).optional().describe("Human-friendly name shown in the UI."),
     description: z.string().max(2000).optional().describe("What this project is for."),
+    members: z.array(ProjectMember).default([]).describe("Users and groups with a role in this project."),
+    quota: ProjectQuota.optional(),
   })
   .describe("A tenant: the unit of ownership, access and (later) quota.");
 

@@ -63,6 +63,13 @@ export const TrainingJobSpec = z
       )
       .default({})
       .describe("Extra environment variables for every worker."),
+    image: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "Container image of every worker on Kubernetes. Embedded, the command runs on this machine and image is ignored.",
+      ),
     workingDir: z
       .string()
       .optional()

@@ -18,11 +18,36 @@ const BASE = `/apis/${API_VERSION}`;
 
 interface GlobalOpts {
   context?: string;
+  kubeconfig?: string;
+  kubeContext?: string;
 }
 
+/** Set when the CLI targets a cluster: Loom's API served in this process for its lifetime. */
+let clusterContext: { url: string; token: string } | undefined;
+const closers: (() => Promise<void>)[] = [];
+
 function client(program: Command): { api: ApiClient; defaultProject: string } {
+  if (clusterContext)
+    return { api: new ApiClient({ name: "kubernetes", ...clusterContext }), defaultProject: DEFAULT_PROJECT };
   const ctx = resolveContext((program.opts() as GlobalOpts).context);
   return { api: new ApiClient(ctx), defaultProject: ctx.project ?? DEFAULT_PROJECT };
+}
+
+/** Commands that talk to a platform; with --kubeconfig they talk to the cluster. */
+const CLUSTER_COMMANDS = new Set(["apply", "get", "describe", "logs", "delete"]);
+
+async function targetCluster(program: Command, command: string): Promise<void> {
+  const opts = program.opts() as GlobalOpts;
+  const kubeconfig = opts.kubeconfig ?? process.env.LOOM_KUBECONFIG;
+  if (!kubeconfig || !CLUSTER_COMMANDS.has(command)) return;
+  const { startKubeApi } = await import("../server/kubeapi.js");
+  const api = await startKubeApi({
+    kubeconfig,
+    context: opts.kubeContext,
+    log: createLogger(process.env.LOOM_LOG_LEVEL ?? "warn"),
+  });
+  clusterContext = api;
+  closers.push(() => api.close());
 }
 
 function kindOf(name: string): KindDef {
@@ -160,9 +185,15 @@ function output(
 }
 
 export function buildProgram(): Command {
-  const program = new Command("loom")
+  const program: Command = new Command("loom")
     .description("Loom: the generative-AI lifecycle on Kubernetes, or embedded on this machine.")
     .option("--context <name>", "use this context from the config file")
+    .option(
+      "--kubeconfig <file>",
+      "target a Kubernetes cluster (Loom's CRDs and operator installed) instead of loom up",
+    )
+    .option("--kube-context <name>", "context in the kubeconfig")
+    .hook("preAction", async (_program: Command, action: Command) => targetCluster(program, action.name()))
     .showHelpAfterError()
     .configureOutput({ outputError: (s, write) => write(s) });
 
@@ -435,6 +466,33 @@ export function buildProgram(): Command {
     );
 
   program
+    .command("operator")
+    .description("run Loom's controllers against a Kubernetes cluster (in or out of it)")
+    .option("--metrics-port <port>", "serve /metrics and /healthz on 127.0.0.1:PORT", "9470")
+    .option("--default-image <image>", "image for workloads that name none", "python:3.11-slim")
+    .action(async (opts: { metricsPort: string; defaultImage: string }) => {
+      const g = program.opts() as GlobalOpts;
+      const { startOperator } = await import("../server/operator.js");
+      const log = createLogger();
+      const operator = await startOperator({
+        kubeconfig: g.kubeconfig ?? process.env.LOOM_KUBECONFIG ?? process.env.KUBECONFIG,
+        context: g.kubeContext,
+        log,
+        metricsPort: Number(opts.metricsPort),
+        defaultImage: opts.defaultImage,
+      });
+      process.stdout.write(
+        `Loom operator running${operator.metricsUrl ? `; metrics at ${operator.metricsUrl}/metrics` : ""}\n`,
+      );
+      await new Promise<void>((done) => {
+        const stop = () => operator.close().then(done, done);
+        process.once("SIGINT", stop);
+        process.once("SIGTERM", stop);
+      });
+      process.stdout.write("Loom operator stopped\n");
+    });
+
+  program
     .command("crds")
     .description("print Loom's CustomResourceDefinitions (kubectl apply -f - installs them)")
     .option("-o, --output <format>", "yaml or json", "yaml")
@@ -468,6 +526,14 @@ export function buildProgram(): Command {
 export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   program.exitOverride();
+  try {
+    await run(program, argv);
+  } finally {
+    for (const close of closers.splice(0)) await close().catch(() => undefined);
+  }
+}
+
+async function run(program: Command, argv: string[]): Promise<void> {
   try {
     await program.parseAsync(argv);
   } catch (err) {

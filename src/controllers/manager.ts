@@ -58,7 +58,7 @@ export class ControllerManager {
       metrics,
       4,
     );
-    const projects = new Controller(new ProjectReconciler(deps.store), log("project"), metrics);
+    const projects = new Controller(new ProjectReconciler(deps.store, deps.runtime), log("project"), metrics);
     this.controllers.push(admission, jobs, projects);
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(

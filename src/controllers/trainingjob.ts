@@ -195,6 +195,7 @@ export class TrainingJobReconciler implements Reconciler {
     const workers = Array.from({ length: job.spec.workers }, (_, index) => ({
       index,
       command: job.spec.command,
+      image: job.spec.image,
       workingDir: job.spec.workingDir,
       allocation: {
         node: admission.node,

@@ -9,7 +9,15 @@ export interface WorkloadRef {
   uid: string;
 }
 
+export interface ProjectInfo {
+  name: string;
+  members: { user?: string; group?: string; role: "admin" | "editor" | "viewer" }[];
+  quota?: { cpu?: string | number; memory?: string | number; gpu?: number };
+}
+
 export interface WorkerSpec {
+  /** Container image (Kubernetes); the local runtime runs the command on this machine instead. */
+  image?: string;
   index: number;
   command: string[];
   env: Record<string, string>;
@@ -77,6 +85,13 @@ export interface Runtime {
   list(): Promise<WorkloadRef[]>;
   /** A worker's output; ends at the end of the file, or when the worker exits if following. */
   logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable>;
+  /**
+   * Makes the platform side of a project exist and match its spec (Kubernetes: namespace with
+   * restricted Pod Security, ResourceQuota, NetworkPolicy, Roles and RoleBindings). Idempotent.
+   */
+  ensureProject(project: ProjectInfo): Promise<void>;
+  /** Removes the platform side of a deleted project. Idempotent. */
+  removeProject(name: string): Promise<void>;
   /** Called whenever a workload's observed state changes (a worker started or exited). */
   onChange(listener: (ref: WorkloadRef) => void): void;
   close(): Promise<void>;

@@ -23,6 +23,8 @@ export interface AppDeps {
   metrics: Registry;
   log: Logger;
   version: string;
+  /** Create the default project if it is missing (embedded); the operator owns that on Kubernetes. */
+  ensureDefaultProject?: boolean;
 }
 
 const BASE = `/apis/${API_VERSION}`;
@@ -306,6 +308,6 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     listOrWatch(req, reply, req.params.plural!, undefined),
   );
 
-  await resources.ensureDefaultProject();
+  if (deps.ensureDefaultProject !== false) await resources.ensureDefaultProject();
   return app;
 }

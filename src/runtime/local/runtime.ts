@@ -19,6 +19,7 @@ import type {
   GangObservation,
   GangSpec,
   LogOptions,
+  ProjectInfo,
   Runtime,
   WorkerObservation,
   WorkloadRef,
@@ -260,6 +261,11 @@ export class LocalRuntime implements Runtime {
     };
     return tailFile(file, { follow: !!opts.follow, finished });
   }
+
+  /** Embedded, a project is only a name: nothing to create on this machine. */
+  async ensureProject(_project: ProjectInfo): Promise<void> {}
+
+  async removeProject(_name: string): Promise<void> {}
 
   onChange(listener: (ref: WorkloadRef) => void): void {
     this.listeners.push(listener);

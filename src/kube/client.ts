@@ -1,0 +1,156 @@
+import http from "node:http";
+import https from "node:https";
+import type { Readable } from "node:stream";
+import { KubeConfig } from "@kubernetes/client-node";
+import {
+  AlreadyExistsError,
+  BadRequestError,
+  ConflictError,
+  ExpiredError,
+  ForbiddenError,
+  LoomError,
+  NotFoundError,
+  UnauthorizedError,
+  ValidationError,
+} from "../errors.js";
+
+/** The Kubernetes Status object an API server answers errors with. */
+export interface KubeStatus {
+  kind?: string;
+  code?: number;
+  reason?: string;
+  message?: string;
+  details?: { causes?: { field?: string; message?: string }[] };
+}
+
+/** Maps an API server error to Loom's domain errors, keeping its message. */
+export function kubeError(code: number, status: KubeStatus): LoomError {
+  const message = status.message ?? `the Kubernetes API answered ${code}`;
+  switch (code) {
+    case 400:
+      return new BadRequestError(message);
+    case 401:
+      return new UnauthorizedError(message);
+    case 403:
+      return new ForbiddenError(message);
+    case 404:
+      return new NotFoundError(message);
+    case 409:
+      return status.reason === "AlreadyExists" ? new AlreadyExistsError(message) : new ConflictError(message);
+    case 410:
+      return new ExpiredError(message);
+    case 422:
+      return new ValidationError(
+        message,
+        (status.details?.causes ?? []).map((c) => ({ path: c.field ?? "", message: c.message ?? "" })),
+      );
+    default:
+      return new LoomError("KubernetesError", code >= 500 ? 502 : code, message);
+  }
+}
+
+export interface RequestOptions {
+  body?: unknown;
+  contentType?: string;
+  query?: Record<string, string | number | boolean | undefined>;
+}
+
+/**
+ * A small REST client over a kubeconfig: JSON requests, line-streamed watches and raw streams
+ * (logs). Written directly on node:https so that timeouts, aborts and watch restarts are ours;
+ * @kubernetes/client-node supplies only the kubeconfig and its credentials.
+ */
+export class KubeClient {
+  private constructor(
+    readonly config: KubeConfig,
+    private readonly server: URL,
+  ) {}
+
+  static fromKubeconfig(file?: string, context?: string): KubeClient {
+    const kc = new KubeConfig();
+    if (file) kc.loadFromFile(file);
+    else kc.loadFromDefault();
+    if (context) kc.setCurrentContext(context);
+    const cluster = kc.getCurrentCluster();
+    if (!cluster) throw new Error(`no cluster in the kubeconfig${file ? ` ${file}` : ""}`);
+    return new KubeClient(kc, new URL(cluster.server));
+  }
+
+  async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+    const res = await this.send(method, path, opts);
+    const text = await readAll(res);
+    const parsed = text ? safeJson(text) : undefined;
+    if ((res.statusCode ?? 0) >= 400)
+      throw kubeError(res.statusCode ?? 500, (parsed ?? { message: text }) as KubeStatus);
+    return parsed as T;
+  }
+
+  /** A streaming GET: the response body, or a domain error for a non-2xx answer. */
+  async stream(path: string, query: RequestOptions["query"], signal?: AbortSignal): Promise<Readable> {
+    const res = await this.send("GET", path, { query }, signal);
+    if ((res.statusCode ?? 0) >= 400) {
+      const text = await readAll(res);
+      throw kubeError(res.statusCode ?? 500, (safeJson(text) ?? { message: text }) as KubeStatus);
+    }
+    return res;
+  }
+
+  private async send(
+    method: string,
+    path: string,
+    opts: RequestOptions,
+    signal?: AbortSignal,
+  ): Promise<http.IncomingMessage> {
+    const url = new URL(path, this.server);
+    for (const [k, v] of Object.entries(opts.query ?? {}))
+      if (v !== undefined) url.searchParams.set(k, String(v));
+    const headers: Record<string, string> = { accept: "application/json" };
+    const payload = opts.body === undefined ? undefined : JSON.stringify(opts.body);
+    if (payload !== undefined) {
+      headers["content-type"] = opts.contentType ?? "application/json";
+      headers["content-length"] = String(Buffer.byteLength(payload));
+    }
+    const options: https.RequestOptions = { method, headers, signal };
+    await this.config.applyToHTTPSOptions(options);
+    const lib = url.protocol === "https:" ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request(url, options, resolve);
+      req.on("error", reject);
+      if (payload !== undefined) req.write(payload);
+      req.end();
+    });
+  }
+}
+
+function readAll(res: Readable): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    res.on("data", (c: Buffer) => chunks.push(c));
+    res.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    res.on("error", reject);
+  });
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Splits a stream into lines and calls onLine for each complete one. */
+export async function forEachLine(stream: Readable, onLine: (line: string) => void): Promise<void> {
+  let buffered = "";
+  for await (const chunk of stream) {
+    buffered += (chunk as Buffer).toString("utf8");
+    let i = buffered.indexOf("\n");
+    while (i >= 0) {
+      const line = buffered.slice(0, i).trim();
+      buffered = buffered.slice(i + 1);
+      if (line) onLine(line);
+      i = buffered.indexOf("\n");
+    }
+  }
+  if (buffered.trim()) onLine(buffered.trim());
+}

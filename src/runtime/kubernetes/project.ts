@@ -1,0 +1,96 @@
+import { namespaceOf } from "../../store/kube/resources.js";
+import type { ProjectInfo } from "../port.js";
+
+const VERBS = {
+  viewer: ["get", "list", "watch"],
+  editor: ["get", "list", "watch", "create", "update", "patch", "delete"],
+  admin: ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+} as const;
+
+/**
+ * What a project is on Kubernetes: a namespace that enforces Pod Security "restricted", a
+ * ResourceQuota from the project's quota, a default-deny NetworkPolicy that admits traffic only
+ * from inside the project, and one Role + RoleBinding per role for its members.
+ */
+export function namespaceObjects(
+  project: ProjectInfo,
+): { apiVersion: string; kind: string; metadata: { name: string; namespace?: string } }[] {
+  const ns = namespaceOf(project.name);
+  const labels = { "app.kubernetes.io/managed-by": "loom", "loom.dev/project": project.name };
+  const objects: {
+    apiVersion: string;
+    kind: string;
+    metadata: { name: string; namespace?: string };
+    [k: string]: unknown;
+  }[] = [
+    {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: {
+        name: ns,
+        labels: {
+          ...labels,
+          "pod-security.kubernetes.io/enforce": "restricted",
+          "pod-security.kubernetes.io/enforce-version": "latest",
+          "pod-security.kubernetes.io/warn": "restricted",
+          "pod-security.kubernetes.io/audit": "restricted",
+        },
+      } as { name: string },
+    },
+    {
+      apiVersion: "networking.k8s.io/v1",
+      kind: "NetworkPolicy",
+      metadata: { name: "loom-project-isolation", namespace: ns, labels } as {
+        name: string;
+        namespace: string;
+      },
+      spec: {
+        podSelector: {},
+        policyTypes: ["Ingress"],
+        // Only pods of this project (and, later, Loom's gateway) may connect to its pods.
+        ingress: [{ from: [{ podSelector: {} }] }],
+      },
+    },
+  ];
+  const hard: Record<string, string> = {};
+  if (project.quota?.cpu !== undefined) hard["requests.cpu"] = String(project.quota.cpu);
+  if (project.quota?.memory !== undefined) hard["requests.memory"] = String(project.quota.memory);
+  if (project.quota?.gpu !== undefined) hard["requests.nvidia.com/gpu"] = String(project.quota.gpu);
+  if (Object.keys(hard).length > 0) {
+    objects.push({
+      apiVersion: "v1",
+      kind: "ResourceQuota",
+      metadata: { name: "loom-project-quota", namespace: ns, labels } as { name: string; namespace: string },
+      spec: { hard },
+    });
+  }
+  for (const role of ["viewer", "editor", "admin"] as const) {
+    const members = project.members.filter((m) => m.role === role);
+    objects.push({
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "Role",
+      metadata: { name: `loom-${role}`, namespace: ns, labels } as { name: string; namespace: string },
+      rules: [
+        { apiGroups: ["loom.dev"], resources: ["*"], verbs: [...VERBS[role]] },
+        {
+          apiGroups: [""],
+          resources: ["pods", "pods/log", "services", "events"],
+          verbs: ["get", "list", "watch"],
+        },
+        { apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["get", "list", "watch"] },
+      ],
+    });
+    objects.push({
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "RoleBinding",
+      metadata: { name: `loom-${role}`, namespace: ns, labels } as { name: string; namespace: string },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: `loom-${role}` },
+      subjects: members.map((m) =>
+        m.user
+          ? { apiGroup: "rbac.authorization.k8s.io", kind: "User", name: m.user }
+          : { apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: m.group! },
+      ),
+    });
+  }
+  return objects;
+}

@@ -1,0 +1,435 @@
+import type { Readable } from "node:stream";
+import type { Logger } from "pino";
+import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
+import { NotFoundError } from "../../errors.js";
+import type { KubeClient } from "../../kube/client.js";
+import { watchCollection } from "../../kube/watch.js";
+import type { NodeCapacity } from "../../scheduler/port.js";
+import { namespaceOf } from "../../store/kube/resources.js";
+import type {
+  GangObservation,
+  GangSpec,
+  LogOptions,
+  ProjectInfo,
+  Runtime,
+  WorkerObservation,
+  WorkloadRef,
+} from "../port.js";
+import { namespaceObjects } from "./project.js";
+
+const L = {
+  managedBy: "app.kubernetes.io/managed-by",
+  name: "app.kubernetes.io/name",
+  instance: "app.kubernetes.io/instance",
+  component: "app.kubernetes.io/component",
+  project: "loom.dev/project",
+  workload: "loom.dev/workload",
+  kind: "loom.dev/workload-kind",
+  uid: "loom.dev/workload-uid",
+  attempt: "loom.dev/attempt",
+  worker: "loom.dev/worker-index",
+} as const;
+
+export const GPU_RESOURCE = "nvidia.com/gpu";
+
+interface Pod {
+  metadata: {
+    name: string;
+    namespace: string;
+    labels?: Record<string, string>;
+    deletionTimestamp?: string;
+    resourceVersion?: string;
+    creationTimestamp?: string;
+  };
+  spec?: { nodeName?: string };
+  status?: {
+    phase?: string;
+    startTime?: string;
+    message?: string;
+    reason?: string;
+    containerStatuses?: {
+      name: string;
+      state?: { terminated?: { exitCode: number; signal?: number; reason?: string; finishedAt?: string } };
+    }[];
+  };
+}
+
+interface KubeNode {
+  metadata: { name: string; labels?: Record<string, string> };
+  spec?: { unschedulable?: boolean; taints?: { effect: string }[] };
+  status?: { allocatable?: Record<string, string>; conditions?: { type: string; status: string }[] };
+}
+
+export interface KubernetesRuntimeOptions {
+  client: KubeClient;
+  log: Logger;
+  /** Image for workloads that name none. */
+  defaultImage?: string;
+}
+
+/**
+ * The Runtime port on Kubernetes: each worker of an attempt is a Pod owned by its TrainingJob
+ * (deleting the job cascades), workers find each other through a headless Service, and every
+ * Pod passes Pod Security "restricted". Admission has already chosen the node, so Pods are
+ * created with spec.nodeName (the gang-aware secondary scheduler replaces this later).
+ */
+export class KubernetesRuntime implements Runtime {
+  private readonly listeners: ((ref: WorkloadRef) => void)[] = [];
+  private stopWatch: (() => void) | undefined;
+  private readonly client: KubeClient;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: KubernetesRuntimeOptions) {
+    this.client = opts.client;
+    this.log = opts.log;
+  }
+
+  /** Starts watching Loom's pods so that controllers hear about worker changes. */
+  async watchPods(): Promise<void> {
+    const list = await this.client.request<{ metadata: { resourceVersion: string } }>("GET", "/api/v1/pods", {
+      query: { labelSelector: `${L.managedBy}=loom`, limit: 1 },
+    });
+    const begin = (rv: string) => {
+      this.stopWatch = watchCollection<Pod>(
+        this.client,
+        this.log,
+        "/api/v1/pods",
+        { resourceVersion: rv, labelSelector: `${L.managedBy}=loom` },
+        (e) => {
+          const ref = refFromLabels(e.object.metadata.labels);
+          if (ref) for (const l of this.listeners) l(ref);
+        },
+        () => {
+          // History expired: the informers' periodic resync covers what was missed; watch from now.
+          void this.client
+            .request<{ metadata: { resourceVersion: string } }>("GET", "/api/v1/pods", {
+              query: { labelSelector: `${L.managedBy}=loom`, limit: 1 },
+            })
+            .then(
+              (l) => begin(l.metadata.resourceVersion),
+              (err) => this.log.error({ err }, "cannot restart the pod watch"),
+            );
+        },
+      );
+    };
+    begin(list.metadata.resourceVersion);
+  }
+
+  async nodes(): Promise<NodeCapacity[]> {
+    const list = await this.client.request<{ items: KubeNode[] }>("GET", "/api/v1/nodes");
+    return list.items
+      .filter(
+        (n) =>
+          !n.spec?.unschedulable &&
+          n.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
+      )
+      .map((n) => {
+        const a = n.status?.allocatable ?? {};
+        const gpus = Number(a[GPU_RESOURCE] ?? 0);
+        return {
+          name: n.metadata.name,
+          cpuMillis: parseCpuMillis(a.cpu ?? "0") ?? 0,
+          memoryBytes: parseMemoryBytes(a.memory ?? "0") ?? 0,
+          gpus: Array.from({ length: gpus }, (_, i) => `${n.metadata.name}/gpu-${i}`),
+        };
+      });
+  }
+
+  async start(spec: GangSpec): Promise<void> {
+    const { ref, attempt } = spec;
+    const ns = namespaceOf(ref.project);
+    const pods = await this.pods(ref);
+    if (pods.some((p) => Number(p.metadata.labels?.[L.attempt]) >= attempt)) return;
+    const live = pods.filter((p) => !isTerminal(p));
+    if (live.length > 0)
+      throw new Error(
+        `attempt of ${ref.name} still has live pods; stop it before starting attempt ${attempt}`,
+      );
+    // Finished pods of earlier attempts go now: attempts never overlap, and names are per attempt.
+    for (const p of pods) await this.deletePod(p, 0);
+    await this.ensureService(ref);
+    for (const w of spec.workers) {
+      const labels = {
+        ...workloadLabels(ref),
+        [L.attempt]: String(attempt),
+        [L.worker]: String(w.index),
+        [L.component]: "worker",
+      };
+      const resources: Record<string, Record<string, string>> = { requests: {}, limits: {} };
+      if (w.allocation.cpuMillis) resources.requests!.cpu = `${w.allocation.cpuMillis}m`;
+      if (w.allocation.memoryBytes) {
+        resources.requests!.memory = String(w.allocation.memoryBytes);
+        resources.limits!.memory = String(w.allocation.memoryBytes);
+      }
+      if (w.allocation.gpus.length) {
+        resources.requests![GPU_RESOURCE] = String(w.allocation.gpus.length);
+        resources.limits![GPU_RESOURCE] = String(w.allocation.gpus.length);
+      }
+      const pod = {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: {
+          name: podName(ref.name, attempt, w.index),
+          namespace: ns,
+          labels,
+          ownerReferences: [ownerRef(ref)],
+        },
+        spec: {
+          restartPolicy: "Never",
+          nodeName: w.allocation.node,
+          hostname: `${ref.name}-${w.index}`,
+          subdomain: ref.name,
+          enableServiceLinks: false,
+          automountServiceAccountToken: false,
+          terminationGracePeriodSeconds: 30,
+          securityContext: {
+            runAsNonRoot: true,
+            runAsUser: 1000,
+            runAsGroup: 1000,
+            seccompProfile: { type: "RuntimeDefault" },
+          },
+          containers: [
+            {
+              name: "worker",
+              image: w.image ?? this.opts.defaultImage ?? "python:3.11-slim",
+              command: w.command,
+              ...(w.workingDir ? { workingDir: w.workingDir } : {}),
+              env: Object.entries(w.env).map(([name, value]) => ({ name, value })),
+              resources,
+              securityContext: {
+                allowPrivilegeEscalation: false,
+                capabilities: { drop: ["ALL"] },
+                runAsNonRoot: true,
+                seccompProfile: { type: "RuntimeDefault" },
+              },
+            },
+          ],
+        },
+      };
+      try {
+        await this.client.request("POST", `/api/v1/namespaces/${ns}/pods`, {
+          body: pod,
+          query: { fieldManager: "loom" },
+        });
+      } catch (err) {
+        if ((err as { code?: string }).code !== "AlreadyExists") throw err;
+      }
+    }
+    this.log.info({ project: ref.project, workload: ref.name, attempt }, "created worker pods");
+  }
+
+  async observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
+    const pods = await this.pods(ref);
+    if (pods.length === 0) return undefined;
+    const attempt = Math.max(...pods.map((p) => Number(p.metadata.labels?.[L.attempt] ?? 0)));
+    const mine = pods.filter((p) => Number(p.metadata.labels?.[L.attempt]) === attempt);
+    const workers: WorkerObservation[] = mine.map((p) => workerOf(p)).sort((a, b) => a.index - b.index);
+    return { attempt, workers, stopping: mine.some((p) => !!p.metadata.deletionTimestamp && !isTerminal(p)) };
+  }
+
+  async stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean> {
+    const live = (await this.pods(ref)).filter((p) => !isTerminal(p));
+    for (const p of live) if (!p.metadata.deletionTimestamp) await this.deletePod(p, graceSeconds);
+    return live.length === 0;
+  }
+
+  async release(ref: WorkloadRef): Promise<void> {
+    for (const p of await this.pods(ref)) await this.deletePod(p, 0);
+    await this.client
+      .request("DELETE", `/api/v1/namespaces/${namespaceOf(ref.project)}/services/${ref.name}`)
+      .catch((err: unknown) => {
+        if (!(err instanceof NotFoundError)) throw err;
+      });
+  }
+
+  async list(): Promise<WorkloadRef[]> {
+    const pods = await this.client.request<{ items: Pod[] }>("GET", "/api/v1/pods", {
+      query: { labelSelector: `${L.managedBy}=loom` },
+    });
+    const refs = new Map<string, WorkloadRef>();
+    for (const p of pods.items) {
+      const ref = refFromLabels(p.metadata.labels);
+      if (ref) refs.set(ref.uid, ref);
+    }
+    return [...refs.values()];
+  }
+
+  async logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
+    const pods = await this.pods(ref);
+    const attempt =
+      opts.attempt ?? Math.max(0, ...pods.map((p) => Number(p.metadata.labels?.[L.attempt] ?? 0)));
+    const name = podName(ref.name, attempt, opts.worker);
+    return this.client.stream(`/api/v1/namespaces/${namespaceOf(ref.project)}/pods/${name}/log`, {
+      container: "worker",
+      follow: opts.follow ? "true" : undefined,
+    });
+  }
+
+  async ensureProject(project: ProjectInfo): Promise<void> {
+    for (const obj of namespaceObjects(project)) await this.apply(obj);
+  }
+
+  async removeProject(name: string): Promise<void> {
+    await this.client.request("DELETE", `/api/v1/namespaces/${namespaceOf(name)}`).catch((err: unknown) => {
+      if (!(err instanceof NotFoundError)) throw err;
+    });
+  }
+
+  onChange(listener: (ref: WorkloadRef) => void): void {
+    this.listeners.push(listener);
+  }
+
+  async close(): Promise<void> {
+    this.stopWatch?.();
+  }
+
+  /** Server-side apply with field manager "loom": create or converge, idempotent. */
+  private async apply(obj: {
+    apiVersion: string;
+    kind: string;
+    metadata: { name: string; namespace?: string };
+  }): Promise<void> {
+    await this.client.request("PATCH", objectPath(obj), {
+      body: obj,
+      contentType: "application/apply-patch+yaml",
+      query: { fieldManager: "loom", force: true },
+    });
+  }
+
+  private async ensureService(ref: WorkloadRef): Promise<void> {
+    await this.apply({
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: {
+        name: ref.name,
+        namespace: namespaceOf(ref.project),
+        labels: workloadLabels(ref),
+        ownerReferences: [ownerRef(ref)],
+      },
+      spec: { clusterIP: "None", publishNotReadyAddresses: true, selector: { [L.uid]: ref.uid } },
+    } as never);
+  }
+
+  private async pods(ref: WorkloadRef): Promise<Pod[]> {
+    const list = await this.client.request<{ items: Pod[] }>(
+      "GET",
+      `/api/v1/namespaces/${namespaceOf(ref.project)}/pods`,
+      {
+        query: { labelSelector: `${L.uid}=${ref.uid}` },
+      },
+    );
+    return list.items;
+  }
+
+  private async deletePod(p: Pod, graceSeconds: number): Promise<void> {
+    await this.client
+      .request("DELETE", `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}`, {
+        body: { apiVersion: "v1", kind: "DeleteOptions", gracePeriodSeconds: graceSeconds },
+      })
+      .catch((err: unknown) => {
+        if (!(err instanceof NotFoundError)) throw err;
+      });
+  }
+}
+
+function objectPath(obj: {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string };
+}): string {
+  const plural: Record<string, string> = {
+    Namespace: "namespaces",
+    ResourceQuota: "resourcequotas",
+    NetworkPolicy: "networkpolicies",
+    Role: "roles",
+    RoleBinding: "rolebindings",
+    Service: "services",
+  };
+  const base = obj.apiVersion === "v1" ? "/api/v1" : `/apis/${obj.apiVersion}`;
+  const ns = obj.metadata.namespace ? `/namespaces/${obj.metadata.namespace}` : "";
+  return `${base}${ns}/${plural[obj.kind]}/${obj.metadata.name}`;
+}
+
+function podName(workload: string, attempt: number, index: number): string {
+  return `${workload}-a${attempt}-w${index}`.slice(0, 63);
+}
+
+function workloadLabels(ref: WorkloadRef): Record<string, string> {
+  return {
+    [L.managedBy]: "loom",
+    [L.name]: ref.kind.toLowerCase(),
+    [L.instance]: ref.name,
+    [L.project]: ref.project,
+    [L.workload]: ref.name,
+    [L.kind]: ref.kind,
+    [L.uid]: ref.uid,
+  };
+}
+
+function ownerRef(ref: WorkloadRef) {
+  return {
+    apiVersion: "loom.dev/v1alpha1",
+    kind: ref.kind,
+    name: ref.name,
+    uid: ref.uid,
+    controller: true,
+    blockOwnerDeletion: true,
+  };
+}
+
+function refFromLabels(labels: Record<string, string> | undefined): WorkloadRef | undefined {
+  const uid = labels?.[L.uid];
+  const project = labels?.[L.project];
+  const name = labels?.[L.workload];
+  if (!uid || !project || !name) return undefined;
+  return { kind: labels[L.kind] ?? "TrainingJob", project, name, uid };
+}
+
+function isTerminal(p: Pod): boolean {
+  return p.status?.phase === "Succeeded" || p.status?.phase === "Failed";
+}
+
+const SIGNALS: Record<number, string> = {
+  9: "SIGKILL",
+  15: "SIGTERM",
+  2: "SIGINT",
+  6: "SIGABRT",
+  11: "SIGSEGV",
+};
+
+function workerOf(p: Pod): WorkerObservation {
+  const index = Number(p.metadata.labels?.[L.worker] ?? 0);
+  const base = { index, startTime: p.status?.startTime };
+  const terminated = p.status?.containerStatuses?.find((c) => c.name === "worker")?.state?.terminated;
+  switch (p.status?.phase) {
+    case "Succeeded":
+      return {
+        ...base,
+        state: "Succeeded",
+        exitCode: terminated?.exitCode ?? 0,
+        finishTime: terminated?.finishedAt,
+      };
+    case "Failed": {
+      const exitCode = terminated?.exitCode;
+      const signal = terminated?.signal
+        ? SIGNALS[terminated.signal]
+        : exitCode && exitCode > 128
+          ? SIGNALS[exitCode - 128]
+          : undefined;
+      return {
+        ...base,
+        state: exitCode === undefined ? "Unknown" : "Failed",
+        exitCode,
+        ...(signal ? { signal } : {}),
+        finishTime: terminated?.finishedAt,
+        message: p.status?.message ?? p.status?.reason ?? terminated?.reason,
+      };
+    }
+    default:
+      return {
+        ...base,
+        state: "Running",
+        message: p.status?.phase === "Pending" ? "pod pending" : undefined,
+      };
+  }
+}

@@ -1,0 +1,53 @@
+import { randomBytes } from "node:crypto";
+import type { Logger } from "pino";
+import { Registry } from "prom-client";
+import { KubeClient } from "../kube/client.js";
+import { KubeEventRecorder } from "../kube/events.js";
+import { KubernetesRuntime } from "../runtime/kubernetes/runtime.js";
+import { KubeResourceStore } from "../store/kube/resources.js";
+import type { Role, TokenInfo, TokenStore } from "../store/port.js";
+import { VERSION } from "../version.js";
+import { buildApp } from "./app.js";
+
+/** One token, valid for the life of this process only. */
+class EphemeralTokens implements TokenStore {
+  readonly token = `loom_${randomBytes(24).toString("base64url")}`;
+
+  async create(_name: string, _role: Role): Promise<{ token: string; info: TokenInfo }> {
+    throw new Error("tokens are not stored in cluster mode");
+  }
+
+  async verify(token: string): Promise<TokenInfo | undefined> {
+    return token === this.token ? { id: "kubeconfig", name: "kubeconfig", role: "admin" } : undefined;
+  }
+}
+
+/**
+ * Loom's API in front of a Kubernetes cluster, in the CLI's own process on a loopback port: the
+ * CLI then speaks one protocol to both platforms, with the same validation and messages, while
+ * every request reaches the API server with the kubeconfig's identity (so RBAC decides, not Loom).
+ */
+export async function startKubeApi(opts: { kubeconfig?: string; context?: string; log: Logger }) {
+  const client = KubeClient.fromKubeconfig(opts.kubeconfig, opts.context);
+  const tokens = new EphemeralTokens();
+  const runtime = new KubernetesRuntime({ client, log: opts.log });
+  const app = await buildApp({
+    store: new KubeResourceStore(client, opts.log),
+    tokens,
+    events: new KubeEventRecorder(client),
+    runtime,
+    metrics: new Registry(),
+    log: opts.log,
+    version: VERSION,
+    ensureDefaultProject: false,
+  });
+  const url = await app.listen({ host: "127.0.0.1", port: 0 });
+  return {
+    url,
+    token: tokens.token,
+    async close() {
+      await app.close();
+      await runtime.close();
+    },
+  };
+}

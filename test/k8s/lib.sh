@@ -1,0 +1,124 @@
+# Shared by up.sh and down.sh; sourced, not run.
+# shellcheck shell=bash
+
+STATE="${LOOM_K8S_STATE:-$HOME/.cache/loom/k8s/run}"
+if [[ -d "$STATE" ]]; then STATE="$(cd "$STATE" && pwd)"; fi
+PIDS="$STATE/pids"
+LOGS="$STATE/logs"
+PKI="$STATE/pki"
+
+log() { echo "[k8s] $*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+# The pids file holds one "name pid executable" line per component, in start order.
+
+# True when pid is alive and is still the executable recorded for it (pids get reused).
+pid_is() {
+  local pid=$1 exe=$2
+  [[ -e /proc/$pid ]] || return 1
+  [[ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" == "$exe" ]]
+}
+
+# Stops every recorded component, last started first; TERM, then KILL after 15s.
+stop_recorded() {
+  [[ -f "$PIDS" ]] || return 0
+  local lines=() line name pid exe i waited
+  mapfile -t lines <"$PIDS"
+  for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
+    line=${lines[i]}
+    [[ -n "$line" ]] || continue
+    read -r name pid exe <<<"$line"
+    if pid_is "$pid" "$exe"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      waited=0
+      while pid_is "$pid" "$exe" && ((waited < 150)); do
+        sleep 0.1
+        waited=$((waited + 1))
+      done
+      if pid_is "$pid" "$exe"; then
+        log "$name (pid $pid) ignored SIGTERM for 15s; killing"
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+      log "stopped $name (pid $pid)"
+    fi
+  done
+  rm -f "$PIDS"
+}
+
+# --- certificates (openssl, EC P-256 except the RSA service-account key) ---
+
+OPENSSL_REQ_CONF='[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+'
+
+# new_key FILE: an EC P-256 private key (PKCS#8).
+new_key() {
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null
+  chmod 600 "$1"
+}
+
+# new_ca DIR: DIR/ca.key and DIR/ca.crt, valid ten years.
+new_ca() {
+  local dir=$1
+  new_key "$dir/ca.key"
+  openssl req -x509 -new -sha256 -days 3650 -key "$dir/ca.key" -subj "/CN=loom-test-ca" \
+    -config <(printf '%s[v3]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign, digitalSignature\nsubjectKeyIdentifier = hash\n' "$OPENSSL_REQ_CONF") \
+    -extensions v3 -out "$dir/ca.crt" 2>/dev/null
+}
+
+# new_cert DIR NAME SUBJECT USAGE [SAN]: DIR/NAME.{key,crt} signed by $PKI/ca.*.
+# SUBJECT like "/O=system:masters/CN=admin"; USAGE clientAuth or serverAuth.
+new_cert() {
+  local dir=$1 name=$2 subject=$3 usage=$4 san=${5:-}
+  local ext="basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = $usage
+authorityKeyIdentifier = keyid"
+  [[ -n "$san" ]] && ext+=$'\n'"subjectAltName = $san"
+  new_key "$dir/$name.key"
+  openssl req -new -sha256 -key "$dir/$name.key" -subj "$subject" -config <(printf '%s' "$OPENSSL_REQ_CONF") \
+    -out "$dir/$name.csr" 2>/dev/null
+  openssl x509 -req -sha256 -days 3650 -in "$dir/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+    -set_serial "0x$(openssl rand -hex 16)" -extfile <(printf '%s\n' "$ext") -out "$dir/$name.crt" 2>/dev/null
+  rm -f "$dir/$name.csr"
+}
+
+b64() { base64 -w0 <"$1"; }
+
+# write_kubeconfig FILE SERVER USER (cert KEYFILE CRTFILE | token TOKEN)
+write_kubeconfig() {
+  local file=$1 server=$2 user=$3 kind=$4
+  local cred
+  if [[ "$kind" == cert ]]; then
+    cred="    client-certificate-data: $(b64 "$6")
+    client-key-data: $(b64 "$5")"
+  else
+    cred="    token: $5"
+  fi
+  cat >"$file.tmp" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: loom-test
+  cluster:
+    server: $server
+    certificate-authority-data: $(b64 "$PKI/ca.crt")
+users:
+- name: $user
+  user:
+$cred
+contexts:
+- name: $user@loom-test
+  context:
+    cluster: loom-test
+    user: $user
+current-context: $user@loom-test
+KUBECONFIG
+  mv "$file.tmp" "$file"
+}
