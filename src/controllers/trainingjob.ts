@@ -196,6 +196,7 @@ export class TrainingJobReconciler implements Reconciler {
       index,
       command: job.spec.command,
       image: job.spec.image,
+      annotations: job.metadata.annotations,
       workingDir: job.spec.workingDir,
       allocation: {
         node: admission.node,

@@ -59,7 +59,9 @@ export class KubeEventRecorder implements EventRecorder {
 
   async listFor(ref: Omit<EventRef, "uid"> & { uid?: string }, limit = 20): Promise<ObjectEvent[]> {
     const events = await this.find(ref, limit);
-    return events
+    // Event timestamps have second precision: the API server's revision orders events within a second.
+    return [...events]
+      .sort((a, b) => Number(a.metadata.resourceVersion ?? 0) - Number(b.metadata.resourceVersion ?? 0))
       .map((e) => ({
         type: e.type as ObjectEvent["type"],
         reason: e.reason,
@@ -68,7 +70,6 @@ export class KubeEventRecorder implements EventRecorder {
         firstTimestamp: e.firstTimestamp ?? "",
         lastTimestamp: e.lastTimestamp ?? "",
       }))
-      .sort((a, b) => a.firstTimestamp.localeCompare(b.firstTimestamp))
       .slice(-limit);
   }
 

@@ -18,6 +18,8 @@ export interface ProjectInfo {
 export interface WorkerSpec {
   /** Container image (Kubernetes); the local runtime runs the command on this machine instead. */
   image?: string;
+  /** The workload's annotations, carried to its pods on Kubernetes (scrape configs, tooling). */
+  annotations?: Record<string, string>;
   index: number;
   command: string[];
   env: Record<string, string>;

@@ -172,6 +172,7 @@ export class KubernetesRuntime implements Runtime {
           name: podName(ref.name, attempt, w.index),
           namespace: ns,
           labels,
+          ...(w.annotations ? { annotations: w.annotations } : {}),
           ownerReferences: [ownerRef(ref)],
         },
         spec: {

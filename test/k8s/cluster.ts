@@ -1,0 +1,82 @@
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { ROOT } from "../helpers.js";
+
+/**
+ * The shared test cluster: real kube-apiserver, etcd, controller-manager, scheduler and kwok
+ * nodes, built from Go modules and started by test/k8s/up.sh (reused when already up).
+ */
+export interface TestCluster {
+  kubeconfig: string;
+  bin: string;
+  kubectl(
+    args: string[],
+    opts?: { input?: string; kubeconfig?: string },
+  ): { code: number; stdout: string; stderr: string };
+  userKubeconfig(name: string, ...groups: string[]): string;
+}
+
+export function upCluster(): TestCluster {
+  const out = execFileSync("bash", [join(ROOT, "test/k8s/up.sh")], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const kubeconfig = out.trim().split("\n").at(-1)!;
+  const bin = execFileSync("bash", [join(ROOT, "test/k8s/build.sh")], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "ignore"],
+  })
+    .trim()
+    .split("\n")
+    .at(-1)!;
+  return {
+    kubeconfig,
+    bin,
+    kubectl(args, opts = {}) {
+      const r = spawnSync(join(bin, "kubectl"), ["--kubeconfig", opts.kubeconfig ?? kubeconfig, ...args], {
+        encoding: "utf8",
+        input: opts.input,
+      });
+      return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+    },
+    userKubeconfig(name, ...groups) {
+      const o = execFileSync("bash", [join(ROOT, "test/k8s/user-kubeconfig.sh"), name, ...groups], {
+        encoding: "utf8",
+      });
+      return o.trim().split("\n").at(-1)!;
+    },
+  };
+}
+
+/** `loom operator` against the cluster, as its own process. */
+export function startOperator(kubeconfig: string) {
+  const proc = spawn(
+    process.execPath,
+    [join(ROOT, "bin/loom.js"), "operator", "--kubeconfig", kubeconfig, "--metrics-port", "0"],
+    {
+      env: { ...process.env, LOOM_LOG_LEVEL: "info" },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  let log = "";
+  proc.stderr.on("data", (d: Buffer) => {
+    log += d.toString();
+  });
+  const ready = new Promise<void>((ok, fail) => {
+    proc.stdout.on("data", (d: Buffer) => {
+      if (d.toString().includes("operator running")) ok();
+    });
+    proc.on("exit", (code) => fail(new Error(`operator exited with ${code}: ${log}`)));
+  });
+  return {
+    proc,
+    ready,
+    log: () => log,
+    async stop(signal: NodeJS.Signals = "SIGTERM") {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((ok) => proc.once("exit", ok));
+      proc.kill(signal);
+      await exited;
+    },
+  };
+}

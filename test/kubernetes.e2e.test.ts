@@ -1,0 +1,259 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Job, LoomProcess } from "./helpers.js";
+import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
+
+/**
+ * The foundation's scenarios on a real Kubernetes control plane: the same manifests, the same CLI
+ * (with --kubeconfig), the same status. Pods run on kwok nodes; annotations tell kwok when a pod
+ * ends and with which exit code (test/k8s/stages).
+ */
+describe("TrainingJob on Kubernetes", () => {
+  let cluster: TestCluster;
+  let operator: ReturnType<typeof startOperator>;
+  // A LoomProcess is used only for its CLI runner; it never starts an embedded server here.
+  const cli = new LoomProcess();
+  const loom = (args: string[], input?: string, kubeconfig = cluster.kubeconfig) =>
+    cli.cli(["--kubeconfig", kubeconfig, ...args], { input });
+
+  const job = (name: string, spec: string, annotations: Record<string, string>) =>
+    `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata:
+  name: ${name}
+  annotations: ${JSON.stringify(annotations)}
+spec:
+${spec}`;
+
+  async function waitFor(
+    name: string,
+    pred: (j: Job) => boolean,
+    timeoutMs = 60_000,
+    project = "default",
+  ): Promise<Job> {
+    const deadline = Date.now() + timeoutMs;
+    let last: Job | undefined;
+    while (Date.now() < deadline) {
+      const r = await loom(["get", "tj", name, "-p", project, "-o", "json"]);
+      if (r.code === 0) {
+        last = JSON.parse(r.stdout) as Job;
+        if (pred(last)) return last;
+      }
+      await sleep(500);
+    }
+    throw new Error(
+      `timed out waiting for ${name}: ${JSON.stringify(last?.status)}\n${operator.log().slice(-3000)}`,
+    );
+  }
+
+  beforeAll(async () => {
+    cluster = upCluster();
+    const crds = await cli.cli(["crds"]);
+    expect(crds.code).toBe(0);
+    const applied = cluster.kubectl(["apply", "--server-side", "--force-conflicts", "-f", "-"], {
+      input: crds.stdout,
+    });
+    expect(applied.stderr).toBe("");
+    cluster.kubectl([
+      "wait",
+      "--for=condition=Established",
+      "crd/trainingjobs.loom.dev",
+      "crd/projects.loom.dev",
+      "--timeout=60s",
+    ]);
+    operator = startOperator(cluster.kubeconfig);
+    await operator.ready;
+    // The operator creates the default project and its namespace.
+    for (let i = 0; i < 60 && cluster.kubectl(["get", "ns", "loom-default"]).code !== 0; i++)
+      await sleep(500);
+  }, 3_600_000);
+
+  afterAll(async () => {
+    await loom(["delete", "tj", "--all", "--timeout", "60"]).catch(() => undefined);
+    await operator?.stop();
+    await cli.stop();
+  });
+
+  it("installs CRDs that kubectl explains, and a restricted namespace per project", () => {
+    const explained = cluster.kubectl(["explain", "trainingjob.spec.command"]);
+    expect(explained.stdout).toContain("The program and its arguments");
+    const ns = JSON.parse(cluster.kubectl(["get", "ns", "loom-default", "-o", "json"]).stdout);
+    expect(ns.metadata.labels["pod-security.kubernetes.io/enforce"]).toBe("restricted");
+    expect(
+      cluster.kubectl(["get", "networkpolicy", "-n", "loom-default", "loom-project-isolation"]).code,
+    ).toBe(0);
+  });
+
+  it("runs hello to Succeeded through restricted, owned pods", async () => {
+    const yaml = job(
+      "hello",
+      '  command: ["sh", "-c", "echo hello"]\n  resources: {cpu: 100m, memory: 64Mi}',
+      {
+        "loom.dev/kwok-complete-after": "2s",
+      },
+    );
+    const applied = await loom(["apply", "-f", "-"], yaml);
+    expect(applied.stderr).toBe("");
+    expect(applied.stdout).toContain("trainingjob.loom.dev/hello created");
+    const done = await waitFor("hello", (j) => j.status?.phase === "Succeeded");
+    expect(done.status?.attempts).toBe(1);
+    const pods = JSON.parse(
+      cluster.kubectl([
+        "get",
+        "pods",
+        "-n",
+        "loom-default",
+        "-l",
+        `loom.dev/workload-uid=${done.metadata.uid}`,
+        "-o",
+        "json",
+      ]).stdout,
+    );
+    expect(pods.items).toHaveLength(1);
+    const pod = pods.items[0];
+    expect(pod.metadata.ownerReferences[0]).toMatchObject({
+      kind: "TrainingJob",
+      name: "hello",
+      uid: done.metadata.uid,
+      controller: true,
+    });
+    expect(pod.metadata.labels).toMatchObject({
+      "loom.dev/project": "default",
+      "app.kubernetes.io/managed-by": "loom",
+    });
+    expect(pod.spec.containers[0].securityContext).toMatchObject({
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ["ALL"] },
+    });
+    expect(pod.spec.securityContext).toMatchObject({
+      runAsNonRoot: true,
+      seccompProfile: { type: "RuntimeDefault" },
+    });
+    expect(cluster.kubectl(["get", "svc", "-n", "loom-default", "hello"]).code).toBe(0);
+  });
+
+  it("restarts a failing job maxRestarts times, then fails naming the exit code and attempts", async () => {
+    const yaml = job("exit3", '  command: ["sh", "-c", "exit 3"]\n  failurePolicy: {maxRestarts: 2}', {
+      "loom.dev/kwok-complete-after": "1s",
+      "loom.dev/kwok-exit-code": "3",
+    });
+    expect((await loom(["apply", "-f", "-"], yaml)).code).toBe(0);
+    const failed = await waitFor("exit3", (j) => j.status?.phase === "Failed", 120_000);
+    expect(failed.status?.attempts).toBe(3);
+    const cond = failed.status?.conditions?.find((c) => c.type === "Failed");
+    expect(cond?.message).toContain("exited with code 3");
+    expect(cond?.message).toContain("attempt 3 of 3");
+  });
+
+  it("gives the same status to the same manifest applied with kubectl", async () => {
+    const yaml = job("via-kubectl", '  command: ["sh", "-c", "echo hi"]', {
+      "loom.dev/kwok-complete-after": "2s",
+    });
+    const r = cluster.kubectl(["apply", "-n", "loom-default", "-f", "-"], { input: yaml });
+    expect(r.stderr).toBe("");
+    const done = await waitFor("via-kubectl", (j) => j.status?.phase === "Succeeded");
+    expect(done.status?.attempts).toBe(1);
+    expect(done.spec).toMatchObject({
+      workers: 1,
+      failurePolicy: { maxRestarts: 0 },
+      terminationGracePeriodSeconds: 30,
+    });
+    const printed = cluster.kubectl(["get", "trainingjobs", "-n", "loom-default", "via-kubectl"]).stdout;
+    expect(printed).toMatch(/via-kubectl\s+Succeeded/);
+  });
+
+  it("delete cascades: the job's pods and service go with it", async () => {
+    const yaml = job("long", '  command: ["sleep", "infinity"]\n  terminationGracePeriodSeconds: 2', {
+      "loom.dev/kwok-complete-after": "24h",
+    });
+    await loom(["apply", "-f", "-"], yaml);
+    const running = await waitFor("long", (j) => j.status?.workers?.[0]?.state === "Running");
+    const uid = running.metadata.uid;
+    const del = await loom(["delete", "tj", "long", "--timeout", "60"]);
+    expect(del.code).toBe(0);
+    const pods = JSON.parse(
+      cluster.kubectl([
+        "get",
+        "pods",
+        "-n",
+        "loom-default",
+        "-l",
+        `loom.dev/workload-uid=${uid}`,
+        "-o",
+        "json",
+      ]).stdout,
+    );
+    expect(pods.items).toEqual([]);
+    expect(cluster.kubectl(["get", "svc", "-n", "loom-default", "long"]).code).not.toBe(0);
+  });
+
+  it("lets a member of project A read its jobs and denies project B (403 from the API server)", async () => {
+    const projects = `apiVersion: loom.dev/v1alpha1
+kind: Project
+metadata: {name: team-a}
+spec:
+  members: [{user: alice, role: viewer}]
+---
+apiVersion: loom.dev/v1alpha1
+kind: Project
+metadata: {name: team-b}
+spec: {}
+`;
+    expect((await loom(["apply", "-f", "-"], projects)).code).toBe(0);
+    for (
+      let i = 0;
+      i < 60 && cluster.kubectl(["get", "rolebinding", "-n", "loom-team-b", "loom-viewer"]).code !== 0;
+      i++
+    )
+      await sleep(500);
+    const inA = job("a-job", '  command: ["true"]', { "loom.dev/kwok-complete-after": "1s" }).replace(
+      "name: a-job",
+      "name: a-job\n  project: team-a",
+    );
+    const inB = job("b-job", '  command: ["true"]', { "loom.dev/kwok-complete-after": "1s" }).replace(
+      "name: b-job",
+      "name: b-job\n  project: team-b",
+    );
+    expect((await loom(["apply", "-f", "-"], inA)).code).toBe(0);
+    expect((await loom(["apply", "-f", "-"], inB)).code).toBe(0);
+    await waitFor("a-job", (j) => j.status?.phase === "Succeeded", 60_000, "team-a");
+    const alice = cluster.userKubeconfig("alice");
+    const mine = await loom(["get", "tj", "-p", "team-a"], undefined, alice);
+    expect(mine.stderr).toBe("");
+    expect(mine.stdout).toMatch(/a-job\s+Succeeded/);
+    const theirs = await loom(["get", "tj", "-p", "team-b"], undefined, alice);
+    expect(theirs.code).toBe(1);
+    expect(theirs.stderr).toMatch(/forbidden/i);
+    const raw = cluster.kubectl(["get", "trainingjobs", "-n", "loom-team-b"], { kubeconfig: alice });
+    expect(raw.stderr).toMatch(/Forbidden|forbidden/);
+    const cannotWrite = cluster.kubectl(["delete", "trainingjob", "-n", "loom-team-a", "a-job"], {
+      kubeconfig: alice,
+    });
+    expect(cannotWrite.stderr).toMatch(/forbidden/i);
+  });
+
+  it("loses and duplicates nothing when the operator restarts while jobs run", async () => {
+    const yaml = job("survivor", '  command: ["sleep", "10"]', { "loom.dev/kwok-complete-after": "12s" });
+    await loom(["apply", "-f", "-"], yaml);
+    const running = await waitFor("survivor", (j) => j.status?.workers?.[0]?.state === "Running");
+    await operator.stop("SIGKILL");
+    await sleep(2000);
+    operator = startOperator(cluster.kubeconfig);
+    await operator.ready;
+    const done = await waitFor("survivor", (j) => j.status?.phase === "Succeeded", 90_000);
+    expect(done.status?.attempts).toBe(1);
+    const pods = JSON.parse(
+      cluster.kubectl([
+        "get",
+        "pods",
+        "-n",
+        "loom-default",
+        "-l",
+        `loom.dev/workload-uid=${running.metadata.uid}`,
+        "-o",
+        "json",
+      ]).stdout,
+    );
+    expect(pods.items).toHaveLength(1);
+  }, 180_000);
+});
