@@ -44,7 +44,8 @@ async function targetCluster(program: Command, command: string): Promise<void> {
   const api = await startKubeApi({
     kubeconfig,
     context: opts.kubeContext,
-    log: createLogger(process.env.LOOM_LOG_LEVEL ?? "warn"),
+    // Only warnings: the in-process API must not mix its logs into command output.
+    log: createLogger("warn"),
   });
   clusterContext = api;
   closers.push(() => api.close());

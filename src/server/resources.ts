@@ -161,6 +161,9 @@ export class ResourceService {
           `project "${project}" not found: create it first (kind: Project) or use -p default`,
         );
       }
+      // A member may read a project's workloads without reading the Project itself (Kubernetes
+      // RBAC): then the platform's own answer to the real request decides.
+      if (err instanceof ForbiddenError) return;
       throw err;
     }
     if (forWrite && p.metadata.deletionTimestamp)
