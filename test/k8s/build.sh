@@ -100,7 +100,7 @@ build_k8s() {
     tail -30 "$K8S_DIR/build.log" >&2
     return 1
   }
-  rm -rf "$K8S_DIR/bin"
+  rm -rf "${K8S_DIR:?}/bin"
   mv "$K8S_DIR/bin.tmp" "$K8S_DIR/bin"
   log "built kubernetes $K8S_VERSION in $((SECONDS - start))s"
 }
@@ -147,7 +147,7 @@ build_kwok() {
     tail -30 "$KWOK_DIR/build.log" >&2
     return 1
   }
-  rm -rf "$KWOK_DIR/bin"
+  rm -rf "${KWOK_DIR:?}/bin"
   mv "$KWOK_DIR/bin.tmp" "$KWOK_DIR/bin"
   log "built kwok $KWOK_VERSION in $((SECONDS - start))s"
 }

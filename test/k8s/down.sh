@@ -14,7 +14,7 @@ if [[ ! -d "$STATE" ]]; then
   log "nothing to stop: no state dir $STATE"
   exit 0
 fi
-exec 8>"$STATE/.lock"
+exec 8>"$STATE/.up.lock"
 flock 8
 if [[ ! -s "$PIDS" ]]; then
   log "nothing to stop in $STATE"

@@ -4,6 +4,7 @@
 STATE="${LOOM_K8S_STATE:-$HOME/.cache/loom/k8s/run}"
 if [[ -d "$STATE" ]]; then STATE="$(cd "$STATE" && pwd)"; fi
 PIDS="$STATE/pids"
+# shellcheck disable=SC2034 # used by up.sh
 LOGS="$STATE/logs"
 PKI="$STATE/pki"
 
@@ -63,16 +64,17 @@ new_key() {
   chmod 600 "$1"
 }
 
-# new_ca DIR: DIR/ca.key and DIR/ca.crt, valid ten years.
+# new_ca PREFIX CN: PREFIX.key and PREFIX.crt, a CA valid ten years.
 new_ca() {
-  local dir=$1
-  new_key "$dir/ca.key"
-  openssl req -x509 -new -sha256 -days 3650 -key "$dir/ca.key" -subj "/CN=loom-test-ca" \
+  local prefix=$1 cn=$2
+  new_key "$prefix.key"
+  openssl req -x509 -new -sha256 -days 3650 -key "$prefix.key" -subj "/CN=$cn" \
     -config <(printf '%s[v3]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign, digitalSignature\nsubjectKeyIdentifier = hash\n' "$OPENSSL_REQ_CONF") \
-    -extensions v3 -out "$dir/ca.crt" 2>/dev/null
+    -extensions v3 -out "$prefix.crt" 2>/dev/null
 }
 
-# new_cert DIR NAME SUBJECT USAGE [SAN]: DIR/NAME.{key,crt} signed by $PKI/ca.*.
+# new_cert DIR NAME SUBJECT USAGE [SAN]: DIR/NAME.{key,crt} signed by $CA.{crt,key}
+# (default CA=$PKI/ca).
 # SUBJECT like "/O=system:masters/CN=admin"; USAGE clientAuth or serverAuth.
 new_cert() {
   local dir=$1 name=$2 subject=$3 usage=$4 san=${5:-}
@@ -84,7 +86,7 @@ authorityKeyIdentifier = keyid"
   new_key "$dir/$name.key"
   openssl req -new -sha256 -key "$dir/$name.key" -subj "$subject" -config <(printf '%s' "$OPENSSL_REQ_CONF") \
     -out "$dir/$name.csr" 2>/dev/null
-  openssl x509 -req -sha256 -days 3650 -in "$dir/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+  openssl x509 -req -sha256 -days 3650 -in "$dir/$name.csr" -CA "${CA:-$PKI/ca}.crt" -CAkey "${CA:-$PKI/ca}.key" \
     -set_serial "0x$(openssl rand -hex 16)" -extfile <(printf '%s\n' "$ext") -out "$dir/$name.crt" 2>/dev/null
   rm -f "$dir/$name.csr"
 }

@@ -19,7 +19,7 @@ NODES="${LOOM_K8S_NODES:-4}"
 [[ "$NODES" =~ ^[0-9]+$ ]] || die "LOOM_K8S_NODES must be a number, got '$NODES'"
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1 # first address of SERVICE_CIDR: the kubernetes Service
-POD_CIDR=10.244.0.0/16
+POD_CIDR=10.128.0.0/10 # node i gets 10.(128 + i/256).(i%256).0/24
 
 for tool in openssl curl ss flock base64 setsid; do
   command -v "$tool" >/dev/null || die "$tool is required"
@@ -38,7 +38,8 @@ PKI="$STATE/pki"
 ADMIN="$STATE/admin.kubeconfig"
 
 # One up/down at a time per state dir (test workers may race to start the shared cluster).
-exec 8>"$STATE/.lock"
+# The components must not inherit this descriptor, or they would hold the lock for their lifetime.
+exec 8>"$STATE/.up.lock"
 flock 8
 
 k() { "$KUBECTL" --kubeconfig "$ADMIN" "$@"; }
@@ -91,7 +92,7 @@ start() {
   local name=$1 exe
   exe="$(readlink -f "$2")"
   shift 2
-  setsid "$exe" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid "$exe" "$@" >"$LOGS/$name.log" 2>&1 </dev/null 8>&- &
   local pid=$!
   echo "$name $pid $exe" >>"$PIDS"
   log "started $name (pid $pid), log $LOGS/$name.log"
@@ -121,7 +122,8 @@ ensure_nodes() {
   for ((i = 0; i < n; i++)); do
     name=$(node_name "$i")
     grep -qx "node/$name" <<<"$existing" && continue
-    # Per-node pod CIDR and InternalIP derived from the index (room for 65,536 nodes).
+    # Pod CIDR from the index (room for 16,384 nodes). InternalIP is 127.0.0.1 for all: the API
+    # server reaches every node's kubelet API (logs) at kwok's server there.
     yaml+="---
 apiVersion: v1
 kind: Node
@@ -142,7 +144,7 @@ spec:
   podCIDRs: [10.$((128 + i / 256)).$((i % 256)).0/24]
 status:
   addresses:
-  - {type: InternalIP, address: 172.$((16 + i / 65536 % 16)).$((i / 256 % 256)).$((i % 256))}
+  - {type: InternalIP, address: 127.0.0.1}
   - {type: Hostname, address: $name}
   capacity:
     cpu: \"32\"
@@ -178,7 +180,7 @@ fi
 # Leftovers of a cluster that died or was half started: stop them and start clean.
 stop_recorded
 rm -rf "$PKI" "$LOGS" "$STATE/etcd" "$STATE/users" "$STATE"/*.kubeconfig "$STATE/cluster.env" \
-  "$STATE/tokens.csv" "$STATE/kube-scheduler.yaml" "$STATE/kwok.yaml"
+  "$STATE/tokens.csv" "$STATE/kube-scheduler.yaml" "$STATE/kwok-default.log"
 mkdir -p "$PKI" "$LOGS" "$STATE/users"
 : >"$PIDS"
 
@@ -191,12 +193,20 @@ pick_port KWOK_PORT
 SERVER="https://127.0.0.1:$API_PORT"
 
 # --- certificates and keys ---
-new_ca "$PKI"
+new_ca "$PKI/ca" loom-test-ca
 new_cert "$PKI" apiserver "/CN=kube-apiserver" serverAuth \
   "IP:127.0.0.1, IP:$SERVICE_IP, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local"
 new_cert "$PKI" admin "/O=system:masters/CN=loom-admin" clientAuth
 new_cert "$PKI" kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
 new_cert "$PKI" kube-scheduler "/CN=system:kube-scheduler" clientAuth
+# The API server's client identity towards kubelets (here: kwok's server, for pod logs).
+new_cert "$PKI" apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+# kwok serves the kubelet API (logs) for every fake node on 127.0.0.1.
+new_cert "$PKI" kwok-serving "/CN=kwok" serverAuth "IP:127.0.0.1, DNS:localhost"
+# Front proxy: the request-header CA that delegated authentication in the controller manager and
+# scheduler (and any aggregated API server) expects to find in extension-apiserver-authentication.
+new_ca "$PKI/front-proxy-ca" loom-test-front-proxy-ca
+CA="$PKI/front-proxy-ca" new_cert "$PKI" front-proxy-client "/CN=front-proxy-client" clientAuth
 # Service-account tokens are signed with RSA, as in kubeadm clusters.
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
 openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -257,6 +267,17 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
+  --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
+  --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User \
+  --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
+  --proxy-client-key-file "$PKI/front-proxy-client.key" \
+  --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+  --kubelet-certificate-authority "$PKI/ca.crt" \
+  --kubelet-preferred-address-types InternalIP \
   --allow-privileged=true \
   --profiling=false
 wait_until "kube-apiserver /readyz" 180 \
@@ -293,6 +314,23 @@ start kube-scheduler "$BIN/kube-scheduler" \
   --profiling=false
 
 # --- kwok: fake nodes and simulated pod lifecycles ---
+# Container logs come from kwok Logs / ClusterLogs objects (CRDs), so tests can give pods logs.
+k apply -f "$HERE/crds" >/dev/null
+wait_until "kwok CRDs established" 60 k wait --for=condition=Established --timeout=5s \
+  crd/logs.kwok.x-k8s.io crd/clusterlogs.kwok.x-k8s.io
+# kwok reads log files in the CRI format: "<RFC 3339 nano time> stdout|stderr F <line>".
+echo "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ) stdout F This container is simulated by kwok; give it logs with a kwok.x-k8s.io/v1alpha1 Logs object (see test/k8s/README.md)." \
+  >"$STATE/kwok-default.log"
+k apply -f - >/dev/null <<EOF
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata:
+  name: loom-default
+spec:
+  selector: {}
+  logs:
+  - logsFile: $STATE/kwok-default.log
+EOF
 stage_args=()
 for f in "$HERE"/stages/*.yaml; do stage_args+=(--config "$f"); done
 start kwok "$BIN/kwok" \
@@ -301,7 +339,12 @@ start kwok "$BIN/kwok" \
   --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
   --node-lease-duration-seconds 40 \
   --cidr "$POD_CIDR" \
+  --node-ip 127.0.0.1 \
+  --node-port "$KWOK_PORT" \
   --server-address "127.0.0.1:$KWOK_PORT" \
+  --tls-cert-file "$PKI/kwok-serving.crt" \
+  --tls-private-key-file "$PKI/kwok-serving.key" \
+  --enable-crds Logs,ClusterLogs \
   "${stage_args[@]}"
 
 wait_until "kube-controller-manager /healthz" 120 curl -skf --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
