@@ -226,6 +226,14 @@ spec: {}
     expect(theirs.stderr).toMatch(/forbidden/i);
     const raw = cluster.kubectl(["get", "trainingjobs", "-n", "loom-team-b"], { kubeconfig: alice });
     expect(raw.stderr).toMatch(/Forbidden|forbidden/);
+    // Logs go through the API server's pods/log (served by the kwok node): allowed in A only.
+    await waitFor("b-job", (j) => j.status?.phase === "Succeeded", 60_000, "team-b");
+    const logsA = await loom(["logs", "tj/a-job", "-p", "team-a"], undefined, alice);
+    expect(logsA.code, logsA.stderr).toBe(0);
+    expect(logsA.stdout.length).toBeGreaterThan(0);
+    const logsB = await loom(["logs", "tj/b-job", "-p", "team-b"], undefined, alice);
+    expect(logsB.code).toBe(1);
+    expect(logsB.stderr).toMatch(/forbidden/i);
     const cannotWrite = cluster.kubectl(["delete", "trainingjob", "-n", "loom-team-a", "a-job"], {
       kubeconfig: alice,
     });
