@@ -195,7 +195,14 @@ export interface Job {
     phase?: string;
     attempts?: number;
     conditions?: { type: string; status: string; reason: string; message: string }[];
-    workers?: { index: number; state: string; pid?: number; exitCode?: number; signal?: string }[];
+    workers?: {
+      index: number;
+      state: string;
+      pid?: number;
+      exitCode?: number;
+      signal?: string;
+      startTime?: string;
+    }[];
   };
 }
 

@@ -2,6 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Job, LoomProcess } from "./helpers.js";
 import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
+import { foundationScenarios } from "./scenarios.js";
 
 /**
  * The foundation's scenarios on a real Kubernetes control plane: the same manifests, the same CLI
@@ -74,6 +75,23 @@ ${spec}`;
     await cli.stop();
   });
 
+  foundationScenarios(() => ({
+    name: "kubernetes",
+    loom: (args, input) => loom(args, input),
+    workersGone: async (j) => {
+      const pods = cluster.kubectl([
+        "get",
+        "pods",
+        "-A",
+        "-l",
+        `loom.dev/workload-uid=${j.metadata.uid}`,
+        "-o",
+        "json",
+      ]);
+      return JSON.parse(pods.stdout).items.length === 0;
+    },
+  }));
+
   it("installs CRDs that kubectl explains, and a restricted namespace per project", () => {
     const explained = cluster.kubectl(["explain", "trainingjob.spec.command"]);
     expect(explained.stdout).toContain("The program and its arguments");
@@ -130,19 +148,6 @@ ${spec}`;
       seccompProfile: { type: "RuntimeDefault" },
     });
     expect(cluster.kubectl(["get", "svc", "-n", "loom-default", "hello"]).code).toBe(0);
-  });
-
-  it("restarts a failing job maxRestarts times, then fails naming the exit code and attempts", async () => {
-    const yaml = job("exit3", '  command: ["sh", "-c", "exit 3"]\n  failurePolicy: {maxRestarts: 2}', {
-      "loom.dev/kwok-complete-after": "1s",
-      "loom.dev/kwok-exit-code": "3",
-    });
-    expect((await loom(["apply", "-f", "-"], yaml)).code).toBe(0);
-    const failed = await waitFor("exit3", (j) => j.status?.phase === "Failed", 120_000);
-    expect(failed.status?.attempts).toBe(3);
-    const cond = failed.status?.conditions?.find((c) => c.type === "Failed");
-    expect(cond?.message).toContain("exited with code 3");
-    expect(cond?.message).toContain("attempt 3 of 3");
   });
 
   it("gives the same status to the same manifest applied with kubectl", async () => {

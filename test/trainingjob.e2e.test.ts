@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { alive, jobYaml, LoomProcess } from "./helpers.js";
+import { foundationScenarios } from "./scenarios.js";
 
 /** The foundation's scenarios, driven through the real CLI against a real `loom up`. */
 describe("TrainingJob end to end (embedded)", () => {
@@ -170,4 +171,16 @@ describe("TrainingJob end to end (embedded)", () => {
       await loom.waitFor(`many-${i}`, (j) => j.status?.phase === "Succeeded", 60_000);
     expect((await loom.cli(["delete", "tj", "--all"])).code).toBe(0);
   }, 180_000);
+});
+
+describe("foundation scenarios on the embedded platform", () => {
+  const loom = new LoomProcess();
+  beforeAll(() => loom.start());
+  afterAll(() => loom.stop());
+  foundationScenarios(() => ({
+    name: "embedded",
+    loom: (args, input) => loom.cli(args, { input }),
+    workersGone: async (job) =>
+      (job.status?.workers ?? []).every((w) => w.pid === undefined || !alive(w.pid)),
+  }));
 });
