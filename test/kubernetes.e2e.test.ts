@@ -1,6 +1,9 @@
+import { copyFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Job, LoomProcess } from "./helpers.js";
+import { type Job, LoomProcess, ROOT } from "./helpers.js";
 import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
 import { foundationScenarios } from "./scenarios.js";
 
@@ -268,5 +271,43 @@ spec: {}
       ]).stdout,
     );
     expect(pods.items).toHaveLength(1);
+  }, 180_000);
+
+  it("the operator runs with only deploy/operator.yaml's least-privilege ClusterRole", async () => {
+    const deployed = cluster.kubectl(["apply", "-f", join(ROOT, "deploy/operator.yaml")]);
+    expect(deployed.stderr).toBe("");
+    // kwok would only pretend to run the in-cluster Deployment: run the operator here instead,
+    // under the ServiceAccount's identity, so every request it makes is judged by that ClusterRole.
+    cluster.kubectl(["scale", "deployment/loom-operator", "-n", "loom-system", "--replicas=0"]);
+    const token = cluster
+      .kubectl(["create", "token", "loom-operator", "-n", "loom-system", "--duration=1h"])
+      .stdout.trim();
+    expect(token.length).toBeGreaterThan(20);
+    const saConfig = join(mkdtempSync(join(tmpdir(), "loom-sa-")), "kubeconfig");
+    copyFileSync(cluster.kubeconfig, saConfig);
+    cluster.kubectl(["config", "set-credentials", "loom-operator", `--token=${token}`], {
+      kubeconfig: saConfig,
+    });
+    cluster.kubectl(["config", "set-context", "--current", "--user=loom-operator"], { kubeconfig: saConfig });
+    await operator.stop();
+    operator = startOperator(saConfig);
+    await operator.ready;
+    const project =
+      "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: least}\nspec:\n  members: [{user: carol, role: editor}]\n  quota: {cpu: 4, memory: 8Gi, gpu: 1}\n";
+    expect((await loom(["apply", "-f", "-"], project)).code).toBe(0);
+    for (
+      let i = 0;
+      i < 60 && cluster.kubectl(["get", "rolebinding", "-n", "loom-least", "loom-editor"]).code !== 0;
+      i++
+    )
+      await sleep(500);
+    expect(cluster.kubectl(["get", "resourcequota", "-n", "loom-least", "loom-project-quota"]).code).toBe(0);
+    const inLeast = job("least-job", '  command: ["true"]', { "loom.dev/kwok-complete-after": "1s" }).replace(
+      "name: least-job",
+      "name: least-job\n  project: least",
+    );
+    expect((await loom(["apply", "-f", "-"], inLeast)).code).toBe(0);
+    await waitFor("least-job", (j) => j.status?.phase === "Succeeded", 60_000, "least");
+    expect(operator.log()).not.toMatch(/forbidden/i);
   }, 180_000);
 });

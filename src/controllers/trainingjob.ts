@@ -215,7 +215,23 @@ export class TrainingJobReconciler implements Reconciler {
         LOOM_ATTEMPT: String(attempt),
       },
     }));
-    await this.deps.runtime.start({ ref, attempt, workers });
+    try {
+      await this.deps.runtime.start({ ref, attempt, workers });
+    } catch (err) {
+      // Say why in the object (quota, admission policy, image rules), then retry with backoff.
+      const message = `cannot start attempt ${attempt}: ${(err as Error).message}`;
+      const now = this.deps.now();
+      await this.writeStatus(job, {
+        ...status,
+        conditions: setCondition(
+          status.conditions,
+          { type: "Running", status: "False", reason: "FailedCreate", message },
+          now,
+        ),
+      });
+      await this.event(job, "Warning", "FailedCreate", message);
+      throw err;
+    }
     status.attempts = attempt;
     status.phase = "Running";
     status.startTime ??= now.toISOString();

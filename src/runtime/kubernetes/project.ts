@@ -57,6 +57,13 @@ export function namespaceObjects(
   if (project.quota?.memory !== undefined) hard["requests.memory"] = String(project.quota.memory);
   if (project.quota?.gpu !== undefined) hard["requests.nvidia.com/gpu"] = String(project.quota.gpu);
   if (Object.keys(hard).length > 0) {
+    // A quota on requests makes the API server refuse pods without them: give such pods defaults.
+    objects.push({
+      apiVersion: "v1",
+      kind: "LimitRange",
+      metadata: { name: "loom-defaults", namespace: ns, labels } as { name: string; namespace: string },
+      spec: { limits: [{ type: "Container", defaultRequest: { cpu: "100m", memory: "128Mi" } }] },
+    });
     objects.push({
       apiVersion: "v1",
       kind: "ResourceQuota",
@@ -74,9 +81,10 @@ export function namespaceObjects(
         { apiGroups: ["loom.dev"], resources: ["*"], verbs: [...VERBS[role]] },
         {
           apiGroups: [""],
-          resources: ["pods", "pods/log", "services", "events"],
+          resources: ["pods", "services", "events"],
           verbs: ["get", "list", "watch"],
         },
+        { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },
         { apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["get", "list", "watch"] },
       ],
     });

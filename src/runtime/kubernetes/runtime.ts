@@ -341,6 +341,7 @@ function objectPath(obj: {
   const plural: Record<string, string> = {
     Namespace: "namespaces",
     ResourceQuota: "resourcequotas",
+    LimitRange: "limitranges",
     NetworkPolicy: "networkpolicies",
     Role: "roles",
     RoleBinding: "rolebindings",
