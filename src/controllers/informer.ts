@@ -10,6 +10,11 @@ export interface InformerHandlers {
 
 export interface InformerOptions {
   resyncMs?: number;
+  /**
+   * A full relist this often, even while the watch looks healthy: a watch that silently stops
+   * delivering (client-node's informer is known for it) then costs minutes, not forever.
+   */
+  relistMs?: number;
   /** Backoff after a failed list or a broken watch, doubling up to maxBackoffMs. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
@@ -25,6 +30,7 @@ export class Informer {
   private stopWatch: StopWatch | undefined;
   private resyncTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
+  private relistTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   private synced = false;
   private backoffMs: number;
@@ -47,12 +53,23 @@ export class Informer {
       for (const [key, obj] of this.cache) this.handlers.onChange(key, obj, "RESYNC");
     }, this.opts.resyncMs ?? 30_000);
     this.resyncTimer.unref();
+    this.relistTimer = setInterval(
+      () => {
+        if (this.stopped || !this.synced) return;
+        this.stopWatch?.();
+        this.stopWatch = undefined;
+        void this.listAndWatch();
+      },
+      this.opts.relistMs ?? 5 * 60_000,
+    );
+    this.relistTimer.unref();
   }
 
   stop(): void {
     this.stopped = true;
     this.stopWatch?.();
     clearInterval(this.resyncTimer);
+    clearInterval(this.relistTimer);
     clearTimeout(this.retryTimer);
   }
 
