@@ -115,55 +115,35 @@ export class KubeResourceStore implements ResourceStore {
     }
   }
 
-  async update(obj: Resource): Promise<Resource> {
-    const { kind, project, name } = parts(obj);
-    for (let attempt = 0; ; attempt++) {
-      // Custom resources need a resourceVersion on update; without one the caller asked for "last write wins".
-      const rv =
-        obj.metadata.resourceVersion || (await this.get(kind, project, name)).metadata.resourceVersion;
-      const current = toKube({ ...obj, metadata: { ...obj.metadata, resourceVersion: rv } });
-      delete current.status;
-      try {
-        return toLoom(
-          await this.client.request<KubeObject>("PUT", itemPath(kind, project, name), {
-            body: current,
-            query: { fieldManager: "loom" },
-          }),
-        );
-      } catch (err) {
-        if (
-          !obj.metadata.resourceVersion &&
-          err instanceof LoomError &&
-          err.code === "Conflict" &&
-          attempt < 5
-        )
-          continue;
-        throw notFound(err, kind, project, name);
-      }
-    }
+  update(obj: Resource): Promise<Resource> {
+    return this.replace(obj, "");
   }
 
-  async updateStatus(obj: Resource): Promise<Resource> {
+  updateStatus(obj: Resource): Promise<Resource> {
+    return this.replace(obj, "/status");
+  }
+
+  /**
+   * PUT of the object or its status subresource. Custom resources need a resourceVersion on
+   * update; a caller that sent none asked for "last write wins", so read, write, retry conflicts.
+   */
+  private async replace(obj: Resource, subresource: "" | "/status"): Promise<Resource> {
     const { kind, project, name } = parts(obj);
     for (let attempt = 0; ; attempt++) {
       const rv =
         obj.metadata.resourceVersion || (await this.get(kind, project, name)).metadata.resourceVersion;
       const body = toKube({ ...obj, metadata: { ...obj.metadata, resourceVersion: rv } });
+      if (subresource === "") delete body.status;
       try {
         return toLoom(
-          await this.client.request<KubeObject>("PUT", `${itemPath(kind, project, name)}/status`, {
+          await this.client.request<KubeObject>("PUT", `${itemPath(kind, project, name)}${subresource}`, {
             body,
             query: { fieldManager: "loom" },
           }),
         );
       } catch (err) {
-        if (
-          !obj.metadata.resourceVersion &&
-          err instanceof LoomError &&
-          err.code === "Conflict" &&
-          attempt < 5
-        )
-          continue;
+        const lastWriteWins = !obj.metadata.resourceVersion;
+        if (lastWriteWins && err instanceof LoomError && err.code === "Conflict" && attempt < 5) continue;
         throw notFound(err, kind, project, name);
       }
     }
