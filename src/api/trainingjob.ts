@@ -99,6 +99,7 @@ export const WorkerStatus = z.object({
 
 export const Admission = z.object({
   node: z.string(),
+  workers: z.number().optional(),
   cpuMillis: z.number(),
   memoryBytes: z.number(),
   gpus: z.array(z.string()),

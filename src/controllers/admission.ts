@@ -155,5 +155,6 @@ export function demandOf(job: TrainingJob): WorkloadDemand {
     cpuMillis: (r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0)) * workers,
     memoryBytes: (r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0)) * workers,
     gpus: (r.gpu ?? 0) * workers,
+    workers,
   };
 }

@@ -43,6 +43,15 @@ export class TrainingJobReconciler implements Reconciler {
     const seen = this.deps.cached?.(key);
     // Waiting for admission is the common case with a long queue: nothing to do, nothing to read.
     if (seen && !seen.status?.admission && !seen.metadata.deletionTimestamp && !isFinished(seen)) return {};
+    // So is a finished job with nothing left running (every resync would otherwise read it).
+    if (
+      seen &&
+      isFinished(seen) &&
+      !seen.metadata.deletionTimestamp &&
+      !seen.status?.workers?.some((w) => w.state === "Running")
+    ) {
+      return {};
+    }
     let job: TrainingJob;
     try {
       job = (await this.deps.store.get(TRAININGJOB, project, name)) as TrainingJob;
@@ -272,6 +281,8 @@ export class TrainingJobReconciler implements Reconciler {
 
   /** A finished job keeps its logs; only stragglers (a stop still in progress) are seen to. */
   private async settleFinished(job: TrainingJob, ref: WorkloadRef): Promise<ReconcileResult> {
+    // Nothing was running when it finished: no need to ask the platform on every resync.
+    if (!job.status?.workers?.some((w) => w.state === "Running")) return {};
     const obs = await this.deps.runtime.observe(ref);
     if (obs?.workers.some((w) => w.state === "Running")) {
       const stopped = await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds);

@@ -157,4 +157,25 @@ describe("FifoScheduler", () => {
     const d = scheduler.schedule({ nodes: [], allocations: [], pending: [demand("a")] });
     expect(d.pending[0]!.reason).toBe("ExceedsNodeCapacity");
   });
+
+  it("respects a node's worker (pod) capacity and moves on to the next node", () => {
+    const d = scheduler.schedule({
+      nodes: [
+        { ...node("n1", 32, 256), maxWorkers: 2 },
+        { ...node("n2", 32, 256), maxWorkers: 1 },
+      ],
+      allocations: [{ node: "n1", cpuMillis: 0, memoryBytes: 0, gpus: [], workers: 1 }],
+      pending: [
+        demand("a", { createdAt: at(1) }),
+        demand("b", { createdAt: at(2) }),
+        demand("c", { createdAt: at(3) }),
+      ],
+    });
+    expect(d.admit.map((a) => [a.id, a.allocation.node])).toEqual([
+      ["a", "n1"],
+      ["b", "n2"],
+    ]);
+    expect(d.pending[0]).toMatchObject({ id: "c", reason: "InsufficientCapacity" });
+    expect(d.pending[0]!.message).toContain("pod capacity");
+  });
 });

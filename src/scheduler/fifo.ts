@@ -14,6 +14,7 @@ interface Free {
   cpuMillis: number;
   memoryBytes: number;
   gpus: string[];
+  workers: number;
 }
 
 /**
@@ -44,9 +45,16 @@ export class FifoScheduler implements Scheduler {
       slot.gpus = slot.gpus.slice(w.gpus);
       slot.cpuMillis -= w.cpuMillis;
       slot.memoryBytes -= w.memoryBytes;
+      slot.workers -= w.workers ?? 1;
       decisions.admit.push({
         id: w.id,
-        allocation: { node: slot.node.name, cpuMillis: w.cpuMillis, memoryBytes: w.memoryBytes, gpus },
+        allocation: {
+          node: slot.node.name,
+          cpuMillis: w.cpuMillis,
+          memoryBytes: w.memoryBytes,
+          gpus,
+          ...(w.workers !== undefined ? { workers: w.workers } : {}),
+        },
       });
     }
     return decisions;
@@ -62,12 +70,18 @@ function freeCapacity(nodes: NodeCapacity[], allocations: Allocation[]): Free[] 
       cpuMillis: node.cpuMillis - mine.reduce((s, a) => s + a.cpuMillis, 0),
       memoryBytes: node.memoryBytes - mine.reduce((s, a) => s + a.memoryBytes, 0),
       gpus: node.gpus.filter((g) => !usedGpus.has(g)),
+      workers: (node.maxWorkers ?? Number.POSITIVE_INFINITY) - mine.reduce((s, a) => s + (a.workers ?? 1), 0),
     };
   });
 }
 
 function fits(w: WorkloadDemand, f: Free): boolean {
-  return w.cpuMillis <= f.cpuMillis && w.memoryBytes <= f.memoryBytes && w.gpus <= f.gpus.length;
+  return (
+    w.cpuMillis <= f.cpuMillis &&
+    w.memoryBytes <= f.memoryBytes &&
+    w.gpus <= f.gpus.length &&
+    (w.workers ?? 1) <= f.workers
+  );
 }
 
 function exceedsEveryNode(w: WorkloadDemand, nodes: NodeCapacity[]): PendingReason | undefined {
@@ -103,6 +117,8 @@ function insufficient(w: WorkloadDemand, free: Free[]): PendingReason {
     );
   if (w.gpus > best((f) => f.gpus.length))
     parts.push(`gpu: requested ${w.gpus}, free ${best((f) => f.gpus.length)}`);
+  if ((w.workers ?? 1) > best((f) => f.workers))
+    parts.push("every node already runs as many workers as it may (pod capacity)");
   if (parts.length === 0) parts.push("no single node has all of the requested resources free at once");
   return { reason: "InsufficientCapacity", message: `waiting for capacity: ${parts.join("; ")}` };
 }

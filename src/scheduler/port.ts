@@ -10,6 +10,8 @@ export interface NodeCapacity {
   memoryBytes: number;
   /** Device ids, e.g. ["0", "1"] or GPU UUIDs. */
   gpus: string[];
+  /** How many workers the node takes at most (a kubelet's pod capacity); unset means no limit. */
+  maxWorkers?: number;
 }
 
 export interface Allocation {
@@ -17,6 +19,8 @@ export interface Allocation {
   cpuMillis: number;
   memoryBytes: number;
   gpus: string[];
+  /** Workers placed on the node (default 1). */
+  workers?: number;
 }
 
 export interface WorkloadDemand {
@@ -29,6 +33,8 @@ export interface WorkloadDemand {
   cpuMillis: number;
   memoryBytes: number;
   gpus: number;
+  /** Processes or pods the workload places on its node. */
+  workers?: number;
 }
 
 export interface SchedulingSnapshot {

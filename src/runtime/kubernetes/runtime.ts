@@ -131,6 +131,7 @@ export class KubernetesRuntime implements Runtime {
           cpuMillis: parseCpuMillis(a.cpu ?? "0") ?? 0,
           memoryBytes: parseMemoryBytes(a.memory ?? "0") ?? 0,
           gpus: Array.from({ length: gpus }, (_, i) => `${n.metadata.name}/gpu-${i}`),
+          ...(a.pods ? { maxWorkers: Number(a.pods) } : {}),
         };
       });
   }
