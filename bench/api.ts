@@ -1,6 +1,7 @@
 /**
- * API benchmark: Loom's embedded server against etcd (the store behind kube-apiserver), the same
- * workload over HTTP on loopback in the same run. Run with `npm run bench:api`; see bench/README.md.
+ * API benchmark: Loom's embedded server against etcd (the store behind kube-apiserver) and against
+ * kube-apiserver + etcd (TrainingJobs as custom resources), the same workload over loopback in the
+ * same run. Run with `npm run bench:api`; see bench/README.md.
  *
  * The load generator runs in a worker thread so that it never shares an event loop with the
  * in-process Loom server; the main thread only hosts the server (or waits, while etcd runs).
@@ -16,27 +17,34 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { Agent, request as httpRequest } from "node:http";
+import { Agent, request as httpRequest, type IncomingMessage, type RequestOptions } from "node:http";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { createServer } from "node:net";
 import { arch, availableParallelism, homedir, platform, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
+import { BenchCluster, kubeTarget, versionsOf } from "./cluster.js";
 
 const OBJECTS = Number(process.env.LOOM_BENCH_OBJECTS ?? 10_000);
 /** Objects for the embedded run (controllers on); the same count as the others by default. */
 const EMBEDDED_OBJECTS = Number(process.env.LOOM_BENCH_EMBEDDED_OBJECTS ?? 10_000);
 const CONCURRENCY = 32;
 /** Which runs to do; all by default. */
-const RUNS = (process.env.LOOM_BENCH_RUNS ?? "embedded,api,etcd").split(",").map((r) => r.trim());
+const RUNS = (process.env.LOOM_BENCH_RUNS ?? "embedded,api,etcd,kube").split(",").map((r) => r.trim());
 const LIST_REPEATS = 3;
 const WATCH_RATE = 500;
 const WATCH_SECONDS = 4;
 /** Paced writes never have more than this many outstanding; a slot that finds the cap reached is skipped. */
 const MAX_OUTSTANDING = 256;
-/** The runs (not a first-time etcd build) must end by then; a watchdog stops them otherwise. A run takes ~1 min. */
-const DEADLINE_MS = 4 * 60_000;
+/**
+ * The runs (not a first-time build of etcd or Kubernetes) must end by then; a watchdog stops them
+ * otherwise. A run takes about a minute, kube-apiserver's about two.
+ */
+const DEADLINE_MS = 8 * 60_000;
+/** The namespace of project "default" on Kubernetes, where the kube-apiserver run keeps its objects. */
+const KUBE_NAMESPACE = "loom-default";
 const PROJECT = "default";
 const ETCD_DIR = join(homedir(), ".cache", "loom", "etcd");
 const ETCD_BIN = join(ETCD_DIR, "etcd");
@@ -49,11 +57,19 @@ const RESULTS_FILE = join(BENCH_DIR, "RESULTS.md");
 
 type Json = Record<string, unknown>;
 
+/** Client-certificate TLS material for HTTPS (kube-apiserver's admin kubeconfig). */
+interface Tls {
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
+
 interface Target {
-  peer: "loom" | "etcd";
+  peer: "loom" | "etcd" | "kube";
   objects: number;
   url: string;
   token?: string;
+  tls?: Tls;
   /** etcd: an object as Loom stored it at create; etcd's values are the same bytes, renamed. */
   template?: Json;
   /** Loom only: wait until the admission controller has marked every object Pending. */
@@ -93,7 +109,8 @@ interface Figures {
 type WorkerMessage = { type: "done"; figures: Figures } | { type: "error"; message: string };
 
 // ---------------------------------------------------------------------------------------------
-// HTTP client: node:http with keep-alive, a fixed socket pool, bodies read as strings.
+// HTTP client: node:http (node:https for kube-apiserver) with keep-alive, a fixed socket pool,
+// bodies read as strings.
 
 interface HttpResult {
   status: number;
@@ -103,14 +120,24 @@ interface HttpResult {
 class Client {
   private readonly agent: Agent;
   private readonly base: URL;
+  private readonly https: boolean;
 
   constructor(
     url: string,
     private readonly headers: Record<string, string>,
     maxSockets: number,
+    private readonly tls: Tls = {},
   ) {
     this.base = new URL(url);
-    this.agent = new Agent({ keepAlive: true, maxSockets, maxFreeSockets: maxSockets });
+    this.https = this.base.protocol === "https:";
+    const opts = { keepAlive: true, maxSockets, maxFreeSockets: maxSockets };
+    this.agent = this.https ? new HttpsAgent({ ...opts, ...tls }) : new Agent(opts);
+  }
+
+  private request(opts: RequestOptions, onResponse: (res: IncomingMessage) => void) {
+    const base = { host: this.base.hostname, port: this.base.port, ...opts };
+    // agent: false (a stream's own connection) needs the TLS material on the request itself.
+    return this.https ? httpsRequest({ ...base, ...this.tls }, onResponse) : httpRequest(base, onResponse);
   }
 
   send(method: string, path: string, body?: string): Promise<HttpResult> {
@@ -120,17 +147,14 @@ class Client {
         headers["content-type"] = "application/json";
         headers["content-length"] = Buffer.byteLength(body);
       }
-      const req = httpRequest(
-        { host: this.base.hostname, port: this.base.port, method, path, agent: this.agent, headers },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () =>
-            resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }),
-          );
-          res.on("error", reject);
-        },
-      );
+      const req = this.request({ method, path, agent: this.agent, headers }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () =>
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }),
+        );
+        res.on("error", reject);
+      });
       req.on("error", reject);
       req.end(body);
     });
@@ -149,30 +173,27 @@ class Client {
         headers["content-type"] = "application/json";
         headers["content-length"] = Buffer.byteLength(body);
       }
-      const req = httpRequest(
-        { host: this.base.hostname, port: this.base.port, method, path, agent: false, headers },
-        (res) => {
-          if (res.statusCode !== 200) {
-            reject(new Error(`watch ${path}: HTTP ${res.statusCode}`));
-            res.resume();
-            return;
+      const req = this.request({ method, path, agent: false, headers }, (res) => {
+        if (res.statusCode !== 200) {
+          reject(new Error(`watch ${path}: HTTP ${res.statusCode}`));
+          res.resume();
+          return;
+        }
+        res.setEncoding("utf8");
+        let buf = "";
+        res.on("data", (chunk: string) => {
+          buf += chunk;
+          let nl = buf.indexOf("\n");
+          while (nl >= 0) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            if (line.trim()) onLine(line);
+            nl = buf.indexOf("\n");
           }
-          res.setEncoding("utf8");
-          let buf = "";
-          res.on("data", (chunk: string) => {
-            buf += chunk;
-            let nl = buf.indexOf("\n");
-            while (nl >= 0) {
-              const line = buf.slice(0, nl);
-              buf = buf.slice(nl + 1);
-              if (line.trim()) onLine(line);
-              nl = buf.indexOf("\n");
-            }
-          });
-          res.on("error", () => undefined);
-          resolve(() => req.destroy());
-        },
-      );
+        });
+        res.on("error", () => undefined);
+        resolve(() => req.destroy());
+      });
       req.on("error", reject);
       req.end(body);
     });
@@ -315,6 +336,73 @@ class LoomPeer implements Peer {
     return client.stream("GET", `${this.base}?watch=1&resourceVersion=${fromRv}`, undefined, (line) => {
       const e = JSON.parse(line) as { type: string; object: LoomObject };
       if (e.type === "ERROR") throw new Error(`watch ended: ${line}`);
+      onEvent(e.object.metadata.name, Number(e.object.metadata.resourceVersion));
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+/**
+ * kube-apiserver with TrainingJobs as custom resources (Loom's CRDs), over HTTPS with the admin
+ * client certificate: create (POST), get, list (one unpaginated GET of the collection), update
+ * (PUT with metadata.resourceVersion; 409 on a conflict), watch (GET ?watch=1 from a revision).
+ * The same calls Loom's kube store makes, without Loom in between.
+ */
+class KubePeer implements Peer {
+  private readonly client: Client;
+  private readonly base = `/apis/loom.dev/v1alpha1/namespaces/${KUBE_NAMESPACE}/trainingjobs`;
+  private readonly objects: (LoomObject | undefined)[] = [];
+
+  constructor(private readonly target: Target) {
+    this.client = new Client(target.url, { accept: "application/json" }, CONCURRENCY, target.tls);
+  }
+
+  async create(i: number): Promise<number> {
+    const res = await this.client.send("POST", this.base, JSON.stringify(manifest(i)));
+    expect(res, 201, `create ${objectName(i)}`);
+    return Number((JSON.parse(res.body) as LoomObject).metadata.resourceVersion);
+  }
+
+  async get(i: number): Promise<number> {
+    const res = await this.client.send("GET", `${this.base}/${objectName(i)}`);
+    expect(res, 200, `get ${objectName(i)}`);
+    const obj = JSON.parse(res.body) as LoomObject;
+    this.objects[i] = obj;
+    return Number(obj.metadata.resourceVersion);
+  }
+
+  async list(): Promise<{ count: number; bytes: number; pending: number }> {
+    const res = await this.client.send("GET", this.base);
+    expect(res, 200, "list");
+    const items = (JSON.parse(res.body) as { items: LoomObject[] }).items;
+    return { count: items.length, bytes: Buffer.byteLength(res.body), pending: 0 };
+  }
+
+  async update(i: number, rv: number, iteration: number): Promise<number | undefined> {
+    const obj = this.objects[i];
+    if (!obj) throw new Error(`update ${objectName(i)} before get`);
+    const body: LoomObject = {
+      ...obj,
+      metadata: { ...obj.metadata, resourceVersion: String(rv) },
+      spec: { ...obj.spec, env: { ...obj.spec.env, BENCH_ITERATION: String(iteration) } },
+    };
+    const res = await this.client.send("PUT", `${this.base}/${objectName(i)}`, JSON.stringify(body));
+    if (res.status === 409) return undefined;
+    expect(res, 200, `update ${objectName(i)}`);
+    const updated = JSON.parse(res.body) as LoomObject;
+    this.objects[i] = updated;
+    return Number(updated.metadata.resourceVersion);
+  }
+
+  watch(fromRv: number, onEvent: (name: string, rv: number) => void): Promise<() => void> {
+    const client = new Client(this.target.url, { accept: "application/json" }, 1, this.target.tls);
+    return client.stream("GET", `${this.base}?watch=1&resourceVersion=${fromRv}`, undefined, (line) => {
+      const e = JSON.parse(line) as { type: string; object: LoomObject };
+      if (e.type === "ERROR") throw new Error(`watch ended: ${line}`);
+      if (e.type === "BOOKMARK") return;
       onEvent(e.object.metadata.name, Number(e.object.metadata.resourceVersion));
     });
   }
@@ -508,7 +596,12 @@ const say = (peer: string, msg: string) => console.log(`  [${peer}] ${msg}`);
 
 async function runWorkload(target: Target): Promise<Figures> {
   const OBJECTS = target.objects;
-  const peer = target.peer === "loom" ? new LoomPeer(target) : new EtcdPeer(target);
+  const peer =
+    target.peer === "loom"
+      ? new LoomPeer(target)
+      : target.peer === "kube"
+        ? new KubePeer(target)
+        : new EtcdPeer(target);
   const label = target.peer;
   const rvs = new Array<number>(OBJECTS).fill(0);
   let maxRv = 0;
@@ -851,6 +944,33 @@ function ensureEtcd(): EtcdInfo {
   return { available: true, version, note: `etcd ${version}, built from the Go module proxy in ${secs} s` };
 }
 
+interface KubeInfo {
+  available: boolean;
+  kubernetes?: string;
+  version?: string;
+  note: string;
+}
+
+/** The test control plane's binaries (test/k8s/build.sh builds what is missing; not timed). */
+async function ensureKube(): Promise<KubeInfo> {
+  if (!RUNS.includes("kube"))
+    return { available: false, note: `skipped (LOOM_BENCH_RUNS=${RUNS.join(",")})` };
+  try {
+    const v = versionsOf(await BenchCluster.binDir());
+    return {
+      available: true,
+      kubernetes: v.kubernetes,
+      version: `Kubernetes ${v.kubernetes}, etcd ${v.etcd}`,
+      note: v.line,
+    };
+  } catch (err) {
+    return {
+      available: false,
+      note: `the Kubernetes test control plane could not be built: ${err instanceof Error ? err.message.slice(0, 300) : String(err)}`,
+    };
+  }
+}
+
 async function startEtcd(): Promise<{ url: string; stop(): Promise<void> }> {
   const dir = tempDir("loom-bench-etcd-");
   const [client, peer, http] = [await freePort(), await freePort(), await freePort()];
@@ -985,21 +1105,23 @@ function markdownTable(header: string[], rows: string[][]): string {
   return [line(header), rule, ...rows.map(line)].join("\n");
 }
 
-/** One column per run, then each Loom run ÷ etcd. */
-function table(cols: Column[], etcd: Column): string {
-  const loomCols = cols.filter((c) => c !== etcd);
+/** One column per run, then each Loom run ÷ each peer (etcd, kube-apiserver). */
+function table(cols: Column[], peers: { column: Column; short: string }[]): string {
+  const loomCols = cols.filter((c) => !peers.some((p) => p.column === c));
+  const pairs = peers.flatMap((p) => loomCols.map((c) => ({ loom: c, peer: p })));
   const head = (c: Column) => `${c.name} (${fmt(c.objects)} objects)`;
-  const header = ["metric", ...cols.map(head), ...loomCols.map((c) => `${c.name} ÷ etcd`)];
+  const header = ["metric", ...cols.map(head), ...pairs.map((p) => `${p.loom.name} ÷ ${p.peer.short}`)];
   const rows: string[][] = [];
   for (const r of ROWS) {
     const v = (c: Column) => (c.outcome.figures ? r.value(c.outcome.figures) : undefined);
-    const e = v(etcd);
     const cells = cols.map((c) => fmt(v(c), r.digits));
-    const ratios = loomCols.map((c) => (r.perCount && c.objects !== etcd.objects ? "—" : ratio(v(c), e)));
+    const ratios = pairs.map(({ loom, peer }) =>
+      r.perCount && loom.objects !== peer.column.objects ? "—" : ratio(v(loom), v(peer.column)),
+    );
     rows.push([r.metric, ...cells, ...ratios]);
   }
   const bytes = (c: Column) => (c.outcome.figures ? fmt(c.outcome.figures.objectBytes) : "—");
-  rows.push(["list response bytes per object", ...cols.map(bytes), ...loomCols.map(() => "")]);
+  rows.push(["list response bytes per object", ...cols.map(bytes), ...pairs.map(() => "")]);
   return markdownTable(header, rows);
 }
 
@@ -1028,7 +1150,9 @@ async function main(): Promise<void> {
 
   const etcdInfo = ensureEtcd();
   console.log(`peer: ${etcdInfo.available ? etcdInfo.note : `none — ${etcdInfo.note}`}`);
-  // Started after a first-time etcd build, which is not part of the bench's budget.
+  const kubeInfo = await ensureKube();
+  console.log(`peer: ${kubeInfo.available ? kubeInfo.note : `none — ${kubeInfo.note}`}`);
+  // Started after a first-time build of etcd or Kubernetes, which is not part of the bench's budget.
   const watchdog = setTimeout(() => {
     console.error(`bench:api took longer than ${DEADLINE_MS / 1000} s; stopping`);
     void cleanupAll().finally(() => process.exit(2));
@@ -1076,15 +1200,39 @@ async function main(): Promise<void> {
     });
   }
 
+  let kube: Outcome = { error: kubeInfo.note };
+  if (kubeInfo.available) {
+    kube = await outcome(`kube-apiserver + etcd (${kubeInfo.version}), ${OBJECTS} objects`, async () => {
+      const cluster = await BenchCluster.start(1, (c) => cleanups.push(() => c.stop()));
+      await cluster.installLoomCrds();
+      await cluster.kubectlOk(["create", "namespace", KUBE_NAMESPACE]);
+      const t = await kubeTarget(cluster.kubeconfig);
+      return runInWorker({
+        peer: "kube",
+        objects: OBJECTS,
+        url: t.server,
+        tls: { ca: t.ca, cert: t.cert, key: t.key },
+        settle: false,
+      });
+    });
+  }
+
   const etcdName = etcdInfo.available ? `etcd ${etcdInfo.version?.split(" ")[0]}` : "etcd (not run)";
+  const kubeName = kubeInfo.available
+    ? `kube-apiserver ${kubeInfo.kubernetes} + etcd`
+    : "kube-apiserver + etcd (not run)";
   const cols: Column[] = [
     { name: "Loom embedded", objects: EMBEDDED_OBJECTS, outcome: loom },
     { name: "Loom API only", objects: OBJECTS, outcome: api },
     { name: etcdName, objects: OBJECTS, outcome: etcd },
+    { name: kubeName, objects: OBJECTS, outcome: kube },
   ];
-  const tbl = table(cols, cols[2]!);
+  const tbl = table(cols, [
+    { column: cols[2]!, short: "etcd" },
+    { column: cols[3]!, short: "kube-apiserver" },
+  ]);
   const notes: string[] = [
-    "Ratios are Loom ÷ etcd: above 1× is better for Loom on throughput rows, below 1× on latency rows.",
+    "Ratios are Loom ÷ peer: above 1× is better for Loom on throughput rows, below 1× on latency rows.",
     `Loom embedded is the real \`startEmbedded\` server with its controllers: every TrainingJob asks for 10000 CPUs, ` +
       `so the admission loop marks it Pending (one status write and one event per job) and nothing is spawned. ` +
       `It runs ${fmt(EMBEDDED_OBJECTS)} objects.`,
@@ -1111,6 +1259,12 @@ async function main(): Promise<void> {
           `watch: ${w.matched} of ${w.sent} paced writes seen, ${w.skipped} of ${w.offered} slots skipped ` +
           `(${MAX_OUTSTANDING} outstanding), slowest event ${fmt(w.eventMax, 1)} ms.`,
       );
+      if (w.achievedRate < 0.95 * WATCH_RATE)
+        notes.push(
+          `${c.name} completed ${fmt(w.achievedRate)} of the ${WATCH_RATE} paced writes offered per second: it ` +
+            "could not keep up, so its paced latencies include the wait behind earlier writes (queueing), not " +
+            "only the time of one write.",
+        );
     }
   }
   if (etcdInfo.available) {
@@ -1122,8 +1276,21 @@ async function main(): Promise<void> {
         "are transactions on mod_revision, as kube-apiserver issues them.",
     );
   }
+  if (kubeInfo.available) {
+    notes.push(
+      `kube-apiserver + etcd is a private control plane from test/k8s/up.sh (${kubeInfo.note}; 1 kwok node), ` +
+        `with Loom's CRDs and the namespace ${KUBE_NAMESPACE}; no operator. TrainingJobs are custom resources, driven ` +
+        "over HTTPS with the admin client certificate (Loom and etcd are plain HTTP on loopback), so each request " +
+        "also pays for TLS, x509 authentication, RBAC, API Priority and Fairness, admission, and the CRD's " +
+        "structural schema (validation, defaulting, pruning) before etcd. Its etcd runs with --unsafe-no-fsync " +
+        "(set by the test cluster), like Loom's SQLite without fsync per commit and unlike the etcd column, which " +
+        "fsyncs. The cluster's controller-manager (its garbage collector and quota controllers watch every " +
+        "resource, TrainingJobs included), scheduler and kwok run beside it on the same cores.",
+    );
+  }
   notes.push(
-    "The load generator (a worker thread), Loom (the bench's main thread) and etcd (a child process) share the " +
+    "The load generator (a worker thread), Loom (the bench's main thread), etcd and the control plane (child " +
+      "processes, one peer at a time) share the " +
       `machine's ${m.cpus} cores. Watch latency runs from the moment a paced write is sent to the moment its ` +
       "event (matched by name and revision) is parsed off the watch stream.",
   );
@@ -1139,6 +1306,7 @@ async function main(): Promise<void> {
     "",
     `- Machine: ${m.cpus} CPUs (nproc), ${m.model}, ${m.memGiB} GiB memory, Node ${m.node}, ${platform()}/${arch()}`,
     `- Peer: ${etcdInfo.available ? etcdInfo.note : `not run — ${etcdInfo.note}`}`,
+    `- Peer: ${kubeInfo.available ? `kube-apiserver + etcd: ${kubeInfo.note}` : `kube-apiserver + etcd not run — ${kubeInfo.note}`}`,
     `- Workload: create, get, list, update of TrainingJobs with ${CONCURRENCY} requests in flight; then ` +
       `${WATCH_RATE} updates/s for ${WATCH_SECONDS} s against an open watch. Whole run: ` +
       `${fmt((performance.now() - began) / 1000)} s.`,
