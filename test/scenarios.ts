@@ -52,7 +52,7 @@ ${extra}`;
     expect(done.status?.attempts).toBe(1);
     expect(done.status?.workers?.[0]).toMatchObject({ state: "Succeeded", exitCode: 0 });
     expect(done.status?.conditions?.find((c) => c.type === "Succeeded")?.status).toBe("True");
-  });
+  }, 180_000);
 
   it("a job exiting 3 with maxRestarts 2 runs 3 attempts, then Failed naming code and attempts", async () => {
     const yaml = manifest(
@@ -68,7 +68,7 @@ ${extra}`;
     const cond = failed.status?.conditions?.find((c) => c.type === "Failed");
     expect(cond?.reason).toBe("BackoffLimitExceeded");
     expect(cond?.message).toContain("worker 0 exited with code 3 on attempt 3 of 3");
-  });
+  }, 180_000);
 
   it("delete of a running job stops its workers and removes it", async () => {
     const yaml = manifest(
@@ -87,5 +87,5 @@ ${extra}`;
     expect(del.code, del.stderr).toBe(0);
     expect(await platform().workersGone(running)).toBe(true);
     expect((await platform().loom(["get", "tj", "shared-delete"])).code).toBe(1);
-  });
+  }, 180_000);
 }
