@@ -379,7 +379,9 @@ class QueueScraper {
   start(): void {
     const tick = async () => {
       try {
-        const text = await (await fetch(`${this.url}/metrics`)).text();
+        // A busy operator answers late: a stale sample is dropped rather than held for seconds.
+        const res = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(SCRAPE_MS * 4) });
+        const text = await res.text();
         this.scrapes++;
         const now = new Map<string, number>();
         for (const s of samples(text, "loom_workqueue_depth")) {
