@@ -1002,6 +1002,9 @@ function ratio(a: number | undefined, b: number | undefined): string {
 
 /** A markdown table, padded the way Biome formats markdown. */
 function markdownTable(header: string[], rows: string[][]): string {
+  // A "|" inside a cell would end it.
+  header = header.map((h) => h.replaceAll("|", "/"));
+  rows = rows.map((r) => r.map((t) => t.replaceAll("|", "/")));
   const widths = header.map((h, c) => Math.max(3, h.length, ...rows.map((r) => (r[c] ?? "").length)));
   const cell = (text: string, c: number) => (c === 0 ? text.padEnd(widths[c]!) : text.padStart(widths[c]!));
   const line = (cells: string[]) => `| ${cells.map(cell).join(" | ")} |`;
@@ -1105,13 +1108,13 @@ function mainTable(
       1,
     ],
     [
-      "API requests per job, the controllers (Loom operator | job controller + scheduler)",
+      "API requests per job, the controllers (Loom: operator; Jobs: job controller + scheduler)",
       per(loom, (f) => perJob(f, sumOf(f.window.byClient, CONTROLLER_CLIENTS[f.workload.name]!))),
       per(jobs, (f) => perJob(f, sumOf(f.window.byClient, CONTROLLER_CLIENTS[f.workload.name]!))),
       1,
     ],
     [
-      "controller CPU per job (ms; operator | controller-manager + scheduler)",
+      "controller CPU per job, ms (Loom: operator; Jobs: controller-manager + scheduler)",
       per(loom, (f) => perJob(f, 1000 * sumOf(f.window.cpu, CONTROLLER_CPU[f.workload.name]!))),
       per(jobs, (f) => perJob(f, 1000 * sumOf(f.window.cpu, CONTROLLER_CPU[f.workload.name]!))),
       1,
