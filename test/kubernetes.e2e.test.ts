@@ -168,6 +168,24 @@ ${spec}`;
     });
     const printed = cluster.kubectl(["get", "trainingjobs", "-n", "loom-default", "via-kubectl"]).stdout;
     expect(printed).toMatch(/via-kubectl\s+Succeeded/);
+    // Loom writes by server-side apply: the status and its finalizer are fields Loom manages.
+    const raw = JSON.parse(
+      cluster.kubectl([
+        "get",
+        "trainingjob",
+        "-n",
+        "loom-default",
+        "via-kubectl",
+        "--show-managed-fields",
+        "-o",
+        "json",
+      ]).stdout,
+    ) as { metadata: { managedFields: { manager: string; operation: string; subresource?: string }[] } };
+    const loomFields = raw.metadata.managedFields.filter((f) => f.manager === "loom");
+    expect(loomFields.map((f) => `${f.operation}${f.subresource ? `/${f.subresource}` : ""}`).sort()).toEqual([
+      "Apply",
+      "Apply/status",
+    ]);
   });
 
   it("delete cascades: the job's pods and service go with it", async () => {

@@ -61,9 +61,19 @@ export interface RequestOptions {
  * @kubernetes/client-node supplies only the kubeconfig and its credentials.
  */
 export class KubeClient {
+  /**
+   * Connections are kept alive and reused: a fresh TLS handshake per request tripled the cost of
+   * a GET (9.8 ms vs 3.0 ms measured in bench:k8s). The agent pools by TLS options, so per-request
+   * credentials from the kubeconfig still apply.
+   */
+  private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 32 });
+  private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 32 });
+
   private constructor(
     readonly config: KubeConfig,
     private readonly server: URL,
+    /** A request (not a watch or log stream) that has not answered in this long is aborted. */
+    readonly requestTimeoutMs = 30_000,
   ) {}
 
   static fromKubeconfig(file?: string, context?: string): KubeClient {
@@ -77,8 +87,16 @@ export class KubeClient {
   }
 
   async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
-    const res = await this.send(method, path, opts);
-    const text = await readAll(res);
+    const deadline = AbortSignal.timeout(this.requestTimeoutMs);
+    let res: http.IncomingMessage;
+    let text: string;
+    try {
+      res = await this.send(method, path, opts, deadline);
+      text = await readAll(res);
+    } catch (err) {
+      if (deadline.aborted) throw timeoutError(method, path);
+      throw err;
+    }
     const parsed = text ? safeJson(text) : undefined;
     if ((res.statusCode ?? 0) >= 400)
       throw kubeError(res.statusCode ?? 500, (parsed ?? { message: text }) as KubeStatus);
@@ -110,9 +128,12 @@ export class KubeClient {
       headers["content-type"] = opts.contentType ?? "application/json";
       headers["content-length"] = String(Buffer.byteLength(payload));
     }
+    const secure = url.protocol === "https:";
     const options: https.RequestOptions = { method, headers, signal };
     await this.config.applyToHTTPSOptions(options);
-    const lib = url.protocol === "https:" ? https : http;
+    // applyToHTTPSOptions builds a fresh agent per call (no reuse); keep its proxy agents only.
+    if (!this.config.getCurrentCluster()?.proxyUrl) options.agent = secure ? this.httpsAgent : this.httpAgent;
+    const lib = secure ? https : http;
     return new Promise((resolve, reject) => {
       const req = lib.request(url, options, resolve);
       req.on("error", reject);
@@ -120,6 +141,14 @@ export class KubeClient {
       req.end();
     });
   }
+}
+
+function timeoutError(method: string, path: string): LoomError {
+  return new LoomError(
+    "KubernetesTimeout",
+    504,
+    `the Kubernetes API did not answer ${method} ${path.split("?")[0]} in time; check that the API server is reachable and not overloaded`,
+  );
 }
 
 function readAll(res: Readable): Promise<string> {

@@ -124,8 +124,10 @@ export class KubeResourceStore implements ResourceStore {
   }
 
   /**
-   * PUT of the object or its status subresource. Custom resources need a resourceVersion on
-   * update; a caller that sent none asked for "last write wins", so read, write, retry conflicts.
+   * Server-side apply (field manager "loom") of the object or its status subresource, with the
+   * resourceVersion as a precondition so that a stale writer gets 409 Conflict instead of
+   * overwriting. A caller that sent no resourceVersion asked for "last write wins": read the
+   * current one, write, retry conflicts. `managedFields` then tell an admin which fields Loom owns.
    */
   private async replace(obj: Resource, subresource: "" | "/status"): Promise<Resource> {
     const { kind, project, name } = parts(obj);
@@ -134,11 +136,13 @@ export class KubeResourceStore implements ResourceStore {
         obj.metadata.resourceVersion || (await this.get(kind, project, name)).metadata.resourceVersion;
       const body = toKube({ ...obj, metadata: { ...obj.metadata, resourceVersion: rv } });
       if (subresource === "") delete body.status;
+      else delete body.spec;
       try {
         return toLoom(
-          await this.client.request<KubeObject>("PUT", `${itemPath(kind, project, name)}${subresource}`, {
+          await this.client.request<KubeObject>("PATCH", `${itemPath(kind, project, name)}${subresource}`, {
             body,
-            query: { fieldManager: "loom" },
+            contentType: "application/apply-patch+yaml",
+            query: { fieldManager: "loom", force: true },
           }),
         );
       } catch (err) {
