@@ -908,41 +908,6 @@ async function operatorIdentity(cluster: BenchCluster): Promise<{ kubeconfig: st
     `--clusterrole=${role.metadata?.name}`,
     `--user=${OPERATOR_USER}`,
   ]);
-  // The operator grants project members pods/log get/list/watch in their namespace's Roles; RBAC
-  // refuses to let it grant more than it holds. deploy/operator.yaml gives only "get" (reported).
-  const canList = (
-    await cluster.kubectl([
-      "auth",
-      "can-i",
-      "list",
-      "pods",
-      "--subresource=log",
-      `--as=${OPERATOR_USER}`,
-      "-A",
-    ])
-  ).stdout.trim();
-  if (canList !== "yes") {
-    await cluster.kubectlOk([
-      "create",
-      "clusterrole",
-      "loom-bench-operator-extra",
-      "--verb=list,watch",
-      "--resource=pods/log",
-    ]);
-    await cluster.kubectlOk([
-      "create",
-      "clusterrolebinding",
-      "loom-bench-operator-extra",
-      "--clusterrole=loom-bench-operator-extra",
-      `--user=${OPERATOR_USER}`,
-    ]);
-    notes.push(
-      "deploy/operator.yaml's ClusterRole grants pods/log only `get`, but the operator's project Roles grant " +
-        '`get, list, watch` on pods/log, so RBAC refuses them (403 "attempting to grant RBAC permissions not ' +
-        'currently held") and the project controller retries forever. The bench binds an extra ClusterRole ' +
-        "(pods/log list, watch) to run the operator otherwise as deployed.",
-    );
-  }
   const kubeconfig = await cluster.userKubeconfig(OPERATOR_USER);
   return { kubeconfig, notes };
 }
@@ -1423,7 +1388,7 @@ async function main(): Promise<void> {
     `CPU: utime + stime from /proc of each component (and the operator's process), before and after the window. Everything shares the machine's ${m.cpus} cores.`,
     `The operator runs as its own process (\`loom operator\`, pino at warn) with the ClusterRole from deploy/operator.yaml, bound to a client-certificate user, and is stopped after its run; the Jobs baseline runs afterwards in a fresh namespace (${JOBS_NS}, Pod Security restricted enforced, like ${LOOM_NS}) on the same cluster, with Loom's finished TrainingJobs, pods and Services still stored.`,
     `Each pod carries loom.dev/kwok-complete-after: ${COMPLETE_AFTER}, so kwok ends it ${COMPLETE_AFTER} after it runs: ${COMPLETE_AFTER} of every create → Succeeded time is the simulated job itself.`,
-    `Loom's API client (src/kube/client.ts) measured alone before the runs: ${probe.loomMs.toFixed(2)} ms per sequential GET, against ${probe.keepAliveMs.toFixed(2)} ms with a keep-alive agent (${(probe.loomMs / probe.keepAliveMs).toFixed(1)}×): it calls KubeConfig.applyToHTTPSOptions per request, which builds a new https.Agent without keep-alive, so every request of the operator opens a new TCP connection and TLS handshake.`,
+    `Loom's API client (src/kube/client.ts) measured alone before the runs: ${probe.loomMs.toFixed(2)} ms per sequential GET, against ${probe.keepAliveMs.toFixed(2)} ms with a plain keep-alive agent (${(probe.loomMs / probe.keepAliveMs).toFixed(2)}×).`,
   );
   for (const r of runs) {
     const parts = [

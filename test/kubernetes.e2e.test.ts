@@ -182,10 +182,9 @@ ${spec}`;
       ]).stdout,
     ) as { metadata: { managedFields: { manager: string; operation: string; subresource?: string }[] } };
     const loomFields = raw.metadata.managedFields.filter((f) => f.manager === "loom");
-    expect(loomFields.map((f) => `${f.operation}${f.subresource ? `/${f.subresource}` : ""}`).sort()).toEqual([
-      "Apply",
-      "Apply/status",
-    ]);
+    expect(loomFields.map((f) => `${f.operation}${f.subresource ? `/${f.subresource}` : ""}`).sort()).toEqual(
+      ["Apply", "Apply/status"],
+    );
   });
 
   it("delete cascades: the job's pods and service go with it", async () => {

@@ -2,11 +2,15 @@ import type { Logger } from "pino";
 import { getCondition, setCondition } from "../api/meta.js";
 import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
+import { forEachConcurrently } from "../concurrency.js";
 import type { Runtime } from "../runtime/port.js";
 import type { Allocation, Scheduler, WorkloadDemand } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
 import { refOf } from "./trainingjob.js";
+
+/** Status writes one admission cycle keeps in flight at once. */
+const WRITE_CONCURRENCY = 16;
 
 /** The admission loop has one key: every change to any workload triggers one scheduling cycle. */
 export const ADMISSION_KEY = "cycle";
@@ -102,7 +106,9 @@ export class AdmissionReconciler implements Reconciler {
     if (pending.length === 0) return {};
     const decisions = this.deps.scheduler.schedule({ nodes, allocations, pending });
     const now = this.deps.now();
-    for (const { id, allocation } of decisions.admit) {
+    // The writes of one cycle are independent (each job its own object): send them side by side.
+    // One at a time, admitting 1,000 jobs on Kubernetes took 222 s of round trips in bench:k8s.
+    await forEachConcurrently(decisions.admit, WRITE_CONCURRENCY, async ({ id, allocation }) => {
       const job = byId.get(id)!;
       this.parked.delete(id);
       const message = `admitted to ${allocation.node}${allocation.gpus.length ? ` with GPU(s) ${allocation.gpus.join(",")}` : ""}`;
@@ -120,13 +126,12 @@ export class AdmissionReconciler implements Reconciler {
         },
       });
       await this.deps.events.record(refOf(job), "Normal", "Admitted", message);
-    }
-    for (const p of decisions.pending) {
+    });
+    await forEachConcurrently(decisions.pending, WRITE_CONCURRENCY, async (p) => {
       const job = byId.get(p.id)!;
       this.parked.set(p.id, job.metadata.generation);
       const prev = getCondition(job.status?.conditions, "Admitted");
-      if (job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === p.message)
-        continue;
+      if (job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === p.message) return;
       await this.writeStatus({
         ...job,
         status: {
@@ -140,7 +145,7 @@ export class AdmissionReconciler implements Reconciler {
         },
       });
       await this.deps.events.record(refOf(job), "Warning", p.reason, p.message);
-    }
+    });
     return {};
   }
 }

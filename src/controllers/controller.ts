@@ -36,6 +36,11 @@ export class Controller {
     this.metrics.queueDepth.set({ controller: this.reconciler.name }, this.queue.length);
   }
 
+  /** Enqueues at low priority: a periodic resync must not delay keys that really changed. */
+  enqueueBackground(key: string): void {
+    this.queue.addBackground(key);
+  }
+
   /**
    * Enqueues after a short window so that a burst of changes (a thousand submissions) costs one
    * pass, not a thousand: for loops whose one key stands for the whole world (admission).

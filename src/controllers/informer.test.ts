@@ -7,7 +7,7 @@ import { ExpiredError } from "../errors.js";
 import type { ResourceStore, StopWatch, WatchEvent, WatchOptions } from "../store/port.js";
 import { openSqlite } from "../store/sqlite/db.js";
 import { SqliteResourceStore } from "../store/sqlite/resources.js";
-import { Informer } from "./informer.js";
+import { Informer, storeSource } from "./informer.js";
 import { createControllerMetrics } from "./metrics.js";
 
 const log = pino({ level: "silent" });
@@ -67,8 +67,7 @@ describe("Informer", () => {
     const flaky = new FlakyStore(store);
     const seen: string[] = [];
     const informer = new Informer(
-      flaky as unknown as ResourceStore,
-      "Project",
+      storeSource(flaky as unknown as ResourceStore, "Project"),
       { onChange: (key, _o, type) => seen.push(`${type}:${key}`) },
       log,
       createControllerMetrics(new Registry()),

@@ -1,11 +1,39 @@
 import type { Logger } from "pino";
 import { displayKey, type Resource } from "../api/meta.js";
-import type { ResourceStore, StopWatch, WatchEvent } from "../store/port.js";
+import type { ResourceStore, StopWatch } from "../store/port.js";
 import type { ControllerMetrics } from "./metrics.js";
 
-export interface InformerHandlers {
+export type InformerEventType = "ADDED" | "MODIFIED" | "DELETED";
+
+export interface InformerHandlers<T> {
   /** Called for every add, update, delete and periodic resync, with the object's key. */
-  onChange(key: string, obj: Resource | undefined, type: WatchEvent["type"] | "RESYNC"): void;
+  onChange(key: string, obj: T | undefined, type: InformerEventType | "RESYNC"): void;
+}
+
+/**
+ * What an informer lists and watches: Loom kinds in a ResourceStore, or raw Kubernetes
+ * collections (the Kubernetes runtime's pods and nodes).
+ */
+export interface ListWatchSource<T> {
+  /** For logs and the last-event metric's `kind` label. */
+  readonly kind: string;
+  keyOf(obj: T): string;
+  list(): Promise<{ items: T[]; resourceVersion: string }>;
+  watch(
+    resourceVersion: string,
+    onEvent: (e: { type: InformerEventType; object: T }) => void,
+    onEnd: (err: Error) => void,
+  ): Promise<StopWatch>;
+}
+
+/** A Loom kind in a ResourceStore as an informer source, keyed "project/name". */
+export function storeSource(store: ResourceStore, kind: string): ListWatchSource<Resource> {
+  return {
+    kind,
+    keyOf: (o) => displayKey(o.metadata),
+    list: () => store.list(kind),
+    watch: (resourceVersion, onEvent, onEnd) => store.watch(kind, { resourceVersion }, onEvent, onEnd),
+  };
 }
 
 export interface InformerOptions {
@@ -25,8 +53,8 @@ export interface InformerOptions {
  * the watch breaks or its revision expired; hand every key to the handler again every resync
  * period so a missed event is never fatal.
  */
-export class Informer {
-  private readonly cache = new Map<string, Resource>();
+export class Informer<T = Resource> {
+  private readonly cache = new Map<string, T>();
   private stopWatch: StopWatch | undefined;
   private resyncTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -36,15 +64,21 @@ export class Informer {
   private backoffMs: number;
   private readonly syncWaiters: (() => void)[] = [];
 
+  readonly kind: string;
+
   constructor(
-    private readonly store: ResourceStore,
-    readonly kind: string,
-    private readonly handlers: InformerHandlers,
+    private readonly source: ListWatchSource<T>,
+    private readonly handlers: InformerHandlers<T>,
     private readonly log: Logger,
-    private readonly metrics: ControllerMetrics,
+    private readonly metrics: Pick<ControllerMetrics, "lastEventTimestamp">,
     private readonly opts: InformerOptions = {},
   ) {
+    this.kind = source.kind;
     this.backoffMs = opts.minBackoffMs ?? 100;
+  }
+
+  get hasSynced(): boolean {
+    return this.synced;
   }
 
   start(): void {
@@ -79,21 +113,21 @@ export class Informer {
     return new Promise((resolve) => this.syncWaiters.push(resolve));
   }
 
-  get(key: string): Resource | undefined {
+  get(key: string): T | undefined {
     return this.cache.get(key);
   }
 
-  list(): Resource[] {
+  list(): T[] {
     return [...this.cache.values()];
   }
 
   private async listAndWatch(): Promise<void> {
     if (this.stopped) return;
     try {
-      const listed = await this.store.list(this.kind);
+      const listed = await this.source.list();
       const seen = new Set<string>();
       for (const obj of listed.items) {
-        const key = displayKey(obj.metadata);
+        const key = this.source.keyOf(obj);
         seen.add(key);
         this.cache.set(key, obj);
         this.handlers.onChange(key, obj, "ADDED");
@@ -104,9 +138,8 @@ export class Informer {
         this.handlers.onChange(key, obj, "DELETED");
       }
       this.markEvent();
-      this.stopWatch = await this.store.watch(
-        this.kind,
-        { resourceVersion: listed.resourceVersion },
+      this.stopWatch = await this.source.watch(
+        listed.resourceVersion,
         (e) => this.apply(e),
         (err) => {
           this.log.warn({ err: err.message, kind: this.kind }, "watch ended; relisting");
@@ -132,8 +165,8 @@ export class Informer {
     this.backoffMs = Math.min(this.backoffMs * 2, this.opts.maxBackoffMs ?? 30_000);
   }
 
-  private apply(e: WatchEvent): void {
-    const key = displayKey(e.object.metadata);
+  private apply(e: { type: InformerEventType; object: T }): void {
+    const key = this.source.keyOf(e.object);
     if (e.type === "DELETED") this.cache.delete(key);
     else this.cache.set(key, e.object);
     this.markEvent();

@@ -7,7 +7,7 @@ import type { Scheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission.js";
 import { Controller } from "./controller.js";
-import { Informer } from "./informer.js";
+import { Informer, storeSource } from "./informer.js";
 import { createControllerMetrics } from "./metrics.js";
 import { ProjectReconciler } from "./project.js";
 import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob.js";
@@ -62,10 +62,14 @@ export class ControllerManager {
     this.controllers.push(admission, jobs, projects);
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
-      deps.store,
-      TRAININGJOB,
+      storeSource(deps.store, TRAININGJOB),
       {
-        onChange: (key) => {
+        onChange: (key, _obj, type) => {
+          if (type === "RESYNC") {
+            jobs.enqueueBackground(key);
+            admission.enqueueBatched(ADMISSION_KEY); // nodes may have come or gone meanwhile
+            return;
+          }
           jobs.enqueue(key);
           admission.enqueueBatched(ADMISSION_KEY);
         },
@@ -77,9 +81,11 @@ export class ControllerManager {
     this.informers.push(this.tjInformer);
     this.informers.push(
       new Informer(
-        deps.store,
-        "Project",
-        { onChange: (key) => projects.enqueue(key) },
+        storeSource(deps.store, "Project"),
+        {
+          onChange: (key, _obj, type) =>
+            type === "RESYNC" ? projects.enqueueBackground(key) : projects.enqueue(key),
+        },
         log("informer"),
         metrics,
         informerOpts,

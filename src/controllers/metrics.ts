@@ -29,11 +29,21 @@ export function createControllerMetrics(registry: Registry): ControllerMetrics {
       labelNames: ["controller"],
       registers: [registry],
     }),
-    lastEventTimestamp: new Gauge({
-      name: "loom_informer_last_event_timestamp_seconds",
+    lastEventTimestamp: lastEventGauge(registry),
+  };
+}
+
+const LAST_EVENT = "loom_informer_last_event_timestamp_seconds";
+
+/** One gauge per registry, shared by the controllers' informers and the runtime's pod and node caches. */
+export function lastEventGauge(registry: Registry): Gauge<"kind"> {
+  return (
+    (registry.getSingleMetric(LAST_EVENT) as Gauge<"kind"> | undefined) ??
+    new Gauge({
+      name: LAST_EVENT,
       help: "Unix time of the last list or watch event an informer saw; now minus this is the last-event age.",
       labelNames: ["kind"],
       registers: [registry],
-    }),
-  };
+    })
+  );
 }

@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { setCondition } from "../api/meta.js";
 import {
@@ -35,8 +36,46 @@ export interface TrainingJobDeps {
  */
 export class TrainingJobReconciler implements Reconciler {
   readonly name = "trainingjob";
+  /**
+   * What this loop last wrote per key, until the informer's cache shows it: reads come from the
+   * cache (no request per reconcile), and this keeps a reconcile that runs before its own write
+   * came back through the watch from acting on the older copy.
+   */
+  private readonly written = new Map<string, TrainingJob>();
 
   constructor(private readonly deps: TrainingJobDeps) {}
+
+  /** The job as of this loop's latest knowledge: the cache, or our own newer write. */
+  private async read(key: string, project: string, name: string): Promise<TrainingJob | undefined> {
+    if (!this.deps.cached) {
+      try {
+        return (await this.deps.store.get(TRAININGJOB, project, name)) as TrainingJob;
+      } catch (err) {
+        if (err instanceof NotFoundError) return undefined;
+        throw err;
+      }
+    }
+    const cached = this.deps.cached(key);
+    const mine = this.written.get(key);
+    if (!cached) {
+      this.written.delete(key);
+      return undefined;
+    }
+    if (!mine) return cached;
+    if (
+      mine.metadata.uid !== cached.metadata.uid ||
+      Number(mine.metadata.resourceVersion) <= Number(cached.metadata.resourceVersion)
+    ) {
+      this.written.delete(key);
+      return cached;
+    }
+    return mine;
+  }
+
+  private remember(job: TrainingJob): TrainingJob {
+    if (this.deps.cached) this.written.set(`${job.metadata.project}/${job.metadata.name}`, job);
+    return job;
+  }
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const [project, name] = splitKey(key);
@@ -52,23 +91,21 @@ export class TrainingJobReconciler implements Reconciler {
     ) {
       return {};
     }
-    let job: TrainingJob;
-    try {
-      job = (await this.deps.store.get(TRAININGJOB, project, name)) as TrainingJob;
-    } catch (err) {
-      if (err instanceof NotFoundError) return {};
-      throw err;
-    }
+    const current = await this.read(key, project, name);
+    if (!current) return {};
+    let job = current;
     const ref = refOf(job);
     if (job.metadata.deletionTimestamp) return this.finalize(job, ref);
     if (isFinished(job)) return this.settleFinished(job, ref);
     if (!job.status?.admission) return {}; // the admission loop decides when it may start
 
     if (!job.metadata.finalizers?.includes(RUNTIME_FINALIZER)) {
-      job = (await this.deps.store.update({
-        ...job,
-        metadata: { ...job.metadata, finalizers: [...(job.metadata.finalizers ?? []), RUNTIME_FINALIZER] },
-      })) as TrainingJob;
+      job = this.remember(
+        (await this.deps.store.update({
+          ...job,
+          metadata: { ...job.metadata, finalizers: [...(job.metadata.finalizers ?? []), RUNTIME_FINALIZER] },
+        })) as TrainingJob,
+      );
     }
 
     const obs = await this.deps.runtime.observe(ref);
@@ -296,6 +333,7 @@ export class TrainingJobReconciler implements Reconciler {
     const stopped = await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds);
     if (!stopped) return { requeueAfterMs: 250 };
     await this.deps.runtime.release(ref);
+    this.written.delete(`${job.metadata.project}/${job.metadata.name}`);
     await this.deps.store.update({
       ...job,
       metadata: {
@@ -307,8 +345,10 @@ export class TrainingJobReconciler implements Reconciler {
     return {};
   }
 
+  /** Writes the status if it changed: most pod events change nothing a user would see. */
   private async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<void> {
-    await this.deps.store.updateStatus({ ...job, status });
+    if (isDeepStrictEqual(job.status ?? {}, status)) return;
+    this.remember((await this.deps.store.updateStatus({ ...job, status })) as TrainingJob);
   }
 
   private async event(

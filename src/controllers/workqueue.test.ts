@@ -23,6 +23,24 @@ describe("WorkQueue", () => {
     expect(await peek(q.get())).toBe("pending");
   });
 
+  it("serves background (resync) keys only after every main-lane key, and promotes a re-added one", async () => {
+    const q = new WorkQueue();
+    for (const k of ["r1", "r2", "r3"]) q.addBackground(k);
+    q.add("changed");
+    q.add("r3"); // a real change to a key waiting for its resync: served with the real changes
+    q.addBackground("changed"); // already queued for real: not queued twice
+    expect(q.length).toBe(2);
+    expect(q.backgroundLength).toBe(2);
+    const order: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const k = (await q.get())!;
+      order.push(k);
+      q.done(k);
+    }
+    expect(order).toEqual(["changed", "r3", "r1", "r2"]);
+    expect(await peek(q.get())).toBe("pending");
+  });
+
   it("wakes a waiting get() when a key is added", async () => {
     const q = new WorkQueue();
     const waiting = q.get();

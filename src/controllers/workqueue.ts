@@ -11,6 +11,13 @@ export interface WorkQueueOptions {
 export class WorkQueue {
   private readonly queue: string[] = [];
   private readonly queued = new Set<string>();
+  /**
+   * The background lane: periodic resyncs. Served only when the main lane is empty, so that a
+   * resync of a thousand unchanged keys never delays a key that really changed. A key in this
+   * lane that is added for real moves to the main lane (the stale entry is skipped later).
+   */
+  private readonly background: string[] = [];
+  private readonly backgroundQueued = new Set<string>();
   private readonly processing = new Set<string>();
   /** Keys re-added while being processed: they go back in the queue when done. */
   private readonly dirty = new Set<string>();
@@ -28,6 +35,7 @@ export class WorkQueue {
 
   add(key: string): void {
     if (this.shuttingDown) return;
+    this.backgroundQueued.delete(key);
     if (this.processing.has(key)) {
       this.dirty.add(key);
       return;
@@ -40,6 +48,20 @@ export class WorkQueue {
       this.processing.add(key);
       waiter(key);
     } else this.queue.push(key);
+  }
+
+  /** Adds the key at low priority (a periodic resync): after everything in the main lane. */
+  addBackground(key: string): void {
+    if (this.shuttingDown) return;
+    if (this.processing.has(key) || this.queued.has(key) || this.backgroundQueued.has(key)) return;
+    const waiter = this.waiters.shift();
+    if (waiter) {
+      this.processing.add(key);
+      waiter(key);
+      return;
+    }
+    this.backgroundQueued.add(key);
+    this.background.push(key);
   }
 
   /** Adds the key after a delay; an earlier pending delay for the same key wins. */
@@ -83,6 +105,12 @@ export class WorkQueue {
       this.processing.add(key);
       return Promise.resolve(key);
     }
+    while (this.background.length > 0) {
+      const next = this.background.shift()!;
+      if (!this.backgroundQueued.delete(next)) continue; // moved to the main lane meanwhile
+      this.processing.add(next);
+      return Promise.resolve(next);
+    }
     if (this.shuttingDown) return Promise.resolve(undefined);
     return new Promise((resolve) => this.waiters.push(resolve));
   }
@@ -92,8 +120,14 @@ export class WorkQueue {
     if (this.dirty.delete(key)) this.add(key);
   }
 
+  /** Keys waiting in the main lane (real changes). */
   get length(): number {
     return this.queue.length;
+  }
+
+  /** Keys waiting in the background lane (resyncs). */
+  get backgroundLength(): number {
+    return this.backgroundQueued.size;
   }
 
   shutdown(): void {

@@ -4,6 +4,7 @@ import { collectDefaultMetrics, Registry } from "prom-client";
 import { validateManifest } from "../api/kinds.js";
 import { DEFAULT_PROJECT } from "../api/project.js";
 import { ControllerManager } from "../controllers/manager.js";
+import { lastEventGauge } from "../controllers/metrics.js";
 import { NotFoundError } from "../errors.js";
 import { KubeClient } from "../kube/client.js";
 import { KubeEventRecorder } from "../kube/events.js";
@@ -35,14 +36,15 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const log = opts.log;
   const client = KubeClient.fromKubeconfig(opts.kubeconfig, opts.context);
   const store = new KubeResourceStore(client, log.child({ component: "store/kube" }));
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics, prefix: "loom_process_" });
   const runtime = new KubernetesRuntime({
     client,
     log: log.child({ component: "runtime/kubernetes" }),
     defaultImage: opts.defaultImage,
+    metrics: { lastEventTimestamp: lastEventGauge(metrics) },
   });
   const events = new KubeEventRecorder(client);
-  const metrics = new Registry();
-  collectDefaultMetrics({ register: metrics, prefix: "loom_process_" });
   await ensureDefaultProject(store);
   await runtime.watchPods();
   const manager = new ControllerManager({

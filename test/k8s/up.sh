@@ -167,7 +167,17 @@ status:
     k create -f - <<<"$yaml" >/dev/null
     log "created $(grep -c '^kind: Node' <<<"$yaml") fake node(s)"
   fi
-  ((n == 0)) || wait_until "$n fake nodes Ready" 120 k wait --for=condition=Ready node -l type=kwok --timeout=5s
+  # One LIST per poll: `kubectl wait` over 100 nodes with a per-node timeout outran the limit.
+  ((n == 0)) || wait_until "$n fake nodes Ready" 120 nodes_ready "$n"
+}
+
+# nodes_ready N: succeeds when at least N kwok nodes report Ready=True.
+nodes_ready() {
+  local ready
+  ready=$(k get nodes -l type=kwok \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
+    grep -c '^True$')
+  ((ready >= $1))
 }
 
 if healthy; then

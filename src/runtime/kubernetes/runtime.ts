@@ -1,9 +1,11 @@
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
+import { Informer } from "../../controllers/informer.js";
+import type { ControllerMetrics } from "../../controllers/metrics.js";
 import { NotFoundError } from "../../errors.js";
 import type { KubeClient } from "../../kube/client.js";
-import { watchCollection } from "../../kube/watch.js";
+import { kubeCollectionSource, objectKey } from "../../kube/source.js";
 import type { NodeCapacity } from "../../scheduler/port.js";
 import { namespaceOf } from "../../store/kube/resources.js";
 import type {
@@ -33,6 +35,7 @@ const L = {
 export const GPU_RESOURCE = "nvidia.com/gpu";
 
 interface Pod {
+  kind?: string;
   metadata: {
     name: string;
     namespace: string;
@@ -55,7 +58,7 @@ interface Pod {
 }
 
 interface KubeNode {
-  metadata: { name: string; labels?: Record<string, string> };
+  metadata: { name: string; resourceVersion?: string; labels?: Record<string, string> };
   spec?: { unschedulable?: boolean; taints?: { effect: string }[] };
   status?: { allocatable?: Record<string, string>; conditions?: { type: string; status: string }[] };
 }
@@ -65,7 +68,12 @@ export interface KubernetesRuntimeOptions {
   log: Logger;
   /** Image for workloads that name none. */
   defaultImage?: string;
+  /** The informers' last-event gauge (kind "Pod" and "Node"). */
+  metrics?: Pick<ControllerMetrics, "lastEventTimestamp">;
 }
+
+/** How long a deleted pod's revision is remembered, so that a late write echo cannot revive it. */
+const TOMBSTONE_MS = 5 * 60_000;
 
 /**
  * The Runtime port on Kubernetes: each worker of an attempt is a Pod owned by its TrainingJob
@@ -75,54 +83,101 @@ export interface KubernetesRuntimeOptions {
  */
 export class KubernetesRuntime implements Runtime {
   private readonly listeners: ((ref: WorkloadRef) => void)[] = [];
-  private stopWatch: (() => void) | undefined;
   private readonly client: KubeClient;
   private readonly log: Logger;
+  /**
+   * Loom's pods and the cluster's nodes, list-watched into memory once `watch()` has run: the
+   * controllers' many reads (observe, stop, admission's capacity) then cost no request. Before
+   * that (the in-process API of `loom --kubeconfig` only streams logs) reads go to the server.
+   */
+  private readonly podInformer: Informer<Pod>;
+  private readonly nodeInformer: Informer<KubeNode>;
+  /** Pod keys by the workload uid label, maintained from the pod informer's events. */
+  private readonly podsByWorkload = new Map<string, Set<string>>();
+  /**
+   * Pods this runtime created or deleted, as the API server answered, until the watch catches up:
+   * without them a reconcile that runs before its own writes come back would start an attempt twice.
+   */
+  private readonly ownWrites = new Map<string, Pod>();
+  private readonly tombstones = new Map<string, { rv: number; at: number }>();
+  private watching = false;
 
   constructor(private readonly opts: KubernetesRuntimeOptions) {
     this.client = opts.client;
     this.log = opts.log;
+    const metrics = opts.metrics ?? noMetrics;
+    this.podInformer = new Informer<Pod>(
+      kubeCollectionSource(this.client, this.log, "Pod", "/api/v1/pods", `${L.managedBy}=loom`),
+      { onChange: (key, pod, type) => this.onPodEvent(key, pod, type) },
+      this.log,
+      metrics,
+      { resyncMs: 24 * 3600_000 },
+    );
+    this.nodeInformer = new Informer<KubeNode>(
+      kubeCollectionSource(this.client, this.log, "Node", "/api/v1/nodes"),
+      { onChange: () => {} },
+      this.log,
+      metrics,
+      { resyncMs: 24 * 3600_000 },
+    );
   }
 
-  /** Starts watching Loom's pods so that controllers hear about worker changes. */
+  /** Starts the pod and node caches; controllers hear about every worker change from then on. */
   async watchPods(): Promise<void> {
-    const list = await this.client.request<{ metadata: { resourceVersion: string } }>("GET", "/api/v1/pods", {
-      query: { labelSelector: `${L.managedBy}=loom`, limit: 1 },
-    });
-    const begin = (rv: string) => {
-      this.stopWatch = watchCollection<Pod>(
-        this.client,
-        this.log,
-        "/api/v1/pods",
-        { resourceVersion: rv, labelSelector: `${L.managedBy}=loom` },
-        (e) => {
-          const ref = refFromLabels(e.object.metadata.labels);
-          if (ref) for (const l of this.listeners) l(ref);
-        },
-        () => {
-          // History expired: the informers' periodic resync covers what was missed; watch from now.
-          void this.client
-            .request<{ metadata: { resourceVersion: string } }>("GET", "/api/v1/pods", {
-              query: { labelSelector: `${L.managedBy}=loom`, limit: 1 },
-            })
-            .then(
-              (l) => begin(l.metadata.resourceVersion),
-              (err) => this.log.error({ err }, "cannot restart the pod watch"),
-            );
-        },
-      );
-    };
-    begin(list.metadata.resourceVersion);
+    this.podInformer.start();
+    this.nodeInformer.start();
+    await Promise.all([this.podInformer.waitForSync(), this.nodeInformer.waitForSync()]);
+    this.watching = true;
+  }
+
+  private onPodEvent(key: string, pod: Pod | undefined, type: string): void {
+    if (!pod) return;
+    const uid = pod.metadata.labels?.[L.uid];
+    if (uid) {
+      let keys = this.podsByWorkload.get(uid);
+      if (type === "DELETED") {
+        keys?.delete(key);
+        if (keys?.size === 0) this.podsByWorkload.delete(uid);
+      } else {
+        if (!keys) {
+          keys = new Set();
+          this.podsByWorkload.set(uid, keys);
+        }
+        keys.add(key);
+      }
+    }
+    if (type === "DELETED") {
+      this.ownWrites.delete(key);
+      this.tombstones.set(key, { rv: Number(pod.metadata.resourceVersion ?? 0), at: Date.now() });
+    }
+    if (type === "RESYNC") return;
+    const ref = refFromLabels(pod.metadata.labels);
+    if (ref) for (const l of this.listeners) l(ref);
+  }
+
+  /** Remembers what the API server answered to this runtime's own pod write. */
+  private wrote(pod: Pod | undefined): void {
+    if (!this.watching || pod?.kind !== "Pod") return;
+    const key = objectKey(pod);
+    const rv = Number(pod.metadata.resourceVersion ?? 0);
+    const cached = this.podInformer.get(key);
+    if (cached && Number(cached.metadata.resourceVersion ?? 0) >= rv) return;
+    const tomb = this.tombstones.get(key);
+    if (tomb && tomb.rv >= rv) return;
+    this.ownWrites.set(key, pod);
   }
 
   async nodes(): Promise<NodeCapacity[]> {
-    const list = await this.client.request<{ items: KubeNode[] }>("GET", "/api/v1/nodes");
-    return list.items
+    const items = this.watching
+      ? this.nodeInformer.list()
+      : (await this.client.request<{ items: KubeNode[] }>("GET", "/api/v1/nodes")).items;
+    return items
       .filter(
         (n) =>
           !n.spec?.unschedulable &&
           n.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
       )
+      .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))
       .map((n) => {
         const a = n.status?.allocatable ?? {};
         const gpus = Number(a[GPU_RESOURCE] ?? 0);
@@ -209,10 +264,12 @@ export class KubernetesRuntime implements Runtime {
         },
       };
       try {
-        await this.client.request("POST", `/api/v1/namespaces/${ns}/pods`, {
-          body: pod,
-          query: { fieldManager: "loom" },
-        });
+        this.wrote(
+          await this.client.request<Pod>("POST", `/api/v1/namespaces/${ns}/pods`, {
+            body: pod,
+            query: { fieldManager: "loom" },
+          }),
+        );
       } catch (err) {
         if ((err as { code?: string }).code !== "AlreadyExists") throw err;
       }
@@ -245,11 +302,15 @@ export class KubernetesRuntime implements Runtime {
   }
 
   async list(): Promise<WorkloadRef[]> {
-    const pods = await this.client.request<{ items: Pod[] }>("GET", "/api/v1/pods", {
-      query: { labelSelector: `${L.managedBy}=loom` },
-    });
+    const pods = this.watching
+      ? this.podInformer.list()
+      : (
+          await this.client.request<{ items: Pod[] }>("GET", "/api/v1/pods", {
+            query: { labelSelector: `${L.managedBy}=loom` },
+          })
+        ).items;
     const refs = new Map<string, WorkloadRef>();
-    for (const p of pods.items) {
+    for (const p of pods) {
       const ref = refFromLabels(p.metadata.labels);
       if (ref) refs.set(ref.uid, ref);
     }
@@ -282,7 +343,8 @@ export class KubernetesRuntime implements Runtime {
   }
 
   async close(): Promise<void> {
-    this.stopWatch?.();
+    this.podInformer.stop();
+    this.nodeInformer.stop();
   }
 
   /** Server-side apply with field manager "loom": create or converge, idempotent. */
@@ -313,26 +375,60 @@ export class KubernetesRuntime implements Runtime {
   }
 
   private async pods(ref: WorkloadRef): Promise<Pod[]> {
-    const list = await this.client.request<{ items: Pod[] }>(
-      "GET",
-      `/api/v1/namespaces/${namespaceOf(ref.project)}/pods`,
-      {
-        query: { labelSelector: `${L.uid}=${ref.uid}` },
-      },
-    );
-    return list.items;
+    if (!this.watching) {
+      const list = await this.client.request<{ items: Pod[] }>(
+        "GET",
+        `/api/v1/namespaces/${namespaceOf(ref.project)}/pods`,
+        { query: { labelSelector: `${L.uid}=${ref.uid}` } },
+      );
+      return list.items;
+    }
+    const byKey = new Map<string, Pod>();
+    for (const key of this.podsByWorkload.get(ref.uid) ?? []) {
+      const pod = this.podInformer.get(key);
+      if (pod) byKey.set(key, pod);
+    }
+    const now = Date.now();
+    for (const [key, tomb] of this.tombstones) if (now - tomb.at > TOMBSTONE_MS) this.tombstones.delete(key);
+    for (const [key, mine] of this.ownWrites) {
+      if (mine.metadata.labels?.[L.uid] !== ref.uid) continue;
+      const cached = byKey.get(key) ?? this.podInformer.get(key);
+      const tomb = this.tombstones.get(key);
+      const rv = Number(mine.metadata.resourceVersion ?? 0);
+      if ((cached && Number(cached.metadata.resourceVersion ?? 0) >= rv) || (tomb && tomb.rv >= rv)) {
+        this.ownWrites.delete(key);
+        continue;
+      }
+      byKey.set(key, mine);
+    }
+    return [...byKey.values()];
   }
 
   private async deletePod(p: Pod, graceSeconds: number): Promise<void> {
-    await this.client
-      .request("DELETE", `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}`, {
+    const answer = await this.client
+      .request<Pod>("DELETE", `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}`, {
         body: { apiVersion: "v1", kind: "DeleteOptions", gracePeriodSeconds: graceSeconds },
       })
       .catch((err: unknown) => {
         if (!(err instanceof NotFoundError)) throw err;
+        return undefined;
+      });
+    // The answer is the pod, marked for deletion (or already gone: its last state).
+    if (answer?.kind === "Pod")
+      this.wrote({
+        ...answer,
+        metadata: {
+          ...answer.metadata,
+          deletionTimestamp: answer.metadata.deletionTimestamp ?? new Date().toISOString(),
+        },
       });
   }
 }
+
+const noMetrics = { lastEventTimestamp: { set: () => {} } } as unknown as Pick<
+  ControllerMetrics,
+  "lastEventTimestamp"
+>;
 
 function objectPath(obj: {
   apiVersion: string;
