@@ -150,7 +150,8 @@ ${spec}`;
       runAsNonRoot: true,
       seccompProfile: { type: "RuntimeDefault" },
     });
-    expect(cluster.kubectl(["get", "svc", "-n", "loom-default", "hello"]).code).toBe(0);
+    // One worker has no peers to address: no headless Service (multi-worker gangs get one).
+    expect(cluster.kubectl(["get", "svc", "-n", "loom-default", "hello"]).code).not.toBe(0);
   });
 
   it("gives the same status to the same manifest applied with kubectl", async () => {

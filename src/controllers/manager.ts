@@ -56,7 +56,7 @@ export class ControllerManager {
       }),
       log("trainingjob"),
       metrics,
-      4,
+      8,
     );
     const projects = new Controller(new ProjectReconciler(deps.store, deps.runtime), log("project"), metrics);
     this.controllers.push(admission, jobs, projects);

@@ -203,7 +203,9 @@ export class KubernetesRuntime implements Runtime {
       );
     // Finished pods of earlier attempts go now: attempts never overlap, and names are per attempt.
     for (const p of pods) await this.deletePod(p, 0);
-    await this.ensureService(ref);
+    // Peers find each other by name through a headless Service. A single worker has no peers,
+    // and the Service's EndpointSlices cost the control plane ~8 requests per job (bench:k8s).
+    if (spec.workers.length > 1) await this.ensureService(ref);
     for (const w of spec.workers) {
       const labels = {
         ...workloadLabels(ref),
@@ -235,7 +237,7 @@ export class KubernetesRuntime implements Runtime {
           restartPolicy: "Never",
           nodeName: w.allocation.node,
           hostname: `${ref.name}-${w.index}`,
-          subdomain: ref.name,
+          ...(spec.workers.length > 1 ? { subdomain: ref.name } : {}),
           enableServiceLinks: false,
           automountServiceAccountToken: false,
           terminationGracePeriodSeconds: 30,
