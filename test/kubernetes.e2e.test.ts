@@ -311,7 +311,7 @@ spec: {}
     operator = startOperator(saConfig);
     await operator.ready;
     const project =
-      "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: least}\nspec:\n  members: [{user: carol, role: editor}]\n  quota: {cpu: 4, memory: 8Gi, gpu: 1}\n";
+      "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: least}\nspec:\n  members: [{user: carol, role: editor}]\n  limit: {cpu: 4, memory: 8Gi, gpu: 1}\n";
     expect((await loom(["apply", "-f", "-"], project)).code).toBe(0);
     for (
       let i = 0;

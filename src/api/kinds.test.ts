@@ -34,6 +34,27 @@ describe("validateManifest", () => {
       resources: {},
       failurePolicy: { maxRestarts: 0 },
       terminationGracePeriodSeconds: 30,
+      priority: 0,
+      preemptible: true,
+      placement: "binpack",
+    });
+  });
+
+  it("takes fractional GPUs below 1 and memory-sized shares, and refuses 1.5 GPUs or both at once", () => {
+    expect(validateManifest(job({ command: ["x"], resources: { gpu: 0.5 } })).object.spec).toMatchObject({
+      resources: { gpu: 0.5 },
+    });
+    expect(
+      validateManifest(job({ command: ["x"], resources: { gpuMemory: "20Gi" } })).object.spec,
+    ).toMatchObject({ resources: { gpuMemory: "20Gi" } });
+    expect(invalid(job({ command: ["x"], resources: { gpu: 1.5 } })).issues[0]).toMatchObject({
+      path: "spec.resources.gpu",
+      message: expect.stringContaining("fraction of one GPU below 1"),
+    });
+    expect(
+      invalid(job({ command: ["x"], resources: { gpu: 1, gpuMemory: "20Gi" } })).issues[0],
+    ).toMatchObject({
+      path: "spec.resources.gpuMemory",
     });
   });
 
@@ -167,7 +188,7 @@ describe("validateManifest", () => {
   it("accepts a Project without a spec", () => {
     const { def, object } = validateManifest({ apiVersion: API, kind: "Project", metadata: { name: "p" } });
     expect(def.namespaced).toBe(false);
-    expect(object.spec).toEqual({ members: [] });
+    expect(object.spec).toEqual({ members: [], overQuotaWeight: 1 });
     expect(object.metadata).toEqual({ name: "p" });
   });
 

@@ -23,7 +23,13 @@ export const ProjectQuota = z
       .describe('Memory, e.g. "64Gi".'),
     gpu: z.number().int().min(0).optional().describe("Whole GPUs."),
   })
-  .describe("The most the project's workloads may request in total (a ResourceQuota on Kubernetes).");
+  .describe(
+    "Deserved (guaranteed) capacity: work within it always gets in when the cluster has room, and is never preempted by other projects.",
+  );
+
+export const ProjectLimit = ProjectQuota.describe(
+  "Hard cap on what the project's workloads may hold at once, borrowed capacity included (a ResourceQuota on Kubernetes).",
+);
 
 /** A tenant: who may do what in it, and how much it may use. */
 export const ProjectSpec = z
@@ -32,6 +38,18 @@ export const ProjectSpec = z
     description: z.string().max(2000).optional().describe("What this project is for."),
     members: z.array(ProjectMember).default([]).describe("Users and groups with a role in this project."),
     quota: ProjectQuota.optional(),
+    limit: ProjectLimit.optional(),
+    overQuotaWeight: z
+      .number()
+      .min(0)
+      .default(1)
+      .describe(
+        "Share of idle capacity beyond deserved quotas, relative to other projects' weights (0: never borrows).",
+      ),
+    nodePools: z
+      .array(z.string().min(1))
+      .optional()
+      .describe("Node pools the project's workloads may run in; unset means all."),
   })
   .describe("A tenant: the unit of ownership, access and (later) quota.");
 

@@ -25,10 +25,20 @@ export const Resources = z
     memory: MemoryQuantity.optional(),
     gpu: z
       .number()
-      .int("must be a whole number of GPUs")
       .min(0)
+      .refine(
+        (g) => g < 1 || Number.isInteger(g),
+        "must be a whole number of GPUs, or a fraction of one GPU below 1 (such as 0.5)",
+      )
       .optional()
-      .describe("Whole GPUs per worker."),
+      .describe("GPUs per worker: whole devices (1, 2, …) or a share of one device (0.25, 0.5)."),
+    gpuMemory: MemoryQuantity.optional().describe(
+      'A share of one GPU sized by memory, such as "20Gi": the share is this over the device\'s memory.',
+    ),
+  })
+  .refine((r) => !(r.gpu && r.gpuMemory !== undefined), {
+    message: "set either gpu or gpuMemory, not both",
+    path: ["gpuMemory"],
   })
   .describe("What each worker requests. Requests are reserved by the scheduler; unset means none.");
 
@@ -77,6 +87,37 @@ export const TrainingJobSpec = z
         "Working directory of every worker. Embedded default: the job's own directory under the data dir.",
       ),
     resources: Resources.default({}),
+    priority: z
+      .number()
+      .int()
+      .min(-1000)
+      .max(1000)
+      .default(0)
+      .describe(
+        "Higher runs first within the project and may preempt the project's lower-priority preemptible work.",
+      ),
+    preemptible: z
+      .boolean()
+      .default(true)
+      .describe(
+        "May be stopped (SIGTERM, then the grace period) to give capacity back; non-preemptible work must fit within the project's deserved quota.",
+      ),
+    nodePool: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("Run only on nodes of this pool (label loom.dev/node-pool)."),
+    gpuModel: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('Run only on nodes with this GPU model (label nvidia.com/gpu.product), e.g. "H100".'),
+    placement: z
+      .enum(["binpack", "spread"])
+      .default("binpack")
+      .describe(
+        "binpack fills partly used nodes first (keeps whole nodes for big gangs); spread does the opposite.",
+      ),
     failurePolicy: FailurePolicy.default({ maxRestarts: 0 }),
     terminationGracePeriodSeconds: z
       .number()
@@ -97,13 +138,27 @@ export const WorkerStatus = z.object({
   finishTime: z.string().optional(),
 });
 
+export const DeviceShare = z.object({ device: z.string(), share: z.number() });
+
 export const Admission = z.object({
   node: z.string(),
   workers: z.number().optional(),
   cpuMillis: z.number(),
   memoryBytes: z.number(),
   gpus: z.array(z.string()),
+  /** Below 1 when the worker has a fraction of its device. */
+  gpuShare: z.number().optional(),
+  placements: z.array(z.object({ pod: z.number(), node: z.string(), gpus: z.array(DeviceShare) })).optional(),
   admittedAt: z.string(),
+});
+
+export const Preemption = z.object({
+  requestedAt: z.string(),
+  /** The workload ("project/name") it makes room for. */
+  for: z.string(),
+  forUid: z.string().optional(),
+  reason: z.enum(["Reclaim", "FairShare", "Priority"]),
+  message: z.string(),
 });
 
 export const TrainingJobStatus = z.object({
@@ -114,6 +169,14 @@ export const TrainingJobStatus = z.object({
   completionTime: z.string().optional(),
   nextAttemptTime: z.string().optional(),
   admission: Admission.optional(),
+  /** Set while a preemption stops the workers; cleared when the job is back in the queue. */
+  preemption: Preemption.optional(),
+  /** Attempts ended by preemption: they do not count against failurePolicy.maxRestarts. */
+  preemptions: z.number().optional(),
+  /** The attempt a preemption stopped: the next admission starts a new attempt after it. */
+  preemptedAttempt: z.number().optional(),
+  /** Position among pending workloads when the scheduler last wrote this status. */
+  queuePosition: z.number().optional(),
   workers: z.array(WorkerStatus).optional(),
   observedGeneration: z.number().optional(),
 });

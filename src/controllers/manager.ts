@@ -1,6 +1,7 @@
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { displayKey } from "../api/meta.js";
+import type { Project } from "../api/project.js";
 import type { TrainingJob } from "../api/trainingjob.js";
 import type { Runtime } from "../runtime/port.js";
 import type { Scheduler } from "../scheduler/port.js";
@@ -34,6 +35,7 @@ export class ControllerManager {
   private readonly controllers: Controller[] = [];
   private gcTimer: NodeJS.Timeout | undefined;
   private readonly tjInformer: Informer;
+  private readonly projectInformer: Informer;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
@@ -43,6 +45,7 @@ export class ControllerManager {
         ...deps,
         log: log("admission"),
         listJobs: () => this.tjInformer.list() as TrainingJob[],
+        listProjects: () => this.projectInformer.list() as Project[],
       }),
       log("admission"),
       metrics,
@@ -79,18 +82,20 @@ export class ControllerManager {
       informerOpts,
     );
     this.informers.push(this.tjInformer);
-    this.informers.push(
-      new Informer(
-        storeSource(deps.store, "Project"),
-        {
-          onChange: (key, _obj, type) =>
-            type === "RESYNC" ? projects.enqueueBackground(key) : projects.enqueue(key),
+    this.projectInformer = new Informer(
+      storeSource(deps.store, "Project"),
+      {
+        onChange: (key, _obj, type) => {
+          if (type === "RESYNC") return projects.enqueueBackground(key);
+          projects.enqueue(key);
+          admission.enqueueBatched(ADMISSION_KEY); // quotas, limits and weights decide admission
         },
-        log("informer"),
-        metrics,
-        informerOpts,
-      ),
+      },
+      log("informer"),
+      metrics,
+      informerOpts,
     );
+    this.informers.push(this.projectInformer);
     deps.runtime.onChange((ref) => {
       jobs.enqueue(displayKey(ref));
       admission.enqueueBatched(ADMISSION_KEY);

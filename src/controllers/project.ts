@@ -61,6 +61,7 @@ export class ProjectReconciler implements Reconciler {
       name,
       members: project.spec.members ?? [],
       quota: project.spec.quota,
+      limit: project.spec.limit,
     });
     if (project.status?.phase !== "Active") {
       await this.store.updateStatus({ ...project, status: { ...project.status, phase: "Active" } });

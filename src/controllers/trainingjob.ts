@@ -2,6 +2,7 @@ import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { setCondition } from "../api/meta.js";
 import {
+  type Admission,
   isFinished,
   type TrainingJob,
   type TrainingJobStatus,
@@ -9,6 +10,7 @@ import {
 } from "../api/trainingjob.js";
 import { NotFoundError } from "../errors.js";
 import type { GangObservation, Runtime, WorkerObservation, WorkloadRef } from "../runtime/port.js";
+import type { Allocation } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
 
@@ -108,9 +110,14 @@ export class TrainingJobReconciler implements Reconciler {
       );
     }
 
-    const obs = await this.deps.runtime.observe(ref);
+    if (job.status?.preemption) return this.yieldToPreemption(job, ref);
+
     const status: TrainingJobStatus = { ...job.status };
     const attempts = status.attempts ?? 0;
+    // Admitted again after a preemption: a new attempt, once the stopped one is fully gone.
+    if (status.preemptedAttempt !== undefined && status.preemptedAttempt >= attempts)
+      return this.startAttempt(job, status, attempts + 1);
+    const obs = await this.deps.runtime.observe(ref);
     const now = this.deps.now();
 
     if (!obs || obs.attempt < attempts) {
@@ -183,14 +190,17 @@ export class TrainingJobReconciler implements Reconciler {
   ): Promise<ReconcileResult> {
     const now = this.deps.now();
     const maxRestarts = job.spec.failurePolicy.maxRestarts;
-    const totalAttempts = maxRestarts + 1;
-    if (attempt - 1 < maxRestarts) {
+    // Attempts a preemption ended are not failures: they do not use up restarts.
+    const preempted = status.preemptions ?? 0;
+    const restartsUsed = attempt - 1 - preempted;
+    const totalAttempts = maxRestarts + 1 + preempted;
+    if (restartsUsed < maxRestarts) {
       const delay = Math.min(
         this.deps.maxBackoffMs ?? 60_000,
-        (this.deps.baseBackoffMs ?? 1000) * 2 ** (attempt - 1),
+        (this.deps.baseBackoffMs ?? 1000) * 2 ** restartsUsed,
       );
       status.nextAttemptTime = new Date(now.getTime() + delay).toISOString();
-      const message = `${what} on attempt ${attempt} of ${totalAttempts}; restarting in ${(delay / 1000).toFixed(1)}s (restart ${attempt} of ${maxRestarts})`;
+      const message = `${what} on attempt ${attempt} of ${totalAttempts}; restarting in ${(delay / 1000).toFixed(1)}s (restart ${restartsUsed + 1} of ${maxRestarts})`;
       status.conditions = setCondition(
         status.conditions,
         { type: "Restarting", status: "True", reason: "WorkerFailed", message },
@@ -244,12 +254,7 @@ export class TrainingJobReconciler implements Reconciler {
       image: job.spec.image,
       annotations: job.metadata.annotations,
       workingDir: job.spec.workingDir,
-      allocation: {
-        node: admission.node,
-        cpuMillis: admission.cpuMillis,
-        memoryBytes: admission.memoryBytes,
-        gpus: admission.gpus,
-      },
+      allocation: allocationOf(admission, index),
       env: {
         ...job.spec.env,
         LOOM_PROJECT: ref.project,
@@ -279,6 +284,7 @@ export class TrainingJobReconciler implements Reconciler {
       throw err;
     }
     status.attempts = attempt;
+    status.preemptedAttempt = undefined;
     status.phase = "Running";
     status.startTime ??= now.toISOString();
     status.nextAttemptTime = undefined;
@@ -313,6 +319,42 @@ export class TrainingJobReconciler implements Reconciler {
       "Started",
       `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`,
     );
+    return {};
+  }
+
+  /**
+   * A preemption asked this job to give its capacity back: stop every worker gracefully (SIGTERM,
+   * then the grace period, so it can checkpoint), then return to the queue keeping its attempt
+   * count. The attempt does not count against failurePolicy.maxRestarts.
+   */
+  private async yieldToPreemption(job: TrainingJob, ref: WorkloadRef): Promise<ReconcileResult> {
+    const preemption = job.status!.preemption!;
+    const stopped = await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds);
+    if (!stopped) return { requeueAfterMs: 250 };
+    const now = this.deps.now();
+    const attempts = job.status?.attempts ?? 0;
+    const message = `preempted on attempt ${attempts} (${preemption.reason}) for ${preemption.for}: ${preemption.message}; back in the queue`;
+    let conditions = setCondition(
+      job.status?.conditions,
+      { type: "Admitted", status: "False", reason: "Preempted", message },
+      now,
+    );
+    conditions = setCondition(
+      conditions,
+      { type: "Running", status: "False", reason: "Preempted", message },
+      now,
+    );
+    await this.writeStatus(job, {
+      ...job.status,
+      phase: "Pending",
+      admission: undefined,
+      preemption: undefined,
+      preemptions: (job.status?.preemptions ?? 0) + 1,
+      preemptedAttempt: attempts,
+      nextAttemptTime: undefined,
+      conditions,
+    });
+    await this.event(job, "Warning", "Preempted", message);
     return {};
   }
 
@@ -359,6 +401,28 @@ export class TrainingJobReconciler implements Reconciler {
   ): Promise<void> {
     await this.deps.events.record(refOf(job), type, reason, message);
   }
+}
+
+/** Worker `index`'s share of an admission: its node and devices (placements, when written). */
+function allocationOf(admission: Admission, index: number): Allocation {
+  const placement = admission.placements?.find((p) => p.pod === index);
+  if (!placement) {
+    return {
+      node: admission.node,
+      cpuMillis: admission.cpuMillis,
+      memoryBytes: admission.memoryBytes,
+      gpus: admission.gpus,
+      ...(admission.gpuShare !== undefined ? { gpuShare: admission.gpuShare } : {}),
+    };
+  }
+  const share = placement.gpus.length === 1 ? placement.gpus[0]!.share : 1;
+  return {
+    node: placement.node,
+    cpuMillis: admission.cpuMillis,
+    memoryBytes: admission.memoryBytes,
+    gpus: placement.gpus.map((g) => g.device),
+    ...(share < 1 ? { gpuShare: share } : {}),
+  };
 }
 
 export function refOf(job: TrainingJob): WorkloadRef {

@@ -12,7 +12,10 @@ export interface WorkloadRef {
 export interface ProjectInfo {
   name: string;
   members: { user?: string; group?: string; role: "admin" | "editor" | "viewer" }[];
+  /** Deserved quota: enforced by Loom's scheduler, not by the platform. */
   quota?: { cpu?: string | number; memory?: string | number; gpu?: number };
+  /** Hard cap, borrowing included: the platform's backstop (a ResourceQuota on Kubernetes). */
+  limit?: { cpu?: string | number; memory?: string | number; gpu?: number };
 }
 
 export interface WorkerSpec {

@@ -1,9 +1,19 @@
-/**
- * The Scheduler port: a pure function from a snapshot of capacity and demand to decisions. The
- * admission controller builds the snapshot from the store and the runtime's nodes, so the same
- * core decides on a laptop and on a cluster.
- */
+import type { Decisions, Snapshot } from "./core/model.js";
+import { schedule } from "./core/schedule.js";
 
+/**
+ * The Scheduler port: a pure function from a snapshot of capacity, projects and workloads to
+ * decisions (bind, preempt, and why the rest wait). The admission controller builds the snapshot
+ * from its caches and the runtime's nodes, so the same core decides on a laptop and on a cluster.
+ */
+export interface Scheduler {
+  schedule(snapshot: Snapshot): Decisions;
+}
+
+/** Loom's scheduler core (src/scheduler/core): quotas, fair share, reclaim, gangs, fractions. */
+export const coreScheduler: Scheduler = { schedule };
+
+/** What a node offers, as a runtime reports it. */
 export interface NodeCapacity {
   name: string;
   cpuMillis: number;
@@ -12,49 +22,22 @@ export interface NodeCapacity {
   gpus: string[];
   /** How many workers the node takes at most (a kubelet's pod capacity); unset means no limit. */
   maxWorkers?: number;
+  /** Node pool (Kubernetes: label loom.dev/node-pool). */
+  pool?: string;
+  /** GPU model (Kubernetes: label nvidia.com/gpu.product). */
+  gpuModel?: string;
+  /** Memory of each GPU (Kubernetes: label nvidia.com/gpu.memory, in MiB). */
+  gpuMemoryBytes?: number;
 }
 
+/** What one worker was given: its node, its requests, and its devices. */
 export interface Allocation {
   node: string;
   cpuMillis: number;
   memoryBytes: number;
   gpus: string[];
+  /** Below 1 when the worker shares its one device (fractional GPU). */
+  gpuShare?: number;
   /** Workers placed on the node (default 1). */
   workers?: number;
-}
-
-export interface WorkloadDemand {
-  /** Stable id (uid) of the workload. */
-  id: string;
-  /** For messages: "project/name". */
-  displayName: string;
-  /** Submission time; earlier is served first. */
-  createdAt: string;
-  cpuMillis: number;
-  memoryBytes: number;
-  gpus: number;
-  /** Processes or pods the workload places on its node. */
-  workers?: number;
-}
-
-export interface SchedulingSnapshot {
-  nodes: NodeCapacity[];
-  /** What admitted, unfinished workloads hold. */
-  allocations: Allocation[];
-  pending: WorkloadDemand[];
-}
-
-export interface PendingReason {
-  /** Machine-readable: "InsufficientCapacity" (wait) or "ExceedsNodeCapacity" (will never fit). */
-  reason: "InsufficientCapacity" | "ExceedsNodeCapacity";
-  message: string;
-}
-
-export interface SchedulingDecisions {
-  admit: { id: string; allocation: Allocation }[];
-  pending: ({ id: string } & PendingReason)[];
-}
-
-export interface Scheduler {
-  schedule(snapshot: SchedulingSnapshot): SchedulingDecisions;
 }

@@ -6,7 +6,7 @@ import { collectDefaultMetrics, Registry } from "prom-client";
 import { ControllerManager } from "../controllers/manager.js";
 import { detectGpus } from "../runtime/local/gpus.js";
 import { LocalRuntime } from "../runtime/local/runtime.js";
-import { FifoScheduler } from "../scheduler/fifo.js";
+import { coreScheduler } from "../scheduler/port.js";
 import { openSqlite } from "../store/sqlite/db.js";
 import { SqliteEventRecorder } from "../store/sqlite/events.js";
 import { SqliteResourceStore } from "../store/sqlite/resources.js";
@@ -74,7 +74,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const manager = new ControllerManager({
     store,
     runtime,
-    scheduler: new FifoScheduler(),
+    scheduler: coreScheduler,
     events,
     log,
     metrics,

@@ -9,7 +9,7 @@ import { NotFoundError } from "../errors.js";
 import { KubeClient } from "../kube/client.js";
 import { KubeEventRecorder } from "../kube/events.js";
 import { KubernetesRuntime } from "../runtime/kubernetes/runtime.js";
-import { FifoScheduler } from "../scheduler/fifo.js";
+import { coreScheduler } from "../scheduler/port.js";
 import { KubeResourceStore } from "../store/kube/resources.js";
 
 export interface OperatorOptions {
@@ -50,7 +50,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const manager = new ControllerManager({
     store,
     runtime,
-    scheduler: new FifoScheduler(),
+    scheduler: coreScheduler,
     events,
     log,
     metrics,

@@ -9,7 +9,8 @@ const VERBS = {
 
 /**
  * What a project is on Kubernetes: a namespace that enforces Pod Security "restricted", a
- * ResourceQuota from the project's quota, a default-deny NetworkPolicy that admits traffic only
+ * ResourceQuota from the project's limit (the deserved quota is the scheduler's business: work
+ * may borrow beyond it, so the API server must not refuse it), a default-deny NetworkPolicy that admits traffic only
  * from inside the project, and one Role + RoleBinding per role for its members.
  */
 export function namespaceObjects(
@@ -53,9 +54,10 @@ export function namespaceObjects(
     },
   ];
   const hard: Record<string, string> = {};
-  if (project.quota?.cpu !== undefined) hard["requests.cpu"] = String(project.quota.cpu);
-  if (project.quota?.memory !== undefined) hard["requests.memory"] = String(project.quota.memory);
-  if (project.quota?.gpu !== undefined) hard["requests.nvidia.com/gpu"] = String(project.quota.gpu);
+  const limit = project.limit;
+  if (limit?.cpu !== undefined) hard["requests.cpu"] = String(limit.cpu);
+  if (limit?.memory !== undefined) hard["requests.memory"] = String(limit.memory);
+  if (limit?.gpu !== undefined) hard["requests.nvidia.com/gpu"] = String(limit.gpu);
   if (Object.keys(hard).length > 0) {
     // A quota on requests makes the API server refuse pods without them: give such pods defaults.
     objects.push({

@@ -8,6 +8,7 @@ import type { KubeClient } from "../../kube/client.js";
 import { kubeCollectionSource, objectKey } from "../../kube/source.js";
 import type { NodeCapacity } from "../../scheduler/port.js";
 import { namespaceOf } from "../../store/kube/resources.js";
+import { gpuShareEnv } from "../env.js";
 import type {
   GangObservation,
   GangSpec,
@@ -33,6 +34,13 @@ const L = {
 } as const;
 
 export const GPU_RESOURCE = "nvidia.com/gpu";
+
+/** Node labels the scheduler reads: pools are Loom's; GPU model and memory are GPU Feature Discovery's. */
+export const NODE_LABELS = {
+  pool: "loom.dev/node-pool",
+  gpuModel: "nvidia.com/gpu.product",
+  gpuMemoryMiB: "nvidia.com/gpu.memory",
+} as const;
 
 interface Pod {
   kind?: string;
@@ -181,12 +189,17 @@ export class KubernetesRuntime implements Runtime {
       .map((n) => {
         const a = n.status?.allocatable ?? {};
         const gpus = Number(a[GPU_RESOURCE] ?? 0);
+        const labels = n.metadata.labels ?? {};
+        const gpuMemMiB = Number(labels[NODE_LABELS.gpuMemoryMiB] ?? 0);
         return {
           name: n.metadata.name,
           cpuMillis: parseCpuMillis(a.cpu ?? "0") ?? 0,
           memoryBytes: parseMemoryBytes(a.memory ?? "0") ?? 0,
           gpus: Array.from({ length: gpus }, (_, i) => `${n.metadata.name}/gpu-${i}`),
           ...(a.pods ? { maxWorkers: Number(a.pods) } : {}),
+          ...(labels[NODE_LABELS.pool] ? { pool: labels[NODE_LABELS.pool] } : {}),
+          ...(labels[NODE_LABELS.gpuModel] ? { gpuModel: labels[NODE_LABELS.gpuModel] } : {}),
+          ...(gpuMemMiB > 0 ? { gpuMemoryBytes: gpuMemMiB * 2 ** 20 } : {}),
         };
       });
   }
@@ -219,10 +232,19 @@ export class KubernetesRuntime implements Runtime {
         resources.requests!.memory = String(w.allocation.memoryBytes);
         resources.limits!.memory = String(w.allocation.memoryBytes);
       }
-      if (w.allocation.gpus.length) {
+      const fraction = w.allocation.gpuShare !== undefined && w.allocation.gpuShare < 1;
+      if (w.allocation.gpus.length && !fraction) {
         resources.requests![GPU_RESOURCE] = String(w.allocation.gpus.length);
         resources.limits![GPU_RESOURCE] = String(w.allocation.gpus.length);
       }
+      // A fractional GPU cannot be requested from the device plugin (whole devices only): the pod
+      // asks for none, and Loom's scheduler accounts the share and names the device it chose.
+      const gpuEnv = fraction
+        ? {
+            NVIDIA_VISIBLE_DEVICES: w.allocation.gpus.map((g) => g.split("/gpu-").pop()).join(","),
+            ...gpuShareEnv(w.allocation.gpuShare),
+          }
+        : {};
       const pod = {
         apiVersion: "v1",
         kind: "Pod",
@@ -253,7 +275,7 @@ export class KubernetesRuntime implements Runtime {
               image: w.image ?? this.opts.defaultImage ?? "python:3.11-slim",
               command: w.command,
               ...(w.workingDir ? { workingDir: w.workingDir } : {}),
-              env: Object.entries(w.env).map(([name, value]) => ({ name, value })),
+              env: Object.entries({ ...w.env, ...gpuEnv }).map(([name, value]) => ({ name, value })),
               resources,
               securityContext: {
                 allowPrivilegeEscalation: false,

@@ -15,6 +15,7 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { NodeCapacity } from "../../scheduler/port.js";
+import { gpuShareEnv } from "../env.js";
 import type {
   GangObservation,
   GangSpec,
@@ -125,6 +126,7 @@ export class LocalRuntime implements Runtime {
         ...w.env,
         LOOM_WORKLOAD_DIR: workDir,
         CUDA_VISIBLE_DEVICES: w.allocation.gpus.join(","),
+        ...gpuShareEnv(w.allocation.gpuShare),
         [INSTANCE_ENV]: this.opts.instanceId,
         [WORKER_KEY_ENV]: workerKey(spec.ref.uid, spec.attempt, w.index),
       };
