@@ -107,7 +107,7 @@ write_conf() {
     ;;
   *) die "SLURM_AUTH must be none or munge" ;;
   esac
-  local sched_params=${SLURM_SCHED_PARAMS-batch_sched_delay=0} epilog=${SLURM_EPILOG-/bin/true}
+  local sched_params=${SLURM_SCHED_PARAMS-batch_sched_delay=0,sched_min_interval=0,max_rpc_cnt=150} epilog=${SLURM_EPILOG-/bin/true}
 
   cat >"$CONF" <<EOF
 # Written by bench/slurm/slurm.sh: a one-node Slurm on 127.0.0.1, tuned for job throughput
