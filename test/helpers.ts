@@ -194,6 +194,7 @@ export interface Job {
   status?: {
     phase?: string;
     attempts?: number;
+    preemptions?: number;
     conditions?: { type: string; status: string; reason: string; message: string }[];
     workers?: {
       index: number;

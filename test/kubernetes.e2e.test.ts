@@ -5,7 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Job, LoomProcess, ROOT } from "./helpers.js";
 import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
-import { foundationScenarios } from "./scenarios.js";
+import { foundationScenarios, schedulerScenarios } from "./scenarios.js";
 
 /**
  * The foundation's scenarios on a real Kubernetes control plane: the same manifests, the same CLI
@@ -77,6 +77,92 @@ ${spec}`;
     await operator?.stop();
     await cli.stop();
   });
+
+  describe("scheduler scenarios (one kwok node of 8 GPUs as pool sched)", () => {
+    beforeAll(() => {
+      const labelled = cluster.kubectl([
+        "label",
+        "node",
+        "kwok-node-3",
+        "loom.dev/node-pool=sched",
+        "--overwrite",
+      ]);
+      expect(labelled.code, labelled.stderr).toBe(0);
+    });
+    schedulerScenarios(() => ({
+      name: "kubernetes",
+      pool: "sched",
+      loom: (args, input) => loom(args, input),
+      workersGone: async () => true,
+    }));
+  });
+
+  it("binds pods with schedulerName loom through the binding subresource: gangs all or nothing, and says why one waits", async () => {
+    const pod = (name: string, gang: string, size: number, gpu: number) => ({
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: {
+        name,
+        namespace: "loom-default",
+        labels: { "loom.dev/gang": gang },
+        annotations: { "loom.dev/gang-size": String(size), "loom.dev/kwok-complete-after": "24h" },
+      },
+      spec: {
+        schedulerName: "loom",
+        securityContext: { runAsNonRoot: true, runAsUser: 1000, seccompProfile: { type: "RuntimeDefault" } },
+        containers: [
+          {
+            name: "c",
+            image: "busybox",
+            command: ["sleep", "3600"],
+            resources: {
+              requests: { cpu: "100m", memory: "64Mi", ...(gpu ? { "nvidia.com/gpu": String(gpu) } : {}) },
+              limits: { memory: "64Mi", ...(gpu ? { "nvidia.com/gpu": String(gpu) } : {}) },
+            },
+            securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] } },
+          },
+        ],
+      },
+    });
+    const create = (objs: unknown[]) => {
+      const r = cluster.kubectl(["create", "-f", "-"], {
+        input: JSON.stringify({ apiVersion: "v1", kind: "List", items: objs }),
+      });
+      expect(r.code, r.stderr).toBe(0);
+    };
+    const get = (name: string) =>
+      JSON.parse(cluster.kubectl(["get", "pod", "-n", "loom-default", name, "-o", "json"]).stdout) as {
+        spec: { nodeName?: string };
+        status: { conditions?: { type: string; status: string; message?: string }[] };
+      };
+    // A complete gang of 3 is bound; a gang with 2 of its 3 pods is not (all or nothing).
+    create([pod("g3-0", "g3", 3, 1), pod("g3-1", "g3", 3, 1), pod("g3-2", "g3", 3, 1)]);
+    create([pod("part-0", "part", 3, 0), pod("part-1", "part", 3, 0)]);
+    // A pod no node can hold: PodScheduled=False says why.
+    create([pod("huge", "huge", 1, 64)]);
+    let bound: string[] = [];
+    for (let i = 0; i < 60; i++) {
+      bound = ["g3-0", "g3-1", "g3-2"].map((n) => get(n).spec.nodeName ?? "");
+      if (bound.every(Boolean)) break;
+      await sleep(500);
+    }
+    expect(bound.every(Boolean), operator.log().slice(-2000)).toBe(true);
+    let huge = get("huge");
+    for (let i = 0; i < 40 && !huge.status.conditions?.some((c) => c.type === "PodScheduled"); i++) {
+      await sleep(500);
+      huge = get("huge");
+    }
+    const cond = huge.status.conditions?.find((c) => c.type === "PodScheduled");
+    expect(cond?.status).toBe("False");
+    expect(cond?.message).toContain("ExceedsNodeCapacity");
+    expect(huge.spec.nodeName).toBeUndefined();
+    expect(get("part-0").spec.nodeName).toBeUndefined();
+    // The third pod completes the gang: now all three go.
+    create([pod("part-2", "part", 3, 0)]);
+    for (let i = 0; i < 60 && !get("part-2").spec.nodeName; i++) await sleep(500);
+    expect(["part-0", "part-1", "part-2"].map((n) => !!get(n).spec.nodeName)).toEqual([true, true, true]);
+    cluster.kubectl(["delete", "pod", "-n", "loom-default", "-l", "loom.dev/gang", "--wait=false"]);
+  }, 120_000);
 
   foundationScenarios(() => ({
     name: "kubernetes",
@@ -150,6 +236,9 @@ ${spec}`;
       runAsNonRoot: true,
       seccompProfile: { type: "RuntimeDefault" },
     });
+    // Loom placed it and bound it through the binding subresource, not kube-scheduler.
+    expect(pod.spec.schedulerName).toBe("loom");
+    expect(pod.spec.nodeName).toMatch(/^kwok-node-/);
     // One worker has no peers to address: no headless Service (multi-worker gangs get one).
     expect(cluster.kubectl(["get", "svc", "-n", "loom-default", "hello"]).code).not.toBe(0);
   });

@@ -12,7 +12,15 @@ import { ApiClient, ApiError } from "./client.js";
 import { configPath, resolveContext, saveContext } from "./config.js";
 import { CliError } from "./errors.js";
 import { type ManifestDoc, readManifests } from "./manifests.js";
-import { describe, resourceTable, toYaml } from "./print.js";
+import {
+  describe,
+  type NodeUsageView,
+  nodeTable,
+  type ProjectUsageView,
+  resourceTable,
+  topText,
+  toYaml,
+} from "./print.js";
 
 const BASE = `/apis/${API_VERSION}`;
 
@@ -84,16 +92,27 @@ function kindAndName(a: string, b: string | undefined): { def: KindDef; name: st
   return { def: kindOf(a), name: b };
 }
 
-async function apply(program: Command, files: string[], projectOpt: string | undefined): Promise<void> {
+async function apply(
+  program: Command,
+  files: string[],
+  projectOpt: string | undefined,
+  dryRunOnly = false,
+): Promise<void> {
   const { api, defaultProject } = client(program);
   const docs = readManifests(files);
   const prepared = docs.map((d) => prepare(d, projectOpt ?? defaultProject));
   // Validate everything first (server-side dry run), so a bad document stores nothing.
   const problems: string[] = [];
+  const previews = new Map<Prepared, string | undefined>();
   await Promise.all(
     prepared.map(async (p) => {
       try {
-        await api.request("POST", `${collectionPath(p.def, p.project)}?dryRun=All`, p.body);
+        const answer = await api.request<{ status?: { admissionPreview?: { message: string } } }>(
+          "POST",
+          `${collectionPath(p.def, p.project)}?dryRun=All${dryRunOnly ? "&preview=admission" : ""}`,
+          p.body,
+        );
+        previews.set(p, answer?.status?.admissionPreview?.message);
       } catch (err) {
         if (err instanceof ApiError && err.status !== 401 && err.status < 500) {
           for (const line of err.message.split("\n"))
@@ -103,6 +122,13 @@ async function apply(program: Command, files: string[], projectOpt: string | und
     }),
   );
   if (problems.length > 0) throw new CliError(`nothing was applied:\n${problems.join("\n")}`);
+  if (dryRunOnly) {
+    for (const p of prepared) {
+      const preview = previews.get(p);
+      process.stdout.write(`${ref(p.def, p.name)} valid (dry run)${preview ? `: ${preview}` : ""}\n`);
+    }
+    return;
+  }
   for (const p of prepared) {
     const outcome = await createOrUpdate(api, p);
     process.stdout.write(`${ref(p.def, p.name)} ${outcome}\n`);
@@ -257,14 +283,18 @@ export function buildProgram(): Command {
     .description("create or update the objects in manifests (multi-document YAML or JSON)")
     .requiredOption("-f, --filename <path...>", "file, directory or - for stdin")
     .option("-p, --project <project>", "project for objects that do not name one")
-    .action(async (opts: { filename: string[]; project?: string }) =>
-      apply(program, opts.filename, opts.project),
+    .option(
+      "--dry-run",
+      "validate and change nothing; for TrainingJobs, say whether each would start now and what it would preempt",
+    )
+    .action(async (opts: { filename: string[]; project?: string; dryRun?: boolean }) =>
+      apply(program, opts.filename, opts.project, !!opts.dryRun),
     );
 
   program
     .command("get")
     .description("list objects of a kind, or show one")
-    .argument("<kind>", `one of: ${knownKindsText()}`)
+    .argument("<kind>", `one of: ${knownKindsText()}, or nodes`)
     .argument("[name]")
     .option("-p, --project <project>", "project to look in")
     .option("-A, --all-projects", "list across every project")
@@ -283,6 +313,16 @@ export function buildProgram(): Command {
           watch?: boolean;
         },
       ) => {
+        if (["nodes", "node", "no"].includes(kindArg)) {
+          const { api } = client(program);
+          const nodes = await api.request<{ items: NodeUsageView[] }>("GET", `${BASE}/nodes`);
+          const items = name ? nodes.items.filter((x) => x.name === name) : nodes.items;
+          if (name && items.length === 0) throw new CliError(`node "${name}" not found`);
+          if (opts.output === "json")
+            process.stdout.write(`${JSON.stringify(name ? items[0] : nodes, null, 2)}\n`);
+          else process.stdout.write(nodeTable(items, opts.output === "wide"));
+          return;
+        }
         const { def, name: n } = kindArg.includes("/")
           ? kindAndName(kindArg, name)
           : { def: kindOf(kindArg), name };
@@ -342,6 +382,18 @@ export function buildProgram(): Command {
         process.stdout.write(text);
       },
     );
+
+  program
+    .command("top")
+    .description("GPUs, CPU and memory each project holds against its quota, and the cluster's use")
+    .action(async () => {
+      const { api } = client(program);
+      const [projects, nodes] = await Promise.all([
+        api.request<{ items: ProjectUsageView[] }>("GET", `${BASE}/usage/projects`),
+        api.request<{ items: NodeUsageView[] }>("GET", `${BASE}/nodes`),
+      ]);
+      process.stdout.write(topText(projects.items, nodes.items));
+    });
 
   program
     .command("describe")

@@ -95,7 +95,14 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
   );
   const status = (obj.status ?? {}) as Record<string, unknown>;
   if (status.phase !== undefined) field("Phase", status.phase);
-  for (const k of ["attempts", "startTime", "completionTime", "nextAttemptTime"])
+  for (const k of [
+    "attempts",
+    "preemptions",
+    "queuePosition",
+    "startTime",
+    "completionTime",
+    "nextAttemptTime",
+  ])
     if (status[k] !== undefined) field(k[0]!.toUpperCase() + k.slice(1), status[k]);
   block("Spec", obj.spec);
   const workers = status.workers as
@@ -120,6 +127,7 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
     );
   }
   if (status.admission) block("Admission", status.admission);
+  if (status.preemption) block("Preemption", status.preemption);
   const conditions = (status.conditions as Condition[] | undefined) ?? [];
   lines.push("Conditions:");
   if (conditions.length === 0) lines.push("  <none>");
@@ -148,4 +156,100 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
     );
   }
   return `${lines.join("\n")}\n`;
+}
+
+const GiB = 2 ** 30;
+const fmtNum = (n: number) => (Number.isInteger(n) ? String(n) : n.toFixed(2));
+const cores = (m: number) => fmtNum(m / 1000);
+const gib = (b: number) => `${fmtNum(b / GiB)}Gi`;
+const pct = (used: number, of: number) => (of > 0 ? `${Math.round((100 * used) / of)}%` : "-");
+
+export interface NodeUsageView {
+  name: string;
+  pool: string;
+  gpuModel?: string;
+  capacity: { cpuMillis: number; memoryBytes: number; gpus: number; pods?: number };
+  allocated: { cpuMillis: number; memoryBytes: number; gpus: number; pods: number };
+  workloads: string[];
+}
+
+/** `loom get nodes`: what each node offers and what Loom's scheduler has handed out. */
+export function nodeTable(nodes: NodeUsageView[], wide: boolean): string {
+  const head = [
+    "NAME",
+    "POOL",
+    "GPU MODEL",
+    "GPUS (ALLOC/TOTAL)",
+    "CPU (ALLOC/TOTAL)",
+    "MEMORY (ALLOC/TOTAL)",
+    "PODS",
+  ];
+  if (wide) head.push("WORKLOADS");
+  return table([
+    head,
+    ...nodes.map((n) => {
+      const row = [
+        n.name,
+        n.pool,
+        n.gpuModel ?? "-",
+        `${fmtNum(n.allocated.gpus)}/${n.capacity.gpus}`,
+        `${cores(n.allocated.cpuMillis)}/${cores(n.capacity.cpuMillis)}`,
+        `${gib(n.allocated.memoryBytes)}/${gib(n.capacity.memoryBytes)}`,
+        `${n.allocated.pods}${n.capacity.pods !== undefined ? `/${n.capacity.pods}` : ""}`,
+      ];
+      if (wide) row.push(n.workloads.join(",") || "-");
+      return row;
+    }),
+  ]);
+}
+
+export interface ProjectUsageView {
+  name: string;
+  deserved: { gpu?: number; cpuMillis?: number; memoryBytes?: number };
+  limit?: { gpu?: number; cpuMillis?: number; memoryBytes?: number };
+  overQuotaWeight: number;
+  allocated: { gpu: number; cpuMillis: number; memoryBytes: number };
+  running: number;
+  pending: number;
+}
+
+/** `loom top`: per project, what it holds against its deserved quota and limit; then the cluster. */
+export function topText(projects: ProjectUsageView[], nodes: NodeUsageView[]): string {
+  const sum = (f: (n: NodeUsageView) => number) => nodes.reduce((s, n) => s + f(n), 0);
+  const gpus = sum((n) => n.capacity.gpus);
+  const cpu = sum((n) => n.capacity.cpuMillis);
+  const mem = sum((n) => n.capacity.memoryBytes);
+  const projectRows = table([
+    ["PROJECT", "GPUS", "DESERVED", "LIMIT", "WEIGHT", "CPU", "MEMORY", "RUNNING", "PENDING"],
+    ...projects.map((p) => [
+      p.name,
+      fmtNum(p.allocated.gpu),
+      p.deserved.gpu !== undefined ? String(p.deserved.gpu) : "0",
+      p.limit?.gpu !== undefined ? String(p.limit.gpu) : "-",
+      fmtNum(p.overQuotaWeight),
+      cores(p.allocated.cpuMillis),
+      gib(p.allocated.memoryBytes),
+      String(p.running),
+      String(p.pending),
+    ]),
+  ]);
+  const used = {
+    gpus: sum((n) => n.allocated.gpus),
+    cpu: sum((n) => n.allocated.cpuMillis),
+    mem: sum((n) => n.allocated.memoryBytes),
+  };
+  const cluster = table([
+    ["NODES", "GPUS", "GPU USE", "CPU", "CPU USE", "MEMORY", "MEMORY USE"],
+    [
+      String(nodes.length),
+      `${fmtNum(used.gpus)}/${gpus}`,
+      pct(used.gpus, gpus),
+      `${cores(used.cpu)}/${cores(cpu)}`,
+      pct(used.cpu, cpu),
+      `${gib(used.mem)}/${gib(mem)}`,
+      pct(used.mem, mem),
+    ],
+  ]);
+  return `${projectRows}
+${cluster}`;
 }

@@ -4,7 +4,7 @@ import type { Project } from "../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
 import { forEachConcurrently } from "../concurrency.js";
-import type { Runtime } from "../runtime/port.js";
+import type { ExternalWork, Runtime } from "../runtime/port.js";
 import type {
   PendingDecision,
   PodPlacement,
@@ -79,43 +79,34 @@ export class AdmissionReconciler implements Reconciler {
   }
 
   async reconcile(_key: string): Promise<ReconcileResult> {
-    const jobs = this.snapshot();
-    const nodes = (await this.deps.runtime.nodes()).map(toSchedNode);
-    const running: RunningWorkload[] = [];
-    const pending: Workload[] = [];
-    const byId = new Map<string, TrainingJob>();
-    for (const job of jobs) {
-      if (isFinished(job)) continue;
-      const admission = job.status?.admission;
-      if (admission) {
-        byId.set(job.metadata.uid, job);
-        running.push({
-          ...workloadOf(job),
-          placements: placementsOf(job),
-          stopping: !!job.status?.preemption,
-          ...(job.status?.preemption?.forUid ? { preemptedFor: job.status.preemption.forUid } : {}),
-        });
-        continue;
-      }
-      if (job.metadata.deletionTimestamp) continue;
-      byId.set(job.metadata.uid, job);
-      pending.push(workloadOf(job));
-    }
+    const { running, pending, byId, nodes } = buildSnapshot(
+      this.snapshot(),
+      await this.deps.runtime.nodes(),
+      // Work placed on the platform by others, and pods submitted straight to Loom's scheduler.
+      this.deps.runtime.external?.(),
+    );
     if (pending.length === 0) return {};
+    const names = new Map(pending.map((w) => [w.id, { name: w.name, uid: w.id }]));
     const projects = this.deps.listProjects().map(policyOf);
     const decisions = this.deps.scheduler.schedule({ nodes, projects, running, pending });
     const now = this.deps.now();
+    const runtime = this.deps.runtime;
     // The writes of one cycle are independent (each job its own object): send them side by side.
     // One at a time, admitting 1,000 jobs on Kubernetes took 222 s of round trips in bench:k8s.
-    await forEachConcurrently(decisions.preempt, WRITE_CONCURRENCY, (p) =>
-      this.preempt(byId.get(p.id)!, byId.get(p.for)!, p, now),
-    );
-    await forEachConcurrently(decisions.bind, WRITE_CONCURRENCY, ({ id, placements }) =>
-      this.admit(byId.get(id)!, placements, now),
-    );
-    await forEachConcurrently(decisions.pending, WRITE_CONCURRENCY, (p) =>
-      this.wait(byId.get(p.id)!, p, now),
-    );
+    await forEachConcurrently(decisions.preempt, WRITE_CONCURRENCY, async (p) => {
+      const victim = byId.get(p.id);
+      if (victim) await this.preempt(victim, names.get(p.for)!, p, now); // others' work is never a victim
+    });
+    await forEachConcurrently(decisions.bind, WRITE_CONCURRENCY, async ({ id, placements }) => {
+      const job = byId.get(id);
+      if (job) await this.admit(job, placements, now);
+      else await runtime.bindExternal?.(id, placements);
+    });
+    await forEachConcurrently(decisions.pending, WRITE_CONCURRENCY, async (p) => {
+      const job = byId.get(p.id);
+      if (job) await this.wait(job, p, now);
+      else await runtime.explainExternal?.(p.id, p.reason, withHolders(p));
+    });
     return {};
   }
 
@@ -152,19 +143,18 @@ export class AdmissionReconciler implements Reconciler {
 
   private async preempt(
     victim: TrainingJob,
-    preemptor: TrainingJob,
+    preemptor: { name: string; uid: string },
     p: PreemptDecision,
     now: Date,
   ): Promise<void> {
-    const forName = `${preemptor.metadata.project}/${preemptor.metadata.name}`;
     await this.writeStatus({
       ...victim,
       status: {
         ...victim.status,
         preemption: {
           requestedAt: now.toISOString(),
-          for: forName,
-          forUid: preemptor.metadata.uid,
+          for: preemptor.name,
+          forUid: preemptor.uid,
           reason: p.reason,
           message: p.message,
         },
@@ -174,8 +164,7 @@ export class AdmissionReconciler implements Reconciler {
   }
 
   private async wait(job: TrainingJob, p: PendingDecision, now: Date): Promise<void> {
-    const holders = p.holders.length ? `; held by ${p.holders.join(", ")}` : "";
-    const message = `${p.message}${holders}`;
+    const message = withHolders(p);
     const prev = getCondition(job.status?.conditions, "Admitted");
     // Unchanged blocker: no write (queue positions shift with every admission; rewriting every
     // waiting job for that would cost a write per job per cycle).
@@ -200,6 +189,41 @@ export class AdmissionReconciler implements Reconciler {
       message,
     );
   }
+}
+
+function withHolders(p: PendingDecision): string {
+  return p.holders.length ? `${p.message}; held by ${p.holders.join(", ")}` : p.message;
+}
+
+/**
+ * The scheduler's inputs from what the platform holds: admitted, unfinished jobs are running
+ * (a job asked to make room is stopping), the rest wait; others' work comes from the runtime.
+ */
+export function buildSnapshot(jobs: TrainingJob[], nodeCapacity: NodeCapacity[], external?: ExternalWork) {
+  const nodes = nodeCapacity.map(toSchedNode);
+  const running: RunningWorkload[] = [];
+  const pending: Workload[] = [];
+  const byId = new Map<string, TrainingJob>();
+  for (const job of jobs) {
+    if (isFinished(job)) continue;
+    const admission = job.status?.admission;
+    if (admission) {
+      byId.set(job.metadata.uid, job);
+      running.push({
+        ...workloadOf(job),
+        placements: placementsOf(job),
+        stopping: !!job.status?.preemption,
+        ...(job.status?.preemption?.forUid ? { preemptedFor: job.status.preemption.forUid } : {}),
+      });
+      continue;
+    }
+    if (job.metadata.deletionTimestamp) continue;
+    byId.set(job.metadata.uid, job);
+    pending.push(workloadOf(job));
+  }
+  running.push(...(external?.running ?? []));
+  pending.push(...(external?.pending ?? []));
+  return { nodes, running, pending, byId };
 }
 
 /** The scheduler's view of a TrainingJob: a gang of identical workers. */

@@ -36,6 +36,7 @@ export class ControllerManager {
   private gcTimer: NodeJS.Timeout | undefined;
   private readonly tjInformer: Informer;
   private readonly projectInformer: Informer;
+  private readonly admission: Controller;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
@@ -63,6 +64,7 @@ export class ControllerManager {
     );
     const projects = new Controller(new ProjectReconciler(deps.store, deps.runtime), log("project"), metrics);
     this.controllers.push(admission, jobs, projects);
+    this.admission = admission;
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
       storeSource(deps.store, TRAININGJOB),
@@ -96,6 +98,8 @@ export class ControllerManager {
       informerOpts,
     );
     this.informers.push(this.projectInformer);
+    // Pods submitted straight to Loom's scheduler, and node changes, call for a cycle too.
+    deps.runtime.onCapacityChange?.(() => admission.enqueueBatched(ADMISSION_KEY));
     deps.runtime.onChange((ref) => {
       jobs.enqueue(displayKey(ref));
       admission.enqueueBatched(ADMISSION_KEY);
@@ -106,6 +110,9 @@ export class ControllerManager {
     for (const c of this.controllers) c.start();
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.waitForSync()));
+    // One cycle at start: work that waits (pods submitted straight to the scheduler) may have
+    // arrived before anything here listened.
+    this.admission.enqueueBatched(ADMISSION_KEY);
     await this.collectGarbage();
     this.gcTimer = setInterval(() => void this.collectGarbage(), this.deps.resyncMs ?? 30_000);
     this.gcTimer.unref();

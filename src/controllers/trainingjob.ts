@@ -346,6 +346,7 @@ export class TrainingJobReconciler implements Reconciler {
     );
     await this.writeStatus(job, {
       ...job.status,
+      workers: undefined, // none now; the stopped attempt's logs stay (loom logs --attempt)
       phase: "Pending",
       admission: undefined,
       preemption: undefined,

@@ -1,4 +1,5 @@
 import type { Readable } from "node:stream";
+import type { PodPlacement, RunningWorkload, Workload } from "../scheduler/core/model.js";
 import type { Allocation, NodeCapacity } from "../scheduler/port.js";
 
 /** Identifies one workload across the platform: uid guards against a re-created namesake. */
@@ -99,5 +100,24 @@ export interface Runtime {
   removeProject(name: string): Promise<void>;
   /** Called whenever a workload's observed state changes (a worker started or exited). */
   onChange(listener: (ref: WorkloadRef) => void): void;
+  /**
+   * Platforms where others place work too (Kubernetes): work submitted straight to Loom's
+   * scheduler that no Loom kind owns (pods with schedulerName loom, in gangs), and capacity
+   * everything else already holds. Absent embedded, where Loom is all there is.
+   */
+  external?(): ExternalWork;
+  /** Carries out the scheduler's placement of an external workload (binds its pods). */
+  bindExternal?(id: string, placements: PodPlacement[]): Promise<void>;
+  /** Tells an external workload why it waits (Kubernetes: the pods' PodScheduled condition). */
+  explainExternal?(id: string, reason: string, message: string): Promise<void>;
+  /** Called when external work or the nodes change: the scheduler should look again. */
+  onCapacityChange?(listener: () => void): void;
   close(): Promise<void>;
+}
+
+export interface ExternalWork {
+  /** Gangs waiting for Loom to place them. */
+  pending: Workload[];
+  /** What others hold: never preempted by Loom. */
+  running: RunningWorkload[];
 }

@@ -8,12 +8,15 @@ import Fastify, {
 import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { API_VERSION } from "../api/meta.js";
+import type { TrainingJob } from "../api/trainingjob.js";
 import { BadRequestError, UnauthorizedError } from "../errors.js";
 import type { Runtime } from "../runtime/port.js";
+import { coreScheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../store/port.js";
 import { installErrorHandler, statusBody } from "./errors.js";
 import { buildOpenApi } from "./openapi.js";
 import { ResourceService } from "./resources.js";
+import { SchedulingView } from "./scheduling.js";
 
 export interface AppDeps {
   store: ResourceStore;
@@ -107,6 +110,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get("/version", async () => ({ version: deps.version, apiVersion: API_VERSION }));
 
   const dryRun = (q: Query) => q.dryRun === "All";
+  const scheduling = new SchedulingView({
+    store: deps.store,
+    runtime: deps.runtime,
+    scheduler: coreScheduler,
+  });
+
+  // Scheduling views: capacity and use per node and per project (loom get nodes, loom top).
+  app.get(`${BASE}/nodes`, async () => ({ kind: "NodeList", items: await scheduling.nodes() }));
+  app.get(`${BASE}/usage/projects`, async () => ({
+    kind: "ProjectUsageList",
+    items: await scheduling.projects(),
+  }));
 
   const listOrWatch = async (
     req: FastifyRequest<{ Params: Params; Querystring: Query }>,
@@ -222,12 +237,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.post<{ Params: Params; Querystring: Query }>(
     `${BASE}/projects/:project/:plural`,
     async (req, reply) => {
-      const created = await resources.create(
-        resources.namespacedKind(req.params.plural!),
-        req.params.project,
-        req.body,
-        dryRun(req.query),
-      );
+      const def = resources.namespacedKind(req.params.plural!);
+      const created = await resources.create(def, req.params.project, req.body, dryRun(req.query));
+      // `loom apply --dry-run`: would it start now, and what would it preempt?
+      if (dryRun(req.query) && req.query.preview === "admission" && def.kind === "TrainingJob") {
+        const preview = await scheduling.preview(created as TrainingJob);
+        return reply.code(201).send({ ...created, status: { phase: "Pending", admissionPreview: preview } });
+      }
       return reply.code(201).send(created);
     },
   );

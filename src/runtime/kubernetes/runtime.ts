@@ -3,13 +3,15 @@ import type { Logger } from "pino";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import { Informer } from "../../controllers/informer.js";
 import type { ControllerMetrics } from "../../controllers/metrics.js";
-import { NotFoundError } from "../../errors.js";
+import { LoomError, NotFoundError } from "../../errors.js";
 import type { KubeClient } from "../../kube/client.js";
 import { kubeCollectionSource, objectKey } from "../../kube/source.js";
+import type { PodPlacement, RunningWorkload, Workload } from "../../scheduler/core/model.js";
 import type { NodeCapacity } from "../../scheduler/port.js";
-import { namespaceOf } from "../../store/kube/resources.js";
+import { namespaceOf, projectOf } from "../../store/kube/resources.js";
 import { gpuShareEnv } from "../env.js";
 import type {
+  ExternalWork,
   GangObservation,
   GangSpec,
   LogOptions,
@@ -35,6 +37,13 @@ const L = {
 
 export const GPU_RESOURCE = "nvidia.com/gpu";
 
+/** Pods with this schedulerName are placed by Loom (kube-scheduler leaves them alone). */
+export const SCHEDULER_NAME = "loom";
+/** Pods with the same value of this label (in one namespace) are one gang: placed together. */
+export const GANG_LABEL = "loom.dev/gang";
+/** How many pods the gang has: it is not placed until all of them exist. */
+export const GANG_SIZE_ANNOTATION = "loom.dev/gang-size";
+
 /** Node labels the scheduler reads: pools are Loom's; GPU model and memory are GPU Feature Discovery's. */
 export const NODE_LABELS = {
   pool: "loom.dev/node-pool",
@@ -48,11 +57,18 @@ interface Pod {
     name: string;
     namespace: string;
     labels?: Record<string, string>;
+    annotations?: Record<string, string>;
     deletionTimestamp?: string;
     resourceVersion?: string;
     creationTimestamp?: string;
   };
-  spec?: { nodeName?: string };
+  spec?: {
+    nodeName?: string;
+    schedulerName?: string;
+    priority?: number;
+    containers?: { resources?: { requests?: Record<string, string> } }[];
+    initContainers?: { resources?: { requests?: Record<string, string> } }[];
+  };
   status?: {
     phase?: string;
     startTime?: string;
@@ -86,8 +102,10 @@ const TOMBSTONE_MS = 5 * 60_000;
 /**
  * The Runtime port on Kubernetes: each worker of an attempt is a Pod owned by its TrainingJob
  * (deleting the job cascades), workers find each other through a headless Service, and every
- * Pod passes Pod Security "restricted". Admission has already chosen the node, so Pods are
- * created with spec.nodeName (the gang-aware secondary scheduler replaces this later).
+ * Pod passes Pod Security "restricted". Pods carry schedulerName "loom": the admission loop has
+ * placed the whole gang, and the runtime binds every pod through the binding subresource once
+ * all of them exist. Pods of other workloads with schedulerName "loom" (users' Deployments,
+ * Jobs…) are Loom's to place too: `external()` hands them to the scheduler in gangs.
  */
 export class KubernetesRuntime implements Runtime {
   private readonly listeners: ((ref: WorkloadRef) => void)[] = [];
@@ -115,7 +133,8 @@ export class KubernetesRuntime implements Runtime {
     this.log = opts.log;
     const metrics = opts.metrics ?? noMetrics;
     this.podInformer = new Informer<Pod>(
-      kubeCollectionSource(this.client, this.log, "Pod", "/api/v1/pods", `${L.managedBy}=loom`),
+      // Every pod, not only Loom's: the scheduler must see what others hold on each node.
+      kubeCollectionSource(this.client, this.log, "Pod", "/api/v1/pods"),
       { onChange: (key, pod, type) => this.onPodEvent(key, pod, type) },
       this.log,
       metrics,
@@ -123,11 +142,25 @@ export class KubernetesRuntime implements Runtime {
     );
     this.nodeInformer = new Informer<KubeNode>(
       kubeCollectionSource(this.client, this.log, "Node", "/api/v1/nodes"),
-      { onChange: () => {} },
+      { onChange: () => this.capacityChanged() },
       this.log,
       metrics,
       { resyncMs: 24 * 3600_000 },
     );
+  }
+
+  private readonly capacityListeners: (() => void)[] = [];
+  /** External pods bound by this runtime, until the watch shows their node: pod key → node. */
+  private readonly boundExternal = new Map<string, string>();
+  /** The last reason written to an external pod, so an unchanged one is not written again. */
+  private readonly explained = new Map<string, string>();
+
+  onCapacityChange(listener: () => void): void {
+    this.capacityListeners.push(listener);
+  }
+
+  private capacityChanged(): void {
+    for (const l of this.capacityListeners) l();
   }
 
   /** Starts the pod and node caches; controllers hear about every worker change from then on. */
@@ -161,6 +194,144 @@ export class KubernetesRuntime implements Runtime {
     if (type === "RESYNC") return;
     const ref = refFromLabels(pod.metadata.labels);
     if (ref) for (const l of this.listeners) l(ref);
+    else if (type === "DELETED" || isExternalPending(pod) || pod.spec?.nodeName) {
+      if (type === "DELETED") {
+        this.boundExternal.delete(key);
+        this.explained.delete(key);
+      } else if (pod.spec?.nodeName) this.boundExternal.delete(key);
+      this.capacityChanged();
+    }
+  }
+
+  external(): ExternalWork {
+    const pending = new Map<string, { pods: Pod[]; size: number }>();
+    const running: RunningWorkload[] = [];
+    const devicesTaken = new Map<string, number>();
+    if (!this.watching) return { pending: [], running: [] };
+    for (const pod of this.podInformer.list()) {
+      if (pod.metadata.labels?.[L.uid] || isTerminal(pod)) continue; // Loom's own: admissions count them
+      const key = objectKey(pod);
+      const node = pod.spec?.nodeName ?? this.boundExternal.get(key);
+      const request = podRequest(pod);
+      if (node) {
+        // Held by someone else. Device ids are the device plugin's choice, unknown here: count
+        // them from the top of the node's devices (Loom's own placements fill from the bottom).
+        const taken = devicesTaken.get(node) ?? 0;
+        const gpus = Array.from({ length: Math.ceil(request.gpu) }, (_, i) => ({
+          device: `${node}/gpu-${this.gpuCount(node) - 1 - taken - i}`,
+          share: 1,
+        }));
+        devicesTaken.set(node, taken + gpus.length);
+        running.push({
+          id: `pod:${key}`,
+          name: key,
+          project: projectOf(pod.metadata.namespace) ?? `namespace ${pod.metadata.namespace}`,
+          priority: pod.spec?.priority ?? 0,
+          preemptible: false,
+          createdAt: pod.metadata.creationTimestamp ?? "",
+          pods: [request],
+          placements: [{ pod: 0, node, gpus }],
+        });
+        continue;
+      }
+      if (!isExternalPending(pod)) continue; // another scheduler's pod, not yet bound
+      const gang = pod.metadata.labels?.[GANG_LABEL];
+      const id = gang ? `gang:${pod.metadata.namespace}/${gang}` : `pod:${key}`;
+      const entry = pending.get(id) ?? { pods: [], size: 1 };
+      entry.pods.push(pod);
+      entry.size = Math.max(entry.size, Number(pod.metadata.annotations?.[GANG_SIZE_ANNOTATION] ?? 1) || 1);
+      pending.set(id, entry);
+    }
+    const workloads: Workload[] = [];
+    for (const [id, { pods, size }] of pending) {
+      // A gang starts all together: until all its pods exist, it is not even a candidate.
+      if (pods.length < size) continue;
+      pods.sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+      const first = pods[0]!;
+      workloads.push({
+        id,
+        name: id.replace(/^(pod|gang):/, ""),
+        project: projectOf(first.metadata.namespace) ?? `namespace ${first.metadata.namespace}`,
+        priority: first.spec?.priority ?? 0,
+        // Placed like preemptible work (it may borrow beyond deserved quota); once bound, Loom
+        // never preempts it (it cannot restart what it does not own).
+        preemptible: true,
+        createdAt:
+          pods
+            .map((p) => p.metadata.creationTimestamp ?? "")
+            .sort()
+            .pop() ?? "",
+        pods: pods.map(podRequest),
+        ...(first.metadata.labels?.[NODE_LABELS.pool]
+          ? { nodePool: first.metadata.labels[NODE_LABELS.pool] }
+          : {}),
+      });
+      this.externalPods.set(id, pods.map(objectKey));
+    }
+    return { pending: workloads, running };
+  }
+
+  /** The pods of each external workload handed out by the last external() call. */
+  private readonly externalPods = new Map<string, string[]>();
+
+  private gpuCount(node: string): number {
+    return Number(this.nodeInformer.get(node)?.status?.allocatable?.[GPU_RESOURCE] ?? 0);
+  }
+
+  async bindExternal(id: string, placements: PodPlacement[]): Promise<void> {
+    const keys = this.externalPods.get(id) ?? [];
+    await Promise.all(
+      placements.map(async (p) => {
+        const key = keys[p.pod];
+        if (!key) return;
+        const [ns, name] = key.split("/") as [string, string];
+        await this.bind(ns, name, p.node);
+        this.boundExternal.set(key, p.node);
+        this.explained.delete(key);
+      }),
+    );
+  }
+
+  async explainExternal(id: string, reason: string, message: string): Promise<void> {
+    for (const key of this.externalPods.get(id) ?? []) {
+      const text = `${reason}: ${message}`;
+      if (this.explained.get(key) === text) continue;
+      const [ns, name] = key.split("/") as [string, string];
+      // As kube-scheduler does: PodScheduled=False says why in `kubectl describe pod`.
+      await this.client
+        .request("PATCH", `/api/v1/namespaces/${ns}/pods/${name}/status`, {
+          body: {
+            status: {
+              conditions: [
+                {
+                  type: "PodScheduled",
+                  status: "False",
+                  reason: "Unschedulable",
+                  message: `${reason}: ${message}`,
+                  lastTransitionTime: new Date().toISOString(),
+                },
+              ],
+            },
+          },
+          contentType: "application/strategic-merge-patch+json",
+        })
+        .catch((err: unknown) => {
+          if (!(err instanceof NotFoundError)) throw err;
+        });
+      this.explained.set(key, text);
+    }
+  }
+
+  /** Binds a pod to a node through the binding subresource, as a scheduler does. */
+  private async bind(ns: string, name: string, node: string): Promise<void> {
+    await this.client.request("POST", `/api/v1/namespaces/${ns}/pods/${name}/binding`, {
+      body: {
+        apiVersion: "v1",
+        kind: "Binding",
+        metadata: { name, namespace: ns },
+        target: { apiVersion: "v1", kind: "Node", name: node },
+      },
+    });
   }
 
   /** Remembers what the API server answered to this runtime's own pod write. */
@@ -208,18 +379,22 @@ export class KubernetesRuntime implements Runtime {
     const { ref, attempt } = spec;
     const ns = namespaceOf(ref.project);
     const pods = await this.pods(ref);
-    if (pods.some((p) => Number(p.metadata.labels?.[L.attempt]) >= attempt)) return;
-    const live = pods.filter((p) => !isTerminal(p));
-    if (live.length > 0)
+    const attemptOf = (p: Pod) => Number(p.metadata.labels?.[L.attempt]);
+    if (pods.some((p) => attemptOf(p) > attempt)) return;
+    const earlier = pods.filter((p) => attemptOf(p) < attempt);
+    if (earlier.some((p) => !isTerminal(p)))
       throw new Error(
         `attempt of ${ref.name} still has live pods; stop it before starting attempt ${attempt}`,
       );
     // Finished pods of earlier attempts go now: attempts never overlap, and names are per attempt.
-    for (const p of pods) await this.deletePod(p, 0);
+    for (const p of earlier) await this.deletePod(p, 0);
+    // A retry of this start creates what is missing and binds what is unbound.
+    const existing = new Set(pods.filter((p) => attemptOf(p) === attempt).map((p) => p.metadata.name));
     // Peers find each other by name through a headless Service. A single worker has no peers,
     // and the Service's EndpointSlices cost the control plane ~8 requests per job (bench:k8s).
     if (spec.workers.length > 1) await this.ensureService(ref);
     for (const w of spec.workers) {
+      if (existing.has(podName(ref.name, attempt, w.index))) continue;
       const labels = {
         ...workloadLabels(ref),
         [L.attempt]: String(attempt),
@@ -257,7 +432,7 @@ export class KubernetesRuntime implements Runtime {
         },
         spec: {
           restartPolicy: "Never",
-          nodeName: w.allocation.node,
+          schedulerName: SCHEDULER_NAME,
           hostname: `${ref.name}-${w.index}`,
           ...(spec.workers.length > 1 ? { subdomain: ref.name } : {}),
           enableServiceLinks: false,
@@ -298,7 +473,21 @@ export class KubernetesRuntime implements Runtime {
         if ((err as { code?: string }).code !== "AlreadyExists") throw err;
       }
     }
-    this.log.info({ project: ref.project, workload: ref.name, attempt }, "created worker pods");
+    // The whole gang exists: bind every pod to the node admission chose for it.
+    await Promise.all(
+      spec.workers.map(async (w) => {
+        const name = podName(ref.name, attempt, w.index);
+        const cached = this.podInformer.get(`${ns}/${name}`) ?? this.ownWrites.get(`${ns}/${name}`);
+        if (cached?.spec?.nodeName) return;
+        try {
+          await this.bind(ns, name, w.allocation.node);
+        } catch (err) {
+          // Bound already (a retry of this start): the pod keeps its node.
+          if (!(err instanceof LoomError && err.code === "Conflict")) throw err;
+        }
+      }),
+    );
+    this.log.info({ project: ref.project, workload: ref.name, attempt }, "created and bound worker pods");
   }
 
   async observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
@@ -506,6 +695,32 @@ function refFromLabels(labels: Record<string, string> | undefined): WorkloadRef 
   const name = labels?.[L.workload];
   if (!uid || !project || !name) return undefined;
   return { kind: labels[L.kind] ?? "TrainingJob", project, name, uid };
+}
+
+function isExternalPending(p: Pod): boolean {
+  return (
+    p.spec?.schedulerName === SCHEDULER_NAME &&
+    !p.spec.nodeName &&
+    !p.metadata.deletionTimestamp &&
+    !isTerminal(p)
+  );
+}
+
+/** A pod's requests as the scheduler counts them (the largest init container counts too). */
+function podRequest(p: Pod) {
+  const sum = { cpuMillis: 0, memoryBytes: 0, gpu: 0 };
+  for (const c of p.spec?.containers ?? []) {
+    const r = c.resources?.requests ?? {};
+    sum.cpuMillis += parseCpuMillis(r.cpu ?? "0") ?? 0;
+    sum.memoryBytes += parseMemoryBytes(r.memory ?? "0") ?? 0;
+    sum.gpu += Number(r[GPU_RESOURCE] ?? 0);
+  }
+  for (const c of p.spec?.initContainers ?? []) {
+    const r = c.resources?.requests ?? {};
+    sum.cpuMillis = Math.max(sum.cpuMillis, parseCpuMillis(r.cpu ?? "0") ?? 0);
+    sum.memoryBytes = Math.max(sum.memoryBytes, parseMemoryBytes(r.memory ?? "0") ?? 0);
+  }
+  return sum;
 }
 
 function isTerminal(p: Pod): boolean {

@@ -1,0 +1,184 @@
+import type { Project } from "../api/project.js";
+import type { TrainingJob } from "../api/trainingjob.js";
+import { buildSnapshot, policyOf, workloadOf } from "../controllers/admission.js";
+import type { Runtime } from "../runtime/port.js";
+import type { Decisions, RunningWorkload, Snapshot } from "../scheduler/core/model.js";
+import { gangTotals } from "../scheduler/core/schedule.js";
+import type { Scheduler } from "../scheduler/port.js";
+import type { ResourceStore } from "../store/port.js";
+
+export interface NodeUsage {
+  name: string;
+  pool: string;
+  gpuModel?: string;
+  capacity: { cpuMillis: number; memoryBytes: number; gpus: number; pods?: number };
+  allocated: { cpuMillis: number; memoryBytes: number; gpus: number; pods: number };
+  /** Workloads ("project/name") with a pod on the node. */
+  workloads: string[];
+}
+
+export interface ProjectUsage {
+  name: string;
+  deserved: { gpu?: number; cpuMillis?: number; memoryBytes?: number };
+  limit?: { gpu?: number; cpuMillis?: number; memoryBytes?: number };
+  overQuotaWeight: number;
+  allocated: { gpu: number; cpuMillis: number; memoryBytes: number };
+  running: number;
+  pending: number;
+}
+
+/** What `loom apply --dry-run` learns about a TrainingJob: would it start now, and at whose cost. */
+export interface AdmissionPreview {
+  outcome: "Admit" | "Preempt" | "Wait";
+  message: string;
+  /** Workloads ("project/name") that would be preempted for it. */
+  preempts: string[];
+}
+
+/**
+ * Read-only views of scheduling for the API: node and project usage (`loom get nodes`,
+ * `loom top`) and admission previews (dry run). Each builds the scheduler's snapshot from the
+ * store and the runtime, as the admission loop does, and changes nothing.
+ */
+export class SchedulingView {
+  constructor(private readonly deps: { store: ResourceStore; runtime: Runtime; scheduler: Scheduler }) {}
+
+  private async snapshot(extraPending: TrainingJob[] = []): Promise<Snapshot> {
+    const [jobs, projects, nodes] = await Promise.all([
+      this.deps.store.list("TrainingJob"),
+      this.deps.store.list("Project"),
+      this.deps.runtime.nodes(),
+    ]);
+    const built = buildSnapshot(
+      [...(jobs.items as TrainingJob[]), ...extraPending],
+      nodes,
+      this.deps.runtime.external?.(),
+    );
+    return { ...built, projects: (projects.items as Project[]).map(policyOf) };
+  }
+
+  async nodes(): Promise<NodeUsage[]> {
+    const s = await this.snapshot();
+    const usage = new Map<string, NodeUsage>();
+    for (const n of s.nodes) {
+      usage.set(n.name, {
+        name: n.name,
+        pool: n.pool ?? "default",
+        ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
+        capacity: {
+          cpuMillis: n.cpuMillis,
+          memoryBytes: n.memoryBytes,
+          gpus: n.gpus.length,
+          ...(n.maxPods !== undefined ? { pods: n.maxPods } : {}),
+        },
+        allocated: { cpuMillis: 0, memoryBytes: 0, gpus: 0, pods: 0 },
+        workloads: [],
+      });
+    }
+    for (const w of s.running) {
+      for (const p of w.placements) {
+        const u = usage.get(p.node);
+        const pod = w.pods[p.pod];
+        if (!u || !pod) continue;
+        u.allocated.cpuMillis += pod.cpuMillis;
+        u.allocated.memoryBytes += pod.memoryBytes;
+        u.allocated.gpus += p.gpus.reduce((sum, g) => sum + g.share, 0);
+        u.allocated.pods += 1;
+        if (!u.workloads.includes(w.name)) u.workloads.push(w.name);
+      }
+    }
+    return [...usage.values()];
+  }
+
+  async projects(): Promise<ProjectUsage[]> {
+    const s = await this.snapshot();
+    const deviceMemory = Math.max(0, ...s.nodes.flatMap((n) => n.gpus.map((g) => g.memoryBytes ?? 0)));
+    const out = new Map<string, ProjectUsage>();
+    const entry = (name: string) => {
+      let e = out.get(name);
+      if (!e) {
+        const p = s.projects.find((x) => x.name === name);
+        e = {
+          name,
+          deserved: p ? vec(p.deserved) : {},
+          ...(p?.limit ? { limit: vec(p.limit) } : {}),
+          overQuotaWeight: p?.overQuotaWeight ?? 1,
+          allocated: { gpu: 0, cpuMillis: 0, memoryBytes: 0 },
+          running: 0,
+          pending: 0,
+        };
+        out.set(name, e);
+      }
+      return e;
+    };
+    for (const p of s.projects) entry(p.name);
+    for (const w of s.running as RunningWorkload[]) {
+      const e = entry(w.project);
+      const t = gangTotals(w.pods, deviceMemory);
+      e.allocated.gpu += t.gpu;
+      e.allocated.cpuMillis += t.cpu;
+      e.allocated.memoryBytes += t.memory;
+      e.running += 1;
+    }
+    for (const w of s.pending) entry(w.project).pending += 1;
+    return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Runs one scheduling cycle with the job added as pending, and reports what it decided for it. */
+  async preview(job: TrainingJob): Promise<AdmissionPreview> {
+    const id = job.metadata.uid || "dry-run";
+    const candidate: TrainingJob = {
+      ...job,
+      metadata: {
+        ...job.metadata,
+        uid: id,
+        creationTimestamp: job.metadata.creationTimestamp || new Date().toISOString(),
+      },
+      status: {},
+    };
+    const s = await this.snapshot();
+    // A job updated in place replaces its stored self.
+    const pending = [...s.pending.filter((w) => w.id !== id), workloadOf(candidate)];
+    const running = s.running.filter((w) => w.id !== id);
+    const decisions: Decisions = this.deps.scheduler.schedule({ ...s, pending, running });
+    const bound = decisions.bind.find((b) => b.id === id);
+    const preempts = decisions.preempt
+      .filter((p) => p.for === id)
+      .map((p) => running.find((r) => r.id === p.id)?.name ?? p.id);
+    if (bound) {
+      const nodes = [...new Set(bound.placements.map((p) => p.node))].join(", ");
+      const gpus = bound.placements.flatMap((p) =>
+        p.gpus.map((g) => (g.share < 1 ? `${g.device} (${g.share})` : g.device)),
+      );
+      return {
+        outcome: "Admit",
+        message: `would start now on ${nodes}${gpus.length ? ` with GPU(s) ${gpus.join(", ")}` : ""}`,
+        preempts: [],
+      };
+    }
+    const waiting = decisions.pending.find((p) => p.id === id);
+    if (preempts.length > 0) {
+      const reason = decisions.preempt.find((p) => p.for === id)?.reason;
+      return {
+        outcome: "Preempt",
+        message: `would preempt ${preempts.length} workload(s) (${reason}): ${preempts.join(", ")}; starts once they stop`,
+        preempts,
+      };
+    }
+    return {
+      outcome: "Wait",
+      message: waiting
+        ? `would wait (${waiting.reason}, queue position ${waiting.queuePosition}): ${waiting.message}`
+        : "would wait",
+      preempts: [],
+    };
+  }
+}
+
+function vec(v: { gpu?: number; cpu?: number; memory?: number }) {
+  return {
+    ...(v.gpu !== undefined ? { gpu: v.gpu } : {}),
+    ...(v.cpu !== undefined ? { cpuMillis: v.cpu } : {}),
+    ...(v.memory !== undefined ? { memoryBytes: v.memory } : {}),
+  };
+}
