@@ -195,6 +195,7 @@ export interface Job {
     phase?: string;
     attempts?: number;
     preemptions?: number;
+    preemption?: { reason: string; for: string };
     conditions?: { type: string; status: string; reason: string; message: string }[];
     workers?: {
       index: number;
