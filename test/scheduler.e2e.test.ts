@@ -59,3 +59,20 @@ describe("loom get nodes, loom top and apply --dry-run (embedded, 4 virtual GPUs
     expect(x4.status?.preemption).toBeUndefined();
   }, 120_000);
 });
+
+describe("fractional GPUs (embedded, 1 virtual GPU)", () => {
+  const loom = new LoomProcess(["--gpus", "1"]);
+  beforeAll(() => loom.start());
+  afterAll(() => loom.stop());
+
+  it("runs examples/fractional-gpu: two half-GPU workers share the one device, each told its share", async () => {
+    const applied = await loom.cli(["apply", "-f", "examples/fractional-gpu/"]);
+    expect(applied.code, applied.stderr).toBe(0);
+    for (const name of ["half-a", "half-b"]) {
+      const done = await loom.waitFor(name, (j) => j.status?.phase === "Succeeded", 30_000);
+      expect(done.status?.workers?.[0]?.exitCode).toBe(0);
+      const logs = await loom.cli(["logs", `tj/${name}`]);
+      expect(logs.stdout).toContain("device=0 share=0.5");
+    }
+  }, 60_000);
+});
