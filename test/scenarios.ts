@@ -189,4 +189,34 @@ ${platform().pool ? `  nodePool: ${platform().pool}\n` : ""}`;
     for (const p of ["sched-a", "sched-b"])
       await platform().loom(["delete", "tj", "--all", "-p", p, "--timeout", "60"]);
   }, 300_000);
+
+  it("fair share: three projects with no quota and weights 1:1:2 split 8 GPUs 2:2:4", async () => {
+    const weights: Record<string, number> = { "fair-a": 1, "fair-b": 1, "fair-c": 2 };
+    for (const [p, w] of Object.entries(weights)) {
+      const pools = platform().pool ? `\n  nodePools: [${platform().pool}]` : "";
+      const yaml = `apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: ${p}}\nspec:\n  overQuotaWeight: ${w}${pools}\n`;
+      expect((await platform().loom(["apply", "-f", "-"], yaml)).code).toBe(0);
+    }
+    // All 24 jobs arrive together: 8 per project, 8 GPUs in all.
+    const all = Object.keys(weights)
+      .flatMap((p) => Array.from({ length: 8 }, (_, i) => gpuJob(p, `${p}-${i + 1}`)))
+      .join("---\n");
+    const applied = await platform().loom(["apply", "-f", "-"], all);
+    expect(applied.code, applied.stderr).toBe(0);
+    // Jobs of the first project may take all 8 before the others arrive (nothing is left idle);
+    // fair-share preemption then converges to the weighted split.
+    let last: number[] = [];
+    const split = await until("the 2:2:4 split", async () => {
+      last = await Promise.all(Object.keys(weights).map(async (p) => running(await list(p)).length));
+      return last.join(":") === "2:2:4" ? last : undefined;
+    }).catch((err: Error) => {
+      throw new Error(`${err.message}; last running counts ${last.join(":")}`);
+    });
+    expect(split).toEqual([2, 2, 4]);
+    const waiting = (await list("fair-a")).find((j) => j.status?.phase === "Pending");
+    const reason = waiting?.status?.conditions?.find((c) => c.type === "Admitted")?.reason;
+    expect(["OverFairShare", "InsufficientCapacity"]).toContain(reason);
+    for (const p of Object.keys(weights))
+      await platform().loom(["delete", "tj", "--all", "-p", p, "--timeout", "60"]);
+  }, 300_000);
 }
