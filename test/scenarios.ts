@@ -145,78 +145,83 @@ ${platform().pool ? `  nodePool: ${platform().pool}\n` : ""}`;
   const running = (jobs: Job[]) => jobs.filter((j) => j.status?.workers?.[0]?.state === "Running");
 
   it("reclaim: B takes back exactly its 4 deserved GPUs from A's 4 newest jobs, gracefully", async () => {
-    for (const p of ["sched-a", "sched-b"]) {
-      const r = await platform().loom(["apply", "-f", "-"], projectYaml(p));
-      expect(r.code, r.stderr).toBe(0);
+    try {
+      for (const p of ["sched-a", "sched-b"]) {
+        const r = await platform().loom(["apply", "-f", "-"], projectYaml(p));
+        expect(r.code, r.stderr).toBe(0);
+      }
+      // a1–a4, then a5–a8 a second later: creation timestamps have second precision on Kubernetes.
+      const batch = (from: number) =>
+        Array.from({ length: 4 }, (_, i) => gpuJob("sched-a", `a${from + i}`)).join("---\n");
+      expect((await platform().loom(["apply", "-f", "-"], batch(1))).code).toBe(0);
+      await sleep(1100);
+      expect((await platform().loom(["apply", "-f", "-"], batch(5))).code).toBe(0);
+      await until("A borrows all 8 GPUs", async () => {
+        const r = running(await list("sched-a"));
+        return r.length === 8 ? r : undefined;
+      });
+
+      const bJobs = Array.from({ length: 4 }, (_, i) => gpuJob("sched-b", `b${i + 1}`)).join("---\n");
+      expect((await platform().loom(["apply", "-f", "-"], bJobs)).code).toBe(0);
+      await until("B runs its 4 jobs", async () => {
+        const r = running(await list("sched-b"));
+        return r.length === 4 ? r : undefined;
+      });
+
+      const a = await list("sched-a");
+      const preempted = a.filter((j) => (j.status?.preemptions ?? 0) > 0).map((j) => j.metadata.name);
+      expect(preempted.sort()).toEqual(["a5", "a6", "a7", "a8"]);
+      expect(
+        running(a)
+          .map((j) => j.metadata.name)
+          .sort(),
+      ).toEqual(["a1", "a2", "a3", "a4"]);
+      for (const j of a.filter((x) => preempted.includes(x.metadata.name))) {
+        expect(j.status?.phase).toBe("Pending");
+        expect(j.status?.attempts).toBe(1); // kept: the next admission starts attempt 2
+        const admitted = j.status?.conditions?.find((c) => c.type === "Admitted");
+        expect(admitted?.status).toBe("False");
+      }
+      const described = await platform().loom(["describe", "tj", "a8", "-p", "sched-a"]);
+      expect(described.stdout).toMatch(/Preempted|Reclaim/);
+      const logs = platform().logs;
+      if (logs) expect(await logs("sched-a", "a8")).toContain("got SIGTERM, checkpointing");
+    } finally {
+      for (const p of ["sched-a", "sched-b"])
+        await platform().loom(["delete", "tj", "--all", "-p", p, "--timeout", "60"]);
     }
-    // a1–a4, then a5–a8 a second later: creation timestamps have second precision on Kubernetes.
-    const batch = (from: number) =>
-      Array.from({ length: 4 }, (_, i) => gpuJob("sched-a", `a${from + i}`)).join("---\n");
-    expect((await platform().loom(["apply", "-f", "-"], batch(1))).code).toBe(0);
-    await sleep(1100);
-    expect((await platform().loom(["apply", "-f", "-"], batch(5))).code).toBe(0);
-    await until("A borrows all 8 GPUs", async () => {
-      const r = running(await list("sched-a"));
-      return r.length === 8 ? r : undefined;
-    });
-
-    const bJobs = Array.from({ length: 4 }, (_, i) => gpuJob("sched-b", `b${i + 1}`)).join("---\n");
-    expect((await platform().loom(["apply", "-f", "-"], bJobs)).code).toBe(0);
-    await until("B runs its 4 jobs", async () => {
-      const r = running(await list("sched-b"));
-      return r.length === 4 ? r : undefined;
-    });
-
-    const a = await list("sched-a");
-    const preempted = a.filter((j) => (j.status?.preemptions ?? 0) > 0).map((j) => j.metadata.name);
-    expect(preempted.sort()).toEqual(["a5", "a6", "a7", "a8"]);
-    expect(
-      running(a)
-        .map((j) => j.metadata.name)
-        .sort(),
-    ).toEqual(["a1", "a2", "a3", "a4"]);
-    for (const j of a.filter((x) => preempted.includes(x.metadata.name))) {
-      expect(j.status?.phase).toBe("Pending");
-      expect(j.status?.attempts).toBe(1); // kept: the next admission starts attempt 2
-      const admitted = j.status?.conditions?.find((c) => c.type === "Admitted");
-      expect(admitted?.status).toBe("False");
-    }
-    const described = await platform().loom(["describe", "tj", "a8", "-p", "sched-a"]);
-    expect(described.stdout).toMatch(/Preempted|Reclaim/);
-    const logs = platform().logs;
-    if (logs) expect(await logs("sched-a", "a8")).toContain("got SIGTERM, checkpointing");
-
-    for (const p of ["sched-a", "sched-b"])
-      await platform().loom(["delete", "tj", "--all", "-p", p, "--timeout", "60"]);
   }, 300_000);
 
   it("fair share: three projects with no quota and weights 1:1:2 split 8 GPUs 2:2:4", async () => {
     const weights: Record<string, number> = { "fair-a": 1, "fair-b": 1, "fair-c": 2 };
-    for (const [p, w] of Object.entries(weights)) {
-      const pools = platform().pool ? `\n  nodePools: [${platform().pool}]` : "";
-      const yaml = `apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: ${p}}\nspec:\n  overQuotaWeight: ${w}${pools}\n`;
-      expect((await platform().loom(["apply", "-f", "-"], yaml)).code).toBe(0);
+    try {
+      for (const [p, w] of Object.entries(weights)) {
+        const pools = platform().pool ? `\n  nodePools: [${platform().pool}]` : "";
+        const yaml = `apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: ${p}}\nspec:\n  overQuotaWeight: ${w}${pools}\n`;
+        expect((await platform().loom(["apply", "-f", "-"], yaml)).code).toBe(0);
+      }
+      // All 24 jobs arrive together: 8 per project, 8 GPUs in all.
+      const all = Object.keys(weights)
+        .flatMap((p) => Array.from({ length: 8 }, (_, i) => gpuJob(p, `${p}-${i + 1}`)))
+        .join("---\n");
+      const applied = await platform().loom(["apply", "-f", "-"], all);
+      expect(applied.code, applied.stderr).toBe(0);
+      // Jobs of the first project may take all 8 before the others arrive (nothing is left idle);
+      // fair-share preemption then converges to the weighted split.
+      let last: number[] = [];
+      const split = await until("the 2:2:4 split", async () => {
+        last = await Promise.all(Object.keys(weights).map(async (p) => running(await list(p)).length));
+        return last.join(":") === "2:2:4" ? last : undefined;
+      }).catch((err: Error) => {
+        throw new Error(`${err.message}; last running counts ${last.join(":")}`);
+      });
+      expect(split).toEqual([2, 2, 4]);
+      const waiting = (await list("fair-a")).find((j) => j.status?.phase === "Pending");
+      const reason = waiting?.status?.conditions?.find((c) => c.type === "Admitted")?.reason;
+      expect(["OverFairShare", "InsufficientCapacity"]).toContain(reason);
+    } finally {
+      for (const p of Object.keys(weights))
+        await platform().loom(["delete", "tj", "--all", "-p", p, "--timeout", "60"]);
     }
-    // All 24 jobs arrive together: 8 per project, 8 GPUs in all.
-    const all = Object.keys(weights)
-      .flatMap((p) => Array.from({ length: 8 }, (_, i) => gpuJob(p, `${p}-${i + 1}`)))
-      .join("---\n");
-    const applied = await platform().loom(["apply", "-f", "-"], all);
-    expect(applied.code, applied.stderr).toBe(0);
-    // Jobs of the first project may take all 8 before the others arrive (nothing is left idle);
-    // fair-share preemption then converges to the weighted split.
-    let last: number[] = [];
-    const split = await until("the 2:2:4 split", async () => {
-      last = await Promise.all(Object.keys(weights).map(async (p) => running(await list(p)).length));
-      return last.join(":") === "2:2:4" ? last : undefined;
-    }).catch((err: Error) => {
-      throw new Error(`${err.message}; last running counts ${last.join(":")}`);
-    });
-    expect(split).toEqual([2, 2, 4]);
-    const waiting = (await list("fair-a")).find((j) => j.status?.phase === "Pending");
-    const reason = waiting?.status?.conditions?.find((c) => c.type === "Admitted")?.reason;
-    expect(["OverFairShare", "InsufficientCapacity"]).toContain(reason);
-    for (const p of Object.keys(weights))
-      await platform().loom(["delete", "tj", "--all", "-p", p, "--timeout", "60"]);
   }, 300_000);
 }

@@ -168,7 +168,10 @@ export class AdmissionReconciler implements Reconciler {
     const prev = getCondition(job.status?.conditions, "Admitted");
     // Unchanged blocker: no write (queue positions shift with every admission; rewriting every
     // waiting job for that would cost a write per job per cycle).
-    if (job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === message) return;
+    // Who holds the capacity changes with every admission too: it rides along, but alone does
+    // not cause a write (it did: 29 status writes per job instead of 7 in bench:scheduler).
+    const sameBlocker = prev?.message === message || prev?.message.startsWith(`${p.message}; held by `);
+    if (job.status?.phase === "Pending" && prev?.reason === p.reason && sameBlocker) return;
     await this.writeStatus({
       ...job,
       status: {

@@ -64,6 +64,58 @@ export function fairShares(
 }
 
 /**
+ * Fair shares computed pool by pool, then summed: projects compete only for the pools they may
+ * use (Project.spec.nodePools). A project that may use several pools brings to each a part of
+ * its deserved quota, limit and demand in proportion to that pool's capacity. With one pool this
+ * is exactly fairShares over the cluster.
+ */
+export function fairSharesByPool(
+  projects: ProjectPolicy[],
+  pools: Map<string, Vec>,
+  demand: Map<string, Vec>,
+): Map<string, Vec> {
+  const out = new Map<string, Vec>();
+  for (const p of projects) out.set(p.name, zero());
+  const eligible = new Map<string, Vec>();
+  for (const p of projects) {
+    const e = zero();
+    for (const [pool, cap] of pools) {
+      if (p.nodePools && !p.nodePools.includes(pool)) continue;
+      for (const r of RESOURCES) e[r] += cap[r];
+    }
+    eligible.set(p.name, e);
+  }
+  for (const [pool, cap] of pools) {
+    const parts = projects.filter((p) => !p.nodePools || p.nodePools.includes(pool));
+    const scaledDemand = new Map<string, Vec>();
+    const scaled = parts.map((p) => {
+      const e = eligible.get(p.name)!;
+      const f = (r: (typeof RESOURCES)[number]) => (e[r] > 0 ? cap[r] / e[r] : 0);
+      const scale = (v: Partial<Vec> | undefined) => {
+        if (!v) return undefined;
+        const o: Partial<Vec> = {};
+        for (const r of RESOURCES) if (v[r] !== undefined) o[r] = v[r]! * f(r);
+        return o;
+      };
+      const d = demand.get(p.name) ?? zero();
+      scaledDemand.set(p.name, {
+        gpu: d.gpu * f("gpu"),
+        cpu: d.cpu * f("cpu"),
+        memory: d.memory * f("memory"),
+      });
+      const limit = scale(p.limit);
+      return { ...p, deserved: scale(p.deserved)!, ...(limit ? { limit } : {}) };
+    });
+    const shares = fairShares(scaled, cap, scaledDemand);
+    for (const [name, v] of shares) {
+      const o = out.get(name)!;
+      for (const r of RESOURCES) o[r] += v[r];
+    }
+  }
+  return out;
+}
+
+/**
  * Which project is served next (lower first): projects below their deserved quota before the
  * rest, ordered by how much of it they use; the rest by weighted over-quota dominant share —
  * the largest fraction of any cluster resource they use beyond their deserved quota, divided by

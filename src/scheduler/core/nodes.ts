@@ -52,6 +52,19 @@ export class ClusterState {
     return this.totalOf(this.nodes);
   }
 
+  /** Capacity of each node pool. */
+  capacityByPool(): Map<string, Vec> {
+    const out = new Map<string, Vec>();
+    for (const n of this.nodes) {
+      const v = out.get(n.pool) ?? { gpu: 0, cpu: 0, memory: 0 };
+      v.gpu += n.node.gpus.length;
+      v.cpu += n.node.cpuMillis;
+      v.memory += n.node.memoryBytes;
+      out.set(n.pool, v);
+    }
+    return out;
+  }
+
   totalOf(nodes: NodeState[]): Vec & { pods: number } {
     let gpu = 0;
     let cpu = 0;

@@ -1,5 +1,5 @@
 import { formatBytes, formatCpu } from "../../api/quantity.js";
-import { fairShares, projectOrderKey, type Usage, within, zero } from "./fairshare.js";
+import { fairSharesByPool, projectOrderKey, type Usage, within, zero } from "./fairshare.js";
 import {
   type Decisions,
   type PendingDecision,
@@ -109,9 +109,9 @@ class Cycle {
       for (const w of ps.queue) ps.wants = add(ps.wants, this.requestOf(w));
       demand.set(name, add(ps.usage, ps.wants));
     }
-    const fair = fairShares(
+    const fair = fairSharesByPool(
       [...this.projects.values()].map((p) => p.policy),
-      this.capacity,
+      this.cluster.capacityByPool(),
       demand,
     );
     for (const [name, ps] of this.projects) {
