@@ -1,9 +1,11 @@
 /**
- * Scheduler benchmark, in parts (LOOM_BENCH_SCHED_PARTS, default "a,c"):
+ * Scheduler benchmark, in parts (LOOM_BENCH_SCHED_PARTS, default "a,b,c"):
  *
  *  (a) Loom's scheduler core in process: 1,000 nodes × 8 GPUs, 20 projects, 10,000 pending pods
  *      in gangs, scheduled in cycles until nothing more fits; then a cluster 90% full of
  *      over-quota preemptible work and 1,000 pending pods that reclaim quota (victim search).
+ *  (b) On a real API server with 500 kwok nodes: 5,000 pending pods bound by Loom's operator
+ *      against kube-scheduler, each from a standing queue (bench/scheduler-k8s.ts).
  *  (c) End to end: 1,000 trivial jobs through the embedded platform's HTTP API against Slurm
  *      (bench/slurm/slurm.sh), both with the machine's CPUs.
  *
@@ -29,10 +31,11 @@ import type {
   Workload,
 } from "../src/scheduler/core/model.js";
 import { schedule } from "../src/scheduler/core/schedule.js";
+import { type BindingRun, runBindingBench } from "./scheduler-k8s.js";
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const env = process.env;
-const PARTS = (env.LOOM_BENCH_SCHED_PARTS ?? "a,c")
+const PARTS = (env.LOOM_BENCH_SCHED_PARTS ?? "a,b,c")
   .split(",")
   .map((p) => p.trim().toLowerCase())
   .filter(Boolean);
@@ -1138,10 +1141,68 @@ async function partEndToEnd(deadline: number): Promise<PartOutput> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// (b) On a real API server with kwok: pods bound per second, Loom against kube-scheduler
+
+const BIND_PODS = num(env.LOOM_BENCH_SCHED_BIND_PODS, 5000);
+const BIND_NODES = num(env.LOOM_BENCH_SCHED_BIND_NODES, 500);
+const BIND_GOAL = 3;
+
+async function partBinding(deadline: number): Promise<PartOutput> {
+  const r = await runBindingBench({
+    nodes: BIND_NODES,
+    pods: BIND_PODS,
+    log,
+    onCleanup: (fn) => cleanups.push(fn),
+    timeoutMs: Math.max(60_000, Math.min(300_000, deadline - performance.now() - 120_000)),
+  });
+  const loomRun = r.runs.find((x) => x.scheduler.startsWith("Loom"));
+  const kubeRun = r.runs.find((x) => x.scheduler === "kube-scheduler");
+  const bindRow = (label: string, f: (x: BindingRun) => number | undefined, digits = 0) => {
+    const a = loomRun ? f(loomRun) : undefined;
+    const b = kubeRun ? f(kubeRun) : undefined;
+    return [label, fmt(a, digits), fmt(b, digits), ratio(a, b)];
+  };
+  const tables = [
+    markdownTable(
+      [
+        "metric",
+        `Loom operator (${fmt(BIND_PODS)} pods)`,
+        `kube-scheduler (${fmt(BIND_PODS)} pods)`,
+        "Loom ÷ kube-scheduler",
+      ],
+      [
+        bindRow("pods bound", (x) => x.bound),
+        bindRow("pods bound per second (first bind → last)", (x) => x.podsPerSecond),
+        bindRow("pods bound per second (scheduler start → last)", (x) => x.podsPerSecondFromStart),
+        bindRow("scheduler start → all bound (s)", (x) => x.totalSeconds, 1),
+        bindRow("first bind → last bind (s)", (x) => x.bindingSeconds, 1),
+        bindRow("scheduler CPU seconds", (x) => x.schedulerCpuSeconds, 1),
+      ],
+    ),
+  ];
+  const bindNotes = [...r.notes];
+  if (loomRun && kubeRun)
+    bindNotes.push(
+      loomRun.podsPerSecond >= BIND_GOAL * kubeRun.podsPerSecond
+        ? `Loom meets the goal of ${BIND_GOAL}× kube-scheduler's binding rate (${ratio(loomRun.podsPerSecond, kubeRun.podsPerSecond)}).`
+        : `Loom is below the goal of ${BIND_GOAL}× kube-scheduler's binding rate (${ratio(loomRun.podsPerSecond, kubeRun.podsPerSecond)}).`,
+    );
+  return {
+    heading: "(b) Binding pods on a real API server (kwok nodes): Loom against kube-scheduler",
+    blocks: tables,
+    notes: bindNotes,
+    versions: [r.versions],
+    workload: `(b) ${fmt(BIND_PODS)} pending pods on ${fmt(BIND_NODES)} kwok nodes, per scheduler`,
+    ok: !!loomRun && !!kubeRun && loomRun.bound === BIND_PODS && kubeRun.bound === BIND_PODS,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 
 /** The parts, in run order. A part is one function that returns its tables and notes. */
 const PART_FNS: Record<string, (deadline: number) => Promise<PartOutput>> = {
   a: partCore,
+  b: partBinding,
   c: partEndToEnd,
 };
 
