@@ -66,8 +66,8 @@ export class KubeClient {
    * a GET (9.8 ms vs 3.0 ms measured in bench:k8s). The agent pools by TLS options, so per-request
    * credentials from the kubeconfig still apply.
    */
-  private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 32 });
-  private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 32 });
+  private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 128 });
+  private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 128 });
 
   private constructor(
     readonly config: KubeConfig,

@@ -71,6 +71,10 @@ class Cycle {
   private readonly decisions: Decisions = { bind: [], preempt: [], pending: [] };
   /** Pending workloads that victims are stopping for (from earlier cycles). */
   private readonly awaited = new Set<string>();
+  /** Victims still stopping, by the workload they make room for. */
+  private readonly stoppingFor = new Map<string, RunningWorkload[]>();
+  /** Why workloads of a given shape could not start in this cycle (see consider). */
+  private readonly failedShapes = new Map<string, Omit<PendingDecision, "queuePosition">>();
   private readonly capacity: Vec;
   /** The largest device memory in the cluster, to count memory-sized GPU requests as a share. */
   private readonly deviceMemory: number;
@@ -98,7 +102,11 @@ class Cycle {
     }
     // 2. Fair shares over demand = usage + pending requests.
     const awaited = this.awaited;
-    for (const r of this.running) if (r.stopping && r.preemptedFor) awaited.add(r.preemptedFor);
+    for (const r of this.running) {
+      if (!r.stopping || !r.preemptedFor) continue;
+      awaited.add(r.preemptedFor);
+      this.stoppingFor.set(r.preemptedFor, [...(this.stoppingFor.get(r.preemptedFor) ?? []), r]);
+    }
     for (const w of this.snapshot.pending) {
       const ps = this.project(w.project);
       ps.queue.push(w);
@@ -170,6 +178,26 @@ class Cycle {
 
   /** Steps 4–7 for one workload: binds it, preempts for it, or says why it waits. */
   private consider(w: Workload, ps: ProjectState): Omit<PendingDecision, "queuePosition"> | undefined {
+    const waitingFor = this.stoppingFor.get(w.id) ?? [];
+    // A workload just like one that could not start earlier in this cycle cannot start either:
+    // capacity only shrinks and usage only grows within a cycle, and a failed victim search
+    // only has fewer candidates later (the holders named in its message may be a little stale). Reusing the answer keeps a cycle with a thousand waiting
+    // look-alikes cheap.
+    const shape = waitingFor.length === 0 ? shapeKey(w) : undefined;
+    const known = shape ? this.failedShapes.get(shape) : undefined;
+    if (known) return { ...known, id: w.id };
+    const decision = this.decide(w, ps, waitingFor);
+    // Not OverFairShare: other projects reaching their share later in the cycle lifts it.
+    if (decision && shape && !["WaitingForPreemption", "OverFairShare"].includes(decision.reason))
+      this.failedShapes.set(shape, decision);
+    return decision;
+  }
+
+  private decide(
+    w: Workload,
+    ps: ProjectState,
+    waitingFor: RunningWorkload[],
+  ): Omit<PendingDecision, "queuePosition"> | undefined {
     const pending = (reason: PendingReasonCode, message: string, holders: string[] = []) => ({
       id: w.id,
       reason,
@@ -192,7 +220,6 @@ class Cycle {
     const never = this.neverFits(w, eligible);
     if (never) return pending("ExceedsNodeCapacity", never);
     const req = this.requestOf(w);
-    const waitingFor = this.running.filter((r) => r.stopping && r.preemptedFor === w.id);
     // Its own claim (victims stopping for it) is already in `claimed`: do not count it twice.
     const claimedByOthers = waitingFor.length > 0 ? sub(ps.claimed, req) : ps.claimed;
     const after = add(add(ps.usage, claimedByOthers), req);
@@ -438,6 +465,11 @@ class Cycle {
       .slice(0, MAX_HOLDERS)
       .map((r) => r.name);
   }
+}
+
+/** Workloads with equal keys ask for the same thing under the same rules. */
+function shapeKey(w: Workload): string {
+  return JSON.stringify([w.project, w.priority, w.preemptible, w.nodePool, w.gpuModel, w.placement, w.pods]);
 }
 
 function byPriorityThenAge(a: Workload, b: Workload): number {
