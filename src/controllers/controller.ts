@@ -42,12 +42,20 @@ export class Controller {
   }
 
   /**
-   * Enqueues after a short window so that a burst of changes (a thousand submissions) costs one
-   * pass, not a thousand: for loops whose one key stands for the whole world (admission).
+   * For loops whose one key stands for the whole world (admission): runs at once when the last
+   * pass ended at least windowMs ago, else when the window has passed, so a burst of changes (a
+   * thousand submissions) costs a pass per window, not a pass per change, while a lone change
+   * (a job finished, its CPU is free) is acted on without waiting.
    */
   enqueueBatched(key: string, windowMs = 10): void {
-    this.queue.addAfter(key, windowMs);
+    if (!this.lastDone.has(key)) this.lastDone.set(key, 0);
+    const since = Date.now() - this.lastDone.get(key)!;
+    if (since >= windowMs) this.queue.add(key);
+    else this.queue.addAfter(key, windowMs - since);
   }
+
+  /** When each batched key's last reconcile ended (only keys enqueueBatched has seen). */
+  private readonly lastDone = new Map<string, number>();
 
   start(): void {
     for (let i = 0; i < this.concurrency; i++) this.running.push(this.work());
@@ -83,6 +91,7 @@ export class Controller {
           this.log.error({ err, key, retryInMs: delay }, "reconcile failed");
         }
       } finally {
+        if (this.lastDone.has(key)) this.lastDone.set(key, Date.now());
         this.queue.done(key);
       }
     }
