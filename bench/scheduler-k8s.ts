@@ -227,7 +227,7 @@ profiles:
 
   notes.push(
     `(b) Both schedulers start from a standing queue of ${opts.pods} pending pods (100m CPU, 64Mi each, no GPU) on ${opts.nodes} kwok nodes; pods are created first with a schedulerName nobody serves, then the scheduler process starts. Pods/s counts from the first bind to the last (startup and first list excluded); "from start" includes them. Bind time is when a watch on the namespace first shows the pod's nodeName.`,
-    `(b) Loom is \`loom operator\` (its admission loop places the pods as one-pod gangs of the namespace's project, then binds them through pods/binding, 16 in flight). kube-scheduler is a second instance of the cluster's ${cluster.versions().kubernetes} binary with a profile for its own schedulerName and clientConnection qps 1000 / burst 2000 (default 50/100), default plugins and percentageOfNodesToScore; it also writes a Scheduled event per pod, which Loom does not.`,
+    `(b) Loom is \`loom operator\` (its admission loop places the pods as one-pod gangs of the namespace's project, then binds them through pods/binding, 128 in flight). kube-scheduler is a second instance of the cluster's ${cluster.versions().kubernetes} binary with a profile for its own schedulerName and clientConnection qps 1000 / burst 2000 (default 50/100), default plugins and percentageOfNodesToScore; it also writes a Scheduled event per pod, which Loom does not.`,
     "(b) The API server, etcd, kwok, the controller-manager and the scheduler under test share the machine's cores; Loom runs first, then kube-scheduler, each alone.",
   );
   return { nodes: opts.nodes, runs, notes, versions: cluster.versions().line };
