@@ -587,9 +587,9 @@ async function partCore(deadline: number): Promise<PartOutput> {
         ],
         [
           rrow("cycle that decides the preemptions (ms)", (r) => r.decideMs, 1),
-          rrow("  victims chosen in it (gangs)", (r) => r.decidePreemptions),
-          rrow("  victims' pods", (r) => r.decideVictimPods),
-          rrow("  pods bound at once on free capacity", (r) => r.decidePodsBound),
+          rrow("victims chosen in it (gangs)", (r) => r.decidePreemptions),
+          rrow("victims' pods", (r) => r.decideVictimPods),
+          rrow("pods bound at once on free capacity", (r) => r.decidePodsBound),
           rrow(`cycles until the ${fmt(RECLAIM_PODS)} pods are placed`, (r) => r.cycles),
           rrow("schedule() time until then (ms)", (r) => r.placeAllMs, 1),
           rrow(`pods of the ${fmt(RECLAIM_PODS)} placed`, (r) => r.placedPods),
