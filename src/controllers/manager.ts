@@ -69,14 +69,15 @@ export class ControllerManager {
     this.tjInformer = new Informer(
       storeSource(deps.store, TRAININGJOB),
       {
-        onChange: (key, _obj, type) => {
+        onChange: (key, obj, type) => {
           if (type === "RESYNC") {
             jobs.enqueueBackground(key);
             admission.enqueueBatched(ADMISSION_KEY); // nodes may have come or gone meanwhile
             return;
           }
           jobs.enqueue(key);
-          admission.enqueueBatched(ADMISSION_KEY);
+          if (this.admissionRelevant(key, obj as TrainingJob | undefined, type))
+            admission.enqueueBatched(ADMISSION_KEY);
         },
       },
       log("informer"),
@@ -104,6 +105,33 @@ export class ControllerManager {
       jobs.enqueue(displayKey(ref));
       admission.enqueueBatched(ADMISSION_KEY);
     });
+  }
+
+  /** What admission looks at, per job: a change elsewhere (pids, worker states) needs no cycle. */
+  private readonly admissionView = new Map<string, string>();
+
+  /**
+   * Whether a change can alter a scheduling decision: a new or deleted job, a new spec, an
+   * admission given or taken, a preemption asked, a job finished. Most writes (a worker's pid,
+   * its state, a waiting job's condition) cannot, and a cycle per write was most of the
+   * embedded server's CPU in bench:scheduler.
+   */
+  private admissionRelevant(key: string, job: TrainingJob | undefined, type: string): boolean {
+    if (type === "DELETED" || !job) {
+      this.admissionView.delete(key);
+      return true;
+    }
+    const view = JSON.stringify([
+      job.metadata.uid,
+      job.metadata.generation,
+      !!job.metadata.deletionTimestamp,
+      !!job.status?.admission,
+      !!job.status?.preemption,
+      job.status?.phase === "Succeeded" || job.status?.phase === "Failed",
+    ]);
+    if (this.admissionView.get(key) === view) return false;
+    this.admissionView.set(key, view);
+    return true;
   }
 
   async start(): Promise<void> {

@@ -34,7 +34,7 @@ export class ClusterState {
 
   constructor(nodes: SchedNode[]) {
     this.nodes = [...nodes]
-      .sort((a, b) => a.name.localeCompare(b.name))
+      .sort((a, b) => compareText(a.name, b.name))
       .map((node, index) => ({
         node,
         index,
@@ -243,4 +243,12 @@ export class ClusterState {
     }
     return { undo, gpus };
   }
+}
+
+/**
+ * Plain code-unit order: deterministic and locale-free, and far cheaper than localeCompare
+ * (sorting a thousand waiting jobs with it was most of a cycle).
+ */
+export function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }

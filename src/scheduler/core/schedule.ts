@@ -15,7 +15,7 @@ import {
   type Vec,
   type Workload,
 } from "./model.js";
-import { ClusterState, type NodeState } from "./nodes.js";
+import { ClusterState, compareText, type NodeState } from "./nodes.js";
 
 const EPS = 1e-9;
 const DEFAULT_POOL = "default";
@@ -390,7 +390,7 @@ class Cycle {
         .filter(t.pick)
         .sort(
           (a, b) =>
-            a.priority - b.priority || b.createdAt.localeCompare(a.createdAt) || a.id.localeCompare(b.id),
+            a.priority - b.priority || compareText(b.createdAt, a.createdAt) || compareText(a.id, b.id),
         )
         .slice(0, MAX_VICTIM_CANDIDATES);
       const victims = this.chooseVictims(w, pool, requested, eligible, t.floor);
@@ -473,7 +473,7 @@ function shapeKey(w: Workload): string {
 }
 
 function byPriorityThenAge(a: Workload, b: Workload): number {
-  return b.priority - a.priority || a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id);
+  return b.priority - a.priority || compareText(a.createdAt, b.createdAt) || compareText(a.id, b.id);
 }
 
 export function gangTotals(pods: PodRequest[], deviceMemory: number) {
