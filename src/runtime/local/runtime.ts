@@ -1,15 +1,4 @@
-import { type ChildProcess, spawn } from "node:child_process";
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -26,6 +15,7 @@ import type {
   WorkloadRef,
 } from "../port.js";
 import { findProcessesByEnv, isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
+import { Spawner } from "./spawner.js";
 import { tailFile } from "./tail.js";
 
 /**
@@ -74,13 +64,16 @@ export interface LocalRuntimeOptions {
 export class LocalRuntime implements Runtime {
   private readonly gangs = new Map<string, GangRecord>();
   private readonly listeners: ((ref: WorkloadRef) => void)[] = [];
-  private readonly children = new Map<string, ChildProcess>();
+  /** Workers whose exit the spawn helper reports, by worker key; cancel stops listening. */
+  private readonly children = new Map<string, { cancel: () => void }>();
+  private readonly spawner: Spawner;
   private readonly poll: NodeJS.Timeout;
   private readonly now: () => Date;
   private readonly nodeName = hostname();
 
   constructor(private readonly opts: LocalRuntimeOptions) {
     this.now = opts.now ?? (() => new Date());
+    this.spawner = new Spawner(opts.log);
     mkdirSync(this.workloadsDir(), { recursive: true });
     this.recover();
     this.poll = setInterval(() => this.checkAdopted(), opts.pollMs ?? 500);
@@ -118,7 +111,6 @@ export class LocalRuntime implements Runtime {
     this.persist(gang);
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
-      const logFd = openSync(join(dir, `worker-${w.index}.log`), "a");
       const workDir = this.workDir(spec.ref.uid);
       mkdirSync(w.workingDir ?? workDir, { recursive: true });
       const env: Record<string, string> = {
@@ -130,37 +122,34 @@ export class LocalRuntime implements Runtime {
         [INSTANCE_ENV]: this.opts.instanceId,
         [WORKER_KEY_ENV]: workerKey(spec.ref.uid, spec.attempt, w.index),
       };
-      let child: ChildProcess;
-      try {
-        child = spawn(
-          "/bin/sh",
-          ["-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`), ...w.command],
-          {
-            cwd: w.workingDir ?? workDir,
-            env,
-            detached: true,
-            stdio: ["ignore", logFd, logFd],
-          },
-        );
-      } finally {
-        closeSync(logFd);
-      }
-      const pid = child.pid;
-      if (pid === undefined) {
-        rec.exit = { code: 127, finishTime: this.now().toISOString(), message: "could not start /bin/sh" };
+      const key = workerKey(spec.ref.uid, spec.attempt, w.index);
+      const started = await this.spawner.spawn(
+        {
+          command: "/bin/sh",
+          args: ["-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`), ...w.command],
+          cwd: w.workingDir ?? workDir,
+          env,
+          logFile: join(dir, `worker-${w.index}.log`),
+        },
+        (code, signal) => {
+          this.children.delete(key);
+          this.workerExited(gang, rec, code, signal);
+        },
+        // The helper died: its workers are watched by polling from now on, as re-adopted ones.
+        () => this.children.delete(key),
+      );
+      if (started.pid === undefined) {
+        rec.exit = {
+          code: 127,
+          finishTime: this.now().toISOString(),
+          message: `could not start /bin/sh: ${started.error ?? "unknown error"}`,
+        };
         continue;
       }
-      rec.pid = pid;
-      rec.startTicks = processStartTicks(pid);
+      rec.pid = started.pid;
+      rec.startTicks = processStartTicks(started.pid);
       rec.startTime = this.now().toISOString();
-      this.children.set(workerKey(spec.ref.uid, spec.attempt, w.index), child);
-      child.on("exit", (code, signal) => {
-        this.children.delete(workerKey(spec.ref.uid, spec.attempt, w.index));
-        this.workerExited(gang, rec, code ?? undefined, signal ?? undefined);
-      });
-      child.on("error", (err) =>
-        this.opts.log.error({ err, workload: spec.ref.name }, "worker process error"),
-      );
+      this.children.set(key, started);
     }
     this.persist(gang);
     this.opts.log.info(
@@ -236,7 +225,7 @@ export class LocalRuntime implements Runtime {
       this.gangs.delete(ref.uid);
       for (const w of gang.workers) {
         const key = workerKey(ref.uid, gang.attempt, w.index);
-        this.children.get(key)?.removeAllListeners("exit");
+        this.children.get(key)?.cancel();
         this.children.delete(key);
         if (!w.exit && w.pid !== undefined) signalGroup(w.pid, "SIGKILL");
       }
@@ -276,8 +265,9 @@ export class LocalRuntime implements Runtime {
   async close(): Promise<void> {
     clearInterval(this.poll);
     // Workers keep running: the next server on this data dir re-adopts them.
-    for (const child of this.children.values()) child.removeAllListeners("exit");
+    for (const child of this.children.values()) child.cancel();
     this.children.clear();
+    this.spawner.close();
   }
 
   private workerExited(

@@ -1,0 +1,131 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import type { Logger } from "pino";
+
+/**
+ * The helper process's program (CommonJS, run with `node -e`, so it needs no build step): reads
+ * one JSON request per line, spawns it detached with its output appended to the log file, and
+ * answers with the pid, later with the exit. When the server goes away (stdin closes) it exits;
+ * the workers, detached, keep running, as they always have.
+ */
+const HELPER = `
+const { spawn } = require("node:child_process");
+const fs = require("node:fs");
+const out = (m) => process.stdout.write(JSON.stringify(m) + "\\n");
+require("node:readline").createInterface({ input: process.stdin })
+  .on("line", (line) => {
+    const r = JSON.parse(line);
+    let fd;
+    try {
+      fd = fs.openSync(r.logFile, "a");
+      const c = spawn(r.command, r.args, { cwd: r.cwd, env: r.env, detached: true, stdio: ["ignore", fd, fd] });
+      c.on("error", (e) => out({ id: r.id, error: String(e) }));
+      c.on("exit", (code, signal) => out({ id: r.id, exit: true, code, signal }));
+      out({ id: r.id, pid: c.pid });
+    } catch (e) {
+      out({ id: r.id, error: String(e) });
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+  })
+  .on("close", () => process.exit(0));
+`;
+
+export interface SpawnRequest {
+  command: string;
+  args: string[];
+  cwd: string;
+  env: Record<string, string>;
+  logFile: string;
+}
+
+interface Waiting {
+  started: (pid: number | undefined, error?: string) => void;
+  exited: (code: number | undefined, signal: string | undefined) => void;
+  /** Its exit will not be reported: the helper died. */
+  lost: () => void;
+  pidKnown: boolean;
+}
+
+/**
+ * Starts worker processes from a small helper process instead of from the server. Forking the
+ * server itself copies its page tables: 9 ms of blocked event loop per worker in bench:scheduler,
+ * a third of the server's CPU. The helper is small, so its forks are cheap, and they happen off
+ * the server's thread. If the helper dies, the workers it started are watched by polling (as
+ * re-adopted ones are), and the next spawn starts a new helper.
+ */
+export class Spawner {
+  private helper: ChildProcess | undefined;
+  private nextId = 1;
+  private readonly waiting = new Map<number, Waiting>();
+
+  constructor(private readonly log: Logger) {}
+
+  /** Starts the process; resolves with its pid (undefined if it could not start) and a cancel. */
+  spawn(
+    req: SpawnRequest,
+    exited: (code: number | undefined, signal: string | undefined) => void,
+    lost: () => void,
+  ): Promise<{ pid: number | undefined; error?: string; cancel: () => void }> {
+    const helper = this.ensureHelper();
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      this.waiting.set(id, {
+        started: (pid, error) => resolve({ pid, error, cancel: () => this.waiting.delete(id) }),
+        exited,
+        lost,
+        pidKnown: false,
+      });
+      helper.stdin!.write(`${JSON.stringify({ id, ...req })}\n`);
+    });
+  }
+
+  close(): void {
+    this.waiting.clear();
+    this.helper?.stdin?.end();
+    this.helper = undefined;
+  }
+
+  private ensureHelper(): ChildProcess {
+    if (this.helper) return this.helper;
+    const helper = spawn(process.execPath, ["-e", HELPER], { stdio: ["pipe", "pipe", "inherit"] });
+    this.helper = helper;
+    createInterface({ input: helper.stdout! }).on("line", (line) => {
+      const m = JSON.parse(line) as {
+        id: number;
+        pid?: number;
+        error?: string;
+        exit?: boolean;
+        code?: number | null;
+        signal?: string | null;
+      };
+      const w = this.waiting.get(m.id);
+      if (!w) return;
+      if (m.exit) {
+        this.waiting.delete(m.id);
+        w.exited(m.code ?? undefined, m.signal ?? undefined);
+      } else if (m.error && m.pid === undefined) {
+        this.waiting.delete(m.id);
+        w.started(undefined, m.error);
+      } else if (m.pid !== undefined) {
+        w.pidKnown = true;
+        w.started(m.pid);
+      }
+    });
+    helper.on("exit", (code, signal) => {
+      if (this.helper === helper) this.helper = undefined;
+      if (this.waiting.size === 0) return;
+      this.log.warn(
+        { code, signal, workers: this.waiting.size },
+        "the spawn helper exited; watching its workers by polling",
+      );
+      const all = [...this.waiting.values()];
+      this.waiting.clear();
+      for (const w of all) {
+        if (w.pidKnown) w.lost();
+        else w.started(undefined, "the spawn helper exited before starting the worker");
+      }
+    });
+    return helper;
+  }
+}
