@@ -26,6 +26,8 @@ export interface AppDeps {
   metrics: Registry;
   log: Logger;
   version: string;
+  /** Finalizers new objects get, by kind (embedded with controllers: TrainingJob's runtime finalizer). */
+  createFinalizers?: Record<string, string[]>;
   /** Create the default project if it is missing (embedded); the operator owns that on Kubernetes. */
   ensureDefaultProject?: boolean;
 }
@@ -48,7 +50,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
   });
-  const resources = new ResourceService(deps.store);
+  const resources = new ResourceService(deps.store, deps.createFinalizers);
   installErrorHandler(app);
   app.addContentTypeParser(["application/merge-patch+json"], { parseAs: "string" }, (_req, body, done) => {
     try {

@@ -4,6 +4,7 @@ import type { FastifyInstance } from "fastify";
 import type { Logger } from "pino";
 import { collectDefaultMetrics, Registry } from "prom-client";
 import { ControllerManager } from "../controllers/manager.js";
+import { RUNTIME_FINALIZER, TRAININGJOB } from "../controllers/trainingjob.js";
 import { detectGpus } from "../runtime/local/gpus.js";
 import { LocalRuntime } from "../runtime/local/runtime.js";
 import { coreScheduler } from "../scheduler/port.js";
@@ -70,7 +71,17 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     gpus: detectGpus(opts.gpus),
     log: log.child({ component: "runtime/local" }),
   });
-  const app = await buildApp({ store, tokens, events, runtime, metrics, log, version: VERSION });
+  const app = await buildApp({
+    store,
+    tokens,
+    events,
+    runtime,
+    metrics,
+    log,
+    version: VERSION,
+    // The trainingjob loop would add it on first sight; giving it at create saves that write.
+    ...(opts.controllers !== false ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
+  });
   const manager = new ControllerManager({
     store,
     runtime,

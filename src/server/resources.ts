@@ -9,7 +9,14 @@ import type { ListOptions, ResourceStore } from "../store/port.js";
  * project checks, merge patches, and the rules about deleting projects.
  */
 export class ResourceService {
-  constructor(private readonly store: ResourceStore) {}
+  constructor(
+    private readonly store: ResourceStore,
+    /**
+     * Finalizers given to new objects of a kind, so a controller need not write them on first
+     * sight (one write less per TrainingJob). Only where those controllers run.
+     */
+    private readonly createFinalizers: Record<string, string[]> = {},
+  ) {}
 
   kind(plural: string): KindDef {
     const def = findKind(plural);
@@ -41,6 +48,10 @@ export class ResourceService {
   async create(def: KindDef, project: string | undefined, body: unknown, dryRun: boolean): Promise<Resource> {
     const { object } = this.validateFor(def, project, body);
     if (def.namespaced) await this.requireProject(object.metadata.project!, true);
+    const finalizers = this.createFinalizers[def.kind];
+    if (finalizers?.length) {
+      object.metadata.finalizers = [...new Set([...(object.metadata.finalizers ?? []), ...finalizers])];
+    }
     if (dryRun) return object;
     return this.store.create(object);
   }

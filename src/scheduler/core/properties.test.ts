@@ -275,6 +275,12 @@ function usageOf(ws: Workload[], project: string): Vec {
   return v;
 }
 
+/** What is held once the cycle's binds are in: running work plus the workloads just bound. */
+function heldAfter(s: Snapshot, d: Decisions): Workload[] {
+  const pending = new Map(s.pending.map((w) => [w.id, w]));
+  return [...s.running, ...d.bind.map((b) => pending.get(b.id)!).filter(Boolean)];
+}
+
 function withinLimit(usage: Vec, p: ProjectPolicy): boolean {
   return RESOURCES.every((r) => p.limit?.[r] === undefined || usage[r] <= p.limit[r]! + EPS);
 }
@@ -471,7 +477,8 @@ function checkVictims(s: Snapshot, d: Decisions): void {
     } else {
       expect(v!.project, `${p.reason} victim ${p.id} from its own project`).not.toBe(w!.project);
       const policy = s.projects.find((x) => x.name === v!.project)!;
-      const usage = usageOf(s.running, v!.project);
+      // Usage as the cycle decided it: work bound in the same cycle counts (it is held now).
+      const usage = usageOf(heldAfter(s, d), v!.project);
       const withinDeserved = RESOURCES.every((r) => usage[r] <= (policy.deserved[r] ?? 0) + EPS);
       expect(withinDeserved, `${p.reason} victim ${p.id}: project ${v!.project} is within deserved`).toBe(
         false,
@@ -490,7 +497,7 @@ function checkReclaimFloor(s: Snapshot, d: Decisions): void {
     );
     if (reclaimed.length === 0) continue;
     if (!reclaimed.every((x) => requestOf(pending.get(x.for)!).gpu > 0)) continue;
-    const before = usageOf(s.running, p.name).gpu;
+    const before = usageOf(heldAfter(s, d), p.name).gpu;
     const taken = reclaimed.reduce((sum, x) => sum + requestOf(running.get(x.id)!).gpu, 0);
     expect(before - taken, `Reclaim takes ${p.name} below deserved gpu`).toBeGreaterThanOrEqual(
       Math.min(before, p.deserved.gpu ?? 0) - EPS,
@@ -722,5 +729,91 @@ describe("schedule: properties over random small clusters", () => {
       }),
       { numRuns: 100 },
     );
+  });
+});
+
+describe("regressions found by the properties", () => {
+  it("a project that borrows in the same cycle may lose work to reclaim, staying at or above its deserved quota", () => {
+    // p1 (deserved 1) runs r1 (0.5 GPU on the only H100 node) and gets w0 (4 GPUs) bound in
+    // the same cycle; p3's non-preemptible H100 work within its deserved quota reclaims r1:
+    // p1 keeps 4 GPUs, above its deserved 1.
+    const d = schedule({
+      nodes: [
+        {
+          name: "n1",
+          cpuMillis: 8000,
+          memoryBytes: 2 ** 35,
+          gpus: [0, 1, 2, 3].map((i) => ({ id: `n1-g${i}` })),
+        },
+        { name: "n2", gpuModel: "H100", cpuMillis: 8000, memoryBytes: 2 ** 35, gpus: [{ id: "n2-g0" }] },
+        { name: "n0", cpuMillis: 8000, memoryBytes: 2 ** 35, gpus: [{ id: "n0-g0" }, { id: "n0-g1" }] },
+        // Spare capacity elsewhere, so that p1's fair share covers w0.
+        {
+          name: "n3",
+          cpuMillis: 8000,
+          memoryBytes: 2 ** 35,
+          gpus: [0, 1, 2, 3].map((i) => ({ id: `n3-g${i}` })),
+        },
+      ],
+      projects: [
+        { name: "p1", deserved: { gpu: 1 }, overQuotaWeight: 1 },
+        { name: "p3", deserved: { gpu: 3 }, overQuotaWeight: 1 },
+      ],
+      running: [
+        // p3 uses 2 of its 3 deserved GPUs (a larger share than p1's 0.5 of 1): p1 goes first.
+        {
+          id: "r0",
+          name: "p3/r0",
+          project: "p3",
+          priority: 0,
+          preemptible: false,
+          createdAt: "2024-01-01T00:00:00.000Z",
+          pods: [{ cpuMillis: 500, memoryBytes: 2 ** 30, gpu: 2 }],
+          placements: [
+            {
+              pod: 0,
+              node: "n0",
+              gpus: [
+                { device: "n0-g0", share: 1 },
+                { device: "n0-g1", share: 1 },
+              ],
+            },
+          ],
+        },
+        {
+          id: "r1",
+          name: "p1/r1",
+          project: "p1",
+          priority: 0,
+          preemptible: true,
+          createdAt: "2024-01-01T00:00:00.000Z",
+          pods: [{ cpuMillis: 500, memoryBytes: 2 ** 30, gpu: 0.5 }],
+          placements: [{ pod: 0, node: "n2", gpus: [{ device: "n2-g0", share: 0.5 }] }],
+        },
+      ],
+      pending: [
+        {
+          id: "w0",
+          name: "p1/w0",
+          project: "p1",
+          priority: 0,
+          preemptible: true,
+          createdAt: "2024-01-01T00:00:01.000Z",
+          pods: [{ cpuMillis: 500, memoryBytes: 2 ** 30, gpu: 4 }],
+        },
+        {
+          id: "w1",
+          name: "p3/w1",
+          project: "p3",
+          priority: 0,
+          preemptible: false,
+          createdAt: "2024-01-01T00:00:02.000Z",
+          gpuModel: "H100",
+          pods: [0, 1, 2].map(() => ({ cpuMillis: 500, memoryBytes: 2 ** 30, gpu: 0.25 })),
+        },
+      ],
+    });
+    expect(d.bind.map((b) => b.id)).toEqual(["w0"]);
+    expect(d.preempt.map((p) => `${p.id}:${p.reason}`)).toEqual(["r1:Reclaim"]);
   });
 });
