@@ -161,6 +161,14 @@ ${spec}`;
     create([pod("part-2", "part", 3, 0)]);
     for (let i = 0; i < 60 && !get("part-2").spec.nodeName; i++) await sleep(500);
     expect(["part-0", "part-1", "part-2"].map((n) => !!get(n).spec.nodeName)).toEqual([true, true, true]);
+    // Capacity views count pods Loom placed for others: 3 GPUs of the g3 gang on the nodes.
+    const nodes = await loom(["get", "nodes", "-o", "json"]);
+    expect(nodes.code, nodes.stderr).toBe(0);
+    const items = (JSON.parse(nodes.stdout) as { items: { allocated: { gpus: number } }[] }).items;
+    expect(items.reduce((sum, n) => sum + n.allocated.gpus, 0)).toBeGreaterThanOrEqual(3);
+    const top = await loom(["top"]);
+    expect(top.code, top.stderr).toBe(0);
+    expect(top.stdout).toMatch(/^default\s+[3-9]/m); // the gang's 3 GPUs count for project default
     cluster.kubectl(["delete", "pod", "-n", "loom-default", "-l", "loom.dev/gang", "--wait=false"]);
   }, 120_000);
 

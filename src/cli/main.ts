@@ -42,9 +42,9 @@ function client(program: Command): { api: ApiClient; defaultProject: string } {
 }
 
 /** Commands that talk to a platform; with --kubeconfig they talk to the cluster. */
-const CLUSTER_COMMANDS = new Set(["apply", "get", "describe", "logs", "delete"]);
+const CLUSTER_COMMANDS = new Set(["apply", "get", "describe", "logs", "delete", "top"]);
 
-async function targetCluster(program: Command, command: string): Promise<void> {
+async function targetCluster(program: Command, command: string, args: string[] = []): Promise<void> {
   const opts = program.opts() as GlobalOpts;
   const kubeconfig = opts.kubeconfig ?? process.env.LOOM_KUBECONFIG;
   if (!kubeconfig || !CLUSTER_COMMANDS.has(command)) return;
@@ -52,6 +52,8 @@ async function targetCluster(program: Command, command: string): Promise<void> {
   const api = await startKubeApi({
     kubeconfig,
     context: opts.kubeContext,
+    // Capacity views count every pod on the nodes, not only Loom's: list them once.
+    watchPods: command === "top" || (command === "get" && ["nodes", "node", "no"].includes(args[0] ?? "")),
     // Only warnings: the in-process API must not mix its logs into command output.
     log: createLogger("warn"),
   });
@@ -220,7 +222,9 @@ export function buildProgram(): Command {
       "target a Kubernetes cluster (Loom's CRDs and operator installed) instead of loom up",
     )
     .option("--kube-context <name>", "context in the kubeconfig")
-    .hook("preAction", async (_program: Command, action: Command) => targetCluster(program, action.name()))
+    .hook("preAction", async (_program: Command, action: Command) =>
+      targetCluster(program, action.name(), action.args),
+    )
     .showHelpAfterError()
     .configureOutput({ outputError: (s, write) => write(s) });
 

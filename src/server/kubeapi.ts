@@ -27,10 +27,17 @@ class EphemeralTokens implements TokenStore {
  * CLI then speaks one protocol to both platforms, with the same validation and messages, while
  * every request reaches the API server with the kubeconfig's identity (so RBAC decides, not Loom).
  */
-export async function startKubeApi(opts: { kubeconfig?: string; context?: string; log: Logger }) {
+export async function startKubeApi(opts: {
+  kubeconfig?: string;
+  context?: string;
+  log: Logger;
+  /** List-watch pods and nodes first (capacity views that count others' pods too). */
+  watchPods?: boolean;
+}) {
   const client = KubeClient.fromKubeconfig(opts.kubeconfig, opts.context);
   const tokens = new EphemeralTokens();
   const runtime = new KubernetesRuntime({ client, log: opts.log });
+  if (opts.watchPods) await runtime.watchPods();
   const app = await buildApp({
     store: new KubeResourceStore(client, opts.log),
     tokens,
