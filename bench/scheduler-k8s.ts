@@ -8,10 +8,10 @@
  * that schedulerName and the client limits raised as one would for throughput.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, readFileSync, writeFileSync } from "node:fs";
+import { createWriteStream, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { BenchCluster, KubeHttp, kubeTarget, ROOT } from "./cluster.js";
+import { BenchCluster, cpuSeconds, KubeHttp, kubeTarget, ROOT } from "./cluster.js";
 
 export interface BindingRun {
   scheduler: string;
@@ -103,17 +103,6 @@ async function followBinds(http: KubeHttp, ns: string, n: number, timeoutMs: num
   };
 }
 
-function cpuSeconds(pid: number | undefined): number | undefined {
-  if (!pid) return undefined;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return undefined;
-  }
-}
-
 function spawnLogged(cmd: string, args: string[], logFile: string, env: NodeJS.ProcessEnv = process.env) {
   const child: ChildProcess = spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"] });
   const log = createWriteStream(logFile);
@@ -188,7 +177,7 @@ export async function runBindingBench(opts: {
   );
   opts.onCleanup(() => operator.stop());
   await loomFollow.done;
-  const loomCpu = cpuSeconds(operator.child.pid);
+  const loomCpu = operator.child.pid ? cpuSeconds(operator.child.pid) : undefined;
   await operator.stop();
   runs.push(summarize("Loom operator", opts.pods, loomStart, loomFollow.boundAt, loomCpu));
   log(`(b) Loom bound ${loomFollow.boundAt.size} of ${opts.pods}`);
@@ -220,7 +209,7 @@ profiles:
   );
   opts.onCleanup(() => sched.stop());
   await kubeFollow.done;
-  const kubeCpu = cpuSeconds(sched.child.pid);
+  const kubeCpu = sched.child.pid ? cpuSeconds(sched.child.pid) : undefined;
   await sched.stop();
   runs.push(summarize("kube-scheduler", opts.pods, kubeStart, kubeFollow.boundAt, kubeCpu));
   log(`(b) kube-scheduler bound ${kubeFollow.boundAt.size} of ${opts.pods}`);

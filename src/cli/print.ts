@@ -1,7 +1,12 @@
 import { stringify } from "yaml";
 import type { KindDef } from "../api/kinds.js";
 import type { Condition, Resource } from "../api/meta.js";
+import type { NodeUsage, ProjectUsage } from "../server/scheduling.js";
 import type { ObjectEvent } from "../store/port.js";
+
+/** What `GET /nodes` and `GET /usage/projects` answer (the server's types). */
+export type NodeUsageView = NodeUsage;
+export type ProjectUsageView = ProjectUsage;
 
 /** "5s", "3m", "2h", "4d" — kubectl's AGE column. */
 export function age(since: string | undefined, now = Date.now()): string {
@@ -164,15 +169,6 @@ const cores = (m: number) => fmtNum(m / 1000);
 const gib = (b: number) => `${fmtNum(b / GiB)}Gi`;
 const pct = (used: number, of: number) => (of > 0 ? `${Math.round((100 * used) / of)}%` : "-");
 
-export interface NodeUsageView {
-  name: string;
-  pool: string;
-  gpuModel?: string;
-  capacity: { cpuMillis: number; memoryBytes: number; gpus: number; pods?: number };
-  allocated: { cpuMillis: number; memoryBytes: number; gpus: number; pods: number };
-  workloads: string[];
-}
-
 /** `loom get nodes`: what each node offers and what Loom's scheduler has handed out. */
 export function nodeTable(nodes: NodeUsageView[], wide: boolean): string {
   const head = [
@@ -201,16 +197,6 @@ export function nodeTable(nodes: NodeUsageView[], wide: boolean): string {
       return row;
     }),
   ]);
-}
-
-export interface ProjectUsageView {
-  name: string;
-  deserved: { gpu?: number; cpuMillis?: number; memoryBytes?: number };
-  limit?: { gpu?: number; cpuMillis?: number; memoryBytes?: number };
-  overQuotaWeight: number;
-  allocated: { gpu: number; cpuMillis: number; memoryBytes: number };
-  running: number;
-  pending: number;
 }
 
 /** `loom top`: per project, what it holds against its deserved quota and limit; then the cluster. */

@@ -3,6 +3,7 @@ import type { TrainingJob } from "../api/trainingjob.js";
 import { buildSnapshot, policyOf, workloadOf } from "../controllers/admission.js";
 import type { Runtime } from "../runtime/port.js";
 import type { Decisions, RunningWorkload, Snapshot } from "../scheduler/core/model.js";
+import { DEFAULT_POOL } from "../scheduler/core/nodes.js";
 import { gangTotals } from "../scheduler/core/schedule.js";
 import type { Scheduler } from "../scheduler/port.js";
 import type { ResourceStore } from "../store/port.js";
@@ -63,7 +64,7 @@ export class SchedulingView {
     for (const n of s.nodes) {
       usage.set(n.name, {
         name: n.name,
-        pool: n.pool ?? "default",
+        pool: n.pool ?? DEFAULT_POOL,
         ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
         capacity: {
           cpuMillis: n.cpuMillis,

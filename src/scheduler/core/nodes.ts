@@ -1,7 +1,8 @@
 import type { PodPlacement, PodRequest, SchedNode, Vec, Workload } from "./model.js";
 
 const EPS = 1e-9;
-const DEFAULT_POOL = "default";
+/** The pool of nodes that name none. */
+export const DEFAULT_POOL = "default";
 
 /** A node's free capacity during one cycle. */
 export interface NodeState {

@@ -18,7 +18,6 @@ import {
 import { ClusterState, compareText, type NodeState } from "./nodes.js";
 
 const EPS = 1e-9;
-const DEFAULT_POOL = "default";
 /** Victim candidates examined per preemption search: bounds a cycle with thousands running. */
 const MAX_VICTIM_CANDIDATES = 512;
 const MAX_HOLDERS = 5;
@@ -263,7 +262,7 @@ class Cycle {
         names(waitingFor),
       );
     }
-    const found = this.findVictims(w, ps, req, eligible, withinDeserved);
+    const found = this.findVictims(w, req, eligible, withinDeserved);
     if (found) {
       ps.claimed = add(ps.claimed, req);
       for (const v of found.victims) {
@@ -363,7 +362,6 @@ class Cycle {
 
   private findVictims(
     w: Workload,
-    ps: ProjectState,
     req: Vec,
     eligible: NodeState[],
     withinDeserved: boolean,
@@ -396,7 +394,6 @@ class Cycle {
       const victims = this.chooseVictims(w, pool, requested, eligible, t.floor);
       if (victims) return { reason: t.reason, victims };
     }
-    void ps;
     return undefined;
   }
 
@@ -588,5 +585,3 @@ function preemptionMessage(reason: PreemptionReason, v: RunningWorkload, w: Work
       return `preempted: project ${v.project} is over its fair share of idle capacity; ${w.name} of project ${w.project} is below its own`;
   }
 }
-
-export { DEFAULT_POOL };
