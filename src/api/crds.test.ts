@@ -31,7 +31,12 @@ describe("CRDs from the zod schemas", () => {
     expect(violations(spec)).toEqual([]);
     expect(spec.required).toEqual(["command"]);
     expect(spec.properties.command.description).toMatch(/program and its arguments/);
-    expect(spec.properties.workers).toMatchObject({ type: "integer", default: 1, minimum: 1, maximum: 1 });
+    // A number or {min, max}: the API server keeps either; Loom's admission validates it.
+    expect(spec.properties.workers).toMatchObject({
+      "x-kubernetes-preserve-unknown-fields": true,
+      default: 1,
+    });
+    expect(spec.properties.framework.enum).toEqual(["none", "pytorch", "tensorflow", "mpi", "ray"]);
     expect(spec.properties.resources.properties.cpu["x-kubernetes-int-or-string"]).toBe(true);
     expect(spec.properties.env.additionalProperties).toEqual({ type: "string" });
     expect(schema.properties.status["x-kubernetes-preserve-unknown-fields"]).toBe(true);

@@ -30,9 +30,11 @@ describe("validateManifest", () => {
     expect(object.spec).toEqual({
       command: ["python", "train.py"],
       workers: 1,
+      procsPerWorker: 1,
+      framework: "none",
       env: {},
       resources: {},
-      failurePolicy: { maxRestarts: 0 },
+      failurePolicy: { maxRestarts: 0, rules: [] },
       terminationGracePeriodSeconds: 30,
       priority: 0,
       preemptible: true,
@@ -116,10 +118,32 @@ describe("validateManifest", () => {
     expect(err.issues).toEqual([{ path: "spec.workers", message: "must be at least 1" }]);
   });
 
-  it("rejects workers: 2 with a message about multi-worker jobs", () => {
-    const err = invalid(job({ command: ["x"], workers: 2 }));
-    expect(paths(err)).toEqual(["spec.workers"]);
-    expect(err.issues[0]!.message).toMatch(/multi-worker/);
+  it("takes a gang size or an elastic range, and says what it wants otherwise", () => {
+    expect(validateManifest(job({ command: ["x"], workers: 4 })).object.spec).toMatchObject({ workers: 4 });
+    expect(validateManifest(job({ command: ["x"], workers: { min: 2, max: 4 } })).object.spec).toMatchObject({
+      workers: { min: 2, max: 4 },
+    });
+    expect(invalid(job({ command: ["x"], workers: { min: 3, max: 2 } })).issues).toEqual([
+      { path: "spec.workers.min", message: "min must not exceed max" },
+    ]);
+    expect(invalid(job({ command: ["x"], workers: "2" })).issues[0]!.message).toMatch(/\{min, max\}/);
+  });
+
+  it("rejects framework settings that cannot work together", () => {
+    expect(invalid(job({ command: ["x"], launcher: "torchrun" })).issues).toEqual([
+      { path: "spec.launcher", message: "launcher torchrun needs framework: pytorch" },
+    ]);
+    expect(paths(invalid(job({ command: ["x"], procsPerWorker: 2 })))).toEqual(["spec.procsPerWorker"]);
+    expect(paths(invalid(job({ command: ["x"], framework: "mpi", workers: { min: 1, max: 2 } })))).toEqual([
+      "spec.workers",
+    ]);
+    expect(paths(invalid(job({ command: ["x"], failurePolicy: { rules: [{ action: "Fail" }] } })))).toEqual([
+      "spec.failurePolicy.rules.0",
+    ]);
+    expect(paths(invalid(job({ command: ["x"], progressTimeout: "5x" })))).toEqual(["spec.progressTimeout"]);
+    expect(
+      invalid(job({ command: ["x"], python: { venv: "/v", requirements: ["a"] } })).issues[0]!.message,
+    ).toMatch(/not both/);
   });
 
   it("reports an unknown field such as a misspelt command", () => {

@@ -50,8 +50,10 @@ export const KINDS: readonly KindDef[] = [
     status: TrainingJobStatus,
     columns: [
       { name: "PHASE", path: "status.phase" },
-      { name: "WORKERS", path: "spec.workers", type: "integer" },
-      { name: "ATTEMPTS", path: "status.attempts", type: "integer" },
+      { name: "READY", path: "status.ready" },
+      { name: "ATTEMPT", path: "status.attempts", type: "integer" },
+      { name: "RESTARTS", path: "status.restarts", type: "integer", wide: true },
+      { name: "CHECKPOINT", path: "status.checkpoint.step", type: "integer", wide: true },
       { name: "REASON", path: "status.conditions[-1].reason", wide: true },
       { name: "NODE", path: "status.admission.node", wide: true },
     ],

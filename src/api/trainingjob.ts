@@ -42,6 +42,30 @@ export const Resources = z
   })
   .describe("What each worker requests. Requests are reserved by the scheduler; unset means none.");
 
+const SIGNAL_NAME = /^SIG[A-Z0-9]+$/;
+
+export const FailureRule = z
+  .strictObject({
+    exitCodes: z
+      .array(z.number().int().min(0).max(255))
+      .min(1)
+      .optional()
+      .describe("Worker exit codes this rule matches (e.g. [2] for a usage error)."),
+    signals: z
+      .array(z.string().regex(SIGNAL_NAME, 'signal names are written like "SIGKILL" or "SIGSEGV"'))
+      .min(1)
+      .optional()
+      .describe('Signals that killed the worker, e.g. ["SIGKILL"] (the out-of-memory killer sends it).'),
+    action: z
+      .enum(["Restart", "Fail", "RestartWithoutCounting"])
+      .describe(
+        "Restart: restart the gang, using one of maxRestarts. Fail: fail the job at once. RestartWithoutCounting: restart without using a restart (infrastructure faults).",
+      ),
+  })
+  .refine((r) => r.exitCodes !== undefined || r.signals !== undefined, {
+    message: "a rule matches exitCodes, signals or both: set at least one",
+  });
+
 export const FailurePolicy = z
   .strictObject({
     maxRestarts: z
@@ -50,8 +74,85 @@ export const FailurePolicy = z
       .min(0)
       .default(0)
       .describe("How many times a failed attempt is restarted before the job is Failed."),
+    rules: z
+      .array(FailureRule)
+      .default([])
+      .describe(
+        "Checked in order against the first worker that failed; the first match decides. No match: Restart.",
+      ),
   })
-  .describe("What happens when a worker fails.");
+  .describe(
+    "What happens when a worker fails: the whole gang stops, then restarts with backoff or fails. Preemption and node loss never use up restarts.",
+  );
+
+/** A duration as seconds, or text such as "90s", "5m", "1h". */
+const Duration = z
+  .union([z.number().int().min(1), z.string()])
+  .refine(
+    (v) => parseDurationSeconds(v) !== undefined,
+    'must be seconds or a duration such as "90s", "5m" or "1h"',
+  );
+
+export function parseDurationSeconds(v: number | string): number | undefined {
+  if (typeof v === "number") return Number.isInteger(v) && v > 0 ? v : undefined;
+  const m = /^(\d+)(s|m|h)?$/.exec(v.trim());
+  if (!m) return undefined;
+  const n = Number(m[1]) * ({ s: 1, m: 60, h: 3600 } as const)[(m[2] ?? "s") as "s" | "m" | "h"];
+  return n > 0 ? n : undefined;
+}
+
+export const WorkerCount = z
+  .union(
+    [
+      z.number().int().min(1, "must be at least 1"),
+      z
+        .strictObject({
+          min: z.number().int().min(1, "must be at least 1"),
+          max: z.number().int().min(1, "must be at least 1"),
+        })
+        .refine((r) => r.min <= r.max, { message: "min must not exceed max", path: ["min"] }),
+    ],
+    { error: "must be a whole number of workers, or {min, max} for an elastic job" },
+  )
+  .describe(
+    "Workers started together as a gang: a number, or {min, max} for an elastic job that starts with what fits (at least min) and grows toward max.",
+  );
+
+export const PythonEnvironment = z
+  .union(
+    [
+      z.strictObject({
+        venv: z
+          .string()
+          .min(1)
+          .describe("An existing virtual environment (its directory) to run the workers in."),
+      }),
+      z.strictObject({
+        interpreter: z
+          .string()
+          .min(1)
+          .default("python3")
+          .describe(
+            'The Python the environment is made from, e.g. "/usr/bin/python3" for Debian\'s packages.',
+          ),
+        requirements: z
+          .array(z.string().min(1))
+          .default([])
+          .describe('pip requirements, e.g. ["numpy==2.1.3"]: installed once, cached by content.'),
+        systemSitePackages: z
+          .boolean()
+          .default(false)
+          .describe("Let the environment see the interpreter's own packages (e.g. Debian's python3-torch)."),
+      }),
+    ],
+    {
+      error:
+        "either venv (an existing virtual environment) or interpreter/requirements/systemSitePackages (one Loom builds), not both",
+    },
+  )
+  .describe(
+    "Embedded: the Python environment workers run in, built once into a cache keyed by its content. Ignored on Kubernetes (the image is the environment).",
+  );
 
 export const TrainingJobSpec = z
   .strictObject({
@@ -59,13 +160,25 @@ export const TrainingJobSpec = z
       .array(z.string())
       .min(1, "must name the program to run, e.g. [python, train.py]")
       .describe("The program and its arguments, run for every worker (not through a shell)."),
-    workers: z
+    workers: WorkerCount.default(1),
+    procsPerWorker: z
       .number()
       .int()
-      .min(1, "must be at least 1")
-      .max(1, "multi-worker jobs are not supported yet: set workers: 1 (or omit it)")
+      .min(1)
       .default(1)
-      .describe("Number of workers started together as a gang."),
+      .describe(
+        "Processes per worker (one per GPU, typically); with launcher torchrun, its --nproc_per_node.",
+      ),
+    framework: z
+      .enum(["none", "pytorch", "tensorflow", "mpi", "ray"])
+      .default("none")
+      .describe(
+        "How workers find each other: pytorch (MASTER_ADDR, RANK…), tensorflow (TF_CONFIG), mpi (hostfile, mpirun from worker 0), ray (head and workers), none (LOOM_PEERS).",
+      ),
+    launcher: z
+      .enum(["torchrun"])
+      .optional()
+      .describe("pytorch only: run the command under torchrun with the gang's rendezvous settings."),
     env: z
       .record(
         z.string().regex(ENV_NAME, "environment variable names are letters, digits and '_'"),
@@ -118,13 +231,58 @@ export const TrainingJobSpec = z
       .describe(
         "binpack fills partly used nodes first (keeps whole nodes for big gangs); spread does the opposite.",
       ),
-    failurePolicy: FailurePolicy.default({ maxRestarts: 0 }),
+    failurePolicy: FailurePolicy.default({ maxRestarts: 0, rules: [] }),
     terminationGracePeriodSeconds: z
       .number()
       .int()
       .min(0)
       .default(30)
-      .describe("Seconds between SIGTERM and SIGKILL when Loom stops a worker."),
+      .describe("Seconds between SIGTERM and SIGKILL when Loom stops a worker: time to write a checkpoint."),
+    progressTimeout: Duration.optional().describe(
+      'Fail the attempt (and restart per failurePolicy) when no worker has written a log line or heartbeat for this long, e.g. "10m".',
+    ),
+    python: PythonEnvironment.optional(),
+    checkpoint: z
+      .strictObject({
+        claimName: z
+          .string()
+          .min(1)
+          .optional()
+          .describe("Kubernetes: an existing PersistentVolumeClaim to keep checkpoints in."),
+        size: MemoryQuantity.default("10Gi").describe(
+          "Kubernetes: size of the claim Loom creates when claimName is unset.",
+        ),
+        storageClassName: z.string().min(1).optional(),
+      })
+      .optional()
+      .describe(
+        "Where LOOM_CHECKPOINT_DIR lives on Kubernetes: a PersistentVolumeClaim (ReadWriteMany) mounted in every worker, outliving attempts. Unset there, it is an emptyDir that does not. Embedded it is always under the data dir.",
+      ),
+  })
+  .superRefine((spec, ctx) => {
+    if (spec.launcher === "torchrun" && spec.framework !== "pytorch")
+      ctx.addIssue({
+        code: "custom",
+        path: ["launcher"],
+        message: "launcher torchrun needs framework: pytorch",
+      });
+    if (
+      spec.procsPerWorker > 1 &&
+      !(spec.framework === "pytorch" && spec.launcher === "torchrun") &&
+      spec.framework !== "mpi"
+    )
+      ctx.addIssue({
+        code: "custom",
+        path: ["procsPerWorker"],
+        message:
+          "several processes per worker need a launcher that starts them: framework pytorch with launcher torchrun, or framework mpi",
+      });
+    if (typeof spec.workers === "object" && (spec.framework === "mpi" || spec.framework === "tensorflow"))
+      ctx.addIssue({
+        code: "custom",
+        path: ["workers"],
+        message: `elastic workers ({min, max}) need a framework that can change its world size between attempts: pytorch, ray or none (not ${spec.framework})`,
+      });
   })
   .describe("A training or fine-tuning run: workers that start together and restart together.");
 
@@ -178,6 +336,16 @@ export const TrainingJobStatus = z.object({
   /** Position among pending workloads when the scheduler last wrote this status. */
   queuePosition: z.number().optional(),
   workers: z.array(WorkerStatus).optional(),
+  /** Running workers over the attempt's gang size, as kubectl prints pods' READY ("2/2"). */
+  ready: z.string().optional(),
+  /** Workers in the current attempt: between min and max for an elastic job. */
+  activeWorkers: z.number().optional(),
+  /** Restarts used of failurePolicy.maxRestarts (preemptions and node loss not counted). */
+  restarts: z.number().optional(),
+  /** The latest checkpoint the job reported (embedded: $LOOM_CHECKPOINT_DIR/loom.json). */
+  checkpoint: z.object({ time: z.string(), step: z.number().optional() }).optional(),
+  /** An elastic job asked to change size: its workers stop (checkpointing) and it is admitted again. */
+  resize: z.object({ workers: z.number(), reason: z.string(), requestedAt: z.string() }).optional(),
   observedGeneration: z.number().optional(),
 });
 
@@ -189,6 +357,11 @@ export interface TrainingJobStatus extends Omit<z.output<typeof TrainingJobStatu
   conditions?: Condition[];
 }
 export type TrainingJob = Resource<TrainingJobSpec, TrainingJobStatus>;
+
+/** The gang's size range: {n, n} for a fixed number of workers. */
+export function workerRange(spec: Pick<TrainingJobSpec, "workers">): { min: number; max: number } {
+  return typeof spec.workers === "number" ? { min: spec.workers, max: spec.workers } : spec.workers;
+}
 
 export function isFinished(job: TrainingJob): boolean {
   return job.status?.phase === "Succeeded" || job.status?.phase === "Failed";

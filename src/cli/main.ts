@@ -427,18 +427,19 @@ export function buildProgram(): Command {
     .argument("<target>", "KIND/NAME")
     .argument("[name]")
     .option("-p, --project <project>", "project to look in")
-    .option("--worker <n>", "worker index", "0")
+    .option("--worker <n>", "only this worker (default: every worker, each line prefixed [worker K])")
     .option("--attempt <n>", "attempt number (default: the latest)")
     .option("-f, --follow", "keep printing until the worker exits")
     .action(
       async (
         target: string,
         nameArg: string | undefined,
-        opts: { project?: string; worker: string; attempt?: string; follow?: boolean },
+        opts: { project?: string; worker?: string; attempt?: string; follow?: boolean },
       ) => {
         const { def, name } = kindAndName(target, nameArg);
         const { api, defaultProject } = client(program);
-        const q = new URLSearchParams({ worker: opts.worker });
+        const q = new URLSearchParams();
+        if (opts.worker !== undefined) q.set("worker", opts.worker);
         if (opts.attempt) q.set("attempt", opts.attempt);
         if (opts.follow) q.set("follow", "true");
         const stream = await api.stream(`${itemPath(def, opts.project ?? defaultProject, name)}/log?${q}`);

@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import { getCondition, setCondition } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
-import { isFinished, type TrainingJob } from "../api/trainingjob.js";
+import { isFinished, type TrainingJob, workerRange } from "../api/trainingjob.js";
 import { forEachConcurrently } from "../concurrency.js";
 import type { ExternalWork, Runtime } from "../runtime/port.js";
 import type {
@@ -104,6 +104,10 @@ export class AdmissionReconciler implements Reconciler {
       const victim = byId.get(p.id);
       if (victim) await this.preempt(victim, names.get(p.for)!, p, now); // others' work is never a victim
     });
+    await forEachConcurrently(decisions.resize, WRITE_CONCURRENCY, async (r) => {
+      const job = byId.get(r.id);
+      if (job && !job.status?.resize) await this.resize(job, r.pods, r.message, now);
+    });
     await forEachConcurrently(decisions.bind, BIND_CONCURRENCY, async ({ id, placements }) => {
       const job = byId.get(id);
       if (job) await this.admit(job, placements, now);
@@ -127,7 +131,12 @@ export class AdmissionReconciler implements Reconciler {
     const r = job.spec.resources;
     const share = first.gpus.length === 1 && first.gpus[0]!.share < 1 ? first.gpus[0]!.share : undefined;
     const devices = first.gpus.map((g) => g.device);
-    const message = `admitted to ${first.node}${devices.length ? ` with GPU(s) ${devices.join(",")}${share !== undefined ? ` (share ${share})` : ""}` : ""}`;
+    const range = workerRange(job.spec);
+    const size =
+      range.min < range.max
+        ? ` with ${placements.length} of up to ${range.max} workers (elastic, at least ${range.min})`
+        : "";
+    const message = `admitted to ${first.node}${devices.length ? ` with GPU(s) ${devices.join(",")}${share !== undefined ? ` (share ${share})` : ""}` : ""}${size}`;
     await this.writeStatus({
       ...job,
       status: {
@@ -140,6 +149,7 @@ export class AdmissionReconciler implements Reconciler {
           memoryBytes: r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0),
           gpus: devices,
           ...(share !== undefined ? { gpuShare: share } : {}),
+          workers: placements.length,
           placements,
           admittedAt: now.toISOString(),
         },
@@ -151,6 +161,20 @@ export class AdmissionReconciler implements Reconciler {
       },
     });
     await this.deps.events.record(refOf(job), "Normal", "Admitted", message);
+  }
+
+  /** An elastic job may grow: its reconciler stops it (checkpointing) and it is admitted again. */
+  private async resize(job: TrainingJob, workers: number, message: string, now: Date): Promise<void> {
+    await this.writeStatus({
+      ...job,
+      status: { ...job.status, resize: { workers, reason: message, requestedAt: now.toISOString() } },
+    });
+    await this.deps.events.record(
+      refOf(job),
+      "Normal",
+      "Resizing",
+      `growing to ${workers} workers: ${message}`,
+    );
   }
 
   private async preempt(
@@ -234,10 +258,14 @@ export function buildSnapshot(
     const admission = job.status?.admission;
     if (admission) {
       byId.set(job.metadata.uid, job);
+      const placements = placementsOf(job);
+      const workload = workloads.of(job);
       running.push({
-        ...workloads.of(job),
-        placements: placementsOf(job),
-        stopping: !!job.status?.preemption,
+        ...workload,
+        // An elastic job holds what it was admitted with, which may be fewer than its most.
+        pods: workload.pods.slice(0, placements.length),
+        placements,
+        stopping: !!job.status?.preemption || !!job.status?.resize,
         ...(job.status?.preemption?.forUid ? { preemptedFor: job.status.preemption.forUid } : {}),
       });
       continue;
@@ -279,6 +307,7 @@ export class WorkloadCache {
 /** The scheduler's view of a TrainingJob: a gang of identical workers. */
 export function workloadOf(job: TrainingJob): Workload {
   const r = job.spec.resources;
+  const range = workerRange(job.spec);
   const pod = {
     cpuMillis: r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0),
     memoryBytes: r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0),
@@ -292,7 +321,8 @@ export function workloadOf(job: TrainingJob): Workload {
     priority: job.spec.priority ?? 0,
     preemptible: job.spec.preemptible ?? true,
     createdAt: job.metadata.creationTimestamp,
-    pods: Array.from({ length: job.spec.workers }, () => ({ ...pod })),
+    pods: Array.from({ length: range.max }, () => ({ ...pod })),
+    ...(range.min < range.max ? { elastic: range } : {}),
     ...(job.spec.nodePool ? { nodePool: job.spec.nodePool } : {}),
     ...(job.spec.gpuModel ? { gpuModel: job.spec.gpuModel } : {}),
     placement: job.spec.placement ?? "binpack",
@@ -303,7 +333,7 @@ export function workloadOf(job: TrainingJob): Workload {
 function placementsOf(job: TrainingJob): PodPlacement[] {
   const a = job.status!.admission!;
   if (a.placements) return a.placements;
-  return Array.from({ length: job.spec.workers }, (_, pod) => ({
+  return Array.from({ length: a.workers ?? workerRange(job.spec).max }, (_, pod) => ({
     pod,
     node: a.node,
     gpus: pod === 0 ? a.gpus.map((device) => ({ device, share: a.gpuShare ?? 1 })) : [],

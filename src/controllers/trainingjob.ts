@@ -4,15 +4,18 @@ import { setCondition } from "../api/meta.js";
 import {
   type Admission,
   isFinished,
+  parseDurationSeconds,
   type TrainingJob,
   type TrainingJobStatus,
   type WorkerStatus,
+  workerRange,
 } from "../api/trainingjob.js";
 import { NotFoundError } from "../errors.js";
 import type { GangObservation, Runtime, WorkerObservation, WorkloadRef } from "../runtime/port.js";
 import type { Allocation } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
+import { completionOf, planGang, portsPerWorker } from "./frameworks.js";
 
 export const TRAININGJOB = "TrainingJob";
 /** Held while the runtime may have processes for the job, so deletion waits until they are gone. */
@@ -112,9 +115,11 @@ export class TrainingJobReconciler implements Reconciler {
 
     if (job.status?.preemption) return this.yieldToPreemption(job, ref);
 
+    if (job.status?.resize) return this.yieldForResize(job, ref);
+
     const status: TrainingJobStatus = { ...job.status };
     const attempts = status.attempts ?? 0;
-    // Admitted again after a preemption: a new attempt, once the stopped one is fully gone.
+    // Admitted again after a preemption or resize: a new attempt, once the stopped one is gone.
     if (status.preemptedAttempt !== undefined && status.preemptedAttempt >= attempts)
       return this.startAttempt(job, status, attempts + 1);
     const obs = await this.deps.runtime.observe(ref);
@@ -122,13 +127,17 @@ export class TrainingJobReconciler implements Reconciler {
 
     if (!obs || obs.attempt < attempts) {
       if (attempts > 0 && !status.nextAttemptTime) {
+        // Node loss (or a wiped data dir): not the job's fault, so it does not use a restart.
         return this.attemptFailed(
           job,
           status,
           attempts,
           `the workers of attempt ${attempts} were lost by the runtime`,
+          "RestartWithoutCounting",
         );
       }
+      if (status.nextAttemptTime && Date.parse(status.nextAttemptTime) > now.getTime())
+        return { requeueAfterMs: Date.parse(status.nextAttemptTime) - now.getTime() };
       return this.startAttempt(job, status, attempts + 1);
     }
 
@@ -136,71 +145,136 @@ export class TrainingJobReconciler implements Reconciler {
     status.workers = obs.workers.map(toWorkerStatus);
     const running = obs.workers.filter((w) => w.state === "Running");
     const failed = obs.workers.filter((w) => w.state === "Failed" || w.state === "Unknown");
+    status.ready = `${running.length}/${obs.workers.length}`;
+    status.activeWorkers = obs.workers.length;
+    if (obs.checkpoint) status.checkpoint = obs.checkpoint;
 
-    if (failed.length === 0 && running.length > 0) {
-      status.phase = "Running";
+    // A restart is scheduled: this attempt is over. What is left of it stops first (SIGTERM, so
+    // it may checkpoint), then the backoff runs out, then the next attempt starts.
+    if (status.nextAttemptTime) {
       await this.writeStatus(job, status);
-      return {};
+      if (running.length > 0) {
+        const stopped = await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds);
+        if (!stopped) return { requeueAfterMs: 250 };
+      }
+      const wait = Date.parse(status.nextAttemptTime) - now.getTime();
+      if (wait > 0) return { requeueAfterMs: wait };
+      return this.startAttempt(job, status, obs.attempt + 1);
     }
-    if (failed.length > 0 && running.length > 0) {
-      // One worker failed: the gang goes down together before anything else happens.
+
+    // MPI and Ray: the launcher (the head) is the job; the other workers only serve it.
+    const leader = completionOf(job.spec.framework) === "leader" ? obs.workers[0] : undefined;
+    const leaderDone = leader?.state === "Succeeded";
+    const failures = leader
+      ? failed.filter((w) => !leaderDone && (w.index === 0 || w.state === "Failed" || w.state === "Unknown"))
+      : failed;
+
+    if (failures.length > 0) {
+      // The worker that failed first is the cause; the others may have failed because of it.
+      const first = [...failures].sort(
+        (a, b) => (a.finishTime ?? "").localeCompare(b.finishTime ?? "") || a.index - b.index,
+      )[0]!;
+      return this.attemptFailed(
+        job,
+        status,
+        obs.attempt,
+        describeFailure(first),
+        classifyFailure(first, job.spec.failurePolicy.rules),
+      );
+    }
+    if (leaderDone && running.length > 0) {
       await this.writeStatus(job, status);
       const stopped = await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds);
       return stopped ? { requeueAfterMs: 0 } : { requeueAfterMs: 250 };
     }
-    if (failed.length === 0) {
-      status.phase = "Succeeded";
-      status.completionTime = now.toISOString();
-      status.conditions = setCondition(
-        status.conditions,
-        {
-          type: "Succeeded",
-          status: "True",
-          reason: "Completed",
-          message: `all ${obs.workers.length} worker(s) exited with code 0 on attempt ${obs.attempt}`,
-        },
-        now,
-      );
-      status.conditions = setCondition(
-        status.conditions,
-        { type: "Running", status: "False", reason: "Completed", message: "the job has finished" },
-        now,
-      );
-      await this.writeStatus(job, status);
-      await this.event(job, "Normal", "Completed", `succeeded on attempt ${obs.attempt}`);
-      return {};
-    }
-    if (status.nextAttemptTime) {
-      const wait = Date.parse(status.nextAttemptTime) - now.getTime();
-      if (wait > 0) {
-        await this.writeStatus(job, status);
-        return { requeueAfterMs: wait };
+    if (running.length > 0) {
+      status.phase = "Running";
+      const hung = await this.hung(job, obs, now);
+      if (hung.message) {
+        return this.attemptFailed(job, status, obs.attempt, hung.message, "Restart");
       }
-      return this.startAttempt(job, status, obs.attempt + 1);
+      await this.writeStatus(job, status);
+      return hung.checkAgainMs !== undefined ? { requeueAfterMs: hung.checkAgainMs } : {};
     }
-    return this.attemptFailed(job, status, obs.attempt, describeFailure(failed[0]!));
+    status.phase = "Succeeded";
+    status.completionTime = now.toISOString();
+    status.conditions = setCondition(
+      status.conditions,
+      {
+        type: "Succeeded",
+        status: "True",
+        reason: "Completed",
+        message: leader
+          ? `the launcher (worker 0) exited with code 0 on attempt ${obs.attempt}`
+          : `all ${obs.workers.length} worker(s) exited with code 0 on attempt ${obs.attempt}`,
+      },
+      now,
+    );
+    status.conditions = setCondition(
+      status.conditions,
+      { type: "Running", status: "False", reason: "Completed", message: "the job has finished" },
+      now,
+    );
+    await this.writeStatus(job, status);
+    await this.event(job, "Normal", "Completed", `succeeded on attempt ${obs.attempt}`);
+    return {};
   }
 
-  /** Records a failed attempt: schedules a restart with backoff, or fails the job for good. */
+  /**
+   * spec.progressTimeout: a gang whose workers have all gone quiet (no log line, no heartbeat)
+   * for that long is hung, e.g. a collective waiting forever on a dead peer.
+   */
+  private async hung(
+    job: TrainingJob,
+    obs: GangObservation,
+    now: Date,
+  ): Promise<{ message?: string; checkAgainMs?: number }> {
+    if (job.spec.progressTimeout === undefined) return {};
+    const timeoutMs = (parseDurationSeconds(job.spec.progressTimeout) ?? 0) * 1000;
+    if (timeoutMs <= 0) return {};
+    const started = Math.max(0, ...obs.workers.map((w) => (w.startTime ? Date.parse(w.startTime) : 0)));
+    const activity = (await this.deps.runtime.lastActivity(refOf(job)))?.getTime() ?? 0;
+    const last = Math.max(started, activity);
+    if (last === 0) return { checkAgainMs: timeoutMs };
+    const quiet = now.getTime() - last;
+    if (quiet < timeoutMs) return { checkAgainMs: timeoutMs - quiet + 100 };
+    return {
+      message: `no worker wrote a log line or heartbeat for ${Math.round(quiet / 1000)}s (spec.progressTimeout is ${job.spec.progressTimeout}): the gang is hung`,
+    };
+  }
+
+  /**
+   * Records a failed attempt: the gang stops, then restarts with backoff, or the job fails for
+   * good. Only "Restart" uses one of failurePolicy.maxRestarts.
+   */
   private async attemptFailed(
     job: TrainingJob,
     status: TrainingJobStatus,
     attempt: number,
     what: string,
+    action: FailureAction,
   ): Promise<ReconcileResult> {
     const now = this.deps.now();
     const maxRestarts = job.spec.failurePolicy.maxRestarts;
-    // Attempts a preemption ended are not failures: they do not use up restarts.
-    const preempted = status.preemptions ?? 0;
-    const restartsUsed = attempt - 1 - preempted;
-    const totalAttempts = maxRestarts + 1 + preempted;
-    if (restartsUsed < maxRestarts) {
-      const delay = Math.min(
-        this.deps.maxBackoffMs ?? 60_000,
-        (this.deps.baseBackoffMs ?? 1000) * 2 ** restartsUsed,
+    // Objects from before status.restarts: every attempt not ended by a preemption was a failure.
+    const restartsUsed = status.restarts ?? Math.max(0, attempt - 1 - (status.preemptions ?? 0));
+    if (action === "Fail")
+      return this.fail(
+        job,
+        status,
+        `${what} on attempt ${attempt}; a failurePolicy rule says Fail, so the job is not restarted`,
+        "FailurePolicyRule",
       );
+    if (action === "RestartWithoutCounting" || restartsUsed < maxRestarts) {
+      const counted = action === "Restart";
+      const delay = counted
+        ? Math.min(this.deps.maxBackoffMs ?? 60_000, (this.deps.baseBackoffMs ?? 1000) * 2 ** restartsUsed)
+        : (this.deps.baseBackoffMs ?? 1000);
+      status.restarts = restartsUsed + (counted ? 1 : 0);
       status.nextAttemptTime = new Date(now.getTime() + delay).toISOString();
-      const message = `${what} on attempt ${attempt} of ${totalAttempts}; restarting in ${(delay / 1000).toFixed(1)}s (restart ${restartsUsed + 1} of ${maxRestarts})`;
+      const message = counted
+        ? `${what} on attempt ${attempt}; restarting the gang in ${(delay / 1000).toFixed(1)}s (restart ${restartsUsed + 1} of ${maxRestarts})`
+        : `${what} on attempt ${attempt}; restarting the gang in ${(delay / 1000).toFixed(1)}s (not counted against failurePolicy.maxRestarts)`;
       status.conditions = setCondition(
         status.conditions,
         { type: "Restarting", status: "True", reason: "WorkerFailed", message },
@@ -208,18 +282,33 @@ export class TrainingJobReconciler implements Reconciler {
       );
       await this.writeStatus(job, status);
       await this.event(job, "Warning", "WorkerFailed", message);
-      return { requeueAfterMs: delay };
+      // Straight back: the rest of the gang stops now, during the backoff.
+      return { requeueAfterMs: 0 };
     }
+    return this.fail(
+      job,
+      status,
+      maxRestarts === 0
+        ? `${what} on attempt ${attempt}; failurePolicy.maxRestarts is 0, so the job is not restarted`
+        : `${what} on attempt ${attempt}; all ${maxRestarts} restart(s) of failurePolicy.maxRestarts used`,
+      "BackoffLimitExceeded",
+    );
+  }
+
+  /** The job is Failed for good; what still runs of it is stopped by settleFinished. */
+  private async fail(
+    job: TrainingJob,
+    status: TrainingJobStatus,
+    message: string,
+    reason: string,
+  ): Promise<ReconcileResult> {
+    const now = this.deps.now();
     status.phase = "Failed";
     status.completionTime = now.toISOString();
     status.nextAttemptTime = undefined;
-    const message =
-      maxRestarts === 0
-        ? `${what} on attempt ${attempt} of ${totalAttempts}; failurePolicy.maxRestarts is 0, so the job is not restarted`
-        : `${what} on attempt ${attempt} of ${totalAttempts}; all ${maxRestarts} restart(s) of failurePolicy.maxRestarts used`;
     status.conditions = setCondition(
       status.conditions,
-      { type: "Restarting", status: "False", reason: "BackoffLimitExceeded", message },
+      { type: "Restarting", status: "False", reason, message },
       now,
     );
     status.conditions = setCondition(
@@ -229,12 +318,12 @@ export class TrainingJobReconciler implements Reconciler {
     );
     status.conditions = setCondition(
       status.conditions,
-      { type: "Failed", status: "True", reason: "BackoffLimitExceeded", message },
+      { type: "Failed", status: "True", reason, message },
       now,
     );
     await this.writeStatus(job, status);
     await this.event(job, "Warning", "Failed", message);
-    return {};
+    return { requeueAfterMs: 0 };
   }
 
   private async startAttempt(
@@ -243,31 +332,69 @@ export class TrainingJobReconciler implements Reconciler {
     attempt: number,
   ): Promise<ReconcileResult> {
     const admission = job.status!.admission!;
-    const now = this.deps.now();
     const ref = refOf(job);
     // Attempts never overlap: anything left of the previous one goes first.
     if (!(await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds)))
       return { requeueAfterMs: 250 };
-    const workers = Array.from({ length: job.spec.workers }, (_, index) => ({
-      index,
-      command: job.spec.command,
+    // Embedded, a named Python environment is built once (minutes, the first time).
+    const prep = this.deps.runtime.prepare?.({ python: job.spec.python }) ?? { ready: true };
+    if ("failed" in prep)
+      return this.fail(
+        job,
+        status,
+        `cannot build the Python environment (spec.python): ${prep.failed}`,
+        "EnvironmentFailed",
+      );
+    if (!prep.ready) {
+      const now = this.deps.now();
+      await this.writeStatus(job, {
+        ...status,
+        conditions: setCondition(
+          status.conditions,
+          { type: "EnvironmentReady", status: "False", reason: "Building", message: prep.message },
+          now,
+        ),
+      });
+      return { requeueAfterMs: 1000 };
+    }
+    const count = admission.workers ?? admission.placements?.length ?? workerRange(job.spec).max;
+    const endpoints = await this.deps.runtime.endpoints(
+      ref,
+      attempt,
+      count,
+      portsPerWorker(job.spec.framework),
+    );
+    const plan = planGang(job.spec, {
+      rendezvousId: `${ref.uid.slice(0, 8)}-a${attempt}`,
+      endpoints,
+      mpiHost: this.deps.runtime.mpiHost,
+    });
+    const workers = plan.workers.map((p) => ({
+      index: p.index,
+      command: p.command,
       image: job.spec.image,
       annotations: job.metadata.annotations,
       workingDir: job.spec.workingDir,
-      allocation: allocationOf(admission, index),
+      allocation: allocationOf(admission, p.index),
+      terminationGracePeriodSeconds: job.spec.terminationGracePeriodSeconds,
       env: {
         ...job.spec.env,
+        ...p.env,
         LOOM_PROJECT: ref.project,
         LOOM_WORKLOAD: ref.name,
         LOOM_WORKLOAD_KIND: ref.kind,
         LOOM_WORKLOAD_UID: ref.uid,
-        LOOM_WORKER_INDEX: String(index),
-        LOOM_WORKERS: String(job.spec.workers),
         LOOM_ATTEMPT: String(attempt),
       },
     }));
     try {
-      await this.deps.runtime.start({ ref, attempt, workers });
+      await this.deps.runtime.start({
+        ref,
+        attempt,
+        workers,
+        checkpoint: job.spec.checkpoint,
+        ...(job.spec.python ? { python: job.spec.python } : {}),
+      });
     } catch (err) {
       // Say why in the object (quota, admission policy, image rules), then retry with backoff.
       const message = `cannot start attempt ${attempt}: ${(err as Error).message}`;
@@ -283,20 +410,35 @@ export class TrainingJobReconciler implements Reconciler {
       await this.event(job, "Warning", "FailedCreate", message);
       throw err;
     }
+    const now = this.deps.now();
+    const after = status.preemptedAttempt !== undefined ? "a preemption or resize" : "a failure";
     status.attempts = attempt;
     status.preemptedAttempt = undefined;
     status.phase = "Running";
     status.startTime ??= now.toISOString();
     status.nextAttemptTime = undefined;
+    status.activeWorkers = count;
+    status.ready = `0/${count}`;
     status.workers = workers.map((w) => ({ index: w.index, state: "Pending" }));
     status.observedGeneration = job.metadata.generation;
+    if (job.spec.python)
+      status.conditions = setCondition(
+        status.conditions,
+        {
+          type: "EnvironmentReady",
+          status: "True",
+          reason: "Ready",
+          message: "the Python environment is built",
+        },
+        now,
+      );
     status.conditions = setCondition(
       status.conditions,
       {
         type: "Running",
         status: "True",
         reason: "Started",
-        message: `attempt ${attempt} started on ${admission.node}`,
+        message: `attempt ${attempt} started with ${count} worker(s) on ${[...new Set(workers.map((w) => w.allocation.node))].join(", ")}`,
       },
       now,
     );
@@ -307,7 +449,7 @@ export class TrainingJobReconciler implements Reconciler {
           type: "Restarting",
           status: "False",
           reason: "Restarted",
-          message: `attempt ${attempt} started after a failure`,
+          message: `attempt ${attempt} started after ${after}`,
         },
         now,
       );
@@ -319,6 +461,36 @@ export class TrainingJobReconciler implements Reconciler {
       "Started",
       `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`,
     );
+    return {};
+  }
+
+  /**
+   * The admission loop offered an elastic job more workers: stop the gang (SIGTERM, so it
+   * checkpoints), then go back to the queue to be admitted with the larger size. Not a failure.
+   */
+  private async yieldForResize(job: TrainingJob, ref: WorkloadRef): Promise<ReconcileResult> {
+    const resize = job.status!.resize!;
+    const stopped = await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds);
+    if (!stopped) return { requeueAfterMs: 250 };
+    const now = this.deps.now();
+    const attempts = job.status?.attempts ?? 0;
+    const message = `stopped attempt ${attempts} to grow to ${resize.workers} workers: ${resize.reason}`;
+    await this.writeStatus(job, {
+      ...job.status,
+      workers: undefined,
+      ready: undefined,
+      phase: "Pending",
+      admission: undefined,
+      resize: undefined,
+      preemptedAttempt: attempts,
+      nextAttemptTime: undefined,
+      conditions: setCondition(
+        job.status?.conditions,
+        { type: "Admitted", status: "False", reason: "Resizing", message },
+        now,
+      ),
+    });
+    await this.event(job, "Normal", "Resizing", message);
     return {};
   }
 
@@ -347,6 +519,7 @@ export class TrainingJobReconciler implements Reconciler {
     await this.writeStatus(job, {
       ...job.status,
       workers: undefined, // none now; the stopped attempt's logs stay (loom logs --attempt)
+      ready: undefined,
       phase: "Pending",
       admission: undefined,
       preemption: undefined,
@@ -448,6 +621,21 @@ function toWorkerStatus(w: WorkerObservation): WorkerStatus {
   if (w.startTime) s.startTime = w.startTime;
   if (w.finishTime) s.finishTime = w.finishTime;
   return s;
+}
+
+type FailureAction = "Restart" | "Fail" | "RestartWithoutCounting";
+
+/** failurePolicy.rules for the worker that failed first; a lost worker is the platform's fault. */
+export function classifyFailure(
+  w: WorkerObservation,
+  rules: { exitCodes?: number[]; signals?: string[]; action: FailureAction }[],
+): FailureAction {
+  if (w.state === "Unknown") return "RestartWithoutCounting";
+  for (const r of rules) {
+    if (w.exitCode !== undefined && r.exitCodes?.includes(w.exitCode)) return r.action;
+    if (w.signal !== undefined && r.signals?.includes(w.signal)) return r.action;
+  }
+  return "Restart";
 }
 
 function describeFailure(w: WorkerObservation): string {

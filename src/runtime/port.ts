@@ -29,14 +29,46 @@ export interface WorkerSpec {
   env: Record<string, string>;
   workingDir?: string;
   allocation: Allocation;
+  /** Seconds between SIGTERM and SIGKILL for stops the platform makes on its own. */
+  terminationGracePeriodSeconds?: number;
 }
+
+/** Where checkpoints live across attempts (LOOM_CHECKPOINT_DIR). */
+export interface CheckpointStorage {
+  /** Kubernetes: an existing PersistentVolumeClaim; unset, the runtime makes one of `size`. */
+  claimName?: string;
+  size?: string | number;
+  storageClassName?: string;
+}
+
+/** Embedded: the Python environment the workers run in (Kubernetes: the image is it). */
+export type PythonEnvironmentSpec =
+  | { venv: string }
+  | { interpreter: string; requirements: string[]; systemSitePackages: boolean };
 
 /** One attempt of a gang: every worker starts together; a later attempt never overlaps it. */
 export interface GangSpec {
   ref: WorkloadRef;
   attempt: number;
   workers: WorkerSpec[];
+  checkpoint?: CheckpointStorage;
+  python?: PythonEnvironmentSpec;
 }
+
+/** A worker's network identity for one attempt: a host peers can reach and ports it may use. */
+export interface WorkerEndpoint {
+  host: string;
+  ports: number[];
+}
+
+/** How a platform runs an MPI host worker: the launcher (worker 0) starts ranks on it. */
+export interface MpiHost {
+  command: string[];
+  env: Record<string, string>;
+}
+
+/** Whether the environment a gang needs is ready; building it may take minutes the first time. */
+export type Preparation = { ready: true } | { ready: false; message: string } | { failed: string };
 
 export type WorkerState = "Running" | "Succeeded" | "Failed" | "Unknown";
 
@@ -55,6 +87,8 @@ export interface WorkerObservation {
 export interface GangObservation {
   attempt: number;
   workers: WorkerObservation[];
+  /** The latest checkpoint the job reported, if the platform can see it. */
+  checkpoint?: { time: string; step?: number };
   /** A stop was requested and not every worker has exited yet. */
   stopping: boolean;
 }
@@ -73,6 +107,20 @@ export interface LogOptions {
 export interface Runtime {
   /** What the scheduler may place workloads on. */
   nodes(): Promise<NodeCapacity[]>;
+  /**
+   * Addresses for a new attempt's workers, `ports` each: fresh ones per attempt (a new
+   * rendezvous), reachable by every worker of the gang.
+   */
+  endpoints(ref: WorkloadRef, attempt: number, workers: number, ports: number): Promise<WorkerEndpoint[]>;
+  /** How this platform runs the MPI hosts of a gang (see MpiHost). */
+  readonly mpiHost: MpiHost;
+  /** Gets the gang's environment ready (embedded: builds its Python environment once). */
+  prepare?(spec: Pick<GangSpec, "python">): Preparation;
+  /**
+   * When any worker of the latest attempt last showed life (wrote a log line or its heartbeat
+   * file), for spec.progressTimeout; undefined if none has yet.
+   */
+  lastActivity(ref: WorkloadRef): Promise<Date | undefined>;
   /**
    * Starts an attempt. Idempotent: a second call for the same attempt does nothing. Throws if an
    * earlier attempt still has live workers (stop it first: attempts never overlap).

@@ -8,8 +8,9 @@ import Fastify, {
 import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { API_VERSION } from "../api/meta.js";
-import type { TrainingJob } from "../api/trainingjob.js";
+import { type TrainingJob, workerRange } from "../api/trainingjob.js";
 import { BadRequestError, UnauthorizedError } from "../errors.js";
+import { interleaveLines } from "../runtime/interleave.js";
 import type { Runtime } from "../runtime/port.js";
 import { coreScheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../store/port.js";
@@ -301,21 +302,35 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     async (req, reply) => {
       const def = resources.namespacedKind(req.params.plural!);
       if (def.kind !== "TrainingJob") throw new BadRequestError(`${def.plural} have no logs`);
-      const job = (await resources.get(def, req.params.project!, req.params.name!)) as {
-        metadata: { uid: string };
-        spec: { workers: number };
-      };
-      const worker = Number(req.query.worker ?? 0);
-      if (!Number.isInteger(worker) || worker < 0 || worker >= job.spec.workers) {
-        throw new BadRequestError(`worker must be between 0 and ${job.spec.workers - 1}`);
+      const job = (await resources.get(def, req.params.project!, req.params.name!)) as TrainingJob;
+      // Workers of the latest attempt (an elastic job's size changes); the spec's most before any.
+      const count = job.status?.workers?.length || workerRange(job.spec).max;
+      const all = req.query.worker === undefined || req.query.worker === "" || req.query.worker === "all";
+      const worker = all ? 0 : Number(req.query.worker);
+      if (!Number.isInteger(worker) || worker < 0 || worker >= count) {
+        throw new BadRequestError(`worker must be between 0 and ${count - 1} (or omit it for every worker)`);
       }
       const attempt = req.query.attempt === undefined ? undefined : Number(req.query.attempt);
       if (attempt !== undefined && (!Number.isInteger(attempt) || attempt < 1))
         throw new BadRequestError("attempt must be a positive integer");
-      const stream = await deps.runtime.logs(
-        { kind: def.kind, project: req.params.project!, name: req.params.name!, uid: job.metadata.uid },
-        { worker, attempt, follow: req.query.follow === "1" || req.query.follow === "true" },
-      );
+      const ref = {
+        kind: def.kind,
+        project: req.params.project!,
+        name: req.params.name!,
+        uid: job.metadata.uid,
+      };
+      const follow = req.query.follow === "1" || req.query.follow === "true";
+      const stream =
+        all && count > 1
+          ? interleaveLines(
+              await Promise.all(
+                Array.from({ length: count }, async (_, w) => ({
+                  prefix: `[worker ${w}]`,
+                  stream: await deps.runtime.logs(ref, { worker: w, attempt, follow }),
+                })),
+              ),
+            )
+          : await deps.runtime.logs(ref, { worker, attempt, follow });
       req.raw.on("close", () => stream.destroy());
       return reply.type("text/plain; charset=utf-8").send(stream);
     },

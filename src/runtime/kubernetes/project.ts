@@ -83,7 +83,7 @@ export function namespaceObjects(
         { apiGroups: ["loom.dev"], resources: ["*"], verbs: [...VERBS[role]] },
         {
           apiGroups: [""],
-          resources: ["pods", "services", "events"],
+          resources: ["pods", "services", "events", "persistentvolumeclaims"],
           verbs: ["get", "list", "watch"],
         },
         { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },

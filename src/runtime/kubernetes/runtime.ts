@@ -11,12 +11,15 @@ import type { NodeCapacity } from "../../scheduler/port.js";
 import { namespaceOf, projectOf } from "../../store/kube/resources.js";
 import { gpuShareEnv } from "../env.js";
 import type {
+  CheckpointStorage,
   ExternalWork,
   GangObservation,
   GangSpec,
   LogOptions,
+  MpiHost,
   ProjectInfo,
   Runtime,
+  WorkerEndpoint,
   WorkerObservation,
   WorkloadRef,
 } from "../port.js";
@@ -147,6 +150,51 @@ export class KubernetesRuntime implements Runtime {
       metrics,
       { resyncMs: 24 * 3600_000 },
     );
+  }
+
+  /**
+   * As Kubeflow's MPIJob: the image runs sshd on each host worker, and the launcher's mpirun
+   * starts ranks on them over ssh (the image provides sshd, its config and keys).
+   */
+  readonly mpiHost: MpiHost = { command: ["/usr/sbin/sshd", "-De"], env: {} };
+
+  /**
+   * Every pod has its own IP, so the ports are the same everywhere; the host is the pod's
+   * stable name behind the job's headless Service ("job-1.job" in the namespace).
+   */
+  async endpoints(
+    ref: WorkloadRef,
+    _attempt: number,
+    workers: number,
+    ports: number,
+  ): Promise<WorkerEndpoint[]> {
+    return Array.from({ length: workers }, (_, i) => ({
+      host: workers > 1 ? `${podHostname(ref.name, i)}.${ref.name}` : podHostname(ref.name, i),
+      ports: Array.from({ length: ports }, (_, j) => WORKER_BASE_PORT + j),
+    }));
+  }
+
+  /** The newest log line's timestamp over the latest attempt's running pods (one request each). */
+  async lastActivity(ref: WorkloadRef): Promise<Date | undefined> {
+    const pods = await this.pods(ref);
+    const attempt = Math.max(0, ...pods.map((p) => Number(p.metadata.labels?.[L.attempt] ?? 0)));
+    let latest = 0;
+    for (const p of pods) {
+      if (Number(p.metadata.labels?.[L.attempt]) !== attempt || p.status?.phase !== "Running") continue;
+      try {
+        const stream = await this.client.stream(
+          `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}/log`,
+          { container: "worker", timestamps: "true", tailLines: "1" },
+        );
+        let text = "";
+        for await (const chunk of stream) text += String(chunk);
+        const at = Date.parse(text.split(" ", 1)[0] ?? "");
+        if (Number.isFinite(at)) latest = Math.max(latest, at);
+      } catch (err) {
+        this.log.debug({ err, pod: p.metadata.name }, "could not read the pod's last log line");
+      }
+    }
+    return latest > 0 ? new Date(latest) : undefined;
   }
 
   private readonly capacityListeners: (() => void)[] = [];
@@ -393,6 +441,7 @@ export class KubernetesRuntime implements Runtime {
     // Peers find each other by name through a headless Service. A single worker has no peers,
     // and the Service's EndpointSlices cost the control plane ~8 requests per job (bench:k8s).
     if (spec.workers.length > 1) await this.ensureService(ref);
+    const claim = spec.checkpoint ? await this.ensureCheckpointClaim(ref, spec.checkpoint) : undefined;
     for (const w of spec.workers) {
       if (existing.has(podName(ref.name, attempt, w.index))) continue;
       const labels = {
@@ -433,11 +482,17 @@ export class KubernetesRuntime implements Runtime {
         spec: {
           restartPolicy: "Never",
           schedulerName: SCHEDULER_NAME,
-          hostname: `${ref.name}-${w.index}`,
+          hostname: podHostname(ref.name, w.index),
           ...(spec.workers.length > 1 ? { subdomain: ref.name } : {}),
           enableServiceLinks: false,
           automountServiceAccountToken: false,
-          terminationGracePeriodSeconds: 30,
+          // Loom's stops delete with the job's grace period; this covers everyone else's.
+          terminationGracePeriodSeconds: w.terminationGracePeriodSeconds ?? 30,
+          volumes: [
+            claim
+              ? { name: "checkpoint", persistentVolumeClaim: { claimName: claim } }
+              : { name: "checkpoint", emptyDir: {} },
+          ],
           securityContext: {
             runAsNonRoot: true,
             runAsUser: 1000,
@@ -450,7 +505,13 @@ export class KubernetesRuntime implements Runtime {
               image: w.image ?? this.opts.defaultImage ?? "python:3.11-slim",
               command: w.command,
               ...(w.workingDir ? { workingDir: w.workingDir } : {}),
-              env: Object.entries({ ...w.env, ...gpuEnv }).map(([name, value]) => ({ name, value })),
+              env: Object.entries({ ...w.env, ...gpuEnv, LOOM_CHECKPOINT_DIR: CHECKPOINT_MOUNT }).map(
+                ([name, value]) => ({ name, value }),
+              ),
+              volumeMounts: [{ name: "checkpoint", mountPath: CHECKPOINT_MOUNT }],
+              ...(spec.workers.length > 1
+                ? { ports: [{ name: "rendezvous", containerPort: WORKER_BASE_PORT }] }
+                : {}),
               resources,
               securityContext: {
                 allowPrivilegeEscalation: false,
@@ -587,6 +648,29 @@ export class KubernetesRuntime implements Runtime {
     } as never);
   }
 
+  /** The claim checkpoints live on: the user's, or one Loom makes per job (deleted with it). */
+  private async ensureCheckpointClaim(ref: WorkloadRef, c: CheckpointStorage): Promise<string> {
+    if (c.claimName) return c.claimName;
+    const name = `${ref.name}-checkpoint`.slice(0, 63);
+    await this.apply({
+      apiVersion: "v1",
+      kind: "PersistentVolumeClaim",
+      metadata: {
+        name,
+        namespace: namespaceOf(ref.project),
+        labels: workloadLabels(ref),
+        ownerReferences: [ownerRef(ref)],
+      },
+      spec: {
+        // Every worker (on any node) writes and reads it: shared storage.
+        accessModes: ["ReadWriteMany"],
+        resources: { requests: { storage: String(c.size ?? "10Gi") } },
+        ...(c.storageClassName ? { storageClassName: c.storageClassName } : {}),
+      },
+    } as never);
+    return name;
+  }
+
   private async pods(ref: WorkloadRef): Promise<Pod[]> {
     if (!this.watching) {
       const list = await this.client.request<{ items: Pod[] }>(
@@ -656,10 +740,20 @@ function objectPath(obj: {
     Role: "roles",
     RoleBinding: "rolebindings",
     Service: "services",
+    PersistentVolumeClaim: "persistentvolumeclaims",
   };
   const base = obj.apiVersion === "v1" ? "/api/v1" : `/apis/${obj.apiVersion}`;
   const ns = obj.metadata.namespace ? `/namespaces/${obj.metadata.namespace}` : "";
   return `${base}${ns}/${plural[obj.kind]}/${obj.metadata.name}`;
+}
+
+/** Where LOOM_CHECKPOINT_DIR is mounted in every worker. */
+const CHECKPOINT_MOUNT = "/loom/checkpoint";
+/** The first of a worker's rendezvous ports (MASTER_PORT, TF_CONFIG, Ray's GCS on the head). */
+const WORKER_BASE_PORT = 29500;
+
+function podHostname(workload: string, index: number): string {
+  return `${workload}-${index}`.slice(0, 63);
 }
 
 function podName(workload: string, attempt: number, index: number): string {

@@ -1,4 +1,14 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { createServer, type Server } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -9,12 +19,16 @@ import type {
   GangObservation,
   GangSpec,
   LogOptions,
+  MpiHost,
+  Preparation,
   ProjectInfo,
   Runtime,
+  WorkerEndpoint,
   WorkerObservation,
   WorkloadRef,
 } from "../port.js";
 import { findProcessesByEnv, isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
+import { PythonEnvironments } from "./pyenv.js";
 import { Spawner } from "./spawner.js";
 import { tailFile } from "./tail.js";
 
@@ -57,6 +71,8 @@ export interface LocalRuntimeOptions {
   log: Logger;
   /** How often processes not spawned by this server (re-adopted ones) are checked. */
   pollMs?: number;
+  /** Where built Python environments are cached (default: under the data dir). */
+  environmentsDir?: string;
   now?: () => Date;
 }
 
@@ -70,9 +86,28 @@ export class LocalRuntime implements Runtime {
   private readonly poll: NodeJS.Timeout;
   private readonly now: () => Date;
   private readonly nodeName = hostname();
+  private readonly environments: PythonEnvironments;
+
+  /**
+   * Every rank runs on this machine: the launcher starts them all itself (the hostfile names
+   * 127.0.0.1 once per worker), so a host worker only holds its place in the gang until the
+   * launcher is done.
+   */
+  readonly mpiHost: MpiHost = {
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"],
+    env: {
+      OMPI_MCA_btl: "self,vader,tcp",
+      OMPI_MCA_btl_tcp_if_include: "lo",
+      OMPI_MCA_oob_tcp_if_include: "lo",
+    },
+  };
 
   constructor(private readonly opts: LocalRuntimeOptions) {
     this.now = opts.now ?? (() => new Date());
+    this.environments = new PythonEnvironments(
+      opts.environmentsDir ?? join(opts.dataDir, "environments"),
+      opts.log,
+    );
     this.spawner = new Spawner(opts.log);
     mkdirSync(this.workloadsDir(), { recursive: true });
     this.recover();
@@ -89,6 +124,55 @@ export class LocalRuntime implements Runtime {
         gpus: this.opts.gpus,
       },
     ];
+  }
+
+  /** Loopback ports the kernel says are free now, distinct across the gang. */
+  async endpoints(
+    _ref: WorkloadRef,
+    _attempt: number,
+    workers: number,
+    ports: number,
+  ): Promise<WorkerEndpoint[]> {
+    const servers: Server[] = [];
+    try {
+      const taken: number[] = [];
+      for (let i = 0; i < workers * ports; i++) {
+        const server = createServer();
+        servers.push(server);
+        await new Promise<void>((resolve, reject) => {
+          server.once("error", reject);
+          server.listen(0, "127.0.0.1", () => resolve());
+        });
+        taken.push((server.address() as { port: number }).port);
+      }
+      return Array.from({ length: workers }, (_, i) => ({
+        host: "127.0.0.1",
+        ports: taken.slice(i * ports, (i + 1) * ports),
+      }));
+    } finally {
+      await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+    }
+  }
+
+  prepare(spec: Pick<GangSpec, "python">): Preparation {
+    return spec.python ? this.environments.prepare(spec.python) : { ready: true };
+  }
+
+  async lastActivity(ref: WorkloadRef): Promise<Date | undefined> {
+    const gang = this.gangs.get(ref.uid);
+    if (!gang) return undefined;
+    const dir = this.attemptDir(ref.uid, gang.attempt);
+    let latest = 0;
+    for (const w of gang.workers) {
+      for (const file of [`worker-${w.index}.log`, `worker-${w.index}.heartbeat`]) {
+        try {
+          latest = Math.max(latest, statSync(join(dir, file)).mtimeMs);
+        } catch {
+          // not written yet
+        }
+      }
+    }
+    return latest > 0 ? new Date(latest) : undefined;
   }
 
   async start(spec: GangSpec): Promise<void> {
@@ -109,14 +193,25 @@ export class LocalRuntime implements Runtime {
     this.gangs.set(spec.ref.uid, gang);
     // Persist before spawning: a crash in between is found again by the environment marker.
     this.persist(gang);
+    const checkpointDir = this.checkpointDir(spec.ref.uid);
+    mkdirSync(checkpointDir, { recursive: true });
+    const venv = spec.python ? this.environments.location(spec.python) : undefined;
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
       const workDir = this.workDir(spec.ref.uid);
       mkdirSync(w.workingDir ?? workDir, { recursive: true });
+      const base = stringEnv(process.env);
       const env: Record<string, string> = {
-        ...stringEnv(process.env),
+        ...base,
+        // The job's own environment first on PATH: `python3` is its interpreter.
+        ...(venv ? { VIRTUAL_ENV: venv, PATH: `${join(venv, "bin")}:${base.PATH ?? "/usr/bin:/bin"}` } : {}),
         ...w.env,
         LOOM_WORKLOAD_DIR: workDir,
+        LOOM_CHECKPOINT_DIR: checkpointDir,
+        LOOM_HEARTBEAT_FILE: join(dir, `worker-${w.index}.heartbeat`),
+        LOOM_ATTEMPT_DIR: dir,
+        // Ray keeps sockets in its temp dir, and socket paths are short (108 bytes).
+        LOOM_RAY_TEMP_DIR: `/tmp/loom-ray-${spec.ref.uid.slice(0, 8)}-a${spec.attempt}-w${w.index}`,
         CUDA_VISIBLE_DEVICES: w.allocation.gpus.join(","),
         ...gpuShareEnv(w.allocation.gpuShare),
         [INSTANCE_ENV]: this.opts.instanceId,
@@ -167,6 +262,7 @@ export class LocalRuntime implements Runtime {
   async observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
     const gang = this.gangs.get(ref.uid);
     if (!gang) return undefined;
+    const checkpoint = this.checkpointReport(ref.uid);
     const workers: WorkerObservation[] = gang.workers.map((w) => {
       const base = { index: w.index, pid: w.pid, startTime: w.startTime };
       if (!w.exit) return { ...base, state: "Running" };
@@ -184,7 +280,32 @@ export class LocalRuntime implements Runtime {
       attempt: gang.attempt,
       workers,
       stopping: !!gang.stopRequestedAt && gang.workers.some((w) => !w.exit),
+      ...(checkpoint ? { checkpoint } : {}),
     };
+  }
+
+  /** What the job reported of its latest checkpoint in $LOOM_CHECKPOINT_DIR/loom.json, by mtime. */
+  private readonly reports = new Map<string, { mtimeMs: number; report: { time: string; step?: number } }>();
+
+  private checkpointReport(uid: string): { time: string; step?: number } | undefined {
+    const file = join(this.checkpointDir(uid), "loom.json");
+    let mtimeMs: number;
+    try {
+      mtimeMs = statSync(file).mtimeMs;
+    } catch {
+      return undefined;
+    }
+    const known = this.reports.get(uid);
+    if (known?.mtimeMs === mtimeMs) return known.report;
+    const report: { time: string; step?: number } = { time: new Date(mtimeMs).toISOString() };
+    try {
+      const step = (JSON.parse(readFileSync(file, "utf8")) as { step?: unknown }).step;
+      if (typeof step === "number" && Number.isFinite(step)) report.step = step;
+    } catch {
+      // Being rewritten, or not JSON: the time alone still says when it checkpointed.
+    }
+    this.reports.set(uid, { mtimeMs, report });
+    return report;
   }
 
   async stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean> {
@@ -230,6 +351,7 @@ export class LocalRuntime implements Runtime {
         if (!w.exit && w.pid !== undefined) signalGroup(w.pid, "SIGKILL");
       }
     }
+    this.reports.delete(ref.uid);
     rmSync(join(this.workloadsDir(), ref.uid), { recursive: true, force: true });
   }
 
@@ -416,6 +538,11 @@ export class LocalRuntime implements Runtime {
 
   private workloadsDir(): string {
     return join(this.opts.dataDir, "workloads");
+  }
+
+  /** Outlives attempts (and the workers' stops): where a job checkpoints and resumes from. */
+  private checkpointDir(uid: string): string {
+    return join(this.workloadsDir(), uid, "checkpoint");
   }
 
   private workDir(uid: string): string {

@@ -54,6 +54,12 @@ export interface Workload {
   createdAt: string;
   /** The gang: every pod is placed, or none is. */
   pods: PodRequest[];
+  /**
+   * Elastic: pending, the gang may start with as few as `min` of its pods when all of them do
+   * not fit; running (with fewer than `max`), it is offered a resize when capacity frees and
+   * nothing waits.
+   */
+  elastic?: { min: number; max: number };
   nodePool?: string;
   gpuModel?: string;
   placement?: PlacementPolicy;
@@ -138,8 +144,17 @@ export interface PreemptDecision {
   message: string;
 }
 
+export interface ResizeDecision {
+  id: string;
+  /** The gang size it may grow to now. */
+  pods: number;
+  message: string;
+}
+
 export interface Decisions {
   bind: { id: string; placements: PodPlacement[] }[];
+  /** Elastic workloads that may grow: they restart (from a checkpoint) with more pods. */
+  resize: ResizeDecision[];
   preempt: PreemptDecision[];
   pending: PendingDecision[];
 }

@@ -67,7 +67,7 @@ class Cycle {
   private readonly running: RunningWorkload[];
   /** Victims chosen in this cycle (or stopping from an earlier one): not chosen again. */
   private readonly victims = new Set<string>();
-  private readonly decisions: Decisions = { bind: [], preempt: [], pending: [] };
+  private readonly decisions: Decisions = { bind: [], resize: [], preempt: [], pending: [] };
   /** Pending workloads that victims are stopping for (from earlier cycles). */
   private readonly awaited = new Set<string>();
   /** Victims still stopping, by the workload they make room for. */
@@ -134,7 +134,39 @@ class Cycle {
       const pending = this.consider(w, ps);
       if (pending) this.decisions.pending.push({ ...pending, queuePosition: ++position });
     }
+    // 8. Elastic workloads grow into capacity nothing else waits for.
+    if (this.decisions.pending.length === 0 && this.decisions.preempt.length === 0) this.grow();
     return this.decisions;
+  }
+
+  /**
+   * Offers running elastic workloads the largest gang that now fits (their current pods plus
+   * more on free capacity, within the project's limit). They restart from a checkpoint with it.
+   */
+  private grow(): void {
+    for (const r of this.running) {
+      if (!r.elastic || r.stopping || this.victims.has(r.id) || r.pods.length >= r.elastic.max) continue;
+      const ps = this.project(r.project);
+      const eligible = this.cluster.eligible(r, ps.policy.nodePools);
+      for (let k = r.elastic.max; k > r.pods.length; k--) {
+        const extra: Workload = {
+          ...r,
+          id: `${r.id}/grow`,
+          pods: Array.from({ length: k - r.pods.length }, () => r.pods[0]!),
+        };
+        const req = this.requestOf(extra);
+        const limit = ps.policy.limit;
+        if (limit && !within(add(ps.usage, req), limit, req)) continue;
+        if (!this.cluster.place(extra, eligible)) continue;
+        ps.usage = add(ps.usage, req);
+        this.decisions.resize.push({
+          id: r.id,
+          pods: k,
+          message: `capacity for ${k} workers is free (running with ${r.pods.length}, elastic up to ${r.elastic.max})`,
+        });
+        break;
+      }
+    }
   }
 
   private project(name: string): ProjectState {
@@ -177,6 +209,7 @@ class Cycle {
 
   /** Steps 4–7 for one workload: binds it, preempts for it, or says why it waits. */
   private consider(w: Workload, ps: ProjectState): Omit<PendingDecision, "queuePosition"> | undefined {
+    if (w.elastic && w.elastic.min < w.pods.length) return this.considerElastic(w, ps, w.elastic.min);
     const waitingFor = this.stoppingFor.get(w.id) ?? [];
     // A workload just like one that could not start earlier in this cycle cannot start either:
     // capacity only shrinks and usage only grows within a cycle, and a failed victim search
@@ -192,10 +225,35 @@ class Cycle {
     return decision;
   }
 
+  /**
+   * An elastic gang takes the largest size that fits as things are, from all its pods down to
+   * min; only the smallest may preempt others (growing later never takes anything from anyone).
+   */
+  private considerElastic(
+    w: Workload,
+    ps: ProjectState,
+    min: number,
+  ): Omit<PendingDecision, "queuePosition"> | undefined {
+    const waitingFor = this.stoppingFor.get(w.id) ?? [];
+    const full = this.requestOf(w);
+    for (let k = w.pods.length; k >= min; k--) {
+      const sized: Workload = { ...w, pods: w.pods.slice(0, k) };
+      const decision = this.decide(sized, ps, waitingFor, k === min);
+      if (!decision) {
+        // What it asked beyond what it got no longer waits.
+        ps.wants = sub(ps.wants, sub(full, this.requestOf(sized)));
+        return undefined;
+      }
+      if (k === min) return decision;
+    }
+    return undefined;
+  }
+
   private decide(
     w: Workload,
     ps: ProjectState,
     waitingFor: RunningWorkload[],
+    mayPreempt = true,
   ): Omit<PendingDecision, "queuePosition"> | undefined {
     const pending = (reason: PendingReasonCode, message: string, holders: string[] = []) => ({
       id: w.id,
@@ -262,7 +320,7 @@ class Cycle {
         names(waitingFor),
       );
     }
-    const found = this.findVictims(w, req, eligible, withinDeserved);
+    const found = mayPreempt ? this.findVictims(w, req, eligible, withinDeserved) : undefined;
     if (found) {
       ps.claimed = add(ps.claimed, req);
       for (const v of found.victims) {
