@@ -107,8 +107,8 @@ describe("TrainingJob end to end (embedded)", () => {
       },
       { input: jobYaml("bad3", ["true"], "  workers: 0\n"), expect: /spec\.workers: must be at least 1/ },
       {
-        input: jobYaml("bad4", ["true"], "  workers: 4\n"),
-        expect: /spec\.workers: multi-worker jobs are not supported yet/,
+        input: jobYaml("bad4", ["true"], "  workers: {min: 4, max: 2}\n"),
+        expect: /spec\.workers\.min: min must not exceed max/,
       },
       { input: jobYaml("bad5", ["true"], "  resources: {cpu: lots}\n"), expect: /spec\.resources\.cpu/ },
       { input: jobYaml("Bad_Name", ["true"]), expect: /metadata\.name/ },

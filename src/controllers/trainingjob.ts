@@ -258,6 +258,8 @@ export class TrainingJobReconciler implements Reconciler {
     const maxRestarts = job.spec.failurePolicy.maxRestarts;
     // Objects from before status.restarts: every attempt not ended by a preemption was a failure.
     const restartsUsed = status.restarts ?? Math.max(0, attempt - 1 - (status.preemptions ?? 0));
+    // Attempts the job may have in all: those made so far plus the restarts left.
+    const of = `on attempt ${attempt} of ${attempt + Math.max(0, maxRestarts - restartsUsed)}`;
     if (action === "Fail")
       return this.fail(
         job,
@@ -273,8 +275,8 @@ export class TrainingJobReconciler implements Reconciler {
       status.restarts = restartsUsed + (counted ? 1 : 0);
       status.nextAttemptTime = new Date(now.getTime() + delay).toISOString();
       const message = counted
-        ? `${what} on attempt ${attempt}; restarting the gang in ${(delay / 1000).toFixed(1)}s (restart ${restartsUsed + 1} of ${maxRestarts})`
-        : `${what} on attempt ${attempt}; restarting the gang in ${(delay / 1000).toFixed(1)}s (not counted against failurePolicy.maxRestarts)`;
+        ? `${what} ${of}; restarting the gang in ${(delay / 1000).toFixed(1)}s (restart ${restartsUsed + 1} of ${maxRestarts})`
+        : `${what} ${of}; restarting the gang in ${(delay / 1000).toFixed(1)}s (not counted against failurePolicy.maxRestarts)`;
       status.conditions = setCondition(
         status.conditions,
         { type: "Restarting", status: "True", reason: "WorkerFailed", message },
@@ -289,8 +291,8 @@ export class TrainingJobReconciler implements Reconciler {
       job,
       status,
       maxRestarts === 0
-        ? `${what} on attempt ${attempt}; failurePolicy.maxRestarts is 0, so the job is not restarted`
-        : `${what} on attempt ${attempt}; all ${maxRestarts} restart(s) of failurePolicy.maxRestarts used`,
+        ? `${what} ${of}; failurePolicy.maxRestarts is 0, so the job is not restarted`
+        : `${what} ${of}; all ${maxRestarts} restart(s) of failurePolicy.maxRestarts used`,
       "BackoffLimitExceeded",
     );
   }
