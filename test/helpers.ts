@@ -194,6 +194,9 @@ export interface Job {
   status?: {
     phase?: string;
     attempts?: number;
+    restarts?: number;
+    ready?: string;
+    checkpoint?: { time: string; step?: number };
     preemptions?: number;
     preemption?: { reason: string; for: string };
     conditions?: { type: string; status: string; reason: string; message: string }[];

@@ -310,6 +310,95 @@ ${spec}`;
     expect(cluster.kubectl(["get", "svc", "-n", "loom-default", "long"]).code).not.toBe(0);
   });
 
+  it("renders examples/pretrain as a gang: torch.distributed env, headless Service, checkpoint claim", async () => {
+    // The very manifest the embedded test runs; its pods run until deleted (kwok).
+    const applied = await loom(["apply", "-f", join(ROOT, "examples/pretrain/pretrain.yaml")]);
+    expect(applied.code, applied.stderr).toBe(0);
+    const running = await waitFor("pretrain", (j) => j.status?.ready === "2/2");
+    const uid = running.metadata.uid;
+    const pods = JSON.parse(
+      cluster.kubectl([
+        "get",
+        "pods",
+        "-n",
+        "loom-default",
+        "-l",
+        `loom.dev/workload-uid=${uid}`,
+        "-o",
+        "json",
+      ]).stdout,
+    ).items as {
+      metadata: { name: string };
+      spec: {
+        hostname: string;
+        subdomain: string;
+        terminationGracePeriodSeconds: number;
+        volumes: { name: string; persistentVolumeClaim?: { claimName: string } }[];
+        containers: {
+          image: string;
+          command: string[];
+          env: { name: string; value: string }[];
+          volumeMounts: { name: string; mountPath: string }[];
+          ports?: { containerPort: number }[];
+        }[];
+      };
+    }[];
+    expect(pods.map((p) => p.metadata.name).sort()).toEqual(["pretrain-a1-w0", "pretrain-a1-w1"]);
+    for (const [i, pod] of pods.sort((a, b) => a.metadata.name.localeCompare(b.metadata.name)).entries()) {
+      const env = Object.fromEntries(pod.spec.containers[0]!.env.map((e) => [e.name, e.value]));
+      expect(env).toMatchObject({
+        MASTER_ADDR: "pretrain-0.pretrain",
+        MASTER_PORT: "29500",
+        WORLD_SIZE: "2",
+        RANK: String(i),
+        NODE_RANK: String(i),
+        LOCAL_RANK: "0",
+        LOCAL_WORLD_SIZE: "1",
+        LOOM_WORKER_INDEX: String(i),
+        LOOM_WORKERS: "2",
+        LOOM_ATTEMPT: "1",
+        LOOM_CHECKPOINT_DIR: "/loom/checkpoint",
+        LOOM_PEERS: "pretrain-0.pretrain:29500,pretrain-1.pretrain:29500",
+      });
+      expect(pod.spec.hostname).toBe(`pretrain-${i}`);
+      expect(pod.spec.subdomain).toBe("pretrain");
+      expect(pod.spec.terminationGracePeriodSeconds).toBe(30);
+      expect(pod.spec.containers[0]!.image).toBe("ghcr.io/loom-dev/pretrain-example:cpu");
+      expect(pod.spec.containers[0]!.command).toEqual([
+        "python3",
+        "examples/pretrain/train.py",
+        "--steps",
+        "200",
+        "--checkpoint-every",
+        "20",
+      ]);
+      expect(pod.spec.volumes).toContainEqual({
+        name: "checkpoint",
+        persistentVolumeClaim: { claimName: "pretrain-checkpoint" },
+      });
+      expect(pod.spec.containers[0]!.volumeMounts).toContainEqual(
+        expect.objectContaining({ name: "checkpoint", mountPath: "/loom/checkpoint" }),
+      );
+    }
+    const svc = JSON.parse(
+      cluster.kubectl(["get", "svc", "-n", "loom-default", "pretrain", "-o", "json"]).stdout,
+    );
+    expect(svc.spec.clusterIP).toBe("None");
+    expect(svc.spec.selector).toEqual({ "loom.dev/workload-uid": uid });
+    const pvc = JSON.parse(
+      cluster.kubectl(["get", "pvc", "-n", "loom-default", "pretrain-checkpoint", "-o", "json"]).stdout,
+    );
+    expect(pvc.spec.accessModes).toEqual(["ReadWriteMany"]);
+    expect(pvc.spec.resources.requests.storage).toBe("1Gi");
+    expect(pvc.metadata.ownerReferences[0]).toMatchObject({ kind: "TrainingJob", uid });
+
+    // A worker lost (its pod deleted, as on node loss): the whole gang comes back as attempt 2.
+    cluster.kubectl(["delete", "pod", "-n", "loom-default", "pretrain-a1-w1", "--wait=false"]);
+    const again = await waitFor("pretrain", (j) => j.status?.attempts === 2 && j.status?.ready === "2/2");
+    expect(again.status?.restarts ?? 0).toBeLessThanOrEqual(1);
+    expect((await loom(["delete", "tj", "pretrain", "--timeout", "60"])).code).toBe(0);
+  });
+
   it("lets a member of project A read its jobs and denies project B (403 from the API server)", async () => {
     const projects = `apiVersion: loom.dev/v1alpha1
 kind: Project

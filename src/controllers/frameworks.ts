@@ -33,13 +33,9 @@ export interface GangPlan {
 /** Ports each worker's endpoint carries, by framework (embedded, every one is distinct). */
 export function portsPerWorker(framework: TrainingJobSpec["framework"]): number {
   // Ray node: GCS (head) or node manager, object manager, metrics, dashboard agent (grpc and
-  // http), runtime env agent, client server, and a range base for its worker processes.
-  return framework === "ray" ? RAY_PORTS : 1;
+  // http), runtime env agent. Its worker processes take free ports from Ray's own range.
+  return framework === "ray" ? 6 : 1;
 }
-
-const RAY_PORTS = 8;
-/** Worker processes a Ray node may start, each on its own port from its range. */
-const RAY_WORKER_PORTS = 50;
 
 type Spec = Pick<TrainingJobSpec, "framework" | "launcher" | "procsPerWorker" | "command">;
 
@@ -112,6 +108,10 @@ function pytorch(spec: Spec, ctx: GangContext, i: number, env: Record<string, st
         `--master_addr=${master.host}`,
         `--master_port=${master.ports[0]}`,
         "--max_restarts=0",
+        // No redirection, written as a map that names no local rank: a plain "0" (the default)
+        // crashes PyTorch 1.13's torchrun on Python 3.11 (Debian bookworm's python3-torch).
+        `--redirects=${procs}:0`,
+        `--tee=${procs}:0`,
         "--no_python",
         ...spec.command,
       ],
@@ -124,18 +124,19 @@ function pytorch(spec: Spec, ctx: GangContext, i: number, env: Record<string, st
 /**
  * Worker 0 writes the hostfile and runs mpirun over every worker's slots; the other workers
  * are hosts the launcher starts ranks on (the platform's way: local processes embedded, sshd in
- * the image on Kubernetes, as with Kubeflow's MPIJob).
+ * the image on Kubernetes, as with Kubeflow's MPIJob). A host is listed once per slot, without
+ * "slots=": Open MPI counts repeated lines as slots and merges them when several workers share a
+ * machine (with "slots=" on each it refuses the duplicate).
  */
 function mpi(spec: Spec, ctx: GangContext, i: number, env: Record<string, string>) {
   const procs = spec.procsPerWorker;
   const np = ctx.endpoints.length * procs;
-  const hostfile = ctx.endpoints.map((e) => `${e.host} slots=${procs}`).join("\n");
+  const hostfile = ctx.endpoints.flatMap((e) => Array.from({ length: procs }, () => e.host)).join("\n");
   const mpiEnv = {
     ...env,
     LOOM_MPI_HOSTFILE_CONTENT: hostfile,
     OMPI_ALLOW_RUN_AS_ROOT: "1",
     OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1",
-    OMPI_MCA_rmaps_base_oversubscribe: "1",
     ...ctx.mpiHost.env,
   };
   if (i > 0) return { command: ctx.mpiHost.command, env: mpiEnv };
@@ -148,51 +149,84 @@ function mpi(spec: Spec, ctx: GangContext, i: number, env: Record<string, string
   return { command: ["/bin/sh", "-c", script, "loom-mpi-launcher", ...spec.command], env: mpiEnv };
 }
 
+/** Waits until host:port accepts connections (Python is there: Ray needs it). */
+function waitForPort(host: string, port: number, seconds: number, what: string): string {
+  return `python3 -c 'import socket, sys, time
+for _ in range(${seconds * 2}):
+    try:
+        socket.create_connection(("${host}", ${port}), 1).close(); sys.exit(0)
+    except OSError:
+        time.sleep(0.5)
+sys.exit("ray: ${what} at ${host}:${port} did not answer within ${seconds} s")'`;
+}
+
 /**
  * The KubeRay pattern: worker 0 starts the Ray head, waits until every worker's node has
- * joined, runs the entrypoint against it (RAY_ADDRESS) and stops Ray; the others join the head
- * and serve it until stopped.
+ * joined, runs the entrypoint against it (RAY_ADDRESS) and stops its head; the others join the
+ * head and serve it until Loom stops them. Never `ray stop`: it kills every Ray process on the
+ * machine, other jobs' too. Each node stops its own `ray start --block` with SIGTERM instead.
  */
 function ray(spec: Spec, ctx: GangContext, i: number, env: Record<string, string>) {
   const n = ctx.endpoints.length;
   const head = ctx.endpoints[0]!;
   const me = ctx.endpoints[i]!;
-  const [main, objectManager, metrics, agentGrpc, agentHttp, runtimeEnvAgent, clientServer, workerBase] =
-    me.ports as [number, number, number, number, number, number, number, number];
+  const [main, objectManager, metrics, agentGrpc, agentHttp, runtimeEnvAgent] = me.ports as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   const gcs = `${head.host}:${head.ports[0]}`;
+  // Every port explicit: several nodes (and jobs) share one machine embedded.
   const common = [
-    `--node-ip-address=${me.host}`,
     `--object-manager-port=${objectManager}`,
     `--metrics-export-port=${metrics}`,
     `--dashboard-agent-grpc-port=${agentGrpc}`,
     `--dashboard-agent-listen-port=${agentHttp}`,
     `--runtime-env-agent-port=${runtimeEnvAgent}`,
-    `--min-worker-port=${workerBase}`,
-    `--max-worker-port=${workerBase + RAY_WORKER_PORTS - 1}`,
     '--temp-dir="${LOOM_RAY_TEMP_DIR:-/tmp/ray}"',
+    "${LOOM_RAY_OBJECT_STORE_BYTES:+--object-store-memory=$LOOM_RAY_OBJECT_STORE_BYTES}",
     "--disable-usage-stats",
   ].join(" ");
   const rayEnv = { ...env, RAY_ADDRESS: gcs, LOOM_RAY_HEAD: gcs };
   if (i === 0) {
     const script = [
       "set -u",
-      `ray start --head --port=${main} --ray-client-server-port=${clientServer} --include-dashboard=false ${common} || exit 1`,
-      // Wait for every worker's node (the entrypoint may need all of them).
-      `python3 -c 'import ray, time, sys\nray.init(address="${gcs}", logging_level="ERROR")\nfor _ in range(600):\n    if sum(1 for x in ray.nodes() if x["Alive"]) >= ${n}: sys.exit(0)\n    time.sleep(0.2)\nsys.exit("ray: not every worker joined the head within 120 s")' || { ray stop --force; exit 1; }`,
+      `ray start --head --block --port=${main} --include-dashboard=false ${common} &`,
+      "node=$!",
+      "trap 'kill -TERM $node 2>/dev/null; wait $node; exit 143' TERM INT",
+      `${waitForPort(head.host, head.ports[0]!, 120, "the head")} || { kill -TERM $node; wait $node; exit 1; }`,
+      // Every worker's node first: the entrypoint may need all of them.
+      `python3 -c 'import ray, sys, time
+ray.init(address="${gcs}", logging_level="ERROR")
+for _ in range(600):
+    if sum(1 for x in ray.nodes() if x["Alive"]) >= ${n}: sys.exit(0)
+    time.sleep(0.2)
+sys.exit("ray: not every worker joined the head within 120 s")' || { kill -TERM $node; wait $node; exit 1; }`,
       '"$@"',
       "code=$?",
-      "ray stop --force >/dev/null 2>&1",
+      "kill -TERM $node 2>/dev/null; wait $node",
       "exit $code",
     ].join("\n");
     return { command: ["/bin/sh", "-c", script, "loom-ray-head", ...spec.command], env: rayEnv };
   }
-  // The head may not be up yet: keep trying to join, then block until the head goes away.
   const script = [
-    `for i in $(seq 1 120); do ray start --address=${gcs} --node-manager-port=${main} ${common} && break; sleep 1; done`,
-    "trap 'ray stop --force >/dev/null 2>&1; exit 0' TERM INT",
-    `while python3 -c 'import socket,sys; s=socket.create_connection(("${head.host}", ${head.ports[0]}), 2)' 2>/dev/null; do sleep 2 & wait $!; done`,
-    "ray stop --force >/dev/null 2>&1",
-    "exit 0",
+    "set -u",
+    `${waitForPort(head.host, head.ports[0]!, 120, "the head")} || exit 1`,
+    `ray start --block --address=${gcs} --node-manager-port=${main} ${common} &`,
+    "node=$!",
+    "trap 'kill -TERM $node 2>/dev/null; wait $node; exit 0' TERM INT",
+    "wait $node",
+    "code=$?",
+    // The head went away (its entrypoint is done): that is how a worker's part ends.
+    `${waitForPort(head.host, head.ports[0]!, 1, "the head")} 2>/dev/null || exit 0`,
+    "exit $code",
   ].join("\n");
-  return { command: ["/bin/sh", "-c", script, "loom-ray-worker"], env: rayEnv };
+  // A worker whose head is gone gives up after 10 s instead of Ray's 60.
+  return {
+    command: ["/bin/sh", "-c", script, "loom-ray-worker"],
+    env: { ...rayEnv, RAY_gcs_rpc_server_reconnect_timeout_s: "10" },
+  };
 }

@@ -142,6 +142,17 @@ export class TrainingJobReconciler implements Reconciler {
     }
 
     status.attempts = obs.attempt;
+    // A worker the platform no longer has at all (its pod deleted, as with node loss) is lost.
+    const expected = obs.attempt === attempts ? (status.activeWorkers ?? 0) : 0;
+    for (let index = 0; index < expected; index++) {
+      if (!obs.workers.some((w) => w.index === index))
+        obs.workers.push({
+          index,
+          state: "Unknown",
+          message: "the worker is gone from the platform (node loss?)",
+        });
+    }
+    obs.workers.sort((a, b) => a.index - b.index);
     status.workers = obs.workers.map(toWorkerStatus);
     const running = obs.workers.filter((w) => w.state === "Running");
     const failed = obs.workers.filter((w) => w.state === "Failed" || w.state === "Unknown");
@@ -541,7 +552,15 @@ export class TrainingJobReconciler implements Reconciler {
     const obs = await this.deps.runtime.observe(ref);
     if (obs?.workers.some((w) => w.state === "Running")) {
       const stopped = await this.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds);
-      return stopped ? {} : { requeueAfterMs: 250 };
+      return stopped ? { requeueAfterMs: 0 } : { requeueAfterMs: 250 };
+    }
+    // Every worker has stopped: the status shows how each ended.
+    if (obs && obs.attempt === job.status?.attempts) {
+      await this.writeStatus(job, {
+        ...job.status,
+        workers: obs.workers.map(toWorkerStatus),
+        ready: `0/${obs.workers.length}`,
+      });
     }
     return {};
   }
