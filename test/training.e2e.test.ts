@@ -245,3 +245,75 @@ spec:
     expect(ok.status?.restarts ?? 0).toBe(0);
   }, 90_000);
 });
+
+describe("elastic workers {min: 1, max: 2} (embedded, 2 virtual GPUs)", () => {
+  const loom = new LoomProcess(["--gpus", "2"]);
+  beforeAll(() => loom.start());
+  afterAll(() => loom.stop());
+
+  it("starts with what fits, grows when a GPU frees, shrinks on reclaim, resuming from checkpoints", async () => {
+    const projects =
+      "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: borrower}\n---\n" +
+      "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: owner}\nspec: {quota: {gpu: 2}}\n";
+    expect((await loom.cli(["apply", "-f", "-"], { input: projects })).code).toBe(0);
+    const gpuJob = (name: string, seconds: number) =>
+      `apiVersion: loom.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: ${name}, project: owner}\nspec: {command: [sleep, "${seconds}"], resources: {gpu: 1}}\n`;
+    // One of the two GPUs is taken for a while.
+    expect((await loom.cli(["apply", "-f", "-"], { input: gpuJob("blocker", 12) })).code).toBe(0);
+    await loom.waitFor("blocker", (j) => j.status?.ready === "1/1", 30_000, "owner");
+
+    const elastic = pretrain(
+      "elastic",
+      ["--steps", "400", "--checkpoint-every", "10", "--step-sleep", "0.05"],
+      "borrower",
+    )
+      .replace("workers: 2", "workers: {min: 1, max: 2}")
+      .replace("resources: {cpu: 1, memory: 1Gi}", "resources: {cpu: 500m, memory: 1Gi, gpu: 1}")
+      .replace("terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds: 20");
+    expect((await loom.cli(["apply", "-f", "-"], { input: elastic })).code).toBe(0);
+    const one = await loom.waitFor("elastic", (j) => j.status?.ready === "1/1", 120_000, "borrower");
+    expect(one.status?.attempts).toBe(1);
+
+    // The blocker ends: the job grows to 2 workers, from its checkpoint.
+    const two = await loom.waitFor(
+      "elastic",
+      (j) => (j.status?.attempts ?? 0) >= 2 && j.status?.ready === "2/2",
+      120_000,
+      "borrower",
+    );
+    const grown = two.status!.attempts!;
+    // Let the 2-worker attempt train and checkpoint before the owner comes back.
+    const before = two.status?.checkpoint?.step ?? 0;
+    await loom.waitFor("elastic", (j) => (j.status?.checkpoint?.step ?? 0) > before, 120_000, "borrower");
+    // The owner takes one GPU back (within its quota): the job comes back with one worker.
+    expect((await loom.cli(["apply", "-f", "-"], { input: gpuJob("mine", 10) })).code).toBe(0);
+    await loom.waitFor("mine", (j) => j.status?.ready === "1/1", 120_000, "owner");
+    const shrunk = await loom.waitFor(
+      "elastic",
+      (j) => (j.status?.attempts ?? 0) > grown && j.status?.ready === "1/1",
+      120_000,
+      "borrower",
+    );
+    expect(shrunk.status?.preemptions).toBe(1);
+    const done = await loom.waitFor(
+      "elastic",
+      (j) => j.status?.phase === "Succeeded" || j.status?.phase === "Failed",
+      600_000,
+      "borrower",
+    );
+    expect(done.status?.phase).toBe("Succeeded");
+    expect(done.status?.restarts ?? 0).toBe(0); // resizes and preemptions are not failures
+    // Each attempt's world size, and each later attempt resumed from a checkpoint.
+    const worlds: number[] = [];
+    for (let a = 1; a <= done.status!.attempts!; a++) {
+      const log = (
+        await loom.cli(["logs", "tj/elastic", "-p", "borrower", "--worker", "0", "--attempt", String(a)])
+      ).stdout;
+      worlds.push(Number(/^world (\d+),/m.exec(log)?.[1]));
+      if (a > 1) expect(log, `attempt ${a}`).toMatch(/resumed from step \d+/);
+    }
+    expect(worlds.slice(0, 3)).toEqual([1, 2, 1]);
+    const events = (await loom.cli(["describe", "tj", "elastic", "-p", "borrower"])).stdout;
+    expect(events).toMatch(/growing to 2 workers/);
+  }, 900_000);
+});

@@ -92,7 +92,9 @@ export class AdmissionReconciler implements Reconciler {
       this.deps.runtime.external?.(),
       this.workloads,
     );
-    if (pending.length === 0) return {};
+    // Nothing waits and no elastic job could grow: nothing to decide.
+    const mayGrow = running.some((r) => r.elastic && !r.stopping && r.pods.length < r.elastic.max);
+    if (pending.length === 0 && !mayGrow) return {};
     const names = new Map(pending.map((w) => [w.id, { name: w.name, uid: w.id }]));
     const projects = this.deps.listProjects().map(policyOf);
     const decisions = this.deps.scheduler.schedule({ nodes, projects, running, pending });

@@ -127,6 +127,7 @@ export class ControllerManager {
       !!job.metadata.deletionTimestamp,
       !!job.status?.admission,
       !!job.status?.preemption,
+      !!job.status?.resize,
       job.status?.phase === "Succeeded" || job.status?.phase === "Failed",
     ]);
     if (this.admissionView.get(key) === view) return false;
