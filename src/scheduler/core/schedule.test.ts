@@ -1226,3 +1226,68 @@ describe("rule 9: every pending workload is explained", () => {
     }
   });
 });
+
+describe("elastic gangs (workers {min, max})", () => {
+  const elastic = (projectName: string, id: string, min: number, max: number, o: JobOpts = {}): Workload => ({
+    ...job(projectName, id, { ...o, pods: max }),
+    elastic: { min, max },
+  });
+
+  it("start with the largest size that fits, down to min, without preempting for the extra", () => {
+    const a = job("a", "a1", { pods: 3 });
+    const e = elastic("b", "e1", 2, 8);
+    const d = schedule({
+      nodes: [node("n1", 8)],
+      projects: [project("a", 4), project("b", 4)],
+      running: [
+        running(a, [
+          { node: "n1", devices: [0] },
+          { node: "n1", devices: [1] },
+          { node: "n1", devices: [2] },
+        ]),
+      ],
+      pending: [e],
+    });
+    expect(placementsOf(d, "e1")).toHaveLength(5);
+    expect(d.preempt).toEqual([]);
+  });
+
+  it("wait with the reason of their smallest size when even min does not fit", () => {
+    const e = elastic("b", "e1", 3, 4, { preemptible: false });
+    const d = schedule({ nodes: [node("n1", 2)], projects: [project("b", 0)], running: [], pending: [e] });
+    expect(pendingOf(d, "e1").reason).toBe("ExceedsNodeCapacity");
+    expect(pendingOf(d, "e1").message).toMatch(/3 pod/);
+  });
+
+  it("grow into capacity nothing else waits for, never past max or the project's limit", () => {
+    const e = elastic("b", "e1", 1, 4);
+    const small = { ...e, pods: e.pods.slice(0, 1) };
+    const d = schedule({
+      nodes: [node("n1", 8)],
+      projects: [project("b", 0, { limit: { gpu: 3 } })],
+      running: [running(small, [{ node: "n1", devices: [0] }])],
+      pending: [],
+    });
+    expect(d.resize).toEqual([expect.objectContaining({ id: "e1", pods: 3 })]);
+  });
+
+  it("do not grow while anything waits, or while stopping", () => {
+    const e = elastic("b", "e1", 1, 2);
+    const small = { ...e, pods: e.pods.slice(0, 1) };
+    const waiting = job("a", "a1", { gpu: 4 });
+    const d = schedule({
+      nodes: [node("n1", 4)],
+      projects: [project("a", 0, { limit: { gpu: 0 } }), project("b", 0)],
+      running: [running(small, [{ node: "n1", devices: [0] }])],
+      pending: [waiting],
+    });
+    expect(d.resize).toEqual([]);
+    const stopping = schedule({
+      nodes: [node("n1", 4)],
+      projects: [project("b", 0)],
+      running: [running(small, [{ node: "n1", devices: [0] }], { stopping: true })],
+      pending: [],
+    });
+    expect(stopping.resize).toEqual([]);
+  });
+});
