@@ -69,6 +69,8 @@ export class PythonEnvironments {
     mkdirSync(this.dir, { recursive: true });
     const logFile = `${dir}.log`;
     const out = createWriteStream(logFile);
+    // The log is for people: losing it (a removed data dir) must not take the server down.
+    out.on("error", (err) => this.log.warn({ err, logFile }, "cannot write the environment's build log"));
     const steps = [
       [spec.interpreter, "-m", "venv", ...(spec.systemSitePackages ? ["--system-site-packages"] : []), dir],
       ...(spec.requirements.length > 0
@@ -89,8 +91,13 @@ export class PythonEnvironments {
     this.log.info({ environment: key, requirements: spec.requirements }, "building a Python environment");
     const run = (i: number): void => {
       if (i === steps.length) {
-        writeFileSync(join(dir, READY_MARKER), JSON.stringify(spec));
         out.end();
+        try {
+          writeFileSync(join(dir, READY_MARKER), JSON.stringify(spec));
+        } catch (err) {
+          build.error = `cannot mark the environment ready: ${(err as Error).message}`;
+          return;
+        }
         this.builds.delete(key);
         this.log.info(
           { environment: key, seconds: Math.round((Date.now() - build.startedAt) / 1000) },
