@@ -141,6 +141,7 @@ function mpi(spec: Spec, ctx: GangContext, i: number, env: Record<string, string
   };
   if (i > 0) return { command: ctx.mpiHost.command, env: mpiEnv };
   const script = [
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion, not a template
     'hostfile="${TMPDIR:-/tmp}/loom-hostfile-$LOOM_RENDEZVOUS_ID"',
     'printf "%s\\n" "$LOOM_MPI_HOSTFILE_CONTENT" > "$hostfile"',
     'export LOOM_MPI_HOSTFILE="$hostfile"',
@@ -186,7 +187,9 @@ function ray(spec: Spec, ctx: GangContext, i: number, env: Record<string, string
     `--dashboard-agent-grpc-port=${agentGrpc}`,
     `--dashboard-agent-listen-port=${agentHttp}`,
     `--runtime-env-agent-port=${runtimeEnvAgent}`,
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion, not a template
     '--temp-dir="${LOOM_RAY_TEMP_DIR:-/tmp/ray}"',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion, not a template
     "${LOOM_RAY_OBJECT_STORE_BYTES:+--object-store-memory=$LOOM_RAY_OBJECT_STORE_BYTES}",
     "--disable-usage-stats",
   ].join(" ");
