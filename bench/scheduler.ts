@@ -274,7 +274,7 @@ function runCycles(
   let running = [...running0];
   let pending = [...pending0];
   const cycles: CycleStat[] = [];
-  let last: Decisions = { bind: [], preempt: [], pending: [] };
+  let last: Decisions = { bind: [], resize: [], preempt: [], pending: [] };
   let first = last;
   for (let c = 0; c < MAX_CYCLES; c++) {
     const t = performance.now();
