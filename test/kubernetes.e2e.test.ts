@@ -399,6 +399,40 @@ ${spec}`;
     expect((await loom(["delete", "tj", "pretrain", "--timeout", "60"])).code).toBe(0);
   });
 
+  it("renders Ray and MPI gangs: head and workers by stable name, launcher and sshd hosts", async () => {
+    const ray = job(
+      "ray",
+      "  workers: 2\n  framework: ray\n  command: [python3, entry.py]\n  image: rayproject/ray:2.60.0",
+      {},
+    );
+    const mpi = job(
+      "mpi",
+      "  workers: 2\n  framework: mpi\n  procsPerWorker: 2\n  command: [python3, allreduce.py]\n  image: example/mpi:latest",
+      {},
+    );
+    expect((await loom(["apply", "-f", "-"], `${ray}\n---\n${mpi}`)).code).toBe(0);
+    await waitFor("ray", (j) => j.status?.ready === "2/2");
+    await waitFor("mpi", (j) => j.status?.ready === "2/2");
+    const pod = (name: string) =>
+      JSON.parse(cluster.kubectl(["get", "pod", "-n", "loom-default", name, "-o", "json"]).stdout).spec
+        .containers[0] as { command: string[]; env: { name: string; value: string }[] };
+    const head = pod("ray-a1-w0");
+    expect(head.command.slice(0, 2)).toEqual(["/bin/sh", "-c"]);
+    expect(head.command[2]).toMatch(/ray start --head --block --port=29500 /);
+    expect(head.command.slice(-2)).toEqual(["python3", "entry.py"]);
+    const worker = pod("ray-a1-w1");
+    expect(worker.command[2]).toMatch(/ray start --block --address=ray-0\.ray:29500 /);
+    expect(worker.env).toContainEqual({ name: "RAY_ADDRESS", value: "ray-0.ray:29500" });
+    const launcher = pod("mpi-a1-w0");
+    expect(launcher.command[2]).toMatch(/exec mpirun --hostfile "\$hostfile" -np 4 "\$@"/);
+    expect(launcher.env).toContainEqual({
+      name: "LOOM_MPI_HOSTFILE_CONTENT",
+      value: "mpi-0.mpi\nmpi-0.mpi\nmpi-1.mpi\nmpi-1.mpi",
+    });
+    expect(pod("mpi-a1-w1").command).toEqual(["/usr/sbin/sshd", "-De"]);
+    expect((await loom(["delete", "tj", "ray", "mpi", "--timeout", "60"])).code).toBe(0);
+  });
+
   it("lets a member of project A read its jobs and denies project B (403 from the API server)", async () => {
     const projects = `apiVersion: loom.dev/v1alpha1
 kind: Project
