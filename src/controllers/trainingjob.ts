@@ -391,6 +391,9 @@ export class TrainingJobReconciler implements Reconciler {
       allocation: allocationOf(admission, p.index),
       terminationGracePeriodSeconds: job.spec.terminationGracePeriodSeconds,
       env: {
+        // As Kubeflow's operators do: Python's output reaches the log (and progressTimeout) as it
+        // is printed, not in 8 KiB blocks. The job's env may say otherwise.
+        PYTHONUNBUFFERED: "1",
         ...job.spec.env,
         ...p.env,
         LOOM_PROJECT: ref.project,
