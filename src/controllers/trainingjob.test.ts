@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { classifyFailure } from "./trainingjob.js";
+import { classifyFailure, restartDelayMs } from "./trainingjob.js";
 
 describe("classifyFailure (failurePolicy.rules)", () => {
   const rules = [
@@ -20,5 +20,13 @@ describe("classifyFailure (failurePolicy.rules)", () => {
     expect(classifyFailure({ index: 0, state: "Failed", exitCode: 3 }, rules)).toBe("Restart");
     expect(classifyFailure({ index: 0, state: "Failed", exitCode: 2 }, [])).toBe("Restart");
     expect(classifyFailure({ index: 0, state: "Unknown" }, rules)).toBe("RestartWithoutCounting");
+  });
+});
+
+describe("restartDelayMs", () => {
+  it("restarts at once the first time, then backs off exponentially up to the cap", () => {
+    expect([0, 1, 2, 3, 4, 10].map((n) => restartDelayMs(n, 1000, 8000))).toEqual([
+      0, 1000, 2000, 4000, 8000, 8000,
+    ]);
   });
 });

@@ -281,8 +281,9 @@ export class TrainingJobReconciler implements Reconciler {
     if (action === "RestartWithoutCounting" || restartsUsed < maxRestarts) {
       const counted = action === "Restart";
       const delay = counted
-        ? Math.min(this.deps.maxBackoffMs ?? 60_000, (this.deps.baseBackoffMs ?? 1000) * 2 ** restartsUsed)
-        : (this.deps.baseBackoffMs ?? 1000);
+        ? restartDelayMs(restartsUsed, this.deps.baseBackoffMs ?? 1000, this.deps.maxBackoffMs ?? 60_000)
+        : // Uncounted restarts have no limit: never faster than the base delay.
+          (this.deps.baseBackoffMs ?? 1000);
       status.restarts = restartsUsed + (counted ? 1 : 0);
       status.nextAttemptTime = new Date(now.getTime() + delay).toISOString();
       const message = counted
@@ -648,6 +649,15 @@ function toWorkerStatus(w: WorkerObservation): WorkerStatus {
 }
 
 type FailureAction = "Restart" | "Fail" | "RestartWithoutCounting";
+
+/**
+ * The first restart is immediate (a one-off fault should cost only the gang's stop and start,
+ * as with torchrun's own restarts); from the second on, base, 2×base, 4×base… up to max, so a
+ * job that fails on every start does not spin.
+ */
+export function restartDelayMs(restartsUsed: number, baseMs: number, maxMs: number): number {
+  return restartsUsed === 0 ? 0 : Math.min(maxMs, baseMs * 2 ** (restartsUsed - 1));
+}
 
 /** failurePolicy.rules for the worker that failed first; a lost worker is the platform's fault. */
 export function classifyFailure(
