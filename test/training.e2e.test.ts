@@ -120,6 +120,9 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
       const resumed = Number(/resumed from step (\d+)/.exec(second)?.[1]);
       expect(resumed).toBeGreaterThanOrEqual(60);
       const loss = finalLoss(second);
+      console.log(
+        `fault injection: uninterrupted FINAL loss ${uninterrupted}, killed at checkpoint ${at.status?.checkpoint?.step} and resumed from step ${resumed}: FINAL loss ${loss}`,
+      );
       expect(Math.abs(loss - uninterrupted) / uninterrupted).toBeLessThan(0.01);
       const events = (await loom.cli(["describe", "tj", "fault"])).stdout;
       expect(events).toMatch(/worker 1 was killed by SIGKILL .* restarting the gang/);
@@ -128,6 +131,8 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
     }
     expect([...watcher.seen.keys()].sort()).toEqual([1, 2]);
     expect(watcher.overlaps()).toEqual([]);
+    const [a1, a2] = [watcher.seen.get(1)!, watcher.seen.get(2)!];
+    console.log(`attempt 1 last seen alive ${a2.first - a1.last} ms before attempt 2's first process`);
   }, 800_000);
 
   it("a job preempted by reclaim checkpoints on SIGTERM and resumes from that very step", async () => {
@@ -166,6 +171,9 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
     const lastLogged = Math.max(...[...before.matchAll(/^step (\d+) loss/gm)].map((m) => Number(m[1])));
     const resumedAt = Number(/resumed from step (\d+)/.exec(after)?.[1]);
     expect(stoppedAt).toBeGreaterThanOrEqual(40);
+    console.log(
+      `reclaim: attempt 1 logged step ${lastLogged}, checkpointed at step ${stoppedAt} on SIGTERM; attempt 2 resumed from step ${resumedAt}`,
+    );
     expect(resumedAt).toBe(stoppedAt);
     // Lost work: steps done before the stop that the next attempt must do again. At most one
     // checkpoint interval (20); with the SIGTERM checkpoint it is none.
@@ -312,6 +320,7 @@ describe("elastic workers {min: 1, max: 2} (embedded, 2 virtual GPUs)", () => {
       worlds.push(Number(/^world (\d+),/m.exec(log)?.[1]));
       if (a > 1) expect(log, `attempt ${a}`).toMatch(/resumed from step \d+/);
     }
+    console.log(`elastic: world size per attempt ${worlds.join(", ")}`);
     expect(worlds.slice(0, 3)).toEqual([1, 2, 1]);
     const events = (await loom.cli(["describe", "tj", "elastic", "-p", "borrower"])).stdout;
     expect(events).toMatch(/growing to 2 workers/);
