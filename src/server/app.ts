@@ -14,6 +14,8 @@ import { interleaveLines } from "../runtime/interleave.js";
 import type { Runtime } from "../runtime/port.js";
 import { coreScheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../store/port.js";
+import { trackingRoutes } from "../tracking/routes.js";
+import type { TrackingStore } from "../tracking/store.js";
 import { installErrorHandler, statusBody } from "./errors.js";
 import { buildOpenApi } from "./openapi.js";
 import { ResourceService } from "./resources.js";
@@ -31,6 +33,8 @@ export interface AppDeps {
   createFinalizers?: Record<string, string[]>;
   /** Create the default project if it is missing (embedded); the operator owns that on Kubernetes. */
   ensureDefaultProject?: boolean;
+  /** MLflow-compatible experiment tracking (embedded: on the same database). */
+  tracking?: TrackingStore;
 }
 
 const BASE = `/apis/${API_VERSION}`;
@@ -340,6 +344,21 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get<{ Params: Params; Querystring: Query }>(`${BASE}/:plural`, (req, reply) =>
     listOrWatch(req, reply, req.params.plural!, undefined),
   );
+
+  if (deps.tracking) {
+    const projectDef = resources.kind("projects");
+    await trackingRoutes(app, {
+      store: deps.tracking,
+      projectExists: async (name) => {
+        try {
+          await resources.get(projectDef, undefined, name);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+    });
+  }
 
   if (deps.ensureDefaultProject !== false) await resources.ensureDefaultProject();
   return app;

@@ -1,6 +1,7 @@
 import { availableParallelism, totalmem } from "node:os";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
+import type { Kysely } from "kysely";
 import type { Logger } from "pino";
 import { collectDefaultMetrics, Registry } from "prom-client";
 import { ControllerManager } from "../controllers/manager.js";
@@ -12,6 +13,7 @@ import { openSqlite } from "../store/sqlite/db.js";
 import { SqliteEventRecorder } from "../store/sqlite/events.js";
 import { SqliteResourceStore } from "../store/sqlite/resources.js";
 import { SqliteTokenStore } from "../store/sqlite/tokens.js";
+import { TrackingStore } from "../tracking/store.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
 import { instanceId, lockDataDir, readSecretFile, writeSecretFile } from "./datadir.js";
@@ -79,6 +81,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     metrics,
     log,
     version: VERSION,
+    tracking: new TrackingStore(database.db as unknown as Kysely<unknown>),
     // The trainingjob loop would add it on first sight; giving it at create saves that write.
     ...(opts.controllers !== false ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
   });

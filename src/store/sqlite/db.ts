@@ -125,6 +125,89 @@ const MIGRATIONS: Record<string, Migration> = {
       await db.schema.createIndex("events_uid_id").on("events").columns(["uid", "id"]).execute();
     },
   },
+  "0003_tracking": {
+    // MLflow-compatible experiment tracking (src/tracking/): experiments belong to a project.
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("tr_experiments")
+        .addColumn("experiment_id", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("artifact_location", "text", (c) => c.notNull())
+        .addColumn("lifecycle_stage", "text", (c) => c.notNull())
+        .addColumn("creation_time", "integer", (c) => c.notNull())
+        .addColumn("last_update_time", "integer", (c) => c.notNull())
+        .addUniqueConstraint("tr_experiments_name", ["project", "name"])
+        .execute();
+      await db.schema
+        .createTable("tr_experiment_tags")
+        .addColumn("experiment_id", "integer", (c) => c.notNull())
+        .addColumn("key", "text", (c) => c.notNull())
+        .addColumn("value", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("tr_experiment_tags_pk", ["experiment_id", "key"])
+        .execute();
+      await db.schema
+        .createTable("tr_runs")
+        .addColumn("run_uuid", "text", (c) => c.primaryKey())
+        .addColumn("experiment_id", "integer", (c) => c.notNull())
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("run_name", "text", (c) => c.notNull())
+        .addColumn("user_id", "text", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("start_time", "integer", (c) => c.notNull())
+        .addColumn("end_time", "integer")
+        .addColumn("lifecycle_stage", "text", (c) => c.notNull())
+        .addColumn("artifact_uri", "text", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createIndex("tr_runs_experiment")
+        .on("tr_runs")
+        .columns(["experiment_id", "start_time"])
+        .execute();
+      for (const table of ["tr_params", "tr_tags"]) {
+        await db.schema
+          .createTable(table)
+          .addColumn("run_uuid", "text", (c) => c.notNull())
+          .addColumn("key", "text", (c) => c.notNull())
+          .addColumn("value", "text", (c) => c.notNull())
+          .addPrimaryKeyConstraint(`${table}_pk`, ["run_uuid", "key"])
+          .execute();
+      }
+      await db.schema
+        .createTable("tr_metrics")
+        .addColumn("run_uuid", "text", (c) => c.notNull())
+        .addColumn("key", "text", (c) => c.notNull())
+        .addColumn("value", "real", (c) => c.notNull())
+        .addColumn("is_nan", "integer", (c) => c.notNull())
+        .addColumn("timestamp", "integer", (c) => c.notNull())
+        .addColumn("step", "integer", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createIndex("tr_metrics_history")
+        .on("tr_metrics")
+        .columns(["run_uuid", "key", "timestamp", "step"])
+        .execute();
+      await db.schema
+        .createTable("tr_latest_metrics")
+        .addColumn("run_uuid", "text", (c) => c.notNull())
+        .addColumn("key", "text", (c) => c.notNull())
+        .addColumn("value", "real", (c) => c.notNull())
+        .addColumn("is_nan", "integer", (c) => c.notNull())
+        .addColumn("timestamp", "integer", (c) => c.notNull())
+        .addColumn("step", "integer", (c) => c.notNull())
+        .addPrimaryKeyConstraint("tr_latest_metrics_pk", ["run_uuid", "key"])
+        .execute();
+      await db.schema
+        .createTable("tr_inputs")
+        .addColumn("run_uuid", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("digest", "text", (c) => c.notNull())
+        .addColumn("context", "text")
+        .addColumn("body", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("tr_inputs_pk", ["run_uuid", "name", "digest"])
+        .execute();
+    },
+  },
 };
 
 export interface OpenedDatabase {

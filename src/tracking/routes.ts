@@ -1,0 +1,311 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { LoomError } from "../errors.js";
+import { invalidParameter, MlflowError } from "./errors.js";
+import type { DatasetInput, KeyValue, RawMetric, TrackingStore, ViewType } from "./store.js";
+
+export interface TrackingRoutesDeps {
+  store: TrackingStore;
+  /** Whether the project exists (experiments belong to one). */
+  projectExists(project: string): Promise<boolean>;
+}
+
+type Fields = Record<string, unknown>;
+type Handler = (project: string, f: Fields) => Promise<unknown>;
+
+/**
+ * The MLflow tracking REST API (the subset the official client calls; see docs/tracking.md),
+ * served for one project at /mlflow/projects/PROJECT, and for the default project at the root,
+ * so MLFLOW_TRACKING_URI is either http://HOST:PORT or http://HOST:PORT/mlflow/projects/PROJECT.
+ * Errors are MLflow's JSON ({"error_code", "message"}); unknown endpoints say so at once.
+ */
+export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesDeps): Promise<void> {
+  const s = deps.store;
+  const str = (f: Fields, k: string) => (f[k] === undefined || f[k] === null ? undefined : String(f[k]));
+  const num = (f: Fields, k: string) => {
+    const v = f[k];
+    if (v === undefined || v === null || v === "") return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw invalidParameter(`'${k}' must be a number, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  const need = (f: Fields, k: string) => {
+    const v = str(f, k);
+    if (v === undefined || v === "") throw invalidParameter(`Missing value for required parameter '${k}'.`);
+    return v;
+  };
+  const runIdOf = (f: Fields) => str(f, "run_id") ?? str(f, "run_uuid");
+  const list = <T>(f: Fields, k: string) =>
+    Array.isArray(f[k]) ? (f[k] as T[]) : f[k] === undefined ? [] : [f[k] as T];
+  const view = (f: Fields, k: string) => (str(f, k) ?? "ACTIVE_ONLY") as ViewType;
+
+  const routes: [method: "GET" | "POST" | "PATCH" | "DELETE", path: string, handler: Handler][] = [
+    [
+      "POST",
+      "experiments/create",
+      async (p, f) => ({
+        experiment_id: await s.createExperiment(
+          p,
+          need(f, "name"),
+          str(f, "artifact_location"),
+          list<KeyValue>(f, "tags"),
+        ),
+      }),
+    ],
+    [
+      "GET",
+      "experiments/get",
+      async (p, f) => ({ experiment: await s.getExperiment(p, need(f, "experiment_id")) }),
+    ],
+    [
+      "GET",
+      "experiments/get-by-name",
+      async (p, f) => ({
+        experiment: await s.getExperimentByName(p, need(f, "experiment_name")),
+      }),
+    ],
+    [
+      "POST",
+      "experiments/search",
+      (p, f) =>
+        s.searchExperiments(p, {
+          viewType: view(f, "view_type"),
+          maxResults: num(f, "max_results"),
+          pageToken: str(f, "page_token"),
+          filter: str(f, "filter"),
+        }),
+    ],
+    [
+      "GET",
+      "experiments/search",
+      (p, f) =>
+        s.searchExperiments(p, {
+          viewType: view(f, "view_type"),
+          maxResults: num(f, "max_results"),
+          pageToken: str(f, "page_token"),
+          filter: str(f, "filter"),
+        }),
+    ],
+    [
+      "POST",
+      "experiments/update",
+      async (p, f) => {
+        await s.renameExperiment(p, need(f, "experiment_id"), need(f, "new_name"));
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "experiments/delete",
+      async (p, f) => {
+        await s.setExperimentLifecycle(p, need(f, "experiment_id"), "deleted");
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "experiments/restore",
+      async (p, f) => {
+        await s.setExperimentLifecycle(p, need(f, "experiment_id"), "active");
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "experiments/set-experiment-tag",
+      async (p, f) => {
+        await s.setExperimentTag(p, need(f, "experiment_id"), need(f, "key"), str(f, "value") ?? "");
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "experiments/delete-experiment-tag",
+      async (p, f) => {
+        await s.deleteExperimentTag(p, need(f, "experiment_id"), need(f, "key"));
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/create",
+      async (p, f) => ({
+        run: await s.createRun(p, {
+          experimentId: str(f, "experiment_id"),
+          userId: str(f, "user_id"),
+          runName: str(f, "run_name"),
+          startTime: num(f, "start_time"),
+          tags: list<KeyValue>(f, "tags"),
+        }),
+      }),
+    ],
+    ["GET", "runs/get", async (p, f) => ({ run: await s.getRun(p, runIdOf(f)) })],
+    [
+      "POST",
+      "runs/update",
+      async (p, f) => ({
+        run_info: await s.updateRun(p, runIdOf(f), {
+          status: str(f, "status"),
+          endTime: num(f, "end_time"),
+          runName: str(f, "run_name"),
+        }),
+      }),
+    ],
+    [
+      "POST",
+      "runs/delete",
+      async (p, f) => {
+        await s.setRunLifecycle(p, runIdOf(f), "deleted");
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/restore",
+      async (p, f) => {
+        await s.setRunLifecycle(p, runIdOf(f), "active");
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/log-parameter",
+      async (p, f) => {
+        await s.logBatch(p, runIdOf(f), { params: [{ key: need(f, "key"), value: str(f, "value") ?? "" }] });
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/log-metric",
+      async (p, f) => {
+        await s.logBatch(p, runIdOf(f), { metrics: [f as RawMetric] });
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/set-tag",
+      async (p, f) => {
+        await s.logBatch(p, runIdOf(f), { tags: [{ key: need(f, "key"), value: str(f, "value") ?? "" }] });
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/delete-tag",
+      async (p, f) => {
+        await s.deleteTag(p, runIdOf(f), need(f, "key"));
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/log-batch",
+      async (p, f) => {
+        await s.logBatch(p, runIdOf(f), {
+          metrics: list<RawMetric>(f, "metrics"),
+          params: list<KeyValue>(f, "params"),
+          tags: list<KeyValue>(f, "tags"),
+        });
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/log-inputs",
+      async (p, f) => {
+        await s.logInputs(p, runIdOf(f), list<DatasetInput>(f, "datasets"));
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "runs/search",
+      (p, f) =>
+        s.searchRuns(p, {
+          experimentIds: list<string>(f, "experiment_ids").map(String),
+          filter: str(f, "filter"),
+          viewType: view(f, "run_view_type"),
+          maxResults: num(f, "max_results"),
+          orderBy: list<string>(f, "order_by"),
+          pageToken: str(f, "page_token"),
+        }),
+    ],
+    [
+      "GET",
+      "metrics/get-history",
+      (p, f) =>
+        s.metricHistory(p, runIdOf(f), need(f, "metric_key"), {
+          maxResults: num(f, "max_results"),
+          pageToken: str(f, "page_token"),
+        }),
+    ],
+  ];
+
+  const handle =
+    (handler: Handler, fromQuery: boolean) =>
+    async (req: FastifyRequest<{ Params: { project?: string } }>, reply: FastifyReply) => {
+      const project = req.params.project ?? "default";
+      if (!(await deps.projectExists(project)))
+        throw new MlflowError("RESOURCE_DOES_NOT_EXIST", `project ${project} does not exist`);
+      const fields = (fromQuery ? req.query : (req.body ?? {})) as Fields;
+      return reply.send(compact(await handler(project, fields)));
+    };
+
+  for (const prefix of [
+    "/api/2.0/mlflow",
+    "/ajax-api/2.0/mlflow",
+    "/mlflow/projects/:project/api/2.0/mlflow",
+  ]) {
+    await app.register(
+      async (scope) => {
+        // MLflow's error format for everything under the prefix, the client's parse errors included.
+        scope.setErrorHandler((err, req, reply) => {
+          if (err instanceof MlflowError) return reply.code(err.httpStatus).send(err.toJSON());
+          // Loom's own errors (a missing or wrong token) in MLflow's words.
+          if (err instanceof LoomError) {
+            const code =
+              err.httpStatus === 401
+                ? "UNAUTHENTICATED"
+                : err.httpStatus === 403
+                  ? "PERMISSION_DENIED"
+                  : err.httpStatus === 404
+                    ? "RESOURCE_DOES_NOT_EXIST"
+                    : "INVALID_PARAMETER_VALUE";
+            return reply.code(err.httpStatus).send({ error_code: code, message: err.message });
+          }
+          const status = (err as { statusCode?: number }).statusCode;
+          if (typeof status === "number" && status >= 400 && status < 500)
+            return reply
+              .code(400)
+              .send({ error_code: "INVALID_PARAMETER_VALUE", message: (err as Error).message });
+          req.log.error({ err }, "tracking request failed");
+          return reply.code(500).send({
+            error_code: "INTERNAL_ERROR",
+            message: "internal server error; the server log has the details",
+          });
+        });
+        scope.setNotFoundHandler((req, reply) =>
+          reply.code(404).send({
+            error_code: "ENDPOINT_NOT_FOUND",
+            message: `Loom's MLflow API does not serve ${req.method} ${req.url.split("?")[0]}`,
+          }),
+        );
+        for (const [method, path, handler] of routes)
+          scope.route({ method, url: `/${path}`, handler: handle(handler, method === "GET") });
+      },
+      { prefix },
+    );
+  }
+}
+
+/** Unset and empty list fields are left out, as MLflow's proto3 JSON does. */
+function compact(value: unknown): unknown {
+  if (!value || typeof value !== "object" || Array.isArray(value)) return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (v === undefined || (Array.isArray(v) && v.length === 0)) continue;
+    out[k] = v;
+  }
+  return out;
+}

@@ -1,0 +1,84 @@
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { LoomProcess, ROOT } from "./helpers.js";
+
+/** The official MLflow client (pinned), in a venv cached across runs. */
+const MLFLOW = "mlflow-skinny==3.17.2";
+const VENV = join(homedir(), ".cache", "loom", "test-envs", MLFLOW.replace("==", "-"));
+
+function mlflowPython(): string {
+  const python = join(VENV, "bin", "python");
+  if (!existsSync(join(VENV, ".ready"))) {
+    for (const cmd of [
+      ["python3", "-m", "venv", VENV],
+      [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", MLFLOW],
+      ["touch", join(VENV, ".ready")],
+    ]) {
+      const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`${cmd.join(" ")} failed: ${r.stderr}`);
+    }
+  }
+  return python;
+}
+
+describe("MLflow tracking API, driven by the official mlflow client (embedded)", () => {
+  const loom = new LoomProcess();
+  let python = "";
+  beforeAll(async () => {
+    python = mlflowPython();
+    await loom.start();
+  }, 300_000);
+  afterAll(() => loom.stop());
+
+  function suite(uri: string, suffix: string) {
+    const r = spawnSync(python, [join(ROOT, "test/fixtures/tracking/client_suite.py")], {
+      encoding: "utf8",
+      env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: loom.token, SUFFIX: suffix },
+      timeout: 120_000,
+    });
+    return { code: r.status, out: `${r.stdout}\n${r.stderr}` };
+  }
+
+  it("experiments, runs, every logging call, search with filters, order and pages, metric history", () => {
+    const r = suite(loom.url, "root");
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/OK 39 checks/);
+  }, 180_000);
+
+  it("serves each project at its own URI, and one project's experiments and runs do not exist for another", async () => {
+    const project = "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: team-a}\n";
+    expect((await loom.cli(["apply", "-f", "-"], { input: project })).code).toBe(0);
+    const r = suite(`${loom.url}/mlflow/projects/team-a`, "team-a");
+    expect(r.code, r.out).toBe(0);
+    const api = (path: string, body?: unknown) => loom.api(body ? "POST" : "GET", path, body);
+    const created = await api("/mlflow/projects/team-a/api/2.0/mlflow/experiments/create", {
+      name: "secret",
+    });
+    const id = (created.body as { experiment_id: string }).experiment_id;
+    expect(
+      (await api(`/mlflow/projects/team-a/api/2.0/mlflow/experiments/get?experiment_id=${id}`)).status,
+    ).toBe(200);
+    const fromDefault = await api(`/api/2.0/mlflow/experiments/get?experiment_id=${id}`);
+    expect(fromDefault.status).toBe(404);
+    expect(fromDefault.body).toMatchObject({ error_code: "RESOURCE_DOES_NOT_EXIST" });
+    const run = await api("/mlflow/projects/team-a/api/2.0/mlflow/runs/create", { experiment_id: id });
+    const runId = (run.body as { run: { info: { run_id: string } } }).run.info.run_id;
+    expect((await api(`/api/2.0/mlflow/runs/get?run_id=${runId}`)).status).toBe(404);
+    const search = await api("/api/2.0/mlflow/runs/search", { experiment_ids: [id] });
+    expect(search.body).toEqual({});
+    // A project that does not exist, an endpoint Loom does not serve, a token that is wrong.
+    expect((await api("/mlflow/projects/nope/api/2.0/mlflow/experiments/search", {})).body).toMatchObject({
+      error_code: "RESOURCE_DOES_NOT_EXIST",
+      message: "project nope does not exist",
+    });
+    const unknown = await api("/api/2.0/mlflow/no-such-endpoint");
+    expect(unknown.status).toBe(404);
+    expect(unknown.body).toMatchObject({ error_code: "ENDPOINT_NOT_FOUND" });
+    expect((await loom.api("GET", "/api/2.0/mlflow/experiments/search", undefined, "wrong")).status).toBe(
+      401,
+    );
+  }, 180_000);
+});
