@@ -34,7 +34,7 @@ export interface AppDeps {
   /** Create the default project if it is missing (embedded); the operator owns that on Kubernetes. */
   ensureDefaultProject?: boolean;
   /** MLflow-compatible experiment tracking (embedded: on the same database). */
-  tracking?: TrackingStore;
+  tracking?: { store: TrackingStore; artifactsDir: string };
 }
 
 const BASE = `/apis/${API_VERSION}`;
@@ -348,7 +348,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   if (deps.tracking) {
     const projectDef = resources.kind("projects");
     await trackingRoutes(app, {
-      store: deps.tracking,
+      store: deps.tracking.store,
+      artifactsDir: deps.tracking.artifactsDir,
       projectExists: async (name) => {
         try {
           await resources.get(projectDef, undefined, name);

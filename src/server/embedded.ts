@@ -81,7 +81,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     metrics,
     log,
     version: VERSION,
-    tracking: new TrackingStore(database.db as unknown as Kysely<unknown>),
+    tracking: {
+      store: new TrackingStore(database.db as unknown as Kysely<unknown>),
+      artifactsDir: join(opts.dataDir, "artifacts"),
+    },
     // The trainingjob loop would add it on first sight; giving it at create saves that write.
     ...(opts.controllers !== false ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
   });

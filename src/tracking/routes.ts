@@ -1,10 +1,13 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { LoomError } from "../errors.js";
+import { artifactRoutes } from "./artifacts.js";
 import { invalidParameter, MlflowError } from "./errors.js";
 import type { DatasetInput, KeyValue, RawMetric, TrackingStore, ViewType } from "./store.js";
 
 export interface TrackingRoutesDeps {
   store: TrackingStore;
+  /** The local artifact store (under the data dir). */
+  artifactsDir: string;
   /** Whether the project exists (experiments belong to one). */
   projectExists(project: string): Promise<boolean>;
 }
@@ -39,6 +42,9 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
   const view = (f: Fields, k: string) => (str(f, k) ?? "ACTIVE_ONLY") as ViewType;
 
   const routes: [method: "GET" | "POST" | "PATCH" | "DELETE", path: string, handler: Handler][] = [
+    // Logged models (MLflow 3) are not stored yet: a search finds none. The client searches them
+    // on every artifact download, to see whether the path names a model.
+    ["POST", "logged-models/search", async () => ({})],
     [
       "POST",
       "experiments/create",
@@ -252,6 +258,38 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
       return reply.send(compact(await handler(project, fields)));
     };
 
+  const mlflowErrors: Parameters<FastifyInstance["setErrorHandler"]>[0] = (err, req, reply) => {
+    if (err instanceof MlflowError) return reply.code(err.httpStatus).send(err.toJSON());
+    // Loom's own errors (a missing or wrong token) in MLflow's words.
+    if (err instanceof LoomError) {
+      const code =
+        err.httpStatus === 401
+          ? "UNAUTHENTICATED"
+          : err.httpStatus === 403
+            ? "PERMISSION_DENIED"
+            : err.httpStatus === 404
+              ? "RESOURCE_DOES_NOT_EXIST"
+              : "INVALID_PARAMETER_VALUE";
+      return reply.code(err.httpStatus).send({ error_code: code, message: err.message });
+    }
+    const status = (err as { statusCode?: number }).statusCode;
+    if (typeof status === "number" && status >= 400 && status < 500)
+      return reply.code(400).send({ error_code: "INVALID_PARAMETER_VALUE", message: (err as Error).message });
+    req.log.error({ err }, "tracking request failed");
+    return reply.code(500).send({
+      error_code: "INTERNAL_ERROR",
+      message: "internal server error; the server log has the details",
+    });
+  };
+
+  await serverInfo(app);
+  await artifactRoutes(app, {
+    store: s,
+    dir: deps.artifactsDir,
+    projectExists: deps.projectExists,
+    errorHandler: mlflowErrors,
+  });
+
   for (const prefix of [
     "/api/2.0/mlflow",
     "/ajax-api/2.0/mlflow",
@@ -260,31 +298,7 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
     await app.register(
       async (scope) => {
         // MLflow's error format for everything under the prefix, the client's parse errors included.
-        scope.setErrorHandler((err, req, reply) => {
-          if (err instanceof MlflowError) return reply.code(err.httpStatus).send(err.toJSON());
-          // Loom's own errors (a missing or wrong token) in MLflow's words.
-          if (err instanceof LoomError) {
-            const code =
-              err.httpStatus === 401
-                ? "UNAUTHENTICATED"
-                : err.httpStatus === 403
-                  ? "PERMISSION_DENIED"
-                  : err.httpStatus === 404
-                    ? "RESOURCE_DOES_NOT_EXIST"
-                    : "INVALID_PARAMETER_VALUE";
-            return reply.code(err.httpStatus).send({ error_code: code, message: err.message });
-          }
-          const status = (err as { statusCode?: number }).statusCode;
-          if (typeof status === "number" && status >= 400 && status < 500)
-            return reply
-              .code(400)
-              .send({ error_code: "INVALID_PARAMETER_VALUE", message: (err as Error).message });
-          req.log.error({ err }, "tracking request failed");
-          return reply.code(500).send({
-            error_code: "INTERNAL_ERROR",
-            message: "internal server error; the server log has the details",
-          });
-        });
+        scope.setErrorHandler(mlflowErrors);
         scope.setNotFoundHandler((req, reply) =>
           reply.code(404).send({
             error_code: "ENDPOINT_NOT_FOUND",
@@ -297,6 +311,12 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
       { prefix },
     );
   }
+}
+
+async function serverInfo(app: FastifyInstance): Promise<void> {
+  const info = { store_type: "SqlStore", workspaces_enabled: false, multipart_uploads_enabled: false };
+  app.get("/api/3.0/mlflow/server-info", async () => info);
+  app.get("/mlflow/projects/:project/api/3.0/mlflow/server-info", async () => info);
 }
 
 /** Unset and empty list fields are left out, as MLflow's proto3 JSON does. */

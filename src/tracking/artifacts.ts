@@ -1,0 +1,98 @@
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdir, readdir, rename, stat } from "node:fs/promises";
+import { dirname, join, normalize, sep } from "node:path";
+import { pipeline } from "node:stream/promises";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { invalidParameter, MlflowError, notFound } from "./errors.js";
+import type { TrackingStore } from "./store.js";
+
+export interface ArtifactRoutesDeps {
+  store: TrackingStore;
+  /** Artifacts live under DIR/PROJECT/<experiment id>/… */
+  dir: string;
+  projectExists(project: string): Promise<boolean>;
+  /** Maps errors of this scope to MLflow's JSON (shared with the tracking routes). */
+  errorHandler: Parameters<FastifyInstance["setErrorHandler"]>[0];
+}
+
+/**
+ * MLflow's artifact proxy (`mlflow-artifacts:/EXP/RUN/artifacts/...`) on a local store under the
+ * data dir: upload (PUT, streamed to disk), download (GET) and list (GET ?path=). The first path
+ * segment is an experiment id, which must be the project's: another project's files are not there.
+ */
+export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesDeps): Promise<void> {
+  async function resolve(project: string, rel: string): Promise<string> {
+    if (!(await deps.projectExists(project))) throw notFound(`project ${project} does not exist`);
+    const clean = normalize(rel.replace(/^\/+/, ""));
+    if (clean === "." || clean === "") return "";
+    if (clean.startsWith("..") || clean.split(sep).includes(".."))
+      throw invalidParameter(`Invalid path '${rel}': '..' is not allowed`);
+    const experiment = clean.split(sep)[0]!;
+    await deps.store.getExperiment(project, experiment); // 404 when not the project's
+    return clean;
+  }
+  const root = (project: string) => join(deps.dir, project);
+  const projectOf = (req: FastifyRequest) => (req.params as { project?: string }).project ?? "default";
+
+  for (const prefix of ["/api/2.0/mlflow-artifacts", "/mlflow/projects/:project/api/2.0/mlflow-artifacts"]) {
+    await app.register(
+      async (scope) => {
+        scope.setErrorHandler(deps.errorHandler);
+        // Uploads are streamed to disk as they come, whatever their type (models are large).
+        scope.removeAllContentTypeParsers();
+        scope.addContentTypeParser("*", (_req, _payload, done) => done(null));
+        scope.put("/artifacts/*", async (req, reply) => {
+          const rel = await resolve(projectOf(req), (req.params as { "*": string })["*"]);
+          if (!rel) throw invalidParameter("an artifact upload needs a path");
+          const file = join(root(projectOf(req)), rel);
+          await mkdir(dirname(file), { recursive: true });
+          const tmp = `${file}.upload-${process.pid}-${Date.now()}`;
+          await pipeline(req.raw, createWriteStream(tmp));
+          await rename(tmp, file);
+          return reply.code(200).send();
+        });
+        scope.get("/artifacts", async (req, reply) =>
+          list(req, reply, (req.query as { path?: string }).path ?? ""),
+        );
+        scope.get("/artifacts/*", async (req, reply) => {
+          const rel = await resolve(projectOf(req), (req.params as { "*": string })["*"]);
+          const file = join(root(projectOf(req)), rel);
+          const info = await stat(file).catch(() => undefined);
+          if (!info?.isFile()) throw notFound(`No such artifact: '${rel}'`);
+          const type = /\.(txt|json|ya?ml|md|csv)$|MLmodel$/.test(rel)
+            ? "text/plain"
+            : "application/octet-stream";
+          return reply.type(type).header("content-length", info.size).send(createReadStream(file));
+        });
+        scope.post("/mpu/*", async () => {
+          throw new MlflowError(
+            "NOT_IMPLEMENTED",
+            "Multipart upload is not supported for the current artifact repository",
+          );
+        });
+      },
+      { prefix },
+    );
+  }
+
+  async function list(req: FastifyRequest, reply: FastifyReply, path: string) {
+    const rel = await resolve(projectOf(req), path);
+    if (!rel) return reply.send({}); // experiments are listed through the tracking API
+    const dir = join(root(projectOf(req)), rel);
+    const info = await stat(dir).catch(() => undefined);
+    // A file or nothing lists as {}, as MLflow's server answers.
+    if (!info?.isDirectory()) return reply.send({});
+    const entries = await readdir(dir, { withFileTypes: true });
+    const files = await Promise.all(
+      entries
+        .filter((e) => !e.name.includes(".upload-"))
+        .sort((a, b) => a.name.localeCompare(b.name))
+        .map(async (e) =>
+          e.isDirectory()
+            ? { path: e.name, is_dir: true }
+            : { path: e.name, is_dir: false, file_size: (await stat(join(dir, e.name))).size },
+        ),
+    );
+    return reply.send(files.length ? { files } : {});
+  }
+}
