@@ -81,4 +81,51 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
       401,
     );
   }, 180_000);
+
+  it("zero-config inside a job: every attempt logs to the job's one run, tagged with project, job and attempt", async () => {
+    const job = `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: logs-itself}
+spec:
+  command: [python, test/fixtures/tracking/in_job.py]
+  workingDir: .
+  python: {venv: ${VENV}}
+  experiment: zero-config
+  failurePolicy: {maxRestarts: 1}
+`;
+    expect((await loom.cli(["apply", "-f", "-"], { input: job })).code).toBe(0);
+    const done = await loom.waitFor(
+      "logs-itself",
+      (j) => j.status?.phase === "Succeeded" || j.status?.phase === "Failed",
+      120_000,
+    );
+    expect(done.status?.phase).toBe("Succeeded");
+    expect(done.status?.attempts).toBe(2);
+    const exp = await loom.api("GET", "/api/2.0/mlflow/experiments/get-by-name?experiment_name=zero-config");
+    const expId = (exp.body as { experiment: { experiment_id: string } }).experiment.experiment_id;
+    const runs = (await loom.api("POST", "/api/2.0/mlflow/runs/search", { experiment_ids: [expId] }))
+      .body as {
+      runs: {
+        info: { run_id: string; status: string; run_name: string };
+        data: { tags: { key: string; value: string }[]; params: unknown[] };
+      }[];
+    };
+    expect(runs.runs).toHaveLength(1);
+    const run = runs.runs[0]!;
+    const tags = Object.fromEntries(run.data.tags.map((t) => [t.key, t.value]));
+    expect(tags).toMatchObject({
+      "loom.project": "default",
+      "loom.workload": "logs-itself",
+      "loom.workload_uid": done.metadata.uid,
+      "loom.attempt": "2",
+    });
+    expect(run.info.status).toBe("FINISHED");
+    expect(run.info.run_name).toBe("logs-itself");
+    const history = (
+      await loom.api("GET", `/api/2.0/mlflow/metrics/get-history?run_id=${run.info.run_id}&metric_key=loss`)
+    ).body as { metrics: { step: number }[] };
+    expect(history.metrics.map((m) => m.step)).toEqual([10, 11, 12, 20, 21, 22]);
+    const logs = (await loom.cli(["logs", "tj/logs-itself"])).stdout;
+    expect(logs).toContain(`logged to ${run.info.run_id} in ${expId}`);
+  }, 180_000);
 });

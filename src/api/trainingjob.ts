@@ -242,6 +242,13 @@ export const TrainingJobSpec = z
       'Fail the attempt (and restart per failurePolicy) when no worker has written a log line or heartbeat for this long, e.g. "10m".',
     ),
     python: PythonEnvironment.optional(),
+    experiment: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "The tracking experiment the job's run goes in (MLFLOW_EXPERIMENT_NAME); default: the job's name.",
+      ),
     checkpoint: z
       .strictObject({
         claimName: z
@@ -344,6 +351,8 @@ export const TrainingJobStatus = z.object({
   restarts: z.number().optional(),
   /** The latest checkpoint the job reported (embedded: $LOOM_CHECKPOINT_DIR/loom.json). */
   checkpoint: z.object({ time: z.string(), step: z.number().optional() }).optional(),
+  /** The job's tracking run: every attempt logs to it (MLFLOW_RUN_ID for worker 0). */
+  tracking: z.object({ experimentId: z.string(), runId: z.string() }).optional(),
   /** An elastic job asked to change size: its workers stop (checkpointing) and it is admitted again. */
   resize: z.object({ workers: z.number(), reason: z.string(), requestedAt: z.string() }).optional(),
   observedGeneration: z.number().optional(),

@@ -6,6 +6,7 @@ import type { TrainingJob } from "../api/trainingjob.js";
 import type { Runtime } from "../runtime/port.js";
 import type { Scheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
+import type { WorkloadTracking } from "../tracking/workloads.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission.js";
 import { Controller } from "./controller.js";
 import { Informer, storeSource } from "./informer.js";
@@ -24,6 +25,8 @@ export interface ControllerManagerDeps {
   resyncMs?: number;
   /** Restart backoff of failed attempts (first delay). */
   baseBackoffMs?: number;
+  /** Experiment tracking for workloads (embedded). */
+  tracking?: WorkloadTracking;
 }
 
 /**

@@ -14,6 +14,7 @@ import { NotFoundError } from "../errors.js";
 import type { GangObservation, Runtime, WorkerObservation, WorkloadRef } from "../runtime/port.js";
 import type { Allocation } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
+import type { WorkloadTracking } from "../tracking/workloads.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
 import { completionOf, planGang, portsPerWorker } from "./frameworks.js";
 
@@ -29,6 +30,8 @@ export interface TrainingJobDeps {
   events: EventRecorder;
   log: Logger;
   now: () => Date;
+  /** Experiment tracking for workers (embedded): MLFLOW_* in their environment. */
+  tracking?: WorkloadTracking;
   /** First restart delay; doubles per attempt up to maxBackoffMs. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;
@@ -383,6 +386,7 @@ export class TrainingJobReconciler implements Reconciler {
       endpoints,
       mpiHost: this.deps.runtime.mpiHost,
     });
+    const mlflow = await this.trackingEnv(job, status, attempt);
     const workers = plan.workers.map((p) => ({
       index: p.index,
       command: p.command,
@@ -395,6 +399,8 @@ export class TrainingJobReconciler implements Reconciler {
         // As Kubeflow's operators do: Python's output reaches the log (and progressTimeout) as it
         // is printed, not in 8 KiB blocks. The job's env may say otherwise.
         PYTHONUNBUFFERED: "1",
+        ...mlflow.all,
+        ...(p.index === 0 ? mlflow.rank0 : {}),
         ...job.spec.env,
         ...p.env,
         LOOM_PROJECT: ref.project,
@@ -479,6 +485,42 @@ export class TrainingJobReconciler implements Reconciler {
       `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`,
     );
     return {};
+  }
+
+  /**
+   * The mlflow client's settings for the workers: the project's tracking URI and a token, the
+   * job's experiment, and its run (made once; every attempt logs to it) as MLFLOW_RUN_ID for
+   * worker 0, which mlflow.start_run() then resumes. Tracking being down never stops a job.
+   */
+  private async trackingEnv(
+    job: TrainingJob,
+    status: TrainingJobStatus,
+    attempt: number,
+  ): Promise<{ all: Record<string, string>; rank0: Record<string, string> }> {
+    const tracking = this.deps.tracking;
+    if (!tracking) return { all: {}, rank0: {} };
+    const ref = refOf(job);
+    const experiment = job.spec.experiment ?? job.metadata.name;
+    try {
+      const run = status.tracking ?? (await tracking.ensureRun(ref, experiment));
+      status.tracking = run;
+      await tracking.tagAttempt(ref.project, run.runId, attempt);
+      return {
+        all: {
+          ...tracking.clientEnv(ref.project),
+          MLFLOW_EXPERIMENT_NAME: experiment,
+          MLFLOW_EXPERIMENT_ID: run.experimentId,
+          LOOM_MLFLOW_RUN_ID: run.runId,
+        },
+        rank0: { MLFLOW_RUN_ID: run.runId },
+      };
+    } catch (err) {
+      this.deps.log.warn(
+        { err, job: ref.name },
+        "could not prepare the job's tracking run; starting without it",
+      );
+      return { all: {}, rank0: {} };
+    }
   }
 
   /**

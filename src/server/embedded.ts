@@ -14,6 +14,7 @@ import { SqliteEventRecorder } from "../store/sqlite/events.js";
 import { SqliteResourceStore } from "../store/sqlite/resources.js";
 import { SqliteTokenStore } from "../store/sqlite/tokens.js";
 import { TrackingStore } from "../tracking/store.js";
+import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
 import { instanceId, lockDataDir, readSecretFile, writeSecretFile } from "./datadir.js";
@@ -65,6 +66,17 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     log.info({ file: adminTokenFile }, "created the admin token");
   }
 
+  // Workers log to tracking with this one (editor: they write runs, they do not administer).
+  const workloadTokenFile = join(opts.dataDir, "workload-token");
+  let workloadToken = readSecretFile(workloadTokenFile);
+  if (!workloadToken || !(await tokens.verify(workloadToken))) {
+    workloadToken = (await tokens.create("workloads", "editor")).token;
+    writeSecretFile(workloadTokenFile, workloadToken);
+  }
+  const trackingStore = new TrackingStore(database.db as unknown as Kysely<unknown>);
+  let url = "";
+  const workloadTracking = new LocalWorkloadTracking(trackingStore, () => url, workloadToken);
+
   const runtime = new LocalRuntime({
     dataDir: opts.dataDir,
     instanceId: instanceId(opts.dataDir),
@@ -82,7 +94,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     log,
     version: VERSION,
     tracking: {
-      store: new TrackingStore(database.db as unknown as Kysely<unknown>),
+      store: trackingStore,
       artifactsDir: join(opts.dataDir, "artifacts"),
     },
     // The trainingjob loop would add it on first sight; giving it at create saves that write.
@@ -98,9 +110,12 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     now,
     resyncMs: opts.resyncMs,
     baseBackoffMs: opts.baseBackoffMs,
+    tracking: workloadTracking,
   });
-  if (opts.controllers !== false) await manager.start();
+  // Listening first: workers started by the controllers are told this URL (MLFLOW_TRACKING_URI).
   const address = await app.listen({ host: opts.host ?? "127.0.0.1", port: opts.port ?? 7470 });
+  url = address;
+  if (opts.controllers !== false) await manager.start();
   let closed = false;
   return {
     url: address,
