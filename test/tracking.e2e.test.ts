@@ -42,10 +42,10 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
     return { code: r.status, out: `${r.stdout}\n${r.stderr}` };
   }
 
-  it("experiments, runs, every logging call, search with filters, order and pages, metric history, artifacts", () => {
+  it("experiments, runs, every logging call, search with filters, order and pages, metric history, artifacts, model registry", () => {
     const r = suite(loom.url, "root");
     expect(r.code, r.out).toBe(0);
-    expect(r.out).toMatch(/OK 45 checks/);
+    expect(r.out).toMatch(/OK 61 checks/);
   }, 180_000);
 
   it("serves each project at its own URI, and one project's experiments and runs do not exist for another", async () => {

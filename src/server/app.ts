@@ -14,6 +14,7 @@ import { interleaveLines } from "../runtime/interleave.js";
 import type { Runtime } from "../runtime/port.js";
 import { coreScheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../store/port.js";
+import type { ModelRegistry } from "../tracking/registry.js";
 import { trackingRoutes } from "../tracking/routes.js";
 import type { TrackingStore } from "../tracking/store.js";
 import { installErrorHandler, statusBody } from "./errors.js";
@@ -34,7 +35,7 @@ export interface AppDeps {
   /** Create the default project if it is missing (embedded); the operator owns that on Kubernetes. */
   ensureDefaultProject?: boolean;
   /** MLflow-compatible experiment tracking (embedded: on the same database). */
-  tracking?: { store: TrackingStore; artifactsDir: string };
+  tracking?: { store: TrackingStore; registry: ModelRegistry; artifactsDir: string };
 }
 
 const BASE = `/apis/${API_VERSION}`;
@@ -349,6 +350,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const projectDef = resources.kind("projects");
     await trackingRoutes(app, {
       store: deps.tracking.store,
+      registry: deps.tracking.registry,
       artifactsDir: deps.tracking.artifactsDir,
       projectExists: async (name) => {
         try {

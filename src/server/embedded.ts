@@ -13,6 +13,7 @@ import { openSqlite } from "../store/sqlite/db.js";
 import { SqliteEventRecorder } from "../store/sqlite/events.js";
 import { SqliteResourceStore } from "../store/sqlite/resources.js";
 import { SqliteTokenStore } from "../store/sqlite/tokens.js";
+import { ModelRegistry } from "../tracking/registry.js";
 import { TrackingStore } from "../tracking/store.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
@@ -95,6 +96,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     version: VERSION,
     tracking: {
       store: trackingStore,
+      registry: new ModelRegistry(database.db as unknown as Kysely<unknown>),
       artifactsDir: join(opts.dataDir, "artifacts"),
     },
     // The trainingjob loop would add it on first sight; giving it at create saves that write.

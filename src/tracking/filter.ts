@@ -114,7 +114,11 @@ function invalid(message: string): MlflowError {
 }
 
 /** Reads `entity.key` (or a bare attribute name) from the tokens at i. */
-function readIdentifier(tokens: Token[], i: number): { entity: Entity; key: string; next: number } {
+function readIdentifier(
+  tokens: Token[],
+  i: number,
+  attributes: Record<string, string>,
+): { entity: Entity; key: string; next: number } {
   const first = tokens[i];
   if (!first || (first.t !== "ident" && first.t !== "string"))
     throw invalid("expected an identifier such as metrics.loss");
@@ -129,18 +133,18 @@ function readIdentifier(tokens: Token[], i: number): { entity: Entity; key: stri
       throw invalid(`expected a key after '${first.v}.'`);
     return { entity, key: key.v, next: i + 3 };
   }
-  if (ATTRIBUTES[first.v]) return { entity: "attribute", key: first.v, next: i + 1 };
+  if (attributes[first.v]) return { entity: "attribute", key: first.v, next: i + 1 };
   throw invalid(
     `'${first.v}' is not an attribute; write metrics.KEY, params.KEY, tags.KEY or attributes.NAME`,
   );
 }
 
-function checkKey(entity: Entity, key: string): string {
+function checkKey(entity: Entity, key: string, attributes: Record<string, string>): string {
   if (entity === "attribute") {
-    const canonical = ATTRIBUTES[key];
+    const canonical = attributes[key];
     if (!canonical)
       throw invalid(
-        `Invalid attribute key '${key}' specified. Valid keys are ${Object.keys(ATTRIBUTES).join(", ")}`,
+        `Invalid attribute key '${key}' specified. Valid keys are ${Object.keys(attributes).join(", ")}`,
       );
     return canonical;
   }
@@ -149,14 +153,25 @@ function checkKey(entity: Entity, key: string): string {
   return key;
 }
 
-export function parseFilter(text: string | undefined): Clause[] {
+/** Fields of registered models and model versions, for the registry's searches. */
+export const REGISTRY_ATTRIBUTES: Record<string, string> = {
+  name: "name",
+  run_id: "run_id",
+  source: "source",
+  version_number: "version_number",
+};
+
+export function parseFilter(
+  text: string | undefined,
+  attributes: Record<string, string> = ATTRIBUTES,
+): Clause[] {
   if (!text?.trim()) return [];
   const tokens = tokenize(text);
   const clauses: Clause[] = [];
   let i = 0;
   for (;;) {
-    const id = readIdentifier(tokens, i);
-    const key = checkKey(id.entity, id.key);
+    const id = readIdentifier(tokens, i, attributes);
+    const key = checkKey(id.entity, id.key, attributes);
     i = id.next;
     const opTok = tokens[i];
     let comparator: Clause["comparator"];
@@ -199,7 +214,10 @@ export function parseFilter(text: string | undefined): Clause[] {
       if (!v || (v.t !== "string" && v.t !== "number"))
         throw invalid(`expected a value after ${id.entity}.${id.key} ${comparator}`);
       i++;
-      if (id.entity === "metric" || (id.entity === "attribute" && NUMERIC_ATTRIBUTES.has(key))) {
+      if (
+        id.entity === "metric" ||
+        (id.entity === "attribute" && (NUMERIC_ATTRIBUTES.has(key) || key === "version_number"))
+      ) {
         if (v.t !== "number") throw invalid(`${id.entity}.${id.key} takes a number, not '${v.v}'`);
         if (comparator === "LIKE" || comparator === "ILIKE")
           throw invalid(`${comparator} needs a text value`);
@@ -227,8 +245,8 @@ export function parseFilter(text: string | undefined): Clause[] {
 export function parseOrderBy(items: string[] | undefined): OrderBy[] {
   return (items ?? []).map((item) => {
     const tokens = tokenize(item);
-    const id = readIdentifier(tokens, 0);
-    const key = checkKey(id.entity, id.key);
+    const id = readIdentifier(tokens, 0, ATTRIBUTES);
+    const key = checkKey(id.entity, id.key, ATTRIBUTES);
     const dir = tokens[id.next];
     if (tokens.length > id.next + 1 || (dir && !/^(asc|desc)$/i.test(dir.v)))
       throw invalid(`order_by '${item}' must be KEY, KEY ASC or KEY DESC`);

@@ -2,10 +2,12 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { LoomError } from "../errors.js";
 import { artifactRoutes } from "./artifacts.js";
 import { invalidParameter, MlflowError } from "./errors.js";
+import type { ModelRegistry } from "./registry.js";
 import type { DatasetInput, KeyValue, RawMetric, TrackingStore, ViewType } from "./store.js";
 
 export interface TrackingRoutesDeps {
   store: TrackingStore;
+  registry: ModelRegistry;
   /** The local artifact store (under the data dir). */
   artifactsDir: string;
   /** Whether the project exists (experiments belong to one). */
@@ -23,6 +25,7 @@ type Handler = (project: string, f: Fields) => Promise<unknown>;
  */
 export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesDeps): Promise<void> {
   const s = deps.store;
+  const r = deps.registry;
   const str = (f: Fields, k: string) => (f[k] === undefined || f[k] === null ? undefined : String(f[k]));
   const num = (f: Fields, k: string) => {
     const v = f[k];
@@ -42,6 +45,183 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
   const view = (f: Fields, k: string) => (str(f, k) ?? "ACTIVE_ONLY") as ViewType;
 
   const routes: [method: "GET" | "POST" | "PATCH" | "DELETE", path: string, handler: Handler][] = [
+    [
+      "POST",
+      "registered-models/create",
+      async (p, f) => ({
+        registered_model: await r.createModel(
+          p,
+          need(f, "name"),
+          str(f, "description"),
+          list<KeyValue>(f, "tags"),
+        ),
+      }),
+    ],
+    [
+      "GET",
+      "registered-models/get",
+      async (p, f) => ({ registered_model: await r.getModel(p, need(f, "name")) }),
+    ],
+    [
+      "GET",
+      "registered-models/search",
+      (p, f) =>
+        r.searchModels(p, {
+          filter: str(f, "filter"),
+          maxResults: num(f, "max_results"),
+          pageToken: str(f, "page_token"),
+        }),
+    ],
+    [
+      "PATCH",
+      "registered-models/update",
+      async (p, f) => ({
+        registered_model: await r.updateModel(p, need(f, "name"), str(f, "description")),
+      }),
+    ],
+    [
+      "POST",
+      "registered-models/rename",
+      async (p, f) => ({
+        registered_model: await r.renameModel(p, need(f, "name"), need(f, "new_name")),
+      }),
+    ],
+    [
+      "DELETE",
+      "registered-models/delete",
+      async (p, f) => {
+        await r.deleteModel(p, need(f, "name"));
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "registered-models/set-tag",
+      async (p, f) => {
+        await r.setModelTag(p, need(f, "name"), need(f, "key"), str(f, "value") ?? "");
+        return {};
+      },
+    ],
+    [
+      "DELETE",
+      "registered-models/delete-tag",
+      async (p, f) => {
+        await r.deleteTag(p, need(f, "name"), undefined, need(f, "key"));
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "registered-models/alias",
+      async (p, f) => {
+        await r.setAlias(p, need(f, "name"), need(f, "alias"), need(f, "version"));
+        return {};
+      },
+    ],
+    [
+      "GET",
+      "registered-models/alias",
+      async (p, f) => ({
+        model_version: await r.versionByAlias(p, need(f, "name"), need(f, "alias")),
+      }),
+    ],
+    [
+      "DELETE",
+      "registered-models/alias",
+      async (p, f) => {
+        await r.deleteAlias(p, need(f, "name"), need(f, "alias"));
+        return {};
+      },
+    ],
+    [
+      "POST",
+      "registered-models/get-latest-versions",
+      async (p, f) => ({
+        model_versions: await r.latestVersions(p, need(f, "name"), list<string>(f, "stages")),
+      }),
+    ],
+    [
+      "POST",
+      "model-versions/create",
+      async (p, f) => ({
+        model_version: await r.createVersion(p, {
+          name: need(f, "name"),
+          source: need(f, "source"),
+          runId: str(f, "run_id"),
+          runLink: str(f, "run_link"),
+          description: str(f, "description"),
+          tags: list<KeyValue>(f, "tags"),
+        }),
+      }),
+    ],
+    [
+      "GET",
+      "model-versions/get",
+      async (p, f) => ({
+        model_version: await r.getVersion(p, need(f, "name"), need(f, "version")),
+      }),
+    ],
+    [
+      "GET",
+      "model-versions/search",
+      (p, f) =>
+        r.searchVersions(p, {
+          filter: str(f, "filter"),
+          maxResults: num(f, "max_results"),
+          pageToken: str(f, "page_token"),
+        }),
+    ],
+    [
+      "PATCH",
+      "model-versions/update",
+      async (p, f) => ({
+        model_version: await r.updateVersion(p, need(f, "name"), need(f, "version"), str(f, "description")),
+      }),
+    ],
+    [
+      "POST",
+      "model-versions/transition-stage",
+      async (p, f) => ({
+        model_version: await r.transitionStage(
+          p,
+          need(f, "name"),
+          need(f, "version"),
+          need(f, "stage"),
+          f.archive_existing_versions === true || f.archive_existing_versions === "true",
+        ),
+      }),
+    ],
+    [
+      "POST",
+      "model-versions/set-tag",
+      async (p, f) => {
+        await r.setVersionTag(p, need(f, "name"), need(f, "version"), need(f, "key"), str(f, "value") ?? "");
+        return {};
+      },
+    ],
+    [
+      "DELETE",
+      "model-versions/delete-tag",
+      async (p, f) => {
+        await r.deleteTag(p, need(f, "name"), need(f, "version"), need(f, "key"));
+        return {};
+      },
+    ],
+    [
+      "DELETE",
+      "model-versions/delete",
+      async (p, f) => {
+        await r.deleteVersion(p, need(f, "name"), need(f, "version"));
+        return {};
+      },
+    ],
+    [
+      "GET",
+      "model-versions/get-download-uri",
+      async (p, f) => ({
+        artifact_uri: (await r.getVersion(p, need(f, "name"), need(f, "version"))).source,
+      }),
+    ],
     // Logged models (MLflow 3) are not stored yet: a search finds none. The client searches them
     // on every artifact download, to see whether the path names a model.
     ["POST", "logged-models/search", async () => ({})],

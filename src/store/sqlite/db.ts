@@ -208,6 +208,52 @@ const MIGRATIONS: Record<string, Migration> = {
         .execute();
     },
   },
+  "0004_model_registry": {
+    // MLflow's model registry (src/tracking/registry.ts), per project.
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("tr_registered_models")
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("description", "text")
+        .addColumn("creation_timestamp", "integer", (c) => c.notNull())
+        .addColumn("last_updated_timestamp", "integer", (c) => c.notNull())
+        .addPrimaryKeyConstraint("tr_registered_models_pk", ["project", "name"])
+        .execute();
+      await db.schema
+        .createTable("tr_model_versions")
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("version", "integer", (c) => c.notNull())
+        .addColumn("description", "text", (c) => c.notNull())
+        .addColumn("source", "text", (c) => c.notNull())
+        .addColumn("run_id", "text")
+        .addColumn("run_link", "text", (c) => c.notNull())
+        .addColumn("current_stage", "text", (c) => c.notNull())
+        .addColumn("creation_timestamp", "integer", (c) => c.notNull())
+        .addColumn("last_updated_timestamp", "integer", (c) => c.notNull())
+        .addPrimaryKeyConstraint("tr_model_versions_pk", ["project", "name", "version"])
+        .execute();
+      // Tags of models (version 0) and of versions; aliases point at a version.
+      await db.schema
+        .createTable("tr_registry_tags")
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("version", "integer", (c) => c.notNull())
+        .addColumn("key", "text", (c) => c.notNull())
+        .addColumn("value", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("tr_registry_tags_pk", ["project", "name", "version", "key"])
+        .execute();
+      await db.schema
+        .createTable("tr_model_aliases")
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("alias", "text", (c) => c.notNull())
+        .addColumn("version", "integer", (c) => c.notNull())
+        .addPrimaryKeyConstraint("tr_model_aliases_pk", ["project", "name", "alias"])
+        .execute();
+    },
+  },
 };
 
 export interface OpenedDatabase {
