@@ -5,16 +5,17 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, ROOT } from "./helpers.js";
 
-/** The official MLflow client (pinned), in a venv cached across runs. */
+/** The official MLflow client (pinned), with pandas for mlflow.pyfunc, in a venv cached across runs. */
 const MLFLOW = "mlflow-skinny==3.17.2";
-const VENV = join(homedir(), ".cache", "loom", "test-envs", MLFLOW.replace("==", "-"));
+const EXTRAS = ["pandas==3.1.1"];
+const VENV = join(homedir(), ".cache", "loom", "test-envs", `${MLFLOW.replace("==", "-")}-pandas`);
 
 function mlflowPython(): string {
   const python = join(VENV, "bin", "python");
   if (!existsSync(join(VENV, ".ready"))) {
     for (const cmd of [
       ["python3", "-m", "venv", VENV],
-      [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", MLFLOW],
+      [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", MLFLOW, ...EXTRAS],
       ["touch", join(VENV, ".ready")],
     ]) {
       const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8" });
@@ -42,10 +43,10 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
     return { code: r.status, out: `${r.stdout}\n${r.stderr}` };
   }
 
-  it("experiments, runs, every logging call, search with filters, order and pages, metric history, artifacts, model registry", () => {
+  it("experiments, runs, every logging call, search with filters, order and pages, metric history, artifacts, model registry, pyfunc log_model and load_model by alias", () => {
     const r = suite(loom.url, "root");
     expect(r.code, r.out).toBe(0);
-    expect(r.out).toMatch(/OK 61 checks/);
+    expect(r.out).toMatch(/OK 67 checks/);
   }, 180_000);
 
   it("serves each project at its own URI, and one project's experiments and runs do not exist for another", async () => {

@@ -14,6 +14,7 @@ import { interleaveLines } from "../runtime/interleave.js";
 import type { Runtime } from "../runtime/port.js";
 import { coreScheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../store/port.js";
+import type { LoggedModels } from "../tracking/logged.js";
 import type { ModelRegistry } from "../tracking/registry.js";
 import { trackingRoutes } from "../tracking/routes.js";
 import type { TrackingStore } from "../tracking/store.js";
@@ -35,7 +36,12 @@ export interface AppDeps {
   /** Create the default project if it is missing (embedded); the operator owns that on Kubernetes. */
   ensureDefaultProject?: boolean;
   /** MLflow-compatible experiment tracking (embedded: on the same database). */
-  tracking?: { store: TrackingStore; registry: ModelRegistry; artifactsDir: string };
+  tracking?: {
+    store: TrackingStore;
+    registry: ModelRegistry;
+    loggedModels: LoggedModels;
+    artifactsDir: string;
+  };
 }
 
 const BASE = `/apis/${API_VERSION}`;
@@ -351,6 +357,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     await trackingRoutes(app, {
       store: deps.tracking.store,
       registry: deps.tracking.registry,
+      loggedModels: deps.tracking.loggedModels,
       artifactsDir: deps.tracking.artifactsDir,
       projectExists: async (name) => {
         try {

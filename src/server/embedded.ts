@@ -13,6 +13,7 @@ import { openSqlite } from "../store/sqlite/db.js";
 import { SqliteEventRecorder } from "../store/sqlite/events.js";
 import { SqliteResourceStore } from "../store/sqlite/resources.js";
 import { SqliteTokenStore } from "../store/sqlite/tokens.js";
+import { LoggedModels } from "../tracking/logged.js";
 import { ModelRegistry } from "../tracking/registry.js";
 import { TrackingStore } from "../tracking/store.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
@@ -97,6 +98,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     tracking: {
       store: trackingStore,
       registry: new ModelRegistry(database.db as unknown as Kysely<unknown>),
+      loggedModels: new LoggedModels(database.db as unknown as Kysely<unknown>, trackingStore),
       artifactsDir: join(opts.dataDir, "artifacts"),
     },
     // The trainingjob loop would add it on first sight; giving it at create saves that write.

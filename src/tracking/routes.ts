@@ -2,12 +2,14 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { LoomError } from "../errors.js";
 import { artifactRoutes } from "./artifacts.js";
 import { invalidParameter, MlflowError } from "./errors.js";
+import type { LoggedModels } from "./logged.js";
 import type { ModelRegistry } from "./registry.js";
 import type { DatasetInput, KeyValue, RawMetric, TrackingStore, ViewType } from "./store.js";
 
 export interface TrackingRoutesDeps {
   store: TrackingStore;
   registry: ModelRegistry;
+  loggedModels: LoggedModels;
   /** The local artifact store (under the data dir). */
   artifactsDir: string;
   /** Whether the project exists (experiments belong to one). */
@@ -26,6 +28,20 @@ type Handler = (project: string, f: Fields) => Promise<unknown>;
 export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesDeps): Promise<void> {
   const s = deps.store;
   const r = deps.registry;
+  const lm = deps.loggedModels;
+  /** Where a version's files are: a logged model's own artifact root, or its source as given. */
+  const downloadUri = async (project: string, source: string) => {
+    const m = /^models:\/(m-[0-9a-f]+)$/.exec(source);
+    return m ? (await lm.get(project, m[1]!)).info.artifact_uri : source;
+  };
+  /** Runs as MLflow 3 shows them: with the models they logged (outputs). */
+  const withOutputs = async <T extends { info: { run_id: string } }>(runs: T[]) => {
+    const outputs = await lm.outputsOf(runs.map((x) => x.info.run_id));
+    return runs.map((x) => {
+      const models = outputs.get(x.info.run_id);
+      return { ...x, outputs: models ? { model_outputs: models } : {} };
+    });
+  };
   const str = (f: Fields, k: string) => (f[k] === undefined || f[k] === null ? undefined : String(f[k]));
   const num = (f: Fields, k: string) => {
     const v = f[k];
@@ -147,7 +163,12 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
         model_version: await r.createVersion(p, {
           name: need(f, "name"),
           source: need(f, "source"),
-          runId: str(f, "run_id"),
+          // A version of a logged model (models:/m-…) comes from the run that logged it.
+          runId:
+            str(f, "run_id") ??
+            (str(f, "model_id")
+              ? (await lm.get(p, need(f, "model_id"))).info.source_run_id || undefined
+              : undefined),
           runLink: str(f, "run_link"),
           description: str(f, "description"),
           tags: list<KeyValue>(f, "tags"),
@@ -219,12 +240,76 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
       "GET",
       "model-versions/get-download-uri",
       async (p, f) => ({
-        artifact_uri: (await r.getVersion(p, need(f, "name"), need(f, "version"))).source,
+        artifact_uri: await downloadUri(
+          p,
+          (await r.getVersion(p, need(f, "name"), need(f, "version"))).source,
+        ),
       }),
     ],
-    // Logged models (MLflow 3) are not stored yet: a search finds none. The client searches them
-    // on every artifact download, to see whether the path names a model.
-    ["POST", "logged-models/search", async () => ({})],
+    [
+      "POST",
+      "logged-models",
+      async (p, f) => ({
+        model: await lm.create(p, {
+          experimentId: need(f, "experiment_id"),
+          name: str(f, "name"),
+          sourceRunId: str(f, "source_run_id"),
+          params: list<KeyValue>(f, "params"),
+          tags: list<KeyValue>(f, "tags"),
+        }),
+      }),
+    ],
+    ["GET", "logged-models/:model_id", async (p, f) => ({ model: await lm.get(p, need(f, "model_id")) })],
+    [
+      "PATCH",
+      "logged-models/:model_id",
+      async (p, f) => ({
+        model: await lm.finalize(p, need(f, "model_id"), need(f, "status")),
+      }),
+    ],
+    [
+      "DELETE",
+      "logged-models/:model_id",
+      async (p, f) => {
+        await lm.delete(p, need(f, "model_id"));
+        return {};
+      },
+    ],
+    [
+      "PATCH",
+      "logged-models/:model_id/tags",
+      async (p, f) => {
+        await lm.setTags(p, need(f, "model_id"), list<KeyValue>(f, "tags"));
+        return {};
+      },
+    ],
+    [
+      "DELETE",
+      "logged-models/:model_id/tags/:key",
+      async (p, f) => {
+        await lm.deleteTag(p, need(f, "model_id"), need(f, "key"));
+        return {};
+      },
+    ],
+    // The client also searches them on every artifact download, to see whether a path names one.
+    [
+      "POST",
+      "logged-models/search",
+      (p, f) =>
+        lm.search(p, {
+          experimentIds: list<string>(f, "experiment_ids").map(String),
+          filter: str(f, "filter"),
+          maxResults: num(f, "max_results"),
+        }),
+    ],
+    [
+      "POST",
+      "runs/outputs",
+      async (p, f) => {
+        await lm.recordOutputs(p, need(f, "run_id"), list<{ model_id?: string; step?: number }>(f, "models"));
+        return {};
+      },
+    ],
     [
       "POST",
       "experiments/create",
@@ -324,7 +409,7 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
         }),
       }),
     ],
-    ["GET", "runs/get", async (p, f) => ({ run: await s.getRun(p, runIdOf(f)) })],
+    ["GET", "runs/get", async (p, f) => ({ run: (await withOutputs([await s.getRun(p, runIdOf(f))]))[0] })],
     [
       "POST",
       "runs/update",
@@ -407,15 +492,17 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
     [
       "POST",
       "runs/search",
-      (p, f) =>
-        s.searchRuns(p, {
+      async (p, f) => {
+        const found = await s.searchRuns(p, {
           experimentIds: list<string>(f, "experiment_ids").map(String),
           filter: str(f, "filter"),
           viewType: view(f, "run_view_type"),
           maxResults: num(f, "max_results"),
           orderBy: list<string>(f, "order_by"),
           pageToken: str(f, "page_token"),
-        }),
+        });
+        return { ...found, runs: await withOutputs(found.runs) };
+      },
     ],
     [
       "GET",
@@ -434,7 +521,8 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
       const project = req.params.project ?? "default";
       if (!(await deps.projectExists(project)))
         throw new MlflowError("RESOURCE_DOES_NOT_EXIST", `project ${project} does not exist`);
-      const fields = (fromQuery ? req.query : (req.body ?? {})) as Fields;
+      const { project: _, ...inPath } = req.params as Record<string, string>;
+      const fields = { ...((fromQuery ? req.query : (req.body ?? {})) as Fields), ...inPath };
       return reply.send(compact(await handler(project, fields)));
     };
 

@@ -254,6 +254,31 @@ const MIGRATIONS: Record<string, Migration> = {
         .execute();
     },
   },
+  "0005_logged_models": {
+    // MLflow 3's logged models (what log_model makes) and the runs that output them.
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("tr_logged_models")
+        .addColumn("model_id", "text", (c) => c.primaryKey())
+        .addColumn("project", "text", (c) => c.notNull())
+        .addColumn("experiment_id", "integer", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("status", "text", (c) => c.notNull())
+        .addColumn("source_run_id", "text", (c) => c.notNull())
+        .addColumn("artifact_uri", "text", (c) => c.notNull())
+        .addColumn("creation_timestamp_ms", "integer", (c) => c.notNull())
+        .addColumn("last_updated_timestamp_ms", "integer", (c) => c.notNull())
+        .addColumn("body", "text", (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable("tr_run_outputs")
+        .addColumn("run_uuid", "text", (c) => c.notNull())
+        .addColumn("model_id", "text", (c) => c.notNull())
+        .addColumn("step", "integer", (c) => c.notNull())
+        .addPrimaryKeyConstraint("tr_run_outputs_pk", ["run_uuid", "model_id"])
+        .execute();
+    },
+  },
 };
 
 export interface OpenedDatabase {
