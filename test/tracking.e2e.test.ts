@@ -34,10 +34,10 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
   }, 300_000);
   afterAll(() => loom.stop());
 
-  function suite(uri: string, suffix: string) {
+  function suite(uri: string, suffix: string, token = loom.token) {
     const r = spawnSync(python, [join(ROOT, "test/fixtures/tracking/client_suite.py")], {
       encoding: "utf8",
-      env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: loom.token, SUFFIX: suffix },
+      env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, SUFFIX: suffix },
       timeout: 120_000,
     });
     return { code: r.status, out: `${r.stdout}\n${r.stderr}` };
@@ -52,8 +52,37 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
   it("serves each project at its own URI, and one project's experiments and runs do not exist for another", async () => {
     const project = "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: team-a}\n";
     expect((await loom.cli(["apply", "-f", "-"], { input: project })).code).toBe(0);
-    const r = suite(`${loom.url}/mlflow/projects/team-a`, "team-a");
+    // Alice's token reaches team-a only; the whole client suite runs with it there.
+    const token = async (args: string[]) => {
+      const created = await loom.cli(["token", "create", ...args]);
+      expect(created.code, created.stderr).toBe(0);
+      return created.stdout.trim();
+    };
+    const alice = await token(["alice", "-p", "team-a", "--role", "editor"]);
+    const viewer = await token(["carol", "-p", "team-a", "--role", "viewer"]);
+    const r = suite(`${loom.url}/mlflow/projects/team-a`, "team-a", alice);
     expect(r.code, r.out).toBe(0);
+    const as = (who: string, method: string, path: string, body?: unknown) =>
+      loom.api(method, path, body, who);
+    const denied = await as(alice, "POST", "/api/2.0/mlflow/experiments/search", {});
+    expect(denied.status).toBe(403);
+    expect(denied.body).toMatchObject({
+      error_code: "PERMISSION_DENIED",
+      message: 'token "alice" is for project team-a; it cannot reach project default',
+    });
+    const read = await as(viewer, "POST", "/mlflow/projects/team-a/api/2.0/mlflow/experiments/search", {});
+    expect(read.status).toBe(200);
+    const write = await as(viewer, "POST", "/mlflow/projects/team-a/api/2.0/mlflow/experiments/create", {
+      name: "x",
+    });
+    expect(write.status).toBe(403);
+    expect(write.body).toMatchObject({ error_code: "PERMISSION_DENIED" });
+    // Only an unscoped admin makes tokens.
+    const notAdmin = await loom.cli(["token", "create", "eve", "-p", "team-a"], {
+      env: { LOOM_TOKEN: alice },
+    });
+    expect(notAdmin.code).toBe(1);
+    expect(notAdmin.stderr).toMatch(/only an admin token/);
     const api = (path: string, body?: unknown) => loom.api(body ? "POST" : "GET", path, body);
     const created = await api("/mlflow/projects/team-a/api/2.0/mlflow/experiments/create", {
       name: "secret",

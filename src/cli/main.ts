@@ -564,6 +564,24 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("token")
+    .description("create an API token (admin): loom token create NAME [--role R] [-p PROJECT]")
+    .argument("<action>", "create")
+    .argument("<name>", "who or what the token is for")
+    .option("--role <role>", "admin, editor or viewer", "editor")
+    .option("-p, --project <project>", "the one project the token reaches (default: every project)")
+    .action(async (action: string, name: string, opts: { role: string; project?: string }) => {
+      if (action !== "create") throw new Error(`unknown action "${action}": use loom token create NAME`);
+      const { api } = client(program);
+      const created = await api.request<{ token: string }>("POST", `${BASE}/tokens`, {
+        name,
+        role: opts.role,
+        ...(opts.project ? { project: opts.project } : {}),
+      });
+      process.stdout.write(`${created.token}\n`);
+    });
+
+  program
     .command("version")
     .description("print the CLI's and the server's version")
     .action(async () => {

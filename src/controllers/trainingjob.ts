@@ -507,7 +507,7 @@ export class TrainingJobReconciler implements Reconciler {
       await tracking.tagAttempt(ref.project, run.runId, attempt);
       return {
         all: {
-          ...tracking.clientEnv(ref.project),
+          ...(await tracking.clientEnv(ref.project)),
           MLFLOW_EXPERIMENT_NAME: experiment,
           MLFLOW_EXPERIMENT_ID: run.experimentId,
           LOOM_MLFLOW_RUN_ID: run.runId,

@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { API_VERSION } from "../api/meta.js";
 import { type TrainingJob, workerRange } from "../api/trainingjob.js";
-import { BadRequestError, UnauthorizedError } from "../errors.js";
+import { BadRequestError, ForbiddenError, UnauthorizedError } from "../errors.js";
 import { interleaveLines } from "../runtime/interleave.js";
 import type { Runtime } from "../runtime/port.js";
 import { coreScheduler } from "../scheduler/port.js";
@@ -344,6 +344,27 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
           : await deps.runtime.logs(ref, { worker, attempt, follow });
       req.raw.on("close", () => stream.destroy());
       return reply.type("text/plain; charset=utf-8").send(stream);
+    },
+  );
+
+  // API tokens: an unscoped admin makes them, for one project (or all) and one role.
+  app.post<{ Body: { name?: unknown; role?: unknown; project?: unknown } }>(
+    `${BASE}/tokens`,
+    async (req, reply) => {
+      const p = req.principal;
+      if (p?.role !== "admin" || p.project)
+        throw new ForbiddenError("only an admin token that reaches every project can create tokens");
+      const { name, role, project } = req.body ?? {};
+      if (typeof name !== "string" || !/^[a-z0-9][a-z0-9._@-]{0,62}$/i.test(name))
+        throw new BadRequestError("name must be 1-63 letters, digits, '.', '_', '@' or '-'");
+      if (role !== "admin" && role !== "editor" && role !== "viewer")
+        throw new BadRequestError("role must be admin, editor or viewer");
+      if (project !== undefined) {
+        if (typeof project !== "string") throw new BadRequestError("project must be a project's name");
+        await resources.get(resources.kind("projects"), undefined, project);
+      }
+      const created = await deps.tokens.create(name, role, project as string | undefined);
+      return reply.code(201).send({ token: created.token, ...created.info });
     },
   );
 

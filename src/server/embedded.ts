@@ -1,5 +1,6 @@
+import { mkdirSync } from "node:fs";
 import { availableParallelism, totalmem } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import type { Kysely } from "kysely";
 import type { Logger } from "pino";
@@ -68,16 +69,25 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     log.info({ file: adminTokenFile }, "created the admin token");
   }
 
-  // Workers log to tracking with this one (editor: they write runs, they do not administer).
-  const workloadTokenFile = join(opts.dataDir, "workload-token");
-  let workloadToken = readSecretFile(workloadTokenFile);
-  if (!workloadToken || !(await tokens.verify(workloadToken))) {
-    workloadToken = (await tokens.create("workloads", "editor")).token;
-    writeSecretFile(workloadTokenFile, workloadToken);
-  }
+  // Workers log to tracking with a token of their project's (editor: they write runs, they do
+  // not administer), kept in the data dir so a restart does not mint new ones.
+  const workloadTokens = new Map<string, string>();
+  const workloadTokenFor = async (project: string): Promise<string> => {
+    const known = workloadTokens.get(project);
+    if (known) return known;
+    const file = join(opts.dataDir, "workload-tokens", project);
+    let token = readSecretFile(file);
+    if (!token || (await tokens.verify(token))?.project !== project) {
+      token = (await tokens.create(`workloads@${project}`, "editor", project)).token;
+      mkdirSync(dirname(file), { recursive: true });
+      writeSecretFile(file, token);
+    }
+    workloadTokens.set(project, token);
+    return token;
+  };
   const trackingStore = new TrackingStore(database.db as unknown as Kysely<unknown>);
   let url = "";
-  const workloadTracking = new LocalWorkloadTracking(trackingStore, () => url, workloadToken);
+  const workloadTracking = new LocalWorkloadTracking(trackingStore, () => url, workloadTokenFor);
 
   const runtime = new LocalRuntime({
     dataDir: opts.dataDir,

@@ -96,11 +96,13 @@ export interface TokenInfo {
   id: string;
   name: string;
   role: Role;
+  /** Set: the token reaches this project only. */
+  project?: string;
 }
 
 /** Bearer tokens, stored only as hashes. */
 export interface TokenStore {
   /** Creates a token and returns its secret once. */
-  create(name: string, role: Role): Promise<{ token: string; info: TokenInfo }>;
+  create(name: string, role: Role, project?: string): Promise<{ token: string; info: TokenInfo }>;
   verify(token: string): Promise<TokenInfo | undefined>;
 }

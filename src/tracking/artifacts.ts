@@ -5,6 +5,7 @@ import { pipeline } from "node:stream/promises";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
 import type { TrackingStore } from "./store.js";
+import { authorize } from "./tenancy.js";
 
 export interface ArtifactRoutesDeps {
   store: TrackingStore;
@@ -21,7 +22,12 @@ export interface ArtifactRoutesDeps {
  * segment is an experiment id, which must be the project's: another project's files are not there.
  */
 export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesDeps): Promise<void> {
-  async function resolve(project: string, rel: string): Promise<string> {
+  async function resolve(req: FastifyRequest, project: string, rel: string): Promise<string> {
+    authorize(
+      req.principal,
+      project,
+      req.method === "PUT" || req.method === "POST" || req.method === "DELETE",
+    );
     if (!(await deps.projectExists(project))) throw notFound(`project ${project} does not exist`);
     const clean = normalize(rel.replace(/^\/+/, ""));
     if (clean === "." || clean === "") return "";
@@ -42,7 +48,7 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
         scope.removeAllContentTypeParsers();
         scope.addContentTypeParser("*", (_req, _payload, done) => done(null));
         scope.put("/artifacts/*", async (req, reply) => {
-          const rel = await resolve(projectOf(req), (req.params as { "*": string })["*"]);
+          const rel = await resolve(req, projectOf(req), (req.params as { "*": string })["*"]);
           if (!rel) throw invalidParameter("an artifact upload needs a path");
           const file = join(root(projectOf(req)), rel);
           await mkdir(dirname(file), { recursive: true });
@@ -55,7 +61,7 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
           list(req, reply, (req.query as { path?: string }).path ?? ""),
         );
         scope.get("/artifacts/*", async (req, reply) => {
-          const rel = await resolve(projectOf(req), (req.params as { "*": string })["*"]);
+          const rel = await resolve(req, projectOf(req), (req.params as { "*": string })["*"]);
           const file = join(root(projectOf(req)), rel);
           const info = await stat(file).catch(() => undefined);
           if (!info?.isFile()) throw notFound(`No such artifact: '${rel}'`);
@@ -64,7 +70,8 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
             : "application/octet-stream";
           return reply.type(type).header("content-length", info.size).send(createReadStream(file));
         });
-        scope.post("/mpu/*", async () => {
+        scope.post("/mpu/*", async (req) => {
+          authorize(req.principal, projectOf(req), true);
           throw new MlflowError(
             "NOT_IMPLEMENTED",
             "Multipart upload is not supported for the current artifact repository",
@@ -76,7 +83,7 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
   }
 
   async function list(req: FastifyRequest, reply: FastifyReply, path: string) {
-    const rel = await resolve(projectOf(req), path);
+    const rel = await resolve(req, projectOf(req), path);
     if (!rel) return reply.send({}); // experiments are listed through the tracking API
     const dir = join(root(projectOf(req)), rel);
     const info = await stat(dir).catch(() => undefined);

@@ -5,6 +5,7 @@ import { invalidParameter, MlflowError } from "./errors.js";
 import type { LoggedModels } from "./logged.js";
 import type { ModelRegistry } from "./registry.js";
 import type { DatasetInput, KeyValue, RawMetric, TrackingStore, ViewType } from "./store.js";
+import { authorize } from "./tenancy.js";
 
 export interface TrackingRoutesDeps {
   store: TrackingStore;
@@ -516,9 +517,10 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
   ];
 
   const handle =
-    (handler: Handler, fromQuery: boolean) =>
+    (handler: Handler, fromQuery: boolean, write: boolean) =>
     async (req: FastifyRequest<{ Params: { project?: string } }>, reply: FastifyReply) => {
       const project = req.params.project ?? "default";
+      authorize(req.principal, project, write);
       if (!(await deps.projectExists(project)))
         throw new MlflowError("RESOURCE_DOES_NOT_EXIST", `project ${project} does not exist`);
       const { project: _, ...inPath } = req.params as Record<string, string>;
@@ -574,7 +576,11 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
           }),
         );
         for (const [method, path, handler] of routes)
-          scope.route({ method, url: `/${path}`, handler: handle(handler, method === "GET") });
+          scope.route({
+            method,
+            url: `/${path}`,
+            handler: handle(handler, method === "GET", !isRead(method, path)),
+          });
       },
       { prefix },
     );
@@ -585,6 +591,11 @@ async function serverInfo(app: FastifyInstance): Promise<void> {
   const info = { store_type: "SqlStore", workspaces_enabled: false, multipart_uploads_enabled: false };
   app.get("/api/3.0/mlflow/server-info", async () => info);
   app.get("/mlflow/projects/:project/api/3.0/mlflow/server-info", async () => info);
+}
+
+/** Searches are POSTs that only read. */
+function isRead(method: string, path: string): boolean {
+  return method === "GET" || /(^|\/)search$|get-latest-versions$/.test(path);
 }
 
 /** Unset and empty list fields are left out, as MLflow's proto3 JSON does. */

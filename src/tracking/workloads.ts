@@ -12,8 +12,8 @@ export interface WorkloadTracking {
   ): Promise<{ experimentId: string; runId: string }>;
   /** Marks the run with the attempt now running. */
   tagAttempt(project: string, runId: string, attempt: number): Promise<void>;
-  /** MLFLOW_TRACKING_URI and MLFLOW_TRACKING_TOKEN for the project. */
-  clientEnv(project: string): Record<string, string>;
+  /** MLFLOW_TRACKING_URI and MLFLOW_TRACKING_TOKEN (a token that reaches this project only). */
+  clientEnv(project: string): Promise<Record<string, string>>;
 }
 
 export const WORKLOAD_UID_TAG = "loom.workload_uid";
@@ -24,7 +24,8 @@ export class LocalWorkloadTracking implements WorkloadTracking {
     private readonly store: TrackingStore,
     /** The server's URL, known once it listens. */
     private readonly url: () => string,
-    private readonly token: string,
+    /** An editor's token scoped to the project: one job cannot write another project's runs. */
+    private readonly tokenFor: (project: string) => Promise<string>,
   ) {}
 
   async ensureRun(
@@ -62,11 +63,11 @@ export class LocalWorkloadTracking implements WorkloadTracking {
     await this.store.logBatch(project, runId, { tags: [{ key: "loom.attempt", value: String(attempt) }] });
   }
 
-  clientEnv(project: string): Record<string, string> {
+  async clientEnv(project: string): Promise<Record<string, string>> {
     const base = this.url();
     return {
       MLFLOW_TRACKING_URI: project === "default" ? base : `${base}/mlflow/projects/${project}`,
-      MLFLOW_TRACKING_TOKEN: this.token,
+      MLFLOW_TRACKING_TOKEN: await this.tokenFor(project),
     };
   }
 }

@@ -41,6 +41,8 @@ export interface TokensTable {
   role: string;
   hash: string;
   created_at: string;
+  /** The one project the token reaches; null for every project. */
+  project: string | null;
 }
 
 export interface MetaTable {
@@ -277,6 +279,12 @@ const MIGRATIONS: Record<string, Migration> = {
         .addColumn("step", "integer", (c) => c.notNull())
         .addPrimaryKeyConstraint("tr_run_outputs_pk", ["run_uuid", "model_id"])
         .execute();
+    },
+  },
+  "0006_token_projects": {
+    // Tokens scoped to one project (tracking's tenancy; workloads get one for their project).
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable("tokens").addColumn("project", "text").execute();
     },
   },
 };

@@ -11,12 +11,19 @@ export function hashToken(token: string): string {
 export class SqliteTokenStore implements TokenStore {
   constructor(private readonly db: Kysely<Schema>) {}
 
-  async create(name: string, role: Role): Promise<{ token: string; info: TokenInfo }> {
+  async create(name: string, role: Role, project?: string): Promise<{ token: string; info: TokenInfo }> {
     const token = `loom_${randomBytes(24).toString("base64url")}`;
-    const info: TokenInfo = { id: randomUUID(), name, role };
+    const info: TokenInfo = { id: randomUUID(), name, role, ...(project ? { project } : {}) };
     await this.db
       .insertInto("tokens")
-      .values({ id: info.id, name, role, hash: hashToken(token), created_at: new Date().toISOString() })
+      .values({
+        id: info.id,
+        name,
+        role,
+        hash: hashToken(token),
+        created_at: new Date().toISOString(),
+        project: project ?? null,
+      })
       .execute();
     return { token, info };
   }
@@ -24,9 +31,15 @@ export class SqliteTokenStore implements TokenStore {
   async verify(token: string): Promise<TokenInfo | undefined> {
     const row = await this.db
       .selectFrom("tokens")
-      .select(["id", "name", "role"])
+      .select(["id", "name", "role", "project"])
       .where("hash", "=", hashToken(token))
       .executeTakeFirst();
-    return row ? { id: row.id, name: row.name, role: row.role as Role } : undefined;
+    if (!row) return undefined;
+    return {
+      id: row.id,
+      name: row.name,
+      role: row.role as Role,
+      ...(row.project ? { project: row.project } : {}),
+    };
   }
 }
