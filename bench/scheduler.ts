@@ -14,9 +14,9 @@
  * `npm run bench:scheduler`; see bench/README.md.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { Agent, request as httpRequest } from "node:http";
-import { arch, availableParallelism, loadavg, platform, tmpdir, totalmem } from "node:os";
+import { arch, availableParallelism, loadavg, platform } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
@@ -31,6 +31,7 @@ import type {
   Workload,
 } from "../src/scheduler/core/model.js";
 import { schedule } from "../src/scheduler/core/schedule.js";
+import { cleanupAll, cleanups, fmt, machine, markdownTable, ratio, sleep, tempDir } from "./report.js";
 import { type BindingRun, runBindingBench } from "./scheduler-k8s.js";
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
@@ -85,63 +86,16 @@ const ROOT = join(BENCH_DIR, "..");
 const RESULTS_FILE = join(BENCH_DIR, "RESULTS.md");
 
 const began = performance.now();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 const log = (msg: string) =>
   console.log(`[${((performance.now() - began) / 1000).toFixed(0).padStart(4)} s] ${msg}`);
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup and watchdog
 
-const cleanups: (() => void | Promise<void>)[] = [];
-/** Runs every registered cleanup once, newest first (the watchdog and the normal path may overlap). */
-async function cleanupAll(): Promise<void> {
-  for (let fn = cleanups.pop(); fn; fn = cleanups.pop()) {
-    try {
-      await fn();
-    } catch (err) {
-      console.error(`cleanup failed: ${String(err)}`);
-    }
-  }
-}
-
-function tempDir(prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Formatting
 
-const fmt = (x: number | undefined, digits = 0) =>
-  x === undefined || Number.isNaN(x)
-    ? "—"
-    : x.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-
-function ratio(a: number | undefined, b: number | undefined): string {
-  if (a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0) return "—";
-  return `${(a / b).toFixed(2)}×`;
-}
-
-/** A markdown table, padded the way Biome formats markdown (bench/ is under `npm run lint`). */
-function markdownTable(header: string[], rows: string[][]): string {
-  const widths = header.map((h, c) => Math.max(3, h.length, ...rows.map((r) => (r[c] ?? "").length)));
-  const cell = (text: string, c: number) => (c === 0 ? text.padEnd(widths[c]!) : text.padStart(widths[c]!));
-  const line = (cells: string[]) => `| ${cells.map(cell).join(" | ")} |`;
-  const rule = `| ${widths.map((w, c) => (c === 0 ? "-".repeat(w) : `${"-".repeat(w - 1)}:`)).join(" | ")} |`;
-  return [line(header), rule, ...rows.map(line)].join("\n");
-}
-
-function machine(): { cpus: string; model: string; memGiB: string } {
-  let model = "unknown CPU";
-  try {
-    model = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1]?.trim() ?? model;
-  } catch {
-    // not Linux
-  }
-  return { cpus: String(availableParallelism()), model, memGiB: (totalmem() / 2 ** 30).toFixed(1) };
-}
 
 /** What one part hands back: its tables and notes, in print order, and the versions it used. */
 interface PartOutput {

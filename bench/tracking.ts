@@ -22,7 +22,6 @@ import {
   appendFileSync,
   existsSync,
   mkdirSync,
-  mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
@@ -30,11 +29,12 @@ import {
 } from "node:fs";
 import { Agent, request } from "node:http";
 import { createServer } from "node:net";
-import { arch, availableParallelism, homedir, loadavg, platform, tmpdir, totalmem } from "node:os";
+import { arch, availableParallelism, homedir, platform } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { LoomProcess } from "../test/helpers.js";
+import { cleanupAll, cleanups, fmt, loadNow, machine, markdownTable, sleep, tempDir } from "./report.js";
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const env = process.env;
@@ -78,40 +78,17 @@ const ROOT = join(BENCH_DIR, "..");
 const RESULTS_FILE = join(BENCH_DIR, "RESULTS.md");
 
 const began = performance.now();
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 const log = (msg: string) =>
   console.log(`[${((performance.now() - began) / 1000).toFixed(0).padStart(4)} s] ${msg}`);
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup and watchdog
 
-const cleanups: (() => void | Promise<void>)[] = [];
 /** Set by the watchdog: the servers are going away, so no part's figures count. */
 let aborted = false;
-/** Runs every registered cleanup once, newest first (the watchdog and the normal path may overlap). */
-async function cleanupAll(): Promise<void> {
-  for (let fn = cleanups.pop(); fn; fn = cleanups.pop()) {
-    try {
-      await fn();
-    } catch (err) {
-      console.error(`cleanup failed: ${String(err)}`);
-    }
-  }
-}
-
-function tempDir(prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Formatting and statistics
-
-const fmt = (x: number | undefined, digits = 0) =>
-  x === undefined || Number.isNaN(x)
-    ? "—"
-    : x.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
 
 /** Milliseconds: one decimal below 10 ms, none above. */
 const ms = (x: number | undefined) => fmt(x, x !== undefined && x < 10 ? 1 : 0);
@@ -146,30 +123,6 @@ const faster = (loom: number | undefined, mlflow: number | undefined) => {
   const q = quotient(mlflow, loom);
   return q === undefined ? "—" : `${fmt(q, q < 10 ? 2 : 1)}× faster`;
 };
-
-/** A markdown table, padded the way Biome formats markdown (bench/ is under `npm run lint`). */
-function markdownTable(header: string[], rows: string[][]): string {
-  const widths = header.map((h, c) => Math.max(3, h.length, ...rows.map((r) => (r[c] ?? "").length)));
-  const cell = (text: string, c: number) => (c === 0 ? text.padEnd(widths[c]!) : text.padStart(widths[c]!));
-  const line = (cells: string[]) => `| ${cells.map(cell).join(" | ")} |`;
-  const rule = `| ${widths.map((w, c) => (c === 0 ? "-".repeat(w) : `${"-".repeat(w - 1)}:`)).join(" | ")} |`;
-  return [line(header), rule, ...rows.map(line)].join("\n");
-}
-
-function machine(): { cpus: string; model: string; memGiB: string } {
-  let model = "unknown CPU";
-  try {
-    model = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1]?.trim() ?? model;
-  } catch {
-    // not Linux
-  }
-  return { cpus: String(availableParallelism()), model, memGiB: (totalmem() / 2 ** 30).toFixed(1) };
-}
-
-const loadNow = () =>
-  loadavg()
-    .map((x) => x.toFixed(2))
-    .join(" ");
 
 /** What one part hands back: its tables and notes, in print order. */
 interface PartOutput {
