@@ -61,6 +61,15 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
     Array.isArray(f[k]) ? (f[k] as T[]) : f[k] === undefined ? [] : [f[k] as T];
   const view = (f: Fields, k: string) => (str(f, k) ?? "ACTIVE_ONLY") as ViewType;
 
+  // MLflow takes the experiment search as a POST (the client) or a GET with the same fields.
+  const searchExperiments: Handler = (p, f) =>
+    s.searchExperiments(p, {
+      viewType: view(f, "view_type"),
+      maxResults: num(f, "max_results"),
+      pageToken: str(f, "page_token"),
+      filter: str(f, "filter"),
+    });
+
   const routes: [method: "GET" | "POST" | "PATCH" | "DELETE", path: string, handler: Handler][] = [
     [
       "POST",
@@ -335,28 +344,8 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
         experiment: await s.getExperimentByName(p, need(f, "experiment_name")),
       }),
     ],
-    [
-      "POST",
-      "experiments/search",
-      (p, f) =>
-        s.searchExperiments(p, {
-          viewType: view(f, "view_type"),
-          maxResults: num(f, "max_results"),
-          pageToken: str(f, "page_token"),
-          filter: str(f, "filter"),
-        }),
-    ],
-    [
-      "GET",
-      "experiments/search",
-      (p, f) =>
-        s.searchExperiments(p, {
-          viewType: view(f, "view_type"),
-          maxResults: num(f, "max_results"),
-          pageToken: str(f, "page_token"),
-          filter: str(f, "filter"),
-        }),
-    ],
+    ["POST", "experiments/search", searchExperiments],
+    ["GET", "experiments/search", searchExperiments],
     [
       "POST",
       "experiments/update",
