@@ -170,7 +170,11 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
     const stoppedAt = Number(/checkpointed at step (\d+) on SIGTERM/.exec(before)?.[1]);
     const lastLogged = Math.max(...[...before.matchAll(/^step (\d+) loss/gm)].map((m) => Number(m[1])));
     const resumedAt = Number(/resumed from step (\d+)/.exec(after)?.[1]);
-    expect(stoppedAt).toBeGreaterThanOrEqual(40);
+    // The attempt's own words when it did not checkpoint on SIGTERM (seen once in CI, not reproduced).
+    expect(
+      stoppedAt,
+      `attempt 1 log tail:\n${before.slice(-2000)}\nattempt 2 log head:\n${after.slice(0, 500)}`,
+    ).toBeGreaterThanOrEqual(40);
     console.log(
       `reclaim: attempt 1 logged step ${lastLogged}, checkpointed at step ${stoppedAt} on SIGTERM; attempt 2 resumed from step ${resumedAt}`,
     );
