@@ -9,20 +9,56 @@ import { LoomProcess, ROOT } from "./helpers.js";
 const MLFLOW = "mlflow-skinny==3.17.2";
 const EXTRAS = ["pandas==3.1.1"];
 const VENV = join(homedir(), ".cache", "loom", "test-envs", `${MLFLOW.replace("==", "-")}-pandas`);
+/**
+ * The same client for mlflow.pytorch: CPU torch here is Debian's python3-torch (torch 1.13, numpy
+ * 1.x) for /usr/bin/python3 only, so this venv is made from that Python with its site packages,
+ * and pins a pandas and numpy that keep Debian's numpy 1.x (numpy 2 breaks that torch).
+ */
+const SYSTEM_PYTHON = "/usr/bin/python3";
+const TORCH_EXTRAS = ["pandas==2.2.3", "numpy<2"];
+const TORCH_VENV = join(
+  homedir(),
+  ".cache",
+  "loom",
+  "test-envs",
+  `${MLFLOW.replace("==", "-")}-debian-torch`,
+);
 
-function mlflowPython(): string {
-  const python = join(VENV, "bin", "python");
-  if (!existsSync(join(VENV, ".ready"))) {
-    for (const cmd of [
-      ["python3", "-m", "venv", VENV],
-      [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", MLFLOW, ...EXTRAS],
-      ["touch", join(VENV, ".ready")],
-    ]) {
-      const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8" });
-      if (r.status !== 0) throw new Error(`${cmd.join(" ")} failed: ${r.stderr}`);
+/** Makes the venv once (marked .ready when whole), and returns its python. */
+function venvPython(dir: string, base: string, args: string[], packages: string[], verify?: string): string {
+  const python = join(dir, "bin", "python");
+  if (!existsSync(join(dir, ".ready"))) {
+    const steps = [
+      [base, "-m", "venv", ...args, dir],
+      [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", ...packages],
+      ...(verify ? [[python, "-c", verify]] : []),
+      ["touch", join(dir, ".ready")],
+    ];
+    for (const cmd of steps) {
+      const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8", timeout: 900_000 });
+      if (r.status !== 0) throw new Error(`${cmd.join(" ")} failed: ${r.error ?? ""}${r.stdout}${r.stderr}`);
     }
   }
   return python;
+}
+
+function mlflowPython(): string {
+  return venvPython(VENV, "python3", [], [MLFLOW, ...EXTRAS]);
+}
+
+function torchPython(): string {
+  const probe = spawnSync(SYSTEM_PYTHON, ["-c", "import torch, numpy"], { encoding: "utf8" });
+  if (probe.status !== 0)
+    throw new Error(
+      `the mlflow.pytorch round trip needs CPU torch for ${SYSTEM_PYTHON} (Debian: apt-get install python3-torch): ${probe.error ?? probe.stderr}`,
+    );
+  return venvPython(
+    TORCH_VENV,
+    SYSTEM_PYTHON,
+    ["--system-site-packages"],
+    [MLFLOW, ...TORCH_EXTRAS],
+    "import numpy, torch, pandas, mlflow.pytorch; assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__",
+  );
 }
 
 describe("MLflow tracking API, driven by the official mlflow client (embedded)", () => {
@@ -48,6 +84,95 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/OK 67 checks/);
   }, 180_000);
+
+  it("samples one metric across runs for the UI's charts (get-history-bulk-interval), under every prefix", async () => {
+    const api = (path: string, body?: unknown, token?: string) =>
+      loom.api(body ? "POST" : "GET", path, body, token);
+    const exp = await api("/api/2.0/mlflow/experiments/create", { name: "charts" });
+    const expId = (exp.body as { experiment_id: string }).experiment_id;
+    const run = async (steps: number[]) => {
+      const created = await api("/api/2.0/mlflow/runs/create", { experiment_id: expId });
+      const id = (created.body as { run: { info: { run_id: string } } }).run.info.run_id;
+      const metrics = steps.map((step) => ({ key: "loss", value: step / 2, timestamp: 1_000 + step, step }));
+      expect((await api("/api/2.0/mlflow/runs/log-batch", { run_id: id, metrics })).status).toBe(200);
+      return id;
+    };
+    const a = await run([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    const b = await run([4, 2]);
+    const query = (ids: string[], extra = "") =>
+      `metrics/get-history-bulk-interval?${ids.map((id) => `run_ids=${id}`).join("&")}&metric_key=loss${extra}`;
+    for (const prefix of [
+      "/ajax-api/2.0/mlflow",
+      "/api/2.0/mlflow",
+      "/mlflow/projects/default/api/2.0/mlflow",
+    ]) {
+      const got = await api(`${prefix}/${query([b, a], "&max_results=4")}`);
+      expect(got.status, prefix).toBe(200);
+      expect(
+        (got.body as { metrics: { run_id: string; step: number }[] }).metrics.map((m) => [m.run_id, m.step]),
+        prefix,
+      ).toEqual([
+        [b, 2],
+        [b, 4],
+        [a, 0],
+        [a, 3],
+        [a, 6],
+        [a, 9],
+      ]);
+    }
+    const ranged = await api(`/ajax-api/2.0/mlflow/${query([a], "&start_step=2&end_step=5&max_results=2")}`);
+    expect(ranged.body).toEqual({
+      metrics: [
+        { key: "loss", value: 1, timestamp: 1_002, step: 2, run_id: a },
+        { key: "loss", value: 2.5, timestamp: 1_005, step: 5, run_id: a },
+      ],
+    });
+    // MLflow's errors.
+    const refused = async (path: string, message: RegExp) => {
+      const r = await api(`/ajax-api/2.0/mlflow/${path}`);
+      expect(r.status, path).toBe(400);
+      expect(r.body, path).toMatchObject({
+        error_code: "INVALID_PARAMETER_VALUE",
+        message: expect.stringMatching(message),
+      });
+    };
+    const many = Array.from({ length: 101 }, (_, i) => `${a.slice(0, 29)}${String(i).padStart(3, "0")}`);
+    await refused(query(many), /at most 100 run_ids. Received 101 run_ids/);
+    await refused(`metrics/get-history-bulk-interval?run_ids=${a}`, /'metric_key'/);
+    await refused("metrics/get-history-bulk-interval?metric_key=loss", /'run_ids'/);
+    await refused(query([a], "&max_results=2501"), /between 1 and 2500/);
+    await refused(query([a], "&start_step=3"), /both must be specified/);
+    await refused(query([a], "&start_step=5&end_step=1"), /end_step must be greater than start_step/);
+    // Tenancy: another project does not see these runs, and its token cannot reach this project.
+    const project = "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: charts}\n";
+    expect((await loom.cli(["apply", "-f", "-"], { input: project })).code).toBe(0);
+    const token = (
+      await loom.cli(["token", "create", "dana", "-p", "charts", "--role", "viewer"])
+    ).stdout.trim();
+    const theirs = await api(`/mlflow/projects/charts/api/2.0/mlflow/${query([a])}`, undefined, token);
+    expect(theirs).toEqual({ status: 200, body: {} });
+    const denied = await api(`/ajax-api/2.0/mlflow/${query([a])}`, undefined, token);
+    expect(denied.status).toBe(403);
+    expect(denied.body).toMatchObject({ error_code: "PERMISSION_DENIED" });
+  }, 60_000);
+
+  it("mlflow.pytorch log_model, register, alias champion, load_model by alias and by runs:/ gives the same outputs", () => {
+    const torch = torchPython();
+    const r = spawnSync(torch, [join(ROOT, "test/fixtures/tracking/pytorch_roundtrip.py")], {
+      encoding: "utf8",
+      env: {
+        ...process.env,
+        MLFLOW_TRACKING_URI: loom.url,
+        MLFLOW_TRACKING_TOKEN: loom.token,
+        SUFFIX: "torch",
+      },
+      timeout: 300_000,
+    });
+    const out = `${r.stdout}\n${r.stderr}`;
+    expect(r.status, out).toBe(0);
+    expect(out).not.toMatch(/^FAIL/m);
+    expect(out).toMatch(/OK 8 checks/);
+  }, 1_200_000);
 
   it("serves each project at its own URI, and one project's experiments and runs do not exist for another", async () => {
     const project = "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: team-a}\n";

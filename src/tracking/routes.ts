@@ -503,6 +503,21 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
           pageToken: str(f, "page_token"),
         }),
     ],
+    // The UI's charts: one metric for many runs (run_ids repeated in the query), sampled.
+    [
+      "GET",
+      "metrics/get-history-bulk-interval",
+      (p, f) =>
+        s.metricHistoryBulkInterval(p, {
+          runIds: list<unknown>(f, "run_ids")
+            .map(String)
+            .filter((id) => id !== ""),
+          metricKey: need(f, "metric_key"),
+          maxResults: num(f, "max_results"),
+          startStep: num(f, "start_step"),
+          endStep: num(f, "end_step"),
+        }),
+    ],
   ];
 
   const handle =

@@ -85,4 +85,117 @@ describe("TrackingStore", () => {
       store.logBatch("p", run.info.run_id, { params: [{ key: "a", value: "b" }] }),
     ).rejects.toThrow(/must be in the 'active' state/);
   });
+
+  it("get-history-bulk-interval samples each run evenly, keeping its first and last values, in the runs' order", async () => {
+    const exp = await store.createExperiment("p", "e5");
+    const run = async (steps: number[], key = "loss") => {
+      const r = await store.createRun("p", { experimentId: exp });
+      await store.logBatch("p", r.info.run_id, {
+        metrics: steps.map((step) => ({ key, value: step / 10, timestamp: 100 + step, step })),
+      });
+      return r.info.run_id;
+    };
+    const a = await run([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    const b = await run([5, 1, 3]);
+    const other = await store.createRun("q", { experimentId: "0" });
+    await store.logBatch("q", other.info.run_id, {
+      metrics: [{ key: "loss", value: 1, timestamp: 1, step: 1 }],
+    });
+    const bulk = (
+      runIds: string[],
+      opts: { maxResults?: number; startStep?: number; endStep?: number } = {},
+    ) => store.metricHistoryBulkInterval("p", { runIds, metricKey: "loss", ...opts });
+    const steps = async (runIds: string[], opts: Parameters<typeof bulk>[1] = {}) =>
+      (await bulk(runIds, opts)).metrics.map((m) => [m.run_id === a ? "a" : "b", m.step]);
+    // 10 values in 4 buckets (3, 3, 2, 2): the first of each, the last bucket's replaced by the last value.
+    expect(await steps([a], { maxResults: 4 })).toEqual([
+      ["a", 0],
+      ["a", 3],
+      ["a", 6],
+      ["a", 9],
+    ]);
+    expect(await steps([a], { maxResults: 1 })).toEqual([["a", 9]]);
+    expect((await steps([a])).length).toBe(10);
+    expect(await steps([a], { maxResults: 3, startStep: 2, endStep: 7 })).toEqual([
+      ["a", 2],
+      ["a", 4],
+      ["a", 7],
+    ]);
+    // By run as asked for, then by step; another project's run and an unknown one give nothing.
+    expect(await steps([b, other.info.run_id, "nope", a], { maxResults: 2 })).toEqual([
+      ["b", 1],
+      ["b", 5],
+      ["a", 0],
+      ["a", 9],
+    ]);
+    const one = (await bulk([b], { maxResults: 1 })).metrics;
+    expect(one).toEqual([{ key: "loss", value: 0.5, timestamp: 105, step: 5, run_id: b }]);
+  });
+
+  it("get-history-bulk-interval matches MLflow's sampling on random histories", async () => {
+    const exp = await store.createExperiment("p", "e6");
+    let seed = 7;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let trial = 0; trial < 25; trial++) {
+      const r = await store.createRun("p", { experimentId: exp });
+      const values = Array.from({ length: 1 + rand(60) }, (_, i) => ({
+        key: "m",
+        value: rand(5),
+        timestamp: rand(4),
+        step: rand(30),
+        i,
+      }));
+      await store.logBatch("p", r.info.run_id, { metrics: values });
+      const max = 1 + rand(20);
+      const range = rand(2) ? { startStep: rand(10), endStep: 10 + rand(20) } : {};
+      // MLflow's SqlAlchemyStore: NTILE buckets' first rows, the last row replacing the last one.
+      const sorted = values
+        .filter(
+          (v) => range.startStep === undefined || (v.step >= range.startStep && v.step <= range.endStep!),
+        )
+        .sort((x, y) => x.step - y.step || x.timestamp - y.timestamp || x.value - y.value);
+      const n = sorted.length;
+      const k = Math.min(max, n);
+      const firsts: typeof sorted = [];
+      for (let bucket = 0, pos = 0; bucket < k; bucket++) {
+        firsts.push(sorted[pos]!);
+        pos += Math.floor(n / max) + (bucket < n % max ? 1 : 0) || 1;
+      }
+      const expected = n === 0 ? [] : [...firsts.slice(0, k - 1), sorted[n - 1]!];
+      const got = await store.metricHistoryBulkInterval("p", {
+        runIds: [r.info.run_id],
+        metricKey: "m",
+        maxResults: max,
+        ...range,
+      });
+      expect(
+        got.metrics.map((m) => [m.step, m.timestamp, m.value]),
+        JSON.stringify({ values, max, range }),
+      ).toEqual(expected.map((v) => [v.step, v.timestamp, v.value]));
+    }
+  });
+
+  it("get-history-bulk-interval refuses what MLflow refuses", async () => {
+    const call = (req: Partial<Parameters<TrackingStore["metricHistoryBulkInterval"]>[1]>) =>
+      store.metricHistoryBulkInterval("p", { runIds: ["x"], metricKey: "loss", ...req });
+    const refused = async (req: Parameters<typeof call>[0], message: RegExp) =>
+      expect(call(req)).rejects.toMatchObject({
+        errorCode: "INVALID_PARAMETER_VALUE",
+        message: expect.stringMatching(message),
+      });
+    await refused(
+      { runIds: Array.from({ length: 101 }, (_, i) => `r${i}`) },
+      /at most 100 run_ids. Received 101/,
+    );
+    await refused({ runIds: [] }, /'run_ids'/);
+    await refused({ metricKey: "" }, /'metric_key'/);
+    await refused({ maxResults: 0 }, /between 1 and 2500/);
+    await refused({ maxResults: 2501 }, /between 1 and 2500/);
+    await refused({ startStep: 1 }, /both must be specified/);
+    await refused({ startStep: 5, endStep: 4 }, /end_step must be greater than start_step/);
+    expect(await call({ runIds: Array.from({ length: 100 }, (_, i) => `r${i}`) })).toEqual({ metrics: [] });
+  });
 });

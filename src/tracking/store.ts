@@ -93,6 +93,9 @@ export type ViewType = "ACTIVE_ONLY" | "DELETED_ONLY" | "ALL";
 
 const RUN_STATUSES = new Set(["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]);
 const MAX_RESULTS = 50_000;
+/** get-history-bulk-interval's limits, MLflow's: runs per call, and values per run (the default). */
+const MAX_RUNS_BULK_INTERVAL = 100;
+const MAX_RESULTS_PER_RUN = 2500;
 /** What MLflow stores for ±infinity (its SQL stores do the same). */
 const MAX_DOUBLE = 1.7976931348623157e308;
 /** The experiment a run lands in when the client names none ("0"), one per project. */
@@ -515,6 +518,71 @@ export class TrackingStore {
     return {
       metrics: page.map(fromStoredMetric),
       ...(max !== undefined && rows.length > max ? { next_page_token: encodePageToken(offset + max) } : {}),
+    };
+  }
+
+  /**
+   * One metric across many runs, sampled for charts (the UI's get-history-bulk-interval), as
+   * MLflow's SQL store does it: each run's values in [startStep, endStep] (all of them when no
+   * range is given), ordered by step, timestamp, value, go into `maxResults` equal buckets
+   * (NTILE) and the first of each is kept, except that the run's last value always replaces the
+   * first of the last bucket; a run with at most `maxResults` values gives them all. Runs that
+   * do not exist in the project give nothing, as in MLflow. One query for all the runs.
+   */
+  async metricHistoryBulkInterval(
+    project: string,
+    req: { runIds: string[]; metricKey: string; maxResults?: number; startStep?: number; endStep?: number },
+  ): Promise<{ metrics: (Metric & { run_id: string })[] }> {
+    const { runIds, metricKey } = req;
+    if (runIds.length === 0) throw invalidParameter("Missing value for required parameter 'run_ids'.");
+    if (runIds.length > MAX_RUNS_BULK_INTERVAL)
+      throw invalidParameter(
+        `GetMetricHistoryBulkInterval request must specify at most ${MAX_RUNS_BULK_INTERVAL} run_ids. Received ${runIds.length} run_ids.`,
+      );
+    if (!metricKey) throw invalidParameter("Missing value for required parameter 'metric_key'.");
+    const max = req.maxResults ?? MAX_RESULTS_PER_RUN;
+    if (!Number.isInteger(max) || max < 1 || max > MAX_RESULTS_PER_RUN)
+      throw invalidParameter(`max_results must be between 1 and ${MAX_RESULTS_PER_RUN}.`);
+    const { startStep, endStep } = req;
+    if ((startStep === undefined) !== (endStep === undefined))
+      throw invalidParameter("If either start step or end step are specified, both must be specified.");
+    for (const [k, v] of [
+      ["start_step", startStep],
+      ["end_step", endStep],
+    ] as const)
+      if (v !== undefined && !Number.isInteger(v))
+        throw invalidParameter(`'${k}' must be an integer, got ${v}`);
+    if (startStep !== undefined && endStep !== undefined && startStep > endStep)
+      throw invalidParameter(
+        `end_step must be greater than start_step. Found start_step=${startStep} and end_step=${endStep}.`,
+      );
+    const ids = [...new Set(runIds)];
+    const range =
+      startStep !== undefined && endStep !== undefined
+        ? sql`and m.step between ${startStep} and ${endStep}`
+        : sql``;
+    // Per run (w): n values, the NTILE bucket of each, its place in the run (pos) and in its bucket (rn).
+    const rows = await sql<StoredMetric & { run_uuid: string }>`
+      select run_uuid, key, value, is_nan, timestamp, step from (
+        select b.*, row_number() over (partition by b.run_uuid, b.bucket order by b.pos) as rn from (
+          select m.run_uuid, m.key, m.value, m.is_nan, m.timestamp, m.step,
+            count(*) over (partition by m.run_uuid) as n,
+            ntile(${sql.lit(max)}) over w as bucket,
+            row_number() over w as pos
+          from tr_metrics m join tr_runs r on r.run_uuid = m.run_uuid
+          where r.project = ${project} and m.key = ${metricKey}
+            and m.run_uuid in (${sql.join(ids)}) ${range}
+          window w as (partition by m.run_uuid order by m.step, m.timestamp, m.value, m.is_nan)
+        ) b
+      ) s
+      where s.pos = s.n or (s.rn = 1 and s.bucket < min(s.n, ${sql.lit(max)}))
+      order by s.run_uuid, s.pos`.execute(this.db);
+    const place = new Map(ids.map((id, i) => [id, i]));
+    return {
+      metrics: rows.rows
+        .map((r) => ({ ...fromStoredMetric(r), run_id: r.run_uuid }))
+        // By run as asked for (a stable sort keeps each run's steps in order).
+        .sort((a, b) => place.get(a.run_id)! - place.get(b.run_id)!),
     };
   }
 
