@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { KINDS, type KindDef, specJsonSchema } from "./kinds.js";
+import { type KindDef, STORED_KINDS, specJsonSchema } from "./kinds.js";
 import { GROUP, VERSION } from "./meta.js";
 
 type Schema = Record<string, unknown>;
@@ -123,5 +123,5 @@ export function crdFor(def: KindDef): Schema {
 
 /** Every Loom CRD, in a stable order. */
 export function allCrds(): Schema[] {
-  return KINDS.map(crdFor);
+  return STORED_KINDS.map(crdFor);
 }

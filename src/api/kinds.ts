@@ -1,7 +1,9 @@
 import { z } from "zod";
 import { type FieldIssue, ValidationError } from "../errors.js";
 import { API_VERSION, InputMetadata, type Resource } from "./meta.js";
+import { ModelSpec, ModelStatus } from "./model.js";
 import { ProjectSpec, ProjectStatus } from "./project.js";
+import { SweepSpec, SweepStatus } from "./sweep.js";
 import { TrainingJobSpec, TrainingJobStatus } from "./trainingjob.js";
 
 /** A column `loom get` prints (and, later, a CRD printer column). */
@@ -24,6 +26,11 @@ export interface KindDef {
   spec: z.ZodType;
   status: z.ZodType;
   columns: PrinterColumn[];
+  /**
+   * Where objects live: "store" (the resource store; a CRD on Kubernetes) or "registry" (a view
+   * of the model registry's tables that Loom's API serves; no CRD).
+   */
+  storage?: "store" | "registry";
 }
 
 export const KINDS: readonly KindDef[] = [
@@ -58,7 +65,46 @@ export const KINDS: readonly KindDef[] = [
       { name: "NODE", path: "status.admission.node", wide: true },
     ],
   },
+  {
+    kind: "Sweep",
+    singular: "sweep",
+    plural: "sweeps",
+    shortNames: [],
+    namespaced: true,
+    spec: SweepSpec,
+    status: SweepStatus,
+    columns: [
+      { name: "PHASE", path: "status.phase" },
+      { name: "ALGORITHM", path: "spec.algorithm" },
+      { name: "RUNNING", path: "status.running", type: "integer" },
+      { name: "SUCCEEDED", path: "status.succeeded", type: "integer" },
+      { name: "STOPPED", path: "status.earlyStopped", type: "integer" },
+      { name: "FAILED", path: "status.failed", type: "integer" },
+      { name: "BEST", path: "status.best.objective" },
+      { name: "BEST-TRIAL", path: "status.best.name", wide: true },
+      { name: "MODEL-VERSION", path: "status.model.version", wide: true },
+    ],
+  },
+  {
+    kind: "Model",
+    singular: "model",
+    plural: "models",
+    shortNames: [],
+    namespaced: true,
+    spec: ModelSpec,
+    status: ModelStatus,
+    storage: "registry",
+    columns: [
+      { name: "LATEST", path: "status.latestVersion" },
+      { name: "ALIASES", path: "status.aliasText" },
+      { name: "SOURCE-JOB", path: "status.latestJob" },
+      { name: "DESCRIPTION", path: "spec.description", wide: true },
+    ],
+  },
 ];
+
+/** Kinds kept in the resource store (and as CRDs on Kubernetes). */
+export const STORED_KINDS: readonly KindDef[] = KINDS.filter((k) => (k.storage ?? "store") === "store");
 
 const byName = new Map<string, KindDef>();
 for (const k of KINDS) {

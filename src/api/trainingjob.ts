@@ -249,6 +249,13 @@ export const TrainingJobSpec = z
       .describe(
         "The tracking experiment the job's run goes in (MLFLOW_EXPERIMENT_NAME); default: the job's name.",
       ),
+    initCheckpointFrom: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "Start from another TrainingJob's checkpoints (same project): its LOOM_CHECKPOINT_DIR is given to every worker, read-only in spirit, as LOOM_INIT_CHECKPOINT_DIR (fine-tuning a pretrained model). On Kubernetes that job needs spec.checkpoint (a claim).",
+      ),
     checkpoint: z
       .strictObject({
         claimName: z

@@ -20,6 +20,7 @@ import {
   resourceTable,
   topText,
   toYaml,
+  trialTable,
 } from "./print.js";
 
 const BASE = `/apis/${API_VERSION}`;
@@ -335,6 +336,9 @@ export function buildProgram(): Command {
         if (n && !opts.watch) {
           const obj = await api.request<Resource>("GET", itemPath(def, project, n));
           process.stdout.write(output([obj], def, opts.output, false, true));
+          // A sweep's trials, as Katib's UI shows them: the question after "how is it going?".
+          if (def.kind === "Sweep" && (opts.output === undefined || opts.output === "wide"))
+            process.stdout.write(`\n${trialTable(obj)}`);
           return;
         }
         const all = !!opts.allProjects || !def.namespaced;

@@ -76,6 +76,73 @@ export function toYaml(value: unknown): string {
   return stringify(value, { lineWidth: 0 });
 }
 
+const indent = (text: string) =>
+  text
+    .trimEnd()
+    .split("\n")
+    .map((l) => `  ${l}`);
+
+const num = (v: unknown) => (typeof v === "number" ? String(Number(v.toPrecision(6))) : "-");
+
+/** `loom get sweep X`: one row per trial — its parameters, phase and objective. */
+export function trialTable(obj: Resource): string {
+  const status = (obj.status ?? {}) as {
+    trials?: {
+      number: number;
+      name: string;
+      params: Record<string, unknown>;
+      phase: string;
+      objective?: number;
+      step?: number;
+      message?: string;
+    }[];
+    best?: { trial: number };
+  };
+  const spec = obj.spec as { parameters?: { name: string }[]; objective?: { metric: string } };
+  const names = (spec.parameters ?? []).map((p) => p.name);
+  const metric = (spec.objective?.metric ?? "objective").toUpperCase();
+  const trials = status.trials ?? [];
+  if (!trials.length) return "No trials yet.\n";
+  return table([
+    ["TRIAL", "NAME", ...names.map((n) => n.toUpperCase()), "PHASE", metric, "STEP", "NOTE"],
+    ...trials.map((t) => [
+      `${t.number}${status.best?.trial === t.number ? " *" : ""}`,
+      t.name,
+      ...names.map((n) => (t.params[n] === undefined ? "-" : String(t.params[n]))),
+      t.phase,
+      num(t.objective),
+      t.step === undefined ? "-" : String(t.step),
+      t.message ?? "",
+    ]),
+  ]);
+}
+
+/** `loom describe model X`: each version with the job, run and checkpoint it came from. */
+export function lineageText(obj: Resource): string {
+  const versions = ((obj.status ?? {}) as { versions?: Record<string, unknown>[] }).versions ?? [];
+  if (!versions.length) return "<none>\n";
+  const out: string[] = [];
+  for (const v of versions) {
+    const aliases = (v.aliases as string[]).map((a) => `@${a}`).join(" ");
+    out.push(
+      `version ${v.version}${aliases ? ` ${aliases}` : ""}${v.stage ? ` [${v.stage}]` : ""}  (${age(v.createdAt as string)} ago)`,
+    );
+    const from = v.initCheckpointFrom
+      ? ` (started from the checkpoints of trainingjob/${v.initCheckpointFrom})`
+      : "";
+    const sweep = v.sweep ? `, trial ${v.trial} of sweep/${v.sweep}` : "";
+    out.push(
+      `  job:        ${v.job ? `trainingjob/${v.job} ${v.jobPhase ?? ""}${sweep}${from}` : "<unknown: not made by a Loom job>"}`,
+    );
+    out.push(`  run:        ${v.runId ? `${v.runId} (experiment ${v.experimentId ?? "?"})` : "<none>"}`);
+    out.push(
+      `  checkpoint: ${v.checkpointStep !== undefined ? `step ${v.checkpointStep}` : "<none reported>"}`,
+    );
+    out.push(`  source:     ${v.source}`);
+  }
+  return `${out.join("\n")}\n`;
+}
+
 /** kubectl describe: the object in sections a person reads top to bottom, then its events. */
 export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): string {
   const lines: string[] = [];
@@ -130,6 +197,16 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
         .split("\n")
         .map((l) => `  ${l}`),
     );
+  }
+  if (obj.kind === "Sweep" && Array.isArray(status.trials)) {
+    lines.push("Trials:");
+    lines.push(...indent(trialTable(obj)));
+    if (status.best) block("Best", status.best);
+    if (status.model) block("Registered", status.model);
+  }
+  if (obj.kind === "Model") {
+    lines.push("Versions (lineage: job → run → checkpoint → version):");
+    lines.push(...indent(lineageText(obj)));
   }
   if (status.admission) block("Admission", status.admission);
   if (status.preemption) block("Preemption", status.preemption);

@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
+import { SWEEP_LABEL } from "../api/sweep.js";
 import type { TrainingJob } from "../api/trainingjob.js";
 import type { Runtime } from "../runtime/port.js";
 import type { Scheduler } from "../scheduler/port.js";
@@ -12,6 +13,7 @@ import { Controller } from "./controller.js";
 import { Informer, storeSource } from "./informer.js";
 import { createControllerMetrics } from "./metrics.js";
 import { ProjectReconciler } from "./project.js";
+import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep.js";
 import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob.js";
 
 export interface ControllerManagerDeps {
@@ -27,6 +29,11 @@ export interface ControllerManagerDeps {
   baseBackoffMs?: number;
   /** Experiment tracking for workloads (embedded). */
   tracking?: WorkloadTracking;
+  /** Sweeps read trials' objectives here and register the best model here (embedded). */
+  trialMetrics?: TrialMetrics;
+  registrar?: ModelRegistrar;
+  /** How often a running sweep reads its trials' metrics. */
+  sweepPollMs?: number;
 }
 
 /**
@@ -66,7 +73,21 @@ export class ControllerManager {
       8,
     );
     const projects = new Controller(new ProjectReconciler(deps.store, deps.runtime), log("project"), metrics);
-    this.controllers.push(admission, jobs, projects);
+    const sweeps = new Controller(
+      new SweepReconciler({
+        store: deps.store,
+        events: deps.events,
+        log: log("sweep"),
+        now: deps.now,
+        metrics: deps.trialMetrics,
+        registrar: deps.registrar,
+        pollMs: deps.sweepPollMs,
+      }),
+      log("sweep"),
+      metrics,
+      2,
+    );
+    this.controllers.push(admission, jobs, projects, sweeps);
     this.admission = admission;
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
@@ -79,6 +100,9 @@ export class ControllerManager {
             return;
           }
           jobs.enqueue(key);
+          // A trial changed: its sweep looks again (a trial finished, another may start).
+          const sweep = (obj as TrainingJob | undefined)?.metadata.labels?.[SWEEP_LABEL];
+          if (sweep) sweeps.enqueue(`${key.split("/")[0]}/${sweep}`);
           if (this.admissionRelevant(key, obj as TrainingJob | undefined, type))
             admission.enqueueBatched(ADMISSION_KEY);
         },
@@ -102,6 +126,18 @@ export class ControllerManager {
       informerOpts,
     );
     this.informers.push(this.projectInformer);
+    this.informers.push(
+      new Informer(
+        storeSource(deps.store, SWEEP),
+        {
+          onChange: (key, _obj, type) =>
+            type === "RESYNC" ? sweeps.enqueueBackground(key) : sweeps.enqueue(key),
+        },
+        log("informer"),
+        metrics,
+        informerOpts,
+      ),
+    );
     // Pods submitted straight to Loom's scheduler, and node changes, call for a cycle too.
     deps.runtime.onCapacityChange?.(() => admission.enqueueBatched(ADMISSION_KEY));
     deps.runtime.onChange((ref) => {

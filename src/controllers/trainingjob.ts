@@ -11,7 +11,7 @@ import {
   workerRange,
 } from "../api/trainingjob.js";
 import { NotFoundError } from "../errors.js";
-import type { GangObservation, Runtime, WorkerObservation, WorkloadRef } from "../runtime/port.js";
+import type { GangObservation, GangSpec, Runtime, WorkerObservation, WorkloadRef } from "../runtime/port.js";
 import type { Allocation } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { WorkloadTracking } from "../tracking/workloads.js";
@@ -411,11 +411,13 @@ export class TrainingJobReconciler implements Reconciler {
       },
     }));
     try {
+      const initCheckpoint = await this.initCheckpoint(job);
       await this.deps.runtime.start({
         ref,
         attempt,
         workers,
         checkpoint: job.spec.checkpoint,
+        ...(initCheckpoint ? { initCheckpoint } : {}),
         ...(job.spec.python ? { python: job.spec.python } : {}),
       });
     } catch (err) {
@@ -492,6 +494,30 @@ export class TrainingJobReconciler implements Reconciler {
    * job's experiment, and its run (made once; every attempt logs to it) as MLFLOW_RUN_ID for
    * worker 0, which mlflow.start_run() then resumes. Tracking being down never stops a job.
    */
+  /** The job whose checkpoints this one starts from (spec.initCheckpointFrom), checked to exist. */
+  private async initCheckpoint(job: TrainingJob): Promise<GangSpec["initCheckpoint"]> {
+    const from = job.spec.initCheckpointFrom;
+    if (!from) return undefined;
+    let source: TrainingJob;
+    try {
+      source = (await this.deps.store.get(TRAININGJOB, job.metadata.project!, from)) as TrainingJob;
+    } catch (err) {
+      if (err instanceof NotFoundError)
+        throw new Error(
+          `spec.initCheckpointFrom names TrainingJob ${from}, which does not exist in project ${job.metadata.project}: run it first (its checkpoints are what this job starts from)`,
+        );
+      throw err;
+    }
+    if (!source.status?.checkpoint)
+      throw new Error(
+        `TrainingJob ${from} (spec.initCheckpointFrom) has not written a checkpoint yet ($LOOM_CHECKPOINT_DIR/loom.json); wait until it has`,
+      );
+    return {
+      ref: { kind: TRAININGJOB, project: job.metadata.project!, name: from, uid: source.metadata.uid },
+      ...(source.spec.checkpoint ? { checkpoint: source.spec.checkpoint } : {}),
+    };
+  }
+
   private async trackingEnv(
     job: TrainingJob,
     status: TrainingJobStatus,

@@ -52,6 +52,8 @@ export interface GangSpec {
   attempt: number;
   workers: WorkerSpec[];
   checkpoint?: CheckpointStorage;
+  /** Another job's checkpoints to start from (LOOM_INIT_CHECKPOINT_DIR). */
+  initCheckpoint?: { ref: WorkloadRef; checkpoint?: CheckpointStorage };
   python?: PythonEnvironmentSpec;
 }
 

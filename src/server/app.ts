@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { API_VERSION } from "../api/meta.js";
 import { type TrainingJob, workerRange } from "../api/trainingjob.js";
-import { BadRequestError, ForbiddenError, UnauthorizedError } from "../errors.js";
+import { BadRequestError, ForbiddenError, NotFoundError, UnauthorizedError } from "../errors.js";
 import { interleaveLines } from "../runtime/interleave.js";
 import type { Runtime } from "../runtime/port.js";
 import { coreScheduler } from "../scheduler/port.js";
@@ -19,6 +19,7 @@ import type { ModelRegistry } from "../tracking/registry.js";
 import { trackingRoutes } from "../tracking/routes.js";
 import type { TrackingStore } from "../tracking/store.js";
 import { installErrorHandler, statusBody } from "./errors.js";
+import { ModelView } from "./models.js";
 import { buildOpenApi } from "./openapi.js";
 import { ResourceService } from "./resources.js";
 import { SchedulingView } from "./scheduling.js";
@@ -244,6 +245,43 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const items = await deps.events.listFor({ kind, project: req.params.project!, name }, limit);
     return { kind: "EventList", items };
   });
+
+  // Models: a view of the model registry, not stored objects (registered before the generic
+  // routes; a static path segment wins over :plural).
+  const models = deps.tracking
+    ? new ModelView(deps.tracking.registry, deps.tracking.store, deps.store)
+    : undefined;
+  const modelView = () => {
+    if (!models)
+      throw new NotFoundError(
+        "this server has no model registry: models are served by the server that serves tracking (loom up)",
+      );
+    return models;
+  };
+  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/models`, async (req) => {
+    if (req.query.watch === "1" || req.query.watch === "true")
+      throw new BadRequestError("models cannot be watched; list them again instead");
+    const items = await modelView().list(req.params.project!);
+    return { apiVersion: API_VERSION, kind: "ModelList", metadata: { resourceVersion: "0" }, items };
+  });
+  app.get<{ Params: Params }>(`${BASE}/projects/:project/models/:name`, async (req) =>
+    modelView().get(req.params.project!, req.params.name!),
+  );
+  app.post<{ Params: Params }>(`${BASE}/projects/:project/models`, async (req, reply) => {
+    const { model, created } = await modelView().apply(req.params.project!, req.body);
+    return reply.code(created ? 201 : 200).send(model);
+  });
+  app.put<{ Params: Params }>(`${BASE}/projects/:project/models/:name`, async (req) => {
+    const name = (req.body as { metadata?: { name?: unknown } })?.metadata?.name;
+    if (name !== req.params.name)
+      throw new BadRequestError(
+        `metadata.name (${String(name)}) must match the name in the path (${req.params.name})`,
+      );
+    return (await modelView().apply(req.params.project!, req.body)).model;
+  });
+  app.delete<{ Params: Params }>(`${BASE}/projects/:project/models/:name`, async (req) =>
+    modelView().delete(req.params.project!, req.params.name!),
+  );
 
   app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural`, (req, reply) =>
     listOrWatch(req, reply, req.params.plural!, req.params.project, true),

@@ -21,6 +21,7 @@ import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
 import { instanceId, lockDataDir, readSecretFile, writeSecretFile } from "./datadir.js";
+import { registryRegistrar, trackingTrialMetrics } from "./models.js";
 
 export interface EmbeddedOptions {
   dataDir: string;
@@ -97,6 +98,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     gpus: detectGpus(opts.gpus),
     log: log.child({ component: "runtime/local" }),
   });
+  const registry = new ModelRegistry(database.db as unknown as Kysely<unknown>);
   const app = await buildApp({
     store,
     tokens,
@@ -107,7 +109,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     version: VERSION,
     tracking: {
       store: trackingStore,
-      registry: new ModelRegistry(database.db as unknown as Kysely<unknown>),
+      registry,
       loggedModels: new LoggedModels(database.db as unknown as Kysely<unknown>, trackingStore),
       artifactsDir: join(opts.dataDir, "artifacts"),
     },
@@ -125,6 +127,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     resyncMs: opts.resyncMs,
     baseBackoffMs: opts.baseBackoffMs,
     tracking: workloadTracking,
+    trialMetrics: trackingTrialMetrics(trackingStore),
+    registrar: registryRegistrar(registry),
   });
   // Listening first: workers started by the controllers are told this URL (MLFLOW_TRACKING_URI).
   const address = await app.listen({ host: opts.host ?? "127.0.0.1", port: opts.port ?? 7470 });

@@ -1,5 +1,15 @@
 import type { FastifyError, FastifyInstance } from "fastify";
 import { LoomError, ValidationError } from "../errors.js";
+import { MlflowError } from "../tracking/errors.js";
+
+/** MLflow's error codes as the Status reasons Loom's own API uses (the Model kind reads the registry). */
+const MLFLOW_REASONS: Record<string, string> = {
+  RESOURCE_DOES_NOT_EXIST: "NotFound",
+  RESOURCE_ALREADY_EXISTS: "AlreadyExists",
+  INVALID_PARAMETER_VALUE: "Invalid",
+  INVALID_STATE: "Conflict",
+  PERMISSION_DENIED: "Forbidden",
+};
 
 /** The Kubernetes Status object, so kubectl-style clients read Loom's errors the same way. */
 export interface StatusBody {
@@ -32,6 +42,10 @@ export function installErrorHandler(app: FastifyInstance): void {
           ? err.issues.map((i) => ({ field: i.path, message: i.message }))
           : undefined;
       return reply.code(err.httpStatus).send(statusBody(err.httpStatus, err.code, err.message, causes));
+    }
+    if (err instanceof MlflowError) {
+      const reason = MLFLOW_REASONS[err.errorCode] ?? "InternalError";
+      return reply.code(err.httpStatus).send(statusBody(err.httpStatus, reason, err.message));
     }
     const fe = err as FastifyError;
     if (typeof fe.statusCode === "number" && fe.statusCode >= 400 && fe.statusCode < 500) {

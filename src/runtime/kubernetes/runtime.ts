@@ -442,6 +442,15 @@ export class KubernetesRuntime implements Runtime {
     // and the Service's EndpointSlices cost the control plane ~8 requests per job (bench:k8s).
     if (spec.workers.length > 1) await this.ensureService(ref);
     const claim = spec.checkpoint ? await this.ensureCheckpointClaim(ref, spec.checkpoint) : undefined;
+    if (spec.initCheckpoint && !spec.initCheckpoint.checkpoint)
+      throw new Error(
+        `TrainingJob ${spec.initCheckpoint.ref.name} keeps its checkpoints in an emptyDir that ends with its pods; give it spec.checkpoint (a claim) so other jobs can start from them`,
+      );
+    // The source job's claim (its own, or the one Loom made for it), mounted read-only.
+    const initClaim = spec.initCheckpoint
+      ? (spec.initCheckpoint.checkpoint?.claimName ??
+        `${spec.initCheckpoint.ref.name}-checkpoint`.slice(0, 63))
+      : undefined;
     for (const w of spec.workers) {
       if (existing.has(podName(ref.name, attempt, w.index))) continue;
       const labels = {
@@ -492,6 +501,9 @@ export class KubernetesRuntime implements Runtime {
             claim
               ? { name: "checkpoint", persistentVolumeClaim: { claimName: claim } }
               : { name: "checkpoint", emptyDir: {} },
+            ...(initClaim
+              ? [{ name: "init-checkpoint", persistentVolumeClaim: { claimName: initClaim, readOnly: true } }]
+              : []),
           ],
           securityContext: {
             runAsNonRoot: true,
@@ -505,10 +517,18 @@ export class KubernetesRuntime implements Runtime {
               image: w.image ?? this.opts.defaultImage ?? "python:3.11-slim",
               command: w.command,
               ...(w.workingDir ? { workingDir: w.workingDir } : {}),
-              env: Object.entries({ ...w.env, ...gpuEnv, LOOM_CHECKPOINT_DIR: CHECKPOINT_MOUNT }).map(
-                ([name, value]) => ({ name, value }),
-              ),
-              volumeMounts: [{ name: "checkpoint", mountPath: CHECKPOINT_MOUNT }],
+              env: Object.entries({
+                ...w.env,
+                ...gpuEnv,
+                LOOM_CHECKPOINT_DIR: CHECKPOINT_MOUNT,
+                ...(initClaim ? { LOOM_INIT_CHECKPOINT_DIR: INIT_CHECKPOINT_MOUNT } : {}),
+              }).map(([name, value]) => ({ name, value })),
+              volumeMounts: [
+                { name: "checkpoint", mountPath: CHECKPOINT_MOUNT },
+                ...(initClaim
+                  ? [{ name: "init-checkpoint", mountPath: INIT_CHECKPOINT_MOUNT, readOnly: true }]
+                  : []),
+              ],
               ...(spec.workers.length > 1
                 ? { ports: [{ name: "rendezvous", containerPort: WORKER_BASE_PORT }] }
                 : {}),
@@ -749,6 +769,7 @@ function objectPath(obj: {
 
 /** Where LOOM_CHECKPOINT_DIR is mounted in every worker. */
 const CHECKPOINT_MOUNT = "/loom/checkpoint";
+const INIT_CHECKPOINT_MOUNT = "/loom/init-checkpoint";
 /** The first of a worker's rendezvous ports (MASTER_PORT, TF_CONFIG, Ray's GCS on the head). */
 const WORKER_BASE_PORT = 29500;
 

@@ -51,7 +51,9 @@ describe("PythonEnvironments", () => {
     expect(readFileSync(log, "utf8")).toMatch(/no such option/);
     expect(envs.prepare(bad)).toMatchObject({ ready: false });
     // Let the retry finish too, so nothing writes into the directory while afterAll removes it.
-    expect((await until(envs, bad)).at(-1)).toMatchObject({ failed: expect.stringMatching(/pip install exited/) });
+    expect((await until(envs, bad)).at(-1)).toMatchObject({
+      failed: expect.stringMatching(/pip install exited/),
+    });
   }, 130_000);
 
   it("an existing venv is used as it is; a missing one is an error that names it", () => {

@@ -208,6 +208,9 @@ export class LocalRuntime implements Runtime {
         ...w.env,
         LOOM_WORKLOAD_DIR: workDir,
         LOOM_CHECKPOINT_DIR: checkpointDir,
+        ...(spec.initCheckpoint
+          ? { LOOM_INIT_CHECKPOINT_DIR: this.checkpointDir(spec.initCheckpoint.ref.uid) }
+          : {}),
         LOOM_HEARTBEAT_FILE: join(dir, `worker-${w.index}.heartbeat`),
         LOOM_ATTEMPT_DIR: dir,
         // Ray keeps sockets in its temp dir, and socket paths are short (108 bytes).

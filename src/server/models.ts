@@ -1,0 +1,218 @@
+import { z } from "zod";
+import { toFieldIssues } from "../api/kinds.js";
+import { API_VERSION, ResourceName } from "../api/meta.js";
+import { type Model, ModelSpec, type ModelVersionLineage } from "../api/model.js";
+import type { TrainingJob } from "../api/trainingjob.js";
+import type { ModelRegistrar, TrialMetrics } from "../controllers/sweep.js";
+import { TRAININGJOB } from "../controllers/trainingjob.js";
+import { NotFoundError, ValidationError } from "../errors.js";
+import type { ResourceStore } from "../store/port.js";
+import { MlflowError } from "../tracking/errors.js";
+import type { ModelRegistry, ModelVersion, RegisteredModel } from "../tracking/registry.js";
+import type { TrackingStore } from "../tracking/store.js";
+
+const ModelManifest = z.object({
+  apiVersion: z.literal(API_VERSION, { error: `apiVersion must be "${API_VERSION}"` }),
+  kind: z.literal("Model"),
+  metadata: z.object({ name: ResourceName, project: ResourceName.optional() }).loose(),
+  spec: ModelSpec.default({}),
+});
+
+/**
+ * The `Model` kind: registered models of the MLflow registry seen as Loom objects, each version
+ * with its lineage — job → run → checkpoint → version — read from the run's tags (every Loom
+ * workload's run carries its project, job and attempt) and the job's status.
+ */
+export class ModelView {
+  constructor(
+    private readonly registry: ModelRegistry,
+    private readonly tracking: TrackingStore,
+    private readonly store: ResourceStore,
+  ) {}
+
+  async list(project: string): Promise<Model[]> {
+    const out: Model[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.registry.searchModels(project, { maxResults: 1000, pageToken: token });
+      for (const m of page.registered_models) out.push(await this.toModel(project, m));
+      token = page.next_page_token;
+    } while (token);
+    return out;
+  }
+
+  async get(project: string, name: string): Promise<Model> {
+    return this.toModel(project, await this.translate(() => this.registry.getModel(project, name), name));
+  }
+
+  /** `loom apply` of a Model: creates the registered model, or updates its description. */
+  async apply(project: string, body: unknown): Promise<{ model: Model; created: boolean }> {
+    const parsed = ModelManifest.safeParse(body);
+    if (!parsed.success) {
+      const issues = toFieldIssues(parsed.error, "");
+      throw new ValidationError(
+        `invalid manifest: ${issues.map((i) => `${i.path}: ${i.message}`).join("; ")}`,
+        issues,
+      );
+    }
+    const { metadata, spec } = parsed.data;
+    let created = false;
+    try {
+      await this.registry.getModel(project, metadata.name);
+      await this.registry.updateModel(project, metadata.name, spec.description ?? "");
+    } catch (err) {
+      if (!(err instanceof MlflowError) || err.errorCode !== "RESOURCE_DOES_NOT_EXIST") throw err;
+      await this.registry.createModel(project, metadata.name, spec.description);
+      created = true;
+    }
+    return { model: await this.get(project, metadata.name), created };
+  }
+
+  async delete(project: string, name: string): Promise<Model> {
+    const model = await this.get(project, name);
+    await this.registry.deleteModel(project, name);
+    return model;
+  }
+
+  private async translate<T>(f: () => Promise<T>, name: string): Promise<T> {
+    try {
+      return await f();
+    } catch (err) {
+      if (err instanceof MlflowError && err.errorCode === "RESOURCE_DOES_NOT_EXIST")
+        throw new NotFoundError(`model "${name}" not found: \`loom get models\` lists this project's models`);
+      throw err;
+    }
+  }
+
+  private async toModel(project: string, m: RegisteredModel): Promise<Model> {
+    const { model_versions } = await this.registry.searchVersions(project, {
+      filter: `name = '${m.name.replace(/'/g, "''")}'`,
+      maxResults: 10_000,
+    });
+    const versions = await Promise.all(
+      model_versions
+        .sort((a, b) => Number(a.version) - Number(b.version))
+        .map((v) => this.lineage(project, v)),
+    );
+    const aliases = Object.fromEntries((m.aliases ?? []).map((a) => [a.alias, a.version]));
+    const latest = versions.at(-1);
+    const created = new Date(m.creation_timestamp).toISOString();
+    return {
+      apiVersion: API_VERSION,
+      kind: "Model",
+      metadata: {
+        name: m.name,
+        project,
+        uid: `model-${project}-${m.name}`,
+        resourceVersion: String(m.last_updated_timestamp),
+        generation: 1,
+        creationTimestamp: created,
+        ...(m.tags?.length ? { annotations: Object.fromEntries(m.tags.map((t) => [t.key, t.value])) } : {}),
+      },
+      spec: { ...(m.description ? { description: m.description } : {}) },
+      status: {
+        ...(latest ? { latestVersion: latest.version } : {}),
+        aliases,
+        aliasText: Object.entries(aliases)
+          .map(([a, v]) => `${a}=${v}`)
+          .join(","),
+        ...(latest?.job ? { latestJob: latest.job } : {}),
+        versions,
+      },
+    };
+  }
+
+  /** Where a version came from: its run, the job that logged the run, the job's checkpoint. */
+  private async lineage(project: string, v: ModelVersion): Promise<ModelVersionLineage> {
+    const tags = Object.fromEntries((v.tags ?? []).map((t) => [t.key, t.value]));
+    const out: ModelVersionLineage = {
+      version: v.version,
+      aliases: v.aliases ?? [],
+      ...(v.current_stage && v.current_stage !== "None" ? { stage: v.current_stage } : {}),
+      source: v.source,
+      ...(v.run_id ? { runId: v.run_id } : {}),
+      createdAt: new Date(v.creation_timestamp).toISOString(),
+      ...(tags["loom.sweep"] ? { sweep: tags["loom.sweep"] } : {}),
+      ...(tags["loom.trial"] ? { trial: tags["loom.trial"] } : {}),
+    };
+    let job = tags["loom.workload"];
+    let jobUid = tags["loom.workload_uid"];
+    if (v.run_id) {
+      try {
+        const run = await this.tracking.getRun(project, v.run_id);
+        out.experimentId = run.info.experiment_id;
+        const runTags = Object.fromEntries((run.data.tags ?? []).map((t) => [t.key, t.value]));
+        job ??= runTags["loom.workload"];
+        jobUid ??= runTags["loom.workload_uid"];
+      } catch (err) {
+        if (!(err instanceof MlflowError)) throw err;
+      }
+    }
+    if (job) {
+      out.job = job;
+      try {
+        const tj = (await this.store.get(TRAININGJOB, project, job)) as TrainingJob;
+        if (jobUid && tj.metadata.uid !== jobUid) out.jobPhase = "deleted (a newer job has its name)";
+        else {
+          out.jobPhase = tj.status?.phase ?? "Pending";
+          if (tj.status?.checkpoint?.step !== undefined) out.checkpointStep = tj.status.checkpoint.step;
+          if (tj.spec.initCheckpointFrom) out.initCheckpointFrom = tj.spec.initCheckpointFrom;
+        }
+      } catch (err) {
+        if (!(err instanceof NotFoundError)) throw err;
+        out.jobPhase = "deleted";
+      }
+      if (out.checkpointStep === undefined && tags["loom.checkpoint_step"])
+        out.checkpointStep = Number(tags["loom.checkpoint_step"]);
+      if (out.initCheckpointFrom === undefined && tags["loom.init_checkpoint_from"])
+        out.initCheckpointFrom = tags["loom.init_checkpoint_from"];
+    }
+    return out;
+  }
+}
+
+/** The sweep controller's ports on Loom's own tracking store and registry (embedded). */
+export function trackingTrialMetrics(tracking: TrackingStore): TrialMetrics {
+  return {
+    async history(project, runId, metric) {
+      try {
+        const { metrics } = await tracking.metricHistory(project, runId, metric);
+        return metrics
+          .filter((m) => typeof m.value === "number" && Number.isFinite(m.value))
+          .map((m) => ({ step: Number(m.step), value: m.value as number }))
+          .sort((a, b) => a.step - b.step);
+      } catch (err) {
+        if (err instanceof MlflowError && err.errorCode === "RESOURCE_DOES_NOT_EXIST") return [];
+        throw err;
+      }
+    },
+  };
+}
+
+export function registryRegistrar(registry: ModelRegistry): ModelRegistrar {
+  return {
+    async register(project, req) {
+      try {
+        await registry.getModel(project, req.model);
+      } catch (err) {
+        if (!(err instanceof MlflowError) || err.errorCode !== "RESOURCE_DOES_NOT_EXIST") throw err;
+        await registry.createModel(project, req.model);
+      }
+      // Idempotent: a pass that registered but could not record it finds its version again.
+      const { model_versions } = await registry.searchVersions(project, {
+        filter: `name = '${req.model.replace(/'/g, "''")}' and run_id = '${req.runId}'`,
+      });
+      const existing = model_versions.find((v) => v.source === req.source);
+      const version =
+        existing ??
+        (await registry.createVersion(project, {
+          name: req.model,
+          source: req.source,
+          runId: req.runId,
+          tags: Object.entries(req.tags).map(([key, value]) => ({ key, value })),
+        }));
+      await registry.setAlias(project, req.model, req.alias, version.version);
+      return { version: version.version };
+    },
+  };
+}
