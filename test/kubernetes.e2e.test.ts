@@ -1,4 +1,4 @@
-import { copyFileSync, mkdtempSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -485,6 +485,117 @@ spec: {}
     });
     expect(cannotWrite.stderr).toMatch(/forbidden/i);
   });
+
+  it("tracking on Kubernetes: pods get the operator's tracking URL, a project token and their run; a Sweep picks its best trial from what they log", async () => {
+    await operator.stop();
+    const dataDir = mkdtempSync(join(tmpdir(), "loom-operator-data-"));
+    operator = startOperator(cluster.kubeconfig, ["--data-dir", dataDir, "--port", "0"]);
+    await operator.ready;
+    const url = /API and MLflow tracking at (\S+)/.exec(operator.stdout())?.[1];
+    expect(url, operator.stdout()).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const admin = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
+    const mlflow = async (method: string, path: string, token: string, body?: unknown) => {
+      const r = await fetch(`${url}/api/2.0/mlflow/${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${token}`,
+          ...(body ? { "content-type": "application/json" } : {}),
+        },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+    };
+
+    // A job's pod: MLFLOW_* in its environment, the run pre-created in the operator's store.
+    await loom(
+      ["apply", "-f", "-"],
+      job("tracked", '  command: ["sleep", "600"]', { "loom.dev/kwok-complete-after": "30s" }),
+    );
+    const running = await waitFor("tracked", (j) => j.status?.workers?.[0]?.state === "Running");
+    const pod = JSON.parse(
+      cluster.kubectl([
+        "get",
+        "pods",
+        "-n",
+        "loom-default",
+        "-l",
+        `loom.dev/workload-uid=${running.metadata.uid}`,
+        "-o",
+        "json",
+      ]).stdout,
+    ).items[0];
+    const env = Object.fromEntries(
+      (pod.spec.containers[0].env as { name: string; value: string }[]).map((e) => [e.name, e.value]),
+    );
+    expect(env.MLFLOW_TRACKING_URI).toBe(url);
+    expect(env.MLFLOW_EXPERIMENT_NAME).toBe("tracked");
+    expect(env.MLFLOW_RUN_ID).toMatch(/^[0-9a-f]{32}$/);
+    expect(env.MLFLOW_TRACKING_TOKEN?.length).toBeGreaterThan(20);
+    // What the worker's `mlflow.log_metric` sends, with the token it was given.
+    const logged = await mlflow("POST", "runs/log-metric", env.MLFLOW_TRACKING_TOKEN!, {
+      run_id: env.MLFLOW_RUN_ID,
+      key: "loss",
+      value: 0.25,
+      timestamp: Date.now(),
+      step: 1,
+    });
+    expect(logged.status, JSON.stringify(logged.body)).toBe(200);
+    const run = await mlflow("GET", `runs/get?run_id=${env.MLFLOW_RUN_ID}`, admin);
+    const data = (
+      run.body.run as {
+        data: { metrics: { key: string; value: number }[]; tags: { key: string; value: string }[] };
+      }
+    ).data;
+    expect(data.metrics).toEqual([expect.objectContaining({ key: "loss", value: 0.25 })]);
+    expect(data.tags).toContainEqual({ key: "loom.workload", value: "tracked" });
+
+    // A sweep on Kubernetes: trials are TrainingJobs (pods), their runs judged by what they log.
+    const sweep = `apiVersion: loom.dev/v1alpha1
+kind: Sweep
+metadata:
+  name: k8s-sweep
+  annotations: {"loom.dev/kwok-complete-after": "8s"}
+spec:
+  objective: {metric: val_loss, goal: minimize}
+  algorithm: grid
+  parallelism: 2
+  parameters:
+    - name: x
+      categorical: {values: [3, 1]}
+  template:
+    command: ["python", "train.py"]
+    resources: {cpu: 1}
+`;
+    expect((await loom(["apply", "-f", "-"], sweep)).code).toBe(0);
+    for (const [trial, value] of [
+      [1, 3],
+      [2, 1],
+    ] as const) {
+      const t = await waitFor(`k8s-sweep-${trial}`, (j) => !!(j.status as { tracking?: unknown })?.tracking);
+      const runId = (t.status as { tracking: { runId: string } }).tracking.runId;
+      expect((t.spec.env as Record<string, string>).X).toBe(String(value));
+      const r = await mlflow("POST", "runs/log-metric", admin, {
+        run_id: runId,
+        key: "val_loss",
+        value,
+        timestamp: Date.now(),
+        step: 1,
+      });
+      expect(r.status).toBe(200);
+    }
+    let status: { phase?: string; best?: { name: string; objective: number } } | undefined;
+    for (let i = 0; i < 120 && status?.phase !== "Succeeded"; i++) {
+      await sleep(500);
+      const r = await loom(["get", "sweep", "k8s-sweep", "-o", "json"]);
+      if (r.code === 0) status = JSON.parse(r.stdout).status;
+    }
+    expect(status?.phase, JSON.stringify(status)).toBe("Succeeded");
+    expect(status?.best).toMatchObject({ name: "k8s-sweep-2", objective: 1 });
+    const table = await loom(["get", "sweep", "k8s-sweep"]);
+    expect(table.stdout).toMatch(/2 \*\s+k8s-sweep-2\s+1\s+Succeeded\s+1\s+1/);
+    expect((await loom(["delete", "sweep", "k8s-sweep"])).code).toBe(0);
+    await loom(["delete", "tj", "tracked"]);
+  }, 240_000);
 
   it("loses and duplicates nothing when the operator restarts while jobs run", async () => {
     const yaml = job("survivor", '  command: ["sleep", "10"]', { "loom.dev/kwok-complete-after": "12s" });

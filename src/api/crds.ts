@@ -24,6 +24,24 @@ export function toStructural(node: Schema): Schema {
       .join(",");
     if (types === "integer,string" || types === "number,string") out["x-kubernetes-int-or-string"] = true;
     else out["x-kubernetes-preserve-unknown-fields"] = true;
+  } else if (Array.isArray(node.oneOf)) {
+    // A discriminated union (earlyStopping: median | asha): one object with every branch's
+    // fields; the server validates which combination is allowed.
+    const branches = node.oneOf as Schema[];
+    if (branches.every((b) => b.type === "object")) {
+      const merged: Schema = { type: "object", properties: {} };
+      // Only types and descriptions: a default or bound of one branch must not apply to another.
+      for (const b of branches)
+        for (const [k, v] of Object.entries((b.properties ?? {}) as Record<string, Schema>)) {
+          const { default: _d, minimum: _min, maximum: _max, ...loose } = v;
+          (merged.properties as Schema)[k] = loose;
+        }
+      const required = branches
+        .map((b) => (b.required as string[] | undefined) ?? [])
+        .reduce((a, b) => a.filter((k) => b.includes(k)));
+      if (required.length) merged.required = required;
+      Object.assign(out, toStructural(merged));
+    } else out["x-kubernetes-preserve-unknown-fields"] = true;
   } else if (typeof type === "string") out.type = type;
   for (const key of [
     "description",

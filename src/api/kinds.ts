@@ -12,7 +12,7 @@ export interface PrinterColumn {
   /** Dotted path into the object, e.g. "status.phase". */
   path: string;
   wide?: boolean;
-  type?: "string" | "integer" | "date";
+  type?: "string" | "integer" | "number" | "date";
 }
 
 /** Everything the platform knows about one kind: names, schemas, scope, how to print it. */
@@ -80,7 +80,7 @@ export const KINDS: readonly KindDef[] = [
       { name: "SUCCEEDED", path: "status.succeeded", type: "integer" },
       { name: "STOPPED", path: "status.earlyStopped", type: "integer" },
       { name: "FAILED", path: "status.failed", type: "integer" },
-      { name: "BEST", path: "status.best.objective" },
+      { name: "BEST", path: "status.best.objective", type: "number" },
       { name: "BEST-TRIAL", path: "status.best.name", wide: true },
       { name: "MODEL-VERSION", path: "status.model.version", wide: true },
     ],

@@ -532,27 +532,57 @@ export function buildProgram(): Command {
     .description("run Loom's controllers against a Kubernetes cluster (in or out of it)")
     .option("--metrics-port <port>", "serve /metrics and /healthz on 127.0.0.1:PORT", "9470")
     .option("--default-image <image>", "image for workloads that name none", "python:3.11-slim")
-    .action(async (opts: { metricsPort: string; defaultImage: string }) => {
-      const g = program.opts() as GlobalOpts;
-      const { startOperator } = await import("../server/operator.js");
-      const log = createLogger();
-      const operator = await startOperator({
-        kubeconfig: g.kubeconfig ?? process.env.LOOM_KUBECONFIG ?? process.env.KUBECONFIG,
-        context: g.kubeContext,
-        log,
-        metricsPort: Number(opts.metricsPort),
-        defaultImage: opts.defaultImage,
-      });
-      process.stdout.write(
-        `Loom operator running${operator.metricsUrl ? `; metrics at ${operator.metricsUrl}/metrics` : ""}\n`,
-      );
-      await new Promise<void>((done) => {
-        const stop = () => operator.close().then(done, done);
-        process.once("SIGINT", stop);
-        process.once("SIGTERM", stop);
-      });
-      process.stdout.write("Loom operator stopped\n");
-    });
+    .option(
+      "--data-dir <dir>",
+      "also serve Loom's API with MLflow tracking and the model registry, stored in this directory",
+    )
+    .option("--host <host>", "address the API listens on (with --data-dir)", "127.0.0.1")
+    .option("--port <port>", "port of the API (with --data-dir; 0 picks one)", "7470")
+    .option(
+      "--tracking-url <url>",
+      "the MLFLOW_TRACKING_URI pods get (in a cluster: the Service in front of the operator); default: where the API listens",
+    )
+    .action(
+      async (opts: {
+        metricsPort: string;
+        defaultImage: string;
+        dataDir?: string;
+        host: string;
+        port: string;
+        trackingUrl?: string;
+      }) => {
+        const g = program.opts() as GlobalOpts;
+        const { startOperator } = await import("../server/operator.js");
+        const log = createLogger();
+        const operator = await startOperator({
+          kubeconfig: g.kubeconfig ?? process.env.LOOM_KUBECONFIG ?? process.env.KUBECONFIG,
+          context: g.kubeContext,
+          log,
+          metricsPort: Number(opts.metricsPort),
+          defaultImage: opts.defaultImage,
+          ...(opts.dataDir
+            ? {
+                dataDir: opts.dataDir,
+                host: opts.host,
+                port: Number(opts.port),
+                trackingUrl: opts.trackingUrl,
+              }
+            : {}),
+        });
+        const api = operator.url
+          ? `; API and MLflow tracking at ${operator.url} (admin token in ${operator.adminTokenFile})`
+          : "";
+        process.stdout.write(
+          `Loom operator running${operator.metricsUrl ? `; metrics at ${operator.metricsUrl}/metrics` : ""}${api}\n`,
+        );
+        await new Promise<void>((done) => {
+          const stop = () => operator.close().then(done, done);
+          process.once("SIGINT", stop);
+          process.once("SIGTERM", stop);
+        });
+        process.stdout.write("Loom operator stopped\n");
+      },
+    );
 
   program
     .command("crds")

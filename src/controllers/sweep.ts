@@ -171,6 +171,8 @@ export class SweepReconciler implements Reconciler {
           if (ACTIVE.has(t.phase)) {
             const job = jobs.get(t.name);
             if (job) toStop.push(job);
+            t.phase = "Failed";
+            t.message = "stopped: the sweep failed";
           }
         await this.event(sweep, "Warning", "TooManyFailedTrials", message);
       } else {
@@ -181,7 +183,8 @@ export class SweepReconciler implements Reconciler {
           const number = (trials.at(-1)?.number ?? 0) + 1;
           const params = suggest(spec, number, observed);
           const trialName = `${name}-${number}`;
-          await this.createTrial(sweep, number, trialName, params);
+          // The name is still taken (an earlier sweep of this name whose trial is stopping): wait.
+          if (!(await this.createTrial(sweep, number, trialName, params))) break;
           trials.push({ number, name: trialName, params, phase: "Pending" });
           await this.event(
             sweep,
@@ -301,7 +304,8 @@ export class SweepReconciler implements Reconciler {
     await this.event(sweep, "Normal", "Succeeded", message);
   }
 
-  private async createTrial(sweep: Sweep, number: number, name: string, params: Params): Promise<void> {
+  /** Makes the trial's job; false when the name belongs to a job that is not this sweep's. */
+  private async createTrial(sweep: Sweep, number: number, name: string, params: Params): Promise<boolean> {
     const job: TrainingJob = {
       apiVersion: API_VERSION,
       kind: TRAININGJOB,
@@ -314,6 +318,8 @@ export class SweepReconciler implements Reconciler {
           [TRIAL_LABEL]: String(number),
         },
         annotations: {
+          // The sweep's own annotations (scrape configs, tooling) reach its trials, as labels do.
+          ...withoutApplyRecord(sweep.metadata.annotations),
           [SWEEP_UID_ANNOTATION]: sweep.metadata.uid,
           [TRIAL_PARAMS_ANNOTATION]: JSON.stringify(params),
         },
@@ -322,10 +328,34 @@ export class SweepReconciler implements Reconciler {
     };
     try {
       await this.deps.store.create(job);
+      return true;
     } catch (err) {
-      // Made by an earlier pass whose status write was lost: it is adopted as it is.
       if (!(err instanceof AlreadyExistsError)) throw err;
     }
+    // Made by an earlier pass whose status write was lost: it is adopted as it is. Anything else
+    // of that name (a trial of an earlier sweep of this name, still stopping, or a job that is
+    // no trial at all) is not this trial: recording it would fail the trial once that job goes.
+    let existing: TrainingJob;
+    try {
+      existing = (await this.deps.store.get(TRAININGJOB, sweep.metadata.project!, name)) as TrainingJob;
+    } catch (err) {
+      if (err instanceof NotFoundError) return false;
+      throw err;
+    }
+    if (
+      existing.metadata.annotations?.[SWEEP_UID_ANNOTATION] === sweep.metadata.uid &&
+      existing.metadata.labels?.[TRIAL_LABEL] === String(number)
+    )
+      return true;
+    await this.event(
+      sweep,
+      existing.metadata.deletionTimestamp ? "Normal" : "Warning",
+      "TrialNameTaken",
+      existing.metadata.deletionTimestamp
+        ? `trial ${number} waits for TrainingJob ${name}, not this sweep's trial, to finish being deleted`
+        : `trial ${number} cannot be made: TrainingJob ${name} exists and is not this sweep's trial`,
+    );
+    return false;
   }
 
   private async trialJobs(project: string, sweep: string): Promise<TrainingJob[]> {
@@ -353,6 +383,12 @@ export class SweepReconciler implements Reconciler {
       message,
     );
   }
+}
+
+function withoutApplyRecord(annotations: Record<string, string> | undefined): Record<string, string> {
+  const out = { ...annotations };
+  delete out["kubectl.kubernetes.io/last-applied-configuration"];
+  return out;
 }
 
 function isDone(status: SweepStatus): boolean {

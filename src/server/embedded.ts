@@ -1,6 +1,5 @@
-import { mkdirSync } from "node:fs";
 import { availableParallelism, totalmem } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import type { Kysely } from "kysely";
 import type { Logger } from "pino";
@@ -20,8 +19,9 @@ import { TrackingStore } from "../tracking/store.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
-import { instanceId, lockDataDir, readSecretFile, writeSecretFile } from "./datadir.js";
+import { instanceId, lockDataDir } from "./datadir.js";
 import { registryRegistrar, trackingTrialMetrics } from "./models.js";
+import { adminToken, workloadTokens } from "./workloadtokens.js";
 
 export interface EmbeddedOptions {
   dataDir: string;
@@ -62,30 +62,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const metrics = new Registry();
   collectDefaultMetrics({ register: metrics, prefix: "loom_process_" });
 
-  const adminTokenFile = join(opts.dataDir, "admin-token");
-  let adminToken = readSecretFile(adminTokenFile);
-  if (!adminToken || !(await tokens.verify(adminToken))) {
-    adminToken = (await tokens.create("admin", "admin")).token;
-    writeSecretFile(adminTokenFile, adminToken);
-    log.info({ file: adminTokenFile }, "created the admin token");
-  }
-
-  // Workers log to tracking with a token of their project's (editor: they write runs, they do
-  // not administer), kept in the data dir so a restart does not mint new ones.
-  const workloadTokens = new Map<string, string>();
-  const workloadTokenFor = async (project: string): Promise<string> => {
-    const known = workloadTokens.get(project);
-    if (known) return known;
-    const file = join(opts.dataDir, "workload-tokens", project);
-    let token = readSecretFile(file);
-    if (!token || (await tokens.verify(token))?.project !== project) {
-      token = (await tokens.create(`workloads@${project}`, "editor", project)).token;
-      mkdirSync(dirname(file), { recursive: true });
-      writeSecretFile(file, token);
-    }
-    workloadTokens.set(project, token);
-    return token;
-  };
+  const admin = await adminToken(tokens, opts.dataDir);
+  if (admin.created) log.info({ file: admin.file }, "created the admin token");
+  const workloadTokenFor = workloadTokens(tokens, opts.dataDir);
   const trackingStore = new TrackingStore(database.db as unknown as Kysely<unknown>);
   let url = "";
   const workloadTracking = new LocalWorkloadTracking(trackingStore, () => url, workloadTokenFor);
@@ -137,8 +116,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   let closed = false;
   return {
     url: address,
-    adminToken,
-    adminTokenFile,
+    adminToken: admin.token,
+    adminTokenFile: admin.file,
     app,
     async close() {
       if (closed) return;

@@ -1,4 +1,7 @@
+import { mkdirSync } from "node:fs";
 import http from "node:http";
+import { join } from "node:path";
+import type { Kysely } from "kysely";
 import type { Logger } from "pino";
 import { collectDefaultMetrics, Registry } from "prom-client";
 import { validateManifest } from "../api/kinds.js";
@@ -11,6 +14,16 @@ import { KubeEventRecorder } from "../kube/events.js";
 import { KubernetesRuntime } from "../runtime/kubernetes/runtime.js";
 import { coreScheduler } from "../scheduler/port.js";
 import { KubeResourceStore } from "../store/kube/resources.js";
+import { openSqlite } from "../store/sqlite/db.js";
+import { SqliteTokenStore } from "../store/sqlite/tokens.js";
+import { LoggedModels } from "../tracking/logged.js";
+import { ModelRegistry } from "../tracking/registry.js";
+import { TrackingStore } from "../tracking/store.js";
+import { LocalWorkloadTracking } from "../tracking/workloads.js";
+import { VERSION } from "../version.js";
+import { buildApp } from "./app.js";
+import { registryRegistrar, trackingTrialMetrics } from "./models.js";
+import { adminToken, workloadTokens } from "./workloadtokens.js";
 
 export interface OperatorOptions {
   kubeconfig?: string;
@@ -20,10 +33,23 @@ export interface OperatorOptions {
   metricsPort?: number;
   resyncMs?: number;
   defaultImage?: string;
+  /**
+   * Serve Loom's API with MLflow tracking and the model registry, on a SQLite file and artifact
+   * store in this directory (in a cluster: a PersistentVolume). Unset: controllers only.
+   */
+  dataDir?: string;
+  host?: string;
+  /** The API's port (0 picks one). */
+  port?: number;
+  /** The tracking URL pods are given (in a cluster: the Service in front of the operator). Default: where it listens. */
+  trackingUrl?: string;
 }
 
 export interface Operator {
   metricsUrl?: string;
+  /** Where the API (and MLflow tracking) listens, when dataDir is set. */
+  url?: string;
+  adminTokenFile?: string;
   close(): Promise<void>;
 }
 
@@ -47,6 +73,9 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const events = new KubeEventRecorder(client);
   await ensureDefaultProject(store);
   await runtime.watchPods();
+  const tracking = opts.dataDir
+    ? await startTracking(opts, { store, runtime, events, metrics, log })
+    : undefined;
   const manager = new ControllerManager({
     store,
     runtime,
@@ -56,6 +85,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     metrics,
     now: () => new Date(),
     resyncMs: opts.resyncMs,
+    ...(tracking?.controllerDeps ?? {}),
   });
   await manager.start();
   let server: http.Server | undefined;
@@ -78,10 +108,69 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   log.info({ metricsUrl }, "operator started");
   return {
     metricsUrl,
+    ...(tracking ? { url: tracking.url, adminTokenFile: tracking.adminTokenFile } : {}),
     async close() {
       await manager.stop();
+      await tracking?.close();
       await runtime.close();
       await new Promise<void>((ok) => (server ? server.close(() => ok()) : ok()));
+    },
+  };
+}
+
+/**
+ * Tracking on Kubernetes: the same API server as embedded (MLflow routes, registry, Model kind)
+ * over the cluster's store, with tracking tables on a SQLite file in the operator's data dir.
+ * Pods are told the tracking URL, a project-scoped token and their run, as embedded workers are.
+ */
+async function startTracking(
+  opts: OperatorOptions,
+  deps: {
+    store: KubeResourceStore;
+    runtime: KubernetesRuntime;
+    events: KubeEventRecorder;
+    metrics: Registry;
+    log: Logger;
+  },
+) {
+  const dataDir = opts.dataDir!;
+  mkdirSync(dataDir, { recursive: true });
+  const database = await openSqlite(join(dataDir, "tracking.db"));
+  const db = database.db as unknown as Kysely<unknown>;
+  const tokens = new SqliteTokenStore(database.db);
+  const admin = await adminToken(tokens, dataDir);
+  const trackingStore = new TrackingStore(db);
+  const registry = new ModelRegistry(db);
+  const app = await buildApp({
+    store: deps.store,
+    tokens,
+    events: deps.events,
+    runtime: deps.runtime,
+    metrics: deps.metrics,
+    log: deps.log,
+    version: VERSION,
+    ensureDefaultProject: false,
+    tracking: {
+      store: trackingStore,
+      registry,
+      loggedModels: new LoggedModels(db, trackingStore),
+      artifactsDir: join(dataDir, "artifacts"),
+    },
+  });
+  const url = await app.listen({ host: opts.host ?? "127.0.0.1", port: opts.port ?? 7470 });
+  const trackingUrl = opts.trackingUrl ?? url;
+  deps.log.info({ url, trackingUrl, adminTokenFile: admin.file }, "serving the API and MLflow tracking");
+  return {
+    url,
+    adminTokenFile: admin.file,
+    controllerDeps: {
+      tracking: new LocalWorkloadTracking(trackingStore, () => trackingUrl, workloadTokens(tokens, dataDir)),
+      trialMetrics: trackingTrialMetrics(trackingStore),
+      registrar: registryRegistrar(registry),
+    },
+    async close() {
+      await app.close();
+      await database.close();
     },
   };
 }

@@ -49,10 +49,10 @@ export function upCluster(): TestCluster {
 }
 
 /** `loom operator` against the cluster, as its own process. */
-export function startOperator(kubeconfig: string) {
+export function startOperator(kubeconfig: string, extraArgs: string[] = []) {
   const proc = spawn(
     process.execPath,
-    [join(ROOT, "bin/loom.js"), "operator", "--kubeconfig", kubeconfig, "--metrics-port", "0"],
+    [join(ROOT, "bin/loom.js"), "operator", "--kubeconfig", kubeconfig, "--metrics-port", "0", ...extraArgs],
     {
       env: { ...process.env, LOOM_LOG_LEVEL: "info" },
       stdio: ["ignore", "pipe", "pipe"],
@@ -62,9 +62,11 @@ export function startOperator(kubeconfig: string) {
   proc.stderr.on("data", (d: Buffer) => {
     log += d.toString();
   });
+  let out = "";
   const ready = new Promise<void>((ok, fail) => {
     proc.stdout.on("data", (d: Buffer) => {
-      if (d.toString().includes("operator running")) ok();
+      out += d.toString();
+      if (out.includes("operator running")) ok();
     });
     proc.on("exit", (code) => fail(new Error(`operator exited with ${code}: ${log}`)));
   });
@@ -72,6 +74,7 @@ export function startOperator(kubeconfig: string) {
     proc,
     ready,
     log: () => log,
+    stdout: () => out,
     async stop(signal: NodeJS.Signals = "SIGTERM") {
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       const exited = new Promise((ok) => proc.once("exit", ok));
