@@ -18,6 +18,7 @@ import type { LoggedModels } from "../tracking/logged.js";
 import type { ModelRegistry } from "../tracking/registry.js";
 import { trackingRoutes } from "../tracking/routes.js";
 import type { TrackingStore } from "../tracking/store.js";
+import { authorizeApi } from "./authz.js";
 import { installErrorHandler, statusBody } from "./errors.js";
 import { ModelView } from "./models.js";
 import { buildOpenApi } from "./openapi.js";
@@ -115,6 +116,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       verified.set(token, principal);
     }
     req.principal = principal;
+    authorizeApi(principal, req.method, req.url);
   });
 
   app.get("/healthz", async () => ({ status: "ok" }));
