@@ -183,4 +183,28 @@ describe("examples/finetune: a sweep with early stopping that registers its cham
     expect(message).toMatch(/initCheckpointFrom names TrainingJob nosuchjob, which does not exist/);
     expect((await loom.cli(["delete", "sweep", "orphan"])).code).toBe(0);
   }, 120_000);
+
+  it("applies a Model as a registered model: --dry-run writes nothing, apply creates it, describe shows no versions yet", async () => {
+    const model =
+      "apiVersion: loom.dev/v1alpha1\nkind: Model\nmetadata: {name: draft}\nspec: {description: a model to come}\n";
+    expect((await loom.cli(["apply", "--dry-run", "-f", "-"], { input: model })).code).toBe(0);
+    expect((await loom.api("GET", "/api/2.0/mlflow/registered-models/get?name=draft")).status).toBe(404);
+    const applied = await loom.cli(["apply", "-f", "-"], { input: model });
+    expect(applied.code, applied.stderr).toBe(0);
+    const mlflow = await loom.api("GET", "/api/2.0/mlflow/registered-models/get?name=draft");
+    expect((mlflow.body as { registered_model: { description: string } }).registered_model.description).toBe(
+      "a model to come",
+    );
+    expect((await loom.cli(["get", "models", "draft", "-o", "wide"])).stdout).toMatch(
+      /draft\s+<none>\s+<none>\s+<none>\s+a model to come/,
+    );
+    expect((await loom.cli(["describe", "model", "draft"])).stdout).toMatch(
+      /Versions \(lineage.*\n {2}<none>/,
+    );
+    const missing = await loom.cli(["describe", "model", "nope"]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/model "nope" not found/);
+    expect((await loom.cli(["delete", "model", "draft"])).code).toBe(0);
+    expect((await loom.api("GET", "/api/2.0/mlflow/registered-models/get?name=draft")).status).toBe(404);
+  }, 60_000);
 });

@@ -508,9 +508,11 @@ export class TrainingJobReconciler implements Reconciler {
         );
       throw err;
     }
-    if (!source.status?.checkpoint)
+    // Embedded, the runtime sees loom.json; on Kubernetes it cannot look into the claim, and a
+    // finished job is what there is to start from.
+    if (!source.status?.checkpoint && source.status?.phase !== "Succeeded")
       throw new Error(
-        `TrainingJob ${from} (spec.initCheckpointFrom) has not written a checkpoint yet ($LOOM_CHECKPOINT_DIR/loom.json); wait until it has`,
+        `TrainingJob ${from} (spec.initCheckpointFrom) has neither reported a checkpoint ($LOOM_CHECKPOINT_DIR/loom.json) nor succeeded yet; this job starts once it has`,
       );
     return {
       ref: { kind: TRAININGJOB, project: job.metadata.project!, name: from, uid: source.metadata.uid },

@@ -269,17 +269,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get<{ Params: Params }>(`${BASE}/projects/:project/models/:name`, async (req) =>
     modelView().get(req.params.project!, req.params.name!),
   );
-  app.post<{ Params: Params }>(`${BASE}/projects/:project/models`, async (req, reply) => {
-    const { model, created } = await modelView().apply(req.params.project!, req.body);
+  app.post<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/models`, async (req, reply) => {
+    const { model, created } = await modelView().apply(req.params.project!, req.body, dryRun(req.query));
     return reply.code(created ? 201 : 200).send(model);
   });
-  app.put<{ Params: Params }>(`${BASE}/projects/:project/models/:name`, async (req) => {
+  app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/models/:name`, async (req) => {
     const name = (req.body as { metadata?: { name?: unknown } })?.metadata?.name;
     if (name !== req.params.name)
       throw new BadRequestError(
         `metadata.name (${String(name)}) must match the name in the path (${req.params.name})`,
       );
-    return (await modelView().apply(req.params.project!, req.body)).model;
+    return (await modelView().apply(req.params.project!, req.body, dryRun(req.query))).model;
   });
   app.delete<{ Params: Params }>(`${BASE}/projects/:project/models/:name`, async (req) =>
     modelView().delete(req.params.project!, req.params.name!),

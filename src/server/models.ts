@@ -46,7 +46,7 @@ export class ModelView {
   }
 
   /** `loom apply` of a Model: creates the registered model, or updates its description. */
-  async apply(project: string, body: unknown): Promise<{ model: Model; created: boolean }> {
+  async apply(project: string, body: unknown, dryRun = false): Promise<{ model: Model; created: boolean }> {
     const parsed = ModelManifest.safeParse(body);
     if (!parsed.success) {
       const issues = toFieldIssues(parsed.error, "");
@@ -56,6 +56,33 @@ export class ModelView {
       );
     }
     const { metadata, spec } = parsed.data;
+    if (dryRun) {
+      // `loom apply --dry-run` (and apply's own validation pass): what it would be, nothing written.
+      try {
+        const current = await this.get(project, metadata.name);
+        return { model: { ...current, spec: { ...current.spec, ...spec } }, created: false };
+      } catch (err) {
+        if (!(err instanceof NotFoundError)) throw err;
+        const now = new Date().toISOString();
+        return {
+          model: {
+            apiVersion: API_VERSION,
+            kind: "Model",
+            metadata: {
+              name: metadata.name,
+              project,
+              uid: "",
+              resourceVersion: "0",
+              generation: 1,
+              creationTimestamp: now,
+            },
+            spec,
+            status: { versions: [] },
+          },
+          created: true,
+        };
+      }
+    }
     let created = false;
     try {
       await this.registry.getModel(project, metadata.name);
@@ -113,9 +140,13 @@ export class ModelView {
       status: {
         ...(latest ? { latestVersion: latest.version } : {}),
         aliases,
-        aliasText: Object.entries(aliases)
-          .map(([a, v]) => `${a}=${v}`)
-          .join(","),
+        ...(Object.keys(aliases).length
+          ? {
+              aliasText: Object.entries(aliases)
+                .map(([a, v]) => `${a}=${v}`)
+                .join(","),
+            }
+          : {}),
         ...(latest?.job ? { latestJob: latest.job } : {}),
         versions,
       },

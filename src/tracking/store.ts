@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { type Kysely, type RawBuilder, sql } from "kysely";
+import type { TrackingDialect } from "./db.js";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
 import { type Clause, type OrderBy, parseFilter, parseOrderBy } from "./filter.js";
 
-/** Tracking's tables (migration 0003_tracking in the SQLite store). */
+/** Tracking's tables (migration 0003_tracking in the SQLite store; db.ts on PostgreSQL). */
 interface TrackingSchema {
   tr_experiments: {
     experiment_id: number | undefined;
@@ -112,6 +113,8 @@ export class TrackingStore {
   constructor(
     db: Kysely<unknown>,
     private readonly now: () => number = Date.now,
+    /** Which SQL the few dialect-specific spots speak (LIKE); everything else is the same. */
+    private readonly dialect: TrackingDialect = "sqlite",
   ) {
     this.db = db as Kysely<TrackingSchema>;
   }
@@ -148,7 +151,16 @@ export class TrackingStore {
         last_update_time: t,
       })
       .returning("experiment_id")
-      .executeTakeFirstOrThrow();
+      .executeTakeFirstOrThrow()
+      .catch((err: unknown) => {
+        // Another writer made it between the check and the insert (a pool runs them in parallel).
+        if (isUniqueViolation(err))
+          throw new MlflowError(
+            "RESOURCE_ALREADY_EXISTS",
+            `Experiment '${name}' already exists in project ${project}.`,
+          );
+        throw err;
+      });
     const id = row.experiment_id!;
     if (!artifactLocation)
       await this.db
@@ -219,10 +231,10 @@ export class TrackingStore {
     for (const clause of parseExperimentFilter(opts.filter)) {
       if (clause.entity === "tag") {
         q = q.where(
-          sql<boolean>`exists (select 1 from tr_experiment_tags t where t.experiment_id = tr_experiments.experiment_id and t.key = ${clause.key} and ${textCompare(sql`t.value`, clause)})`,
+          sql<boolean>`exists (select 1 from tr_experiment_tags t where t.experiment_id = tr_experiments.experiment_id and t.key = ${clause.key} and ${textCompare(this.dialect, sql`t.value`, clause)})`,
         );
       } else {
-        q = q.where(textCompare(sql.ref(clause.key), clause));
+        q = q.where(textCompare(this.dialect, sql.ref(clause.key), clause));
       }
     }
     const rows = await q
@@ -575,7 +587,7 @@ export class TrackingStore {
           window w as (partition by m.run_uuid order by m.step, m.timestamp, m.value, m.is_nan)
         ) b
       ) s
-      where s.pos = s.n or (s.rn = 1 and s.bucket < min(s.n, ${sql.lit(max)}))
+      where s.pos = s.n or (s.rn = 1 and s.bucket < s.n and s.bucket < ${sql.lit(max)})
       order by s.run_uuid, s.pos`.execute(this.db);
     const place = new Map(ids.map((id, i) => [id, i]));
     return {
@@ -617,7 +629,7 @@ export class TrackingStore {
     ];
     const view = req.viewType ?? "ACTIVE_ONLY";
     if (view !== "ALL") where.push(sql`r.lifecycle_stage = ${view === "ACTIVE_ONLY" ? "active" : "deleted"}`);
-    for (const c of clauses) where.push(clauseSql(c));
+    for (const c of clauses) where.push(clauseSql(this.dialect, c));
     const orderSql = [...order.map((o) => orderSqlOf(o)), sql`r.start_time desc`, sql`r.run_uuid asc`];
     const rows = await sql<
       TrackingSchema["tr_runs"]
@@ -794,6 +806,12 @@ function parseExperimentFilter(
   });
 }
 
+/** A unique or primary key was violated (on PostgreSQL or SQLite). */
+function isUniqueViolation(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === "23505" || code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY";
+}
+
 /** LIKE in MLflow is case-sensitive (SQLite's is not): as GLOB, with GLOB's specials escaped. */
 function likeToGlob(pattern: string): string {
   let out = "";
@@ -806,16 +824,25 @@ function likeToGlob(pattern: string): string {
   return out;
 }
 
+/**
+ * The one place the dialects differ: LIKE is case-sensitive on PostgreSQL (and has ILIKE), as
+ * MLflow's LIKE is; SQLite's LIKE ignores case, so there it is GLOB, and ILIKE is LIKE.
+ */
 function textCompare(
+  dialect: TrackingDialect,
   column: RawBuilder<unknown> | ReturnType<typeof sql.ref>,
   c: { comparator: Clause["comparator"]; value: Clause["value"] },
 ): RawBuilder<boolean> {
   const v = c.value;
   switch (c.comparator) {
     case "LIKE":
-      return sql<boolean>`${column} glob ${likeToGlob(String(v))}`;
+      return dialect === "postgres"
+        ? sql<boolean>`${column} like ${String(v)}`
+        : sql<boolean>`${column} glob ${likeToGlob(String(v))}`;
     case "ILIKE":
-      return sql<boolean>`lower(${column}) like lower(${String(v)})`;
+      return dialect === "postgres"
+        ? sql<boolean>`${column} ilike ${String(v)}`
+        : sql<boolean>`lower(${column}) like lower(${String(v)})`;
     case "IN":
       return sql<boolean>`${column} in (${sql.join(v as string[])})`;
     case "NOT IN":
@@ -835,18 +862,18 @@ const ATTRIBUTE_COLUMNS: Record<string, string> = {
   artifact_uri: "artifact_uri",
 };
 
-function clauseSql(c: Clause): RawBuilder<unknown> {
+function clauseSql(dialect: TrackingDialect, c: Clause): RawBuilder<unknown> {
   switch (c.entity) {
     case "metric":
       return sql`exists (select 1 from tr_latest_metrics m where m.run_uuid = r.run_uuid and m.key = ${c.key} and m.is_nan = 0 and m.value ${sql.raw(c.comparator)} ${c.value})`;
     case "param":
-      return sql`exists (select 1 from tr_params p where p.run_uuid = r.run_uuid and p.key = ${c.key} and ${textCompare(sql`p.value`, c)})`;
+      return sql`exists (select 1 from tr_params p where p.run_uuid = r.run_uuid and p.key = ${c.key} and ${textCompare(dialect, sql`p.value`, c)})`;
     case "tag":
-      return sql`exists (select 1 from tr_tags t where t.run_uuid = r.run_uuid and t.key = ${c.key} and ${textCompare(sql`t.value`, c)})`;
+      return sql`exists (select 1 from tr_tags t where t.run_uuid = r.run_uuid and t.key = ${c.key} and ${textCompare(dialect, sql`t.value`, c)})`;
     case "dataset":
-      return sql`exists (select 1 from tr_inputs d where d.run_uuid = r.run_uuid and ${textCompare(sql.ref(`d.${c.key}`), c)})`;
+      return sql`exists (select 1 from tr_inputs d where d.run_uuid = r.run_uuid and ${textCompare(dialect, sql.ref(`d.${c.key}`), c)})`;
     default:
-      return textCompare(sql.ref(`r.${ATTRIBUTE_COLUMNS[c.key]}`), c);
+      return textCompare(dialect, sql.ref(`r.${ATTRIBUTE_COLUMNS[c.key]}`), c);
   }
 }
 
