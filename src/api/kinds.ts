@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { type FieldIssue, ValidationError } from "../errors.js";
+import { InferenceServiceSpec, InferenceServiceStatus } from "./inferenceservice.js";
 import { API_VERSION, InputMetadata, type Resource } from "./meta.js";
 import { ModelSpec, ModelStatus } from "./model.js";
 import { ProjectSpec, ProjectStatus } from "./project.js";
@@ -83,6 +84,23 @@ export const KINDS: readonly KindDef[] = [
       { name: "BEST", path: "status.best.objective", type: "number" },
       { name: "BEST-TRIAL", path: "status.best.name", wide: true },
       { name: "MODEL-VERSION", path: "status.model.version", wide: true },
+    ],
+  },
+  {
+    kind: "InferenceService",
+    singular: "inferenceservice",
+    plural: "inferenceservices",
+    shortNames: ["isvc"],
+    namespaced: true,
+    spec: InferenceServiceSpec,
+    status: InferenceServiceStatus,
+    columns: [
+      { name: "PHASE", path: "status.phase" },
+      { name: "READY", path: "status.ready", type: "integer" },
+      { name: "DESIRED", path: "status.desired", type: "integer" },
+      { name: "LATEST", path: "status.latestReadyRevision" },
+      { name: "MODEL", path: "spec.model", wide: true },
+      { name: "URL", path: "status.url", wide: true },
     ],
   },
   {

@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
+import type { InferenceService } from "../api/inferenceservice.js";
 import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
@@ -10,6 +11,12 @@ import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { WorkloadTracking } from "../tracking/workloads.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission.js";
 import { Controller } from "./controller.js";
+import {
+  INFERENCESERVICE,
+  type InferenceServiceDeps,
+  InferenceServiceReconciler,
+  serviceOfReplica,
+} from "./inferenceservice.js";
 import { Informer, storeSource } from "./informer.js";
 import { createControllerMetrics } from "./metrics.js";
 import { ProjectReconciler } from "./project.js";
@@ -34,6 +41,8 @@ export interface ControllerManagerDeps {
   registrar?: ModelRegistrar;
   /** How often a running sweep reads its trials' metrics. */
   sweepPollMs?: number;
+  /** Serving (InferenceService): where models are, what the autoscaler wants, who routes. */
+  serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "runtimesDir" | "probe">;
 }
 
 /**
@@ -47,6 +56,9 @@ export class ControllerManager {
   private readonly tjInformer: Informer;
   private readonly projectInformer: Informer;
   private readonly admission: Controller;
+  private isvcInformer: Informer | undefined;
+  private services: Controller | undefined;
+  private replicasStarted: Set<string> | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
@@ -88,6 +100,33 @@ export class ControllerManager {
       2,
     );
     this.controllers.push(admission, jobs, projects, sweeps);
+    let services: Controller | undefined;
+    if (deps.serving) {
+      const reconciler = new InferenceServiceReconciler({
+        store: deps.store,
+        runtime: deps.runtime,
+        events: deps.events,
+        log: log("inferenceservice"),
+        now: deps.now,
+        ...deps.serving,
+      });
+      this.replicasStarted = reconciler.started;
+      services = new Controller(reconciler, log("inferenceservice"), metrics, 4);
+      this.controllers.push(services);
+      const servicesController = services;
+      this.isvcInformer = new Informer(
+        storeSource(deps.store, INFERENCESERVICE),
+        {
+          onChange: (key, _obj, type) =>
+            type === "RESYNC" ? servicesController.enqueueBackground(key) : servicesController.enqueue(key),
+        },
+        log("informer"),
+        metrics,
+        { resyncMs: deps.resyncMs },
+      );
+      this.informers.push(this.isvcInformer);
+    }
+    this.services = services;
     this.admission = admission;
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
@@ -141,6 +180,11 @@ export class ControllerManager {
     // Pods submitted straight to Loom's scheduler, and node changes, call for a cycle too.
     deps.runtime.onCapacityChange?.(() => admission.enqueueBatched(ADMISSION_KEY));
     deps.runtime.onChange((ref) => {
+      if (ref.kind === INFERENCESERVICE) {
+        // A replica started or exited: its service looks again (replaces it, updates readiness).
+        this.services?.enqueue(`${ref.project}/${serviceOfReplica(ref.name)}`);
+        return;
+      }
       jobs.enqueue(displayKey(ref));
       admission.enqueueBatched(ADMISSION_KEY);
     });
@@ -196,6 +240,11 @@ export class ControllerManager {
   private async collectGarbage(): Promise<void> {
     try {
       const live = new Set(this.tjInformer.list().map((o) => o.metadata.uid));
+      // Replicas of InferenceServices are the service controller's; theirs are live while listed.
+      for (const svc of this.isvcInformer?.list() ?? [])
+        for (const rev of (svc as InferenceService).status?.revisions ?? [])
+          for (const r of rev.replicas ?? []) live.add(r.uid);
+      for (const uid of this.replicasStarted ?? []) live.add(uid);
       for (const ref of await this.deps.runtime.list()) {
         if (live.has(ref.uid)) continue;
         if (await this.deps.runtime.stop(ref, 10)) {

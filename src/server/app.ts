@@ -408,6 +408,30 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   );
 
+  // Project API keys for the gateway: a project's admin or editor makes them.
+  app.post<{ Params: Params; Body: { name?: unknown; services?: unknown } }>(
+    `${BASE}/projects/:project/apikeys`,
+    async (req, reply) => {
+      const p = req.principal;
+      const project = req.params.project!;
+      if (!p || p.role === "viewer")
+        throw new ForbiddenError("creating an API key takes an editor or admin token of the project");
+      await resources.get(resources.kind("projects"), undefined, project);
+      const { name, services } = req.body ?? {};
+      if (typeof name !== "string" || !/^[a-z0-9][a-z0-9._@-]{0,62}$/i.test(name))
+        throw new BadRequestError("name must be 1-63 letters, digits, '.', '_', '@' or '-'");
+      if (
+        services !== undefined &&
+        (!Array.isArray(services) || !services.every((s) => typeof s === "string"))
+      )
+        throw new BadRequestError("services must be a list of InferenceService names");
+      const created = await deps.tokens.create(name, "viewer", project, {
+        ...(services ? { services: services as string[] } : {}),
+      });
+      return reply.code(201).send({ key: created.token, name, project, ...(services ? { services } : {}) });
+    },
+  );
+
   // Listing one kind across every project (loom get tj -A).
   app.get<{ Params: Params; Querystring: Query }>(`${BASE}/:plural`, (req, reply) =>
     listOrWatch(req, reply, req.params.plural!, undefined),

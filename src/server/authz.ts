@@ -13,6 +13,11 @@ const READ = new Set(["GET", "HEAD", "OPTIONS"]);
  */
 export function authorizeApi(principal: TokenInfo, method: string, url: string): void {
   const path = url.split("?")[0]!;
+  // API keys are for the gateway (OpenAI routes): not Loom's API, not tracking.
+  if (principal.apiKey && !path.startsWith("/v1/") && !path.startsWith("/serving/"))
+    throw new ForbiddenError(
+      `API key "${principal.name}" reaches the inference gateway (/v1/…) only; use a token for Loom's API`,
+    );
   if (!path.startsWith(`${BASE}/`)) return;
   const rest = path.slice(BASE.length);
   const read = READ.has(method);

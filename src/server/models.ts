@@ -1,8 +1,11 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { z } from "zod";
 import { toFieldIssues } from "../api/kinds.js";
 import { API_VERSION, ResourceName } from "../api/meta.js";
 import { type Model, ModelSpec, type ModelVersionLineage } from "../api/model.js";
 import type { TrainingJob } from "../api/trainingjob.js";
+import type { ModelResolver } from "../controllers/inferenceservice.js";
 import type { ModelRegistrar, TrialMetrics } from "../controllers/sweep.js";
 import { TRAININGJOB } from "../controllers/trainingjob.js";
 import { NotFoundError, ValidationError } from "../errors.js";
@@ -200,6 +203,56 @@ export class ModelView {
     }
     return out;
   }
+}
+
+/**
+ * Where a model reference is on this machine: models:/NAME@ALIAS or models:/NAME/VERSION (the
+ * registry), runs:/RUN/PATH and mlflow-artifacts:/… (the artifact store), or a plain path.
+ */
+export function localModelResolver(
+  registry: ModelRegistry,
+  tracking: TrackingStore,
+  artifactsDir: string,
+): ModelResolver {
+  return {
+    async resolve(project, model) {
+      let source = model;
+      const m = /^models:\/([^/@]+)(?:@([^/]+)|\/(\d+))$/.exec(model);
+      if (model.startsWith("models:/") && !m)
+        throw new Error(`model "${model}": write models:/NAME@ALIAS or models:/NAME/VERSION`);
+      if (m) {
+        const [, name, alias, version] = m;
+        try {
+          const v = alias
+            ? await registry.versionByAlias(project, name!, alias)
+            : await registry.getVersion(project, name!, version);
+          source = v.source;
+        } catch (err) {
+          if (err instanceof MlflowError)
+            throw new Error(`model "${model}" is not in project ${project}'s registry: ${err.message}`);
+          throw err;
+        }
+      }
+      let dir = source;
+      const run = /^runs:\/([0-9a-f]{32})\/?(.*)$/.exec(source);
+      if (run) {
+        const r = await tracking.getRun(project, run[1]);
+        dir = join(
+          artifactsDir,
+          project,
+          r.info.artifact_uri.replace(/^mlflow-artifacts:\//, ""),
+          run[2] ?? "",
+        );
+      } else if (source.startsWith("mlflow-artifacts:/"))
+        dir = join(artifactsDir, project, source.replace(/^mlflow-artifacts:\//, ""));
+      else if (/^[a-z][a-z0-9+.-]*:/.test(source))
+        throw new Error(
+          `model source ${source} is not on this machine (runs:/, mlflow-artifacts:/ or a path)`,
+        );
+      if (!existsSync(dir)) throw new Error(`model "${model}" resolved to ${dir}, which does not exist`);
+      return dir;
+    },
+  };
 }
 
 /** The sweep controller's ports on Loom's own tracking store and registry (embedded). */

@@ -98,11 +98,18 @@ export interface TokenInfo {
   role: Role;
   /** Set: the token reaches this project only. */
   project?: string;
+  /** An API key: reaches the inference gateway only, for its project (and these services, if set). */
+  apiKey?: { services?: string[] };
 }
 
 /** Bearer tokens, stored only as hashes. */
 export interface TokenStore {
   /** Creates a token and returns its secret once. */
-  create(name: string, role: Role, project?: string): Promise<{ token: string; info: TokenInfo }>;
+  create(
+    name: string,
+    role: Role,
+    project?: string,
+    apiKey?: { services?: string[] },
+  ): Promise<{ token: string; info: TokenInfo }>;
   verify(token: string): Promise<TokenInfo | undefined>;
 }

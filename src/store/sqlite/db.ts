@@ -43,6 +43,9 @@ export interface TokensTable {
   created_at: string;
   /** The one project the token reaches; null for every project. */
   project: string | null;
+  /** "apikey": reaches the gateway only (its services, or all of its project's when null). */
+  kind: string | null;
+  services: string | null;
 }
 
 export interface MetaTable {
@@ -285,6 +288,13 @@ const MIGRATIONS: Record<string, Migration> = {
     // Tokens scoped to one project (tracking's tenancy; workloads get one for their project).
     async up(db: Kysely<unknown>) {
       await db.schema.alterTable("tokens").addColumn("project", "text").execute();
+    },
+  },
+  "0007_api_keys": {
+    // Project API keys for the inference gateway: a token that reaches the gateway only.
+    async up(db: Kysely<unknown>) {
+      await db.schema.alterTable("tokens").addColumn("kind", "text").execute();
+      await db.schema.alterTable("tokens").addColumn("services", "text").execute();
     },
   },
 };

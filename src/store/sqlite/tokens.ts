@@ -11,9 +11,23 @@ export function hashToken(token: string): string {
 export class SqliteTokenStore implements TokenStore {
   constructor(private readonly db: Kysely<Schema>) {}
 
-  async create(name: string, role: Role, project?: string): Promise<{ token: string; info: TokenInfo }> {
-    const token = `loom_${randomBytes(24).toString("base64url")}`;
-    const info: TokenInfo = { id: randomUUID(), name, role, ...(project ? { project } : {}) };
+  async create(
+    name: string,
+    role: Role,
+    project?: string,
+    apiKey?: { services?: string[] },
+  ): Promise<{ token: string; info: TokenInfo }> {
+    // API keys look different (sk-…), as OpenAI's do: clients and secret scanners know the shape.
+    const token = apiKey
+      ? `sk-loom-${randomBytes(24).toString("base64url")}`
+      : `loom_${randomBytes(24).toString("base64url")}`;
+    const info: TokenInfo = {
+      id: randomUUID(),
+      name,
+      role,
+      ...(project ? { project } : {}),
+      ...(apiKey ? { apiKey } : {}),
+    };
     await this.db
       .insertInto("tokens")
       .values({
@@ -23,6 +37,8 @@ export class SqliteTokenStore implements TokenStore {
         hash: hashToken(token),
         created_at: new Date().toISOString(),
         project: project ?? null,
+        kind: apiKey ? "apikey" : null,
+        services: apiKey?.services ? JSON.stringify(apiKey.services) : null,
       })
       .execute();
     return { token, info };
@@ -31,7 +47,7 @@ export class SqliteTokenStore implements TokenStore {
   async verify(token: string): Promise<TokenInfo | undefined> {
     const row = await this.db
       .selectFrom("tokens")
-      .select(["id", "name", "role", "project"])
+      .select(["id", "name", "role", "project", "kind", "services"])
       .where("hash", "=", hashToken(token))
       .executeTakeFirst();
     if (!row) return undefined;
@@ -40,6 +56,9 @@ export class SqliteTokenStore implements TokenStore {
       name: row.name,
       role: row.role as Role,
       ...(row.project ? { project: row.project } : {}),
+      ...(row.kind === "apikey"
+        ? { apiKey: row.services ? { services: JSON.parse(row.services) as string[] } : {} }
+        : {}),
     };
   }
 }
