@@ -1,65 +1,8 @@
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
-import { homedir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, ROOT } from "./helpers.js";
-
-/** The official MLflow client (pinned), with pandas for mlflow.pyfunc, in a venv cached across runs. */
-const MLFLOW = "mlflow-skinny==3.17.2";
-const EXTRAS = ["pandas==3.1.1"];
-const VENV = join(homedir(), ".cache", "loom", "test-envs", `${MLFLOW.replace("==", "-")}-pandas`);
-/**
- * The same client for mlflow.pytorch: CPU torch here is Debian's python3-torch (torch 1.13, numpy
- * 1.x) for /usr/bin/python3 only, so this venv is made from that Python with its site packages,
- * and pins a pandas and numpy that keep Debian's numpy 1.x (numpy 2 breaks that torch).
- */
-const SYSTEM_PYTHON = "/usr/bin/python3";
-const TORCH_EXTRAS = ["pandas==2.2.3", "numpy<2"];
-const TORCH_VENV = join(
-  homedir(),
-  ".cache",
-  "loom",
-  "test-envs",
-  `${MLFLOW.replace("==", "-")}-debian-torch`,
-);
-
-/** Makes the venv once (marked .ready when whole), and returns its python. */
-function venvPython(dir: string, base: string, args: string[], packages: string[], verify?: string): string {
-  const python = join(dir, "bin", "python");
-  if (!existsSync(join(dir, ".ready"))) {
-    const steps = [
-      [base, "-m", "venv", ...args, dir],
-      [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", ...packages],
-      ...(verify ? [[python, "-c", verify]] : []),
-      ["touch", join(dir, ".ready")],
-    ];
-    for (const cmd of steps) {
-      const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8", timeout: 900_000 });
-      if (r.status !== 0) throw new Error(`${cmd.join(" ")} failed: ${r.error ?? ""}${r.stdout}${r.stderr}`);
-    }
-  }
-  return python;
-}
-
-function mlflowPython(): string {
-  return venvPython(VENV, "python3", [], [MLFLOW, ...EXTRAS]);
-}
-
-function torchPython(): string {
-  const probe = spawnSync(SYSTEM_PYTHON, ["-c", "import torch, numpy"], { encoding: "utf8" });
-  if (probe.status !== 0)
-    throw new Error(
-      `the mlflow.pytorch round trip needs CPU torch for ${SYSTEM_PYTHON} (Debian: apt-get install python3-torch): ${probe.error ?? probe.stderr}`,
-    );
-  return venvPython(
-    TORCH_VENV,
-    SYSTEM_PYTHON,
-    ["--system-site-packages"],
-    [MLFLOW, ...TORCH_EXTRAS],
-    "import numpy, torch, pandas, mlflow.pytorch; assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__",
-  );
-}
+import { clientSuite, mlflowPython, torchPython, VENV } from "./tracking-client.js";
 
 describe("MLflow tracking API, driven by the official mlflow client (embedded)", () => {
   const loom = new LoomProcess();
@@ -70,14 +13,7 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
   }, 300_000);
   afterAll(() => loom.stop());
 
-  function suite(uri: string, suffix: string, token = loom.token) {
-    const r = spawnSync(python, [join(ROOT, "test/fixtures/tracking/client_suite.py")], {
-      encoding: "utf8",
-      env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, SUFFIX: suffix },
-      timeout: 120_000,
-    });
-    return { code: r.status, out: `${r.stdout}\n${r.stderr}` };
-  }
+  const suite = (uri: string, suffix: string, token = loom.token) => clientSuite(python, uri, token, suffix);
 
   it("experiments, runs, every logging call, search with filters, order and pages, metric history, artifacts, model registry, pyfunc log_model and load_model by alias", () => {
     const r = suite(loom.url, "root");
@@ -207,7 +143,7 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
       env: { LOOM_TOKEN: alice },
     });
     expect(notAdmin.code).toBe(1);
-    expect(notAdmin.stderr).toMatch(/only an admin token/);
+    expect(notAdmin.stderr).toMatch(/reaches project team-a only|only an admin token/);
     const api = (path: string, body?: unknown) => loom.api(body ? "POST" : "GET", path, body);
     const created = await api("/mlflow/projects/team-a/api/2.0/mlflow/experiments/create", {
       name: "secret",

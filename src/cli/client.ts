@@ -46,12 +46,22 @@ export class ApiClient {
     return parsed as T;
   }
 
-  /** A streaming GET (logs, watches). */
-  async stream(path: string): Promise<Readable> {
-    const res = await this.fetch(path, { method: "GET" });
+  /** A streaming response (logs, watches; a POST for the gateway's streamed completions). */
+  async stream(path: string, body?: unknown): Promise<Readable> {
+    const res = await this.fetch(
+      path,
+      body === undefined
+        ? { method: "GET" }
+        : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) },
+    );
     if (!res.ok) {
       const text = await res.text();
-      throw new ApiError(res.status, (safeJson(text) as Partial<StatusBody>) ?? { message: text });
+      const parsed = safeJson(text) as Partial<StatusBody> & { error?: { message?: string } };
+      // The gateway answers in OpenAI's error format.
+      throw new ApiError(
+        res.status,
+        parsed?.error?.message ? { message: parsed.error.message } : (parsed ?? { message: text }),
+      );
     }
     if (!res.body) return Readable.from([]);
     return Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);

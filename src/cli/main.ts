@@ -240,48 +240,64 @@ export function buildProgram(): Command {
     .option("--port <port>", "port to listen on (0 picks a free one)", "7470")
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .addOption(new Option("--gpus <n>", "declare N virtual GPUs instead of detecting them with nvidia-smi"))
-    .action(async (opts: { dataDir: string; port: string; host: string; gpus?: string }) => {
-      const port = Number(opts.port);
-      if (!Number.isInteger(port) || port < 0 || port > 65535)
-        throw new CliError(`--port must be 0-65535, got "${opts.port}"`);
-      const gpus = opts.gpus === undefined ? undefined : Number(opts.gpus);
-      if (gpus !== undefined && (!Number.isInteger(gpus) || gpus < 0))
-        throw new CliError(`--gpus must be a whole number, got "${opts.gpus}"`);
-      const { startEmbedded } = await import("../server/embedded.js");
-      const log = createLogger();
-      let server: Awaited<ReturnType<typeof startEmbedded>>;
-      try {
-        server = await startEmbedded({ dataDir: resolve(opts.dataDir), port, host: opts.host, gpus, log });
-      } catch (err) {
-        const e = err as NodeJS.ErrnoException;
-        if (e.code === "EADDRINUSE")
-          throw new CliError(`port ${port} is in use: stop what uses it or pass --port`);
-        if (e.message?.startsWith("data dir")) throw new CliError(e.message);
-        throw err;
-      }
-      saveContext({ name: "embedded", url: server.url, token: server.adminToken });
-      process.stdout.write(
-        `Loom ${VERSION} is up at ${server.url}\n` +
-          `data dir:    ${resolve(opts.dataDir)}\n` +
-          `admin token: ${server.adminToken}\n` +
-          `CLI context "embedded" written to ${configPath()}; try: loom apply -f examples/hello/\n`,
-      );
-      await new Promise<void>((done) => {
-        const stop = (signal: string) => {
-          log.info(
-            { signal },
-            "stopping; running workloads keep running and are re-adopted by the next loom up",
-          );
-          server.close().then(done, (err) => {
-            log.error({ err }, "error while stopping");
-            done();
+    .option(
+      "--tracking-db <url>",
+      "keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
+    )
+    .action(
+      async (opts: { dataDir: string; port: string; host: string; gpus?: string; trackingDb?: string }) => {
+        const port = Number(opts.port);
+        if (!Number.isInteger(port) || port < 0 || port > 65535)
+          throw new CliError(`--port must be 0-65535, got "${opts.port}"`);
+        const gpus = opts.gpus === undefined ? undefined : Number(opts.gpus);
+        if (gpus !== undefined && (!Number.isInteger(gpus) || gpus < 0))
+          throw new CliError(`--gpus must be a whole number, got "${opts.gpus}"`);
+        if (opts.trackingDb !== undefined && !/^postgres(ql)?:\/\//i.test(opts.trackingDb))
+          throw new CliError("--tracking-db must be a postgres:// or postgresql:// URL");
+        const { startEmbedded } = await import("../server/embedded.js");
+        const log = createLogger();
+        let server: Awaited<ReturnType<typeof startEmbedded>>;
+        try {
+          server = await startEmbedded({
+            dataDir: resolve(opts.dataDir),
+            port,
+            host: opts.host,
+            gpus,
+            log,
+            ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
           });
-        };
-        process.once("SIGINT", () => stop("SIGINT"));
-        process.once("SIGTERM", () => stop("SIGTERM"));
-      });
-      process.stdout.write("Loom stopped\n");
-    });
+        } catch (err) {
+          const e = err as NodeJS.ErrnoException;
+          if (e.code === "EADDRINUSE")
+            throw new CliError(`port ${port} is in use: stop what uses it or pass --port`);
+          if (e.message?.startsWith("data dir") || e.message?.startsWith("tracking database"))
+            throw new CliError(e.message);
+          throw err;
+        }
+        saveContext({ name: "embedded", url: server.url, token: server.adminToken });
+        process.stdout.write(
+          `Loom ${VERSION} is up at ${server.url}\n` +
+            `data dir:    ${resolve(opts.dataDir)}\n` +
+            `admin token: ${server.adminToken}\n` +
+            `CLI context "embedded" written to ${configPath()}; try: loom apply -f examples/hello/\n`,
+        );
+        await new Promise<void>((done) => {
+          const stop = (signal: string) => {
+            log.info(
+              { signal },
+              "stopping; running workloads keep running and are re-adopted by the next loom up",
+            );
+            server.close().then(done, (err) => {
+              log.error({ err }, "error while stopping");
+              done();
+            });
+          };
+          process.once("SIGINT", () => stop("SIGINT"));
+          process.once("SIGTERM", () => stop("SIGTERM"));
+        });
+        process.stdout.write("Loom stopped\n");
+      },
+    );
 
   program
     .command("apply")
@@ -542,6 +558,10 @@ export function buildProgram(): Command {
       "--tracking-url <url>",
       "the MLFLOW_TRACKING_URI pods get (in a cluster: the Service in front of the operator); default: where the API listens",
     )
+    .option(
+      "--tracking-db <url>",
+      "with --data-dir: keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
+    )
     .action(
       async (opts: {
         metricsPort: string;
@@ -550,7 +570,14 @@ export function buildProgram(): Command {
         host: string;
         port: string;
         trackingUrl?: string;
+        trackingDb?: string;
       }) => {
+        if (opts.trackingDb !== undefined) {
+          if (!opts.dataDir)
+            throw new CliError("--tracking-db needs --data-dir (the API that serves tracking)");
+          if (!/^postgres(ql)?:\/\//i.test(opts.trackingDb))
+            throw new CliError("--tracking-db must be a postgres:// or postgresql:// URL");
+        }
         const g = program.opts() as GlobalOpts;
         const { startOperator } = await import("../server/operator.js");
         const log = createLogger();
@@ -566,6 +593,7 @@ export function buildProgram(): Command {
                 host: opts.host,
                 port: Number(opts.port),
                 trackingUrl: opts.trackingUrl,
+                ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
               }
             : {}),
         });
@@ -613,6 +641,67 @@ export function buildProgram(): Command {
         ...(opts.project ? { project: opts.project } : {}),
       });
       process.stdout.write(`${created.token}\n`);
+    });
+
+  program
+    .command("chat")
+    .description('ask an InferenceService through the gateway, streaming the answer: loom chat NAME "prompt"')
+    .argument("<service>", "the InferenceService (its name is the model name)")
+    .argument("<prompt...>", "what to say")
+    .option("-p, --project <project>", "project of the service")
+    .option("--max-tokens <n>", "most tokens to generate", "64")
+    .option("--temperature <t>", "sampling temperature (0: greedy)", "0.8")
+    .action(
+      async (
+        service: string,
+        words: string[],
+        opts: { project?: string; maxTokens: string; temperature: string },
+      ) => {
+        const { api, defaultProject } = client(program);
+        const project = opts.project ?? defaultProject;
+        const stream = await api.stream("/v1/chat/completions", {
+          model: `${project}/${service}`,
+          messages: [{ role: "user", content: words.join(" ") }],
+          max_tokens: Number(opts.maxTokens),
+          temperature: Number(opts.temperature),
+          stream: true,
+        });
+        let buffered = "";
+        for await (const chunk of stream) {
+          buffered += (chunk as Buffer).toString();
+          let i = buffered.indexOf("\n\n");
+          while (i >= 0) {
+            const event = buffered.slice(0, i);
+            buffered = buffered.slice(i + 2);
+            i = buffered.indexOf("\n\n");
+            const data = event.replace(/^data: ?/, "");
+            if (data === "[DONE]") continue;
+            const parsed = JSON.parse(data) as { choices?: { delta?: { content?: string } }[] };
+            process.stdout.write(parsed.choices?.[0]?.delta?.content ?? "");
+          }
+        }
+        process.stdout.write("\n");
+      },
+    );
+
+  program
+    .command("apikey")
+    .description("create a project API key for the inference gateway: loom apikey create NAME -p PROJECT")
+    .argument("<action>", "create")
+    .argument("<name>", "who or what the key is for")
+    .option("-p, --project <project>", "the project whose endpoints the key reaches")
+    .option("--service <name...>", "only these InferenceServices (default: every one of the project)")
+    .action(async (action: string, name: string, opts: { project?: string; service?: string[] }) => {
+      if (action !== "create")
+        throw new CliError(`unknown action "${action}": use loom apikey create NAME -p PROJECT`);
+      const { api, defaultProject } = client(program);
+      const project = opts.project ?? defaultProject;
+      const created = await api.request<{ key: string }>(
+        "POST",
+        `${BASE}/projects/${encodeURIComponent(project)}/apikeys`,
+        { name, ...(opts.service ? { services: opts.service } : {}) },
+      );
+      process.stdout.write(`${created.key}\n`);
     });
 
   program

@@ -13,9 +13,7 @@ import { openSqlite } from "../store/sqlite/db.js";
 import { SqliteEventRecorder } from "../store/sqlite/events.js";
 import { SqliteResourceStore } from "../store/sqlite/resources.js";
 import { SqliteTokenStore } from "../store/sqlite/tokens.js";
-import { LoggedModels } from "../tracking/logged.js";
-import { ModelRegistry } from "../tracking/registry.js";
-import { TrackingStore } from "../tracking/store.js";
+import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
@@ -36,6 +34,11 @@ export interface EmbeddedOptions {
   baseBackoffMs?: number;
   /** false serves the API and store without any controller (benchmarks of the API alone). */
   controllers?: boolean;
+  /**
+   * Keep MLflow tracking (experiments, runs, registry, logged models) in this PostgreSQL database
+   * (postgres://…) instead of the data dir's SQLite file; tokens, objects and events stay there.
+   */
+  trackingDb?: string;
 }
 
 export interface EmbeddedServer {
@@ -56,6 +59,14 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const unlock = lockDataDir(opts.dataDir);
   const now = () => new Date();
   const database = await openSqlite(join(opts.dataDir, "loom.db"));
+  let trackingDb: TrackingDatabase;
+  try {
+    trackingDb = await trackingDatabase(database.db as unknown as Kysely<unknown>, opts.trackingDb, log);
+  } catch (err) {
+    await database.close();
+    unlock();
+    throw err;
+  }
   const store = await SqliteResourceStore.open(database.db, { now });
   const events = new SqliteEventRecorder(database.db, now);
   const tokens = new SqliteTokenStore(database.db);
@@ -65,7 +76,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const admin = await adminToken(tokens, opts.dataDir);
   if (admin.created) log.info({ file: admin.file }, "created the admin token");
   const workloadTokenFor = workloadTokens(tokens, opts.dataDir);
-  const trackingStore = new TrackingStore(database.db as unknown as Kysely<unknown>);
+  const tracking = trackingOn(trackingDb);
+  const trackingStore = tracking.store;
   let url = "";
   const workloadTracking = new LocalWorkloadTracking(trackingStore, () => url, workloadTokenFor);
 
@@ -77,7 +89,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     gpus: detectGpus(opts.gpus),
     log: log.child({ component: "runtime/local" }),
   });
-  const registry = new ModelRegistry(database.db as unknown as Kysely<unknown>);
+  const registry = tracking.registry;
   const app = await buildApp({
     store,
     tokens,
@@ -89,7 +101,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     tracking: {
       store: trackingStore,
       registry,
-      loggedModels: new LoggedModels(database.db as unknown as Kysely<unknown>, trackingStore),
+      loggedModels: tracking.loggedModels,
       artifactsDir: join(opts.dataDir, "artifacts"),
     },
     // The trainingjob loop would add it on first sight; giving it at create saves that write.
@@ -126,6 +138,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       await app.close();
       await runtime.close();
       await store.close();
+      await trackingDb.close();
       await database.close();
       unlock();
     },

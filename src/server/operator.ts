@@ -16,9 +16,7 @@ import { coreScheduler } from "../scheduler/port.js";
 import { KubeResourceStore } from "../store/kube/resources.js";
 import { openSqlite } from "../store/sqlite/db.js";
 import { SqliteTokenStore } from "../store/sqlite/tokens.js";
-import { LoggedModels } from "../tracking/logged.js";
-import { ModelRegistry } from "../tracking/registry.js";
-import { TrackingStore } from "../tracking/store.js";
+import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
@@ -43,6 +41,11 @@ export interface OperatorOptions {
   port?: number;
   /** The tracking URL pods are given (in a cluster: the Service in front of the operator). Default: where it listens. */
   trackingUrl?: string;
+  /**
+   * With dataDir: keep MLflow tracking in this PostgreSQL database (postgres://…) instead of the
+   * data dir's SQLite file; tokens stay there.
+   */
+  trackingDb?: string;
 }
 
 export interface Operator {
@@ -120,7 +123,8 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
 
 /**
  * Tracking on Kubernetes: the same API server as embedded (MLflow routes, registry, Model kind)
- * over the cluster's store, with tracking tables on a SQLite file in the operator's data dir.
+ * over the cluster's store, with tracking tables on a SQLite file in the operator's data dir (or
+ * in PostgreSQL, with trackingDb; tokens stay in that file).
  * Pods are told the tracking URL, a project-scoped token and their run, as embedded workers are.
  */
 async function startTracking(
@@ -136,11 +140,18 @@ async function startTracking(
   const dataDir = opts.dataDir!;
   mkdirSync(dataDir, { recursive: true });
   const database = await openSqlite(join(dataDir, "tracking.db"));
-  const db = database.db as unknown as Kysely<unknown>;
+  let trackingDb: TrackingDatabase;
+  try {
+    trackingDb = await trackingDatabase(database.db as unknown as Kysely<unknown>, opts.trackingDb, deps.log);
+  } catch (err) {
+    await database.close();
+    throw err;
+  }
   const tokens = new SqliteTokenStore(database.db);
   const admin = await adminToken(tokens, dataDir);
-  const trackingStore = new TrackingStore(db);
-  const registry = new ModelRegistry(db);
+  const tracking = trackingOn(trackingDb);
+  const trackingStore = tracking.store;
+  const registry = tracking.registry;
   const app = await buildApp({
     store: deps.store,
     tokens,
@@ -153,7 +164,7 @@ async function startTracking(
     tracking: {
       store: trackingStore,
       registry,
-      loggedModels: new LoggedModels(db, trackingStore),
+      loggedModels: tracking.loggedModels,
       artifactsDir: join(dataDir, "artifacts"),
     },
   });
@@ -170,6 +181,7 @@ async function startTracking(
     },
     async close() {
       await app.close();
+      await trackingDb.close();
       await database.close();
     },
   };

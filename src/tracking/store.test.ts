@@ -1,18 +1,16 @@
-import type { Kysely } from "kysely";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type OpenedDatabase, openSqlite } from "../store/sqlite/db.js";
+import { beforeAll, describe, expect, it } from "vitest";
+import { TRACKING_BACKENDS, useTrackingBackend } from "../../test/postgres.js";
 import { MlflowError } from "./errors.js";
 import { TrackingStore } from "./store.js";
 
-let database: OpenedDatabase;
-let store: TrackingStore;
-beforeAll(async () => {
-  database = await openSqlite(":memory:");
-  store = new TrackingStore(database.db as unknown as Kysely<unknown>, () => 1_000);
-});
-afterAll(() => database.close());
+describe.each(TRACKING_BACKENDS)("TrackingStore on $name", (backend) => {
+  const opened = useTrackingBackend(backend);
+  let store: TrackingStore;
+  beforeAll(() => {
+    const database = opened()?.database;
+    if (database) store = new TrackingStore(database.db, () => 1_000, database.dialect);
+  });
 
-describe("TrackingStore", () => {
   it("keeps the latest metric by step, then timestamp; NaN never matches a comparison", async () => {
     const exp = await store.createExperiment("p", "e1");
     const run = await store.createRun("p", { experimentId: exp, runName: "r" });
@@ -176,6 +174,133 @@ describe("TrackingStore", () => {
         JSON.stringify({ values, max, range }),
       ).toEqual(expected.map((v) => [v.step, v.timestamp, v.value]));
     }
+  });
+
+  it("searches with MLflow's filters the same way on every backend: LIKE is case-sensitive, ILIKE not, IN, numbers, pages", async () => {
+    const exp = await store.createExperiment("p", "Search-Exp", undefined, [{ key: "team", value: "NLP" }]);
+    const ids: Record<string, string> = {};
+    for (const [name, x, p, t] of [
+      ["alpha", 1.5, "a_1", "Has-X"],
+      ["beta", 2.5, "b%2", "has-x"],
+      ["Gamma", -3, "a*1", "none"],
+    ] as const) {
+      const r = await store.createRun("p", { experimentId: exp, runName: name, startTime: 1_000 + x * 10 });
+      ids[name] = r.info.run_id;
+      await store.logBatch("p", r.info.run_id, {
+        metrics: [{ key: "x", value: x, timestamp: 5, step: 0 }],
+        params: [{ key: "p", value: p }],
+        tags: [{ key: "t", value: t }],
+      });
+    }
+    const names = async (filter: string, orderBy?: string[]) =>
+      (
+        await store.searchRuns("p", {
+          experimentIds: [exp],
+          filter,
+          orderBy: orderBy ?? ["attributes.run_name ASC"],
+        })
+      ).runs.map((r) => r.info.run_name);
+    expect(await names("tags.t LIKE '%X%'")).toEqual(["alpha"]);
+    expect(await names("tags.t LIKE '%x%'")).toEqual(["beta"]);
+    expect(await names("tags.t ILIKE '%X%'")).toEqual(["alpha", "beta"]);
+    expect(await names("attributes.run_name LIKE 'G%'")).toEqual(["Gamma"]);
+    expect(await names("attributes.run_name ILIKE 'g%'")).toEqual(["Gamma"]);
+    // _ matches one character; GLOB's own specials mean nothing to LIKE.
+    expect(await names("params.p LIKE 'a_1'")).toEqual(["Gamma", "alpha"]);
+    expect(await names("params.p LIKE 'a*%'")).toEqual(["Gamma"]);
+    expect(await names(`attributes.run_id IN ('${ids.alpha}', '${ids.beta}')`)).toEqual(["alpha", "beta"]);
+    expect(await names(`attributes.run_id NOT IN ('${ids.alpha}', '${ids.beta}')`)).toEqual(["Gamma"]);
+    expect(await names(`attributes.run_id IN ('${ids.beta}')`)).toEqual(["beta"]);
+    expect(await names("metrics.x > 1.5")).toEqual(["beta"]);
+    expect(await names("metrics.x >= 1.5")).toEqual(["alpha", "beta"]);
+    expect(await names("metrics.x < 0")).toEqual(["Gamma"]);
+    expect(await names("metrics.x != 2.5")).toEqual(["Gamma", "alpha"]);
+    expect(await names("attributes.start_time > 1000")).toEqual(["alpha", "beta"]);
+    expect(await names("attributes.status = 'RUNNING' and metrics.x <= 2.5 and params.p != 'a*1'")).toEqual([
+      "alpha",
+      "beta",
+    ]);
+    // Byte order for text (upper case first), as SQLite and MLflow's tests expect.
+    expect(await names("", ["attributes.run_name DESC"])).toEqual(["beta", "alpha", "Gamma"]);
+    expect(await names("", ["params.p ASC"])).toEqual(["Gamma", "alpha", "beta"]);
+    expect(await names("", ["attributes.start_time ASC"])).toEqual(["Gamma", "alpha", "beta"]);
+    // Pages: the token carries on where the last page stopped, and the last page has none.
+    const page1 = await store.searchRuns("p", {
+      experimentIds: [exp],
+      maxResults: 2,
+      orderBy: ["metrics.x ASC"],
+    });
+    expect(page1.runs.map((r) => r.info.run_name)).toEqual(["Gamma", "alpha"]);
+    const page2 = await store.searchRuns("p", {
+      experimentIds: [exp],
+      maxResults: 2,
+      orderBy: ["metrics.x ASC"],
+      pageToken: page1.next_page_token,
+    });
+    expect(page2.runs.map((r) => r.info.run_name)).toEqual(["beta"]);
+    expect(page2.next_page_token).toBeUndefined();
+    // Experiments: by name LIKE (case-sensitive) and ILIKE, and by tag.
+    const exps = async (filter: string) =>
+      (await store.searchExperiments("p", { filter })).experiments.map((e) => e.name);
+    expect(await exps("name LIKE 'Search-%'")).toEqual(["Search-Exp"]);
+    expect(await exps("name LIKE 'search-%'")).toEqual([]);
+    expect(await exps("name ILIKE 'search-%'")).toEqual(["Search-Exp"]);
+    expect(await exps("tags.team = 'NLP'")).toEqual(["Search-Exp"]);
+    expect(await exps("tags.team LIKE 'nlp'")).toEqual([]);
+  });
+
+  it("keeps metric history with NaN and ±infinity, large timestamps and steps, and pages it", async () => {
+    const exp = await store.createExperiment("p", "history");
+    const run = await store.createRun("p", { experimentId: exp });
+    const id = run.info.run_id;
+    const t = 1_767_225_600_000; // ms timestamps are past 2^31
+    await store.logBatch("p", id, {
+      metrics: [
+        { key: "v", value: 0.1, timestamp: t, step: 0 },
+        { key: "v", value: "NaN", timestamp: t + 1, step: 1 },
+        { key: "v", value: "Infinity", timestamp: t + 2, step: 2 },
+        { key: "v", value: "-Infinity", timestamp: t + 3, step: 3 },
+        { key: "v", value: 1e-300, timestamp: t + 4, step: 5_000_000_000 },
+      ],
+    });
+    const all = await store.metricHistory("p", id, "v");
+    expect(all.metrics).toEqual([
+      { key: "v", value: 0.1, timestamp: t, step: 0 },
+      { key: "v", value: "NaN", timestamp: t + 1, step: 1 },
+      { key: "v", value: 1.7976931348623157e308, timestamp: t + 2, step: 2 },
+      { key: "v", value: -1.7976931348623157e308, timestamp: t + 3, step: 3 },
+      { key: "v", value: 1e-300, timestamp: t + 4, step: 5_000_000_000 },
+    ]);
+    const first = await store.metricHistory("p", id, "v", { maxResults: 3 });
+    expect(first.metrics.map((m) => m.step)).toEqual([0, 1, 2]);
+    const rest = await store.metricHistory("p", id, "v", { maxResults: 3, pageToken: first.next_page_token });
+    expect(rest.metrics.map((m) => m.step)).toEqual([3, 5_000_000_000]);
+    expect(rest.next_page_token).toBeUndefined();
+    expect((await store.getRun("p", id)).data.metrics).toEqual([
+      { key: "v", value: 1e-300, timestamp: t + 4, step: 5_000_000_000 },
+    ]);
+    expect((await store.getRun("p", id)).info.start_time).toBe(1_000);
+    // Infinity compares as the largest double, NaN as nothing.
+    const names = async (filter: string) =>
+      (await store.searchRuns("p", { experimentIds: [exp], filter })).runs.length;
+    expect(await names("metrics.v > 0")).toBe(1);
+    const bulk = await store.metricHistoryBulkInterval("p", { runIds: [id], metricKey: "v", maxResults: 2 });
+    expect(bulk.metrics.map((m) => [m.step, m.value])).toEqual([
+      [0, 0.1],
+      [5_000_000_000, 1e-300],
+    ]);
+  });
+
+  it("a name made twice at once is one experiment and one RESOURCE_ALREADY_EXISTS", async () => {
+    const results = await Promise.allSettled(
+      Array.from({ length: 4 }, () => store.createExperiment("p", "racing")),
+    );
+    expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+    for (const r of results)
+      if (r.status === "rejected") expect(r.reason).toMatchObject({ errorCode: "RESOURCE_ALREADY_EXISTS" });
+    // The default experiment, asked for by many at once, is made once.
+    const defaults = await Promise.all(Array.from({ length: 4 }, () => store.getExperiment("race", "0")));
+    expect(new Set(defaults.map((e) => e.experiment_id)).size).toBe(1);
   });
 
   it("get-history-bulk-interval refuses what MLflow refuses", async () => {

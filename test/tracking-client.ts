@@ -1,0 +1,74 @@
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { ROOT } from "./helpers.js";
+
+/** The official MLflow client (pinned), with pandas for mlflow.pyfunc, in a venv cached across runs. */
+export const MLFLOW = "mlflow-skinny==3.17.2";
+const EXTRAS = ["pandas==3.1.1"];
+export const VENV = join(homedir(), ".cache", "loom", "test-envs", `${MLFLOW.replace("==", "-")}-pandas`);
+/**
+ * The same client for mlflow.pytorch: CPU torch here is Debian's python3-torch (torch 1.13, numpy
+ * 1.x) for /usr/bin/python3 only, so this venv is made from that Python with its site packages,
+ * and pins a pandas and numpy that keep Debian's numpy 1.x (numpy 2 breaks that torch).
+ */
+const SYSTEM_PYTHON = "/usr/bin/python3";
+const TORCH_EXTRAS = ["pandas==2.2.3", "numpy<2"];
+const TORCH_VENV = join(
+  homedir(),
+  ".cache",
+  "loom",
+  "test-envs",
+  `${MLFLOW.replace("==", "-")}-debian-torch`,
+);
+
+/** Makes the venv once (marked .ready when whole), and returns its python. */
+function venvPython(dir: string, base: string, args: string[], packages: string[], verify?: string): string {
+  const python = join(dir, "bin", "python");
+  if (!existsSync(join(dir, ".ready"))) {
+    const steps = [
+      [base, "-m", "venv", ...args, dir],
+      [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", ...packages],
+      ...(verify ? [[python, "-c", verify]] : []),
+      ["touch", join(dir, ".ready")],
+    ];
+    for (const cmd of steps) {
+      const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8", timeout: 900_000 });
+      if (r.status !== 0) throw new Error(`${cmd.join(" ")} failed: ${r.error ?? ""}${r.stdout}${r.stderr}`);
+    }
+  }
+  return python;
+}
+
+export function mlflowPython(): string {
+  return venvPython(VENV, "python3", [], [MLFLOW, ...EXTRAS]);
+}
+
+export function torchPython(): string {
+  const probe = spawnSync(SYSTEM_PYTHON, ["-c", "import torch, numpy"], { encoding: "utf8" });
+  if (probe.status !== 0)
+    throw new Error(
+      `the mlflow.pytorch round trip needs CPU torch for ${SYSTEM_PYTHON} (Debian: apt-get install python3-torch): ${probe.error ?? probe.stderr}`,
+    );
+  return venvPython(
+    TORCH_VENV,
+    SYSTEM_PYTHON,
+    ["--system-site-packages"],
+    [MLFLOW, ...TORCH_EXTRAS],
+    "import numpy, torch, pandas, mlflow.pytorch; assert int(numpy.__version__.split('.')[0]) < 2, numpy.__version__",
+  );
+}
+
+/**
+ * Runs test/fixtures/tracking/client_suite.py (the official client against every endpoint) at a
+ * tracking URI; it prints "OK N checks" when all pass.
+ */
+export function clientSuite(python: string, uri: string, token: string, suffix: string) {
+  const r = spawnSync(python, [join(ROOT, "test/fixtures/tracking/client_suite.py")], {
+    encoding: "utf8",
+    env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, SUFFIX: suffix },
+    timeout: 120_000,
+  });
+  return { code: r.status, out: `${r.stdout}\n${r.stderr}` };
+}
