@@ -45,6 +45,8 @@ export interface InferenceServiceDeps {
   table?: ServingTable;
   /** Where the built-in runtimes live (the repository's runtimes/ directory). */
   runtimesDir: string;
+  /** The gateway's OpenAI base URL, for status.url. */
+  baseUrl?: () => string;
   /** Probes a replica's readiness path; true when it answers 2xx. */
   probe?: (host: string, port: number, path: string) => Promise<boolean>;
 }
@@ -233,6 +235,7 @@ export class InferenceServiceReconciler implements Reconciler {
           },
       now,
     );
+    if (this.deps.baseUrl) status.url = `${this.deps.baseUrl()}/v1 (model ${name})`;
     status.observedGeneration = svc.metadata.generation;
     if (!isDeepStrictEqual(before, status))
       svc = (await this.deps.store.updateStatus({ ...svc, status })) as InferenceService;

@@ -42,7 +42,7 @@ export interface ControllerManagerDeps {
   /** How often a running sweep reads its trials' metrics. */
   sweepPollMs?: number;
   /** Serving (InferenceService): where models are, what the autoscaler wants, who routes. */
-  serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "runtimesDir" | "probe">;
+  serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "runtimesDir" | "probe" | "baseUrl">;
 }
 
 /**
@@ -216,6 +216,11 @@ export class ControllerManager {
     if (this.admissionView.get(key) === view) return false;
     this.admissionView.set(key, view);
     return true;
+  }
+
+  /** Asks the InferenceService loop to look at a service now (the autoscaler changed its target). */
+  enqueueInferenceService(key: string): void {
+    this.services?.enqueue(key);
   }
 
   async start(): Promise<void> {

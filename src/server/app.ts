@@ -10,6 +10,7 @@ import { Counter, Histogram, type Registry } from "prom-client";
 import { API_VERSION } from "../api/meta.js";
 import { type TrainingJob, workerRange } from "../api/trainingjob.js";
 import { BadRequestError, ForbiddenError, NotFoundError, UnauthorizedError } from "../errors.js";
+import type { Gateway } from "../gateway/gateway.js";
 import { interleaveLines } from "../runtime/interleave.js";
 import type { Runtime } from "../runtime/port.js";
 import { coreScheduler } from "../scheduler/port.js";
@@ -24,6 +25,7 @@ import { ModelView } from "./models.js";
 import { buildOpenApi } from "./openapi.js";
 import { ResourceService } from "./resources.js";
 import { SchedulingView } from "./scheduling.js";
+import { type ServingDirectory, servingRoutes } from "./serving.js";
 
 export interface AppDeps {
   store: ResourceStore;
@@ -37,6 +39,8 @@ export interface AppDeps {
   createFinalizers?: Record<string, string[]>;
   /** Create the default project if it is missing (embedded); the operator owns that on Kubernetes. */
   ensureDefaultProject?: boolean;
+  /** The inference gateway (OpenAI routes on this port). */
+  serving?: { gateway: Gateway; directory: ServingDirectory };
   /** MLflow-compatible experiment tracking (embedded: on the same database). */
   tracking?: {
     store: TrackingStore;
@@ -454,6 +458,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       },
     });
   }
+
+  if (deps.serving) await servingRoutes(app, deps.serving);
 
   if (deps.ensureDefaultProject !== false) await resources.ensureDefaultProject();
   return app;

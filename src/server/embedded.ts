@@ -1,11 +1,13 @@
 import { availableParallelism, totalmem } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { FastifyInstance } from "fastify";
 import type { Kysely } from "kysely";
 import type { Logger } from "pino";
 import { collectDefaultMetrics, Registry } from "prom-client";
 import { ControllerManager } from "../controllers/manager.js";
 import { RUNTIME_FINALIZER, TRAININGJOB } from "../controllers/trainingjob.js";
+import { Gateway } from "../gateway/gateway.js";
 import { detectGpus } from "../runtime/local/gpus.js";
 import { LocalRuntime } from "../runtime/local/runtime.js";
 import { coreScheduler } from "../scheduler/port.js";
@@ -18,7 +20,12 @@ import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
 import { instanceId, lockDataDir } from "./datadir.js";
-import { registryRegistrar, trackingTrialMetrics } from "./models.js";
+import { localModelResolver, registryRegistrar, trackingTrialMetrics } from "./models.js";
+import { ServingDirectory } from "./serving.js";
+
+/** Loom's built-in serving runtimes (runtimes/ in the package). */
+const RUNTIMES_DIR = fileURLToPath(new URL("../../runtimes", import.meta.url));
+
 import { adminToken, workloadTokens } from "./workloadtokens.js";
 
 export interface EmbeddedOptions {
@@ -90,6 +97,11 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     log: log.child({ component: "runtime/local" }),
   });
   const registry = tracking.registry;
+  const artifactsDir = join(opts.dataDir, "artifacts");
+  // The inference gateway: OpenAI routes on this port, fed by the InferenceService controller.
+  const directory = new ServingDirectory();
+  const gateway = new Gateway({ directory, scaler: directory, registry: metrics, log });
+  directory.attach(gateway);
   const app = await buildApp({
     store,
     tokens,
@@ -102,8 +114,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       store: trackingStore,
       registry,
       loggedModels: tracking.loggedModels,
-      artifactsDir: join(opts.dataDir, "artifacts"),
+      artifactsDir,
     },
+    serving: { gateway, directory },
     // The trainingjob loop would add it on first sight; giving it at create saves that write.
     ...(opts.controllers !== false ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
   });
@@ -120,11 +133,20 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     tracking: workloadTracking,
     trialMetrics: trackingTrialMetrics(trackingStore),
     registrar: registryRegistrar(registry),
+    serving: {
+      models: localModelResolver(registry, trackingStore, artifactsDir),
+      scale: directory,
+      table: directory,
+      runtimesDir: RUNTIMES_DIR,
+      baseUrl: () => url,
+    },
   });
+  directory.onScale = (key) => manager.enqueueInferenceService(key);
   // Listening first: workers started by the controllers are told this URL (MLFLOW_TRACKING_URI).
   const address = await app.listen({ host: opts.host ?? "127.0.0.1", port: opts.port ?? 7470 });
   url = address;
   if (opts.controllers !== false) await manager.start();
+  gateway.start();
   let closed = false;
   return {
     url: address,
@@ -134,6 +156,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     async close() {
       if (closed) return;
       closed = true;
+      gateway.close();
       if (opts.controllers !== false) await manager.stop();
       await app.close();
       await runtime.close();

@@ -1,5 +1,6 @@
-import type { FastifyError, FastifyInstance } from "fastify";
-import { LoomError, ValidationError } from "../errors.js";
+import type { FastifyError, FastifyInstance, FastifyReply } from "fastify";
+import { ForbiddenError, LoomError, UnauthorizedError, ValidationError } from "../errors.js";
+import { GatewayError, invalidKey, missingKey } from "../gateway/errors.js";
 import { MlflowError } from "../tracking/errors.js";
 
 /** MLflow's error codes as the Status reasons Loom's own API uses (the Model kind reads the registry). */
@@ -33,9 +34,39 @@ export function statusBody(
   return body;
 }
 
+function sendOpenAIError(reply: FastifyReply, err: Error) {
+  const gatewayError =
+    err instanceof GatewayError
+      ? err
+      : err instanceof UnauthorizedError
+        ? /missing/.test(err.message)
+          ? missingKey()
+          : invalidKey()
+        : err instanceof ForbiddenError
+          ? new GatewayError(403, "permission_error", "forbidden", err.message)
+          : typeof (err as FastifyError).statusCode === "number" && (err as FastifyError).statusCode! < 500
+            ? new GatewayError(
+                (err as FastifyError).statusCode!,
+                "invalid_request_error",
+                "invalid_request",
+                err.message,
+              )
+            : new GatewayError(500, "server_error", "internal_error", "the gateway failed; retry");
+  return reply
+    .code(gatewayError.httpStatus)
+    .headers(
+      gatewayError.options.retryAfterSeconds !== undefined
+        ? { "retry-after": String(gatewayError.options.retryAfterSeconds) }
+        : {},
+    )
+    .send(gatewayError.body());
+}
+
 /** The one place where errors become HTTP responses. */
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | LoomError | Error, request, reply) => {
+    // The gateway's routes answer as OpenAI does: its clients parse that shape, not Status.
+    if (request.url.startsWith("/v1/")) return sendOpenAIError(reply, err);
     if (err instanceof LoomError) {
       const causes =
         err instanceof ValidationError

@@ -1,0 +1,565 @@
+import type { Agent, IncomingMessage, ServerResponse } from "node:http";
+import type { Logger } from "pino";
+import type { Registry } from "prom-client";
+import { Activator } from "./activator.js";
+import { Autoscaler, type AutoscalerParams } from "./autoscaler.js";
+import { type AffinityOptions, Balancer, type EjectionOptions } from "./balancer.js";
+import {
+  badRequest,
+  bodyTooLarge,
+  ClientGoneError,
+  GatewayError,
+  keyNotAllowed,
+  sendGatewayError,
+  unavailable,
+  unknownModel,
+} from "./errors.js";
+import { createGatewayMetrics, type GatewayMetrics } from "./metrics.js";
+import { HttpForwarder, readBody } from "./proxy.js";
+import { TrafficSplitter } from "./traffic.js";
+import type { Usage } from "./usage.js";
+
+/**
+ * The inference gateway's core: one request goes
+ *   1. body read (capped) → model name → EndpointDirectory → access check (caller's callback)
+ *   2. traffic split → revision
+ *   3. no ready replica → activator hold (first hold asks the Scaler for a scale from zero)
+ *   4. balancer pick → proxy (retries on another replica, ejection of failing ones)
+ *   5. metrics; the revision's concurrency goes to its autoscaler on every change
+ * and a ticker turns each revision's autoscaler decision into `Scaler.setDesired`.
+ *
+ * It knows nothing of API keys, InferenceService objects or Kubernetes: the integrator resolves
+ * the principal, implements the two ports below and calls `update` when endpoints change.
+ */
+
+export interface ReplicaEndpoint {
+  /** Stable across updates (pod name, process id): health and counters are kept by it. */
+  id: string;
+  host: string;
+  port: number;
+  ready: boolean;
+}
+
+export interface RevisionEndpoint {
+  name: string;
+  /** Share of traffic relative to the other revisions (e.g. 90 and 10). */
+  weight: number;
+  replicas: ReplicaEndpoint[];
+}
+
+export interface ServiceEndpoint {
+  project: string;
+  service: string;
+  revisions: RevisionEndpoint[];
+  /** Applies to each revision on its own (a canary scales apart from stable). */
+  autoscaling: AutoscalerParams;
+  /** Prefix affinity (shared system prompts hit a replica's KV cache); off when absent. */
+  affinity?: AffinityOptions;
+  /** Headers set on every upstream request (an API key the model server expects, say). */
+  upstreamHeaders?: Record<string, string>;
+}
+
+/** Port: where a model name leads. Read from an in-memory cache; called on every request. */
+export interface EndpointDirectory {
+  /**
+   * The service serving `model`, or undefined for an unknown model. `project` is the caller's
+   * hint (a path segment or the principal's project) where model names are not globally unique.
+   */
+  resolve(
+    model: string,
+    project?: string,
+  ): ServiceEndpoint | undefined | Promise<ServiceEndpoint | undefined>;
+}
+
+export interface ScaleTarget {
+  project: string;
+  service: string;
+  revision: string;
+}
+
+/** Port: makes a revision's replica count what the gateway asks. Called only on change. */
+export interface Scaler {
+  setDesired(target: ScaleTarget, replicas: number, reason: string): void | Promise<void>;
+}
+
+export interface HandleOptions {
+  /** The model, when the route already knows it; otherwise read from the JSON body's `model`. */
+  model?: string;
+  /** Project hint passed to the directory. */
+  project?: string;
+  /**
+   * The body, when the framework read it already (Fastify: a `parseAs: "buffer"` content-type
+   * parser); otherwise the gateway reads `req`.
+   */
+  body?: Buffer;
+  /** Path and query sent upstream; default `req.url`. */
+  path?: string;
+  /** May the caller use this service? false → 403. Auth itself stays with the integrator. */
+  authorize?: (endpoint: ServiceEndpoint) => boolean | Promise<boolean>;
+}
+
+export interface HandleResult {
+  status: number;
+  project?: string;
+  service?: string;
+  revision?: string;
+  replica?: string;
+  usage?: Usage;
+}
+
+export interface GatewayOptions {
+  /** Largest request body (buffered so that it can be retried). Default 8 MB. */
+  maxBodyBytes?: number;
+  /** Further replicas tried after a connection failure. Default 2. */
+  maxRetries?: number;
+  connectTimeoutMs?: number;
+  /** Time to response headers before a 504. Default 5 min. */
+  responseTimeoutMs?: number;
+  /** Held requests per revision, and how long each may wait. Defaults 100 and 5 min. */
+  activator?: { capacity?: number; timeoutMs?: number };
+  ejection?: EjectionOptions;
+  tieBreak?: "random" | "round-robin";
+  /** Whether an upstream 5xx counts towards ejection. Default true. */
+  failOn5xx?: boolean;
+  /** Request headers never forwarded upstream. Default ["authorization"]. */
+  dropRequestHeaders?: string[];
+  /** How often autoscaling decisions are made. Default 2 s. */
+  tickMs?: number;
+  /** Response header naming the replica that answered (debugging); false for none. Default "x-loom-replica". */
+  replicaHeader?: string | false;
+}
+
+export interface GatewayDeps {
+  directory: EndpointDirectory;
+  scaler: Scaler;
+  /** Metrics go here (or pass `metrics` made once per registry). */
+  registry?: Registry;
+  metrics?: GatewayMetrics;
+  log?: Logger;
+  agent?: Agent;
+  now?: () => number;
+  random?: () => number;
+}
+
+interface RevState {
+  key: string;
+  target: ScaleTarget;
+  /** The last model name (and project hint) that reached this revision, so the ticker can re-resolve it. */
+  model?: string;
+  projectHint?: string;
+  balancer: Balancer;
+  balancerSig: string;
+  autoscaler: Autoscaler;
+  autoscalerSig: string;
+  ready: number;
+  inFlight: number;
+  held: number;
+  lastDesired?: number;
+  upstreamHeaders?: Record<string, string>;
+  affinityChars?: number;
+}
+
+const revKey = (t: ScaleTarget) => `${t.project}/${t.service}/${t.revision}`;
+
+export class Gateway {
+  readonly activator: Activator;
+  readonly metrics: GatewayMetrics;
+  private readonly proxy: HttpForwarder;
+  private readonly states = new Map<string, RevState>();
+  private readonly splitters = new Map<string, { sig: string; splitter: TrafficSplitter }>();
+  private readonly now: () => number;
+  private readonly log?: Logger;
+  private timer?: NodeJS.Timeout;
+  private ticking = false;
+
+  constructor(
+    private readonly deps: GatewayDeps,
+    private readonly opts: GatewayOptions = {},
+  ) {
+    this.now = deps.now ?? Date.now;
+    this.log = deps.log?.child({ component: "gateway" });
+    this.metrics = deps.metrics ?? createGatewayMetrics(deps.registry ?? missingRegistry());
+    this.proxy = new HttpForwarder({ agent: deps.agent, now: this.now });
+    this.activator = new Activator({
+      capacity: opts.activator?.capacity,
+      timeoutMs: opts.activator?.timeoutMs,
+      now: this.now,
+      onHold: (key) => this.scaleFromZero(key),
+      onDepth: (key, depth) => {
+        const st = this.states.get(key);
+        if (st) this.metrics.activatorDepth.set(labels(st.target), depth);
+      },
+    });
+  }
+
+  /** Starts the autoscaling ticker. */
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => void this.tick(), this.opts.tickMs ?? 2000);
+    this.timer.unref();
+  }
+
+  /** Stops the ticker, refuses held requests, closes pooled connections. */
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.activator.close();
+    this.proxy.close();
+  }
+
+  /**
+   * Tells the gateway a service's endpoints changed (replicas became ready or went away, weights
+   * changed). Call it from the InferenceService informer: it releases requests held for a
+   * revision that now has a ready replica, and lets a never-used revision be scaled to zero.
+   */
+  update(endpoint: ServiceEndpoint): void {
+    for (const rev of endpoint.revisions) this.sync(endpoint, rev);
+    this.splitterFor(endpoint);
+  }
+
+  /**
+   * Forgets a deleted service: its held requests get a 404 and its autoscaling state goes. Call
+   * it when the InferenceService is deleted.
+   */
+  remove(project: string, service: string): void {
+    this.splitters.delete(`${project}/${service}`);
+    for (const [key, st] of this.states) {
+      if (st.target.project !== project || st.target.service !== service) continue;
+      this.states.delete(key);
+      this.activator.fail(key, unknownModel(st.model ?? service));
+    }
+  }
+
+  /** Forwards one OpenAI-style request; always answers (an OpenAI-format error on failure). */
+  async handle(req: IncomingMessage, res: ServerResponse, opts: HandleOptions = {}): Promise<HandleResult> {
+    const started = this.now();
+    const ctx: { st?: RevState } = {};
+    let result: HandleResult = { status: 500 };
+    try {
+      result = await this.route(req, res, opts, started, (s) => {
+        ctx.st = s;
+      });
+    } catch (err) {
+      if (err instanceof ClientGoneError) result = { status: 499 };
+      else if (err instanceof GatewayError) {
+        sendGatewayError(res, err);
+        result = { status: err.httpStatus };
+      } else {
+        this.log?.error({ err }, "gateway request failed");
+        const e = new GatewayError(500, "server_error", "internal_error", "the gateway failed; retry");
+        sendGatewayError(res, e);
+        result = { status: 500 };
+      }
+      if (ctx.st) Object.assign(result, ctx.st.target);
+    }
+    const st = ctx.st;
+    const l = st ? labels(st.target) : { project: "", service: "", revision: "" };
+    this.metrics.requests.inc({ ...l, code: String(result.status) });
+    this.metrics.duration.observe(l, (this.now() - started) / 1000);
+    if (st && result.usage) {
+      const t = { project: l.project, service: l.service };
+      this.metrics.tokens.inc({ ...t, kind: "prompt" }, result.usage.promptTokens);
+      this.metrics.tokens.inc({ ...t, kind: "completion" }, result.usage.completionTokens);
+    }
+    return result;
+  }
+
+  /** One autoscaling pass over every known revision (the ticker calls this; tests may too). */
+  async tick(): Promise<void> {
+    // A slow directory must not stack ticks up.
+    if (this.ticking) return;
+    this.ticking = true;
+    try {
+      await this.tickOnce();
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  private async tickOnce(): Promise<void> {
+    // Belt and braces for a missed `update`: re-resolve revisions that hold requests.
+    for (const key of this.activator.keys()) {
+      const st = this.states.get(key);
+      if (!st?.model) continue;
+      try {
+        const ep = await this.deps.directory.resolve(st.model, st.projectHint);
+        if (ep) this.update(ep);
+      } catch (err) {
+        this.log?.warn({ err, key }, "re-resolving a held revision failed");
+      }
+    }
+    const now = this.now();
+    for (const st of this.states.values()) {
+      const d = st.autoscaler.decide(now, st.ready);
+      this.metrics.panic.set(labels(st.target), d.panic ? 1 : 0);
+      this.setDesired(st, d.desired, d.reason);
+    }
+  }
+
+  private async route(
+    req: IncomingMessage,
+    res: ServerResponse,
+    opts: HandleOptions,
+    started: number,
+    track: (st: RevState) => void,
+  ): Promise<HandleResult> {
+    const max = this.opts.maxBodyBytes ?? 8 * 1024 * 1024;
+    const body = opts.body ?? (await readBody(req, max));
+    if (!body) throw bodyTooLarge(max);
+    let parsed: Record<string, unknown> | undefined;
+    const json = (): Record<string, unknown> => {
+      if (parsed) return parsed;
+      try {
+        const v: unknown = JSON.parse(body.toString("utf8"));
+        parsed = v && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+      } catch {
+        throw badRequest("the request body is not valid JSON: send an OpenAI-style JSON request");
+      }
+      return parsed;
+    };
+    const model = opts.model ?? json().model;
+    if (typeof model !== "string" || !model) {
+      throw badRequest(
+        "you must provide a model parameter: the name of an InferenceService's model",
+        "model",
+      );
+    }
+    let ep = await this.deps.directory.resolve(model, opts.project);
+    if (!ep) throw unknownModel(model);
+    if (opts.authorize && !(await opts.authorize(ep))) throw keyNotAllowed(model, ep.project);
+
+    const label = `model '${model}'`;
+    let st = this.pickRevision(ep, model, opts.project);
+    track(st);
+
+    if (st.balancer.size === 0) {
+      // Cold: hold the request until a replica is ready; the first hold starts a scale from zero.
+      const ac = new AbortController();
+      const onClose = () => {
+        if (!res.writableEnded) ac.abort();
+      };
+      res.on("close", onClose);
+      const deadline = started + (this.opts.activator?.timeoutMs ?? 300_000);
+      const heldAt = this.now();
+      const waitLabels = { project: st.target.project, service: st.target.service };
+      try {
+        while (st.balancer.size === 0) {
+          st.held++;
+          this.recordConcurrency(st);
+          try {
+            await this.activator.wait(st.key, {
+              signal: ac.signal,
+              timeoutMs: Math.max(0, deadline - this.now()),
+              label,
+            });
+          } finally {
+            st.held--;
+            this.recordConcurrency(st);
+          }
+          // Woken: the directory has the truth (a revision may have gone, weights changed).
+          ep = await this.deps.directory.resolve(model, opts.project);
+          if (!ep) throw unknownModel(model);
+          this.update(ep);
+          const revision = st.target.revision;
+          if (!ep.revisions.some((r) => r.name === revision)) st = this.pickRevision(ep, model, opts.project);
+          track(st);
+        }
+        this.metrics.activatorWait.observe(
+          { ...waitLabels, result: "released" },
+          (this.now() - heldAt) / 1000,
+        );
+      } catch (err) {
+        const result =
+          err instanceof ClientGoneError
+            ? "gone"
+            : err instanceof GatewayError && err.code === "model_overloaded"
+              ? "full"
+              : "timeout";
+        this.metrics.activatorWait.observe({ ...waitLabels, result }, (this.now() - heldAt) / 1000);
+        throw err;
+      } finally {
+        res.off("close", onClose);
+      }
+    }
+
+    const rev = st;
+    const key = rev.affinityChars ? affinityKey(json, rev.affinityChars) : undefined;
+    const l = labels(rev.target);
+    rev.inFlight++;
+    this.metrics.inFlight.inc(l);
+    this.recordConcurrency(rev);
+    try {
+      const r = await this.proxy.forward(req, res, {
+        pick: (tried) => rev.balancer.pick({ key, exclude: tried }),
+        body,
+        path: opts.path,
+        label,
+        maxRetries: this.opts.maxRetries,
+        connectTimeoutMs: this.opts.connectTimeoutMs,
+        responseTimeoutMs: this.opts.responseTimeoutMs,
+        failOn5xx: this.opts.failOn5xx,
+        dropRequestHeaders: this.opts.dropRequestHeaders,
+        replicaHeader: this.opts.replicaHeader,
+        setRequestHeaders: rev.upstreamHeaders,
+        onRetry: (reason, replica) => {
+          this.metrics.retries.inc({ project: l.project, service: l.service, reason });
+          this.log?.warn(
+            { ...l, replica, reason },
+            "upstream connection failed; retrying on another replica",
+          );
+        },
+        onFirstByte: (ms) => this.metrics.ttfb.observe(l, ms / 1000),
+      });
+      return { status: r.status, ...rev.target, replica: r.replica, usage: r.usage };
+    } finally {
+      rev.inFlight--;
+      this.metrics.inFlight.dec(l);
+      this.recordConcurrency(rev);
+    }
+  }
+
+  private pickRevision(ep: ServiceEndpoint, model: string, projectHint: string | undefined): RevState {
+    const name = this.splitterFor(ep).pick();
+    const rev = ep.revisions.find((r) => r.name === name);
+    if (!rev) throw unavailable(`model '${model}' has no revision to serve it; check the InferenceService`);
+    const st = this.sync(ep, rev);
+    st.model = model;
+    st.projectHint = projectHint;
+    return st;
+  }
+
+  private splitterFor(ep: ServiceEndpoint): TrafficSplitter {
+    const key = `${ep.project}/${ep.service}`;
+    const sig = TrafficSplitter.signature(ep.revisions);
+    let s = this.splitters.get(key);
+    if (!s) {
+      s = { sig, splitter: new TrafficSplitter(ep.revisions) };
+      this.splitters.set(key, s);
+    } else if (s.sig !== sig) {
+      s.splitter.update(ep.revisions);
+      s.sig = sig;
+    }
+    return s.splitter;
+  }
+
+  /** Brings a revision's state in line with the directory; releases held requests once it has a ready replica. */
+  private sync(ep: ServiceEndpoint, rev: RevisionEndpoint): RevState {
+    const target = { project: ep.project, service: ep.service, revision: rev.name };
+    const key = revKey(target);
+    const now = this.now();
+    const aSig = JSON.stringify(ep.autoscaling);
+    const bSig = JSON.stringify(ep.affinity ?? null);
+    let st = this.states.get(key);
+    if (!st) {
+      st = {
+        key,
+        target,
+        balancer: this.newBalancer(ep, target),
+        balancerSig: bSig,
+        autoscaler: new Autoscaler(ep.autoscaling, now),
+        autoscalerSig: aSig,
+        ready: 0,
+        inFlight: 0,
+        held: 0,
+      };
+      this.states.set(key, st);
+    }
+    if (st.autoscalerSig !== aSig) {
+      // New parameters: start a fresh history rather than judge old samples by new targets.
+      st.autoscaler = new Autoscaler(ep.autoscaling, now);
+      st.autoscalerSig = aSig;
+      this.recordConcurrency(st);
+    }
+    if (st.balancerSig !== bSig) {
+      st.balancer = this.newBalancer(ep, target);
+      st.balancerSig = bSig;
+    }
+    st.upstreamHeaders = ep.upstreamHeaders;
+    st.affinityChars = ep.affinity?.prefixChars;
+    const ready = rev.replicas.filter((r) => r.ready);
+    st.balancer.update(ready.map(({ id, host, port }) => ({ id, host, port })));
+    st.ready = ready.length;
+    this.metrics.replicas.set({ ...labels(target), state: "ready" }, ready.length);
+    if (ready.length > 0 && this.activator.depth(key) > 0) this.activator.ready(key);
+    return st;
+  }
+
+  private newBalancer(ep: ServiceEndpoint, target: ScaleTarget): Balancer {
+    return new Balancer({
+      tieBreak: this.opts.tieBreak,
+      ejection: this.opts.ejection,
+      affinity: ep.affinity,
+      now: this.now,
+      random: this.deps.random,
+      onHealthChange: (replica, healthy) => {
+        if (!healthy) this.metrics.ejections.inc(labels(target));
+        this.log?.[healthy ? "info" : "warn"](
+          { ...labels(target), replica: replica.id },
+          healthy ? "replica back in rotation" : "replica ejected after consecutive failures",
+        );
+      },
+    });
+  }
+
+  private recordConcurrency(st: RevState): void {
+    st.autoscaler.record(this.now(), st.inFlight + st.held);
+  }
+
+  private scaleFromZero(key: string): void {
+    const st = this.states.get(key);
+    if (!st) return;
+    const d = st.autoscaler.decide(this.now(), st.ready);
+    this.setDesired(st, Math.max(1, d.desired), "scale from zero: a request is waiting");
+  }
+
+  private setDesired(st: RevState, n: number, reason: string): void {
+    if (st.lastDesired === n) return;
+    st.lastDesired = n;
+    this.metrics.replicas.set({ ...labels(st.target), state: "desired" }, n);
+    this.log?.info({ ...labels(st.target), replicas: n, reason }, "scaling");
+    try {
+      const p = this.deps.scaler.setDesired(st.target, n, reason);
+      if (p) {
+        p.catch((err: unknown) => {
+          // Forget it so that the next tick asks again.
+          if (st.lastDesired === n) st.lastDesired = undefined;
+          this.log?.warn({ err, ...labels(st.target) }, "scaler failed");
+        });
+      }
+    } catch (err) {
+      st.lastDesired = undefined;
+      this.log?.warn({ err, ...labels(st.target) }, "scaler failed");
+    }
+  }
+}
+
+const labels = (t: ScaleTarget) => ({ project: t.project, service: t.service, revision: t.revision });
+
+function missingRegistry(): never {
+  throw new Error("Gateway needs deps.registry or deps.metrics");
+}
+
+/** A body that is not JSON just goes without affinity: the upstream will say what is wrong with it. */
+function affinityKey(json: () => Record<string, unknown>, n: number): string | undefined {
+  try {
+    return promptPrefix(json(), n);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The first `n` characters of a completion's prompt or a chat's messages: the affinity key. */
+export function promptPrefix(body: Record<string, unknown>, n: number): string | undefined {
+  const p = body.prompt;
+  if (typeof p === "string") return p.slice(0, n);
+  if (Array.isArray(p) && typeof p[0] === "string") return p[0].slice(0, n);
+  const messages = body.messages;
+  if (!Array.isArray(messages)) return undefined;
+  let out = "";
+  for (const m of messages) {
+    if (out.length >= n) break;
+    const c = (m as { content?: unknown } | null)?.content;
+    out += `${typeof c === "string" ? c : JSON.stringify(c ?? "")}\n`;
+  }
+  return out.slice(0, n);
+}

@@ -1,0 +1,73 @@
+/**
+ * Token usage from OpenAI-style responses without parsing them: the proxy keeps only the last
+ * few KB of a response, and `usage` is found there — at the end of a non-streamed completion, and
+ * in the final chunk of a stream (`stream_options.include_usage`). Parsing every SSE chunk would
+ * cost more than the proxying itself.
+ */
+
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+}
+
+/** Keeps the tail of a byte stream. */
+export class TailBuffer {
+  private chunks: Buffer[] = [];
+  private size = 0;
+
+  constructor(private readonly limit = 8192) {}
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.size += chunk.length;
+    while (this.chunks.length > 1 && this.size - this.chunks[0]!.length >= this.limit) {
+      this.size -= this.chunks.shift()!.length;
+    }
+  }
+
+  toString(): string {
+    const all = Buffer.concat(this.chunks);
+    return all.subarray(Math.max(0, all.length - this.limit)).toString("utf8");
+  }
+}
+
+/** The last `"usage": {...}` object in `text`, or undefined (null usage, none, or cut off). */
+export function findUsage(text: string): Usage | undefined {
+  let at = text.lastIndexOf('"usage"');
+  while (at >= 0) {
+    const open = text.indexOf("{", at);
+    const between = open < 0 ? "" : text.slice(at + 7, open);
+    if (open >= 0 && /^\s*:\s*$/.test(between)) {
+      const close = matchBrace(text, open);
+      if (close > 0) {
+        try {
+          const u = JSON.parse(text.slice(open, close + 1)) as Record<string, unknown>;
+          const prompt = Number(u.prompt_tokens ?? 0);
+          const completion = Number(u.completion_tokens ?? 0);
+          if (Number.isFinite(prompt) && Number.isFinite(completion)) {
+            return { promptTokens: prompt, completionTokens: completion };
+          }
+        } catch {
+          // Not JSON after all (a prompt quoting "usage"); look further back.
+        }
+      }
+    }
+    at = text.lastIndexOf('"usage"', at - 1);
+  }
+  return undefined;
+}
+
+function matchBrace(text: string, open: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = open; i < text.length; i++) {
+    const ch = text[i];
+    if (inString) {
+      if (ch === "\\") i++;
+      else if (ch === '"') inString = false;
+    } else if (ch === '"') inString = true;
+    else if (ch === "{") depth++;
+    else if (ch === "}" && --depth === 0) return i;
+  }
+  return -1;
+}

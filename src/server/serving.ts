@@ -1,0 +1,150 @@
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { InferenceService, InferenceServiceSpec } from "../api/inferenceservice.js";
+import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice.js";
+import { badRequest, sendGatewayError, unknownModel } from "../gateway/errors.js";
+import type { EndpointDirectory, Gateway, Scaler, ScaleTarget, ServiceEndpoint } from "../gateway/gateway.js";
+import type { TokenInfo } from "../store/port.js";
+
+/**
+ * The adapters between Loom's InferenceService controller and the platform-agnostic gateway:
+ * the controller publishes each service (revisions, traffic, replicas and their readiness), the
+ * gateway resolves model names against that table, and its autoscaler's targets flow back to the
+ * controller. All in memory: the objects in the store are the truth, this is a cache of them.
+ */
+export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler, ScaleTargets {
+  private readonly endpoints = new Map<string, ServiceEndpoint>();
+  private readonly targets = new Map<string, number>();
+  private gateway: Gateway | undefined;
+  /** Called when the autoscaler changes a target: the service's controller looks again. */
+  onScale: (serviceKey: string) => void = () => {};
+
+  attach(gateway: Gateway): void {
+    this.gateway = gateway;
+    for (const e of this.endpoints.values()) gateway.update(e);
+  }
+
+  publish(key: string, svc: InferenceService | undefined): void {
+    if (!svc) {
+      const gone = this.endpoints.get(key);
+      this.endpoints.delete(key);
+      if (gone) this.gateway?.remove(gone.project, gone.service);
+      return;
+    }
+    const status = svc.status ?? {};
+    const weights = new Map((status.traffic ?? []).map((t) => [t.revision, t.percent]));
+    const spec: InferenceServiceSpec = svc.spec;
+    const endpoint: ServiceEndpoint = {
+      project: svc.metadata.project!,
+      service: svc.metadata.name,
+      revisions: (status.revisions ?? [])
+        .filter((r) => (weights.get(r.name) ?? 0) > 0)
+        .map((r) => ({
+          name: r.name,
+          weight: weights.get(r.name)!,
+          replicas: (r.replicas ?? [])
+            .filter((x) => x.host && x.port)
+            .map((x) => ({ id: x.id, host: x.host!, port: x.port!, ready: x.ready })),
+        })),
+      autoscaling: {
+        minReplicas: spec.replicas.min,
+        maxReplicas: spec.replicas.max,
+        targetConcurrency: spec.autoscaling.targetConcurrency,
+        scaleDownDelayMs: seconds(spec.autoscaling.scaleDownDelay) * 1000,
+        scaleToZeroAfterMs: seconds(spec.autoscaling.scaleToZeroAfter) * 1000,
+      },
+    };
+    this.endpoints.set(key, endpoint);
+    this.gateway?.update(endpoint);
+  }
+
+  /** "NAME" in the caller's project (default: "default"), or "PROJECT/NAME". */
+  resolve(model: string, project?: string): ServiceEndpoint | undefined {
+    const key = model.includes("/") ? model : `${project ?? "default"}/${model}`;
+    return this.endpoints.get(key);
+  }
+
+  /** Every service a principal may use (GET /v1/models). */
+  visibleTo(principal: TokenInfo): ServiceEndpoint[] {
+    return [...this.endpoints.values()].filter((e) => mayUse(principal, e));
+  }
+
+  setDesired(target: ScaleTarget, replicas: number): void {
+    const key = `${target.project}/${target.service}/${target.revision}`;
+    if (this.targets.get(key) === replicas) return;
+    this.targets.set(key, replicas);
+    this.onScale(`${target.project}/${target.service}`);
+  }
+
+  desired(revisionKey: string): number | undefined {
+    return this.targets.get(revisionKey);
+  }
+}
+
+/** Whether a token or API key may call a service: its project, and the key's services if listed. */
+export function mayUse(principal: TokenInfo, e: Pick<ServiceEndpoint, "project" | "service">): boolean {
+  if (principal.project && principal.project !== e.project) return false;
+  const services = principal.apiKey?.services;
+  return !services || services.includes(e.service);
+}
+
+/**
+ * The OpenAI-compatible routes on Loom's port. Bodies stay raw (the gateway forwards them as
+ * they came and reads only `model`), so these routes live in their own scope with their own
+ * content-type parser.
+ */
+export async function servingRoutes(
+  app: FastifyInstance,
+  deps: { gateway: Gateway; directory: ServingDirectory },
+): Promise<void> {
+  await app.register(async (scope) => {
+    scope.removeAllContentTypeParsers();
+    scope.addContentTypeParser("*", { parseAs: "buffer", bodyLimit: 8 * 1024 * 1024 }, (_req, body, done) =>
+      done(null, body),
+    );
+    const principalOf = (req: FastifyRequest) => req.principal!;
+    for (const path of ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]) {
+      scope.post(path, async (req, reply) => {
+        const principal = principalOf(req);
+        reply.hijack();
+        await deps.gateway.handle(req.raw, reply.raw, {
+          body: Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0),
+          project: principal.project ?? "default",
+          // A key of another project, or one not for this service: 403 saying which.
+          authorize: (e) => mayUse(principal, e),
+        });
+      });
+    }
+    scope.get("/v1/models", async (req) => {
+      const principal = principalOf(req);
+      return {
+        object: "list",
+        data: deps.directory.visibleTo(principal).map((e) => ({
+          id: principal.project ? e.service : `${e.project}/${e.service}`,
+          object: "model",
+          created: 0,
+          owned_by: e.project,
+        })),
+      };
+    });
+    scope.get<{ Params: { model: string } }>("/v1/models/*", async (req, reply) => {
+      const principal = principalOf(req);
+      const model = (req.params as Record<string, string>)["*"] ?? "";
+      const e = deps.directory.resolve(model, principal.project ?? "default");
+      if (!e || !mayUse(principal, e)) {
+        reply.hijack();
+        sendGatewayError(reply.raw, unknownModel(model));
+        return;
+      }
+      return { id: model, object: "model", created: 0, owned_by: e.project };
+    });
+    scope.all("/v1/*", async (req, reply) => {
+      reply.hijack();
+      sendGatewayError(
+        reply.raw,
+        badRequest(
+          `${req.method} ${req.url.split("?")[0]} is not served: the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models`,
+        ),
+      );
+    });
+  });
+}
