@@ -597,6 +597,77 @@ spec:
     await loom(["delete", "tj", "tracked"]);
   }, 240_000);
 
+  it("serves an InferenceService as a Deployment and Service per revision, reachable only from the gateway, scaled through the API", async () => {
+    // The operator still runs with --data-dir from the test before: it serves the gateway too.
+    const isvc = (min: number) => `apiVersion: loom.dev/v1alpha1
+kind: InferenceService
+metadata:
+  name: chat
+spec:
+  model: hf://tiny/chat
+  runtime: {command: ["python", "-m", "vllm.entrypoints.openai.api_server"], image: "vllm/vllm-openai:v0.6.0"}
+  resources: {cpu: 1, memory: 1Gi}
+  replicas: {min: ${min}, max: 4}
+  readiness: {path: /health, timeoutSeconds: 600}
+`;
+    expect((await loom(["apply", "-f", "-"], isvc(2))).code).toBe(0);
+    const get = (args: string[]) => {
+      const r = cluster.kubectl(["get", ...args, "-n", "loom-default", "-o", "json"]);
+      return r.code === 0 ? JSON.parse(r.stdout) : undefined;
+    };
+    let deployment: Record<string, any> | undefined;
+    for (let i = 0; i < 60 && !deployment; i++) {
+      deployment = get(["deployment", "chat-1"]);
+      if (!deployment) await sleep(500);
+    }
+    expect(deployment, operator.log().slice(-2000)).toBeDefined();
+    expect(deployment!.spec.replicas).toBe(2);
+    expect(deployment!.metadata.ownerReferences[0]).toMatchObject({ kind: "InferenceService", name: "chat" });
+    const pod = deployment!.spec.template.spec;
+    expect(pod.schedulerName).toBe("loom");
+    expect(pod.containers[0].image).toBe("vllm/vllm-openai:v0.6.0");
+    expect(pod.containers[0].readinessProbe.httpGet).toMatchObject({ path: "/health", port: 8080 });
+    const env = Object.fromEntries(
+      pod.containers[0].env.map((e: { name: string; value: string }) => [e.name, e.value]),
+    );
+    expect(env).toMatchObject({
+      PORT: "8080",
+      HOST: "0.0.0.0",
+      LOOM_MODEL: "hf://tiny/chat",
+      LOOM_REVISION: "chat-1",
+    });
+    expect(get(["service", "chat-1"])?.spec.ports[0]).toMatchObject({ port: 80, targetPort: 8080 });
+    const policy = get(["networkpolicy", "chat-gateway-only"]);
+    expect(policy.spec.ingress[0].from[0].namespaceSelector.matchLabels).toEqual({
+      "kubernetes.io/metadata.name": "loom-system",
+    });
+    expect(policy.spec.ingress[0].ports[0].port).toBe(8080);
+    // The project's own policy no longer admits its other pods to model pods.
+    const isolation = get(["networkpolicy", "loom-project-isolation"]);
+    expect(isolation.spec.podSelector.matchExpressions[0]).toMatchObject({
+      operator: "NotIn",
+      values: ["model"],
+    });
+    // Loom's scheduler binds the pods (kwok runs them); the status counts them ready.
+    let status: { ready?: number; phase?: string } | undefined;
+    for (let i = 0; i < 120 && status?.ready !== 2; i++) {
+      await sleep(500);
+      const r = await loom(["get", "isvc", "chat", "-o", "json"]);
+      if (r.code === 0) status = JSON.parse(r.stdout).status;
+    }
+    expect(status, operator.log().slice(-2000)).toMatchObject({ ready: 2, phase: "Ready" });
+    expect((await loom(["get", "isvc"])).stdout).toMatch(/chat\s+Ready\s+2\s+2\s+chat-1/);
+    // A new minimum scales the Deployment through the API; no new revision for it.
+    expect((await loom(["apply", "-f", "-"], isvc(3))).code).toBe(0);
+    for (let i = 0; i < 60 && get(["deployment", "chat-1"])?.spec.replicas !== 3; i++) await sleep(500);
+    expect(get(["deployment", "chat-1"])?.spec.replicas).toBe(3);
+    expect(get(["deployment", "chat-2"])).toBeUndefined();
+    // Deleting the service takes its Deployment and Service with it (owner references).
+    expect((await loom(["delete", "isvc", "chat", "--timeout", "60"])).code).toBe(0);
+    for (let i = 0; i < 60 && get(["deployment", "chat-1"]); i++) await sleep(500);
+    expect(get(["deployment", "chat-1"])).toBeUndefined();
+  }, 180_000);
+
   it("loses and duplicates nothing when the operator restarts while jobs run", async () => {
     const yaml = job("survivor", '  command: ["sleep", "10"]', { "loom.dev/kwok-complete-after": "12s" });
     await loom(["apply", "-f", "-"], yaml);

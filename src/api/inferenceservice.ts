@@ -112,6 +112,8 @@ export const RevisionStatus = z.object({
     )
     .optional(),
   createdAt: z.string(),
+  /** The replica count last applied to the platform (Kubernetes: the Deployment's). */
+  applied: z.number().optional(),
   /** The spec this revision runs (a copy: the service's spec moves on). */
   spec: z.any(),
 });

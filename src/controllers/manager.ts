@@ -246,12 +246,17 @@ export class ControllerManager {
     try {
       const live = new Set(this.tjInformer.list().map((o) => o.metadata.uid));
       // Replicas of InferenceServices are the service controller's; theirs are live while listed.
-      for (const svc of this.isvcInformer?.list() ?? [])
+      for (const svc of this.isvcInformer?.list() ?? []) {
+        // Kubernetes labels model pods with their service's uid.
+        live.add(svc.metadata.uid);
         for (const rev of (svc as InferenceService).status?.revisions ?? [])
           for (const r of rev.replicas ?? []) live.add(r.uid);
+      }
       for (const uid of this.replicasStarted ?? []) live.add(uid);
       for (const ref of await this.deps.runtime.list()) {
         if (live.has(ref.uid)) continue;
+        // Without the serving loop, model pods are not this manager's to judge.
+        if (ref.kind === INFERENCESERVICE && !this.services) continue;
         if (await this.deps.runtime.stop(ref, 10)) {
           await this.deps.runtime.release(ref);
           this.deps.log.info(

@@ -162,7 +162,38 @@ export interface Runtime {
   explainExternal?(id: string, reason: string, message: string): Promise<void>;
   /** Called when external work or the nodes change: the scheduler should look again. */
   onCapacityChange?(listener: () => void): void;
+  /** Revision-level serving, where the platform runs replicas itself (Kubernetes). */
+  readonly serving?: RevisionRuntime;
   close(): Promise<void>;
+}
+
+/** One revision of an InferenceService, for platforms that manage replicas themselves. */
+export interface RevisionSpec {
+  /** The InferenceService (owner of what is made). */
+  service: WorkloadRef;
+  revision: string;
+  replicas: number;
+  worker: Omit<WorkerSpec, "index">;
+  /** The port the model server listens on ($PORT) and its readiness path. */
+  port: number;
+  readinessPath: string;
+  readinessTimeoutSeconds: number;
+}
+
+export interface RevisionObservation {
+  replicas: { id: string; host?: string; port: number; ready: boolean; startedAt: string }[];
+}
+
+/**
+ * Serving on a platform with its own replica management (Kubernetes: a Deployment and a Service
+ * per revision, readiness probes, a NetworkPolicy letting only the gateway in). Embedded has
+ * none: the InferenceService loop runs each replica as a workload of its own.
+ */
+export interface RevisionRuntime {
+  /** Makes the revision exist with this many replicas. Idempotent (server-side apply). */
+  applyRevision(spec: RevisionSpec): Promise<void>;
+  observeRevision(service: WorkloadRef, revision: string): Promise<RevisionObservation>;
+  deleteRevision(service: WorkloadRef, revision: string): Promise<void>;
 }
 
 export interface ExternalWork {

@@ -8,7 +8,9 @@ import { validateManifest } from "../api/kinds.js";
 import { DEFAULT_PROJECT } from "../api/project.js";
 import { ControllerManager } from "../controllers/manager.js";
 import { lastEventGauge } from "../controllers/metrics.js";
+import { passThroughModels } from "../controllers/revisions.js";
 import { NotFoundError } from "../errors.js";
+import { Gateway } from "../gateway/gateway.js";
 import { KubeClient } from "../kube/client.js";
 import { KubeEventRecorder } from "../kube/events.js";
 import { KubernetesRuntime } from "../runtime/kubernetes/runtime.js";
@@ -21,6 +23,7 @@ import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
 import { registryRegistrar, trackingTrialMetrics } from "./models.js";
+import { ServingDirectory } from "./serving.js";
 import { adminToken, workloadTokens } from "./workloadtokens.js";
 
 export interface OperatorOptions {
@@ -90,7 +93,9 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     resyncMs: opts.resyncMs,
     ...(tracking?.controllerDeps ?? {}),
   });
+  if (tracking) tracking.directory.onScale = (key) => manager.enqueueInferenceService(key);
   await manager.start();
+  tracking?.gateway.start();
   let server: http.Server | undefined;
   let metricsUrl: string | undefined;
   if (opts.metricsPort !== undefined) {
@@ -152,7 +157,12 @@ async function startTracking(
   const tracking = trackingOn(trackingDb);
   const trackingStore = tracking.store;
   const registry = tracking.registry;
+  // The inference gateway on the same port: the OpenAI routes, fed by the serving loop.
+  const directory = new ServingDirectory();
+  const gateway = new Gateway({ directory, scaler: directory, registry: deps.metrics, log: deps.log });
+  directory.attach(gateway);
   const app = await buildApp({
+    serving: { gateway, directory },
     store: deps.store,
     tokens,
     events: deps.events,
@@ -178,8 +188,18 @@ async function startTracking(
       tracking: new LocalWorkloadTracking(trackingStore, () => trackingUrl, workloadTokens(tokens, dataDir)),
       trialMetrics: trackingTrialMetrics(trackingStore),
       registrar: registryRegistrar(registry),
+      serving: {
+        models: passThroughModels,
+        scale: directory,
+        table: directory,
+        runtimesDir: "runtimes",
+        baseUrl: () => url,
+      },
     },
+    directory,
+    gateway,
     async close() {
+      gateway.close();
       await app.close();
       await trackingDb.close();
       await database.close();

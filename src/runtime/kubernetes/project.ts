@@ -46,9 +46,12 @@ export function namespaceObjects(
         namespace: string;
       },
       spec: {
-        podSelector: {},
+        // Model pods are left to their own policy: only Loom's gateway reaches them.
+        podSelector: {
+          matchExpressions: [{ key: "app.kubernetes.io/component", operator: "NotIn", values: ["model"] }],
+        },
         policyTypes: ["Ingress"],
-        // Only pods of this project (and, later, Loom's gateway) may connect to its pods.
+        // Only pods of this project may connect to its pods.
         ingress: [{ from: [{ podSelector: {} }] }],
       },
     },

@@ -18,6 +18,7 @@ import type {
   LogOptions,
   MpiHost,
   ProjectInfo,
+  RevisionRuntime,
   Runtime,
   WorkerEndpoint,
   WorkerObservation,
@@ -257,7 +258,10 @@ export class KubernetesRuntime implements Runtime {
     const devicesTaken = new Map<string, number>();
     if (!this.watching) return { pending: [], running: [] };
     for (const pod of this.podInformer.list()) {
-      if (pod.metadata.labels?.[L.uid] || isTerminal(pod)) continue; // Loom's own: admissions count them
+      // Loom's own workers are counted by their admissions; model pods (a Deployment's, made by
+      // the ReplicaSet controller) are placed and counted like any pod submitted to Loom.
+      const loomWorker = pod.metadata.labels?.[L.uid] && pod.metadata.labels?.[L.component] !== "model";
+      if (loomWorker || isTerminal(pod)) continue;
       const key = objectKey(pod);
       const node = pod.spec?.nodeName ?? this.boundExternal.get(key);
       const request = podRequest(pod);
@@ -641,6 +645,164 @@ export class KubernetesRuntime implements Runtime {
     this.nodeInformer.stop();
   }
 
+  /**
+   * Serving: a Deployment and a Service per revision, owned by the InferenceService; replicas
+   * are scaled by applying the Deployment with the count the gateway's autoscaler wants; a
+   * readiness probe on the model server's path; a NetworkPolicy that lets only Loom's gateway
+   * (the operator in loom-system) reach the model pods.
+   */
+  readonly serving: RevisionRuntime = {
+    applyRevision: async (spec) => {
+      const ns = namespaceOf(spec.service.project);
+      const name = spec.revision.slice(0, 63);
+      const labels = {
+        ...workloadLabels(spec.service),
+        [L.component]: "model",
+        [REVISION_LABEL]: spec.revision,
+      };
+      const selector = { [L.uid]: spec.service.uid, [REVISION_LABEL]: spec.revision };
+      const w = spec.worker;
+      const resources: Record<string, Record<string, string>> = { requests: {}, limits: {} };
+      if (w.allocation.cpuMillis) resources.requests!.cpu = `${w.allocation.cpuMillis}m`;
+      if (w.allocation.memoryBytes) {
+        resources.requests!.memory = String(w.allocation.memoryBytes);
+        resources.limits!.memory = String(w.allocation.memoryBytes);
+      }
+      if (w.allocation.gpus.length) {
+        resources.requests![GPU_RESOURCE] = String(w.allocation.gpus.length);
+        resources.limits![GPU_RESOURCE] = String(w.allocation.gpus.length);
+      }
+      await this.apply({
+        apiVersion: "networking.k8s.io/v1",
+        kind: "NetworkPolicy",
+        metadata: {
+          name: `${spec.service.name}-gateway-only`.slice(0, 63),
+          namespace: ns,
+          labels: workloadLabels(spec.service),
+          ownerReferences: [ownerRef(spec.service)],
+        },
+        spec: {
+          podSelector: { matchLabels: { [L.uid]: spec.service.uid, [L.component]: "model" } },
+          policyTypes: ["Ingress"],
+          ingress: [
+            {
+              from: [
+                {
+                  namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": GATEWAY_NAMESPACE } },
+                  podSelector: { matchLabels: { [L.name]: "loom-operator" } },
+                },
+              ],
+              ports: [{ protocol: "TCP", port: spec.port }],
+            },
+          ],
+        },
+      } as never);
+      await this.apply({
+        apiVersion: "apps/v1",
+        kind: "Deployment",
+        metadata: { name, namespace: ns, labels, ownerReferences: [ownerRef(spec.service)] },
+        spec: {
+          replicas: spec.replicas,
+          selector: { matchLabels: selector },
+          // Surge first: a replaced pod serves until its successor is ready.
+          strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
+          template: {
+            metadata: { labels, ...(w.annotations ? { annotations: w.annotations } : {}) },
+            spec: {
+              schedulerName: SCHEDULER_NAME,
+              enableServiceLinks: false,
+              automountServiceAccountToken: false,
+              terminationGracePeriodSeconds: w.terminationGracePeriodSeconds ?? 30,
+              securityContext: {
+                runAsNonRoot: true,
+                runAsUser: 1000,
+                runAsGroup: 1000,
+                seccompProfile: { type: "RuntimeDefault" },
+              },
+              containers: [
+                {
+                  name: "model",
+                  image: w.image ?? this.opts.defaultImage ?? "python:3.11-slim",
+                  command: w.command,
+                  ...(w.workingDir ? { workingDir: w.workingDir } : {}),
+                  env: Object.entries({ ...w.env, PORT: String(spec.port), HOST: "0.0.0.0" }).map(
+                    ([n, value]) => ({ name: n, value }),
+                  ),
+                  ports: [{ name: "http", containerPort: spec.port }],
+                  readinessProbe: {
+                    httpGet: { path: spec.readinessPath, port: spec.port },
+                    periodSeconds: 2,
+                    failureThreshold: 3,
+                  },
+                  // A model that never loads is restarted once its readiness timeout has passed.
+                  startupProbe: {
+                    httpGet: { path: spec.readinessPath, port: spec.port },
+                    periodSeconds: 5,
+                    failureThreshold: Math.max(1, Math.ceil(spec.readinessTimeoutSeconds / 5)),
+                  },
+                  resources,
+                  securityContext: {
+                    allowPrivilegeEscalation: false,
+                    capabilities: { drop: ["ALL"] },
+                    runAsNonRoot: true,
+                    seccompProfile: { type: "RuntimeDefault" },
+                  },
+                },
+              ],
+            },
+          },
+        },
+      } as never);
+      await this.apply({
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name, namespace: ns, labels, ownerReferences: [ownerRef(spec.service)] },
+        spec: { selector, ports: [{ name: "http", port: 80, targetPort: spec.port }] },
+      } as never);
+    },
+    observeRevision: async (service, revision) => {
+      const pods = await this.client.request<{ items: Pod[] }>(
+        "GET",
+        `/api/v1/namespaces/${namespaceOf(service.project)}/pods`,
+        {
+          query: { labelSelector: `${L.uid}=${service.uid},${REVISION_LABEL}=${revision}` },
+        },
+      );
+      return {
+        replicas: pods.items
+          .filter((p) => !p.metadata.deletionTimestamp)
+          .map((p) => {
+            const st = p.status as
+              | { podIP?: string; conditions?: { type: string; status: string }[]; startTime?: string }
+              | undefined;
+            return {
+              id: p.metadata.name,
+              ...(st?.podIP ? { host: st.podIP } : {}),
+              port: Number(
+                (p.spec as { containers: { ports?: { containerPort: number }[] }[] }).containers[0]
+                  ?.ports?.[0]?.containerPort ?? 8080,
+              ),
+              ready: !!st?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
+              startedAt: st?.startTime ?? new Date().toISOString(),
+            };
+          }),
+      };
+    },
+    deleteRevision: async (service, revision) => {
+      const ns = namespaceOf(service.project);
+      for (const path of [
+        `/apis/apps/v1/namespaces/${ns}/deployments/${revision}`,
+        `/api/v1/namespaces/${ns}/services/${revision}`,
+      ]) {
+        try {
+          await this.client.request("DELETE", path, { body: { propagationPolicy: "Background" } });
+        } catch (err) {
+          if ((err as { status?: number }).status !== 404) throw err;
+        }
+      }
+    },
+  };
+
   /** Server-side apply with field manager "loom": create or converge, idempotent. */
   private async apply(obj: {
     apiVersion: string;
@@ -761,11 +923,17 @@ function objectPath(obj: {
     RoleBinding: "rolebindings",
     Service: "services",
     PersistentVolumeClaim: "persistentvolumeclaims",
+    Deployment: "deployments",
   };
   const base = obj.apiVersion === "v1" ? "/api/v1" : `/apis/${obj.apiVersion}`;
   const ns = obj.metadata.namespace ? `/namespaces/${obj.metadata.namespace}` : "";
   return `${base}${ns}/${plural[obj.kind]}/${obj.metadata.name}`;
 }
+
+/** Which revision of an InferenceService a model pod runs. */
+const REVISION_LABEL = "loom.dev/revision";
+/** Where Loom's gateway (the operator) runs: the only namespace whose pods reach model pods. */
+const GATEWAY_NAMESPACE = "loom-system";
 
 /** Where LOOM_CHECKPOINT_DIR is mounted in every worker. */
 const CHECKPOINT_MOUNT = "/loom/checkpoint";
