@@ -1,4 +1,5 @@
 import { stringify } from "yaml";
+import type { InferenceServiceStatus } from "../api/inferenceservice.js";
 import type { KindDef } from "../api/kinds.js";
 import type { Condition, Resource } from "../api/meta.js";
 import type { NodeUsage, ProjectUsage } from "../server/scheduling.js";
@@ -145,6 +146,50 @@ export function lineageText(obj: Resource): string {
   return `${out.join("\n")}\n`;
 }
 
+/** `loom describe isvc`: revisions, the traffic split, each replica, and the recent scale decisions. */
+export function servingSections(status: Record<string, unknown>): string[] {
+  const s = status as InferenceServiceStatus;
+  const revisions = s.revisions ?? [];
+  const section = (title: string, rows: string[][]) =>
+    rows.length > 1 ? [`${title}:`, ...indent(table(rows))] : [`${title}:`, "  <none>"];
+  const url = s.url ? [`${"URL:".padEnd(22)}${s.url}`] : [];
+  return [
+    ...url,
+    ...section("Revisions", [
+      ["NAME", "DESIRED", "READY", "MODEL", "AGE"],
+      ...revisions.map((r) => [
+        `${r.name}${r.name === s.latestReadyRevision ? " (latest ready)" : ""}`,
+        String(r.desired),
+        String(r.ready),
+        String((r.spec as { model?: string } | undefined)?.model ?? "-"),
+        age(r.createdAt),
+      ]),
+    ]),
+    ...section("Traffic", [
+      ["REVISION", "PERCENT"],
+      ...(s.traffic ?? []).map((t) => [t.revision, `${t.percent}%`]),
+    ]),
+    ...section("Replicas", [
+      ["ID", "REVISION", "READY", "ADDRESS", "AGE"],
+      ...revisions.flatMap((r) =>
+        (r.replicas ?? []).map((x) => [
+          x.id,
+          r.name,
+          String(x.ready),
+          x.host && x.port ? `${x.host}:${x.port}` : "-",
+          age(x.startedAt),
+        ]),
+      ),
+    ]),
+    ...section("Scale events", [
+      ["AGE", "REVISION", "FROM", "TO", "REASON"],
+      ...(s.scaleEvents ?? [])
+        .slice(-10)
+        .map((e) => [age(e.time), e.revision, String(e.from), String(e.to), e.reason]),
+    ]),
+  ];
+}
+
 /** kubectl describe: the object in sections a person reads top to bottom, then its events. */
 export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): string {
   const lines: string[] = [];
@@ -206,6 +251,7 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
     if (status.best) block("Best", status.best);
     if (status.model) block("Registered", status.model);
   }
+  if (obj.kind === "InferenceService") lines.push(...servingSections(status));
   if (obj.kind === "Model") {
     lines.push("Versions (lineage: job → run → checkpoint → version):");
     lines.push(...indent(lineageText(obj)));

@@ -15,6 +15,7 @@ import { NotFoundError } from "../errors.js";
 import type { Runtime, WorkloadRef } from "../runtime/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
+import { convergeOnPlatform } from "./revisions.js";
 
 export const INFERENCESERVICE = "InferenceService";
 export const SERVING_FINALIZER = "loom.dev/serving";
@@ -27,6 +28,8 @@ export interface ModelResolver {
 /** The replicas the gateway's autoscaler wants per revision ("project/service/revision"). */
 export interface ScaleTargets {
   desired(revisionKey: string): number | undefined;
+  /** Why the autoscaler last changed that target (scale events). */
+  reason?(revisionKey: string): string | undefined;
 }
 
 /** What the gateway needs to route: every service's revisions, traffic and ready replicas. */
@@ -152,10 +155,15 @@ export class InferenceServiceReconciler implements Reconciler {
     const latestReady = [...revisions]
       .reverse()
       .find((r) => readyOnes.includes(r) || (r === latest && latest.ready > 0));
-    const traffic = (svc.spec.traffic ?? [{ revision: "latest", percent: 100 }]).map((t) => ({
-      revision: t.revision === "latest" ? (latestReady?.name ?? latest!.name) : t.revision,
-      percent: t.percent,
-    }));
+    // One entry per revision: until a canary is ready, "latest" names the revision it is canary
+    // of, and the two shares are that revision's.
+    const traffic: { revision: string; percent: number }[] = [];
+    for (const t of svc.spec.traffic ?? [{ revision: "latest", percent: 100 }]) {
+      const revision = t.revision === "latest" ? (latestReady?.name ?? latest!.name) : t.revision;
+      const same = traffic.find((x) => x.revision === revision);
+      if (same) same.percent += t.percent;
+      else traffic.push({ revision, percent: t.percent });
+    }
     const unknown = traffic.find((t) => !revisions.some((r) => r.name === t.revision));
     if (unknown)
       status.conditions = setCondition(
@@ -185,15 +193,22 @@ export class InferenceServiceReconciler implements Reconciler {
     // traffic (or the latest, until it is ready); none for the rest.
     let waitingForReadiness = false;
     const keep: RevisionStatus[] = [];
+    /** Replicas scaled down: stopped once the gateway no longer routes to them. */
+    const stopping: { id: string; uid: string }[] = [];
     for (const rev of revisions) {
       const routed = traffic.some((t) => t.revision === rev.name && t.percent > 0);
       const isLatest = rev === latest;
       const { min, max } = svc.spec.replicas;
       let desired = 0;
+      let why = "no traffic";
       if (routed || (isLatest && rev.ready === 0)) {
         const wanted = this.deps.scale?.desired(`${key}/${rev.name}`);
         desired = Math.min(max, Math.max(routed ? min : Math.max(min, 1), wanted ?? rev.desired));
         if (isLatest && !routed && rev.ready === 0) desired = Math.max(desired, 1);
+        why =
+          wanted === undefined
+            ? "spec"
+            : `autoscaler: ${this.deps.scale?.reason?.(`${key}/${rev.name}`) ?? `wants ${wanted}`}`;
       }
       if (desired !== rev.desired) {
         status.scaleEvents = [
@@ -203,12 +218,12 @@ export class InferenceServiceReconciler implements Reconciler {
             revision: rev.name,
             from: rev.desired,
             to: desired,
-            reason: this.deps.scale?.desired(`${key}/${rev.name}`) !== undefined ? "autoscaler" : "spec",
+            reason: why,
           },
         ].slice(-HISTORY);
         rev.desired = desired;
       }
-      waitingForReadiness = (await this.converge(svc, rev, now)) || waitingForReadiness;
+      waitingForReadiness = (await this.converge(svc, rev, now, stopping)) || waitingForReadiness;
       // Revisions that serve nothing and run nothing are history; keep the latest few.
       if (rev.desired > 0 || (rev.replicas?.length ?? 0) > 0 || isLatest || routed) keep.push(rev);
     }
@@ -237,6 +252,12 @@ export class InferenceServiceReconciler implements Reconciler {
     );
     if (this.deps.baseUrl) status.url = `${this.deps.baseUrl()}/v1 (model ${name})`;
     status.observedGeneration = svc.metadata.generation;
+    if (stopping.length) {
+      // The gateway stops routing to them first (in-flight requests finish: SIGTERM drains), so a
+      // scale-down or a rollout's retired revision never answers a new request with a refusal.
+      this.deps.table?.publish(key, { ...svc, status });
+      await Promise.all(stopping.map((r) => this.stopReplica(project, r)));
+    }
     if (!isDeepStrictEqual(before, status))
       svc = (await this.deps.store.updateStatus({ ...svc, status })) as InferenceService;
     this.deps.table?.publish(key, { ...svc, status });
@@ -244,7 +265,18 @@ export class InferenceServiceReconciler implements Reconciler {
   }
 
   /** Brings a revision's replicas to its desired count; true while some are not ready yet. */
-  private async converge(svc: InferenceService, rev: RevisionStatus, now: Date): Promise<boolean> {
+  private async converge(
+    svc: InferenceService,
+    rev: RevisionStatus,
+    now: Date,
+    stopping: { id: string; uid: string }[],
+  ): Promise<boolean> {
+    // Kubernetes: a Deployment per revision does what the rest of this method does embedded.
+    if (this.deps.runtime.serving)
+      return convergeOnPlatform(this.deps.runtime.serving, this.deps.models, svc, rev, [
+        "python3",
+        "runtimes/loom-tinygpt/server.py",
+      ]);
     const project = svc.metadata.project!;
     const replicas = rev.replicas ?? [];
     const spec = rev.spec as InferenceServiceSpec;
@@ -319,7 +351,7 @@ export class InferenceServiceReconciler implements Reconciler {
     while (replicas.length > rev.desired) {
       const victim = replicas.find((r) => !r.ready) ?? replicas.at(-1)!;
       replicas.splice(replicas.indexOf(victim), 1);
-      await this.stopReplica(project, victim);
+      stopping.push(victim);
     }
     rev.replicas = replicas;
     rev.ready = replicas.filter((r) => r.ready).length;

@@ -8,7 +8,7 @@ import { activationTimeout, ClientGoneError, queueFull, unavailable } from "./er
  */
 
 export interface ActivatorOptions {
-  /** Waiters per key before new requests are refused. Default 100. */
+  /** Waiters per key before new requests are refused. Default 1000 (a burst from zero). */
   capacity?: number;
   /** How long one request may wait. Default 5 min (a cold model download and load). */
   timeoutMs?: number;
@@ -41,7 +41,7 @@ export class Activator {
   private readonly timeoutMs: number;
 
   constructor(private readonly opts: ActivatorOptions = {}) {
-    this.capacity = opts.capacity ?? 100;
+    this.capacity = opts.capacity ?? 1000;
     this.timeoutMs = opts.timeoutMs ?? 300_000;
   }
 

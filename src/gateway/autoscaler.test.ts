@@ -121,6 +121,16 @@ describe("Autoscaler", () => {
     expect(a.decide(6_000, 0).desired).toBe(3);
   });
 
+  it("keeps a new revision's starting replica until it has been idle for scaleToZeroAfter", () => {
+    const a = new Autoscaler({ ...base, scaleToZeroAfterMs: 10_000 }, 0);
+    // Starting (not ready): kept, so that the revision proves itself ready once.
+    expect(a.decide(1_000, 0, 1).desired).toBe(1);
+    expect(a.decide(3_000, 1).desired).toBe(1);
+    const z = a.decide(10_000, 1);
+    expect(z.desired).toBe(0);
+    expect(z.reason).toMatch(/no requests for 10 s/);
+  });
+
   it("does not scale below the running count before it has seen a full stable window", () => {
     // A restarted gateway knows nothing of the last minute: five running replicas stay.
     const a = new Autoscaler({ ...base, minReplicas: 1 }, 0);

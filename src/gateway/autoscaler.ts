@@ -140,8 +140,11 @@ export class Autoscaler {
     } else this.idleSince ??= now;
   }
 
-  /** The replica count the revision should have, given `ready` replicas now. */
-  decide(now: number, ready: number): Decision {
+  /**
+   * The replica count the revision should have, given `ready` replicas now and `starting` ones
+   * (started, not ready yet: a new revision proving itself, a replacement).
+   */
+  decide(now: number, ready: number, starting = 0): Decision {
     const p = this.p;
     const stableC = this.window.average(now, p.stableWindowMs);
     // From zero, the held requests are all the signal there is; averaging them away would start
@@ -198,10 +201,12 @@ export class Autoscaler {
       want = held;
     }
 
-    // Until a full stable window has been seen (a restarted gateway), the averages undercount:
-    // never scale below what is running on so little evidence.
-    if (now - this.startT < p.stableWindowMs && want < ready) {
-      want = ready;
+    // Until a full stable window has been seen (a restarted gateway, a revision just created),
+    // the averages undercount: never scale below what is running or starting on so little
+    // evidence (a new revision's first replica proves it ready; only idleness takes it to zero).
+    const running = ready + starting;
+    if (now - this.startT < p.stableWindowMs && want < running) {
+      want = running;
       reason = `collecting a full stable window before scaling down (${reason})`;
     }
 

@@ -115,7 +115,7 @@ export interface GatewayOptions {
   connectTimeoutMs?: number;
   /** Time to response headers before a 504. Default 5 min. */
   responseTimeoutMs?: number;
-  /** Held requests per revision, and how long each may wait. Defaults 100 and 5 min. */
+  /** Held requests per revision, and how long each may wait. Defaults 1000 and 5 min. */
   activator?: { capacity?: number; timeoutMs?: number };
   ejection?: EjectionOptions;
   tieBreak?: "random" | "round-robin";
@@ -152,6 +152,8 @@ interface RevState {
   autoscaler: Autoscaler;
   autoscalerSig: string;
   ready: number;
+  /** Replicas started and not ready yet. */
+  starting: number;
   inFlight: number;
   held: number;
   lastDesired?: number;
@@ -290,7 +292,7 @@ export class Gateway {
     }
     const now = this.now();
     for (const st of this.states.values()) {
-      const d = st.autoscaler.decide(now, st.ready);
+      const d = st.autoscaler.decide(now, st.ready, st.starting);
       this.metrics.panic.set(labels(st.target), d.panic ? 1 : 0);
       this.setDesired(st, d.desired, d.reason);
     }
@@ -459,6 +461,7 @@ export class Gateway {
         autoscaler: new Autoscaler(ep.autoscaling, now),
         autoscalerSig: aSig,
         ready: 0,
+        starting: 0,
         inFlight: 0,
         held: 0,
       };
@@ -479,6 +482,7 @@ export class Gateway {
     const ready = rev.replicas.filter((r) => r.ready);
     st.balancer.update(ready.map(({ id, host, port }) => ({ id, host, port })));
     st.ready = ready.length;
+    st.starting = rev.replicas.length - ready.length;
     this.metrics.replicas.set({ ...labels(target), state: "ready" }, ready.length);
     if (ready.length > 0 && this.activator.depth(key) > 0) this.activator.ready(key);
     return st;
@@ -508,7 +512,7 @@ export class Gateway {
   private scaleFromZero(key: string): void {
     const st = this.states.get(key);
     if (!st) return;
-    const d = st.autoscaler.decide(this.now(), st.ready);
+    const d = st.autoscaler.decide(this.now(), st.ready, st.starting);
     this.setDesired(st, Math.max(1, d.desired), "scale from zero: a request is waiting");
   }
 

@@ -14,6 +14,7 @@ import type { TokenInfo } from "../store/port.js";
 export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler, ScaleTargets {
   private readonly endpoints = new Map<string, ServiceEndpoint>();
   private readonly targets = new Map<string, number>();
+  private readonly reasons = new Map<string, string>();
   private gateway: Gateway | undefined;
   /** Called when the autoscaler changes a target: the service's controller looks again. */
   onScale: (serviceKey: string) => void = () => {};
@@ -68,15 +69,20 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
     return [...this.endpoints.values()].filter((e) => mayUse(principal, e));
   }
 
-  setDesired(target: ScaleTarget, replicas: number): void {
+  setDesired(target: ScaleTarget, replicas: number, reason: string): void {
     const key = `${target.project}/${target.service}/${target.revision}`;
     if (this.targets.get(key) === replicas) return;
     this.targets.set(key, replicas);
+    this.reasons.set(key, reason);
     this.onScale(`${target.project}/${target.service}`);
   }
 
   desired(revisionKey: string): number | undefined {
     return this.targets.get(revisionKey);
+  }
+
+  reason(revisionKey: string): string | undefined {
+    return this.reasons.get(revisionKey);
   }
 }
 
