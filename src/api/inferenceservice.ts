@@ -85,6 +85,23 @@ export const InferenceServiceSpec = z
       .optional()
       .refine((t) => !t || t.reduce((a, x) => a + x.percent, 0) === 100, "percents must add up to 100")
       .describe("Split between revisions (canary, blue/green). Default: 100% to the latest ready revision."),
+    routing: z
+      .strictObject({
+        prefixAffinity: z
+          .strictObject({
+            chars: z.number().int().min(1).describe("Characters of the prompt that form the key."),
+            epsilon: z
+              .number()
+              .min(0)
+              .default(0.25)
+              .describe("Bounded load: a replica above (1+ε)× the average in-flight is passed over."),
+          })
+          .optional()
+          .describe(
+            "Send prompts that share a prefix (a system prompt) to the same replica, to reuse its KV cache.",
+          ),
+      })
+      .optional(),
     python: PythonEnvironment.optional(),
     env: z.record(z.string().regex(ENV_NAME), z.string()).default({}),
   })

@@ -54,6 +54,8 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
         scaleToZeroAfterMs: seconds(spec.autoscaling.scaleToZeroAfter) * 1000,
       },
     };
+    const affinity = spec.routing?.prefixAffinity;
+    if (affinity) endpoint.affinity = { prefixChars: affinity.chars, epsilon: affinity.epsilon };
     this.endpoints.set(key, endpoint);
     this.gateway?.update(endpoint);
   }
