@@ -41,6 +41,8 @@ export interface AdmissionDeps {
   events: EventRecorder;
   log: Logger;
   now: () => Date;
+  /** Capacity others of Loom's loops hold outside admissions (embedded: model replicas). */
+  alsoRunning?: () => RunningWorkload[];
 }
 
 /**
@@ -92,6 +94,7 @@ export class AdmissionReconciler implements Reconciler {
       this.deps.runtime.external?.(),
       this.workloads,
     );
+    running.push(...(this.deps.alsoRunning?.() ?? []));
     // Nothing waits and no elastic job could grow: nothing to decide.
     const mayGrow = running.some((r) => r.elastic && !r.stopping && r.pods.length < r.elastic.max);
     if (pending.length === 0 && !mayGrow) return {};

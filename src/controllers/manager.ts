@@ -3,9 +3,11 @@ import type { Registry } from "prom-client";
 import type { InferenceService } from "../api/inferenceservice.js";
 import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
+import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import type { TrainingJob } from "../api/trainingjob.js";
 import type { Runtime } from "../runtime/port.js";
+import type { RunningWorkload } from "../scheduler/core/model.js";
 import type { Scheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { WorkloadTracking } from "../tracking/workloads.js";
@@ -59,6 +61,7 @@ export class ControllerManager {
   private isvcInformer: Informer | undefined;
   private services: Controller | undefined;
   private replicasStarted: Set<string> | undefined;
+  private localNode: string | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
@@ -69,6 +72,9 @@ export class ControllerManager {
         log: log("admission"),
         listJobs: () => this.tjInformer.list() as TrainingJob[],
         listProjects: () => this.projectInformer.list() as Project[],
+        // Embedded, model replicas are processes the serving loop starts: the scheduler counts
+        // what they hold (Kubernetes sees their pods itself).
+        ...(deps.serving && !deps.runtime.serving ? { alsoRunning: () => this.replicasHeld() } : {}),
       }),
       log("admission"),
       metrics,
@@ -218,12 +224,41 @@ export class ControllerManager {
     return true;
   }
 
+  /** What every InferenceService replica holds, as running work of its project. */
+  private replicasHeld(): RunningWorkload[] {
+    const out: RunningWorkload[] = [];
+    for (const obj of this.isvcInformer?.list() ?? []) {
+      const svc = obj as InferenceService;
+      for (const rev of svc.status?.revisions ?? []) {
+        const spec = (rev.spec ?? svc.spec) as InferenceService["spec"];
+        const pod = {
+          cpuMillis: parseCpuMillis(spec.resources?.cpu ?? 0) ?? 0,
+          memoryBytes: parseMemoryBytes(spec.resources?.memory ?? 0) ?? 0,
+          gpu: 0,
+        };
+        for (const r of rev.replicas ?? [])
+          out.push({
+            id: r.uid,
+            name: `${svc.metadata.project}/${r.id}`,
+            project: svc.metadata.project!,
+            priority: 0,
+            preemptible: false,
+            createdAt: r.startedAt,
+            pods: [pod],
+            placements: [{ pod: 0, node: this.localNode ?? "local", gpus: [] }],
+          });
+      }
+    }
+    return out;
+  }
+
   /** Asks the InferenceService loop to look at a service now (the autoscaler changed its target). */
   enqueueInferenceService(key: string): void {
     this.services?.enqueue(key);
   }
 
   async start(): Promise<void> {
+    this.localNode = (await this.deps.runtime.nodes())[0]?.name;
     for (const c of this.controllers) c.start();
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.waitForSync()));
