@@ -261,7 +261,15 @@ export class InferenceServiceReconciler implements Reconciler {
     if (!isDeepStrictEqual(before, status))
       svc = (await this.deps.store.updateStatus({ ...svc, status })) as InferenceService;
     this.deps.table?.publish(key, { ...svc, status });
-    return { requeueAfterMs: waitingForReadiness ? 250 : 2000 };
+    if (!waitingForReadiness) return { requeueAfterMs: 2000 };
+    // A request may be held until a replica is ready: probe a fresh replica often (a probe is one
+    // loopback GET), so a cold start costs the replica's own start-up and little more; an old
+    // one that is still not ready (a big model loading) every 250 ms.
+    const youngest = Math.max(
+      0,
+      ...keep.flatMap((r) => (r.replicas ?? []).filter((x) => !x.ready).map((x) => Date.parse(x.startedAt))),
+    );
+    return { requeueAfterMs: now.getTime() - youngest < 5000 ? 10 : 250 };
   }
 
   /** Brings a revision's replicas to its desired count; true while some are not ready yet. */
