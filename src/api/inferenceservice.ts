@@ -125,6 +125,9 @@ export const RevisionStatus = z.object({
         port: z.number().optional(),
         ready: z.boolean(),
         startedAt: z.string(),
+        /** Where the scheduler placed it (replicas that ask for resources). */
+        node: z.string().optional(),
+        gpus: z.array(z.object({ device: z.string(), share: z.number() })).optional(),
       }),
     )
     .optional(),

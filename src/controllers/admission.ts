@@ -17,6 +17,7 @@ import type {
 import type { NodeCapacity, Scheduler } from "../scheduler/port.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
+import type { ServingAdmission } from "./servingadmission.js";
 import { refOf } from "./trainingjob.js";
 
 /** Status writes one admission cycle keeps in flight at once. */
@@ -43,6 +44,8 @@ export interface AdmissionDeps {
   now: () => Date;
   /** Capacity others of Loom's loops hold outside admissions (embedded: model replicas). */
   alsoRunning?: () => RunningWorkload[];
+  /** Embedded: model replicas waiting for a place, placed by this loop like any work. */
+  servingAdmission?: ServingAdmission;
 }
 
 /**
@@ -95,6 +98,8 @@ export class AdmissionReconciler implements Reconciler {
       this.workloads,
     );
     running.push(...(this.deps.alsoRunning?.() ?? []));
+    const serving = this.deps.servingAdmission;
+    pending.push(...(serving?.pending() ?? []));
     // Nothing waits and no elastic job could grow: nothing to decide.
     const mayGrow = running.some((r) => r.elastic && !r.stopping && r.pods.length < r.elastic.max);
     if (pending.length === 0 && !mayGrow) return {};
@@ -107,7 +112,10 @@ export class AdmissionReconciler implements Reconciler {
     // One at a time, admitting 1,000 jobs on Kubernetes took 222 s of round trips in bench:k8s.
     await forEachConcurrently(decisions.preempt, WRITE_CONCURRENCY, async (p) => {
       const victim = byId.get(p.id);
-      if (victim) await this.preempt(victim, names.get(p.for)!, p, now); // others' work is never a victim
+      if (victim) await this.preempt(victim, names.get(p.for)!, p, now);
+      // A model replica (embedded): its service's loop stops it gracefully. Others' work is never a victim.
+      else if (serving && /^[^/]+\/.+-\d+-r\d+$/.test(p.id))
+        serving.preempt(p.id, p.id.replace(/-\d+-r\d+$/, ""), p.message);
     });
     await forEachConcurrently(decisions.resize, WRITE_CONCURRENCY, async (r) => {
       const job = byId.get(r.id);
@@ -116,6 +124,7 @@ export class AdmissionReconciler implements Reconciler {
     await forEachConcurrently(decisions.bind, BIND_CONCURRENCY, async ({ id, placements }) => {
       const job = byId.get(id);
       if (job) await this.admit(job, placements, now);
+      else if (serving?.owns(id)) serving.bind(id, placements);
       else await runtime.bindExternal?.(id, placements);
     });
     // Most waiting jobs wait for the same reason as last cycle: sort them out without a promise each.
@@ -126,6 +135,7 @@ export class AdmissionReconciler implements Reconciler {
     await forEachConcurrently(changed, WRITE_CONCURRENCY, async (p) => {
       const job = byId.get(p.id);
       if (job) await this.wait(job, p, now);
+      else if (serving?.owns(p.id)) serving.explain(p.id, withHolders(p));
       else await runtime.explainExternal?.(p.id, p.reason, withHolders(p));
     });
     return {};

@@ -13,9 +13,11 @@ import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
 import { parseDurationSeconds } from "../api/trainingjob.js";
 import { NotFoundError } from "../errors.js";
 import type { Runtime, WorkloadRef } from "../runtime/port.js";
+import type { PodPlacement } from "../scheduler/core/model.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
 import { convergeOnPlatform } from "./revisions.js";
+import type { ServingAdmission } from "./servingadmission.js";
 
 export const INFERENCESERVICE = "InferenceService";
 export const SERVING_FINALIZER = "loom.dev/serving";
@@ -48,6 +50,8 @@ export interface InferenceServiceDeps {
   table?: ServingTable;
   /** Where the built-in runtimes live (the repository's runtimes/ directory). */
   runtimesDir: string;
+  /** Embedded: replicas that ask for resources are placed by the scheduler (quota, GPUs). */
+  admission?: ServingAdmission;
   /** The gateway's OpenAI base URL, for status.url. */
   baseUrl?: () => string;
   /** Probes a replica's readiness path; true when it answers 2xx. */
@@ -261,6 +265,8 @@ export class InferenceServiceReconciler implements Reconciler {
     if (!isDeepStrictEqual(before, status))
       svc = (await this.deps.store.updateStatus({ ...svc, status })) as InferenceService;
     this.deps.table?.publish(key, { ...svc, status });
+    // Capacity came back (a replica stopped, the status says so): waiting work may fit now.
+    if (stopping.length) this.deps.admission?.released(stopping.map((r) => `${project}/${r.id}`));
     if (!waitingForReadiness) return { requeueAfterMs: 2000 };
     // A request may be held until a replica is ready: probe a fresh replica often (a probe is one
     // loopback GET), so a cold start costs the replica's own start-up and little more; an old
@@ -291,6 +297,13 @@ export class InferenceServiceReconciler implements Reconciler {
     let waiting = false;
     // Observe: dead replicas go (and are replaced below); live ones are probed until ready.
     for (const r of [...replicas]) {
+      const preemption = this.deps.admission?.takePreemption(`${project}/${r.id}`);
+      if (preemption) {
+        replicas.splice(replicas.indexOf(r), 1);
+        stopping.push(r);
+        await this.event(svc, "Warning", "Preempted", `replica ${r.id} of ${rev.name} stops: ${preemption}`);
+        continue;
+      }
       const ref = this.refOf(project, r);
       const obs = await this.deps.runtime.observe(ref);
       const worker = obs?.workers[0];
@@ -339,10 +352,40 @@ export class InferenceServiceReconciler implements Reconciler {
       }
       if (!prep.ready) return true;
     }
+    const nextIndex = () =>
+      Math.max(-1, ...replicas.map((r) => Number(/-r(\d+)$/.exec(r.id)?.[1] ?? -1))) + 1;
+    const admission = this.deps.admission;
+    const request = {
+      cpuMillis: parseCpuMillis(spec.resources.cpu ?? 0) ?? 0,
+      memoryBytes: parseMemoryBytes(spec.resources.memory ?? 0) ?? 0,
+      gpu: spec.resources.gpu ?? 0,
+    };
+    const needsPlace = !!admission && (request.cpuMillis > 0 || request.memoryBytes > 0 || request.gpu > 0);
     while (replicas.length < rev.desired) {
-      const k = Math.max(-1, ...replicas.map((r) => Number(/-r(\d+)$/.exec(r.id)?.[1] ?? -1))) + 1;
+      const k = nextIndex();
+      let placements: PodPlacement[] | undefined;
+      if (needsPlace) {
+        // Like a training worker: the scheduler decides where it goes and whether the project
+        // may have it now; until then the replica waits, and the service says why.
+        const id = `${project}/${replicaName(rev.name, k)}`;
+        placements = admission!.take(id);
+        if (!placements) {
+          admission!.want(id, `${project}/${svc.metadata.name}`, {
+            name: id,
+            project,
+            priority: 0,
+            preemptible: true,
+            createdAt: now.toISOString(),
+            pods: [request],
+          });
+          const why = admission!.reason(id);
+          if (why) await this.event(svc, "Warning", "ReplicaPending", `replica ${id} waits: ${why}`);
+          waiting = true;
+          break;
+        }
+      }
       try {
-        replicas.push(await this.startReplica(svc, rev, k, now));
+        replicas.push(await this.startReplica(svc, rev, k, now, placements?.[0]));
       } catch (err) {
         // A model that does not resolve, a port that cannot be had: say so, try again later.
         await this.event(
@@ -355,6 +398,9 @@ export class InferenceServiceReconciler implements Reconciler {
       }
       waiting = true;
     }
+    // A replica asked for and no longer wanted: withdraw the request.
+    if (admission && replicas.length >= rev.desired)
+      admission.forget(`${project}/${replicaName(rev.name, nextIndex())}`);
     // Scale down: not-ready replicas first, then the newest.
     while (replicas.length > rev.desired) {
       const victim = replicas.find((r) => !r.ready) ?? replicas.at(-1)!;
@@ -370,7 +416,13 @@ export class InferenceServiceReconciler implements Reconciler {
     return { kind: INFERENCESERVICE, project, name: r.id, uid: r.uid };
   }
 
-  private async startReplica(svc: InferenceService, rev: RevisionStatus, k: number, now: Date) {
+  private async startReplica(
+    svc: InferenceService,
+    rev: RevisionStatus,
+    k: number,
+    now: Date,
+    placement?: PodPlacement,
+  ) {
     const project = svc.metadata.project!;
     const spec = rev.spec as InferenceServiceSpec;
     const id = replicaName(rev.name, k);
@@ -412,10 +464,13 @@ export class InferenceServiceReconciler implements Reconciler {
             LOOM_REVISION: rev.name,
           },
           allocation: {
-            node: "local",
+            node: placement?.node ?? "local",
             cpuMillis: parseCpuMillis(spec.resources.cpu ?? 0) ?? 0,
             memoryBytes: parseMemoryBytes(spec.resources.memory ?? 0) ?? 0,
-            gpus: [],
+            gpus: placement?.gpus.map((g) => g.device) ?? [],
+            ...(placement?.gpus.length === 1 && placement.gpus[0]!.share < 1
+              ? { gpuShare: placement.gpus[0]!.share }
+              : {}),
           },
           terminationGracePeriodSeconds: 15,
         },
@@ -428,7 +483,15 @@ export class InferenceServiceReconciler implements Reconciler {
       "ReplicaStarted",
       `replica ${id} of ${rev.name} on ${endpoint!.host}:${port}`,
     );
-    return { id, uid, host: endpoint!.host, port, ready: false, startedAt: now.toISOString() };
+    return {
+      id,
+      uid,
+      host: endpoint!.host,
+      port,
+      ready: false,
+      startedAt: now.toISOString(),
+      ...(placement ? { node: placement.node, gpus: placement.gpus } : {}),
+    };
   }
 
   private async stopReplica(project: string, r: { id: string; uid: string }): Promise<void> {

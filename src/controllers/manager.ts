@@ -22,6 +22,7 @@ import {
 import { Informer, storeSource } from "./informer.js";
 import { createControllerMetrics } from "./metrics.js";
 import { ProjectReconciler } from "./project.js";
+import { ServingAdmission } from "./servingadmission.js";
 import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep.js";
 import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob.js";
 
@@ -66,6 +67,9 @@ export class ControllerManager {
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
+    // Embedded, model replicas that ask for resources are placed by the same scheduler as training
+    // (Kubernetes places their pods itself, through the same scheduler, as pods).
+    const servingAdmission = deps.serving && !deps.runtime.serving ? new ServingAdmission() : undefined;
     const admission = new Controller(
       new AdmissionReconciler({
         ...deps,
@@ -74,7 +78,12 @@ export class ControllerManager {
         listProjects: () => this.projectInformer.list() as Project[],
         // Embedded, model replicas are processes the serving loop starts: the scheduler counts
         // what they hold (Kubernetes sees their pods itself).
-        ...(deps.serving && !deps.runtime.serving ? { alsoRunning: () => this.replicasHeld() } : {}),
+        ...(servingAdmission
+          ? {
+              alsoRunning: () => servingAdmission.running(this.replicasHeld()),
+              servingAdmission,
+            }
+          : {}),
       }),
       log("admission"),
       metrics,
@@ -115,6 +124,7 @@ export class ControllerManager {
         log: log("inferenceservice"),
         now: deps.now,
         ...deps.serving,
+        ...(servingAdmission ? { admission: servingAdmission } : {}),
       });
       this.replicasStarted = reconciler.started;
       services = new Controller(reconciler, log("inferenceservice"), metrics, 4);
@@ -133,6 +143,10 @@ export class ControllerManager {
       this.informers.push(this.isvcInformer);
     }
     this.services = services;
+    if (servingAdmission) {
+      servingAdmission.onWanted = () => admission.enqueueBatched(ADMISSION_KEY);
+      servingAdmission.onDecision = (key) => services?.enqueue(key);
+    }
     this.admission = admission;
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
@@ -234,18 +248,20 @@ export class ControllerManager {
         const pod = {
           cpuMillis: parseCpuMillis(spec.resources?.cpu ?? 0) ?? 0,
           memoryBytes: parseMemoryBytes(spec.resources?.memory ?? 0) ?? 0,
-          gpu: 0,
+          gpu: spec.resources?.gpu ?? 0,
         };
         for (const r of rev.replicas ?? [])
           out.push({
-            id: r.uid,
+            id: `${svc.metadata.project}/${r.id}`,
             name: `${svc.metadata.project}/${r.id}`,
             project: svc.metadata.project!,
             priority: 0,
-            preemptible: false,
+            // Replicas may borrow beyond the deserved quota, so they can be reclaimed (stopped
+            // gracefully by their service's loop), as a preemptible training job can.
+            preemptible: true,
             createdAt: r.startedAt,
             pods: [pod],
-            placements: [{ pod: 0, node: this.localNode ?? "local", gpus: [] }],
+            placements: [{ pod: 0, node: r.node ?? this.localNode ?? "local", gpus: r.gpus ?? [] }],
           });
       }
     }
