@@ -21,9 +21,8 @@
  * process and temp dir is removed at the end, on failure and on Ctrl-C; a watchdog ends the run
  * after its budget. Run with `npm run bench:gateway`; the section is appended to bench/RESULTS.md.
  */
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
-  appendFileSync,
   chmodSync,
   existsSync,
   mkdirSync,
@@ -39,7 +38,19 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { LoomProcess } from "../test/helpers.js";
-import { cleanupAll, cleanups, fmt, loadNow, machine, markdownTable, sleep, tempDir } from "./report.js";
+import {
+  cleanupAll,
+  cleanups,
+  fmt,
+  loadNow,
+  loomCommit,
+  machine,
+  markdownTable,
+  partsSection,
+  publishResults,
+  sleep,
+  tempDir,
+} from "./report.js";
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const env = process.env;
@@ -69,7 +80,6 @@ const GOAL_COLD_OVERHEAD_MS = 100;
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(BENCH_DIR, "..");
-const RESULTS_FILE = join(BENCH_DIR, "RESULTS.md");
 const UPSTREAM_SOURCE = join(BENCH_DIR, "gateway-upstream.go");
 const API = "/apis/loom.dev/v1alpha1/projects/default";
 /** What every client sends, on every path (the same bytes, Authorization included). */
@@ -909,24 +919,6 @@ const loomPort = (loom: LoomProcess) => Number(new URL(loom.url).port);
 
 // ---------------------------------------------------------------------------------------------
 
-function appendResults(section: string): void {
-  if (!existsSync(RESULTS_FILE)) {
-    writeFileSync(
-      RESULTS_FILE,
-      "# Benchmark results\n\nEach run appends a section: date, machine, figures and the peer measured in the same run.\n",
-    );
-  }
-  appendFileSync(RESULTS_FILE, `\n${section}\n`);
-}
-
-function loomCommit(): string {
-  try {
-    return execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).trim();
-  } catch {
-    return "unknown";
-  }
-}
-
 async function main(): Promise<void> {
   const startedAt = new Date();
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
@@ -1084,27 +1076,9 @@ async function main(): Promise<void> {
     `- Versions: Loom ${pkg.version} (${loomCommit()}; \`loom up\`, embedded, temp data dir; the gateway on Loom's port, a project API key); peer: ${versions.nginx} (Debian); load generator ${versions.wrk} (Debian); upstream bench/gateway-upstream.go built with ${versions.go}`,
     `- Peer config: nginx started by the bench from a temp dir (\`nginx -p <tmp> -c <tmp>/nginx.conf\`): \`worker_processes ${NGINX_WORKERS}\`, \`access_log off\`, \`upstream { server 127.0.0.1:<port>; keepalive 128; keepalive_requests 1000000; keepalive_timeout 600s; }\`, server \`keepalive_requests 1000000\`, \`keepalive_timeout 600s\`, \`location / { proxy_pass http://model; proxy_http_version 1.1; proxy_set_header Connection ""; }\`; everything else nginx's defaults (proxy_buffering on).`,
     `- CPU: wrk, the proxy (Loom's server or nginx), the upstream and this bench process share the ${m.cpus} cores; one path is under load at a time.`,
-    `- Workload: ${outputs
-      .map((o) => o.workload)
-      .filter(Boolean)
-      .join("; ")}. Whole bench: ${fmt((performance.now() - began) / 1000)} s.`,
-    ...(goals.length ? ["", "Goals:", "", ...goals.map((g) => `- ${g}`)] : []),
-    ...outputs.flatMap((o) => [
-      "",
-      `### ${o.heading}`,
-      ...o.blocks.flatMap((b) => ["", b]),
-      ...(o.notes.length ? ["", ...o.notes.map((n) => `- ${n}`)] : []),
-    ]),
+    ...partsSection(outputs, began, goals),
   ].join("\n");
-  if (env.LOOM_BENCH_GATEWAY_RESULTS === "0")
-    console.log(
-      `\nnot appended to RESULTS.md (LOOM_BENCH_GATEWAY_RESULTS=0); the section would be:\n\n${section}`,
-    );
-  else {
-    appendResults(section);
-    console.log(`\nappended to ${RESULTS_FILE}`);
-  }
-  process.exitCode = outputs.length > 0 && outputs.every((o) => o.ok) ? 0 : 1;
+  publishResults(section, outputs, "LOOM_BENCH_GATEWAY_RESULTS");
 }
 
 main()

@@ -2,9 +2,15 @@
  * What every benchmark shares: cleanups that run once (normal end or watchdog), temp dirs,
  * number formatting, ratios, markdown tables and a description of the machine.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, loadavg, tmpdir, totalmem } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+export const RESULTS_FILE = join(ROOT, "bench", "RESULTS.md");
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 
@@ -60,3 +66,63 @@ export const loadNow = () =>
   loadavg()
     .map((x) => x.toFixed(2))
     .join(" ");
+
+/** Appends a dated section to bench/RESULTS.md (made with its header when missing). */
+export function appendResults(section: string): void {
+  if (!existsSync(RESULTS_FILE)) {
+    writeFileSync(
+      RESULTS_FILE,
+      "# Benchmark results\n\nEach run appends a section: date, machine, figures and the peer measured in the same run.\n",
+    );
+  }
+  appendFileSync(RESULTS_FILE, `\n${section}\n`);
+}
+
+/** The commit the measured Loom was built from. */
+export function loomCommit(): string {
+  try {
+    return execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+/** One part of a benchmark's results: its tables, notes and what it ran. */
+export interface PartResult {
+  heading: string;
+  blocks: string[];
+  notes: string[];
+  workload: string;
+  ok: boolean;
+}
+
+/** The "Workload" line, then one markdown section per part, with goals (if any) between. */
+export function partsSection(outputs: PartResult[], began: number, goals: string[] = []): string[] {
+  return [
+    `- Workload: ${outputs
+      .map((o) => o.workload)
+      .filter(Boolean)
+      .join("; ")}. Whole bench: ${fmt((performance.now() - began) / 1000)} s.`,
+    ...(goals.length ? ["", "Goals:", "", ...goals.map((g) => `- ${g}`)] : []),
+    ...outputs.flatMap((o) => [
+      "",
+      `### ${o.heading}`,
+      ...o.blocks.flatMap((b) => ["", b]),
+      ...(o.notes.length ? ["", ...o.notes.map((n) => `- ${n}`)] : []),
+    ]),
+  ];
+}
+
+/**
+ * Appends the section to RESULTS.md, or prints it when `skipVar` is "0" in the environment; the
+ * exit status says whether every part measured what it is for.
+ */
+export function publishResults(section: string, outputs: PartResult[], skipVar: string): void {
+  if (process.env[skipVar] === "0")
+    console.log(`\nnot appended to RESULTS.md (${skipVar}=0); the section would be:\n\n${section}`);
+  else {
+    appendResults(section);
+    console.log(`\nappended to ${RESULTS_FILE}`);
+  }
+  process.exitCode = outputs.length > 0 && outputs.every((o) => o.ok) ? 0 : 1;
+}

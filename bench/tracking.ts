@@ -18,15 +18,7 @@
  * a dated section to bench/RESULTS.md. Run with `npm run bench:tracking`; see bench/README.md.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import {
-  appendFileSync,
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { createServer } from "node:net";
 import { arch, availableParallelism, homedir, platform } from "node:os";
@@ -34,7 +26,19 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { LoomProcess } from "../test/helpers.js";
-import { cleanupAll, cleanups, fmt, loadNow, machine, markdownTable, sleep, tempDir } from "./report.js";
+import {
+  cleanupAll,
+  cleanups,
+  fmt,
+  loadNow,
+  loomCommit,
+  machine,
+  markdownTable,
+  partsSection,
+  publishResults,
+  sleep,
+  tempDir,
+} from "./report.js";
 
 const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const env = process.env;
@@ -75,7 +79,6 @@ const API = "/api/2.0/mlflow";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(BENCH_DIR, "..");
-const RESULTS_FILE = join(BENCH_DIR, "RESULTS.md");
 
 const began = performance.now();
 const log = (msg: string) =>
@@ -985,24 +988,6 @@ const PART_FNS: Record<string, (loom: Side, mlflow: Side) => Promise<PartOutput>
   "4": partHistory,
 };
 
-function appendResults(section: string): void {
-  if (!existsSync(RESULTS_FILE)) {
-    writeFileSync(
-      RESULTS_FILE,
-      "# Benchmark results\n\nEach run appends a section: date, machine, figures and the peer measured in the same run.\n",
-    );
-  }
-  appendFileSync(RESULTS_FILE, `\n${section}\n`);
-}
-
-function loomCommit(): string {
-  try {
-    return execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).trim();
-  } catch {
-    return "unknown";
-  }
-}
-
 async function main(): Promise<void> {
   const startedAt = new Date();
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
@@ -1086,27 +1071,9 @@ async function main(): Promise<void> {
     `- Versions: Loom ${pkg.version} (${loomCommit()}; \`loom up\`, embedded, temp data dir, SQLite in WAL mode with synchronous=NORMAL); peer: ${peer}, from PyPI in a venv`,
     `- Peer command: \`${peerCommand()}\`${MLFLOW_WAL ? "; its SQLite file was switched to WAL mode (`pragma journal_mode=wal`) before the server created its tables" : ""}. The access log is off (uvicorn writes a line per request otherwise) and so is the job runner (huey, for MLflow's GenAI jobs).`,
     `- CPU: the load generator (this Node process), Loom's server and MLflow's ${MLFLOW_WORKERS} workers share the ${m.cpus} cores; the servers take turns (Loom, then MLflow, per part), never both under load at once.`,
-    `- Workload: ${outputs
-      .map((o) => o.workload)
-      .filter(Boolean)
-      .join("; ")}. Whole bench: ${fmt((performance.now() - began) / 1000)} s.`,
-    ...(goals.length ? ["", "Goals:", "", ...goals.map((g) => `- ${g}`)] : []),
-    ...outputs.flatMap((o) => [
-      "",
-      `### ${o.heading}`,
-      ...o.blocks.flatMap((b) => ["", b]),
-      ...(o.notes.length ? ["", ...o.notes.map((n) => `- ${n}`)] : []),
-    ]),
+    ...partsSection(outputs, began, goals),
   ].join("\n");
-  if (env.LOOM_BENCH_TRACKING_RESULTS === "0")
-    console.log(
-      `\nnot appended to RESULTS.md (LOOM_BENCH_TRACKING_RESULTS=0); the section would be:\n\n${section}`,
-    );
-  else {
-    appendResults(section);
-    console.log(`\nappended to ${RESULTS_FILE}`);
-  }
-  process.exitCode = outputs.length > 0 && outputs.every((o) => o.ok) ? 0 : 1;
+  publishResults(section, outputs, "LOOM_BENCH_TRACKING_RESULTS");
 }
 
 main()

@@ -15,7 +15,7 @@
  * bench/RESULTS.md. Run with `npm run bench:training`; see bench/README.md.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { appendFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { arch, platform } from "node:os";
 import { dirname, join } from "node:path";
@@ -29,6 +29,8 @@ import {
   loadNow,
   machine,
   markdownTable,
+  partsSection,
+  publishResults,
   ratio,
   sleep,
   tempDir,
@@ -62,7 +64,6 @@ const API = `/apis/loom.dev/v1alpha1/projects/${PROJECT}/trainingjobs`;
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(BENCH_DIR, "..");
-const RESULTS_FILE = join(BENCH_DIR, "RESULTS.md");
 
 /**
  * The workers of (a) and (b). Its first statement prints the wall clock: `os`, `sys` and `time`
@@ -680,16 +681,6 @@ async function partPretrain(): Promise<PartOutput> {
 
 const PART_FNS: Record<string, () => Promise<PartOutput>> = { a: partStart, b: partRestart, c: partPretrain };
 
-function appendResults(section: string): void {
-  if (!existsSync(RESULTS_FILE)) {
-    writeFileSync(
-      RESULTS_FILE,
-      "# Benchmark results\n\nEach run appends a section: date, machine, figures and the peer measured in the same run.\n",
-    );
-  }
-  appendFileSync(RESULTS_FILE, `\n${section}\n`);
-}
-
 function torchVersion(): string {
   try {
     return execFileSync(
@@ -778,26 +769,9 @@ async function main(): Promise<void> {
     "",
     `- Machine: ${m.cpus} CPUs (availableParallelism), ${m.model}, ${m.memGiB} GiB memory, Node ${process.version}, ${platform()}/${arch()}; load average at start ${load}, at end ${loadNow()}`,
     `- Versions: Loom ${pkg.version} (\`loom up\`, embedded, temp data dir); peer: plain torchrun (\`${TORCHRUN.join(" ")}\`), PyTorch ${torch} (Debian, CPU)`,
-    `- Workload: ${outputs
-      .map((o) => o.workload)
-      .filter(Boolean)
-      .join("; ")}. Whole bench: ${fmt((performance.now() - began) / 1000)} s.`,
-    ...outputs.flatMap((o) => [
-      "",
-      `### ${o.heading}`,
-      ...o.blocks.flatMap((b) => ["", b]),
-      ...(o.notes.length ? ["", ...o.notes.map((n) => `- ${n}`)] : []),
-    ]),
+    ...partsSection(outputs, began),
   ].join("\n");
-  if (env.LOOM_BENCH_TRAINING_RESULTS === "0")
-    console.log(
-      `\nnot appended to RESULTS.md (LOOM_BENCH_TRAINING_RESULTS=0); the section would be:\n\n${section}`,
-    );
-  else {
-    appendResults(section);
-    console.log(`\nappended to ${RESULTS_FILE}`);
-  }
-  process.exitCode = outputs.length > 0 && outputs.every((o) => o.ok) ? 0 : 1;
+  publishResults(section, outputs, "LOOM_BENCH_TRAINING_RESULTS");
 }
 
 main()
