@@ -1,16 +1,10 @@
-import {
-  Agent,
-  createServer,
-  type IncomingMessage,
-  request,
-  type Server,
-  type ServerResponse,
-} from "node:http";
+import { Agent, type IncomingMessage, request, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import Fastify from "fastify";
 import { Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
+import { closeUpstreams, deadPort, listen } from "../../test/upstreams.js";
 import {
   type EndpointDirectory,
   Gateway,
@@ -26,37 +20,13 @@ import {
  * and counts only, with generous waits, so a busy two-core machine cannot make these flake.
  */
 
-const servers: Server[] = [];
 const gateways: Gateway[] = [];
 const clientAgent = new Agent({ keepAlive: true, maxSockets: 64 });
 
 afterEach(async () => {
   for (const g of gateways.splice(0)) g.close();
-  await Promise.all(
-    servers.splice(0).map(
-      (s) =>
-        new Promise<void>((resolve) => {
-          s.closeAllConnections();
-          s.close(() => resolve());
-        }),
-    ),
-  );
+  await closeUpstreams();
 });
-
-async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<number> {
-  const s = createServer(handler);
-  servers.push(s);
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  return (s.address() as AddressInfo).port;
-}
-
-async function deadPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 async function until(pred: () => boolean, what: string, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;

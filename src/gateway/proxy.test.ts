@@ -1,40 +1,15 @@
-import { createServer, type IncomingMessage, request, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type IncomingMessage, request } from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
+import { closeUpstreams, deadPort, listen } from "../../test/upstreams.js";
 import type { Lease, Outcome, Replica } from "./balancer.js";
 import { type ForwardOptions, type ForwardResult, HttpForwarder, readBody } from "./proxy.js";
 
-const servers: Server[] = [];
 const proxies: HttpForwarder[] = [];
 
 afterEach(async () => {
   for (const p of proxies.splice(0)) p.close();
-  await Promise.all(
-    servers.splice(0).map(
-      (s) =>
-        new Promise<void>((resolve) => {
-          s.closeAllConnections();
-          s.close(() => resolve());
-        }),
-    ),
-  );
+  await closeUpstreams();
 });
-
-async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<number> {
-  const s = createServer(handler);
-  servers.push(s);
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  return (s.address() as AddressInfo).port;
-}
-
-/** A port nothing listens on (bound, then closed). */
-async function deadPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 /** Hands out replicas in order, recording each release. */
 function picker(replicas: Replica[]) {
