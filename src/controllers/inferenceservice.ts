@@ -16,7 +16,7 @@ import type { Runtime, WorkloadRef } from "../runtime/port.js";
 import type { PodPlacement } from "../scheduler/core/model.js";
 import type { EventRecorder, ResourceStore } from "../store/port.js";
 import type { ReconcileResult, Reconciler } from "./controller.js";
-import { convergeOnPlatform } from "./revisions.js";
+import { convergeOnPlatform, replicaWorker } from "./revisions.js";
 import type { ServingAdmission } from "./servingadmission.js";
 
 export const INFERENCESERVICE = "InferenceService";
@@ -431,42 +431,23 @@ export class InferenceServiceReconciler implements Reconciler {
     this.started.add(uid);
     const [endpoint] = await this.deps.runtime.endpoints(ref, 1, 1, 1);
     const port = endpoint!.ports[0]!;
-    const modelDir = await this.deps.models.resolve(project, spec.model);
-    const runtime = spec.runtime;
-    // The built-in runtime needs only PyTorch, from Debian's python3-torch (docs/training.md).
-    const command =
-      runtime === "loom-tinygpt"
-        ? [BUILTIN_PYTHON, join(this.deps.runtimesDir, "loom-tinygpt", "server.py")]
-        : runtime.command;
-    const python = spec.python;
+    const worker = replicaWorker(svc, rev, {
+      port,
+      modelLocation: await this.deps.models.resolve(project, spec.model),
+      replica: id,
+      // The built-in runtime needs only PyTorch, from Debian's python3-torch (docs/training.md).
+      builtinCommand: [BUILTIN_PYTHON, join(this.deps.runtimesDir, "loom-tinygpt", "server.py")],
+    });
     await this.deps.runtime.start({
       ref,
       attempt: 1,
       workers: [
         {
+          ...worker,
           index: 0,
-          command,
-          ...(typeof spec.runtime === "object" && spec.runtime.image ? { image: spec.runtime.image } : {}),
-          ...(typeof spec.runtime === "object" && spec.runtime.workingDir
-            ? { workingDir: spec.runtime.workingDir }
-            : {}),
-          env: {
-            PYTHONUNBUFFERED: "1",
-            ...(typeof spec.runtime === "object" ? spec.runtime.env : {}),
-            ...spec.env,
-            PORT: String(port),
-            LOOM_MODEL_DIR: modelDir,
-            LOOM_MODEL_NAME: svc.metadata.name,
-            LOOM_REPLICA: id,
-            LOOM_PROJECT: project,
-            LOOM_WORKLOAD: svc.metadata.name,
-            LOOM_WORKLOAD_KIND: INFERENCESERVICE,
-            LOOM_REVISION: rev.name,
-          },
           allocation: {
+            ...worker.allocation,
             node: placement?.node ?? "local",
-            cpuMillis: parseCpuMillis(spec.resources.cpu ?? 0) ?? 0,
-            memoryBytes: parseMemoryBytes(spec.resources.memory ?? 0) ?? 0,
             gpus: placement?.gpus.map((g) => g.device) ?? [],
             ...(placement?.gpus.length === 1 && placement.gpus[0]!.share < 1
               ? { gpuShare: placement.gpus[0]!.share }
@@ -475,7 +456,7 @@ export class InferenceServiceReconciler implements Reconciler {
           terminationGracePeriodSeconds: 15,
         },
       ],
-      ...(python ? { python } : {}),
+      ...(spec.python ? { python: spec.python } : {}),
     });
     await this.event(
       svc,
