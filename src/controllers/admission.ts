@@ -114,8 +114,7 @@ export class AdmissionReconciler implements Reconciler {
       const victim = byId.get(p.id);
       if (victim) await this.preempt(victim, names.get(p.for)!, p, now);
       // A model replica (embedded): its service's loop stops it gracefully. Others' work is never a victim.
-      else if (serving && /^[^/]+\/.+-\d+-r\d+$/.test(p.id))
-        serving.preempt(p.id, p.id.replace(/-\d+-r\d+$/, ""), p.message);
+      else if (serving?.holds(p.id)) serving.preempt(p.id, p.message);
     });
     await forEachConcurrently(decisions.resize, WRITE_CONCURRENCY, async (r) => {
       const job = byId.get(r.id);

@@ -1,4 +1,5 @@
 import type { PodPlacement, RunningWorkload, Workload } from "../scheduler/core/model.js";
+import { serviceOfReplica } from "./inferenceservice.js";
 
 /**
  * Embedded, a model replica that asks for resources waits for the same scheduler as training:
@@ -85,7 +86,17 @@ export class ServingAdmission {
     const ids = new Set(live.map((w) => w.id));
     // Listed now: the status holds it from here on.
     for (const id of ids) if (this.granted.get(id)?.takenAt !== undefined) this.granted.delete(id);
-    return [...live, ...this.held().filter((w) => !ids.has(w.id))];
+    const all = [...live, ...this.held().filter((w) => !ids.has(w.id))];
+    this.replicas = new Set(all.map((w) => w.id));
+    return all;
+  }
+
+  /** Replicas handed to the scheduler as running in its last cycle. */
+  private replicas = new Set<string>();
+
+  /** Whether a running workload of the last cycle is a model replica (a possible victim here). */
+  holds(id: string): boolean {
+    return this.replicas.has(id);
   }
 
   /** For the admission loop: replicas waiting for a place. */
@@ -107,10 +118,12 @@ export class ServingAdmission {
   }
 
   /** The scheduler wants a running replica's capacity back; its service's loop stops it. */
-  preempt(id: string, serviceKey: string, message: string): void {
+  preempt(id: string, message: string): void {
     if (this.preempted.has(id)) return;
     this.preempted.set(id, message);
-    this.onDecision(serviceKey);
+    // "project/SERVICE-N-rK" → "project/SERVICE", the key its service's loop runs under.
+    const [project, replica] = id.split("/") as [string, string];
+    this.onDecision(`${project}/${serviceOfReplica(replica)}`);
   }
 
   /** Why a running replica must stop, once (the caller stops it). */
