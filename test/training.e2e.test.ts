@@ -270,8 +270,9 @@ describe("elastic workers {min: 1, max: 2} (embedded, 2 virtual GPUs)", () => {
     expect((await loom.cli(["apply", "-f", "-"], { input: projects })).code).toBe(0);
     const gpuJob = (name: string, seconds: number) =>
       `apiVersion: loom.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: ${name}, project: owner}\nspec: {command: [sleep, "${seconds}"], resources: {gpu: 1}}\n`;
-    // One of the two GPUs is taken for a while.
-    expect((await loom.cli(["apply", "-f", "-"], { input: gpuJob("blocker", 12) })).code).toBe(0);
+    // One of the two GPUs is taken until the test deletes the blocker: a timed blocker could end
+    // before the elastic job is admitted on a slow machine, and the job would start with 2.
+    expect((await loom.cli(["apply", "-f", "-"], { input: gpuJob("blocker", 3600) })).code).toBe(0);
     await loom.waitFor("blocker", (j) => j.status?.ready === "1/1", 30_000, "owner");
 
     const elastic = pretrain(
@@ -286,7 +287,9 @@ describe("elastic workers {min: 1, max: 2} (embedded, 2 virtual GPUs)", () => {
     const one = await loom.waitFor("elastic", (j) => j.status?.ready === "1/1", 120_000, "borrower");
     expect(one.status?.attempts).toBe(1);
 
-    // The blocker ends: the job grows to 2 workers, from its checkpoint.
+    // Once attempt 1 has a checkpoint, the blocker ends: the job grows to 2 workers, from it.
+    await loom.waitFor("elastic", (j) => (j.status?.checkpoint?.step ?? 0) > 0, 120_000, "borrower");
+    expect((await loom.cli(["delete", "tj", "blocker", "-p", "owner"])).code).toBe(0);
     const two = await loom.waitFor(
       "elastic",
       (j) => (j.status?.attempts ?? 0) >= 2 && j.status?.ready === "2/2",
