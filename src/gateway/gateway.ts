@@ -1,4 +1,4 @@
-import type { Agent, IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { Activator } from "./activator.js";
@@ -136,7 +136,6 @@ export interface GatewayDeps {
   registry?: Registry;
   metrics?: GatewayMetrics;
   log?: Logger;
-  agent?: Agent;
   now?: () => number;
   random?: () => number;
 }
@@ -171,6 +170,8 @@ interface RevState {
     inFlight: { inc(): void; dec(): void };
     duration: { observe(v: number): void };
     ttfb: { observe(v: number): void };
+    promptTokens: { inc(n: number): void };
+    completionTokens: { inc(n: number): void };
     requests: Map<string, { inc(): void }>;
   };
 }
@@ -198,7 +199,7 @@ export class Gateway {
     this.now = deps.now ?? Date.now;
     this.log = deps.log?.child({ component: "gateway" });
     this.metrics = deps.metrics ?? createGatewayMetrics(deps.registry ?? missingRegistry());
-    this.proxy = new HttpForwarder({ agent: deps.agent, now: this.now });
+    this.proxy = new HttpForwarder({ connectTimeoutMs: opts.connectTimeoutMs, now: this.now });
     this.activator = new Activator({
       capacity: opts.activator?.capacity,
       timeoutMs: opts.activator?.timeoutMs,
@@ -288,9 +289,9 @@ export class Gateway {
       this.metrics.duration.observe(l, (this.now() - started) / 1000);
     }
     if (st && result.usage) {
-      const t = { project: l.project, service: l.service };
-      this.metrics.tokens.inc({ ...t, kind: "prompt" }, result.usage.promptTokens);
-      this.metrics.tokens.inc({ ...t, kind: "completion" }, result.usage.completionTokens);
+      const b = this.bound(st);
+      b.promptTokens.inc(result.usage.promptTokens);
+      b.completionTokens.inc(result.usage.completionTokens);
     }
     return result;
   }
@@ -320,11 +321,15 @@ export class Gateway {
       }
     }
     const now = this.now();
+    const live = new Set<string>();
     for (const st of this.states.values()) {
       const d = st.autoscaler.decide(now, st.ready, st.starting);
       this.metrics.panic.set(labels(st.target), d.panic ? 1 : 0);
       this.setDesired(st, d.desired, d.reason);
+      for (const r of st.syncedRev?.replicas ?? []) live.add(`${r.host}:${r.port}`);
     }
+    // Replicas come and go on new ports: their connection pools go with them.
+    this.proxy.retain(live);
   }
 
   private async route(
@@ -547,6 +552,12 @@ export class Gateway {
         inFlight: this.metrics.inFlight.labels(l),
         duration: this.metrics.duration.labels(l),
         ttfb: this.metrics.ttfb.labels(l),
+        promptTokens: this.metrics.tokens.labels({ project: l.project, service: l.service, kind: "prompt" }),
+        completionTokens: this.metrics.tokens.labels({
+          project: l.project,
+          service: l.service,
+          kind: "completion",
+        }),
         requests: new Map(),
       };
     }

@@ -1,19 +1,23 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { SeriesCounter, SeriesGauge, SeriesHistogram } from "./series.js";
 
-/** Prometheus metrics of the inference gateway. */
+/**
+ * Prometheus metrics of the inference gateway. Those recorded on every request are series
+ * metrics (series.ts: no label hashing per call); the rest are prom-client's own.
+ */
 export interface GatewayMetrics {
-  requests: Counter<"project" | "service" | "revision" | "code">;
-  duration: Histogram<"project" | "service" | "revision">;
+  requests: SeriesCounter;
+  duration: SeriesHistogram;
   /** Time to the upstream's first response byte: for streaming, close to time-to-first-token. */
-  ttfb: Histogram<"project" | "service" | "revision">;
-  inFlight: Gauge<"project" | "service" | "revision">;
+  ttfb: SeriesHistogram;
+  inFlight: SeriesGauge;
   retries: Counter<"project" | "service" | "reason">;
   ejections: Counter<"project" | "service" | "revision">;
   activatorWait: Histogram<"project" | "service" | "result">;
   activatorDepth: Gauge<"project" | "service" | "revision">;
   replicas: Gauge<"project" | "service" | "revision" | "state">;
   panic: Gauge<"project" | "service" | "revision">;
-  tokens: Counter<"project" | "service" | "kind">;
+  tokens: SeriesCounter;
 }
 
 /**
@@ -27,31 +31,27 @@ export const LATENCY_BUCKETS = [
 export function createGatewayMetrics(registry: Registry): GatewayMetrics {
   const rev = ["project", "service", "revision"] as const;
   return {
-    requests: new Counter({
+    requests: new SeriesCounter(registry, {
       name: "loom_gateway_requests_total",
       help: "Requests the gateway answered, by service, revision and HTTP status (499: the client left).",
       labelNames: [...rev, "code"],
-      registers: [registry],
     }),
-    duration: new Histogram({
+    duration: new SeriesHistogram(registry, {
       name: "loom_gateway_request_duration_seconds",
       help: "Time from a request's arrival to the end of its response, including time held for a cold start.",
       labelNames: rev,
       buckets: LATENCY_BUCKETS,
-      registers: [registry],
     }),
-    ttfb: new Histogram({
+    ttfb: new SeriesHistogram(registry, {
       name: "loom_gateway_upstream_first_byte_seconds",
       help: "Time from sending a request upstream to its first response byte (≈ time to first token when streaming).",
       labelNames: rev,
       buckets: LATENCY_BUCKETS,
-      registers: [registry],
     }),
-    inFlight: new Gauge({
+    inFlight: new SeriesGauge(registry, {
       name: "loom_gateway_in_flight_requests",
       help: "Requests being proxied right now (not counting those held by the activator).",
       labelNames: rev,
-      registers: [registry],
     }),
     retries: new Counter({
       name: "loom_gateway_retries_total",
@@ -90,11 +90,10 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       labelNames: rev,
       registers: [registry],
     }),
-    tokens: new Counter({
+    tokens: new SeriesCounter(registry, {
       name: "loom_gateway_tokens_total",
       help: "Tokens reported in OpenAI usage blocks, by kind (prompt, completion).",
       labelNames: ["project", "service", "kind"],
-      registers: [registry],
     }),
   };
 }

@@ -28,6 +28,16 @@ describe("usage", () => {
     expect(findUsage('{"usage": {"prompt_tokens": 3')).toBeUndefined();
   });
 
+  it('finds usage in the tail\'s bytes, skipping a quoted "usage" after the real one', () => {
+    const t = new TailBuffer(8192);
+    t.push(Buffer.from('data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}\n\n'));
+    t.push(Buffer.from('data: {"note":"the \\"usage\\": {field"}\n\ndata: [DONE]\n\n'));
+    expect(t.usage()).toEqual({ promptTokens: 5, completionTokens: 7 });
+    const none = new TailBuffer(8192);
+    none.push(Buffer.from('{"usage":null}'));
+    expect(none.usage()).toBeUndefined();
+  });
+
   it("keeps only the tail", () => {
     const t = new TailBuffer(10);
     for (let i = 0; i < 100; i++) t.push(Buffer.from(`chunk${i};`));

@@ -26,10 +26,32 @@ export class TailBuffer {
   }
 
   toString(): string {
-    const all = Buffer.concat(this.chunks);
-    return all.subarray(Math.max(0, all.length - this.limit)).toString("utf8");
+    return this.bytes().toString("utf8");
+  }
+
+  /**
+   * The usage block in the tail. Searches the bytes first and decodes only from the last
+   * `"usage"` on: decoding and scanning a whole response cost a tenth of the gateway's CPU on
+   * small completions (bench:gateway).
+   */
+  usage(): Usage | undefined {
+    const all = this.bytes();
+    let at = all.lastIndexOf(USAGE_KEY);
+    while (at >= 0) {
+      const found = findUsage(all.subarray(at).toString("utf8"));
+      if (found) return found;
+      at = at > 0 ? all.lastIndexOf(USAGE_KEY, at - 1) : -1;
+    }
+    return undefined;
+  }
+
+  private bytes(): Buffer {
+    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+    return all.length > this.limit ? all.subarray(all.length - this.limit) : all;
   }
 }
+
+const USAGE_KEY = Buffer.from('"usage"');
 
 /** The last `"usage": {...}` object in `text`, or undefined (null usage, none, or cut off). */
 export function findUsage(text: string): Usage | undefined {
@@ -52,7 +74,8 @@ export function findUsage(text: string): Usage | undefined {
         }
       }
     }
-    at = text.lastIndexOf('"usage"', at - 1);
+    // lastIndexOf clamps a negative start to 0: it would find the same match again.
+    at = at > 0 ? text.lastIndexOf('"usage"', at - 1) : -1;
   }
   return undefined;
 }

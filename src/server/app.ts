@@ -25,7 +25,7 @@ import { ModelView } from "./models.js";
 import { buildOpenApi } from "./openapi.js";
 import { ResourceService } from "./resources.js";
 import { SchedulingView } from "./scheduling.js";
-import { type ServingDirectory, servingRoutes } from "./serving.js";
+import { openAIFastPath, type ServingDirectory, serverWith, servingRoutes } from "./serving.js";
 
 export interface AppDeps {
   store: ResourceStore;
@@ -61,12 +61,46 @@ declare module "fastify" {
 type Params = { project?: string; plural?: string; name?: string };
 type Query = Record<string, string | undefined>;
 
+/**
+ * Who a bearer token is. Verified tokens are cached by value in memory for the life of the
+ * process, so a cached one costs a map lookup (the gateway calls this on every request).
+ */
+function tokenAuthenticator(
+  tokens: TokenStore,
+): (header: string | undefined) => TokenInfo | Promise<TokenInfo> {
+  const verified = new Map<string, TokenInfo>();
+  const verify = async (token: string): Promise<TokenInfo> => {
+    const principal = await tokens.verify(token);
+    if (!principal)
+      throw new UnauthorizedError(
+        "invalid token: check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)",
+      );
+    if (verified.size > 10_000) verified.clear();
+    verified.set(token, principal);
+    return principal;
+  };
+  return (header) => {
+    if (!header?.startsWith("Bearer ")) {
+      throw new UnauthorizedError(
+        "missing bearer token: send 'Authorization: Bearer <token>' (the CLI reads it from ~/.loom/config.yaml or LOOM_TOKEN)",
+      );
+    }
+    const token = header.slice(7).trim();
+    return verified.get(token) ?? verify(token);
+  };
+}
+
 /** Builds the HTTP API. No socket: callers listen, tests use inject(). */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const authenticate = tokenAuthenticator(deps.tokens);
+  // The gateway's POST routes are served straight off the socket, before Fastify's routing,
+  // hooks and reply machinery (bench:gateway); inject() and every other route go through Fastify.
+  const fastPath = deps.serving ? openAIFastPath(deps.serving, authenticate) : undefined;
   const app: FastifyInstance = Fastify({
     loggerInstance: deps.log.child({ component: "api" }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
+    ...(fastPath ? { serverFactory: serverWith(fastPath) } : {}),
   });
   const resources = new ResourceService(deps.store, deps.createFinalizers);
   installErrorHandler(app);
@@ -98,27 +132,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     latency.observe({ method: req.method, route }, reply.elapsedTime / 1000);
   });
 
-  // Verified tokens are cached by their hash-free value only in memory, for the life of the process.
-  const verified = new Map<string, TokenInfo>();
   app.addHook("onRequest", async (req) => {
     if (req.url === "/healthz" || req.url.startsWith("/healthz?")) return;
-    const header = req.headers.authorization;
-    if (!header?.startsWith("Bearer ")) {
-      throw new UnauthorizedError(
-        "missing bearer token: send 'Authorization: Bearer <token>' (the CLI reads it from ~/.loom/config.yaml or LOOM_TOKEN)",
-      );
-    }
-    const token = header.slice(7).trim();
-    let principal = verified.get(token);
-    if (!principal) {
-      principal = await deps.tokens.verify(token);
-      if (!principal)
-        throw new UnauthorizedError(
-          "invalid token: check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)",
-        );
-      if (verified.size > 10_000) verified.clear();
-      verified.set(token, principal);
-    }
+    const principal = await authenticate(req.headers.authorization);
     req.principal = principal;
     authorizeApi(principal, req.method, req.url);
   });

@@ -34,24 +34,28 @@ export function statusBody(
   return body;
 }
 
+/** Any error on a /v1 route, as the OpenAI-format error its clients parse. */
+export function toGatewayError(err: Error): GatewayError {
+  return err instanceof GatewayError
+    ? err
+    : err instanceof UnauthorizedError
+      ? /missing/.test(err.message)
+        ? missingKey()
+        : invalidKey()
+      : err instanceof ForbiddenError
+        ? new GatewayError(403, "permission_error", "forbidden", err.message)
+        : typeof (err as FastifyError).statusCode === "number" && (err as FastifyError).statusCode! < 500
+          ? new GatewayError(
+              (err as FastifyError).statusCode!,
+              "invalid_request_error",
+              "invalid_request",
+              err.message,
+            )
+          : new GatewayError(500, "server_error", "internal_error", "the gateway failed; retry");
+}
+
 function sendOpenAIError(reply: FastifyReply, err: Error) {
-  const gatewayError =
-    err instanceof GatewayError
-      ? err
-      : err instanceof UnauthorizedError
-        ? /missing/.test(err.message)
-          ? missingKey()
-          : invalidKey()
-        : err instanceof ForbiddenError
-          ? new GatewayError(403, "permission_error", "forbidden", err.message)
-          : typeof (err as FastifyError).statusCode === "number" && (err as FastifyError).statusCode! < 500
-            ? new GatewayError(
-                (err as FastifyError).statusCode!,
-                "invalid_request_error",
-                "invalid_request",
-                err.message,
-              )
-            : new GatewayError(500, "server_error", "internal_error", "the gateway failed; retry");
+  const gatewayError = toGatewayError(err);
   return reply
     .code(gatewayError.httpStatus)
     .headers(

@@ -1,9 +1,11 @@
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { FastifyInstance, FastifyRequest, FastifyServerOptions } from "fastify";
 import type { InferenceService, InferenceServiceSpec } from "../api/inferenceservice.js";
 import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice.js";
 import { badRequest, sendGatewayError, unknownModel } from "../gateway/errors.js";
 import type { EndpointDirectory, Gateway, Scaler, ScaleTarget, ServiceEndpoint } from "../gateway/gateway.js";
 import type { TokenInfo } from "../store/port.js";
+import { toGatewayError } from "./errors.js";
 
 /**
  * The adapters between Loom's InferenceService controller and the platform-agnostic gateway:
@@ -95,31 +97,103 @@ export function mayUse(principal: TokenInfo, e: Pick<ServiceEndpoint, "project" 
   return !services || services.includes(e.service);
 }
 
+interface ServingDeps {
+  gateway: Gateway;
+  directory: ServingDirectory;
+}
+
+/** The routes the gateway forwards (POST, OpenAI-style JSON naming a model). */
+const FORWARDED = new Set(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]);
+
+/** One forwarded request, whichever way it came in (the fast path or a Fastify route). */
+function forward(
+  deps: ServingDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  principal: TokenInfo,
+  body?: Buffer,
+): Promise<unknown> {
+  return deps.gateway.handle(req, res, {
+    body,
+    project: principal.project ?? "default",
+    // A key of another project, or one not for this service: 403 saying which.
+    authorize: (e) => mayUse(principal, e),
+  });
+}
+
+/**
+ * The forwarded routes straight off the socket: authenticate, then the gateway, with nothing of
+ * Fastify's per-request work in between. Returns false for every other request.
+ */
+export function openAIFastPath(
+  deps: ServingDeps,
+  authenticate: (header: string | undefined) => TokenInfo | Promise<TokenInfo>,
+): (req: IncomingMessage, res: ServerResponse) => boolean {
+  const fail = (req: IncomingMessage, res: ServerResponse, err: unknown) => {
+    req.resume();
+    sendGatewayError(res, toGatewayError(err instanceof Error ? err : new Error(String(err))));
+  };
+  return (req, res) => {
+    if (req.method !== "POST") return false;
+    const url = req.url ?? "";
+    const q = url.indexOf("?");
+    if (!FORWARDED.has(q < 0 ? url : url.slice(0, q))) return false;
+    let principal: TokenInfo | Promise<TokenInfo>;
+    try {
+      principal = authenticate(req.headers.authorization);
+    } catch (err) {
+      fail(req, res, err);
+      return true;
+    }
+    if (principal instanceof Promise) {
+      principal.then(
+        (p) => forward(deps, req, res, p),
+        (err: unknown) => fail(req, res, err),
+      );
+    } else void forward(deps, req, res, principal);
+    return true;
+  };
+}
+
+/** A Fastify serverFactory: `first` may take a request; what it leaves goes to Fastify. */
+export function serverWith(
+  first: (req: IncomingMessage, res: ServerResponse) => boolean,
+): (handler: (req: IncomingMessage, res: ServerResponse) => void, opts: FastifyServerOptions) => Server {
+  return (handler, opts) => {
+    const server = createServer((req, res) => {
+      if (!first(req, res)) handler(req, res);
+    });
+    // What Fastify sets on the server it makes itself.
+    if (opts.keepAliveTimeout !== undefined) server.keepAliveTimeout = opts.keepAliveTimeout;
+    if (opts.requestTimeout !== undefined) server.requestTimeout = opts.requestTimeout;
+    if (opts.connectionTimeout !== undefined) server.setTimeout(opts.connectionTimeout);
+    return server;
+  };
+}
+
 /**
  * The OpenAI-compatible routes on Loom's port. Bodies stay raw (the gateway forwards them as
  * they came and reads only `model`), so these routes live in their own scope with their own
  * content-type parser.
  */
-export async function servingRoutes(
-  app: FastifyInstance,
-  deps: { gateway: Gateway; directory: ServingDirectory },
-): Promise<void> {
+export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Promise<void> {
   await app.register(async (scope) => {
     scope.removeAllContentTypeParsers();
     scope.addContentTypeParser("*", { parseAs: "buffer", bodyLimit: 8 * 1024 * 1024 }, (_req, body, done) =>
       done(null, body),
     );
     const principalOf = (req: FastifyRequest) => req.principal!;
-    for (const path of ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]) {
+    // Reached through inject() (tests) or a server without the fast path.
+    for (const path of FORWARDED) {
       scope.post(path, async (req, reply) => {
-        const principal = principalOf(req);
         reply.hijack();
-        await deps.gateway.handle(req.raw, reply.raw, {
-          body: Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0),
-          project: principal.project ?? "default",
-          // A key of another project, or one not for this service: 403 saying which.
-          authorize: (e) => mayUse(principal, e),
-        });
+        await forward(
+          deps,
+          req.raw,
+          reply.raw,
+          principalOf(req),
+          Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0),
+        );
       });
     }
     scope.get("/v1/models", async (req) => {
