@@ -77,7 +77,12 @@ describe("HttpForwarder", () => {
     const up = await listen(async (req, res) => {
       const body = (await readBody(req, 1e6))!.toString();
       seen = { method: req.method, url: req.url, headers: req.headers, body };
-      res.writeHead(200, { "content-type": "application/json", "x-custom": "1", "keep-alive": "timeout=77" });
+      res.writeHead(200, {
+        "content-type": "application/json",
+        "x-custom": "1",
+        "keep-alive": "timeout=77",
+        "x-loom-replica": "the runtime's own",
+      });
       res.end('{"ok":true,"usage":{"prompt_tokens":3,"completion_tokens":4}}');
     });
     const { pick, outcomes } = picker([rep("a", up)]);

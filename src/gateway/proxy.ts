@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Readable } from "node:stream";
 import { type Dispatcher, Pool } from "undici";
 import type { Lease } from "./balancer.js";
@@ -222,9 +222,10 @@ export class HttpForwarder {
       let settled = false;
       let responded = false;
       let status = 0;
-      let controller: Dispatcher.DispatchController | undefined;
+      let abortUpstream: ((err?: Error) => void) | undefined;
+      let resumeUpstream: (() => void) | undefined;
       let tail: TailBuffer | undefined;
-      let cancelled: "client-gone" | undefined;
+      let cancelled = false;
       const finish = (a: Attempt) => {
         if (settled) return;
         settled = true;
@@ -234,56 +235,57 @@ export class HttpForwarder {
       // The client left: stop the upstream (a generation nobody reads still burns a GPU).
       const onClientClose = () => {
         if (res.writableFinished) return;
-        cancelled = "client-gone";
-        controller?.abort(new Cancelled("the client went away"));
+        cancelled = true;
+        abortUpstream?.(new Cancelled("the client went away"));
         finish({ kind: "client-gone", responded, status: responded ? status : undefined });
       };
       res.on("close", onClientClose);
-      const onDrain = () => controller?.resume();
+      const onDrain = () => resumeUpstream?.();
+      const done = () => finish({ kind: "done", status, complete: true, usage: tail?.usage() });
 
+      // undici's own handler interface (raw header buffers, boolean backpressure): its newer
+      // controller interface wraps this one and parses every header into an object first.
       const handler: Dispatcher.DispatchHandler = {
-        onRequestStart(c) {
-          controller = c;
-          if (cancelled) c.abort(new Cancelled("the client went away"));
+        onConnect: (abort) => {
+          abortUpstream = abort;
+          if (cancelled) abort(new Cancelled("the client went away"));
         },
-        onResponseStart: (_c, statusCode, upstreamHeaders) => {
-          if (statusCode < 200) return; // 1xx: informational, the real answer follows
+        onHeaders: (statusCode, raw, resume) => {
+          if (statusCode < 200) return true; // 1xx: informational, the real answer follows
           responded = true;
           status = statusCode;
+          resumeUpstream = resume;
           o.onFirstByte?.(this.now() - started);
-          const headers = responseHeaders(upstreamHeaders);
-          if (o.replicaHeader !== false) headers[o.replicaHeader ?? "x-loom-replica"] = r.id;
-          const type = String(upstreamHeaders["content-type"] ?? "");
+          // The gateway's replica header replaces one the runtime may send itself.
+          const replicaHeader = o.replicaHeader === false ? false : (o.replicaHeader ?? "x-loom-replica");
+          const { headers, type, encoded } = responseHeaders(raw, replicaHeader);
+          if (replicaHeader) headers.push(replicaHeader, r.id);
           const sse = type.startsWith("text/event-stream");
-          if (sse) headers["x-accel-buffering"] = "no"; // tell any proxy in front not to buffer either
+          if (sse) headers.push("x-accel-buffering", "no"); // tell any proxy in front not to buffer either
           res.writeHead(status, headers);
           if (sse) {
             // Headers now, not with the first event; and no Nagle delay on each small token chunk.
             res.flushHeaders();
             res.socket?.setNoDelay(true);
           }
-          if (
-            o.captureUsage !== false &&
-            !upstreamHeaders["content-encoding"] &&
-            (sse || type.includes("json"))
-          )
+          if (o.captureUsage !== false && !encoded && (sse || type.includes("json")))
             tail = new TailBuffer(8192);
+          return true;
         },
-        onResponseData: (c, chunk) => {
+        onData: (chunk) => {
           tail?.push(chunk);
           // Backpressure: a slow client pauses the upstream read instead of buffering here.
-          if (!res.write(chunk)) {
-            c.pause();
-            res.once("drain", onDrain);
-          }
+          if (res.write(chunk)) return true;
+          res.once("drain", onDrain);
+          return false;
         },
-        onResponseEnd: () => {
+        onComplete: () => {
           res.end();
           // Settle when the client has the last byte (or left): the lease and metrics see it whole.
           if (res.writableFinished) done();
           else res.once("finish", done);
         },
-        onResponseError: (_c, err) => {
+        onError: (err) => {
           if (cancelled) return; // settled already by the close handler
           if (!responded) {
             const e = err as Error & { code?: string };
@@ -297,8 +299,7 @@ export class HttpForwarder {
           res.destroy();
           finish({ kind: "done", status, complete: false });
         },
-      };
-      const done = () => finish({ kind: "done", status, complete: true, usage: tail?.usage() });
+      } as Dispatcher.DispatchHandler;
 
       const connectTimeoutMs = o.connectTimeoutMs ?? this.opts.connectTimeoutMs ?? 5000;
       try {
@@ -321,50 +322,93 @@ export class HttpForwarder {
   }
 }
 
-function connectionListed(h: IncomingHttpHeaders): Set<string> {
-  const c = h.connection;
-  const out = new Set<string>();
-  for (const v of Array.isArray(c) ? c : c ? [c] : []) {
-    for (const name of v.split(",")) out.add(name.trim().toLowerCase());
+const DEFAULT_DROP = new Set(["authorization"]);
+const dropSets = new WeakMap<readonly string[], Set<string>>();
+
+function dropSet(names: readonly string[] | undefined): Set<string> {
+  if (!names) return DEFAULT_DROP;
+  let set = dropSets.get(names);
+  if (!set) {
+    set = new Set(names.map((h) => h.toLowerCase()));
+    dropSets.set(names, set);
   }
-  return out;
+  return set;
 }
 
-function requestHeaders(
-  req: IncomingMessage,
-  r: Lease["replica"],
-  o: ForwardOptions,
-): Record<string, string | string[]> {
-  const drop = new Set((o.dropRequestHeaders ?? ["authorization"]).map((h) => h.toLowerCase()));
-  const listed = connectionListed(req.headers);
-  const out: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(req.headers)) {
-    if (v === undefined || HOP_BY_HOP.has(k) || listed.has(k) || drop.has(k) || k === "host") continue;
+/**
+ * The upstream request's headers as a flat [name, value, …] list made straight from the raw
+ * headers (no header object per request; undici takes the list as it is).
+ */
+function requestHeaders(req: IncomingMessage, r: Lease["replica"], o: ForwardOptions): string[] {
+  const drop = dropSet(o.dropRequestHeaders);
+  const raw = req.rawHeaders;
+  let listed: Set<string> | undefined;
+  let host: string | undefined;
+  let priorFor: string | undefined;
+  let proto = false;
+  let forwardedHost = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length === 10 && raw[i]!.toLowerCase() === "connection") {
+      listed ??= new Set();
+      for (const name of raw[i + 1]!.split(",")) listed.add(name.trim().toLowerCase());
+    }
+  }
+  const set = o.setRequestHeaders;
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!.toLowerCase();
+    const v = raw[i + 1]!;
+    if (k === "host") {
+      host = v;
+      continue;
+    }
+    if (k === "x-forwarded-for") {
+      priorFor = priorFor === undefined ? v : `${priorFor}, ${v}`;
+      continue;
+    }
+    if (HOP_BY_HOP.has(k) || listed?.has(k) || drop.has(k)) continue;
     // A 100-continue handshake upstream would only add a round trip (and undici refuses it).
     if (k === "expect" || (o.body && k === "content-length")) continue;
-    out[k] = v;
+    if (set && Object.hasOwn(set, k)) continue; // replaced below
+    if (k === "x-forwarded-proto") proto = true;
+    else if (k === "x-forwarded-host") forwardedHost = true;
+    out.push(k, v);
   }
-  if (o.body) out["content-length"] = String(o.body.length);
-  out.host = `${r.host}:${r.port}`;
-  const prior = req.headers["x-forwarded-for"];
+  if (o.body) out.push("content-length", String(o.body.length));
+  out.push("host", `${r.host}:${r.port}`);
   const client = req.socket.remoteAddress ?? "";
-  out["x-forwarded-for"] = prior ? `${prior}, ${client}` : client;
-  out["x-forwarded-proto"] ??= "encrypted" in req.socket && req.socket.encrypted ? "https" : "http";
-  if (req.headers.host) out["x-forwarded-host"] ??= req.headers.host;
-  for (const [k, v] of Object.entries(o.setRequestHeaders ?? {})) out[k.toLowerCase()] = v;
+  out.push("x-forwarded-for", priorFor ? `${priorFor}, ${client}` : client);
+  if (!proto)
+    out.push("x-forwarded-proto", "encrypted" in req.socket && req.socket.encrypted ? "https" : "http");
+  if (host && !forwardedHost) out.push("x-forwarded-host", host);
+  if (set) for (const k in set) out.push(k.toLowerCase(), set[k]!);
   return out;
 }
 
+/** The upstream's raw response headers as a flat list for writeHead, hop-by-hop ones dropped. */
 function responseHeaders(
-  h: IncomingHttpHeaders | Record<string, string | string[]>,
-): Record<string, string | string[]> {
-  const listed = connectionListed(h);
-  const out: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || HOP_BY_HOP.has(k) || listed.has(k)) continue;
-    out[k] = v;
+  raw: Buffer[],
+  replaced: string | false,
+): { headers: string[]; type: string; encoded: boolean } {
+  let listed: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length === 10 && raw[i]!.toString("latin1").toLowerCase() === "connection") {
+      listed ??= new Set();
+      for (const name of raw[i + 1]!.toString("latin1").split(",")) listed.add(name.trim().toLowerCase());
+    }
   }
-  return out;
+  const headers: string[] = [];
+  let type = "";
+  let encoded = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!.toString("latin1").toLowerCase();
+    if (HOP_BY_HOP.has(k) || listed?.has(k) || k === replaced) continue;
+    const v = raw[i + 1]!.toString("latin1");
+    if (k === "content-type") type = v;
+    else if (k === "content-encoding") encoded = true;
+    headers.push(k, v);
+  }
+  return { headers, type, encoded };
 }
 
 /** Reads a request body up to `limit` bytes; resolves undefined when it is larger (the rest is drained). */
