@@ -562,6 +562,38 @@ describe("serving: InferenceServices behind the gateway (embedded)", () => {
     await remove("other-svc");
   }, 60_000);
 
+  it("per-endpoint routes reach any path of a service's runtime, with the same keys", async () => {
+    const at = (path: string, apiKey?: string, init: RequestInit = {}) =>
+      fetch(`${loom.url}${path}`, {
+        ...init,
+        headers: { ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}), ...(init.headers ?? {}) },
+      });
+    const health = await at("/serving/default/tiny/health", key);
+    expect(health.status).toBe(200);
+    expect(health.headers.get("x-loom-replica")).toBeTruthy();
+    // The runtime's own paths, methods and bodies pass as they are.
+    const models = await at("/serving/default/tiny/v1/models?x=1", key);
+    expect(((await models.json()) as { data: { id: string }[] }).data.length).toBeGreaterThan(0);
+    const completion = await at("/serving/default/tiny/v1/completions", key, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: "hello", max_tokens: 2 }),
+    });
+    expect(completion.status).toBe(200);
+    expect(((await completion.json()) as { choices: unknown[] }).choices).toHaveLength(1);
+    // Keys: none, another project's, or one for another service.
+    const none = await at("/serving/default/tiny/health");
+    expect(none.status).toBe(401);
+    expect(((await none.json()) as { error: { code: string } }).error.code).toBe("missing_api_key");
+    expect((await at("/serving/default/tiny/health", otherKey)).status).toBe(403);
+    expect((await at("/serving/default/nothing/health", key)).status).toBe(404);
+    const bare = await at("/serving/default", key);
+    expect(bare.status).toBe(400);
+    expect(((await bare.json()) as { error: { message: string } }).error.message).toMatch(
+      /use \/serving\/PROJECT\/SERVICE\/PATH/,
+    );
+  }, 60_000);
+
   it("loom get isvc, describe isvc and chat", async () => {
     const get = await loom.cli(["get", "isvc"]);
     expect(get.code, get.stderr).toBe(0);

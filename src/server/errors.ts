@@ -70,7 +70,8 @@ function sendOpenAIError(reply: FastifyReply, err: Error) {
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | LoomError | Error, request, reply) => {
     // The gateway's routes answer as OpenAI does: its clients parse that shape, not Status.
-    if (request.url.startsWith("/v1/")) return sendOpenAIError(reply, err);
+    if (request.url.startsWith("/v1/") || request.url.startsWith("/serving/"))
+      return sendOpenAIError(reply, err);
     if (err instanceof LoomError) {
       const causes =
         err instanceof ValidationError

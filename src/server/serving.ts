@@ -105,6 +105,25 @@ interface ServingDeps {
 /** The routes the gateway forwards (POST, OpenAI-style JSON naming a model). */
 const FORWARDED = new Set(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]);
 
+/**
+ * Per-endpoint routes for runtimes that do not speak OpenAI: /serving/PROJECT/SERVICE/PATH goes
+ * to PATH on a replica of that service, any method, with the same keys, balancing and scaling.
+ */
+export const ENDPOINT_PREFIX = "/serving/";
+
+/** `/serving/P/S/rest?q` → the service's model name and the upstream path, or undefined. */
+export function endpointRoute(url: string): { model: string; path: string } | undefined {
+  if (!url.startsWith(ENDPOINT_PREFIX)) return undefined;
+  const q = url.indexOf("?");
+  const pathname = q < 0 ? url : url.slice(0, q);
+  const [project, service, ...rest] = pathname.slice(ENDPOINT_PREFIX.length).split("/");
+  if (!project || !service) return undefined;
+  return {
+    model: `${decodeURIComponent(project)}/${decodeURIComponent(service)}`,
+    path: `/${rest.join("/")}${q < 0 ? "" : url.slice(q)}`,
+  };
+}
+
 /** One forwarded request, whichever way it came in (the fast path or a Fastify route). */
 function forward(
   deps: ServingDeps,
@@ -113,9 +132,11 @@ function forward(
   principal: TokenInfo,
   body?: Buffer,
 ): Promise<unknown> {
+  const endpoint = endpointRoute(req.url ?? "");
   return deps.gateway.handle(req, res, {
     body,
     project: principal.project ?? "default",
+    ...(endpoint ? { model: endpoint.model, path: endpoint.path } : {}),
     // A key of another project, or one not for this service: 403 saying which.
     authorize: (e) => mayUse(principal, e),
   });
@@ -134,10 +155,14 @@ export function openAIFastPath(
     sendGatewayError(res, toGatewayError(err instanceof Error ? err : new Error(String(err))));
   };
   return (req, res) => {
-    if (req.method !== "POST") return false;
     const url = req.url ?? "";
-    const q = url.indexOf("?");
-    if (!FORWARDED.has(q < 0 ? url : url.slice(0, q))) return false;
+    if (url.startsWith(ENDPOINT_PREFIX)) {
+      if (!endpointRoute(url)) return false; // Fastify's route says what is wrong with it
+    } else {
+      if (req.method !== "POST") return false;
+      const q = url.indexOf("?");
+      if (!FORWARDED.has(q < 0 ? url : url.slice(0, q))) return false;
+    }
     let principal: TokenInfo | Promise<TokenInfo>;
     try {
       principal = authenticate(req.headers.authorization);
@@ -196,6 +221,23 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
         );
       });
     }
+    scope.all("/serving/*", async (req, reply) => {
+      reply.hijack();
+      if (!endpointRoute(req.url)) {
+        sendGatewayError(
+          reply.raw,
+          badRequest(`${req.url.split("?")[0]} names no service: use /serving/PROJECT/SERVICE/PATH`),
+        );
+        return;
+      }
+      await forward(
+        deps,
+        req.raw,
+        reply.raw,
+        principalOf(req),
+        Buffer.isBuffer(req.body) ? req.body : undefined,
+      );
+    });
     scope.get("/v1/models", async (req) => {
       const principal = principalOf(req);
       return {
