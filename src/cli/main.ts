@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -611,6 +612,37 @@ export function buildProgram(): Command {
         process.stdout.write("Loom operator stopped\n");
       },
     );
+
+  program
+    .command("gateway")
+    .description(
+      "run one more inference gateway replica against Loom's API (on Kubernetes: the loom-gateway Deployment)",
+    )
+    .requiredOption("--api <url>", "Loom's API: `loom up`'s URL, or the operator's Service")
+    .option("--token-file <file>", "a file holding an admin token (default: LOOM_TOKEN)")
+    .option("--host <host>", "address to listen on", "127.0.0.1")
+    .option("--port <port>", "port to listen on (0 picks one)", "7480")
+    .action(async (opts: { api: string; tokenFile?: string; host: string; port: string }) => {
+      const token = opts.tokenFile ? readFileSync(opts.tokenFile, "utf8").trim() : process.env.LOOM_TOKEN;
+      if (!token)
+        throw new CliError(
+          "the gateway needs an admin token for Loom's API: --token-file FILE or LOOM_TOKEN (loom token create gateway --role admin)",
+        );
+      const { startGatewayNode } = await import("../server/gatewaynode.js");
+      const node = await startGatewayNode({
+        apiUrl: opts.api,
+        token,
+        host: opts.host,
+        port: Number(opts.port),
+        log: createLogger(),
+      });
+      process.stdout.write(`Loom gateway serving at ${node.url}, following ${opts.api}\n`);
+      await new Promise<void>((done) => {
+        const stop = () => node.close().then(done, done);
+        process.once("SIGINT", stop);
+        process.once("SIGTERM", stop);
+      });
+    });
 
   program
     .command("crds")

@@ -398,6 +398,59 @@ describe("Gateway", () => {
     expect(scaled).toEqual([1, 0]);
   });
 
+  it("several gateways: followers report their load, the deciding one scales on the sum", async () => {
+    let now = 1_000_000;
+    const ep = service([{ name: "v1", weight: 1, replicas: [replica("r0", 1)] }], {
+      autoscaling: { minReplicas: 0, maxReplicas: 10, targetConcurrency: 1 },
+    });
+    const decided: number[] = [];
+    const leader = new Gateway({
+      directory: { resolve: () => ep },
+      scaler: { setDesired: (_t, n) => void decided.push(n) },
+      registry: new Registry(),
+      now: () => now,
+    });
+    const woken: number[] = [];
+    const follower = new Gateway(
+      {
+        directory: { resolve: () => ep },
+        scaler: { setDesired: (_t, n) => void woken.push(n) },
+        registry: new Registry(),
+        now: () => now,
+      },
+      { autoscale: false },
+    );
+    gateways.push(leader, follower);
+    leader.update(ep);
+    follower.update(ep);
+    // Two followers each carry 3 requests, reporting every second for 10 s (longer than the
+    // 6 s panic window); the leader carries none itself.
+    for (let s = 0; s < 10; s++) {
+      now += 1000;
+      for (const source of ["gw-a", "gw-b"])
+        leader.recordRemote(source, {
+          project: "team",
+          service: "llama",
+          revision: "v1",
+          concurrency: 3,
+          held: 0,
+        });
+    }
+    await leader.tick();
+    expect(decided.at(-1)).toBe(6);
+    // A follower decides nothing on its tick.
+    await follower.tick();
+    expect(woken).toEqual([]);
+    // Its report is the time-weighted average over the window: nothing in flight here.
+    expect(follower.takeReport()).toEqual([]);
+    // Reports that stop coming are forgotten.
+    now += 6000;
+    await leader.tick();
+    now += 61_000;
+    await leader.tick();
+    expect(decided.at(-1)).toBeLessThan(6);
+  });
+
   it("works behind Fastify with a hijacked reply and a buffered body", async () => {
     const up = await listen(async (req, res) => {
       const chunks: Buffer[] = [];

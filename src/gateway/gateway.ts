@@ -127,6 +127,23 @@ export interface GatewayOptions {
   tickMs?: number;
   /** Response header naming the replica that answered (debugging); false for none. Default "x-loom-replica". */
   replicaHeader?: string | false;
+  /**
+   * Whether this gateway decides replica counts (default true). One of several gateway replicas
+   * sets false: it reports its concurrency (`takeReport`) to the one that decides, which adds it
+   * to its own (`recordRemote`); its Scaler is then called only to wake a revision at zero.
+   */
+  autoscale?: boolean;
+}
+
+/** A revision's load as one gateway saw it over a report window. */
+export interface ConcurrencyReport {
+  project: string;
+  service: string;
+  revision: string;
+  /** Time-weighted average of requests in flight and held over the window. */
+  concurrency: number;
+  /** Requests held right now for want of a ready replica. */
+  held: number;
 }
 
 export interface GatewayDeps {
@@ -156,6 +173,15 @@ interface RevState {
   inFlight: number;
   held: number;
   lastDesired?: number;
+  /** Concurrency other gateways report for this revision, by gateway, with when it came. */
+  remote?: Map<string, { concurrency: number; at: number }>;
+  remoteSum: number;
+  /** This gateway's own concurrency as last recorded. */
+  prevLocal: number;
+  /** Time-weighted concurrency since the last report: area (request·ms) and where it began. */
+  reportArea: number;
+  reportSince: number;
+  lastChange: number;
   upstreamHeaders?: Record<string, string>;
   affinityChars?: number;
   /**
@@ -322,11 +348,14 @@ export class Gateway {
     }
     const now = this.now();
     const live = new Set<string>();
+    const decides = this.opts.autoscale !== false;
     for (const st of this.states.values()) {
+      for (const r of st.syncedRev?.replicas ?? []) live.add(`${r.host}:${r.port}`);
+      if (!decides) continue;
+      if (st.remote?.size) this.sumRemote(st);
       const d = st.autoscaler.decide(now, st.ready, st.starting);
       this.metrics.panic.set(labels(st.target), d.panic ? 1 : 0);
       this.setDesired(st, d.desired, d.reason);
-      for (const r of st.syncedRev?.replicas ?? []) live.add(`${r.host}:${r.port}`);
     }
     // Replicas come and go on new ports: their connection pools go with them.
     this.proxy.retain(live);
@@ -502,6 +531,11 @@ export class Gateway {
         starting: 0,
         inFlight: 0,
         held: 0,
+        remoteSum: 0,
+        prevLocal: 0,
+        reportArea: 0,
+        reportSince: now,
+        lastChange: now,
       };
       this.states.set(key, st);
     }
@@ -565,12 +599,77 @@ export class Gateway {
   }
 
   private recordConcurrency(st: RevState): void {
-    st.autoscaler.record(this.now(), st.inFlight + st.held);
+    const now = this.now();
+    const local = st.inFlight + st.held;
+    // The area under this gateway's own concurrency, for its reports; `local` changed just now,
+    // so the previous value held since the last change.
+    st.reportArea += st.prevLocal * (now - st.lastChange);
+    st.prevLocal = local;
+    st.lastChange = now;
+    st.autoscaler.record(now, local + st.remoteSum);
+  }
+
+  /**
+   * This gateway's load per revision since the last call (a follower sends it to the gateway
+   * that decides, every second or so). Revisions idle over the whole window are left out.
+   */
+  takeReport(): ConcurrencyReport[] {
+    const now = this.now();
+    const out: ConcurrencyReport[] = [];
+    for (const st of this.states.values()) {
+      const area = st.reportArea + st.prevLocal * (now - st.lastChange);
+      const window = now - st.reportSince;
+      st.reportArea = 0;
+      st.reportSince = now;
+      st.lastChange = now;
+      if (area === 0 && st.held === 0) continue;
+      out.push({ ...st.target, concurrency: window > 0 ? area / window : st.prevLocal, held: st.held });
+    }
+    return out;
+  }
+
+  /**
+   * Another gateway's load on a revision: added to this one's until that gateway reports again
+   * (or stops reporting for `staleMs`). A held request there wakes a revision at zero here.
+   */
+  recordRemote(source: string, report: ConcurrencyReport, staleMs = 5000): void {
+    const ep = { project: report.project, service: report.service, revision: report.revision };
+    const st = this.states.get(revKey(ep));
+    if (!st) return; // not published here (yet): the directory is the truth
+    st.remote ??= new Map();
+    st.remote.set(source, { concurrency: report.concurrency, at: this.now() });
+    this.sumRemote(st, staleMs);
+    if (report.held > 0 && st.ready === 0) this.scaleFromZero(st.key);
+  }
+
+  /** Another gateway holds a request for this revision: start a replica now. */
+  wake(target: ScaleTarget): void {
+    const st = this.states.get(revKey(target));
+    if (st && st.ready === 0) this.scaleFromZero(st.key);
+  }
+
+  private sumRemote(st: RevState, staleMs = 5000): void {
+    const now = this.now();
+    let sum = 0;
+    for (const [source, r] of st.remote ?? []) {
+      if (now - r.at > staleMs) st.remote!.delete(source);
+      else sum += r.concurrency;
+    }
+    if (sum === st.remoteSum) return;
+    st.remoteSum = sum;
+    st.autoscaler.record(now, st.inFlight + st.held + sum);
   }
 
   private scaleFromZero(key: string): void {
     const st = this.states.get(key);
     if (!st) return;
+    if (this.opts.autoscale === false) {
+      // A follower only wakes the revision; the deciding gateway counts from there. Asked again
+      // on every first hold: the deciding one may have scaled back to zero since.
+      st.lastDesired = undefined;
+      this.setDesired(st, 1, "scale from zero: a request is waiting at another gateway");
+      return;
+    }
     const d = st.autoscaler.decide(this.now(), st.ready, st.starting);
     this.setDesired(st, Math.max(1, d.desired), "scale from zero: a request is waiting");
   }

@@ -19,13 +19,19 @@ import type { LoggedModels } from "../tracking/logged.js";
 import type { ModelRegistry } from "../tracking/registry.js";
 import { trackingRoutes } from "../tracking/routes.js";
 import type { TrackingStore } from "../tracking/store.js";
-import { authorizeApi } from "./authz.js";
+import { authorizeApi, bearerAuthenticator } from "./authz.js";
 import { installErrorHandler, statusBody } from "./errors.js";
 import { ModelView } from "./models.js";
 import { buildOpenApi } from "./openapi.js";
 import { ResourceService } from "./resources.js";
 import { SchedulingView } from "./scheduling.js";
-import { openAIFastPath, type ServingDirectory, serverWith, servingRoutes } from "./serving.js";
+import {
+  gatewayControlRoutes,
+  openAIFastPath,
+  type ServingDirectory,
+  serverWith,
+  servingRoutes,
+} from "./serving.js";
 
 export interface AppDeps {
   store: ResourceStore;
@@ -61,38 +67,9 @@ declare module "fastify" {
 type Params = { project?: string; plural?: string; name?: string };
 type Query = Record<string, string | undefined>;
 
-/**
- * Who a bearer token is. Verified tokens are cached by value in memory for the life of the
- * process, so a cached one costs a map lookup (the gateway calls this on every request).
- */
-function tokenAuthenticator(
-  tokens: TokenStore,
-): (header: string | undefined) => TokenInfo | Promise<TokenInfo> {
-  const verified = new Map<string, TokenInfo>();
-  const verify = async (token: string): Promise<TokenInfo> => {
-    const principal = await tokens.verify(token);
-    if (!principal)
-      throw new UnauthorizedError(
-        "invalid token: check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)",
-      );
-    if (verified.size > 10_000) verified.clear();
-    verified.set(token, principal);
-    return principal;
-  };
-  return (header) => {
-    if (!header?.startsWith("Bearer ")) {
-      throw new UnauthorizedError(
-        "missing bearer token: send 'Authorization: Bearer <token>' (the CLI reads it from ~/.loom/config.yaml or LOOM_TOKEN)",
-      );
-    }
-    const token = header.slice(7).trim();
-    return verified.get(token) ?? verify(token);
-  };
-}
-
 /** Builds the HTTP API. No socket: callers listen, tests use inject(). */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
-  const authenticate = tokenAuthenticator(deps.tokens);
+  const authenticate = bearerAuthenticator((token) => deps.tokens.verify(token));
   // The gateway's POST routes are served straight off the socket, before Fastify's routing,
   // hooks and reply machinery (bench:gateway); inject() and every other route go through Fastify.
   const fastPath = deps.serving ? openAIFastPath(deps.serving, authenticate) : undefined;
@@ -475,7 +452,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     });
   }
 
-  if (deps.serving) await servingRoutes(app, deps.serving);
+  if (deps.serving) {
+    await servingRoutes(app, deps.serving);
+    await gatewayControlRoutes(app, { ...deps.serving, verify: (t) => deps.tokens.verify(t) });
+  }
 
   if (deps.ensureDefaultProject !== false) await resources.ensureDefaultProject();
   return app;

@@ -2,8 +2,16 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { FastifyInstance, FastifyRequest, FastifyServerOptions } from "fastify";
 import type { InferenceService, InferenceServiceSpec } from "../api/inferenceservice.js";
 import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice.js";
+import { BadRequestError } from "../errors.js";
 import { badRequest, sendGatewayError, unknownModel } from "../gateway/errors.js";
-import type { EndpointDirectory, Gateway, Scaler, ScaleTarget, ServiceEndpoint } from "../gateway/gateway.js";
+import type {
+  ConcurrencyReport,
+  EndpointDirectory,
+  Gateway,
+  Scaler,
+  ScaleTarget,
+  ServiceEndpoint,
+} from "../gateway/gateway.js";
 import type { TokenInfo } from "../store/port.js";
 import { toGatewayError } from "./errors.js";
 
@@ -18,6 +26,9 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
   private readonly targets = new Map<string, number>();
   private readonly reasons = new Map<string, string>();
   private gateway: Gateway | undefined;
+  /** Bumped on every change of the table; other gateways long-poll it (/gateway/v1/endpoints). */
+  private version = 0;
+  private waiters: (() => void)[] = [];
   /** Called when the autoscaler changes a target: the service's controller looks again. */
   onScale: (serviceKey: string) => void = () => {};
 
@@ -26,11 +37,58 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
     for (const e of this.endpoints.values()) gateway.update(e);
   }
 
+  /** The whole table and its version. */
+  snapshot(): { version: number; endpoints: ServiceEndpoint[] } {
+    return { version: this.version, endpoints: [...this.endpoints.values()] };
+  }
+
+  /** Resolves when the table's version is past `version`, or after `timeoutMs` regardless. */
+  changedSince(version: number, timeoutMs: number): Promise<void> {
+    if (version !== this.version) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== done);
+        resolve();
+      }, timeoutMs);
+      timer.unref();
+      this.waiters.push(done);
+    });
+  }
+
+  /** A follower gateway's table: replaced whole by what the deciding one serves. */
+  replaceAll(endpoints: ServiceEndpoint[]): void {
+    const next = new Map(endpoints.map((e) => [`${e.project}/${e.service}`, e]));
+    for (const [key, gone] of this.endpoints) {
+      if (next.has(key)) continue;
+      this.endpoints.delete(key);
+      this.gateway?.remove(gone.project, gone.service);
+    }
+    for (const [key, e] of next) {
+      this.endpoints.set(key, e);
+      this.gateway?.update(e);
+    }
+    this.changed();
+  }
+
+  private changed(): void {
+    this.version++;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
   publish(key: string, svc: InferenceService | undefined): void {
     if (!svc) {
       const gone = this.endpoints.get(key);
       this.endpoints.delete(key);
-      if (gone) this.gateway?.remove(gone.project, gone.service);
+      if (gone) {
+        this.gateway?.remove(gone.project, gone.service);
+        this.changed();
+      }
       return;
     }
     const status = svc.status ?? {};
@@ -60,6 +118,7 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
     if (affinity) endpoint.affinity = { prefixChars: affinity.chars, epsilon: affinity.epsilon };
     this.endpoints.set(key, endpoint);
     this.gateway?.update(endpoint);
+    this.changed();
   }
 
   /** "NAME" in the caller's project (default: "default"), or "PROJECT/NAME". */
@@ -270,5 +329,47 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
         ),
       );
     });
+  });
+}
+
+/**
+ * The deciding gateway's side of several gateways (the `loom gateway` Deployment on Kubernetes):
+ * they long-poll its endpoint table, verify keys through it, report their load each second so
+ * that it scales on the sum, and wake revisions at zero. Admin tokens only (authz.ts).
+ */
+export async function gatewayControlRoutes(
+  app: FastifyInstance,
+  deps: ServingDeps & { verify: (token: string) => Promise<TokenInfo | undefined> },
+): Promise<void> {
+  app.get<{ Querystring: { version?: string } }>("/gateway/v1/endpoints", async (req) => {
+    const since = Number(req.query.version ?? -1);
+    await deps.directory.changedSince(since, 20_000);
+    return deps.directory.snapshot();
+  });
+  app.post<{ Body: { token?: unknown } }>("/gateway/v1/authenticate", async (req, reply) => {
+    const token = req.body?.token;
+    const info = typeof token === "string" ? await deps.verify(token) : undefined;
+    if (!info) return reply.code(401).send({ valid: false });
+    return { valid: true, principal: info };
+  });
+  app.post<{ Body: { gateway?: unknown; reports?: unknown } }>("/gateway/v1/report", async (req, reply) => {
+    const source = req.body?.gateway;
+    const reports = req.body?.reports;
+    if (typeof source !== "string" || !Array.isArray(reports))
+      throw new BadRequestError(
+        "send {gateway: ID, reports: [{project, service, revision, concurrency, held}]}",
+      );
+    for (const r of reports as ConcurrencyReport[]) {
+      if (typeof r?.revision !== "string" || !Number.isFinite(r.concurrency)) continue;
+      deps.gateway.recordRemote(source, { ...r, held: Number(r.held) || 0 });
+    }
+    return reply.code(204).send();
+  });
+  app.post<{ Body: Partial<ScaleTarget> }>("/gateway/v1/activate", async (req, reply) => {
+    const t = req.body ?? {};
+    if (typeof t.project !== "string" || typeof t.service !== "string" || typeof t.revision !== "string")
+      throw new BadRequestError("send {project, service, revision}");
+    deps.gateway.wake({ project: t.project, service: t.service, revision: t.revision });
+    return reply.code(204).send();
   });
 }
