@@ -641,7 +641,27 @@ spec:
     expect(policy.spec.ingress[0].from[0].namespaceSelector.matchLabels).toEqual({
       "kubernetes.io/metadata.name": "loom-system",
     });
+    expect(policy.spec.ingress[0].from[0].podSelector.matchExpressions).toEqual([
+      { key: "app.kubernetes.io/name", operator: "In", values: ["loom-operator", "loom-gateway"] },
+    ]);
     expect(policy.spec.ingress[0].ports[0].port).toBe(8080);
+    // The gateway as its own Deployment: deploy/gateway.yaml is valid against this API server
+    // (server-side dry run: kwok would only pretend to run it), with the labels the policy admits.
+    cluster.kubectl(["create", "namespace", "loom-system", "--save-config"]); // may exist already
+    const gatewayYaml = cluster.kubectl([
+      "apply",
+      "--dry-run=server",
+      "-f",
+      join(ROOT, "deploy/gateway.yaml"),
+      "-o",
+      "json",
+    ]);
+    expect(gatewayYaml.code, gatewayYaml.stderr).toBe(0);
+    const applied = JSON.parse(gatewayYaml.stdout) as { items: { kind: string; spec: Record<string, any> }[] };
+    const gw = applied.items.find((i) => i.kind === "Deployment")!;
+    expect(gw.spec.replicas).toBe(2);
+    expect(gw.spec.template.metadata.labels["app.kubernetes.io/name"]).toBe("loom-gateway");
+    expect(gw.spec.template.spec.containers[0].command).toContain("gateway");
     // The project's own policy no longer admits its other pods to model pods.
     const isolation = get(["networkpolicy", "loom-project-isolation"]);
     expect(isolation.spec.podSelector.matchExpressions[0]).toMatchObject({

@@ -648,8 +648,8 @@ export class KubernetesRuntime implements Runtime {
   /**
    * Serving: a Deployment and a Service per revision, owned by the InferenceService; replicas
    * are scaled by applying the Deployment with the count the gateway's autoscaler wants; a
-   * readiness probe on the model server's path; a NetworkPolicy that lets only Loom's gateway
-   * (the operator in loom-system) reach the model pods.
+   * readiness probe on the model server's path; a NetworkPolicy that lets only Loom's gateways
+   * (the operator and the loom-gateway Deployment, in loom-system) reach the model pods.
    */
   readonly serving: RevisionRuntime = {
     applyRevision: async (spec) => {
@@ -689,7 +689,10 @@ export class KubernetesRuntime implements Runtime {
               from: [
                 {
                   namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": GATEWAY_NAMESPACE } },
-                  podSelector: { matchLabels: { [L.name]: "loom-operator" } },
+                  // The operator's own gateway, and the loom-gateway Deployment (deploy/gateway.yaml).
+                  podSelector: {
+                    matchExpressions: [{ key: L.name, operator: "In", values: ["loom-operator", "loom-gateway"] }],
+                  },
                 },
               ],
               ports: [{ protocol: "TCP", port: spec.port }],
