@@ -143,7 +143,21 @@ export class TrainingJobReconciler implements Reconciler {
         return { requeueAfterMs: Date.parse(status.nextAttemptTime) - now.getTime() };
       return this.startAttempt(job, status, attempts + 1);
     }
+    return this.track(job, status, obs, now);
+  }
 
+  /**
+   * Status from what the runtime observes of the current attempt: workers' states, readiness,
+   * checkpoints; a failure restarts or fails the job, a finished gang succeeds it.
+   */
+  private async track(
+    job: TrainingJob,
+    status: TrainingJobStatus,
+    obs: GangObservation,
+    now: Date,
+  ): Promise<ReconcileResult> {
+    const ref = refOf(job);
+    const attempts = status.attempts ?? 0;
     status.attempts = obs.attempt;
     // A worker the platform no longer has at all (its pod deleted, as with node loss) is lost.
     const expected = obs.attempt === attempts ? (status.activeWorkers ?? 0) : 0;
@@ -479,13 +493,20 @@ export class TrainingJobReconciler implements Reconciler {
         now,
       );
     }
-    await this.writeStatus(job, status);
     await this.event(
       job,
       "Normal",
       "Started",
       `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`,
     );
+    // What the workers do now goes into the same write: their pids, or already their exit (a
+    // short job). Written on its own, the start was one more write and reconcile per attempt.
+    // Only once the runtime shows every worker (a Kubernetes pod cache may still lag, and a
+    // worker missing from an observation counts as lost).
+    const obs = await this.deps.runtime.observe(ref);
+    if (obs && obs.attempt === attempt && workers.every((w) => obs.workers.some((o) => o.index === w.index)))
+      return this.track(job, status, obs, this.deps.now());
+    await this.writeStatus(job, status);
     return {};
   }
 

@@ -8,6 +8,7 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
+import { rename, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -29,7 +30,7 @@ import type {
 } from "../port.js";
 import { findProcessesByEnv, isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
 import { PythonEnvironments } from "./pyenv.js";
-import { Spawner } from "./spawner.js";
+import { Spawner, type SpawnRequest } from "./spawner.js";
 import { tailFile } from "./tail.js";
 
 /**
@@ -37,9 +38,10 @@ import { tailFile } from "./tail.js";
  * outlives the server (it is its own process group, writing straight to log files), so an exit
  * that happens while the server is down is still known when it comes back. `trap :` (not
  * `trap ''`) keeps SIGTERM's default action for the worker itself while the shim waits for it.
+ * The code is written straight to the file with the shell's builtin printf (one write of a few
+ * bytes, read only once the shim has exited): a temp file and `mv` cost a fork per worker.
  */
-const SHIM =
-  'f=$1; shift; trap : TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f.tmp" && mv "$f.tmp" "$f"; exit $c';
+const SHIM = 'f=$1; shift; trap : TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f"; exit $c';
 
 const INSTANCE_ENV = "LOOM_INSTANCE";
 const WORKER_KEY_ENV = "LOOM_WORKER_KEY";
@@ -183,23 +185,28 @@ export class LocalRuntime implements Runtime {
         `attempt ${prev.attempt} of ${spec.ref.name} still has live workers; stop it before starting attempt ${spec.attempt}`,
       );
     }
-    const dir = this.attemptDir(spec.ref.uid, spec.attempt);
-    mkdirSync(dir, { recursive: true });
     const gang: GangRecord = {
       ref: spec.ref,
       attempt: spec.attempt,
       workers: spec.workers.map((w) => ({ index: w.index })),
     };
     this.gangs.set(spec.ref.uid, gang);
-    // Persist before spawning: a crash in between is found again by the environment marker.
-    this.persist(gang);
+    const dir = this.attemptDir(spec.ref.uid, spec.attempt);
     const checkpointDir = this.checkpointDir(spec.ref.uid);
-    mkdirSync(checkpointDir, { recursive: true });
+    const workDir = this.workDir(spec.ref.uid);
+    // The directories and state.json are made by the spawn helper with the first worker's request:
+    // done here, with a worker started every few milliseconds, they were a tenth of the server's
+    // time in bench:scheduler (synchronously), or seven event-loop round trips per start (not).
+    // Persisted before spawning: a crash in between is found again by the environment marker.
+    // A write of the previous attempt's state still in flight goes first.
+    await this.saves.get(spec.ref.uid)?.done.catch(() => undefined);
+    let prepare: Pick<SpawnRequest, "dirs" | "files"> | undefined = {
+      dirs: [dir, checkpointDir, ...new Set(spec.workers.map((w) => w.workingDir ?? workDir))],
+      files: [{ path: this.stateFile(spec.ref.uid), data: JSON.stringify(gang) }],
+    };
     const venv = spec.python ? this.environments.location(spec.python) : undefined;
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
-      const workDir = this.workDir(spec.ref.uid);
-      mkdirSync(w.workingDir ?? workDir, { recursive: true });
       const base = stringEnv(process.env);
       const env: Record<string, string> = {
         ...base,
@@ -228,6 +235,7 @@ export class LocalRuntime implements Runtime {
           cwd: w.workingDir ?? workDir,
           env,
           logFile: join(dir, `worker-${w.index}.log`),
+          ...prepare,
         },
         (code, signal) => {
           this.children.delete(key);
@@ -236,6 +244,7 @@ export class LocalRuntime implements Runtime {
         // The helper died: its workers are watched by polling from now on, as re-adopted ones.
         () => this.children.delete(key),
       );
+      prepare = undefined;
       if (started.pid === undefined) {
         rec.exit = {
           code: 127,
@@ -249,7 +258,7 @@ export class LocalRuntime implements Runtime {
       rec.startTime = this.now().toISOString();
       this.children.set(key, started);
     }
-    this.persist(gang);
+    this.saveSoon(gang.ref.uid);
     this.opts.log.info(
       {
         project: spec.ref.project,
@@ -319,7 +328,7 @@ export class LocalRuntime implements Runtime {
     const now = this.now();
     if (!gang.stopRequestedAt) {
       gang.stopRequestedAt = now.toISOString();
-      this.persist(gang);
+      this.saveSoon(ref.uid);
       for (const w of alive) signalGroup(w.pid!, "SIGTERM");
       this.opts.log.info(
         { workload: ref.name, attempt: gang.attempt, graceSeconds },
@@ -332,7 +341,7 @@ export class LocalRuntime implements Runtime {
     if (elapsed >= graceSeconds) {
       if (!gang.killSentAt) {
         gang.killSentAt = now.toISOString();
-        this.persist(gang);
+        this.saveSoon(ref.uid);
       }
       for (const w of alive) signalGroup(w.pid!, "SIGKILL");
       this.opts.log.warn(
@@ -355,6 +364,8 @@ export class LocalRuntime implements Runtime {
       }
     }
     this.reports.delete(ref.uid);
+    // A state.json write in flight would race the removal (it stops, the gang being gone).
+    await this.saves.get(ref.uid)?.done.catch(() => undefined);
     rmSync(join(this.workloadsDir(), ref.uid), { recursive: true, force: true });
   }
 
@@ -419,7 +430,7 @@ export class LocalRuntime implements Runtime {
     }
     // Anything the worker left behind in its process group goes with it, as in a container.
     if (rec.pid !== undefined) signalGroup(rec.pid, "SIGKILL");
-    this.persist(gang);
+    this.saveSoon(gang.ref.uid);
     this.opts.log.info(
       { workload: gang.ref.name, attempt: gang.attempt, worker: rec.index, ...rec.exit },
       "worker exited",
@@ -527,6 +538,46 @@ export class LocalRuntime implements Runtime {
     if (adopted.length > 0) this.opts.log.info({ pids: adopted }, "re-adopted running workers");
   }
 
+  /** state.json writes per workload: one at a time, each writing the latest state. */
+  private readonly saves = new Map<string, { dirty: boolean; done: Promise<void> }>();
+
+  /**
+   * Writes the workload's current state to state.json (write and rename), off the event loop.
+   * Resolves once a write that started after this call has finished.
+   */
+  private save(uid: string): Promise<void> {
+    const running = this.saves.get(uid);
+    if (running) {
+      running.dirty = true;
+      return running.done;
+    }
+    const entry = { dirty: true, done: Promise.resolve() };
+    this.saves.set(uid, entry);
+    entry.done = (async () => {
+      try {
+        while (entry.dirty) {
+          entry.dirty = false;
+          const gang = this.gangs.get(uid);
+          if (!gang) return; // released: its directory goes
+          const file = this.stateFile(uid);
+          await writeFile(`${file}.tmp`, JSON.stringify(gang));
+          await rename(`${file}.tmp`, file);
+        }
+      } finally {
+        this.saves.delete(uid);
+      }
+    })();
+    return entry.done;
+  }
+
+  /** save() without waiting: recovery after a crash also finds pids and exits without it. */
+  private saveSoon(uid: string): void {
+    this.save(uid).catch((err: unknown) =>
+      this.opts.log.error({ err, uid }, "could not write the workload's state.json"),
+    );
+  }
+
+  /** Synchronous, for recovery at start only. */
   private persist(gang: GangRecord): void {
     const dir = join(this.workloadsDir(), gang.ref.uid);
     mkdirSync(dir, { recursive: true });
@@ -537,6 +588,10 @@ export class LocalRuntime implements Runtime {
 
   private notify(ref: WorkloadRef): void {
     for (const l of this.listeners) l(ref);
+  }
+
+  private stateFile(uid: string): string {
+    return join(this.workloadsDir(), uid, "state.json");
   }
 
   private workloadsDir(): string {

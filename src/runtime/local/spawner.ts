@@ -5,7 +5,9 @@ import type { Logger } from "pino";
 /**
  * The helper process's program (CommonJS, run with `node -e`, so it needs no build step): reads
  * one JSON request per line, spawns it detached with its output appended to the log file, and
- * answers with the pid, later with the exit. When the server goes away (stdin closes) it exits;
+ * answers with the pid, later with the exit. Before spawning it makes the request's directories
+ * and writes its files (the workload's state), so a start costs the server one round trip and no
+ * file system calls of its own. When the server goes away (stdin closes) it exits;
  * the workers, detached, keep running, as they always have.
  */
 const HELPER = `
@@ -17,6 +19,11 @@ require("node:readline").createInterface({ input: process.stdin })
     const r = JSON.parse(line);
     let fd;
     try {
+      for (const d of r.dirs ?? []) fs.mkdirSync(d, { recursive: true });
+      for (const f of r.files ?? []) {
+        fs.writeFileSync(f.path + ".tmp", f.data);
+        fs.renameSync(f.path + ".tmp", f.path);
+      }
       fd = fs.openSync(r.logFile, "a");
       const c = spawn(r.command, r.args, { cwd: r.cwd, env: r.env, detached: true, stdio: ["ignore", fd, fd] });
       c.on("error", (e) => out({ id: r.id, error: String(e) }));
@@ -37,6 +44,10 @@ export interface SpawnRequest {
   cwd: string;
   env: Record<string, string>;
   logFile: string;
+  /** Made first, in the helper (off the server's event loop, and no round trip of their own). */
+  dirs?: string[];
+  /** Written (to a .tmp, then renamed) after the dirs and before the process starts. */
+  files?: { path: string; data: string }[];
 }
 
 interface Waiting {

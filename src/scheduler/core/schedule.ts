@@ -132,7 +132,14 @@ class Cycle {
       if (!ps) break;
       const w = ps.queue[ps.next++]!;
       const pending = this.consider(w, ps);
-      if (pending) this.decisions.pending.push({ ...pending, queuePosition: ++position });
+      if (pending)
+        this.decisions.pending.push({
+          id: w.id,
+          reason: pending.reason,
+          message: pending.message,
+          holders: pending.holders,
+          queuePosition: ++position,
+        });
     }
     // 8. Elastic workloads grow into capacity nothing else waits for.
     if (this.decisions.pending.length === 0 && this.decisions.preempt.length === 0) this.grow();
@@ -194,18 +201,29 @@ class Cycle {
   }
 
   private nextProject(): ProjectState | undefined {
+    // One project left with work (the common case with a long queue): no keys to compare.
+    const last = this.lastProject;
+    if (last && last.next < last.queue.length && this.projectsWithWork === 1) return last;
     let best: ProjectState | undefined;
+    let withWork = 0;
     let bestKey: [number, number] = [Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY];
     for (const ps of this.projects.values()) {
       if (ps.next >= ps.queue.length) continue;
+      withWork++;
       const key = projectOrderKey(ps.policy, add(ps.usage, ps.claimed), this.capacity);
       if (key[0] < bestKey[0] || (key[0] === bestKey[0] && key[1] < bestKey[1] - EPS)) {
         best = ps;
         bestKey = key;
       }
     }
+    this.projectsWithWork = withWork;
+    this.lastProject = best;
     return best;
   }
+
+  /** From the last nextProject scan: projects whose queue was not done, and the one chosen. */
+  private projectsWithWork = 0;
+  private lastProject: ProjectState | undefined;
 
   /** Steps 4–7 for one workload: binds it, preempts for it, or says why it waits. */
   private consider(w: Workload, ps: ProjectState): Omit<PendingDecision, "queuePosition"> | undefined {
@@ -217,7 +235,7 @@ class Cycle {
     // look-alikes cheap.
     const shape = waitingFor.length === 0 ? shapeKey(w) : undefined;
     const known = shape ? this.failedShapes.get(shape) : undefined;
-    if (known) return { ...known, id: w.id };
+    if (known) return known; // the caller takes its reason, message and holders, with w's id
     const decision = this.decide(w, ps, waitingFor);
     // Not OverFairShare: other projects reaching their share later in the cycle lifts it.
     if (decision && shape && !["WaitingForPreemption", "OverFairShare"].includes(decision.reason))
@@ -394,10 +412,18 @@ class Cycle {
     this.decisions.bind.push({ id: w.id, placements });
   }
 
-  /** Counts a workload's GPU fractions sized by memory as a share of the largest device. */
+  /**
+   * Counts a workload's GPU fractions sized by memory as a share of the largest device. Kept per
+   * workload object across cycles (the admission loop hands the same objects in every cycle):
+   * a cycle over a thousand waiting jobs asked for each one's totals several times.
+   */
   private requestOf(w: Workload): Vec {
+    const known = requests.get(w);
+    if (known && known.deviceMemory === this.deviceMemory && known.pods === w.pods) return known.vec;
     const g = gangTotals(w.pods, this.deviceMemory);
-    return { gpu: g.gpu, cpu: g.cpu, memory: g.memory };
+    const vec = { gpu: g.gpu, cpu: g.cpu, memory: g.memory };
+    requests.set(w, { deviceMemory: this.deviceMemory, pods: w.pods, vec });
+    return vec;
   }
 
   private neverFits(w: Workload, eligible: NodeState[]): string | undefined {
@@ -522,9 +548,28 @@ class Cycle {
   }
 }
 
+/**
+ * Results kept per workload object across cycles. Workloads are treated as immutable (the
+ * snapshot's contract); the pods array is checked too, as a cheap guard against reuse.
+ */
+const requests = new WeakMap<Workload, { deviceMemory: number; pods: PodRequest[]; vec: Vec }>();
+const shapes = new WeakMap<Workload, { pods: PodRequest[]; key: string }>();
+
 /** Workloads with equal keys ask for the same thing under the same rules. */
 function shapeKey(w: Workload): string {
-  return JSON.stringify([w.project, w.priority, w.preemptible, w.nodePool, w.gpuModel, w.placement, w.pods]);
+  const known = shapes.get(w);
+  if (known && known.pods === w.pods) return known.key;
+  const key = JSON.stringify([
+    w.project,
+    w.priority,
+    w.preemptible,
+    w.nodePool,
+    w.gpuModel,
+    w.placement,
+    w.pods,
+  ]);
+  shapes.set(w, { pods: w.pods, key });
+  return key;
 }
 
 function byPriorityThenAge(a: Workload, b: Workload): number {

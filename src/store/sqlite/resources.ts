@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
-import type { Kysely, Transaction } from "kysely";
+import type Database from "better-sqlite3";
+import type { Kysely } from "kysely";
 import type { Resource } from "../../api/meta.js";
 import {
   AlreadyExistsError,
@@ -20,7 +21,7 @@ import type {
   WatchOptions,
 } from "../port.js";
 import { parseLabelSelector } from "../selector.js";
-import { getMeta, type Schema, setMeta } from "./db.js";
+import { getMeta, type Schema, type SqliteWriter, writerOf } from "./db.js";
 
 export interface SqliteStoreOptions {
   /** How many changes the log keeps for watches to resume from (etcd's compaction, by count). */
@@ -37,8 +38,8 @@ export class SqliteResourceStore implements ResourceStore {
   private readonly historySize: number;
   private readonly now: () => Date;
   private readonly newUid: () => string;
-  /** Writes run one after another so that watchers see changes in resourceVersion order, after commit. */
-  private writeChain: Promise<unknown> = Promise.resolve();
+  /** Writes run one after another, in batches, so watchers see changes in resourceVersion order, after commit. */
+  private readonly writer: SqliteWriter;
   private writesSinceCompaction = 0;
   private compactedRv = 0;
   /** The last resourceVersion handed out. Writes are serialised, so the next one is known up front. */
@@ -52,6 +53,7 @@ export class SqliteResourceStore implements ResourceStore {
     this.historySize = opts.historySize ?? 100_000;
     this.now = opts.now ?? (() => new Date());
     this.newUid = opts.newUid ?? randomUUID;
+    this.writer = writerOf(db);
   }
 
   static async open(db: Kysely<Schema>, opts: SqliteStoreOptions = {}): Promise<SqliteResourceStore> {
@@ -146,16 +148,10 @@ export class SqliteResourceStore implements ResourceStore {
   }
 
   create(obj: Resource): Promise<Resource> {
-    return this.write(async (trx) => {
+    return this.write((tx) => {
       const { kind, project, name } = keyParts(obj);
-      const existing = await trx
-        .selectFrom("resources")
-        .select("rv")
-        .where("kind", "=", kind)
-        .where("project", "=", project)
-        .where("name", "=", name)
-        .executeTakeFirst();
-      if (existing) throw new AlreadyExistsError(`${kind} "${displayName(project, name)}" already exists`);
+      if (tx.select.get(kind, project, name))
+        throw new AlreadyExistsError(`${kind} "${displayName(project, name)}" already exists`);
       const created: Resource = {
         ...obj,
         metadata: {
@@ -167,13 +163,13 @@ export class SqliteResourceStore implements ResourceStore {
         },
       };
       delete created.metadata.deletionTimestamp;
-      return this.record(trx, "ADDED", created);
+      return tx.record("ADDED", created);
     });
   }
 
   update(obj: Resource): Promise<Resource> {
-    return this.write(async (trx) => {
-      const current = await this.current(trx, obj);
+    return this.write((tx) => {
+      const current = tx.current(obj);
       const next: Resource = {
         ...current,
         spec: obj.spec,
@@ -186,18 +182,18 @@ export class SqliteResourceStore implements ResourceStore {
       };
       if (canonicalJson(next.spec) !== canonicalJson(current.spec))
         next.metadata.generation = current.metadata.generation + 1;
-      if (next.metadata.deletionTimestamp && !next.metadata.finalizers) return this.remove(trx, next);
+      if (next.metadata.deletionTimestamp && !next.metadata.finalizers) return tx.record("DELETED", next);
       if (canonicalJson(next) === canonicalJson(current)) return current;
-      return this.record(trx, "MODIFIED", next);
+      return tx.record("MODIFIED", next);
     });
   }
 
   updateStatus(obj: Resource): Promise<Resource> {
-    return this.write(async (trx) => {
-      const current = await this.current(trx, obj);
+    return this.write((tx) => {
+      const current = tx.current(obj);
       const next: Resource = { ...current, status: obj.status };
       if (canonicalJson(next.status) === canonicalJson(current.status)) return current;
-      return this.record(trx, "MODIFIED", next);
+      return tx.record("MODIFIED", next);
     });
   }
 
@@ -207,8 +203,8 @@ export class SqliteResourceStore implements ResourceStore {
     name: string,
     opts: { resourceVersion?: string } = {},
   ): Promise<Resource> {
-    return this.write(async (trx) => {
-      const current = await this.current(trx, {
+    return this.write((tx) => {
+      const current = tx.current({
         kind,
         metadata: { project, name, resourceVersion: opts.resourceVersion },
       } as Resource);
@@ -218,110 +214,134 @@ export class SqliteResourceStore implements ResourceStore {
           ...current,
           metadata: { ...current.metadata, deletionTimestamp: this.now().toISOString() },
         };
-        return this.record(trx, "MODIFIED", marked);
+        return tx.record("MODIFIED", marked);
       }
-      return this.remove(trx, current);
+      return tx.record("DELETED", current);
     });
   }
 
   async close(): Promise<void> {
-    await this.writeChain.catch(() => undefined);
+    await this.lastWrite.catch(() => undefined);
     this.emitter.removeAllListeners();
   }
 
-  /** Runs one write transaction after the previous one, then tells watchers. */
-  private write(fn: (trx: Transaction<Schema>) => Promise<Resource>): Promise<Resource> {
+  /**
+   * One write: its statements run in a savepoint of the writer's next batch (group commit, see
+   * SqliteWriter); watchers hear of it after the batch committed, in resourceVersion order.
+   */
+  private write(fn: (tx: WriteTx) => Resource): Promise<Resource> {
     const pending: WatchEvent[] = [];
-    const run = async () => {
-      const rvBefore = this.lastRv;
-      const result = await this.db
-        .transaction()
-        .execute(async (trx) => {
-          this.pendingEvents = pending;
+    let rvBefore = 0;
+    let db: Database.Database | undefined;
+    const p = this.writer.submit<Resource>({
+      run: (raw) => {
+        db = raw;
+        rvBefore = this.lastRv;
+        return fn(this.tx(raw, pending));
+      },
+      undone: () => {
+        // Rolled back: the revisions this write took were never committed.
+        this.lastRv = rvBefore;
+        pending.length = 0;
+      },
+      committed: () => {
+        for (const e of pending) this.emitter.emit(e.object.kind, e);
+        if (pending.length > 0 && ++this.writesSinceCompaction >= 1000) {
           try {
-            return await fn(trx);
-          } finally {
-            this.pendingEvents = undefined;
+            this.compact(db!);
+          } catch {
+            // The write is committed; compaction is tried again 1,000 writes later.
           }
-        })
-        .catch((err: unknown) => {
-          // Rolled back: the revisions this write took were never committed.
-          this.lastRv = rvBefore;
-          pending.length = 0;
-          throw err;
-        });
-      for (const e of pending) this.emitter.emit(e.object.kind, e);
-      if (pending.length > 0 && ++this.writesSinceCompaction >= 1000) await this.compact();
-      return result;
-    };
-    const p = this.writeChain.then(run, run);
-    this.writeChain = p.catch(() => undefined);
+        }
+      },
+    });
+    this.lastWrite = p.catch(() => undefined);
     return p;
   }
 
-  private pendingEvents: WatchEvent[] | undefined;
+  private lastWrite: Promise<unknown> = Promise.resolve();
+  private statements: Statements | undefined;
 
-  private async current(trx: Transaction<Schema>, obj: Resource): Promise<Resource> {
-    const { kind, project, name } = keyParts(obj);
-    const row = await trx
-      .selectFrom("resources")
-      .select("body")
-      .where("kind", "=", kind)
-      .where("project", "=", project)
-      .where("name", "=", name)
-      .executeTakeFirst();
-    if (!row) throw new NotFoundError(notFoundMessage(kind, project, name));
-    const current = JSON.parse(row.body) as Resource;
-    const expected = obj.metadata.resourceVersion;
-    if (expected && expected !== current.metadata.resourceVersion) {
-      throw new ConflictError(
-        `${kind} "${displayName(project, name)}" was modified (resourceVersion ${current.metadata.resourceVersion}, you sent ${expected}): get the latest version and apply your change again`,
-      );
-    }
-    return current;
+  /** The statements of a write, on the raw connection, and what one write does with them. */
+  private tx(raw: Database.Database, pending: WatchEvent[]): WriteTx {
+    this.statements ??= prepareStatements(raw);
+    const st = this.statements;
+    return {
+      select: st.select,
+      current: (obj) => {
+        const { kind, project, name } = keyParts(obj);
+        const row = st.select.get(kind, project, name);
+        if (!row) throw new NotFoundError(notFoundMessage(kind, project, name));
+        const current = JSON.parse(row.body) as Resource;
+        const expected = obj.metadata.resourceVersion;
+        if (expected && expected !== current.metadata.resourceVersion) {
+          throw new ConflictError(
+            `${kind} "${displayName(project, name)}" was modified (resourceVersion ${current.metadata.resourceVersion}, you sent ${expected}): get the latest version and apply your change again`,
+          );
+        }
+        return current;
+      },
+      // Appends to the change log (its rowid becomes the resourceVersion) and stores the object.
+      record: (type, obj) => {
+        const { kind, project, name } = keyParts(obj);
+        const rv = ++this.lastRv;
+        const stored: Resource = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rv) } };
+        const body = JSON.stringify(stored);
+        st.insertChange.run(rv, kind, project, name, type, body);
+        if (type === "DELETED") st.remove.run(kind, project, name);
+        else st.upsert.run(kind, project, name, stored.metadata.uid, rv, body);
+        pending.push({ type, object: stored });
+        return stored;
+      },
+    };
   }
 
-  /** Appends to the change log (its rowid becomes the resourceVersion) and stores the object. */
-  private async record(trx: Transaction<Schema>, type: WatchEventType, obj: Resource): Promise<Resource> {
-    const { kind, project, name } = keyParts(obj);
-    const rv = ++this.lastRv;
-    const stored: Resource = { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rv) } };
-    const body = JSON.stringify(stored);
-    await trx.insertInto("changes").values({ rv, kind, project, name, type, body }).execute();
-    if (type === "DELETED") {
-      await trx
-        .deleteFrom("resources")
-        .where("kind", "=", kind)
-        .where("project", "=", project)
-        .where("name", "=", name)
-        .execute();
-    } else {
-      await trx
-        .insertInto("resources")
-        .values({ kind, project, name, uid: stored.metadata.uid, rv, body })
-        .onConflict((oc) =>
-          oc.columns(["kind", "project", "name"]).doUpdateSet({ uid: stored.metadata.uid, rv, body }),
-        )
-        .execute();
-    }
-    this.pendingEvents?.push({ type, object: stored });
-    return stored;
-  }
-
-  private remove(trx: Transaction<Schema>, obj: Resource): Promise<Resource> {
-    return this.record(trx, "DELETED", obj);
-  }
-
-  /** Drops change-log rows beyond the retained history; older watch revisions then get ExpiredError. */
-  private async compact(): Promise<void> {
+  /**
+   * Drops change-log rows beyond the retained history; older watch revisions then get ExpiredError.
+   * Runs right after a batch committed (no transaction is open on the connection then).
+   */
+  private compact(raw: Database.Database): void {
     this.writesSinceCompaction = 0;
-    const rv = await currentRv(this.db);
-    const cutoff = rv - this.historySize;
+    const cutoff = this.lastRv - this.historySize;
     if (cutoff <= this.compactedRv) return;
-    await this.db.deleteFrom("changes").where("rv", "<=", cutoff).execute();
-    await setMeta(this.db, COMPACTED_KEY, String(cutoff));
+    raw.transaction(() => {
+      raw.prepare("DELETE FROM changes WHERE rv <= ?").run(cutoff);
+      raw
+        .prepare(
+          "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .run(COMPACTED_KEY, String(cutoff));
+    })();
     this.compactedRv = cutoff;
   }
+}
+
+interface WriteTx {
+  select: Database.Statement<[string, string, string], { body: string }>;
+  /** The stored object; NotFoundError, or ConflictError on a stale resourceVersion. */
+  current(obj: Resource): Resource;
+  record(type: WatchEventType, obj: Resource): Resource;
+}
+
+interface Statements {
+  select: Database.Statement<[string, string, string], { body: string }>;
+  insertChange: Database.Statement<[number, string, string, string, string, string]>;
+  upsert: Database.Statement<[string, string, string, string, number, string]>;
+  remove: Database.Statement<[string, string, string]>;
+}
+
+function prepareStatements(raw: Database.Database): Statements {
+  return {
+    select: raw.prepare("SELECT body FROM resources WHERE kind = ? AND project = ? AND name = ?"),
+    insertChange: raw.prepare(
+      "INSERT INTO changes (rv, kind, project, name, type, body) VALUES (?, ?, ?, ?, ?, ?)",
+    ),
+    upsert: raw.prepare(
+      "INSERT INTO resources (kind, project, name, uid, rv, body) VALUES (?, ?, ?, ?, ?, ?) " +
+        "ON CONFLICT (kind, project, name) DO UPDATE SET uid = excluded.uid, rv = excluded.rv, body = excluded.body",
+    ),
+    remove: raw.prepare("DELETE FROM resources WHERE kind = ? AND project = ? AND name = ?"),
+  };
 }
 
 async function currentRv(db: Kysely<Schema>): Promise<number> {
