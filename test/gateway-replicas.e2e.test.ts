@@ -1,13 +1,15 @@
 import type { ChildProcess } from "node:child_process";
 import { writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, ROOT } from "./helpers.js";
 
 /**
- * Several gateways, one autoscaler: two `loom gateway` processes (what the loom-gateway
- * Deployment runs on Kubernetes) follow a real `loom up`. Each carries part of the load; Loom's
+ * Several gateways, one autoscaler: `loom gateway` processes (what the loom-gateway Deployment
+ * runs on Kubernetes; one of them with two workers on one port) follow a real `loom up`. Each carries part of the load; Loom's
  * own gateway must scale on the sum, and a request at zero replicas held by either one must
  * wake the service.
  */
@@ -18,17 +20,29 @@ describe("gateway replicas share one autoscaler", () => {
   const gateways: { proc: ChildProcess; url: string }[] = [];
   let key = "";
 
-  async function startGateway(): Promise<{ proc: ChildProcess; url: string }> {
+  async function startGateway(
+    args: string[] = ["--port", "0"],
+  ): Promise<{ proc: ChildProcess; url: string }> {
     const tokenFile = join(loom.home, "gateway-token");
     writeFileSync(tokenFile, loom.token);
-    const g = loom.cliBackground(["gateway", "--api", loom.url, "--token-file", tokenFile, "--port", "0"]);
+    const g = loom.cliBackground(["gateway", "--api", loom.url, "--token-file", tokenFile, ...args]);
     for (let i = 0; i < 200; i++) {
       const url = /serving at (\S+),/.exec(g.output())?.[1];
-      if (url) return { proc: g.proc, url };
+      // With --workers, the primary speaks before its workers listen.
+      if (url && (await fetch(`${url}/healthz`).catch(() => undefined))?.status === 200)
+        return { proc: g.proc, url };
       if (g.proc.exitCode !== null) break;
       await sleep(100);
     }
     throw new Error(`loom gateway did not start: ${g.output()}`);
+  }
+
+  async function freePort(): Promise<number> {
+    const s = createServer();
+    await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
+    const port = (s.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+    return port;
   }
 
   const status = async () =>
@@ -67,7 +81,11 @@ describe("gateway replicas share one autoscaler", () => {
       },
     });
     expect(r.status, JSON.stringify(r.body)).toBe(201);
-    gateways.push(await startGateway(), await startGateway());
+    // One gateway, and one of two worker processes sharing a port: three reporters in all.
+    gateways.push(
+      await startGateway(),
+      await startGateway(["--workers", "2", "--port", String(await freePort())]),
+    );
   }, 120_000);
 
   afterAll(async () => {

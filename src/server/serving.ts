@@ -59,6 +59,13 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
     });
   }
 
+  /** Answers every long poll now (the server is closing: they must not hold it open). */
+  releaseWaiters(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
   /** A follower gateway's table: replaced whole by what the deciding one serves. */
   replaceAll(endpoints: ServiceEndpoint[]): void {
     const next = new Map(endpoints.map((e) => [`${e.project}/${e.service}`, e]));
@@ -341,6 +348,10 @@ export async function gatewayControlRoutes(
   app: FastifyInstance,
   deps: ServingDeps & { verify: (token: string) => Promise<TokenInfo | undefined> },
 ): Promise<void> {
+  app.addHook("preClose", (done) => {
+    deps.directory.releaseWaiters();
+    done();
+  });
   app.get<{ Querystring: { version?: string } }>("/gateway/v1/endpoints", async (req) => {
     const since = Number(req.query.version ?? -1);
     await deps.directory.changedSince(since, 20_000);
