@@ -5,7 +5,8 @@
  *  1. Proxy overhead. A minimal upstream (bench/gateway-upstream.go: a fixed JSON completion,
  *     keep-alive) reached (a) directly, (b) through a real `loom up` (an InferenceService whose
  *     runtime command is that upstream, one replica, autoscaling out of the way), (c) through
- *     Debian's nginx with an expert's reverse-proxy config. wrk drives each path in turn:
+ *     Debian's nginx with an expert's reverse-proxy config, and (d) through `loom gateway --workers 2`
+ *     (two gateway processes on one port following that `loom up`, like nginx's two workers). wrk drives each path in turn:
  *     - paced: 4 connections, 1 thread, each connection waiting a fixed delay between requests
  *       (wrk's Lua `delay()`; wrk cannot hold a rate, wrk2 is not in Debian) → p50/p99; added
  *       latency = path − direct, per round;
@@ -65,6 +66,8 @@ const PACED_DELAY_MS = num(env.LOOM_BENCH_GATEWAY_PACED_DELAY_MS, 2);
 /** Max runs: connections and wrk threads (one thread leaves more of the 2 cores to the proxy). */
 const MAX_CONNECTIONS = num(env.LOOM_BENCH_GATEWAY_MAX_CONNECTIONS, 64);
 const MAX_THREADS = num(env.LOOM_BENCH_GATEWAY_MAX_THREADS, 1);
+/** Processes of the `loom gateway --workers N` path. */
+const GATEWAY_WORKERS = num(env.LOOM_BENCH_GATEWAY_WORKERS, 2);
 /** nginx's worker_processes: "auto" (one per core) unless set. */
 const NGINX_WORKERS = env.LOOM_BENCH_GATEWAY_NGINX_WORKERS || "auto";
 /** Part 2: cold starts through the gateway, and replica starts by hand. */
@@ -564,7 +567,7 @@ async function runWrk(
 // ---------------------------------------------------------------------------------------------
 // Part 1: proxy overhead
 
-type PathName = "direct" | "Loom" | "nginx";
+type PathName = "direct" | "Loom" | "Loom2" | "nginx";
 
 interface Path {
   name: PathName;
@@ -636,6 +639,7 @@ async function partOverhead(
   });
   const d = col("direct");
   const l = col("Loom");
+  const w = col("Loom2");
   const n = col("nginx");
   const rounds = (name: PathName, which: Map<PathName, WrkResult[]>, f: (r: WrkResult) => string) =>
     which.get(name)!.map(f).join(" / ");
@@ -644,77 +648,137 @@ async function partOverhead(
       `POST /v1/completions, wrk, median of ${ROUNDS} rounds`,
       "direct",
       "Loom gateway",
+      `\`loom gateway --workers ${GATEWAY_WORKERS}\``,
       "nginx",
       "Loom vs nginx",
+      `Loom ×${GATEWAY_WORKERS} vs nginx`,
     ],
     [
       [
         `paced (${PACED_CONNECTIONS} conn., ${PACED_DELAY_MS} ms pause): requests/s`,
         fmt(d.pacedRps),
         fmt(l.pacedRps),
+        fmt(w.pacedRps),
         fmt(n.pacedRps),
         "",
+        "",
       ],
-      ["paced: p50 (ms)", ms(d.p50), ms(l.p50), ms(n.p50), times(l.p50, n.p50)],
-      ["paced: p90 (ms)", ms(d.p90), ms(l.p90), ms(n.p90), times(l.p90, n.p90)],
-      ["paced: p99 (ms)", ms(d.p99), ms(l.p99), ms(n.p99), times(l.p99, n.p99)],
+      [
+        "paced: p50 (ms)",
+        ms(d.p50),
+        ms(l.p50),
+        ms(w.p50),
+        ms(n.p50),
+        times(l.p50, n.p50),
+        times(w.p50, n.p50),
+      ],
+      [
+        "paced: p90 (ms)",
+        ms(d.p90),
+        ms(l.p90),
+        ms(w.p90),
+        ms(n.p90),
+        times(l.p90, n.p90),
+        times(w.p90, n.p90),
+      ],
+      [
+        "paced: p99 (ms)",
+        ms(d.p99),
+        ms(l.p99),
+        ms(w.p99),
+        ms(n.p99),
+        times(l.p99, n.p99),
+        times(w.p99, n.p99),
+      ],
       [
         "added latency p50 (ms)",
         "",
         signedMs(l.addedP50),
+        signedMs(w.addedP50),
         signedMs(n.addedP50),
         times(l.addedP50, n.addedP50),
+        times(w.addedP50, n.addedP50),
       ],
       [
         "added latency p99 (ms)",
         "",
         signedMs(l.addedP99),
+        signedMs(w.addedP99),
         signedMs(n.addedP99),
         times(l.addedP99, n.addedP99),
+        times(w.addedP99, n.addedP99),
       ],
-      [`max (${MAX_CONNECTIONS} conn.): requests/s`, fmt(d.rps), fmt(l.rps), fmt(n.rps), times(l.rps, n.rps)],
+      [
+        `max (${MAX_CONNECTIONS} conn.): requests/s`,
+        fmt(d.rps),
+        fmt(l.rps),
+        fmt(w.rps),
+        fmt(n.rps),
+        times(l.rps, n.rps),
+        times(w.rps, n.rps),
+      ],
       [
         "max: requests/s, each round",
         rounds("direct", max, (r) => fmt(r.rps)),
         rounds("Loom", max, (r) => fmt(r.rps)),
+        rounds("Loom2", max, (r) => fmt(r.rps)),
         rounds("nginx", max, (r) => fmt(r.rps)),
+        "",
         "",
       ],
       [
         "max: p50 / p99 (ms)",
         `${ms(d.maxP50)} / ${ms(d.maxP99)}`,
         `${ms(l.maxP50)} / ${ms(l.maxP99)}`,
+        `${ms(w.maxP50)} / ${ms(w.maxP99)}`,
         `${ms(n.maxP50)} / ${ms(n.maxP99)}`,
         "",
+        "",
       ],
-      ["max vs direct", "1.00×", times(l.rps, d.rps), times(n.rps, d.rps), ""],
-      ["max: proxy CPU (cores busy)", "", fmt(l.proxyCores, 2), fmt(n.proxyCores, 2), ""],
+      ["max vs direct", "1.00×", times(l.rps, d.rps), times(w.rps, d.rps), times(n.rps, d.rps), "", ""],
+      [
+        "max: proxy CPU (cores busy)",
+        "",
+        fmt(l.proxyCores, 2),
+        fmt(w.proxyCores, 2),
+        fmt(n.proxyCores, 2),
+        "",
+        "",
+      ],
       [
         "max: proxy CPU per 1,000 requests (ms)",
         "",
         fmt(l.proxyCpuPer1k, 1),
+        fmt(w.proxyCpuPer1k, 1),
         fmt(n.proxyCpuPer1k, 1),
         times(l.proxyCpuPer1k, n.proxyCpuPer1k),
+        times(w.proxyCpuPer1k, n.proxyCpuPer1k),
       ],
       [
         "max: upstream / wrk CPU (cores busy)",
         `${fmt(d.upstreamCores, 2)} / ${fmt(d.wrkCores, 2)}`,
         `${fmt(l.upstreamCores, 2)} / ${fmt(l.wrkCores, 2)}`,
+        `${fmt(w.upstreamCores, 2)} / ${fmt(w.wrkCores, 2)}`,
         `${fmt(n.upstreamCores, 2)} / ${fmt(n.wrkCores, 2)}`,
+        "",
         "",
       ],
       [
         "max: whole machine busy (cores)",
         fmt(d.machineCores, 2),
         fmt(l.machineCores, 2),
+        fmt(w.machineCores, 2),
         fmt(n.machineCores, 2),
+        "",
         "",
       ],
       [
         "paced p99 (ms), each round",
         rounds("direct", paced, (r) => ms(r.p99)),
         rounds("Loom", paced, (r) => ms(r.p99)),
+        rounds("Loom2", paced, (r) => ms(r.p99)),
         rounds("nginx", paced, (r) => ms(r.p99)),
+        "",
         "",
       ],
     ],
@@ -728,14 +792,15 @@ async function partOverhead(
       `wrk sends the same request on every path: POST /v1/completions, body \`${REQUEST_BODY}\`, Content-Type and Authorization: Bearer <project API key> (Loom checks it and drops it before the upstream; nginx passes it on; the upstream ignores it).`,
       `Paced: \`wrk -t 1 -c ${PACED_CONNECTIONS} -d ${PACED_SECONDS}s\` with a Lua \`delay()\` of ${PACED_DELAY_MS} ms per request on each connection, so the machine is far from saturation (wrk cannot hold a fixed rate, and wrk2 is not in Debian); the rate above is what that gave. Latency is wrk's, send → response, per request. Added latency = the path's p50/p99 − direct's p50/p99 in the same round, median over the rounds.`,
       `Max: \`wrk -t ${MAX_THREADS} -c ${MAX_CONNECTIONS} -d ${MAX_SECONDS}s\` without pause, after a ${WARMUP_SECONDS} s warm-up per path and round. One wrk thread: on 2 cores a second thread takes CPU from the proxy and the upstream, and one thread already drives the direct path past what the proxies reach.`,
-      `Each round runs the three paths one after another (order rotated per round); nothing else of the bench runs meanwhile. Errors (socket errors and non-2xx answers) over all runs: ${errors}.`,
+      `\`loom gateway --workers ${GATEWAY_WORKERS}\`: ${GATEWAY_WORKERS} gateway processes sharing one port (node:cluster: the primary accepts connections and hands them round robin to the workers), each following \`loom up\`'s API and reporting its load to it, as the loom-gateway Deployment does on Kubernetes; the same replica, key and request. nginx runs one worker per core (\`worker_processes auto\`), so this is the like-for-like configuration; the "Loom gateway" column is the one process that also runs the API and the controllers.`,
+      `Each round runs the four paths one after another (order rotated per round); nothing else of the bench runs meanwhile. Errors (socket errors and non-2xx answers) over all runs: ${errors}.`,
       `CPU: user + system time from /proc; "proxy" is Loom's server process (the gateway runs in it, with the API and the controllers) or nginx's master and workers; "whole machine" includes everything on the host, other sessions' work too. wrk, the proxy and the upstream share the machine's 2 cores, so the max figures measure the whole chain on 2 cores, not the proxy alone.`,
-      `Loom's p99 added latency goal ≤ ${GOAL_ADDED_P99_MS} ms: ${signedMs(l.addedP99)} ms, ${goalP99 ? "met" : "not met"} (nginx: ${signedMs(n.addedP99)} ms). Throughput: Loom ${fmt(l.rps)} against nginx ${fmt(n.rps)} requests/s, ${times(l.rps, n.rps)}.`,
+      `Loom's p99 added latency goal ≤ ${GOAL_ADDED_P99_MS} ms: ${signedMs(l.addedP99)} ms, ${goalP99 ? "met" : "not met"} (nginx: ${signedMs(n.addedP99)} ms). Throughput: Loom ${fmt(l.rps)} (${GATEWAY_WORKERS} workers: ${fmt(w.rps)}) against nginx ${fmt(n.rps)} requests/s, ${times(l.rps, n.rps)} (${times(w.rps, n.rps)}).`,
     ],
-    workload: `1. ${ROUNDS} rounds × 3 paths × (paced ${PACED_SECONDS} s + max ${MAX_SECONDS} s)`,
+    workload: `1. ${ROUNDS} rounds × 4 paths × (paced ${PACED_SECONDS} s + max ${MAX_SECONDS} s)`,
     goals: [
-      `added p99 latency ≤ ${GOAL_ADDED_P99_MS} ms at a paced load: ${signedMs(l.addedP99)} ms (p99 ${ms(l.p99)} against direct ${ms(d.p99)} ms), ${goalP99 ? "met" : "not met"}; nginx adds ${signedMs(n.addedP99)} ms`,
-      `throughput: Loom's gateway ${fmt(l.rps)} requests/s, ${times(l.rps, n.rps)} nginx's ${fmt(n.rps)} (direct ${fmt(d.rps)})`,
+      `added p99 latency ≤ ${GOAL_ADDED_P99_MS} ms at a paced load: ${signedMs(l.addedP99)} ms (p99 ${ms(l.p99)} against direct ${ms(d.p99)} ms), ${goalP99 ? "met" : "not met"}; with ${GATEWAY_WORKERS} gateway workers ${signedMs(w.addedP99)} ms; nginx adds ${signedMs(n.addedP99)} ms`,
+      `throughput ≥ 0.5× nginx: Loom's gateway ${fmt(l.rps)} requests/s, ${times(l.rps, n.rps)} nginx's ${fmt(n.rps)}; \`loom gateway --workers ${GATEWAY_WORKERS}\` ${fmt(w.rps)}, ${times(w.rps, n.rps)} (direct ${fmt(d.rps)}); ${Math.max(l.rps ?? 0, w.rps ?? 0) >= 0.5 * (n.rps ?? Infinity) ? "met" : "not met"}`,
     ],
     ok: errors === 0 && [...paced.values()].every((r) => r.length > 0),
   };
@@ -980,13 +1045,42 @@ async function main(): Promise<void> {
     cleanups.push(() => deleteIsvcs(loom, ["bench"]));
     await waitIsvc(loom, "bench", (s) => (s.status?.ready ?? 0) >= 1, "its replica to be ready");
   }
-  log(`loom up at ${loom.url} (pid ${loom.pid}); nginx on ${nginx.port}; upstream on ${upstream.port}`);
+  const gatewayPort = await freePort();
+  let gatewayPid = 0;
+  if (PARTS.includes("1")) {
+    const tokenFile = join(work, "gateway-token");
+    writeFileSync(tokenFile, loom.token);
+    const g = loom.cliBackground([
+      "gateway",
+      "--api",
+      loom.url,
+      "--token-file",
+      tokenFile,
+      "--port",
+      String(gatewayPort),
+      "--workers",
+      String(GATEWAY_WORKERS),
+    ]);
+    gatewayPid = g.proc.pid!;
+    cleanups.push(async () => {
+      g.proc.kill("SIGTERM");
+      await sleep(500);
+    });
+    for (let i = 0; ; i++) {
+      if ((await probe(gatewayPort, "/healthz")) === 200) break;
+      if (i > 300 || g.proc.exitCode !== null) throw new Error(`loom gateway did not start: ${g.output()}`);
+      await sleep(100);
+    }
+  }
+  log(
+    `loom up at ${loom.url} (pid ${loom.pid}); loom gateway ×${GATEWAY_WORKERS} on ${gatewayPort}; nginx on ${nginx.port}; upstream on ${upstream.port}`,
+  );
 
   const outputs: PartOutput[] = [];
   if (PARTS.includes("1")) {
     try {
       const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-      const urls = { direct: upstream.port, Loom: loomPort(loom), nginx: nginx.port };
+      const urls = { direct: upstream.port, Loom: loomPort(loom), Loom2: gatewayPort, nginx: nginx.port };
       let responseBytes = 0;
       for (const [name, port] of Object.entries(urls)) {
         const r = await post(agent, port, "/v1/completions", REQUEST_BODY, {
@@ -1008,6 +1102,11 @@ async function main(): Promise<void> {
           name: "Loom",
           url: `http://127.0.0.1:${loomPort(loom)}/v1/completions`,
           pids: () => ({ proxy: [loom.pid!], upstream: replicaPids() }),
+        },
+        {
+          name: "Loom2",
+          url: `http://127.0.0.1:${gatewayPort}/v1/completions`,
+          pids: () => ({ proxy: [gatewayPid], upstream: replicaPids() }),
         },
         {
           name: "nginx",
