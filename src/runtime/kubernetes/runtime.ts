@@ -691,7 +691,9 @@ export class KubernetesRuntime implements Runtime {
                   namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": GATEWAY_NAMESPACE } },
                   // The operator's own gateway, and the loom-gateway Deployment (deploy/gateway.yaml).
                   podSelector: {
-                    matchExpressions: [{ key: L.name, operator: "In", values: ["loom-operator", "loom-gateway"] }],
+                    matchExpressions: [
+                      { key: L.name, operator: "In", values: ["loom-operator", "loom-gateway"] },
+                    ],
                   },
                 },
               ],
