@@ -657,7 +657,9 @@ spec:
       "json",
     ]);
     expect(gatewayYaml.code, gatewayYaml.stderr).toBe(0);
-    const applied = JSON.parse(gatewayYaml.stdout) as { items: { kind: string; spec: Record<string, any> }[] };
+    const applied = JSON.parse(gatewayYaml.stdout) as {
+      items: { kind: string; spec: Record<string, any> }[];
+    };
     const gw = applied.items.find((i) => i.kind === "Deployment")!;
     expect(gw.spec.replicas).toBe(2);
     expect(gw.spec.template.metadata.labels["app.kubernetes.io/name"]).toBe("loom-gateway");

@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { API_VERSION } from "../api/meta.js";
 import { type TrainingJob, workerRange } from "../api/trainingjob.js";
-import { BadRequestError, ForbiddenError, NotFoundError, UnauthorizedError } from "../errors.js";
+import { BadRequestError, ForbiddenError, NotFoundError } from "../errors.js";
 import type { Gateway } from "../gateway/gateway.js";
 import { interleaveLines } from "../runtime/interleave.js";
 import type { Runtime } from "../runtime/port.js";
