@@ -5,7 +5,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
-import type { TrainingJob } from "../api/trainingjob.js";
+import { isFinished, type TrainingJob } from "../api/trainingjob.js";
 import type { Runtime } from "../runtime/port.js";
 import type { RunningWorkload } from "../scheduler/core/model.js";
 import type { Scheduler } from "../scheduler/port.js";
@@ -74,7 +74,7 @@ export class ControllerManager {
       new AdmissionReconciler({
         ...deps,
         log: log("admission"),
-        listJobs: () => this.tjInformer.list() as TrainingJob[],
+        listJobs: () => [...this.unfinishedJobs.values()],
         listProjects: () => this.projectInformer.list() as Project[],
         // Embedded, model replicas are processes the serving loop starts: the scheduler counts
         // what they hold (Kubernetes sees their pods itself).
@@ -153,6 +153,9 @@ export class ControllerManager {
       storeSource(deps.store, TRAININGJOB),
       {
         onChange: (key, obj, type) => {
+          const job = obj as TrainingJob | undefined;
+          if (type === "DELETED" || !job || isFinished(job)) this.unfinishedJobs.delete(key);
+          else this.unfinishedJobs.set(key, job);
           if (type === "RESYNC") {
             jobs.enqueueBackground(key);
             admission.enqueueBatched(ADMISSION_KEY); // nodes may have come or gone meanwhile
@@ -209,6 +212,12 @@ export class ControllerManager {
       admission.enqueueBatched(ADMISSION_KEY);
     });
   }
+
+  /**
+   * The informer's jobs that have not finished, kept as its events come: all that admission
+   * looks at. A thousand finished jobs were walked by every admission cycle.
+   */
+  private readonly unfinishedJobs = new Map<string, TrainingJob>();
 
   /** What admission looks at, per job: a change elsewhere (pids, worker states) needs no cycle. */
   private readonly admissionView = new Map<string, string>();

@@ -303,7 +303,10 @@ export class LocalRuntime implements Runtime {
     const file = join(this.checkpointDir(uid), "loom.json");
     let mtimeMs: number;
     try {
-      mtimeMs = statSync(file).mtimeMs;
+      // Most jobs never checkpoint: no exception (and its stack trace) per observation for that.
+      const stat = statSync(file, { throwIfNoEntry: false });
+      if (!stat) return undefined;
+      mtimeMs = stat.mtimeMs;
     } catch {
       return undefined;
     }
