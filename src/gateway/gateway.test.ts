@@ -451,6 +451,31 @@ describe("Gateway", () => {
     expect(decided.at(-1)).toBeLessThan(6);
   });
 
+  it("a follower reports the load it carried, then one zero, then nothing", async () => {
+    const up = await listen((req, res) => {
+      req.resume();
+      setTimeout(() => res.end('{"ok":true}'), 100);
+    });
+    const t = await setup(service([{ name: "v1", weight: 1, replicas: [replica("r0", up)] }]), {
+      autoscale: false,
+    });
+    t.gw.update(t.state.endpoint);
+    t.gw.takeReport(); // start a window
+    const r = await post(t.port, { model: "llama", messages: [] });
+    expect(r.status).toBe(200);
+    const [busy] = t.gw.takeReport();
+    expect(busy).toMatchObject({ project: "team", service: "llama", revision: "v1", held: 0 });
+    expect(busy!.concurrency).toBeGreaterThan(0);
+    expect(busy!.concurrency).toBeLessThanOrEqual(1);
+    expect(t.gw.takeReport()).toEqual([
+      { project: "team", service: "llama", revision: "v1", concurrency: 0, held: 0 },
+    ]);
+    expect(t.gw.takeReport()).toEqual([]);
+    // A follower decides nothing itself.
+    await t.gw.tick();
+    expect(t.scaled).toEqual([]);
+  });
+
   it("works behind Fastify with a hijacked reply and a buffered body", async () => {
     const up = await listen(async (req, res) => {
       const chunks: Buffer[] = [];

@@ -181,6 +181,8 @@ interface RevState {
   /** Time-weighted concurrency since the last report: area (request·ms) and where it began. */
   reportArea: number;
   reportSince: number;
+  /** Whether the last report said this revision had load (an idle one is reported once, as 0). */
+  reportedBusy?: boolean;
   lastChange: number;
   upstreamHeaders?: Record<string, string>;
   affinityChars?: number;
@@ -611,7 +613,8 @@ export class Gateway {
 
   /**
    * This gateway's load per revision since the last call (a follower sends it to the gateway
-   * that decides, every second or so). Revisions idle over the whole window are left out.
+   * that decides, every second or so). Revisions idle over the whole window are left out,
+   * after one report of zero.
    */
   takeReport(): ConcurrencyReport[] {
     const now = this.now();
@@ -622,7 +625,11 @@ export class Gateway {
       st.reportArea = 0;
       st.reportSince = now;
       st.lastChange = now;
-      if (area === 0 && st.held === 0) continue;
+      const busy = area > 0 || st.held > 0;
+      // An idle revision is reported once more, as zero, so that the deciding gateway stops
+      // counting it at once rather than when the last report goes stale.
+      if (!busy && !st.reportedBusy) continue;
+      st.reportedBusy = busy;
       out.push({ ...st.target, concurrency: window > 0 ? area / window : st.prevLocal, held: st.held });
     }
     return out;
