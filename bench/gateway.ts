@@ -47,13 +47,13 @@ import {
   loomCommit,
   machine,
   markdownTable,
+  num,
   partsSection,
   publishResults,
   sleep,
   tempDir,
 } from "./report.js";
 
-const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const env = process.env;
 /** Part 1: rounds (each path once per round, in a rotated order) and seconds per wrk run. */
 const ROUNDS = num(env.LOOM_BENCH_GATEWAY_ROUNDS, 3);

@@ -14,8 +14,8 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseAllDocuments } from "yaml";
 import { BenchCluster, cpuSeconds, KubeHttp, kubeTarget, ROOT, samples } from "./cluster.js";
+import { num } from "./report.js";
 
-const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const JOBS = num(process.env.LOOM_BENCH_K8S_JOBS, 1000);
 const NODES = num(process.env.LOOM_BENCH_K8S_NODES, 100);
 /** The whole bench (after a first-time build of the binaries) stops by then: a watchdog enforces it. */

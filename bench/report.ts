@@ -12,6 +12,9 @@ import { fileURLToPath } from "node:url";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const RESULTS_FILE = join(ROOT, "bench", "RESULTS.md");
 
+/** A numeric setting from the environment (LOOM_BENCH_*), or `d` when unset or empty. */
+export const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
+
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
 
 export const cleanups: (() => void | Promise<void>)[] = [];

@@ -31,10 +31,9 @@ import type {
   Workload,
 } from "../src/scheduler/core/model.js";
 import { schedule } from "../src/scheduler/core/schedule.js";
-import { cleanupAll, cleanups, fmt, machine, markdownTable, ratio, sleep, tempDir } from "./report.js";
+import { cleanupAll, cleanups, fmt, machine, markdownTable, num, ratio, sleep, tempDir } from "./report.js";
 import { type BindingRun, runBindingBench } from "./scheduler-k8s.js";
 
-const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const env = process.env;
 const PARTS = (env.LOOM_BENCH_SCHED_PARTS ?? "a,b,c")
   .split(",")

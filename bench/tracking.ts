@@ -34,13 +34,13 @@ import {
   loomCommit,
   machine,
   markdownTable,
+  num,
   partsSection,
   publishResults,
   sleep,
   tempDir,
 } from "./report.js";
 
-const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const env = process.env;
 /** Part 1: how long the clients post, after a warm-up that is not counted. */
 const SECONDS = num(env.LOOM_BENCH_TRACKING_SECONDS, 10);

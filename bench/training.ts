@@ -29,6 +29,7 @@ import {
   loadNow,
   machine,
   markdownTable,
+  num,
   partsSection,
   publishResults,
   ratio,
@@ -36,7 +37,6 @@ import {
   tempDir,
 } from "./report.js";
 
-const num = (v: string | undefined, d: number) => (v === undefined || v === "" ? d : Number(v));
 const env = process.env;
 const PARTS = (env.LOOM_BENCH_TRAINING_PARTS ?? "a,b,c")
   .split(",")
