@@ -643,6 +643,26 @@ async function partOverhead(
   const n = col("nginx");
   const rounds = (name: PathName, which: Map<PathName, WrkResult[]>, f: (r: WrkResult) => string) =>
     which.get(name)!.map(f).join(" / ");
+  type Col = ReturnType<typeof col>;
+  const proxies = [l, w];
+  /** A row with one cell per path, then each Loom path against nginx (when `compare` is given). */
+  const row = (label: string, cell: (c: Col) => string, compare?: (c: Col) => number | undefined) => [
+    label,
+    ...[d, l, w, n].map(cell),
+    ...proxies.map((c) => (compare ? times(compare(c), compare(n)) : "")),
+  ];
+  /** The same, for the proxies only (direct has no such figure). */
+  const proxyRow = (label: string, cell: (c: Col) => string, compare?: (c: Col) => number | undefined) => {
+    const r = row(label, cell, compare);
+    r[1] = "";
+    return r;
+  };
+  const eachRound = (label: string, which: Map<PathName, WrkResult[]>, f: (r: WrkResult) => string) => [
+    label,
+    ...(["direct", "Loom", "Loom2", "nginx"] as const).map((name) => rounds(name, which, f)),
+    "",
+    "",
+  ];
   const table = markdownTable(
     [
       `POST /v1/completions, wrk, median of ${ROUNDS} rounds`,
@@ -654,133 +674,54 @@ async function partOverhead(
       `Loom ×${GATEWAY_WORKERS} vs nginx`,
     ],
     [
-      [
-        `paced (${PACED_CONNECTIONS} conn., ${PACED_DELAY_MS} ms pause): requests/s`,
-        fmt(d.pacedRps),
-        fmt(l.pacedRps),
-        fmt(w.pacedRps),
-        fmt(n.pacedRps),
-        "",
-        "",
-      ],
-      [
+      row(`paced (${PACED_CONNECTIONS} conn., ${PACED_DELAY_MS} ms pause): requests/s`, (c) =>
+        fmt(c.pacedRps),
+      ),
+      row(
         "paced: p50 (ms)",
-        ms(d.p50),
-        ms(l.p50),
-        ms(w.p50),
-        ms(n.p50),
-        times(l.p50, n.p50),
-        times(w.p50, n.p50),
-      ],
-      [
+        (c) => ms(c.p50),
+        (c) => c.p50,
+      ),
+      row(
         "paced: p90 (ms)",
-        ms(d.p90),
-        ms(l.p90),
-        ms(w.p90),
-        ms(n.p90),
-        times(l.p90, n.p90),
-        times(w.p90, n.p90),
-      ],
-      [
+        (c) => ms(c.p90),
+        (c) => c.p90,
+      ),
+      row(
         "paced: p99 (ms)",
-        ms(d.p99),
-        ms(l.p99),
-        ms(w.p99),
-        ms(n.p99),
-        times(l.p99, n.p99),
-        times(w.p99, n.p99),
-      ],
-      [
+        (c) => ms(c.p99),
+        (c) => c.p99,
+      ),
+      proxyRow(
         "added latency p50 (ms)",
-        "",
-        signedMs(l.addedP50),
-        signedMs(w.addedP50),
-        signedMs(n.addedP50),
-        times(l.addedP50, n.addedP50),
-        times(w.addedP50, n.addedP50),
-      ],
-      [
+        (c) => signedMs(c.addedP50),
+        (c) => c.addedP50,
+      ),
+      proxyRow(
         "added latency p99 (ms)",
-        "",
-        signedMs(l.addedP99),
-        signedMs(w.addedP99),
-        signedMs(n.addedP99),
-        times(l.addedP99, n.addedP99),
-        times(w.addedP99, n.addedP99),
-      ],
-      [
+        (c) => signedMs(c.addedP99),
+        (c) => c.addedP99,
+      ),
+      row(
         `max (${MAX_CONNECTIONS} conn.): requests/s`,
-        fmt(d.rps),
-        fmt(l.rps),
-        fmt(w.rps),
-        fmt(n.rps),
-        times(l.rps, n.rps),
-        times(w.rps, n.rps),
-      ],
-      [
-        "max: requests/s, each round",
-        rounds("direct", max, (r) => fmt(r.rps)),
-        rounds("Loom", max, (r) => fmt(r.rps)),
-        rounds("Loom2", max, (r) => fmt(r.rps)),
-        rounds("nginx", max, (r) => fmt(r.rps)),
-        "",
-        "",
-      ],
-      [
-        "max: p50 / p99 (ms)",
-        `${ms(d.maxP50)} / ${ms(d.maxP99)}`,
-        `${ms(l.maxP50)} / ${ms(l.maxP99)}`,
-        `${ms(w.maxP50)} / ${ms(w.maxP99)}`,
-        `${ms(n.maxP50)} / ${ms(n.maxP99)}`,
-        "",
-        "",
-      ],
-      ["max vs direct", "1.00×", times(l.rps, d.rps), times(w.rps, d.rps), times(n.rps, d.rps), "", ""],
-      [
-        "max: proxy CPU (cores busy)",
-        "",
-        fmt(l.proxyCores, 2),
-        fmt(w.proxyCores, 2),
-        fmt(n.proxyCores, 2),
-        "",
-        "",
-      ],
-      [
+        (c) => fmt(c.rps),
+        (c) => c.rps,
+      ),
+      eachRound("max: requests/s, each round", max, (r) => fmt(r.rps)),
+      row("max: p50 / p99 (ms)", (c) => `${ms(c.maxP50)} / ${ms(c.maxP99)}`),
+      row("max vs direct", (c) => times(c.rps, d.rps)),
+      proxyRow("max: proxy CPU (cores busy)", (c) => fmt(c.proxyCores, 2)),
+      proxyRow(
         "max: proxy CPU per 1,000 requests (ms)",
-        "",
-        fmt(l.proxyCpuPer1k, 1),
-        fmt(w.proxyCpuPer1k, 1),
-        fmt(n.proxyCpuPer1k, 1),
-        times(l.proxyCpuPer1k, n.proxyCpuPer1k),
-        times(w.proxyCpuPer1k, n.proxyCpuPer1k),
-      ],
-      [
+        (c) => fmt(c.proxyCpuPer1k, 1),
+        (c) => c.proxyCpuPer1k,
+      ),
+      row(
         "max: upstream / wrk CPU (cores busy)",
-        `${fmt(d.upstreamCores, 2)} / ${fmt(d.wrkCores, 2)}`,
-        `${fmt(l.upstreamCores, 2)} / ${fmt(l.wrkCores, 2)}`,
-        `${fmt(w.upstreamCores, 2)} / ${fmt(w.wrkCores, 2)}`,
-        `${fmt(n.upstreamCores, 2)} / ${fmt(n.wrkCores, 2)}`,
-        "",
-        "",
-      ],
-      [
-        "max: whole machine busy (cores)",
-        fmt(d.machineCores, 2),
-        fmt(l.machineCores, 2),
-        fmt(w.machineCores, 2),
-        fmt(n.machineCores, 2),
-        "",
-        "",
-      ],
-      [
-        "paced p99 (ms), each round",
-        rounds("direct", paced, (r) => ms(r.p99)),
-        rounds("Loom", paced, (r) => ms(r.p99)),
-        rounds("Loom2", paced, (r) => ms(r.p99)),
-        rounds("nginx", paced, (r) => ms(r.p99)),
-        "",
-        "",
-      ],
+        (c) => `${fmt(c.upstreamCores, 2)} / ${fmt(c.wrkCores, 2)}`,
+      ),
+      row("max: whole machine busy (cores)", (c) => fmt(c.machineCores, 2)),
+      eachRound("paced p99 (ms), each round", paced, (r) => ms(r.p99)),
     ],
   );
   const goalP99 = l.addedP99 !== undefined && l.addedP99 <= GOAL_ADDED_P99_MS;
