@@ -8,7 +8,11 @@ import type { AddressInfo } from "node:net";
 const servers: Server[] = [];
 
 export async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<number> {
-  const s = createServer(handler);
+  return listenOn(createServer(handler));
+}
+
+/** Listens with a server made elsewhere (closed by `closeUpstreams` too). */
+export async function listenOn(s: Server): Promise<number> {
   servers.push(s);
   await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
   return (s.address() as AddressInfo).port;

@@ -1,5 +1,5 @@
-import type { ServerResponse } from "node:http";
 import { LoomError } from "../errors.js";
+import type { GatewayResponse } from "./h1.js";
 
 /**
  * Errors the inference gateway answers with. OpenAI's clients (the Python SDK, LangChain, curl
@@ -150,7 +150,7 @@ export const unavailable = (message: string, retryAfterSeconds = 5) =>
  * Writes an error response; once headers have gone out the only honest signal left is to cut
  * the connection, so a half-sent stream is never mistaken for a complete one.
  */
-export function sendGatewayError(res: ServerResponse, err: GatewayError): void {
+export function sendGatewayError(res: GatewayResponse, err: GatewayError): void {
   if (res.headersSent) {
     res.destroy();
     return;

@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage } from "node:http";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { Activator } from "./activator.js";
@@ -14,6 +14,7 @@ import {
   unavailable,
   unknownModel,
 } from "./errors.js";
+import type { GatewayRequest, GatewayResponse } from "./h1.js";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.js";
 import { HttpForwarder, readBody } from "./proxy.js";
 import { TrafficSplitter } from "./traffic.js";
@@ -279,7 +280,7 @@ export class Gateway {
   }
 
   /** Forwards one OpenAI-style request; always answers (an OpenAI-format error on failure). */
-  async handle(req: IncomingMessage, res: ServerResponse, opts: HandleOptions = {}): Promise<HandleResult> {
+  async handle(req: GatewayRequest, res: GatewayResponse, opts: HandleOptions = {}): Promise<HandleResult> {
     const started = this.now();
     const ctx: { st?: RevState } = {};
     let result: HandleResult = { status: 500 };
@@ -364,14 +365,15 @@ export class Gateway {
   }
 
   private async route(
-    req: IncomingMessage,
-    res: ServerResponse,
+    req: GatewayRequest,
+    res: GatewayResponse,
     opts: HandleOptions,
     started: number,
     track: (st: RevState) => void,
   ): Promise<HandleResult> {
     const max = this.opts.maxBodyBytes ?? 8 * 1024 * 1024;
-    const body = opts.body ?? (await readBody(req, max));
+    // Only Node's own requests come without a buffered body (the front always buffers).
+    const body = opts.body ?? (await readBody(req as IncomingMessage, max));
     if (!body) throw bodyTooLarge(max);
     let parsed: Record<string, unknown> | undefined;
     const json = (): Record<string, unknown> => {

@@ -1,7 +1,8 @@
-import { type IncomingMessage, request } from "node:http";
-import { afterEach, describe, expect, it } from "vitest";
-import { closeUpstreams, deadPort, listen } from "../../test/upstreams.js";
+import { createServer, type IncomingMessage, request } from "node:http";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { closeUpstreams, deadPort, listen, listenOn } from "../../test/upstreams.js";
 import type { Lease, Outcome, Replica } from "./balancer.js";
+import { attachFront } from "./front.js";
 import { type ForwardOptions, type ForwardResult, HttpForwarder, readBody } from "./proxy.js";
 
 const proxies: HttpForwarder[] = [];
@@ -21,11 +22,29 @@ function picker(replicas: Replica[]) {
   return { pick, outcomes };
 }
 
+type Kind = "Node's http server" | "the hand-rolled front";
+let kind: Kind = "Node's http server";
+
 /** A front server that forwards everything with `opts`; reports each result. */
 async function front(opts: Omit<ForwardOptions, "label" | "body"> & { buffer?: boolean }) {
   const proxy = new HttpForwarder();
   proxies.push(proxy);
   const results: ForwardResult[] = [];
+  if (kind === "the hand-rolled front" && opts.buffer !== false) {
+    const server = createServer((_req, res) => {
+      res.statusCode = 500;
+      res.end("the front did not claim this request");
+    });
+    attachFront(server, {
+      claims: () => true,
+      serve: (req, res, _auth, body) => {
+        void proxy
+          .forward(req, res, { ...opts, label: "model 'm'", body: body ?? Buffer.alloc(0) })
+          .then((r) => results.push(r));
+      },
+    });
+    return { port: await listenOn(server), results };
+  }
   const port = await listen(async (req, res) => {
     const body = opts.buffer === false ? undefined : await readBody(req, 1024 * 1024);
     results.push(await proxy.forward(req, res, { ...opts, label: "model 'm'", body }));
@@ -69,7 +88,11 @@ function call(
 
 const rep = (id: string, port: number): Replica => ({ id, host: "127.0.0.1", port });
 
-describe("HttpForwarder", () => {
+describe.each<Kind>(["Node's http server", "the hand-rolled front"])("HttpForwarder behind %s", (k) => {
+  beforeEach(() => {
+    kind = k;
+  });
+
   it("forwards method, path and body; drops hop-by-hop headers and the caller's key", async () => {
     let seen:
       | { method?: string; url?: string; headers: IncomingMessage["headers"]; body: string }

@@ -1,6 +1,5 @@
-import type { IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage } from "node:http";
 import type { Readable } from "node:stream";
-import { type Dispatcher, Pool } from "undici";
 import type { Lease } from "./balancer.js";
 import {
   ClientGoneError,
@@ -10,6 +9,8 @@ import {
   upstreamFailed,
   upstreamTimeout,
 } from "./errors.js";
+import type { GatewayRequest, GatewayResponse } from "./h1.js";
+import { type UpstreamHandler, UpstreamPool } from "./upstream.js";
 import { TailBuffer, type Usage } from "./usage.js";
 
 /**
@@ -17,9 +18,9 @@ import { TailBuffer, type Usage } from "./usage.js";
  * fails before any response. Streams both ways with backpressure; server-sent events pass chunk
  * by chunk with headers flushed at once, which is what makes token streaming feel live.
  *
- * The upstream side is undici (a keep-alive Pool per replica, driven through `dispatch`): Node's
- * own http client cost about 3× as much CPU per request here, which capped the gateway at a
- * fraction of nginx's throughput (bench:gateway).
+ * The upstream side is a hand-rolled keep-alive pool per replica (upstream.ts): Node's own http
+ * client cost about 3× as much CPU per request here, and undici about 1.5×, which capped the
+ * gateway at a fraction of nginx's throughput (bench:gateway).
  */
 
 /** Errors that mean the request never reached a working server, so sending it elsewhere is safe. */
@@ -107,10 +108,9 @@ type Attempt =
   | { kind: "done"; status: number; complete: boolean; usage?: Usage };
 
 /**
- * undici's error codes, in the node:net vocabulary the retry rules and messages use. A socket
- * the other side closed before answering (UND_ERR_SOCKET) is how a stale keep-alive connection
- * shows: undici does not say whether the socket was reused, so it gets the stale rule (once per
- * replica, without blame).
+ * The pool's error codes, in the node:net vocabulary the retry rules and messages use. A reused
+ * socket the other side closed before answering (UND_ERR_SOCKET) is the stale keep-alive race:
+ * it gets the stale rule (once per replica, without blame).
  */
 function errorCode(err: Error): { code: string; reused: boolean } {
   const code = (err as { code?: string }).code ?? "";
@@ -125,7 +125,7 @@ function errorCode(err: Error): { code: string; reused: boolean } {
 class Cancelled extends Error {}
 
 export class HttpForwarder {
-  private readonly pools = new Map<string, Pool>();
+  private readonly pools = new Map<string, UpstreamPool>();
   private readonly now: () => number;
 
   constructor(private readonly opts: ForwarderOptions = {}) {
@@ -133,7 +133,7 @@ export class HttpForwarder {
   }
 
   /** Forwards `req` and writes the answer (or an OpenAI-style error) to `res`. Never throws. */
-  async forward(req: IncomingMessage, res: ServerResponse, o: ForwardOptions): Promise<ForwardResult> {
+  async forward(req: GatewayRequest, res: GatewayResponse, o: ForwardOptions): Promise<ForwardResult> {
     const maxRetries = o.body ? (o.maxRetries ?? 2) : 0;
     const tried = new Set<string>();
     const staleRetried = new Set<string>();
@@ -191,18 +191,17 @@ export class HttpForwarder {
 
   /** Closes every pooled connection. */
   close(): void {
-    for (const pool of this.pools.values()) void pool.destroy().catch(() => undefined);
+    for (const pool of this.pools.values()) pool.destroy();
     this.pools.clear();
   }
 
-  private pool(host: string, port: number, connectTimeoutMs: number): Pool {
+  private pool(host: string, port: number, connectTimeoutMs: number): UpstreamPool {
     const key = `${host}:${port}`;
     let pool = this.pools.get(key);
     if (!pool) {
-      pool = new Pool(`http://${key}`, {
+      pool = new UpstreamPool(host, port, {
         connections: this.opts.connectionsPerReplica ?? 256,
-        pipelining: 1,
-        connect: { timeout: connectTimeoutMs },
+        connectTimeoutMs,
       });
       this.pools.set(key, pool);
     }
@@ -210,8 +209,8 @@ export class HttpForwarder {
   }
 
   private attempt(
-    req: IncomingMessage,
-    res: ServerResponse,
+    req: GatewayRequest,
+    res: GatewayResponse,
     lease: Lease,
     o: ForwardOptions,
   ): Promise<Attempt> {
@@ -243,9 +242,7 @@ export class HttpForwarder {
       const onDrain = () => resumeUpstream?.();
       const done = () => finish({ kind: "done", status, complete: true, usage: tail?.usage() });
 
-      // undici's own handler interface (raw header buffers, boolean backpressure): its newer
-      // controller interface wraps this one and parses every header into an object first.
-      const handler: Dispatcher.DispatchHandler = {
+      const handler: UpstreamHandler = {
         onConnect: (abort) => {
           abortUpstream = abort;
           if (cancelled) abort(new Cancelled("the client went away"));
@@ -299,16 +296,17 @@ export class HttpForwarder {
           res.destroy();
           finish({ kind: "done", status, complete: false });
         },
-      } as Dispatcher.DispatchHandler;
+      };
 
       const connectTimeoutMs = o.connectTimeoutMs ?? this.opts.connectTimeoutMs ?? 5000;
       try {
         this.pool(r.host, r.port, connectTimeoutMs).dispatch(
           {
             path: o.path ?? req.url ?? "/",
-            method: (req.method ?? "GET") as Dispatcher.HttpMethod,
+            method: req.method ?? "GET",
             headers: requestHeaders(req, r, o),
-            body: o.body ?? (req as Readable),
+            // Only Node's own requests come without a buffered body (the front always buffers).
+            body: o.body ?? (req as IncomingMessage as Readable),
             headersTimeout: responseTimeoutMs,
             // Between two chunks of a response: a generation that stalls this long is stuck.
             bodyTimeout: responseTimeoutMs,
@@ -339,7 +337,7 @@ function dropSet(names: readonly string[] | undefined): Set<string> {
  * The upstream request's headers as a flat [name, value, …] list made straight from the raw
  * headers (no header object per request; undici takes the list as it is).
  */
-function requestHeaders(req: IncomingMessage, r: Lease["replica"], o: ForwardOptions): string[] {
+function requestHeaders(req: GatewayRequest, r: Lease["replica"], o: ForwardOptions): string[] {
   const drop = dropSet(o.dropRequestHeaders);
   const raw = req.rawHeaders;
   let listed: Set<string> | undefined;
@@ -385,25 +383,25 @@ function requestHeaders(req: IncomingMessage, r: Lease["replica"], o: ForwardOpt
   return out;
 }
 
-/** The upstream's raw response headers as a flat list for writeHead, hop-by-hop ones dropped. */
+/** The upstream's response headers as a flat list for writeHead, hop-by-hop ones dropped. */
 function responseHeaders(
-  raw: Buffer[],
+  raw: string[],
   replaced: string | false,
 ): { headers: string[]; type: string; encoded: boolean } {
   let listed: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]!.length === 10 && raw[i]!.toString("latin1").toLowerCase() === "connection") {
+    if (raw[i] === "connection") {
       listed ??= new Set();
-      for (const name of raw[i + 1]!.toString("latin1").split(",")) listed.add(name.trim().toLowerCase());
+      for (const name of raw[i + 1]!.split(",")) listed.add(name.trim().toLowerCase());
     }
   }
   const headers: string[] = [];
   let type = "";
   let encoded = false;
   for (let i = 0; i < raw.length; i += 2) {
-    const k = raw[i]!.toString("latin1").toLowerCase();
+    const k = raw[i]!; // lower-cased by the parser
     if (HOP_BY_HOP.has(k) || listed?.has(k) || k === replaced) continue;
-    const v = raw[i + 1]!.toString("latin1");
+    const v = raw[i + 1]!;
     if (k === "content-type") type = v;
     else if (k === "content-encoding") encoded = true;
     headers.push(k, v);

@@ -27,7 +27,7 @@ import { ResourceService } from "./resources.js";
 import { SchedulingView } from "./scheduling.js";
 import {
   gatewayControlRoutes,
-  openAIFastPath,
+  openAIFastLane,
   type ServingDirectory,
   serverWith,
   servingRoutes,
@@ -72,12 +72,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const authenticate = bearerAuthenticator((token) => deps.tokens.verify(token));
   // The gateway's POST routes are served straight off the socket, before Fastify's routing,
   // hooks and reply machinery (bench:gateway); inject() and every other route go through Fastify.
-  const fastPath = deps.serving ? openAIFastPath(deps.serving, authenticate) : undefined;
+  const fastLane = deps.serving ? openAIFastLane(deps.serving, authenticate) : undefined;
   const app: FastifyInstance = Fastify({
     loggerInstance: deps.log.child({ component: "api" }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
-    ...(fastPath ? { serverFactory: serverWith(fastPath) } : {}),
+    ...(fastLane ? { serverFactory: serverWith(fastLane) } : {}),
   });
   const resources = new ResourceService(deps.store, deps.createFinalizers);
   installErrorHandler(app);

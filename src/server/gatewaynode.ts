@@ -7,7 +7,7 @@ import { Gateway, type ScaleTarget, type ServiceEndpoint } from "../gateway/gate
 import type { TokenInfo } from "../store/port.js";
 import { bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
-import { openAIFastPath, ServingDirectory, serverWith, servingRoutes } from "./serving.js";
+import { openAIFastLane, ServingDirectory, serverWith, servingRoutes } from "./serving.js";
 
 /**
  * `loom gateway`: one more replica of the inference gateway, as its own process (on Kubernetes,
@@ -135,7 +135,7 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     loggerInstance: log as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
-    serverFactory: serverWith(openAIFastPath({ gateway, directory }, authenticate)),
+    serverFactory: serverWith(openAIFastLane({ gateway, directory }, authenticate)),
   });
   installErrorHandler(app);
   app.addHook("onRequest", async (req) => {

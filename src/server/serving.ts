@@ -4,6 +4,7 @@ import type { InferenceService, InferenceServiceSpec } from "../api/inferenceser
 import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice.js";
 import { BadRequestError } from "../errors.js";
 import { badRequest, sendGatewayError, unknownModel } from "../gateway/errors.js";
+import { attachFront, type FastLane } from "../gateway/front.js";
 import type {
   ConcurrencyReport,
   EndpointDirectory,
@@ -12,6 +13,7 @@ import type {
   ScaleTarget,
   ServiceEndpoint,
 } from "../gateway/gateway.js";
+import type { GatewayRequest, GatewayResponse } from "../gateway/h1.js";
 import type { TokenInfo } from "../store/port.js";
 import { toGatewayError } from "./errors.js";
 
@@ -190,11 +192,11 @@ export function endpointRoute(url: string): { model: string; path: string } | un
   };
 }
 
-/** One forwarded request, whichever way it came in (the fast path or a Fastify route). */
+/** One forwarded request, whichever way it came in (the front, Node's server, a Fastify route). */
 function forward(
   deps: ServingDeps,
-  req: IncomingMessage,
-  res: ServerResponse,
+  req: GatewayRequest,
+  res: GatewayResponse,
   principal: TokenInfo,
   body?: Buffer,
 ): Promise<unknown> {
@@ -209,51 +211,61 @@ function forward(
 }
 
 /**
- * The forwarded routes straight off the socket: authenticate, then the gateway, with nothing of
- * Fastify's per-request work in between. Returns false for every other request.
+ * The forwarded routes with nothing of Fastify's per-request work: authenticate (a cached map
+ * lookup), then the gateway. The hand-rolled front (gateway/front.ts) serves them straight off
+ * the socket; on a connection Node's server holds, serverWith routes them here too.
  */
-export function openAIFastPath(
+export function openAIFastLane(
   deps: ServingDeps,
   authenticate: (header: string | undefined) => TokenInfo | Promise<TokenInfo>,
-): (req: IncomingMessage, res: ServerResponse) => boolean {
-  const fail = (req: IncomingMessage, res: ServerResponse, err: unknown) => {
-    req.resume();
+): FastLane {
+  const fail = (res: GatewayResponse, err: unknown) => {
     sendGatewayError(res, toGatewayError(err instanceof Error ? err : new Error(String(err))));
   };
-  return (req, res) => {
-    const url = req.url ?? "";
-    if (url.startsWith(ENDPOINT_PREFIX)) {
-      if (!endpointRoute(url)) return false; // Fastify's route says what is wrong with it
-    } else {
-      if (req.method !== "POST") return false;
+  return {
+    claims(method, url) {
+      // A /serving/ URL that names no service goes to Fastify's route, which says what is wrong.
+      if (url.startsWith(ENDPOINT_PREFIX)) return endpointRoute(url) !== undefined;
+      if (method !== "POST") return false;
       const q = url.indexOf("?");
-      if (!FORWARDED.has(q < 0 ? url : url.slice(0, q))) return false;
-    }
-    let principal: TokenInfo | Promise<TokenInfo>;
-    try {
-      principal = authenticate(req.headers.authorization);
-    } catch (err) {
-      fail(req, res, err);
-      return true;
-    }
-    if (principal instanceof Promise) {
-      principal.then(
-        (p) => forward(deps, req, res, p),
-        (err: unknown) => fail(req, res, err),
-      );
-    } else void forward(deps, req, res, principal);
-    return true;
+      return FORWARDED.has(q < 0 ? url : url.slice(0, q));
+    },
+    serve(req, res, authorization, body) {
+      let principal: TokenInfo | Promise<TokenInfo>;
+      try {
+        principal = authenticate(authorization);
+      } catch (err) {
+        fail(res, err);
+        return;
+      }
+      if (principal instanceof Promise) {
+        principal.then(
+          (p) => forward(deps, req, res, p, body),
+          (err: unknown) => fail(res, err),
+        );
+      } else void forward(deps, req, res, principal, body);
+    },
   };
 }
 
-/** A Fastify serverFactory: `first` may take a request; what it leaves goes to Fastify. */
+/**
+ * A Fastify serverFactory: Node's http server with the gateway's front before it (gateway/front.ts).
+ * Connections the front hands over, and so what Fastify sees, are Node's as always; a claimed
+ * request on such a connection still skips Fastify.
+ */
 export function serverWith(
-  first: (req: IncomingMessage, res: ServerResponse) => boolean,
+  lane: FastLane,
 ): (handler: (req: IncomingMessage, res: ServerResponse) => void, opts: FastifyServerOptions) => Server {
   return (handler, opts) => {
     const server = createServer((req, res) => {
-      if (!first(req, res)) handler(req, res);
+      if (!lane.claims(req.method ?? "GET", req.url ?? "/")) {
+        handler(req, res);
+        return;
+      }
+      // The gateway reads the body (readBody); on an early answer, Node discards what is left.
+      lane.serve(req, res, req.headers.authorization, undefined);
     });
+    attachFront(server, lane, { maxBodyBytes: opts.bodyLimit });
     // What Fastify sets on the server it makes itself.
     if (opts.keepAliveTimeout !== undefined) server.keepAliveTimeout = opts.keepAliveTimeout;
     if (opts.requestTimeout !== undefined) server.requestTimeout = opts.requestTimeout;

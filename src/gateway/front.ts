@@ -1,0 +1,410 @@
+import { EventEmitter } from "node:events";
+import { type Server, STATUS_CODES } from "node:http";
+import type { Socket } from "node:net";
+import {
+  findHeadEnd,
+  type GatewayRequest,
+  type GatewayResponse,
+  MAX_HEAD_BYTES,
+  parseRequestHead,
+  type RequestHead,
+} from "./h1.js";
+
+/**
+ * The gateway's hand-rolled HTTP/1.1 front on Loom's own port. Each connection starts here: a
+ * request the lane claims (an OpenAI-style POST, a /serving/ route) is parsed by hand and served
+ * without Node's http machinery; the first request it does not claim — or cannot parse simply —
+ * hands the whole connection, bytes already read included, to Node's http server for good, so
+ * Fastify serves everything else exactly as before. bench:gateway measured Node's http server
+ * with undici behind it at about half the requests/s of this path on the same cores.
+ */
+
+export interface FastLane {
+  /** Whether the lane serves this request (decided on method and URL alone). */
+  claims(method: string, url: string): boolean;
+  /** Serves one claimed request with its whole body. Must always answer; never throws. */
+  serve(
+    req: GatewayRequest,
+    res: GatewayResponse,
+    authorization: string | undefined,
+    body: Buffer | undefined,
+  ): void;
+}
+
+export interface FrontOptions {
+  /** Larger bodies go to Node's server (whose route answers 413). Default 8 MiB. */
+  maxBodyBytes?: number;
+}
+
+/** Date header value, refreshed each second by the sweep (nobody needs it finer). */
+let dateHeader = new Date().toUTCString();
+
+/** A request as the front parsed it. */
+class FrontRequest implements GatewayRequest {
+  constructor(
+    readonly method: string,
+    readonly url: string,
+    readonly rawHeaders: string[],
+    readonly socket: { remoteAddress?: string },
+  ) {}
+}
+
+const CRLF = Buffer.from("\r\n");
+const LAST_CHUNK = Buffer.from("0\r\n\r\n");
+
+/**
+ * A response written straight to the socket: the head waits for the first body bytes so that
+ * a short answer leaves in one write; bodies without a Content-Length go chunked.
+ */
+export class FrontResponse extends EventEmitter implements GatewayResponse {
+  statusCode = 200;
+  headersSent = false;
+  destroyed = false;
+  writableEnded = false;
+  writableFinished = false;
+  private head: string | undefined;
+  private chunked = false;
+  private bodiless = false;
+  private closeEmitted = false;
+
+  constructor(
+    private readonly conn: FrontConnection,
+    readonly socket: Socket,
+    private readonly method: string,
+  ) {
+    super();
+  }
+
+  writeHead(status: number, headers?: string[] | Record<string, string | number>): this {
+    if (this.headersSent) throw new Error("the response head was sent already");
+    this.statusCode = status;
+    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Unknown"}\r\n`;
+    let length = false;
+    let date = false;
+    const add = (k: string, v: string | number) => {
+      const name = k.toLowerCase();
+      if (name === "content-length") length = true;
+      else if (name === "date") date = true;
+      else if (name === "connection" || name === "transfer-encoding" || name === "keep-alive") return;
+      head += `${k}: ${v}\r\n`;
+    };
+    if (Array.isArray(headers)) for (let i = 0; i < headers.length; i += 2) add(headers[i]!, headers[i + 1]!);
+    else if (headers) for (const k in headers) add(k, headers[k]!);
+    this.bodiless = this.method === "HEAD" || status === 204 || status === 304 || status < 200;
+    if (!length && !this.bodiless) {
+      this.chunked = true;
+      head += "transfer-encoding: chunked\r\n";
+    }
+    if (!date) head += `date: ${dateHeader}\r\n`;
+    if (this.conn.closing) head += "connection: close\r\n";
+    this.head = `${head}\r\n`;
+    this.headersSent = true;
+    return this;
+  }
+
+  flushHeaders(): void {
+    if (!this.headersSent) this.writeHead(this.statusCode);
+    if (this.head === undefined) return;
+    const head = this.head;
+    this.head = undefined;
+    this.socket.write(head, "latin1");
+  }
+
+  write(chunk: Buffer | string): boolean {
+    if (this.writableEnded || this.destroyed) return false;
+    if (!this.headersSent) this.writeHead(this.statusCode);
+    const data = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+    if (this.bodiless || data.length === 0) {
+      if (this.head !== undefined) this.flushHeaders();
+      return true;
+    }
+    return this.socket.write(this.frame(data, false));
+  }
+
+  end(chunk?: string | Buffer): this {
+    if (this.writableEnded) return this;
+    if (!this.headersSent) this.writeHead(this.statusCode);
+    this.writableEnded = true;
+    const data = chunk === undefined ? undefined : typeof chunk === "string" ? Buffer.from(chunk) : chunk;
+    const out = this.bodiless ? this.frame(undefined, false) : this.frame(data, true);
+    if (this.destroyed) return this;
+    if (out.length === 0) this.finish();
+    else {
+      this.socket.write(out);
+      // In the kernel already (the usual case on a socket keeping up): finished now, with no
+      // callback or extra tick; otherwise when the socket has flushed.
+      if (this.socket.writableLength === 0) this.finish();
+      else this.socket.once("drain", () => this.finish());
+    }
+    return this;
+  }
+
+  /** The pending head, then `data` framed as the body requires, then the last chunk if `last`. */
+  private frame(data: Buffer | undefined, last: boolean): Buffer {
+    const head = this.head;
+    this.head = undefined;
+    const headLen = head === undefined ? 0 : Buffer.byteLength(head, "latin1");
+    const len = data?.length ?? 0;
+    const prefix = this.chunked && len > 0 ? `${len.toString(16)}\r\n` : "";
+    const tail = this.chunked ? (len > 0 ? 2 : 0) + (last ? 5 : 0) : 0;
+    const out = Buffer.allocUnsafe(headLen + prefix.length + len + tail);
+    let at = 0;
+    if (head !== undefined) at += out.write(head, 0, headLen, "latin1");
+    if (prefix) at += out.write(prefix, at, "latin1");
+    if (data && len > 0) at += data.copy(out, at);
+    if (this.chunked && len > 0) at += CRLF.copy(out, at);
+    if (this.chunked && last) LAST_CHUNK.copy(out, at);
+    return out;
+  }
+
+  private finish(): void {
+    if (this.writableFinished || this.destroyed) return;
+    this.closeEmitted = true;
+    this.writableFinished = true;
+    this.emit("finish");
+    this.emit("close");
+    this.conn.responseDone(this);
+  }
+
+  /** The connection is gone: tell whoever waits on this response. */
+  gone(): void {
+    if (this.closeEmitted) return;
+    this.closeEmitted = true;
+    this.destroyed = true;
+    if (!this.writableFinished) this.emit("close");
+  }
+
+  /** Cuts the connection; 'close' follows when the socket has closed (later, as with Node's). */
+  destroy(): this {
+    this.destroyed = true;
+    this.conn.socket.destroy();
+    return this;
+  }
+}
+
+class FrontConnection {
+  private buf: Buffer | undefined;
+  /** How far the head search got in `buf`. */
+  private searched = 0;
+  private head: RequestHead | undefined;
+  private bodyStart = 0;
+  private active: FrontResponse | undefined;
+  /** No further request on this connection: the client asked, or the server is closing. */
+  closing = false;
+  private handedOff = false;
+  lastActive = Date.now();
+  /** When an incomplete request started arriving (0: none pending). */
+  partialSince = 0;
+  /** The peer, read once: a socket that is closing no longer knows it. */
+  private readonly peer: { remoteAddress?: string };
+
+  constructor(
+    readonly socket: Socket,
+    private readonly front: Front,
+  ) {
+    this.peer = { remoteAddress: socket.remoteAddress };
+    socket.setNoDelay(true);
+    socket.on("data", this.onData);
+    socket.on("end", this.onEnd);
+    socket.on("close", this.onClose);
+    socket.on("error", this.onError);
+    socket.on("drain", this.onDrain);
+  }
+
+  get idle(): boolean {
+    return !this.active && !this.buf;
+  }
+
+  private readonly onData = (d: Buffer) => {
+    this.buf = this.buf ? Buffer.concat([this.buf, d]) : d;
+    this.lastActive = Date.now();
+    if (this.active) {
+      // Pipelined requests wait for the current answer; a client that floods is paused.
+      if (this.buf.length > MAX_HEAD_BYTES + this.front.maxBodyBytes) this.socket.pause();
+      return;
+    }
+    this.next();
+  };
+
+  private readonly onEnd = () => {
+    // The client will send nothing more. As Node's server does by default (httpAllowHalfOpen
+    // false), that counts as leaving: a request in flight is abandoned when the socket closes.
+    this.closing = true;
+    this.socket.end();
+  };
+
+  private readonly onClose = () => {
+    this.front.forget(this);
+    this.active?.gone();
+  };
+
+  private readonly onError = () => {
+    // 'close' follows and does the rest.
+  };
+
+  private readonly onDrain = () => {
+    this.active?.emit("drain");
+  };
+
+  /** Serves the requests in `buf`, one at a time, or hands the connection to Node. */
+  private next(): void {
+    while (this.buf && !this.active && !this.handedOff) {
+      const buf = this.buf;
+      if (!this.head) {
+        const end = findHeadEnd(buf, this.searched);
+        if (end < 0) {
+          if (buf.length > MAX_HEAD_BYTES) {
+            this.handOff();
+            return;
+          }
+          this.searched = buf.length;
+          if (!this.partialSince) this.partialSince = Date.now();
+          return;
+        }
+        const head = end > MAX_HEAD_BYTES ? undefined : parseRequestHead(buf, end);
+        if (
+          !head ||
+          head.contentLength > this.front.maxBodyBytes ||
+          !this.front.lane.claims(head.method, head.url)
+        ) {
+          this.handOff();
+          return;
+        }
+        this.head = head;
+        this.bodyStart = end + 4;
+      }
+      const head = this.head;
+      const bodyEnd = this.bodyStart + head.contentLength;
+      if (buf.length < bodyEnd) {
+        if (!this.partialSince) this.partialSince = Date.now();
+        return;
+      }
+      const body = head.contentLength > 0 ? buf.subarray(this.bodyStart, bodyEnd) : undefined;
+      this.buf = bodyEnd < buf.length ? buf.subarray(bodyEnd) : undefined;
+      this.head = undefined;
+      this.searched = 0;
+      this.partialSince = 0;
+      if (head.close) this.closing = true;
+      const res = new FrontResponse(this, this.socket, head.method);
+      this.active = res;
+      const req = new FrontRequest(head.method, head.url, head.headers, this.peer);
+      this.front.lane.serve(req, res, head.authorization, body);
+    }
+  }
+
+  responseDone(res: FrontResponse): void {
+    if (this.active !== res) return;
+    this.active = undefined;
+    this.lastActive = Date.now();
+    if (this.closing) {
+      this.socket.end();
+      return;
+    }
+    if (this.socket.isPaused()) this.socket.resume();
+    this.next();
+  }
+
+  /**
+   * Node's server takes the connection from here on: what was read goes back into the socket,
+   * and the socket is switched to plain stream reads (`_consumed`), since Node would otherwise
+   * read the handle directly, past the bytes given back.
+   */
+  private handOff(): void {
+    this.handedOff = true;
+    this.front.forget(this);
+    const s = this.socket;
+    s.off("data", this.onData);
+    s.off("end", this.onEnd);
+    s.off("close", this.onClose);
+    s.off("error", this.onError);
+    s.off("drain", this.onDrain);
+    s.pause();
+    if (this.buf) s.unshift(this.buf);
+    this.buf = undefined;
+    const handle = (s as unknown as { _handle?: { _consumed?: boolean } })._handle;
+    if (handle) handle._consumed = true;
+    this.front.handToNode(s);
+    s.resume();
+  }
+
+  /** Closes now if idle; otherwise after the current answer. */
+  shut(force: boolean): void {
+    this.closing = true;
+    if (force || this.idle) this.socket.destroy();
+  }
+}
+
+class Front {
+  readonly maxBodyBytes: number;
+  private readonly connections = new Set<FrontConnection>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly server: Server,
+    readonly lane: FastLane,
+    private readonly nodeListeners: ((socket: Socket) => void)[],
+    opts: FrontOptions,
+  ) {
+    this.maxBodyBytes = opts.maxBodyBytes ?? 8 * 1024 * 1024;
+    this.timer = setInterval(() => this.sweep(), 1000);
+    this.timer.unref();
+  }
+
+  accept(socket: Socket): void {
+    this.connections.add(new FrontConnection(socket, this));
+  }
+
+  forget(c: FrontConnection): void {
+    this.connections.delete(c);
+  }
+
+  handToNode(socket: Socket): void {
+    for (const l of this.nodeListeners) l.call(this.server, socket);
+  }
+
+  /** Node's keep-alive and head timeouts, applied to the connections this front still holds. */
+  private sweep(): void {
+    dateHeader = new Date().toUTCString();
+    const now = Date.now();
+    const keepAlive = this.server.keepAliveTimeout || 5000;
+    const headers = this.server.headersTimeout || 60_000;
+    for (const c of this.connections) {
+      if (c.idle && now - c.lastActive > keepAlive) c.shut(false);
+      else if (c.partialSince && now - c.partialSince > headers) c.shut(true);
+    }
+  }
+
+  closeIdle(): void {
+    for (const c of this.connections) c.shut(false);
+  }
+
+  closeAll(): void {
+    for (const c of this.connections) c.shut(true);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
+/**
+ * Puts the front before `server`'s own connection handling. Closing the server closes the
+ * front's idle connections too (and the busy ones after their answer), as Node does for its own.
+ */
+export function attachFront(server: Server, lane: FastLane, opts: FrontOptions = {}): void {
+  const nodeListeners = server.listeners("connection") as ((socket: Socket) => void)[];
+  server.removeAllListeners("connection");
+  const front = new Front(server, lane, nodeListeners, opts);
+  server.on("connection", (socket: Socket) => front.accept(socket));
+  const closeIdle = server.closeIdleConnections.bind(server);
+  const closeAll = server.closeAllConnections.bind(server);
+  server.closeIdleConnections = () => {
+    front.closeIdle();
+    closeIdle();
+  };
+  server.closeAllConnections = () => {
+    front.closeAll();
+    closeAll();
+  };
+  server.once("close", () => front.stop());
+}

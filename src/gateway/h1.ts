@@ -1,0 +1,253 @@
+/**
+ * HTTP/1.1 message heads and chunked bodies, parsed by hand for the gateway's data path
+ * (front.ts on the client side, upstream.ts on the replica side). Node's http server and undici
+ * together cost about 2–3× the CPU per proxied request of a hand-rolled path (bench:gateway),
+ * which capped the gateway far below nginx. Deliberately narrow: a request head with anything
+ * unusual in it is refused here, and the front hands that connection to Node's own server, which
+ * answers every edge case (HTTP/1.0, chunked uploads, Expect, Upgrade, bad syntax) as it always did.
+ */
+
+const CRLFCRLF = Buffer.from("\r\n\r\n");
+
+/** Node's default maxHeaderSize: a larger head goes to Node, which answers 431. */
+export const MAX_HEAD_BYTES = 16 * 1024;
+
+/** Index of the \r\n\r\n that ends a head, searching from about `from`; -1 when not there yet. */
+export function findHeadEnd(buf: Buffer, from = 0): number {
+  return buf.indexOf(CRLFCRLF, from > 3 ? from - 3 : 0);
+}
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** A control character other than tab, CR and LF, or DEL: never in a head (CR and LF are checked apart). */
+function hasBadFieldChar(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if ((c < 32 && c !== 9 && c !== 10 && c !== 13) || c === 127) return true;
+  }
+  return false;
+}
+
+export interface RequestHead {
+  method: string;
+  url: string;
+  /** Flat [name, value, …], names lower-cased, in order. */
+  headers: string[];
+  /** The declared body length; 0 when none is declared. */
+  contentLength: number;
+  /** The client asked to close the connection after this exchange. */
+  close: boolean;
+  authorization: string | undefined;
+}
+
+/**
+ * The head in buf[0, end) (end: the index of its \r\n\r\n), or undefined when this path does not
+ * take it: not plain HTTP/1.1 with a Content-Length body, or anything malformed.
+ */
+export function parseRequestHead(buf: Buffer, end: number): RequestHead | undefined {
+  const text = buf.toString("latin1", 0, end);
+  if (hasBadFieldChar(text)) return undefined;
+  const lines = text.split("\r\n");
+  const first = lines[0]!;
+  const sp1 = first.indexOf(" ");
+  const sp2 = first.indexOf(" ", sp1 + 1);
+  if (sp1 <= 0 || sp2 < 0 || first.slice(sp2 + 1) !== "HTTP/1.1") return undefined;
+  const method = first.slice(0, sp1);
+  const url = first.slice(sp1 + 1, sp2);
+  if (!TOKEN.test(method) || url.charCodeAt(0) !== 47 /* "/" */ || url.includes(" ")) return undefined;
+  if (first.includes("\r") || first.includes("\n")) return undefined;
+  const headers: string[] = [];
+  let contentLength = -1;
+  let close = false;
+  let authorization: string | undefined;
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(":");
+    if (colon <= 0 || line.includes("\r") || line.includes("\n")) return undefined;
+    const name = line.slice(0, colon).toLowerCase();
+    if (!TOKEN.test(name)) return undefined; // includes obs-fold and space before the colon
+    const value = line.slice(colon + 1).trim();
+    switch (name) {
+      case "content-length": {
+        if (!/^\d{1,15}$/.test(value)) return undefined;
+        const n = Number(value);
+        if (contentLength >= 0 && contentLength !== n) return undefined;
+        contentLength = n;
+        break;
+      }
+      case "transfer-encoding":
+      case "expect":
+      case "upgrade":
+        return undefined;
+      case "connection": {
+        const v = value.toLowerCase();
+        if (v.includes("upgrade")) return undefined;
+        if (/(^|,)\s*close\s*(,|$)/.test(v)) close = true;
+        break;
+      }
+      case "authorization":
+        authorization = value;
+        break;
+    }
+    headers.push(name, value);
+  }
+  return { method, url, headers, contentLength: Math.max(0, contentLength), close, authorization };
+}
+
+export interface ResponseHead {
+  status: number;
+  /** Flat [name, value, …], names lower-cased, in order. */
+  headers: string[];
+  /** -1: none declared. */
+  contentLength: number;
+  chunked: boolean;
+  /** The connection cannot carry another request after this response. */
+  close: boolean;
+}
+
+/** A replica's response head in buf[0, end); throws on one that cannot be read safely. */
+export function parseResponseHead(buf: Buffer, end: number): ResponseHead {
+  const text = buf.toString("latin1", 0, end);
+  if (hasBadFieldChar(text)) throw new MalformedResponse("a control character in the head");
+  const lines = text.split("\r\n");
+  const first = lines[0]!;
+  const m = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(first);
+  if (!m) throw new MalformedResponse(`status line ${JSON.stringify(first.slice(0, 40))}`);
+  const http10 = m[1] === "0";
+  const headers: string[] = [];
+  let contentLength = -1;
+  let chunked = false;
+  let close = http10;
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(":");
+    if (colon <= 0 || line.includes("\r") || line.includes("\n"))
+      throw new MalformedResponse("a header line");
+    const name = line.slice(0, colon).toLowerCase();
+    if (!TOKEN.test(name)) throw new MalformedResponse(`header name ${JSON.stringify(name.slice(0, 40))}`);
+    const value = line.slice(colon + 1).trim();
+    if (name === "content-length") {
+      if (!/^\d{1,15}$/.test(value)) throw new MalformedResponse("content-length");
+      const n = Number(value);
+      if (contentLength >= 0 && contentLength !== n) throw new MalformedResponse("two content-lengths");
+      contentLength = n;
+    } else if (name === "transfer-encoding") {
+      const codings = value.toLowerCase().split(",");
+      if (codings[codings.length - 1]!.trim() !== "chunked")
+        throw new MalformedResponse(`transfer-encoding ${value}`);
+      chunked = true;
+    } else if (name === "connection") {
+      const v = value.toLowerCase();
+      if (/(^|,)\s*close\s*(,|$)/.test(v)) close = true;
+      else if (http10 && /(^|,)\s*keep-alive\s*(,|$)/.test(v)) close = false;
+    }
+    headers.push(name, value);
+  }
+  // RFC 9112 §6.3: chunked wins over a Content-Length, and the connection must not be reused.
+  if (chunked && contentLength >= 0) {
+    contentLength = -1;
+    close = true;
+  }
+  return { status: Number(m[2]), headers, contentLength, chunked, close };
+}
+
+export class MalformedResponse extends Error {
+  readonly code = "EPROTO";
+  constructor(what: string) {
+    super(`the replica sent a malformed HTTP response: ${what}`);
+  }
+}
+
+enum Chunk {
+  Size,
+  Data,
+  DataEnd,
+  Trailer,
+  Done,
+}
+
+/**
+ * Decodes a chunked body incrementally, in whatever pieces the socket gives. Payload comes out as
+ * views of the input (no copies); `done` once the last chunk and the trailer have passed.
+ */
+export class ChunkedDecoder {
+  private state = Chunk.Size;
+  private line = "";
+  private remaining = 0;
+
+  get done(): boolean {
+    return this.state === Chunk.Done;
+  }
+
+  /** Feeds `buf`; returns how many bytes belong to the body (the rest is the next message). */
+  push(buf: Buffer, onData: (payload: Buffer) => void): number {
+    let i = 0;
+    while (i < buf.length && this.state !== Chunk.Done) {
+      switch (this.state) {
+        case Chunk.Data: {
+          const n = Math.min(this.remaining, buf.length - i);
+          onData(buf.subarray(i, i + n));
+          i += n;
+          this.remaining -= n;
+          if (this.remaining === 0) this.state = Chunk.DataEnd;
+          break;
+        }
+        case Chunk.Size:
+        case Chunk.DataEnd:
+        case Chunk.Trailer: {
+          const lf = buf.indexOf(10, i);
+          const stop = lf < 0 ? buf.length : lf + 1;
+          this.line += buf.toString("latin1", i, stop);
+          i = stop;
+          if (this.line.length > 4096) throw new MalformedResponse("a chunk line longer than 4 KiB");
+          if (lf < 0) break;
+          const line = this.line.endsWith("\r\n") ? this.line.slice(0, -2) : undefined;
+          this.line = "";
+          if (line === undefined) throw new MalformedResponse("a chunk line without CRLF");
+          if (this.state === Chunk.DataEnd) {
+            if (line !== "") throw new MalformedResponse("chunk data longer than its size");
+            this.state = Chunk.Size;
+          } else if (this.state === Chunk.Trailer) {
+            if (line === "") this.state = Chunk.Done;
+          } else {
+            const semi = line.indexOf(";");
+            const hex = (semi < 0 ? line : line.slice(0, semi)).trim();
+            if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw new MalformedResponse("a chunk size");
+            this.remaining = Number.parseInt(hex, 16);
+            this.state = this.remaining === 0 ? Chunk.Trailer : Chunk.Data;
+          }
+          break;
+        }
+      }
+    }
+    return i;
+  }
+}
+
+/**
+ * What the gateway uses of a request: Node's IncomingMessage has it, and so does the hand-rolled
+ * front's (front.ts). A request without a buffered body must be Node's (it is read as a stream).
+ */
+export interface GatewayRequest {
+  method?: string;
+  url?: string;
+  /** Flat [name, value, …] as received. */
+  rawHeaders: string[];
+  socket: { remoteAddress?: string };
+}
+
+/** What the gateway uses of a response: Node's ServerResponse, or the front's. */
+export interface GatewayResponse {
+  readonly headersSent: boolean;
+  readonly destroyed: boolean;
+  readonly writableEnded: boolean;
+  readonly writableFinished: boolean;
+  readonly socket: { setNoDelay(noDelay?: boolean): unknown } | null;
+  writeHead(status: number, headers?: string[] | Record<string, string | number>): unknown;
+  write(chunk: Buffer): boolean;
+  end(chunk?: string | Buffer): unknown;
+  flushHeaders(): void;
+  destroy(): unknown;
+  on(event: "close" | "finish" | "drain", listener: () => void): unknown;
+  once(event: "close" | "finish" | "drain", listener: () => void): unknown;
+  off(event: "close" | "finish" | "drain", listener: () => void): unknown;
+}
