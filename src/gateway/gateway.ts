@@ -302,18 +302,18 @@ export class Gateway {
       if (ctx.st) Object.assign(result, ctx.st.target);
     }
     const st = ctx.st;
-    const l = st ? labels(st.target) : { project: "", service: "", revision: "" };
     if (st) {
       const b = this.bound(st);
       const code = String(result.status);
       let counter = b.requests.get(code);
       if (!counter) {
-        counter = this.metrics.requests.labels({ ...l, code });
+        counter = this.metrics.requests.labels({ ...labels(st.target), code });
         b.requests.set(code, counter);
       }
       counter.inc();
       b.duration.observe((this.now() - started) / 1000);
     } else {
+      const l = { project: "", service: "", revision: "" };
       this.metrics.requests.inc({ ...l, code: String(result.status) });
       this.metrics.duration.observe(l, (this.now() - started) / 1000);
     }
@@ -501,9 +501,9 @@ export class Gateway {
 
   private splitterFor(ep: ServiceEndpoint): TrafficSplitter {
     const key = `${ep.project}/${ep.service}`;
-    const sig = TrafficSplitter.signature(ep.revisions);
     let s = this.splitters.get(key);
-    if (s?.ep === ep) return s.splitter;
+    if (s?.ep === ep) return s.splitter; // the usual case: nothing changed since the last request
+    const sig = TrafficSplitter.signature(ep.revisions);
     if (!s) {
       s = { sig, splitter: new TrafficSplitter(ep.revisions) };
       this.splitters.set(key, s);
