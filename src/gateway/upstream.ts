@@ -392,10 +392,16 @@ export class UpstreamPool {
       else this.open(x);
       return;
     }
-    if (!c.dead && !c.exchange) {
-      c.idleSince = Date.now();
-      this.idle.push(c);
+    if (c.dead || c.exchange) return;
+    if (this.closed) {
+      // close() was called while this one was busy: it goes now that its exchange is over.
+      c.dead = true;
+      c.socket.destroy();
+      this.all.delete(c);
+      return;
     }
+    c.idleSince = Date.now();
+    this.idle.push(c);
   }
 
   private sweep(): void {
