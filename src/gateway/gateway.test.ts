@@ -183,6 +183,25 @@ describe("Gateway", () => {
     expect(await t.metric("loom_gateway_replica_ejections_total")).toBe(1);
   });
 
+  it("sends a request whose revision's replicas all fail before answering to another revision in traffic", async () => {
+    const live = await listen((req, res) => {
+      req.resume();
+      res.end("from v2");
+    });
+    // Smooth weighted round robin gives the first request to v1, the heavier one: its only
+    // replica is gone, as during a rollout that stops it while v2 takes the traffic.
+    const t = await setup(
+      service([
+        { name: "v1", weight: 90, replicas: [replica("old", await deadPort())] },
+        { name: "v2", weight: 10, replicas: [replica("new", live)] },
+      ]),
+    );
+    const r = await post(t.port, chat);
+    expect(r.status).toBe(200);
+    expect(r.body).toBe("from v2");
+    expect(r.headers["x-loom-replica"]).toBe("new");
+  });
+
   it("passes server-sent events through chunk by chunk", async () => {
     let release!: () => void;
     const clientSawFirst = new Promise<void>((r) => {

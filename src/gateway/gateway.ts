@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { Activator } from "./activator.js";
 import { Autoscaler, type AutoscalerParams } from "./autoscaler.js";
-import { type AffinityOptions, Balancer, type EjectionOptions } from "./balancer.js";
+import { type AffinityOptions, Balancer, type EjectionOptions, type Lease } from "./balancer.js";
 import {
   badRequest,
   bodyTooLarge,
@@ -460,7 +460,7 @@ export class Gateway {
     this.recordConcurrency(rev);
     try {
       const r = await this.proxy.forward(req, res, {
-        pick: (tried) => rev.balancer.pick({ key, exclude: tried }),
+        pick: (tried) => rev.balancer.pick({ key, exclude: tried }) ?? this.fallback(rev, tried),
         body,
         path: opts.path,
         label,
@@ -486,6 +486,26 @@ export class Gateway {
       bound.inFlight.dec();
       this.recordConcurrency(rev);
     }
+  }
+
+  /**
+   * A replica of another revision in traffic, once every replica of `rev` has failed before
+   * answering. A rollout stops the old revision's replicas as the new one takes its traffic; a
+   * request bound to the old one just before would otherwise fail, though it never reached a
+   * working server and the service can still answer it.
+   */
+  private fallback(rev: RevState, tried: ReadonlySet<string>): Lease | undefined {
+    if (tried.size === 0) return undefined;
+    const { project, service, revision } = rev.target;
+    const latest = this.splitters.get(`${project}/${service}`)?.ep;
+    if (!latest) return undefined;
+    for (const r of latest.revisions) {
+      if (r.name === revision || r.weight <= 0) continue;
+      const st = this.states.get(revKey({ project, service, revision: r.name })) ?? this.sync(latest, r);
+      const lease = st.balancer.pick({ exclude: tried });
+      if (lease) return lease;
+    }
+    return undefined;
   }
 
   private pickRevision(ep: ServiceEndpoint, model: string, projectHint: string | undefined): RevState {
