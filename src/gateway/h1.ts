@@ -39,6 +39,42 @@ export interface RequestHead {
   authorization: string | undefined;
 }
 
+interface Fields {
+  /** Flat [name, value, …], names lower-cased, values trimmed, in order. */
+  headers: string[];
+  /** -1: none declared. */
+  contentLength: number;
+}
+
+const CLOSE_TOKEN = /(^|,)\s*close\s*(,|$)/;
+const KEEP_ALIVE_TOKEN = /(^|,)\s*keep-alive\s*(,|$)/;
+
+/**
+ * The header lines of a head (lines[1…]), read the same strict way for requests and responses;
+ * a string saying what is wrong with them otherwise.
+ */
+function readFields(lines: string[]): Fields | string {
+  const headers: string[] = [];
+  let contentLength = -1;
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(":");
+    if (colon <= 0 || line.includes("\r") || line.includes("\n")) return "a header line";
+    const name = line.slice(0, colon).toLowerCase();
+    // Also refuses obs-fold and a space before the colon.
+    if (!TOKEN.test(name)) return `header name ${JSON.stringify(name.slice(0, 40))}`;
+    const value = line.slice(colon + 1).trim();
+    if (name === "content-length") {
+      if (!/^\d{1,15}$/.test(value)) return "content-length";
+      const n = Number(value);
+      if (contentLength >= 0 && contentLength !== n) return "two content-lengths";
+      contentLength = n;
+    }
+    headers.push(name, value);
+  }
+  return { headers, contentLength };
+}
+
 /**
  * The head in buf[0, end) (end: the index of its \r\n\r\n), or undefined when this path does not
  * take it: not plain HTTP/1.1 with a Content-Length body, or anything malformed.
@@ -55,25 +91,14 @@ export function parseRequestHead(buf: Buffer, end: number): RequestHead | undefi
   const url = first.slice(sp1 + 1, sp2);
   if (!TOKEN.test(method) || url.charCodeAt(0) !== 47 /* "/" */ || url.includes(" ")) return undefined;
   if (first.includes("\r") || first.includes("\n")) return undefined;
-  const headers: string[] = [];
-  let contentLength = -1;
+  const fields = readFields(lines);
+  if (typeof fields === "string") return undefined;
+  const { headers } = fields;
   let close = false;
   let authorization: string | undefined;
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    const colon = line.indexOf(":");
-    if (colon <= 0 || line.includes("\r") || line.includes("\n")) return undefined;
-    const name = line.slice(0, colon).toLowerCase();
-    if (!TOKEN.test(name)) return undefined; // includes obs-fold and space before the colon
-    const value = line.slice(colon + 1).trim();
-    switch (name) {
-      case "content-length": {
-        if (!/^\d{1,15}$/.test(value)) return undefined;
-        const n = Number(value);
-        if (contentLength >= 0 && contentLength !== n) return undefined;
-        contentLength = n;
-        break;
-      }
+  for (let i = 0; i < headers.length; i += 2) {
+    const value = headers[i + 1]!;
+    switch (headers[i]) {
       case "transfer-encoding":
       case "expect":
       case "upgrade":
@@ -81,16 +106,15 @@ export function parseRequestHead(buf: Buffer, end: number): RequestHead | undefi
       case "connection": {
         const v = value.toLowerCase();
         if (v.includes("upgrade")) return undefined;
-        if (/(^|,)\s*close\s*(,|$)/.test(v)) close = true;
+        if (CLOSE_TOKEN.test(v)) close = true;
         break;
       }
       case "authorization":
         authorization = value;
         break;
     }
-    headers.push(name, value);
   }
-  return { method, url, headers, contentLength: Math.max(0, contentLength), close, authorization };
+  return { method, url, headers, contentLength: Math.max(0, fields.contentLength), close, authorization };
 }
 
 export interface ResponseHead {
@@ -112,35 +136,25 @@ export function parseResponseHead(buf: Buffer, end: number): ResponseHead {
   const first = lines[0]!;
   const m = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(first);
   if (!m) throw new MalformedResponse(`status line ${JSON.stringify(first.slice(0, 40))}`);
+  const fields = readFields(lines);
+  if (typeof fields === "string") throw new MalformedResponse(fields);
+  const { headers } = fields;
+  let { contentLength } = fields;
   const http10 = m[1] === "0";
-  const headers: string[] = [];
-  let contentLength = -1;
   let chunked = false;
   let close = http10;
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    const colon = line.indexOf(":");
-    if (colon <= 0 || line.includes("\r") || line.includes("\n"))
-      throw new MalformedResponse("a header line");
-    const name = line.slice(0, colon).toLowerCase();
-    if (!TOKEN.test(name)) throw new MalformedResponse(`header name ${JSON.stringify(name.slice(0, 40))}`);
-    const value = line.slice(colon + 1).trim();
-    if (name === "content-length") {
-      if (!/^\d{1,15}$/.test(value)) throw new MalformedResponse("content-length");
-      const n = Number(value);
-      if (contentLength >= 0 && contentLength !== n) throw new MalformedResponse("two content-lengths");
-      contentLength = n;
-    } else if (name === "transfer-encoding") {
+  for (let i = 0; i < headers.length; i += 2) {
+    const value = headers[i + 1]!;
+    if (headers[i] === "transfer-encoding") {
       const codings = value.toLowerCase().split(",");
       if (codings[codings.length - 1]!.trim() !== "chunked")
         throw new MalformedResponse(`transfer-encoding ${value}`);
       chunked = true;
-    } else if (name === "connection") {
+    } else if (headers[i] === "connection") {
       const v = value.toLowerCase();
-      if (/(^|,)\s*close\s*(,|$)/.test(v)) close = true;
-      else if (http10 && /(^|,)\s*keep-alive\s*(,|$)/.test(v)) close = false;
+      if (CLOSE_TOKEN.test(v)) close = true;
+      else if (http10 && KEEP_ALIVE_TOKEN.test(v)) close = false;
     }
-    headers.push(name, value);
   }
   // RFC 9112 §6.3: chunked wins over a Content-Length, and the connection must not be reused.
   if (chunked && contentLength >= 0) {
