@@ -9,11 +9,12 @@ import type {
   ConcurrencyReport,
   EndpointDirectory,
   Gateway,
+  HandleOptions,
   Scaler,
   ScaleTarget,
   ServiceEndpoint,
 } from "../gateway/gateway.js";
-import type { GatewayRequest, GatewayResponse } from "../gateway/h1.js";
+import type { GatewayResponse } from "../gateway/h1.js";
 import type { TokenInfo } from "../store/port.js";
 import { toGatewayError } from "./errors.js";
 
@@ -192,22 +193,20 @@ export function endpointRoute(url: string): { model: string; path: string } | un
   };
 }
 
-/** One forwarded request, whichever way it came in (the front, Node's server, a Fastify route). */
-function forward(
-  deps: ServingDeps,
-  req: GatewayRequest,
-  res: GatewayResponse,
-  principal: TokenInfo,
-  body?: Buffer,
-): Promise<unknown> {
-  const endpoint = endpointRoute(req.url ?? "");
-  return deps.gateway.handle(req, res, {
+/** How the gateway takes one forwarded request, whichever way it came in (the front, Node's server, a Fastify route). */
+function handleOptions(url: string, principal: TokenInfo, body?: Buffer): HandleOptions {
+  const endpoint = endpointRoute(url);
+  const opts: HandleOptions = {
     body,
     project: principal.project ?? "default",
-    ...(endpoint ? { model: endpoint.model, path: endpoint.path } : {}),
     // A key of another project, or one not for this service: 403 saying which.
     authorize: (e) => mayUse(principal, e),
-  });
+  };
+  if (endpoint) {
+    opts.model = endpoint.model;
+    opts.path = endpoint.path;
+  }
+  return opts;
 }
 
 /**
@@ -240,10 +239,10 @@ export function openAIFastLane(
       }
       if (principal instanceof Promise) {
         principal.then(
-          (p) => forward(deps, req, res, p, body),
+          (p) => deps.gateway.serve(req, res, handleOptions(req.url ?? "", p, body)),
           (err: unknown) => fail(res, err),
         );
-      } else void forward(deps, req, res, principal, body);
+      } else deps.gateway.serve(req, res, handleOptions(req.url ?? "", principal, body));
     },
   };
 }
@@ -290,13 +289,8 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
     for (const path of FORWARDED) {
       scope.post(path, async (req, reply) => {
         reply.hijack();
-        await forward(
-          deps,
-          req.raw,
-          reply.raw,
-          principalOf(req),
-          Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0),
-        );
+        const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
+        await deps.gateway.handle(req.raw, reply.raw, handleOptions(req.url, principalOf(req), body));
       });
     }
     scope.all("/serving/*", async (req, reply) => {
@@ -308,13 +302,8 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
         );
         return;
       }
-      await forward(
-        deps,
-        req.raw,
-        reply.raw,
-        principalOf(req),
-        Buffer.isBuffer(req.body) ? req.body : undefined,
-      );
+      const body = Buffer.isBuffer(req.body) ? req.body : undefined;
+      await deps.gateway.handle(req.raw, reply.raw, handleOptions(req.url, principalOf(req), body));
     });
     scope.get("/v1/models", async (req) => {
       const principal = principalOf(req);
