@@ -1,4 +1,3 @@
-import { EventEmitter } from "node:events";
 import { type Server, STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import {
@@ -49,6 +48,13 @@ class FrontRequest implements GatewayRequest {
   ) {}
 }
 
+type ResponseEvent = "close" | "finish" | "drain";
+interface Listener {
+  event: ResponseEvent;
+  fn: () => void;
+  once: boolean;
+}
+
 const CRLF = Buffer.from("\r\n");
 const LAST_CHUNK = Buffer.from("0\r\n\r\n");
 
@@ -56,7 +62,7 @@ const LAST_CHUNK = Buffer.from("0\r\n\r\n");
  * A response written straight to the socket: the head waits for the first body bytes so that
  * a short answer leaves in one write; bodies without a Content-Length go chunked.
  */
-export class FrontResponse extends EventEmitter implements GatewayResponse {
+export class FrontResponse implements GatewayResponse {
   statusCode = 200;
   headersSent = false;
   destroyed = false;
@@ -66,13 +72,53 @@ export class FrontResponse extends EventEmitter implements GatewayResponse {
   private chunked = false;
   private bodiless = false;
   private closeEmitted = false;
+  /**
+   * Listeners of 'close', 'finish' and 'drain', in the order added: what the gateway needs of an
+   * EventEmitter, without one per request.
+   */
+  private listeners: Listener[] | undefined;
 
   constructor(
     private readonly conn: FrontConnection,
     readonly socket: Socket,
     private readonly method: string,
-  ) {
-    super();
+  ) {}
+
+  on(event: ResponseEvent, fn: () => void): this {
+    (this.listeners ??= []).push({ event, fn, once: false });
+    return this;
+  }
+
+  once(event: ResponseEvent, fn: () => void): this {
+    (this.listeners ??= []).push({ event, fn, once: true });
+    return this;
+  }
+
+  /** Removes the last matching listener, as EventEmitter does. */
+  off(event: ResponseEvent, fn: () => void): this {
+    const list = this.listeners;
+    if (!list) return this;
+    for (let i = list.length - 1; i >= 0; i--) {
+      if (list[i]!.event === event && list[i]!.fn === fn) {
+        list.splice(i, 1);
+        break;
+      }
+    }
+    return this;
+  }
+
+  /** Calls the event's listeners (those added meanwhile wait for the next time, as with EventEmitter). */
+  emit(event: ResponseEvent): void {
+    const list = this.listeners;
+    if (!list) return;
+    for (const l of list.filter((x) => x.event === event)) {
+      if (l.once) {
+        const i = list.indexOf(l);
+        if (i < 0) continue; // removed by an earlier listener
+        list.splice(i, 1);
+      }
+      l.fn();
+    }
   }
 
   writeHead(status: number, headers?: string[] | Record<string, string | number>): this {

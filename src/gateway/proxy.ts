@@ -121,6 +121,8 @@ function errorCode(err: Error): { code: string; reused: boolean } {
   return { code: code || err.message, reused: false };
 }
 
+const NONE_TRIED: ReadonlySet<string> = new Set();
+
 /** Why a dispatch was aborted by this side (the client left, or the response deadline). */
 class Cancelled extends Error {}
 
@@ -144,15 +146,16 @@ export class HttpForwarder {
    */
   send(req: GatewayRequest, res: GatewayResponse, o: ForwardOptions, done: (r: ForwardResult) => void): void {
     const maxRetries = o.body ? (o.maxRetries ?? 2) : 0;
-    const tried = new Set<string>();
-    const staleRetried = new Set<string>();
+    // Made on the first failure: most requests never need them.
+    let tried: Set<string> | undefined;
+    let staleRetried: Set<string> | undefined;
     let lastCode = "";
     const step = (attempt: number): void => {
       if (res.destroyed || res.writableEnded) {
         done({ status: 499, attempts: attempt, complete: false });
         return;
       }
-      const lease = o.pick(tried);
+      const lease = o.pick(tried ?? NONE_TRIED);
       if (!lease) {
         const err = attempt === 0 ? noReplicas(o.label) : upstreamFailed(o.label, lastCode);
         sendGatewayError(res, err);
@@ -165,11 +168,11 @@ export class HttpForwarder {
           lastCode = a.code;
           // A keep-alive socket the server had already closed: not the replica's fault, and Node's
           // own advice is to retry such a request on a fresh connection. Once per replica.
-          const stale = a.reused && a.code === "ECONNRESET" && !staleRetried.has(id);
-          if (stale) staleRetried.add(id);
-          else tried.add(id);
+          const stale = a.reused && a.code === "ECONNRESET" && !staleRetried?.has(id);
+          if (stale) (staleRetried ??= new Set()).add(id);
+          else (tried ??= new Set()).add(id);
           lease.release(stale ? "neutral" : "failure");
-          if (RETRYABLE.has(a.code) && attempt < maxRetries + staleRetried.size) {
+          if (RETRYABLE.has(a.code) && attempt < maxRetries + (staleRetried?.size ?? 0)) {
             o.onRetry?.(a.code, id);
             // Not from inside the failed connection's callback: the pool finishes its own
             // bookkeeping of that connection first.
@@ -238,88 +241,8 @@ export class HttpForwarder {
     resolve: (a: Attempt) => void,
   ): void {
     const r = lease.replica;
-    const started = this.now();
     const responseTimeoutMs = o.responseTimeoutMs ?? 300_000;
-    let settled = false;
-    let responded = false;
-    let status = 0;
-    let abortUpstream: ((err?: Error) => void) | undefined;
-    let resumeUpstream: (() => void) | undefined;
-    let tail: TailBuffer | undefined;
-    let cancelled = false;
-    const finish = (a: Attempt) => {
-      if (settled) return;
-      settled = true;
-      res.off("close", onClientClose);
-      resolve(a);
-    };
-    // The client left: stop the upstream (a generation nobody reads still burns a GPU).
-    const onClientClose = () => {
-      if (res.writableFinished) return;
-      cancelled = true;
-      abortUpstream?.(new Cancelled("the client went away"));
-      finish({ kind: "client-gone", responded, status: responded ? status : undefined });
-    };
-    res.on("close", onClientClose);
-    const onDrain = () => resumeUpstream?.();
-    const done = () => finish({ kind: "done", status, complete: true, usage: tail?.usage() });
-
-    const handler: UpstreamHandler = {
-      onConnect: (abort) => {
-        abortUpstream = abort;
-        if (cancelled) abort(new Cancelled("the client went away"));
-      },
-      onHeaders: (statusCode, raw, resume) => {
-        if (statusCode < 200) return true; // 1xx: informational, the real answer follows
-        responded = true;
-        status = statusCode;
-        resumeUpstream = resume;
-        o.onFirstByte?.(this.now() - started);
-        // The gateway's replica header replaces one the runtime may send itself.
-        const replicaHeader = o.replicaHeader === false ? false : (o.replicaHeader ?? "x-loom-replica");
-        const { headers, type, encoded } = responseHeaders(raw, replicaHeader);
-        if (replicaHeader) headers.push(replicaHeader, r.id);
-        const sse = type.startsWith("text/event-stream");
-        if (sse) headers.push("x-accel-buffering", "no"); // tell any proxy in front not to buffer either
-        res.writeHead(status, headers);
-        if (sse) {
-          // Headers now, not with the first event; and no Nagle delay on each small token chunk.
-          res.flushHeaders();
-          res.socket?.setNoDelay(true);
-        }
-        if (o.captureUsage !== false && !encoded && (sse || type.includes("json")))
-          tail = new TailBuffer(8192);
-        return true;
-      },
-      onData: (chunk) => {
-        tail?.push(chunk);
-        // Backpressure: a slow client pauses the upstream read instead of buffering here.
-        if (res.write(chunk)) return true;
-        res.once("drain", onDrain);
-        return false;
-      },
-      onComplete: () => {
-        res.end();
-        // Settle when the client has the last byte (or left): the lease and metrics see it whole.
-        if (res.writableFinished) done();
-        else res.once("finish", done);
-      },
-      onError: (err) => {
-        if (cancelled) return; // settled already by the close handler
-        if (!responded) {
-          const e = err as Error & { code?: string };
-          if (e.code === "UND_ERR_HEADERS_TIMEOUT" || e.code === "UND_ERR_BODY_TIMEOUT")
-            finish({ kind: "timeout", afterMs: responseTimeoutMs });
-          else finish({ kind: "error", ...errorCode(e) });
-          return;
-        }
-        // The upstream reset mid-response: cut the client off too, so it sees a broken stream
-        // rather than a short one that looks complete.
-        res.destroy();
-        finish({ kind: "done", status, complete: false });
-      },
-    };
-
+    const exchange = new Exchange(res, r.id, o, this.now, resolve);
     const connectTimeoutMs = o.connectTimeoutMs ?? this.opts.connectTimeoutMs ?? 5000;
     try {
       this.pool(r.host, r.port, connectTimeoutMs).dispatch(
@@ -333,11 +256,123 @@ export class HttpForwarder {
           // Between two chunks of a response: a generation that stalls this long is stuck.
           bodyTimeout: responseTimeoutMs,
         },
-        handler,
+        exchange,
       );
     } catch (err) {
-      finish({ kind: "error", ...errorCode(err as Error) });
+      exchange.finish({ kind: "error", ...errorCode(err as Error) });
     }
+  }
+}
+
+/**
+ * One attempt's exchange, as the upstream pool's handler: the response goes to the client as it
+ * comes, with backpressure both ways. One object per attempt rather than a closure per callback
+ * (this runs for every proxied request).
+ */
+class Exchange implements UpstreamHandler {
+  private readonly started: number;
+  private settled = false;
+  private responded = false;
+  private cancelled = false;
+  private status = 0;
+  private abortUpstream: ((err?: Error) => void) | undefined;
+  private resumeUpstream: (() => void) | undefined;
+  private tail: TailBuffer | undefined;
+
+  constructor(
+    private readonly res: GatewayResponse,
+    private readonly replicaId: string,
+    private readonly o: ForwardOptions,
+    private readonly now: () => number,
+    private readonly resolve: (a: Attempt) => void,
+  ) {
+    this.started = now();
+    res.on("close", this.onClientClose);
+  }
+
+  finish(a: Attempt): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.res.off("close", this.onClientClose);
+    this.resolve(a);
+  }
+
+  /** The client left: stop the upstream (a generation nobody reads still burns a GPU). */
+  private readonly onClientClose = () => {
+    if (this.res.writableFinished) return;
+    this.cancelled = true;
+    this.abortUpstream?.(new Cancelled("the client went away"));
+    this.finish({
+      kind: "client-gone",
+      responded: this.responded,
+      status: this.responded ? this.status : undefined,
+    });
+  };
+
+  private readonly onDrain = () => this.resumeUpstream?.();
+
+  /** The last byte reached the client (or its socket). */
+  private readonly done = () =>
+    this.finish({ kind: "done", status: this.status, complete: true, usage: this.tail?.usage() });
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abortUpstream = abort;
+    if (this.cancelled) abort(new Cancelled("the client went away"));
+  }
+
+  onHeaders(statusCode: number, raw: string[], resume: () => void): boolean {
+    if (statusCode < 200) return true; // 1xx: informational, the real answer follows
+    const { o, res } = this;
+    this.responded = true;
+    this.status = statusCode;
+    this.resumeUpstream = resume;
+    o.onFirstByte?.(this.now() - this.started);
+    // The gateway's replica header replaces one the runtime may send itself.
+    const replicaHeader = o.replicaHeader === false ? false : (o.replicaHeader ?? "x-loom-replica");
+    const { headers, type, encoded } = responseHeaders(raw, replicaHeader);
+    if (replicaHeader) headers.push(replicaHeader, this.replicaId);
+    const sse = type.startsWith("text/event-stream");
+    if (sse) headers.push("x-accel-buffering", "no"); // tell any proxy in front not to buffer either
+    res.writeHead(statusCode, headers);
+    if (sse) {
+      // Headers now, not with the first event; and no Nagle delay on each small token chunk.
+      res.flushHeaders();
+      res.socket?.setNoDelay(true);
+    }
+    if (o.captureUsage !== false && !encoded && (sse || type.includes("json")))
+      this.tail = new TailBuffer(8192);
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.tail?.push(chunk);
+    // Backpressure: a slow client pauses the upstream read instead of buffering here.
+    if (this.res.write(chunk)) return true;
+    this.res.once("drain", this.onDrain);
+    return false;
+  }
+
+  onComplete(): void {
+    const res = this.res;
+    res.end();
+    // Settle when the client has the last byte (or left): the lease and metrics see it whole.
+    if (res.writableFinished) this.done();
+    else res.once("finish", this.done);
+  }
+
+  onError(err: Error): void {
+    if (this.cancelled) return; // settled already by the close handler
+    if (!this.responded) {
+      const e = err as Error & { code?: string };
+      if (e.code === "UND_ERR_HEADERS_TIMEOUT" || e.code === "UND_ERR_BODY_TIMEOUT")
+        this.finish({ kind: "timeout", afterMs: this.o.responseTimeoutMs ?? 300_000 });
+      else this.finish({ kind: "error", ...errorCode(e) });
+      return;
+    }
+    // The upstream reset mid-response: cut the client off too, so it sees a broken stream
+    // rather than a short one that looks complete.
+    this.res.destroy();
+    this.finish({ kind: "done", status: this.status, complete: false });
   }
 }
 
