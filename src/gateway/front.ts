@@ -64,6 +64,8 @@ const LAST_CHUNK = Buffer.from("0\r\n\r\n");
  */
 export class FrontResponse implements GatewayResponse {
   statusCode = 200;
+  /** write() frames each chunk into a buffer of its own. */
+  readonly writeCopies = true;
   headersSent = false;
   destroyed = false;
   writableEnded = false;

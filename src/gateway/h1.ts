@@ -258,6 +258,11 @@ export interface GatewayResponse {
   readonly socket: { setNoDelay(noDelay?: boolean): unknown } | null;
   writeHead(status: number, headers?: string[] | Record<string, string | number>): unknown;
   write(chunk: Buffer): boolean;
+  /**
+   * True when write() is done with a chunk once it returns (it copied or sent it). Node's
+   * ServerResponse may keep a chunk queued, so the forwarder hands it a copy.
+   */
+  readonly writeCopies?: boolean;
   end(chunk?: string | Buffer): unknown;
   flushHeaders(): void;
   destroy(): unknown;

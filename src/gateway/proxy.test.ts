@@ -193,6 +193,56 @@ describe.each<Kind>(["Node's http server", "the hand-rolled front"])("HttpForwar
     expect(r.body).toBe("got 100000");
   });
 
+  it.each(["content-length", "chunked"])(
+    "passes a 4 MB %s body intact to a client that reads slowly",
+    async (framing) => {
+      // Every byte differs from its neighbours, so a chunk overwritten by a later read (the
+      // pool reuses one read buffer) or sent twice would show.
+      const body = Buffer.alloc(4 * 1024 * 1024);
+      for (let i = 0; i < body.length; i++) body[i] = (i * 7 + (i >> 8)) & 0xff;
+      const up = await listen((_req, res) => {
+        res.writeHead(200, framing === "chunked" ? {} : { "content-length": body.length });
+        // Small pieces, one per turn of the event loop, so that they reach the gateway as reads
+        // of their own: a piece written to a slow client can then still be queued while the
+        // next read comes in.
+        let at = 0;
+        const next = () => {
+          if (at >= body.length) {
+            res.end();
+            return;
+          }
+          res.write(body.subarray(at, at + 4096));
+          at += 4096;
+          setImmediate(next);
+        };
+        next();
+      });
+      const { pick } = picker([rep("a", up)]);
+      const f = await front({ pick });
+      const got = await new Promise<Buffer>((resolve, reject) => {
+        const req = request({ host: "127.0.0.1", port: f.port, method: "POST", agent: false }, (res) => {
+          const chunks: Buffer[] = [];
+          // Nothing read at first, then slowly: the socket buffers fill, the gateway's writes
+          // queue, and the upstream read pauses, again and again.
+          res.pause();
+          setTimeout(() => res.resume(), 300);
+          res.on("data", (c: Buffer) => {
+            chunks.push(c);
+            res.pause();
+            setTimeout(() => res.resume(), 1);
+          });
+          res.on("end", () => resolve(Buffer.concat(chunks)));
+          res.on("error", reject);
+        });
+        req.on("error", reject);
+        req.end("{}");
+      });
+      expect(got.length).toBe(body.length);
+      expect(got.equals(body)).toBe(true);
+      expect(f.results[0]).toMatchObject({ status: 200, complete: true });
+    },
+  );
+
   it("cuts the client off when the upstream resets after the headers", async () => {
     const up = await listen((_req, res) => {
       res.writeHead(200, { "content-type": "text/event-stream" });

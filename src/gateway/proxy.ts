@@ -346,8 +346,10 @@ class Exchange implements UpstreamHandler {
 
   onData(chunk: Buffer): boolean {
     this.tail?.push(chunk);
+    // The pool's chunk is a view of its read buffer: a response that may queue it gets a copy.
+    const res = this.res;
     // Backpressure: a slow client pauses the upstream read instead of buffering here.
-    if (this.res.write(chunk)) return true;
+    if (res.write(res.writeCopies ? chunk : Buffer.from(chunk))) return true;
     this.res.once("drain", this.onDrain);
     return false;
   }

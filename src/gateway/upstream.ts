@@ -32,7 +32,10 @@ export interface UpstreamHandler {
   onConnect(abort: (err?: Error) => void): void;
   /** The response head. Return false to pause until `resume`. */
   onHeaders(status: number, headers: string[], resume: () => void): boolean;
-  /** A piece of the body (a view: copy it to keep it). Return false to pause until `resume`. */
+  /**
+   * A piece of the body: a view of a buffer the next read overwrites, so copy what you keep past
+   * this call. Return false to pause until `resume`.
+   */
   onData(chunk: Buffer): boolean;
   onComplete(): void;
   onError(err: Error): void;
@@ -90,7 +93,7 @@ class Connection {
     private readonly pool: UpstreamPool,
   ) {
     socket.setNoDelay(true);
-    socket.on("data", (d: Buffer) => this.onData(d));
+    // Reads arrive through onData (net's `onread` option, set by the pool), not 'data' events.
     socket.on("error", (err) => this.fail(err));
     socket.on("close", () => this.fail(undefined));
     socket.on("end", () => this.onEnd());
@@ -115,7 +118,8 @@ class Connection {
     this.pool.released(this);
   }
 
-  private onData(d: Buffer): void {
+  /** What one read brought: a view of READ_BUFFER, valid only during this call. */
+  onData(d: Buffer): void {
     const x = this.exchange;
     if (!x) {
       // Bytes nobody asked for: the connection is out of step, never reuse it.
@@ -138,7 +142,8 @@ class Connection {
       const end = findHeadEnd(buf, from);
       if (end < 0) {
         if (buf.length > MAX_HEAD_BYTES) throw new MalformedResponse("a head larger than 16 KiB");
-        x.pending = buf;
+        x.pending = Buffer.from(buf); // the read buffer is reused by the next read
+
         return;
       }
       x.pending = undefined;
@@ -316,6 +321,14 @@ function writeRequest(socket: Socket, req: UpstreamRequest): void {
 
 const CRLF = Buffer.from("\r\n");
 
+/**
+ * One read buffer for every upstream socket (net's `onread` option): each read is handled to
+ * the end before the next one can happen, so no two ever share it, and nothing is allocated per
+ * read (Node's default allocates 64 KiB and shrinks it to fit, then wraps it in a stream push).
+ * What the pool hands on is a view of it, valid only during the call: UpstreamHandler.onData.
+ */
+const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
+
 export class UpstreamPool {
   private readonly idle: Connection[] = [];
   private readonly all = new Set<Connection>();
@@ -361,8 +374,20 @@ export class UpstreamPool {
 
   private open(x: Exchange): void {
     const timeoutMs = this.opts.connectTimeoutMs ?? 5000;
-    const socket = connect({ host: this.host, port: this.port });
-    const c = new Connection(socket, this);
+    let c: Connection | undefined;
+    const socket = connect({
+      host: this.host,
+      port: this.port,
+      onread: {
+        buffer: READ_BUFFER,
+        // true: keep reading; a connection that must wait pauses its socket itself.
+        callback: (n: number) => {
+          c?.onData(READ_BUFFER.subarray(0, n));
+          return true;
+        },
+      },
+    });
+    c = new Connection(socket, this);
     this.all.add(c);
     const timer = setTimeout(() => {
       if (c.connected) return;

@@ -17,9 +17,11 @@ export class TailBuffer {
 
   constructor(private readonly limit = 8192) {}
 
+  /** Keeps a copy of (the end of) `chunk`: the caller may reuse its memory. */
   push(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.size += chunk.length;
+    const kept = chunk.length > this.limit ? chunk.subarray(chunk.length - this.limit) : chunk;
+    this.chunks.push(Buffer.from(kept));
+    this.size += kept.length;
     while (this.chunks.length > 1 && this.size - this.chunks[0]!.length >= this.limit) {
       this.size -= this.chunks.shift()!.length;
     }
