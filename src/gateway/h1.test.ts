@@ -26,6 +26,12 @@ describe("parseRequestHead", () => {
     });
   });
 
+  it("takes a tab and latin1 text in values, and a head with no header at all", () => {
+    const h = req("GET /a?b=%20 HTTP/1.1\r\nX-A:\ta\tb\t\r\nX-B: caf\u00e9\r\n\r\n");
+    expect(h?.headers).toEqual(["x-a", "a\tb", "x-b", "caf\u00e9"]);
+    expect(req("GET / HTTP/1.1\r\n\r\n")).toMatchObject({ method: "GET", url: "/", headers: [] });
+  });
+
   it("notes Connection: close and tolerates equal duplicate lengths", () => {
     const h = req(
       "POST / HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
@@ -47,6 +53,9 @@ describe("parseRequestHead", () => {
     ["a NUL", "GET / HTTP/1.1\r\nX-A: 1\u0000\r\n\r\n"],
     ["a line without a colon", "GET / HTTP/1.1\r\nnonsense\r\n\r\n"],
     ["a bad method", "G(T / HTTP/1.1\r\n\r\n"],
+    ["a control character in the URL", "GET /a\u0001 HTTP/1.1\r\n\r\n"],
+    ["a bare CR in a value", "GET / HTTP/1.1\r\nX-A: 1\r2\r\n\r\n"],
+    ["DEL in a value", "GET / HTTP/1.1\r\nX-A: 1\u007f\r\n\r\n"],
   ])("leaves %s to Node's server", (_what, text) => {
     expect(req(text)).toBeUndefined();
   });
@@ -90,6 +99,8 @@ describe("parseResponseHead", () => {
     ["two lengths", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"],
     ["an unknown transfer coding", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"],
     ["a header without a colon", "HTTP/1.1 200 OK\r\nbroken\r\n\r\n"],
+    ["a control character in the reason", "HTTP/1.1 200 O\u0002K\r\n\r\n"],
+    ["a bare LF between headers", "HTTP/1.1 200 OK\r\nA: 1\nB: 2\r\n\r\n"],
   ])("refuses %s", (_what, text) => {
     expect(() => res(text)).toThrow(/malformed HTTP response/);
   });

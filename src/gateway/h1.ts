@@ -18,15 +18,18 @@ export function findHeadEnd(buf: Buffer, from = 0): number {
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** A control character other than tab, CR and LF, or DEL: never in a head (CR and LF are checked apart). */
-function hasBadFieldChar(text: string): boolean {
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if ((c < 32 && c !== 9 && c !== 10 && c !== 13) || c === 127) return true;
-  }
-  return false;
-}
 
+/*
+ * Heads are read with sticky regular expressions over one latin1 string, a line at a time: the
+ * character classes below are the whole syntax check (a name is a token; a value or a reason
+ * phrase holds no control character but tab, so no stray CR or LF either; every line ends in
+ * CRLF), and the engine's compiled matcher does it in one pass per line. bench:gateway: the
+ * split-and-check version cost about 3 µs a request.
+ */
+const FIELD_LINE = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([^\x00-\x08\x0a-\x1f\x7f]*)\r\n/y;
+const REQUEST_LINE = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\/[^\x00-\x20\x7f]*) HTTP\/1\.1\r\n/y;
+const STATUS_LINE = /HTTP\/1\.([01]) (\d{3})(?: [^\x00-\x08\x0a-\x1f\x7f]*)?\r\n/y;
+const DIGITS = /^\d{1,15}$/;
 export interface RequestHead {
   method: string;
   url: string;
@@ -50,22 +53,21 @@ const CLOSE_TOKEN = /(^|,)\s*close\s*(,|$)/;
 const KEEP_ALIVE_TOKEN = /(^|,)\s*keep-alive\s*(,|$)/;
 
 /**
- * The header lines of a head (lines[1…]), read the same strict way for requests and responses;
- * a string saying what is wrong with them otherwise.
+ * The header lines of `text` from `at` on (each ending in CRLF), read the same strict way for
+ * requests and responses; a string saying what is wrong with them otherwise.
  */
-function readFields(lines: string[]): Fields | string {
+function readFields(text: string, at: number): Fields | string {
   const headers: string[] = [];
   let contentLength = -1;
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    const colon = line.indexOf(":");
-    if (colon <= 0 || line.includes("\r") || line.includes("\n")) return "a header line";
-    const name = line.slice(0, colon).toLowerCase();
-    // Also refuses obs-fold and a space before the colon.
-    if (!TOKEN.test(name)) return `header name ${JSON.stringify(name.slice(0, 40))}`;
-    const value = line.slice(colon + 1).trim();
+  FIELD_LINE.lastIndex = at;
+  while (FIELD_LINE.lastIndex < text.length) {
+    const from = FIELD_LINE.lastIndex;
+    const m = FIELD_LINE.exec(text);
+    if (!m) return whatIsWrong(text.slice(from, text.indexOf("\n", from) >>> 0));
+    const name = m[1]!.toLowerCase();
+    const value = m[2]!.trim();
     if (name === "content-length") {
-      if (!/^\d{1,15}$/.test(value)) return "content-length";
+      if (!DIGITS.test(value)) return "content-length";
       const n = Number(value);
       if (contentLength >= 0 && contentLength !== n) return "two content-lengths";
       contentLength = n;
@@ -75,23 +77,29 @@ function readFields(lines: string[]): Fields | string {
   return { headers, contentLength };
 }
 
+/** Why a header line did not match FIELD_LINE (only ever on the error path). */
+function whatIsWrong(line: string): string {
+  const colon = line.indexOf(":");
+  if (colon <= 0) return "a header line";
+  const name = line.slice(0, colon);
+  // Also an obs-fold line, or a space before the colon.
+  if (!TOKEN.test(name)) return `header name ${JSON.stringify(name.toLowerCase().slice(0, 40))}`;
+  return "a control character in a header line";
+}
+
 /**
  * The head in buf[0, end) (end: the index of its \r\n\r\n), or undefined when this path does not
  * take it: not plain HTTP/1.1 with a Content-Length body, or anything malformed.
  */
 export function parseRequestHead(buf: Buffer, end: number): RequestHead | undefined {
-  const text = buf.toString("latin1", 0, end);
-  if (hasBadFieldChar(text)) return undefined;
-  const lines = text.split("\r\n");
-  const first = lines[0]!;
-  const sp1 = first.indexOf(" ");
-  const sp2 = first.indexOf(" ", sp1 + 1);
-  if (sp1 <= 0 || sp2 < 0 || first.slice(sp2 + 1) !== "HTTP/1.1") return undefined;
-  const method = first.slice(0, sp1);
-  const url = first.slice(sp1 + 1, sp2);
-  if (!TOKEN.test(method) || url.charCodeAt(0) !== 47 /* "/" */ || url.includes(" ")) return undefined;
-  if (first.includes("\r") || first.includes("\n")) return undefined;
-  const fields = readFields(lines);
+  // With the CRLF that ends the last header line.
+  const text = buf.toString("latin1", 0, end + 2);
+  REQUEST_LINE.lastIndex = 0;
+  const first = REQUEST_LINE.exec(text);
+  if (!first) return undefined;
+  const method = first[1]!;
+  const url = first[2]!;
+  const fields = readFields(text, REQUEST_LINE.lastIndex);
   if (typeof fields === "string") return undefined;
   const { headers } = fields;
   let close = false;
@@ -130,13 +138,14 @@ export interface ResponseHead {
 
 /** A replica's response head in buf[0, end); throws on one that cannot be read safely. */
 export function parseResponseHead(buf: Buffer, end: number): ResponseHead {
-  const text = buf.toString("latin1", 0, end);
-  if (hasBadFieldChar(text)) throw new MalformedResponse("a control character in the head");
-  const lines = text.split("\r\n");
-  const first = lines[0]!;
-  const m = /^HTTP\/1\.([01]) (\d{3})(?: |$)/.exec(first);
-  if (!m) throw new MalformedResponse(`status line ${JSON.stringify(first.slice(0, 40))}`);
-  const fields = readFields(lines);
+  const text = buf.toString("latin1", 0, end + 2);
+  STATUS_LINE.lastIndex = 0;
+  const m = STATUS_LINE.exec(text);
+  if (!m) {
+    const first = text.slice(0, text.indexOf("\r\n") >>> 0);
+    throw new MalformedResponse(`status line ${JSON.stringify(first.slice(0, 40))}`);
+  }
+  const fields = readFields(text, STATUS_LINE.lastIndex);
   if (typeof fields === "string") throw new MalformedResponse(fields);
   const { headers } = fields;
   let { contentLength } = fields;
