@@ -85,14 +85,15 @@ export function findUsage(text: string): Usage | undefined {
 function matchBrace(text: string, open: number): number {
   let depth = 0;
   let inString = false;
+  // Character codes, not one-character strings: this runs on every response with a usage block.
   for (let i = open; i < text.length; i++) {
-    const ch = text[i];
+    const c = text.charCodeAt(i);
     if (inString) {
-      if (ch === "\\") i++;
-      else if (ch === '"') inString = false;
-    } else if (ch === '"') inString = true;
-    else if (ch === "{") depth++;
-    else if (ch === "}" && --depth === 0) return i;
+      if (c === 92 /* \\ */) i++;
+      else if (c === 34 /* " */) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 123 /* { */) depth++;
+    else if (c === 125 /* } */ && --depth === 0) return i;
   }
   return -1;
 }
