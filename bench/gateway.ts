@@ -56,7 +56,7 @@ import {
 
 const env = process.env;
 /** Part 1: rounds (each path once per round, in a rotated order) and seconds per wrk run. */
-const ROUNDS = num(env.LOOM_BENCH_GATEWAY_ROUNDS, 3);
+const ROUNDS = num(env.LOOM_BENCH_GATEWAY_ROUNDS, 5);
 const PACED_SECONDS = num(env.LOOM_BENCH_GATEWAY_PACED_SECONDS, 8);
 const MAX_SECONDS = num(env.LOOM_BENCH_GATEWAY_MAX_SECONDS, 8);
 const WARMUP_SECONDS = num(env.LOOM_BENCH_GATEWAY_WARMUP_SECONDS, 2);
@@ -76,7 +76,7 @@ const PARTS = (env.LOOM_BENCH_GATEWAY_PARTS ?? "1,2")
   .split(",")
   .map((p) => p.trim())
   .filter(Boolean);
-const BUDGET_MS = num(env.LOOM_BENCH_GATEWAY_BUDGET_S, 420) * 1000;
+const BUDGET_MS = num(env.LOOM_BENCH_GATEWAY_BUDGET_S, 660) * 1000;
 /** Goals from the issue. */
 const GOAL_ADDED_P99_MS = 1;
 const GOAL_COLD_OVERHEAD_MS = 100;
