@@ -70,7 +70,8 @@ export class FrontResponse implements GatewayResponse {
   destroyed = false;
   writableEnded = false;
   writableFinished = false;
-  private head: string | undefined;
+  /** The head not sent yet: the status line, then name, value, … */
+  private head: string[] | undefined;
   private chunked = false;
   private bodiless = false;
   private closeEmitted = false;
@@ -87,12 +88,14 @@ export class FrontResponse implements GatewayResponse {
   ) {}
 
   on(event: ResponseEvent, fn: () => void): this {
-    (this.listeners ??= []).push({ event, fn, once: false });
+    if (!this.listeners) this.listeners = [];
+    this.listeners.push({ event, fn, once: false });
     return this;
   }
 
   once(event: ResponseEvent, fn: () => void): this {
-    (this.listeners ??= []).push({ event, fn, once: true });
+    if (!this.listeners) this.listeners = [];
+    this.listeners.push({ event, fn, once: true });
     return this;
   }
 
@@ -126,26 +129,33 @@ export class FrontResponse implements GatewayResponse {
   writeHead(status: number, headers?: string[] | Record<string, string | number>): this {
     if (this.headersSent) throw new Error("the response head was sent already");
     this.statusCode = status;
-    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Unknown"}\r\n`;
+    // The status line, then name, value, …: written straight into the first buffer that goes
+    // out (frame), with no head string built a piece at a time.
+    const head = [`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Unknown"}\r\n`];
     let length = false;
     let date = false;
-    const add = (k: string, v: string | number) => {
+    // The forwarder passes a flat list; an object comes only from error answers.
+    const list: readonly (string | number)[] = Array.isArray(headers)
+      ? headers
+      : headers
+        ? Object.entries(headers).flat()
+        : [];
+    for (let i = 0; i < list.length; i += 2) {
+      const k = String(list[i]);
       const name = k.toLowerCase();
       if (name === "content-length") length = true;
       else if (name === "date") date = true;
-      else if (name === "connection" || name === "transfer-encoding" || name === "keep-alive") return;
-      head += `${k}: ${v}\r\n`;
-    };
-    if (Array.isArray(headers)) for (let i = 0; i < headers.length; i += 2) add(headers[i]!, headers[i + 1]!);
-    else if (headers) for (const k in headers) add(k, headers[k]!);
+      else if (name === "connection" || name === "transfer-encoding" || name === "keep-alive") continue;
+      head.push(k, String(list[i + 1]));
+    }
     this.bodiless = this.method === "HEAD" || status === 204 || status === 304 || status < 200;
     if (!length && !this.bodiless) {
       this.chunked = true;
-      head += "transfer-encoding: chunked\r\n";
+      head.push("transfer-encoding", "chunked");
     }
-    if (!date) head += `date: ${dateHeader}\r\n`;
-    if (this.conn.closing) head += "connection: close\r\n";
-    this.head = `${head}\r\n`;
+    if (!date) head.push("date", dateHeader);
+    if (this.conn.closing) head.push("connection", "close");
+    this.head = head;
     this.headersSent = true;
     return this;
   }
@@ -153,9 +163,7 @@ export class FrontResponse implements GatewayResponse {
   flushHeaders(): void {
     if (!this.headersSent) this.writeHead(this.statusCode);
     if (this.head === undefined) return;
-    const head = this.head;
-    this.head = undefined;
-    this.socket.write(head, "latin1");
+    this.socket.write(this.frame(undefined, false));
   }
 
   write(chunk: Buffer | string): boolean {
@@ -191,13 +199,30 @@ export class FrontResponse implements GatewayResponse {
   private frame(data: Buffer | undefined, last: boolean): Buffer {
     const head = this.head;
     this.head = undefined;
-    const headLen = head === undefined ? 0 : Buffer.byteLength(head, "latin1");
+    let headLen = 0;
+    if (head !== undefined) {
+      headLen = head[0]!.length + 2; // the status line, and the blank line at the end
+      for (let i = 1; i < head.length; i += 2) headLen += head[i]!.length + head[i + 1]!.length + 4;
+    }
     const len = data?.length ?? 0;
     const prefix = this.chunked && len > 0 ? `${len.toString(16)}\r\n` : "";
     const tail = this.chunked ? (len > 0 ? 2 : 0) + (last ? 5 : 0) : 0;
     const out = Buffer.allocUnsafe(headLen + prefix.length + len + tail);
     let at = 0;
-    if (head !== undefined) at += out.write(head, 0, headLen, "latin1");
+    if (head !== undefined) {
+      // Heads are latin1, one byte per character.
+      at += out.write(head[0]!, 0, "latin1");
+      for (let i = 1; i < head.length; i += 2) {
+        at += out.write(head[i]!, at, "latin1");
+        out[at++] = 58; // ":"
+        out[at++] = 32;
+        at += out.write(head[i + 1]!, at, "latin1");
+        out[at++] = 13;
+        out[at++] = 10;
+      }
+      out[at++] = 13;
+      out[at++] = 10;
+    }
     if (prefix) at += out.write(prefix, at, "latin1");
     if (data && len > 0) at += data.copy(out, at);
     if (this.chunked && len > 0) at += CRLF.copy(out, at);

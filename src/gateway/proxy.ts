@@ -169,8 +169,13 @@ export class HttpForwarder {
           // A keep-alive socket the server had already closed: not the replica's fault, and Node's
           // own advice is to retry such a request on a fresh connection. Once per replica.
           const stale = a.reused && a.code === "ECONNRESET" && !staleRetried?.has(id);
-          if (stale) (staleRetried ??= new Set()).add(id);
-          else (tried ??= new Set()).add(id);
+          if (stale) {
+            staleRetried ??= new Set();
+            staleRetried.add(id);
+          } else {
+            tried ??= new Set();
+            tried.add(id);
+          }
           lease.release(stale ? "neutral" : "failure");
           if (RETRYABLE.has(a.code) && attempt < maxRetries + (staleRetried?.size ?? 0)) {
             o.onRetry?.(a.code, id);
