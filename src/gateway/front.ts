@@ -1,12 +1,14 @@
 import { type Server, STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import {
+  fieldsLength,
   findHeadEnd,
   type GatewayRequest,
   type GatewayResponse,
   MAX_HEAD_BYTES,
   parseRequestHead,
   type RequestHead,
+  writeFields,
 } from "./h1.js";
 
 /**
@@ -199,27 +201,15 @@ export class FrontResponse implements GatewayResponse {
   private frame(data: Buffer | undefined, last: boolean): Buffer {
     const head = this.head;
     this.head = undefined;
-    let headLen = 0;
-    if (head !== undefined) {
-      headLen = head[0]!.length + 2; // the status line, and the blank line at the end
-      for (let i = 1; i < head.length; i += 2) headLen += head[i]!.length + head[i + 1]!.length + 4;
-    }
+    // The status line, the header lines, and the blank line at the end.
+    const headLen = head === undefined ? 0 : head[0]!.length + fieldsLength(head, 1) + 2;
     const len = data?.length ?? 0;
     const prefix = this.chunked && len > 0 ? `${len.toString(16)}\r\n` : "";
     const tail = this.chunked ? (len > 0 ? 2 : 0) + (last ? 5 : 0) : 0;
     const out = Buffer.allocUnsafe(headLen + prefix.length + len + tail);
     let at = 0;
     if (head !== undefined) {
-      // Heads are latin1, one byte per character.
-      at += out.write(head[0]!, 0, "latin1");
-      for (let i = 1; i < head.length; i += 2) {
-        at += out.write(head[i]!, at, "latin1");
-        out[at++] = 58; // ":"
-        out[at++] = 32;
-        at += out.write(head[i + 1]!, at, "latin1");
-        out[at++] = 13;
-        out[at++] = 10;
-      }
+      at = writeFields(out, out.write(head[0]!, 0, "latin1"), head, 1);
       out[at++] = 13;
       out[at++] = 10;
     }

@@ -33,6 +33,29 @@ const REQUEST_LINE = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\/[^\x00-\x20\x7f]*) HTTP\
 // biome-ignore lint/suspicious/noControlCharactersInRegex: ruling out control characters is the point
 const STATUS_LINE = /HTTP\/1\.([01]) (\d{3})(?: [^\x00-\x08\x0a-\x1f\x7f]*)?\r\n/y;
 const DIGITS = /^\d{1,15}$/;
+/** Bytes of the `name: value\r\n` lines of a flat [name, value, …] list, pairs from index `from`. */
+export function fieldsLength(fields: readonly string[], from = 0): number {
+  let n = 0;
+  for (let i = from; i < fields.length; i += 2) n += fields[i]!.length + fields[i + 1]!.length + 4;
+  return n;
+}
+
+/**
+ * Writes those lines into `out` at `at` and returns the offset after them. Heads are latin1, one
+ * byte per character, so `fieldsLength` is their size; no head string is built on the way.
+ */
+export function writeFields(out: Buffer, at: number, fields: readonly string[], from = 0): number {
+  for (let i = from; i < fields.length; i += 2) {
+    at += out.write(fields[i]!, at, "latin1");
+    out[at++] = 58; // ":"
+    out[at++] = 32;
+    at += out.write(fields[i + 1]!, at, "latin1");
+    out[at++] = 13;
+    out[at++] = 10;
+  }
+  return at;
+}
+
 export interface RequestHead {
   method: string;
   url: string;

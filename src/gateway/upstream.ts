@@ -1,6 +1,14 @@
 import { connect, type Socket } from "node:net";
 import type { Readable } from "node:stream";
-import { ChunkedDecoder, findHeadEnd, MAX_HEAD_BYTES, MalformedResponse, parseResponseHead } from "./h1.js";
+import {
+  ChunkedDecoder,
+  fieldsLength,
+  findHeadEnd,
+  MAX_HEAD_BYTES,
+  MalformedResponse,
+  parseResponseHead,
+  writeFields,
+} from "./h1.js";
 
 /**
  * Keep-alive HTTP/1.1 connections to one replica, one request at a time on each (no pipelining:
@@ -287,11 +295,9 @@ function writeRequest(socket: Socket, req: UpstreamRequest): void {
     // piece at a time was a fifth of the gateway's garbage per request). Heads are latin1.
     const len = body?.length ?? 0;
     let declared = false;
-    let size = req.method.length + req.path.length + 14; // "M P HTTP/1.1\r\n" and the final "\r\n"
-    for (let i = 0; i < h.length; i += 2) {
-      if (h[i] === "content-length") declared = true;
-      size += h[i]!.length + h[i + 1]!.length + 4;
-    }
+    for (let i = 0; i < h.length; i += 2) if (h[i] === "content-length") declared = true;
+    // "M P HTTP/1.1\r\n", the header lines, and the final "\r\n".
+    const size = req.method.length + req.path.length + 14 + fieldsLength(h);
     const lengthLine =
       !declared && (len > 0 || (req.method !== "GET" && req.method !== "HEAD"))
         ? `content-length: ${len}\r\n`
@@ -301,14 +307,7 @@ function writeRequest(socket: Socket, req: UpstreamRequest): void {
     out[at++] = 32;
     at += out.write(req.path, at, "latin1");
     at += out.write(" HTTP/1.1\r\n", at, "latin1");
-    for (let i = 0; i < h.length; i += 2) {
-      at += out.write(h[i]!, at, "latin1");
-      out[at++] = 58; // ":"
-      out[at++] = 32;
-      at += out.write(h[i + 1]!, at, "latin1");
-      out[at++] = 13;
-      out[at++] = 10;
-    }
+    at = writeFields(out, at, h);
     if (lengthLine) at += out.write(lengthLine, at, "latin1");
     out[at++] = 13;
     out[at++] = 10;
