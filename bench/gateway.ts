@@ -7,9 +7,10 @@
  *     runtime command is that upstream, one replica, autoscaling out of the way), (c) through
  *     Debian's nginx with an expert's reverse-proxy config, and (d) through `loom gateway --workers 2`
  *     (two gateway processes on one port following that `loom up`, like nginx's two workers). wrk drives each path in turn:
- *     - paced: 4 connections, 1 thread, each connection waiting a fixed delay between requests
- *       (wrk's Lua `delay()`; wrk cannot hold a rate, wrk2 is not in Debian) → p50/p99; added
- *       latency = path − direct, per round;
+ *     - paced: 4 connections, 1 thread, each connection pausing a random time between requests
+ *       (wrk's Lua `delay()`, exponential: Poisson arrivals at a fixed mean rate; wrk cannot hold
+ *       a rate, wrk2 is not in Debian) → p50/p99; added latency = path − direct, per round;
+ *     - lockstep: the same with a fixed pause, so the 4 connections send in bursts of 4;
  *     - max: 64 connections → requests/s.
  *     The paths take turns, in a rotated order per round; medians over the rounds.
  *  2. Scale from zero. An InferenceService with min 0 and scaleToZeroAfter 1 s, scaled to zero;
@@ -60,9 +61,19 @@ const ROUNDS = num(env.LOOM_BENCH_GATEWAY_ROUNDS, 5);
 const PACED_SECONDS = num(env.LOOM_BENCH_GATEWAY_PACED_SECONDS, 8);
 const MAX_SECONDS = num(env.LOOM_BENCH_GATEWAY_MAX_SECONDS, 8);
 const WARMUP_SECONDS = num(env.LOOM_BENCH_GATEWAY_WARMUP_SECONDS, 2);
-/** Paced runs: connections, and each connection's pause between requests (ms, wrk's delay()). */
+/** Paced runs: connections (both kinds below). */
 const PACED_CONNECTIONS = num(env.LOOM_BENCH_GATEWAY_PACED_CONNECTIONS, 4);
-const PACED_DELAY_MS = num(env.LOOM_BENCH_GATEWAY_PACED_DELAY_MS, 2);
+/**
+ * Paced, the goal's measure: each connection pauses a random time between requests, drawn from
+ * an exponential distribution with this mean (ms), so that requests arrive independently of
+ * each other at a fixed mean rate (Poisson arrivals), as from many clients.
+ */
+const PACED_MEAN_DELAY_MS = num(env.LOOM_BENCH_GATEWAY_PACED_MEAN_DELAY_MS, 2.9);
+/**
+ * Lockstep, the earlier measure, kept beside it: each connection pauses a fixed time. The
+ * connections start together and stay in step, so requests arrive in bursts of PACED_CONNECTIONS.
+ */
+const LOCKSTEP_DELAY_MS = num(env.LOOM_BENCH_GATEWAY_LOCKSTEP_DELAY_MS, 2);
 /** Max runs: connections and wrk threads (one thread leaves more of the 2 cores to the proxy). */
 const MAX_CONNECTIONS = num(env.LOOM_BENCH_GATEWAY_MAX_CONNECTIONS, 64);
 const MAX_THREADS = num(env.LOOM_BENCH_GATEWAY_MAX_THREADS, 1);
@@ -76,7 +87,7 @@ const PARTS = (env.LOOM_BENCH_GATEWAY_PARTS ?? "1,2")
   .split(",")
   .map((p) => p.trim())
   .filter(Boolean);
-const BUDGET_MS = num(env.LOOM_BENCH_GATEWAY_BUDGET_S, 660) * 1000;
+const BUDGET_MS = num(env.LOOM_BENCH_GATEWAY_BUDGET_S, 900) * 1000;
 /** Goals from the issue. */
 const GOAL_ADDED_P99_MS = 1;
 const GOAL_COLD_OVERHEAD_MS = 100;
@@ -477,16 +488,38 @@ interface WrkResult {
   machineCores?: number;
 }
 
-function wrkScript(dir: string, name: string, key: string, delayMs: number): string {
+/** How a connection pauses between requests: not at all, a fixed time, or an exponential draw. */
+type Pause = { kind: "none" } | { kind: "fixed"; ms: number } | { kind: "exponential"; meanMs: number };
+
+/**
+ * wrk's delay() is whole milliseconds (wrk truncates it); the exponential draw is floored to
+ * say so. LuaJIT's math.random starts from the same seed in every run, so every path and every
+ * run gets the same sequence of pauses.
+ */
+function delayFunction(pause: Pause): string {
+  if (pause.kind === "fixed") return `function delay()\n  return ${pause.ms}\nend\n`;
+  if (pause.kind === "exponential")
+    return `function delay()\n  return math.floor(-${pause.meanMs} * math.log(1 - math.random()))\nend\n`;
+  return "";
+}
+
+const describePause = (pause: Pause) =>
+  pause.kind === "fixed"
+    ? `, pausing ${pause.ms} ms between requests per connection`
+    : pause.kind === "exponential"
+      ? `, pausing an exponential random time (mean ${pause.meanMs} ms) between requests per connection`
+      : "";
+
+function wrkScript(dir: string, name: string, key: string, pause: Pause): string {
   const file = join(dir, `${name}.lua`);
   writeFileSync(
     file,
-    `-- bench/gateway.ts: POST a small completion request${delayMs > 0 ? `, pausing ${delayMs} ms between requests per connection` : ""}
+    `-- bench/gateway.ts: POST a small completion request${describePause(pause)}
 wrk.method = "POST"
 wrk.body = '${REQUEST_BODY}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer ${key}"
-${delayMs > 0 ? `function delay()\n  return ${delayMs}\nend\n` : ""}
+${delayFunction(pause)}
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"p50":%d,"p90":%d,"p99":%d,"max":%d,"errors":%d}\\n',
@@ -586,10 +619,11 @@ interface PartOutput {
 
 async function partOverhead(
   paths: Path[],
-  scripts: { paced: string; max: string },
+  scripts: { paced: string; lockstep: string; max: string },
   responseBytes: number,
 ): Promise<PartOutput> {
   const paced = new Map<PathName, WrkResult[]>(paths.map((p) => [p.name, []]));
+  const lockstep = new Map<PathName, WrkResult[]>(paths.map((p) => [p.name, []]));
   const max = new Map<PathName, WrkResult[]>(paths.map((p) => [p.name, []]));
   for (let round = 0; round < ROUNDS && !aborted; round++) {
     const order = paths.map((_, i) => paths[(i + round) % paths.length]!);
@@ -597,11 +631,13 @@ async function partOverhead(
       const pids = p.pids();
       await runWrk(p.url, scripts.max, MAX_CONNECTIONS, MAX_THREADS, WARMUP_SECONDS, pids);
       const a = await runWrk(p.url, scripts.paced, PACED_CONNECTIONS, 1, PACED_SECONDS, pids);
+      const s = await runWrk(p.url, scripts.lockstep, PACED_CONNECTIONS, 1, PACED_SECONDS, pids);
       const b = await runWrk(p.url, scripts.max, MAX_CONNECTIONS, MAX_THREADS, MAX_SECONDS, pids);
       paced.get(p.name)!.push(a);
+      lockstep.get(p.name)!.push(s);
       max.get(p.name)!.push(b);
       log(
-        `round ${round + 1}/${ROUNDS} ${p.name.padEnd(6)} paced ${fmt(a.rps)}/s p50 ${ms(a.p50)} p99 ${ms(a.p99)} ms; max ${fmt(b.rps)} requests/s (p50 ${ms(b.p50)} ms), errors ${a.errors + b.errors}; load average ${loadNow()}`,
+        `round ${round + 1}/${ROUNDS} ${p.name.padEnd(6)} paced ${fmt(a.rps)}/s p50 ${ms(a.p50)} p99 ${ms(a.p99)} ms; lockstep ${fmt(s.rps)}/s p50 ${ms(s.p50)} p99 ${ms(s.p99)} ms; max ${fmt(b.rps)} requests/s (p50 ${ms(b.p50)} ms), errors ${a.errors + s.errors + b.errors}; load average ${loadNow()}`,
       );
     }
   }
@@ -613,12 +649,14 @@ async function partOverhead(
         .filter((x): x is number => x !== undefined),
     );
   /** Added latency per round (path − direct in the same round), then the median over rounds. */
-  const added = (name: PathName, f: (r: WrkResult) => number) => {
-    const d = paced.get("direct")!;
-    const p = paced.get(name)!;
+  const added = (name: PathName, f: (r: WrkResult) => number, which = paced) => {
+    const d = which.get("direct")!;
+    const p = which.get(name)!;
     return median(p.map((r, i) => f(r) - f(d[i]!)));
   };
-  const errors = [...paced.values(), ...max.values()].flat().reduce((a, r) => a + r.errors, 0);
+  const errors = [...paced.values(), ...lockstep.values(), ...max.values()]
+    .flat()
+    .reduce((a, r) => a + r.errors, 0);
   const col = (name: PathName) => ({
     pacedRps: med(name, paced, (r) => r.rps),
     p50: med(name, paced, (r) => r.p50),
@@ -626,6 +664,11 @@ async function partOverhead(
     p90: med(name, paced, (r) => r.p90),
     addedP50: name === "direct" ? undefined : added(name, (r) => r.p50),
     addedP99: name === "direct" ? undefined : added(name, (r) => r.p99),
+    lockstepRps: med(name, lockstep, (r) => r.rps),
+    lockstepP50: med(name, lockstep, (r) => r.p50),
+    lockstepP99: med(name, lockstep, (r) => r.p99),
+    lockstepAddedP50: name === "direct" ? undefined : added(name, (r) => r.p50, lockstep),
+    lockstepAddedP99: name === "direct" ? undefined : added(name, (r) => r.p99, lockstep),
     rps: med(name, max, (r) => r.rps),
     maxP50: med(name, max, (r) => r.p50),
     maxP99: med(name, max, (r) => r.p99),
@@ -686,8 +729,9 @@ async function partOverhead(
       `Loom ×${GATEWAY_WORKERS} vs nginx`,
     ],
     [
-      row(`paced (${PACED_CONNECTIONS} conn., ${PACED_DELAY_MS} ms pause): requests/s`, (c) =>
-        fmt(c.pacedRps),
+      row(
+        `paced (${PACED_CONNECTIONS} conn., random pauses, mean ${PACED_MEAN_DELAY_MS} ms): requests/s`,
+        (c) => fmt(c.pacedRps),
       ),
       row(
         "paced: p50 (ms)",
@@ -714,6 +758,22 @@ async function partOverhead(
         (c) => signedMs(c.addedP99),
         (c) => c.addedP99,
       ),
+      eachRound("paced p99 (ms), each round", paced, (r) => ms(r.p99)),
+      row(`lockstep (${PACED_CONNECTIONS} conn., ${LOCKSTEP_DELAY_MS} ms pause): requests/s`, (c) =>
+        fmt(c.lockstepRps),
+      ),
+      row("lockstep: p50 / p99 (ms)", (c) => `${ms(c.lockstepP50)} / ${ms(c.lockstepP99)}`),
+      proxyRow(
+        "lockstep: added latency p50 (ms)",
+        (c) => signedMs(c.lockstepAddedP50),
+        (c) => c.lockstepAddedP50,
+      ),
+      proxyRow(
+        "lockstep: added latency p99 (ms)",
+        (c) => signedMs(c.lockstepAddedP99),
+        (c) => c.lockstepAddedP99,
+      ),
+      eachRound("lockstep p99 (ms), each round", lockstep, (r) => ms(r.p99)),
       row(
         `max (${MAX_CONNECTIONS} conn.): requests/s`,
         (c) => fmt(c.rps),
@@ -734,7 +794,6 @@ async function partOverhead(
         (c) => `${fmt(c.upstreamCores, 2)} / ${fmt(c.wrkCores, 2)}`,
       ),
       row("max: whole machine busy (cores)", (c) => fmt(c.machineCores, 2)),
-      eachRound("paced p99 (ms), each round", paced, (r) => ms(r.p99)),
     ],
   );
   const goalP99 = l.addedP99 !== undefined && l.addedP99 <= GOAL_ADDED_P99_MS;
@@ -744,7 +803,8 @@ async function partOverhead(
     notes: [
       `Every path serves the same upstream binary (bench/gateway-upstream.go, Go net/http, a fixed ${fmt(responseBytes)}-byte JSON completion, keep-alive; GOMAXPROCS = cores). Direct and nginx reach one standalone instance; Loom reaches its own replica of the same binary, started by the InferenceService (runtime.command, replicas min 1 max 1, targetConcurrency 1000 so the autoscaler never acts).`,
       `wrk sends the same request on every path: POST /v1/completions, body \`${REQUEST_BODY}\`, Content-Type and Authorization: Bearer <project API key> (Loom checks it and drops it before the upstream; nginx passes it on; the upstream ignores it).`,
-      `Paced: \`wrk -t 1 -c ${PACED_CONNECTIONS} -d ${PACED_SECONDS}s\` with a Lua \`delay()\` of ${PACED_DELAY_MS} ms per request on each connection, so the machine is far from saturation (wrk cannot hold a fixed rate, and wrk2 is not in Debian); the rate above is what that gave. Latency is wrk's, send → response, per request. Added latency = the path's p50/p99 − direct's p50/p99 in the same round, median over the rounds.`,
+      `Paced, the goal's measure: \`wrk -t 1 -c ${PACED_CONNECTIONS} -d ${PACED_SECONDS}s\` with a Lua \`delay()\` that pauses each connection a random time between requests, drawn from an exponential distribution with mean ${PACED_MEAN_DELAY_MS} ms (floored to whole ms, as wrk's timers take it), so requests arrive independently of each other at a fixed mean rate (Poisson arrivals, as from many clients) and the machine is far from saturation. wrk cannot hold a fixed rate and wrk2 is not in Debian; the rate above is what that gave. LuaJIT's generator starts from the same seed, so every path gets the same pauses. Latency is wrk's, send → response, per request. Added latency = the path's p50/p99 − direct's p50/p99 in the same round, median over the rounds.`,
+      `Lockstep, the earlier measure (bench runs 1–8): the same ${PACED_CONNECTIONS} connections with a fixed ${LOCKSTEP_DELAY_MS} ms pause. They start together and their cycles are equal, so they stay in step: the requests arrive in bursts of ${PACED_CONNECTIONS} within a few µs, one burst every ~2.5 ms, not at a fixed rate. A proxy on one event loop serves a burst one request after another, so this measures how fast a burst of ${PACED_CONNECTIONS} drains, on top of the added latency of a request; nginx's ${NGINX_WORKERS === "auto" ? "two workers (one per core)" : `${NGINX_WORKERS} workers`} share each burst. It is kept beside the goal's measure so the two can be compared run by run.`,
       `Max: \`wrk -t ${MAX_THREADS} -c ${MAX_CONNECTIONS} -d ${MAX_SECONDS}s\` without pause, after a ${WARMUP_SECONDS} s warm-up per path and round. One wrk thread: on 2 cores a second thread takes CPU from the proxy and the upstream, and one thread already drives the direct path past what the proxies reach.`,
       `\`loom gateway --workers ${GATEWAY_WORKERS}\`: ${GATEWAY_WORKERS} gateway processes sharing one port (node:cluster: the primary accepts connections and hands them round robin to the workers), each following \`loom up\`'s API and reporting its load to it, as the loom-gateway Deployment does on Kubernetes; the same replica, key and request. nginx runs one worker per core (\`worker_processes auto\`), so this is the like-for-like configuration; the "Loom gateway" column is the one process that also runs the API and the controllers.`,
       `Each round runs the four paths one after another (order rotated per round); nothing else of the bench runs meanwhile. Errors (socket errors and non-2xx answers) over all runs: ${errors}.`,
@@ -752,9 +812,9 @@ async function partOverhead(
       `CPU: user + system time from /proc; "proxy" is Loom's server process (the gateway runs in it, with the API and the controllers) or nginx's master and workers; "whole machine" includes everything on the host, other sessions' work too. wrk, the proxy and the upstream share the machine's 2 cores, so the max figures measure the whole chain on 2 cores, not the proxy alone.`,
       `Loom's p99 added latency goal ≤ ${GOAL_ADDED_P99_MS} ms: ${signedMs(l.addedP99)} ms, ${goalP99 ? "met" : "not met"} (nginx: ${signedMs(n.addedP99)} ms). Throughput: Loom ${fmt(l.rps)} (${GATEWAY_WORKERS} workers: ${fmt(w.rps)}) against nginx ${fmt(n.rps)} requests/s, ${times(l.rps, n.rps)} (${times(w.rps, n.rps)}).`,
     ],
-    workload: `1. ${ROUNDS} rounds × 4 paths × (paced ${PACED_SECONDS} s + max ${MAX_SECONDS} s)`,
+    workload: `1. ${ROUNDS} rounds × 4 paths × (paced ${PACED_SECONDS} s + lockstep ${PACED_SECONDS} s + max ${MAX_SECONDS} s)`,
     goals: [
-      `added p99 latency ≤ ${GOAL_ADDED_P99_MS} ms at a paced load: ${signedMs(l.addedP99)} ms (p99 ${ms(l.p99)} against direct ${ms(d.p99)} ms), ${goalP99 ? "met" : "not met"}; with ${GATEWAY_WORKERS} gateway workers ${signedMs(w.addedP99)} ms; nginx adds ${signedMs(n.addedP99)} ms`,
+      `added p99 latency ≤ ${GOAL_ADDED_P99_MS} ms at a paced load (Poisson arrivals, ${fmt(l.pacedRps)} requests/s): ${signedMs(l.addedP99)} ms (p99 ${ms(l.p99)} against direct ${ms(d.p99)} ms), ${goalP99 ? "met" : "not met"}; with ${GATEWAY_WORKERS} gateway workers ${signedMs(w.addedP99)} ms; nginx adds ${signedMs(n.addedP99)} ms. In lockstep bursts of ${PACED_CONNECTIONS} (the earlier measure): Loom ${signedMs(l.lockstepAddedP99)} ms, ${GATEWAY_WORKERS} workers ${signedMs(w.lockstepAddedP99)} ms, nginx ${signedMs(n.lockstepAddedP99)} ms`,
       `throughput ≥ 0.5× nginx: Loom's gateway ${fmt(l.rps)} requests/s, ${times(l.rps, n.rps)} nginx's ${fmt(n.rps)}; \`loom gateway --workers ${GATEWAY_WORKERS}\` ${fmt(w.rps)}, ${times(w.rps, n.rps)} (direct ${fmt(d.rps)}); paired with nginx in each round, Loom ${paired("Loom")}; judged on the medians: ${Math.max(l.rps ?? 0, w.rps ?? 0) >= 0.5 * (n.rps ?? Infinity) ? "met" : "not met"}`,
     ],
     ok: errors === 0 && [...paced.values()].every((r) => r.length > 0),
@@ -958,7 +1018,7 @@ async function main(): Promise<void> {
   const m = machine();
   const load = loadNow();
   console.log(
-    `bench:gateway — parts ${PARTS.join(", ")}; ${ROUNDS} rounds × (paced ${PACED_SECONDS} s + max ${MAX_SECONDS} s) per path, ${COLD_RUNS} cold starts`,
+    `bench:gateway — parts ${PARTS.join(", ")}; ${ROUNDS} rounds × (paced ${PACED_SECONDS} s + lockstep ${PACED_SECONDS} s + max ${MAX_SECONDS} s) per path, ${COLD_RUNS} cold starts`,
   );
   console.log(
     `machine: ${m.cpus} CPUs, ${m.model}, ${m.memGiB} GiB, Node ${process.version}; load average ${load}`,
@@ -1070,8 +1130,9 @@ async function main(): Promise<void> {
         },
       ];
       const scripts = {
-        paced: wrkScript(work, "paced", key, PACED_DELAY_MS),
-        max: wrkScript(work, "max", key, 0),
+        paced: wrkScript(work, "paced", key, { kind: "exponential", meanMs: PACED_MEAN_DELAY_MS }),
+        lockstep: wrkScript(work, "lockstep", key, { kind: "fixed", ms: LOCKSTEP_DELAY_MS }),
+        max: wrkScript(work, "max", key, { kind: "none" }),
       };
       outputs.push(await partOverhead(paths, scripts, responseBytes));
     } catch (err) {
