@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
 import type { FastifyInstance } from "fastify";
 import type { Kysely } from "kysely";
 import type { Logger } from "pino";
-import { collectDefaultMetrics, Registry } from "prom-client";
+import { Registry } from "prom-client";
 import { ControllerManager } from "../controllers/manager.js";
 import { RUNTIME_FINALIZER, TRAININGJOB } from "../controllers/trainingjob.js";
 import { Gateway } from "../gateway/gateway.js";
@@ -21,6 +21,7 @@ import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
 import { instanceId, lockDataDir } from "./datadir.js";
 import { localModelResolver, registryRegistrar, trackingTrialMetrics } from "./models.js";
+import { collectProcessMetrics } from "./processmetrics.js";
 import { ServingDirectory } from "./serving.js";
 
 /** Loom's built-in serving runtimes (runtimes/ in the package). */
@@ -78,7 +79,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const events = new SqliteEventRecorder(database.db, now);
   const tokens = new SqliteTokenStore(database.db);
   const metrics = new Registry();
-  collectDefaultMetrics({ register: metrics, prefix: "loom_process_" });
+  collectProcessMetrics(metrics);
 
   const admin = await adminToken(tokens, opts.dataDir);
   if (admin.created) log.info({ file: admin.file }, "created the admin token");

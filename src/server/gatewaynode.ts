@@ -1,12 +1,13 @@
 import { hostname } from "node:os";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "pino";
-import { collectDefaultMetrics, Registry } from "prom-client";
+import { Registry } from "prom-client";
 import { UnauthorizedError } from "../errors.js";
 import { Gateway, type ScaleTarget, type ServiceEndpoint } from "../gateway/gateway.js";
 import type { TokenInfo } from "../store/port.js";
 import { bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
+import { collectProcessMetrics } from "./processmetrics.js";
 import { openAIFastLane, ServingDirectory, serverWith, servingRoutes } from "./serving.js";
 
 /**
@@ -66,7 +67,7 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
   const id = opts.id ?? `${hostname()}-${process.pid}`;
   const control = new ControlClient(opts.apiUrl, opts.token);
   const metrics = new Registry();
-  collectDefaultMetrics({ register: metrics, prefix: "loom_process_" });
+  collectProcessMetrics(metrics);
   const directory = new ServingDirectory();
   const gateway = new Gateway(
     {

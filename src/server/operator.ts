@@ -3,7 +3,7 @@ import http from "node:http";
 import { join } from "node:path";
 import type { Kysely } from "kysely";
 import type { Logger } from "pino";
-import { collectDefaultMetrics, Registry } from "prom-client";
+import { Registry } from "prom-client";
 import { validateManifest } from "../api/kinds.js";
 import { DEFAULT_PROJECT } from "../api/project.js";
 import { ControllerManager } from "../controllers/manager.js";
@@ -23,6 +23,7 @@ import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { VERSION } from "../version.js";
 import { buildApp } from "./app.js";
 import { registryRegistrar, trackingTrialMetrics } from "./models.js";
+import { collectProcessMetrics } from "./processmetrics.js";
 import { ServingDirectory } from "./serving.js";
 import { adminToken, workloadTokens } from "./workloadtokens.js";
 
@@ -69,7 +70,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const client = KubeClient.fromKubeconfig(opts.kubeconfig, opts.context);
   const store = new KubeResourceStore(client, log.child({ component: "store/kube" }));
   const metrics = new Registry();
-  collectDefaultMetrics({ register: metrics, prefix: "loom_process_" });
+  collectProcessMetrics(metrics);
   const runtime = new KubernetesRuntime({
     client,
     log: log.child({ component: "runtime/kubernetes" }),
