@@ -8,7 +8,7 @@
  *     Debian's nginx with an expert's reverse-proxy config, and (d) through `loom gateway --workers 2`
  *     (two gateway processes on one port following that `loom up`, like nginx's two workers). wrk drives each path in turn:
  *     - paced: 4 connections, 1 thread, each connection pausing a random time between requests
- *       (wrk's Lua `delay()`, exponential: Poisson arrivals at a fixed mean rate; wrk cannot hold
+ *       (wrk's Lua `delay()`, exponential: Poisson-like arrivals at a fixed mean rate; wrk cannot hold
  *       a rate, wrk2 is not in Debian) → p50/p99; added latency = path − direct, per round;
  *     - lockstep: the same with a fixed pause, so the 4 connections send in bursts of 4;
  *     - max: 64 connections → requests/s.
@@ -66,7 +66,7 @@ const PACED_CONNECTIONS = num(env.LOOM_BENCH_GATEWAY_PACED_CONNECTIONS, 4);
 /**
  * Paced, the goal's measure: each connection pauses a random time between requests, drawn from
  * an exponential distribution with this mean (ms), so that requests arrive independently of
- * each other at a fixed mean rate (Poisson arrivals), as from many clients.
+ * each other at a fixed mean rate (Poisson-like arrivals), as from many clients.
  */
 const PACED_MEAN_DELAY_MS = num(env.LOOM_BENCH_GATEWAY_PACED_MEAN_DELAY_MS, 2.9);
 /**
@@ -803,7 +803,7 @@ async function partOverhead(
     notes: [
       `Every path serves the same upstream binary (bench/gateway-upstream.go, Go net/http, a fixed ${fmt(responseBytes)}-byte JSON completion, keep-alive; GOMAXPROCS = cores). Direct and nginx reach one standalone instance; Loom reaches its own replica of the same binary, started by the InferenceService (runtime.command, replicas min 1 max 1, targetConcurrency 1000 so the autoscaler never acts).`,
       `wrk sends the same request on every path: POST /v1/completions, body \`${REQUEST_BODY}\`, Content-Type and Authorization: Bearer <project API key> (Loom checks it and drops it before the upstream; nginx passes it on; the upstream ignores it).`,
-      `Paced, the goal's measure: \`wrk -t 1 -c ${PACED_CONNECTIONS} -d ${PACED_SECONDS}s\` with a Lua \`delay()\` that pauses each connection a random time between requests, drawn from an exponential distribution with mean ${PACED_MEAN_DELAY_MS} ms (floored to whole ms, as wrk's timers take it), so requests arrive independently of each other at a fixed mean rate (Poisson arrivals, as from many clients) and the machine is far from saturation. wrk cannot hold a fixed rate and wrk2 is not in Debian; the rate above is what that gave. LuaJIT's generator starts from the same seed, so every path gets the same pauses. Latency is wrk's, send → response, per request. Added latency = the path's p50/p99 − direct's p50/p99 in the same round, median over the rounds.`,
+      `Paced, the goal's measure: \`wrk -t 1 -c ${PACED_CONNECTIONS} -d ${PACED_SECONDS}s\` with a Lua \`delay()\` that pauses each connection a random time between requests, drawn from an exponential distribution with mean ${PACED_MEAN_DELAY_MS} ms (floored to whole ms, as wrk's timers take it), so requests arrive independently of each other at a fixed mean rate (Poisson-like arrivals, as from many clients; wrk's millisecond timers still group some of them) and the machine is far from saturation. wrk cannot hold a fixed rate and wrk2 is not in Debian; the rate above is what that gave. LuaJIT's generator starts from the same seed, so every path gets the same pauses. Latency is wrk's, send → response, per request. Added latency = the path's p50/p99 − direct's p50/p99 in the same round, median over the rounds.`,
       `Lockstep, the earlier measure (bench runs 1–8): the same ${PACED_CONNECTIONS} connections with a fixed ${LOCKSTEP_DELAY_MS} ms pause. They start together and their cycles are equal, so they stay in step: the requests arrive in bursts of ${PACED_CONNECTIONS} within a few µs, one burst every ~2.5 ms, not at a fixed rate. A proxy on one event loop serves a burst one request after another, so this measures how fast a burst of ${PACED_CONNECTIONS} drains, on top of the added latency of a request; nginx's ${NGINX_WORKERS === "auto" ? "two workers (one per core)" : `${NGINX_WORKERS} workers`} share each burst. It is kept beside the goal's measure so the two can be compared run by run.`,
       `Max: \`wrk -t ${MAX_THREADS} -c ${MAX_CONNECTIONS} -d ${MAX_SECONDS}s\` without pause, after a ${WARMUP_SECONDS} s warm-up per path and round. One wrk thread: on 2 cores a second thread takes CPU from the proxy and the upstream, and one thread already drives the direct path past what the proxies reach.`,
       `\`loom gateway --workers ${GATEWAY_WORKERS}\`: ${GATEWAY_WORKERS} gateway processes sharing one port (node:cluster: the primary accepts connections and hands them round robin to the workers), each following \`loom up\`'s API and reporting its load to it, as the loom-gateway Deployment does on Kubernetes; the same replica, key and request. nginx runs one worker per core (\`worker_processes auto\`), so this is the like-for-like configuration; the "Loom gateway" column is the one process that also runs the API and the controllers.`,
@@ -814,7 +814,7 @@ async function partOverhead(
     ],
     workload: `1. ${ROUNDS} rounds × 4 paths × (paced ${PACED_SECONDS} s + lockstep ${PACED_SECONDS} s + max ${MAX_SECONDS} s)`,
     goals: [
-      `added p99 latency ≤ ${GOAL_ADDED_P99_MS} ms at a paced load (Poisson arrivals, ${fmt(l.pacedRps)} requests/s): ${signedMs(l.addedP99)} ms (p99 ${ms(l.p99)} against direct ${ms(d.p99)} ms), ${goalP99 ? "met" : "not met"}; with ${GATEWAY_WORKERS} gateway workers ${signedMs(w.addedP99)} ms; nginx adds ${signedMs(n.addedP99)} ms. In lockstep bursts of ${PACED_CONNECTIONS} (the earlier measure): Loom ${signedMs(l.lockstepAddedP99)} ms, ${GATEWAY_WORKERS} workers ${signedMs(w.lockstepAddedP99)} ms, nginx ${signedMs(n.lockstepAddedP99)} ms`,
+      `added p99 latency ≤ ${GOAL_ADDED_P99_MS} ms at a paced load (Poisson-like arrivals, ${fmt(l.pacedRps)} requests/s): ${signedMs(l.addedP99)} ms (p99 ${ms(l.p99)} against direct ${ms(d.p99)} ms), ${goalP99 ? "met" : "not met"}; with ${GATEWAY_WORKERS} gateway workers ${signedMs(w.addedP99)} ms; nginx adds ${signedMs(n.addedP99)} ms. In lockstep bursts of ${PACED_CONNECTIONS} (the earlier measure): Loom ${signedMs(l.lockstepAddedP99)} ms, ${GATEWAY_WORKERS} workers ${signedMs(w.lockstepAddedP99)} ms, nginx ${signedMs(n.lockstepAddedP99)} ms`,
       `throughput ≥ 0.5× nginx: Loom's gateway ${fmt(l.rps)} requests/s, ${times(l.rps, n.rps)} nginx's ${fmt(n.rps)}; \`loom gateway --workers ${GATEWAY_WORKERS}\` ${fmt(w.rps)}, ${times(w.rps, n.rps)} (direct ${fmt(d.rps)}); paired with nginx in each round, Loom ${paired("Loom")}; judged on the medians: ${Math.max(l.rps ?? 0, w.rps ?? 0) >= 0.5 * (n.rps ?? Infinity) ? "met" : "not met"}`,
     ],
     ok: errors === 0 && [...paced.values()].every((r) => r.length > 0),
