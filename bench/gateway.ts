@@ -712,6 +712,15 @@ async function partOverhead(
     r[1] = "";
     return r;
   };
+  /** The added-latency rows (p50, p99) of one paced load, each compared with nginx's. */
+  const addedRows = (
+    prefix: string,
+    p50: (c: Col) => number | undefined,
+    p99: (c: Col) => number | undefined,
+  ) => [
+    proxyRow(`${prefix}added latency p50 (ms)`, (c) => signedMs(p50(c)), p50),
+    proxyRow(`${prefix}added latency p99 (ms)`, (c) => signedMs(p99(c)), p99),
+  ];
   const eachRound = (label: string, which: Map<PathName, WrkResult[]>, f: (r: WrkResult) => string) => [
     label,
     ...(["direct", "Loom", "Loom2", "nginx"] as const).map((name) => rounds(name, which, f)),
@@ -748,14 +757,9 @@ async function partOverhead(
         (c) => ms(c.p99),
         (c) => c.p99,
       ),
-      proxyRow(
-        "added latency p50 (ms)",
-        (c) => signedMs(c.addedP50),
+      ...addedRows(
+        "",
         (c) => c.addedP50,
-      ),
-      proxyRow(
-        "added latency p99 (ms)",
-        (c) => signedMs(c.addedP99),
         (c) => c.addedP99,
       ),
       eachRound("paced p99 (ms), each round", paced, (r) => ms(r.p99)),
@@ -763,14 +767,9 @@ async function partOverhead(
         fmt(c.lockstepRps),
       ),
       row("lockstep: p50 / p99 (ms)", (c) => `${ms(c.lockstepP50)} / ${ms(c.lockstepP99)}`),
-      proxyRow(
-        "lockstep: added latency p50 (ms)",
-        (c) => signedMs(c.lockstepAddedP50),
+      ...addedRows(
+        "lockstep: ",
         (c) => c.lockstepAddedP50,
-      ),
-      proxyRow(
-        "lockstep: added latency p99 (ms)",
-        (c) => signedMs(c.lockstepAddedP99),
         (c) => c.lockstepAddedP99,
       ),
       eachRound("lockstep p99 (ms), each round", lockstep, (r) => ms(r.p99)),
