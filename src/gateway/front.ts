@@ -23,7 +23,11 @@ import {
 export interface FastLane {
   /** Whether the lane serves this request (decided on method and URL alone). */
   claims(method: string, url: string): boolean;
-  /** Serves one claimed request with its whole body. Must always answer; never throws. */
+  /**
+   * Serves one claimed request with its whole body: a Buffer (empty when the request has none)
+   * from the front; undefined from Node's server, whose request stream the lane reads itself.
+   * Must always answer; never throws.
+   */
   serve(
     req: GatewayRequest,
     res: GatewayResponse,
@@ -36,6 +40,8 @@ export interface FrontOptions {
   /** Larger bodies go to Node's server (whose route answers 413). Default 8 MiB. */
   maxBodyBytes?: number;
 }
+
+const NO_BODY = Buffer.alloc(0);
 
 /** Date header value, refreshed each second by the sweep (nobody needs it finer). */
 let dateHeader = new Date().toUTCString();
@@ -342,7 +348,9 @@ class FrontConnection {
         if (!this.partialSince) this.partialSince = Date.now();
         return;
       }
-      const body = head.contentLength > 0 ? buf.subarray(this.bodyStart, bodyEnd) : undefined;
+      // Bodyless requests (GET, HEAD, DELETE, an empty POST) get an empty body, never undefined:
+      // undefined tells the lane to read a stream, and a FrontRequest is none.
+      const body = head.contentLength > 0 ? buf.subarray(this.bodyStart, bodyEnd) : NO_BODY;
       this.buf = bodyEnd < buf.length ? buf.subarray(bodyEnd) : undefined;
       this.head = undefined;
       this.searched = 0;
