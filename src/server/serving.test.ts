@@ -43,19 +43,31 @@ async function servingServer(): Promise<number> {
     req.on("end", () => res.end(`${req.method} ${req.url} [${Buffer.concat(chunks).toString()}]`));
   });
   const directory = new ServingDirectory();
-  const gateway = new Gateway({ directory, scaler: directory, registry: new Registry() }, { autoscale: false });
+  const gateway = new Gateway(
+    { directory, scaler: directory, registry: new Registry() },
+    { autoscale: false },
+  );
   gateways.push(gateway);
   directory.attach(gateway);
   const endpoint: ServiceEndpoint = {
     project: "team",
     service: "echo",
     revisions: [
-      { name: "echo-1", weight: 100, replicas: [{ id: "r0", host: "127.0.0.1", port: upstream, ready: true }] },
+      {
+        name: "echo-1",
+        weight: 100,
+        replicas: [{ id: "r0", host: "127.0.0.1", port: upstream, ready: true }],
+      },
     ],
     autoscaling: { minReplicas: 1, maxReplicas: 1, targetConcurrency: 4 },
   };
   directory.replaceAll([endpoint]);
-  const lane = openAIFastLane({ gateway, directory }, () => ({ id: "t1", name: "alice", project: "team", role: "admin" }));
+  const lane = openAIFastLane({ gateway, directory }, () => ({
+    id: "t1",
+    name: "alice",
+    project: "team",
+    role: "admin",
+  }));
   // The node server the fast lane sits in front of answers 599 if the lane hands a request over.
   const server = serverWith(lane)((_req, res) => {
     res.statusCode = 599;
