@@ -836,11 +836,11 @@ async function freePort(): Promise<number> {
 }
 
 async function runLoom(mode: "embedded" | "api-only", objects: number): Promise<Figures> {
-  const { createLogger } = await import("../src/log.js");
+  const { createLogger } = await import("../src/lib/log.js");
   const log = createLogger("warn");
   const dataDir = tempDir("loom-bench-");
   let server: { url: string; adminToken: string; close(): Promise<void> };
-  const { startEmbedded } = await import("../src/server/embedded.js");
+  const { startEmbedded } = await import("../src/main/embedded.js");
   // API only: the same composition root without the controllers, so their cost shows separately.
   server = await startEmbedded({
     dataDir,

@@ -923,7 +923,7 @@ async function clientProbe(
   http: KubeHttp,
   n = 200,
 ): Promise<{ loomMs: number; keepAliveMs: number }> {
-  const { KubeClient } = await import("../src/kube/client.js");
+  const { KubeClient } = await import("../src/platforms/kubernetes/client.js");
   const client = KubeClient.fromKubeconfig(kubeconfig);
   const path = "/api/v1/namespaces/default";
   let t = performance.now();
@@ -1388,7 +1388,7 @@ async function main(): Promise<void> {
     `CPU: utime + stime from /proc of each component (and the operator's process), before and after the window. Everything shares the machine's ${m.cpus} cores.`,
     `The operator runs as its own process (\`loom operator\`, pino at warn) with the ClusterRole from deploy/operator.yaml, bound to a client-certificate user, and is stopped after its run; the Jobs baseline runs afterwards in a fresh namespace (${JOBS_NS}, Pod Security restricted enforced, like ${LOOM_NS}) on the same cluster, with Loom's finished TrainingJobs, pods and Services still stored.`,
     `Each pod carries loom.dev/kwok-complete-after: ${COMPLETE_AFTER}, so kwok ends it ${COMPLETE_AFTER} after it runs: ${COMPLETE_AFTER} of every create → Succeeded time is the simulated job itself.`,
-    `Loom's API client (src/kube/client.ts) measured alone before the runs: ${probe.loomMs.toFixed(2)} ms per sequential GET, against ${probe.keepAliveMs.toFixed(2)} ms with a plain keep-alive agent (${(probe.loomMs / probe.keepAliveMs).toFixed(2)}×).`,
+    `Loom's API client (src/platforms/kubernetes/client.ts) measured alone before the runs: ${probe.loomMs.toFixed(2)} ms per sequential GET, against ${probe.keepAliveMs.toFixed(2)} ms with a plain keep-alive agent (${(probe.loomMs / probe.keepAliveMs).toFixed(2)}×).`,
   );
   for (const r of runs) {
     const parts = [

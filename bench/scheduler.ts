@@ -29,8 +29,8 @@ import type {
   RunningWorkload,
   SchedNode,
   Workload,
-} from "../src/scheduler/core/model.js";
-import { schedule } from "../src/scheduler/core/schedule.js";
+} from "../src/core/scheduler/model.js";
+import { schedule } from "../src/core/scheduler/schedule.js";
 import { cleanupAll, cleanups, fmt, machine, markdownTable, num, ratio, sleep, tempDir } from "./report.js";
 import { type BindingRun, runBindingBench } from "./scheduler-k8s.js";
 
@@ -559,7 +559,7 @@ async function partCore(deadline: number): Promise<PartOutput> {
   }
 
   notes.push(
-    `Scheduler core: \`schedule(snapshot)\` from src/scheduler/core/schedule.ts, called in process in cycles: each cycle's binds become running work, preempted victims stop at once and go back to the queue (as a preempted Loom job does), until a cycle decides nothing (at most ${MAX_CYCLES} cycles). Only the schedule() calls are timed, not the bench's bookkeeping between cycles. Placements per second = pods bound over all cycles ÷ the schedule() time up to the last cycle that bound something.`,
+    `Scheduler core: \`schedule(snapshot)\` from src/core/scheduler/schedule.ts, called in process in cycles: each cycle's binds become running work, preempted victims stop at once and go back to the queue (as a preempted Loom job does), until a cycle decides nothing (at most ${MAX_CYCLES} cycles). Only the schedule() calls are timed, not the bench's bookkeeping between cycles. Placements per second = pods bound over all cycles ÷ the schedule() time up to the last cycle that bound something.`,
     `Cluster: ${fmt(NODES)} nodes × ${GPUS_PER_NODE} H100 (80 GiB), ${NODE_CPU_MILLIS / 1000} cores, 1 TiB, at most ${NODE_MAX_PODS} pods each (${fmt(clusterGpus)} GPUs). ${PROJECTS} projects: deserved GPU quotas ${fmt(deservedGpus)} in all (${fmt((100 * deservedGpus) / clusterGpus)}% of the GPUs, ${Math.min(...projects.map((p) => p.deserved.gpu!))}–${Math.max(...projects.map((p) => p.deserved.gpu!))} each), over-quota weights ${projects.map((p) => p.overQuotaWeight).join("/")}; no limits.`,
     `Workload (seed ${SEED}): ${fmt(PENDING_PODS)} pods in ${fmt(pending.length)} gangs of 1–${MAX_GANG} identical pods, projects drawn uniformly; ${fmt(100 * MIX.fractional)}% of gangs ask 0.5 GPU, 4 cores, 32 GiB per pod (${fractionalGangs} gangs), the rest 1 GPU, 8/12/16 cores, 64/96/128 GiB; ${fmt(100 * MIX.nonPreemptible)}% non-preemptible; priority 100 for ${fmt(100 * MIX.high)}%, −100 for ${fmt(100 * MIX.low)}%, else 0; 10% spread, 90% binpack. ${fmt(gpusOf(pending), 1)} GPUs asked in all, more than the cluster has, so some work must wait.`,
     `Preemption scenario: ${borrowers.length} projects (${borrowers[0]}–${borrowers.at(-1)}, deserved ${fmt(borrowerDeserved)} GPUs) run ${running.length} preemptible whole-GPU gangs (${fmt(podsOf(running))} pods, ${fmt(heldGpus)} GPUs, placed by the core itself, untimed); the other ${owners.length} (deserved ${fmt(ownerDeserved)}, using nothing) submit ${fmt(RECLAIM_PODS)} pods in ${reclaim.length} gangs (${reclaim.filter((w) => w.pods[0]!.gpu < 1).length} fractional), so what does not fit on the ${fmt(clusterGpus - heldGpus)} free GPUs is reclaimed: the victim search runs in the first cycle.`,
@@ -811,8 +811,8 @@ interface LoomE2e {
 }
 
 async function runLoomE2e(): Promise<LoomE2e> {
-  const { createLogger } = await import("../src/log.js");
-  const { startEmbedded } = await import("../src/server/embedded.js");
+  const { createLogger } = await import("../src/lib/log.js");
+  const { startEmbedded } = await import("../src/main/embedded.js");
   const dataDir = tempDir("loom-bench-sched-");
   // `loom up`'s composition root with its defaults (30 s resync), no virtual GPUs, pino at warn.
   const server = await startEmbedded({ dataDir, port: 0, gpus: 0, log: createLogger("warn") });
@@ -1047,7 +1047,7 @@ async function partEndToEnd(deadline: number): Promise<PartOutput> {
   ];
   notes.push(
     `Ratios are Loom ÷ Slurm: above 1× is better for Loom on jobs per second, below 1× on seconds. Goal: at least ${E2E_GOAL}× Slurm's jobs per second.`,
-    `Loom: the embedded platform from \`startEmbedded\` (src/server/embedded.ts, what \`loom up\` runs) in a temp data dir, port 0, pino at warn, no GPUs, its defaults otherwise; its local runtime offers availableParallelism() = ${cpus} CPUs, so at most ${cpus} one-CPU jobs run at once. A client thread creates ${fmt(E2E_JOBS)} TrainingJobs in project ${PROJECT} (\`spec: {command: ["/bin/true"], resources: {cpu: 1}}\`) over HTTP keep-alive, ${E2E_CONCURRENCY} creates in flight, and follows them on one watch opened before the first create; total runs from the first create until the watch has shown every job Succeeded.`,
+    `Loom: the embedded platform from \`startEmbedded\` (src/main/embedded.ts, what \`loom up\` runs) in a temp data dir, port 0, pino at warn, no GPUs, its defaults otherwise; its local runtime offers availableParallelism() = ${cpus} CPUs, so at most ${cpus} one-CPU jobs run at once. A client thread creates ${fmt(E2E_JOBS)} TrainingJobs in project ${PROJECT} (\`spec: {command: ["/bin/true"], resources: {cpu: 1}}\`) over HTTP keep-alive, ${E2E_CONCURRENCY} creates in flight, and follows them on one watch opened before the first create; total runs from the first create until the watch has shown every job Succeeded.`,
     `Slurm ${slurm.lines[0]?.slurmVersion ?? ""}: bench/slurm/slurm.sh, one node with CPUs=${cpus}, configured for throughput (${slurm.conf ?? "slurm.conf not read"}): \`separate\` runs ${fmt(E2E_JOBS)} sbatch processes one after another, \`array\` one \`sbatch --array=1-${E2E_JOBS}\`; each job \`-n1 -c1 --wrap /bin/true\`; total until squeue (polled every 0.1 s) is empty. Slurm needs the no-op Epilog (Epilog=/bin/true) that slurm.sh configures: without one a freed CPU waits up to 1 s for slurmctld's background scheduling pass and Slurm runs about 2 jobs/s here (bench/slurm/README.md).`,
   );
   if (lf) {

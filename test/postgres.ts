@@ -7,7 +7,7 @@ import { promisify } from "node:util";
 import type { Kysely } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, beforeEach } from "vitest";
-import { openSqlite } from "../src/store/sqlite/db.js";
+import { openSqlite } from "../src/platforms/embedded/db.js";
 import { openTrackingDatabase, sqliteTracking, type TrackingDatabase } from "../src/tracking/db.js";
 
 const run = promisify(execFile);

@@ -2,7 +2,7 @@ import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
-import { findProcessesByEnv } from "../src/runtime/local/procfs.js";
+import { findProcessesByEnv } from "../src/platforms/embedded/procfs.js";
 import { alive, jobYaml, LoomProcess } from "./helpers.js";
 
 /** The server may die at any moment; workloads and acknowledged writes must not. */

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { findProcessesByEnv } from "../src/runtime/local/procfs.js";
+import { findProcessesByEnv } from "../src/platforms/embedded/procfs.js";
 import { alive, LoomProcess, ROOT } from "./helpers.js";
 
 /**

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { findProcessesByEnv } from "../src/runtime/local/procfs.js";
+import { findProcessesByEnv } from "../src/platforms/embedded/procfs.js";
 import { LoomProcess, ROOT } from "./helpers.js";
 
 /**

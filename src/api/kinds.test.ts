@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ValidationError } from "../errors.js";
+import { ValidationError } from "./errors.js";
 import { findKind, specJsonSchema, validateManifest } from "./kinds.js";
 
 const API = "loom.dev/v1alpha1";

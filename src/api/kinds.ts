@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { type FieldIssue, ValidationError } from "../errors.js";
+import { type FieldIssue, ValidationError } from "./errors.js";
 import { InferenceServiceSpec, InferenceServiceStatus } from "./inferenceservice.js";
 import { API_VERSION, InputMetadata, type Resource } from "./meta.js";
 import { ModelSpec, ModelStatus } from "./model.js";

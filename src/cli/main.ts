@@ -7,9 +7,9 @@ import { Command, Option } from "commander";
 import { findKind, type KindDef, knownKindsText } from "../api/kinds.js";
 import { API_VERSION, type Resource } from "../api/meta.js";
 import { DEFAULT_PROJECT } from "../api/project.js";
-import { createLogger } from "../log.js";
-import type { ObjectEvent } from "../store/port.js";
-import { VERSION } from "../version.js";
+import { createLogger } from "../lib/log.js";
+import { VERSION } from "../lib/version.js";
+import type { ObjectEvent } from "../ports/store.js";
 import { ApiClient, ApiError } from "./client.js";
 import { configPath, resolveContext, saveContext } from "./config.js";
 import { CliError } from "./errors.js";
@@ -51,7 +51,7 @@ async function targetCluster(program: Command, command: string, args: string[] =
   const opts = program.opts() as GlobalOpts;
   const kubeconfig = opts.kubeconfig ?? process.env.LOOM_KUBECONFIG;
   if (!kubeconfig || !CLUSTER_COMMANDS.has(command)) return;
-  const { startKubeApi } = await import("../server/kubeapi.js");
+  const { startKubeApi } = await import("../main/kubeapi.js");
   const api = await startKubeApi({
     kubeconfig,
     context: opts.kubeContext,
@@ -256,7 +256,7 @@ export function buildProgram(): Command {
           throw new CliError(`--gpus must be a whole number, got "${opts.gpus}"`);
         if (opts.trackingDb !== undefined && !/^postgres(ql)?:\/\//i.test(opts.trackingDb))
           throw new CliError("--tracking-db must be a postgres:// or postgresql:// URL");
-        const { startEmbedded } = await import("../server/embedded.js");
+        const { startEmbedded } = await import("../main/embedded.js");
         const log = createLogger();
         let server: Awaited<ReturnType<typeof startEmbedded>>;
         try {
@@ -581,7 +581,7 @@ export function buildProgram(): Command {
             throw new CliError("--tracking-db must be a postgres:// or postgresql:// URL");
         }
         const g = program.opts() as GlobalOpts;
-        const { startOperator } = await import("../server/operator.js");
+        const { startOperator } = await import("../main/operator.js");
         const log = createLogger();
         const operator = await startOperator({
           kubeconfig: g.kubeconfig ?? process.env.LOOM_KUBECONFIG ?? process.env.KUBECONFIG,
@@ -666,7 +666,7 @@ export function buildProgram(): Command {
           });
           return;
         }
-        const { startGatewayNode } = await import("../server/gatewaynode.js");
+        const { startGatewayNode } = await import("../main/gatewaynode.js");
         const node = await startGatewayNode({
           apiUrl: opts.api,
           token,

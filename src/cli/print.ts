@@ -2,8 +2,8 @@ import { stringify } from "yaml";
 import type { InferenceServiceStatus } from "../api/inferenceservice.js";
 import type { KindDef } from "../api/kinds.js";
 import type { Condition, Resource } from "../api/meta.js";
+import type { ObjectEvent } from "../ports/store.js";
 import type { NodeUsage, ProjectUsage } from "../server/scheduling.js";
-import type { ObjectEvent } from "../store/port.js";
 
 /** What `GET /nodes` and `GET /usage/projects` answer (the server's types). */
 export type NodeUsageView = NodeUsage;

@@ -6,25 +6,25 @@ import type { Project } from "../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
-import type { Runtime } from "../runtime/port.js";
-import type { RunningWorkload } from "../scheduler/core/model.js";
-import type { Scheduler } from "../scheduler/port.js";
-import type { EventRecorder, ResourceStore } from "../store/port.js";
+import type { RunningWorkload } from "../core/scheduler/model.js";
+import type { Runtime } from "../ports/runtime.js";
+import type { Scheduler } from "../ports/scheduler.js";
+import type { EventRecorder, ResourceStore } from "../ports/store.js";
+import { Controller } from "../reconcile/controller.js";
+import { Informer, storeSource } from "../reconcile/informer.js";
+import { createControllerMetrics } from "../reconcile/metrics.js";
 import type { WorkloadTracking } from "../tracking/workloads.js";
-import { ADMISSION_KEY, AdmissionReconciler } from "./admission.js";
-import { Controller } from "./controller.js";
+import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
+import { ServingAdmission } from "./inferenceservice/admission.js";
 import {
   INFERENCESERVICE,
   type InferenceServiceDeps,
   InferenceServiceReconciler,
   serviceOfReplica,
-} from "./inferenceservice.js";
-import { Informer, storeSource } from "./informer.js";
-import { createControllerMetrics } from "./metrics.js";
-import { ProjectReconciler } from "./project.js";
-import { ServingAdmission } from "./servingadmission.js";
-import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep.js";
-import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob.js";
+} from "./inferenceservice/reconciler.js";
+import { ProjectReconciler } from "./project/reconciler.js";
+import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep/reconciler.js";
+import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob/reconciler.js";
 
 export interface ControllerManagerDeps {
   store: ResourceStore;

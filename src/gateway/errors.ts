@@ -1,4 +1,4 @@
-import { LoomError } from "../errors.js";
+import { LoomError } from "../api/errors.js";
 import type { GatewayResponse } from "./h1.js";
 
 /**

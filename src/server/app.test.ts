@@ -5,11 +5,11 @@ import type { FastifyInstance, InjectOptions } from "fastify";
 import { pino } from "pino";
 import { Registry } from "prom-client";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { LocalRuntime } from "../runtime/local/runtime.js";
-import { type OpenedDatabase, openSqlite } from "../store/sqlite/db.js";
-import { SqliteEventRecorder } from "../store/sqlite/events.js";
-import { SqliteResourceStore } from "../store/sqlite/resources.js";
-import { SqliteTokenStore } from "../store/sqlite/tokens.js";
+import { type OpenedDatabase, openSqlite } from "../platforms/embedded/db.js";
+import { SqliteEventRecorder } from "../platforms/embedded/events.js";
+import { LocalRuntime } from "../platforms/embedded/runtime.js";
+import { SqliteResourceStore } from "../platforms/embedded/store.js";
+import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { buildApp } from "./app.js";
 
 const BASE = "/apis/loom.dev/v1alpha1";

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { ForbiddenError } from "../errors.js";
-import type { TokenInfo } from "../store/port.js";
+import { ForbiddenError } from "../api/errors.js";
+import type { TokenInfo } from "../ports/store.js";
 import { authorizeApi } from "./authz.js";
 
 const B = "/apis/loom.dev/v1alpha1";

@@ -1,6 +1,6 @@
+import { ForbiddenError, UnauthorizedError } from "../api/errors.js";
 import { API_VERSION } from "../api/meta.js";
-import { ForbiddenError, UnauthorizedError } from "../errors.js";
-import type { TokenInfo } from "../store/port.js";
+import type { TokenInfo } from "../ports/store.js";
 
 const BASE = `/apis/${API_VERSION}`;
 const READ = new Set(["GET", "HEAD", "OPTIONS"]);

@@ -1,5 +1,5 @@
 import type { FastifyError, FastifyInstance, FastifyReply } from "fastify";
-import { ForbiddenError, LoomError, UnauthorizedError, ValidationError } from "../errors.js";
+import { ForbiddenError, LoomError, UnauthorizedError, ValidationError } from "../api/errors.js";
 import { GatewayError, invalidKey, missingKey } from "../gateway/errors.js";
 import { MlflowError } from "../tracking/errors.js";
 

@@ -1,8 +1,8 @@
+import { BadRequestError, ConflictError, ForbiddenError, NotFoundError } from "../api/errors.js";
 import { findKind, type KindDef, kindByKind, knownKindsText, validateManifest } from "../api/kinds.js";
 import type { Resource } from "../api/meta.js";
 import { DEFAULT_PROJECT } from "../api/project.js";
-import { BadRequestError, ConflictError, ForbiddenError, NotFoundError } from "../errors.js";
-import type { ListOptions, ResourceStore } from "../store/port.js";
+import type { ListOptions, ResourceStore } from "../ports/store.js";
 
 /**
  * What the API does with resources beyond storing them: validation and defaults, scope and

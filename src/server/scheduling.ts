@@ -1,12 +1,12 @@
 import type { Project } from "../api/project.js";
 import type { TrainingJob } from "../api/trainingjob.js";
-import { buildSnapshot, policyOf, workloadOf } from "../controllers/admission.js";
-import type { Runtime } from "../runtime/port.js";
-import type { Decisions, RunningWorkload, Snapshot } from "../scheduler/core/model.js";
-import { DEFAULT_POOL } from "../scheduler/core/nodes.js";
-import { gangTotals } from "../scheduler/core/schedule.js";
-import type { Scheduler } from "../scheduler/port.js";
-import type { ResourceStore } from "../store/port.js";
+import { buildSnapshot, policyOf, workloadOf } from "../controllers/admission/reconciler.js";
+import type { Decisions, RunningWorkload, Snapshot } from "../core/scheduler/model.js";
+import { DEFAULT_POOL } from "../core/scheduler/nodes.js";
+import { gangTotals } from "../core/scheduler/schedule.js";
+import type { Runtime } from "../ports/runtime.js";
+import type { Scheduler } from "../ports/scheduler.js";
+import type { ResourceStore } from "../ports/store.js";
 
 export interface NodeUsage {
   name: string;

@@ -1,8 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { FastifyInstance, FastifyRequest, FastifyServerOptions } from "fastify";
+import { BadRequestError } from "../api/errors.js";
 import type { InferenceService, InferenceServiceSpec } from "../api/inferenceservice.js";
-import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice.js";
-import { BadRequestError } from "../errors.js";
+import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice/reconciler.js";
 import { badRequest, sendGatewayError, unknownModel } from "../gateway/errors.js";
 import { attachFront, type FastLane } from "../gateway/front.js";
 import type {
@@ -15,7 +15,7 @@ import type {
   ServiceEndpoint,
 } from "../gateway/gateway.js";
 import type { GatewayResponse } from "../gateway/h1.js";
-import type { TokenInfo } from "../store/port.js";
+import type { TokenInfo } from "../ports/store.js";
 import { toGatewayError } from "./errors.js";
 
 /**

@@ -1,7 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
-import type { TokenStore } from "../store/port.js";
-import { readSecretFile, writeSecretFile } from "./datadir.js";
+import { readSecretFile, writeSecretFile } from "../platforms/embedded/datadir.js";
+import type { TokenStore } from "../ports/store.js";
 
 /**
  * Tokens workers log to tracking with: one per project, role editor (they write runs, they do not

@@ -7,7 +7,7 @@ import { TrackingStore } from "./store.js";
 
 /**
  * Where tracking's tables live: the embedded SQLite database (migrations 0003-0005 of
- * src/store/sqlite/db.ts) or PostgreSQL. The stores run the same Kysely queries on both; the
+ * src/platforms/embedded/db.ts) or PostgreSQL. The stores run the same Kysely queries on both; the
  * few spots where SQL must differ branch on this flag.
  */
 export type TrackingDialect = "sqlite" | "postgres";
@@ -134,7 +134,7 @@ export async function openTrackingDatabase(
 }
 
 /**
- * Tracking's schema on PostgreSQL: SQLite's migrations 0003-0005 (src/store/sqlite/db.ts), table
+ * Tracking's schema on PostgreSQL: SQLite's migrations 0003-0005 (src/platforms/embedded/db.ts), table
  * for table and index for index. Never edit a released one: add the next, here and there.
  */
 const POSTGRES_MIGRATIONS: Record<string, Migration> = {

@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { LoomError } from "../errors.js";
+import { LoomError } from "../api/errors.js";
 import { artifactRoutes } from "./artifacts.js";
 import { invalidParameter, MlflowError } from "./errors.js";
 import type { LoggedModels } from "./logged.js";

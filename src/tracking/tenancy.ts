@@ -1,4 +1,4 @@
-import type { TokenInfo } from "../store/port.js";
+import type { TokenInfo } from "../ports/store.js";
 import { MlflowError } from "./errors.js";
 
 /**

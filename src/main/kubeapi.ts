@@ -1,0 +1,60 @@
+import { randomBytes } from "node:crypto";
+import type { Logger } from "pino";
+import { Registry } from "prom-client";
+import { VERSION } from "../lib/version.js";
+import { KubeClient } from "../platforms/kubernetes/client.js";
+import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
+import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
+import { KubeResourceStore } from "../platforms/kubernetes/store.js";
+import type { Role, TokenInfo, TokenStore } from "../ports/store.js";
+import { buildApp } from "../server/app.js";
+
+/** One token, valid for the life of this process only. */
+class EphemeralTokens implements TokenStore {
+  readonly token = `loom_${randomBytes(24).toString("base64url")}`;
+
+  async create(_name: string, _role: Role): Promise<{ token: string; info: TokenInfo }> {
+    throw new Error("tokens are not stored in cluster mode");
+  }
+
+  async verify(token: string): Promise<TokenInfo | undefined> {
+    return token === this.token ? { id: "kubeconfig", name: "kubeconfig", role: "admin" } : undefined;
+  }
+}
+
+/**
+ * Loom's API in front of a Kubernetes cluster, in the CLI's own process on a loopback port: the
+ * CLI then speaks one protocol to both platforms, with the same validation and messages, while
+ * every request reaches the API server with the kubeconfig's identity (so RBAC decides, not Loom).
+ */
+export async function startKubeApi(opts: {
+  kubeconfig?: string;
+  context?: string;
+  log: Logger;
+  /** List-watch pods and nodes first (capacity views that count others' pods too). */
+  watchPods?: boolean;
+}) {
+  const client = KubeClient.fromKubeconfig(opts.kubeconfig, opts.context);
+  const tokens = new EphemeralTokens();
+  const runtime = new KubernetesRuntime({ client, log: opts.log });
+  if (opts.watchPods) await runtime.watchPods();
+  const app = await buildApp({
+    store: new KubeResourceStore(client, opts.log),
+    tokens,
+    events: new KubeEventRecorder(client),
+    runtime,
+    metrics: new Registry(),
+    log: opts.log,
+    version: VERSION,
+    ensureDefaultProject: false,
+  });
+  const url = await app.listen({ host: "127.0.0.1", port: 0 });
+  return {
+    url,
+    token: tokens.token,
+    async close() {
+      await app.close();
+      await runtime.close();
+    },
+  };
+}

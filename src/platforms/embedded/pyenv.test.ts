@@ -1,0 +1,65 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import pino from "pino";
+import { afterAll, describe, expect, it } from "vitest";
+import type { Preparation } from "../../ports/runtime.js";
+import { environmentKey, PythonEnvironments } from "./pyenv.js";
+
+const dir = mkdtempSync(join(tmpdir(), "loom-pyenv-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+async function until(envs: PythonEnvironments, spec: Parameters<PythonEnvironments["prepare"]>[0]) {
+  const seen: Preparation[] = [];
+  for (let i = 0; i < 1200; i++) {
+    const p = envs.prepare(spec);
+    seen.push(p);
+    if (!("ready" in p) || p.ready) return seen;
+    await sleep(100);
+  }
+  throw new Error("the environment never got ready");
+}
+
+describe("PythonEnvironments", () => {
+  const envs = new PythonEnvironments(dir, pino({ level: "silent" }));
+  const spec = { interpreter: "python3", requirements: [], systemSitePackages: false };
+
+  it("builds a venv once, in the background, saying how far it got; then it is ready at once", async () => {
+    const seen = await until(envs, spec);
+    expect(seen[0]).toMatchObject({ ready: false });
+    expect((seen[0] as { message: string }).message).toMatch(/building the Python environment .*\[.*\]/);
+    expect(seen.at(-1)).toEqual({ ready: true });
+    const location = envs.location(spec);
+    expect(existsSync(join(location, "bin", "python"))).toBe(true);
+    // A second server (or job) with the same content finds it built.
+    expect(new PythonEnvironments(dir, pino({ level: "silent" })).prepare(spec)).toEqual({ ready: true });
+  }, 130_000);
+
+  it("keys environments by their content", () => {
+    const other = { ...spec, systemSitePackages: true };
+    expect(environmentKey(spec)).not.toBe(environmentKey(other));
+    expect(environmentKey(spec)).toBe(environmentKey({ ...spec }));
+  });
+
+  it("reports a failed pip install with its log, and tries again next time", async () => {
+    const bad = { ...spec, requirements: ["--definitely-not-a-pip-option"] };
+    const seen = await until(envs, bad);
+    const last = seen.at(-1) as { failed: string };
+    expect(last.failed).toMatch(/pip install exited with code \d+; see .*\.log/);
+    const log = last.failed.replace(/^.*see /, "");
+    expect(readFileSync(log, "utf8")).toMatch(/no such option/);
+    expect(envs.prepare(bad)).toMatchObject({ ready: false });
+    // Let the retry finish too, so nothing writes into the directory while afterAll removes it.
+    expect((await until(envs, bad)).at(-1)).toMatchObject({
+      failed: expect.stringMatching(/pip install exited/),
+    });
+  }, 130_000);
+
+  it("an existing venv is used as it is; a missing one is an error that names it", () => {
+    expect(envs.prepare({ venv: envs.location(spec) })).toEqual({ ready: true });
+    expect(envs.prepare({ venv: "/nonexistent/venv" })).toEqual({
+      failed: "no virtual environment at /nonexistent/venv (/nonexistent/venv/bin/python is missing)",
+    });
+  });
+});

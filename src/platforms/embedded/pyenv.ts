@@ -1,0 +1,158 @@
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { createWriteStream, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import type { Logger } from "pino";
+import type { Preparation, PythonEnvironmentSpec } from "../../ports/runtime.js";
+
+/** Written last: an environment without it is a build that did not finish. */
+const READY_MARKER = ".loom-ready";
+
+interface Build {
+  startedAt: number;
+  /** Packages pip has named so far (Collecting …), and those it has fetched. */
+  collected: number;
+  fetched: number;
+  installing?: number;
+  error?: string;
+}
+
+/**
+ * Python environments for embedded workers, built once per content (interpreter, requirements,
+ * system site packages) into a cache directory, so a job does not depend on what happens to be
+ * installed. A build runs in the background; until it is done, `prepare` says how far it got.
+ */
+export class PythonEnvironments {
+  private readonly builds = new Map<string, Build>();
+
+  constructor(
+    private readonly dir: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** The environment's directory (its bin/ goes first on the workers' PATH). */
+  location(spec: PythonEnvironmentSpec): string {
+    if ("venv" in spec) return spec.venv;
+    return join(this.dir, environmentKey(spec));
+  }
+
+  prepare(spec: PythonEnvironmentSpec): Preparation {
+    if ("venv" in spec) {
+      return existsSync(join(spec.venv, "bin", "python"))
+        ? { ready: true }
+        : { failed: `no virtual environment at ${spec.venv} (${spec.venv}/bin/python is missing)` };
+    }
+    const key = environmentKey(spec);
+    const dir = join(this.dir, key);
+    if (existsSync(join(dir, READY_MARKER))) return { ready: true };
+    const build = this.builds.get(key);
+    if (build?.error) {
+      // Failed: say so once, then let a later job try again (a registry may have been down).
+      this.builds.delete(key);
+      return { failed: build.error };
+    }
+    if (!build) this.start(key, dir, spec);
+    return { ready: false, message: progressMessage(this.builds.get(key)!, dir) };
+  }
+
+  private start(
+    key: string,
+    dir: string,
+    spec: Extract<PythonEnvironmentSpec, { interpreter: string }>,
+  ): void {
+    const build: Build = { startedAt: Date.now(), collected: 0, fetched: 0 };
+    this.builds.set(key, build);
+    // Built in place (a venv's scripts name their own path, so it cannot be moved when done);
+    // a leftover of an interrupted build is removed first.
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(this.dir, { recursive: true });
+    const logFile = `${dir}.log`;
+    const out = createWriteStream(logFile);
+    // The log is for people: losing it (a removed data dir) must not take the server down.
+    out.on("error", (err) => this.log.warn({ err, logFile }, "cannot write the environment's build log"));
+    const steps = [
+      [spec.interpreter, "-m", "venv", ...(spec.systemSitePackages ? ["--system-site-packages"] : []), dir],
+      ...(spec.requirements.length > 0
+        ? [
+            [
+              join(dir, "bin", "python"),
+              "-m",
+              "pip",
+              "install",
+              "--disable-pip-version-check",
+              "--progress-bar",
+              "off",
+              ...spec.requirements,
+            ],
+          ]
+        : []),
+    ];
+    this.log.info({ environment: key, requirements: spec.requirements }, "building a Python environment");
+    const run = (i: number): void => {
+      if (i === steps.length) {
+        out.end();
+        try {
+          writeFileSync(join(dir, READY_MARKER), JSON.stringify(spec));
+        } catch (err) {
+          build.error = `cannot mark the environment ready: ${(err as Error).message}`;
+          return;
+        }
+        this.builds.delete(key);
+        this.log.info(
+          { environment: key, seconds: Math.round((Date.now() - build.startedAt) / 1000) },
+          "Python environment ready",
+        );
+        return;
+      }
+      const [cmd, ...args] = steps[i]!;
+      const child = spawn(cmd!, args, { stdio: ["ignore", "pipe", "pipe"] });
+      for (const stream of [child.stdout, child.stderr]) {
+        stream.pipe(out, { end: false });
+        createInterface({ input: stream }).on("line", (line) => {
+          if (line.startsWith("Collecting ")) build.collected++;
+          else if (/^\s*(Downloading|Using cached) /.test(line)) build.fetched++;
+          const m = /^Installing collected packages: (.*)$/.exec(line);
+          if (m) build.installing = m[1]!.split(",").length;
+        });
+      }
+      child.on("error", (err) => {
+        build.error = `${cmd} could not run: ${err.message}`;
+        out.end();
+      });
+      child.on("exit", (code) => {
+        if (build.error) return;
+        if (code === 0) return run(i + 1);
+        build.error = `${i === 0 ? "creating the virtual environment" : "pip install"} exited with code ${code}; see ${logFile}`;
+        out.end();
+        this.log.warn({ environment: key, error: build.error }, "Python environment build failed");
+      });
+    };
+    run(0);
+  }
+}
+
+export function environmentKey(spec: Extract<PythonEnvironmentSpec, { interpreter: string }>): string {
+  const content = JSON.stringify([spec.interpreter, spec.requirements, spec.systemSitePackages]);
+  return createHash("sha256").update(content).digest("hex").slice(0, 16);
+}
+
+/** A progress bar in words, for the EnvironmentReady condition (loom describe, loom get -o yaml). */
+function progressMessage(b: Build, dir: string): string {
+  const seconds = Math.round((Date.now() - b.startedAt) / 1000);
+  const width = 20;
+  let bar: string;
+  let what: string;
+  if (b.installing !== undefined) {
+    bar = "=".repeat(width - 1);
+    what = `installing ${b.installing} package(s)`;
+  } else {
+    const done = b.collected === 0 ? 0 : b.fetched / b.collected;
+    bar = "=".repeat(Math.floor(done * (width - 2)));
+    what =
+      b.collected === 0
+        ? "creating the virtual environment"
+        : `fetched ${b.fetched} of ${b.collected} package(s) found so far`;
+  }
+  return `building the Python environment (first use; cached afterwards): [${`${bar}>`.padEnd(width)}] ${what}, ${seconds}s; log: ${dir}.log`;
+}

@@ -1,0 +1,109 @@
+import type { ProjectInfo } from "../../ports/runtime.js";
+import { namespaceOf } from "./store.js";
+
+const VERBS = {
+  viewer: ["get", "list", "watch"],
+  editor: ["get", "list", "watch", "create", "update", "patch", "delete"],
+  admin: ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+} as const;
+
+/**
+ * What a project is on Kubernetes: a namespace that enforces Pod Security "restricted", a
+ * ResourceQuota from the project's limit (the deserved quota is the scheduler's business: work
+ * may borrow beyond it, so the API server must not refuse it), a default-deny NetworkPolicy that admits traffic only
+ * from inside the project, and one Role + RoleBinding per role for its members.
+ */
+export function namespaceObjects(
+  project: ProjectInfo,
+): { apiVersion: string; kind: string; metadata: { name: string; namespace?: string } }[] {
+  const ns = namespaceOf(project.name);
+  const labels = { "app.kubernetes.io/managed-by": "loom", "loom.dev/project": project.name };
+  const objects: {
+    apiVersion: string;
+    kind: string;
+    metadata: { name: string; namespace?: string };
+    [k: string]: unknown;
+  }[] = [
+    {
+      apiVersion: "v1",
+      kind: "Namespace",
+      metadata: {
+        name: ns,
+        labels: {
+          ...labels,
+          "pod-security.kubernetes.io/enforce": "restricted",
+          "pod-security.kubernetes.io/enforce-version": "latest",
+          "pod-security.kubernetes.io/warn": "restricted",
+          "pod-security.kubernetes.io/audit": "restricted",
+        },
+      } as { name: string },
+    },
+    {
+      apiVersion: "networking.k8s.io/v1",
+      kind: "NetworkPolicy",
+      metadata: { name: "loom-project-isolation", namespace: ns, labels } as {
+        name: string;
+        namespace: string;
+      },
+      spec: {
+        // Model pods are left to their own policy: only Loom's gateway reaches them.
+        podSelector: {
+          matchExpressions: [{ key: "app.kubernetes.io/component", operator: "NotIn", values: ["model"] }],
+        },
+        policyTypes: ["Ingress"],
+        // Only pods of this project may connect to its pods.
+        ingress: [{ from: [{ podSelector: {} }] }],
+      },
+    },
+  ];
+  const hard: Record<string, string> = {};
+  const limit = project.limit;
+  if (limit?.cpu !== undefined) hard["requests.cpu"] = String(limit.cpu);
+  if (limit?.memory !== undefined) hard["requests.memory"] = String(limit.memory);
+  if (limit?.gpu !== undefined) hard["requests.nvidia.com/gpu"] = String(limit.gpu);
+  if (Object.keys(hard).length > 0) {
+    // A quota on requests makes the API server refuse pods without them: give such pods defaults.
+    objects.push({
+      apiVersion: "v1",
+      kind: "LimitRange",
+      metadata: { name: "loom-defaults", namespace: ns, labels } as { name: string; namespace: string },
+      spec: { limits: [{ type: "Container", defaultRequest: { cpu: "100m", memory: "128Mi" } }] },
+    });
+    objects.push({
+      apiVersion: "v1",
+      kind: "ResourceQuota",
+      metadata: { name: "loom-project-quota", namespace: ns, labels } as { name: string; namespace: string },
+      spec: { hard },
+    });
+  }
+  for (const role of ["viewer", "editor", "admin"] as const) {
+    const members = project.members.filter((m) => m.role === role);
+    objects.push({
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "Role",
+      metadata: { name: `loom-${role}`, namespace: ns, labels } as { name: string; namespace: string },
+      rules: [
+        { apiGroups: ["loom.dev"], resources: ["*"], verbs: [...VERBS[role]] },
+        {
+          apiGroups: [""],
+          resources: ["pods", "services", "events", "persistentvolumeclaims"],
+          verbs: ["get", "list", "watch"],
+        },
+        { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },
+        { apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["get", "list", "watch"] },
+      ],
+    });
+    objects.push({
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "RoleBinding",
+      metadata: { name: `loom-${role}`, namespace: ns, labels } as { name: string; namespace: string },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: `loom-${role}` },
+      subjects: members.map((m) =>
+        m.user
+          ? { apiGroup: "rbac.authorization.k8s.io", kind: "User", name: m.user }
+          : { apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: m.group! },
+      ),
+    });
+  }
+  return objects;
+}

@@ -1,0 +1,264 @@
+import type { Logger } from "pino";
+import { LoomError, NotFoundError } from "../../api/errors.js";
+import { kindByKind } from "../../api/kinds.js";
+import { API_VERSION, type ObjectMeta, type Resource } from "../../api/meta.js";
+import type {
+  ListOptions,
+  ListResult,
+  ResourceStore,
+  StopWatch,
+  WatchEvent,
+  WatchOptions,
+} from "../../ports/store.js";
+import type { KubeClient } from "./client.js";
+import { watchCollection } from "./watch.js";
+
+/** Each Loom project is one namespace: `loom-<project>`. */
+export const NAMESPACE_PREFIX = "loom-";
+
+export function namespaceOf(project: string): string {
+  return `${NAMESPACE_PREFIX}${project}`;
+}
+
+export function projectOf(namespace: string | undefined): string | undefined {
+  return namespace?.startsWith(NAMESPACE_PREFIX) ? namespace.slice(NAMESPACE_PREFIX.length) : undefined;
+}
+
+interface KubeObject {
+  apiVersion: string;
+  kind: string;
+  metadata: Record<string, unknown> & { name: string; namespace?: string; resourceVersion?: string };
+  spec?: unknown;
+  status?: unknown;
+}
+
+interface KubeList {
+  metadata: { resourceVersion: string; continue?: string };
+  items: KubeObject[];
+}
+
+/**
+ * The ResourceStore port on a Kubernetes API server: Loom kinds are custom resources (see
+ * `loom crds`), projects are namespaces. Watches are our own loop — resume from the last seen
+ * revision after a server-side timeout, bookmarks, capped backoff on errors, and a 410 handed to
+ * the caller to relist — rather than client-node's informer.
+ */
+export class KubeResourceStore implements ResourceStore {
+  constructor(
+    private readonly client: KubeClient,
+    private readonly log: Logger,
+  ) {}
+
+  async get(kind: string, project: string, name: string): Promise<Resource> {
+    try {
+      return toLoom(await this.client.request<KubeObject>("GET", itemPath(kind, project, name)));
+    } catch (err) {
+      throw notFound(err, kind, project, name);
+    }
+  }
+
+  async list(kind: string, opts: ListOptions = {}): Promise<ListResult> {
+    const items: Resource[] = [];
+    let cont: string | undefined;
+    let resourceVersion = "";
+    do {
+      const page = await this.client.request<KubeList>("GET", collectionPath(kind, opts.project), {
+        query: { labelSelector: opts.labelSelector || undefined, limit: 500, continue: cont },
+      });
+      resourceVersion = page.metadata.resourceVersion;
+      cont = page.metadata.continue || undefined;
+      for (const o of page.items) if (isLoomObject(kind, o)) items.push(toLoom(o));
+    } while (cont);
+    items.sort(
+      (a, b) =>
+        (a.metadata.project ?? "").localeCompare(b.metadata.project ?? "") ||
+        a.metadata.name.localeCompare(b.metadata.name),
+    );
+    return { items, resourceVersion };
+  }
+
+  async watch(
+    kind: string,
+    opts: WatchOptions,
+    onEvent: (e: WatchEvent) => void,
+    onEnd?: (err: Error) => void,
+  ): Promise<StopWatch> {
+    let rv = opts.resourceVersion;
+    if (!rv) {
+      const current = await this.list(kind, opts);
+      for (const o of current.items) onEvent({ type: "ADDED", object: o });
+      rv = current.resourceVersion;
+    }
+    return watchCollection<KubeObject>(
+      this.client,
+      this.log,
+      collectionPath(kind, opts.project),
+      { resourceVersion: rv, labelSelector: opts.labelSelector },
+      (e) => {
+        if (isLoomObject(kind, e.object)) onEvent({ type: e.type, object: toLoom(e.object) });
+      },
+      onEnd,
+    );
+  }
+
+  async create(obj: Resource): Promise<Resource> {
+    const { kind, project } = parts(obj);
+    const body = toKube(obj);
+    delete body.metadata.resourceVersion;
+    try {
+      return toLoom(
+        await this.client.request<KubeObject>("POST", collectionPath(kind, project), {
+          body,
+          query: { fieldManager: "loom" },
+        }),
+      );
+    } catch (err) {
+      if (err instanceof NotFoundError && kindByKind(kind)?.namespaced) {
+        throw new NotFoundError(
+          `project "${project}" not found (no namespace ${namespaceOf(project)}): create the Project first`,
+        );
+      }
+      throw err;
+    }
+  }
+
+  update(obj: Resource): Promise<Resource> {
+    return this.replace(obj, "");
+  }
+
+  updateStatus(obj: Resource): Promise<Resource> {
+    return this.replace(obj, "/status");
+  }
+
+  /**
+   * Server-side apply (field manager "loom") of the object or its status subresource, with the
+   * resourceVersion as a precondition so that a stale writer gets 409 Conflict instead of
+   * overwriting. A caller that sent no resourceVersion asked for "last write wins": read the
+   * current one, write, retry conflicts. `managedFields` then tell an admin which fields Loom owns.
+   */
+  private async replace(obj: Resource, subresource: "" | "/status"): Promise<Resource> {
+    const { kind, project, name } = parts(obj);
+    for (let attempt = 0; ; attempt++) {
+      const rv =
+        obj.metadata.resourceVersion || (await this.get(kind, project, name)).metadata.resourceVersion;
+      const body = toKube({ ...obj, metadata: { ...obj.metadata, resourceVersion: rv } });
+      if (subresource === "") delete body.status;
+      else delete body.spec;
+      try {
+        return toLoom(
+          await this.client.request<KubeObject>("PATCH", `${itemPath(kind, project, name)}${subresource}`, {
+            body,
+            contentType: "application/apply-patch+yaml",
+            query: { fieldManager: "loom", force: true },
+          }),
+        );
+      } catch (err) {
+        const lastWriteWins = !obj.metadata.resourceVersion;
+        if (lastWriteWins && err instanceof LoomError && err.code === "Conflict" && attempt < 5) continue;
+        throw notFound(err, kind, project, name);
+      }
+    }
+  }
+
+  async delete(
+    kind: string,
+    project: string,
+    name: string,
+    opts: { resourceVersion?: string } = {},
+  ): Promise<Resource> {
+    const before = await this.get(kind, project, name);
+    const body = {
+      apiVersion: "v1",
+      kind: "DeleteOptions",
+      propagationPolicy: "Background",
+      ...(opts.resourceVersion ? { preconditions: { resourceVersion: opts.resourceVersion } } : {}),
+    };
+    const res = await this.client
+      .request<KubeObject>("DELETE", itemPath(kind, project, name), { body })
+      .catch((err: unknown) => {
+        throw notFound(err, kind, project, name);
+      });
+    // The server answers with the object when finalizers hold it, with a Status when it is gone.
+    return res?.kind === kind ? toLoom(res) : before;
+  }
+
+  async close(): Promise<void> {}
+}
+
+function parts(obj: Resource) {
+  return { kind: obj.kind, project: obj.metadata.project ?? "", name: obj.metadata.name };
+}
+
+function pluralOf(kind: string): string {
+  const def = kindByKind(kind);
+  if (!def) throw new NotFoundError(`unknown kind ${kind}`);
+  return def.plural;
+}
+
+function collectionPath(kind: string, project: string | undefined): string {
+  const def = kindByKind(kind);
+  const plural = pluralOf(kind);
+  if (def?.namespaced && project !== undefined && project !== "")
+    return `/apis/${API_VERSION}/namespaces/${namespaceOf(project)}/${plural}`;
+  return `/apis/${API_VERSION}/${plural}`;
+}
+
+function itemPath(kind: string, project: string, name: string): string {
+  return `${collectionPath(kind, project)}/${encodeURIComponent(name)}`;
+}
+
+/** Namespaced Loom objects outside loom-* namespaces are not part of any project: ignore them. */
+function isLoomObject(kind: string, o: KubeObject): boolean {
+  return !kindByKind(kind)?.namespaced || projectOf(o.metadata.namespace) !== undefined;
+}
+
+function notFound(err: unknown, kind: string, project: string, name: string): unknown {
+  if (err instanceof NotFoundError) {
+    return new NotFoundError(
+      project ? `${kind} "${name}" not found in project "${project}"` : `${kind} "${name}" not found`,
+    );
+  }
+  return err;
+}
+
+/** Loom's object → the custom resource: project becomes the namespace. */
+export function toKube(obj: Resource): KubeObject {
+  const m = obj.metadata;
+  const metadata: KubeObject["metadata"] = { name: m.name };
+  if (kindByKind(obj.kind)?.namespaced) metadata.namespace = namespaceOf(m.project ?? "default");
+  for (const k of ["uid", "resourceVersion", "labels", "annotations", "finalizers"] as const) {
+    const v = m[k];
+    if (v !== undefined && v !== "" && !(Array.isArray(v) && v.length === 0))
+      (metadata as Record<string, unknown>)[k] = v;
+  }
+  const out: KubeObject = { apiVersion: API_VERSION, kind: obj.kind, metadata, spec: obj.spec };
+  if (obj.status !== undefined) out.status = obj.status;
+  return out;
+}
+
+/** The custom resource → Loom's object. */
+export function toLoom(o: KubeObject): Resource {
+  const m = o.metadata as Record<string, unknown>;
+  const metadata: ObjectMeta = {
+    name: o.metadata.name,
+    uid: String(m.uid ?? ""),
+    resourceVersion: String(m.resourceVersion ?? ""),
+    generation: Number(m.generation ?? 1),
+    creationTimestamp: String(m.creationTimestamp ?? ""),
+  };
+  const project = projectOf(o.metadata.namespace);
+  if (project !== undefined) metadata.project = project;
+  if (m.deletionTimestamp) metadata.deletionTimestamp = String(m.deletionTimestamp);
+  if (Array.isArray(m.finalizers) && m.finalizers.length) metadata.finalizers = m.finalizers as string[];
+  if (m.labels) metadata.labels = m.labels as Record<string, string>;
+  if (m.annotations) {
+    const { "kubectl.kubernetes.io/last-applied-configuration": _, ...rest } = m.annotations as Record<
+      string,
+      string
+    >;
+    if (Object.keys(rest).length) metadata.annotations = rest;
+  }
+  const out: Resource = { apiVersion: o.apiVersion, kind: o.kind, metadata, spec: o.spec ?? {} };
+  if (o.status !== undefined) out.status = o.status;
+  return out;
+}

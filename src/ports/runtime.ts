@@ -1,0 +1,204 @@
+import type { Readable } from "node:stream";
+import type { PodPlacement, RunningWorkload, Workload } from "../core/scheduler/model.js";
+import type { Allocation, NodeCapacity } from "./scheduler.js";
+
+/** Identifies one workload across the platform: uid guards against a re-created namesake. */
+export interface WorkloadRef {
+  kind: string;
+  project: string;
+  name: string;
+  uid: string;
+}
+
+export interface ProjectInfo {
+  name: string;
+  members: { user?: string; group?: string; role: "admin" | "editor" | "viewer" }[];
+  /** Deserved quota: enforced by Loom's scheduler, not by the platform. */
+  quota?: { cpu?: string | number; memory?: string | number; gpu?: number };
+  /** Hard cap, borrowing included: the platform's backstop (a ResourceQuota on Kubernetes). */
+  limit?: { cpu?: string | number; memory?: string | number; gpu?: number };
+}
+
+export interface WorkerSpec {
+  /** Container image (Kubernetes); the local runtime runs the command on this machine instead. */
+  image?: string;
+  /** The workload's annotations, carried to its pods on Kubernetes (scrape configs, tooling). */
+  annotations?: Record<string, string>;
+  index: number;
+  command: string[];
+  env: Record<string, string>;
+  workingDir?: string;
+  allocation: Allocation;
+  /** Seconds between SIGTERM and SIGKILL for stops the platform makes on its own. */
+  terminationGracePeriodSeconds?: number;
+}
+
+/** Where checkpoints live across attempts (LOOM_CHECKPOINT_DIR). */
+export interface CheckpointStorage {
+  /** Kubernetes: an existing PersistentVolumeClaim; unset, the runtime makes one of `size`. */
+  claimName?: string;
+  size?: string | number;
+  storageClassName?: string;
+}
+
+/** Embedded: the Python environment the workers run in (Kubernetes: the image is it). */
+export type PythonEnvironmentSpec =
+  | { venv: string }
+  | { interpreter: string; requirements: string[]; systemSitePackages: boolean };
+
+/** One attempt of a gang: every worker starts together; a later attempt never overlaps it. */
+export interface GangSpec {
+  ref: WorkloadRef;
+  attempt: number;
+  workers: WorkerSpec[];
+  checkpoint?: CheckpointStorage;
+  /** Another job's checkpoints to start from (LOOM_INIT_CHECKPOINT_DIR). */
+  initCheckpoint?: { ref: WorkloadRef; checkpoint?: CheckpointStorage };
+  python?: PythonEnvironmentSpec;
+}
+
+/** A worker's network identity for one attempt: a host peers can reach and ports it may use. */
+export interface WorkerEndpoint {
+  host: string;
+  ports: number[];
+}
+
+/** How a platform runs an MPI host worker: the launcher (worker 0) starts ranks on it. */
+export interface MpiHost {
+  command: string[];
+  env: Record<string, string>;
+}
+
+/** Whether the environment a gang needs is ready; building it may take minutes the first time. */
+export type Preparation = { ready: true } | { ready: false; message: string } | { failed: string };
+
+export type WorkerState = "Running" | "Succeeded" | "Failed" | "Unknown";
+
+export interface WorkerObservation {
+  index: number;
+  state: WorkerState;
+  pid?: number;
+  exitCode?: number;
+  signal?: string;
+  startTime?: string;
+  finishTime?: string;
+  /** Why the state is what it is, when that is not obvious from the exit code. */
+  message?: string;
+}
+
+export interface GangObservation {
+  attempt: number;
+  workers: WorkerObservation[];
+  /** The latest checkpoint the job reported, if the platform can see it. */
+  checkpoint?: { time: string; step?: number };
+  /** A stop was requested and not every worker has exited yet. */
+  stopping: boolean;
+}
+
+export interface LogOptions {
+  worker: number;
+  /** Default: the latest attempt. */
+  attempt?: number;
+  follow?: boolean;
+}
+
+/**
+ * The Runtime port: realises workloads on a platform. Local processes embedded; Jobs, Pods and
+ * Services on Kubernetes. Controllers talk only to this, never to the platform.
+ */
+export interface Runtime {
+  /** What the scheduler may place workloads on. */
+  nodes(): Promise<NodeCapacity[]>;
+  /**
+   * Addresses for a new attempt's workers, `ports` each: fresh ones per attempt (a new
+   * rendezvous), reachable by every worker of the gang.
+   */
+  endpoints(ref: WorkloadRef, attempt: number, workers: number, ports: number): Promise<WorkerEndpoint[]>;
+  /** How this platform runs the MPI hosts of a gang (see MpiHost). */
+  readonly mpiHost: MpiHost;
+  /** Gets the gang's environment ready (embedded: builds its Python environment once). */
+  prepare?(spec: Pick<GangSpec, "python">): Preparation;
+  /**
+   * When any worker of the latest attempt last showed life (wrote a log line or its heartbeat
+   * file), for spec.progressTimeout; undefined if none has yet.
+   */
+  lastActivity(ref: WorkloadRef): Promise<Date | undefined>;
+  /**
+   * Starts an attempt. Idempotent: a second call for the same attempt does nothing. Throws if an
+   * earlier attempt still has live workers (stop it first: attempts never overlap).
+   */
+  start(spec: GangSpec): Promise<void>;
+  /** The latest attempt the runtime knows of, or undefined if it holds nothing for this workload. */
+  observe(ref: WorkloadRef): Promise<GangObservation | undefined>;
+  /**
+   * Stops every worker: SIGTERM (or pod deletion) first, SIGKILL once graceSeconds have passed
+   * since the first call. Call again until it returns true (nothing left alive).
+   */
+  stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean>;
+  /** Forgets the workload and removes what the runtime kept for it. Kills anything still alive. */
+  release(ref: WorkloadRef): Promise<void>;
+  /** Every workload the runtime holds, for garbage collection of ones whose object is gone. */
+  list(): Promise<WorkloadRef[]>;
+  /** A worker's output; ends at the end of the file, or when the worker exits if following. */
+  logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable>;
+  /**
+   * Makes the platform side of a project exist and match its spec (Kubernetes: namespace with
+   * restricted Pod Security, ResourceQuota, NetworkPolicy, Roles and RoleBindings). Idempotent.
+   */
+  ensureProject(project: ProjectInfo): Promise<void>;
+  /** Removes the platform side of a deleted project. Idempotent. */
+  removeProject(name: string): Promise<void>;
+  /** Called whenever a workload's observed state changes (a worker started or exited). */
+  onChange(listener: (ref: WorkloadRef) => void): void;
+  /**
+   * Platforms where others place work too (Kubernetes): work submitted straight to Loom's
+   * scheduler that no Loom kind owns (pods with schedulerName loom, in gangs), and capacity
+   * everything else already holds. Absent embedded, where Loom is all there is.
+   */
+  external?(): ExternalWork;
+  /** Carries out the scheduler's placement of an external workload (binds its pods). */
+  bindExternal?(id: string, placements: PodPlacement[]): Promise<void>;
+  /** Tells an external workload why it waits (Kubernetes: the pods' PodScheduled condition). */
+  explainExternal?(id: string, reason: string, message: string): Promise<void>;
+  /** Called when external work or the nodes change: the scheduler should look again. */
+  onCapacityChange?(listener: () => void): void;
+  /** Revision-level serving, where the platform runs replicas itself (Kubernetes). */
+  readonly serving?: RevisionRuntime;
+  close(): Promise<void>;
+}
+
+/** One revision of an InferenceService, for platforms that manage replicas themselves. */
+export interface RevisionSpec {
+  /** The InferenceService (owner of what is made). */
+  service: WorkloadRef;
+  revision: string;
+  replicas: number;
+  worker: Omit<WorkerSpec, "index">;
+  /** The port the model server listens on ($PORT) and its readiness path. */
+  port: number;
+  readinessPath: string;
+  readinessTimeoutSeconds: number;
+}
+
+export interface RevisionObservation {
+  replicas: { id: string; host?: string; port: number; ready: boolean; startedAt: string }[];
+}
+
+/**
+ * Serving on a platform with its own replica management (Kubernetes: a Deployment and a Service
+ * per revision, readiness probes, a NetworkPolicy letting only the gateway in). Embedded has
+ * none: the InferenceService loop runs each replica as a workload of its own.
+ */
+export interface RevisionRuntime {
+  /** Makes the revision exist with this many replicas. Idempotent (server-side apply). */
+  applyRevision(spec: RevisionSpec): Promise<void>;
+  observeRevision(service: WorkloadRef, revision: string): Promise<RevisionObservation>;
+  deleteRevision(service: WorkloadRef, revision: string): Promise<void>;
+}
+
+export interface ExternalWork {
+  /** Gangs waiting for Loom to place them. */
+  pending: Workload[];
+  /** What others hold: never preempted by Loom. */
+  running: RunningWorkload[];
+}

@@ -1,0 +1,43 @@
+import type { Decisions, Snapshot } from "../core/scheduler/model.js";
+import { schedule } from "../core/scheduler/schedule.js";
+
+/**
+ * The Scheduler port: a pure function from a snapshot of capacity, projects and workloads to
+ * decisions (bind, preempt, and why the rest wait). The admission controller builds the snapshot
+ * from its caches and the runtime's nodes, so the same core decides on a laptop and on a cluster.
+ */
+export interface Scheduler {
+  schedule(snapshot: Snapshot): Decisions;
+}
+
+/** Loom's scheduler core (src/core/scheduler): quotas, fair share, reclaim, gangs, fractions. */
+export const coreScheduler: Scheduler = { schedule };
+
+/** What a node offers, as a runtime reports it. */
+export interface NodeCapacity {
+  name: string;
+  cpuMillis: number;
+  memoryBytes: number;
+  /** Device ids, e.g. ["0", "1"] or GPU UUIDs. */
+  gpus: string[];
+  /** How many workers the node takes at most (a kubelet's pod capacity); unset means no limit. */
+  maxWorkers?: number;
+  /** Node pool (Kubernetes: label loom.dev/node-pool). */
+  pool?: string;
+  /** GPU model (Kubernetes: label nvidia.com/gpu.product). */
+  gpuModel?: string;
+  /** Memory of each GPU (Kubernetes: label nvidia.com/gpu.memory, in MiB). */
+  gpuMemoryBytes?: number;
+}
+
+/** What one worker was given: its node, its requests, and its devices. */
+export interface Allocation {
+  node: string;
+  cpuMillis: number;
+  memoryBytes: number;
+  gpus: string[];
+  /** Below 1 when the worker shares its one device (fractional GPU). */
+  gpuShare?: number;
+  /** Workers placed on the node (default 1). */
+  workers?: number;
+}
