@@ -10,10 +10,10 @@ import type { RunningWorkload } from "../core/scheduler/model.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Scheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
+import type { WorkloadTracking } from "../ports/tracking.js";
 import { Controller } from "../reconcile/controller.js";
 import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
-import type { WorkloadTracking } from "../tracking/workloads.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
 import { ServingAdmission } from "./inferenceservice/admission.js";
 import {

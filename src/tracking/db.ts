@@ -3,14 +3,15 @@ import pg from "pg";
 import type { Logger } from "pino";
 import { LoggedModels } from "./logged.js";
 import { ModelRegistry } from "./registry.js";
-import { TrackingStore } from "./store.js";
+import { type TrackingDialect, TrackingStore } from "./store.js";
+
+export type { TrackingDialect };
 
 /**
  * Where tracking's tables live: the embedded SQLite database (migrations 0003-0005 of
  * src/platforms/embedded/db.ts) or PostgreSQL. The stores run the same Kysely queries on both; the
  * few spots where SQL must differ branch on this flag.
  */
-export type TrackingDialect = "sqlite" | "postgres";
 
 export interface TrackingDatabase {
   db: Kysely<unknown>;

@@ -1,8 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { type Kysely, type RawBuilder, sql } from "kysely";
-import type { TrackingDialect } from "./db.js";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
 import { type Clause, type OrderBy, parseFilter, parseOrderBy } from "./filter.js";
+
+/** The SQL dialect under tracking (tracking/db.ts opens one of each). */
+export type TrackingDialect = "sqlite" | "postgres";
 
 /** Tracking's tables (migration 0003_tracking in the SQLite store; db.ts on PostgreSQL). */
 interface TrackingSchema {

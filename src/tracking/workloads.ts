@@ -1,20 +1,7 @@
+import type { WorkloadTracking } from "../ports/tracking.js";
 import type { TrackingStore } from "./store.js";
 
-/** What a workload needs to log to Loom's tracking with the mlflow client and no setup. */
-export interface WorkloadTracking {
-  /**
-   * The workload's experiment (made if missing) and its one run, made on the first call and
-   * found again by its tag afterwards, so every attempt of a job lands in the same run.
-   */
-  ensureRun(
-    ref: { project: string; name: string; uid: string },
-    experiment: string,
-  ): Promise<{ experimentId: string; runId: string }>;
-  /** Marks the run with the attempt now running. */
-  tagAttempt(project: string, runId: string, attempt: number): Promise<void>;
-  /** MLFLOW_TRACKING_URI and MLFLOW_TRACKING_TOKEN (a token that reaches this project only). */
-  clientEnv(project: string): Promise<Record<string, string>>;
-}
+export type { WorkloadTracking };
 
 export const WORKLOAD_UID_TAG = "loom.workload_uid";
 

@@ -1,5 +1,5 @@
 import type { PodPlacement, RunningWorkload, Workload } from "../../core/scheduler/model.js";
-import { serviceOfReplica } from "./reconciler.js";
+import { serviceOfReplica } from "./names.js";
 
 /**
  * Embedded, a model replica that asks for resources waits for the same scheduler as training:

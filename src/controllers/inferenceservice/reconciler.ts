@@ -11,33 +11,17 @@ import type {
 } from "../../api/inferenceservice.js";
 import { setCondition } from "../../api/meta.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import { parseDurationSeconds } from "../../api/trainingjob.js";
 import type { PodPlacement } from "../../core/scheduler/model.js";
 import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
+import type { ModelResolver, ScaleTargets, ServingTable } from "../../ports/serving.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import type { ServingAdmission } from "./admission.js";
+import { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica } from "./names.js";
 import { convergeOnPlatform, replicaWorker } from "./revisions.js";
 
-export const INFERENCESERVICE = "InferenceService";
-export const SERVING_FINALIZER = "loom.dev/serving";
-
-/** Where a model reference such as models:/tinygpt@champion is on this platform's disk. */
-export interface ModelResolver {
-  resolve(project: string, model: string): Promise<string>;
-}
-
-/** The replicas the gateway's autoscaler wants per revision ("project/service/revision"). */
-export interface ScaleTargets {
-  desired(revisionKey: string): number | undefined;
-  /** Why the autoscaler last changed that target (scale events). */
-  reason?(revisionKey: string): string | undefined;
-}
-
-/** What the gateway needs to route: every service's revisions, traffic and ready replicas. */
-export interface ServingTable {
-  publish(key: string, service: InferenceService | undefined): void;
-}
+export type { ModelResolver, ScaleTargets, ServingTable };
+export { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica };
 
 export interface InferenceServiceDeps {
   store: ResourceStore;
@@ -56,16 +40,6 @@ export interface InferenceServiceDeps {
   baseUrl?: () => string;
   /** Probes a replica's readiness path; true when it answers 2xx. */
   probe?: (host: string, port: number, path: string) => Promise<boolean>;
-}
-
-/** The replica's runtime workload name: SERVICE-N-rK (revision N, replica K). */
-export function replicaName(revision: string, k: number): string {
-  return `${revision}-r${k}`;
-}
-
-/** The service a replica workload belongs to, from its name. */
-export function serviceOfReplica(name: string): string {
-  return name.replace(/-\d+-r\d+$/, "");
 }
 
 /** What makes a new revision: the parts that change the replicas, not traffic or scaling. */
@@ -512,9 +486,4 @@ export class InferenceServiceReconciler implements Reconciler {
       message,
     );
   }
-}
-
-/** Seconds of a Duration field (the schema has checked it). */
-export function seconds(v: number | string): number {
-  return parseDurationSeconds(v) ?? 0;
 }

@@ -1,7 +1,7 @@
 import type { InferenceService, InferenceServiceSpec, RevisionStatus } from "../../api/inferenceservice.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import type { RevisionRuntime, WorkerSpec, WorkloadRef } from "../../ports/runtime.js";
-import type { ModelResolver } from "./reconciler.js";
+import type { ModelResolver } from "../../ports/serving.js";
 
 /** The port model servers listen on where the platform gives each replica its own address. */
 export const MODEL_PORT = 8080;

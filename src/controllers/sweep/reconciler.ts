@@ -16,25 +16,15 @@ import type { TrainingJob, TrainingJobSpec } from "../../api/trainingjob.js";
 import { type Point, shouldStop, type TrialCurve } from "../../core/sweep/earlystop.js";
 import { type Observation, type Params, plannedTrials, suggest } from "../../core/sweep/suggest.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
+import type { ModelRegistrar, TrialMetrics } from "../../ports/tracking.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { TRAININGJOB } from "../trainingjob/reconciler.js";
+
+export type { ModelRegistrar, TrialMetrics };
 
 export const SWEEP = "Sweep";
 /** Which incarnation of a sweep made a trial: a sweep deleted and made again does not adopt old trials. */
 const SWEEP_UID_ANNOTATION = "loom.dev/sweep-uid";
-
-/** Reads what trials report (embedded: Loom's own tracking store). */
-export interface TrialMetrics {
-  history(project: string, runId: string, metric: string): Promise<Point[]>;
-}
-
-/** Registers a trial's model as a version of a registered model (embedded: Loom's registry). */
-export interface ModelRegistrar {
-  register(
-    project: string,
-    req: { model: string; source: string; runId: string; alias: string; tags: Record<string, string> },
-  ): Promise<{ version: string }>;
-}
 
 export interface SweepDeps {
   store: ResourceStore;

@@ -20,8 +20,8 @@ import type {
 } from "../../ports/runtime.js";
 import type { Allocation } from "../../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
+import type { WorkloadTracking } from "../../ports/tracking.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
-import type { WorkloadTracking } from "../../tracking/workloads.js";
 import { completionOf, planGang, portsPerWorker } from "./frameworks.js";
 
 export const TRAININGJOB = "TrainingJob";
