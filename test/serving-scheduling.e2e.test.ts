@@ -91,6 +91,26 @@ spec:
     await loom.cli(["delete", "tj", "after"]);
   }, 120_000);
 
+  it("loom get nodes and loom top count the GPU a model replica holds", async () => {
+    let st = await status();
+    for (let i = 0; i < 100 && st?.ready !== 1; i++) {
+      await sleep(200);
+      st = await status();
+    }
+    expect(st?.ready).toBe(1);
+    const nodes = await loom.cli(["get", "nodes", "-o", "json"]);
+    expect(nodes.code, nodes.stderr).toBe(0);
+    const [node] = (
+      JSON.parse(nodes.stdout) as { items: { allocated: { gpus: number }; workloads: string[] }[] }
+    ).items;
+    expect(node?.allocated.gpus).toBe(1);
+    expect(node?.workloads).toContain("default/gpusvc-1-r0");
+    const top = await loom.cli(["top"]);
+    expect(top.code, top.stderr).toBe(0);
+    // The project row: default holds 1 GPU (its replica), with no deserved quota.
+    expect(top.stdout).toMatch(/^default\s+1\b/m);
+  }, 60_000);
+
   it("a project below its deserved quota reclaims the GPU a replica borrowed: the replica stops gracefully and waits", async () => {
     // gpusvc (project default, no quota) holds the one GPU on borrowed capacity.
     let st = await status();

@@ -1,12 +1,9 @@
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
-import type { InferenceService } from "../api/inferenceservice.js";
 import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
-import { parseCpuMillis, parseMemoryBytes } from "../api/quantity.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
-import type { RunningWorkload } from "../core/scheduler/model.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Scheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
@@ -15,7 +12,6 @@ import { Controller } from "../reconcile/controller.js";
 import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
-import { ServingAdmission } from "./inferenceservice/admission.js";
 import {
   INFERENCESERVICE,
   type InferenceServiceDeps,
@@ -45,7 +41,7 @@ export interface ControllerManagerDeps {
   /** How often a running sweep reads its trials' metrics. */
   sweepPollMs?: number;
   /** Serving (InferenceService): where models are, what the autoscaler wants, who routes. */
-  serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "runtimesDir" | "probe" | "baseUrl">;
+  serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "builtinCommand" | "baseUrl">;
 }
 
 /**
@@ -61,29 +57,16 @@ export class ControllerManager {
   private readonly admission: Controller;
   private isvcInformer: Informer | undefined;
   private services: Controller | undefined;
-  private replicasStarted: Set<string> | undefined;
-  private localNode: string | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
-    // Embedded, model replicas that ask for resources are placed by the same scheduler as training
-    // (Kubernetes places their pods itself, through the same scheduler, as pods).
-    const servingAdmission = deps.serving && !deps.runtime.serving ? new ServingAdmission() : undefined;
     const admission = new Controller(
       new AdmissionReconciler({
         ...deps,
         log: log("admission"),
         listJobs: () => [...this.unfinishedJobs.values()],
         listProjects: () => this.projectInformer.list() as Project[],
-        // Embedded, model replicas are processes the serving loop starts: the scheduler counts
-        // what they hold (Kubernetes sees their pods itself).
-        ...(servingAdmission
-          ? {
-              alsoRunning: () => servingAdmission.running(this.replicasHeld()),
-              servingAdmission,
-            }
-          : {}),
       }),
       log("admission"),
       metrics,
@@ -124,9 +107,7 @@ export class ControllerManager {
         log: log("inferenceservice"),
         now: deps.now,
         ...deps.serving,
-        ...(servingAdmission ? { admission: servingAdmission } : {}),
       });
-      this.replicasStarted = reconciler.started;
       services = new Controller(reconciler, log("inferenceservice"), metrics, 4);
       this.controllers.push(services);
       const servicesController = services;
@@ -143,10 +124,6 @@ export class ControllerManager {
       this.informers.push(this.isvcInformer);
     }
     this.services = services;
-    if (servingAdmission) {
-      servingAdmission.onWanted = () => admission.enqueueBatched(ADMISSION_KEY);
-      servingAdmission.onDecision = (key) => services?.enqueue(key);
-    }
     this.admission = admission;
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
@@ -247,43 +224,12 @@ export class ControllerManager {
     return true;
   }
 
-  /** What every InferenceService replica holds, as running work of its project. */
-  private replicasHeld(): RunningWorkload[] {
-    const out: RunningWorkload[] = [];
-    for (const obj of this.isvcInformer?.list() ?? []) {
-      const svc = obj as InferenceService;
-      for (const rev of svc.status?.revisions ?? []) {
-        const spec = (rev.spec ?? svc.spec) as InferenceService["spec"];
-        const pod = {
-          cpuMillis: parseCpuMillis(spec.resources?.cpu ?? 0) ?? 0,
-          memoryBytes: parseMemoryBytes(spec.resources?.memory ?? 0) ?? 0,
-          gpu: spec.resources?.gpu ?? 0,
-        };
-        for (const r of rev.replicas ?? [])
-          out.push({
-            id: `${svc.metadata.project}/${r.id}`,
-            name: `${svc.metadata.project}/${r.id}`,
-            project: svc.metadata.project!,
-            priority: 0,
-            // Replicas may borrow beyond the deserved quota, so they can be reclaimed (stopped
-            // gracefully by their service's loop), as a preemptible training job can.
-            preemptible: true,
-            createdAt: r.startedAt,
-            pods: [pod],
-            placements: [{ pod: 0, node: r.node ?? this.localNode ?? "local", gpus: r.gpus ?? [] }],
-          });
-      }
-    }
-    return out;
-  }
-
   /** Asks the InferenceService loop to look at a service now (the autoscaler changed its target). */
   enqueueInferenceService(key: string): void {
     this.services?.enqueue(key);
   }
 
   async start(): Promise<void> {
-    this.localNode = (await this.deps.runtime.nodes())[0]?.name;
     for (const c of this.controllers) c.start();
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.waitForSync()));
@@ -305,18 +251,26 @@ export class ControllerManager {
   private async collectGarbage(): Promise<void> {
     try {
       const live = new Set(this.tjInformer.list().map((o) => o.metadata.uid));
-      // Replicas of InferenceServices are the service controller's; theirs are live while listed.
-      for (const svc of this.isvcInformer?.list() ?? []) {
-        // Kubernetes labels model pods with their service's uid.
-        live.add(svc.metadata.uid);
-        for (const rev of (svc as InferenceService).status?.revisions ?? [])
-          for (const r of rev.replicas ?? []) live.add(r.uid);
+      const services = new Set((this.isvcInformer?.list() ?? []).map((o) => o.metadata.uid));
+      // Service replicas belong to the platform's serving capability, by revision: a revision
+      // whose service is gone goes whole (Kubernetes collects its own through owner references).
+      const serving = this.deps.runtime.serving;
+      if (serving && this.services) {
+        for (const { service, revision } of (await serving.listRevisions?.()) ?? []) {
+          if (services.has(service.uid)) continue;
+          await serving.deleteRevision(service, revision);
+          this.deps.log.info(
+            { revision, service: displayKey(service) },
+            "deleting revision whose service is gone",
+          );
+        }
       }
-      for (const uid of this.replicasStarted ?? []) live.add(uid);
       for (const ref of await this.deps.runtime.list()) {
-        if (live.has(ref.uid)) continue;
-        // Without the serving loop, model pods are not this manager's to judge.
-        if (ref.kind === INFERENCESERVICE && !this.services) continue;
+        if (ref.kind === INFERENCESERVICE) {
+          // Replicas are the serving capability's to stop; without it, model pods are the ones a
+          // service of this uid made (Kubernetes labels them so).
+          if (serving || !this.services || services.has(ref.uid)) continue;
+        } else if (live.has(ref.uid)) continue;
         if (await this.deps.runtime.stop(ref, 10)) {
           await this.deps.runtime.release(ref);
           this.deps.log.info(

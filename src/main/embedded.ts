@@ -13,6 +13,8 @@ import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../platforms/embedded/events.js";
 import { detectGpus } from "../platforms/embedded/gpus.js";
+import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
+import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
@@ -24,8 +26,11 @@ import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { collectProcessMetrics } from "./processmetrics.js";
 
-/** Loom's built-in serving runtimes (runtimes/ in the package). */
-const RUNTIMES_DIR = fileURLToPath(new URL("../../runtimes", import.meta.url));
+/** Loom's built-in serving runtime (runtimes/ in the package); it needs only PyTorch (Debian's python3-torch). */
+const BUILTIN_RUNTIME = [
+  process.env.LOOM_BUILTIN_PYTHON ?? "/usr/bin/python3",
+  join(fileURLToPath(new URL("../../runtimes", import.meta.url)), "loom-tinygpt", "server.py"),
+];
 
 import { adminToken, workloadTokens } from "../server/workloadtokens.js";
 
@@ -89,7 +94,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   let url = "";
   const workloadTracking = new LocalWorkloadTracking(trackingStore, () => url, workloadTokenFor);
 
-  const runtime = new LocalRuntime({
+  const processes = new LocalRuntime({
     dataDir: opts.dataDir,
     instanceId: instanceId(opts.dataDir),
     cpuMillis: availableParallelism() * 1000,
@@ -97,6 +102,15 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     gpus: detectGpus(opts.gpus),
     log: log.child({ component: "runtime/local" }),
   });
+  // Model replicas: supervised processes that wait for the scheduler like any pod.
+  const replicas = new LocalRevisions({
+    runtime: processes,
+    events,
+    log: log.child({ component: "runtime/replicas" }),
+    stateDir: join(opts.dataDir, "revisions"),
+    node: (await processes.nodes())[0]!.name,
+  });
+  const runtime = new EmbeddedRuntime(processes, replicas);
   const registry = tracking.registry;
   const artifactsDir = join(opts.dataDir, "artifacts");
   // The inference gateway: OpenAI routes on this port, fed by the InferenceService controller.
@@ -138,7 +152,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       models: localModelResolver(registry, trackingStore, artifactsDir),
       scale: directory,
       table: directory,
-      runtimesDir: RUNTIMES_DIR,
+      builtinCommand: BUILTIN_RUNTIME,
       baseUrl: () => url,
     },
   });

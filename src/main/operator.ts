@@ -193,7 +193,8 @@ async function startTracking(
         models: passThroughModels,
         scale: directory,
         table: directory,
-        runtimesDir: "runtimes",
+        // The built-in runtime's path inside Loom's Python image.
+        builtinCommand: ["python3", "runtimes/loom-tinygpt/server.py"],
         baseUrl: () => url,
       },
     },

@@ -160,9 +160,19 @@ export interface Runtime {
   bindExternal?(id: string, placements: PodPlacement[]): Promise<void>;
   /** Tells an external workload why it waits (Kubernetes: the pods' PodScheduled condition). */
   explainExternal?(id: string, reason: string, message: string): Promise<void>;
+  /**
+   * Stops running external work the scheduler reclaims (only work the platform reported as
+   * preemptible: embedded model replicas, which come back as pending work and wait).
+   */
+  preemptExternal?(id: string, message: string): Promise<void>;
   /** Called when external work or the nodes change: the scheduler should look again. */
   onCapacityChange?(listener: () => void): void;
-  /** Revision-level serving, where the platform runs replicas itself (Kubernetes). */
+  /**
+   * Long-running service replicas (InferenceService revisions): Kubernetes runs them as a
+   * Deployment per revision, embedded as supervised processes. Either way their pods wait for
+   * Loom's scheduler as external work (`external()`), so one admission cycle places them and
+   * gangs alike. A platform without it cannot serve.
+   */
   readonly serving?: RevisionRuntime;
   close(): Promise<void>;
 }
@@ -178,22 +188,49 @@ export interface RevisionSpec {
   port: number;
   readinessPath: string;
   readinessTimeoutSeconds: number;
+  /** Embedded: the Python environment replicas run in (Kubernetes: the image is it). */
+  python?: PythonEnvironmentSpec;
+  /** GPUs each replica asks for, fractions included (the worker's allocation names whole devices). */
+  gpu?: number;
+}
+
+export interface ReplicaObservation {
+  id: string;
+  /** Stable across restarts of Loom (embedded: the replica's workload uid); default: id. */
+  uid?: string;
+  host?: string;
+  port: number;
+  ready: boolean;
+  startedAt: string;
+  /** Where the scheduler placed it, where the platform tells (embedded). */
+  node?: string;
+  gpus?: { device: string; share: number }[];
 }
 
 export interface RevisionObservation {
-  replicas: { id: string; host?: string; port: number; ready: boolean; startedAt: string }[];
+  /** Replicas that run (started, not being stopped): what the gateway may route to once ready. */
+  replicas: ReplicaObservation[];
 }
 
 /**
- * Serving on a platform with its own replica management (Kubernetes: a Deployment and a Service
- * per revision, readiness probes, a NetworkPolicy letting only the gateway in). Embedded has
- * none: the InferenceService loop runs each replica as a workload of its own.
+ * Replica management for one revision of a service, as a Deployment does it: keep N replicas
+ * running, probe their readiness, replace the ones that die or never get ready, stop extras
+ * gracefully. Kubernetes: a Deployment and a Service per revision, readiness probes, a
+ * NetworkPolicy letting only the gateway in. Embedded: supervised processes on loopback ports.
+ * Calls return at once; the platform converges in the background and calls `onChange` with the
+ * service's kind when a replica becomes ready or exits.
  */
 export interface RevisionRuntime {
-  /** Makes the revision exist with this many replicas. Idempotent (server-side apply). */
+  /** Makes the revision exist with this many replicas. Idempotent. */
   applyRevision(spec: RevisionSpec): Promise<void>;
   observeRevision(service: WorkloadRef, revision: string): Promise<RevisionObservation>;
+  /** Stops every replica of the revision (gracefully) and forgets it. Idempotent. */
   deleteRevision(service: WorkloadRef, revision: string): Promise<void>;
+  /**
+   * Every revision the platform holds, for garbage collection of ones whose service is gone.
+   * Absent where the platform collects them itself (Kubernetes: owner references).
+   */
+  listRevisions?(): Promise<{ service: WorkloadRef; revision: string }[]>;
 }
 
 export interface ExternalWork {

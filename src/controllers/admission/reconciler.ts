@@ -17,7 +17,6 @@ import type { ExternalWork, Runtime } from "../../ports/runtime.js";
 import type { NodeCapacity, Scheduler } from "../../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
-import type { ServingAdmission } from "../inferenceservice/admission.js";
 import { refOf } from "../trainingjob/reconciler.js";
 
 /** Status writes one admission cycle keeps in flight at once. */
@@ -42,10 +41,6 @@ export interface AdmissionDeps {
   events: EventRecorder;
   log: Logger;
   now: () => Date;
-  /** Capacity others of Loom's loops hold outside admissions (embedded: model replicas). */
-  alsoRunning?: () => RunningWorkload[];
-  /** Embedded: model replicas waiting for a place, placed by this loop like any work. */
-  servingAdmission?: ServingAdmission;
 }
 
 /**
@@ -97,9 +92,6 @@ export class AdmissionReconciler implements Reconciler {
       this.deps.runtime.external?.(),
       this.workloads,
     );
-    running.push(...(this.deps.alsoRunning?.() ?? []));
-    const serving = this.deps.servingAdmission;
-    pending.push(...(serving?.pending() ?? []));
     // Nothing waits and no elastic job could grow: nothing to decide.
     const mayGrow = running.some((r) => r.elastic && !r.stopping && r.pods.length < r.elastic.max);
     if (pending.length === 0 && !mayGrow) return {};
@@ -114,8 +106,9 @@ export class AdmissionReconciler implements Reconciler {
     await forEachConcurrently(decisions.preempt, WRITE_CONCURRENCY, async (p) => {
       const victim = byId.get(p.id);
       if (victim) await this.preempt(victim, { name: nameOf(p.for), uid: p.for }, p, now);
-      // A model replica (embedded): its service's loop stops it gracefully. Others' work is never a victim.
-      else if (serving?.holds(p.id)) serving.preempt(p.id, p.message);
+      // Platform work the runtime reported as preemptible (embedded model replicas): it stops
+      // them gracefully and queues them again. Others' work is never reported so.
+      else await runtime.preemptExternal?.(p.id, p.message);
     });
     await forEachConcurrently(decisions.resize, WRITE_CONCURRENCY, async (r) => {
       const job = byId.get(r.id);
@@ -124,7 +117,6 @@ export class AdmissionReconciler implements Reconciler {
     await forEachConcurrently(decisions.bind, BIND_CONCURRENCY, async ({ id, placements }) => {
       const job = byId.get(id);
       if (job) await this.admit(job, placements, now);
-      else if (serving?.owns(id)) serving.bind(id, placements);
       else await runtime.bindExternal?.(id, placements);
     });
     // Most waiting jobs wait for the same reason as last cycle: sort them out without a promise each.
@@ -135,7 +127,6 @@ export class AdmissionReconciler implements Reconciler {
     await forEachConcurrently(changed, WRITE_CONCURRENCY, async (p) => {
       const job = byId.get(p.id);
       if (job) await this.wait(job, p, now);
-      else if (serving?.owns(p.id)) serving.explain(p.id, withHolders(p));
       else await runtime.explainExternal?.(p.id, p.reason, withHolders(p));
     });
     return {};

@@ -2,6 +2,7 @@ import type { InferenceService, InferenceServiceSpec, RevisionStatus } from "../
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import type { RevisionRuntime, WorkerSpec, WorkloadRef } from "../../ports/runtime.js";
 import type { ModelResolver } from "../../ports/serving.js";
+import { INFERENCESERVICE } from "./names.js";
 
 /** The port model servers listen on where the platform gives each replica its own address. */
 export const MODEL_PORT = 8080;
@@ -45,10 +46,20 @@ export function replicaWorker(
   };
 }
 
+/** The InferenceService as the owner of what the platform makes for its revisions. */
+export function serviceRef(svc: InferenceService): WorkloadRef {
+  return {
+    kind: INFERENCESERVICE,
+    project: svc.metadata.project!,
+    name: svc.metadata.name,
+    uid: svc.metadata.uid,
+  };
+}
+
 /**
- * A revision on a platform that runs replicas itself (Kubernetes): apply the desired count to
- * its Deployment, read its pods back as the replicas the gateway routes to. Returns true while
- * some wanted replica is not ready.
+ * A revision through the platform's serving capability: apply the desired count (Kubernetes: to
+ * its Deployment; embedded: to its supervised processes), read the running replicas back as the
+ * ones the gateway routes to. Returns true while some wanted replica is not ready.
  */
 export async function convergeOnPlatform(
   serving: RevisionRuntime,
@@ -58,12 +69,7 @@ export async function convergeOnPlatform(
   builtinCommand: string[],
 ): Promise<boolean> {
   const spec = rev.spec as InferenceServiceSpec;
-  const service: WorkloadRef = {
-    kind: "InferenceService",
-    project: svc.metadata.project!,
-    name: svc.metadata.name,
-    uid: svc.metadata.uid,
-  };
+  const service = serviceRef(svc);
   if (rev.applied !== rev.desired) {
     await serving.applyRevision({
       service,
@@ -77,11 +83,18 @@ export async function convergeOnPlatform(
       port: MODEL_PORT,
       readinessPath: spec.readiness.path,
       readinessTimeoutSeconds: spec.readiness.timeoutSeconds,
+      ...(spec.python ? { python: spec.python } : {}),
+      ...(spec.resources.gpu ? { gpu: spec.resources.gpu } : {}),
     });
     rev.applied = rev.desired;
   }
   const observed = await serving.observeRevision(service, rev.name);
-  rev.replicas = observed.replicas.map((r) => ({ ...r, uid: r.id }));
+  rev.replicas = observed.replicas.map(({ uid, node, gpus, ...r }) => ({
+    ...r,
+    uid: uid ?? r.id,
+    ...(node ? { node } : {}),
+    ...(gpus ? { gpus } : {}),
+  }));
   rev.ready = observed.replicas.filter((r) => r.ready).length;
   return rev.ready < rev.desired;
 }
