@@ -1,5 +1,4 @@
-import { createHash, randomUUID } from "node:crypto";
-import { join } from "node:path";
+import { createHash } from "node:crypto";
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { NotFoundError } from "../../api/errors.js";
@@ -10,8 +9,6 @@ import type {
   RevisionStatus,
 } from "../../api/inferenceservice.js";
 import { setCondition } from "../../api/meta.js";
-import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import type { PodPlacement } from "../../core/scheduler/model.js";
 import type { RevisionRuntime, Runtime } from "../../ports/runtime.js";
 import type { ModelResolver, ScaleTargets, ServingTable } from "../../ports/serving.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";

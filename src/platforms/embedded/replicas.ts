@@ -204,7 +204,7 @@ export class LocalRevisions implements RevisionRuntime {
     if (!found) return;
     await this.locked(found.key, async () => {
       const r = found.rev.replicas.find((x) => x.id === found.replica);
-      if (!r || r.phase !== "Pending" || !placements[0]) return;
+      if (r?.phase !== "Pending" || !placements[0]) return;
       r.placement = placements[0];
       await this.startReplica(found.rev, r);
       this.save(found.rev);
@@ -226,7 +226,7 @@ export class LocalRevisions implements RevisionRuntime {
     if (!found) return;
     await this.locked(found.key, async () => {
       const r = found.rev.replicas.find((x) => x.id === found.replica);
-      if (!r || r.phase !== "Running") return;
+      if (r?.phase !== "Running") return;
       this.stopReplica(r);
       await this.event(
         found.rev,
@@ -458,7 +458,7 @@ export class LocalRevisions implements RevisionRuntime {
     if (!rev) return;
     await this.locked(key, async () => {
       const r = rev.replicas.find((x) => x.uid === ref.uid);
-      if (!r || r.phase !== "Running") return;
+      if (r?.phase !== "Running") return;
       const worker = (await this.deps.runtime.observe(ref))?.workers[0];
       if (worker?.state === "Running") return;
       rev.replicas.splice(rev.replicas.indexOf(r), 1);
