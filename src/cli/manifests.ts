@@ -1,6 +1,7 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { extname, join } from "node:path";
 import { parseAllDocuments } from "yaml";
+import { findKind, type KindDef, knownKindsText } from "../api/kinds.js";
 import { CliError } from "./errors.js";
 
 export interface ManifestDoc {
@@ -76,4 +77,33 @@ export function parseManifests(text: string, source: string): ManifestDoc[] {
     docs.push({ source: `${source}${i > 1 ? ` (document ${i})` : ""}`, body: obj });
   }
   return docs;
+}
+
+/** A manifest's object, checked and ready to send: its kind, name and project resolved. */
+export interface Prepared {
+  source: string;
+  def: KindDef;
+  name: string;
+  project: string;
+  body: Record<string, unknown>;
+}
+
+/** Checks a manifest's kind and name and fills in its project (the document's own, or `project`). */
+export function prepare(doc: ManifestDoc, project: string): Prepared {
+  const kind = doc.body.kind;
+  if (typeof kind !== "string") throw new CliError(`${doc.source}: kind: required field is missing`);
+  const def = findKind(kind);
+  if (!def || def.kind !== kind)
+    throw new CliError(`${doc.source}: kind: unknown kind "${kind}"; known kinds: ${knownKindsText()}`);
+  const meta = (doc.body.metadata ?? {}) as Record<string, unknown>;
+  const name = typeof meta.name === "string" ? meta.name : "";
+  if (!name) throw new CliError(`${doc.source}: metadata.name: required field is missing`);
+  const proj = typeof meta.project === "string" ? meta.project : project;
+  const body = structuredClone(doc.body);
+  const bodyMeta = (body.metadata ?? {}) as Record<string, unknown>;
+  // A manifest from `get -o yaml` carries a resourceVersion; apply means "make it so", not "if unchanged".
+  delete bodyMeta.resourceVersion;
+  if (def.namespaced) bodyMeta.project = proj;
+  body.metadata = bodyMeta;
+  return { source: doc.source, def, name, project: proj, body };
 }

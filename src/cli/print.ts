@@ -1,9 +1,11 @@
 import { stringify } from "yaml";
 import type { InferenceServiceStatus } from "../api/inferenceservice.js";
 import type { KindDef } from "../api/kinds.js";
-import type { Condition, Resource } from "../api/meta.js";
+import { API_VERSION, type Condition, type Resource } from "../api/meta.js";
 import type { ObjectEvent } from "../ports/store.js";
 import type { NodeUsage, ProjectUsage } from "../server/scheduling.js";
+import { CliError } from "./errors.js";
+import { ref } from "./resources.js";
 
 /** What `GET /nodes` and `GET /usage/projects` answer (the server's types). */
 export type NodeUsageView = NodeUsage;
@@ -73,6 +75,30 @@ export function resourceTable(
     age(o.metadata.creationTimestamp),
   ]);
   return table([header, ...rows]);
+}
+
+/** Formats objects for `-o`: a table (wide or not), json, yaml or names; one object or a List. */
+export function formatResources(
+  items: Resource[],
+  def: KindDef,
+  format: string | undefined,
+  allProjects: boolean,
+  single: boolean,
+): string {
+  switch (format) {
+    case "json":
+      return `${JSON.stringify(single ? items[0] : { apiVersion: API_VERSION, kind: `${def.kind}List`, items }, null, 2)}\n`;
+    case "yaml":
+      return toYaml(single ? items[0] : { apiVersion: API_VERSION, kind: `${def.kind}List`, items });
+    case "name":
+      return items.map((o) => `${ref(def, o.metadata.name)}\n`).join("");
+    case undefined:
+    case "wide":
+      if (items.length === 0) return "";
+      return resourceTable(def, items, { wide: format === "wide", allProjects });
+    default:
+      throw new CliError(`unknown output format "${format}": use wide, json, yaml or name`);
+  }
 }
 
 export function toYaml(value: unknown): string {

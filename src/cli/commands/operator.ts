@@ -1,0 +1,76 @@
+import type { Command } from "commander";
+import { createLogger } from "../../lib/log.js";
+import type { CliDeps } from "../deps.js";
+import { CliError } from "../errors.js";
+
+interface OperatorOpts {
+  metricsPort: string;
+  defaultImage: string;
+  dataDir?: string;
+  host: string;
+  port: string;
+  trackingUrl?: string;
+  trackingDb?: string;
+}
+
+/** `loom operator`: Loom's controllers against a cluster (--kubeconfig, or in-cluster). */
+export function registerOperator(program: Command, deps: CliDeps): void {
+  program
+    .command("operator")
+    .description("run Loom's controllers against a Kubernetes cluster (in or out of it)")
+    .option("--metrics-port <port>", "serve /metrics and /healthz on 127.0.0.1:PORT", "9470")
+    .option("--default-image <image>", "image for workloads that name none", "python:3.11-slim")
+    .option(
+      "--data-dir <dir>",
+      "also serve Loom's API with MLflow tracking and the model registry, stored in this directory",
+    )
+    .option("--host <host>", "address the API listens on (with --data-dir)", "127.0.0.1")
+    .option("--port <port>", "port of the API (with --data-dir; 0 picks one)", "7470")
+    .option(
+      "--tracking-url <url>",
+      "the MLFLOW_TRACKING_URI pods get (in a cluster: the Service in front of the operator); default: where the API listens",
+    )
+    .option(
+      "--tracking-db <url>",
+      "with --data-dir: keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
+    )
+    .action(async (opts: OperatorOpts) => {
+      if (opts.trackingDb !== undefined) {
+        if (!opts.dataDir)
+          throw new CliError("--tracking-db needs --data-dir (the API that serves tracking)");
+        if (!/^postgres(ql)?:\/\//i.test(opts.trackingDb))
+          throw new CliError("--tracking-db must be a postgres:// or postgresql:// URL");
+      }
+      const g = deps.globals();
+      const { startOperator } = await import("../../main/operator.js");
+      const log = createLogger();
+      const operator = await startOperator({
+        kubeconfig: g.kubeconfig ?? process.env.LOOM_KUBECONFIG ?? process.env.KUBECONFIG,
+        context: g.kubeContext,
+        log,
+        metricsPort: Number(opts.metricsPort),
+        defaultImage: opts.defaultImage,
+        ...(opts.dataDir
+          ? {
+              dataDir: opts.dataDir,
+              host: opts.host,
+              port: Number(opts.port),
+              trackingUrl: opts.trackingUrl,
+              ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
+            }
+          : {}),
+      });
+      const api = operator.url
+        ? `; API and MLflow tracking at ${operator.url} (admin token in ${operator.adminTokenFile})`
+        : "";
+      deps.stdout.write(
+        `Loom operator running${operator.metricsUrl ? `; metrics at ${operator.metricsUrl}/metrics` : ""}${api}\n`,
+      );
+      await new Promise<void>((done) => {
+        const stop = () => operator.close().then(done, done);
+        process.once("SIGINT", stop);
+        process.once("SIGTERM", stop);
+      });
+      deps.stdout.write("Loom operator stopped\n");
+    });
+}
