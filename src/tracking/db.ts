@@ -1,15 +1,16 @@
-import { Kysely, type Migration, Migrator, PostgresDialect } from "kysely";
+import { Kysely, Migrator, PostgresDialect } from "kysely";
 import pg from "pg";
 import type { Logger } from "pino";
 import { LoggedModels } from "./logged.js";
 import { ModelRegistry } from "./registry.js";
-import { type TrackingDialect, TrackingStore } from "./store.js";
+import { type TrackingDialect, trackingMigrations } from "./schema.js";
+import { TrackingStore } from "./store.js";
 
 export type { TrackingDialect };
 
 /**
- * Where tracking's tables live: the embedded SQLite database (migrations 0003-0005 of
- * src/platforms/embedded/db.ts) or PostgreSQL. The stores run the same Kysely queries on both; the
+ * Where tracking's tables live: the embedded SQLite database (whose migrations 0003-0005 are
+ * tracking's steps, src/tracking/schema.ts) or PostgreSQL. The stores run the same Kysely queries on both; the
  * few spots where SQL must differ branch on this flag.
  */
 
@@ -83,8 +84,8 @@ const TYPES = {
 
 /**
  * Opens tracking's database at a postgres:// (or postgresql://) URL and brings its schema up to
- * date: the tables of SQLite's migrations 0003-0005, with bigint for ms timestamps and steps and
- * double precision for metric values. Tokens, resources and events stay in Loom's SQLite database.
+ * date: tracking's steps (schema.ts), with bigint for ms timestamps and steps and double precision
+ * for metric values. Tokens, resources and events stay in Loom's SQLite database.
  */
 export async function openTrackingDatabase(
   url: string,
@@ -134,159 +135,9 @@ export async function openTrackingDatabase(
   };
 }
 
-/**
- * Tracking's schema on PostgreSQL: SQLite's migrations 0003-0005 (src/platforms/embedded/db.ts), table
- * for table and index for index. Never edit a released one: add the next, here and there.
- */
-const POSTGRES_MIGRATIONS: Record<string, Migration> = {
-  "0001_tracking": {
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable("tr_experiments")
-        .addColumn("experiment_id", "integer", (c) => c.primaryKey().generatedByDefaultAsIdentity())
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("artifact_location", "text", (c) => c.notNull())
-        .addColumn("lifecycle_stage", "text", (c) => c.notNull())
-        .addColumn("creation_time", "bigint", (c) => c.notNull())
-        .addColumn("last_update_time", "bigint", (c) => c.notNull())
-        .addUniqueConstraint("tr_experiments_name", ["project", "name"])
-        .execute();
-      await db.schema
-        .createTable("tr_experiment_tags")
-        .addColumn("experiment_id", "integer", (c) => c.notNull())
-        .addColumn("key", "text", (c) => c.notNull())
-        .addColumn("value", "text", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_experiment_tags_pk", ["experiment_id", "key"])
-        .execute();
-      await db.schema
-        .createTable("tr_runs")
-        .addColumn("run_uuid", "text", (c) => c.primaryKey())
-        .addColumn("experiment_id", "integer", (c) => c.notNull())
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("run_name", "text", (c) => c.notNull())
-        .addColumn("user_id", "text", (c) => c.notNull())
-        .addColumn("status", "text", (c) => c.notNull())
-        .addColumn("start_time", "bigint", (c) => c.notNull())
-        .addColumn("end_time", "bigint")
-        .addColumn("lifecycle_stage", "text", (c) => c.notNull())
-        .addColumn("artifact_uri", "text", (c) => c.notNull())
-        .execute();
-      await db.schema
-        .createIndex("tr_runs_experiment")
-        .on("tr_runs")
-        .columns(["experiment_id", "start_time"])
-        .execute();
-      for (const table of ["tr_params", "tr_tags"]) {
-        await db.schema
-          .createTable(table)
-          .addColumn("run_uuid", "text", (c) => c.notNull())
-          .addColumn("key", "text", (c) => c.notNull())
-          .addColumn("value", "text", (c) => c.notNull())
-          .addPrimaryKeyConstraint(`${table}_pk`, ["run_uuid", "key"])
-          .execute();
-      }
-      await db.schema
-        .createTable("tr_metrics")
-        .addColumn("run_uuid", "text", (c) => c.notNull())
-        .addColumn("key", "text", (c) => c.notNull())
-        .addColumn("value", "double precision", (c) => c.notNull())
-        .addColumn("is_nan", "integer", (c) => c.notNull())
-        .addColumn("timestamp", "bigint", (c) => c.notNull())
-        .addColumn("step", "bigint", (c) => c.notNull())
-        .execute();
-      await db.schema
-        .createIndex("tr_metrics_history")
-        .on("tr_metrics")
-        .columns(["run_uuid", "key", "timestamp", "step"])
-        .execute();
-      await db.schema
-        .createTable("tr_latest_metrics")
-        .addColumn("run_uuid", "text", (c) => c.notNull())
-        .addColumn("key", "text", (c) => c.notNull())
-        .addColumn("value", "double precision", (c) => c.notNull())
-        .addColumn("is_nan", "integer", (c) => c.notNull())
-        .addColumn("timestamp", "bigint", (c) => c.notNull())
-        .addColumn("step", "bigint", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_latest_metrics_pk", ["run_uuid", "key"])
-        .execute();
-      await db.schema
-        .createTable("tr_inputs")
-        .addColumn("run_uuid", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("digest", "text", (c) => c.notNull())
-        .addColumn("context", "text")
-        .addColumn("body", "text", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_inputs_pk", ["run_uuid", "name", "digest"])
-        .execute();
-    },
-  },
-  "0002_model_registry": {
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable("tr_registered_models")
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("description", "text")
-        .addColumn("creation_timestamp", "bigint", (c) => c.notNull())
-        .addColumn("last_updated_timestamp", "bigint", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_registered_models_pk", ["project", "name"])
-        .execute();
-      await db.schema
-        .createTable("tr_model_versions")
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("version", "integer", (c) => c.notNull())
-        .addColumn("description", "text", (c) => c.notNull())
-        .addColumn("source", "text", (c) => c.notNull())
-        .addColumn("run_id", "text")
-        .addColumn("run_link", "text", (c) => c.notNull())
-        .addColumn("current_stage", "text", (c) => c.notNull())
-        .addColumn("creation_timestamp", "bigint", (c) => c.notNull())
-        .addColumn("last_updated_timestamp", "bigint", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_model_versions_pk", ["project", "name", "version"])
-        .execute();
-      await db.schema
-        .createTable("tr_registry_tags")
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("version", "integer", (c) => c.notNull())
-        .addColumn("key", "text", (c) => c.notNull())
-        .addColumn("value", "text", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_registry_tags_pk", ["project", "name", "version", "key"])
-        .execute();
-      await db.schema
-        .createTable("tr_model_aliases")
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("alias", "text", (c) => c.notNull())
-        .addColumn("version", "integer", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_model_aliases_pk", ["project", "name", "alias"])
-        .execute();
-    },
-  },
-  "0003_logged_models": {
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable("tr_logged_models")
-        .addColumn("model_id", "text", (c) => c.primaryKey())
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("experiment_id", "integer", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("status", "text", (c) => c.notNull())
-        .addColumn("source_run_id", "text", (c) => c.notNull())
-        .addColumn("artifact_uri", "text", (c) => c.notNull())
-        .addColumn("creation_timestamp_ms", "bigint", (c) => c.notNull())
-        .addColumn("last_updated_timestamp_ms", "bigint", (c) => c.notNull())
-        .addColumn("body", "text", (c) => c.notNull())
-        .execute();
-      await db.schema
-        .createTable("tr_run_outputs")
-        .addColumn("run_uuid", "text", (c) => c.notNull())
-        .addColumn("model_id", "text", (c) => c.notNull())
-        .addColumn("step", "bigint", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_run_outputs_pk", ["run_uuid", "model_id"])
-        .execute();
-    },
-  },
-};
+/** Tracking's schema on PostgreSQL: the steps SQLite runs as its migrations 0003-0005. */
+const POSTGRES_MIGRATIONS = trackingMigrations("postgres", {
+  tracking: "0001_tracking",
+  model_registry: "0002_model_registry",
+  logged_models: "0003_logged_models",
+});

@@ -2,24 +2,8 @@ import { randomBytes } from "node:crypto";
 import type { Kysely } from "kysely";
 import { invalidParameter, notFound } from "./errors.js";
 import { parseFilter } from "./filter.js";
+import type { LoggedSchema } from "./schema.js";
 import type { KeyValue, TrackingStore } from "./store.js";
-
-interface LoggedSchema {
-  tr_logged_models: {
-    model_id: string;
-    project: string;
-    experiment_id: number;
-    name: string;
-    status: string;
-    source_run_id: string;
-    artifact_uri: string;
-    creation_timestamp_ms: number;
-    last_updated_timestamp_ms: number;
-    /** Tags and params, as JSON. */
-    body: string;
-  };
-  tr_run_outputs: { run_uuid: string; model_id: string; step: number };
-}
 
 export interface LoggedModel {
   info: {

@@ -1,31 +1,8 @@
 import type { Kysely } from "kysely";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
 import { type Clause, parseFilter, REGISTRY_ATTRIBUTES } from "./filter.js";
+import type { RegistrySchema } from "./schema.js";
 import type { KeyValue } from "./store.js";
-
-interface RegistrySchema {
-  tr_registered_models: {
-    project: string;
-    name: string;
-    description: string | null;
-    creation_timestamp: number;
-    last_updated_timestamp: number;
-  };
-  tr_model_versions: {
-    project: string;
-    name: string;
-    version: number;
-    description: string;
-    source: string;
-    run_id: string | null;
-    run_link: string;
-    current_stage: string;
-    creation_timestamp: number;
-    last_updated_timestamp: number;
-  };
-  tr_registry_tags: { project: string; name: string; version: number; key: string; value: string };
-  tr_model_aliases: { project: string; name: string; alias: string; version: number };
-}
 
 export interface ModelVersion {
   name: string;

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { type Generated, Kysely, type Migration, Migrator, SqliteDialect, sql } from "kysely";
+import { trackingMigrations } from "../../tracking/schema.js";
 
 export interface ResourcesTable {
   kind: string;
@@ -130,160 +131,13 @@ const MIGRATIONS: Record<string, Migration> = {
       await db.schema.createIndex("events_uid_id").on("events").columns(["uid", "id"]).execute();
     },
   },
-  "0003_tracking": {
-    // MLflow-compatible experiment tracking (src/tracking/): experiments belong to a project.
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable("tr_experiments")
-        .addColumn("experiment_id", "integer", (c) => c.primaryKey().autoIncrement())
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("artifact_location", "text", (c) => c.notNull())
-        .addColumn("lifecycle_stage", "text", (c) => c.notNull())
-        .addColumn("creation_time", "integer", (c) => c.notNull())
-        .addColumn("last_update_time", "integer", (c) => c.notNull())
-        .addUniqueConstraint("tr_experiments_name", ["project", "name"])
-        .execute();
-      await db.schema
-        .createTable("tr_experiment_tags")
-        .addColumn("experiment_id", "integer", (c) => c.notNull())
-        .addColumn("key", "text", (c) => c.notNull())
-        .addColumn("value", "text", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_experiment_tags_pk", ["experiment_id", "key"])
-        .execute();
-      await db.schema
-        .createTable("tr_runs")
-        .addColumn("run_uuid", "text", (c) => c.primaryKey())
-        .addColumn("experiment_id", "integer", (c) => c.notNull())
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("run_name", "text", (c) => c.notNull())
-        .addColumn("user_id", "text", (c) => c.notNull())
-        .addColumn("status", "text", (c) => c.notNull())
-        .addColumn("start_time", "integer", (c) => c.notNull())
-        .addColumn("end_time", "integer")
-        .addColumn("lifecycle_stage", "text", (c) => c.notNull())
-        .addColumn("artifact_uri", "text", (c) => c.notNull())
-        .execute();
-      await db.schema
-        .createIndex("tr_runs_experiment")
-        .on("tr_runs")
-        .columns(["experiment_id", "start_time"])
-        .execute();
-      for (const table of ["tr_params", "tr_tags"]) {
-        await db.schema
-          .createTable(table)
-          .addColumn("run_uuid", "text", (c) => c.notNull())
-          .addColumn("key", "text", (c) => c.notNull())
-          .addColumn("value", "text", (c) => c.notNull())
-          .addPrimaryKeyConstraint(`${table}_pk`, ["run_uuid", "key"])
-          .execute();
-      }
-      await db.schema
-        .createTable("tr_metrics")
-        .addColumn("run_uuid", "text", (c) => c.notNull())
-        .addColumn("key", "text", (c) => c.notNull())
-        .addColumn("value", "real", (c) => c.notNull())
-        .addColumn("is_nan", "integer", (c) => c.notNull())
-        .addColumn("timestamp", "integer", (c) => c.notNull())
-        .addColumn("step", "integer", (c) => c.notNull())
-        .execute();
-      await db.schema
-        .createIndex("tr_metrics_history")
-        .on("tr_metrics")
-        .columns(["run_uuid", "key", "timestamp", "step"])
-        .execute();
-      await db.schema
-        .createTable("tr_latest_metrics")
-        .addColumn("run_uuid", "text", (c) => c.notNull())
-        .addColumn("key", "text", (c) => c.notNull())
-        .addColumn("value", "real", (c) => c.notNull())
-        .addColumn("is_nan", "integer", (c) => c.notNull())
-        .addColumn("timestamp", "integer", (c) => c.notNull())
-        .addColumn("step", "integer", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_latest_metrics_pk", ["run_uuid", "key"])
-        .execute();
-      await db.schema
-        .createTable("tr_inputs")
-        .addColumn("run_uuid", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("digest", "text", (c) => c.notNull())
-        .addColumn("context", "text")
-        .addColumn("body", "text", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_inputs_pk", ["run_uuid", "name", "digest"])
-        .execute();
-    },
-  },
-  "0004_model_registry": {
-    // MLflow's model registry (src/tracking/registry.ts), per project.
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable("tr_registered_models")
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("description", "text")
-        .addColumn("creation_timestamp", "integer", (c) => c.notNull())
-        .addColumn("last_updated_timestamp", "integer", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_registered_models_pk", ["project", "name"])
-        .execute();
-      await db.schema
-        .createTable("tr_model_versions")
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("version", "integer", (c) => c.notNull())
-        .addColumn("description", "text", (c) => c.notNull())
-        .addColumn("source", "text", (c) => c.notNull())
-        .addColumn("run_id", "text")
-        .addColumn("run_link", "text", (c) => c.notNull())
-        .addColumn("current_stage", "text", (c) => c.notNull())
-        .addColumn("creation_timestamp", "integer", (c) => c.notNull())
-        .addColumn("last_updated_timestamp", "integer", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_model_versions_pk", ["project", "name", "version"])
-        .execute();
-      // Tags of models (version 0) and of versions; aliases point at a version.
-      await db.schema
-        .createTable("tr_registry_tags")
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("version", "integer", (c) => c.notNull())
-        .addColumn("key", "text", (c) => c.notNull())
-        .addColumn("value", "text", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_registry_tags_pk", ["project", "name", "version", "key"])
-        .execute();
-      await db.schema
-        .createTable("tr_model_aliases")
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("alias", "text", (c) => c.notNull())
-        .addColumn("version", "integer", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_model_aliases_pk", ["project", "name", "alias"])
-        .execute();
-    },
-  },
-  "0005_logged_models": {
-    // MLflow 3's logged models (what log_model makes) and the runs that output them.
-    async up(db: Kysely<unknown>) {
-      await db.schema
-        .createTable("tr_logged_models")
-        .addColumn("model_id", "text", (c) => c.primaryKey())
-        .addColumn("project", "text", (c) => c.notNull())
-        .addColumn("experiment_id", "integer", (c) => c.notNull())
-        .addColumn("name", "text", (c) => c.notNull())
-        .addColumn("status", "text", (c) => c.notNull())
-        .addColumn("source_run_id", "text", (c) => c.notNull())
-        .addColumn("artifact_uri", "text", (c) => c.notNull())
-        .addColumn("creation_timestamp_ms", "integer", (c) => c.notNull())
-        .addColumn("last_updated_timestamp_ms", "integer", (c) => c.notNull())
-        .addColumn("body", "text", (c) => c.notNull())
-        .execute();
-      await db.schema
-        .createTable("tr_run_outputs")
-        .addColumn("run_uuid", "text", (c) => c.notNull())
-        .addColumn("model_id", "text", (c) => c.notNull())
-        .addColumn("step", "integer", (c) => c.notNull())
-        .addPrimaryKeyConstraint("tr_run_outputs_pk", ["run_uuid", "model_id"])
-        .execute();
-    },
-  },
+  // Tracking's tables (src/tracking/schema.ts, the same steps PostgreSQL runs), under the names
+  // existing databases recorded them.
+  ...trackingMigrations("sqlite", {
+    tracking: "0003_tracking",
+    model_registry: "0004_model_registry",
+    logged_models: "0005_logged_models",
+  }),
   "0006_token_projects": {
     // Tokens scoped to one project (tracking's tenancy; workloads get one for their project).
     async up(db: Kysely<unknown>) {

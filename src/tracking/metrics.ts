@@ -1,0 +1,200 @@
+import { type Kysely, sql } from "kysely";
+import { invalidParameter } from "./errors.js";
+import type { RunsSchema } from "./schema.js";
+import { decodePageToken, encodePageToken } from "./search.js";
+import type { Metric, RawMetric } from "./types.js";
+
+/** The run a metric history is asked for, checked to be the project's. */
+type RunOf = (project: string, runId: string | undefined) => Promise<{ run_uuid: string }>;
+
+/** get-history-bulk-interval's limits, MLflow's: runs per call, and values per run (the default). */
+const MAX_RUNS_BULK_INTERVAL = 100;
+const MAX_RESULTS_PER_RUN = 2500;
+/** What MLflow stores for ±infinity (its SQL stores do the same). */
+const MAX_DOUBLE = 1.7976931348623157e308;
+
+/** Metric histories: a run's values of one key, and one key across runs sampled for charts. */
+export class MetricHistories {
+  constructor(
+    private readonly db: Kysely<RunsSchema>,
+    private readonly runOf: RunOf,
+  ) {}
+
+  async metricHistory(
+    project: string,
+    runId: string | undefined,
+    key: string,
+    opts: { maxResults?: number; pageToken?: string } = {},
+  ): Promise<{ metrics: Metric[]; next_page_token?: string }> {
+    if (!key) throw invalidParameter("Missing value for required parameter 'metric_key'.");
+    const run = await this.runOf(project, runId);
+    const offset = decodePageToken(opts.pageToken);
+    const max = opts.maxResults;
+    let q = this.db
+      .selectFrom("tr_metrics")
+      .select(["key", "value", "is_nan", "timestamp", "step"])
+      .where("run_uuid", "=", run.run_uuid)
+      .where("key", "=", key)
+      .orderBy("timestamp")
+      .orderBy("step");
+    if (max !== undefined) q = q.limit(max + 1).offset(offset);
+    const rows = await q.execute();
+    const page = max !== undefined ? rows.slice(0, max) : rows;
+    return {
+      metrics: page.map(fromStoredMetric),
+      ...(max !== undefined && rows.length > max ? { next_page_token: encodePageToken(offset + max) } : {}),
+    };
+  }
+
+  /**
+   * One metric across many runs, sampled for charts (the UI's get-history-bulk-interval), as
+   * MLflow's SQL store does it: each run's values in [startStep, endStep] (all of them when no
+   * range is given), ordered by step, timestamp, value, go into `maxResults` equal buckets
+   * (NTILE) and the first of each is kept, except that the run's last value always replaces the
+   * first of the last bucket; a run with at most `maxResults` values gives them all. Runs that
+   * do not exist in the project give nothing, as in MLflow. One query for all the runs.
+   */
+  async metricHistoryBulkInterval(
+    project: string,
+    req: { runIds: string[]; metricKey: string; maxResults?: number; startStep?: number; endStep?: number },
+  ): Promise<{ metrics: (Metric & { run_id: string })[] }> {
+    const { runIds, metricKey } = req;
+    if (runIds.length === 0) throw invalidParameter("Missing value for required parameter 'run_ids'.");
+    if (runIds.length > MAX_RUNS_BULK_INTERVAL)
+      throw invalidParameter(
+        `GetMetricHistoryBulkInterval request must specify at most ${MAX_RUNS_BULK_INTERVAL} run_ids. Received ${runIds.length} run_ids.`,
+      );
+    if (!metricKey) throw invalidParameter("Missing value for required parameter 'metric_key'.");
+    const max = req.maxResults ?? MAX_RESULTS_PER_RUN;
+    if (!Number.isInteger(max) || max < 1 || max > MAX_RESULTS_PER_RUN)
+      throw invalidParameter(`max_results must be between 1 and ${MAX_RESULTS_PER_RUN}.`);
+    const { startStep, endStep } = req;
+    if ((startStep === undefined) !== (endStep === undefined))
+      throw invalidParameter("If either start step or end step are specified, both must be specified.");
+    for (const [k, v] of [
+      ["start_step", startStep],
+      ["end_step", endStep],
+    ] as const)
+      if (v !== undefined && !Number.isInteger(v))
+        throw invalidParameter(`'${k}' must be an integer, got ${v}`);
+    if (startStep !== undefined && endStep !== undefined && startStep > endStep)
+      throw invalidParameter(
+        `end_step must be greater than start_step. Found start_step=${startStep} and end_step=${endStep}.`,
+      );
+    const ids = [...new Set(runIds)];
+    const range =
+      startStep !== undefined && endStep !== undefined
+        ? sql`and m.step between ${startStep} and ${endStep}`
+        : sql``;
+    // Per run (w): n values, the NTILE bucket of each, its place in the run (pos) and in its bucket (rn).
+    const rows = await sql<StoredMetric & { run_uuid: string }>`
+      select run_uuid, key, value, is_nan, timestamp, step from (
+        select b.*, row_number() over (partition by b.run_uuid, b.bucket order by b.pos) as rn from (
+          select m.run_uuid, m.key, m.value, m.is_nan, m.timestamp, m.step,
+            count(*) over (partition by m.run_uuid) as n,
+            ntile(${sql.lit(max)}) over w as bucket,
+            row_number() over w as pos
+          from tr_metrics m join tr_runs r on r.run_uuid = m.run_uuid
+          where r.project = ${project} and m.key = ${metricKey}
+            and m.run_uuid in (${sql.join(ids)}) ${range}
+          window w as (partition by m.run_uuid order by m.step, m.timestamp, m.value, m.is_nan)
+        ) b
+      ) s
+      where s.pos = s.n or (s.rn = 1 and s.bucket < s.n and s.bucket < ${sql.lit(max)})
+      order by s.run_uuid, s.pos`.execute(this.db);
+    const place = new Map(ids.map((id, i) => [id, i]));
+    return {
+      metrics: rows.rows
+        .map((r) => ({ ...fromStoredMetric(r), run_id: r.run_uuid }))
+        // By run as asked for (a stable sort keeps each run's steps in order).
+        .sort((a, b) => place.get(a.run_id)! - place.get(b.run_id)!),
+    };
+  }
+}
+
+/**
+ * Appends a run's metrics to its history and keeps tr_latest_metrics (what search and runs show)
+ * at each key's latest value. Runs in the caller's transaction.
+ */
+export async function recordMetrics(
+  tx: Kysely<RunsSchema>,
+  runUuid: string,
+  metrics: StoredMetric[],
+): Promise<void> {
+  if (!metrics.length) return;
+  for (let i = 0; i < metrics.length; i += 100)
+    await tx
+      .insertInto("tr_metrics")
+      .values(metrics.slice(i, i + 100).map((m) => ({ run_uuid: runUuid, ...m })))
+      .execute();
+  // The latest value per key: highest step, then newest timestamp, then largest value.
+  for (const m of latestPerKey(metrics)) {
+    await sql`insert into tr_latest_metrics (run_uuid, key, value, is_nan, timestamp, step)
+        values (${runUuid}, ${m.key}, ${m.value}, ${m.is_nan}, ${m.timestamp}, ${m.step})
+        on conflict (run_uuid, key) do update set value = excluded.value, is_nan = excluded.is_nan,
+          timestamp = excluded.timestamp, step = excluded.step
+        where excluded.step > tr_latest_metrics.step
+           or (excluded.step = tr_latest_metrics.step and excluded.timestamp > tr_latest_metrics.timestamp)
+           or (excluded.step = tr_latest_metrics.step and excluded.timestamp = tr_latest_metrics.timestamp and excluded.value >= tr_latest_metrics.value)`.execute(
+      tx,
+    );
+  }
+}
+
+/** A metric value as its tables hold it: NaN as is_nan, ±infinity as ±MAX_DOUBLE. */
+export interface StoredMetric {
+  key: string;
+  value: number;
+  is_nan: number;
+  timestamp: number;
+  step: number;
+}
+
+/** A logged metric, checked, as stored. */
+export function toStoredMetric(m: RawMetric): StoredMetric {
+  if (!m.key) throw invalidParameter("Missing value for required parameter 'key'.");
+  if (m.timestamp === undefined || m.timestamp === "")
+    throw invalidParameter("Missing value for required parameter 'timestamp'.");
+  const timestamp = Number(m.timestamp);
+  const step = Number(m.step ?? 0);
+  if (!Number.isInteger(timestamp) || !Number.isInteger(step))
+    throw invalidParameter(`metric '${m.key}': timestamp and step must be integers`);
+  let value: number;
+  let isNan = 0;
+  if (m.value === "NaN" || (typeof m.value === "number" && Number.isNaN(m.value))) {
+    value = 0;
+    isNan = 1;
+  } else {
+    value = m.value === "Infinity" ? MAX_DOUBLE : m.value === "-Infinity" ? -MAX_DOUBLE : Number(m.value);
+    if (m.value === undefined || Number.isNaN(value))
+      throw invalidParameter(`metric '${m.key}': value must be a number, got ${JSON.stringify(m.value)}`);
+    if (!Number.isFinite(value)) value = value > 0 ? MAX_DOUBLE : -MAX_DOUBLE;
+  }
+  return { key: m.key, value, is_nan: isNan, timestamp, step };
+}
+
+/** A stored metric as MLflow returns it. */
+export function fromStoredMetric(m: {
+  key: string;
+  value: number;
+  is_nan: number;
+  timestamp: number;
+  step: number;
+}): Metric {
+  return { key: m.key, value: m.is_nan ? "NaN" : m.value, timestamp: m.timestamp, step: m.step };
+}
+
+function latestPerKey(metrics: StoredMetric[]): StoredMetric[] {
+  const best = new Map<string, StoredMetric>();
+  for (const m of metrics) {
+    const b = best.get(m.key);
+    if (
+      !b ||
+      m.step > b.step ||
+      (m.step === b.step && m.timestamp > b.timestamp) ||
+      (m.step === b.step && m.timestamp === b.timestamp && m.value >= b.value)
+    )
+      best.set(m.key, m);
+  }
+  return [...best.values()];
+}
