@@ -46,10 +46,13 @@ export class JobContext {
     this.overlay?.forget(keyOf(job));
   }
 
-  /** Writes the status if it changed: most pod events change nothing a user would see. */
-  async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<void> {
-    if (isDeepStrictEqual(job.status ?? {}, status)) return;
-    this.remember((await this.deps.store.updateStatus({ ...job, status })) as TrainingJob);
+  /**
+   * Writes the status if it changed: most pod events change nothing a user would see. Returns
+   * the job as stored now, for a phase that goes on to write again.
+   */
+  async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<TrainingJob> {
+    if (isDeepStrictEqual(job.status ?? {}, status)) return job;
+    return this.remember((await this.deps.store.updateStatus({ ...job, status })) as TrainingJob);
   }
 
   async event(job: TrainingJob, type: "Normal" | "Warning", reason: string, message: string): Promise<void> {

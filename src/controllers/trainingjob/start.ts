@@ -66,14 +66,16 @@ export async function restartAfterBackoff(
   now: Date,
 ): Promise<ReconcileResult> {
   const { running } = mirrorWorkers(status, obs);
-  await ctx.writeStatus(job, status);
+  // The next attempt starts from the job as just written (from the older copy, its write would
+  // conflict), with a status of its own (the store may hand back the very object it was given).
+  const written = await ctx.writeStatus(job, status);
   if (running.length > 0) {
     const stopped = await ctx.deps.runtime.stop(refOf(job), job.spec.terminationGracePeriodSeconds);
     if (!stopped) return { requeueAfterMs: 250 };
   }
   const wait = Date.parse(status.nextAttemptTime!) - now.getTime();
   if (wait > 0) return { requeueAfterMs: wait };
-  return startAttempt(ctx, job, status, obs.attempt + 1);
+  return startAttempt(ctx, written, { ...status }, obs.attempt + 1);
 }
 
 /** The gang's environment, or what to return while it is not ready (or cannot be built). */
