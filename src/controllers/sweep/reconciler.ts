@@ -62,31 +62,58 @@ export class SweepReconciler implements Reconciler {
       return {};
     }
     const spec = sweep.spec;
-    const jobs = new Map<string, TrainingJob>();
-    for (const job of await this.trialJobs(project, name)) {
-      if (job.metadata.annotations?.[SWEEP_UID_ANNOTATION] !== sweep.metadata.uid) await this.deleteJob(job);
-      else jobs.set(job.metadata.name, job);
-    }
+    const jobs = await this.ownTrialJobs(sweep);
     const before = sweep.status ?? {};
     const status: SweepStatus = structuredClone(before);
     const now = this.deps.now();
     status.startTime ??= now.toISOString();
-    const trials: TrialStatus[] = status.trials ?? [];
-    // A trial made just before a crash, before the status said so: adopt it.
-    for (const job of jobs.values()) {
-      const number = Number(job.metadata.labels?.[TRIAL_LABEL]);
-      if (!trials.some((t) => t.number === number))
-        trials.push({
-          number,
-          name: job.metadata.name,
-          params: JSON.parse(job.metadata.annotations?.[TRIAL_PARAMS_ANNOTATION] ?? "{}"),
-          phase: "Pending",
-        });
-    }
-    trials.sort((a, b) => a.number - b.number);
+    const trials = adoptTrials(status.trials ?? [], jobs);
     status.trials = trials;
 
     // 1. Observe every trial: its job's phase and the objective it reported.
+    const curves = await this.observeTrials(sweep, trials, jobs);
+
+    // 2. Early stopping: judge running trials against all the others.
+    const toStop: TrainingJob[] = [];
+    if (spec.earlyStopping && !isDone(status))
+      toStop.push(...(await this.stopEarly(sweep, trials, curves, jobs)));
+
+    // 3. Done, failed, or room for more trials.
+    if (!isDone(status)) {
+      if (countPhase(trials, "Failed") > spec.maxFailedTrials)
+        toStop.push(...(await this.failOverBudget(sweep, status, trials, jobs, now)));
+      else {
+        await this.suggestAndCreate(sweep, trials);
+        if (trials.length >= plannedTrials(spec) && activeCount(trials) === 0)
+          await this.complete(sweep, status, jobs, now);
+      }
+    }
+
+    // 4. Counts, best so far, the Running condition.
+    summarize(sweep, status, trials, now);
+    if (!isDeepStrictEqual(before, status)) await this.deps.store.updateStatus({ ...sweep, status });
+    // After the status says why: stopping deletes the job, and with it what it said.
+    for (const job of toStop) await this.deleteJob(job);
+    return isDone(status) ? {} : { requeueAfterMs: this.deps.pollMs ?? 2000 };
+  }
+
+  /** The sweep's trial jobs by name; those of an earlier sweep of the same name are deleted. */
+  private async ownTrialJobs(sweep: Sweep): Promise<Map<string, TrainingJob>> {
+    const jobs = new Map<string, TrainingJob>();
+    for (const job of await this.trialJobs(sweep.metadata.project!, sweep.metadata.name)) {
+      if (job.metadata.annotations?.[SWEEP_UID_ANNOTATION] !== sweep.metadata.uid) await this.deleteJob(job);
+      else jobs.set(job.metadata.name, job);
+    }
+    return jobs;
+  }
+
+  /** Each trial's phase from its job, and the objective it reported; returns every trial's curve. */
+  private async observeTrials(
+    sweep: Sweep,
+    trials: TrialStatus[],
+    jobs: Map<string, TrainingJob>,
+  ): Promise<Map<number, Point[]>> {
+    const spec = sweep.spec;
     const curves = new Map<number, Point[]>();
     for (const t of trials) {
       const job = jobs.get(t.name);
@@ -98,7 +125,11 @@ export class SweepReconciler implements Reconciler {
         t.message = "its TrainingJob was deleted";
       }
       if (t.runId && this.deps.metrics) {
-        const points = await this.deps.metrics.history(project, t.runId, spec.objective.metric);
+        const points = await this.deps.metrics.history(
+          sweep.metadata.project!,
+          t.runId,
+          spec.objective.metric,
+        );
         curves.set(t.number, points);
         const last = points.at(-1);
         if (last) {
@@ -115,104 +146,90 @@ export class SweepReconciler implements Reconciler {
           : "no tracking store to read the objective from on this platform";
       }
     }
+    return curves;
+  }
 
-    // 2. Early stopping: judge running trials against all the others.
+  /** Marks the running trials the early-stopping rule gives up on; returns their jobs to stop. */
+  private async stopEarly(
+    sweep: Sweep,
+    trials: TrialStatus[],
+    curves: Map<number, Point[]>,
+    jobs: Map<string, TrainingJob>,
+  ): Promise<TrainingJob[]> {
+    const spec = sweep.spec;
     const toStop: TrainingJob[] = [];
-    if (spec.earlyStopping && !isDone(status)) {
-      const all: TrialCurve[] = trials.map((t) => ({
-        number: t.number,
-        points: curves.get(t.number) ?? [],
-        running: ACTIVE.has(t.phase),
-      }));
-      for (const t of trials) {
-        if (t.phase !== "Running") continue;
-        const mine = all.find((c) => c.number === t.number)!;
-        const decision = shouldStop(spec.earlyStopping, spec.objective.goal, mine, all, t.rung);
-        if (decision.rung !== undefined) t.rung = decision.rung;
-        if (!decision.stop) continue;
-        t.phase = "EarlyStopped";
-        t.message = decision.reason;
+    if (!spec.earlyStopping) return toStop;
+    const all: TrialCurve[] = trials.map((t) => ({
+      number: t.number,
+      points: curves.get(t.number) ?? [],
+      running: ACTIVE.has(t.phase),
+    }));
+    for (const t of trials) {
+      if (t.phase !== "Running") continue;
+      const mine = all.find((c) => c.number === t.number)!;
+      const decision = shouldStop(spec.earlyStopping, spec.objective.goal, mine, all, t.rung);
+      if (decision.rung !== undefined) t.rung = decision.rung;
+      if (!decision.stop) continue;
+      t.phase = "EarlyStopped";
+      t.message = decision.reason;
+      const job = jobs.get(t.name);
+      if (job) toStop.push(job);
+      await this.event(sweep, "Normal", "EarlyStopped", `trial ${t.number} (${t.name}): ${decision.reason}`);
+    }
+    return toStop;
+  }
+
+  /** More trials failed than maxFailedTrials: the sweep fails; returns the active trials' jobs to stop. */
+  private async failOverBudget(
+    sweep: Sweep,
+    status: SweepStatus,
+    trials: TrialStatus[],
+    jobs: Map<string, TrainingJob>,
+    now: Date,
+  ): Promise<TrainingJob[]> {
+    const spec = sweep.spec;
+    const toStop: TrainingJob[] = [];
+    const failed = countPhase(trials, "Failed");
+    status.phase = "Failed";
+    status.completionTime = now.toISOString();
+    const message = `${failed} trials failed, more than maxFailedTrials (${spec.maxFailedTrials}); see the trials' messages`;
+    status.conditions = setCondition(
+      status.conditions,
+      { type: "Complete", status: "False", reason: "TooManyFailedTrials", message },
+      now,
+    );
+    for (const t of trials)
+      if (ACTIVE.has(t.phase)) {
         const job = jobs.get(t.name);
         if (job) toStop.push(job);
-        await this.event(
-          sweep,
-          "Normal",
-          "EarlyStopped",
-          `trial ${t.number} (${t.name}): ${decision.reason}`,
-        );
+        t.phase = "Failed";
+        t.message = "stopped: the sweep failed";
       }
-    }
+    await this.event(sweep, "Warning", "TooManyFailedTrials", message);
+    return toStop;
+  }
 
-    // 3. Done, failed, or room for more trials.
-    const count = (phase: string) => trials.filter((t) => t.phase === phase).length;
-    const active = () => trials.filter((t) => ACTIVE.has(t.phase)).length;
+  /** Makes trials, with parameters suggested from those that succeeded, up to spec.parallelism. */
+  private async suggestAndCreate(sweep: Sweep, trials: TrialStatus[]): Promise<void> {
+    const spec = sweep.spec;
     const planned = plannedTrials(spec);
-    if (!isDone(status)) {
-      if (count("Failed") > spec.maxFailedTrials) {
-        status.phase = "Failed";
-        status.completionTime = now.toISOString();
-        const message = `${count("Failed")} trials failed, more than maxFailedTrials (${spec.maxFailedTrials}); see the trials' messages`;
-        status.conditions = setCondition(
-          status.conditions,
-          { type: "Complete", status: "False", reason: "TooManyFailedTrials", message },
-          now,
-        );
-        for (const t of trials)
-          if (ACTIVE.has(t.phase)) {
-            const job = jobs.get(t.name);
-            if (job) toStop.push(job);
-            t.phase = "Failed";
-            t.message = "stopped: the sweep failed";
-          }
-        await this.event(sweep, "Warning", "TooManyFailedTrials", message);
-      } else {
-        const observed: Observation[] = trials
-          .filter((t) => t.phase === "Succeeded" && t.objective !== undefined)
-          .map((t) => ({ params: t.params, objective: t.objective! }));
-        while (active() < spec.parallelism && trials.length < planned) {
-          const number = (trials.at(-1)?.number ?? 0) + 1;
-          const params = suggest(spec, number, observed);
-          const trialName = `${name}-${number}`;
-          // The name is still taken (an earlier sweep of this name whose trial is stopping): wait.
-          if (!(await this.createTrial(sweep, number, trialName, params))) break;
-          trials.push({ number, name: trialName, params, phase: "Pending" });
-          await this.event(
-            sweep,
-            "Normal",
-            "TrialCreated",
-            `trial ${number} (${trialName}): ${paramsText(params)}`,
-          );
-        }
-        if (trials.length >= planned && active() === 0) await this.complete(sweep, status, jobs, now);
-      }
-    }
-
-    // 4. Counts, best so far, the Running condition.
-    status.succeeded = count("Succeeded");
-    status.failed = count("Failed");
-    status.earlyStopped = count("EarlyStopped");
-    status.running = active();
-    const best = bestTrial(spec, trials);
-    if (best)
-      status.best = { trial: best.number, name: best.name, objective: best.objective!, params: best.params };
-    if (!isDone(status)) {
-      status.phase = "Running";
-      status.conditions = setCondition(
-        status.conditions,
-        {
-          type: "Complete",
-          status: "False",
-          reason: "TrialsRunning",
-          message: `${trials.length} of ${planned} trials started, ${status.running} running, ${status.succeeded} succeeded, ${status.earlyStopped} stopped early, ${status.failed} failed`,
-        },
-        now,
+    const observed: Observation[] = trials
+      .filter((t) => t.phase === "Succeeded" && t.objective !== undefined)
+      .map((t) => ({ params: t.params, objective: t.objective! }));
+    while (activeCount(trials) < spec.parallelism && trials.length < planned) {
+      const number = (trials.at(-1)?.number ?? 0) + 1;
+      const params = suggest(spec, number, observed);
+      const trialName = `${sweep.metadata.name}-${number}`;
+      // The name is still taken (an earlier sweep of this name whose trial is stopping): wait.
+      if (!(await this.createTrial(sweep, number, trialName, params))) break;
+      trials.push({ number, name: trialName, params, phase: "Pending" });
+      await this.event(
+        sweep,
+        "Normal",
+        "TrialCreated",
+        `trial ${number} (${trialName}): ${paramsText(params)}`,
       );
     }
-    status.observedGeneration = sweep.metadata.generation;
-    if (!isDeepStrictEqual(before, status)) await this.deps.store.updateStatus({ ...sweep, status });
-    // After the status says why: stopping deletes the job, and with it what it said.
-    for (const job of toStop) await this.deleteJob(job);
-    return isDone(status) ? {} : { requeueAfterMs: this.deps.pollMs ?? 2000 };
   }
 
   /** All trials have ended: name the best, register its model, finish. */
@@ -383,6 +400,56 @@ function withoutApplyRecord(annotations: Record<string, string> | undefined): Re
 
 function isDone(status: SweepStatus): boolean {
   return status.phase === "Succeeded" || status.phase === "Failed";
+}
+
+function countPhase(trials: TrialStatus[], phase: string): number {
+  return trials.filter((t) => t.phase === phase).length;
+}
+
+function activeCount(trials: TrialStatus[]): number {
+  return trials.filter((t) => ACTIVE.has(t.phase)).length;
+}
+
+/** The trials in number order, with any job made just before a crash (before the status said so) adopted. */
+function adoptTrials(trials: TrialStatus[], jobs: Map<string, TrainingJob>): TrialStatus[] {
+  for (const job of jobs.values()) {
+    const number = Number(job.metadata.labels?.[TRIAL_LABEL]);
+    if (!trials.some((t) => t.number === number))
+      trials.push({
+        number,
+        name: job.metadata.name,
+        params: JSON.parse(job.metadata.annotations?.[TRIAL_PARAMS_ANNOTATION] ?? "{}"),
+        phase: "Pending",
+      });
+  }
+  trials.sort((a, b) => a.number - b.number);
+  return trials;
+}
+
+/** Counts, the best trial so far, and while running a condition that says how far it is. */
+function summarize(sweep: Sweep, status: SweepStatus, trials: TrialStatus[], now: Date): void {
+  const spec = sweep.spec;
+  status.succeeded = countPhase(trials, "Succeeded");
+  status.failed = countPhase(trials, "Failed");
+  status.earlyStopped = countPhase(trials, "EarlyStopped");
+  status.running = activeCount(trials);
+  const best = bestTrial(spec, trials);
+  if (best)
+    status.best = { trial: best.number, name: best.name, objective: best.objective!, params: best.params };
+  if (!isDone(status)) {
+    status.phase = "Running";
+    status.conditions = setCondition(
+      status.conditions,
+      {
+        type: "Complete",
+        status: "False",
+        reason: "TrialsRunning",
+        message: `${trials.length} of ${plannedTrials(spec)} trials started, ${status.running} running, ${status.succeeded} succeeded, ${status.earlyStopped} stopped early, ${status.failed} failed`,
+      },
+      now,
+    );
+  }
+  status.observedGeneration = sweep.metadata.generation;
 }
 
 /** A trial's TrainingJob: the template with each parameter in its environment variable (and flag). */

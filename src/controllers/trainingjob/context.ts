@@ -1,0 +1,80 @@
+import { isDeepStrictEqual } from "node:util";
+import type { Logger } from "pino";
+import type { TrainingJob, TrainingJobStatus } from "../../api/trainingjob.js";
+import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
+import type { EventRecorder, ResourceStore } from "../../ports/store.js";
+import type { WorkloadTracking } from "../../ports/tracking.js";
+import type { WriteOverlay } from "../../reconcile/overlay.js";
+
+export const TRAININGJOB = "TrainingJob";
+/** Held while the runtime may have processes for the job, so deletion waits until they are gone. */
+export const RUNTIME_FINALIZER = "loom.dev/runtime";
+
+export interface TrainingJobDeps {
+  store: ResourceStore;
+  /** The informer's copy, to skip a store read when there is clearly nothing to do. */
+  cached?: (key: string) => TrainingJob | undefined;
+  runtime: Runtime;
+  events: EventRecorder;
+  log: Logger;
+  now: () => Date;
+  /** Experiment tracking for workers (embedded): MLFLOW_* in their environment. */
+  tracking?: WorkloadTracking;
+  /** First restart delay; doubles per attempt up to maxBackoffMs. */
+  baseBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+/**
+ * What every phase of the lifecycle shares: the deps, and the writes that keep this loop's
+ * overlay of the informer's cache (see WriteOverlay) up to date.
+ */
+export class JobContext {
+  constructor(
+    readonly deps: TrainingJobDeps,
+    /** Present when reads come from the informer's cache (deps.cached). */
+    private readonly overlay?: WriteOverlay<TrainingJob>,
+  ) {}
+
+  /** Notes this loop's own write, so the next reconcile does not act on the cache's older copy. */
+  remember(job: TrainingJob): TrainingJob {
+    return this.overlay ? this.overlay.remember(job) : job;
+  }
+
+  /** Drops what this loop wrote of the job (it is about to go). */
+  forget(job: TrainingJob): void {
+    this.overlay?.forget(keyOf(job));
+  }
+
+  /**
+   * Writes the status if it changed: most pod events change nothing a user would see. Returns
+   * the job as stored now, for a phase that goes on to write again.
+   */
+  async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<TrainingJob> {
+    if (isDeepStrictEqual(job.status ?? {}, status)) return job;
+    return this.remember((await this.deps.store.updateStatus({ ...job, status })) as TrainingJob);
+  }
+
+  async event(job: TrainingJob, type: "Normal" | "Warning", reason: string, message: string): Promise<void> {
+    await this.deps.events.record(refOf(job), type, reason, message);
+  }
+}
+
+/** The job's work queue and cache key: "project/name". */
+export function keyOf(job: TrainingJob): string {
+  return `${job.metadata.project}/${job.metadata.name}`;
+}
+
+export function refOf(job: TrainingJob): WorkloadRef {
+  return {
+    kind: TRAININGJOB,
+    project: job.metadata.project ?? "",
+    name: job.metadata.name,
+    uid: job.metadata.uid,
+  };
+}
+
+export function splitKey(key: string): [string, string] {
+  const i = key.indexOf("/");
+  return i < 0 ? ["", key] : [key.slice(0, i), key.slice(i + 1)];
+}

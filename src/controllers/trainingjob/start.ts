@@ -1,0 +1,327 @@
+import { NotFoundError } from "../../api/errors.js";
+import { setCondition } from "../../api/meta.js";
+import {
+  type Admission,
+  type TrainingJob,
+  type TrainingJobStatus,
+  workerRange,
+} from "../../api/trainingjob.js";
+import type { GangObservation, GangSpec, WorkerSpec } from "../../ports/runtime.js";
+import type { Allocation } from "../../ports/scheduler.js";
+import type { ReconcileResult } from "../../reconcile/controller.js";
+import { type JobContext, refOf, TRAININGJOB } from "./context.js";
+import { fail } from "./failure.js";
+import { planGang, portsPerWorker } from "./frameworks.js";
+import { mirrorWorkers, track } from "./observe.js";
+
+/**
+ * Starts attempt `attempt` of an admitted job: what is left of the previous one stopped, its
+ * environment ready, its workers planned for the framework (fresh endpoints, the tracking run,
+ * the job's env), then the gang started through the runtime and the status saying so.
+ */
+export async function startAttempt(
+  ctx: JobContext,
+  job: TrainingJob,
+  status: TrainingJobStatus,
+  attempt: number,
+): Promise<ReconcileResult> {
+  const admission = job.status!.admission!;
+  const ref = refOf(job);
+  // Attempts never overlap: anything left of the previous one goes first.
+  if (!(await ctx.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds)))
+    return { requeueAfterMs: 250 };
+  const notReady = await prepareEnvironment(ctx, job, status);
+  if (notReady) return notReady;
+  const count = admission.workers ?? admission.placements?.length ?? workerRange(job.spec).max;
+  const workers = await planWorkers(ctx, job, status, attempt, count);
+  await launch(ctx, job, status, attempt, workers);
+  markStarted(job, status, attempt, count, workers, ctx.deps.now());
+  await ctx.event(
+    job,
+    "Normal",
+    "Started",
+    `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`,
+  );
+  // What the workers do now goes into the same write: their pids, or already their exit (a
+  // short job). Written on its own, the start was one more write and reconcile per attempt.
+  // Only once the runtime shows every worker (a Kubernetes pod cache may still lag, and a
+  // worker missing from an observation counts as lost).
+  const obs = await ctx.deps.runtime.observe(ref);
+  if (obs && obs.attempt === attempt && workers.every((w) => obs.workers.some((o) => o.index === w.index)))
+    return track(ctx, job, status, obs, ctx.deps.now());
+  await ctx.writeStatus(job, status);
+  return {};
+}
+
+/**
+ * A restart is scheduled (status.nextAttemptTime): this attempt is over. What is left of it
+ * stops first (SIGTERM, so it may checkpoint), then the backoff runs out, then the next attempt
+ * starts.
+ */
+export async function restartAfterBackoff(
+  ctx: JobContext,
+  job: TrainingJob,
+  status: TrainingJobStatus,
+  obs: GangObservation,
+  now: Date,
+): Promise<ReconcileResult> {
+  const { running } = mirrorWorkers(status, obs);
+  // The next attempt starts from the job as just written (from the older copy, its write would
+  // conflict), with a status of its own (the store may hand back the very object it was given).
+  const written = await ctx.writeStatus(job, status);
+  if (running.length > 0) {
+    const stopped = await ctx.deps.runtime.stop(refOf(job), job.spec.terminationGracePeriodSeconds);
+    if (!stopped) return { requeueAfterMs: 250 };
+  }
+  const wait = Date.parse(status.nextAttemptTime!) - now.getTime();
+  if (wait > 0) return { requeueAfterMs: wait };
+  return startAttempt(ctx, written, { ...status }, obs.attempt + 1);
+}
+
+/** The gang's environment, or what to return while it is not ready (or cannot be built). */
+async function prepareEnvironment(
+  ctx: JobContext,
+  job: TrainingJob,
+  status: TrainingJobStatus,
+): Promise<ReconcileResult | undefined> {
+  // Embedded, a named Python environment is built once (minutes, the first time).
+  const prep = ctx.deps.runtime.prepare?.({ python: job.spec.python }) ?? { ready: true };
+  if ("failed" in prep)
+    return fail(
+      ctx,
+      job,
+      status,
+      `cannot build the Python environment (spec.python): ${prep.failed}`,
+      "EnvironmentFailed",
+    );
+  if (!prep.ready) {
+    const now = ctx.deps.now();
+    await ctx.writeStatus(job, {
+      ...status,
+      conditions: setCondition(
+        status.conditions,
+        { type: "EnvironmentReady", status: "False", reason: "Building", message: prep.message },
+        now,
+      ),
+    });
+    return { requeueAfterMs: 1000 };
+  }
+  return undefined;
+}
+
+/** Every worker of the attempt: its command and env for the framework, on its share of the admission. */
+async function planWorkers(
+  ctx: JobContext,
+  job: TrainingJob,
+  status: TrainingJobStatus,
+  attempt: number,
+  count: number,
+): Promise<WorkerSpec[]> {
+  const admission = job.status!.admission!;
+  const ref = refOf(job);
+  const endpoints = await ctx.deps.runtime.endpoints(ref, attempt, count, portsPerWorker(job.spec.framework));
+  const plan = planGang(job.spec, {
+    rendezvousId: `${ref.uid.slice(0, 8)}-a${attempt}`,
+    endpoints,
+    mpiHost: ctx.deps.runtime.mpiHost,
+  });
+  const mlflow = await trackingEnv(ctx, job, status, attempt);
+  return plan.workers.map((p) => ({
+    index: p.index,
+    command: p.command,
+    image: job.spec.image,
+    annotations: job.metadata.annotations,
+    workingDir: job.spec.workingDir,
+    allocation: allocationOf(admission, p.index),
+    terminationGracePeriodSeconds: job.spec.terminationGracePeriodSeconds,
+    env: {
+      // As Kubeflow's operators do: Python's output reaches the log (and progressTimeout) as it
+      // is printed, not in 8 KiB blocks. The job's env may say otherwise.
+      PYTHONUNBUFFERED: "1",
+      ...mlflow.all,
+      ...(p.index === 0 ? mlflow.rank0 : {}),
+      ...job.spec.env,
+      ...p.env,
+      LOOM_PROJECT: ref.project,
+      LOOM_WORKLOAD: ref.name,
+      LOOM_WORKLOAD_KIND: ref.kind,
+      LOOM_WORKLOAD_UID: ref.uid,
+      LOOM_ATTEMPT: String(attempt),
+    },
+  }));
+}
+
+/** Starts the gang; if the runtime refuses, the status says why before the error goes up. */
+async function launch(
+  ctx: JobContext,
+  job: TrainingJob,
+  status: TrainingJobStatus,
+  attempt: number,
+  workers: WorkerSpec[],
+): Promise<void> {
+  const ref = refOf(job);
+  try {
+    const initCheckpoint = await resolveInitCheckpoint(ctx, job);
+    await ctx.deps.runtime.start({
+      ref,
+      attempt,
+      workers,
+      checkpoint: job.spec.checkpoint,
+      ...(initCheckpoint ? { initCheckpoint } : {}),
+      ...(job.spec.python ? { python: job.spec.python } : {}),
+    });
+  } catch (err) {
+    // Say why in the object (quota, admission policy, image rules), then retry with backoff.
+    const message = `cannot start attempt ${attempt}: ${(err as Error).message}`;
+    const now = ctx.deps.now();
+    await ctx.writeStatus(job, {
+      ...status,
+      conditions: setCondition(
+        status.conditions,
+        { type: "Running", status: "False", reason: "FailedCreate", message },
+        now,
+      ),
+    });
+    await ctx.event(job, "Warning", "FailedCreate", message);
+    throw err;
+  }
+}
+
+/** The status of an attempt just started: Running, its workers Pending, its conditions. */
+function markStarted(
+  job: TrainingJob,
+  status: TrainingJobStatus,
+  attempt: number,
+  count: number,
+  workers: WorkerSpec[],
+  now: Date,
+): void {
+  const after = status.preemptedAttempt !== undefined ? "a preemption or resize" : "a failure";
+  status.attempts = attempt;
+  status.preemptedAttempt = undefined;
+  status.phase = "Running";
+  status.startTime ??= now.toISOString();
+  status.nextAttemptTime = undefined;
+  status.activeWorkers = count;
+  status.ready = `0/${count}`;
+  status.workers = workers.map((w) => ({ index: w.index, state: "Pending" }));
+  status.observedGeneration = job.metadata.generation;
+  if (job.spec.python)
+    status.conditions = setCondition(
+      status.conditions,
+      {
+        type: "EnvironmentReady",
+        status: "True",
+        reason: "Ready",
+        message: "the Python environment is built",
+      },
+      now,
+    );
+  status.conditions = setCondition(
+    status.conditions,
+    {
+      type: "Running",
+      status: "True",
+      reason: "Started",
+      message: `attempt ${attempt} started with ${count} worker(s) on ${[...new Set(workers.map((w) => w.allocation.node))].join(", ")}`,
+    },
+    now,
+  );
+  if (attempt > 1) {
+    status.conditions = setCondition(
+      status.conditions,
+      {
+        type: "Restarting",
+        status: "False",
+        reason: "Restarted",
+        message: `attempt ${attempt} started after ${after}`,
+      },
+      now,
+    );
+  }
+}
+
+/** The job whose checkpoints this one starts from (spec.initCheckpointFrom), checked to exist. */
+async function resolveInitCheckpoint(ctx: JobContext, job: TrainingJob): Promise<GangSpec["initCheckpoint"]> {
+  const from = job.spec.initCheckpointFrom;
+  if (!from) return undefined;
+  let source: TrainingJob;
+  try {
+    source = (await ctx.deps.store.get(TRAININGJOB, job.metadata.project!, from)) as TrainingJob;
+  } catch (err) {
+    if (err instanceof NotFoundError)
+      throw new Error(
+        `spec.initCheckpointFrom names TrainingJob ${from}, which does not exist in project ${job.metadata.project}: run it first (its checkpoints are what this job starts from)`,
+      );
+    throw err;
+  }
+  // Embedded, the runtime sees loom.json; on Kubernetes it cannot look into the claim, and a
+  // finished job is what there is to start from.
+  if (!source.status?.checkpoint && source.status?.phase !== "Succeeded")
+    throw new Error(
+      `TrainingJob ${from} (spec.initCheckpointFrom) has neither reported a checkpoint ($LOOM_CHECKPOINT_DIR/loom.json) nor succeeded yet; this job starts once it has`,
+    );
+  return {
+    ref: { kind: TRAININGJOB, project: job.metadata.project!, name: from, uid: source.metadata.uid },
+    ...(source.spec.checkpoint ? { checkpoint: source.spec.checkpoint } : {}),
+  };
+}
+
+/**
+ * The mlflow client's settings for the workers: the project's tracking URI and a token, the
+ * job's experiment, and its run (made once; every attempt logs to it) as MLFLOW_RUN_ID for
+ * worker 0, which mlflow.start_run() then resumes. Tracking being down never stops a job.
+ */
+async function trackingEnv(
+  ctx: JobContext,
+  job: TrainingJob,
+  status: TrainingJobStatus,
+  attempt: number,
+): Promise<{ all: Record<string, string>; rank0: Record<string, string> }> {
+  const tracking = ctx.deps.tracking;
+  if (!tracking) return { all: {}, rank0: {} };
+  const ref = refOf(job);
+  const experiment = job.spec.experiment ?? job.metadata.name;
+  try {
+    const run = status.tracking ?? (await tracking.ensureRun(ref, experiment));
+    status.tracking = run;
+    await tracking.tagAttempt(ref.project, run.runId, attempt);
+    return {
+      all: {
+        ...(await tracking.clientEnv(ref.project)),
+        MLFLOW_EXPERIMENT_NAME: experiment,
+        MLFLOW_EXPERIMENT_ID: run.experimentId,
+        LOOM_MLFLOW_RUN_ID: run.runId,
+      },
+      rank0: { MLFLOW_RUN_ID: run.runId },
+    };
+  } catch (err) {
+    ctx.deps.log.warn(
+      { err, job: ref.name },
+      "could not prepare the job's tracking run; starting without it",
+    );
+    return { all: {}, rank0: {} };
+  }
+}
+
+/** Worker `index`'s share of an admission: its node and devices (placements, when written). */
+function allocationOf(admission: Admission, index: number): Allocation {
+  const placement = admission.placements?.find((p) => p.pod === index);
+  if (!placement) {
+    return {
+      node: admission.node,
+      cpuMillis: admission.cpuMillis,
+      memoryBytes: admission.memoryBytes,
+      gpus: admission.gpus,
+      ...(admission.gpuShare !== undefined ? { gpuShare: admission.gpuShare } : {}),
+    };
+  }
+  const share = placement.gpus.length === 1 ? placement.gpus[0]!.share : 1;
+  return {
+    node: placement.node,
+    cpuMillis: admission.cpuMillis,
+    memoryBytes: admission.memoryBytes,
+    gpus: placement.gpus.map((g) => g.device),
+    ...(share < 1 ? { gpuShare: share } : {}),
+  };
+}
