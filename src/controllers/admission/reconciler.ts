@@ -17,6 +17,7 @@ import type { ExternalWork, Runtime } from "../../ports/runtime.js";
 import type { NodeCapacity, Scheduler } from "../../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
+import { WriteOverlay } from "../../reconcile/overlay.js";
 import { refOf } from "../trainingjob/reconciler.js";
 
 /** Status writes one admission cycle keeps in flight at once. */
@@ -57,31 +58,17 @@ export class AdmissionReconciler implements Reconciler {
    * Objects this loop wrote, until the informer's cache catches up. Without this a cycle that
    * runs before its own writes come back through the watch would hand the same capacity out twice.
    */
-  private readonly written = new Map<string, TrainingJob>();
+  private readonly written = new WriteOverlay<TrainingJob>((job) => job.metadata.uid);
   private readonly workloads = new WorkloadCache();
 
   constructor(private readonly deps: AdmissionDeps) {}
 
   private snapshot(): TrainingJob[] {
-    const seen = new Set<string>();
-    const jobs = this.deps.listJobs().map((cached) => {
-      const uid = cached.metadata.uid;
-      seen.add(uid);
-      const mine = this.written.get(uid);
-      if (!mine) return cached;
-      if (Number(mine.metadata.resourceVersion) <= Number(cached.metadata.resourceVersion)) {
-        this.written.delete(uid);
-        return cached;
-      }
-      return mine;
-    });
-    for (const uid of this.written.keys()) if (!seen.has(uid)) this.written.delete(uid);
-    return jobs;
+    return this.written.list(this.deps.listJobs());
   }
 
   private async writeStatus(job: TrainingJob): Promise<void> {
-    const stored = (await this.deps.store.updateStatus(job)) as TrainingJob;
-    this.written.set(stored.metadata.uid, stored);
+    this.written.remember((await this.deps.store.updateStatus(job)) as TrainingJob);
   }
 
   async reconcile(_key: string): Promise<ReconcileResult> {

@@ -15,6 +15,7 @@ import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica } from "./names.js";
 import { convergeOnPlatform, serviceRef } from "./revisions.js";
+import { routeTraffic } from "./traffic.js";
 
 export type { ModelResolver, ScaleTargets, ServingTable };
 export { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica };
@@ -109,42 +110,8 @@ export class InferenceServiceReconciler implements Reconciler {
     latest.spec = { ...latest.spec, replicas: svc.spec.replicas, autoscaling: svc.spec.autoscaling };
 
     // 2. Traffic: the spec's split, or all to the latest ready revision (the old one serves until then).
-    const readyOnes = revisions.filter((r) => r.replicas?.some((x) => x.ready) || r.ready > 0);
-    const latestReady = [...revisions]
-      .reverse()
-      .find((r) => readyOnes.includes(r) || (r === latest && latest.ready > 0));
-    // One entry per revision: until a canary is ready, "latest" names the revision it is canary
-    // of, and the two shares are that revision's.
-    const traffic: { revision: string; percent: number }[] = [];
-    for (const t of svc.spec.traffic ?? [{ revision: "latest", percent: 100 }]) {
-      const revision = t.revision === "latest" ? (latestReady?.name ?? latest!.name) : t.revision;
-      const same = traffic.find((x) => x.revision === revision);
-      if (same) same.percent += t.percent;
-      else traffic.push({ revision, percent: t.percent });
-    }
-    const unknown = traffic.find((t) => !revisions.some((r) => r.name === t.revision));
-    if (unknown)
-      status.conditions = setCondition(
-        status.conditions,
-        {
-          type: "TrafficRouted",
-          status: "False",
-          reason: "UnknownRevision",
-          message: `spec.traffic names revision ${unknown.revision}, which does not exist; revisions: ${revisions.map((r) => r.name).join(", ")}`,
-        },
-        now,
-      );
-    else
-      status.conditions = setCondition(
-        status.conditions,
-        {
-          type: "TrafficRouted",
-          status: "True",
-          reason: "Routed",
-          message: traffic.map((t) => `${t.revision} ${t.percent}%`).join(", "),
-        },
-        now,
-      );
+    const { traffic, condition } = routeTraffic(svc, revisions, latest);
+    status.conditions = setCondition(status.conditions, condition, now);
     status.traffic = traffic;
 
     // 3. Replicas per revision: the autoscaler's target within {min, max} for revisions that take

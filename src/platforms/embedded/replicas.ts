@@ -1,6 +1,4 @@
 import { randomUUID } from "node:crypto";
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import type { Logger } from "pino";
 import type { PodPlacement, PodRequest, RunningWorkload, Workload } from "../../core/scheduler/model.js";
 import type {
@@ -13,6 +11,7 @@ import type {
   WorkloadRef,
 } from "../../ports/runtime.js";
 import type { EventRecorder } from "../../ports/store.js";
+import { JsonFiles } from "./jsonfiles.js";
 
 /**
  * Service replicas on this machine, as a Deployment and its kubelet would run them: each
@@ -99,11 +98,12 @@ export class LocalRevisions implements RevisionRuntime {
   private readonly probe: NonNullable<LocalRevisionsDeps["probe"]>;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
+  private readonly files: JsonFiles<Revision>;
 
   constructor(private readonly deps: LocalRevisionsDeps) {
     this.now = deps.now ?? (() => new Date());
     this.probe = deps.probe ?? httpProbe;
-    mkdirSync(deps.stateDir, { recursive: true });
+    this.files = new JsonFiles<Revision>(deps.stateDir, deps.log);
     this.load();
     void this.collectOrphans();
     deps.runtime.onChange((ref) => {
@@ -447,7 +447,7 @@ export class LocalRevisions implements RevisionRuntime {
     await this.converge(rev);
     if (rev.spec.replicas === 0 && rev.replicas.length === 0) {
       this.revisions.delete(key);
-      rmSync(this.stateFile(rev.spec.service.project, rev.spec.revision), { force: true });
+      this.files.remove(rev.spec.service.project, rev.spec.revision);
     }
   }
 
@@ -480,24 +480,14 @@ export class LocalRevisions implements RevisionRuntime {
 
   /** Re-adopts what an earlier server recorded: live replicas keep serving, dead ones go. */
   private load(): void {
-    for (const project of safeReaddir(this.deps.stateDir)) {
-      for (const file of safeReaddir(join(this.deps.stateDir, project))) {
-        if (!file.endsWith(".json")) continue;
-        try {
-          const rev = JSON.parse(readFileSync(join(this.deps.stateDir, project, file), "utf8")) as Revision;
-          const key = revisionKey(rev.spec.service.project, rev.spec.revision);
-          this.revisions.set(key, rev);
-          for (const r of rev.replicas) if (r.phase === "Running" && !r.ready) this.watchReadiness(rev, r);
-          // Exits while the server was down: the process runtime re-adopted the processes and
-          // knows their state; ask once everything is wired.
-          setImmediate(() => {
-            for (const r of rev.replicas)
-              if (r.phase === "Running") void this.replicaChanged(this.refOf(rev, r));
-          });
-        } catch (err) {
-          this.deps.log.warn({ err, file }, "could not read a revision's replicas; ignoring it");
-        }
-      }
+    for (const rev of this.files.readAll()) {
+      this.revisions.set(revisionKey(rev.spec.service.project, rev.spec.revision), rev);
+      for (const r of rev.replicas) if (r.phase === "Running" && !r.ready) this.watchReadiness(rev, r);
+      // Exits while the server was down: the process runtime re-adopted the processes and knows
+      // their state; ask once everything is wired.
+      setImmediate(() => {
+        for (const r of rev.replicas) if (r.phase === "Running") void this.replicaChanged(this.refOf(rev, r));
+      });
     }
   }
 
@@ -522,13 +512,7 @@ export class LocalRevisions implements RevisionRuntime {
   }
 
   private save(rev: Revision): void {
-    const file = this.stateFile(rev.spec.service.project, rev.spec.revision);
-    mkdirSync(join(this.deps.stateDir, rev.spec.service.project), { recursive: true });
-    writeFileSync(file, JSON.stringify(rev));
-  }
-
-  private stateFile(project: string, revision: string): string {
-    return join(this.deps.stateDir, project, `${revision}.json`);
+    this.files.write(rev.spec.service.project, rev.spec.revision, rev);
   }
 
   private find(id: string): { key: string; rev: Revision; replica: string } | undefined {
@@ -591,12 +575,4 @@ function gpuRequest(spec: RevisionSpec): number {
 
 function needsPlace(r: PodRequest): boolean {
   return r.cpuMillis > 0 || r.memoryBytes > 0 || r.gpu > 0;
-}
-
-function safeReaddir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
 }
