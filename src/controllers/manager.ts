@@ -4,6 +4,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
+import type { Snapshot } from "../core/scheduler/model.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Scheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
@@ -55,22 +56,21 @@ export class ControllerManager {
   private readonly tjInformer: Informer;
   private readonly projectInformer: Informer;
   private readonly admission: Controller;
+  private readonly admissionReconciler: AdmissionReconciler;
   private isvcInformer: Informer | undefined;
   private services: Controller | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
-    const admission = new Controller(
-      new AdmissionReconciler({
-        ...deps,
-        log: log("admission"),
-        listJobs: () => [...this.unfinishedJobs.values()],
-        listProjects: () => this.projectInformer.list() as Project[],
-      }),
-      log("admission"),
-      metrics,
-    );
+    const admissionReconciler = new AdmissionReconciler({
+      ...deps,
+      log: log("admission"),
+      listJobs: () => [...this.unfinishedJobs.values()],
+      listProjects: () => this.projectInformer.list() as Project[],
+    });
+    this.admissionReconciler = admissionReconciler;
+    const admission = new Controller(admissionReconciler, log("admission"), metrics);
     const jobs = new Controller(
       new TrainingJobReconciler({
         ...deps,
@@ -222,6 +222,11 @@ export class ControllerManager {
     if (this.admissionView.get(key) === view) return false;
     this.admissionView.set(key, view);
     return true;
+  }
+
+  /** What the scheduler sees now: the views (`get nodes`, `top`, `--dry-run`) read the same. */
+  schedulingSnapshot(): Promise<Snapshot> {
+    return this.admissionReconciler.snapshot();
   }
 
   /** Asks the InferenceService loop to look at a service now (the autoscaler changed its target). */

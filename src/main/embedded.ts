@@ -132,6 +132,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       artifactsDir,
     },
     serving: { gateway, directory },
+    // The views read what the admission loop schedules on (the manager is made just below).
+    ...(opts.controllers !== false ? { schedulingSnapshot: () => manager.schedulingSnapshot() } : {}),
     // The trainingjob loop would add it on first sight; giving it at create saves that write.
     ...(opts.controllers !== false ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
   });

@@ -10,6 +10,7 @@ import { Counter, Histogram, type Registry } from "prom-client";
 import { BadRequestError, ForbiddenError, NotFoundError } from "../api/errors.js";
 import { API_VERSION } from "../api/meta.js";
 import { type TrainingJob, workerRange } from "../api/trainingjob.js";
+import type { Snapshot } from "../core/scheduler/model.js";
 import type { Gateway } from "../gateway/gateway.js";
 import { interleaveLines } from "../lib/interleave.js";
 import type { Runtime } from "../ports/runtime.js";
@@ -47,6 +48,8 @@ export interface AppDeps {
   ensureDefaultProject?: boolean;
   /** The inference gateway (OpenAI routes on this port). */
   serving?: { gateway: Gateway; directory: ServingDirectory };
+  /** The admission loop's snapshot, where controllers run in this process (scheduling views). */
+  schedulingSnapshot?: () => Promise<Snapshot>;
   /** MLflow-compatible experiment tracking (embedded: on the same database). */
   tracking?: {
     store: TrackingStore;
@@ -128,6 +131,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     store: deps.store,
     runtime: deps.runtime,
     scheduler: coreScheduler,
+    ...(deps.schedulingSnapshot ? { snapshot: deps.schedulingSnapshot } : {}),
   });
 
   // Scheduling views: capacity and use per node and per project (loom get nodes, loom top).

@@ -1,6 +1,6 @@
 import type { Project } from "../api/project.js";
 import type { TrainingJob } from "../api/trainingjob.js";
-import { buildSnapshot, policyOf, workloadOf } from "../controllers/admission/reconciler.js";
+import { SnapshotBuilder, workloadOf } from "../controllers/admission/snapshot.js";
 import type { Decisions, RunningWorkload, Snapshot } from "../core/scheduler/model.js";
 import { DEFAULT_POOL } from "../core/scheduler/nodes.js";
 import { gangTotals } from "../core/scheduler/schedule.js";
@@ -42,20 +42,26 @@ export interface AdmissionPreview {
  * store and the runtime, as the admission loop does, and changes nothing.
  */
 export class SchedulingView {
-  constructor(private readonly deps: { store: ResourceStore; runtime: Runtime; scheduler: Scheduler }) {}
+  private readonly snapshot: () => Promise<Snapshot>;
 
-  private async snapshot(extraPending: TrainingJob[] = []): Promise<Snapshot> {
-    const [jobs, projects, nodes] = await Promise.all([
-      this.deps.store.list("TrainingJob"),
-      this.deps.store.list("Project"),
-      this.deps.runtime.nodes(),
-    ]);
-    const built = buildSnapshot(
-      [...(jobs.items as TrainingJob[]), ...extraPending],
-      nodes,
-      this.deps.runtime.external?.(),
-    );
-    return { ...built, projects: (projects.items as Project[]).map(policyOf) };
+  constructor(
+    private readonly deps: {
+      store: ResourceStore;
+      runtime: Runtime;
+      scheduler: Scheduler;
+      /**
+       * The admission loop's own snapshot, where controllers run in this process: the views see
+       * exactly what the scheduler sees. Without it, the same builder reads the store.
+       */
+      snapshot?: () => Promise<Snapshot>;
+    },
+  ) {
+    const fromStore = new SnapshotBuilder({
+      jobs: async () => (await deps.store.list("TrainingJob")).items as TrainingJob[],
+      projects: async () => (await deps.store.list("Project")).items as Project[],
+      runtime: deps.runtime,
+    });
+    this.snapshot = deps.snapshot ?? (() => fromStore.build());
   }
 
   async nodes(): Promise<NodeUsage[]> {

@@ -2,23 +2,16 @@ import type { Logger } from "pino";
 import { getCondition, setCondition } from "../../api/meta.js";
 import type { Project } from "../../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import { isFinished, type TrainingJob, workerRange } from "../../api/trainingjob.js";
-import type {
-  PendingDecision,
-  PodPlacement,
-  PreemptDecision,
-  ProjectPolicy,
-  RunningWorkload,
-  SchedNode,
-  Workload,
-} from "../../core/scheduler/model.js";
+import { type TrainingJob, workerRange } from "../../api/trainingjob.js";
+import type { PendingDecision, PodPlacement, PreemptDecision } from "../../core/scheduler/model.js";
 import { forEachConcurrently } from "../../lib/concurrency.js";
-import type { ExternalWork, Runtime } from "../../ports/runtime.js";
-import type { NodeCapacity, Scheduler } from "../../ports/scheduler.js";
+import type { Runtime } from "../../ports/runtime.js";
+import type { Scheduler } from "../../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { WriteOverlay } from "../../reconcile/overlay.js";
 import { refOf } from "../trainingjob/reconciler.js";
+import { type BuiltSnapshot, SnapshotBuilder } from "./snapshot.js";
 
 /** Status writes one admission cycle keeps in flight at once. */
 const WRITE_CONCURRENCY = 16;
@@ -59,12 +52,19 @@ export class AdmissionReconciler implements Reconciler {
    * runs before its own writes come back through the watch would hand the same capacity out twice.
    */
   private readonly written = new WriteOverlay<TrainingJob>((job) => job.metadata.uid);
-  private readonly workloads = new WorkloadCache();
+  private readonly snapshots: SnapshotBuilder;
 
-  constructor(private readonly deps: AdmissionDeps) {}
+  constructor(private readonly deps: AdmissionDeps) {
+    this.snapshots = new SnapshotBuilder({
+      jobs: () => this.written.list(this.deps.listJobs()),
+      projects: this.deps.listProjects,
+      runtime: this.deps.runtime,
+    });
+  }
 
-  private snapshot(): TrainingJob[] {
-    return this.written.list(this.deps.listJobs());
+  /** The snapshot a cycle decides on (also what the scheduling views read). */
+  snapshot(): Promise<BuiltSnapshot> {
+    return this.snapshots.build();
   }
 
   private async writeStatus(job: TrainingJob): Promise<void> {
@@ -72,17 +72,12 @@ export class AdmissionReconciler implements Reconciler {
   }
 
   async reconcile(_key: string): Promise<ReconcileResult> {
-    const { running, pending, byId, nodes } = buildSnapshot(
-      this.snapshot(),
-      await this.deps.runtime.nodes(),
-      // Work placed on the platform by others, and pods submitted straight to Loom's scheduler.
-      this.deps.runtime.external?.(),
-      this.workloads,
-    );
+    // Work placed on the platform by others, pods submitted straight to Loom's scheduler and
+    // service replicas come from the runtime, Loom's jobs from the informer.
+    const { running, pending, byId, nodes, projects } = await this.snapshot();
     // Nothing waits and no elastic job could grow: nothing to decide.
     const mayGrow = running.some((r) => r.elastic && !r.stopping && r.pods.length < r.elastic.max);
     if (pending.length === 0 && !mayGrow) return {};
-    const projects = this.deps.listProjects().map(policyOf);
     const decisions = this.deps.scheduler.schedule({ nodes, projects, running, pending });
     const now = this.deps.now();
     const runtime = this.deps.runtime;
@@ -233,134 +228,4 @@ const HELD_BY = "; held by ";
 
 function withHolders(p: PendingDecision): string {
   return p.holders.length ? `${p.message}${HELD_BY}${p.holders.join(", ")}` : p.message;
-}
-
-/**
- * The scheduler's inputs from what the platform holds: admitted, unfinished jobs are running
- * (a job asked to make room is stopping), the rest wait; others' work comes from the runtime.
- */
-export function buildSnapshot(
-  jobs: TrainingJob[],
-  nodeCapacity: NodeCapacity[],
-  external?: ExternalWork,
-  workloads: WorkloadCache = new WorkloadCache(),
-) {
-  const nodes = nodeCapacity.map(toSchedNode);
-  const running: RunningWorkload[] = [];
-  const pending: Workload[] = [];
-  const byId = new Map<string, TrainingJob>();
-  for (const job of jobs) {
-    if (isFinished(job)) continue;
-    const admission = job.status?.admission;
-    if (admission) {
-      byId.set(job.metadata.uid, job);
-      const placements = placementsOf(job);
-      const workload = workloads.of(job);
-      running.push({
-        ...workload,
-        // An elastic job holds what it was admitted with, which may be fewer than its most.
-        pods: workload.pods.slice(0, placements.length),
-        placements,
-        stopping: !!job.status?.preemption || !!job.status?.resize,
-        ...(job.status?.preemption?.forUid ? { preemptedFor: job.status.preemption.forUid } : {}),
-      });
-      continue;
-    }
-    if (job.metadata.deletionTimestamp) continue;
-    byId.set(job.metadata.uid, job);
-    pending.push(workloads.of(job));
-  }
-  workloads.sweep();
-  running.push(...(external?.running ?? []));
-  pending.push(...(external?.pending ?? []));
-  return { nodes, running, pending, byId };
-}
-
-/**
- * Workloads by job uid and generation, kept across cycles: parsing every job's quantities on
- * every cycle was a large part of a cycle with a thousand jobs waiting. Entries of jobs not seen
- * in a cycle are dropped.
- */
-export class WorkloadCache {
-  private entries = new Map<string, { generation: number; workload: Workload }>();
-  private seen = new Map<string, { generation: number; workload: Workload }>();
-
-  of(job: TrainingJob): Workload {
-    const uid = job.metadata.uid;
-    let e = this.entries.get(uid);
-    if (!e || e.generation !== job.metadata.generation)
-      e = { generation: job.metadata.generation, workload: workloadOf(job) };
-    this.seen.set(uid, e);
-    return e.workload;
-  }
-
-  sweep(): void {
-    this.entries = this.seen;
-    this.seen = new Map();
-  }
-}
-
-/** The scheduler's view of a TrainingJob: a gang of identical workers. */
-export function workloadOf(job: TrainingJob): Workload {
-  const r = job.spec.resources;
-  const range = workerRange(job.spec);
-  const pod = {
-    cpuMillis: r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0),
-    memoryBytes: r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0),
-    gpu: r.gpu ?? 0,
-    ...(r.gpuMemory !== undefined ? { gpuMemoryBytes: parseMemoryBytes(r.gpuMemory) ?? 0 } : {}),
-  };
-  return {
-    id: job.metadata.uid,
-    name: `${job.metadata.project}/${job.metadata.name}`,
-    project: job.metadata.project ?? "",
-    priority: job.spec.priority ?? 0,
-    preemptible: job.spec.preemptible ?? true,
-    createdAt: job.metadata.creationTimestamp,
-    pods: Array.from({ length: range.max }, () => ({ ...pod })),
-    ...(range.min < range.max ? { elastic: range } : {}),
-    ...(job.spec.nodePool ? { nodePool: job.spec.nodePool } : {}),
-    ...(job.spec.gpuModel ? { gpuModel: job.spec.gpuModel } : {}),
-    placement: job.spec.placement ?? "binpack",
-  };
-}
-
-/** Where an admitted job's workers are; admissions written before placements existed had one node. */
-function placementsOf(job: TrainingJob): PodPlacement[] {
-  const a = job.status!.admission!;
-  if (a.placements) return a.placements;
-  return Array.from({ length: a.workers ?? workerRange(job.spec).max }, (_, pod) => ({
-    pod,
-    node: a.node,
-    gpus: pod === 0 ? a.gpus.map((device) => ({ device, share: a.gpuShare ?? 1 })) : [],
-  }));
-}
-
-export function policyOf(p: Project): ProjectPolicy {
-  const vec = (q: { cpu?: string | number; memory?: string | number; gpu?: number } | undefined) => {
-    const out: ProjectPolicy["deserved"] = {};
-    if (q?.gpu !== undefined) out.gpu = q.gpu;
-    if (q?.cpu !== undefined) out.cpu = parseCpuMillis(q.cpu) ?? 0;
-    if (q?.memory !== undefined) out.memory = parseMemoryBytes(q.memory) ?? 0;
-    return out;
-  };
-  return {
-    name: p.metadata.name,
-    deserved: vec(p.spec.quota),
-    ...(p.spec.limit ? { limit: vec(p.spec.limit) } : {}),
-    overQuotaWeight: p.spec.overQuotaWeight ?? 1,
-    ...(p.spec.nodePools ? { nodePools: p.spec.nodePools } : {}),
-  };
-}
-
-export function toSchedNode(n: NodeCapacity): SchedNode {
-  return {
-    name: n.name,
-    cpuMillis: n.cpuMillis,
-    memoryBytes: n.memoryBytes,
-    gpus: n.gpus.map((id) => ({ id, ...(n.gpuMemoryBytes ? { memoryBytes: n.gpuMemoryBytes } : {}) })),
-    ...(n.maxWorkers !== undefined ? { maxPods: n.maxWorkers } : {}),
-    ...(n.pool ? { pool: n.pool } : {}),
-    ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
-  };
 }

@@ -1,0 +1,175 @@
+import type { Project } from "../../api/project.js";
+import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
+import { isFinished, type TrainingJob, workerRange } from "../../api/trainingjob.js";
+import type {
+  PodPlacement,
+  ProjectPolicy,
+  RunningWorkload,
+  SchedNode,
+  Snapshot,
+  Workload,
+} from "../../core/scheduler/model.js";
+import type { ExternalWork, Runtime } from "../../ports/runtime.js";
+import type { NodeCapacity } from "../../ports/scheduler.js";
+
+/** Where a snapshot's inputs come from: informer caches (admission) or the store (a server without controllers). */
+export interface SnapshotSources {
+  /** Every TrainingJob that may hold or want capacity (finished ones are skipped). */
+  jobs(): TrainingJob[] | Promise<TrainingJob[]>;
+  projects(): Project[] | Promise<Project[]>;
+  runtime: Pick<Runtime, "nodes" | "external">;
+}
+
+/** The scheduler's snapshot, with the TrainingJobs behind its workloads by uid. */
+export type BuiltSnapshot = Snapshot & { byId: Map<string, TrainingJob> };
+
+/**
+ * The one snapshot builder: what the admission loop schedules on, and what `loom get nodes`,
+ * `loom top` and `--dry-run` read. Nodes and others' work (external pods, embedded model
+ * replicas) come from the runtime; Loom's jobs and projects from the sources.
+ */
+export class SnapshotBuilder {
+  private readonly workloads = new WorkloadCache();
+
+  constructor(private readonly sources: SnapshotSources) {}
+
+  async build(): Promise<BuiltSnapshot> {
+    const [jobs, projects, nodes] = await Promise.all([
+      this.sources.jobs(),
+      this.sources.projects(),
+      this.sources.runtime.nodes(),
+    ]);
+    const built = buildSnapshot(jobs, nodes, this.sources.runtime.external?.(), this.workloads);
+    return { ...built, projects: projects.map(policyOf) };
+  }
+}
+
+/**
+ * The scheduler's inputs from what the platform holds: admitted, unfinished jobs are running
+ * (a job asked to make room is stopping), the rest wait; others' work comes from the runtime.
+ */
+export function buildSnapshot(
+  jobs: TrainingJob[],
+  nodeCapacity: NodeCapacity[],
+  external?: ExternalWork,
+  workloads: WorkloadCache = new WorkloadCache(),
+) {
+  const nodes = nodeCapacity.map(toSchedNode);
+  const running: RunningWorkload[] = [];
+  const pending: Workload[] = [];
+  const byId = new Map<string, TrainingJob>();
+  for (const job of jobs) {
+    if (isFinished(job)) continue;
+    const admission = job.status?.admission;
+    if (admission) {
+      byId.set(job.metadata.uid, job);
+      const placements = placementsOf(job);
+      const workload = workloads.of(job);
+      running.push({
+        ...workload,
+        // An elastic job holds what it was admitted with, which may be fewer than its most.
+        pods: workload.pods.slice(0, placements.length),
+        placements,
+        stopping: !!job.status?.preemption || !!job.status?.resize,
+        ...(job.status?.preemption?.forUid ? { preemptedFor: job.status.preemption.forUid } : {}),
+      });
+      continue;
+    }
+    if (job.metadata.deletionTimestamp) continue;
+    byId.set(job.metadata.uid, job);
+    pending.push(workloads.of(job));
+  }
+  workloads.sweep();
+  running.push(...(external?.running ?? []));
+  pending.push(...(external?.pending ?? []));
+  return { nodes, running, pending, byId };
+}
+
+/**
+ * Workloads by job uid and generation, kept across cycles: parsing every job's quantities on
+ * every cycle was a large part of a cycle with a thousand jobs waiting. Entries of jobs not seen
+ * in a cycle are dropped.
+ */
+export class WorkloadCache {
+  private entries = new Map<string, { generation: number; workload: Workload }>();
+  private seen = new Map<string, { generation: number; workload: Workload }>();
+
+  of(job: TrainingJob): Workload {
+    const uid = job.metadata.uid;
+    let e = this.entries.get(uid);
+    if (!e || e.generation !== job.metadata.generation)
+      e = { generation: job.metadata.generation, workload: workloadOf(job) };
+    this.seen.set(uid, e);
+    return e.workload;
+  }
+
+  sweep(): void {
+    this.entries = this.seen;
+    this.seen = new Map();
+  }
+}
+
+/** The scheduler's view of a TrainingJob: a gang of identical workers. */
+export function workloadOf(job: TrainingJob): Workload {
+  const r = job.spec.resources;
+  const range = workerRange(job.spec);
+  const pod = {
+    cpuMillis: r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0),
+    memoryBytes: r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0),
+    gpu: r.gpu ?? 0,
+    ...(r.gpuMemory !== undefined ? { gpuMemoryBytes: parseMemoryBytes(r.gpuMemory) ?? 0 } : {}),
+  };
+  return {
+    id: job.metadata.uid,
+    name: `${job.metadata.project}/${job.metadata.name}`,
+    project: job.metadata.project ?? "",
+    priority: job.spec.priority ?? 0,
+    preemptible: job.spec.preemptible ?? true,
+    createdAt: job.metadata.creationTimestamp,
+    pods: Array.from({ length: range.max }, () => ({ ...pod })),
+    ...(range.min < range.max ? { elastic: range } : {}),
+    ...(job.spec.nodePool ? { nodePool: job.spec.nodePool } : {}),
+    ...(job.spec.gpuModel ? { gpuModel: job.spec.gpuModel } : {}),
+    placement: job.spec.placement ?? "binpack",
+  };
+}
+
+/** Where an admitted job's workers are; admissions written before placements existed had one node. */
+function placementsOf(job: TrainingJob): PodPlacement[] {
+  const a = job.status!.admission!;
+  if (a.placements) return a.placements;
+  return Array.from({ length: a.workers ?? workerRange(job.spec).max }, (_, pod) => ({
+    pod,
+    node: a.node,
+    gpus: pod === 0 ? a.gpus.map((device) => ({ device, share: a.gpuShare ?? 1 })) : [],
+  }));
+}
+
+export function policyOf(p: Project): ProjectPolicy {
+  const vec = (q: { cpu?: string | number; memory?: string | number; gpu?: number } | undefined) => {
+    const out: ProjectPolicy["deserved"] = {};
+    if (q?.gpu !== undefined) out.gpu = q.gpu;
+    if (q?.cpu !== undefined) out.cpu = parseCpuMillis(q.cpu) ?? 0;
+    if (q?.memory !== undefined) out.memory = parseMemoryBytes(q.memory) ?? 0;
+    return out;
+  };
+  return {
+    name: p.metadata.name,
+    deserved: vec(p.spec.quota),
+    ...(p.spec.limit ? { limit: vec(p.spec.limit) } : {}),
+    overQuotaWeight: p.spec.overQuotaWeight ?? 1,
+    ...(p.spec.nodePools ? { nodePools: p.spec.nodePools } : {}),
+  };
+}
+
+export function toSchedNode(n: NodeCapacity): SchedNode {
+  return {
+    name: n.name,
+    cpuMillis: n.cpuMillis,
+    memoryBytes: n.memoryBytes,
+    gpus: n.gpus.map((id) => ({ id, ...(n.gpuMemoryBytes ? { memoryBytes: n.gpuMemoryBytes } : {}) })),
+    ...(n.maxWorkers !== undefined ? { maxPods: n.maxWorkers } : {}),
+    ...(n.pool ? { pool: n.pool } : {}),
+    ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
+  };
+}
