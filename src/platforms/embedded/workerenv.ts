@@ -1,0 +1,64 @@
+import { join } from "node:path";
+import { gpuShareEnv } from "../../api/env.js";
+import type { GangSpec } from "../../ports/runtime.js";
+import type { WorkloadFiles } from "./workloadfiles.js";
+
+/**
+ * Runs each worker under /bin/sh as a tiny shim that records the exit code to a file. The shim
+ * outlives the server (it is its own process group, writing straight to log files), so an exit
+ * that happens while the server is down is still known when it comes back. `trap :` (not
+ * `trap ''`) keeps SIGTERM's default action for the worker itself while the shim waits for it.
+ * The code is written straight to the file with the shell's builtin printf (one write of a few
+ * bytes, read only once the shim has exited): a temp file and `mv` cost a fork per worker.
+ */
+export const SHIM = 'f=$1; shift; trap : TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f"; exit $c';
+
+/** Marks this installation's processes among others on the machine (found again after a restart). */
+export const INSTANCE_ENV = "LOOM_INSTANCE";
+/** Which worker of which attempt a process is (see workerKey). */
+export const WORKER_KEY_ENV = "LOOM_WORKER_KEY";
+
+/** A worker's identity across restarts: workload uid, attempt, index. */
+export function workerKey(uid: string, attempt: number, index: number): string {
+  return `${uid}/${attempt}/${index}`;
+}
+
+/**
+ * A worker's environment: the server's own (less its token), the job's Python environment
+ * first on PATH, the worker's env, and the LOOM_* paths, devices and markers the runtime sets.
+ */
+export function workerEnv(
+  spec: GangSpec,
+  w: GangSpec["workers"][number],
+  files: WorkloadFiles,
+  instanceId: string,
+  venv: string | undefined,
+): Record<string, string> {
+  const dir = files.attemptDir(spec.ref.uid, spec.attempt);
+  const base = stringEnv(process.env);
+  return {
+    ...base,
+    // The job's own environment first on PATH: `python3` is its interpreter.
+    ...(venv ? { VIRTUAL_ENV: venv, PATH: `${join(venv, "bin")}:${base.PATH ?? "/usr/bin:/bin"}` } : {}),
+    ...w.env,
+    LOOM_WORKLOAD_DIR: files.workDir(spec.ref.uid),
+    LOOM_CHECKPOINT_DIR: files.checkpointDir(spec.ref.uid),
+    ...(spec.initCheckpoint
+      ? { LOOM_INIT_CHECKPOINT_DIR: files.checkpointDir(spec.initCheckpoint.ref.uid) }
+      : {}),
+    LOOM_HEARTBEAT_FILE: join(dir, `worker-${w.index}.heartbeat`),
+    LOOM_ATTEMPT_DIR: dir,
+    // Ray keeps sockets in its temp dir, and socket paths are short (108 bytes).
+    LOOM_RAY_TEMP_DIR: `/tmp/loom-ray-${spec.ref.uid.slice(0, 8)}-a${spec.attempt}-w${w.index}`,
+    CUDA_VISIBLE_DEVICES: w.allocation.gpus.join(","),
+    ...gpuShareEnv(w.allocation.gpuShare),
+    [INSTANCE_ENV]: instanceId,
+    [WORKER_KEY_ENV]: workerKey(spec.ref.uid, spec.attempt, w.index),
+  };
+}
+
+function stringEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && k !== "LOOM_TOKEN") out[k] = v;
+  return out;
+}
