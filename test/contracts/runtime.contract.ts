@@ -21,7 +21,9 @@ export type WorkerBehaviour =
   /** Writes `output` (if any) and exits with `code` shortly after it starts. */
   | { exit: number; output?: string }
   /** Runs until it is stopped. */
-  | { runs: true };
+  | { runs: true }
+  /** A model server: answers HTTP 200 on every path at $PORT until it is stopped. */
+  | { serves: true };
 
 export interface RuntimeFixture {
   /**
@@ -322,7 +324,7 @@ export function runtimeContract(
         revision: revision(),
         replicas,
         worker: {
-          ...fx.worker({ runs: true }),
+          ...fx.worker({ serves: true }),
           allocation: { node, cpuMillis: 100, memoryBytes: 64 * 2 ** 20, gpus: [] },
         },
         port: 8080,

@@ -35,6 +35,15 @@ runtimeContract(
         return { kind: "TrainingJob", project, name, uid: randomUUID() };
       },
       worker(b): Pick<WorkerSpec, "command" | "env"> {
+        if ("serves" in b)
+          return {
+            command: [
+              process.execPath,
+              "-e",
+              "require('node:http').createServer((q, s) => s.end('ok')).listen(Number(process.env.PORT), '127.0.0.1')",
+            ],
+            env: {},
+          };
         if ("runs" in b) return { command: ["sh", "-c", "echo ready; exec sleep 300"], env: {} };
         return {
           command: ["sh", "-c", 'printf "%s" "$CONTRACT_OUTPUT"; exit "$CONTRACT_CODE"'],
