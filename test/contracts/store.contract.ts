@@ -318,9 +318,10 @@ export function resourceStoreContract(
         expect(changed.metadata.generation).toBe(2);
         const again = await store.update({ ...changed, spec: { command: ["z"], env: { A: "1" } } });
         expect(again.metadata.generation).toBe(3);
-        // An update that changes nothing is no new generation.
+        // An update that changes nothing is no write at all: same generation, same resourceVersion.
         const same = await store.update({ ...again });
         expect(same.metadata.generation).toBe(3);
+        expect(same.metadata.resourceVersion).toBe(again.metadata.resourceVersion);
       });
 
       it("keeps status, uid and creationTimestamp", async () => {
