@@ -70,3 +70,22 @@ export async function deleteNamespaces(client: KubeClient, projects: string[]): 
     120_000,
   );
 }
+
+/** Removes every finalizer from the project's TrainingJobs, so that nothing holds its namespace. */
+export async function stripFinalizers(client: KubeClient, project: string): Promise<void> {
+  const path = `/apis/loom.dev/v1alpha1/namespaces/${namespaceOf(project)}/trainingjobs`;
+  const list = await client.request<{ items: { metadata: { name: string; finalizers?: string[] } }[] }>(
+    "GET",
+    path,
+  );
+  for (const o of list.items)
+    if (o.metadata.finalizers?.length)
+      await client
+        .request("PATCH", `${path}/${o.metadata.name}`, {
+          body: { metadata: { finalizers: null } },
+          contentType: "application/merge-patch+json",
+        })
+        .catch((err: unknown) => {
+          if (!(err instanceof NotFoundError)) throw err;
+        });
+}

@@ -1,7 +1,7 @@
 import { KubernetesRuntime } from "../../src/platforms/kubernetes/runtime.js";
 import { KubeResourceStore } from "../../src/platforms/kubernetes/store.js";
 import type { WorkerSpec } from "../../src/ports/runtime.js";
-import { contractCluster, deleteNamespaces, silent, uniqueProjects } from "./kube.js";
+import { contractCluster, deleteNamespaces, silent, stripFinalizers, uniqueProjects } from "./kube.js";
 import { runtimeContract } from "./runtime.contract.js";
 
 /**
@@ -67,6 +67,8 @@ runtimeContract(
       },
       async close() {
         for (const rt of [setup, ...runtimes]) await rt.close();
+        // A Loom operator watching the shared cluster would add its finalizer to the jobs.
+        await stripFinalizers(client, project);
         await deleteNamespaces(client, [project]);
         await store.close();
       },

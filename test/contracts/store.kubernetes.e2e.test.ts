@@ -1,7 +1,14 @@
 import { NotFoundError } from "../../src/api/errors.js";
 import type { KubeClient } from "../../src/platforms/kubernetes/client.js";
 import { KubeResourceStore } from "../../src/platforms/kubernetes/store.js";
-import { contractCluster, createNamespace, deleteNamespaces, silent, uniqueProjects } from "./kube.js";
+import {
+  contractCluster,
+  createNamespace,
+  deleteNamespaces,
+  silent,
+  stripFinalizers,
+  uniqueProjects,
+} from "./kube.js";
 import { resourceStoreContract } from "./store.contract.js";
 
 /**
@@ -24,13 +31,20 @@ resourceStoreContract(
       // every few minutes): revision 1 is always too old on a running cluster.
       expiredRevision: async () => "1",
       async close() {
+        // A failed case may leave finalizers that would hold the namespaces forever.
+        for (const p of projects) await stripFinalizers(client, p);
         await deleteLeftoverProjects(client, projects[0]);
         await deleteNamespaces(client, projects);
         await store.close();
       },
     };
   },
-  { defaultsSpec: true, projectMustExist: true, expiredReportedBy: "onEnd" },
+  {
+    defaultsSpec: true,
+    projectMustExist: true,
+    expiredReportedBy: "onEnd",
+    deletedObjectVersion: "last-write",
+  },
 );
 
 /** Projects are cluster-scoped: the suite's are named after its first project; remove any left. */

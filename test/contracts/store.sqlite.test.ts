@@ -40,5 +40,10 @@ resourceStoreContract(
       },
     };
   },
-  { defaultsSpec: false, projectMustExist: false, expiredReportedBy: "rejection" },
+  {
+    defaultsSpec: false,
+    projectMustExist: false,
+    expiredReportedBy: "rejection",
+    deletedObjectVersion: "deletion",
+  },
 );
