@@ -7,7 +7,9 @@ import { runtimeContract } from "./runtime.contract.js";
 /**
  * The Runtime contract on Kubernetes: the real API server, scheduler-less pods bound by the
  * runtime to kwok nodes. kwok runs no container; pod annotations tell it when a pod's containers
- * exit and with which code (test/k8s/stages/loom-pod-exit.yaml).
+ * exit and with which code (test/k8s/stages/loom-pod-exit.yaml). The suite works in its own
+ * project; a Loom operator on the same cluster would still reconcile its TrainingJobs (see
+ * store.kubernetes.e2e.test.ts for LOOM_K8S_STATE, a cluster of its own).
  */
 runtimeContract(
   "kubernetes",
