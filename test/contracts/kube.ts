@@ -4,17 +4,19 @@ import { allCrds } from "../../src/api/crds.js";
 import { NotFoundError } from "../../src/api/errors.js";
 import { KubeClient } from "../../src/platforms/kubernetes/client.js";
 import { namespaceOf } from "../../src/platforms/kubernetes/store.js";
-import { type TestCluster, upCluster } from "../k8s/cluster.js";
+import { contractsState, type TestCluster, upCluster } from "../k8s/cluster.js";
 import { eventually } from "./poll.js";
 
 export const silent = pino({ level: "silent" });
 
 /**
- * The shared test cluster (test/k8s/up.sh: started or reused) with Loom's CRDs installed and
- * Established, and an admin client on it.
+ * The contract suites' own test cluster (test/k8s/up.sh on `contractsState()`: started or
+ * reused; `.ci/run` stops it at the end) with Loom's CRDs installed and Established, and an
+ * admin client on it. Not the shared one: a Loom operator there would reconcile the suites'
+ * objects.
  */
 export async function contractCluster(): Promise<{ cluster: TestCluster; client: KubeClient }> {
-  const cluster = upCluster();
+  const cluster = upCluster({ state: contractsState(), nodes: 2 });
   const applied = cluster.kubectl(["apply", "--server-side", "--force-conflicts", "-f", "-"], {
     input: JSON.stringify({ apiVersion: "v1", kind: "List", items: allCrds() }),
   });

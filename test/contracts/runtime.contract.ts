@@ -68,6 +68,12 @@ export interface RuntimeContractOptions {
    * get the same endpoints: attempts never overlap.
    */
   endpoints: "loopback-ports" | "pod-hostnames";
+  /**
+   * Which port a revision's replicas listen on. "spec": the revision's port on every replica
+   * (Kubernetes: each pod has its own IP); "per-replica": a free loopback port each (embedded:
+   * every replica is on this machine).
+   */
+  replicaPorts: "spec" | "per-replica";
 }
 
 async function readAll(stream: Readable): Promise<string> {
@@ -360,8 +366,11 @@ export function runtimeContract(
         await rt.serving.applyRevision(spec(2));
         await rt.serving.applyRevision(spec(2));
         const two = await replicasAre("2 ready replicas", (n, ready) => n === 2 && ready === 2);
+        if (options.replicaPorts === "per-replica")
+          expect(new Set(two.replicas.map((r) => `${r.host}:${r.port}`)).size).toBe(2);
         for (const r of two.replicas) {
-          expect(r.port).toBe(8080);
+          if (options.replicaPorts === "spec") expect(r.port).toBe(8080);
+          else expect(r.port).toBeGreaterThan(0);
           expect(r.id).not.toBe("");
           expect(Number.isNaN(Date.parse(r.startedAt))).toBe(false);
         }

@@ -8,8 +8,8 @@ import { runtimeContract } from "./runtime.contract.js";
  * The Runtime contract on Kubernetes: the real API server, scheduler-less pods bound by the
  * runtime to kwok nodes. kwok runs no container; pod annotations tell it when a pod's containers
  * exit and with which code (test/k8s/stages/loom-pod-exit.yaml). The suite works in its own
- * project; a Loom operator on the same cluster would still reconcile its TrainingJobs (see
- * store.kubernetes.e2e.test.ts for LOOM_K8S_STATE, a cluster of its own).
+ * project, on the contract suites' own cluster (`contractCluster()`), where no Loom operator
+ * reconciles its TrainingJobs.
  */
 runtimeContract(
   "kubernetes",
@@ -77,5 +77,5 @@ runtimeContract(
     };
   },
   // kwok: no worker output (see the option); stopping deletes the pods; pods have their own names.
-  { workerOutput: false, stoppedAttempt: "removed", endpoints: "pod-hostnames" },
+  { workerOutput: false, stoppedAttempt: "removed", endpoints: "pod-hostnames", replicaPorts: "spec" },
 );

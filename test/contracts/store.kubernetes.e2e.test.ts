@@ -13,11 +13,10 @@ import { resourceStoreContract } from "./store.contract.js";
 
 /**
  * The ResourceStore contract on the CRD-backed store, against the real kube-apiserver of
- * test/k8s. Shared with other tests: the suite works in its own two namespaces, labels its
- * cluster-scoped Projects, and removes all it made. But a Loom operator running on the same
- * cluster (test/kubernetes.e2e.test.ts starts one) reconciles every TrainingJob and Project, adding
- * finalizers and status the cases do not expect: run beside one, give this file a cluster of its
- * own with LOOM_K8S_STATE=~/.cache/loom/k8s/run-contracts (then `LOOM_K8S_STATE=... npm run k8s:down`).
+ * test/k8s. The suite works in its own two namespaces, labels its cluster-scoped Projects, and
+ * removes all it made. It runs on the contract suites' own cluster (`contractCluster()`): a Loom
+ * operator on the shared one (test/kubernetes.e2e.test.ts starts one) reconciles every
+ * TrainingJob and Project, adding finalizers and status the cases do not expect.
  */
 resourceStoreContract(
   "kubernetes",

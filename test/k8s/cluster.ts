@@ -1,4 +1,5 @@
 import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { homedir } from "node:os";
 import { join } from "node:path";
 import { ROOT } from "../helpers.js";
 
@@ -6,6 +7,15 @@ import { ROOT } from "../helpers.js";
  * The shared test cluster: real kube-apiserver, etcd, controller-manager, scheduler and kwok
  * nodes, built from Go modules and started by test/k8s/up.sh (reused when already up).
  */
+/**
+ * The state dir of the contract suites' own cluster: beside the shared one, since a Loom
+ * operator on the shared cluster (test/kubernetes.e2e.test.ts) reconciles every TrainingJob and
+ * Project there, and the store contract must see the store alone.
+ */
+export function contractsState(): string {
+  return `${process.env.LOOM_K8S_STATE ?? join(homedir(), ".cache/loom/k8s/run")}-contracts`;
+}
+
 export interface TestCluster {
   kubeconfig: string;
   bin: string;
@@ -16,10 +26,20 @@ export interface TestCluster {
   userKubeconfig(name: string, ...groups: string[]): string;
 }
 
-export function upCluster(): TestCluster {
+/**
+ * Starts (or reuses) a test cluster. `state` names a cluster of its own (a state dir other than
+ * LOOM_K8S_STATE's); `nodes` its kwok nodes.
+ */
+export function upCluster(opts: { state?: string; nodes?: number } = {}): TestCluster {
+  const env = {
+    ...process.env,
+    ...(opts.state ? { LOOM_K8S_STATE: opts.state } : {}),
+    ...(opts.nodes !== undefined ? { LOOM_K8S_NODES: String(opts.nodes) } : {}),
+  };
   const out = execFileSync("bash", [join(ROOT, "test/k8s/up.sh")], {
     encoding: "utf8",
     stdio: ["ignore", "pipe", "inherit"],
+    env,
   });
   const kubeconfig = out.trim().split("\n").at(-1)!;
   const bin = execFileSync("bash", [join(ROOT, "test/k8s/build.sh")], {

@@ -9,6 +9,7 @@ import {
   ExpiredError,
   NotFoundError,
 } from "../../api/errors.js";
+import { kindByKind } from "../../api/kinds.js";
 import type { Resource } from "../../api/meta.js";
 import { parseLabelSelector } from "../../api/selector.js";
 import { canonicalJson } from "../../lib/json.js";
@@ -79,7 +80,8 @@ export class SqliteResourceStore implements ResourceStore {
     const selector = parseLabelSelector(opts.labelSelector);
     return this.db.transaction().execute(async (trx) => {
       let q = trx.selectFrom("resources").select("body").where("kind", "=", kind);
-      if (opts.project !== undefined) q = q.where("project", "=", opts.project);
+      const project = projectFilter(kind, opts.project);
+      if (project !== undefined) q = q.where("project", "=", project);
       const rows = await q.orderBy("project").orderBy("name").execute();
       const items = rows
         .map((r) => JSON.parse(r.body) as Resource)
@@ -90,8 +92,9 @@ export class SqliteResourceStore implements ResourceStore {
 
   async watch(kind: string, opts: WatchOptions, onEvent: (e: WatchEvent) => void): Promise<StopWatch> {
     const selector = parseLabelSelector(opts.labelSelector);
+    const project = projectFilter(kind, opts.project);
     const wanted = (o: Resource) =>
-      (opts.project === undefined || (o.metadata.project ?? "") === opts.project) &&
+      (project === undefined || (o.metadata.project ?? "") === project) &&
       selector.matches(o.metadata.labels);
     let lastRv = 0;
     let live = false;
@@ -354,6 +357,11 @@ async function currentRv(db: Kysely<Schema>): Promise<number> {
 
 function keyParts(obj: Resource) {
   return { kind: obj.kind, project: obj.metadata.project ?? "", name: obj.metadata.name };
+}
+
+/** A project filter applies to namespaced kinds only: cluster-scoped ones (Project) ignore it, as the port says. */
+function projectFilter(kind: string, project: string | undefined): string | undefined {
+  return kindByKind(kind)?.namespaced === false ? undefined : project;
 }
 
 function displayName(project: string, name: string) {
