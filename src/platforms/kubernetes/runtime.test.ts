@@ -1,6 +1,6 @@
 import { PassThrough, Readable } from "node:stream";
 import pino from "pino";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { AlreadyExistsError, ConflictError, NotFoundError } from "../../api/errors.js";
 import type { GangSpec, WorkloadRef } from "../../ports/runtime.js";
 import type { KubeClient, RequestOptions } from "./client.js";
@@ -324,7 +324,8 @@ describe("KubernetesRuntime's requests", () => {
     send("DELETED", listed[4]);
     send("MODIFIED", { ...listed[0], spec: { ...(listed[0] as { spec: object }).spec, nodeName: "node-b" } });
     send("DELETED", listed[2]);
-    await new Promise((r) => setTimeout(r, 20));
+    // The three events have arrived once the last (a pod not Loom's, gone) has told capacity.
+    await vi.waitFor(() => expect(capacity).toBe(afterSync.capacity + 2));
     const events = { changed, capacity };
     await runtime.start(two);
     const seen = await runtime.observe(job);
