@@ -1,7 +1,7 @@
 import { NotFoundError } from "../../api/errors.js";
 import type { EventRecorder, EventRef, ObjectEvent } from "../../ports/store.js";
 import type { KubeClient } from "./client.js";
-import { namespaceOf } from "./store.js";
+import { namespaceOf } from "./naming.js";
 
 interface KubeEvent {
   metadata: { name: string; resourceVersion?: string };
@@ -13,7 +13,6 @@ interface KubeEvent {
   lastTimestamp?: string;
 }
 
-/** Events as core/v1 Events in the project's namespace, so `kubectl describe` shows them too. */
 /**
  * Events as core/v1 Events in the project's namespace, so `kubectl describe` shows them too.
  *

@@ -1,5 +1,5 @@
 import type { ProjectInfo } from "../../ports/runtime.js";
-import { namespaceOf } from "./store.js";
+import { namespaceOf } from "./naming.js";
 
 const VERBS = {
   viewer: ["get", "list", "watch"],

@@ -11,18 +11,8 @@ import type {
   WatchOptions,
 } from "../../ports/store.js";
 import type { KubeClient } from "./client.js";
+import { namespaceOf, projectOf } from "./naming.js";
 import { watchCollection } from "./watch.js";
-
-/** Each Loom project is one namespace: `loom-<project>`. */
-export const NAMESPACE_PREFIX = "loom-";
-
-export function namespaceOf(project: string): string {
-  return `${NAMESPACE_PREFIX}${project}`;
-}
-
-export function projectOf(namespace: string | undefined): string | undefined {
-  return namespace?.startsWith(NAMESPACE_PREFIX) ? namespace.slice(NAMESPACE_PREFIX.length) : undefined;
-}
 
 interface KubeObject {
   apiVersion: string;

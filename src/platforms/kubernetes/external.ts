@@ -1,0 +1,204 @@
+import { NotFoundError } from "../../api/errors.js";
+import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
+import type { PodPlacement, Workload } from "../../core/scheduler/model.js";
+import type { ExternalWork } from "../../ports/runtime.js";
+import type { ClusterCache } from "./cache.js";
+import type { KubeClient } from "./client.js";
+import { LABELS as L, projectOf } from "./naming.js";
+import { gpuCount, HeldByOthers, NODE_LABELS, type PodRequest } from "./nodes.js";
+import { bindPod, GPU_RESOURCE, isTerminal, type Pod, SCHEDULER_NAME } from "./pods.js";
+import { objectKey } from "./source.js";
+
+/** Pods with the same value of this label (in one namespace) are one gang: placed together. */
+export const GANG_LABEL = "loom.dev/gang";
+/** How many pods the gang has: it is not placed until all of them exist. */
+export const GANG_SIZE_ANNOTATION = "loom.dev/gang-size";
+
+/**
+ * Loom as a secondary scheduler: pods of other workloads with schedulerName "loom" (users'
+ * Deployments, Jobs…, and the model pods of serving revisions) are Loom's to place. They are
+ * handed to the scheduler in gangs, bound through the binding subresource, and told why they
+ * wait with a PodScheduled condition, as kube-scheduler does.
+ */
+export class ExternalScheduling {
+  private readonly capacityListeners: (() => void)[] = [];
+  /** External pods bound by this runtime, until the watch shows their node: pod key → node. */
+  private readonly boundExternal = new Map<string, string>();
+  /** The last reason written to an external pod, so an unchanged one is not written again. */
+  private readonly explained = new Map<string, string>();
+  /** The pods of each external workload handed out by the last work() call. */
+  private readonly externalPods = new Map<string, string[]>();
+
+  constructor(
+    private readonly client: KubeClient,
+    private readonly cache: ClusterCache,
+  ) {}
+
+  onCapacityChange(listener: () => void): void {
+    this.capacityListeners.push(listener);
+  }
+
+  /** Tells the scheduler that what it may place has changed (a node, or a pod not Loom's). */
+  capacityChanged(): void {
+    for (const l of this.capacityListeners) l();
+  }
+
+  /** A change to a pod that is no Loom workload's: capacity changes when it waits, binds or goes. */
+  podEvent(key: string, pod: Pod, type: string): void {
+    if (type === "DELETED" || isExternalPending(pod) || pod.spec?.nodeName) {
+      if (type === "DELETED") {
+        this.boundExternal.delete(key);
+        this.explained.delete(key);
+      } else if (pod.spec?.nodeName) this.boundExternal.delete(key);
+      this.capacityChanged();
+    }
+  }
+
+  /** What waits for Loom to place it, and what others hold (once the pod cache is watching). */
+  work(): ExternalWork {
+    const pending = new Map<string, { pods: Pod[]; size: number }>();
+    const held = new HeldByOthers((node) => gpuCount(this.cache.nodes.get(node)));
+    if (!this.cache.watching) return { pending: [], running: [] };
+    for (const pod of this.cache.pods.list()) {
+      // Loom's own workers are counted by their admissions; model pods (a Deployment's, made by
+      // the ReplicaSet controller) are placed and counted like any pod submitted to Loom.
+      const loomWorker = pod.metadata.labels?.[L.uid] && pod.metadata.labels?.[L.component] !== "model";
+      if (loomWorker || isTerminal(pod)) continue;
+      const key = objectKey(pod);
+      const node = pod.spec?.nodeName ?? this.boundExternal.get(key);
+      const request = podRequest(pod);
+      if (node) {
+        held.add(pod, key, node, request);
+        continue;
+      }
+      if (!isExternalPending(pod)) continue; // another scheduler's pod, not yet bound
+      const gang = pod.metadata.labels?.[GANG_LABEL];
+      const id = gang ? `gang:${pod.metadata.namespace}/${gang}` : `pod:${key}`;
+      const entry = pending.get(id) ?? { pods: [], size: 1 };
+      entry.pods.push(pod);
+      entry.size = Math.max(entry.size, Number(pod.metadata.annotations?.[GANG_SIZE_ANNOTATION] ?? 1) || 1);
+      pending.set(id, entry);
+    }
+    const workloads: Workload[] = [];
+    for (const [id, { pods, size }] of pending) {
+      // A gang starts all together: until all its pods exist, it is not even a candidate.
+      if (pods.length < size) continue;
+      workloads.push(pendingWorkload(id, pods));
+      this.externalPods.set(id, pods.map(objectKey));
+    }
+    return { pending: workloads, running: held.running };
+  }
+
+  /** Binds each pod of an external workload to the node the scheduler chose for it. */
+  async bind(id: string, placements: PodPlacement[]): Promise<void> {
+    const keys = this.externalPods.get(id) ?? [];
+    await Promise.all(
+      placements.map(async (p) => {
+        const key = keys[p.pod];
+        if (!key) return;
+        const [ns, name] = key.split("/") as [string, string];
+        await bindPod(this.client, ns, name, p.node);
+        this.boundExternal.set(key, p.node);
+        this.explained.delete(key);
+      }),
+    );
+  }
+
+  /** Says on each pod of an external workload why it still waits (once per distinct reason). */
+  async explain(id: string, reason: string, message: string): Promise<void> {
+    for (const key of this.externalPods.get(id) ?? []) {
+      const text = `${reason}: ${message}`;
+      if (this.explained.get(key) === text) continue;
+      const [ns, name] = key.split("/") as [string, string];
+      // As kube-scheduler does: PodScheduled=False says why in `kubectl describe pod`.
+      await this.client
+        .request("PATCH", `/api/v1/namespaces/${ns}/pods/${name}/status`, {
+          body: {
+            status: {
+              conditions: [
+                {
+                  type: "PodScheduled",
+                  status: "False",
+                  reason: "Unschedulable",
+                  message: `${reason}: ${message}`,
+                  lastTransitionTime: new Date().toISOString(),
+                },
+              ],
+            },
+          },
+          contentType: "application/strategic-merge-patch+json",
+        })
+        .catch((err: unknown) => {
+          if (!(err instanceof NotFoundError)) throw err;
+        });
+      this.explained.set(key, text);
+    }
+  }
+}
+
+/** A complete gang (or a lone pod) waiting for Loom, as the scheduler sees it. */
+function pendingWorkload(id: string, pods: Pod[]): Workload {
+  pods.sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+  const first = pods[0]!;
+  return {
+    id,
+    name: id.replace(/^(pod|gang):/, ""),
+    project: projectOf(first.metadata.namespace) ?? `namespace ${first.metadata.namespace}`,
+    priority: first.spec?.priority ?? 0,
+    // Placed like preemptible work (it may borrow beyond deserved quota); once bound, Loom
+    // never preempts it (it cannot restart what it does not own).
+    preemptible: true,
+    createdAt:
+      pods
+        .map((p) => p.metadata.creationTimestamp ?? "")
+        .sort()
+        .pop() ?? "",
+    pods: pods.map(podRequest),
+    ...(first.metadata.labels?.[NODE_LABELS.pool]
+      ? { nodePool: first.metadata.labels[NODE_LABELS.pool] }
+      : {}),
+  };
+}
+
+function isExternalPending(p: Pod): boolean {
+  return (
+    p.spec?.schedulerName === SCHEDULER_NAME &&
+    !p.spec.nodeName &&
+    !p.metadata.deletionTimestamp &&
+    !isTerminal(p)
+  );
+}
+
+/**
+ * Requests by pod object: the informer replaces a pod's object on every change, so an entry lives
+ * exactly as long as that version. Every admission cycle walks every pod, and parsing each one's
+ * quantities again was most of external()'s cost with 5,000 pods (bench:scheduler (b)).
+ */
+const requests = new WeakMap<Pod, PodRequest>();
+
+/** A pod's requests as the scheduler counts them (the largest init container counts too). */
+function podRequest(p: Pod): PodRequest {
+  let r = requests.get(p);
+  if (!r) {
+    r = parseRequest(p);
+    requests.set(p, r);
+  }
+  // A copy: the scheduler core may keep or change what it is handed.
+  return { ...r };
+}
+
+function parseRequest(p: Pod): PodRequest {
+  const sum = { cpuMillis: 0, memoryBytes: 0, gpu: 0 };
+  for (const c of p.spec?.containers ?? []) {
+    const r = c.resources?.requests ?? {};
+    sum.cpuMillis += parseCpuMillis(r.cpu ?? "0") ?? 0;
+    sum.memoryBytes += parseMemoryBytes(r.memory ?? "0") ?? 0;
+    sum.gpu += Number(r[GPU_RESOURCE] ?? 0);
+  }
+  for (const c of p.spec?.initContainers ?? []) {
+    const r = c.resources?.requests ?? {};
+    sum.cpuMillis = Math.max(sum.cpuMillis, parseCpuMillis(r.cpu ?? "0") ?? 0);
+    sum.memoryBytes = Math.max(sum.memoryBytes, parseMemoryBytes(r.memory ?? "0") ?? 0);
+  }
+  return sum;
+}

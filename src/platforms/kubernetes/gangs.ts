@@ -1,0 +1,361 @@
+import type { Readable } from "node:stream";
+import type { Logger } from "pino";
+import { LoomError, NotFoundError } from "../../api/errors.js";
+import type {
+  CheckpointStorage,
+  GangObservation,
+  GangSpec,
+  LogOptions,
+  WorkerEndpoint,
+  WorkerObservation,
+  WorkerSpec,
+  WorkloadRef,
+} from "../../ports/runtime.js";
+import { applyObject } from "./apply.js";
+import type { ClusterCache } from "./cache.js";
+import type { KubeClient } from "./client.js";
+import {
+  LABELS as L,
+  namespaceOf,
+  ownerRef,
+  podHostname,
+  podName,
+  refFromLabels,
+  workloadLabels,
+} from "./naming.js";
+import {
+  bindPod,
+  containerResources,
+  fractionalGpuEnv,
+  isFractionalGpu,
+  isTerminal,
+  type Pod,
+  podTemplate,
+} from "./pods.js";
+
+/** Where LOOM_CHECKPOINT_DIR is mounted in every worker. */
+const CHECKPOINT_MOUNT = "/loom/checkpoint";
+const INIT_CHECKPOINT_MOUNT = "/loom/init-checkpoint";
+/** The first of a worker's rendezvous ports (MASTER_PORT, TF_CONFIG, Ray's GCS on the head). */
+const WORKER_BASE_PORT = 29500;
+
+export interface GangDeps {
+  client: KubeClient;
+  log: Logger;
+  cache: ClusterCache;
+  /** Image for workers that name none. */
+  defaultImage: string | undefined;
+}
+
+/**
+ * Gangs as pods: each worker of an attempt is a Pod owned by its workload (deleting the job
+ * cascades), workers find each other through a headless Service, and the pods carry
+ * schedulerName "loom": the admission loop has placed the whole gang, and every pod is bound
+ * through the binding subresource once all of them exist.
+ */
+export class Gangs {
+  private readonly client: KubeClient;
+  private readonly cache: ClusterCache;
+
+  constructor(private readonly deps: GangDeps) {
+    this.client = deps.client;
+    this.cache = deps.cache;
+  }
+
+  /**
+   * Every pod has its own IP, so the ports are the same everywhere; the host is the pod's
+   * stable name behind the job's headless Service ("job-1.job" in the namespace).
+   */
+  endpoints(ref: WorkloadRef, workers: number, ports: number): WorkerEndpoint[] {
+    return Array.from({ length: workers }, (_, i) => ({
+      host: workers > 1 ? `${podHostname(ref.name, i)}.${ref.name}` : podHostname(ref.name, i),
+      ports: Array.from({ length: ports }, (_, j) => WORKER_BASE_PORT + j),
+    }));
+  }
+
+  /** The newest log line's timestamp over the latest attempt's running pods (one request each). */
+  async lastActivity(ref: WorkloadRef): Promise<Date | undefined> {
+    const pods = await this.cache.workloadPods(ref);
+    const attempt = Math.max(0, ...pods.map((p) => Number(p.metadata.labels?.[L.attempt] ?? 0)));
+    let latest = 0;
+    for (const p of pods) {
+      if (Number(p.metadata.labels?.[L.attempt]) !== attempt || p.status?.phase !== "Running") continue;
+      try {
+        const stream = await this.client.stream(
+          `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}/log`,
+          { container: "worker", timestamps: "true", tailLines: "1" },
+        );
+        let text = "";
+        for await (const chunk of stream) text += String(chunk);
+        const at = Date.parse(text.split(" ", 1)[0] ?? "");
+        if (Number.isFinite(at)) latest = Math.max(latest, at);
+      } catch (err) {
+        this.deps.log.debug({ err, pod: p.metadata.name }, "could not read the pod's last log line");
+      }
+    }
+    return latest > 0 ? new Date(latest) : undefined;
+  }
+
+  async start(spec: GangSpec): Promise<void> {
+    const { ref, attempt } = spec;
+    const ns = namespaceOf(ref.project);
+    const pods = await this.cache.workloadPods(ref);
+    const attemptOf = (p: Pod) => Number(p.metadata.labels?.[L.attempt]);
+    if (pods.some((p) => attemptOf(p) > attempt)) return;
+    const earlier = pods.filter((p) => attemptOf(p) < attempt);
+    if (earlier.some((p) => !isTerminal(p)))
+      throw new Error(
+        `attempt of ${ref.name} still has live pods; stop it before starting attempt ${attempt}`,
+      );
+    // Finished pods of earlier attempts go now: attempts never overlap, and names are per attempt.
+    for (const p of earlier) await this.deletePod(p, 0);
+    // A retry of this start creates what is missing and binds what is unbound.
+    const existing = new Set(pods.filter((p) => attemptOf(p) === attempt).map((p) => p.metadata.name));
+    // Peers find each other by name through a headless Service. A single worker has no peers,
+    // and the Service's EndpointSlices cost the control plane ~8 requests per job (bench:k8s).
+    if (spec.workers.length > 1) await this.ensureService(ref);
+    const claim = spec.checkpoint ? await this.ensureCheckpointClaim(ref, spec.checkpoint) : undefined;
+    if (spec.initCheckpoint && !spec.initCheckpoint.checkpoint)
+      throw new Error(
+        `TrainingJob ${spec.initCheckpoint.ref.name} keeps its checkpoints in an emptyDir that ends with its pods; give it spec.checkpoint (a claim) so other jobs can start from them`,
+      );
+    // The source job's claim (its own, or the one Loom made for it), mounted read-only.
+    const initClaim = spec.initCheckpoint
+      ? (spec.initCheckpoint.checkpoint?.claimName ??
+        `${spec.initCheckpoint.ref.name}-checkpoint`.slice(0, 63))
+      : undefined;
+    for (const w of spec.workers) {
+      if (existing.has(podName(ref.name, attempt, w.index))) continue;
+      const pod = this.workerPod(spec, w, claim, initClaim);
+      try {
+        this.cache.wrote(
+          await this.client.request<Pod>("POST", `/api/v1/namespaces/${ns}/pods`, {
+            body: pod,
+            query: { fieldManager: "loom" },
+          }),
+        );
+      } catch (err) {
+        if ((err as { code?: string }).code !== "AlreadyExists") throw err;
+      }
+    }
+    // The whole gang exists: bind every pod to the node admission chose for it.
+    await Promise.all(
+      spec.workers.map(async (w) => {
+        const name = podName(ref.name, attempt, w.index);
+        const cached = this.cache.pod(`${ns}/${name}`);
+        if (cached?.spec?.nodeName) return;
+        try {
+          await bindPod(this.client, ns, name, w.allocation.node);
+        } catch (err) {
+          // Bound already (a retry of this start): the pod keeps its node.
+          if (!(err instanceof LoomError && err.code === "Conflict")) throw err;
+        }
+      }),
+    );
+    this.deps.log.info(
+      { project: ref.project, workload: ref.name, attempt },
+      "created and bound worker pods",
+    );
+  }
+
+  /** One worker's pod: its checkpoint volumes, rendezvous port and share of a GPU. */
+  private workerPod(spec: GangSpec, w: WorkerSpec, claim: string | undefined, initClaim: string | undefined) {
+    const { ref, attempt } = spec;
+    const fraction = isFractionalGpu(w.allocation);
+    return {
+      apiVersion: "v1",
+      kind: "Pod",
+      ...podTemplate({
+        worker: w,
+        defaultImage: this.deps.defaultImage,
+        containerName: "worker",
+        labels: {
+          ...workloadLabels(ref),
+          [L.attempt]: String(attempt),
+          [L.worker]: String(w.index),
+          [L.component]: "worker",
+        },
+        env: {
+          // A fractional GPU: the pod asks the device plugin for none, and names the device
+          // Loom's scheduler chose.
+          ...(fraction ? fractionalGpuEnv(w.allocation) : {}),
+          LOOM_CHECKPOINT_DIR: CHECKPOINT_MOUNT,
+          ...(initClaim ? { LOOM_INIT_CHECKPOINT_DIR: INIT_CHECKPOINT_MOUNT } : {}),
+        },
+        resources: containerResources(w.allocation, fraction),
+        pod: {
+          name: podName(ref.name, attempt, w.index),
+          namespace: namespaceOf(ref.project),
+          ownerReferences: [ownerRef(ref)],
+          restartPolicy: "Never",
+          hostname: podHostname(ref.name, w.index),
+          ...(spec.workers.length > 1 ? { subdomain: ref.name } : {}),
+        },
+        volumes: [
+          claim
+            ? { name: "checkpoint", persistentVolumeClaim: { claimName: claim } }
+            : { name: "checkpoint", emptyDir: {} },
+          ...(initClaim
+            ? [{ name: "init-checkpoint", persistentVolumeClaim: { claimName: initClaim, readOnly: true } }]
+            : []),
+        ],
+        volumeMounts: [
+          { name: "checkpoint", mountPath: CHECKPOINT_MOUNT },
+          ...(initClaim
+            ? [{ name: "init-checkpoint", mountPath: INIT_CHECKPOINT_MOUNT, readOnly: true }]
+            : []),
+        ],
+        ...(spec.workers.length > 1
+          ? { ports: [{ name: "rendezvous", containerPort: WORKER_BASE_PORT }] }
+          : {}),
+      }),
+    };
+  }
+
+  async observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
+    const pods = await this.cache.workloadPods(ref);
+    if (pods.length === 0) return undefined;
+    const attempt = Math.max(...pods.map((p) => Number(p.metadata.labels?.[L.attempt] ?? 0)));
+    const mine = pods.filter((p) => Number(p.metadata.labels?.[L.attempt]) === attempt);
+    const workers: WorkerObservation[] = mine.map((p) => workerOf(p)).sort((a, b) => a.index - b.index);
+    return { attempt, workers, stopping: mine.some((p) => !!p.metadata.deletionTimestamp && !isTerminal(p)) };
+  }
+
+  async stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean> {
+    const live = (await this.cache.workloadPods(ref)).filter((p) => !isTerminal(p));
+    for (const p of live) if (!p.metadata.deletionTimestamp) await this.deletePod(p, graceSeconds);
+    return live.length === 0;
+  }
+
+  async release(ref: WorkloadRef): Promise<void> {
+    for (const p of await this.cache.workloadPods(ref)) await this.deletePod(p, 0);
+    await this.client
+      .request("DELETE", `/api/v1/namespaces/${namespaceOf(ref.project)}/services/${ref.name}`)
+      .catch((err: unknown) => {
+        if (!(err instanceof NotFoundError)) throw err;
+      });
+  }
+
+  async list(): Promise<WorkloadRef[]> {
+    const pods = await this.cache.loomPods();
+    const refs = new Map<string, WorkloadRef>();
+    for (const p of pods) {
+      const ref = refFromLabels(p.metadata.labels);
+      if (ref) refs.set(ref.uid, ref);
+    }
+    return [...refs.values()];
+  }
+
+  async logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
+    const pods = await this.cache.workloadPods(ref);
+    const attempt =
+      opts.attempt ?? Math.max(0, ...pods.map((p) => Number(p.metadata.labels?.[L.attempt] ?? 0)));
+    const name = podName(ref.name, attempt, opts.worker);
+    return this.client.stream(`/api/v1/namespaces/${namespaceOf(ref.project)}/pods/${name}/log`, {
+      container: "worker",
+      follow: opts.follow ? "true" : undefined,
+    });
+  }
+
+  private async ensureService(ref: WorkloadRef): Promise<void> {
+    await applyObject(this.client, {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: {
+        name: ref.name,
+        namespace: namespaceOf(ref.project),
+        labels: workloadLabels(ref),
+        ownerReferences: [ownerRef(ref)],
+      },
+      spec: { clusterIP: "None", publishNotReadyAddresses: true, selector: { [L.uid]: ref.uid } },
+    });
+  }
+
+  /** The claim checkpoints live on: the user's, or one Loom makes per job (deleted with it). */
+  private async ensureCheckpointClaim(ref: WorkloadRef, c: CheckpointStorage): Promise<string> {
+    if (c.claimName) return c.claimName;
+    const name = `${ref.name}-checkpoint`.slice(0, 63);
+    await applyObject(this.client, {
+      apiVersion: "v1",
+      kind: "PersistentVolumeClaim",
+      metadata: {
+        name,
+        namespace: namespaceOf(ref.project),
+        labels: workloadLabels(ref),
+        ownerReferences: [ownerRef(ref)],
+      },
+      spec: {
+        // Every worker (on any node) writes and reads it: shared storage.
+        accessModes: ["ReadWriteMany"],
+        resources: { requests: { storage: String(c.size ?? "10Gi") } },
+        ...(c.storageClassName ? { storageClassName: c.storageClassName } : {}),
+      },
+    });
+    return name;
+  }
+
+  private async deletePod(p: Pod, graceSeconds: number): Promise<void> {
+    const answer = await this.client
+      .request<Pod>("DELETE", `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}`, {
+        body: { apiVersion: "v1", kind: "DeleteOptions", gracePeriodSeconds: graceSeconds },
+      })
+      .catch((err: unknown) => {
+        if (!(err instanceof NotFoundError)) throw err;
+        return undefined;
+      });
+    // The answer is the pod, marked for deletion (or already gone: its last state).
+    if (answer?.kind === "Pod")
+      this.cache.wrote({
+        ...answer,
+        metadata: {
+          ...answer.metadata,
+          deletionTimestamp: answer.metadata.deletionTimestamp ?? new Date().toISOString(),
+        },
+      });
+  }
+}
+
+const SIGNALS: Record<number, string> = {
+  9: "SIGKILL",
+  15: "SIGTERM",
+  2: "SIGINT",
+  6: "SIGABRT",
+  11: "SIGSEGV",
+};
+
+function workerOf(p: Pod): WorkerObservation {
+  const index = Number(p.metadata.labels?.[L.worker] ?? 0);
+  const base = { index, startTime: p.status?.startTime };
+  const terminated = p.status?.containerStatuses?.find((c) => c.name === "worker")?.state?.terminated;
+  switch (p.status?.phase) {
+    case "Succeeded":
+      return {
+        ...base,
+        state: "Succeeded",
+        exitCode: terminated?.exitCode ?? 0,
+        finishTime: terminated?.finishedAt,
+      };
+    case "Failed": {
+      const exitCode = terminated?.exitCode;
+      const signal = terminated?.signal
+        ? SIGNALS[terminated.signal]
+        : exitCode && exitCode > 128
+          ? SIGNALS[exitCode - 128]
+          : undefined;
+      return {
+        ...base,
+        state: exitCode === undefined ? "Unknown" : "Failed",
+        exitCode,
+        ...(signal ? { signal } : {}),
+        finishTime: terminated?.finishedAt,
+        message: p.status?.message ?? p.status?.reason ?? terminated?.reason,
+      };
+    }
+    default:
+      return {
+        ...base,
+        state: "Running",
+        message: p.status?.phase === "Pending" ? "pod pending" : undefined,
+      };
+  }
+}

@@ -1,0 +1,90 @@
+import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
+import type { RunningWorkload } from "../../core/scheduler/model.js";
+import type { NodeCapacity } from "../../ports/scheduler.js";
+import { projectOf } from "./naming.js";
+import { GPU_RESOURCE, type Pod } from "./pods.js";
+
+/** Node labels the scheduler reads: pools are Loom's; GPU model and memory are GPU Feature Discovery's. */
+export const NODE_LABELS = {
+  pool: "loom.dev/node-pool",
+  gpuModel: "nvidia.com/gpu.product",
+  gpuMemoryMiB: "nvidia.com/gpu.memory",
+} as const;
+
+/** The fields of a Node that the runtime reads. */
+export interface KubeNode {
+  metadata: { name: string; resourceVersion?: string; labels?: Record<string, string> };
+  spec?: { unschedulable?: boolean; taints?: { effect: string }[] };
+  status?: { allocatable?: Record<string, string>; conditions?: { type: string; status: string }[] };
+}
+
+/** What the scheduler may place on: Ready, schedulable nodes by name, from their allocatable. */
+export function nodeCapacities(items: KubeNode[]): NodeCapacity[] {
+  return items
+    .filter(
+      (n) =>
+        !n.spec?.unschedulable &&
+        n.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
+    )
+    .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))
+    .map((n) => {
+      const a = n.status?.allocatable ?? {};
+      const gpus = Number(a[GPU_RESOURCE] ?? 0);
+      const labels = n.metadata.labels ?? {};
+      const gpuMemMiB = Number(labels[NODE_LABELS.gpuMemoryMiB] ?? 0);
+      return {
+        name: n.metadata.name,
+        cpuMillis: parseCpuMillis(a.cpu ?? "0") ?? 0,
+        memoryBytes: parseMemoryBytes(a.memory ?? "0") ?? 0,
+        gpus: Array.from({ length: gpus }, (_, i) => `${n.metadata.name}/gpu-${i}`),
+        ...(a.pods ? { maxWorkers: Number(a.pods) } : {}),
+        ...(labels[NODE_LABELS.pool] ? { pool: labels[NODE_LABELS.pool] } : {}),
+        ...(labels[NODE_LABELS.gpuModel] ? { gpuModel: labels[NODE_LABELS.gpuModel] } : {}),
+        ...(gpuMemMiB > 0 ? { gpuMemoryBytes: gpuMemMiB * 2 ** 20 } : {}),
+      };
+    });
+}
+
+/** How many GPUs a node offers (none for a node not known). */
+export function gpuCount(node: KubeNode | undefined): number {
+  return Number(node?.status?.allocatable?.[GPU_RESOURCE] ?? 0);
+}
+
+/** A pod's requests as the scheduler counts them. */
+export interface PodRequest {
+  cpuMillis: number;
+  memoryBytes: number;
+  gpu: number;
+}
+
+/**
+ * What others hold on the nodes: pods bound by someone else (or by Loom, for work it does not
+ * own), as running workloads the scheduler counts but never preempts.
+ */
+export class HeldByOthers {
+  readonly running: RunningWorkload[] = [];
+  private readonly devicesTaken = new Map<string, number>();
+
+  constructor(private readonly gpusOf: (node: string) => number) {}
+
+  add(pod: Pod, key: string, node: string, request: PodRequest): void {
+    // Device ids are the device plugin's choice, unknown here: count them from the top of the
+    // node's devices (Loom's own placements fill from the bottom).
+    const taken = this.devicesTaken.get(node) ?? 0;
+    const gpus = Array.from({ length: Math.ceil(request.gpu) }, (_, i) => ({
+      device: `${node}/gpu-${this.gpusOf(node) - 1 - taken - i}`,
+      share: 1,
+    }));
+    this.devicesTaken.set(node, taken + gpus.length);
+    this.running.push({
+      id: `pod:${key}`,
+      name: key,
+      project: projectOf(pod.metadata.namespace) ?? `namespace ${pod.metadata.namespace}`,
+      priority: pod.spec?.priority ?? 0,
+      preemptible: false,
+      createdAt: pod.metadata.creationTimestamp ?? "",
+      pods: [request],
+      placements: [{ pod: 0, node, gpus }],
+    });
+  }
+}

@@ -1,0 +1,169 @@
+import { gpuShareEnv } from "../../api/env.js";
+import type { WorkerSpec } from "../../ports/runtime.js";
+import type { Allocation } from "../../ports/scheduler.js";
+import type { KubeClient } from "./client.js";
+
+export const GPU_RESOURCE = "nvidia.com/gpu";
+
+/** Pods with this schedulerName are placed by Loom (kube-scheduler leaves them alone). */
+export const SCHEDULER_NAME = "loom";
+
+/** The fields of a pod that the runtime reads. */
+export interface Pod {
+  kind?: string;
+  metadata: {
+    name: string;
+    namespace: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    deletionTimestamp?: string;
+    resourceVersion?: string;
+    creationTimestamp?: string;
+  };
+  spec?: {
+    nodeName?: string;
+    schedulerName?: string;
+    priority?: number;
+    containers?: { resources?: { requests?: Record<string, string> } }[];
+    initContainers?: { resources?: { requests?: Record<string, string> } }[];
+  };
+  status?: {
+    phase?: string;
+    startTime?: string;
+    message?: string;
+    reason?: string;
+    containerStatuses?: {
+      name: string;
+      state?: { terminated?: { exitCode: number; signal?: number; reason?: string; finishedAt?: string } };
+    }[];
+  };
+}
+
+/** Whether the pod has ended (it holds nothing any more). */
+export function isTerminal(p: Pod): boolean {
+  return p.status?.phase === "Succeeded" || p.status?.phase === "Failed";
+}
+
+/** Binds a pod to a node through the binding subresource, as a scheduler does. */
+export async function bindPod(client: KubeClient, ns: string, name: string, node: string): Promise<void> {
+  await client.request("POST", `/api/v1/namespaces/${ns}/pods/${name}/binding`, {
+    body: {
+      apiVersion: "v1",
+      kind: "Binding",
+      metadata: { name, namespace: ns },
+      target: { apiVersion: "v1", kind: "Node", name: node },
+    },
+  });
+}
+
+/** A container's requests and limits. */
+export type Resources = Record<string, Record<string, string>>;
+
+/** Whether the worker shares its one device (a fraction of a GPU). */
+export function isFractionalGpu(a: Allocation): boolean {
+  return a.gpuShare !== undefined && a.gpuShare < 1;
+}
+
+/**
+ * Requests and limits for an allocation. A fractional GPU cannot be requested from the device
+ * plugin (whole devices only): such a pod asks for none, and Loom's scheduler accounts the share.
+ */
+export function containerResources(a: Allocation, fractionalGpu: boolean): Resources {
+  const resources: Resources = { requests: {}, limits: {} };
+  if (a.cpuMillis) resources.requests!.cpu = `${a.cpuMillis}m`;
+  if (a.memoryBytes) {
+    resources.requests!.memory = String(a.memoryBytes);
+    resources.limits!.memory = String(a.memoryBytes);
+  }
+  if (a.gpus.length && !fractionalGpu) {
+    resources.requests![GPU_RESOURCE] = String(a.gpus.length);
+    resources.limits![GPU_RESOURCE] = String(a.gpus.length);
+  }
+  return resources;
+}
+
+/** A fractional GPU's env: the device Loom's scheduler chose, and the share of it. */
+export function fractionalGpuEnv(a: Allocation): Record<string, string> {
+  return {
+    NVIDIA_VISIBLE_DEVICES: a.gpus.map((g) => g.split("/gpu-").pop()).join(","),
+    ...gpuShareEnv(a.gpuShare),
+  };
+}
+
+/** What makes one of Loom's pods: a gang's worker, or a revision's model server. */
+export interface PodTemplateSpec {
+  worker: Omit<WorkerSpec, "index">;
+  /** Image for workers that name none. */
+  defaultImage: string | undefined;
+  containerName: string;
+  labels: Record<string, string>;
+  /** Added to the worker's own env, overriding it. */
+  env: Record<string, string>;
+  resources: Resources;
+  /** A bare pod's identity; a Deployment's template has none (the ReplicaSet names its pods). */
+  pod?: {
+    name: string;
+    namespace: string;
+    ownerReferences: unknown[];
+    restartPolicy: string;
+    hostname: string;
+    subdomain?: string;
+  };
+  volumes?: unknown[];
+  volumeMounts?: unknown[];
+  ports?: { name: string; containerPort: number }[];
+  probes?: { readinessProbe: unknown; startupProbe: unknown };
+}
+
+/**
+ * The one pod template: metadata and spec of every pod Loom makes. Each passes Pod Security
+ * "restricted" (non-root, no privilege escalation, no capabilities, the runtime's seccomp
+ * profile), names Loom as its scheduler, and gets neither service links nor an API token.
+ */
+export function podTemplate(t: PodTemplateSpec) {
+  const w = t.worker;
+  return {
+    metadata: {
+      ...(t.pod ? { name: t.pod.name, namespace: t.pod.namespace } : {}),
+      labels: t.labels,
+      ...(w.annotations ? { annotations: w.annotations } : {}),
+      ...(t.pod ? { ownerReferences: t.pod.ownerReferences } : {}),
+    },
+    spec: {
+      ...(t.pod ? { restartPolicy: t.pod.restartPolicy } : {}),
+      schedulerName: SCHEDULER_NAME,
+      ...(t.pod ? { hostname: t.pod.hostname } : {}),
+      ...(t.pod?.subdomain ? { subdomain: t.pod.subdomain } : {}),
+      enableServiceLinks: false,
+      automountServiceAccountToken: false,
+      // Loom's stops delete with the job's grace period; this covers everyone else's.
+      terminationGracePeriodSeconds: w.terminationGracePeriodSeconds ?? 30,
+      ...(t.volumes ? { volumes: t.volumes } : {}),
+      securityContext: {
+        runAsNonRoot: true,
+        runAsUser: 1000,
+        runAsGroup: 1000,
+        seccompProfile: { type: "RuntimeDefault" },
+      },
+      containers: [
+        {
+          name: t.containerName,
+          image: w.image ?? t.defaultImage ?? "python:3.11-slim",
+          command: w.command,
+          ...(w.workingDir ? { workingDir: w.workingDir } : {}),
+          env: Object.entries({ ...w.env, ...t.env }).map(([name, value]) => ({ name, value })),
+          ...(t.volumeMounts ? { volumeMounts: t.volumeMounts } : {}),
+          ...(t.ports ? { ports: t.ports } : {}),
+          ...t.probes,
+          resources: t.resources,
+          securityContext: {
+            allowPrivilegeEscalation: false,
+            capabilities: { drop: ["ALL"] },
+            runAsNonRoot: true,
+            seccompProfile: { type: "RuntimeDefault" },
+          },
+        },
+      ],
+    },
+  };
+}

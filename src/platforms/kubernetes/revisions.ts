@@ -1,0 +1,153 @@
+import type { RevisionRuntime, RevisionSpec } from "../../ports/runtime.js";
+import { applyObject } from "./apply.js";
+import type { KubeClient } from "./client.js";
+import { LABELS as L, namespaceOf, ownerRef, REVISION_LABEL, workloadLabels } from "./naming.js";
+import { containerResources, type Pod, podTemplate } from "./pods.js";
+
+/** Where Loom's gateway (the operator) runs: the only namespace whose pods reach model pods. */
+const GATEWAY_NAMESPACE = "loom-system";
+
+/**
+ * Serving: a Deployment and a Service per revision, owned by the InferenceService; replicas
+ * are scaled by applying the Deployment with the count the gateway's autoscaler wants; a
+ * readiness probe on the model server's path; a NetworkPolicy that lets only Loom's gateways
+ * (the operator and the loom-gateway Deployment, in loom-system) reach the model pods.
+ */
+export function kubernetesRevisions(client: KubeClient, defaultImage: string | undefined): RevisionRuntime {
+  return {
+    applyRevision: async (spec) => {
+      const ns = namespaceOf(spec.service.project);
+      const name = spec.revision.slice(0, 63);
+      const labels = {
+        ...workloadLabels(spec.service),
+        [L.component]: "model",
+        [REVISION_LABEL]: spec.revision,
+      };
+      const selector = { [L.uid]: spec.service.uid, [REVISION_LABEL]: spec.revision };
+      await applyObject(client, gatewayOnlyPolicy(spec));
+      await applyObject(client, {
+        apiVersion: "apps/v1",
+        kind: "Deployment",
+        metadata: { name, namespace: ns, labels, ownerReferences: [ownerRef(spec.service)] },
+        spec: {
+          replicas: spec.replicas,
+          selector: { matchLabels: selector },
+          // Surge first: a replaced pod serves until its successor is ready.
+          strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
+          template: modelPodTemplate(spec, labels, defaultImage),
+        },
+      });
+      await applyObject(client, {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name, namespace: ns, labels, ownerReferences: [ownerRef(spec.service)] },
+        spec: { selector, ports: [{ name: "http", port: 80, targetPort: spec.port }] },
+      });
+    },
+    observeRevision: async (service, revision) => {
+      const pods = await client.request<{ items: Pod[] }>(
+        "GET",
+        `/api/v1/namespaces/${namespaceOf(service.project)}/pods`,
+        {
+          query: { labelSelector: `${L.uid}=${service.uid},${REVISION_LABEL}=${revision}` },
+        },
+      );
+      return {
+        replicas: pods.items
+          .filter((p) => !p.metadata.deletionTimestamp)
+          .map((p) => {
+            const st = p.status as
+              | { podIP?: string; conditions?: { type: string; status: string }[]; startTime?: string }
+              | undefined;
+            return {
+              id: p.metadata.name,
+              ...(st?.podIP ? { host: st.podIP } : {}),
+              port: Number(
+                (p.spec as { containers: { ports?: { containerPort: number }[] }[] }).containers[0]
+                  ?.ports?.[0]?.containerPort ?? 8080,
+              ),
+              ready: !!st?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
+              startedAt: st?.startTime ?? new Date().toISOString(),
+            };
+          }),
+      };
+    },
+    deleteRevision: async (service, revision) => {
+      const ns = namespaceOf(service.project);
+      for (const path of [
+        `/apis/apps/v1/namespaces/${ns}/deployments/${revision}`,
+        `/api/v1/namespaces/${ns}/services/${revision}`,
+      ]) {
+        try {
+          await client.request("DELETE", path, { body: { propagationPolicy: "Background" } });
+        } catch (err) {
+          if ((err as { status?: number }).status !== 404) throw err;
+        }
+      }
+    },
+  };
+}
+
+/** Only Loom's gateways reach a service's model pods, and only on the model server's port. */
+function gatewayOnlyPolicy(spec: RevisionSpec) {
+  return {
+    apiVersion: "networking.k8s.io/v1",
+    kind: "NetworkPolicy",
+    metadata: {
+      name: `${spec.service.name}-gateway-only`.slice(0, 63),
+      namespace: namespaceOf(spec.service.project),
+      labels: workloadLabels(spec.service),
+      ownerReferences: [ownerRef(spec.service)],
+    },
+    spec: {
+      podSelector: { matchLabels: { [L.uid]: spec.service.uid, [L.component]: "model" } },
+      policyTypes: ["Ingress"],
+      ingress: [
+        {
+          from: [
+            {
+              namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": GATEWAY_NAMESPACE } },
+              // The operator's own gateway, and the loom-gateway Deployment (deploy/gateway.yaml).
+              podSelector: {
+                matchExpressions: [
+                  { key: L.name, operator: "In", values: ["loom-operator", "loom-gateway"] },
+                ],
+              },
+            },
+          ],
+          ports: [{ protocol: "TCP", port: spec.port }],
+        },
+      ],
+    },
+  };
+}
+
+/** A model server's pod: $PORT and $HOST, probed on its readiness path. */
+function modelPodTemplate(
+  spec: RevisionSpec,
+  labels: Record<string, string>,
+  defaultImage: string | undefined,
+) {
+  return podTemplate({
+    worker: spec.worker,
+    defaultImage,
+    containerName: "model",
+    labels,
+    env: { PORT: String(spec.port), HOST: "0.0.0.0" },
+    resources: containerResources(spec.worker.allocation, false),
+    ports: [{ name: "http", containerPort: spec.port }],
+    probes: {
+      readinessProbe: {
+        httpGet: { path: spec.readinessPath, port: spec.port },
+        periodSeconds: 2,
+        failureThreshold: 3,
+      },
+      // A model that never loads is restarted once its readiness timeout has passed.
+      startupProbe: {
+        httpGet: { path: spec.readinessPath, port: spec.port },
+        periodSeconds: 5,
+        failureThreshold: Math.max(1, Math.ceil(spec.readinessTimeoutSeconds / 5)),
+      },
+    },
+  });
+}
