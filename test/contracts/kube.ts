@@ -3,7 +3,7 @@ import { pino } from "pino";
 import { allCrds } from "../../src/api/crds.js";
 import { NotFoundError } from "../../src/api/errors.js";
 import { KubeClient } from "../../src/platforms/kubernetes/client.js";
-import { namespaceOf } from "../../src/platforms/kubernetes/store.js";
+import { namespaceOf } from "../../src/platforms/kubernetes/naming.js";
 import { contractsState, type TestCluster, upCluster } from "../k8s/cluster.js";
 import { eventually } from "./poll.js";
 

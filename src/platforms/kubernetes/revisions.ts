@@ -81,7 +81,7 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
         try {
           await client.request("DELETE", path, { body: { propagationPolicy: "Background" } });
         } catch (err) {
-          if ((err as { status?: number }).status !== 404) throw err;
+          if (!(err instanceof NotFoundError)) throw err;
         }
       }
     },
