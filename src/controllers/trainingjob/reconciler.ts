@@ -1,6 +1,7 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { NotFoundError } from "../../api/errors.js";
+import { TRAININGJOB } from "../../api/kinds.js";
 import { setCondition } from "../../api/meta.js";
 import {
   type Admission,
@@ -24,7 +25,7 @@ import type { WorkloadTracking } from "../../ports/tracking.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { completionOf, planGang, portsPerWorker } from "./frameworks.js";
 
-export const TRAININGJOB = "TrainingJob";
+export { TRAININGJOB };
 /** Held while the runtime may have processes for the job, so deletion waits until they are gone. */
 export const RUNTIME_FINALIZER = "loom.dev/runtime";
 
