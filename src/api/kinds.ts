@@ -34,9 +34,16 @@ export interface KindDef {
   storage?: "store" | "registry";
 }
 
+/** Kind names, defined once: manifests' `kind`, the store's key, the CRDs' kind. */
+export const PROJECT = "Project";
+export const TRAININGJOB = "TrainingJob";
+export const SWEEP = "Sweep";
+export const INFERENCESERVICE = "InferenceService";
+export const MODEL = "Model";
+
 export const KINDS: readonly KindDef[] = [
   {
-    kind: "Project",
+    kind: PROJECT,
     singular: "project",
     plural: "projects",
     shortNames: ["proj"],
@@ -49,7 +56,7 @@ export const KINDS: readonly KindDef[] = [
     ],
   },
   {
-    kind: "TrainingJob",
+    kind: TRAININGJOB,
     singular: "trainingjob",
     plural: "trainingjobs",
     shortNames: ["tj"],
@@ -67,7 +74,7 @@ export const KINDS: readonly KindDef[] = [
     ],
   },
   {
-    kind: "Sweep",
+    kind: SWEEP,
     singular: "sweep",
     plural: "sweeps",
     shortNames: [],
@@ -87,7 +94,7 @@ export const KINDS: readonly KindDef[] = [
     ],
   },
   {
-    kind: "InferenceService",
+    kind: INFERENCESERVICE,
     singular: "inferenceservice",
     plural: "inferenceservices",
     shortNames: ["isvc"],
@@ -104,7 +111,7 @@ export const KINDS: readonly KindDef[] = [
     ],
   },
   {
-    kind: "Model",
+    kind: MODEL,
     singular: "model",
     plural: "models",
     shortNames: [],

@@ -2,13 +2,9 @@ import { availableParallelism, totalmem } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { FastifyInstance } from "fastify";
-import type { Kysely } from "kysely";
 import type { Logger } from "pino";
-import { Registry } from "prom-client";
-import { ControllerManager } from "../controllers/manager.js";
-import { RUNTIME_FINALIZER, TRAININGJOB } from "../controllers/trainingjob/reconciler.js";
-import { Gateway } from "../gateway/gateway.js";
-import { VERSION } from "../lib/version.js";
+import { TRAININGJOB } from "../api/kinds.js";
+import { RUNTIME_FINALIZER } from "../controllers/trainingjob/reconciler.js";
 import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../platforms/embedded/events.js";
@@ -18,21 +14,16 @@ import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
-import { coreScheduler } from "../ports/scheduler.js";
-import { buildApp } from "../server/app.js";
-import { localModelResolver, registryRegistrar, trackingTrialMetrics } from "../server/models.js";
-import { ServingDirectory } from "../server/serving.js";
-import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
-import { LocalWorkloadTracking } from "../tracking/workloads.js";
-import { collectProcessMetrics } from "./processmetrics.js";
+import { localModelResolver } from "../server/models.js";
+import type { TrackingDatabase } from "../tracking/db.js";
+import { assembleControlPlane, openTracking } from "./assembly.js";
+import { processMetricsRegistry } from "./processmetrics.js";
 
 /** Loom's built-in serving runtime (runtimes/ in the package); it needs only PyTorch (Debian's python3-torch). */
 const BUILTIN_RUNTIME = [
   process.env.LOOM_BUILTIN_PYTHON ?? "/usr/bin/python3",
   join(fileURLToPath(new URL("../../runtimes", import.meta.url)), "loom-tinygpt", "server.py"),
 ];
-
-import { adminToken, workloadTokens } from "../server/workloadtokens.js";
 
 export interface EmbeddedOptions {
   dataDir: string;
@@ -74,26 +65,13 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const database = await openSqlite(join(opts.dataDir, "loom.db"));
   let trackingDb: TrackingDatabase;
   try {
-    trackingDb = await trackingDatabase(database.db as unknown as Kysely<unknown>, opts.trackingDb, log);
+    trackingDb = await openTracking(database, opts.trackingDb, log);
   } catch (err) {
-    await database.close();
     unlock();
     throw err;
   }
   const store = await SqliteResourceStore.open(database.db, { now });
   const events = new SqliteEventRecorder(database.db, now);
-  const tokens = new SqliteTokenStore(database.db);
-  const metrics = new Registry();
-  collectProcessMetrics(metrics);
-
-  const admin = await adminToken(tokens, opts.dataDir);
-  if (admin.created) log.info({ file: admin.file }, "created the admin token");
-  const workloadTokenFor = workloadTokens(tokens, opts.dataDir);
-  const tracking = trackingOn(trackingDb);
-  const trackingStore = tracking.store;
-  let url = "";
-  const workloadTracking = new LocalWorkloadTracking(trackingStore, () => url, workloadTokenFor);
-
   const processes = new LocalRuntime({
     dataDir: opts.dataDir,
     instanceId: instanceId(opts.dataDir),
@@ -111,71 +89,44 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     node: (await processes.nodes())[0]!.name,
   });
   const runtime = new EmbeddedRuntime(processes, replicas);
-  const registry = tracking.registry;
-  const artifactsDir = join(opts.dataDir, "artifacts");
-  // The inference gateway: OpenAI routes on this port, fed by the InferenceService controller.
-  const directory = new ServingDirectory();
-  const gateway = new Gateway({ directory, scaler: directory, registry: metrics, log });
-  directory.attach(gateway);
-  const app = await buildApp({
+  const controllers = opts.controllers !== false;
+  const plane = await assembleControlPlane({
     store,
-    tokens,
     events,
     runtime,
-    metrics,
     log,
-    version: VERSION,
-    tracking: {
-      store: trackingStore,
-      registry,
-      loggedModels: tracking.loggedModels,
-      artifactsDir,
-    },
-    serving: { gateway, directory },
-    // The views read what the admission loop schedules on (the manager is made just below).
-    ...(opts.controllers !== false ? { schedulingSnapshot: () => manager.schedulingSnapshot() } : {}),
-    // The trainingjob loop would add it on first sight; giving it at create saves that write.
-    ...(opts.controllers !== false ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
-  });
-  const manager = new ControllerManager({
-    store,
-    runtime,
-    scheduler: coreScheduler,
-    events,
-    log,
-    metrics,
+    metrics: processMetricsRegistry(),
     now,
     resyncMs: opts.resyncMs,
     baseBackoffMs: opts.baseBackoffMs,
-    tracking: workloadTracking,
-    trialMetrics: trackingTrialMetrics(trackingStore),
-    registrar: registryRegistrar(registry),
-    serving: {
-      models: localModelResolver(registry, trackingStore, artifactsDir),
-      scale: directory,
-      table: directory,
+    api: {
+      tokens: new SqliteTokenStore(database.db),
+      trackingDb,
+      dataDir: opts.dataDir,
+      host: opts.host,
+      port: opts.port,
+      // Embedded, a model's files are read where the registry's artifacts are.
+      models: (t) => localModelResolver(t.registry, t.store, t.artifactsDir),
       builtinCommand: BUILTIN_RUNTIME,
-      baseUrl: () => url,
+      // The trainingjob loop would add it on first sight; giving it at create saves that write.
+      ...(controllers ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
     },
   });
-  directory.onScale = (key) => manager.enqueueInferenceService(key);
+  const admin = plane.admin!;
+  if (admin.created) log.info({ file: admin.file }, "created the admin token");
   // Listening first: workers started by the controllers are told this URL (MLFLOW_TRACKING_URI).
-  const address = await app.listen({ host: opts.host ?? "127.0.0.1", port: opts.port ?? 7470 });
-  url = address;
-  if (opts.controllers !== false) await manager.start();
-  gateway.start();
+  const url = await plane.listen();
+  await plane.start({ controllers });
   let closed = false;
   return {
-    url: address,
+    url,
     adminToken: admin.token,
     adminTokenFile: admin.file,
-    app,
+    app: plane.app!,
     async close() {
       if (closed) return;
       closed = true;
-      gateway.close();
-      if (opts.controllers !== false) await manager.stop();
-      await app.close();
+      await plane.close();
       await runtime.close();
       await store.close();
       await trackingDb.close();

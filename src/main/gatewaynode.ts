@@ -1,14 +1,13 @@
 import { hostname } from "node:os";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "pino";
-import { Registry } from "prom-client";
 import { UnauthorizedError } from "../api/errors.js";
 import { Gateway, type ScaleTarget, type ServiceEndpoint } from "../gateway/gateway.js";
 import type { TokenInfo } from "../ports/store.js";
 import { bearerAuthenticator } from "../server/authz.js";
 import { installErrorHandler } from "../server/errors.js";
 import { openAIFastLane, ServingDirectory, serverWith, servingRoutes } from "../server/serving.js";
-import { collectProcessMetrics } from "./processmetrics.js";
+import { processMetricsRegistry } from "./processmetrics.js";
 
 /**
  * `loom gateway`: one more replica of the inference gateway, as its own process (on Kubernetes,
@@ -66,8 +65,7 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
   const log = opts.log.child({ component: "gateway-node" });
   const id = opts.id ?? `${hostname()}-${process.pid}`;
   const control = new ControlClient(opts.apiUrl, opts.token);
-  const metrics = new Registry();
-  collectProcessMetrics(metrics);
+  const metrics = processMetricsRegistry();
   const directory = new ServingDirectory();
   const gateway = new Gateway(
     {

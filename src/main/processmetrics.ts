@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, type Registry } from "prom-client";
+import { collectDefaultMetrics, Registry } from "prom-client";
 
 /**
  * How often the event-loop delay monitor samples (ms). prom-client's default, 10 ms, is a
@@ -15,4 +15,11 @@ export function collectProcessMetrics(registry: Registry): void {
     prefix: "loom_process_",
     eventLoopMonitoringPrecision: EVENT_LOOP_MONITORING_PRECISION_MS,
   });
+}
+
+/** A metrics registry with the process's own metrics in it: where every root's metrics start. */
+export function processMetricsRegistry(): Registry {
+  const metrics = new Registry();
+  collectProcessMetrics(metrics);
+  return metrics;
 }

@@ -309,6 +309,44 @@ describe("HTTP API", () => {
     });
 
     it.each([
+      ["trainingjobs", "TrainingJob", { command: ["python", "train.py"] }],
+      [
+        "sweeps",
+        "Sweep",
+        {
+          objective: { metric: "val_loss", goal: "minimize" },
+          parameters: [{ name: "lr", logUniform: { min: 1e-5, max: 1e-1 } }],
+          template: { command: ["python", "train.py"] },
+        },
+      ],
+      ["inferenceservices", "InferenceService", { model: "/models/tiny", runtime: "loom-tinygpt" }],
+    ] as const)(
+      "refuses to delete a project that still holds only %s, saying what to delete first",
+      async (plural, kind, spec) => {
+        const project = { apiVersion: "loom.dev/v1alpha1", kind: "Project", metadata: { name: "lab" } };
+        expect((await call("POST", `${BASE}/projects`, project)).statusCode).toBe(201);
+        const made = await call("POST", `${BASE}/projects/lab/${plural}`, {
+          apiVersion: "loom.dev/v1alpha1",
+          kind,
+          metadata: { name: "only" },
+          spec,
+        });
+        expect(made.statusCode, made.body).toBe(201);
+
+        const refused = await call("DELETE", `${BASE}/projects/lab`);
+        expect(refused.statusCode).toBe(409);
+        expect(refused.json()).toMatchObject({ kind: "Status", reason: "Conflict", code: 409 });
+        expect(refused.json().message).toContain(`project "lab" still has 1 ${plural}`);
+        expect(refused.json().message).toContain(`loom delete ${plural} --all -p lab`);
+        expect((await call("GET", `${BASE}/projects/lab`)).statusCode).toBe(200);
+        expect((await call("GET", `${BASE}/projects/lab/${plural}/only`)).statusCode).toBe(200);
+
+        expect((await call("DELETE", `${BASE}/projects/lab/${plural}/only`)).statusCode).toBe(200);
+        expect((await call("DELETE", `${BASE}/projects/lab`)).statusCode).toBe(200);
+      },
+    );
+
+    it.each([
       ["GET", `${BASE}/projects/default/widgets`],
       ["POST", `${BASE}/projects/default/widgets`],
       ["GET", `${BASE}/projects/default/widgets/x`],

@@ -2,12 +2,11 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { NotFoundError, ValidationError } from "../api/errors.js";
-import { toFieldIssues } from "../api/kinds.js";
+import { MODEL, TRAININGJOB, toFieldIssues } from "../api/kinds.js";
 import { API_VERSION, ResourceName } from "../api/meta.js";
 import { type Model, ModelSpec, type ModelVersionLineage } from "../api/model.js";
 import type { TrainingJob } from "../api/trainingjob.js";
 import type { ModelResolver } from "../controllers/inferenceservice/reconciler.js";
-import { TRAININGJOB } from "../controllers/trainingjob/reconciler.js";
 import type { ResourceStore } from "../ports/store.js";
 import type { ModelRegistrar, TrialMetrics } from "../ports/tracking.js";
 import { MlflowError } from "../tracking/errors.js";
@@ -16,7 +15,7 @@ import type { TrackingStore } from "../tracking/store.js";
 
 const ModelManifest = z.object({
   apiVersion: z.literal(API_VERSION, { error: `apiVersion must be "${API_VERSION}"` }),
-  kind: z.literal("Model"),
+  kind: z.literal(MODEL),
   metadata: z.object({ name: ResourceName, project: ResourceName.optional() }).loose(),
   spec: ModelSpec.default({}),
 });
@@ -70,7 +69,7 @@ export class ModelView {
         return {
           model: {
             apiVersion: API_VERSION,
-            kind: "Model",
+            kind: MODEL,
             metadata: {
               name: metadata.name,
               project,
@@ -129,7 +128,7 @@ export class ModelView {
     const created = new Date(m.creation_timestamp).toISOString();
     return {
       apiVersion: API_VERSION,
-      kind: "Model",
+      kind: MODEL,
       metadata: {
         name: m.name,
         project,

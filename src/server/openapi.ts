@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { KINDS, specJsonSchema } from "../api/kinds.js";
+import { KINDS, specJsonSchema, TRAININGJOB } from "../api/kinds.js";
 import { API_VERSION } from "../api/meta.js";
 
 /** OpenAPI 3.1 description of the REST API, generated from the same zod schemas that validate. */
@@ -69,7 +69,7 @@ export function buildOpenApi(version: string): Record<string, unknown> {
       },
       delete: { summary: `Delete a ${def.kind}`, responses: { "200": json(ref(def.kind)), ...errors } },
     };
-    if (def.kind === "TrainingJob") {
+    if (def.kind === TRAININGJOB) {
       paths[`${item}/log`] = {
         parameters: [...params, nameParam],
         get: {

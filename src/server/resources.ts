@@ -1,6 +1,13 @@
 import { BadRequestError, ConflictError, ForbiddenError, NotFoundError } from "../api/errors.js";
-import { findKind, type KindDef, kindByKind, knownKindsText, validateManifest } from "../api/kinds.js";
-import type { Resource } from "../api/meta.js";
+import {
+  findKind,
+  type KindDef,
+  knownKindsText,
+  PROJECT,
+  STORED_KINDS,
+  validateManifest,
+} from "../api/kinds.js";
+import { API_VERSION, type Resource } from "../api/meta.js";
 import { DEFAULT_PROJECT } from "../api/project.js";
 import type { ListOptions, ResourceStore } from "../ports/store.js";
 
@@ -122,25 +129,8 @@ export class ResourceService {
     name: string,
     resourceVersion?: string,
   ): Promise<Resource> {
-    if (def.kind === "Project") await this.checkProjectDeletable(name);
+    if (def.kind === PROJECT) await this.checkProjectDeletable(name);
     return this.store.delete(def.kind, scope(def, project), name, { resourceVersion });
-  }
-
-  /** Makes sure the default project exists; called at every start. */
-  async ensureDefaultProject(): Promise<void> {
-    try {
-      await this.store.get("Project", "", DEFAULT_PROJECT);
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-      await this.store.create(
-        validateManifest({
-          apiVersion: "loom.dev/v1alpha1",
-          kind: "Project",
-          metadata: { name: DEFAULT_PROJECT },
-          spec: { description: "The project commands use when none is named." },
-        }).object,
-      );
-    }
   }
 
   private validateFor(def: KindDef, project: string | undefined, body: unknown) {
@@ -165,7 +155,7 @@ export class ResourceService {
   private async requireProject(project: string, forWrite = false): Promise<void> {
     let p: Resource;
     try {
-      p = await this.store.get("Project", "", project);
+      p = await this.store.get(PROJECT, "", project);
     } catch (err) {
       if (err instanceof NotFoundError) {
         throw new NotFoundError(
@@ -181,19 +171,44 @@ export class ResourceService {
       throw new ForbiddenError(`project "${project}" is being deleted; nothing new can be created in it`);
   }
 
+  /**
+   * A project goes only when nothing is left in it: every kind the store keeps inside a project
+   * counts (a Sweep or an InferenceService deleted from under its project would be orphaned).
+   */
   private async checkProjectDeletable(name: string): Promise<void> {
     if (name === DEFAULT_PROJECT)
       throw new ForbiddenError(`the "${DEFAULT_PROJECT}" project cannot be deleted`);
+    const left: KindDef[] = [];
     const counts: string[] = [];
-    for (const k of ["TrainingJob"]) {
-      const { items } = await this.store.list(k, { project: name });
-      if (items.length > 0) counts.push(`${items.length} ${kindByKind(k)!.plural}`);
+    for (const def of STORED_KINDS.filter((k) => k.namespaced)) {
+      const { items } = await this.store.list(def.kind, { project: name });
+      if (items.length === 0) continue;
+      left.push(def);
+      counts.push(`${items.length} ${def.plural}`);
     }
-    if (counts.length > 0) {
+    if (left.length > 0) {
+      const commands = left.map((def) => `loom delete ${def.plural} --all -p ${name}`).join("; ");
       throw new ConflictError(
-        `project "${name}" still has ${counts.join(", ")}: delete them first (loom delete tj --all -p ${name})`,
+        `project "${name}" still has ${counts.join(", ")}: delete them first (${commands})`,
       );
     }
+  }
+}
+
+/** Makes sure the default project exists; every platform's start calls it (idempotent). */
+export async function ensureDefaultProject(store: ResourceStore): Promise<void> {
+  try {
+    await store.get(PROJECT, "", DEFAULT_PROJECT);
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+    await store.create(
+      validateManifest({
+        apiVersion: API_VERSION,
+        kind: PROJECT,
+        metadata: { name: DEFAULT_PROJECT },
+        spec: { description: "The project commands use when none is named." },
+      }).object,
+    );
   }
 }
 

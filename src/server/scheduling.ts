@@ -53,7 +53,7 @@ export class SchedulingView {
        * The admission loop's own snapshot, where controllers run in this process: the views see
        * exactly what the scheduler sees. Without it, the same builder reads the store.
        */
-      snapshot?: () => Promise<Snapshot>;
+      snapshot?: () => Promise<Snapshot> | undefined;
     },
   ) {
     const fromStore = new SnapshotBuilder({
@@ -61,7 +61,7 @@ export class SchedulingView {
       projects: async () => (await deps.store.list("Project")).items as Project[],
       runtime: deps.runtime,
     });
-    this.snapshot = deps.snapshot ?? (() => fromStore.build());
+    this.snapshot = () => deps.snapshot?.() ?? fromStore.build();
   }
 
   async nodes(): Promise<NodeUsage[]> {

@@ -1,6 +1,7 @@
+import { INFERENCESERVICE } from "../../api/kinds.js";
 import { parseDurationSeconds } from "../../api/trainingjob.js";
 
-export const INFERENCESERVICE = "InferenceService";
+export { INFERENCESERVICE };
 export const SERVING_FINALIZER = "loom.dev/serving";
 
 /** The replica's runtime workload name: SERVICE-N-rK (revision N, replica K). */

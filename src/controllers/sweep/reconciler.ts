@@ -1,6 +1,7 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { AlreadyExistsError, NotFoundError } from "../../api/errors.js";
+import { SWEEP } from "../../api/kinds.js";
 import { API_VERSION, setCondition } from "../../api/meta.js";
 import {
   parameterEnv,
@@ -22,7 +23,8 @@ import { TRAININGJOB } from "../trainingjob/reconciler.js";
 
 export type { ModelRegistrar, TrialMetrics };
 
-export const SWEEP = "Sweep";
+export { SWEEP };
+
 /** Which incarnation of a sweep made a trial: a sweep deleted and made again does not adopt old trials. */
 const SWEEP_UID_ANNOTATION = "loom.dev/sweep-uid";
 

@@ -1,3 +1,4 @@
+import { NotFoundError } from "../../api/errors.js";
 import type { RevisionRuntime, RevisionSpec } from "../../ports/runtime.js";
 import { applyObject } from "./apply.js";
 import type { KubeClient } from "./client.js";

@@ -1,0 +1,207 @@
+import { join } from "node:path";
+import type { FastifyInstance } from "fastify";
+import type { Kysely } from "kysely";
+import type { Logger } from "pino";
+import type { Registry } from "prom-client";
+import type { ModelResolver } from "../controllers/inferenceservice/reconciler.js";
+import { ControllerManager, type ControllerManagerDeps } from "../controllers/manager.js";
+import type { Snapshot } from "../core/scheduler/model.js";
+import { Gateway } from "../gateway/gateway.js";
+import { VERSION } from "../lib/version.js";
+import type { OpenedDatabase } from "../platforms/embedded/db.js";
+import type { Runtime } from "../ports/runtime.js";
+import { coreScheduler } from "../ports/scheduler.js";
+import type { EventRecorder, ResourceStore, TokenStore } from "../ports/store.js";
+import { buildApp } from "../server/app.js";
+import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
+import type { TrackingMount } from "../server/routes/tracking.js";
+import { ServingDirectory } from "../server/serving.js";
+import { adminToken, workloadTokens } from "../server/workloadtokens.js";
+import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
+import { LocalWorkloadTracking } from "../tracking/workloads.js";
+
+/**
+ * The wiring every composition root shares (`loom up`, `loom operator`): the API with tracking,
+ * the model registry and the inference gateway, and the controller manager, over whatever store,
+ * events and runtime the platform brings. The roots keep only what is their platform's own.
+ */
+
+/**
+ * MLflow tracking's database: on Loom's SQLite file, or on PostgreSQL when a URL is given.
+ * Closes the SQLite database if that fails, so a failed start leaves nothing open.
+ */
+export async function openTracking(
+  database: OpenedDatabase,
+  postgresUrl: string | undefined,
+  log: Logger,
+): Promise<TrackingDatabase> {
+  try {
+    return await trackingDatabase(database.db as unknown as Kysely<unknown>, postgresUrl, log);
+  } catch (err) {
+    await database.close();
+    throw err;
+  }
+}
+
+/** Loom's API, with MLflow tracking, the model registry and the inference gateway on its port. */
+export interface ApiOptions {
+  tokens: TokenStore;
+  trackingDb: TrackingDatabase;
+  /** Where the admin token, the workloads' tokens and the artifacts are kept. */
+  dataDir: string;
+  host?: string;
+  /** 0 picks a free port. Default 7470. */
+  port?: number;
+  /** The tracking URL workloads are told. Default: where the API listens. */
+  trackingUrl?: string;
+  /** How the serving loop finds a model's files (embedded: read them from the registry's artifacts). */
+  models: (tracking: TrackingMount) => ModelResolver;
+  /**
+   * How this platform runs the built-in serving runtime (`runtime: loom-tinygpt`): embedded,
+   * Python and the package's runtimes/ directory; on Kubernetes, the path in Loom's Python image.
+   */
+  builtinCommand: string[];
+  /** Finalizers new objects get, by kind (see AppDeps). */
+  createFinalizers?: Record<string, string[]>;
+  /** Create the default project at start (false where the root did it already). */
+  ensureDefaultProject?: boolean;
+}
+
+export interface ControlPlaneOptions {
+  store: ResourceStore;
+  events: EventRecorder;
+  runtime: Runtime;
+  log: Logger;
+  metrics: Registry;
+  now: () => Date;
+  resyncMs?: number;
+  baseBackoffMs?: number;
+  /** Absent: the controllers only (the operator without a data dir). */
+  api?: ApiOptions;
+}
+
+export interface ControlPlane {
+  manager: ControllerManager;
+  /** Present with options.api. */
+  app?: FastifyInstance;
+  /** The admin token (created on the first start, then read from the data dir), with options.api. */
+  admin?: { token: string; file: string; created: boolean };
+  /**
+   * Starts listening and returns the API's URL. First, before the controllers: the workers they
+   * start are told this URL (MLFLOW_TRACKING_URI).
+   */
+  listen(): Promise<string>;
+  /** Starts the controllers (unless told not to) and the gateway's loops. */
+  start(opts?: { controllers?: boolean }): Promise<void>;
+  /** Stops what the assembly built; the platform's store, runtime and databases are the root's to close. */
+  close(): Promise<void>;
+}
+
+/** Wires the API, tracking, serving and the controllers over a platform's store, events and runtime. */
+export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<ControlPlane> {
+  let url = "";
+  let controllersStarted = false;
+  // Where controllers run, the scheduling views read the admission loop's own snapshot.
+  const snapshot = (): Promise<Snapshot> | undefined =>
+    controllersStarted ? manager.schedulingSnapshot() : undefined;
+  const api = opts.api ? await assembleApi(opts, opts.api, () => url, snapshot) : undefined;
+  const manager = new ControllerManager({
+    store: opts.store,
+    runtime: opts.runtime,
+    scheduler: coreScheduler,
+    events: opts.events,
+    log: opts.log,
+    metrics: opts.metrics,
+    now: opts.now,
+    resyncMs: opts.resyncMs,
+    baseBackoffMs: opts.baseBackoffMs,
+    ...(api?.controllerDeps ?? {}),
+  });
+  api?.serving.connect(manager);
+  return {
+    manager,
+    app: api?.app,
+    admin: api?.admin,
+    async listen() {
+      if (!api || !opts.api) throw new Error("this control plane has no API to listen with");
+      url = await api.app.listen({ host: opts.api.host ?? "127.0.0.1", port: opts.api.port ?? 7470 });
+      return url;
+    },
+    async start(startOpts = {}) {
+      if (startOpts.controllers !== false) {
+        await manager.start();
+        controllersStarted = true;
+      }
+      api?.serving.gateway.start();
+    },
+    async close() {
+      api?.serving.gateway.close();
+      if (controllersStarted) await manager.stop();
+      await api?.app.close();
+    },
+  };
+}
+
+/** The API server and what the controllers get from it: workload tracking, trial metrics, the registrar, serving. */
+async function assembleApi(
+  opts: ControlPlaneOptions,
+  api: ApiOptions,
+  listeningAt: () => string,
+  schedulingSnapshot: () => Promise<Snapshot> | undefined,
+) {
+  const admin = await adminToken(api.tokens, api.dataDir);
+  const tracking = trackingOn(api.trackingDb);
+  const mount: TrackingMount = {
+    store: tracking.store,
+    registry: tracking.registry,
+    loggedModels: tracking.loggedModels,
+    artifactsDir: join(api.dataDir, "artifacts"),
+  };
+  const serving = servingParts(opts);
+  const app = await buildApp({
+    store: opts.store,
+    tokens: api.tokens,
+    events: opts.events,
+    runtime: opts.runtime,
+    metrics: opts.metrics,
+    log: opts.log,
+    version: VERSION,
+    tracking: mount,
+    serving: { gateway: serving.gateway, directory: serving.directory },
+    schedulingSnapshot,
+    ...(api.createFinalizers ? { createFinalizers: api.createFinalizers } : {}),
+    ...(api.ensureDefaultProject === false ? { ensureDefaultProject: false } : {}),
+  });
+  const trackingUrl = () => api.trackingUrl ?? listeningAt();
+  const controllerDeps: Pick<ControllerManagerDeps, "tracking" | "trialMetrics" | "registrar" | "serving"> = {
+    tracking: new LocalWorkloadTracking(mount.store, trackingUrl, workloadTokens(api.tokens, api.dataDir)),
+    trialMetrics: trackingTrialMetrics(mount.store),
+    registrar: registryRegistrar(mount.registry),
+    serving: {
+      models: api.models(mount),
+      scale: serving.directory,
+      table: serving.directory,
+      builtinCommand: api.builtinCommand,
+      baseUrl: listeningAt,
+    },
+  };
+  return { app, admin, serving, controllerDeps };
+}
+
+/**
+ * The inference gateway: OpenAI routes on the API's port, its endpoint table fed by the
+ * InferenceService controller, and its autoscaler waking that controller when a service's
+ * desired replica count changes.
+ */
+function servingParts(opts: Pick<ControlPlaneOptions, "metrics" | "log">) {
+  const directory = new ServingDirectory();
+  const gateway = new Gateway({ directory, scaler: directory, registry: opts.metrics, log: opts.log });
+  directory.attach(gateway);
+  return {
+    directory,
+    gateway,
+    connect(manager: ControllerManager) {
+      directory.onScale = (key) => manager.enqueueInferenceService(key);
+    },
+  };
+}
