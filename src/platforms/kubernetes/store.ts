@@ -112,8 +112,26 @@ export class KubeResourceStore implements ResourceStore {
     }
   }
 
-  update(obj: Resource): Promise<Resource> {
-    return this.replace(obj, "");
+  async update(obj: Resource): Promise<Resource> {
+    const applied = await this.replace(obj, "");
+    // Finalizers that came with the object at create (a POST) belong to that create, not to
+    // this apply: leaving them out of an apply keeps them, and a delete would wait forever.
+    // Set the list the caller asked for, as a plain update of that one field.
+    const wanted = obj.metadata.finalizers ?? [];
+    const kept = applied.metadata.finalizers ?? [];
+    if (kept.every((f) => wanted.includes(f))) return applied;
+    const { kind, project, name } = parts(obj);
+    return toLoom(
+      await this.client
+        .request<KubeObject>("PATCH", itemPath(kind, project, name), {
+          body: { metadata: { finalizers: wanted, resourceVersion: applied.metadata.resourceVersion } },
+          contentType: "application/merge-patch+json",
+          query: { fieldManager: "loom" },
+        })
+        .catch((err: unknown) => {
+          throw notFound(err, kind, project, name);
+        }),
+    );
   }
 
   updateStatus(obj: Resource): Promise<Resource> {
