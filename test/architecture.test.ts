@@ -35,6 +35,7 @@ describe("the import rules", () => {
       ["src/controllers/manager.ts", "src/platforms/embedded/store.ts"], // controllers talk to ports
       ["src/server/app.ts", "src/cli/main.ts"], // nothing imports cli/
       ["src/api/kinds.ts", "src/ports/store.ts"], // api/ is the bottom
+      ["src/server/scheduling.ts", "src/core/scheduler/model.ts"], // the scheduler core through its port
     ];
     for (const [from, to] of injected) {
       expect(

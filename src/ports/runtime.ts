@@ -1,6 +1,5 @@
 import type { Readable } from "node:stream";
-import type { PodPlacement, RunningWorkload, Workload } from "../core/scheduler/model.js";
-import type { Allocation, NodeCapacity } from "./scheduler.js";
+import type { Allocation, NodeCapacity, PodPlacement, RunningWorkload, Workload } from "./scheduler.js";
 
 /** Identifies one workload across the platform: uid guards against a re-created namesake. */
 export interface WorkloadRef {

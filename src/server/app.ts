@@ -1,8 +1,8 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
-import type { Snapshot } from "../core/scheduler/model.js";
 import type { Runtime } from "../ports/runtime.js";
+import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
 import { authorizeApi, bearerAuthenticator } from "./authz.js";

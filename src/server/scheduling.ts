@@ -1,11 +1,10 @@
+import { PROJECT, TRAININGJOB } from "../api/kinds.js";
 import type { Project } from "../api/project.js";
 import type { TrainingJob } from "../api/trainingjob.js";
 import { SnapshotBuilder, workloadOf } from "../controllers/admission/snapshot.js";
-import type { Decisions, RunningWorkload, Snapshot } from "../core/scheduler/model.js";
-import { DEFAULT_POOL } from "../core/scheduler/nodes.js";
-import { gangTotals } from "../core/scheduler/schedule.js";
 import type { Runtime } from "../ports/runtime.js";
-import type { Scheduler } from "../ports/scheduler.js";
+import type { Decisions, RunningWorkload, Scheduler, Snapshot } from "../ports/scheduler.js";
+import { DEFAULT_POOL, gangTotals } from "../ports/scheduler.js";
 import type { ResourceStore } from "../ports/store.js";
 
 export interface NodeUsage {
@@ -57,8 +56,8 @@ export class SchedulingView {
     },
   ) {
     const fromStore = new SnapshotBuilder({
-      jobs: async () => (await deps.store.list("TrainingJob")).items as TrainingJob[],
-      projects: async () => (await deps.store.list("Project")).items as Project[],
+      jobs: async () => (await deps.store.list(TRAININGJOB)).items as TrainingJob[],
+      projects: async () => (await deps.store.list(PROJECT)).items as Project[],
       runtime: deps.runtime,
     });
     this.snapshot = () => deps.snapshot?.() ?? fromStore.build();

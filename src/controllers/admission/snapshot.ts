@@ -1,16 +1,16 @@
 import type { Project } from "../../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import { isFinished, type TrainingJob, workerRange } from "../../api/trainingjob.js";
+import type { ExternalWork, Runtime } from "../../ports/runtime.js";
 import type {
+  NodeCapacity,
   PodPlacement,
   ProjectPolicy,
   RunningWorkload,
   SchedNode,
   Snapshot,
   Workload,
-} from "../../core/scheduler/model.js";
-import type { ExternalWork, Runtime } from "../../ports/runtime.js";
-import type { NodeCapacity } from "../../ports/scheduler.js";
+} from "../../ports/scheduler.js";
 
 /** Where a snapshot's inputs come from: informer caches (admission) or the store (a server without controllers). */
 export interface SnapshotSources {

@@ -1,5 +1,4 @@
 import type { Readable } from "node:stream";
-import type { PodPlacement } from "../../core/scheduler/model.js";
 import type {
   ExternalWork,
   GangObservation,
@@ -12,7 +11,7 @@ import type {
   WorkerEndpoint,
   WorkloadRef,
 } from "../../ports/runtime.js";
-import type { NodeCapacity } from "../../ports/scheduler.js";
+import type { NodeCapacity, PodPlacement } from "../../ports/scheduler.js";
 import type { LocalRevisions } from "./replicas.js";
 import type { LocalRuntime } from "./runtime.js";
 

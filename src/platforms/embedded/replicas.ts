@@ -1,6 +1,5 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
-import type { PodPlacement, PodRequest, RunningWorkload, Workload } from "../../core/scheduler/model.js";
 import type {
   ExternalWork,
   ReplicaObservation,
@@ -10,6 +9,7 @@ import type {
   Runtime,
   WorkloadRef,
 } from "../../ports/runtime.js";
+import type { PodPlacement, PodRequest, RunningWorkload, Workload } from "../../ports/scheduler.js";
 import type { EventRecorder } from "../../ports/store.js";
 import { JsonFiles } from "./jsonfiles.js";
 

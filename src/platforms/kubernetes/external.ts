@@ -1,7 +1,7 @@
 import { NotFoundError } from "../../api/errors.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import type { PodPlacement, Workload } from "../../core/scheduler/model.js";
 import type { ExternalWork } from "../../ports/runtime.js";
+import type { PodPlacement, Workload } from "../../ports/scheduler.js";
 import type { ClusterCache } from "./cache.js";
 import type { KubeClient } from "./client.js";
 import { LABELS as L, projectOf } from "./naming.js";

@@ -1,6 +1,5 @@
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import type { RunningWorkload } from "../../core/scheduler/model.js";
-import type { NodeCapacity } from "../../ports/scheduler.js";
+import type { NodeCapacity, RunningWorkload } from "../../ports/scheduler.js";
 import { projectOf } from "./naming.js";
 import { GPU_RESOURCE, type Pod } from "./pods.js";
 

@@ -1,7 +1,6 @@
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import { NotFoundError } from "../../api/errors.js";
-import type { PodPlacement } from "../../core/scheduler/model.js";
 import type {
   ExternalWork,
   GangObservation,
@@ -14,7 +13,7 @@ import type {
   WorkerEndpoint,
   WorkloadRef,
 } from "../../ports/runtime.js";
-import type { NodeCapacity } from "../../ports/scheduler.js";
+import type { NodeCapacity, PodPlacement } from "../../ports/scheduler.js";
 import type { ControllerMetrics } from "../../reconcile/metrics.js";
 import { applyObject } from "./apply.js";
 import { ClusterCache } from "./cache.js";
