@@ -1,11 +1,11 @@
-import type { Decisions, Snapshot } from "../core/scheduler/model.js";
+import { type Decisions, SchedulerMemo, type Snapshot } from "../core/scheduler/model.js";
 import { DEFAULT_POOL } from "../core/scheduler/nodes.js";
 import { gangTotals, schedule } from "../core/scheduler/schedule.js";
 
 // The scheduler's vocabulary (snapshot, workloads, placements, decisions) and the two helpers the
 // views need: everything outside core/ reaches the scheduler through this port.
 export type * from "../core/scheduler/model.js";
-export { DEFAULT_POOL, gangTotals };
+export { DEFAULT_POOL, gangTotals, SchedulerMemo };
 
 /**
  * The Scheduler port: a pure function from a snapshot of capacity, projects and workloads to

@@ -2,14 +2,15 @@ import type { Project } from "../../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import { isFinished, type TrainingJob, workerRange } from "../../api/trainingjob.js";
 import type { ExternalWork, Runtime } from "../../ports/runtime.js";
-import type {
-  NodeCapacity,
-  PodPlacement,
-  ProjectPolicy,
-  RunningWorkload,
-  SchedNode,
-  Snapshot,
-  Workload,
+import {
+  type NodeCapacity,
+  type PodPlacement,
+  type ProjectPolicy,
+  type RunningWorkload,
+  type SchedNode,
+  SchedulerMemo,
+  type Snapshot,
+  type Workload,
 } from "../../ports/scheduler.js";
 
 /** Where a snapshot's inputs come from: informer caches (admission) or the store (a server without controllers). */
@@ -30,6 +31,8 @@ export type BuiltSnapshot = Snapshot & { byId: Map<string, TrainingJob> };
  */
 export class SnapshotBuilder {
   private readonly workloads = new WorkloadCache();
+  /** What the scheduler derives per workload, kept as long as the cache keeps the workload. */
+  private readonly memo = new SchedulerMemo();
 
   constructor(private readonly sources: SnapshotSources) {}
 
@@ -40,7 +43,7 @@ export class SnapshotBuilder {
       this.sources.runtime.nodes(),
     ]);
     const built = buildSnapshot(jobs, nodes, this.sources.runtime.external?.(), this.workloads);
-    return { ...built, projects: projects.map(policyOf) };
+    return { ...built, projects: projects.map(policyOf), memo: this.memo };
   }
 }
 

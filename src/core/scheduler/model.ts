@@ -103,6 +103,24 @@ export interface Snapshot {
   projects: ProjectPolicy[];
   running: RunningWorkload[];
   pending: Workload[];
+  /**
+   * Derived values per workload object that a caller keeps across calls (an admission loop
+   * hands the same Workload objects to every cycle). Optional: a cache, never an input to a
+   * decision. Workloads are immutable by the snapshot's contract.
+   */
+  memo?: SchedulerMemo;
+}
+
+/**
+ * What schedule() may remember about a workload object between calls, owned by the caller so the
+ * core keeps no state of its own: with a thousand workloads waiting, recomputing each one's
+ * request totals and "shape" on every cycle was most of a cycle that decides nothing.
+ */
+export class SchedulerMemo {
+  /** Gang totals, by workload object (with the device memory they were sized by). */
+  readonly requests = new WeakMap<Workload, { deviceMemory: number; pods: PodRequest[]; vec: Vec }>();
+  /** The shape key of a workload object (see schedule.ts), with the pods it was made from. */
+  readonly shapes = new WeakMap<Workload, { pods: PodRequest[]; key: string }>();
 }
 
 export type PendingReasonCode =

@@ -1,7 +1,15 @@
 import { grow } from "./elastic.js";
 import { names, whyItWaits } from "./explain.js";
 import { fairSharesByPool, projectOrderKey, zero } from "./fairshare.js";
-import type { Decisions, PodPlacement, RunningWorkload, Snapshot, Vec, Workload } from "./model.js";
+import type {
+  Decisions,
+  PodPlacement,
+  RunningWorkload,
+  SchedulerMemo,
+  Snapshot,
+  Vec,
+  Workload,
+} from "./model.js";
 import { compareText } from "./nodes.js";
 import { findVictims, preemptionMessage } from "./preemption.js";
 import { add, EPS, sub } from "./resources.js";
@@ -149,7 +157,7 @@ class Cycle {
     // capacity only shrinks and usage only grows within a cycle, and a failed victim search
     // only has fewer candidates later (the holders named in its message may be a little stale). Reusing the answer keeps a cycle with a thousand waiting
     // look-alikes cheap.
-    const shape = waitingFor.length === 0 ? shapeKey(w) : undefined;
+    const shape = waitingFor.length === 0 ? shapeKey(w, this.s.snapshot.memo) : undefined;
     const known = shape ? this.failedShapes.get(shape) : undefined;
     if (known) return known; // the caller takes its reason, message and holders, with w's id
     const decision = this.decide(w, ps, waitingFor);
@@ -241,11 +249,24 @@ class Cycle {
 }
 
 /**
- * Workloads with equal keys ask for the same thing under the same rules. Computed when asked:
- * each pending workload is considered once per cycle.
+ * Workloads with equal keys ask for the same thing under the same rules. Kept in the caller's
+ * memo where there is one: a thousand look-alikes waiting would otherwise be serialised on every
+ * cycle.
  */
-function shapeKey(w: Workload): string {
-  return JSON.stringify([w.project, w.priority, w.preemptible, w.nodePool, w.gpuModel, w.placement, w.pods]);
+function shapeKey(w: Workload, memo: SchedulerMemo | undefined): string {
+  const known = memo?.shapes.get(w);
+  if (known && known.pods === w.pods) return known.key;
+  const key = JSON.stringify([
+    w.project,
+    w.priority,
+    w.preemptible,
+    w.nodePool,
+    w.gpuModel,
+    w.placement,
+    w.pods,
+  ]);
+  memo?.shapes.set(w, { pods: w.pods, key });
+  return key;
 }
 
 function byPriorityThenAge(a: Workload, b: Workload): number {

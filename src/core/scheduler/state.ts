@@ -93,9 +93,17 @@ export class CycleState {
   requestOf(w: Workload): Vec {
     const known = this.requests.get(w);
     if (known) return known;
+    // Across cycles, where the caller keeps a memo: valid while the pods and the device memory
+    // they were sized by are the same.
+    const kept = this.snapshot.memo?.requests.get(w);
+    if (kept && kept.pods === w.pods && kept.deviceMemory === this.deviceMemory) {
+      this.requests.set(w, kept.vec);
+      return kept.vec;
+    }
     const g = gangTotals(w.pods, this.deviceMemory);
     const vec = { gpu: g.gpu, cpu: g.cpu, memory: g.memory };
     this.requests.set(w, vec);
+    this.snapshot.memo?.requests.set(w, { deviceMemory: this.deviceMemory, pods: w.pods, vec });
     return vec;
   }
 }
