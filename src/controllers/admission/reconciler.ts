@@ -73,11 +73,11 @@ export class AdmissionReconciler implements Reconciler {
   async reconcile(_key: string): Promise<ReconcileResult> {
     // Work placed on the platform by others, pods submitted straight to Loom's scheduler and
     // service replicas come from the runtime, Loom's jobs from the informer.
-    const { running, pending, byId, nodes, projects } = await this.snapshot();
+    const { running, pending, byId, nodes, projects, memo } = await this.snapshot();
     // Nothing waits and no elastic job could grow: nothing to decide.
     const mayGrow = running.some((r) => r.elastic && !r.stopping && r.pods.length < r.elastic.max);
     if (pending.length === 0 && !mayGrow) return {};
-    const decisions = this.deps.scheduler.schedule({ nodes, projects, running, pending });
+    const decisions = this.deps.scheduler.schedule({ nodes, projects, running, pending, memo });
     const now = this.deps.now();
     const runtime = this.deps.runtime;
     // Names of preemptors only: building a map of every waiting workload each cycle cost more.
