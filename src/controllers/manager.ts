@@ -193,8 +193,10 @@ export class ControllerManager {
         this.services?.enqueue(`${ref.project}/${serviceOfReplica(ref.name)}`);
         return;
       }
+      // No admission cycle: capacity is counted by admissions, and whatever a worker's change
+      // frees (a job finished, a victim stopped) comes through the job's own status write. A
+      // cycle per worker event was thousands of cycles with nothing to decide in bench:k8s.
       jobs.enqueue(displayKey(ref));
-      admission.enqueueBatched(ADMISSION_KEY);
     });
   }
 
