@@ -71,6 +71,8 @@ export class AdmissionReconciler implements Reconciler {
   }
 
   async reconcile(_key: string): Promise<ReconcileResult> {
+    // Nothing waits and no elastic job could grow: nothing to decide, and no snapshot to build.
+    if (await this.snapshots.idle()) return {};
     // Work placed on the platform by others, pods submitted straight to Loom's scheduler and
     // service replicas come from the runtime, Loom's jobs from the informer.
     const { running, pending, byId, nodes, projects, memo } = await this.snapshot();

@@ -36,6 +36,27 @@ export class SnapshotBuilder {
 
   constructor(private readonly sources: SnapshotSources) {}
 
+  /**
+   * Whether a cycle would have nothing to decide: no job and no external work waits, and no
+   * elastic job could grow. Every change of a worker calls for a cycle, and with a thousand jobs
+   * running, building the whole snapshot only to find that was most of the operator's CPU after
+   * admission (bench:k8s). Says the same as build() followed by the reconciler's own test.
+   */
+  async idle(): Promise<boolean> {
+    for (const job of await this.sources.jobs()) {
+      if (isFinished(job)) continue;
+      const admission = job.status?.admission;
+      if (!admission) {
+        if (!job.metadata.deletionTimestamp) return false;
+        continue;
+      }
+      const range = workerRange(job.spec);
+      const stopping = !!job.status?.preemption || !!job.status?.resize;
+      if (range.min < range.max && !stopping && placementsOf(job).length < range.max) return false;
+    }
+    return (this.sources.runtime.external?.().pending.length ?? 0) === 0;
+  }
+
   async build(): Promise<BuiltSnapshot> {
     const [jobs, projects, nodes] = await Promise.all([
       this.sources.jobs(),
@@ -63,19 +84,9 @@ export function buildSnapshot(
   const byId = new Map<string, TrainingJob>();
   for (const job of jobs) {
     if (isFinished(job)) continue;
-    const admission = job.status?.admission;
-    if (admission) {
+    if (job.status?.admission) {
       byId.set(job.metadata.uid, job);
-      const placements = placementsOf(job);
-      const workload = workloads.of(job);
-      running.push({
-        ...workload,
-        // An elastic job holds what it was admitted with, which may be fewer than its most.
-        pods: workload.pods.slice(0, placements.length),
-        placements,
-        stopping: !!job.status?.preemption || !!job.status?.resize,
-        ...(job.status?.preemption?.forUid ? { preemptedFor: job.status.preemption.forUid } : {}),
-      });
+      running.push(workloads.running(job));
       continue;
     }
     if (job.metadata.deletionTimestamp) continue;
@@ -91,11 +102,33 @@ export function buildSnapshot(
 /**
  * Workloads by job uid and generation, kept across cycles: parsing every job's quantities on
  * every cycle was a large part of a cycle with a thousand jobs waiting. Entries of jobs not seen
- * in a cycle are dropped.
+ * in a cycle are dropped. An admitted job's running workload is kept by the job's object: the
+ * informer hands a new object for every change, so an object stands for one version, and
+ * building a thousand running workloads afresh was most of a cycle's build (bench:k8s).
  */
 export class WorkloadCache {
   private entries = new Map<string, { generation: number; workload: Workload }>();
   private seen = new Map<string, { generation: number; workload: Workload }>();
+  private readonly runningByObject = new WeakMap<TrainingJob, RunningWorkload>();
+
+  /** An admitted job as the scheduler counts it: what it holds, and whether it is stopping. */
+  running(job: TrainingJob): RunningWorkload {
+    const workload = this.of(job);
+    let r = this.runningByObject.get(job);
+    if (!r) {
+      const placements = placementsOf(job);
+      r = {
+        ...workload,
+        // An elastic job holds what it was admitted with, which may be fewer than its most.
+        pods: workload.pods.slice(0, placements.length),
+        placements,
+        stopping: !!job.status?.preemption || !!job.status?.resize,
+        ...(job.status?.preemption?.forUid ? { preemptedFor: job.status.preemption.forUid } : {}),
+      };
+      this.runningByObject.set(job, r);
+    }
+    return r;
+  }
 
   of(job: TrainingJob): Workload {
     const uid = job.metadata.uid;

@@ -34,7 +34,23 @@ export class JobContext {
     readonly deps: TrainingJobDeps,
     /** Present when reads come from the informer's cache (deps.cached). */
     private readonly overlay?: WriteOverlay<TrainingJob>,
+    /** An event still being recorded: events recorded here go after it, in order. */
+    private readonly pendingEvent?: Promise<void>,
   ) {}
+
+  /**
+   * Records an event while the caller goes on with `then` (one round trip less than waiting for
+   * it first); events that `then` records come after it. Resolves with `then`'s result once both
+   * are done.
+   */
+  async alongsideEvent<T>(
+    event: Parameters<JobContext["event"]>,
+    then: (ctx: JobContext) => Promise<T>,
+  ): Promise<T> {
+    const recorded = this.event(...event);
+    const [, result] = await Promise.all([recorded, then(new JobContext(this.deps, this.overlay, recorded))]);
+    return result;
+  }
 
   /** Notes this loop's own write, so the next reconcile does not act on the cache's older copy. */
   remember(job: TrainingJob): TrainingJob {
@@ -56,6 +72,8 @@ export class JobContext {
   }
 
   async event(job: TrainingJob, type: "Normal" | "Warning", reason: string, message: string): Promise<void> {
+    // A failed earlier event is the caller's error (it awaits that one too), not a reason to drop this.
+    if (this.pendingEvent) await this.pendingEvent.catch(() => undefined);
     await this.deps.events.record(refOf(job), type, reason, message);
   }
 }

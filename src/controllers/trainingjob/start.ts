@@ -36,21 +36,19 @@ export async function startAttempt(
   const workers = await planWorkers(ctx, job, status, attempt, count);
   await launch(ctx, job, status, attempt, workers);
   markStarted(job, status, attempt, count, workers, ctx.deps.now());
-  await ctx.event(
-    job,
-    "Normal",
-    "Started",
-    `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`,
-  );
-  // What the workers do now goes into the same write: their pids, or already their exit (a
-  // short job). Written on its own, the start was one more write and reconcile per attempt.
-  // Only once the runtime shows every worker (a Kubernetes pod cache may still lag, and a
-  // worker missing from an observation counts as lost).
-  const obs = await ctx.deps.runtime.observe(ref);
-  if (obs && obs.attempt === attempt && workers.every((w) => obs.workers.some((o) => o.index === w.index)))
-    return track(ctx, job, status, obs, ctx.deps.now());
-  await ctx.writeStatus(job, status);
-  return {};
+  const started = `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`;
+  // The Started event goes out beside the status write that follows, not before it.
+  return ctx.alongsideEvent([job, "Normal", "Started", started], async (ctx) => {
+    // What the workers do now goes into the same write: their pids, or already their exit (a
+    // short job). Written on its own, the start was one more write and reconcile per attempt.
+    // Only once the runtime shows every worker (a Kubernetes pod cache may still lag, and a
+    // worker missing from an observation counts as lost).
+    const obs = await ctx.deps.runtime.observe(ref);
+    if (obs && obs.attempt === attempt && workers.every((w) => obs.workers.some((o) => o.index === w.index)))
+      return track(ctx, job, status, obs, ctx.deps.now());
+    await ctx.writeStatus(job, status);
+    return {};
+  });
 }
 
 /**

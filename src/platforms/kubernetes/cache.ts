@@ -20,6 +20,8 @@ const noMetrics = { lastEventTimestamp: { set: () => {} } } as unknown as Pick<
 export interface ClusterCacheHandlers {
   /** Every pod event but the informer's resyncs. */
   onPod(key: string, pod: Pod, type: string): void;
+  /** Every pod event, resyncs included, for indexes kept from them (`undefined`: the pod is gone). */
+  indexPod?(key: string, pod: Pod | undefined): void;
   /** Every node event, resyncs included. */
   onNode(): void;
 }
@@ -85,6 +87,7 @@ export class ClusterCache {
 
   private onPodEvent(key: string, pod: Pod | undefined, type: string): void {
     if (!pod) return;
+    this.handlers.indexPod?.(key, type === "DELETED" ? undefined : pod);
     const uid = pod.metadata.labels?.[L.uid];
     if (uid) {
       let keys = this.podsByWorkload.get(uid);

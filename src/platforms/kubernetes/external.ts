@@ -4,15 +4,13 @@ import type { ExternalWork } from "../../ports/runtime.js";
 import type { PodPlacement, Workload } from "../../ports/scheduler.js";
 import type { ClusterCache } from "./cache.js";
 import type { KubeClient } from "./client.js";
-import { LABELS as L, projectOf } from "./naming.js";
+import { ExternalIndex, isExternalPending } from "./external-index.js";
+import { projectOf } from "./naming.js";
 import { gpuCount, HeldByOthers, NODE_LABELS, type PodRequest } from "./nodes.js";
-import { bindPod, GPU_RESOURCE, isTerminal, type Pod, SCHEDULER_NAME } from "./pods.js";
+import { bindPod, GPU_RESOURCE, type Pod } from "./pods.js";
 import { objectKey } from "./source.js";
 
-/** Pods with the same value of this label (in one namespace) are one gang: placed together. */
-export const GANG_LABEL = "loom.dev/gang";
-/** How many pods the gang has: it is not placed until all of them exist. */
-export const GANG_SIZE_ANNOTATION = "loom.dev/gang-size";
+export { GANG_LABEL, GANG_SIZE_ANNOTATION } from "./external-index.js";
 
 /**
  * Loom as a secondary scheduler: pods of other workloads with schedulerName "loom" (users'
@@ -28,6 +26,8 @@ export class ExternalScheduling {
   private readonly explained = new Map<string, string>();
   /** The pods of each external workload handed out by the last work() call. */
   private readonly externalPods = new Map<string, string[]>();
+  /** Others' pods, held and waiting, from the pod informer's events. */
+  private readonly index = new ExternalIndex();
 
   constructor(
     private readonly client: KubeClient,
@@ -54,35 +54,22 @@ export class ExternalScheduling {
     }
   }
 
+  /**
+   * Keeps the index of others' work up to date: called for every pod event (Loom's own workers
+   * included: a pod may change what it is), `undefined` once the pod is gone.
+   */
+  indexPod(key: string, pod: Pod | undefined): void {
+    if (!pod) this.boundExternal.delete(key);
+    this.index.update(key, pod, this.boundExternal.get(key));
+  }
+
   /** What waits for Loom to place it, and what others hold (once the pod cache is watching). */
   work(): ExternalWork {
-    const pending = new Map<string, { pods: Pod[]; size: number }>();
-    const held = new HeldByOthers((node) => gpuCount(this.cache.nodes.get(node)));
     if (!this.cache.watching) return { pending: [], running: [] };
-    for (const pod of this.cache.pods.list()) {
-      // Loom's own workers are counted by their admissions; model pods (a Deployment's, made by
-      // the ReplicaSet controller) are placed and counted like any pod submitted to Loom.
-      const loomWorker = pod.metadata.labels?.[L.uid] && pod.metadata.labels?.[L.component] !== "model";
-      if (loomWorker || isTerminal(pod)) continue;
-      const key = objectKey(pod);
-      const node = pod.spec?.nodeName ?? this.boundExternal.get(key);
-      const request = podRequest(pod);
-      if (node) {
-        held.add(pod, key, node, request);
-        continue;
-      }
-      if (!isExternalPending(pod)) continue; // another scheduler's pod, not yet bound
-      const gang = pod.metadata.labels?.[GANG_LABEL];
-      const id = gang ? `gang:${pod.metadata.namespace}/${gang}` : `pod:${key}`;
-      const entry = pending.get(id) ?? { pods: [], size: 1 };
-      entry.pods.push(pod);
-      entry.size = Math.max(entry.size, Number(pod.metadata.annotations?.[GANG_SIZE_ANNOTATION] ?? 1) || 1);
-      pending.set(id, entry);
-    }
+    const held = new HeldByOthers((node) => gpuCount(this.cache.nodes.get(node)));
+    for (const { key, node, pod } of this.index.heldPods()) held.add(pod, key, node, podRequest(pod));
     const workloads: Workload[] = [];
-    for (const [id, { pods, size }] of pending) {
-      // A gang starts all together: until all its pods exist, it is not even a candidate.
-      if (pods.length < size) continue;
+    for (const { id, pods } of this.index.completeGangs()) {
       workloads.push(pendingWorkload(id, pods));
       this.externalPods.set(id, pods.map(objectKey));
     }
@@ -99,6 +86,8 @@ export class ExternalScheduling {
         const [ns, name] = key.split("/") as [string, string];
         await bindPod(this.client, ns, name, p.node);
         this.boundExternal.set(key, p.node);
+        // Held from now on, though the watch may not show the node yet.
+        this.index.update(key, this.cache.pods.get(key), p.node);
         this.explained.delete(key);
       }),
     );
@@ -158,15 +147,6 @@ function pendingWorkload(id: string, pods: Pod[]): Workload {
       ? { nodePool: first.metadata.labels[NODE_LABELS.pool] }
       : {}),
   };
-}
-
-function isExternalPending(p: Pod): boolean {
-  return (
-    p.spec?.schedulerName === SCHEDULER_NAME &&
-    !p.spec.nodeName &&
-    !p.metadata.deletionTimestamp &&
-    !isTerminal(p)
-  );
 }
 
 /**

@@ -56,6 +56,7 @@ export class KubernetesRuntime implements Runtime {
         if (ref) for (const l of this.listeners) l(ref);
         else this.externalPods.podEvent(key, pod, type);
       },
+      indexPod: (key, pod) => this.externalPods.indexPod(key, pod),
       onNode: () => this.externalPods.capacityChanged(),
     });
     this.externalPods = new ExternalScheduling(this.client, this.cache);
