@@ -6,7 +6,7 @@ import { parseFilter, parseOrderBy } from "./filter.js";
 import { fromStoredMetric, recordMetrics, toStoredMetric } from "./metrics.js";
 import type { RunsSchema, TrackingDialect } from "./schema.js";
 import { checkMaxResults, clauseSql, decodePageToken, encodePageToken, orderSqlOf } from "./search.js";
-import type { DatasetInput, KeyValue, RawMetric, Run, RunInfo, ViewType } from "./types.js";
+import type { DatasetInput, KeyValue, RawMetric, Run, RunInfo, SearchRunsRequest } from "./types.js";
 
 const RUN_STATUSES = new Set(["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]);
 
@@ -185,17 +185,7 @@ export class Runs {
     }
   }
 
-  async search(
-    project: string,
-    req: {
-      experimentIds: string[];
-      filter?: string;
-      viewType?: ViewType;
-      maxResults?: number;
-      orderBy?: string[];
-      pageToken?: string;
-    },
-  ): Promise<{ runs: Run[]; next_page_token?: string }> {
+  async search(project: string, req: SearchRunsRequest): Promise<{ runs: Run[]; next_page_token?: string }> {
     const max = checkMaxResults(req.maxResults ?? 1000);
     const offset = decodePageToken(req.pageToken);
     const clauses = parseFilter(req.filter);

@@ -11,6 +11,7 @@ import type {
   RawMetric,
   Run,
   RunInfo,
+  SearchRunsRequest,
   ViewType,
 } from "./types.js";
 
@@ -23,6 +24,7 @@ export type {
   RawMetric,
   Run,
   RunInfo,
+  SearchRunsRequest,
   ViewType,
 } from "./types.js";
 
@@ -131,17 +133,7 @@ export class TrackingStore {
     return this.runs.logInputs(project, runId, datasets);
   }
 
-  searchRuns(
-    project: string,
-    req: {
-      experimentIds: string[];
-      filter?: string;
-      viewType?: ViewType;
-      maxResults?: number;
-      orderBy?: string[];
-      pageToken?: string;
-    },
-  ): Promise<{ runs: Run[]; next_page_token?: string }> {
+  searchRuns(project: string, req: SearchRunsRequest): Promise<{ runs: Run[]; next_page_token?: string }> {
     return this.runs.search(project, req);
   }
 

@@ -54,3 +54,13 @@ export interface DatasetInput {
   tags?: KeyValue[];
   dataset?: { name?: string; digest?: string; [k: string]: unknown };
 }
+
+/** A search over runs, as MLflow's runs/search takes it. */
+export interface SearchRunsRequest {
+  experimentIds: string[];
+  filter?: string;
+  viewType?: ViewType;
+  maxResults?: number;
+  orderBy?: string[];
+  pageToken?: string;
+}
