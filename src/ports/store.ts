@@ -100,6 +100,21 @@ export interface TokenInfo {
   project?: string;
   /** An API key: reaches the inference gateway only, for its project (and these services, if set). */
   apiKey?: { services?: string[] };
+  /** When set (ISO time): refused from then on. */
+  expiresAt?: string;
+  /**
+   * A workload's own credential (a training job's workers, a sweep trial, a replica): it may log to
+   * its own runs and read what its spec references, nothing else; revoked when the workload ends.
+   */
+  workload?: WorkloadRef;
+}
+
+/** The workload a credential belongs to. */
+export interface WorkloadRef {
+  kind: string;
+  project: string;
+  name: string;
+  uid: string;
 }
 
 /** Bearer tokens, stored only as hashes. */
