@@ -299,7 +299,7 @@ describe("loom describe", () => {
     const r = await loom(["describe"]);
     expect(r.error?.code).toBe("commander.missingArgument");
     expect(r.stderr).toContain("missing required argument 'kind'");
-    expect(r.stderr).toContain("Usage: loom describe [options] <kind> [name]");
+    expect(r.stderr).toBe("error: missing required argument 'kind' (see 'loom describe --help')\n");
   });
 });
 
