@@ -31,7 +31,12 @@ export function boundTokens(tokens: TokenStore, store: ResourceStore): TokenStor
     }
   };
   return {
-    async create(name: string, role: Role, scope?: TokenCreateOptions | string, key?: { services?: string[] }) {
+    async create(
+      name: string,
+      role: Role,
+      scope?: TokenCreateOptions | string,
+      key?: { services?: string[] },
+    ) {
       const opts = tokenOptions(scope, key);
       if (opts.project && !opts.projectUid) {
         const project = await uidOf(PROJECT, "", opts.project);

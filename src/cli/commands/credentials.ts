@@ -85,7 +85,9 @@ export function registerToken(program: Command, deps: CliDeps): void {
 export function registerApikey(program: Command, deps: CliDeps): void {
   const apikey = program
     .command("apikey")
-    .description("a project's API keys for the inference gateway: loom apikey create NAME | list | revoke ID");
+    .description(
+      "a project's API keys for the inference gateway: loom apikey create NAME | list | revoke ID",
+    );
   const keysOf = (project: string | undefined) => {
     const { api, defaultProject } = deps.client();
     const p = project ?? defaultProject;

@@ -17,7 +17,8 @@ const MAX_TTL_SECONDS = 366 * 86_400;
 /** A token's lifetime in seconds: whole seconds, or "30m", "12h", "7d". Undefined: no expiry. */
 export function parseTtl(ttl: unknown): number | undefined {
   if (ttl === undefined || ttl === null) return undefined;
-  const m = typeof ttl === "number" ? [String(ttl), String(ttl), "s"] : /^(\d+)([smhd])?$/.exec(String(ttl).trim());
+  const m =
+    typeof ttl === "number" ? [String(ttl), String(ttl), "s"] : /^(\d+)([smhd])?$/.exec(String(ttl).trim());
   const seconds = m ? Number(m[1]) * UNITS[(m[2] ?? "s") as keyof typeof UNITS] : Number.NaN;
   if (!Number.isSafeInteger(seconds) || seconds < 1 || seconds > MAX_TTL_SECONDS)
     throw new BadRequestError(
