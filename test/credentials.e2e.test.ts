@@ -55,12 +55,12 @@ describe("credentials: expiry, revocation, project binding, workload tokens", ()
     const created = await loom.cli(["token", "create", "short", "--role", "viewer", "--ttl", "2s"]);
     expect(created.code, created.stderr).toBe(0);
     const token = created.stdout.trim();
-    const listed = await loom.cli(["token", "list"]);
-    expect(listed.stdout).toMatch(/short\s+viewer\s+\*\s+\S+\s+(in \d+s|expired)\s+/);
-    expect(listed.stdout).not.toContain(token);
     const expiresAt = Date.now() + 1000; // at least this long left (created before now)
     const first = await loom.api("GET", `${BASE}/projects`, undefined, token);
     if (Date.now() < expiresAt) expect(first.status).toBe(200);
+    const listed = await loom.cli(["token", "list"]);
+    expect(listed.stdout).toMatch(/short\s+viewer\s+\*\s+\S+\s+(in \d+s|expired)\s+/);
+    expect(listed.stdout).not.toContain(token);
     await until(async () => (await loom.api("GET", `${BASE}/projects`, undefined, token)).status === 401);
     const r = await loom.api("GET", `${BASE}/projects`, undefined, token);
     expect(JSON.stringify(r.body)).toMatch(/revoked or expired/);
@@ -110,18 +110,23 @@ describe("credentials: expiry, revocation, project binding, workload tokens", ()
   it("a job's credential is a 0600 file, not in /proc/PID/environ, and refused once the job ends", async () => {
     const script = [
       'cat "$LOOM_TOKEN_FILE"',
-      'stat -c "mode %a %a %a" "$HOME" "$HOME/.mlflow/credentials" "$LOOM_TOKEN_FILE"',
+      'echo "mode $(stat -c %a "$HOME") $(stat -c %a "$HOME/.mlflow/credentials") $(stat -c %a "$LOOM_TOKEN_FILE")"',
       'grep -c mlflow_tracking_password "$HOME/.mlflow/credentials"',
       'echo "env:$(env | grep -c "$(cat "$LOOM_TOKEN_FILE")")"',
       'while [ ! -e "$LOOM_WORKLOAD_DIR/go" ]; do sleep 0.1; done',
     ].join("; ");
-    const applied = await loom.cli(["apply", "-f", "-"], { input: jobYaml("creds", ["sh", "-c", script]) });
+    const applied = await loom.cli(["apply", "-f", "-"], { input: jobYaml("cj1", ["sh", "-c", script]) });
     expect(applied.code, applied.stderr).toBe(0);
-    const running = await loom.waitFor("creds", (j) => j.status?.workers?.[0]?.pid !== undefined, 60_000);
+    const running = await loom.waitFor("cj1", (j) => j.status?.workers?.[0]?.pid !== undefined, 60_000);
     let log = "";
     await until(async () => {
-      log = (await loom.cli(["logs", "creds"])).stdout;
+      const l = await loom.cli(["logs", "tj", "cj1"]);
+      log = l.stdout + l.stderr + JSON.stringify((await loom.job("cj1")).status);
       return log.includes("env:");
+    }, 20_000).catch((err) => {
+      throw new Error(
+        `${(err as Error).message}: log ${JSON.stringify(log)}; server ${loom.log.slice(-3000)}`,
+      );
     });
     const [token, modes, , env] = log.trim().split("\n");
     expect(token).toMatch(/^loom_/);
@@ -142,7 +147,7 @@ describe("credentials: expiry, revocation, project binding, workload tokens", ()
     const workDir = join(loom.dataDir, "workloads", running.metadata.uid, "work");
     expect(statSync(workDir).isDirectory()).toBe(true);
     writeFileSync(join(workDir, "go"), "");
-    await loom.waitFor("creds", (j) => j.status?.phase === "Succeeded", 60_000);
+    await loom.waitFor("cj1", (j) => j.status?.phase === "Succeeded", 60_000);
     await until(async () => (await search()) === 401);
-  });
+  }, 120_000);
 });
