@@ -39,10 +39,11 @@ describe("SqliteTokenStore", () => {
 
   it("lists tokens or a project's API keys, never a secret or its hash, with last use", async () => {
     const admin = await tokens.create("admin", "admin");
+    clock += 1; // listed by creation time
     const scoped = await tokens.create("dev", "editor", { project: "p1", projectUid: "u1" });
     const key = await tokens.create("app", "viewer", { project: "p1", apiKey: { services: ["s"] } });
     await tokens.create("other-key", "viewer", "p2", {});
-    clock += 1000;
+    clock += 999;
     await tokens.verify(admin.token);
     const all = await tokens.list();
     expect(all.map((t) => t.name)).toEqual(["admin", "dev"]);
