@@ -45,14 +45,28 @@ export function saveContext(ctx: Context, file = configPath()): void {
   chmodSync(file, 0o600);
 }
 
-/** Where the CLI talks to: LOOM_URL/LOOM_TOKEN win over the current context. */
+/**
+ * The token in LOOM_TOKEN_FILE, if set: how a workload gets its own credential (a file in its
+ * private HOME, never an env var, which other processes of the user can read in /proc).
+ */
+function tokenFromFile(): string | undefined {
+  const file = process.env.LOOM_TOKEN_FILE;
+  if (!file) return undefined;
+  try {
+    return readFileSync(file, "utf8").trim();
+  } catch (err) {
+    throw new CliError(`cannot read LOOM_TOKEN_FILE ${file}: ${(err as Error).message}`);
+  }
+}
+
+/** Where the CLI talks to: LOOM_URL and LOOM_TOKEN (or LOOM_TOKEN_FILE) win over the current context. */
 export function resolveContext(contextName?: string): Context {
   const cfg = readConfig();
   const name = contextName ?? process.env.LOOM_CONTEXT ?? cfg.currentContext;
   const ctx = cfg.contexts.find((c) => c.name === name);
   if (contextName && !ctx) throw new CliError(`no context "${contextName}" in ${configPath()}`);
   const url = process.env.LOOM_URL ?? ctx?.url;
-  const token = process.env.LOOM_TOKEN ?? ctx?.token;
+  const token = process.env.LOOM_TOKEN ?? tokenFromFile() ?? ctx?.token;
   if (!url)
     throw new CliError(
       `no Loom server configured: run 'loom up' (it writes ${configPath()}) or set LOOM_URL and LOOM_TOKEN`,

@@ -72,7 +72,8 @@ async function loom(args: string[], answer: Answer = () => ({}), streams: string
     stderr: { write: (s) => (run.stderr += s.toString()) },
   });
   // Commander's own output (help, usage errors) and exits, for the program and every command.
-  const commands: Command[] = [program, ...program.commands];
+  const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
+  const commands: Command[] = all(program);
   for (const c of commands) {
     c.exitOverride();
     c.configureOutput({ writeOut: (s) => (run.stdout += s), writeErr: (s) => (run.stderr += s) });
@@ -299,7 +300,7 @@ describe("loom describe", () => {
     const r = await loom(["describe"]);
     expect(r.error?.code).toBe("commander.missingArgument");
     expect(r.stderr).toContain("missing required argument 'kind'");
-    expect(r.stderr).toContain("Usage: loom describe [options] <kind> [name]");
+    expect(r.stderr).toBe("error: missing required argument 'kind' (see 'loom describe --help')\n");
   });
 });
 
@@ -459,9 +460,35 @@ describe("the other commands", () => {
       },
     ]);
     expect(r.stdout).toBe("lk-1\n");
-    expect((await loom(["apikey", "revoke", "k"])).error?.message).toBe(
-      'unknown action "revoke": use loom apikey create NAME -p PROJECT',
-    );
+  });
+
+  it("token and apikey: --ttl on create, list shows no secret, revoke by id", async () => {
+    const created = await loom(["token", "create", "ci", "--ttl", "12h"], () => ({ token: "t" }));
+    expect(created.calls[0]?.body).toEqual({ name: "ci", role: "editor", ttl: "12h" });
+    const soon = new Date(Date.now() + 7200_000).toISOString();
+    const listed = await loom(["token", "list"], () => ({
+      items: [
+        { id: "id-1", name: "ci", role: "editor", createdAt: new Date().toISOString(), expiresAt: soon },
+      ],
+    }));
+    expect(listed.calls).toEqual([{ method: "GET", path: `${BASE}/tokens` }]);
+    expect(listed.stdout).toMatch(/^ID\s+NAME\s+ROLE\s+PROJECT\s+AGE\s+EXPIRES\s+LAST USED\n/);
+    expect(listed.stdout).toMatch(/id-1\s+ci\s+editor\s+\*\s+\S+\s+in (1h|2h|119m|120m)\s+-/);
+    const revoked = await loom(["token", "revoke", "id-1"], () => ({}));
+    expect(revoked.calls).toEqual([{ method: "DELETE", path: `${BASE}/tokens/id-1` }]);
+    const key = await loom(["apikey", "revoke", "k-1", "-p", "p2"], () => ({}));
+    expect(key.calls).toEqual([{ method: "DELETE", path: `${BASE}/projects/p2/apikeys/k-1` }]);
+    const keys = await loom(["apikey", "list"], () => ({ items: [] }));
+    expect(keys.calls).toEqual([{ method: "GET", path: `${BASE}/projects/team-a/apikeys` }]);
+  });
+
+  it("a misuse is one line and exit code 1, for nested commands too", async () => {
+    const r = await loom(["token", "bogus"]);
+    expect((r.error as { exitCode?: number })?.exitCode).toBe(1);
+    expect(r.stderr).toBe("error: unknown command 'bogus' (see 'loom token --help')\n");
+    const missing = await loom(["apikey", "revoke"]);
+    expect((missing.error as { exitCode?: number })?.exitCode).toBe(1);
+    expect(missing.stderr).toBe("error: missing required argument 'id' (see 'loom apikey revoke --help')\n");
   });
 
   it("chat streams a completion request and prints the streamed deltas", async () => {

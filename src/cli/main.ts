@@ -82,8 +82,8 @@ export function buildProgram(options: ProgramOptions = {}): Command {
     .hook("preAction", async (_program: Command, action: Command) =>
       targetCluster(action.name(), action.args),
     )
-    .showHelpAfterError()
-    .configureOutput({ outputError: (s, write) => write(s) });
+    // A usage error is one line, its hint (see oneLineErrors) finishing it.
+    .configureOutput({ outputError: (s, write) => write(`${s.trim().replace(/\s*\n\s*/g, " ")} `) });
 
   registerUp(program, deps);
   registerApply(program, deps);
@@ -99,7 +99,17 @@ export function buildProgram(options: ProgramOptions = {}): Command {
   registerChat(program, deps);
   registerApikey(program, deps);
   registerVersion(program, deps);
+  oneLineErrors(program, "loom");
   return program;
+}
+
+/**
+ * Every misuse (unknown command or option, missing argument) is one line on stderr, exit code 1:
+ * commander's message, then where the usage is, rather than the whole help.
+ */
+function oneLineErrors(command: Command, path: string): void {
+  command.showHelpAfterError(`(see '${path} --help')`);
+  for (const sub of command.commands) oneLineErrors(sub, `${path} ${sub.name()}`);
 }
 
 /** Runs the CLI; user errors become one line on stderr and exit code 1. */

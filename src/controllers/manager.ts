@@ -287,6 +287,7 @@ export class ControllerManager {
         } else if (live.has(ref.uid)) continue;
         if (await this.deps.runtime.stop(ref, 10)) {
           await this.deps.runtime.release(ref);
+          await this.deps.tracking?.revokeCredentials(ref);
           this.deps.log.info(
             { workload: displayKey(ref), uid: ref.uid },
             "released workload whose object is gone",

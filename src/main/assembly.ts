@@ -16,7 +16,7 @@ import { buildApp } from "../server/app.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
 import { ServingDirectory } from "../server/serving.js";
-import { adminToken, workloadTokens } from "../server/workloadtokens.js";
+import { adminToken, boundTokens, workloadCredentials } from "../server/workloadtokens.js";
 import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 
@@ -47,7 +47,7 @@ export async function openTracking(
 export interface ApiOptions {
   tokens: TokenStore;
   trackingDb: TrackingDatabase;
-  /** Where the admin token, the workloads' tokens and the artifacts are kept. */
+  /** Where the admin token and the artifacts are kept. */
   dataDir: string;
   host?: string;
   /** 0 picks a free port. Default 7470. */
@@ -149,7 +149,10 @@ async function assembleApi(
   listeningAt: () => string,
   schedulingSnapshot: () => Promise<Snapshot> | undefined,
 ) {
-  const admin = await adminToken(api.tokens, api.dataDir);
+  // Project-scoped tokens hold only for the project they were made in (its uid), workloads'
+  // only while their workload runs.
+  const tokens = boundTokens(api.tokens, opts.store);
+  const admin = await adminToken(tokens, api.dataDir);
   const tracking = trackingOn(api.trackingDb);
   const mount: TrackingMount = {
     store: tracking.store,
@@ -160,7 +163,7 @@ async function assembleApi(
   const serving = servingParts(opts);
   const app = await buildApp({
     store: opts.store,
-    tokens: api.tokens,
+    tokens,
     events: opts.events,
     runtime: opts.runtime,
     metrics: opts.metrics,
@@ -174,7 +177,7 @@ async function assembleApi(
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
   const controllerDeps: Pick<ControllerManagerDeps, "tracking" | "trialMetrics" | "registrar" | "serving"> = {
-    tracking: new LocalWorkloadTracking(mount.store, trackingUrl, workloadTokens(api.tokens, api.dataDir)),
+    tracking: new LocalWorkloadTracking(mount.store, trackingUrl, workloadCredentials(tokens)),
     trialMetrics: trackingTrialMetrics(mount.store),
     registrar: registryRegistrar(mount.registry),
     serving: {

@@ -26,7 +26,10 @@ export interface GatewayNodeOptions {
   log: Logger;
   /** How this gateway names itself in its reports. Default: host name and pid. */
   id?: string;
-  /** How long a verified key is trusted before it is checked again. Default 30 s. */
+  /**
+   * How long a verified key is trusted before it is checked again with Loom's API: a revoked or
+   * expired key is refused within it. Default 1 s (checked again in the background at half of it).
+   */
   keyTtlMs?: number;
   reportEveryMs?: number;
 }
@@ -128,7 +131,7 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     async (token) =>
       (await control.call<{ principal: TokenInfo }>("POST", "/gateway/v1/authenticate", { token }))
         ?.principal,
-    { ttlMs: opts.keyTtlMs ?? 30_000 },
+    opts.keyTtlMs !== undefined ? { maxAgeMs: opts.keyTtlMs } : {},
   );
   const app: FastifyInstance = Fastify({
     loggerInstance: log as FastifyBaseLogger,

@@ -6,7 +6,7 @@ import { KubeClient } from "../platforms/kubernetes/client.js";
 import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
 import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
 import { KubeResourceStore } from "../platforms/kubernetes/store.js";
-import type { Role, TokenInfo, TokenStore } from "../ports/store.js";
+import type { Role, TokenInfo, TokenStore, TokenSummary } from "../ports/store.js";
 import { buildApp } from "../server/app.js";
 
 /** One token, valid for the life of this process only. */
@@ -18,7 +18,24 @@ class EphemeralTokens implements TokenStore {
   }
 
   async verify(token: string): Promise<TokenInfo | undefined> {
-    return token === this.token ? { id: "kubeconfig", name: "kubeconfig", role: "admin" } : undefined;
+    return token === this.token ? this.info : undefined;
+  }
+
+  private readonly info: TokenInfo = { id: "kubeconfig", name: "kubeconfig", role: "admin" };
+  private readonly createdAt = new Date().toISOString();
+
+  /** The one token; API keys are not kept here (the cluster's RBAC and Secrets are). */
+  async list(filter: { apiKeys?: boolean } = {}): Promise<TokenSummary[]> {
+    return filter.apiKeys ? [] : [{ ...this.info, createdAt: this.createdAt }];
+  }
+
+  /** Nothing to revoke: the token dies with this process. */
+  async revoke(): Promise<boolean> {
+    return false;
+  }
+
+  async revokeWorkload(): Promise<number> {
+    return 0;
   }
 }
 

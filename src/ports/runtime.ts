@@ -30,6 +30,19 @@ export interface WorkerSpec {
   allocation: Allocation;
   /** Seconds between SIGTERM and SIGKILL for stops the platform makes on its own. */
   terminationGracePeriodSeconds?: number;
+  /**
+   * Secrets as files (the workload's credentials), never env: written, mode as given, under a
+   * home directory private to the workload, which is the worker's HOME; `$(HOME)` in env values
+   * names that directory (as Kubernetes expands `$(VAR)`).
+   */
+  files?: SecretFile[];
+}
+
+/** A file of secret data for a workload; `path` is relative to its private HOME. */
+export interface SecretFile {
+  path: string;
+  data: string;
+  mode: number;
 }
 
 /** Where checkpoints live across attempts (LOOM_CHECKPOINT_DIR). */

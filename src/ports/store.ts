@@ -107,6 +107,8 @@ export interface TokenInfo {
    * its own runs and read what its spec references, nothing else; revoked when the workload ends.
    */
   workload?: WorkloadRef;
+  /** The metadata.uid of `project` when the token was made (see TokenCreateOptions.projectUid). */
+  projectUid?: string;
 }
 
 /** The workload a credential belongs to. */
@@ -117,14 +119,55 @@ export interface WorkloadRef {
   uid: string;
 }
 
+/** What a new token is for; all optional (an unscoped token of its role that never expires). */
+export interface TokenCreateOptions {
+  /** The one project it reaches. */
+  project?: string;
+  /** That project's metadata.uid: a project deleted and re-created honours none of its old tokens. */
+  projectUid?: string;
+  /** An API key for the inference gateway (see TokenInfo.apiKey). */
+  apiKey?: { services?: string[] };
+  /** Seconds until it is refused. */
+  ttlSeconds?: number;
+  /** The workload it belongs to (TokenInfo.workload); revoked with revokeWorkload when that ends. */
+  workload?: WorkloadRef;
+}
+
+/** A token as listed: never its secret nor its hash. */
+export interface TokenSummary extends TokenInfo {
+  createdAt: string;
+  /** Approximate (recorded at most once a minute). */
+  lastUsedAt?: string;
+}
+
 /** Bearer tokens, stored only as hashes. */
 export interface TokenStore {
-  /** Creates a token and returns its secret once. */
+  /**
+   * Creates a token and returns its secret once. A string third argument is the older form of
+   * `{ project }` (with apiKey as the fourth).
+   */
   create(
     name: string,
     role: Role,
-    project?: string,
+    opts?: TokenCreateOptions | string,
     apiKey?: { services?: string[] },
   ): Promise<{ token: string; info: TokenInfo }>;
+  /** The token's owner, or undefined if unknown, revoked or expired. */
   verify(token: string): Promise<TokenInfo | undefined>;
+  /** Tokens (not API keys), or a project's API keys with `apiKeys`, oldest first. */
+  list(filter?: { project?: string; apiKeys?: boolean }): Promise<TokenSummary[]>;
+  /** Removes one token; false if there was none of that id. */
+  revoke(id: string): Promise<boolean>;
+  /** Removes every token of a workload (by its uid); returns how many. */
+  revokeWorkload(uid: string): Promise<number>;
+}
+
+/** TokenCreateOptions from either form of TokenStore.create's arguments. */
+export function tokenOptions(
+  opts: TokenCreateOptions | string | undefined,
+  apiKey: { services?: string[] } | undefined,
+): TokenCreateOptions {
+  const o: TokenCreateOptions = typeof opts === "string" ? { project: opts } : { ...(opts ?? {}) };
+  if (apiKey && !o.apiKey) o.apiKey = apiKey;
+  return o;
 }

@@ -1,4 +1,5 @@
 import type { Point } from "../core/sweep/earlystop.js";
+import type { SecretFile, WorkloadRef } from "./runtime.js";
 
 /**
  * What controllers need of experiment tracking, so that they never import tracking/: the
@@ -17,8 +18,15 @@ export interface WorkloadTracking {
   ): Promise<{ experimentId: string; runId: string }>;
   /** Marks the run with the attempt now running. */
   tagAttempt(project: string, runId: string, attempt: number): Promise<void>;
-  /** MLFLOW_TRACKING_URI and MLFLOW_TRACKING_TOKEN (a token that reaches this project only). */
-  clientEnv(project: string): Promise<Record<string, string>>;
+  /**
+   * A credential of the workload's own (an editor's token for its project, bound to its uid),
+   * made anew for each attempt (the previous one revoked): env MLFLOW_TRACKING_URI and
+   * LOOM_TOKEN_FILE, and the token in files under the workload's HOME (~/.mlflow/credentials,
+   * which the mlflow client reads), never in env (readable from /proc/PID/environ).
+   */
+  clientCredentials(ref: WorkloadRef): Promise<{ env: Record<string, string>; files: SecretFile[] }>;
+  /** Revokes the workload's credentials: call when it ends (finished, deleted, collected). */
+  revokeCredentials(ref: WorkloadRef): Promise<void>;
 }
 
 /** Reads what trials report (embedded: Loom's own tracking store). */

@@ -48,35 +48,82 @@ export function authorizeApi(principal: TokenInfo, method: string, url: string):
 }
 
 /**
- * Who the bearer token of an Authorization header is. Verified tokens are cached by value in
- * memory, for `ttlMs` if given (a gateway that asks Loom's API over the network), else for the
- * life of the process; a cached one costs a map lookup (the gateway calls this on every request).
+ * The token an Authorization header carries: `Bearer <token>`, or `Basic base64(user:token)`
+ * (the token as the password: what the mlflow client sends from ~/.mlflow/credentials, the file
+ * a workload's credential is delivered in). Undefined if neither.
+ */
+export function tokenOfHeader(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const space = header.indexOf(" ");
+  const scheme = header.slice(0, space).toLowerCase();
+  const value = header.slice(space + 1).trim();
+  if (space <= 0 || !value) return undefined;
+  if (scheme === "bearer") return value;
+  if (scheme !== "basic") return undefined;
+  const decoded = Buffer.from(value, "base64").toString("utf8");
+  const colon = decoded.indexOf(":");
+  return colon >= 0 && colon < decoded.length - 1 ? decoded.slice(colon + 1) : undefined;
+}
+
+/** How long a verified token is trusted before it is checked again: revocation's bound. */
+export const DEFAULT_MAX_AGE_MS = 1000;
+
+/**
+ * Who the token of an Authorization header is (tokenOfHeader). Verified tokens are cached by
+ * value for at most `maxAgeMs` (default 1 s: a revoked, expired or unbound token is refused within
+ * that, in this process and in remote gateways alike), and never past their expiry; a cached one
+ * costs a map lookup (the gateway calls this on every request). Past half its age an entry is
+ * checked again in the background while it keeps serving, so a token in steady use never waits
+ * on `verify` (a network call for a remote gateway) once it is known.
  */
 export function bearerAuthenticator(
   verify: (token: string) => Promise<TokenInfo | undefined>,
-  opts: { ttlMs?: number; now?: () => number } = {},
+  opts: { maxAgeMs?: number; now?: () => number } = {},
 ): (header: string | undefined) => TokenInfo | Promise<TokenInfo> {
   const now = opts.now ?? Date.now;
-  const verified = new Map<string, { info: TokenInfo; until: number }>();
-  const check = async (token: string): Promise<TokenInfo> => {
-    const info = await verify(token);
-    if (!info)
-      throw new UnauthorizedError(
-        "invalid token: check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)",
-      );
-    if (verified.size > 10_000) verified.clear();
-    verified.set(token, { info, until: opts.ttlMs === undefined ? Infinity : now() + opts.ttlMs });
-    return info;
+  const maxAge = opts.maxAgeMs ?? DEFAULT_MAX_AGE_MS;
+  const verified = new Map<string, { info: TokenInfo; at: number; until: number }>();
+  const refreshing = new Map<string, Promise<TokenInfo | undefined>>();
+  const invalid = () =>
+    new UnauthorizedError(
+      "invalid token: it is unknown, revoked or expired; check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)",
+    );
+  // One verify per token at a time: a burst of requests with a new token asks once.
+  const check = (token: string): Promise<TokenInfo | undefined> => {
+    let pending = refreshing.get(token);
+    if (pending) return pending;
+    const at = now();
+    pending = verify(token)
+      .then((info) => {
+        if (!info) {
+          verified.delete(token);
+          return undefined;
+        }
+        if (verified.size > 10_000) verified.clear();
+        const expires = info.expiresAt ? Date.parse(info.expiresAt) : Infinity;
+        verified.set(token, { info, at, until: Math.min(at + maxAge, expires) });
+        return info;
+      })
+      .finally(() => refreshing.delete(token));
+    refreshing.set(token, pending);
+    return pending;
   };
   return (header) => {
-    if (!header?.startsWith("Bearer ")) {
+    const token = tokenOfHeader(header);
+    if (!token) {
       throw new UnauthorizedError(
         "missing bearer token: send 'Authorization: Bearer <token>' (the CLI reads it from ~/.loom/config.yaml or LOOM_TOKEN)",
       );
     }
-    const token = header.slice(7).trim();
     const cached = verified.get(token);
-    if (cached && cached.until > now()) return cached.info;
-    return check(token);
+    const t = now();
+    if (cached && cached.until > t) {
+      if (t - cached.at >= maxAge / 2) check(token).catch(() => undefined);
+      return cached.info;
+    }
+    return check(token).then((info) => {
+      if (!info) throw invalid();
+      return info;
+    });
   };
 }

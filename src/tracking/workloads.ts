@@ -1,3 +1,4 @@
+import type { SecretFile, WorkloadRef } from "../ports/runtime.js";
 import type { WorkloadTracking } from "../ports/tracking.js";
 import type { TrackingStore } from "./store.js";
 
@@ -11,8 +12,11 @@ export class LocalWorkloadTracking implements WorkloadTracking {
     private readonly store: TrackingStore,
     /** The server's URL, known once it listens. */
     private readonly url: () => string,
-    /** An editor's token scoped to the project: one job cannot write another project's runs. */
-    private readonly tokenFor: (project: string) => Promise<string>,
+    /** A workload's own credential (server/workloadtokens.ts workloadCredentials). */
+    private readonly credentials: {
+      mint(ref: WorkloadRef): Promise<string>;
+      revoke(ref: WorkloadRef): Promise<void>;
+    },
   ) {}
 
   async ensureRun(
@@ -50,11 +54,31 @@ export class LocalWorkloadTracking implements WorkloadTracking {
     await this.store.logBatch(project, runId, { tags: [{ key: "loom.attempt", value: String(attempt) }] });
   }
 
-  async clientEnv(project: string): Promise<Record<string, string>> {
+  async clientCredentials(ref: WorkloadRef): Promise<{ env: Record<string, string>; files: SecretFile[] }> {
     const base = this.url();
+    const token = await this.credentials.mint(ref);
     return {
-      MLFLOW_TRACKING_URI: project === "default" ? base : `${base}/mlflow/projects/${project}`,
-      MLFLOW_TRACKING_TOKEN: await this.tokenFor(project),
+      env: {
+        MLFLOW_TRACKING_URI: ref.project === "default" ? base : `${base}/mlflow/projects/${ref.project}`,
+        LOOM_TOKEN_FILE: `$(HOME)/${TOKEN_FILE}`,
+      },
+      files: [
+        // The mlflow client's own credentials file: Basic auth, the token as the password.
+        { path: ".mlflow/credentials", data: mlflowCredentials(token), mode: 0o600 },
+        { path: TOKEN_FILE, data: `${token}\n`, mode: 0o600 },
+      ],
     };
   }
+
+  async revokeCredentials(ref: WorkloadRef): Promise<void> {
+    await this.credentials.revoke(ref);
+  }
+}
+
+/** Where a workload finds its token for Loom's CLI (LOOM_TOKEN_FILE), under its HOME. */
+const TOKEN_FILE = ".loom/token";
+
+/** ~/.mlflow/credentials as mlflow.utils.credentials reads it (configparser, section [mlflow]). */
+export function mlflowCredentials(token: string): string {
+  return `[mlflow]\nmlflow_tracking_username = loom\nmlflow_tracking_password = ${token}\n`;
 }

@@ -7,6 +7,7 @@ import type { WorkloadTracking } from "../../ports/tracking.js";
 import type { WriteOverlay } from "../../reconcile/overlay.js";
 
 export const TRAININGJOB = "TrainingJob";
+const ENDED = new Set(["Succeeded", "Failed"]);
 /** Held while the runtime may have processes for the job, so deletion waits until they are gone. */
 export const RUNTIME_FINALIZER = "loom.dev/runtime";
 
@@ -68,7 +69,21 @@ export class JobContext {
    */
   async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<TrainingJob> {
     if (isDeepStrictEqual(job.status ?? {}, status)) return job;
-    return this.remember((await this.deps.store.updateStatus({ ...job, status })) as TrainingJob);
+    const written = this.remember((await this.deps.store.updateStatus({ ...job, status })) as TrainingJob);
+    // Finished: the job's own credential goes with it (verify refuses it anyway once the phase
+    // shows; this removes it). Every terminal phase is written here, once.
+    if (ENDED.has(status.phase ?? "") && !ENDED.has(job.status?.phase ?? ""))
+      await this.revokeCredentials(refOf(job));
+    return written;
+  }
+
+  /** Revokes the workload's tracking credential; a failure is logged, not the job's error. */
+  async revokeCredentials(ref: WorkloadRef): Promise<void> {
+    try {
+      await this.deps.tracking?.revokeCredentials(ref);
+    } catch (err) {
+      this.deps.log.warn({ err, job: ref.name }, "could not revoke the job's credential");
+    }
   }
 
   async event(job: TrainingJob, type: "Normal" | "Warning", reason: string, message: string): Promise<void> {

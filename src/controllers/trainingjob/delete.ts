@@ -16,6 +16,7 @@ export async function finalize(
   const stopped = await ctx.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds);
   if (!stopped) return { requeueAfterMs: 250 };
   await ctx.deps.runtime.release(ref);
+  await ctx.revokeCredentials(ref);
   ctx.forget(job);
   await ctx.deps.store.update({
     ...job,

@@ -6,7 +6,7 @@ import {
   type TrainingJobStatus,
   workerRange,
 } from "../../api/trainingjob.js";
-import type { GangObservation, GangSpec, WorkerSpec } from "../../ports/runtime.js";
+import type { GangObservation, GangSpec, SecretFile, WorkerSpec } from "../../ports/runtime.js";
 import type { Allocation } from "../../ports/scheduler.js";
 import type { ReconcileResult } from "../../reconcile/controller.js";
 import { type JobContext, refOf, TRAININGJOB } from "./context.js";
@@ -132,6 +132,7 @@ async function planWorkers(
     workingDir: job.spec.workingDir,
     allocation: allocationOf(admission, p.index),
     terminationGracePeriodSeconds: job.spec.terminationGracePeriodSeconds,
+    ...(mlflow.files.length > 0 ? { files: mlflow.files } : {}),
     env: {
       // As Kubeflow's operators do: Python's output reaches the log (and progressTimeout) as it
       // is printed, not in 8 KiB blocks. The job's env may say otherwise.
@@ -266,7 +267,7 @@ async function resolveInitCheckpoint(ctx: JobContext, job: TrainingJob): Promise
 }
 
 /**
- * The mlflow client's settings for the workers: the project's tracking URI and a token, the
+ * The mlflow client's settings for the workers: the project's tracking URI and the job's own token (in files), the
  * job's experiment, and its run (made once; every attempt logs to it) as MLFLOW_RUN_ID for
  * worker 0, which mlflow.start_run() then resumes. Tracking being down never stops a job.
  */
@@ -275,18 +276,20 @@ async function trackingEnv(
   job: TrainingJob,
   status: TrainingJobStatus,
   attempt: number,
-): Promise<{ all: Record<string, string>; rank0: Record<string, string> }> {
+): Promise<{ all: Record<string, string>; rank0: Record<string, string>; files: SecretFile[] }> {
   const tracking = ctx.deps.tracking;
-  if (!tracking) return { all: {}, rank0: {} };
+  if (!tracking) return { all: {}, rank0: {}, files: [] };
   const ref = refOf(job);
   const experiment = job.spec.experiment ?? job.metadata.name;
   try {
     const run = status.tracking ?? (await tracking.ensureRun(ref, experiment));
     status.tracking = run;
     await tracking.tagAttempt(ref.project, run.runId, attempt);
+    const credentials = await tracking.clientCredentials(ref);
     return {
+      files: credentials.files,
       all: {
-        ...(await tracking.clientEnv(ref.project)),
+        ...credentials.env,
         MLFLOW_EXPERIMENT_NAME: experiment,
         MLFLOW_EXPERIMENT_ID: run.experimentId,
         LOOM_MLFLOW_RUN_ID: run.runId,
@@ -298,7 +301,7 @@ async function trackingEnv(
       { err, job: ref.name },
       "could not prepare the job's tracking run; starting without it",
     );
-    return { all: {}, rank0: {} };
+    return { all: {}, rank0: {}, files: [] };
   }
 }
 

@@ -47,6 +47,14 @@ export interface TokensTable {
   /** "apikey": reaches the gateway only (its services, or all of its project's when null). */
   kind: string | null;
   services: string | null;
+  /** ISO time from which it is refused; null: never. */
+  expires_at: string | null;
+  /** The project's metadata.uid when the token was made; null for unscoped or older tokens. */
+  project_uid: string | null;
+  /** The workload it belongs to (JSON WorkloadRef), and that workload's uid for revoking. */
+  workload: string | null;
+  workload_uid: string | null;
+  last_used_at: string | null;
 }
 
 export interface MetaTable {
@@ -149,6 +157,15 @@ const MIGRATIONS: Record<string, Migration> = {
     async up(db: Kysely<unknown>) {
       await db.schema.alterTable("tokens").addColumn("kind", "text").execute();
       await db.schema.alterTable("tokens").addColumn("services", "text").execute();
+    },
+  },
+  "0008_token_lifecycle": {
+    // Expiry, the project's uid (a re-created project honours none of the old tokens), the
+    // workload a credential belongs to (revoked when it ends), and when a token was last used.
+    async up(db: Kysely<unknown>) {
+      for (const column of ["expires_at", "project_uid", "workload", "workload_uid", "last_used_at"])
+        await db.schema.alterTable("tokens").addColumn(column, "text").execute();
+      await db.schema.createIndex("tokens_workload_uid").on("tokens").column("workload_uid").execute();
     },
   },
 };

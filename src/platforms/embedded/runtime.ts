@@ -23,7 +23,7 @@ import { PythonEnvironments } from "./pyenv.js";
 import { recoverGangs } from "./recovery.js";
 import { Spawner, type SpawnRequest } from "./spawner.js";
 import { tailFile } from "./tail.js";
-import { SHIM, workerEnv, workerKey } from "./workerenv.js";
+import { credentialFiles, homeDir, SHIM, workerEnv, workerKey } from "./workerenv.js";
 import { type GangRecord, StateWriter, type WorkerRecord, WorkloadFiles } from "./workloadfiles.js";
 
 export interface LocalRuntimeOptions {
@@ -151,9 +151,11 @@ export class LocalRuntime implements Runtime {
     // Persisted before spawning: a crash in between is found again by the environment marker.
     // A write of the previous attempt's state still in flight goes first.
     await this.writer.settled(spec.ref.uid);
-    let prepare: Pick<SpawnRequest, "dirs" | "files"> | undefined = {
+    const secrets = credentialFiles(spec, homeDir(this.files, spec.ref.uid));
+    let prepare: Pick<SpawnRequest, "dirs" | "privateDirs" | "files"> | undefined = {
       dirs: [dir, checkpointDir, ...new Set(spec.workers.map((w) => w.workingDir ?? workDir))],
-      files: [{ path: this.files.stateFile(spec.ref.uid), data: JSON.stringify(gang) }],
+      privateDirs: secrets.privateDirs,
+      files: [{ path: this.files.stateFile(spec.ref.uid), data: JSON.stringify(gang) }, ...secrets.files],
     };
     const venv = spec.python ? this.environments.location(spec.python) : undefined;
     for (const w of spec.workers) {

@@ -20,8 +20,13 @@ require("node:readline").createInterface({ input: process.stdin })
     let fd;
     try {
       for (const d of r.dirs ?? []) fs.mkdirSync(d, { recursive: true });
+      for (const d of r.privateDirs ?? []) {
+        fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+        fs.chmodSync(d, 0o700);
+      }
       for (const f of r.files ?? []) {
-        fs.writeFileSync(f.path + ".tmp", f.data);
+        fs.rmSync(f.path + ".tmp", { force: true });
+        fs.writeFileSync(f.path + ".tmp", f.data, { mode: f.mode ?? 0o666 });
         fs.renameSync(f.path + ".tmp", f.path);
       }
       fd = fs.openSync(r.logFile, "a");
@@ -46,8 +51,13 @@ export interface SpawnRequest {
   logFile: string;
   /** Made first, in the helper (off the server's event loop, and no round trip of their own). */
   dirs?: string[];
-  /** Written (to a .tmp, then renamed) after the dirs and before the process starts. */
-  files?: { path: string; data: string }[];
+  /** Made 0700 (secrets go in them), after dirs. */
+  privateDirs?: string[];
+  /**
+   * Written (to a fresh .tmp, made with `mode`, less the umask; then renamed) after the dirs and
+   * before the process starts.
+   */
+  files?: { path: string; data: string; mode?: number }[];
 }
 
 interface Waiting {

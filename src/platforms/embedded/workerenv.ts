@@ -1,4 +1,4 @@
-import { join } from "node:path";
+import { dirname, isAbsolute, join } from "node:path";
 import { gpuShareEnv } from "../../api/env.js";
 import type { GangSpec } from "../../ports/runtime.js";
 import type { WorkloadFiles } from "./workloadfiles.js";
@@ -18,6 +18,42 @@ export const INSTANCE_ENV = "LOOM_INSTANCE";
 /** Which worker of which attempt a process is (see workerKey). */
 export const WORKER_KEY_ENV = "LOOM_WORKER_KEY";
 
+/**
+ * The workload's private HOME, where its credential files are (0700, beside its other files,
+ * removed with them): the mlflow client reads ~/.mlflow/credentials.
+ */
+export function homeDir(files: WorkloadFiles, uid: string): string {
+  return join(files.root, uid, "home");
+}
+
+/**
+ * The workers' secret files (WorkerSpec.files; the same for every worker of a workload), for
+ * the spawn helper: their directories under the private HOME, made 0700, then the files.
+ */
+export function credentialFiles(
+  spec: GangSpec,
+  home: string,
+): { privateDirs: string[]; files: { path: string; data: string; mode: number }[] } {
+  const byPath = new Map<string, { path: string; data: string; mode: number }>();
+  for (const w of spec.workers)
+    for (const f of w.files ?? []) {
+      const path = join(home, f.path);
+      if (isAbsolute(f.path) || !path.startsWith(`${home}/`))
+        throw new Error(`secret file ${f.path} must be a relative path inside the workload's HOME`);
+      byPath.set(f.path, { ...f, path });
+    }
+  if (byPath.size === 0) return { privateDirs: [], files: [] };
+  const files = [...byPath.values()];
+  return { privateDirs: [home, ...new Set(files.map((f) => dirname(f.path)))], files };
+}
+
+/** `$(HOME)` in a worker's env values (WorkerSpec.files), as Kubernetes expands `$(VAR)`. */
+function expandHome(env: Record<string, string>, home: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) out[k] = v.replaceAll("$(HOME)", home);
+  return out;
+}
+
 /** A worker's identity across restarts: workload uid, attempt, index. */
 export function workerKey(uid: string, attempt: number, index: number): string {
   return `${uid}/${attempt}/${index}`;
@@ -25,7 +61,8 @@ export function workerKey(uid: string, attempt: number, index: number): string {
 
 /**
  * A worker's environment: the server's own (less its token), the job's Python environment
- * first on PATH, the worker's env, and the LOOM_* paths, devices and markers the runtime sets.
+ * first on PATH, the worker's env (HOME its private one when it has credential files), and the
+ * LOOM_* paths, devices and markers the runtime sets.
  */
 export function workerEnv(
   spec: GangSpec,
@@ -36,11 +73,12 @@ export function workerEnv(
 ): Record<string, string> {
   const dir = files.attemptDir(spec.ref.uid, spec.attempt);
   const base = stringEnv(process.env);
+  const home = w.files?.length ? homeDir(files, spec.ref.uid) : undefined;
   return {
     ...base,
     // The job's own environment first on PATH: `python3` is its interpreter.
     ...(venv ? { VIRTUAL_ENV: venv, PATH: `${join(venv, "bin")}:${base.PATH ?? "/usr/bin:/bin"}` } : {}),
-    ...w.env,
+    ...(home ? { ...expandHome(w.env, home), HOME: home } : w.env),
     LOOM_WORKLOAD_DIR: files.workDir(spec.ref.uid),
     LOOM_CHECKPOINT_DIR: files.checkpointDir(spec.ref.uid),
     ...(spec.initCheckpoint
