@@ -103,9 +103,10 @@ export function objectOf(path: string, body: unknown): AuditObject {
   const named = (o: AuditObject, name: string | undefined): AuditObject =>
     name ? { ...o, name: name.slice(0, 253) } : o;
   if (parts[0] !== "projects") return named({ kind: parts[0] }, parts[1] ?? bodyName(body));
-  const project = parts[1];
-  if (!project || parts.length === 1) return named({ kind: "projects" }, bodyName(body));
-  if (parts.length === 2) return { kind: "projects", name: project };
+  // A Project belongs to itself: its admin sees changes to its quota and members.
+  const project = parts[1] || bodyName(body);
+  if (parts.length <= 2)
+    return project ? { kind: "projects", project, name: project.slice(0, 253) } : { kind: "projects" };
   const kind = parts[2];
   const o: AuditObject = { kind, project };
   if (parts[4]) o.subresource = parts.slice(4).join("/");
