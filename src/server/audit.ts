@@ -43,7 +43,9 @@ export function auditEntry(req: FastifyRequest, reply: FastifyReply): AuditEntry
   const status = reply.statusCode;
   const denied = status === 401 || status === 403;
   if (READS.has(req.method) && !denied) return undefined;
-  const path = req.url.split("?")[0]!;
+  const [path = "", query = ""] = req.url.split("?", 2);
+  // A dry run changes nothing (loom apply validates every object first): only its refusal counts.
+  if (!denied && /(^|&)dryRun=All(&|$)/.test(query)) return undefined;
   // Inference calls and the gateways' own control traffic (load reports every second, key
   // checks) are not changes to anything a tenant owns: only their refusals are audited.
   if (!denied && (path.startsWith("/v1/") || path.startsWith("/serving/") || path.startsWith("/gateway/")))
