@@ -230,6 +230,13 @@ describe("objectOf", () => {
     expect(objectOf(`${BASE}/projects/p`, undefined)).toEqual({ kind: "projects", project: "p", name: "p" });
     expect(objectOf(`${BASE}/tokens`, { name: "bot", token: "x" })).toEqual({ kind: "tokens", name: "bot" });
     expect(objectOf("/api/2.0/mlflow/runs/log-batch", {})).toEqual({ kind: "mlflow/runs" });
+    expect(objectOf("/mlflow/projects/p/api/2.0/mlflow/registered-models/create", {})).toEqual({
+      kind: "mlflow/registered-models",
+      project: "p",
+    });
+    expect(objectOf("/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/m.pt", {})).toEqual({
+      kind: "mlflow-artifacts",
+    });
     expect(objectOf("/healthz", {})).toEqual({});
   });
 });

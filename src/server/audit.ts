@@ -30,7 +30,12 @@ export function auditRequests(app: FastifyInstance, audit: AuditLog, metrics?: R
     req.auditReason = err.message;
   });
   app.addHook("onResponse", async (req, reply) => {
-    const entry = auditEntry(req, reply);
+    let entry: AuditEntry | undefined;
+    try {
+      entry = auditEntry(req, reply);
+    } catch (err) {
+      req.log.warn({ err }, "could not describe a request for the audit log");
+    }
     if (entry) audit.record(entry);
   });
   app.addHook("onClose", async () => audit.close());
@@ -50,6 +55,10 @@ export function auditEntry(req: FastifyRequest, reply: FastifyReply): AuditEntry
   // checks) are not changes to anything a tenant owns: only their refusals are audited.
   if (!denied && (path.startsWith("/v1/") || path.startsWith("/serving/") || path.startsWith("/gateway/")))
     return undefined;
+  // A run's metrics, params and tags (MLflow's log-*), which workers send every few steps, are a
+  // run's data rather than a change to what a tenant owns: audited only when refused, so they
+  // cannot push token and object changes out of the log's row cap.
+  if (!denied && status < 400 && /\/api\/2\.0\/mlflow\/runs\/log-[^/]+$/.test(path)) return undefined;
   const p = req.principal;
   const object = objectOf(path, req.body);
   if (!object.project && p?.project && !path.startsWith(`${BASE}/`)) object.project = p.project;
@@ -80,7 +89,8 @@ export function auditEntry(req: FastifyRequest, reply: FastifyReply): AuditEntry
 
 function verbOf(method: string, path: string, object: AuditObject): string {
   // MLflow's API is all POSTs named by their last segment (runs/create, runs/log-batch, …).
-  if (object.kind?.startsWith("mlflow")) return path.slice(path.lastIndexOf("/") + 1) || method.toLowerCase();
+  if (object.kind?.startsWith("mlflow/") || object.kind === "mlflow")
+    return path.slice(path.lastIndexOf("/") + 1) || method.toLowerCase();
   // Loom's objects have Kubernetes' verbs; other paths keep their method.
   return (object.kind ? VERBS[method] : undefined) ?? method.toLowerCase();
 }
@@ -88,20 +98,19 @@ function verbOf(method: string, path: string, object: AuditObject): string {
 /** What a path names: Loom's objects by kind, project and name; MLflow's and others by area. */
 export function objectOf(path: string, body: unknown): AuditObject {
   if (!path.startsWith(`${BASE}/`)) {
-    // MLflow: /api/2.0/mlflow/runs/log-batch is an object of kind mlflow/runs.
-    const m = /^\/(?:ajax-)?api\/2\.0\/mlflow\/(?:(.+)\/)?[^/]+$/.exec(path);
-    return m ? { kind: m[1] ? `mlflow/${m[1]}` : "mlflow" } : {};
+    // MLflow: /api/2.0/mlflow/runs/log-batch is an object of kind mlflow/runs; artifacts are
+    // mlflow-artifacts; either may be under /mlflow/projects/P/.
+    const m = /^(?:\/mlflow\/projects\/([^/]+))?\/(?:ajax-)?api\/2\.0\/mlflow(-artifacts)?\/(.*)$/.exec(path);
+    if (!m) return {};
+    const o: AuditObject = { kind: m[2] ? "mlflow-artifacts" : `mlflow/${m[3]!.replace(/\/?[^/]*$/, "")}` };
+    if (m[1]) o.project = decoded(m[1]);
+    if (o.kind === "mlflow/") o.kind = "mlflow";
+    return o;
   }
   const parts = path
     .slice(BASE.length + 1)
     .split("/")
-    .map((s) => {
-      try {
-        return decodeURIComponent(s);
-      } catch {
-        return s;
-      }
-    });
+    .map(decoded);
   const named = (o: AuditObject, name: string | undefined): AuditObject =>
     name ? { ...o, name: name.slice(0, 253) } : o;
   if (parts[0] !== "projects") return named({ kind: parts[0] }, parts[1] ?? bodyName(body));
@@ -113,6 +122,14 @@ export function objectOf(path: string, body: unknown): AuditObject {
   const o: AuditObject = { kind, project };
   if (parts[4]) o.subresource = parts.slice(4).join("/");
   return named(o, parts[3] ?? bodyName(body));
+}
+
+function decoded(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment; // a malformed escape: kept as sent
+  }
 }
 
 /** The name a create's body gives its object (metadata.name, or name for tokens and keys); nothing else of it. */
