@@ -100,6 +100,8 @@ describe("audit log over HTTP", () => {
 
   it("records a create, a delete and refused requests with who, verb, object, source and result", async () => {
     expect((await call("POST", `${JOBS}?dryRun=All`, editor, job("j1"))).statusCode).toBe(201); // changes nothing
+    // A second dryRun makes it a real write (the routes read "All" only): it must not pass for a dry run.
+    expect((await call("POST", `${JOBS}?dryRun=All&dryRun=x`, editor, job("j0"))).statusCode).toBe(201);
     expect((await call("POST", JOBS, editor, job("j1"))).statusCode).toBe(201);
     expect((await call("GET", `${JOBS}/j1`, editor)).statusCode).toBe(200); // reads are not audited
     expect((await call("DELETE", `${JOBS}/j1`, editor)).statusCode).toBe(200);
@@ -116,6 +118,7 @@ describe("audit log over HTTP", () => {
       e.allowed,
     ]);
     expect(view).toEqual([
+      ["ed", "create", "default/trainingjobs/j0", 201, true],
       ["ed", "create", "default/trainingjobs/j1", 201, true],
       ["ed", "delete", "default/trainingjobs/j1", 200, true],
       // Refused before its body was read (authorization is decided on the path): no name.
@@ -123,13 +126,13 @@ describe("audit log over HTTP", () => {
       ["ed", "get", "other/trainingjobs/", 403, false],
       ["-", "create", "default/trainingjobs/", 401, false],
     ]);
-    const [created, , denied] = items as [AuditRecord, AuditRecord, AuditRecord];
+    const [, created, , denied] = items as [AuditRecord, AuditRecord, AuditRecord, AuditRecord];
     expect(created.principal).toMatchObject({ name: "ed", role: "editor", project: "default" });
     expect(created.principal?.id).toMatch(/^[0-9a-f-]{36}$/);
     expect(created.source).toEqual({ address: "127.0.0.1", userAgent: "audit-test/1" });
     expect(created.reason).toBeUndefined();
     expect(denied.reason).toContain("may read, not change");
-    expect(items[4]!.reason).toContain("missing bearer token");
+    expect(items[5]!.reason).toContain("missing bearer token");
   });
 
   it("records requests refused before routing, on paths no route serves, and never a secret", async () => {

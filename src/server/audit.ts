@@ -3,6 +3,7 @@ import { Counter, type Registry } from "prom-client";
 import { API_VERSION } from "../api/meta.js";
 import type { AuditEntry, AuditLog, AuditObject } from "../ports/audit.js";
 import { auditRoutes } from "./routes/audit.js";
+import { dryRun, type Query } from "./routes/params.js";
 
 const BASE = `/apis/${API_VERSION}`;
 const READS = new Set(["GET", "HEAD", "OPTIONS"]);
@@ -48,9 +49,10 @@ export function auditEntry(req: FastifyRequest, reply: FastifyReply): AuditEntry
   const status = reply.statusCode;
   const denied = status === 401 || status === 403;
   if (READS.has(req.method) && !denied) return undefined;
-  const [path = "", query = ""] = req.url.split("?", 2);
+  const path = req.url.split("?", 1)[0]!;
   // A dry run changes nothing (loom apply validates every object first): only its refusal counts.
-  if (!denied && /(^|&)dryRun=All(&|$)/.test(query)) return undefined;
+  // Read as the routes read it (routes/params.ts), so `?dryRun=All&dryRun=x` — a real write — is audited.
+  if (!denied && dryRun((req.query ?? {}) as Query)) return undefined;
   // Inference calls and the gateways' own control traffic (load reports every second, key
   // checks) are not changes to anything a tenant owns: only their refusals are audited.
   if (!denied && (path.startsWith("/v1/") || path.startsWith("/serving/") || path.startsWith("/gateway/")))
