@@ -58,6 +58,9 @@ const MIGRATIONS = [
   "0007_api_keys",
 ];
 
+/** What a database records once opened by this Loom: the old ones, then those added since (issue 17: token lifecycle, audit log). */
+const CURRENT = [...MIGRATIONS, "0008_token_lifecycle", "0009_audit"];
+
 /** Some of everything tracking keeps, written as the old Loom wrote it. */
 const OLD_DATA = [
   `INSERT INTO tr_experiments VALUES (7, 'default', 'old-exp', 'mlflow-artifacts:/7', 'active', 1000, 1000)`,
@@ -111,7 +114,7 @@ describe("tracking's schema, declared once (src/tracking/schema.ts)", () => {
     const db = opened.db as unknown as Kysely<unknown>;
     expect(await trackingDdl(db)).toEqual(OLD_TRACKING_DDL);
     const names = await sql<{ name: string }>`select name from kysely_migration order by name`.execute(db);
-    expect(names.rows.map((r) => r.name)).toEqual(MIGRATIONS);
+    expect(names.rows.map((r) => r.name)).toEqual(CURRENT);
     await opened.close();
   });
 
@@ -129,7 +132,7 @@ describe("tracking's schema, declared once (src/tracking/schema.ts)", () => {
         timestamp: string;
       }>`select name, timestamp from kysely_migration
         order by name`.execute(db);
-      expect(recorded.rows.map((r) => r.name)).toEqual(MIGRATIONS);
+      expect(recorded.rows.map((r) => r.name)).toEqual(CURRENT);
       // The old ones kept their record: none ran again.
       for (const r of recorded.rows.filter((x) => applied.includes(x.name)))
         expect(r.timestamp).toBe("2026-01-01T00:00:00.000Z");

@@ -3,6 +3,7 @@ import { DEFAULT_PROJECT } from "../api/project.js";
 import { createLogger } from "../lib/log.js";
 import { ApiClient } from "./client.js";
 import { registerApply } from "./commands/apply.js";
+import { registerAudit } from "./commands/audit.js";
 import { registerChat } from "./commands/chat.js";
 import { registerCrds } from "./commands/crds.js";
 import { registerApikey, registerToken } from "./commands/credentials.js";
@@ -98,6 +99,7 @@ export function buildProgram(options: ProgramOptions = {}): Command {
   registerToken(program, deps);
   registerChat(program, deps);
   registerApikey(program, deps);
+  registerAudit(program, deps);
   registerVersion(program, deps);
   oneLineErrors(program, "loom");
   return program;

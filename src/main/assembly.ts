@@ -8,6 +8,7 @@ import { ControllerManager, type ControllerManagerDeps } from "../controllers/ma
 import { Gateway } from "../gateway/gateway.js";
 import { VERSION } from "../lib/version.js";
 import type { OpenedDatabase } from "../platforms/embedded/db.js";
+import type { AuditLog } from "../ports/audit.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
@@ -65,6 +66,8 @@ export interface ApiOptions {
   createFinalizers?: Record<string, string[]>;
   /** Create the default project at start (false where the root did it already). */
   ensureDefaultProject?: boolean;
+  /** The audit log (closed with the API). */
+  audit?: AuditLog;
 }
 
 export interface ControlPlaneOptions {
@@ -174,6 +177,7 @@ async function assembleApi(
     schedulingSnapshot,
     ...(api.createFinalizers ? { createFinalizers: api.createFinalizers } : {}),
     ...(api.ensureDefaultProject === false ? { ensureDefaultProject: false } : {}),
+    ...(api.audit ? { audit: api.audit } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
   const controllerDeps: Pick<ControllerManagerDeps, "tracking" | "trialMetrics" | "registrar" | "serving"> = {

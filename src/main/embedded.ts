@@ -5,6 +5,7 @@ import type { FastifyInstance } from "fastify";
 import type { Logger } from "pino";
 import { TRAININGJOB } from "../api/kinds.js";
 import { RUNTIME_FINALIZER } from "../controllers/trainingjob/reconciler.js";
+import { SqliteAuditLog } from "../platforms/embedded/audit.js";
 import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../platforms/embedded/events.js";
@@ -43,6 +44,8 @@ export interface EmbeddedOptions {
    * (postgres://…) instead of the data dir's SQLite file; tokens, objects and events stay there.
    */
   trackingDb?: string;
+  /** Keep audit log entries this long (default 30 days). */
+  auditRetentionMs?: number;
 }
 
 export interface EmbeddedServer {
@@ -108,6 +111,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       // Embedded, a model's files are read where the registry's artifacts are.
       models: (t) => localModelResolver(t.registry, t.store, t.artifactsDir),
       builtinCommand: BUILTIN_RUNTIME,
+      audit: new SqliteAuditLog(database.db, {
+        maxAgeMs: opts.auditRetentionMs,
+        onError: (err) => log.warn({ err }, "audit log write failed"),
+      }),
       // The trainingjob loop would add it on first sight; giving it at create saves that write.
       ...(controllers ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
     },

@@ -3,6 +3,7 @@ import http from "node:http";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { passThroughModels } from "../controllers/inferenceservice/revisions.js";
+import { SqliteAuditLog } from "../platforms/embedded/audit.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { KubeClient } from "../platforms/kubernetes/client.js";
@@ -133,6 +134,9 @@ async function openTrackingFiles(
   return {
     api: {
       tokens: new SqliteTokenStore(database.db),
+      audit: new SqliteAuditLog(database.db, {
+        onError: (err) => log.warn({ err }, "audit log write failed"),
+      }),
       trackingDb,
       dataDir,
       host: opts.host,

@@ -1,10 +1,12 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
+import type { AuditLog } from "../ports/audit.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
+import { auditRequests } from "./audit.js";
 import { authorizeApi, bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
 import { ModelView } from "./models.js";
@@ -43,6 +45,8 @@ export interface AppDeps {
   schedulingSnapshot?: () => Promise<Snapshot> | undefined;
   /** MLflow-compatible experiment tracking (embedded: on the same database). */
   tracking?: TrackingMount;
+  /** Where writes and refused requests are recorded (served on /audit); absent: none are. */
+  audit?: AuditLog;
 }
 
 declare module "fastify" {
@@ -78,6 +82,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     }
   });
   countRequests(app, deps.metrics);
+  if (deps.audit) auditRequests(app, deps.audit, deps.metrics);
   app.addHook("onRequest", async (req) => {
     if (req.url === "/healthz" || req.url.startsWith("/healthz?")) return;
     const principal = await authenticate(req.headers.authorization);

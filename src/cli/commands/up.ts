@@ -6,6 +6,7 @@ import { VERSION } from "../../lib/version.js";
 import { configPath, saveContext } from "../config.js";
 import type { CliDeps } from "../deps.js";
 import { CliError } from "../errors.js";
+import { auditRetentionMs } from "./audit.js";
 
 interface UpOpts {
   dataDir: string;
@@ -13,6 +14,7 @@ interface UpOpts {
   host: string;
   gpus?: string;
   trackingDb?: string;
+  auditRetention?: string;
 }
 
 /** `loom up`: the embedded platform in the foreground; writes the "embedded" CLI context. */
@@ -32,6 +34,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
       "--tracking-db <url>",
       "keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
     )
+    .option("--audit-retention <duration>", "keep audit log entries this long (e.g. 30d, 12h)", "30d")
     .action(async (opts: UpOpts) => {
       const port = Number(opts.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535)
@@ -52,6 +55,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
           gpus,
           log,
           ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
+          auditRetentionMs: auditRetentionMs(opts.auditRetention ?? "30d"),
         });
       } catch (err) {
         const e = err as NodeJS.ErrnoException;

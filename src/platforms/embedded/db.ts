@@ -57,6 +57,30 @@ export interface TokensTable {
   last_used_at: string | null;
 }
 
+/** The audit log (src/ports/audit.ts): one row per write or refused request. */
+export interface AuditTable {
+  id: Generated<number>;
+  /** ms since the epoch. */
+  ts: number;
+  principal_id: string | null;
+  principal_name: string | null;
+  principal_role: string | null;
+  principal_project: string | null;
+  api_key: number;
+  verb: string;
+  method: string;
+  path: string;
+  kind: string | null;
+  project: string | null;
+  name: string | null;
+  subresource: string | null;
+  address: string;
+  user_agent: string | null;
+  status: number;
+  allowed: number;
+  reason: string | null;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -68,6 +92,7 @@ export interface Schema {
   events: EventsTable;
   tokens: TokensTable;
   meta: MetaTable;
+  audit: AuditTable;
 }
 
 /**
@@ -166,6 +191,40 @@ const MIGRATIONS: Record<string, Migration> = {
       for (const column of ["expires_at", "project_uid", "workload", "workload_uid", "last_used_at"])
         await db.schema.alterTable("tokens").addColumn(column, "text").execute();
       await db.schema.createIndex("tokens_workload_uid").on("tokens").column("workload_uid").execute();
+    },
+  },
+  "0009_audit": {
+    // The audit log (issue 17): read by time and by project, pruned by time and by count.
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("audit")
+        .addColumn("id", "integer", (c) => c.primaryKey().autoIncrement())
+        .addColumn("ts", "integer", (c) => c.notNull())
+        .addColumn("principal_id", "text")
+        .addColumn("principal_name", "text")
+        .addColumn("principal_role", "text")
+        .addColumn("principal_project", "text")
+        .addColumn("api_key", "integer", (c) => c.notNull().defaultTo(0))
+        .addColumn("verb", "text", (c) => c.notNull())
+        .addColumn("method", "text", (c) => c.notNull())
+        .addColumn("path", "text", (c) => c.notNull())
+        .addColumn("kind", "text")
+        .addColumn("project", "text")
+        .addColumn("name", "text")
+        .addColumn("subresource", "text")
+        .addColumn("address", "text", (c) => c.notNull())
+        .addColumn("user_agent", "text")
+        .addColumn("status", "integer", (c) => c.notNull())
+        .addColumn("allowed", "integer", (c) => c.notNull())
+        .addColumn("reason", "text")
+        .execute();
+      await db.schema.createIndex("audit_ts").on("audit").column("ts").execute();
+      await db.schema.createIndex("audit_project").on("audit").columns(["project", "id"]).execute();
+      await db.schema
+        .createIndex("audit_principal_project")
+        .on("audit")
+        .columns(["principal_project", "id"])
+        .execute();
     },
   },
 };
