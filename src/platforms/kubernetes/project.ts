@@ -1,4 +1,4 @@
-import { KINDS } from "../../api/kinds.js";
+import { STORED_KINDS } from "../../api/kinds.js";
 import type { ProjectInfo } from "../../ports/runtime.js";
 import { namespaceOf } from "./naming.js";
 
@@ -10,12 +10,12 @@ const VERBS = {
 } as const;
 
 /**
- * Loom's namespaced kinds by resource name, and nothing else: no wildcard, because a wildcard
+ * Loom's namespaced kinds kept as custom resources, by name and nothing else: no wildcard, because a wildcard
  * also grants every subresource, and `status` is written by Loom's controllers only (an editor who
  * could write status.admission would run past the project's limit). As Kubernetes grants
  * `<kind>/status` only to controllers, only the operator's ClusterRole has it.
  */
-export const MEMBER_RESOURCES = KINDS.filter((k) => k.namespaced).map((k) => k.plural);
+export const MEMBER_RESOURCES = STORED_KINDS.filter((k) => k.namespaced).map((k) => k.plural);
 
 /**
  * What members may read besides Loom's kinds. Never secrets (a workload's credentials live in
