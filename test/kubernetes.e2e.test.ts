@@ -486,7 +486,7 @@ spec: {}
     expect(cannotWrite.stderr).toMatch(/forbidden/i);
   });
 
-  it("tracking on Kubernetes: pods get the operator's tracking URL, a project token and their run; a Sweep picks its best trial from what they log", async () => {
+  it("tracking on Kubernetes: pods get the operator's tracking URL, a project token (a mounted Secret) and their run; a Sweep picks its best trial from what they log", async () => {
     await operator.stop();
     const dataDir = mkdtempSync(join(tmpdir(), "loom-operator-data-"));
     operator = startOperator(cluster.kubeconfig, ["--data-dir", dataDir, "--port", "0"]);
@@ -530,9 +530,15 @@ spec: {}
     expect(env.MLFLOW_TRACKING_URI).toBe(url);
     expect(env.MLFLOW_EXPERIMENT_NAME).toBe("tracked");
     expect(env.MLFLOW_RUN_ID).toMatch(/^[0-9a-f]{32}$/);
-    expect(env.MLFLOW_TRACKING_TOKEN?.length).toBeGreaterThan(20);
+    // The token is no env var (viewers read pods): it is the job's Secret, mounted as files.
+    expect(env.MLFLOW_TRACKING_TOKEN).toBeUndefined();
+    const secret = JSON.parse(
+      cluster.kubectl(["get", "secret", "-n", "loom-default", "tracked-credentials", "-o", "json"]).stdout,
+    );
+    const token = Buffer.from(secret.data.token, "base64").toString("utf8");
+    expect(token.length).toBeGreaterThan(20);
     // What the worker's `mlflow.log_metric` sends, with the token it was given.
-    const logged = await mlflow("POST", "runs/log-metric", env.MLFLOW_TRACKING_TOKEN!, {
+    const logged = await mlflow("POST", "runs/log-metric", token, {
       run_id: env.MLFLOW_RUN_ID,
       key: "loss",
       value: 0.25,

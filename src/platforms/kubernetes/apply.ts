@@ -28,6 +28,7 @@ function objectPath(obj: AppliedObject): string {
     Service: "services",
     PersistentVolumeClaim: "persistentvolumeclaims",
     Deployment: "deployments",
+    Secret: "secrets",
   };
   const base = obj.apiVersion === "v1" ? "/api/v1" : `/apis/${obj.apiVersion}`;
   const ns = obj.metadata.namespace ? `/namespaces/${obj.metadata.namespace}` : "";

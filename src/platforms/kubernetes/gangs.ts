@@ -15,6 +15,12 @@ import { applyObject } from "./apply.js";
 import type { ClusterCache } from "./cache.js";
 import type { KubeClient } from "./client.js";
 import {
+  type CredentialFiles,
+  credentialSecret,
+  credentialSecretName,
+  splitCredentials,
+} from "./credentials.js";
+import {
   LABELS as L,
   namespaceOf,
   ownerRef,
@@ -115,6 +121,10 @@ export class Gangs {
     // and the Service's EndpointSlices cost the control plane ~8 requests per job (bench:k8s).
     if (spec.workers.length > 1) await this.ensureService(ref);
     const claim = spec.checkpoint ? await this.ensureCheckpointClaim(ref, spec.checkpoint) : undefined;
+    // The workload's credentials: a Secret of its own, written before any pod that mounts it.
+    const credentials = gangCredentials(spec);
+    if (credentials)
+      await applyObject(this.client, credentialSecret(ref, credentials.secretName, credentials.files));
     if (spec.initCheckpoint && !spec.initCheckpoint.checkpoint)
       throw new Error(
         `TrainingJob ${spec.initCheckpoint.ref.name} keeps its checkpoints in an emptyDir that ends with its pods; give it spec.checkpoint (a claim) so other jobs can start from them`,
@@ -126,7 +136,7 @@ export class Gangs {
       : undefined;
     for (const w of spec.workers) {
       if (existing.has(podName(ref.name, attempt, w.index))) continue;
-      const pod = this.workerPod(spec, w, claim, initClaim);
+      const pod = this.workerPod(spec, w, claim, initClaim, credentials);
       try {
         this.cache.wrote(
           await this.client.request<Pod>("POST", `/api/v1/namespaces/${ns}/pods`, {
@@ -159,14 +169,21 @@ export class Gangs {
   }
 
   /** One worker's pod: its checkpoint volumes, rendezvous port and share of a GPU. */
-  private workerPod(spec: GangSpec, w: WorkerSpec, claim: string | undefined, initClaim: string | undefined) {
+  private workerPod(
+    spec: GangSpec,
+    w: WorkerSpec,
+    claim: string | undefined,
+    initClaim: string | undefined,
+    credentials: { secretName: string; files: CredentialFiles } | undefined,
+  ) {
     const { ref, attempt } = spec;
     const fraction = isFractionalGpu(w.allocation);
     return {
       apiVersion: "v1",
       kind: "Pod",
       ...podTemplate({
-        worker: w,
+        worker: { ...w, env: splitCredentials(w.env).env },
+        ...(credentials ? { credentials } : {}),
         defaultImage: this.deps.defaultImage,
         containerName: "worker",
         labels: {
@@ -229,9 +246,11 @@ export class Gangs {
 
   async release(ref: WorkloadRef): Promise<void> {
     for (const p of await this.cache.workloadPods(ref)) await this.deletePod(p, 0);
-    await this.client
-      .request("DELETE", `/api/v1/namespaces/${namespaceOf(ref.project)}/services/${ref.name}`)
-      .catch((err: unknown) => {
+    // The credentials go with the workload (its owner reference also lets the garbage collector
+    // remove them if Loom is not there to).
+    const ns = namespaceOf(ref.project);
+    for (const path of [`services/${ref.name}`, `secrets/${credentialSecretName(ref.name)}`])
+      await this.client.request("DELETE", `/api/v1/namespaces/${ns}/${path}`).catch((err: unknown) => {
         if (!(err instanceof NotFoundError)) throw err;
       });
   }
@@ -313,6 +332,17 @@ export class Gangs {
         },
       });
   }
+}
+
+/**
+ * The credential files a gang's workers were handed (today as env, see splitCredentials), as one
+ * Secret for the workload; undefined when they hold none.
+ */
+function gangCredentials(spec: GangSpec): { secretName: string; files: CredentialFiles } | undefined {
+  const files: CredentialFiles = {};
+  for (const w of spec.workers) Object.assign(files, splitCredentials(w.env).files);
+  if (Object.keys(files).length === 0) return undefined;
+  return { secretName: credentialSecretName(spec.ref.name), files };
 }
 
 const SIGNALS: Record<number, string> = {

@@ -2,6 +2,7 @@ import { gpuShareEnv } from "../../api/env.js";
 import type { WorkerSpec } from "../../ports/runtime.js";
 import type { Allocation } from "../../ports/scheduler.js";
 import type { KubeClient } from "./client.js";
+import { type CredentialFiles, credentialMounts } from "./credentials.js";
 
 export const GPU_RESOURCE = "nvidia.com/gpu";
 
@@ -113,15 +114,24 @@ export interface PodTemplateSpec {
   volumeMounts?: unknown[];
   ports?: { name: string; containerPort: number }[];
   probes?: { readinessProbe: unknown; startupProbe: unknown };
+  /** The workload's credentials Secret and the files it holds: mounted, never in env. */
+  credentials?: { secretName: string; files: CredentialFiles };
 }
 
 /**
  * The one pod template: metadata and spec of every pod Loom makes. Each passes Pod Security
  * "restricted" (non-root, no privilege escalation, no capabilities, the runtime's seccomp
- * profile), names Loom as its scheduler, and gets neither service links nor an API token.
+ * profile), names Loom as its scheduler, and gets neither service links nor an API token. Its
+ * credentials are files from its workload's Secret (credentials.ts): a pod's env is readable by
+ * every project viewer, so no credential is ever in it.
  */
 export function podTemplate(t: PodTemplateSpec) {
   const w = t.worker;
+  const creds = t.credentials
+    ? credentialMounts(t.credentials.secretName, t.credentials.files, w.env)
+    : undefined;
+  const volumes = [...(t.volumes ?? []), ...(creds?.volumes ?? [])];
+  const volumeMounts = [...(t.volumeMounts ?? []), ...(creds?.volumeMounts ?? [])];
   return {
     metadata: {
       ...(t.pod ? { name: t.pod.name, namespace: t.pod.namespace } : {}),
@@ -138,11 +148,13 @@ export function podTemplate(t: PodTemplateSpec) {
       automountServiceAccountToken: false,
       // Loom's stops delete with the job's grace period; this covers everyone else's.
       terminationGracePeriodSeconds: w.terminationGracePeriodSeconds ?? 30,
-      ...(t.volumes ? { volumes: t.volumes } : {}),
+      ...(volumes.length ? { volumes } : {}),
       securityContext: {
         runAsNonRoot: true,
         runAsUser: 1000,
         runAsGroup: 1000,
+        // The credentials Secret's files are mode 0440: the pod's group must own them.
+        ...(creds ? { fsGroup: 1000, fsGroupChangePolicy: "OnRootMismatch" } : {}),
         seccompProfile: { type: "RuntimeDefault" },
       },
       containers: [
@@ -151,8 +163,11 @@ export function podTemplate(t: PodTemplateSpec) {
           image: w.image ?? t.defaultImage ?? "python:3.11-slim",
           command: w.command,
           ...(w.workingDir ? { workingDir: w.workingDir } : {}),
-          env: Object.entries({ ...w.env, ...t.env }).map(([name, value]) => ({ name, value })),
-          ...(t.volumeMounts ? { volumeMounts: t.volumeMounts } : {}),
+          env: Object.entries({ ...w.env, ...t.env, ...creds?.env }).map(([name, value]) => ({
+            name,
+            value,
+          })),
+          ...(volumeMounts.length ? { volumeMounts } : {}),
           ...(t.ports ? { ports: t.ports } : {}),
           ...t.probes,
           resources: t.resources,

@@ -1,11 +1,38 @@
+import { STORED_KINDS } from "../../api/kinds.js";
 import type { ProjectInfo } from "../../ports/runtime.js";
 import { namespaceOf } from "./naming.js";
 
+const READ = ["get", "list", "watch"] as const;
 const VERBS = {
-  viewer: ["get", "list", "watch"],
-  editor: ["get", "list", "watch", "create", "update", "patch", "delete"],
-  admin: ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+  viewer: READ,
+  editor: [...READ, "create", "update", "patch", "delete"],
+  admin: [...READ, "create", "update", "patch", "delete", "deletecollection"],
 } as const;
+
+/**
+ * Loom's namespaced kinds kept as custom resources, by name and nothing else: no wildcard, because a wildcard
+ * also grants every subresource, and `status` is written by Loom's controllers only (an editor who
+ * could write status.admission would run past the project's limit). As Kubernetes grants
+ * `<kind>/status` only to controllers, only the operator's ClusterRole has it.
+ */
+export const MEMBER_RESOURCES = STORED_KINDS.filter((k) => k.namespaced).map((k) => k.plural);
+
+/**
+ * What members may read besides Loom's kinds. Never secrets (a workload's credentials live in
+ * one), nor pods/exec, pods/attach or pods/portforward (a shell in a pod reads its mounted
+ * credentials); pods are safe to read because their env holds no credential (credentials.ts).
+ */
+const MEMBER_CORE_READS = ["pods", "services", "events", "persistentvolumeclaims"];
+
+/** The rules of a member Role: the role's verbs on Loom's kinds, reads on what runs them. */
+export function memberRules(role: "viewer" | "editor" | "admin") {
+  return [
+    { apiGroups: ["loom.dev"], resources: [...MEMBER_RESOURCES], verbs: [...VERBS[role]] },
+    { apiGroups: [""], resources: [...MEMBER_CORE_READS], verbs: [...READ] },
+    { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },
+    { apiGroups: ["events.k8s.io"], resources: ["events"], verbs: [...READ] },
+  ];
+}
 
 /**
  * What a project is on Kubernetes: a namespace that enforces Pod Security "restricted", a
@@ -82,16 +109,7 @@ export function namespaceObjects(
       apiVersion: "rbac.authorization.k8s.io/v1",
       kind: "Role",
       metadata: { name: `loom-${role}`, namespace: ns, labels } as { name: string; namespace: string },
-      rules: [
-        { apiGroups: ["loom.dev"], resources: ["*"], verbs: [...VERBS[role]] },
-        {
-          apiGroups: [""],
-          resources: ["pods", "services", "events", "persistentvolumeclaims"],
-          verbs: ["get", "list", "watch"],
-        },
-        { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },
-        { apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["get", "list", "watch"] },
-      ],
+      rules: memberRules(role),
     });
     objects.push({
       apiVersion: "rbac.authorization.k8s.io/v1",

@@ -2,8 +2,9 @@ import { NotFoundError } from "../../api/errors.js";
 import type { RevisionRuntime, RevisionSpec } from "../../ports/runtime.js";
 import { applyObject } from "./apply.js";
 import type { KubeClient } from "./client.js";
+import { credentialSecret, credentialSecretName, splitCredentials } from "./credentials.js";
 import { LABELS as L, namespaceOf, ownerRef, REVISION_LABEL, workloadLabels } from "./naming.js";
-import { containerResources, type Pod, podTemplate } from "./pods.js";
+import { containerResources, type Pod, type PodTemplateSpec, podTemplate } from "./pods.js";
 
 /** Where Loom's gateway (the operator) runs: the only namespace whose pods reach model pods. */
 const GATEWAY_NAMESPACE = "loom-system";
@@ -26,6 +27,13 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
       };
       const selector = { [L.uid]: spec.service.uid, [REVISION_LABEL]: spec.revision };
       await applyObject(client, gatewayOnlyPolicy(spec));
+      // A credential in the replicas' env becomes a Secret of the revision's, mounted as files.
+      const { files } = splitCredentials(spec.worker.env);
+      const credentials = Object.keys(files).length
+        ? { secretName: credentialSecretName(name), files }
+        : undefined;
+      if (credentials)
+        await applyObject(client, credentialSecret(spec.service, credentials.secretName, credentials.files));
       await applyObject(client, {
         apiVersion: "apps/v1",
         kind: "Deployment",
@@ -35,7 +43,7 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
           selector: { matchLabels: selector },
           // Surge first: a replaced pod serves until its successor is ready.
           strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
-          template: modelPodTemplate(spec, labels, defaultImage),
+          template: modelPodTemplate(spec, labels, defaultImage, credentials),
         },
       });
       await applyObject(client, {
@@ -78,6 +86,7 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
       for (const path of [
         `/apis/apps/v1/namespaces/${ns}/deployments/${revision}`,
         `/api/v1/namespaces/${ns}/services/${revision}`,
+        `/api/v1/namespaces/${ns}/secrets/${credentialSecretName(revision.slice(0, 63))}`,
       ]) {
         try {
           await client.request("DELETE", path, { body: { propagationPolicy: "Background" } });
@@ -128,9 +137,11 @@ function modelPodTemplate(
   spec: RevisionSpec,
   labels: Record<string, string>,
   defaultImage: string | undefined,
+  credentials: PodTemplateSpec["credentials"],
 ) {
   return podTemplate({
-    worker: spec.worker,
+    worker: { ...spec.worker, env: splitCredentials(spec.worker.env).env },
+    ...(credentials ? { credentials } : {}),
     defaultImage,
     containerName: "model",
     labels,

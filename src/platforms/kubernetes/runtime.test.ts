@@ -146,6 +146,35 @@ describe("KubernetesRuntime's requests", () => {
     expect(api.text()).toMatchSnapshot();
   });
 
+  it("a gang handed a tracking token: its Secret is written before any pod, no pod carries the token, release deletes it", async () => {
+    const api = new FakeApi((method, path) => {
+      if (method === "GET" && path.endsWith("/pods")) return { items: [] };
+      if (method === "DELETE" && path.endsWith("/services/train")) return new NotFoundError("gone");
+      return undefined;
+    });
+    runtime = new KubernetesRuntime({ client: api.client(), log, defaultImage: "img:default" });
+    const spec = gang(1);
+    for (const w of spec.workers) w.env = { ...w.env, MLFLOW_TRACKING_TOKEN: "tok-123456789" };
+    await runtime.start(spec);
+    await runtime.release(job);
+    const secret = api.calls.findIndex((c) =>
+      c.startsWith("PATCH /api/v1/namespaces/loom-team-a/secrets/train-credentials"),
+    );
+    const firstPod = api.calls.findIndex((c) => c.startsWith("POST /api/v1/namespaces/loom-team-a/pods"));
+    expect(secret).toBeGreaterThanOrEqual(0);
+    expect(secret).toBeLessThan(firstPod);
+    const podBodies = api.calls.filter((c) => c.startsWith("POST ") && c.includes("/pods "));
+    expect(podBodies).toHaveLength(2);
+    for (const body of podBodies) {
+      expect(body).not.toContain("tok-123456789");
+      expect(body).toContain('"secretName":"train-credentials"');
+    }
+    expect(api.calls[secret]).toContain(Buffer.from("tok-123456789").toString("base64"));
+    expect(api.calls).toContainEqual(
+      expect.stringMatching(/^DELETE \/api\/v1\/namespaces\/loom-team-a\/secrets\/train-credentials /),
+    );
+  });
+
   it("a single worker on a share of a GPU, and a start that meets its own earlier writes", async () => {
     const api = new FakeApi((method, path) => {
       if (method === "GET" && path.endsWith("/pods")) return { items: [] };
