@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { WorkloadRef } from "../../ports/runtime.js";
+import type { SecretFile, WorkloadRef } from "../../ports/runtime.js";
 import { namespaceOf, ownerRef, workloadLabels } from "./naming.js";
 
 /** Where a workload's credential files are mounted (a Secret volume, read-only). */
@@ -37,6 +37,20 @@ export function splitCredentials(env: Record<string, string>): {
     else if (!files[TOKEN_KEY]) Object.assign(files, tokenFiles(value));
   }
   return { env: visible, files };
+}
+
+/**
+ * The credential files the tracking port hands a worker (paths under its HOME: the mlflow
+ * client's `.mlflow/credentials`, the bare token at `.loom/token`) as the Secret's keys.
+ */
+export function secretFileCredentials(files: SecretFile[] | undefined): CredentialFiles {
+  const out: CredentialFiles = {};
+  for (const f of files ?? []) {
+    if (f.path === ".mlflow/credentials") out[MLFLOW_CREDENTIALS_KEY] = f.data;
+    else if (f.path === ".loom/token") out[TOKEN_KEY] = f.data.trim();
+    else out[f.path.replace(/[^A-Za-z0-9._-]/g, "-")] = f.data;
+  }
+  return out;
 }
 
 /** The files one bearer token is given as: itself, and the mlflow client's credentials file. */

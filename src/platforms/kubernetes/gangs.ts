@@ -18,6 +18,7 @@ import {
   type CredentialFiles,
   credentialSecret,
   credentialSecretName,
+  secretFileCredentials,
   splitCredentials,
 } from "./credentials.js";
 import {
@@ -335,12 +336,14 @@ export class Gangs {
 }
 
 /**
- * The credential files a gang's workers were handed (today as env, see splitCredentials), as one
+ * The credential files a gang's workers were handed (files from the tracking port; env, see
+ * splitCredentials, from an older caller), as one
  * Secret for the workload; undefined when they hold none.
  */
 function gangCredentials(spec: GangSpec): { secretName: string; files: CredentialFiles } | undefined {
   const files: CredentialFiles = {};
-  for (const w of spec.workers) Object.assign(files, splitCredentials(w.env).files);
+  for (const w of spec.workers)
+    Object.assign(files, splitCredentials(w.env).files, secretFileCredentials(w.files));
   if (Object.keys(files).length === 0) return undefined;
   return { secretName: credentialSecretName(spec.ref.name), files };
 }

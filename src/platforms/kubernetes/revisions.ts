@@ -2,7 +2,12 @@ import { NotFoundError } from "../../api/errors.js";
 import type { RevisionRuntime, RevisionSpec } from "../../ports/runtime.js";
 import { applyObject } from "./apply.js";
 import type { KubeClient } from "./client.js";
-import { credentialSecret, credentialSecretName, splitCredentials } from "./credentials.js";
+import {
+  credentialSecret,
+  credentialSecretName,
+  secretFileCredentials,
+  splitCredentials,
+} from "./credentials.js";
 import { LABELS as L, namespaceOf, ownerRef, REVISION_LABEL, workloadLabels } from "./naming.js";
 import { containerResources, type Pod, type PodTemplateSpec, podTemplate } from "./pods.js";
 
@@ -28,7 +33,10 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
       const selector = { [L.uid]: spec.service.uid, [REVISION_LABEL]: spec.revision };
       await applyObject(client, gatewayOnlyPolicy(spec));
       // A credential in the replicas' env becomes a Secret of the revision's, mounted as files.
-      const { files } = splitCredentials(spec.worker.env);
+      const files = {
+        ...splitCredentials(spec.worker.env).files,
+        ...secretFileCredentials(spec.worker.files),
+      };
       const credentials = Object.keys(files).length
         ? { secretName: credentialSecretName(name), files }
         : undefined;
