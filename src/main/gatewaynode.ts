@@ -6,7 +6,13 @@ import { Gateway, type ScaleTarget, type ServiceEndpoint } from "../gateway/gate
 import type { TokenInfo } from "../ports/store.js";
 import { bearerAuthenticator } from "../server/authz.js";
 import { installErrorHandler } from "../server/errors.js";
-import { openAIFastLane, ServingDirectory, serverWith, servingRoutes } from "../server/serving.js";
+import {
+  openAIFastLane,
+  refuseDuplicateHeaders,
+  ServingDirectory,
+  serverWith,
+  servingRoutes,
+} from "../server/serving.js";
 import { processMetricsRegistry } from "./processmetrics.js";
 
 /**
@@ -137,7 +143,9 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     serverFactory: serverWith(openAIFastLane({ gateway, directory }, authenticate)),
   });
   installErrorHandler(app);
-  app.addHook("onRequest", async (req) => {
+  app.addHook("onRequest", async (req, reply) => {
+    // Before the key is read: with two Authorization headers there is no one key to read.
+    refuseDuplicateHeaders(req.raw, reply.raw);
     const path = req.url.split("?")[0];
     if (path === "/healthz" || path === "/metrics") return;
     if (!path?.startsWith("/v1/") && !path?.startsWith("/serving/"))

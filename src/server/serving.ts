@@ -4,7 +4,7 @@ import { BadRequestError } from "../api/errors.js";
 import type { InferenceService, InferenceServiceSpec } from "../api/inferenceservice.js";
 import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice/reconciler.js";
 import { badRequest, sendGatewayError, unknownModel } from "../gateway/errors.js";
-import { attachFront, type FastLane } from "../gateway/front.js";
+import { attachFront, duplicateHeaderError, type FastLane } from "../gateway/front.js";
 import type {
   ConcurrencyReport,
   EndpointDirectory,
@@ -14,9 +14,9 @@ import type {
   ScaleTarget,
   ServiceEndpoint,
 } from "../gateway/gateway.js";
-import type { GatewayResponse } from "../gateway/h1.js";
+import { duplicateHeader, type GatewayResponse } from "../gateway/h1.js";
 import type { TokenInfo } from "../ports/store.js";
-import { toGatewayError } from "./errors.js";
+import { statusBody, toGatewayError } from "./errors.js";
 
 /**
  * The adapters between Loom's InferenceService controller and the platform-agnostic gateway:
@@ -187,10 +187,15 @@ export function endpointRoute(url: string): { model: string; path: string } | un
   const pathname = q < 0 ? url : url.slice(0, q);
   const [project, service, ...rest] = pathname.slice(ENDPOINT_PREFIX.length).split("/");
   if (!project || !service) return undefined;
-  return {
-    model: `${decodeURIComponent(project)}/${decodeURIComponent(service)}`,
-    path: `/${rest.join("/")}${q < 0 ? "" : url.slice(q)}`,
-  };
+  let model: string;
+  try {
+    model = `${decodeURIComponent(project)}/${decodeURIComponent(service)}`;
+  } catch {
+    // A malformed %-escape (`/serving/%zz/s/`): no service; the route says so. Throwing here
+    // would escape the front's socket handler.
+    return undefined;
+  }
+  return { model, path: `/${rest.join("/")}${q < 0 ? "" : url.slice(q)}` };
 }
 
 /** How the gateway takes one forwarded request, whichever way it came in (the front, Node's server, a Fastify route). */
@@ -257,6 +262,12 @@ export function serverWith(
 ): (handler: (req: IncomingMessage, res: ServerResponse) => void, opts: FastifyServerOptions) => Server {
   return (handler, opts) => {
     const server = createServer((req, res) => {
+      // The front refuses these too (front.ts): whichever parser reads a request, it is refused.
+      const duplicate = duplicateHeader(req.rawHeaders);
+      if (duplicate) {
+        refuseDuplicate(req, res, duplicate, lane);
+        return;
+      }
       if (!lane.claims(req.method ?? "GET", req.url ?? "/")) {
         handler(req, res);
         return;
@@ -274,6 +285,41 @@ export function serverWith(
 }
 
 /**
+ * Throws the 400 for a request that repeats Authorization, Content-Length or Host: for an
+ * onRequest hook that must run before authentication (`loom gateway`'s), so that the decision
+ * is the same whether the front or Node's server read the request.
+ */
+export function refuseDuplicateHeaders(req: IncomingMessage, res: ServerResponse): void {
+  const duplicate = duplicateHeader(req.rawHeaders);
+  if (!duplicate) return;
+  // Nothing pipelined behind it is read, as on the front.
+  res.shouldKeepAlive = false;
+  throw duplicateHeaderError(duplicate);
+}
+
+/** Whether a URL is the gateway's (answered in OpenAI's error shape) rather than Loom's API's. */
+function gatewayUrl(url: string): boolean {
+  return url.startsWith("/v1/") || url.startsWith(ENDPOINT_PREFIX);
+}
+
+/**
+ * 400 for a request that repeats Authorization, Content-Length or Host, before any route or
+ * credential is looked at; the connection closes after it, as the front's does.
+ */
+function refuseDuplicate(req: IncomingMessage, res: ServerResponse, name: string, lane?: FastLane): void {
+  res.shouldKeepAlive = false;
+  const url = req.url ?? "/";
+  if (gatewayUrl(url) || lane?.claims(req.method ?? "GET", url)) {
+    sendGatewayError(res, duplicateHeaderError(name));
+    return;
+  }
+  const err = duplicateHeaderError(name);
+  const payload = JSON.stringify(statusBody(400, "BadRequest", err.message));
+  res.writeHead(400, { "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
+  res.end(payload);
+}
+
+/**
  * The OpenAI-compatible routes on Loom's port. Bodies stay raw (the gateway forwards them as
  * they came and reads only `model`), so these routes live in their own scope with their own
  * content-type parser.
@@ -285,6 +331,12 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
       done(null, body),
     );
     const principalOf = (req: FastifyRequest) => req.principal!;
+    // inject() and a server without the front reach these routes without serverWith's check.
+    scope.addHook("onRequest", async (req, reply) => {
+      const duplicate = duplicateHeader(req.raw.rawHeaders);
+      if (!duplicate) return;
+      return reply.code(400).header("connection", "close").send(duplicateHeaderError(duplicate).body());
+    });
     // Reached through inject() (tests) or a server without the fast path.
     for (const path of FORWARDED) {
       scope.post(path, async (req, reply) => {
