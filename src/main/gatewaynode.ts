@@ -2,7 +2,7 @@ import { hostname } from "node:os";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "pino";
 import { UnauthorizedError } from "../api/errors.js";
-import { Gateway, type ScaleTarget, type ServiceEndpoint } from "../gateway/gateway.js";
+import { Gateway, type KeyUsage, type ScaleTarget, type ServiceEndpoint } from "../gateway/gateway.js";
 import type { TokenInfo } from "../ports/store.js";
 import { bearerAuthenticator } from "../server/authz.js";
 import { installErrorHandler } from "../server/errors.js";
@@ -121,12 +121,23 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
   void poll();
 
   // Load reports: what the deciding gateway adds to its own.
+  // With them, API keys' use here; the answer is every other gateway's, so that a key's rate
+  // limit holds across all of them.
   const reporter = setInterval(() => {
     const reports = gateway.takeReport();
-    if (reports.length === 0) return;
-    control.call("POST", "/gateway/v1/report", { gateway: id, reports }).catch((err: unknown) => {
-      log.warn({ err: (err as Error).message }, "cannot report load to Loom's API");
-    });
+    if (reports.length === 0 && !gateway.limits.active) return;
+    control
+      .call<{ usage?: KeyUsage[] }>("POST", "/gateway/v1/report", {
+        gateway: id,
+        reports,
+        usage: gateway.limits.takeUsage(),
+      })
+      .then((answer) => {
+        if (answer?.usage) gateway.limits.setRemote(answer.usage);
+      })
+      .catch((err: unknown) => {
+        log.warn({ err: (err as Error).message }, "cannot report load to Loom's API");
+      });
   }, opts.reportEveryMs ?? 1000);
   reporter.unref();
 

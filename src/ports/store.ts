@@ -92,6 +92,13 @@ export interface EventRecorder {
 
 export type Role = "admin" | "editor" | "viewer";
 
+/** What an API key may do at the gateway: these services (all of its project's when unset), this fast. */
+export interface ApiKeyScope {
+  services?: string[];
+  /** Enforced by every gateway replica together (gateway/ratelimit.ts); unset: no limit. */
+  rateLimit?: { requestsPerMinute?: number; tokensPerMinute?: number };
+}
+
 export interface TokenInfo {
   id: string;
   name: string;
@@ -99,7 +106,7 @@ export interface TokenInfo {
   /** Set: the token reaches this project only. */
   project?: string;
   /** An API key: reaches the inference gateway only, for its project (and these services, if set). */
-  apiKey?: { services?: string[] };
+  apiKey?: ApiKeyScope;
   /** When set (ISO time): refused from then on. */
   expiresAt?: string;
   /**
@@ -124,7 +131,7 @@ export interface TokenStore {
     name: string,
     role: Role,
     project?: string,
-    apiKey?: { services?: string[] },
+    apiKey?: ApiKeyScope,
   ): Promise<{ token: string; info: TokenInfo }>;
   verify(token: string): Promise<TokenInfo | undefined>;
 }

@@ -10,11 +10,13 @@ import type {
   EndpointDirectory,
   Gateway,
   HandleOptions,
+  HandleResult,
+  KeyUsage,
   Scaler,
   ScaleTarget,
   ServiceEndpoint,
 } from "../gateway/gateway.js";
-import { duplicateHeader, type GatewayResponse } from "../gateway/h1.js";
+import { duplicateHeader, type GatewayRequest, type GatewayResponse } from "../gateway/h1.js";
 import type { TokenInfo } from "../ports/store.js";
 import { statusBody, toGatewayError } from "./errors.js";
 
@@ -215,6 +217,47 @@ function handleOptions(url: string, principal: TokenInfo, body?: Buffer): Handle
 }
 
 /**
+ * Serves a request as `principal`: a key with a rate limit is admitted against it first (a 429
+ * with Retry-After when spent) and its response's tokens counted after. A key without one costs
+ * a property read.
+ */
+function serveAs(
+  gateway: Gateway,
+  req: GatewayRequest,
+  res: GatewayResponse,
+  principal: TokenInfo,
+  opts: HandleOptions,
+  done?: (r: HandleResult) => void,
+): void {
+  const limit = principal.apiKey?.rateLimit;
+  if (limit === undefined) {
+    gateway.serve(req, res, opts, done);
+    return;
+  }
+  const refused = gateway.limits.admit(principal.id, limit);
+  if (refused) {
+    sendGatewayError(res, refused);
+    done?.({ status: refused.httpStatus });
+    return;
+  }
+  gateway.serve(req, res, opts, (r) => {
+    if (r.usage) gateway.limits.addTokens(principal.id, r.usage.promptTokens + r.usage.completionTokens);
+    done?.(r);
+  });
+}
+
+/** serveAs for a Fastify route, which awaits the end of the exchange. */
+function handleAs(
+  gateway: Gateway,
+  req: GatewayRequest,
+  res: GatewayResponse,
+  principal: TokenInfo,
+  opts: HandleOptions,
+): Promise<HandleResult> {
+  return new Promise((resolve) => serveAs(gateway, req, res, principal, opts, resolve));
+}
+
+/**
  * The forwarded routes with nothing of Fastify's per-request work: authenticate (a cached map
  * lookup), then the gateway. The hand-rolled front (gateway/front.ts) serves them straight off
  * the socket; on a connection Node's server holds, serverWith routes them here too.
@@ -244,10 +287,10 @@ export function openAIFastLane(
       }
       if (principal instanceof Promise) {
         principal.then(
-          (p) => deps.gateway.serve(req, res, handleOptions(req.url ?? "", p, body)),
+          (p) => serveAs(deps.gateway, req, res, p, handleOptions(req.url ?? "", p, body)),
           (err: unknown) => fail(res, err),
         );
-      } else deps.gateway.serve(req, res, handleOptions(req.url ?? "", principal, body));
+      } else serveAs(deps.gateway, req, res, principal, handleOptions(req.url ?? "", principal, body));
     },
   };
 }
@@ -342,7 +385,8 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
       scope.post(path, async (req, reply) => {
         reply.hijack();
         const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
-        await deps.gateway.handle(req.raw, reply.raw, handleOptions(req.url, principalOf(req), body));
+        const principal = principalOf(req);
+        await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
       });
     }
     scope.all("/serving/*", async (req, reply) => {
@@ -355,7 +399,8 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
         return;
       }
       const body = Buffer.isBuffer(req.body) ? req.body : undefined;
-      await deps.gateway.handle(req.raw, reply.raw, handleOptions(req.url, principalOf(req), body));
+      const principal = principalOf(req);
+      await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
     });
     scope.get("/v1/models", async (req) => {
       const principal = principalOf(req);
@@ -416,19 +461,29 @@ export async function gatewayControlRoutes(
     if (!info) return reply.code(401).send({ valid: false });
     return { valid: true, principal: info };
   });
-  app.post<{ Body: { gateway?: unknown; reports?: unknown } }>("/gateway/v1/report", async (req, reply) => {
-    const source = req.body?.gateway;
-    const reports = req.body?.reports;
-    if (typeof source !== "string" || !Array.isArray(reports))
-      throw new BadRequestError(
-        "send {gateway: ID, reports: [{project, service, revision, concurrency, held}]}",
-      );
-    for (const r of reports as ConcurrencyReport[]) {
-      if (typeof r?.revision !== "string" || !Number.isFinite(r.concurrency)) continue;
-      deps.gateway.recordRemote(source, { ...r, held: Number(r.held) || 0 });
-    }
-    return reply.code(204).send();
-  });
+  app.post<{ Body: { gateway?: unknown; reports?: unknown; usage?: unknown } }>(
+    "/gateway/v1/report",
+    async (req, reply) => {
+      const source = req.body?.gateway;
+      const reports = req.body?.reports;
+      const usage = req.body?.usage;
+      if (
+        typeof source !== "string" ||
+        !Array.isArray(reports) ||
+        (usage !== undefined && !Array.isArray(usage))
+      )
+        throw new BadRequestError(
+          "send {gateway: ID, reports: [{project, service, revision, concurrency, held}], usage?: [{key, window, requests, tokens, prevRequests, prevTokens}]}",
+        );
+      for (const r of reports as ConcurrencyReport[]) {
+        if (typeof r?.revision !== "string" || !Number.isFinite(r.concurrency)) continue;
+        deps.gateway.recordRemote(source, { ...r, held: Number(r.held) || 0 });
+      }
+      // API keys' use there, for the shared rate limits; the answer is everyone else's.
+      if (usage === undefined) return reply.code(204).send();
+      return { usage: deps.gateway.limits.merge(source, usage as KeyUsage[]) };
+    },
+  );
   app.post<{ Body: Partial<ScaleTarget> }>("/gateway/v1/activate", async (req, reply) => {
     const t = req.body ?? {};
     if (typeof t.project !== "string" || typeof t.service !== "string" || typeof t.revision !== "string")

@@ -1,6 +1,6 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import type { Kysely } from "kysely";
-import type { Role, TokenInfo, TokenStore } from "../../ports/store.js";
+import type { ApiKeyScope, Role, TokenInfo, TokenStore } from "../../ports/store.js";
 import type { Schema } from "./db.js";
 
 /** Secrets are never stored: only their SHA-256, so a copied database leaks no usable token. */
@@ -15,7 +15,7 @@ export class SqliteTokenStore implements TokenStore {
     name: string,
     role: Role,
     project?: string,
-    apiKey?: { services?: string[] },
+    apiKey?: ApiKeyScope,
   ): Promise<{ token: string; info: TokenInfo }> {
     // API keys look different (sk-…), as OpenAI's do: clients and secret scanners know the shape.
     const token = apiKey
@@ -38,7 +38,12 @@ export class SqliteTokenStore implements TokenStore {
         created_at: new Date().toISOString(),
         project: project ?? null,
         kind: apiKey ? "apikey" : null,
-        services: apiKey?.services ? JSON.stringify(apiKey.services) : null,
+        // The list alone, as before; with a rate limit the whole scope (read back by shape).
+        services: apiKey?.rateLimit
+          ? JSON.stringify(apiKey)
+          : apiKey?.services
+            ? JSON.stringify(apiKey.services)
+            : null,
       })
       .execute();
     return { token, info };
@@ -57,8 +62,13 @@ export class SqliteTokenStore implements TokenStore {
       role: row.role as Role,
       ...(row.project ? { project: row.project } : {}),
       ...(row.kind === "apikey"
-        ? { apiKey: row.services ? { services: JSON.parse(row.services) as string[] } : {} }
+        ? { apiKey: row.services ? apiKeyScope(JSON.parse(row.services) as unknown) : {} }
         : {}),
     };
   }
+}
+
+/** The `services` column: a list of service names, or a whole ApiKeyScope (one with a rate limit). */
+function apiKeyScope(stored: unknown): ApiKeyScope {
+  return Array.isArray(stored) ? { services: stored as string[] } : (stored as ApiKeyScope);
 }

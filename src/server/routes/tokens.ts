@@ -36,7 +36,7 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
   );
 
   // Project API keys for the gateway: a project's admin or editor makes them.
-  app.post<{ Params: Params; Body: { name?: unknown; services?: unknown } }>(
+  app.post<{ Params: Params; Body: { name?: unknown; services?: unknown; rateLimit?: unknown } }>(
     `${BASE}/projects/:project/apikeys`,
     async (req, reply) => {
       const p = req.principal;
@@ -45,6 +45,7 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
         throw new ForbiddenError("creating an API key takes an editor or admin token of the project");
       await resources.get(resources.kind("projects"), undefined, project);
       const { name, services } = req.body ?? {};
+      const rateLimit = parseRateLimit(req.body?.rateLimit);
       if (typeof name !== "string" || !TOKEN_NAME.test(name))
         throw new BadRequestError("name must be 1-63 letters, digits, '.', '_', '@' or '-'");
       if (
@@ -54,8 +55,38 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
         throw new BadRequestError("services must be a list of InferenceService names");
       const created = await deps.tokens.create(name, "viewer", project, {
         ...(services ? { services: services as string[] } : {}),
+        ...(rateLimit ? { rateLimit } : {}),
       });
-      return reply.code(201).send({ key: created.token, name, project, ...(services ? { services } : {}) });
+      return reply
+        .code(201)
+        .send({
+          key: created.token,
+          name,
+          project,
+          ...(services ? { services } : {}),
+          ...(rateLimit ? { rateLimit } : {}),
+        });
     },
   );
+}
+
+/** An API key's optional `rateLimit: {requestsPerMinute?, tokensPerMinute?}` (whole numbers ≥ 1). */
+function parseRateLimit(v: unknown): { requestsPerMinute?: number; tokensPerMinute?: number } | undefined {
+  if (v === undefined) return undefined;
+  const fail = () =>
+    new BadRequestError(
+      "rateLimit must be {requestsPerMinute?: N, tokensPerMinute?: N} with whole numbers of at least 1",
+    );
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw fail();
+  const out: { requestsPerMinute?: number; tokensPerMinute?: number } = {};
+  for (const [k, n] of Object.entries(v)) {
+    if (
+      (k !== "requestsPerMinute" && k !== "tokensPerMinute") ||
+      !Number.isSafeInteger(n) ||
+      (n as number) < 1
+    )
+      throw fail();
+    out[k] = n as number;
+  }
+  return Object.keys(out).length ? out : undefined;
 }
