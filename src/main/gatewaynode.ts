@@ -2,6 +2,7 @@ import { hostname } from "node:os";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "pino";
 import { UnauthorizedError } from "../api/errors.js";
+import { onlyProject } from "../gateway/metrics.js";
 import { Gateway, type KeyUsage, type ScaleTarget, type ServiceEndpoint } from "../gateway/gateway.js";
 import type { TokenInfo } from "../ports/store.js";
 import { bearerAuthenticator } from "../server/authz.js";
@@ -125,7 +126,8 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
   // limit holds across all of them.
   const reporter = setInterval(() => {
     const reports = gateway.takeReport();
-    if (reports.length === 0 && !gateway.limits.active) return;
+    // Sent even when idle: the answer keeps this gateway's view of every key's use current, so
+    // a key spent elsewhere is refused here from its first request.
     control
       .call<{ usage?: KeyUsage[] }>("POST", "/gateway/v1/report", {
         gateway: id,
@@ -158,8 +160,8 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     // Before the key is read: with two Authorization headers there is no one key to read.
     refuseDuplicateHeaders(req.raw, reply.raw);
     const path = req.url.split("?")[0];
-    if (path === "/healthz" || path === "/metrics") return;
-    if (!path?.startsWith("/v1/") && !path?.startsWith("/serving/"))
+    if (path === "/healthz") return;
+    if (path !== "/metrics" && !path?.startsWith("/v1/") && !path?.startsWith("/serving/"))
       throw new UnauthorizedError(
         `this is a Loom gateway: it serves /v1/… and /serving/…; ${path} is on Loom's API (${opts.apiUrl})`,
       );
@@ -168,7 +170,13 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
   app.get("/healthz", async (_req, reply) =>
     version < 0 ? reply.code(503).send({ status: "waiting for the endpoint table" }) : { status: "ok" },
   );
-  app.get("/metrics", async (_req, reply) => reply.type(metrics.contentType).send(await metrics.metrics()));
+  // Any valid token or key; one of a project sees that project's series only (the series name
+  // every project's services, their traffic and their replicas).
+  app.get("/metrics", async (req, reply) => {
+    const text = await metrics.metrics();
+    const project = req.principal?.project;
+    return reply.type(metrics.contentType).send(project ? onlyProject(text, project) : text);
+  });
   await servingRoutes(app, { gateway, directory });
 
   gateway.start();

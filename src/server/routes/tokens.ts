@@ -57,15 +57,13 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
         ...(services ? { services: services as string[] } : {}),
         ...(rateLimit ? { rateLimit } : {}),
       });
-      return reply
-        .code(201)
-        .send({
-          key: created.token,
-          name,
-          project,
-          ...(services ? { services } : {}),
-          ...(rateLimit ? { rateLimit } : {}),
-        });
+      return reply.code(201).send({
+        key: created.token,
+        name,
+        project,
+        ...(services ? { services } : {}),
+        ...(rateLimit ? { rateLimit } : {}),
+      });
     },
   );
 }
