@@ -438,4 +438,35 @@ describe("the fast front and Node's parser decide alike (differential)", () => {
       for (const o of outcomes) expect(o.what, name).not.toBe("b/echo");
     }
   });
+
+  it("inject(), with no front and no server before the routes, refuses the same duplicates", async () => {
+    const directory = new ServingDirectory();
+    const gateway = new Gateway(
+      { directory, scaler: directory, registry: new Registry() },
+      { autoscale: false },
+    );
+    gateways.push(gateway);
+    const app = Fastify();
+    installErrorHandler(app);
+    // A hook that, like a careless integrator's, authenticates from the first header only.
+    app.addHook("onRequest", async (req) => {
+      req.principal = KEYS.adm;
+    });
+    await servingRoutes(app, { gateway, directory });
+    apps.push(app);
+    for (const [name, headers] of [
+      ["authorization", { authorization: ["Bearer sk-a", "Bearer adm"] }],
+      ["host", { host: ["a", "b"] }],
+    ] as const) {
+      const r = await app.inject({
+        method: "POST",
+        url: "/v1/chat/completions",
+        headers: headers as unknown as Record<string, string>,
+        payload: chat("b/echo"),
+      });
+      expect(r.statusCode, name).toBe(400);
+      expect(r.json().error.message).toContain(`more than one ${name} header`);
+      expect(r.headers.connection).toBe("close");
+    }
+  });
 });

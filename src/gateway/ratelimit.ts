@@ -100,11 +100,6 @@ export class RateLimiter {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  /** Whether any key with a limit was seen: a follower then keeps exchanging counts. */
-  get active(): boolean {
-    return this.local.size > 0 || this.remote.size > 0;
-  }
-
   /**
    * Counts one request of key `id` against `limit`, or returns the 429 to answer (not counted).
    */
