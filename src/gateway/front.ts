@@ -318,7 +318,8 @@ class FrontConnection {
 
   /** Serves the requests in `buf`, one at a time, or hands the connection to Node. */
   private next(): void {
-    while (this.buf && !this.active && !this.handedOff) {
+    // Once closing, nothing more is read as a request (as Node ignores data after a close).
+    while (this.buf && !this.active && !this.handedOff && !this.closing) {
       const buf = this.buf;
       if (!this.head) {
         const end = findHeadEnd(buf, this.searched);
