@@ -1,5 +1,6 @@
 import { type Server, STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
+import { badRequest, sendGatewayError } from "./errors.js";
 import {
   fieldsLength,
   findHeadEnd,
@@ -317,12 +318,15 @@ class FrontConnection {
 
   /** Serves the requests in `buf`, one at a time, or hands the connection to Node. */
   private next(): void {
-    while (this.buf && !this.active && !this.handedOff) {
+    // Once closing, nothing more is read as a request (as Node ignores data after a close).
+    while (this.buf && !this.active && !this.handedOff && !this.closing) {
       const buf = this.buf;
       if (!this.head) {
         const end = findHeadEnd(buf, this.searched);
         if (end < 0) {
-          if (buf.length > MAX_HEAD_BYTES) {
+          // A head with bare LF line ends never shows a CRLFCRLF: Node refuses it at once (400),
+          // so it goes there rather than waiting here for the head timeout.
+          if (buf.length > MAX_HEAD_BYTES || hasBareLF(buf, this.searched)) {
             this.handOff();
             return;
           }
@@ -331,7 +335,12 @@ class FrontConnection {
           return;
         }
         const head = end > MAX_HEAD_BYTES ? undefined : parseRequestHead(buf, end);
+        if (head?.duplicate && this.front.lane.claims(head.method, head.url)) {
+          this.refuseDuplicate(head);
+          return;
+        }
         if (
+          head?.duplicate ||
           !head ||
           head.contentLength > this.front.maxBodyBytes ||
           !this.front.lane.claims(head.method, head.url)
@@ -361,6 +370,20 @@ class FrontConnection {
       const req = new FrontRequest(head.method, head.url, head.headers, this.peer);
       this.front.lane.serve(req, res, head.authorization, body);
     }
+  }
+
+  /**
+   * A claimed request with a header that must come once (h1.ts SINGLE_HEADERS) came twice: 400,
+   * and the connection closes, as Node's server does after a request it cannot frame, so nothing
+   * pipelined behind it is read either. Node's side of the same port refuses it too (serverWith).
+   */
+  private refuseDuplicate(head: RequestHead): void {
+    this.buf = undefined;
+    this.closing = true;
+    this.socket.pause();
+    const res = new FrontResponse(this, this.socket, head.method);
+    this.active = res;
+    sendGatewayError(res, duplicateHeaderError(head.duplicate!));
   }
 
   responseDone(res: FrontResponse): void {
@@ -403,6 +426,21 @@ class FrontConnection {
     this.closing = true;
     if (force || this.idle) this.socket.destroy();
   }
+}
+
+/** Whether buf holds, from `from` on, an LF with no CR before it. */
+function hasBareLF(buf: Buffer, from: number): boolean {
+  for (let i = buf.indexOf(10, from); i >= 0; i = buf.indexOf(10, i + 1)) {
+    if (i === 0 || buf[i - 1] !== 13) return true;
+  }
+  return false;
+}
+
+/** The 400 for a request that repeats a header it may carry once: which one, and what to do. */
+export function duplicateHeaderError(name: string) {
+  return badRequest(
+    `the request has more than one ${name} header: send it exactly once (a request with two is refused rather than guessing which one counts)`,
+  );
 }
 
 class Front {

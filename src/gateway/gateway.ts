@@ -14,6 +14,7 @@ import { forward } from "./forward.js";
 import type { GatewayRequest, GatewayResponse } from "./h1.js";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.js";
 import { HttpForwarder } from "./proxy.js";
+import { RateLimiter } from "./ratelimit.js";
 import { recordRequest } from "./recording.js";
 import { updateService } from "./revisions.js";
 import { route } from "./route.js";
@@ -33,6 +34,7 @@ export type {
   ScaleTarget,
   ServiceEndpoint,
 } from "./contract.js";
+export type { KeyUsage, RateLimit } from "./ratelimit.js";
 
 /**
  * The inference gateway's core: one request goes
@@ -53,6 +55,8 @@ export type {
 export class Gateway {
   readonly activator: Activator;
   readonly metrics: GatewayMetrics;
+  /** Per-key request and token budgets; the integrator admits each keyed request here. */
+  readonly limits: RateLimiter;
   private readonly g: GatewayContext;
   private timer?: NodeJS.Timeout;
   private ticking = false;
@@ -62,6 +66,7 @@ export class Gateway {
     const metrics = deps.metrics ?? createGatewayMetrics(deps.registry ?? missingRegistry());
     const states: GatewayContext["states"] = new Map();
     this.metrics = metrics;
+    this.limits = new RateLimiter(now);
     this.activator = new Activator({
       capacity: opts.activator?.capacity,
       timeoutMs: opts.activator?.timeoutMs,

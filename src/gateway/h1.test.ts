@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ChunkedDecoder, findHeadEnd, parseRequestHead, parseResponseHead } from "./h1.js";
+import { ChunkedDecoder, duplicateHeader, findHeadEnd, parseRequestHead, parseResponseHead } from "./h1.js";
 
 function req(text: string) {
   const buf = Buffer.from(text, "latin1");
@@ -27,16 +27,39 @@ describe("parseRequestHead", () => {
   });
 
   it("takes a tab and latin1 text in values, and a head with no header at all", () => {
-    const h = req("GET /a?b=%20 HTTP/1.1\r\nX-A:\ta\tb\t\r\nX-B: caf\u00e9\r\n\r\n");
-    expect(h?.headers).toEqual(["x-a", "a\tb", "x-b", "caf\u00e9"]);
-    expect(req("GET / HTTP/1.1\r\n\r\n")).toMatchObject({ method: "GET", url: "/", headers: [] });
+    const h = req("GET /a?b=%20 HTTP/1.1\r\nX-A:\ta\tb\t\r\nX-B: caf\u00e9\r\nHost: h\r\n\r\n");
+    expect(h?.headers).toEqual(["x-a", "a\tb", "x-b", "caf\u00e9", "host", "h"]);
+    // No Host: Node answers 400 (requireHostHeader); the front leaves it to Node.
+    expect(req("GET / HTTP/1.1\r\n\r\n")).toBeUndefined();
   });
 
-  it("notes Connection: close and tolerates equal duplicate lengths", () => {
-    const h = req(
-      "POST / HTTP/1.1\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
-    );
+  it("notes Connection: close", () => {
+    const h = req("POST / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Close\r\nContent-Length: 2\r\n\r\n");
     expect(h).toMatchObject({ close: true, contentLength: 2 });
+  });
+
+  it.each([
+    ["authorization", "Authorization: Bearer a\r\nauthorization: Bearer b\r\nHost: h\r\n"],
+    ["authorization", "Authorization: \r\nAUTHORIZATION: Bearer b\r\nHost: h\r\n"],
+    ["content-length", "Host: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n"],
+    ["host", "Host: h\r\nHOST: evil\r\n"],
+  ])("marks a repeated %s (the request is refused, whichever copy a parser would take)", (name, fields) => {
+    const h = req(`POST / HTTP/1.1\r\n${fields}\r\n`);
+    expect(h?.duplicate).toBe(name);
+    // The first Authorization, as Node's req.headers has it.
+    if (name === "authorization")
+      expect(h?.authorization).toBe(fields.includes("Bearer a") ? "Bearer a" : "");
+  });
+
+  it("duplicateHeader finds the same repeats in Node's rawHeaders, in any case", () => {
+    expect(duplicateHeader(["Host", "h", "Authorization", "a", "AUTHORIZATION", "b"])).toBe("authorization");
+    expect(duplicateHeader(["host", "h", "Content-Length", "1", "content-length", "1"])).toBe(
+      "content-length",
+    );
+    expect(duplicateHeader(["Host", "h", "hOST", "x"])).toBe("host");
+    expect(
+      duplicateHeader(["Host", "h", "Authorization", "a", "X-Authorization", "b", "Accept", "x"]),
+    ).toBeUndefined();
   });
 
   it.each([

@@ -66,6 +66,12 @@ export interface RequestHead {
   /** The client asked to close the connection after this exchange. */
   close: boolean;
   authorization: string | undefined;
+  /**
+   * A header that must appear once but came twice or more (authorization, content-length, host):
+   * the request is refused with 400, never served. Two parsers that pick different copies (Node
+   * takes the first Authorization; a naive reader the last) would otherwise decide differently.
+   */
+  duplicate?: string;
 }
 
 interface Fields {
@@ -73,6 +79,8 @@ interface Fields {
   headers: string[];
   /** -1: none declared. */
   contentLength: number;
+  /** How many Content-Length lines there were (a request with two is refused, as Node's parser does). */
+  contentLengths: number;
 }
 
 const CLOSE_TOKEN = /(^|,)\s*close\s*(,|$)/;
@@ -85,6 +93,7 @@ const KEEP_ALIVE_TOKEN = /(^|,)\s*keep-alive\s*(,|$)/;
 function readFields(text: string, at: number): Fields | string {
   const headers: string[] = [];
   let contentLength = -1;
+  let contentLengths = 0;
   FIELD_LINE.lastIndex = at;
   while (FIELD_LINE.lastIndex < text.length) {
     const from = FIELD_LINE.lastIndex;
@@ -99,10 +108,11 @@ function readFields(text: string, at: number): Fields | string {
       const n = Number(value);
       if (contentLength >= 0 && contentLength !== n) return "two content-lengths";
       contentLength = n;
+      contentLengths++;
     }
     headers.push(name, value);
   }
-  return { headers, contentLength };
+  return { headers, contentLength, contentLengths };
 }
 
 /** Why a header line did not match FIELD_LINE (only ever on the error path). */
@@ -117,7 +127,8 @@ function whatIsWrong(line: string): string {
 
 /**
  * The head in buf[0, end) (end: the index of its \r\n\r\n), or undefined when this path does not
- * take it: not plain HTTP/1.1 with a Content-Length body, or anything malformed.
+ * take it: not plain HTTP/1.1 with a Content-Length body, no Host (Node answers 400), or anything
+ * malformed. Node's server then decides, so the two parsers cannot differ on what is odd.
  */
 export function parseRequestHead(buf: Buffer, end: number): RequestHead | undefined {
   // With the CRLF that ends the last header line.
@@ -132,6 +143,8 @@ export function parseRequestHead(buf: Buffer, end: number): RequestHead | undefi
   const { headers } = fields;
   let close = false;
   let authorization: string | undefined;
+  let authorizations = 0;
+  let hosts = 0;
   for (let i = 0; i < headers.length; i += 2) {
     const value = headers[i + 1]!;
     switch (headers[i]) {
@@ -146,11 +159,55 @@ export function parseRequestHead(buf: Buffer, end: number): RequestHead | undefi
         break;
       }
       case "authorization":
-        authorization = value;
+        // The first, as Node's req.headers has it; a second makes the request a 400 anyway.
+        if (authorizations++ === 0) authorization = value;
+        break;
+      case "host":
+        hosts++;
         break;
     }
   }
-  return { method, url, headers, contentLength: Math.max(0, fields.contentLength), close, authorization };
+  // Node refuses an HTTP/1.1 request without Host (requireHostHeader): let it say so.
+  if (hosts === 0) return undefined;
+  const head: RequestHead = {
+    method,
+    url,
+    headers,
+    contentLength: Math.max(0, fields.contentLength),
+    close,
+    authorization,
+  };
+  const duplicate =
+    authorizations > 1
+      ? "authorization"
+      : fields.contentLengths > 1
+        ? "content-length"
+        : hosts > 1
+          ? "host"
+          : undefined;
+  if (duplicate) head.duplicate = duplicate;
+  return head;
+}
+
+/** The headers a request may carry once only: two of any of them make it a 400, on every path. */
+export const SINGLE_HEADERS = ["authorization", "content-length", "host"] as const;
+
+/**
+ * The first of SINGLE_HEADERS that `rawHeaders` (flat [name, value, …], any case, as Node's
+ * IncomingMessage has them) carries more than once; undefined when none is repeated.
+ */
+export function duplicateHeader(rawHeaders: readonly string[]): string | undefined {
+  let seen = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    // Most names are none of the three: a length check before lower-casing.
+    if (name.length !== 4 && name.length !== 13 && name.length !== 14) continue;
+    const bit = SINGLE_HEADERS.indexOf(name.toLowerCase() as (typeof SINGLE_HEADERS)[number]);
+    if (bit < 0) continue;
+    if (seen & (1 << bit)) return SINGLE_HEADERS[bit];
+    seen |= 1 << bit;
+  }
+  return undefined;
 }
 
 export interface ResponseHead {

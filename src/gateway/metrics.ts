@@ -97,3 +97,16 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     }),
   };
 }
+
+/**
+ * Prometheus text with only `project`'s series: a sample with a `project` label of another
+ * project goes (its services' names and traffic are that project's business); samples without a
+ * project label (the process's own) and the HELP/TYPE lines stay.
+ */
+export function onlyProject(text: string, project: string): string {
+  const own = `project="${project.replace(/["\\\n]/g, "")}"`;
+  return text
+    .split("\n")
+    .filter((line) => line.startsWith("#") || !/[{,]project="/.test(line) || line.includes(own))
+    .join("\n");
+}

@@ -2,11 +2,18 @@ import { hostname } from "node:os";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "pino";
 import { UnauthorizedError } from "../api/errors.js";
-import { Gateway, type ScaleTarget, type ServiceEndpoint } from "../gateway/gateway.js";
+import { Gateway, type KeyUsage, type ScaleTarget, type ServiceEndpoint } from "../gateway/gateway.js";
+import { onlyProject } from "../gateway/metrics.js";
 import type { TokenInfo } from "../ports/store.js";
 import { bearerAuthenticator } from "../server/authz.js";
 import { installErrorHandler } from "../server/errors.js";
-import { openAIFastLane, ServingDirectory, serverWith, servingRoutes } from "../server/serving.js";
+import {
+  openAIFastLane,
+  refuseDuplicateHeaders,
+  ServingDirectory,
+  serverWith,
+  servingRoutes,
+} from "../server/serving.js";
 import { processMetricsRegistry } from "./processmetrics.js";
 
 /**
@@ -118,12 +125,24 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
   void poll();
 
   // Load reports: what the deciding gateway adds to its own.
+  // With them, API keys' use here; the answer is every other gateway's, so that a key's rate
+  // limit holds across all of them.
   const reporter = setInterval(() => {
     const reports = gateway.takeReport();
-    if (reports.length === 0) return;
-    control.call("POST", "/gateway/v1/report", { gateway: id, reports }).catch((err: unknown) => {
-      log.warn({ err: (err as Error).message }, "cannot report load to Loom's API");
-    });
+    // Sent even when idle: the answer keeps this gateway's view of every key's use current, so
+    // a key spent elsewhere is refused here from its first request.
+    control
+      .call<{ usage?: KeyUsage[] }>("POST", "/gateway/v1/report", {
+        gateway: id,
+        reports,
+        usage: gateway.limits.takeUsage(),
+      })
+      .then((answer) => {
+        if (answer?.usage) gateway.limits.setRemote(answer.usage);
+      })
+      .catch((err: unknown) => {
+        log.warn({ err: (err as Error).message }, "cannot report load to Loom's API");
+      });
   }, opts.reportEveryMs ?? 1000);
   reporter.unref();
 
@@ -140,10 +159,12 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     serverFactory: serverWith(openAIFastLane({ gateway, directory }, authenticate)),
   });
   installErrorHandler(app);
-  app.addHook("onRequest", async (req) => {
+  app.addHook("onRequest", async (req, reply) => {
+    // Before the key is read: with two Authorization headers there is no one key to read.
+    refuseDuplicateHeaders(req.raw, reply.raw);
     const path = req.url.split("?")[0];
-    if (path === "/healthz" || path === "/metrics") return;
-    if (!path?.startsWith("/v1/") && !path?.startsWith("/serving/"))
+    if (path === "/healthz") return;
+    if (path !== "/metrics" && !path?.startsWith("/v1/") && !path?.startsWith("/serving/"))
       throw new UnauthorizedError(
         `this is a Loom gateway: it serves /v1/… and /serving/…; ${path} is on Loom's API (${opts.apiUrl})`,
       );
@@ -152,7 +173,13 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
   app.get("/healthz", async (_req, reply) =>
     version < 0 ? reply.code(503).send({ status: "waiting for the endpoint table" }) : { status: "ok" },
   );
-  app.get("/metrics", async (_req, reply) => reply.type(metrics.contentType).send(await metrics.metrics()));
+  // Any valid token or key; one of a project sees that project's series only (the series name
+  // every project's services, their traffic and their replicas).
+  app.get("/metrics", async (req, reply) => {
+    const text = await metrics.metrics();
+    const project = req.principal?.project;
+    return reply.type(metrics.contentType).send(project ? onlyProject(text, project) : text);
+  });
   await servingRoutes(app, { gateway, directory });
 
   gateway.start();

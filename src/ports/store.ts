@@ -92,6 +92,13 @@ export interface EventRecorder {
 
 export type Role = "admin" | "editor" | "viewer";
 
+/** What an API key may do at the gateway: these services (all of its project's when unset), this fast. */
+export interface ApiKeyScope {
+  services?: string[];
+  /** Enforced by every gateway replica together (gateway/ratelimit.ts); unset: no limit. */
+  rateLimit?: { requestsPerMinute?: number; tokensPerMinute?: number };
+}
+
 export interface TokenInfo {
   id: string;
   name: string;
@@ -99,7 +106,7 @@ export interface TokenInfo {
   /** Set: the token reaches this project only. */
   project?: string;
   /** An API key: reaches the inference gateway only, for its project (and these services, if set). */
-  apiKey?: { services?: string[] };
+  apiKey?: ApiKeyScope;
   /** When set (ISO time): refused from then on. */
   expiresAt?: string;
   /**
@@ -126,7 +133,7 @@ export interface TokenCreateOptions {
   /** That project's metadata.uid: a project deleted and re-created honours none of its old tokens. */
   projectUid?: string;
   /** An API key for the inference gateway (see TokenInfo.apiKey). */
-  apiKey?: { services?: string[] };
+  apiKey?: ApiKeyScope;
   /** Seconds until it is refused. */
   ttlSeconds?: number;
   /** The workload it belongs to (TokenInfo.workload); revoked with revokeWorkload when that ends. */
@@ -150,7 +157,7 @@ export interface TokenStore {
     name: string,
     role: Role,
     opts?: TokenCreateOptions | string,
-    apiKey?: { services?: string[] },
+    apiKey?: ApiKeyScope,
   ): Promise<{ token: string; info: TokenInfo }>;
   /** The token's owner, or undefined if unknown, revoked or expired. */
   verify(token: string): Promise<TokenInfo | undefined>;
@@ -165,7 +172,7 @@ export interface TokenStore {
 /** TokenCreateOptions from either form of TokenStore.create's arguments. */
 export function tokenOptions(
   opts: TokenCreateOptions | string | undefined,
-  apiKey: { services?: string[] } | undefined,
+  apiKey: ApiKeyScope | undefined,
 ): TokenCreateOptions {
   const o: TokenCreateOptions = typeof opts === "string" ? { project: opts } : { ...(opts ?? {}) };
   if (apiKey && !o.apiKey) o.apiKey = apiKey;

@@ -4,19 +4,21 @@ import { BadRequestError } from "../api/errors.js";
 import type { InferenceService, InferenceServiceSpec } from "../api/inferenceservice.js";
 import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice/reconciler.js";
 import { badRequest, sendGatewayError, unknownModel } from "../gateway/errors.js";
-import { attachFront, type FastLane } from "../gateway/front.js";
+import { attachFront, duplicateHeaderError, type FastLane } from "../gateway/front.js";
 import type {
   ConcurrencyReport,
   EndpointDirectory,
   Gateway,
   HandleOptions,
+  HandleResult,
+  KeyUsage,
   Scaler,
   ScaleTarget,
   ServiceEndpoint,
 } from "../gateway/gateway.js";
-import type { GatewayResponse } from "../gateway/h1.js";
+import { duplicateHeader, type GatewayRequest, type GatewayResponse } from "../gateway/h1.js";
 import type { TokenInfo } from "../ports/store.js";
-import { toGatewayError } from "./errors.js";
+import { statusBody, toGatewayError } from "./errors.js";
 
 /**
  * The adapters between Loom's InferenceService controller and the platform-agnostic gateway:
@@ -187,10 +189,15 @@ export function endpointRoute(url: string): { model: string; path: string } | un
   const pathname = q < 0 ? url : url.slice(0, q);
   const [project, service, ...rest] = pathname.slice(ENDPOINT_PREFIX.length).split("/");
   if (!project || !service) return undefined;
-  return {
-    model: `${decodeURIComponent(project)}/${decodeURIComponent(service)}`,
-    path: `/${rest.join("/")}${q < 0 ? "" : url.slice(q)}`,
-  };
+  let model: string;
+  try {
+    model = `${decodeURIComponent(project)}/${decodeURIComponent(service)}`;
+  } catch {
+    // A malformed %-escape (`/serving/%zz/s/`): no service; the route says so. Throwing here
+    // would escape the front's socket handler.
+    return undefined;
+  }
+  return { model, path: `/${rest.join("/")}${q < 0 ? "" : url.slice(q)}` };
 }
 
 /** How the gateway takes one forwarded request, whichever way it came in (the front, Node's server, a Fastify route). */
@@ -207,6 +214,47 @@ function handleOptions(url: string, principal: TokenInfo, body?: Buffer): Handle
     opts.path = endpoint.path;
   }
   return opts;
+}
+
+/**
+ * Serves a request as `principal`: a key with a rate limit is admitted against it first (a 429
+ * with Retry-After when spent) and its response's tokens counted after. A key without one costs
+ * a property read.
+ */
+function serveAs(
+  gateway: Gateway,
+  req: GatewayRequest,
+  res: GatewayResponse,
+  principal: TokenInfo,
+  opts: HandleOptions,
+  done?: (r: HandleResult) => void,
+): void {
+  const limit = principal.apiKey?.rateLimit;
+  if (limit === undefined) {
+    gateway.serve(req, res, opts, done);
+    return;
+  }
+  const refused = gateway.limits.admit(principal.id, limit);
+  if (refused) {
+    sendGatewayError(res, refused);
+    done?.({ status: refused.httpStatus });
+    return;
+  }
+  gateway.serve(req, res, opts, (r) => {
+    if (r.usage) gateway.limits.addTokens(principal.id, r.usage.promptTokens + r.usage.completionTokens);
+    done?.(r);
+  });
+}
+
+/** serveAs for a Fastify route, which awaits the end of the exchange. */
+function handleAs(
+  gateway: Gateway,
+  req: GatewayRequest,
+  res: GatewayResponse,
+  principal: TokenInfo,
+  opts: HandleOptions,
+): Promise<HandleResult> {
+  return new Promise((resolve) => serveAs(gateway, req, res, principal, opts, resolve));
 }
 
 /**
@@ -239,10 +287,10 @@ export function openAIFastLane(
       }
       if (principal instanceof Promise) {
         principal.then(
-          (p) => deps.gateway.serve(req, res, handleOptions(req.url ?? "", p, body)),
+          (p) => serveAs(deps.gateway, req, res, p, handleOptions(req.url ?? "", p, body)),
           (err: unknown) => fail(res, err),
         );
-      } else deps.gateway.serve(req, res, handleOptions(req.url ?? "", principal, body));
+      } else serveAs(deps.gateway, req, res, principal, handleOptions(req.url ?? "", principal, body));
     },
   };
 }
@@ -257,6 +305,12 @@ export function serverWith(
 ): (handler: (req: IncomingMessage, res: ServerResponse) => void, opts: FastifyServerOptions) => Server {
   return (handler, opts) => {
     const server = createServer((req, res) => {
+      // The front refuses these too (front.ts): whichever parser reads a request, it is refused.
+      const duplicate = duplicateHeader(req.rawHeaders);
+      if (duplicate) {
+        refuseDuplicate(req, res, duplicate, lane);
+        return;
+      }
       if (!lane.claims(req.method ?? "GET", req.url ?? "/")) {
         handler(req, res);
         return;
@@ -274,6 +328,41 @@ export function serverWith(
 }
 
 /**
+ * Throws the 400 for a request that repeats Authorization, Content-Length or Host: for an
+ * onRequest hook that must run before authentication (`loom gateway`'s), so that the decision
+ * is the same whether the front or Node's server read the request.
+ */
+export function refuseDuplicateHeaders(req: IncomingMessage, res: ServerResponse): void {
+  const duplicate = duplicateHeader(req.rawHeaders);
+  if (!duplicate) return;
+  // Nothing pipelined behind it is read, as on the front.
+  res.shouldKeepAlive = false;
+  throw duplicateHeaderError(duplicate);
+}
+
+/** Whether a URL is the gateway's (answered in OpenAI's error shape) rather than Loom's API's. */
+function gatewayUrl(url: string): boolean {
+  return url.startsWith("/v1/") || url.startsWith(ENDPOINT_PREFIX);
+}
+
+/**
+ * 400 for a request that repeats Authorization, Content-Length or Host, before any route or
+ * credential is looked at; the connection closes after it, as the front's does.
+ */
+function refuseDuplicate(req: IncomingMessage, res: ServerResponse, name: string, lane?: FastLane): void {
+  res.shouldKeepAlive = false;
+  const url = req.url ?? "/";
+  if (gatewayUrl(url) || lane?.claims(req.method ?? "GET", url)) {
+    sendGatewayError(res, duplicateHeaderError(name));
+    return;
+  }
+  const err = duplicateHeaderError(name);
+  const payload = JSON.stringify(statusBody(400, "BadRequest", err.message));
+  res.writeHead(400, { "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
+  res.end(payload);
+}
+
+/**
  * The OpenAI-compatible routes on Loom's port. Bodies stay raw (the gateway forwards them as
  * they came and reads only `model`), so these routes live in their own scope with their own
  * content-type parser.
@@ -285,12 +374,19 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
       done(null, body),
     );
     const principalOf = (req: FastifyRequest) => req.principal!;
+    // inject() and a server without the front reach these routes without serverWith's check.
+    scope.addHook("onRequest", async (req, reply) => {
+      const duplicate = duplicateHeader(req.raw.rawHeaders);
+      if (!duplicate) return;
+      return reply.code(400).header("connection", "close").send(duplicateHeaderError(duplicate).body());
+    });
     // Reached through inject() (tests) or a server without the fast path.
     for (const path of FORWARDED) {
       scope.post(path, async (req, reply) => {
         reply.hijack();
         const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
-        await deps.gateway.handle(req.raw, reply.raw, handleOptions(req.url, principalOf(req), body));
+        const principal = principalOf(req);
+        await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
       });
     }
     scope.all("/serving/*", async (req, reply) => {
@@ -303,7 +399,8 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
         return;
       }
       const body = Buffer.isBuffer(req.body) ? req.body : undefined;
-      await deps.gateway.handle(req.raw, reply.raw, handleOptions(req.url, principalOf(req), body));
+      const principal = principalOf(req);
+      await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
     });
     scope.get("/v1/models", async (req) => {
       const principal = principalOf(req);
@@ -364,19 +461,29 @@ export async function gatewayControlRoutes(
     if (!info) return reply.code(401).send({ valid: false });
     return { valid: true, principal: info };
   });
-  app.post<{ Body: { gateway?: unknown; reports?: unknown } }>("/gateway/v1/report", async (req, reply) => {
-    const source = req.body?.gateway;
-    const reports = req.body?.reports;
-    if (typeof source !== "string" || !Array.isArray(reports))
-      throw new BadRequestError(
-        "send {gateway: ID, reports: [{project, service, revision, concurrency, held}]}",
-      );
-    for (const r of reports as ConcurrencyReport[]) {
-      if (typeof r?.revision !== "string" || !Number.isFinite(r.concurrency)) continue;
-      deps.gateway.recordRemote(source, { ...r, held: Number(r.held) || 0 });
-    }
-    return reply.code(204).send();
-  });
+  app.post<{ Body: { gateway?: unknown; reports?: unknown; usage?: unknown } }>(
+    "/gateway/v1/report",
+    async (req, reply) => {
+      const source = req.body?.gateway;
+      const reports = req.body?.reports;
+      const usage = req.body?.usage;
+      if (
+        typeof source !== "string" ||
+        !Array.isArray(reports) ||
+        (usage !== undefined && !Array.isArray(usage))
+      )
+        throw new BadRequestError(
+          "send {gateway: ID, reports: [{project, service, revision, concurrency, held}], usage?: [{key, window, requests, tokens, prevRequests, prevTokens}]}",
+        );
+      for (const r of reports as ConcurrencyReport[]) {
+        if (typeof r?.revision !== "string" || !Number.isFinite(r.concurrency)) continue;
+        deps.gateway.recordRemote(source, { ...r, held: Number(r.held) || 0 });
+      }
+      // API keys' use there, for the shared rate limits; the answer is everyone else's.
+      if (usage === undefined) return reply.code(204).send();
+      return { usage: deps.gateway.limits.merge(source, usage as KeyUsage[]) };
+    },
+  );
   app.post<{ Body: Partial<ScaleTarget> }>("/gateway/v1/activate", async (req, reply) => {
     const t = req.body ?? {};
     if (typeof t.project !== "string" || typeof t.service !== "string" || typeof t.revision !== "string")

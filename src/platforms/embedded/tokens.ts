@@ -1,6 +1,7 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import type { Kysely, Selectable } from "kysely";
 import {
+  type ApiKeyScope,
   type Role,
   type TokenCreateOptions,
   type TokenInfo,
@@ -35,7 +36,7 @@ export class SqliteTokenStore implements TokenStore {
     name: string,
     role: Role,
     scope?: TokenCreateOptions | string,
-    key?: { services?: string[] },
+    key?: ApiKeyScope,
   ): Promise<{ token: string; info: TokenInfo }> {
     const { project, projectUid, apiKey, ttlSeconds, workload } = tokenOptions(scope, key);
     // API keys look different (sk-…), as OpenAI's do: clients and secret scanners know the shape.
@@ -69,7 +70,12 @@ export class SqliteTokenStore implements TokenStore {
         created_at: now.toISOString(),
         project: project ?? null,
         kind: apiKey ? "apikey" : null,
-        services: apiKey?.services ? JSON.stringify(apiKey.services) : null,
+        // The list alone, as before; with a rate limit the whole scope (read back by shape).
+        services: apiKey?.rateLimit
+          ? JSON.stringify(apiKey)
+          : apiKey?.services
+            ? JSON.stringify(apiKey.services)
+            : null,
         expires_at: expiresAt ?? null,
         project_uid: info.projectUid ?? null,
         workload: workload ? JSON.stringify(workload) : null,
@@ -128,10 +134,15 @@ function infoOf(row: Selectable<TokensTable>): TokenInfo {
     role: row.role as Role,
     ...(row.project ? { project: row.project } : {}),
     ...(row.kind === "apikey"
-      ? { apiKey: row.services ? { services: JSON.parse(row.services) as string[] } : {} }
+      ? { apiKey: row.services ? apiKeyScope(JSON.parse(row.services) as unknown) : {} }
       : {}),
     ...(row.expires_at ? { expiresAt: row.expires_at } : {}),
     ...(row.workload ? { workload: JSON.parse(row.workload) as WorkloadRef } : {}),
     ...(row.project_uid ? { projectUid: row.project_uid } : {}),
   };
+}
+
+/** The `services` column: a list of service names, or a whole ApiKeyScope (one with a rate limit). */
+function apiKeyScope(stored: unknown): ApiKeyScope {
+  return Array.isArray(stored) ? { services: stored as string[] } : (stored as ApiKeyScope);
 }

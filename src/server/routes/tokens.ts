@@ -95,37 +95,39 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
   });
 
   // Project API keys for the gateway: a project's admin or editor makes them.
-  app.post<{ Params: Params; Body: { name?: unknown; services?: unknown; ttl?: unknown } }>(
-    `${BASE}/projects/:project/apikeys`,
-    async (req, reply) => {
-      requireKeyManager(req.principal, "creating");
-      const project = req.params.project!;
-      const projectUid = (await resources.get(resources.kind("projects"), undefined, project)).metadata.uid;
-      const { name, services, ttl } = req.body ?? {};
-      if (typeof name !== "string" || !TOKEN_NAME.test(name))
-        throw new BadRequestError("name must be 1-63 letters, digits, '.', '_', '@' or '-'");
-      if (
-        services !== undefined &&
-        (!Array.isArray(services) || !services.every((s) => typeof s === "string"))
-      )
-        throw new BadRequestError("services must be a list of InferenceService names");
-      const ttlSeconds = parseTtl(ttl);
-      const created = await deps.tokens.create(name, "viewer", {
-        project,
-        projectUid,
-        apiKey: { ...(services ? { services: services as string[] } : {}) },
-        ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
-      });
-      return reply.code(201).send({
-        key: created.token,
-        id: created.info.id,
-        name,
-        project,
-        ...(services ? { services } : {}),
-        ...(created.info.expiresAt ? { expiresAt: created.info.expiresAt } : {}),
-      });
-    },
-  );
+  app.post<{
+    Params: Params;
+    Body: { name?: unknown; services?: unknown; ttl?: unknown; rateLimit?: unknown };
+  }>(`${BASE}/projects/:project/apikeys`, async (req, reply) => {
+    requireKeyManager(req.principal, "creating");
+    const project = req.params.project!;
+    const projectUid = (await resources.get(resources.kind("projects"), undefined, project)).metadata.uid;
+    const { name, services, ttl } = req.body ?? {};
+    const rateLimit = parseRateLimit(req.body?.rateLimit);
+    if (typeof name !== "string" || !TOKEN_NAME.test(name))
+      throw new BadRequestError("name must be 1-63 letters, digits, '.', '_', '@' or '-'");
+    if (services !== undefined && (!Array.isArray(services) || !services.every((s) => typeof s === "string")))
+      throw new BadRequestError("services must be a list of InferenceService names");
+    const ttlSeconds = parseTtl(ttl);
+    const created = await deps.tokens.create(name, "viewer", {
+      project,
+      projectUid,
+      apiKey: {
+        ...(services ? { services: services as string[] } : {}),
+        ...(rateLimit ? { rateLimit } : {}),
+      },
+      ...(ttlSeconds !== undefined ? { ttlSeconds } : {}),
+    });
+    return reply.code(201).send({
+      key: created.token,
+      id: created.info.id,
+      name,
+      project,
+      ...(services ? { services } : {}),
+      ...(rateLimit ? { rateLimit } : {}),
+      ...(created.info.expiresAt ? { expiresAt: created.info.expiresAt } : {}),
+    });
+  });
 
   app.get<{ Params: Params }>(`${BASE}/projects/:project/apikeys`, async (req) => {
     requireKeyManager(req.principal, "listing");
@@ -148,4 +150,25 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
       return reply.code(204).send();
     },
   );
+}
+
+/** An API key's optional `rateLimit: {requestsPerMinute?, tokensPerMinute?}` (whole numbers ≥ 1). */
+function parseRateLimit(v: unknown): { requestsPerMinute?: number; tokensPerMinute?: number } | undefined {
+  if (v === undefined) return undefined;
+  const fail = () =>
+    new BadRequestError(
+      "rateLimit must be {requestsPerMinute?: N, tokensPerMinute?: N} with whole numbers of at least 1",
+    );
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw fail();
+  const out: { requestsPerMinute?: number; tokensPerMinute?: number } = {};
+  for (const [k, n] of Object.entries(v)) {
+    if (
+      (k !== "requestsPerMinute" && k !== "tokensPerMinute") ||
+      !Number.isSafeInteger(n) ||
+      (n as number) < 1
+    )
+      throw fail();
+    out[k] = n as number;
+  }
+  return Object.keys(out).length ? out : undefined;
 }
