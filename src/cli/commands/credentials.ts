@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import type { CliDeps } from "../deps.js";
+import { CliError } from "../errors.js";
 import { age, table } from "../print.js";
 import { BASE } from "../resources.js";
 
@@ -100,12 +101,19 @@ export function registerApikey(program: Command, deps: CliDeps): void {
     .option("-p, --project <project>", "the project whose endpoints the key reaches")
     .option("--service <name...>", "only these InferenceServices (default: every one of the project)")
     .option("--ttl <duration>", 'refused after this long: seconds, or "30m", "12h", "7d" (default: never)')
-    .action(async (name: string, opts: { project?: string; service?: string[]; ttl?: string }) => {
+    .option("--rpm <n>", "at most this many requests a minute, across every gateway (429 beyond)")
+    .option("--tpm <n>", "at most this many tokens (prompt + completion) a minute, across every gateway")
+    .action(async (name: string, opts: KeyCreateOptions) => {
       const { api, path } = keysOf(opts.project);
+      const rateLimit = {
+        ...(opts.rpm !== undefined ? { requestsPerMinute: wholeNumber("--rpm", opts.rpm) } : {}),
+        ...(opts.tpm !== undefined ? { tokensPerMinute: wholeNumber("--tpm", opts.tpm) } : {}),
+      };
       const created = await api.request<{ key: string }>("POST", path, {
         name,
         ...(opts.service ? { services: opts.service } : {}),
         ...(opts.ttl ? { ttl: opts.ttl } : {}),
+        ...(Object.keys(rateLimit).length ? { rateLimit } : {}),
       });
       deps.stdout.write(`${created.key}\n`);
     });
@@ -128,4 +136,20 @@ export function registerApikey(program: Command, deps: CliDeps): void {
       await api.request("DELETE", `${path}/${encodeURIComponent(id)}`);
       deps.stdout.write(`API key ${id} of project ${project} revoked\n`);
     });
+}
+
+interface KeyCreateOptions {
+  project?: string;
+  service?: string[];
+  ttl?: string;
+  rpm?: string;
+  tpm?: string;
+}
+
+/** A flag's value as a whole number of at least 1 (the server says the same, later and less plainly). */
+function wholeNumber(flag: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new CliError(`${flag} must be a whole number of at least 1, not "${value}"`);
+  return n;
 }
