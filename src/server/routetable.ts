@@ -103,6 +103,7 @@ export const REGISTERED_ELSEWHERE: { method: string; url: string; rule: Rule }[]
   { method: "*", url: "/serving/*", rule: rule.gateway("inference", "write") },
   { method: "GET", url: "/v1/models", rule: rule.gateway("models", "read") },
   { method: "GET", url: "/v1/models/*", rule: rule.gateway("models", "read") },
+  { method: "*", url: "/v1/*", rule: rule.gateway("unserved", "read") },
   // The control routes other gateway replicas call (server/serving.ts).
   { method: "GET", url: "/gateway/v1/endpoints", rule: rule.gatewayControl("gateway-endpoints", "read") },
   {
