@@ -4,6 +4,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { FastifyInstance, InjectOptions } from "fastify";
+import type { Kysely } from "kysely";
 import { pino } from "pino";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -111,7 +112,7 @@ async function world(): Promise<World> {
     log,
     pollMs: 50,
   });
-  const tracking = trackingOn(sqliteTracking(database.db));
+  const tracking = trackingOn(sqliteTracking(database.db as unknown as Kysely<unknown>));
   const directory = new ServingDirectory();
   const gateway = new Gateway(
     { directory, scaler: directory, registry: new Registry() },
