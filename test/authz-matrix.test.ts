@@ -3,7 +3,7 @@ import { Agent, request } from "node:http";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { FastifyInstance, InjectOptions } from "fastify";
+import Fastify, { type FastifyInstance, type InjectOptions } from "fastify";
 import type { Kysely } from "kysely";
 import { pino } from "pino";
 import { Registry } from "prom-client";
@@ -17,7 +17,7 @@ import { SqliteResourceStore } from "../src/platforms/embedded/store.js";
 import { SqliteTokenStore } from "../src/platforms/embedded/tokens.js";
 import type { TokenInfo, TokenStore } from "../src/ports/store.js";
 import { buildApp } from "../src/server/app.js";
-import { REGISTERED_ELSEWHERE } from "../src/server/routetable.js";
+import { REGISTERED_ELSEWHERE, requireRules, route, rule } from "../src/server/routetable.js";
 import { ServingDirectory } from "../src/server/serving.js";
 import { sqliteTracking, type Tracking, trackingOn } from "../src/tracking/db.js";
 
@@ -464,4 +464,256 @@ describe("the authorization matrix", () => {
     expect(wrongDenials).toEqual([]);
     expect(errors).toEqual([]);
   }, 600_000);
+});
+
+/** A raw HTTP/1.1 request on a fresh connection: the status line's code (or 0 when the server hung up). */
+function raw(port: number, text: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, "127.0.0.1");
+    let got = "";
+    socket.on("data", (c: Buffer) => {
+      got += c.toString();
+    });
+    socket.on("close", () => resolve(Number(/^HTTP\/1\.1 (\d{3})/.exec(got)?.[1] ?? 0)));
+    socket.on("error", reject);
+    socket.end(text);
+  });
+}
+
+describe("the attacks of issue 17, one by one", () => {
+  let w: World;
+  const as = (caller: Caller, method: string, url: string, payload?: unknown, home = OWN) => {
+    const token = tokenOf(w, caller, home);
+    return w.app.inject({
+      method: method as InjectOptions["method"],
+      url,
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+      ...(payload === undefined ? {} : { payload: payload as InjectOptions["payload"] }),
+    });
+  };
+  beforeAll(async () => {
+    w = await world();
+  }, 60_000);
+  afterAll(async () => w?.close());
+
+  it("decides on the path that is served: one percent-encoded letter no longer skips every check", async () => {
+    // A viewer of alpha, as the issue found it: read beta's logs, create jobs, rewrite beta's Project, mint keys.
+    const job = {
+      apiVersion: "loom.dev/v1alpha1",
+      kind: "TrainingJob",
+      metadata: { name: "x" },
+      spec: { command: ["true"] },
+    };
+    for (const [method, url, body] of [
+      ["GET", `/%61pis/loom.dev/v1alpha1/projects/${FOREIGN}/trainingjobs/keep/log`],
+      ["POST", `/%61pis/loom.dev/v1alpha1/projects/${OWN}/trainingjobs`, job],
+      ["POST", `/%61pis/loom.dev/v1alpha1/projects/${FOREIGN}/trainingjobs`, job],
+      ["PATCH", `/%61pis/loom.dev/v1alpha1/projects/${FOREIGN}`, { spec: { quota: {} } }],
+      [
+        "POST",
+        "/%61pis/loom.dev/v1alpha1/projects",
+        { apiVersion: "loom.dev/v1alpha1", kind: "Project", metadata: { name: "evil" }, spec: {} },
+      ],
+      ["POST", `/%61pis/loom.dev/v1alpha1/projects/${FOREIGN}/apikeys`, { name: "stolen" }],
+      ["GET", "/%67ateway/v1/endpoints"],
+      ["POST", "/%67ateway/v1/report", { gateway: "fake", reports: [] }],
+      ["POST", "/%67ateway/v1/authenticate", { token: "anything" }],
+    ] as [string, string, unknown?][]) {
+      const res = await as("project-viewer", method, url, body);
+      expect(res.statusCode, `${method} ${url}: ${res.body}`).toBe(403);
+    }
+    expect((await as("no-token", "POST", "/%67ateway/v1/authenticate", { token: "x" })).statusCode).toBe(401);
+    // The same request spelled plainly is decided the same way, and the admin still gets through.
+    expect(
+      (await as("project-viewer", "GET", `/apis/loom.dev/v1alpha1/projects/${FOREIGN}/trainingjobs/keep`))
+        .statusCode,
+    ).toBe(403);
+    expect((await as("admin", "GET", "/%67ateway/v1/endpoints")).statusCode).toBe(200);
+    expect(
+      (await as("project-viewer", "GET", `/%61pis/loom.dev/v1alpha1/projects/${OWN}/trainingjobs/keep`))
+        .statusCode,
+    ).toBe(200);
+  });
+
+  it("refuses ambiguous spellings with 400 and says why", async () => {
+    const viewer = `Bearer ${tokenOf(w, "viewer", OWN)}`;
+    const ask = (path: string) =>
+      send(w, "encoded-slash", { method: "GET", url: path, headers: { authorization: viewer } });
+    for (const [path, why] of [
+      [`/apis/loom.dev/v1alpha1/projects/${OWN}%2Ftrainingjobs`, /encoded '\/'/],
+      ["/apis/loom.dev/v1alpha1/projects/%2e%2e/projects", /'\.\.' segment/],
+      ["/apis/loom.dev/v1alpha1/./projects", /'\.' segment/],
+      ["/apis//loom.dev/v1alpha1/projects", /empty segment/],
+      ["/apis/loom.dev/v1alpha1/projects/a%00b", /control byte/],
+      ["/apis/loom.dev/v1alpha1/projects/%2561", /encoded '%'/],
+      ["/apis/loom.dev/v1alpha1/projects/a%5Cb", /backslash/],
+    ] as [string, RegExp][]) {
+      const res = await ask(path);
+      expect(res.statusCode, path).toBe(400);
+      expect(JSON.parse(res.body).message, path).toMatch(why);
+    }
+  });
+
+  it("refuses a repeated Authorization, Content-Length or Host header with 400", async () => {
+    const admin = tokenOf(w, "admin", OWN)!;
+    const viewer = tokenOf(w, "project-viewer", OWN)!;
+    const get = (headers: string) =>
+      `GET /apis/loom.dev/v1alpha1/nodes HTTP/1.1\r\n${headers}Connection: close\r\n\r\n`;
+    expect(await raw(w.port, get(`Host: a\r\nAuthorization: Bearer ${admin}\r\n`))).toBe(200);
+    expect(
+      await raw(
+        w.port,
+        get(`Host: a\r\nAuthorization: Bearer ${viewer}\r\nAuthorization: Bearer ${admin}\r\n`),
+      ),
+    ).toBe(400);
+    expect(await raw(w.port, get(`Host: a\r\nHost: b\r\nAuthorization: Bearer ${admin}\r\n`))).toBe(400);
+    const post = `POST /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${admin}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`;
+    expect(await raw(w.port, post)).toBe(400);
+  });
+
+  it("keeps status for the platform: an editor cannot admit its own pending job", async () => {
+    const url = `/apis/loom.dev/v1alpha1/projects/${OWN}/trainingjobs/keep`;
+    // A well-formed admission to a node, as the scheduler would write it (the issue's job then ran past its quota).
+    const admission = {
+      phase: "Pending",
+      admission: {
+        node: "local",
+        cpuMillis: 64_000,
+        memoryBytes: 2 ** 40,
+        gpus: [],
+        admittedAt: new Date(0).toISOString(),
+      },
+    };
+    for (const caller of ["project-editor", "editor", "admin"] as Caller[]) {
+      const res = await as(caller, "PUT", `${url}/status`, { status: admission });
+      expect(res.statusCode, res.body).toBe(403);
+      expect(res.json().message).toMatch(/status is written by Loom's controllers only/);
+    }
+    // On the object itself a status is ignored, as Kubernetes does: the stored one stays.
+    const current = (await as("project-editor", "GET", url)).json();
+    const put = await as("project-editor", "PUT", url, { ...current, status: admission });
+    expect(put.statusCode, put.body).toBe(200);
+    const patched = await w.app.inject({
+      method: "PATCH",
+      url,
+      headers: {
+        authorization: `Bearer ${tokenOf(w, "project-editor", OWN)}`,
+        "content-type": "application/merge-patch+json",
+      },
+      payload: JSON.stringify({ status: admission, metadata: { uid: "forged", generation: 99 } }),
+    });
+    expect(patched.statusCode, patched.body).toBe(200);
+    const after = (await as("project-editor", "GET", url)).json();
+    expect(after.status).toEqual(current.status);
+    expect(after.metadata.uid).toBe(current.metadata.uid);
+    expect(after.metadata.creationTimestamp).toBe(current.metadata.creationTimestamp);
+    // Reading status stays a member's.
+    expect((await as("project-viewer", "GET", `${url}/status`)).statusCode).toBe(200);
+  });
+
+  it("shows /metrics to an admin that reaches every project only", async () => {
+    expect((await as("admin", "GET", "/metrics")).statusCode).toBe(200);
+    for (const caller of [
+      "editor",
+      "viewer",
+      "project-editor",
+      "project-viewer",
+      "api-key",
+      "workload",
+    ] as Caller[])
+      expect((await as(caller, "GET", "/metrics")).statusCode, caller).toBe(403);
+  });
+
+  it("lets a workload log to its own runs and read its project, nothing else", async () => {
+    const mlflow = `/mlflow/projects/${OWN}/api/2.0/mlflow`;
+    const own = w.ownRuns.get(OWN)!;
+    const other = w.runs.get(OWN)!;
+    const metric = { key: "loss", value: 1, timestamp: 1, step: 0 };
+    expect(
+      (await as("workload", "POST", `${mlflow}/runs/log-metric`, { run_id: own, ...metric })).statusCode,
+    ).toBe(200);
+    const denied = await as("workload", "POST", `${mlflow}/runs/log-metric`, {
+      run_id: other.run,
+      ...metric,
+    });
+    expect(denied.statusCode).toBe(403);
+    expect(denied.json()).toMatchObject({ error_code: "PERMISSION_DENIED" });
+    // A run it creates is its own, whatever tag it sends.
+    const created = await as("workload", "POST", `${mlflow}/runs/create`, {
+      experiment_id: other.experiment,
+      tags: [{ key: "loom.workload_uid", value: "someone-else" }],
+    });
+    expect(created.statusCode, created.body).toBe(200);
+    const runId = created.json().run.info.run_id as string;
+    const tags = (await w.tracking.store.getRun(OWN, runId)).data.tags ?? [];
+    expect(tags.filter((t) => t.key === "loom.workload_uid")).toEqual([
+      { key: "loom.workload_uid", value: w.jobUid.get(OWN) },
+    ]);
+    expect(
+      (await as("workload", "POST", `${mlflow}/runs/set-tag`, { run_id: runId, key: "a", value: "b" }))
+        .statusCode,
+    ).toBe(200);
+    // Artifacts: under its own run only.
+    const artifacts = `/mlflow/projects/${OWN}/api/2.0/mlflow-artifacts/artifacts/${other.experiment}`;
+    expect((await as("workload", "PUT", `${artifacts}/${own}/artifacts/a.txt`, "x")).statusCode).toBe(200);
+    expect((await as("workload", "PUT", `${artifacts}/${other.run}/artifacts/a.txt`, "x")).statusCode).toBe(
+      403,
+    );
+    // Reads its project's tracking data and its own object; nothing of another project, no other object.
+    expect(
+      (await as("workload", "POST", `${mlflow}/runs/search`, { experiment_ids: [other.experiment] }))
+        .statusCode,
+    ).toBe(200);
+    expect(
+      (await as("workload", "GET", `/apis/loom.dev/v1alpha1/projects/${OWN}/trainingjobs/keep`)).statusCode,
+    ).toBe(200);
+    expect(
+      (await as("workload", "GET", `/apis/loom.dev/v1alpha1/projects/${OWN}/trainingjobs`)).statusCode,
+    ).toBe(403);
+    expect(
+      (await as("workload", "GET", `/mlflow/projects/${FOREIGN}/api/2.0/mlflow/experiments/search`))
+        .statusCode,
+    ).toBe(403);
+    expect(
+      (await as("workload", "POST", `${mlflow}/registered-models/create`, { name: "m" })).statusCode,
+    ).toBe(403);
+  });
+});
+
+describe("a route without a rule", () => {
+  it("stops the server from starting, whether added directly or by a plugin", async () => {
+    const direct = Fastify();
+    requireRules(direct);
+    expect(() => direct.get("/new/route", async () => "leak")).toThrow(
+      /GET \/new\/route has no authorization rule/,
+    );
+    await direct.close();
+
+    const plugin = Fastify();
+    requireRules(plugin);
+    plugin.register(async (scope) => {
+      scope.post("/another", async () => "leak");
+    });
+    await expect(plugin.ready()).rejects.toThrow(/POST \/another has no authorization rule/);
+
+    // With a rule it starts, and the rule is the one the authorizer reads.
+    const ok = Fastify();
+    const routes = requireRules(ok);
+    route(ok, { method: "GET", url: "/ruled", rule: rule.cluster("ruled"), handler: async () => "ok" });
+    await ok.ready();
+    expect(routes.find((r) => r.url === "/ruled" && r.method === "GET")?.rule).toEqual(rule.cluster("ruled"));
+    await ok.close();
+  });
+
+  it("is not in the real server: every route it registers has one, and a late one is refused", async () => {
+    const w = await world();
+    try {
+      const urls = new Set(w.app.routeRules!.map((r) => r.url));
+      // The routes other modules register with plain Fastify calls are found in REGISTERED_ELSEWHERE.
+      for (const e of REGISTERED_ELSEWHERE) expect(urls.has(e.url), e.url).toBe(true);
+      expect(() => w.app.get("/late", async () => "x")).toThrow();
+    } finally {
+      await w.close();
+    }
+  });
 });
