@@ -62,7 +62,7 @@ export function decide(
     case "admin":
       if (unscopedAdmin) return;
       throw new ForbiddenError(
-        `${who} cannot ${rule.verb === "read" ? "read" : "change"} ${rule.resource}: that takes an admin token that reaches every project`,
+        `${who} cannot ${rule.verb === "read" ? "read" : "change"} ${rule.resource}: only an admin token that reaches every project can`,
       );
     case "cluster":
       if (rule.verb === "read" || unscopedAdmin) return;
@@ -78,7 +78,9 @@ export function decide(
       const project = projectOf(rule, params);
       if (p.project && p.project !== project)
         throw new ForbiddenError(
-          `${who} reaches project ${p.project} only, not ${project}: use -p ${p.project}`,
+          rule.resource.startsWith("mlflow")
+            ? `token "${p.name}" is for project ${p.project}; it cannot reach project ${project}` // tracking's words
+            : `${who} reaches project ${p.project} only, not ${project}: use -p ${p.project}`,
         );
       if (rule.verb === "write" && p.role === "viewer")
         throw new ForbiddenError(`${who} may read, not change: ask an admin for an editor token`);
