@@ -12,6 +12,9 @@ describe("canonicalUrl", () => {
     expect(canonicalUrl("/a%3ab/%c3%a9")).toEqual({ url: "/a%3Ab/%C3%A9" });
     expect(canonicalUrl("/a/b/")).toEqual({ url: "/a/b/" });
     expect(canonicalUrl("/")).toEqual({ url: "/" });
+    // The openai client sends models.retrieve("team/chat") as /v1/models/team%2Fchat.
+    expect(canonicalUrl("/v1/models/team%2fchat")).toEqual({ url: "/v1/models/team%2Fchat" });
+    expect(canonicalUrl("/v1/%6dodels/team%2Fchat")).toEqual({ url: "/v1/models/team%2Fchat" });
   });
 
   it.each([

@@ -6,15 +6,19 @@
 /** RFC 3986's unreserved characters: their percent-encodings mean the same as the characters. */
 const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
 
+/** Where an encoded '/' is part of a name: the model ids of the OpenAI routes. */
+const MODEL_IDS = "/v1/models/";
+
 /** The canonical form of a request target, or why it was refused (answered 400). */
 export type CanonicalUrl = { url: string } | { refused: string };
 
 /**
  * Decodes the percent-encoded unreserved characters of a request target's path (`%61pis` →
  * `apis`), upper-cases the hex of every other encoding, and refuses what could mean two things:
- * an encoded '/', '\' or '%', NUL or another control byte, a backslash, '.' or '..' segments
- * (literal or encoded), empty segments (`//`), malformed escapes and anything but an origin-form
- * target. The query is kept as it came. Routing and authorization then read the same string.
+ * an encoded '/' (but in a model id under /v1/models/), '\' or '%', NUL or another control byte,
+ * a backslash, '.' or '..' segments (literal or encoded), empty segments (`//`), malformed escapes
+ * and anything but an origin-form target. The query is kept as it came. Routing and
+ * authorization then read the same string.
  */
 export function canonicalUrl(raw: string): CanonicalUrl {
   const q = raw.indexOf("?");
@@ -38,7 +42,14 @@ export function canonicalUrl(raw: string): CanonicalUrl {
       return { refused: `malformed percent-encoding at "${path.slice(i, i + 3)}"` };
     const byte = Number.parseInt(hex, 16);
     i += 2;
-    if (byte === 0x2f) return { refused: "the path has an encoded '/' (%2F): a name cannot contain '/'" };
+    if (byte === 0x2f) {
+      // OpenAI's clients encode a model id's '/' ("project/service"): one segment, kept encoded.
+      if (out.startsWith(MODEL_IDS)) {
+        out += "%2F";
+        continue;
+      }
+      return { refused: "the path has an encoded '/' (%2F): a name cannot contain '/'" };
+    }
     if (byte === 0x5c) return { refused: "the path has an encoded backslash (%5C)" };
     if (byte === 0x25) return { refused: "the path has an encoded '%' (%25): double encoding is refused" };
     if (byte < 0x20 || byte === 0x7f)
