@@ -663,6 +663,38 @@ describe("the attacks of issue 17, one by one", () => {
     expect((await as("workload", "PUT", `${artifacts}/${other.run}/artifacts/a.txt`, "x")).statusCode).toBe(
       403,
     );
+    // Models it logs from its own run are its own too (MLflow 3's log_model: create, upload, finalize).
+    const logged = await as("workload", "POST", `${mlflow}/logged-models`, {
+      experiment_id: other.experiment,
+      name: "m",
+      source_run_id: own,
+    });
+    expect(logged.statusCode, logged.body).toBe(200);
+    const modelId = logged.json().model.info.model_id as string;
+    expect(
+      (await as("workload", "PUT", `${artifacts}/models/${modelId}/artifacts/MLmodel`, "x")).statusCode,
+    ).toBe(200);
+    const ready = { status: "LOGGED_MODEL_READY" };
+    expect((await as("workload", "PATCH", `${mlflow}/logged-models/${modelId}`, ready)).statusCode).toBe(200);
+    const theirs = await as("admin", "POST", `${mlflow}/logged-models`, {
+      experiment_id: other.experiment,
+      name: "n",
+      source_run_id: other.run,
+    });
+    const theirId = theirs.json().model.info.model_id as string;
+    expect((await as("workload", "PATCH", `${mlflow}/logged-models/${theirId}`, ready)).statusCode).toBe(403);
+    expect(
+      (await as("workload", "PUT", `${artifacts}/models/${theirId}/artifacts/MLmodel`, "x")).statusCode,
+    ).toBe(403);
+    expect(
+      (
+        await as("workload", "POST", `${mlflow}/logged-models`, {
+          experiment_id: other.experiment,
+          name: "o",
+          source_run_id: other.run,
+        })
+      ).statusCode,
+    ).toBe(403);
     // Reads its project's tracking data and its own object; nothing of another project, no other object.
     expect(
       (await as("workload", "POST", `${mlflow}/runs/search`, { experiment_ids: [other.experiment] }))

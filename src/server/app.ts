@@ -105,7 +105,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       ...(deps.isPlatform ? { isPlatform: deps.isPlatform } : {}),
     },
     ...(tracking
-      ? { runTags: async (project, runId) => (await tracking.store.getRun(project, runId)).data.tags }
+      ? {
+          runTags: async (project, runId) => (await tracking.store.getRun(project, runId)).data.tags,
+          // A model that is not there belongs to no run: refused like another's.
+          modelRun: (project, modelId) =>
+            tracking.loggedModels.get(project, modelId).then(
+              (m) => m.info.source_run_id || undefined,
+              () => undefined,
+            ),
+        }
       : {}),
   });
 

@@ -30,6 +30,8 @@ export interface GuardDeps {
   decide: DecideOptions;
   /** A tracking run's tags, for a workload's per-run ownership; absent where tracking is not served. */
   runTags?(project: string, runId: string): Promise<readonly KeyValue[] | undefined>;
+  /** The run a logged model came from (its source_run_id), or undefined. */
+  modelRun?(project: string, modelId: string): Promise<string | undefined>;
 }
 
 /**
@@ -63,11 +65,17 @@ export function installGuard(app: FastifyInstance, deps: GuardDeps): void {
       fields.tags = tagsForWorkloadRun(principal, fields.tags);
       return;
     }
+    const project = projectOf(rule, params);
     let runId: string | undefined;
-    if (rule.workload === "own-run") runId = stringOf(fields?.run_id) ?? stringOf(fields?.run_uuid);
-    else if (rule.workload === "own-run-artifact") runId = (params["*"] ?? "").split("/")[1];
-    else return;
-    const tags = runId && deps.runTags ? await deps.runTags(projectOf(rule, params), runId) : undefined;
+    if (rule.workload === "own-run")
+      runId = stringOf(fields?.run_id) ?? stringOf(fields?.run_uuid) ?? stringOf(fields?.source_run_id);
+    else if (rule.workload === "own-model") runId = await deps.modelRun?.(project, params.model_id ?? "");
+    else if (rule.workload === "own-run-artifact") {
+      // EXP/RUN/artifacts/… or EXP/models/MODEL/artifacts/…
+      const [, second, model] = (params["*"] ?? "").split("/");
+      runId = second === "models" && model ? await deps.modelRun?.(project, model) : second;
+    } else return;
+    const tags = runId && deps.runTags ? await deps.runTags(project, runId) : undefined;
     authorizeRunWrite(principal, runId ?? "(none)", tags);
   });
 }

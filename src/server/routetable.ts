@@ -39,10 +39,19 @@ export type Verb = "read" | "write";
  * - read: read its project's data (tracking);
  * - create: create in its project (an experiment to log into);
  * - create-run: create a run, which is tagged as the workload's;
- * - own-run: write to a run (run_id in the request) tagged as the workload's;
- * - own-run-artifact: upload under a run of its own (the run is the path's second segment).
+ * - own-run: write to a run of its own, named by run_id (or a logged model's source_run_id);
+ * - own-model: change a logged model (:model_id) that one of its runs logged;
+ * - own-run-artifact: upload under a run of its own, or a model one of its runs logged
+ *   (EXP/RUN/… or EXP/models/MODEL/…).
  */
-export type WorkloadAccess = "own-object" | "read" | "create" | "create-run" | "own-run" | "own-run-artifact";
+export type WorkloadAccess =
+  | "own-object"
+  | "read"
+  | "create"
+  | "create-run"
+  | "own-run"
+  | "own-model"
+  | "own-run-artifact";
 
 /** One route's authorization rule: what it serves, the verb, and whose it is. */
 export interface Rule {

@@ -78,7 +78,7 @@ async function serverInfo(app: FastifyInstance): Promise<void> {
     });
 }
 
-/** Writes a workload's credential may make, beyond reading its project: those on a run it owns. */
+/** Writes a workload's credential may make, beyond reading its project: those on a run it owns (and the models it logs). */
 const RUN_WRITES = new Set([
   "runs/update",
   "runs/delete",
@@ -105,8 +105,10 @@ export function mlflowRule(method: string, path: string): Rule {
       ? "create-run"
       : path === "experiments/create"
         ? "create"
-        : RUN_WRITES.has(path)
+        : RUN_WRITES.has(path) || (method === "POST" && path === "logged-models")
           ? "own-run"
-          : undefined;
+          : path.startsWith("logged-models/:model_id")
+            ? "own-model"
+            : undefined;
   return rule.project(`mlflow:${path}`, read ? "read" : "write", workload ? { workload } : {});
 }
