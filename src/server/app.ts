@@ -1,14 +1,16 @@
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
+import { findKind } from "../api/kinds.js";
 import type { AuditLog } from "../ports/audit.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
 import { auditRequests } from "./audit.js";
-import { authorizeApi, bearerAuthenticator } from "./authz.js";
+import { bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
+import { installGuard, rewriteUrl } from "./guard.js";
 import { ModelView } from "./models.js";
 import { ensureDefaultProject, ResourceService } from "./resources.js";
 import { logRoutes } from "./routes/logs.js";
@@ -21,6 +23,7 @@ import { countRequests, systemRoutes } from "./routes/system.js";
 import { tokenRoutes } from "./routes/tokens.js";
 import { mountTracking, type TrackingMount } from "./routes/tracking.js";
 import { listOrWatch } from "./routes/watch.js";
+import { type RegisteredRoute, requireRules } from "./routetable.js";
 import { SchedulingView } from "./scheduling.js";
 import { openAIFastLane, serverWith } from "./serving.js";
 
@@ -47,18 +50,29 @@ export interface AppDeps {
   tracking?: TrackingMount;
   /** Where writes and refused requests are recorded (served on /audit); absent: none are. */
   audit?: AuditLog;
+  /**
+   * A principal that may write what only the platform writes (the status subresource). None by
+   * default: embedded controllers write status through the store, not over HTTP.
+   */
+  isPlatform?: (principal: TokenInfo) => boolean;
 }
 
 declare module "fastify" {
   interface FastifyRequest {
     principal?: TokenInfo;
   }
+  interface FastifyInstance {
+    /** Every route this app serves, with its authorization rule (the authorization matrix test walks them). */
+    routeRules?: RegisteredRoute[];
+  }
 }
 
 /**
  * Builds the HTTP API. No socket: callers listen, tests use inject(). Every route's module in
  * routes/ registers on this one instance (no plugin scope), so the hooks and the error handler
- * here hold for all of them; who may call what is decided once, in the onRequest hook (authz.ts).
+ * here hold for all of them. The path is made canonical before routing (paths.ts); every route
+ * carries an authorization rule (routetable.ts: one without fails startup), and who may call
+ * what is decided once, from the matched route's rule and parameters (guard.ts, authorize.ts).
  */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const authenticate = bearerAuthenticator((token) => deps.tokens.verify(token));
@@ -69,6 +83,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     loggerInstance: deps.log.child({ component: "api" }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
+    rewriteUrl,
     ...(fastLane ? { serverFactory: serverWith(fastLane) } : {}),
   });
   const resources = new ResourceService(deps.store, deps.createFinalizers);
@@ -82,12 +97,30 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     }
   });
   countRequests(app, deps.metrics);
+  app.decorate("routeRules", requireRules(app));
+  // After requireRules: the audit log's read routes get their rules like every other route.
   if (deps.audit) auditRequests(app, deps.audit, deps.metrics);
-  app.addHook("onRequest", async (req) => {
-    if (req.url === "/healthz" || req.url.startsWith("/healthz?")) return;
-    const principal = await authenticate(req.headers.authorization);
-    req.principal = principal;
-    authorizeApi(principal, req.method, req.url);
+  const tracking = deps.tracking;
+  installGuard(app, {
+    authenticate,
+    decide: {
+      kindOf: (plural) => {
+        const def = findKind(plural);
+        return def?.plural === plural ? def.kind : undefined;
+      },
+      ...(deps.isPlatform ? { isPlatform: deps.isPlatform } : {}),
+    },
+    ...(tracking
+      ? {
+          runTags: async (project, runId) => (await tracking.store.getRun(project, runId)).data.tags,
+          // A model that is not there belongs to no run: refused like another's.
+          modelRun: (project, modelId) =>
+            tracking.loggedModels.get(project, modelId).then(
+              (m) => m.info.source_run_id || undefined,
+              () => undefined,
+            ),
+        }
+      : {}),
   });
 
   const scheduling = new SchedulingView({

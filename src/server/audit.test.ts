@@ -146,8 +146,9 @@ describe("audit log over HTTP", () => {
     const key = await call("POST", `${BASE}/projects/default/apikeys`, editor, { name: "app-key" });
     expect(key.statusCode).toBe(201);
     const apiKey = key.json<{ key: string }>().key;
-    // A gateway key check carries a token in its body; refused here (a project token), so audited.
-    expect((await call("POST", "/gateway/v1/authenticate", editor, { token: admin })).statusCode).toBe(403);
+    // A refused request whose body carries a token (a project editor cannot make tokens): audited,
+    // without the token.
+    expect((await call("POST", `${BASE}/tokens`, editor, { name: "x", token: admin })).statusCode).toBe(403);
     // An API key used on Loom's API: refused.
     expect((await call("POST", JOBS, apiKey, job("k"))).statusCode).toBe(403);
 
@@ -158,7 +159,7 @@ describe("audit log over HTTP", () => {
       ["-", "delete", undefined, undefined, 401],
       ["root", "create", "tokens", "ci-bot", 201],
       ["ed", "create", "apikeys", "app-key", 201],
-      ["ed", "post", undefined, undefined, 403],
+      ["ed", "create", "tokens", undefined, 403],
       ["app-key", "create", "trainingjobs", undefined, 403],
     ]);
     expect(items[0]!.path).toBe("/%61pis/whatever");

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from "fastify";
+import { type Rule, rule, type WorkloadAccess, route as withRule } from "../server/routetable.js";
 import { artifactRoutes } from "./artifacts.js";
 import type { LoggedModels } from "./logged.js";
 import type { ModelRegistry } from "./registry.js";
@@ -53,6 +54,7 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
           scope.route({
             method,
             url: `/${path}`,
+            config: { authz: mlflowRule(method, path) },
             handler: handle(handler, method, path, deps.projectExists),
           });
         registryRoutes(route, deps);
@@ -67,6 +69,46 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
 
 async function serverInfo(app: FastifyInstance): Promise<void> {
   const info = { store_type: "SqlStore", workspaces_enabled: false, multipart_uploads_enabled: false };
-  app.get("/api/3.0/mlflow/server-info", async () => info);
-  app.get("/mlflow/projects/:project/api/3.0/mlflow/server-info", async () => info);
+  for (const url of ["/api/3.0/mlflow/server-info", "/mlflow/projects/:project/api/3.0/mlflow/server-info"])
+    withRule(app, {
+      method: "GET",
+      url,
+      rule: rule.project("mlflow:server-info", "read", { workload: "read" }),
+      handler: async () => info,
+    });
+}
+
+/** Writes a workload's credential may make, beyond reading its project: those on a run it owns (and the models it logs). */
+const RUN_WRITES = new Set([
+  "runs/update",
+  "runs/delete",
+  "runs/restore",
+  "runs/log-parameter",
+  "runs/log-metric",
+  "runs/set-tag",
+  "runs/delete-tag",
+  "runs/log-batch",
+  "runs/log-inputs",
+  "runs/outputs",
+]);
+
+/**
+ * An MLflow endpoint's authorization rule: it reads (GETs, searches) or writes the project of
+ * the URL (the default one at the root). A workload's credential reads its project, creates
+ * experiments and runs, and writes only to its own runs.
+ */
+export function mlflowRule(method: string, path: string): Rule {
+  const read = method === "GET" || /(^|\/)search$|get-latest-versions$/.test(path);
+  const workload: WorkloadAccess | undefined = read
+    ? "read"
+    : path === "runs/create"
+      ? "create-run"
+      : path === "experiments/create"
+        ? "create"
+        : RUN_WRITES.has(path) || (method === "POST" && path === "logged-models")
+          ? "own-run"
+          : path.startsWith("logged-models/:model_id")
+            ? "own-model"
+            : undefined;
+  return rule.project(`mlflow:${path}`, read ? "read" : "write", workload ? { workload } : {});
 }

@@ -5,6 +5,7 @@ import { type TrainingJob, workerRange } from "../../api/trainingjob.js";
 import { interleaveLines } from "../../lib/interleave.js";
 import type { Runtime } from "../../ports/runtime.js";
 import type { ResourceService } from "../resources.js";
+import { route, rule } from "../routetable.js";
 import { BASE, type Params, type Query } from "./params.js";
 
 export interface LogRoutesDeps {
@@ -15,9 +16,12 @@ export interface LogRoutesDeps {
 /** A TrainingJob's worker output (loom logs): one worker, or every worker's lines interleaved. */
 export function logRoutes(app: FastifyInstance, deps: LogRoutesDeps): void {
   const { resources } = deps;
-  app.get<{ Params: Params; Querystring: Query }>(
-    `${BASE}/projects/:project/:plural/:name/log`,
-    async (req, reply) => {
+  route<{ Params: Params; Querystring: Query }>(app, {
+    method: "GET",
+    url: `${BASE}/projects/:project/:plural/:name/log`,
+    // A job's workers may read their own logs.
+    rule: rule.project("logs", "read", { workload: "own-object" }),
+    handler: async (req, reply) => {
       const def = resources.namespacedKind(req.params.plural!);
       if (def.kind !== TRAININGJOB) throw new BadRequestError(`${def.plural} have no logs`);
       const job = (await resources.get(def, req.params.project!, req.params.name!)) as TrainingJob;
@@ -52,5 +56,5 @@ export function logRoutes(app: FastifyInstance, deps: LogRoutesDeps): void {
       req.raw.on("close", () => stream.destroy());
       return reply.type("text/plain; charset=utf-8").send(stream);
     },
-  );
+  });
 }

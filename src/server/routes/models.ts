@@ -2,6 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { BadRequestError, NotFoundError } from "../../api/errors.js";
 import { API_VERSION } from "../../api/meta.js";
 import type { ModelView } from "../models.js";
+import { route, rule } from "../routetable.js";
 import { BASE, dryRun, type Params, type Query } from "./params.js";
 
 export interface ModelRoutesDeps {
@@ -21,28 +22,52 @@ export function modelRoutes(app: FastifyInstance, deps: ModelRoutesDeps): void {
       );
     return deps.models;
   };
-  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/models`, async (req) => {
-    if (req.query.watch === "1" || req.query.watch === "true")
-      throw new BadRequestError("models cannot be watched; list them again instead");
-    const items = await modelView().list(req.params.project!);
-    return { apiVersion: API_VERSION, kind: "ModelList", metadata: { resourceVersion: "0" }, items };
+  type G = { Params: Params; Querystring: Query };
+  const list = `${BASE}/projects/:project/models`;
+  const one = `${list}/:name`;
+  route<G>(app, {
+    method: "GET",
+    url: list,
+    rule: rule.project("models", "read"),
+    handler: async (req) => {
+      if (req.query.watch === "1" || req.query.watch === "true")
+        throw new BadRequestError("models cannot be watched; list them again instead");
+      const items = await modelView().list(req.params.project!);
+      return { apiVersion: API_VERSION, kind: "ModelList", metadata: { resourceVersion: "0" }, items };
+    },
   });
-  app.get<{ Params: Params }>(`${BASE}/projects/:project/models/:name`, async (req) =>
-    modelView().get(req.params.project!, req.params.name!),
-  );
-  app.post<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/models`, async (req, reply) => {
-    const { model, created } = await modelView().apply(req.params.project!, req.body, dryRun(req.query));
-    return reply.code(created ? 201 : 200).send(model);
+  route<G>(app, {
+    method: "GET",
+    url: one,
+    rule: rule.project("models", "read"),
+    handler: async (req) => modelView().get(req.params.project!, req.params.name!),
   });
-  app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/models/:name`, async (req) => {
-    const name = (req.body as { metadata?: { name?: unknown } })?.metadata?.name;
-    if (name !== req.params.name)
-      throw new BadRequestError(
-        `metadata.name (${String(name)}) must match the name in the path (${req.params.name})`,
-      );
-    return (await modelView().apply(req.params.project!, req.body, dryRun(req.query))).model;
+  route<G>(app, {
+    method: "POST",
+    url: list,
+    rule: rule.project("models", "write"),
+    handler: async (req, reply) => {
+      const { model, created } = await modelView().apply(req.params.project!, req.body, dryRun(req.query));
+      return reply.code(created ? 201 : 200).send(model);
+    },
   });
-  app.delete<{ Params: Params }>(`${BASE}/projects/:project/models/:name`, async (req) =>
-    modelView().delete(req.params.project!, req.params.name!),
-  );
+  route<G>(app, {
+    method: "PUT",
+    url: one,
+    rule: rule.project("models", "write"),
+    handler: async (req) => {
+      const name = (req.body as { metadata?: { name?: unknown } })?.metadata?.name;
+      if (name !== req.params.name)
+        throw new BadRequestError(
+          `metadata.name (${String(name)}) must match the name in the path (${req.params.name})`,
+        );
+      return (await modelView().apply(req.params.project!, req.body, dryRun(req.query))).model;
+    },
+  });
+  route<G>(app, {
+    method: "DELETE",
+    url: one,
+    rule: rule.project("models", "write"),
+    handler: async (req) => modelView().delete(req.params.project!, req.params.name!),
+  });
 }

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from "fastify";
 import type { ResourceService } from "../resources.js";
+import { route, rule } from "../routetable.js";
 import { BASE, dryRun, type Params, type Query } from "./params.js";
 import type { ListOrWatch } from "./watch.js";
 
@@ -8,34 +9,56 @@ export interface ProjectRoutesDeps {
   listOrWatch: ListOrWatch;
 }
 
+type G = { Params: Params; Querystring: Query };
+
 /**
  * Projects (cluster-scoped) and resources inside a project share the /projects prefix, as
- * namespaces and namespaced resources do in Kubernetes. Who may change a project: authz.ts.
+ * namespaces and namespaced resources do in Kubernetes. A member reads its project; creating,
+ * changing (quota, members) or deleting one takes an unscoped admin; listing them all, a token
+ * that reaches every project.
  */
 export function projectRoutes(app: FastifyInstance, deps: ProjectRoutesDeps): void {
   const { resources, listOrWatch } = deps;
-  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects`, (req, reply) =>
-    listOrWatch(req, reply, "projects", undefined),
-  );
-  app.post<{ Params: Params; Querystring: Query }>(`${BASE}/projects`, async (req, reply) => {
-    const created = await resources.create(
-      resources.kind("projects"),
-      undefined,
-      req.body,
-      dryRun(req.query),
-    );
-    return reply.code(201).send(created);
+  const projects = () => resources.kind("projects");
+  const itself = { projectParam: "name" };
+  route<G>(app, {
+    method: "GET",
+    url: `${BASE}/projects`,
+    rule: rule.global("projects"),
+    handler: (req, reply) => listOrWatch(req, reply, "projects", undefined),
   });
-  app.get<{ Params: Params }>(`${BASE}/projects/:name`, async (req) =>
-    resources.get(resources.kind("projects"), undefined, req.params.name!),
-  );
-  app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:name`, async (req) =>
-    resources.update(resources.kind("projects"), undefined, req.params.name!, req.body, dryRun(req.query)),
-  );
-  app.patch<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:name`, async (req) =>
-    resources.patch(resources.kind("projects"), undefined, req.params.name!, req.body, dryRun(req.query)),
-  );
-  app.delete<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:name`, async (req) =>
-    resources.delete(resources.kind("projects"), undefined, req.params.name!, req.query.resourceVersion),
-  );
+  route<G>(app, {
+    method: "POST",
+    url: `${BASE}/projects`,
+    rule: rule.admin("projects"),
+    handler: async (req, reply) =>
+      reply.code(201).send(await resources.create(projects(), undefined, req.body, dryRun(req.query))),
+  });
+  route<G>(app, {
+    method: "GET",
+    url: `${BASE}/projects/:name`,
+    rule: rule.project("projects", "read", itself),
+    handler: async (req) => resources.get(projects(), undefined, req.params.name!),
+  });
+  route<G>(app, {
+    method: "PUT",
+    url: `${BASE}/projects/:name`,
+    rule: rule.admin("projects"),
+    handler: async (req) =>
+      resources.update(projects(), undefined, req.params.name!, req.body, dryRun(req.query)),
+  });
+  route<G>(app, {
+    method: "PATCH",
+    url: `${BASE}/projects/:name`,
+    rule: rule.admin("projects"),
+    handler: async (req) =>
+      resources.patch(projects(), undefined, req.params.name!, req.body, dryRun(req.query)),
+  });
+  route<G>(app, {
+    method: "DELETE",
+    url: `${BASE}/projects/:name`,
+    rule: rule.admin("projects"),
+    handler: async (req) =>
+      resources.delete(projects(), undefined, req.params.name!, req.query.resourceVersion),
+  });
 }

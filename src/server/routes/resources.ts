@@ -4,6 +4,7 @@ import { TRAININGJOB } from "../../api/kinds.js";
 import type { TrainingJob } from "../../api/trainingjob.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ResourceService } from "../resources.js";
+import { route, rule } from "../routetable.js";
 import type { SchedulingView } from "../scheduling.js";
 import { BASE, dryRun, type Params, type Query } from "./params.js";
 import type { ListOrWatch } from "./watch.js";
@@ -17,27 +18,46 @@ export interface ResourceRoutesDeps {
   scheduling: Pick<SchedulingView, "preview">;
 }
 
-/** Objects inside a project: CRUD, their status subresource, their events, and one kind across every project. */
+type G = { Params: Params; Querystring: Query };
+
+/**
+ * Objects inside a project: CRUD, their status subresource, their events, and one kind across
+ * every project. Status belongs to the platform (as Kubernetes grants *\/status to controllers
+ * only): members read it; writes over HTTP need a platform principal, and a status in a PUT,
+ * PATCH or POST of the object itself is ignored (validateManifest keeps spec and metadata only).
+ */
 export function resourceRoutes(app: FastifyInstance, deps: ResourceRoutesDeps): void {
   const { resources, listOrWatch } = deps;
-  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/events`, async (req) => {
-    const { kind, name } = req.query;
-    if (!kind || !name) throw new BadRequestError("events need ?kind=KIND&name=NAME");
-    const limit = Number(req.query.limit ?? 20);
-    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
-      throw new BadRequestError("limit must be a whole number from 1 to 1000");
-    }
-    const items = await deps.events.listFor({ kind, project: req.params.project!, name }, limit);
-    return { kind: "EventList", items };
+  const list = `${BASE}/projects/:project/:plural`;
+  const one = `${list}/:name`;
+  const kindOf = (req: { params: Params }) => resources.namespacedKind(req.params.plural!);
+  route<G>(app, {
+    method: "GET",
+    url: `${BASE}/projects/:project/events`,
+    rule: rule.project("events", "read"),
+    handler: async (req) => {
+      const { kind, name } = req.query;
+      if (!kind || !name) throw new BadRequestError("events need ?kind=KIND&name=NAME");
+      const limit = Number(req.query.limit ?? 20);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
+        throw new BadRequestError("limit must be a whole number from 1 to 1000");
+      }
+      const items = await deps.events.listFor({ kind, project: req.params.project!, name }, limit);
+      return { kind: "EventList", items };
+    },
   });
-
-  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural`, (req, reply) =>
-    listOrWatch(req, reply, req.params.plural!, req.params.project, true),
-  );
-  app.post<{ Params: Params; Querystring: Query }>(
-    `${BASE}/projects/:project/:plural`,
-    async (req, reply) => {
-      const def = resources.namespacedKind(req.params.plural!);
+  route<G>(app, {
+    method: "GET",
+    url: list,
+    rule: rule.project("objects", "read"),
+    handler: (req, reply) => listOrWatch(req, reply, req.params.plural!, req.params.project, true),
+  });
+  route<G>(app, {
+    method: "POST",
+    url: list,
+    rule: rule.project("objects", "write"),
+    handler: async (req, reply) => {
+      const def = kindOf(req);
       const created = await resources.create(def, req.params.project, req.body, dryRun(req.query));
       // `loom apply --dry-run`: would it start now, and what would it preempt?
       if (dryRun(req.query) && req.query.preview === "admission" && def.kind === TRAININGJOB) {
@@ -46,57 +66,65 @@ export function resourceRoutes(app: FastifyInstance, deps: ResourceRoutesDeps): 
       }
       return reply.code(201).send(created);
     },
-  );
-  app.get<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
-    resources.get(resources.namespacedKind(req.params.plural!), req.params.project, req.params.name!),
-  );
-  app.put<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
-    resources.update(
-      resources.namespacedKind(req.params.plural!),
-      req.params.project,
-      req.params.name!,
-      req.body,
-      dryRun(req.query),
-    ),
-  );
-  app.patch<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
-    resources.patch(
-      resources.namespacedKind(req.params.plural!),
-      req.params.project,
-      req.params.name!,
-      req.body,
-      dryRun(req.query),
-    ),
-  );
-  app.delete<{ Params: Params; Querystring: Query }>(`${BASE}/projects/:project/:plural/:name`, async (req) =>
-    resources.delete(
-      resources.namespacedKind(req.params.plural!),
-      req.params.project,
-      req.params.name!,
-      req.query.resourceVersion,
-    ),
-  );
-  app.get<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name/status`, async (req) =>
-    resources.get(resources.namespacedKind(req.params.plural!), req.params.project, req.params.name!),
-  );
-  app.put<{ Params: Params }>(`${BASE}/projects/:project/:plural/:name/status`, async (req) => {
-    const def = resources.namespacedKind(req.params.plural!);
-    const body = req.body as { metadata?: { resourceVersion?: string }; status?: unknown };
-    const current = await resources.get(def, req.params.project!, req.params.name!);
-    const st = def.status.safeParse(body?.status ?? {});
-    if (!st.success)
-      throw new BadRequestError(
-        `invalid status: ${st.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`,
-      );
-    return deps.store.updateStatus({
-      ...current,
-      metadata: { ...current.metadata, resourceVersion: body?.metadata?.resourceVersion ?? "" },
-      status: st.data,
-    });
   });
-
+  route<G>(app, {
+    method: "GET",
+    url: one,
+    rule: rule.project("objects", "read", { workload: "own-object" }),
+    handler: async (req) => resources.get(kindOf(req), req.params.project, req.params.name!),
+  });
+  route<G>(app, {
+    method: "PUT",
+    url: one,
+    rule: rule.project("objects", "write"),
+    handler: async (req) =>
+      resources.update(kindOf(req), req.params.project, req.params.name!, req.body, dryRun(req.query)),
+  });
+  route<G>(app, {
+    method: "PATCH",
+    url: one,
+    rule: rule.project("objects", "write"),
+    handler: async (req) =>
+      resources.patch(kindOf(req), req.params.project, req.params.name!, req.body, dryRun(req.query)),
+  });
+  route<G>(app, {
+    method: "DELETE",
+    url: one,
+    rule: rule.project("objects", "write"),
+    handler: async (req) =>
+      resources.delete(kindOf(req), req.params.project, req.params.name!, req.query.resourceVersion),
+  });
+  route<G>(app, {
+    method: "GET",
+    url: `${one}/status`,
+    rule: rule.project("status", "read", { workload: "own-object" }),
+    handler: async (req) => resources.get(kindOf(req), req.params.project, req.params.name!),
+  });
+  route<G>(app, {
+    method: "PUT",
+    url: `${one}/status`,
+    rule: rule.platform("status"),
+    handler: async (req) => {
+      const def = kindOf(req);
+      const body = req.body as { metadata?: { resourceVersion?: string }; status?: unknown };
+      const current = await resources.get(def, req.params.project!, req.params.name!);
+      const st = def.status.safeParse(body?.status ?? {});
+      if (!st.success)
+        throw new BadRequestError(
+          `invalid status: ${st.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`,
+        );
+      return deps.store.updateStatus({
+        ...current,
+        metadata: { ...current.metadata, resourceVersion: body?.metadata?.resourceVersion ?? "" },
+        status: st.data,
+      });
+    },
+  });
   // Listing one kind across every project (loom get tj -A).
-  app.get<{ Params: Params; Querystring: Query }>(`${BASE}/:plural`, (req, reply) =>
-    listOrWatch(req, reply, req.params.plural!, undefined),
-  );
+  route<G>(app, {
+    method: "GET",
+    url: `${BASE}/:plural`,
+    rule: rule.global("objects"),
+    handler: (req, reply) => listOrWatch(req, reply, req.params.plural!, undefined),
+  });
 }

@@ -2,6 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { API_VERSION } from "../../api/meta.js";
 import { buildOpenApi } from "../openapi.js";
+import { route, rule } from "../routetable.js";
 
 export interface SystemRoutesDeps {
   metrics: Registry;
@@ -30,12 +31,33 @@ export function countRequests(app: FastifyInstance, metrics: Registry): void {
   });
 }
 
-/** Health (no token), Prometheus metrics, the OpenAPI document and the version. */
+/**
+ * Health (no token), Prometheus metrics (an unscoped admin's: they name every project's objects
+ * and services), the OpenAPI document and the version.
+ */
 export function systemRoutes(app: FastifyInstance, deps: SystemRoutesDeps): void {
-  app.get("/healthz", async () => ({ status: "ok" }));
-  app.get("/metrics", async (_req, reply) =>
-    reply.type(deps.metrics.contentType).send(await deps.metrics.metrics()),
-  );
-  app.get("/openapi.json", async () => buildOpenApi(deps.version));
-  app.get("/version", async () => ({ version: deps.version, apiVersion: API_VERSION }));
+  route(app, {
+    method: "GET",
+    url: "/healthz",
+    rule: rule.public("health"),
+    handler: async () => ({ status: "ok" }),
+  });
+  route(app, {
+    method: "GET",
+    url: "/metrics",
+    rule: rule.admin("metrics", "read"),
+    handler: async (_req, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.metrics()),
+  });
+  route(app, {
+    method: "GET",
+    url: "/openapi.json",
+    rule: rule.cluster("openapi"),
+    handler: async () => buildOpenApi(deps.version),
+  });
+  route(app, {
+    method: "GET",
+    url: "/version",
+    rule: rule.cluster("version"),
+    handler: async () => ({ version: deps.version, apiVersion: API_VERSION }),
+  });
 }

@@ -187,7 +187,8 @@ describe("token and API key routes", () => {
     const basic = `Basic ${Buffer.from(`loom:${second}`).toString("base64")}`;
     const viaBasic = await app.inject({
       method: "GET",
-      url: `${BASE}/projects/a/trainingjobs`,
+      // Its own object: what a workload's credential may read of Loom's API.
+      url: `${BASE}/projects/a/trainingjobs/j`,
       headers: { authorization: basic },
     });
     expect(viaBasic.statusCode).toBe(200);
