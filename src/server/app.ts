@@ -7,6 +7,7 @@ import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
 import { authorizeApi, bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
+import { installJsonParsers } from "./jsonbody.js";
 import { ModelView } from "./models.js";
 import { ensureDefaultProject, ResourceService } from "./resources.js";
 import { logRoutes } from "./routes/logs.js";
@@ -69,14 +70,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   const resources = new ResourceService(deps.store, deps.createFinalizers);
   installErrorHandler(app);
-  app.addContentTypeParser(["application/merge-patch+json"], { parseAs: "string" }, (_req, body, done) => {
-    try {
-      done(null, JSON.parse(body as string));
-    } catch (err) {
-      (err as { statusCode?: number }).statusCode = 400;
-      done(err as Error, undefined);
-    }
-  });
+  installJsonParsers(app); // depth-limited JSON and merge-patch bodies (jsonbody.ts)
   countRequests(app, deps.metrics);
   app.addHook("onRequest", async (req) => {
     if (req.url === "/healthz" || req.url.startsWith("/healthz?")) return;
