@@ -9,7 +9,7 @@ import {
   textCompare,
 } from "./search.js";
 import type { Experiment, KeyValue, ViewType } from "./types.js";
-import { keyOf, keyValues, nameOf, valueOf } from "./validate.js";
+import { keyOf, keyValues, nameOf, tagValue } from "./validate.js";
 
 /** The experiment a run lands in when the client names none ("0"), one per project. */
 const DEFAULT_EXPERIMENT = "Default";
@@ -201,7 +201,7 @@ export class Experiments {
 
   async setTag(project: string, id: string, key: string, value: string): Promise<void> {
     keyOf(key, "key");
-    value = valueOf(value, "value", "experimentTag");
+    value = tagValue(value, "value", "experimentTag");
     const row = await this.row(project, id);
     await this.db
       .insertInto("tr_experiment_tags")

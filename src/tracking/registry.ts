@@ -4,7 +4,7 @@ import { type Clause, parseFilter, REGISTRY_ATTRIBUTES } from "./filter.js";
 import { checkRunInProject, checkVersionSource } from "./references.js";
 import type { RegistrySchema } from "./schema.js";
 import type { KeyValue } from "./store.js";
-import { keyOf, keyValues, nameOf, valueOf } from "./validate.js";
+import { keyOf, keyValues, nameOf, tagValue } from "./validate.js";
 
 export interface ModelVersion {
   name: string;
@@ -222,7 +222,7 @@ export class ModelRegistry {
     db: Kysely<RegistrySchema> = this.db,
   ): Promise<void> {
     keyOf(key, "key");
-    value = valueOf(value, "value", "registryTag");
+    value = tagValue(value, "value", "registryTag");
     await db
       .insertInto("tr_registry_tags")
       .values({ project, name, version, key, value })

@@ -52,7 +52,7 @@ export function keyValues(
     if (!kv || typeof kv !== "object" || Array.isArray(kv))
       throw invalidParameter(`'${field}[${i}]' must be an object with "key" and "value"`);
     const { key, value } = kv as { key?: unknown; value?: unknown };
-    return { key: keyOf(key, `${field}[${i}].key`), value: valueOf(value, `${field}[${i}].value`, limit) };
+    return { key: keyOf(key, `${field}[${i}].key`), value: tagValue(value, `${field}[${i}].value`, limit) };
   });
 }
 
@@ -68,7 +68,7 @@ export function keyOf(key: unknown, field: string): string {
 }
 
 /** A tag or param value: a string (numbers are written as text); none is "". */
-export function valueOf(value: unknown, field: string, limit: ValueLimit): string {
+export function tagValue(value: unknown, field: string, limit: ValueLimit): string {
   if (value === undefined || value === null) return "";
   if (typeof value !== "string" && !(typeof value === "number" && Number.isFinite(value)))
     throw invalidParameter(`'${field}' must be a string, got ${JSON.stringify(value)}`);
