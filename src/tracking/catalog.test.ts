@@ -20,6 +20,7 @@ describe("the MLflow route catalog", () => {
   });
 
   it("is in /openapi.json under both prefixes, with typed bodies and query parameters", () => {
+    // biome-ignore lint/suspicious/noExplicitAny: walking a JSON document
     const doc = buildOpenApi("test") as { paths: Record<string, Record<string, any>> };
     const create = doc.paths["/api/2.0/mlflow/runs/log-batch"]!.post;
     expect(create.requestBody.content["application/json"].schema.properties.metrics).toMatchObject({
