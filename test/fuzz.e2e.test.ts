@@ -80,6 +80,7 @@ describe.skipIf(!bin)(
       expect(code, `${failures}\n${reproduce}\nserver log:\n${loom.log.slice(-4000)}`).toBe(0);
       const generated = Number(/(\d+) generated/.exec(output)?.[1] ?? 0);
       expect(generated, output.slice(-2000)).toBeGreaterThanOrEqual(MIN_CASES);
+      console.info(`schemathesis: ${generated} generated cases, no server error`);
       // The server is still up and answering.
       expect((await loom.api("GET", "/healthz", undefined, null)).status).toBe(200);
     }, 420_000);
