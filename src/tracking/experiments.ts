@@ -237,8 +237,8 @@ export class Experiments {
   }
 }
 
-/** A unique or primary key was violated (on PostgreSQL or SQLite). */
-function isUniqueViolation(err: unknown): boolean {
+/** A unique or primary key was violated (on PostgreSQL or SQLite): another writer got there first. */
+export function isUniqueViolation(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return code === "23505" || code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY";
 }

@@ -1,5 +1,6 @@
 import type { Kysely } from "kysely";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
+import { isUniqueViolation } from "./experiments.js";
 import { type Clause, parseFilter, REGISTRY_ATTRIBUTES } from "./filter.js";
 import { checkRunInProject, checkVersionSource } from "./references.js";
 import type { RegistrySchema } from "./schema.js";
@@ -63,19 +64,27 @@ export class ModelRegistry {
     if (await this.modelRow(project, name).catch(() => undefined))
       throw new MlflowError("RESOURCE_ALREADY_EXISTS", `Registered Model (name=${name}) already exists.`);
     const t = this.now();
-    await this.db.transaction().execute(async (tx) => {
-      await tx
-        .insertInto("tr_registered_models")
-        .values({
-          project,
-          name,
-          description: description ?? null,
-          creation_timestamp: t,
-          last_updated_timestamp: t,
-        })
-        .execute();
-      for (const tag of checked) await this.setTag(project, name, MODEL, tag.key, tag.value, tx);
-    });
+    await this.db
+      .transaction()
+      .execute(async (tx) => {
+        await tx
+          .insertInto("tr_registered_models")
+          .values({
+            project,
+            name,
+            description: description ?? null,
+            creation_timestamp: t,
+            last_updated_timestamp: t,
+          })
+          .execute();
+        for (const tag of checked) await this.setTag(project, name, MODEL, tag.key, tag.value, tx);
+      })
+      .catch((err: unknown) => {
+        // Another writer made it between the check and the insert.
+        if (isUniqueViolation(err))
+          throw new MlflowError("RESOURCE_ALREADY_EXISTS", `Registered Model (name=${name}) already exists.`);
+        throw err;
+      });
     return this.getModel(project, name);
   }
 
@@ -278,6 +287,24 @@ export class ModelRegistry {
     const runId = req.runId || /^runs:\/([0-9a-f]{32})\//.exec(req.source)?.[1] || null;
     if (runId) await checkRunInProject(this.db as Kysely<unknown>, project, runId, "run_id");
     const t = this.now();
+    // Two creates at once may pick the same number: the loser takes the next one.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.insertVersion(project, req, runId, tags, t);
+      } catch (err) {
+        if (!isUniqueViolation(err) || attempt >= 5) throw err;
+      }
+    }
+  }
+
+  /** The next version of a model, with its tags, in one transaction. */
+  private async insertVersion(
+    project: string,
+    req: { name: string; source: string; runLink?: string; description?: string },
+    runId: string | null,
+    tags: KeyValue[],
+    t: number,
+  ): Promise<ModelVersion> {
     const version = await this.db.transaction().execute(async (tx) => {
       const last = await tx
         .selectFrom("tr_model_versions")

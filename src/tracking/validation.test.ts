@@ -212,6 +212,19 @@ describe.each(TRACKING_BACKENDS)("MLflow bad input on $name", (backend) => {
     expect(ok.json().model_version).toMatchObject({ version: "1", run_id: runId });
   });
 
+  it("creates at once: one registered model wins (the others: RESOURCE_ALREADY_EXISTS), versions get distinct numbers", async () => {
+    const made = await Promise.allSettled(
+      Array.from({ length: 4 }, () => t.registry.createModel("p", "race")),
+    );
+    expect(made.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+    for (const r of made.filter((r) => r.status === "rejected"))
+      expect((r as PromiseRejectedResult).reason).toMatchObject({ errorCode: "RESOURCE_ALREADY_EXISTS" });
+    const versions = await Promise.all(
+      Array.from({ length: 4 }, () => t.registry.createVersion("p", { name: "race", source: "s3://b/m" })),
+    );
+    expect(versions.map((v) => v.version).sort()).toEqual(["1", "2", "3", "4"]);
+  });
+
   it("artifacts: a NUL in the path is a 400; a cut-off upload leaves no temp file", async () => {
     const nul = await app.inject({
       method: "PUT",
