@@ -2,7 +2,7 @@ import { invalidParameter } from "./errors.js";
 import type { KeyValue } from "./types.js";
 
 /**
- * MLflow's own input limits (mlflow/utils/validation.py) and the checks every write runs before it
+ * MLflow's own input limits (mlflow/utils/validation.py of the client the tests pin, 3.17) and the checks every write runs before it
  * touches the database, so bad input is a 400 INVALID_PARAMETER_VALUE that stores nothing.
  */
 export const LIMITS = {
@@ -16,7 +16,7 @@ export const LIMITS = {
   keyLength: 250,
   paramValueLength: 6000,
   runTagValueLength: 8000,
-  experimentTagValueLength: 5000,
+  experimentTagValueLength: 20_000,
   registryTagValueLength: 100_000,
   /** Tags given with a create (experiment, run, model, version, logged model). */
   tagsPerCreate: 100,
