@@ -37,6 +37,10 @@ export const InferenceServiceSpec = z
     model: z
       .string()
       .min(1)
+      // A reference resolves inside the service's own project: no way out of it by `..` (or NUL).
+      .refine((m) => !m.includes("\u0000") && !m.split(/[/\\]/).includes(".."), {
+        message: "must not contain '..' segments or NUL: a model resolves inside its own project",
+      })
       .describe(
         'The model: a registry reference such as "models:/tinygpt@champion" or "models:/tinygpt/3", or a path.',
       ),

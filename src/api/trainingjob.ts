@@ -252,6 +252,11 @@ export const TrainingJobSpec = z
     initCheckpointFrom: z
       .string()
       .min(1)
+      // A job's name, in this job's project: no project/name, no path.
+      .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, {
+        message:
+          "must name a TrainingJob of this project (a name such as pretrain, not a path or project/name)",
+      })
       .optional()
       .describe(
         "Start from another TrainingJob's checkpoints (same project): its LOOM_CHECKPOINT_DIR is given to every worker, read-only in spirit, as LOOM_INIT_CHECKPOINT_DIR (fine-tuning a pretrained model). On Kubernetes that job needs spec.checkpoint (a claim).",

@@ -59,7 +59,16 @@ export function parseManifests(text: string, source: string): ManifestDoc[] {
         `${source}:${line}: invalid YAML: ${e.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")}`,
       );
     }
-    const body = doc.toJS() as unknown;
+    let body: unknown;
+    try {
+      // maxAliasCount (the yaml package's default, said here): an alias bomb ("billion laughs")
+      // is refused instead of expanded.
+      body = doc.toJS({ maxAliasCount: 100 }) as unknown;
+    } catch (err) {
+      throw new CliError(
+        `${source}${i > 1 ? ` (document ${i})` : ""}: invalid YAML: ${(err as Error).message.split("\n")[0]}`,
+      );
+    }
     if (body === null || body === undefined) continue; // an empty document between '---'
     if (typeof body !== "object" || Array.isArray(body)) {
       throw new CliError(

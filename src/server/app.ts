@@ -11,6 +11,7 @@ import { auditRequests } from "./audit.js";
 import { bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
 import { installGuard, rewriteUrl } from "./guard.js";
+import { installJsonParsers } from "./jsonbody.js";
 import { ModelView } from "./models.js";
 import { ensureDefaultProject, ResourceService } from "./resources.js";
 import { logRoutes } from "./routes/logs.js";
@@ -88,14 +89,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   const resources = new ResourceService(deps.store, deps.createFinalizers);
   installErrorHandler(app);
-  app.addContentTypeParser(["application/merge-patch+json"], { parseAs: "string" }, (_req, body, done) => {
-    try {
-      done(null, JSON.parse(body as string));
-    } catch (err) {
-      (err as { statusCode?: number }).statusCode = 400;
-      done(err as Error, undefined);
-    }
-  });
+  installJsonParsers(app); // depth-limited JSON and merge-patch bodies (jsonbody.ts)
   countRequests(app, deps.metrics);
   app.decorate("routeRules", requireRules(app));
   // After requireRules: the audit log's read routes get their rules like every other route.

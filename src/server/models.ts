@@ -1,5 +1,5 @@
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, realpathSync } from "node:fs";
+import { dirname, join, resolve, sep } from "node:path";
 import { z } from "zod";
 import { NotFoundError, ValidationError } from "../api/errors.js";
 import { MODEL, TRAININGJOB, toFieldIssues } from "../api/kinds.js";
@@ -232,26 +232,42 @@ export function localModelResolver(
           throw err;
         }
       }
+      // Wherever the reference leads, the files must be this project's (spec.model names it).
+      const own = join(artifactsDir, project);
       let dir = source;
       const run = /^runs:\/([0-9a-f]{32})\/?(.*)$/.exec(source);
       if (run) {
         const r = await tracking.getRun(project, run[1]);
-        dir = join(
-          artifactsDir,
-          project,
-          r.info.artifact_uri.replace(/^mlflow-artifacts:\//, ""),
-          run[2] ?? "",
-        );
+        dir = join(own, r.info.artifact_uri.replace(/^mlflow-artifacts:\//, ""), run[2] ?? "");
       } else if (source.startsWith("mlflow-artifacts:/"))
-        dir = join(artifactsDir, project, source.replace(/^mlflow-artifacts:\//, ""));
+        dir = join(own, source.replace(/^mlflow-artifacts:\//, ""));
       else if (/^[a-z][a-z0-9+.-]*:/.test(source))
         throw new Error(
           `model source ${source} is not on this machine (runs:/, mlflow-artifacts:/ or a path)`,
         );
       if (!existsSync(dir)) throw new Error(`model "${model}" resolved to ${dir}, which does not exist`);
+      checkInsideProject(model, dir, own, artifactsDir);
       return dir;
     },
   };
+}
+
+/**
+ * spec.model's files stay inside the project: what a reference resolves to (symlinks followed)
+ * is under the project's own artifact store, or outside the artifact store altogether (a local
+ * path the operator put there); never another project's artifacts, nor the data dir around them.
+ */
+function checkInsideProject(model: string, dir: string, own: string, artifactsDir: string): void {
+  const real = realpathSync(dir);
+  const inside = (root: string) => {
+    const r = existsSync(root) ? realpathSync(root) : resolve(root);
+    return real === r || real.startsWith(r + sep);
+  };
+  if (inside(own)) return;
+  if (inside(dirname(artifactsDir)))
+    throw new Error(
+      `spec.model "${model}" resolves to ${real}, outside this project's artifacts: a model may only name its own project's files`,
+    );
 }
 
 /** The sweep controller's ports on Loom's own tracking store and registry (embedded). */

@@ -1,8 +1,12 @@
 import { z } from "zod";
 import { KINDS, specJsonSchema, TRAININGJOB } from "../api/kinds.js";
 import { API_VERSION } from "../api/meta.js";
+import { mlflowOpenApi } from "./openapi-mlflow.js";
 
-/** OpenAPI 3.1 description of the REST API, generated from the same zod schemas that validate. */
+/**
+ * OpenAPI 3.1 description of the REST API, generated from the same zod schemas that validate, and
+ * of the MLflow routes (openapi-mlflow.ts).
+ */
 export function buildOpenApi(version: string): Record<string, unknown> {
   const schemas: Record<string, unknown> = {};
   const paths: Record<string, unknown> = {};
@@ -99,6 +103,10 @@ export function buildOpenApi(version: string): Record<string, unknown> {
       annotations: { type: "object", additionalProperties: { type: "string" } },
     },
   };
+  // The MLflow-compatible tracking API served beside Loom's own.
+  const mlflow = mlflowOpenApi();
+  Object.assign(schemas, mlflow.schemas);
+  Object.assign(paths, mlflow.paths);
   return {
     openapi: "3.1.0",
     info: { title: "Loom API", version },

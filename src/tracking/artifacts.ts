@@ -1,5 +1,5 @@
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, readdir, rename, stat } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, normalize, sep } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
@@ -29,6 +29,8 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
       req.method === "PUT" || req.method === "POST" || req.method === "DELETE",
     );
     if (!(await deps.projectExists(project))) throw notFound(`project ${project} does not exist`);
+    // A NUL ends a name on the file system: refused, as Node would throw on it.
+    if (rel.includes("\u0000")) throw invalidParameter("Invalid path: it contains a NUL byte");
     const clean = normalize(rel.replace(/^\/+/, ""));
     if (clean === "." || clean === "") return "";
     if (clean.startsWith("..") || clean.split(sep).includes(".."))
@@ -51,10 +53,16 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
           const rel = await resolve(req, projectOf(req), (req.params as { "*": string })["*"]);
           if (!rel) throw invalidParameter("an artifact upload needs a path");
           const file = join(root(projectOf(req)), rel);
-          await mkdir(dirname(file), { recursive: true });
           const tmp = `${file}.upload-${process.pid}-${Date.now()}`;
-          await pipeline(req.raw, createWriteStream(tmp));
-          await rename(tmp, file);
+          try {
+            await mkdir(dirname(file), { recursive: true });
+            await pipeline(req.raw, createWriteStream(tmp));
+            await rename(tmp, file);
+          } catch (err) {
+            // A cut-off upload (or one that cannot land) leaves no temp file behind.
+            await rm(tmp, { force: true }).catch(() => {});
+            throw fsError(err, rel);
+          }
           return reply.code(200).send();
         });
         scope.get("/artifacts", async (req, reply) =>
@@ -102,4 +110,14 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
     );
     return reply.send(files.length ? { files } : {});
   }
+}
+
+/** A file-system refusal the path caused (a file where a directory is, a name too long) as a 400. */
+function fsError(err: unknown, rel: string): unknown {
+  const code = (err as { code?: string }).code;
+  if (code === "ENOTDIR" || code === "EISDIR" || code === "EEXIST" || code === "ENAMETOOLONG")
+    return invalidParameter(
+      `Cannot write artifact '${rel}': ${code} (a file and a directory share a name, or the name is too long)`,
+    );
+  return err;
 }

@@ -9,6 +9,7 @@ import {
   textCompare,
 } from "./search.js";
 import type { Experiment, KeyValue, ViewType } from "./types.js";
+import { keyOf, keyValues, nameOf, tagValue } from "./validate.js";
 
 /** The experiment a run lands in when the client names none ("0"), one per project. */
 const DEFAULT_EXPERIMENT = "Default";
@@ -28,6 +29,10 @@ export class Experiments {
     tags: KeyValue[] = [],
   ): Promise<string> {
     if (!name) throw invalidParameter("Missing value for required parameter 'name'.");
+    nameOf(name, "name");
+    // Everything is checked before the first write, and the writes are one transaction.
+    const checked = keyValues(tags, "tags", "experimentTag");
+    if (artifactLocation !== undefined) checkArtifactLocation(artifactLocation);
     const existing = await this.db
       .selectFrom("tr_experiments")
       .select("experiment_id")
@@ -40,18 +45,36 @@ export class Experiments {
         `Experiment '${name}' already exists in project ${project}.`,
       );
     const t = this.now();
-    const row = await this.db
-      .insertInto("tr_experiments")
-      .values({
-        project,
-        name,
-        artifact_location: artifactLocation ?? "",
-        lifecycle_stage: "active",
-        creation_time: t,
-        last_update_time: t,
+    const id = await this.db
+      .transaction()
+      .execute(async (tx) => {
+        const row = await tx
+          .insertInto("tr_experiments")
+          .values({
+            project,
+            name,
+            artifact_location: artifactLocation ?? "",
+            lifecycle_stage: "active",
+            creation_time: t,
+            last_update_time: t,
+          })
+          .returning("experiment_id")
+          .executeTakeFirstOrThrow();
+        const id = row.experiment_id!;
+        if (!artifactLocation)
+          await tx
+            .updateTable("tr_experiments")
+            .set({ artifact_location: `mlflow-artifacts:/${id}` })
+            .where("experiment_id", "=", id)
+            .execute();
+        for (const tag of checked)
+          await tx
+            .insertInto("tr_experiment_tags")
+            .values({ experiment_id: id, key: tag.key, value: tag.value })
+            .onConflict((oc) => oc.columns(["experiment_id", "key"]).doUpdateSet({ value: tag.value }))
+            .execute();
+        return id;
       })
-      .returning("experiment_id")
-      .executeTakeFirstOrThrow()
       .catch((err: unknown) => {
         // Another writer made it between the check and the insert (a pool runs them in parallel).
         if (isUniqueViolation(err))
@@ -61,14 +84,6 @@ export class Experiments {
           );
         throw err;
       });
-    const id = row.experiment_id!;
-    if (!artifactLocation)
-      await this.db
-        .updateTable("tr_experiments")
-        .set({ artifact_location: `mlflow-artifacts:/${id}` })
-        .where("experiment_id", "=", id)
-        .execute();
-    for (const tag of tags) await this.setTag(project, String(id), tag.key, tag.value);
     return String(id);
   }
 
@@ -152,6 +167,7 @@ export class Experiments {
 
   async rename(project: string, id: string, newName: string): Promise<void> {
     if (!newName) throw invalidParameter("Missing value for required parameter 'new_name'.");
+    nameOf(newName, "new_name");
     const row = await this.row(project, id);
     const clash = await this.db
       .selectFrom("tr_experiments")
@@ -184,6 +200,8 @@ export class Experiments {
   }
 
   async setTag(project: string, id: string, key: string, value: string): Promise<void> {
+    keyOf(key, "key");
+    value = tagValue(value, "value", "experimentTag");
     const row = await this.row(project, id);
     await this.db
       .insertInto("tr_experiment_tags")
@@ -219,8 +237,19 @@ export class Experiments {
   }
 }
 
-/** A unique or primary key was violated (on PostgreSQL or SQLite). */
-function isUniqueViolation(err: unknown): boolean {
+/** A unique or primary key was violated (on PostgreSQL or SQLite): another writer got there first. */
+export function isUniqueViolation(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return code === "23505" || code === "SQLITE_CONSTRAINT_UNIQUE" || code === "SQLITE_CONSTRAINT_PRIMARYKEY";
+}
+
+/**
+ * An experiment's own artifact location: only the project's artifact store (mlflow-artifacts:/,
+ * the default), never a path or another store a run's files would be written to or read from.
+ */
+function checkArtifactLocation(location: string): void {
+  if (location === "") return;
+  throw invalidParameter(
+    `'artifact_location' is not supported (got '${location}'): experiments keep their artifacts in the project's store; leave it unset`,
+  );
 }

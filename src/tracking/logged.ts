@@ -4,6 +4,7 @@ import { invalidParameter, notFound } from "./errors.js";
 import { parseFilter } from "./filter.js";
 import type { LoggedSchema } from "./schema.js";
 import type { KeyValue, TrackingStore } from "./store.js";
+import { keyValues, listOf, nameOf } from "./validate.js";
 
 export interface LoggedModel {
   info: {
@@ -48,6 +49,10 @@ export class LoggedModels {
       tags?: KeyValue[];
     },
   ): Promise<LoggedModel> {
+    // Checked before it is written.
+    const tags = keyValues(req.tags, "tags", "runTag");
+    const params = keyValues(req.params, "params", "param");
+    if (req.name) nameOf(req.name, "name");
     const exp = await this.tracking.getExperiment(project, req.experimentId);
     if (req.sourceRunId) await this.tracking.getRun(project, req.sourceRunId);
     const modelId = `m-${randomBytes(16).toString("hex")}`;
@@ -64,7 +69,7 @@ export class LoggedModels {
         artifact_uri: `${exp.artifact_location}/models/${modelId}/artifacts`,
         creation_timestamp_ms: t,
         last_updated_timestamp_ms: t,
-        body: JSON.stringify({ tags: req.tags ?? [], params: req.params ?? [] }),
+        body: JSON.stringify({ tags, params }),
       })
       .execute();
     return this.get(project, modelId);
@@ -97,11 +102,12 @@ export class LoggedModels {
   }
 
   async setTags(project: string, modelId: string, tags: KeyValue[]): Promise<void> {
+    const checked = keyValues(tags, "tags", "runTag");
     const row = await this.row(project, modelId);
     const body = JSON.parse(row.body) as { tags: KeyValue[]; params: KeyValue[] };
-    for (const t of tags) {
+    for (const t of checked) {
       body.tags = body.tags.filter((x) => x.key !== t.key);
-      body.tags.push({ key: t.key, value: String(t.value ?? "") });
+      body.tags.push(t);
     }
     await this.db
       .updateTable("tr_logged_models")
@@ -170,15 +176,22 @@ export class LoggedModels {
     models: { model_id?: string; step?: number }[],
   ): Promise<void> {
     await this.tracking.getRun(project, runId);
-    for (const m of models) {
-      if (!m.model_id) throw invalidParameter("every output names a model_id");
-      await this.row(project, m.model_id);
+    // Every output checked (its model this project's) before any is written.
+    const rows = listOf(models, "models").map((raw, i) => {
+      const m = (raw && typeof raw === "object" ? raw : {}) as { model_id?: unknown; step?: unknown };
+      if (typeof m.model_id !== "string" || !m.model_id)
+        throw invalidParameter(`'models[${i}].model_id' is missing: every output names a model_id`);
+      const step = Number(m.step ?? 0);
+      if (!Number.isSafeInteger(step)) throw invalidParameter(`'models[${i}].step' must be an integer`);
+      return { run_uuid: runId, model_id: m.model_id, step };
+    });
+    for (const r of rows) await this.row(project, r.model_id);
+    for (const r of rows)
       await this.db
         .insertInto("tr_run_outputs")
-        .values({ run_uuid: runId, model_id: m.model_id, step: Number(m.step ?? 0) })
-        .onConflict((oc) => oc.columns(["run_uuid", "model_id"]).doUpdateSet({ step: Number(m.step ?? 0) }))
+        .values(r)
+        .onConflict((oc) => oc.columns(["run_uuid", "model_id"]).doUpdateSet({ step: r.step }))
         .execute();
-    }
   }
 
   async outputsOf(runIds: string[]): Promise<Map<string, { model_id: string; step: number }[]>> {

@@ -3,6 +3,7 @@ import { invalidParameter } from "./errors.js";
 import type { RunsSchema } from "./schema.js";
 import { decodePageToken, encodePageToken } from "./search.js";
 import type { Metric, RawMetric } from "./types.js";
+import { keyOf } from "./validate.js";
 
 /** The run a metric history is asked for, checked to be the project's. */
 type RunOf = (project: string, runId: string | undefined) => Promise<{ run_uuid: string }>;
@@ -150,27 +151,49 @@ export interface StoredMetric {
   step: number;
 }
 
-/** A logged metric, checked, as stored. */
-export function toStoredMetric(m: RawMetric): StoredMetric {
-  if (!m.key) throw invalidParameter("Missing value for required parameter 'key'.");
-  if (m.timestamp === undefined || m.timestamp === "")
-    throw invalidParameter("Missing value for required parameter 'timestamp'.");
-  const timestamp = Number(m.timestamp);
-  const step = Number(m.step ?? 0);
-  if (!Number.isInteger(timestamp) || !Number.isInteger(step))
-    throw invalidParameter(`metric '${m.key}': timestamp and step must be integers`);
+/** A logged metric, checked, as stored; `field` names it in messages ("metrics[3]"). */
+export function toStoredMetric(m: RawMetric, field = "metric"): StoredMetric {
+  if (!m || typeof m !== "object" || Array.isArray(m))
+    throw invalidParameter(`'${field}' must be an object with key, value, timestamp and step`);
+  const key = keyOf(m.key, `${field}.key`);
+  const timestamp = integerOf(m.timestamp, `${field}.timestamp`, true);
+  const step = integerOf(m.step ?? 0, `${field}.step`, false);
   let value: number;
   let isNan = 0;
-  if (m.value === "NaN" || (typeof m.value === "number" && Number.isNaN(m.value))) {
+  const v: unknown = m.value;
+  if (v === "NaN" || (typeof v === "number" && Number.isNaN(v))) {
     value = 0;
     isNan = 1;
   } else {
-    value = m.value === "Infinity" ? MAX_DOUBLE : m.value === "-Infinity" ? -MAX_DOUBLE : Number(m.value);
-    if (m.value === undefined || Number.isNaN(value))
-      throw invalidParameter(`metric '${m.key}': value must be a number, got ${JSON.stringify(m.value)}`);
+    // A number, or the strings proto3 JSON writes for doubles; null, booleans and objects are
+    // refused (null is not 0).
+    value =
+      v === "Infinity"
+        ? MAX_DOUBLE
+        : v === "-Infinity"
+          ? -MAX_DOUBLE
+          : typeof v === "number"
+            ? v
+            : typeof v === "string" && v.trim() !== ""
+              ? Number(v)
+              : Number.NaN;
+    if (Number.isNaN(value))
+      throw invalidParameter(`'${field}.value' must be a number, got ${JSON.stringify(v) ?? "nothing"}`);
     if (!Number.isFinite(value)) value = value > 0 ? MAX_DOUBLE : -MAX_DOUBLE;
   }
-  return { key: m.key, value, is_nan: isNan, timestamp, step };
+  return { key, value, is_nan: isNan, timestamp, step };
+}
+
+/** A timestamp or step: an integer, or a string of one (proto3 JSON writes int64 as a string). */
+function integerOf(v: unknown, field: string, required: boolean): number {
+  if (v === undefined || v === null || v === "") {
+    if (required) throw invalidParameter(`Missing value for required parameter '${field}'.`);
+    return 0;
+  }
+  const n = typeof v === "number" ? v : typeof v === "string" && v.trim() !== "" ? Number(v) : Number.NaN;
+  if (!Number.isSafeInteger(n))
+    throw invalidParameter(`'${field}' must be an integer, got ${JSON.stringify(v)}`);
+  return n;
 }
 
 /** A stored metric as MLflow returns it. */

@@ -1,8 +1,11 @@
 import type { Kysely } from "kysely";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
+import { isUniqueViolation } from "./experiments.js";
 import { type Clause, parseFilter, REGISTRY_ATTRIBUTES } from "./filter.js";
+import { checkRunInProject, checkVersionSource } from "./references.js";
 import type { RegistrySchema } from "./schema.js";
 import type { KeyValue } from "./store.js";
+import { keyOf, keyValues, nameOf, tagValue } from "./validate.js";
 
 export interface ModelVersion {
   name: string;
@@ -55,20 +58,33 @@ export class ModelRegistry {
     tags: KeyValue[] = [],
   ): Promise<RegisteredModel> {
     if (!name) throw invalidParameter("Missing value for required parameter 'name'.");
+    nameOf(name, "name");
+    // Checked before the first write; the model and its tags are one transaction.
+    const checked = keyValues(tags, "tags", "registryTag");
     if (await this.modelRow(project, name).catch(() => undefined))
       throw new MlflowError("RESOURCE_ALREADY_EXISTS", `Registered Model (name=${name}) already exists.`);
     const t = this.now();
     await this.db
-      .insertInto("tr_registered_models")
-      .values({
-        project,
-        name,
-        description: description ?? null,
-        creation_timestamp: t,
-        last_updated_timestamp: t,
+      .transaction()
+      .execute(async (tx) => {
+        await tx
+          .insertInto("tr_registered_models")
+          .values({
+            project,
+            name,
+            description: description ?? null,
+            creation_timestamp: t,
+            last_updated_timestamp: t,
+          })
+          .execute();
+        for (const tag of checked) await this.setTag(project, name, MODEL, tag.key, tag.value, tx);
       })
-      .execute();
-    for (const tag of tags) await this.setTag(project, name, MODEL, tag.key, tag.value);
+      .catch((err: unknown) => {
+        // Another writer made it between the check and the insert.
+        if (isUniqueViolation(err))
+          throw new MlflowError("RESOURCE_ALREADY_EXISTS", `Registered Model (name=${name}) already exists.`);
+        throw err;
+      });
     return this.getModel(project, name);
   }
 
@@ -173,6 +189,7 @@ export class ModelRegistry {
   async renameModel(project: string, name: string, newName: string): Promise<RegisteredModel> {
     await this.modelRow(project, name);
     if (!newName) throw invalidParameter("Missing value for required parameter 'new_name'.");
+    nameOf(newName, "new_name");
     if (await this.modelRow(project, newName).catch(() => undefined))
       throw new MlflowError("RESOURCE_ALREADY_EXISTS", `Registered Model (name=${newName}) already exists.`);
     await this.db.transaction().execute(async (tx) => {
@@ -205,9 +222,17 @@ export class ModelRegistry {
     });
   }
 
-  async setTag(project: string, name: string, version: number, key: string, value: string): Promise<void> {
-    if (!key) throw invalidParameter("Missing value for required parameter 'key'.");
-    await this.db
+  async setTag(
+    project: string,
+    name: string,
+    version: number,
+    key: string,
+    value: string,
+    db: Kysely<RegistrySchema> = this.db,
+  ): Promise<void> {
+    keyOf(key, "key");
+    value = tagValue(value, "value", "registryTag");
+    await db
       .insertInto("tr_registry_tags")
       .values({ project, name, version, key, value })
       .onConflict((oc) => oc.columns(["project", "name", "version", "key"]).doUpdateSet({ value }))
@@ -255,33 +280,63 @@ export class ModelRegistry {
   ): Promise<ModelVersion> {
     await this.modelRow(project, req.name);
     if (!req.source) throw invalidParameter("Missing value for required parameter 'source'.");
-    const last = await this.db
-      .selectFrom("tr_model_versions")
-      .select((eb) => eb.fn.max("version").as("v"))
-      .where("project", "=", project)
-      .where("name", "=", req.name)
-      .executeTakeFirst();
-    const version = Number(last?.v ?? 0) + 1;
-    const t = this.now();
+    // Checked before the first write: the tags, and that source and run are this project's.
+    const tags = keyValues(req.tags, "tags", "registryTag");
+    await checkVersionSource(this.db as Kysely<unknown>, project, req.source);
     // A runs:/RUN/... source names its run when the client does not.
-    const runId = req.runId ?? /^runs:\/([0-9a-f]{32})\//.exec(req.source)?.[1] ?? null;
-    await this.db
-      .insertInto("tr_model_versions")
-      .values({
-        project,
-        name: req.name,
-        version,
-        description: req.description ?? "",
-        source: req.source,
-        run_id: runId,
-        run_link: req.runLink ?? "",
-        current_stage: "None",
-        creation_timestamp: t,
-        last_updated_timestamp: t,
-      })
-      .execute();
-    for (const tag of req.tags ?? []) await this.setTag(project, req.name, version, tag.key, tag.value);
-    await this.touch(project, req.name);
+    const runId = req.runId || /^runs:\/([0-9a-f]{32})\//.exec(req.source)?.[1] || null;
+    if (runId) await checkRunInProject(this.db as Kysely<unknown>, project, runId, "run_id");
+    const t = this.now();
+    // Two creates at once may pick the same number: the loser takes the next one.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.insertVersion(project, req, runId, tags, t);
+      } catch (err) {
+        if (!isUniqueViolation(err) || attempt >= 5) throw err;
+      }
+    }
+  }
+
+  /** The next version of a model, with its tags, in one transaction. */
+  private async insertVersion(
+    project: string,
+    req: { name: string; source: string; runLink?: string; description?: string },
+    runId: string | null,
+    tags: KeyValue[],
+    t: number,
+  ): Promise<ModelVersion> {
+    const version = await this.db.transaction().execute(async (tx) => {
+      const last = await tx
+        .selectFrom("tr_model_versions")
+        .select((eb) => eb.fn.max("version").as("v"))
+        .where("project", "=", project)
+        .where("name", "=", req.name)
+        .executeTakeFirst();
+      const version = Number(last?.v ?? 0) + 1;
+      await tx
+        .insertInto("tr_model_versions")
+        .values({
+          project,
+          name: req.name,
+          version,
+          description: req.description ?? "",
+          source: req.source,
+          run_id: runId,
+          run_link: req.runLink ?? "",
+          current_stage: "None",
+          creation_timestamp: t,
+          last_updated_timestamp: t,
+        })
+        .execute();
+      for (const tag of tags) await this.setTag(project, req.name, version, tag.key, tag.value, tx);
+      await tx
+        .updateTable("tr_registered_models")
+        .set({ last_updated_timestamp: t })
+        .where("project", "=", project)
+        .where("name", "=", req.name)
+        .execute();
+      return version;
+    });
     return this.getVersion(project, req.name, String(version));
   }
 
@@ -375,6 +430,7 @@ export class ModelRegistry {
 
   async setAlias(project: string, name: string, alias: string, version: string): Promise<void> {
     const v = await this.versionRow(project, name, version);
+    nameOf(alias, "alias");
     if (!alias || /^v\d+$/i.test(alias) || alias.toLowerCase() === "latest")
       throw invalidParameter(`'${alias}' cannot be an alias: latest and v<number> name versions already`);
     await this.db
@@ -414,15 +470,6 @@ export class ModelRegistry {
     return (model.latest_versions ?? []).filter(
       (v) => wanted.length === 0 || wanted.includes(v.current_stage.toLowerCase()),
     );
-  }
-
-  private async touch(project: string, name: string): Promise<void> {
-    await this.db
-      .updateTable("tr_registered_models")
-      .set({ last_updated_timestamp: this.now() })
-      .where("project", "=", project)
-      .where("name", "=", name)
-      .execute();
   }
 
   private async tagsOf(project: string, name: string, version: number): Promise<KeyValue[]> {

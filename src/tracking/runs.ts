@@ -7,6 +7,7 @@ import { fromStoredMetric, recordMetrics, toStoredMetric } from "./metrics.js";
 import type { RunsSchema, TrackingDialect } from "./schema.js";
 import { checkMaxResults, clauseSql, decodePageToken, encodePageToken, orderSqlOf } from "./search.js";
 import type { DatasetInput, KeyValue, RawMetric, Run, RunInfo, SearchRunsRequest } from "./types.js";
+import { checkBatch, keyOf, keyValues, LIMITS, listOf, nameOf } from "./validate.js";
 
 const RUN_STATUSES = new Set(["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"]);
 
@@ -27,26 +28,37 @@ export class Runs {
     if (exp.lifecycle_stage !== "active")
       throw invalidParameter(`The experiment ${exp.experiment_id} must be in the 'active' state.`);
     const runId = randomBytes(16).toString("hex");
-    const tags = [...(req.tags ?? [])];
+    // Checked before the first write; the run and its tags are one transaction.
+    const tags = keyValues(req.tags, "tags", "runTag");
+    if (req.runName) nameOf(req.runName, "run_name");
+    if (req.startTime !== undefined && !Number.isSafeInteger(req.startTime))
+      throw invalidParameter(`'start_time' must be an integer (ms since the epoch), got ${req.startTime}`);
     const runName =
       req.runName || tags.find((t) => t.key === "mlflow.runName")?.value || `run-${runId.slice(0, 8)}`;
     if (!tags.some((t) => t.key === "mlflow.runName")) tags.push({ key: "mlflow.runName", value: runName });
-    await this.db
-      .insertInto("tr_runs")
-      .values({
-        run_uuid: runId,
-        experiment_id: exp.experiment_id!,
-        project,
-        run_name: runName,
-        user_id: req.userId ?? "",
-        status: "RUNNING",
-        start_time: req.startTime ?? this.now(),
-        end_time: null,
-        lifecycle_stage: "active",
-        artifact_uri: `${exp.artifact_location}/${runId}/artifacts`,
-      })
-      .execute();
-    for (const t of tags) await this.upsert("tr_tags", runId, t.key, t.value);
+    await this.db.transaction().execute(async (tx) => {
+      await tx
+        .insertInto("tr_runs")
+        .values({
+          run_uuid: runId,
+          experiment_id: exp.experiment_id!,
+          project,
+          run_name: runName,
+          user_id: req.userId ?? "",
+          status: "RUNNING",
+          start_time: req.startTime ?? this.now(),
+          end_time: null,
+          lifecycle_stage: "active",
+          artifact_uri: `${exp.artifact_location}/${runId}/artifacts`,
+        })
+        .execute();
+      for (const t of tags)
+        await tx
+          .insertInto("tr_tags")
+          .values({ run_uuid: runId, key: t.key, value: t.value })
+          .onConflict((oc) => oc.columns(["run_uuid", "key"]).doUpdateSet({ value: t.value }))
+          .execute();
+    });
     return this.get(project, runId);
   }
 
@@ -90,8 +102,13 @@ export class Runs {
         throw invalidParameter(`Invalid run status '${req.status}': one of ${[...RUN_STATUSES].join(", ")}`);
       set.status = req.status;
     }
-    if (req.endTime !== undefined) set.end_time = req.endTime;
+    if (req.endTime !== undefined) {
+      if (!Number.isSafeInteger(req.endTime))
+        throw invalidParameter(`'end_time' must be an integer (ms since the epoch), got ${req.endTime}`);
+      set.end_time = req.endTime;
+    }
     if (req.runName) {
+      nameOf(req.runName, "run_name");
       set.run_name = req.runName;
       await this.upsert("tr_tags", row.run_uuid, "mlflow.runName", req.runName);
     }
@@ -114,12 +131,18 @@ export class Runs {
     runId: string | undefined,
     batch: { metrics?: RawMetric[]; params?: KeyValue[]; tags?: KeyValue[] },
   ): Promise<void> {
+    // MLflow's limits, and every entry checked, before anything is written.
+    const rawMetrics = listOf(batch.metrics, "metrics");
+    const rawParams = listOf(batch.params, "params");
+    const rawTags = listOf(batch.tags, "tags");
+    checkBatch({ metrics: rawMetrics.length, params: rawParams.length, tags: rawTags.length });
+    const metrics = rawMetrics.map((m, i) => toStoredMetric(m as RawMetric, `metrics[${i}]`));
+    const params = keyValues(rawParams, "params", "param", LIMITS.paramsTagsPerBatch);
+    const tags = keyValues(rawTags, "tags", "runTag", LIMITS.paramsTagsPerBatch);
     const run = await this.activeRun(project, runId);
-    const metrics = (batch.metrics ?? []).map(toStoredMetric);
     await this.db.transaction().execute(async (tx) => {
-      for (const p of batch.params ?? []) {
-        if (p.key === undefined) throw invalidParameter("every param needs a key");
-        const value = String(p.value ?? "");
+      for (const p of params) {
+        const value = p.value;
         const old = await tx
           .selectFrom("tr_params")
           .select("value")
@@ -133,9 +156,8 @@ export class Runs {
         if (!old)
           await tx.insertInto("tr_params").values({ run_uuid: run.run_uuid, key: p.key, value }).execute();
       }
-      for (const t of batch.tags ?? []) {
-        if (t.key === undefined) throw invalidParameter("every tag needs a key");
-        const value = String(t.value ?? "");
+      for (const t of tags) {
+        const value = t.value;
         await tx
           .insertInto("tr_tags")
           .values({ run_uuid: run.run_uuid, key: t.key, value })
@@ -153,6 +175,7 @@ export class Runs {
   }
 
   async deleteTag(project: string, runId: string | undefined, key: string): Promise<void> {
+    keyOf(key, "key");
     const run = await this.activeRun(project, runId);
     const found = await this.db
       .deleteFrom("tr_tags")
@@ -164,25 +187,34 @@ export class Runs {
   }
 
   async logInputs(project: string, runId: string | undefined, datasets: DatasetInput[]): Promise<void> {
+    const list = listOf(datasets, "datasets");
+    if (list.length > LIMITS.datasetsPerBatch)
+      throw invalidParameter(
+        `'datasets' may hold at most ${LIMITS.datasetsPerBatch} inputs, got ${list.length}`,
+      );
+    // Each input checked before any is written.
+    const rows = list.map((raw, i) => {
+      const d = (raw && typeof raw === "object" ? raw : {}) as DatasetInput;
+      const { name, digest } = d.dataset && typeof d.dataset === "object" ? d.dataset : {};
+      if (typeof name !== "string" || !name || typeof digest !== "string")
+        throw invalidParameter(
+          `'datasets[${i}]' needs dataset.name and dataset.digest (strings): every dataset input names one`,
+        );
+      const tags = keyValues(d.tags, `datasets[${i}].tags`, "runTag");
+      const context = tags.find((t) => t.key === "mlflow.data.context")?.value ?? null;
+      return { name, digest, context, body: JSON.stringify(d) };
+    });
     const run = await this.activeRun(project, runId);
-    for (const d of datasets) {
-      if (!d.dataset?.name || d.dataset.digest === undefined)
-        throw invalidParameter("every dataset input needs dataset.name and dataset.digest");
-      const context = d.tags?.find((t) => t.key === "mlflow.data.context")?.value ?? null;
-      await this.db
-        .insertInto("tr_inputs")
-        .values({
-          run_uuid: run.run_uuid,
-          name: d.dataset.name,
-          digest: d.dataset.digest,
-          context,
-          body: JSON.stringify(d),
-        })
-        .onConflict((oc) =>
-          oc.columns(["run_uuid", "name", "digest"]).doUpdateSet({ context, body: JSON.stringify(d) }),
-        )
-        .execute();
-    }
+    await this.db.transaction().execute(async (tx) => {
+      for (const r of rows)
+        await tx
+          .insertInto("tr_inputs")
+          .values({ run_uuid: run.run_uuid, ...r })
+          .onConflict((oc) =>
+            oc.columns(["run_uuid", "name", "digest"]).doUpdateSet({ context: r.context, body: r.body }),
+          )
+          .execute();
+    });
   }
 
   async search(project: string, req: SearchRunsRequest): Promise<{ runs: Run[]; next_page_token?: string }> {

@@ -3,6 +3,7 @@ import { LoomError } from "../../api/errors.js";
 import { invalidParameter, MlflowError } from "../errors.js";
 import { authorize } from "../tenancy.js";
 import type { ViewType } from "../types.js";
+import { refuseNul } from "../validate.js";
 
 /**
  * What every MLflow endpoint shares: a request's fields and how to read them, the one wrapper
@@ -58,7 +59,11 @@ export function handle(
     if (!(await projectExists(project)))
       throw new MlflowError("RESOURCE_DOES_NOT_EXIST", `project ${project} does not exist`);
     const { project: _, ...inPath } = req.params as Record<string, string>;
-    const fields = { ...((fromQuery ? req.query : (req.body ?? {})) as Fields), ...inPath };
+    const body = fromQuery ? req.query : (req.body ?? {});
+    if (typeof body !== "object" || Array.isArray(body))
+      throw invalidParameter("the request body must be a JSON object");
+    const fields = { ...(body as Fields), ...inPath };
+    refuseNul(fields);
     return reply.send(compact(await handler(project, fields)));
   };
 }
