@@ -12,6 +12,7 @@ import type {
 import type { PodPlacement, PodRequest, RunningWorkload, Workload } from "../../ports/scheduler.js";
 import type { EventRecorder } from "../../ports/store.js";
 import { JsonFiles } from "./jsonfiles.js";
+import { EXPOSE_ENV } from "./netns.js";
 
 /**
  * Service replicas on this machine, as a Deployment and its kubelet would run them: each
@@ -315,7 +316,8 @@ export class LocalRevisions implements RevisionRuntime {
           {
             ...spec.worker,
             index: 0,
-            env: { ...spec.worker.env, PORT: String(port), LOOM_REPLICA: r.id },
+            // EXPOSE_ENV: the gateway (on the host) reaches this port in the replica's own network.
+            env: { ...spec.worker.env, PORT: String(port), LOOM_REPLICA: r.id, [EXPOSE_ENV]: String(port) },
             allocation: {
               ...spec.worker.allocation,
               node: placement.node,

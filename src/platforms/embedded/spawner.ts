@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import type { Logger } from "pino";
+import { NETWORK_SETUP, type NetworkSetup, type NetworkTeardown } from "./relay.js";
 
 /**
  * The helper process's program (CommonJS, run with `node -e`, so it needs no build step): reads
@@ -14,16 +15,25 @@ const HELPER = `
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
 const out = (m) => process.stdout.write(JSON.stringify(m) + "\\n");
+${NETWORK_SETUP}
+// One request at a time, in order: a gang's first request makes its network, which the next use.
+let chain = Promise.resolve();
 require("node:readline").createInterface({ input: process.stdin })
-  .on("line", (line) => {
-    const r = JSON.parse(line);
+  .on("line", (line) => { chain = chain.then(() => handle(JSON.parse(line))); })
+  .on("close", () => chain.then(() => process.exit(0)));
+async function handle(r) {
     let fd;
     try {
+      if (r.teardown) {
+        teardownNetwork(r.teardown);
+        return out({ id: r.id, done: true });
+      }
       for (const d of r.dirs ?? []) fs.mkdirSync(d, { recursive: true });
       for (const f of r.files ?? []) {
         fs.writeFileSync(f.path + ".tmp", f.data);
         fs.renameSync(f.path + ".tmp", f.path);
       }
+      if (r.network) await setupNetwork(r.network);
       fd = fs.openSync(r.logFile, "a");
       const c = spawn(r.command, r.args, { cwd: r.cwd, env: r.env, detached: true, stdio: ["ignore", fd, fd] });
       c.on("error", (e) => out({ id: r.id, error: String(e) }));
@@ -34,8 +44,7 @@ require("node:readline").createInterface({ input: process.stdin })
     } finally {
       if (fd !== undefined) fs.closeSync(fd);
     }
-  })
-  .on("close", () => process.exit(0));
+}
 `;
 
 export interface SpawnRequest {
@@ -48,6 +57,8 @@ export interface SpawnRequest {
   dirs?: string[];
   /** Written (to a .tmp, then renamed) after the dirs and before the process starts. */
   files?: { path: string; data: string }[];
+  /** Made after the files and before the process starts: the gang's network namespace and relay. */
+  network?: NetworkSetup;
 }
 
 interface Waiting {
@@ -91,6 +102,21 @@ export class Spawner {
     });
   }
 
+  /** Ends a gang's network namespace (in the helper: a fork from the server blocks its loop). */
+  teardown(t: NetworkTeardown): Promise<void> {
+    const helper = this.ensureHelper();
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, {
+        started: (_pid, error) => (error ? reject(new Error(error)) : resolve()),
+        exited: () => undefined,
+        lost: () => undefined,
+        pidKnown: false,
+      });
+      helper.stdin!.write(`${JSON.stringify({ id, teardown: t })}\n`);
+    });
+  }
+
   close(): void {
     this.waiting.clear();
     this.helper?.stdin?.end();
@@ -107,12 +133,16 @@ export class Spawner {
         pid?: number;
         error?: string;
         exit?: boolean;
+        done?: boolean;
         code?: number | null;
         signal?: string | null;
       };
       const w = this.waiting.get(m.id);
       if (!w) return;
-      if (m.exit) {
+      if (m.done) {
+        this.waiting.delete(m.id);
+        w.started(undefined);
+      } else if (m.exit) {
         this.waiting.delete(m.id);
         w.exited(m.code ?? undefined, m.signal ?? undefined);
       } else if (m.error && m.pid === undefined) {

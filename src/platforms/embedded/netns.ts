@@ -1,0 +1,188 @@
+import { execFileSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:net";
+import { dirname, join } from "node:path";
+import type { Logger } from "pino";
+import type { NetworkSetup, NetworkTeardown } from "./relay.js";
+
+/**
+ * A network namespace per gang: all workers of one workload (a TrainingJob's gang, a sweep
+ * trial, one replica) share one, with only a loopback of its own, so torch rendezvous and DDP
+ * over 127.0.0.1 work between them and nothing else on the machine can reach their ports, nor
+ * they anyone else's. Loom's API and gateway are reached from inside through the gang's relay
+ * (relay.ts); a replica's port is reached from the host (the gateway) through the same relay.
+ *
+ * Lifetime: made by the spawn helper with the first worker of each attempt (kept if it is
+ * there), removed (by the helper too) once every worker of the attempt has exited, and at
+ * release. Namespaces are files
+ * under /run/netns (as `ip netns add` makes them, so `ip netns list` shows them), named after
+ * the installation and the workload's uid, and so found again after a restart: those of gangs
+ * that still exist are kept (their relay is restarted with the next attempt if it died), the
+ * others removed. The runtime (runtime.ts) decides when; this class says what and where.
+ *
+ * Where the kernel refuses (not root), every gang shares the machine's network, as before, and
+ * `capability` says so.
+ */
+
+/** Whether workloads get a network of their own; `loom up` prints the reason when they do not. */
+export interface NetworkCapability {
+  isolated: boolean;
+  reason: string;
+}
+
+/** How a worker joins its gang's network. */
+export interface NetworkJoin {
+  /**
+   * Goes before the worker's command: enters the namespace, waits for the relay to listen
+   * (at most 10 s), then execs the rest (same pid: the worker is still its process group's leader).
+   */
+  argvPrefix: string[];
+  /** For the spawn helper, with the gang's first worker of an attempt. */
+  setup: NetworkSetup;
+}
+
+/** Ports of a workload the host reaches (a replica's, for the gateway), from its workers' env. */
+export const EXPOSE_ENV = "LOOM_EXPOSE_PORTS";
+
+const WAIT =
+  'i=0; while [ ! -e "$0" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; [ -e "$0" ] || echo "loom: the network relay did not start; Loom\'s API is unreachable" >&2; exec "$@"';
+
+export interface GangNetworksOptions {
+  instanceId: string;
+  log: Logger;
+  /** false: every workload shares the machine's network (as before this existed). */
+  enabled?: boolean;
+  /** Where namespaces are bind-mounted (default /run/netns, where `ip netns` looks). */
+  netnsDir?: string;
+  /** Relay pid, ready and log files, and the API's unix socket (default /run/loom/<instance>). */
+  runDir?: string;
+}
+
+/** The gangs' network namespaces of one installation. */
+export class GangNetworks {
+  readonly capability: NetworkCapability;
+  private apiPort: number | undefined;
+  private apiServer: Server | undefined;
+  private readonly netnsDir: string;
+  private readonly runDir: string;
+  private readonly prefix: string;
+
+  constructor(private readonly opts: GangNetworksOptions) {
+    this.netnsDir = opts.netnsDir ?? "/run/netns";
+    this.runDir = opts.runDir ?? join("/run/loom", opts.instanceId);
+    this.prefix = `loom-${opts.instanceId.slice(0, 8)}-`;
+    this.capability = opts.enabled === false ? { isolated: false, reason: "turned off" } : this.probe();
+    if (this.capability.isolated) mkdirSync(this.runDir, { recursive: true, mode: 0o700 });
+  }
+
+  /** The unix socket Loom's API answers on for relays. */
+  get apiSocket(): string {
+    return join(this.runDir, "api.sock");
+  }
+
+  /**
+   * Answers relays on a unix socket, each connection handed to `server` (Loom's HTTP server,
+   * whose gateway front takes it first) as if it came to its TCP port: no extra hop in Loom.
+   */
+  async serveApi(server: { emit(event: "connection", socket: unknown): unknown }, port: number): Promise<void> {
+    this.apiPort = port;
+    if (!this.capability.isolated) return;
+    rmSync(this.apiSocket, { force: true });
+    const unix = createServer((socket) => server.emit("connection", socket));
+    await new Promise<void>((ok, fail) => {
+      unix.once("error", fail);
+      unix.listen(this.apiSocket, ok);
+    });
+    // Only Loom's own relays (this user) connect: the socket is not the workloads' to use.
+    chmodSync(this.apiSocket, 0o600);
+    this.apiServer = unix;
+  }
+
+  /** The gang's network, or undefined where workloads share the machine's. */
+  join(uid: string, expose: number[]): NetworkJoin | undefined {
+    if (!this.capability.isolated) return undefined;
+    const file = this.fileOf(uid);
+    const readyFile = join(this.runDir, `${uid}.ready`);
+    return {
+      argvPrefix: ["nsenter", `--net=${file}`, "--", "/bin/sh", "-c", WAIT, readyFile],
+      setup: {
+        file,
+        pidFile: join(this.runDir, `${uid}.relay`),
+        logFile: join(this.runDir, `${uid}.log`),
+        relay: { apiPort: this.apiPort, apiSocket: this.apiSocket, readyFile, exposed: expose.length },
+        expose,
+      },
+    };
+  }
+
+  /** What the spawn helper does to end the gang's network, or undefined where there are none. */
+  teardown(uid: string): NetworkTeardown | undefined {
+    if (!this.capability.isolated) return undefined;
+    return {
+      file: this.fileOf(uid),
+      remove: ["ready", "relay", "log"].map((ext) => join(this.runDir, `${uid}.${ext}`)),
+    };
+  }
+
+  /** After a restart: the uids of this installation's namespaces whose gang is gone. */
+  orphans(live: Set<string>): string[] {
+    return this.capability.isolated ? this.list().filter((uid) => !live.has(uid)) : [];
+  }
+
+  /** The namespace files of this installation's gangs (for tests and `loom up`'s cleanup). */
+  list(): string[] {
+    if (!existsSync(this.netnsDir)) return [];
+    return readdirSync(this.netnsDir)
+      .filter((n) => n.startsWith(this.prefix))
+      .map((n) => n.slice(this.prefix.length));
+  }
+
+  close(): void {
+    this.apiServer?.close();
+    this.apiServer = undefined;
+  }
+
+  private fileOf(uid: string): string {
+    return join(this.netnsDir, `${this.prefix}${uid}`);
+  }
+
+  /** Makes and removes a namespace: the only sure way to know the kernel and tools allow it. */
+  private probe(): NetworkCapability {
+    if (process.getuid?.() !== 0) {
+      return { isolated: false, reason: "Loom does not run as root: network namespaces need it" };
+    }
+    const file = join(this.netnsDir, `${this.prefix}probe-${process.pid}`);
+    try {
+      mkdirSync(dirname(file), { recursive: true });
+      writeFileSync(file, "");
+      execFileSync("unshare", [`--net=${file}`, "ip", "link", "set", "lo", "up"], { stdio: "pipe" });
+      execFileSync("umount", [file], { stdio: "pipe" });
+      return { isolated: true, reason: "each workload has a network namespace of its own" };
+    } catch (err) {
+      const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
+      return {
+        isolated: false,
+        reason: `cannot make a network namespace (${stderr || (err as Error).message})`,
+      };
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }
+}
+
+/** Ports a gang's workers ask the host to reach (EXPOSE_ENV, comma-separated). */
+export function exposedPorts(workers: { env: Record<string, string> }[]): number[] {
+  const ports = new Set<number>();
+  for (const w of workers)
+    for (const p of (w.env[EXPOSE_ENV] ?? "").split(",")) if (/^\d+$/.test(p)) ports.add(Number(p));
+  return [...ports];
+}
+
+/** For tests: whether a process is in the named namespace file. */
+export function inNamespace(pid: number, file: string): boolean {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/net`) === `net:[${statSync(file).ino}]`;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,145 @@
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { jobYaml, LoomProcess, ROOT } from "./helpers.js";
+import { deadPort } from "./upstreams.js";
+
+/**
+ * One network namespace per gang (issue 17, point 3): a workload reaches Loom's API, the gateway
+ * and its own gang's ports, and nothing else; a replica is reached through the gateway only.
+ * Runs where network namespaces can be made (root); elsewhere `loom up` says it shares the network.
+ */
+
+const PROBE = join(ROOT, "test/fixtures/netns/probe.py");
+const BASE = "/apis/loom.dev/v1alpha1";
+const isolated = process.getuid?.() === 0;
+
+/** Whether a TCP connection to 127.0.0.1:port is accepted, from this (the host's) network. */
+function reachable(port: number): Promise<boolean> {
+  return new Promise((ok) => {
+    const s = connect({ host: "127.0.0.1", port });
+    s.once("connect", () => {
+      s.destroy();
+      ok(true);
+    });
+    s.once("error", () => ok(false));
+  });
+}
+
+describe.runIf(isolated)("network namespaces per gang", () => {
+  const loom = new LoomProcess();
+  let namespaces: () => string[];
+  let listenerPort = 0;
+  let replicaPort = 0;
+  let key = "";
+
+  async function until<T>(what: string, f: () => Promise<T | undefined> | T | undefined, ms = 60_000) {
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      const v = await f();
+      if (v !== undefined && v !== false) return v;
+      await sleep(100);
+    }
+    throw new Error(`timed out waiting for ${what}\n${loom.log.slice(-3000)}`);
+  }
+
+  beforeAll(async () => {
+    await loom.start();
+    const prefix = `loom-${readFileSync(join(loom.dataDir, "instance-id"), "utf8").trim().slice(0, 8)}-`;
+    namespaces = () =>
+      existsSync("/run/netns")
+        ? readdirSync("/run/netns")
+            .filter((n) => n.startsWith(prefix))
+            .map((n) => n.slice(prefix.length))
+        : [];
+    const k = await loom.cli(["apikey", "create", "app", "-p", "default"]);
+    expect(k.code, k.stderr).toBe(0);
+    key = k.stdout.trim();
+    // Another workload listening on a port of its own.
+    listenerPort = await deadPort();
+    const listener = await loom.cli(["apply", "-f", "-"], {
+      input: jobYaml("listener", ["/usr/bin/python3", PROBE, "listen", String(listenerPort)]),
+    });
+    expect(listener.code, listener.stderr).toBe(0);
+    // A replica, behind the gateway.
+    const r = await loom.api("POST", `${BASE}/projects/default/inferenceservices`, {
+      apiVersion: "loom.dev/v1alpha1",
+      kind: "InferenceService",
+      metadata: { name: "echo" },
+      spec: {
+        model: ROOT,
+        runtime: {
+          command: ["/usr/bin/python3", join(ROOT, "test/fixtures/serving/slow_server.py")],
+          env: { SLOW_SECONDS: "0" },
+        },
+        replicas: { min: 1, max: 1 },
+        readiness: { path: "/health", timeoutSeconds: 60 },
+      },
+    });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    replicaPort = await until("a ready replica", async () => {
+      const e = (await loom.api("GET", "/gateway/v1/endpoints")).body as {
+        endpoints?: { replicas?: { port: number; ready: boolean }[] }[];
+      };
+      const replica = JSON.stringify(e).match(/"port":(\d+)[^}]*"ready":true|"ready":true[^}]*"port":(\d+)/);
+      return replica ? Number(replica[1] ?? replica[2]) : undefined;
+    });
+    await until("the listener job running", async () => (await loom.job("listener")).status?.phase === "Running");
+  }, 120_000);
+
+  afterAll(async () => {
+    await loom.cli(["delete", "isvc", "--all", "--timeout", "30"]).catch(() => undefined);
+    await loom.stop();
+  }, 60_000);
+
+  it("keeps another workload's port off the host's loopback", async () => {
+    const uid = (await loom.job("listener")).metadata.uid;
+    expect(namespaces()).toContain(uid);
+    // Its log says it listens, yet nothing on the host reaches it: the port is in its namespace.
+    await until("the listener listening", async () => {
+      const log = await loom.cli(["logs", "tj/listener"]);
+      return log.stdout.includes(`listening on ${listenerPort}`);
+    });
+    expect(await reachable(listenerPort)).toBe(false);
+  }, 60_000);
+
+  it("lets a gang talk within itself, to the API and the gateway, and to nothing else", async () => {
+    const gangPort = await deadPort();
+    const yaml = jobYaml(
+      "gang",
+      ["/usr/bin/python3", PROBE, "gang"],
+      `  workers: 2\n  env: {GANG_PORT: "${gangPort}", FOREIGN: "${listenerPort},${replicaPort}"}\n`,
+    );
+    const applied = await loom.cli(["apply", "-f", "-"], { input: yaml });
+    expect(applied.code, applied.stderr).toBe(0);
+    const job = await loom.waitFor("gang", (j) => ["Succeeded", "Failed"].includes(j.status?.phase ?? ""), 90_000);
+    const logs = await loom.cli(["logs", "tj/gang"]);
+    expect(job.status?.phase, logs.stdout).toBe("Succeeded");
+    expect(logs.stdout).toContain("gang peer says ok");
+    expect(logs.stdout).toContain(`foreign port ${listenerPort}: ConnectionRefusedError`);
+    expect(logs.stdout).toContain(`foreign port ${replicaPort}: ConnectionRefusedError`);
+    expect(logs.stdout).toContain("api /healthz: 200");
+    expect(logs.stdout).toContain("gateway /v1/models: 401");
+    expect(logs.stdout).toContain("log-metric: 200");
+    // Its workers have all exited: its namespace is gone (not only once the job is deleted).
+    await until("the gang's namespace removed", () => !namespaces().includes(job.metadata.uid));
+  }, 120_000);
+
+  it("serves the replica through the gateway", async () => {
+    const res = await fetch(`${loom.url}/v1/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "echo", prompt: "hi", max_tokens: 1 }),
+    });
+    expect(res.status, await res.text()).toBe(200);
+  }, 30_000);
+
+  it("removes a deleted job's namespace", async () => {
+    const uid = (await loom.job("listener")).metadata.uid;
+    const del = await loom.cli(["delete", "tj", "listener", "--timeout", "30"]);
+    expect(del.code, del.stderr).toBe(0);
+    await until("the listener's namespace removed", () => !namespaces().includes(uid));
+  }, 60_000);
+});
