@@ -86,7 +86,10 @@ describe.runIf(isolated)("network namespaces per gang", () => {
       const replica = JSON.stringify(e).match(/"port":(\d+)[^}]*"ready":true|"ready":true[^}]*"port":(\d+)/);
       return replica ? Number(replica[1] ?? replica[2]) : undefined;
     });
-    await until("the listener job running", async () => (await loom.job("listener")).status?.phase === "Running");
+    await until(
+      "the listener job running",
+      async () => (await loom.job("listener")).status?.phase === "Running",
+    );
   }, 120_000);
 
   afterAll(async () => {
@@ -114,7 +117,11 @@ describe.runIf(isolated)("network namespaces per gang", () => {
     );
     const applied = await loom.cli(["apply", "-f", "-"], { input: yaml });
     expect(applied.code, applied.stderr).toBe(0);
-    const job = await loom.waitFor("gang", (j) => ["Succeeded", "Failed"].includes(j.status?.phase ?? ""), 90_000);
+    const job = await loom.waitFor(
+      "gang",
+      (j) => ["Succeeded", "Failed"].includes(j.status?.phase ?? ""),
+      90_000,
+    );
     const logs = await loom.cli(["logs", "tj/gang"]);
     expect(job.status?.phase, logs.stdout).toBe("Succeeded");
     expect(logs.stdout).toContain("gang peer says ok");

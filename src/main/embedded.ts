@@ -80,7 +80,6 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const instance = instanceId(opts.dataDir);
   const networks = new GangNetworks({
     instanceId: instance,
-    log: log.child({ component: "runtime/netns" }),
     enabled: opts.networkIsolation,
   });
   if (!networks.capability.isolated)

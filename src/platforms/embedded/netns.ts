@@ -1,8 +1,7 @@
 import { execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { dirname, join } from "node:path";
-import type { Logger } from "pino";
 import type { NetworkSetup, NetworkTeardown } from "./relay.js";
 
 /**
@@ -14,11 +13,11 @@ import type { NetworkSetup, NetworkTeardown } from "./relay.js";
  *
  * Lifetime: made by the spawn helper with the first worker of each attempt (kept if it is
  * there), removed (by the helper too) once every worker of the attempt has exited, and at
- * release. Namespaces are files
- * under /run/netns (as `ip netns add` makes them, so `ip netns list` shows them), named after
- * the installation and the workload's uid, and so found again after a restart: those of gangs
- * that still exist are kept (their relay is restarted with the next attempt if it died), the
- * others removed. The runtime (runtime.ts) decides when; this class says what and where.
+ * release. Namespaces are files under /run/netns (as `ip netns add` makes them, so
+ * `ip netns list` shows them), named after the installation and the workload's uid, and so found
+ * again after a restart: those of gangs that still exist are kept (their relay is restarted with
+ * the next attempt if it died), the others removed. The runtime (runtime.ts) decides when; this
+ * class says what and where.
  *
  * Where the kernel refuses (not root), every gang shares the machine's network, as before, and
  * `capability` says so.
@@ -49,7 +48,6 @@ const WAIT =
 
 export interface GangNetworksOptions {
   instanceId: string;
-  log: Logger;
   /** false: every workload shares the machine's network (as before this existed). */
   enabled?: boolean;
   /** Where namespaces are bind-mounted (default /run/netns, where `ip netns` looks). */
@@ -67,7 +65,7 @@ export class GangNetworks {
   private readonly runDir: string;
   private readonly prefix: string;
 
-  constructor(private readonly opts: GangNetworksOptions) {
+  constructor(opts: GangNetworksOptions) {
     this.netnsDir = opts.netnsDir ?? "/run/netns";
     this.runDir = opts.runDir ?? join("/run/loom", opts.instanceId);
     this.prefix = `loom-${opts.instanceId.slice(0, 8)}-`;
@@ -84,7 +82,10 @@ export class GangNetworks {
    * Answers relays on a unix socket, each connection handed to `server` (Loom's HTTP server,
    * whose gateway front takes it first) as if it came to its TCP port: no extra hop in Loom.
    */
-  async serveApi(server: { emit(event: "connection", socket: unknown): unknown }, port: number): Promise<void> {
+  async serveApi(
+    server: { emit(event: "connection", socket: unknown): unknown },
+    port: number,
+  ): Promise<void> {
     this.apiPort = port;
     if (!this.capability.isolated) return;
     rmSync(this.apiSocket, { force: true });
@@ -138,8 +139,10 @@ export class GangNetworks {
   }
 
   close(): void {
-    this.apiServer?.close();
+    if (!this.apiServer) return;
+    this.apiServer.close();
     this.apiServer = undefined;
+    rmSync(this.apiSocket, { force: true });
   }
 
   private fileOf(uid: string): string {
@@ -176,13 +179,4 @@ export function exposedPorts(workers: { env: Record<string, string> }[]): number
   for (const w of workers)
     for (const p of (w.env[EXPOSE_ENV] ?? "").split(",")) if (/^\d+$/.test(p)) ports.add(Number(p));
   return [...ports];
-}
-
-/** For tests: whether a process is in the named namespace file. */
-export function inNamespace(pid: number, file: string): boolean {
-  try {
-    return readlinkSync(`/proc/${pid}/ns/net`) === `net:[${statSync(file).ino}]`;
-  } catch {
-    return false;
-  }
 }

@@ -355,7 +355,9 @@ export class LocalRuntime implements Runtime {
     const prev = this.networkEnds.get(uid) ?? Promise.resolve();
     const done = prev
       .then(() => this.spawner.teardown(teardown))
-      .catch((err: unknown) => this.opts.log.warn({ err, uid }, "could not remove a gang's network namespace"))
+      .catch((err: unknown) =>
+        this.opts.log.warn({ err, uid }, "could not remove a gang's network namespace"),
+      )
       .finally(() => {
         if (this.networkEnds.get(uid) === done) this.networkEnds.delete(uid);
       });
