@@ -32,7 +32,7 @@ describe.runIf(isolated)("network namespaces per gang", () => {
   const loom = new LoomProcess();
   let namespaces: () => string[];
   let listenerPort = 0;
-  let replicaPort = 0;
+  let replica = { host: "", port: 0 };
   let key = "";
 
   async function until<T>(what: string, f: () => Promise<T | undefined> | T | undefined, ms = 60_000) {
@@ -79,12 +79,10 @@ describe.runIf(isolated)("network namespaces per gang", () => {
       },
     });
     expect(r.status, JSON.stringify(r.body)).toBe(201);
-    replicaPort = await until("a ready replica", async () => {
-      const e = (await loom.api("GET", "/gateway/v1/endpoints")).body as {
-        endpoints?: { replicas?: { port: number; ready: boolean }[] }[];
-      };
-      const replica = JSON.stringify(e).match(/"port":(\d+)[^}]*"ready":true|"ready":true[^}]*"port":(\d+)/);
-      return replica ? Number(replica[1] ?? replica[2]) : undefined;
+    replica = await until("a ready replica", async () => {
+      const table = JSON.stringify((await loom.api("GET", "/gateway/v1/endpoints")).body);
+      const m = /"host":"([\d.]+)","port":(\d+)/.exec(table);
+      return m ? { host: m[1]!, port: Number(m[2]) } : undefined;
     });
     await until(
       "the listener job running",
@@ -113,7 +111,7 @@ describe.runIf(isolated)("network namespaces per gang", () => {
     const yaml = jobYaml(
       "gang",
       ["/usr/bin/python3", PROBE, "gang"],
-      `  workers: 2\n  env: {GANG_PORT: "${gangPort}", FOREIGN: "${listenerPort},${replicaPort}"}\n`,
+      `  workers: 2\n  env: {GANG_PORT: "${gangPort}", FOREIGN: "${listenerPort},${replica.port},${replica.host}:${replica.port}"}\n`,
     );
     const applied = await loom.cli(["apply", "-f", "-"], { input: yaml });
     expect(applied.code, applied.stderr).toBe(0);
@@ -125,8 +123,11 @@ describe.runIf(isolated)("network namespaces per gang", () => {
     const logs = await loom.cli(["logs", "tj/gang"]);
     expect(job.status?.phase, logs.stdout).toBe("Succeeded");
     expect(logs.stdout).toContain("gang peer says ok");
-    expect(logs.stdout).toContain(`foreign port ${listenerPort}: ConnectionRefusedError`);
-    expect(logs.stdout).toContain(`foreign port ${replicaPort}: ConnectionRefusedError`);
+    expect(logs.stdout).toContain(`foreign ${listenerPort}: ConnectionRefusedError`);
+    expect(logs.stdout).toContain(`foreign ${replica.port}: ConnectionRefusedError`);
+    // The replica's own address (the gateway's way in) is no route from another workload.
+    expect(logs.stdout).toMatch(new RegExp(`foreign ${replica.host}:${replica.port}: OSError`));
+    expect(logs.stdout).not.toContain("reached foreign port");
     expect(logs.stdout).toContain("api /healthz: 200");
     expect(logs.stdout).toContain("gateway /v1/models: 401");
     expect(logs.stdout).toContain("log-metric: 200");
@@ -134,7 +135,10 @@ describe.runIf(isolated)("network namespaces per gang", () => {
     await until("the gang's namespace removed", () => !namespaces().includes(job.metadata.uid));
   }, 120_000);
 
-  it("serves the replica through the gateway", async () => {
+  it("serves the replica through the gateway, on a link of its own", async () => {
+    // Not the host's loopback: an address of its link, which only the host reaches.
+    expect(replica.host).toMatch(/^198\.1[89]\./);
+    expect(await reachable(replica.port)).toBe(false);
     const res = await fetch(`${loom.url}/v1/completions`, {
       method: "POST",
       headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },

@@ -100,6 +100,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     log: log.child({ component: "runtime/replicas" }),
     stateDir: join(opts.dataDir, "revisions"),
     node: (await processes.nodes())[0]!.name,
+    address: (uid) => networks.address(uid),
   });
   const runtime = new EmbeddedRuntime(processes, replicas);
   const controllers = opts.controllers !== false;

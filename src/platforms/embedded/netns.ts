@@ -1,8 +1,9 @@
 import { execFileSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
+import { networkInterfaces } from "node:os";
 import { dirname, join } from "node:path";
-import type { NetworkSetup, NetworkTeardown } from "./relay.js";
+import type { NetworkLink, NetworkSetup, NetworkTeardown } from "./relay.js";
 
 /**
  * A network namespace per gang: all workers of one workload (a TrainingJob's gang, a sweep
@@ -50,8 +51,6 @@ export interface GangNetworksOptions {
   instanceId: string;
   /** false: every workload shares the machine's network (as before this existed). */
   enabled?: boolean;
-  /** Where namespaces are bind-mounted (default /run/netns, where `ip netns` looks). */
-  netnsDir?: string;
   /** Relay pid, ready and log files, and the API's unix socket (default /run/loom/<instance>). */
   runDir?: string;
 }
@@ -61,12 +60,13 @@ export class GangNetworks {
   readonly capability: NetworkCapability;
   private apiPort: number | undefined;
   private apiServer: Server | undefined;
-  private readonly netnsDir: string;
+  private readonly netnsDir = "/run/netns";
+  /** Link addresses handed out, by workload uid (block index in LINK_RANGE). */
+  private readonly links = new Map<string, number>();
   private readonly runDir: string;
   private readonly prefix: string;
 
   constructor(opts: GangNetworksOptions) {
-    this.netnsDir = opts.netnsDir ?? "/run/netns";
     this.runDir = opts.runDir ?? join("/run/loom", opts.instanceId);
     this.prefix = `loom-${opts.instanceId.slice(0, 8)}-`;
     this.capability = opts.enabled === false ? { isolated: false, reason: "turned off" } : this.probe();
@@ -99,19 +99,35 @@ export class GangNetworks {
     this.apiServer = unix;
   }
 
+  /**
+   * The address the host reaches a workload with exposed ports at (a replica's, which the
+   * gateway dials), or undefined where workloads share the machine's network (then 127.0.0.1).
+   * Kept for the uid until its network ends.
+   */
+  address(uid: string): string | undefined {
+    if (!this.capability.isolated) return undefined;
+    return linkAddresses(this.linkBlock(uid)).address;
+  }
+
   /** The gang's network, or undefined where workloads share the machine's. */
   join(uid: string, expose: number[]): NetworkJoin | undefined {
     if (!this.capability.isolated) return undefined;
     const file = this.fileOf(uid);
     const readyFile = join(this.runDir, `${uid}.ready`);
+    let link: NetworkLink | undefined;
+    if (expose.length > 0) {
+      // The host's end is named after the uid, so a restarted server finds it in use.
+      const ifname = `lm${uid.replace(/-/g, "").slice(0, 13)}`;
+      link = { ifname, ...linkAddresses(this.linkBlock(uid)), ports: expose };
+    }
     return {
       argvPrefix: ["nsenter", `--net=${file}`, "--", "/bin/sh", "-c", WAIT, readyFile],
       setup: {
         file,
         pidFile: join(this.runDir, `${uid}.relay`),
         logFile: join(this.runDir, `${uid}.log`),
-        relay: { apiPort: this.apiPort, apiSocket: this.apiSocket, readyFile, exposed: expose.length },
-        expose,
+        relay: { apiPort: this.apiPort, apiSocket: this.apiSocket, readyFile },
+        ...(link ? { link } : {}),
       },
     };
   }
@@ -119,6 +135,8 @@ export class GangNetworks {
   /** What the spawn helper does to end the gang's network, or undefined where there are none. */
   teardown(uid: string): NetworkTeardown | undefined {
     if (!this.capability.isolated) return undefined;
+    // Its veth pair goes with the namespace (the kernel removes both ends).
+    this.links.delete(uid);
     return {
       file: this.fileOf(uid),
       remove: ["ready", "relay", "log"].map((ext) => join(this.runDir, `${uid}.${ext}`)),
@@ -145,6 +163,27 @@ export class GangNetworks {
     rmSync(this.apiSocket, { force: true });
   }
 
+  /** A /30 in LINK_RANGE that no interface of this machine and no other workload uses. */
+  private linkBlock(uid: string): number {
+    const had = this.links.get(uid);
+    if (had !== undefined) return had;
+    const used = new Set(
+      Object.values(networkInterfaces())
+        .flat()
+        .map((a) => a?.address),
+    );
+    const taken = new Set(this.links.values());
+    const start = Math.floor(Math.random() * LINK_BLOCKS);
+    for (let i = 0; i < LINK_BLOCKS; i++) {
+      const block = (start + i) % LINK_BLOCKS;
+      const a = linkAddresses(block);
+      if (taken.has(block) || used.has(a.hostAddress) || used.has(a.address)) continue;
+      this.links.set(uid, block);
+      return block;
+    }
+    throw new Error(`no free /30 left in ${LINK_RANGE}/15 for a replica's link`);
+  }
+
   private fileOf(uid: string): string {
     return join(this.netnsDir, `${this.prefix}${uid}`);
   }
@@ -160,6 +199,8 @@ export class GangNetworks {
       writeFileSync(file, "");
       execFileSync("unshare", [`--net=${file}`, "ip", "link", "set", "lo", "up"], { stdio: "pipe" });
       execFileSync("umount", [file], { stdio: "pipe" });
+      // Replicas are reached over a veth link, through a DNAT rule (relay.ts).
+      execFileSync("nft", ["--version"], { stdio: "pipe" });
       return { isolated: true, reason: "each workload has a network namespace of its own" };
     } catch (err) {
       const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
@@ -171,6 +212,19 @@ export class GangNetworks {
       rmSync(file, { force: true });
     }
   }
+}
+
+/**
+ * Replicas' links take /30s of 198.18.0.0/15 (RFC 2544's benchmarking range: routed nowhere,
+ * and not the link-local range, where cloud metadata services live).
+ */
+const LINK_RANGE = "198.18.0.0";
+const LINK_BLOCKS = 2 ** 15;
+
+function linkAddresses(block: number): { hostAddress: string; address: string } {
+  const base = (198 << 24) + (18 << 16) + block * 4;
+  const ip = (n: number) => [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
+  return { hostAddress: ip(base + 1), address: ip(base + 2) };
 }
 
 /** Ports a gang's workers ask the host to reach (EXPOSE_ENV, comma-separated). */

@@ -75,6 +75,11 @@ export interface LocalRevisionsDeps {
   drainMs?: number;
   /** Seconds between SIGTERM and SIGKILL when a replica is stopped. */
   graceSeconds?: number;
+  /**
+   * Where the host reaches a replica that has a network of its own (netns.ts), by its uid;
+   * undefined: the replica listens on the host's loopback.
+   */
+  address?: (uid: string) => string | undefined;
 }
 
 async function httpProbe(host: string, port: number, path: string): Promise<boolean> {
@@ -330,7 +335,7 @@ export class LocalRevisions implements RevisionRuntime {
         ...(spec.python ? { python: spec.python } : {}),
       });
       r.phase = "Running";
-      r.host = endpoint!.host;
+      r.host = this.deps.address?.(r.uid) ?? endpoint!.host;
       r.port = port;
       r.startedAt = this.now().toISOString();
       r.waiting = undefined;
