@@ -1,5 +1,5 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -108,10 +108,15 @@ describe.runIf(isolated)("network namespaces per gang", () => {
 
   it("lets a gang talk within itself, to the API and the gateway, and to nothing else", async () => {
     const gangPort = await deadPort();
+    // A service of the machine's that listens on every interface (sshd, a database...): the link
+    // to Loom must not reach it.
+    const service = createServer((s) => s.end("ok"));
+    await new Promise<void>((ok) => service.listen(0, "0.0.0.0", ok));
+    const servicePort = (service.address() as { port: number }).port;
     const yaml = jobYaml(
       "gang",
       ["/usr/bin/python3", PROBE, "gang"],
-      `  workers: 2\n  env: {GANG_PORT: "${gangPort}", FOREIGN: "${listenerPort},${replica.port},${replica.host}:${replica.port}"}\n`,
+      `  workers: 2\n  env: {GANG_PORT: "${gangPort}", FOREIGN: "${listenerPort},${replica.port},${replica.host}:${replica.port},api:${servicePort}"}\n`,
     );
     const applied = await loom.cli(["apply", "-f", "-"], { input: yaml });
     expect(applied.code, applied.stderr).toBe(0);
@@ -121,12 +126,14 @@ describe.runIf(isolated)("network namespaces per gang", () => {
       90_000,
     );
     const logs = await loom.cli(["logs", "tj/gang"]);
+    service.close();
     expect(job.status?.phase, logs.stdout).toBe("Succeeded");
     expect(logs.stdout).toContain("gang peer says ok");
     expect(logs.stdout).toContain(`foreign ${listenerPort}: ConnectionRefusedError`);
     expect(logs.stdout).toContain(`foreign ${replica.port}: ConnectionRefusedError`);
     // The replica's own address (the gateway's way in) is no route from another workload.
     expect(logs.stdout).toMatch(new RegExp(`foreign ${replica.host}:${replica.port}: OSError`));
+    expect(logs.stdout).toMatch(new RegExp(`foreign api:${servicePort}: (TimeoutError|OSError|socket.timeout)`));
     expect(logs.stdout).not.toContain("reached foreign port");
     expect(logs.stdout).toContain("api /healthz: 200");
     expect(logs.stdout).toContain("gateway /v1/models: 401");

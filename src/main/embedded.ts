@@ -130,8 +130,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   if (admin.created) log.info({ file: admin.file }, "created the admin token");
   // Listening first: workers started by the controllers are told this URL (MLFLOW_TRACKING_URI).
   const url = await plane.listen();
-  // Relays in the workloads' namespaces reach the API (and the gateway on its port) here.
-  await networks.serveApi(plane.app!.server, Number(new URL(url).port));
+  // Workloads in namespaces of their own reach the API (and the gateway on its port) through it.
+  networks.openApi(Number(new URL(url).port));
   await plane.start({ controllers });
   let closed = false;
   return {

@@ -171,7 +171,8 @@ export class LocalRuntime implements Runtime {
     const venv = spec.python ? this.environments.location(spec.python) : undefined;
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
-      const env = workerEnv(spec, w, this.files, this.opts.instanceId, venv);
+      const base = workerEnv(spec, w, this.files, this.opts.instanceId, venv);
+      const env = network ? network.env(base) : base;
       const key = workerKey(spec.ref.uid, spec.attempt, w.index);
       const argv = [...prefix, "/bin/sh", "-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`)];
       const started = await this.spawner.spawn(

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import type { Logger } from "pino";
-import { NETWORK_SETUP, type NetworkSetup, type NetworkTeardown } from "./relay.js";
+import { NETWORK_HELPER, type NetworkSetup, type NetworkTeardown } from "./netsetup.js";
 
 /**
  * The helper process's program (CommonJS, run with `node -e`, so it needs no build step): reads
@@ -15,13 +15,10 @@ const HELPER = `
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
 const out = (m) => process.stdout.write(JSON.stringify(m) + "\\n");
-${NETWORK_SETUP}
-// One request at a time, in order: a gang's first request makes its network, which the next use.
-let chain = Promise.resolve();
+${NETWORK_HELPER}
 require("node:readline").createInterface({ input: process.stdin })
-  .on("line", (line) => { chain = chain.then(() => handle(JSON.parse(line))); })
-  .on("close", () => chain.then(() => process.exit(0)));
-async function handle(r) {
+  .on("line", (line) => {
+    const r = JSON.parse(line);
     let fd;
     try {
       if (r.teardown) {
@@ -33,7 +30,7 @@ async function handle(r) {
         fs.writeFileSync(f.path + ".tmp", f.data);
         fs.renameSync(f.path + ".tmp", f.path);
       }
-      if (r.network) await setupNetwork(r.network);
+      if (r.network) setupNetwork(r.network);
       fd = fs.openSync(r.logFile, "a");
       const c = spawn(r.command, r.args, { cwd: r.cwd, env: r.env, detached: true, stdio: ["ignore", fd, fd] });
       c.on("error", (e) => out({ id: r.id, error: String(e) }));
@@ -44,7 +41,8 @@ async function handle(r) {
     } finally {
       if (fd !== undefined) fs.closeSync(fd);
     }
-}
+  })
+  .on("close", () => process.exit(0));
 `;
 
 export interface SpawnRequest {
@@ -57,7 +55,7 @@ export interface SpawnRequest {
   dirs?: string[];
   /** Written (to a .tmp, then renamed) after the dirs and before the process starts. */
   files?: { path: string; data: string }[];
-  /** Made after the files and before the process starts: the gang's network namespace and relay. */
+  /** Made after the files and before the process starts: the gang's network namespace and link. */
   network?: NetworkSetup;
 }
 
