@@ -92,6 +92,8 @@ describe.runIf(isolated)("network namespaces per gang", () => {
 
   afterAll(async () => {
     await loom.cli(["delete", "isvc", "--all", "--timeout", "30"]).catch(() => undefined);
+    // The replica stops after its drain: its namespace goes with it.
+    await until("every namespace removed", () => namespaces().length === 0, 30_000).catch(() => undefined);
     await loom.stop();
   }, 60_000);
 
