@@ -1,4 +1,5 @@
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -135,7 +136,9 @@ describe.runIf(isolated)("network namespaces per gang", () => {
     expect(logs.stdout).toContain(`foreign ${replica.port}: ConnectionRefusedError`);
     // The replica's own address (the gateway's way in) is no route from another workload.
     expect(logs.stdout).toMatch(new RegExp(`foreign ${replica.host}:${replica.port}: OSError`));
-    expect(logs.stdout).toMatch(new RegExp(`foreign api:${servicePort}: (TimeoutError|OSError|socket.timeout)`));
+    expect(logs.stdout).toMatch(
+      new RegExp(`foreign api:${servicePort}: (TimeoutError|OSError|socket.timeout)`),
+    );
     expect(logs.stdout).not.toContain("reached foreign port");
     expect(logs.stdout).toContain("api /healthz: 200");
     expect(logs.stdout).toContain("gateway /v1/models: 401");
@@ -162,4 +165,42 @@ describe.runIf(isolated)("network namespaces per gang", () => {
     expect(del.code, del.stderr).toBe(0);
     await until("the listener's namespace removed", () => !namespaces().includes(uid));
   }, 60_000);
+});
+
+describe.runIf(isolated)("network namespaces across a restart", () => {
+  const first = new LoomProcess();
+  let second: LoomProcess | undefined;
+
+  afterAll(async () => {
+    await (second ?? first).stop();
+  }, 60_000);
+
+  it("keeps a running gang's namespace and removes one no workload accounts for", async () => {
+    await first.start();
+    const prefix = `loom-${readFileSync(join(first.dataDir, "instance-id"), "utf8").trim().slice(0, 8)}-`;
+    const port = await deadPort();
+    const applied = await first.cli(["apply", "-f", "-"], {
+      input: jobYaml("sleeper", ["/usr/bin/python3", PROBE, "listen", String(port)]),
+    });
+    expect(applied.code, applied.stderr).toBe(0);
+    const job = await first.waitFor("sleeper", (j) => j.status?.phase === "Running", 60_000);
+    const uid = job.metadata.uid;
+    const pid = job.status!.workers![0]!.pid!;
+    expect(existsSync(`/run/netns/${prefix}${uid}`)).toBe(true);
+    expect(await first.kill("SIGKILL")).toBe(null);
+    // A namespace left by a crash that no workload accounts for.
+    const stray = `/run/netns/${prefix}00000000-0000-0000-0000-000000000000`;
+    writeFileSync(stray, "");
+    execFileSync("unshare", [`--net=${stray}`, "true"]);
+    second = new LoomProcess([], first.home);
+    await second.start();
+    for (let i = 0; i < 100 && existsSync(stray); i++) await sleep(100);
+    expect(existsSync(stray)).toBe(false);
+    // The running worker was re-adopted, still in its namespace.
+    expect(readlinkSync(`/proc/${pid}/ns/net`)).toBe(`net:[${statSync(`/run/netns/${prefix}${uid}`).ino}]`);
+    const del = await second.cli(["delete", "tj", "sleeper", "--timeout", "30"]);
+    expect(del.code, del.stderr).toBe(0);
+    for (let i = 0; i < 100 && existsSync(`/run/netns/${prefix}${uid}`); i++) await sleep(100);
+    expect(existsSync(`/run/netns/${prefix}${uid}`)).toBe(false);
+  }, 120_000);
 });

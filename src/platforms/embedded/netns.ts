@@ -142,7 +142,7 @@ export class GangNetworks {
     return { file: this.fileOf(uid) };
   }
 
-  /** After a restart: the uids of this installation's namespaces whose gang is gone. */
+  /** After a restart: the uids of this installation's namespaces whose gang is gone or has ended. */
   orphans(live: Set<string>): string[] {
     return this.capability.isolated ? this.list().filter((uid) => !live.has(uid)) : [];
   }

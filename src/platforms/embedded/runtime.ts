@@ -99,8 +99,10 @@ export class LocalRuntime implements Runtime {
       log: opts.log,
       now: this.now,
     });
-    // Namespaces of gangs no state accounts for go; those of live gangs stay with them.
-    for (const uid of opts.networks?.orphans(new Set(this.gangs.keys())) ?? []) this.endNetwork(uid);
+    // Namespaces of gangs no state accounts for, or whose workers all ended meanwhile, go;
+    // those of live gangs stay with them.
+    const live = [...this.gangs.values()].filter((g) => g.workers.some((w) => !w.exit)).map((g) => g.ref.uid);
+    for (const uid of opts.networks?.orphans(new Set(live)) ?? []) void this.endNetwork(uid);
     this.poll = setInterval(() => this.checkAdopted(), opts.pollMs ?? 500);
     this.poll.unref();
   }
