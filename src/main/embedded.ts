@@ -10,6 +10,7 @@ import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../platforms/embedded/events.js";
 import { detectGpus } from "../platforms/embedded/gpus.js";
+import { GangNetworks, type NetworkCapability } from "../platforms/embedded/netns.js";
 import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
 import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
@@ -46,6 +47,8 @@ export interface EmbeddedOptions {
   trackingDb?: string;
   /** Keep audit log entries this long (default 30 days). */
   auditRetentionMs?: number;
+  /** false: workloads share the machine's network instead of one namespace per gang. */
+  networkIsolation?: boolean;
 }
 
 export interface EmbeddedServer {
@@ -54,6 +57,8 @@ export interface EmbeddedServer {
   adminToken: string;
   adminTokenFile: string;
   app: FastifyInstance;
+  /** Whether each workload has a network of its own, and why not (for `loom up` to say). */
+  network: NetworkCapability;
   close(): Promise<void>;
 }
 
@@ -75,9 +80,17 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   }
   const store = await SqliteResourceStore.open(database.db, { now });
   const events = new SqliteEventRecorder(database.db, now);
+  const instance = instanceId(opts.dataDir);
+  const networks = new GangNetworks({
+    instanceId: instance,
+    enabled: opts.networkIsolation,
+  });
+  if (!networks.capability.isolated)
+    log.warn({ reason: networks.capability.reason }, "workloads share this machine's network");
   const processes = new LocalRuntime({
     dataDir: opts.dataDir,
-    instanceId: instanceId(opts.dataDir),
+    instanceId: instance,
+    networks,
     cpuMillis: availableParallelism() * 1000,
     memoryBytes: totalmem(),
     gpus: detectGpus(opts.gpus),
@@ -90,6 +103,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     log: log.child({ component: "runtime/replicas" }),
     stateDir: join(opts.dataDir, "revisions"),
     node: (await processes.nodes())[0]!.name,
+    address: (uid) => networks.address(uid),
   });
   const runtime = new EmbeddedRuntime(processes, replicas);
   const controllers = opts.controllers !== false;
@@ -123,6 +137,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   if (admin.created) log.info({ file: admin.file }, "created the admin token");
   // Listening first: workers started by the controllers are told this URL (MLFLOW_TRACKING_URI).
   const url = await plane.listen();
+  // Workloads in namespaces of their own reach the API (and the gateway on its port) through it.
+  networks.openApi(Number(new URL(url).port));
   await plane.start({ controllers });
   let closed = false;
   return {
@@ -130,11 +146,13 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     adminToken: admin.token,
     adminTokenFile: admin.file,
     app: plane.app!,
+    network: networks.capability,
     async close() {
       if (closed) return;
       closed = true;
       await plane.close();
       await runtime.close();
+      networks.close();
       await store.close();
       await trackingDb.close();
       await database.close();

@@ -12,6 +12,7 @@ import type {
 import type { PodPlacement, PodRequest, RunningWorkload, Workload } from "../../ports/scheduler.js";
 import type { EventRecorder } from "../../ports/store.js";
 import { JsonFiles } from "./jsonfiles.js";
+import { EXPOSE_ENV } from "./netns.js";
 
 /**
  * Service replicas on this machine, as a Deployment and its kubelet would run them: each
@@ -74,6 +75,11 @@ export interface LocalRevisionsDeps {
   drainMs?: number;
   /** Seconds between SIGTERM and SIGKILL when a replica is stopped. */
   graceSeconds?: number;
+  /**
+   * Where the host reaches a replica that has a network of its own (netns.ts), by its uid;
+   * undefined: the replica listens on the host's loopback.
+   */
+  address?: (uid: string) => string | undefined;
 }
 
 async function httpProbe(host: string, port: number, path: string): Promise<boolean> {
@@ -315,7 +321,8 @@ export class LocalRevisions implements RevisionRuntime {
           {
             ...spec.worker,
             index: 0,
-            env: { ...spec.worker.env, PORT: String(port), LOOM_REPLICA: r.id },
+            // EXPOSE_ENV: the gateway (on the host) reaches this port in the replica's own network.
+            env: { ...spec.worker.env, PORT: String(port), LOOM_REPLICA: r.id, [EXPOSE_ENV]: String(port) },
             allocation: {
               ...spec.worker.allocation,
               node: placement.node,
@@ -328,7 +335,7 @@ export class LocalRevisions implements RevisionRuntime {
         ...(spec.python ? { python: spec.python } : {}),
       });
       r.phase = "Running";
-      r.host = endpoint!.host;
+      r.host = this.deps.address?.(r.uid) ?? endpoint!.host;
       r.port = port;
       r.startedAt = this.now().toISOString();
       r.waiting = undefined;

@@ -17,6 +17,7 @@ import type {
 import type { NodeCapacity } from "../../ports/scheduler.js";
 import { freeLoopbackEndpoints } from "./endpoints.js";
 import { exitOf } from "./exits.js";
+import { exposedPorts, type GangNetworks } from "./netns.js";
 import { CheckpointReports, observation } from "./observation.js";
 import { isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
 import { PythonEnvironments } from "./pyenv.js";
@@ -39,6 +40,8 @@ export interface LocalRuntimeOptions {
   /** Where built Python environments are cached (default: under the data dir). */
   environmentsDir?: string;
   now?: () => Date;
+  /** A network namespace per gang (netns.ts); absent: every workload shares the machine's. */
+  networks?: GangNetworks;
 }
 
 /**
@@ -61,6 +64,8 @@ export class LocalRuntime implements Runtime {
   private readonly files: WorkloadFiles;
   private readonly writer: StateWriter;
   private readonly checkpoints: CheckpointReports;
+  /** Network namespaces being removed, by workload uid (a next attempt waits for its own). */
+  private readonly networkEnds = new Map<string, Promise<void>>();
 
   /**
    * Every rank runs on this machine: the launcher starts them all itself (the hostfile names
@@ -94,6 +99,10 @@ export class LocalRuntime implements Runtime {
       log: opts.log,
       now: this.now,
     });
+    // Namespaces of gangs no state accounts for, or whose workers all ended meanwhile, go;
+    // those of live gangs stay with them.
+    const live = [...this.gangs.values()].filter((g) => g.workers.some((w) => !w.exit)).map((g) => g.ref.uid);
+    for (const uid of opts.networks?.orphans(new Set(live)) ?? []) void this.endNetwork(uid);
     this.poll = setInterval(() => this.checkAdopted(), opts.pollMs ?? 500);
     this.poll.unref();
   }
@@ -151,21 +160,29 @@ export class LocalRuntime implements Runtime {
     // Persisted before spawning: a crash in between is found again by the environment marker.
     // A write of the previous attempt's state still in flight goes first.
     await this.writer.settled(spec.ref.uid);
+    // The previous attempt's namespace, ending, goes first: this attempt makes its own.
+    await this.networkEnds.get(spec.ref.uid);
+    const network = this.opts.networks?.join(spec.ref.uid, exposedPorts(spec.workers));
     const secrets = credentialFiles(spec, homeDir(this.files, spec.ref.uid));
-    let prepare: Pick<SpawnRequest, "dirs" | "privateDirs" | "files"> | undefined = {
+    let prepare: Pick<SpawnRequest, "dirs" | "privateDirs" | "files" | "network"> | undefined = {
       dirs: [dir, checkpointDir, ...new Set(spec.workers.map((w) => w.workingDir ?? workDir))],
       privateDirs: secrets.privateDirs,
       files: [{ path: this.files.stateFile(spec.ref.uid), data: JSON.stringify(gang) }, ...secrets.files],
+      ...(network ? { network: network.setup } : {}),
     };
+    // In the gang's network namespace, where there is one (nsenter execs: the pid is the shim's).
+    const prefix = network?.argvPrefix ?? [];
     const venv = spec.python ? this.environments.location(spec.python) : undefined;
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
-      const env = workerEnv(spec, w, this.files, this.opts.instanceId, venv);
+      const base = workerEnv(spec, w, this.files, this.opts.instanceId, venv);
+      const env = network ? network.env(base) : base;
       const key = workerKey(spec.ref.uid, spec.attempt, w.index);
+      const argv = [...prefix, "/bin/sh", "-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`)];
       const started = await this.spawner.spawn(
         {
-          command: "/bin/sh",
-          args: ["-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`), ...w.command],
+          command: argv[0]!,
+          args: [...argv.slice(1), ...w.command],
           cwd: w.workingDir ?? workDir,
           env,
           logFile: join(dir, `worker-${w.index}.log`),
@@ -258,6 +275,7 @@ export class LocalRuntime implements Runtime {
     // A state.json write in flight would race the removal (it stops, the gang being gone).
     await this.writer.settled(ref.uid);
     rmSync(join(this.files.root, ref.uid), { recursive: true, force: true });
+    await this.endNetwork(ref.uid);
   }
 
   async list(): Promise<WorkloadRef[]> {
@@ -314,6 +332,8 @@ export class LocalRuntime implements Runtime {
       { workload: gang.ref.name, attempt: gang.attempt, worker: rec.index, ...rec.exit },
       "worker exited",
     );
+    // The gang has ended: its network goes now, not when the workload is deleted.
+    if (gang.workers.every((w) => w.exit)) void this.endNetwork(gang.ref.uid);
     this.notify(gang.ref);
   }
 
@@ -331,6 +351,23 @@ export class LocalRuntime implements Runtime {
         this.workerExited(gang, w, undefined, undefined);
       }
     }
+  }
+
+  /** Removes a gang's network namespace (in the spawn helper); one removal at a time per gang. */
+  private endNetwork(uid: string): Promise<void> {
+    const teardown = this.opts.networks?.teardown(uid);
+    if (!teardown) return Promise.resolve();
+    const prev = this.networkEnds.get(uid) ?? Promise.resolve();
+    const done = prev
+      .then(() => this.spawner.teardown(teardown))
+      .catch((err: unknown) =>
+        this.opts.log.warn({ err, uid }, "could not remove a gang's network namespace"),
+      )
+      .finally(() => {
+        if (this.networkEnds.get(uid) === done) this.networkEnds.delete(uid);
+      });
+    this.networkEnds.set(uid, done);
+    return done;
   }
 
   private notify(ref: WorkloadRef): void {

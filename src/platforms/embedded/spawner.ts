@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import type { Logger } from "pino";
+import { NETWORK_HELPER, type NetworkSetup, type NetworkTeardown } from "./netsetup.js";
 
 /**
  * The helper process's program (CommonJS, run with `node -e`, so it needs no build step): reads
@@ -14,11 +15,16 @@ const HELPER = `
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
 const out = (m) => process.stdout.write(JSON.stringify(m) + "\\n");
+${NETWORK_HELPER}
 require("node:readline").createInterface({ input: process.stdin })
   .on("line", (line) => {
     const r = JSON.parse(line);
     let fd;
     try {
+      if (r.teardown) {
+        teardownNetwork(r.teardown);
+        return out({ id: r.id, done: true });
+      }
       for (const d of r.dirs ?? []) fs.mkdirSync(d, { recursive: true });
       for (const d of r.privateDirs ?? []) {
         fs.mkdirSync(d, { recursive: true, mode: 0o700 });
@@ -29,6 +35,7 @@ require("node:readline").createInterface({ input: process.stdin })
         fs.writeFileSync(f.path + ".tmp", f.data, { mode: f.mode ?? 0o666 });
         fs.renameSync(f.path + ".tmp", f.path);
       }
+      if (r.network) setupNetwork(r.network);
       fd = fs.openSync(r.logFile, "a");
       const c = spawn(r.command, r.args, { cwd: r.cwd, env: r.env, detached: true, stdio: ["ignore", fd, fd] });
       c.on("error", (e) => out({ id: r.id, error: String(e) }));
@@ -58,6 +65,8 @@ export interface SpawnRequest {
    * before the process starts.
    */
   files?: { path: string; data: string; mode?: number }[];
+  /** Made after the files and before the process starts: the gang's network namespace and link. */
+  network?: NetworkSetup;
 }
 
 interface Waiting {
@@ -101,6 +110,21 @@ export class Spawner {
     });
   }
 
+  /** Ends a gang's network namespace (in the helper: a fork from the server blocks its loop). */
+  teardown(t: NetworkTeardown): Promise<void> {
+    const helper = this.ensureHelper();
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, {
+        started: (_pid, error) => (error ? reject(new Error(error)) : resolve()),
+        exited: () => undefined,
+        lost: () => undefined,
+        pidKnown: false,
+      });
+      helper.stdin!.write(`${JSON.stringify({ id, teardown: t })}\n`);
+    });
+  }
+
   close(): void {
     this.waiting.clear();
     this.helper?.stdin?.end();
@@ -117,12 +141,16 @@ export class Spawner {
         pid?: number;
         error?: string;
         exit?: boolean;
+        done?: boolean;
         code?: number | null;
         signal?: string | null;
       };
       const w = this.waiting.get(m.id);
       if (!w) return;
-      if (m.exit) {
+      if (m.done) {
+        this.waiting.delete(m.id);
+        w.started(undefined);
+      } else if (m.exit) {
         this.waiting.delete(m.id);
         w.exited(m.code ?? undefined, m.signal ?? undefined);
       } else if (m.error && m.pid === undefined) {

@@ -1,0 +1,232 @@
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { networkInterfaces } from "node:os";
+import { join } from "node:path";
+import type { NetworkSetup, NetworkTeardown } from "./netsetup.js";
+
+/**
+ * A network namespace per gang: all workers of one workload (a TrainingJob's gang, a sweep
+ * trial, one replica) share one, with a loopback of its own, so torch rendezvous and DDP over
+ * 127.0.0.1 work between them and nothing else on the machine reaches their ports, nor they
+ * anyone else's. Each namespace has one veth link to the host (netsetup.ts): through it a
+ * workload reaches Loom's API and gateway (one port, at the host's end of its link) and nothing
+ * else, and the gateway reaches a replica's port. The kernel forwards; no process relays.
+ *
+ * Lifetime: made by the spawn helper with the first worker of an attempt (kept if it is there),
+ * removed by the helper once every worker of the attempt has exited, and at release: the
+ * runtime (runtime.ts) decides when, this class says what and where. Namespaces are files under
+ * /run/netns (`ip netns list` shows them) named after the installation and the workload's uid,
+ * so a restarted server finds them: those of gangs it still has are kept, the others removed.
+ *
+ * Where namespaces cannot be made (not root, no `nft`), every gang shares the machine's network,
+ * as before, and `capability` says so for `loom up` to print.
+ */
+
+/** Whether workloads get a network of their own; `loom up` prints the reason when they do not. */
+export interface NetworkCapability {
+  isolated: boolean;
+  reason: string;
+}
+
+/** How a gang's workers join its network. */
+export interface NetworkJoin {
+  /** Goes before the worker's command: enters the namespace, then execs (the pid stays the shim's). */
+  argvPrefix: string[];
+  /** The worker's env with Loom's URL (http://127.0.0.1:<API port>) at the host's end of the link. */
+  env(env: Record<string, string>): Record<string, string>;
+  /** For the spawn helper, with the first worker of an attempt. */
+  setup: NetworkSetup;
+}
+
+/** Ports of a workload the host reaches (a replica's, for the gateway), from its workers' env. */
+export const EXPOSE_ENV = "LOOM_EXPOSE_PORTS";
+
+const NETNS_DIR = "/run/netns";
+
+/**
+ * Links take /30s of 198.18.0.0/15 (RFC 2544's benchmarking range: routed nowhere, and not the
+ * link-local range, where cloud metadata services live).
+ */
+const LINK_BLOCKS = 2 ** 15;
+
+export interface GangNetworksOptions {
+  instanceId: string;
+  /** false: every workload shares the machine's network (as before this existed). */
+  enabled?: boolean;
+}
+
+/** The gangs' network namespaces of one installation. */
+export class GangNetworks {
+  readonly capability: NetworkCapability;
+  private apiPort: number | undefined;
+  /** File names in /run/netns: loom-<instance 8>-<uid>. */
+  private readonly prefix: string;
+  /** Host ends of links: lm<instance 4><uid 9> (15 characters, the kernel's limit). */
+  private readonly ifPrefix: string;
+  private readonly table: string;
+  /** Link blocks handed out, by workload uid. */
+  private readonly links = new Map<string, number>();
+
+  constructor(opts: GangNetworksOptions) {
+    const inst = opts.instanceId.replace(/-/g, "");
+    this.prefix = `loom-${inst.slice(0, 8)}-`;
+    this.ifPrefix = `lm${inst.slice(0, 4)}`;
+    this.table = `loom_${inst.slice(0, 8)}`;
+    this.capability = opts.enabled === false ? { isolated: false, reason: "turned off" } : this.probe();
+  }
+
+  /**
+   * Opens Loom's API port to the links, once it listens: the host's table sends a link's
+   * connections to that port on to 127.0.0.1, and drops anything else links bring in or would
+   * forward. Replaced whole at each start (the port may have changed).
+   */
+  openApi(port: number): void {
+    this.apiPort = port;
+    if (!this.capability.isolated) return;
+    const links = `iifname "${this.ifPrefix}*"`;
+    const rules = [
+      `table ip ${this.table} {}`,
+      `delete table ip ${this.table}`,
+      `table ip ${this.table} {`,
+      `  chain loom_pre { type nat hook prerouting priority dstnat; ${links} tcp dport ${port} dnat to 127.0.0.1; }`,
+      `  chain loom_in { type filter hook input priority filter; ${links} ct state established,related accept; ${links} ip daddr 127.0.0.1 tcp dport ${port} accept; ${links} drop; }`,
+      `  chain loom_fwd { type filter hook forward priority filter; ${links} drop; oifname "${this.ifPrefix}*" drop; }`,
+      "}",
+    ].join("\n");
+    execFileSync("nft", ["-f", "-"], { input: rules, stdio: ["pipe", "ignore", "pipe"] });
+  }
+
+  /** Loom stops: its API's port closes to the links (workers that outlive it wait for the next). */
+  close(): void {
+    if (!this.capability.isolated || this.apiPort === undefined) return;
+    try {
+      execFileSync("nft", ["delete", "table", "ip", this.table], { stdio: "pipe" });
+    } catch {
+      // already gone
+    }
+  }
+
+  /**
+   * The address the host reaches a workload at (a replica's, which the gateway dials), or
+   * undefined where workloads share the machine's network (then 127.0.0.1).
+   */
+  address(uid: string): string | undefined {
+    if (!this.capability.isolated) return undefined;
+    return linkAddresses(this.linkBlock(uid)).address;
+  }
+
+  /** The gang's network, or undefined where workloads share the machine's. */
+  join(uid: string, expose: number[]): NetworkJoin | undefined {
+    if (!this.capability.isolated) return undefined;
+    const file = this.fileOf(uid);
+    const { hostAddress, address } = linkAddresses(this.linkBlock(uid));
+    const api = this.apiPort;
+    return {
+      argvPrefix: ["nsenter", `--net=${file}`, "--"],
+      env: (env) => (api === undefined ? env : atHostEnd(env, api, hostAddress)),
+      setup: {
+        file,
+        ifname: `${this.ifPrefix}${uid.replace(/-/g, "").slice(0, 9)}`,
+        hostAddress,
+        address,
+        ports: expose,
+      },
+    };
+  }
+
+  /** What the spawn helper does to end the gang's network, or undefined where there are none. */
+  teardown(uid: string): NetworkTeardown | undefined {
+    if (!this.capability.isolated) return undefined;
+    // Its link goes with the namespace (the kernel removes both ends).
+    this.links.delete(uid);
+    return { file: this.fileOf(uid) };
+  }
+
+  /** After a restart: the uids of this installation's namespaces whose gang is gone or has ended. */
+  orphans(live: Set<string>): string[] {
+    return this.capability.isolated ? this.list().filter((uid) => !live.has(uid)) : [];
+  }
+
+  /** The uids whose namespace exists (for tests and orphans). */
+  list(): string[] {
+    if (!existsSync(NETNS_DIR)) return [];
+    return readdirSync(NETNS_DIR)
+      .filter((n) => n.startsWith(this.prefix))
+      .map((n) => n.slice(this.prefix.length));
+  }
+
+  private fileOf(uid: string): string {
+    return join(NETNS_DIR, `${this.prefix}${uid}`);
+  }
+
+  /** A /30 that no interface of this machine and no other gang uses; kept for the uid. */
+  private linkBlock(uid: string): number {
+    const had = this.links.get(uid);
+    if (had !== undefined) return had;
+    const used = new Set(
+      Object.values(networkInterfaces())
+        .flat()
+        .map((a) => a?.address),
+    );
+    const taken = new Set(this.links.values());
+    const start = Math.floor(Math.random() * LINK_BLOCKS);
+    for (let i = 0; i < LINK_BLOCKS; i++) {
+      const block = (start + i) % LINK_BLOCKS;
+      const a = linkAddresses(block);
+      if (taken.has(block) || used.has(a.hostAddress) || used.has(a.address)) continue;
+      this.links.set(uid, block);
+      return block;
+    }
+    throw new Error("no free /30 left in 198.18.0.0/15 for a workload's network link");
+  }
+
+  /** Makes a namespace with a link, and an nft table: the only sure way to know all of it works. */
+  private probe(): NetworkCapability {
+    if (process.getuid?.() !== 0) {
+      return { isolated: false, reason: "Loom does not run as root: network namespaces need it" };
+    }
+    const file = join(NETNS_DIR, `${this.prefix}probe-${process.pid}`);
+    try {
+      execFileSync("mkdir", ["-p", NETNS_DIR]);
+      writeFileSync(file, "");
+      const batch = `link set lo up\nlink add loom0 type veth peer name ${this.ifPrefix}probe netns ${process.pid}\n`;
+      execFileSync("unshare", [`--net=${file}`, "ip", "-b", "-"], {
+        input: batch,
+        stdio: ["pipe", "pipe", "pipe"],
+      });
+      execFileSync("umount", [file], { stdio: "pipe" });
+      execFileSync("nft", ["--version"], { stdio: "pipe" });
+      return { isolated: true, reason: "each workload has a network namespace of its own" };
+    } catch (err) {
+      const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
+      return {
+        isolated: false,
+        reason: `cannot make network namespaces (${stderr || (err as Error).message})`,
+      };
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }
+}
+
+/** Ports a gang's workers ask the host to reach (EXPOSE_ENV, comma-separated). */
+export function exposedPorts(workers: { env: Record<string, string> }[]): number[] {
+  const ports = new Set<number>();
+  for (const w of workers)
+    for (const p of (w.env[EXPOSE_ENV] ?? "").split(",")) if (/^\d+$/.test(p)) ports.add(Number(p));
+  return [...ports];
+}
+
+/** Loom's URL in env values (MLFLOW_TRACKING_URI and the like) moved to the link's host end. */
+function atHostEnd(env: Record<string, string>, port: number, hostAddress: string): Record<string, string> {
+  const loopback = new RegExp(`//(127\\.0\\.0\\.1|localhost):${port}(?=/|$)`, "g");
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) out[k] = v.replace(loopback, `//${hostAddress}:${port}`);
+  return out;
+}
+
+function linkAddresses(block: number): { hostAddress: string; address: string } {
+  const base = (198 << 24) + (18 << 16) + block * 4;
+  const ip = (n: number) => [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
+  return { hostAddress: ip(base + 1), address: ip(base + 2) };
+}
