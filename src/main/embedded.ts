@@ -12,6 +12,7 @@ import { detectGpus } from "../platforms/embedded/gpus.js";
 import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
 import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
+import { describeSandbox, detectSandbox, type SandboxSupport } from "../platforms/embedded/sandbox.js";
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { localModelResolver } from "../server/models.js";
@@ -43,6 +44,10 @@ export interface EmbeddedOptions {
    * (postgres://…) instead of the data dir's SQLite file; tokens, objects and events stay there.
    */
   trackingDb?: string;
+  /** Run workloads of several projects as the server's user where no sandbox is possible. */
+  insecureSharedUser?: boolean;
+  /** false runs workloads unsandboxed (measurements of the sandbox's cost); default: detected. */
+  sandbox?: boolean;
 }
 
 export interface EmbeddedServer {
@@ -50,6 +55,8 @@ export interface EmbeddedServer {
   /** The admin token (created on the first start, then read from the data dir). */
   adminToken: string;
   adminTokenFile: string;
+  /** How workloads are isolated here, in one line (`loom up` prints it). */
+  sandbox: string;
   app: FastifyInstance;
   close(): Promise<void>;
 }
@@ -71,6 +78,18 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     throw err;
   }
   const store = await SqliteResourceStore.open(database.db, { now });
+  const sandbox: SandboxSupport =
+    opts.sandbox === false
+      ? { privileged: false, unavailable: "turned off for this server" }
+      : detectSandbox();
+  if (sandbox.bwrap) log.info({ sandbox: describeSandbox(sandbox) }, "workloads run sandboxed");
+  else
+    log.warn(
+      { reason: sandbox.unavailable, insecureSharedUser: !!opts.insecureSharedUser },
+      opts.insecureSharedUser
+        ? "NO SANDBOX: workloads of every project run as the server's user (--insecure-shared-user)"
+        : "NO SANDBOX: only one project's workloads run at a time (--insecure-shared-user allows more)",
+    );
   const events = new SqliteEventRecorder(database.db, now);
   const processes = new LocalRuntime({
     dataDir: opts.dataDir,
@@ -79,6 +98,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     memoryBytes: totalmem(),
     gpus: detectGpus(opts.gpus),
     log: log.child({ component: "runtime/local" }),
+    sandbox,
+    insecureSharedUser: !!opts.insecureSharedUser,
   });
   // Model replicas: supervised processes that wait for the scheduler like any pod.
   const replicas = new LocalRevisions({
@@ -122,6 +143,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     url,
     adminToken: admin.token,
     adminTokenFile: admin.file,
+    sandbox: sandbox.bwrap
+      ? describeSandbox(sandbox)
+      : `${describeSandbox(sandbox)}${opts.insecureSharedUser ? " (--insecure-shared-user: every project runs as this server's user)" : "; workloads of only one project run at a time (--insecure-shared-user allows more, unisolated)"}`,
     app: plane.app!,
     async close() {
       if (closed) return;

@@ -13,6 +13,8 @@ interface UpOpts {
   host: string;
   gpus?: string;
   trackingDb?: string;
+  insecureSharedUser?: boolean;
+  sandbox: boolean;
 }
 
 /** `loom up`: the embedded platform in the foreground; writes the "embedded" CLI context. */
@@ -31,6 +33,16 @@ export function registerUp(program: Command, deps: CliDeps): void {
     .option(
       "--tracking-db <url>",
       "keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
+    )
+    .option(
+      "--insecure-shared-user",
+      "where workloads cannot be sandboxed, run several projects' workloads anyway, all as this server's user (no isolation between them)",
+    )
+    .addOption(
+      new Option(
+        "--no-sandbox",
+        "run workloads unsandboxed (measurements only; implies one project at a time)",
+      ).hideHelp(),
     )
     .action(async (opts: UpOpts) => {
       const port = Number(opts.port);
@@ -52,6 +64,8 @@ export function registerUp(program: Command, deps: CliDeps): void {
           gpus,
           log,
           ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
+          insecureSharedUser: !!opts.insecureSharedUser,
+          sandbox: opts.sandbox,
         });
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
@@ -66,6 +80,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
         `Loom ${VERSION} is up at ${server.url}\n` +
           `data dir:    ${resolve(opts.dataDir)}\n` +
           `admin token: ${server.adminToken}\n` +
+          `sandbox:     ${server.sandbox}\n` +
           `CLI context "embedded" written to ${configPath()}; try: loom apply -f examples/hello/\n`,
       );
       await new Promise<void>((done) => {

@@ -1,4 +1,5 @@
 import { mkdirSync, rmSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -15,12 +16,15 @@ import type {
   WorkloadRef,
 } from "../../ports/runtime.js";
 import type { NodeCapacity } from "../../ports/scheduler.js";
+import { oomKilled, removeCgroup } from "./cgroups.js";
 import { freeLoopbackEndpoints } from "./endpoints.js";
 import { exitOf } from "./exits.js";
+import { cgroupName, type GangSandboxDeps, gangSandbox, shmDir } from "./gangsandbox.js";
 import { CheckpointReports, observation } from "./observation.js";
 import { isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
 import { PythonEnvironments } from "./pyenv.js";
 import { recoverGangs } from "./recovery.js";
+import { gpuDevices, ProjectIds, type SandboxSupport } from "./sandbox.js";
 import { Spawner, type SpawnRequest } from "./spawner.js";
 import { tailFile } from "./tail.js";
 import { SHIM, workerEnv, workerKey } from "./workerenv.js";
@@ -39,6 +43,13 @@ export interface LocalRuntimeOptions {
   /** Where built Python environments are cached (default: under the data dir). */
   environmentsDir?: string;
   now?: () => Date;
+  /**
+   * What isolates workloads here (detectSandbox). Without a sandbox (unset, or none available),
+   * workloads run as the server's user: only one project's at a time, unless insecureSharedUser.
+   */
+  sandbox?: SandboxSupport;
+  /** Run workloads of several projects with no sandbox (the operator's explicit choice). */
+  insecureSharedUser?: boolean;
 }
 
 /**
@@ -61,6 +72,10 @@ export class LocalRuntime implements Runtime {
   private readonly files: WorkloadFiles;
   private readonly writer: StateWriter;
   private readonly checkpoints: CheckpointReports;
+  /** Each live worker's memory limit in bytes, for the message when the kernel kills it for memory. */
+  private readonly memoryLimits = new Map<string, number>();
+  /** Set where workloads run sandboxed (bwrap found and working). */
+  private readonly sandbox: GangSandboxDeps | undefined;
 
   /**
    * Every rank runs on this machine: the launcher starts them all itself (the hostfile names
@@ -87,6 +102,17 @@ export class LocalRuntime implements Runtime {
     this.writer = new StateWriter(this.files, (uid) => this.gangs.get(uid), opts.log);
     this.checkpoints = new CheckpointReports(this.files);
     mkdirSync(this.files.root, { recursive: true });
+    const environmentsDir = opts.environmentsDir ?? join(opts.dataDir, "environments");
+    this.sandbox = opts.sandbox?.bwrap
+      ? {
+          support: opts.sandbox,
+          files: this.files,
+          ids: new ProjectIds(join(opts.dataDir, "project-uids.json")),
+          dataDir: opts.dataDir,
+          environmentsDir,
+          devices: gpuDevices(),
+        }
+      : undefined;
     this.gangs = recoverGangs({
       files: this.files,
       writer: this.writer,
@@ -136,6 +162,10 @@ export class LocalRuntime implements Runtime {
         `attempt ${prev.attempt} of ${spec.ref.name} still has live workers; stop it before starting attempt ${spec.attempt}`,
       );
     }
+    const venv = spec.python ? this.environments.location(spec.python) : undefined;
+    // Refusals come before anything is recorded: the controller says why and tries again later.
+    this.refuseUnsandboxedNeighbour(spec.ref);
+    const sandbox = this.sandbox ? gangSandbox(this.sandbox, spec, venv) : undefined;
     const gang: GangRecord = {
       ref: spec.ref,
       attempt: spec.attempt,
@@ -151,23 +181,38 @@ export class LocalRuntime implements Runtime {
     // Persisted before spawning: a crash in between is found again by the environment marker.
     // A write of the previous attempt's state still in flight goes first.
     await this.writer.settled(spec.ref.uid);
-    let prepare: Pick<SpawnRequest, "dirs" | "files"> | undefined = {
-      dirs: [dir, checkpointDir, ...new Set(spec.workers.map((w) => w.workingDir ?? workDir))],
+    let prepare: Pick<SpawnRequest, "dirs" | "files" | "owned"> | undefined = {
+      dirs: [
+        dir,
+        checkpointDir,
+        // Sandboxed, a working directory the spec names is lent read-only: it must be there.
+        ...new Set(spec.workers.map((w) => (sandbox ? workDir : (w.workingDir ?? workDir)))),
+        ...(sandbox?.prepare.dirs ?? []),
+      ],
       files: [{ path: this.files.stateFile(spec.ref.uid), data: JSON.stringify(gang) }],
+      ...(sandbox ? { owned: sandbox.prepare.owned } : {}),
     };
-    const venv = spec.python ? this.environments.location(spec.python) : undefined;
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
-      const env = workerEnv(spec, w, this.files, this.opts.instanceId, venv);
+      const env = workerEnv(spec, w, this.files, this.opts.instanceId, venv, !!sandbox);
       const key = workerKey(spec.ref.uid, spec.attempt, w.index);
+      const exitFile = join(dir, `worker-${w.index}.exit`);
+      const run: Pick<SpawnRequest, "command" | "args" | "cwd" | "dirs" | "writes" | "owned"> = sandbox
+        ? sandbox.worker(w, exitFile, join(dir, `worker-${w.index}.heartbeat`), env)
+        : {
+            command: "/bin/sh",
+            args: ["-c", SHIM, "loom-worker", exitFile, ...w.command],
+            cwd: w.workingDir ?? workDir,
+          };
+      if (w.allocation.memoryBytes > 0) this.memoryLimits.set(key, w.allocation.memoryBytes);
       const started = await this.spawner.spawn(
         {
-          command: "/bin/sh",
-          args: ["-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`), ...w.command],
-          cwd: w.workingDir ?? workDir,
+          ...run,
           env,
           logFile: join(dir, `worker-${w.index}.log`),
           ...prepare,
+          dirs: [...(prepare?.dirs ?? []), ...(run.dirs ?? [])],
+          owned: [...(prepare?.owned ?? []), ...(run.owned ?? [])],
         },
         (code, signal) => {
           this.children.delete(key);
@@ -181,7 +226,7 @@ export class LocalRuntime implements Runtime {
         rec.exit = {
           code: 127,
           finishTime: this.now().toISOString(),
-          message: `could not start /bin/sh: ${started.error ?? "unknown error"}`,
+          message: `could not start the worker: ${started.error ?? "unknown error"}`,
         };
         continue;
       }
@@ -249,8 +294,12 @@ export class LocalRuntime implements Runtime {
         const key = workerKey(ref.uid, gang.attempt, w.index);
         this.children.get(key)?.cancel();
         this.children.delete(key);
+        this.memoryLimits.delete(key);
         if (!w.exit && w.pid !== undefined) signalGroup(w.pid, "SIGKILL");
+        const cgroups = this.sandbox?.support.cgroups;
+        if (cgroups) await removeCgroup(cgroups, cgroupName(ref.uid, gang.attempt, w.index));
       }
+      if (this.sandbox) await rm(shmDir(ref.uid, gang.attempt), { recursive: true, force: true });
     }
     this.checkpoints.forget(ref.uid);
     // A state.json write in flight would race the removal (it stops, the gang being gone).
@@ -303,16 +352,68 @@ export class LocalRuntime implements Runtime {
   ): void {
     // A released workload is gone: its late exits must not write its state back.
     if (rec.exit || this.gangs.get(gang.ref.uid) !== gang) return;
+    const cgroups = this.sandbox?.support.cgroups;
+    if (!cgroups) {
+      this.recordExit(gang, rec, code, signal, false);
+      return;
+    }
+    // The worker's cgroup says whether the kernel killed it for memory; it goes once read.
+    const name = cgroupName(gang.ref.uid, gang.attempt, rec.index);
+    oomKilled(cgroups, name).then(
+      (oom) => {
+        this.recordExit(gang, rec, code, signal, oom);
+        return removeCgroup(cgroups, name);
+      },
+      () => this.recordExit(gang, rec, code, signal, false),
+    );
+  }
+
+  private recordExit(
+    gang: GangRecord,
+    rec: WorkerRecord,
+    code: number | undefined,
+    signal: string | undefined,
+    oom: boolean,
+  ): void {
+    if (rec.exit || this.gangs.get(gang.ref.uid) !== gang) return;
     const recorded = this.files.readExitFile(gang, rec.index);
     rec.exit = exitOf(recorded, code, signal, !!gang.killSentAt, this.now().toISOString());
+    if (oom) {
+      rec.exit.message = `killed by the kernel: out of memory at the worker's limit (resources.memory, ${mib(
+        this.memoryLimitOf(gang, rec.index),
+      )}); ask for more memory or use less`;
+    }
+    this.memoryLimits.delete(workerKey(gang.ref.uid, gang.attempt, rec.index));
     // Anything the worker left behind in its process group goes with it, as in a container.
     if (rec.pid !== undefined) signalGroup(rec.pid, "SIGKILL");
+    if (this.sandbox && gang.workers.every((w) => w.exit)) {
+      rm(shmDir(gang.ref.uid, gang.attempt), { recursive: true, force: true }).catch(() => undefined);
+    }
     this.writer.saveSoon(gang.ref.uid);
     this.opts.log.info(
       { workload: gang.ref.name, attempt: gang.attempt, worker: rec.index, ...rec.exit },
       "worker exited",
     );
     this.notify(gang.ref);
+  }
+
+  /** The memory limit a worker ran with, for the OOM message (read back from its cgroup's plan). */
+  private memoryLimitOf(gang: GangRecord, index: number): number | undefined {
+    return this.memoryLimits.get(workerKey(gang.ref.uid, gang.attempt, index));
+  }
+
+  /**
+   * Without a sandbox, every workload runs as the server's user and could read every other's
+   * files and Loom's own: only one project's workloads run at a time unless the operator said
+   * --insecure-shared-user.
+   */
+  private refuseUnsandboxedNeighbour(ref: WorkloadRef): void {
+    if (this.sandbox || this.opts.insecureSharedUser) return;
+    const other = [...this.gangs.values()].find((g) => g.ref.project !== ref.project);
+    if (!other) return;
+    throw new Error(
+      `this machine cannot sandbox workloads (${this.opts.sandbox?.unavailable ?? "sandbox off"}), so workloads of project ${ref.project} do not run beside project ${other.ref.project}'s (${other.ref.kind} ${other.ref.name}); delete those, or restart loom up with --insecure-shared-user to run every project as one user`,
+    );
   }
 
   /** Processes this server did not spawn (re-adopted after a restart) are watched by polling. */
@@ -334,4 +435,8 @@ export class LocalRuntime implements Runtime {
   private notify(ref: WorkloadRef): void {
     for (const l of this.listeners) l(ref);
   }
+}
+
+function mib(bytes: number | undefined): string {
+  return bytes === undefined ? "no limit recorded" : `${Math.round(bytes / 2 ** 20)} MiB`;
 }

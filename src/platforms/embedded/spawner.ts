@@ -14,12 +14,28 @@ const HELPER = `
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
 const out = (m) => process.stdout.write(JSON.stringify(m) + "\\n");
+// A sandboxed workload's own dirs and files belong to its project's uid. What is there already
+// (an earlier attempt's checkpoints, or files from before sandboxing) is handed over too, once:
+// a tree whose top is already owned is left alone. lchown: a link the workload made is not followed.
+const ownTree = (path, uid, gid, create) => {
+  if (create === "file" && !fs.existsSync(path)) fs.writeFileSync(path, "");
+  const st = fs.lstatSync(path);
+  if (st.uid === uid && st.gid === gid) return;
+  const walk = (p) => {
+    fs.lchownSync(p, uid, gid);
+    const s = fs.lstatSync(p);
+    if (s.isDirectory()) for (const n of fs.readdirSync(p)) walk(p + "/" + n);
+  };
+  walk(path);
+};
 require("node:readline").createInterface({ input: process.stdin })
   .on("line", (line) => {
     const r = JSON.parse(line);
     let fd;
     try {
       for (const d of r.dirs ?? []) fs.mkdirSync(d, { recursive: true });
+      for (const o of r.owned ?? []) ownTree(o.path, o.uid, o.gid, o.create);
+      for (const w of r.writes ?? []) fs.writeFileSync(w.path, w.data);
       for (const f of r.files ?? []) {
         fs.writeFileSync(f.path + ".tmp", f.data);
         fs.renameSync(f.path + ".tmp", f.path);
@@ -48,6 +64,13 @@ export interface SpawnRequest {
   dirs?: string[];
   /** Written (to a .tmp, then renamed) after the dirs and before the process starts. */
   files?: { path: string; data: string }[];
+  /**
+   * Given to a uid after the dirs are made (the tree, where its top is not that uid's yet);
+   * `create: "file"` makes an empty file first (a heartbeat file bound into a sandbox).
+   */
+  owned?: { path: string; uid: number; gid: number; create?: "file" }[];
+  /** Written in place after the dirs (cgroup limit files, which cannot be renamed over). */
+  writes?: { path: string; data: string }[];
 }
 
 interface Waiting {

@@ -33,11 +33,14 @@ export function workerEnv(
   files: WorkloadFiles,
   instanceId: string,
   venv: string | undefined,
+  sandboxed = false,
 ): Record<string, string> {
   const dir = files.attemptDir(spec.ref.uid, spec.attempt);
-  const base = stringEnv(process.env);
+  const base = stringEnv(process.env, sandboxed);
   return {
     ...base,
+    // Sandboxed, the server's HOME and TMPDIR are not there: the workload's own are.
+    ...(sandboxed ? { HOME: files.workDir(spec.ref.uid), TMPDIR: "/tmp" } : {}),
     // The job's own environment first on PATH: `python3` is its interpreter.
     ...(venv ? { VIRTUAL_ENV: venv, PATH: `${join(venv, "bin")}:${base.PATH ?? "/usr/bin:/bin"}` } : {}),
     ...w.env,
@@ -57,8 +60,19 @@ export function workerEnv(
   };
 }
 
-function stringEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+/**
+ * The server's variables a sandboxed workload keeps: locale, search paths, proxies, GPU runtime
+ * settings. The rest (the operator's credentials, Loom's own settings) are not the workload's.
+ */
+const SANDBOX_KEEPS =
+  /^(PATH|LANG|LANGUAGE|TZ|TERM|LD_LIBRARY_PATH|PYTHONUNBUFFERED|https?_proxy|no_proxy|HTTPS?_PROXY|NO_PROXY)$|^(LC_|NVIDIA_|CUDA_|NCCL_)/;
+
+function stringEnv(env: NodeJS.ProcessEnv, sandboxed: boolean): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (v !== undefined && k !== "LOOM_TOKEN") out[k] = v;
+  for (const [k, v] of Object.entries(env)) {
+    if (v === undefined || k === "LOOM_TOKEN") continue;
+    if (sandboxed && !SANDBOX_KEEPS.test(k)) continue;
+    out[k] = v;
+  }
   return out;
 }

@@ -1,0 +1,135 @@
+import { isAbsolute, join, relative, resolve } from "node:path";
+import type { GangSpec } from "../../ports/runtime.js";
+import { type CgroupPlan, cgroupPlan } from "./cgroups.js";
+import { type ProjectIds, type SandboxSupport, sandboxedArgv } from "./sandbox.js";
+import type { SpawnRequest } from "./spawner.js";
+import type { WorkloadFiles } from "./workloadfiles.js";
+
+/**
+ * What a gang's workers are granted in the sandbox, and the spawn requests that start them
+ * there. The runtime's side of sandbox.ts: which dirs are a workload's, which are only lent to
+ * it read-only, which uid it runs as.
+ */
+
+/** Like the plain shim (workerenv.ts), after joining the worker's cgroups; `trap ''` makes bwrap ignore SIGTERM (see sandboxedArgv). */
+export const SANDBOX_SHIM =
+  'f=$1; g=$2; shift 2; for p in $g; do echo $$ > "$p" || { printf 125 > "$f"; exit 125; }; done; trap "" TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f"; exit $c';
+
+export interface GangSandboxDeps {
+  support: SandboxSupport;
+  files: WorkloadFiles;
+  ids: ProjectIds;
+  dataDir: string;
+  /** Where Loom builds Python environments (lent read-only; the rest of the data dir is not). */
+  environmentsDir: string;
+  devices: string[];
+}
+
+/** Whether `inner` is `outer` or inside it. */
+function within(inner: string, outer: string): boolean {
+  const r = relative(outer, inner);
+  return r === "" || (!r.startsWith("..") && !isAbsolute(r));
+}
+
+/**
+ * A path the spec asks to lend the workload (its working directory, its venv): refused when it
+ * holds or is inside the data dir, where other workloads' files and Loom's secrets are.
+ */
+function lendable(deps: GangSandboxDeps, path: string, field: string): string {
+  const abs = resolve(path);
+  // One of Loom's own built environments (under the data dir by default) is lent as it is.
+  if (abs !== deps.environmentsDir && within(abs, deps.environmentsDir)) return abs;
+  if (within(abs, deps.dataDir) || within(deps.dataDir, abs)) {
+    throw new Error(
+      `${field} ${path} is inside Loom's data dir or holds it (${deps.dataDir}); a sandboxed workload may not see it: use a directory of its own`,
+    );
+  }
+  return abs;
+}
+
+/** The cgroup of one worker of one attempt. */
+export function cgroupName(uid: string, attempt: number, index: number): string {
+  return `${uid}-a${attempt}-w${index}`;
+}
+
+/** Shared memory of one gang, bound at /dev/shm in each of its workers (NCCL, MPI). */
+export function shmDir(uid: string, attempt: number): string {
+  return `/dev/shm/loom-${uid}-a${attempt}`;
+}
+
+/** Per worker: what to add to its spawn request; per gang: what the first request prepares. */
+export interface GangSandbox {
+  /** Extra fields of the first worker's request. */
+  prepare: Pick<SpawnRequest, "dirs" | "owned">;
+  /** The command and args that start worker w under its shim, and its extra preparation. */
+  worker(
+    w: GangSpec["workers"][number],
+    exitFile: string,
+    heartbeatFile: string,
+    env: Record<string, string>,
+  ): Pick<SpawnRequest, "command" | "args" | "cwd" | "dirs" | "writes" | "owned">;
+}
+
+/**
+ * Plans the sandbox of one gang. Throws (with what to do) where the spec asks for something a
+ * sandbox may not lend: the runtime's start refuses it, and the controller shows why.
+ */
+export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string | undefined): GangSandbox {
+  const uid = deps.support.privileged ? deps.ids.of(spec.ref.project) : undefined;
+  const owner = uid ?? process.getuid?.() ?? 0;
+  const workDir = deps.files.workDir(spec.ref.uid);
+  const checkpointDir = deps.files.checkpointDir(spec.ref.uid);
+  const credentials = join(deps.files.root, spec.ref.uid, "credentials");
+  const shm = shmDir(spec.ref.uid, spec.attempt);
+  const ro = [credentials];
+  if (venv) ro.push(lendable(deps, venv, "python.venv"));
+  if (spec.initCheckpoint) ro.push(deps.files.checkpointDir(spec.initCheckpoint.ref.uid));
+  const own = (path: string, create?: "file") => ({
+    path,
+    uid: owner,
+    gid: owner,
+    ...(create ? { create } : {}),
+  });
+  const workingDirs = new Map<number, string>();
+  for (const w of spec.workers) {
+    if (w.workingDir) workingDirs.set(w.index, lendable(deps, w.workingDir, "workingDir"));
+  }
+  return {
+    prepare: {
+      dirs: [shm],
+      owned: [own(workDir), own(checkpointDir), own(shm), own(credentials)],
+    },
+    worker(w, exitFile, heartbeatFile, env) {
+      const cwd = workingDirs.get(w.index) ?? workDir;
+      const lent = [...ro, ...(cwd !== workDir ? [cwd] : [])];
+      // A model replica is lent its model (the controller resolved it; a user's env cannot name
+      // one, the controller's value comes last). A training job's env is the user's own.
+      if (spec.ref.kind === "InferenceService" && env.LOOM_MODEL_DIR) lent.push(env.LOOM_MODEL_DIR);
+      const cg: CgroupPlan | undefined = deps.support.cgroups
+        ? cgroupPlan(deps.support.cgroups, cgroupName(spec.ref.uid, spec.attempt, w.index), w.allocation)
+        : undefined;
+      const argv = sandboxedArgv(
+        deps.support,
+        {
+          uid,
+          gid: uid,
+          rw: [workDir, checkpointDir, heartbeatFile],
+          ro: lent,
+          shm,
+          network: "host",
+          devices: w.allocation.gpus.length > 0 ? deps.devices : [],
+          cwd,
+        },
+        w.command,
+      );
+      return {
+        command: "/bin/sh",
+        args: ["-c", SANDBOX_SHIM, "loom-worker", exitFile, (cg?.procs ?? []).join(" "), ...argv],
+        cwd: "/",
+        dirs: cg?.dirs ?? [],
+        writes: cg?.writes ?? [],
+        owned: [own(heartbeatFile, "file")],
+      };
+    },
+  };
+}
