@@ -44,8 +44,8 @@ export interface LocalRuntimeOptions {
   environmentsDir?: string;
   now?: () => Date;
   /**
-   * What isolates workloads here (detectSandbox). Without a sandbox (unset, or none available),
-   * workloads run as the server's user: only one project's at a time, unless insecureSharedUser.
+   * What isolates workloads here (detectSandbox). Where none is available, workloads run as the
+   * server's user: only one project's at a time, unless insecureSharedUser. Unset: no sandbox.
    */
   sandbox?: SandboxSupport;
   /** Run workloads of several projects with no sandbox (the operator's explicit choice). */
@@ -408,7 +408,8 @@ export class LocalRuntime implements Runtime {
    * --insecure-shared-user.
    */
   private refuseUnsandboxedNeighbour(ref: WorkloadRef): void {
-    if (this.sandbox || this.opts.insecureSharedUser) return;
+    // Unset (unit tests, embedding callers that isolate otherwise): no sandbox and no refusal.
+    if (this.sandbox || !this.opts.sandbox || this.opts.insecureSharedUser) return;
     const other = [...this.gangs.values()].find((g) => g.ref.project !== ref.project);
     if (!other) return;
     throw new Error(

@@ -8,7 +8,7 @@ import {
   renameSync,
   writeFileSync,
 } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { type CgroupLayout, detectCgroups } from "./cgroups.js";
 
 /**
@@ -95,10 +95,28 @@ export function bwrapArgs(spec: SandboxSpec, privileged: boolean): string[] {
   a.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var");
   if (spec.shm) a.push("--bind", spec.shm, "/dev/shm");
   for (const d of spec.devices ?? []) a.push("--dev-bind-try", d, d);
+  // bwrap makes a bind's missing parents with the modes of the host's (a 0700 data dir would
+  // stay closed to the workload's uid): they are made 0755 first, holding nothing but the binds.
+  for (const dir of parentsToMake([...spec.ro, ...spec.rw])) a.push("--perms", "0755", "--dir", dir);
   for (const p of spec.ro) a.push("--ro-bind-try", p, p);
   for (const p of spec.rw) a.push("--bind", p, p);
   a.push("--chdir", spec.cwd);
   return a;
+}
+
+/** Every ancestor of the paths, outermost first, that is not a system dir's (those are bound). */
+function parentsToMake(paths: string[]): string[] {
+  const out = new Set<string>();
+  for (const p of paths) {
+    let dir = dirname(p);
+    const chain: string[] = [];
+    while (dir !== "/" && !SYSTEM.some((s) => dir === s || dir.startsWith(`${s}/`))) {
+      chain.unshift(dir);
+      dir = dirname(dir);
+    }
+    for (const d of chain) out.add(d);
+  }
+  return [...out].sort((x, y) => x.split("/").length - y.split("/").length);
 }
 
 /**

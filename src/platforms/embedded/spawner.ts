@@ -18,7 +18,10 @@ const out = (m) => process.stdout.write(JSON.stringify(m) + "\\n");
 // (an earlier attempt's checkpoints, or files from before sandboxing) is handed over too, once:
 // a tree whose top is already owned is left alone. lchown: a link the workload made is not followed.
 const ownTree = (path, uid, gid, create) => {
-  if (create === "file" && !fs.existsSync(path)) fs.writeFileSync(path, "");
+  if (!fs.existsSync(path)) {
+    if (create !== "file") return; // lent only if there (a credential file)
+    fs.writeFileSync(path, "");
+  }
   const st = fs.lstatSync(path);
   if (st.uid === uid && st.gid === gid) return;
   const walk = (p) => {
