@@ -40,6 +40,7 @@ attempt("write loom.db", lambda: write(t["db"]))
 attempt("read admin token", lambda: read(t["adminToken"]))
 attempt("read CLI config", lambda: read(t["config"]))
 attempt("list data dir", lambda: os.listdir(t["dataDir"]))
+attempt("list workloads", lambda: os.listdir(t["dataDir"] + "/workloads"))
 attempt("list artifacts", lambda: os.listdir(t["artifacts"]))
 attempt("read A's artifact", lambda: read(t["artifact"]))
 attempt("read A's workdir file", lambda: read(t["aWork"] + "/secret.txt"))
@@ -68,6 +69,7 @@ out["uid"] = os.getuid()
 attempt("own workdir", lambda: write(os.environ["LOOM_WORKLOAD_DIR"] + "/mine"))
 attempt("own checkpoint", lambda: write(os.environ["LOOM_CHECKPOINT_DIR"] + "/mine"))
 attempt("own /tmp", lambda: write("/tmp/mine"))
+attempt("own /dev/shm", lambda: write("/dev/shm/mine"))
 print("ATTACK " + json.dumps(out), flush=True)
 `;
 
@@ -138,18 +140,26 @@ describe.skipIf(!usable)("sandbox escape suite (embedded)", () => {
         resources: { cpu: "100m", memory: "64Mi" },
       }),
     );
-    const running = await loom.waitFor("victim", (j) => j.status?.ready === "1/1" || j.status?.phase === "Failed", 60_000, "sbx-a");
+    const running = await loom.waitFor(
+      "victim",
+      (j) => j.status?.ready === "1/1" || j.status?.phase === "Failed",
+      60_000,
+      "sbx-a",
+    );
     expect(running.status?.phase, JSON.stringify(running.status)).not.toBe("Failed");
     victimUid = running.metadata.uid;
     victimPid = findProcessesByEnv("LOOM_WORKLOAD_UID", victimUid)[0]?.pid ?? 0;
     expect(victimPid, "A's worker process").toBeGreaterThan(0);
     // One of A's artifacts, uploaded through tracking as A's users would (under A's experiment).
     const experiment = (running.status as { tracking?: { experimentId: string } }).tracking?.experimentId;
-    const put = await fetch(`${loom.url}/mlflow/projects/sbx-a/api/2.0/mlflow-artifacts/artifacts/${experiment}/secret/a.txt`, {
-      method: "PUT",
-      headers: { authorization: `Bearer ${loom.token}` },
-      body: SECRET,
-    });
+    const put = await fetch(
+      `${loom.url}/mlflow/projects/sbx-a/api/2.0/mlflow-artifacts/artifacts/${experiment}/secret/a.txt`,
+      {
+        method: "PUT",
+        headers: { authorization: `Bearer ${loom.token}` },
+        body: SECRET,
+      },
+    );
     expect(put.status, await put.text()).toBeLessThan(300);
   }, 120_000);
 
@@ -195,7 +205,12 @@ describe.skipIf(!usable)("sandbox escape suite (embedded)", () => {
         resources: { cpu: "500m", memory: "256Mi" },
       }),
     );
-    const done = await loom.waitFor("attacker", (j) => /Succeeded|Failed/.test(j.status?.phase ?? ""), 60_000, "sbx-b");
+    const done = await loom.waitFor(
+      "attacker",
+      (j) => /Succeeded|Failed/.test(j.status?.phase ?? ""),
+      60_000,
+      "sbx-b",
+    );
     const log = await logs("attacker", "sbx-b");
     expect(done.status?.phase, log).toBe("Succeeded");
     const line = /ATTACK (.*)/.exec(log)?.[1];
@@ -206,7 +221,6 @@ describe.skipIf(!usable)("sandbox escape suite (embedded)", () => {
       "write loom.db",
       "read admin token",
       "read CLI config",
-      "list data dir",
       "list artifacts",
       "read A's artifact",
       "read A's workdir file",
@@ -221,11 +235,15 @@ describe.skipIf(!usable)("sandbox escape suite (embedded)", () => {
     ]) {
       expect(String(r[name]), `${name}: ${r[name]}`).toMatch(/^DENIED/);
     }
+    // The data dir's path exists inside only as the skeleton holding the job's own binds.
+    expect(String(r["list data dir"])).toMatch(/^(DENIED|OK \['workloads'\])/);
+    expect(String(r["list workloads"])).not.toContain(victimUid);
     expect(r["A's /proc entries readable"]).toEqual([]);
     // Its own PID namespace: bwrap's init, the worker, nothing of the machine's.
     expect((r["pids visible"] as number[]).length).toBeLessThan(6);
     expect(r.uid).toBeGreaterThanOrEqual(200_000);
-    for (const name of ["own workdir", "own checkpoint", "own /tmp"]) expect(String(r[name]), name).toMatch(/^OK/);
+    for (const name of ["own workdir", "own checkpoint", "own /tmp", "own /dev/shm"])
+      expect(String(r[name]), name).toMatch(/^OK/);
   }, 120_000);
 
   it("a job in B that takes more memory than it asked for is OOM-killed, and its status says so", async () => {
@@ -236,7 +254,12 @@ describe.skipIf(!usable)("sandbox escape suite (embedded)", () => {
         resources: { cpu: "500m", memory: "96Mi" },
       }),
     );
-    const done = await loom.waitFor("hog", (j) => /Succeeded|Failed/.test(j.status?.phase ?? ""), 60_000, "sbx-b");
+    const done = await loom.waitFor(
+      "hog",
+      (j) => /Succeeded|Failed/.test(j.status?.phase ?? ""),
+      60_000,
+      "sbx-b",
+    );
     expect(done.status?.phase).toBe("Failed");
     expect(JSON.stringify(done.status)).toMatch(/out of memory/);
     expect(await logs("hog", "sbx-b")).not.toMatch(/not killed/);

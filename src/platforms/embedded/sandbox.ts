@@ -35,7 +35,11 @@ export interface SandboxSupport {
   unavailable?: string;
 }
 
-/** How a workload reaches the network. "host": shared (network isolation is the netns's part). */
+/**
+ * How a workload reaches the network. "host": the machine's (today's default; network isolation
+ * is built beside this), "none": a namespace of its own with loopback only, { netns }: join a
+ * namespace made for it (a path under /run/netns or /proc/PID/ns/net).
+ */
 export type SandboxNetwork = "host" | "none" | { netns: string };
 
 /** What one workload is granted, for {@link bwrapArgs}. Paths keep their host names inside. */
@@ -60,6 +64,31 @@ const SYSTEM = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 /** Files under /etc no workload needs and none should read, hidden even where the uid could. */
 const HIDDEN = ["/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/ssh", "/etc/sudoers"];
 
+let system: string[] | undefined;
+
+/** The binds of the host's system, read from the file system once per process (they are the same for every workload). */
+function systemBinds(): string[] {
+  if (system) return system;
+  const a: string[] = [];
+  for (const dir of SYSTEM) {
+    let st: ReturnType<typeof lstatSync>;
+    try {
+      st = lstatSync(dir);
+    } catch {
+      continue;
+    }
+    if (st.isSymbolicLink()) a.push("--symlink", readlinkSync(dir), dir);
+    else a.push("--ro-bind", dir, dir);
+  }
+  for (const f of HIDDEN) {
+    if (!existsSync(f)) continue;
+    if (lstatSync(f).isDirectory()) a.push("--tmpfs", f, "--remount-ro", f);
+    else a.push("--ro-bind", "/dev/null", f);
+  }
+  system = a;
+  return a;
+}
+
 /**
  * bubblewrap's arguments for one workload (everything between `bwrap` and `--`). Composable: the
  * network part is one field, so a caller may join a network namespace or unshare one.
@@ -77,22 +106,8 @@ export function bwrapArgs(spec: SandboxSpec, privileged: boolean): string[] {
   if (!privileged) a.push("--unshare-user");
   if (spec.network === "none") a.push("--unshare-net");
   a.push("--hostname", "loom-workload");
-  for (const dir of SYSTEM) {
-    let st: ReturnType<typeof lstatSync>;
-    try {
-      st = lstatSync(dir);
-    } catch {
-      continue;
-    }
-    if (st.isSymbolicLink()) a.push("--symlink", readlinkSync(dir), dir);
-    else a.push("--ro-bind", dir, dir);
-  }
-  for (const f of HIDDEN) {
-    if (!existsSync(f)) continue;
-    if (lstatSync(f).isDirectory()) a.push("--tmpfs", f, "--remount-ro", f);
-    else a.push("--ro-bind", "/dev/null", f);
-  }
-  a.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var");
+  a.push(...systemBinds());
+  a.push("--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var");
   if (spec.shm) a.push("--bind", spec.shm, "/dev/shm");
   for (const d of spec.devices ?? []) a.push("--dev-bind-try", d, d);
   // bwrap makes a bind's missing parents with the modes of the host's (a 0700 data dir would
@@ -140,7 +155,11 @@ export function sandboxedArgv(support: SandboxSupport, spec: SandboxSpec, comman
           "--no-new-privs",
         ]
       : [];
+  // bwrap cannot join a namespace: a given one is entered first (as root: nsenter needs
+  // CAP_SYS_ADMIN), and bwrap then keeps it (no --unshare-net).
+  const enter = typeof spec.network === "object" ? ["/usr/bin/nsenter", `--net=${spec.network.netns}`, "--"] : [];
   return [
+    ...enter,
     support.bwrap,
     ...bwrapArgs(spec, support.privileged),
     "--",
