@@ -19,7 +19,7 @@ const support = detectSandbox();
 const usable = !!support.bwrap && support.privileged && !!support.cgroups;
 
 /** Tries every escape it is told of and prints one JSON line: what each attempt gave. */
-const ATTACK = String.raw`
+const ATTACK = `
 import json, os, signal, sys
 t = json.loads(os.environ["TARGETS"])
 out = {}
@@ -74,7 +74,7 @@ print("ATTACK " + json.dumps(out), flush=True)
 `;
 
 /** Two workers: gloo all-reduce over loopback, then rank 0 logs the sum to the job's tracking run. */
-const DDP = String.raw`
+const DDP = `
 import json, os, urllib.request
 import torch, torch.distributed as dist
 dist.init_process_group("gloo")

@@ -3,8 +3,8 @@ import { readFile, rmdir } from "node:fs/promises";
 import { join } from "node:path";
 
 /**
- * Per-worker cgroups: the CPU and memory a workload's spec asks for become limits (before,
- * they were only accounted by the scheduler). v1 (a hierarchy per controller, as on this
+ * Per-worker cgroups: the memory a workload's spec asks for becomes a limit and its CPU a
+ * guaranteed share (before, both were only accounted by the scheduler). v1 (a hierarchy per controller, as on this
  * Debian host) and v2 (one unified hierarchy) are both supported, found at start.
  */
 export type CgroupLayout =
@@ -51,19 +51,21 @@ export function detectCgroups(root = ROOT): CgroupLayout | undefined {
   };
 }
 
-/** The period CPU quotas are expressed in (100 ms, the kernel's default). */
-const PERIOD_US = 100_000;
-
 /**
- * The cgroup of one worker, named `name` (unique per worker and attempt). A request of 0 leaves
- * that resource unlimited: the spec asked for none, so the scheduler placed it as such.
+ * The cgroup of one worker, named `name` (unique per worker and attempt). Memory is a hard
+ * limit; CPU a share (cpu.shares, cpu.weight) in proportion to the request, as Kubernetes makes
+ * of a request (its pods here get no CPU limit either): under contention each worker gets what
+ * it asked for, an idle machine's spare CPU is not wasted. A request of 0 leaves that resource
+ * as it is: the spec asked for none, so the scheduler placed it as such.
  */
 export function cgroupPlan(
   layout: CgroupLayout,
   name: string,
   limits: { cpuMillis: number; memoryBytes: number },
 ): CgroupPlan {
-  const quota = limits.cpuMillis > 0 ? Math.max(1000, Math.round((limits.cpuMillis * PERIOD_US) / 1000)) : 0;
+  // Kubernetes' conversion: 1024 shares per CPU (at least 2), and shares to a v2 weight.
+  const shares = limits.cpuMillis > 0 ? Math.max(2, Math.round((limits.cpuMillis * 1024) / 1000)) : 0;
+  const weight = shares ? Math.min(10_000, 1 + Math.floor(((shares - 2) * 9999) / 262142)) : 0;
   const memory = limits.memoryBytes > 0 ? String(Math.round(limits.memoryBytes)) : "";
   if (layout.version === "v2") {
     const dir = join(layout.root, name);
@@ -75,7 +77,7 @@ export function cgroupPlan(
         { path: join(layout.root, "cgroup.subtree_control"), data: "+cpu +memory +pids" },
         ...(memory ? [{ path: join(dir, "memory.max"), data: memory }] : []),
         ...(memory ? [{ path: join(dir, "memory.swap.max"), data: "0" }] : []),
-        ...(quota ? [{ path: join(dir, "cpu.max"), data: `${quota} ${PERIOD_US}` }] : []),
+        ...(weight ? [{ path: join(dir, "cpu.weight"), data: String(weight) }] : []),
       ],
       procs: [join(dir, "cgroup.procs")],
     };
@@ -87,12 +89,7 @@ export function cgroupPlan(
     dirs: [mem, cpu, ...(pids ? [pids] : [])],
     writes: [
       ...(memory ? [{ path: join(mem, "memory.limit_in_bytes"), data: memory }] : []),
-      ...(quota
-        ? [
-            { path: join(cpu, "cpu.cfs_period_us"), data: String(PERIOD_US) },
-            { path: join(cpu, "cpu.cfs_quota_us"), data: String(quota) },
-          ]
-        : []),
+      ...(shares ? [{ path: join(cpu, "cpu.shares"), data: String(shares) }] : []),
     ],
     procs: [
       join(mem, "cgroup.procs"),

@@ -60,19 +60,18 @@ describe("sandbox", () => {
     expect(args.join(" ")).toContain("--perms 0755 --dir /x");
   });
 
-  it("turns the spec's CPU and memory into cgroup limits (v1 and v2)", () => {
+  it("turns the spec's memory into a cgroup limit and its CPU into a share, as Kubernetes does (v1 and v2)", () => {
     const v1 = cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/loom" }, "w", {
       cpuMillis: 1500,
       memoryBytes: 2 ** 30,
     });
     expect(v1.writes).toEqual([
       { path: "/m/loom/w/memory.limit_in_bytes", data: String(2 ** 30) },
-      { path: "/c/loom/w/cpu.cfs_period_us", data: "100000" },
-      { path: "/c/loom/w/cpu.cfs_quota_us", data: "150000" },
+      { path: "/c/loom/w/cpu.shares", data: "1536" },
     ]);
     expect(v1.procs).toEqual(["/m/loom/w/cgroup.procs", "/c/loom/w/cgroup.procs"]);
     const v2 = cgroupPlan({ version: "v2", root: "/g/loom" }, "w", { cpuMillis: 250, memoryBytes: 0 });
-    expect(v2.writes).toContainEqual({ path: "/g/loom/w/cpu.max", data: "25000 100000" });
+    expect(v2.writes).toContainEqual({ path: "/g/loom/w/cpu.weight", data: "10" });
     expect(v2.writes.some((w) => w.path.endsWith("memory.max"))).toBe(false);
   });
 

@@ -107,7 +107,20 @@ export function bwrapArgs(spec: SandboxSpec, privileged: boolean): string[] {
   if (spec.network === "none") a.push("--unshare-net");
   a.push("--hostname", "loom-workload");
   a.push(...systemBinds());
-  a.push("--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var");
+  a.push(
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--perms",
+    "1777",
+    "--tmpfs",
+    "/tmp",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/var",
+  );
   if (spec.shm) a.push("--bind", spec.shm, "/dev/shm");
   for (const d of spec.devices ?? []) a.push("--dev-bind-try", d, d);
   // bwrap makes a bind's missing parents with the modes of the host's (a 0700 data dir would
@@ -157,7 +170,8 @@ export function sandboxedArgv(support: SandboxSupport, spec: SandboxSpec, comman
       : [];
   // bwrap cannot join a namespace: a given one is entered first (as root: nsenter needs
   // CAP_SYS_ADMIN), and bwrap then keeps it (no --unshare-net).
-  const enter = typeof spec.network === "object" ? ["/usr/bin/nsenter", `--net=${spec.network.netns}`, "--"] : [];
+  const enter =
+    typeof spec.network === "object" ? ["/usr/bin/nsenter", `--net=${spec.network.netns}`, "--"] : [];
   return [
     ...enter,
     support.bwrap,
@@ -203,8 +217,8 @@ export function describeSandbox(s: SandboxSupport): string {
   if (!s.bwrap) return `NONE: ${s.unavailable}`;
   const who = s.privileged ? "a uid per project" : "Loom's own uid (not root: no uid per project)";
   const limits = s.cgroups
-    ? `CPU and memory limits (cgroup ${s.cgroups.version})`
-    : "no CPU/memory limits (cgroups not writable)";
+    ? `memory limits and CPU shares (cgroup ${s.cgroups.version})`
+    : "no memory limits or CPU shares (cgroups not writable)";
   return `bubblewrap (mount, PID, IPC, UTS namespaces), ${who}, ${limits}`;
 }
 
