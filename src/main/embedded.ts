@@ -20,6 +20,9 @@ import type { TrackingDatabase } from "../tracking/db.js";
 import { assembleControlPlane, openTracking } from "./assembly.js";
 import { processMetricsRegistry } from "./processmetrics.js";
 
+/** The package's root: runtimes/ and the examples/ they load are lent to sandboxed workloads. */
+const PACKAGE_ROOT = fileURLToPath(new URL("../..", import.meta.url));
+
 /** Loom's built-in serving runtime (runtimes/ in the package); it needs only PyTorch (Debian's python3-torch). */
 const BUILTIN_RUNTIME = [
   process.env.LOOM_BUILTIN_PYTHON ?? "/usr/bin/python3",
@@ -100,6 +103,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     log: log.child({ component: "runtime/local" }),
     sandbox,
     insecureSharedUser: !!opts.insecureSharedUser,
+    // The built-in model server (runtimes/loom-tinygpt) loads examples/pretrain's model code.
+    lend: [join(PACKAGE_ROOT, "runtimes"), join(PACKAGE_ROOT, "examples")],
   });
   // Model replicas: supervised processes that wait for the scheduler like any pod.
   const replicas = new LocalRevisions({

@@ -23,6 +23,8 @@ export interface GangSandboxDeps {
   /** Where Loom builds Python environments (lent read-only; the rest of the data dir is not). */
   environmentsDir: string;
   devices: string[];
+  /** Lent read-only to every workload (Loom's built-in runtimes' code). */
+  lend: string[];
 }
 
 /** Whether `inner` is `outer` or inside it. */
@@ -81,7 +83,7 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
   const checkpointDir = deps.files.checkpointDir(spec.ref.uid);
   const credentials = join(deps.files.root, spec.ref.uid, "credentials");
   const shm = shmDir(spec.ref.uid, spec.attempt);
-  const ro = [credentials];
+  const ro = [credentials, ...deps.lend];
   if (venv) ro.push(lendable(deps, venv, "python.venv"));
   if (spec.initCheckpoint) ro.push(deps.files.checkpointDir(spec.initCheckpoint.ref.uid));
   const own = (path: string, create?: "file") => ({

@@ -48,6 +48,8 @@ export interface LocalRuntimeOptions {
    * server's user: only one project's at a time, unless insecureSharedUser. Unset: no sandbox.
    */
   sandbox?: SandboxSupport;
+  /** Lent read-only to every sandboxed workload: Loom's own runtimes and the examples they load. */
+  lend?: string[];
   /** Run workloads of several projects with no sandbox (the operator's explicit choice). */
   insecureSharedUser?: boolean;
 }
@@ -111,6 +113,7 @@ export class LocalRuntime implements Runtime {
           dataDir: opts.dataDir,
           environmentsDir,
           devices: gpuDevices(),
+          lend: opts.lend ?? [],
         }
       : undefined;
     this.gangs = recoverGangs({

@@ -83,6 +83,7 @@ describe("sandbox", () => {
       dataDir: join(dir, "data"),
       environmentsDir: join(dir, "data", "environments"),
       devices: [],
+      lend: [],
     };
     expect(() => gangSandbox(deps, gang("a", { workingDir: dir }), undefined)).toThrow(
       /inside Loom's data dir or holds it/,
