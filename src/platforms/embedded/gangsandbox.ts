@@ -1,3 +1,4 @@
+import { statSync } from "node:fs";
 import { isAbsolute, join, relative, resolve } from "node:path";
 import type { GangSpec } from "../../ports/runtime.js";
 import { type CgroupPlan, cgroupPlan } from "./cgroups.js";
@@ -49,6 +50,28 @@ function lendable(deps: GangSandboxDeps, path: string, field: string): string {
   return abs;
 }
 
+/**
+ * A lent directory must be one the project's uid can read: binding it does not change its mode
+ * (a 0700 directory of root's stays closed). Its parents need not be: inside the sandbox they are
+ * made afresh. Checked at start, so the job says what to do instead of failing on a missing file.
+ */
+function checkReadable(path: string, field: string, uid: number | undefined): void {
+  if (uid === undefined) return; // unprivileged: the workload runs as Loom's own uid
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = statSync(path);
+  } catch {
+    return; // missing: the workload says so itself (and a credential file is lent only if there)
+  }
+  const need = st.isDirectory() ? 5 : 4; // r-x for a directory, r-- for a file
+  const granted = st.uid === uid ? (st.mode >> 6) & 7 : st.gid === uid ? (st.mode >> 3) & 7 : st.mode & 7;
+  if ((granted & need) !== need) {
+    throw new Error(
+      `${field} ${path} is not readable by the project's uid (${uid}; mode ${(st.mode & 0o777).toString(8)}, owner ${st.uid}): workloads run as their project's uid, not as Loom's; make it readable (chmod o+rX ${path})`,
+    );
+  }
+}
+
 /** The cgroup of one worker of one attempt. */
 export function cgroupName(uid: string, attempt: number, index: number): string {
   return `${uid}-a${attempt}-w${index}`;
@@ -84,7 +107,10 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
   const credentials = join(deps.files.root, spec.ref.uid, "credentials");
   const shm = shmDir(spec.ref.uid, spec.attempt);
   const ro = [credentials, ...deps.lend];
-  if (venv) ro.push(lendable(deps, venv, "python.venv"));
+  if (venv) {
+    ro.push(lendable(deps, venv, "python.venv"));
+    checkReadable(venv, "python.venv", uid);
+  }
   if (spec.initCheckpoint) ro.push(deps.files.checkpointDir(spec.initCheckpoint.ref.uid));
   const own = (path: string, create?: "file") => ({
     path,
@@ -95,6 +121,9 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
   const workingDirs = new Map<number, string>();
   for (const w of spec.workers) {
     if (w.workingDir) workingDirs.set(w.index, lendable(deps, w.workingDir, "workingDir"));
+    if (w.workingDir) checkReadable(workingDirs.get(w.index)!, "workingDir", uid);
+    if (spec.ref.kind === "InferenceService" && w.env.LOOM_MODEL_DIR)
+      checkReadable(w.env.LOOM_MODEL_DIR, "the model's directory", uid);
   }
   return {
     prepare: {

@@ -92,6 +92,15 @@ describe("sandbox", () => {
       gangSandbox(deps, gang("a", { workingDir: join(dir, "data", "workloads", "x") }), undefined),
     ).toThrow(/workingDir/);
     expect(() => gangSandbox(deps, gang("a"), join(dir, "data", "artifacts"))).toThrow(/python.venv/);
+    // A directory the project's uid cannot read is refused with what to do, not lent to fail later.
+    const closed = mkdtempSync(join(tmpdir(), "loom-closed-"));
+    try {
+      expect(() => gangSandbox(deps, gang("a", { workingDir: closed }), undefined)).toThrow(/chmod o\+rX/);
+      chmodSync(closed, 0o755);
+      expect(() => gangSandbox(deps, gang("a", { workingDir: closed }), undefined)).not.toThrow();
+    } finally {
+      rmSync(closed, { recursive: true, force: true });
+    }
     // Loom's own built environments are lent as they are.
     expect(() => gangSandbox(deps, gang("a"), join(dir, "data", "environments", "abc"))).not.toThrow();
   });
