@@ -27,7 +27,11 @@ describe("server crash and restart (embedded)", () => {
   it("re-adopts a running job after kill -9: same pid, then Succeeded, one worker process ever", async () => {
     await first.start();
     // Written where the sandboxed job may write: its own checkpoint dir.
-    const yaml = jobYaml("long", ["sh", "-c", `echo $$ >> "$LOOM_CHECKPOINT_DIR/starts"; sleep 20; echo finished`]);
+    const yaml = jobYaml("long", [
+      "sh",
+      "-c",
+      `echo $$ >> "$LOOM_CHECKPOINT_DIR/starts"; sleep 20; echo finished`,
+    ]);
     expect((await first.cli(["apply", "-f", "-"], { input: yaml })).code).toBe(0);
     const running = await first.waitFor(
       "long",
