@@ -26,14 +26,19 @@ describe("server crash and restart (embedded)", () => {
 
   it("re-adopts a running job after kill -9: same pid, then Succeeded, one worker process ever", async () => {
     await first.start();
-    const starts = join(first.home, "starts");
-    const yaml = jobYaml("long", ["sh", "-c", `echo $$ >> ${starts}; sleep 20; echo finished`]);
+    // Written where the sandboxed job may write: its own checkpoint dir.
+    const yaml = jobYaml("long", [
+      "sh",
+      "-c",
+      `echo $$ >> "$LOOM_CHECKPOINT_DIR/starts"; sleep 20; echo finished`,
+    ]);
     expect((await first.cli(["apply", "-f", "-"], { input: yaml })).code).toBe(0);
     const running = await first.waitFor(
       "long",
       (j) => j.status?.workers?.[0]?.state === "Running" && !!j.status.workers[0].pid,
     );
     const pid = running.status!.workers![0]!.pid!;
+    const starts = join(first.dataDir, "workloads", running.metadata.uid, "checkpoint", "starts");
 
     expect(await first.kill("SIGKILL")).toBe(null);
     expect(alive(pid)).toBe(true); // the workload outlives the server

@@ -1,5 +1,5 @@
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, rmSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -63,6 +63,8 @@ const revisionOf = (replica: string | null) => replica?.replace(/-r\d+$/, "") ??
 describe("serving: InferenceServices behind the gateway (embedded)", () => {
   const loom = new LoomProcess();
   const modelDir = mkdtempSync(join(tmpdir(), "loom-serving-model-"));
+  // Replicas run sandboxed as their project's uid: the model they are lent must be readable by it.
+  chmodSync(modelDir, 0o755);
   let key = ""; // an API key of project default
   let tinyKey = ""; // one limited to the service "tiny"
   let otherKey = ""; // one of project "other"

@@ -14,12 +14,16 @@ import { GangNetworks, type NetworkCapability } from "../platforms/embedded/netn
 import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
 import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
+import { describeSandbox, detectSandbox, type SandboxSupport } from "../platforms/embedded/sandbox.js";
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { localModelResolver } from "../server/models.js";
 import type { TrackingDatabase } from "../tracking/db.js";
 import { assembleControlPlane, openTracking } from "./assembly.js";
 import { processMetricsRegistry } from "./processmetrics.js";
+
+/** The package's root: runtimes/ and the examples/ they load are lent to sandboxed workloads. */
+const PACKAGE_ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
 /** Loom's built-in serving runtime (runtimes/ in the package); it needs only PyTorch (Debian's python3-torch). */
 const BUILTIN_RUNTIME = [
@@ -49,6 +53,10 @@ export interface EmbeddedOptions {
   auditRetentionMs?: number;
   /** false: workloads share the machine's network instead of one namespace per gang. */
   networkIsolation?: boolean;
+  /** Run workloads of several projects as the server's user where no sandbox is possible. */
+  insecureSharedUser?: boolean;
+  /** false runs workloads unsandboxed (measurements of the sandbox's cost); default: detected. */
+  sandbox?: boolean;
 }
 
 export interface EmbeddedServer {
@@ -56,6 +64,8 @@ export interface EmbeddedServer {
   /** The admin token (created on the first start, then read from the data dir). */
   adminToken: string;
   adminTokenFile: string;
+  /** How workloads are isolated here, in one line (`loom up` prints it). */
+  sandbox: string;
   app: FastifyInstance;
   /** Whether each workload has a network of its own, and why not (for `loom up` to say). */
   network: NetworkCapability;
@@ -79,6 +89,18 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     throw err;
   }
   const store = await SqliteResourceStore.open(database.db, { now });
+  const sandbox: SandboxSupport =
+    opts.sandbox === false
+      ? { privileged: false, unavailable: "turned off for this server" }
+      : detectSandbox();
+  if (sandbox.bwrap) log.info({ sandbox: describeSandbox(sandbox) }, "workloads run sandboxed");
+  else
+    log.warn(
+      { reason: sandbox.unavailable, insecureSharedUser: !!opts.insecureSharedUser },
+      opts.insecureSharedUser
+        ? "NO SANDBOX: workloads of every project run as the server's user (--insecure-shared-user)"
+        : "NO SANDBOX: only one project's workloads run at a time (--insecure-shared-user allows more)",
+    );
   const events = new SqliteEventRecorder(database.db, now);
   const instance = instanceId(opts.dataDir);
   const networks = new GangNetworks({
@@ -95,6 +117,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     memoryBytes: totalmem(),
     gpus: detectGpus(opts.gpus),
     log: log.child({ component: "runtime/local" }),
+    sandbox,
+    insecureSharedUser: !!opts.insecureSharedUser,
+    // The built-in model server (runtimes/loom-tinygpt) loads examples/pretrain's model code.
+    lend: [join(PACKAGE_ROOT, "runtimes"), join(PACKAGE_ROOT, "examples")],
   });
   // Model replicas: supervised processes that wait for the scheduler like any pod.
   const replicas = new LocalRevisions({
@@ -145,6 +171,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     url,
     adminToken: admin.token,
     adminTokenFile: admin.file,
+    sandbox: sandbox.bwrap
+      ? describeSandbox(sandbox)
+      : `${describeSandbox(sandbox)}${opts.insecureSharedUser ? " (--insecure-shared-user: every project runs as this server's user)" : "; workloads of only one project run at a time (--insecure-shared-user allows more, unisolated)"}`,
     app: plane.app!,
     network: networks.capability,
     async close() {

@@ -15,6 +15,8 @@ interface UpOpts {
   gpus?: string;
   trackingDb?: string;
   auditRetention?: string;
+  insecureSharedUser?: boolean;
+  sandbox: boolean;
 }
 
 /** `loom up`: the embedded platform in the foreground; writes the "embedded" CLI context. */
@@ -35,6 +37,16 @@ export function registerUp(program: Command, deps: CliDeps): void {
       "keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
     )
     .option("--audit-retention <duration>", "keep audit log entries this long (e.g. 30d, 12h)", "30d")
+    .option(
+      "--insecure-shared-user",
+      "where workloads cannot be sandboxed, run several projects' workloads anyway, all as this server's user (no isolation between them)",
+    )
+    .addOption(
+      new Option(
+        "--no-sandbox",
+        "run workloads unsandboxed (measurements only; implies one project at a time)",
+      ).hideHelp(),
+    )
     .action(async (opts: UpOpts) => {
       const port = Number(opts.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535)
@@ -56,6 +68,8 @@ export function registerUp(program: Command, deps: CliDeps): void {
           log,
           ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
           auditRetentionMs: auditRetentionMs(opts.auditRetention ?? "30d"),
+          insecureSharedUser: !!opts.insecureSharedUser,
+          sandbox: opts.sandbox,
         });
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
@@ -70,6 +84,8 @@ export function registerUp(program: Command, deps: CliDeps): void {
         `Loom ${VERSION} is up at ${server.url}\n` +
           `data dir:    ${resolve(opts.dataDir)}\n` +
           `admin token: ${server.adminToken}\n` +
+          `sandbox:     ${server.sandbox}\n` +
+          `network:     ${server.network.isolated ? "one namespace per workload (reaches only Loom's API and gateway)" : `shared with this machine: ${server.network.reason}`}\n` +
           `CLI context "embedded" written to ${configPath()}; try: loom apply -f examples/hello/\n`,
       );
       await new Promise<void>((done) => {

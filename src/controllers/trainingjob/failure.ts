@@ -119,10 +119,11 @@ export function classifyFailure(
   return "Restart";
 }
 
-/** What ended the worker, for a person: its exit code or signal. */
+/** What ended the worker, for a person: its exit code or signal, and why where the platform knows (out of memory). */
 export function describeFailure(w: WorkerObservation): string {
+  const why = w.message ? ` (${w.message})` : "";
   if (w.signal && (w.exitCode === undefined || w.exitCode > 128))
-    return `worker ${w.index} was killed by ${w.signal} (exit code ${w.exitCode ?? "none"})`;
-  if (w.exitCode !== undefined) return `worker ${w.index} exited with code ${w.exitCode}`;
+    return `worker ${w.index} was killed by ${w.signal} (exit code ${w.exitCode ?? "none"})${why}`;
+  if (w.exitCode !== undefined) return `worker ${w.index} exited with code ${w.exitCode}${why}`;
   return `worker ${w.index} ended with unknown status: ${w.message ?? "no exit code recorded"}`;
 }

@@ -9,7 +9,10 @@ import { isSameProcessAlive, processStartTicks } from "./procfs.js";
  * is taken over).
  */
 export function lockDataDir(dataDir: string): () => void {
-  mkdirSync(dataDir, { recursive: true });
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  // The data dir holds the database, the admin token and every project's files: the server's
+  // user only (it was 0755 before, so an older one is tightened here).
+  chmodSync(dataDir, 0o700);
   const file = join(dataDir, "loom.lock");
   if (existsSync(file)) {
     try {

@@ -1,4 +1,4 @@
-import { mkdirSync } from "node:fs";
+import { chmodSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { type Generated, Kysely, type Migration, Migrator, SqliteDialect, sql } from "kysely";
@@ -246,6 +246,9 @@ export async function openSqlite(
   if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
   const raw = new Database(file);
   raw.pragma("journal_mode = WAL");
+  // Tokens' hashes, every project's objects: the server's user only (the WAL and shared-memory
+  // files SQLite makes beside it take the database's mode).
+  if (file !== ":memory:") ownerOnly(file);
   raw.pragma(`synchronous = ${opts.synchronous ?? "NORMAL"}`);
   raw.pragma("foreign_keys = ON");
   raw.pragma("busy_timeout = 5000");
@@ -264,6 +267,17 @@ export async function openSqlite(
       await db.destroy();
     },
   };
+}
+
+/** chmod 0600 on the database and, where they exist, its -wal and -shm files. */
+function ownerOnly(file: string): void {
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+    try {
+      chmodSync(f, 0o600);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
+  }
 }
 
 export async function getMeta(db: Kysely<Schema>, key: string): Promise<string | undefined> {

@@ -1,4 +1,5 @@
 import { mkdirSync, rmSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -15,13 +16,16 @@ import type {
   WorkloadRef,
 } from "../../ports/runtime.js";
 import type { NodeCapacity } from "../../ports/scheduler.js";
+import { oomKilled, removeCgroup } from "./cgroups.js";
 import { freeLoopbackEndpoints } from "./endpoints.js";
 import { exitOf } from "./exits.js";
+import { cgroupName, type GangSandboxDeps, gangSandbox, shmDir } from "./gangsandbox.js";
 import { exposedPorts, type GangNetworks } from "./netns.js";
 import { CheckpointReports, observation } from "./observation.js";
 import { isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
 import { PythonEnvironments } from "./pyenv.js";
 import { recoverGangs } from "./recovery.js";
+import { gpuDevices, ProjectIds, type SandboxSupport } from "./sandbox.js";
 import { Spawner, type SpawnRequest } from "./spawner.js";
 import { tailFile } from "./tail.js";
 import { credentialFiles, homeDir, SHIM, workerEnv, workerKey } from "./workerenv.js";
@@ -42,6 +46,15 @@ export interface LocalRuntimeOptions {
   now?: () => Date;
   /** A network namespace per gang (netns.ts); absent: every workload shares the machine's. */
   networks?: GangNetworks;
+  /**
+   * What isolates workloads here (detectSandbox). Where none is available, workloads run as the
+   * server's user: only one project's at a time, unless insecureSharedUser. Unset: no sandbox.
+   */
+  sandbox?: SandboxSupport;
+  /** Lent read-only to every sandboxed workload: Loom's own runtimes and the examples they load. */
+  lend?: string[];
+  /** Run workloads of several projects with no sandbox (the operator's explicit choice). */
+  insecureSharedUser?: boolean;
 }
 
 /**
@@ -66,6 +79,10 @@ export class LocalRuntime implements Runtime {
   private readonly checkpoints: CheckpointReports;
   /** Network namespaces being removed, by workload uid (a next attempt waits for its own). */
   private readonly networkEnds = new Map<string, Promise<void>>();
+  /** Each live worker's memory limit in bytes, for the message when the kernel kills it for memory. */
+  private readonly memoryLimits = new Map<string, number>();
+  /** Set where workloads run sandboxed (bwrap found and working). */
+  private readonly sandbox: GangSandboxDeps | undefined;
 
   /**
    * Every rank runs on this machine: the launcher starts them all itself (the hostfile names
@@ -92,6 +109,18 @@ export class LocalRuntime implements Runtime {
     this.writer = new StateWriter(this.files, (uid) => this.gangs.get(uid), opts.log);
     this.checkpoints = new CheckpointReports(this.files);
     mkdirSync(this.files.root, { recursive: true });
+    const environmentsDir = opts.environmentsDir ?? join(opts.dataDir, "environments");
+    this.sandbox = opts.sandbox?.bwrap
+      ? {
+          support: opts.sandbox,
+          files: this.files,
+          ids: new ProjectIds(join(opts.dataDir, "project-uids.json")),
+          dataDir: opts.dataDir,
+          environmentsDir,
+          devices: gpuDevices(),
+          lend: opts.lend ?? [],
+        }
+      : undefined;
     this.gangs = recoverGangs({
       files: this.files,
       writer: this.writer,
@@ -145,6 +174,10 @@ export class LocalRuntime implements Runtime {
         `attempt ${prev.attempt} of ${spec.ref.name} still has live workers; stop it before starting attempt ${spec.attempt}`,
       );
     }
+    const venv = spec.python ? this.environments.location(spec.python) : undefined;
+    // Refusals come before anything is recorded: the controller says why and tries again later.
+    this.refuseUnsandboxedNeighbour(spec.ref);
+    const sandbox = this.sandbox ? gangSandbox(this.sandbox, spec, venv) : undefined;
     const gang: GangRecord = {
       ref: spec.ref,
       attempt: spec.attempt,
@@ -163,30 +196,50 @@ export class LocalRuntime implements Runtime {
     // The previous attempt's namespace, ending, goes first: this attempt makes its own.
     await this.networkEnds.get(spec.ref.uid);
     const network = this.opts.networks?.join(spec.ref.uid, exposedPorts(spec.workers));
-    const secrets = credentialFiles(spec, homeDir(this.files, spec.ref.uid));
-    let prepare: Pick<SpawnRequest, "dirs" | "privateDirs" | "files" | "network"> | undefined = {
-      dirs: [dir, checkpointDir, ...new Set(spec.workers.map((w) => w.workingDir ?? workDir))],
+    // The workload's credential files, under its private HOME (owned by its project's uid when
+    // sandboxed: written after the tree is handed over, each file given to that uid).
+    const secrets = credentialFiles(spec, homeDir(this.files, spec.ref.uid), sandbox?.owner);
+    let prepare: Pick<SpawnRequest, "dirs" | "privateDirs" | "files" | "owned" | "network"> | undefined = {
+      dirs: [
+        dir,
+        checkpointDir,
+        // Sandboxed, a working directory the spec names is lent read-only: it must be there.
+        ...new Set(spec.workers.map((w) => (sandbox ? workDir : (w.workingDir ?? workDir)))),
+        ...(sandbox?.prepare.dirs ?? []),
+      ],
       privateDirs: secrets.privateDirs,
       files: [{ path: this.files.stateFile(spec.ref.uid), data: JSON.stringify(gang) }, ...secrets.files],
+      ...(sandbox ? { owned: sandbox.prepare.owned } : {}),
       ...(network ? { network: network.setup } : {}),
     };
-    // In the gang's network namespace, where there is one (nsenter execs: the pid is the shim's).
+    // In the gang's network namespace, where there is one: nsenter (as root, before the sandbox
+    // drops to the project's uid) execs, so the pid is still the shim's.
     const prefix = network?.argvPrefix ?? [];
-    const venv = spec.python ? this.environments.location(spec.python) : undefined;
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
-      const base = workerEnv(spec, w, this.files, this.opts.instanceId, venv);
+      const base = workerEnv(spec, w, this.files, this.opts.instanceId, venv, !!sandbox);
       const env = network ? network.env(base) : base;
       const key = workerKey(spec.ref.uid, spec.attempt, w.index);
-      const argv = [...prefix, "/bin/sh", "-c", SHIM, "loom-worker", join(dir, `worker-${w.index}.exit`)];
+      const exitFile = join(dir, `worker-${w.index}.exit`);
+      const run: Pick<SpawnRequest, "command" | "args" | "cwd" | "dirs" | "writes" | "owned"> = sandbox
+        ? sandbox.worker(w, exitFile, join(dir, `worker-${w.index}.heartbeat`), env)
+        : {
+            command: "/bin/sh",
+            args: ["-c", SHIM, "loom-worker", exitFile, ...w.command],
+            cwd: w.workingDir ?? workDir,
+          };
+      if (w.allocation.memoryBytes > 0) this.memoryLimits.set(key, w.allocation.memoryBytes);
       const started = await this.spawner.spawn(
         {
-          command: argv[0]!,
-          args: [...argv.slice(1), ...w.command],
-          cwd: w.workingDir ?? workDir,
+          ...run,
+          ...(prefix.length
+            ? { command: prefix[0]!, args: [...prefix.slice(1), run.command, ...run.args] }
+            : {}),
           env,
           logFile: join(dir, `worker-${w.index}.log`),
           ...prepare,
+          dirs: [...(prepare?.dirs ?? []), ...(run.dirs ?? [])],
+          owned: [...(prepare?.owned ?? []), ...(run.owned ?? [])],
         },
         (code, signal) => {
           this.children.delete(key);
@@ -200,7 +253,7 @@ export class LocalRuntime implements Runtime {
         rec.exit = {
           code: 127,
           finishTime: this.now().toISOString(),
-          message: `could not start /bin/sh: ${started.error ?? "unknown error"}`,
+          message: `could not start the worker: ${started.error ?? "unknown error"}`,
         };
         continue;
       }
@@ -268,8 +321,12 @@ export class LocalRuntime implements Runtime {
         const key = workerKey(ref.uid, gang.attempt, w.index);
         this.children.get(key)?.cancel();
         this.children.delete(key);
+        this.memoryLimits.delete(key);
         if (!w.exit && w.pid !== undefined) signalGroup(w.pid, "SIGKILL");
+        const cgroups = this.sandbox?.support.cgroups;
+        if (cgroups) await removeCgroup(cgroups, cgroupName(ref.uid, gang.attempt, w.index));
       }
+      if (this.sandbox) await rm(shmDir(ref.uid, gang.attempt), { recursive: true, force: true });
     }
     this.checkpoints.forget(ref.uid);
     // A state.json write in flight would race the removal (it stops, the gang being gone).
@@ -323,10 +380,43 @@ export class LocalRuntime implements Runtime {
   ): void {
     // A released workload is gone: its late exits must not write its state back.
     if (rec.exit || this.gangs.get(gang.ref.uid) !== gang) return;
+    const cgroups = this.sandbox?.support.cgroups;
+    if (!cgroups) {
+      this.recordExit(gang, rec, code, signal, false);
+      return;
+    }
+    // The worker's cgroup says whether the kernel killed it for memory; it goes once read.
+    const name = cgroupName(gang.ref.uid, gang.attempt, rec.index);
+    oomKilled(cgroups, name).then(
+      (oom) => {
+        this.recordExit(gang, rec, code, signal, oom);
+        return removeCgroup(cgroups, name);
+      },
+      () => this.recordExit(gang, rec, code, signal, false),
+    );
+  }
+
+  private recordExit(
+    gang: GangRecord,
+    rec: WorkerRecord,
+    code: number | undefined,
+    signal: string | undefined,
+    oom: boolean,
+  ): void {
+    if (rec.exit || this.gangs.get(gang.ref.uid) !== gang) return;
     const recorded = this.files.readExitFile(gang, rec.index);
     rec.exit = exitOf(recorded, code, signal, !!gang.killSentAt, this.now().toISOString());
+    if (oom) {
+      rec.exit.message = `killed by the kernel: out of memory at the worker's limit (resources.memory, ${mib(
+        this.memoryLimitOf(gang, rec.index),
+      )}); ask for more memory or use less`;
+    }
+    this.memoryLimits.delete(workerKey(gang.ref.uid, gang.attempt, rec.index));
     // Anything the worker left behind in its process group goes with it, as in a container.
     if (rec.pid !== undefined) signalGroup(rec.pid, "SIGKILL");
+    if (this.sandbox && gang.workers.every((w) => w.exit)) {
+      rm(shmDir(gang.ref.uid, gang.attempt), { recursive: true, force: true }).catch(() => undefined);
+    }
     this.writer.saveSoon(gang.ref.uid);
     this.opts.log.info(
       { workload: gang.ref.name, attempt: gang.attempt, worker: rec.index, ...rec.exit },
@@ -335,6 +425,26 @@ export class LocalRuntime implements Runtime {
     // The gang has ended: its network goes now, not when the workload is deleted.
     if (gang.workers.every((w) => w.exit)) void this.endNetwork(gang.ref.uid);
     this.notify(gang.ref);
+  }
+
+  /** The memory limit a worker ran with, for the OOM message (read back from its cgroup's plan). */
+  private memoryLimitOf(gang: GangRecord, index: number): number | undefined {
+    return this.memoryLimits.get(workerKey(gang.ref.uid, gang.attempt, index));
+  }
+
+  /**
+   * Without a sandbox, every workload runs as the server's user and could read every other's
+   * files and Loom's own: only one project's workloads run at a time unless the operator said
+   * --insecure-shared-user.
+   */
+  private refuseUnsandboxedNeighbour(ref: WorkloadRef): void {
+    // Unset (unit tests, embedding callers that isolate otherwise): no sandbox and no refusal.
+    if (this.sandbox || !this.opts.sandbox || this.opts.insecureSharedUser) return;
+    const other = [...this.gangs.values()].find((g) => g.ref.project !== ref.project);
+    if (!other) return;
+    throw new Error(
+      `this machine cannot sandbox workloads (${this.opts.sandbox?.unavailable ?? "sandbox off"}), so workloads of project ${ref.project} do not run beside project ${other.ref.project}'s (${other.ref.kind} ${other.ref.name}); delete those, or restart loom up with --insecure-shared-user to run every project as one user`,
+    );
   }
 
   /** Processes this server did not spawn (re-adopted after a restart) are watched by polling. */
@@ -373,4 +483,8 @@ export class LocalRuntime implements Runtime {
   private notify(ref: WorkloadRef): void {
     for (const l of this.listeners) l(ref);
   }
+}
+
+function mib(bytes: number | undefined): string {
+  return bytes === undefined ? "no limit recorded" : `${Math.round(bytes / 2 ** 20)} MiB`;
 }

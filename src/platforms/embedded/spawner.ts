@@ -16,6 +16,23 @@ const { spawn } = require("node:child_process");
 const fs = require("node:fs");
 const out = (m) => process.stdout.write(JSON.stringify(m) + "\\n");
 ${NETWORK_HELPER}
+// A sandboxed workload's own dirs and files belong to its project's uid. What is there already
+// (an earlier attempt's checkpoints, or files from before sandboxing) is handed over too, once:
+// a tree whose top is already owned is left alone. lchown: a link the workload made is not followed.
+const ownTree = (path, uid, gid, create) => {
+  if (!fs.existsSync(path)) {
+    if (create !== "file") return; // lent only if there (a credential file)
+    fs.writeFileSync(path, "");
+  }
+  const st = fs.lstatSync(path);
+  if (st.uid === uid && st.gid === gid) return;
+  const walk = (p) => {
+    fs.lchownSync(p, uid, gid);
+    const s = fs.lstatSync(p);
+    if (s.isDirectory()) for (const n of fs.readdirSync(p)) walk(p + "/" + n);
+  };
+  walk(path);
+};
 require("node:readline").createInterface({ input: process.stdin })
   .on("line", (line) => {
     const r = JSON.parse(line);
@@ -30,10 +47,13 @@ require("node:readline").createInterface({ input: process.stdin })
         fs.mkdirSync(d, { recursive: true, mode: 0o700 });
         fs.chmodSync(d, 0o700);
       }
+      for (const o of r.owned ?? []) ownTree(o.path, o.uid, o.gid, o.create);
+      for (const w of r.writes ?? []) fs.writeFileSync(w.path, w.data);
       for (const f of r.files ?? []) {
         fs.rmSync(f.path + ".tmp", { force: true });
         fs.writeFileSync(f.path + ".tmp", f.data, { mode: f.mode ?? 0o666 });
         fs.renameSync(f.path + ".tmp", f.path);
+        if (f.owner !== undefined) fs.chownSync(f.path, f.owner, f.owner);
       }
       if (r.network) setupNetwork(r.network);
       fd = fs.openSync(r.logFile, "a");
@@ -61,12 +81,20 @@ export interface SpawnRequest {
   /** Made 0700 (secrets go in them), after dirs. */
   privateDirs?: string[];
   /**
-   * Written (to a fresh .tmp, made with `mode`, less the umask; then renamed) after the dirs and
-   * before the process starts.
+   * Written (to a fresh .tmp, made with `mode`, less the umask; then renamed) after the dirs, the
+   * owned trees and the writes, before the process starts; given to `owner` where set (a
+   * sandboxed workload's credential files, its project's uid).
    */
-  files?: { path: string; data: string; mode?: number }[];
+  files?: { path: string; data: string; mode?: number; owner?: number }[];
   /** Made after the files and before the process starts: the gang's network namespace and link. */
   network?: NetworkSetup;
+  /**
+   * Given to a uid after the dirs are made (the tree, where its top is not that uid's yet);
+   * `create: "file"` makes an empty file first (a heartbeat file bound into a sandbox).
+   */
+  owned?: { path: string; uid: number; gid: number; create?: "file" }[];
+  /** Written in place after the dirs (cgroup limit files, which cannot be renamed over). */
+  writes?: { path: string; data: string }[];
 }
 
 interface Waiting {

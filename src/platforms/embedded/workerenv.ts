@@ -33,14 +33,15 @@ export function homeDir(files: WorkloadFiles, uid: string): string {
 export function credentialFiles(
   spec: GangSpec,
   home: string,
-): { privateDirs: string[]; files: { path: string; data: string; mode: number }[] } {
-  const byPath = new Map<string, { path: string; data: string; mode: number }>();
+  owner?: number,
+): { privateDirs: string[]; files: { path: string; data: string; mode: number; owner?: number }[] } {
+  const byPath = new Map<string, { path: string; data: string; mode: number; owner?: number }>();
   for (const w of spec.workers)
     for (const f of w.files ?? []) {
       const path = join(home, f.path);
       if (isAbsolute(f.path) || !path.startsWith(`${home}/`))
         throw new Error(`secret file ${f.path} must be a relative path inside the workload's HOME`);
-      byPath.set(f.path, { ...f, path });
+      byPath.set(f.path, { ...f, path, ...(owner !== undefined ? { owner } : {}) });
     }
   if (byPath.size === 0) return { privateDirs: [], files: [] };
   const files = [...byPath.values()];
@@ -70,12 +71,15 @@ export function workerEnv(
   files: WorkloadFiles,
   instanceId: string,
   venv: string | undefined,
+  sandboxed = false,
 ): Record<string, string> {
   const dir = files.attemptDir(spec.ref.uid, spec.attempt);
-  const base = stringEnv(process.env);
+  const base = stringEnv(process.env, sandboxed);
   const home = w.files?.length ? homeDir(files, spec.ref.uid) : undefined;
   return {
     ...base,
+    // Sandboxed, the server's HOME and TMPDIR are not there: the workload's own are.
+    ...(sandboxed ? { HOME: files.workDir(spec.ref.uid), TMPDIR: "/tmp" } : {}),
     // The job's own environment first on PATH: `python3` is its interpreter.
     ...(venv ? { VIRTUAL_ENV: venv, PATH: `${join(venv, "bin")}:${base.PATH ?? "/usr/bin:/bin"}` } : {}),
     ...(home ? { ...expandHome(w.env, home), HOME: home } : w.env),
@@ -95,8 +99,19 @@ export function workerEnv(
   };
 }
 
-function stringEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+/**
+ * The server's variables a sandboxed workload keeps: locale, search paths, proxies, GPU runtime
+ * settings. The rest (the operator's credentials, Loom's own settings) are not the workload's.
+ */
+const SANDBOX_KEEPS =
+  /^(PATH|LANG|LANGUAGE|TZ|TERM|LD_LIBRARY_PATH|PYTHONUNBUFFERED|https?_proxy|no_proxy|HTTPS?_PROXY|NO_PROXY)$|^(LC_|NVIDIA_|CUDA_|NCCL_)/;
+
+function stringEnv(env: NodeJS.ProcessEnv, sandboxed: boolean): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (v !== undefined && k !== "LOOM_TOKEN") out[k] = v;
+  for (const [k, v] of Object.entries(env)) {
+    if (v === undefined || k === "LOOM_TOKEN") continue;
+    if (sandboxed && !SANDBOX_KEEPS.test(k)) continue;
+    out[k] = v;
+  }
   return out;
 }

@@ -1,0 +1,139 @@
+import { accessSync, constants, existsSync } from "node:fs";
+import { readFile, rmdir } from "node:fs/promises";
+import { join } from "node:path";
+
+/**
+ * Per-worker cgroups: the memory a workload's spec asks for becomes a limit and its CPU a
+ * guaranteed share (before, both were only accounted by the scheduler). v1 (a hierarchy per controller, as on this
+ * Debian host) and v2 (one unified hierarchy) are both supported, found at start.
+ */
+export type CgroupLayout =
+  | { version: "v1"; memory: string; cpu: string; pids?: string }
+  | { version: "v2"; root: string };
+
+/** The cgroup for one worker: made and filled by the spawn helper, joined by the worker's shim. */
+export interface CgroupPlan {
+  /** Directories to make (mkdir -p). */
+  dirs: string[];
+  /** Limit files to write, after the dirs. */
+  writes: { path: string; data: string }[];
+  /** cgroup.procs files the shim writes its own pid to before it starts the sandbox. */
+  procs: string[];
+}
+
+/** Loom's own subtree in each hierarchy. */
+const SUBTREE = "loom";
+const ROOT = "/sys/fs/cgroup";
+
+/** Which cgroup hierarchy this machine has and whether Loom may write it (root, or a delegated one). */
+export function detectCgroups(root = ROOT): CgroupLayout | undefined {
+  const writable = (p: string) => {
+    try {
+      accessSync(p, constants.W_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (existsSync(join(root, "cgroup.controllers"))) {
+    // v2: Loom's subtree needs the cpu and memory controllers enabled for its children.
+    return writable(root) ? { version: "v2", root: join(root, SUBTREE) } : undefined;
+  }
+  const memory = join(root, "memory");
+  const cpu = join(root, "cpu");
+  if (!writable(memory) || !writable(cpu)) return undefined;
+  const pids = join(root, "pids");
+  return {
+    version: "v1",
+    memory: join(memory, SUBTREE),
+    cpu: join(cpu, SUBTREE),
+    ...(writable(pids) ? { pids: join(pids, SUBTREE) } : {}),
+  };
+}
+
+/**
+ * The cgroup of one worker, named `name` (unique per worker and attempt). Memory is a hard
+ * limit; CPU a share (cpu.shares, cpu.weight) in proportion to the request, as Kubernetes makes
+ * of a request (its pods here get no CPU limit either): under contention each worker gets what
+ * it asked for, an idle machine's spare CPU is not wasted. A request of 0 leaves that resource
+ * as it is: the spec asked for none, so the scheduler placed it as such.
+ */
+export function cgroupPlan(
+  layout: CgroupLayout,
+  name: string,
+  limits: { cpuMillis: number; memoryBytes: number },
+): CgroupPlan {
+  // Kubernetes' conversion: 1024 shares per CPU (at least 2), and shares to a v2 weight.
+  const shares = limits.cpuMillis > 0 ? Math.max(2, Math.round((limits.cpuMillis * 1024) / 1000)) : 0;
+  const weight = shares ? Math.min(10_000, 1 + Math.floor(((shares - 2) * 9999) / 262142)) : 0;
+  const memory = limits.memoryBytes > 0 ? String(Math.round(limits.memoryBytes)) : "";
+  if (layout.version === "v2") {
+    const dir = join(layout.root, name);
+    return {
+      dirs: [dir],
+      writes: [
+        // Enabling the controllers for Loom's subtree once is idempotent.
+        { path: join(ROOT, "cgroup.subtree_control"), data: "+cpu +memory +pids" },
+        { path: join(layout.root, "cgroup.subtree_control"), data: "+cpu +memory +pids" },
+        ...(memory ? [{ path: join(dir, "memory.max"), data: memory }] : []),
+        ...(memory ? [{ path: join(dir, "memory.swap.max"), data: "0" }] : []),
+        ...(weight ? [{ path: join(dir, "cpu.weight"), data: String(weight) }] : []),
+      ],
+      procs: [join(dir, "cgroup.procs")],
+    };
+  }
+  const mem = join(layout.memory, name);
+  const cpu = join(layout.cpu, name);
+  const pids = layout.pids ? join(layout.pids, name) : undefined;
+  return {
+    dirs: [mem, cpu, ...(pids ? [pids] : [])],
+    writes: [
+      ...(memory ? [{ path: join(mem, "memory.limit_in_bytes"), data: memory }] : []),
+      ...(shares ? [{ path: join(cpu, "cpu.shares"), data: String(shares) }] : []),
+    ],
+    procs: [
+      join(mem, "cgroup.procs"),
+      join(cpu, "cgroup.procs"),
+      ...(pids ? [join(pids, "cgroup.procs")] : []),
+    ],
+  };
+}
+
+/** The worker's cgroup dirs, whatever the plan wrote. */
+function dirsOf(layout: CgroupLayout, name: string): string[] {
+  if (layout.version === "v2") return [join(layout.root, name)];
+  return [layout.memory, layout.cpu, ...(layout.pids ? [layout.pids] : [])].map((d) => join(d, name));
+}
+
+/** Whether the kernel's OOM killer killed a process of the worker's cgroup. */
+export async function oomKilled(layout: CgroupLayout, name: string): Promise<boolean> {
+  const file =
+    layout.version === "v2"
+      ? join(layout.root, name, "memory.events")
+      : join(layout.memory, name, "memory.oom_control");
+  try {
+    const m = /^oom_kill (\d+)$/m.exec(await readFile(file, "utf8"));
+    return !!m && Number(m[1]) > 0;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Removes the worker's cgroup. A cgroup with a process left cannot go (EBUSY): the group was
+ * just SIGKILLed, so it is tried again a few times, then left for the next removal of the workload.
+ */
+export async function removeCgroup(layout: CgroupLayout, name: string, tries = 20): Promise<void> {
+  for (const dir of dirsOf(layout, name)) {
+    for (let i = 0; ; i++) {
+      try {
+        await rmdir(dir);
+        break;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === "ENOENT" || i >= tries) break;
+        await new Promise((r) => setTimeout(r, 50 * (i + 1)));
+      }
+    }
+  }
+}

@@ -1,0 +1,172 @@
+import { statSync } from "node:fs";
+import { isAbsolute, relative, resolve } from "node:path";
+import type { GangSpec } from "../../ports/runtime.js";
+import { type CgroupPlan, cgroupPlan } from "./cgroups.js";
+import { type ProjectIds, type SandboxSupport, sandboxedArgv } from "./sandbox.js";
+import type { SpawnRequest } from "./spawner.js";
+import { homeDir } from "./workerenv.js";
+import type { WorkloadFiles } from "./workloadfiles.js";
+
+/**
+ * What a gang's workers are granted in the sandbox, and the spawn requests that start them
+ * there. The runtime's side of sandbox.ts: which dirs are a workload's, which are only lent to
+ * it read-only, which uid it runs as.
+ */
+
+/** Like the plain shim (workerenv.ts), after joining the worker's cgroups; `trap ''` makes bwrap ignore SIGTERM (see sandboxedArgv). */
+export const SANDBOX_SHIM =
+  'f=$1; g=$2; shift 2; for p in $g; do echo $$ > "$p" || { printf 125 > "$f"; exit 125; }; done; trap "" TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f"; exit $c';
+
+export interface GangSandboxDeps {
+  support: SandboxSupport;
+  files: WorkloadFiles;
+  ids: ProjectIds;
+  dataDir: string;
+  /** Where Loom builds Python environments (lent read-only; the rest of the data dir is not). */
+  environmentsDir: string;
+  devices: string[];
+  /** Lent read-only to every workload (Loom's built-in runtimes' code). */
+  lend: string[];
+}
+
+/** Whether `inner` is `outer` or inside it. */
+function within(inner: string, outer: string): boolean {
+  const r = relative(outer, inner);
+  return r === "" || (!r.startsWith("..") && !isAbsolute(r));
+}
+
+/**
+ * A path the spec asks to lend the workload (its working directory, its venv): refused when it
+ * holds or is inside the data dir, where other workloads' files and Loom's secrets are.
+ */
+function lendable(deps: GangSandboxDeps, path: string, field: string): string {
+  const abs = resolve(path);
+  // One of Loom's own built environments (under the data dir by default) is lent as it is.
+  if (abs !== deps.environmentsDir && within(abs, deps.environmentsDir)) return abs;
+  if (within(abs, deps.dataDir) || within(deps.dataDir, abs)) {
+    throw new Error(
+      `${field} ${path} is inside Loom's data dir or holds it (${deps.dataDir}); a sandboxed workload may not see it: use a directory of its own`,
+    );
+  }
+  return abs;
+}
+
+/**
+ * A lent directory must be one the project's uid can read: binding it does not change its mode
+ * (a 0700 directory of root's stays closed). Its parents need not be: inside the sandbox they are
+ * made afresh. Checked at start, so the job says what to do instead of failing on a missing file.
+ */
+function checkReadable(path: string, field: string, uid: number | undefined): void {
+  if (uid === undefined) return; // unprivileged: the workload runs as Loom's own uid
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = statSync(path);
+  } catch {
+    return; // missing: the workload says so itself (and a credential file is lent only if there)
+  }
+  const need = st.isDirectory() ? 5 : 4; // r-x for a directory, r-- for a file
+  const granted = st.uid === uid ? (st.mode >> 6) & 7 : st.gid === uid ? (st.mode >> 3) & 7 : st.mode & 7;
+  if ((granted & need) !== need) {
+    throw new Error(
+      `${field} ${path} is not readable by the project's uid (${uid}; mode ${(st.mode & 0o777).toString(8)}, owner ${st.uid}): workloads run as their project's uid, not as Loom's; make it readable (chmod o+rX ${path})`,
+    );
+  }
+}
+
+/** The cgroup of one worker of one attempt. */
+export function cgroupName(uid: string, attempt: number, index: number): string {
+  return `${uid}-a${attempt}-w${index}`;
+}
+
+/** Shared memory of one gang, bound at /dev/shm in each of its workers (NCCL, MPI). */
+export function shmDir(uid: string, attempt: number): string {
+  return `/dev/shm/loom-${uid}-a${attempt}`;
+}
+
+/** Per worker: what to add to its spawn request; per gang: what the first request prepares. */
+export interface GangSandbox {
+  /** The uid the gang's workers run as (and own their files as). */
+  owner: number;
+  /** Extra fields of the first worker's request. */
+  prepare: Pick<SpawnRequest, "dirs" | "owned">;
+  /** The command and args that start worker w under its shim, and its extra preparation. */
+  worker(
+    w: GangSpec["workers"][number],
+    exitFile: string,
+    heartbeatFile: string,
+    env: Record<string, string>,
+  ): Pick<SpawnRequest, "command" | "args" | "cwd" | "dirs" | "writes" | "owned">;
+}
+
+/**
+ * Plans the sandbox of one gang. Throws (with what to do) where the spec asks for something a
+ * sandbox may not lend: the runtime's start refuses it, and the controller shows why.
+ */
+export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string | undefined): GangSandbox {
+  const uid = deps.support.privileged ? deps.ids.of(spec.ref.project) : undefined;
+  const owner = uid ?? process.getuid?.() ?? 0;
+  const workDir = deps.files.workDir(spec.ref.uid);
+  const checkpointDir = deps.files.checkpointDir(spec.ref.uid);
+  // The workload's private HOME, where its credential files are (workerenv.ts): its own, so
+  // writable, and only there when the workload was given files.
+  const home = spec.workers.some((w) => w.files?.length) ? homeDir(deps.files, spec.ref.uid) : undefined;
+  const shm = shmDir(spec.ref.uid, spec.attempt);
+  const ro = [...deps.lend];
+  if (venv) {
+    ro.push(lendable(deps, venv, "python.venv"));
+    checkReadable(venv, "python.venv", uid);
+  }
+  if (spec.initCheckpoint) ro.push(deps.files.checkpointDir(spec.initCheckpoint.ref.uid));
+  const own = (path: string, create?: "file") => ({
+    path,
+    uid: owner,
+    gid: owner,
+    ...(create ? { create } : {}),
+  });
+  const workingDirs = new Map<number, string>();
+  for (const w of spec.workers) {
+    if (w.workingDir) workingDirs.set(w.index, lendable(deps, w.workingDir, "workingDir"));
+    if (w.workingDir) checkReadable(workingDirs.get(w.index)!, "workingDir", uid);
+    if (spec.ref.kind === "InferenceService" && w.env.LOOM_MODEL_DIR)
+      checkReadable(w.env.LOOM_MODEL_DIR, "the model's directory", uid);
+  }
+  return {
+    owner,
+    prepare: {
+      dirs: [shm],
+      owned: [own(workDir), own(checkpointDir), own(shm), ...(home ? [own(home)] : [])],
+    },
+    worker(w, exitFile, heartbeatFile, env) {
+      const cwd = workingDirs.get(w.index) ?? workDir;
+      const lent = [...ro, ...(cwd !== workDir ? [cwd] : [])];
+      // A model replica is lent its model (the controller resolved it; a user's env cannot name
+      // one, the controller's value comes last). A training job's env is the user's own.
+      if (spec.ref.kind === "InferenceService" && env.LOOM_MODEL_DIR) lent.push(env.LOOM_MODEL_DIR);
+      const cg: CgroupPlan | undefined = deps.support.cgroups
+        ? cgroupPlan(deps.support.cgroups, cgroupName(spec.ref.uid, spec.attempt, w.index), w.allocation)
+        : undefined;
+      const argv = sandboxedArgv(
+        deps.support,
+        {
+          uid,
+          gid: uid,
+          rw: [workDir, checkpointDir, heartbeatFile, ...(home ? [home] : [])],
+          ro: lent,
+          shm,
+          network: "host",
+          devices: w.allocation.gpus.length > 0 ? deps.devices : [],
+          cwd,
+        },
+        w.command,
+      );
+      return {
+        command: "/bin/sh",
+        args: ["-c", SANDBOX_SHIM, "loom-worker", exitFile, (cg?.procs ?? []).join(" "), ...argv],
+        cwd: "/",
+        dirs: cg?.dirs ?? [],
+        writes: cg?.writes ?? [],
+        owned: [own(heartbeatFile, "file")],
+      };
+    },
+  };
+}

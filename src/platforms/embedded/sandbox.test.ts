@@ -1,0 +1,158 @@
+import { spawnSync } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { GangSpec } from "../../ports/runtime.js";
+import { cgroupPlan } from "./cgroups.js";
+import { gangSandbox } from "./gangsandbox.js";
+import { LocalRuntime } from "./runtime.js";
+import { bwrapArgs, detectSandbox, PROJECT_UID_BASE, ProjectIds, sandboxedArgv } from "./sandbox.js";
+import { WorkloadFiles } from "./workloadfiles.js";
+
+const support = detectSandbox();
+
+function gang(project: string, over: Partial<GangSpec["workers"][number]> = {}): GangSpec {
+  return {
+    ref: { kind: "TrainingJob", project, name: "j", uid: randomUUID() },
+    attempt: 1,
+    workers: [
+      {
+        index: 0,
+        command: ["true"],
+        env: {},
+        allocation: { node: "n", cpuMillis: 500, memoryBytes: 2 ** 28, gpus: [] },
+        ...over,
+      },
+    ],
+  };
+}
+
+describe("sandbox", () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), "loom-sandbox-"));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("gives each project a stable uid of its own, kept across restarts", () => {
+    const file = join(dir, "ids.json");
+    const ids = new ProjectIds(file);
+    const a = ids.of("a");
+    const b = ids.of("b");
+    expect(a).toBeGreaterThan(PROJECT_UID_BASE);
+    expect(b).not.toBe(a);
+    const again = new ProjectIds(file);
+    expect([again.of("a"), again.of("b"), again.of("c")]).toEqual([a, b, b + 1]);
+  });
+
+  it("composes: the network is one field, a netns caller can join or unshare one", () => {
+    const base = { rw: ["/x/rw"], ro: ["/x/ro"], cwd: "/x/rw" };
+    expect(bwrapArgs({ ...base, network: "host" }, true)).not.toContain("--unshare-net");
+    expect(bwrapArgs({ ...base, network: "none" }, true)).toContain("--unshare-net");
+    // As root, no user namespace (its uid 0 would be root outside); unprivileged, one.
+    expect(bwrapArgs({ ...base, network: "host" }, true)).not.toContain("--unshare-user");
+    expect(bwrapArgs({ ...base, network: "host" }, false)).toContain("--unshare-user");
+    const args = bwrapArgs({ ...base, network: "host" }, true);
+    expect(args.join(" ")).toMatch(/--ro-bind-try \/x\/ro \/x\/ro.*--bind \/x\/rw \/x\/rw/);
+    expect(args.join(" ")).toContain("--perms 0755 --dir /x");
+  });
+
+  it("turns the spec's memory into a cgroup limit and its CPU into a share, as Kubernetes does (v1 and v2)", () => {
+    const v1 = cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/loom" }, "w", {
+      cpuMillis: 1500,
+      memoryBytes: 2 ** 30,
+    });
+    expect(v1.writes).toEqual([
+      { path: "/m/loom/w/memory.limit_in_bytes", data: String(2 ** 30) },
+      { path: "/c/loom/w/cpu.shares", data: "1536" },
+    ]);
+    expect(v1.procs).toEqual(["/m/loom/w/cgroup.procs", "/c/loom/w/cgroup.procs"]);
+    const v2 = cgroupPlan({ version: "v2", root: "/g/loom" }, "w", { cpuMillis: 250, memoryBytes: 0 });
+    expect(v2.writes).toContainEqual({ path: "/g/loom/w/cpu.weight", data: "10" });
+    expect(v2.writes.some((w) => w.path.endsWith("memory.max"))).toBe(false);
+  });
+
+  it("refuses to lend the data dir, or a directory holding it, as a working directory or venv", () => {
+    const deps = {
+      support: { bwrap: "/usr/bin/bwrap", privileged: true },
+      files: new WorkloadFiles(join(dir, "data")),
+      ids: new ProjectIds(join(dir, "ids.json")),
+      dataDir: join(dir, "data"),
+      environmentsDir: join(dir, "data", "environments"),
+      devices: [],
+      lend: [],
+    };
+    expect(() => gangSandbox(deps, gang("a", { workingDir: dir }), undefined)).toThrow(
+      /inside Loom's data dir or holds it/,
+    );
+    expect(() =>
+      gangSandbox(deps, gang("a", { workingDir: join(dir, "data", "workloads", "x") }), undefined),
+    ).toThrow(/workingDir/);
+    expect(() => gangSandbox(deps, gang("a"), join(dir, "data", "artifacts"))).toThrow(/python.venv/);
+    // A directory the project's uid cannot read is refused with what to do, not lent to fail later.
+    const closed = mkdtempSync(join(tmpdir(), "loom-closed-"));
+    try {
+      expect(() => gangSandbox(deps, gang("a", { workingDir: closed }), undefined)).toThrow(/chmod o\+rX/);
+      chmodSync(closed, 0o755);
+      expect(() => gangSandbox(deps, gang("a", { workingDir: closed }), undefined)).not.toThrow();
+    } finally {
+      rmSync(closed, { recursive: true, force: true });
+    }
+    // Loom's own built environments are lent as they are.
+    expect(() => gangSandbox(deps, gang("a"), join(dir, "data", "environments", "abc"))).not.toThrow();
+  });
+
+  it.runIf(!!support.bwrap && support.privileged)(
+    "runs a command as the project's uid, in its own PID namespace, seeing only what it was lent",
+    () => {
+      const secret = join(dir, "secret");
+      writeFileSync(secret, "s");
+      const lent = join(dir, "lent");
+      mkdirSync(lent);
+      chmodSync(dir, 0o700);
+      const argv = sandboxedArgv(support, { uid: 200_999, rw: [], ro: [lent], network: "host", cwd: lent }, [
+        "sh",
+        "-c",
+        `id -u; ls /proc | grep -c '^[0-9]'; cat ${secret} || echo hidden; ls ${lent} >/dev/null && echo lent`,
+      ]);
+      const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8" });
+      expect(r.stderr).toMatch(/No such file/);
+      expect(r.stdout.trim().split("\n")).toEqual([
+        "200999",
+        expect.stringMatching(/^[1-4]$/),
+        "hidden",
+        "lent",
+      ]);
+    },
+  );
+
+  it("without a sandbox, runs one project's workloads at a time unless told --insecure-shared-user", async () => {
+    const log = pino({ level: "silent" });
+    const make = (insecureSharedUser: boolean) =>
+      new LocalRuntime({
+        dataDir: join(dir, insecureSharedUser ? "d2" : "d1"),
+        instanceId: randomUUID(),
+        cpuMillis: 1000,
+        memoryBytes: 2 ** 30,
+        gpus: [],
+        log,
+        sandbox: { privileged: false, unavailable: "test: no namespaces" },
+        insecureSharedUser,
+      });
+    const strict = make(false);
+    const a = gang("a");
+    await strict.start(a);
+    await expect(strict.start(gang("b"))).rejects.toThrow(/cannot sandbox.*--insecure-shared-user/);
+    await strict.start(gang("a"));
+    const loose = make(true);
+    await loose.start(gang("a"));
+    await expect(loose.start(gang("b"))).resolves.toBeUndefined();
+    for (const rt of [strict, loose]) {
+      for (const ref of await rt.list()) await rt.release(ref);
+      await rt.close();
+    }
+  });
+});
