@@ -13,7 +13,10 @@ import { deadPort } from "./upstreams.js";
  * Runs where network namespaces can be made (root); elsewhere `loom up` says it shares the network.
  */
 
-const PROBE = join(ROOT, "test/fixtures/netns/probe.py");
+/** The probe's directory, lent to the sandboxed jobs as their (read-only) working directory. */
+const FIXTURES = join(ROOT, "test/fixtures/netns");
+const PROBE = "probe.py";
+const IN_FIXTURES = `  workingDir: ${FIXTURES}\n`;
 const BASE = "/apis/loom.dev/v1alpha1";
 const isolated = process.getuid?.() === 0;
 
@@ -61,7 +64,7 @@ describe.runIf(isolated)("network namespaces per gang", () => {
     // Another workload listening on a port of its own.
     listenerPort = await deadPort();
     const listener = await loom.cli(["apply", "-f", "-"], {
-      input: jobYaml("listener", ["/usr/bin/python3", PROBE, "listen", String(listenerPort)]),
+      input: jobYaml("listener", ["/usr/bin/python3", PROBE, "listen", String(listenerPort)], IN_FIXTURES),
     });
     expect(listener.code, listener.stderr).toBe(0);
     // A replica, behind the gateway.
@@ -119,7 +122,7 @@ describe.runIf(isolated)("network namespaces per gang", () => {
     const yaml = jobYaml(
       "gang",
       ["/usr/bin/python3", PROBE, "gang"],
-      `  workers: 2\n  env: {GANG_PORT: "${gangPort}", FOREIGN: "${listenerPort},${replica.port},${replica.host}:${replica.port},api:${servicePort}"}\n`,
+      `${IN_FIXTURES}  workers: 2\n  env: {GANG_PORT: "${gangPort}", FOREIGN: "${listenerPort},${replica.port},${replica.host}:${replica.port},api:${servicePort}"}\n`,
     );
     const applied = await loom.cli(["apply", "-f", "-"], { input: yaml });
     expect(applied.code, applied.stderr).toBe(0);
@@ -180,7 +183,7 @@ describe.runIf(isolated)("network namespaces across a restart", () => {
     const prefix = `loom-${readFileSync(join(first.dataDir, "instance-id"), "utf8").trim().slice(0, 8)}-`;
     const port = await deadPort();
     const applied = await first.cli(["apply", "-f", "-"], {
-      input: jobYaml("sleeper", ["/usr/bin/python3", PROBE, "listen", String(port)]),
+      input: jobYaml("sleeper", ["/usr/bin/python3", PROBE, "listen", String(port)], IN_FIXTURES),
     });
     expect(applied.code, applied.stderr).toBe(0);
     const job = await first.waitFor("sleeper", (j) => j.status?.phase === "Running", 60_000);
