@@ -1,5 +1,5 @@
-import { statSync } from "node:fs";
-import { isAbsolute, relative, resolve } from "node:path";
+import { readFileSync, statSync } from "node:fs";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import type { GangSpec } from "../../ports/runtime.js";
 import { type CgroupPlan, cgroupPlan } from "./cgroups.js";
 import { type ProjectIds, type SandboxSupport, sandboxedArgv } from "./sandbox.js";
@@ -73,6 +73,23 @@ function checkReadable(path: string, field: string, uid: number | undefined): vo
   }
 }
 
+/**
+ * The installation a venv's interpreter comes from (pyvenv.cfg's `home`, less its bin/), where it
+ * is outside the system directories every sandbox sees; undefined otherwise.
+ */
+export function venvBase(venv: string): string | undefined {
+  let cfg: string;
+  try {
+    cfg = readFileSync(join(venv, "pyvenv.cfg"), "utf8");
+  } catch {
+    return undefined;
+  }
+  const home = /^home\s*=\s*(.+)$/m.exec(cfg)?.[1]?.trim();
+  if (!home || !isAbsolute(home)) return undefined;
+  const prefix = dirname(home);
+  return /^\/(usr|bin|lib|lib64|opt)(\/|$)/.test(prefix) || prefix === "/" ? undefined : prefix;
+}
+
 /** The cgroup of one worker of one attempt. */
 export function cgroupName(uid: string, attempt: number, index: number): string {
   return `${uid}-a${attempt}-w${index}`;
@@ -115,6 +132,10 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
   if (venv) {
     ro.push(lendable(deps, venv, "python.venv"));
     checkReadable(venv, "python.venv", uid);
+    // A venv's python is a link to the interpreter it was made from: that installation is lent
+    // too (read-only) where it is not part of the system already (pyenv's, under a home dir).
+    const base = venvBase(venv);
+    if (base) ro.push(base);
   }
   if (spec.initCheckpoint) ro.push(deps.files.checkpointDir(spec.initCheckpoint.ref.uid));
   const own = (path: string, create?: "file") => ({
