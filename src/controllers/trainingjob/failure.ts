@@ -119,9 +119,13 @@ export function classifyFailure(
   return "Restart";
 }
 
+const UNINFORMATIVE = new Set(["Error", "Completed"]);
+
 /** What ended the worker, for a person: its exit code or signal, and why where the platform knows (out of memory). */
 export function describeFailure(w: WorkerObservation): string {
-  const why = w.message ? ` (${w.message})` : "";
+  // Kubernetes' "Error" and "Completed" only restate the exit code; "OOMKilled", or the embedded
+  // runtime's out-of-memory and could-not-start reasons, say why.
+  const why = w.message && !UNINFORMATIVE.has(w.message) ? ` (${w.message})` : "";
   if (w.signal && (w.exitCode === undefined || w.exitCode > 128))
     return `worker ${w.index} was killed by ${w.signal} (exit code ${w.exitCode ?? "none"})${why}`;
   if (w.exitCode !== undefined) return `worker ${w.index} exited with code ${w.exitCode}${why}`;
