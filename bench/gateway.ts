@@ -26,6 +26,7 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
   chmodSync,
+  copyFileSync,
   existsSync,
   mkdirSync,
   readdirSync,
@@ -1038,6 +1039,14 @@ async function main(): Promise<void> {
   });
   const modelDir = join(work, "model");
   mkdirSync(modelDir);
+  // The replica's copy of the binary, in its model directory: a sandboxed replica sees only what
+  // it is lent (its model read-only), not this temp dir.
+  const served = join(modelDir, "upstream");
+  copyFileSync(bin, served);
+  chmodSync(served, 0o755);
+  cleanups.push(async () => {
+    for (const pid of pidsOfExe(served)) process.kill(pid, "SIGKILL");
+  });
   const versions = {
     nginx: versionOf("nginx", ["-v"]).replace(/^nginx version: /, ""),
     wrk: versionOf("wrk", ["-v"]).split(" ").slice(0, 2).join(" "),
@@ -1054,7 +1063,7 @@ async function main(): Promise<void> {
   const key = ((await api(loom, "POST", `${API}/apikeys`, { name: "bench" })) as { key: string }).key;
   const services: string[] = [];
   if (PARTS.includes("1")) {
-    await api(loom, "POST", `${API}/inferenceservices`, isvcManifest("bench", bin, modelDir, { min: 1 }));
+    await api(loom, "POST", `${API}/inferenceservices`, isvcManifest("bench", served, modelDir, { min: 1 }));
     services.push("bench");
     cleanups.push(() => deleteIsvcs(loom, ["bench"]));
     await waitIsvc(loom, "bench", (s) => (s.status?.ready ?? 0) >= 1, "its replica to be ready");
@@ -1151,7 +1160,7 @@ async function main(): Promise<void> {
   }
   if (PARTS.includes("2") && !aborted) {
     try {
-      outputs.push(await partColdStart(loom, key, bin, modelDir, work, upstream.proc.pid!));
+      outputs.push(await partColdStart(loom, key, served, modelDir, work, upstream.proc.pid!));
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       log(`part 2 FAILED: ${message}`);

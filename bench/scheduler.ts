@@ -815,7 +815,17 @@ async function runLoomE2e(): Promise<LoomE2e> {
   const { startEmbedded } = await import("../src/main/embedded.js");
   const dataDir = tempDir("loom-bench-sched-");
   // `loom up`'s composition root with its defaults (30 s resync), no virtual GPUs, pino at warn.
-  const server = await startEmbedded({ dataDir, port: 0, gpus: 0, log: createLogger("warn") });
+  // LOOM_BENCH_SCHED_ISOLATION=none|sandbox|network|both (default both, as `loom up`): what each
+  // job's isolation costs, measured by turning its parts off.
+  const isolation = env.LOOM_BENCH_SCHED_ISOLATION ?? "both";
+  const server = await startEmbedded({
+    dataDir,
+    port: 0,
+    gpus: 0,
+    log: createLogger("warn"),
+    ...(isolation === "none" || isolation === "network" ? { sandbox: false } : {}),
+    ...(isolation === "none" || isolation === "sandbox" ? { networkIsolation: false } : {}),
+  });
   let closed = false;
   const close = async () => {
     if (closed) return;

@@ -15,7 +15,7 @@
  * bench/RESULTS.md. Run with `npm run bench:training`; see bench/README.md.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { arch, platform } from "node:os";
 import { dirname, join } from "node:path";
@@ -132,6 +132,8 @@ const finalLoss = (text: string) => /^FINAL step=(\d+) loss=([\d.]+)$/m.exec(tex
 
 let loom: LoomProcess | undefined;
 let scriptFile = "";
+/** Where start.py is: the Loom jobs' working directory (a sandboxed job sees only what it is lent). */
+let scriptDir = "";
 let jobSeq = 0;
 
 function server(): LoomProcess {
@@ -354,7 +356,7 @@ interface LoomStart {
 
 async function loomStart(): Promise<LoomStart> {
   const name = jobName("start");
-  const body = trainingJob(name, ["python3", scriptFile, "120"]);
+  const body = trainingJob(name, ["python3", "start.py", "120"], { workingDir: scriptDir });
   const t0 = wallNow();
   await submit(body);
   const post = wallNow() - t0;
@@ -448,7 +450,10 @@ async function partStart(): Promise<PartOutput> {
 async function loomRestarts(kills: number, delayMs: number): Promise<number[]> {
   const name = jobName("restart");
   await submit(
-    trainingJob(name, ["python3", scriptFile, "120"], { failurePolicy: { maxRestarts: Math.max(1, kills) } }),
+    trainingJob(name, ["python3", "start.py", "120"], {
+      workingDir: scriptDir,
+      failurePolicy: { maxRestarts: Math.max(1, kills) },
+    }),
   );
   const out: number[] = [];
   try {
@@ -725,14 +730,18 @@ async function main(): Promise<void> {
   );
 
   const work = tempDir("loom-bench-training-");
+  scriptDir = work;
   scriptFile = join(work, "start.py");
   writeFileSync(scriptFile, START_SCRIPT);
+  // Readable by the project's uid the sandboxed workers run as.
+  chmodSync(work, 0o755);
+  chmodSync(scriptFile, 0o644);
   const torch = torchVersion();
 
   log("starting loom up and warming the Python environment (one job, untimed)");
   await startServer();
   const warm = jobName("warm");
-  await submit(trainingJob(warm, ["python3", scriptFile, "0"]));
+  await submit(trainingJob(warm, ["python3", "start.py", "0"], { workingDir: scriptDir }));
   await waitJob(warm, (j) => j.status?.phase === "Succeeded", 300_000, 100);
   await deleteJob(warm);
   log("environment warm");
