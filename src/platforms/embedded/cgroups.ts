@@ -53,19 +53,23 @@ export function detectCgroups(root = ROOT): CgroupLayout | undefined {
 
 /**
  * The cgroup of one worker, named `name` (unique per worker and attempt). Memory is a hard
- * limit; CPU a share (cpu.shares, cpu.weight) in proportion to the request, as Kubernetes makes
- * of a request (its pods here get no CPU limit either): under contention each worker gets what
- * it asked for, an idle machine's spare CPU is not wasted. A request of 0 leaves that resource
- * as it is: the spec asked for none, so the scheduler placed it as such.
+ * limit. CPU is not confined on cgroup v1: every worker cgroup sits under one `loom` parent, and
+ * v1 weighs that parent as ONE task against every process outside it, so on a busy machine all
+ * of Loom's workloads together got one process's share (a 2-worker DDP job slowed past its
+ * resize's grace under CI load). Workers keep competing as ordinary processes there; the
+ * scheduler's admission is what keeps CPU requests within the node. On v2 (one hierarchy) a
+ * worker's weight follows its request, never below a plain process's (100). A request of 0
+ * leaves that resource as it is: the spec asked for none, so the scheduler placed it as such.
  */
 export function cgroupPlan(
   layout: CgroupLayout,
   name: string,
   limits: { cpuMillis: number; memoryBytes: number },
 ): CgroupPlan {
-  // Kubernetes' conversion: 1024 shares per CPU (at least 2), and shares to a v2 weight.
-  const shares = limits.cpuMillis > 0 ? Math.max(2, Math.round((limits.cpuMillis * 1024) / 1000)) : 0;
-  const weight = shares ? Math.min(10_000, 1 + Math.floor(((shares - 2) * 9999) / 262142)) : 0;
+  // Kubernetes' conversion: 1024 shares per CPU, and shares to a v2 weight; at least a plain
+  // process's weight, so a small request is not starved by everything outside Loom's subtree.
+  const shares = limits.cpuMillis > 0 ? Math.max(1024, Math.round((limits.cpuMillis * 1024) / 1000)) : 0;
+  const weight = shares ? Math.max(100, Math.min(10_000, 1 + Math.floor(((shares - 2) * 9999) / 262142))) : 0;
   const memory = limits.memoryBytes > 0 ? String(Math.round(limits.memoryBytes)) : "";
   if (layout.version === "v2") {
     const dir = join(layout.root, name);
@@ -83,19 +87,11 @@ export function cgroupPlan(
     };
   }
   const mem = join(layout.memory, name);
-  const cpu = join(layout.cpu, name);
   const pids = layout.pids ? join(layout.pids, name) : undefined;
   return {
-    dirs: [mem, cpu, ...(pids ? [pids] : [])],
-    writes: [
-      ...(memory ? [{ path: join(mem, "memory.limit_in_bytes"), data: memory }] : []),
-      ...(shares ? [{ path: join(cpu, "cpu.shares"), data: String(shares) }] : []),
-    ],
-    procs: [
-      join(mem, "cgroup.procs"),
-      join(cpu, "cgroup.procs"),
-      ...(pids ? [join(pids, "cgroup.procs")] : []),
-    ],
+    dirs: [mem, ...(pids ? [pids] : [])],
+    writes: [...(memory ? [{ path: join(mem, "memory.limit_in_bytes"), data: memory }] : [])],
+    procs: [join(mem, "cgroup.procs"), ...(pids ? [join(pids, "cgroup.procs")] : [])],
   };
 }
 

@@ -60,18 +60,18 @@ describe("sandbox", () => {
     expect(args.join(" ")).toContain("--perms 0755 --dir /x");
   });
 
-  it("turns the spec's memory into a cgroup limit and its CPU into a share, as Kubernetes does (v1 and v2)", () => {
+  it("turns the spec's memory into a cgroup limit; CPU a v2 weight never below a plain process's, unconfined on v1", () => {
     const v1 = cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/loom" }, "w", {
       cpuMillis: 1500,
       memoryBytes: 2 ** 30,
     });
-    expect(v1.writes).toEqual([
-      { path: "/m/loom/w/memory.limit_in_bytes", data: String(2 ** 30) },
-      { path: "/c/loom/w/cpu.shares", data: "1536" },
-    ]);
-    expect(v1.procs).toEqual(["/m/loom/w/cgroup.procs", "/c/loom/w/cgroup.procs"]);
+    // v1 weighs Loom's whole subtree as one task against the rest of the machine: no CPU there.
+    expect(v1.writes).toEqual([{ path: "/m/loom/w/memory.limit_in_bytes", data: String(2 ** 30) }]);
+    expect(v1.procs).toEqual(["/m/loom/w/cgroup.procs"]);
     const v2 = cgroupPlan({ version: "v2", root: "/g/loom" }, "w", { cpuMillis: 250, memoryBytes: 0 });
-    expect(v2.writes).toContainEqual({ path: "/g/loom/w/cpu.weight", data: "10" });
+    expect(v2.writes).toContainEqual({ path: "/g/loom/w/cpu.weight", data: "100" });
+    const big = cgroupPlan({ version: "v2", root: "/g/loom" }, "w", { cpuMillis: 64_000, memoryBytes: 0 });
+    expect(big.writes).toContainEqual({ path: "/g/loom/w/cpu.weight", data: "2500" });
     expect(v2.writes.some((w) => w.path.endsWith("memory.max"))).toBe(false);
   });
 
