@@ -36,7 +36,13 @@ export function upCluster(opts: { state?: string; nodes?: number } = {}): TestCl
     ...(opts.state ? { LOOM_K8S_STATE: opts.state } : {}),
     ...(opts.nodes !== undefined ? { LOOM_K8S_NODES: String(opts.nodes) } : {}),
   };
-  const out = execFileSync("bash", [join(ROOT, "test/k8s/up.sh")], {
+  // Two test files (vitest runs two at once) may ask for the same cluster together: up.sh reuses a
+  // running cluster, but two starting one at once race (the second etcd fails). One at a time per
+  // state dir, with util-linux's flock; -o: the daemons up.sh leaves running must not inherit
+  // (and so hold) the lock.
+  const state = env.LOOM_K8S_STATE ?? join(process.env.HOME ?? "/tmp", ".cache/loom/k8s/run"); // lib.sh's default
+  const lock = `${state.replace(/\/+$/, "")}.lock`;
+  const out = execFileSync("flock", ["-o", lock, "bash", join(ROOT, "test/k8s/up.sh")], {
     encoding: "utf8",
     stdio: ["ignore", "pipe", "inherit"],
     env,
