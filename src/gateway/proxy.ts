@@ -280,6 +280,14 @@ class Exchange implements UpstreamHandler {
   private responded = false;
   private cancelled = false;
   private status = 0;
+  /**
+   * A non-streamed response's head, held until its first body byte: until then the client has
+   * nothing, so a replica that dies between its head and its body (Python's http.server writes
+   * them apart) costs a retry elsewhere, not the request.
+   */
+  private held: string[] | undefined;
+  /** Whether anything reached the client: from then on the attempt can no longer be retried. */
+  private forwarded = false;
   private abortUpstream: ((err?: Error) => void) | undefined;
   private resumeUpstream: (() => void) | undefined;
   private tail: TailBuffer | undefined;
@@ -338,19 +346,29 @@ class Exchange implements UpstreamHandler {
     if (replicaHeader) headers.push(replicaHeader, this.replicaId);
     const sse = type.startsWith("text/event-stream");
     if (sse) headers.push("x-accel-buffering", "no"); // tell any proxy in front not to buffer either
-    res.writeHead(statusCode, headers);
     if (sse) {
       // Headers now, not with the first event; and no Nagle delay on each small token chunk.
+      this.forwarded = true;
+      res.writeHead(statusCode, headers);
       res.flushHeaders();
       res.socket?.setNoDelay(true);
-    }
+    } else this.held = headers;
     if (o.captureUsage !== false && !encoded && (sse || type.includes("json")))
       this.tail = new TailBuffer(8192);
     return true;
   }
 
+  /** Sends the held head: the response now belongs to the client. */
+  private sendHead(): void {
+    this.forwarded = true;
+    if (this.held === undefined) return;
+    this.res.writeHead(this.status, this.held);
+    this.held = undefined;
+  }
+
   onData(chunk: Buffer): boolean {
     this.tail?.push(chunk);
+    if (!this.forwarded) this.sendHead();
     // The pool's chunk is a view of its read buffer: a response that may queue it gets a copy.
     const res = this.res;
     // Backpressure: a slow client pauses the upstream read instead of buffering here.
@@ -360,6 +378,7 @@ class Exchange implements UpstreamHandler {
   }
 
   onComplete(): void {
+    if (!this.forwarded) this.sendHead();
     const res = this.res;
     res.end();
     // Settle when the client has the last byte (or left): the lease and metrics see it whole.
@@ -369,7 +388,9 @@ class Exchange implements UpstreamHandler {
 
   onError(err: Error): void {
     if (this.cancelled) return; // settled already by the close handler
-    if (!this.responded) {
+    // Nothing reached the client yet (no head, or one still held): the request is not lost, it
+    // may go to another replica.
+    if (!this.forwarded) {
       const e = err as Error & { code?: string };
       if (e.code === "UND_ERR_HEADERS_TIMEOUT" || e.code === "UND_ERR_BODY_TIMEOUT")
         this.finish({ kind: "timeout", afterMs: this.o.responseTimeoutMs ?? 300_000 });
