@@ -105,7 +105,9 @@ describe("serving: a replica killed mid-request (under a CPU hog)", () => {
       {
         name: "llama-1",
         weight: 100,
-        replicas: replicas.map((r): ReplicaEndpoint => ({ id: r.id, host: "127.0.0.1", port: r.port, ready: true })),
+        replicas: replicas.map(
+          (r): ReplicaEndpoint => ({ id: r.id, host: "127.0.0.1", port: r.port, ready: true }),
+        ),
       },
     ],
     autoscaling: { minReplicas: 3, maxReplicas: 3, targetConcurrency: 4 },

@@ -260,6 +260,41 @@ describe.each<Kind>(["Node's http server", "the hand-rolled front"])("HttpForwar
     expect(outcomes).toEqual([["a", "failure"]]);
   });
 
+  it("retries elsewhere when a replica dies between a non-streamed answer's head and its body", async () => {
+    // Python's http.server (the built-in runtime) writes the head, then the body: a replica
+    // killed in between must cost a retry, not the request (the client has nothing yet).
+    const dies = await listen((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "11" });
+      res.flushHeaders();
+      setImmediate(() => res.socket?.destroy());
+    });
+    const up = await listen((_req, res) => res.end('{"from":"b"}'));
+    const { pick, outcomes } = picker([rep("a", dies), rep("b", up)]);
+    const f = await front({ pick });
+    const r = await call(f.port, { body: "{}" });
+    expect(r.status).toBe(200);
+    expect(r.body).toBe('{"from":"b"}');
+    expect(r.headers["x-loom-replica"]).toBe("b");
+    expect(f.results[0]).toMatchObject({ status: 200, attempts: 2, replica: "b", complete: true });
+    expect(outcomes).toEqual([
+      ["a", "failure"],
+      ["b", "success"],
+    ]);
+  });
+
+  it("answers 504 when a non-streamed body never follows its head", async () => {
+    const up = await listen((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "11" });
+      res.flushHeaders(); // and nothing more
+    });
+    const { pick, outcomes } = picker([rep("a", up)]);
+    const f = await front({ pick, responseTimeoutMs: 200 });
+    const r = await call(f.port, { body: "{}" });
+    expect(r.status).toBe(504);
+    expect(JSON.parse(r.body).error.type).toBe("timeout_error");
+    expect(outcomes).toEqual([["a", "failure"]]);
+  });
+
   it("answers 504 when the upstream sends no headers in time, without retrying", async () => {
     const up = await listen(() => {
       // never answers

@@ -15,7 +15,8 @@ import { TailBuffer, type Usage } from "./usage.js";
 
 /**
  * HTTP forwarding to one replica at a time, with retries on another replica when the connection
- * fails before any response. Streams both ways with backpressure; server-sent events pass chunk
+ * fails before the client has any of the response (a non-streamed head is held until its body).
+ * Streams both ways with backpressure; server-sent events pass chunk
  * by chunk with headers flushed at once, which is what makes token streaming feel live.
  *
  * The upstream side is a hand-rolled keep-alive pool per replica (upstream.ts): Node's own http
@@ -23,7 +24,10 @@ import { TailBuffer, type Usage } from "./usage.js";
  * gateway at a fraction of nginx's throughput (bench:gateway).
  */
 
-/** Errors that mean the request never reached a working server, so sending it elsewhere is safe. */
+/**
+ * Errors that mean the request never reached a working server, so sending it elsewhere is safe
+ * (besides any `lost` connection: see send).
+ */
 const RETRYABLE = new Set([
   "ECONNREFUSED",
   "ECONNRESET",
@@ -102,7 +106,8 @@ export interface ForwarderOptions {
 }
 
 type Attempt =
-  | { kind: "error"; code: string; reused: boolean }
+  /** Failed with nothing sent to the client; `lost`: the replica's connection failed. */
+  | { kind: "error"; code: string; reused: boolean; lost: boolean }
   | { kind: "timeout"; afterMs: number }
   | { kind: "client-gone"; responded: boolean; status?: number }
   | { kind: "done"; status: number; complete: boolean; usage?: Usage };
@@ -112,13 +117,14 @@ type Attempt =
  * socket the other side closed before answering (UND_ERR_SOCKET) is the stale keep-alive race:
  * it gets the stale rule (once per replica, without blame).
  */
-function errorCode(err: Error): { code: string; reused: boolean } {
+function errorCode(err: Error): { code: string; reused: boolean; lost: boolean } {
   const code = (err as { code?: string }).code ?? "";
   const cause = (err.cause as { code?: string } | undefined)?.code;
-  if (code === "UND_ERR_CONNECT_TIMEOUT") return { code: "ETIMEDOUT", reused: false };
-  if (code === "UND_ERR_SOCKET") return { code: cause ?? "ECONNRESET", reused: true };
-  if (code.startsWith("UND_ERR_") && cause) return { code: cause, reused: false };
-  return { code: code || err.message, reused: false };
+  const lost = (err as { lost?: boolean }).lost === true;
+  if (code === "UND_ERR_CONNECT_TIMEOUT") return { code: "ETIMEDOUT", reused: false, lost: true };
+  if (code === "UND_ERR_SOCKET") return { code: cause ?? "ECONNRESET", reused: true, lost };
+  if (code.startsWith("UND_ERR_") && cause) return { code: cause, reused: false, lost };
+  return { code: code || err.message, reused: false, lost };
 }
 
 const NONE_TRIED: ReadonlySet<string> = new Set();
@@ -177,7 +183,10 @@ export class HttpForwarder {
             tried.add(id);
           }
           lease.release(stale ? "neutral" : "failure");
-          if (RETRYABLE.has(a.code) && attempt < maxRetries + (staleRetried?.size ?? 0)) {
+          // The client has nothing yet (Exchange holds a non-streamed head until its body), so
+          // a lost connection is retried whatever its errno: no request is lost to a dying replica.
+          const retryable = a.lost || RETRYABLE.has(a.code);
+          if (retryable && attempt < maxRetries + (staleRetried?.size ?? 0)) {
             o.onRetry?.(a.code, id);
             // Not from inside the failed connection's callback: the pool finishes its own
             // bookkeeping of that connection first.

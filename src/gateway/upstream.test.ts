@@ -22,7 +22,7 @@ interface Got {
   status?: number;
   headers?: string[];
   body: string;
-  error?: { code?: string; cause?: { code?: string } };
+  error?: { code?: string; cause?: { code?: string }; lost?: boolean };
 }
 
 function send(pool: UpstreamPool, body = "{}", method = "POST"): Promise<Got> {
@@ -103,13 +103,18 @@ describe("UpstreamPool", () => {
     const second = await send(p);
     expect(second.error?.code).toBe("UND_ERR_SOCKET");
     expect(second.error?.cause?.code).toBe("ECONNRESET");
+    expect(second.error?.lost).toBe(true);
   });
 
   it("says ECONNRESET for a fresh connection that dies, and refuses a malformed answer", async () => {
     const dies = await raw((_req, socket) => socket.destroy());
-    expect((await send(pool(dies))).error?.code).toBe("ECONNRESET");
+    const died = (await send(pool(dies))).error;
+    expect(died?.code).toBe("ECONNRESET");
+    expect(died?.lost).toBe(true); // retried elsewhere whatever the code, while the client has nothing
     const garbage = await raw((_req, socket) => socket.write("NOT HTTP\r\n\r\n"));
-    expect((await send(pool(garbage))).error?.code).toBe("EPROTO");
+    const malformed = (await send(pool(garbage))).error;
+    expect(malformed?.code).toBe("EPROTO");
+    expect(malformed?.lost).toBeUndefined(); // an answer, if a bad one: not a connection that failed
   });
 
   it("expects no body after HEAD even with a Content-Length", async () => {

@@ -19,6 +19,7 @@ import {
  * Error codes follow node:net (ECONNREFUSED, …) except for the cases Node has no code for, which
  * use undici's names: UND_ERR_SOCKET (a reused connection closed before any answer — the stale
  * keep-alive race), UND_ERR_CONNECT_TIMEOUT, UND_ERR_HEADERS_TIMEOUT and UND_ERR_BODY_TIMEOUT.
+ * The error of a connection that failed also says `lost`, whatever its code.
  */
 
 export interface UpstreamRequest {
@@ -58,7 +59,8 @@ export interface UpstreamPoolOptions {
   idleTimeoutMs?: number;
 }
 
-type CodedError = Error & { code?: string; cause?: unknown };
+/** `lost`: the connection failed (closed, reset, refused) before the exchange ended. */
+type CodedError = Error & { code?: string; cause?: unknown; lost?: boolean };
 
 function coded(message: string, code: string, cause?: unknown): CodedError {
   const err: CodedError = new Error(message);
@@ -219,6 +221,13 @@ class Connection {
   private onEnd(): void {
     const x = this.exchange;
     if (x?.untilClose && x.responded) this.finish(x);
+    else if (!x && !this.dead) {
+      // An idle connection the replica closed (its keep-alive timeout, or it died): out of the
+      // idle list now, not at 'close' a loop turn later, so no request is sent on it meanwhile.
+      this.dead = true;
+      this.socket.destroy();
+      this.pool.released(this);
+    }
   }
 
   /** Ends the current exchange: cleanly (no err) or with an error; frees or drops the connection. */
@@ -263,6 +272,7 @@ class Connection {
       const code = (err as CodedError | undefined)?.code ?? "ECONNRESET";
       e = coded(err?.message ?? "the replica closed the connection", code);
     }
+    e.lost = true;
     this.finish(x, e);
   }
 
