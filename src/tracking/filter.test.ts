@@ -24,7 +24,7 @@ const GRAMMARS = {
   versions: MODEL_VERSION_GRAMMAR,
 };
 type Row = [keyof typeof GRAMMARS, string, [string, string, string, unknown][] | typeof REFUSED];
-export const CASES: Row[] = [
+const CASES: Row[] = [
   [
     "runs",
     "tags.mlflow.parentRunId = '0123456789abcdef0123456789abcdef'",
