@@ -1,12 +1,12 @@
-import { type Kysely, sql } from "kysely";
+import type { Kysely } from "kysely";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
 import type { RunsSchema, TrackingDialect } from "./schema.js";
 import {
   checkMaxResults,
   decodePageToken,
   encodePageToken,
+  experimentClauseSql,
   parseExperimentFilter,
-  textCompare,
 } from "./search.js";
 import type { Experiment, KeyValue, ViewType } from "./types.js";
 import { keyOf, keyValues, nameOf, tagValue } from "./validate.js";
@@ -143,15 +143,8 @@ export class Experiments {
     let q = this.db.selectFrom("tr_experiments").selectAll().where("project", "=", project);
     const view = opts.viewType ?? "ACTIVE_ONLY";
     if (view !== "ALL") q = q.where("lifecycle_stage", "=", view === "ACTIVE_ONLY" ? "active" : "deleted");
-    for (const clause of parseExperimentFilter(opts.filter)) {
-      if (clause.entity === "tag") {
-        q = q.where(
-          sql<boolean>`exists (select 1 from tr_experiment_tags t where t.experiment_id = tr_experiments.experiment_id and t.key = ${clause.key} and ${textCompare(this.dialect, sql`t.value`, clause)})`,
-        );
-      } else {
-        q = q.where(textCompare(this.dialect, sql.ref(clause.key), clause));
-      }
-    }
+    for (const clause of parseExperimentFilter(opts.filter))
+      q = q.where(experimentClauseSql(this.dialect, clause));
     const rows = await q
       .orderBy("creation_time", "desc")
       .orderBy("experiment_id", "asc")

@@ -1,7 +1,13 @@
 import type { Kysely } from "kysely";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
 import { isUniqueViolation } from "./experiments.js";
-import { type Clause, parseFilter, REGISTRY_ATTRIBUTES } from "./filter.js";
+import {
+  type Clause,
+  type Grammar,
+  MODEL_VERSION_GRAMMAR,
+  parseFilter,
+  REGISTERED_MODEL_GRAMMAR,
+} from "./filter.js";
 import { checkRunInProject, checkVersionSource } from "./references.js";
 import type { RegistrySchema } from "./schema.js";
 import type { KeyValue } from "./store.js";
@@ -156,7 +162,7 @@ export class ModelRegistry {
     project: string,
     opts: { filter?: string; maxResults?: number; pageToken?: string },
   ): Promise<{ registered_models: RegisteredModel[]; next_page_token?: string }> {
-    const clauses = parseRegistryFilter(opts.filter);
+    const clauses = parseRegistryFilter(opts.filter, REGISTERED_MODEL_GRAMMAR);
     const rows = await this.db
       .selectFrom("tr_registered_models")
       .select("name")
@@ -348,7 +354,7 @@ export class ModelRegistry {
     project: string,
     opts: { filter?: string; maxResults?: number; pageToken?: string },
   ): Promise<{ model_versions: ModelVersion[]; next_page_token?: string }> {
-    const clauses = parseRegistryFilter(opts.filter);
+    const clauses = parseRegistryFilter(opts.filter, MODEL_VERSION_GRAMMAR);
     const rows = await this.db
       .selectFrom("tr_model_versions")
       .selectAll()
@@ -510,9 +516,9 @@ export class ModelRegistry {
   }
 }
 
-/** The registry's filters: name, run_id, source, version_number and tags (`tag.` or `tags.`). */
-function parseRegistryFilter(text: string | undefined): Clause[] {
-  return parseFilter(text, REGISTRY_ATTRIBUTES);
+/** The registry's filters, in MLflow's grammar for models or for versions (its own attributes, tags). */
+function parseRegistryFilter(text: string | undefined, grammar: Grammar): Clause[] {
+  return parseFilter(text, grammar);
 }
 
 function matches(c: Clause, fields: Record<string, string>, tags: KeyValue[]): boolean {

@@ -1,6 +1,6 @@
 import { type RawBuilder, sql } from "kysely";
 import { invalidParameter } from "./errors.js";
-import { type Clause, type OrderBy, parseFilter } from "./filter.js";
+import { type Clause, EXPERIMENT_GRAMMAR, type OrderBy, parseFilter } from "./filter.js";
 import type { TrackingDialect } from "./schema.js";
 
 /**
@@ -38,19 +38,18 @@ export function decodePageToken(token: string | undefined): number {
   throw invalidParameter("Invalid page token, could not base64-decode");
 }
 
-/** Experiments: name and tags only (`name LIKE 'x%'`, `tags.team = 'a'`). */
-export function parseExperimentFilter(
-  text: string | undefined,
-): { entity: "tag" | "name"; key: string; comparator: Clause["comparator"]; value: Clause["value"] }[] {
-  if (!text?.trim()) return [];
-  // Reuse the run grammar: `name` reads as attributes.name, which the run grammar does not know.
-  const rewritten = text.replace(/(^|\s)(attributes\.)?name(\s)/gi, "$1attributes.run_name$3");
-  return parseFilter(rewritten).map((c) => {
-    if (c.entity === "tag") return { entity: "tag", key: c.key, comparator: c.comparator, value: c.value };
-    if (c.entity === "attribute" && c.key === "run_name")
-      return { entity: "name", key: "name", comparator: c.comparator, value: c.value };
-    throw invalidParameter(`experiments are searched by name and tags only, not ${c.entity}.${c.key}`);
-  });
+/** Experiments: name, experiment_id, creation_time, last_update_time and tags, in MLflow's grammar for them. */
+export function parseExperimentFilter(text: string | undefined): Clause[] {
+  return parseFilter(text, EXPERIMENT_GRAMMAR);
+}
+
+/** One experiment filter clause as a condition on `tr_experiments`. */
+export function experimentClauseSql(dialect: TrackingDialect, c: Clause): RawBuilder<boolean> {
+  if (c.entity !== "tag") return textCompare(dialect, sql.ref(`tr_experiments.${c.key}`), c);
+  const tag = sql`select 1 from tr_experiment_tags t where t.experiment_id = tr_experiments.experiment_id and t.key = ${c.key}`;
+  if (c.comparator === "IS NULL") return sql<boolean>`not exists (${tag})`;
+  if (c.comparator === "IS NOT NULL") return sql<boolean>`exists (${tag})`;
+  return sql<boolean>`exists (${tag} and ${textCompare(dialect, sql`t.value`, c)})`;
 }
 
 /** LIKE in MLflow is case-sensitive (SQLite's is not): as GLOB, with GLOB's specials escaped. */
@@ -85,9 +84,13 @@ export function textCompare(
         ? sql<boolean>`${column} ilike ${String(v)}`
         : sql<boolean>`lower(${column}) like lower(${String(v)})`;
     case "IN":
-      return sql<boolean>`${column} in (${sql.join(v as string[])})`;
+      return sql<boolean>`${column} in (${sql.join(v as unknown[])})`;
     case "NOT IN":
-      return sql<boolean>`${column} not in (${sql.join(v as string[])})`;
+      return sql<boolean>`${column} not in (${sql.join(v as unknown[])})`;
+    case "IS NULL":
+    case "IS NOT NULL":
+      // Callers test a key's presence themselves (a missing param or tag has no row, not a null).
+      throw invalidParameter(`${c.comparator} is not a comparison of values`);
     default:
       return sql<boolean>`${column} ${sql.raw(c.comparator)} ${v}`;
   }
@@ -107,11 +110,18 @@ const ATTRIBUTE_COLUMNS: Record<string, string> = {
 export function clauseSql(dialect: TrackingDialect, c: Clause): RawBuilder<unknown> {
   switch (c.entity) {
     case "metric":
-      return sql`exists (select 1 from tr_latest_metrics m where m.run_uuid = r.run_uuid and m.key = ${c.key} and m.is_nan = 0 and m.value ${sql.raw(c.comparator)} ${c.value})`;
+      // NaN differs from every number, so it is != all of them and nothing else (as MLflow 3).
+      return c.comparator === "!="
+        ? sql`exists (select 1 from tr_latest_metrics m where m.run_uuid = r.run_uuid and m.key = ${c.key} and (m.is_nan = 1 or m.value != ${c.value}))`
+        : sql`exists (select 1 from tr_latest_metrics m where m.run_uuid = r.run_uuid and m.key = ${c.key} and m.is_nan = 0 and m.value ${sql.raw(c.comparator)} ${c.value})`;
     case "param":
-      return sql`exists (select 1 from tr_params p where p.run_uuid = r.run_uuid and p.key = ${c.key} and ${textCompare(dialect, sql`p.value`, c)})`;
-    case "tag":
-      return sql`exists (select 1 from tr_tags t where t.run_uuid = r.run_uuid and t.key = ${c.key} and ${textCompare(dialect, sql`t.value`, c)})`;
+    case "tag": {
+      const [table, alias] = c.entity === "param" ? ["tr_params", "p"] : ["tr_tags", "t"];
+      const row = sql`select 1 from ${sql.table(table)} ${sql.raw(alias)} where ${sql.ref(`${alias}.run_uuid`)} = r.run_uuid and ${sql.ref(`${alias}.key`)} = ${c.key}`;
+      if (c.comparator === "IS NULL") return sql`not exists (${row})`;
+      if (c.comparator === "IS NOT NULL") return sql`exists (${row})`;
+      return sql`exists (${row} and ${textCompare(dialect, sql.ref(`${alias}.value`), c)})`;
+    }
     case "dataset":
       return sql`exists (select 1 from tr_inputs d where d.run_uuid = r.run_uuid and ${textCompare(dialect, sql.ref(`d.${c.key}`), c)})`;
     default:
