@@ -122,8 +122,8 @@ async function read(api: Api, p: Prepared): Promise<Resource | undefined> {
   }
 }
 
-function preview(answer: Answer | undefined): { preview?: string } {
-  const message = answer?.status?.admissionPreview?.message;
+function preview(answer: Resource | undefined): { preview?: string } {
+  const message = (answer as Answer | undefined)?.status?.admissionPreview?.message;
   return message ? { preview: message } : {};
 }
 
@@ -133,7 +133,7 @@ function preview(answer: Answer | undefined): { preview?: string } {
  * the change does to the job: a spec change does not restart a running attempt (the controller
  * starts each attempt from the spec of that moment), and a finished job does not run again.
  */
-export function updateVerdict(kind: string, current: Resource, updated: Answer): Verdict {
+export function updateVerdict(kind: string, current: Resource, updated: Resource): Verdict {
   const same = (a: unknown, b: unknown) => canonicalJson(a ?? {}) === canonicalJson(b ?? {});
   const specChanged = !same(current.spec, updated.spec);
   const metaChanged =
