@@ -150,6 +150,31 @@ describe("apply --dry-run predicts apply (embedded, 2 virtual GPUs)", () => {
       expect((await get(other, "lo")).status?.preemptions ?? 0).toBe(0);
   }, 120_000);
 
+  it("a changed spec of a waiting job: configured, and scheduled anew as the dry run says", async () => {
+    const before = await get("w1", "lo");
+    expect(before.status?.admission).toBeUndefined();
+    const { previews, real } = await dryThenApply(job("w1", "lo", { gpu: 0 }));
+    expect(real.stdout).toBe(
+      "trainingjob.loom.dev/w1 configured (spec changed: the job waits for admission with it)\n",
+    );
+    const preview = previews[0] ?? "";
+    const start = /^would start now on (\S+)$/.exec(preview);
+    const wait = /^would wait \((\w+), queue position \d+\): /.exec(preview);
+    expect(start ?? wait, preview).not.toBeNull();
+    if (start) {
+      const admitted = await waitFor("w1", "lo", (j) => !!j.status?.admission);
+      expect(admitted.status!.admission!.node).toBe(start[1]);
+    } else {
+      const waiting = await waitFor("w1", "lo", (j) => j.metadata.generation > before.metadata.generation);
+      expect(waiting.status?.admission).toBeUndefined();
+      await waitFor(
+        "w1",
+        "lo",
+        (j) => j.status?.conditions?.find((c) => c.type === "Admitted")?.reason === wait![1],
+      );
+    }
+  }, 60_000);
+
   it("an unchanged Succeeded job: unchanged (not 'would start now'), and it does not run again", async () => {
     const done = job("done", "default", { command: '["true"]' });
     const first = await dryThenApply(done);
@@ -168,6 +193,26 @@ describe("apply --dry-run predicts apply (embedded, 2 virtual GPUs)", () => {
     const after = await get("done", "default");
     expect(after.status?.phase).toBe("Succeeded");
     expect(after.status?.attempts).toBe(1);
+  }, 60_000);
+
+  it("other kinds: a Project and a registry Model, created, unchanged and configured alike", async () => {
+    const project = (gpu: number) =>
+      `apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: side}\nspec: {quota: {gpu: ${gpu}}}\n`;
+    const model = (description: string) =>
+      `apiVersion: loom.dev/v1alpha1\nkind: Model\nmetadata: {name: draft, project: lo}\nspec: {description: ${description}}\n`;
+    const steps: [string, string][] = [
+      [project(1), "project.loom.dev/side created"],
+      [project(1), "project.loom.dev/side unchanged"],
+      [project(2), "project.loom.dev/side configured"],
+      [model("first"), "model.loom.dev/draft created"],
+      [model("first"), "model.loom.dev/draft unchanged"],
+      [model("second"), "model.loom.dev/draft configured"],
+    ];
+    for (const [input, line] of steps) {
+      const { previews, real } = await dryThenApply(input);
+      expect(real.stdout).toBe(`${line}\n`);
+      expect(previews).toEqual([undefined]);
+    }
   }, 60_000);
 
   it("an invalid object: the dry run fails as apply does, with the same error", async () => {
