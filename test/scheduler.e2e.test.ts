@@ -50,9 +50,9 @@ describe("loom get nodes, loom top and apply --dry-run (embedded, 4 virtual GPUs
     });
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toContain(
-      "trainingjob.loom.dev/y1 valid (dry run): would preempt 2 workload(s) (Reclaim): p1/x4, p1/x3",
+      "trainingjob.loom.dev/y1 created (dry run): would preempt 2 workload(s) (Reclaim): p1/x4, p1/x3",
     );
-    expect(dry.stdout).toMatch(/y2 valid \(dry run\): would wait \(OverLimit/);
+    expect(dry.stdout).toMatch(/y2 created \(dry run\): would wait \(OverLimit/);
     // Nothing changed: no y1, and p1 still runs all four.
     expect((await loom.cli(["get", "tj", "y1", "-p", "p2"])).code).toBe(1);
     const x4 = await loom.waitFor("x4", () => true, 5_000, "p1");

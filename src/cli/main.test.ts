@@ -321,8 +321,9 @@ spec: {}
       if (c.path.includes("dryRun")) return {};
       if (c.method === "POST" && c.path === `${TJ}`) return {};
       if (c.method === "POST") return new ApiError(409, { reason: "AlreadyExists", message: "exists" });
-      if (c.method === "GET") return job("b", { metadata: { name: "b", resourceVersion: "5" } });
-      return { metadata: { resourceVersion: "6" } };
+      if (c.method === "GET")
+        return job("b", { metadata: { name: "b", resourceVersion: "5", labels: { team: "x" } } });
+      return { metadata: { resourceVersion: "6" }, spec: { command: ["python", "train.py"] }, status: {} };
     });
     expect(r.error).toBeUndefined();
     expect(r.calls.map((c) => `${c.method} ${c.path}`)).toEqual([
@@ -339,7 +340,10 @@ spec: {}
     expect(r.calls[5]?.body).toMatchObject({
       metadata: { name: "b", project: "mine", resourceVersion: "5" },
     });
-    expect(r.stdout).toBe("trainingjob.loom.dev/a created\ntrainingjob.loom.dev/b configured\n");
+    // b's command is as stored and its label goes: a metadata-only change.
+    expect(r.stdout).toBe(
+      "trainingjob.loom.dev/a created\ntrainingjob.loom.dev/b configured (labels/annotations only: the job is not restarted)\n",
+    );
   });
 
   it("an update that changes nothing says unchanged", async () => {
@@ -376,7 +380,7 @@ spec: {}
       `${BASE}/projects/mine/trainingjobs?dryRun=All&preview=admission`,
     ]);
     expect(r.stdout).toBe(
-      "trainingjob.loom.dev/a valid (dry run): would start now\ntrainingjob.loom.dev/b valid (dry run)\n",
+      "trainingjob.loom.dev/a created (dry run): would start now\ntrainingjob.loom.dev/b created (dry run)\n",
     );
   });
 

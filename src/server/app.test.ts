@@ -291,6 +291,19 @@ describe("HTTP API", () => {
       expect((await call("GET", `${JOBS}/train`)).json()).toEqual(created);
     });
 
+    it("answers a dry-run create of an object that exists as the create would: 409 AlreadyExists", async () => {
+      // `loom apply --dry-run` reads this as "it would be an update", as apply does; it said
+      // "would start now" of a job that had long succeeded.
+      await call("POST", JOBS, job("train"));
+      const dry = await call("POST", `${JOBS}?dryRun=All`, job("train"));
+      expect(dry.statusCode).toBe(409);
+      expect(dry.json()).toMatchObject({ reason: "AlreadyExists" });
+      expect(dry.json().message).toContain('"default/train" already exists');
+      // Validation still comes first: an invalid body is invalid whether or not it exists.
+      const bad = await call("POST", `${JOBS}?dryRun=All`, { ...job("train"), spec: { workers: 0 } });
+      expect(bad.statusCode).toBe(422);
+    });
+
     it("deletes a job", async () => {
       await call("POST", JOBS, job("train"));
       const res = await call("DELETE", `${JOBS}/train`);

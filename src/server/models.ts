@@ -62,7 +62,9 @@ export class ModelView {
       // `loom apply --dry-run` (and apply's own validation pass): what it would be, nothing written.
       try {
         const current = await this.get(project, metadata.name);
-        return { model: { ...current, spec: { ...current.spec, ...spec } }, created: false };
+        // As the real apply stores it: the description is replaced (left out, it is cleared).
+        const next = spec.description ? { description: spec.description } : {};
+        return { model: { ...current, spec: next }, created: false };
       } catch (err) {
         if (!(err instanceof NotFoundError)) throw err;
         const now = new Date().toISOString();

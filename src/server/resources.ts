@@ -1,4 +1,10 @@
-import { BadRequestError, ConflictError, ForbiddenError, NotFoundError } from "../api/errors.js";
+import {
+  AlreadyExistsError,
+  BadRequestError,
+  ConflictError,
+  ForbiddenError,
+  NotFoundError,
+} from "../api/errors.js";
 import {
   findKind,
   type KindDef,
@@ -59,7 +65,17 @@ export class ResourceService {
     if (finalizers?.length) {
       object.metadata.finalizers = [...new Set([...(object.metadata.finalizers ?? []), ...finalizers])];
     }
-    if (dryRun) return object;
+    if (dryRun) {
+      // As the store's create would: a dry run of a create must not say "created" for an object
+      // that exists (`loom apply --dry-run` then predicts an update, as apply does).
+      const project = scope(def, object.metadata.project);
+      if (await this.exists(def, project, object.metadata.name)) {
+        throw new AlreadyExistsError(
+          `${def.kind} "${def.namespaced ? `${project}/` : ""}${object.metadata.name}" already exists`,
+        );
+      }
+      return object;
+    }
     return this.store.create(object);
   }
 
@@ -131,6 +147,16 @@ export class ResourceService {
   ): Promise<Resource> {
     if (def.kind === PROJECT) await this.checkProjectDeletable(name);
     return this.store.delete(def.kind, scope(def, project), name, { resourceVersion });
+  }
+
+  private async exists(def: KindDef, project: string, name: string): Promise<boolean> {
+    try {
+      await this.store.get(def.kind, project, name);
+      return true;
+    } catch (err) {
+      if (err instanceof NotFoundError) return false;
+      throw err;
+    }
   }
 
   private validateFor(def: KindDef, project: string | undefined, body: unknown) {

@@ -1,63 +1,75 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { CliError } from "../errors.js";
-import { buildProgram } from "../main.js";
+import type { Resource } from "../../api/meta.js";
+import { updateVerdict } from "./apply.js";
 
-/** `loom apply` on hostile YAML: one line, exit code 1, and no request sent. */
-async function apply(text: string): Promise<{ error: unknown; requests: number }> {
-  const dir = mkdtempSync(join(tmpdir(), "loom-apply-"));
-  const file = join(dir, "m.yaml");
-  writeFileSync(file, text);
-  let requests = 0;
-  const program = buildProgram({
-    client: () => ({
-      api: {
-        request: async () => {
-          requests++;
-          return {} as never;
-        },
-        stream: async () => {
-          throw new Error("no streams here");
-        },
-      },
-      defaultProject: "p",
-    }),
-    stdout: { write: () => true },
-    stderr: { write: () => true },
+const tj = (spec: object, labels?: Record<string, string>, status?: object): Resource =>
+  ({
+    apiVersion: "loom.dev/v1alpha1",
+    kind: "TrainingJob",
+    metadata: {
+      name: "a",
+      project: "p",
+      uid: "u",
+      resourceVersion: "7",
+      generation: 1,
+      ...(labels ? { labels } : {}),
+    },
+    spec,
+    ...(status ? { status } : {}),
+  }) as unknown as Resource;
+
+/** The one reading of an update's answer, for apply's stored answer and a dry run's alike. */
+describe("updateVerdict", () => {
+  const spec = { command: ["sleep", "1"] };
+  const changed = { command: ["sleep", "2"] };
+  const cases: [string, Resource, Resource, string][] = [
+    ["the same object, status aside", tj(spec, undefined, { phase: "Succeeded" }), tj(spec), "unchanged"],
+    ["keys in another order", tj({ a: 1, b: 2 }), tj({ b: 2, a: 1 }), "unchanged"],
+    ["no labels and empty labels", tj(spec), tj(spec, {}), "unchanged"],
+    [
+      "a label",
+      tj(spec, undefined, { phase: "Running", attempts: 1 }),
+      tj(spec, { team: "a" }),
+      "configured (labels/annotations only: the job is not restarted)",
+    ],
+    [
+      "a spec change of a running job",
+      tj(spec, undefined, { phase: "Running", attempts: 1, admission: { node: "vm" } }),
+      tj(changed),
+      "configured (spec changed: the running attempt is not restarted; the new spec applies from its next attempt)",
+    ],
+    [
+      "a spec change of a finished job",
+      tj(spec, undefined, { phase: "Failed", attempts: 2 }),
+      tj(changed),
+      "configured (spec changed: the job has finished (Failed) and does not run again)",
+    ],
+    [
+      "a spec change of an admitted job not yet started",
+      tj(spec, undefined, { phase: "Pending", admission: { node: "vm" } }),
+      tj(changed),
+      "configured (spec changed: the job has not started yet and starts with it)",
+    ],
+    [
+      "a spec change of a waiting job",
+      tj(spec, undefined, { phase: "Pending" }),
+      tj(changed),
+      "configured (spec changed: the job waits for admission with it)",
+    ],
+  ];
+  it.each(cases)("%s", (_what, current, updated, verb) => {
+    expect(updateVerdict("TrainingJob", current, updated).verb).toBe(verb);
   });
-  for (const c of [program, ...program.commands]) c.exitOverride();
-  try {
-    await program.parseAsync(["node", "loom", "apply", "-f", file]);
-    return { error: undefined, requests };
-  } catch (error) {
-    return { error, requests };
-  }
-}
 
-describe("loom apply on hostile YAML", () => {
-  it("refuses an alias bomb (billion laughs) with one line and exit code 1, sending nothing", async () => {
-    const levels = ["a: &a [x, x, x, x, x, x, x, x, x]"];
-    for (let i = 1; i < 10; i++) {
-      const prev = String.fromCharCode(96 + i);
-      const name = String.fromCharCode(97 + i);
-      levels.push(`${name}: &${name} [${Array(9).fill(`*${prev}`).join(", ")}]`);
-    }
-    const bomb = `apiVersion: loom.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: boom}\nspec:\n${levels.map((l) => `  ${l}`).join("\n")}\n`;
-    const { error, requests } = await apply(bomb);
-    expect(error).toBeInstanceOf(CliError);
-    expect((error as CliError).exitCode).toBe(1);
-    expect((error as Error).message).toMatch(/invalid YAML: .*alias/i);
-    expect((error as Error).message.split("\n")).toHaveLength(1);
-    expect(requests).toBe(0);
-  });
-
-  it("refuses broken YAML with the file and line, exit code 1", async () => {
-    const { error, requests } = await apply("kind: [unclosed\n");
-    expect(error).toBeInstanceOf(CliError);
-    expect((error as CliError).exitCode).toBe(1);
-    expect((error as Error).message).toMatch(/m\.yaml:.*invalid YAML/);
-    expect(requests).toBe(0);
+  it("passes on a waiting job's admission preview; other kinds are plainly configured", () => {
+    const answer = {
+      ...tj(changed),
+      status: { admissionPreview: { message: "would start now on vm" } },
+    } as unknown as Resource;
+    expect(updateVerdict("TrainingJob", tj(spec), answer)).toEqual({
+      verb: "configured (spec changed: the job waits for admission with it)",
+      preview: "would start now on vm",
+    });
+    expect(updateVerdict("Sweep", tj(spec), tj(changed))).toEqual({ verb: "configured" });
   });
 });

@@ -1,5 +1,8 @@
 import type { Command } from "commander";
+import { TRAININGJOB } from "../../api/kinds.js";
 import type { Resource } from "../../api/meta.js";
+import { isFinished, type TrainingJob } from "../../api/trainingjob.js";
+import { canonicalJson } from "../../lib/json.js";
 import { ApiError } from "../client.js";
 import type { Api, CliDeps } from "../deps.js";
 import { CliError } from "../errors.js";
@@ -15,34 +18,37 @@ export function registerApply(program: Command, deps: CliDeps): void {
     .option("-p, --project <project>", "project for objects that do not name one")
     .option(
       "--dry-run",
-      "validate and change nothing; for TrainingJobs, say whether each would start now and what it would preempt",
+      "change nothing; say what apply would do to each object (created, configured, unchanged) and, for TrainingJobs, whether each would start now, where, or what it would preempt",
     )
     .action(async (opts: { filename: string[]; project?: string; dryRun?: boolean }) =>
       apply(deps, opts.filename, opts.project, !!opts.dryRun),
     );
 }
 
-async function apply(
-  deps: CliDeps,
-  files: string[],
-  projectOpt: string | undefined,
-  dryRunOnly = false,
-): Promise<void> {
+/** What apply does (or, in a dry run, would do) to one object, in the words both print. */
+export interface Verdict {
+  /** "created", "unchanged", or "configured" with what the change does to a TrainingJob. */
+  verb: string;
+  /** Dry run only: what the scheduler would do with a job that would wait for admission. */
+  preview?: string;
+}
+
+/** The server's answer, with the admission preview a dry run asked for. */
+type Answer = Resource & { status?: { admissionPreview?: { message: string } } };
+
+async function apply(deps: CliDeps, files: string[], projectOpt: string | undefined, dryRunOnly: boolean) {
   const { api, defaultProject } = deps.client();
   const docs = readManifests(files);
   const prepared = docs.map((d) => prepare(d, projectOpt ?? defaultProject));
-  // Validate everything first (server-side dry run), so a bad document stores nothing.
+  // The dry run of every document first: it is what --dry-run prints, and apply's check that
+  // every document would go through before anything is written (a bad document stores nothing).
+  // The admission preview costs a scheduling pass per job: only a dry run that prints it asks.
   const problems: string[] = [];
-  const previews = new Map<Prepared, string | undefined>();
+  const planned = new Map<Prepared, Verdict>();
   await Promise.all(
     prepared.map(async (p) => {
       try {
-        const answer = await api.request<{ status?: { admissionPreview?: { message: string } } }>(
-          "POST",
-          `${collectionPath(p.def, p.project)}?dryRun=All${dryRunOnly ? "&preview=admission" : ""}`,
-          p.body,
-        );
-        previews.set(p, answer?.status?.admissionPreview?.message);
+        planned.set(p, await applyOne(api, p, dryRunOnly ? "preview" : "dry"));
       } catch (err) {
         if (err instanceof ApiError && err.status !== 401 && err.status < 500) {
           for (const line of err.message.split("\n"))
@@ -54,39 +60,99 @@ async function apply(
   if (problems.length > 0) throw new CliError(`nothing was applied:\n${problems.join("\n")}`);
   if (dryRunOnly) {
     for (const p of prepared) {
-      const preview = previews.get(p);
-      deps.stdout.write(`${ref(p.def, p.name)} valid (dry run)${preview ? `: ${preview}` : ""}\n`);
+      const v = planned.get(p)!;
+      deps.stdout.write(`${ref(p.def, p.name)} ${v.verb} (dry run)${v.preview ? `: ${v.preview}` : ""}\n`);
     }
     return;
   }
-  for (const p of prepared) {
-    const outcome = await createOrUpdate(api, p);
-    deps.stdout.write(`${ref(p.def, p.name)} ${outcome}\n`);
-  }
+  for (const p of prepared)
+    deps.stdout.write(`${ref(p.def, p.name)} ${(await applyOne(api, p, "apply")).verb}\n`);
 }
 
-async function createOrUpdate(api: Api, p: Prepared): Promise<string> {
+/**
+ * The one decision for an object, shared by the dry run and apply so that they cannot disagree:
+ * the same requests in the same order (create; if it exists, read it and update it at its
+ * resourceVersion), with `?dryRun=All` in a dry run, and the same reading of the answers
+ * ({@link updateVerdict}). The server answers a dry run as the real write would: AlreadyExists
+ * for an object that exists, and the object as it would be stored.
+ */
+export async function applyOne(api: Api, p: Prepared, mode: "apply" | "dry" | "preview"): Promise<Verdict> {
+  const query = mode === "apply" ? "" : mode === "dry" ? "?dryRun=All" : "?dryRun=All&preview=admission";
+  // Models live in the model registry, whose POST creates or updates: ask first whether it exists.
+  const upsert = (p.def.storage ?? "store") !== "store";
   for (let i = 0; i < 10; i++) {
-    try {
-      await api.request("POST", collectionPath(p.def, p.project), p.body);
-      return "created";
-    } catch (err) {
-      if (!(err instanceof ApiError && err.reason === "AlreadyExists")) throw err;
+    let current = upsert ? await read(api, p) : undefined;
+    if (!current) {
+      try {
+        const created = await api.request<Answer>(
+          "POST",
+          `${collectionPath(p.def, p.project)}${query}`,
+          p.body,
+        );
+        return { verb: "created", ...preview(created) };
+      } catch (err) {
+        if (upsert || !(err instanceof ApiError && err.reason === "AlreadyExists")) throw err;
+      }
+      current = await read(api, p);
+      if (!current) continue; // deleted since: create again
     }
-    const current = await api.request<Resource>("GET", itemPath(p.def, p.project, p.name));
     const body = {
       ...p.body,
       metadata: { ...(p.body.metadata as object), resourceVersion: current.metadata.resourceVersion },
     };
     try {
-      const updated = await api.request<Resource>("PUT", itemPath(p.def, p.project, p.name), body);
-      return updated.metadata.resourceVersion === current.metadata.resourceVersion
-        ? "unchanged"
-        : "configured";
+      const updated = upsert
+        ? await api.request<Answer>("POST", `${collectionPath(p.def, p.project)}${query}`, p.body)
+        : await api.request<Answer>("PUT", `${itemPath(p.def, p.project, p.name)}${query}`, body);
+      return updateVerdict(p.def.kind, current, updated);
     } catch (err) {
       if (err instanceof ApiError && (err.reason === "Conflict" || err.reason === "NotFound")) continue;
       throw err;
     }
   }
   throw new CliError(`${ref(p.def, p.name)}: gave up after repeated conflicting writes; try again`);
+}
+
+async function read(api: Api, p: Prepared): Promise<Resource | undefined> {
+  try {
+    return await api.request<Resource>("GET", itemPath(p.def, p.project, p.name));
+  } catch (err) {
+    if (err instanceof ApiError && err.reason === "NotFound") return undefined;
+    throw err;
+  }
+}
+
+function preview(answer: Resource | undefined): { preview?: string } {
+  const message = (answer as Answer | undefined)?.status?.admissionPreview?.message;
+  return message ? { preview: message } : {};
+}
+
+/**
+ * What an update did (or would do), from the object before and the server's answer after: the
+ * same comparison for the stored answer and for a dry run's. For a TrainingJob it also says what
+ * the change does to the job: a spec change does not restart a running attempt (the controller
+ * starts each attempt from the spec of that moment), and a finished job does not run again.
+ */
+export function updateVerdict(kind: string, current: Resource, updated: Resource): Verdict {
+  const same = (a: unknown, b: unknown) => canonicalJson(a ?? {}) === canonicalJson(b ?? {});
+  const specChanged = !same(current.spec, updated.spec);
+  const metaChanged =
+    !same(current.metadata.labels, updated.metadata?.labels) ||
+    !same(current.metadata.annotations, updated.metadata?.annotations);
+  if (!specChanged && !metaChanged) return { verb: "unchanged" };
+  if (kind !== TRAININGJOB) return { verb: "configured" };
+  if (!specChanged) return { verb: "configured (labels/annotations only: the job is not restarted)" };
+  const job = current as TrainingJob;
+  const status = job.status ?? {};
+  if (isFinished(job))
+    return {
+      verb: `configured (spec changed: the job has finished (${status.phase}) and does not run again)`,
+    };
+  if ((status.attempts ?? 0) > 0)
+    return {
+      verb: "configured (spec changed: the running attempt is not restarted; the new spec applies from its next attempt)",
+    };
+  if (status.admission)
+    return { verb: "configured (spec changed: the job has not started yet and starts with it)" };
+  return { verb: "configured (spec changed: the job waits for admission with it)", ...preview(updated) };
 }

@@ -1,7 +1,8 @@
 import type { FastifyInstance } from "fastify";
 import { BadRequestError } from "../../api/errors.js";
 import { TRAININGJOB } from "../../api/kinds.js";
-import type { TrainingJob } from "../../api/trainingjob.js";
+import type { Resource } from "../../api/meta.js";
+import { isFinished, type TrainingJob } from "../../api/trainingjob.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ResourceService } from "../resources.js";
 import { route, rule } from "../routetable.js";
@@ -31,6 +32,18 @@ export function resourceRoutes(app: FastifyInstance, deps: ResourceRoutesDeps): 
   const list = `${BASE}/projects/:project/:plural`;
   const one = `${list}/:name`;
   const kindOf = (req: { params: Params }) => resources.namespacedKind(req.params.plural!);
+  /**
+   * `loom apply --dry-run` of a TrainingJob (a create, or an update of a job that still waits):
+   * would it start now, where, and what would it preempt? An admitted or finished job keeps what
+   * it has, so a dry run of it schedules nothing.
+   */
+  const withPreview = async (req: { query: Query }, def: { kind: string }, obj: Resource) => {
+    if (!dryRun(req.query) || req.query.preview !== "admission" || def.kind !== TRAININGJOB) return obj;
+    const job = obj as TrainingJob;
+    if (job.status?.admission || isFinished(job) || job.metadata.deletionTimestamp) return obj;
+    const admissionPreview = await deps.scheduling.preview(job);
+    return { ...job, status: { ...job.status, phase: job.status?.phase ?? "Pending", admissionPreview } };
+  };
   route<G>(app, {
     method: "GET",
     url: `${BASE}/projects/:project/events`,
@@ -59,12 +72,7 @@ export function resourceRoutes(app: FastifyInstance, deps: ResourceRoutesDeps): 
     handler: async (req, reply) => {
       const def = kindOf(req);
       const created = await resources.create(def, req.params.project, req.body, dryRun(req.query));
-      // `loom apply --dry-run`: would it start now, and what would it preempt?
-      if (dryRun(req.query) && req.query.preview === "admission" && def.kind === TRAININGJOB) {
-        const preview = await deps.scheduling.preview(created as TrainingJob);
-        return reply.code(201).send({ ...created, status: { phase: "Pending", admissionPreview: preview } });
-      }
-      return reply.code(201).send(created);
+      return reply.code(201).send(await withPreview(req, def, created));
     },
   });
   route<G>(app, {
@@ -77,8 +85,17 @@ export function resourceRoutes(app: FastifyInstance, deps: ResourceRoutesDeps): 
     method: "PUT",
     url: one,
     rule: rule.project("objects", "write"),
-    handler: async (req) =>
-      resources.update(kindOf(req), req.params.project, req.params.name!, req.body, dryRun(req.query)),
+    handler: async (req) => {
+      const def = kindOf(req);
+      const updated = await resources.update(
+        def,
+        req.params.project,
+        req.params.name!,
+        req.body,
+        dryRun(req.query),
+      );
+      return withPreview(req, def, updated);
+    },
   });
   route<G>(app, {
     method: "PATCH",
