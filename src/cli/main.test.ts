@@ -137,7 +137,14 @@ describe("loom get", () => {
   it("-p picks the project; a cluster-scoped kind ignores it", async () => {
     const r1 = await loom(["get", "tj", "-p", "other"], () => ({ items: [job("x")], metadata: {} }));
     expect(r1.calls[0]?.path).toBe(`${BASE}/projects/other/trainingjobs?`);
-    expect(r1.stdout.split("\n")[0]?.split(/\s+/)).toEqual(["NAME", "PHASE", "READY", "ATTEMPT", "AGE"]);
+    expect(r1.stdout.split("\n")[0]?.split(/\s+/)).toEqual([
+      "NAME",
+      "PHASE",
+      "READY",
+      "ATTEMPT",
+      "REASON",
+      "AGE",
+    ]);
     const r2 = await loom(["get", "projects", "-p", "other"], () => ({ items: [], metadata: {} }));
     expect(r2.calls[0]?.path).toBe(`${BASE}/projects?`);
     expect(r2.stderr).toBe("No projects found.\n");
