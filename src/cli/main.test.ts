@@ -256,8 +256,19 @@ describe("loom logs", () => {
     expect(r.calls).toEqual([{ method: "STREAM", path: `${BASE}/projects/p2/trainingjobs/x/log?` }]);
   });
 
+  it("a lone name is a training job's (only they have logs): loom logs hello is tj/hello", async () => {
+    const r = await loom(["logs", "hello", "--worker", "0"]);
+    expect(r.error).toBeUndefined();
+    expect(r.calls).toEqual([{ method: "STREAM", path: `${TJ}/hello/log?worker=0` }]);
+  });
+
   it("a kind without a name, or a name twice, says how to name it", async () => {
-    expect((await loom(["logs", "tj"])).error?.message).toBe("name the tj: loom ... tj NAME (or tj/NAME)");
+    expect((await loom(["logs", "tj"])).error?.message).toBe(
+      "name the trainingjob: loom logs tj/NAME (or tj NAME)",
+    );
+    expect((await loom(["describe", "hello"])).error?.message).toMatch(
+      /^say which kind "hello" is: loom describe KIND\/hello, e\.g\. loom describe tj\/hello \(kinds: Project /,
+    );
     expect((await loom(["logs", "tj/x", "y"])).error?.message).toBe(
       'give either KIND/NAME or KIND NAME, not both ("tj/x" "y")',
     );
