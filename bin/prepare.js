@@ -17,7 +17,7 @@ if (state === "fresh") {
   process.exit(0);
 }
 console.log(
-  `loom: compiling TypeScript (src/ -> dist/) with tsc${state === "stale" ? ", sources changed since the last build" : ""}; this takes 10-60 s…`,
+  `loom: compiling TypeScript (src/ -> dist/) with tsc${state === "stale" ? ", sources changed since the last build" : ""}; about a minute, more on a busy machine…`,
 );
 const started = Date.now();
 const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
