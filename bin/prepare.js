@@ -28,4 +28,4 @@ if (result.status !== 0) {
   );
   process.exit(1);
 }
-console.log(`loom: compiled in ${Math.round((Date.now() - started) / 1000)} s; run it with: npx loom up`);
+console.log(`loom: compiled in ${Math.round((Date.now() - started) / 1000)} s`);

@@ -41,7 +41,7 @@ describe("GPU accounting and why-pending (embedded, virtual GPUs)", () => {
     };
     const d1 = await devices("g1");
     const d2 = await devices("g2");
-    expect([d1, d2].sort()).toEqual(["devices=0", "devices=1"]);
+    expect([d1, d2].sort()).toEqual(["[worker 0] devices=0", "[worker 0] devices=1"]);
 
     expect((await loom.cli(["delete", "tj", "g1"])).code).toBe(0);
     await loom.waitFor("g3", (j) => j.status?.workers?.[0]?.state === "Running", 15_000);
