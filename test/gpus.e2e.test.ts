@@ -41,7 +41,7 @@ describe("GPU accounting and why-pending (embedded, virtual GPUs)", () => {
     };
     const d1 = await devices("g1");
     const d2 = await devices("g2");
-    expect([d1, d2].sort()).toEqual(["devices=0", "devices=1"]);
+    expect([d1, d2].sort()).toEqual(["[worker 0] devices=0", "[worker 0] devices=1"]);
 
     expect((await loom.cli(["delete", "tj", "g1"])).code).toBe(0);
     await loom.waitFor("g3", (j) => j.status?.workers?.[0]?.state === "Running", 15_000);
@@ -65,7 +65,7 @@ describe("GPU accounting and why-pending (embedded, virtual GPUs)", () => {
     await loom.waitFor("ticker", (j) => j.status?.workers?.[0]?.state === "Running");
     const followed = await loom.cli(["logs", "tj/ticker", "-f"]);
     expect(followed.code).toBe(0);
-    expect(followed.stdout).toBe("tick 1\ntick 2\ntick 3\n");
+    expect(followed.stdout).toBe("[worker 0] tick 1\n[worker 0] tick 2\n[worker 0] tick 3\n");
   });
 
   it("get -w prints each change of a job as it happens", async () => {

@@ -2,6 +2,7 @@ import { copyFileSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { V1Deployment } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Job, LoomProcess, ROOT } from "./helpers.js";
 import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
@@ -621,21 +622,22 @@ spec:
       const r = cluster.kubectl(["get", ...args, "-n", "loom-default", "-o", "json"]);
       return r.code === 0 ? JSON.parse(r.stdout) : undefined;
     };
-    let deployment: Record<string, any> | undefined;
+    let deployment: V1Deployment | undefined;
     for (let i = 0; i < 60 && !deployment; i++) {
       deployment = get(["deployment", "chat-1"]);
       if (!deployment) await sleep(500);
     }
     expect(deployment, operator.log().slice(-2000)).toBeDefined();
-    expect(deployment!.spec.replicas).toBe(2);
-    expect(deployment!.metadata.ownerReferences[0]).toMatchObject({ kind: "InferenceService", name: "chat" });
-    const pod = deployment!.spec.template.spec;
+    expect(deployment!.spec!.replicas).toBe(2);
+    expect(deployment!.metadata!.ownerReferences![0]).toMatchObject({
+      kind: "InferenceService",
+      name: "chat",
+    });
+    const pod = deployment!.spec!.template.spec!;
     expect(pod.schedulerName).toBe("loom");
-    expect(pod.containers[0].image).toBe("vllm/vllm-openai:v0.6.0");
-    expect(pod.containers[0].readinessProbe.httpGet).toMatchObject({ path: "/health", port: 8080 });
-    const env = Object.fromEntries(
-      pod.containers[0].env.map((e: { name: string; value: string }) => [e.name, e.value]),
-    );
+    expect(pod.containers[0]!.image).toBe("vllm/vllm-openai:v0.6.0");
+    expect(pod.containers[0]!.readinessProbe!.httpGet).toMatchObject({ path: "/health", port: 8080 });
+    const env = Object.fromEntries(pod.containers[0]!.env!.map((e) => [e.name, e.value]));
     expect(env).toMatchObject({
       PORT: "8080",
       HOST: "0.0.0.0",
@@ -664,12 +666,12 @@ spec:
     ]);
     expect(gatewayYaml.code, gatewayYaml.stderr).toBe(0);
     const applied = JSON.parse(gatewayYaml.stdout) as {
-      items: { kind: string; spec: Record<string, any> }[];
+      items: (V1Deployment & { kind: string })[];
     };
     const gw = applied.items.find((i) => i.kind === "Deployment")!;
-    expect(gw.spec.replicas).toBe(2);
-    expect(gw.spec.template.metadata.labels["app.kubernetes.io/name"]).toBe("loom-gateway");
-    expect(gw.spec.template.spec.containers[0].command).toContain("gateway");
+    expect(gw.spec!.replicas).toBe(2);
+    expect(gw.spec!.template.metadata!.labels!["app.kubernetes.io/name"]).toBe("loom-gateway");
+    expect(gw.spec!.template.spec!.containers[0]!.command).toContain("gateway");
     // The project's own policy no longer admits its other pods to model pods.
     const isolation = get(["networkpolicy", "loom-project-isolation"]);
     expect(isolation.spec.podSelector.matchExpressions[0]).toMatchObject({

@@ -51,7 +51,7 @@ describe("server crash and restart (embedded)", () => {
     expect(done.status?.workers?.[0]?.pid).toBe(pid);
     expect(done.status?.attempts).toBe(1);
     expect(readFileSync(starts, "utf8").trim().split("\n")).toHaveLength(1);
-    expect((await second.cli(["logs", "tj/long"])).stdout).toBe("finished\n");
+    expect((await second.cli(["logs", "tj/long"])).stdout).toBe("[worker 0] finished\n");
     const instance = readFileSync(join(second.dataDir, "instance-id"), "utf8").trim();
     expect(findProcessesByEnv("LOOM_INSTANCE", instance)).toEqual([]);
     await second.kill("SIGTERM");

@@ -21,7 +21,9 @@ describe("TrainingJob end to end (embedded)", () => {
     expect(JSON.parse(got.stdout).status.phase).toBe("Succeeded");
     const logs = await loom.cli(["logs", "tj/hello"]);
     expect(logs.code).toBe(0);
-    expect(logs.stdout).toContain("hello from loom: worker 0 of 1, attempt 1");
+    // Every line prefixed, a one-worker job's too (as the README says); the kind may be left off.
+    expect(logs.stdout).toContain("[worker 0] hello from loom: worker 0 of 1, attempt 1");
+    expect((await loom.cli(["logs", "hello"])).stdout).toBe(logs.stdout);
     // Re-applying an unchanged manifest is a no-op, as with kubectl.
     expect((await loom.cli(["apply", "-f", "examples/hello/"])).stdout).toContain("hello unchanged");
   });
@@ -40,8 +42,8 @@ describe("TrainingJob end to end (embedded)", () => {
     expect(failed?.message).toContain("exited with code 3");
     expect(failed?.message).toContain("attempt 3 of 3");
     // Each attempt has its own log; the last one is shown by default.
-    expect((await loom.cli(["logs", "tj/exit3"])).stdout).toBe("attempt 3\n");
-    expect((await loom.cli(["logs", "tj/exit3", "--attempt", "1"])).stdout).toBe("attempt 1\n");
+    expect((await loom.cli(["logs", "tj/exit3"])).stdout).toBe("[worker 0] attempt 3\n");
+    expect((await loom.cli(["logs", "tj/exit3", "--attempt", "1"])).stdout).toBe("[worker 0] attempt 1\n");
     const described = await loom.cli(["describe", "tj", "exit3"]);
     expect(described.stdout).toMatch(/WorkerFailed .*exited with code 3 on attempt 1 of 3/);
   });

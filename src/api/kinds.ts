@@ -14,6 +14,8 @@ export interface PrinterColumn {
   path: string;
   wide?: boolean;
   type?: "string" | "integer" | "number" | "date";
+  /** What `loom get` prints when the path is absent (default "<none>"): "0" for a count. */
+  empty?: string;
 }
 
 /** Everything the platform knows about one kind: names, schemas, scope, how to print it. */
@@ -67,9 +69,11 @@ export const KINDS: readonly KindDef[] = [
       { name: "PHASE", path: "status.phase" },
       { name: "READY", path: "status.ready" },
       { name: "ATTEMPT", path: "status.attempts", type: "integer" },
-      { name: "RESTARTS", path: "status.restarts", type: "integer", wide: true },
+      { name: "RESTARTS", path: "status.restarts", type: "integer", wide: true, empty: "0" },
       { name: "CHECKPOINT", path: "status.checkpoint.step", type: "integer", wide: true },
-      { name: "REASON", path: "status.conditions[-1].reason", wide: true },
+      // Why a job is where it is (BuildingEnvironment, InsufficientCapacity, WorkerFailed), shown
+      // by default as kubectl shows a pod's STATUS reason (loom describe shows its message).
+      { name: "REASON", path: "status.conditions[-1].reason" },
       { name: "NODE", path: "status.admission.node", wide: true },
     ],
   },

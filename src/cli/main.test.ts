@@ -137,7 +137,14 @@ describe("loom get", () => {
   it("-p picks the project; a cluster-scoped kind ignores it", async () => {
     const r1 = await loom(["get", "tj", "-p", "other"], () => ({ items: [job("x")], metadata: {} }));
     expect(r1.calls[0]?.path).toBe(`${BASE}/projects/other/trainingjobs?`);
-    expect(r1.stdout.split("\n")[0]?.split(/\s+/)).toEqual(["NAME", "PHASE", "READY", "ATTEMPT", "AGE"]);
+    expect(r1.stdout.split("\n")[0]?.split(/\s+/)).toEqual([
+      "NAME",
+      "PHASE",
+      "READY",
+      "ATTEMPT",
+      "REASON",
+      "AGE",
+    ]);
     const r2 = await loom(["get", "projects", "-p", "other"], () => ({ items: [], metadata: {} }));
     expect(r2.calls[0]?.path).toBe(`${BASE}/projects?`);
     expect(r2.stderr).toBe("No projects found.\n");
@@ -249,8 +256,19 @@ describe("loom logs", () => {
     expect(r.calls).toEqual([{ method: "STREAM", path: `${BASE}/projects/p2/trainingjobs/x/log?` }]);
   });
 
+  it("a lone name is a training job's (only they have logs): loom logs hello is tj/hello", async () => {
+    const r = await loom(["logs", "hello", "--worker", "0"]);
+    expect(r.error).toBeUndefined();
+    expect(r.calls).toEqual([{ method: "STREAM", path: `${TJ}/hello/log?worker=0` }]);
+  });
+
   it("a kind without a name, or a name twice, says how to name it", async () => {
-    expect((await loom(["logs", "tj"])).error?.message).toBe("name the tj: loom ... tj NAME (or tj/NAME)");
+    expect((await loom(["logs", "tj"])).error?.message).toBe(
+      "name the trainingjob: loom logs tj/NAME (or tj NAME)",
+    );
+    expect((await loom(["describe", "hello"])).error?.message).toMatch(
+      /^say which kind "hello" is: loom describe KIND\/hello, e\.g\. loom describe tj\/hello \(kinds: Project /,
+    );
     expect((await loom(["logs", "tj/x", "y"])).error?.message).toBe(
       'give either KIND/NAME or KIND NAME, not both ("tj/x" "y")',
     );

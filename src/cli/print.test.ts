@@ -97,12 +97,30 @@ group("resourceTable", () => {
   it("prints the narrow columns, <none> for missing values and Terminating while deleting", () => {
     expect(resourceTable(kind("tj"), items, { wide: false, allProjects: false })).toBe(
       [
-        "NAME   PHASE         READY    ATTEMPT   AGE",
-        "one    Running       2/2      1         5m",
-        "two    Terminating   <none>   <none>    5m",
+        "NAME   PHASE         READY    ATTEMPT   REASON    AGE",
+        "one    Running       2/2      1         Started   5m",
+        "two    Terminating   <none>   <none>    <none>    5m",
         "",
       ].join("\n"),
     );
+  });
+
+  it("says why a pending job waits without -o wide (its latest condition's reason), as kubectl's STATUS", () => {
+    const building = tj("env", {
+      phase: "Pending",
+      conditions: [
+        { type: "Admitted", status: "True", reason: "Admitted" },
+        { type: "EnvironmentReady", status: "False", reason: "BuildingEnvironment", message: "[==>  ] 3s" },
+      ],
+    });
+    const [header, row] = resourceTable(kind("tj"), [building], { wide: false, allProjects: false }).split(
+      "\n",
+    );
+    expect(header?.split(/\s+/)).toEqual(["NAME", "PHASE", "READY", "ATTEMPT", "REASON", "AGE"]);
+    expect(row?.split(/\s+/)).toEqual(["env", "Pending", "<none>", "<none>", "BuildingEnvironment", "5m"]);
+    // -o wide: a job that never restarted has RESTARTS 0, not <none>.
+    const wide = resourceTable(kind("tj"), [building], { wide: true, allProjects: false }).split("\n")[1];
+    expect(wide).toMatch(/^env +Pending +<none> +<none> +0 +<none> +BuildingEnvironment +<none> +5m$/);
   });
 
   it("wide adds the wide columns; all projects adds PROJECT first", () => {

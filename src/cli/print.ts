@@ -68,7 +68,7 @@ export function resourceTable(
     ...cols.map((c) => {
       const v = pick(o, c.path);
       if (c.path === "status.phase" && o.metadata.deletionTimestamp) return "Terminating";
-      if (v === undefined || v === null) return "<none>";
+      if (v === undefined || v === null) return c.empty ?? "<none>";
       // Metrics read best at six significant digits (2.29109, not 2.2910878658294678).
       return c.type === "number" && typeof v === "number" ? String(Number(v.toPrecision(6))) : String(v);
     }),

@@ -31,13 +31,26 @@ export function ref(def: KindDef, name: string): string {
   return `${def.singular}.loom.dev/${name}`;
 }
 
-/** Resolves "tj/hello" or ("tj", "hello") to a kind and name. */
-export function kindAndName(a: string, b: string | undefined): { def: KindDef; name: string } {
+/**
+ * Resolves "tj/hello" or ("tj", "hello") to a kind and name. `command` ("describe") makes the
+ * messages for a lone word exact: a kind with no name, or a name with no kind.
+ */
+export function kindAndName(
+  a: string,
+  b: string | undefined,
+  command = "...",
+): { def: KindDef; name: string } {
   if (a.includes("/")) {
     const [k, n] = a.split("/", 2) as [string, string];
     if (b) throw new CliError(`give either KIND/NAME or KIND NAME, not both ("${a}" "${b}")`);
     return { def: kindOf(k), name: n };
   }
-  if (!b) throw new CliError(`name the ${a}: loom ... ${a} NAME (or ${a}/NAME)`);
+  if (!b) {
+    const def = findKind(a);
+    if (def) throw new CliError(`name the ${def.singular}: loom ${command} ${a}/NAME (or ${a} NAME)`);
+    throw new CliError(
+      `say which kind "${a}" is: loom ${command} KIND/${a}, e.g. loom ${command} tj/${a} (kinds: ${knownKindsText()})`,
+    );
+  }
   return { def: kindOf(a), name: b };
 }

@@ -50,6 +50,10 @@ describe("bearerAuthenticator", () => {
     expect(auth("Bearer a")).toMatchObject({ name: "t" });
     await new Promise((r) => setImmediate(r));
     await expect(async () => auth("Bearer a")).rejects.toThrow(/revoked or expired/);
+    // Revocation exists (loom token revoke, loom apikey revoke): the 401 says what to do next.
+    await expect(async () => auth("Bearer a")).rejects.toThrow(
+      /show which are live\). Ask an admin for a new one: loom token create NAME .* loom apikey create NAME -p PROJECT for the inference gateway/,
+    );
     // b expired at 500: not served from the cache, and the store (which refuses it) is asked.
     live.delete("b");
     await expect(async () => auth("Bearer b")).rejects.toThrow(/revoked or expired/);

@@ -40,7 +40,9 @@ export function bearerAuthenticator(
   const refreshing = new Map<string, Promise<TokenInfo | undefined>>();
   const invalid = () =>
     new UnauthorizedError(
-      "invalid token: it is unknown, revoked or expired; check LOOM_TOKEN or the context in ~/.loom/config.yaml (loom up prints the admin token)",
+      "invalid token: it is unknown, revoked or expired (loom token list / loom apikey list -p PROJECT show which are live). " +
+        "Ask an admin for a new one: loom token create NAME for Loom's API (put it in LOOM_TOKEN or the context in ~/.loom/config.yaml; loom up prints the admin token), " +
+        "loom apikey create NAME -p PROJECT for the inference gateway (the OpenAI client's api_key)",
     );
   // One verify per token at a time: a burst of requests with a new token asks once.
   const check = (token: string): Promise<TokenInfo | undefined> => {

@@ -27,11 +27,14 @@ export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
 log() { echo "[k8s build] $*" >&2; }
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=wait.sh
+source "$HERE/wait.sh"
 
 mkdir -p "$CACHE"
-# Two test runs may call this at once; only one builds.
+# Two test runs may call this at once; only one builds, and the other says it waits for it.
 exec 9>"$CACHE/.build.lock"
-flock 9
+lock_fd 9 "$CACHE/.build.lock" "build of the test control plane"
 
 have_k8s() {
   local b
@@ -152,9 +155,9 @@ build_kwok() {
   log "built kwok $KWOK_VERSION in $((SECONDS - start))s"
 }
 
-have_etcd || build_etcd
-have_kwok || build_kwok
-have_k8s || build_k8s
+have_etcd || ticking "building etcd" "$ETCD_DIR/build.log" build_etcd
+have_kwok || ticking "building kwok" "$KWOK_DIR/build.log" build_kwok
+have_k8s || ticking "building kubernetes" "$K8S_DIR/build.log" build_k8s
 
 mkdir -p "$BIN"
 for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sfn "$K8S_DIR/bin/$b" "$BIN/$b"; done

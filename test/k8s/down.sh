@@ -9,13 +9,15 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
+# shellcheck source=wait.sh
+source "$HERE/wait.sh"
 
 if [[ ! -d "$STATE" ]]; then
   log "nothing to stop: no state dir $STATE"
   exit 0
 fi
 exec 8>"$STATE/.up.lock"
-flock 8
+lock_fd 8 "$STATE/.up.lock" "start or stop of the test cluster in $STATE"
 if [[ ! -s "$PIDS" ]]; then
   log "nothing to stop in $STATE"
   rm -f "$PIDS"

@@ -14,6 +14,8 @@ umask 077
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
+# shellcheck source=wait.sh
+source "$HERE/wait.sh"
 
 NODES="${LOOM_K8S_NODES:-4}"
 [[ "$NODES" =~ ^[0-9]+$ ]] || die "LOOM_K8S_NODES must be a number, got '$NODES'"
@@ -40,7 +42,7 @@ ADMIN="$STATE/admin.kubeconfig"
 # One up/down at a time per state dir (test workers may race to start the shared cluster).
 # The components must not inherit this descriptor, or they would hold the lock for their lifetime.
 exec 8>"$STATE/.up.lock"
-flock 8
+lock_fd 8 "$STATE/.up.lock" "start or stop of the test cluster in $STATE"
 
 k() { "$KUBECTL" --kubeconfig "$ADMIN" "$@"; }
 

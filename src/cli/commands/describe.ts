@@ -14,7 +14,7 @@ export function registerDescribe(program: Command, deps: CliDeps): void {
     .argument("[name]")
     .option("-p, --project <project>", "project to look in")
     .action(async (kindArg: string, nameArg: string | undefined, opts: { project?: string }) => {
-      const { def, name } = kindAndName(kindArg, nameArg);
+      const { def, name } = kindAndName(kindArg, nameArg, "describe");
       const { api, defaultProject } = deps.client();
       const project = opts.project ?? defaultProject;
       const obj = await api.request<Resource>("GET", itemPath(def, project, name));

@@ -1,13 +1,24 @@
 import type { Command } from "commander";
+import { findKind, type KindDef, TRAININGJOB } from "../../api/kinds.js";
 import type { CliDeps } from "../deps.js";
-import { itemPath, kindAndName } from "../resources.js";
+import { itemPath, kindAndName, kindOf } from "../resources.js";
+
+/**
+ * What `loom logs` prints the output of. Only TrainingJobs have logs, so a lone word that is not
+ * a kind ("loom logs hello") can only mean one: it is taken as tj/hello.
+ */
+export function logTarget(target: string, name: string | undefined): { def: KindDef; name: string } {
+  if (target.includes("/") || name !== undefined || findKind(target))
+    return kindAndName(target, name, "logs");
+  return { def: kindOf(TRAININGJOB), name: target };
+}
 
 /** `loom logs KIND/NAME`: a worker's output, streamed as the server sends it. */
 export function registerLogs(program: Command, deps: CliDeps): void {
   program
     .command("logs")
-    .description("print a worker's output (KIND/NAME, e.g. tj/hello)")
-    .argument("<target>", "KIND/NAME")
+    .description("print a training job's worker output (tj/NAME, or just NAME)")
+    .argument("<target>", "tj/NAME, tj NAME or NAME (only training jobs have logs)")
     .argument("[name]")
     .option("-p, --project <project>", "project to look in")
     .option("--worker <n>", "only this worker (default: every worker, each line prefixed [worker K])")
@@ -19,7 +30,7 @@ export function registerLogs(program: Command, deps: CliDeps): void {
         nameArg: string | undefined,
         opts: { project?: string; worker?: string; attempt?: string; follow?: boolean },
       ) => {
-        const { def, name } = kindAndName(target, nameArg);
+        const { def, name } = logTarget(target, nameArg);
         const { api, defaultProject } = deps.client();
         const q = new URLSearchParams();
         if (opts.worker !== undefined) q.set("worker", opts.worker);

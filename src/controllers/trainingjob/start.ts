@@ -98,7 +98,7 @@ async function prepareEnvironment(
       ...status,
       conditions: setCondition(
         status.conditions,
-        { type: "EnvironmentReady", status: "False", reason: "Building", message: prep.message },
+        { type: "EnvironmentReady", status: "False", reason: "BuildingEnvironment", message: prep.message },
         now,
       ),
     });

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import pino from "pino";
 import { afterAll, describe, expect, it } from "vitest";
 import type { Preparation } from "../../ports/runtime.js";
-import { environmentKey, PythonEnvironments } from "./pyenv.js";
+import { environmentKey, PythonEnvironments, progressMessage } from "./pyenv.js";
 
 const dir = mkdtempSync(join(tmpdir(), "loom-pyenv-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -40,6 +40,26 @@ describe("PythonEnvironments", () => {
     const other = { ...spec, systemSitePackages: true };
     expect(environmentKey(spec)).not.toBe(environmentKey(other));
     expect(environmentKey(spec)).toBe(environmentKey({ ...spec }));
+  });
+
+  it("says roughly how long a build takes: the last one here, once one has finished", async () => {
+    await until(envs, spec);
+    const other = { ...spec, systemSitePackages: true };
+    const first = new PythonEnvironments(dir, pino({ level: "silent" })).prepare(other);
+    expect((first as { message: string }).message).toMatch(/\d+s so far \(the last build here took \d+s\)/);
+    expect((await until(envs, other)).at(-1)).toEqual({ ready: true });
+  }, 130_000);
+
+  it("names what pip is doing now, and a first build's rough size", () => {
+    const b = { startedAt: 0, collected: 3, fetched: 1, current: "Downloading torch-2.4.0.whl (797.2 MB)" };
+    expect(progressMessage(b, "/envs/x", 42_000)).toBe(
+      "building the Python environment (first use; cached afterwards): [======>             ] " +
+        "fetched 1 of 3 package(s) found so far (Downloading torch-2.4.0.whl (797.2 MB)), 42s so far " +
+        "(seconds for a bare venv, minutes with large packages such as torch); log: /envs/x.log",
+    );
+    expect(progressMessage({ ...b, installing: 3, lastSeconds: 95 }, "/envs/x", 42_000)).toMatch(
+      /installing 3 package\(s\), 42s so far \(the last build here took 95s\)/,
+    );
   });
 
   it("reports a failed pip install with its log, and tries again next time", async () => {

@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createWriteStream, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Logger } from "pino";
@@ -8,13 +8,21 @@ import type { Preparation, PythonEnvironmentSpec } from "../../ports/runtime.js"
 
 /** Written last: an environment without it is a build that did not finish. */
 const READY_MARKER = ".loom-ready";
+/** How long the last build took, for the next one's "roughly how long" (a JSON number, seconds). */
+const LAST_BUILD_FILE = "last-build-seconds";
+/** How often the server's log says a build is still going (`loom up`'s terminal is never silent). */
+const PROGRESS_LOG_MS = 10_000;
 
-interface Build {
+export interface Build {
   startedAt: number;
   /** Packages pip has named so far (Collecting …), and those it has fetched. */
   collected: number;
   fetched: number;
   installing?: number;
+  /** What pip is doing now ("Downloading torch-2.4.0-….whl (797.2 MB)"), for the message. */
+  current?: string;
+  /** How long the previous build in this cache took, in seconds, if one finished. */
+  lastSeconds?: number;
   error?: string;
 }
 
@@ -61,7 +69,12 @@ export class PythonEnvironments {
     dir: string,
     spec: Extract<PythonEnvironmentSpec, { interpreter: string }>,
   ): void {
-    const build: Build = { startedAt: Date.now(), collected: 0, fetched: 0 };
+    const build: Build = {
+      startedAt: Date.now(),
+      collected: 0,
+      fetched: 0,
+      lastSeconds: this.lastBuildSeconds(),
+    };
     this.builds.set(key, build);
     // Built in place (a venv's scripts name their own path, so it cannot be moved when done);
     // a leftover of an interrupted build is removed first.
@@ -89,9 +102,19 @@ export class PythonEnvironments {
         : []),
     ];
     this.log.info({ environment: key, requirements: spec.requirements }, "building a Python environment");
+    // Builds take minutes with large packages: say how far it got every few seconds meanwhile.
+    const ticker = setInterval(
+      () => this.log.info({ environment: key }, progressMessage(build, dir)),
+      PROGRESS_LOG_MS,
+    );
+    ticker.unref();
+    const done = () => {
+      clearInterval(ticker);
+      out.end();
+    };
     const run = (i: number): void => {
       if (i === steps.length) {
-        out.end();
+        done();
         try {
           writeFileSync(join(dir, READY_MARKER), JSON.stringify(spec));
         } catch (err) {
@@ -99,10 +122,13 @@ export class PythonEnvironments {
           return;
         }
         this.builds.delete(key);
-        this.log.info(
-          { environment: key, seconds: Math.round((Date.now() - build.startedAt) / 1000) },
-          "Python environment ready",
-        );
+        const seconds = Math.round((Date.now() - build.startedAt) / 1000);
+        this.log.info({ environment: key, seconds }, "Python environment ready");
+        try {
+          writeFileSync(join(this.dir, LAST_BUILD_FILE), JSON.stringify(seconds));
+        } catch {
+          // Only the next build's estimate is lost.
+        }
         return;
       }
       const [cmd, ...args] = steps[i]!;
@@ -110,6 +136,9 @@ export class PythonEnvironments {
       for (const stream of [child.stdout, child.stderr]) {
         stream.pipe(out, { end: false });
         createInterface({ input: stream }).on("line", (line) => {
+          const step = line.trim();
+          if (/^(Collecting|Downloading|Using cached|Building wheel|Installing collected) /.test(step))
+            build.current = step.length > 100 ? `${step.slice(0, 97)}...` : step;
           if (line.startsWith("Collecting ")) build.collected++;
           else if (/^\s*(Downloading|Using cached) /.test(line)) build.fetched++;
           const m = /^Installing collected packages: (.*)$/.exec(line);
@@ -118,17 +147,27 @@ export class PythonEnvironments {
       }
       child.on("error", (err) => {
         build.error = `${cmd} could not run: ${err.message}`;
-        out.end();
+        done();
       });
       child.on("exit", (code) => {
         if (build.error) return;
         if (code === 0) return run(i + 1);
         build.error = `${i === 0 ? "creating the virtual environment" : "pip install"} exited with code ${code}; see ${logFile}`;
-        out.end();
+        done();
         this.log.warn({ environment: key, error: build.error }, "Python environment build failed");
       });
     };
     run(0);
+  }
+
+  /** Seconds the last finished build in this cache took, if any. */
+  private lastBuildSeconds(): number | undefined {
+    try {
+      const n = JSON.parse(readFileSync(join(this.dir, LAST_BUILD_FILE), "utf8"));
+      return typeof n === "number" ? n : undefined;
+    } catch {
+      return undefined;
+    }
   }
 }
 
@@ -137,9 +176,12 @@ export function environmentKey(spec: Extract<PythonEnvironmentSpec, { interprete
   return createHash("sha256").update(content).digest("hex").slice(0, 16);
 }
 
-/** A progress bar in words, for the EnvironmentReady condition (loom describe, loom get -o yaml). */
-function progressMessage(b: Build, dir: string): string {
-  const seconds = Math.round((Date.now() - b.startedAt) / 1000);
+/**
+ * A progress bar in words, for the EnvironmentReady condition (loom describe, loom get -o yaml)
+ * and the server's log: how far, what pip is doing now, and roughly how long it takes.
+ */
+export function progressMessage(b: Build, dir: string, now = Date.now()): string {
+  const seconds = Math.round((now - b.startedAt) / 1000);
   const width = 20;
   let bar: string;
   let what: string;
@@ -154,5 +196,10 @@ function progressMessage(b: Build, dir: string): string {
         ? "creating the virtual environment"
         : `fetched ${b.fetched} of ${b.collected} package(s) found so far`;
   }
-  return `building the Python environment (first use; cached afterwards): [${`${bar}>`.padEnd(width)}] ${what}, ${seconds}s; log: ${dir}.log`;
+  const doing = b.current && b.installing === undefined ? ` (${b.current})` : "";
+  const expect =
+    b.lastSeconds === undefined
+      ? "seconds for a bare venv, minutes with large packages such as torch"
+      : `the last build here took ${b.lastSeconds}s`;
+  return `building the Python environment (first use; cached afterwards): [${`${bar}>`.padEnd(width)}] ${what}${doing}, ${seconds}s so far (${expect}); log: ${dir}.log`;
 }

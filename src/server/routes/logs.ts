@@ -42,17 +42,18 @@ export function logRoutes(app: FastifyInstance, deps: LogRoutesDeps): void {
         uid: job.metadata.uid,
       };
       const follow = req.query.follow === "1" || req.query.follow === "true";
-      const stream =
-        all && count > 1
-          ? interleaveLines(
-              await Promise.all(
-                Array.from({ length: count }, async (_, w) => ({
-                  prefix: `[worker ${w}]`,
-                  stream: await deps.runtime.logs(ref, { worker: w, attempt, follow }),
-                })),
-              ),
-            )
-          : await deps.runtime.logs(ref, { worker, attempt, follow });
+      // Every line of "all workers" is prefixed, a one-worker job's too: the output reads the same
+      // whatever the job's size, as the README promises; --worker N prints one worker's bare.
+      const stream = all
+        ? interleaveLines(
+            await Promise.all(
+              Array.from({ length: count }, async (_, w) => ({
+                prefix: `[worker ${w}]`,
+                stream: await deps.runtime.logs(ref, { worker: w, attempt, follow }),
+              })),
+            ),
+          )
+        : await deps.runtime.logs(ref, { worker, attempt, follow });
       req.raw.on("close", () => stream.destroy());
       return reply.type("text/plain; charset=utf-8").send(stream);
     },

@@ -1,0 +1,31 @@
+#!/usr/bin/env node
+// package.json's "prepare": compiles src/ to dist/ at install (npm ci, npm install, npm link),
+// saying so first, and skips the compile when dist/ is already as new as src/. npx runs prepare
+// again whenever it links this directory into its cache (the first `npx loom` in a clone): that
+// is start-up, not install, so it never compiles there; bin/loom.js says how to build if needed.
+import { spawnSync } from "node:child_process";
+import { createRequire } from "node:module";
+import { dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { distState } from "./dist.js";
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const state = distState(root);
+if (process.env.npm_command === "exec") process.exit(0);
+if (state === "fresh") {
+  console.log("loom: dist/ is up to date with src/; not compiling again (npm run build forces it)");
+  process.exit(0);
+}
+console.log(
+  `loom: compiling TypeScript (src/ -> dist/) with tsc${state === "stale" ? ", sources changed since the last build" : ""}; about a minute, more on a busy machine…`,
+);
+const started = Date.now();
+const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
+const result = spawnSync(process.execPath, [tsc, "-p", "tsconfig.json"], { cwd: root, stdio: "inherit" });
+if (result.status !== 0) {
+  console.error(
+    `loom: tsc failed (exit ${result.status ?? result.signal}); fix the errors above, then: npm run build`,
+  );
+  process.exit(1);
+}
+console.log(`loom: compiled in ${Math.round((Date.now() - started) / 1000)} s`);
