@@ -8,7 +8,7 @@ import type { Runtime } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
 import type { WorkloadTracking } from "../ports/tracking.js";
-import { Controller } from "../reconcile/controller.js";
+import { Controller, type Reconciler } from "../reconcile/controller.js";
 import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
@@ -21,6 +21,7 @@ import {
 import { ProjectReconciler } from "./project/reconciler.js";
 import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep/reconciler.js";
 import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob/reconciler.js";
+import { ValidatingReconciler } from "./validate.js";
 
 /**
  * TrainingJob reconciles at once. Starting a job on Kubernetes is a few requests one after the
@@ -78,28 +79,57 @@ export class ControllerManager {
     });
     this.admissionReconciler = admissionReconciler;
     const admission = new Controller(admissionReconciler, log("admission"), metrics);
+    // Every kind's loop validates first (validate.ts): a bad object is marked Failed/Invalid once.
+    const validated = (
+      inner: Reconciler,
+      kind: string,
+      informer: () => Informer | undefined,
+      terminal = false,
+    ) =>
+      new ValidatingReconciler(inner, {
+        kind,
+        get: (key) => informer()?.get(key),
+        store: deps.store,
+        events: deps.events,
+        now: deps.now,
+        failedIsTerminal: terminal,
+      });
     const jobs = new Controller(
-      new TrainingJobReconciler({
-        ...deps,
-        log: log("trainingjob"),
-        baseBackoffMs: deps.baseBackoffMs,
-        cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
-      }),
+      validated(
+        new TrainingJobReconciler({
+          ...deps,
+          log: log("trainingjob"),
+          baseBackoffMs: deps.baseBackoffMs,
+          cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
+        }),
+        TRAININGJOB,
+        () => this.tjInformer,
+        true,
+      ),
       log("trainingjob"),
       metrics,
       TRAININGJOB_WORKERS,
     );
-    const projects = new Controller(new ProjectReconciler(deps.store, deps.runtime), log("project"), metrics);
+    const projects = new Controller(
+      validated(new ProjectReconciler(deps.store, deps.runtime), "Project", () => this.projectInformer),
+      log("project"),
+      metrics,
+    );
+    let sweepInformer: Informer | undefined;
     const sweeps = new Controller(
-      new SweepReconciler({
-        store: deps.store,
-        events: deps.events,
-        log: log("sweep"),
-        now: deps.now,
-        metrics: deps.trialMetrics,
-        registrar: deps.registrar,
-        pollMs: deps.sweepPollMs,
-      }),
+      validated(
+        new SweepReconciler({
+          store: deps.store,
+          events: deps.events,
+          log: log("sweep"),
+          now: deps.now,
+          metrics: deps.trialMetrics,
+          registrar: deps.registrar,
+          pollMs: deps.sweepPollMs,
+        }),
+        SWEEP,
+        () => sweepInformer,
+      ),
       log("sweep"),
       metrics,
       2,
@@ -115,7 +145,12 @@ export class ControllerManager {
         now: deps.now,
         ...deps.serving,
       });
-      services = new Controller(reconciler, log("inferenceservice"), metrics, 4);
+      services = new Controller(
+        validated(reconciler, INFERENCESERVICE, () => this.isvcInformer),
+        log("inferenceservice"),
+        metrics,
+        4,
+      );
       this.controllers.push(services);
       const servicesController = services;
       this.isvcInformer = new Informer(
@@ -172,18 +207,17 @@ export class ControllerManager {
       informerOpts,
     );
     this.informers.push(this.projectInformer);
-    this.informers.push(
-      new Informer(
-        storeSource(deps.store, SWEEP),
-        {
-          onChange: (key, _obj, type) =>
-            type === "RESYNC" ? sweeps.enqueueBackground(key) : sweeps.enqueue(key),
-        },
-        log("informer"),
-        metrics,
-        informerOpts,
-      ),
+    sweepInformer = new Informer(
+      storeSource(deps.store, SWEEP),
+      {
+        onChange: (key, _obj, type) =>
+          type === "RESYNC" ? sweeps.enqueueBackground(key) : sweeps.enqueue(key),
+      },
+      log("informer"),
+      metrics,
+      informerOpts,
     );
+    this.informers.push(sweepInformer);
     // Pods submitted straight to Loom's scheduler, and node changes, call for a cycle too.
     deps.runtime.onCapacityChange?.(() => admission.enqueueBatched(ADMISSION_KEY));
     deps.runtime.onChange((ref) => {
