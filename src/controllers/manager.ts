@@ -8,7 +8,7 @@ import type { Runtime } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
 import type { WorkloadTracking } from "../ports/tracking.js";
-import { Controller, type Reconciler } from "../reconcile/controller.js";
+import { Controller } from "../reconcile/controller.js";
 import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
@@ -21,7 +21,7 @@ import {
 import { ProjectReconciler } from "./project/reconciler.js";
 import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep/reconciler.js";
 import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob/reconciler.js";
-import { ValidatingReconciler } from "./validate.js";
+import { validatingFor } from "./validate.js";
 
 /**
  * TrainingJob reconciles at once. Starting a job on Kubernetes is a few requests one after the
@@ -66,6 +66,7 @@ export class ControllerManager {
   private readonly admission: Controller;
   private readonly admissionReconciler: AdmissionReconciler;
   private isvcInformer: Informer | undefined;
+  private sweepInformer: Informer | undefined;
   private services: Controller | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
@@ -80,20 +81,7 @@ export class ControllerManager {
     this.admissionReconciler = admissionReconciler;
     const admission = new Controller(admissionReconciler, log("admission"), metrics);
     // Every kind's loop validates first (validate.ts): a bad object is marked Failed/Invalid once.
-    const validated = (
-      inner: Reconciler,
-      kind: string,
-      informer: () => Informer | undefined,
-      terminal = false,
-    ) =>
-      new ValidatingReconciler(inner, {
-        kind,
-        get: (key) => informer()?.get(key),
-        store: deps.store,
-        events: deps.events,
-        now: deps.now,
-        failedIsTerminal: terminal,
-      });
+    const validated = validatingFor(deps);
     const jobs = new Controller(
       validated(
         new TrainingJobReconciler({
@@ -115,20 +103,16 @@ export class ControllerManager {
       log("project"),
       metrics,
     );
-    let sweepInformer: Informer | undefined;
     const sweeps = new Controller(
       validated(
         new SweepReconciler({
-          store: deps.store,
-          events: deps.events,
+          ...deps,
           log: log("sweep"),
-          now: deps.now,
           metrics: deps.trialMetrics,
-          registrar: deps.registrar,
           pollMs: deps.sweepPollMs,
         }),
         SWEEP,
-        () => sweepInformer,
+        () => this.sweepInformer,
       ),
       log("sweep"),
       metrics,
@@ -207,7 +191,7 @@ export class ControllerManager {
       informerOpts,
     );
     this.informers.push(this.projectInformer);
-    sweepInformer = new Informer(
+    this.sweepInformer = new Informer(
       storeSource(deps.store, SWEEP),
       {
         onChange: (key, _obj, type) =>
@@ -217,7 +201,7 @@ export class ControllerManager {
       metrics,
       informerOpts,
     );
-    this.informers.push(sweepInformer);
+    this.informers.push(this.sweepInformer);
     // Pods submitted straight to Loom's scheduler, and node changes, call for a cycle too.
     deps.runtime.onCapacityChange?.(() => admission.enqueueBatched(ADMISSION_KEY));
     deps.runtime.onChange((ref) => {

@@ -112,3 +112,17 @@ export class ValidatingReconciler implements Reconciler {
     await this.deps.store.updateStatus({ ...obj, status: { ...status, ...extra, conditions } });
   }
 }
+
+/**
+ * Wraps a kind's loop in its validation step, reading objects from `informer` (looked up when a
+ * key comes: informers are made after their controllers).
+ */
+export function validatingFor(deps: Pick<ValidationDeps, "store" | "events" | "now">) {
+  return (
+    inner: Reconciler,
+    kind: string,
+    informer: () => { get(key: string): Resource | undefined } | undefined,
+    failedIsTerminal = false,
+  ): ValidatingReconciler =>
+    new ValidatingReconciler(inner, { ...deps, kind, get: (key) => informer()?.get(key), failedIsTerminal });
+}
