@@ -1,5 +1,6 @@
 import { z } from "zod";
 import type { Condition, Resource } from "./meta.js";
+import { CpuQuantity, MemoryQuantity } from "./trainingjob.js";
 
 export const ProjectMember = z
   .strictObject({
@@ -13,14 +14,9 @@ export const ProjectMember = z
 
 export const ProjectQuota = z
   .strictObject({
-    cpu: z
-      .union([z.number().int().min(0), z.string()])
-      .optional()
-      .describe('CPU cores, e.g. 16 or "500m".'),
-    memory: z
-      .union([z.number().int().min(0), z.string()])
-      .optional()
-      .describe('Memory, e.g. "64Gi".'),
+    // The same quantities as workloads' requests: a quota of "lots" was 0 to the scheduler.
+    cpu: CpuQuantity.optional().describe('CPU cores, e.g. 16 or "500m".'),
+    memory: MemoryQuantity.optional().describe('Memory, e.g. "64Gi".'),
     gpu: z.number().int().min(0).optional().describe("Whole GPUs."),
   })
   .describe(

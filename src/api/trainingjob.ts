@@ -6,12 +6,12 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 // Whole numbers or strings, as Kubernetes quantities are (int-or-string): the same manifest then
 // validates the same way embedded and against a CRD. Fractions are strings: "0.5" or "500m".
-const CpuQuantity = z
+export const CpuQuantity = z
   .union([z.number().int('write fractional CPUs as a string such as "0.5" or "500m"').min(0), z.string()])
   .refine((v) => parseCpuMillis(v) !== undefined, 'must be a CPU quantity such as 2, "0.5" or "500m"')
   .describe('CPU cores: a whole number or a quantity such as "0.5" or "500m".');
 
-const MemoryQuantity = z
+export const MemoryQuantity = z
   .union([z.number().int().min(0), z.string()])
   .refine(
     (v) => parseMemoryBytes(v) !== undefined,

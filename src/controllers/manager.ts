@@ -21,6 +21,7 @@ import {
 import { ProjectReconciler } from "./project/reconciler.js";
 import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep/reconciler.js";
 import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob/reconciler.js";
+import { validatingFor } from "./validate.js";
 
 /**
  * TrainingJob reconciles at once. Starting a job on Kubernetes is a few requests one after the
@@ -65,6 +66,7 @@ export class ControllerManager {
   private readonly admission: Controller;
   private readonly admissionReconciler: AdmissionReconciler;
   private isvcInformer: Informer | undefined;
+  private sweepInformer: Informer | undefined;
   private services: Controller | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
@@ -78,28 +80,40 @@ export class ControllerManager {
     });
     this.admissionReconciler = admissionReconciler;
     const admission = new Controller(admissionReconciler, log("admission"), metrics);
+    // Every kind's loop validates first (validate.ts): a bad object is marked Failed/Invalid once.
+    const validated = validatingFor(deps);
     const jobs = new Controller(
-      new TrainingJobReconciler({
-        ...deps,
-        log: log("trainingjob"),
-        baseBackoffMs: deps.baseBackoffMs,
-        cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
-      }),
+      validated(
+        new TrainingJobReconciler({
+          ...deps,
+          log: log("trainingjob"),
+          baseBackoffMs: deps.baseBackoffMs,
+          cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
+        }),
+        TRAININGJOB,
+        () => this.tjInformer,
+        true,
+      ),
       log("trainingjob"),
       metrics,
       TRAININGJOB_WORKERS,
     );
-    const projects = new Controller(new ProjectReconciler(deps.store, deps.runtime), log("project"), metrics);
+    const projects = new Controller(
+      validated(new ProjectReconciler(deps.store, deps.runtime), "Project", () => this.projectInformer),
+      log("project"),
+      metrics,
+    );
     const sweeps = new Controller(
-      new SweepReconciler({
-        store: deps.store,
-        events: deps.events,
-        log: log("sweep"),
-        now: deps.now,
-        metrics: deps.trialMetrics,
-        registrar: deps.registrar,
-        pollMs: deps.sweepPollMs,
-      }),
+      validated(
+        new SweepReconciler({
+          ...deps,
+          log: log("sweep"),
+          metrics: deps.trialMetrics,
+          pollMs: deps.sweepPollMs,
+        }),
+        SWEEP,
+        () => this.sweepInformer,
+      ),
       log("sweep"),
       metrics,
       2,
@@ -115,7 +129,12 @@ export class ControllerManager {
         now: deps.now,
         ...deps.serving,
       });
-      services = new Controller(reconciler, log("inferenceservice"), metrics, 4);
+      services = new Controller(
+        validated(reconciler, INFERENCESERVICE, () => this.isvcInformer),
+        log("inferenceservice"),
+        metrics,
+        4,
+      );
       this.controllers.push(services);
       const servicesController = services;
       this.isvcInformer = new Informer(
@@ -172,18 +191,17 @@ export class ControllerManager {
       informerOpts,
     );
     this.informers.push(this.projectInformer);
-    this.informers.push(
-      new Informer(
-        storeSource(deps.store, SWEEP),
-        {
-          onChange: (key, _obj, type) =>
-            type === "RESYNC" ? sweeps.enqueueBackground(key) : sweeps.enqueue(key),
-        },
-        log("informer"),
-        metrics,
-        informerOpts,
-      ),
+    this.sweepInformer = new Informer(
+      storeSource(deps.store, SWEEP),
+      {
+        onChange: (key, _obj, type) =>
+          type === "RESYNC" ? sweeps.enqueueBackground(key) : sweeps.enqueue(key),
+      },
+      log("informer"),
+      metrics,
+      informerOpts,
     );
+    this.informers.push(this.sweepInformer);
     // Pods submitted straight to Loom's scheduler, and node changes, call for a cycle too.
     deps.runtime.onCapacityChange?.(() => admission.enqueueBatched(ADMISSION_KEY));
     deps.runtime.onChange((ref) => {

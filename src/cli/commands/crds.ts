@@ -10,8 +10,8 @@ export function registerCrds(program: Command, deps: CliDeps): void {
     .description("print Loom's CustomResourceDefinitions (kubectl apply -f - installs them)")
     .option("-o, --output <format>", "yaml or json", "yaml")
     .action(async (opts: { output: string }) => {
-      const { allCrds } = await import("../../api/crds.js");
-      const crds = allCrds();
+      const { allManifests } = await import("../../api/crds.js");
+      const crds = allManifests();
       if (opts.output === "json")
         deps.stdout.write(`${JSON.stringify({ apiVersion: "v1", kind: "List", items: crds }, null, 2)}\n`);
       else if (opts.output === "yaml") deps.stdout.write(crds.map((c) => toYaml(c)).join("---\n"));

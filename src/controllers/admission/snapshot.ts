@@ -12,6 +12,7 @@ import {
   type Snapshot,
   type Workload,
 } from "../../ports/scheduler.js";
+import { invalidSpec } from "../validate.js";
 
 /** Where a snapshot's inputs come from: informer caches (admission) or the store (a server without controllers). */
 export interface SnapshotSources {
@@ -44,7 +45,7 @@ export class SnapshotBuilder {
    */
   async idle(): Promise<boolean> {
     for (const job of await this.sources.jobs()) {
-      if (isFinished(job)) continue;
+      if (isFinished(job) || invalidSpec(job)) continue;
       const admission = job.status?.admission;
       if (!admission) {
         if (!job.metadata.deletionTimestamp) return false;
@@ -85,11 +86,17 @@ export function buildSnapshot(
   for (const job of jobs) {
     if (isFinished(job)) continue;
     if (job.status?.admission) {
-      byId.set(job.metadata.uid, job);
-      running.push(workloads.running(job));
+      // Admitted before its spec was found bad (its loop marks it Failed and stops it): it holds
+      // what its admission says while it stops, but a spec that cannot be read must not cost
+      // every other job its cycle.
+      try {
+        running.push(workloads.running(job));
+        byId.set(job.metadata.uid, job);
+      } catch {}
       continue;
     }
-    if (job.metadata.deletionTimestamp) continue;
+    // A spec that does not validate never waits for capacity: its loop marks it Failed/Invalid.
+    if (job.metadata.deletionTimestamp || invalidSpec(job)) continue;
     byId.set(job.metadata.uid, job);
     pending.push(workloads.of(job));
   }
@@ -182,6 +189,8 @@ function placementsOf(job: TrainingJob): PodPlacement[] {
 }
 
 export function policyOf(p: Project): ProjectPolicy {
+  // An invalid project (marked Failed/Invalid by its loop) guarantees nothing and lends nothing.
+  if (invalidSpec(p)) return { name: p.metadata.name, deserved: {}, overQuotaWeight: 0 };
   const vec = (q: { cpu?: string | number; memory?: string | number; gpu?: number } | undefined) => {
     const out: ProjectPolicy["deserved"] = {};
     if (q?.gpu !== undefined) out.gpu = q.gpu;
