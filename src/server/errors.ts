@@ -66,12 +66,16 @@ function sendOpenAIError(reply: FastifyReply, err: Error) {
     .send(gatewayError.body());
 }
 
+function isGatewayPath(url: string): boolean {
+  return url.startsWith("/v1/") || url.startsWith("/serving/");
+}
+
 /** The one place where errors become HTTP responses. */
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | LoomError | Error, request, reply) => {
-    // The gateway's routes answer as OpenAI does: its clients parse that shape, not Status.
-    if (request.url.startsWith("/v1/") || request.url.startsWith("/serving/"))
-      return sendOpenAIError(reply, err);
+    // The gateway's routes answer as OpenAI does: its clients parse that shape, not Status. The
+    // path as sent counts too: one refused as ambiguous (lib/paths.ts) was routed to "/".
+    if (isGatewayPath(request.url) || isGatewayPath(request.originalUrl)) return sendOpenAIError(reply, err);
     if (err instanceof LoomError) {
       const causes =
         err instanceof ValidationError

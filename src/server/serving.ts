@@ -17,6 +17,7 @@ import type {
   ServiceEndpoint,
 } from "../gateway/gateway.js";
 import { duplicateHeader, type GatewayRequest, type GatewayResponse } from "../gateway/h1.js";
+import { canonicalUrl } from "../lib/paths.js";
 import type { TokenInfo } from "../ports/store.js";
 import { statusBody, toGatewayError } from "./errors.js";
 
@@ -200,6 +201,13 @@ export function endpointRoute(url: string): { model: string; path: string } | un
   return { model, path: `/${rest.join("/")}${q < 0 ? "" : url.slice(q)}` };
 }
 
+/** A claimed URL as served: /serving/ ones in their canonical spelling (the others are exact matches). */
+function servedUrl(url: string): string {
+  if (!url.startsWith(ENDPOINT_PREFIX)) return url;
+  const canonical = canonicalUrl(url);
+  return "url" in canonical ? canonical.url : url;
+}
+
 /** How the gateway takes one forwarded request, whichever way it came in (the front, Node's server, a Fastify route). */
 function handleOptions(url: string, principal: TokenInfo, body?: Buffer): HandleOptions {
   const endpoint = endpointRoute(url);
@@ -271,8 +279,13 @@ export function openAIFastLane(
   };
   return {
     claims(method, url) {
-      // A /serving/ URL that names no service goes to Fastify's route, which says what is wrong.
-      if (url.startsWith(ENDPOINT_PREFIX)) return endpointRoute(url) !== undefined;
+      // A /serving/ URL that names no service goes to Fastify's route, which says what is wrong;
+      // one whose path can be read two ways (lib/paths.ts) goes there too, to be refused (400,
+      // with the reason) exactly as when Node's server reads it.
+      if (url.startsWith(ENDPOINT_PREFIX)) {
+        const canonical = canonicalUrl(url);
+        return "url" in canonical && endpointRoute(canonical.url) !== undefined;
+      }
       if (method !== "POST") return false;
       const q = url.indexOf("?");
       return FORWARDED.has(q < 0 ? url : url.slice(0, q));
@@ -285,12 +298,14 @@ export function openAIFastLane(
         fail(res, err);
         return;
       }
+      // Claimed, so canonical: the spelling Fastify's router would have read (rewriteUrl).
+      const url = servedUrl(req.url ?? "");
       if (principal instanceof Promise) {
         principal.then(
-          (p) => serveAs(deps.gateway, req, res, p, handleOptions(req.url ?? "", p, body)),
+          (p) => serveAs(deps.gateway, req, res, p, handleOptions(url, p, body)),
           (err: unknown) => fail(res, err),
         );
-      } else serveAs(deps.gateway, req, res, principal, handleOptions(req.url ?? "", principal, body));
+      } else serveAs(deps.gateway, req, res, principal, handleOptions(url, principal, body));
     },
   };
 }
@@ -338,6 +353,19 @@ export function refuseDuplicateHeaders(req: IncomingMessage, res: ServerResponse
   // Nothing pipelined behind it is read, as on the front.
   res.shouldKeepAlive = false;
   throw duplicateHeaderError(duplicate);
+}
+
+/**
+ * Throws the 400 for a path that can be read two ways (lib/paths.ts: an encoded '/' or backslash,
+ * NUL, a '..' segment, …), with the reason: for the onRequest hook of a server without Loom's
+ * guard (`loom gateway`'s), before authentication, as the guard does. The front leaves such a
+ * request to Node's server (openAIFastLane's claims), so it gets this answer either way.
+ */
+export function refuseAmbiguousPath(req: FastifyRequest): void {
+  // originalUrl: what came, before a rewriteUrl (guard.ts) routed a refused path to "/".
+  const raw = req.originalUrl;
+  const canonical = canonicalUrl(raw);
+  if ("refused" in canonical) throw badRequest(`${canonical.refused} (${JSON.stringify(raw.slice(0, 200))})`);
 }
 
 /** Whether a URL is the gateway's (answered in OpenAI's error shape) rather than Loom's API's. */
