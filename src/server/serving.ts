@@ -20,6 +20,7 @@ import { duplicateHeader, type GatewayRequest, type GatewayResponse } from "../g
 import { canonicalUrl } from "../lib/paths.js";
 import type { TokenInfo } from "../ports/store.js";
 import { statusBody, toGatewayError } from "./errors.js";
+import { authz, rule } from "./routetable.js";
 
 /**
  * The adapters between Loom's InferenceService controller and the platform-agnostic gateway:
@@ -390,6 +391,10 @@ function refuseDuplicate(req: IncomingMessage, res: ServerResponse, name: string
   res.end(payload);
 }
 
+/** Inference: users and API keys; the gateway checks the project (mayUse). */
+const INFERENCE = rule.gateway("inference", "write");
+const MODELS = rule.gateway("models", "read");
+
 /**
  * The OpenAI-compatible routes on Loom's port. Bodies stay raw (the gateway forwards them as
  * they came and reads only `model`), so these routes live in their own scope with their own
@@ -410,14 +415,14 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
     });
     // Reached through inject() (tests) or a server without the fast path.
     for (const path of FORWARDED) {
-      scope.post(path, async (req, reply) => {
+      scope.post(path, authz(INFERENCE), async (req, reply) => {
         reply.hijack();
         const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
         const principal = principalOf(req);
         await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
       });
     }
-    scope.all("/serving/*", async (req, reply) => {
+    scope.all("/serving/*", authz(INFERENCE), async (req, reply) => {
       reply.hijack();
       if (!endpointRoute(req.url)) {
         sendGatewayError(
@@ -430,7 +435,7 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
       const principal = principalOf(req);
       await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
     });
-    scope.get("/v1/models", async (req) => {
+    scope.get("/v1/models", authz(MODELS), async (req) => {
       const principal = principalOf(req);
       return {
         object: "list",
@@ -442,7 +447,7 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
         })),
       };
     });
-    scope.get<{ Params: { model: string } }>("/v1/models/*", async (req, reply) => {
+    scope.get<{ Params: { model: string } }>("/v1/models/*", authz(MODELS), async (req, reply) => {
       const principal = principalOf(req);
       const model = (req.params as Record<string, string>)["*"] ?? "";
       const e = deps.directory.resolve(model, principal.project ?? "default");
@@ -453,7 +458,7 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
       }
       return { id: model, object: "model", created: 0, owned_by: e.project };
     });
-    scope.all("/v1/*", async (req, reply) => {
+    scope.all("/v1/*", authz(rule.gateway("unserved", "read")), async (req, reply) => {
       reply.hijack();
       sendGatewayError(
         reply.raw,
@@ -478,19 +483,28 @@ export async function gatewayControlRoutes(
     deps.directory.releaseWaiters();
     done();
   });
-  app.get<{ Querystring: { version?: string } }>("/gateway/v1/endpoints", async (req) => {
-    const since = Number(req.query.version ?? -1);
-    await deps.directory.changedSince(since, 20_000);
-    return deps.directory.snapshot();
-  });
-  app.post<{ Body: { token?: unknown } }>("/gateway/v1/authenticate", async (req, reply) => {
-    const token = req.body?.token;
-    const info = typeof token === "string" ? await deps.verify(token) : undefined;
-    if (!info) return reply.code(401).send({ valid: false });
-    return { valid: true, principal: info };
-  });
+  app.get<{ Querystring: { version?: string } }>(
+    "/gateway/v1/endpoints",
+    authz(rule.gatewayControl("gateway-endpoints", "read")),
+    async (req) => {
+      const since = Number(req.query.version ?? -1);
+      await deps.directory.changedSince(since, 20_000);
+      return deps.directory.snapshot();
+    },
+  );
+  app.post<{ Body: { token?: unknown } }>(
+    "/gateway/v1/authenticate",
+    authz(rule.gatewayControl("gateway-authenticate", "read")),
+    async (req, reply) => {
+      const token = req.body?.token;
+      const info = typeof token === "string" ? await deps.verify(token) : undefined;
+      if (!info) return reply.code(401).send({ valid: false });
+      return { valid: true, principal: info };
+    },
+  );
   app.post<{ Body: { gateway?: unknown; reports?: unknown; usage?: unknown } }>(
     "/gateway/v1/report",
+    authz(rule.gatewayControl("gateway-load", "write")),
     async (req, reply) => {
       const source = req.body?.gateway;
       const reports = req.body?.reports;
@@ -512,11 +526,15 @@ export async function gatewayControlRoutes(
       return { usage: deps.gateway.limits.merge(source, usage as KeyUsage[]) };
     },
   );
-  app.post<{ Body: Partial<ScaleTarget> }>("/gateway/v1/activate", async (req, reply) => {
-    const t = req.body ?? {};
-    if (typeof t.project !== "string" || typeof t.service !== "string" || typeof t.revision !== "string")
-      throw new BadRequestError("send {project, service, revision}");
-    deps.gateway.wake({ project: t.project, service: t.service, revision: t.revision });
-    return reply.code(204).send();
-  });
+  app.post<{ Body: Partial<ScaleTarget> }>(
+    "/gateway/v1/activate",
+    authz(rule.gatewayControl("gateway-activate", "write")),
+    async (req, reply) => {
+      const t = req.body ?? {};
+      if (typeof t.project !== "string" || typeof t.service !== "string" || typeof t.revision !== "string")
+        throw new BadRequestError("send {project, service, revision}");
+      deps.gateway.wake({ project: t.project, service: t.service, revision: t.revision });
+      return reply.code(204).send();
+    },
+  );
 }

@@ -4,6 +4,7 @@ import { basename, dirname, join, normalize, sep } from "node:path";
 import { performance } from "node:perf_hooks";
 import { pipeline } from "node:stream/promises";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { authz, rule } from "../server/routetable.js";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
 import type { TrackingStore } from "./store.js";
 import { authorize } from "./tenancy.js";
@@ -16,6 +17,10 @@ export interface ArtifactRoutesDeps {
   /** Maps errors of this scope to MLflow's JSON (shared with the tracking routes). */
   errorHandler: Parameters<FastifyInstance["setErrorHandler"]>[0];
 }
+
+/** Uploads: a workload's credential writes under its own runs (and the models they logged) only. */
+const WRITE = rule.project("mlflow-artifacts", "write", { workload: "own-run-artifact" });
+const READ = rule.project("mlflow-artifacts", "read", { workload: "read" });
 
 /**
  * MLflow's artifact proxy (`mlflow-artifacts:/EXP/RUN/artifacts/...`) on a local store under the
@@ -58,7 +63,7 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
         // Uploads are streamed to disk as they come, whatever their type (models are large).
         scope.removeAllContentTypeParsers();
         scope.addContentTypeParser("*", (_req, _payload, done) => done(null));
-        scope.put("/artifacts/*", async (req, reply) => {
+        scope.put("/artifacts/*", authz(WRITE), async (req, reply) => {
           const rel = await resolve(req, projectOf(req), (req.params as { "*": string })["*"]);
           if (!rel) throw invalidParameter("an artifact upload needs a path");
           // The temp files' names: reserved, or a start-up sweep could take a real artifact for one.
@@ -79,10 +84,10 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
           }
           return reply.code(200).send();
         });
-        scope.get("/artifacts", async (req, reply) =>
+        scope.get("/artifacts", authz(READ), async (req, reply) =>
           list(req, reply, (req.query as { path?: string }).path ?? ""),
         );
-        scope.get("/artifacts/*", async (req, reply) => {
+        scope.get("/artifacts/*", authz(READ), async (req, reply) => {
           const rel = await resolve(req, projectOf(req), (req.params as { "*": string })["*"]);
           const file = join(root(projectOf(req)), rel);
           const info = await stat(file).catch(() => undefined);
@@ -92,7 +97,7 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
             : "application/octet-stream";
           return reply.type(type).header("content-length", info.size).send(createReadStream(file));
         });
-        scope.post("/mpu/*", async (req) => {
+        scope.post("/mpu/*", authz(rule.project("mlflow-artifacts", "write")), async (req) => {
           authorize(req.principal, projectOf(req), true);
           throw new MlflowError(
             "NOT_IMPLEMENTED",
