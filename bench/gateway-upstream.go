@@ -6,6 +6,8 @@
 // With $BENCH_STAMPS set, it appends to that file, in microseconds since the Unix epoch:
 // "main T" (main() entered), "listen T" (socket listening) and, once, "first T" (first
 // completion request received). The bench reads them to split a cold start into its parts.
+// A relative $BENCH_STAMPS is taken inside $LOOM_WORKLOAD_DIR, the work directory Loom lends
+// each replica read-write: a sandboxed replica can write nowhere the bench chose on the host.
 package main
 
 import (
@@ -14,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -39,6 +42,9 @@ func stamp(file, what string, t time.Time) {
 func main() {
 	mainAt := time.Now()
 	stamps := os.Getenv("BENCH_STAMPS")
+	if dir := os.Getenv("LOOM_WORKLOAD_DIR"); stamps != "" && dir != "" && !filepath.IsAbs(stamps) {
+		stamps = filepath.Join(dir, stamps)
+	}
 	port := os.Getenv("PORT")
 	if port == "" {
 		port = "8000"

@@ -275,14 +275,26 @@ async function startUpstream(
 }
 
 function readStamps(file: string): { what: string; ms: number }[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, "utf8")
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    return []; // not written (yet), or its replica's directory is gone
+  }
+  return text
     .split("\n")
     .filter(Boolean)
     .map((l) => {
       const [what, us] = l.split(" ");
       return { what: what!, ms: Number(us) / 1000 };
     });
+}
+
+/** The stamps every replica Loom started wrote to `file` in its work dir (workloads/UID/work/). */
+function replicaStamps(dataDir: string, file: string): { what: string; ms: number }[] {
+  const root = join(dataDir, "workloads");
+  const uids = existsSync(root) ? readdirSync(root) : [];
+  return uids.flatMap((uid) => readStamps(join(root, uid, "work", file))).sort((a, b) => a.ms - b.ms);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -852,7 +864,9 @@ async function partColdStart(
   );
 
   const name = "bench-cold";
-  const stamps = join(workDir, "cold.stamps");
+  // Relative: the replica writes it in its own work dir (LOOM_WORKLOAD_DIR), the one place a
+  // sandboxed replica may write; every replica start has a new one under Loom's data dir.
+  const stamps = `${name}.stamps`;
   await api(loom, "POST", `${API}/inferenceservices`, isvcManifest(name, bin, modelDir, { min: 0, stamps }));
   cleanups.push(() => deleteIsvcs(loom, [name]));
   log(`${name}: created (min 0); waiting for it to be scaled to zero`);
@@ -896,13 +910,13 @@ async function partColdStart(
       req.end();
     });
     if (models !== 200) throw new Error(`GET /v1/models: HTTP ${models}`);
-    const before = readStamps(stamps).length;
     const t0 = wallMs();
     const r = await post(agent, loomPort(loom), "/v1/completions", body, headers);
     if (r.status !== 200) throw new Error(`cold request ${i + 1}: HTTP ${r.status} ${r.text}`);
     const warm = await post(agent, loomPort(loom), "/v1/completions", body, headers);
     if (warm.status !== 200) throw new Error(`warm request ${i + 1}: HTTP ${warm.status} ${warm.text}`);
-    const s = readStamps(stamps).slice(before);
+    // This start's replica: its main() ran after the request was sent, so its stamps are all later.
+    const s = replicaStamps(loom.dataDir, stamps).filter((x) => x.ms >= t0);
     const at = (what: string) => s.find((x) => x.what === what)?.ms;
     const main = at("main");
     const listen = at("listen");

@@ -7,8 +7,10 @@ import { Gateway, type ServiceEndpoint } from "../src/gateway/gateway.js";
 import type { TokenInfo } from "../src/ports/store.js";
 import { bearerAuthenticator } from "../src/server/authz.js";
 import { installErrorHandler } from "../src/server/errors.js";
+import { rewriteUrl } from "../src/server/guard.js";
 import {
   openAIFastLane,
+  refuseAmbiguousPath,
   refuseDuplicateHeaders,
   ServingDirectory,
   serverWith,
@@ -36,12 +38,15 @@ async function gatewayApp(gateway: Gateway, directory: ServingDirectory, front: 
   const app: FastifyInstance = Fastify({
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
+    // The one spelling of a path the router, the fast lane and the upstream see (lib/paths.ts).
+    rewriteUrl,
     ...(front ? { serverFactory: serverWith(openAIFastLane({ gateway, directory }, authenticate)) } : {}),
   });
   installErrorHandler(app);
   // What `loom gateway` does (src/main/gatewaynode.ts): every route but /healthz needs a key.
   app.addHook("onRequest", async (req, reply) => {
     refuseDuplicateHeaders(req.raw, reply.raw);
+    refuseAmbiguousPath(req);
     if (req.url === "/healthz") return;
     req.principal = await authenticate(req.headers.authorization);
   });
@@ -79,6 +84,28 @@ function req(
 
 const chat = (model: string) => JSON.stringify({ model, messages: [{ role: "user", content: "hi" }] });
 const A = "sk-a";
+
+/**
+ * /serving/ paths that can be read two ways (lib/paths.ts): Node's side refuses them (400, the
+ * reason) before the key is read, and the front must leave them to it rather than answer 404/401.
+ */
+const AMBIGUOUS_SERVING: [string, string][] = [
+  ["encoded slash %2F in the rest", "/serving/a/echo/x%2Fy"],
+  ["encoded slash %2f in the project", "/serving/a%2fb/echo/x"],
+  ["encoded backslash %5C", "/serving/a/echo/%5C..%5Cx"],
+  ["encoded backslash %5c", "/serving/a/echo%5cx/y"],
+  ["literal backslash", "/serving/a/echo/x\\y"],
+  ["encoded NUL", "/serving/a/echo/x%00"],
+  ["encoded control byte", "/serving/a/echo/%0d%0a"],
+  ["'..' segment", "/serving/b/../a/echo/x"],
+  ["'..' segment in the rest", "/serving/a/echo/../../b/echo/x"],
+  ["encoded '..' segment", "/serving/a/echo/%2e%2e/x"],
+  ["half-encoded '..' segment", "/serving/a/echo/.%2E/x"],
+  ["'.' segment", "/serving/a/./echo/x"],
+  ["empty segment", "/serving/a//echo/x"],
+  ["double encoding %25", "/serving/a/echo/%252F"],
+  ["truncated escape", "/serving/a/echo/x%2"],
+];
 
 /** The table: name → bytes. Every case closes its connection at the end (Connection: close or an error). */
 const CASES: [string, string][] = [
@@ -208,6 +235,22 @@ const CASES: [string, string][] = [
   [
     "/serving/ encoded slash in the service",
     req({ method: "GET", auth: A, target: "/serving/a/b%2Fecho/x", close: true }),
+  ],
+  ...AMBIGUOUS_SERVING.map(([name, target]): [string, string] => [
+    `/serving/ ${name}`,
+    req({ method: "GET", auth: A, target, close: true }),
+  ]),
+  [
+    "/serving/ encoded slash, no key (refused before the key is read)",
+    req({ method: "GET", target: "/serving/a/echo%2Fx", close: true }),
+  ],
+  [
+    "/serving/ encoded slash, B's key",
+    req({ method: "GET", auth: "sk-b", target: "/serving/a%2Fecho/x", close: true }),
+  ],
+  [
+    "/serving/ encoded unreserved in the upstream path (served, canonical)",
+    req({ method: "GET", auth: A, target: "/serving/a/%65cho/%7e", close: true }),
   ],
   [
     "/serving/ two Authorization",
@@ -425,6 +468,16 @@ describe("the fast front and Node's parser decide alike (differential)", () => {
     expect(results["plain A key, own model"]).toEqual([{ status: 200, what: "a/echo" }]);
     expect(results["admin, B's model"]).toEqual([{ status: 200, what: "b/echo" }]);
     expect(results["pipelined: valid, two Authorization, valid"]!.map((o) => o.status)).toEqual([200, 400]);
+    // A path read two ways is a 400 on the front too, before the key is read.
+    for (const [name] of AMBIGUOUS_SERVING)
+      expect(results[`/serving/ ${name}`], name).toEqual([{ status: 400, what: "invalid_request" }]);
+    expect(results["/serving/ encoded slash, no key (refused before the key is read)"]).toEqual([
+      { status: 400, what: "invalid_request" },
+    ]);
+    expect(results["/serving/ encoded slash, B's key"]).toEqual([{ status: 400, what: "invalid_request" }]);
+    expect(results["/serving/ encoded unreserved in the upstream path (served, canonical)"]).toEqual([
+      { status: 200, what: "a/echo" },
+    ]);
     for (const [name, outcomes] of Object.entries(results)) {
       // Only an admin token alone, in one Authorization header, may reach B.
       if (

@@ -7,8 +7,10 @@ import { onlyProject } from "../gateway/metrics.js";
 import type { TokenInfo } from "../ports/store.js";
 import { bearerAuthenticator } from "../server/authz.js";
 import { installErrorHandler } from "../server/errors.js";
+import { rewriteUrl } from "../server/guard.js";
 import {
   openAIFastLane,
+  refuseAmbiguousPath,
   refuseDuplicateHeaders,
   ServingDirectory,
   serverWith,
@@ -156,12 +158,15 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     loggerInstance: log as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
+    // The one spelling of a path the router, the fast lane and the upstream see (lib/paths.ts).
+    rewriteUrl,
     serverFactory: serverWith(openAIFastLane({ gateway, directory }, authenticate)),
   });
   installErrorHandler(app);
   app.addHook("onRequest", async (req, reply) => {
     // Before the key is read: with two Authorization headers there is no one key to read.
     refuseDuplicateHeaders(req.raw, reply.raw);
+    refuseAmbiguousPath(req);
     const path = req.url.split("?")[0];
     if (path === "/healthz") return;
     if (path !== "/metrics" && !path?.startsWith("/v1/") && !path?.startsWith("/serving/"))

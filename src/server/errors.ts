@@ -36,22 +36,15 @@ export function statusBody(
 
 /** Any error on a /v1 route, as the OpenAI-format error its clients parse. */
 export function toGatewayError(err: Error): GatewayError {
-  return err instanceof GatewayError
-    ? err
-    : err instanceof UnauthorizedError
-      ? /missing/.test(err.message)
-        ? missingKey()
-        : invalidKey()
-      : err instanceof ForbiddenError
-        ? new GatewayError(403, "permission_error", "forbidden", err.message)
-        : typeof (err as FastifyError).statusCode === "number" && (err as FastifyError).statusCode! < 500
-          ? new GatewayError(
-              (err as FastifyError).statusCode!,
-              "invalid_request_error",
-              "invalid_request",
-              err.message,
-            )
-          : new GatewayError(500, "server_error", "internal_error", "the gateway failed; retry");
+  if (err instanceof GatewayError) return err;
+  if (err instanceof UnauthorizedError) return /missing/.test(err.message) ? missingKey() : invalidKey();
+  if (err instanceof ForbiddenError)
+    return new GatewayError(403, "permission_error", "forbidden", err.message);
+  // Fastify's own 4xx (a body too large), and Loom's (a path refused as ambiguous, guard.ts).
+  const status = err instanceof LoomError ? err.httpStatus : (err as FastifyError).statusCode;
+  if (typeof status === "number" && status < 500)
+    return new GatewayError(status, "invalid_request_error", "invalid_request", err.message);
+  return new GatewayError(500, "server_error", "internal_error", "the gateway failed; retry");
 }
 
 function sendOpenAIError(reply: FastifyReply, err: Error) {
@@ -66,12 +59,16 @@ function sendOpenAIError(reply: FastifyReply, err: Error) {
     .send(gatewayError.body());
 }
 
+function isGatewayPath(url: string): boolean {
+  return url.startsWith("/v1/") || url.startsWith("/serving/");
+}
+
 /** The one place where errors become HTTP responses. */
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | LoomError | Error, request, reply) => {
-    // The gateway's routes answer as OpenAI does: its clients parse that shape, not Status.
-    if (request.url.startsWith("/v1/") || request.url.startsWith("/serving/"))
-      return sendOpenAIError(reply, err);
+    // The gateway's routes answer as OpenAI does: its clients parse that shape, not Status. The
+    // path as sent counts too: one refused as ambiguous (lib/paths.ts) was routed to "/".
+    if (isGatewayPath(request.url) || isGatewayPath(request.originalUrl)) return sendOpenAIError(reply, err);
     if (err instanceof LoomError) {
       const causes =
         err instanceof ValidationError

@@ -1,11 +1,11 @@
 import type { IncomingMessage } from "node:http";
 import type { FastifyInstance } from "fastify";
 import { BadRequestError, ForbiddenError } from "../api/errors.js";
+import { canonicalUrl } from "../lib/paths.js";
 import type { TokenInfo } from "../ports/store.js";
 import { authorizeRunWrite, tagsForWorkloadRun } from "../tracking/tenancy.js";
 import type { KeyValue } from "../tracking/types.js";
 import { type DecideOptions, decide, projectOf } from "./authorize.js";
-import { canonicalUrl } from "./paths.js";
 
 /** Where rewriteUrl leaves its refusal for the first hook to answer. */
 const REFUSED = Symbol("loom.refusedPath");

@@ -7,7 +7,6 @@ import type {
   RouteHandlerMethod,
   RouteOptions,
 } from "fastify";
-import { API_VERSION } from "../api/meta.js";
 
 /**
  * Who may reach a route, by what it serves rather than how its URL is spelled:
@@ -71,8 +70,6 @@ declare module "fastify" {
   }
 }
 
-const BASE = `/apis/${API_VERSION}`;
-
 /** Rule shorthands. */
 export const rule = {
   public: (resource: string): Rule => ({ resource, verb: "read", scope: "public" }),
@@ -94,63 +91,6 @@ export const rule = {
 export const verbOf = (method: string): Verb =>
   method === "GET" || method === "HEAD" || method === "OPTIONS" ? "read" : "write";
 
-/**
- * The rules of routes that modules outside this table's reach register with plain Fastify calls
- * (server/serving.ts, tracking/artifacts.ts, routes/tokens.ts, routes/audit.ts): keyed by method and the full URL
- * as Fastify registers it. A route found in neither its own registration nor here fails startup.
- */
-export const REGISTERED_ELSEWHERE: { method: string; url: string; rule: Rule }[] = [
-  // Tokens and API keys (routes/tokens.ts; the handlers check the role again).
-  { method: "POST", url: `${BASE}/tokens`, rule: rule.admin("tokens") },
-  { method: "GET", url: `${BASE}/tokens`, rule: rule.admin("tokens", "read") },
-  { method: "DELETE", url: `${BASE}/tokens/:id`, rule: rule.admin("tokens") },
-  { method: "POST", url: `${BASE}/projects/:project/apikeys`, rule: rule.project("apikeys", "write") },
-  { method: "GET", url: `${BASE}/projects/:project/apikeys`, rule: rule.project("apikeys", "read") },
-  { method: "DELETE", url: `${BASE}/projects/:project/apikeys/:id`, rule: rule.project("apikeys", "write") },
-  // The audit log (routes/audit.ts): every project's takes an unscoped admin; a project's, the
-  // handler also asks for that project's admin.
-  { method: "GET", url: `${BASE}/audit`, rule: rule.admin("audit", "read") },
-  { method: "GET", url: `${BASE}/projects/:project/audit`, rule: rule.project("audit", "read") },
-  // The OpenAI-compatible gateway (server/serving.ts): users and API keys; the gateway checks the project.
-  ...["/v1/chat/completions", "/v1/completions", "/v1/embeddings"].map((url) => ({
-    method: "POST",
-    url,
-    rule: rule.gateway("inference", "write"),
-  })),
-  { method: "*", url: "/serving/*", rule: rule.gateway("inference", "write") },
-  { method: "GET", url: "/v1/models", rule: rule.gateway("models", "read") },
-  { method: "GET", url: "/v1/models/*", rule: rule.gateway("models", "read") },
-  { method: "*", url: "/v1/*", rule: rule.gateway("unserved", "read") },
-  // The control routes other gateway replicas call (server/serving.ts).
-  { method: "GET", url: "/gateway/v1/endpoints", rule: rule.gatewayControl("gateway-endpoints", "read") },
-  {
-    method: "POST",
-    url: "/gateway/v1/authenticate",
-    rule: rule.gatewayControl("gateway-authenticate", "read"),
-  },
-  { method: "POST", url: "/gateway/v1/report", rule: rule.gatewayControl("gateway-load", "write") },
-  { method: "POST", url: "/gateway/v1/activate", rule: rule.gatewayControl("gateway-activate", "write") },
-  // MLflow's artifact proxy (tracking/artifacts.ts), at the root (default project) and per project.
-  ...["/api/2.0/mlflow-artifacts", "/mlflow/projects/:project/api/2.0/mlflow-artifacts"].flatMap((p) => [
-    {
-      method: "PUT",
-      url: `${p}/artifacts/*`,
-      rule: rule.project("mlflow-artifacts", "write", { workload: "own-run-artifact" }),
-    },
-    {
-      method: "GET",
-      url: `${p}/artifacts`,
-      rule: rule.project("mlflow-artifacts", "read", { workload: "read" }),
-    },
-    {
-      method: "GET",
-      url: `${p}/artifacts/*`,
-      rule: rule.project("mlflow-artifacts", "read", { workload: "read" }),
-    },
-    { method: "POST", url: `${p}/mpu/*`, rule: rule.project("mlflow-artifacts", "write") },
-  ]),
-];
-
 /** A route as registered: method, URL and its rule (the authorization matrix test walks these). */
 export interface RegisteredRoute {
   method: string;
@@ -160,34 +100,38 @@ export interface RegisteredRoute {
 
 /**
  * Makes a rule part of every route: from now on a route registered on `app` (or in a plugin of
- * it) carries config.authz, given at registration or found in REGISTERED_ELSEWHERE; one with
- * neither throws, so the server does not start. Returns the routes seen, in order.
+ * it) must carry config.authz, given where it is registered (route(), or authz() in a Fastify
+ * shorthand call); one without throws, naming the route, so the server does not start. Called
+ * before any route exists: a route registered earlier would pass unchecked (and be denied, 403, at
+ * request time by the guard), so that refuses to start too. Returns the routes seen, in order.
  */
-export function requireRules(
-  app: FastifyInstance,
-  elsewhere: readonly { method: string; url: string; rule: Rule }[] = REGISTERED_ELSEWHERE,
-): RegisteredRoute[] {
+export function requireRules(app: FastifyInstance): RegisteredRoute[] {
+  const before = app.printRoutes();
+  if (before !== "(empty tree)")
+    throw new Error(
+      `routes were registered before requireRules, so their authorization rules were never checked:\n${before}` +
+        "register them after it (src/server/app.ts)",
+    );
   const seen: RegisteredRoute[] = [];
   app.addHook("onRoute", (opts: RouteOptions) => {
     const methods = Array.isArray(opts.method) ? opts.method : [opts.method];
-    let found = opts.config?.authz;
-    if (!found) {
-      const all = methods.length > 2; // app.all(): every method
-      // Fastify adds a HEAD route beside each GET: it reads what the GET reads.
-      const wanted = methods.map((m) => (m === "HEAD" ? "GET" : m));
-      found = elsewhere.find(
-        (e) => e.url === opts.url && (e.method === "*" ? all : !all && wanted.includes(e.method)),
-      )?.rule;
-    }
+    const found = opts.config?.authz;
     if (!found)
       throw new Error(
-        `route ${methods.join(",")} ${opts.url} has no authorization rule: register it with route() ` +
-          "(src/server/routetable.ts) saying its resource, verb and scope, or add it to REGISTERED_ELSEWHERE",
+        `route ${methods.join(",")} ${opts.url} has no authorization rule: register it with route(), or pass ` +
+          "authz(rule) to the Fastify call (src/server/routetable.ts), saying its resource, verb and scope",
       );
-    opts.config = { ...opts.config, authz: found };
     for (const method of methods) seen.push({ method, url: opts.url, rule: found });
   });
   return seen;
+}
+
+/**
+ * The options that give a route registered with a Fastify shorthand (`app.get(url, authz(rule),
+ * handler)`) its rule: what route() does, for handlers typed through Fastify's generics.
+ */
+export function authz(r: Rule): { config: { authz: Rule } } {
+  return { config: { authz: r } };
 }
 
 /** One route and its rule, registered together. */

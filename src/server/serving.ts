@@ -17,8 +17,10 @@ import type {
   ServiceEndpoint,
 } from "../gateway/gateway.js";
 import { duplicateHeader, type GatewayRequest, type GatewayResponse } from "../gateway/h1.js";
+import { canonicalUrl } from "../lib/paths.js";
 import type { TokenInfo } from "../ports/store.js";
 import { statusBody, toGatewayError } from "./errors.js";
+import { authz, rule } from "./routetable.js";
 
 /**
  * The adapters between Loom's InferenceService controller and the platform-agnostic gateway:
@@ -200,6 +202,13 @@ export function endpointRoute(url: string): { model: string; path: string } | un
   return { model, path: `/${rest.join("/")}${q < 0 ? "" : url.slice(q)}` };
 }
 
+/** A claimed URL as served: /serving/ ones in their canonical spelling (the others are exact matches). */
+function servedUrl(url: string): string {
+  if (!url.startsWith(ENDPOINT_PREFIX)) return url;
+  const canonical = canonicalUrl(url);
+  return "url" in canonical ? canonical.url : url;
+}
+
 /** How the gateway takes one forwarded request, whichever way it came in (the front, Node's server, a Fastify route). */
 function handleOptions(url: string, principal: TokenInfo, body?: Buffer): HandleOptions {
   const endpoint = endpointRoute(url);
@@ -271,8 +280,13 @@ export function openAIFastLane(
   };
   return {
     claims(method, url) {
-      // A /serving/ URL that names no service goes to Fastify's route, which says what is wrong.
-      if (url.startsWith(ENDPOINT_PREFIX)) return endpointRoute(url) !== undefined;
+      // A /serving/ URL that names no service goes to Fastify's route, which says what is wrong;
+      // one whose path can be read two ways (lib/paths.ts) goes there too, to be refused (400,
+      // with the reason) exactly as when Node's server reads it.
+      if (url.startsWith(ENDPOINT_PREFIX)) {
+        const canonical = canonicalUrl(url);
+        return "url" in canonical && endpointRoute(canonical.url) !== undefined;
+      }
       if (method !== "POST") return false;
       const q = url.indexOf("?");
       return FORWARDED.has(q < 0 ? url : url.slice(0, q));
@@ -285,12 +299,14 @@ export function openAIFastLane(
         fail(res, err);
         return;
       }
+      // Claimed, so canonical: the spelling Fastify's router would have read (rewriteUrl).
+      const url = servedUrl(req.url ?? "");
       if (principal instanceof Promise) {
         principal.then(
-          (p) => serveAs(deps.gateway, req, res, p, handleOptions(req.url ?? "", p, body)),
+          (p) => serveAs(deps.gateway, req, res, p, handleOptions(url, p, body)),
           (err: unknown) => fail(res, err),
         );
-      } else serveAs(deps.gateway, req, res, principal, handleOptions(req.url ?? "", principal, body));
+      } else serveAs(deps.gateway, req, res, principal, handleOptions(url, principal, body));
     },
   };
 }
@@ -340,6 +356,19 @@ export function refuseDuplicateHeaders(req: IncomingMessage, res: ServerResponse
   throw duplicateHeaderError(duplicate);
 }
 
+/**
+ * Throws the 400 for a path that can be read two ways (lib/paths.ts: an encoded '/' or backslash,
+ * NUL, a '..' segment, …), with the reason: for the onRequest hook of a server without Loom's
+ * guard (`loom gateway`'s), before authentication, as the guard does. The front leaves such a
+ * request to Node's server (openAIFastLane's claims), so it gets this answer either way.
+ */
+export function refuseAmbiguousPath(req: FastifyRequest): void {
+  // originalUrl: what came, before a rewriteUrl (guard.ts) routed a refused path to "/".
+  const raw = req.originalUrl;
+  const canonical = canonicalUrl(raw);
+  if ("refused" in canonical) throw badRequest(`${canonical.refused} (${JSON.stringify(raw.slice(0, 200))})`);
+}
+
 /** Whether a URL is the gateway's (answered in OpenAI's error shape) rather than Loom's API's. */
 function gatewayUrl(url: string): boolean {
   return url.startsWith("/v1/") || url.startsWith(ENDPOINT_PREFIX);
@@ -362,6 +391,10 @@ function refuseDuplicate(req: IncomingMessage, res: ServerResponse, name: string
   res.end(payload);
 }
 
+/** Inference: users and API keys; the gateway checks the project (mayUse). */
+const INFERENCE = rule.gateway("inference", "write");
+const MODELS = rule.gateway("models", "read");
+
 /**
  * The OpenAI-compatible routes on Loom's port. Bodies stay raw (the gateway forwards them as
  * they came and reads only `model`), so these routes live in their own scope with their own
@@ -382,14 +415,14 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
     });
     // Reached through inject() (tests) or a server without the fast path.
     for (const path of FORWARDED) {
-      scope.post(path, async (req, reply) => {
+      scope.post(path, authz(INFERENCE), async (req, reply) => {
         reply.hijack();
         const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
         const principal = principalOf(req);
         await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
       });
     }
-    scope.all("/serving/*", async (req, reply) => {
+    scope.all("/serving/*", authz(INFERENCE), async (req, reply) => {
       reply.hijack();
       if (!endpointRoute(req.url)) {
         sendGatewayError(
@@ -402,7 +435,7 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
       const principal = principalOf(req);
       await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
     });
-    scope.get("/v1/models", async (req) => {
+    scope.get("/v1/models", authz(MODELS), async (req) => {
       const principal = principalOf(req);
       return {
         object: "list",
@@ -414,7 +447,7 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
         })),
       };
     });
-    scope.get<{ Params: { model: string } }>("/v1/models/*", async (req, reply) => {
+    scope.get<{ Params: { model: string } }>("/v1/models/*", authz(MODELS), async (req, reply) => {
       const principal = principalOf(req);
       const model = (req.params as Record<string, string>)["*"] ?? "";
       const e = deps.directory.resolve(model, principal.project ?? "default");
@@ -425,7 +458,7 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
       }
       return { id: model, object: "model", created: 0, owned_by: e.project };
     });
-    scope.all("/v1/*", async (req, reply) => {
+    scope.all("/v1/*", authz(rule.gateway("unserved", "read")), async (req, reply) => {
       reply.hijack();
       sendGatewayError(
         reply.raw,
@@ -450,19 +483,28 @@ export async function gatewayControlRoutes(
     deps.directory.releaseWaiters();
     done();
   });
-  app.get<{ Querystring: { version?: string } }>("/gateway/v1/endpoints", async (req) => {
-    const since = Number(req.query.version ?? -1);
-    await deps.directory.changedSince(since, 20_000);
-    return deps.directory.snapshot();
-  });
-  app.post<{ Body: { token?: unknown } }>("/gateway/v1/authenticate", async (req, reply) => {
-    const token = req.body?.token;
-    const info = typeof token === "string" ? await deps.verify(token) : undefined;
-    if (!info) return reply.code(401).send({ valid: false });
-    return { valid: true, principal: info };
-  });
+  app.get<{ Querystring: { version?: string } }>(
+    "/gateway/v1/endpoints",
+    authz(rule.gatewayControl("gateway-endpoints", "read")),
+    async (req) => {
+      const since = Number(req.query.version ?? -1);
+      await deps.directory.changedSince(since, 20_000);
+      return deps.directory.snapshot();
+    },
+  );
+  app.post<{ Body: { token?: unknown } }>(
+    "/gateway/v1/authenticate",
+    authz(rule.gatewayControl("gateway-authenticate", "read")),
+    async (req, reply) => {
+      const token = req.body?.token;
+      const info = typeof token === "string" ? await deps.verify(token) : undefined;
+      if (!info) return reply.code(401).send({ valid: false });
+      return { valid: true, principal: info };
+    },
+  );
   app.post<{ Body: { gateway?: unknown; reports?: unknown; usage?: unknown } }>(
     "/gateway/v1/report",
+    authz(rule.gatewayControl("gateway-load", "write")),
     async (req, reply) => {
       const source = req.body?.gateway;
       const reports = req.body?.reports;
@@ -484,11 +526,15 @@ export async function gatewayControlRoutes(
       return { usage: deps.gateway.limits.merge(source, usage as KeyUsage[]) };
     },
   );
-  app.post<{ Body: Partial<ScaleTarget> }>("/gateway/v1/activate", async (req, reply) => {
-    const t = req.body ?? {};
-    if (typeof t.project !== "string" || typeof t.service !== "string" || typeof t.revision !== "string")
-      throw new BadRequestError("send {project, service, revision}");
-    deps.gateway.wake({ project: t.project, service: t.service, revision: t.revision });
-    return reply.code(204).send();
-  });
+  app.post<{ Body: Partial<ScaleTarget> }>(
+    "/gateway/v1/activate",
+    authz(rule.gatewayControl("gateway-activate", "write")),
+    async (req, reply) => {
+      const t = req.body ?? {};
+      if (typeof t.project !== "string" || typeof t.service !== "string" || typeof t.revision !== "string")
+        throw new BadRequestError("send {project, service, revision}");
+      deps.gateway.wake({ project: t.project, service: t.service, revision: t.revision });
+      return reply.code(204).send();
+    },
+  );
 }

@@ -1,8 +1,10 @@
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
-import { dirname, join, normalize, sep } from "node:path";
+import { basename, dirname, join, normalize, sep } from "node:path";
+import { performance } from "node:perf_hooks";
 import { pipeline } from "node:stream/promises";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { authz, rule } from "../server/routetable.js";
 import { invalidParameter, MlflowError, notFound } from "./errors.js";
 import type { TrackingStore } from "./store.js";
 import { authorize } from "./tenancy.js";
@@ -16,12 +18,24 @@ export interface ArtifactRoutesDeps {
   errorHandler: Parameters<FastifyInstance["setErrorHandler"]>[0];
 }
 
+/** Uploads: a workload's credential writes under its own runs (and the models they logged) only. */
+const WRITE = rule.project("mlflow-artifacts", "write", { workload: "own-run-artifact" });
+const READ = rule.project("mlflow-artifacts", "read", { workload: "read" });
+
 /**
  * MLflow's artifact proxy (`mlflow-artifacts:/EXP/RUN/artifacts/...`) on a local store under the
  * data dir: upload (PUT, streamed to disk), download (GET) and list (GET ?path=). The first path
  * segment is an experiment id, which must be the project's: another project's files are not there.
  */
 export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesDeps): Promise<void> {
+  // An upload cut off by a crash (not by its client, whose abort removes the file) left its temp
+  // file: nothing else would ever remove it, and a large model upload can leave gigabytes.
+  const swept = await sweepInterruptedUploads(deps.dir);
+  if (swept.removed > 0 || swept.failed > 0)
+    app.log.info(
+      { dir: deps.dir, removed: swept.removed, failed: swept.failed },
+      `removed ${swept.removed} temp file(s) of artifact uploads interrupted before this start`,
+    );
   async function resolve(req: FastifyRequest, project: string, rel: string): Promise<string> {
     authorize(
       req.principal,
@@ -49,11 +63,16 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
         // Uploads are streamed to disk as they come, whatever their type (models are large).
         scope.removeAllContentTypeParsers();
         scope.addContentTypeParser("*", (_req, _payload, done) => done(null));
-        scope.put("/artifacts/*", async (req, reply) => {
+        scope.put("/artifacts/*", authz(WRITE), async (req, reply) => {
           const rel = await resolve(req, projectOf(req), (req.params as { "*": string })["*"]);
           if (!rel) throw invalidParameter("an artifact upload needs a path");
+          // The temp files' names: reserved, or a start-up sweep could take a real artifact for one.
+          if (UPLOAD_TEMP.test(basename(rel)))
+            throw invalidParameter(
+              `Invalid path '${rel}': names ending in .upload-N-N are reserved for uploads in flight`,
+            );
           const file = join(root(projectOf(req)), rel);
-          const tmp = `${file}.upload-${process.pid}-${Date.now()}`;
+          const tmp = uploadTempName(file);
           try {
             await mkdir(dirname(file), { recursive: true });
             await pipeline(req.raw, createWriteStream(tmp));
@@ -65,10 +84,10 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
           }
           return reply.code(200).send();
         });
-        scope.get("/artifacts", async (req, reply) =>
+        scope.get("/artifacts", authz(READ), async (req, reply) =>
           list(req, reply, (req.query as { path?: string }).path ?? ""),
         );
-        scope.get("/artifacts/*", async (req, reply) => {
+        scope.get("/artifacts/*", authz(READ), async (req, reply) => {
           const rel = await resolve(req, projectOf(req), (req.params as { "*": string })["*"]);
           const file = join(root(projectOf(req)), rel);
           const info = await stat(file).catch(() => undefined);
@@ -78,7 +97,7 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
             : "application/octet-stream";
           return reply.type(type).header("content-length", info.size).send(createReadStream(file));
         });
-        scope.post("/mpu/*", async (req) => {
+        scope.post("/mpu/*", authz(rule.project("mlflow-artifacts", "write")), async (req) => {
           authorize(req.principal, projectOf(req), true);
           throw new MlflowError(
             "NOT_IMPLEMENTED",
@@ -110,6 +129,47 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
     );
     return reply.send(files.length ? { files } : {});
   }
+}
+
+/** The temp file an upload streams into before it is renamed into place (listings hide these). */
+function uploadTempName(file: string): string {
+  return `${file}.upload-${process.pid}-${Date.now()}`;
+}
+
+const UPLOAD_TEMP = /\.upload-\d+-\d+$/;
+
+/**
+ * Removes the temp files (uploadTempName) that uploads interrupted by a crash left under `dir`:
+ * those last written before this process started (`startedAt`, ms since the epoch). This
+ * process's own uploads are all newer, and one in flight elsewhere (a server sharing the
+ * directory) is written to as it streams, so neither is touched. Not by pid: a restarted
+ * container's server is often pid 1 again. Counts what it removed and what it could not.
+ */
+export async function sweepInterruptedUploads(
+  dir: string,
+  startedAt: number = performance.timeOrigin,
+): Promise<{ removed: number; failed: number }> {
+  let names: string[];
+  try {
+    names = await readdir(dir, { recursive: true });
+  } catch {
+    return { removed: 0, failed: 0 }; // no artifacts yet
+  }
+  let removed = 0;
+  let failed = 0;
+  for (const name of names) {
+    if (!UPLOAD_TEMP.test(basename(name))) continue;
+    const path = join(dir, name);
+    const info = await stat(path).catch(() => undefined);
+    if (!info?.isFile() || info.mtimeMs >= startedAt) continue;
+    try {
+      await rm(path);
+      removed++;
+    } catch {
+      failed++;
+    }
+  }
+  return { removed, failed };
 }
 
 /** A file-system refusal the path caused (a file where a directory is, a name too long) as a 400. */

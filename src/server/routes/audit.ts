@@ -2,6 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { BadRequestError, ForbiddenError } from "../../api/errors.js";
 import { type AuditLog, type AuditQuery, parseDuration } from "../../ports/audit.js";
 import type { TokenInfo } from "../../ports/store.js";
+import { authz, rule } from "../routetable.js";
 import { BASE, type Query } from "./params.js";
 
 export interface AuditRoutesDeps {
@@ -14,7 +15,7 @@ export interface AuditRoutesDeps {
  * gets 403: the log names tokens, addresses and what was refused.
  */
 export function auditRoutes(app: FastifyInstance, deps: AuditRoutesDeps): void {
-  app.get<{ Querystring: Query }>(`${BASE}/audit`, async (req) => {
+  app.get<{ Querystring: Query }>(`${BASE}/audit`, authz(rule.admin("audit", "read")), async (req) => {
     const p = req.principal;
     if (p?.role !== "admin" || p.project || p.apiKey)
       throw new ForbiddenError(
@@ -26,6 +27,7 @@ export function auditRoutes(app: FastifyInstance, deps: AuditRoutesDeps): void {
   });
   app.get<{ Params: { project: string }; Querystring: Query }>(
     `${BASE}/projects/:project/audit`,
+    authz(rule.project("audit", "read")),
     async (req) => {
       const project = req.params.project;
       if (!isAdminOf(req.principal, project))

@@ -2,6 +2,7 @@ import type { FastifyInstance } from "fastify";
 import { BadRequestError, ForbiddenError, NotFoundError } from "../../api/errors.js";
 import type { TokenInfo, TokenStore, TokenSummary } from "../../ports/store.js";
 import type { ResourceService } from "../resources.js";
+import { authz, rule } from "../routetable.js";
 import { BASE, type Params } from "./params.js";
 
 export interface TokenRoutesDeps {
@@ -59,6 +60,7 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
   // API tokens: an unscoped admin makes them, for one project (or all), one role, and a lifetime.
   app.post<{ Body: { name?: unknown; role?: unknown; project?: unknown; ttl?: unknown } }>(
     `${BASE}/tokens`,
+    authz(rule.admin("tokens")),
     async (req, reply) => {
       requireUnscopedAdmin(req.principal, "create");
       const { name, role, project, ttl } = req.body ?? {};
@@ -81,24 +83,32 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
     },
   );
 
-  app.get<{ Querystring: { project?: string } }>(`${BASE}/tokens`, async (req) => {
-    requireUnscopedAdmin(req.principal, "list");
-    const project = req.query.project;
-    return { items: (await deps.tokens.list(project ? { project } : {})).map(shown) };
-  });
+  app.get<{ Querystring: { project?: string } }>(
+    `${BASE}/tokens`,
+    authz(rule.admin("tokens", "read")),
+    async (req) => {
+      requireUnscopedAdmin(req.principal, "list");
+      const project = req.query.project;
+      return { items: (await deps.tokens.list(project ? { project } : {})).map(shown) };
+    },
+  );
 
-  app.delete<{ Params: { id: string } }>(`${BASE}/tokens/:id`, async (req, reply) => {
-    requireUnscopedAdmin(req.principal, "revoke");
-    if (!(await deps.tokens.revoke(req.params.id)))
-      throw new NotFoundError(`no token has id ${req.params.id}: see 'loom token list'`);
-    return reply.code(204).send();
-  });
+  app.delete<{ Params: { id: string } }>(
+    `${BASE}/tokens/:id`,
+    authz(rule.admin("tokens")),
+    async (req, reply) => {
+      requireUnscopedAdmin(req.principal, "revoke");
+      if (!(await deps.tokens.revoke(req.params.id)))
+        throw new NotFoundError(`no token has id ${req.params.id}: see 'loom token list'`);
+      return reply.code(204).send();
+    },
+  );
 
   // Project API keys for the gateway: a project's admin or editor makes them.
   app.post<{
     Params: Params;
     Body: { name?: unknown; services?: unknown; ttl?: unknown; rateLimit?: unknown };
-  }>(`${BASE}/projects/:project/apikeys`, async (req, reply) => {
+  }>(`${BASE}/projects/:project/apikeys`, authz(rule.project("apikeys", "write")), async (req, reply) => {
     requireKeyManager(req.principal, "creating");
     const project = req.params.project!;
     const projectUid = (await resources.get(resources.kind("projects"), undefined, project)).metadata.uid;
@@ -129,15 +139,20 @@ export function tokenRoutes(app: FastifyInstance, deps: TokenRoutesDeps): void {
     });
   });
 
-  app.get<{ Params: Params }>(`${BASE}/projects/:project/apikeys`, async (req) => {
-    requireKeyManager(req.principal, "listing");
-    const project = req.params.project!;
-    await resources.get(resources.kind("projects"), undefined, project);
-    return { items: (await deps.tokens.list({ project, apiKeys: true })).map(shown) };
-  });
+  app.get<{ Params: Params }>(
+    `${BASE}/projects/:project/apikeys`,
+    authz(rule.project("apikeys", "read")),
+    async (req) => {
+      requireKeyManager(req.principal, "listing");
+      const project = req.params.project!;
+      await resources.get(resources.kind("projects"), undefined, project);
+      return { items: (await deps.tokens.list({ project, apiKeys: true })).map(shown) };
+    },
+  );
 
   app.delete<{ Params: Params & { id: string } }>(
     `${BASE}/projects/:project/apikeys/:id`,
+    authz(rule.project("apikeys", "write")),
     async (req, reply) => {
       requireKeyManager(req.principal, "revoking");
       const project = req.params.project!;
