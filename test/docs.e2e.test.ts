@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type DocBlock, docFiles, parseBlocks, readBlocks } from "./docs/blocks.js";
+import { type DocBlock, docFiles, parseBlocks, readBlocks, sessions } from "./docs/blocks.js";
 import { DocSession, steps } from "./docs/session.js";
 import { ROOT } from "./helpers.js";
 
@@ -45,10 +45,10 @@ describe("the docs' shell blocks", () => {
   });
 });
 
-for (const { doc, blocks } of docs) {
-  const run = blocks.filter((b) => b.mode === "run");
+for (const chain of sessions(ROOT)) {
+  const run = chain.flatMap((d) => d.blocks.filter((b) => b.mode === "run"));
   if (!run.length) continue;
-  describe(doc, () => {
+  describe(chain.map((d) => d.doc).join(", then "), () => {
     let session: DocSession;
     beforeAll(async () => {
       session = new DocSession(ROOT);

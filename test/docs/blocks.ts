@@ -10,7 +10,8 @@ import { join, relative } from "node:path";
  *   <!-- doc-test: expect: REGEX -->        the block's output (stdout and stderr) must match (repeatable)
  *   <!-- doc-test: retry-until: REGEX -->   run again, as a user would, until the output matches
  * Every ```sh (bash, shell, console) block must be marked run or skip, so a new command in a doc
- * is either tested or says why not.
+ * is either tested or says why not. A doc that starts where another guide ends says so once:
+ *   <!-- doc-test: continues: docs/training.md -->   run in that doc's session, after it
  */
 export interface DocBlock {
   /** The doc's path from the repository root, e.g. "docs/training.md". */
@@ -77,6 +78,8 @@ function applyMarker(block: DocBlock, line: string, lineNo: number): void {
     case "expect":
       block.expect.unshift(new RegExp(arg ?? "", "m"));
       return;
+    case "continues":
+      return; // the doc's, not the block's: see continues()
     case "retry-until":
       block.retryUntil = new RegExp(arg ?? "", "m");
       return;
@@ -88,4 +91,37 @@ function applyMarker(block: DocBlock, line: string, lineNo: number): void {
 /** The blocks of one doc file. */
 export function readBlocks(root: string, doc: string): DocBlock[] {
   return parseBlocks(doc, readFileSync(join(root, doc), "utf8"));
+}
+
+/** The doc a doc continues (its `<!-- doc-test: continues: DOC -->` line), if any. */
+export function continues(text: string): string | undefined {
+  return /^<!--\s*doc-test:\s*continues:\s*(\S+)\s*-->\s*$/m.exec(text)?.[1];
+}
+
+/** The docs in sessions: each session a doc and the docs that continue it, in order. */
+export function sessions(root: string): { doc: string; blocks: DocBlock[] }[][] {
+  const docs = docFiles(root).map((doc) => {
+    const text = readFileSync(join(root, doc), "utf8");
+    return { doc, blocks: parseBlocks(doc, text), after: continues(text) };
+  });
+  const chains: { doc: string; blocks: DocBlock[] }[][] = [];
+  const chainOf = new Map<string, { doc: string; blocks: DocBlock[] }[]>();
+  const place = (d: (typeof docs)[number], seen: string[]): void => {
+    if (chainOf.has(d.doc)) return;
+    if (seen.includes(d.doc)) throw new Error(`doc-test: continues makes a cycle: ${seen.join(" → ")}`);
+    let chain: { doc: string; blocks: DocBlock[] }[];
+    if (d.after) {
+      const prev = docs.find((x) => x.doc === d.after);
+      if (!prev) throw new Error(`${d.doc}: doc-test: continues names ${d.after}, which is not a tested doc`);
+      place(prev, [...seen, d.doc]);
+      chain = chainOf.get(prev.doc)!;
+    } else {
+      chain = [];
+      chains.push(chain);
+    }
+    chain.push({ doc: d.doc, blocks: d.blocks });
+    chainOf.set(d.doc, chain);
+  };
+  for (const d of docs) place(d, []);
+  return chains;
 }

@@ -154,7 +154,8 @@ export class DocSession {
 
   /** Starts `loom up ARGS --port FREE` and waits for the line that says the CLI context is written. */
   private async startUp(args: string): Promise<string> {
-    if (this.up) throw new Error("the doc starts loom up twice in one session");
+    // A guide that continues another finds the `loom up` that one started still running.
+    if (this.up && this.up.exitCode === null) return this.upOutput;
     const port = await freePort();
     const proc = spawn("bash", ["-c", `exec loom up ${args} --port ${port}`], {
       cwd: this.root,
