@@ -60,7 +60,12 @@ for (const chain of sessions(ROOT)) {
       it(`${where(block)}: ${block.source.split("\n")[0]}`, { timeout: 2 * BLOCK_TIMEOUT_MS }, async () => {
         let r = await session.run(block, BLOCK_TIMEOUT_MS);
         // A user re-runs the command until it says what the doc waits for (a bound, not a timing).
-        for (let tries = 0; block.retryUntil && !block.retryUntil.test(r.output) && tries < 240; tries++) {
+        // A command that fails is not waited on: it fails the block at once.
+        for (
+          let n = 0;
+          block.retryUntil && r.code === 0 && !block.retryUntil.test(r.output) && n < 240;
+          n++
+        ) {
           await new Promise((ok) => setTimeout(ok, 1000));
           r = await session.run(block, BLOCK_TIMEOUT_MS);
         }

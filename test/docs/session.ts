@@ -178,7 +178,10 @@ export class DocSession {
   /** Deletes what the doc left running, stops `loom up` and removes the session's files. */
   async close(): Promise<void> {
     if (this.up && this.up.exitCode === null) {
-      await this.bash("loom delete sweeps --all || true; loom delete isvc --all || true; loom delete tj --all || true", 120_000);
+      await this.bash(
+        "loom delete sweeps --all || true; loom delete isvc --all || true; loom delete tj --all || true",
+        120_000,
+      );
       const exited = new Promise((ok) => this.up!.once("exit", ok));
       this.up.kill("SIGTERM");
       await Promise.race([exited, sleep(30_000)]);
