@@ -251,6 +251,29 @@ describe("loom logs", () => {
     expect(r.stdout).toBe("step 1\nstep 2\n");
   });
 
+  it("-f waits for a job that has not started, saying why, then follows it", async () => {
+    let gets = 0;
+    const r = await loom(["logs", "tj/x", "-f"], () => {
+      gets++;
+      return gets < 2
+        ? {
+            status: {
+              phase: "Pending",
+              conditions: [
+                { type: "Admitted", status: "False", reason: "InsufficientCapacity", message: "no GPU free" },
+              ],
+            },
+          }
+        : { status: { phase: "Running", attempts: 1 } };
+    }, [["step 1\n"]]);
+    expect(r.error).toBeUndefined();
+    expect(r.stderr).toBe(
+      "waiting for trainingjob.loom.dev/x to start (InsufficientCapacity: no GPU free); Ctrl-C to stop\n",
+    );
+    expect(r.calls.map((c) => c.method)).toEqual(["GET", "GET", "STREAM"]);
+    expect(r.stdout).toBe("step 1\n");
+  });
+
   it("KIND NAME -p works too, with no query by default", async () => {
     const r = await loom(["logs", "trainingjob", "x", "-p", "p2"]);
     expect(r.calls).toEqual([{ method: "STREAM", path: `${BASE}/projects/p2/trainingjobs/x/log?` }]);

@@ -1,7 +1,9 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Command } from "commander";
 import { findKind, type KindDef, TRAININGJOB } from "../../api/kinds.js";
-import type { CliDeps } from "../deps.js";
-import { itemPath, kindAndName, kindOf } from "../resources.js";
+import type { TrainingJob } from "../../api/trainingjob.js";
+import type { Api, CliDeps, Output } from "../deps.js";
+import { itemPath, kindAndName, kindOf, ref } from "../resources.js";
 
 /**
  * What `loom logs` prints the output of. Only TrainingJobs have logs, so a lone word that is not
@@ -36,8 +38,43 @@ export function registerLogs(program: Command, deps: CliDeps): void {
         if (opts.worker !== undefined) q.set("worker", opts.worker);
         if (opts.attempt) q.set("attempt", opts.attempt);
         if (opts.follow) q.set("follow", "true");
-        const stream = await api.stream(`${itemPath(def, opts.project ?? defaultProject, name)}/log?${q}`);
+        const path = itemPath(def, opts.project ?? defaultProject, name);
+        // -f right after apply: the job may not have started; wait for it, saying why, as a user
+        // would expect of "follow" (without this it printed nothing and exited at once).
+        if (opts.follow && opts.attempt === undefined)
+          await waitForStart(api, path, ref(def, name), deps.stderr);
+        const stream = await api.stream(`${path}/log?${q}`);
         for await (const chunk of stream) deps.stdout.write(chunk as Buffer);
       },
     );
+}
+
+/** Waits until the job has an attempt or has ended, telling the user why it waits when that changes. */
+export async function waitForStart(
+  api: Api,
+  path: string,
+  name: string,
+  stderr: Output,
+  pollMs = 1000,
+): Promise<void> {
+  let said = "";
+  for (;;) {
+    const job = await api.request<TrainingJob>("GET", path);
+    const phase = job.status?.phase ?? "Pending";
+    if ((job.status?.attempts ?? 0) > 0 || phase === "Succeeded" || phase === "Failed") return;
+    const why = waitingReason(job);
+    if (why !== said) {
+      stderr.write(`waiting for ${name} to start (${why}); Ctrl-C to stop\n`);
+      said = why;
+    }
+    await sleep(pollMs);
+  }
+}
+
+/** The newest False condition's reason and message, as `loom describe` shows why a job waits. */
+function waitingReason(job: TrainingJob): string {
+  const waiting = (job.status?.conditions ?? []).filter((c) => c.status === "False");
+  const last = waiting[waiting.length - 1];
+  if (!last) return "not admitted yet";
+  return last.message ? `${last.reason}: ${last.message}` : (last.reason ?? "waiting");
 }
