@@ -120,7 +120,7 @@ describe("credentials: expiry, revocation, project binding, workload tokens", ()
     const running = await loom.waitFor("cj1", (j) => j.status?.workers?.[0]?.pid !== undefined, 60_000);
     let log = "";
     await until(async () => {
-      const l = await loom.cli(["logs", "tj", "cj1"]);
+      const l = await loom.cli(["logs", "tj", "cj1", "--worker", "0"]);
       log = l.stdout + l.stderr + JSON.stringify((await loom.job("cj1")).status);
       return log.includes("env:");
     }, 20_000).catch((err) => {

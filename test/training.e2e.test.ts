@@ -78,8 +78,8 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
     expect(apply.code, apply.stderr).toBe(0);
     const running = await loom.waitFor("pretrain", (j) => j.status?.ready === "2/2", 120_000);
     const list = await loom.cli(["get", "tj", "pretrain"]);
-    expect(list.stdout).toMatch(/NAME\s+PHASE\s+READY\s+ATTEMPT\s+AGE/);
-    expect(list.stdout).toMatch(/pretrain\s+Running\s+2\/2\s+1\s+\d+s/);
+    expect(list.stdout).toMatch(/NAME\s+PHASE\s+READY\s+ATTEMPT\s+REASON\s+AGE/);
+    expect(list.stdout).toMatch(/pretrain\s+Running\s+2\/2\s+1\s+Started\s+\d+s/);
     expect(running.status?.workers?.map((w) => w.state)).toEqual(["Running", "Running"]);
     const done = await loom.waitFor(
       "pretrain",

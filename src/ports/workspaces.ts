@@ -1,0 +1,25 @@
+import type { WorkloadRef } from "./runtime.js";
+
+/**
+ * Where a running workspace (issue 19) answers, as its controller publishes it: the user-content
+ * origin's proxy reads it per request. Embedded: a loopback (or namespace) address; Kubernetes:
+ * the workspace's Service.
+ */
+export interface WorkspaceEndpoint {
+  ref: WorkloadRef;
+  /** Host and port of the IDE (or spec.command's server) inside the workspace. */
+  host: string;
+  port: number;
+  /** TCP ports the workspace listens on besides the IDE's, each reachable at /proxy/PORT/. */
+  ports: number[];
+}
+
+/** The table of running workspaces: the controller writes it, the workspace origin reads it. */
+export interface WorkspaceDirectory {
+  /** Publishes where the workspace answers; undefined when it is stopped or gone. */
+  publish(project: string, name: string, endpoint: WorkspaceEndpoint | undefined): void;
+  lookup(project: string, name: string): WorkspaceEndpoint | undefined;
+  /** Activity seen by the proxy (requests, open WebSockets), for idle culling. */
+  touch?(project: string, name: string, at: Date): void;
+  lastActivity?(project: string, name: string): Date | undefined;
+}
