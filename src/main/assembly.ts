@@ -17,6 +17,7 @@ import { buildApp } from "../server/app.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
 import { ServingDirectory } from "../server/serving.js";
+import { type WorkspaceAccess, workspaceAccessOn } from "../server/workspaces/access.js";
 import { adminToken, boundTokens, workloadCredentials } from "../server/workloadtokens.js";
 import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
@@ -68,6 +69,8 @@ export interface ApiOptions {
   ensureDefaultProject?: boolean;
   /** The audit log (closed with the API). */
   audit?: AuditLog;
+  /** Serve workspace log-in (issue 19) for a user-content origin on this port (known once it listens). */
+  workspaceOriginPort?: () => number;
 }
 
 export interface ControlPlaneOptions {
@@ -89,6 +92,8 @@ export interface ControlPlane {
   app?: FastifyInstance;
   /** The admin token (created on the first start, then read from the data dir), with options.api. */
   admin?: { token: string; file: string; created: boolean };
+  /** Workspace tickets and sessions, shared by the API's log-in route and the user-content origin. */
+  workspaceAccess?: WorkspaceAccess;
   /**
    * Starts listening and returns the API's URL. First, before the controllers: the workers they
    * start are told this URL (MLFLOW_TRACKING_URI).
@@ -125,6 +130,7 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
     manager,
     app: api?.app,
     admin: api?.admin,
+    ...(api?.workspaceAccess ? { workspaceAccess: api.workspaceAccess } : {}),
     async listen() {
       if (!api || !opts.api) throw new Error("this control plane has no API to listen with");
       url = await api.app.listen({ host: opts.api.host ?? "127.0.0.1", port: opts.api.port ?? 7470 });
@@ -164,6 +170,8 @@ async function assembleApi(
     artifactsDir: join(api.dataDir, "artifacts"),
   };
   const serving = servingParts(opts);
+  const originPort = api.workspaceOriginPort;
+  const workspaceAccess = originPort ? workspaceAccessOn(tokens) : undefined;
   const app = await buildApp({
     store: opts.store,
     tokens,
@@ -178,6 +186,7 @@ async function assembleApi(
     ...(api.createFinalizers ? { createFinalizers: api.createFinalizers } : {}),
     ...(api.ensureDefaultProject === false ? { ensureDefaultProject: false } : {}),
     ...(api.audit ? { audit: api.audit } : {}),
+    ...(workspaceAccess && originPort ? { workspaces: { access: workspaceAccess, originPort } } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
   const controllerDeps: Pick<ControllerManagerDeps, "tracking" | "trialMetrics" | "registrar" | "serving"> = {
@@ -192,7 +201,7 @@ async function assembleApi(
       baseUrl: listeningAt,
     },
   };
-  return { app, admin, serving, controllerDeps };
+  return { app, admin, serving, controllerDeps, workspaceAccess };
 }
 
 /**

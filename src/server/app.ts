@@ -27,6 +27,8 @@ import { listOrWatch } from "./routes/watch.js";
 import { type RegisteredRoute, requireRules } from "./routetable.js";
 import { SchedulingView } from "./scheduling.js";
 import { openAIFastLane, serverWith } from "./serving.js";
+import type { WorkspaceAccess } from "./workspaces/access.js";
+import { workspaceLoginRoutes } from "./workspaces/login.js";
 
 export interface AppDeps {
   store: ResourceStore;
@@ -56,6 +58,8 @@ export interface AppDeps {
    * default: embedded controllers write status through the store, not over HTTP.
    */
   isPlatform?: (principal: TokenInfo) => boolean;
+  /** Workspace log-in (issue 19): tickets for the user-content origin listening on originPort(). */
+  workspaces?: { access: WorkspaceAccess; originPort(): number };
 }
 
 declare module "fastify" {
@@ -135,6 +139,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   resourceRoutes(app, { store: deps.store, events: deps.events, resources, listOrWatch: list, scheduling });
   logRoutes(app, { resources, runtime: deps.runtime });
   tokenRoutes(app, { tokens: deps.tokens, resources });
+  if (deps.workspaces) workspaceLoginRoutes(app, { ...deps.workspaces, resources });
   if (deps.tracking) await mountTracking(app, { tracking: deps.tracking, resources });
   if (deps.serving) await mountServing(app, { serving: deps.serving, tokens: deps.tokens });
 
