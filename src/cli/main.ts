@@ -12,6 +12,7 @@ import { registerDescribe } from "./commands/describe.js";
 import { registerGateway } from "./commands/gateway.js";
 import { registerGet } from "./commands/get.js";
 import { registerLogs } from "./commands/logs.js";
+import { registerOpen } from "./commands/open.js";
 import { registerOperator } from "./commands/operator.js";
 import { registerTop } from "./commands/top.js";
 import { registerUp } from "./commands/up.js";
@@ -92,6 +93,7 @@ export function buildProgram(options: ProgramOptions = {}): Command {
   registerTop(program, deps);
   registerDescribe(program, deps);
   registerLogs(program, deps);
+  registerOpen(program, deps);
   registerDelete(program, deps);
   registerOperator(program, deps);
   registerGateway(program, deps);

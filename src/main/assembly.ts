@@ -17,8 +17,8 @@ import { buildApp } from "../server/app.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
 import { ServingDirectory } from "../server/serving.js";
-import { type WorkspaceAccess, workspaceAccessOn } from "../server/workspaces/access.js";
 import { adminToken, boundTokens, workloadCredentials } from "../server/workloadtokens.js";
+import { type WorkspaceAccess, workspaceAccessOn } from "../server/workspaces/access.js";
 import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 

@@ -1,3 +1,5 @@
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { availableParallelism, totalmem } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,6 +20,9 @@ import { describeSandbox, detectSandbox, type SandboxSupport } from "../platform
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { localModelResolver } from "../server/models.js";
+import { InMemoryWorkspaceDirectory } from "../server/workspaces/directory.js";
+import { workspaceOrigin } from "../server/workspaces/host.js";
+import { workspaceOriginServer } from "../server/workspaces/origin.js";
 import type { TrackingDatabase } from "../tracking/db.js";
 import { assembleControlPlane, openTracking } from "./assembly.js";
 import { processMetricsRegistry } from "./processmetrics.js";
@@ -36,6 +41,8 @@ export interface EmbeddedOptions {
   host?: string;
   /** 0 picks a free port. */
   port?: number;
+  /** The workspaces' user-content origin; default the API's port + 1 (a free one when port is 0). */
+  workspacePort?: number;
   /** Declares N virtual GPUs instead of asking nvidia-smi. */
   gpus?: number;
   log: Logger;
@@ -69,6 +76,8 @@ export interface EmbeddedServer {
   app: FastifyInstance;
   /** Whether each workload has a network of its own, and why not (for `loom up` to say). */
   network: NetworkCapability;
+  /** The user-content origin: where running workspaces are published, and its URL pattern. */
+  workspaces: { directory: InMemoryWorkspaceDirectory; port: number; urlPattern: string };
   close(): Promise<void>;
 }
 
@@ -133,6 +142,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   });
   const runtime = new EmbeddedRuntime(processes, replicas);
   const controllers = opts.controllers !== false;
+  const workspaceDirectory = new InMemoryWorkspaceDirectory();
+  let workspacePort = 0;
   const plane = await assembleControlPlane({
     store,
     events,
@@ -151,6 +162,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       // Embedded, a model's files are read where the registry's artifacts are.
       models: (t) => localModelResolver(t.registry, t.store, t.artifactsDir),
       builtinCommand: BUILTIN_RUNTIME,
+      workspaceOriginPort: () => workspacePort,
       audit: new SqliteAuditLog(database.db, {
         maxAgeMs: opts.auditRetentionMs,
         onError: (err) => log.warn({ err }, "audit log write failed"),
@@ -164,7 +176,24 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   // Listening first: workers started by the controllers are told this URL (MLFLOW_TRACKING_URI).
   const url = await plane.listen();
   // Workloads in namespaces of their own reach the API (and the gateway on its port) through it.
-  networks.openApi(Number(new URL(url).port));
+  const apiPort = Number(new URL(url).port);
+  networks.openApi(apiPort);
+  // Workspaces serve their users' own pages: never on the API's origin, on a listener of their own.
+  const origin = workspaceOriginServer({
+    access: plane.workspaceAccess!,
+    directory: workspaceDirectory,
+    log: log.child({ component: "workspace-origin" }),
+  });
+  try {
+    workspacePort = await listenOn(
+      origin,
+      opts.host ?? "127.0.0.1",
+      opts.workspacePort ?? (opts.port === 0 ? 0 : apiPort + 1),
+    );
+  } catch (err) {
+    await plane.close();
+    throw err;
+  }
   await plane.start({ controllers });
   let closed = false;
   return {
@@ -176,9 +205,17 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       : `${describeSandbox(sandbox)}${opts.insecureSharedUser ? " (--insecure-shared-user: every project runs as this server's user)" : "; workloads of only one project run at a time (--insecure-shared-user allows more, unisolated)"}`,
     app: plane.app!,
     network: networks.capability,
+    workspaces: {
+      directory: workspaceDirectory,
+      port: workspacePort,
+      urlPattern: `${workspaceOrigin("PROJECT", "NAME", workspacePort)}/`,
+    },
     async close() {
       if (closed) return;
       closed = true;
+      origin.stopActivity();
+      origin.closeAllConnections();
+      await new Promise((done) => origin.close(done));
       await plane.close();
       await runtime.close();
       networks.close();
@@ -188,4 +225,15 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       unlock();
     },
   };
+}
+
+/** Listens and returns the port (the one picked, for 0). */
+function listenOn(server: Server, host: string, port: number): Promise<number> {
+  return new Promise((ok, fail) => {
+    server.once("error", fail);
+    server.listen(port, host, () => {
+      server.off("error", fail);
+      ok((server.address() as AddressInfo).port);
+    });
+  });
 }

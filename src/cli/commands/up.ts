@@ -11,6 +11,7 @@ import { auditRetentionMs } from "./audit.js";
 interface UpOpts {
   dataDir: string;
   port: string;
+  workspacePort?: string;
   host: string;
   gpus?: string;
   trackingDb?: string;
@@ -30,6 +31,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
       process.env.LOOM_DATA_DIR ?? join(homedir(), ".loom", "data"),
     )
     .option("--port <port>", "port to listen on (0 picks a free one)", "7470")
+    .option("--workspace-port <port>", "port of the workspaces' own origin (default: --port + 1)")
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .addOption(new Option("--gpus <n>", "declare N virtual GPUs instead of detecting them with nvidia-smi"))
     .option(
@@ -51,6 +53,12 @@ export function registerUp(program: Command, deps: CliDeps): void {
       const port = Number(opts.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535)
         throw new CliError(`--port must be 0-65535, got "${opts.port}"`);
+      const workspacePort = opts.workspacePort === undefined ? undefined : Number(opts.workspacePort);
+      if (
+        workspacePort !== undefined &&
+        (!Number.isInteger(workspacePort) || workspacePort < 0 || workspacePort > 65535)
+      )
+        throw new CliError(`--workspace-port must be 0-65535, got "${opts.workspacePort}"`);
       const gpus = opts.gpus === undefined ? undefined : Number(opts.gpus);
       if (gpus !== undefined && (!Number.isInteger(gpus) || gpus < 0))
         throw new CliError(`--gpus must be a whole number, got "${opts.gpus}"`);
@@ -63,6 +71,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
         server = await startEmbedded({
           dataDir: resolve(opts.dataDir),
           port,
+          ...(workspacePort !== undefined ? { workspacePort } : {}),
           host: opts.host,
           gpus,
           log,
@@ -74,7 +83,9 @@ export function registerUp(program: Command, deps: CliDeps): void {
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
         if (e.code === "EADDRINUSE")
-          throw new CliError(`port ${port} is in use: stop what uses it or pass --port`);
+          throw new CliError(
+            `port ${(e as { port?: number }).port ?? port} is in use: stop what uses it or pass --port (and --workspace-port for the workspaces' origin)`,
+          );
         if (e.message?.startsWith("data dir") || e.message?.startsWith("tracking database"))
           throw new CliError(e.message);
         throw err;
@@ -84,6 +95,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
         `Loom ${VERSION} is up at ${server.url}\n` +
           `data dir:    ${resolve(opts.dataDir)}\n` +
           `admin token: ${server.adminToken}\n` +
+          `workspaces:  ${server.workspaces.urlPattern} (loom open ws/NAME)\n` +
           `sandbox:     ${server.sandbox}\n` +
           `network:     ${server.network.isolated ? "one namespace per workload (reaches only Loom's API and gateway)" : `shared with this machine: ${server.network.reason}`}\n` +
           `CLI context "embedded" written to ${configPath()}; try: loom apply -f examples/hello/\n`,

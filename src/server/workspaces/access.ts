@@ -119,7 +119,8 @@ export class WorkspaceAccess {
   /** The token still verifies (not revoked or expired, its project not re-created) and may edit the project. */
   private async authorize(grant: Grant): Promise<TokenInfo> {
     const principal = await this.deps.authenticate(`Bearer ${grant.token}`);
-    if (principal.id !== grant.principalId) throw new UnauthorizedError("the token behind this session changed");
+    if (principal.id !== grant.principalId)
+      throw new UnauthorizedError("the token behind this session changed");
     decide(principal, WORKSPACE_ACCESS, { project: grant.project }, this.deps.decide);
     return principal;
   }
@@ -128,7 +129,8 @@ export class WorkspaceAccess {
 function sweep(m: Map<string, Grant>, now: number): void {
   if (m.size < SWEEP_AT) return;
   for (const [k, g] of m) if (g.expires <= now) m.delete(k);
-  if (m.size >= SWEEP_AT * 10) throw new ForbiddenError("too many workspace log-ins at once; try again later");
+  if (m.size >= SWEEP_AT * 10)
+    throw new ForbiddenError("too many workspace log-ins at once; try again later");
 }
 
 /** Workspace log-in on the server's own token store, with the API's authenticator and decision. */

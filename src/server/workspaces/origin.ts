@@ -4,7 +4,7 @@ import type { Logger } from "pino";
 import { LoomError } from "../../api/errors.js";
 import type { WorkspaceDirectory, WorkspaceEndpoint } from "../../ports/workspaces.js";
 import type { WorkspaceAccess, WorkspaceSession } from "./access.js";
-import { parseWorkspaceHost, WS_DOMAIN, type WorkspaceHost } from "./host.js";
+import { parseWorkspaceHost, type WorkspaceHost, WS_DOMAIN } from "./host.js";
 import { refuseUpgrade, sendPage } from "./pages.js";
 import { forwardHttp, forwardUpgrade, SESSION_COOKIE, sessionCookies, type Target } from "./proxy.js";
 
@@ -71,10 +71,16 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
     });
   }
 
-  async function login(req: IncomingMessage, res: ServerResponse, ws: WorkspaceHost, url: URL): Promise<void> {
+  async function login(
+    req: IncomingMessage,
+    res: ServerResponse,
+    ws: WorkspaceHost,
+    url: URL,
+  ): Promise<void> {
     if (req.method !== "GET") throw new Refusal(400, "Log-in", "open the log-in link in a browser (GET)");
     const ticket = url.searchParams.get("ticket");
-    if (!ticket) throw new Refusal(400, "Log-in", `no ticket: get a link with loom open ws/${ws.name} -p ${ws.project}`);
+    if (!ticket)
+      throw new Refusal(400, "Log-in", `no ticket: get a link with loom open ws/${ws.name} -p ${ws.project}`);
     const id = await deps.access.redeem(ticket, ws.project, ws.name);
     res.writeHead(302, {
       // Host-only (no Domain): sent back to this workspace's origin only, never to a sibling's.
@@ -193,7 +199,9 @@ function targetOf(url: URL, ep: WorkspaceEndpoint): Target | { redirect: string 
       404,
       `Port ${port} is not open`,
       `the workspace does not listen on port ${port}` +
-        (ep.ports.length ? ` (it listens on ${ep.ports.join(", ")}: status.ports)` : " (status.ports is empty)") +
+        (ep.ports.length
+          ? ` (it listens on ${ep.ports.join(", ")}: status.ports)`
+          : " (status.ports is empty)") +
         "; start a server on it inside the workspace, then reload",
       5,
     );

@@ -1,7 +1,7 @@
 import type { ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 
-const escape = (s: string) =>
+const escapeHtml = (s: string) =>
   s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
 
 const REASONS: Record<number, string> = {
@@ -16,10 +16,10 @@ const REASONS: Record<number, string> = {
 /** A small HTML page that says what happened and what to do; `refresh` reloads it (a starting workspace). */
 export function page(status: number, title: string, message: string, refresh?: number): string {
   return (
-    `<!doctype html><html><head><meta charset="utf-8"><title>${escape(title)}</title>` +
+    `<!doctype html><html><head><meta charset="utf-8"><title>${escapeHtml(title)}</title>` +
     `${refresh ? `<meta http-equiv="refresh" content="${refresh}">` : ""}</head>` +
     `<body style="font-family:sans-serif;max-width:46em;margin:3em auto">` +
-    `<h1>${escape(title)}</h1><p>${escape(message)}</p><p><small>Loom workspace origin · ${status}</small></p>` +
+    `<h1>${escapeHtml(title)}</h1><p>${escapeHtml(message)}</p><p><small>Loom workspace origin · ${status}</small></p>` +
     "</body></html>\n"
   );
 }

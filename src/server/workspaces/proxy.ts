@@ -5,7 +5,15 @@ import type { Duplex } from "node:stream";
 export const SESSION_COOKIE = "loom_ws";
 
 /** Per-connection headers (RFC 9110 §7.6.1) that a proxy does not pass on. */
-const HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP = [
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+];
 
 /** Where a request goes: the workspace's host and port, the path there, and the prefix that was cut. */
 export interface Target {
@@ -42,7 +50,11 @@ export function sessionCookies(header: string | undefined): string[] {
  * cookie and any Authorization, meant for Loom), plus X-Forwarded-*. Host is kept, so the
  * workspace's own same-origin checks (Jupyter's on WebSockets) see the origin the browser used.
  */
-export function forwardedHeaders(req: IncomingMessage, target: Target, upgrade: boolean): IncomingHttpHeaders {
+export function forwardedHeaders(
+  req: IncomingMessage,
+  target: Target,
+  upgrade: boolean,
+): IncomingHttpHeaders {
   const headers: IncomingHttpHeaders = { ...req.headers };
   for (const h of HOP_BY_HOP) delete headers[h];
   for (const h of (req.headers.connection ?? "").split(",")) delete headers[h.trim().toLowerCase()];
