@@ -140,7 +140,7 @@ export function workspaceAccessOn(
 ): WorkspaceAccess {
   return new WorkspaceAccess({
     ...opts,
-    authenticate: bearerAuthenticator((t) => tokens.verify(t)),
+    authenticate: bearerAuthenticator((t) => tokens.verify(t), opts.now ? { now: opts.now } : {}),
     decide: {
       kindOf: (plural) => {
         const def = findKind(plural);
