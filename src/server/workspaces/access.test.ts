@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { ForbiddenError, UnauthorizedError } from "../../api/errors.js";
 import type { TokenInfo } from "../../ports/store.js";
-import { WorkspaceAccess, workspaceAccessOn } from "./access.js";
+import { type WorkspaceAccess, workspaceAccessOn } from "./access.js";
 
 /** A token table standing in for the store (the real one is exercised end to end). */
 function setup() {
@@ -80,8 +80,14 @@ describe("workspace tickets and sessions", () => {
 
   it("viewers, other projects' members and API keys get no session even holding a ticket", async () => {
     const { access, tokens } = setup();
-    await expect(access.redeem(issue(access, tokens, "viewer"), "a", "nb")).rejects.toBeInstanceOf(ForbiddenError);
-    await expect(access.redeem(issue(access, tokens, "other"), "a", "nb")).rejects.toBeInstanceOf(ForbiddenError);
-    await expect(access.redeem(issue(access, tokens, "key"), "a", "nb")).rejects.toBeInstanceOf(ForbiddenError);
+    await expect(access.redeem(issue(access, tokens, "viewer"), "a", "nb")).rejects.toBeInstanceOf(
+      ForbiddenError,
+    );
+    await expect(access.redeem(issue(access, tokens, "other"), "a", "nb")).rejects.toBeInstanceOf(
+      ForbiddenError,
+    );
+    await expect(access.redeem(issue(access, tokens, "key"), "a", "nb")).rejects.toBeInstanceOf(
+      ForbiddenError,
+    );
   });
 });
