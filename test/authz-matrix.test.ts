@@ -20,6 +20,7 @@ import { buildApp } from "../src/server/app.js";
 import { authz, requireRules, route, rule } from "../src/server/routetable.js";
 import { ServingDirectory } from "../src/server/serving.js";
 import { workloadCredentials } from "../src/server/workloadtokens.js";
+import { workspaceAccessOn } from "../src/server/workspaces/access.js";
 import { sqliteTracking, type Tracking, trackingOn } from "../src/tracking/db.js";
 
 /**
@@ -121,6 +122,8 @@ async function world(): Promise<World> {
     tracking: { ...tracking, artifactsDir: join(dataDir, "artifacts") },
     serving: { gateway, directory },
     audit: new SqliteAuditLog(database.db),
+    // Workspace log-in (issue 19) is in the matrix like every other route.
+    workspaces: { access: workspaceAccessOn(tokens), originPort: () => 7471 },
   });
   const byName = new Map<string, string>();
   const runs = new Map<string, { run: string; experiment: string }>();

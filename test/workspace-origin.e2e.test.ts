@@ -327,7 +327,7 @@ describe("workspace origin", () => {
       expect((await origin(url.pathname + url.search, { host: url.host })).status).toBe(401);
     });
 
-    it("a viewer, another project's member, an API key and a workload-less admin of another project get no link", async () => {
+    it("a viewer, another project's member, an API key and an unknown token get no link", async () => {
       const viewer = await tokenFor("v", "viewer", "default");
       const stranger = await tokenFor("s", "editor", "other");
       const key = await api("POST", `${BASE}/projects/default/apikeys`, { name: "k" });

@@ -15,7 +15,7 @@ export class Upstream {
   private readonly server: Server;
   port = 0;
 
-  constructor(private readonly label: string) {
+  constructor(label: string) {
     this.server = createServer((req, res) => {
       this.seen.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers });
       if (req.url === "/headers") {
