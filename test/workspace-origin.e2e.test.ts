@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { type IncomingHttpHeaders, request } from "node:http";
+import { createServer, type IncomingHttpHeaders, request } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -8,6 +9,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type EmbeddedServer, startEmbedded } from "../src/main/embedded.js";
 import { type Browser, type BrowserContext, launchBrowser, screenshot } from "./browser.js";
+import { LoomProcess } from "./helpers.js";
 import { Upstream } from "./wsupstream.js";
 
 /**
@@ -414,5 +416,69 @@ describe("workspace origin", () => {
       expect(dead.status).toBe(502);
       expect(dead.body).toContain("nothing answers on port 9");
     });
+  });
+});
+
+describe("loom up --workspace-port and loom open (the real CLI and server)", () => {
+  const loomPort = async () => {
+    const probe = createServer();
+    await new Promise<void>((ok) => probe.listen(0, "127.0.0.1", ok));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((done) => probe.close(done));
+    return port;
+  };
+  let wsPort = 0;
+  let loom: LoomProcess;
+
+  beforeAll(async () => {
+    wsPort = await loomPort();
+    loom = new LoomProcess(["--workspace-port", String(wsPort)]);
+    await loom.start();
+  }, 60_000);
+  afterAll(async () => loom?.stop());
+
+  it("loom open ws/NAME prints a one-time link to the workspace's own origin, which logs in once", async () => {
+    const r = await loom.cli(["open", "ws/nb", "--no-browser"]);
+    expect(r.code, r.stderr).toBe(0);
+    const link = new URL(r.stdout.trim());
+    expect(link.origin).toBe(`http://nb--default.ws.localhost:${wsPort}`);
+    expect(link.origin).not.toBe(new URL(loom.url).origin);
+    const get = (path: string, cookie?: string) =>
+      new Promise<{ status: number; cookie?: string; body: string }>((ok, fail) => {
+        const req = request(
+          {
+            host: "127.0.0.1",
+            port: wsPort,
+            path,
+            headers: { host: link.host, ...(cookie ? { cookie } : {}) },
+          },
+          (res) => {
+            let body = "";
+            res.on("data", (d: Buffer) => (body += d.toString()));
+            res.on("end", () =>
+              ok({
+                status: res.statusCode ?? 0,
+                cookie: res.headers["set-cookie"]?.[0]?.split(";")[0],
+                body,
+              }),
+            );
+          },
+        );
+        req.on("error", fail);
+        req.end();
+      });
+    const first = await get(link.pathname + link.search);
+    expect(first.status).toBe(302);
+    // Logged in; nothing runs there (no workspace was published): the page says how to start it.
+    const page = await get("/", first.cookie);
+    expect(page.status).toBe(503);
+    expect(page.body).toContain("loom start ws/nb -p default");
+    expect((await get(link.pathname + link.search)).status).toBe(401);
+  });
+
+  it("loom open refuses what is not a workspace", async () => {
+    const r = await loom.cli(["open", "tj/x"]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("ws/NAME");
   });
 });

@@ -46,7 +46,8 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
   }, deps.activityEveryMs ?? 30_000);
   timer.unref();
 
-  const server = createServer((req, res) => {
+  // No whole-request deadline (long uploads to a notebook); headersTimeout still bounds slow clients.
+  const server = createServer({ requestTimeout: 0 }, (req, res) => {
     handle(req, res).catch((err: Error) => {
       const r = asRefusal(err, deps.log);
       sendPage(res, r.status, r.title, r.message, {}, r.refresh);
