@@ -39,7 +39,9 @@ export const WorkspaceSpec = z
     stopped: z
       .boolean()
       .default(false)
-      .describe("Stopped: nothing runs, the home is kept (`loom stop ws/NAME`; `loom start ws/NAME` clears it)."),
+      .describe(
+        "Stopped: nothing runs, the home is kept (`loom stop ws/NAME`; `loom start ws/NAME` clears it).",
+      ),
     idleTimeout: z
       .union([z.number().int().min(1), z.string()])
       .refine(
@@ -87,6 +89,8 @@ export const WorkspaceStatus = z.object({
     .object({ id: z.string(), host: z.string().optional(), port: z.number().optional(), ready: z.boolean() })
     .optional(),
   node: z.string().optional(),
+  /** The platform revision the spec runs as (NAME-wsHASH): a changed spec replaces it. */
+  revision: z.string().optional(),
   observedGeneration: z.number().optional(),
 });
 

@@ -18,6 +18,7 @@ import { describeSandbox, detectSandbox, type SandboxSupport } from "../platform
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { localModelResolver } from "../server/models.js";
+import { InMemoryWorkspaceDirectory } from "../server/workspaces/directory.js";
 import type { TrackingDatabase } from "../tracking/db.js";
 import { assembleControlPlane, openTracking } from "./assembly.js";
 import { processMetricsRegistry } from "./processmetrics.js";
@@ -57,6 +58,8 @@ export interface EmbeddedOptions {
   insecureSharedUser?: boolean;
   /** false runs workloads unsandboxed (measurements of the sandbox's cost); default: detected. */
   sandbox?: boolean;
+  /** The workspace origin's port (workspaces' URLs); default: the API's port + 1. */
+  workspacePort?: number;
 }
 
 export interface EmbeddedServer {
@@ -69,6 +72,8 @@ export interface EmbeddedServer {
   app: FastifyInstance;
   /** Whether each workload has a network of its own, and why not (for `loom up` to say). */
   network: NetworkCapability;
+  /** Running workspaces, as the workspace controller publishes them (the workspace origin reads it). */
+  workspaces: InMemoryWorkspaceDirectory;
   close(): Promise<void>;
 }
 
@@ -133,6 +138,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   });
   const runtime = new EmbeddedRuntime(processes, replicas);
   const controllers = opts.controllers !== false;
+  const workspaces = new InMemoryWorkspaceDirectory();
+  let apiUrl = "";
   const plane = await assembleControlPlane({
     store,
     events,
@@ -142,6 +149,16 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     now,
     resyncMs: opts.resyncMs,
     baseBackoffMs: opts.baseBackoffMs,
+    workspaces: {
+      directory: workspaces,
+      // Its own origin, never the API's: the same host, the workspace port (the API's + 1).
+      workspaceOrigin: () => {
+        if (!apiUrl) return undefined;
+        const u = new URL(apiUrl);
+        const port = opts.workspacePort ?? Number(u.port) + 1;
+        return `${u.protocol}//ws.localhost:${port}`;
+      },
+    },
     api: {
       tokens: new SqliteTokenStore(database.db),
       trackingDb,
@@ -163,6 +180,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   if (admin.created) log.info({ file: admin.file }, "created the admin token");
   // Listening first: workers started by the controllers are told this URL (MLFLOW_TRACKING_URI).
   const url = await plane.listen();
+  apiUrl = url;
   // Workloads in namespaces of their own reach the API (and the gateway on its port) through it.
   networks.openApi(Number(new URL(url).port));
   await plane.start({ controllers });
@@ -176,6 +194,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       : `${describeSandbox(sandbox)}${opts.insecureSharedUser ? " (--insecure-shared-user: every project runs as this server's user)" : "; workloads of only one project run at a time (--insecure-shared-user allows more, unisolated)"}`,
     app: plane.app!,
     network: networks.capability,
+    workspaces,
     async close() {
       if (closed) return;
       closed = true;

@@ -180,7 +180,13 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
         {
           uid,
           gid: uid,
-          rw: [workDir, checkpointDir, heartbeatFile, ...(home ? [home] : []), ...(persistent ? [persistent] : [])],
+          rw: [
+            workDir,
+            checkpointDir,
+            heartbeatFile,
+            ...(home ? [home] : []),
+            ...(persistent ? [persistent] : []),
+          ],
           ro: lent,
           shm,
           network: "host",

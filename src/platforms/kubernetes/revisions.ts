@@ -148,7 +148,11 @@ function withHome<T extends ReturnType<typeof podTemplate>>(spec: RevisionSpec, 
     { name: "home", persistentVolumeClaim: { claimName: homeClaimName(spec) } },
   ];
   // The claim's files belong to the pod's group, so the non-root user can write its home.
-  podSpec.securityContext = { ...podSpec.securityContext, fsGroup: 1000, fsGroupChangePolicy: "OnRootMismatch" };
+  podSpec.securityContext = {
+    ...podSpec.securityContext,
+    fsGroup: 1000,
+    fsGroupChangePolicy: "OnRootMismatch",
+  };
   const c = podSpec.containers[0]!;
   c.volumeMounts = [...((c.volumeMounts as unknown[]) ?? []), { name: "home", mountPath: HOME_MOUNT }];
   c.workingDir ??= HOME_MOUNT;
