@@ -4,7 +4,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
-import type { Runtime } from "../ports/runtime.js";
+import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
 import type { WorkloadTracking } from "../ports/tracking.js";
@@ -216,22 +216,24 @@ export class ControllerManager {
     // Pods submitted straight to Loom's scheduler, and node changes, call for a cycle too.
     deps.runtime.onCapacityChange?.(() => admission.enqueueBatched(ADMISSION_KEY));
     deps.runtime.onChange((ref) => {
-      const workspace = ref.kind === INFERENCESERVICE ? workspaceOfReplica(ref.name) : undefined;
-      if (workspace) {
-        // A workspace's replica (the serving capability runs it) started, got ready or exited.
-        this.workspaces?.enqueue(`${ref.project}/${workspace}`);
-        return;
-      }
-      if (ref.kind === INFERENCESERVICE) {
-        // A replica started or exited: its service looks again (replaces it, updates readiness).
-        this.services?.enqueue(`${ref.project}/${serviceOfReplica(ref.name)}`);
-        return;
-      }
+      if (this.replicaChanged(ref)) return;
       // No admission cycle: capacity is counted by admissions, and whatever a worker's change
       // frees (a job finished, a victim stopped) comes through the job's own status write. A
       // cycle per worker event was thousands of cycles with nothing to decide in bench:k8s.
       jobs.enqueue(displayKey(ref));
     });
+  }
+
+  /**
+   * A serving replica started, got ready or exited: its owner looks again (replaces it, updates
+   * readiness), a workspace's (NAME-wsHASH-rK) or a service's. False for other workloads.
+   */
+  private replicaChanged(ref: WorkloadRef): boolean {
+    if (ref.kind !== INFERENCESERVICE) return false;
+    const workspace = workspaceOfReplica(ref.name);
+    if (workspace) this.workspaces?.enqueue(`${ref.project}/${workspace}`);
+    else this.services?.enqueue(`${ref.project}/${serviceOfReplica(ref.name)}`);
+    return true;
   }
 
   /** The Workspace loop and its informer: one replica each through the serving capability. */
