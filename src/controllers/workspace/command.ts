@@ -29,6 +29,8 @@ export function jupyterCommand(): string[] {
     "--ip=$HOST",
     "--port=$PORT",
     "--no-browser",
+    // Unsandboxed on a machine where Loom runs as root, the workspace does too.
+    "--allow-root",
     "--ServerApp.base_url=/",
     "--IdentityProvider.token=",
     "--ServerApp.password=",
