@@ -9,8 +9,8 @@ export const WORKSPACE_PORT = 8888;
  * command is run without a shell (spec.command says so), yet its port is only known when the
  * platform starts the replica (embedded: a fresh loopback port each start).
  */
-// biome-ignore lint/suspicious/noTemplateCurlyInString: ${a%%…} is the shell's parameter expansion
 export const SUBSTITUTE_SHIM =
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: ${a%%…} is the shell's parameter expansion
   'for a; do shift; for v in PORT HOST; do eval "x=\\$$v"; while :; do case $a in *"\\$$v"*) a="${a%%"\\$$v"*}$x${a#*"\\$$v"}";; *) break;; esac; done; done; set -- "$@" "$a"; done; exec "$@"';
 
 /** What a workspace runs: its server's command, readiness path and Python environment. */
