@@ -1,4 +1,4 @@
-import { existsSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
@@ -91,13 +91,20 @@ describe("Workspace (embedded)", () => {
     expect(describe.stdout).toContain("web--default.ws.localhost");
 
     const replica = w.status!.replica!;
-    expect(findProcessesByEnv("LOOM_REPLICA", replica.id).length).toBeGreaterThan(0);
+    const mine = (p: { env: Map<string, string> }) =>
+      p.env.get("LOOM_INSTANCE") === readFileSync(join(first.dataDir, "instance-id"), "utf8").trim();
+    expect(findProcessesByEnv("LOOM_REPLICA", replica.id).filter(mine).length).toBeGreaterThan(0);
     const stop = await first.cli(["stop", "ws/web"]);
     expect(stop.stdout).toBe("workspace.loom.dev/web stopped\n");
     w = await waitFor(first, (x) => x.status?.phase === "Stopped");
     expect(w.status?.stoppedReason).toBe("User");
     expect(w.status?.replica).toBeUndefined();
-    expect(findProcessesByEnv("LOOM_REPLICA", replica.id)).toEqual([]);
+    // This server's processes only (its instance id): a replica's id repeats across runs.
+    const instance = readFileSync(join(first.dataDir, "instance-id"), "utf8").trim();
+    const left = findProcessesByEnv("LOOM_REPLICA", replica.id).filter(
+      (p) => p.env.get("LOOM_INSTANCE") === instance,
+    );
+    expect(left).toEqual([]);
     await expect(fetch(`http://${replica.host}:${replica.port}/starts.txt`)).rejects.toThrow();
 
     expect((await first.cli(["start", "ws/web"])).stdout).toBe("workspace.loom.dev/web started\n");

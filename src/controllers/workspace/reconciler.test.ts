@@ -56,9 +56,14 @@ class FakeRevisions implements RevisionRuntime {
     return { replicas: rev && rev.spec.replicas > 0 ? rev.replicas : [] };
   }
 
+  /** Deleted revisions stay (their replica stopping) until settle(), as the embedded platform's do. */
+  slowDelete = false;
+
   async deleteRevision(_s: WorkloadRef, revision: string): Promise<void> {
     this.deleted.push(revision);
-    this.revisions.delete(revision);
+    const rev = this.revisions.get(revision);
+    if (this.slowDelete && rev) rev.spec = { ...rev.spec, replicas: 0 };
+    else this.revisions.delete(revision);
   }
 
   async listRevisions() {
@@ -252,6 +257,18 @@ describe("Workspace controller", () => {
     await reconcile();
     expect(revisions.deleted).toContain(rev);
     expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
+    await expect(get()).rejects.toThrow();
+  });
+
+  it("a deleted workspace keeps its finalizer until its replica's process is gone", async () => {
+    await create();
+    await reconcile();
+    revisions.slowDelete = true;
+    await store.delete(WORKSPACE, PROJECT, "nb");
+    expect((await reconcile()).requeueAfterMs).toBeGreaterThan(0);
+    expect((await get()).metadata.finalizers).toContain(WORKSPACE_FINALIZER);
+    revisions.settle();
+    await reconcile();
     await expect(get()).rejects.toThrow();
   });
 

@@ -123,9 +123,7 @@ export class WorkspaceReconciler implements Reconciler {
     const serving = this.serving();
     const ref = workspaceRef(ws);
     const stopped = ws.spec.stopped;
-    const held = serving.listRevisions
-      ? (await serving.listRevisions()).some((r) => r.service.uid === ref.uid && r.revision === revision)
-      : true;
+    const held = await this.held(ref, revision, true);
     // Stopped and already gone: applying zero again would only make an empty record.
     if (!stopped || held)
       await serving.applyRevision(this.revisionSpec(ws, program, revision, stopped ? 0 : 1));
@@ -279,9 +277,23 @@ export class WorkspaceReconciler implements Reconciler {
     return serving;
   }
 
+  /**
+   * Whether the platform still holds the revision (a replica stopping counts), where it says
+   * (embedded); `otherwise` where it does not (Kubernetes collects by owner references).
+   */
+  private async held(ref: WorkloadRef, revision: string, otherwise: boolean): Promise<boolean> {
+    const serving = this.serving();
+    if (!serving.listRevisions) return otherwise;
+    return (await serving.listRevisions()).some((r) => r.service.uid === ref.uid && r.revision === revision);
+  }
+
   private async finalize(ws: Workspace): Promise<ReconcileResult> {
     this.deps.directory?.publish(ws.metadata.project!, ws.metadata.name, undefined);
-    await this.retire(ws, ws.status?.revision);
+    const revision = ws.status?.revision;
+    await this.retire(ws, revision);
+    // The object goes once its process has: removed earlier, a server stopped right after would
+    // leave the replica running with nothing that records it.
+    if (revision && (await this.held(workspaceRef(ws), revision, false))) return { requeueAfterMs: 250 };
     await this.deps.store.update({
       ...ws,
       metadata: {
