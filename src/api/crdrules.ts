@@ -1,6 +1,7 @@
 import type { z } from "zod";
 import { SweepSpec } from "./sweep.js";
 import { TrainingJobSpec } from "./trainingjob.js";
+import { WORKSPACE_COMMAND_RULE } from "./workspace.js";
 
 /** A CEL rule as a CRD's x-kubernetes-validations holds it. */
 export interface CelRule {
@@ -38,6 +39,15 @@ export const DURATION_PATTERN = String.raw`^\s*0*[1-9][0-9]*(s|m|h)?\s*$`;
  * as `loom apply`). crds.test.ts fails for a refinement missing here.
  */
 export const RULES_BY_MESSAGE: Record<string, CrdRule> = {
+  [WORKSPACE_COMMAND_RULE]: {
+    validations: [
+      {
+        rule: "(has(self.ide) && self.ide == 'none') == has(self.command)",
+        message: WORKSPACE_COMMAND_RULE,
+        fieldPath: ".command",
+      },
+    ],
+  },
   'must be a CPU quantity such as 2, "0.5" or "500m"': { pattern: CPU_PATTERN },
   'must be a memory quantity such as "512Mi", "4Gi" or bytes': { pattern: MEMORY_PATTERN },
   'must be seconds or a duration such as "90s", "5m" or "1h"': { pattern: DURATION_PATTERN },

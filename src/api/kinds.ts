@@ -6,6 +6,7 @@ import { ModelSpec, ModelStatus } from "./model.js";
 import { ProjectSpec, ProjectStatus } from "./project.js";
 import { SweepSpec, SweepStatus } from "./sweep.js";
 import { TrainingJobSpec, TrainingJobStatus } from "./trainingjob.js";
+import { WorkspaceSpec, WorkspaceStatus } from "./workspace.js";
 
 /** A column `loom get` prints (and, later, a CRD printer column). */
 export interface PrinterColumn {
@@ -42,6 +43,7 @@ export const TRAININGJOB = "TrainingJob";
 export const SWEEP = "Sweep";
 export const INFERENCESERVICE = "InferenceService";
 export const MODEL = "Model";
+export const WORKSPACE = "Workspace";
 
 export const KINDS: readonly KindDef[] = [
   {
@@ -112,6 +114,22 @@ export const KINDS: readonly KindDef[] = [
       { name: "LATEST", path: "status.latestReadyRevision" },
       { name: "MODEL", path: "spec.model", wide: true },
       { name: "URL", path: "status.url", wide: true },
+    ],
+  },
+  {
+    kind: WORKSPACE,
+    singular: "workspace",
+    plural: "workspaces",
+    shortNames: ["ws"],
+    namespaced: true,
+    spec: WorkspaceSpec,
+    status: WorkspaceStatus,
+    columns: [
+      { name: "PHASE", path: "status.phase" },
+      { name: "IDE", path: "spec.ide" },
+      { name: "URL", path: "status.url" },
+      { name: "REASON", path: "status.conditions[-1].reason", wide: true },
+      { name: "NODE", path: "status.node", wide: true },
     ],
   },
   {

@@ -17,12 +17,13 @@ import { registerOperator } from "./commands/operator.js";
 import { registerTop } from "./commands/top.js";
 import { registerUp } from "./commands/up.js";
 import { registerVersion } from "./commands/version.js";
+import { registerWorkspaceCommands } from "./commands/workspace.js";
 import { resolveContext } from "./config.js";
 import type { CliDeps, Connection, GlobalOpts, Output } from "./deps.js";
 import { CliError } from "./errors.js";
 
 /** Commands that talk to a platform; with --kubeconfig they talk to the cluster. */
-const CLUSTER_COMMANDS = new Set(["apply", "get", "describe", "logs", "delete", "top"]);
+const CLUSTER_COMMANDS = new Set(["apply", "get", "describe", "logs", "delete", "top", "stop", "start"]);
 
 /** What {@link buildProgram} may be given instead of the real thing (tests pass fakes). */
 export interface ProgramOptions {
@@ -95,6 +96,7 @@ export function buildProgram(options: ProgramOptions = {}): Command {
   registerLogs(program, deps);
   registerOpen(program, deps);
   registerDelete(program, deps);
+  registerWorkspaceCommands(program, deps);
   registerOperator(program, deps);
   registerGateway(program, deps);
   registerCrds(program, deps);

@@ -4,7 +4,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
-import type { Runtime } from "../ports/runtime.js";
+import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
 import type { WorkloadTracking } from "../ports/tracking.js";
@@ -22,6 +22,12 @@ import { ProjectReconciler } from "./project/reconciler.js";
 import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep/reconciler.js";
 import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob/reconciler.js";
 import { validatingFor } from "./validate.js";
+import {
+  WORKSPACE,
+  type WorkspaceDeps,
+  WorkspaceReconciler,
+  workspaceOfReplica,
+} from "./workspace/reconciler.js";
 
 /**
  * TrainingJob reconciles at once. Starting a job on Kubernetes is a few requests one after the
@@ -51,6 +57,8 @@ export interface ControllerManagerDeps {
   sweepPollMs?: number;
   /** Serving (InferenceService): where models are, what the autoscaler wants, who routes. */
   serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "builtinCommand" | "baseUrl">;
+  /** Workspaces (run where the runtime can serve): the directory they publish to, their origin. */
+  workspaces?: Pick<WorkspaceDeps, "directory" | "workspaceOrigin">;
 }
 
 /**
@@ -68,6 +76,8 @@ export class ControllerManager {
   private isvcInformer: Informer | undefined;
   private sweepInformer: Informer | undefined;
   private services: Controller | undefined;
+  private workspaceInformer: Informer | undefined;
+  private workspaces: Controller | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
@@ -150,6 +160,7 @@ export class ControllerManager {
       this.informers.push(this.isvcInformer);
     }
     this.services = services;
+    if (deps.runtime.serving) this.addWorkspaces(validated, metrics);
     this.admission = admission;
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
@@ -205,16 +216,59 @@ export class ControllerManager {
     // Pods submitted straight to Loom's scheduler, and node changes, call for a cycle too.
     deps.runtime.onCapacityChange?.(() => admission.enqueueBatched(ADMISSION_KEY));
     deps.runtime.onChange((ref) => {
-      if (ref.kind === INFERENCESERVICE) {
-        // A replica started or exited: its service looks again (replaces it, updates readiness).
-        this.services?.enqueue(`${ref.project}/${serviceOfReplica(ref.name)}`);
-        return;
-      }
+      if (this.replicaChanged(ref)) return;
       // No admission cycle: capacity is counted by admissions, and whatever a worker's change
       // frees (a job finished, a victim stopped) comes through the job's own status write. A
       // cycle per worker event was thousands of cycles with nothing to decide in bench:k8s.
       jobs.enqueue(displayKey(ref));
     });
+  }
+
+  /**
+   * A serving replica started, got ready or exited: its owner looks again (replaces it, updates
+   * readiness), a workspace's (NAME-wsHASH-rK) or a service's. False for other workloads.
+   */
+  private replicaChanged(ref: WorkloadRef): boolean {
+    if (ref.kind !== INFERENCESERVICE) return false;
+    const workspace = workspaceOfReplica(ref.name);
+    if (workspace) this.workspaces?.enqueue(`${ref.project}/${workspace}`);
+    else this.services?.enqueue(`${ref.project}/${serviceOfReplica(ref.name)}`);
+    return true;
+  }
+
+  /** The Workspace loop and its informer: one replica each through the serving capability. */
+  private addWorkspaces(
+    validated: ReturnType<typeof validatingFor>,
+    metrics: ReturnType<typeof createControllerMetrics>,
+  ) {
+    const log = this.deps.log.child({ component: "controller/workspace" });
+    const reconciler = new WorkspaceReconciler({
+      store: this.deps.store,
+      runtime: this.deps.runtime,
+      events: this.deps.events,
+      log,
+      now: this.deps.now,
+      ...this.deps.workspaces,
+    });
+    const controller = new Controller(
+      validated(reconciler, WORKSPACE, () => this.workspaceInformer),
+      log,
+      metrics,
+      2,
+    );
+    this.workspaces = controller;
+    this.controllers.push(controller);
+    this.workspaceInformer = new Informer(
+      storeSource(this.deps.store, WORKSPACE),
+      {
+        onChange: (key, _obj, type) =>
+          type === "RESYNC" ? controller.enqueueBackground(key) : controller.enqueue(key),
+      },
+      log,
+      metrics,
+      { resyncMs: this.deps.resyncMs },
+    );
+    this.informers.push(this.workspaceInformer);
   }
 
   /**
@@ -283,11 +337,16 @@ export class ControllerManager {
   private async collectGarbage(): Promise<void> {
     try {
       const live = new Set(this.tjInformer.list().map((o) => o.metadata.uid));
-      const services = new Set((this.isvcInformer?.list() ?? []).map((o) => o.metadata.uid));
+      // Workspaces run their replica through the serving capability too: theirs are not orphans.
+      const services = new Set(
+        [...(this.isvcInformer?.list() ?? []), ...(this.workspaceInformer?.list() ?? [])].map(
+          (o) => o.metadata.uid,
+        ),
+      );
       // Service replicas belong to the platform's serving capability, by revision: a revision
       // whose service is gone goes whole (Kubernetes collects its own through owner references).
       const serving = this.deps.runtime.serving;
-      if (serving && this.services) {
+      if (serving && (this.services || this.workspaces)) {
         for (const { service, revision } of (await serving.listRevisions?.()) ?? []) {
           if (services.has(service.uid)) continue;
           await serving.deleteRevision(service, revision);

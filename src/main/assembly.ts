@@ -84,6 +84,8 @@ export interface ControlPlaneOptions {
   baseBackoffMs?: number;
   /** Absent: the controllers only (the operator without a data dir). */
   api?: ApiOptions;
+  /** Workspaces: where running ones are published, and the workspace origin's base URL. */
+  workspaces?: ControllerManagerDeps["workspaces"];
 }
 
 export interface ControlPlane {
@@ -124,6 +126,7 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
     resyncMs: opts.resyncMs,
     baseBackoffMs: opts.baseBackoffMs,
     ...(api?.controllerDeps ?? {}),
+    ...(opts.workspaces ? { workspaces: opts.workspaces } : {}),
   });
   api?.serving.connect(manager);
   return {

@@ -64,6 +64,8 @@ export interface EmbeddedOptions {
   insecureSharedUser?: boolean;
   /** false runs workloads unsandboxed (measurements of the sandbox's cost); default: detected. */
   sandbox?: boolean;
+  /** The workspace origin's port (workspaces' URLs); default: the API's port + 1. */
+  workspacePort?: number;
 }
 
 export interface EmbeddedServer {
@@ -76,7 +78,10 @@ export interface EmbeddedServer {
   app: FastifyInstance;
   /** Whether each workload has a network of its own, and why not (for `loom up` to say). */
   network: NetworkCapability;
-  /** The user-content origin: where running workspaces are published, and its URL pattern. */
+  /**
+   * The user-content origin: where the workspace controller publishes running workspaces (the
+   * origin's proxy reads them), its port and URL pattern.
+   */
   workspaces: { directory: InMemoryWorkspaceDirectory; port: number; urlPattern: string };
   close(): Promise<void>;
 }
@@ -153,6 +158,11 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     now,
     resyncMs: opts.resyncMs,
     baseBackoffMs: opts.baseBackoffMs,
+    workspaces: {
+      directory: workspaceDirectory,
+      // Its own origin, never the API's: the origin listener's port (by default the API's + 1).
+      workspaceOrigin: () => (workspacePort ? `http://ws.localhost:${workspacePort}` : undefined),
+    },
     api: {
       tokens: new SqliteTokenStore(database.db),
       trackingDb,

@@ -58,6 +58,18 @@ export type PythonEnvironmentSpec =
   | { venv: string }
   | { interpreter: string; requirements: string[]; systemSitePackages: boolean };
 
+/**
+ * A persistent home that outlives a workload's processes (a Workspace's): the working directory
+ * and HOME of its worker. Embedded: `<data>/homes/PROJECT/NAME`; Kubernetes: the claim NAME-home.
+ */
+export interface PersistentHome {
+  /** Names the home within the workload's project (the owner's name). */
+  name: string;
+  /** Kubernetes: size and class of the claim the runtime makes. */
+  size?: string | number;
+  storageClassName?: string;
+}
+
 /** One attempt of a gang: every worker starts together; a later attempt never overlaps it. */
 export interface GangSpec {
   ref: WorkloadRef;
@@ -67,6 +79,8 @@ export interface GangSpec {
   /** Another job's checkpoints to start from (LOOM_INIT_CHECKPOINT_DIR). */
   initCheckpoint?: { ref: WorkloadRef; checkpoint?: CheckpointStorage };
   python?: PythonEnvironmentSpec;
+  /** Embedded: the persistent home the workers run in (writable, their cwd and HOME). */
+  home?: PersistentHome;
 }
 
 /** A worker's network identity for one attempt: a host peers can reach and ports it may use. */
@@ -204,6 +218,13 @@ export interface RevisionSpec {
   python?: PythonEnvironmentSpec;
   /** GPUs each replica asks for, fractions included (the worker's allocation names whole devices). */
   gpu?: number;
+  /**
+   * Whether the scheduler may reclaim a replica (default true: model replicas may borrow beyond
+   * the deserved quota). False: it must fit within the quota and is never preempted (a Workspace).
+   */
+  preemptible?: boolean;
+  /** A home every replica mounts as its working directory, kept when replicas go (a Workspace's). */
+  home?: PersistentHome;
 }
 
 export interface ReplicaObservation {

@@ -128,6 +128,9 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
   // writable, and only there when the workload was given files.
   const home = spec.workers.some((w) => w.files?.length) ? homeDir(deps.files, spec.ref.uid) : undefined;
   const shm = shmDir(spec.ref.uid, spec.attempt);
+  // A persistent home (a Workspace's) is the one place under the data dir lent writable: it is
+  // the workload's own, owned by its project's uid, and its working directory.
+  const persistent = spec.home ? deps.files.persistentHome(spec.ref.project, spec.home.name) : undefined;
   const ro = [...deps.lend];
   if (venv) {
     ro.push(lendable(deps, venv, "python.venv"));
@@ -155,11 +158,17 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
     owner,
     prepare: {
       dirs: [shm],
-      owned: [own(workDir), own(checkpointDir), own(shm), ...(home ? [own(home)] : [])],
+      owned: [
+        own(workDir),
+        own(checkpointDir),
+        own(shm),
+        ...(home ? [own(home)] : []),
+        ...(persistent ? [own(persistent)] : []),
+      ],
     },
     worker(w, exitFile, heartbeatFile, env) {
-      const cwd = workingDirs.get(w.index) ?? workDir;
-      const lent = [...ro, ...(cwd !== workDir ? [cwd] : [])];
+      const cwd = workingDirs.get(w.index) ?? persistent ?? workDir;
+      const lent = [...ro, ...(cwd !== workDir && cwd !== persistent ? [cwd] : [])];
       // A model replica is lent its model (the controller resolved it; a user's env cannot name
       // one, the controller's value comes last). A training job's env is the user's own.
       if (spec.ref.kind === "InferenceService" && env.LOOM_MODEL_DIR) lent.push(env.LOOM_MODEL_DIR);
@@ -171,7 +180,13 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
         {
           uid,
           gid: uid,
-          rw: [workDir, checkpointDir, heartbeatFile, ...(home ? [home] : [])],
+          rw: [
+            workDir,
+            checkpointDir,
+            heartbeatFile,
+            ...(home ? [home] : []),
+            ...(persistent ? [persistent] : []),
+          ],
           ro: lent,
           shm,
           network: "host",

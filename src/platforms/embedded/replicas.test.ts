@@ -194,6 +194,13 @@ describe("LocalRevisions (embedded service replicas)", () => {
     await until(() => rt.external().running.length === 0);
   }, 60_000);
 
+  it("a non-preemptible revision's replicas (a workspace's) are never offered for reclaim", async () => {
+    const rt = open();
+    await rt.serving.applyRevision({ ...revision(1, 1), preemptible: false });
+    expect(rt.external().pending).toEqual([expect.objectContaining({ preemptible: false })]);
+    await rt.serving.deleteRevision(service, "echo-1");
+  }, 60_000);
+
   it("replaces a replica whose process dies", async () => {
     const rt = open();
     await rt.serving.applyRevision(revision(1));

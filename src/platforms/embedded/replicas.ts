@@ -188,9 +188,9 @@ export class LocalRevisions implements RevisionRuntime {
           name: externalId(project, r.id),
           project,
           priority: 0,
-          // Replicas may borrow beyond the deserved quota, so they can be reclaimed (stopped
-          // gracefully and queued again), as a preemptible training job can.
-          preemptible: true,
+          // Model replicas may borrow beyond the deserved quota, so they can be reclaimed (stopped
+          // gracefully and queued again), as a preemptible training job can; a workspace's may not.
+          preemptible: rev.spec.preemptible ?? true,
           createdAt: r.createdAt,
           pods: [request],
         };
@@ -333,6 +333,7 @@ export class LocalRevisions implements RevisionRuntime {
           },
         ],
         ...(spec.python ? { python: spec.python } : {}),
+        ...(spec.home ? { home: spec.home } : {}),
       });
       r.phase = "Running";
       r.host = this.deps.address?.(r.uid) ?? endpoint!.host;

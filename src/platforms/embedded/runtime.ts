@@ -187,6 +187,8 @@ export class LocalRuntime implements Runtime {
     const dir = this.files.attemptDir(spec.ref.uid, spec.attempt);
     const checkpointDir = this.files.checkpointDir(spec.ref.uid);
     const workDir = this.files.workDir(spec.ref.uid);
+    // A persistent home (a Workspace's): made once, kept when the workload is released.
+    const persistent = spec.home ? this.files.persistentHome(spec.ref.project, spec.home.name) : undefined;
     // The directories and state.json are made by the spawn helper with the first worker's request:
     // done here, with a worker started every few milliseconds, they were a tenth of the server's
     // time in bench:scheduler (synchronously), or seven event-loop round trips per start (not).
@@ -204,7 +206,8 @@ export class LocalRuntime implements Runtime {
         dir,
         checkpointDir,
         // Sandboxed, a working directory the spec names is lent read-only: it must be there.
-        ...new Set(spec.workers.map((w) => (sandbox ? workDir : (w.workingDir ?? workDir)))),
+        ...new Set(spec.workers.map((w) => (sandbox ? workDir : (w.workingDir ?? persistent ?? workDir)))),
+        ...(persistent ? [persistent] : []),
         ...(sandbox?.prepare.dirs ?? []),
       ],
       privateDirs: secrets.privateDirs,
@@ -226,7 +229,7 @@ export class LocalRuntime implements Runtime {
         : {
             command: "/bin/sh",
             args: ["-c", SHIM, "loom-worker", exitFile, ...w.command],
-            cwd: w.workingDir ?? workDir,
+            cwd: w.workingDir ?? persistent ?? workDir,
           };
       if (w.allocation.memoryBytes > 0) this.memoryLimits.set(key, w.allocation.memoryBytes);
       const started = await this.spawner.spawn(

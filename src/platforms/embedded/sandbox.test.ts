@@ -105,6 +105,29 @@ describe("sandbox", () => {
     expect(() => gangSandbox(deps, gang("a"), join(dir, "data", "environments", "abc"))).not.toThrow();
   });
 
+  it("lends a workspace's persistent home writable as its cwd, owned by the project's uid; only its own", () => {
+    const deps = {
+      support: { bwrap: "/usr/bin/bwrap", privileged: true },
+      files: new WorkloadFiles(join(dir, "data")),
+      ids: new ProjectIds(join(dir, "ids.json")),
+      dataDir: join(dir, "data"),
+      environmentsDir: join(dir, "data", "environments"),
+      devices: [],
+      lend: [],
+    };
+    const spec = { ...gang("a"), home: { name: "nb" } };
+    const home = join(dir, "data", "homes", "a", "nb");
+    const plan = gangSandbox(deps, spec, undefined);
+    expect(plan.prepare.owned).toContainEqual({ path: home, uid: deps.ids.of("a"), gid: deps.ids.of("a") });
+    const w = plan.worker(spec.workers[0]!, join(dir, "exit"), join(dir, "hb"), {});
+    const argv = w.args.join(" ");
+    expect(argv).toContain(`--bind ${home} ${home}`);
+    expect(argv).toContain(`--chdir ${home}`);
+    // Another workspace's home (or the homes dir) is not lent.
+    expect(argv).not.toContain(join(dir, "data", "homes", "a", "other"));
+    expect(argv).not.toMatch(new RegExp(`--bind ${join(dir, "data", "homes")} `));
+  });
+
   it.runIf(!!support.bwrap && support.privileged)(
     "runs a command as the project's uid, in its own PID namespace, seeing only what it was lent",
     () => {

@@ -76,6 +76,8 @@ export function workerEnv(
   const dir = files.attemptDir(spec.ref.uid, spec.attempt);
   const base = stringEnv(process.env, sandboxed);
   const home = w.files?.length ? homeDir(files, spec.ref.uid) : undefined;
+  // A persistent home (a Workspace's) is HOME: editors keep their settings there across stops.
+  const persistent = spec.home ? files.persistentHome(spec.ref.project, spec.home.name) : undefined;
   return {
     ...base,
     // Sandboxed, the server's HOME and TMPDIR are not there: the workload's own are.
@@ -83,6 +85,7 @@ export function workerEnv(
     // The job's own environment first on PATH: `python3` is its interpreter.
     ...(venv ? { VIRTUAL_ENV: venv, PATH: `${join(venv, "bin")}:${base.PATH ?? "/usr/bin:/bin"}` } : {}),
     ...(home ? { ...expandHome(w.env, home), HOME: home } : w.env),
+    ...(persistent && !home ? { HOME: persistent } : {}),
     LOOM_WORKLOAD_DIR: files.workDir(spec.ref.uid),
     LOOM_CHECKPOINT_DIR: files.checkpointDir(spec.ref.uid),
     ...(spec.initCheckpoint

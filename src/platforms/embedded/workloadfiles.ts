@@ -49,6 +49,14 @@ export class WorkloadFiles {
     return join(this.root, uid, "checkpoint");
   }
 
+  /**
+   * A persistent home (a Workspace's): under the data dir, by project and name (both DNS labels,
+   * checked by the API), outside any workload's own files so it outlives them.
+   */
+  persistentHome(project: string, name: string): string {
+    return join(this.root, "..", "homes", project, name);
+  }
+
   workDir(uid: string): string {
     return join(this.root, uid, "work");
   }

@@ -42,6 +42,7 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
         : undefined;
       if (credentials)
         await applyObject(client, credentialSecret(spec.service, credentials.secretName, credentials.files));
+      if (spec.home) await applyObject(client, homeClaim(spec));
       await applyObject(client, {
         apiVersion: "apps/v1",
         kind: "Deployment",
@@ -51,7 +52,7 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
           selector: { matchLabels: selector },
           // Surge first: a replaced pod serves until its successor is ready.
           strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } },
-          template: modelPodTemplate(spec, labels, defaultImage, credentials),
+          template: withHome(spec, modelPodTemplate(spec, labels, defaultImage, credentials)),
         },
       });
       await applyObject(client, {
@@ -104,6 +105,59 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
       }
     },
   };
+}
+
+/** Where a persistent home is mounted in the pod (its working directory and HOME). */
+export const HOME_MOUNT = "/home/loom";
+
+/** The claim of a revision's persistent home: owned by the service (a Workspace), so it outlives revisions. */
+export function homeClaimName(spec: RevisionSpec): string {
+  return `${spec.home!.name}-home`.slice(0, 63);
+}
+
+/** The persistent home's PersistentVolumeClaim: one writer (a workspace runs one replica). */
+function homeClaim(spec: RevisionSpec) {
+  const home = spec.home!;
+  return {
+    apiVersion: "v1",
+    kind: "PersistentVolumeClaim",
+    metadata: {
+      name: homeClaimName(spec),
+      namespace: namespaceOf(spec.service.project),
+      labels: workloadLabels(spec.service),
+      ownerReferences: [ownerRef(spec.service)],
+    },
+    spec: {
+      accessModes: ["ReadWriteOnce"],
+      resources: { requests: { storage: String(home.size ?? "10Gi") } },
+      ...(home.storageClassName ? { storageClassName: home.storageClassName } : {}),
+    },
+  };
+}
+
+/** Mounts the persistent home at HOME_MOUNT as the working directory and HOME, writable by the pod's group. */
+function withHome<T extends ReturnType<typeof podTemplate>>(spec: RevisionSpec, template: T): T {
+  if (!spec.home) return template;
+  const podSpec = template.spec as Record<string, unknown> & {
+    volumes?: unknown[];
+    securityContext: Record<string, unknown>;
+    containers: Record<string, unknown>[];
+  };
+  podSpec.volumes = [
+    ...(podSpec.volumes ?? []),
+    { name: "home", persistentVolumeClaim: { claimName: homeClaimName(spec) } },
+  ];
+  // The claim's files belong to the pod's group, so the non-root user can write its home.
+  podSpec.securityContext = {
+    ...podSpec.securityContext,
+    fsGroup: 1000,
+    fsGroupChangePolicy: "OnRootMismatch",
+  };
+  const c = podSpec.containers[0]!;
+  c.volumeMounts = [...((c.volumeMounts as unknown[]) ?? []), { name: "home", mountPath: HOME_MOUNT }];
+  c.workingDir ??= HOME_MOUNT;
+  c.env = [...((c.env as unknown[]) ?? []), { name: "HOME", value: HOME_MOUNT }];
+  return template;
 }
 
 /** Only Loom's gateways reach a service's model pods, and only on the model server's port. */

@@ -1,0 +1,72 @@
+import type { WorkspaceSpec } from "../../api/workspace.js";
+import type { PythonEnvironmentSpec } from "../../ports/runtime.js";
+
+/** The port a workspace's server listens on where the platform gives each replica its own address. */
+export const WORKSPACE_PORT = 8888;
+
+/**
+ * Replaces `$PORT` and `$HOST` in the arguments with the replica's values, then execs them: a
+ * command is run without a shell (spec.command says so), yet its port is only known when the
+ * platform starts the replica (embedded: a fresh loopback port each start).
+ */
+export const SUBSTITUTE_SHIM =
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: ${a%%…} is the shell's parameter expansion
+  'for a; do shift; for v in PORT HOST; do eval "x=\\$$v"; while :; do case $a in *"\\$$v"*) a="${a%%"\\$$v"*}$x${a#*"\\$$v"}";; *) break;; esac; done; done; set -- "$@" "$a"; done; exec "$@"';
+
+/** What a workspace runs: its server's command, readiness path and Python environment. */
+export type WorkspaceProgram =
+  | { command: string[]; readinessPath: string; python?: PythonEnvironmentSpec }
+  | { unsupported: string };
+
+/**
+ * JupyterLab served at `/` of the workspace's own origin, without its token or password (Loom's
+ * origin is the gate), accepting the origin's Host (`--ServerApp.allow_remote_access`; the
+ * workspace listens only where Loom's proxy reaches it).
+ */
+export function jupyterCommand(): string[] {
+  return [
+    "jupyter",
+    "lab",
+    "--ip=$HOST",
+    "--port=$PORT",
+    "--no-browser",
+    // Unsandboxed on a machine where Loom runs as root, the workspace does too.
+    "--allow-root",
+    "--ServerApp.base_url=/",
+    "--IdentityProvider.token=",
+    "--ServerApp.password=",
+    "--ServerApp.allow_origin=*",
+    "--ServerApp.allow_remote_access=True",
+    "--ServerApp.root_dir=.",
+  ];
+}
+
+/** JupyterLab comes with the workspace's environment: added to its requirements when missing. */
+function withJupyter(python: WorkspaceSpec["python"]): PythonEnvironmentSpec {
+  if (!python) return { interpreter: "python3", requirements: ["jupyterlab"], systemSitePackages: false };
+  if ("venv" in python) return python;
+  const has = python.requirements.some((r) => /^jupyterlab\b/i.test(r.trim()));
+  return { ...python, requirements: has ? python.requirements : [...python.requirements, "jupyterlab"] };
+}
+
+/** The program for a workspace's spec, or why this platform cannot run it. */
+export function workspaceProgram(spec: WorkspaceSpec): WorkspaceProgram {
+  const wrap = (args: string[]) => ["/bin/sh", "-c", SUBSTITUTE_SHIM, "loom-workspace", ...args];
+  switch (spec.ide) {
+    case "jupyter":
+      return { command: wrap(jupyterCommand()), readinessPath: "/api", python: withJupyter(spec.python) };
+    case "vscode":
+      // code-server 4.x (npm) requires Node.js 24 (engines: {node: "24"}) and its install fails
+      // on the Node.js 20 Loom runs on; `ide: none` with a command runs any other editor server.
+      return {
+        unsupported:
+          'ide: vscode (code-server) is not available on this server: code-server needs Node.js 24; use ide: none with command: [code-server, --bind-addr, "127.0.0.1:$PORT", --auth, none] where it is installed, or ide: jupyter',
+      };
+    case "none":
+      return {
+        command: wrap(spec.command ?? []),
+        readinessPath: "/",
+        ...(spec.python ? { python: spec.python } : {}),
+      };
+  }
+}

@@ -1,0 +1,285 @@
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { getCondition } from "../../api/meta.js";
+import { type Workspace, WorkspaceSpec } from "../../api/workspace.js";
+import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
+import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
+import { SqliteResourceStore } from "../../platforms/embedded/store.js";
+import type {
+  Preparation,
+  ReplicaObservation,
+  RevisionRuntime,
+  RevisionSpec,
+  Runtime,
+  WorkloadRef,
+} from "../../ports/runtime.js";
+import type { WorkspaceEndpoint } from "../../ports/workspaces.js";
+import { InMemoryWorkspaceDirectory } from "../../server/workspaces/directory.js";
+import { serviceOfReplica } from "../inferenceservice/names.js";
+import {
+  WORKSPACE,
+  WORKSPACE_FINALIZER,
+  WorkspaceReconciler,
+  workspaceOfReplica,
+  workspaceUrl,
+} from "./reconciler.js";
+
+/**
+ * The Workspace lifecycle against an in-memory serving capability (revisions whose one replica
+ * the test makes ready or lets go), the real SQLite store, and the real directory.
+ */
+
+const PROJECT = "p";
+
+class FakeRevisions implements RevisionRuntime {
+  readonly revisions = new Map<string, { spec: RevisionSpec; replicas: ReplicaObservation[] }>();
+  readonly applied: RevisionSpec[] = [];
+  readonly deleted: string[] = [];
+
+  async applyRevision(spec: RevisionSpec): Promise<void> {
+    this.applied.push(structuredClone(spec));
+    const rev = this.revisions.get(spec.revision) ?? { spec, replicas: [] };
+    rev.spec = spec;
+    if (spec.replicas > 0 && rev.replicas.length === 0)
+      rev.replicas.push({
+        id: `${spec.revision}-r0`,
+        host: "127.0.0.1",
+        port: 40000,
+        ready: false,
+        startedAt: "",
+      });
+    this.revisions.set(spec.revision, rev);
+  }
+
+  async observeRevision(_s: WorkloadRef, revision: string) {
+    const rev = this.revisions.get(revision);
+    return { replicas: rev && rev.spec.replicas > 0 ? rev.replicas : [] };
+  }
+
+  /** Deleted revisions stay (their replica stopping) until settle(), as the embedded platform's do. */
+  slowDelete = false;
+
+  async deleteRevision(_s: WorkloadRef, revision: string): Promise<void> {
+    this.deleted.push(revision);
+    const rev = this.revisions.get(revision);
+    if (this.slowDelete && rev) rev.spec = { ...rev.spec, replicas: 0 };
+    else this.revisions.delete(revision);
+  }
+
+  async listRevisions() {
+    return [...this.revisions.values()].map((r) => ({ service: r.spec.service, revision: r.spec.revision }));
+  }
+
+  /** The platform finished stopping a revision scaled to zero (its process is gone). */
+  settle(): void {
+    for (const [k, r] of this.revisions) if (r.spec.replicas === 0) this.revisions.delete(k);
+  }
+
+  ready(): void {
+    for (const r of this.revisions.values()) for (const x of r.replicas) x.ready = true;
+  }
+}
+
+describe("Workspace controller", () => {
+  let database: OpenedDatabase;
+  let store: SqliteResourceStore;
+  let revisions: FakeRevisions;
+  let directory: InMemoryWorkspaceDirectory;
+  let reconciler: WorkspaceReconciler;
+  let preparation: Preparation;
+  const now = () => new Date("2024-05-06T07:08:09.000Z");
+
+  beforeEach(async () => {
+    database = await openSqlite(":memory:");
+    store = await SqliteResourceStore.open(database.db, { now });
+    revisions = new FakeRevisions();
+    directory = new InMemoryWorkspaceDirectory();
+    preparation = { ready: true };
+    const runtime = { serving: revisions, prepare: () => preparation } as unknown as Runtime;
+    reconciler = new WorkspaceReconciler({
+      store,
+      runtime,
+      events: new SqliteEventRecorder(database.db, now),
+      log: pino({ level: "silent" }),
+      now,
+      directory,
+      workspaceOrigin: () => "http://ws.localhost:7471",
+    });
+  });
+
+  afterEach(async () => {
+    await store.close();
+    await database.close();
+  });
+
+  async function create(spec: Record<string, unknown> = {}, name = "nb"): Promise<Workspace> {
+    return (await store.create({
+      apiVersion: "loom.dev/v1alpha1",
+      kind: WORKSPACE,
+      metadata: { name, project: PROJECT } as Workspace["metadata"],
+      spec: WorkspaceSpec.parse(spec),
+    })) as Workspace;
+  }
+
+  const get = async (name = "nb") => (await store.get(WORKSPACE, PROJECT, name)) as Workspace;
+  const reconcile = (name = "nb") => reconciler.reconcile(`${PROJECT}/${name}`);
+  async function patch(spec: Record<string, unknown>, name = "nb") {
+    const ws = await get(name);
+    await store.update({ ...ws, spec: WorkspaceSpec.parse({ ...ws.spec, ...spec }) });
+  }
+
+  it("runs JupyterLab as one non-preemptible replica with a persistent home, Running once it answers", async () => {
+    await create({ resources: { gpu: 0.5 } });
+    await reconcile();
+    const spec = revisions.applied.at(-1)!;
+    expect(spec.replicas).toBe(1);
+    expect(spec.preemptible).toBe(false);
+    expect(spec.gpu).toBe(0.5);
+    expect(spec.home).toEqual({ name: "nb" });
+    expect(spec.service).toMatchObject({ kind: WORKSPACE, project: PROJECT, name: "nb" });
+    expect(spec.worker.command.slice(0, 2)).toEqual(["/bin/sh", "-c"]);
+    expect(spec.worker.command).toEqual(
+      expect.arrayContaining([
+        "jupyter",
+        "lab",
+        "--port=$PORT",
+        "--ServerApp.base_url=/",
+        "--IdentityProvider.token=",
+      ]),
+    );
+    // JupyterLab comes with the environment the pyenv builder makes.
+    expect(spec.python).toEqual({
+      interpreter: "python3",
+      requirements: ["jupyterlab"],
+      systemSitePackages: false,
+    });
+    expect(spec.readinessPath).toBe("/api");
+    let ws = await get();
+    expect(ws.status?.phase).toBe("Starting");
+    expect(ws.status?.url).toBe("http://nb--p.ws.localhost:7471/");
+    expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
+    revisions.ready();
+    await reconcile();
+    ws = await get();
+    expect(ws.status?.phase).toBe("Running");
+    expect(getCondition(ws.status?.conditions, "Ready")?.status).toBe("True");
+    expect(ws.metadata.finalizers).toContain(WORKSPACE_FINALIZER);
+    expect(directory.lookup(PROJECT, "nb")).toEqual<WorkspaceEndpoint>({
+      ref: { kind: WORKSPACE, project: PROJECT, name: "nb", uid: ws.metadata.uid },
+      host: "127.0.0.1",
+      port: 40000,
+      ports: [],
+    });
+  });
+
+  it("preemptible: true is passed on to the scheduler's view of the replica", async () => {
+    await create({ preemptible: true });
+    await reconcile();
+    expect(revisions.applied.at(-1)!.preemptible).toBe(true);
+  });
+
+  it("stop scales to zero and says Stopped only once the replica is gone; start runs it again", async () => {
+    await create({ ide: "none", command: ["python3", "-m", "http.server", "$PORT"] });
+    await reconcile();
+    revisions.ready();
+    await reconcile();
+    await patch({ stopped: true });
+    await reconcile();
+    expect(revisions.applied.at(-1)!.replicas).toBe(0);
+    let ws = await get();
+    expect(ws.status?.phase).not.toBe("Stopped"); // the process may still be ending
+    expect(getCondition(ws.status?.conditions, "Ready")?.reason).toBe("Stopping");
+    expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
+    revisions.settle();
+    const applies = revisions.applied.length;
+    await reconcile();
+    await reconcile();
+    ws = await get();
+    expect(ws.status?.phase).toBe("Stopped");
+    expect(ws.status?.stoppedReason).toBe("User");
+    // Gone and stopped: nothing more is applied (no empty revision is made again).
+    expect(revisions.applied.length).toBe(applies);
+    await patch({ stopped: false });
+    await reconcile();
+    expect(revisions.applied.at(-1)!.replicas).toBe(1);
+    expect(revisions.applied.at(-1)!.home).toEqual({ name: "nb" }); // the same home again
+    revisions.ready();
+    await reconcile();
+    ws = await get();
+    expect(ws.status?.phase).toBe("Running");
+    expect(ws.status?.stoppedReason).toBeUndefined();
+  });
+
+  it("a changed spec is a new revision; the old one is deleted", async () => {
+    await create({ ide: "none", command: ["srv", "$PORT"] });
+    await reconcile();
+    const first = (await get()).status!.revision!;
+    expect(first).toMatch(/^nb-ws[0-9a-f]{6}$/);
+    await patch({ env: { A: "1" } });
+    await reconcile();
+    const second = (await get()).status!.revision!;
+    expect(second).not.toBe(first);
+    expect(revisions.deleted).toEqual([first]);
+    expect(revisions.applied.at(-1)!.worker.env.A).toBe("1");
+  });
+
+  it("ide: vscode fails with what to do instead, and runs nothing", async () => {
+    await create({ ide: "vscode" });
+    await reconcile();
+    const ws = await get();
+    expect(ws.status?.phase).toBe("Failed");
+    const ready = getCondition(ws.status?.conditions, "Ready");
+    expect(ready?.reason).toBe("Unsupported");
+    expect(ready?.message).toMatch(/code-server needs Node\.js 24.*ide: none/);
+    expect(revisions.applied).toEqual([]);
+  });
+
+  it("says it is building the environment while the pyenv builder runs", async () => {
+    preparation = { ready: false, message: "installing jupyterlab (1m12s so far)" };
+    await create();
+    revisions.applyRevision = async (spec) => void revisions.applied.push(spec); // no replica yet
+    await reconcile();
+    const ws = await get();
+    expect(ws.status?.phase).toBe("Pending");
+    expect(getCondition(ws.status?.conditions, "Ready")).toMatchObject({
+      reason: "BuildingEnvironment",
+      message: "installing jupyterlab (1m12s so far)",
+    });
+  });
+
+  it("deleting a workspace deletes its revision and unpublishes it (the finalizer)", async () => {
+    await create();
+    await reconcile();
+    revisions.ready();
+    await reconcile();
+    const rev = (await get()).status!.revision!;
+    await store.delete(WORKSPACE, PROJECT, "nb");
+    await reconcile();
+    expect(revisions.deleted).toContain(rev);
+    expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
+    await expect(get()).rejects.toThrow();
+  });
+
+  it("a deleted workspace keeps its finalizer until its replica's process is gone", async () => {
+    await create();
+    await reconcile();
+    revisions.slowDelete = true;
+    await store.delete(WORKSPACE, PROJECT, "nb");
+    expect((await reconcile()).requeueAfterMs).toBeGreaterThan(0);
+    expect((await get()).metadata.finalizers).toContain(WORKSPACE_FINALIZER);
+    revisions.settle();
+    await reconcile();
+    await expect(get()).rejects.toThrow();
+  });
+
+  it("a workspace replica's name is told apart from a model replica's", () => {
+    expect(workspaceOfReplica("nb-wsa1b2c3-r0")).toBe("nb");
+    expect(workspaceOfReplica("my-ws-wsa1b2c3-r12")).toBe("my-ws");
+    expect(workspaceOfReplica("chat-3-r0")).toBeUndefined();
+    expect(workspaceOfReplica("x-ws-1-r0")).toBeUndefined();
+    expect(serviceOfReplica("chat-3-r0")).toBe("chat");
+    expect(workspaceUrl("http://ws.localhost:7471", "team-a", "nb")).toBe(
+      "http://nb--team-a.ws.localhost:7471/",
+    );
+  });
+});

@@ -1,0 +1,315 @@
+import { createHash } from "node:crypto";
+import { isDeepStrictEqual } from "node:util";
+import type { Logger } from "pino";
+import { NotFoundError } from "../../api/errors.js";
+import { WORKSPACE } from "../../api/kinds.js";
+import { type Condition, setCondition } from "../../api/meta.js";
+import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
+import type { Workspace, WorkspaceStatus } from "../../api/workspace.js";
+import type { ReplicaObservation, RevisionRuntime, Runtime, WorkloadRef } from "../../ports/runtime.js";
+import type { EventRecorder, ResourceStore } from "../../ports/store.js";
+import type { WorkspaceDirectory } from "../../ports/workspaces.js";
+import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
+import { WORKSPACE_PORT, type WorkspaceProgram, workspaceProgram } from "./command.js";
+
+export { WORKSPACE };
+export const WORKSPACE_FINALIZER = "loom.dev/workspace";
+
+export interface WorkspaceDeps {
+  store: ResourceStore;
+  runtime: Runtime;
+  events: EventRecorder;
+  log: Logger;
+  now: () => Date;
+  /** Where running workspaces are published for the workspace origin's proxy. */
+  directory?: WorkspaceDirectory;
+  /**
+   * The workspace origin's base, e.g. "http://ws.localhost:7471": a workspace's URL is
+   * http://NAME--PROJECT.ws.localhost:7471/. Undefined: no status.url.
+   */
+  workspaceOrigin?: () => string | undefined;
+}
+
+/** The revision a workspace's spec runs as: NAME-ws + a hash of what the replica runs. */
+export function workspaceRevision(ws: Workspace, program: WorkspaceProgram): string {
+  const { ide, command, python, image, resources, env, home } = ws.spec;
+  const hash = createHash("sha256")
+    .update(JSON.stringify({ ide, command, python, image, resources, env, home, program }))
+    .digest("hex")
+    .slice(0, 6);
+  return `${ws.metadata.name}-ws${hash}`;
+}
+
+/** A workspace replica's runtime name (NAME-wsHASH-rK) → the workspace's name; undefined for others. */
+export function workspaceOfReplica(name: string): string | undefined {
+  return /^(.+)-ws[0-9a-f]{6}-r\d+$/.exec(name)?.[1];
+}
+
+/** The workspace's URL on the workspace origin: its own host, NAME--PROJECT.<origin's host>. */
+export function workspaceUrl(origin: string, project: string, name: string): string {
+  const u = new URL(origin);
+  return `${u.protocol}//${name}--${project}.${u.host}/`;
+}
+
+/**
+ * Runs a Workspace as ONE replica of a revision through the platform's serving capability, the
+ * one path for long-running workloads (Kubernetes: a Deployment of one; embedded: a supervised
+ * process on a loopback port). A replica that asks for resources waits for Loom's scheduler as
+ * external work, non-preemptible unless spec.preemptible. Stopped: zero replicas; the persistent
+ * home (RevisionSpec.home) stays. A changed spec is a new revision; the old one is deleted.
+ */
+export class WorkspaceReconciler implements Reconciler {
+  readonly name = "workspace";
+
+  constructor(private readonly deps: WorkspaceDeps) {}
+
+  async reconcile(key: string): Promise<ReconcileResult> {
+    const [project, name] = key.split("/") as [string, string];
+    let ws: Workspace;
+    try {
+      ws = (await this.deps.store.get(WORKSPACE, project, name)) as Workspace;
+    } catch (err) {
+      if (!(err instanceof NotFoundError)) throw err;
+      this.deps.directory?.publish(project, name, undefined);
+      return {};
+    }
+    if (ws.metadata.deletionTimestamp) return this.finalize(ws);
+    if (!ws.metadata.finalizers?.includes(WORKSPACE_FINALIZER)) {
+      ws = (await this.deps.store.update({
+        ...ws,
+        metadata: { ...ws.metadata, finalizers: [...(ws.metadata.finalizers ?? []), WORKSPACE_FINALIZER] },
+      })) as Workspace;
+    }
+    const now = this.deps.now();
+    const before = ws.status ?? {};
+    const status: WorkspaceStatus = structuredClone(before);
+    const program = workspaceProgram(ws.spec);
+    const origin = this.deps.workspaceOrigin?.();
+    if (origin) status.url = workspaceUrl(origin, project, name);
+    let requeueAfterMs = 5000;
+    if ("unsupported" in program) {
+      status.phase = "Failed";
+      status.conditions = setCondition(
+        status.conditions,
+        { type: "Ready", status: "False", reason: "Unsupported", message: program.unsupported },
+        now,
+      );
+      if (before.phase !== "Failed") await this.event(ws, "Warning", "Unsupported", program.unsupported);
+      await this.retire(ws, status.revision);
+      status.revision = undefined;
+      this.deps.directory?.publish(project, name, undefined);
+    } else {
+      const revision = workspaceRevision(ws, program);
+      // A changed spec: the old revision's replica stops (its home stays) and the new one starts.
+      if (status.revision && status.revision !== revision) await this.retire(ws, status.revision);
+      status.revision = revision;
+      requeueAfterMs = await this.converge(ws, program, revision, status, now);
+    }
+    status.observedGeneration = ws.metadata.generation;
+    if (!isDeepStrictEqual(before, status))
+      await this.deps.store.updateStatus({ ...ws, status } as Workspace);
+    return { requeueAfterMs };
+  }
+
+  /** Applies one replica (none when stopped), reads it back, and sets phase, conditions and the directory. */
+  private async converge(
+    ws: Workspace,
+    program: Exclude<WorkspaceProgram, { unsupported: string }>,
+    revision: string,
+    status: WorkspaceStatus,
+    now: Date,
+  ): Promise<number> {
+    const { project, name } = ws.metadata as { project: string; name: string };
+    const serving = this.serving();
+    const ref = workspaceRef(ws);
+    const stopped = ws.spec.stopped;
+    const held = await this.held(ref, revision, true);
+    // Stopped and already gone: applying zero again would only make an empty record.
+    if (!stopped || held)
+      await serving.applyRevision(this.revisionSpec(ws, program, revision, stopped ? 0 : 1));
+    const replica: ReplicaObservation | undefined = stopped
+      ? undefined
+      : (await serving.observeRevision(ref, revision)).replicas[0];
+    const set = (phase: WorkspaceStatus["phase"], c: Omit<Condition, "type" | "lastTransitionTime">) => {
+      status.phase = phase;
+      status.conditions = setCondition(status.conditions, { type: "Ready", ...c }, now);
+    };
+    const wasRunning = status.phase === "Running";
+    if (stopped) {
+      status.replica = undefined;
+      if (held)
+        set(status.phase ?? "Pending", {
+          status: "False",
+          reason: "Stopping",
+          message: "the workspace's server is stopping; its home is kept",
+        });
+      else {
+        if (status.phase !== "Stopped")
+          await this.event(ws, "Normal", "Stopped", "stopped; the home is kept");
+        set("Stopped", {
+          status: "False",
+          reason: "Stopped",
+          message: "stopped (loom start ws/NAME runs it again); the home is kept",
+        });
+        status.stoppedReason ??= "User";
+      }
+    } else if (replica) {
+      status.stoppedReason = undefined;
+      status.replica = {
+        id: replica.id,
+        ...(replica.host ? { host: replica.host } : {}),
+        port: replica.port,
+        ready: replica.ready,
+      };
+      status.node = replica.node;
+      if (replica.ready) {
+        if (!wasRunning) {
+          status.startTime = now.toISOString();
+          await this.event(
+            ws,
+            "Normal",
+            "Running",
+            `the workspace answers${status.url ? ` at ${status.url}` : ""}`,
+          );
+        }
+        set("Running", {
+          status: "True",
+          reason: "Ready",
+          message: `${ws.spec.ide === "none" ? "the server" : ws.spec.ide} answers`,
+        });
+      } else
+        set("Starting", {
+          status: "False",
+          reason: "Starting",
+          message: `waiting for the server to answer ${program.readinessPath} on its port`,
+        });
+    } else {
+      status.replica = undefined;
+      status.stoppedReason = undefined;
+      const waiting = this.environmentWaiting(program);
+      if (waiting?.failed)
+        set("Failed", { status: "False", reason: "EnvironmentFailed", message: waiting.failed });
+      else if (waiting)
+        set("Pending", { status: "False", reason: "BuildingEnvironment", message: waiting.message });
+      else
+        set("Pending", {
+          status: "False",
+          reason: "Scheduling",
+          message: "waiting for the scheduler to place the workspace (loom describe ws shows events)",
+        });
+    }
+    const running = status.phase === "Running" && status.replica;
+    this.deps.directory?.publish(
+      project,
+      name,
+      running
+        ? { ref, host: status.replica!.host ?? "127.0.0.1", port: status.replica!.port!, ports: [] }
+        : undefined,
+    );
+    return status.phase === "Running" || status.phase === "Stopped" ? 5000 : 250;
+  }
+
+  /** Why the replica waits for its Python environment (embedded builds it once), if it does. */
+  private environmentWaiting(
+    program: Exclude<WorkspaceProgram, { unsupported: string }>,
+  ): { message: string; failed?: string } | undefined {
+    if (!program.python || !this.deps.runtime.prepare) return undefined;
+    const prep = this.deps.runtime.prepare({ python: program.python });
+    if ("failed" in prep) return { message: prep.failed, failed: prep.failed };
+    return prep.ready ? undefined : { message: prep.message };
+  }
+
+  private revisionSpec(
+    ws: Workspace,
+    program: Exclude<WorkspaceProgram, { unsupported: string }>,
+    revision: string,
+    replicas: number,
+  ) {
+    const r = ws.spec.resources;
+    const gpus = r.gpu && r.gpu >= 1 ? r.gpu : 0;
+    return {
+      service: workspaceRef(ws),
+      revision,
+      replicas,
+      worker: {
+        command: program.command,
+        ...(ws.spec.image ? { image: ws.spec.image } : {}),
+        env: {
+          PYTHONUNBUFFERED: "1",
+          HOST: "127.0.0.1",
+          ...ws.spec.env,
+          LOOM_PROJECT: ws.metadata.project!,
+          LOOM_WORKLOAD: ws.metadata.name,
+          LOOM_WORKLOAD_KIND: WORKSPACE,
+        },
+        allocation: {
+          node: "",
+          cpuMillis: parseCpuMillis(r.cpu ?? 0) ?? 0,
+          memoryBytes: parseMemoryBytes(r.memory ?? 0) ?? 0,
+          gpus: Array.from({ length: gpus }, (_, i) => `gpu-${i}`),
+        },
+        terminationGracePeriodSeconds: 10,
+      },
+      port: WORKSPACE_PORT,
+      readinessPath: program.readinessPath,
+      // The first start may install nothing but still load an editor: ten minutes before a restart.
+      readinessTimeoutSeconds: 600,
+      ...(program.python ? { python: program.python } : {}),
+      ...(r.gpu ? { gpu: r.gpu } : {}),
+      // Not reclaimed by default: an interactive session must fit the project's deserved quota.
+      preemptible: ws.spec.preemptible,
+      home: {
+        name: ws.metadata.name,
+        ...(ws.spec.home ? { size: ws.spec.home.size } : {}),
+        ...(ws.spec.home?.storageClassName ? { storageClassName: ws.spec.home.storageClassName } : {}),
+      },
+    };
+  }
+
+  /** Deletes a revision the workspace no longer runs (its replica stops gracefully). */
+  private async retire(ws: Workspace, revision: string | undefined): Promise<void> {
+    if (revision) await this.serving().deleteRevision(workspaceRef(ws), revision);
+  }
+
+  private serving(): RevisionRuntime {
+    const serving = this.deps.runtime.serving;
+    if (!serving) throw new Error("this platform's runtime cannot run workspaces (no serving capability)");
+    return serving;
+  }
+
+  /**
+   * Whether the platform still holds the revision (a replica stopping counts), where it says
+   * (embedded); `otherwise` where it does not (Kubernetes collects by owner references).
+   */
+  private async held(ref: WorkloadRef, revision: string, otherwise: boolean): Promise<boolean> {
+    const serving = this.serving();
+    if (!serving.listRevisions) return otherwise;
+    return (await serving.listRevisions()).some((r) => r.service.uid === ref.uid && r.revision === revision);
+  }
+
+  private async finalize(ws: Workspace): Promise<ReconcileResult> {
+    this.deps.directory?.publish(ws.metadata.project!, ws.metadata.name, undefined);
+    const revision = ws.status?.revision;
+    await this.retire(ws, revision);
+    // The object goes once its process has: removed earlier, a server stopped right after would
+    // leave the replica running with nothing that records it.
+    if (revision && (await this.held(workspaceRef(ws), revision, false))) return { requeueAfterMs: 250 };
+    await this.deps.store.update({
+      ...ws,
+      metadata: {
+        ...ws.metadata,
+        finalizers: (ws.metadata.finalizers ?? []).filter((f) => f !== WORKSPACE_FINALIZER),
+      },
+    });
+    return {};
+  }
+
+  private async event(ws: Workspace, type: "Normal" | "Warning", reason: string, message: string) {
+    await this.deps.events.record(workspaceRef(ws), type, reason, message);
+  }
+}
+
+/** The Workspace as the owner of what the platform makes for it. */
+export function workspaceRef(ws: Workspace): WorkloadRef {
+  return { kind: WORKSPACE, project: ws.metadata.project!, name: ws.metadata.name, uid: ws.metadata.uid };
+}

@@ -1,0 +1,148 @@
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, describe, expect, it } from "vitest";
+import { findProcessesByEnv } from "../src/platforms/embedded/procfs.js";
+import { LoomProcess } from "./helpers.js";
+
+/**
+ * A Workspace on a real `loom up`: one replica through the serving path, its persistent home the
+ * working directory (writable in the sandbox), kept across stop/start and a server restart.
+ * `ide: none` with Python's http.server: no environment to build.
+ */
+
+interface Ws {
+  metadata: { uid: string };
+  status?: {
+    phase?: string;
+    url?: string;
+    stoppedReason?: string;
+    replica?: { id: string; host?: string; port?: number; ready: boolean };
+    conditions?: { type: string; reason?: string; message?: string }[];
+  };
+}
+
+const PATH = "/apis/loom.dev/v1alpha1/projects/default/workspaces";
+
+// Each start appends a line to a file in the working directory (the home), then serves it.
+const MANIFEST = `apiVersion: loom.dev/v1alpha1
+kind: Workspace
+metadata: {name: web}
+spec:
+  ide: none
+  command: [sh, -c, 'date +%s%N >> starts.txt && exec python3 -m http.server $PORT --bind 127.0.0.1']
+`;
+
+describe("Workspace (embedded)", () => {
+  const servers: LoomProcess[] = [new LoomProcess()];
+  const first = servers[0]!;
+  afterAll(async () => {
+    const last = servers.at(-1)!;
+    await last.cli(["delete", "ws", "--all", "--timeout", "30"]).catch(() => undefined);
+    await last.stop();
+    await first.stop();
+  });
+
+  async function ws(s: LoomProcess): Promise<Ws> {
+    const r = await s.api("GET", `${PATH}/web`);
+    if (r.status !== 200) throw new Error(`get ws/web: ${r.status} ${JSON.stringify(r.body)}`);
+    return r.body as Ws;
+  }
+
+  async function waitFor(s: LoomProcess, pred: (w: Ws) => boolean, ms = 60_000): Promise<Ws> {
+    const deadline = Date.now() + ms;
+    let last: Ws | undefined;
+    while (Date.now() < deadline) {
+      last = await ws(s).catch(() => undefined);
+      if (last && pred(last)) return last;
+      await sleep(100);
+    }
+    throw new Error(`timed out; last status: ${JSON.stringify(last?.status)}\n${s.log.slice(-3000)}`);
+  }
+
+  /** The home's starts.txt as the workspace's own server serves it. */
+  async function starts(w: Ws): Promise<string[]> {
+    const res = await fetch(`http://${w.status!.replica!.host}:${w.status!.replica!.port}/starts.txt`);
+    expect(res.status).toBe(200);
+    return (await res.text()).trim().split("\n");
+  }
+
+  const running = (w: Ws) => w.status?.phase === "Running" && !!w.status.replica?.ready;
+
+  it("runs, stops (process gone, home kept), starts again, and survives a server restart", async () => {
+    await first.start();
+    expect((await first.cli(["apply", "-f", "-"], { input: MANIFEST })).stdout).toContain(
+      "workspace.loom.dev/web created",
+    );
+    let w = await waitFor(first, running);
+    const port = Number(new URL(first.url).port);
+    expect(w.status?.url).toBe(`http://web--default.ws.localhost:${port + 1}/`);
+    expect(await starts(w)).toHaveLength(1);
+    // The working directory is the persistent home in the data dir, written by the workspace.
+    const file = join(first.dataDir, "homes", "default", "web", "starts.txt");
+    expect(existsSync(file)).toBe(true);
+    const owner = statSync(file).uid;
+
+    const get = await first.cli(["get", "ws"]);
+    expect(get.stdout).toMatch(/NAME\s+PHASE\s+IDE\s+URL\s+AGE/);
+    expect(get.stdout).toMatch(/web\s+Running\s+none\s+http:\/\/web--default\.ws\.localhost/);
+    const describe = await first.cli(["describe", "ws/web"]);
+    expect(describe.code).toBe(0);
+    expect(describe.stdout).toContain("web--default.ws.localhost");
+
+    const replica = w.status!.replica!;
+    const mine = (p: { env: Map<string, string> }) =>
+      p.env.get("LOOM_INSTANCE") === readFileSync(join(first.dataDir, "instance-id"), "utf8").trim();
+    expect(findProcessesByEnv("LOOM_REPLICA", replica.id).filter(mine).length).toBeGreaterThan(0);
+    const stop = await first.cli(["stop", "ws/web"]);
+    expect(stop.stdout).toBe("workspace.loom.dev/web stopped\n");
+    w = await waitFor(first, (x) => x.status?.phase === "Stopped");
+    expect(w.status?.stoppedReason).toBe("User");
+    expect(w.status?.replica).toBeUndefined();
+    // This server's processes only (its instance id): a replica's id repeats across runs.
+    const instance = readFileSync(join(first.dataDir, "instance-id"), "utf8").trim();
+    const left = findProcessesByEnv("LOOM_REPLICA", replica.id).filter(
+      (p) => p.env.get("LOOM_INSTANCE") === instance,
+    );
+    expect(left).toEqual([]);
+    await expect(fetch(`http://${replica.host}:${replica.port}/starts.txt`)).rejects.toThrow();
+
+    expect((await first.cli(["start", "ws/web"])).stdout).toBe("workspace.loom.dev/web started\n");
+    w = await waitFor(first, running);
+    expect(await starts(w)).toHaveLength(2); // the same home: the first start's line is there
+    expect(statSync(file).uid).toBe(owner);
+
+    // A server restart: the replica is re-adopted, its home and its file still there.
+    await first.kill("SIGTERM");
+    const second = new LoomProcess([], first.home);
+    servers.push(second);
+    await second.start();
+    w = await waitFor(second, running);
+    expect((await starts(w)).length).toBeGreaterThanOrEqual(2);
+  }, 180_000);
+
+  it("stop and start name workspaces only; a missing one says how to list them", async () => {
+    const s = servers.at(-1)!;
+    const wrongKind = await s.cli(["stop", "tj/x"]);
+    expect(wrongKind.code).not.toBe(0);
+    expect(wrongKind.stderr).toContain("loom stop works on workspaces");
+    const missing = await s.cli(["start", "ws/nope"]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toContain('workspace "nope" not found in project "default"');
+  }, 60_000);
+
+  it("ide: vscode is refused with what to do instead", async () => {
+    const s = servers.at(-1)!;
+    const yaml =
+      "apiVersion: loom.dev/v1alpha1\nkind: Workspace\nmetadata: {name: code}\nspec: {ide: vscode}\n";
+    expect((await s.cli(["apply", "-f", "-"], { input: yaml })).code).toBe(0);
+    const deadline = Date.now() + 30_000;
+    let last: Ws | undefined;
+    while (Date.now() < deadline && last?.status?.phase !== "Failed") {
+      last = (await s.api("GET", `${PATH}/code`)).body as Ws;
+      await sleep(100);
+    }
+    expect(last?.status?.phase).toBe("Failed");
+    expect(last?.status?.conditions?.find((c) => c.type === "Ready")?.message).toContain("Node.js 24");
+  }, 60_000);
+});
