@@ -126,7 +126,7 @@ export class GangNetworks {
       env: (env) => (api === undefined ? env : atHostEnd(env, api, hostAddress)),
       setup: {
         file,
-        ifname: `${this.ifPrefix}${uid.replace(/-/g, "").slice(0, 9)}`,
+        ifname: this.ifnameOf(uid),
         hostAddress,
         address,
         ports: expose,
@@ -137,9 +137,8 @@ export class GangNetworks {
   /** What the spawn helper does to end the gang's network, or undefined where there are none. */
   teardown(uid: string): NetworkTeardown | undefined {
     if (!this.capability.isolated) return undefined;
-    // Its link goes with the namespace (the kernel removes both ends).
     this.links.delete(uid);
-    return { file: this.fileOf(uid) };
+    return { file: this.fileOf(uid), ifname: this.ifnameOf(uid) };
   }
 
   /** After a restart: the uids of this installation's namespaces whose gang is gone or has ended. */
@@ -153,6 +152,11 @@ export class GangNetworks {
     return readdirSync(NETNS_DIR)
       .filter((n) => n.startsWith(this.prefix))
       .map((n) => n.slice(this.prefix.length));
+  }
+
+  /** The host end of the gang's link: lm<instance 4><uid 9>. */
+  private ifnameOf(uid: string): string {
+    return `${this.ifPrefix}${uid.replace(/-/g, "").slice(0, 9)}`;
   }
 
   private fileOf(uid: string): string {

@@ -28,6 +28,8 @@ export interface NetworkSetup {
 /** What the spawn helper needs to end a gang's namespace. */
 export interface NetworkTeardown {
   file: string;
+  /** The host end of its link, removed with it (see teardownNetwork). */
+  ifname: string;
 }
 
 /**
@@ -35,16 +37,29 @@ export interface NetworkTeardown {
  * `unshare --net=FILE ip -b -` (loopback up, the veth made inside with its peer put in the
  * helper's namespace, the inside address) and `ip -b -` for the host's end: two execs, plus
  * one for a replica's rule. `teardownNetwork(t)` kills every process left in the namespace (a
- * namespace lives while a process is in it) and unmounts it; its link goes with it.
+ * namespace lives while a process is in it), unmounts it, and deletes the host end of its link.
+ *
+ * That last step is not left to the kernel: it removes an unmounted namespace, and the link
+ * with it, later, from a work queue; until then the host end's name stays taken, and the next
+ * attempt's setup (made right after, as a first restart is) failed with "RTNETLINK answers:
+ * File exists", its first worker not started. `ip link del` removes both ends before it
+ * returns. Setup deletes a leftover of that name too (a namespace ended by an older Loom, or
+ * by a crash before its teardown was done).
  */
 export const NETWORK_HELPER = `
 const { execFileSync } = require("node:child_process");
 const netPath = require("node:path");
 const isMounted = (f) => { try { return fs.statSync(f).dev !== fs.statSync(netPath.dirname(f)).dev; } catch { return false; } };
 const runIn = (cmd, args, input) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "pipe"] });
+const dropLink = (ifname) => {
+  if (!fs.existsSync("/sys/class/net/" + ifname)) return;
+  // Gone meanwhile (the kernel's own removal of the namespace got there first): nothing to do.
+  try { runIn("ip", ["link", "del", ifname]); } catch {}
+};
 function setupNetwork(n) {
   if (isMounted(n.file) && fs.existsSync("/sys/class/net/" + n.ifname)) return;
   if (isMounted(n.file)) teardownNetwork(n);
+  dropLink(n.ifname);
   fs.mkdirSync(netPath.dirname(n.file), { recursive: true });
   fs.writeFileSync(n.file, "");
   const inside = ["link set lo up", "link add loom0 type veth peer name " + n.ifname + " netns " + process.pid,
@@ -68,5 +83,6 @@ function teardownNetwork(t) {
     execFileSync("umount", [t.file], { stdio: ["ignore", "ignore", "pipe"] });
   }
   fs.rmSync(t.file, { force: true });
+  dropLink(t.ifname);
 }
 `;
