@@ -13,6 +13,7 @@ import { registerGateway } from "./commands/gateway.js";
 import { registerGet } from "./commands/get.js";
 import { registerLogs } from "./commands/logs.js";
 import { registerOperator } from "./commands/operator.js";
+import { registerPortForward } from "./commands/portforward.js";
 import { registerTop } from "./commands/top.js";
 import { registerUp } from "./commands/up.js";
 import { registerVersion } from "./commands/version.js";
@@ -92,6 +93,7 @@ export function buildProgram(options: ProgramOptions = {}): Command {
   registerTop(program, deps);
   registerDescribe(program, deps);
   registerLogs(program, deps);
+  registerPortForward(program, deps);
   registerDelete(program, deps);
   registerOperator(program, deps);
   registerGateway(program, deps);
