@@ -61,7 +61,10 @@ async function dial(port: number): Promise<Socket> {
 }
 
 /** Sends everything, half-closes, and reads the whole answer; sha256 of both sides. */
-async function exchange(port: number, data: Iterable<Buffer>): Promise<{ sent: string; got: Buffer; ms: number }> {
+async function exchange(
+  port: number,
+  data: Iterable<Buffer>,
+): Promise<{ sent: string; got: Buffer; ms: number }> {
   const s = await dial(port);
   const chunks: Buffer[] = [];
   s.on("data", (c: Buffer) => chunks.push(c));
@@ -108,12 +111,12 @@ describe("loom port-forward", () => {
   let echoPort = 0;
   let sinkPort = 0;
 
-  async function forward(args: string[]): Promise<number> {
+  async function forward(args: string[]): Promise<{ port: number; output: () => string }> {
     const f = loom.cliBackground(["port-forward", ...args]);
     forwards.push(f.proc);
     for (let i = 0; i < 600; i++) {
       const m = /Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)/.exec(f.output());
-      if (m) return Number(m[1]);
+      if (m) return { port: Number(m[1]), output: f.output };
       if (f.proc.exitCode !== null) break;
       await sleep(50);
     }
@@ -139,7 +142,7 @@ describe("loom port-forward", () => {
   });
 
   it("carries a raw TCP echo exactly, and 100 MB both ways byte-exact", async () => {
-    const local = await forward(["tj/echo", `:${echoPort}`]);
+    const { port: local } = await forward(["tj/echo", `:${echoPort}`]);
     const hello = await exchange(local, [Buffer.from("hello, raw tcp\n")]);
     expect(hello.got.toString()).toBe("hello, raw tcp\n");
     const big = await exchange(local, payload());
@@ -148,7 +151,7 @@ describe("loom port-forward", () => {
   }, 300_000);
 
   it("moves 100 MB into the workload byte-exact, and says how fast against a direct loopback copy", async () => {
-    const local = await forward(["tj/echo", `:${sinkPort}`, "--worker", "0"]);
+    const { port: local } = await forward(["tj/echo", `:${sinkPort}`, "--worker", "0"]);
     const through = await exchange(local, payload());
     expect(through.got.toString()).toBe(`${100 * MB} ${through.sent}\n`);
     // The same sink, run here on the host's loopback: the direct copy to compare with.
@@ -194,10 +197,13 @@ describe("loom port-forward", () => {
     expect(JSON.stringify(plain.body)).toMatch(/Upgrade: loom-portforward/);
 
     // The CLI says why on a refused connection, and keeps listening.
-    const local = await forward(["tj/echo", ":1"]);
-    const s = await dial(local);
-    await once(s, "close");
-    await sleep(200);
+    const refused = await forward(["tj/echo", ":1"]);
+    const s = await dial(refused.port);
+    s.resume();
+    await once(s, "end"); // the CLI ends the local connection it could not tunnel
+    s.destroy();
+    for (let i = 0; i < 100 && !refused.output().includes("error forwarding"); i++) await sleep(50);
+    expect(refused.output()).toMatch(/error forwarding port 1: .*does not listen on port 1/);
     expect(forwards.at(-1)!.exitCode).toBeNull();
   }, 120_000);
 });

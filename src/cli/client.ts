@@ -90,7 +90,9 @@ export class ApiClient {
         res.on("data", (c: Buffer) => chunks.push(c));
         res.on("end", () => {
           const text = Buffer.concat(chunks).toString("utf8");
-          reject(new ApiError(res.statusCode ?? 0, (safeJson(text) as Partial<StatusBody>) ?? { message: text }));
+          reject(
+            new ApiError(res.statusCode ?? 0, (safeJson(text) as Partial<StatusBody>) ?? { message: text }),
+          );
         });
       });
       req.on("error", (err: NodeJS.ErrnoException) =>

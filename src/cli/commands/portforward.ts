@@ -21,7 +21,13 @@ export function parsePorts(spec: string): { local: number; remote: number } {
 }
 
 /** The tunnel's path on Loom's API. */
-export function tunnelPath(def: KindDef, project: string, name: string, port: number, worker?: string): string {
+export function tunnelPath(
+  def: KindDef,
+  project: string,
+  name: string,
+  port: number,
+  worker?: string,
+): string {
   const q = new URLSearchParams({ port: String(port) });
   if (worker !== undefined) q.set("worker", worker);
   return `${itemPath(def, project, name)}/portforward?${q}`;

@@ -96,7 +96,9 @@ export function portForwardRoutes(app: FastifyInstance, deps: PortForwardDeps): 
         throw new NotFoundError(`${what} has nothing running to forward to: wait until it runs (loom get)`);
       const target = targets[index];
       if (!target)
-        throw new BadRequestError(`worker must be between 0 and ${targets.length - 1}: ${what} runs ${targets.length}`);
+        throw new BadRequestError(
+          `worker must be between 0 and ${targets.length - 1}: ${what} runs ${targets.length}`,
+        );
       const ports = await listeningPorts.call(deps.runtime, target.ref, target.worker);
       if (!ports.includes(port))
         throw new BadRequestError(
@@ -106,7 +108,11 @@ export function portForwardRoutes(app: FastifyInstance, deps: PortForwardDeps): 
       try {
         upstream = await connectPort.call(deps.runtime, target.ref, target.worker, port);
       } catch (err) {
-        throw new LoomError("BadGateway", 502, `cannot connect to port ${port} of ${what}: ${(err as Error).message}`);
+        throw new LoomError(
+          "BadGateway",
+          502,
+          `cannot connect to port ${port} of ${what}: ${(err as Error).message}`,
+        );
       }
       reply.hijack();
       splice(upgrade.socket, upgrade.head, upstream);
@@ -116,7 +122,9 @@ export function portForwardRoutes(app: FastifyInstance, deps: PortForwardDeps): 
 
 /** 101, then bytes both ways; either side's end or error ends the other. */
 function splice(client: Duplex, head: Buffer, upstream: Duplex): void {
-  client.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${PORTFORWARD_PROTOCOL}\r\n\r\n`);
+  client.write(
+    `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${PORTFORWARD_PROTOCOL}\r\n\r\n`,
+  );
   if (head.length) upstream.write(head);
   const close = () => {
     client.destroy();
