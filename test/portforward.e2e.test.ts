@@ -1,11 +1,13 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { chmodSync, readFileSync } from "node:fs";
 import { request } from "node:http";
 import { connect, type Socket } from "node:net";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { jobYaml, LoomProcess } from "./helpers.js";
+import { jobYaml, LoomProcess, ROOT } from "./helpers.js";
 
 /**
  * `loom port-forward` on a real `loom up`: a TrainingJob runs a raw TCP echo server and a sink
@@ -205,5 +207,58 @@ describe("loom port-forward", () => {
     for (let i = 0; i < 100 && !refused.output().includes("error forwarding"); i++) await sleep(50);
     expect(refused.output()).toMatch(/error forwarding port 1: .*does not listen on port 1/);
     expect(forwards.at(-1)!.exitCode).toBeNull();
+  }, 120_000);
+
+  it("runs a command with the real ssh client through loom ssh --proxy as its ProxyCommand", async () => {
+    const key = join(loom.home, "id_ed25519");
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key]);
+    chmodSync(key, 0o600);
+    const sshd = join(ROOT, "runtimes", "loom-sshd", "loom-sshd.sh");
+    const job = jobYaml(
+      "box",
+      ["/bin/sh", sshd],
+      `  env: {LOOM_SSH_AUTHORIZED_KEYS: ${JSON.stringify(readFileSync(`${key}.pub`, "utf8").trim())}}\n`,
+    );
+    const applied = await loom.cli(["apply", "-f", "-"], { input: job });
+    expect(applied.code, applied.stderr).toBe(0);
+    const proxy = `${process.execPath} ${join(ROOT, "bin", "loom.js")} ssh --proxy tj/box`;
+    const ssh = () =>
+      new Promise<{ code: number; out: string }>((resolve) => {
+        const p = spawn(
+          "ssh",
+          [
+            "-o",
+            `ProxyCommand=${proxy}`,
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            `UserKnownHostsFile=${join(loom.home, "known_hosts")}`,
+            "-o",
+            "BatchMode=yes",
+            "-i",
+            key,
+            "loom@tj-box",
+            "echo",
+            "hi",
+          ],
+          { env: loom.env(), stdio: ["ignore", "pipe", "pipe"] },
+        );
+        let out = "";
+        p.stdout.on("data", (d: Buffer) => {
+          out += d.toString();
+        });
+        p.stderr.on("data", (d: Buffer) => {
+          out += d.toString();
+        });
+        p.on("close", (code) => resolve({ code: code ?? -1, out }));
+      });
+    // Until sshd listens (the tunnel refuses a port nothing listens on, and ssh says so).
+    let r = await ssh();
+    for (let i = 0; i < 120 && r.code !== 0; i++) {
+      await sleep(250);
+      r = await ssh();
+    }
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/^hi$/m);
   }, 120_000);
 });
