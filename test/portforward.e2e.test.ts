@@ -56,6 +56,16 @@ function* payload(total = 100 * MB): Generator<Buffer> {
   }
 }
 
+/** The first whole line a stream prints (a pipe may hand it over in pieces). */
+async function firstLine(stream: NodeJS.ReadableStream): Promise<string> {
+  let text = "";
+  for await (const chunk of stream) {
+    text += String(chunk);
+    if (text.includes("\n")) return text.slice(0, text.indexOf("\n"));
+  }
+  return text;
+}
+
 async function dial(port: number): Promise<Socket> {
   const s = connect({ host: "127.0.0.1", port, allowHalfOpen: true });
   await once(s, "connect");
@@ -159,8 +169,8 @@ describe("loom port-forward", () => {
     // The same sink, run here on the host's loopback: the direct copy to compare with.
     const direct = spawn("python3", ["-c", SERVER], { stdio: ["ignore", "pipe", "inherit"] });
     try {
-      const [line] = (await once(direct.stdout!, "data")) as [Buffer];
-      const directSink = Number(/ports \d+ (\d+)/.exec(line.toString())![1]);
+      const line = await firstLine(direct.stdout!);
+      const directSink = Number(/ports \d+ (\d+)/.exec(line)?.[1]);
       const plain = await exchange(directSink, payload());
       expect(plain.got.toString()).toBe(`${100 * MB} ${plain.sent}\n`);
       const mbps = (ms: number) => (100 / ms) * 1000;
