@@ -236,6 +236,8 @@ function classify(
   // log is its admins' (no project-scoped admin among the callers here: the unscoped one only).
   if (url.startsWith(`${BASE}/projects/:project/apikeys`)) return { access: "project-editors", write };
   if (url === `${BASE}/projects/:project/audit`) return { access: "unscoped-admin", write };
+  // A tunnel into a workload (an upgrade; a GET) is its project's editors' and admins'.
+  if (url.endsWith("/portforward")) return { access: "project-editors", write };
   if (url.startsWith(`${BASE}/projects/:project/`) && url.endsWith("/status") && write)
     return { access: "nobody", write };
   if (url.startsWith(`${BASE}/projects/:project/`)) return { access: "project", write };

@@ -1,3 +1,6 @@
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+import type { Socket } from "node:net";
 import { Readable } from "node:stream";
 import type { StatusBody } from "../server/errors.js";
 import type { Context } from "./config.js";
@@ -65,6 +68,42 @@ export class ApiClient {
     }
     if (!res.body) return Readable.from([]);
     return Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);
+  }
+
+  /**
+   * An HTTP upgrade to `protocol` (port-forward): the raw connection once the server answers
+   * 101, or the server's refusal as an ApiError.
+   */
+  tunnel(path: string, protocol: string): Promise<Socket> {
+    const url = new URL(`${this.ctx.url}${path}`);
+    const headers: Record<string, string> = { connection: "Upgrade", upgrade: protocol };
+    if (this.ctx.token) headers.authorization = `Bearer ${this.ctx.token}`;
+    const request = url.protocol === "https:" ? httpsRequest : httpRequest;
+    return new Promise((resolve, reject) => {
+      const req = request(url, { method: "GET", headers, agent: false });
+      req.on("upgrade", (_res, socket, head) => {
+        if (head.length) socket.unshift(head);
+        resolve(socket);
+      });
+      req.on("response", (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          reject(
+            new ApiError(res.statusCode ?? 0, (safeJson(text) as Partial<StatusBody>) ?? { message: text }),
+          );
+        });
+      });
+      req.on("error", (err: NodeJS.ErrnoException) =>
+        reject(
+          new CliError(
+            `cannot reach Loom at ${this.ctx.url} (${err.code ?? err.message}): is 'loom up' running? (or set LOOM_URL)`,
+          ),
+        ),
+      );
+      req.end();
+    });
   }
 
   private async fetch(path: string, init: RequestInit): Promise<Response> {

@@ -8,7 +8,7 @@ export interface GlobalOpts {
 }
 
 /** What commands call on Loom's API: {@link ApiClient}, or a fake in tests. */
-export type Api = Pick<ApiClient, "request" | "stream">;
+export type Api = Pick<ApiClient, "request" | "stream"> & Partial<Pick<ApiClient, "tunnel">>;
 
 /** Loom's API for this invocation and the project used when -p is not given. */
 export interface Connection {

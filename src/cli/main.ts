@@ -14,6 +14,8 @@ import { registerGet } from "./commands/get.js";
 import { registerLogs } from "./commands/logs.js";
 import { registerOpen } from "./commands/open.js";
 import { registerOperator } from "./commands/operator.js";
+import { registerPortForward } from "./commands/portforward.js";
+import { registerSsh } from "./commands/ssh.js";
 import { registerTop } from "./commands/top.js";
 import { registerUp } from "./commands/up.js";
 import { registerVersion } from "./commands/version.js";
@@ -95,6 +97,8 @@ export function buildProgram(options: ProgramOptions = {}): Command {
   registerDescribe(program, deps);
   registerLogs(program, deps);
   registerOpen(program, deps);
+  registerPortForward(program, deps);
+  registerSsh(program, deps);
   registerDelete(program, deps);
   registerWorkspaceCommands(program, deps);
   registerOperator(program, deps);

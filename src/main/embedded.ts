@@ -64,8 +64,6 @@ export interface EmbeddedOptions {
   insecureSharedUser?: boolean;
   /** false runs workloads unsandboxed (measurements of the sandbox's cost); default: detected. */
   sandbox?: boolean;
-  /** The workspace origin's port (workspaces' URLs); default: the API's port + 1. */
-  workspacePort?: number;
 }
 
 export interface EmbeddedServer {

@@ -1,4 +1,4 @@
-import type { Readable } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import type { Allocation, NodeCapacity, PodPlacement, RunningWorkload, Workload } from "./scheduler.js";
 
 /** Identifies one workload across the platform: uid guards against a re-created namesake. */
@@ -191,6 +191,17 @@ export interface Runtime {
    * preemptible: embedded model replicas, which come back as pending work and wait).
    */
   preemptExternal?(id: string, message: string): Promise<void>;
+  /**
+   * TCP ports a worker of the workload listens on (LISTEN sockets its processes hold), ascending;
+   * every worker's when `worker` is unset. Cheap enough to poll every second (embedded: /proc).
+   * Absent where the platform cannot see them.
+   */
+  listeningPorts?(ref: WorkloadRef, worker?: number): Promise<number[]>;
+  /**
+   * A TCP connection from Loom's server to a port a worker listens on, inside the workload's own
+   * network where it has one (port-forward, ssh). Rejects with a message saying why it cannot.
+   */
+  connectPort?(ref: WorkloadRef, worker: number, port: number): Promise<Duplex>;
   /** Called when external work or the nodes change: the scheduler should look again. */
   onCapacityChange?(listener: () => void): void;
   /**

@@ -16,6 +16,7 @@ import { ModelView } from "./models.js";
 import { ensureDefaultProject, ResourceService } from "./resources.js";
 import { logRoutes } from "./routes/logs.js";
 import { modelRoutes } from "./routes/models.js";
+import { acceptUpgrades, portForwardRoutes } from "./routes/portforward.js";
 import { projectRoutes } from "./routes/projects.js";
 import { resourceRoutes } from "./routes/resources.js";
 import { schedulingRoutes } from "./routes/scheduling.js";
@@ -138,6 +139,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   resourceRoutes(app, { store: deps.store, events: deps.events, resources, listOrWatch: list, scheduling });
   logRoutes(app, { resources, runtime: deps.runtime });
+  portForwardRoutes(app, { resources, runtime: deps.runtime });
+  acceptUpgrades(app);
   tokenRoutes(app, { tokens: deps.tokens, resources });
   if (deps.workspaces) workspaceLoginRoutes(app, { ...deps.workspaces, resources });
   if (deps.tracking) await mountTracking(app, { tracking: deps.tracking, resources });

@@ -1,4 +1,4 @@
-import type { Readable } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import type {
   ExternalWork,
   GangObservation,
@@ -68,6 +68,14 @@ export class EmbeddedRuntime implements Runtime {
 
   logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
     return this.processes.logs(ref, opts);
+  }
+
+  listeningPorts(ref: WorkloadRef, worker?: number): Promise<number[]> {
+    return this.processes.listeningPorts(ref, worker);
+  }
+
+  connectPort(ref: WorkloadRef, worker: number, port: number): Promise<Duplex> {
+    return this.processes.connectPort(ref, worker, port);
   }
 
   ensureProject(project: ProjectInfo): Promise<void> {

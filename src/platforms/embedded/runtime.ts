@@ -2,7 +2,7 @@ import { mkdirSync, rmSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import type { Logger } from "pino";
 import type {
   GangObservation,
@@ -20,7 +20,9 @@ import { oomKilled, removeCgroup } from "./cgroups.js";
 import { freeLoopbackEndpoints } from "./endpoints.js";
 import { exitOf } from "./exits.js";
 import { cgroupName, type GangSandboxDeps, gangSandbox, shmDir } from "./gangsandbox.js";
+import { dialAddress, hasOwnNetwork, listeningPortsOf, workloadListeners } from "./listening.js";
 import { exposedPorts, type GangNetworks } from "./netns.js";
+import { dialHere, NamespaceDialer } from "./nsdial.js";
 import { CheckpointReports, observation } from "./observation.js";
 import { isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
 import { PythonEnvironments } from "./pyenv.js";
@@ -83,6 +85,8 @@ export class LocalRuntime implements Runtime {
   private readonly memoryLimits = new Map<string, number>();
   /** Set where workloads run sandboxed (bwrap found and working). */
   private readonly sandbox: GangSandboxDeps | undefined;
+  /** Connections into gangs' own networks (port-forward, ssh). */
+  private readonly dialer = new NamespaceDialer();
 
   /**
    * Every rank runs on this machine: the launcher starts them all itself (the hostfile names
@@ -358,6 +362,20 @@ export class LocalRuntime implements Runtime {
     return tailFile(file, { follow: !!opts.follow, finished });
   }
 
+  /** The ports the worker's processes listen on, read from /proc (listening.ts). */
+  async listeningPorts(ref: WorkloadRef, worker?: number): Promise<number[]> {
+    return listeningPortsOf(this.livePids(ref, worker));
+  }
+
+  /** Dials a port the worker listens on: on loopback, or inside the gang's own network. */
+  async connectPort(ref: WorkloadRef, worker: number, port: number): Promise<Duplex> {
+    const pids = this.livePids(ref, worker);
+    if (pids.length === 0) throw new Error(`worker ${worker} of ${ref.kind} ${ref.name} is not running`);
+    const at = dialAddress(workloadListeners(pids), port);
+    if (!at) throw new Error(`worker ${worker} of ${ref.kind} ${ref.name} does not listen on port ${port}`);
+    return hasOwnNetwork(at.pid) ? this.dialer.dial(at.pid, at.host, port) : dialHere(at.host, port);
+  }
+
   /** Embedded, a project is only a name: nothing to create on this machine. */
   async ensureProject(_project: ProjectInfo): Promise<void> {}
 
@@ -372,6 +390,7 @@ export class LocalRuntime implements Runtime {
     // Workers keep running: the next server on this data dir re-adopts them.
     for (const child of this.children.values()) child.cancel();
     this.children.clear();
+    this.dialer.close();
     this.spawner.close();
   }
 
@@ -481,6 +500,15 @@ export class LocalRuntime implements Runtime {
       });
     this.networkEnds.set(uid, done);
     return done;
+  }
+
+  /** Pids of the workload's live workers (one worker's, when given). */
+  private livePids(ref: WorkloadRef, worker?: number): number[] {
+    const gang = this.gangs.get(ref.uid);
+    if (!gang) return [];
+    return gang.workers
+      .filter((w) => !w.exit && w.pid !== undefined && (worker === undefined || w.index === worker))
+      .map((w) => w.pid!);
   }
 
   private notify(ref: WorkloadRef): void {
