@@ -134,6 +134,18 @@ describe("workspace origin", () => {
     });
     const other = { apiVersion: "loom.dev/v1alpha1", kind: "Project", metadata: { name: "other" }, spec: {} };
     expect((await api("POST", `${BASE}/projects`, other)).status).toBe(201);
+    // Log-in needs the Workspace object; with no controllers running, what answers is what the
+    // test published above (stopped: nothing published for it).
+    for (const name of ["nb", "nb2", "dead", "stopped"]) {
+      const ws = {
+        apiVersion: "loom.dev/v1alpha1",
+        kind: "Workspace",
+        metadata: { name },
+        spec: { ide: "none", command: ["python3", "-m", "http.server", "$PORT"] },
+      };
+      const made = await api("POST", `${BASE}/projects/default/workspaces`, ws);
+      expect(made.status, JSON.stringify(made.body)).toBe(201);
+    }
     editor = await tokenFor("ed", "editor", "default");
     browser = await launchBrowser();
   }, 120_000);
@@ -438,6 +450,11 @@ describe("loom up --workspace-port and loom open (the real CLI and server)", () 
   afterAll(async () => loom?.stop());
 
   it("loom open ws/NAME prints a one-time link to the workspace's own origin, which logs in once", async () => {
+    const stopped =
+      "apiVersion: loom.dev/v1alpha1\nkind: Workspace\nmetadata: {name: nb}\n" +
+      'spec: {ide: none, command: [python3, -m, http.server, "$PORT"], stopped: true}\n';
+    const applied = await loom.cli(["apply", "-f", "-"], { input: stopped });
+    expect(applied.code, applied.stderr).toBe(0);
     const r = await loom.cli(["open", "ws/nb", "--no-browser"]);
     expect(r.code, r.stderr).toBe(0);
     const link = new URL(r.stdout.trim());
@@ -469,7 +486,7 @@ describe("loom up --workspace-port and loom open (the real CLI and server)", () 
       });
     const first = await get(link.pathname + link.search);
     expect(first.status).toBe(302);
-    // Logged in; nothing runs there (no workspace was published): the page says how to start it.
+    // Logged in; the workspace is stopped (nothing published): the page says how to start it.
     const page = await get("/", first.cookie);
     expect(page.status).toBe(503);
     expect(page.body).toContain("loom start ws/nb -p default");
