@@ -152,6 +152,50 @@ spec:
     expect(res.body).toBe("extra\n");
   }, 120_000);
 
+  it("idleTimeout: an idle workspace is culled (home kept, loom start brings it back); one in use is spared", async () => {
+    const s = servers.at(-1)!;
+    if (!s.pid) await s.start(); // run alone (-t)
+    const yaml = (name: string) => `apiVersion: loom.dev/v1alpha1
+kind: Workspace
+metadata: {name: ${name}}
+spec:
+  ide: none
+  idleTimeout: 3s
+  command: [sh, -c, 'date +%s%N >> starts.txt && exec python3 -m http.server $PORT --bind 127.0.0.1']
+`;
+    for (const name of ["idle", "busy"])
+      expect((await s.cli(["apply", "-f", "-"], { input: yaml(name) })).code).toBe(0);
+    const busy = await waitFor(s, running, 60_000, "busy");
+    await waitFor(s, running, 60_000, "idle");
+    // The busy one is requested through its origin every second, as an open page would.
+    const cookie = await sessionOn(s, "busy");
+    let using = true;
+    const use = (async () => {
+      while (using) {
+        const res = await viaOrigin(busy.status!.url!, "/starts.txt", cookie);
+        expect(res.status).toBe(200);
+        await sleep(1000);
+      }
+    })();
+    try {
+      const culled = await waitFor(s, (x) => x.status?.phase === "Stopped", 60_000, "idle");
+      expect(culled.status?.stoppedReason).toBe("Idle");
+      const ready = culled.status?.conditions?.find((c) => c.type === "Ready");
+      expect(ready?.reason).toBe("Idle");
+      expect(ready?.message).toMatch(/stopped after \d+s without activity/);
+      expect((await ws(s, "busy")).status?.phase).toBe("Running");
+    } finally {
+      using = false;
+      await use;
+    }
+    const home = join(s.dataDir, "homes", "default", "idle", "starts.txt");
+    expect(readFileSync(home, "utf8").trim().split("\n")).toHaveLength(1);
+    expect((await s.cli(["start", "ws/idle"])).stdout).toBe("workspace.loom.dev/idle started\n");
+    const back = await waitFor(s, running, 60_000, "idle");
+    expect(back.status?.stoppedReason).toBeUndefined();
+    expect(readFileSync(home, "utf8").trim().split("\n")).toHaveLength(2); // the same home
+  }, 180_000);
+
   it("stop and start name workspaces only; a missing one says how to list them", async () => {
     const s = servers.at(-1)!;
     const wrongKind = await s.cli(["stop", "tj/x"]);
