@@ -264,8 +264,14 @@ export class WorkspaceReconciler implements Reconciler {
       this.deps.directory?.lastActivity?.(project, name),
     );
     if (now.getTime() - last >= timeout * 1000 && this.deps.ideActivity && status.replica?.port) {
-      const endpoint = this.deps.directory?.lookup(project, name);
-      if (endpoint) last = latest(new Date(last), await this.deps.ideActivity(ws.spec.ide, endpoint));
+      // Right after a server restart nothing is published yet: the replica's address is in the status.
+      const endpoint = this.deps.directory?.lookup(project, name) ?? {
+        ref: workspaceRef(ws),
+        host: status.replica.host ?? "127.0.0.1",
+        port: status.replica.port,
+        ports: [],
+      };
+      last = latest(new Date(last), await this.deps.ideActivity(ws.spec.ide, endpoint));
     }
     // Written when it moves by a tenth of the timeout (at most a minute): not on every request.
     const recorded = status.lastActivityTime ? new Date(status.lastActivityTime).getTime() : 0;
