@@ -1,4 +1,6 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
+import { request } from "node:http";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
@@ -17,6 +19,7 @@ interface Ws {
     phase?: string;
     url?: string;
     stoppedReason?: string;
+    ports?: { port: number; url?: string }[];
     replica?: { id: string; host?: string; port?: number; ready: boolean };
     conditions?: { type: string; reason?: string; message?: string }[];
   };
@@ -43,17 +46,17 @@ describe("Workspace (embedded)", () => {
     await first.stop();
   });
 
-  async function ws(s: LoomProcess): Promise<Ws> {
-    const r = await s.api("GET", `${PATH}/web`);
-    if (r.status !== 200) throw new Error(`get ws/web: ${r.status} ${JSON.stringify(r.body)}`);
+  async function ws(s: LoomProcess, name = "web"): Promise<Ws> {
+    const r = await s.api("GET", `${PATH}/${name}`);
+    if (r.status !== 200) throw new Error(`get ws/${name}: ${r.status} ${JSON.stringify(r.body)}`);
     return r.body as Ws;
   }
 
-  async function waitFor(s: LoomProcess, pred: (w: Ws) => boolean, ms = 60_000): Promise<Ws> {
+  async function waitFor(s: LoomProcess, pred: (w: Ws) => boolean, ms = 60_000, name = "web"): Promise<Ws> {
     const deadline = Date.now() + ms;
     let last: Ws | undefined;
     while (Date.now() < deadline) {
-      last = await ws(s).catch(() => undefined);
+      last = await ws(s, name).catch(() => undefined);
       if (last && pred(last)) return last;
       await sleep(100);
     }
@@ -75,10 +78,9 @@ describe("Workspace (embedded)", () => {
       "workspace.loom.dev/web created",
     );
     let w = await waitFor(first, running);
-    // Its own origin: a port of its own (a free one here, as the API's is: --port 0).
-    const origin = new URL(w.status!.url!);
-    expect(origin.hostname).toBe("web--default.ws.localhost");
-    expect(origin.port).not.toBe(new URL(first.url).port);
+    // Its own origin: `loom up --port 0` (as here) puts it on a free port of its own.
+    expect(w.status?.url).toMatch(/^http:\/\/web--default\.ws\.localhost:\d+\/$/);
+    expect(new URL(w.status!.url!).port).not.toBe(new URL(first.url).port);
     expect(await starts(w)).toHaveLength(1);
     // The working directory is the persistent home in the data dir, written by the workspace.
     const file = join(first.dataDir, "homes", "default", "web", "starts.txt");
@@ -123,6 +125,77 @@ describe("Workspace (embedded)", () => {
     expect((await starts(w)).length).toBeGreaterThanOrEqual(2);
   }, 180_000);
 
+  it("a second server the workspace starts appears in status.ports and answers at /proxy/P/", async () => {
+    const s = servers.at(-1)!;
+    if (!s.pid) await s.start(); // run alone (-t)
+    const extra = await freePort();
+    const yaml = `apiVersion: loom.dev/v1alpha1
+kind: Workspace
+metadata: {name: two}
+spec:
+  ide: none
+  command: [sh, -c, 'echo extra > extra.txt; python3 -m http.server ${extra} --bind 0.0.0.0 & exec python3 -m http.server $PORT --bind 127.0.0.1']
+`;
+    expect((await s.cli(["apply", "-f", "-"], { input: yaml })).code).toBe(0);
+    // Polled every second while it runs: well within the bound once both servers listen.
+    const w = await waitFor(
+      s,
+      (x) => running(x) && !!x.status?.ports?.some((p) => p.port === extra),
+      60_000,
+      "two",
+    );
+    expect(w.status!.ports).toEqual([{ port: extra, url: `${w.status!.url}proxy/${extra}/` }]);
+    // Published to the origin: a logged-in browser reaches the second server through it.
+    const cookie = await sessionOn(s, "two");
+    const res = await viaOrigin(w.status!.url!, `/proxy/${extra}/extra.txt`, cookie);
+    expect(res.status, res.body).toBe(200);
+    expect(res.body).toBe("extra\n");
+  }, 120_000);
+
+  it("idleTimeout: an idle workspace is culled (home kept, loom start brings it back); one in use is spared", async () => {
+    const s = servers.at(-1)!;
+    if (!s.pid) await s.start(); // run alone (-t)
+    const yaml = (name: string) => `apiVersion: loom.dev/v1alpha1
+kind: Workspace
+metadata: {name: ${name}}
+spec:
+  ide: none
+  idleTimeout: 3s
+  command: [sh, -c, 'date +%s%N >> starts.txt && exec python3 -m http.server $PORT --bind 127.0.0.1']
+`;
+    for (const name of ["idle", "busy"])
+      expect((await s.cli(["apply", "-f", "-"], { input: yaml(name) })).code).toBe(0);
+    const busy = await waitFor(s, running, 60_000, "busy");
+    await waitFor(s, running, 60_000, "idle");
+    // The busy one is requested through its origin every second, as an open page would.
+    const cookie = await sessionOn(s, "busy");
+    let using = true;
+    const use = (async () => {
+      while (using) {
+        const res = await viaOrigin(busy.status!.url!, "/starts.txt", cookie);
+        expect(res.status).toBe(200);
+        await sleep(1000);
+      }
+    })();
+    try {
+      const culled = await waitFor(s, (x) => x.status?.phase === "Stopped", 60_000, "idle");
+      expect(culled.status?.stoppedReason).toBe("Idle");
+      const ready = culled.status?.conditions?.find((c) => c.type === "Ready");
+      expect(ready?.reason).toBe("Idle");
+      expect(ready?.message).toMatch(/stopped after \d+s without activity/);
+      expect((await ws(s, "busy")).status?.phase).toBe("Running");
+    } finally {
+      using = false;
+      await use;
+    }
+    const home = join(s.dataDir, "homes", "default", "idle", "starts.txt");
+    expect(readFileSync(home, "utf8").trim().split("\n")).toHaveLength(1);
+    expect((await s.cli(["start", "ws/idle"])).stdout).toBe("workspace.loom.dev/idle started\n");
+    const back = await waitFor(s, running, 60_000, "idle");
+    expect(back.status?.stoppedReason).toBeUndefined();
+    expect(readFileSync(home, "utf8").trim().split("\n")).toHaveLength(2); // the same home
+  }, 180_000);
+
   it("stop and start name workspaces only; a missing one says how to list them", async () => {
     const s = servers.at(-1)!;
     const wrongKind = await s.cli(["stop", "tj/x"]);
@@ -148,3 +221,57 @@ describe("Workspace (embedded)", () => {
     expect(last?.status?.conditions?.find((c) => c.type === "Ready")?.message).toContain("Node.js 24");
   }, 60_000);
 });
+
+/** A TCP port nothing listens on now (the OS picks it). */
+function freePort(): Promise<number> {
+  return new Promise((ok, fail) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => ok(port));
+    });
+    srv.on("error", fail);
+  });
+}
+
+/** A GET on a workspace's origin (its status.url) with its Host, as a browser sends it. */
+function viaOrigin(
+  wsUrl: string,
+  path: string,
+  cookie?: string,
+): Promise<{ status: number; body: string; cookie?: string }> {
+  const { host, port } = new URL(wsUrl);
+  return new Promise((ok, fail) => {
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port,
+        path,
+        headers: { host, ...(cookie ? { cookie } : {}) },
+      },
+      (res) => {
+        let body = "";
+        res.on("data", (d: Buffer) => (body += d.toString()));
+        res.on("end", () =>
+          ok({
+            status: res.statusCode ?? 0,
+            body,
+            cookie: /(loom_ws=[^;]+)/.exec(String(res.headers["set-cookie"] ?? ""))?.[1],
+          }),
+        );
+      },
+    );
+    req.on("error", fail);
+    req.end();
+  });
+}
+
+/** A session cookie on workspace `name`'s origin, through the real log-in ticket. */
+async function sessionOn(s: LoomProcess, name: string): Promise<string> {
+  const link = await s.api("POST", `${PATH}/${name}/login`, {});
+  if (link.status !== 200) throw new Error(`login: ${link.status} ${JSON.stringify(link.body)}`);
+  const url = new URL((link.body as { url: string }).url);
+  const res = await viaOrigin(url.origin, url.pathname + url.search);
+  if (res.status !== 302 || !res.cookie) throw new Error(`ticket: ${res.status} ${res.body}`);
+  return res.cookie;
+}

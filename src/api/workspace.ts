@@ -8,6 +8,12 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 export const WORKSPACE_COMMAND_RULE =
   "set ide: none with a command (a server that listens on $PORT), or an ide without a command";
 
+/**
+ * The annotation the controller sets when it stops an idle workspace (spec.idleTimeout; the spec
+ * is the user's and stays as it was); `loom start ws/NAME` removes it. Its value: when.
+ */
+export const IDLE_STOPPED = "loom.dev/idle-stopped";
+
 export const WorkspaceSpec = z
   .strictObject({
     ide: z

@@ -190,6 +190,7 @@ async function assembleApi(
     ...(api.ensureDefaultProject === false ? { ensureDefaultProject: false } : {}),
     ...(api.audit ? { audit: api.audit } : {}),
     ...(workspaceAccess && originPort ? { workspaces: { access: workspaceAccess, originPort } } : {}),
+    ...(opts.workspaces?.directory ? { workspaceActivity: opts.workspaces.directory } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
   const controllerDeps: Pick<ControllerManagerDeps, "tracking" | "trialMetrics" | "registrar" | "serving"> = {

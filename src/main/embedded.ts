@@ -20,6 +20,7 @@ import { describeSandbox, detectSandbox, type SandboxSupport } from "../platform
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { localModelResolver } from "../server/models.js";
+import { ideActivity } from "../server/workspaces/activity.js";
 import { InMemoryWorkspaceDirectory } from "../server/workspaces/directory.js";
 import { workspaceOrigin } from "../server/workspaces/host.js";
 import { workspaceOriginServer } from "../server/workspaces/origin.js";
@@ -160,6 +161,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       directory: workspaceDirectory,
       // Its own origin, never the API's: the origin listener's port (by default the API's + 1).
       workspaceOrigin: () => (workspacePort ? `http://ws.localhost:${workspacePort}` : undefined),
+      ideActivity,
     },
     api: {
       tokens: new SqliteTokenStore(database.db),

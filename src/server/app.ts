@@ -7,6 +7,7 @@ import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
+import type { WorkspaceDirectory } from "../ports/workspaces.js";
 import { auditRequests } from "./audit.js";
 import { bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
@@ -61,6 +62,8 @@ export interface AppDeps {
   isPlatform?: (principal: TokenInfo) => boolean;
   /** Workspace log-in (issue 19): tickets for the user-content origin listening on originPort(). */
   workspaces?: { access: WorkspaceAccess; originPort(): number };
+  /** Where port-forward records a workspace's activity (idle culling). */
+  workspaceActivity?: Pick<WorkspaceDirectory, "touch">;
 }
 
 declare module "fastify" {
@@ -139,7 +142,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   resourceRoutes(app, { store: deps.store, events: deps.events, resources, listOrWatch: list, scheduling });
   logRoutes(app, { resources, runtime: deps.runtime });
-  portForwardRoutes(app, { resources, runtime: deps.runtime });
+  portForwardRoutes(app, {
+    resources,
+    runtime: deps.runtime,
+    ...(deps.workspaceActivity ? { workspaces: deps.workspaceActivity } : {}),
+  });
   acceptUpgrades(app);
   tokenRoutes(app, { tokens: deps.tokens, resources });
   if (deps.workspaces) workspaceLoginRoutes(app, { ...deps.workspaces, resources });

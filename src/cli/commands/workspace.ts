@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { WORKSPACE } from "../../api/kinds.js";
+import { IDLE_STOPPED } from "../../api/workspace.js";
 import { ApiError } from "../client.js";
 import type { CliDeps } from "../deps.js";
 import { CliError } from "../errors.js";
@@ -32,7 +33,10 @@ export function registerWorkspaceCommands(program: Command, deps: CliDeps): void
           await api.request(
             "PATCH",
             itemPath(def, project, name),
-            { spec: { stopped } },
+            // start also lifts an idle stop (the controller's mark; the spec was left as it was).
+            stopped
+              ? { spec: { stopped } }
+              : { metadata: { annotations: { [IDLE_STOPPED]: null } }, spec: { stopped } },
             "application/merge-patch+json",
           );
         } catch (err) {

@@ -17,6 +17,7 @@ import type { WorkspaceEndpoint } from "../../ports/workspaces.js";
 import { InMemoryWorkspaceDirectory } from "../../server/workspaces/directory.js";
 import { serviceOfReplica } from "../inferenceservice/names.js";
 import {
+  IDLE_STOPPED,
   WORKSPACE,
   WORKSPACE_FINALIZER,
   WorkspaceReconciler,
@@ -87,7 +88,12 @@ describe("Workspace controller", () => {
   let directory: InMemoryWorkspaceDirectory;
   let reconciler: WorkspaceReconciler;
   let preparation: Preparation;
-  const now = () => new Date("2024-05-06T07:08:09.000Z");
+  /** The injected clock: tests move it forward. */
+  let clock: Date;
+  const now = () => clock;
+  /** What the in-memory runtime says each replica (by uid) listens on. */
+  let listening: Map<string, number[]>;
+  const looked: WorkloadRef[] = [];
 
   beforeEach(async () => {
     database = await openSqlite(":memory:");
@@ -95,7 +101,18 @@ describe("Workspace controller", () => {
     revisions = new FakeRevisions();
     directory = new InMemoryWorkspaceDirectory();
     preparation = { ready: true };
-    const runtime = { serving: revisions, prepare: () => preparation } as unknown as Runtime;
+    clock = new Date("2024-05-06T07:08:09.000Z");
+    listening = new Map();
+    looked.length = 0;
+    const runtime = {
+      serving: revisions,
+      prepare: () => preparation,
+      listeningPorts: async (ref: WorkloadRef, worker?: number) => {
+        looked.push(ref);
+        expect(worker).toBe(0);
+        return listening.get(ref.uid) ?? [];
+      },
+    } as unknown as Runtime;
     reconciler = new WorkspaceReconciler({
       store,
       runtime,
@@ -170,6 +187,123 @@ describe("Workspace controller", () => {
       port: 40000,
       ports: [],
     });
+  });
+
+  it("a running workspace's other listening ports become status.ports and /proxy/P/ targets, polled every second", async () => {
+    await create({ ide: "none", command: ["python3", "-m", "http.server", "$PORT"] });
+    await reconcile();
+    revisions.ready();
+    const rid = [...revisions.revisions.values()][0]!.replicas[0]!.id;
+    // The IDE's own port (40000) is not a forwarded port; duplicates (IPv4 and IPv6) count once.
+    listening.set(rid, [40000, 9000, 5000, 9000]);
+    const result = await reconcile();
+    expect(result.requeueAfterMs).toBe(1000);
+    expect(looked.at(-1)).toMatchObject({ name: rid, uid: rid, project: PROJECT });
+    let ws = await get();
+    expect(ws.status?.ports).toEqual([
+      { port: 5000, url: "http://nb--p.ws.localhost:7471/proxy/5000/" },
+      { port: 9000, url: "http://nb--p.ws.localhost:7471/proxy/9000/" },
+    ]);
+    expect(directory.lookup(PROJECT, "nb")?.ports).toEqual([5000, 9000]);
+    // A port closes: it leaves the status and the directory at the next poll.
+    listening.set(rid, [40000, 9000]);
+    await reconcile();
+    ws = await get();
+    expect(ws.status?.ports).toEqual([{ port: 9000, url: "http://nb--p.ws.localhost:7471/proxy/9000/" }]);
+    expect(directory.lookup(PROJECT, "nb")?.ports).toEqual([9000]);
+    // Idempotent: nothing changed, nothing written.
+    const version = ws.metadata.resourceVersion;
+    await reconcile();
+    expect((await get()).metadata.resourceVersion).toBe(version);
+    // Stopped: no ports.
+    await patch({ stopped: true });
+    await reconcile();
+    expect((await get()).status?.ports).toBeUndefined();
+    expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
+  });
+
+  it("idleTimeout: culled after that long without activity (spec kept, Stopped/Idle); activity spares it; loom start brings it back", async () => {
+    const reconciler2 = (ideActivity?: () => Promise<Date | undefined>) =>
+      new WorkspaceReconciler({
+        store,
+        runtime: { serving: revisions, listeningPorts: async () => [] } as unknown as Runtime,
+        events: new SqliteEventRecorder(database.db, now),
+        log: pino({ level: "silent" }),
+        now,
+        directory,
+        workspaceOrigin: () => "http://ws.localhost:7471",
+        ...(ideActivity ? { ideActivity } : {}),
+      });
+    let ide: Date | undefined;
+    const r = reconciler2(async () => ide);
+    const run = () => r.reconcile(`${PROJECT}/nb`);
+    const tick = (s: number) => {
+      clock = new Date(clock.getTime() + s * 1000);
+    };
+    await create({ idleTimeout: "30s" });
+    await run();
+    revisions.ready();
+    await run();
+    expect((await get()).status?.phase).toBe("Running"); // the idle clock starts here
+    tick(20);
+    directory.touch(PROJECT, "nb", clock); // a request through the origin (or port-forward)
+    tick(25);
+    await run();
+    expect((await get()).status?.phase).toBe("Running"); // 25 s since the request
+    // The proxy saw nothing for 31 s, but Jupyter's own record (a busy kernel) is recent: spared.
+    tick(6);
+    ide = new Date(clock.getTime() - 5000);
+    await run();
+    let ws = await get();
+    expect(ws.status?.phase).toBe("Running");
+    expect(ws.status?.lastActivityTime).toBe(ide.toISOString());
+    // Nothing at all for 30 s: culled. The spec is the user's and stays; the mark is an annotation.
+    tick(25);
+    await run();
+    ws = await get();
+    expect(ws.spec.stopped).toBe(false);
+    expect(ws.metadata.annotations?.[IDLE_STOPPED]).toBe(clock.toISOString());
+    expect(revisions.applied.at(-1)!.replicas).toBe(0);
+    revisions.settle();
+    await run();
+    ws = await get();
+    expect(ws.status?.phase).toBe("Stopped");
+    expect(ws.status?.stoppedReason).toBe("Idle");
+    const ready = getCondition(ws.status?.conditions, "Ready");
+    expect(ready?.reason).toBe("Idle");
+    expect(ready?.message).toContain("stopped after 30s without activity");
+    expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
+    // Stays stopped however long it waits.
+    tick(3600);
+    await run();
+    expect((await get()).status?.phase).toBe("Stopped");
+    // loom start: spec.stopped false and the mark removed (one merge patch) → it runs again.
+    const culled = await get();
+    await store.update({
+      ...culled,
+      metadata: { ...culled.metadata, annotations: {} },
+    });
+    await run();
+    revisions.ready();
+    await run();
+    ws = await get();
+    expect(ws.status?.phase).toBe("Running");
+    expect(ws.status?.stoppedReason).toBeUndefined();
+    // A fresh start: the idle clock starts again (old activity does not cull it at once).
+    tick(10);
+    await run();
+    expect((await get()).status?.phase).toBe("Running");
+  });
+
+  it("no idleTimeout: never culled", async () => {
+    await create({});
+    await reconcile();
+    revisions.ready();
+    await reconcile();
+    clock = new Date(clock.getTime() + 86_400_000);
+    await reconcile();
+    expect((await get()).status?.phase).toBe("Running");
+    expect((await get()).metadata.annotations?.[IDLE_STOPPED]).toBeUndefined();
   });
 
   it("preemptible: true is passed on to the scheduler's view of the replica", async () => {

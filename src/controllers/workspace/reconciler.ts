@@ -5,14 +5,15 @@ import { NotFoundError } from "../../api/errors.js";
 import { WORKSPACE } from "../../api/kinds.js";
 import { type Condition, setCondition } from "../../api/meta.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import type { Workspace, WorkspaceStatus } from "../../api/workspace.js";
+import { parseDurationSeconds } from "../../api/trainingjob.js";
+import { IDLE_STOPPED, type Workspace, type WorkspaceStatus } from "../../api/workspace.js";
 import type { ReplicaObservation, RevisionRuntime, Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
-import type { WorkspaceDirectory } from "../../ports/workspaces.js";
+import type { IdeActivity, WorkspaceDirectory } from "../../ports/workspaces.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { WORKSPACE_PORT, type WorkspaceProgram, workspaceProgram } from "./command.js";
 
-export { WORKSPACE };
+export { IDLE_STOPPED, WORKSPACE };
 export const WORKSPACE_FINALIZER = "loom.dev/workspace";
 
 export interface WorkspaceDeps {
@@ -28,6 +29,8 @@ export interface WorkspaceDeps {
    * http://NAME--PROJECT.ws.localhost:7471/. Undefined: no status.url.
    */
   workspaceOrigin?: () => string | undefined;
+  /** The IDE's own last activity (Jupyter's /api/status), asked only when the proxy saw none for long. */
+  ideActivity?: IdeActivity;
 }
 
 /** The revision a workspace's spec runs as: NAME-ws + a hash of what the replica runs. */
@@ -103,6 +106,7 @@ export class WorkspaceReconciler implements Reconciler {
       // A changed spec: the old revision's replica stops (its home stays) and the new one starts.
       if (status.revision && status.revision !== revision) await this.retire(ws, status.revision);
       status.revision = revision;
+      ws = await this.cullIfIdle(ws, status, now);
       requeueAfterMs = await this.converge(ws, program, revision, status, now);
     }
     status.observedGeneration = ws.metadata.generation;
@@ -122,7 +126,8 @@ export class WorkspaceReconciler implements Reconciler {
     const { project, name } = ws.metadata as { project: string; name: string };
     const serving = this.serving();
     const ref = workspaceRef(ws);
-    const stopped = ws.spec.stopped;
+    const culled = ws.metadata.annotations?.[IDLE_STOPPED];
+    const stopped = ws.spec.stopped || culled !== undefined;
     const held = await this.held(ref, revision, true);
     // Stopped and already gone: applying zero again would only make an empty record.
     if (!stopped || held)
@@ -146,12 +151,15 @@ export class WorkspaceReconciler implements Reconciler {
       else {
         if (status.phase !== "Stopped")
           await this.event(ws, "Normal", "Stopped", "stopped; the home is kept");
+        const idle = culled !== undefined && !ws.spec.stopped;
         set("Stopped", {
           status: "False",
-          reason: "Stopped",
-          message: "stopped (loom start ws/NAME runs it again); the home is kept",
+          reason: idle ? "Idle" : "Stopped",
+          message: idle
+            ? `stopped after ${idleFor(status, culled)} without activity (loom start ws/NAME runs it again); the home is kept`
+            : "stopped (loom start ws/NAME runs it again); the home is kept",
         });
-        status.stoppedReason ??= "User";
+        status.stoppedReason ??= idle ? "Idle" : "User";
       }
     } else if (replica) {
       status.stoppedReason = undefined;
@@ -198,15 +206,92 @@ export class WorkspaceReconciler implements Reconciler {
           message: "waiting for the scheduler to place the workspace (loom describe ws shows events)",
         });
     }
-    const running = status.phase === "Running" && status.replica;
+    const running = status.phase === "Running" && status.replica && replica;
+    const ports = running ? await this.otherPorts(ref, replica, status.ports) : [];
+    status.ports = running ? ports.map((port) => portEntry(status.url, port)) : undefined;
     this.deps.directory?.publish(
       project,
       name,
       running
-        ? { ref, host: status.replica!.host ?? "127.0.0.1", port: status.replica!.port!, ports: [] }
+        ? { ref, host: status.replica!.host ?? "127.0.0.1", port: status.replica!.port!, ports }
         : undefined,
     );
+    // Running: look for new ports (and idleness) every second; a status write only when they change.
+    if (running && this.deps.runtime.listeningPorts) return 1000;
     return status.phase === "Running" || status.phase === "Stopped" ? 5000 : 250;
+  }
+
+  /**
+   * The TCP ports the replica listens on besides the IDE's own, sorted: what /proxy/P/ may reach.
+   * The runtime finds a replica's processes by its uid (embedded: the replica's own workload).
+   * A failed look keeps what was seen last rather than closing the ports on a passing error.
+   */
+  private async otherPorts(
+    ref: WorkloadRef,
+    replica: ReplicaObservation,
+    last: WorkspaceStatus["ports"],
+  ): Promise<number[]> {
+    const { runtime } = this.deps;
+    if (!runtime.listeningPorts) return [];
+    const at: WorkloadRef = { ...ref, name: replica.id, uid: replica.uid ?? replica.id };
+    try {
+      const all = await runtime.listeningPorts(at, 0);
+      return [...new Set(all)].filter((p) => p !== replica.port).sort((a, b) => a - b);
+    } catch (err) {
+      this.deps.log.debug({ err, replica: replica.id }, "listening ports not readable");
+      return (last ?? []).map((p) => p.port);
+    }
+  }
+
+  /**
+   * spec.idleTimeout: a Running workspace with no activity for that long is stopped by marking it
+   * (IDLE_STOPPED; the spec stays the user's). Activity: the origin proxy's and port-forward's
+   * (the directory), the IDE's own record (asked only once those say idle), and the start itself.
+   * status.lastActivityTime keeps the latest seen, so a server restart does not reset the clock.
+   */
+  private async cullIfIdle(ws: Workspace, status: WorkspaceStatus, now: Date): Promise<Workspace> {
+    const timeout = ws.spec.idleTimeout === undefined ? undefined : parseDurationSeconds(ws.spec.idleTimeout);
+    const { project, name } = ws.metadata as { project: string; name: string };
+    if (!timeout || ws.spec.stopped || ws.metadata.annotations?.[IDLE_STOPPED] || status.phase !== "Running")
+      return ws;
+    const latest = (...ds: (Date | string | undefined)[]) =>
+      Math.max(
+        ...ds.map((d) => (d === undefined ? 0 : new Date(d).getTime())).filter((t) => !Number.isNaN(t)),
+      );
+    let last = latest(
+      status.startTime,
+      status.lastActivityTime,
+      this.deps.directory?.lastActivity?.(project, name),
+    );
+    if (now.getTime() - last >= timeout * 1000 && this.deps.ideActivity && status.replica?.port) {
+      // Right after a server restart nothing is published yet: the replica's address is in the status.
+      const endpoint = this.deps.directory?.lookup(project, name) ?? {
+        ref: workspaceRef(ws),
+        host: status.replica.host ?? "127.0.0.1",
+        port: status.replica.port,
+        ports: [],
+      };
+      last = latest(new Date(last), await this.deps.ideActivity(ws.spec.ide, endpoint));
+    }
+    // Written when it moves by a tenth of the timeout (at most a minute): not on every request.
+    const recorded = status.lastActivityTime ? new Date(status.lastActivityTime).getTime() : 0;
+    if (last > 0 && last - recorded >= Math.min(timeout * 100, 60_000))
+      status.lastActivityTime = new Date(last).toISOString();
+    if (now.getTime() - last < timeout * 1000) return ws;
+    status.lastActivityTime = new Date(last).toISOString();
+    await this.event(
+      ws,
+      "Normal",
+      "Idle",
+      `no activity since ${status.lastActivityTime} (idleTimeout ${ws.spec.idleTimeout}): stopping; the home is kept`,
+    );
+    return (await this.deps.store.update({
+      ...ws,
+      metadata: {
+        ...ws.metadata,
+        annotations: { ...ws.metadata.annotations, [IDLE_STOPPED]: now.toISOString() },
+      },
+    })) as Workspace;
   }
 
   /** Why the replica waits for its Python environment (embedded builds it once), if it does. */
@@ -307,6 +392,18 @@ export class WorkspaceReconciler implements Reconciler {
   private async event(ws: Workspace, type: "Normal" | "Warning", reason: string, message: string) {
     await this.deps.events.record(workspaceRef(ws), type, reason, message);
   }
+}
+
+/** How long the workspace had been idle when it was culled, e.g. "3s" or "30m0s". */
+function idleFor(status: WorkspaceStatus, culledAt: string): string {
+  const since = status.lastActivityTime ?? status.startTime;
+  const s = since ? Math.max(0, Math.round((Date.parse(culledAt) - Date.parse(since)) / 1000)) : 0;
+  return s >= 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s}s`;
+}
+
+/** status.ports' entry for port P: reachable at /proxy/P/ on the workspace's own origin. */
+function portEntry(url: string | undefined, port: number): { port: number; url?: string } {
+  return url ? { port, url: `${url}proxy/${port}/` } : { port };
 }
 
 /** The Workspace as the owner of what the platform makes for it. */

@@ -2,7 +2,9 @@ import { type IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import { BadRequestError, LoomError, NotFoundError } from "../../api/errors.js";
+import { WORKSPACE } from "../../api/kinds.js";
 import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
+import type { WorkspaceDirectory } from "../../ports/workspaces.js";
 import type { ResourceService } from "../resources.js";
 import { route, rule } from "../routetable.js";
 import { BASE, type Params, type Query } from "./params.js";
@@ -27,6 +29,8 @@ const upgrades = new WeakMap<IncomingMessage, { socket: Duplex; head: Buffer }>(
 export interface PortForwardDeps {
   resources: ResourceService;
   runtime: Pick<Runtime, "list" | "observe" | "listeningPorts" | "connectPort">;
+  /** Workspaces' activity record (idle culling): forwarded traffic counts as use. */
+  workspaces?: Pick<WorkspaceDirectory, "touch">;
 }
 
 /** A workload's worker the runtime can reach: a gang's worker, or a service's replica (worker 0). */
@@ -46,9 +50,15 @@ export async function targetsOf(
 ): Promise<Target[]> {
   const escaped = obj.name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   const replica = new RegExp(`^${escaped}-\\d+-r\\d+$`);
+  // A workspace's one replica runs through the serving path: NAME-wsHASH-rK, of the platform's kind.
+  const wsReplica = new RegExp(`^${escaped}-ws[0-9a-f]{6}-r\\d+$`);
   const refs = (await runtime.list())
-    .filter((r) => r.kind === obj.kind && r.project === obj.project)
-    .filter((r) => r.uid === obj.uid || replica.test(r.name))
+    .filter((r) => r.project === obj.project)
+    .filter(
+      (r) =>
+        (r.kind === obj.kind && (r.uid === obj.uid || replica.test(r.name))) ||
+        (obj.kind === WORKSPACE && wsReplica.test(r.name)),
+    )
     .sort((a, b) => a.name.localeCompare(b.name, "en", { numeric: true }));
   const out: Target[] = [];
   for (const ref of refs) {
@@ -116,6 +126,19 @@ export function portForwardRoutes(app: FastifyInstance, deps: PortForwardDeps): 
       }
       reply.hijack();
       splice(upgrade.socket, upgrade.head, upstream);
+      if (def.kind === WORKSPACE && deps.workspaces?.touch) {
+        const touch = deps.workspaces.touch.bind(deps.workspaces, project, req.params.name!);
+        touch(new Date());
+        // Each chunk either way is activity; at most one touch a second.
+        let lastTouch = Date.now();
+        const seen = () => {
+          if (Date.now() - lastTouch < 1000) return;
+          lastTouch = Date.now();
+          touch(new Date());
+        };
+        upgrade.socket.on("data", seen);
+        upstream.on("data", seen);
+      }
     },
   });
 }
