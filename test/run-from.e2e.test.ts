@@ -63,12 +63,27 @@ describe("loom run --from ws/NAME (embedded)", () => {
   });
 
   it("runs the home's snapshot as a 2-worker gang, with the workspace's env; later edits do not reach it", async () => {
-    const r = await loom.cli(["run", "--from", "ws/nb", "--workers", "2", "--name", "r1", "--", "python3", "train.py"]);
+    const r = await loom.cli([
+      "run",
+      "--from",
+      "ws/nb",
+      "--workers",
+      "2",
+      "--name",
+      "r1",
+      "--",
+      "python3",
+      "train.py",
+    ]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain("trainingjob.loom.dev/r1 created");
     // The notebook goes on editing: the submitted job keeps what it was given.
     writeFileSync(join(home, "config.txt"), "lr=999\n");
-    const job = await loom.waitFor("r1", (j) => j.status?.phase === "Succeeded" || j.status?.phase === "Failed", 120_000);
+    const job = await loom.waitFor(
+      "r1",
+      (j) => j.status?.phase === "Succeeded" || j.status?.phase === "Failed",
+      120_000,
+    );
     expect(job.status?.phase, JSON.stringify(job.status)).toBe("Succeeded");
     expect(job.spec.fromWorkspace).toBe("nb");
     for (const worker of [0, 1]) {
@@ -97,9 +112,11 @@ describe("loom run --from ws/NAME (embedded)", () => {
     expect(other.code).not.toBe(0);
     expect(other.stderr).toContain("a job runs from a workspace of its own project");
     // No job was left behind by a refusal.
-    expect((await loom.api("GET", "/apis/loom.dev/v1alpha1/projects/other/trainingjobs")).body).toMatchObject({
-      items: [],
-    });
+    expect((await loom.api("GET", "/apis/loom.dev/v1alpha1/projects/other/trainingjobs")).body).toMatchObject(
+      {
+        items: [],
+      },
+    );
 
     const minted = await loom.cli(["token", "create", "watcher", "--role", "viewer", "-p", "default"]);
     expect(minted.code, minted.stderr).toBe(0);

@@ -26,7 +26,10 @@ export function runsFromWorkspace(object: Resource): object is TrainingJob {
 }
 
 /** Resolves spec.fromWorkspace against the store; snapshots undefined: the platform has none. */
-export function fromWorkspace(store: ResourceStore, snapshots: WorkspaceSnapshots | undefined): FromWorkspace {
+export function fromWorkspace(
+  store: ResourceStore,
+  snapshots: WorkspaceSnapshots | undefined,
+): FromWorkspace {
   return {
     ...(snapshots ? { snapshots } : {}),
     async resolve(job, dryRun) {

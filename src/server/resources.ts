@@ -68,7 +68,9 @@ export class ResourceService {
     if (runsFromWorkspace(object)) {
       if (!this.workspaces) throw new BadRequestError("spec.fromWorkspace is not supported here");
       if (!dryRun && (await this.exists(def, object.metadata.project!, object.metadata.name))) {
-        throw new AlreadyExistsError(`${def.kind} "${object.metadata.project}/${object.metadata.name}" already exists`);
+        throw new AlreadyExistsError(
+          `${def.kind} "${object.metadata.project}/${object.metadata.name}" already exists`,
+        );
       }
       ({ job: object, handle } = await this.workspaces.resolve(object, dryRun));
     }

@@ -24,13 +24,19 @@ export function registerRun(program: Command, deps: CliDeps): void {
   program
     .command("run")
     .description("run a command as a TrainingJob from a workspace's code and environment (--from ws/NAME)")
-    .requiredOption("--from <workspace>", "ws/NAME: the workspace whose home (a snapshot) and environment to use")
+    .requiredOption(
+      "--from <workspace>",
+      "ws/NAME: the workspace whose home (a snapshot) and environment to use",
+    )
     .option("-w, --workers <n>", "workers started together as a gang", "1")
     .option("--name <job>", "the job's name (default: the workspace's name and a random suffix)")
     .option("--framework <framework>", "how workers find each other: pytorch (default), none, …", "pytorch")
     .option("--gpu <n>", "GPUs per worker (a fraction below 1 shares one)")
     .option("-p, --project <project>", "project of the workspace (and of the job)")
-    .argument("<command...>", "the program and its arguments, after --: loom run --from ws/NAME -- python train.py")
+    .argument(
+      "<command...>",
+      "the program and its arguments, after --: loom run --from ws/NAME -- python train.py",
+    )
     .action(async (command: string[], opts: RunOptions) => {
       const [kind, ...rest] = opts.from!.split("/");
       if (rest.length !== 1 || kindOf(kind!).kind !== WORKSPACE) {

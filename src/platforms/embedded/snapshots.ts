@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { closeSync, constants, openSync } from "node:fs";
 import { chown, lstat, mkdir, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { BadRequestError } from "../../api/errors.js";
@@ -29,7 +30,10 @@ async function list(home: string, maxBytes: number): Promise<Listing> {
   const out: Listing = { paths: [], bytes: 0 };
   const walk = async (rel: string): Promise<void> => {
     const entries = await readdir(join(home, rel), { withFileTypes: true });
-    if (rel !== "." && entries.some((e) => e.name === "pyvenv.cfg")) return; // a venv
+    if (rel !== "." && entries.some((e) => e.name === "pyvenv.cfg")) {
+      out.paths.pop(); // a venv: the dir itself was the last path listed, just before this walk
+      return;
+    }
     for (const e of entries) {
       const path = rel === "." ? e.name : `${rel}/${e.name}`;
       if (e.isDirectory()) {
@@ -117,24 +121,45 @@ function checked(handle: string): string {
 }
 
 /** tar to tar, the listed entries only (NUL-separated on stdin), as `owner` when given. */
-function copy(from: string, to: string, paths: string[], owner?: { uid: number; gid: number }): Promise<void> {
+function copy(
+  from: string,
+  to: string,
+  paths: string[],
+  owner?: { uid: number; gid: number },
+): Promise<void> {
+  const flags = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+  const dirs = [openSync(from, flags)];
+  try {
+    dirs.push(openSync(to, flags));
+  } catch (err) {
+    closeSync(dirs[0]!);
+    throw err;
+  }
   return new Promise((resolve, reject) => {
     const child = spawn(
-      "/bin/sh",
+      "/bin/bash",
       [
         "-c",
-        'set -o pipefail 2>/dev/null; tar --no-recursion --null -T - -C "$1" -cf - | tar -C "$2" -xf -',
-        "snapshot",
-        from,
-        to,
+        // pipefail: a file the reading tar cannot read fails the copy, not only the writing one.
+        "set -o pipefail; tar -C /proc/self/fd/3 --no-recursion --null -T - -cf - | tar -C /proc/self/fd/4 -xf -",
       ],
-      { stdio: ["pipe", "ignore", "pipe"], ...(owner ? { uid: owner.uid, gid: owner.gid } : {}) },
+      {
+        cwd: "/",
+        // Both dirs as descriptors opened here: the project's uid may not pass through the data
+        // dir (0700, Loom's) to reach them, and O_NOFOLLOW keeps the home from being a link.
+        stdio: ["pipe", "ignore", "pipe", dirs[0], dirs[1]],
+        ...(owner ? { uid: owner.uid, gid: owner.gid } : {}),
+      },
     );
+    child.on("spawn", () => dirs.forEach((fd) => closeSync(fd)));
     let stderr = "";
-    child.stderr.on("data", (d: Buffer) => {
+    child.stderr!.on("data", (d: Buffer) => {
       if (stderr.length < 4096) stderr += d.toString();
     });
-    child.on("error", reject);
+    child.on("error", (err) => {
+      dirs.forEach((fd) => closeSync(fd));
+      reject(err);
+    });
     child.on("close", (code) =>
       code === 0
         ? resolve()
@@ -144,7 +169,7 @@ function copy(from: string, to: string, paths: string[], owner?: { uid: number; 
             ),
           ),
     );
-    child.stdin.on("error", () => undefined); // tar failing early closes its stdin: the exit says why
-    child.stdin.end(paths.map((p) => `${p}\0`).join(""));
+    child.stdin!.on("error", () => undefined); // tar failing early closes its stdin: the exit says why
+    child.stdin!.end(paths.map((p) => `${p}\0`).join(""));
   });
 }
