@@ -151,13 +151,19 @@ function copy(
         ...(owner ? { uid: owner.uid, gid: owner.gid } : {}),
       },
     );
-    child.on("spawn", () => dirs.forEach((fd) => closeSync(fd)));
+    // The child holds its own copies once spawned; ours go then (or on a failed spawn), once.
+    let held = true;
+    const release = () => {
+      if (held) for (const fd of dirs) closeSync(fd);
+      held = false;
+    };
+    child.on("spawn", release);
     let stderr = "";
     child.stderr!.on("data", (d: Buffer) => {
       if (stderr.length < 4096) stderr += d.toString();
     });
     child.on("error", (err) => {
-      dirs.forEach((fd) => closeSync(fd));
+      release();
       reject(err);
     });
     child.on("close", (code) =>
