@@ -92,6 +92,14 @@ describe("loom run --from ws/NAME (embedded)", () => {
         `value=lr=0.125 rank=${worker} world=2 greeting=hello-from-ws readonly=yes cache=False`,
       );
     }
+    // Resolved once: an update may not point the job at another workspace (or none).
+    const moved = await fetch(`${loom.url}/apis/loom.dev/v1alpha1/projects/default/trainingjobs/r1`, {
+      method: "PATCH",
+      headers: { authorization: `Bearer ${loom.token}`, "content-type": "application/merge-patch+json" },
+      body: JSON.stringify({ spec: { fromWorkspace: "other" } }),
+    });
+    expect(moved.status).toBe(400);
+    expect(await moved.text()).toContain("cannot change");
     const snap = join(loom.dataDir, "snapshots", "default", job.metadata.uid);
     expect(readFileSync(join(snap, "config.txt"), "utf8")).toBe("lr=0.125\n");
     expect(lstatSync(join(snap, "leak")).isSymbolicLink()).toBe(true);

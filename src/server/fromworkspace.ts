@@ -70,3 +70,18 @@ export function fromWorkspace(
     },
   };
 }
+
+/**
+ * spec.fromWorkspace is resolved once, at create (the snapshot is named by the job's uid): an
+ * update may not add, remove or change it, or workers would start from a snapshot never taken.
+ */
+export function sameWorkspace(current: Resource, next: Resource): void {
+  if (current.kind !== TRAININGJOB) return;
+  const was = (current as TrainingJob).spec?.fromWorkspace;
+  const now = (next as TrainingJob).spec?.fromWorkspace;
+  if (was !== now) {
+    throw new BadRequestError(
+      `spec.fromWorkspace is set when the job is created and cannot change (${was ?? "unset"} → ${now ?? "unset"}): create a new job (loom run --from ws/NAME)`,
+    );
+  }
+}

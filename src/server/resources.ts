@@ -16,7 +16,7 @@ import {
 import { API_VERSION, type Resource } from "../api/meta.js";
 import { DEFAULT_PROJECT } from "../api/project.js";
 import type { ListOptions, ResourceStore } from "../ports/store.js";
-import { type FromWorkspace, runsFromWorkspace } from "./fromworkspace.js";
+import { type FromWorkspace, runsFromWorkspace, sameWorkspace } from "./fromworkspace.js";
 
 /**
  * What the API does with resources beyond storing them: validation and defaults, scope and
@@ -118,6 +118,7 @@ export class ResourceService {
       );
     }
     const current = await this.store.get(def.kind, scope(def, project), name);
+    sameWorkspace(current, object);
     const rv = (body as { metadata?: { resourceVersion?: string } }).metadata?.resourceVersion;
     const next: Resource = {
       ...object,
