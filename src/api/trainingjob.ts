@@ -199,6 +199,13 @@ export const TrainingJobSpec = z
       .describe(
         "Working directory of every worker. Embedded default: the job's own directory under the data dir.",
       ),
+    fromWorkspace: z
+      .string()
+      .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must name a Workspace of the job's project")
+      .optional()
+      .describe(
+        "Run from a Workspace of the same project: its python/image and env (the job's own come first), and a read-only snapshot of its home taken when the job is created, as the working directory (`loom run --from ws/NAME`).",
+      ),
     resources: Resources.default({}),
     priority: z
       .number()

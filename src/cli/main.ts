@@ -15,6 +15,7 @@ import { registerLogs } from "./commands/logs.js";
 import { registerOpen } from "./commands/open.js";
 import { registerOperator } from "./commands/operator.js";
 import { registerPortForward } from "./commands/portforward.js";
+import { registerRun } from "./commands/run.js";
 import { registerSsh } from "./commands/ssh.js";
 import { registerTop } from "./commands/top.js";
 import { registerUp } from "./commands/up.js";
@@ -98,6 +99,7 @@ export function buildProgram(options: ProgramOptions = {}): Command {
   registerLogs(program, deps);
   registerOpen(program, deps);
   registerPortForward(program, deps);
+  registerRun(program, deps);
   registerSsh(program, deps);
   registerDelete(program, deps);
   registerWorkspaceCommands(program, deps);

@@ -13,6 +13,7 @@ import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenStore } from "../ports/store.js";
+import type { WorkspaceSnapshots } from "../ports/workspaces.js";
 import { buildApp } from "../server/app.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
@@ -65,6 +66,8 @@ export interface ApiOptions {
   builtinCommand: string[];
   /** Finalizers new objects get, by kind (see AppDeps). */
   createFinalizers?: Record<string, string[]>;
+  /** Snapshots of workspace homes for spec.fromWorkspace (see AppDeps). */
+  workspaceSnapshots?: WorkspaceSnapshots;
   /** Create the default project at start (false where the root did it already). */
   ensureDefaultProject?: boolean;
   /** The audit log (closed with the API). */
@@ -187,6 +190,7 @@ async function assembleApi(
     serving: { gateway: serving.gateway, directory: serving.directory },
     schedulingSnapshot,
     ...(api.createFinalizers ? { createFinalizers: api.createFinalizers } : {}),
+    ...(api.workspaceSnapshots ? { workspaceSnapshots: api.workspaceSnapshots } : {}),
     ...(api.ensureDefaultProject === false ? { ensureDefaultProject: false } : {}),
     ...(api.audit ? { audit: api.audit } : {}),
     ...(workspaceAccess && originPort ? { workspaces: { access: workspaceAccess, originPort } } : {}),

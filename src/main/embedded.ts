@@ -17,8 +17,10 @@ import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
 import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
 import { describeSandbox, detectSandbox, type SandboxSupport } from "../platforms/embedded/sandbox.js";
+import { HomeSnapshots } from "../platforms/embedded/snapshots.js";
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
+import { WorkloadFiles } from "../platforms/embedded/workloadfiles.js";
 import { localModelResolver } from "../server/models.js";
 import { ideActivity } from "../server/workspaces/activity.js";
 import { InMemoryWorkspaceDirectory } from "../server/workspaces/directory.js";
@@ -179,6 +181,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       }),
       // The trainingjob loop would add it on first sight; giving it at create saves that write.
       ...(controllers ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
+      // `loom run --from ws/NAME`: the home copied when the job is created (snapshots.ts).
+      workspaceSnapshots: new HomeSnapshots(new WorkloadFiles(opts.dataDir)),
     },
   });
   const admin = plane.admin!;

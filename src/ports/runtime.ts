@@ -81,6 +81,11 @@ export interface GangSpec {
   python?: PythonEnvironmentSpec;
   /** Embedded: the persistent home the workers run in (writable, their cwd and HOME). */
   home?: PersistentHome;
+  /**
+   * Embedded: the workers' working dir is the snapshot of a workspace's home taken when the job
+   * was created (spec.fromWorkspace), lent read-only; the runtime knows where it is by the ref.
+   */
+  snapshot?: boolean;
 }
 
 /** A worker's network identity for one attempt: a host peers can reach and ports it may use. */

@@ -30,3 +30,20 @@ export interface WorkspaceDirectory {
  * none or cannot be asked. A port so the controller makes no network calls of its own.
  */
 export type IdeActivity = (ide: string, endpoint: WorkspaceEndpoint) => Promise<Date | undefined>;
+
+/**
+ * Snapshots of a workspace's home for `loom run --from ws/NAME` (spec.fromWorkspace): taken when
+ * the job is created, so later edits in the notebook do not change what the job runs. Embedded:
+ * `<data>/snapshots/PROJECT/JOB-UID`, lent read-only to the job's workers as their working dir.
+ */
+export interface WorkspaceSnapshots {
+  /**
+   * Copies the home of workspace `name` of `project` to a staging dir (refused, with what to
+   * do, when it is too big); returns a handle for `commit` or `discard`.
+   */
+  take(project: string, name: string): Promise<string>;
+  /** Makes the staged copy the snapshot of the job `uid`. */
+  commit(handle: string, project: string, uid: string): Promise<void>;
+  /** Throws the staged copy away (the job was not created). */
+  discard(handle: string): Promise<void>;
+}

@@ -7,10 +7,11 @@ import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
-import type { WorkspaceDirectory } from "../ports/workspaces.js";
+import type { WorkspaceDirectory, WorkspaceSnapshots } from "../ports/workspaces.js";
 import { auditRequests } from "./audit.js";
 import { bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
+import { fromWorkspace } from "./fromworkspace.js";
 import { installGuard, rewriteUrl } from "./guard.js";
 import { installJsonParsers } from "./jsonbody.js";
 import { ModelView } from "./models.js";
@@ -42,6 +43,8 @@ export interface AppDeps {
   version: string;
   /** Finalizers new objects get, by kind (embedded with controllers: TrainingJob's runtime finalizer). */
   createFinalizers?: Record<string, string[]>;
+  /** Snapshots of workspace homes for spec.fromWorkspace; absent: such jobs are refused. */
+  workspaceSnapshots?: WorkspaceSnapshots;
   /** Create the default project if it is missing (embedded); the operator owns that on Kubernetes. */
   ensureDefaultProject?: boolean;
   /** The inference gateway (OpenAI routes on this port). */
@@ -95,7 +98,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     rewriteUrl,
     ...(fastLane ? { serverFactory: serverWith(fastLane) } : {}),
   });
-  const resources = new ResourceService(deps.store, deps.createFinalizers);
+  const resources = new ResourceService(
+    deps.store,
+    deps.createFinalizers,
+    fromWorkspace(deps.store, deps.workspaceSnapshots),
+  );
   installErrorHandler(app);
   installJsonParsers(app); // depth-limited JSON and merge-patch bodies (jsonbody.ts)
   countRequests(app, deps.metrics);

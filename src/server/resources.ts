@@ -16,6 +16,7 @@ import {
 import { API_VERSION, type Resource } from "../api/meta.js";
 import { DEFAULT_PROJECT } from "../api/project.js";
 import type { ListOptions, ResourceStore } from "../ports/store.js";
+import { type FromWorkspace, runsFromWorkspace, sameWorkspace } from "./fromworkspace.js";
 
 /**
  * What the API does with resources beyond storing them: validation and defaults, scope and
@@ -29,6 +30,8 @@ export class ResourceService {
      * sight (one write less per TrainingJob). Only where those controllers run.
      */
     private readonly createFinalizers: Record<string, string[]> = {},
+    /** spec.fromWorkspace of a TrainingJob, resolved at create (fromworkspace.ts). */
+    private readonly workspaces?: FromWorkspace,
   ) {}
 
   kind(plural: string): KindDef {
@@ -59,8 +62,18 @@ export class ResourceService {
   }
 
   async create(def: KindDef, project: string | undefined, body: unknown, dryRun: boolean): Promise<Resource> {
-    const { object } = this.validateFor(def, project, body);
+    let { object } = this.validateFor(def, project, body);
     if (def.namespaced) await this.requireProject(object.metadata.project!, true);
+    let handle: string | undefined;
+    if (runsFromWorkspace(object)) {
+      if (!this.workspaces) throw new BadRequestError("spec.fromWorkspace is not supported here");
+      if (!dryRun && (await this.exists(def, object.metadata.project!, object.metadata.name))) {
+        throw new AlreadyExistsError(
+          `${def.kind} "${object.metadata.project}/${object.metadata.name}" already exists`,
+        );
+      }
+      ({ job: object, handle } = await this.workspaces.resolve(object, dryRun));
+    }
     const finalizers = this.createFinalizers[def.kind];
     if (finalizers?.length) {
       object.metadata.finalizers = [...new Set([...(object.metadata.finalizers ?? []), ...finalizers])];
@@ -76,7 +89,19 @@ export class ResourceService {
       }
       return object;
     }
-    return this.store.create(object);
+    if (handle === undefined) return this.store.create(object);
+    // The snapshot is staged before the job exists (a refusal leaves no job behind) and named
+    // by its uid once it does; the runtime's start waits for nothing: it is there by then.
+    const snapshots = this.workspaces!.snapshots!;
+    let created: Resource;
+    try {
+      created = await this.store.create(object);
+    } catch (err) {
+      await snapshots.discard(handle);
+      throw err;
+    }
+    await snapshots.commit(handle, created.metadata.project!, created.metadata.uid!);
+    return created;
   }
 
   async update(
@@ -93,6 +118,7 @@ export class ResourceService {
       );
     }
     const current = await this.store.get(def.kind, scope(def, project), name);
+    sameWorkspace(current, object);
     const rv = (body as { metadata?: { resourceVersion?: string } }).metadata?.resourceVersion;
     const next: Resource = {
       ...object,

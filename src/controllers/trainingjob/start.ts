@@ -168,6 +168,7 @@ async function launch(
       checkpoint: job.spec.checkpoint,
       ...(initCheckpoint ? { initCheckpoint } : {}),
       ...(job.spec.python ? { python: job.spec.python } : {}),
+      ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
     });
   } catch (err) {
     // Say why in the object (quota, admission policy, image rules), then retry with backoff.

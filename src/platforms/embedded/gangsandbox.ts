@@ -131,6 +131,8 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
   // A persistent home (a Workspace's) is the one place under the data dir lent writable: it is
   // the workload's own, owned by its project's uid, and its working directory.
   const persistent = spec.home ? deps.files.persistentHome(spec.ref.project, spec.home.name) : undefined;
+  const snapshot = spec.snapshot ? deps.files.snapshotDir(spec.ref.project, spec.ref.uid) : undefined;
+  if (snapshot) checkReadable(snapshot, "the workspace's snapshot", uid);
   const ro = [...deps.lend];
   if (venv) {
     ro.push(lendable(deps, venv, "python.venv"));
@@ -167,7 +169,8 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
       ],
     },
     worker(w, exitFile, heartbeatFile, env) {
-      const cwd = workingDirs.get(w.index) ?? persistent ?? workDir;
+      // A snapshot is lent read-only (below, as any working dir that is not the workload's own).
+      const cwd = workingDirs.get(w.index) ?? snapshot ?? persistent ?? workDir;
       const lent = [...ro, ...(cwd !== workDir && cwd !== persistent ? [cwd] : [])];
       // A model replica is lent its model (the controller resolved it; a user's env cannot name
       // one, the controller's value comes last). A training job's env is the user's own.

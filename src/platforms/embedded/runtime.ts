@@ -193,6 +193,8 @@ export class LocalRuntime implements Runtime {
     const workDir = this.files.workDir(spec.ref.uid);
     // A persistent home (a Workspace's): made once, kept when the workload is released.
     const persistent = spec.home ? this.files.persistentHome(spec.ref.project, spec.home.name) : undefined;
+    // Made by the API when the job was created (never here: an empty one would hide its loss).
+    const snapshot = spec.snapshot ? this.files.snapshotDir(spec.ref.project, spec.ref.uid) : undefined;
     // The directories and state.json are made by the spawn helper with the first worker's request:
     // done here, with a worker started every few milliseconds, they were a tenth of the server's
     // time in bench:scheduler (synchronously), or seven event-loop round trips per start (not).
@@ -233,7 +235,7 @@ export class LocalRuntime implements Runtime {
         : {
             command: "/bin/sh",
             args: ["-c", SHIM, "loom-worker", exitFile, ...w.command],
-            cwd: w.workingDir ?? persistent ?? workDir,
+            cwd: w.workingDir ?? snapshot ?? persistent ?? workDir,
           };
       if (w.allocation.memoryBytes > 0) this.memoryLimits.set(key, w.allocation.memoryBytes);
       const started = await this.spawner.spawn(
@@ -339,6 +341,8 @@ export class LocalRuntime implements Runtime {
     // A state.json write in flight would race the removal (it stops, the gang being gone).
     await this.writer.settled(ref.uid);
     rmSync(join(this.files.root, ref.uid), { recursive: true, force: true });
+    // A job's snapshot of a workspace's home (spec.fromWorkspace) goes with it.
+    rmSync(this.files.snapshotDir(ref.project, ref.uid), { recursive: true, force: true });
     await this.endNetwork(ref.uid);
   }
 

@@ -57,6 +57,14 @@ export class WorkloadFiles {
     return join(this.root, "..", "homes", project, name);
   }
 
+  /**
+   * The snapshot of a workspace's home a job runs from (spec.fromWorkspace): taken by the API
+   * when the job was created, outside the workload's own dir so its workers cannot write it.
+   */
+  snapshotDir(project: string, uid: string): string {
+    return join(this.root, "..", "snapshots", project, uid);
+  }
+
   workDir(uid: string): string {
     return join(this.root, uid, "work");
   }
