@@ -19,10 +19,14 @@ function jupyterVenv(): string {
   const marker = join(VENV, ".loom-test-ready");
   if (existsSync(marker)) return VENV;
   execFileSync("python3", ["-m", "venv", VENV], { stdio: "inherit" });
-  execFileSync(join(VENV, "bin", "pip"), ["install", "-q", "--disable-pip-version-check", "jupyterlab==4.6.6"], {
-    stdio: "inherit",
-    timeout: 900_000,
-  });
+  execFileSync(
+    join(VENV, "bin", "pip"),
+    ["install", "-q", "--disable-pip-version-check", "jupyterlab==4.6.6"],
+    {
+      stdio: "inherit",
+      timeout: 900_000,
+    },
+  );
   writeFileSync(marker, execFileSync(join(VENV, "bin", "jupyter"), ["lab", "--version"]).toString());
   return VENV;
 }
