@@ -1,0 +1,115 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, describe, expect, it } from "vitest";
+import { type Browser, launchBrowser, type Page, screenshot } from "./browser.js";
+import { LoomProcess } from "./helpers.js";
+import { jupyterVenv } from "./jupyter.js";
+
+/**
+ * Issue 19's browser scenario, as a user does it, on a real `loom up` driven by the real CLI:
+ * apply a JupyterLab Workspace, `loom open ws/nb --no-browser`, open the one-time link in real
+ * Chromium, JupyterLab loads through Loom's workspace origin; a new notebook runs `6*7` typed
+ * into its cell and shows 42, writing a file in the same cell; the file is still there after
+ * `loom stop ws/nb` / `loom start ws/nb`. Screenshots go to test-artifacts/.
+ */
+
+/** What this test drives of playwright's Page beyond test/browser.ts's subset. */
+interface UiPage extends Page {
+  waitForSelector(selector: string, opts?: { timeout?: number }): Promise<unknown>;
+  click(selector: string, opts?: { timeout?: number }): Promise<void>;
+  keyboard: { insertText(text: string): Promise<void>; press(key: string): Promise<void> };
+}
+
+interface Ws {
+  status?: {
+    phase?: string;
+    url?: string;
+    conditions?: { type: string; reason?: string; message?: string }[];
+  };
+}
+
+describe("JupyterLab workspace in Chromium through Loom", () => {
+  const loom = new LoomProcess();
+  let browser: Browser | undefined;
+  afterAll(async () => {
+    await browser?.close();
+    await loom.cli(["delete", "ws", "--all", "--timeout", "30"]).catch(() => undefined);
+    await loom.stop();
+  });
+
+  async function phase(want: string): Promise<Ws> {
+    let w: Ws = {};
+    for (const deadline = Date.now() + 240_000; Date.now() < deadline; ) {
+      const r = await loom.cli(["get", "ws", "nb", "-o", "json"]);
+      if (r.code === 0) w = JSON.parse(r.stdout) as Ws;
+      if (w.status?.phase === want || w.status?.phase === "Failed") break;
+      await sleep(200);
+    }
+    expect(w.status?.phase, JSON.stringify(w.status) + loom.log.slice(-2000)).toBe(want);
+    return w;
+  }
+
+  it("logs in by the one-time link, runs 6*7 → 42 in a notebook, and keeps its file over stop/start", async () => {
+    const venv = jupyterVenv();
+    await loom.start();
+    const yaml = `apiVersion: loom.dev/v1alpha1
+kind: Workspace
+metadata: {name: nb}
+spec: {ide: jupyter, python: {venv: ${venv}}}
+`;
+    const applied = await loom.cli(["apply", "-f", "-"], { input: yaml });
+    expect(applied.code, applied.stderr).toBe(0);
+    await phase("Running");
+
+    const open = await loom.cli(["open", "ws/nb", "--no-browser"]);
+    expect(open.code, open.stderr).toBe(0);
+    const link = open.stdout.trim();
+    expect(link).toMatch(/^http:\/\/nb--default\.ws\.localhost:\d+\/_loom\/login\?ticket=\S+$/);
+    const origin = new URL(link).origin;
+
+    browser = await launchBrowser();
+    const context = await browser.newContext();
+    const page = (await context.newPage()) as UiPage;
+    await page.goto(link);
+    // JupyterLab's shell, served through Loom's origin (Jupyter sends / to /lab).
+    await page.waitForSelector(".jp-LauncherCard", { timeout: 120_000 });
+    expect(page.url()).toBe(`${origin}/lab`);
+    await screenshot(page, "workspace-browser-jupyterlab");
+
+    // A new notebook from the launcher; the code is inserted as text (keystrokes of quotes and
+    // brackets would meet the editor's auto-closing), then run with Shift+Enter as a user does.
+    await page.click('.jp-LauncherCard[data-category="Notebook"]');
+    await page.waitForSelector(".jp-NotebookPanel .jp-Cell .cm-content", { timeout: 60_000 });
+    await page.click(".jp-NotebookPanel .jp-Cell .cm-content");
+    await page.keyboard.insertText("open('kept.txt', 'w').write('written in the notebook')\n6*7");
+    await page.keyboard.press("Shift+Enter");
+    // The kernel's answer comes back over the WebSocket Loom proxies.
+    await page.waitForSelector('.jp-OutputArea-output:has-text("42")', { timeout: 120_000 });
+    expect(await page.textContent(".jp-OutputArea-output")).toContain("42");
+    await screenshot(page, "workspace-browser-notebook-42");
+    const home = join(loom.dataDir, "homes", "default", "nb");
+    expect(readFileSync(join(home, "kept.txt"), "utf8")).toBe("written in the notebook");
+
+    const stop = await loom.cli(["stop", "ws/nb"]);
+    expect(stop.stdout, stop.stderr).toBe("workspace.loom.dev/nb stopped\n");
+    await phase("Stopped");
+    const start = await loom.cli(["start", "ws/nb"]);
+    expect(start.stdout, start.stderr).toBe("workspace.loom.dev/nb started\n");
+    await phase("Running");
+
+    // Read back through Jupyter itself, from the page, on the same origin and session.
+    const after = (await context.newPage()) as UiPage;
+    await after.goto(`${origin}/lab/tree/kept.txt`);
+    await after.waitForSelector('.jp-FileEditor .cm-content:has-text("written in the notebook")', {
+      timeout: 120_000,
+    });
+    const content = await after.evaluate(async () => {
+      const res = await fetch("/api/contents/kept.txt?content=1");
+      return ((await res.json()) as { content?: string }).content;
+    });
+    expect(content).toBe("written in the notebook");
+    await screenshot(after, "workspace-browser-after-restart");
+    await context.close();
+  }, 900_000);
+});
