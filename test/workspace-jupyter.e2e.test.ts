@@ -1,10 +1,9 @@
-import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
 import { LoomProcess } from "./helpers.js";
+import { jupyterVenv } from "./jupyter.js";
 
 /**
  * A real JupyterLab workspace on `loom up`, started with Loom's flags (base URL /, no token, no
@@ -12,24 +11,6 @@ import { LoomProcess } from "./helpers.js";
  * environment is built once (pip install jupyterlab: minutes) and kept between runs in
  * LOOM_TEST_JUPYTER_VENV (default: the machine's temp dir), then given as spec.python.venv.
  */
-
-const VENV = process.env.LOOM_TEST_JUPYTER_VENV ?? join(tmpdir(), "loom-test-jupyterlab-venv");
-
-function jupyterVenv(): string {
-  const marker = join(VENV, ".loom-test-ready");
-  if (existsSync(marker)) return VENV;
-  execFileSync("python3", ["-m", "venv", VENV], { stdio: "inherit" });
-  execFileSync(
-    join(VENV, "bin", "pip"),
-    ["install", "-q", "--disable-pip-version-check", "jupyterlab==4.6.6"],
-    {
-      stdio: "inherit",
-      timeout: 900_000,
-    },
-  );
-  writeFileSync(marker, execFileSync(join(VENV, "bin", "jupyter"), ["lab", "--version"]).toString());
-  return VENV;
-}
 
 interface Ws {
   status?: {
