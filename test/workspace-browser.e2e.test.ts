@@ -87,7 +87,13 @@ spec: {ide: jupyter, python: {venv: ${venv}}}
     await page.keyboard.insertText("open('kept.txt', 'w').write('written in the notebook')\n6*7");
     await page.keyboard.press("Shift+Enter");
     // The kernel's answer comes back over the WebSocket Loom proxies.
-    await page.waitForSelector('.jp-OutputArea-output:has-text("42")', { timeout: 120_000 });
+    await page
+      .waitForSelector('.jp-OutputArea-output:has-text("42")', { timeout: 120_000 })
+      .catch(async (err) => {
+        // What the page showed instead (a kernel error, a dialog) is the first thing to read.
+        await screenshot(page, "workspace-browser-notebook-failed");
+        throw err;
+      });
     expect(await page.textContent(".jp-OutputArea-output")).toContain("42");
     await screenshot(page, "workspace-browser-notebook-42");
     const home = join(loom.dataDir, "homes", "default", "nb");
