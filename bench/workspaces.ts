@@ -22,6 +22,7 @@ import { connect, createServer } from "node:net";
 import { arch, platform } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { jupyterCommand } from "../src/controllers/workspace/command.js";
 import { LoomProcess } from "../test/helpers.js";
 import { jupyterVenv } from "../test/jupyter.js";
 import {
@@ -181,19 +182,10 @@ async function directStart(): Promise<number> {
   const t0 = performance.now();
   const p = spawn(
     join(venv, "bin", "jupyter"),
-    [
-      "lab",
-      "--ip=127.0.0.1",
-      `--port=${port}`,
-      "--no-browser",
-      "--allow-root",
-      "--ServerApp.base_url=/",
-      "--IdentityProvider.token=",
-      "--ServerApp.password=",
-      "--ServerApp.allow_origin=*",
-      "--ServerApp.allow_remote_access=True",
-      "--ServerApp.root_dir=.",
-    ],
+    // Loom's own flags (src/controllers/workspace/command.ts), with this run's host and port.
+    jupyterCommand()
+      .slice(1)
+      .map((a) => a.replace("$HOST", "127.0.0.1").replace("$PORT", String(port))),
     { cwd: dir, stdio: "ignore", env: { ...env, HOME: dir } },
   );
   try {
