@@ -83,6 +83,11 @@ spec: {ide: jupyter, python: {venv: ${venv}}}
     // brackets would meet the editor's auto-closing), then run with Shift+Enter as a user does.
     await page.click('.jp-LauncherCard[data-category="Notebook"]');
     await page.waitForSelector(".jp-NotebookPanel .jp-Cell .cm-content", { timeout: 60_000 });
+    // Run only once the kernel is up: JupyterLab leaves a cell run before the kernel is connected
+    // unexecuted ("[ ]", no error) — what a loaded machine showed when the test ran it at once.
+    await page.waitForSelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]', {
+      timeout: 120_000,
+    });
     await page.click(".jp-NotebookPanel .jp-Cell .cm-content");
     await page.keyboard.insertText("open('kept.txt', 'w').write('written in the notebook')\n6*7");
     await page.keyboard.press("Shift+Enter");
