@@ -135,6 +135,8 @@ describe("serving: InferenceServices behind the gateway (embedded)", () => {
           max_tokens: opts.maxTokens ?? 4,
           ...(opts.stream ? { stream: true } : {}),
         }),
+        // A request the gateway never finishes is a failure to report, not a hang of the test.
+        signal: AbortSignal.timeout(45_000),
       });
       // Bytes of an answer that began (status 200); an error response counts as none.
       const began = res.status === 200;
@@ -508,7 +510,7 @@ describe("serving: InferenceServices behind the gateway (embedded)", () => {
     );
     expect(beforeBytes, JSON.stringify(beforeBytes.slice(0, 5))).toEqual([]);
     await remove("kill");
-  }, 90_000);
+  }, 180_000);
 
   it("keeps API keys to their project, their services, and the gateway", async () => {
     await create("theirs", { replicas: { min: 0, max: 1 } }, "other");
