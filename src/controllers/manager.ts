@@ -4,6 +4,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
+import type { WorkloadModels } from "../ports/models.js";
 import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
@@ -50,6 +51,8 @@ export interface ControllerManagerDeps {
   baseBackoffMs?: number;
   /** Experiment tracking for workloads (embedded). */
   tracking?: WorkloadTracking;
+  /** The project's models for workloads: OPENAI_BASE_URL and a key file (server/modelaccess.ts). */
+  models?: WorkloadModels;
   /** Sweeps read trials' objectives here and register the best model here (embedded). */
   trialMetrics?: TrialMetrics;
   registrar?: ModelRegistrar;
@@ -248,6 +251,7 @@ export class ControllerManager {
       events: this.deps.events,
       log,
       now: this.deps.now,
+      ...(this.deps.models ? { models: this.deps.models } : {}),
       ...this.deps.workspaces,
     });
     const controller = new Controller(
@@ -365,6 +369,7 @@ export class ControllerManager {
         if (await this.deps.runtime.stop(ref, 10)) {
           await this.deps.runtime.release(ref);
           await this.deps.tracking?.revokeCredentials(ref);
+          await this.deps.models?.revoke(ref);
           this.deps.log.info(
             { workload: displayKey(ref), uid: ref.uid },
             "released workload whose object is gone",

@@ -15,6 +15,7 @@ import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenStore } from "../ports/store.js";
 import type { WorkspaceSnapshots } from "../ports/workspaces.js";
 import { buildApp } from "../server/app.js";
+import { workloadModels } from "../server/modelaccess.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
 import { ServingDirectory } from "../server/serving.js";
@@ -197,8 +198,13 @@ async function assembleApi(
     ...(opts.workspaces?.directory ? { workspaceActivity: opts.workspaces.directory } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
-  const controllerDeps: Pick<ControllerManagerDeps, "tracking" | "trialMetrics" | "registrar" | "serving"> = {
+  const controllerDeps: Pick<
+    ControllerManagerDeps,
+    "tracking" | "models" | "trialMetrics" | "registrar" | "serving"
+  > = {
     tracking: new LocalWorkloadTracking(mount.store, trackingUrl, workloadCredentials(tokens)),
+    // The gateway is on the same port as tracking: workloads reach both the same way.
+    models: workloadModels(tokens, trackingUrl),
     trialMetrics: trackingTrialMetrics(mount.store),
     registrar: registryRegistrar(mount.registry),
     serving: {

@@ -1,6 +1,7 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import type { TrainingJob, TrainingJobStatus } from "../../api/trainingjob.js";
+import type { WorkloadModels } from "../../ports/models.js";
 import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { WorkloadTracking } from "../../ports/tracking.js";
@@ -21,6 +22,8 @@ export interface TrainingJobDeps {
   now: () => Date;
   /** Experiment tracking for workers (embedded): MLFLOW_* in their environment. */
   tracking?: WorkloadTracking;
+  /** The project's models for workers: OPENAI_BASE_URL and a key file (ports/models.ts). */
+  models?: WorkloadModels;
   /** First restart delay; doubles per attempt up to maxBackoffMs. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;
@@ -77,10 +80,11 @@ export class JobContext {
     return written;
   }
 
-  /** Revokes the workload's tracking credential; a failure is logged, not the job's error. */
+  /** Revokes the workload's tracking credential and model key; a failure is logged, not the job's error. */
   async revokeCredentials(ref: WorkloadRef): Promise<void> {
     try {
       await this.deps.tracking?.revokeCredentials(ref);
+      await this.deps.models?.revoke(ref);
     } catch (err) {
       this.deps.log.warn({ err, job: ref.name }, "could not revoke the job's credential");
     }

@@ -6,7 +6,8 @@ import {
   type TrainingJobStatus,
   workerRange,
 } from "../../api/trainingjob.js";
-import type { GangObservation, GangSpec, SecretFile, WorkerSpec } from "../../ports/runtime.js";
+import { type ModelAccess, withModelAccess } from "../../ports/models.js";
+import type { GangObservation, GangSpec, SecretFile, WorkerSpec, WorkloadRef } from "../../ports/runtime.js";
 import type { Allocation } from "../../ports/scheduler.js";
 import type { ReconcileResult } from "../../reconcile/controller.js";
 import { type JobContext, refOf, TRAININGJOB } from "./context.js";
@@ -124,6 +125,9 @@ async function planWorkers(
     mpiHost: ctx.deps.runtime.mpiHost,
   });
   const mlflow = await trackingEnv(ctx, job, status, attempt);
+  // After tracking's: minting its token revokes every earlier credential of the workload.
+  const models = await modelAccess(ctx, ref, attempt);
+  const files = [...mlflow.files, ...(models?.files ?? [])];
   return plan.workers.map((p) => ({
     index: p.index,
     command: p.command,
@@ -132,22 +136,39 @@ async function planWorkers(
     workingDir: job.spec.workingDir,
     allocation: allocationOf(admission, p.index),
     terminationGracePeriodSeconds: job.spec.terminationGracePeriodSeconds,
-    ...(mlflow.files.length > 0 ? { files: mlflow.files } : {}),
-    env: {
-      // As Kubeflow's operators do: Python's output reaches the log (and progressTimeout) as it
-      // is printed, not in 8 KiB blocks. The job's env may say otherwise.
-      PYTHONUNBUFFERED: "1",
-      ...mlflow.all,
-      ...(p.index === 0 ? mlflow.rank0 : {}),
-      ...job.spec.env,
-      ...p.env,
-      LOOM_PROJECT: ref.project,
-      LOOM_WORKLOAD: ref.name,
-      LOOM_WORKLOAD_KIND: ref.kind,
-      LOOM_WORKLOAD_UID: ref.uid,
-      LOOM_ATTEMPT: String(attempt),
-    },
+    ...(files.length > 0 ? { files } : {}),
+    env: withModelAccess(
+      {
+        // As Kubeflow's operators do: Python's output reaches the log (and progressTimeout) as it
+        // is printed, not in 8 KiB blocks. The job's env may say otherwise.
+        PYTHONUNBUFFERED: "1",
+        ...mlflow.all,
+        ...(p.index === 0 ? mlflow.rank0 : {}),
+        ...job.spec.env,
+        ...p.env,
+        LOOM_PROJECT: ref.project,
+        LOOM_WORKLOAD: ref.name,
+        LOOM_WORKLOAD_KIND: ref.kind,
+        LOOM_WORKLOAD_UID: ref.uid,
+        LOOM_ATTEMPT: String(attempt),
+      },
+      models,
+    ),
   }));
+}
+
+/** The project's models for the workers (ports/models.ts); being unable to mint a key never stops a job. */
+async function modelAccess(
+  ctx: JobContext,
+  ref: WorkloadRef,
+  attempt: number,
+): Promise<ModelAccess | undefined> {
+  try {
+    return await ctx.deps.models?.access(ref, `attempt-${attempt}`, { exclusive: true });
+  } catch (err) {
+    ctx.deps.log.warn({ err, job: ref.name }, "could not make the job's model key; starting without it");
+    return undefined;
+  }
 }
 
 /** Starts the gang; if the runtime refuses, the status says why before the error goes up. */

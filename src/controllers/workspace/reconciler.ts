@@ -7,6 +7,7 @@ import { type Condition, setCondition } from "../../api/meta.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import { parseDurationSeconds } from "../../api/trainingjob.js";
 import { IDLE_STOPPED, type Workspace, type WorkspaceStatus } from "../../api/workspace.js";
+import { type ModelAccess, type WorkloadModels, withModelAccess } from "../../ports/models.js";
 import type { ReplicaObservation, RevisionRuntime, Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { IdeActivity, WorkspaceDirectory } from "../../ports/workspaces.js";
@@ -31,6 +32,8 @@ export interface WorkspaceDeps {
   workspaceOrigin?: () => string | undefined;
   /** The IDE's own last activity (Jupyter's /api/status), asked only when the proxy saw none for long. */
   ideActivity?: IdeActivity;
+  /** The project's models for the workspace: OPENAI_BASE_URL and a key file (ports/models.ts). */
+  models?: WorkloadModels;
 }
 
 /** The revision a workspace's spec runs as: NAME-ws + a hash of what the replica runs. */
@@ -97,7 +100,10 @@ export class WorkspaceReconciler implements Reconciler {
         { type: "Ready", status: "False", reason: "Unsupported", message: program.unsupported },
         now,
       );
-      if (before.phase !== "Failed") await this.event(ws, "Warning", "Unsupported", program.unsupported);
+      if (before.phase !== "Failed") {
+        await this.event(ws, "Warning", "Unsupported", program.unsupported);
+        await this.revokeModels(workspaceRef(ws));
+      }
       await this.retire(ws, status.revision);
       status.revision = undefined;
       this.deps.directory?.publish(project, name, undefined);
@@ -130,8 +136,10 @@ export class WorkspaceReconciler implements Reconciler {
     const stopped = ws.spec.stopped || culled !== undefined;
     const held = await this.held(ref, revision, true);
     // Stopped and already gone: applying zero again would only make an empty record.
-    if (!stopped || held)
-      await serving.applyRevision(this.revisionSpec(ws, program, revision, stopped ? 0 : 1));
+    if (!stopped || held) {
+      const models = stopped ? undefined : await this.modelAccess(ref, revision);
+      await serving.applyRevision(this.revisionSpec(ws, program, revision, stopped ? 0 : 1, models));
+    }
     const replica: ReplicaObservation | undefined = stopped
       ? undefined
       : (await serving.observeRevision(ref, revision)).replicas[0];
@@ -149,8 +157,10 @@ export class WorkspaceReconciler implements Reconciler {
           message: "the workspace's server is stopping; its home is kept",
         });
       else {
-        if (status.phase !== "Stopped")
+        if (status.phase !== "Stopped") {
+          await this.revokeModels(ref);
           await this.event(ws, "Normal", "Stopped", "stopped; the home is kept");
+        }
         const idle = culled !== undefined && !ws.spec.stopped;
         set("Stopped", {
           status: "False",
@@ -304,11 +314,37 @@ export class WorkspaceReconciler implements Reconciler {
     return prep.ready ? undefined : { message: prep.message };
   }
 
+  /**
+   * The workspace's model access for its revision: one key per revision while this process
+   * lives (not exclusive: a replica re-adopted after a restart keeps the key it started with, all
+   * revoked when the workspace stops or goes). Being unable to mint one never stops a workspace.
+   */
+  private async modelAccess(ref: WorkloadRef, revision: string): Promise<ModelAccess | undefined> {
+    try {
+      return await this.deps.models?.access(ref, revision);
+    } catch (err) {
+      this.deps.log.warn(
+        { err, workspace: ref.name },
+        "could not make the workspace's model key; starting without it",
+      );
+      return undefined;
+    }
+  }
+
+  private async revokeModels(ref: WorkloadRef): Promise<void> {
+    try {
+      await this.deps.models?.revoke(ref);
+    } catch (err) {
+      this.deps.log.warn({ err, workspace: ref.name }, "could not revoke the workspace's model key");
+    }
+  }
+
   private revisionSpec(
     ws: Workspace,
     program: Exclude<WorkspaceProgram, { unsupported: string }>,
     revision: string,
     replicas: number,
+    models?: ModelAccess,
   ) {
     const r = ws.spec.resources;
     const gpus = r.gpu && r.gpu >= 1 ? r.gpu : 0;
@@ -319,14 +355,18 @@ export class WorkspaceReconciler implements Reconciler {
       worker: {
         command: program.command,
         ...(ws.spec.image ? { image: ws.spec.image } : {}),
-        env: {
-          PYTHONUNBUFFERED: "1",
-          HOST: "127.0.0.1",
-          ...ws.spec.env,
-          LOOM_PROJECT: ws.metadata.project!,
-          LOOM_WORKLOAD: ws.metadata.name,
-          LOOM_WORKLOAD_KIND: WORKSPACE,
-        },
+        env: withModelAccess(
+          {
+            PYTHONUNBUFFERED: "1",
+            HOST: "127.0.0.1",
+            ...ws.spec.env,
+            LOOM_PROJECT: ws.metadata.project!,
+            LOOM_WORKLOAD: ws.metadata.name,
+            LOOM_WORKLOAD_KIND: WORKSPACE,
+          },
+          models,
+        ),
+        ...(models ? { files: models.files } : {}),
         allocation: {
           node: "",
           cpuMillis: parseCpuMillis(r.cpu ?? 0) ?? 0,
@@ -374,6 +414,7 @@ export class WorkspaceReconciler implements Reconciler {
 
   private async finalize(ws: Workspace): Promise<ReconcileResult> {
     this.deps.directory?.publish(ws.metadata.project!, ws.metadata.name, undefined);
+    await this.revokeModels(workspaceRef(ws));
     const revision = ws.status?.revision;
     await this.retire(ws, revision);
     // The object goes once its process has: removed earlier, a server stopped right after would

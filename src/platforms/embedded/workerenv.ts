@@ -62,7 +62,8 @@ export function workerKey(uid: string, attempt: number, index: number): string {
 
 /**
  * A worker's environment: the server's own (less its token), the job's Python environment
- * first on PATH, the worker's env (HOME its private one when it has credential files), and the
+ * first on PATH, the worker's env (HOME its private one when it has credential files, unless it
+ * has a persistent home), and the
  * LOOM_* paths, devices and markers the runtime sets.
  */
 export function workerEnv(
@@ -85,7 +86,9 @@ export function workerEnv(
     // The job's own environment first on PATH: `python3` is its interpreter.
     ...(venv ? { VIRTUAL_ENV: venv, PATH: `${join(venv, "bin")}:${base.PATH ?? "/usr/bin:/bin"}` } : {}),
     ...(home ? { ...expandHome(w.env, home), HOME: home } : w.env),
-    ...(persistent && !home ? { HOME: persistent } : {}),
+    // A Workspace given credential files (its model key) keeps its persistent HOME; $(HOME) in its
+    // env still names the private directory where those files are.
+    ...(persistent ? { HOME: persistent } : {}),
     LOOM_WORKLOAD_DIR: files.workDir(spec.ref.uid),
     LOOM_CHECKPOINT_DIR: files.checkpointDir(spec.ref.uid),
     ...(spec.initCheckpoint

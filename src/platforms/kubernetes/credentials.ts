@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { MODEL_KEY_ENV, MODEL_KEY_FILE, MODEL_PYTHON_DIR } from "../../ports/models.js";
 import type { SecretFile, WorkloadRef } from "../../ports/runtime.js";
 import { namespaceOf, ownerRef, workloadLabels } from "./naming.js";
 
@@ -10,6 +11,12 @@ const HOME_DIR = "/home/loom";
 export const MLFLOW_CREDENTIALS_KEY = "mlflow-credentials";
 /** The Secret key of the bare token (for clients other than mlflow: read it, send it as Bearer). */
 export const TOKEN_KEY = "token";
+/** The Secret key of the workload's model API key (ports/models.ts), at CREDENTIALS_DIR/openai-key. */
+export const MODEL_KEY = "openai-key";
+/** The Secret key of the openai bridge (server/modelaccess.ts), mounted alone in MODEL_PYTHON_PATH. */
+export const SITECUSTOMIZE_KEY = "sitecustomize.py";
+/** The directory on PYTHONPATH holding only the bridge (not the key: nothing else there to import). */
+export const MODEL_PYTHON_PATH = "/var/run/loom/python";
 
 /**
  * Env vars that carry a credential. On Kubernetes a pod's env is readable by anyone who may read
@@ -48,6 +55,8 @@ export function secretFileCredentials(files: SecretFile[] | undefined): Credenti
   for (const f of files ?? []) {
     if (f.path === ".mlflow/credentials") out[MLFLOW_CREDENTIALS_KEY] = f.data;
     else if (f.path === ".loom/token") out[TOKEN_KEY] = f.data.trim();
+    else if (f.path === MODEL_KEY_FILE) out[MODEL_KEY] = f.data;
+    else if (f.path === `${MODEL_PYTHON_DIR}/sitecustomize.py`) out[SITECUSTOMIZE_KEY] = f.data;
     else out[f.path.replace(/[^A-Za-z0-9._-]/g, "-")] = f.data;
   }
   return out;
@@ -122,6 +131,16 @@ export function credentialMounts(
           },
         ]
       : []),
+    ...(files[SITECUSTOMIZE_KEY] !== undefined
+      ? [
+          {
+            name: "loom-credentials",
+            mountPath: `${MODEL_PYTHON_PATH}/${SITECUSTOMIZE_KEY}`,
+            subPath: SITECUSTOMIZE_KEY,
+            readOnly: true,
+          },
+        ]
+      : []),
   ];
   return {
     volumes,
@@ -130,6 +149,18 @@ export function credentialMounts(
       ...(home ? {} : { HOME: HOME_DIR }),
       LOOM_CREDENTIALS_DIR: CREDENTIALS_DIR,
       ...(files[TOKEN_KEY] !== undefined ? { LOOM_TOKEN_FILE: `${CREDENTIALS_DIR}/${TOKEN_KEY}` } : {}),
+      ...(files[MODEL_KEY] !== undefined ? { [MODEL_KEY_ENV]: `${CREDENTIALS_DIR}/${MODEL_KEY}` } : {}),
+      ...modelPythonPath(files, workerEnv),
     },
   };
+}
+
+/**
+ * PYTHONPATH with the bridge's directory where the workload's env names it under $(HOME) (as the
+ * embedded platform lays it out): Kubernetes expands $(HOME) only from env listed before it.
+ */
+function modelPythonPath(files: CredentialFiles, workerEnv: Record<string, string>): Record<string, string> {
+  const path = workerEnv.PYTHONPATH;
+  if (files[SITECUSTOMIZE_KEY] === undefined || path === undefined) return {};
+  return { PYTHONPATH: path.split(`$(HOME)/${MODEL_PYTHON_DIR}`).join(MODEL_PYTHON_PATH) };
 }
