@@ -158,7 +158,7 @@ describe("the sitecustomize.py bridge", () => {
         "import os, subprocess",
         "print(os.environ.get('OPENAI_API_KEY'))",
         "print('secret' in open('/proc/self/environ', encoding='latin1').read())",
-        "print(subprocess.run(['sh', '-c', 'echo ${OPENAI_API_KEY:-unset}'], capture_output=True, text=True).stdout.strip())",
+        "print(subprocess.run(['sh', '-c', '[ -n \"$OPENAI_API_KEY\" ] && echo set || echo unset'], capture_output=True, text=True).stdout.strip())",
       ].join("\n"),
     );
     expect(out.split("\n")).toEqual(["sk-loom-secret", "False", "unset"]);

@@ -1,9 +1,14 @@
 import { describe, expect, it } from "vitest";
+import { MODEL_KEY_ENV, MODEL_KEY_FILE, MODEL_PYTHON_DIR } from "../../ports/models.js";
 import {
   CREDENTIALS_DIR,
   credentialSecret,
   credentialSecretName,
   MLFLOW_CREDENTIALS_KEY,
+  MODEL_KEY,
+  MODEL_PYTHON_PATH,
+  SITECUSTOMIZE_KEY,
+  secretFileCredentials,
   splitCredentials,
   TOKEN_KEY,
 } from "./credentials.js";
@@ -80,6 +85,46 @@ describe("workload credentials on Kubernetes", () => {
       expect.objectContaining({ mountPath: "/home/me/.mlflow/credentials" }),
     );
     expect(own.spec.volumes).not.toContainEqual(expect.objectContaining({ name: "loom-home" }));
+  });
+
+  it("model access: the key and the openai bridge are Secret files, PYTHONPATH and LOOM_OPENAI_KEY_FILE name where they are mounted", () => {
+    // What ports/models.ts hands a workload (server/modelaccess.ts), under an env with the spec's own PYTHONPATH.
+    const files = secretFileCredentials([
+      { path: MODEL_KEY_FILE, data: "sk-loom-s3cret\n", mode: 0o600 },
+      { path: `${MODEL_PYTHON_DIR}/sitecustomize.py`, data: "# bridge\n", mode: 0o644 },
+    ]);
+    expect(files).toEqual({ [MODEL_KEY]: "sk-loom-s3cret\n", [SITECUSTOMIZE_KEY]: "# bridge\n" });
+    const env = {
+      OPENAI_BASE_URL: "http://loom.loom-system:7470/v1",
+      [MODEL_KEY_ENV]: `$(HOME)/${MODEL_KEY_FILE}`,
+      PYTHONPATH: `$(HOME)/${MODEL_PYTHON_DIR}:/src`,
+    };
+    const pod = podTemplate({
+      worker: { ...worker, env },
+      defaultImage: undefined,
+      containerName: "worker",
+      labels: {},
+      env: {},
+      resources: {},
+      credentials: { secretName: "train-credentials", files },
+    });
+    expect(JSON.stringify(pod)).not.toContain("sk-loom-s3cret");
+    const c = pod.spec.containers[0]!;
+    const envOf = Object.fromEntries(c.env.map((e: { name: string; value: string }) => [e.name, e.value]));
+    expect(envOf).toMatchObject({
+      OPENAI_BASE_URL: "http://loom.loom-system:7470/v1",
+      [MODEL_KEY_ENV]: `${CREDENTIALS_DIR}/${MODEL_KEY}`,
+      PYTHONPATH: `${MODEL_PYTHON_PATH}:/src`,
+    });
+    expect(c.env.filter((e: { name: string }) => e.name === "PYTHONPATH")).toHaveLength(1);
+    expect(c.volumeMounts).toContainEqual({
+      name: "loom-credentials",
+      mountPath: `${MODEL_PYTHON_PATH}/sitecustomize.py`,
+      subPath: SITECUSTOMIZE_KEY,
+      readOnly: true,
+    });
+    const secret = credentialSecret(ref, "train-credentials", files);
+    expect(Buffer.from(secret.data[MODEL_KEY]!, "base64").toString()).toBe("sk-loom-s3cret\n");
   });
 
   it("one Secret per workload, owned by it (garbage-collected with it), names never shared", () => {
