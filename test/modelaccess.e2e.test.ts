@@ -173,6 +173,7 @@ spec:
       180_000,
     );
     const out = fields(log);
+    console.log(`job: ${JSON.stringify({ ...out, digest: undefined })}`);
     expect(out.reply, log).toMatch(/^['"].*['"]$/s);
     expect(["403", "404"], log).toContain(out.cross);
     expect(out["initial-env"]).toBe("False");
@@ -230,6 +231,7 @@ spec:
     expect(res.status).toBe(200);
     const text = await res.text();
     const out = fields(text);
+    console.log(`workspace: ${JSON.stringify({ ...out, digest: undefined })}`);
     expect(out.reply, text).toMatch(/^['"].*['"]$/s);
     expect(["403", "404"], text).toContain(out.cross);
     expect(out["initial-env"]).toBe("False");

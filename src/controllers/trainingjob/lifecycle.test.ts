@@ -12,6 +12,7 @@ import {
 import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
 import { SqliteResourceStore } from "../../platforms/embedded/store.js";
+import type { WorkloadModels } from "../../ports/models.js";
 import type {
   GangObservation,
   GangSpec,
@@ -420,6 +421,52 @@ describe("TrainingJobReconciler (fake runtime, SQLite store)", () => {
     expect(runtime.released.map((r) => r.uid)).toEqual([job.metadata.uid]);
     expect(runtime.gangs.has(job.metadata.uid)).toBe(false);
     await expect(getJob()).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it("model access: every worker gets the attempt's key as a file (exclusive per attempt), the bridge before the spec's PYTHONPATH; the end revokes it", async () => {
+    const calls: string[] = [];
+    const models: WorkloadModels = {
+      access: async (ref, session, opts) => {
+        calls.push(`access ${ref.name} ${session} ${opts?.exclusive ?? false}`);
+        return {
+          env: { OPENAI_BASE_URL: "http://loom/v1", PYTHONPATH: "$(HOME)/.loom/python" },
+          files: [{ path: ".loom/openai-key", data: `sk-loom-${session}\n`, mode: 0o600 }],
+        };
+      },
+      revoke: async (ref) => {
+        calls.push(`revoke ${ref.name}`);
+      },
+    };
+    reconciler = new TrainingJobReconciler({
+      store,
+      runtime,
+      events,
+      log: pino({ level: "silent" }),
+      now,
+      models,
+      baseBackoffMs: BASE_BACKOFF_MS,
+      maxBackoffMs: 60_000,
+    });
+    const job = await running({ env: { PYTHONPATH: "/src" }, failurePolicy: { maxRestarts: 1 } });
+    for (const w of runtime.started[0]!.workers) {
+      expect(w.env).toMatchObject({
+        OPENAI_BASE_URL: "http://loom/v1",
+        PYTHONPATH: "$(HOME)/.loom/python:/src",
+      });
+      expect(w.files).toEqual([{ path: ".loom/openai-key", data: "sk-loom-attempt-1\n", mode: 0o600 }]);
+    }
+    expect(JSON.stringify(await getJob())).not.toContain("sk-loom-");
+    runtime.exit(job, 1, 1);
+    await reconcile();
+    await reconcile();
+    expect(runtime.started[1]!.workers[0]!.files?.[0]?.data).toBe("sk-loom-attempt-2\n");
+    expect(calls).toEqual(["access train attempt-1 true", "access train attempt-2 true"]);
+    const second = await getJob();
+    runtime.exit(second, 0, 0);
+    runtime.exit(second, 1, 0);
+    await reconcile();
+    expect((await getJob()).status?.phase).toBe("Succeeded");
+    expect(calls.at(-1)).toBe("revoke train");
   });
 
   it("succeeds once every worker exits 0", async () => {

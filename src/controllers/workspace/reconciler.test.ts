@@ -5,6 +5,7 @@ import { type Workspace, WorkspaceSpec } from "../../api/workspace.js";
 import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
 import { SqliteResourceStore } from "../../platforms/embedded/store.js";
+import type { WorkloadModels } from "../../ports/models.js";
 import type {
   Preparation,
   ReplicaObservation,
@@ -220,6 +221,49 @@ describe("Workspace controller", () => {
     await reconcile();
     expect((await get()).status?.ports).toBeUndefined();
     expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
+  });
+
+  it("model access: the revision's replica gets OPENAI_BASE_URL, the bridge on PYTHONPATH and the key as a file, one per revision; stopping revokes it", async () => {
+    const calls: string[] = [];
+    const models: WorkloadModels = {
+      access: async (ref, session, opts) => {
+        calls.push(`access ${ref.name} ${session} ${opts?.exclusive ?? false}`);
+        return {
+          env: { OPENAI_BASE_URL: "http://loom/v1", PYTHONPATH: "$(HOME)/.loom/python" },
+          files: [{ path: ".loom/openai-key", data: "sk-loom-k\n", mode: 0o600 }],
+        };
+      },
+      revoke: async (ref) => {
+        calls.push(`revoke ${ref.name}`);
+      },
+    };
+    const r = new WorkspaceReconciler({
+      store,
+      runtime: { serving: revisions } as unknown as Runtime,
+      events: new SqliteEventRecorder(database.db, now),
+      log: pino({ level: "silent" }),
+      now,
+      models,
+    });
+    await create({ ide: "none", command: ["python3", "app.py"], env: { PYTHONPATH: "/src" } });
+    await r.reconcile(`${PROJECT}/nb`);
+    const spec = revisions.applied.at(-1)!;
+    expect(spec.worker.env).toMatchObject({
+      OPENAI_BASE_URL: "http://loom/v1",
+      PYTHONPATH: "$(HOME)/.loom/python:/src",
+    });
+    expect(spec.worker.files).toEqual([{ path: ".loom/openai-key", data: "sk-loom-k\n", mode: 0o600 }]);
+    // The key is the revision's, never exclusive (a re-adopted replica keeps its own), never in the status.
+    expect(calls).toEqual([`access nb ${spec.revision} false`]);
+    expect(JSON.stringify(await get())).not.toContain("sk-loom-k");
+    await patch({ stopped: true });
+    await r.reconcile(`${PROJECT}/nb`);
+    revisions.settle();
+    await r.reconcile(`${PROJECT}/nb`);
+    expect((await get()).status?.phase).toBe("Stopped");
+    expect(calls.at(-1)).toBe("revoke nb");
+    // Stopped, the zero-replica revision carries no key.
+    expect(revisions.applied.at(-1)?.worker.files).toBeUndefined();
   });
 
   it("idleTimeout: culled after that long without activity (spec kept, Stopped/Idle); activity spares it; loom start brings it back", async () => {
