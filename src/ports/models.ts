@@ -24,10 +24,10 @@ export interface ModelAccess {
 
 export interface WorkloadModels {
   /**
-   * The workload's access for one `session` (a job's attempt, a workspace's revision): the same
-   * key for the same session while this process lives. `exclusive`: making a new key revokes the
-   * workload's earlier ones (a job's next attempt); otherwise they stay valid until `revoke` (a
-   * replica re-adopted after a restart keeps the key it was started with).
+   * The workload's access for one `session` (a job's attempt, a workspace's revision).
+   * `exclusive`: a new key each call, the workload's earlier ones revoked (a job's attempt, as its
+   * tracking token). Otherwise the same key for the same session while this process lives, and
+   * earlier ones stay valid until `revoke` (a replica re-adopted after a restart keeps its key).
    */
   access(ref: WorkloadRef, session: string, opts?: { exclusive?: boolean }): Promise<ModelAccess>;
   /** Revokes every model key of the workload: call when it ends or stops. */

@@ -50,17 +50,21 @@ describe("workloadModels: a workload's key for its project's models", () => {
     ]);
   });
 
-  it("one key per session; exclusive revokes the workload's earlier keys, otherwise they stay until revoke", async () => {
+  it("exclusive: a fresh key each time, earlier ones revoked; otherwise one per session, kept until revoke", async () => {
     const models = workloadModels(tokens, () => "http://loom");
     const first = keyOf((await models.access(job, "attempt-1", { exclusive: true })).files);
-    expect(keyOf((await models.access(job, "attempt-1", { exclusive: true })).files)).toBe(first);
+    // Exclusive: fresh each time (an attempt started again), the earlier one revoked.
+    const again1 = keyOf((await models.access(job, "attempt-1", { exclusive: true })).files);
+    expect(again1).not.toBe(first);
     const second = keyOf((await models.access(job, "attempt-2", { exclusive: true })).files);
-    expect(second).not.toBe(first);
-    expect(await tokens.verify(first)).toBeUndefined();
+    expect(second).not.toBe(again1);
+    for (const k of [first, again1]) expect(await tokens.verify(k)).toBeUndefined();
     expect(await tokens.verify(second)).toBeDefined();
+    expect((await tokens.list({ project: "team", apiKeys: true })).length).toBe(1);
 
     const ws = { kind: "Workspace", project: "team", name: "ws", uid: "uid-ws" };
     const a = keyOf((await models.access(ws, "rev-a")).files);
+    expect(keyOf((await models.access(ws, "rev-a")).files)).toBe(a);
     // A restarted server (a new instance) mints anew; the re-adopted replica's key still works.
     const b = keyOf((await workloadModels(tokens, () => "http://loom").access(ws, "rev-a")).files);
     expect(await tokens.verify(a)).toBeDefined();

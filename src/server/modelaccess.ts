@@ -80,7 +80,9 @@ export function workloadModels(tokens: TokenStore, baseUrl: () => string): Workl
   };
   return {
     async access(ref, session, opts): Promise<ModelAccess> {
-      let key = live.get(ref.uid)?.get(session);
+      // Exclusive (a job's attempt): always a fresh key, as the tracking token is (minting that
+      // one revokes every credential of the workload, a cached key included).
+      let key = opts?.exclusive ? undefined : live.get(ref.uid)?.get(session);
       if (!key) {
         if (opts?.exclusive) await revokeKeys(ref);
         // As `loom apikey create` makes one (viewer, the project, every service), named after the
