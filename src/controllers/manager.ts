@@ -229,6 +229,11 @@ export class ControllerManager {
    * readiness), a workspace's (NAME-wsHASH-rK) or a service's. False for other workloads.
    */
   private replicaChanged(ref: WorkloadRef): boolean {
+    // Kubernetes labels a workspace's pod with the Workspace itself.
+    if (ref.kind === WORKSPACE) {
+      this.workspaces?.enqueue(`${ref.project}/${ref.name}`);
+      return true;
+    }
     if (ref.kind !== INFERENCESERVICE) return false;
     const workspace = workspaceOfReplica(ref.name);
     if (workspace) this.workspaces?.enqueue(`${ref.project}/${workspace}`);
