@@ -362,7 +362,8 @@ export class ControllerManager {
         }
       }
       for (const ref of await this.deps.runtime.list()) {
-        if (ref.kind === INFERENCESERVICE) {
+        // Kubernetes labels a workspace's pod with the Workspace: a replica, as a service's are.
+        if (ref.kind === INFERENCESERVICE || ref.kind === WORKSPACE) {
           // Replicas are the serving capability's to stop; without it, model pods are the ones a
           // service of this uid made (Kubernetes labels them so).
           if (serving || !this.services || services.has(ref.uid)) continue;
