@@ -235,6 +235,8 @@ spec:
         message: "the server answers",
       }),
     );
+    // No workspace origin on the operator yet (docs/workspaces.md "On Kubernetes"): no URL to show.
+    expect(ws.status.url).toBeUndefined();
     const table = await loom(["get", "ws"]);
     expect(table.stdout).toMatch(/lab\s+Running\s+none/);
   });
