@@ -26,7 +26,17 @@ import type { CliDeps, Connection, GlobalOpts, Output } from "./deps.js";
 import { CliError } from "./errors.js";
 
 /** Commands that talk to a platform; with --kubeconfig they talk to the cluster. */
-const CLUSTER_COMMANDS = new Set(["apply", "get", "describe", "logs", "delete", "top", "stop", "start"]);
+const CLUSTER_COMMANDS = new Set([
+  "apply",
+  "get",
+  "describe",
+  "logs",
+  "delete",
+  "top",
+  "stop",
+  "start",
+  "run",
+]);
 
 /** What {@link buildProgram} may be given instead of the real thing (tests pass fakes). */
 export interface ProgramOptions {

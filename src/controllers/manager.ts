@@ -232,6 +232,11 @@ export class ControllerManager {
    * readiness), a workspace's (NAME-wsHASH-rK) or a service's. False for other workloads.
    */
   private replicaChanged(ref: WorkloadRef): boolean {
+    // Kubernetes labels a workspace's pod with the Workspace itself.
+    if (ref.kind === WORKSPACE) {
+      this.workspaces?.enqueue(`${ref.project}/${ref.name}`);
+      return true;
+    }
     if (ref.kind !== INFERENCESERVICE) return false;
     const workspace = workspaceOfReplica(ref.name);
     if (workspace) this.workspaces?.enqueue(`${ref.project}/${workspace}`);
@@ -361,7 +366,8 @@ export class ControllerManager {
         }
       }
       for (const ref of await this.deps.runtime.list()) {
-        if (ref.kind === INFERENCESERVICE) {
+        // Kubernetes labels a workspace's pod with the Workspace: a replica, as a service's are.
+        if (ref.kind === INFERENCESERVICE || ref.kind === WORKSPACE) {
           // Replicas are the serving capability's to stop; without it, model pods are the ones a
           // service of this uid made (Kubernetes labels them so).
           if (serving || !this.services || services.has(ref.uid)) continue;

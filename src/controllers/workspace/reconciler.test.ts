@@ -23,6 +23,7 @@ import {
   WORKSPACE_FINALIZER,
   WorkspaceReconciler,
   workspaceOfReplica,
+  workspaceRef,
   workspaceUrl,
 } from "./reconciler.js";
 
@@ -386,6 +387,35 @@ describe("Workspace controller", () => {
     ws = await get();
     expect(ws.status?.phase).toBe("Running");
     expect(ws.status?.stoppedReason).toBeUndefined();
+  });
+
+  it("where the platform lists no revisions (Kubernetes: a Deployment of zero stays), Stopped once no replica is left", async () => {
+    (revisions as { listRevisions?: unknown }).listRevisions = undefined;
+    await create({ ide: "none", command: ["python3", "-m", "http.server", "$PORT"] });
+    await reconcile();
+    revisions.ready();
+    await reconcile();
+    const revision = (await get()).status!.revision!;
+    // The pod still ends after the Deployment went to zero.
+    const { replicas } = await revisions.observeRevision(workspaceRef(await get()), revision);
+    let lingering = true;
+    const observe = revisions.observeRevision.bind(revisions);
+    revisions.observeRevision = async (s, r) => (lingering ? { replicas } : observe(s, r));
+    await patch({ stopped: true });
+    await reconcile();
+    expect(revisions.applied.at(-1)!.replicas).toBe(0);
+    expect(getCondition((await get()).status?.conditions, "Ready")?.reason).toBe("Stopping");
+    lingering = false;
+    await reconcile();
+    const ws = await get();
+    expect(ws.status?.phase).toBe("Stopped");
+    expect(ws.status?.stoppedReason).toBe("User");
+    await patch({ stopped: false });
+    await reconcile();
+    expect(revisions.applied.at(-1)!.replicas).toBe(1);
+    revisions.ready();
+    await reconcile();
+    expect((await get()).status?.phase).toBe("Running");
   });
 
   it("a changed spec is a new revision; the old one is deleted", async () => {

@@ -140,9 +140,12 @@ export class WorkspaceReconciler implements Reconciler {
       const models = stopped ? undefined : await this.modelAccess(ref, revision);
       await serving.applyRevision(this.revisionSpec(ws, program, revision, stopped ? 0 : 1, models));
     }
-    const replica: ReplicaObservation | undefined = stopped
-      ? undefined
-      : (await serving.observeRevision(ref, revision)).replicas[0];
+    // Where the platform lists no revisions (Kubernetes: a Deployment of zero stays), a stopped
+    // workspace is stopping while a replica remains, and stopped once none does.
+    const replicas =
+      !stopped || !serving.listRevisions ? (await serving.observeRevision(ref, revision)).replicas : [];
+    const replica: ReplicaObservation | undefined = stopped ? undefined : replicas[0];
+    const stopping = stopped && (serving.listRevisions ? held : replicas.length > 0);
     const set = (phase: WorkspaceStatus["phase"], c: Omit<Condition, "type" | "lastTransitionTime">) => {
       status.phase = phase;
       status.conditions = setCondition(status.conditions, { type: "Ready", ...c }, now);
@@ -150,7 +153,7 @@ export class WorkspaceReconciler implements Reconciler {
     const wasRunning = status.phase === "Running";
     if (stopped) {
       status.replica = undefined;
-      if (held)
+      if (stopping)
         set(status.phase ?? "Pending", {
           status: "False",
           reason: "Stopping",

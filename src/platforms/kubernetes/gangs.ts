@@ -105,6 +105,12 @@ export class Gangs {
 
   async start(spec: GangSpec): Promise<void> {
     const { ref, attempt } = spec;
+    // Loom's API refuses such a job; one written to the API server directly must not run
+    // without the code it was meant to run.
+    if (spec.snapshot)
+      throw new Error(
+        "spec.fromWorkspace is not supported on Kubernetes yet (the home is a ReadWriteOnce claim the workspace holds): build an image with the code and run the job from it",
+      );
     const ns = namespaceOf(ref.project);
     const pods = await this.cache.workloadPods(ref);
     const attemptOf = (p: Pod) => Number(p.metadata.labels?.[L.attempt]);

@@ -86,6 +86,8 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
               ),
               ready: !!st?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
               startedAt: st?.startTime ?? new Date().toISOString(),
+              // Where Loom's scheduler bound it: a workspace's status.node.
+              ...(p.spec?.nodeName ? { node: p.spec.nodeName } : {}),
             };
           }),
       };

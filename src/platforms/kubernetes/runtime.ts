@@ -19,6 +19,7 @@ import { applyObject } from "./apply.js";
 import { ClusterCache } from "./cache.js";
 import type { KubeClient } from "./client.js";
 import { ExternalScheduling } from "./external.js";
+import { isExternalPending } from "./external-index.js";
 import { Gangs } from "./gangs.js";
 import { namespaceOf, refFromLabels } from "./naming.js";
 import { nodeCapacities } from "./nodes.js";
@@ -54,7 +55,9 @@ export class KubernetesRuntime implements Runtime {
       onPod: (key, pod, type) => {
         const ref = refFromLabels(pod.metadata.labels);
         if (ref) for (const l of this.listeners) l(ref);
-        else this.externalPods.podEvent(key, pod, type);
+        // A serving replica's pod (a model's, a workspace's) waits for Loom's scheduler as others'
+        // pods do: without a cycle for it, it waited for some other change to bring one.
+        if (!ref || isExternalPending(pod)) this.externalPods.podEvent(key, pod, type);
       },
       indexPod: (key, pod) => this.externalPods.indexPod(key, pod),
       onNode: () => this.externalPods.capacityChanged(),

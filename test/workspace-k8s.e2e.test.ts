@@ -1,0 +1,370 @@
+import { copyFileSync, mkdtempSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { LoomProcess, ROOT } from "./helpers.js";
+import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
+
+/**
+ * Issue 19 on the real Kubernetes API server: a Workspace applied through Loom becomes what the
+ * API server holds — a Deployment of one whose pod Pod Security "restricted" admits, a
+ * PersistentVolumeClaim NAME-home owned by the Workspace that outlives stop and start, a Service
+ * selecting the pod, and a NetworkPolicy under which only Loom's gateway pods reach it. Pods run
+ * on kwok nodes (nothing really runs: the test reads what the API server holds and what the
+ * Workspace's status tells its user). The operator runs under deploy/operator.yaml's
+ * ServiceAccount, so every request it makes is judged by that least-privilege ClusterRole.
+ * Its own cluster (beside LOOM_K8S_STATE's), since an operator elsewhere would reconcile it too.
+ */
+const STATE = `${process.env.LOOM_K8S_STATE ?? join(homedir(), ".cache/loom/k8s/run")}-workspace`;
+const NS = "loom-default";
+
+interface Obj {
+  metadata: {
+    name: string;
+    uid: string;
+    labels?: Record<string, string>;
+    ownerReferences?: { kind: string; name: string; uid: string; controller?: boolean }[];
+    deletionTimestamp?: string;
+  };
+  // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
+  spec: any;
+  // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
+  status?: any;
+}
+
+interface Selector {
+  matchLabels?: Record<string, string>;
+  matchExpressions?: { key: string; operator: string; values?: string[] }[];
+}
+
+/** A label selector's meaning, as the API server and network plugins apply it. */
+function selects(sel: Selector, labels: Record<string, string>): boolean {
+  const ok = Object.entries(sel.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
+  return (
+    ok &&
+    (sel.matchExpressions ?? []).every((e) => {
+      const has = e.key in labels;
+      switch (e.operator) {
+        case "In":
+          return has && e.values!.includes(labels[e.key]!);
+        case "NotIn":
+          return !has || !e.values!.includes(labels[e.key]!);
+        case "Exists":
+          return has;
+        case "DoesNotExist":
+          return !has;
+        default:
+          throw new Error(`unknown selector operator ${e.operator}`);
+      }
+    })
+  );
+}
+
+describe("Workspace on Kubernetes", () => {
+  let cluster: TestCluster;
+  let operator: ReturnType<typeof startOperator>;
+  const cli = new LoomProcess();
+  const loom = (args: string[], input?: string) =>
+    cli.cli(["--kubeconfig", cluster.kubeconfig, ...args], { input });
+  const get = (args: string[]): Obj | undefined => {
+    const r = cluster.kubectl(["get", ...args, "-n", NS, "-o", "json"]);
+    return r.code === 0 ? (JSON.parse(r.stdout) as Obj) : undefined;
+  };
+  const list = (kind: string, selector: string): Obj[] =>
+    (
+      JSON.parse(cluster.kubectl(["get", kind, "-n", NS, "-l", selector, "-o", "json"]).stdout) as {
+        items: Obj[];
+      }
+    ).items;
+
+  async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>): Promise<T> {
+    let last: T | undefined;
+    for (let i = 0; i < 240; i++) {
+      last = await probe();
+      if (last !== undefined) return last;
+      await sleep(500);
+    }
+    throw new Error(`timed out waiting for ${what}\n${operator.log().slice(-3000)}`);
+  }
+
+  /** The Workspace as Loom's API returns it, once `pred` holds. */
+  const workspace = (pred: (w: Obj) => boolean) =>
+    until("the workspace", async () => {
+      const r = await loom(["get", "ws", "lab", "-o", "json"]);
+      const w = r.code === 0 ? (JSON.parse(r.stdout) as Obj) : undefined;
+      return w && pred(w) ? w : undefined;
+    });
+
+  const manifest = `apiVersion: loom.dev/v1alpha1
+kind: Workspace
+metadata: {name: lab}
+spec:
+  ide: none
+  command: [python3, -m, http.server, $PORT, --bind, $HOST]
+  image: python:3.12-slim
+  resources: {cpu: 500m, memory: 512Mi}
+  home: {size: 2Gi}
+`;
+
+  let ws: Obj;
+
+  beforeAll(async () => {
+    cluster = upCluster({ state: STATE, nodes: 2 });
+    const crds = await cli.cli(["crds"]);
+    expect(crds.code).toBe(0);
+    cluster.kubectl(["apply", "--server-side", "--force-conflicts", "-f", "-"], { input: crds.stdout });
+    cluster.kubectl(["wait", "--for=condition=Established", "crd/workspaces.loom.dev", "--timeout=60s"]);
+    const deployed = cluster.kubectl(["apply", "-f", join(ROOT, "deploy/operator.yaml")]);
+    expect(deployed.code, deployed.stderr).toBe(0);
+    cluster.kubectl(["scale", "deployment/loom-operator", "-n", "loom-system", "--replicas=0"]);
+    const saToken = cluster
+      .kubectl(["create", "token", "loom-operator", "-n", "loom-system", "--duration=1h"])
+      .stdout.trim();
+    const saConfig = join(mkdtempSync(join(tmpdir(), "loom-sa-")), "kubeconfig");
+    copyFileSync(cluster.kubeconfig, saConfig);
+    cluster.kubectl(["config", "set-credentials", "loom-operator", `--token=${saToken}`], {
+      kubeconfig: saConfig,
+    });
+    cluster.kubectl(["config", "set-context", "--current", "--user=loom-operator"], { kubeconfig: saConfig });
+    operator = startOperator(saConfig);
+    await operator.ready;
+    await until("namespace loom-default", () =>
+      cluster.kubectl(["get", "ns", NS]).code === 0 ? true : undefined,
+    );
+    // A workspace left by an earlier run of this file on the same cluster goes first.
+    await loom(["delete", "ws", "lab", "--timeout", "60"]);
+    await until("the old workspace's claim to go", () => (get(["pvc", "lab-home"]) ? undefined : true));
+    const applied = await loom(["apply", "-f", "-"], manifest);
+    expect(applied.stderr).toBe("");
+    expect(applied.stdout).toContain("workspace.loom.dev/lab created");
+    ws = await workspace((w) => w.status?.phase === "Running");
+  }, 300_000);
+
+  afterAll(async () => {
+    await loom(["delete", "ws", "--all", "--timeout", "60"]).catch(() => undefined);
+    await operator?.stop();
+    await cli.stop();
+  });
+
+  const deployment = () => get(["deployment", ws.status.revision]);
+  const pods = () =>
+    list("pods", `loom.dev/workload-uid=${ws.metadata.uid}`).filter((p) => !p.metadata.deletionTimestamp);
+
+  it("runs as a Deployment of one, owned by the Workspace, whose pod Pod Security 'restricted' admits", async () => {
+    const ns = JSON.parse(cluster.kubectl(["get", "ns", NS, "-o", "json"]).stdout) as Obj;
+    expect(ns.metadata.labels).toMatchObject({
+      "pod-security.kubernetes.io/enforce": "restricted",
+      "pod-security.kubernetes.io/enforce-version": "latest",
+    });
+    // The namespace does enforce it: a pod that is not restricted is refused by the API server.
+    const rogue = {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: "rogue", namespace: NS },
+      spec: { containers: [{ name: "c", image: "python:3.12-slim", securityContext: { privileged: true } }] },
+    };
+    const refused = cluster.kubectl(["create", "--dry-run=server", "-f", "-"], {
+      input: JSON.stringify(rogue),
+    });
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/violates PodSecurity "restricted:latest"/);
+
+    const d = deployment();
+    expect(d, operator.log().slice(-2000)).toBeDefined();
+    expect(d!.spec.replicas).toBe(1);
+    expect(d!.metadata.ownerReferences).toEqual([
+      expect.objectContaining({ kind: "Workspace", name: "lab", uid: ws.metadata.uid, controller: true }),
+    ]);
+    const [pod] = await until("the workspace's pod", () => {
+      const p = pods();
+      return p.length ? p : undefined;
+    });
+    expect(pods()).toHaveLength(1);
+    // Its pod, as the API server admitted it: restricted in every field PSA checks.
+    expect(pod!.spec.schedulerName).toBe("loom");
+    expect(pod!.spec.automountServiceAccountToken).toBe(false);
+    expect(pod!.spec.securityContext).toMatchObject({
+      runAsNonRoot: true,
+      seccompProfile: { type: "RuntimeDefault" },
+    });
+    const c = pod!.spec.containers[0];
+    expect(c.securityContext).toMatchObject({
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ["ALL"] },
+      runAsNonRoot: true,
+    });
+    expect(c.securityContext.privileged).toBeUndefined();
+    expect(c.image).toBe("python:3.12-slim");
+    // The server listens where the Service and the gateway reach it: every address, port 8888.
+    const env = Object.fromEntries(
+      (c.env as { name: string; value: string }[]).map((e) => [e.name, e.value]),
+    );
+    expect(env).toMatchObject({
+      PORT: "8888",
+      HOST: "0.0.0.0",
+      HOME: "/home/loom",
+      LOOM_WORKLOAD_KIND: "Workspace",
+    });
+    expect(c.command.slice(-6)).toEqual(["python3", "-m", "http.server", "$PORT", "--bind", "$HOST"]);
+    expect(c.readinessProbe.httpGet).toMatchObject({ path: "/", port: 8888 });
+    expect(c.resources.requests).toMatchObject({ cpu: "500m" });
+    // The home: the Workspace's claim, mounted as the working directory.
+    expect(pod!.spec.volumes).toContainEqual({
+      name: "home",
+      persistentVolumeClaim: { claimName: "lab-home" },
+    });
+    expect(c.volumeMounts).toContainEqual(expect.objectContaining({ name: "home", mountPath: "/home/loom" }));
+    expect(c.workingDir).toBe("/home/loom");
+    expect(pod!.spec.securityContext.fsGroup).toBe(1000);
+  });
+
+  it("says what a user should see: Running once kwok reports the pod ready, on the node Loom bound it to", async () => {
+    const pod = pods()[0]!;
+    expect(pod.spec.nodeName).toMatch(/^kwok-node-/);
+    expect(ws.status).toMatchObject({
+      phase: "Running",
+      node: pod.spec.nodeName,
+      replica: { id: pod.metadata.name, ready: true, port: 8888 },
+    });
+    expect(ws.status.conditions).toContainEqual(
+      expect.objectContaining({
+        type: "Ready",
+        status: "True",
+        reason: "Ready",
+        message: "the server answers",
+      }),
+    );
+    // No workspace origin on the operator yet (docs/workspaces.md "On Kubernetes"): no URL to show.
+    expect(ws.status.url).toBeUndefined();
+    const table = await loom(["get", "ws"]);
+    expect(table.stdout).toMatch(/lab\s+Running\s+none/);
+  });
+
+  it("keeps its home in a PersistentVolumeClaim NAME-home owned by the Workspace", () => {
+    const pvc = get(["pvc", "lab-home"]);
+    expect(pvc).toBeDefined();
+    expect(pvc!.metadata.ownerReferences).toEqual([
+      expect.objectContaining({ kind: "Workspace", name: "lab", uid: ws.metadata.uid, controller: true }),
+    ]);
+    expect(pvc!.spec.accessModes).toEqual(["ReadWriteOnce"]);
+    expect(pvc!.spec.resources.requests.storage).toBe("2Gi");
+    expect(pvc!.metadata.labels).toMatchObject({ "loom.dev/workload-uid": ws.metadata.uid });
+  });
+
+  it("has a Service that selects its pod, and a NetworkPolicy under which only Loom's gateway pods reach it", () => {
+    const pod = pods()[0]!;
+    const svc = get(["service", ws.status.revision]);
+    expect(svc).toBeDefined();
+    expect(selects({ matchLabels: svc!.spec.selector }, pod.metadata.labels!)).toBe(true);
+    expect(svc!.spec.ports).toEqual([expect.objectContaining({ port: 80, targetPort: 8888 })]);
+    expect(svc!.metadata.ownerReferences?.[0]).toMatchObject({ kind: "Workspace", uid: ws.metadata.uid });
+    // Every policy of the namespace that selects the pod, and whom their ingress admits. Policies
+    // add up: one that selects the pod and admits anyone else would open it.
+    const policies = (
+      JSON.parse(cluster.kubectl(["get", "networkpolicy", "-n", NS, "-o", "json"]).stdout) as { items: Obj[] }
+    ).items;
+    const applying = policies.filter((p) => selects(p.spec.podSelector, pod.metadata.labels!));
+    expect(applying.map((p) => p.metadata.name)).toEqual(["lab-gateway-only"]);
+    const policy = applying[0]!;
+    expect(policy.spec.policyTypes).toEqual(["Ingress"]);
+    expect(policy.metadata.ownerReferences?.[0]).toMatchObject({ kind: "Workspace", uid: ws.metadata.uid });
+    const peers = (
+      policy.spec.ingress as { from: { namespaceSelector: Selector; podSelector: Selector }[] }[]
+    ).flatMap((r) => r.from);
+    expect(peers).toHaveLength(1);
+    expect(policy.spec.ingress[0].ports).toEqual([{ protocol: "TCP", port: 8888 }]);
+    const admits = (nsName: string, labels: Record<string, string>) =>
+      peers.some(
+        (p) =>
+          selects(p.namespaceSelector, { "kubernetes.io/metadata.name": nsName }) &&
+          selects(p.podSelector, labels),
+      );
+    const name = "app.kubernetes.io/name";
+    expect(admits("loom-system", { [name]: "loom-operator" })).toBe(true);
+    expect(admits("loom-system", { [name]: "loom-gateway" })).toBe(true);
+    // Not another pod of the project (a job's worker), nor anything else in loom-system, nor a
+    // pod that calls itself the gateway in another namespace.
+    expect(admits(NS, { [name]: "trainingjob", "loom.dev/project": "default" })).toBe(false);
+    expect(admits(NS, { [name]: "loom-gateway" })).toBe(false);
+    expect(admits("loom-system", { [name]: "something-else" })).toBe(false);
+    expect(admits("kube-system", { [name]: "loom-operator" })).toBe(false);
+  });
+
+  it("stop: zero replicas and no pod, the claim stays; start: one replica on the same claim, Running again", async () => {
+    const claim = get(["pvc", "lab-home"])!.metadata.uid;
+    const stop = await loom(["stop", "ws/lab"]);
+    expect(stop.code, stop.stderr).toBe(0);
+    const stopped = await workspace((w) => w.status?.phase === "Stopped");
+    expect(stopped.status.stoppedReason).toBe("User");
+    expect(stopped.status.conditions).toContainEqual(
+      expect.objectContaining({ type: "Ready", status: "False", reason: "Stopped" }),
+    );
+    expect(stopped.status.conditions.find((c: { type: string }) => c.type === "Ready").message).toContain(
+      "the home is kept",
+    );
+    await until("the Deployment at zero", () => (deployment()?.spec.replicas === 0 ? true : undefined));
+    await until("the pod to go", () => (pods().length === 0 ? true : undefined));
+    expect(get(["pvc", "lab-home"])?.metadata.uid).toBe(claim);
+    expect(get(["pvc", "lab-home"])?.metadata.deletionTimestamp).toBeUndefined();
+    expect((await loom(["get", "ws", "lab"])).stdout).toMatch(/lab\s+Stopped/);
+
+    const start = await loom(["start", "ws/lab"]);
+    expect(start.code, start.stderr).toBe(0);
+    const running = await workspace(
+      (w) => w.status?.phase === "Running" && w.status?.stoppedReason === undefined,
+    );
+    expect(running.status.revision).toBe(ws.status.revision);
+    expect(deployment()?.spec.replicas).toBe(1);
+    const [pod] = pods();
+    expect(pod!.spec.volumes).toContainEqual({
+      name: "home",
+      persistentVolumeClaim: { claimName: "lab-home" },
+    });
+    expect(get(["pvc", "lab-home"])?.metadata.uid).toBe(claim);
+  }, 180_000);
+
+  it("refuses spec.fromWorkspace on a TrainingJob, saying why, through loom apply and loom run --from", async () => {
+    const job = `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: from-lab}
+spec:
+  fromWorkspace: lab
+  command: [python, train.py]
+`;
+    const applied = await loom(["apply", "-f", "-"], job);
+    expect(applied.code).not.toBe(0);
+    expect(applied.stderr).toContain("spec.fromWorkspace is not supported on this platform yet");
+    expect(applied.stderr).toContain("build an image with the code");
+    const run = await loom(["run", "--from", "ws/lab", "--", "python", "train.py"]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain("spec.fromWorkspace is not supported on this platform yet");
+    expect(cluster.kubectl(["get", "trainingjobs", "-n", NS, "-o", "name"]).stdout).toBe("");
+    // Written to the API server directly (past Loom's API): it never runs without its code, and
+    // its status says why.
+    const direct = cluster.kubectl(["apply", "-f", "-"], {
+      input: job.replace("metadata: {name: from-lab}", `metadata: {name: from-lab, namespace: ${NS}}`),
+    });
+    expect(direct.code, direct.stderr).toBe(0);
+    const refused = await until("the job's refusal", () => {
+      const j = get(["trainingjob", "from-lab"]);
+      const c = (
+        j?.status?.conditions as { type: string; reason: string; message: string }[] | undefined
+      )?.find((x) => x.reason === "FailedCreate");
+      return c;
+    });
+    expect(refused.message).toContain("spec.fromWorkspace is not supported on Kubernetes yet");
+    expect(list("pods", `loom.dev/workload=from-lab`)).toEqual([]);
+    expect(cluster.kubectl(["delete", "trainingjob", "from-lab", "-n", NS, "--timeout=60s"]).code).toBe(0);
+  }, 120_000);
+
+  it("delete: the Workspace's Deployment, Service, policy and claim go with it", async () => {
+    const del = await loom(["delete", "ws", "lab", "--timeout", "60"]);
+    expect(del.code, del.stderr).toBe(0);
+    await until("the claim to go", () => (get(["pvc", "lab-home"]) ? undefined : true));
+    await until("the Deployment to go", () => (deployment() ? undefined : true));
+    expect(get(["networkpolicy", "lab-gateway-only"])).toBeUndefined();
+    expect(get(["service", ws.status.revision])).toBeUndefined();
+    expect(operator.log()).not.toMatch(/forbidden/i);
+  }, 120_000);
+});
