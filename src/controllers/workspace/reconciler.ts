@@ -132,9 +132,8 @@ export class WorkspaceReconciler implements Reconciler {
     // Stopped and already gone: applying zero again would only make an empty record.
     if (!stopped || held)
       await serving.applyRevision(this.revisionSpec(ws, program, revision, stopped ? 0 : 1));
-    const replica: ReplicaObservation | undefined = stopped
-      ? undefined
-      : (await serving.observeRevision(ref, revision)).replicas[0];
+    const observed = stopped ? undefined : await serving.observeRevision(ref, revision);
+    const replica: ReplicaObservation | undefined = observed?.replicas[0];
     const set = (phase: WorkspaceStatus["phase"], c: Omit<Condition, "type" | "lastTransitionTime">) => {
       status.phase = phase;
       status.conditions = setCondition(status.conditions, { type: "Ready", ...c }, now);
@@ -159,7 +158,10 @@ export class WorkspaceReconciler implements Reconciler {
             ? `stopped after ${idleFor(status, culled)} without activity (loom start ws/NAME runs it again); the home is kept`
             : "stopped (loom start ws/NAME runs it again); the home is kept",
         });
-        status.stoppedReason ??= idle ? "Idle" : "User";
+        // Kept once stopped (a user's stop of a culled workspace still says Idle); a stop while it
+        // waited after a preemption is the user's.
+        if (status.stoppedReason === undefined || status.stoppedReason === "Preempted")
+          status.stoppedReason = idle ? "Idle" : "User";
       }
     } else if (replica) {
       status.stoppedReason = undefined;
@@ -193,9 +195,15 @@ export class WorkspaceReconciler implements Reconciler {
         });
     } else {
       status.replica = undefined;
-      status.stoppedReason = undefined;
+      status.stoppedReason = observed?.preempted ? "Preempted" : undefined;
       const waiting = this.environmentWaiting(program);
-      if (waiting?.failed)
+      if (observed?.preempted)
+        set("Pending", {
+          status: "False",
+          reason: "Preempted",
+          message: `${observed.preempted}; it runs again once the scheduler places it (its home is kept)`,
+        });
+      else if (waiting?.failed)
         set("Failed", { status: "False", reason: "EnvironmentFailed", message: waiting.failed });
       else if (waiting)
         set("Pending", { status: "False", reason: "BuildingEnvironment", message: waiting.message });
