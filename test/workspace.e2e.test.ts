@@ -155,16 +155,19 @@ spec:
   it("idleTimeout: an idle workspace is culled (home kept, loom start brings it back); one in use is spared", async () => {
     const s = servers.at(-1)!;
     if (!s.pid) await s.start(); // run alone (-t)
-    const yaml = (name: string) => `apiVersion: loom.dev/v1alpha1
+    const yaml = (name: string, idle = "3s") => `apiVersion: loom.dev/v1alpha1
 kind: Workspace
 metadata: {name: ${name}}
 spec:
   ide: none
-  idleTimeout: 3s
+  idleTimeout: ${idle}
   command: [sh, -c, 'date +%s%N >> starts.txt && exec python3 -m http.server $PORT --bind 127.0.0.1']
 `;
+    // A long idleTimeout until the busy one is in use: 3 s would race the test's own steps on a
+    // loaded machine (the idle one culled before it was seen Running, the busy one before its
+    // first request). Changing idleTimeout restarts nothing.
     for (const name of ["idle", "busy"])
-      expect((await s.cli(["apply", "-f", "-"], { input: yaml(name) })).code).toBe(0);
+      expect((await s.cli(["apply", "-f", "-"], { input: yaml(name, "1h") })).code).toBe(0);
     const busy = await waitFor(s, running, 60_000, "busy");
     await waitFor(s, running, 60_000, "idle");
     // The busy one is requested through its origin every second, as an open page would.
@@ -177,6 +180,8 @@ spec:
         await sleep(1000);
       }
     })();
+    for (const name of ["idle", "busy"])
+      expect((await s.cli(["apply", "-f", "-"], { input: yaml(name) })).code).toBe(0);
     try {
       const culled = await waitFor(s, (x) => x.status?.phase === "Stopped", 60_000, "idle");
       expect(culled.status?.stoppedReason).toBe("Idle");
@@ -190,6 +195,10 @@ spec:
     }
     const home = join(s.dataDir, "homes", "default", "idle", "starts.txt");
     expect(readFileSync(home, "utf8").trim().split("\n")).toHaveLength(1);
+    // Not culled again before the test sees it back: idleTimeout lifted by a merge patch (it keeps
+    // the controller's mark; an apply would replace the annotations and so start it by itself).
+    expect((await s.api("PATCH", `${PATH}/idle`, { spec: { idleTimeout: "1h" } })).status).toBe(200);
+    expect((await ws(s, "idle")).status?.phase).toBe("Stopped");
     expect((await s.cli(["start", "ws/idle"])).stdout).toBe("workspace.loom.dev/idle started\n");
     const back = await waitFor(s, running, 60_000, "idle");
     expect(back.status?.stoppedReason).toBeUndefined();

@@ -259,6 +259,11 @@ export interface ReplicaObservation {
 export interface RevisionObservation {
   /** Replicas that run (started, not being stopped): what the gateway may route to once ready. */
   replicas: ReplicaObservation[];
+  /**
+   * Why the scheduler stopped a replica of the revision, while the one replacing it waits for a
+   * place (embedded: Loom preempts replicas it runs); undefined once a replica has started again.
+   */
+  preempted?: string;
 }
 
 /**

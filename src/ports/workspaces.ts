@@ -25,8 +25,8 @@ export interface WorkspaceDirectory {
 }
 
 /**
- * The IDE's own record of its last activity (Jupyter: `GET /api/status` → `last_activity`, which
- * counts running kernels too), read from the endpoint where it answers; undefined where it keeps
+ * The IDE's own record of its last activity (Jupyter: `GET /api/status` → `last_activity`, or now
+ * while a kernel is busy), read from the endpoint where it answers; undefined where it keeps
  * none or cannot be asked. A port so the controller makes no network calls of its own.
  */
 export type IdeActivity = (ide: string, endpoint: WorkspaceEndpoint) => Promise<Date | undefined>;

@@ -43,7 +43,7 @@ class FakeRevisions implements RevisionRuntime {
     this.applied.push(structuredClone(spec));
     const rev = this.revisions.get(spec.revision) ?? { spec, replicas: [] };
     rev.spec = spec;
-    if (spec.replicas > 0 && rev.replicas.length === 0)
+    if (spec.replicas > 0 && rev.replicas.length === 0 && !this.preempted)
       rev.replicas.push({
         id: `${spec.revision}-r0`,
         host: "127.0.0.1",
@@ -56,7 +56,33 @@ class FakeRevisions implements RevisionRuntime {
 
   async observeRevision(_s: WorkloadRef, revision: string) {
     const rev = this.revisions.get(revision);
-    return { replicas: rev && rev.spec.replicas > 0 ? rev.replicas : [] };
+    return {
+      replicas: rev && rev.spec.replicas > 0 ? rev.replicas : [],
+      ...(this.preempted ? { preempted: this.preempted } : {}),
+    };
+  }
+
+  /** Set: the scheduler reclaimed the replica and its replacement waits for a place. */
+  preempted: string | undefined;
+
+  /** The scheduler stops the replica (the embedded platform's preempt): the replacement waits. */
+  preempt(message: string): void {
+    this.preempted = message;
+    for (const r of this.revisions.values()) r.replicas = [];
+  }
+
+  /** The waiting replacement is placed and started. */
+  place(): void {
+    this.preempted = undefined;
+    for (const r of this.revisions.values())
+      if (r.spec.replicas > 0 && r.replicas.length === 0)
+        r.replicas.push({
+          id: `${r.spec.revision}-r1`,
+          host: "127.0.0.1",
+          port: 40001,
+          ready: false,
+          startedAt: "",
+        });
   }
 
   /** Deleted revisions stay (their replica stopping) until settle(), as the embedded platform's do. */
@@ -355,6 +381,49 @@ describe("Workspace controller", () => {
     await create({ preemptible: true });
     await reconcile();
     expect(revisions.applied.at(-1)!.preemptible).toBe(true);
+  });
+
+  it("preempted: Pending with reason Preempted and the scheduler's words while it waits; Running again once placed", async () => {
+    await create({ ide: "none", command: ["python3", "-m", "http.server", "$PORT"], preemptible: true });
+    await reconcile();
+    revisions.ready();
+    await reconcile();
+    expect((await get()).status?.phase).toBe("Running");
+    revisions.preempt("preempted for big (priority 10 > 0) in project p");
+    await reconcile();
+    let ws = await get();
+    expect(ws.status?.phase).toBe("Pending");
+    expect(ws.status?.stoppedReason).toBe("Preempted");
+    expect(ws.status?.replica).toBeUndefined();
+    expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
+    const ready = getCondition(ws.status?.conditions, "Ready");
+    expect(ready?.reason).toBe("Preempted");
+    expect(ready?.message).toBe(
+      "preempted for big (priority 10 > 0) in project p; it runs again once the scheduler places it (its home is kept)",
+    );
+    revisions.place();
+    revisions.ready();
+    await reconcile();
+    ws = await get();
+    expect(ws.status?.phase).toBe("Running");
+    expect(ws.status?.stoppedReason).toBeUndefined();
+    expect(getCondition(ws.status?.conditions, "Ready")?.reason).toBe("Ready");
+  });
+
+  it("a preempted workspace the user then stops says User", async () => {
+    await create({ ide: "none", command: ["python3", "-m", "http.server", "$PORT"], preemptible: true });
+    await reconcile();
+    revisions.ready();
+    await reconcile();
+    revisions.preempt("preempted for big (priority 10 > 0) in project p");
+    await reconcile();
+    await patch({ stopped: true });
+    await reconcile();
+    revisions.settle();
+    await reconcile();
+    const ws = await get();
+    expect(ws.status?.phase).toBe("Stopped");
+    expect(ws.status?.stoppedReason).toBe("User");
   });
 
   it("stop scales to zero and says Stopped only once the replica is gone; start runs it again", async () => {

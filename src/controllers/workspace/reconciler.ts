@@ -142,8 +142,9 @@ export class WorkspaceReconciler implements Reconciler {
     }
     // Where the platform lists no revisions (Kubernetes: a Deployment of zero stays), a stopped
     // workspace is stopping while a replica remains, and stopped once none does.
-    const replicas =
-      !stopped || !serving.listRevisions ? (await serving.observeRevision(ref, revision)).replicas : [];
+    const observed =
+      !stopped || !serving.listRevisions ? await serving.observeRevision(ref, revision) : undefined;
+    const replicas = observed?.replicas ?? [];
     const replica: ReplicaObservation | undefined = stopped ? undefined : replicas[0];
     const stopping = stopped && (serving.listRevisions ? held : replicas.length > 0);
     const set = (phase: WorkspaceStatus["phase"], c: Omit<Condition, "type" | "lastTransitionTime">) => {
@@ -172,7 +173,10 @@ export class WorkspaceReconciler implements Reconciler {
             ? `stopped after ${idleFor(status, culled)} without activity (loom start ws/NAME runs it again); the home is kept`
             : "stopped (loom start ws/NAME runs it again); the home is kept",
         });
-        status.stoppedReason ??= idle ? "Idle" : "User";
+        // Kept once stopped (a user's stop of a culled workspace still says Idle); a stop while it
+        // waited after a preemption is the user's.
+        if (status.stoppedReason === undefined || status.stoppedReason === "Preempted")
+          status.stoppedReason = idle ? "Idle" : "User";
       }
     } else if (replica) {
       status.stoppedReason = undefined;
@@ -206,9 +210,15 @@ export class WorkspaceReconciler implements Reconciler {
         });
     } else {
       status.replica = undefined;
-      status.stoppedReason = undefined;
+      status.stoppedReason = observed?.preempted ? "Preempted" : undefined;
       const waiting = this.environmentWaiting(program);
-      if (waiting?.failed)
+      if (observed?.preempted)
+        set("Pending", {
+          status: "False",
+          reason: "Preempted",
+          message: `${observed.preempted}; it runs again once the scheduler places it (its home is kept)`,
+        });
+      else if (waiting?.failed)
         set("Failed", { status: "False", reason: "EnvironmentFailed", message: waiting.failed });
       else if (waiting)
         set("Pending", { status: "False", reason: "BuildingEnvironment", message: waiting.message });

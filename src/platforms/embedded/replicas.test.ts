@@ -191,6 +191,15 @@ describe("LocalRevisions (embedded service replicas)", () => {
     const ext = rt.external();
     expect(ext.running).toEqual([expect.objectContaining({ id: "team/echo-1-r0", stopping: true })]);
     expect(ext.pending.map((w) => w.id)).toEqual(["team/echo-1-r1"]);
+    // Its service is told why nothing runs while the replacement waits (a workspace says so)…
+    expect(await observe(rt)).toEqual({ replicas: [], preempted: "reclaimed for research/claim" });
+    await until(() => rt.external().running.length === 0);
+    // …until a replica starts again.
+    await rt.bindExternal("team/echo-1-r1", [{ pod: 0, node: "local", gpus: [{ device: "1", share: 1 }] }]);
+    const again = await observe(rt);
+    expect(again.preempted).toBeUndefined();
+    expect(again.replicas.map((x) => x.id)).toEqual(["echo-1-r1"]);
+    await rt.serving.deleteRevision(revision(1, 1).service, "echo-1");
     await until(() => rt.external().running.length === 0);
   }, 60_000);
 

@@ -54,6 +54,8 @@ interface Revision {
   retryAt?: number;
   /** The last environment failure said, so it is said once. */
   environmentFailure?: string;
+  /** The scheduler's message when it last reclaimed a replica, until a replica starts again. */
+  preempted?: string;
 }
 
 export interface LocalRevisionsDeps {
@@ -158,7 +160,7 @@ export class LocalRevisions implements RevisionRuntime {
         ...(r.placement ? { node: r.placement.node, gpus: r.placement.gpus } : {}),
       });
     }
-    return { replicas };
+    return { replicas, ...(rev?.preempted ? { preempted: rev.preempted } : {}) };
   }
 
   async deleteRevision(service: WorkloadRef, revision: string): Promise<void> {
@@ -234,6 +236,7 @@ export class LocalRevisions implements RevisionRuntime {
       const r = found.rev.replicas.find((x) => x.id === found.replica);
       if (r?.phase !== "Running") return;
       this.stopReplica(r);
+      found.rev.preempted = message;
       await this.event(
         found.rev,
         "Warning",
@@ -252,6 +255,8 @@ export class LocalRevisions implements RevisionRuntime {
   /** Brings a revision to `desired` live replicas: asks for missing ones, stops extras. */
   private async converge(rev: Revision, desired = rev.spec.replicas): Promise<void> {
     const live = () => rev.replicas.filter((r) => r.phase !== "Stopping");
+    // Scaled to zero: nothing waits for a place any more, so nothing is waiting after a preemption.
+    if (desired === 0) rev.preempted = undefined;
     // Scale down: waiting ones first (nothing to stop), then not ready, then the newest.
     while (live().length > desired) {
       const candidates = live();
@@ -340,6 +345,7 @@ export class LocalRevisions implements RevisionRuntime {
       r.port = port;
       r.startedAt = this.now().toISOString();
       r.waiting = undefined;
+      rev.preempted = undefined;
       await this.event(
         rev,
         "Normal",

@@ -1,23 +1,38 @@
 import type { IdeActivity } from "../../ports/workspaces.js";
 
 /**
- * Jupyter's last activity from its `/api/status` (no token: Loom's origin is the gate). Jupyter
- * does not count this request as activity. Anything else, or no answer in 2 s: undefined, and the
- * proxy's own record decides.
+ * Jupyter's last activity from its `/api/status` (no token: Loom's origin is the gate), or now
+ * when one of its kernels is busy (`/api/kernels`, execution_state): a kernel computing sends
+ * nothing while it works (`time.sleep`, a long training step), so its last_activity stands still,
+ * and Kubeflow's culler, like Jupyter's own (cull_busy off), counts a busy kernel as active.
+ * Neither request counts as activity to Jupyter (/api/status never does; the kernel list is
+ * asked with no_track_activity). Anything else, or no answer in 2 s: undefined, and the proxy's
+ * own record decides.
  */
 export const ideActivity: IdeActivity = async (ide, endpoint) => {
   if (ide !== "jupyter") return undefined;
+  const base = `http://${hostPart(endpoint.host)}:${endpoint.port}`;
+  const status = (await getJson(`${base}/api/status`)) as { last_activity?: string } | undefined;
+  const kernels = await getJson(`${base}/api/kernels?no_track_activity=1`);
+  if (
+    Array.isArray(kernels) &&
+    kernels.some((k) => (k as { execution_state?: string } | null)?.execution_state === "busy")
+  )
+    return new Date();
+  const at = new Date(status?.last_activity ?? "");
+  return Number.isNaN(at.getTime()) ? undefined : at;
+};
+
+/** The JSON body of a GET that answers 2xx within 2 s; undefined otherwise. */
+async function getJson(url: string): Promise<unknown> {
   try {
-    const res = await fetch(`http://${hostPart(endpoint.host)}:${endpoint.port}/api/status`, {
-      signal: AbortSignal.timeout(2000),
-    });
+    const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
     if (!res.ok) return undefined;
-    const at = new Date(((await res.json()) as { last_activity?: string }).last_activity ?? "");
-    return Number.isNaN(at.getTime()) ? undefined : at;
+    return await res.json();
   } catch {
     return undefined;
   }
-};
+}
 
 function hostPart(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
