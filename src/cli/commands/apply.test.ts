@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { Resource } from "../../api/meta.js";
-import { updateVerdict } from "./apply.js";
+import { keptAnnotations, updateVerdict } from "./apply.js";
 
 const tj = (spec: object, labels?: Record<string, string>, status?: object): Resource =>
   ({
@@ -71,5 +71,26 @@ describe("updateVerdict", () => {
       preview: "would start now on vm",
     });
     expect(updateVerdict("Sweep", tj(spec), tj(changed))).toEqual({ verb: "configured" });
+  });
+});
+
+/** An idle-culled workspace re-applied unchanged stays culled: the controller's mark is kept. */
+describe("keptAnnotations", () => {
+  const current = {
+    metadata: { name: "w", annotations: { "loom.dev/idle-stopped": "2026-12-06T00:00:00Z", note: "old" } },
+  } as unknown as Resource;
+  it("keeps the controller's mark and the manifest's own annotations, drops the rest", () => {
+    expect(
+      keptAnnotations(current, { name: "w", annotations: { team: "a" } } as Resource["metadata"]),
+    ).toEqual({
+      annotations: { team: "a", "loom.dev/idle-stopped": "2026-12-06T00:00:00Z" },
+    });
+    expect(keptAnnotations(current, { name: "w" } as Resource["metadata"])).toEqual({
+      annotations: { "loom.dev/idle-stopped": "2026-12-06T00:00:00Z" },
+    });
+  });
+  it("lets a manifest that names the annotation decide", () => {
+    const m = { name: "w", annotations: { "loom.dev/idle-stopped": "x" } } as unknown as Resource["metadata"];
+    expect(keptAnnotations(current, m)).toEqual({});
   });
 });

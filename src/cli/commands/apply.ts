@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { TRAININGJOB } from "../../api/kinds.js";
 import type { Resource } from "../../api/meta.js";
 import { isFinished, type TrainingJob } from "../../api/trainingjob.js";
+import { IDLE_STOPPED } from "../../api/workspace.js";
 import { canonicalJson } from "../../lib/json.js";
 import { ApiError } from "../client.js";
 import type { Api, CliDeps } from "../deps.js";
@@ -96,9 +97,14 @@ export async function applyOne(api: Api, p: Prepared, mode: "apply" | "dry" | "p
       current = await read(api, p);
       if (!current) continue; // deleted since: create again
     }
+    const metadata = p.body.metadata as Resource["metadata"];
     const body = {
       ...p.body,
-      metadata: { ...(p.body.metadata as object), resourceVersion: current.metadata.resourceVersion },
+      metadata: {
+        ...metadata,
+        ...keptAnnotations(current, metadata),
+        resourceVersion: current.metadata.resourceVersion,
+      },
     };
     try {
       const updated = upsert
@@ -111,6 +117,23 @@ export async function applyOne(api: Api, p: Prepared, mode: "apply" | "dry" | "p
     }
   }
   throw new CliError(`${ref(p.def, p.name)}: gave up after repeated conflicting writes; try again`);
+}
+
+/**
+ * Annotations a controller writes, which a manifest never has: kept through an apply, as kubectl
+ * keeps what it did not apply. Re-applying an unchanged manifest must not undo an idle cull.
+ */
+const CONTROLLER_ANNOTATIONS = [IDLE_STOPPED];
+
+export function keptAnnotations(
+  current: Resource,
+  metadata: Resource["metadata"],
+): Pick<Resource["metadata"], "annotations"> {
+  const kept = Object.entries(current.metadata.annotations ?? {}).filter(
+    ([k]) => CONTROLLER_ANNOTATIONS.includes(k) && !(k in (metadata.annotations ?? {})),
+  );
+  if (!kept.length) return {};
+  return { annotations: { ...metadata.annotations, ...Object.fromEntries(kept) } };
 }
 
 async function read(api: Api, p: Prepared): Promise<Resource | undefined> {
