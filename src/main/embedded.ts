@@ -197,6 +197,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     access: plane.workspaceAccess!,
     directory: workspaceDirectory,
     log: log.child({ component: "workspace-origin" }),
+    connectPort: runtime.connectPort.bind(runtime), // /proxy/P/ reaches the workspace's own 127.0.0.1
   });
   try {
     workspacePort = await listenOn(
