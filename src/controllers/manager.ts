@@ -6,6 +6,7 @@ import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
 import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
+import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
 import type { WorkloadTracking } from "../ports/tracking.js";
 import { Controller } from "../reconcile/controller.js";
@@ -50,6 +51,8 @@ export interface ControllerManagerDeps {
   baseBackoffMs?: number;
   /** Experiment tracking for workloads (embedded). */
   tracking?: WorkloadTracking;
+  /** Users' SSH keys: a training job's workers get their project's editors' as a file (loom ssh). */
+  sshKeys?: Pick<SshKeyStore, "authorizedKeys">;
   /** Sweeps read trials' objectives here and register the best model here (embedded). */
   trialMetrics?: TrialMetrics;
   registrar?: ModelRegistrar;

@@ -18,6 +18,7 @@ import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
 import { describeSandbox, detectSandbox, type SandboxSupport } from "../platforms/embedded/sandbox.js";
 import { HomeSnapshots } from "../platforms/embedded/snapshots.js";
+import { SqliteSshKeyStore } from "../platforms/embedded/sshkeys.js";
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { WorkloadFiles } from "../platforms/embedded/workloadfiles.js";
@@ -167,6 +168,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     },
     api: {
       tokens: new SqliteTokenStore(database.db),
+      sshKeys: new SqliteSshKeyStore(database.db),
       trackingDb,
       dataDir: opts.dataDir,
       host: opts.host,

@@ -2,6 +2,7 @@ import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import type { TrainingJob, TrainingJobStatus } from "../../api/trainingjob.js";
 import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
+import type { SshKeyStore } from "../../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { WorkloadTracking } from "../../ports/tracking.js";
 import type { WriteOverlay } from "../../reconcile/overlay.js";
@@ -21,6 +22,11 @@ export interface TrainingJobDeps {
   now: () => Date;
   /** Experiment tracking for workers (embedded): MLFLOW_* in their environment. */
   tracking?: WorkloadTracking;
+  /**
+   * Users' SSH keys: each worker gets the keys of its project's editors and admins as a file
+   * (LOOM_SSH_AUTHORIZED_KEYS_FILE), which runtimes/loom-sshd authorizes.
+   */
+  sshKeys?: Pick<SshKeyStore, "authorizedKeys">;
   /** First restart delay; doubles per attempt up to maxBackoffMs. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;

@@ -124,6 +124,8 @@ async function planWorkers(
     mpiHost: ctx.deps.runtime.mpiHost,
   });
   const mlflow = await trackingEnv(ctx, job, status, attempt);
+  const ssh = await sshKeysFile(ctx, ref.project);
+  const files = [...mlflow.files, ...ssh.files];
   return plan.workers.map((p) => ({
     index: p.index,
     command: p.command,
@@ -132,12 +134,13 @@ async function planWorkers(
     workingDir: job.spec.workingDir,
     allocation: allocationOf(admission, p.index),
     terminationGracePeriodSeconds: job.spec.terminationGracePeriodSeconds,
-    ...(mlflow.files.length > 0 ? { files: mlflow.files } : {}),
+    ...(files.length > 0 ? { files } : {}),
     env: {
       // As Kubeflow's operators do: Python's output reaches the log (and progressTimeout) as it
       // is printed, not in 8 KiB blocks. The job's env may say otherwise.
       PYTHONUNBUFFERED: "1",
       ...mlflow.all,
+      ...ssh.env,
       ...(p.index === 0 ? mlflow.rank0 : {}),
       ...job.spec.env,
       ...p.env,
@@ -303,6 +306,31 @@ async function trackingEnv(
       "could not prepare the job's tracking run; starting without it",
     );
     return { all: {}, rank0: {}, files: [] };
+  }
+}
+
+/** Where a worker's authorized SSH keys are, under its private HOME (runtimes/loom-sshd reads it). */
+export const SSH_KEYS_FILE = ".loom/ssh/authorized_keys";
+
+/**
+ * The SSH keys of the project's editors and admins (`loom ssh-key add`), as a file for the
+ * workers' sshd (LOOM_SSH_AUTHORIZED_KEYS_FILE): the people who may open Loom's tunnel to the
+ * workers are the ones who may log in through it. A file, never env: nothing prints it.
+ */
+async function sshKeysFile(
+  ctx: JobContext,
+  project: string,
+): Promise<{ env: Record<string, string>; files: SecretFile[] }> {
+  if (!ctx.deps.sshKeys) return { env: {}, files: [] };
+  try {
+    const keys = await ctx.deps.sshKeys.authorizedKeys(project);
+    return {
+      env: { LOOM_SSH_AUTHORIZED_KEYS_FILE: `$(HOME)/${SSH_KEYS_FILE}` },
+      files: [{ path: SSH_KEYS_FILE, data: keys.map((k) => `${k}\n`).join(""), mode: 0o600 }],
+    };
+  } catch (err) {
+    ctx.deps.log.warn({ err, project }, "could not read the project's SSH keys; starting without them");
+    return { env: {}, files: [] };
   }
 }
 
