@@ -183,8 +183,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       }),
       // The trainingjob loop would add it on first sight; giving it at create saves that write.
       ...(controllers ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
-      // `loom run --from ws/NAME`: the home copied when the job is created (snapshots.ts).
-      workspaceSnapshots: new HomeSnapshots(new WorkloadFiles(opts.dataDir)),
+      workspaceSnapshots: new HomeSnapshots(new WorkloadFiles(opts.dataDir)), // loom run --from ws/NAME
     },
   });
   const admin = plane.admin!;
