@@ -1,7 +1,7 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { chmodSync, readFileSync } from "node:fs";
+import { chmodSync } from "node:fs";
 import { request } from "node:http";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
@@ -219,20 +219,49 @@ describe("loom port-forward", () => {
     expect(forwards.at(-1)!.exitCode).toBeNull();
   }, 120_000);
 
-  it("runs a command with the real ssh client through loom ssh --proxy as its ProxyCommand", async () => {
-    const key = join(loom.home, "id_ed25519");
-    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key]);
-    chmodSync(key, 0o600);
+  it("ssh-key add/list/delete: the real ssh client logs in through loom ssh --proxy with a registered key, not with another", async () => {
+    const keygen = (name: string) => {
+      const key = join(loom.home, name);
+      execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", `${name}@laptop`, "-f", key]);
+      chmodSync(key, 0o600);
+      return key;
+    };
+    const key = keygen("id_ed25519");
+    const stranger = keygen("id_stranger");
+    // Registered by the CLI as a user does (the admin is an editor of every project).
+    const added = await loom.cli(["ssh-key", "add", `${key}.pub`]);
+    expect(added.code, added.stderr).toBe(0);
+    expect(added.stdout).toMatch(/^ssh key "id_ed25519@laptop" added \(ssh-ed25519 SHA256:\S+\)$/m);
+    const listed = await loom.cli(["ssh-key", "list"]);
+    expect(listed.stdout).toMatch(/NAME\s+TYPE\s+FINGERPRINT\s+AGE/);
+    expect(listed.stdout).toContain("id_ed25519@laptop");
+    // The same key twice, a private key, junk: refused with what to do.
+    expect((await loom.cli(["ssh-key", "add", `${key}.pub`])).stderr).toMatch(/registered already/);
+    const priv = await loom.cli(["ssh-key", "add", key]);
+    expect(priv.code).not.toBe(0);
+    expect(priv.stderr).toMatch(/give its public half/);
+    const junk = await loom.cli(["ssh-key", "add", "-"], { input: "not a key at all\n" });
+    expect(junk.code).not.toBe(0);
+    expect(junk.stderr).toMatch(/not an OpenSSH public key/);
+    // Another user sees none of it and cannot delete it; an API key is refused outright.
+    const bob = (
+      await loom.cli(["token", "create", "bob", "--role", "editor", "-p", "default"])
+    ).stdout.trim();
+    const asBob = { env: { LOOM_URL: loom.url, LOOM_TOKEN: bob } };
+    expect((await loom.cli(["ssh-key", "list"], asBob)).stdout).not.toContain("id_ed25519@laptop");
+    const steal = await loom.cli(["ssh-key", "delete", "id_ed25519@laptop"], asBob);
+    expect(steal.code).not.toBe(0);
+    expect(steal.stderr).toMatch(/no SSH key named "id_ed25519@laptop"/);
+    const apiKey = (await loom.cli(["apikey", "create", "k", "-p", "default"])).stdout.trim();
+    expect((await loom.api("GET", `${BASE}/sshkeys`, undefined, apiKey)).status).toBe(403);
+
     const sshd = join(ROOT, "runtimes", "loom-sshd", "loom-sshd.sh");
-    const job = jobYaml(
-      "box",
-      ["/bin/sh", sshd],
-      `  env: {LOOM_SSH_AUTHORIZED_KEYS: ${JSON.stringify(readFileSync(`${key}.pub`, "utf8").trim())}}\n`,
-    );
+    // No keys in the job: Loom gives its workers the project's registered keys as a file.
+    const job = jobYaml("box", ["/bin/sh", sshd]);
     const applied = await loom.cli(["apply", "-f", "-"], { input: job });
     expect(applied.code, applied.stderr).toBe(0);
     const proxy = `${process.execPath} ${join(ROOT, "bin", "loom.js")} ssh --proxy tj/box`;
-    const ssh = () =>
+    const ssh = (identity = key) =>
       new Promise<{ code: number; out: string }>((resolve) => {
         const p = spawn(
           "ssh",
@@ -245,8 +274,10 @@ describe("loom port-forward", () => {
             `UserKnownHostsFile=${join(loom.home, "known_hosts")}`,
             "-o",
             "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
             "-i",
-            key,
+            identity,
             "loom@tj-box",
             "echo",
             "hi",
@@ -270,5 +301,14 @@ describe("loom port-forward", () => {
     }
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/^hi$/m);
+    // A key nobody registered: sshd refuses it.
+    const refused = await ssh(stranger);
+    expect(refused.code, refused.out).toBe(255);
+    expect(refused.out).toMatch(/Permission denied \(publickey\)/);
+    // Deleted: gone from the list.
+    expect((await loom.cli(["ssh-key", "delete", "id_ed25519@laptop"])).stdout).toBe(
+      'ssh key "id_ed25519@laptop" deleted\n',
+    );
+    expect((await loom.cli(["ssh-key", "list"])).stdout).not.toContain("id_ed25519@laptop");
   }, 120_000);
 });

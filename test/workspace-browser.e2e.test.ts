@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
-import { type Browser, launchBrowser, type Page, screenshot } from "./browser.js";
+import { type Browser, type BrowserContext, launchBrowser, type Page, screenshot } from "./browser.js";
 import { LoomProcess } from "./helpers.js";
 import { jupyterVenv } from "./jupyter.js";
 
@@ -10,7 +10,8 @@ import { jupyterVenv } from "./jupyter.js";
  * Issue 19's browser scenario, as a user does it, on a real `loom up` driven by the real CLI:
  * apply a JupyterLab Workspace, `loom open ws/nb --no-browser`, open the one-time link in real
  * Chromium, JupyterLab loads through Loom's workspace origin; a new notebook runs `6*7` typed
- * into its cell and shows 42, writing a file in the same cell; the file is still there after
+ * into its cell and shows 42, writing a file in the same cell; `python -m http.server` typed into
+ * a JupyterLab terminal appears in status.ports and its URL serves that file; the file is still there after
  * `loom stop ws/nb` / `loom start ws/nb`. Screenshots go to test-artifacts/.
  */
 
@@ -18,7 +19,12 @@ import { jupyterVenv } from "./jupyter.js";
 interface UiPage extends Page {
   waitForSelector(selector: string, opts?: { timeout?: number }): Promise<unknown>;
   click(selector: string, opts?: { timeout?: number }): Promise<void>;
-  keyboard: { insertText(text: string): Promise<void>; press(key: string): Promise<void> };
+  keyboard: {
+    insertText(text: string): Promise<void>;
+    type(text: string): Promise<void>;
+    press(key: string): Promise<void>;
+  };
+  waitForFunction(fn: () => boolean, arg?: undefined, opts?: { timeout?: number }): Promise<unknown>;
 }
 
 interface Ws {
@@ -26,8 +32,15 @@ interface Ws {
     phase?: string;
     url?: string;
     conditions?: { type: string; reason?: string; message?: string }[];
+    ports?: { port: number; url?: string }[];
   };
 }
+
+/**
+ * The port the terminal's `python -m http.server` takes: below Linux's ephemeral range, where
+ * Jupyter's kernels take theirs (and the workspace has a network of its own where Loom is root).
+ */
+const HTTP_PORT = 18765;
 
 describe("JupyterLab workspace in Chromium through Loom", () => {
   const loom = new LoomProcess();
@@ -50,7 +63,57 @@ describe("JupyterLab workspace in Chromium through Loom", () => {
     return w;
   }
 
-  it("logs in by the one-time link, runs 6*7 → 42 in a notebook, and keeps its file over stop/start", async () => {
+  /**
+   * A terminal from a new launcher, `python -m http.server` typed into it; the port shows up in
+   * status.ports and its URL, on the workspace's origin, lists and serves the home's kept.txt.
+   */
+  async function serveFromTerminal(page: UiPage, context: BrowserContext, kept: string): Promise<void> {
+    await page.click("#jp-main-dock-panel .lm-TabBar-addButton");
+    await page.click('.jp-Launcher .jp-LauncherCard[data-category="Other"]:has-text("Terminal")', {
+      timeout: 60_000,
+    });
+    await page.waitForSelector(".jp-Terminal .xterm-helper-textarea", { timeout: 60_000 });
+    // Connected: the tab's label leaves "Terminal" (it becomes "Terminal N", then the shell's
+    // own title). Keys typed before that would be sent nowhere.
+    await page.waitForFunction(
+      () => {
+        const label = document.querySelector(
+          "#jp-main-dock-panel .lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel",
+        );
+        return (
+          !!document.querySelector(".jp-Terminal") && !!label?.textContent && label.textContent !== "Terminal"
+        );
+      },
+      undefined,
+      { timeout: 60_000 },
+    );
+    await page.click(".jp-Terminal .xterm-screen");
+    // python3: Debian names its interpreter so, and the terminal's PATH is the machine's.
+    await page.keyboard.type(`python3 -m http.server ${HTTP_PORT}`);
+    await page.keyboard.press("Enter");
+    let w: Ws = {};
+    for (const deadline = Date.now() + 60_000; Date.now() < deadline; await sleep(200)) {
+      const r = await loom.cli(["get", "ws", "nb", "-o", "json"]);
+      if (r.code === 0) w = JSON.parse(r.stdout) as Ws;
+      if (w.status?.ports?.some((p) => p.port === HTTP_PORT)) break;
+    }
+    const entry = w.status?.ports?.find((p) => p.port === HTTP_PORT);
+    if (!entry) await screenshot(page, "workspace-browser-terminal-failed");
+    expect(entry, `status.ports: ${JSON.stringify(w.status?.ports)}`).toBeDefined();
+    expect(entry!.url).toBe(`${w.status!.url}proxy/${HTTP_PORT}/`);
+    await screenshot(page, "workspace-browser-terminal");
+    // Its URL, in the same browser (the session cookie is the origin's): the listing, then the file.
+    const served = (await context.newPage()) as UiPage;
+    await served.goto(entry!.url!);
+    await served.waitForSelector('a:has-text("kept.txt")', { timeout: 30_000 });
+    await screenshot(served, "workspace-browser-http-server");
+    const file = await served.goto(`${entry!.url!}kept.txt`);
+    expect(file?.status()).toBe(200);
+    expect(await served.textContent("body")).toBe(kept);
+    await served.close();
+  }
+
+  it("logs in by the one-time link, runs 6*7 → 42 in a notebook, serves its file from a terminal's http.server, and keeps it over stop/start", async () => {
     const venv = jupyterVenv();
     await loom.start();
     const yaml = `apiVersion: loom.dev/v1alpha1
@@ -103,6 +166,8 @@ spec: {ide: jupyter, python: {venv: ${venv}}}
     await screenshot(page, "workspace-browser-notebook-42");
     const home = join(loom.dataDir, "homes", "default", "nb");
     expect(readFileSync(join(home, "kept.txt"), "utf8")).toBe("written in the notebook");
+
+    await serveFromTerminal(page, context, readFileSync(join(home, "kept.txt"), "utf8"));
 
     const stop = await loom.cli(["stop", "ws/nb"]);
     expect(stop.stdout, stop.stderr).toBe("workspace.loom.dev/nb stopped\n");

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { request } from "node:http";
-import { createServer } from "node:net";
+import { connect as connectTcp, createServer } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
@@ -125,31 +125,64 @@ describe("Workspace (embedded)", () => {
     expect((await starts(w)).length).toBeGreaterThanOrEqual(2);
   }, 180_000);
 
-  it("a second server the workspace starts appears in status.ports and answers at /proxy/P/", async () => {
+  it("servers the workspace starts (on 0.0.0.0 and on its own 127.0.0.1) appear in status.ports and answer at /proxy/P/", async () => {
     const s = servers.at(-1)!;
     if (!s.pid) await s.start(); // run alone (-t)
-    const extra = await freePort();
+    const [extra, loop, echo] = (await distinctFreePorts(3)) as [number, number, number];
+    // The second is bound to the workspace's own loopback (as Jupyter-started tools are): inside
+    // its network namespace only the runtime's dial reaches it, not the replica's host:port. The
+    // third, also on its loopback, takes WebSocket-style upgrades and echoes what follows.
     const yaml = `apiVersion: loom.dev/v1alpha1
 kind: Workspace
 metadata: {name: two}
 spec:
   ide: none
-  command: [sh, -c, 'echo extra > extra.txt; python3 -m http.server ${extra} --bind 0.0.0.0 & exec python3 -m http.server $PORT --bind 127.0.0.1']
+  env: {ECHO: ${JSON.stringify(UPGRADE_ECHO)}}
+  command: [sh, -c, 'echo extra > extra.txt; python3 -m http.server ${extra} --bind 0.0.0.0 & python3 -m http.server ${loop} --bind 127.0.0.1 & python3 -c "$ECHO" ${echo} & exec python3 -m http.server $PORT --bind 127.0.0.1']
 `;
     expect((await s.cli(["apply", "-f", "-"], { input: yaml })).code).toBe(0);
     // Polled every second while it runs: well within the bound once both servers listen.
     const w = await waitFor(
       s,
-      (x) => running(x) && !!x.status?.ports?.some((p) => p.port === extra),
+      (x) => running(x) && [extra, loop, echo].every((port) => x.status?.ports?.some((p) => p.port === port)),
       60_000,
       "two",
     );
-    expect(w.status!.ports).toEqual([{ port: extra, url: `${w.status!.url}proxy/${extra}/` }]);
-    // Published to the origin: a logged-in browser reaches the second server through it.
+    expect(w.status!.ports).toEqual(
+      [extra, loop, echo]
+        .sort((a, b) => a - b)
+        .map((port) => ({ port, url: `${w.status!.url}proxy/${port}/` })),
+    );
+    // Published to the origin: a logged-in browser reaches both servers through it.
     const cookie = await sessionOn(s, "two");
-    const res = await viaOrigin(w.status!.url!, `/proxy/${extra}/extra.txt`, cookie);
-    expect(res.status, res.body).toBe(200);
-    expect(res.body).toBe("extra\n");
+    for (const port of [extra, loop]) {
+      const res = await viaOrigin(w.status!.url!, `/proxy/${port}/extra.txt`, cookie);
+      expect(res.status, `port ${port}: ${res.body}`).toBe(200);
+      expect(res.body).toBe("extra\n");
+      // The fences stay: no session cookie, no way in.
+      expect((await viaOrigin(w.status!.url!, `/proxy/${port}/extra.txt`)).status).toBe(401);
+    }
+    // An upgrade (a WebSocket's) to the loopback-bound server: switched, then bytes both ways.
+    const up = await upgradeVia(
+      w.status!.url!,
+      `/proxy/${echo}/socket`,
+      cookie,
+      "ping through the workspace",
+    );
+    expect(up.head).toMatch(/^HTTP\/1\.1 101 /);
+    expect(up.echoed).toBe("ping through the workspace");
+    expect((await upgradeVia(w.status!.url!, `/proxy/${echo}/socket`, undefined, "x")).head).toMatch(
+      /^HTTP\/1\.1 401 /,
+    );
+    // A port not in status.ports is refused, even one the workspace could dial.
+    let unlisted = await freePort();
+    while ([extra, loop, echo].includes(unlisted)) unlisted = await freePort();
+    const refused = await viaOrigin(w.status!.url!, `/proxy/${unlisted}/extra.txt`, cookie);
+    expect(refused.status).toBe(404);
+    expect(refused.body).toContain(`does not listen on port ${unlisted}`);
+    // Loom's own API port is on the host, not in the workspace: not listed, not reachable.
+    const api = await viaOrigin(w.status!.url!, `/proxy/${new URL(s.url).port}/apis`, cookie);
+    expect(api.status).toBe(404);
   }, 120_000);
 
   it("idleTimeout: an idle workspace is culled (home kept, loom start brings it back); one in use is spared", async () => {
@@ -230,6 +263,77 @@ spec:
     expect(last?.status?.conditions?.find((c) => c.type === "Ready")?.message).toContain("Node.js 24");
   }, 60_000);
 });
+
+/**
+ * A server for `python3 -c SCRIPT PORT` on the workspace's loopback: answers any request with
+ * 101 Switching Protocols, then echoes every byte (what a WebSocket server does, minus framing).
+ */
+const UPGRADE_ECHO = `import socket, sys, threading
+def serve(c):
+    buf = b""
+    while b"\\r\\n\\r\\n" not in buf:
+        d = c.recv(4096)
+        if not d: return c.close()
+        buf += d
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n")
+    rest = buf.split(b"\\r\\n\\r\\n", 1)[1]
+    if rest: c.sendall(rest)
+    while True:
+        d = c.recv(4096)
+        if not d: break
+        c.sendall(d)
+    c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+`;
+
+/** `n` different TCP ports nothing listens on now. */
+async function distinctFreePorts(n: number): Promise<number[]> {
+  const out: number[] = [];
+  while (out.length < n) {
+    const p = await freePort();
+    if (!out.includes(p)) out.push(p);
+  }
+  return out;
+}
+
+/**
+ * An upgrade request through a workspace's origin, raw: the response head, then (if switched)
+ * `message` sent and what came back.
+ */
+function upgradeVia(
+  wsUrl: string,
+  path: string,
+  cookie: string | undefined,
+  message: string,
+): Promise<{ head: string; echoed: string }> {
+  const { host, port } = new URL(wsUrl);
+  return new Promise((ok, fail) => {
+    const sock = connectTcp({ host: "127.0.0.1", port: Number(port) });
+    let data = "";
+    let head = "";
+    sock.on("error", fail);
+    sock.on("close", () => ok({ head: head || data, echoed: head ? data : "" }));
+    sock.on("data", (d: Buffer) => {
+      data += d.toString();
+      if (!head && data.includes("\r\n\r\n")) {
+        const at = data.indexOf("\r\n\r\n") + 4;
+        head = data.slice(0, at);
+        data = data.slice(at);
+        if (head.startsWith("HTTP/1.1 101 ")) sock.write(message);
+        else sock.end();
+      }
+      if (head.startsWith("HTTP/1.1 101 ") && data.length >= message.length) sock.end();
+    });
+    sock.write(
+      `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+        `${cookie ? `Cookie: ${cookie}\r\n` : ""}\r\n`,
+    );
+  });
+}
 
 /** A TCP port nothing listens on now (the OS picks it). */
 function freePort(): Promise<number> {

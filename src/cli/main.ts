@@ -17,6 +17,7 @@ import { registerOperator } from "./commands/operator.js";
 import { registerPortForward } from "./commands/portforward.js";
 import { registerRun } from "./commands/run.js";
 import { registerSsh } from "./commands/ssh.js";
+import { registerSshKey } from "./commands/sshkey.js";
 import { registerTop } from "./commands/top.js";
 import { registerUp } from "./commands/up.js";
 import { registerVersion } from "./commands/version.js";
@@ -111,6 +112,7 @@ export function buildProgram(options: ProgramOptions = {}): Command {
   registerPortForward(program, deps);
   registerRun(program, deps);
   registerSsh(program, deps);
+  registerSshKey(program, deps);
   registerDelete(program, deps);
   registerWorkspaceCommands(program, deps);
   registerOperator(program, deps);

@@ -7,6 +7,7 @@ import { isFinished, type TrainingJob } from "../api/trainingjob.js";
 import type { WorkloadModels } from "../ports/models.js";
 import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
+import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
 import type { WorkloadTracking } from "../ports/tracking.js";
 import { Controller } from "../reconcile/controller.js";
@@ -53,6 +54,8 @@ export interface ControllerManagerDeps {
   tracking?: WorkloadTracking;
   /** The project's models for workloads: OPENAI_BASE_URL and a key file (server/modelaccess.ts). */
   models?: WorkloadModels;
+  /** Users' SSH keys: a training job's workers get their project's editors' as a file (loom ssh). */
+  sshKeys?: Pick<SshKeyStore, "authorizedKeys">;
   /** Sweeps read trials' objectives here and register the best model here (embedded). */
   trialMetrics?: TrialMetrics;
   registrar?: ModelRegistrar;

@@ -12,6 +12,7 @@ import type { AuditLog } from "../ports/audit.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
+import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore, TokenStore } from "../ports/store.js";
 import type { WorkspaceSnapshots } from "../ports/workspaces.js";
 import { buildApp } from "../server/app.js";
@@ -50,6 +51,8 @@ export async function openTracking(
 /** Loom's API, with MLflow tracking, the model registry and the inference gateway on its port. */
 export interface ApiOptions {
   tokens: TokenStore;
+  /** Users' SSH public keys (`loom ssh-key`), given to workloads' sshd (embedded). */
+  sshKeys?: SshKeyStore;
   trackingDb: TrackingDatabase;
   /** Where the admin token and the artifacts are kept. */
   dataDir: string;
@@ -196,12 +199,14 @@ async function assembleApi(
     ...(api.audit ? { audit: api.audit } : {}),
     ...(workspaceAccess && originPort ? { workspaces: { access: workspaceAccess, originPort } } : {}),
     ...(opts.workspaces?.directory ? { workspaceActivity: opts.workspaces.directory } : {}),
+    ...(api.sshKeys ? { sshKeys: api.sshKeys } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
   const controllerDeps: Pick<
     ControllerManagerDeps,
-    "tracking" | "models" | "trialMetrics" | "registrar" | "serving"
+    "tracking" | "models" | "trialMetrics" | "registrar" | "serving" | "sshKeys"
   > = {
+    ...(api.sshKeys ? { sshKeys: api.sshKeys } : {}),
     tracking: new LocalWorkloadTracking(mount.store, trackingUrl, workloadCredentials(tokens)),
     // The gateway is on the same port as tracking: workloads reach both the same way.
     models: workloadModels(tokens, trackingUrl),

@@ -18,6 +18,7 @@ import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
 import { describeSandbox, detectSandbox, type SandboxSupport } from "../platforms/embedded/sandbox.js";
 import { HomeSnapshots } from "../platforms/embedded/snapshots.js";
+import { SqliteSshKeyStore } from "../platforms/embedded/sshkeys.js";
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { WorkloadFiles } from "../platforms/embedded/workloadfiles.js";
@@ -167,6 +168,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     },
     api: {
       tokens: new SqliteTokenStore(database.db),
+      sshKeys: new SqliteSshKeyStore(database.db),
       trackingDb,
       dataDir: opts.dataDir,
       host: opts.host,
@@ -181,8 +183,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       }),
       // The trainingjob loop would add it on first sight; giving it at create saves that write.
       ...(controllers ? { createFinalizers: { [TRAININGJOB]: [RUNTIME_FINALIZER] } } : {}),
-      // `loom run --from ws/NAME`: the home copied when the job is created (snapshots.ts).
-      workspaceSnapshots: new HomeSnapshots(new WorkloadFiles(opts.dataDir)),
+      workspaceSnapshots: new HomeSnapshots(new WorkloadFiles(opts.dataDir)), // loom run --from ws/NAME
     },
   });
   const admin = plane.admin!;
@@ -197,6 +198,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     access: plane.workspaceAccess!,
     directory: workspaceDirectory,
     log: log.child({ component: "workspace-origin" }),
+    connectPort: runtime.connectPort.bind(runtime), // /proxy/P/ reaches the workspace's own 127.0.0.1
   });
   try {
     workspacePort = await listenOn(

@@ -12,6 +12,12 @@ export interface WorkspaceEndpoint {
   port: number;
   /** TCP ports the workspace listens on besides the IDE's, each reachable at /proxy/PORT/. */
   ports: number[];
+  /**
+   * The runtime's handle of the replica's processes (its worker 0), where the runtime can dial
+   * into them (Runtime.connectPort): /proxy/P/ then reaches a server bound to 127.0.0.1 inside
+   * the workspace's own network, which host:port cannot. Absent: /proxy/P/ dials host:P.
+   */
+  replica?: WorkloadRef;
 }
 
 /** The table of running workspaces: the controller writes it, the workspace origin reads it. */

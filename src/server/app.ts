@@ -6,6 +6,7 @@ import type { AuditLog } from "../ports/audit.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
+import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
 import type { WorkspaceDirectory, WorkspaceSnapshots } from "../ports/workspaces.js";
 import { auditRequests } from "./audit.js";
@@ -23,6 +24,7 @@ import { projectRoutes } from "./routes/projects.js";
 import { resourceRoutes } from "./routes/resources.js";
 import { schedulingRoutes } from "./routes/scheduling.js";
 import { mountServing, type ServingMount } from "./routes/serving.js";
+import { sshKeyRoutes } from "./routes/sshkeys.js";
 import { countRequests, systemRoutes } from "./routes/system.js";
 import { tokenRoutes } from "./routes/tokens.js";
 import { mountTracking, type TrackingMount } from "./routes/tracking.js";
@@ -67,6 +69,8 @@ export interface AppDeps {
   workspaces?: { access: WorkspaceAccess; originPort(): number };
   /** Where port-forward records a workspace's activity (idle culling). */
   workspaceActivity?: Pick<WorkspaceDirectory, "touch">;
+  /** Users' SSH public keys (`loom ssh-key`); absent: those routes are not served. */
+  sshKeys?: SshKeyStore;
 }
 
 declare module "fastify" {
@@ -156,6 +160,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   acceptUpgrades(app);
   tokenRoutes(app, { tokens: deps.tokens, resources });
+  if (deps.sshKeys) sshKeyRoutes(app, { sshKeys: deps.sshKeys });
   if (deps.workspaces) workspaceLoginRoutes(app, { ...deps.workspaces, resources });
   if (deps.tracking) await mountTracking(app, { tracking: deps.tracking, resources });
   if (deps.serving) await mountServing(app, { serving: deps.serving, tokens: deps.tokens });

@@ -47,6 +47,7 @@ export function decide(
   switch (rule.scope) {
     case "public":
     case "gateway":
+    case "self": // the route serves the caller's own records only
       return;
     case "platform":
       if (opts.isPlatform?.(p)) return;

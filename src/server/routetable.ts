@@ -19,7 +19,9 @@ import type {
  * - gateway: the inference gateway's routes (user tokens and API keys; the gateway checks the project);
  * - gateway-control: what other gateway replicas call (endpoints, key checks, load): an unscoped admin;
  * - platform: what only Loom's controllers write (status): no token over HTTP, unless the server
- *   is told of a platform principal.
+ *   is told of a platform principal;
+ * - self: the caller's own records (their SSH keys): any user token, which reaches only its own
+ *   user's (the route keys them by the caller); never API keys or workloads' credentials.
  */
 export type Scope =
   | "public"
@@ -29,7 +31,8 @@ export type Scope =
   | "admin"
   | "gateway"
   | "gateway-control"
-  | "platform";
+  | "platform"
+  | "self";
 export type Verb = "read" | "write";
 
 /**
@@ -85,6 +88,7 @@ export const rule = {
   gateway: (resource: string, verb: Verb): Rule => ({ resource, verb, scope: "gateway" }),
   gatewayControl: (resource: string, verb: Verb): Rule => ({ resource, verb, scope: "gateway-control" }),
   platform: (resource: string): Rule => ({ resource, verb: "write", scope: "platform" }),
+  self: (resource: string, verb: Verb): Rule => ({ resource, verb, scope: "self" }),
 };
 
 /** The verb of an HTTP method on Loom's API: anything but a read changes something. */

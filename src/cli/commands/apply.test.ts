@@ -81,11 +81,11 @@ describe("keptAnnotations", () => {
   } as unknown as Resource;
   it("keeps the controller's mark and the manifest's own annotations, drops the rest", () => {
     expect(
-      keptAnnotations(current, { name: "w", annotations: { team: "a" } } as Resource["metadata"]),
+      keptAnnotations(current, { name: "w", annotations: { team: "a" } } as unknown as Resource["metadata"]),
     ).toEqual({
       annotations: { team: "a", "loom.dev/idle-stopped": "2026-12-06T00:00:00Z" },
     });
-    expect(keptAnnotations(current, { name: "w" } as Resource["metadata"])).toEqual({
+    expect(keptAnnotations(current, { name: "w" } as unknown as Resource["metadata"])).toEqual({
       annotations: { "loom.dev/idle-stopped": "2026-12-06T00:00:00Z" },
     });
   });

@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import type { TrainingJob, TrainingJobStatus } from "../../api/trainingjob.js";
 import type { WorkloadModels } from "../../ports/models.js";
 import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
+import type { SshKeyStore } from "../../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { WorkloadTracking } from "../../ports/tracking.js";
 import type { WriteOverlay } from "../../reconcile/overlay.js";
@@ -24,6 +25,11 @@ export interface TrainingJobDeps {
   tracking?: WorkloadTracking;
   /** The project's models for workers: OPENAI_BASE_URL and a key file (ports/models.ts). */
   models?: WorkloadModels;
+  /**
+   * Users' SSH keys: each worker gets the keys of its project's editors and admins as a file
+   * (LOOM_SSH_AUTHORIZED_KEYS_FILE), which runtimes/loom-sshd authorizes.
+   */
+  sshKeys?: Pick<SshKeyStore, "authorizedKeys">;
   /** First restart delay; doubles per attempt up to maxBackoffMs. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;

@@ -209,11 +209,14 @@ describe("Workspace controller", () => {
     expect(ws.status?.phase).toBe("Running");
     expect(getCondition(ws.status?.conditions, "Ready")?.status).toBe("True");
     expect(ws.metadata.finalizers).toContain(WORKSPACE_FINALIZER);
+    // The replica's own handle rides along: the origin dials /proxy/P/ into its network with it.
+    const rid = [...revisions.revisions.values()][0]!.replicas[0]!.id;
     expect(directory.lookup(PROJECT, "nb")).toEqual<WorkspaceEndpoint>({
       ref: { kind: WORKSPACE, project: PROJECT, name: "nb", uid: ws.metadata.uid },
       host: "127.0.0.1",
       port: 40000,
       ports: [],
+      replica: { kind: WORKSPACE, project: PROJECT, name: rid, uid: rid },
     });
   });
 

@@ -236,7 +236,13 @@ export class WorkspaceReconciler implements Reconciler {
       project,
       name,
       running
-        ? { ref, host: status.replica!.host ?? "127.0.0.1", port: status.replica!.port!, ports }
+        ? {
+            ref,
+            host: status.replica!.host ?? "127.0.0.1",
+            port: status.replica!.port!,
+            ports,
+            replica: replicaRef(ref, replica),
+          }
         : undefined,
     );
     // Running: look for new ports (and idleness) every second; a status write only when they change.
@@ -256,7 +262,7 @@ export class WorkspaceReconciler implements Reconciler {
   ): Promise<number[]> {
     const { runtime } = this.deps;
     if (!runtime.listeningPorts) return [];
-    const at: WorkloadRef = { ...ref, name: replica.id, uid: replica.uid ?? replica.id };
+    const at = replicaRef(ref, replica);
     try {
       const all = await runtime.listeningPorts(at, 0);
       return [...new Set(all)].filter((p) => p !== replica.port).sort((a, b) => a - b);
@@ -463,4 +469,9 @@ function portEntry(url: string | undefined, port: number): { port: number; url?:
 /** The Workspace as the owner of what the platform makes for it. */
 export function workspaceRef(ws: Workspace): WorkloadRef {
   return { kind: WORKSPACE, project: ws.metadata.project!, name: ws.metadata.name, uid: ws.metadata.uid };
+}
+
+/** The runtime's handle of a workspace's replica: its processes are found by the replica's uid. */
+function replicaRef(ref: WorkloadRef, replica: ReplicaObservation): WorkloadRef {
+  return { ...ref, name: replica.id, uid: replica.uid ?? replica.id };
 }

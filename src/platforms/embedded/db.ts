@@ -81,6 +81,18 @@ export interface AuditTable {
   reason: string | null;
 }
 
+/** Users' SSH public keys (src/ports/sshkeys.ts): a user is a token name. */
+export interface SshKeysTable {
+  user: string;
+  name: string;
+  type: string;
+  /** The key's base64 blob, as its .pub file has it. */
+  data: string;
+  fingerprint: string;
+  comment: string | null;
+  created_at: string;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -93,6 +105,7 @@ export interface Schema {
   tokens: TokensTable;
   meta: MetaTable;
   audit: AuditTable;
+  ssh_keys: SshKeysTable;
 }
 
 /**
@@ -224,6 +237,23 @@ const MIGRATIONS: Record<string, Migration> = {
         .createIndex("audit_principal_project")
         .on("audit")
         .columns(["principal_project", "id"])
+        .execute();
+    },
+  },
+  "0010_ssh_keys": {
+    // `loom ssh-key add`: one user's key once (by name and by fingerprint).
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("ssh_keys")
+        .addColumn("user", "text", (c) => c.notNull())
+        .addColumn("name", "text", (c) => c.notNull())
+        .addColumn("type", "text", (c) => c.notNull())
+        .addColumn("data", "text", (c) => c.notNull())
+        .addColumn("fingerprint", "text", (c) => c.notNull())
+        .addColumn("comment", "text")
+        .addColumn("created_at", "text", (c) => c.notNull())
+        .addPrimaryKeyConstraint("ssh_keys_pk", ["user", "name"])
+        .addUniqueConstraint("ssh_keys_user_fingerprint", ["user", "fingerprint"])
         .execute();
     },
   },

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { LoomError } from "../../api/errors.js";
+import type { Runtime } from "../../ports/runtime.js";
 import type { WorkspaceDirectory, WorkspaceEndpoint } from "../../ports/workspaces.js";
 import type { WorkspaceAccess, WorkspaceSession } from "./access.js";
 import { parseWorkspaceHost, type WorkspaceHost, WS_DOMAIN } from "./host.js";
@@ -15,6 +16,11 @@ export interface OriginDeps {
   now?: () => Date;
   /** How often open WebSockets count as activity (default 30 s). */
   activityEveryMs?: number;
+  /**
+   * Dials a port inside a workload's own network (Runtime.connectPort): /proxy/P/ of a workspace
+   * whose endpoint names its replica goes through it, so servers bound to 127.0.0.1 there answer.
+   */
+  connectPort?: Runtime["connectPort"];
 }
 
 /** The log-in path on every workspace origin (a workspace's own server never sees it). */
@@ -60,7 +66,7 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
     if (url.pathname === LOGIN_PATH) return login(req, res, ws, url);
     refuseCrossSite(req, false);
     await session(req, ws);
-    const target = targetOf(url, endpointOf(ws));
+    const target = targetOf(url, endpointOf(ws), deps.connectPort);
     if ("redirect" in target) {
       res.writeHead(308, { location: target.redirect }).end();
       return;
@@ -135,7 +141,7 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
     const ws = workspaceOf(req);
     refuseCrossSite(req, true);
     await session(req, ws);
-    const target = targetOf(new URL(req.url ?? "/", "http://origin"), endpointOf(ws));
+    const target = targetOf(new URL(req.url ?? "/", "http://origin"), endpointOf(ws), deps.connectPort);
     if ("redirect" in target) throw new Refusal(404, "Not found", `connect to ${target.redirect}`);
     const key = {};
     forwardUpgrade(req, socket, head, target, {
@@ -189,8 +195,15 @@ function refuseCrossSite(req: IncomingMessage, upgrade: boolean): void {
     );
 }
 
-/** Where the request goes: the IDE's port, or /proxy/P/… to port P (prefix cut) if the workspace listens on it. */
-function targetOf(url: URL, ep: WorkspaceEndpoint): Target | { redirect: string } {
+/**
+ * Where the request goes: the IDE's port, or /proxy/P/… to port P (prefix cut) if the workspace
+ * listens on it, dialed through the runtime where it can reach into the workspace's network.
+ */
+function targetOf(
+  url: URL,
+  ep: WorkspaceEndpoint,
+  connectPort: OriginDeps["connectPort"],
+): Target | { redirect: string } {
   const m = /^\/proxy\/(\d{1,5})(\/.*)?$/.exec(url.pathname);
   if (!m) return { host: ep.host, port: ep.port, path: url.pathname + url.search };
   const port = Number(m[1]);
@@ -206,7 +219,11 @@ function targetOf(url: URL, ep: WorkspaceEndpoint): Target | { redirect: string 
         "; start a server on it inside the workspace, then reload",
       5,
     );
-  return { host: ep.host, port, path: m[2] + url.search, prefix: `/proxy/${port}` };
+  const target: Target = { host: ep.host, port, path: m[2] + url.search, prefix: `/proxy/${port}` };
+  const { replica } = ep;
+  // Only listed ports (above), and only the replica's own worker 0: the fence is the same either way.
+  if (replica && connectPort && port !== ep.port) target.connect = () => connectPort(replica, 0, port);
+  return target;
 }
 
 function unreachable(ws: WorkspaceHost, target: Target, err: Error): Refusal {

@@ -1,4 +1,10 @@
-import { type IncomingHttpHeaders, type IncomingMessage, request, type ServerResponse } from "node:http";
+import {
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type RequestOptions,
+  request,
+  type ServerResponse,
+} from "node:http";
 import type { Duplex } from "node:stream";
 
 /** The session cookie of workspace origins; never forwarded to the workspace. */
@@ -22,6 +28,29 @@ export interface Target {
   path: string;
   /** "/proxy/P" when the request came in under it (told to the workspace as X-Forwarded-Prefix). */
   prefix?: string;
+  /**
+   * Opens the connection instead of dialing host:port (the runtime's dial into the workspace's
+   * own network: a server bound to 127.0.0.1 there is reachable only so).
+   */
+  connect?: () => Promise<Duplex>;
+}
+
+/** Where the request to `target` connects: host:port, or the target's own dial. */
+function upstreamOptions(target: Target): RequestOptions {
+  const { connect } = target;
+  if (!connect) return { host: target.host, port: target.port };
+  return {
+    host: target.host,
+    port: target.port,
+    // No agent: one connection per request, made by the runtime (a failure is the request's error).
+    createConnection: (_opts, done) => {
+      connect().then(
+        (socket) => done(null, socket),
+        (err: Error) => done(err, undefined as unknown as Duplex),
+      );
+      return undefined;
+    },
+  };
 }
 
 /** Cookie header values without Loom's session cookie; undefined if nothing else is left. */
@@ -97,8 +126,7 @@ export function forwardHttp(
   unreachable: (err: Error) => void,
 ): void {
   const upstream = request({
-    host: target.host,
-    port: target.port,
+    ...upstreamOptions(target),
     method: req.method,
     path: target.path,
     headers: forwardedHeaders(req, target, false),
@@ -133,8 +161,7 @@ export function forwardUpgrade(
   hooks: { unreachable(err: Error): void; opened(): void; closed(): void },
 ): void {
   const upstream = request({
-    host: target.host,
-    port: target.port,
+    ...upstreamOptions(target),
     method: req.method,
     path: target.path,
     headers: forwardedHeaders(req, target, true),
