@@ -10,6 +10,7 @@ import type { ModelResolver } from "../controllers/inferenceservice/reconciler.j
 import type { ResourceStore } from "../ports/store.js";
 import type { ModelRegistrar, TrialMetrics } from "../ports/tracking.js";
 import { MlflowError } from "../tracking/errors.js";
+import { NOT_PROMPT_FILTER } from "../tracking/prompts.js";
 import type { ModelRegistry, ModelVersion, RegisteredModel } from "../tracking/registry.js";
 import type { TrackingStore } from "../tracking/store.js";
 
@@ -36,7 +37,12 @@ export class ModelView {
     const out: Model[] = [];
     let token: string | undefined;
     do {
-      const page = await this.registry.searchModels(project, { maxResults: 1000, pageToken: token });
+      // Prompts share the registry's tables; `loom get models` lists models only (as MLflow does).
+      const page = await this.registry.searchModels(project, {
+        filter: NOT_PROMPT_FILTER,
+        maxResults: 1000,
+        pageToken: token,
+      });
       for (const m of page.registered_models) out.push(await this.toModel(project, m));
       token = page.next_page_token;
     } while (token);
