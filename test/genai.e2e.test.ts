@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, ROOT } from "./helpers.js";
@@ -91,5 +92,72 @@ except Exception as e:
     const listed = await loom.cli(["get", "prompts", "-p", "team-b"]);
     expect(listed.stdout).not.toMatch(/secret/);
     expect((await loom.cli(["get", "prompts", "-p", "team-a"])).stdout).toMatch(/secret\s+1\s+production=1/);
+  }, 120_000);
+
+  it("traces: a traced function with a child span, manual spans, search by tag, time, state and name, get_trace with inputs and outputs, tags, delete", () => {
+    const r = py(python, "test/fixtures/tracking/traces_suite.py", loom.url, loom.token, { SUFFIX: "root" });
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/OK 22 checks/);
+  }, 180_000);
+
+  it("a trace in one project is invisible from another, by search and by id, and another project's token cannot read it", () => {
+    const write = `
+import mlflow
+exp = mlflow.set_experiment("secret-traces")
+@mlflow.trace
+def f(x):
+    mlflow.update_current_trace(tags={"secret": "yes"})
+    return x * 2
+f(21)
+mlflow.flush_trace_async_logging()
+print(mlflow.get_last_active_trace_id(), exp.experiment_id)`;
+    const a = py(python, write, uri("team-a"), tokens["team-a"]!);
+    expect(a.code, a.out).toBe(0);
+    const [traceId, expId] = a.stdout.split("\n").at(-1)!.split(" ");
+    const look = `
+import mlflow
+print(len(mlflow.search_traces(locations=["${expId}"], filter_string="tags.secret = 'yes'", return_type="list")))
+print(mlflow.get_trace("${traceId}") is None)`;
+    const own = py(python, look, uri("team-a"), tokens["team-a"]!);
+    expect(own.stdout.split("\n").slice(-2), own.out).toEqual(["1", "False"]);
+    const other = py(python, look, uri("team-b"), tokens["team-b"]!);
+    expect(other.code, other.out).toBe(0);
+    expect(other.stdout.split("\n").slice(-2), other.out).toEqual(["0", "True"]);
+    const cross = py(python, look, uri("team-a"), tokens["team-b"]!);
+    expect(cross.code, cross.out).not.toBe(0);
+    expect(cross.out).toMatch(/403|PERMISSION_DENIED|not a member|may not/i);
+  }, 120_000);
+});
+
+describe("MLflow traces past loom up --trace-retention are deleted", () => {
+  const loom = new LoomProcess(["--trace-retention", "2s"]);
+  let python = "";
+  beforeAll(async () => {
+    python = mlflowPython();
+    await loom.start();
+  }, 300_000);
+  afterAll(() => loom.stop());
+
+  it("a trace older than the retention is deleted: its record and its spans", async () => {
+    const write = `
+import mlflow
+exp = mlflow.set_experiment("short-lived")
+with mlflow.start_span(name="once") as s:
+    s.set_inputs({"a": 1})
+mlflow.flush_trace_async_logging()
+print(mlflow.get_last_active_trace_id(), exp.experiment_id)`;
+    const w = py(python, write, loom.url, loom.token);
+    expect(w.code, w.out).toBe(0);
+    const [traceId, expId] = w.stdout.split("\n").at(-1)!.split(" ");
+    const get = () => loom.api("GET", `/api/3.0/mlflow/traces/${traceId}`);
+    const spans = join(loom.dataDir, "artifacts", "default", expId!, "traces", traceId!);
+    // The sweep runs every second or so: wait for it (no bound on how long it may take here).
+    let status = (await get()).status;
+    while (status === 200) {
+      await new Promise((r) => setTimeout(r, 500));
+      status = (await get()).status;
+    }
+    expect(status).toBe(404);
+    expect(existsSync(spans)).toBe(false);
   }, 120_000);
 });

@@ -15,7 +15,11 @@ export async function removeTraceSpans(
 }
 
 /** One retention sweep: traces older than maxAgeMs go, records and spans. Returns how many. */
-export async function sweepTraces(traces: TraceStore, artifactsDir: string, maxAgeMs: number): Promise<number> {
+export async function sweepTraces(
+  traces: TraceStore,
+  artifactsDir: string,
+  maxAgeMs: number,
+): Promise<number> {
   const gone = await traces.sweep(maxAgeMs);
   await removeTraceSpans(artifactsDir, gone);
   return gone.length;

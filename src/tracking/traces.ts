@@ -55,11 +55,15 @@ export class TraceStore {
    * client retries), it replaces the record.
    */
   async start(project: string, raw: unknown): Promise<TraceInfo> {
-    const info = (raw ?? {}) as Partial<TraceInfo> & { trace_location?: { mlflow_experiment?: { experiment_id?: unknown } } };
+    const info = (raw ?? {}) as Partial<TraceInfo> & {
+      trace_location?: { mlflow_experiment?: { experiment_id?: unknown } };
+    };
     const traceId = traceIdOf(info.trace_id);
     const experimentId = String(info.trace_location?.mlflow_experiment?.experiment_id ?? "");
     if (!/^\d+$/.test(experimentId))
-      throw invalidParameter("'trace.trace_info.trace_location.mlflow_experiment.experiment_id' must name an experiment");
+      throw invalidParameter(
+        "'trace.trace_info.trace_location.mlflow_experiment.experiment_id' must name an experiment",
+      );
     const state = info.state ?? "STATE_UNSPECIFIED";
     if (!STATES.has(state)) throw invalidParameter(`Invalid trace state '${state}'`);
     const tags = {
@@ -80,7 +84,11 @@ export class TraceStore {
       body: JSON.stringify({ metadata: stringMap(info.trace_metadata, "trace_metadata"), tags }),
     };
     await this.db.transaction().execute(async (tx) => {
-      await tx.deleteFrom("tr_traces").where("project", "=", project).where("trace_id", "=", traceId).execute();
+      await tx
+        .deleteFrom("tr_traces")
+        .where("project", "=", project)
+        .where("trace_id", "=", traceId)
+        .execute();
       await tx.insertInto("tr_traces").values(row).execute();
     });
     return toInfo(row);
@@ -93,7 +101,13 @@ export class TraceStore {
   /** SearchTracesV3 over some of the project's experiments: MLflow's trace filter, order and pages. */
   async search(
     project: string,
-    opts: { experimentIds: string[]; filter?: string; maxResults?: number; orderBy?: string[]; pageToken?: string },
+    opts: {
+      experimentIds: string[];
+      filter?: string;
+      maxResults?: number;
+      orderBy?: string[];
+      pageToken?: string;
+    },
   ): Promise<{ traces: TraceInfo[]; next_page_token?: string }> {
     const max = opts.maxResults ?? 100;
     if (!Number.isInteger(max) || max < 1 || max > MAX_RESULTS)
@@ -107,7 +121,9 @@ export class TraceStore {
       .where("project", "=", project)
       .where("experiment_id", "in", ids)
       .execute();
-    const infos = rows.filter((r) => clauses.every((c) => matches(c, r))).map((r) => ({ r, info: toInfo(r) }));
+    const infos = rows
+      .filter((r) => clauses.every((c) => matches(c, r)))
+      .map((r) => ({ r, info: toInfo(r) }));
     const order = orderOf(opts.orderBy);
     infos.sort((a, b) => {
       for (const o of order) {
@@ -158,7 +174,10 @@ export class TraceStore {
     q = q.orderBy("request_time");
     if (opts.maxTraces !== undefined) q = q.limit(opts.maxTraces);
     const gone = await q.execute();
-    await this.remove(project, gone.map((g) => g.trace_id));
+    await this.remove(
+      project,
+      gone.map((g) => g.trace_id),
+    );
     return gone;
   }
 
@@ -166,7 +185,10 @@ export class TraceStore {
    * Retention: removes every project's traces that started over maxAgeMs ago (a batch at a time,
    * so one sweep never holds the database long), returning what went for their spans' removal.
    */
-  async sweep(maxAgeMs: number, batch = 1000): Promise<{ project: string; experiment_id: number; trace_id: string }[]> {
+  async sweep(
+    maxAgeMs: number,
+    batch = 1000,
+  ): Promise<{ project: string; experiment_id: number; trace_id: string }[]> {
     const cutoff = this.now() - maxAgeMs;
     const out: { project: string; experiment_id: number; trace_id: string }[] = [];
     for (;;) {
@@ -243,7 +265,8 @@ function traceIdOf(v: unknown): string {
 
 function stringMap(v: unknown, field: string): Record<string, string> {
   if (v === undefined || v === null) return {};
-  if (typeof v !== "object" || Array.isArray(v)) throw invalidParameter(`'${field}' must be a map of strings`);
+  if (typeof v !== "object" || Array.isArray(v))
+    throw invalidParameter(`'${field}' must be a map of strings`);
   const out: Record<string, string> = {};
   for (const [k, x] of Object.entries(v)) out[k] = typeof x === "string" ? x : JSON.stringify(x);
   return out;
@@ -270,7 +293,10 @@ function toInfo(r: Row): TraceInfo {
   return {
     trace_id: r.trace_id,
     ...(r.client_request_id ? { client_request_id: r.client_request_id } : {}),
-    trace_location: { type: "MLFLOW_EXPERIMENT", mlflow_experiment: { experiment_id: String(r.experiment_id) } },
+    trace_location: {
+      type: "MLFLOW_EXPERIMENT",
+      mlflow_experiment: { experiment_id: String(r.experiment_id) },
+    },
     ...(r.request_preview !== null ? { request_preview: r.request_preview } : {}),
     ...(r.response_preview !== null ? { response_preview: r.response_preview } : {}),
     request_time: new Date(r.request_time).toISOString(),
@@ -287,7 +313,11 @@ const EQ: AttributeSpec["comparators"] = ["=", "!="];
 const NUMERIC: AttributeSpec["comparators"] = [...EQ, ">", ">=", "<", "<="];
 const TEXT: AttributeSpec["comparators"] = [...EQ, "LIKE", "ILIKE"];
 const number = (canonical: string): AttributeSpec => ({ canonical, type: "number", comparators: NUMERIC });
-const text = (canonical: string, comparators = TEXT): AttributeSpec => ({ canonical, type: "string", comparators });
+const text = (canonical: string, comparators = TEXT): AttributeSpec => ({
+  canonical,
+  type: "string",
+  comparators,
+});
 
 /**
  * search_traces' filter: the trace's times, state, name and ids as attributes, its tags, and its
@@ -378,7 +408,10 @@ function matches(c: Clause, r: Row): boolean {
 }
 
 function like(s: string, pattern: string, insensitive: boolean): boolean {
-  const re = pattern.replace(/[.*+?^${}()|[\]\\]/g, "\\$&").replace(/%/g, ".*").replace(/_/g, ".");
+  const re = pattern
+    .replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+    .replace(/%/g, ".*")
+    .replace(/_/g, ".");
   return new RegExp(`^${re}$`, insensitive ? "is" : "s").test(s);
 }
 
@@ -397,7 +430,8 @@ function orderOf(orderBy: string[] | undefined): { key: (r: Row) => string | num
   return orderBy.map((o) => {
     const m = /^\s*(?:(?:attributes?|trace)\.)?`?(\w+)`?(?:\s+(ASC|DESC))?\s*$/i.exec(o);
     const key = m && keys[m[1]!];
-    if (!key) throw invalidParameter(`Invalid order_by clause '${o}': order by ${Object.keys(keys).join(", ")}`);
+    if (!key)
+      throw invalidParameter(`Invalid order_by clause '${o}': order by ${Object.keys(keys).join(", ")}`);
     return { key, ascending: (m[2] ?? "ASC").toUpperCase() === "ASC" };
   });
 }
@@ -405,7 +439,9 @@ function orderOf(orderBy: string[] | undefined): { key: (r: Row) => string | num
 function offsetOf(token: string | undefined): number {
   if (!token) return 0;
   try {
-    const offset = Number((JSON.parse(Buffer.from(token, "base64").toString("utf8")) as { offset: number }).offset);
+    const offset = Number(
+      (JSON.parse(Buffer.from(token, "base64").toString("utf8")) as { offset: number }).offset,
+    );
     if (Number.isInteger(offset) && offset >= 0) return offset;
   } catch {}
   throw invalidParameter("Invalid page token, could not base64-decode");

@@ -78,6 +78,7 @@ export function auditRetentionMs(text: string): number {
 /** A retention flag of `loom up` (30d, 12h), checked. */
 export function retentionMs(flag: string, text: string): number {
   const ms = parseDuration(text);
-  if (ms === undefined || ms <= 0) throw new CliError(`${flag} must be a duration such as 30d or 12h, got "${text}"`);
+  if (ms === undefined || ms <= 0)
+    throw new CliError(`${flag} must be a duration such as 30d or 12h, got "${text}"`);
   return ms;
 }

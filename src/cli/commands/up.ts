@@ -40,7 +40,11 @@ export function registerUp(program: Command, deps: CliDeps): void {
       "keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
     )
     .option("--audit-retention <duration>", "keep audit log entries this long (e.g. 30d, 12h)", "30d")
-    .option("--trace-retention <duration>", "keep MLflow traces this long (e.g. 30d, 12h), then delete them", "30d")
+    .option(
+      "--trace-retention <duration>",
+      "keep MLflow traces this long (e.g. 30d, 12h), then delete them",
+      "30d",
+    )
     .option(
       "--insecure-shared-user",
       "where workloads cannot be sandboxed, run several projects' workloads anyway, all as this server's user (no isolation between them)",

@@ -16,8 +16,11 @@ export interface TraceRoutesDeps {
 export function traceRoutesV3(route: AddRoute, deps: TraceRoutesDeps): void {
   const { traces } = deps;
   route("POST", "traces", async (p, f) => {
-    const info = ((f.trace ?? {}) as { trace_info?: { trace_location?: { mlflow_experiment?: { experiment_id?: unknown } } } })
-      .trace_info;
+    const info = (
+      (f.trace ?? {}) as {
+        trace_info?: { trace_location?: { mlflow_experiment?: { experiment_id?: unknown } } };
+      }
+    ).trace_info;
     // The experiment must be this project's (404 otherwise, as for any other project's object).
     await deps.store.getExperiment(p, String(info?.trace_location?.mlflow_experiment?.experiment_id ?? ""));
     return { trace: { trace_info: await traces.start(p, info) } };
@@ -48,10 +51,15 @@ export function traceRoutesV2(route: AddRoute, deps: TraceRoutesDeps): void {
     const gone = await deps.traces.delete(p, {
       experimentId,
       ...(ids.length ? { traceIds: ids } : {}),
-      ...(num(f, "max_timestamp_millis") !== undefined ? { maxTimestampMs: num(f, "max_timestamp_millis") } : {}),
+      ...(num(f, "max_timestamp_millis") !== undefined
+        ? { maxTimestampMs: num(f, "max_timestamp_millis") }
+        : {}),
       ...(num(f, "max_traces") !== undefined ? { maxTraces: num(f, "max_traces") } : {}),
     });
-    await removeTraceSpans(deps.artifactsDir, gone.map((g) => ({ ...g, project: p })));
+    await removeTraceSpans(
+      deps.artifactsDir,
+      gone.map((g) => ({ ...g, project: p })),
+    );
     return { traces_deleted: gone.length };
   });
 }
