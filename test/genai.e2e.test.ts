@@ -40,7 +40,7 @@ describe("MLflow 3 GenAI client against Loom: the prompt registry", () => {
     expect(r.out).toMatch(/OK 16 checks/);
   }, 180_000);
 
-  it("`loom get prompts` lists prompts (not models), `loom get models` models (not prompts), describe shows each version's template", async () => {
+  it("`loom get prompts` lists prompts (not models), `loom get models` models (not prompts), describe shows each version's template; apply is refused, delete deletes", async () => {
     const prompts = await loom.cli(["get", "prompts"]);
     expect(prompts.code, prompts.stderr).toBe(0);
     expect(prompts.stdout).toMatch(/^NAME\s+LATEST\s+ALIASES\s+AGE/);
@@ -62,6 +62,20 @@ describe("MLflow 3 GenAI client against Loom: the prompt registry", () => {
     const notPrompt = await loom.cli(["describe", "prompt", "model-root"]);
     expect(notPrompt.code).not.toBe(0);
     expect(notPrompt.stderr).toMatch(/prompt "model-root" not found: `loom get prompts` lists/);
+    // Written by the client only: a manifest is refused, saying so; delete removes it from the registry.
+    const applied = await loom.cli(["apply", "-f", "-"], {
+      input: "apiVersion: loom.dev/v1alpha1\nkind: Prompt\nmetadata: {name: manifest}\n",
+    });
+    expect(applied.code).not.toBe(0);
+    expect(applied.stderr).toMatch(
+      /prompts are written with the mlflow client \(mlflow.genai.register_prompt\), not applied/,
+    );
+    expect((await loom.cli(["delete", "prompt", "other-root"])).stdout).toMatch(
+      /prompt.loom.dev\/other-root deleted/,
+    );
+    expect((await loom.cli(["get", "prompts"])).stdout).not.toMatch(/other-root|manifest/);
+    expect((await loom.cli(["delete", "prompt", "model-root"])).code).not.toBe(0);
+    expect((await loom.cli(["get", "models"])).stdout).toMatch(/model-root/);
   }, 60_000);
 
   it("a prompt in one project is invisible from another, and another project's token cannot read it", async () => {

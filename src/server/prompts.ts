@@ -48,6 +48,13 @@ export class PromptView {
     return this.toPrompt(project, m);
   }
 
+  /** `loom delete prompt NAME`: the prompt, its versions and aliases (as the client's delete_prompt). */
+  async delete(project: string, name: string): Promise<Prompt> {
+    const prompt = await this.get(project, name);
+    await this.registry.deleteModel(project, name);
+    return prompt;
+  }
+
   private async toPrompt(project: string, m: RegisteredModel): Promise<Prompt> {
     const { model_versions } = await this.registry.searchVersions(project, {
       filter: `name = '${m.name.replace(/'/g, "''")}' AND ${PROMPT_FILTER}`,

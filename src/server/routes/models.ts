@@ -104,4 +104,25 @@ function promptRoutes(app: FastifyInstance, prompts: PromptView | undefined): vo
     rule: rule.project("prompts", "read"),
     handler: async (req) => view().get(req.params.project!, req.params.name!),
   });
+  route<G>(app, {
+    method: "DELETE",
+    url: `${list}/:name`,
+    rule: rule.project("prompts", "write"),
+    handler: async (req) => view().delete(req.params.project!, req.params.name!),
+  });
+  // Written by the mlflow client only: a manifest would be a prompt without a template.
+  for (const [method, url] of [
+    ["POST", list],
+    ["PUT", `${list}/:name`],
+  ] as const)
+    route<G>(app, {
+      method,
+      url,
+      rule: rule.project("prompts", "write"),
+      handler: async () => {
+        throw new BadRequestError(
+          "prompts are written with the mlflow client (mlflow.genai.register_prompt), not applied: Loom's API reads and deletes them",
+        );
+      },
+    });
 }
