@@ -76,6 +76,9 @@ describe("MLflow 3 GenAI client against Loom: the prompt registry", () => {
     expect((await loom.cli(["get", "prompts"])).stdout).not.toMatch(/other-root|manifest/);
     expect((await loom.cli(["delete", "prompt", "model-root"])).code).not.toBe(0);
     expect((await loom.cli(["get", "models"])).stdout).toMatch(/model-root/);
+    const asModel = await loom.cli(["get", "model", "greeting-root"]);
+    expect(asModel.code).not.toBe(0);
+    expect(asModel.stderr).toMatch(/model "greeting-root" not found: it is a prompt/);
   }, 60_000);
 
   it("a prompt in one project is invisible from another, and another project's token cannot read it", async () => {
