@@ -58,8 +58,15 @@ const MIGRATIONS = [
   "0007_api_keys",
 ];
 
-/** What a database records once opened by this Loom: the old ones, then those added since (issue 17: token lifecycle, audit log). */
-const CURRENT = [...MIGRATIONS, "0008_token_lifecycle", "0009_audit"];
+/** What a database records once opened by this Loom: the old ones, then those added since (issue 17: token lifecycle, audit log; issue 20: traces). */
+const CURRENT = [...MIGRATIONS, "0008_token_lifecycle", "0009_audit", "0010_traces"];
+
+/** Tracking's tables added since the old migrations (issue 20: MLflow 3's traces). */
+const TRACES_DDL = [
+  `CREATE TABLE "tr_traces" ("project" text not null, "trace_id" text not null, "experiment_id" integer not null, "client_request_id" text, "request_time" integer not null, "execution_ms" integer, "state" text not null, "request_preview" text, "response_preview" text, "body" text not null, constraint "tr_traces_pk" primary key ("project", "trace_id"))`,
+  `CREATE INDEX "tr_traces_experiment" on "tr_traces" ("project", "experiment_id", "request_time")`,
+  `CREATE INDEX "tr_traces_time" on "tr_traces" ("request_time")`,
+];
 
 /** Some of everything tracking keeps, written as the old Loom wrote it. */
 const OLD_DATA = [
@@ -112,7 +119,7 @@ describe("tracking's schema, declared once (src/tracking/schema.ts)", () => {
   it("makes, on a new SQLite database, exactly the tables and indexes the old migrations 0003-0005 made, recorded under the same names", async () => {
     const opened = await openSqlite(":memory:");
     const db = opened.db as unknown as Kysely<unknown>;
-    expect(await trackingDdl(db)).toEqual(OLD_TRACKING_DDL);
+    expect(await trackingDdl(db)).toEqual([...OLD_TRACKING_DDL, ...TRACES_DDL]);
     const names = await sql<{ name: string }>`select name from kysely_migration order by name`.execute(db);
     expect(names.rows.map((r) => r.name)).toEqual(CURRENT);
     await opened.close();
@@ -136,7 +143,8 @@ describe("tracking's schema, declared once (src/tracking/schema.ts)", () => {
       // The old ones kept their record: none ran again.
       for (const r of recorded.rows.filter((x) => applied.includes(x.name)))
         expect(r.timestamp).toBe("2026-01-01T00:00:00.000Z");
-      expect(await trackingDdl(db)).toEqual(OLD_TRACKING_DDL);
+      // The old tables as they were; the traces table added after them.
+      expect(await trackingDdl(db)).toEqual([...OLD_TRACKING_DDL, ...TRACES_DDL]);
 
       const t = trackingOn(sqliteTracking(db));
       const exp = await t.store.getExperimentByName("default", "old-exp");
@@ -201,6 +209,7 @@ describe("tracking's schema on PostgreSQL", () => {
       "tr_run_outputs: run_uuid text!, model_id text!, step bigint!",
       "tr_runs: run_uuid text!, experiment_id integer!, project text!, run_name text!, user_id text!, status text!, start_time bigint!, end_time bigint, lifecycle_stage text!, artifact_uri text!",
       "tr_tags: run_uuid text!, key text!, value text!",
+      "tr_traces: project text!, trace_id text!, experiment_id integer!, client_request_id text, request_time bigint!, execution_ms bigint, state text!, request_preview text, response_preview text, body text!",
     ]);
     const indexes = await server.query<{ indexdef: string }>(
       "schema",
@@ -223,12 +232,20 @@ describe("tracking's schema on PostgreSQL", () => {
       "CREATE INDEX tr_runs_experiment ON public.tr_runs USING btree (experiment_id, start_time)",
       "CREATE UNIQUE INDEX tr_runs_pkey ON public.tr_runs USING btree (run_uuid)",
       "CREATE UNIQUE INDEX tr_tags_pk ON public.tr_tags USING btree (run_uuid, key)",
+      "CREATE INDEX tr_traces_experiment ON public.tr_traces USING btree (project, experiment_id, request_time)",
+      "CREATE UNIQUE INDEX tr_traces_pk ON public.tr_traces USING btree (project, trace_id)",
+      "CREATE INDEX tr_traces_time ON public.tr_traces USING btree (request_time)",
     ]);
     const names = await server.query<{ name: string }>(
       "schema",
       "select name from loom_tracking_migration order by name",
     );
-    expect(names.map((n) => n.name)).toEqual(["0001_tracking", "0002_model_registry", "0003_logged_models"]);
+    expect(names.map((n) => n.name)).toEqual([
+      "0001_tracking",
+      "0002_model_registry",
+      "0003_logged_models",
+      "0004_traces",
+    ]);
     // Opening it again (an upgraded Loom on a database the old one made) runs nothing.
     const again = await openTrackingDatabase(`${server.baseUrl}schema`);
     await again.close();

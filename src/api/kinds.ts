@@ -4,6 +4,7 @@ import { InferenceServiceSpec, InferenceServiceStatus } from "./inferenceservice
 import { API_VERSION, InputMetadata, type Resource } from "./meta.js";
 import { ModelSpec, ModelStatus } from "./model.js";
 import { ProjectSpec, ProjectStatus } from "./project.js";
+import { PromptSpec, PromptStatus } from "./prompt.js";
 import { SweepSpec, SweepStatus } from "./sweep.js";
 import { TrainingJobSpec, TrainingJobStatus } from "./trainingjob.js";
 import { WorkspaceSpec, WorkspaceStatus } from "./workspace.js";
@@ -44,6 +45,7 @@ export const SWEEP = "Sweep";
 export const INFERENCESERVICE = "InferenceService";
 export const MODEL = "Model";
 export const WORKSPACE = "Workspace";
+export const PROMPT = "Prompt";
 
 export const KINDS: readonly KindDef[] = [
   {
@@ -145,6 +147,21 @@ export const KINDS: readonly KindDef[] = [
       { name: "LATEST", path: "status.latestVersion" },
       { name: "ALIASES", path: "status.aliasText" },
       { name: "SOURCE-JOB", path: "status.latestJob" },
+      { name: "DESCRIPTION", path: "spec.description", wide: true },
+    ],
+  },
+  {
+    kind: PROMPT,
+    singular: "prompt",
+    plural: "prompts",
+    shortNames: [],
+    namespaced: true,
+    spec: PromptSpec,
+    status: PromptStatus,
+    storage: "registry",
+    columns: [
+      { name: "LATEST", path: "status.latestVersion" },
+      { name: "ALIASES", path: "status.aliasText" },
       { name: "DESCRIPTION", path: "spec.description", wide: true },
     ],
   },

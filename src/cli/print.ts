@@ -2,6 +2,7 @@ import { stringify } from "yaml";
 import type { InferenceServiceStatus } from "../api/inferenceservice.js";
 import type { KindDef } from "../api/kinds.js";
 import { API_VERSION, type Condition, type Resource } from "../api/meta.js";
+import type { PromptVersionView } from "../api/prompt.js";
 import type { ObjectEvent } from "../ports/store.js";
 import type { NodeUsage, ProjectUsage } from "../server/scheduling.js";
 import { CliError } from "./errors.js";
@@ -282,6 +283,7 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
     lines.push("Versions (lineage: job → run → checkpoint → version):");
     lines.push(...indent(lineageText(obj)));
   }
+  if (obj.kind === "Prompt") lines.push(...promptSections(status));
   if (status.admission) block("Admission", status.admission);
   if (status.preemption) block("Preemption", status.preemption);
   const conditions = (status.conditions as Condition[] | undefined) ?? [];
@@ -312,6 +314,35 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
     );
   }
   return `${lines.join("\n")}\n`;
+}
+
+/** A prompt's tags and its versions, newest first, each with its template. */
+function promptSections(status: Record<string, unknown>): string[] {
+  const lines: string[] = [];
+  const tags = status.tags as Record<string, string> | undefined;
+  if (tags)
+    lines.push(
+      `${"Tags:".padEnd(22)}${Object.entries(tags)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(",")}`,
+    );
+  const versions = (status.versions as PromptVersionView[] | undefined) ?? [];
+  lines.push("Versions:");
+  if (versions.length === 0) lines.push("  <none>");
+  for (const v of [...versions].reverse()) {
+    const extra = [
+      v.aliases.length ? `aliases: ${v.aliases.join(",")}` : "",
+      v.tags
+        ? `tags: ${Object.entries(v.tags)
+            .map(([k, t]) => `${k}=${t}`)
+            .join(",")}`
+        : "",
+      `${age(v.createdAt)} ago`,
+    ].filter(Boolean);
+    lines.push(`  ${v.version}${v.commitMessage ? `: ${v.commitMessage}` : ""} (${extra.join("; ")})`);
+    lines.push(...v.template.split("\n").map((l) => `    | ${l}`));
+  }
+  return lines;
 }
 
 const GiB = 2 ** 30;

@@ -59,6 +59,8 @@ export interface ApiOptions {
   host?: string;
   /** 0 picks a free port. Default 7470. */
   port?: number;
+  /** MLflow traces older than this are deleted (`loom up --trace-retention`); absent: kept. */
+  traceRetentionMs?: number;
   /** The tracking URL workloads are told. Default: where the API listens. */
   trackingUrl?: string;
   /** How the serving loop finds a model's files (embedded: read them from the registry's artifacts). */
@@ -178,6 +180,8 @@ async function assembleApi(
     registry: tracking.registry,
     loggedModels: tracking.loggedModels,
     artifactsDir: join(api.dataDir, "artifacts"),
+    traces: tracking.traces,
+    ...(api.traceRetentionMs !== undefined ? { traceRetentionMs: api.traceRetentionMs } : {}),
   };
   const serving = servingParts(opts);
   const originPort = api.workspaceOriginPort;

@@ -62,6 +62,8 @@ export interface EmbeddedOptions {
   trackingDb?: string;
   /** Keep audit log entries this long (default 30 days). */
   auditRetentionMs?: number;
+  /** MLflow traces older than this are deleted by a periodic sweep; absent: kept. */
+  traceRetentionMs?: number;
   /** false: workloads share the machine's network instead of one namespace per gang. */
   networkIsolation?: boolean;
   /** Run workloads of several projects as the server's user where no sandbox is possible. */
@@ -170,6 +172,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       tokens: new SqliteTokenStore(database.db),
       sshKeys: new SqliteSshKeyStore(database.db),
       trackingDb,
+      ...(opts.traceRetentionMs !== undefined ? { traceRetentionMs: opts.traceRetentionMs } : {}),
       dataDir: opts.dataDir,
       host: opts.host,
       port: opts.port,

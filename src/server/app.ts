@@ -16,6 +16,7 @@ import { fromWorkspace } from "./fromworkspace.js";
 import { installGuard, rewriteUrl } from "./guard.js";
 import { installJsonParsers } from "./jsonbody.js";
 import { ModelView } from "./models.js";
+import { PromptView } from "./prompts.js";
 import { ensureDefaultProject, ResourceService } from "./resources.js";
 import { logRoutes } from "./routes/logs.js";
 import { modelRoutes } from "./routes/models.js";
@@ -150,6 +151,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     models: deps.tracking
       ? new ModelView(deps.tracking.registry, deps.tracking.store, deps.store)
       : undefined,
+    prompts: deps.tracking ? new PromptView(deps.tracking.registry) : undefined,
   });
   resourceRoutes(app, { store: deps.store, events: deps.events, resources, listOrWatch: list, scheduling });
   logRoutes(app, { resources, runtime: deps.runtime });

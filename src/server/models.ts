@@ -10,6 +10,7 @@ import type { ModelResolver } from "../controllers/inferenceservice/reconciler.j
 import type { ResourceStore } from "../ports/store.js";
 import type { ModelRegistrar, TrialMetrics } from "../ports/tracking.js";
 import { MlflowError } from "../tracking/errors.js";
+import { IS_PROMPT_TAG, NOT_PROMPT_FILTER } from "../tracking/prompts.js";
 import type { ModelRegistry, ModelVersion, RegisteredModel } from "../tracking/registry.js";
 import type { TrackingStore } from "../tracking/store.js";
 
@@ -36,7 +37,12 @@ export class ModelView {
     const out: Model[] = [];
     let token: string | undefined;
     do {
-      const page = await this.registry.searchModels(project, { maxResults: 1000, pageToken: token });
+      // Prompts share the registry's tables; `loom get models` lists models only (as MLflow does).
+      const page = await this.registry.searchModels(project, {
+        filter: NOT_PROMPT_FILTER,
+        maxResults: 1000,
+        pageToken: token,
+      });
       for (const m of page.registered_models) out.push(await this.toModel(project, m));
       token = page.next_page_token;
     } while (token);
@@ -44,7 +50,11 @@ export class ModelView {
   }
 
   async get(project: string, name: string): Promise<Model> {
-    return this.toModel(project, await this.translate(() => this.registry.getModel(project, name), name));
+    const m = await this.translate(() => this.registry.getModel(project, name), name);
+    // A prompt shares the registry's tables but is no model (`loom get prompt` shows it).
+    if ((m.tags ?? []).some((t) => t.key === IS_PROMPT_TAG && t.value.toLowerCase() === "true"))
+      throw new NotFoundError(`model "${name}" not found: it is a prompt (\`loom describe prompt ${name}\`)`);
+    return this.toModel(project, m);
   }
 
   /** `loom apply` of a Model: creates the registered model, or updates its description. */

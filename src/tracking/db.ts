@@ -5,6 +5,7 @@ import { LoggedModels } from "./logged.js";
 import { ModelRegistry } from "./registry.js";
 import { type TrackingDialect, trackingMigrations } from "./schema.js";
 import { TrackingStore } from "./store.js";
+import { TraceStore } from "./traces.js";
 
 export type { TrackingDialect };
 
@@ -26,6 +27,7 @@ export interface Tracking {
   store: TrackingStore;
   registry: ModelRegistry;
   loggedModels: LoggedModels;
+  traces: TraceStore;
 }
 
 export function trackingOn(database: TrackingDatabase, now: () => number = Date.now): Tracking {
@@ -34,6 +36,7 @@ export function trackingOn(database: TrackingDatabase, now: () => number = Date.
     store,
     registry: new ModelRegistry(database.db, now),
     loggedModels: new LoggedModels(database.db, store, now),
+    traces: new TraceStore(database.db, now),
   };
 }
 
@@ -140,4 +143,5 @@ const POSTGRES_MIGRATIONS = trackingMigrations("postgres", {
   tracking: "0001_tracking",
   model_registry: "0002_model_registry",
   logged_models: "0003_logged_models",
+  traces: "0004_traces",
 });

@@ -8,6 +8,7 @@ import {
   parseFilter,
   REGISTERED_MODEL_GRAMMAR,
 } from "./filter.js";
+import { checkPromptSource, isPromptVersion, promptScope } from "./prompts.js";
 import { checkRunInProject, checkVersionSource } from "./references.js";
 import type { RegistrySchema } from "./schema.js";
 import type { KeyValue } from "./store.js";
@@ -162,7 +163,7 @@ export class ModelRegistry {
     project: string,
     opts: { filter?: string; maxResults?: number; pageToken?: string },
   ): Promise<{ registered_models: RegisteredModel[]; next_page_token?: string }> {
-    const clauses = parseRegistryFilter(opts.filter, REGISTERED_MODEL_GRAMMAR);
+    const clauses = promptScope(parseRegistryFilter(opts.filter, REGISTERED_MODEL_GRAMMAR));
     const rows = await this.db
       .selectFrom("tr_registered_models")
       .select("name")
@@ -288,7 +289,9 @@ export class ModelRegistry {
     if (!req.source) throw invalidParameter("Missing value for required parameter 'source'.");
     // Checked before the first write: the tags, and that source and run are this project's.
     const tags = keyValues(req.tags, "tags", "registryTag");
-    await checkVersionSource(this.db as Kysely<unknown>, project, req.source);
+    // A prompt version has no artifact: its source is one of MLflow's placeholders, and only those.
+    if (isPromptVersion(tags)) checkPromptSource(req.source);
+    else await checkVersionSource(this.db as Kysely<unknown>, project, req.source);
     // A runs:/RUN/... source names its run when the client does not.
     const runId = req.runId || /^runs:\/([0-9a-f]{32})\//.exec(req.source)?.[1] || null;
     if (runId) await checkRunInProject(this.db as Kysely<unknown>, project, runId, "run_id");
@@ -354,7 +357,7 @@ export class ModelRegistry {
     project: string,
     opts: { filter?: string; maxResults?: number; pageToken?: string },
   ): Promise<{ model_versions: ModelVersion[]; next_page_token?: string }> {
-    const clauses = parseRegistryFilter(opts.filter, MODEL_VERSION_GRAMMAR);
+    const clauses = promptScope(parseRegistryFilter(opts.filter, MODEL_VERSION_GRAMMAR));
     const rows = await this.db
       .selectFrom("tr_model_versions")
       .selectAll()
@@ -458,6 +461,17 @@ export class ModelRegistry {
 
   async versionByAlias(project: string, name: string, alias: string): Promise<ModelVersion> {
     await this.modelRow(project, name);
+    // `latest` is no stored alias: it names the newest version, as on MLflow's server.
+    if (alias.toLowerCase() === "latest") {
+      const newest = await this.db
+        .selectFrom("tr_model_versions")
+        .select((eb) => eb.fn.max("version").as("v"))
+        .where("project", "=", project)
+        .where("name", "=", name)
+        .executeTakeFirst();
+      if (newest?.v == null) throw notFound(`Latest version not found for model ${name}.`);
+      return this.getVersion(project, name, String(newest.v));
+    }
     const row = await this.db
       .selectFrom("tr_model_aliases")
       .select("version")

@@ -8,7 +8,9 @@ import { type AddRoute, handle, mlflowErrors } from "./routes/http.js";
 import { loggedModelRoutes } from "./routes/logged-models.js";
 import { registryRoutes } from "./routes/registry.js";
 import { runRoutes } from "./routes/runs.js";
+import { traceRoutesV2, traceRoutesV3 } from "./routes/traces.js";
 import type { TrackingStore } from "./store.js";
+import type { TraceStore } from "./traces.js";
 
 export interface TrackingRoutesDeps {
   store: TrackingStore;
@@ -18,6 +20,8 @@ export interface TrackingRoutesDeps {
   artifactsDir: string;
   /** Whether the project exists (experiments belong to one). */
   projectExists(project: string): Promise<boolean>;
+  /** MLflow 3's traces (their spans are artifacts under artifactsDir). */
+  traces: TraceStore;
 }
 
 /**
@@ -35,11 +39,27 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
     errorHandler: mlflowErrors,
   });
 
-  for (const prefix of [
-    "/api/2.0/mlflow",
-    "/ajax-api/2.0/mlflow",
-    "/mlflow/projects/:project/api/2.0/mlflow",
-  ]) {
+  const v2 = ["/api/2.0/mlflow", "/ajax-api/2.0/mlflow", "/mlflow/projects/:project/api/2.0/mlflow"];
+  await mlflowScopes(app, v2, deps, (route) => {
+    registryRoutes(route, deps);
+    loggedModelRoutes(route, deps);
+    experimentRoutes(route, deps);
+    runRoutes(route, deps);
+    traceRoutesV2(route, deps);
+  });
+  // MLflow 3's own endpoints (traces) live under /api/3.0.
+  const v3 = ["/api/3.0/mlflow", "/ajax-api/3.0/mlflow", "/mlflow/projects/:project/api/3.0/mlflow"];
+  await mlflowScopes(app, v3, deps, (route) => traceRoutesV3(route, deps));
+}
+
+/** Registers endpoints under each prefix, with MLflow's error format and an honest 404. */
+async function mlflowScopes(
+  app: FastifyInstance,
+  prefixes: string[],
+  deps: TrackingRoutesDeps,
+  register: (route: AddRoute) => void,
+): Promise<void> {
+  for (const prefix of prefixes) {
     await app.register(
       async (scope) => {
         // MLflow's error format for everything under the prefix, the client's parse errors included.
@@ -57,10 +77,7 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
             config: { authz: mlflowRule(method, path) },
             handler: handle(handler, method, path, deps.projectExists),
           });
-        registryRoutes(route, deps);
-        loggedModelRoutes(route, deps);
-        experimentRoutes(route, deps);
-        runRoutes(route, deps);
+        register(route);
       },
       { prefix },
     );

@@ -93,6 +93,24 @@ export interface LoggedSchema {
   tr_run_outputs: { run_uuid: string; model_id: string; step: number };
 }
 
+/** MLflow 3's traces (migration step "traces"); TraceStore's table. Spans are artifacts. */
+export interface TracesSchema {
+  tr_traces: {
+    project: string;
+    trace_id: string;
+    experiment_id: number;
+    client_request_id: string | null;
+    /** ms */
+    request_time: number;
+    execution_ms: number | null;
+    state: string;
+    request_preview: string | null;
+    response_preview: string | null;
+    /** Metadata and tags, as JSON. */
+    body: string;
+  };
+}
+
 // ---- migrations ------------------------------------------------------------------------
 
 /**
@@ -101,7 +119,7 @@ export interface LoggedSchema {
  * recorded), so a step added here must be named in both (the Record types make that a compile
  * error until it is). Never edit a released step: add the next.
  */
-export const TRACKING_STEPS = ["tracking", "model_registry", "logged_models"] as const;
+export const TRACKING_STEPS = ["tracking", "model_registry", "logged_models", "traces"] as const;
 export type TrackingStep = (typeof TRACKING_STEPS)[number];
 
 /** Tracking's migrations for `dialect`, under the names `names` gives each step. */
@@ -289,5 +307,29 @@ const STEPS: Record<TrackingStep, (db: Kysely<unknown>, t: ColumnTypes) => Promi
       .addColumn("step", t.bigint, (c) => c.notNull())
       .addPrimaryKeyConstraint("tr_run_outputs_pk", ["run_uuid", "model_id"])
       .execute();
+  },
+
+  // MLflow 3's traces (issue 20): searched by experiment and time; the retention sweep by time.
+  async traces(db, t) {
+    await db.schema
+      .createTable("tr_traces")
+      .addColumn("project", "text", (c) => c.notNull())
+      .addColumn("trace_id", "text", (c) => c.notNull())
+      .addColumn("experiment_id", "integer", (c) => c.notNull())
+      .addColumn("client_request_id", "text")
+      .addColumn("request_time", t.bigint, (c) => c.notNull())
+      .addColumn("execution_ms", t.bigint)
+      .addColumn("state", "text", (c) => c.notNull())
+      .addColumn("request_preview", "text")
+      .addColumn("response_preview", "text")
+      .addColumn("body", "text", (c) => c.notNull())
+      .addPrimaryKeyConstraint("tr_traces_pk", ["project", "trace_id"])
+      .execute();
+    await db.schema
+      .createIndex("tr_traces_experiment")
+      .on("tr_traces")
+      .columns(["project", "experiment_id", "request_time"])
+      .execute();
+    await db.schema.createIndex("tr_traces_time").on("tr_traces").column("request_time").execute();
   },
 };

@@ -72,8 +72,13 @@ function objectText(e: AuditRecord): string {
 
 /** `loom up --audit-retention 30d`, checked. */
 export function auditRetentionMs(text: string): number {
+  return retentionMs("--audit-retention", text);
+}
+
+/** A retention flag of `loom up` (30d, 12h), checked. */
+export function retentionMs(flag: string, text: string): number {
   const ms = parseDuration(text);
   if (ms === undefined || ms <= 0)
-    throw new CliError(`--audit-retention must be a duration such as 30d or 12h, got "${text}"`);
+    throw new CliError(`${flag} must be a duration such as 30d or 12h, got "${text}"`);
   return ms;
 }

@@ -6,7 +6,7 @@ import { VERSION } from "../../lib/version.js";
 import { configPath, saveContext } from "../config.js";
 import type { CliDeps } from "../deps.js";
 import { CliError } from "../errors.js";
-import { auditRetentionMs } from "./audit.js";
+import { auditRetentionMs, retentionMs } from "./audit.js";
 
 interface UpOpts {
   dataDir: string;
@@ -16,6 +16,7 @@ interface UpOpts {
   gpus?: string;
   trackingDb?: string;
   auditRetention?: string;
+  traceRetention?: string;
   insecureSharedUser?: boolean;
   sandbox: boolean;
 }
@@ -39,6 +40,11 @@ export function registerUp(program: Command, deps: CliDeps): void {
       "keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
     )
     .option("--audit-retention <duration>", "keep audit log entries this long (e.g. 30d, 12h)", "30d")
+    .option(
+      "--trace-retention <duration>",
+      "keep MLflow traces this long (e.g. 30d, 12h), then delete them",
+      "30d",
+    )
     .option(
       "--insecure-shared-user",
       "where workloads cannot be sandboxed, run several projects' workloads anyway, all as this server's user (no isolation between them)",
@@ -77,6 +83,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
           log,
           ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
           auditRetentionMs: auditRetentionMs(opts.auditRetention ?? "30d"),
+          traceRetentionMs: retentionMs("--trace-retention", opts.traceRetention ?? "30d"),
           insecureSharedUser: !!opts.insecureSharedUser,
           sandbox: opts.sandbox,
         });

@@ -3,6 +3,8 @@ import type { LoggedModels } from "../../tracking/logged.js";
 import type { ModelRegistry } from "../../tracking/registry.js";
 import { trackingRoutes } from "../../tracking/routes.js";
 import type { TrackingStore } from "../../tracking/store.js";
+import { startTraceRetention } from "../../tracking/trace-retention.js";
+import type { TraceStore } from "../../tracking/traces.js";
 import type { ResourceService } from "../resources.js";
 
 /** MLflow-compatible experiment tracking (embedded: on the same database). */
@@ -11,6 +13,9 @@ export interface TrackingMount {
   registry: ModelRegistry;
   loggedModels: LoggedModels;
   artifactsDir: string;
+  traces: TraceStore;
+  /** Traces older than this are deleted by a periodic sweep; absent: kept. */
+  traceRetentionMs?: number;
 }
 
 export interface TrackingRoutesMountDeps {
@@ -27,6 +32,7 @@ export async function mountTracking(app: FastifyInstance, deps: TrackingRoutesMo
     registry: deps.tracking.registry,
     loggedModels: deps.tracking.loggedModels,
     artifactsDir: deps.tracking.artifactsDir,
+    traces: deps.tracking.traces,
     projectExists: async (name) => {
       try {
         await resources.get(projectDef, undefined, name);
@@ -36,4 +42,14 @@ export async function mountTracking(app: FastifyInstance, deps: TrackingRoutesMo
       }
     },
   });
+  const { traceRetentionMs } = deps.tracking;
+  if (traceRetentionMs !== undefined) {
+    const stop = startTraceRetention({
+      traces: deps.tracking.traces,
+      artifactsDir: deps.tracking.artifactsDir,
+      maxAgeMs: traceRetentionMs,
+      log: app.log,
+    });
+    app.addHook("onClose", async () => stop());
+  }
 }

@@ -1,0 +1,448 @@
+import type { Kysely } from "kysely";
+import { invalidParameter, notFound } from "./errors.js";
+import { type AttributeSpec, type Clause, type Grammar, parseFilter } from "./filter.js";
+import type { TracesSchema } from "./schema.js";
+
+/**
+ * MLflow 3's traces, per project: the trace's record (its TraceInfo: times, state, previews,
+ * metadata, tags) is kept here; its spans are the `traces.json` the client uploads to the
+ * artifact location this store hands it (`mlflow-artifacts:/EXP/traces/ID/artifacts`), as
+ * MLflow's own server does when it does not take spans itself.
+ */
+
+/** TraceInfo as MLflow's proto3 JSON writes it (TraceInfoV3). */
+export interface TraceInfo {
+  trace_id: string;
+  client_request_id?: string;
+  trace_location: { type: "MLFLOW_EXPERIMENT"; mlflow_experiment: { experiment_id: string } };
+  request_preview?: string;
+  response_preview?: string;
+  /** RFC 3339, as protobuf's Timestamp in JSON. */
+  request_time: string;
+  /** "1.5s", as protobuf's Duration in JSON. */
+  execution_duration?: string;
+  state: string;
+  trace_metadata: Record<string, string>;
+  tags: Record<string, string>;
+}
+
+/** Where the client uploads a trace's spans, and says it put them there. */
+export const ARTIFACT_LOCATION_TAG = "mlflow.artifactLocation";
+const SPANS_LOCATION_TAG = "mlflow.trace.spansLocation";
+const STATES = new Set(["STATE_UNSPECIFIED", "OK", "ERROR", "IN_PROGRESS"]);
+const MAX_RESULTS = 500;
+
+type Row = TracesSchema["tr_traces"];
+
+/** A trace's spans under the artifact store: DIR/PROJECT/EXP/traces/ID (the sweep removes it). */
+export function traceArtifactPath(experimentId: string | number, traceId: string): string {
+  return `${experimentId}/traces/${traceId}`;
+}
+
+export class TraceStore {
+  private readonly db: Kysely<TracesSchema>;
+
+  constructor(
+    db: Kysely<unknown>,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.db = db as Kysely<TracesSchema>;
+  }
+
+  /**
+   * StartTraceV3 (sent when a trace ends): records it in its experiment, which the caller has
+   * checked is the project's, with the artifact location its spans go to. Sent again (the
+   * client retries), it replaces the record.
+   */
+  async start(project: string, raw: unknown): Promise<TraceInfo> {
+    const info = (raw ?? {}) as Partial<TraceInfo> & {
+      trace_location?: { mlflow_experiment?: { experiment_id?: unknown } };
+    };
+    const traceId = traceIdOf(info.trace_id);
+    const experimentId = String(info.trace_location?.mlflow_experiment?.experiment_id ?? "");
+    if (!/^\d+$/.test(experimentId))
+      throw invalidParameter(
+        "'trace.trace_info.trace_location.mlflow_experiment.experiment_id' must name an experiment",
+      );
+    const state = info.state ?? "STATE_UNSPECIFIED";
+    if (!STATES.has(state)) throw invalidParameter(`Invalid trace state '${state}'`);
+    const tags = {
+      ...stringMap(info.tags, "tags"),
+      [ARTIFACT_LOCATION_TAG]: `mlflow-artifacts:/${traceArtifactPath(experimentId, traceId)}/artifacts`,
+      [SPANS_LOCATION_TAG]: "ARTIFACT_REPO",
+    };
+    const row: Row = {
+      project,
+      trace_id: traceId,
+      experiment_id: Number(experimentId),
+      client_request_id: info.client_request_id ?? null,
+      request_time: info.request_time ? timestampMs(info.request_time) : this.now(),
+      execution_ms: info.execution_duration ? durationMs(info.execution_duration) : null,
+      state,
+      request_preview: info.request_preview ?? null,
+      response_preview: info.response_preview ?? null,
+      body: JSON.stringify({ metadata: stringMap(info.trace_metadata, "trace_metadata"), tags }),
+    };
+    await this.db.transaction().execute(async (tx) => {
+      await tx
+        .deleteFrom("tr_traces")
+        .where("project", "=", project)
+        .where("trace_id", "=", traceId)
+        .execute();
+      await tx.insertInto("tr_traces").values(row).execute();
+    });
+    return toInfo(row);
+  }
+
+  async get(project: string, traceId: string): Promise<TraceInfo> {
+    return toInfo(await this.row(project, traceId));
+  }
+
+  /** SearchTracesV3 over some of the project's experiments: MLflow's trace filter, order and pages. */
+  async search(
+    project: string,
+    opts: {
+      experimentIds: string[];
+      filter?: string;
+      maxResults?: number;
+      orderBy?: string[];
+      pageToken?: string;
+    },
+  ): Promise<{ traces: TraceInfo[]; next_page_token?: string }> {
+    const max = opts.maxResults ?? 100;
+    if (!Number.isInteger(max) || max < 1 || max > MAX_RESULTS)
+      throw invalidParameter(`'max_results' must be between 1 and ${MAX_RESULTS}, got ${max}`);
+    const clauses = parseFilter(opts.filter, TRACE_GRAMMAR);
+    const ids = opts.experimentIds.filter((id) => /^\d+$/.test(id)).map(Number);
+    if (ids.length === 0) return { traces: [] };
+    const rows = await this.db
+      .selectFrom("tr_traces")
+      .selectAll()
+      .where("project", "=", project)
+      .where("experiment_id", "in", ids)
+      .execute();
+    const infos = rows
+      .filter((r) => clauses.every((c) => matches(c, r)))
+      .map((r) => ({ r, info: toInfo(r) }));
+    const order = orderOf(opts.orderBy);
+    infos.sort((a, b) => {
+      for (const o of order) {
+        const x = o.key(a.r);
+        const y = o.key(b.r);
+        if (x !== y) return (x < y ? -1 : 1) * (o.ascending ? 1 : -1);
+      }
+      return a.r.trace_id < b.r.trace_id ? -1 : 1;
+    });
+    const offset = offsetOf(opts.pageToken);
+    const out: { traces: TraceInfo[]; next_page_token?: string } = {
+      traces: infos.slice(offset, offset + max).map((x) => x.info),
+    };
+    if (infos.length > offset + max)
+      out.next_page_token = Buffer.from(JSON.stringify({ offset: offset + max })).toString("base64");
+    return out;
+  }
+
+  async setTag(project: string, traceId: string, key: string, value: string): Promise<void> {
+    await this.editBody(project, traceId, (b) => {
+      b.tags[key] = value;
+    });
+  }
+
+  async deleteTag(project: string, traceId: string, key: string): Promise<void> {
+    await this.editBody(project, traceId, (b) => {
+      if (!(key in b.tags)) throw notFound(`No trace tag with key '${key}' for trace with ID '${traceId}'`);
+      delete b.tags[key];
+    });
+  }
+
+  /**
+   * DeleteTraces: by id, or the oldest (request time at most maxTimestampMs, at most maxTraces of
+   * them) of one experiment. Returns what went, for the caller to remove their spans.
+   */
+  async delete(
+    project: string,
+    opts: { experimentId: string; traceIds?: string[]; maxTimestampMs?: number; maxTraces?: number },
+  ): Promise<{ experiment_id: number; trace_id: string }[]> {
+    let q = this.db
+      .selectFrom("tr_traces")
+      .select(["experiment_id", "trace_id"])
+      .where("project", "=", project)
+      .where("experiment_id", "=", Number(opts.experimentId));
+    if (opts.traceIds?.length) q = q.where("trace_id", "in", opts.traceIds);
+    else if (opts.maxTimestampMs !== undefined) q = q.where("request_time", "<=", opts.maxTimestampMs);
+    else throw invalidParameter("Either 'max_timestamp_millis' or 'request_ids' must be specified.");
+    q = q.orderBy("request_time");
+    if (opts.maxTraces !== undefined) q = q.limit(opts.maxTraces);
+    const gone = await q.execute();
+    await this.remove(
+      project,
+      gone.map((g) => g.trace_id),
+    );
+    return gone;
+  }
+
+  /**
+   * Retention: removes every project's traces that started over maxAgeMs ago (a batch at a time,
+   * so one sweep never holds the database long), returning what went for their spans' removal.
+   */
+  async sweep(
+    maxAgeMs: number,
+    batch = 1000,
+  ): Promise<{ project: string; experiment_id: number; trace_id: string }[]> {
+    const cutoff = this.now() - maxAgeMs;
+    const out: { project: string; experiment_id: number; trace_id: string }[] = [];
+    for (;;) {
+      const old = await this.db
+        .selectFrom("tr_traces")
+        .select(["project", "experiment_id", "trace_id"])
+        .where("request_time", "<", cutoff)
+        .limit(batch)
+        .execute();
+      if (old.length === 0) return out;
+      for (const project of new Set(old.map((o) => o.project)))
+        await this.remove(
+          project,
+          old.filter((o) => o.project === project).map((o) => o.trace_id),
+        );
+      out.push(...old);
+      if (old.length < batch) return out;
+    }
+  }
+
+  private async remove(project: string, traceIds: string[]): Promise<void> {
+    for (let i = 0; i < traceIds.length; i += 500)
+      await this.db
+        .deleteFrom("tr_traces")
+        .where("project", "=", project)
+        .where("trace_id", "in", traceIds.slice(i, i + 500))
+        .execute();
+  }
+
+  private async row(project: string, traceId: string): Promise<Row> {
+    const row = await this.db
+      .selectFrom("tr_traces")
+      .selectAll()
+      .where("project", "=", project)
+      .where("trace_id", "=", traceId)
+      .executeTakeFirst();
+    if (!row) throw notFound(`Trace with ID '${traceId}' not found.`);
+    return row;
+  }
+
+  private async editBody(project: string, traceId: string, edit: (b: Body) => void): Promise<void> {
+    await this.db.transaction().execute(async (tx) => {
+      const row = await tx
+        .selectFrom("tr_traces")
+        .select("body")
+        .where("project", "=", project)
+        .where("trace_id", "=", traceId)
+        .executeTakeFirst();
+      if (!row) throw notFound(`Trace with ID '${traceId}' not found.`);
+      const body = JSON.parse(row.body) as Body;
+      edit(body);
+      await tx
+        .updateTable("tr_traces")
+        .set({ body: JSON.stringify(body) })
+        .where("project", "=", project)
+        .where("trace_id", "=", traceId)
+        .execute();
+    });
+  }
+}
+
+interface Body {
+  metadata: Record<string, string>;
+  tags: Record<string, string>;
+}
+
+function traceIdOf(v: unknown): string {
+  if (typeof v !== "string" || !/^[A-Za-z0-9._:-]{1,128}$/.test(v))
+    throw invalidParameter(
+      `'trace.trace_info.trace_id' must be 1-128 letters, digits, '.', '_', ':' or '-', got ${JSON.stringify(v)}`,
+    );
+  return v;
+}
+
+function stringMap(v: unknown, field: string): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== "object" || Array.isArray(v))
+    throw invalidParameter(`'${field}' must be a map of strings`);
+  const out: Record<string, string> = {};
+  for (const [k, x] of Object.entries(v)) out[k] = typeof x === "string" ? x : JSON.stringify(x);
+  return out;
+}
+
+/** A protobuf Timestamp in JSON ("2026-01-02T03:04:05.123456Z") to ms. */
+export function timestampMs(v: unknown): number {
+  // Date.parse takes at most ms: the finer digits are cut.
+  const text = typeof v === "string" ? v.replace(/(\.\d{3})\d+/, "$1") : "";
+  const ms = Date.parse(text);
+  if (!Number.isFinite(ms)) throw invalidParameter(`Invalid timestamp ${JSON.stringify(v)}`);
+  return ms;
+}
+
+/** A protobuf Duration in JSON ("1.5s") to ms. */
+export function durationMs(v: unknown): number {
+  const m = typeof v === "string" ? /^(-?\d+(?:\.\d+)?)s$/.exec(v) : null;
+  if (!m) throw invalidParameter(`Invalid duration ${JSON.stringify(v)}`);
+  return Math.round(Number(m[1]) * 1000);
+}
+
+function toInfo(r: Row): TraceInfo {
+  const body = JSON.parse(r.body) as Body;
+  return {
+    trace_id: r.trace_id,
+    ...(r.client_request_id ? { client_request_id: r.client_request_id } : {}),
+    trace_location: {
+      type: "MLFLOW_EXPERIMENT",
+      mlflow_experiment: { experiment_id: String(r.experiment_id) },
+    },
+    ...(r.request_preview !== null ? { request_preview: r.request_preview } : {}),
+    ...(r.response_preview !== null ? { response_preview: r.response_preview } : {}),
+    request_time: new Date(r.request_time).toISOString(),
+    ...(r.execution_ms !== null ? { execution_duration: `${r.execution_ms / 1000}s` } : {}),
+    state: r.state,
+    trace_metadata: body.metadata,
+    tags: body.tags,
+  };
+}
+
+// ---- MLflow's trace search grammar -------------------------------------------------------
+
+const EQ: AttributeSpec["comparators"] = ["=", "!="];
+const NUMERIC: AttributeSpec["comparators"] = [...EQ, ">", ">=", "<", "<="];
+const TEXT: AttributeSpec["comparators"] = [...EQ, "LIKE", "ILIKE"];
+const number = (canonical: string): AttributeSpec => ({ canonical, type: "number", comparators: NUMERIC });
+const text = (canonical: string, comparators = TEXT): AttributeSpec => ({
+  canonical,
+  type: "string",
+  comparators,
+});
+
+/**
+ * search_traces' filter: the trace's times, state, name and ids as attributes, its tags, and its
+ * metadata (`metadata.mlflow.sourceRun = '…'`), which this parser keeps as "param" clauses.
+ */
+export const TRACE_GRAMMAR: Grammar = {
+  what: "traces",
+  entities: {
+    attribute: "attribute",
+    attributes: "attribute",
+    attr: "attribute",
+    trace: "attribute",
+    tag: "tag",
+    tags: "tag",
+    metadata: "param",
+    request_metadata: "param",
+  },
+  backtickedEntity: false,
+  attributes: {
+    timestamp_ms: number("timestamp_ms"),
+    timestamp: number("timestamp_ms"),
+    execution_time_ms: number("execution_time_ms"),
+    execution_time: number("execution_time_ms"),
+    status: text("state", [...EQ, "IN", "NOT IN"]),
+    state: text("state", [...EQ, "IN", "NOT IN"]),
+    name: text("name"),
+    trace_id: text("trace_id", [...EQ, "IN", "NOT IN"]),
+    request_id: text("trace_id", [...EQ, "IN", "NOT IN"]),
+    client_request_id: text("client_request_id"),
+    run_id: text("run_id", EQ),
+  },
+  comparators: { tag: [...TEXT, "IS NULL", "IS NOT NULL"], param: [...TEXT, "IS NULL", "IS NOT NULL"] },
+};
+
+function attribute(r: Row, key: string): string | number | undefined {
+  const body = JSON.parse(r.body) as Body;
+  switch (key) {
+    case "timestamp_ms":
+      return r.request_time;
+    case "execution_time_ms":
+      return r.execution_ms ?? undefined;
+    case "state":
+      return r.state;
+    case "name":
+      return body.tags["mlflow.traceName"];
+    case "trace_id":
+      return r.trace_id;
+    case "client_request_id":
+      return r.client_request_id ?? undefined;
+    case "run_id":
+      return body.metadata["mlflow.sourceRun"];
+    default:
+      return undefined;
+  }
+}
+
+function matches(c: Clause, r: Row): boolean {
+  const body = JSON.parse(r.body) as Body;
+  const actual =
+    c.entity === "tag" ? body.tags[c.key] : c.entity === "param" ? body.metadata[c.key] : attribute(r, c.key);
+  if (c.comparator === "IS NULL") return actual === undefined;
+  if (c.comparator === "IS NOT NULL") return actual !== undefined;
+  if (actual === undefined) return c.comparator === "!=" || c.comparator === "NOT IN";
+  const v = c.value;
+  switch (c.comparator) {
+    case "=":
+      return actual === v || String(actual) === String(v);
+    case "!=":
+      return String(actual) !== String(v);
+    case ">":
+      return Number(actual) > Number(v);
+    case ">=":
+      return Number(actual) >= Number(v);
+    case "<":
+      return Number(actual) < Number(v);
+    case "<=":
+      return Number(actual) <= Number(v);
+    case "IN":
+      return (v as (string | number)[]).map(String).includes(String(actual));
+    case "NOT IN":
+      return !(v as (string | number)[]).map(String).includes(String(actual));
+    case "LIKE":
+    case "ILIKE":
+      return like(String(actual), String(v), c.comparator === "ILIKE");
+    default:
+      return false;
+  }
+}
+
+function like(s: string, pattern: string, insensitive: boolean): boolean {
+  const re = pattern
+    .replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+    .replace(/%/g, ".*")
+    .replace(/_/g, ".");
+  return new RegExp(`^${re}$`, insensitive ? "is" : "s").test(s);
+}
+
+/** order_by: timestamp_ms (the default, newest first), execution_time_ms, state, name. */
+function orderOf(orderBy: string[] | undefined): { key: (r: Row) => string | number; ascending: boolean }[] {
+  const keys: Record<string, (r: Row) => string | number> = {
+    timestamp_ms: (r) => r.request_time,
+    timestamp: (r) => r.request_time,
+    execution_time_ms: (r) => r.execution_ms ?? -1,
+    execution_time: (r) => r.execution_ms ?? -1,
+    state: (r) => r.state,
+    status: (r) => r.state,
+    name: (r) => String(attribute(r, "name") ?? ""),
+  };
+  if (!orderBy?.length) return [{ key: keys.timestamp_ms!, ascending: false }];
+  return orderBy.map((o) => {
+    const m = /^\s*(?:(?:attributes?|trace)\.)?`?(\w+)`?(?:\s+(ASC|DESC))?\s*$/i.exec(o);
+    const key = m && keys[m[1]!];
+    if (!key)
+      throw invalidParameter(`Invalid order_by clause '${o}': order by ${Object.keys(keys).join(", ")}`);
+    return { key, ascending: (m[2] ?? "ASC").toUpperCase() === "ASC" };
+  });
+}
+
+function offsetOf(token: string | undefined): number {
+  if (!token) return 0;
+  try {
+    const offset = Number(
+      (JSON.parse(Buffer.from(token, "base64").toString("utf8")) as { offset: number }).offset,
+    );
+    if (Number.isInteger(offset) && offset >= 0) return offset;
+  } catch {}
+  throw invalidParameter("Invalid page token, could not base64-decode");
+}
