@@ -183,8 +183,8 @@ const MIGRATIONS: Record<string, Migration> = {
     tracking: "0003_tracking",
     model_registry: "0004_model_registry",
     logged_models: "0005_logged_models",
-    // Added after 0009: the name sorts it last, where the migrator runs it.
-    traces: "0010_traces",
+    // Added after 0010: the name sorts it last, where the migrator runs it.
+    traces: "0011_traces",
   }),
   "0006_token_projects": {
     // Tokens scoped to one project (tracking's tenancy; workloads get one for their project).
