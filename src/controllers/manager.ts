@@ -64,7 +64,7 @@ export interface ControllerManagerDeps {
   /** Serving (InferenceService): where models are, what the autoscaler wants, who routes. */
   serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "builtinCommand" | "baseUrl">;
   /** Workspaces (run where the runtime can serve): the directory they publish to, their origin. */
-  workspaces?: Pick<WorkspaceDeps, "directory" | "workspaceOrigin" | "ideActivity">;
+  workspaces?: Pick<WorkspaceDeps, "directory" | "workspaceOrigin" | "ideActivity" | "gpuActivity">;
 }
 
 /**

@@ -11,6 +11,7 @@ import { SqliteAuditLog } from "../platforms/embedded/audit.js";
 import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../platforms/embedded/events.js";
+import { nvidiaSmiActivity } from "../platforms/embedded/gpuactivity.js";
 import { detectGpus } from "../platforms/embedded/gpus.js";
 import { GangNetworks, type NetworkCapability } from "../platforms/embedded/netns.js";
 import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
@@ -167,6 +168,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       // Its own origin, never the API's: the origin listener's port (by default the API's + 1).
       workspaceOrigin: () => (workspacePort ? `http://ws.localhost:${workspacePort}` : undefined),
       ideActivity,
+      gpuActivity: nvidiaSmiActivity(),
     },
     api: {
       tokens: new SqliteTokenStore(database.db),

@@ -38,6 +38,13 @@ export interface WorkspaceDirectory {
 export type IdeActivity = (ide: string, endpoint: WorkspaceEndpoint) => Promise<Date | undefined>;
 
 /**
+ * Whether any of these GPUs (the platform's device ids) is computing now, for idle culling: a
+ * training loop started from a notebook sends nothing for hours. Undefined where it cannot be
+ * asked (no nvidia-smi, virtual devices).
+ */
+export type GpuActivity = (devices: string[]) => Promise<boolean | undefined>;
+
+/**
  * Snapshots of a workspace's home for `loom run --from ws/NAME` (spec.fromWorkspace): taken when
  * the job is created, so later edits in the notebook do not change what the job runs. Embedded:
  * `<data>/snapshots/PROJECT/JOB-UID`, lent read-only to the job's workers as their working dir.

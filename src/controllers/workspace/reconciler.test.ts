@@ -369,6 +369,40 @@ describe("Workspace controller", () => {
     expect((await get()).status?.phase).toBe("Running");
   });
 
+  it("idleTimeout: a workspace whose GPU computes is spared though nothing else moves; culled once it stops", async () => {
+    let busy: boolean | undefined = true;
+    const asked: string[][] = [];
+    const r = new WorkspaceReconciler({
+      store,
+      runtime: { serving: revisions, listeningPorts: async () => [] } as unknown as Runtime,
+      events: new SqliteEventRecorder(database.db, now),
+      log: pino({ level: "silent" }),
+      now,
+      directory,
+      gpuActivity: async (devices) => {
+        asked.push(devices);
+        return busy;
+      },
+    });
+    const run = () => r.reconcile(`${PROJECT}/nb`);
+    await create({ idleTimeout: "30s", resources: { gpu: 1 } });
+    await run();
+    for (const rev of revisions.revisions.values())
+      for (const x of rev.replicas) x.gpus = [{ device: "3", share: 1 }];
+    revisions.ready();
+    await run();
+    expect((await get()).status?.phase).toBe("Running");
+    clock = new Date(clock.getTime() + 60_000);
+    await run();
+    expect((await get()).status?.phase).toBe("Running");
+    expect(asked.at(-1)).toEqual(["3"]); // the replica's own device, nobody else's
+    // The GPU went quiet (or nvidia-smi cannot say): 30 s later, culled.
+    busy = undefined;
+    clock = new Date(clock.getTime() + 31_000);
+    await run();
+    expect((await get()).metadata.annotations?.[IDLE_STOPPED]).toBeDefined();
+  });
+
   it("no idleTimeout: never culled", async () => {
     await create({});
     await reconcile();

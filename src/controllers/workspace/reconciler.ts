@@ -10,7 +10,7 @@ import { IDLE_STOPPED, type Workspace, type WorkspaceStatus } from "../../api/wo
 import { type ModelAccess, type WorkloadModels, withModelAccess } from "../../ports/models.js";
 import type { ReplicaObservation, RevisionRuntime, Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
-import type { IdeActivity, WorkspaceDirectory } from "../../ports/workspaces.js";
+import type { GpuActivity, IdeActivity, WorkspaceDirectory } from "../../ports/workspaces.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { WORKSPACE_PORT, type WorkspaceProgram, workspaceProgram } from "./command.js";
 
@@ -32,6 +32,8 @@ export interface WorkspaceDeps {
   workspaceOrigin?: () => string | undefined;
   /** The IDE's own last activity (Jupyter's /api/status), asked only when the proxy saw none for long. */
   ideActivity?: IdeActivity;
+  /** Whether the workspace's GPUs compute now (nvidia-smi), asked only when everything else says idle. */
+  gpuActivity?: GpuActivity;
   /** The project's models for the workspace: OPENAI_BASE_URL and a key file (ports/models.ts). */
   models?: WorkloadModels;
 }
@@ -302,6 +304,7 @@ export class WorkspaceReconciler implements Reconciler {
       };
       last = latest(new Date(last), await this.deps.ideActivity(ws.spec.ide, endpoint));
     }
+    if (now.getTime() - last >= timeout * 1000 && (await this.gpusBusy(ws))) last = now.getTime();
     // Written when it moves by a tenth of the timeout (at most a minute): not on every request.
     const recorded = status.lastActivityTime ? new Date(status.lastActivityTime).getTime() : 0;
     if (last > 0 && last - recorded >= Math.min(timeout * 100, 60_000))
@@ -321,6 +324,21 @@ export class WorkspaceReconciler implements Reconciler {
         annotations: { ...ws.metadata.annotations, [IDLE_STOPPED]: now.toISOString() },
       },
     })) as Workspace;
+  }
+
+  /** Whether the GPUs the workspace's replica holds compute now; false where nobody can say. */
+  private async gpusBusy(ws: Workspace): Promise<boolean> {
+    const { gpuActivity } = this.deps;
+    const revision = ws.status?.revision;
+    if (!gpuActivity || !ws.spec.resources.gpu || !revision) return false;
+    try {
+      const observed = await this.serving().observeRevision(workspaceRef(ws), revision);
+      const devices = observed.replicas.flatMap((r) => (r.gpus ?? []).map((g) => g.device));
+      return devices.length > 0 && (await gpuActivity(devices)) === true;
+    } catch (err) {
+      this.deps.log.debug({ err, workspace: ws.metadata.name }, "GPU activity not readable");
+      return false;
+    }
   }
 
   /** Why the replica waits for its Python environment (embedded builds it once), if it does. */
