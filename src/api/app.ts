@@ -21,7 +21,9 @@ export const AppSpec = z
   .strictObject({
     framework: z
       .enum(["gradio", "streamlit", "custom"])
-      .describe("What runs the app: Loom starts gradio and streamlit itself with the port and base path they need."),
+      .describe(
+        "What runs the app: Loom starts gradio and streamlit itself with the port and base path they need.",
+      ),
     file: z
       .string()
       .min(1)

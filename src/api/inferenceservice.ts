@@ -13,16 +13,16 @@ const Duration = z
 
 /** How the gateway's autoscaler sizes a service (or an App) between its replicas' min and max. */
 export const Autoscaling = z
-    .strictObject({
-      targetConcurrency: z
-        .number()
-        .min(0.1)
-        .default(4)
-        .describe("In-flight requests per replica the autoscaler aims for."),
-      scaleDownDelay: Duration.default("30s").describe("How long demand must stay low before replicas go."),
-      scaleToZeroAfter: Duration.default("60s").describe("With min 0: idle this long, no replica runs."),
-    })
-    .default({ targetConcurrency: 4, scaleDownDelay: "30s", scaleToZeroAfter: "60s" });
+  .strictObject({
+    targetConcurrency: z
+      .number()
+      .min(0.1)
+      .default(4)
+      .describe("In-flight requests per replica the autoscaler aims for."),
+    scaleDownDelay: Duration.default("30s").describe("How long demand must stay low before replicas go."),
+    scaleToZeroAfter: Duration.default("60s").describe("With min 0: idle this long, no replica runs."),
+  })
+  .default({ targetConcurrency: 4, scaleDownDelay: "30s", scaleToZeroAfter: "60s" });
 
 /** What serves the model: Loom's built-in runtime, or any program/image that serves HTTP on $PORT. */
 export const ServingRuntime = z.union(

@@ -293,7 +293,12 @@ export class ControllerManager {
       now: this.deps.now,
       ...this.deps.apps,
     });
-    const controller = new Controller(validated(reconciler, APP, () => this.appInformer), log, metrics, 2);
+    const controller = new Controller(
+      validated(reconciler, APP, () => this.appInformer),
+      log,
+      metrics,
+      2,
+    );
     this.apps = controller;
     this.controllers.push(controller);
     this.appInformer = new Informer(
@@ -386,9 +391,7 @@ export class ControllerManager {
           ...(this.isvcInformer?.list() ?? []),
           ...(this.workspaceInformer?.list() ?? []),
           ...(this.appInformer?.list() ?? []),
-        ].map(
-          (o) => o.metadata.uid,
-        ),
+        ].map((o) => o.metadata.uid),
       );
       // Service replicas belong to the platform's serving capability, by revision: a revision
       // whose service is gone goes whole (Kubernetes collects its own through owner references).

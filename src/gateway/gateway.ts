@@ -12,8 +12,8 @@ import type {
 import { ClientGoneError, GatewayError, sendGatewayError, unknownModel } from "./errors.js";
 import { forward } from "./forward.js";
 import type { GatewayRequest, GatewayResponse } from "./h1.js";
-import { createGatewayMetrics, type GatewayMetrics } from "./metrics.js";
 import { type LeaseOptions, lease, type ReplicaLease } from "./lease.js";
+import { createGatewayMetrics, type GatewayMetrics } from "./metrics.js";
 import { HttpForwarder } from "./proxy.js";
 import { RateLimiter } from "./ratelimit.js";
 import { recordRequest } from "./recording.js";

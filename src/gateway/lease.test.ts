@@ -10,12 +10,17 @@ afterEach(() => {
   for (const g of gateways.splice(0)) g.close();
 });
 
-function setup(replicas: { id: string; port: number; ready: boolean }[], extra: Partial<ServiceEndpoint> = {}) {
+function setup(
+  replicas: { id: string; port: number; ready: boolean }[],
+  extra: Partial<ServiceEndpoint> = {},
+) {
   const state: { endpoint: ServiceEndpoint } = {
     endpoint: {
       project: "team",
       service: "chat",
-      revisions: [{ name: "chat-app1", weight: 100, replicas: replicas.map((r) => ({ ...r, host: "127.0.0.1" })) }],
+      revisions: [
+        { name: "chat-app1", weight: 100, replicas: replicas.map((r) => ({ ...r, host: "127.0.0.1" })) },
+      ],
       autoscaling: { minReplicas: 0, maxReplicas: 2, targetConcurrency: 1 },
       affinity: { prefixChars: 64, epsilon: 1e9 },
       ...extra,
@@ -47,7 +52,13 @@ describe("Gateway.lease", () => {
     expect(scaled.some((s) => s.n >= 1 && s.target.revision === "chat-app1")).toBe(true);
     publish({
       ...state.endpoint,
-      revisions: [{ name: "chat-app1", weight: 100, replicas: [{ id: "r0", host: "127.0.0.1", port: 9001, ready: true }] }],
+      revisions: [
+        {
+          name: "chat-app1",
+          weight: 100,
+          replicas: [{ id: "r0", host: "127.0.0.1", port: 9001, ready: true }],
+        },
+      ],
     });
     const l = await pending;
     expect(l).toMatchObject({ host: "127.0.0.1", port: 9001, replica: "r0", revision: "chat-app1" });

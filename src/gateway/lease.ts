@@ -62,7 +62,11 @@ export async function lease(
     st.held++;
     recordConcurrency(st, g.now());
     try {
-      await g.activator.wait(st.key, { signal: opts.signal, timeoutMs: Math.max(0, deadline - g.now()), label });
+      await g.activator.wait(st.key, {
+        signal: opts.signal,
+        timeoutMs: Math.max(0, deadline - g.now()),
+        label,
+      });
     } finally {
       st.held--;
       recordConcurrency(st, g.now());

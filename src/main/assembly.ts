@@ -15,6 +15,7 @@ import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenStore } from "../ports/store.js";
 import type { WorkspaceSnapshots } from "../ports/workspaces.js";
 import { buildApp } from "../server/app.js";
+import type { HostHandler } from "../server/apps/origin.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
 import { ServingDirectory } from "../server/serving.js";
@@ -22,6 +23,7 @@ import { adminToken, boundTokens, workloadCredentials } from "../server/workload
 import { type WorkspaceAccess, workspaceAccessOn } from "../server/workspaces/access.js";
 import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
+import { appParts } from "./apps.js";
 
 /**
  * The wiring every composition root shares (`loom up`, `loom operator`): the API with tracking,
@@ -99,6 +101,8 @@ export interface ControlPlane {
   admin?: { token: string; file: string; created: boolean };
   /** Workspace tickets and sessions, shared by the API's log-in route and the user-content origin. */
   workspaceAccess?: WorkspaceAccess;
+  /** Apps on the user-content origin (with a workspace origin port): its handler for app hosts. */
+  appOrigin?: HostHandler;
   /**
    * Starts listening and returns the API's URL. First, before the controllers: the workers they
    * start are told this URL (MLFLOW_TRACKING_URI).
@@ -130,13 +134,16 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
     baseBackoffMs: opts.baseBackoffMs,
     ...(api?.controllerDeps ?? {}),
     ...(opts.workspaces ? { workspaces: opts.workspaces } : {}),
+    ...(api?.apps ? { apps: api.apps.controllerDeps } : {}),
   });
   api?.serving.connect(manager);
+  api?.apps?.connect(manager);
   return {
     manager,
     app: api?.app,
     admin: api?.admin,
     ...(api?.workspaceAccess ? { workspaceAccess: api.workspaceAccess } : {}),
+    ...(api?.apps ? { appOrigin: api.apps.handler } : {}),
     async listen() {
       if (!api || !opts.api) throw new Error("this control plane has no API to listen with");
       url = await api.app.listen({ host: opts.api.host ?? "127.0.0.1", port: opts.api.port ?? 7470 });
@@ -148,9 +155,11 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
         controllersStarted = true;
       }
       api?.serving.gateway.start();
+      api?.apps?.gateway.start();
     },
     async close() {
       api?.serving.gateway.close();
+      api?.apps?.gateway.close();
       if (controllersStarted) await manager.stop();
       await api?.app.close();
     },
@@ -178,6 +187,9 @@ async function assembleApi(
   const serving = servingParts(opts);
   const originPort = api.workspaceOriginPort;
   const workspaceAccess = originPort ? workspaceAccessOn(tokens) : undefined;
+  const apps = originPort
+    ? appParts({ tokens, originPort, models: serving.gateway, log: opts.log })
+    : undefined;
   const app = await buildApp({
     store: opts.store,
     tokens,
@@ -194,6 +206,7 @@ async function assembleApi(
     ...(api.ensureDefaultProject === false ? { ensureDefaultProject: false } : {}),
     ...(api.audit ? { audit: api.audit } : {}),
     ...(workspaceAccess && originPort ? { workspaces: { access: workspaceAccess, originPort } } : {}),
+    ...(apps && originPort ? { apps: { access: apps.access, originPort } } : {}),
     ...(opts.workspaces?.directory ? { workspaceActivity: opts.workspaces.directory } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
@@ -209,7 +222,7 @@ async function assembleApi(
       baseUrl: listeningAt,
     },
   };
-  return { app, admin, serving, controllerDeps, workspaceAccess };
+  return { app, admin, serving, controllerDeps, workspaceAccess, apps };
 }
 
 /**

@@ -197,6 +197,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     access: plane.workspaceAccess!,
     directory: workspaceDirectory,
     log: log.child({ component: "workspace-origin" }),
+    // Apps (issue 20) on the same listener, at NAME--PROJECT.app.localhost.
+    ...(plane.appOrigin ? { apps: plane.appOrigin } : {}),
   });
   try {
     workspacePort = await listenOn(

@@ -8,6 +8,7 @@ import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
 import type { WorkspaceDirectory, WorkspaceSnapshots } from "../ports/workspaces.js";
+import { appLoginRoutes } from "./apps/login.js";
 import { auditRequests } from "./audit.js";
 import { bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
@@ -65,6 +66,8 @@ export interface AppDeps {
   isPlatform?: (principal: TokenInfo) => boolean;
   /** Workspace log-in (issue 19): tickets for the user-content origin listening on originPort(). */
   workspaces?: { access: WorkspaceAccess; originPort(): number };
+  /** App log-in (issue 20): tickets for apps on the same user-content origin. */
+  apps?: { access: WorkspaceAccess; originPort(): number };
   /** Where port-forward records a workspace's activity (idle culling). */
   workspaceActivity?: Pick<WorkspaceDirectory, "touch">;
 }
@@ -157,6 +160,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   acceptUpgrades(app);
   tokenRoutes(app, { tokens: deps.tokens, resources });
   if (deps.workspaces) workspaceLoginRoutes(app, { ...deps.workspaces, resources });
+  if (deps.apps) appLoginRoutes(app, { ...deps.apps, resources });
   if (deps.tracking) await mountTracking(app, { tracking: deps.tracking, resources });
   if (deps.serving) await mountServing(app, { serving: deps.serving, tokens: deps.tokens });
 

@@ -48,7 +48,9 @@ export function appOfReplica(name: string): string | undefined {
 function revisionHash(spec: AppSpec): string {
   const { framework, file, command, workingDir, python, image, resources, readinessPath, env } = spec;
   return createHash("sha256")
-    .update(JSON.stringify({ framework, file, command, workingDir, python, image, resources, readinessPath, env }))
+    .update(
+      JSON.stringify({ framework, file, command, workingDir, python, image, resources, readinessPath, env }),
+    )
     .digest("hex")
     .slice(0, 12);
 }
@@ -102,7 +104,11 @@ export class AppReconciler implements Reconciler {
     };
     const { latest, created } = latestRevision(view, revisions, app.spec, now);
     if (created)
-      await this.event(app, "RevisionCreated", `revision ${latest.name} for generation ${app.metadata.generation}`);
+      await this.event(
+        app,
+        "RevisionCreated",
+        `revision ${latest.name} for generation ${app.metadata.generation}`,
+      );
     const { waiting, keep } = await scaleRevisions(view, status, revisions, latest, {
       ...(this.deps.scale ? { scale: this.deps.scale } : {}),
       now,
@@ -111,7 +117,8 @@ export class AppReconciler implements Reconciler {
     const url = this.deps.appOrigin?.(project, name);
     if (url) status.url = `${url}/`;
     status.observedGeneration = app.metadata.generation;
-    if (!isDeepStrictEqual(before, status)) app = (await this.deps.store.updateStatus({ ...app, status })) as App;
+    if (!isDeepStrictEqual(before, status))
+      app = (await this.deps.store.updateStatus({ ...app, status })) as App;
     this.deps.table?.publish(key, { ...app, status });
     return { requeueAfterMs: requeueAfter(keep, waiting, now) };
   }

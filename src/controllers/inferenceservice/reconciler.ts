@@ -12,9 +12,9 @@ import type { RevisionRuntime, Runtime } from "../../ports/runtime.js";
 import type { ModelResolver, ScaleTargets, ServingTable } from "../../ports/serving.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
+import { latestRevision, requeueAfter, type ServedView, scaleRevisions } from "../serving/revisions.js";
 import { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica } from "./names.js";
 import { convergeOnPlatform, serviceRef } from "./revisions.js";
-import { latestRevision, requeueAfter, type ServedView, scaleRevisions } from "../serving/revisions.js";
 
 export type { ModelResolver, ScaleTargets, ServingTable };
 export { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica };

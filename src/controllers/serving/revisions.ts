@@ -1,5 +1,5 @@
-import { setCondition } from "../../api/meta.js";
 import type { InferenceServiceStatus, RevisionStatus } from "../../api/inferenceservice.js";
+import { setCondition } from "../../api/meta.js";
 import type { RevisionRuntime, RevisionSpec, WorkloadRef } from "../../ports/runtime.js";
 import type { ScaleTargets } from "../../ports/serving.js";
 import { routeTraffic, type TrafficEntry } from "./traffic.js";
@@ -102,7 +102,8 @@ export async function scaleRevisions(
     if (rev.desired > 0 || (rev.replicas?.length ?? 0) > 0 || isLatest || routed) keep.push(rev);
   }
   status.revisions = keep;
-  status.latestReadyRevision = [...keep].reverse().find((r) => r.ready > 0)?.name ?? status.latestReadyRevision;
+  status.latestReadyRevision =
+    [...keep].reverse().find((r) => r.ready > 0)?.name ?? status.latestReadyRevision;
   status.desired = keep.reduce((a, r) => a + r.desired, 0);
   status.ready = keep.reduce((a, r) => a + r.ready, 0);
   status.phase = status.ready > 0 ? "Ready" : status.desired === 0 ? "ScaledToZero" : "Pending";

@@ -15,6 +15,12 @@ export interface OriginDeps {
   now?: () => Date;
   /** How often open WebSockets count as activity (default 30 s). */
   activityEveryMs?: number;
+  /** Apps (issue 20) on the same listener: requests whose Host names an app go there. */
+  apps?: {
+    serves(req: IncomingMessage): boolean;
+    request(req: IncomingMessage, res: ServerResponse): void;
+    upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  };
 }
 
 /** The log-in path on every workspace origin (a workspace's own server never sees it). */
@@ -48,6 +54,7 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
 
   // No whole-request deadline (long uploads to a notebook); headersTimeout still bounds slow clients.
   const server = createServer({ requestTimeout: 0 }, (req, res) => {
+    if (deps.apps?.serves(req)) return deps.apps.request(req, res);
     handle(req, res).catch((err: Error) => {
       const r = asRefusal(err, deps.log);
       sendPage(res, r.status, r.title, r.message, {}, r.refresh);
@@ -124,6 +131,7 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
   }
 
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (deps.apps?.serves(req)) return deps.apps.upgrade(req, socket, head);
     socket.on("error", () => undefined);
     upgrade(req, socket, head).catch((err: Error) => {
       const r = asRefusal(err, deps.log);
@@ -172,7 +180,7 @@ function workspaceOf(req: IncomingMessage): WorkspaceHost {
  * this origin's cookie. Only top-level navigations (safe methods) may come from elsewhere;
  * everything else must come from this origin itself (Fetch Metadata, and Origin where sent).
  */
-function refuseCrossSite(req: IncomingMessage, upgrade: boolean): void {
+export function refuseCrossSite(req: IncomingMessage, upgrade: boolean): void {
   const site = req.headers["sec-fetch-site"];
   const mode = req.headers["sec-fetch-mode"];
   const origin = req.headers.origin;

@@ -4,6 +4,10 @@ import type { Duplex } from "node:stream";
 /** The session cookie of workspace origins; never forwarded to the workspace. */
 export const SESSION_COOKIE = "loom_ws";
 
+/** Every cookie of Loom's on the user-content origin (workspaces', apps' session and affinity): never forwarded, never set upstream. */
+const LOOM_COOKIES = new Set([SESSION_COOKIE, "loom_app", "loom_app_affinity"]);
+const isLoomCookie = (c: string) => LOOM_COOKIES.has(c.split("=", 1)[0]!.trim());
+
 /** Per-connection headers (RFC 9110 §7.6.1) that a proxy does not pass on. */
 const HOP_BY_HOP = [
   "connection",
@@ -22,6 +26,8 @@ export interface Target {
   path: string;
   /** "/proxy/P" when the request came in under it (told to the workspace as X-Forwarded-Prefix). */
   prefix?: string;
+  /** Set-Cookie values Loom adds to the response (an App's affinity cookie). */
+  setCookies?: string[];
 }
 
 /** Cookie header values without Loom's session cookie; undefined if nothing else is left. */
@@ -30,7 +36,7 @@ export function withoutSessionCookie(header: string | undefined): string | undef
   const kept = header
     .split(";")
     .map((c) => c.trim())
-    .filter((c) => c !== "" && c.split("=", 1)[0]!.trim() !== SESSION_COOKIE);
+    .filter((c) => c !== "" && !isLoomCookie(c));
   return kept.length ? kept.join("; ") : undefined;
 }
 
@@ -82,7 +88,7 @@ function returnedHeaders(res: IncomingMessage): IncomingHttpHeaders {
   const headers: IncomingHttpHeaders = { ...res.headers };
   for (const h of HOP_BY_HOP) delete headers[h];
   const cookies = res.headers["set-cookie"];
-  if (cookies) headers["set-cookie"] = cookies.filter((c) => c.split("=", 1)[0]!.trim() !== SESSION_COOKIE);
+  if (cookies) headers["set-cookie"] = cookies.filter((c) => !isLoomCookie(c));
   return headers;
 }
 
@@ -104,7 +110,9 @@ export function forwardHttp(
     headers: forwardedHeaders(req, target, false),
   });
   upstream.on("response", (ures) => {
-    res.writeHead(ures.statusCode ?? 502, ures.statusMessage, returnedHeaders(ures));
+    const headers = returnedHeaders(ures);
+    if (target.setCookies) headers["set-cookie"] = [...(headers["set-cookie"] ?? []), ...target.setCookies];
+    res.writeHead(ures.statusCode ?? 502, ures.statusMessage, headers);
     res.flushHeaders(); // an event stream's headers go out before its first event
     ures.pipe(res);
     ures.on("error", () => res.destroy());
@@ -175,7 +183,7 @@ function statusAndHeaders(res: IncomingMessage, closing = false): string {
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     if (closing && (name === "connection" || name === "transfer-encoding" || name === "keep-alive")) continue;
-    if (name === "set-cookie" && raw[i + 1]!.split("=", 1)[0]!.trim() === SESSION_COOKIE) continue;
+    if (name === "set-cookie" && isLoomCookie(raw[i + 1]!)) continue;
     out += `${raw[i]}: ${raw[i + 1]}\r\n`;
   }
   return `${out}${closing ? "connection: close\r\n" : ""}\r\n`;
