@@ -79,7 +79,7 @@ export function appOriginHandler(deps: AppOriginDeps): HostHandler {
   }
 
   async function checkKey(header: string | undefined, app: WorkspaceHost): Promise<void> {
-    const use = `send Authorization: Bearer <an API key of project ${app.project}> (loom credentials create --api-key -p ${app.project})`;
+    const use = `send Authorization: Bearer <an API key of project ${app.project}> (loom apikey create NAME -p ${app.project})`;
     if (!header) throw new UnauthorizedError(`app ${app.project}/${app.name} takes API keys: ${use}`);
     const p = await deps.authenticate(header);
     if (!p.apiKey || p.project !== app.project)
