@@ -197,8 +197,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     access: plane.workspaceAccess!,
     directory: workspaceDirectory,
     log: log.child({ component: "workspace-origin" }),
-    // Apps (issue 20) on the same listener, at NAME--PROJECT.app.localhost.
-    ...(plane.appOrigin ? { apps: plane.appOrigin } : {}),
+    ...(plane.appOrigin ? { apps: plane.appOrigin } : {}), // apps at NAME--PROJECT.app.localhost
   });
   try {
     workspacePort = await listenOn(
