@@ -281,7 +281,6 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
   if (obj.kind === "App") {
     const access = (obj.spec as { access?: string }).access;
     field("Access", access === "public" ? "public: anyone with the URL, no log-in" : access);
-    field("URL", status.url);
     lines.push(...servingSections(status));
   }
   if (obj.kind === "Model") {
