@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import { APP_COMMAND_RULE } from "./app.js";
 import { SweepSpec } from "./sweep.js";
 import { TrainingJobSpec } from "./trainingjob.js";
 import { WORKSPACE_COMMAND_RULE } from "./workspace.js";
@@ -39,6 +40,15 @@ export const DURATION_PATTERN = String.raw`^\s*0*[1-9][0-9]*(s|m|h)?\s*$`;
  * as `loom apply`). crds.test.ts fails for a refinement missing here.
  */
 export const RULES_BY_MESSAGE: Record<string, CrdRule> = {
+  [APP_COMMAND_RULE]: {
+    validations: [
+      {
+        rule: "self.framework == 'custom' ? has(self.command) : (has(self.file) || has(self.command))",
+        message: APP_COMMAND_RULE,
+        fieldPath: ".command",
+      },
+    ],
+  },
   [WORKSPACE_COMMAND_RULE]: {
     validations: [
       {

@@ -11,6 +11,19 @@ const Duration = z
     'must be seconds or a duration such as "90s", "5m" or "1h"',
   );
 
+/** How the gateway's autoscaler sizes a service (or an App) between its replicas' min and max. */
+export const Autoscaling = z
+  .strictObject({
+    targetConcurrency: z
+      .number()
+      .min(0.1)
+      .default(4)
+      .describe("In-flight requests per replica the autoscaler aims for."),
+    scaleDownDelay: Duration.default("30s").describe("How long demand must stay low before replicas go."),
+    scaleToZeroAfter: Duration.default("60s").describe("With min 0: idle this long, no replica runs."),
+  })
+  .default({ targetConcurrency: 4, scaleDownDelay: "30s", scaleToZeroAfter: "60s" });
+
 /** What serves the model: Loom's built-in runtime, or any program/image that serves HTTP on $PORT. */
 export const ServingRuntime = z.union(
   [
@@ -54,17 +67,7 @@ export const InferenceServiceSpec = z
       .refine((r) => r.min <= r.max, { message: "min must not exceed max", path: ["min"] })
       .default({ min: 1, max: 1 })
       .describe("Replicas between min and max; min 0 scales to zero when idle."),
-    autoscaling: z
-      .strictObject({
-        targetConcurrency: z
-          .number()
-          .min(0.1)
-          .default(4)
-          .describe("In-flight requests per replica the autoscaler aims for."),
-        scaleDownDelay: Duration.default("30s").describe("How long demand must stay low before replicas go."),
-        scaleToZeroAfter: Duration.default("60s").describe("With min 0: idle this long, no replica runs."),
-      })
-      .default({ targetConcurrency: 4, scaleDownDelay: "30s", scaleToZeroAfter: "60s" }),
+    autoscaling: Autoscaling,
     readiness: z
       .strictObject({
         path: z.string().startsWith("/").default("/health"),

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { AppSpec, AppStatus } from "./app.js";
 import { type FieldIssue, ValidationError } from "./errors.js";
 import { InferenceServiceSpec, InferenceServiceStatus } from "./inferenceservice.js";
 import { API_VERSION, InputMetadata, type Resource } from "./meta.js";
@@ -46,6 +47,7 @@ export const INFERENCESERVICE = "InferenceService";
 export const MODEL = "Model";
 export const WORKSPACE = "Workspace";
 export const PROMPT = "Prompt";
+export const APP = "App";
 
 export const KINDS: readonly KindDef[] = [
   {
@@ -132,6 +134,24 @@ export const KINDS: readonly KindDef[] = [
       { name: "URL", path: "status.url" },
       { name: "REASON", path: "status.conditions[-1].reason", wide: true },
       { name: "NODE", path: "status.node", wide: true },
+    ],
+  },
+  {
+    kind: APP,
+    singular: "app",
+    plural: "apps",
+    shortNames: [],
+    namespaced: true,
+    spec: AppSpec,
+    status: AppStatus,
+    columns: [
+      { name: "PHASE", path: "status.phase" },
+      // "public" said plainly: anyone who has the URL can use the app.
+      { name: "ACCESS", path: "spec.access" },
+      { name: "READY", path: "status.ready", type: "integer", empty: "0" },
+      { name: "URL", path: "status.url" },
+      { name: "FRAMEWORK", path: "spec.framework", wide: true },
+      { name: "LATEST", path: "status.latestReadyRevision", wide: true },
     ],
   },
   {

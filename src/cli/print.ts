@@ -279,6 +279,11 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
     if (status.model) block("Registered", status.model);
   }
   if (obj.kind === "InferenceService") lines.push(...servingSections(status));
+  if (obj.kind === "App") {
+    const access = (obj.spec as { access?: string }).access;
+    field("Access", access === "public" ? "public: anyone with the URL, no log-in" : access);
+    lines.push(...servingSections(status));
+  }
   if (obj.kind === "Model") {
     lines.push("Versions (lineage: job → run → checkpoint → version):");
     lines.push(...indent(lineageText(obj)));

@@ -14,6 +14,7 @@ import { Controller } from "../reconcile/controller.js";
 import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
+import { APP, type AppDeps, AppReconciler, appOfReplica } from "./app/reconciler.js";
 import {
   INFERENCESERVICE,
   type InferenceServiceDeps,
@@ -65,6 +66,8 @@ export interface ControllerManagerDeps {
   serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "builtinCommand" | "baseUrl">;
   /** Workspaces (run where the runtime can serve): the directory they publish to, their origin. */
   workspaces?: Pick<WorkspaceDeps, "directory" | "workspaceOrigin" | "ideActivity" | "gpuActivity">;
+  /** Apps (run where the runtime can serve): the apps' serving table and autoscaler, their origin. */
+  apps?: Pick<AppDeps, "scale" | "table" | "appOrigin">;
 }
 
 /**
@@ -84,6 +87,8 @@ export class ControllerManager {
   private services: Controller | undefined;
   private workspaceInformer: Informer | undefined;
   private workspaces: Controller | undefined;
+  private appInformer: Informer | undefined;
+  private apps: Controller | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
@@ -167,6 +172,7 @@ export class ControllerManager {
     }
     this.services = services;
     if (deps.runtime.serving) this.addWorkspaces(validated, metrics);
+    if (deps.runtime.serving && deps.apps) this.addApps(validated, metrics);
     this.admission = admission;
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
@@ -242,7 +248,9 @@ export class ControllerManager {
     }
     if (ref.kind !== INFERENCESERVICE) return false;
     const workspace = workspaceOfReplica(ref.name);
+    const app = workspace ? undefined : appOfReplica(ref.name);
     if (workspace) this.workspaces?.enqueue(`${ref.project}/${workspace}`);
+    else if (app) this.apps?.enqueue(`${ref.project}/${app}`);
     else this.services?.enqueue(`${ref.project}/${serviceOfReplica(ref.name)}`);
     return true;
   }
@@ -281,6 +289,41 @@ export class ControllerManager {
       { resyncMs: this.deps.resyncMs },
     );
     this.informers.push(this.workspaceInformer);
+  }
+
+  /** The App loop and its informer: revisions through the serving capability, as InferenceService's. */
+  private addApps(
+    validated: ReturnType<typeof validatingFor>,
+    metrics: ReturnType<typeof createControllerMetrics>,
+  ) {
+    const log = this.deps.log.child({ component: "controller/app" });
+    const reconciler = new AppReconciler({
+      store: this.deps.store,
+      runtime: this.deps.runtime,
+      events: this.deps.events,
+      log,
+      now: this.deps.now,
+      ...this.deps.apps,
+    });
+    const controller = new Controller(
+      validated(reconciler, APP, () => this.appInformer),
+      log,
+      metrics,
+      2,
+    );
+    this.apps = controller;
+    this.controllers.push(controller);
+    this.appInformer = new Informer(
+      storeSource(this.deps.store, APP),
+      {
+        onChange: (key, _obj, type) =>
+          type === "RESYNC" ? controller.enqueueBackground(key) : controller.enqueue(key),
+      },
+      log,
+      metrics,
+      { resyncMs: this.deps.resyncMs },
+    );
+    this.informers.push(this.appInformer);
   }
 
   /**
@@ -322,6 +365,11 @@ export class ControllerManager {
     return this.admissionReconciler.snapshot();
   }
 
+  /** Asks the App loop to look at an app now (the apps' autoscaler changed its target). */
+  enqueueApp(key: string): void {
+    this.apps?.enqueue(key);
+  }
+
   /** Asks the InferenceService loop to look at a service now (the autoscaler changed its target). */
   enqueueInferenceService(key: string): void {
     this.services?.enqueue(key);
@@ -351,14 +399,16 @@ export class ControllerManager {
       const live = new Set(this.tjInformer.list().map((o) => o.metadata.uid));
       // Workspaces run their replica through the serving capability too: theirs are not orphans.
       const services = new Set(
-        [...(this.isvcInformer?.list() ?? []), ...(this.workspaceInformer?.list() ?? [])].map(
-          (o) => o.metadata.uid,
-        ),
+        [
+          ...(this.isvcInformer?.list() ?? []),
+          ...(this.workspaceInformer?.list() ?? []),
+          ...(this.appInformer?.list() ?? []),
+        ].map((o) => o.metadata.uid),
       );
       // Service replicas belong to the platform's serving capability, by revision: a revision
       // whose service is gone goes whole (Kubernetes collects its own through owner references).
       const serving = this.deps.runtime.serving;
-      if (serving && (this.services || this.workspaces)) {
+      if (serving && (this.services || this.workspaces || this.apps)) {
         for (const { service, revision } of (await serving.listRevisions?.()) ?? []) {
           if (services.has(service.uid)) continue;
           await serving.deleteRevision(service, revision);

@@ -12,6 +12,7 @@ import type {
 import { ClientGoneError, GatewayError, sendGatewayError, unknownModel } from "./errors.js";
 import { forward } from "./forward.js";
 import type { GatewayRequest, GatewayResponse } from "./h1.js";
+import { type LeaseOptions, lease, type ReplicaLease } from "./lease.js";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics.js";
 import { HttpForwarder } from "./proxy.js";
 import { RateLimiter } from "./ratelimit.js";
@@ -34,6 +35,7 @@ export type {
   ScaleTarget,
   ServiceEndpoint,
 } from "./contract.js";
+export type { LeaseOptions, ReplicaLease } from "./lease.js";
 export type { KeyUsage, RateLimit } from "./ratelimit.js";
 
 /**
@@ -176,6 +178,15 @@ export class Gateway {
     } catch (err) {
       fail(err);
     }
+  }
+
+  /**
+   * A replica of project/service for traffic that is not an OpenAI request (an App's pages and
+   * WebSockets): held like a request while none is ready (scale from zero), picked by
+   * `affinityKey`, and counted in flight until the lease is released (lease.ts).
+   */
+  lease(project: string, service: string, opts: LeaseOptions = {}): Promise<ReplicaLease> {
+    return lease(this.g, project, service, opts);
   }
 
   /** One autoscaling pass over every known revision (the ticker calls this; tests may too). */

@@ -16,6 +16,7 @@ import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore, TokenStore } from "../ports/store.js";
 import type { WorkspaceSnapshots } from "../ports/workspaces.js";
 import { buildApp } from "../server/app.js";
+import type { HostHandler } from "../server/apps/origin.js";
 import { workloadModels } from "../server/modelaccess.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
@@ -24,6 +25,7 @@ import { adminToken, boundTokens, workloadCredentials } from "../server/workload
 import { type WorkspaceAccess, workspaceAccessOn } from "../server/workspaces/access.js";
 import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
+import { appParts } from "./apps.js";
 
 /**
  * The wiring every composition root shares (`loom up`, `loom operator`): the API with tracking,
@@ -105,6 +107,8 @@ export interface ControlPlane {
   admin?: { token: string; file: string; created: boolean };
   /** Workspace tickets and sessions, shared by the API's log-in route and the user-content origin. */
   workspaceAccess?: WorkspaceAccess;
+  /** Apps on the user-content origin (with a workspace origin port): its handler for app hosts. */
+  appOrigin?: HostHandler;
   /**
    * Starts listening and returns the API's URL. First, before the controllers: the workers they
    * start are told this URL (MLFLOW_TRACKING_URI).
@@ -136,13 +140,16 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
     baseBackoffMs: opts.baseBackoffMs,
     ...(api?.controllerDeps ?? {}),
     ...(opts.workspaces ? { workspaces: opts.workspaces } : {}),
+    ...(api?.apps ? { apps: api.apps.controllerDeps } : {}),
   });
   api?.serving.connect(manager);
+  api?.apps?.connect(manager);
   return {
     manager,
     app: api?.app,
     admin: api?.admin,
     ...(api?.workspaceAccess ? { workspaceAccess: api.workspaceAccess } : {}),
+    ...(api?.apps ? { appOrigin: api.apps.handler } : {}),
     async listen() {
       if (!api || !opts.api) throw new Error("this control plane has no API to listen with");
       url = await api.app.listen({ host: opts.api.host ?? "127.0.0.1", port: opts.api.port ?? 7470 });
@@ -154,9 +161,11 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
         controllersStarted = true;
       }
       api?.serving.gateway.start();
+      api?.apps?.gateway.start();
     },
     async close() {
       api?.serving.gateway.close();
+      api?.apps?.gateway.close();
       if (controllersStarted) await manager.stop();
       await api?.app.close();
     },
@@ -186,6 +195,9 @@ async function assembleApi(
   const serving = servingParts(opts);
   const originPort = api.workspaceOriginPort;
   const workspaceAccess = originPort ? workspaceAccessOn(tokens) : undefined;
+  const apps = originPort
+    ? appParts({ tokens, originPort, models: serving.gateway, log: opts.log })
+    : undefined;
   const app = await buildApp({
     store: opts.store,
     tokens,
@@ -202,6 +214,7 @@ async function assembleApi(
     ...(api.ensureDefaultProject === false ? { ensureDefaultProject: false } : {}),
     ...(api.audit ? { audit: api.audit } : {}),
     ...(workspaceAccess && originPort ? { workspaces: { access: workspaceAccess, originPort } } : {}),
+    ...(apps && originPort ? { apps: { access: apps.access, originPort } } : {}),
     ...(opts.workspaces?.directory ? { workspaceActivity: opts.workspaces.directory } : {}),
     ...(api.sshKeys ? { sshKeys: api.sshKeys } : {}),
   });
@@ -224,7 +237,7 @@ async function assembleApi(
       baseUrl: listeningAt,
     },
   };
-  return { app, admin, serving, controllerDeps, workspaceAccess };
+  return { app, admin, serving, controllerDeps, workspaceAccess, apps };
 }
 
 /**

@@ -112,14 +112,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     opts.sandbox === false
       ? { privileged: false, unavailable: "turned off for this server" }
       : detectSandbox();
-  if (sandbox.bwrap) log.info({ sandbox: describeSandbox(sandbox) }, "workloads run sandboxed");
-  else
-    log.warn(
-      { reason: sandbox.unavailable, insecureSharedUser: !!opts.insecureSharedUser },
-      opts.insecureSharedUser
-        ? "NO SANDBOX: workloads of every project run as the server's user (--insecure-shared-user)"
-        : "NO SANDBOX: only one project's workloads run at a time (--insecure-shared-user allows more)",
-    );
+  logSandbox(log, sandbox, !!opts.insecureSharedUser);
   const events = new SqliteEventRecorder(database.db, now);
   const instance = instanceId(opts.dataDir);
   const networks = new GangNetworks({
@@ -204,6 +197,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     directory: workspaceDirectory,
     log: log.child({ component: "workspace-origin" }),
     connectPort: runtime.connectPort.bind(runtime), // /proxy/P/ reaches the workspace's own 127.0.0.1
+    ...(plane.appOrigin ? { apps: plane.appOrigin } : {}), // apps at NAME--PROJECT.app.localhost
   });
   try {
     workspacePort = await listenOn(
@@ -246,6 +240,18 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       unlock();
     },
   };
+}
+
+/** Says at start whether workloads run sandboxed, and loudly what it means when they do not. */
+function logSandbox(log: Logger, sandbox: SandboxSupport, insecureSharedUser: boolean): void {
+  if (sandbox.bwrap) log.info({ sandbox: describeSandbox(sandbox) }, "workloads run sandboxed");
+  else
+    log.warn(
+      { reason: sandbox.unavailable, insecureSharedUser },
+      insecureSharedUser
+        ? "NO SANDBOX: workloads of every project run as the server's user (--insecure-shared-user)"
+        : "NO SANDBOX: only one project's workloads run at a time (--insecure-shared-user allows more)",
+    );
 }
 
 /** Listens and returns the port (the one picked, for 0). */

@@ -1,4 +1,11 @@
-import type { InferenceService } from "../api/inferenceservice.js";
+import type { InferenceServiceSpec, InferenceServiceStatus } from "../api/inferenceservice.js";
+import type { Resource } from "../api/meta.js";
+
+/** What the serving table needs of an InferenceService or an App: its scaling and its revisions. */
+export type ServedObject = Resource<
+  Pick<InferenceServiceSpec, "replicas" | "autoscaling"> & Partial<Pick<InferenceServiceSpec, "routing">>,
+  Pick<InferenceServiceStatus, "revisions" | "traffic">
+>;
 
 /** Where a model reference such as models:/tinygpt@champion is on this platform's disk. */
 export interface ModelResolver {
@@ -14,5 +21,5 @@ export interface ScaleTargets {
 
 /** What the gateway needs to route: every service's revisions, traffic and ready replicas. */
 export interface ServingTable {
-  publish(key: string, service: InferenceService | undefined): void;
+  publish(key: string, service: ServedObject | undefined): void;
 }

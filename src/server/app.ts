@@ -9,6 +9,7 @@ import { coreScheduler } from "../ports/scheduler.js";
 import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
 import type { WorkspaceDirectory, WorkspaceSnapshots } from "../ports/workspaces.js";
+import { appLoginRoutes } from "./apps/login.js";
 import { auditRequests } from "./audit.js";
 import { bearerAuthenticator } from "./authz.js";
 import { installErrorHandler } from "./errors.js";
@@ -68,6 +69,8 @@ export interface AppDeps {
   isPlatform?: (principal: TokenInfo) => boolean;
   /** Workspace log-in (issue 19): tickets for the user-content origin listening on originPort(). */
   workspaces?: { access: WorkspaceAccess; originPort(): number };
+  /** App log-in (issue 20): tickets for apps on the same user-content origin. */
+  apps?: { access: WorkspaceAccess; originPort(): number };
   /** Where port-forward records a workspace's activity (idle culling). */
   workspaceActivity?: Pick<WorkspaceDirectory, "touch">;
   /** Users' SSH public keys (`loom ssh-key`); absent: those routes are not served. */
@@ -164,6 +167,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   tokenRoutes(app, { tokens: deps.tokens, resources });
   if (deps.sshKeys) sshKeyRoutes(app, { sshKeys: deps.sshKeys });
   if (deps.workspaces) workspaceLoginRoutes(app, { ...deps.workspaces, resources });
+  if (deps.apps) appLoginRoutes(app, { ...deps.apps, resources });
   if (deps.tracking) await mountTracking(app, { tracking: deps.tracking, resources });
   if (deps.serving) await mountServing(app, { serving: deps.serving, tokens: deps.tokens });
 

@@ -1,7 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { FastifyInstance, FastifyRequest, FastifyServerOptions } from "fastify";
 import { BadRequestError } from "../api/errors.js";
-import type { InferenceService, InferenceServiceSpec } from "../api/inferenceservice.js";
 import { type ScaleTargets, type ServingTable, seconds } from "../controllers/inferenceservice/reconciler.js";
 import { badRequest, sendGatewayError, unknownModel } from "../gateway/errors.js";
 import { attachFront, duplicateHeaderError, type FastLane } from "../gateway/front.js";
@@ -18,6 +17,7 @@ import type {
 } from "../gateway/gateway.js";
 import { duplicateHeader, type GatewayRequest, type GatewayResponse } from "../gateway/h1.js";
 import { canonicalUrl } from "../lib/paths.js";
+import type { ServedObject } from "../ports/serving.js";
 import type { TokenInfo } from "../ports/store.js";
 import { statusBody, toGatewayError } from "./errors.js";
 import { authz, rule } from "./routetable.js";
@@ -38,6 +38,13 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
   private waiters: (() => void)[] = [];
   /** Called when the autoscaler changes a target: the service's controller looks again. */
   onScale: (serviceKey: string) => void = () => {};
+
+  /**
+   * `sessionAffinity`: the table of Apps (a directory of its own, so the OpenAI routes never
+   * resolve an App as a model): a lease's affinity key (the browser session) always picks the
+   * same replica while it is there, however loaded; apps keep per-session state in the server.
+   */
+  constructor(private readonly opts: { sessionAffinity?: boolean } = {}) {}
 
   attach(gateway: Gateway): void {
     this.gateway = gateway;
@@ -95,7 +102,7 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
     for (const w of waiters) w();
   }
 
-  publish(key: string, svc: InferenceService | undefined): void {
+  publish(key: string, svc: ServedObject | undefined): void {
     if (!svc) {
       const gone = this.endpoints.get(key);
       this.endpoints.delete(key);
@@ -107,7 +114,7 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
     }
     const status = svc.status ?? {};
     const weights = new Map((status.traffic ?? []).map((t) => [t.revision, t.percent]));
-    const spec: InferenceServiceSpec = svc.spec;
+    const spec = svc.spec;
     const endpoint: ServiceEndpoint = {
       project: svc.metadata.project!,
       service: svc.metadata.name,
@@ -130,6 +137,7 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
     };
     const affinity = spec.routing?.prefixAffinity;
     if (affinity) endpoint.affinity = { prefixChars: affinity.chars, epsilon: affinity.epsilon };
+    if (this.opts.sessionAffinity) endpoint.affinity = { prefixChars: 64, epsilon: 1e9 };
     this.endpoints.set(key, endpoint);
     this.gateway?.update(endpoint);
     this.changed();

@@ -103,6 +103,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
           `data dir:    ${resolve(opts.dataDir)}\n` +
           `admin token: ${server.adminToken}\n` +
           `workspaces:  ${server.workspaces.urlPattern} (loom open ws/NAME)\n` +
+          `apps:        ${server.workspaces.urlPattern.replace(".ws.localhost", ".app.localhost")} (loom open app/NAME)\n` +
           `sandbox:     ${server.sandbox}\n` +
           `network:     ${server.network.isolated ? "one namespace per workload (reaches only Loom's API and gateway)" : `shared with this machine: ${server.network.reason}`}\n` +
           `CLI context "embedded" written to ${configPath()}; try: loom apply -f examples/hello/\n`,

@@ -8,14 +8,13 @@ import type {
   InferenceServiceStatus,
   RevisionStatus,
 } from "../../api/inferenceservice.js";
-import { setCondition } from "../../api/meta.js";
 import type { RevisionRuntime, Runtime } from "../../ports/runtime.js";
 import type { ModelResolver, ScaleTargets, ServingTable } from "../../ports/serving.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
+import { latestRevision, requeueAfter, type ServedView, scaleRevisions } from "../serving/revisions.js";
 import { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica } from "./names.js";
 import { convergeOnPlatform, serviceRef } from "./revisions.js";
-import { routeTraffic } from "./traffic.js";
 
 export type { ModelResolver, ScaleTargets, ServingTable };
 export { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica };
@@ -46,8 +45,6 @@ function revisionHash(spec: InferenceServiceSpec): string {
     .digest("hex")
     .slice(0, 12);
 }
-
-const HISTORY = 20;
 
 /**
  * Runs an InferenceService: one revision per change of what the replicas run, each revision's
@@ -83,96 +80,32 @@ export class InferenceServiceReconciler implements Reconciler {
     const before = svc.status ?? {};
     const status: InferenceServiceStatus = structuredClone(before);
     const revisions: RevisionStatus[] = status.revisions ?? [];
+    const view: ServedView = {
+      key,
+      name,
+      generation: svc.metadata.generation,
+      hash: revisionHash(svc.spec),
+      revisionName: (n) => `${name}-${n}`,
+      spec: svc.spec,
+      readinessPath: svc.spec.readiness.path,
+    };
 
     // 1. The revision the spec asks for; a new one when what the replicas run has changed.
-    const hash = revisionHash(svc.spec);
-    let latest = revisions.find((r) => r.spec?.hash === hash);
-    if (!latest) {
-      const n = Math.max(0, ...revisions.map((r) => Number(/-(\d+)$/.exec(r.name)?.[1] ?? 0))) + 1;
-      latest = {
-        name: `${name}-${n}`,
-        generation: svc.metadata.generation,
-        desired: Math.max(svc.spec.replicas.min, 1), // a new revision proves itself ready once
-        ready: 0,
-        replicas: [],
-        createdAt: now.toISOString(),
-        spec: { ...svc.spec, hash },
-      };
-      revisions.push(latest);
+    const { latest, created } = latestRevision(view, revisions, svc.spec, now);
+    if (created)
       await this.event(
         svc,
         "Normal",
         "RevisionCreated",
         `revision ${latest.name} for generation ${svc.metadata.generation}`,
       );
-    }
-    // The newest revision is what the spec wants; its replicas, scaling and traffic follow the spec.
-    latest.spec = { ...latest.spec, replicas: svc.spec.replicas, autoscaling: svc.spec.autoscaling };
 
-    // 2. Traffic: the spec's split, or all to the latest ready revision (the old one serves until then).
-    const { traffic, condition } = routeTraffic(svc, revisions, latest);
-    status.conditions = setCondition(status.conditions, condition, now);
-    status.traffic = traffic;
-
-    // 3. Replicas per revision: the autoscaler's target within {min, max} for revisions that take
-    // traffic (or the latest, until it is ready); none for the rest.
-    let waitingForReadiness = false;
-    const keep: RevisionStatus[] = [];
-    for (const rev of revisions) {
-      const routed = traffic.some((t) => t.revision === rev.name && t.percent > 0);
-      const isLatest = rev === latest;
-      const { min, max } = svc.spec.replicas;
-      let desired = 0;
-      let why = "no traffic";
-      if (routed || (isLatest && rev.ready === 0)) {
-        const wanted = this.deps.scale?.desired(`${key}/${rev.name}`);
-        desired = Math.min(max, Math.max(routed ? min : Math.max(min, 1), wanted ?? rev.desired));
-        if (isLatest && !routed && rev.ready === 0) desired = Math.max(desired, 1);
-        why =
-          wanted === undefined
-            ? "spec"
-            : `autoscaler: ${this.deps.scale?.reason?.(`${key}/${rev.name}`) ?? `wants ${wanted}`}`;
-      }
-      if (desired !== rev.desired) {
-        status.scaleEvents = [
-          ...(status.scaleEvents ?? []),
-          {
-            time: now.toISOString(),
-            revision: rev.name,
-            from: rev.desired,
-            to: desired,
-            reason: why,
-          },
-        ].slice(-HISTORY);
-        rev.desired = desired;
-      }
-      waitingForReadiness = (await this.converge(svc, rev)) || waitingForReadiness;
-      // Revisions that serve nothing and run nothing are history; keep the latest few.
-      if (rev.desired > 0 || (rev.replicas?.length ?? 0) > 0 || isLatest || routed) keep.push(rev);
-    }
-    status.revisions = keep;
-    status.latestReadyRevision =
-      [...keep].reverse().find((r) => r.ready > 0)?.name ?? status.latestReadyRevision;
-    status.desired = keep.reduce((a, r) => a + r.desired, 0);
-    status.ready = keep.reduce((a, r) => a + r.ready, 0);
-    status.phase = status.ready > 0 ? "Ready" : status.desired === 0 ? "ScaledToZero" : "Pending";
-    status.conditions = setCondition(
-      status.conditions,
-      status.ready > 0 || status.desired === 0
-        ? {
-            type: "Ready",
-            status: "True",
-            reason: status.ready > 0 ? "ReplicasReady" : "ScaledToZero",
-            message: `${status.ready} ready replica(s); a request starts one when there are none`,
-          }
-        : {
-            type: "Ready",
-            status: "False",
-            reason: "ReplicasStarting",
-            message: `waiting for ${status.desired} replica(s) to pass readiness (${svc.spec.readiness.path})`,
-          },
+    // 2–3. Traffic (the spec's split, or all to the latest ready revision) and replicas per revision.
+    const { waiting, keep } = await scaleRevisions(view, status, revisions, latest, {
+      ...(this.deps.scale ? { scale: this.deps.scale } : {}),
       now,
-    );
+      converge: (rev) => this.converge(svc, rev),
+    });
     if (this.deps.baseUrl) status.url = `${this.deps.baseUrl()}/v1 (model ${name})`;
     status.observedGeneration = svc.metadata.generation;
     if (!isDeepStrictEqual(before, status))
@@ -181,15 +114,8 @@ export class InferenceServiceReconciler implements Reconciler {
     // gateway's table before the platform sends SIGTERM (it waits a drain period), so a
     // scale-down or a rollout's retired revision never answers a new request with a refusal.
     this.deps.table?.publish(key, { ...svc, status });
-    if (!waitingForReadiness) return { requeueAfterMs: 2000 };
-    // A request may be held until a replica is ready: probe a fresh replica often (a probe is one
-    // loopback GET), so a cold start costs the replica's own start-up and little more; an old
-    // one that is still not ready (a big model loading) every 250 ms.
-    const youngest = Math.max(
-      0,
-      ...keep.flatMap((r) => (r.replicas ?? []).filter((x) => !x.ready).map((x) => Date.parse(x.startedAt))),
-    );
-    return { requeueAfterMs: now.getTime() - youngest < 5000 ? 10 : 250 };
+    // A request may be held until a replica is ready: probe a fresh replica often.
+    return { requeueAfterMs: requeueAfter(keep, waiting, now) };
   }
 
   /**

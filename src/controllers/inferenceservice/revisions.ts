@@ -2,6 +2,7 @@ import type { InferenceService, InferenceServiceSpec, RevisionStatus } from "../
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import type { RevisionRuntime, WorkerSpec, WorkloadRef } from "../../ports/runtime.js";
 import type { ModelResolver } from "../../ports/serving.js";
+import { convergeRevision } from "../serving/revisions.js";
 import { INFERENCESERVICE } from "./names.js";
 
 /** The port model servers listen on where the platform gives each replica its own address. */
@@ -69,34 +70,18 @@ export async function convergeOnPlatform(
   builtinCommand: string[],
 ): Promise<boolean> {
   const spec = rev.spec as InferenceServiceSpec;
-  const service = serviceRef(svc);
-  if (rev.applied !== rev.desired) {
-    await serving.applyRevision({
-      service,
-      revision: rev.name,
-      replicas: rev.desired,
-      worker: replicaWorker(svc, rev, {
-        port: MODEL_PORT,
-        modelLocation: await models.resolve(svc.metadata.project!, spec.model),
-        builtinCommand,
-      }),
+  return convergeRevision(serving, serviceRef(svc), rev, async () => ({
+    worker: replicaWorker(svc, rev, {
       port: MODEL_PORT,
-      readinessPath: spec.readiness.path,
-      readinessTimeoutSeconds: spec.readiness.timeoutSeconds,
-      ...(spec.python ? { python: spec.python } : {}),
-      ...(spec.resources.gpu ? { gpu: spec.resources.gpu } : {}),
-    });
-    rev.applied = rev.desired;
-  }
-  const observed = await serving.observeRevision(service, rev.name);
-  rev.replicas = observed.replicas.map(({ uid, node, gpus, ...r }) => ({
-    ...r,
-    uid: uid ?? r.id,
-    ...(node ? { node } : {}),
-    ...(gpus ? { gpus } : {}),
+      modelLocation: await models.resolve(svc.metadata.project!, spec.model),
+      builtinCommand,
+    }),
+    port: MODEL_PORT,
+    readinessPath: spec.readiness.path,
+    readinessTimeoutSeconds: spec.readiness.timeoutSeconds,
+    ...(spec.python ? { python: spec.python } : {}),
+    ...(spec.resources.gpu ? { gpu: spec.resources.gpu } : {}),
   }));
-  rev.ready = observed.replicas.filter((r) => r.ready).length;
-  return rev.ready < rev.desired;
 }
 
 /** A platform's model location for a reference: the reference itself (the image knows how to fetch it). */

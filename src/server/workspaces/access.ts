@@ -4,7 +4,7 @@ import { findKind } from "../../api/kinds.js";
 import type { TokenInfo, TokenStore } from "../../ports/store.js";
 import { type DecideOptions, decide } from "../authorize.js";
 import { bearerAuthenticator } from "../authz.js";
-import { rule } from "../routetable.js";
+import { type Rule, rule } from "../routetable.js";
 
 /** Using a workspace is changing the project: editors and admins of that project only. */
 export const WORKSPACE_ACCESS = rule.project("workspaces", "write");
@@ -21,6 +21,11 @@ export interface AccessDeps {
   now?: () => number;
   ticketTtlMs?: number;
   sessionTtlMs?: number;
+  /** Who may log in (default WORKSPACE_ACCESS; an App's: any member, viewers included). */
+  rule?: Rule;
+  /** What is logged in to, in messages: its noun and `loom open` prefix (default workspace, ws). */
+  noun?: string;
+  open?: string;
 }
 
 /** Who a ticket or session is for: the caller's token (kept in memory only, to re-check it) and one workspace. */
@@ -51,9 +56,13 @@ export class WorkspaceAccess {
   private readonly tickets = new Map<string, Grant>();
   private readonly sessions = new Map<string, Grant>();
   private readonly now: () => number;
+  private readonly noun: string;
+  private readonly open: string;
 
   constructor(private readonly deps: AccessDeps) {
     this.now = deps.now ?? Date.now;
+    this.noun = deps.noun ?? "workspace";
+    this.open = deps.open ?? "ws";
   }
 
   /** A ticket for this caller (already authorized by the login route) to this workspace. */
@@ -72,13 +81,13 @@ export class WorkspaceAccess {
   async redeem(ticket: string, project: string, name: string): Promise<string> {
     const grant = this.tickets.get(ticket);
     this.tickets.delete(ticket);
-    const again = "get a new link with: loom open ws/NAME -p PROJECT";
+    const again = `get a new link with: loom open ${this.open}/${name} -p ${project}`;
     if (!grant) throw new UnauthorizedError(`this log-in link is unknown or was used already; ${again}`);
     if (grant.expires <= this.now())
       throw new UnauthorizedError(`this log-in link expired (links last 60 s); ${again}`);
     if (grant.project !== project || grant.name !== name)
       throw new ForbiddenError(
-        `this log-in link is for workspace ${grant.project}/${grant.name}, not ${project}/${name}; ${again}`,
+        `this log-in link is for ${this.noun} ${grant.project}/${grant.name}, not ${project}/${name}; ${again}`,
       );
     await this.authorize(grant);
     const id = secret();
@@ -93,15 +102,16 @@ export class WorkspaceAccess {
    * edit the project; throws (401/403) saying how to log in again otherwise.
    */
   async check(sessionId: string | undefined, project: string, name: string): Promise<WorkspaceSession> {
-    const login = `log in with: loom open ws/${name} -p ${project}`;
+    const login = `log in with: loom open ${this.open}/${name} -p ${project}`;
+    const what = `${this.noun} ${project}/${name}`;
     const grant = sessionId ? this.sessions.get(sessionId) : undefined;
-    if (!grant) throw new UnauthorizedError(`not logged in to workspace ${project}/${name}; ${login}`);
+    if (!grant) throw new UnauthorizedError(`not logged in to ${what}; ${login}`);
     if (grant.expires <= this.now()) {
       this.sessions.delete(sessionId!);
-      throw new UnauthorizedError(`your session for workspace ${project}/${name} expired; ${login}`);
+      throw new UnauthorizedError(`your session for ${what} expired; ${login}`);
     }
     if (grant.project !== project || grant.name !== name)
-      throw new ForbiddenError(`this session is for another workspace, not ${project}/${name}; ${login}`);
+      throw new ForbiddenError(`this session is for another ${this.noun}, not ${project}/${name}; ${login}`);
     try {
       return { principal: await this.authorize(grant), project, name };
     } catch (err) {
@@ -121,7 +131,7 @@ export class WorkspaceAccess {
     const principal = await this.deps.authenticate(`Bearer ${grant.token}`);
     if (principal.id !== grant.principalId)
       throw new UnauthorizedError("the token behind this session changed");
-    decide(principal, WORKSPACE_ACCESS, { project: grant.project }, this.deps.decide);
+    decide(principal, this.deps.rule ?? WORKSPACE_ACCESS, { project: grant.project }, this.deps.decide);
     return principal;
   }
 }

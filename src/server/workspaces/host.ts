@@ -22,13 +22,18 @@ export interface WorkspaceHost {
  * (workspaceNameProblem), so the split is never ambiguous.
  */
 export function parseWorkspaceHost(host: string | undefined): WorkspaceHost | undefined {
+  return parseOriginHost(host, WS_DOMAIN);
+}
+
+/** NAME--PROJECT under `domain` (ws.localhost for workspaces, app.localhost for apps), or undefined. */
+export function parseOriginHost(host: string | undefined, domain: string): WorkspaceHost | undefined {
   if (!host) return undefined;
   const m = /^([^:]+)(?::(\d{1,5}))?$/.exec(host.trim().toLowerCase());
   if (!m) return undefined;
   let hostname = m[1]!;
   if (hostname.endsWith(".")) hostname = hostname.slice(0, -1); // the FQDN form names the same host
-  if (!hostname.endsWith(`.${WS_DOMAIN}`)) return undefined;
-  const label = hostname.slice(0, -WS_DOMAIN.length - 1);
+  if (!hostname.endsWith(`.${domain}`)) return undefined;
+  const label = hostname.slice(0, -domain.length - 1);
   const cut = label.indexOf("--");
   if (cut <= 0) return undefined;
   const name = label.slice(0, cut);

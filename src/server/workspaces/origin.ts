@@ -21,6 +21,12 @@ export interface OriginDeps {
    * whose endpoint names its replica goes through it, so servers bound to 127.0.0.1 there answer.
    */
   connectPort?: Runtime["connectPort"];
+  /** Apps (issue 20) on the same listener: requests whose Host names an app go there. */
+  apps?: {
+    serves(req: IncomingMessage): boolean;
+    request(req: IncomingMessage, res: ServerResponse): void;
+    upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  };
 }
 
 /** The log-in path on every workspace origin (a workspace's own server never sees it). */
@@ -54,6 +60,7 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
 
   // No whole-request deadline (long uploads to a notebook); headersTimeout still bounds slow clients.
   const server = createServer({ requestTimeout: 0 }, (req, res) => {
+    if (deps.apps?.serves(req)) return deps.apps.request(req, res);
     handle(req, res).catch((err: Error) => {
       const r = asRefusal(err, deps.log);
       sendPage(res, r.status, r.title, r.message, {}, r.refresh);
@@ -130,6 +137,7 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
   }
 
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (deps.apps?.serves(req)) return deps.apps.upgrade(req, socket, head);
     socket.on("error", () => undefined);
     upgrade(req, socket, head).catch((err: Error) => {
       const r = asRefusal(err, deps.log);
@@ -178,7 +186,7 @@ function workspaceOf(req: IncomingMessage): WorkspaceHost {
  * this origin's cookie. Only top-level navigations (safe methods) may come from elsewhere;
  * everything else must come from this origin itself (Fetch Metadata, and Origin where sent).
  */
-function refuseCrossSite(req: IncomingMessage, upgrade: boolean): void {
+export function refuseCrossSite(req: IncomingMessage, upgrade: boolean): void {
   const site = req.headers["sec-fetch-site"];
   const mode = req.headers["sec-fetch-mode"];
   const origin = req.headers.origin;

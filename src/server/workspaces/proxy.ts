@@ -10,6 +10,10 @@ import type { Duplex } from "node:stream";
 /** The session cookie of workspace origins; never forwarded to the workspace. */
 export const SESSION_COOKIE = "loom_ws";
 
+/** Every cookie of Loom's on the user-content origin (workspaces', apps' session and affinity): never forwarded, never set upstream. */
+const LOOM_COOKIES = new Set([SESSION_COOKIE, "loom_app", "loom_app_affinity"]);
+const isLoomCookie = (c: string) => LOOM_COOKIES.has(c.split("=", 1)[0]!.trim());
+
 /** Per-connection headers (RFC 9110 §7.6.1) that a proxy does not pass on. */
 const HOP_BY_HOP = [
   "connection",
@@ -33,6 +37,8 @@ export interface Target {
    * own network: a server bound to 127.0.0.1 there is reachable only so).
    */
   connect?: () => Promise<Duplex>;
+  /** Set-Cookie values Loom adds to the response (an App's affinity cookie). */
+  setCookies?: string[];
 }
 
 /** Where the request to `target` connects: host:port, or the target's own dial. */
@@ -59,7 +65,7 @@ export function withoutSessionCookie(header: string | undefined): string | undef
   const kept = header
     .split(";")
     .map((c) => c.trim())
-    .filter((c) => c !== "" && c.split("=", 1)[0]!.trim() !== SESSION_COOKIE);
+    .filter((c) => c !== "" && !isLoomCookie(c));
   return kept.length ? kept.join("; ") : undefined;
 }
 
@@ -111,7 +117,7 @@ function returnedHeaders(res: IncomingMessage): IncomingHttpHeaders {
   const headers: IncomingHttpHeaders = { ...res.headers };
   for (const h of HOP_BY_HOP) delete headers[h];
   const cookies = res.headers["set-cookie"];
-  if (cookies) headers["set-cookie"] = cookies.filter((c) => c.split("=", 1)[0]!.trim() !== SESSION_COOKIE);
+  if (cookies) headers["set-cookie"] = cookies.filter((c) => !isLoomCookie(c));
   return headers;
 }
 
@@ -132,7 +138,9 @@ export function forwardHttp(
     headers: forwardedHeaders(req, target, false),
   });
   upstream.on("response", (ures) => {
-    res.writeHead(ures.statusCode ?? 502, ures.statusMessage, returnedHeaders(ures));
+    const headers = returnedHeaders(ures);
+    if (target.setCookies) headers["set-cookie"] = [...(headers["set-cookie"] ?? []), ...target.setCookies];
+    res.writeHead(ures.statusCode ?? 502, ures.statusMessage, headers);
     res.flushHeaders(); // an event stream's headers go out before its first event
     ures.pipe(res);
     ures.on("error", () => res.destroy());
@@ -202,7 +210,7 @@ function statusAndHeaders(res: IncomingMessage, closing = false): string {
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
     if (closing && (name === "connection" || name === "transfer-encoding" || name === "keep-alive")) continue;
-    if (name === "set-cookie" && raw[i + 1]!.split("=", 1)[0]!.trim() === SESSION_COOKIE) continue;
+    if (name === "set-cookie" && isLoomCookie(raw[i + 1]!)) continue;
     out += `${raw[i]}: ${raw[i + 1]}\r\n`;
   }
   return `${out}${closing ? "connection: close\r\n" : ""}\r\n`;

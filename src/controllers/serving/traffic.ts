@@ -1,4 +1,4 @@
-import type { InferenceService, RevisionStatus } from "../../api/inferenceservice.js";
+import type { RevisionStatus } from "../../api/inferenceservice.js";
 
 export interface TrafficEntry {
   revision: string;
@@ -9,10 +9,10 @@ export interface TrafficEntry {
  * Where requests go: the spec's split, or all to the latest ready revision, so a rollout never
  * routes to a replica that is not ready and the old revision serves until then. One entry per
  * revision: until a canary is ready, "latest" names the revision it is canary of, and the two
- * shares are that revision's. The condition says whether every named revision exists.
+ * shares are that revision's (an InferenceService's spec.traffic; an App has none). The condition says whether every named revision exists.
  */
 export function routeTraffic(
-  svc: InferenceService,
+  split: TrafficEntry[] | undefined,
   revisions: RevisionStatus[],
   latest: RevisionStatus,
 ): {
@@ -24,7 +24,7 @@ export function routeTraffic(
     .reverse()
     .find((r) => readyOnes.includes(r) || (r === latest && latest.ready > 0));
   const traffic: TrafficEntry[] = [];
-  for (const t of svc.spec.traffic ?? [{ revision: "latest", percent: 100 }]) {
+  for (const t of split ?? [{ revision: "latest", percent: 100 }]) {
     const revision = t.revision === "latest" ? (latestReady?.name ?? latest.name) : t.revision;
     const same = traffic.find((x) => x.revision === revision);
     if (same) same.percent += t.percent;

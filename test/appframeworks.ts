@@ -1,0 +1,37 @@
+import { execFileSync } from "node:child_process";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+/** The Gradio and Streamlit that the App kind's commands were checked on (src/controllers/app/command.ts). */
+export const GRADIO = "gradio==6.31.0";
+export const STREAMLIT = "streamlit==1.67.0";
+
+/**
+ * A Python environment with Gradio and Streamlit for the App tests, built once (pip install:
+ * about a minute) and kept in LOOM_TEST_APPS_VENV (default: the machine's temp dir, which
+ * sandboxed workloads may read), then given to an App as spec.python.venv.
+ */
+export const APPS_VENV = process.env.LOOM_TEST_APPS_VENV ?? join(tmpdir(), "loom-test-apps-venv");
+
+/**
+ * The venv's path, built first unless it already has both packages at these versions. Test
+ * files run in parallel: the build holds a lock (flock) and looks again once it has it.
+ */
+export function appsVenv(): string {
+  const versions = `${GRADIO.split("==")[1]} ${STREAMLIT.split("==")[1]}`;
+  const check = `[ "$("$1/bin/python" -c 'import gradio, streamlit; print(gradio.__version__, streamlit.__version__)' 2>/dev/null)" = "${versions}" ]`;
+  const build = [
+    "set -e",
+    `if ${check}; then exit 0; fi`,
+    `echo "building the apps' environment in $1 (pip install ${GRADIO} ${STREAMLIT}: about a minute, once)" >&2`,
+    `rm -rf "$1"`,
+    `python3 -m venv "$1"`,
+    `"$1/bin/pip" install -q --disable-pip-version-check "${GRADIO}" "${STREAMLIT}"`,
+    check,
+  ].join("\n");
+  execFileSync("flock", [`${APPS_VENV}.lock`, "sh", "-c", build, "sh", APPS_VENV], {
+    stdio: "inherit",
+    timeout: 900_000,
+  });
+  return APPS_VENV;
+}
