@@ -165,6 +165,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       // Its own origin, never the API's: the origin listener's port (by default the API's + 1).
       workspaceOrigin: () => (workspacePort ? `http://ws.localhost:${workspacePort}` : undefined),
       ideActivity,
+      // Started beside each workspace's IDE where sshd is installed (runtimes/ is lent to sandboxes).
+      sshd: join(PACKAGE_ROOT, "runtimes", "loom-sshd", "loom-sshd.sh"),
     },
     api: {
       tokens: new SqliteTokenStore(database.db),
