@@ -317,7 +317,11 @@ describe("Workspace controller", () => {
       sshd: "/opt/loom/runtimes/loom-sshd/loom-sshd.sh",
     });
     // The user's env cannot point sshd at another keys file.
-    await create({ ide: "none", command: ["python3", "app.py"], env: { LOOM_SSH_AUTHORIZED_KEYS_FILE: "/x" } });
+    await create({
+      ide: "none",
+      command: ["python3", "app.py"],
+      env: { LOOM_SSH_AUTHORIZED_KEYS_FILE: "/x" },
+    });
     await r.reconcile(`${PROJECT}/nb`);
     let spec = revisions.applied.at(-1)!;
     expect(asked).toEqual([PROJECT]);
@@ -339,7 +343,9 @@ describe("Workspace controller", () => {
     await r.reconcile(`${PROJECT}/nb`);
     spec = revisions.applied.at(-1)!;
     expect(spec.revision).toBe(revision);
-    expect(spec.worker.files?.[0]?.data).toBe("ssh-ed25519 AAAAone alice@laptop\nssh-ed25519 AAAAtwo bob@desk\n");
+    expect(spec.worker.files?.[0]?.data).toBe(
+      "ssh-ed25519 AAAAone alice@laptop\nssh-ed25519 AAAAtwo bob@desk\n",
+    );
     expect((await get()).status?.ports).toEqual([{ port: 8080 }]);
     // Keys that cannot be read never stop a workspace: it starts without them.
     const broken = new WorkspaceReconciler({
