@@ -30,11 +30,11 @@ export class KernelSocket {
   }
 
   /** Opens the socket at `path` on the origin of `wsUrl` (its status.url) with the session cookie. */
-  static open(wsUrl: string, path: string, cookie: string): Promise<KernelSocket> {
+  static open(wsUrl: string, path: string, cookie: string, connectHost = "127.0.0.1"): Promise<KernelSocket> {
     const { host, port } = new URL(wsUrl);
     return new Promise((ok, fail) => {
       const req = request({
-        host: "127.0.0.1",
+        host: connectHost,
         port,
         path,
         headers: {
@@ -90,7 +90,7 @@ export class KernelSocket {
       const left = deadline - Date.now();
       if (left <= 0)
         throw new Error(
-          `no such message in ${ms} ms; got ${this.received.map((m) => `${m.channel}/${m.header.msg_type}`).join(", ")}`,
+          `no such message in ${ms} ms; got ${this.received.map((m) => `${m.channel}/${m.header?.msg_type}`).join(", ")}`,
         );
       await new Promise<void>((ok) => {
         const t = setTimeout(ok, left);
@@ -110,6 +110,16 @@ export class KernelSocket {
       this.socket.end(this.frame(0x8, Buffer.from([0x03, 0xe8])));
       setTimeout(() => this.socket.destroy(), 2000).unref();
     });
+  }
+
+  /** Sends any JSON value as one text frame (a terminal's ["stdin", "…"]). */
+  send(value: unknown): void {
+    this.sendText(JSON.stringify(value));
+  }
+
+  /** Everything received so far, as parsed (a terminal's frames are JSON arrays, not messages). */
+  all(): unknown[] {
+    return [...this.received];
   }
 
   private sendText(text: string): void {

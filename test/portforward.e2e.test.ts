@@ -311,4 +311,69 @@ describe("loom port-forward", () => {
     );
     expect((await loom.cli(["ssh-key", "list"])).stdout).not.toContain("id_ed25519@laptop");
   }, 120_000);
+
+  it("loom ssh ws/NAME: the real ssh client runs a command in a workspace's home with a registered key; another key, or one added after the start, is refused until the next start", async () => {
+    // On a machine without network namespaces, the job above's sshd would hold 127.0.0.1:2222.
+    await loom.cli(["delete", "tj", "box", "--timeout", "30"]);
+    const keygen = (name: string) => {
+      const key = join(loom.home, name);
+      execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", `${name}@laptop`, "-f", key]);
+      chmodSync(key, 0o600);
+      return key;
+    };
+    const key = keygen("id_ws");
+    const stranger = keygen("id_ws_stranger");
+    const late = keygen("id_ws_late");
+    expect((await loom.cli(["ssh-key", "add", `${key}.pub`])).code).toBe(0);
+    // The workspace writes a file in its own home, then serves on its port; nothing in it asks for ssh.
+    const ws = `apiVersion: loom.dev/v1alpha1
+kind: Workspace
+metadata: {name: shell}
+spec:
+  ide: none
+  command: [/bin/sh, -c, 'echo "written in $HOME" > note.txt; exec python3 -m http.server $PORT --bind 127.0.0.1']
+`;
+    const applied = await loom.cli(["apply", "-f", "-"], { input: ws });
+    expect(applied.code, applied.stderr).toBe(0);
+    // `loom ssh ws/NAME -- CMD` as a user runs it: the workspace's host key learnt into Loom's own
+    // known_hosts (beside LOOM_CONFIG, in this test's home), no agent's keys.
+    const env = { SSH_AUTH_SOCK: "" };
+    const ssh = (identity: string) =>
+      loom.cli(["ssh", "ws/shell", "-i", identity, "--", "cat", "note.txt"], { env });
+    let r = await ssh(key);
+    // Until the workspace runs and its sshd listens (the tunnel refuses a port nothing listens on).
+    for (let i = 0; i < 240 && r.code !== 0; i++) {
+      await sleep(250);
+      r = await ssh(key);
+    }
+    expect(r.code, r.stderr + loom.log.slice(-3000)).toBe(0);
+    expect(r.stdout).toBe(`written in ${join(loom.dataDir, "homes", "default", "shell")}\n`);
+    // Loom's sshd is for the tunnel, not a /proxy/ port of the workspace.
+    const got = await loom.api("GET", `${BASE}/projects/default/workspaces/shell`);
+    const status = (got.body as { status: { phase: string; ports?: { port: number }[] } }).status;
+    expect(status.phase).toBe("Running");
+    expect((status.ports ?? []).map((p) => p.port)).not.toContain(2222);
+    // A key nobody registered: sshd refuses it.
+    const refused = await ssh(stranger);
+    expect(refused.code, refused.stderr).toBe(255);
+    expect(refused.stderr).toMatch(/Permission denied \(publickey\)/);
+    // A key registered now counts from the workspace's next start: the running one keeps its file.
+    expect((await loom.cli(["ssh-key", "add", `${late}.pub`])).code).toBe(0);
+    expect((await ssh(late)).stderr).toMatch(/Permission denied \(publickey\)/);
+    expect((await loom.cli(["stop", "ws/shell"])).code).toBe(0);
+    for (let i = 0; i < 240; i++) {
+      const w = await loom.api("GET", `${BASE}/projects/default/workspaces/shell`);
+      if ((w.body as { status?: { phase?: string } }).status?.phase === "Stopped") break;
+      await sleep(250);
+    }
+    expect((await loom.cli(["start", "ws/shell"])).code).toBe(0);
+    r = await ssh(late);
+    for (let i = 0; i < 240 && r.code !== 0; i++) {
+      await sleep(250);
+      r = await ssh(late);
+    }
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^written in /m);
+    await loom.cli(["delete", "ws", "shell", "--timeout", "30"]);
+  }, 240_000);
 });

@@ -4,6 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
 import { LoomProcess } from "./helpers.js";
 import { jupyterVenv } from "./jupyter.js";
+import { KernelSocket } from "./kernelsocket.js";
 
 /**
  * A real JupyterLab workspace on `loom up`, started with Loom's flags (base URL /, no token, no
@@ -79,5 +80,33 @@ spec: {ide: jupyter, python: {venv: ${venv}}}
     expect(readFileSync(join(s.dataDir, "homes", "default", "nb", "hello.txt"), "utf8")).toBe(
       "hi from jupyter",
     );
+    // A JupyterLab terminal (POST /api/terminals, then its WebSocket): `python` is the
+    // environment's, not "not found" (Jupyter's default login shell reset PATH in /etc/profile).
+    const writeHeaders = {
+      ...headers,
+      "content-type": "application/json",
+      cookie: `_xsrf=${xsrf}`,
+      "x-xsrftoken": decodeURIComponent(xsrf!),
+    };
+    const term = await fetch(`${base}/api/terminals`, { method: "POST", headers: writeHeaders, body: "{}" });
+    expect(term.status).toBeLessThan(300);
+    const { name: terminal } = (await term.json()) as { name: string };
+    const socket = await KernelSocket.open(
+      base,
+      `/terminals/websocket/${terminal}`,
+      "",
+      w!.status!.replica!.host,
+    );
+    socket.send(["stdin", "python -c \"import sys; print('PY', sys.prefix)\"\r"]);
+    const printed = () =>
+      socket
+        .all()
+        .filter((m): m is [string, string] => Array.isArray(m) && m[0] === "stdout")
+        .map((m) => m[1])
+        .join("");
+    const deadline2 = Date.now() + 60_000;
+    while (!/PY \S+/.test(printed()) && Date.now() < deadline2) await sleep(100);
+    await socket.close();
+    expect(printed()).toContain(`PY ${venv}`);
   }, 1_200_000);
 });

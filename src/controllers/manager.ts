@@ -55,7 +55,7 @@ export interface ControllerManagerDeps {
   tracking?: WorkloadTracking;
   /** The project's models for workloads: OPENAI_BASE_URL and a key file (server/modelaccess.ts). */
   models?: WorkloadModels;
-  /** Users' SSH keys: a training job's workers get their project's editors' as a file (loom ssh). */
+  /** Users' SSH keys: training jobs' workers and workspaces get their project's editors' as a file (loom ssh). */
   sshKeys?: Pick<SshKeyStore, "authorizedKeys">;
   /** Sweeps read trials' objectives here and register the best model here (embedded). */
   trialMetrics?: TrialMetrics;
@@ -65,7 +65,7 @@ export interface ControllerManagerDeps {
   /** Serving (InferenceService): where models are, what the autoscaler wants, who routes. */
   serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "builtinCommand" | "baseUrl">;
   /** Workspaces (run where the runtime can serve): the directory they publish to, their origin. */
-  workspaces?: Pick<WorkspaceDeps, "directory" | "workspaceOrigin" | "ideActivity" | "gpuActivity">;
+  workspaces?: Pick<WorkspaceDeps, "directory" | "workspaceOrigin" | "ideActivity" | "gpuActivity" | "sshd">;
   /** Apps (run where the runtime can serve): the apps' serving table and autoscaler, their origin. */
   apps?: Pick<AppDeps, "scale" | "table" | "appOrigin">;
 }
@@ -268,6 +268,7 @@ export class ControllerManager {
       log,
       now: this.deps.now,
       ...(this.deps.models ? { models: this.deps.models } : {}),
+      ...(this.deps.sshKeys ? { sshKeys: this.deps.sshKeys } : {}),
       ...this.deps.workspaces,
     });
     const controller = new Controller(

@@ -41,6 +41,16 @@ const BUILTIN_RUNTIME = [
   join(fileURLToPath(new URL("../../runtimes", import.meta.url)), "loom-tinygpt", "server.py"),
 ];
 
+/**
+ * What the workspace controller asks of this machine: the IDE's own activity (Jupyter's), and the
+ * sshd started beside each workspace's IDE where sshd is installed (runtimes/ is lent to sandboxes).
+ */
+const WORKSPACE_HELPERS = {
+  ideActivity,
+  gpuActivity: nvidiaSmiActivity(),
+  sshd: join(PACKAGE_ROOT, "runtimes", "loom-sshd", "loom-sshd.sh"),
+};
+
 export interface EmbeddedOptions {
   dataDir: string;
   host?: string;
@@ -160,8 +170,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       directory: workspaceDirectory,
       // Its own origin, never the API's: the origin listener's port (by default the API's + 1).
       workspaceOrigin: () => (workspacePort ? `http://ws.localhost:${workspacePort}` : undefined),
-      ideActivity,
-      gpuActivity: nvidiaSmiActivity(),
+      ...WORKSPACE_HELPERS,
     },
     api: {
       tokens: new SqliteTokenStore(database.db),

@@ -1,5 +1,7 @@
 import { spawn } from "node:child_process";
+import { dirname, join } from "node:path";
 import type { Command } from "commander";
+import { configPath } from "../config.js";
 import type { CliDeps } from "../deps.js";
 import { CliError } from "../errors.js";
 import { kindAndName } from "../resources.js";
@@ -72,9 +74,12 @@ async function runSsh(target: string, command: string[], opts: SshOpts): Promise
   const args = [
     "-o",
     `ProxyCommand=${self.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" ")}`,
-    // The host key is the workload's own, made when its sshd first starts: learnt on first use.
+    // The host key is the workload's own, made when its sshd first starts: learnt on first use,
+    // kept in Loom's own known_hosts beside the CLI's config rather than in ~/.ssh's.
     "-o",
     "StrictHostKeyChecking=accept-new",
+    "-o",
+    `UserKnownHostsFile=${join(dirname(configPath()), "known_hosts")}`,
     "-o",
     `HostKeyAlias=loom-${target.replace("/", "-")}`,
     ...(opts.identity ? ["-i", opts.identity] : []),

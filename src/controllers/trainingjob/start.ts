@@ -10,6 +10,7 @@ import { type ModelAccess, withModelAccess } from "../../ports/models.js";
 import type { GangObservation, GangSpec, SecretFile, WorkerSpec, WorkloadRef } from "../../ports/runtime.js";
 import type { Allocation } from "../../ports/scheduler.js";
 import type { ReconcileResult } from "../../reconcile/controller.js";
+import { sshKeysFile } from "../sshkeys.js";
 import { type JobContext, refOf, TRAININGJOB } from "./context.js";
 import { fail } from "./failure.js";
 import { planGang, portsPerWorker } from "./frameworks.js";
@@ -127,7 +128,7 @@ async function planWorkers(
   const mlflow = await trackingEnv(ctx, job, status, attempt);
   // After tracking's: minting its token revokes every earlier credential of the workload.
   const models = await modelAccess(ctx, ref, attempt);
-  const ssh = await sshKeysFile(ctx, ref.project);
+  const ssh = await sshKeysFile(ctx.deps.sshKeys, ctx.deps.log, ref.project);
   const files = [...mlflow.files, ...(models?.files ?? []), ...ssh.files];
   return plan.workers.map((p) => ({
     index: p.index,
@@ -326,31 +327,6 @@ async function trackingEnv(
       "could not prepare the job's tracking run; starting without it",
     );
     return { all: {}, rank0: {}, files: [] };
-  }
-}
-
-/** Where a worker's authorized SSH keys are, under its private HOME (runtimes/loom-sshd reads it). */
-export const SSH_KEYS_FILE = ".loom/ssh/authorized_keys";
-
-/**
- * The SSH keys of the project's editors and admins (`loom ssh-key add`), as a file for the
- * workers' sshd (LOOM_SSH_AUTHORIZED_KEYS_FILE): the people who may open Loom's tunnel to the
- * workers are the ones who may log in through it. A file, never env: nothing prints it.
- */
-async function sshKeysFile(
-  ctx: JobContext,
-  project: string,
-): Promise<{ env: Record<string, string>; files: SecretFile[] }> {
-  if (!ctx.deps.sshKeys) return { env: {}, files: [] };
-  try {
-    const keys = await ctx.deps.sshKeys.authorizedKeys(project);
-    return {
-      env: { LOOM_SSH_AUTHORIZED_KEYS_FILE: `$(HOME)/${SSH_KEYS_FILE}` },
-      files: [{ path: SSH_KEYS_FILE, data: keys.map((k) => `${k}\n`).join(""), mode: 0o600 }],
-    };
-  } catch (err) {
-    ctx.deps.log.warn({ err, project }, "could not read the project's SSH keys; starting without them");
-    return { env: {}, files: [] };
   }
 }
 

@@ -13,6 +13,23 @@ export const SUBSTITUTE_SHIM =
   // biome-ignore lint/suspicious/noTemplateCurlyInString: ${a%%…} is the shell's parameter expansion
   'for a; do shift; for v in PORT HOST; do eval "x=\\$$v"; while :; do case $a in *"\\$$v"*) a="${a%%"\\$$v"*}$x${a#*"\\$$v"}";; *) break;; esac; done; done; set -- "$@" "$a"; done; exec "$@"';
 
+/**
+ * Starts runtimes/loom-sshd ($LOOM_SSHD) in the background where OpenSSH's sshd is installed, for
+ * `loom ssh ws/NAME` (127.0.0.1:2222 inside the workspace's own network, reached by Loom's tunnel);
+ * its output goes to ~/.loom-sshd.log. Never waited for: an sshd that fails, or none at all, never
+ * keeps the IDE from starting.
+ */
+export const SSHD_BESIDE =
+  '[ -x /usr/sbin/sshd ] && [ -r "$LOOM_SSHD" ] && { sh "$LOOM_SSHD" >>"$HOME/.loom-sshd.log" 2>&1 & }; ';
+
+/**
+ * The shell of JupyterLab's terminals: an interactive, non-login one (bash where there is one).
+ * Jupyter's default is a login shell, and /etc/profile resets PATH: the workspace's environment
+ * (its `python`, `pip`, `jupyter`) fell off it, leaving the machine's python3 only.
+ */
+export const TERMINAL_SHELL =
+  '/bin/sh -c \'if [ -z "$SHELL" ]; then SHELL=$(command -v bash || command -v sh); export SHELL; fi; exec "$SHELL"\'';
+
 /** What a workspace runs: its server's command, readiness path and Python environment. */
 export type WorkspaceProgram =
   | { command: string[]; readinessPath: string; python?: PythonEnvironmentSpec }
@@ -38,6 +55,7 @@ export function jupyterCommand(): string[] {
     "--ServerApp.allow_origin=*",
     "--ServerApp.allow_remote_access=True",
     "--ServerApp.root_dir=.",
+    `--ServerApp.terminado_settings=shell_command=${TERMINAL_SHELL}`,
   ];
 }
 
@@ -49,9 +67,13 @@ function withJupyter(python: WorkspaceSpec["python"]): PythonEnvironmentSpec {
   return { ...python, requirements: has ? python.requirements : [...python.requirements, "jupyterlab"] };
 }
 
-/** The program for a workspace's spec, or why this platform cannot run it. */
-export function workspaceProgram(spec: WorkspaceSpec): WorkspaceProgram {
-  const wrap = (args: string[]) => ["/bin/sh", "-c", SUBSTITUTE_SHIM, "loom-workspace", ...args];
+/**
+ * The program for a workspace's spec, or why this platform cannot run it. `sshd`: the platform
+ * gives the replica LOOM_SSHD, and the wrapper starts it beside the server (SSHD_BESIDE).
+ */
+export function workspaceProgram(spec: WorkspaceSpec, opts: { sshd?: boolean } = {}): WorkspaceProgram {
+  const shim = opts.sshd ? SSHD_BESIDE + SUBSTITUTE_SHIM : SUBSTITUTE_SHIM;
+  const wrap = (args: string[]) => ["/bin/sh", "-c", shim, "loom-workspace", ...args];
   switch (spec.ide) {
     case "jupyter":
       return { command: wrap(jupyterCommand()), readinessPath: "/api", python: withJupyter(spec.python) };

@@ -296,6 +296,80 @@ describe("Workspace controller", () => {
     expect(revisions.applied.at(-1)?.worker.files).toBeUndefined();
   });
 
+  it("ssh: the replica gets the project's registered keys as a file and LOOM_SSHD; keys read at each apply; port 2222 is not a /proxy/ port", async () => {
+    let keys = ["ssh-ed25519 AAAAone alice@laptop"];
+    const asked: string[] = [];
+    const r = new WorkspaceReconciler({
+      store,
+      runtime: {
+        serving: revisions,
+        listeningPorts: async (ref: WorkloadRef) => listening.get(ref.uid) ?? [],
+      } as unknown as Runtime,
+      events: new SqliteEventRecorder(database.db, now),
+      log: pino({ level: "silent" }),
+      now,
+      sshKeys: {
+        authorizedKeys: async (project) => {
+          asked.push(project);
+          return keys;
+        },
+      },
+      sshd: "/opt/loom/runtimes/loom-sshd/loom-sshd.sh",
+    });
+    // The user's env cannot point sshd at another keys file.
+    await create({
+      ide: "none",
+      command: ["python3", "app.py"],
+      env: { LOOM_SSH_AUTHORIZED_KEYS_FILE: "/x" },
+    });
+    await r.reconcile(`${PROJECT}/nb`);
+    let spec = revisions.applied.at(-1)!;
+    expect(asked).toEqual([PROJECT]);
+    expect(spec.worker.env).toMatchObject({
+      LOOM_SSH_AUTHORIZED_KEYS_FILE: "$(HOME)/.loom/ssh/authorized_keys",
+      LOOM_SSHD: "/opt/loom/runtimes/loom-sshd/loom-sshd.sh",
+    });
+    expect(spec.worker.files).toEqual([
+      { path: ".loom/ssh/authorized_keys", data: "ssh-ed25519 AAAAone alice@laptop\n", mode: 0o600 },
+    ]);
+    // The wrapper starts sshd in the background before it execs the server.
+    expect(spec.worker.command[2]).toMatch(/^\[ -x \/usr\/sbin\/sshd \] && .*sh "\$LOOM_SSHD" .*& \}; /);
+    const revision = spec.revision;
+    // A key added later: the same revision (nothing restarts), its file has it for the next start.
+    keys = [...keys, "ssh-ed25519 AAAAtwo bob@desk"];
+    revisions.ready();
+    const rid = [...revisions.revisions.values()][0]!.replicas[0]!.id;
+    listening.set(rid, [40000, 2222, 8080]);
+    await r.reconcile(`${PROJECT}/nb`);
+    spec = revisions.applied.at(-1)!;
+    expect(spec.revision).toBe(revision);
+    expect(spec.worker.files?.[0]?.data).toBe(
+      "ssh-ed25519 AAAAone alice@laptop\nssh-ed25519 AAAAtwo bob@desk\n",
+    );
+    expect((await get()).status?.ports).toEqual([{ port: 8080 }]);
+    // Keys that cannot be read never stop a workspace: it starts without them.
+    const broken = new WorkspaceReconciler({
+      store,
+      runtime: { serving: revisions } as unknown as Runtime,
+      events: new SqliteEventRecorder(database.db, now),
+      log: pino({ level: "silent" }),
+      now,
+      sshKeys: {
+        authorizedKeys: async () => {
+          throw new Error("database is locked");
+        },
+      },
+    });
+    await create({ ide: "none", command: ["python3", "app.py"] }, "other");
+    await broken.reconcile(`${PROJECT}/other`);
+    spec = revisions.applied.at(-1)!;
+    expect(spec.worker.files).toBeUndefined();
+    expect(spec.worker.env.LOOM_SSH_AUTHORIZED_KEYS_FILE).toBeUndefined();
+    // Without LOOM_SSHD (Kubernetes: the image decides), the wrapper starts no sshd.
+    expect(spec.worker.env.LOOM_SSHD).toBeUndefined();
+    expect(spec.worker.command[2]).not.toContain("sshd");
+  });
+
   it("idleTimeout: culled after that long without activity (spec kept, Stopped/Idle); activity spares it; loom start brings it back", async () => {
     const reconciler2 = (ideActivity?: () => Promise<Date | undefined>) =>
       new WorkspaceReconciler({

@@ -8,10 +8,18 @@ import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import { parseDurationSeconds } from "../../api/trainingjob.js";
 import { IDLE_STOPPED, type Workspace, type WorkspaceStatus } from "../../api/workspace.js";
 import { type ModelAccess, type WorkloadModels, withModelAccess } from "../../ports/models.js";
-import type { ReplicaObservation, RevisionRuntime, Runtime, WorkloadRef } from "../../ports/runtime.js";
+import type {
+  ReplicaObservation,
+  RevisionRuntime,
+  Runtime,
+  SecretFile,
+  WorkloadRef,
+} from "../../ports/runtime.js";
+import type { SshKeyStore } from "../../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { GpuActivity, IdeActivity, WorkspaceDirectory } from "../../ports/workspaces.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
+import { SSHD_PORT, sshKeysFile } from "../sshkeys.js";
 import { WORKSPACE_PORT, type WorkspaceProgram, workspaceProgram } from "./command.js";
 
 export { IDLE_STOPPED, WORKSPACE };
@@ -36,6 +44,17 @@ export interface WorkspaceDeps {
   gpuActivity?: GpuActivity;
   /** The project's models for the workspace: OPENAI_BASE_URL and a key file (ports/models.ts). */
   models?: WorkloadModels;
+  /**
+   * Users' SSH keys: the replica gets its project's editors' and admins' as a file
+   * (LOOM_SSH_AUTHORIZED_KEYS_FILE) when it starts, which runtimes/loom-sshd authorizes.
+   */
+  sshKeys?: Pick<SshKeyStore, "authorizedKeys">;
+  /**
+   * Where runtimes/loom-sshd/loom-sshd.sh is on the machine the replicas run on (embedded): the
+   * workspace starts it beside its server where sshd is installed, for `loom ssh ws/NAME`.
+   * Undefined (Kubernetes): the image decides whether anything listens for ssh.
+   */
+  sshd?: string;
 }
 
 /** The revision a workspace's spec runs as: NAME-ws + a hash of what the replica runs. */
@@ -91,7 +110,7 @@ export class WorkspaceReconciler implements Reconciler {
     const now = this.deps.now();
     const before = ws.status ?? {};
     const status: WorkspaceStatus = structuredClone(before);
-    const program = workspaceProgram(ws.spec);
+    const program = workspaceProgram(ws.spec, { sshd: this.deps.sshd !== undefined });
     const origin = this.deps.workspaceOrigin?.();
     if (origin) status.url = workspaceUrl(origin, project, name);
     let requeueAfterMs = 5000;
@@ -140,7 +159,10 @@ export class WorkspaceReconciler implements Reconciler {
     // Stopped and already gone: applying zero again would only make an empty record.
     if (!stopped || held) {
       const models = stopped ? undefined : await this.modelAccess(ref, revision);
-      await serving.applyRevision(this.revisionSpec(ws, program, revision, stopped ? 0 : 1, models));
+      // Read for every apply, used when the replica starts: a running one keeps the keys it
+      // started with (a changed file restarts nothing), keys added later count from the next start.
+      const ssh = stopped ? undefined : await sshKeysFile(this.deps.sshKeys, this.deps.log, project);
+      await serving.applyRevision(this.revisionSpec(ws, program, revision, stopped ? 0 : 1, models, ssh));
     }
     // Where the platform lists no revisions (Kubernetes: a Deployment of zero stays), a stopped
     // workspace is stopping while a replica remains, and stopped once none does.
@@ -267,7 +289,9 @@ export class WorkspaceReconciler implements Reconciler {
     const at = replicaRef(ref, replica);
     try {
       const all = await runtime.listeningPorts(at, 0);
-      return [...new Set(all)].filter((p) => p !== replica.port).sort((a, b) => a - b);
+      // Loom's own sshd is for `loom ssh` (a tunnel), not a page to serve at /proxy/2222/.
+      const own = new Set([replica.port, ...(this.deps.sshd !== undefined ? [SSHD_PORT] : [])]);
+      return [...new Set(all)].filter((p) => !own.has(p)).sort((a, b) => a - b);
     } catch (err) {
       this.deps.log.debug({ err, replica: replica.id }, "listening ports not readable");
       return (last ?? []).map((p) => p.port);
@@ -382,7 +406,9 @@ export class WorkspaceReconciler implements Reconciler {
     revision: string,
     replicas: number,
     models?: ModelAccess,
+    ssh?: { env: Record<string, string>; files: SecretFile[] },
   ) {
+    const files = [...(models?.files ?? []), ...(ssh?.files ?? [])];
     const r = ws.spec.resources;
     const gpus = r.gpu && r.gpu >= 1 ? r.gpu : 0;
     return {
@@ -397,13 +423,15 @@ export class WorkspaceReconciler implements Reconciler {
             PYTHONUNBUFFERED: "1",
             HOST: "127.0.0.1",
             ...ws.spec.env,
+            ...ssh?.env,
+            ...(this.deps.sshd !== undefined ? { LOOM_SSHD: this.deps.sshd } : {}),
             LOOM_PROJECT: ws.metadata.project!,
             LOOM_WORKLOAD: ws.metadata.name,
             LOOM_WORKLOAD_KIND: WORKSPACE,
           },
           models,
         ),
-        ...(models ? { files: models.files } : {}),
+        ...(files.length > 0 ? { files } : {}),
         allocation: {
           node: "",
           cpuMillis: parseCpuMillis(r.cpu ?? 0) ?? 0,
