@@ -33,6 +33,7 @@ export type {
   Scaler,
   ScaleTarget,
   ServiceEndpoint,
+  TraceCapture,
 } from "./contract.js";
 export type { KeyUsage, RateLimit } from "./ratelimit.js";
 

@@ -19,10 +19,12 @@ import { buildApp } from "../server/app.js";
 import { workloadModels } from "../server/modelaccess.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
+import { GatewayTraceRecorder } from "../server/gatewaytraces.js";
 import { ServingDirectory } from "../server/serving.js";
 import { adminToken, boundTokens, workloadCredentials } from "../server/workloadtokens.js";
 import { type WorkspaceAccess, workspaceAccessOn } from "../server/workspaces/access.js";
 import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
+import type { TrackingStore } from "../tracking/store.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 
 /**
@@ -159,6 +161,8 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
       api?.serving.gateway.close();
       if (controllersStarted) await manager.stop();
       await api?.app.close();
+      // Requests answered before the close still get their traces.
+      await api?.traces.flush();
     },
   };
 }
@@ -184,6 +188,12 @@ async function assembleApi(
     ...(api.traceRetentionMs !== undefined ? { traceRetentionMs: api.traceRetentionMs } : {}),
   };
   const serving = servingParts(opts);
+  const traces = new GatewayTraceRecorder({
+    traces: tracking.traces,
+    experiment: (project, name) => ensureExperiment(tracking.store, project, name),
+    artifactsDir: mount.artifactsDir,
+    ...(opts.log ? { log: opts.log } : {}),
+  });
   const originPort = api.workspaceOriginPort;
   const workspaceAccess = originPort ? workspaceAccessOn(tokens) : undefined;
   const app = await buildApp({
@@ -195,7 +205,7 @@ async function assembleApi(
     log: opts.log,
     version: VERSION,
     tracking: mount,
-    serving: { gateway: serving.gateway, directory: serving.directory },
+    serving: { gateway: serving.gateway, directory: serving.directory, traces },
     schedulingSnapshot,
     ...(api.createFinalizers ? { createFinalizers: api.createFinalizers } : {}),
     ...(api.workspaceSnapshots ? { workspaceSnapshots: api.workspaceSnapshots } : {}),
@@ -224,7 +234,7 @@ async function assembleApi(
       baseUrl: listeningAt,
     },
   };
-  return { app, admin, serving, controllerDeps, workspaceAccess };
+  return { app, admin, serving, controllerDeps, workspaceAccess, traces };
 }
 
 /**
@@ -243,4 +253,17 @@ function servingParts(opts: Pick<ControlPlaneOptions, "metrics" | "log">) {
       directory.onScale = (key) => manager.enqueueInferenceService(key);
     },
   };
+}
+
+/** The experiment so named in the project, made when missing (two racing makers: the loser reads it). */
+async function ensureExperiment(store: TrackingStore, project: string, name: string): Promise<string> {
+  try {
+    return (await store.getExperimentByName(project, name)).experiment_id;
+  } catch {
+    try {
+      return await store.createExperiment(project, name);
+    } catch {
+      return (await store.getExperimentByName(project, name)).experiment_id;
+    }
+  }
 }

@@ -55,6 +55,29 @@ export class TraceStore {
    * client retries), it replaces the record.
    */
   async start(project: string, raw: unknown): Promise<TraceInfo> {
+    return (await this.startMany(project, [raw]))[0]!;
+  }
+
+  /**
+   * Several traces in one transaction (the gateway records its traces in batches); each checked
+   * before any is written.
+   */
+  async startMany(project: string, raws: unknown[]): Promise<TraceInfo[]> {
+    const rows = raws.map((raw) => this.rowOf(project, raw));
+    await this.db.transaction().execute(async (tx) => {
+      for (let i = 0; i < rows.length; i += 200) {
+        const ids = rows.slice(i, i + 200).map((r) => r.trace_id);
+        await tx.deleteFrom("tr_traces").where("project", "=", project).where("trace_id", "in", ids).execute();
+        await tx
+          .insertInto("tr_traces")
+          .values(rows.slice(i, i + 200))
+          .execute();
+      }
+    });
+    return rows.map(toInfo);
+  }
+
+  private rowOf(project: string, raw: unknown): Row {
     const info = (raw ?? {}) as Partial<TraceInfo> & {
       trace_location?: { mlflow_experiment?: { experiment_id?: unknown } };
     };
@@ -71,7 +94,7 @@ export class TraceStore {
       [ARTIFACT_LOCATION_TAG]: `mlflow-artifacts:/${traceArtifactPath(experimentId, traceId)}/artifacts`,
       [SPANS_LOCATION_TAG]: "ARTIFACT_REPO",
     };
-    const row: Row = {
+    return {
       project,
       trace_id: traceId,
       experiment_id: Number(experimentId),
@@ -83,15 +106,6 @@ export class TraceStore {
       response_preview: info.response_preview ?? null,
       body: JSON.stringify({ metadata: stringMap(info.trace_metadata, "trace_metadata"), tags }),
     };
-    await this.db.transaction().execute(async (tx) => {
-      await tx
-        .deleteFrom("tr_traces")
-        .where("project", "=", project)
-        .where("trace_id", "=", traceId)
-        .execute();
-      await tx.insertInto("tr_traces").values(row).execute();
-    });
-    return toInfo(row);
   }
 
   async get(project: string, traceId: string): Promise<TraceInfo> {
