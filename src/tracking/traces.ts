@@ -67,7 +67,11 @@ export class TraceStore {
     await this.db.transaction().execute(async (tx) => {
       for (let i = 0; i < rows.length; i += 200) {
         const ids = rows.slice(i, i + 200).map((r) => r.trace_id);
-        await tx.deleteFrom("tr_traces").where("project", "=", project).where("trace_id", "in", ids).execute();
+        await tx
+          .deleteFrom("tr_traces")
+          .where("project", "=", project)
+          .where("trace_id", "in", ids)
+          .execute();
         await tx
           .insertInto("tr_traces")
           .values(rows.slice(i, i + 200))
