@@ -6,7 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, ROOT } from "./helpers.js";
-import { mlflowPython } from "./tracking-client.js";
+import { genaiPython, mlflowPython } from "./tracking-client.js";
 
 /**
  * Gateway-recorded traces on a real `loom up`: InferenceServices of the built-in runtime
@@ -34,6 +34,7 @@ describe("gateway-recorded traces (spec.tracing) read back with the MLflow clien
   const modelDir = mkdtempSync(join(tmpdir(), "loom-gwtrace-model-"));
   chmodSync(modelDir, 0o755);
   let python = "";
+  let genai = ""; // the client with openai, for genai.evaluate's predict_fn
   let key = ""; // API key "tracer" of project default
   let otherToken = ""; // an editor of project "other"
   const uri = (project: string) => `${loom.url}/mlflow/projects/${project}`;
@@ -90,6 +91,7 @@ describe("gateway-recorded traces (spec.tracing) read back with the MLflow clien
 
   beforeAll(async () => {
     python = mlflowPython();
+    genai = genaiPython();
     const train = spawnSync(
       "/usr/bin/python3",
       ["examples/pretrain/train.py", "--steps", "20", "--checkpoint-every", "20", "--corpus-chars", "50000"],
@@ -187,4 +189,35 @@ print(mlflow.get_trace("${traceId}") is None)`;
     expect(cross.code, cross.out).not.toBe(0);
     expect(cross.out).toMatch(/403|PERMISSION_DENIED|not a member|may not/i);
   }, 240_000);
+
+  it("mlflow.genai.evaluate: predict_fn calls the service through the openai client, custom scorers judge it; the run's metrics, its traces and their assessments read back; another project can neither read nor add assessments", async () => {
+    const r = py(genai, "test/fixtures/tracking/evaluate_suite.py", uri("default"), loom.token, {
+      MODEL: "traced",
+      OPENAI_BASE_URL: `${loom.url}/v1`,
+      OPENAI_API_KEY: key,
+    });
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/OK \d+ checks/);
+    console.log(
+      `[genai.evaluate] 3 rows, 3 scorers: ${/EVALUATE_S (\S+)/.exec(r.out)?.[1]} s (loaded machine)`,
+    );
+    const traceId = /TRACE (\S+)/.exec(r.out)![1]!;
+    const attack = `
+import mlflow
+mlflow.log_feedback(trace_id="${traceId}", name="forged", value=False)`;
+    // With its own project's URI the trace does not exist; with default's, its token is refused.
+    const own = py(genai, attack, uri("other"), otherToken);
+    expect(own.code, own.out).not.toBe(0);
+    expect(own.out).toMatch(/not found|RESOURCE_DOES_NOT_EXIST/i);
+    const cross = py(genai, attack, uri("default"), otherToken);
+    expect(cross.code, cross.out).not.toBe(0);
+    expect(cross.out).toMatch(/403|PERMISSION_DENIED|not a member|may not/i);
+    const names = py(
+      genai,
+      `import mlflow\nprint(sorted(a.name for a in mlflow.get_trace("${traceId}").info.assessments))`,
+      uri("default"),
+      loom.token,
+    );
+    expect(names.stdout.split("\n").at(-1), names.out).toBe("['length', 'mentions', 'short', 'word']");
+  }, 300_000);
 });

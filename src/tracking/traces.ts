@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import type { Kysely } from "kysely";
 import { invalidParameter, notFound } from "./errors.js";
 import { type AttributeSpec, type Clause, type Grammar, parseFilter } from "./filter.js";
@@ -24,7 +25,12 @@ export interface TraceInfo {
   state: string;
   trace_metadata: Record<string, string>;
   tags: Record<string, string>;
+  /** Feedback and expectations on the trace (mlflow.log_feedback, genai.evaluate's scorers). */
+  assessments?: Assessment[];
 }
+
+/** An Assessment as MLflow's proto3 JSON writes it; kept as sent, with its id and times. */
+export type Assessment = Record<string, unknown> & { assessment_id: string };
 
 /** Where the client uploads a trace's spans, and says it put them there. */
 export const ARTIFACT_LOCATION_TAG = "mlflow.artifactLocation";
@@ -236,6 +242,75 @@ export class TraceStore {
         .execute();
   }
 
+  /** CreateAssessment: adds feedback or an expectation to a trace, with a new id and times. */
+  async createAssessment(project: string, traceId: string, raw: unknown): Promise<Assessment> {
+    const a = assessmentOf(raw);
+    if (typeof a.assessment_name !== "string" || !a.assessment_name)
+      throw invalidParameter("'assessment.assessment_name' must be given");
+    if (!("feedback" in a) && !("expectation" in a))
+      throw invalidParameter("'assessment' must carry a 'feedback' or an 'expectation'");
+    const now = new Date(this.now()).toISOString();
+    const out: Assessment = {
+      valid: true,
+      create_time: now,
+      last_update_time: now,
+      ...a,
+      trace_id: traceId,
+      assessment_id: `a-${randomBytes(16).toString("hex")}`,
+    };
+    await this.editBody(project, traceId, (b) => {
+      if (typeof out.overrides === "string")
+        for (const old of b.assessments ?? []) if (old.assessment_id === out.overrides) old.valid = false;
+      b.assessments = [...(b.assessments ?? []), out];
+    });
+    return out;
+  }
+
+  async getAssessment(project: string, traceId: string, assessmentId: string): Promise<Assessment> {
+    const body = JSON.parse((await this.row(project, traceId)).body) as Body;
+    return findAssessment(body, traceId, assessmentId);
+  }
+
+  /** UpdateAssessment: the fields named by the update mask (all the given ones without one). */
+  async updateAssessment(
+    project: string,
+    traceId: string,
+    assessmentId: string,
+    raw: unknown,
+    mask: string[] | undefined,
+  ): Promise<Assessment> {
+    const a = assessmentOf(raw);
+    let out: Assessment | undefined;
+    await this.editBody(project, traceId, (b) => {
+      const old = findAssessment(b, traceId, assessmentId);
+      const fields = mask?.length ? mask : Object.keys(a);
+      for (const f of fields)
+        if (!["assessment_id", "trace_id", "create_time"].includes(f)) {
+          if (f in a) old[f] = a[f];
+          else delete old[f];
+        }
+      old.last_update_time = new Date(this.now()).toISOString();
+      out = old;
+    });
+    return out!;
+  }
+
+  async deleteAssessment(project: string, traceId: string, assessmentId: string): Promise<void> {
+    await this.editBody(project, traceId, (b) => {
+      findAssessment(b, traceId, assessmentId);
+      b.assessments = b.assessments!.filter((x) => x.assessment_id !== assessmentId);
+    });
+  }
+
+  /** LinkTracesToRun: the traces are found by `run_id` searches of that run (an evaluation's). */
+  async linkToRun(project: string, traceIds: string[], runId: string): Promise<void> {
+    if (traceIds.length > 100) throw invalidParameter("At most 100 traces can be linked at a time.");
+    for (const id of traceIds)
+      await this.editBody(project, id, (b) => {
+        b.runs = [...new Set([...(b.runs ?? []), runId])];
+      });
+  }
+
   private async row(project: string, traceId: string): Promise<Row> {
     const row = await this.db
       .selectFrom("tr_traces")
@@ -271,6 +346,21 @@ export class TraceStore {
 interface Body {
   metadata: Record<string, string>;
   tags: Record<string, string>;
+  assessments?: Assessment[];
+  /** Runs linked to the trace besides its source run (LinkTracesToRun). */
+  runs?: string[];
+}
+
+function assessmentOf(raw: unknown): Record<string, unknown> {
+  if (!raw || typeof raw !== "object" || Array.isArray(raw))
+    throw invalidParameter("'assessment' must be an Assessment object");
+  return { ...(raw as Record<string, unknown>) };
+}
+
+function findAssessment(b: Body, traceId: string, assessmentId: string): Assessment {
+  const a = b.assessments?.find((x) => x.assessment_id === assessmentId);
+  if (!a) throw notFound(`Assessment with ID '${assessmentId}' not found for trace '${traceId}'`);
+  return a;
 }
 
 function traceIdOf(v: unknown): string {
@@ -322,6 +412,7 @@ function toInfo(r: Row): TraceInfo {
     state: r.state,
     trace_metadata: body.metadata,
     tags: body.tags,
+    ...(body.assessments?.length ? { assessments: body.assessments } : {}),
   };
 }
 
@@ -396,6 +487,11 @@ function matches(c: Clause, r: Row): boolean {
   const body = JSON.parse(r.body) as Body;
   const actual =
     c.entity === "tag" ? body.tags[c.key] : c.entity === "param" ? body.metadata[c.key] : attribute(r, c.key);
+  // A trace belongs to its source run and to each run it was linked to.
+  if (c.entity === "attribute" && c.key === "run_id" && body.runs?.length) {
+    const mine = [...body.runs, ...(actual === undefined ? [] : [String(actual)])];
+    return c.comparator === "=" ? mine.includes(String(c.value)) : !mine.includes(String(c.value));
+  }
   if (c.comparator === "IS NULL") return actual === undefined;
   if (c.comparator === "IS NOT NULL") return actual !== undefined;
   if (actual === undefined) return c.comparator === "!=" || c.comparator === "NOT IN";
