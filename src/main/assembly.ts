@@ -191,7 +191,6 @@ async function assembleApi(
   const traces = new GatewayTraceRecorder({
     traces: tracking.traces,
     experiment: (project, name) => ensureExperiment(tracking.store, project, name),
-    artifactsDir: mount.artifactsDir,
     ...(opts.log ? { log: opts.log } : {}),
   });
   const originPort = api.workspaceOriginPort;

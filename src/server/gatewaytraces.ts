@@ -1,10 +1,7 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import type { Logger } from "pino";
 import type { TraceCapture } from "../gateway/gateway.js";
 import type { TraceInfo, TraceStore } from "../tracking/traces.js";
-import { traceArtifactPath } from "../tracking/traces.js";
 
 /**
  * Traces the gateway records for services with `spec.tracing: true`: one MLflow 3 trace per
@@ -32,8 +29,6 @@ export interface GatewayTraceDeps {
   traces: TraceStore;
   /** The experiment named so in the project: its id, made when missing. */
   experiment: (project: string, name: string) => Promise<string>;
-  /** Where the artifact store keeps a project's files (DIR/PROJECT/…). */
-  artifactsDir: string;
   log?: Logger;
 }
 
@@ -94,13 +89,13 @@ export class GatewayTraceRecorder {
       this.deps.log?.warn({ dropped: this.dropped }, "gateway traces dropped: the trace writer fell behind");
       this.dropped = 0;
     }
-    const byProject = new Map<string, { info: TraceInfo; spans: string; exp: string }[]>();
+    const byProject = new Map<string, { info: TraceInfo; spans: string }[]>();
     for (const r of batch) {
       try {
         const exp = await this.experimentOf(r.project, r.service);
         const t = buildTrace(r, exp);
         const list = byProject.get(r.project) ?? [];
-        list.push({ ...t, exp });
+        list.push(t);
         byProject.set(r.project, list);
       } catch (err) {
         this.deps.log?.warn({ err, project: r.project, service: r.service }, "gateway trace not recorded");
@@ -108,22 +103,12 @@ export class GatewayTraceRecorder {
     }
     for (const [project, list] of byProject) {
       try {
-        // Spans first: a trace found by search_traces has its spans already.
-        await Promise.all(
-          list.map(async ({ info, spans, exp }) => {
-            const dir = join(
-              this.deps.artifactsDir,
-              project,
-              traceArtifactPath(exp, info.trace_id),
-              "artifacts",
-            );
-            await mkdir(dir, { recursive: true });
-            await writeFile(join(dir, "traces.json"), spans);
-          }),
-        );
+        // The spans go in the records, not a file each (that cost more than the request traced):
+        // the artifact route serves them where the client reads traces.json.
         await this.deps.traces.startMany(
           project,
           list.map((l) => l.info),
+          list.map((l) => l.spans),
         );
       } catch (err) {
         this.deps.log?.warn({ err, project, traces: list.length }, "gateway traces not recorded");
@@ -236,10 +221,11 @@ export function buildTrace(r: TracedRequest, experimentId: string): { info: Trac
   const ok = c.complete && r.status < 400;
   const name = x.request && "messages" in x.request ? "chat.completions" : "completions";
   const inputs = x.request ?? { body: c.request.toString("utf8").slice(0, 4096) };
+  const inputsJson = JSON.stringify(inputs);
   const attributes: Record<string, string> = {
     "mlflow.traceRequestId": JSON.stringify(traceId),
     "mlflow.spanType": JSON.stringify(name === "chat.completions" ? "CHAT_MODEL" : "LLM"),
-    "mlflow.spanInputs": JSON.stringify(inputs),
+    "mlflow.spanInputs": inputsJson,
     "mlflow.spanOutputs": JSON.stringify(x.response),
     "mlflow.llm.model": JSON.stringify(r.model ?? r.service),
     "loom.revision": JSON.stringify(r.revision),
@@ -261,14 +247,14 @@ export function buildTrace(r: TracedRequest, experimentId: string): { info: Trac
   const info: TraceInfo = {
     trace_id: traceId,
     trace_location: { type: "MLFLOW_EXPERIMENT", mlflow_experiment: { experiment_id: experimentId } },
-    request_preview: JSON.stringify(inputs).slice(0, PREVIEW),
+    request_preview: inputsJson.slice(0, PREVIEW),
     response_preview: x.text.slice(0, PREVIEW),
     request_time: new Date(c.startedMs).toISOString(),
     execution_duration: `${(c.endedMs - c.startedMs) / 1000}s`,
     state: ok ? "OK" : "ERROR",
     trace_metadata: {
       "mlflow.trace_schema.version": "3",
-      "mlflow.traceInputs": JSON.stringify(inputs).slice(0, PREVIEW),
+      "mlflow.traceInputs": inputsJson.slice(0, PREVIEW),
       "mlflow.traceOutputs": JSON.stringify(x.text).slice(0, PREVIEW),
       ...(tokens ? { "mlflow.trace.tokenUsage": JSON.stringify(tokens) } : {}),
     },

@@ -38,7 +38,8 @@ const SPANS_LOCATION_TAG = "mlflow.trace.spansLocation";
 const STATES = new Set(["STATE_UNSPECIFIED", "OK", "ERROR", "IN_PROGRESS"]);
 const MAX_RESULTS = 500;
 
-type Row = TracesSchema["tr_traces"];
+/** A trace's record without its spans (read only by `spans`). */
+type Row = Omit<TracesSchema["tr_traces"], "spans">;
 
 /** A trace's spans under the artifact store: DIR/PROJECT/EXP/traces/ID (the sweep removes it). */
 export function traceArtifactPath(experimentId: string | number, traceId: string): string {
@@ -68,8 +69,11 @@ export class TraceStore {
    * Several traces in one transaction (the gateway records its traces in batches); each checked
    * before any is written.
    */
-  async startMany(project: string, raws: unknown[]): Promise<TraceInfo[]> {
-    const rows = raws.map((raw) => this.rowOf(project, raw));
+  async startMany(project: string, raws: unknown[], spans?: string[]): Promise<TraceInfo[]> {
+    const rows: TracesSchema["tr_traces"][] = raws.map((raw, i) => ({
+      ...this.rowOf(project, raw),
+      spans: spans?.[i] ?? null,
+    }));
     await this.db.transaction().execute(async (tx) => {
       for (let i = 0; i < rows.length; i += 200) {
         const ids = rows.slice(i, i + 200).map((r) => r.trace_id);
@@ -85,6 +89,17 @@ export class TraceStore {
       }
     });
     return rows.map(toInfo);
+  }
+
+  /** The spans (traces.json) Loom keeps for a trace it wrote itself, if it is one of those. */
+  async spans(project: string, traceId: string): Promise<string | undefined> {
+    const row = await this.db
+      .selectFrom("tr_traces")
+      .select("spans")
+      .where("project", "=", project)
+      .where("trace_id", "=", traceId)
+      .executeTakeFirst();
+    return row?.spans ?? undefined;
   }
 
   private rowOf(project: string, raw: unknown): Row {
@@ -141,7 +156,18 @@ export class TraceStore {
     if (ids.length === 0) return { traces: [] };
     const rows = await this.db
       .selectFrom("tr_traces")
-      .selectAll()
+      .select([
+        "project",
+        "trace_id",
+        "experiment_id",
+        "client_request_id",
+        "request_time",
+        "execution_ms",
+        "state",
+        "request_preview",
+        "response_preview",
+        "body",
+      ])
       .where("project", "=", project)
       .where("experiment_id", "in", ids)
       .execute();
