@@ -84,7 +84,7 @@ const GATEWAY_WORKERS = num(env.LOOM_BENCH_GATEWAY_WORKERS, 2);
 const NGINX_WORKERS = env.LOOM_BENCH_GATEWAY_NGINX_WORKERS || "auto";
 /** Part 2: cold starts through the gateway, and replica starts by hand. */
 const COLD_RUNS = num(env.LOOM_BENCH_GATEWAY_COLD_RUNS, 5);
-const PARTS = (env.LOOM_BENCH_GATEWAY_PARTS ?? "1,2")
+const PARTS = (env.LOOM_BENCH_GATEWAY_PARTS ?? "1,2,3")
   .split(",")
   .map((p) => p.trim())
   .filter(Boolean);
@@ -92,6 +92,9 @@ const BUDGET_MS = num(env.LOOM_BENCH_GATEWAY_BUDGET_S, 900) * 1000;
 /** Goals from the issue. */
 const GOAL_ADDED_P99_MS = 1;
 const GOAL_COLD_OVERHEAD_MS = 100;
+/** Throughput lost to recording a trace per request (spec.tracing), at most. */
+const GOAL_TRACE_COST = 0.1;
+const TRACE_ROUNDS = num(env.LOOM_BENCH_GATEWAY_TRACE_ROUNDS, 3);
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(BENCH_DIR, "..");
@@ -377,7 +380,9 @@ async function api(loom: LoomProcess, method: string, path: string, body?: unkno
 }
 
 interface Isvc {
+  metadata?: { generation?: number };
   status?: {
+    observedGeneration?: number;
     phase?: string;
     desired?: number;
     ready?: number;
@@ -1009,6 +1014,123 @@ async function partColdStart(
   };
 }
 
+// ---------------------------------------------------------------------------------------------
+// Part 3: the cost of gateway-recorded traces
+
+/** Sets spec.tracing on the service and waits until the gateway has it (a request is recorded, or not). */
+async function setTracing(loom: LoomProcess, name: string, on: boolean): Promise<void> {
+  const res = await fetch(`${loom.url}${API}/inferenceservices/${name}`, {
+    method: "PATCH",
+    headers: { authorization: `Bearer ${loom.token}`, "content-type": "application/merge-patch+json" },
+    body: JSON.stringify({ spec: { tracing: on } }),
+  });
+  if (res.status !== 200) throw new Error(`PATCH ${name} tracing=${on}: ${res.status} ${await res.text()}`);
+  await waitIsvc(
+    loom,
+    name,
+    (s) => s.metadata?.generation === s.status?.observedGeneration,
+    "the change to be observed",
+  );
+  // The directory is republished on the reconcile that observed it; a moment for the gateway's copy.
+  await sleep(500);
+}
+
+/** How many traces the service's experiment holds (MLflow's search, paged). */
+async function traceCount(loom: LoomProcess, name: string): Promise<number> {
+  const base = `${loom.url}/mlflow/projects/default/api`;
+  const headers = { authorization: `Bearer ${loom.token}`, "content-type": "application/json" };
+  const exp = await fetch(
+    `${base}/2.0/mlflow/experiments/get-by-name?experiment_name=${encodeURIComponent(`isvc/${name}`)}`,
+    { headers },
+  );
+  if (exp.status !== 200) return 0;
+  const id = ((await exp.json()) as { experiment: { experiment_id: string } }).experiment.experiment_id;
+  let count = 0;
+  let token: string | undefined;
+  do {
+    const r = await fetch(`${base}/3.0/mlflow/traces/search`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify({
+        locations: [{ type: "MLFLOW_EXPERIMENT", mlflow_experiment: { experiment_id: id } }],
+        max_results: 500,
+        ...(token ? { page_token: token } : {}),
+      }),
+    });
+    const j = (await r.json()) as { traces?: unknown[]; next_page_token?: string };
+    count += j.traces?.length ?? 0;
+    token = j.next_page_token;
+  } while (token);
+  return count;
+}
+
+async function partTracing(
+  loom: LoomProcess,
+  key: string,
+  served: string,
+  modelDir: string,
+  work: string,
+): Promise<PartOutput> {
+  const name = "bench";
+  await api(loom, "POST", `${API}/inferenceservices`, isvcManifest(name, served, modelDir, { min: 1 }));
+  cleanups.push(() => deleteIsvcs(loom, [name]));
+  await waitIsvc(loom, name, (s) => (s.status?.ready ?? 0) >= 1, "its replica to be ready");
+  const script = wrkScript(work, "tracing", key, { kind: "none" });
+  const url = `http://127.0.0.1:${loomPort(loom)}/v1/completions`;
+  const pids = () => ({ proxy: [loom.pid!], upstream: pidsOfExe(served) });
+  const off: WrkResult[] = [];
+  const on: WrkResult[] = [];
+  let tracedRequests = 0;
+  await runWrk(url, script, MAX_CONNECTIONS, MAX_THREADS, WARMUP_SECONDS, pids());
+  // Alternating, so that a change in the machine's load falls on both alike.
+  for (let round = 0; round < TRACE_ROUNDS && !aborted; round++) {
+    for (const tracing of [false, true]) {
+      await setTracing(loom, name, tracing);
+      const r = await runWrk(url, script, MAX_CONNECTIONS, MAX_THREADS, MAX_SECONDS, pids());
+      (tracing ? on : off).push(r);
+      if (tracing) tracedRequests += r.requests;
+      log(
+        `tracing ${tracing ? "on " : "off"} round ${round + 1}: ${fmt(r.rps)} req/s, p99 ${ms(r.p99)} ms, Loom ${fmt(r.proxyCores, 2)} cores`,
+      );
+    }
+  }
+  await setTracing(loom, name, false);
+  const recorded = await traceCount(loom, name);
+  await deleteIsvcs(loom, [name]);
+  const rpsOff = median(off.map((r) => r.rps));
+  const rpsOn = median(on.map((r) => r.rps));
+  const ratio = rpsOn !== undefined && rpsOff ? rpsOn / rpsOff : undefined;
+  const cost = ratio === undefined ? undefined : 1 - ratio;
+  const met = cost !== undefined && cost <= GOAL_TRACE_COST;
+  const row = (label: string, rs: WrkResult[]) => [
+    label,
+    fmt(median(rs.map((r) => r.rps))),
+    ms(median(rs.map((r) => r.p50))),
+    ms(median(rs.map((r) => r.p99))),
+    fmt(median(rs.map((r) => r.proxyCores ?? 0)), 2),
+    String(rs.reduce((a, r) => a + r.errors, 0)),
+  ];
+  const table = markdownTable(
+    ["tracing", "req/s (median)", "p50 ms", "p99 ms", "Loom cores", "errors"],
+    [row("off", off), row("on", on)],
+  );
+  const pct = (x: number | undefined) => (x === undefined ? "—" : `${fmt(x * 100, 1)}%`);
+  return {
+    heading: "3. Gateway throughput with tracing on vs off",
+    blocks: [table],
+    notes: [
+      `The same InferenceService \`${name}\` (the upstream binary, one replica), spec.tracing patched between runs; ${TRACE_ROUNDS} rounds of off then on, each ${MAX_SECONDS} s of wrk at ${MAX_CONNECTIONS} connections, ${MAX_THREADS} thread(s), no pause, on Loom's port with a project API key; medians over rounds.`,
+      `Traces recorded while on: ${recorded} of ${tracedRequests} requests (the writer drops past a backlog of 50,000 and logs it; a trace is written in batches after its answer, every 100 ms or 256 requests).`,
+      `Throughput on/off: ${ratio === undefined ? "—" : fmt(ratio, 3)}; cost of a trace ${pct(cost)}.`,
+    ],
+    workload: `3. ${TRACE_ROUNDS}×2 runs of ${MAX_SECONDS} s, tracing off/on`,
+    goals: [
+      `cost of a trace ≤ ${pct(GOAL_TRACE_COST)} of throughput: ${pct(cost)} (on/off ${ratio === undefined ? "—" : fmt(ratio, 3)}), ${met ? "met" : "not met"}`,
+    ],
+    ok: off.length === TRACE_ROUNDS && on.length === TRACE_ROUNDS,
+  };
+}
+
 const loomPort = (loom: LoomProcess) => Number(new URL(loom.url).port);
 
 // ---------------------------------------------------------------------------------------------
@@ -1182,6 +1304,22 @@ async function main(): Promise<void> {
         heading: "2. failed",
         blocks: [],
         notes: [`Part 2 failed: ${message}`],
+        workload: "",
+        goals: [],
+        ok: false,
+      });
+    }
+  }
+  if (PARTS.includes("3") && !aborted) {
+    try {
+      outputs.push(await partTracing(loom, key, served, modelDir, work));
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      log(`part 3 FAILED: ${message}`);
+      outputs.push({
+        heading: "3. failed",
+        blocks: [],
+        notes: [`Part 3 failed: ${message}`],
         workload: "",
         goals: [],
         ok: false,

@@ -45,6 +45,20 @@ export function mlflowPython(): string {
   return venvPython(VENV, "python3", [], [MLFLOW, ...EXTRAS]);
 }
 
+/** The same client with the openai one (genai.evaluate's predict_fn calls Loom's gateway with it). */
+export const OPENAI_PY = "openai==3.57.0";
+const GENAI_VENV = join(
+  homedir(),
+  ".cache",
+  "loom",
+  "test-envs",
+  `${MLFLOW.replace("==", "-")}-pandas-openai`,
+);
+
+export function genaiPython(): string {
+  return venvPython(GENAI_VENV, "python3", [], [MLFLOW, ...EXTRAS, OPENAI_PY]);
+}
+
 export function torchPython(): string {
   const probe = spawnSync(SYSTEM_PYTHON, ["-c", "import torch, numpy"], { encoding: "utf8" });
   if (probe.status !== 0)

@@ -63,7 +63,7 @@ const CURRENT = [...MIGRATIONS, "0008_token_lifecycle", "0009_audit", "0010_ssh_
 
 /** Tracking's tables added since the old migrations (issue 20: MLflow 3's traces). */
 const TRACES_DDL = [
-  `CREATE TABLE "tr_traces" ("project" text not null, "trace_id" text not null, "experiment_id" integer not null, "client_request_id" text, "request_time" integer not null, "execution_ms" integer, "state" text not null, "request_preview" text, "response_preview" text, "body" text not null, constraint "tr_traces_pk" primary key ("project", "trace_id"))`,
+  `CREATE TABLE "tr_traces" ("project" text not null, "trace_id" text not null, "experiment_id" integer not null, "client_request_id" text, "request_time" integer not null, "execution_ms" integer, "state" text not null, "request_preview" text, "response_preview" text, "body" text not null, "spans" text, constraint "tr_traces_pk" primary key ("project", "trace_id"))`,
   `CREATE INDEX "tr_traces_experiment" on "tr_traces" ("project", "experiment_id", "request_time")`,
   `CREATE INDEX "tr_traces_time" on "tr_traces" ("request_time")`,
 ];
@@ -209,7 +209,7 @@ describe("tracking's schema on PostgreSQL", () => {
       "tr_run_outputs: run_uuid text!, model_id text!, step bigint!",
       "tr_runs: run_uuid text!, experiment_id integer!, project text!, run_name text!, user_id text!, status text!, start_time bigint!, end_time bigint, lifecycle_stage text!, artifact_uri text!",
       "tr_tags: run_uuid text!, key text!, value text!",
-      "tr_traces: project text!, trace_id text!, experiment_id integer!, client_request_id text, request_time bigint!, execution_ms bigint, state text!, request_preview text, response_preview text, body text!",
+      "tr_traces: project text!, trace_id text!, experiment_id integer!, client_request_id text, request_time bigint!, execution_ms bigint, state text!, request_preview text, response_preview text, body text!, spans text",
     ]);
     const indexes = await server.query<{ indexdef: string }>(
       "schema",

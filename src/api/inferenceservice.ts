@@ -111,6 +111,12 @@ export const InferenceServiceSpec = z
       .optional(),
     python: PythonEnvironment.optional(),
     env: z.record(z.string().regex(ENV_NAME), z.string()).default({}),
+    tracing: z
+      .boolean()
+      .default(false)
+      .describe(
+        "Record an MLflow trace per request (prompt, completion, tokens, latency, revision, key name) in the project's experiment isvc/NAME.",
+      ),
   })
   .describe(
     "A model behind Loom's gateway: OpenAI-compatible, autoscaled (to zero), with revisions and traffic.",

@@ -62,6 +62,8 @@ export interface RevState {
   lastChange: number;
   upstreamHeaders?: Record<string, string>;
   affinityChars?: number;
+  /** The service records traces (ServiceEndpoint.tracing). */
+  tracing?: boolean;
   /**
    * The directory's objects this state was last synced from: the directory hands out the same
    * objects until an endpoint changes, so a request that finds them again skips the sync (it

@@ -36,6 +36,8 @@ export interface ServiceEndpoint {
   affinity?: AffinityOptions;
   /** Headers set on every upstream request (an API key the model server expects, say). */
   upstreamHeaders?: Record<string, string>;
+  /** Hand each request's prompt and answer back in HandleResult.trace (a recorded trace). */
+  tracing?: boolean;
 }
 
 /** Port: where a model name leads. Read from an in-memory cache; called on every request. */
@@ -84,6 +86,20 @@ export interface HandleResult {
   revision?: string;
   replica?: string;
   usage?: Usage;
+  /** For a service with `tracing`: what a trace records, for the integrator to store off the request path. */
+  trace?: TraceCapture;
+}
+
+/** A traced request as the gateway saw it: the raw bodies, kept as they were (parsed later, elsewhere). */
+export interface TraceCapture {
+  request: Buffer;
+  /** The response body (SSE for a stream), cut at the capture limit. */
+  response: Buffer;
+  /** When the request came, and when its answer ended (ms since the epoch). */
+  startedMs: number;
+  endedMs: number;
+  /** Whether the answer ended cleanly. */
+  complete: boolean;
 }
 
 export interface GatewayOptions {

@@ -5,6 +5,9 @@ import type { GatewayRequest, GatewayResponse } from "./h1.js";
 import { bound as boundMetrics, recordRequest } from "./recording.js";
 import { fallback } from "./revisions.js";
 
+/** How much of a traced answer is kept: a long generation's trace is cut, never the answer. */
+const TRACE_CAPTURE_BYTES = 256 * 1024;
+
 /** Steps 4–5: to a replica of the revision, with retries; metrics when the exchange is over. */
 export function forward(
   g: GatewayContext,
@@ -36,6 +39,7 @@ export function forward(
       dropRequestHeaders: g.opts.dropRequestHeaders,
       replicaHeader: g.opts.replicaHeader,
       setRequestHeaders: rev.upstreamHeaders,
+      ...(rev.tracing ? { captureBytes: TRACE_CAPTURE_BYTES } : {}),
       onRetry: (reason, replica) => {
         const l = labels(rev.target);
         g.metrics.retries.inc({ project: l.project, service: l.service, reason });
@@ -53,6 +57,14 @@ export function forward(
         replica: r.replica,
         usage: r.usage,
       };
+      if (rev.tracing)
+        result.trace = {
+          request: route.body,
+          response: r.body ?? Buffer.alloc(0),
+          startedMs: started,
+          endedMs: g.now(),
+          complete: r.complete,
+        };
       recordRequest(g, rev, started, result);
       done?.(result);
     },

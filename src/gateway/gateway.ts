@@ -34,6 +34,7 @@ export type {
   Scaler,
   ScaleTarget,
   ServiceEndpoint,
+  TraceCapture,
 } from "./contract.js";
 export type { LeaseOptions, ReplicaLease } from "./lease.js";
 export type { KeyUsage, RateLimit } from "./ratelimit.js";

@@ -79,6 +79,8 @@ export interface ForwardOptions {
   replicaHeader?: string | false;
   /** Read `usage` from the response's tail. Default true. */
   captureUsage?: boolean;
+  /** Keep a copy of the response body, up to this many bytes (a recorded trace's completion). */
+  captureBytes?: number;
   /** Told before each retry. */
   onRetry?: (reason: string, replicaId: string) => void;
   /** Told when the upstream's response headers arrive. */
@@ -95,6 +97,8 @@ export interface ForwardResult {
   usage?: Usage;
   /** Whether the response ended cleanly (false: cut off by either side). */
   complete: boolean;
+  /** The response body as far as `captureBytes` (set only then). */
+  body?: Buffer;
 }
 
 export interface ForwarderOptions {
@@ -110,7 +114,7 @@ type Attempt =
   | { kind: "error"; code: string; reused: boolean; lost: boolean }
   | { kind: "timeout"; afterMs: number }
   | { kind: "client-gone"; responded: boolean; status?: number }
-  | { kind: "done"; status: number; complete: boolean; usage?: Usage };
+  | { kind: "done"; status: number; complete: boolean; usage?: Usage; body?: Buffer };
 
 /**
  * The pool's error codes, in the node:net vocabulary the retry rules and messages use. A reused
@@ -212,7 +216,14 @@ export class HttpForwarder {
         }
         const failed = !a.complete || (a.status >= 500 && o.failOn5xx !== false);
         lease.release(failed ? "failure" : "success");
-        done({ status: a.status, replica: id, attempts: attempt + 1, usage: a.usage, complete: a.complete });
+        done({
+          status: a.status,
+          replica: id,
+          attempts: attempt + 1,
+          usage: a.usage,
+          complete: a.complete,
+          ...(a.body ? { body: a.body } : {}),
+        });
       });
     };
     step(0);
@@ -300,6 +311,9 @@ class Exchange implements UpstreamHandler {
   private abortUpstream: ((err?: Error) => void) | undefined;
   private resumeUpstream: (() => void) | undefined;
   private tail: TailBuffer | undefined;
+  /** The body so far, for a traced service only (captureBytes). */
+  private captured: Buffer[] | undefined;
+  private capturedBytes = 0;
 
   constructor(
     private readonly res: GatewayResponse,
@@ -335,7 +349,13 @@ class Exchange implements UpstreamHandler {
 
   /** The last byte reached the client (or its socket). */
   private readonly done = () =>
-    this.finish({ kind: "done", status: this.status, complete: true, usage: this.tail?.usage() });
+    this.finish({
+      kind: "done",
+      status: this.status,
+      complete: true,
+      usage: this.tail?.usage(),
+      ...(this.captured ? { body: Buffer.concat(this.captured) } : {}),
+    });
 
   onConnect(abort: (err?: Error) => void): void {
     this.abortUpstream = abort;
@@ -364,6 +384,7 @@ class Exchange implements UpstreamHandler {
     } else this.held = headers;
     if (o.captureUsage !== false && !encoded && (sse || type.includes("json")))
       this.tail = new TailBuffer(8192);
+    if (o.captureBytes && !encoded) this.captured = [];
     return true;
   }
 
@@ -377,6 +398,7 @@ class Exchange implements UpstreamHandler {
 
   onData(chunk: Buffer): boolean {
     this.tail?.push(chunk);
+    if (this.captured) this.capture(chunk);
     if (!this.forwarded) this.sendHead();
     // The pool's chunk is a view of its read buffer: a response that may queue it gets a copy.
     const res = this.res;
@@ -384,6 +406,15 @@ class Exchange implements UpstreamHandler {
     if (res.write(res.writeCopies ? chunk : Buffer.from(chunk))) return true;
     this.res.once("drain", this.onDrain);
     return false;
+  }
+
+  /** A copy (the pool reuses the chunk's memory), up to captureBytes in all. */
+  private capture(chunk: Buffer): void {
+    const room = (this.o.captureBytes ?? 0) - this.capturedBytes;
+    if (room <= 0) return;
+    const kept = Buffer.from(chunk.length > room ? chunk.subarray(0, room) : chunk);
+    this.captured!.push(kept);
+    this.capturedBytes += kept.length;
   }
 
   onComplete(): void {

@@ -89,6 +89,7 @@ export function sync(g: GatewayContext, ep: ServiceEndpoint, rev: RevisionEndpoi
   }
   st.upstreamHeaders = ep.upstreamHeaders;
   st.affinityChars = ep.affinity?.prefixChars;
+  st.tracing = ep.tracing === true;
   const ready = rev.replicas.filter((r) => r.ready);
   st.balancer.update(ready.map(({ id, host, port }) => ({ id, host, port })));
   st.ready = ready.length;

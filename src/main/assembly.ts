@@ -17,6 +17,7 @@ import type { EventRecorder, ResourceStore, TokenStore } from "../ports/store.js
 import type { WorkspaceSnapshots } from "../ports/workspaces.js";
 import { buildApp } from "../server/app.js";
 import type { HostHandler } from "../server/apps/origin.js";
+import { GatewayTraceRecorder } from "../server/gatewaytraces.js";
 import { workloadModels } from "../server/modelaccess.js";
 import { registryRegistrar, trackingTrialMetrics } from "../server/models.js";
 import type { TrackingMount } from "../server/routes/tracking.js";
@@ -24,6 +25,7 @@ import { ServingDirectory } from "../server/serving.js";
 import { adminToken, boundTokens, workloadCredentials } from "../server/workloadtokens.js";
 import { type WorkspaceAccess, workspaceAccessOn } from "../server/workspaces/access.js";
 import { type TrackingDatabase, trackingDatabase, trackingOn } from "../tracking/db.js";
+import type { TrackingStore } from "../tracking/store.js";
 import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { appParts } from "./apps.js";
 
@@ -168,6 +170,8 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
       api?.apps?.gateway.close();
       if (controllersStarted) await manager.stop();
       await api?.app.close();
+      // Requests answered before the close still get their traces.
+      await api?.traces.flush();
     },
   };
 }
@@ -193,6 +197,11 @@ async function assembleApi(
     ...(api.traceRetentionMs !== undefined ? { traceRetentionMs: api.traceRetentionMs } : {}),
   };
   const serving = servingParts(opts);
+  const traces = new GatewayTraceRecorder({
+    traces: tracking.traces,
+    experiment: (project, name) => ensureExperiment(tracking.store, project, name),
+    ...(opts.log ? { log: opts.log } : {}),
+  });
   const originPort = api.workspaceOriginPort;
   const workspaceAccess = originPort ? workspaceAccessOn(tokens) : undefined;
   const apps = originPort
@@ -207,7 +216,7 @@ async function assembleApi(
     log: opts.log,
     version: VERSION,
     tracking: mount,
-    serving: { gateway: serving.gateway, directory: serving.directory },
+    serving: { gateway: serving.gateway, directory: serving.directory, traces },
     schedulingSnapshot,
     ...(api.createFinalizers ? { createFinalizers: api.createFinalizers } : {}),
     ...(api.workspaceSnapshots ? { workspaceSnapshots: api.workspaceSnapshots } : {}),
@@ -237,7 +246,7 @@ async function assembleApi(
       baseUrl: listeningAt,
     },
   };
-  return { app, admin, serving, controllerDeps, workspaceAccess, apps };
+  return { app, admin, serving, controllerDeps, workspaceAccess, apps, traces };
 }
 
 /**
@@ -256,4 +265,17 @@ function servingParts(opts: Pick<ControlPlaneOptions, "metrics" | "log">) {
       directory.onScale = (key) => manager.enqueueInferenceService(key);
     },
   };
+}
+
+/** The experiment so named in the project, made when missing (two racing makers: the loser reads it). */
+async function ensureExperiment(store: TrackingStore, project: string, name: string): Promise<string> {
+  try {
+    return (await store.getExperimentByName(project, name)).experiment_id;
+  } catch {
+    try {
+      return await store.createExperiment(project, name);
+    } catch {
+      return (await store.getExperimentByName(project, name)).experiment_id;
+    }
+  }
 }

@@ -3,7 +3,8 @@ import type { Resource } from "../api/meta.js";
 
 /** What the serving table needs of an InferenceService or an App: its scaling and its revisions. */
 export type ServedObject = Resource<
-  Pick<InferenceServiceSpec, "replicas" | "autoscaling"> & Partial<Pick<InferenceServiceSpec, "routing">>,
+  Pick<InferenceServiceSpec, "replicas" | "autoscaling"> &
+    Partial<Pick<InferenceServiceSpec, "routing" | "tracing">>,
   Pick<InferenceServiceStatus, "revisions" | "traffic">
 >;
 

@@ -20,6 +20,7 @@ import { canonicalUrl } from "../lib/paths.js";
 import type { ServedObject } from "../ports/serving.js";
 import type { TokenInfo } from "../ports/store.js";
 import { statusBody, toGatewayError } from "./errors.js";
+import type { GatewayTraceRecorder } from "./gatewaytraces.js";
 import { authz, rule } from "./routetable.js";
 
 /**
@@ -32,6 +33,8 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
   private readonly endpoints = new Map<string, ServiceEndpoint>();
   private readonly targets = new Map<string, number>();
   private readonly reasons = new Map<string, string>();
+  /** Each revision's model reference ("PROJECT/SERVICE/REVISION"), for recorded traces. */
+  private readonly models = new Map<string, string>();
   private gateway: Gateway | undefined;
   /** Bumped on every change of the table; other gateways long-poll it (/gateway/v1/endpoints). */
   private version = 0;
@@ -138,9 +141,19 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
     const affinity = spec.routing?.prefixAffinity;
     if (affinity) endpoint.affinity = { prefixChars: affinity.chars, epsilon: affinity.epsilon };
     if (this.opts.sessionAffinity) endpoint.affinity = { prefixChars: 64, epsilon: 1e9 };
+    if (spec.tracing) endpoint.tracing = true;
+    for (const r of status.revisions ?? []) {
+      const model = (r.spec as { model?: unknown } | undefined)?.model;
+      if (typeof model === "string") this.models.set(`${key}/${r.name}`, model);
+    }
     this.endpoints.set(key, endpoint);
     this.gateway?.update(endpoint);
     this.changed();
+  }
+
+  /** The model reference a revision runs (its spec's), when known. */
+  modelOf(project: string, service: string, revision: string): string | undefined {
+    return this.models.get(`${project}/${service}/${revision}`);
   }
 
   /** "NAME" in the caller's project (default: "default"), or "PROJECT/NAME". */
@@ -181,6 +194,8 @@ export function mayUse(principal: TokenInfo, e: Pick<ServiceEndpoint, "project" 
 interface ServingDeps {
   gateway: Gateway;
   directory: ServingDirectory;
+  /** Records traced services' requests (gatewaytraces.ts); absent: none are recorded. */
+  traces?: GatewayTraceRecorder;
 }
 
 /** The routes the gateway forwards (POST, OpenAI-style JSON naming a model). */
@@ -239,13 +254,15 @@ function handleOptions(url: string, principal: TokenInfo, body?: Buffer): Handle
  * a property read.
  */
 function serveAs(
-  gateway: Gateway,
+  deps: ServingDeps,
   req: GatewayRequest,
   res: GatewayResponse,
   principal: TokenInfo,
   opts: HandleOptions,
-  done?: (r: HandleResult) => void,
+  finished?: (r: HandleResult) => void,
 ): void {
+  const gateway = deps.gateway;
+  const done = deps.traces ? traced(deps, principal, finished) : finished;
   const limit = principal.apiKey?.rateLimit;
   if (limit === undefined) {
     gateway.serve(req, res, opts, done);
@@ -263,15 +280,37 @@ function serveAs(
   });
 }
 
+/** `done`, after handing a traced request's capture to the recorder (which writes it later). */
+function traced(
+  deps: ServingDeps,
+  principal: TokenInfo,
+  done: ((r: HandleResult) => void) | undefined,
+): (r: HandleResult) => void {
+  return (r) => {
+    if (r.trace && r.project && r.service && r.revision)
+      deps.traces!.record({
+        project: r.project,
+        service: r.service,
+        revision: r.revision,
+        model: deps.directory.modelOf(r.project, r.service, r.revision),
+        caller: principal.name,
+        status: r.status,
+        usage: r.usage,
+        capture: r.trace,
+      });
+    done?.(r);
+  };
+}
+
 /** serveAs for a Fastify route, which awaits the end of the exchange. */
 function handleAs(
-  gateway: Gateway,
+  deps: ServingDeps,
   req: GatewayRequest,
   res: GatewayResponse,
   principal: TokenInfo,
   opts: HandleOptions,
 ): Promise<HandleResult> {
-  return new Promise((resolve) => serveAs(gateway, req, res, principal, opts, resolve));
+  return new Promise((resolve) => serveAs(deps, req, res, principal, opts, resolve));
 }
 
 /**
@@ -311,10 +350,10 @@ export function openAIFastLane(
       const url = servedUrl(req.url ?? "");
       if (principal instanceof Promise) {
         principal.then(
-          (p) => serveAs(deps.gateway, req, res, p, handleOptions(url, p, body)),
+          (p) => serveAs(deps, req, res, p, handleOptions(url, p, body)),
           (err: unknown) => fail(res, err),
         );
-      } else serveAs(deps.gateway, req, res, principal, handleOptions(url, principal, body));
+      } else serveAs(deps, req, res, principal, handleOptions(url, principal, body));
     },
   };
 }
@@ -427,7 +466,7 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
         reply.hijack();
         const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
         const principal = principalOf(req);
-        await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
+        await handleAs(deps, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
       });
     }
     scope.all("/serving/*", authz(INFERENCE), async (req, reply) => {
@@ -441,7 +480,7 @@ export async function servingRoutes(app: FastifyInstance, deps: ServingDeps): Pr
       }
       const body = Buffer.isBuffer(req.body) ? req.body : undefined;
       const principal = principalOf(req);
-      await handleAs(deps.gateway, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
+      await handleAs(deps, req.raw, reply.raw, principal, handleOptions(req.url, principal, body));
     });
     scope.get("/v1/models", authz(MODELS), async (req) => {
       const principal = principalOf(req);

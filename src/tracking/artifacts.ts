@@ -14,9 +14,14 @@ export interface ArtifactRoutesDeps {
   /** Artifacts live under DIR/PROJECT/<experiment id>/… */
   dir: string;
   projectExists(project: string): Promise<boolean>;
+  /** The spans of a trace Loom wrote itself (kept in its record, not as a file), if it is one. */
+  traceSpans?: (project: string, traceId: string) => Promise<string | undefined>;
   /** Maps errors of this scope to MLflow's JSON (shared with the tracking routes). */
   errorHandler: Parameters<FastifyInstance["setErrorHandler"]>[0];
 }
+
+/** EXP/traces/ID/artifacts/traces.json: where the client reads a trace's spans. */
+const TRACE_SPANS = /^\d+\/traces\/([^/]+)\/artifacts\/traces\.json$/;
 
 /** Uploads: a workload's credential writes under its own runs (and the models they logged) only. */
 const WRITE = rule.project("mlflow-artifacts", "write", { workload: "own-run-artifact" });
@@ -91,7 +96,13 @@ export async function artifactRoutes(app: FastifyInstance, deps: ArtifactRoutesD
           const rel = await resolve(req, projectOf(req), (req.params as { "*": string })["*"]);
           const file = join(root(projectOf(req)), rel);
           const info = await stat(file).catch(() => undefined);
-          if (!info?.isFile()) throw notFound(`No such artifact: '${rel}'`);
+          if (!info?.isFile()) {
+            // A gateway-recorded trace's spans: served from its record, as the file would be.
+            const traceId = TRACE_SPANS.exec(rel)?.[1];
+            const spans = traceId && (await deps.traceSpans?.(projectOf(req), traceId));
+            if (spans) return reply.type("text/plain").send(spans);
+            throw notFound(`No such artifact: '${rel}'`);
+          }
           const type = /\.(txt|json|ya?ml|md|csv)$|MLmodel$/.test(rel)
             ? "text/plain"
             : "application/octet-stream";

@@ -36,6 +36,7 @@ export async function trackingRoutes(app: FastifyInstance, deps: TrackingRoutesD
     store: deps.store,
     dir: deps.artifactsDir,
     projectExists: deps.projectExists,
+    traceSpans: (project, traceId) => deps.traces.spans(project, traceId),
     errorHandler: mlflowErrors,
   });
 

@@ -108,6 +108,11 @@ export interface TracesSchema {
     response_preview: string | null;
     /** Metadata and tags, as JSON. */
     body: string;
+    /**
+     * The spans (traces.json), for traces written by Loom itself (the gateway's): a file per trace
+     * cost more than the request it traced. Null: the client uploaded them as an artifact.
+     */
+    spans: string | null;
   };
 }
 
@@ -323,6 +328,7 @@ const STEPS: Record<TrackingStep, (db: Kysely<unknown>, t: ColumnTypes) => Promi
       .addColumn("request_preview", "text")
       .addColumn("response_preview", "text")
       .addColumn("body", "text", (c) => c.notNull())
+      .addColumn("spans", "text")
       .addPrimaryKeyConstraint("tr_traces_pk", ["project", "trace_id"])
       .execute();
     await db.schema

@@ -30,6 +30,52 @@ describe.each(TRACKING_BACKENDS)("traces on $name", (backend) => {
     if (database) t = trackingOn(database, () => clock);
   });
 
+  it("assessments: created with an id, in the trace's info, updated by mask, deleted; another project's trace is not found; linked runs are searched", async () => {
+    const exp = await t.store.createExperiment("p", "assess");
+    await t.traces.start("p", info("as-1", exp, clock));
+    const a = await t.traces.createAssessment("p", "as-1", {
+      assessment_name: "short",
+      feedback: { value: true },
+      source: { source_type: "CODE", source_id: "short" },
+    });
+    expect(a.assessment_id).toMatch(/^a-[0-9a-f]{32}$/);
+    expect((await t.traces.get("p", "as-1")).assessments).toEqual([a]);
+    const updated = await t.traces.updateAssessment(
+      "p",
+      "as-1",
+      a.assessment_id,
+      { feedback: { value: false }, rationale: "no" },
+      ["feedback"],
+    );
+    expect(updated.feedback).toEqual({ value: false });
+    expect(updated.rationale).toBeUndefined();
+    // Another project: the trace does not exist there, for reading or writing.
+    await expect(
+      t.traces.createAssessment("q", "as-1", { assessment_name: "x", feedback: { value: 1 } }),
+    ).rejects.toThrow(/not found/);
+    await expect(t.traces.getAssessment("q", "as-1", a.assessment_id)).rejects.toThrow(/not found/);
+    await expect(t.traces.createAssessment("p", "as-1", { assessment_name: "x" })).rejects.toThrow(
+      /feedback.*expectation/,
+    );
+    await t.traces.deleteAssessment("p", "as-1", a.assessment_id);
+    expect((await t.traces.get("p", "as-1")).assessments).toBeUndefined();
+    await t.traces.linkToRun("p", ["as-1"], "eval-run");
+    const found = await t.traces.search("p", {
+      experimentIds: [exp],
+      filter: "attribute.run_id = 'eval-run'",
+    });
+    expect(found.traces.map((x) => x.trace_id)).toEqual(["as-1"]);
+    const source = await t.traces.search("p", { experimentIds: [exp], filter: "attribute.run_id = 'r1'" });
+    expect(source.traces.map((x) => x.trace_id)).toEqual(["as-1"]);
+  });
+
+  it("spans kept in the record (gateway traces) are read back by id, and only in their project", async () => {
+    const exp = await t.store.createExperiment("p", "kept");
+    await t.traces.startMany("p", [info("sp-1", exp, clock)], ['{"spans":[]}']);
+    expect(await t.traces.spans("p", "sp-1")).toBe('{"spans":[]}');
+    expect(await t.traces.spans("q", "sp-1")).toBeUndefined();
+  });
+
   it("keeps a trace's info as sent, with the artifact location its spans go to; per project", async () => {
     const exp = await t.store.createExperiment("p", "tr");
     const got = await t.traces.start("p", info("a-1", exp, clock - 1000, { team: "nlp" }));

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import type { Kysely } from "kysely";
 import { invalidParameter, notFound } from "./errors.js";
 import { type AttributeSpec, type Clause, type Grammar, parseFilter } from "./filter.js";
@@ -24,7 +25,12 @@ export interface TraceInfo {
   state: string;
   trace_metadata: Record<string, string>;
   tags: Record<string, string>;
+  /** Feedback and expectations on the trace (mlflow.log_feedback, genai.evaluate's scorers). */
+  assessments?: Assessment[];
 }
+
+/** An Assessment as MLflow's proto3 JSON writes it; kept as sent, with its id and times. */
+export type Assessment = Record<string, unknown> & { assessment_id: string };
 
 /** Where the client uploads a trace's spans, and says it put them there. */
 export const ARTIFACT_LOCATION_TAG = "mlflow.artifactLocation";
@@ -32,7 +38,8 @@ const SPANS_LOCATION_TAG = "mlflow.trace.spansLocation";
 const STATES = new Set(["STATE_UNSPECIFIED", "OK", "ERROR", "IN_PROGRESS"]);
 const MAX_RESULTS = 500;
 
-type Row = TracesSchema["tr_traces"];
+/** A trace's record without its spans (read only by `spans`). */
+type Row = Omit<TracesSchema["tr_traces"], "spans">;
 
 /** A trace's spans under the artifact store: DIR/PROJECT/EXP/traces/ID (the sweep removes it). */
 export function traceArtifactPath(experimentId: string | number, traceId: string): string {
@@ -55,6 +62,47 @@ export class TraceStore {
    * client retries), it replaces the record.
    */
   async start(project: string, raw: unknown): Promise<TraceInfo> {
+    return (await this.startMany(project, [raw]))[0]!;
+  }
+
+  /**
+   * Several traces in one transaction (the gateway records its traces in batches); each checked
+   * before any is written.
+   */
+  async startMany(project: string, raws: unknown[], spans?: string[]): Promise<TraceInfo[]> {
+    const rows: TracesSchema["tr_traces"][] = raws.map((raw, i) => ({
+      ...this.rowOf(project, raw),
+      spans: spans?.[i] ?? null,
+    }));
+    await this.db.transaction().execute(async (tx) => {
+      for (let i = 0; i < rows.length; i += 200) {
+        const ids = rows.slice(i, i + 200).map((r) => r.trace_id);
+        await tx
+          .deleteFrom("tr_traces")
+          .where("project", "=", project)
+          .where("trace_id", "in", ids)
+          .execute();
+        await tx
+          .insertInto("tr_traces")
+          .values(rows.slice(i, i + 200))
+          .execute();
+      }
+    });
+    return rows.map(toInfo);
+  }
+
+  /** The spans (traces.json) Loom keeps for a trace it wrote itself, if it is one of those. */
+  async spans(project: string, traceId: string): Promise<string | undefined> {
+    const row = await this.db
+      .selectFrom("tr_traces")
+      .select("spans")
+      .where("project", "=", project)
+      .where("trace_id", "=", traceId)
+      .executeTakeFirst();
+    return row?.spans ?? undefined;
+  }
+
+  private rowOf(project: string, raw: unknown): Row {
     const info = (raw ?? {}) as Partial<TraceInfo> & {
       trace_location?: { mlflow_experiment?: { experiment_id?: unknown } };
     };
@@ -71,7 +119,7 @@ export class TraceStore {
       [ARTIFACT_LOCATION_TAG]: `mlflow-artifacts:/${traceArtifactPath(experimentId, traceId)}/artifacts`,
       [SPANS_LOCATION_TAG]: "ARTIFACT_REPO",
     };
-    const row: Row = {
+    return {
       project,
       trace_id: traceId,
       experiment_id: Number(experimentId),
@@ -83,15 +131,6 @@ export class TraceStore {
       response_preview: info.response_preview ?? null,
       body: JSON.stringify({ metadata: stringMap(info.trace_metadata, "trace_metadata"), tags }),
     };
-    await this.db.transaction().execute(async (tx) => {
-      await tx
-        .deleteFrom("tr_traces")
-        .where("project", "=", project)
-        .where("trace_id", "=", traceId)
-        .execute();
-      await tx.insertInto("tr_traces").values(row).execute();
-    });
-    return toInfo(row);
   }
 
   async get(project: string, traceId: string): Promise<TraceInfo> {
@@ -117,7 +156,18 @@ export class TraceStore {
     if (ids.length === 0) return { traces: [] };
     const rows = await this.db
       .selectFrom("tr_traces")
-      .selectAll()
+      .select([
+        "project",
+        "trace_id",
+        "experiment_id",
+        "client_request_id",
+        "request_time",
+        "execution_ms",
+        "state",
+        "request_preview",
+        "response_preview",
+        "body",
+      ])
       .where("project", "=", project)
       .where("experiment_id", "in", ids)
       .execute();
@@ -218,6 +268,75 @@ export class TraceStore {
         .execute();
   }
 
+  /** CreateAssessment: adds feedback or an expectation to a trace, with a new id and times. */
+  async createAssessment(project: string, traceId: string, raw: unknown): Promise<Assessment> {
+    const a = assessmentOf(raw);
+    if (typeof a.assessment_name !== "string" || !a.assessment_name)
+      throw invalidParameter("'assessment.assessment_name' must be given");
+    if (!("feedback" in a) && !("expectation" in a))
+      throw invalidParameter("'assessment' must carry a 'feedback' or an 'expectation'");
+    const now = new Date(this.now()).toISOString();
+    const out: Assessment = {
+      valid: true,
+      create_time: now,
+      last_update_time: now,
+      ...a,
+      trace_id: traceId,
+      assessment_id: `a-${randomBytes(16).toString("hex")}`,
+    };
+    await this.editBody(project, traceId, (b) => {
+      if (typeof out.overrides === "string")
+        for (const old of b.assessments ?? []) if (old.assessment_id === out.overrides) old.valid = false;
+      b.assessments = [...(b.assessments ?? []), out];
+    });
+    return out;
+  }
+
+  async getAssessment(project: string, traceId: string, assessmentId: string): Promise<Assessment> {
+    const body = JSON.parse((await this.row(project, traceId)).body) as Body;
+    return findAssessment(body, traceId, assessmentId);
+  }
+
+  /** UpdateAssessment: the fields named by the update mask (all the given ones without one). */
+  async updateAssessment(
+    project: string,
+    traceId: string,
+    assessmentId: string,
+    raw: unknown,
+    mask: string[] | undefined,
+  ): Promise<Assessment> {
+    const a = assessmentOf(raw);
+    let out: Assessment | undefined;
+    await this.editBody(project, traceId, (b) => {
+      const old = findAssessment(b, traceId, assessmentId);
+      const fields = mask?.length ? mask : Object.keys(a);
+      for (const f of fields)
+        if (!["assessment_id", "trace_id", "create_time"].includes(f)) {
+          if (f in a) old[f] = a[f];
+          else delete old[f];
+        }
+      old.last_update_time = new Date(this.now()).toISOString();
+      out = old;
+    });
+    return out!;
+  }
+
+  async deleteAssessment(project: string, traceId: string, assessmentId: string): Promise<void> {
+    await this.editBody(project, traceId, (b) => {
+      findAssessment(b, traceId, assessmentId);
+      b.assessments = b.assessments!.filter((x) => x.assessment_id !== assessmentId);
+    });
+  }
+
+  /** LinkTracesToRun: the traces are found by `run_id` searches of that run (an evaluation's). */
+  async linkToRun(project: string, traceIds: string[], runId: string): Promise<void> {
+    if (traceIds.length > 100) throw invalidParameter("At most 100 traces can be linked at a time.");
+    for (const id of traceIds)
+      await this.editBody(project, id, (b) => {
+        b.runs = [...new Set([...(b.runs ?? []), runId])];
+      });
+  }
+
   private async row(project: string, traceId: string): Promise<Row> {
     const row = await this.db
       .selectFrom("tr_traces")
@@ -253,6 +372,21 @@ export class TraceStore {
 interface Body {
   metadata: Record<string, string>;
   tags: Record<string, string>;
+  assessments?: Assessment[];
+  /** Runs linked to the trace besides its source run (LinkTracesToRun). */
+  runs?: string[];
+}
+
+function assessmentOf(raw: unknown): Record<string, unknown> {
+  if (!raw || typeof raw !== "object" || Array.isArray(raw))
+    throw invalidParameter("'assessment' must be an Assessment object");
+  return { ...(raw as Record<string, unknown>) };
+}
+
+function findAssessment(b: Body, traceId: string, assessmentId: string): Assessment {
+  const a = b.assessments?.find((x) => x.assessment_id === assessmentId);
+  if (!a) throw notFound(`Assessment with ID '${assessmentId}' not found for trace '${traceId}'`);
+  return a;
 }
 
 function traceIdOf(v: unknown): string {
@@ -304,6 +438,7 @@ function toInfo(r: Row): TraceInfo {
     state: r.state,
     trace_metadata: body.metadata,
     tags: body.tags,
+    ...(body.assessments?.length ? { assessments: body.assessments } : {}),
   };
 }
 
@@ -378,6 +513,11 @@ function matches(c: Clause, r: Row): boolean {
   const body = JSON.parse(r.body) as Body;
   const actual =
     c.entity === "tag" ? body.tags[c.key] : c.entity === "param" ? body.metadata[c.key] : attribute(r, c.key);
+  // A trace belongs to its source run and to each run it was linked to.
+  if (c.entity === "attribute" && c.key === "run_id" && body.runs?.length) {
+    const mine = [...body.runs, ...(actual === undefined ? [] : [String(actual)])];
+    return c.comparator === "=" ? mine.includes(String(c.value)) : !mine.includes(String(c.value));
+  }
   if (c.comparator === "IS NULL") return actual === undefined;
   if (c.comparator === "IS NOT NULL") return actual !== undefined;
   if (actual === undefined) return c.comparator === "!=" || c.comparator === "NOT IN";

@@ -1,12 +1,15 @@
 import type { FastifyInstance } from "fastify";
 import type { Gateway } from "../../gateway/gateway.js";
 import type { TokenStore } from "../../ports/store.js";
+import type { GatewayTraceRecorder } from "../gatewaytraces.js";
 import { gatewayControlRoutes, type ServingDirectory, servingRoutes } from "../serving.js";
 
 /** The inference gateway (OpenAI routes on this port). */
 export interface ServingMount {
   gateway: Gateway;
   directory: ServingDirectory;
+  /** Records the requests of services with `spec.tracing` (absent: none are). */
+  traces?: GatewayTraceRecorder;
 }
 
 export interface ServingRoutesMountDeps {

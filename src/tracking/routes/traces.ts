@@ -39,11 +39,47 @@ export function traceRoutesV3(route: AddRoute, deps: TraceRoutesDeps): void {
     trace: { trace_info: await traces.get(p, need(f, "trace_id")) },
   }));
   tagRoutes(route, deps);
+  assessmentRoutes(route, traces);
+}
+
+/** Feedback and expectations on traces (mlflow.log_feedback, genai.evaluate's scorers). */
+function assessmentRoutes(route: AddRoute, traces: TraceStore): void {
+  route("POST", "traces/:trace_id/assessments", async (p, f) => ({
+    assessment: await traces.createAssessment(p, need(f, "trace_id"), f.assessment),
+  }));
+  route("GET", "traces/:trace_id/assessments/:assessment_id", async (p, f) => ({
+    assessment: await traces.getAssessment(p, need(f, "trace_id"), need(f, "assessment_id")),
+  }));
+  route("PATCH", "traces/:trace_id/assessments/:assessment_id", async (p, f) => {
+    // A FieldMask in JSON is "a,b"; some clients send {paths: [...]}.
+    const m = f.update_mask as string | { paths?: string[] } | undefined;
+    const mask = typeof m === "string" ? m.split(",").filter(Boolean) : m?.paths;
+    return {
+      assessment: await traces.updateAssessment(
+        p,
+        need(f, "trace_id"),
+        need(f, "assessment_id"),
+        f.assessment,
+        mask,
+      ),
+    };
+  });
+  route("DELETE", "traces/:trace_id/assessments/:assessment_id", async (p, f) => {
+    await traces.deleteAssessment(p, need(f, "trace_id"), need(f, "assessment_id"));
+    return {};
+  });
 }
 
 /** The /api/2.0 trace endpoints: tags, and deleting traces with their spans. */
 export function traceRoutesV2(route: AddRoute, deps: TraceRoutesDeps): void {
   tagRoutes(route, deps);
+  route("POST", "traces/link-to-run", async (p, f) => {
+    const runId = need(f, "run_id");
+    // The run must be this project's, as any object named in a request.
+    await deps.store.getRun(p, runId);
+    await deps.traces.linkToRun(p, list<string>(f, "trace_ids").map(String), runId);
+    return {};
+  });
   route("POST", "traces/delete-traces", async (p, f) => {
     const experimentId = need(f, "experiment_id");
     await deps.store.getExperiment(p, experimentId);
