@@ -557,11 +557,13 @@ spec: {}
     expect(data.tags).toContainEqual({ key: "loom.workload", value: "tracked" });
 
     // A sweep on Kubernetes: trials are TrainingJobs (pods), their runs judged by what they log.
+    // The test logs each trial's metric as its worker would, before kwok completes the pod: 30 s
+    // leaves room for that on a loaded machine (8 s did not: a trial ended unlogged, another won).
     const sweep = `apiVersion: loom.dev/v1alpha1
 kind: Sweep
 metadata:
   name: k8s-sweep
-  annotations: {"loom.dev/kwok-complete-after": "8s"}
+  annotations: {"loom.dev/kwok-complete-after": "30s"}
 spec:
   objective: {metric: val_loss, goal: minimize}
   algorithm: grid
