@@ -106,6 +106,14 @@ export interface ForwarderOptions {
   connectionsPerReplica?: number;
   /** Default 5 s; a request may set its own. */
   connectTimeoutMs?: number;
+  /**
+   * How long requests in flight on a replica that left the routing table may still finish (its
+   * drain and graceful stop) before their connections are dropped. Default 30 s: longer than a
+   * replica's drain plus termination grace, after which it cannot answer any more. A replica whose
+   * network vanished with it sends no FIN: without this its requests would wait out the response
+   * timeout; dropped, those that had nothing back yet are retried on another replica.
+   */
+  drainTimeoutMs?: number;
   now?: () => number;
 }
 
@@ -234,7 +242,7 @@ export class HttpForwarder {
     for (const [origin, pool] of this.pools) {
       if (keep.has(origin)) continue;
       this.pools.delete(origin);
-      void pool.close().catch(() => undefined);
+      void pool.close(this.opts.drainTimeoutMs ?? 30_000).catch(() => undefined);
     }
   }
 

@@ -138,4 +138,17 @@ describe("UpstreamPool", () => {
     expect(p.size).toBe(0);
     expect(socketOf?.destroyed || socketOf?.readableEnded).toBe(true);
   });
+
+  it("drops a busy connection whose replica never answers once the drain after close(drainMs) is over", async () => {
+    // A replica whose network went with it: the connection stays up and nothing ever comes back.
+    const port = await raw(() => {});
+    const p = pool(port);
+    const pending = send(p);
+    await new Promise((r) => setTimeout(r, 20));
+    await p.close(100);
+    const got = await pending;
+    expect(got.status).toBeUndefined();
+    expect(got.error?.lost).toBe(true); // retried on another replica while the client has nothing
+    expect(p.size).toBe(0);
+  });
 });

@@ -467,13 +467,21 @@ export class UpstreamPool {
     for (const c of [...this.all]) c.sweep(now, idleMs);
   }
 
-  /** Closes idle connections now and busy ones when their exchange ends. */
-  async close(): Promise<void> {
+  /**
+   * Closes idle connections now and busy ones when their exchange ends, or, given `drainMs`, at
+   * the latest that long from now (their exchanges fail as lost connections: retryable while the
+   * client has nothing).
+   */
+  async close(drainMs?: number): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
     for (const c of this.idle.splice(0)) c.socket.destroy();
     for (const w of this.waiting.splice(0))
       w.handler.onError(coded("the pool is closed", "UND_ERR_DESTROYED"));
+    if (drainMs === undefined || this.all.size === 0) return;
+    setTimeout(() => {
+      for (const c of [...this.all]) c.socket.destroy();
+    }, drainMs).unref();
   }
 
   /** Drops every connection, busy or not. */
