@@ -15,7 +15,7 @@ def load_system_prompt(ref=None):
         import mlflow  # optional: the apps run without it
     except ImportError:
         return DEFAULT_PROMPT, "default prompt (mlflow is not installed)"
-    uri = f"prompts:/{PROMPT_NAME}{ref}" if ref.startswith("@") else f"prompts:/{PROMPT_NAME}{ref}"
+    uri = f"prompts:/{PROMPT_NAME}{ref}"
     try:
         prompt = mlflow.genai.load_prompt(uri)
     except Exception as err:  # no registry, no such prompt: the app still works
