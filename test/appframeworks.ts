@@ -5,6 +5,8 @@ import { join } from "node:path";
 /** The Gradio and Streamlit that the App kind's commands were checked on (src/controllers/app/command.ts). */
 export const GRADIO = "gradio==6.31.0";
 export const STREAMLIT = "streamlit==1.67.0";
+/** The openai client the playground example (examples/playground) calls the project's models with. */
+export const OPENAI = "openai==3.57.0";
 
 /**
  * A Python environment with Gradio and Streamlit for the App tests, built once (pip install:
@@ -18,15 +20,15 @@ export const APPS_VENV = process.env.LOOM_TEST_APPS_VENV ?? join(tmpdir(), "loom
  * files run in parallel: the build holds a lock (flock) and looks again once it has it.
  */
 export function appsVenv(): string {
-  const versions = `${GRADIO.split("==")[1]} ${STREAMLIT.split("==")[1]}`;
-  const check = `[ "$("$1/bin/python" -c 'import gradio, streamlit; print(gradio.__version__, streamlit.__version__)' 2>/dev/null)" = "${versions}" ]`;
+  const versions = [GRADIO, STREAMLIT, OPENAI].map((p) => p.split("==")[1]).join(" ");
+  const check = `[ "$("$1/bin/python" -c 'import gradio, streamlit, openai; print(gradio.__version__, streamlit.__version__, openai.__version__)' 2>/dev/null)" = "${versions}" ]`;
   const build = [
     "set -e",
     `if ${check}; then exit 0; fi`,
-    `echo "building the apps' environment in $1 (pip install ${GRADIO} ${STREAMLIT}: about a minute, once)" >&2`,
+    `echo "building the apps' environment in $1 (pip install ${GRADIO} ${STREAMLIT} ${OPENAI}: about a minute, once)" >&2`,
     `rm -rf "$1"`,
     `python3 -m venv "$1"`,
-    `"$1/bin/pip" install -q --disable-pip-version-check "${GRADIO}" "${STREAMLIT}"`,
+    `"$1/bin/pip" install -q --disable-pip-version-check "${GRADIO}" "${STREAMLIT}" "${OPENAI}"`,
     check,
   ].join("\n");
   execFileSync("flock", [`${APPS_VENV}.lock`, "sh", "-c", build, "sh", APPS_VENV], {

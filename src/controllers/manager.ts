@@ -304,6 +304,7 @@ export class ControllerManager {
       events: this.deps.events,
       log,
       now: this.deps.now,
+      ...(this.deps.models ? { models: this.deps.models } : {}),
       ...this.deps.apps,
     });
     const controller = new Controller(

@@ -6,6 +6,7 @@ import { NotFoundError } from "../../api/errors.js";
 import type { RevisionStatus } from "../../api/inferenceservice.js";
 import { APP } from "../../api/kinds.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
+import { type ModelAccess, type WorkloadModels, withModelAccess } from "../../ports/models.js";
 import type { RevisionRuntime, Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { ScaleTargets, ServingTable } from "../../ports/serving.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
@@ -34,6 +35,8 @@ export interface AppDeps {
   table?: ServingTable;
   /** The app's URL on the user-content origin, once that listens. */
   appOrigin?: (project: string, name: string) => string | undefined;
+  /** The project's models for the app: OPENAI_BASE_URL and a key file (ports/models.ts), as a workspace's. */
+  models?: WorkloadModels;
 }
 
 /** An App's revision: NAME-appN (never NAME-N, an InferenceService's of the same name). */
@@ -128,36 +131,56 @@ export class AppReconciler implements Reconciler {
     const program = appProgram(spec);
     const r = spec.resources;
     const gpus = r.gpu && r.gpu >= 1 ? r.gpu : 0;
-    return convergeRevision(this.serving(), appRef(app), rev, async () => ({
-      worker: {
-        command: program.command,
-        ...(spec.image ? { image: spec.image } : {}),
-        ...(spec.workingDir ? { workingDir: spec.workingDir } : {}),
-        env: {
-          PYTHONUNBUFFERED: "1",
-          HOST: "127.0.0.1",
-          ...program.env,
-          ...spec.env,
-          LOOM_PROJECT: app.metadata.project!,
-          LOOM_WORKLOAD: app.metadata.name,
-          LOOM_WORKLOAD_KIND: APP,
-          LOOM_REVISION: rev.name,
+    return convergeRevision(this.serving(), appRef(app), rev, async () => {
+      const models = await this.modelAccess(appRef(app), rev.name);
+      return {
+        worker: {
+          command: program.command,
+          ...(spec.image ? { image: spec.image } : {}),
+          ...(spec.workingDir ? { workingDir: spec.workingDir } : {}),
+          env: withModelAccess(
+            {
+              PYTHONUNBUFFERED: "1",
+              HOST: "127.0.0.1",
+              ...program.env,
+              ...spec.env,
+              LOOM_PROJECT: app.metadata.project!,
+              LOOM_WORKLOAD: app.metadata.name,
+              LOOM_WORKLOAD_KIND: APP,
+              LOOM_REVISION: rev.name,
+            },
+            models,
+          ),
+          ...(models?.files.length ? { files: models.files } : {}),
+          allocation: {
+            node: "",
+            cpuMillis: parseCpuMillis(r.cpu ?? 0) ?? 0,
+            memoryBytes: parseMemoryBytes(r.memory ?? 0) ?? 0,
+            gpus: Array.from({ length: gpus }, (_, i) => `gpu-${i}`),
+          },
+          terminationGracePeriodSeconds: 10,
         },
-        allocation: {
-          node: "",
-          cpuMillis: parseCpuMillis(r.cpu ?? 0) ?? 0,
-          memoryBytes: parseMemoryBytes(r.memory ?? 0) ?? 0,
-          gpus: Array.from({ length: gpus }, (_, i) => `gpu-${i}`),
-        },
-        terminationGracePeriodSeconds: 10,
-      },
-      port: APP_PORT,
-      readinessPath: program.readinessPath,
-      // A first start may build the environment (pip install gradio) before the app answers.
-      readinessTimeoutSeconds: 600,
-      ...(program.python ? { python: program.python } : {}),
-      ...(r.gpu ? { gpu: r.gpu } : {}),
-    }));
+        port: APP_PORT,
+        readinessPath: program.readinessPath,
+        // A first start may build the environment (pip install gradio) before the app answers.
+        readinessTimeoutSeconds: 600,
+        ...(program.python ? { python: program.python } : {}),
+        ...(r.gpu ? { gpu: r.gpu } : {}),
+      };
+    });
+  }
+
+  /**
+   * The app's model access for a revision (as a workspace's): one key per revision while this
+   * process lives, all revoked when the app goes. Being unable to mint one never stops an app.
+   */
+  private async modelAccess(ref: WorkloadRef, revision: string): Promise<ModelAccess | undefined> {
+    try {
+      return await this.deps.models?.access(ref, revision);
+    } catch (err) {
+      this.deps.log.warn({ err, app: ref.name }, "could not make the app's model key; starting without it");
+      return undefined;
+    }
   }
 
   private serving(): RevisionRuntime {
@@ -169,6 +192,11 @@ export class AppReconciler implements Reconciler {
   private async finalize(key: string, app: App): Promise<ReconcileResult> {
     this.deps.table?.publish(key, undefined);
     for (const rev of app.status?.revisions ?? []) await this.serving().deleteRevision(appRef(app), rev.name);
+    try {
+      await this.deps.models?.revoke(appRef(app));
+    } catch (err) {
+      this.deps.log.warn({ err, app: app.metadata.name }, "could not revoke the app's model keys");
+    }
     await this.deps.store.update({
       ...app,
       metadata: {
