@@ -197,6 +197,13 @@ export class AppReconciler implements Reconciler {
     } catch (err) {
       this.deps.log.warn({ err, app: app.metadata.name }, "could not revoke the app's model keys");
     }
+    // The object goes once its replicas have (embedded lists what it still runs): removed earlier,
+    // a server stopped right after would leave them running for an App that no longer exists.
+    const serving = this.serving();
+    if (serving.listRevisions) {
+      const uid = app.metadata.uid;
+      if ((await serving.listRevisions()).some((r) => r.service.uid === uid)) return { requeueAfterMs: 250 };
+    }
     await this.deps.store.update({
       ...app,
       metadata: {
