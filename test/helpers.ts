@@ -43,13 +43,13 @@ export class LoomProcess {
     return { ...env, LOOM_CONFIG: this.configFile, LOOM_LOG_LEVEL: "info", ...extra };
   }
 
-  /** Starts the server and waits for the line with its URL. */
-  async start(): Promise<void> {
+  /** Starts the server and waits for the line with its URL; `env` adds to its environment. */
+  async start(env: Record<string, string> = {}): Promise<void> {
     const proc = spawn(
       process.execPath,
       [BIN, "up", "--data-dir", this.dataDir, "--port", "0", ...this.extraArgs],
       {
-        env: this.env(),
+        env: this.env(env),
         stdio: ["ignore", "pipe", "pipe"],
       },
     );

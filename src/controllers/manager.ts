@@ -65,7 +65,10 @@ export interface ControllerManagerDeps {
   /** Serving (InferenceService): where models are, what the autoscaler wants, who routes. */
   serving?: Pick<InferenceServiceDeps, "models" | "scale" | "table" | "builtinCommand" | "baseUrl">;
   /** Workspaces (run where the runtime can serve): the directory they publish to, their origin. */
-  workspaces?: Pick<WorkspaceDeps, "directory" | "workspaceOrigin" | "ideActivity" | "gpuActivity" | "sshd">;
+  workspaces?: Pick<
+    WorkspaceDeps,
+    "directory" | "workspaceOrigin" | "ideActivity" | "gpuActivity" | "sshd" | "codeServer"
+  >;
   /** Apps (run where the runtime can serve): the apps' serving table and autoscaler, their origin. */
   apps?: Pick<AppDeps, "scale" | "table" | "appOrigin">;
 }

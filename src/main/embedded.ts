@@ -8,6 +8,7 @@ import type { Logger } from "pino";
 import { TRAININGJOB } from "../api/kinds.js";
 import { RUNTIME_FINALIZER } from "../controllers/trainingjob/reconciler.js";
 import { SqliteAuditLog } from "../platforms/embedded/audit.js";
+import { type CodeServerInstall, findCodeServer } from "../platforms/embedded/codeserver.js";
 import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../platforms/embedded/events.js";
@@ -123,6 +124,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       ? { privileged: false, unavailable: "turned off for this server" }
       : detectSandbox();
   logSandbox(log, sandbox, !!opts.insecureSharedUser);
+  const codeServer = codeServerFor(log);
   const events = new SqliteEventRecorder(database.db, now);
   const instance = instanceId(opts.dataDir);
   const networks = new GangNetworks({
@@ -142,7 +144,12 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     sandbox,
     insecureSharedUser: !!opts.insecureSharedUser,
     // The built-in model server (runtimes/loom-tinygpt) loads examples/pretrain's model code.
-    lend: [join(PACKAGE_ROOT, "runtimes"), join(PACKAGE_ROOT, "examples")],
+    // code-server (ide: vscode) is lent the same way where the machine has it.
+    lend: [
+      join(PACKAGE_ROOT, "runtimes"),
+      join(PACKAGE_ROOT, "examples"),
+      ...(codeServer ? [codeServer.lend] : []),
+    ],
   });
   // Model replicas: supervised processes that wait for the scheduler like any pod.
   const replicas = new LocalRevisions({
@@ -171,6 +178,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       // Its own origin, never the API's: the origin listener's port (by default the API's + 1).
       workspaceOrigin: () => (workspacePort ? `http://ws.localhost:${workspacePort}` : undefined),
       ...WORKSPACE_HELPERS,
+      ...(codeServer ? { codeServer: codeServer.command } : {}),
     },
     api: {
       tokens: new SqliteTokenStore(database.db),
@@ -252,6 +260,20 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
 }
 
 /** Says at start whether workloads run sandboxed, and loudly what it means when they do not. */
+/** code-server for `ide: vscode`, said once at start either way (what `loom up` can serve). */
+function codeServerFor(log: Logger): CodeServerInstall | undefined {
+  const found = findCodeServer();
+  if ("missing" in found) {
+    log.info({ reason: found.missing }, "ide: vscode workspaces are refused");
+    return undefined;
+  }
+  log.info(
+    { version: found.found.version, root: found.found.root },
+    "code-server serves ide: vscode workspaces",
+  );
+  return found.found;
+}
+
 function logSandbox(log: Logger, sandbox: SandboxSupport, insecureSharedUser: boolean): void {
   if (sandbox.bwrap) log.info({ sandbox: describeSandbox(sandbox) }, "workloads run sandboxed");
   else

@@ -80,4 +80,18 @@ describe("workspace command", () => {
     });
     expect(out).toMatch(/^venv python\nshell \/\S+\n$/);
   });
+
+  it("ide: vscode runs code-server on the replica's address without its password, or is refused saying how to get it", () => {
+    const spec = WorkspaceSpec.parse({ ide: "vscode" });
+    const refused = workspaceProgram(spec);
+    expect("unsupported" in refused && refused.unsupported).toMatch(
+      /code-server@4\.100\.3.*LOOM_CODE_SERVER/,
+    );
+    const p = workspaceProgram(spec, { codeServer: ["/bin/echo", "code-server"] });
+    if ("unsupported" in p) throw new Error(p.unsupported);
+    expect(p.readinessPath).toBe("/healthz");
+    expect(run(p.command, {})).toBe(
+      "code-server --bind-addr=127.0.0.1:4242 --auth=none --disable-telemetry --disable-update-check --disable-workspace-trust .\n",
+    );
+  });
 });

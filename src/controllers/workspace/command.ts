@@ -59,6 +59,23 @@ export function jupyterCommand(): string[] {
   ];
 }
 
+/**
+ * code-server served at `/` of the workspace's own origin without its password (Loom's origin is
+ * the gate), opening the home. Its user data and extensions stay in the home (its defaults under
+ * ~/.local/share/code-server), so settings survive stop/start like the files do.
+ */
+export function vscodeCommand(codeServer: string[]): string[] {
+  return [
+    ...codeServer,
+    "--bind-addr=$HOST:$PORT",
+    "--auth=none",
+    "--disable-telemetry",
+    "--disable-update-check",
+    "--disable-workspace-trust",
+    ".",
+  ];
+}
+
 /** JupyterLab comes with the workspace's environment: added to its requirements when missing. */
 function withJupyter(python: WorkspaceSpec["python"]): PythonEnvironmentSpec {
   if (!python) return { interpreter: "python3", requirements: ["jupyterlab"], systemSitePackages: false };
@@ -70,19 +87,28 @@ function withJupyter(python: WorkspaceSpec["python"]): PythonEnvironmentSpec {
 /**
  * The program for a workspace's spec, or why this platform cannot run it. `sshd`: the platform
  * gives the replica LOOM_SSHD, and the wrapper starts it beside the server (SSHD_BESIDE).
+ * `codeServer`: how this platform runs code-server (embedded: node and its entry script; on
+ * Kubernetes the image's `code-server`); absent, `ide: vscode` is refused with what to do.
  */
-export function workspaceProgram(spec: WorkspaceSpec, opts: { sshd?: boolean } = {}): WorkspaceProgram {
+export function workspaceProgram(
+  spec: WorkspaceSpec,
+  opts: { sshd?: boolean; codeServer?: string[] } = {},
+): WorkspaceProgram {
   const shim = opts.sshd ? SSHD_BESIDE + SUBSTITUTE_SHIM : SUBSTITUTE_SHIM;
   const wrap = (args: string[]) => ["/bin/sh", "-c", shim, "loom-workspace", ...args];
   switch (spec.ide) {
     case "jupyter":
       return { command: wrap(jupyterCommand()), readinessPath: "/api", python: withJupyter(spec.python) };
     case "vscode":
-      // code-server 4.x (npm) requires Node.js 24 (engines: {node: "24"}) and its install fails
-      // on the Node.js 20 Loom runs on; `ide: none` with a command runs any other editor server.
+      if (!opts.codeServer)
+        return {
+          unsupported:
+            "ide: vscode needs code-server on the server, and it has none: install it (npm install -g code-server@4.100.3 --unsafe-perm, the last line that runs on Node.js 20; it builds with libkrb5-dev) and restart, or point LOOM_CODE_SERVER at it; or use ide: jupyter",
+        };
       return {
-        unsupported:
-          'ide: vscode (code-server) is not available on this server: code-server needs Node.js 24; use ide: none with command: [code-server, --bind-addr, "127.0.0.1:$PORT", --auth, none] where it is installed, or ide: jupyter',
+        command: wrap(vscodeCommand(opts.codeServer)),
+        readinessPath: "/healthz",
+        ...(spec.python ? { python: spec.python } : {}),
       };
     case "none":
       return {

@@ -55,6 +55,11 @@ export interface WorkspaceDeps {
    * Undefined (Kubernetes): the image decides whether anything listens for ssh.
    */
   sshd?: string;
+  /**
+   * How replicas run code-server for `ide: vscode` (embedded: node and its entry script, lent to
+   * sandboxes; Kubernetes: the image's `code-server`); absent, vscode workspaces are refused.
+   */
+  codeServer?: string[];
 }
 
 /** The revision a workspace's spec runs as: NAME-ws + a hash of what the replica runs. */
@@ -110,7 +115,10 @@ export class WorkspaceReconciler implements Reconciler {
     const now = this.deps.now();
     const before = ws.status ?? {};
     const status: WorkspaceStatus = structuredClone(before);
-    const program = workspaceProgram(ws.spec, { sshd: this.deps.sshd !== undefined });
+    const program = workspaceProgram(ws.spec, {
+      sshd: this.deps.sshd !== undefined,
+      ...(this.deps.codeServer ? { codeServer: this.deps.codeServer } : {}),
+    });
     const origin = this.deps.workspaceOrigin?.();
     if (origin) status.url = workspaceUrl(origin, project, name);
     let requeueAfterMs = 5000;

@@ -64,4 +64,26 @@ describe("ideActivity (Jupyter)", () => {
     expect(await ideActivity("vscode", ep)).toBeUndefined();
     expect(await ideActivity("jupyter", { ...ep, port: 1 })).toBeUndefined();
   });
+
+  it("code-server: /healthz's lastHeartbeat (which /healthz itself does not move), or undefined without one", async () => {
+    const beat = Date.parse("2026-01-02T03:04:05.000Z");
+    let answer: unknown = { status: "expired", lastHeartbeat: beat };
+    server = createServer((req, res) => {
+      asked.push(req.url ?? "");
+      if (req.url === "/healthz")
+        res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
+      else res.writeHead(404).end();
+    });
+    await new Promise<void>((ok) => server!.listen(0, "127.0.0.1", ok));
+    const ep: WorkspaceEndpoint = {
+      ref: { kind: "Workspace", project: "p", name: "w", uid: "u" },
+      host: "127.0.0.1",
+      port: (server.address() as AddressInfo).port,
+      ports: [],
+    };
+    expect((await ideActivity("vscode", ep))?.toISOString()).toBe("2026-01-02T03:04:05.000Z");
+    answer = { status: "expired", lastHeartbeat: 0 };
+    expect(await ideActivity("vscode", ep)).toBeUndefined();
+    expect(asked).toEqual(["/healthz", "/healthz"]);
+  });
 });

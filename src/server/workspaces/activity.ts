@@ -10,8 +10,9 @@ import type { IdeActivity } from "../../ports/workspaces.js";
  * own record decides.
  */
 export const ideActivity: IdeActivity = async (ide, endpoint) => {
-  if (ide !== "jupyter") return undefined;
   const base = `http://${hostPart(endpoint.host)}:${endpoint.port}`;
+  if (ide === "vscode") return codeServerActivity(base);
+  if (ide !== "jupyter") return undefined;
   const status = (await getJson(`${base}/api/status`)) as { last_activity?: string } | undefined;
   const kernels = await getJson(`${base}/api/kernels?no_track_activity=1`);
   if (
@@ -22,6 +23,20 @@ export const ideActivity: IdeActivity = async (ide, endpoint) => {
   const at = new Date(status?.last_activity ?? "");
   return Number.isNaN(at.getTime()) ? undefined : at;
 };
+
+/**
+ * code-server's own record: /healthz's lastHeartbeat, which it moves on every request but
+ * /healthz itself and, every minute, while an editor's connection is open (its idle-timeout
+ * logic, which Loom's culler reads instead).
+ */
+async function codeServerActivity(base: string): Promise<Date | undefined> {
+  const health = (await getJson(`${base}/healthz`)) as { lastHeartbeat?: number } | undefined;
+  const at =
+    typeof health?.lastHeartbeat === "number" && health.lastHeartbeat > 0
+      ? new Date(health.lastHeartbeat)
+      : undefined;
+  return at && !Number.isNaN(at.getTime()) ? at : undefined;
+}
 
 /** The JSON body of a GET that answers 2xx within 2 s; undefined otherwise. */
 async function getJson(url: string): Promise<unknown> {
