@@ -232,9 +232,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     url,
     adminToken: admin.token,
     adminTokenFile: admin.file,
-    sandbox: sandbox.bwrap
-      ? describeSandbox(sandbox)
-      : `${describeSandbox(sandbox)}${opts.insecureSharedUser ? " (--insecure-shared-user: every project runs as this server's user)" : "; workloads of only one project run at a time (--insecure-shared-user allows more, unisolated)"}`,
+    sandbox: sandboxLine(sandbox, !!opts.insecureSharedUser),
     app: plane.app!,
     network: networks.capability,
     workspaces: {
@@ -257,6 +255,12 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       unlock();
     },
   };
+}
+
+/** The sandbox as `loom up` prints it, with what running without one means. */
+function sandboxLine(sandbox: SandboxSupport, insecureSharedUser: boolean): string {
+  if (sandbox.bwrap) return describeSandbox(sandbox);
+  return `${describeSandbox(sandbox)}${insecureSharedUser ? " (--insecure-shared-user: every project runs as this server's user)" : "; workloads of only one project run at a time (--insecure-shared-user allows more, unisolated)"}`;
 }
 
 /** Says at start whether workloads run sandboxed, and loudly what it means when they do not. */

@@ -618,7 +618,7 @@ describe("Workspace controller", () => {
     expect(ws.status?.phase).toBe("Failed");
     const ready = getCondition(ws.status?.conditions, "Ready");
     expect(ready?.reason).toBe("Unsupported");
-    expect(ready?.message).toMatch(/code-server needs Node\.js 24.*ide: none/);
+    expect(ready?.message).toMatch(/needs code-server on the server.*LOOM_CODE_SERVER/);
     expect(revisions.applied).toEqual([]);
   });
 
