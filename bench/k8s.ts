@@ -32,7 +32,8 @@ const PROGRESS_MS = 5000;
 /** Kept back from the Loom run for the baseline, both idle windows and teardown. */
 const JOBS_RESERVE_MS = 240_000;
 const TEARDOWN_MS = 60_000;
-const OPERATOR_USER = "loom-bench-operator";
+/** The operator's ServiceAccount, as deploy/operator.yaml runs it (a bearer token, not a client certificate). */
+const OPERATOR_SA = { namespace: "loom-system", name: "loom-operator" };
 const LOOM_NS = "loom-default";
 const JOBS_NS = "loom-bench-jobs";
 const RESULTS_FILE = join(ROOT, "bench", "RESULTS.md");
@@ -79,8 +80,8 @@ const ACTORS: Actor[] = [
   {
     id: "op",
     title: "Loom operator",
-    subject: { kind: "User", user: { name: OPERATOR_USER } },
-    // In a cluster the operator is a ServiceAccount: the default "service-accounts" schema → workload-low.
+    subject: { kind: "ServiceAccount", serviceAccount: OPERATOR_SA },
+    // The operator is a ServiceAccount: the default "service-accounts" schema → workload-low.
     priorityLevel: "workload-low",
     resources: [
       "trainingjobs",
@@ -892,7 +893,13 @@ async function waitFor(what: string, timeoutMs: number, check: () => Promise<boo
   }
 }
 
-/** The operator's identity: the least-privilege ClusterRole from deploy/operator.yaml, bound to a user. */
+/**
+ * The operator's identity as deploy/operator.yaml gives it: a ServiceAccount bound to the
+ * least-privilege ClusterRole, authenticating with a bearer token (the job controller, its peer,
+ * is a ServiceAccount too). A client certificate instead cost kube-apiserver a chain
+ * verification on every request (4.5% of its CPU in a profile of the Loom run); a token's
+ * review is cached.
+ */
 async function operatorIdentity(cluster: BenchCluster): Promise<{ kubeconfig: string; notes: string[] }> {
   const notes: string[] = [];
   const docs = parseAllDocuments(readFileSync(join(ROOT, "deploy/operator.yaml"), "utf8")).map(
@@ -901,14 +908,32 @@ async function operatorIdentity(cluster: BenchCluster): Promise<{ kubeconfig: st
   const role = docs.find((d) => d.kind === "ClusterRole");
   if (!role) throw new Error("deploy/operator.yaml has no ClusterRole");
   await cluster.kubectlOk(["apply", "-f", "-"], JSON.stringify(role));
+  const { namespace, name } = OPERATOR_SA;
+  await cluster.kubectlOk(["create", "namespace", namespace]);
+  await cluster.kubectlOk(["create", "serviceaccount", name, "-n", namespace]);
   await cluster.kubectlOk([
     "create",
     "clusterrolebinding",
-    OPERATOR_USER,
+    `loom-bench-${name}`,
     `--clusterrole=${role.metadata?.name}`,
-    `--user=${OPERATOR_USER}`,
+    `--serviceaccount=${namespace}:${name}`,
   ]);
-  const kubeconfig = await cluster.userKubeconfig(OPERATOR_USER);
+  const token = (await cluster.kubectlOk(["create", "token", name, "-n", namespace, "--duration=2h"])).trim();
+  const admin = await kubeTarget(cluster.kubeconfig);
+  const kubeconfig = join(cluster.state, "loom-operator.kubeconfig");
+  const ca = admin.ca ? { "certificate-authority-data": Buffer.from(admin.ca).toString("base64") } : {};
+  writeFileSync(
+    kubeconfig,
+    JSON.stringify({
+      apiVersion: "v1",
+      kind: "Config",
+      clusters: [{ name: "bench", cluster: { server: admin.server, ...ca } }],
+      users: [{ name, user: { token } }],
+      contexts: [{ name: "bench", context: { cluster: "bench", user: name } }],
+      "current-context": "bench",
+    }),
+    { mode: 0o600 },
+  );
   return { kubeconfig, notes };
 }
 
@@ -1383,10 +1408,10 @@ async function main(): Promise<void> {
   notes.unshift(
     "Ratios are Loom ÷ Jobs: below 1× is better for Loom on time, request and CPU rows.",
     `Method: the bench creates every object through the API (admin client certificate, HTTPS keep-alive, ${CREATE_CONCURRENCY} in flight) and follows them with two watches (workload objects and pods), opened before the measured window. "Running by controller status" is the TrainingJob's status.phase Running (or Succeeded) for Loom, and status.active > 0 (or succeeded) for a Job; both are set once the pod exists. "Pods Running" is the pod's phase from kwok. The window runs from the first create until every job has finished.`,
-    "Requests: kube-apiserver's apiserver_request_total before and after the window, less the requests the bench sent in it (it counts its own). Per client: the bench installs FlowSchemas (with the priority level each client gets by default) that match the operator's user, the job controller's ServiceAccount and the scheduler, one per verb and resource, and reads apiserver_flowcontrol_dispatched_requests_total; kwok uses the admin identity, so its figure is the exempt schema's count less the bench's own.",
+    "Requests: kube-apiserver's apiserver_request_total before and after the window, less the requests the bench sent in it (it counts its own). Per client: the bench installs FlowSchemas (with the priority level each client gets by default) that match the operator's ServiceAccount, the job controller's ServiceAccount and the scheduler, one per verb and resource, and reads apiserver_flowcontrol_dispatched_requests_total; kwok uses the admin identity, so its figure is the exempt schema's count less the bench's own.",
     `Background: with nothing running, the cluster served ${backgroundPerSec.toFixed(1)} requests/s (kwok renewing the leases of ${NODES} nodes, controller-manager and scheduler housekeeping), measured for ${BACKGROUND_MS / 1000} s before the runs; it counts into every window in proportion to its length (mostly in kwok's row), so a longer run pays more of it, and one row subtracts it.`,
     `CPU: utime + stime from /proc of each component (and the operator's process), before and after the window. Everything shares the machine's ${m.cpus} cores.`,
-    `The operator runs as its own process (\`loom operator\`, pino at warn) with the ClusterRole from deploy/operator.yaml, bound to a client-certificate user, and is stopped after its run; the Jobs baseline runs afterwards in a fresh namespace (${JOBS_NS}, Pod Security restricted enforced, like ${LOOM_NS}) on the same cluster, with Loom's finished TrainingJobs, pods and Services still stored.`,
+    `The operator runs as its own process (\`loom operator\`, pino at warn) with the ClusterRole from deploy/operator.yaml, bound to its ServiceAccount (loom-system/loom-operator, a bearer token, as deploy/operator.yaml runs it; runs before 2026-12-07 used a client-certificate user), and is stopped after its run; the Jobs baseline runs afterwards in a fresh namespace (${JOBS_NS}, Pod Security restricted enforced, like ${LOOM_NS}) on the same cluster, with Loom's finished TrainingJobs, pods and Services still stored.`,
     `Each pod carries loom.dev/kwok-complete-after: ${COMPLETE_AFTER}, so kwok ends it ${COMPLETE_AFTER} after it runs: ${COMPLETE_AFTER} of every create → Succeeded time is the simulated job itself.`,
     `Loom's API client (src/platforms/kubernetes/client.ts) measured alone before the runs: ${probe.loomMs.toFixed(2)} ms per sequential GET, against ${probe.keepAliveMs.toFixed(2)} ms with a plain keep-alive agent (${(probe.loomMs / probe.keepAliveMs).toFixed(2)}×).`,
   );

@@ -60,6 +60,12 @@ export interface ResourceStore {
   /** Replaces status only; same concurrency rule as update. */
   updateStatus(obj: Resource): Promise<Resource>;
   /**
+   * Adds one finalizer and changes nothing else; same concurrency rule as update. Optional: a
+   * store without it gets update() with the finalizer added. Kubernetes: applies the finalizer
+   * alone, so Loom neither sends nor takes ownership of the user's spec.
+   */
+  addFinalizer?(obj: Resource, finalizer: string): Promise<Resource>;
+  /**
    * Deletes at once, or — when finalizers remain — marks deletionTimestamp and returns the marked
    * object; controllers finish the job and remove their finalizer.
    */

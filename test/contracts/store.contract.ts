@@ -458,6 +458,38 @@ export function resourceStoreContract(
       });
     });
 
+    describe("addFinalizer (where the store has it)", () => {
+      it("adds the finalizer beside others, changes nothing else, refuses a stale version, and update() removes it", async () => {
+        if (!store.addFinalizer) return;
+        const name = unique("afin");
+        const base = tj(name);
+        const created = await store.create({
+          ...base,
+          metadata: { ...base.metadata, labels: { team: "a" }, finalizers: ["loom.dev/contract-d"] },
+        });
+        const held = await store.addFinalizer(created, "loom.dev/contract-e");
+        expect([...(held.metadata.finalizers ?? [])].sort()).toEqual([
+          "loom.dev/contract-d",
+          "loom.dev/contract-e",
+        ]);
+        expect(held.spec).toEqual(created.spec);
+        expect(held.metadata.labels).toEqual({ team: "a" });
+        expect(held.metadata.resourceVersion).not.toBe(created.metadata.resourceVersion);
+        // Written against the version before: someone else's write came in between.
+        await expect(store.addFinalizer(created, "loom.dev/contract-f")).rejects.toMatchObject({
+          code: "Conflict",
+        });
+        const back = await store.update({
+          ...held,
+          metadata: { ...held.metadata, finalizers: ["loom.dev/contract-d"] },
+        });
+        expect(back.metadata.finalizers).toEqual(["loom.dev/contract-d"]);
+        await store.update({ ...back, metadata: { ...back.metadata, finalizers: [] } });
+        await store.delete("TrainingJob", p1, name);
+        await expect(store.get("TrainingJob", p1, name)).rejects.toBeInstanceOf(NotFoundError);
+      });
+    });
+
     describe("watch", () => {
       it("from a list's resourceVersion delivers exactly the later changes, in revision order", async () => {
         const [a, b, c, d] = [unique("wa"), unique("wb"), unique("wc"), unique("wd")];

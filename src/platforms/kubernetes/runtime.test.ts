@@ -175,6 +175,31 @@ describe("KubernetesRuntime's requests", () => {
     );
   });
 
+  it("a gang of one is created on its node (no binding); a larger gang is bound once every pod exists", async () => {
+    const api = new FakeApi((method, path) => {
+      if (method === "GET" && path.endsWith("/pods")) return { items: [] };
+      return undefined;
+    });
+    runtime = new KubernetesRuntime({ client: api.client(), log, defaultImage: "img:default" });
+    const two = gang(1);
+    const one: GangSpec = { ...two, workers: two.workers.slice(0, 1), initCheckpoint: undefined };
+    await runtime.start(one);
+    const created = api.calls.filter((c) => c.startsWith("POST /api/v1/namespaces/loom-team-a/pods "));
+    expect(created).toHaveLength(1);
+    expect(created[0]).toContain('"nodeName":"node-0"');
+    expect(api.calls.filter((c) => c.includes("/binding"))).toEqual([]);
+
+    // Two workers: created unbound, so neither can start before the whole gang exists.
+    api.calls.length = 0;
+    await runtime.start({ ...two, initCheckpoint: undefined, attempt: 2 });
+    const pods = api.calls.filter((c) => c.startsWith("POST /api/v1/namespaces/loom-team-a/pods "));
+    expect(pods).toHaveLength(2);
+    for (const p of pods) expect(p).not.toContain("nodeName");
+    const firstBind = api.calls.findIndex((c) => c.includes("/binding"));
+    expect(firstBind).toBeGreaterThan(api.calls.lastIndexOf(pods[1]!));
+    expect(api.calls.filter((c) => c.includes("/binding"))).toHaveLength(2);
+  });
+
   it("a single worker on a share of a GPU, and a start that meets its own earlier writes", async () => {
     const api = new FakeApi((method, path) => {
       if (method === "GET" && path.endsWith("/pods")) return { items: [] };

@@ -139,6 +139,38 @@ export class KubeResourceStore implements ResourceStore {
   }
 
   /**
+   * Server-side apply of the finalizer alone (field manager "loom", resourceVersion as the
+   * precondition): the finalizers list is a set, so others' entries stay. Applying the whole job
+   * to add it sent and re-validated the spec and made Loom own every spec field, so a user's own
+   * server-side apply of a changed spec met a conflict with "loom".
+   */
+  async addFinalizer(obj: Resource, finalizer: string): Promise<Resource> {
+    const { kind, project, name } = parts(obj);
+    const { metadata } = toKube(obj);
+    const body = {
+      apiVersion: API_VERSION,
+      kind,
+      metadata: {
+        name,
+        ...(metadata.namespace ? { namespace: metadata.namespace } : {}),
+        ...(metadata.resourceVersion ? { resourceVersion: metadata.resourceVersion } : {}),
+        finalizers: [finalizer],
+      },
+    };
+    try {
+      return toLoom(
+        await this.client.request<KubeObject>("PATCH", itemPath(kind, project, name), {
+          body,
+          contentType: "application/apply-patch+yaml",
+          query: { fieldManager: "loom", force: true },
+        }),
+      );
+    } catch (err) {
+      throw notFound(err, kind, project, name);
+    }
+  }
+
+  /**
    * Server-side apply (field manager "loom") of the object or its status subresource, with the
    * resourceVersion as a precondition so that a stale writer gets 409 Conflict instead of
    * overwriting. A caller that sent no resourceVersion asked for "last write wins": read the
