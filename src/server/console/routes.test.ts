@@ -30,7 +30,7 @@ describe("console routes", () => {
   let store: SqliteResourceStore;
   let runtime: LocalRuntime;
   let app: FastifyInstance;
-  const tokens: Record<string, string> = {};
+  const tokens = { admin: "", viewer: "", key: "" };
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), "loom-console-"));
