@@ -1,5 +1,5 @@
 import { type FormEvent, useEffect, useState } from "react";
-import { ApiError, api, BASE, type Me } from "./api.js";
+import { api, BASE, csrfToken, type Me } from "./api.js";
 import { JobPage } from "./pages/Job.js";
 import { JobsPage } from "./pages/Jobs.js";
 import { OverviewPage } from "./pages/Overview.js";
@@ -18,10 +18,9 @@ const PAGES = [
 export function App() {
   const [me, setMe] = useState<Me | null | undefined>(undefined);
   useEffect(() => {
-    api<Me>("GET", `${BASE}/whoami`).then(setMe, (err: unknown) => {
-      if (err instanceof ApiError && err.status === 401) setMe(null);
-      else setMe(null);
-    });
+    // No CSRF cookie: never logged in here (or logged out), so no request that can only fail.
+    if (!csrfToken()) return setMe(null);
+    api<Me>("GET", `${BASE}/whoami`).then(setMe, () => setMe(null));
   }, []);
   if (me === undefined) return <p className="muted">Loading…</p>;
   if (me === null) return <Login onIn={setMe} />;

@@ -116,7 +116,11 @@ export function JobPage({ project, name }: { project: string; name: string }) {
           </tbody>
         </table>
       </section>
-      <Logs path={`${list}/${encodeURIComponent(name)}`} workers={workers} />
+      <Logs
+        path={`${list}/${encodeURIComponent(name)}`}
+        workers={workers}
+        {...(job.status?.attempts ? { attempt: job.status.attempts } : {})}
+      />
       <section aria-labelledby="events">
         <h2 id="events">Events</h2>
         <table>
@@ -142,7 +146,10 @@ export function JobPage({ project, name }: { project: string; name: string }) {
       </section>
       <section aria-labelledby="spec">
         <h2 id="spec">Spec</h2>
-        <pre className="spec">{JSON.stringify({ metadata: job.metadata, spec: job.spec }, null, 2)}</pre>
+        {/* biome-ignore lint/a11y/noNoninteractiveTabindex: the spec box scrolls by keyboard */}
+        <section className="spec" tabIndex={0} aria-labelledby="spec">
+          <pre>{JSON.stringify({ metadata: job.metadata, spec: job.spec }, null, 2)}</pre>
+        </section>
       </section>
     </>
   );
