@@ -174,6 +174,22 @@ describe("console routes", () => {
     expect((await send("GET", `${JOBS}/b`, { cookie })).statusCode).toBe(404); // nothing was made
   });
 
+  it("refuses a read carried by the cookie from another origin: a same-site page's WebSocket (attack)", async () => {
+    const { cookie } = await login(tokens.admin);
+    const pf = `${JOBS}/a/portforward?port=8888`;
+    const hijack = {
+      cookie,
+      origin: "http://nb--default.ws.localhost:7001",
+      upgrade: "websocket",
+      connection: "upgrade",
+    };
+    const res = await send("GET", pf, hijack);
+    expect(res.statusCode).toBe(403);
+    expect(res.json().message).toContain("only the console's own pages");
+    expect((await send("GET", JOBS, { cookie, "sec-fetch-site": "same-site" })).statusCode).toBe(403);
+    expect((await send("GET", JOBS, { cookie, "sec-fetch-site": "same-origin" })).statusCode).toBe(200);
+  });
+
   it("holds a viewer's cookie to a viewer's rights: reads pass, a forged write is 403", async () => {
     const { cookie, csrf } = await login(tokens.viewer);
     const me = await send("GET", `${BASE}/whoami`, { cookie });

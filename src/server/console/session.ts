@@ -55,8 +55,9 @@ export function refuseCrossOrigin(req: FastifyRequest): void {
  * Lets the console's cookie stand for a bearer token: a request with no Authorization header and
  * a session cookie is authenticated as that cookie's token. A write must also carry the CSRF
  * cookie's value in the x-loom-csrf header (a page on another origin can neither read the cookie
- * nor send a custom header without a CORS grant, which Loom never gives) and come from this
- * origin. Installed before the guard, which then decides as for any bearer token.
+ * nor send a custom header without a CORS grant, which Loom never gives). Any request carried by
+ * the cookie must come from this origin. Installed before the guard, which then decides as for
+ * any bearer token.
  */
 export function acceptConsoleCookie(app: FastifyInstance): void {
   app.addHook("onRequest", async (req) => {
@@ -65,8 +66,10 @@ export function acceptConsoleCookie(app: FastifyInstance): void {
     const token = cookies.get(SESSION_COOKIE);
     if (!token) return;
     if (req.routeOptions.config.authz?.scope === "public") return;
+    // Every verb: a WebSocket (port-forward's upgrade is a GET) is not held by CORS, and a page on
+    // a workspace's origin is the same site, so its browser would send the cookie along.
+    refuseCrossOrigin(req);
     if (verbOf(req.method) === "write") {
-      refuseCrossOrigin(req);
       const expected = cookies.get(CSRF_COOKIE);
       const sent = req.headers[CSRF_HEADER];
       if (!expected || typeof sent !== "string" || !sameString(sent, expected))
