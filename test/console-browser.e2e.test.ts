@@ -23,7 +23,7 @@ interface UiPage extends Page {
   waitForFunction<A>(fn: (arg: A) => boolean, arg: A, opts?: { timeout?: number }): Promise<unknown>;
   waitForURL(url: string | RegExp, opts?: { timeout?: number }): Promise<void>;
   setViewportSize(size: { width: number; height: number }): Promise<void>;
-  keyboard: { press(key: string): Promise<void> };
+  keyboard: { press(key: string): Promise<void>; type(text: string): Promise<void> };
   on(
     event: "console",
     fn: (msg: { type(): string; text(): string; location(): { url: string } }) => void,
@@ -188,7 +188,72 @@ describe("web console in Chromium", () => {
     }, BASE);
     expect(status).toBe(403);
     expect((await loom.job("hello")).metadata.name).toBe("hello");
+    // The refusal is the one error a page logged ("Failed to load resource: … 403"), and the point.
+    expect(errors.splice(0)).toEqual([expect.stringContaining("403")]);
   }, 60_000);
+
+  it("creates and revokes a project's API key from the Projects page, by keyboard", async () => {
+    await admin.goto(`${loom.url}/#/projects`);
+    await admin.waitForSelector("text=API keys (inference gateway)");
+    // Keyboard: the name field, type, Enter submits the form.
+    await admin.click('form[aria-label="Create API key"] input');
+    await admin.keyboard.type("console-key");
+    await admin.keyboard.press("Enter");
+    await admin.waitForSelector("code.secret");
+    const keys = await loom.api("GET", `${BASE}/projects/default/apikeys`);
+    const made = (keys.body as { items: { id: string; name: string }[] }).items.find(
+      (k) => k.name === "console-key",
+    );
+    expect(made).toBeDefined();
+    await screenshot(admin, "console-apikey-created");
+    await admin.click('button[aria-label="Revoke console-key"]');
+    await admin.waitForSelector('button[aria-label="Revoke console-key"]', { state: "detached" });
+    const after = await loom.api("GET", `${BASE}/projects/default/apikeys`);
+    expect((after.body as { items: { name: string }[] }).items.some((k) => k.name === "console-key")).toBe(
+      false,
+    );
+    expect(errors).toEqual([]);
+  }, 60_000);
+
+  it("lists 10,000 jobs rendering only the rows in view, and scrolls to the last", async () => {
+    // A project whose limit no job fits: its jobs wait, so nothing runs.
+    const project = {
+      apiVersion: "loom.dev/v1alpha1",
+      kind: "Project",
+      metadata: { name: "bulk" },
+      spec: { limit: { cpu: "1m" } },
+    };
+    expect((await loom.api("POST", `${BASE}/projects`, project)).status).toBe(201);
+    await admin.goto(`${loom.url}/#/jobs`);
+    await admin.waitForSelector("text=of 1 jobs");
+    const N = 10_000;
+    for (let i = 0; i < N; i += 100) {
+      await Promise.all(
+        Array.from({ length: 100 }, (_, j) =>
+          loom.api("POST", `${BASE}/projects/bulk/trainingjobs`, {
+            apiVersion: "loom.dev/v1alpha1",
+            kind: "TrainingJob",
+            metadata: { name: `j${String(i + j).padStart(5, "0")}`, labels: { bulk: "yes" } },
+            spec: { command: ["true"], resources: { cpu: "100m", memory: "16Mi" } },
+          }),
+        ),
+      );
+    }
+    // Arrived through the open page's watch, no reload.
+    await admin.waitForSelector(`text=${N + 1} of ${N + 1} jobs`, { timeout: 120_000 });
+    const rendered = await admin.evaluate(() => document.querySelectorAll(".vrow").length);
+    expect(rendered).toBeLessThan(100);
+    await admin.evaluate(() => {
+      const box = document.querySelector(".vlist")!;
+      box.scrollTop = box.scrollHeight;
+    });
+    // Newest first: the oldest (j00000… or hello) is last.
+    await admin.waitForSelector('a[href="#/jobs/default/hello"]');
+    await admin.fill('input[placeholder="team=nlp,example"]', "bulk=yes");
+    await admin.waitForSelector(`text=${N} of ${N + 1} jobs`);
+    await screenshot(admin, "console-jobs-10000");
+    expect(errors).toEqual([]);
+  }, 300_000);
 
   it("refuses a write from another origin of the same site, which carries the cookie (403)", async () => {
     // Another port of the same host: the same site to SameSite (ports do not count), so the
