@@ -252,6 +252,12 @@ describe("web console in Chromium", () => {
     await admin.fill('input[placeholder="team=nlp,example"]', "bulk=yes");
     await admin.waitForSelector(`text=${N} of ${N + 1} jobs`);
     await screenshot(admin, "console-jobs-10000");
+    // A figure for the report, not an assertion (the machine is shared): a fresh load of the page
+    // to its first rows with 10,001 jobs (bench:console is where the budget of 1 s is judged).
+    const started = Date.now();
+    await admin.goto(`${loom.url}/?fresh=1#/jobs`);
+    await admin.waitForSelector(".vrow");
+    console.log(`console: jobs page first rows with ${N + 1} jobs after ${Date.now() - started} ms`);
     expect(errors).toEqual([]);
   }, 300_000);
 
