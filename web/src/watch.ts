@@ -1,4 +1,4 @@
-import { useEffect, useRef, useState } from "react";
+import { useCallback, useEffect, useState, useSyncExternalStore } from "react";
 import { api, keyOf, type Resource, streamLines, type WatchEvent } from "./api.js";
 
 interface List<T> {
@@ -14,69 +14,112 @@ export interface Watched<T> {
   version: number;
 }
 
+const EMPTY: Watched<never> = { items: [], loaded: false, version: 0 };
+/** How long a list nobody shows is kept live, so going back to a page does not list again. */
+const KEEP_MS = 60_000;
+
+interface Entry {
+  state: Watched<Resource>;
+  listeners: Set<() => void>;
+  abort: AbortController;
+  idle?: ReturnType<typeof setTimeout>;
+}
+
+/** One live list per path, shared by every component that shows it. */
+const entries = new Map<string, Entry>();
+
+function acquire(path: string): Entry {
+  let e = entries.get(path);
+  if (!e) {
+    e = { state: EMPTY, listeners: new Set(), abort: new AbortController() };
+    entries.set(path, e);
+    follow(path, e);
+  }
+  if (e.idle) clearTimeout(e.idle);
+  e.idle = undefined;
+  return e;
+}
+
+function release(path: string, e: Entry): void {
+  if (e.listeners.size > 0) return;
+  e.idle = setTimeout(() => {
+    e.abort.abort();
+    entries.delete(path);
+  }, KEEP_MS);
+}
+
 /**
- * A live list: list once, then follow the API's watch from the list's revision (the same stream
- * `loom get -w` reads), relisting with capped backoff when it ends or expires. Changes arriving
- * together are applied in one render, so a burst of 10,000 events costs one.
+ * List once, then follow the API's watch from the list's revision (the same stream `loom get -w`
+ * reads), relisting with capped backoff when it ends or expires. Changes arriving together are
+ * applied in one render, so a burst of 10,000 events costs one.
+ */
+function follow(path: string, e: Entry): void {
+  const map = new Map<string, Resource>();
+  const signal = e.abort.signal;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const publish = (state: Watched<Resource>) => {
+    e.state = state;
+    for (const l of e.listeners) l();
+  };
+  const flush = () => {
+    timer = undefined;
+    publish({ items: [...map.values()], loaded: true, version: e.state.version + 1 });
+  };
+  const sep = path.includes("?") ? "&" : "?";
+  (async () => {
+    let backoff = 500;
+    while (!signal.aborted) {
+      try {
+        const list = await api<List<Resource>>("GET", path);
+        map.clear();
+        for (const item of list.items) map.set(keyOf(item), item);
+        flush();
+        let expired = false;
+        await streamLines(
+          `${path}${sep}watch=1&resourceVersion=${encodeURIComponent(list.metadata.resourceVersion)}`,
+          (lines) => {
+            for (const line of lines) {
+              if (!line) continue;
+              const ev = JSON.parse(line) as WatchEvent<Resource>;
+              if (ev.type === "ERROR") expired = true;
+              else if (ev.type === "DELETED") map.delete(keyOf(ev.object));
+              else if (ev.type === "ADDED" || ev.type === "MODIFIED") map.set(keyOf(ev.object), ev.object);
+            }
+            timer ??= setTimeout(flush, 50);
+          },
+          signal,
+        );
+        backoff = expired ? 0 : 500;
+      } catch (err) {
+        if (signal.aborted) return;
+        publish({ ...e.state, loaded: true, error: (err as Error).message });
+        backoff = Math.min(Math.max(backoff * 2, 1000), 30_000);
+      }
+      await new Promise((ok) => setTimeout(ok, backoff));
+    }
+  })();
+  signal.addEventListener("abort", () => timer && clearTimeout(timer));
+}
+
+/**
+ * A live list of a path (undefined: none). Every page showing the same path shares one list and
+ * one watch, kept a minute after the last page leaves.
  */
 export function useWatchedList<T extends Resource>(path: string | undefined): Watched<T> {
-  const [state, setState] = useState<Watched<T>>({ items: [], loaded: false, version: 0 });
-  const byKey = useRef(new Map<string, T>());
-  useEffect(() => {
-    if (!path) return;
-    const abort = new AbortController();
-    const map = byKey.current;
-    map.clear();
-    setState({ items: [], loaded: false, version: 0 });
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let version = 0;
-    const flush = () => {
-      timer = undefined;
-      version += 1;
-      setState({ items: [...map.values()], loaded: true, version });
-    };
-    const schedule = () => {
-      timer ??= setTimeout(flush, 50);
-    };
-    const sep = path.includes("?") ? "&" : "?";
-    (async () => {
-      let backoff = 500;
-      while (!abort.signal.aborted) {
-        try {
-          const list = await api<List<T>>("GET", path);
-          map.clear();
-          for (const item of list.items) map.set(keyOf(item), item);
-          flush();
-          let expired = false;
-          await streamLines(
-            `${path}${sep}watch=1&resourceVersion=${encodeURIComponent(list.metadata.resourceVersion)}`,
-            (lines) => {
-              for (const line of lines) {
-                if (!line) continue;
-                const e = JSON.parse(line) as WatchEvent<T>;
-                if (e.type === "ERROR") expired = true;
-                else if (e.type === "DELETED") map.delete(keyOf(e.object));
-                else if (e.type === "ADDED" || e.type === "MODIFIED") map.set(keyOf(e.object), e.object);
-              }
-              schedule();
-            },
-            abort.signal,
-          );
-          backoff = expired ? 0 : 500;
-        } catch (err) {
-          if (abort.signal.aborted) return;
-          setState((s) => ({ ...s, loaded: true, error: (err as Error).message }));
-          backoff = Math.min(Math.max(backoff * 2, 1000), 30_000);
-        }
-        await new Promise((ok) => setTimeout(ok, backoff));
-      }
-    })();
-    return () => {
-      abort.abort();
-      if (timer) clearTimeout(timer);
-    };
-  }, [path]);
-  return state;
+  const subscribe = useCallback(
+    (onChange: () => void) => {
+      if (!path) return () => undefined;
+      const e = acquire(path);
+      e.listeners.add(onChange);
+      return () => {
+        e.listeners.delete(onChange);
+        release(path, e);
+      };
+    },
+    [path],
+  );
+  const snapshot = () => (path ? (entries.get(path)?.state ?? EMPTY) : EMPTY);
+  return useSyncExternalStore(subscribe, snapshot) as Watched<T>;
 }
 
 /**

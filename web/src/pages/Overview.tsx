@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState } from "react";
+import { useEffect, useMemo, useRef, useState } from "react";
 import { api, BASE, condition, type Job } from "../api.js";
 import { Bar } from "../components/Bar.js";
 import { href } from "../router.js";
@@ -44,21 +44,23 @@ export function OverviewPage() {
   const [nodes, setNodes] = useState<NodeUsage[]>([]);
   const [usage, setUsage] = useState<ProjectUsage[] | undefined>();
   const [error, setError] = useState("");
+  // The first read at once; later ones (a job changed) at most once a second.
+  const readOnce = useRef(false);
+  // biome-ignore lint/correctness/useExhaustiveDependencies: jobs.version is the trigger: read again when a job changes
   useEffect(() => {
-    const t = setTimeout(
-      () => {
-        api<{ items: NodeUsage[] }>("GET", `${BASE}/nodes`).then(
-          (r) => setNodes(r.items),
+    const delay = readOnce.current ? 1000 : 0;
+    readOnce.current = true;
+    const t = setTimeout(() => {
+      api<{ items: NodeUsage[] }>("GET", `${BASE}/nodes`).then(
+        (r) => setNodes(r.items),
+        (e: Error) => setError(e.message),
+      );
+      if (me.allProjects)
+        api<{ items: ProjectUsage[] }>("GET", `${BASE}/usage/projects`).then(
+          (r) => setUsage(r.items),
           (e: Error) => setError(e.message),
         );
-        if (me.allProjects)
-          api<{ items: ProjectUsage[] }>("GET", `${BASE}/usage/projects`).then(
-            (r) => setUsage(r.items),
-            (e: Error) => setError(e.message),
-          );
-      },
-      jobs.version <= 1 ? 0 : 1000,
-    );
+    }, delay);
     return () => clearTimeout(t);
   }, [jobs.version, me.allProjects]);
   const pools = useMemo(() => byPool(nodes), [nodes]);
