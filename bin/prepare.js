@@ -28,4 +28,12 @@ if (result.status !== 0) {
   );
   process.exit(1);
 }
+// The web console (issue 21) is served from dist/console: bundled here too, so `npx loom up` serves it.
+const web = spawnSync(process.execPath, ["web/build.mjs"], { cwd: root, stdio: "inherit" });
+if (web.status !== 0) {
+  console.error(
+    `loom: the web console's build failed (exit ${web.status ?? web.signal}); fix it, then: npm run build`,
+  );
+  process.exit(1);
+}
 console.log(`loom: compiled in ${Math.round((Date.now() - started) / 1000)} s`);

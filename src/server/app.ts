@@ -12,6 +12,8 @@ import type { WorkspaceDirectory, WorkspaceSnapshots } from "../ports/workspaces
 import { appLoginRoutes } from "./apps/login.js";
 import { auditRequests } from "./audit.js";
 import { bearerAuthenticator } from "./authz.js";
+import { consoleRoutes } from "./console/routes.js";
+import { acceptConsoleCookie } from "./console/session.js";
 import { installErrorHandler } from "./errors.js";
 import { fromWorkspace } from "./fromworkspace.js";
 import { installGuard, rewriteUrl } from "./guard.js";
@@ -75,6 +77,8 @@ export interface AppDeps {
   workspaceActivity?: Pick<WorkspaceDirectory, "touch">;
   /** Users' SSH public keys (`loom ssh-key`); absent: those routes are not served. */
   sshKeys?: SshKeyStore;
+  /** The web console (issue 21): where its built files lie (default dist/console); false: not served. */
+  console?: { dir?: string } | false;
 }
 
 declare module "fastify" {
@@ -118,6 +122,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // After requireRules: the audit log's read routes get their rules like every other route.
   if (deps.audit) auditRequests(app, deps.audit, deps.metrics);
   const tracking = deps.tracking;
+  // Before the guard: the console's cookie stands for a bearer token (CSRF-checked on writes).
+  if (deps.console !== false) acceptConsoleCookie(app);
   installGuard(app, {
     authenticate,
     decide: {
@@ -148,6 +154,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   const list = listOrWatch({ store: deps.store, resources });
   systemRoutes(app, { metrics: deps.metrics, version: deps.version });
+  if (deps.console !== false)
+    consoleRoutes(app, {
+      verify: (token) => deps.tokens.verify(token),
+      ...(deps.console?.dir ? { dir: deps.console.dir } : {}),
+    });
   schedulingRoutes(app, { scheduling });
   projectRoutes(app, { resources, listOrWatch: list });
   modelRoutes(app, {

@@ -10,7 +10,7 @@ import type {
 
 /**
  * Who may reach a route, by what it serves rather than how its URL is spelled:
- * - public: anyone, no token (health only);
+ * - public: anyone, no token (health; the web console's static files, log-in and log-out);
  * - cluster: facts about the installation any user token may read (nodes, version); writing takes an unscoped admin;
  * - global: every project's data at once (lists across projects): a token not scoped to one project;
  * - project: one project's data, the project named by `projectParam` (absent from the URL: the

@@ -11,7 +11,7 @@ import type { Duplex } from "node:stream";
 export const SESSION_COOKIE = "loom_ws";
 
 /** Every cookie of Loom's on the user-content origin (workspaces', apps' session and affinity): never forwarded, never set upstream. */
-const LOOM_COOKIES = new Set([SESSION_COOKIE, "loom_app", "loom_app_affinity"]);
+const LOOM_COOKIES = new Set([SESSION_COOKIE, "loom_app", "loom_app_affinity", "loom_console", "loom_csrf"]);
 const isLoomCookie = (c: string) => LOOM_COOKIES.has(c.split("=", 1)[0]!.trim());
 
 /** Per-connection headers (RFC 9110 §7.6.1) that a proxy does not pass on. */
