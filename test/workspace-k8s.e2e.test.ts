@@ -1,10 +1,7 @@
-import { copyFileSync, mkdtempSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
-import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT } from "./helpers.js";
-import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
+import { LoomProcess } from "./helpers.js";
+import { operatorCluster, type Selector, selects, startOperator, type TestCluster } from "./k8s/cluster.js";
 
 /**
  * Issue 19 on the real Kubernetes API server: a Workspace applied through Loom becomes what the
@@ -16,7 +13,6 @@ import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
  * ServiceAccount, so every request it makes is judged by that least-privilege ClusterRole.
  * Its own cluster (beside LOOM_K8S_STATE's), since an operator elsewhere would reconcile it too.
  */
-const STATE = `${process.env.LOOM_K8S_STATE ?? join(homedir(), ".cache/loom/k8s/run")}-workspace`;
 const NS = "loom-default";
 
 interface Obj {
@@ -31,34 +27,6 @@ interface Obj {
   spec: any;
   // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
   status?: any;
-}
-
-interface Selector {
-  matchLabels?: Record<string, string>;
-  matchExpressions?: { key: string; operator: string; values?: string[] }[];
-}
-
-/** A label selector's meaning, as the API server and network plugins apply it. */
-function selects(sel: Selector, labels: Record<string, string>): boolean {
-  const ok = Object.entries(sel.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
-  return (
-    ok &&
-    (sel.matchExpressions ?? []).every((e) => {
-      const has = e.key in labels;
-      switch (e.operator) {
-        case "In":
-          return has && e.values!.includes(labels[e.key]!);
-        case "NotIn":
-          return !has || !e.values!.includes(labels[e.key]!);
-        case "Exists":
-          return has;
-        case "DoesNotExist":
-          return !has;
-        default:
-          throw new Error(`unknown selector operator ${e.operator}`);
-      }
-    })
-  );
 }
 
 describe("Workspace on Kubernetes", () => {
@@ -110,24 +78,9 @@ spec:
   let ws: Obj;
 
   beforeAll(async () => {
-    cluster = upCluster({ state: STATE, nodes: 2 });
-    const crds = await cli.cli(["crds"]);
-    expect(crds.code).toBe(0);
-    cluster.kubectl(["apply", "--server-side", "--force-conflicts", "-f", "-"], { input: crds.stdout });
-    cluster.kubectl(["wait", "--for=condition=Established", "crd/workspaces.loom.dev", "--timeout=60s"]);
-    const deployed = cluster.kubectl(["apply", "-f", join(ROOT, "deploy/operator.yaml")]);
-    expect(deployed.code, deployed.stderr).toBe(0);
-    cluster.kubectl(["scale", "deployment/loom-operator", "-n", "loom-system", "--replicas=0"]);
-    const saToken = cluster
-      .kubectl(["create", "token", "loom-operator", "-n", "loom-system", "--duration=1h"])
-      .stdout.trim();
-    const saConfig = join(mkdtempSync(join(tmpdir(), "loom-sa-")), "kubeconfig");
-    copyFileSync(cluster.kubeconfig, saConfig);
-    cluster.kubectl(["config", "set-credentials", "loom-operator", `--token=${saToken}`], {
-      kubeconfig: saConfig,
-    });
-    cluster.kubectl(["config", "set-context", "--current", "--user=loom-operator"], { kubeconfig: saConfig });
-    operator = startOperator(saConfig);
+    const own = operatorCluster("workspace", { crds: ["workspaces.loom.dev"] });
+    cluster = own.cluster;
+    operator = startOperator(own.operatorKubeconfig);
     await operator.ready;
     await until("namespace loom-default", () =>
       cluster.kubectl(["get", "ns", NS]).code === 0 ? true : undefined,
@@ -265,7 +218,7 @@ spec:
       JSON.parse(cluster.kubectl(["get", "networkpolicy", "-n", NS, "-o", "json"]).stdout) as { items: Obj[] }
     ).items;
     const applying = policies.filter((p) => selects(p.spec.podSelector, pod.metadata.labels!));
-    expect(applying.map((p) => p.metadata.name)).toEqual(["lab-gateway-only"]);
+    expect(applying.map((p) => p.metadata.name)).toEqual(["lab-ws-gateway-only"]);
     const policy = applying[0]!;
     expect(policy.spec.policyTypes).toEqual(["Ingress"]);
     expect(policy.metadata.ownerReferences?.[0]).toMatchObject({ kind: "Workspace", uid: ws.metadata.uid });
@@ -363,7 +316,7 @@ spec:
     expect(del.code, del.stderr).toBe(0);
     await until("the claim to go", () => (get(["pvc", "lab-home"]) ? undefined : true));
     await until("the Deployment to go", () => (deployment() ? undefined : true));
-    expect(get(["networkpolicy", "lab-gateway-only"])).toBeUndefined();
+    expect(get(["networkpolicy", "lab-ws-gateway-only"])).toBeUndefined();
     expect(get(["service", ws.status.revision])).toBeUndefined();
     expect(operator.log()).not.toMatch(/forbidden/i);
   }, 120_000);

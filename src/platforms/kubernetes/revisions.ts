@@ -162,13 +162,23 @@ function withHome<T extends ReturnType<typeof podTemplate>>(spec: RevisionSpec, 
   return template;
 }
 
-/** Only Loom's gateways reach a service's model pods, and only on the model server's port. */
+/**
+ * The policy's name: NAME-gateway-only for an InferenceService's; a Workspace's and an App's say
+ * their kind, since the three kinds may share a name in a namespace and each policy selects its
+ * own object's pods (one kind's apply must never take over another's policy).
+ */
+export function gatewayPolicyName(service: { kind: string; name: string }): string {
+  const kind = { Workspace: "-ws", App: "-app" }[service.kind] ?? "";
+  return `${service.name}${kind}-gateway-only`.slice(0, 63);
+}
+
+/** Only Loom's gateways reach a service's (a workspace's, an app's) pods, and only on the server's port. */
 function gatewayOnlyPolicy(spec: RevisionSpec) {
   return {
     apiVersion: "networking.k8s.io/v1",
     kind: "NetworkPolicy",
     metadata: {
-      name: `${spec.service.name}-gateway-only`.slice(0, 63),
+      name: gatewayPolicyName(spec.service),
       namespace: namespaceOf(spec.service.project),
       labels: workloadLabels(spec.service),
       ownerReferences: [ownerRef(spec.service)],
