@@ -1,3 +1,7 @@
+import { mkdtempSync, readFileSync } from "node:fs";
+import { type IncomingHttpHeaders, request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess } from "./helpers.js";
@@ -76,12 +80,47 @@ spec:
 `;
 
   let ws: Obj;
+  let apiUrl = "";
+  let originPort = 0;
+  let adminToken = "";
+
+  /** Loom's API on the operator, as a user (a token of the operator's own token store). */
+  async function api(method: string, path: string, body?: unknown, token = adminToken) {
+    const res = await fetch(`${apiUrl}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    return { status: res.status, body: (await res.json().catch(() => ({}))) as Record<string, unknown> };
+  }
+
+  /** A request to the operator's user-content origin with any Host (as a browser resolving *.localhost sends). */
+  function origin(path: string, host: string, cookie?: string) {
+    return new Promise<{ status: number; headers: IncomingHttpHeaders; body: string }>((ok, fail) => {
+      const req = request(
+        { host: "127.0.0.1", port: originPort, path, headers: { host, ...(cookie ? { cookie } : {}) } },
+        (res) => {
+          let body = "";
+          res.on("data", (d: Buffer) => (body += d.toString()));
+          res.on("end", () => ok({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        },
+      );
+      req.on("error", fail);
+      req.end();
+    });
+  }
 
   beforeAll(async () => {
     const own = operatorCluster("workspace", { crds: ["workspaces.loom.dev"] });
     cluster = own.cluster;
-    operator = startOperator(own.operatorKubeconfig);
+    const dataDir = mkdtempSync(join(tmpdir(), "loom-operator-ws-"));
+    // With a data dir the operator serves the API and the user-content origin (issue 19).
+    operator = startOperator(own.operatorKubeconfig, ["--data-dir", dataDir, "--port", "0"]);
     await operator.ready;
+    apiUrl = /API and MLflow tracking at (\S+)/.exec(operator.stdout())?.[1] ?? "";
+    originPort = Number(/ws\.localhost:(\d+)/.exec(operator.stdout())?.[1] ?? 0);
+    expect(originPort, operator.stdout()).toBeGreaterThan(0);
+    adminToken = readFileSync(/admin token in (\S+)\)/.exec(operator.stdout())![1]!, "utf8").trim();
     await until("namespace loom-default", () =>
       cluster.kubectl(["get", "ns", NS]).code === 0 ? true : undefined,
     );
@@ -188,8 +227,8 @@ spec:
         message: "the server answers",
       }),
     );
-    // No workspace origin on the operator yet (docs/workspaces.md "On Kubernetes"): no URL to show.
-    expect(ws.status.url).toBeUndefined();
+    // Its own origin, served by the operator.
+    expect(ws.status.url).toBe(`http://lab--default.ws.localhost:${originPort}/`);
     const table = await loom(["get", "ws"]);
     expect(table.stdout).toMatch(/lab\s+Running\s+none/);
   });
@@ -242,6 +281,103 @@ spec:
     expect(admits(NS, { [name]: "loom-gateway" })).toBe(false);
     expect(admits("loom-system", { [name]: "something-else" })).toBe(false);
     expect(admits("kube-system", { [name]: "loom-operator" })).toBe(false);
+  });
+
+  describe("its origin, served by the operator (issue 19 on Kubernetes)", () => {
+    const BASE = "/apis/loom.dev/v1alpha1";
+    const host = (name: string) => `${name}--default.ws.localhost:${originPort}`;
+    const tokenFor = async (name: string, role: string, project: string) => {
+      const res = await api("POST", `${BASE}/tokens`, { name, role, project });
+      expect(res.status, JSON.stringify(res.body)).toBe(201);
+      return res.body.token as string;
+    };
+    const login = (token: string, name = "lab") =>
+      api("POST", `${BASE}/projects/default/workspaces/${name}/login`, {}, token);
+    /** A session cookie through the real ticket exchange. */
+    const sessionFor = async (token: string, name = "lab") => {
+      const link = await login(token, name);
+      expect(link.status, JSON.stringify(link.body)).toBe(200);
+      const url = new URL(link.body.url as string);
+      const res = await origin(url.pathname + url.search, url.host);
+      expect(res.status, res.body).toBe(302);
+      return /loom_ws=([^;]+)/.exec(String(res.headers["set-cookie"]))![1]!;
+    };
+    let editor = "";
+
+    beforeAll(async () => {
+      editor = await tokenFor("ed", "editor", "default");
+      const other = {
+        apiVersion: "loom.dev/v1alpha1",
+        kind: "Project",
+        metadata: { name: "other" },
+        spec: {},
+      };
+      expect([201, 409]).toContain((await api("POST", `${BASE}/projects`, other)).status);
+      // A second workspace, for a session that must not open the first.
+      const lab2 = {
+        apiVersion: "loom.dev/v1alpha1",
+        kind: "Workspace",
+        metadata: { name: "lab2" },
+        spec: { ide: "none", command: ["python3", "-m", "http.server", "$PORT"], image: "python:3.12-slim" },
+      };
+      expect([201, 409]).toContain((await api("POST", `${BASE}/projects/default/workspaces`, lab2)).status);
+    }, 60_000);
+
+    it("loom open ws/NAME against the operator's API prints a one-time link to the workspace's origin", async () => {
+      const r = await cli.cli(["open", "ws/lab", "--no-browser"], {
+        env: { LOOM_URL: apiUrl, LOOM_TOKEN: editor },
+      });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.trim()).toMatch(
+        new RegExp(`^http://lab--default\\.ws\\.localhost:${originPort}/_loom/login\\?ticket=[\\w-]{20,}$`),
+      );
+    });
+
+    it("the link sets a host-only HttpOnly cookie, and an authorized request reaches the proxy: kwok's pod has no process, so 502 says so", async () => {
+      const link = await login(editor);
+      const url = new URL(link.body.url as string);
+      const res = await origin(url.pathname + url.search, url.host);
+      expect(res.status).toBe(302);
+      const cookie = String(res.headers["set-cookie"]);
+      expect(cookie).toMatch(/^loom_ws=[^;]+; HttpOnly; SameSite=Lax; Path=\//);
+      expect(cookie).not.toMatch(/Domain=/i);
+      const sid = /loom_ws=([^;]+)/.exec(cookie)![1]!;
+      // Past every check, to the workspace's Service (REVISION.loom-default.svc): a name only the
+      // cluster's DNS resolves, and kwok runs no server behind it. What a user sees is the reason.
+      const page = await origin("/", host("lab"), `loom_ws=${sid}`);
+      expect(page.status, page.body).toBe(502);
+      expect(page.body).toContain("Workspace lab does not answer");
+      expect(page.body).toMatch(/ENOTFOUND|EAI_AGAIN/);
+      expect(page.body).toContain("loom logs ws/lab -p default");
+    });
+
+    it("refuses no cookie, a forged one, and another workspace's session before anything is proxied", async () => {
+      const none = await origin("/", host("lab"));
+      expect(none.status).toBe(401);
+      expect(none.body).toContain("loom open ws/lab -p default");
+      expect((await origin("/", host("lab"), "loom_ws=forged-value")).status).toBe(401);
+      const sid2 = await sessionFor(editor, "lab2");
+      const moved = await origin("/", host("lab"), `loom_ws=${sid2}`);
+      expect(moved.status).toBe(403);
+      expect(moved.body).toContain("another workspace");
+    });
+
+    it("gives a viewer, another project's member, an API key and an unknown token no link", async () => {
+      const viewer = await tokenFor("v", "viewer", "default");
+      const stranger = await tokenFor("s", "editor", "other");
+      const key = await api("POST", `${BASE}/projects/default/apikeys`, { name: "k" });
+      expect(key.status, JSON.stringify(key.body)).toBe(201);
+      for (const [who, token, why] of [
+        ["viewer", viewer, /may read, not change/],
+        ["other project", stranger, /reaches project other only/],
+        ["API key", key.body.key as string, /inference gateway/],
+      ] as const) {
+        const res = await login(token);
+        expect(res.status, who).toBe(403);
+        expect(String(res.body.message), who).toMatch(why);
+      }
+      expect((await login("not-a-token")).status).toBe(401);
+    });
   });
 
   it("stop: zero replicas and no pod, the claim stays; start: one replica on the same claim, Running again", async () => {

@@ -21,10 +21,11 @@ import type { KubeClient } from "./client.js";
 import { ExternalScheduling } from "./external.js";
 import { isExternalPending } from "./external-index.js";
 import { Gangs } from "./gangs.js";
-import { namespaceOf, refFromLabels } from "./naming.js";
+import { namespaceOf, REVISION_LABEL, refFromLabels } from "./naming.js";
 import { nodeCapacities } from "./nodes.js";
 import { namespaceObjects } from "./project.js";
 import { kubernetesRevisions } from "./revisions.js";
+import { serviceHost } from "./workspaces.js";
 
 export interface KubernetesRuntimeOptions {
   client: KubeClient;
@@ -151,6 +152,15 @@ export class KubernetesRuntime implements Runtime {
     await this.client.request("DELETE", `/api/v1/namespaces/${namespaceOf(name)}`).catch((err: unknown) => {
       if (!(err instanceof NotFoundError)) throw err;
     });
+  }
+
+  /**
+   * The Service of the revision a replica pod runs (its REVISION_LABEL), port 80: where Loom's
+   * user-content origin reaches a workspace. Undefined for a pod not (yet) in the cache.
+   */
+  serviceOf(project: string, pod: string): { host: string; port: number } | undefined {
+    const revision = this.cache.pod(`${namespaceOf(project)}/${pod}`)?.metadata.labels?.[REVISION_LABEL];
+    return revision ? { host: serviceHost(project, revision), port: 80 } : undefined;
   }
 
   onChange(listener: (ref: WorkloadRef) => void): void {
