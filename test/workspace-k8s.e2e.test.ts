@@ -1,10 +1,13 @@
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { type IncomingHttpHeaders, request } from "node:http";
+import { type AddressInfo, connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess } from "./helpers.js";
+import { LoomProcess, ROOT } from "./helpers.js";
 import { operatorCluster, type Selector, selects, startOperator, type TestCluster } from "./k8s/cluster.js";
 
 /**
@@ -361,6 +364,64 @@ spec:
       expect(moved.status).toBe(403);
       expect(moved.body).toContain("another workspace");
     });
+
+    it("loom port-forward ws/NAME tunnels TCP through the API server's pods/portforward, byte-exact", async () => {
+      // kwok forwards its fake pods' port 8888 to a real echo server here (a ClusterPortForward),
+      // so the bytes go: client -> loom port-forward -> operator's API -> kube-apiserver ->
+      // kwok's kubelet API (pods/portforward, WebSocket) -> the echo server, and back.
+      const echo = createServer((sock) => sock.pipe(sock));
+      await new Promise<void>((ok) => echo.listen(0, "127.0.0.1", ok));
+      const echoPort = (echo.address() as AddressInfo).port;
+      const rule = {
+        apiVersion: "kwok.x-k8s.io/v1alpha1",
+        kind: "ClusterPortForward",
+        metadata: { name: "loom-test-echo" },
+        spec: {
+          selector: { matchNamespaces: [NS] },
+          forwards: [{ ports: [8888], target: { address: "127.0.0.1", port: echoPort } }],
+        },
+      };
+      const made = cluster.kubectl(["apply", "-f", "-"], { input: JSON.stringify(rule) });
+      expect(made.code, made.stderr).toBe(0);
+      const pf = spawn(process.execPath, [join(ROOT, "bin/loom.js"), "port-forward", "ws/lab", ":8888"], {
+        env: { ...cli.env(), LOOM_URL: apiUrl, LOOM_TOKEN: editor },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let out = "";
+      pf.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      pf.stderr.on("data", (d: Buffer) => (out += d.toString()));
+      try {
+        const local = Number(
+          await until(
+            "loom port-forward to listen",
+            () => /Forwarding from 127\.0\.0\.1:(\d+)/.exec(out)?.[1],
+          ),
+        );
+        const sent = randomBytes(4 << 20);
+        const got = await new Promise<Buffer>((ok, fail) => {
+          const sock = connect(local, "127.0.0.1");
+          const chunks: Buffer[] = [];
+          let n = 0;
+          sock.on("data", (d: Buffer) => {
+            chunks.push(d);
+            n += d.length;
+            if (n >= sent.length) {
+              sock.destroy();
+              ok(Buffer.concat(chunks));
+            }
+          });
+          sock.on("error", fail);
+          sock.on("close", () => ok(Buffer.concat(chunks)));
+          sock.write(sent);
+        });
+        expect(got.length, out).toBe(sent.length);
+        expect(got.equals(sent)).toBe(true);
+      } finally {
+        pf.kill("SIGTERM");
+        echo.close();
+        cluster.kubectl(["delete", "clusterportforward", "loom-test-echo"]);
+      }
+    }, 120_000);
 
     it("gives a viewer, another project's member, an API key and an unknown token no link", async () => {
       const viewer = await tokenFor("v", "viewer", "default");
