@@ -158,7 +158,8 @@ function withHome<T extends ReturnType<typeof podTemplate>>(spec: RevisionSpec, 
   const c = podSpec.containers[0]!;
   c.volumeMounts = [...((c.volumeMounts as unknown[]) ?? []), { name: "home", mountPath: HOME_MOUNT }];
   c.workingDir ??= HOME_MOUNT;
-  c.env = [...((c.env as unknown[]) ?? []), { name: "HOME", value: HOME_MOUNT }];
+  const env = (c.env as { name: string }[] | undefined) ?? [];
+  if (!env.some((e) => e.name === "HOME")) c.env = [...env, { name: "HOME", value: HOME_MOUNT }];
   return template;
 }
 
@@ -213,8 +214,11 @@ function modelPodTemplate(
   defaultImage: string | undefined,
   credentials: PodTemplateSpec["credentials"],
 ) {
+  // With a persistent home, HOME is that claim: credential files go under it, and no second,
+  // throw-away home is mounted at the same path (the API server refuses duplicate mounts).
+  const env = splitCredentials(spec.worker.env).env;
   return podTemplate({
-    worker: { ...spec.worker, env: splitCredentials(spec.worker.env).env },
+    worker: { ...spec.worker, env: spec.home ? { ...env, HOME: HOME_MOUNT } : env },
     ...(credentials ? { credentials } : {}),
     defaultImage,
     containerName: "model",

@@ -1,4 +1,4 @@
-import type { Readable } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import type { Logger } from "pino";
 import { NotFoundError } from "../../api/errors.js";
 import type {
@@ -21,8 +21,9 @@ import type { KubeClient } from "./client.js";
 import { ExternalScheduling } from "./external.js";
 import { isExternalPending } from "./external-index.js";
 import { Gangs } from "./gangs.js";
-import { namespaceOf, REVISION_LABEL, refFromLabels } from "./naming.js";
+import { LABELS, namespaceOf, REVISION_LABEL, refFromLabels } from "./naming.js";
 import { nodeCapacities } from "./nodes.js";
+import { openPortForward } from "./portforward.js";
 import { namespaceObjects } from "./project.js";
 import { kubernetesRevisions } from "./revisions.js";
 import { serviceHost } from "./workspaces.js";
@@ -161,6 +162,24 @@ export class KubernetesRuntime implements Runtime {
   serviceOf(project: string, pod: string): { host: string; port: number } | undefined {
     const revision = this.cache.pod(`${namespaceOf(project)}/${pod}`)?.metadata.labels?.[REVISION_LABEL];
     return revision ? { host: serviceHost(project, revision), port: 80 } : undefined;
+  }
+
+  /**
+   * A TCP tunnel to `port` of the workload's `worker`-th running pod (a gang's worker index, or a
+   * revision's replicas by name), through the API server's pods/portforward (portforward.ts): the
+   * operator needs no route to the pod network, and the API server checks its RBAC on the way.
+   */
+  async connectPort(ref: WorkloadRef, worker: number, port: number): Promise<Duplex> {
+    const running = (await this.cache.workloadPods(ref))
+      .filter((p) => !p.metadata.deletionTimestamp && p.status?.phase === "Running")
+      .sort(
+        (a, b) =>
+          Number(a.metadata.labels?.[LABELS.worker] ?? 0) - Number(b.metadata.labels?.[LABELS.worker] ?? 0) ||
+          a.metadata.name.localeCompare(b.metadata.name),
+      );
+    const pod = running[worker];
+    if (!pod) throw new Error(`${ref.kind} ${ref.name} has no running pod for worker ${worker}`);
+    return openPortForward(this.client, pod.metadata.namespace, pod.metadata.name, port);
   }
 
   onChange(listener: (ref: WorkloadRef) => void): void {
