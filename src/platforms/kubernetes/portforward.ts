@@ -36,7 +36,7 @@ export async function openPortForward(
 }
 
 /** The tunnel as a byte stream: writes become data-channel messages, data messages are read. */
-class PortForwardStream extends Duplex {
+export class PortForwardStream extends Duplex {
   private buffer: Buffer = Buffer.alloc(0);
   private fragments: Buffer[] = [];
   private readonly seenPort = new Set<number>();
