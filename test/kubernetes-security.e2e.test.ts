@@ -1,10 +1,10 @@
-import { copyFileSync, mkdtempSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Job, LoomProcess, ROOT } from "./helpers.js";
-import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
+import { type Job, LoomProcess } from "./helpers.js";
+import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.js";
 
 /**
  * Issue 17's fences on the real Kubernetes API server, tried as the attacker would: requests are
@@ -17,7 +17,6 @@ import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
  * - The Secret is the workload's own and goes with it.
  * Its own cluster (beside LOOM_K8S_STATE's), since an operator elsewhere would reconcile its jobs.
  */
-const STATE = `${process.env.LOOM_K8S_STATE ?? join(homedir(), ".cache/loom/k8s/run")}-security`;
 const NS = "loom-sec-a";
 const OPERATOR_SA = "system:serviceaccount:loom-system:loom-operator";
 
@@ -57,27 +56,12 @@ describe("tenant isolation on Kubernetes", () => {
   }
 
   beforeAll(async () => {
-    cluster = upCluster({ state: STATE, nodes: 2 });
-    const crds = await cli.cli(["crds"]);
-    expect(crds.code).toBe(0);
-    cluster.kubectl(["apply", "--server-side", "--force-conflicts", "-f", "-"], { input: crds.stdout });
-    cluster.kubectl(["wait", "--for=condition=Established", "crd/trainingjobs.loom.dev", "--timeout=60s"]);
-    // The operator runs here under deploy/operator.yaml's ServiceAccount (kwok would only pretend
-    // to run its Deployment), so every request it makes is judged by that ClusterRole.
-    const deployed = cluster.kubectl(["apply", "-f", join(ROOT, "deploy/operator.yaml")]);
-    expect(deployed.code, deployed.stderr).toBe(0);
-    cluster.kubectl(["scale", "deployment/loom-operator", "-n", "loom-system", "--replicas=0"]);
-    const saToken = cluster
-      .kubectl(["create", "token", "loom-operator", "-n", "loom-system", "--duration=1h"])
-      .stdout.trim();
-    const saConfig = join(mkdtempSync(join(tmpdir(), "loom-sa-")), "kubeconfig");
-    copyFileSync(cluster.kubeconfig, saConfig);
-    cluster.kubectl(["config", "set-credentials", "loom-operator", `--token=${saToken}`], {
-      kubeconfig: saConfig,
-    });
-    cluster.kubectl(["config", "set-context", "--current", "--user=loom-operator"], { kubeconfig: saConfig });
+    // The operator runs here under deploy/operator.yaml's ServiceAccount, so every request it
+    // makes is judged by that ClusterRole.
+    const own = operatorCluster("security");
+    cluster = own.cluster;
     const dataDir = mkdtempSync(join(tmpdir(), "loom-operator-data-"));
-    operator = startOperator(saConfig, ["--data-dir", dataDir, "--port", "0"]);
+    operator = startOperator(own.operatorKubeconfig, ["--data-dir", dataDir, "--port", "0"]);
     await operator.ready;
     url = /API and MLflow tracking at (\S+)/.exec(operator.stdout())?.[1] ?? "";
     expect(url, operator.stdout()).toMatch(/^http:\/\//);

@@ -1,10 +1,14 @@
-import { copyFileSync, mkdtempSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { type IncomingHttpHeaders, request } from "node:http";
+import { type AddressInfo, connect, createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, ROOT } from "./helpers.js";
-import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
+import { operatorCluster, type Selector, selects, startOperator, type TestCluster } from "./k8s/cluster.js";
 
 /**
  * Issue 19 on the real Kubernetes API server: a Workspace applied through Loom becomes what the
@@ -16,7 +20,6 @@ import { startOperator, type TestCluster, upCluster } from "./k8s/cluster.js";
  * ServiceAccount, so every request it makes is judged by that least-privilege ClusterRole.
  * Its own cluster (beside LOOM_K8S_STATE's), since an operator elsewhere would reconcile it too.
  */
-const STATE = `${process.env.LOOM_K8S_STATE ?? join(homedir(), ".cache/loom/k8s/run")}-workspace`;
 const NS = "loom-default";
 
 interface Obj {
@@ -31,34 +34,6 @@ interface Obj {
   spec: any;
   // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
   status?: any;
-}
-
-interface Selector {
-  matchLabels?: Record<string, string>;
-  matchExpressions?: { key: string; operator: string; values?: string[] }[];
-}
-
-/** A label selector's meaning, as the API server and network plugins apply it. */
-function selects(sel: Selector, labels: Record<string, string>): boolean {
-  const ok = Object.entries(sel.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
-  return (
-    ok &&
-    (sel.matchExpressions ?? []).every((e) => {
-      const has = e.key in labels;
-      switch (e.operator) {
-        case "In":
-          return has && e.values!.includes(labels[e.key]!);
-        case "NotIn":
-          return !has || !e.values!.includes(labels[e.key]!);
-        case "Exists":
-          return has;
-        case "DoesNotExist":
-          return !has;
-        default:
-          throw new Error(`unknown selector operator ${e.operator}`);
-      }
-    })
-  );
 }
 
 describe("Workspace on Kubernetes", () => {
@@ -108,27 +83,47 @@ spec:
 `;
 
   let ws: Obj;
+  let apiUrl = "";
+  let originPort = 0;
+  let adminToken = "";
+
+  /** Loom's API on the operator, as a user (a token of the operator's own token store). */
+  async function api(method: string, path: string, body?: unknown, token = adminToken) {
+    const res = await fetch(`${apiUrl}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    return { status: res.status, body: (await res.json().catch(() => ({}))) as Record<string, unknown> };
+  }
+
+  /** A request to the operator's user-content origin with any Host (as a browser resolving *.localhost sends). */
+  function origin(path: string, host: string, cookie?: string) {
+    return new Promise<{ status: number; headers: IncomingHttpHeaders; body: string }>((ok, fail) => {
+      const req = request(
+        { host: "127.0.0.1", port: originPort, path, headers: { host, ...(cookie ? { cookie } : {}) } },
+        (res) => {
+          let body = "";
+          res.on("data", (d: Buffer) => (body += d.toString()));
+          res.on("end", () => ok({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        },
+      );
+      req.on("error", fail);
+      req.end();
+    });
+  }
 
   beforeAll(async () => {
-    cluster = upCluster({ state: STATE, nodes: 2 });
-    const crds = await cli.cli(["crds"]);
-    expect(crds.code).toBe(0);
-    cluster.kubectl(["apply", "--server-side", "--force-conflicts", "-f", "-"], { input: crds.stdout });
-    cluster.kubectl(["wait", "--for=condition=Established", "crd/workspaces.loom.dev", "--timeout=60s"]);
-    const deployed = cluster.kubectl(["apply", "-f", join(ROOT, "deploy/operator.yaml")]);
-    expect(deployed.code, deployed.stderr).toBe(0);
-    cluster.kubectl(["scale", "deployment/loom-operator", "-n", "loom-system", "--replicas=0"]);
-    const saToken = cluster
-      .kubectl(["create", "token", "loom-operator", "-n", "loom-system", "--duration=1h"])
-      .stdout.trim();
-    const saConfig = join(mkdtempSync(join(tmpdir(), "loom-sa-")), "kubeconfig");
-    copyFileSync(cluster.kubeconfig, saConfig);
-    cluster.kubectl(["config", "set-credentials", "loom-operator", `--token=${saToken}`], {
-      kubeconfig: saConfig,
-    });
-    cluster.kubectl(["config", "set-context", "--current", "--user=loom-operator"], { kubeconfig: saConfig });
-    operator = startOperator(saConfig);
+    const own = operatorCluster("workspace", { crds: ["workspaces.loom.dev"] });
+    cluster = own.cluster;
+    const dataDir = mkdtempSync(join(tmpdir(), "loom-operator-ws-"));
+    // With a data dir the operator serves the API and the user-content origin (issue 19).
+    operator = startOperator(own.operatorKubeconfig, ["--data-dir", dataDir, "--port", "0"]);
     await operator.ready;
+    apiUrl = /API and MLflow tracking at (\S+)/.exec(operator.stdout())?.[1] ?? "";
+    originPort = Number(/ws\.localhost:(\d+)/.exec(operator.stdout())?.[1] ?? 0);
+    expect(originPort, operator.stdout()).toBeGreaterThan(0);
+    adminToken = readFileSync(/admin token in (\S+)\)/.exec(operator.stdout())![1]!, "utf8").trim();
     await until("namespace loom-default", () =>
       cluster.kubectl(["get", "ns", NS]).code === 0 ? true : undefined,
     );
@@ -235,8 +230,8 @@ spec:
         message: "the server answers",
       }),
     );
-    // No workspace origin on the operator yet (docs/workspaces.md "On Kubernetes"): no URL to show.
-    expect(ws.status.url).toBeUndefined();
+    // Its own origin, served by the operator.
+    expect(ws.status.url).toBe(`http://lab--default.ws.localhost:${originPort}/`);
     const table = await loom(["get", "ws"]);
     expect(table.stdout).toMatch(/lab\s+Running\s+none/);
   });
@@ -265,7 +260,7 @@ spec:
       JSON.parse(cluster.kubectl(["get", "networkpolicy", "-n", NS, "-o", "json"]).stdout) as { items: Obj[] }
     ).items;
     const applying = policies.filter((p) => selects(p.spec.podSelector, pod.metadata.labels!));
-    expect(applying.map((p) => p.metadata.name)).toEqual(["lab-gateway-only"]);
+    expect(applying.map((p) => p.metadata.name)).toEqual(["lab-ws-gateway-only"]);
     const policy = applying[0]!;
     expect(policy.spec.policyTypes).toEqual(["Ingress"]);
     expect(policy.metadata.ownerReferences?.[0]).toMatchObject({ kind: "Workspace", uid: ws.metadata.uid });
@@ -289,6 +284,161 @@ spec:
     expect(admits(NS, { [name]: "loom-gateway" })).toBe(false);
     expect(admits("loom-system", { [name]: "something-else" })).toBe(false);
     expect(admits("kube-system", { [name]: "loom-operator" })).toBe(false);
+  });
+
+  describe("its origin, served by the operator (issue 19 on Kubernetes)", () => {
+    const BASE = "/apis/loom.dev/v1alpha1";
+    const host = (name: string) => `${name}--default.ws.localhost:${originPort}`;
+    const tokenFor = async (name: string, role: string, project: string) => {
+      const res = await api("POST", `${BASE}/tokens`, { name, role, project });
+      expect(res.status, JSON.stringify(res.body)).toBe(201);
+      return res.body.token as string;
+    };
+    const login = (token: string, name = "lab") =>
+      api("POST", `${BASE}/projects/default/workspaces/${name}/login`, {}, token);
+    /** A session cookie through the real ticket exchange. */
+    const sessionFor = async (token: string, name = "lab") => {
+      const link = await login(token, name);
+      expect(link.status, JSON.stringify(link.body)).toBe(200);
+      const url = new URL(link.body.url as string);
+      const res = await origin(url.pathname + url.search, url.host);
+      expect(res.status, res.body).toBe(302);
+      return /loom_ws=([^;]+)/.exec(String(res.headers["set-cookie"]))![1]!;
+    };
+    let editor = "";
+
+    beforeAll(async () => {
+      editor = await tokenFor("ed", "editor", "default");
+      const other = {
+        apiVersion: "loom.dev/v1alpha1",
+        kind: "Project",
+        metadata: { name: "other" },
+        spec: {},
+      };
+      expect([201, 409]).toContain((await api("POST", `${BASE}/projects`, other)).status);
+      // A second workspace, for a session that must not open the first.
+      const lab2 = {
+        apiVersion: "loom.dev/v1alpha1",
+        kind: "Workspace",
+        metadata: { name: "lab2" },
+        spec: { ide: "none", command: ["python3", "-m", "http.server", "$PORT"], image: "python:3.12-slim" },
+      };
+      expect([201, 409]).toContain((await api("POST", `${BASE}/projects/default/workspaces`, lab2)).status);
+    }, 60_000);
+
+    it("loom open ws/NAME against the operator's API prints a one-time link to the workspace's origin", async () => {
+      const r = await cli.cli(["open", "ws/lab", "--no-browser"], {
+        env: { LOOM_URL: apiUrl, LOOM_TOKEN: editor },
+      });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.trim()).toMatch(
+        new RegExp(`^http://lab--default\\.ws\\.localhost:${originPort}/_loom/login\\?ticket=[\\w-]{20,}$`),
+      );
+    });
+
+    it("the link sets a host-only HttpOnly cookie, and an authorized request reaches the proxy: kwok's pod has no process, so 502 says so", async () => {
+      const link = await login(editor);
+      const url = new URL(link.body.url as string);
+      const res = await origin(url.pathname + url.search, url.host);
+      expect(res.status).toBe(302);
+      const cookie = String(res.headers["set-cookie"]);
+      expect(cookie).toMatch(/^loom_ws=[^;]+; HttpOnly; SameSite=Lax; Path=\//);
+      expect(cookie).not.toMatch(/Domain=/i);
+      const sid = /loom_ws=([^;]+)/.exec(cookie)![1]!;
+      // Past every check, to the workspace's Service (REVISION.loom-default.svc): a name only the
+      // cluster's DNS resolves, and kwok runs no server behind it. What a user sees is the reason.
+      const page = await origin("/", host("lab"), `loom_ws=${sid}`);
+      expect(page.status, page.body).toBe(502);
+      expect(page.body).toContain("Workspace lab does not answer");
+      expect(page.body).toMatch(/ENOTFOUND|EAI_AGAIN/);
+      expect(page.body).toContain("loom logs ws/lab -p default");
+    });
+
+    it("refuses no cookie, a forged one, and another workspace's session before anything is proxied", async () => {
+      const none = await origin("/", host("lab"));
+      expect(none.status).toBe(401);
+      expect(none.body).toContain("loom open ws/lab -p default");
+      expect((await origin("/", host("lab"), "loom_ws=forged-value")).status).toBe(401);
+      const sid2 = await sessionFor(editor, "lab2");
+      const moved = await origin("/", host("lab"), `loom_ws=${sid2}`);
+      expect(moved.status).toBe(403);
+      expect(moved.body).toContain("another workspace");
+    });
+
+    it("loom port-forward ws/NAME tunnels TCP through the API server's pods/portforward, byte-exact", async () => {
+      // kwok forwards its fake pods' port 8888 to a real echo server here (a ClusterPortForward),
+      // so the bytes go: client -> loom port-forward -> operator's API -> kube-apiserver ->
+      // kwok's kubelet API (pods/portforward, WebSocket) -> the echo server, and back.
+      const echo = createServer((sock) => sock.pipe(sock));
+      await new Promise<void>((ok) => echo.listen(0, "127.0.0.1", ok));
+      const echoPort = (echo.address() as AddressInfo).port;
+      const rule = {
+        apiVersion: "kwok.x-k8s.io/v1alpha1",
+        kind: "ClusterPortForward",
+        metadata: { name: "loom-test-echo" },
+        spec: {
+          selector: { matchNamespaces: [NS] },
+          forwards: [{ ports: [8888], target: { address: "127.0.0.1", port: echoPort } }],
+        },
+      };
+      const made = cluster.kubectl(["apply", "-f", "-"], { input: JSON.stringify(rule) });
+      expect(made.code, made.stderr).toBe(0);
+      const pf = spawn(process.execPath, [join(ROOT, "bin/loom.js"), "port-forward", "ws/lab", ":8888"], {
+        env: { ...cli.env(), LOOM_URL: apiUrl, LOOM_TOKEN: editor },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let out = "";
+      pf.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      pf.stderr.on("data", (d: Buffer) => (out += d.toString()));
+      try {
+        const local = Number(
+          await until(
+            "loom port-forward to listen",
+            () => /Forwarding from 127\.0\.0\.1:(\d+)/.exec(out)?.[1],
+          ),
+        );
+        const sent = randomBytes(4 << 20);
+        const got = await new Promise<Buffer>((ok, fail) => {
+          const sock = connect(local, "127.0.0.1");
+          const chunks: Buffer[] = [];
+          let n = 0;
+          sock.on("data", (d: Buffer) => {
+            chunks.push(d);
+            n += d.length;
+            if (n >= sent.length) {
+              sock.destroy();
+              ok(Buffer.concat(chunks));
+            }
+          });
+          sock.on("error", fail);
+          sock.on("close", () => ok(Buffer.concat(chunks)));
+          sock.write(sent);
+        });
+        expect(got.length, out).toBe(sent.length);
+        expect(got.equals(sent)).toBe(true);
+      } finally {
+        pf.kill("SIGTERM");
+        echo.close();
+        cluster.kubectl(["delete", "clusterportforward", "loom-test-echo"]);
+      }
+    }, 120_000);
+
+    it("gives a viewer, another project's member, an API key and an unknown token no link", async () => {
+      const viewer = await tokenFor("v", "viewer", "default");
+      const stranger = await tokenFor("s", "editor", "other");
+      const key = await api("POST", `${BASE}/projects/default/apikeys`, { name: "k" });
+      expect(key.status, JSON.stringify(key.body)).toBe(201);
+      for (const [who, token, why] of [
+        ["viewer", viewer, /may read, not change/],
+        ["other project", stranger, /reaches project other only/],
+        ["API key", key.body.key as string, /inference gateway/],
+      ] as const) {
+        const res = await login(token);
+        expect(res.status, who).toBe(403);
+        expect(String(res.body.message), who).toMatch(why);
+      }
+      expect((await login("not-a-token")).status).toBe(401);
+    });
   });
 
   it("stop: zero replicas and no pod, the claim stays; start: one replica on the same claim, Running again", async () => {
@@ -363,7 +513,7 @@ spec:
     expect(del.code, del.stderr).toBe(0);
     await until("the claim to go", () => (get(["pvc", "lab-home"]) ? undefined : true));
     await until("the Deployment to go", () => (deployment() ? undefined : true));
-    expect(get(["networkpolicy", "lab-gateway-only"])).toBeUndefined();
+    expect(get(["networkpolicy", "lab-ws-gateway-only"])).toBeUndefined();
     expect(get(["service", ws.status.revision])).toBeUndefined();
     expect(operator.log()).not.toMatch(/forbidden/i);
   }, 120_000);

@@ -10,7 +10,7 @@ import type { Scheduler, Snapshot } from "../ports/scheduler.js";
 import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore } from "../ports/store.js";
 import type { WorkloadTracking } from "../ports/tracking.js";
-import { Controller } from "../reconcile/controller.js";
+import { Controller, type Reconciler } from "../reconcile/controller.js";
 import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
@@ -31,6 +31,8 @@ import {
   WorkspaceReconciler,
   workspaceOfReplica,
 } from "./workspace/reconciler.js";
+
+type ControllerMetricsSet = ReturnType<typeof createControllerMetrics>;
 
 /**
  * TrainingJob reconciles at once. Starting a job on Kubernetes is a few requests one after the
@@ -174,8 +176,11 @@ export class ControllerManager {
       this.informers.push(this.isvcInformer);
     }
     this.services = services;
-    if (deps.runtime.serving) this.addWorkspaces(validated, metrics);
-    if (deps.runtime.serving && deps.apps) this.addApps(validated, metrics);
+    // Both run wherever the runtime can serve: embedded, and the Kubernetes operator.
+    if (deps.runtime.serving) {
+      this.addWorkspaces(validated, metrics);
+      this.addApps(validated, metrics);
+    }
     this.admission = admission;
     const informerOpts = { resyncMs: deps.resyncMs };
     this.tjInformer = new Informer(
@@ -244,9 +249,13 @@ export class ControllerManager {
    * readiness), a workspace's (NAME-wsHASH-rK) or a service's. False for other workloads.
    */
   private replicaChanged(ref: WorkloadRef): boolean {
-    // Kubernetes labels a workspace's pod with the Workspace itself.
+    // Kubernetes labels a workspace's (an app's) pod with the Workspace (the App) itself.
     if (ref.kind === WORKSPACE) {
       this.workspaces?.enqueue(`${ref.project}/${ref.name}`);
+      return true;
+    }
+    if (ref.kind === APP) {
+      this.apps?.enqueue(`${ref.project}/${ref.name}`);
       return true;
     }
     if (ref.kind !== INFERENCESERVICE) return false;
@@ -259,10 +268,7 @@ export class ControllerManager {
   }
 
   /** The Workspace loop and its informer: one replica each through the serving capability. */
-  private addWorkspaces(
-    validated: ReturnType<typeof validatingFor>,
-    metrics: ReturnType<typeof createControllerMetrics>,
-  ) {
+  private addWorkspaces(validated: ReturnType<typeof validatingFor>, metrics: ControllerMetricsSet) {
     const log = this.deps.log.child({ component: "controller/workspace" });
     const reconciler = new WorkspaceReconciler({
       store: this.deps.store,
@@ -274,32 +280,24 @@ export class ControllerManager {
       ...(this.deps.sshKeys ? { sshKeys: this.deps.sshKeys } : {}),
       ...this.deps.workspaces,
     });
-    const controller = new Controller(
-      validated(reconciler, WORKSPACE, () => this.workspaceInformer),
+    const loop = this.addServedLoop(
+      WORKSPACE,
+      reconciler,
       log,
+      validated,
       metrics,
-      2,
+      () => this.workspaceInformer,
     );
-    this.workspaces = controller;
-    this.controllers.push(controller);
-    this.workspaceInformer = new Informer(
-      storeSource(this.deps.store, WORKSPACE),
-      {
-        onChange: (key, _obj, type) =>
-          type === "RESYNC" ? controller.enqueueBackground(key) : controller.enqueue(key),
-      },
-      log,
-      metrics,
-      { resyncMs: this.deps.resyncMs },
-    );
-    this.informers.push(this.workspaceInformer);
+    this.workspaces = loop.controller;
+    this.workspaceInformer = loop.informer;
   }
 
-  /** The App loop and its informer: revisions through the serving capability, as InferenceService's. */
-  private addApps(
-    validated: ReturnType<typeof validatingFor>,
-    metrics: ReturnType<typeof createControllerMetrics>,
-  ) {
+  /**
+   * The App loop and its informer: revisions through the serving capability, as InferenceService's.
+   * Without the apps' gateway (the operator without --data-dir) apps run at least one replica and
+   * their status says why they do not scale to zero.
+   */
+  private addApps(validated: ReturnType<typeof validatingFor>, metrics: ControllerMetricsSet) {
     const log = this.deps.log.child({ component: "controller/app" });
     const reconciler = new AppReconciler({
       store: this.deps.store,
@@ -310,16 +308,27 @@ export class ControllerManager {
       ...(this.deps.models ? { models: this.deps.models } : {}),
       ...this.deps.apps,
     });
-    const controller = new Controller(
-      validated(reconciler, APP, () => this.appInformer),
-      log,
-      metrics,
-      2,
-    );
-    this.apps = controller;
+    const loop = this.addServedLoop(APP, reconciler, log, validated, metrics, () => this.appInformer);
+    this.apps = loop.controller;
+    this.appInformer = loop.informer;
+  }
+
+  /**
+   * One served kind's loop (Workspace, App): a validating controller of two workers and an
+   * informer of the kind that enqueues every change (resyncs in the background lane).
+   */
+  private addServedLoop(
+    kind: string,
+    reconciler: Reconciler,
+    log: Logger,
+    validated: ReturnType<typeof validatingFor>,
+    metrics: ControllerMetricsSet,
+    informer: () => Informer | undefined,
+  ): { controller: Controller; informer: Informer } {
+    const controller = new Controller(validated(reconciler, kind, informer), log, metrics, 2);
     this.controllers.push(controller);
-    this.appInformer = new Informer(
-      storeSource(this.deps.store, APP),
+    const inf = new Informer(
+      storeSource(this.deps.store, kind),
       {
         onChange: (key, _obj, type) =>
           type === "RESYNC" ? controller.enqueueBackground(key) : controller.enqueue(key),
@@ -328,7 +337,8 @@ export class ControllerManager {
       metrics,
       { resyncMs: this.deps.resyncMs },
     );
-    this.informers.push(this.appInformer);
+    this.informers.push(inf);
+    return { controller, informer: inf };
   }
 
   /**
@@ -424,8 +434,8 @@ export class ControllerManager {
         }
       }
       for (const ref of await this.deps.runtime.list()) {
-        // Kubernetes labels a workspace's pod with the Workspace: a replica, as a service's are.
-        if (ref.kind === INFERENCESERVICE || ref.kind === WORKSPACE) {
+        // Kubernetes labels a workspace's (an app's) pod with its object: a replica, as a service's are.
+        if (ref.kind === INFERENCESERVICE || ref.kind === WORKSPACE || ref.kind === APP) {
           // Replicas are the serving capability's to stop; without it, model pods are the ones a
           // service of this uid made (Kubernetes labels them so).
           if (serving || !this.services || services.has(ref.uid)) continue;

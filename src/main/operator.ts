@@ -1,5 +1,6 @@
 import { mkdirSync } from "node:fs";
 import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { passThroughModels } from "../controllers/inferenceservice/revisions.js";
@@ -10,8 +11,13 @@ import { KubeClient } from "../platforms/kubernetes/client.js";
 import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
 import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
 import { KubeResourceStore } from "../platforms/kubernetes/store.js";
+import { ServiceWorkspaceDirectory } from "../platforms/kubernetes/workspaces.js";
 import { lastEventGauge } from "../reconcile/metrics.js";
 import { ensureDefaultProject } from "../server/resources.js";
+import { ideActivity } from "../server/workspaces/activity.js";
+import { InMemoryWorkspaceDirectory } from "../server/workspaces/directory.js";
+import { WS_DOMAIN } from "../server/workspaces/host.js";
+import { workspaceOriginServer } from "../server/workspaces/origin.js";
 import { type ApiOptions, assembleControlPlane, openTracking } from "./assembly.js";
 import { processMetricsRegistry } from "./processmetrics.js";
 
@@ -31,6 +37,11 @@ export interface OperatorOptions {
   host?: string;
   /** The API's port (0 picks one). */
   port?: number;
+  /**
+   * With dataDir: the user-content origin's port (workspaces at NAME--PROJECT.ws.localhost:PORT,
+   * apps at NAME--PROJECT.app.localhost:PORT); default the API's port + 1 (a free one when port is 0).
+   */
+  workspacePort?: number;
   /** The tracking URL pods are given (in a cluster: the Service in front of the operator). Default: where it listens. */
   trackingUrl?: string;
   /**
@@ -45,6 +56,8 @@ export interface Operator {
   /** Where the API (and MLflow tracking) listens, when dataDir is set. */
   url?: string;
   adminTokenFile?: string;
+  /** The user-content origin's port (workspaces and apps), when dataDir is set. */
+  workspacePort?: number;
   close(): Promise<void>;
 }
 
@@ -68,6 +81,12 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   await ensureDefaultProject(store);
   await runtime.watchPods();
   const tracking = opts.dataDir ? await openTrackingFiles(opts, opts.dataDir, log) : undefined;
+  // With the API, the user-content origin too: workspaces reached at their Service, apps through
+  // their gateway (scaled to zero when idle), both behind the same log-in as embedded.
+  let workspacePort = 0;
+  const directory = tracking
+    ? new ServiceWorkspaceDirectory(new InMemoryWorkspaceDirectory(), (p, pod) => runtime.serviceOf(p, pod))
+    : undefined;
   const plane = await assembleControlPlane({
     store,
     events,
@@ -76,15 +95,45 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     metrics,
     now: () => new Date(),
     resyncMs: opts.resyncMs,
-    ...(tracking ? { api: tracking.api } : {}),
+    ...(tracking ? { api: { ...tracking.api, workspaceOriginPort: () => workspacePort } } : {}),
+    ...(directory
+      ? {
+          workspaces: {
+            directory,
+            workspaceOrigin: () => (workspacePort ? `http://${WS_DOMAIN}:${workspacePort}` : undefined),
+            ideActivity,
+          },
+        }
+      : {}),
   });
   let url: string | undefined;
-  if (tracking) {
+  let origin: ReturnType<typeof workspaceOriginServer> | undefined;
+  if (tracking && directory) {
     url = await plane.listen();
     log.info(
       { url, trackingUrl: opts.trackingUrl ?? url, adminTokenFile: plane.admin!.file },
       "serving the API and MLflow tracking",
     );
+    origin = workspaceOriginServer({
+      access: plane.workspaceAccess!,
+      directory,
+      log: log.child({ component: "workspace-origin" }),
+      ...(plane.appOrigin ? { apps: plane.appOrigin } : {}),
+    });
+    const apiPort = Number(new URL(url).port);
+    try {
+      workspacePort = await listenOn(
+        origin,
+        opts.host ?? "127.0.0.1",
+        opts.workspacePort ?? (opts.port === 0 ? 0 : apiPort + 1),
+      );
+    } catch (err) {
+      await plane.close();
+      await tracking.close();
+      await runtime.close();
+      throw err;
+    }
+    log.info({ port: workspacePort }, "serving workspaces and apps on the user-content origin");
   }
   await plane.start();
   let server: http.Server | undefined;
@@ -107,14 +156,31 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   log.info({ metricsUrl }, "operator started");
   return {
     metricsUrl,
-    ...(tracking ? { url, adminTokenFile: plane.admin!.file } : {}),
+    ...(tracking ? { url, adminTokenFile: plane.admin!.file, workspacePort } : {}),
     async close() {
+      if (origin) {
+        const o = origin;
+        o.stopActivity();
+        o.closeAllConnections();
+        await new Promise((done) => o.close(done));
+      }
       await plane.close();
       await tracking?.close();
       await runtime.close();
       await new Promise<void>((ok) => (server ? server.close(() => ok()) : ok()));
     },
   };
+}
+
+/** Listens and returns the port (the one picked, for 0). */
+function listenOn(server: http.Server, host: string, port: number): Promise<number> {
+  return new Promise((ok, fail) => {
+    server.once("error", fail);
+    server.listen(port, host, () => {
+      server.off("error", fail);
+      ok((server.address() as AddressInfo).port);
+    });
+  });
 }
 
 /**

@@ -1,5 +1,6 @@
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { homedir } from "node:os";
+import { copyFileSync, mkdtempSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { ROOT } from "../helpers.js";
 
@@ -74,6 +75,51 @@ export function upCluster(opts: { state?: string; nodes?: number } = {}): TestCl
   };
 }
 
+/** The state dir of a test file's own cluster: beside LOOM_K8S_STATE's, named by `suffix`. */
+export function ownState(suffix: string): string {
+  return `${process.env.LOOM_K8S_STATE ?? join(homedir(), ".cache/loom/k8s/run")}-${suffix}`;
+}
+
+/**
+ * A cluster of a test file's own (an operator on a shared one would reconcile its objects too),
+ * with Loom's CRDs established and deploy/operator.yaml applied (its Deployment at zero: kwok
+ * would only pretend to run it), and a kubeconfig of that Deployment's ServiceAccount, so the
+ * operator the test starts makes every request under the least-privilege ClusterRole.
+ */
+export function operatorCluster(
+  suffix: string,
+  opts: { nodes?: number; crds?: string[] } = {},
+): { cluster: TestCluster; operatorKubeconfig: string } {
+  const cluster = upCluster({ state: ownState(suffix), nodes: opts.nodes ?? 2 });
+  const crds = execFileSync(process.execPath, [join(ROOT, "bin/loom.js"), "crds"], { encoding: "utf8" });
+  const must = (r: { code: number; stderr: string }, what: string) => {
+    if (r.code !== 0) throw new Error(`${what} failed: ${r.stderr}`);
+  };
+  must(
+    cluster.kubectl(["apply", "--server-side", "--force-conflicts", "-f", "-"], { input: crds }),
+    "applying the CRDs",
+  );
+  for (const crd of opts.crds ?? ["trainingjobs.loom.dev"])
+    must(
+      cluster.kubectl(["wait", "--for=condition=Established", `crd/${crd}`, "--timeout=60s"]),
+      `waiting for ${crd}`,
+    );
+  must(cluster.kubectl(["apply", "-f", join(ROOT, "deploy/operator.yaml")]), "applying deploy/operator.yaml");
+  cluster.kubectl(["scale", "deployment/loom-operator", "-n", "loom-system", "--replicas=0"]);
+  const token = cluster
+    .kubectl(["create", "token", "loom-operator", "-n", "loom-system", "--duration=1h"])
+    .stdout.trim();
+  const operatorKubeconfig = join(mkdtempSync(join(tmpdir(), "loom-sa-")), "kubeconfig");
+  copyFileSync(cluster.kubeconfig, operatorKubeconfig);
+  cluster.kubectl(["config", "set-credentials", "loom-operator", `--token=${token}`], {
+    kubeconfig: operatorKubeconfig,
+  });
+  cluster.kubectl(["config", "set-context", "--current", "--user=loom-operator"], {
+    kubeconfig: operatorKubeconfig,
+  });
+  return { cluster, operatorKubeconfig };
+}
+
 /** `loom operator` against the cluster, as its own process. */
 export function startOperator(kubeconfig: string, extraArgs: string[] = []) {
   const proc = spawn(
@@ -108,4 +154,32 @@ export function startOperator(kubeconfig: string, extraArgs: string[] = []) {
       await exited;
     },
   };
+}
+
+export interface Selector {
+  matchLabels?: Record<string, string>;
+  matchExpressions?: { key: string; operator: string; values?: string[] }[];
+}
+
+/** A label selector's meaning, as the API server and network plugins apply it. */
+export function selects(sel: Selector, labels: Record<string, string>): boolean {
+  const ok = Object.entries(sel.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
+  return (
+    ok &&
+    (sel.matchExpressions ?? []).every((e) => {
+      const has = e.key in labels;
+      switch (e.operator) {
+        case "In":
+          return has && e.values!.includes(labels[e.key]!);
+        case "NotIn":
+          return !has || !e.values!.includes(labels[e.key]!);
+        case "Exists":
+          return has;
+        case "DoesNotExist":
+          return !has;
+        default:
+          throw new Error(`unknown selector operator ${e.operator}`);
+      }
+    })
+  );
 }

@@ -9,6 +9,7 @@ interface OperatorOpts {
   dataDir?: string;
   host: string;
   port: string;
+  workspacePort?: string;
   trackingUrl?: string;
   trackingDb?: string;
 }
@@ -26,6 +27,10 @@ export function registerOperator(program: Command, deps: CliDeps): void {
     )
     .option("--host <host>", "address the API listens on (with --data-dir)", "127.0.0.1")
     .option("--port <port>", "port of the API (with --data-dir; 0 picks one)", "7470")
+    .option(
+      "--workspace-port <port>",
+      "with --data-dir: port of the user-content origin that serves workspaces and apps (default: the API's port + 1)",
+    )
     .option(
       "--tracking-url <url>",
       "the MLFLOW_TRACKING_URI pods get (in a cluster: the Service in front of the operator); default: where the API listens",
@@ -55,13 +60,14 @@ export function registerOperator(program: Command, deps: CliDeps): void {
               dataDir: opts.dataDir,
               host: opts.host,
               port: Number(opts.port),
+              ...(opts.workspacePort !== undefined ? { workspacePort: Number(opts.workspacePort) } : {}),
               trackingUrl: opts.trackingUrl,
               ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
             }
           : {}),
       });
       const api = operator.url
-        ? `; API and MLflow tracking at ${operator.url} (admin token in ${operator.adminTokenFile})`
+        ? `; API and MLflow tracking at ${operator.url} (admin token in ${operator.adminTokenFile}); workspaces and apps at http://NAME--PROJECT.ws.localhost:${operator.workspacePort}/ and http://NAME--PROJECT.app.localhost:${operator.workspacePort}/`
         : "";
       deps.stdout.write(
         `Loom operator running${operator.metricsUrl ? `; metrics at ${operator.metricsUrl}/metrics` : ""}${api}\n`,

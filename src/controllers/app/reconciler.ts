@@ -5,6 +5,7 @@ import type { App, AppSpec, AppStatus } from "../../api/app.js";
 import { NotFoundError } from "../../api/errors.js";
 import type { RevisionStatus } from "../../api/inferenceservice.js";
 import { APP } from "../../api/kinds.js";
+import { setCondition } from "../../api/meta.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import { type ModelAccess, type WorkloadModels, withModelAccess } from "../../ports/models.js";
 import type { RevisionRuntime, Runtime, WorkloadRef } from "../../ports/runtime.js";
@@ -117,6 +118,20 @@ export class AppReconciler implements Reconciler {
       now,
       converge: (rev) => this.converge(app, rev),
     });
+    // No apps' gateway here (the operator without --data-dir): nothing would wake a replica, so
+    // none is stopped for idleness, and the status says so rather than promising a wake-up.
+    if (!this.deps.scale)
+      status.conditions = setCondition(
+        status.conditions,
+        {
+          type: "ScaleToZero",
+          status: "False",
+          reason: "NoGateway",
+          message:
+            "no gateway serves apps here (loom operator without --data-dir): the app keeps at least one replica and has no URL, since only Loom's gateway may reach its pods; run the operator with --data-dir to serve it and scale it to zero",
+        },
+        now,
+      );
     const url = this.deps.appOrigin?.(project, name);
     if (url) status.url = `${url}/`;
     status.observedGeneration = app.metadata.generation;

@@ -1,6 +1,6 @@
 import http from "node:http";
 import https from "node:https";
-import type { Readable } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import { StringDecoder } from "node:string_decoder";
 import tls from "node:tls";
 import { KubeConfig } from "@kubernetes/client-node";
@@ -123,6 +123,49 @@ export class KubeClient {
       throw kubeError(res.statusCode ?? 500, (safeJson(text) ?? { message: text }) as KubeStatus);
     }
     return res;
+  }
+
+  /**
+   * An HTTP upgrade (a WebSocket: pods/portforward) with the kubeconfig's credentials: the
+   * connection once the API server answers 101, or a domain error for any other answer.
+   */
+  async upgrade(
+    path: string,
+    query: Record<string, string>,
+    headers: Record<string, string>,
+  ): Promise<{ socket: Duplex; head: Buffer; headers: http.IncomingHttpHeaders }> {
+    const url = new URL(path, this.server);
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    const { agent: _pooled, ...base } = await this.connectionOptions();
+    const options: https.RequestOptions = {
+      ...base,
+      // Its own connection: an upgraded socket never goes back to the pool.
+      agent: false,
+      protocol: this.server.protocol,
+      hostname: this.server.hostname.replace(/^\[|\]$/g, ""),
+      port: this.server.port,
+      path: url.pathname + url.search,
+      method: "GET",
+      headers: { ...(base.headers as Record<string, string> | undefined), ...headers },
+    };
+    const lib = this.server.protocol === "https:" ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request(options);
+      req.on("upgrade", (res, socket, head) => {
+        socket.setTimeout(0); // the request's deadline, not the tunnel's: an idle tunnel stays
+        resolve({ socket, head, headers: res.headers });
+      });
+      req.on("response", (res) => {
+        readAll(res).then(
+          (text) =>
+            reject(kubeError(res.statusCode ?? 500, (safeJson(text) ?? { message: text }) as KubeStatus)),
+          reject,
+        );
+      });
+      req.on("error", reject);
+      req.setTimeout(this.requestTimeoutMs, () => req.destroy(timeoutError("GET", path)));
+      req.end();
+    });
   }
 
   /**

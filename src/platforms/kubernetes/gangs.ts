@@ -248,7 +248,8 @@ export class Gangs {
     const pods = await this.cache.workloadPods(ref);
     if (pods.length === 0) return undefined;
     const attempt = Math.max(...pods.map((p) => Number(p.metadata.labels?.[L.attempt] ?? 0)));
-    const mine = pods.filter((p) => Number(p.metadata.labels?.[L.attempt]) === attempt);
+    // A revision's pods (a workspace's, an app's: a Deployment's) have no attempt: attempt 0.
+    const mine = pods.filter((p) => Number(p.metadata.labels?.[L.attempt] ?? 0) === attempt);
     const workers: WorkerObservation[] = mine.map((p) => workerOf(p)).sort((a, b) => a.index - b.index);
     return { attempt, workers, stopping: mine.some((p) => !!p.metadata.deletionTimestamp && !isTerminal(p)) };
   }

@@ -158,17 +158,28 @@ function withHome<T extends ReturnType<typeof podTemplate>>(spec: RevisionSpec, 
   const c = podSpec.containers[0]!;
   c.volumeMounts = [...((c.volumeMounts as unknown[]) ?? []), { name: "home", mountPath: HOME_MOUNT }];
   c.workingDir ??= HOME_MOUNT;
-  c.env = [...((c.env as unknown[]) ?? []), { name: "HOME", value: HOME_MOUNT }];
+  const env = (c.env as { name: string }[] | undefined) ?? [];
+  if (!env.some((e) => e.name === "HOME")) c.env = [...env, { name: "HOME", value: HOME_MOUNT }];
   return template;
 }
 
-/** Only Loom's gateways reach a service's model pods, and only on the model server's port. */
+/**
+ * The policy's name: NAME-gateway-only for an InferenceService's; a Workspace's and an App's say
+ * their kind, since the three kinds may share a name in a namespace and each policy selects its
+ * own object's pods (one kind's apply must never take over another's policy).
+ */
+export function gatewayPolicyName(service: { kind: string; name: string }): string {
+  const kind = { Workspace: "-ws", App: "-app" }[service.kind] ?? "";
+  return `${service.name}${kind}-gateway-only`.slice(0, 63);
+}
+
+/** Only Loom's gateways reach a service's (a workspace's, an app's) pods, and only on the server's port. */
 function gatewayOnlyPolicy(spec: RevisionSpec) {
   return {
     apiVersion: "networking.k8s.io/v1",
     kind: "NetworkPolicy",
     metadata: {
-      name: `${spec.service.name}-gateway-only`.slice(0, 63),
+      name: gatewayPolicyName(spec.service),
       namespace: namespaceOf(spec.service.project),
       labels: workloadLabels(spec.service),
       ownerReferences: [ownerRef(spec.service)],
@@ -203,8 +214,11 @@ function modelPodTemplate(
   defaultImage: string | undefined,
   credentials: PodTemplateSpec["credentials"],
 ) {
+  // With a persistent home, HOME is that claim: credential files go under it, and no second,
+  // throw-away home is mounted at the same path (the API server refuses duplicate mounts).
+  const env = splitCredentials(spec.worker.env).env;
   return podTemplate({
-    worker: { ...spec.worker, env: splitCredentials(spec.worker.env).env },
+    worker: { ...spec.worker, env: spec.home ? { ...env, HOME: HOME_MOUNT } : env },
     ...(credentials ? { credentials } : {}),
     defaultImage,
     containerName: "model",

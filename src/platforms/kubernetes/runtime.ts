@@ -1,4 +1,4 @@
-import type { Readable } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import type { Logger } from "pino";
 import { NotFoundError } from "../../api/errors.js";
 import type {
@@ -21,10 +21,12 @@ import type { KubeClient } from "./client.js";
 import { ExternalScheduling } from "./external.js";
 import { isExternalPending } from "./external-index.js";
 import { Gangs } from "./gangs.js";
-import { namespaceOf, refFromLabels } from "./naming.js";
+import { LABELS, namespaceOf, REVISION_LABEL, refFromLabels } from "./naming.js";
 import { nodeCapacities } from "./nodes.js";
+import { openPortForward } from "./portforward.js";
 import { namespaceObjects } from "./project.js";
 import { kubernetesRevisions } from "./revisions.js";
+import { serviceHost } from "./workspaces.js";
 
 export interface KubernetesRuntimeOptions {
   client: KubeClient;
@@ -151,6 +153,33 @@ export class KubernetesRuntime implements Runtime {
     await this.client.request("DELETE", `/api/v1/namespaces/${namespaceOf(name)}`).catch((err: unknown) => {
       if (!(err instanceof NotFoundError)) throw err;
     });
+  }
+
+  /**
+   * The Service of the revision a replica pod runs (its REVISION_LABEL), port 80: where Loom's
+   * user-content origin reaches a workspace. Undefined for a pod not (yet) in the cache.
+   */
+  serviceOf(project: string, pod: string): { host: string; port: number } | undefined {
+    const revision = this.cache.pod(`${namespaceOf(project)}/${pod}`)?.metadata.labels?.[REVISION_LABEL];
+    return revision ? { host: serviceHost(project, revision), port: 80 } : undefined;
+  }
+
+  /**
+   * A TCP tunnel to `port` of the workload's `worker`-th running pod (a gang's worker index, or a
+   * revision's replicas by name), through the API server's pods/portforward (portforward.ts): the
+   * operator needs no route to the pod network, and the API server checks its RBAC on the way.
+   */
+  async connectPort(ref: WorkloadRef, worker: number, port: number): Promise<Duplex> {
+    const running = (await this.cache.workloadPods(ref))
+      .filter((p) => !p.metadata.deletionTimestamp && p.status?.phase === "Running")
+      .sort(
+        (a, b) =>
+          Number(a.metadata.labels?.[LABELS.worker] ?? 0) - Number(b.metadata.labels?.[LABELS.worker] ?? 0) ||
+          a.metadata.name.localeCompare(b.metadata.name),
+      );
+    const pod = running[worker];
+    if (!pod) throw new Error(`${ref.kind} ${ref.name} has no running pod for worker ${worker}`);
+    return openPortForward(this.client, pod.metadata.namespace, pod.metadata.name, port);
   }
 
   onChange(listener: (ref: WorkloadRef) => void): void {

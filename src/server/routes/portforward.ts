@@ -91,9 +91,9 @@ export function portForwardRoutes(app: FastifyInstance, deps: PortForwardDeps): 
       const project = req.params.project!;
       const obj = await deps.resources.get(def, project, req.params.name!);
       const { listeningPorts, connectPort } = deps.runtime;
-      if (!listeningPorts || !connectPort)
+      if (!connectPort)
         throw new BadRequestError(
-          "this platform's runtime cannot forward ports through Loom (on Kubernetes: kubectl port-forward to the workload's pod)",
+          "this platform's runtime cannot forward ports through Loom (on Kubernetes: run loom operator with --data-dir, or kubectl port-forward to the workload's pod)",
         );
       const what = `${def.kind} ${req.params.name}`;
       const targets = await targetsOf(deps.runtime, {
@@ -109,7 +109,11 @@ export function portForwardRoutes(app: FastifyInstance, deps: PortForwardDeps): 
         throw new BadRequestError(
           `worker must be between 0 and ${targets.length - 1}: ${what} runs ${targets.length}`,
         );
-      const ports = await listeningPorts.call(deps.runtime, target.ref, target.worker);
+      // Where the runtime sees listening ports (embedded), only those; on Kubernetes the pod's
+      // own answer through pods/portforward says whether anything listens.
+      const ports = listeningPorts
+        ? await listeningPorts.call(deps.runtime, target.ref, target.worker)
+        : [port];
       if (!ports.includes(port))
         throw new BadRequestError(
           `${what} (worker ${index}) does not listen on port ${port}; it listens on ${ports.length ? ports.join(", ") : "no port"}`,
