@@ -96,15 +96,17 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     now: () => new Date(),
     resyncMs: opts.resyncMs,
     ...(tracking ? { api: { ...tracking.api, workspaceOriginPort: () => workspacePort } } : {}),
-    ...(directory
-      ? {
-          workspaces: {
+    workspaces: {
+      // ide: vscode runs the image's own code-server (as Kubeflow's codeserver images have it).
+      codeServer: ["code-server"],
+      ...(directory
+        ? {
             directory,
             workspaceOrigin: () => (workspacePort ? `http://${WS_DOMAIN}:${workspacePort}` : undefined),
             ideActivity,
-          },
-        }
-      : {}),
+          }
+        : {}),
+    },
   });
   let url: string | undefined;
   let origin: ReturnType<typeof workspaceOriginServer> | undefined;
