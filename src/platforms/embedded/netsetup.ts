@@ -95,8 +95,12 @@ const killIn = (file) => {
   return n;
 };
 const making = new Map();
+// Namespaces this helper made, with their host end's address: a pooled one taken again needs no
+// look at every interface of the machine (getifaddrs), only that it is still mounted.
+const made = new Map();
 async function makeNetwork(n) {
-  if (isMounted(n.file) && hasLink(n)) return;
+  if (made.get(n.file) === n.hostAddress && isMounted(n.file)) return;
+  if (isMounted(n.file) && hasLink(n)) return void made.set(n.file, n.hostAddress);
   if (isMounted(n.file)) await endNetwork(n);
   await dropLink(n.ifname);
   fs.mkdirSync(netPath.dirname(n.file), { recursive: true });
@@ -111,6 +115,7 @@ async function makeNetwork(n) {
   await runIn("ip", ["-b", "-"], ["addr add " + n.hostAddress + "/30 dev " + n.ifname, "link set " + n.ifname + " up", ""].join("\\n"));
   // The host's end takes what the host's table sends to Loom's 127.0.0.1.
   fs.writeFileSync("/proc/sys/net/ipv4/conf/" + n.ifname + "/route_localnet", "1");
+  made.set(n.file, n.hostAddress);
 }
 // One make (or end) at a time per namespace file, in the order asked.
 function serially(file, f) {
@@ -128,6 +133,7 @@ async function setupNetwork(n) {
 }
 const prewarmNetwork = (n) => serially(n.file, () => makeNetwork(n));
 async function endNetwork(t) {
+  made.delete(t.file);
   if (isMounted(t.file)) {
     killIn(t.file);
     await runIn("umount", [t.file]);
