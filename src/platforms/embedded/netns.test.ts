@@ -70,6 +70,30 @@ describe("GangNetworks", () => {
   });
 });
 
+describe("pool slots", () => {
+  // A gang's end returns its slot; the release that follows (computed before the helper removed
+  // the gang's symlink) must not end that slot, which another gang may have taken meanwhile.
+  it.runIf(process.getuid?.() === 0)("a gang's second teardown leaves its returned slot alone", () => {
+    const n = new GangNetworks({ instanceId: randomUUID() });
+    if (!n.capability.isolated) return;
+    const uid = randomUUID();
+    const j = n.join(uid, [], true)!;
+    expect(j.setup.file).toMatch(/pool-\d+$/);
+    expect(j.setup.link).toMatch(new RegExp(`${uid}$`));
+    const first = n.teardown(uid)!;
+    expect(first).toMatchObject({ file: j.setup.file, recycle: true });
+    n.ended(first);
+    const second = n.teardown(uid)!;
+    expect(second.file).not.toBe(j.setup.file);
+    expect(second.recycle).toBeUndefined();
+    // A replica (a port rule) and an unsandboxed gang get a namespace of their own.
+    expect(n.join(randomUUID(), [8000], true)!.setup.link).toBeUndefined();
+    expect(n.join(randomUUID(), [], false)!.setup.link).toBeUndefined();
+    // The next sandboxed gang takes the returned slot or one made ahead.
+    expect(n.join(randomUUID(), [], true)!.setup.file).toMatch(/pool-\d+$/);
+  });
+});
+
 describe("a gang's network across attempts", () => {
   // The kernel removes an ended namespace (and with it the host's end of its link) later, on a
   // work queue: a next attempt that made its namespace at once found the old link's name still

@@ -84,6 +84,12 @@ export class GangNetworks {
   private readonly free: string[] = [];
   /** The pool slot of each gang that has one. */
   private readonly taken = new Map<string, string>();
+  /**
+   * Gangs whose slot went back to the pool: their next teardown (the release after the gang's
+   * end) is computed before the first is done, while the gang's symlink may still be there; it
+   * must not follow that link and end a slot another gang may have taken by then.
+   */
+  private readonly returned = new Set<string>();
   private nextSlot = 0;
 
   constructor(opts: GangNetworksOptions) {
@@ -179,11 +185,13 @@ export class GangNetworks {
     const slot = this.taken.get(uid);
     if (slot) {
       this.taken.delete(uid);
+      this.returned.add(uid);
       const recycle = this.free.length < POOL_KEEP;
       if (!recycle) this.links.delete(slot);
       return { file: this.fileOf(slot), ifname: this.ifnameOf(slot), link: this.fileOf(uid), recycle };
     }
     this.links.delete(uid);
+    if (this.returned.delete(uid)) return { file: this.fileOf(uid), ifname: this.ifnameOf(uid) };
     // A gang's symlink to a slot, left by an earlier run (its slot is ended: its history is not known).
     const target = this.linkTarget(uid);
     if (target) return { file: this.fileOf(target), ifname: this.ifnameOf(target), link: this.fileOf(uid) };
