@@ -1,4 +1,4 @@
-import { accessSync, constants, existsSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { readFile, rmdir } from "node:fs/promises";
 import { join } from "node:path";
 
@@ -8,8 +8,8 @@ import { join } from "node:path";
  * Debian host) and v2 (one unified hierarchy) are both supported, found at start.
  */
 export type CgroupLayout =
-  | { version: "v1"; memory: string; cpu: string; pids?: string }
-  | { version: "v2"; root: string };
+  /** cpu: the cgroup Loom itself runs in (workers' cpu cgroups are `loom-<name>` beside its processes). */
+  { version: "v1"; memory: string; cpu: string; pids?: string } | { version: "v2"; root: string };
 
 /** The cgroup for one worker: made and filled by the spawn helper, joined by the worker's shim. */
 export interface CgroupPlan {
@@ -46,20 +46,34 @@ export function detectCgroups(root = ROOT): CgroupLayout | undefined {
   return {
     version: "v1",
     memory: join(memory, SUBTREE),
-    cpu: join(cpu, SUBTREE),
+    cpu: join(cpu, ownCgroup("cpu")),
     ...(writable(pids) ? { pids: join(pids, SUBTREE) } : {}),
   };
 }
 
+/** Loom's own cgroup in a v1 hierarchy (from /proc/self/cgroup), "/" where it cannot be read. */
+function ownCgroup(controller: string): string {
+  try {
+    for (const line of readFileSync("/proc/self/cgroup", "utf8").split("\n")) {
+      const [, controllers, path] = line.split(":");
+      if (controllers?.split(",").includes(controller) && path) return path;
+    }
+  } catch {
+    // no /proc: the hierarchy's root
+  }
+  return "/";
+}
+
 /**
  * The cgroup of one worker, named `name` (unique per worker and attempt). Memory is a hard
- * limit. CPU is not confined on cgroup v1: every worker cgroup sits under one `loom` parent, and
- * v1 weighs that parent as ONE task against every process outside it, so on a busy machine all
- * of Loom's workloads together got one process's share (a 2-worker DDP job slowed past its
- * resize's grace under CI load). Workers keep competing as ordinary processes there; the
- * scheduler's admission is what keeps CPU requests within the node. On v2 (one hierarchy) a
- * worker's weight follows its request, never below a plain process's (100). A request of 0
- * leaves that resource as it is: the spec asked for none, so the scheduler placed it as such.
+ * limit. CPU is a weight that follows the request, never below a plain process's: on v2 (one
+ * hierarchy) `cpu.weight` (at least 100). On v1 `cpu.shares` (1024 per CPU, at least 1024), in a
+ * cgroup beside Loom's own processes (`loom-<name>` in the cgroup Loom runs in), not under one
+ * `loom` parent: v1 weighs a parent as ONE task against every process beside it, so on a busy
+ * machine all of Loom's workloads together got one process's share (a 2-worker DDP job slowed
+ * past its resize's grace under CI load); beside them, each worker weighs at least as one process
+ * and a 4-CPU request as four. A request of 0 leaves that resource as it is: the spec asked for
+ * none, so the scheduler placed it as such.
  */
 export function cgroupPlan(
   layout: CgroupLayout,
@@ -88,17 +102,28 @@ export function cgroupPlan(
   }
   const mem = join(layout.memory, name);
   const pids = layout.pids ? join(layout.pids, name) : undefined;
+  const cpu = shares ? join(layout.cpu, `loom-${name}`) : undefined;
   return {
-    dirs: [mem, ...(pids ? [pids] : [])],
-    writes: [...(memory ? [{ path: join(mem, "memory.limit_in_bytes"), data: memory }] : [])],
-    procs: [join(mem, "cgroup.procs"), ...(pids ? [join(pids, "cgroup.procs")] : [])],
+    dirs: [mem, ...(pids ? [pids] : []), ...(cpu ? [cpu] : [])],
+    writes: [
+      ...(memory ? [{ path: join(mem, "memory.limit_in_bytes"), data: memory }] : []),
+      ...(cpu ? [{ path: join(cpu, "cpu.shares"), data: String(shares) }] : []),
+    ],
+    procs: [
+      join(mem, "cgroup.procs"),
+      ...(pids ? [join(pids, "cgroup.procs")] : []),
+      ...(cpu ? [join(cpu, "cgroup.procs")] : []),
+    ],
   };
 }
 
 /** The worker's cgroup dirs, whatever the plan wrote. */
 function dirsOf(layout: CgroupLayout, name: string): string[] {
   if (layout.version === "v2") return [join(layout.root, name)];
-  return [layout.memory, layout.cpu, ...(layout.pids ? [layout.pids] : [])].map((d) => join(d, name));
+  return [
+    ...[layout.memory, ...(layout.pids ? [layout.pids] : [])].map((d) => join(d, name)),
+    join(layout.cpu, `loom-${name}`),
+  ];
 }
 
 /** Whether the kernel's OOM killer killed a process of the worker's cgroup. */

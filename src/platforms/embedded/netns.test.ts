@@ -1,5 +1,17 @@
+import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { closeSync, mkdtempSync, openSync, rmSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  lstatSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -7,6 +19,7 @@ import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { EXPOSE_ENV, exposedPorts, GangNetworks } from "./netns.js";
 import { LocalRuntime } from "./runtime.js";
+import { detectSandbox } from "./sandbox.js";
 
 describe("GangNetworks", () => {
   it("shares the machine's network when turned off, and says so", () => {
@@ -54,6 +67,30 @@ describe("GangNetworks", () => {
     } finally {
       n.close();
     }
+  });
+});
+
+describe("pool slots", () => {
+  // A gang's end returns its slot; the release that follows (computed before the helper removed
+  // the gang's symlink) must not end that slot, which another gang may have taken meanwhile.
+  it.runIf(process.getuid?.() === 0)("a gang's second teardown leaves its returned slot alone", () => {
+    const n = new GangNetworks({ instanceId: randomUUID() });
+    if (!n.capability.isolated) return;
+    const uid = randomUUID();
+    const j = n.join(uid, [], true)!;
+    expect(j.setup.file).toMatch(/pool-\d+$/);
+    expect(j.setup.link).toMatch(new RegExp(`${uid}$`));
+    const first = n.teardown(uid)!;
+    expect(first).toMatchObject({ file: j.setup.file, recycle: true });
+    n.ended(first);
+    const second = n.teardown(uid)!;
+    expect(second.file).not.toBe(j.setup.file);
+    expect(second.recycle).toBeUndefined();
+    // A replica (a port rule) and an unsandboxed gang get a namespace of their own.
+    expect(n.join(randomUUID(), [8000], true)!.setup.link).toBeUndefined();
+    expect(n.join(randomUUID(), [], false)!.setup.link).toBeUndefined();
+    // The next sandboxed gang takes the returned slot or one made ahead.
+    expect(n.join(randomUUID(), [], true)!.setup.file).toMatch(/pool-\d+$/);
   });
 });
 
@@ -114,3 +151,120 @@ describe("a gang's network across attempts", () => {
     60_000,
   );
 });
+
+describe("the pool of network namespaces", () => {
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  async function until(what: string, f: () => boolean): Promise<void> {
+    for (let i = 0; i < 300; i++) {
+      if (f()) return;
+      await sleep(50);
+    }
+    throw new Error(`timed out waiting for ${what}`);
+  }
+
+  // A sandboxed gang takes a namespace made ahead; when it ends, anything left in that namespace
+  // (here a process started into it from outside the gang's process group, as an escape would be)
+  // is killed before the namespace serves the next gang, and the pool goes when Loom stops.
+  it.runIf(process.getuid?.() === 0)(
+    "hands a sandboxed gang a namespace made ahead, clears it for the next, and ends the pool at close",
+    async () => {
+      const instanceId = randomUUID();
+      const networks = new GangNetworks({ instanceId });
+      const support = detectSandbox();
+      if (!networks.capability.isolated || !support.bwrap) return;
+      const dataDir = mkdtempSync(join(tmpdir(), "loom-netns-"));
+      const prefix = `loom-${instanceId.replace(/-/g, "").slice(0, 8)}-`;
+      const slots = () => readdirSync("/run/netns").filter((n) => n.startsWith(`${prefix}pool-`));
+      const runtime = new LocalRuntime({
+        dataDir,
+        instanceId,
+        cpuMillis: 1000,
+        memoryBytes: 2 ** 30,
+        gpus: [],
+        log: pino({ level: "silent" }),
+        networks,
+        sandbox: support,
+      });
+      const gang = (name: string) => ({ kind: "TrainingJob", project: "default", name, uid: randomUUID() });
+      const start = async (ref: ReturnType<typeof gang>) => {
+        await runtime.start({
+          ref,
+          attempt: 1,
+          workers: [
+            {
+              index: 0,
+              command: ["sleep", "600"],
+              env: {},
+              allocation: { node: "local", cpuMillis: 0, memoryBytes: 0, gpus: [] },
+            },
+          ],
+        });
+        const w = (await runtime.observe(ref))!.workers[0]!;
+        expect(w.state, w.message).toBe("Running");
+        return w.pid!;
+      };
+      const a = gang("a");
+      const b = gang("b");
+      let stray: number | undefined;
+      try {
+        await until("the pool made ahead", () => slots().length >= 2);
+        const pid = await start(a);
+        const link = `/run/netns/${prefix}${a.uid}`;
+        expect(lstatSync(link).isSymbolicLink()).toBe(true);
+        const slot = readlinkSync(link);
+        expect(slot).toMatch(/pool-\d+$/);
+        const ns = `net:[${statSync(link).ino}]`;
+        expect(readlinkSync(`/proc/${pid}/ns/net`)).toBe(ns);
+        // Left behind in the namespace, outside the gang's process group.
+        const s = spawn("nsenter", [`--net=${link}`, "--", "sleep", "600"], {
+          detached: true,
+          stdio: "ignore",
+        });
+        stray = s.pid!;
+        await until("the stray process in the namespace", () => {
+          try {
+            return readlinkSync(`/proc/${stray}/ns/net`) === ns;
+          } catch {
+            return false;
+          }
+        });
+        while (!(await runtime.stop(a, 0))) await sleep(10);
+        await until("the gang's link removed", () => !existsSync(link));
+        await until(
+          "the stray process killed",
+          () => !alive(stray!) || readFileOrEmpty(`/proc/${stray}/stat`).includes(") Z "),
+        );
+        // The namespace itself stays, for the pool.
+        expect(existsSync(`/run/netns/${slot}`)).toBe(true);
+        expect(`net:[${statSync(`/run/netns/${slot}`).ino}]`).toBe(ns);
+        const pidB = await start(b);
+        expect(readlinkSync(`/proc/${pidB}/ns/net`)).toMatch(/^net:\[\d+\]$/);
+        while (!(await runtime.stop(b, 0))) await sleep(10);
+      } finally {
+        if (stray !== undefined && alive(stray)) process.kill(stray, "SIGKILL");
+        await runtime.release(a);
+        await runtime.release(b);
+        await runtime.close();
+        networks.close();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+      await until("the pool ended", () => slots().length === 0);
+    },
+    60_000,
+  );
+});
+
+function readFileOrEmpty(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return "";
+  }
+}

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type { NetworkSetup, NetworkTeardown } from "./netsetup.js";
@@ -17,6 +17,15 @@ import type { NetworkSetup, NetworkTeardown } from "./netsetup.js";
  * runtime (runtime.ts) decides when, this class says what and where. Namespaces are files under
  * /run/netns (`ip netns list` shows them) named after the installation and the workload's uid,
  * so a restarted server finds them: those of gangs it still has are kept, the others removed.
+ *
+ * A pool (sandboxed gangs only): making a namespace with its link (three execs, a mount) and
+ * ending it (an unmount, a link deleted, the kernel's own cleanup) cost about 13 ms of a job's
+ * start in bench:scheduler (c). Sandboxed gangs without exposed ports take a namespace made
+ * ahead of need (`pool-N`, its own link), entered through a symlink named after the gang; when
+ * the gang ends its processes are killed and the namespace goes back to the pool. That is safe
+ * because a sandboxed workload has no capabilities: it cannot change its namespace's addresses,
+ * routes or rules, and what it leaves (sockets) goes with its processes. Unsandboxed workloads
+ * run as root, and replicas get a port rule, so theirs are made for them and ended, as before.
  *
  * Where namespaces cannot be made (not root, no `nft`), every gang shares the machine's network,
  * as before, and `capability` says so for `loom up` to print.
@@ -49,6 +58,11 @@ const NETNS_DIR = "/run/netns";
  */
 const LINK_BLOCKS = 2 ** 15;
 
+/** Pooled namespaces made ahead of need; at most POOL_KEEP idle ones are kept (each is a mount). */
+const POOL_AHEAD = 2;
+const POOL_KEEP = 8;
+const POOL = "pool-";
+
 export interface GangNetworksOptions {
   instanceId: string;
   /** false: every workload shares the machine's network (as before this existed). */
@@ -64,8 +78,19 @@ export class GangNetworks {
   /** Host ends of links: lm<instance 4><uid 9> (15 characters, the kernel's limit). */
   private readonly ifPrefix: string;
   private readonly table: string;
-  /** Link blocks handed out, by workload uid. */
+  /** Link blocks handed out, by workload uid or pool slot. */
   private readonly links = new Map<string, number>();
+  /** Pool slots ready (or being made) for the next gang. */
+  private readonly free: string[] = [];
+  /** The pool slot of each gang that has one. */
+  private readonly taken = new Map<string, string>();
+  /**
+   * Gangs whose slot went back to the pool: their next teardown (the release after the gang's
+   * end) is computed before the first is done, while the gang's symlink may still be there; it
+   * must not follow that link and end a slot another gang may have taken by then.
+   */
+  private readonly returned = new Set<string>();
+  private nextSlot = 0;
 
   constructor(opts: GangNetworksOptions) {
     const inst = opts.instanceId.replace(/-/g, "");
@@ -73,6 +98,9 @@ export class GangNetworks {
     this.ifPrefix = `lm${inst.slice(0, 4)}`;
     this.table = `loom_${inst.slice(0, 8)}`;
     this.capability = opts.enabled === false ? { isolated: false, reason: "turned off" } : this.probe();
+    // Slots of an earlier run are not reused (what ran there is not known): new ones count on.
+    for (const n of this.entries())
+      if (n.startsWith(POOL)) this.nextSlot = Math.max(this.nextSlot, Number(n.slice(POOL.length)) + 1);
   }
 
   /**
@@ -112,58 +140,141 @@ export class GangNetworks {
    */
   address(uid: string): string | undefined {
     if (!this.capability.isolated) return undefined;
-    return linkAddresses(this.linkBlock(uid)).address;
+    return linkAddresses(this.linkBlock(this.taken.get(uid) ?? uid)).address;
   }
 
-  /** The gang's network, or undefined where workloads share the machine's. */
-  join(uid: string, expose: number[]): NetworkJoin | undefined {
+  /**
+   * The gang's network, or undefined where workloads share the machine's. `pooled`: the gang is
+   * sandboxed, so it may take a namespace from the pool (where it exposes no port).
+   */
+  join(uid: string, expose: number[], pooled = false): NetworkJoin | undefined {
     if (!this.capability.isolated) return undefined;
+    const slot = pooled && expose.length === 0 ? this.takeSlot(uid) : undefined;
     const file = this.fileOf(uid);
-    const { hostAddress, address } = linkAddresses(this.linkBlock(uid));
+    const { hostAddress, address } = linkAddresses(this.linkBlock(slot ?? uid));
     const api = this.apiPort;
     return {
       argvPrefix: ["nsenter", `--net=${file}`, "--"],
       env: (env) => (api === undefined ? env : atHostEnd(env, api, hostAddress)),
       setup: {
-        file,
-        ifname: this.ifnameOf(uid),
+        file: this.fileOf(slot ?? uid),
+        ifname: this.ifnameOf(slot ?? uid),
         hostAddress,
         address,
         ports: expose,
+        ...(slot ? { link: file } : {}),
       },
     };
+  }
+
+  /** Namespaces for the pool to make now (in the spawn helper, beside its spawns), to keep some ahead. */
+  prewarm(): NetworkSetup[] {
+    if (!this.capability.isolated) return [];
+    const out: NetworkSetup[] = [];
+    while (this.free.length < POOL_AHEAD) {
+      const slot = `${POOL}${this.nextSlot++}`;
+      this.free.push(slot);
+      out.push(this.slotSetup(slot));
+    }
+    return out;
   }
 
   /** What the spawn helper does to end the gang's network, or undefined where there are none. */
   teardown(uid: string): NetworkTeardown | undefined {
     if (!this.capability.isolated) return undefined;
+    const slot = this.taken.get(uid);
+    if (slot) {
+      this.taken.delete(uid);
+      this.returned.add(uid);
+      const recycle = this.free.length < POOL_KEEP;
+      if (!recycle) this.links.delete(slot);
+      return { file: this.fileOf(slot), ifname: this.ifnameOf(slot), link: this.fileOf(uid), recycle };
+    }
     this.links.delete(uid);
+    if (this.returned.delete(uid)) return { file: this.fileOf(uid), ifname: this.ifnameOf(uid) };
+    // A gang's symlink to a slot, left by an earlier run (its slot is ended: its history is not known).
+    const target = this.linkTarget(uid);
+    if (target) return { file: this.fileOf(target), ifname: this.ifnameOf(target), link: this.fileOf(uid) };
     return { file: this.fileOf(uid), ifname: this.ifnameOf(uid) };
   }
 
-  /** After a restart: the uids of this installation's namespaces whose gang is gone or has ended. */
-  orphans(live: Set<string>): string[] {
-    return this.capability.isolated ? this.list().filter((uid) => !live.has(uid)) : [];
+  /** The spawn helper has done `t`: a recycled slot is ready for the next gang. */
+  ended(t: NetworkTeardown): void {
+    if (!t.recycle) return;
+    const slot = t.file.slice(t.file.lastIndexOf("/") + 1 + this.prefix.length);
+    if (!this.free.includes(slot)) this.free.push(slot);
   }
 
-  /** The uids whose namespace exists (for tests and orphans). */
+  /** The pool's idle namespaces, to end when Loom stops (a restart would not reuse them). */
+  drain(): NetworkTeardown[] {
+    const out = this.free.map((slot) => ({ file: this.fileOf(slot), ifname: this.ifnameOf(slot) }));
+    this.free.length = 0;
+    return out;
+  }
+
+  /**
+   * After a restart: the uids of this installation's namespaces whose gang is gone or has ended,
+   * and pool slots of an earlier run that no live gang is in (ended as if they were gangs').
+   */
+  orphans(live: Set<string>): string[] {
+    if (!this.capability.isolated) return [];
+    // A slot a gang's symlink names goes with that gang (kept while it is live).
+    const linked = new Set(this.list().map((uid) => this.linkTarget(uid)));
+    const slots = this.entries().filter(
+      (n) => n.startsWith(POOL) && !linked.has(n) && !this.free.includes(n),
+    );
+    return [...this.list().filter((uid) => !live.has(uid)), ...slots];
+  }
+
+  /** The uids whose namespace exists (for tests and orphans); pool slots are not listed. */
   list(): string[] {
+    return this.entries().filter((n) => !n.startsWith(POOL));
+  }
+
+  private entries(): string[] {
     if (!existsSync(NETNS_DIR)) return [];
     return readdirSync(NETNS_DIR)
       .filter((n) => n.startsWith(this.prefix))
       .map((n) => n.slice(this.prefix.length));
   }
 
-  /** The host end of the gang's link: lm<instance 4><uid 9>. */
-  private ifnameOf(uid: string): string {
-    return `${this.ifPrefix}${uid.replace(/-/g, "").slice(0, 9)}`;
+  /** The pool slot a gang's symlink names (one made by an earlier run), if it is one. */
+  private linkTarget(uid: string): string | undefined {
+    const file = this.fileOf(uid);
+    try {
+      if (!lstatSync(file).isSymbolicLink()) return undefined;
+      const name = readlinkSync(file);
+      return name.startsWith(this.prefix) ? name.slice(this.prefix.length) : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
-  private fileOf(uid: string): string {
-    return join(NETNS_DIR, `${this.prefix}${uid}`);
+  /** A slot for the gang: its own again (a later attempt), an idle one, or a new one. */
+  private takeSlot(uid: string): string {
+    const had = this.taken.get(uid);
+    if (had) return had;
+    const slot = this.free.shift() ?? `${POOL}${this.nextSlot++}`;
+    this.taken.set(uid, slot);
+    return slot;
   }
 
-  /** A /30 that no interface of this machine and no other gang uses; kept for the uid. */
+  private slotSetup(slot: string): NetworkSetup {
+    const { hostAddress, address } = linkAddresses(this.linkBlock(slot));
+    return { file: this.fileOf(slot), ifname: this.ifnameOf(slot), hostAddress, address, ports: [] };
+  }
+
+  /** The host end of the gang's link: lm<instance 4><uid 9>, or lm<instance 4>p<slot> for the pool's. */
+  private ifnameOf(key: string): string {
+    if (key.startsWith(POOL)) return `${this.ifPrefix}p${key.slice(POOL.length)}`;
+    return `${this.ifPrefix}${key.replace(/-/g, "").slice(0, 9)}`;
+  }
+
+  private fileOf(key: string): string {
+    return join(NETNS_DIR, `${this.prefix}${key}`);
+  }
+
+  /** A /30 that no interface of this machine and no other gang uses; kept for the uid (or slot). */
   private linkBlock(uid: string): number {
     const had = this.links.get(uid);
     if (had !== undefined) return had;

@@ -23,6 +23,11 @@ export interface NetworkSetup {
   address: string;
   /** Ports the host reaches in the namespace (a replica's). */
   ports: number[];
+  /**
+   * A pooled namespace (netns.ts): `file` is the pool's, and this path (the gang's name,
+   * /run/netns/loom-<inst>-<uid>) is made a symlink to it, so workers enter it by the gang's name.
+   */
+  link?: string;
 }
 
 /** What the spawn helper needs to end a gang's namespace. */
@@ -30,16 +35,31 @@ export interface NetworkTeardown {
   file: string;
   /** The host end of its link, removed with it (see teardownNetwork). */
   ifname: string;
+  /** The gang's symlink to a pooled namespace, removed. */
+  link?: string;
+  /**
+   * Keep the namespace for the pool: its processes are killed, and it stays (with its link) once
+   * none is left. Only for namespaces whose workloads could not change them (sandboxed: no
+   * capabilities, a uid of their own) and that no port rule was added to.
+   */
+  recycle?: boolean;
 }
 
 /**
- * `setupNetwork(n)` makes the namespace and its link unless both are there (a later attempt):
- * `unshare --net=FILE ip -b -` (loopback up, the veth made inside with its peer put in the
- * helper's namespace, the inside address) and `ip -b -` for the host's end: two execs, plus
- * one for a replica's rule. `teardownNetwork(t)` kills every process left in the namespace (a
- * namespace lives while a process is in it), unmounts it, and deletes the host end of its link.
+ * `setupNetwork(n)` makes the namespace and its link unless both are there (a pooled one made
+ * ahead of need, or a later attempt): `unshare --net=FILE ip -b -` (loopback up, the veth made
+ * inside with its peer put in the helper's namespace, the inside address) and `ip -b -` for the
+ * host's end: two execs, plus one for a replica's rule; then the gang's symlink, for a pooled one.
+ * `prewarm` is the same without a gang. `teardownNetwork(t)` kills every process left in the
+ * namespace (a namespace lives while a process is in it); a recycled one stays once none is left,
+ * any other is unmounted and the host end of its link deleted.
  *
- * That last step is not left to the kernel: it removes an unmounted namespace, and the link
+ * All of it is asynchronous (execFile, not execFileSync): the helper has one thread, and a
+ * namespace made or ended blocked every other gang's spawns for the length of its execs. One make
+ * at a time per namespace file (`making`): a spawn that needs a namespace being made ahead waits
+ * for that, not for a second make.
+ *
+ * The link's deletion is not left to the kernel: it removes an unmounted namespace, and the link
  * with it, later, from a work queue; until then the host end's name stays taken, and the next
  * attempt's setup (made right after, as a first restart is) failed with "RTNETLINK answers:
  * File exists", its first worker not started. `ip link del` removes both ends before it
@@ -47,42 +67,95 @@ export interface NetworkTeardown {
  * by a crash before its teardown was done).
  */
 export const NETWORK_HELPER = `
-const { execFileSync } = require("node:child_process");
+const { execFile } = require("node:child_process");
 const netPath = require("node:path");
+const netOs = require("node:os");
 const isMounted = (f) => { try { return fs.statSync(f).dev !== fs.statSync(netPath.dirname(f)).dev; } catch { return false; } };
-const runIn = (cmd, args, input) => execFileSync(cmd, args, { input, stdio: ["pipe", "ignore", "pipe"] });
-const dropLink = (ifname) => {
+const runIn = (cmd, args, input) => new Promise((resolve, reject) => {
+  const c = execFile(cmd, args, (err, _out, stderr) =>
+    err ? reject(new Error(cmd + ": " + (String(stderr).trim() || err.message))) : resolve());
+  c.stdin.end(input);
+});
+const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+// Both ends there and the host's with the address asked for (a pool slot from before may differ).
+const hasLink = (n) => (netOs.networkInterfaces()[n.ifname] || []).some((a) => a.address === n.hostAddress);
+const dropLink = async (ifname) => {
   if (!fs.existsSync("/sys/class/net/" + ifname)) return;
   // Gone meanwhile (the kernel's own removal of the namespace got there first): nothing to do.
-  try { runIn("ip", ["link", "del", ifname]); } catch {}
+  try { await runIn("ip", ["link", "del", ifname]); } catch {}
 };
-function setupNetwork(n) {
-  if (isMounted(n.file) && fs.existsSync("/sys/class/net/" + n.ifname)) return;
-  if (isMounted(n.file)) teardownNetwork(n);
-  dropLink(n.ifname);
+// SIGKILLs every process in the namespace; how many there were. Asynchronous: a look at every
+// process of a busy machine took ~20 ms, the helper's thread blocked (no spawn) all along.
+const killIn = async (file) => {
+  const want = "net:[" + fs.statSync(file).ino + "]";
+  const pids = (await fs.promises.readdir("/proc")).filter((e) => /^[0-9]+$/.test(e));
+  const found = await Promise.all(pids.map((e) =>
+    fs.promises.readlink("/proc/" + e + "/ns/net").then((ns) => ns === want, () => false)));
+  let n = 0;
+  for (let i = 0; i < pids.length; i++) {
+    if (!found[i]) continue;
+    try { process.kill(Number(pids[i]), "SIGKILL"); n++; } catch {}
+  }
+  return n;
+};
+const making = new Map();
+// Namespaces this helper made, with their host end's address: a pooled one taken again needs no
+// look at every interface of the machine (getifaddrs), only that it is still mounted.
+const made = new Map();
+async function makeNetwork(n) {
+  if (made.get(n.file) === n.hostAddress && isMounted(n.file)) return;
+  if (isMounted(n.file) && hasLink(n)) return void made.set(n.file, n.hostAddress);
+  if (isMounted(n.file)) await endNetwork(n);
+  await dropLink(n.ifname);
   fs.mkdirSync(netPath.dirname(n.file), { recursive: true });
   fs.writeFileSync(n.file, "");
   const inside = ["link set lo up", "link add loom0 type veth peer name " + n.ifname + " netns " + process.pid,
     "addr add " + n.address + "/30 dev loom0", "link set loom0 up", ""].join("\\n");
-  if (n.ports.length === 0) runIn("unshare", ["--net=" + n.file, "ip", "-b", "-"], inside);
-  else runIn("unshare", ["--net=" + n.file, "/bin/sh", "-c",
+  if (n.ports.length === 0) await runIn("unshare", ["--net=" + n.file, "ip", "-b", "-"], inside);
+  else await runIn("unshare", ["--net=" + n.file, "/bin/sh", "-c",
     "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet && ip -b - && exec nft \\"$0\\"",
     "table ip loom { chain loom_pre { type nat hook prerouting priority dstnat; iifname \\"loom0\\" tcp dport { " +
       n.ports.join(", ") + " } dnat to 127.0.0.1; }; }"], inside);
-  runIn("ip", ["-b", "-"], ["addr add " + n.hostAddress + "/30 dev " + n.ifname, "link set " + n.ifname + " up", ""].join("\\n"));
+  await runIn("ip", ["-b", "-"], ["addr add " + n.hostAddress + "/30 dev " + n.ifname, "link set " + n.ifname + " up", ""].join("\\n"));
   // The host's end takes what the host's table sends to Loom's 127.0.0.1.
   fs.writeFileSync("/proc/sys/net/ipv4/conf/" + n.ifname + "/route_localnet", "1");
+  made.set(n.file, n.hostAddress);
 }
-function teardownNetwork(t) {
+// One make (or end) at a time per namespace file, in the order asked.
+function serially(file, f) {
+  const p = (making.get(file) || Promise.resolve()).catch(() => {}).then(f);
+  making.set(file, p);
+  p.catch(() => {}).finally(() => { if (making.get(file) === p) making.delete(file); });
+  return p;
+}
+async function setupNetwork(n) {
+  await serially(n.file, () => makeNetwork(n));
+  if (n.link) {
+    fs.rmSync(n.link, { force: true });
+    fs.symlinkSync(netPath.basename(n.file), n.link);
+  }
+}
+const prewarmNetwork = (n) => serially(n.file, () => makeNetwork(n));
+async function endNetwork(t) {
+  made.delete(t.file);
   if (isMounted(t.file)) {
-    const want = "net:[" + fs.statSync(t.file).ino + "]";
-    for (const e of fs.readdirSync("/proc")) {
-      if (!/^[0-9]+$/.test(e)) continue;
-      try { if (fs.readlinkSync("/proc/" + e + "/ns/net") === want) process.kill(Number(e), "SIGKILL"); } catch {}
-    }
-    execFileSync("umount", [t.file], { stdio: ["ignore", "ignore", "pipe"] });
+    await killIn(t.file);
+    await runIn("umount", [t.file]);
   }
   fs.rmSync(t.file, { force: true });
-  dropLink(t.ifname);
+  await dropLink(t.ifname);
+}
+function teardownNetwork(t) {
+  if (t.link) fs.rmSync(t.link, { force: true });
+  return serially(t.file, async () => {
+    if (t.recycle && isMounted(t.file)) {
+      // Kept once no process is left in it (those killed are gone at the next look).
+      for (let i = 0; i < 5; i++) {
+        if ((await killIn(t.file)) === 0) return;
+        await pause(10 * (i + 1));
+      }
+    }
+    await endNetwork(t);
+  });
 }
 `;

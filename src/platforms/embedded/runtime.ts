@@ -136,6 +136,7 @@ export class LocalRuntime implements Runtime {
     // those of live gangs stay with them.
     const live = [...this.gangs.values()].filter((g) => g.workers.some((w) => !w.exit)).map((g) => g.ref.uid);
     for (const uid of opts.networks?.orphans(new Set(live)) ?? []) void this.endNetwork(uid);
+    if (this.sandbox?.support.privileged) this.prewarmNetworks();
     this.poll = setInterval(() => this.checkAdopted(), opts.pollMs ?? 500);
     this.poll.unref();
   }
@@ -203,7 +204,9 @@ export class LocalRuntime implements Runtime {
     await this.writer.settled(spec.ref.uid);
     // The previous attempt's namespace, ending, goes first: this attempt makes its own.
     await this.networkEnds.get(spec.ref.uid);
-    const network = this.opts.networks?.join(spec.ref.uid, exposedPorts(spec.workers));
+    // Sandboxed gangs take a namespace made ahead of need (netns.ts: they cannot change it).
+    const pooled = !!this.sandbox?.support.privileged;
+    const network = this.opts.networks?.join(spec.ref.uid, exposedPorts(spec.workers), pooled);
     // The workload's credential files, under its private HOME (owned by its project's uid when
     // sandboxed: written after the tree is handed over, each file given to that uid).
     const secrets = credentialFiles(spec, homeDir(this.files, spec.ref.uid), sandbox?.owner);
@@ -271,6 +274,7 @@ export class LocalRuntime implements Runtime {
       rec.startTime = this.now().toISOString();
       this.children.set(key, started);
     }
+    if (pooled) this.prewarmNetworks();
     this.writer.saveSoon(gang.ref.uid);
     this.opts.log.info(
       {
@@ -395,7 +399,19 @@ export class LocalRuntime implements Runtime {
     for (const child of this.children.values()) child.cancel();
     this.children.clear();
     this.dialer.close();
+    // The pool's idle namespaces go (a next server does not reuse them); gangs' stay with them.
+    const idle = this.opts.networks?.drain() ?? [];
+    await Promise.all(idle.map((t) => this.spawner.teardown(t).catch(() => undefined)));
     this.spawner.close();
+  }
+
+  /** Keeps a few namespaces made ahead of need, in the spawn helper beside its spawns. */
+  private prewarmNetworks(): void {
+    for (const n of this.opts.networks?.prewarm() ?? []) {
+      this.spawner
+        .prewarm(n)
+        .catch((err: unknown) => this.opts.log.warn({ err }, "could not make a network namespace ahead"));
+    }
   }
 
   private workerExited(
@@ -496,6 +512,7 @@ export class LocalRuntime implements Runtime {
     const prev = this.networkEnds.get(uid) ?? Promise.resolve();
     const done = prev
       .then(() => this.spawner.teardown(teardown))
+      .then(() => this.opts.networks?.ended(teardown))
       .catch((err: unknown) =>
         this.opts.log.warn({ err, uid }, "could not remove a gang's network namespace"),
       )

@@ -1,6 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -60,14 +60,28 @@ describe("sandbox", () => {
     expect(args.join(" ")).toContain("--perms 0755 --dir /x");
   });
 
-  it("turns the spec's memory into a cgroup limit; CPU a v2 weight never below a plain process's, unconfined on v1", () => {
-    const v1 = cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/loom" }, "w", {
+  it("turns the spec's memory into a cgroup limit and its CPU a weight never below a plain process's", () => {
+    const v1 = cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/own" }, "w", {
       cpuMillis: 1500,
       memoryBytes: 2 ** 30,
     });
-    // v1 weighs Loom's whole subtree as one task against the rest of the machine: no CPU there.
-    expect(v1.writes).toEqual([{ path: "/m/loom/w/memory.limit_in_bytes", data: String(2 ** 30) }]);
-    expect(v1.procs).toEqual(["/m/loom/w/cgroup.procs"]);
+    // v1: shares in a cgroup beside Loom's own processes (under one parent, all of Loom's
+    // workloads together would weigh as one process against the rest of the machine).
+    expect(v1.writes).toEqual([
+      { path: "/m/loom/w/memory.limit_in_bytes", data: String(2 ** 30) },
+      { path: "/c/own/loom-w/cpu.shares", data: "1536" },
+    ]);
+    expect(v1.procs).toEqual(["/m/loom/w/cgroup.procs", "/c/own/loom-w/cgroup.procs"]);
+    const small = cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/own" }, "w", {
+      cpuMillis: 100,
+      memoryBytes: 0,
+    });
+    expect(small.writes).toEqual([{ path: "/c/own/loom-w/cpu.shares", data: "1024" }]);
+    // No request, no cgroup: the scheduler placed it as asking for none.
+    expect(
+      cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/own" }, "w", { cpuMillis: 0, memoryBytes: 0 })
+        .procs,
+    ).toEqual(["/m/loom/w/cgroup.procs"]);
     const v2 = cgroupPlan({ version: "v2", root: "/g/loom" }, "w", { cpuMillis: 250, memoryBytes: 0 });
     expect(v2.writes).toContainEqual({ path: "/g/loom/w/cpu.weight", data: "100" });
     const big = cgroupPlan({ version: "v2", root: "/g/loom" }, "w", { cpuMillis: 64_000, memoryBytes: 0 });
@@ -149,6 +163,51 @@ describe("sandbox", () => {
         "hidden",
         "lent",
       ]);
+    },
+  );
+
+  // cgroup v1 (this Debian host's): the worker weighs what it asked for against the processes
+  // beside Loom's own, not as a share of one `loom` parent.
+  it.runIf(!!support.bwrap && support.cgroups?.version === "v1")(
+    "gives a sandboxed worker CPU shares from its request, in a cgroup beside Loom's own processes",
+    async () => {
+      const rt = new LocalRuntime({
+        dataDir: join(dir, "data"),
+        instanceId: randomUUID(),
+        cpuMillis: 4000,
+        memoryBytes: 2 ** 30,
+        gpus: [],
+        log: pino({ level: "silent" }),
+        sandbox: support,
+      });
+      const spec = gang("a", {
+        command: ["sleep", "600"],
+        allocation: { node: "n", cpuMillis: 2000, memoryBytes: 2 ** 28, gpus: [] },
+      });
+      try {
+        await rt.start(spec);
+        const w = (await rt.observe(spec.ref))!.workers[0]!;
+        expect(w.state, w.message).toBe("Running");
+        const own = /^\d+:(?:[^:]*,)?cpu(?:,[^:]*)?:(.*)$/m.exec(
+          readFileSync("/proc/self/cgroup", "utf8"),
+        )![1]!;
+        // The shim joins its cgroups first thing after it starts.
+        const cpuOf = (pid: number | string) =>
+          /^\d+:(?:[^:]*,)?cpu(?:,[^:]*)?:(.*)$/m.exec(readFileSync(`/proc/${pid}/cgroup`, "utf8"))![1]!;
+        let cg = cpuOf(w.pid!);
+        for (let i = 0; i < 100 && cg === own; i++) {
+          await new Promise((r) => setTimeout(r, 50));
+          cg = cpuOf(w.pid!);
+        }
+        expect(cg).toBe(join(own, `loom-${spec.ref.uid}-a1-w0`));
+        const layout = support.cgroups as { cpu: string };
+        expect(
+          readFileSync(join(layout.cpu, `loom-${spec.ref.uid}-a1-w0`, "cpu.shares"), "utf8").trim(),
+        ).toBe("2048");
+      } finally {
+        await rt.release(spec.ref);
+        await rt.close();
+      }
     },
   );
 

@@ -33,41 +33,52 @@ const ownTree = (path, uid, gid, create) => {
   };
   walk(path);
 };
+// Spawns one request: made in order (a gang's first request prepares what the next use).
+async function start(r) {
+  let fd;
+  try {
+    for (const d of r.dirs ?? []) fs.mkdirSync(d, { recursive: true });
+    for (const d of r.privateDirs ?? []) {
+      fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+      fs.chmodSync(d, 0o700);
+    }
+    for (const o of r.owned ?? []) ownTree(o.path, o.uid, o.gid, o.create);
+    for (const w of r.writes ?? []) fs.writeFileSync(w.path, w.data);
+    for (const f of r.files ?? []) {
+      fs.rmSync(f.path + ".tmp", { force: true });
+      fs.writeFileSync(f.path + ".tmp", f.data, { mode: f.mode ?? 0o666 });
+      fs.renameSync(f.path + ".tmp", f.path);
+      if (f.owner !== undefined) fs.chownSync(f.path, f.owner, f.owner);
+    }
+    if (r.network) await setupNetwork(r.network);
+    fd = fs.openSync(r.logFile, "a");
+    const c = spawn(r.command, r.args, { cwd: r.cwd, env: r.env, detached: true, stdio: ["ignore", fd, fd] });
+    c.on("error", (e) => out({ id: r.id, error: String(e) }));
+    c.on("exit", (code, signal) => out({ id: r.id, exit: true, code, signal }));
+    out({ id: r.id, pid: c.pid });
+  } catch (e) {
+    out({ id: r.id, error: String(e) });
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+let spawns = Promise.resolve();
+const busy = new Set();
+const aside = (r, p) => {
+  busy.add(p);
+  p.then(() => out({ id: r.id, done: true }), (e) => out({ id: r.id, error: String(e) }))
+    .finally(() => busy.delete(p));
+};
 require("node:readline").createInterface({ input: process.stdin })
   .on("line", (line) => {
     const r = JSON.parse(line);
-    let fd;
-    try {
-      if (r.teardown) {
-        teardownNetwork(r.teardown);
-        return out({ id: r.id, done: true });
-      }
-      for (const d of r.dirs ?? []) fs.mkdirSync(d, { recursive: true });
-      for (const d of r.privateDirs ?? []) {
-        fs.mkdirSync(d, { recursive: true, mode: 0o700 });
-        fs.chmodSync(d, 0o700);
-      }
-      for (const o of r.owned ?? []) ownTree(o.path, o.uid, o.gid, o.create);
-      for (const w of r.writes ?? []) fs.writeFileSync(w.path, w.data);
-      for (const f of r.files ?? []) {
-        fs.rmSync(f.path + ".tmp", { force: true });
-        fs.writeFileSync(f.path + ".tmp", f.data, { mode: f.mode ?? 0o666 });
-        fs.renameSync(f.path + ".tmp", f.path);
-        if (f.owner !== undefined) fs.chownSync(f.path, f.owner, f.owner);
-      }
-      if (r.network) setupNetwork(r.network);
-      fd = fs.openSync(r.logFile, "a");
-      const c = spawn(r.command, r.args, { cwd: r.cwd, env: r.env, detached: true, stdio: ["ignore", fd, fd] });
-      c.on("error", (e) => out({ id: r.id, error: String(e) }));
-      c.on("exit", (code, signal) => out({ id: r.id, exit: true, code, signal }));
-      out({ id: r.id, pid: c.pid });
-    } catch (e) {
-      out({ id: r.id, error: String(e) });
-    } finally {
-      if (fd !== undefined) fs.closeSync(fd);
-    }
+    // Namespaces ended or made ahead go beside the spawns, not in their line.
+    if (r.teardown) return aside(r, Promise.resolve(r.teardown).then(teardownNetwork));
+    if (r.prewarm) return aside(r, Promise.resolve(r.prewarm).then(prewarmNetwork));
+    spawns = spawns.then(() => start(r));
   })
-  .on("close", () => process.exit(0));
+  // The server went: what was asked is finished first (a namespace half ended would be left).
+  .on("close", () => Promise.allSettled([spawns, ...busy]).then(() => process.exit(0)));
 `;
 
 export interface SpawnRequest {
@@ -140,6 +151,15 @@ export class Spawner {
 
   /** Ends a gang's network namespace (in the helper: a fork from the server blocks its loop). */
   teardown(t: NetworkTeardown): Promise<void> {
+    return this.ask({ teardown: t });
+  }
+
+  /** Makes a pooled network namespace ahead of need (in the helper, beside its spawns). */
+  prewarm(n: NetworkSetup): Promise<void> {
+    return this.ask({ prewarm: n });
+  }
+
+  private ask(what: { teardown: NetworkTeardown } | { prewarm: NetworkSetup }): Promise<void> {
     const helper = this.ensureHelper();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
@@ -149,7 +169,7 @@ export class Spawner {
         lost: () => undefined,
         pidKnown: false,
       });
-      helper.stdin!.write(`${JSON.stringify({ id, teardown: t })}\n`);
+      helper.stdin!.write(`${JSON.stringify({ id, ...what })}\n`);
     });
   }
 
