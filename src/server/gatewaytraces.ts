@@ -199,7 +199,8 @@ class TraceWriter {
   ) {}
 
   write(batch: PackedBatch): Promise<WriterAnswer> {
-    const worker = (this.worker ??= this.start());
+    this.worker ??= this.start();
+    const worker = this.worker;
     const id = this.next++;
     return new Promise((resolve) => {
       this.pending.set(id, resolve);
