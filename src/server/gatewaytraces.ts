@@ -2,7 +2,12 @@ import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
 import type { TraceStore } from "../tracking/traces.js";
-import { type PackedBatch, packTraces, type TracedRequest } from "../tracking/traces-gateway.js";
+import {
+  type PackedBatch,
+  packTraces,
+  type TracedRequest,
+  unpackTraces,
+} from "../tracking/traces-gateway.js";
 import type { WriterAnswer, WriterRequest } from "../tracking/traces-worker.js";
 
 export { buildTrace, readExchange, type TracedRequest } from "../tracking/traces-gateway.js";
@@ -144,6 +149,8 @@ export class GatewayTraceRecorder {
 
   /** Queues one finished request; never throws, never waits. */
   record(r: TracedRequest): void {
+    // The thread starts with the first traced request, while the batch fills, not after it.
+    this.writer ??= new TraceWriter(this.deps.file, this.deps.log);
     this.queue.record(r);
   }
 
@@ -196,7 +203,9 @@ class TraceWriter {
   constructor(
     private readonly file: string | undefined,
     private readonly log: Logger | undefined,
-  ) {}
+  ) {
+    this.worker = this.start();
+  }
 
   write(batch: PackedBatch): Promise<WriterAnswer> {
     this.worker ??= this.start();
@@ -245,4 +254,84 @@ class TraceWriter {
     this.worker = undefined;
     await w?.terminate();
   }
+}
+
+/** Where the request path hands traced requests: the API's recorder, or a node's uploader. */
+export interface TraceSink {
+  record(r: TracedRequest): void;
+}
+
+/** A report of traced requests as it crosses the network: the packed batch, its bytes in base64. */
+export interface TraceReport {
+  gateway: string;
+  items: PackedBatch["items"];
+  data: string;
+}
+
+/** At most this many body bytes in one report (a backlog goes in several). */
+const REPORT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * A `loom gateway` node's traces: queued like the API's, and each batch sent to Loom's API
+ * (`send`: POST /gateway/v1/traces with the node's credentials), which records them.
+ */
+export function traceUploader(o: {
+  gateway: string;
+  send: (report: TraceReport) => Promise<void>;
+  registry?: Registry;
+  log?: Logger;
+}): TraceQueue {
+  return new TraceQueue({
+    ...(o.registry ? { registry: o.registry } : {}),
+    ...(o.log ? { log: o.log } : {}),
+    deliver: async (batch) => {
+      for (let i = 0; i < batch.length; ) {
+        let bytes = 0;
+        let j = i;
+        do {
+          bytes += batch[j]!.capture.request.length + batch[j]!.capture.response.length;
+          j++;
+        } while (j < batch.length && bytes < REPORT_BYTES);
+        const packed = packTraces(batch.slice(i, j));
+        const data = Buffer.from(packed.data.buffer, packed.data.byteOffset, packed.data.byteLength);
+        await o.send({ gateway: o.gateway, items: packed.items, data: data.toString("base64") });
+        i = j;
+      }
+    },
+  });
+}
+
+/** A node's report checked (shape, and each body within its bytes) and unpacked; throws saying what is wrong. */
+export function readTraceReport(body: unknown): TracedRequest[] {
+  const b = body as Partial<TraceReport> | undefined;
+  const str = (v: unknown) => typeof v === "string";
+  const num = (v: unknown) => typeof v === "number" && Number.isFinite(v);
+  const span = (v: unknown) => Array.isArray(v) && v.length === 2 && v.every(num);
+  const ok =
+    b &&
+    str(b.gateway) &&
+    str(b.data) &&
+    Array.isArray(b.items) &&
+    b.items.every(
+      (i) =>
+        i &&
+        str(i.project) &&
+        str(i.service) &&
+        str(i.revision) &&
+        str(i.caller) &&
+        num(i.status) &&
+        num(i.startedMs) &&
+        num(i.endedMs) &&
+        typeof i.complete === "boolean" &&
+        span(i.request) &&
+        span(i.response) &&
+        (i.model === undefined || str(i.model)) &&
+        (i.usage === undefined || (num(i.usage?.promptTokens) && num(i.usage?.completionTokens))),
+    );
+  if (!ok)
+    throw new Error(
+      "send {gateway, items: [{project, service, revision, caller, status, startedMs, endedMs, complete, request: [offset, length], response: [offset, length], model?, usage?}], data: BASE64}",
+    );
+  const data = Buffer.from(b.data!, "base64");
+  return unpackTraces({ items: b.items!, data });
 }
