@@ -168,7 +168,10 @@ export class GatewayTraceRecorder {
 
   private async write(batch: TracedRequest[]): Promise<void> {
     const packed = packTraces(batch);
-    for (const item of packed.items) item.experimentId = await this.experimentOf(item.project, item.service);
+    for (const item of packed.items)
+      item.experimentId =
+        this.experiments.get(`${item.project}/${item.service}`) ??
+        (await this.experimentOf(item.project, item.service));
     this.writer ??= new TraceWriter(this.deps.file, this.deps.log);
     const answer = await this.writer.write(packed);
     if ("error" in answer) throw new Error(answer.error);
@@ -214,7 +217,8 @@ class TraceWriter {
     return new Promise((resolve) => {
       this.pending.set(id, resolve);
       // The bodies' buffer moves to the thread (no copy); it is the batch's own.
-      worker.postMessage({ id, batch } satisfies WriterRequest, [batch.data.buffer as ArrayBuffer]);
+      const message: WriterRequest = { id, items: JSON.stringify(batch.items), data: batch.data };
+      worker.postMessage(message, [batch.data.buffer as ArrayBuffer]);
       worker.ref();
     });
   }

@@ -64,17 +64,23 @@ export function packTraces(batch: TracedRequest[]): PackedBatch {
     at += b.length;
     return [at - b.length, b.length];
   };
-  const items = batch.map(({ capture: c, ...r }): PackedItem => {
+  // Plain literals, no spreads: this runs on the gateway's thread, once per traced request.
+  const items = batch.map((r): PackedItem => {
+    const c = r.capture;
     const item: PackedItem = {
-      ...r,
+      project: r.project,
+      service: r.service,
+      revision: r.revision,
+      caller: r.caller,
+      status: r.status,
       startedMs: c.startedMs,
       endedMs: c.endedMs,
       complete: c.complete,
       request: put(c.request),
       response: put(c.response),
     };
-    if (item.model === undefined) delete item.model;
-    if (item.usage === undefined) delete item.usage;
+    if (r.model !== undefined) item.model = r.model;
+    if (r.usage !== undefined) item.usage = r.usage;
     return item;
   });
   return { items, data };
