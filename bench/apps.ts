@@ -15,23 +15,27 @@
 import { spawn } from "node:child_process";
 import { copyFileSync, mkdirSync } from "node:fs";
 import { request } from "node:http";
-import { createServer } from "node:net";
-import { arch, platform } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { LoomProcess, ROOT } from "../test/helpers.js";
+import { type LoomProcess, ROOT } from "../test/helpers.js";
 import {
   cleanupAll,
   cleanups,
+  failedPart,
   fmt,
+  freePort,
   loadNow,
-  machine,
+  machineLine,
   markdownTable,
+  median,
   num,
   type PartResult,
   partsSection,
+  pct,
+  printParts,
   publishResults,
   sleep,
+  startLoom,
 } from "./report.js";
 import { MiniWebSocket } from "./wsclient.js";
 
@@ -46,19 +50,6 @@ const API = "/apis/loom.dev/v1alpha1/projects/default/apps";
 
 const began = performance.now();
 const log = (s: string) => console.log(`[${((performance.now() - began) / 1000).toFixed(1)}s] ${s}`);
-
-function median(xs: number[]): number | undefined {
-  if (xs.length === 0) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-/** Nearest-rank percentile. */
-function pct(xs: number[], p: number): number | undefined {
-  if (xs.length === 0) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
 
 let loom: LoomProcess;
 let code = "";
@@ -174,14 +165,6 @@ async function partEcho(): Promise<PartResult> {
   };
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((ok) => s.listen(0, "127.0.0.1", ok));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((ok) => s.close(ok));
-  return port;
-}
-
 /** The app's own readiness: spawn → first answer of / on its port, polled every 2 ms. */
 async function directCold(): Promise<number> {
   const port = await freePort();
@@ -253,11 +236,8 @@ async function partCold(): Promise<PartResult> {
 
 async function main(): Promise<void> {
   const startedAt = new Date();
-  const m = machine();
   const load = loadNow();
-  loom = new LoomProcess();
-  cleanups.push(() => loom.stop());
-  await loom.start();
+  loom = await startLoom();
   code = join(loom.home, "code");
   mkdirSync(code);
   copyFileSync(join(ROOT, "test/fixtures/apps/counter.py"), join(code, "counter.py"));
@@ -273,32 +253,18 @@ async function main(): Promise<void> {
   log(`loom up; app origin on port ${originPort}`);
 
   const outputs: PartResult[] = [];
-  const fail = (part: string, err: unknown): PartResult => {
-    const message = err instanceof Error ? err.message : String(err);
-    log(`part ${part} FAILED: ${message}`);
-    return {
-      heading: `(${part}) failed`,
-      blocks: [],
-      notes: [`Part ${part} failed: ${message.split("\n")[0]}`],
-      workload: "",
-      ok: false,
-    };
-  };
+  const fail = (part: string, err: unknown) => failedPart(part, err, log);
   if (PARTS.includes("a")) outputs.push(await partEcho().catch((e: unknown) => fail("a", e)));
   if (PARTS.includes("b")) outputs.push(await partCold().catch((e: unknown) => fail("b", e)));
   await loom.cli(["delete", "app", "--all", "--timeout", "30"]).catch(() => undefined);
   await cleanupAll();
 
-  for (const o of outputs) {
-    console.log(`\n${o.heading}\n`);
-    for (const b of o.blocks) console.log(`${b}\n`);
-    for (const n of o.notes) console.log(`- ${n}`);
-  }
+  printParts(outputs);
   const date = startedAt.toISOString().replace("T", " ").slice(0, 16);
   const section = [
     `## ${date} UTC — bench:apps`,
     "",
-    `- Machine: ${m.cpus} CPUs (availableParallelism), ${m.model}, ${m.memGiB} GiB memory, Node ${process.version}, ${platform()}/${arch()}; load average at start ${load}, at end ${loadNow()}`,
+    machineLine(load),
     "- Loom (`loom up`, embedded, temp data dir) with stdlib Apps (test/fixtures/apps/counter.py, framework: custom); peers: the replica's own port, the same command spawned directly",
     ...partsSection(outputs, began, [
       `(a) added p99 of a WebSocket message round trip ≤ ${GOAL_ADDED_P99_MS} ms`,

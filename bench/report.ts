@@ -1,13 +1,16 @@
 /**
  * What every benchmark shares: cleanups that run once (normal end or watchdog), temp dirs,
- * number formatting, ratios, markdown tables and a description of the machine.
+ * number formatting, ratios, medians and percentiles, markdown tables, a description of the
+ * machine, a `loom up` to measure, and the section each bench appends to RESULTS.md.
  */
 import { execFileSync } from "node:child_process";
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { availableParallelism, loadavg, tmpdir, totalmem } from "node:os";
+import { createServer } from "node:net";
+import { arch, availableParallelism, loadavg, platform, tmpdir, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
+import { LoomProcess } from "../test/helpers.js";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const RESULTS_FILE = join(ROOT, "bench", "RESULTS.md");
@@ -128,4 +131,64 @@ export function publishResults(section: string, outputs: PartResult[], skipVar: 
     console.log(`\nappended to ${RESULTS_FILE}`);
   }
   process.exitCode = outputs.length > 0 && outputs.every((o) => o.ok) ? 0 : 1;
+}
+
+/** The middle value (the mean of the two middle ones for an even count). */
+export function median(xs: number[]): number | undefined {
+  if (xs.length === 0) return undefined;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Nearest-rank percentile. */
+export function pct(xs: number[], p: number): number | undefined {
+  if (xs.length === 0) return undefined;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+/** A loopback port free right now. */
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((ok) => srv.listen(0, "127.0.0.1", ok));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((ok) => srv.close(ok));
+  return port;
+}
+
+/** A real `loom up` (temp data dir), stopped by cleanupAll. */
+export async function startLoom(): Promise<LoomProcess> {
+  const loom = new LoomProcess();
+  cleanups.push(() => loom.stop());
+  await loom.start();
+  return loom;
+}
+
+/** A part that threw: a result saying so (the bench goes on with the others). */
+export function failedPart(part: string, err: unknown, log: (msg: string) => void): PartResult {
+  const message = err instanceof Error ? err.message : String(err);
+  log(`part ${part} FAILED: ${message}`);
+  return {
+    heading: `(${part}) failed`,
+    blocks: [],
+    notes: [`Part ${part} failed: ${message.split("\n")[0]}`],
+    workload: "",
+    ok: false,
+  };
+}
+
+/** The parts' tables and notes on the console. */
+export function printParts(outputs: PartResult[]): void {
+  for (const o of outputs) {
+    console.log(`\n${o.heading}\n`);
+    for (const b of o.blocks) console.log(`${b}\n`);
+    for (const n of o.notes) console.log(`- ${n}`);
+  }
+}
+
+/** The section's "Machine" line: the machine, Node, and the load average at start and now. */
+export function machineLine(loadAtStart: string): string {
+  const m = machine();
+  return `- Machine: ${m.cpus} CPUs (availableParallelism), ${m.model}, ${m.memGiB} GiB memory, Node ${process.version}, ${platform()}/${arch()}; load average at start ${loadAtStart}, at end ${loadNow()}`;
 }

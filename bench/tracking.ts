@@ -20,7 +20,6 @@
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
-import { createServer } from "node:net";
 import { arch, availableParallelism, homedir, platform } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -30,12 +29,15 @@ import {
   cleanupAll,
   cleanups,
   fmt,
+  freePort,
   loadNow,
   loomCommit,
   machine,
   markdownTable,
+  median,
   num,
   partsSection,
+  pct,
   publishResults,
   sleep,
   tempDir,
@@ -95,20 +97,6 @@ let aborted = false;
 
 /** Milliseconds: one decimal below 10 ms, none above. */
 const ms = (x: number | undefined) => fmt(x, x !== undefined && x < 10 ? 1 : 0);
-
-function median(xs: number[]): number | undefined {
-  if (xs.length === 0) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-/** Nearest-rank percentile. */
-function pct(xs: number[], p: number): number | undefined {
-  if (xs.length === 0) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
 
 function quotient(a: number | undefined, b: number | undefined): number | undefined {
   if (a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0)
@@ -336,14 +324,6 @@ function peerVersions(): string {
   } catch {
     return `MLflow ${MLFLOW_VERSION}`;
   }
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((ok) => srv.listen(0, "127.0.0.1", ok));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((ok) => srv.close(ok));
-  return port;
 }
 
 let mlflowArgs: string[] = [];

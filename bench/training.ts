@@ -16,7 +16,6 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { arch, platform } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -26,11 +25,14 @@ import {
   cleanupAll,
   cleanups,
   fmt,
+  freePort,
   loadNow,
   machine,
   markdownTable,
+  median,
   num,
   partsSection,
+  pct,
   publishResults,
   ratio,
   sleep,
@@ -86,20 +88,6 @@ const log = (msg: string) =>
 
 // ---------------------------------------------------------------------------------------------
 // Formatting and statistics
-
-function median(xs: number[]): number | undefined {
-  if (xs.length === 0) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-/** Nearest-rank percentile. */
-function pct(xs: number[], p: number): number | undefined {
-  if (xs.length === 0) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
 
 /** What one part hands back: its tables and notes, in print order. */
 interface PartOutput {
@@ -233,14 +221,6 @@ async function loomStarts(name: string, attempt: number, timeoutMs = 30_000): Pr
 
 // ---------------------------------------------------------------------------------------------
 // Plain torchrun
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((ok) => srv.listen(0, "127.0.0.1", ok));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((ok) => srv.close(ok));
-  return port;
-}
 
 interface Torchrun {
   proc: ChildProcess;

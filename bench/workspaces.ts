@@ -18,26 +18,32 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { request } from "node:http";
-import { connect, createServer } from "node:net";
-import { arch, platform } from "node:os";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { jupyterCommand } from "../src/controllers/workspace/command.js";
-import { LoomProcess } from "../test/helpers.js";
+import type { LoomProcess } from "../test/helpers.js";
 import { jupyterVenv } from "../test/jupyter.js";
 import {
   cleanupAll,
   cleanups,
+  failedPart,
   fmt,
+  freePort,
   loadNow,
   machine,
+  machineLine,
   markdownTable,
+  median,
   num,
   type PartResult,
   partsSection,
+  pct,
+  printParts,
   publishResults,
   ratio,
   sleep,
+  startLoom,
   tempDir,
 } from "./report.js";
 import { MiniWebSocket } from "./wsclient.js";
@@ -56,19 +62,6 @@ const API = "/apis/loom.dev/v1alpha1/projects/default/workspaces";
 
 const began = performance.now();
 const log = (s: string) => console.log(`[${((performance.now() - began) / 1000).toFixed(1)}s] ${s}`);
-
-function median(xs: number[]): number | undefined {
-  if (xs.length === 0) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-/** Nearest-rank percentile. */
-function pct(xs: number[], p: number): number | undefined {
-  if (xs.length === 0) return undefined;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
 
 let loom: LoomProcess;
 let venv = "";
@@ -144,15 +137,6 @@ async function sessionCookie(name: string): Promise<string> {
   const cookie = /loom_ws=([^;]+)/.exec(String(res.headers["set-cookie"]))?.[1];
   if (res.status !== 302 || !cookie) throw new Error(`log-in failed: ${res.status} ${res.body}`);
   return `loom_ws=${cookie}`;
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  s.listen(0, "127.0.0.1");
-  await once(s, "listening");
-  const port = (s.address() as { port: number }).port;
-  s.close();
-  return port;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,9 +531,7 @@ async function main(): Promise<void> {
   console.log(`machine: ${m.cpus} CPUs, ${m.model}, ${m.memGiB} GiB, Node ${process.version}; load ${load}`);
 
   venv = jupyterVenv();
-  loom = new LoomProcess();
-  cleanups.push(() => loom.stop());
-  await loom.start();
+  loom = await startLoom();
   log("warming: one JupyterLab workspace and one jupyter lab alone (untimed)");
   const bench = "bench";
   const created = await loom.api("POST", API, wsYaml(bench));
@@ -559,17 +541,7 @@ async function main(): Promise<void> {
   await directStart();
 
   const outputs: PartResult[] = [];
-  const fail = (part: string, err: unknown): PartResult => {
-    const message = err instanceof Error ? err.message : String(err);
-    log(`part ${part} FAILED: ${message}`);
-    return {
-      heading: `(${part}) failed`,
-      blocks: [],
-      notes: [`Part ${part} failed: ${message.split("\n")[0]}`],
-      workload: "",
-      ok: false,
-    };
-  };
+  const fail = (part: string, err: unknown) => failedPart(part, err, log);
   if (PARTS.includes("a")) outputs.push(await partStart().catch((e: unknown) => fail("a", e)));
   const kernel = await openKernel(bench, w).catch((e: unknown) => e as Error);
   if (kernel instanceof Error) outputs.push(fail("b", kernel), fail("c", kernel));
@@ -581,16 +553,12 @@ async function main(): Promise<void> {
   }
   await cleanupAll();
 
-  for (const o of outputs) {
-    console.log(`\n${o.heading}\n`);
-    for (const b of o.blocks) console.log(`${b}\n`);
-    for (const n of o.notes) console.log(`- ${n}`);
-  }
+  printParts(outputs);
   const date = startedAt.toISOString().replace("T", " ").slice(0, 16);
   const section = [
     `## ${date} UTC — bench:workspaces`,
     "",
-    `- Machine: ${m.cpus} CPUs (availableParallelism), ${m.model}, ${m.memGiB} GiB memory, Node ${process.version}, ${platform()}/${arch()}; load average at start ${load}, at end ${loadNow()}`,
+    machineLine(load),
     `- Loom (\`loom up\`, embedded, temp data dir) with a JupyterLab workspace from a cached venv (${venv}); peers: the same \`jupyter lab\` run directly, Jupyter's own port, a direct loopback copy`,
     ...partsSection(outputs, began, [
       `(a) create → /api/status through Loom ≤ ${GOAL_START_MS / 1000} s (Kubeflow ~40 s)`,

@@ -147,4 +147,98 @@ describe("gateway replicas share one autoscaler", () => {
     }
     expect(desired).toBe(0);
   }, 120_000);
+
+  it("a tracing service's chat requests through the gateway nodes are recorded, found with search_traces; a key cannot report traces, nor anyone for a service that does not trace", async () => {
+    const r = await loom.api("POST", `${BASE}/projects/default/inferenceservices`, {
+      apiVersion: "loom.dev/v1alpha1",
+      kind: "InferenceService",
+      metadata: { name: "traced" },
+      spec: {
+        model: ROOT,
+        tracing: true,
+        runtime: {
+          command: ["python3", join(ROOT, "test/fixtures/serving/slow_server.py")],
+          env: { SLOW_SECONDS: "0" },
+        },
+        replicas: { min: 1, max: 1 },
+        readiness: { path: "/health", timeoutSeconds: 30 },
+      },
+    });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    const chat = async (url: string, content: string) => {
+      const res = await fetch(`${url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "traced", messages: [{ role: "user", content }] }),
+      });
+      await res.arrayBuffer();
+      return res.status;
+    };
+    // Each node follows the endpoint table: the first 200 says it knows the service (and that it traces).
+    for (const g of gateways) {
+      let code = 0;
+      for (let i = 0; i < 300 && code !== 200; i++) {
+        code = await chat(g.url, "warm-up");
+        if (code !== 200) await sleep(200);
+      }
+      expect(code).toBe(200);
+    }
+    for (const [i, g] of gateways.entries()) expect(await chat(g.url, `from gateway ${i}`)).toBe(200);
+
+    const mlflow = `${loom.url}/mlflow/projects/default/api`;
+    const headers = { authorization: `Bearer ${loom.token}`, "content-type": "application/json" };
+    type Found = { request_preview?: string; tags: Record<string, string> };
+    let found: Found[] = [];
+    for (let i = 0; i < 150 && found.length < gateways.length; i++) {
+      const exp = await fetch(`${mlflow}/2.0/mlflow/experiments/get-by-name?experiment_name=isvc%2Ftraced`, {
+        headers,
+      });
+      if (exp.status === 200) {
+        const id = ((await exp.json()) as { experiment: { experiment_id: string } }).experiment.experiment_id;
+        const search = await fetch(`${mlflow}/3.0/mlflow/traces/search`, {
+          method: "POST",
+          headers,
+          body: JSON.stringify({
+            locations: [{ type: "MLFLOW_EXPERIMENT", mlflow_experiment: { experiment_id: id } }],
+            filter: "tags.`loom.caller` = 'app'",
+            max_results: 100,
+          }),
+        });
+        const traces = ((await search.json()) as { traces?: Found[] }).traces ?? [];
+        found = traces.filter((t) => t.request_preview?.includes("from gateway"));
+      }
+      if (found.length < gateways.length) await sleep(200);
+    }
+    expect(found.map((t) => /from gateway \d/.exec(t.request_preview!)?.[0]).sort()).toEqual(
+      gateways.map((_, i) => `from gateway ${i}`),
+    );
+    for (const t of found)
+      expect(t.tags).toMatchObject({ "loom.service": "traced", "loom.caller": "app", "loom.status": "200" });
+    // The model version is the API's to say (a node's table has none): filled in on receipt.
+    expect(found.map((t) => t.tags["loom.model"]).every(Boolean), JSON.stringify(found)).toBe(true);
+
+    const item = {
+      project: "default",
+      service: "slow",
+      revision: "slow-1",
+      caller: "forged",
+      status: 200,
+      startedMs: Date.now(),
+      endedMs: Date.now(),
+      complete: true,
+      request: [0, 2],
+      response: [2, 2],
+    };
+    const report = { gateway: "forger", items: [item], data: Buffer.from("{}{}").toString("base64") };
+    // A project API key is not a gateway's credential.
+    expect((await loom.api("POST", "/gateway/v1/traces", report, key)).status).toBe(403);
+    // A service without spec.tracing records nothing, whoever reports it.
+    const untraced = await loom.api("POST", "/gateway/v1/traces", report);
+    expect(untraced.status).toBe(200);
+    expect(untraced.body).toEqual({ recorded: 0, refused: 1 });
+    // A body outside the report's bytes is refused, not read.
+    const forged = { ...report, items: [{ ...item, service: "traced", response: [2, 4096] }] };
+    const outside = await loom.api("POST", "/gateway/v1/traces", forged);
+    expect(outside.status, JSON.stringify(outside.body)).toBe(400);
+  }, 120_000);
 });

@@ -362,7 +362,7 @@ class Exchange implements UpstreamHandler {
       status: this.status,
       complete: true,
       usage: this.tail?.usage(),
-      ...(this.captured ? { body: Buffer.concat(this.captured) } : {}),
+      ...(this.captured ? { body: this.capturedBody() } : {}),
     });
 
   onConnect(abort: (err?: Error) => void): void {
@@ -414,6 +414,12 @@ class Exchange implements UpstreamHandler {
     if (res.write(res.writeCopies ? chunk : Buffer.from(chunk))) return true;
     this.res.once("drain", this.onDrain);
     return false;
+  }
+
+  /** What was captured as one buffer (a one-chunk answer, the usual, is not copied again). */
+  private capturedBody(): Buffer {
+    const c = this.captured!;
+    return c.length === 1 ? c[0]! : Buffer.concat(c, this.capturedBytes);
   }
 
   /** A copy (the pool reuses the chunk's memory), up to captureBytes in all. */

@@ -58,6 +58,8 @@ export interface ApiOptions {
   /** Users' SSH public keys (`loom ssh-key`), given to workloads' sshd (embedded). */
   sshKeys?: SshKeyStore;
   trackingDb: TrackingDatabase;
+  /** The SQLite file tracking is in (embedded): the gateway's trace writer thread writes there. */
+  sqliteFile?: string;
   /** Where the admin token and the artifacts are kept. */
   dataDir: string;
   host?: string;
@@ -171,7 +173,7 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
       if (controllersStarted) await manager.stop();
       await api?.app.close();
       // Requests answered before the close still get their traces.
-      await api?.traces.flush();
+      await api?.traces.close();
     },
   };
 }
@@ -200,6 +202,8 @@ async function assembleApi(
   const traces = new GatewayTraceRecorder({
     traces: tracking.traces,
     experiment: (project, name) => ensureExperiment(tracking.store, project, name),
+    ...(api.sqliteFile ? { file: api.sqliteFile } : {}),
+    registry: opts.metrics,
     ...(opts.log ? { log: opts.log } : {}),
   });
   const originPort = api.workspaceOriginPort;

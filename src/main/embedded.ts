@@ -184,6 +184,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       tokens: new SqliteTokenStore(database.db),
       sshKeys: new SqliteSshKeyStore(database.db),
       trackingDb,
+      // Gateway traces are inserted by a thread of their own, on its own connection to the file.
+      ...(trackingDb.dialect === "sqlite" ? { sqliteFile: join(opts.dataDir, "loom.db") } : {}),
       ...(opts.traceRetentionMs !== undefined ? { traceRetentionMs: opts.traceRetentionMs } : {}),
       dataDir: opts.dataDir,
       host: opts.host,

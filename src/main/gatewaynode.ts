@@ -7,6 +7,7 @@ import { onlyProject } from "../gateway/metrics.js";
 import type { TokenInfo } from "../ports/store.js";
 import { bearerAuthenticator } from "../server/authz.js";
 import { installErrorHandler } from "../server/errors.js";
+import { traceUploader } from "../server/gatewaytraces.js";
 import { rewriteUrl } from "../server/guard.js";
 import {
   openAIFastLane,
@@ -148,6 +149,16 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
   }, opts.reportEveryMs ?? 1000);
   reporter.unref();
 
+  // Traced services' requests: batched and sent to the API, which records them as its own.
+  const traces = traceUploader({
+    gateway: id,
+    send: async (report) => {
+      await control.call("POST", "/gateway/v1/traces", report);
+    },
+    registry: metrics,
+    log,
+  });
+
   const authenticate = bearerAuthenticator(
     async (token) =>
       (await control.call<{ principal: TokenInfo }>("POST", "/gateway/v1/authenticate", { token }))
@@ -160,7 +171,7 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     bodyLimit: 8 * 1024 * 1024,
     // The one spelling of a path the router, the fast lane and the upstream see (lib/paths.ts).
     rewriteUrl,
-    serverFactory: serverWith(openAIFastLane({ gateway, directory }, authenticate)),
+    serverFactory: serverWith(openAIFastLane({ gateway, directory, traces }, authenticate)),
   });
   installErrorHandler(app);
   app.addHook("onRequest", async (req, reply) => {
@@ -185,7 +196,7 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     const project = req.principal?.project;
     return reply.type(metrics.contentType).send(project ? onlyProject(text, project) : text);
   });
-  await servingRoutes(app, { gateway, directory });
+  await servingRoutes(app, { gateway, directory, traces });
 
   gateway.start();
   await Promise.race([synced, new Promise((r) => setTimeout(r, 10_000).unref())]);
@@ -200,6 +211,8 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
       clearInterval(reporter);
       gateway.close();
       await app.close();
+      // Requests answered before the close still get their traces.
+      await traces.flush();
     },
   };
 }

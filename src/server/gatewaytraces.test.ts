@@ -1,6 +1,19 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Kysely } from "kysely";
+import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
-import type { TraceInfo, TraceStore } from "../tracking/traces.js";
-import { buildTrace, GatewayTraceRecorder, readExchange, type TracedRequest } from "./gatewaytraces.js";
+import { openSqlite } from "../platforms/embedded/db.js";
+import { TraceStore } from "../tracking/traces.js";
+import { packTraces, unpackTraces } from "../tracking/traces-gateway.js";
+import {
+  buildTrace,
+  GatewayTraceRecorder,
+  readExchange,
+  type TracedRequest,
+  TraceQueue,
+} from "./gatewaytraces.js";
 
 const chat = (content: string) =>
   Buffer.from(JSON.stringify({ model: "m", messages: [{ role: "user", content }] }));
@@ -83,32 +96,94 @@ describe("gateway traces", () => {
     expect(buildTrace(cut, "1").info.state).toBe("ERROR");
   });
 
-  it("the recorder writes a batch in one call per project, spans in the records, and makes the experiment once", async () => {
-    const written: { project: string; infos: TraceInfo[]; spans: string[] }[] = [];
+  it("the writer thread parses, builds and inserts a batch into the SQLite file; the store finds each trace by tag; the experiment is made once per service", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "loom-gwtraces-"));
+    const database = await openSqlite(join(dir, "loom.db"));
+    const store = new TraceStore(database.db as unknown as Kysely<unknown>);
     const made: string[] = [];
     const recorder = new GatewayTraceRecorder({
+      traces: store,
+      file: join(dir, "loom.db"),
       experiment: async (project, name) => {
         made.push(`${project}:${name}`);
-        return "3";
+        return project === "p" ? "3" : "4";
       },
+    });
+    try {
+      const body = JSON.stringify({
+        choices: [{ message: { content: "yo" } }],
+        usage: { prompt_tokens: 2, completion_tokens: 1 },
+      });
+      for (let i = 0; i < 5; i++) recorder.record(request(body, { caller: `key-${i}` }));
+      recorder.record(request(body, { project: "q" }));
+      await recorder.flush();
+      const found = await store.search("p", { experimentIds: ["3"], filter: "tag.`loom.caller` = 'key-3'" });
+      expect(found.traces).toHaveLength(1);
+      expect(found.traces[0]!.response_preview).toBe("yo");
+      expect(found.traces[0]!.tags["loom.tokens.total"]).toBe("3");
+      const all = await store.search("p", { experimentIds: ["3"] });
+      expect(all.traces).toHaveLength(5);
+      expect(await store.spans("p", found.traces[0]!.trace_id)).toContain("CHAT_MODEL");
+      expect((await store.search("q", { experimentIds: ["4"] })).traces).toHaveLength(1);
+      expect(made).toEqual(["p:isvc/s", "q:isvc/s"]);
+    } finally {
+      await recorder.close();
+      await database.close();
+    }
+  });
+
+  it("without a file (tracking on PostgreSQL) the thread builds the records and the store writes them", async () => {
+    const written: { project: string; rows: { trace_id: string; spans: string | null }[] }[] = [];
+    const recorder = new GatewayTraceRecorder({
+      experiment: async () => "3",
       traces: {
-        startMany: async (project: string, infos: TraceInfo[], spans: string[]) => {
-          written.push({ project, infos, spans });
-          return infos;
+        writeRows: async (project: string, rows: { trace_id: string; spans: string | null }[]) => {
+          written.push({ project, rows });
         },
       } as unknown as TraceStore,
     });
-    for (let i = 0; i < 5; i++) recorder.record(request("{}"));
-    recorder.record(request("{}", { project: "q" }));
+    for (let i = 0; i < 3; i++) recorder.record(request("{}"));
     expect(written).toHaveLength(0); // nothing on the request path
-    await recorder.flush();
-    expect(written.map((w) => [w.project, w.infos.length, w.spans.length])).toEqual([
-      ["p", 5, 5],
-      ["q", 1, 1],
-    ]);
-    const first = written[0]!;
-    const span = JSON.parse(first.spans[0]!).spans[0];
-    expect(JSON.parse(span.attributes["mlflow.traceRequestId"])).toBe(first.infos[0]!.trace_id);
-    expect(made).toEqual(["p:isvc/s", "q:isvc/s"]);
+    await recorder.close();
+    expect(written.map((w) => [w.project, w.rows.length])).toEqual([["p", 3]]);
+    expect(written[0]!.rows[0]!.trace_id).toMatch(/^tr-[0-9a-f]{32}$/);
+    expect(written[0]!.rows[0]!.spans).toContain("mlflow.spanInputs");
+  });
+
+  it("a backlog past the bound is dropped and counted, never waited on", async () => {
+    const registry = new Registry();
+    let release: () => void = () => {};
+    const delivered: number[] = [];
+    const queue = new TraceQueue({
+      registry,
+      deliver: (batch) => {
+        delivered.push(batch.length);
+        return new Promise((resolve) => {
+          release = resolve;
+        });
+      },
+    });
+    for (let i = 0; i < 10; i++) queue.record(request("{}"));
+    const first = queue.flush(); // 10 in flight, held by the writer
+    for (let i = 0; i < 50_000; i++) queue.record(request("{}"));
+    const text = await registry.metrics();
+    expect(text).toContain("loom_gateway_traces_dropped_total 10");
+    release();
+    await first;
+    const rest = queue.flush();
+    release();
+    await rest;
+    expect(delivered).toEqual([10, 49_990]);
+  });
+
+  it("a packed batch round-trips, and one whose item points outside its bytes is refused (a forged report)", () => {
+    const packed = packTraces([request("abc"), request("defg", { model: undefined })]);
+    const back = unpackTraces(packed);
+    expect(back.map((r) => r.capture.response.toString())).toEqual(["abc", "defg"]);
+    expect(back[1]!.model).toBeUndefined();
+    packed.items[1]!.response = [packed.data.length - 1, 10];
+    expect(() => unpackTraces(packed)).toThrow(/outside/);
+    packed.items[1]!.response = [-1, 1];
+    expect(() => unpackTraces(packed)).toThrow(/outside/);
   });
 });

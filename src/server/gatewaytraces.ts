@@ -1,59 +1,80 @@
-import { randomBytes } from "node:crypto";
+import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
-import type { TraceCapture } from "../gateway/gateway.js";
-import type { TraceInfo, TraceStore } from "../tracking/traces.js";
+import { Counter, type Registry } from "prom-client";
+import type { TraceStore } from "../tracking/traces.js";
+import {
+  type PackedBatch,
+  packTraces,
+  type TracedRequest,
+  unpackTraces,
+} from "../tracking/traces-gateway.js";
+import type { WriterAnswer, WriterRequest } from "../tracking/traces-worker.js";
+
+export { buildTrace, readExchange, type TracedRequest } from "../tracking/traces-gateway.js";
 
 /**
  * Traces the gateway records for services with `spec.tracing: true`: one MLflow 3 trace per
- * request, in the experiment `isvc/SERVICE` of the service's project (made on first use). The
- * request path only queues what the gateway captured (the raw bodies); parsing, the database and
- * the spans' files happen in a batch after the answers ended, every FLUSH_MS or BATCH requests,
- * so that tracing costs the request a closure and an array push.
+ * request, in the experiment `isvc/SERVICE` of the service's project (made on first use).
+ *
+ * The request path only queues what the gateway captured (the raw bodies, no parsing): an array
+ * push. Every FLUSH_MS or BATCH requests the queue is packed (the bodies copied into one buffer)
+ * and handed on: on the API, to the trace writer thread (tracking/traces-worker.ts), which parses,
+ * builds the spans and inserts the records in one transaction, off the gateway's event loop; on
+ * a `loom gateway` node, to Loom's API (POST /gateway/v1/traces), which queues them the same way.
+ * A backlog past MAX_QUEUED is dropped and counted (loom_gateway_traces_dropped_total): requests
+ * never wait on tracing.
  */
-
-/** What the integrator adds to the gateway's capture: who asked and what served it. */
-export interface TracedRequest {
-  project: string;
-  service: string;
-  revision: string;
-  /** The revision's model reference (models:/NAME@alias or /N): the model version it runs. */
-  model?: string;
-  /** The API key's (or token's) name. */
-  caller: string;
-  status: number;
-  usage?: { promptTokens: number; completionTokens: number };
-  capture: TraceCapture;
-}
-
-export interface GatewayTraceDeps {
-  traces: TraceStore;
-  /** The experiment named so in the project: its id, made when missing. */
-  experiment: (project: string, name: string) => Promise<string>;
-  log?: Logger;
-}
 
 const FLUSH_MS = 100;
 const BATCH = 256;
-/** A backlog past this is dropped (and logged): the gateway never waits on tracing. */
 const MAX_QUEUED = 50_000;
-const PREVIEW = 1000;
 
 /** The experiment a service's traces go to. */
 export const serviceExperiment = (service: string) => `isvc/${service}`;
 
-export class GatewayTraceRecorder {
+/** loom_gateway_traces_dropped_total on this registry (one counter per registry). */
+const droppedCounters = new WeakMap<Registry, Counter>();
+function droppedCounter(registry: Registry | undefined): Counter | undefined {
+  if (!registry) return undefined;
+  let c = droppedCounters.get(registry);
+  if (!c) {
+    c =
+      (registry.getSingleMetric("loom_gateway_traces_dropped_total") as Counter | undefined) ??
+      new Counter({
+        name: "loom_gateway_traces_dropped_total",
+        help: "Gateway-recorded traces dropped because the trace writer fell behind (the requests were served)",
+        registers: [registry],
+      });
+    droppedCounters.set(registry, c);
+  }
+  return c;
+}
+
+export interface TraceQueueOptions {
+  /** Delivers one batch (resolves when it is written or sent; a rejection is logged). */
+  deliver: (batch: TracedRequest[]) => Promise<void>;
+  registry?: Registry;
+  log?: Logger;
+}
+
+/** The bounded queue between the request path and wherever traces are written. */
+export class TraceQueue {
   private queue: TracedRequest[] = [];
   private timer: NodeJS.Timeout | undefined;
-  private flushing: Promise<void> | undefined;
-  private readonly experiments = new Map<string, string>();
-  private dropped = 0;
+  private delivering: Promise<void> | undefined;
+  private inFlight = 0;
+  private droppedSinceLog = 0;
+  private readonly dropped: Counter | undefined;
 
-  constructor(private readonly deps: GatewayTraceDeps) {}
+  constructor(private readonly o: TraceQueueOptions) {
+    this.dropped = droppedCounter(o.registry);
+  }
 
   /** Queues one finished request; never throws, never waits. */
   record(r: TracedRequest): void {
-    if (this.queue.length >= MAX_QUEUED) {
-      this.dropped++;
+    if (this.queue.length + this.inFlight >= MAX_QUEUED) {
+      this.droppedSinceLog++;
+      this.dropped?.inc();
       return;
     }
     this.queue.push(r);
@@ -71,49 +92,93 @@ export class GatewayTraceRecorder {
     this.timer.unref();
   }
 
-  /** Writes everything queued (resolves when written; the server's close awaits it). */
+  /** Delivers everything queued, one batch at a time (resolves when delivered; a close awaits it). */
   async flush(): Promise<void> {
-    while (this.flushing) await this.flushing;
+    while (this.delivering) await this.delivering;
     if (this.queue.length === 0) return;
     const batch = this.queue;
     this.queue = [];
-    this.flushing = this.write(batch).finally(() => {
-      this.flushing = undefined;
-    });
-    await this.flushing;
+    this.inFlight = batch.length;
+    if (this.droppedSinceLog > 0) {
+      this.o.log?.warn(
+        { dropped: this.droppedSinceLog },
+        "gateway traces dropped: the trace writer fell behind",
+      );
+      this.droppedSinceLog = 0;
+    }
+    this.delivering = this.o
+      .deliver(batch)
+      .catch((err: unknown) => {
+        this.o.log?.warn({ err, traces: batch.length }, "gateway traces not recorded");
+      })
+      .finally(() => {
+        this.delivering = undefined;
+        this.inFlight = 0;
+      });
+    await this.delivering;
     if (this.queue.length > 0) this.schedule(0);
+  }
+}
+
+export interface GatewayTraceDeps {
+  traces: TraceStore;
+  /** The experiment named so in the project: its id, made when missing. */
+  experiment: (project: string, name: string) => Promise<string>;
+  /**
+   * The embedded SQLite file tracking is in: the writer thread inserts there itself. Absent
+   * (PostgreSQL): it builds the records and `traces` writes them here.
+   */
+  file?: string;
+  registry?: Registry;
+  log?: Logger;
+}
+
+/** The API's recorder: its own gateway's traced requests and those `loom gateway` nodes send. */
+export class GatewayTraceRecorder {
+  private readonly queue: TraceQueue;
+  private readonly experiments = new Map<string, string>();
+  private writer: TraceWriter | undefined;
+
+  constructor(private readonly deps: GatewayTraceDeps) {
+    this.queue = new TraceQueue({
+      deliver: (batch) => this.write(batch),
+      ...(deps.registry ? { registry: deps.registry } : {}),
+      ...(deps.log ? { log: deps.log } : {}),
+    });
+  }
+
+  /** Queues one finished request; never throws, never waits. */
+  record(r: TracedRequest): void {
+    // The thread starts with the first traced request, while the batch fills, not after it.
+    this.writer ??= new TraceWriter(this.deps.file, this.deps.log);
+    this.queue.record(r);
+  }
+
+  /** Writes everything queued (resolves when written). */
+  flush(): Promise<void> {
+    return this.queue.flush();
+  }
+
+  /** Writes what is queued, then ends the writer thread. */
+  async close(): Promise<void> {
+    await this.flush();
+    await this.writer?.close();
+    this.writer = undefined;
   }
 
   private async write(batch: TracedRequest[]): Promise<void> {
-    if (this.dropped > 0) {
-      this.deps.log?.warn({ dropped: this.dropped }, "gateway traces dropped: the trace writer fell behind");
-      this.dropped = 0;
-    }
-    const byProject = new Map<string, { info: TraceInfo; spans: string }[]>();
-    for (const r of batch) {
-      try {
-        const exp = await this.experimentOf(r.project, r.service);
-        const t = buildTrace(r, exp);
-        const list = byProject.get(r.project) ?? [];
-        list.push(t);
-        byProject.set(r.project, list);
-      } catch (err) {
-        this.deps.log?.warn({ err, project: r.project, service: r.service }, "gateway trace not recorded");
-      }
-    }
-    for (const [project, list] of byProject) {
-      try {
-        // The spans go in the records, not a file each (that cost more than the request traced):
-        // the artifact route serves them where the client reads traces.json.
-        await this.deps.traces.startMany(
-          project,
-          list.map((l) => l.info),
-          list.map((l) => l.spans),
-        );
-      } catch (err) {
-        this.deps.log?.warn({ err, project, traces: list.length }, "gateway traces not recorded");
-      }
-    }
+    const packed = packTraces(batch);
+    for (const item of packed.items)
+      item.experimentId =
+        this.experiments.get(`${item.project}/${item.service}`) ??
+        (await this.experimentOf(item.project, item.service));
+    this.writer ??= new TraceWriter(this.deps.file, this.deps.log);
+    const answer = await this.writer.write(packed);
+    if ("error" in answer) throw new Error(answer.error);
+    if (answer.failed > 0) this.deps.log?.warn({ failed: answer.failed }, "gateway traces not recorded");
+    if ("rows" in answer)
+      for (const [project, rows] of answer.rows)
+        await this.deps.traces.writeRows(project, rows as Parameters<TraceStore["writeRows"]>[1]);
   }
 
   private async experimentOf(project: string, service: string): Promise<string> {
@@ -132,149 +197,145 @@ export class GatewayTraceRecorder {
   }
 }
 
-/** The request's JSON (or undefined: not JSON), and what the answer said, streamed or not. */
-export function readExchange(c: TraceCapture): {
-  request: Record<string, unknown> | undefined;
-  text: string;
-  response: unknown;
-  usage?: { promptTokens: number; completionTokens: number };
-  streamed: boolean;
-} {
-  let request: Record<string, unknown> | undefined;
-  try {
-    const v: unknown = JSON.parse(c.request.toString("utf8"));
-    if (v && typeof v === "object" && !Array.isArray(v)) request = v as Record<string, unknown>;
-  } catch {}
-  const raw = c.response.toString("utf8");
-  if (/^\s*(data:|event:|:)/.test(raw)) return { request, ...assembleStream(raw), streamed: true };
-  let response: unknown = raw;
-  try {
-    response = JSON.parse(raw);
-  } catch {}
-  return { request, text: completionText(response), response, usage: usageOf(response), streamed: false };
-}
+/** The writer thread, started on first use; one that died is started again for the next batch. */
+class TraceWriter {
+  private worker: Worker | undefined;
+  private next = 1;
+  private readonly pending = new Map<number, (a: WriterAnswer) => void>();
 
-/** An SSE stream of chat (or completion) chunks as one answer: its text, its usage, or chunks counted. */
-function assembleStream(raw: string): {
-  text: string;
-  response: unknown;
-  usage?: { promptTokens: number; completionTokens: number };
-} {
-  let text = "";
-  let chunks = 0;
-  let usage: { promptTokens: number; completionTokens: number } | undefined;
-  let model: unknown;
-  let finish: unknown;
-  for (const line of raw.split("\n")) {
-    if (!line.startsWith("data:")) continue;
-    const data = line.slice(5).trim();
-    if (!data || data === "[DONE]") continue;
-    try {
-      const chunk = JSON.parse(data) as Record<string, unknown>;
-      model ??= chunk.model;
-      usage = usageOf(chunk) ?? usage;
-      const choice = (chunk.choices as Record<string, unknown>[] | undefined)?.[0];
-      if (!choice) continue;
-      const delta = choice.delta as Record<string, unknown> | undefined;
-      const piece = typeof delta?.content === "string" ? delta.content : choice.text;
-      if (typeof piece === "string" && piece) {
-        text += piece;
-        chunks++;
-      }
-      finish = choice.finish_reason ?? finish;
-    } catch {}
+  constructor(
+    private readonly file: string | undefined,
+    private readonly log: Logger | undefined,
+  ) {
+    this.worker = this.start();
   }
-  const response = {
-    ...(model !== undefined ? { model } : {}),
-    choices: [{ index: 0, message: { role: "assistant", content: text }, finish_reason: finish ?? null }],
-  };
-  // Without stream_options.include_usage the stream says nothing of tokens: each content chunk is a token.
-  return { text, response, usage: usage ?? { promptTokens: 0, completionTokens: chunks } };
+
+  write(batch: PackedBatch): Promise<WriterAnswer> {
+    this.worker ??= this.start();
+    const worker = this.worker;
+    const id = this.next++;
+    return new Promise((resolve) => {
+      this.pending.set(id, resolve);
+      // The bodies' buffer moves to the thread (no copy); it is the batch's own.
+      const message: WriterRequest = { id, items: JSON.stringify(batch.items), data: batch.data };
+      worker.postMessage(message, [batch.data.buffer as ArrayBuffer]);
+      worker.ref();
+    });
+  }
+
+  private start(): Worker {
+    // Built: the .js beside this file. Under vitest (sources), the .ts through tsx's loader.
+    const ts = import.meta.url.endsWith(".ts");
+    const entry = new URL(`../tracking/traces-worker.${ts ? "ts" : "js"}`, import.meta.url);
+    const workerData = this.file ? { file: this.file } : {};
+    const worker = ts
+      ? new Worker(
+          `import("tsx/esm/api").then((m) => { m.register(); return import(${JSON.stringify(entry.href)}); })`,
+          { eval: true, workerData },
+        )
+      : new Worker(entry, { workerData });
+    worker.unref();
+    worker.on("message", (a: WriterAnswer) => {
+      this.pending.get(a.id)?.(a);
+      this.pending.delete(a.id);
+      if (this.pending.size === 0) worker.unref();
+    });
+    const fail = (why: string) => {
+      if (this.worker === worker) this.worker = undefined;
+      for (const [id, resolve] of this.pending) resolve({ id, error: why });
+      this.pending.clear();
+    };
+    worker.on("error", (err) => {
+      this.log?.warn({ err }, "the gateway trace writer failed; starting another for the next batch");
+      fail(String(err));
+    });
+    worker.on("exit", (code) => fail(`the trace writer exited (${code})`));
+    return worker;
+  }
+
+  async close(): Promise<void> {
+    const w = this.worker;
+    this.worker = undefined;
+    await w?.terminate();
+  }
 }
 
-function usageOf(v: unknown): { promptTokens: number; completionTokens: number } | undefined {
-  const u = (v as { usage?: Record<string, unknown> } | undefined)?.usage;
-  if (!u || typeof u !== "object") return undefined;
-  return { promptTokens: Number(u.prompt_tokens ?? 0), completionTokens: Number(u.completion_tokens ?? 0) };
+/** Where the request path hands traced requests: the API's recorder, or a node's uploader. */
+export interface TraceSink {
+  record(r: TracedRequest): void;
 }
 
-function completionText(v: unknown): string {
-  const choice = (v as { choices?: Record<string, unknown>[] } | undefined)?.choices?.[0];
-  const message = choice?.message as { content?: unknown } | undefined;
-  if (typeof message?.content === "string") return message.content;
-  if (typeof choice?.text === "string") return choice.text;
-  return typeof v === "string" ? v : "";
+/** A report of traced requests as it crosses the network: the packed batch, its bytes in base64. */
+export interface TraceReport {
+  gateway: string;
+  items: PackedBatch["items"];
+  data: string;
 }
 
-/** One request as an MLflow 3 trace: its TraceInfo and its one span as traces.json. */
-export function buildTrace(r: TracedRequest, experimentId: string): { info: TraceInfo; spans: string } {
-  const c = r.capture;
-  const x = readExchange(c);
-  const usage = r.usage ?? x.usage;
-  const tokens = usage && {
-    input_tokens: usage.promptTokens,
-    output_tokens: usage.completionTokens,
-    total_tokens: usage.promptTokens + usage.completionTokens,
-  };
-  const hex = randomBytes(16).toString("hex");
-  const traceId = `tr-${hex}`;
-  const ok = c.complete && r.status < 400;
-  const name = x.request && "messages" in x.request ? "chat.completions" : "completions";
-  const inputs = x.request ?? { body: c.request.toString("utf8").slice(0, 4096) };
-  const inputsJson = JSON.stringify(inputs);
-  const attributes: Record<string, string> = {
-    "mlflow.traceRequestId": JSON.stringify(traceId),
-    "mlflow.spanType": JSON.stringify(name === "chat.completions" ? "CHAT_MODEL" : "LLM"),
-    "mlflow.spanInputs": inputsJson,
-    "mlflow.spanOutputs": JSON.stringify(x.response),
-    "mlflow.llm.model": JSON.stringify(r.model ?? r.service),
-    "loom.revision": JSON.stringify(r.revision),
-    "loom.status": JSON.stringify(r.status),
-    ...(tokens ? { "mlflow.chat.tokenUsage": JSON.stringify(tokens) } : {}),
-  };
-  const span = {
-    trace_id: Buffer.from(hex, "hex").toString("base64"),
-    span_id: randomBytes(8).toString("base64"),
-    parent_span_id: null,
-    name,
-    start_time_unix_nano: c.startedMs * 1_000_000,
-    end_time_unix_nano: c.endedMs * 1_000_000,
-    events: [],
-    status: { code: ok ? "STATUS_CODE_OK" : "STATUS_CODE_ERROR", message: ok ? "" : `HTTP ${r.status}` },
-    attributes,
-    links: [],
-  };
-  const info: TraceInfo = {
-    trace_id: traceId,
-    trace_location: { type: "MLFLOW_EXPERIMENT", mlflow_experiment: { experiment_id: experimentId } },
-    request_preview: inputsJson.slice(0, PREVIEW),
-    response_preview: x.text.slice(0, PREVIEW),
-    request_time: new Date(c.startedMs).toISOString(),
-    execution_duration: `${(c.endedMs - c.startedMs) / 1000}s`,
-    state: ok ? "OK" : "ERROR",
-    trace_metadata: {
-      "mlflow.trace_schema.version": "3",
-      "mlflow.traceInputs": inputsJson.slice(0, PREVIEW),
-      "mlflow.traceOutputs": JSON.stringify(x.text).slice(0, PREVIEW),
-      ...(tokens ? { "mlflow.trace.tokenUsage": JSON.stringify(tokens) } : {}),
+/** At most this many body bytes in one report (a backlog goes in several). */
+const REPORT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * A `loom gateway` node's traces: queued like the API's, and each batch sent to Loom's API
+ * (`send`: POST /gateway/v1/traces with the node's credentials), which records them.
+ */
+export function traceUploader(o: {
+  gateway: string;
+  send: (report: TraceReport) => Promise<void>;
+  registry?: Registry;
+  log?: Logger;
+}): TraceQueue {
+  return new TraceQueue({
+    ...(o.registry ? { registry: o.registry } : {}),
+    ...(o.log ? { log: o.log } : {}),
+    deliver: async (batch) => {
+      for (let i = 0; i < batch.length; ) {
+        let bytes = 0;
+        let j = i;
+        do {
+          bytes += batch[j]!.capture.request.length + batch[j]!.capture.response.length;
+          j++;
+        } while (j < batch.length && bytes < REPORT_BYTES);
+        const packed = packTraces(batch.slice(i, j));
+        const data = Buffer.from(packed.data.buffer, packed.data.byteOffset, packed.data.byteLength);
+        await o.send({ gateway: o.gateway, items: packed.items, data: data.toString("base64") });
+        i = j;
+      }
     },
-    tags: {
-      "mlflow.traceName": name,
-      "loom.source": "gateway",
-      "loom.service": r.service,
-      "loom.revision": r.revision,
-      ...(r.model ? { "loom.model": r.model } : {}),
-      "loom.caller": r.caller,
-      "loom.status": String(r.status),
-      "loom.streamed": String(x.streamed),
-      ...(tokens
-        ? {
-            "loom.tokens.prompt": String(tokens.input_tokens),
-            "loom.tokens.completion": String(tokens.output_tokens),
-            "loom.tokens.total": String(tokens.total_tokens),
-          }
-        : {}),
-    },
-  };
-  return { info, spans: JSON.stringify({ spans: [span] }) };
+  });
+}
+
+/** A node's report checked (shape, and each body within its bytes) and unpacked; throws saying what is wrong. */
+export function readTraceReport(body: unknown): TracedRequest[] {
+  const b = body as Partial<TraceReport> | undefined;
+  const str = (v: unknown) => typeof v === "string";
+  const num = (v: unknown) => typeof v === "number" && Number.isFinite(v);
+  const span = (v: unknown) => Array.isArray(v) && v.length === 2 && v.every(num);
+  const ok =
+    b &&
+    str(b.gateway) &&
+    str(b.data) &&
+    Array.isArray(b.items) &&
+    b.items.every(
+      (i) =>
+        i &&
+        str(i.project) &&
+        str(i.service) &&
+        str(i.revision) &&
+        str(i.caller) &&
+        num(i.status) &&
+        num(i.startedMs) &&
+        num(i.endedMs) &&
+        typeof i.complete === "boolean" &&
+        span(i.request) &&
+        span(i.response) &&
+        (i.model === undefined || str(i.model)) &&
+        (i.usage === undefined || (num(i.usage?.promptTokens) && num(i.usage?.completionTokens))),
+    );
+  if (!ok)
+    throw new Error(
+      "send {gateway, items: [{project, service, revision, caller, status, startedMs, endedMs, complete, request: [offset, length], response: [offset, length], model?, usage?}], data: BASE64}",
+    );
+  const data = Buffer.from(b.data!, "base64");
+  return unpackTraces({ items: b.items!, data });
 }

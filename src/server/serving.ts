@@ -20,7 +20,7 @@ import { canonicalUrl } from "../lib/paths.js";
 import type { ServedObject } from "../ports/serving.js";
 import type { TokenInfo } from "../ports/store.js";
 import { statusBody, toGatewayError } from "./errors.js";
-import type { GatewayTraceRecorder } from "./gatewaytraces.js";
+import type { TraceSink } from "./gatewaytraces.js";
 import { authz, rule } from "./routetable.js";
 
 /**
@@ -195,7 +195,7 @@ interface ServingDeps {
   gateway: Gateway;
   directory: ServingDirectory;
   /** Records traced services' requests (gatewaytraces.ts); absent: none are recorded. */
-  traces?: GatewayTraceRecorder;
+  traces?: TraceSink;
 }
 
 /** The routes the gateway forwards (POST, OpenAI-style JSON naming a model). */

@@ -39,7 +39,7 @@ const STATES = new Set(["STATE_UNSPECIFIED", "OK", "ERROR", "IN_PROGRESS"]);
 const MAX_RESULTS = 500;
 
 /** A trace's record without its spans (read only by `spans`). */
-type Row = Omit<TracesSchema["tr_traces"], "spans">;
+export type Row = Omit<TracesSchema["tr_traces"], "spans">;
 
 /** A trace's spans under the artifact store: DIR/PROJECT/EXP/traces/ID (the sweep removes it). */
 export function traceArtifactPath(experimentId: string | number, traceId: string): string {
@@ -71,9 +71,15 @@ export class TraceStore {
    */
   async startMany(project: string, raws: unknown[], spans?: string[]): Promise<TraceInfo[]> {
     const rows: TracesSchema["tr_traces"][] = raws.map((raw, i) => ({
-      ...this.rowOf(project, raw),
+      ...traceRow(project, raw, this.now),
       spans: spans?.[i] ?? null,
     }));
+    await this.writeRows(project, rows);
+    return rows.map(toInfo);
+  }
+
+  /** Rows made by traceRow (with their spans), replacing any of the same ids, in one transaction. */
+  async writeRows(project: string, rows: TracesSchema["tr_traces"][]): Promise<void> {
     await this.db.transaction().execute(async (tx) => {
       for (let i = 0; i < rows.length; i += 200) {
         const ids = rows.slice(i, i + 200).map((r) => r.trace_id);
@@ -88,7 +94,6 @@ export class TraceStore {
           .execute();
       }
     });
-    return rows.map(toInfo);
   }
 
   /** The spans (traces.json) Loom keeps for a trace it wrote itself, if it is one of those. */
@@ -100,37 +105,6 @@ export class TraceStore {
       .where("trace_id", "=", traceId)
       .executeTakeFirst();
     return row?.spans ?? undefined;
-  }
-
-  private rowOf(project: string, raw: unknown): Row {
-    const info = (raw ?? {}) as Partial<TraceInfo> & {
-      trace_location?: { mlflow_experiment?: { experiment_id?: unknown } };
-    };
-    const traceId = traceIdOf(info.trace_id);
-    const experimentId = String(info.trace_location?.mlflow_experiment?.experiment_id ?? "");
-    if (!/^\d+$/.test(experimentId))
-      throw invalidParameter(
-        "'trace.trace_info.trace_location.mlflow_experiment.experiment_id' must name an experiment",
-      );
-    const state = info.state ?? "STATE_UNSPECIFIED";
-    if (!STATES.has(state)) throw invalidParameter(`Invalid trace state '${state}'`);
-    const tags = {
-      ...stringMap(info.tags, "tags"),
-      [ARTIFACT_LOCATION_TAG]: `mlflow-artifacts:/${traceArtifactPath(experimentId, traceId)}/artifacts`,
-      [SPANS_LOCATION_TAG]: "ARTIFACT_REPO",
-    };
-    return {
-      project,
-      trace_id: traceId,
-      experiment_id: Number(experimentId),
-      client_request_id: info.client_request_id ?? null,
-      request_time: info.request_time ? timestampMs(info.request_time) : this.now(),
-      execution_ms: info.execution_duration ? durationMs(info.execution_duration) : null,
-      state,
-      request_preview: info.request_preview ?? null,
-      response_preview: info.response_preview ?? null,
-      body: JSON.stringify({ metadata: stringMap(info.trace_metadata, "trace_metadata"), tags }),
-    };
   }
 
   async get(project: string, traceId: string): Promise<TraceInfo> {
@@ -387,6 +361,41 @@ function findAssessment(b: Body, traceId: string, assessmentId: string): Assessm
   const a = b.assessments?.find((x) => x.assessment_id === assessmentId);
   if (!a) throw notFound(`Assessment with ID '${assessmentId}' not found for trace '${traceId}'`);
   return a;
+}
+
+/**
+ * A trace's record as stored, from its TraceInfo: checked (experiment, state, maps) and with the
+ * artifact location its spans are read from. Also run by the gateway's trace writer thread.
+ */
+export function traceRow(project: string, raw: unknown, now: () => number = Date.now): Row {
+  const info = (raw ?? {}) as Partial<TraceInfo> & {
+    trace_location?: { mlflow_experiment?: { experiment_id?: unknown } };
+  };
+  const traceId = traceIdOf(info.trace_id);
+  const experimentId = String(info.trace_location?.mlflow_experiment?.experiment_id ?? "");
+  if (!/^\d+$/.test(experimentId))
+    throw invalidParameter(
+      "'trace.trace_info.trace_location.mlflow_experiment.experiment_id' must name an experiment",
+    );
+  const state = info.state ?? "STATE_UNSPECIFIED";
+  if (!STATES.has(state)) throw invalidParameter(`Invalid trace state '${state}'`);
+  const tags = {
+    ...stringMap(info.tags, "tags"),
+    [ARTIFACT_LOCATION_TAG]: `mlflow-artifacts:/${traceArtifactPath(experimentId, traceId)}/artifacts`,
+    [SPANS_LOCATION_TAG]: "ARTIFACT_REPO",
+  };
+  return {
+    project,
+    trace_id: traceId,
+    experiment_id: Number(experimentId),
+    client_request_id: info.client_request_id ?? null,
+    request_time: info.request_time ? timestampMs(info.request_time) : now(),
+    execution_ms: info.execution_duration ? durationMs(info.execution_duration) : null,
+    state,
+    request_preview: info.request_preview ?? null,
+    response_preview: info.response_preview ?? null,
+    body: JSON.stringify({ metadata: stringMap(info.trace_metadata, "trace_metadata"), tags }),
+  };
 }
 
 function traceIdOf(v: unknown): string {

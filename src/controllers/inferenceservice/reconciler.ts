@@ -137,6 +137,13 @@ export class InferenceServiceReconciler implements Reconciler {
     this.deps.table?.publish(key, undefined);
     const service = serviceRef(svc);
     for (const rev of svc.status?.revisions ?? []) await this.serving().deleteRevision(service, rev.name);
+    // The object goes once its replicas have (embedded lists what it still runs): removed earlier,
+    // a server stopped right after would leave them running for a service that no longer exists.
+    const serving = this.serving();
+    if (serving.listRevisions) {
+      const uid = svc.metadata.uid;
+      if ((await serving.listRevisions()).some((r) => r.service.uid === uid)) return { requeueAfterMs: 250 };
+    }
     await this.deps.store.update({
       ...svc,
       metadata: {
