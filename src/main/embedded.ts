@@ -119,11 +119,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     throw err;
   }
   const store = await SqliteResourceStore.open(database.db, { now });
-  const sandbox: SandboxSupport =
-    opts.sandbox === false
-      ? { privileged: false, unavailable: "turned off for this server" }
-      : detectSandbox();
-  logSandbox(log, sandbox, !!opts.insecureSharedUser);
+  const sandbox = sandboxFor(opts);
   const codeServer = codeServerFor(log);
   const events = new SqliteEventRecorder(database.db, now);
   const instance = instanceId(opts.dataDir);
@@ -257,6 +253,16 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       unlock();
     },
   };
+}
+
+/** The sandbox this server's workloads get, said in its log at start. */
+function sandboxFor(opts: EmbeddedOptions): SandboxSupport {
+  const sandbox: SandboxSupport =
+    opts.sandbox === false
+      ? { privileged: false, unavailable: "turned off for this server" }
+      : detectSandbox();
+  logSandbox(opts.log, sandbox, !!opts.insecureSharedUser);
+  return sandbox;
 }
 
 /** The sandbox as `loom up` prints it, with what running without one means. */
