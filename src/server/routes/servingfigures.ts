@@ -33,7 +33,11 @@ async function values(registry: Registry, name: string): Promise<MetricValue<str
  * A service's figures from the gateway's own metrics (the series /metrics exposes as Prometheus
  * text, which only an admin may read): the same numbers, one project's one service, as JSON.
  */
-export async function servingFigures(registry: Registry, project: string, service: string): Promise<ServingFigures> {
+export async function servingFigures(
+  registry: Registry,
+  project: string,
+  service: string,
+): Promise<ServingFigures> {
   const mine = (v: MetricValue<string>) => v.labels.project === project && v.labels.service === service;
   const f: ServingFigures = {
     time: Date.now(),
@@ -69,7 +73,8 @@ export async function servingFigures(registry: Registry, project: string, servic
     if (v.labels.kind === "prompt") f.promptTokens += v.value;
     else if (v.labels.kind === "completion") f.completionTokens += v.value;
   }
-  for (const v of await values(registry, "loom_gateway_in_flight_requests")) if (mine(v)) f.inFlight += v.value;
+  for (const v of await values(registry, "loom_gateway_in_flight_requests"))
+    if (mine(v)) f.inFlight += v.value;
   return f;
 }
 
