@@ -133,7 +133,25 @@ describe("console: sweeps, models, serving in Chromium", () => {
     })) as { run: { info: { run_id: string } } };
     const runId = run.run.info.run_id;
     await mlflow("registered-models/create", { name: "tiny" });
-    await mlflow("model-versions/create", { name: "tiny", source: modelDir, run_id: runId });
+    // The checkpoint's files become the run's artifacts, as a job's log_artifacts puts them.
+    const artifactUri = (run.run.info as { artifact_uri?: string }).artifact_uri ?? "";
+    for (const file of ["ckpt.pt", "loom.json"]) {
+      const res = await fetch(
+        `${loom.url}/mlflow/projects/default/api/2.0/mlflow-artifacts/artifacts/${artifactUri.replace(/^mlflow-artifacts:\//, "")}/model/${file}`,
+        {
+          method: "PUT",
+          headers: { authorization: `Bearer ${loom.token}` },
+          body: readFileSync(join(modelDir, file)),
+        },
+      );
+      expect(res.status, await res.text()).toBe(200);
+    }
+    await mlflow("model-versions/create", {
+      name: "tiny",
+      source: `runs:/${runId}/model`,
+      run_id: runId,
+      tags: [{ key: "loom.checkpoint_step", value: "20" }],
+    });
     await mlflow("registered-models/alias", { name: "tiny", alias: "champion", version: "1" });
     const isvc = await loom.api("POST", `${BASE}/projects/default/inferenceservices`, {
       apiVersion: "loom.dev/v1alpha1",
