@@ -28,6 +28,7 @@ import { projectRoutes } from "./routes/projects.js";
 import { resourceRoutes } from "./routes/resources.js";
 import { schedulingRoutes } from "./routes/scheduling.js";
 import { mountServing, type ServingMount } from "./routes/serving.js";
+import { servingFiguresRoutes } from "./routes/servingfigures.js";
 import { sshKeyRoutes } from "./routes/sshkeys.js";
 import { countRequests, systemRoutes } from "./routes/system.js";
 import { tokenRoutes } from "./routes/tokens.js";
@@ -167,6 +168,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       : undefined,
     prompts: deps.tracking ? new PromptView(deps.tracking.registry) : undefined,
   });
+  // Before the generic routes: …/inferenceservices/S/figures is not a subresource of theirs.
+  servingFiguresRoutes(app, { metrics: deps.metrics });
   resourceRoutes(app, { store: deps.store, events: deps.events, resources, listOrWatch: list, scheduling });
   logRoutes(app, { resources, runtime: deps.runtime });
   portForwardRoutes(app, {

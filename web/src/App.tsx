@@ -2,8 +2,11 @@ import { type FormEvent, useEffect, useState } from "react";
 import { api, BASE, csrfToken, type Me } from "./api.js";
 import { JobPage } from "./pages/Job.js";
 import { JobsPage } from "./pages/Jobs.js";
+import { ModelPage, ModelsPage } from "./pages/Models.js";
 import { OverviewPage } from "./pages/Overview.js";
 import { ProjectsPage } from "./pages/Projects.js";
+import { ServicePage, ServingPage } from "./pages/Serving.js";
+import { SweepPage, SweepsPage } from "./pages/Sweeps.js";
 import { href, useRoute } from "./router.js";
 import { MeContext } from "./session.js";
 
@@ -11,6 +14,9 @@ import { MeContext } from "./session.js";
 const PAGES = [
   { path: "overview", title: "Overview" },
   { path: "jobs", title: "Jobs" },
+  { path: "sweeps", title: "Sweeps" },
+  { path: "models", title: "Models" },
+  { path: "serving", title: "Serving" },
   { path: "projects", title: "Projects" },
 ] as const;
 
@@ -76,6 +82,12 @@ function routed(route: string[]) {
       return <OverviewPage />;
     case "jobs":
       return project && name ? <JobPage project={project} name={name} /> : <JobsPage />;
+    case "sweeps":
+      return project && name ? <SweepPage project={project} name={name} /> : <SweepsPage />;
+    case "models":
+      return project && name ? <ModelPage project={project} name={name} /> : <ModelsPage />;
+    case "serving":
+      return project && name ? <ServicePage project={project} name={name} /> : <ServingPage />;
     case "projects":
       return <ProjectsPage />;
     default:
