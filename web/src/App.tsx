@@ -1,9 +1,12 @@
 import { type FormEvent, useEffect, useState } from "react";
 import { api, BASE, csrfToken, type Me } from "./api.js";
+import { ApplyPage } from "./pages/Apply.js";
 import { JobPage } from "./pages/Job.js";
 import { JobsPage } from "./pages/Jobs.js";
+import { NodesPage } from "./pages/Nodes.js";
 import { OverviewPage } from "./pages/Overview.js";
 import { ProjectsPage } from "./pages/Projects.js";
+import { WorkspacesPage } from "./pages/Workspaces.js";
 import { href, useRoute } from "./router.js";
 import { MeContext } from "./session.js";
 
@@ -12,6 +15,9 @@ const PAGES = [
   { path: "overview", title: "Overview" },
   { path: "jobs", title: "Jobs" },
   { path: "projects", title: "Projects" },
+  { path: "workspaces", title: "Workspaces and apps" },
+  { path: "nodes", title: "Nodes" },
+  { path: "apply", title: "Apply" },
 ] as const;
 
 /** The console: log-in when there is no session, else the navigation and the routed page. */
@@ -78,6 +84,12 @@ function routed(route: string[]) {
       return project && name ? <JobPage project={project} name={name} /> : <JobsPage />;
     case "projects":
       return <ProjectsPage />;
+    case "workspaces":
+      return <WorkspacesPage />;
+    case "nodes":
+      return <NodesPage />;
+    case "apply":
+      return <ApplyPage />;
     default:
       return <p role="alert">No page {page}: pick one above.</p>;
   }
