@@ -121,6 +121,8 @@ describe("console: workspaces, nodes and apply in Chromium", () => {
       ),
     ).toBe(true);
     await screenshot(admin, "console-apply-error");
+    // The API's refusal of the bad manifest (422) is the one error a page logged, and the point.
+    expect(errors.splice(0).every((e) => e.includes("422"))).toBe(true);
   }, 90_000);
 
   it("dry-runs examples/hello (would start now), applies it, and its log line appears live on the linked job page", async () => {

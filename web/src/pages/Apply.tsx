@@ -108,6 +108,9 @@ function lineOf(doc: Document, lines: LineCounter, path: string): number | undef
   return undefined;
 }
 
+/** Objects (their paths) this page has seen to exist. */
+const existing = new Set<string>();
+
 /**
  * The dry run and the apply of one document, as `loom apply` does them: create, or (it exists)
  * replace at its revision; a dry run asks the scheduler what it would do with a job.
@@ -129,14 +132,24 @@ async function applyDoc(body: Record<string, unknown>, fallbackProject: string, 
     : `${BASE}/${k.plural}`;
   const query = dry ? "?dryRun=All&preview=admission" : "";
   const base = { kind, project: k.namespaced ? project : undefined, name: meta.name ?? "" };
+  const item = `${list}/${encodeURIComponent(meta.name ?? "")}`;
+  // Create first (no read that fails for a new object); an object seen to exist is read and
+  // replaced from then on, so re-checking it as you type costs no refused request each time.
+  if (!existing.has(item))
+    try {
+      const a = await call<Answer>("POST", `${list}${query}`, body);
+      return { ...base, verb: "created", preview: a.status?.admissionPreview };
+    } catch (e) {
+      if (!(e instanceof Refusal && e.reason === "AlreadyExists") || !meta.name) throw e;
+      existing.add(item);
+    }
+  let current: { metadata: Record<string, unknown> };
   try {
-    const a = await call<Answer>("POST", `${list}${query}`, body);
-    return { ...base, verb: "created", preview: a.status?.admissionPreview };
+    current = await call<{ metadata: Record<string, unknown> }>("GET", item);
   } catch (e) {
-    if (!(e instanceof Refusal && e.reason === "AlreadyExists") || !meta.name) throw e;
+    if (e instanceof Refusal && e.status === 404) existing.delete(item);
+    throw e;
   }
-  const item = `${list}/${encodeURIComponent(meta.name)}`;
-  const current = await call<{ metadata: Record<string, unknown> }>("GET", item);
   const a = await call<Answer>("PUT", `${item}${query}`, {
     ...body,
     metadata: { ...meta, resourceVersion: current.metadata.resourceVersion },
@@ -151,7 +164,7 @@ async function applyDoc(body: Record<string, unknown>, fallbackProject: string, 
  */
 export function ApplyPage() {
   const me = useMe();
-  const [text, setText] = useState(SAMPLE);
+  const [text, setText] = useState("");
   const [project, setProject] = useState(me.project ?? "default");
   const [problems, setProblems] = useState<Problem[]>([]);
   const [outcomes, setOutcomes] = useState<Outcome[]>([]);
@@ -255,6 +268,7 @@ export function ApplyPage() {
               aria-label="Manifest YAML"
               aria-describedby="problems-title"
               spellCheck={false}
+              placeholder={SAMPLE}
               value={text}
               onChange={(e) => setText(e.target.value)}
               onScroll={syncGutter}
