@@ -1,5 +1,14 @@
 import { type UIEvent, useEffect, useRef, useState } from "react";
-import { type Document, LineCounter, parseAllDocuments } from "yaml";
+import {
+  type Document,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Node,
+  parseAllDocuments,
+  type Scalar,
+} from "yaml";
 import { BASE, csrfToken } from "../api.js";
 import { href } from "../router.js";
 import { useMe } from "../session.js";
@@ -97,15 +106,30 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
   return json as T;
 }
 
-/** The line (1-based) of a field path ("spec.resources.cpu", "spec.env.1"), or of its nearest parent there. */
-function lineOf(doc: Document, lines: LineCounter, path: string): number | undefined {
+/**
+ * The line (1-based) of a field path ("spec.resources.cpu", "spec.env.1"): its key's line, or its
+ * nearest parent's where the field is missing; "unknown field(s): x" points at the key x itself.
+ */
+function lineOf(doc: Document, lines: LineCounter, path: string, message: string): number | undefined {
   const parts = path.split(".").filter(Boolean);
-  for (let n = parts.length; n >= 0; n--) {
-    const node = n === 0 ? doc.contents : doc.getIn(parts.slice(0, n), true);
-    const range = (node as { range?: [number, number, number] } | undefined)?.range;
-    if (range) return lines.linePos(range[0]).line;
+  const unknown = /unknown field\(s\): ([^,\s]+)/.exec(message)?.[1];
+  if (unknown) parts.push(unknown);
+  const at = (range: [number, number, number] | null | undefined) =>
+    range ? lines.linePos(range[0]).line : undefined;
+  for (let n = parts.length; n > 0; n--) {
+    const parent = n === 1 ? doc.contents : doc.getIn(parts.slice(0, n - 1), true);
+    const last = parts[n - 1]!;
+    if (isMap(parent)) {
+      const pair = parent.items.find((p) => isScalar(p.key) && String(p.key.value) === last);
+      const line = pair ? at((pair.key as Scalar).range) : undefined;
+      if (line) return line;
+    } else if (isSeq(parent)) {
+      const item = parent.items[Number(last)];
+      const line = item ? at((item as Node).range) : undefined;
+      if (line) return line;
+    }
   }
-  return undefined;
+  return at((doc.contents as Node | null)?.range);
 }
 
 /** Objects (their paths) this page has seen to exist. */
@@ -194,7 +218,12 @@ export function ApplyPage() {
         const r = e as Refusal;
         if (r.causes?.length)
           for (const c of r.causes)
-            found.push({ doc: i, path: c.field, line: lineOf(d, lines, c.field), message: c.message });
+            found.push({
+              doc: i,
+              path: c.field,
+              line: lineOf(d, lines, c.field, c.message),
+              message: c.message,
+            });
         else found.push({ doc: i, message: `${ref}: ${r.message}` });
       }
       if (mine !== seq.current) break;
