@@ -8,7 +8,8 @@ import { LoomProcess, ROOT } from "./helpers.js";
  * Issue 21's Workspaces and apps, Nodes and Apply pages in real Chromium on a real `loom up`
  * with two virtual GPUs: examples/hello applied from the editor (after its dry run said it
  * would start now) shows its log line live on the job's page the result links to; a bad manifest
- * shows its error at the field and line; a job that cannot fit gets "would wait"; a running job
+ * shows its error at the field and line; a job that cannot fit gets "would wait", one that
+ * outranks what holds the GPUs "would preempt" naming it; a running job
  * with half a GPU appears live on its node's device map; a workspace's Open button opens its own
  * origin (never the console's) through the one-time log-in link. No console errors, axe-core
  * finds no serious or critical violation; screenshots in test-artifacts/console-*.png.
@@ -128,7 +129,7 @@ describe("console: workspaces, nodes and apply in Chromium", () => {
   it("dry-runs examples/hello (would start now), applies it, and its log line appears live on the linked job page", async () => {
     await admin.fill("#manifest", HELLO);
     await admin.waitForSelector(".verdict.Admit", { timeout: 30_000 });
-    expect(await textOf(admin, ".verdict")).toMatch(/Would start now/);
+    expect(await textOf(admin, ".verdict")).toMatch(/Would start now on vm/);
     await screenshot(admin, "console-apply");
     // No job yet: the dry run wrote nothing.
     expect((await loom.api("GET", `${BASE}/projects/default/trainingjobs/hello`)).status).toBe(404);
@@ -156,10 +157,10 @@ describe("console: workspaces, nodes and apply in Chromium", () => {
     );
     await admin.fill("#manifest", big);
     await admin.waitForSelector(".verdict.Wait", { timeout: 30_000 });
-    expect(await textOf(admin, ".verdict")).toMatch(/Would wait/);
+    expect(await textOf(admin, ".verdict")).toMatch(/Would wait \(/);
   }, 60_000);
 
-  it("shows a running job with half a GPU on its node's device map, live", async () => {
+  it("shows a running job with half a GPU on its node's device map, live, and a dry run that would preempt", async () => {
     await admin.goto(`${loom.url}/#/nodes`);
     await admin.waitForSelector(".device");
     const job = {
@@ -175,7 +176,30 @@ describe("console: workspaces, nodes and apply in Chromium", () => {
     });
     await admin.waitForSelector('.held a[href="#/jobs/default/sleeper"]');
     await screenshot(admin, "console-nodes");
-    await loom.api("DELETE", `${BASE}/projects/default/trainingjobs/sleeper`);
+    // A whole device for a preemptible job, then a higher-priority job that needs one: no device
+    // is free, so the dry run says whom it would preempt.
+    const hog = {
+      ...job,
+      metadata: { name: "hog" },
+      spec: { ...job.spec, resources: { ...job.spec.resources, gpu: 1 } },
+    };
+    expect((await loom.api("POST", `${BASE}/projects/default/trainingjobs`, hog)).status).toBe(201);
+    await admin.waitForSelector('[role=img][aria-label*="default/hog worker 0 holds 100%"]', {
+      timeout: 60_000,
+    });
+    await admin.goto(`${loom.url}/#/apply`);
+    await admin.waitForSelector("#manifest");
+    await admin.fill(
+      "#manifest",
+      HELLO.replace("name: hello", "name: urgent")
+        .replace("    cpu: 100m", "    cpu: 100m\n    gpu: 1")
+        .replace("spec:\n", "spec:\n  priority: 10\n"),
+    );
+    await admin.waitForSelector(".verdict.Preempt", { timeout: 30_000 });
+    expect(await textOf(admin, ".verdict")).toMatch(/Would preempt 1 workload\(s\).*default\/(hog|sleeper)/);
+    await screenshot(admin, "console-apply-preempt");
+    for (const name of ["sleeper", "hog"])
+      await loom.api("DELETE", `${BASE}/projects/default/trainingjobs/${name}`);
   }, 90_000);
 
   it("opens a workspace's own origin through the one-time log-in link, and stops it", async () => {

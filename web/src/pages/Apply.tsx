@@ -336,7 +336,15 @@ export function ApplyPage() {
                 {o.ref} {o.verb} (dry run)
                 {o.preview && (
                   <p className={`verdict ${o.preview.outcome}`}>
-                    <strong>{verdictTitle(o.preview)}</strong> {o.preview.message}
+                    <strong>
+                      {o.preview.outcome === "Admit"
+                        ? "Starts"
+                        : o.preview.outcome === "Preempt"
+                          ? "Preempts"
+                          : "Waits"}
+                      :
+                    </strong>{" "}
+                    {capital(o.preview.message)}
                   </p>
                 )}
               </li>
@@ -368,8 +376,5 @@ export function ApplyPage() {
   );
 }
 
-function verdictTitle(p: Preview): string {
-  if (p.outcome === "Admit") return "Would start now.";
-  if (p.outcome === "Preempt") return `Would preempt ${p.preempts.join(", ")}.`;
-  return "Would wait.";
-}
+/** The scheduler's sentence ("would start now on vm …") as a sentence. */
+const capital = (m: string) => m.charAt(0).toUpperCase() + m.slice(1);
