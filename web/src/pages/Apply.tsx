@@ -314,65 +314,85 @@ export function ApplyPage() {
             </p>
           )}
         </section>
-        <section aria-labelledby="problems-title">
-          <h2 id="problems-title">Validation</h2>
-          {problems.length === 0 ? (
-            <p className="muted">{me.canWrite ? "No problems found." : "—"}</p>
-          ) : (
-            <ul className="problems" aria-label="Problems">
-              {problems.map((p, i) => (
-                // biome-ignore lint/suspicious/noArrayIndexKey: problems have no identity beyond their place
-                <li key={i} role="alert" className="problem">
-                  {p.line !== undefined && <strong>line {p.line}</strong>} {p.path && <code>{p.path}</code>}:{" "}
-                  {p.message}
-                </li>
-              ))}
-            </ul>
-          )}
-          <h2>Dry run</h2>
-          <ul className="problems" aria-label="Dry run">
-            {outcomes.map((o) => (
+        <Results
+          canWrite={me.canWrite}
+          problems={problems}
+          outcomes={outcomes}
+          applied={applied}
+          applyError={applyError}
+        />
+      </div>
+    </>
+  );
+}
+
+/** What the checks found: problems at their fields and lines, the dry run's verdicts, what Apply did. */
+function Results(props: {
+  canWrite: boolean;
+  problems: Problem[];
+  outcomes: Outcome[];
+  applied: Outcome[] | undefined;
+  applyError: string;
+}) {
+  const { canWrite, problems, outcomes, applied, applyError } = props;
+  return (
+    <section aria-labelledby="problems-title">
+      <h2 id="problems-title">Validation</h2>
+      {problems.length === 0 ? (
+        <p className="muted">{canWrite ? "No problems found." : "—"}</p>
+      ) : (
+        <ul className="problems" aria-label="Problems">
+          {problems.map((p, i) => (
+            // biome-ignore lint/suspicious/noArrayIndexKey: problems have no identity beyond their place
+            <li key={i} role="alert" className="problem">
+              {p.line !== undefined && <strong>line {p.line}</strong>} {p.path && <code>{p.path}</code>}:{" "}
+              {p.message}
+            </li>
+          ))}
+        </ul>
+      )}
+      <h2>Dry run</h2>
+      <ul className="problems" aria-label="Dry run">
+        {outcomes.map((o) => (
+          <li key={o.ref}>
+            {o.ref} {o.verb} (dry run)
+            {o.preview && (
+              <p className={`verdict ${o.preview.outcome}`}>
+                <strong>
+                  {o.preview.outcome === "Admit"
+                    ? "Starts"
+                    : o.preview.outcome === "Preempt"
+                      ? "Preempts"
+                      : "Waits"}
+                  :
+                </strong>{" "}
+                {capital(o.preview.message)}
+              </p>
+            )}
+          </li>
+        ))}
+      </ul>
+      {applied && (
+        <>
+          <h2>Applied</h2>
+          {applyError && <p role="alert">{applyError}</p>}
+          <ul className="problems" aria-label="Applied">
+            {applied.map((o) => (
               <li key={o.ref}>
-                {o.ref} {o.verb} (dry run)
-                {o.preview && (
-                  <p className={`verdict ${o.preview.outcome}`}>
-                    <strong>
-                      {o.preview.outcome === "Admit"
-                        ? "Starts"
-                        : o.preview.outcome === "Preempt"
-                          ? "Preempts"
-                          : "Waits"}
-                      :
-                    </strong>{" "}
-                    {capital(o.preview.message)}
-                  </p>
-                )}
+                {o.kind === "TrainingJob" && o.project ? (
+                  <a href={href("jobs", o.project, o.name)}>{o.ref}</a>
+                ) : o.kind === "Workspace" || o.kind === "App" ? (
+                  <a href={href("workspaces")}>{o.ref}</a>
+                ) : (
+                  o.ref
+                )}{" "}
+                {o.verb}
               </li>
             ))}
           </ul>
-          {applied && (
-            <>
-              <h2>Applied</h2>
-              {applyError && <p role="alert">{applyError}</p>}
-              <ul className="problems" aria-label="Applied">
-                {applied.map((o) => (
-                  <li key={o.ref}>
-                    {o.kind === "TrainingJob" && o.project ? (
-                      <a href={href("jobs", o.project, o.name)}>{o.ref}</a>
-                    ) : o.kind === "Workspace" || o.kind === "App" ? (
-                      <a href={href("workspaces")}>{o.ref}</a>
-                    ) : (
-                      o.ref
-                    )}{" "}
-                    {o.verb}
-                  </li>
-                ))}
-              </ul>
-            </>
-          )}
-        </section>
-      </div>
-    </>
+        </>
+      )}
+    </section>
   );
 }
 
