@@ -15,6 +15,15 @@ export interface NodeUsage {
   allocated: { cpuMillis: number; memoryBytes: number; gpus: number; pods: number };
   /** Workloads ("project/name") with a pod on the node. */
   workloads: string[];
+  /** Each GPU device and what holds it (several holders: fractions of it), for the console's node map (a server before it sent none). */
+  devices?: DeviceUsage[];
+}
+
+/** One GPU device of a node and the workers holding it, each with its share (1: the whole device). */
+export interface DeviceUsage {
+  id: string;
+  memoryBytes?: number;
+  holders: { workload: string; project: string; worker: number; share: number }[];
 }
 
 export interface ProjectUsage {
@@ -79,6 +88,11 @@ export class SchedulingView {
         },
         allocated: { cpuMillis: 0, memoryBytes: 0, gpus: 0, pods: 0 },
         workloads: [],
+        devices: n.gpus.map((g) => ({
+          id: g.id,
+          ...(g.memoryBytes !== undefined ? { memoryBytes: g.memoryBytes } : {}),
+          holders: [],
+        })),
       });
     }
     for (const w of s.running) {
@@ -91,6 +105,10 @@ export class SchedulingView {
         u.allocated.gpus += p.gpus.reduce((sum, g) => sum + g.share, 0);
         u.allocated.pods += 1;
         if (!u.workloads.includes(w.name)) u.workloads.push(w.name);
+        for (const g of p.gpus)
+          u.devices
+            ?.find((d) => d.id === g.device)
+            ?.holders.push({ workload: w.name, project: w.project, worker: p.pod, share: g.share });
       }
     }
     return [...usage.values()];

@@ -1,12 +1,15 @@
 import { type FormEvent, useEffect, useState } from "react";
 import { api, BASE, csrfToken, type Me } from "./api.js";
+import { ApplyPage } from "./pages/Apply.js";
 import { JobPage } from "./pages/Job.js";
 import { JobsPage } from "./pages/Jobs.js";
 import { ModelPage, ModelsPage } from "./pages/Models.js";
+import { NodesPage } from "./pages/Nodes.js";
 import { OverviewPage } from "./pages/Overview.js";
 import { ProjectsPage } from "./pages/Projects.js";
 import { ServicePage, ServingPage } from "./pages/Serving.js";
 import { SweepPage, SweepsPage } from "./pages/Sweeps.js";
+import { WorkspacesPage } from "./pages/Workspaces.js";
 import { href, useRoute } from "./router.js";
 import { MeContext } from "./session.js";
 
@@ -18,6 +21,9 @@ const PAGES = [
   { path: "models", title: "Models" },
   { path: "serving", title: "Serving" },
   { path: "projects", title: "Projects" },
+  { path: "workspaces", title: "Workspaces and apps" },
+  { path: "nodes", title: "Nodes" },
+  { path: "apply", title: "Apply" },
 ] as const;
 
 /** The console: log-in when there is no session, else the navigation and the routed page. */
@@ -90,6 +96,12 @@ function routed(route: string[]) {
       return project && name ? <ServicePage project={project} name={name} /> : <ServingPage />;
     case "projects":
       return <ProjectsPage />;
+    case "workspaces":
+      return <WorkspacesPage />;
+    case "nodes":
+      return <NodesPage />;
+    case "apply":
+      return <ApplyPage />;
     default:
       return <p role="alert">No page {page}: pick one above.</p>;
   }
