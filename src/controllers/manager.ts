@@ -268,6 +268,7 @@ export class ControllerManager {
       log,
       now: this.deps.now,
       ...(this.deps.models ? { models: this.deps.models } : {}),
+      ...(this.deps.tracking ? { tracking: this.deps.tracking } : {}),
       ...(this.deps.sshKeys ? { sshKeys: this.deps.sshKeys } : {}),
       ...this.deps.workspaces,
     });
@@ -305,6 +306,7 @@ export class ControllerManager {
       log,
       now: this.deps.now,
       ...(this.deps.models ? { models: this.deps.models } : {}),
+      ...(this.deps.tracking ? { tracking: this.deps.tracking } : {}),
       ...this.deps.apps,
     });
     const controller = new Controller(
