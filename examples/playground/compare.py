@@ -25,6 +25,7 @@ if question:
                 temperature=0,  # the same input gives the same answer: only the prompt differs
             )
             st.markdown(f"**Answer** to _{question}_")
-            st.code(answer.choices[0].message.content or "", language=None)
+            # Wrapped: a long answer is read whole, never cut at the column's edge.
+            st.code(answer.choices[0].message.content or "", language=None, wrap_lines=True)
 else:
     st.write("Type an input above to compare the two prompt versions.")
