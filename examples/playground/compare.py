@@ -17,7 +17,7 @@ if question:
     for column, ref in zip(st.columns(2), (os.environ.get("PROMPT_A", "/1"), os.environ.get("PROMPT_B", "/2"))):
         system, source = load_system_prompt(ref)
         with column:
-            st.caption(source)
+            st.caption(f"{source}: {system}")  # what differs between the columns
             answer = client.chat.completions.create(
                 model=MODEL,
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
