@@ -31,15 +31,18 @@ const LOG = (where: string) =>
 
 /** Every tracking token Loom wrote for a replica (~/.mlflow/credentials under its private HOME). */
 function tokensOnDisk(dataDir: string): string[] {
+  return filesOnDisk(dataDir, join(".mlflow", "credentials")).map(
+    (text) => /mlflow_tracking_password = (\S+)/.exec(text)?.[1] ?? "",
+  );
+}
+
+/** The contents of `path` under every replica's private HOME. */
+function filesOnDisk(dataDir: string, path: string): string[] {
   const root = join(dataDir, "workloads");
-  const out: string[] = [];
-  for (const uid of readdirSync(root)) {
-    const file = join(root, uid, "home", ".mlflow", "credentials");
-    if (!existsSync(file)) continue;
-    const m = /mlflow_tracking_password = (\S+)/.exec(readFileSync(file, "utf8"));
-    if (m) out.push(m[1]!);
-  }
-  return out;
+  return readdirSync(root)
+    .map((uid) => join(root, uid, "home", path))
+    .filter((f) => existsSync(f))
+    .map((f) => readFileSync(f, "utf8").trim());
 }
 
 describe("zero-configuration tracking from Workspaces and Apps (embedded)", () => {
@@ -202,6 +205,10 @@ spec:
     // Tokens are files only: in no process's environment (the kernel's and terminal's included).
     const tokens = tokensOnDisk(loom.dataDir);
     expect(tokens.length).toBe(2);
+    // Nor the model keys (Jupyter starts kernels and terminals with a copy of os.environ, where
+    // the bridge put the key for openai.OpenAI(): the copy leaves it out).
+    const keys = filesOnDisk(loom.dataDir, join(".loom", "openai-key"));
+    expect(keys.length).toBe(2);
     const procs = [
       ...findProcessesByEnv("LOOM_WORKLOAD", "nb"),
       ...findProcessesByEnv("LOOM_WORKLOAD", "logger"),
@@ -210,7 +217,7 @@ spec:
     expect(procs.length).toBeGreaterThanOrEqual(4);
     for (const p of procs) {
       const environ = readFileSync(`/proc/${p.pid}/environ`, "latin1");
-      for (const t of tokens) expect(environ).not.toContain(t);
+      for (const t of [...tokens, ...keys]) expect(environ, `pid ${p.pid}`).not.toContain(t);
       expect(p.env.get("MLFLOW_TRACKING_URI")).toMatch(/\/mlflow\/projects\/alpha$/);
     }
     // The workspace's persistent home holds a link (a path), never the token.

@@ -169,6 +169,22 @@ describe("the sitecustomize.py bridge", () => {
     expect(out.split("\n")).toEqual(["sk-loom-secret", "False", "unset"]);
   });
 
+  it("leaves the key out of os.environ's copies: a child given env=os.environ.copy() (Jupyter's kernels, terminals) never holds it", () => {
+    const out = run(
+      [
+        "import os, subprocess",
+        "sh = '[ -n \"$OPENAI_API_KEY\" ] && echo set || echo unset'",
+        "print(subprocess.run(['sh', '-c', sh], env=os.environ.copy(), capture_output=True, text=True).stdout.strip())",
+        "print(subprocess.run(['sh', '-c', sh], env={**os.environ, 'X': '1'}, capture_output=True, text=True).stdout.strip())",
+        "print('OPENAI_API_KEY' in os.environ, 'OPENAI_API_KEY' in dict(os.environ), os.getenv('OPENAI_API_KEY'))",
+        // A value the program sets itself is its own: copied as usual.
+        "os.environ['OPENAI_API_KEY'] = 'mine'",
+        "print(os.environ.copy().get('OPENAI_API_KEY'))",
+      ].join("\n"),
+    );
+    expect(out.split("\n")).toEqual(["unset", "unset", "True False sk-loom-secret", "mine"]);
+  });
+
   it("leaves a spec's own OPENAI_API_KEY alone, and does nothing without a key file", () => {
     expect(run("import os; print(os.environ['OPENAI_API_KEY'])", { OPENAI_API_KEY: "mine" })).toBe("mine");
     expect(
