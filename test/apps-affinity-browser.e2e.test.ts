@@ -9,23 +9,25 @@ import { LoomProcess } from "./helpers.js";
 /**
  * Issue 20's "two replicas with affinity keep a Gradio session's state across 20 interactions",
  * in real Chromium on a real `loom up`: a Gradio app whose per-session state (gr.State) counts the
- * clicks and whose answer names the replica's process, run as two replicas. One browser session
+ * clicks and whose answer names the replica (an id of its process's own), run as two replicas. One browser session
  * clicks 20 times: every answer comes from the same replica and the count reaches 20 (a request
  * sent to the other replica would find no such session and count from scratch). A second browser
  * context is a session of its own, counting from 1 wherever it lands.
  */
 const BASE = "/apis/loom.dev/v1alpha1";
 
-const COUNTER = `import os
+// The replica's own name for itself: random per process (sandboxed replicas each have their own
+// PID namespace, where every app's pid is the same).
+const COUNTER = `import uuid
 
 import gradio as gr
 
-PID = os.getpid()
+REPLICA = uuid.uuid4().hex[:8]
 
 
 def click(count):
     count = (count or 0) + 1
-    return count, f"{count} from replica {PID}"
+    return count, f"{count} from replica {REPLICA}"
 
 
 with gr.Blocks(title="counter") as demo:
@@ -120,7 +122,7 @@ describe("App session affinity in Chromium: a Gradio session stays on one of two
     for (let n = 1; n <= 20; n++) answers.push(await click(page, n));
     const replicas = new Set(answers.map((a) => a.replace(/^\d+ from replica /, "")));
     expect(replicas.size, answers.join("\n")).toBe(1);
-    expect(answers.at(-1)).toMatch(/^20 from replica \d+$/);
+    expect(answers.at(-1)).toMatch(/^20 from replica [0-9a-f]{8}$/);
     await screenshot(page, "apps-affinity-20-clicks");
     // Another browser: a session of its own (its count starts again), on either replica.
     const other = await session();
