@@ -254,21 +254,38 @@ describe("playground apps in Chromium through Loom", () => {
     }
     // Two versions side by side: each column names its version and shows what the service answers
     // with that version's prompt; long answers wrap instead of running past the column.
-    const columns = await page.evaluate(() =>
+    // Waited for (a rerun shows the last input's elements, stale, until the new ones arrive).
+    const want = [
+      (await complete("Mira found the", PROMPTS[0]!, 48)).trim(),
+      (await complete("Mira found the", PROMPTS[1]!, 48)).trim(),
+    ];
+    const read = () =>
       [...document.querySelectorAll('[data-testid="stColumn"]')].map((c) => ({
         caption: c.querySelector('[data-testid="stCaptionContainer"]')?.textContent ?? "",
-        answer: c.querySelector("pre")?.textContent ?? "",
+        answer: (c.querySelector("pre")?.textContent ?? "").trim(),
         cut: [...c.querySelectorAll("pre, code")].some((e) => e.scrollWidth > e.clientWidth + 1),
-      })),
-    );
+      }));
+    await page
+      .waitForFunction(
+        (w: string[]) =>
+          [...document.querySelectorAll('[data-testid="stColumn"]')]
+            .map((c) => (c.querySelector("pre")?.textContent ?? "").trim())
+            .join("\u0000") === w.join("\u0000"),
+        want,
+        { timeout: 120_000 },
+      )
+      .catch(async (err) => {
+        await screenshot(page, "apps-browser-streamlit-failed");
+        throw new Error(
+          `columns ${JSON.stringify(await page.evaluate(read))}, want ${JSON.stringify(want)}: ${err}`,
+        );
+      });
+    const columns = await page.evaluate(read);
     expect(columns.map((c) => c.caption)).toEqual([
       `prompts:/playground-system/1 (version 1): ${PROMPTS[0]}`,
       `prompts:/playground-system/2 (version 2): ${PROMPTS[1]}`,
     ]);
-    for (const [i, c] of columns.entries()) {
-      expect(c.answer.trim()).toBe((await complete("Mira found the", PROMPTS[i]!, 48)).trim());
-      expect(c.cut, c.answer).toBe(false);
-    }
+    for (const c of columns) expect(c.cut, c.answer).toBe(false);
     await screenshot(page, "apps-browser-streamlit-compare");
     await context.close();
   }, 300_000);

@@ -48,12 +48,14 @@ def trace_start(messages):
 
 
 def trace_end(span, reply, error=None):
+    """Ends the exchange's span once: returns None for the caller to keep instead."""
     if span is None:
-        return
+        return None
     try:
         span.end(outputs={"reply": reply}, status="ERROR" if error else "OK")
     except Exception:
         pass
+    return None
 
 
 def text_of(content):
@@ -70,19 +72,31 @@ def respond(message, history):
         messages.append({"role": turn["role"], "content": text_of(turn["content"])})
     messages.append({"role": "user", "content": message})
     span = trace_start(messages)
-    reply = ""
+    reply, error = "", None
     try:
         stream = client.chat.completions.create(
             model=MODEL, messages=messages, stream=True, max_tokens=64, temperature=TEMPERATURE
         )
+        # One chunk behind: the last value is yielded after the span has ended, so the trace is
+        # recorded even though Gradio may never resume the generator after its last value.
+        pending = False
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                reply += chunk.choices[0].delta.content
-                yield reply
+            choice = chunk.choices[0] if chunk.choices else None
+            if choice and choice.delta.content:
+                if pending:
+                    yield reply
+                reply += choice.delta.content
+                pending = True
+            if choice and choice.finish_reason:
+                break
+        span = trace_end(span, reply)
+        if pending:
+            yield reply
     except Exception as err:
-        trace_end(span, reply, err)
+        error = err
         raise
-    trace_end(span, reply)
+    finally:  # a stream that failed, or one Gradio closed (the user pressed stop)
+        trace_end(span, reply, error)
 
 
 gr.ChatInterface(
