@@ -7,6 +7,8 @@ export const GRADIO = "gradio==6.31.0";
 export const STREAMLIT = "streamlit==1.67.0";
 /** The openai client the playground example (examples/playground) calls the project's models with. */
 export const OPENAI = "openai==3.57.0";
+/** The mlflow client the playground loads its registry prompt and records traces with. */
+export const MLFLOW = "mlflow-skinny==3.17.2";
 
 /**
  * A Python environment with Gradio and Streamlit for the App tests, built once (pip install:
@@ -20,15 +22,16 @@ export const APPS_VENV = process.env.LOOM_TEST_APPS_VENV ?? join(tmpdir(), "loom
  * files run in parallel: the build holds a lock (flock) and looks again once it has it.
  */
 export function appsVenv(): string {
-  const versions = [GRADIO, STREAMLIT, OPENAI].map((p) => p.split("==")[1]).join(" ");
-  const check = `[ "$("$1/bin/python" -c 'import gradio, streamlit, openai; print(gradio.__version__, streamlit.__version__, openai.__version__)' 2>/dev/null)" = "${versions}" ]`;
+  const pins = [GRADIO, STREAMLIT, OPENAI, MLFLOW];
+  const versions = pins.map((p) => p.split("==")[1]).join(" ");
+  const check = `[ "$("$1/bin/python" -c 'import gradio, streamlit, openai, mlflow; print(gradio.__version__, streamlit.__version__, openai.__version__, mlflow.__version__)' 2>/dev/null)" = "${versions}" ]`;
   const build = [
     "set -e",
     `if ${check}; then exit 0; fi`,
-    `echo "building the apps' environment in $1 (pip install ${GRADIO} ${STREAMLIT} ${OPENAI}: about a minute, once)" >&2`,
-    `rm -rf "$1"`,
-    `python3 -m venv "$1"`,
-    `"$1/bin/pip" install -q --disable-pip-version-check "${GRADIO}" "${STREAMLIT}" "${OPENAI}"`,
+    `echo "building the apps' environment in $1 (pip install ${pins.join(" ")}: about a minute, once)" >&2`,
+    // Pinned installs into what is there: a package added to the list never rebuilds the rest.
+    `[ -x "$1/bin/python" ] || python3 -m venv "$1"`,
+    `"$1/bin/pip" install -q --disable-pip-version-check ${pins.map((p) => `"${p}"`).join(" ")}`,
     check,
   ].join("\n");
   execFileSync("flock", [`${APPS_VENV}.lock`, "sh", "-c", build, "sh", APPS_VENV], {

@@ -15,7 +15,15 @@ import { LoomProcess, ROOT } from "./helpers.js";
  * (loom-tinygpt) through the openai client Loom configures (OPENAI_BASE_URL and the bridged key
  * file: no configuration in the app); the Streamlit comparison renders and updates over its
  * WebSocket. Another project's member gets no link and no app. Screenshots go to test-artifacts/.
+ * The apps load their system prompts from the project's registry with mlflow configured by Loom
+ * alone (MLFLOW_TRACKING_URI and a credential file).
  */
+
+/** Two distinctive versions of the playground's system prompt; @champion is the second. */
+const PROMPTS = [
+  "PROMPT-ONE: you keep the tide log. Answer briefly.",
+  "PROMPT-TWO: you speak only of ships and sails, at length.",
+];
 const BASE = "/apis/loom.dev/v1alpha1";
 
 /** What this test drives of playwright's Page beyond test/browser.ts's subset. */
@@ -40,6 +48,18 @@ describe("playground apps in Chromium through Loom", () => {
   chmodSync(modelDir, 0o755);
   let browser: Browser | undefined;
   let key = "";
+  let python = "";
+
+  /** Runs `code` with the official mlflow client against the default project (admin token); its stdout. */
+  function mlflowClient(code: string): string {
+    const r = spawnSync(python, ["-c", code], {
+      encoding: "utf8",
+      env: { ...process.env, MLFLOW_TRACKING_URI: loom.url, MLFLOW_TRACKING_TOKEN: loom.token },
+      timeout: 120_000,
+    });
+    expect(r.status, r.stderr).toBe(0);
+    return r.stdout;
+  }
 
   async function waitFor(path: string, done: (s: Status) => boolean): Promise<Status> {
     let s: Status = {};
@@ -64,6 +84,7 @@ describe("playground apps in Chromium through Loom", () => {
 
   beforeAll(async () => {
     const venv = appsVenv();
+    python = join(venv, "bin", "python");
     // A tiny pretrained checkpoint (ckpt.pt), as test/serving.e2e.test.ts makes one.
     const train = spawnSync(
       "/usr/bin/python3",
@@ -77,6 +98,16 @@ describe("playground apps in Chromium through Loom", () => {
     );
     expect(train.status, train.stderr).toBe(0);
     await loom.start();
+    // The registry's prompt versions, before the apps load them at start.
+    mlflowClient(
+      [
+        "import mlflow",
+        ...PROMPTS.map(
+          (t) => `v = mlflow.genai.register_prompt(name="playground-system", template=${JSON.stringify(t)})`,
+        ),
+        'mlflow.genai.set_prompt_alias("playground-system", alias="champion", version=v.version)',
+      ].join("\n"),
+    );
     // The examples as a user has them: a directory the sandboxed replica may read.
     const code = join(loom.home, "playground");
     cpSync(join(ROOT, "examples/playground"), code, { recursive: true });
@@ -120,8 +151,8 @@ describe("playground apps in Chromium through Loom", () => {
     expect(new URL(page.url()).pathname).toBe("/");
     const box = "textarea";
     await page.waitForSelector(box, { timeout: 120_000 });
-    // No mlflow in the app's environment: the default system prompt, and the page says so.
-    await page.waitForSelector("text=default prompt (mlflow is not installed)", { timeout: 60_000 });
+    // The registry's @champion (version 2), loaded with no configuration, and the page says so.
+    await page.waitForSelector("text=prompts:/playground-system@champion (version 2)", { timeout: 60_000 });
     // Every text the bot's message shows, from before the first token (streamed: several).
     await page.evaluate(() => {
       const seen: string[] = [];
@@ -134,7 +165,7 @@ describe("playground apps in Chromium through Loom", () => {
     });
     await page.fill(box, "Tide log?");
     await page.keyboard.press("Enter");
-    const want = await complete("Tide log?");
+    const want = await complete("Tide log?", PROMPTS[1]!);
     expect(want.length).toBeGreaterThan(0);
     await page
       .waitForFunction(
@@ -155,20 +186,23 @@ describe("playground apps in Chromium through Loom", () => {
     expect(seen.length, JSON.stringify(seen)).toBeGreaterThan(1);
     for (const s of seen) expect(want.trim().startsWith(s)).toBe(true);
     await context.close();
+    // Not checked yet: the chat records a trace per exchange (examples/playground/chat.py), but
+    // an App's own credential may not write traces (a workload's writes are held to its own
+    // runs: POST traces and the spans' upload are refused), so its traces are not saved.
   }, 300_000);
 
   /** What the tiny service answers the chat's first turn, asked directly with the project's key. */
-  async function complete(user: string): Promise<string> {
+  async function complete(user: string, system: string, max_tokens = 64): Promise<string> {
     const res = await fetch(`${loom.url}/v1/chat/completions`, {
       method: "POST",
       headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
       body: JSON.stringify({
         model: "tiny",
         messages: [
-          { role: "system", content: "You are a helpful assistant. Answer briefly." },
+          { role: "system", content: system },
           { role: "user", content: user },
         ],
-        max_tokens: 64,
+        max_tokens,
         temperature: 0,
       }),
     });
@@ -200,6 +234,40 @@ describe("playground apps in Chromium through Loom", () => {
           throw err;
         });
     }
+    // Two versions side by side: each column names its version and shows what the service answers
+    // with that version's prompt; long answers wrap instead of running past the column.
+    // Waited for (a rerun shows the last input's elements, stale, until the new ones arrive).
+    const want = [
+      (await complete("Mira found the", PROMPTS[0]!, 48)).trim(),
+      (await complete("Mira found the", PROMPTS[1]!, 48)).trim(),
+    ];
+    const read = () =>
+      [...document.querySelectorAll('[data-testid="stColumn"]')].map((c) => ({
+        caption: c.querySelector('[data-testid="stCaptionContainer"]')?.textContent ?? "",
+        answer: (c.querySelector("pre")?.textContent ?? "").trim(),
+        cut: [...c.querySelectorAll("pre, code")].some((e) => e.scrollWidth > e.clientWidth + 1),
+      }));
+    await page
+      .waitForFunction(
+        (w: string[]) =>
+          [...document.querySelectorAll('[data-testid="stColumn"]')]
+            .map((c) => (c.querySelector("pre")?.textContent ?? "").trim())
+            .join("\u0000") === w.join("\u0000"),
+        want,
+        { timeout: 120_000 },
+      )
+      .catch(async (err) => {
+        await screenshot(page, "apps-browser-streamlit-failed");
+        throw new Error(
+          `columns ${JSON.stringify(await page.evaluate(read))}, want ${JSON.stringify(want)}: ${err}`,
+        );
+      });
+    const columns = await page.evaluate(read);
+    expect(columns.map((c) => c.caption)).toEqual([
+      `prompts:/playground-system/1 (version 1): ${PROMPTS[0]}`,
+      `prompts:/playground-system/2 (version 2): ${PROMPTS[1]}`,
+    ]);
+    for (const c of columns) expect(c.cut, c.answer).toBe(false);
     await screenshot(page, "apps-browser-streamlit-compare");
     await context.close();
   }, 300_000);

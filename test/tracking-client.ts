@@ -59,6 +59,21 @@ export function genaiPython(): string {
   return venvPython(GENAI_VENV, "python3", [], [MLFLOW, ...EXTRAS, OPENAI_PY]);
 }
 
+/**
+ * The full `mlflow` package (its `mlflow server`) as the peer the GenAI client scripts also run
+ * against (test/genai-peer.e2e.test.ts): the venv bench:tracking makes and reuses, at the same
+ * place with the same marker (~/.cache/loom/bench-envs/mlflow-3.17.2, or LOOM_MLFLOW_SERVER_VENV).
+ */
+export const MLFLOW_SERVER_VENV =
+  process.env.LOOM_MLFLOW_SERVER_VENV ??
+  join(homedir(), ".cache", "loom", "bench-envs", `mlflow-${MLFLOW.split("==")[1]}`);
+
+/** That venv, built once (pip install mlflow: about a minute and ~850 MB); returns its `mlflow`. */
+export function mlflowServer(): string {
+  venvPython(MLFLOW_SERVER_VENV, "python3", [], [`mlflow==${MLFLOW.split("==")[1]}`], "import mlflow.server");
+  return join(MLFLOW_SERVER_VENV, "bin", "mlflow");
+}
+
 export function torchPython(): string {
   const probe = spawnSync(SYSTEM_PYTHON, ["-c", "import torch, numpy"], { encoding: "utf8" });
   if (probe.status !== 0)

@@ -17,7 +17,7 @@ if question:
     for column, ref in zip(st.columns(2), (os.environ.get("PROMPT_A", "/1"), os.environ.get("PROMPT_B", "/2"))):
         system, source = load_system_prompt(ref)
         with column:
-            st.caption(source)
+            st.caption(f"{source}: {system}")  # what differs between the columns
             answer = client.chat.completions.create(
                 model=MODEL,
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
@@ -25,6 +25,7 @@ if question:
                 temperature=0,  # the same input gives the same answer: only the prompt differs
             )
             st.markdown(f"**Answer** to _{question}_")
-            st.code(answer.choices[0].message.content or "", language=None)
+            # Wrapped: a long answer is read whole, never cut at the column's edge.
+            st.code(answer.choices[0].message.content or "", language=None, wrap_lines=True)
 else:
     st.write("Type an input above to compare the two prompt versions.")

@@ -5,7 +5,9 @@
 
 Under Loom every worker has RANK/WORLD_SIZE/MASTER_ADDR (framework pytorch, the default of
 `loom run`), LOOM_CHECKPOINT_DIR, and MLFLOW_TRACKING_URI with a run of the job's own: metrics go
-to tracking with no configuration. In the notebook (no WORLD_SIZE) it is a single process.
+to tracking with no configuration. In the notebook (no WORLD_SIZE) it is a single process, and
+logs to the experiment `notebook` with no configuration either (a workspace has
+MLFLOW_TRACKING_URI and its own credential too).
 """
 import argparse
 import os
@@ -35,6 +37,9 @@ mlflow = None
 if rank == 0 and os.environ.get("MLFLOW_TRACKING_URI"):
     try:
         import mlflow  # a job's run is set up by Loom (MLFLOW_RUN_ID): start_run resumes it
+
+        if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+            mlflow.set_experiment("notebook")  # in a workspace: Loom gives the URI and credential only
         mlflow.start_run()
     except ImportError:
         mlflow = None

@@ -277,6 +277,7 @@ export class ControllerManager {
       log,
       now: this.deps.now,
       ...(this.deps.models ? { models: this.deps.models } : {}),
+      ...(this.deps.tracking ? { tracking: this.deps.tracking } : {}),
       ...(this.deps.sshKeys ? { sshKeys: this.deps.sshKeys } : {}),
       ...this.deps.workspaces,
     });
@@ -306,6 +307,7 @@ export class ControllerManager {
       log,
       now: this.deps.now,
       ...(this.deps.models ? { models: this.deps.models } : {}),
+      ...(this.deps.tracking ? { tracking: this.deps.tracking } : {}),
       ...this.deps.apps,
     });
     const loop = this.addServedLoop(APP, reconciler, log, validated, metrics, () => this.appInformer);

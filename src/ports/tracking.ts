@@ -25,6 +25,18 @@ export interface WorkloadTracking {
    * which the mlflow client reads), never in env (readable from /proc/PID/environ).
    */
   clientCredentials(ref: WorkloadRef): Promise<{ env: Record<string, string>; files: SecretFile[] }>;
+  /**
+   * The same credential for a long-running workload's `session` (a Workspace's or an App's
+   * revision): made once per session while this process lives, earlier ones left valid (a
+   * replica re-adopted after a restart keeps its own) until `revokeCredentials`. Also names the
+   * credentials file in env (LOOM_MLFLOW_CREDENTIALS, a path) for a workload whose HOME is not
+   * the private one the files are written under (a Workspace's persistent home links to it).
+   * Optional: a platform without it gives Workspaces and Apps no tracking credential.
+   */
+  sessionCredentials?(
+    ref: WorkloadRef,
+    session: string,
+  ): Promise<{ env: Record<string, string>; files: SecretFile[] }>;
   /** Revokes the workload's credentials: call when it ends (finished, deleted, collected). */
   revokeCredentials(ref: WorkloadRef): Promise<void>;
 }

@@ -8,6 +8,7 @@ import { type OpenedDatabase, openSqlite } from "../platforms/embedded/db.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { MODEL_KEY_ENV, MODEL_KEY_FILE, withModelAccess } from "../ports/models.js";
 import type { ResourceStore } from "../ports/store.js";
+import { LocalWorkloadTracking } from "../tracking/workloads.js";
 import { SITECUSTOMIZE, workloadModels } from "./modelaccess.js";
 import { boundTokens, workloadCredentials } from "./workloadtokens.js";
 
@@ -168,6 +169,22 @@ describe("the sitecustomize.py bridge", () => {
     expect(out.split("\n")).toEqual(["sk-loom-secret", "False", "unset"]);
   });
 
+  it("leaves the key out of os.environ's copies: a child given env=os.environ.copy() (Jupyter's kernels, terminals) never holds it", () => {
+    const out = run(
+      [
+        "import os, subprocess",
+        "sh = '[ -n \"$OPENAI_API_KEY\" ] && echo set || echo unset'",
+        "print(subprocess.run(['sh', '-c', sh], env=os.environ.copy(), capture_output=True, text=True).stdout.strip())",
+        "print(subprocess.run(['sh', '-c', sh], env={**os.environ, 'X': '1'}, capture_output=True, text=True).stdout.strip())",
+        "print('OPENAI_API_KEY' in os.environ, 'OPENAI_API_KEY' in dict(os.environ), os.getenv('OPENAI_API_KEY'))",
+        // A value the program sets itself is its own: copied as usual.
+        "os.environ['OPENAI_API_KEY'] = 'mine'",
+        "print(os.environ.copy().get('OPENAI_API_KEY'))",
+      ].join("\n"),
+    );
+    expect(out.split("\n")).toEqual(["unset", "unset", "True False sk-loom-secret", "mine"]);
+  });
+
   it("leaves a spec's own OPENAI_API_KEY alone, and does nothing without a key file", () => {
     expect(run("import os; print(os.environ['OPENAI_API_KEY'])", { OPENAI_API_KEY: "mine" })).toBe("mine");
     expect(
@@ -183,5 +200,62 @@ describe("the sitecustomize.py bridge", () => {
     expect(run("import builtins, os; print(builtins.CHAINED, os.environ['OPENAI_API_KEY'])")).toBe(
       "1 sk-loom-secret",
     );
+  });
+});
+
+describe("tracking credentials for a Workspace's or App's revision (sessionCredentials)", () => {
+  let database: OpenedDatabase;
+  let tokens: SqliteTokenStore;
+  const ws = { kind: "Workspace", project: "team", name: "nb", uid: "ws-uid" };
+  beforeEach(async () => {
+    database = await openSqlite(":memory:");
+    tokens = new SqliteTokenStore(database.db);
+  });
+  afterEach(() => database.close());
+
+  const tokenOf = (files: { path: string; data: string }[]) =>
+    /mlflow_tracking_password = (\S+)/.exec(files.find((f) => f.path === ".mlflow/credentials")!.data)![1]!;
+
+  it("the project's URI and file paths in env, the token only in 0600 files; one per revision; models' key untouched; all revoked together", async () => {
+    // The store is never used for credentials.
+    const tracking = new LocalWorkloadTracking(
+      {} as never,
+      () => "http://127.0.0.1:7470",
+      workloadCredentials(tokens),
+    );
+    const models = workloadModels(tokens, () => "http://127.0.0.1:7470");
+    const key = (await models.access(ws, "nb-ws1")).files.find((f) => f.path === MODEL_KEY_FILE)!.data.trim();
+    const creds = await tracking.sessionCredentials(ws, "nb-ws1");
+    const token = tokenOf(creds.files);
+    expect(creds.env).toEqual({
+      MLFLOW_TRACKING_URI: "http://127.0.0.1:7470/mlflow/projects/team",
+      LOOM_TOKEN_FILE: "$(HOME)/.loom/token",
+      LOOM_MLFLOW_CREDENTIALS: "$(HOME)/.mlflow/credentials",
+    });
+    expect(JSON.stringify(creds.env)).not.toContain(token);
+    for (const f of creds.files) expect(f.mode).toBe(0o600);
+    expect(creds.files.find((f) => f.path === ".loom/token")!.data).toBe(`${token}\n`);
+    expect(await tokens.verify(token)).toMatchObject({ role: "editor", project: "team", workload: ws });
+    // Re-applied (every second for a workspace): the same token, no new one.
+    expect(tokenOf((await tracking.sessionCredentials(ws, "nb-ws1")).files)).toBe(token);
+    // A new revision: a new token; the old one stays valid (its replica may still be stopping),
+    // and minting never revoked the model key.
+    const next = tokenOf((await tracking.sessionCredentials(ws, "nb-ws2")).files);
+    expect(next).not.toBe(token);
+    expect(await tokens.verify(token)).toBeDefined();
+    expect(await tokens.verify(key)).toBeDefined();
+    // Stopped or deleted: everything the workload holds is refused, and a start mints anew.
+    await tracking.revokeCredentials(ws);
+    await models.revoke(ws);
+    for (const t of [token, next, key]) expect(await tokens.verify(t)).toBeUndefined();
+    const after = tokenOf((await tracking.sessionCredentials(ws, "nb-ws2")).files);
+    expect(after).not.toBe(next);
+    expect(await tokens.verify(after)).toBeDefined();
+  });
+
+  it("the default project's URI is the server's root", async () => {
+    const tracking = new LocalWorkloadTracking({} as never, () => "http://h:1", workloadCredentials(tokens));
+    const creds = await tracking.sessionCredentials({ ...ws, project: "default" }, "r");
+    expect(creds.env.MLFLOW_TRACKING_URI).toBe("http://h:1");
   });
 });

@@ -14,7 +14,8 @@ import type { TokenStore } from "../ports/store.js";
  * at start-up; this one, first on the workload's PYTHONPATH, puts the key into this process's
  * os.environ mapping only (its _data, not the C environment): os.environ.get and so
  * openai.OpenAI() see it, while /proc/PID/environ and child processes (which read the file
- * themselves if they are Python) do not. A spec's own OPENAI_API_KEY wins. Then it runs the next
+ * themselves if they are Python) do not, even those started with env=os.environ.copy() (Jupyter's
+ * kernels and terminals): iterating os.environ leaves it out. A spec's own OPENAI_API_KEY wins. Then it runs the next
  * sitecustomize on sys.path (a distribution's, a venv's), as Python would have without it.
  */
 export const SITECUSTOMIZE = `"""Loom: lets openai.OpenAI() find this workload's API key with no configuration.
@@ -22,7 +23,8 @@ export const SITECUSTOMIZE = `"""Loom: lets openai.OpenAI() find this workload's
 Loom sets LOOM_OPENAI_KEY_FILE (where the key is, not the key) and OPENAI_BASE_URL. When
 OPENAI_API_KEY is unset, the key is read from that file into this process's os.environ mapping
 only, not into the C environment: /proc/PID/environ and child processes never hold it (a child
-Python reads the file itself). The next sitecustomize on sys.path then runs as it would have.
+Python reads the file itself), not even those given env=os.environ.copy(), as Jupyter's kernels
+and terminals are: iterating os.environ leaves the key out. The next sitecustomize on sys.path then runs as it would have.
 """
 
 import os as _os
@@ -44,6 +46,20 @@ def _loom_openai_key():
         return
     # os.environ[...] = key would call putenv: the key would reach every child's environment.
     data[env.encodekey("OPENAI_API_KEY")] = env.encodevalue(key)
+    # Jupyter starts kernels and terminals with env=os.environ.copy(), as many launchers do:
+    # copies (and iteration) leave Loom's key out, while os.environ.get and os.environ[...] (what
+    # openai.OpenAI() reads) still find it. A value set later by the program itself is not hidden.
+    hidden = (env.encodekey("OPENAI_API_KEY"), env.encodevalue(key))
+
+    def __iter__(self):
+        for k in list(self._data):
+            if (k, self._data.get(k)) != hidden:
+                yield self.decodekey(k)
+
+    try:
+        env.__class__ = type("_LoomEnviron", (type(env),), {"__iter__": __iter__})
+    except TypeError:
+        pass
 
 
 def _loom_chain():

@@ -68,18 +68,25 @@ export function boundTokens(tokens: TokenStore, store: ResourceStore): TokenStor
 /**
  * Workloads' own credentials: one editor token per workload, scoped to its project and bound to
  * its uid; each attempt gets a new one (the last revoked, so one is live at a time), and the
- * workload's end revokes it.
+ * workload's end revokes it. A Workspace's or App's (mintShared) is made beside the others: the
+ * tracking side keeps one per revision, and all go when the workload stops or goes.
  */
 export function workloadCredentials(tokens: TokenStore): {
   mint(ref: WorkloadRef): Promise<string>;
+  mintShared(ref: WorkloadRef): Promise<string>;
   revoke(ref: WorkloadRef): Promise<void>;
 } {
+  const create = async (ref: WorkloadRef) => {
+    const name = `${ref.kind.toLowerCase()}/${ref.name}`;
+    return (await tokens.create(name, "editor", { project: ref.project, workload: ref })).token;
+  };
   return {
     async mint(ref) {
       await tokens.revokeWorkload(ref.uid);
-      const name = `${ref.kind.toLowerCase()}/${ref.name}`;
-      return (await tokens.create(name, "editor", { project: ref.project, workload: ref })).token;
+      return create(ref);
     },
+    // A Workspace's or App's: beside its others (its model key, a re-adopted replica's token).
+    mintShared: create,
     async revoke(ref) {
       await tokens.revokeWorkload(ref.uid);
     },

@@ -15,9 +15,13 @@ export class LocalWorkloadTracking implements WorkloadTracking {
     /** A workload's own credential (server/workloadtokens.ts workloadCredentials). */
     private readonly credentials: {
       mint(ref: WorkloadRef): Promise<string>;
+      mintShared(ref: WorkloadRef): Promise<string>;
       revoke(ref: WorkloadRef): Promise<void>;
     },
   ) {}
+
+  /** uid → session → token: a long-running workload's session token, minted once while this process lives. */
+  private readonly sessions = new Map<string, Map<string, string>>();
 
   async ensureRun(
     ref: { project: string; name: string; uid: string },
@@ -55,8 +59,29 @@ export class LocalWorkloadTracking implements WorkloadTracking {
   }
 
   async clientCredentials(ref: WorkloadRef): Promise<{ env: Record<string, string>; files: SecretFile[] }> {
+    // A job's attempt: the last attempt's token (and any session's) goes.
+    this.sessions.delete(ref.uid);
+    return this.filesFor(ref, await this.credentials.mint(ref));
+  }
+
+  async sessionCredentials(
+    ref: WorkloadRef,
+    session: string,
+  ): Promise<{ env: Record<string, string>; files: SecretFile[] }> {
+    // Workspaces re-apply their revision every second: a token per apply would be thousands.
+    let token = this.sessions.get(ref.uid)?.get(session);
+    if (!token) {
+      token = await this.credentials.mintShared(ref);
+      const tokens = this.sessions.get(ref.uid) ?? new Map<string, string>();
+      tokens.set(session, token);
+      this.sessions.set(ref.uid, tokens);
+    }
+    const creds = this.filesFor(ref, token);
+    return { ...creds, env: { ...creds.env, [CREDENTIALS_ENV]: `$(HOME)/${CREDENTIALS_FILE}` } };
+  }
+
+  private filesFor(ref: WorkloadRef, token: string): { env: Record<string, string>; files: SecretFile[] } {
     const base = this.url();
-    const token = await this.credentials.mint(ref);
     return {
       env: {
         MLFLOW_TRACKING_URI: ref.project === "default" ? base : `${base}/mlflow/projects/${ref.project}`,
@@ -64,19 +89,24 @@ export class LocalWorkloadTracking implements WorkloadTracking {
       },
       files: [
         // The mlflow client's own credentials file: Basic auth, the token as the password.
-        { path: ".mlflow/credentials", data: mlflowCredentials(token), mode: 0o600 },
+        { path: CREDENTIALS_FILE, data: mlflowCredentials(token), mode: 0o600 },
         { path: TOKEN_FILE, data: `${token}\n`, mode: 0o600 },
       ],
     };
   }
 
   async revokeCredentials(ref: WorkloadRef): Promise<void> {
+    this.sessions.delete(ref.uid);
     await this.credentials.revoke(ref);
   }
 }
 
 /** Where a workload finds its token for Loom's CLI (LOOM_TOKEN_FILE), under its HOME. */
 const TOKEN_FILE = ".loom/token";
+/** The mlflow client's credentials file, under the private HOME the runtime writes files to. */
+const CREDENTIALS_FILE = ".mlflow/credentials";
+/** Names that file (a path, not a secret) where HOME is another directory (a Workspace's). */
+export const CREDENTIALS_ENV = "LOOM_MLFLOW_CREDENTIALS";
 
 /** ~/.mlflow/credentials as mlflow.utils.credentials reads it (configparser, section [mlflow]). */
 export function mlflowCredentials(token: string): string {

@@ -7,10 +7,11 @@ import type { RevisionStatus } from "../../api/inferenceservice.js";
 import { APP } from "../../api/kinds.js";
 import { setCondition } from "../../api/meta.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import { type ModelAccess, type WorkloadModels, withModelAccess } from "../../ports/models.js";
+import { type WorkloadModels, withModelAccess } from "../../ports/models.js";
 import type { RevisionRuntime, Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { ScaleTargets, ServingTable } from "../../ports/serving.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
+import type { WorkloadTracking } from "../../ports/tracking.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { SERVING_FINALIZER } from "../inferenceservice/names.js";
 import {
@@ -20,6 +21,7 @@ import {
   type ServedView,
   scaleRevisions,
 } from "../serving/revisions.js";
+import { revisionAccess, revokeAccess } from "../workloadaccess.js";
 import { APP_PORT, appProgram } from "./command.js";
 
 export { APP };
@@ -38,6 +40,8 @@ export interface AppDeps {
   appOrigin?: (project: string, name: string) => string | undefined;
   /** The project's models for the app: OPENAI_BASE_URL and a key file (ports/models.ts), as a workspace's. */
   models?: WorkloadModels;
+  /** The project's tracking for the app: MLFLOW_TRACKING_URI and ~/.mlflow/credentials, per revision. */
+  tracking?: Pick<WorkloadTracking, "sessionCredentials" | "revokeCredentials">;
 }
 
 /** An App's revision: NAME-appN (never NAME-N, an InferenceService's of the same name). */
@@ -147,7 +151,7 @@ export class AppReconciler implements Reconciler {
     const r = spec.resources;
     const gpus = r.gpu && r.gpu >= 1 ? r.gpu : 0;
     return convergeRevision(this.serving(), appRef(app), rev, async () => {
-      const models = await this.modelAccess(appRef(app), rev.name);
+      const models = await revisionAccess(this.deps, appRef(app), rev.name);
       return {
         worker: {
           command: program.command,
@@ -185,19 +189,6 @@ export class AppReconciler implements Reconciler {
     });
   }
 
-  /**
-   * The app's model access for a revision (as a workspace's): one key per revision while this
-   * process lives, all revoked when the app goes. Being unable to mint one never stops an app.
-   */
-  private async modelAccess(ref: WorkloadRef, revision: string): Promise<ModelAccess | undefined> {
-    try {
-      return await this.deps.models?.access(ref, revision);
-    } catch (err) {
-      this.deps.log.warn({ err, app: ref.name }, "could not make the app's model key; starting without it");
-      return undefined;
-    }
-  }
-
   private serving(): RevisionRuntime {
     const serving = this.deps.runtime.serving;
     if (!serving) throw new Error("this platform's runtime cannot run apps (no serving capability)");
@@ -207,11 +198,7 @@ export class AppReconciler implements Reconciler {
   private async finalize(key: string, app: App): Promise<ReconcileResult> {
     this.deps.table?.publish(key, undefined);
     for (const rev of app.status?.revisions ?? []) await this.serving().deleteRevision(appRef(app), rev.name);
-    try {
-      await this.deps.models?.revoke(appRef(app));
-    } catch (err) {
-      this.deps.log.warn({ err, app: app.metadata.name }, "could not revoke the app's model keys");
-    }
+    await revokeAccess(this.deps, appRef(app));
     // The object goes once its replicas have (embedded lists what it still runs): removed earlier,
     // a server stopped right after would leave them running for an App that no longer exists.
     const serving = this.serving();

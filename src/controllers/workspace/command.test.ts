@@ -1,5 +1,15 @@
 import { execFileSync } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -31,6 +41,39 @@ describe("workspace command", () => {
     if ("unsupported" in p) throw new Error(p.unsupported);
     return p.command;
   };
+
+  it("links ~/.mlflow/credentials to the replica's file, re-points a dangling link at the next start, and keeps a user's own file", () => {
+    const link = join(dir, ".mlflow", "credentials");
+    const first = join(dir, "replica-1", "credentials");
+    mkdirSync(join(dir, "replica-1"));
+    writeFileSync(first, "[mlflow]\nmlflow_tracking_password = one\n");
+    expect(run(program(false), { LOOM_MLFLOW_CREDENTIALS: first })).toBe("up on 4242\n");
+    expect(readlinkSync(link)).toBe(first);
+    expect(readFileSync(link, "utf8")).toContain("= one");
+    // The replica went (its private HOME with it): the link dangles, holding only a path.
+    rmSync(join(dir, "replica-1"), { recursive: true });
+    expect(existsSync(link)).toBe(false);
+    const second = join(dir, "replica-2-credentials");
+    writeFileSync(second, "[mlflow]\nmlflow_tracking_password = two\n");
+    run(program(false), { LOOM_MLFLOW_CREDENTIALS: second });
+    expect(readFileSync(link, "utf8")).toContain("= two");
+    // A user's own credentials file (an external server's) is theirs: never replaced.
+    rmSync(link);
+    writeFileSync(link, "[mlflow]\nmlflow_tracking_password = mine\n");
+    run(program(false), { LOOM_MLFLOW_CREDENTIALS: second });
+    expect(lstatSync(link).isSymbolicLink()).toBe(false);
+    expect(readFileSync(link, "utf8")).toContain("= mine");
+    // No credential given (a platform without tracking): nothing made, the server still starts.
+    const bare = mkdtempSync(join(tmpdir(), "loom-wscmd-bare-"));
+    try {
+      execFileSync(program(false)[0]!, program(false).slice(1), {
+        env: { PATH: process.env.PATH!, HOME: bare, PORT: "1", HOST: "h" },
+      });
+      expect(existsSync(join(bare, ".mlflow"))).toBe(false);
+    } finally {
+      rmSync(bare, { recursive: true, force: true });
+    }
+  });
 
   it("an sshd that fails, or a LOOM_SSHD that is not there, never stops the server", () => {
     const failing = join(dir, "failing-sshd.sh");

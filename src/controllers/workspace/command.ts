@@ -23,6 +23,16 @@ export const SSHD_BESIDE =
   '[ -x /usr/sbin/sshd ] && [ -r "$LOOM_SSHD" ] && { sh "$LOOM_SSHD" >>"$HOME/.loom-sshd.log" 2>&1 & }; ';
 
 /**
+ * Points ~/.mlflow/credentials in the persistent home at the replica's own credentials file
+ * ($LOOM_MLFLOW_CREDENTIALS, under its private HOME, gone with the replica), so the mlflow client
+ * in every process (a kernel, a terminal) finds it with no configuration. Only a link made by
+ * Loom (or none) is replaced: a user's own credentials file wins. The link holds a path, never
+ * the token; once the replica goes it dangles until the next start re-points it.
+ */
+export const MLFLOW_LINK =
+  'c="$HOME/.mlflow/credentials"; if [ -n "$LOOM_MLFLOW_CREDENTIALS" ] && [ "$LOOM_MLFLOW_CREDENTIALS" != "$c" ] && { [ -L "$c" ] || [ ! -e "$c" ]; }; then mkdir -p "$HOME/.mlflow" && ln -sfn "$LOOM_MLFLOW_CREDENTIALS" "$c"; fi; ';
+
+/**
  * The shell of JupyterLab's terminals: an interactive, non-login one (bash where there is one).
  * Jupyter's default is a login shell, and /etc/profile resets PATH: the workspace's environment
  * (its `python`, `pip`, `jupyter`) fell off it, leaving the machine's python3 only.
@@ -94,7 +104,7 @@ export function workspaceProgram(
   spec: WorkspaceSpec,
   opts: { sshd?: boolean; codeServer?: string[] } = {},
 ): WorkspaceProgram {
-  const shim = opts.sshd ? SSHD_BESIDE + SUBSTITUTE_SHIM : SUBSTITUTE_SHIM;
+  const shim = MLFLOW_LINK + (opts.sshd ? SSHD_BESIDE : "") + SUBSTITUTE_SHIM;
   const wrap = (args: string[]) => ["/bin/sh", "-c", shim, "loom-workspace", ...args];
   switch (spec.ide) {
     case "jupyter":

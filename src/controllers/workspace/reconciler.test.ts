@@ -267,6 +267,27 @@ describe("Workspace controller", () => {
         calls.push(`revoke ${ref.name}`);
       },
     };
+    const tracking = {
+      sessionCredentials: async (ref: WorkloadRef, session: string) => {
+        calls.push(`tracking ${ref.name} ${session}`);
+        return {
+          env: {
+            MLFLOW_TRACKING_URI: "http://loom/mlflow/projects/p",
+            LOOM_MLFLOW_CREDENTIALS: "$(HOME)/.mlflow/credentials",
+          },
+          files: [
+            {
+              path: ".mlflow/credentials",
+              data: "[mlflow]\nmlflow_tracking_password = t-secret\n",
+              mode: 0o600,
+            },
+          ],
+        };
+      },
+      revokeCredentials: async (ref: WorkloadRef) => {
+        calls.push(`revoke-tracking ${ref.name}`);
+      },
+    };
     const r = new WorkspaceReconciler({
       store,
       runtime: { serving: revisions } as unknown as Runtime,
@@ -274,6 +295,7 @@ describe("Workspace controller", () => {
       log: pino({ level: "silent" }),
       now,
       models,
+      tracking,
     });
     await create({ ide: "none", command: ["python3", "app.py"], env: { PYTHONPATH: "/src" } });
     await r.reconcile(`${PROJECT}/nb`);
@@ -281,17 +303,26 @@ describe("Workspace controller", () => {
     expect(spec.worker.env).toMatchObject({
       OPENAI_BASE_URL: "http://loom/v1",
       PYTHONPATH: "$(HOME)/.loom/python:/src",
+      MLFLOW_TRACKING_URI: "http://loom/mlflow/projects/p",
+      LOOM_MLFLOW_CREDENTIALS: "$(HOME)/.mlflow/credentials",
     });
-    expect(spec.worker.files).toEqual([{ path: ".loom/openai-key", data: "sk-loom-k\n", mode: 0o600 }]);
-    // The key is the revision's, never exclusive (a re-adopted replica keeps its own), never in the status.
-    expect(calls).toEqual([`access nb ${spec.revision} false`]);
+    expect(spec.worker.files).toEqual([
+      { path: ".loom/openai-key", data: "sk-loom-k\n", mode: 0o600 },
+      { path: ".mlflow/credentials", data: "[mlflow]\nmlflow_tracking_password = t-secret\n", mode: 0o600 },
+    ]);
+    // The key and token are the revision's, never exclusive (a re-adopted replica keeps its own),
+    // never in the status or env.
+    expect(calls).toEqual([`access nb ${spec.revision} false`, `tracking nb ${spec.revision}`]);
     expect(JSON.stringify(await get())).not.toContain("sk-loom-k");
+    expect(JSON.stringify(await get()) + JSON.stringify(spec.worker.env)).not.toContain("t-secret");
+    // The wrapper links the persistent home's ~/.mlflow/credentials to the replica's file.
+    expect(spec.worker.command[2]).toContain('ln -sfn "$LOOM_MLFLOW_CREDENTIALS"');
     await patch({ stopped: true });
     await r.reconcile(`${PROJECT}/nb`);
     revisions.settle();
     await r.reconcile(`${PROJECT}/nb`);
     expect((await get()).status?.phase).toBe("Stopped");
-    expect(calls.at(-1)).toBe("revoke nb");
+    expect(calls.slice(-2)).toEqual(["revoke nb", "revoke-tracking nb"]);
     // Stopped, the zero-replica revision carries no key.
     expect(revisions.applied.at(-1)?.worker.files).toBeUndefined();
   });
@@ -333,7 +364,7 @@ describe("Workspace controller", () => {
       { path: ".loom/ssh/authorized_keys", data: "ssh-ed25519 AAAAone alice@laptop\n", mode: 0o600 },
     ]);
     // The wrapper starts sshd in the background before it execs the server.
-    expect(spec.worker.command[2]).toMatch(/^\[ -x \/usr\/sbin\/sshd \] && .*sh "\$LOOM_SSHD" .*& \}; /);
+    expect(spec.worker.command[2]).toMatch(/; \[ -x \/usr\/sbin\/sshd \] && .*sh "\$LOOM_SSHD" .*& \}; /);
     const revision = spec.revision;
     // A key added later: the same revision (nothing restarts), its file has it for the next start.
     keys = [...keys, "ssh-ed25519 AAAAtwo bob@desk"];

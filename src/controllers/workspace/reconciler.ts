@@ -17,9 +17,11 @@ import type {
 } from "../../ports/runtime.js";
 import type { SshKeyStore } from "../../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
+import type { WorkloadTracking } from "../../ports/tracking.js";
 import type { GpuActivity, IdeActivity, WorkspaceDirectory } from "../../ports/workspaces.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { SSHD_PORT, sshKeysFile } from "../sshkeys.js";
+import { revisionAccess, revokeAccess } from "../workloadaccess.js";
 import { WORKSPACE_PORT, type WorkspaceProgram, workspaceProgram } from "./command.js";
 
 export { IDLE_STOPPED, WORKSPACE };
@@ -44,6 +46,11 @@ export interface WorkspaceDeps {
   gpuActivity?: GpuActivity;
   /** The project's models for the workspace: OPENAI_BASE_URL and a key file (ports/models.ts). */
   models?: WorkloadModels;
+  /**
+   * The project's tracking for the workspace: MLFLOW_TRACKING_URI and ~/.mlflow/credentials
+   * (ports/tracking.ts sessionCredentials), linked from its persistent home at each start.
+   */
+  tracking?: Pick<WorkloadTracking, "sessionCredentials" | "revokeCredentials">;
   /**
    * Users' SSH keys: the replica gets its project's editors' and admins' as a file
    * (LOOM_SSH_AUTHORIZED_KEYS_FILE) when it starts, which runtimes/loom-sshd authorizes.
@@ -131,7 +138,7 @@ export class WorkspaceReconciler implements Reconciler {
       );
       if (before.phase !== "Failed") {
         await this.event(ws, "Warning", "Unsupported", program.unsupported);
-        await this.revokeModels(workspaceRef(ws));
+        await revokeAccess(this.deps, workspaceRef(ws));
       }
       await this.retire(ws, status.revision);
       status.revision = undefined;
@@ -166,7 +173,7 @@ export class WorkspaceReconciler implements Reconciler {
     const held = await this.held(ref, revision, true);
     // Stopped and already gone: applying zero again would only make an empty record.
     if (!stopped || held) {
-      const models = stopped ? undefined : await this.modelAccess(ref, revision);
+      const models = stopped ? undefined : await revisionAccess(this.deps, ref, revision);
       // Read for every apply, used when the replica starts: a running one keeps the keys it
       // started with (a changed file restarts nothing), keys added later count from the next start.
       const ssh = stopped ? undefined : await sshKeysFile(this.deps.sshKeys, this.deps.log, project);
@@ -194,7 +201,7 @@ export class WorkspaceReconciler implements Reconciler {
         });
       else {
         if (status.phase !== "Stopped") {
-          await this.revokeModels(ref);
+          await revokeAccess(this.deps, ref);
           await this.event(ws, "Normal", "Stopped", "stopped; the home is kept");
         }
         const idle = culled !== undefined && !ws.spec.stopped;
@@ -383,31 +390,6 @@ export class WorkspaceReconciler implements Reconciler {
     return prep.ready ? undefined : { message: prep.message };
   }
 
-  /**
-   * The workspace's model access for its revision: one key per revision while this process
-   * lives (not exclusive: a replica re-adopted after a restart keeps the key it started with, all
-   * revoked when the workspace stops or goes). Being unable to mint one never stops a workspace.
-   */
-  private async modelAccess(ref: WorkloadRef, revision: string): Promise<ModelAccess | undefined> {
-    try {
-      return await this.deps.models?.access(ref, revision);
-    } catch (err) {
-      this.deps.log.warn(
-        { err, workspace: ref.name },
-        "could not make the workspace's model key; starting without it",
-      );
-      return undefined;
-    }
-  }
-
-  private async revokeModels(ref: WorkloadRef): Promise<void> {
-    try {
-      await this.deps.models?.revoke(ref);
-    } catch (err) {
-      this.deps.log.warn({ err, workspace: ref.name }, "could not revoke the workspace's model key");
-    }
-  }
-
   private revisionSpec(
     ws: Workspace,
     program: Exclude<WorkspaceProgram, { unsupported: string }>,
@@ -487,7 +469,7 @@ export class WorkspaceReconciler implements Reconciler {
 
   private async finalize(ws: Workspace): Promise<ReconcileResult> {
     this.deps.directory?.publish(ws.metadata.project!, ws.metadata.name, undefined);
-    await this.revokeModels(workspaceRef(ws));
+    await revokeAccess(this.deps, workspaceRef(ws));
     const revision = ws.status?.revision;
     await this.retire(ws, revision);
     // The object goes once its process has: removed earlier, a server stopped right after would
