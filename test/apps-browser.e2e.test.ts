@@ -15,8 +15,8 @@ import { LoomProcess, ROOT } from "./helpers.js";
  * (loom-tinygpt) through the openai client Loom configures (OPENAI_BASE_URL and the bridged key
  * file: no configuration in the app); the Streamlit comparison renders and updates over its
  * WebSocket. Another project's member gets no link and no app. Screenshots go to test-artifacts/.
- * The apps load their system prompts from the project's registry with mlflow configured by Loom
- * alone (MLFLOW_TRACKING_URI and a credential file).
+ * The apps load their system prompts from the project's registry and the chat records a trace per
+ * exchange, with mlflow configured by Loom alone (MLFLOW_TRACKING_URI and a credential file).
  */
 
 /** Two distinctive versions of the playground's system prompt; @champion is the second. */
@@ -186,9 +186,27 @@ describe("playground apps in Chromium through Loom", () => {
     expect(seen.length, JSON.stringify(seen)).toBeGreaterThan(1);
     for (const s of seen) expect(want.trim().startsWith(s)).toBe(true);
     await context.close();
-    // Not checked yet: the chat records a trace per exchange (examples/playground/chat.py), but
-    // an App's own credential may not write traces (a workload's writes are held to its own
-    // runs: POST traces and the spans' upload are refused), so its traces are not saved.
+    // The exchange is a trace in the project's `playground` experiment: the registry's prompt in
+    // its request, the streamed reply in its response.
+    const deadline = Date.now() + 60_000;
+    let traces: { request: string; response: string }[] = [];
+    for (; Date.now() < deadline; await sleep(500)) {
+      traces = JSON.parse(
+        mlflowClient(
+          [
+            "import json, mlflow",
+            'e = mlflow.get_experiment_by_name("playground")',
+            'ts = mlflow.search_traces(locations=[e.experiment_id], return_type="list") if e else []',
+            'print(json.dumps([{"request": t.data.request, "response": t.data.response} for t in ts]))',
+          ].join("\n"),
+        ),
+      );
+      if (traces.some((t) => t.request.includes("Tide log?"))) break;
+    }
+    const trace = traces.find((t) => t.request.includes("Tide log?"));
+    expect(trace, JSON.stringify(traces)).toBeDefined();
+    expect(trace!.request).toContain("PROMPT-TWO");
+    expect(JSON.parse(trace!.response).reply).toBe(want);
   }, 300_000);
 
   /** What the tiny service answers the chat's first turn, asked directly with the project's key. */

@@ -253,8 +253,11 @@ function classify(
   throw new Error(`the matrix has no expectation for ${method} ${url}: say who may use it in classify()`);
 }
 
-/** Run writes a workload may make on its own runs (the matrix targets a run that is not its own). */
-const WORKLOAD_MLFLOW_WRITES = /\/(runs\/create|experiments\/create)$/;
+/**
+ * Tracking writes a workload may make on what is not yet its own: create experiments, runs and
+ * traces (the matrix targets runs and traces that are not its own for every other write).
+ */
+const WORKLOAD_MLFLOW_WRITES = /\/(runs\/create|experiments\/create)$|api\/3\.0\/mlflow\/traces$/;
 
 function expectAllowed(method: string, url: string, caller: Caller, side: "own" | "foreign"): boolean {
   const { access, write } = classify(method, url);
@@ -704,6 +707,43 @@ describe("the attacks of issue 17, one by one", () => {
         })
       ).statusCode,
     ).toBe(403);
+    // Traces (an App's chat records its own): started as its own whatever it sends, spans uploaded
+    // and tags changed on its own only; another's trace id can be neither replaced nor written.
+    const v3 = `/mlflow/projects/${OWN}/api/3.0/mlflow/traces`;
+    const trace = (id: string, tags: Record<string, string> = {}) => ({
+      trace: {
+        trace_info: {
+          trace_id: id,
+          trace_location: {
+            type: "MLFLOW_EXPERIMENT",
+            mlflow_experiment: { experiment_id: other.experiment },
+          },
+          request_time: "2026-12-07T00:00:00Z",
+          state: "OK",
+          tags,
+        },
+      },
+    });
+    const started = await as(
+      "workload",
+      "POST",
+      v3,
+      trace("tr-workload-own", { "loom.workload_uid": "someone-else" }),
+    );
+    expect(started.statusCode, started.body).toBe(200);
+    expect(started.json().trace.trace_info.tags["loom.workload_uid"]).toBe(w.jobUid.get(OWN));
+    expect((await as("admin", "POST", v3, trace("tr-admin-theirs"))).statusCode).toBe(200);
+    const replaced = await as("workload", "POST", v3, trace("tr-admin-theirs"));
+    expect(replaced.statusCode).toBe(403);
+    expect(replaced.json()).toMatchObject({ error_code: "PERMISSION_DENIED" });
+    expect((await as("workload", "POST", v3, trace("tr-workload-own"))).statusCode).toBe(200);
+    const spans = (id: string) => `${artifacts}/traces/${id}/artifacts/traces.json`;
+    expect((await as("workload", "PUT", spans("tr-workload-own"), "{}")).statusCode).toBe(200);
+    expect((await as("workload", "PUT", spans("tr-admin-theirs"), "{}")).statusCode).toBe(403);
+    expect((await as("workload", "PUT", spans("tr-nobody"), "{}")).statusCode).toBe(403);
+    const tag = { key: "k", value: "v" };
+    expect((await as("workload", "PATCH", `${v3}/tr-workload-own/tags`, tag)).statusCode).toBe(200);
+    expect((await as("workload", "PATCH", `${v3}/tr-admin-theirs/tags`, tag)).statusCode).toBe(403);
     // Reads its project's tracking data and its own object; nothing of another project, no other object.
     expect(
       (await as("workload", "POST", `${mlflow}/runs/search`, { experiment_ids: [other.experiment] }))

@@ -137,6 +137,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ...(tracking
       ? {
           runTags: async (project, runId) => (await tracking.store.getRun(project, runId)).data.tags,
+          // A trace that is not there has no owner: refused like another's.
+          traceTags: (project, traceId) =>
+            tracking.traces.get(project, traceId).then(
+              (t) => t.tags,
+              () => undefined,
+            ),
           // A model that is not there belongs to no run: refused like another's.
           modelRun: (project, modelId) =>
             tracking.loggedModels.get(project, modelId).then(

@@ -3,7 +3,12 @@ import type { FastifyInstance } from "fastify";
 import { BadRequestError, ForbiddenError } from "../api/errors.js";
 import { canonicalUrl } from "../lib/paths.js";
 import type { TokenInfo } from "../ports/store.js";
-import { authorizeRunWrite, tagsForWorkloadRun } from "../tracking/tenancy.js";
+import {
+  authorizeRunWrite,
+  authorizeTraceWrite,
+  tagsForWorkloadRun,
+  tagTraceForWorkload,
+} from "../tracking/tenancy.js";
 import type { KeyValue } from "../tracking/types.js";
 import { type DecideOptions, decide, projectOf } from "./authorize.js";
 
@@ -32,6 +37,8 @@ export interface GuardDeps {
   runTags?(project: string, runId: string): Promise<readonly KeyValue[] | undefined>;
   /** The run a logged model came from (its source_run_id), or undefined. */
   modelRun?(project: string, modelId: string): Promise<string | undefined>;
+  /** An MLflow 3 trace's tags, for a workload's per-trace ownership; undefined when there is none. */
+  traceTags?(project: string, traceId: string): Promise<Readonly<Record<string, string>> | undefined>;
 }
 
 /**
@@ -66,6 +73,18 @@ export function installGuard(app: FastifyInstance, deps: GuardDeps): void {
       return;
     }
     const project = projectOf(rule, params);
+    const ownTrace = async (traceId: string) =>
+      authorizeTraceWrite(principal, traceId, traceId ? await deps.traceTags?.(project, traceId) : undefined);
+    if (rule.workload === "create-trace" && fields && typeof fields === "object") {
+      tagTraceForWorkload(principal, fields);
+      // StartTraceV3 sent again replaces the record: only its own, never another's trace id.
+      const traceId = (fields.trace as { trace_info?: { trace_id?: unknown } }).trace_info?.trace_id;
+      const existing =
+        typeof traceId === "string" && traceId ? await deps.traceTags?.(project, traceId) : undefined;
+      if (existing) authorizeTraceWrite(principal, String(traceId), existing);
+      return;
+    }
+    if (rule.workload === "own-trace") return ownTrace(params.trace_id ?? "");
     let runId: string | undefined;
     if (rule.workload === "own-run")
       runId = stringOf(fields?.run_id) ?? stringOf(fields?.run_uuid) ?? stringOf(fields?.source_run_id);
@@ -73,6 +92,8 @@ export function installGuard(app: FastifyInstance, deps: GuardDeps): void {
     else if (rule.workload === "own-run-artifact") {
       // EXP/RUN/artifacts/… or EXP/models/MODEL/artifacts/…
       const [, second, model] = (params["*"] ?? "").split("/");
+      // EXP/traces/TRACE/artifacts/traces.json: a trace's spans, uploaded by whoever started it.
+      if (second === "traces") return ownTrace(model ?? "");
       runId = second === "models" && model ? await deps.modelRun?.(project, model) : second;
     } else return;
     const tags = runId && deps.runTags ? await deps.runTags(project, runId) : undefined;

@@ -43,8 +43,10 @@ export type Verb = "read" | "write";
  * - create-run: create a run, which is tagged as the workload's;
  * - own-run: write to a run of its own, named by run_id (or a logged model's source_run_id);
  * - own-model: change a logged model (:model_id) that one of its runs logged;
- * - own-run-artifact: upload under a run of its own, or a model one of its runs logged
- *   (EXP/RUN/… or EXP/models/MODEL/…).
+ * - own-run-artifact: upload under a run of its own, a model one of its runs logged, or a trace
+ *   of its own (EXP/RUN/…, EXP/models/MODEL/… or EXP/traces/TRACE/…);
+ * - create-trace: start a trace (MLflow 3), which is tagged as the workload's;
+ * - own-trace: change a trace of its own (:trace_id), e.g. its tags.
  */
 export type WorkloadAccess =
   | "own-object"
@@ -53,7 +55,9 @@ export type WorkloadAccess =
   | "create-run"
   | "own-run"
   | "own-model"
-  | "own-run-artifact";
+  | "own-run-artifact"
+  | "create-trace"
+  | "own-trace";
 
 /** One route's authorization rule: what it serves, the verb, and whose it is. */
 export interface Rule {

@@ -113,7 +113,8 @@ const RUN_WRITES = new Set([
 /**
  * An MLflow endpoint's authorization rule: it reads (GETs, searches) or writes the project of
  * the URL (the default one at the root). A workload's credential reads its project, creates
- * experiments and runs, and writes only to its own runs.
+ * experiments, runs and traces, and writes only to its own runs and traces (an App's chat records
+ * its traces with the credential Loom gives it).
  */
 export function mlflowRule(method: string, path: string): Rule {
   const read = method === "GET" || /(^|\/)search$|get-latest-versions$/.test(path);
@@ -127,6 +128,10 @@ export function mlflowRule(method: string, path: string): Rule {
           ? "own-run"
           : path.startsWith("logged-models/:model_id")
             ? "own-model"
-            : undefined;
+            : method === "POST" && path === "traces"
+              ? "create-trace"
+              : path === "traces/:trace_id/tags"
+                ? "own-trace"
+                : undefined;
   return rule.project(`mlflow:${path}`, read ? "read" : "write", workload ? { workload } : {});
 }

@@ -47,6 +47,38 @@ export function authorizeRunWrite(
     );
 }
 
+/** A workload's credential changes only traces it started (tagged with its uid), as for runs. */
+export function authorizeTraceWrite(
+  principal: TokenInfo,
+  traceId: string,
+  tags: Readonly<Record<string, string>> | undefined,
+): void {
+  const w = principal.workload;
+  if (!w) return;
+  if (tags?.[WORKLOAD_UID_TAG] !== w.uid)
+    throw new MlflowError(
+      "PERMISSION_DENIED",
+      `the credential of ${w.kind} ${w.project}/${w.name} writes to its own traces only; trace ${traceId} is not one of them`,
+    );
+}
+
+/**
+ * A StartTraceV3 body sent with a workload's credential: its trace_info's tags get the workload's
+ * uid (whatever was sent), so its later uploads and tag changes are known as its own.
+ */
+export function tagTraceForWorkload(principal: TokenInfo, fields: Record<string, unknown>): void {
+  const w = principal.workload;
+  if (!w) return;
+  const trace = (
+    fields.trace && typeof fields.trace === "object" ? fields.trace : (fields.trace = {})
+  ) as Record<string, unknown>;
+  const info = (
+    trace.trace_info && typeof trace.trace_info === "object" ? trace.trace_info : (trace.trace_info = {})
+  ) as Record<string, unknown>;
+  const tags = info.tags && typeof info.tags === "object" && !Array.isArray(info.tags) ? info.tags : {};
+  info.tags = { ...(tags as Record<string, unknown>), [WORKLOAD_UID_TAG]: w.uid };
+}
+
 /** The tags a run created with a workload's credential gets: its own, with the workload's uid (whatever was sent). */
 export function tagsForWorkloadRun(principal: TokenInfo, tags: unknown): unknown {
   const w = principal.workload;
