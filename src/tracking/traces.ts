@@ -145,23 +145,23 @@ export class TraceStore {
       .where("project", "=", project)
       .where("experiment_id", "in", ids)
       .execute();
-    const infos = rows
-      .filter((r) => clauses.every((c) => matches(c, r)))
-      .map((r) => ({ r, info: toInfo(r) }));
+    // Filtered and sorted on the rows' columns; only the page returned is parsed into TraceInfos
+    // (paging through 30,000 traces parsed every one of them for each page of 500).
+    const found = clauses.length ? rows.filter((r) => clauses.every((c) => matches(c, r))) : rows;
     const order = orderOf(opts.orderBy);
-    infos.sort((a, b) => {
+    found.sort((a, b) => {
       for (const o of order) {
-        const x = o.key(a.r);
-        const y = o.key(b.r);
+        const x = o.key(a);
+        const y = o.key(b);
         if (x !== y) return (x < y ? -1 : 1) * (o.ascending ? 1 : -1);
       }
-      return a.r.trace_id < b.r.trace_id ? -1 : 1;
+      return a.trace_id < b.trace_id ? -1 : 1;
     });
     const offset = offsetOf(opts.pageToken);
     const out: { traces: TraceInfo[]; next_page_token?: string } = {
-      traces: infos.slice(offset, offset + max).map((x) => x.info),
+      traces: found.slice(offset, offset + max).map(toInfo),
     };
-    if (infos.length > offset + max)
+    if (found.length > offset + max)
       out.next_page_token = Buffer.from(JSON.stringify({ offset: offset + max })).toString("base64");
     return out;
   }
