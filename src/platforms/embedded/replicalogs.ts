@@ -162,5 +162,7 @@ export function previousLogsCommand(service: WorkloadRef): string {
 
 /** What an exit event adds: the output's last lines and where to read the rest. */
 export function exitOutput(service: WorkloadRef, output: string): string {
-  return output ? `; last output: ${output} (${previousLogsCommand(service)})` : ` (${previousLogsCommand(service)})`;
+  return output
+    ? `; last output: ${output} (${previousLogsCommand(service)})`
+    : ` (${previousLogsCommand(service)})`;
 }

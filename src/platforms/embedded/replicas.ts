@@ -15,7 +15,7 @@ import type { EventRecorder } from "../../ports/store.js";
 import { JsonFiles } from "./jsonfiles.js";
 import { EXPOSE_ENV } from "./netns.js";
 import { exitOutput, PreviousLogs, replicaLogsOf } from "./replicalogs.js";
-import { externalId, gpuRequest, httpProbe, needsPlace, requestOf, revisionKey } from "./replicaspec.js";
+import { externalId, httpProbe, needsPlace, requestOf, revisionKey } from "./replicaspec.js";
 
 /**
  * Service replicas on this machine, as a Deployment and its kubelet would run them: each
