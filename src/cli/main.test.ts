@@ -279,10 +279,38 @@ describe("loom logs", () => {
     expect(r.calls).toEqual([{ method: "STREAM", path: `${BASE}/projects/p2/trainingjobs/x/log?` }]);
   });
 
-  it("a lone name is a training job's (only they have logs): loom logs hello is tj/hello", async () => {
+  it("a lone name is a training job's: loom logs hello is tj/hello", async () => {
     const r = await loom(["logs", "hello", "--worker", "0"]);
     expect(r.error).toBeUndefined();
     expect(r.calls).toEqual([{ method: "STREAM", path: `${TJ}/hello/log?worker=0` }]);
+  });
+
+  it("ws/NAME, app/NAME, isvc/NAME: a replica's output, --replica --previous -f in the query", async () => {
+    const r = await loom(["logs", "ws/nb", "--replica", "1", "--previous", "-f"], undefined, [["boom\n"]]);
+    expect(r.error).toBeUndefined();
+    expect(r.calls).toEqual([
+      {
+        method: "STREAM",
+        path: `${BASE}/projects/team-a/workspaces/nb/log?replica=1&previous=true&follow=true`,
+      },
+    ]);
+    expect(r.stdout).toBe("boom\n");
+    // -f on a service does not wait for a training job's attempt (no GET first).
+    expect((await loom(["logs", "app/chat", "-f"])).calls).toEqual([
+      { method: "STREAM", path: `${BASE}/projects/team-a/apps/chat/log?follow=true` },
+    ]);
+    expect((await loom(["logs", "isvc", "m"])).calls).toEqual([
+      { method: "STREAM", path: `${BASE}/projects/team-a/inferenceservices/m/log?` },
+    ]);
+  });
+
+  it("a job's flags on a service and a service's on a job say which to use", async () => {
+    expect((await loom(["logs", "ws/nb", "--worker", "0"])).error?.message).toBe(
+      "--worker and --attempt are for training jobs; a Workspace has replicas: use --replica or --previous",
+    );
+    expect((await loom(["logs", "tj/x", "--previous"])).error?.message).toBe(
+      "--replica and --previous are for workspaces, apps and services; use --worker or --attempt",
+    );
   });
 
   it("a kind without a name, or a name twice, says how to name it", async () => {
