@@ -78,12 +78,25 @@ describe("loom logs for workspaces, apps and inference services (embedded)", () 
     expect(prev.stdout).toContain("starting broken");
   });
 
-  it("describe points at loom logs --previous with the failing replica's last lines", async () => {
+  it("describe and the Ready condition point at loom logs --previous with the failing replica's last lines; restarts back off", async () => {
     for (let i = 0; ; i++) {
       const d = await loom.cli(["describe", "ws/broken"]);
-      if (d.stdout.includes("loom logs ws/broken --previous")) {
+      const ws = (await loom.api("GET", `${BASE}/workspaces/broken`)).body as {
+        status?: { conditions?: { type: string; reason?: string; message?: string }[] };
+      };
+      const ready = ws.status?.conditions?.find((c) => c.type === "Ready");
+      if (
+        d.stdout.includes("loom logs ws/broken --previous") &&
+        ready?.reason === "ReplicaExited" &&
+        // A second quick exit waits before the next start (a crash loop backs off).
+        /starting another in \d+s/.test(d.stdout)
+      ) {
+        // The event and the Ready condition both say why and where the rest is (a crash loop).
         expect(d.stdout).toContain("exited with code 3");
         expect(d.stdout).toContain("cannot find config.yaml");
+        expect(ready.message).toMatch(
+          /exited with code 3; last output: .*cannot find config\.yaml \(loom logs ws\/broken --previous\)/,
+        );
         return;
       }
       if (i > 300) throw new Error(`describe never pointed at loom logs:\n${d.stdout}`);
@@ -123,6 +136,12 @@ describe("loom logs for workspaces, apps and inference services (embedded)", () 
     };
     const id = svc.status.revisions.flatMap((r) => r.replicas ?? [])[0]!.id;
     await logsUntil(["isvc/echo", "--replica", id], "isvc echo loading");
+  });
+
+  it("is behind the project's read rule: no token, no output", async () => {
+    const r = await loom.api("GET", `${BASE}/workspaces/broken/log`, undefined, null);
+    expect(r.status).toBe(401);
+    expect(JSON.stringify(r.body)).not.toContain("cannot find config.yaml");
   });
 
   it("says what to do: an unknown replica, training-job flags, no replica yet", async () => {

@@ -264,6 +264,11 @@ export interface RevisionObservation {
    * place (embedded: Loom preempts replicas it runs); undefined once a replica has started again.
    */
   preempted?: string;
+  /**
+   * The last replica's exit, while none has been ready since: its exit code and the last lines
+   * of its output, naming `loom logs … --previous` (a crash loop's condition message).
+   */
+  lastExit?: string;
 }
 
 /**

@@ -59,6 +59,9 @@ interface Revision {
   environmentFailure?: string;
   /** The scheduler's message when it last reclaimed a replica, until a replica starts again. */
   preempted?: string;
+  /** Replicas that exited since one was last ready (a crash loop backs off), and the last's why. */
+  exits?: number;
+  lastExit?: string;
 }
 
 export interface LocalRevisionsDeps {
@@ -155,7 +158,11 @@ export class LocalRevisions implements RevisionRuntime {
         ...(r.placement ? { node: r.placement.node, gpus: r.placement.gpus } : {}),
       });
     }
-    return { replicas, ...(rev?.preempted ? { preempted: rev.preempted } : {}) };
+    return {
+      replicas,
+      ...(rev?.preempted ? { preempted: rev.preempted } : {}),
+      ...(rev?.lastExit ? { lastExit: rev.lastExit } : {}),
+    };
   }
 
   async deleteRevision(service: WorkloadRef, revision: string): Promise<void> {
@@ -393,6 +400,8 @@ export class LocalRevisions implements RevisionRuntime {
         this.probing.delete(r.uid);
         if (r.phase !== "Running" || !rev.replicas.includes(r)) return;
         r.ready = true;
+        rev.exits = 0;
+        rev.lastExit = undefined;
         this.save(rev);
         const after = (this.now().getTime() - Date.parse(r.startedAt!)) / 1000;
         await this.event(
@@ -490,11 +499,18 @@ export class LocalRevisions implements RevisionRuntime {
       const why = worker
         ? `exited${worker.exitCode !== undefined ? ` with code ${worker.exitCode}` : ""}${worker.signal ? ` (${worker.signal})` : ""}`
         : "is gone";
+      // Exiting again before any replica got ready: each next start waits longer (1s, 2s, … 30s),
+      // as Kubernetes backs off a CrashLoopBackOff; a single exit is replaced at once.
+      rev.exits = (rev.exits ?? 0) + 1;
+      const backoff = rev.exits > 1 ? Math.min(30, 2 ** (rev.exits - 2)) : 0;
+      if (backoff) rev.retryAt = this.now().getTime() + backoff * 1000;
+      rev.lastExit = `replica ${r.id} ${why}${exitOutput(rev.spec.service, output)}`;
+      const next = backoff ? `starting another in ${backoff}s` : "starting another";
       await this.event(
         rev,
         "Warning",
         "ReplicaExited",
-        `replica ${r.id} of ${rev.spec.revision} ${why}; starting another${exitOutput(rev.spec.service, output)}`,
+        `replica ${r.id} of ${rev.spec.revision} ${why}; ${next}${exitOutput(rev.spec.service, output)}`,
       );
       this.capacityChanged();
       this.changed(rev, r);
