@@ -63,7 +63,15 @@ async function loom(args: string[], answer: Answer = () => ({}), streams: string
         path,
         ...(body ? { body } : {}),
       });
-      return Readable.from((streams.shift() ?? []).map((s) => Buffer.from(s)));
+      const chunks = streams.shift() ?? [];
+      // A first chunk "headers:K=V,K=V" stands for the response's headers (loom logs reads them).
+      const head = chunks[0]?.startsWith("headers:") ? chunks.shift()!.slice(8) : undefined;
+      const stream = Readable.from(chunks.map((s) => Buffer.from(s)));
+      return head === undefined
+        ? stream
+        : Object.assign(stream, {
+            headers: new Headers(head.split(",").map((kv) => kv.split("=") as [string, string])),
+          });
     },
   };
   const program = buildProgram({
@@ -302,6 +310,20 @@ describe("loom logs", () => {
     expect((await loom(["logs", "isvc", "m"])).calls).toEqual([
       { method: "STREAM", path: `${BASE}/projects/team-a/inferenceservices/m/log?` },
     ]);
+  });
+
+  it("when nothing runs and the server sends the last exited replica's output, says whose it is", async () => {
+    const r = await loom(["logs", "ws/nb"], undefined, [
+      ["headers:x-loom-replica=nb-ws1-r3,x-loom-previous=true", "Traceback\n"],
+    ]);
+    expect(r.stderr).toBe(
+      "no replica of workspace.loom.dev/nb runs; this is the output of nb-ws1-r3, the last one that exited\n",
+    );
+    expect(r.stdout).toBe("Traceback\n");
+    const asked = await loom(["logs", "ws/nb", "--previous"], undefined, [
+      ["headers:x-loom-replica=nb-ws1-r3,x-loom-previous=true", "Traceback\n"],
+    ]);
+    expect(asked.stderr).toBe("");
   });
 
   it("a job's flags on a service and a service's on a job say which to use", async () => {

@@ -62,6 +62,12 @@ export function registerLogs(program: Command, deps: CliDeps): void {
           if (opts.previous) q.set("previous", "true");
           if (opts.follow) q.set("follow", "true");
           const stream = await api.stream(`${itemPath(def, opts.project ?? defaultProject, name)}/log?${q}`);
+          // Nothing runs, so the server sent the last exited replica's output: say whose it is.
+          const headers = (stream as { headers?: Headers }).headers;
+          if (!opts.previous && headers?.get("x-loom-previous") === "true")
+            deps.stderr.write(
+              `no replica of ${ref(def, name)} runs; this is the output of ${headers.get("x-loom-replica")}, the last one that exited\n`,
+            );
           for await (const chunk of stream) deps.stdout.write(chunk as Buffer);
           return;
         }
