@@ -145,6 +145,8 @@ export const RevisionStatus = z.object({
     )
     .optional(),
   createdAt: z.string(),
+  /** The last replica's exit while none has been ready since (a crash loop: why, and its output's end). */
+  lastExit: z.string().optional(),
   /** The replica count last applied to the platform (Kubernetes: the Deployment's). */
   applied: z.number().optional(),
   /** The spec this revision runs (a copy: the service's spec moves on). */

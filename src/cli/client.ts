@@ -66,8 +66,11 @@ export class ApiClient {
         parsed?.error?.message ? { message: parsed.error.message } : (parsed ?? { message: text }),
       );
     }
-    if (!res.body) return Readable.from([]);
-    return Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);
+    // The response's headers ride along (loom logs: which replica the output is from).
+    const stream = res.body
+      ? Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>)
+      : Readable.from([]);
+    return Object.assign(stream, { headers: res.headers });
   }
 
   /**

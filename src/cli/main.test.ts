@@ -63,7 +63,15 @@ async function loom(args: string[], answer: Answer = () => ({}), streams: string
         path,
         ...(body ? { body } : {}),
       });
-      return Readable.from((streams.shift() ?? []).map((s) => Buffer.from(s)));
+      const chunks = streams.shift() ?? [];
+      // A first chunk "headers:K=V,K=V" stands for the response's headers (loom logs reads them).
+      const head = chunks[0]?.startsWith("headers:") ? chunks.shift()!.slice(8) : undefined;
+      const stream = Readable.from(chunks.map((s) => Buffer.from(s)));
+      return head === undefined
+        ? stream
+        : Object.assign(stream, {
+            headers: new Headers(head.split(",").map((kv) => kv.split("=") as [string, string])),
+          });
     },
   };
   const program = buildProgram({
@@ -279,10 +287,52 @@ describe("loom logs", () => {
     expect(r.calls).toEqual([{ method: "STREAM", path: `${BASE}/projects/p2/trainingjobs/x/log?` }]);
   });
 
-  it("a lone name is a training job's (only they have logs): loom logs hello is tj/hello", async () => {
+  it("a lone name is a training job's: loom logs hello is tj/hello", async () => {
     const r = await loom(["logs", "hello", "--worker", "0"]);
     expect(r.error).toBeUndefined();
     expect(r.calls).toEqual([{ method: "STREAM", path: `${TJ}/hello/log?worker=0` }]);
+  });
+
+  it("ws/NAME, app/NAME, isvc/NAME: a replica's output, --replica --previous -f in the query", async () => {
+    const r = await loom(["logs", "ws/nb", "--replica", "1", "--previous", "-f"], undefined, [["boom\n"]]);
+    expect(r.error).toBeUndefined();
+    expect(r.calls).toEqual([
+      {
+        method: "STREAM",
+        path: `${BASE}/projects/team-a/workspaces/nb/log?replica=1&previous=true&follow=true`,
+      },
+    ]);
+    expect(r.stdout).toBe("boom\n");
+    // -f on a service does not wait for a training job's attempt (no GET first).
+    expect((await loom(["logs", "app/chat", "-f"])).calls).toEqual([
+      { method: "STREAM", path: `${BASE}/projects/team-a/apps/chat/log?follow=true` },
+    ]);
+    expect((await loom(["logs", "isvc", "m"])).calls).toEqual([
+      { method: "STREAM", path: `${BASE}/projects/team-a/inferenceservices/m/log?` },
+    ]);
+  });
+
+  it("when nothing runs and the server sends the last exited replica's output, says whose it is", async () => {
+    const r = await loom(["logs", "ws/nb"], undefined, [
+      ["headers:x-loom-replica=nb-ws1-r3,x-loom-previous=true", "Traceback\n"],
+    ]);
+    expect(r.stderr).toBe(
+      "no replica of workspace.loom.dev/nb runs; this is the output of nb-ws1-r3, the last one that exited\n",
+    );
+    expect(r.stdout).toBe("Traceback\n");
+    const asked = await loom(["logs", "ws/nb", "--previous"], undefined, [
+      ["headers:x-loom-replica=nb-ws1-r3,x-loom-previous=true", "Traceback\n"],
+    ]);
+    expect(asked.stderr).toBe("");
+  });
+
+  it("a job's flags on a service and a service's on a job say which to use", async () => {
+    expect((await loom(["logs", "ws/nb", "--worker", "0"])).error?.message).toBe(
+      "--worker and --attempt are for training jobs; a Workspace has replicas: use --replica or --previous",
+    );
+    expect((await loom(["logs", "tj/x", "--previous"])).error?.message).toBe(
+      "--replica and --previous are for workspaces, apps and services; use --worker or --attempt",
+    );
   });
 
   it("a kind without a name, or a name twice, says how to name it", async () => {

@@ -264,6 +264,11 @@ export interface RevisionObservation {
    * place (embedded: Loom preempts replicas it runs); undefined once a replica has started again.
    */
   preempted?: string;
+  /**
+   * The last replica's exit, while none has been ready since: its exit code and the last lines
+   * of its output, naming `loom logs … --previous` (a crash loop's condition message).
+   */
+  lastExit?: string;
 }
 
 /**
@@ -285,6 +290,35 @@ export interface RevisionRuntime {
    * Absent where the platform collects them itself (Kubernetes: owner references).
    */
   listRevisions?(): Promise<{ service: WorkloadRef; revision: string }[]>;
+  /**
+   * A replica's output (`loom logs ws/NAME`, app/, isvc/), as `kubectl logs` shows a pod's: the
+   * one named (its id, or its index among the running ones), else the first ready, else the
+   * newest; `previous`: the last one that exited (a crashing replica's output). Undefined when no
+   * replica of these revisions runs or ran; rejects with a NotFoundError when the one named is
+   * not there. Absent: the platform cannot show replicas' output.
+   */
+  replicaLogs?(
+    service: WorkloadRef,
+    revisions: string[],
+    opts: ReplicaLogOptions,
+  ): Promise<ReplicaLog | undefined>;
+}
+
+export interface ReplicaLogOptions {
+  /** A replica's id, or its index among the running replicas (newest revision first). */
+  replica?: string;
+  /** The last replica (or container attempt) that exited instead of a running one. */
+  previous?: boolean;
+  /** Keep streaming until the replica exits. */
+  follow?: boolean;
+}
+
+export interface ReplicaLog {
+  /** The replica shown. */
+  replica: string;
+  /** True when it is one that exited (asked for with `previous`, or none runs). */
+  previous: boolean;
+  stream: Readable;
 }
 
 export interface ExternalWork {

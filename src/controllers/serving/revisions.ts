@@ -120,7 +120,7 @@ export async function scaleRevisions(
           type: "Ready",
           status: "False",
           reason: "ReplicasStarting",
-          message: `waiting for ${status.desired} replica(s) to pass readiness (${view.readinessPath})`,
+          message: `waiting for ${status.desired} replica(s) to pass readiness (${view.readinessPath})${latest.lastExit ? `; the last ${latest.lastExit}` : ""}`,
         },
     now,
   );
@@ -150,6 +150,7 @@ export async function convergeRevision(
     ...(gpus ? { gpus } : {}),
   }));
   rev.ready = observed.replicas.filter((r) => r.ready).length;
+  rev.lastExit = observed.lastExit;
   return rev.ready < rev.desired;
 }
 

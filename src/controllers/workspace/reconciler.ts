@@ -244,8 +244,8 @@ export class WorkspaceReconciler implements Reconciler {
       } else
         set("Starting", {
           status: "False",
-          reason: "Starting",
-          message: `waiting for the server to answer ${program.readinessPath} on its port`,
+          reason: observed?.lastExit ? "ReplicaExited" : "Starting",
+          message: `waiting for the server to answer ${program.readinessPath} on its port${observed?.lastExit ? `; the last ${observed.lastExit}` : ""}`,
         });
     } else {
       status.replica = undefined;
@@ -261,6 +261,13 @@ export class WorkspaceReconciler implements Reconciler {
         set("Failed", { status: "False", reason: "EnvironmentFailed", message: waiting.failed });
       else if (waiting)
         set("Pending", { status: "False", reason: "BuildingEnvironment", message: waiting.message });
+      else if (observed?.lastExit)
+        // A crash loop: between starts, say why the last one ended and where its output is.
+        set("Pending", {
+          status: "False",
+          reason: "ReplicaExited",
+          message: `the last ${observed.lastExit}`,
+        });
       else
         set("Pending", {
           status: "False",

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import type {
   ExternalWork,
+  ReplicaLogOptions,
   ReplicaObservation,
   RevisionObservation,
   RevisionRuntime,
@@ -9,10 +10,12 @@ import type {
   Runtime,
   WorkloadRef,
 } from "../../ports/runtime.js";
-import type { PodPlacement, PodRequest, RunningWorkload, Workload } from "../../ports/scheduler.js";
+import type { PodPlacement, RunningWorkload, Workload } from "../../ports/scheduler.js";
 import type { EventRecorder } from "../../ports/store.js";
 import { JsonFiles } from "./jsonfiles.js";
 import { EXPOSE_ENV } from "./netns.js";
+import { exitOutput, PreviousLogs, replicaLogsOf } from "./replicalogs.js";
+import { externalId, httpProbe, needsPlace, requestOf, revisionKey } from "./replicaspec.js";
 
 /**
  * Service replicas on this machine, as a Deployment and its kubelet would run them: each
@@ -56,6 +59,9 @@ interface Revision {
   environmentFailure?: string;
   /** The scheduler's message when it last reclaimed a replica, until a replica starts again. */
   preempted?: string;
+  /** Replicas that exited since one was last ready (a crash loop backs off), and the last's why. */
+  exits?: number;
+  lastExit?: string;
 }
 
 export interface LocalRevisionsDeps {
@@ -84,16 +90,6 @@ export interface LocalRevisionsDeps {
   address?: (uid: string) => string | undefined;
 }
 
-async function httpProbe(host: string, port: number, path: string): Promise<boolean> {
-  try {
-    const res = await fetch(`http://${host}:${port}${path}`, { signal: AbortSignal.timeout(1000) });
-    await res.arrayBuffer();
-    return res.ok;
-  } catch {
-    return false;
-  }
-}
-
 /** The embedded RevisionRuntime, and the external work its replicas are for the scheduler. */
 export class LocalRevisions implements RevisionRuntime {
   private readonly revisions = new Map<string, Revision>();
@@ -107,11 +103,13 @@ export class LocalRevisions implements RevisionRuntime {
   private readonly timer: NodeJS.Timeout;
   private closed = false;
   private readonly files: JsonFiles<Revision>;
+  private readonly previous: PreviousLogs;
 
   constructor(private readonly deps: LocalRevisionsDeps) {
     this.now = deps.now ?? (() => new Date());
     this.probe = deps.probe ?? httpProbe;
     this.files = new JsonFiles<Revision>(deps.stateDir, deps.log);
+    this.previous = new PreviousLogs(deps.stateDir, deps.runtime);
     this.load();
     void this.collectOrphans();
     deps.runtime.onChange((ref) => {
@@ -160,7 +158,11 @@ export class LocalRevisions implements RevisionRuntime {
         ...(r.placement ? { node: r.placement.node, gpus: r.placement.gpus } : {}),
       });
     }
-    return { replicas, ...(rev?.preempted ? { preempted: rev.preempted } : {}) };
+    return {
+      replicas,
+      ...(rev?.preempted ? { preempted: rev.preempted } : {}),
+      ...(rev?.lastExit ? { lastExit: rev.lastExit } : {}),
+    };
   }
 
   async deleteRevision(service: WorkloadRef, revision: string): Promise<void> {
@@ -175,6 +177,17 @@ export class LocalRevisions implements RevisionRuntime {
 
   async listRevisions(): Promise<{ service: WorkloadRef; revision: string }[]> {
     return [...this.revisions.values()].map((r) => ({ service: r.spec.service, revision: r.spec.revision }));
+  }
+
+  async replicaLogs(service: WorkloadRef, revisions: string[], opts: ReplicaLogOptions) {
+    const live = revisions.flatMap((name) => {
+      const rev = this.revisions.get(revisionKey(service.project, name));
+      return (rev?.replicas ?? [])
+        .filter((r) => r.phase === "Running")
+        .map((r) => ({ id: r.id, ref: this.refOf(rev!, r), ready: r.ready, startedAt: r.startedAt! }));
+    });
+    const previous = (revision: string) => this.previous.read(service.project, revision);
+    return replicaLogsOf(live, previous, revisions, this.deps.runtime, opts);
   }
 
   /** For the scheduler: replicas waiting for a place, and what running ones hold. */
@@ -387,6 +400,8 @@ export class LocalRevisions implements RevisionRuntime {
         this.probing.delete(r.uid);
         if (r.phase !== "Running" || !rev.replicas.includes(r)) return;
         r.ready = true;
+        rev.exits = 0;
+        rev.lastExit = undefined;
         this.save(rev);
         const after = (this.now().getTime() - Date.parse(r.startedAt!)) / 1000;
         await this.event(
@@ -452,6 +467,7 @@ export class LocalRevisions implements RevisionRuntime {
       if (r.phase !== "Stopping" || (r.stopAt ?? 0) > now) continue;
       const ref = this.refOf(rev, r);
       if (!(await this.deps.runtime.stop(ref, this.deps.graceSeconds ?? 15))) continue;
+      await this.previous.keep(ref, rev.spec.revision);
       await this.deps.runtime.release(ref);
       rev.replicas.splice(rev.replicas.indexOf(r), 1);
       this.capacityChanged();
@@ -462,6 +478,7 @@ export class LocalRevisions implements RevisionRuntime {
     if (rev.spec.replicas === 0 && rev.replicas.length === 0) {
       this.revisions.delete(key);
       this.files.remove(rev.spec.service.project, rev.spec.revision);
+      this.previous.remove(rev.spec.service.project, rev.spec.revision);
     }
   }
 
@@ -476,15 +493,24 @@ export class LocalRevisions implements RevisionRuntime {
       const worker = (await this.deps.runtime.observe(ref))?.workers[0];
       if (worker?.state === "Running") return;
       rev.replicas.splice(rev.replicas.indexOf(r), 1);
+      // Its output goes with its release: keep it for `loom logs --previous`, its end for the event.
+      const output = await this.previous.keep(ref, rev.spec.revision);
       await this.deps.runtime.release(ref);
       const why = worker
         ? `exited${worker.exitCode !== undefined ? ` with code ${worker.exitCode}` : ""}${worker.signal ? ` (${worker.signal})` : ""}`
         : "is gone";
+      // Exiting again before any replica got ready: each next start waits longer (1s, 2s, … 30s),
+      // as Kubernetes backs off a CrashLoopBackOff; a single exit is replaced at once.
+      rev.exits = (rev.exits ?? 0) + 1;
+      const backoff = rev.exits > 1 ? Math.min(30, 2 ** (rev.exits - 2)) : 0;
+      if (backoff) rev.retryAt = this.now().getTime() + backoff * 1000;
+      rev.lastExit = `replica ${r.id} ${why}${exitOutput(rev.spec.service, output)}`;
+      const next = backoff ? `starting another in ${backoff}s` : "starting another";
       await this.event(
         rev,
         "Warning",
         "ReplicaExited",
-        `replica ${r.id} of ${rev.spec.revision} ${why}; starting another`,
+        `replica ${r.id} of ${rev.spec.revision} ${why}; ${next}${exitOutput(rev.spec.service, output)}`,
       );
       this.capacityChanged();
       this.changed(rev, r);
@@ -566,27 +592,4 @@ export class LocalRevisions implements RevisionRuntime {
       .record(rev.spec.service, type, reason, message)
       .catch((err: unknown) => this.deps.log.warn({ err, reason }, "could not record a replica event"));
   }
-}
-
-function revisionKey(project: string, revision: string): string {
-  return `${project}/${revision}`;
-}
-
-/** The id a replica has in the scheduler's queue and messages: "project/SERVICE-N-rK". */
-function externalId(project: string, replica: string): string {
-  return `${project}/${replica}`;
-}
-
-function requestOf(spec: RevisionSpec): PodRequest {
-  const a = spec.worker.allocation;
-  return { cpuMillis: a.cpuMillis, memoryBytes: a.memoryBytes, gpu: gpuRequest(spec) };
-}
-
-/** The revision's GPU request, fractions included (the worker's allocation lists whole devices only). */
-function gpuRequest(spec: RevisionSpec): number {
-  return spec.gpu ?? spec.worker.allocation.gpus.length;
-}
-
-function needsPlace(r: PodRequest): boolean {
-  return r.cpuMillis > 0 || r.memoryBytes > 0 || r.gpu > 0;
 }

@@ -10,6 +10,7 @@ import {
 } from "./credentials.js";
 import { LABELS as L, namespaceOf, ownerRef, REVISION_LABEL, workloadLabels } from "./naming.js";
 import { containerResources, type Pod, type PodTemplateSpec, podTemplate } from "./pods.js";
+import { kubernetesReplicaLogs } from "./replicalogs.js";
 
 /** Where Loom's gateway (the operator) runs: the only namespace whose pods reach model pods. */
 const GATEWAY_NAMESPACE = "loom-system";
@@ -92,6 +93,7 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
           }),
       };
     },
+    replicaLogs: (service, revisions, opts) => kubernetesReplicaLogs(client, service, revisions, opts),
     deleteRevision: async (service, revision) => {
       const ns = namespaceOf(service.project);
       for (const path of [

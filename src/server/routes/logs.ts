@@ -1,19 +1,77 @@
 import type { FastifyInstance } from "fastify";
-import { BadRequestError } from "../../api/errors.js";
-import { TRAININGJOB } from "../../api/kinds.js";
+import { BadRequestError, NotFoundError } from "../../api/errors.js";
+import { APP, INFERENCESERVICE, type KindDef, TRAININGJOB, WORKSPACE } from "../../api/kinds.js";
+import type { Condition, Resource } from "../../api/meta.js";
 import { type TrainingJob, workerRange } from "../../api/trainingjob.js";
 import { interleaveLines } from "../../lib/interleave.js";
-import type { Runtime } from "../../ports/runtime.js";
+import type { ReplicaLog, Runtime } from "../../ports/runtime.js";
 import type { ResourceService } from "../resources.js";
 import { route, rule } from "../routetable.js";
 import { BASE, type Params, type Query } from "./params.js";
 
 export interface LogRoutesDeps {
   resources: ResourceService;
-  runtime: Pick<Runtime, "logs">;
+  runtime: Pick<Runtime, "logs" | "serving">;
 }
 
-/** A TrainingJob's worker output (loom logs): one worker, or every worker's lines interleaved. */
+/** Kinds that run as replicas of revisions: their logs are a replica's output. */
+const REPLICATED = new Set([WORKSPACE, APP, INFERENCESERVICE]);
+
+/** What a Workspace, App or InferenceService status says of its revisions and why it waits. */
+type Replicated = Resource<
+  unknown,
+  {
+    phase?: string;
+    revision?: string;
+    revisions?: { name: string; createdAt: string }[];
+    conditions?: Condition[];
+  }
+>;
+
+/**
+ * A Workspace's, App's or InferenceService's replica output: `?replica=ID|INDEX`, `?previous=true`
+ * (the last exited one), `?follow=true`. Without a replica to show, says the phase and why.
+ */
+async function replicaLog(
+  serving: Runtime["serving"],
+  def: KindDef,
+  obj: Replicated,
+  query: Query,
+): Promise<ReplicaLog> {
+  const name = obj.metadata.name;
+  if (!serving?.replicaLogs)
+    throw new BadRequestError(`this platform cannot show the output of ${def.plural}`);
+  const status = obj.status ?? {};
+  // Newest revision first: the one a user most likely just changed.
+  const revisions = status.revision
+    ? [status.revision]
+    : [...(status.revisions ?? [])].sort((a, b) => b.createdAt.localeCompare(a.createdAt)).map((r) => r.name);
+  const flag = (v: string | undefined) => v === "1" || v === "true";
+  const replica = query.replica === undefined || query.replica === "" ? undefined : query.replica;
+  const ref = { kind: def.kind, project: obj.metadata.project!, name, uid: obj.metadata.uid };
+  const log =
+    revisions.length === 0
+      ? undefined
+      : await serving.replicaLogs(ref, revisions, {
+          ...(replica !== undefined ? { replica } : {}),
+          previous: flag(query.previous),
+          follow: flag(query.follow),
+        });
+  if (log) return log;
+  const short = def.shortNames[0] ?? def.plural;
+  const waiting = (status.conditions ?? []).filter((c) => c.status === "False").at(-1);
+  const why = waiting ? `: ${waiting.reason}${waiting.message ? ` (${waiting.message})` : ""}` : "";
+  const what = flag(query.previous) ? "no replica has exited yet" : "no replica has started yet";
+  throw new NotFoundError(
+    `${def.kind} ${name} has no output: ${what}; it is ${status.phase ?? "Pending"}${why}. ` +
+      `loom describe ${short}/${name} shows its events`,
+  );
+}
+
+/**
+ * `loom logs`: a TrainingJob's worker output (one worker, or every worker's lines interleaved), or
+ * a Workspace's, App's or InferenceService's replica output (as `kubectl logs` shows a pod's).
+ */
 export function logRoutes(app: FastifyInstance, deps: LogRoutesDeps): void {
   const { resources } = deps;
   route<{ Params: Params; Querystring: Query }>(app, {
@@ -23,7 +81,20 @@ export function logRoutes(app: FastifyInstance, deps: LogRoutesDeps): void {
     rule: rule.project("logs", "read", { workload: "own-object" }),
     handler: async (req, reply) => {
       const def = resources.namespacedKind(req.params.plural!);
-      if (def.kind !== TRAININGJOB) throw new BadRequestError(`${def.plural} have no logs`);
+      if (REPLICATED.has(def.kind)) {
+        const obj = await resources.get(def, req.params.project!, req.params.name!);
+        const log = await replicaLog(deps.runtime.serving, def, obj as Replicated, req.query);
+        req.raw.on("close", () => log.stream.destroy());
+        return reply
+          .header("x-loom-replica", log.replica)
+          .header("x-loom-previous", String(log.previous))
+          .type("text/plain; charset=utf-8")
+          .send(log.stream);
+      }
+      if (def.kind !== TRAININGJOB)
+        throw new BadRequestError(
+          `${def.plural} have no logs; training jobs, workspaces, apps and inference services do`,
+        );
       const job = (await resources.get(def, req.params.project!, req.params.name!)) as TrainingJob;
       // Workers of the latest attempt (an elastic job's size changes); the spec's most before any.
       const count = job.status?.workers?.length || workerRange(job.spec).max;
