@@ -248,7 +248,7 @@ spec:
     expect(missing.stderr).toContain('workspace "nope" not found in project "default"');
   }, 60_000);
 
-  it("ide: vscode is refused with what to do instead", async () => {
+  it("ide: vscode is refused with what to do instead where the server has no code-server", async () => {
     const s = servers.at(-1)!;
     const yaml =
       "apiVersion: loom.dev/v1alpha1\nkind: Workspace\nmetadata: {name: code}\nspec: {ide: vscode}\n";
@@ -260,7 +260,7 @@ spec:
       await sleep(100);
     }
     expect(last?.status?.phase).toBe("Failed");
-    expect(last?.status?.conditions?.find((c) => c.type === "Ready")?.message).toContain("Node.js 24");
+    expect(last?.status?.conditions?.find((c) => c.type === "Ready")?.message).toContain("needs code-server on the server");
   }, 60_000);
 });
 
