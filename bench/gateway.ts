@@ -1316,6 +1316,12 @@ async function main(): Promise<void> {
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       log(`part 3 FAILED: ${message}`);
+      // What the server said about it (an internal error's details are only in its log).
+      for (const line of loom.log
+        .split("\n")
+        .filter((l) => /"level":(40|50)/.test(l))
+        .slice(-5))
+        log(line.slice(0, 2000));
       outputs.push({
         heading: "3. failed",
         blocks: [],

@@ -180,8 +180,9 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       tokens: new SqliteTokenStore(database.db),
       sshKeys: new SqliteSshKeyStore(database.db),
       trackingDb,
-      // Gateway traces are inserted by a thread of their own, on its own connection to the file.
-      ...(trackingDb.dialect === "sqlite" ? { sqliteFile: join(opts.dataDir, "loom.db") } : {}),
+      // Gateway traces are parsed by a thread of their own and written here, on the one connection:
+      // a second writer on the file made this connection's deferred transactions fail with
+      // SQLITE_BUSY (a 500 on a PATCH seen in bench:gateway while traces were being written).
       ...(opts.traceRetentionMs !== undefined ? { traceRetentionMs: opts.traceRetentionMs } : {}),
       dataDir: opts.dataDir,
       host: opts.host,

@@ -4,9 +4,10 @@ import { gatewayRows, type PackedBatch } from "./traces-gateway.js";
 
 /**
  * The gateway's trace writer thread: turns packed batches of traced requests into MLflow trace
- * records (JSON parsing, span building) and, given the embedded SQLite file, inserts them in
- * one transaction on its own connection. Without a file (tracking on PostgreSQL) it hands the
- * records back for the main thread's pool to write: the parsing is still done here.
+ * records (JSON parsing, span building) and hands them back for the main thread to write (its
+ * SQLite connection, or PostgreSQL's pool). Given a SQLite file it can insert them itself on a
+ * connection of its own, but Loom does not ask it to: a second writer on the file made the main
+ * connection's deferred transactions fail with SQLITE_BUSY.
  */
 
 /** A batch for the thread: its items as JSON (one string copies faster than many objects clone). */
