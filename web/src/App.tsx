@@ -1,9 +1,13 @@
 import { type FormEvent, useEffect, useState } from "react";
 import { api, BASE, csrfToken, type Me } from "./api.js";
+import { ComparePage } from "./pages/Compare.js";
+import { ExperimentsPage } from "./pages/Experiments.js";
 import { JobPage } from "./pages/Job.js";
 import { JobsPage } from "./pages/Jobs.js";
 import { OverviewPage } from "./pages/Overview.js";
 import { ProjectsPage } from "./pages/Projects.js";
+import { RunPage } from "./pages/Run.js";
+import { RunsPage } from "./pages/Runs.js";
 import { href, useRoute } from "./router.js";
 import { MeContext } from "./session.js";
 
@@ -12,6 +16,7 @@ const PAGES = [
   { path: "overview", title: "Overview" },
   { path: "jobs", title: "Jobs" },
   { path: "projects", title: "Projects" },
+  { path: "experiments", title: "Experiments" },
 ] as const;
 
 /** The console: log-in when there is no session, else the navigation and the routed page. */
@@ -78,6 +83,12 @@ function routed(route: string[]) {
       return project && name ? <JobPage project={project} name={name} /> : <JobsPage />;
     case "projects":
       return <ProjectsPage />;
+    case "experiments":
+      return project && name ? <RunsPage project={project} experimentId={name} /> : <ExperimentsPage />;
+    case "runs":
+      return project && name ? <RunPage project={project} runId={name} /> : <ExperimentsPage />;
+    case "compare":
+      return project && name ? <ComparePage project={project} ids={name.split(",")} /> : <ExperimentsPage />;
     default:
       return <p role="alert">No page {page}: pick one above.</p>;
   }
