@@ -59,7 +59,8 @@ export function MetricChart(props: { title: string; series: Series[]; byTime: bo
             stroke: COLORS[i % COLORS.length],
             width: 1.5,
             spanGaps: true,
-            points: { show: false },
+            // Dots where there are few points (a single value draws no line).
+            points: { show: s.xs.length <= 50 },
           })),
         ],
       },
