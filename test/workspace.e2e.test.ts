@@ -260,7 +260,9 @@ spec:
       await sleep(100);
     }
     expect(last?.status?.phase).toBe("Failed");
-    expect(last?.status?.conditions?.find((c) => c.type === "Ready")?.message).toContain("needs code-server on the server");
+    expect(last?.status?.conditions?.find((c) => c.type === "Ready")?.message).toContain(
+      "needs code-server on the server",
+    );
   }, 60_000);
 });
 

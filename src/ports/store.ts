@@ -11,12 +11,21 @@ export interface ListOptions {
   /** Only this project; undefined lists every project (and cluster-scoped kinds ignore it). */
   project?: string;
   labelSelector?: string;
+  /** At most this many items, then `continue` (Kubernetes' paged list); a store may give all. */
+  limit?: number;
+  /** The previous page's `continue`: go on after its last item. */
+  continue?: string;
 }
 
 export interface ListResult {
   items: Resource[];
-  /** The store's revision at the time of the list: pass it to watch to see every later change. */
+  /**
+   * The store's revision at the time of the list (of its first page, for every page): pass it to
+   * watch to see every later change.
+   */
   resourceVersion: string;
+  /** Set when more items follow: pass it as `continue` for the next page. */
+  continue?: string;
 }
 
 export interface WatchOptions extends ListOptions {

@@ -58,7 +58,8 @@ export class ResourceService {
 
   async list(def: KindDef, opts: ListOptions) {
     if (def.namespaced && opts.project !== undefined) await this.requireProject(opts.project);
-    return this.store.list(def.kind, def.namespaced ? opts : { labelSelector: opts.labelSelector });
+    const { project: _, ...rest } = opts;
+    return this.store.list(def.kind, def.namespaced ? opts : rest);
   }
 
   async create(def: KindDef, project: string | undefined, body: unknown, dryRun: boolean): Promise<Resource> {

@@ -1,12 +1,16 @@
 import { type FormEvent, useEffect, useState } from "react";
 import { api, BASE, csrfToken, type Me } from "./api.js";
 import { ApplyPage } from "./pages/Apply.js";
+import { ComparePage } from "./pages/Compare.js";
+import { ExperimentsPage } from "./pages/Experiments.js";
 import { JobPage } from "./pages/Job.js";
 import { JobsPage } from "./pages/Jobs.js";
 import { ModelPage, ModelsPage } from "./pages/Models.js";
 import { NodesPage } from "./pages/Nodes.js";
 import { OverviewPage } from "./pages/Overview.js";
 import { ProjectsPage } from "./pages/Projects.js";
+import { RunPage } from "./pages/Run.js";
+import { RunsPage } from "./pages/Runs.js";
 import { ServicePage, ServingPage } from "./pages/Serving.js";
 import { SweepPage, SweepsPage } from "./pages/Sweeps.js";
 import { WorkspacesPage } from "./pages/Workspaces.js";
@@ -20,6 +24,7 @@ const PAGES = [
   { path: "sweeps", title: "Sweeps" },
   { path: "models", title: "Models" },
   { path: "serving", title: "Serving" },
+  { path: "experiments", title: "Experiments" },
   { path: "projects", title: "Projects" },
   { path: "workspaces", title: "Workspaces and apps" },
   { path: "nodes", title: "Nodes" },
@@ -102,6 +107,12 @@ function routed(route: string[]) {
       return <NodesPage />;
     case "apply":
       return <ApplyPage />;
+    case "experiments":
+      return project && name ? <RunsPage project={project} experimentId={name} /> : <ExperimentsPage />;
+    case "runs":
+      return project && name ? <RunPage project={project} runId={name} /> : <ExperimentsPage />;
+    case "compare":
+      return project && name ? <ComparePage project={project} ids={name.split(",")} /> : <ExperimentsPage />;
     default:
       return <p role="alert">No page {page}: pick one above.</p>;
   }

@@ -2,7 +2,7 @@ import { useCallback, useEffect, useState, useSyncExternalStore } from "react";
 import { api, keyOf, type Resource, streamLines, type WatchEvent } from "./api.js";
 
 interface List<T> {
-  metadata: { resourceVersion: string };
+  metadata: { resourceVersion: string; continue?: string };
   items: T[];
 }
 
@@ -12,11 +12,19 @@ export interface Watched<T> {
   error?: string;
   /** Bumps on every change (for views derived from the list, such as usage). */
   version: number;
+  /** The first pages are shown and more are still being listed. */
+  more?: boolean;
 }
 
 const EMPTY: Watched<never> = { items: [], loaded: false, version: 0 };
 /** How long a list nobody shows is kept live, so going back to a page does not list again. */
 const KEEP_MS = 60_000;
+/**
+ * Pages of a list (Kubernetes' limit/continue): a small first page shows at once, the rest follow
+ * in larger ones (10,000 jobs are 7.8 MiB of JSON in one answer: 0.6 s before any row).
+ */
+const FIRST_PAGE = 250;
+const NEXT_PAGE = 5000;
 
 interface Entry {
   state: Watched<Resource>;
@@ -61,19 +69,26 @@ function follow(path: string, e: Entry): void {
     e.state = state;
     for (const l of e.listeners) l();
   };
-  const flush = () => {
+  const flush = (more = false) => {
     timer = undefined;
-    publish({ items: [...map.values()], loaded: true, version: e.state.version + 1 });
+    publish({ items: [...map.values()], loaded: true, version: e.state.version + 1, more });
   };
   const sep = path.includes("?") ? "&" : "?";
   (async () => {
     let backoff = 500;
     while (!signal.aborted) {
       try {
-        const list = await api<List<Resource>>("GET", path);
+        let list = await api<List<Resource>>("GET", `${path}${sep}limit=${FIRST_PAGE}`);
         map.clear();
         for (const item of list.items) map.set(keyOf(item), item);
-        flush();
+        flush(Boolean(list.metadata.continue));
+        // The rest behind the first page; every page carries the first page's revision.
+        while (list.metadata.continue && !signal.aborted) {
+          const cont = encodeURIComponent(list.metadata.continue);
+          list = await api<List<Resource>>("GET", `${path}${sep}limit=${NEXT_PAGE}&continue=${cont}`);
+          for (const item of list.items) map.set(keyOf(item), item);
+          flush(Boolean(list.metadata.continue));
+        }
         let expired = false;
         await streamLines(
           `${path}${sep}watch=1&resourceVersion=${encodeURIComponent(list.metadata.resourceVersion)}`,
@@ -85,7 +100,7 @@ function follow(path: string, e: Entry): void {
               else if (ev.type === "DELETED") map.delete(keyOf(ev.object));
               else if (ev.type === "ADDED" || ev.type === "MODIFIED") map.set(keyOf(ev.object), ev.object);
             }
-            timer ??= setTimeout(flush, 50);
+            timer ??= setTimeout(() => flush(), 50);
           },
           signal,
         );

@@ -10,6 +10,7 @@ import {
   NotFoundError,
 } from "../../api/errors.js";
 import { kindByKind } from "../../api/kinds.js";
+import { decodeContinue, encodeContinue } from "../../api/listpage.js";
 import type { Resource } from "../../api/meta.js";
 import { parseLabelSelector } from "../../api/selector.js";
 import { canonicalJson } from "../../lib/json.js";
@@ -78,15 +79,40 @@ export class SqliteResourceStore implements ResourceStore {
 
   async list(kind: string, opts: ListOptions = {}): Promise<ListResult> {
     const selector = parseLabelSelector(opts.labelSelector);
+    const after = opts.continue ? decodeContinue(opts.continue) : undefined;
+    const { limit } = opts;
     return this.db.transaction().execute(async (trx) => {
-      let q = trx.selectFrom("resources").select("body").where("kind", "=", kind);
+      let q = trx.selectFrom("resources").select(["body", "project", "name"]).where("kind", "=", kind);
       const project = projectFilter(kind, opts.project);
       if (project !== undefined) q = q.where("project", "=", project);
-      const rows = await q.orderBy("project").orderBy("name").execute();
-      const items = rows
-        .map((r) => JSON.parse(r.body) as Resource)
-        .filter((o) => selector.matches(o.metadata.labels));
-      return { items, resourceVersion: String(await currentRv(trx)) };
+      // Keyset paging on the primary key's order: later pages cost what the first does.
+      if (after)
+        q = q.where((eb) =>
+          eb.or([
+            eb("project", ">", after.project),
+            eb.and([eb("project", "=", after.project), eb("name", ">", after.name)]),
+          ]),
+        );
+      q = q.orderBy("project").orderBy("name");
+      // With a label selector rows are matched here, so the limit cannot go to SQL.
+      if (limit !== undefined && !opts.labelSelector) q = q.limit(limit + 1);
+      const rows = (await q.execute()).filter((r) => {
+        if (!opts.labelSelector) return true;
+        return selector.matches((JSON.parse(r.body) as Resource).metadata.labels);
+      });
+      const page = limit !== undefined ? rows.slice(0, limit) : rows;
+      const items = page.map((r) => JSON.parse(r.body) as Resource);
+      // Every page reports the first page's revision: the watch after the last page starts there.
+      const resourceVersion = after?.rv ?? String(await currentRv(trx));
+      const last = page.at(-1);
+      const more = limit !== undefined && rows.length > limit && last;
+      return {
+        items,
+        resourceVersion,
+        ...(more
+          ? { continue: encodeContinue({ rv: resourceVersion, project: last.project, name: last.name }) }
+          : {}),
+      };
     });
   }
 

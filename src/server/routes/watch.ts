@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
+import { parseLimit } from "../../api/listpage.js";
 import { API_VERSION } from "../../api/meta.js";
 import type { ResourceStore } from "../../ports/store.js";
 import { statusBody } from "../errors.js";
@@ -28,11 +29,20 @@ export function listOrWatch(deps: ListOrWatchDeps): ListOrWatch {
     const opts = { project, labelSelector: q.labelSelector };
     if (q.watch === "1" || q.watch === "true")
       return watch(deps.store, req, reply, def.kind, { ...opts, resourceVersion: q.resourceVersion });
-    const result = await resources.list(def, opts);
+    // Paged as Kubernetes pages: ?limit=N, then ?continue= the previous page's metadata.continue.
+    const limit = parseLimit(q.limit);
+    const result = await resources.list(def, {
+      ...opts,
+      ...(limit !== undefined ? { limit } : {}),
+      ...(q.continue ? { continue: q.continue } : {}),
+    });
     return {
       apiVersion: API_VERSION,
       kind: `${def.kind}List`,
-      metadata: { resourceVersion: result.resourceVersion },
+      metadata: {
+        resourceVersion: result.resourceVersion,
+        ...(result.continue ? { continue: result.continue } : {}),
+      },
       items: result.items,
     };
   };

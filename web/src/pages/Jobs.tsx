@@ -78,7 +78,9 @@ export function JobsPage() {
           <input value={labels} placeholder="team=nlp,example" onChange={(e) => setLabels(e.target.value)} />
         </label>
         <output aria-live="polite">
-          {jobs.loaded ? `${shown.length} of ${jobs.items.length} jobs` : "loading…"}
+          {jobs.loaded
+            ? `${shown.length} of ${jobs.items.length} jobs${jobs.more ? ", loading more…" : ""}`
+            : "loading…"}
         </output>
       </form>
       {jobs.error && <p role="alert">{jobs.error}</p>}

@@ -208,9 +208,7 @@ export function ModelPage({ project, name }: { project: string; name: string }) 
               <li>
                 <span className="node-kind">run</span>
                 {v.runId ? (
-                  <a href={href("experiments", project, v.experimentId ?? "", v.runId)}>
-                    {v.runId.slice(0, 12)}
-                  </a>
+                  <a href={href("runs", project, v.runId)}>{v.runId.slice(0, 12)}</a>
                 ) : (
                   <span className="muted">none</span>
                 )}
