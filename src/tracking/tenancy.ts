@@ -69,12 +69,10 @@ export function authorizeTraceWrite(
 export function tagTraceForWorkload(principal: TokenInfo, fields: Record<string, unknown>): void {
   const w = principal.workload;
   if (!w) return;
-  const trace = (
-    fields.trace && typeof fields.trace === "object" ? fields.trace : (fields.trace = {})
-  ) as Record<string, unknown>;
-  const info = (
-    trace.trace_info && typeof trace.trace_info === "object" ? trace.trace_info : (trace.trace_info = {})
-  ) as Record<string, unknown>;
+  if (!fields.trace || typeof fields.trace !== "object") fields.trace = {};
+  const trace = fields.trace as Record<string, unknown>;
+  if (!trace.trace_info || typeof trace.trace_info !== "object") trace.trace_info = {};
+  const info = trace.trace_info as Record<string, unknown>;
   const tags = info.tags && typeof info.tags === "object" && !Array.isArray(info.tags) ? info.tags : {};
   info.tags = { ...(tags as Record<string, unknown>), [WORKLOAD_UID_TAG]: w.uid };
 }
