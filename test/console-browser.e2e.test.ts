@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { type Browser, type BrowserContext, launchBrowser, type Page, screenshot } from "./browser.js";
+import { axeViolations, consoleLogin } from "./console.js";
 import { LoomProcess, ROOT } from "./helpers.js";
 
 /**
@@ -33,7 +34,6 @@ interface UiPage extends Page {
 }
 
 const BASE = "/apis/loom.dev/v1alpha1";
-const AXE = readFileSync(join(ROOT, "node_modules", "axe-core", "axe.min.js"), "utf8");
 
 describe("web console in Chromium", () => {
   const loom = new LoomProcess();
@@ -66,34 +66,7 @@ describe("web console in Chromium", () => {
     return page;
   }
 
-  async function login(page: UiPage, token: string): Promise<void> {
-    await page.goto(`${loom.url}/`);
-    await page.waitForSelector("#token");
-    await page.fill("#token", token);
-    await page.keyboard.press("Enter");
-    await page.waitForSelector("nav[aria-label=Pages]");
-  }
-
-  /** Serious and critical accessibility violations axe-core finds in the page as it is. */
-  async function axeViolations(page: UiPage): Promise<string[]> {
-    // Evaluated through the DevTools protocol: the console's CSP (no inline script) does not apply.
-    await page.evaluate(AXE as unknown as () => void);
-    return page.evaluate(async () => {
-      const axe = (
-        window as unknown as {
-          axe: {
-            run(
-              ctx: Document,
-            ): Promise<{ violations: { id: string; impact?: string; nodes: { target: unknown }[] }[] }>;
-          };
-        }
-      ).axe;
-      const r = await axe.run(document);
-      return r.violations
-        .filter((v) => v.impact === "serious" || v.impact === "critical")
-        .map((v) => `${v.id} (${v.impact}): ${JSON.stringify(v.nodes.slice(0, 3).map((n) => n.target))}`);
-    });
-  }
+  const login = (page: UiPage, token: string) => consoleLogin(page, loom.url, token);
 
   let admin: UiPage;
 

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { type Browser, type BrowserContext, launchBrowser, type Page, screenshot } from "./browser.js";
+import { axeViolations, consoleLogin } from "./console.js";
 import { LoomProcess, ROOT } from "./helpers.js";
 
 /**
@@ -27,7 +28,6 @@ interface UiPage extends Page {
 
 const BASE = "/apis/loom.dev/v1alpha1";
 const MLFLOW = "/mlflow/projects/default/api/2.0/mlflow";
-const AXE = readFileSync(join(ROOT, "node_modules", "axe-core", "axe.min.js"), "utf8");
 
 describe("console: sweeps, models, serving in Chromium", () => {
   const loom = new LoomProcess();
@@ -64,29 +64,13 @@ describe("console: sweeps, models, serving in Chromium", () => {
         errors.push(`${page.url()}: ${m.text()}`);
     });
     page.on("pageerror", (e) => errors.push(`${page.url()}: ${e.message}`));
-    await page.goto(`${loom.url}/`);
-    await page.waitForSelector("#token");
-    await page.fill("#token", loom.token);
-    await page.keyboard.press("Enter");
-    await page.waitForSelector("nav[aria-label=Pages]");
+    await consoleLogin(page, loom.url, loom.token);
   }, 240_000);
   afterAll(async () => {
     await context?.close().catch(() => undefined);
     await browser?.close();
     await loom.stop();
   });
-
-  async function axe(): Promise<string[]> {
-    await page.evaluate(AXE as unknown as () => void);
-    return page.evaluate(async () => {
-      const r = await (
-        window as unknown as {
-          axe: { run(d: Document): Promise<{ violations: { id: string; impact?: string }[] }> };
-        }
-      ).axe.run(document);
-      return r.violations.filter((v) => v.impact === "serious" || v.impact === "critical").map((v) => v.id);
-    });
-  }
 
   async function mlflow(path: string, body: unknown): Promise<Record<string, unknown>> {
     const r = await loom.api("POST", `${MLFLOW}/${path}`, body);
@@ -118,7 +102,7 @@ describe("console: sweeps, models, serving in Chromium", () => {
     expect(
       await page.evaluate(() => document.querySelectorAll("table[aria-labelledby=trials] tbody tr").length),
     ).toBe(2);
-    expect(await axe()).toEqual([]);
+    expect(await axeViolations(page)).toEqual([]);
     await screenshot(page, "console-sweep");
   }, 120_000);
 
@@ -174,7 +158,7 @@ describe("console: sweeps, models, serving in Chromium", () => {
     await page.waitForSelector('ol[aria-label="Lineage of version 1"] a[href="#/serving/default/tiny"]', {
       timeout: 60_000,
     });
-    expect(await axe()).toEqual([]);
+    expect(await axeViolations(page)).toEqual([]);
     await screenshot(page, "console-model");
     await page.click('ol[aria-label="Lineage of version 1"] a[href="#/serving/default/tiny"]');
     await page.waitForSelector("text=Revisions and traffic");
@@ -199,7 +183,7 @@ describe("console: sweeps, models, serving in Chromium", () => {
     ).toBe("");
     const lengths = await page.evaluate(() => (window as unknown as { lengths: number[] }).lengths);
     expect(new Set(lengths.filter((n) => n > 0)).size).toBeGreaterThan(1);
-    expect(await axe()).toEqual([]);
+    expect(await axeViolations(page)).toEqual([]);
     await screenshot(page, "console-serving");
     // The playground's key is for this one service and short-lived.
     const keys = (await loom.api("GET", `${BASE}/projects/default/apikeys`)).body as {

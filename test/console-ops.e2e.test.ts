@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Browser, type BrowserContext, launchBrowser, type Page, screenshot } from "./browser.js";
+import { axeViolations, consoleLogin } from "./console.js";
 import { LoomProcess, ROOT } from "./helpers.js";
 
 /**
@@ -34,7 +35,6 @@ interface UiContext extends BrowserContext {
 }
 
 const BASE = "/apis/loom.dev/v1alpha1";
-const AXE = readFileSync(join(ROOT, "node_modules", "axe-core", "axe.min.js"), "utf8");
 const HELLO = readFileSync(join(ROOT, "examples", "hello", "hello.yaml"), "utf8");
 
 describe("console: workspaces, nodes and apply in Chromium", () => {
@@ -69,32 +69,7 @@ describe("console: workspaces, nodes and apply in Chromium", () => {
     return page;
   }
 
-  async function login(page: UiPage, token: string): Promise<void> {
-    await page.goto(`${loom.url}/`);
-    await page.waitForSelector("#token");
-    await page.fill("#token", token);
-    await page.keyboard.press("Enter");
-    await page.waitForSelector("nav[aria-label=Pages]");
-  }
-
-  async function axeViolations(page: UiPage): Promise<string[]> {
-    await page.evaluate(AXE as unknown as () => void);
-    return page.evaluate(async () => {
-      const axe = (
-        window as unknown as {
-          axe: {
-            run(
-              ctx: Document,
-            ): Promise<{ violations: { id: string; impact?: string; nodes: { target: unknown }[] }[] }>;
-          };
-        }
-      ).axe;
-      const r = await axe.run(document);
-      return r.violations
-        .filter((v) => v.impact === "serious" || v.impact === "critical")
-        .map((v) => `${v.id} (${v.impact}): ${JSON.stringify(v.nodes.slice(0, 3).map((n) => n.target))}`);
-    });
-  }
+  const login = (page: UiPage, token: string) => consoleLogin(page, loom.url, token);
 
   const textOf = (page: UiPage, sel: string) =>
     page.evaluate((s: string) => document.querySelector(s)?.textContent ?? "", sel);

@@ -1,8 +1,7 @@
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Browser, type BrowserContext, launchBrowser, type Page, screenshot } from "./browser.js";
-import { LoomProcess, ROOT } from "./helpers.js";
+import { axeViolations, consoleLogin } from "./console.js";
+import { LoomProcess } from "./helpers.js";
 
 /**
  * Issue 21's Experiments and runs pages in real Chromium on a real `loom up`: runs logged through
@@ -30,7 +29,6 @@ interface UiPage extends Page {
 }
 
 const ML = "/mlflow/projects/default/api/2.0/mlflow";
-const AXE = readFileSync(join(ROOT, "node_modules", "axe-core", "axe.min.js"), "utf8");
 /** Points logged of each run's loss: what its chart must hold, exactly. */
 const POINTS_A = 37;
 const POINTS_B = 20;
@@ -71,25 +69,6 @@ describe("console: experiments and runs in Chromium", () => {
     return id;
   }
 
-  async function axeViolations(): Promise<string[]> {
-    await page.evaluate(AXE as unknown as () => void);
-    return page.evaluate(async () => {
-      const axe = (
-        window as unknown as {
-          axe: {
-            run(
-              ctx: Document,
-            ): Promise<{ violations: { id: string; impact?: string; nodes: { target: unknown }[] }[] }>;
-          };
-        }
-      ).axe;
-      const r = await axe.run(document);
-      return r.violations
-        .filter((v) => v.impact === "serious" || v.impact === "critical")
-        .map((v) => `${v.id} (${v.impact}): ${JSON.stringify(v.nodes.slice(0, 3).map((n) => n.target))}`);
-    });
-  }
-
   beforeAll(async () => {
     await loom.start();
     browser = await launchBrowser();
@@ -109,11 +88,7 @@ describe("console: experiments and runs in Chromium", () => {
       if (m.type() === "error") errors.push(`${page.url()}: ${m.text()} (${m.location().url})`);
     });
     page.on("pageerror", (e) => errors.push(`${page.url()}: ${e.message}`));
-    await page.goto(`${loom.url}/`);
-    await page.waitForSelector("#token");
-    await page.fill("#token", loom.token);
-    await page.keyboard.press("Enter");
-    await page.waitForSelector("nav[aria-label=Pages]");
+    await consoleLogin(page, loom.url, loom.token);
   }, 90_000);
   afterAll(async () => {
     await context?.close().catch(() => undefined);
@@ -128,7 +103,7 @@ describe("console: experiments and runs in Chromium", () => {
     expect(await page.textContent(".runhead")).toContain("lr");
     expect(await page.textContent(".runhead")).toContain("loss");
     expect(await page.textContent(".vlist")).toContain("ft-a");
-    expect(await axeViolations()).toEqual([]);
+    expect(await axeViolations(page)).toEqual([]);
     await screenshot(page, "console-runs");
   }, 60_000);
 
@@ -171,7 +146,7 @@ describe("console: experiments and runs in Chromium", () => {
     await page.check("input[type=radio] >> nth=1");
     await page.waitForSelector("figure[aria-label='loss by time'] canvas");
     expect(await page.getAttribute("figure[data-metric=loss]", "data-points")).toBe(String(POINTS_A));
-    expect(await axeViolations()).toEqual([]);
+    expect(await axeViolations(page)).toEqual([]);
     await screenshot(page, "console-run");
   }, 60_000);
 
@@ -190,7 +165,7 @@ describe("console: experiments and runs in Chromium", () => {
         .sort((x, y) => x - y),
     ).toEqual([POINTS_B, POINTS_A]);
     await page.waitForSelector("figure[data-metric=accuracy][data-series='2']");
-    expect(await axeViolations()).toEqual([]);
+    expect(await axeViolations(page)).toEqual([]);
     await screenshot(page, "console-runs-compare");
   }, 60_000);
 
