@@ -4,8 +4,9 @@
 // again whenever it links this directory into its cache (the first `npx loom` in a clone): that
 // is start-up, not install, so it never compiles there; bin/loom.js says how to build if needed.
 import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { distState } from "./dist.js";
 
@@ -28,8 +29,12 @@ if (result.status !== 0) {
   );
   process.exit(1);
 }
-// The web console (issue 21) is served from dist/console: bundled here too, so `npx loom up` serves it.
-const web = spawnSync(process.execPath, ["web/build.mjs"], { cwd: root, stdio: "inherit" });
+// The web console (issue 21) is served from dist/console: bundled here too, so `npx loom up` serves it
+// (where its sources are: a package that ships dist/console built has no web/).
+const hasWeb = existsSync(join(root, "web", "build.mjs"));
+const web = hasWeb
+  ? spawnSync(process.execPath, ["web/build.mjs"], { cwd: root, stdio: "inherit" })
+  : { status: 0 };
 if (web.status !== 0) {
   console.error(
     `loom: the web console's build failed (exit ${web.status ?? web.signal}); fix it, then: npm run build`,
