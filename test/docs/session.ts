@@ -152,12 +152,16 @@ export class DocSession {
     });
   }
 
-  /** Starts `loom up ARGS --port FREE` and waits for the line that says the CLI context is written. */
+  /** Starts `loom up ARGS --port FREE --workspace-port FREE` and waits for the line that says the CLI context is written. */
   private async startUp(args: string): Promise<string> {
     // A guide that continues another finds the `loom up` that one started still running.
     if (this.up && this.up.exitCode === null) return this.upOutput;
     const port = await freePort();
-    const proc = spawn("bash", ["-c", `exec loom up ${args} --port ${port}`], {
+    // The workspaces' origin defaults to the API's port + 1, which another test may hold: a free one too.
+    let origin = await freePort();
+    while (origin === port) origin = await freePort();
+    const originArg = /--workspace-port\b/.test(args) ? "" : ` --workspace-port ${origin}`;
+    const proc = spawn("bash", ["-c", `exec loom up ${args} --port ${port}${originArg}`], {
       cwd: this.root,
       env: this.env,
       stdio: ["ignore", "pipe", "pipe"],
