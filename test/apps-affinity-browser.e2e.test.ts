@@ -88,7 +88,7 @@ describe("App session affinity in Chromium: a Gradio session stays on one of two
     await page.waitForSelector("#count-btn", { timeout: 120_000 }).catch(async (err) => {
       // Seen once on the loaded CI: no button after 120 s. What the page showed, and Loom's view.
       await screenshot(page, "apps-affinity-no-page");
-      const shown = (await page.evaluate(() => document.body?.innerText ?? "")).slice(0, 1500);
+      const shown = (await page.evaluate(() => document.body?.textContent ?? "")).slice(0, 1500);
       const app = (await loom.api("GET", `${BASE}/projects/default/apps/counter`)).body;
       throw new Error(
         `${err}\npage (${page.url()}): ${shown}\napp: ${JSON.stringify(app).slice(0, 2000)}\n${loom.log.slice(-3000)}`,
