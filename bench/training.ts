@@ -46,6 +46,8 @@ const PARTS = (env.LOOM_BENCH_TRAINING_PARTS ?? "a,b,c")
   .filter(Boolean);
 /** Repetitions of (a) and (b), per side. */
 const REPS = num(env.LOOM_BENCH_TRAINING_REPS, 10);
+/** Issue 17: the sandbox may add at most this to (a)'s submit → all workers running. */
+const SANDBOX_BUDGET_MS = 20;
 /** Runs of (c), per side (alternating Loom, torchrun). */
 const RUNS = num(env.LOOM_BENCH_TRAINING_RUNS, 3);
 const STEPS = num(env.LOOM_BENCH_TRAINING_STEPS, 100);
@@ -124,9 +126,31 @@ let scriptFile = "";
 let scriptDir = "";
 let jobSeq = 0;
 
+/** A second `loom up --no-sandbox` for (a): what the sandbox costs, paired run by run. */
+let unsandboxed: LoomProcess | undefined;
+/** Which server the helpers below talk to (the sandboxed one unless (a) switches). */
+let current: "sandboxed" | "unsandboxed" = "sandboxed";
+
 function server(): LoomProcess {
-  if (!loom) throw new Error("the Loom server is not running");
-  return loom;
+  const s = current === "sandboxed" ? loom : unsandboxed;
+  if (!s) throw new Error(`the ${current} Loom server is not running`);
+  return s;
+}
+
+/** Runs fn against the --no-sandbox server (started on first use). */
+async function withoutSandbox<T>(fn: () => Promise<T>): Promise<T> {
+  if (!unsandboxed) {
+    const s = new LoomProcess(["--no-sandbox"]);
+    cleanups.push(() => s.stop());
+    await s.start();
+    unsandboxed = s;
+  }
+  current = "unsandboxed";
+  try {
+    return await fn();
+  } finally {
+    current = "sandboxed";
+  }
 }
 
 async function startServer(): Promise<void> {
@@ -361,21 +385,25 @@ async function partStart(): Promise<PartOutput> {
   await loomStart();
   await torchrunStart();
   await bareStart();
+  await withoutSandbox(loomStart);
   const loomRuns: LoomStart[] = [];
+  const open: number[] = [];
   const tr: number[] = [];
   const bare: number[] = [];
   for (let i = 0; i < REPS; i++) {
     // Alternate which side goes first, so drift in the machine's load hits both alike.
     if (i % 2 === 0) {
       loomRuns.push(await loomStart());
+      open.push((await withoutSandbox(loomStart)).total);
       tr.push(await torchrunStart());
     } else {
       tr.push(await torchrunStart());
+      open.push((await withoutSandbox(loomStart)).total);
       loomRuns.push(await loomStart());
     }
     bare.push(await bareStart());
     log(
-      `(a) ${i + 1}/${REPS}: Loom ${fmt(loomRuns.at(-1)!.total)} ms, torchrun ${fmt(tr.at(-1))} ms, bare python ${fmt(bare.at(-1))} ms`,
+      `(a) ${i + 1}/${REPS}: Loom ${fmt(loomRuns.at(-1)!.total)} ms, Loom --no-sandbox ${fmt(open.at(-1))} ms, torchrun ${fmt(tr.at(-1))} ms, bare python ${fmt(bare.at(-1))} ms`,
     );
   }
   const imports: number[] = [];
@@ -385,6 +413,7 @@ async function partStart(): Promise<PartOutput> {
   const row = (label: string, f: (xs: number[]) => number | undefined) => [
     label,
     fmt(f(lm)),
+    fmt(f(open)),
     fmt(f(tr)),
     ratio(f(lm), f(tr)),
     fmt(f(bare)),
@@ -393,6 +422,7 @@ async function partStart(): Promise<PartOutput> {
     [
       `submit → both workers running (ms, ${REPS} runs)`,
       "Loom",
+      "Loom --no-sandbox",
       "torchrun",
       "Loom ÷ torchrun",
       "bare python (floor)",
@@ -406,6 +436,7 @@ async function partStart(): Promise<PartOutput> {
     `Loom: t0 just before the REST POST of a 2-worker \`framework: pytorch\` TrainingJob (warm cached Python environment from ${PYTHON}); end = the later of the two workers' \`START <time.time()>\` lines, read from the job's logs afterwards. torchrun: t0 just before spawning \`${PYTHON} -m torch.distributed.run --nnodes 1 --nproc_per_node 2\` with the same script; same end mark. Bare python: two \`${PYTHON} start.py\` spawned at once from Node, the floor of any launcher.`,
     `The script imports nothing (os, sys and time are loaded with the interpreter) and prints START first, so this measures the launcher, not PyTorch: a worker that imports torch adds that import (below) on either side.`,
     `Loom's median splits into POST response ${fmt(post)} ms, POST → last worker spawned ${fmt(spawned)} ms (status.workers[].startTime, the server's clock), and spawn → START ${fmt(lmMed - (spawned ?? 0))} ms (/bin/sh shim, then the interpreter). torchrun's time is mostly its own start: \`${PYTHON} -c "import torch.distributed.run"\` alone takes ${fmt(importMed)} ms (median of 3), which its agent pays before it spawns any worker.`,
+    `What the sandbox costs (issue 17's budget: ≤ ${fmt(SANDBOX_BUDGET_MS)} ms): the same job on a second \`loom up --no-sandbox\` (no bwrap, no setpriv: workers run as the server's user; each job still gets a network namespace, made for it rather than taken from the pool, since unsandboxed workers run as root), alternated run by run with the sandboxed one: median ${fmt(median(open))} ms against ${fmt(lmMed)} ms, **${fmt(lmMed - median(open)!)} ms** (${lmMed - median(open)! <= SANDBOX_BUDGET_MS ? "within" : "over"} the budget); the median of the ${REPS} paired differences is ${fmt(median(lm.map((v, i) => v - open[i]!)))} ms.`,
     lmMed <= GOAL_START_MS
       ? `Loom meets the goal of ≤ ${fmt(GOAL_START_MS)} ms (median ${fmt(lmMed)} ms, p90 ${fmt(pct(lm, 90))} ms).`
       : `Loom misses the goal of ≤ ${fmt(GOAL_START_MS)} ms (median ${fmt(lmMed)} ms).`,
