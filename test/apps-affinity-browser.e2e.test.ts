@@ -42,6 +42,12 @@ interface UiPage extends Page {
   waitForSelector(selector: string, opts?: { timeout?: number }): Promise<unknown>;
   click(selector: string, opts?: { timeout?: number }): Promise<void>;
   waitForFunction<A>(fn: (arg: A) => boolean, arg?: A, opts?: { timeout?: number }): Promise<unknown>;
+  on(event: "response", fn: (res: { status(): number; url(): string }) => void): void;
+  on(
+    event: "requestfailed",
+    fn: (req: { url(): string; failure(): { errorText: string } | null }) => void,
+  ): void;
+  on(event: "console", fn: (msg: { type(): string; text(): string }) => void): void;
 }
 
 describe("App session affinity in Chromium: a Gradio session stays on one of two replicas", () => {
@@ -84,6 +90,15 @@ describe("App session affinity in Chromium: a Gradio session stays on one of two
     expect(open.code, open.stderr).toBe(0);
     const context = await browser!.newContext();
     const page = (await context.newPage()) as UiPage;
+    // What went wrong on the wire, if the page never renders (a blank Gradio page was seen on CI).
+    const failures: string[] = [];
+    page.on("response", (res) => {
+      if (res.status() >= 400) failures.push(`${res.status()} ${res.url()}`);
+    });
+    page.on("requestfailed", (req) => failures.push(`failed ${req.url()}: ${req.failure()?.errorText}`));
+    page.on("console", (msg) => {
+      if (msg.type() === "error") failures.push(`console: ${msg.text().slice(0, 300)}`);
+    });
     await page.goto(open.stdout.trim());
     await page.waitForSelector("#count-btn", { timeout: 120_000 }).catch(async (err) => {
       // Seen once on the loaded CI: no button after 120 s. What the page showed, and Loom's view.
@@ -91,7 +106,7 @@ describe("App session affinity in Chromium: a Gradio session stays on one of two
       const shown = (await page.evaluate(() => document.body?.textContent ?? "")).slice(0, 1500);
       const app = (await loom.api("GET", `${BASE}/projects/default/apps/counter`)).body;
       throw new Error(
-        `${err}\npage (${page.url()}): ${shown}\napp: ${JSON.stringify(app).slice(0, 2000)}\n${loom.log.slice(-3000)}`,
+        `${err}\npage (${page.url()}): ${shown}\nrequests that failed: ${failures.join("\n") || "none"}\napp: ${JSON.stringify(app).slice(0, 2000)}\n${loom.log.slice(-3000)}`,
       );
     });
     return { context, page };
