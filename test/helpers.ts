@@ -93,11 +93,14 @@ export class LoomProcess {
   }
 
   /** Runs the real CLI against this server. */
-  cli(args: string[], opts: { input?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
+  cli(
+    args: string[],
+    opts: { input?: string; env?: Record<string, string>; cwd?: string } = {},
+  ): Promise<CliResult> {
     return new Promise((ok) => {
       const p = spawn(process.execPath, [BIN, ...args], {
         env: this.env(opts.env),
-        cwd: ROOT,
+        cwd: opts.cwd ?? ROOT,
         stdio: ["pipe", "pipe", "pipe"],
       });
       let stdout = "";
