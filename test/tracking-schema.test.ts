@@ -59,7 +59,14 @@ const MIGRATIONS = [
 ];
 
 /** What a database records once opened by this Loom: the old ones, then those added since (issue 17: token lifecycle, audit log; issue 20: traces). */
-const CURRENT = [...MIGRATIONS, "0008_token_lifecycle", "0009_audit", "0010_ssh_keys", "0011_traces", "0012_trace_batches"];
+const CURRENT = [
+  ...MIGRATIONS,
+  "0008_token_lifecycle",
+  "0009_audit",
+  "0010_ssh_keys",
+  "0011_traces",
+  "0012_trace_batches",
+];
 
 /** Tracking's tables added since the old migrations (issue 20: MLflow 3's traces). */
 const TRACES_DDL = [

@@ -109,7 +109,10 @@ describe("gateway traces", () => {
       },
     });
     const count = async (table: string) =>
-      Number((await sql<{ n: number }>`SELECT count(*) AS n FROM ${sql.table(table)}`.execute(database.db)).rows[0]!.n);
+      Number(
+        (await sql<{ n: number }>`SELECT count(*) AS n FROM ${sql.table(table)}`.execute(database.db))
+          .rows[0]!.n,
+      );
     try {
       const body = JSON.stringify({
         choices: [{ message: { content: "yo" } }],

@@ -1,5 +1,5 @@
-import type { TracesSchema } from "./schema.js";
 import { invalidParameter } from "./errors.js";
+import type { TracesSchema } from "./schema.js";
 
 /**
  * A trace's record as stored (tr_traces), and the TraceInfo it is read back as: shared by the
@@ -63,7 +63,6 @@ export interface Body {
   /** Runs linked to the trace besides its source run (LinkTracesToRun). */
   runs?: string[];
 }
-
 
 /**
  * A trace's record as stored, from its TraceInfo: checked (experiment, state, maps) and with the

@@ -79,10 +79,7 @@ export class TraceStore {
    * `data`, each item's experimentId set): one INSERT, read back as traces by settle.
    */
   async writeBatch(items: string, data: Uint8Array): Promise<void> {
-    await this.db
-      .insertInto("tr_trace_batches")
-      .values({ created_ms: this.now(), items, data })
-      .execute();
+    await this.db.insertInto("tr_trace_batches").values({ created_ms: this.now(), items, data }).execute();
   }
 
   private settling: Promise<number> | undefined;
