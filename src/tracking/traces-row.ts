@@ -66,7 +66,7 @@ export interface Body {
 
 /**
  * A trace's record as stored, from its TraceInfo: checked (experiment, state, maps) and with the
- * artifact location its spans are read from. Also run by the gateway's trace writer thread.
+ * artifact location its spans are read from. Also run when the gateway's raw batches are settled.
  */
 export function traceRow(project: string, raw: unknown, now: () => number = Date.now): Row {
   const info = (raw ?? {}) as Partial<TraceInfo> & {
