@@ -1120,7 +1120,7 @@ async function partTracing(
     blocks: [table],
     notes: [
       `The same InferenceService \`${name}\` (the upstream binary, one replica), spec.tracing patched between runs; ${TRACE_ROUNDS} rounds of off then on, each ${MAX_SECONDS} s of wrk at ${MAX_CONNECTIONS} connections, ${MAX_THREADS} thread(s), no pause, on Loom's port with a project API key; medians over rounds.`,
-      `Traces recorded while on: ${recorded} of ${tracedRequests} requests (the writer drops past a backlog of 50,000 and logs it; a trace is written in batches after its answer, every 100 ms or 256 requests).`,
+      `Traces recorded while on: ${recorded} of ${tracedRequests} requests (the recorder drops past a backlog of 50,000 and logs it; a trace is written raw after its answer, one row per batch of up to 256 requests every 100 ms, and made into an MLflow record by the first read after it: here the count's search). The event loop's own cost per trace, free of the machine's load, is measured apart by \`npx tsx bench/gateway-trace-cpu.ts\`.`,
       `Throughput on/off: ${ratio === undefined ? "—" : fmt(ratio, 3)}; cost of a trace ${pct(cost)}.`,
     ],
     workload: `3. ${TRACE_ROUNDS}×2 runs of ${MAX_SECONDS} s, tracing off/on`,

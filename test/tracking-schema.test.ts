@@ -59,13 +59,21 @@ const MIGRATIONS = [
 ];
 
 /** What a database records once opened by this Loom: the old ones, then those added since (issue 17: token lifecycle, audit log; issue 20: traces). */
-const CURRENT = [...MIGRATIONS, "0008_token_lifecycle", "0009_audit", "0010_ssh_keys", "0011_traces"];
+const CURRENT = [
+  ...MIGRATIONS,
+  "0008_token_lifecycle",
+  "0009_audit",
+  "0010_ssh_keys",
+  "0011_traces",
+  "0012_trace_batches",
+];
 
 /** Tracking's tables added since the old migrations (issue 20: MLflow 3's traces). */
 const TRACES_DDL = [
   `CREATE TABLE "tr_traces" ("project" text not null, "trace_id" text not null, "experiment_id" integer not null, "client_request_id" text, "request_time" integer not null, "execution_ms" integer, "state" text not null, "request_preview" text, "response_preview" text, "body" text not null, "spans" text, constraint "tr_traces_pk" primary key ("project", "trace_id"))`,
   `CREATE INDEX "tr_traces_experiment" on "tr_traces" ("project", "experiment_id", "request_time")`,
   `CREATE INDEX "tr_traces_time" on "tr_traces" ("request_time")`,
+  `CREATE TABLE "tr_trace_batches" ("id" integer primary key autoincrement, "created_ms" integer not null, "items" text not null, "data" blob not null)`,
 ];
 
 /** Some of everything tracking keeps, written as the old Loom wrote it. */
@@ -209,6 +217,7 @@ describe("tracking's schema on PostgreSQL", () => {
       "tr_run_outputs: run_uuid text!, model_id text!, step bigint!",
       "tr_runs: run_uuid text!, experiment_id integer!, project text!, run_name text!, user_id text!, status text!, start_time bigint!, end_time bigint, lifecycle_stage text!, artifact_uri text!",
       "tr_tags: run_uuid text!, key text!, value text!",
+      "tr_trace_batches: id integer! identity, created_ms bigint!, items text!, data bytea!",
       "tr_traces: project text!, trace_id text!, experiment_id integer!, client_request_id text, request_time bigint!, execution_ms bigint, state text!, request_preview text, response_preview text, body text!, spans text",
     ]);
     const indexes = await server.query<{ indexdef: string }>(
@@ -232,6 +241,7 @@ describe("tracking's schema on PostgreSQL", () => {
       "CREATE INDEX tr_runs_experiment ON public.tr_runs USING btree (experiment_id, start_time)",
       "CREATE UNIQUE INDEX tr_runs_pkey ON public.tr_runs USING btree (run_uuid)",
       "CREATE UNIQUE INDEX tr_tags_pk ON public.tr_tags USING btree (run_uuid, key)",
+      "CREATE UNIQUE INDEX tr_trace_batches_pkey ON public.tr_trace_batches USING btree (id)",
       "CREATE INDEX tr_traces_experiment ON public.tr_traces USING btree (project, experiment_id, request_time)",
       "CREATE UNIQUE INDEX tr_traces_pk ON public.tr_traces USING btree (project, trace_id)",
       "CREATE INDEX tr_traces_time ON public.tr_traces USING btree (request_time)",
@@ -245,6 +255,7 @@ describe("tracking's schema on PostgreSQL", () => {
       "0002_model_registry",
       "0003_logged_models",
       "0004_traces",
+      "0005_trace_batches",
     ]);
     // Opening it again (an upgraded Loom on a database the old one made) runs nothing.
     const again = await openTrackingDatabase(`${server.baseUrl}schema`);

@@ -58,8 +58,6 @@ export interface ApiOptions {
   /** Users' SSH public keys (`loom ssh-key`), given to workloads' sshd (embedded). */
   sshKeys?: SshKeyStore;
   trackingDb: TrackingDatabase;
-  /** The SQLite file tracking is in (embedded): the gateway's trace writer thread writes there. */
-  sqliteFile?: string;
   /** Where the admin token and the artifacts are kept. */
   dataDir: string;
   host?: string;
@@ -202,7 +200,6 @@ async function assembleApi(
   const traces = new GatewayTraceRecorder({
     traces: tracking.traces,
     experiment: (project, name) => ensureExperiment(tracking.store, project, name),
-    ...(api.sqliteFile ? { file: api.sqliteFile } : {}),
     registry: opts.metrics,
     ...(opts.log ? { log: opts.log } : {}),
   });

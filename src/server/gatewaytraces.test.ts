@@ -1,12 +1,12 @@
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Kysely } from "kysely";
+import { type Kysely, sql } from "kysely";
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { TraceStore } from "../tracking/traces.js";
-import { packTraces, unpackTraces } from "../tracking/traces-gateway.js";
+import { type PackedItem, packTraces, unpackTraces } from "../tracking/traces-gateway.js";
 import {
   buildTrace,
   GatewayTraceRecorder,
@@ -96,19 +96,23 @@ describe("gateway traces", () => {
     expect(buildTrace(cut, "1").info.state).toBe("ERROR");
   });
 
-  it("the writer thread parses, builds and inserts a batch into the SQLite file; the store finds each trace by tag; the experiment is made once per service", async () => {
+  it("a batch is stored as one raw row (nothing parsed); the first read makes its records, by tag, each project's own; the experiment is made once per service", async () => {
     const dir = mkdtempSync(join(tmpdir(), "loom-gwtraces-"));
     const database = await openSqlite(join(dir, "loom.db"));
     const store = new TraceStore(database.db as unknown as Kysely<unknown>);
     const made: string[] = [];
     const recorder = new GatewayTraceRecorder({
       traces: store,
-      file: join(dir, "loom.db"),
       experiment: async (project, name) => {
         made.push(`${project}:${name}`);
         return project === "p" ? "3" : "4";
       },
     });
+    const count = async (table: string) =>
+      Number(
+        (await sql<{ n: number }>`SELECT count(*) AS n FROM ${sql.table(table)}`.execute(database.db))
+          .rows[0]!.n,
+      );
     try {
       const body = JSON.stringify({
         choices: [{ message: { content: "yo" } }],
@@ -117,14 +121,20 @@ describe("gateway traces", () => {
       for (let i = 0; i < 5; i++) recorder.record(request(body, { caller: `key-${i}` }));
       recorder.record(request(body, { project: "q" }));
       await recorder.flush();
+      expect([await count("tr_trace_batches"), await count("tr_traces")]).toEqual([1, 0]);
       const found = await store.search("p", { experimentIds: ["3"], filter: "tag.`loom.caller` = 'key-3'" });
+      expect([await count("tr_trace_batches"), await count("tr_traces")]).toEqual([0, 6]);
       expect(found.traces).toHaveLength(1);
       expect(found.traces[0]!.response_preview).toBe("yo");
       expect(found.traces[0]!.tags["loom.tokens.total"]).toBe("3");
       const all = await store.search("p", { experimentIds: ["3"] });
       expect(all.traces).toHaveLength(5);
       expect(await store.spans("p", found.traces[0]!.trace_id)).toContain("CHAT_MODEL");
-      expect((await store.search("q", { experimentIds: ["4"] })).traces).toHaveLength(1);
+      // Project q's trace is q's: p cannot read it by id, even naming q's experiment.
+      const theirs = (await store.search("q", { experimentIds: ["4"] })).traces;
+      expect(theirs).toHaveLength(1);
+      expect((await store.search("p", { experimentIds: ["4"] })).traces).toHaveLength(0);
+      await expect(store.get("p", theirs[0]!.trace_id)).rejects.toThrow(/not found/);
       expect(made).toEqual(["p:isvc/s", "q:isvc/s"]);
     } finally {
       await recorder.close();
@@ -132,22 +142,49 @@ describe("gateway traces", () => {
     }
   });
 
-  it("without a file (tracking on PostgreSQL) the thread builds the records and the store writes them", async () => {
-    const written: { project: string; rows: { trace_id: string; spans: string | null }[] }[] = [];
+  it("settling: a damaged batch is skipped and counted, the next still read; readers at once write each trace once", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "loom-gwtraces-"));
+    const database = await openSqlite(join(dir, "loom.db"));
+    const store = new TraceStore(database.db as unknown as Kysely<unknown>);
+    try {
+      const good = packTraces([request("{}"), request("{}")]);
+      for (const i of good.items) i.experimentId = "3";
+      const bad = packTraces([request("{}")]);
+      bad.items[0]!.response = [0, 1 << 20]; // outside its bytes
+      await store.writeBatch("not json", new Uint8Array(0));
+      await store.writeBatch(JSON.stringify(bad.items), bad.data);
+      await store.writeBatch(JSON.stringify(good.items), good.data);
+      const [a, b] = await Promise.all([store.settle(), store.settle()]);
+      expect(a + b).toBe(2);
+      const all = await store.search("p", { experimentIds: ["3"] });
+      expect(all.traces).toHaveLength(2);
+      expect(await store.settle()).toBe(0);
+    } finally {
+      await database.close();
+    }
+  });
+
+  it("the recorder hands the store one packed batch per flush, nothing parsed or built on the way", async () => {
+    const written: { items: PackedItem[]; data: Uint8Array }[] = [];
     const recorder = new GatewayTraceRecorder({
       experiment: async () => "3",
       traces: {
-        writeRows: async (project: string, rows: { trace_id: string; spans: string | null }[]) => {
-          written.push({ project, rows });
+        writeBatch: async (items: string, data: Uint8Array) => {
+          written.push({ items: JSON.parse(items) as PackedItem[], data });
         },
       } as unknown as TraceStore,
     });
-    for (let i = 0; i < 3; i++) recorder.record(request("{}"));
+    for (let i = 0; i < 3; i++) recorder.record(request(`{"n":${i}}`));
     expect(written).toHaveLength(0); // nothing on the request path
     await recorder.close();
-    expect(written.map((w) => [w.project, w.rows.length])).toEqual([["p", 3]]);
-    expect(written[0]!.rows[0]!.trace_id).toMatch(/^tr-[0-9a-f]{32}$/);
-    expect(written[0]!.rows[0]!.spans).toContain("mlflow.spanInputs");
+    expect(written).toHaveLength(1);
+    expect(written[0]!.items.map((i) => [i.project, i.experimentId])).toEqual([
+      ["p", "3"],
+      ["p", "3"],
+      ["p", "3"],
+    ]);
+    const [off, len] = written[0]!.items[2]!.response;
+    expect(Buffer.from(written[0]!.data.subarray(off, off + len)).toString()).toBe('{"n":2}');
   });
 
   it("a backlog past the bound is dropped and counted, never waited on", async () => {

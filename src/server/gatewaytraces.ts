@@ -1,4 +1,3 @@
-import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
 import type { TraceStore } from "../tracking/traces.js";
@@ -8,7 +7,6 @@ import {
   type TracedRequest,
   unpackTraces,
 } from "../tracking/traces-gateway.js";
-import type { WriterAnswer, WriterRequest } from "../tracking/traces-worker.js";
 
 export { buildTrace, readExchange, type TracedRequest } from "../tracking/traces-gateway.js";
 
@@ -18,9 +16,10 @@ export { buildTrace, readExchange, type TracedRequest } from "../tracking/traces
  *
  * The request path only queues what the gateway captured (the raw bodies, no parsing): an array
  * push. Every FLUSH_MS or BATCH requests the queue is packed (the bodies copied into one buffer)
- * and handed on: on the API, to the trace writer thread (tracking/traces-worker.ts), which parses,
- * builds the spans and inserts the records in one transaction, off the gateway's event loop; on
- * a `loom gateway` node, to Loom's API (POST /gateway/v1/traces), which queues them the same way.
+ * and handed on: on the API, written as ONE row (TraceStore.writeBatch), which the first read of
+ * traces turns into MLflow trace records (parsing, spans: TraceStore.settle), so the cost of a
+ * trace on the gateway's event loop is a copy and a share of one INSERT; on a `loom gateway`
+ * node, to Loom's API (POST /gateway/v1/traces), which queues them the same way.
  * A backlog past MAX_QUEUED is dropped and counted (loom_gateway_traces_dropped_total): requests
  * never wait on tracing.
  */
@@ -124,11 +123,6 @@ export interface GatewayTraceDeps {
   traces: TraceStore;
   /** The experiment named so in the project: its id, made when missing. */
   experiment: (project: string, name: string) => Promise<string>;
-  /**
-   * The embedded SQLite file tracking is in: the writer thread inserts there itself. Absent
-   * (PostgreSQL): it builds the records and `traces` writes them here.
-   */
-  file?: string;
   registry?: Registry;
   log?: Logger;
 }
@@ -137,7 +131,6 @@ export interface GatewayTraceDeps {
 export class GatewayTraceRecorder {
   private readonly queue: TraceQueue;
   private readonly experiments = new Map<string, string>();
-  private writer: TraceWriter | undefined;
 
   constructor(private readonly deps: GatewayTraceDeps) {
     this.queue = new TraceQueue({
@@ -149,8 +142,6 @@ export class GatewayTraceRecorder {
 
   /** Queues one finished request; never throws, never waits. */
   record(r: TracedRequest): void {
-    // The thread starts with the first traced request, while the batch fills, not after it.
-    this.writer ??= new TraceWriter(this.deps.file, this.deps.log);
     this.queue.record(r);
   }
 
@@ -159,11 +150,9 @@ export class GatewayTraceRecorder {
     return this.queue.flush();
   }
 
-  /** Writes what is queued, then ends the writer thread. */
+  /** Writes what is queued. */
   async close(): Promise<void> {
     await this.flush();
-    await this.writer?.close();
-    this.writer = undefined;
   }
 
   private async write(batch: TracedRequest[]): Promise<void> {
@@ -172,13 +161,7 @@ export class GatewayTraceRecorder {
       item.experimentId =
         this.experiments.get(`${item.project}/${item.service}`) ??
         (await this.experimentOf(item.project, item.service));
-    this.writer ??= new TraceWriter(this.deps.file, this.deps.log);
-    const answer = await this.writer.write(packed);
-    if ("error" in answer) throw new Error(answer.error);
-    if (answer.failed > 0) this.deps.log?.warn({ failed: answer.failed }, "gateway traces not recorded");
-    if ("rows" in answer)
-      for (const [project, rows] of answer.rows)
-        await this.deps.traces.writeRows(project, rows as Parameters<TraceStore["writeRows"]>[1]);
+    await this.deps.traces.writeBatch(JSON.stringify(packed.items), packed.data);
   }
 
   private async experimentOf(project: string, service: string): Promise<string> {
@@ -194,69 +177,6 @@ export class GatewayTraceRecorder {
   /** Forgets cached experiment ids (one was deleted, say). */
   forget(project: string, service: string): void {
     this.experiments.delete(`${project}/${service}`);
-  }
-}
-
-/** The writer thread, started on first use; one that died is started again for the next batch. */
-class TraceWriter {
-  private worker: Worker | undefined;
-  private next = 1;
-  private readonly pending = new Map<number, (a: WriterAnswer) => void>();
-
-  constructor(
-    private readonly file: string | undefined,
-    private readonly log: Logger | undefined,
-  ) {
-    this.worker = this.start();
-  }
-
-  write(batch: PackedBatch): Promise<WriterAnswer> {
-    this.worker ??= this.start();
-    const worker = this.worker;
-    const id = this.next++;
-    return new Promise((resolve) => {
-      this.pending.set(id, resolve);
-      // The bodies' buffer moves to the thread (no copy); it is the batch's own.
-      const message: WriterRequest = { id, items: JSON.stringify(batch.items), data: batch.data };
-      worker.postMessage(message, [batch.data.buffer as ArrayBuffer]);
-      worker.ref();
-    });
-  }
-
-  private start(): Worker {
-    // Built: the .js beside this file. Under vitest (sources), the .ts through tsx's loader.
-    const ts = import.meta.url.endsWith(".ts");
-    const entry = new URL(`../tracking/traces-worker.${ts ? "ts" : "js"}`, import.meta.url);
-    const workerData = this.file ? { file: this.file } : {};
-    const worker = ts
-      ? new Worker(
-          `import("tsx/esm/api").then((m) => { m.register(); return import(${JSON.stringify(entry.href)}); })`,
-          { eval: true, workerData },
-        )
-      : new Worker(entry, { workerData });
-    worker.unref();
-    worker.on("message", (a: WriterAnswer) => {
-      this.pending.get(a.id)?.(a);
-      this.pending.delete(a.id);
-      if (this.pending.size === 0) worker.unref();
-    });
-    const fail = (why: string) => {
-      if (this.worker === worker) this.worker = undefined;
-      for (const [id, resolve] of this.pending) resolve({ id, error: why });
-      this.pending.clear();
-    };
-    worker.on("error", (err) => {
-      this.log?.warn({ err }, "the gateway trace writer failed; starting another for the next batch");
-      fail(String(err));
-    });
-    worker.on("exit", (code) => fail(`the trace writer exited (${code})`));
-    return worker;
-  }
-
-  async close(): Promise<void> {
-    const w = this.worker;
-    this.worker = undefined;
-    await w?.terminate();
   }
 }
 

@@ -144,4 +144,5 @@ const POSTGRES_MIGRATIONS = trackingMigrations("postgres", {
   model_registry: "0002_model_registry",
   logged_models: "0003_logged_models",
   traces: "0004_traces",
+  trace_batches: "0005_trace_batches",
 });

@@ -1,4 +1,4 @@
-import type { ColumnDefinitionBuilder, Kysely, Migration } from "kysely";
+import type { ColumnDefinitionBuilder, Generated, Kysely, Migration } from "kysely";
 
 /** The SQL dialect under tracking (tracking/db.ts opens one of each). */
 export type TrackingDialect = "sqlite" | "postgres";
@@ -114,6 +114,20 @@ export interface TracesSchema {
      */
     spans: string | null;
   };
+  /**
+   * Gateway-recorded traces not read yet (migration step "trace_batches"): one row per batch of
+   * raw exchanges, as the gateway kept them. The first read of traces turns each into tr_traces
+   * records (traces-gateway.ts) and deletes it: a trace costs the request path a copy and 1/256
+   * of an INSERT, not JSON parsing and span building.
+   */
+  tr_trace_batches: {
+    id: Generated<number>;
+    created_ms: number;
+    /** The batch's items (PackedItem[]) as JSON: who asked, what served it, times, body offsets. */
+    items: string;
+    /** The items' request and response bodies, one after another. */
+    data: Uint8Array;
+  };
 }
 
 // ---- migrations ------------------------------------------------------------------------
@@ -124,7 +138,13 @@ export interface TracesSchema {
  * recorded), so a step added here must be named in both (the Record types make that a compile
  * error until it is). Never edit a released step: add the next.
  */
-export const TRACKING_STEPS = ["tracking", "model_registry", "logged_models", "traces"] as const;
+export const TRACKING_STEPS = [
+  "tracking",
+  "model_registry",
+  "logged_models",
+  "traces",
+  "trace_batches",
+] as const;
 export type TrackingStep = (typeof TRACKING_STEPS)[number];
 
 /** Tracking's migrations for `dialect`, under the names `names` gives each step. */
@@ -143,6 +163,8 @@ interface ColumnTypes {
   bigint: "integer" | "bigint";
   /** Metric values. */
   double: "real" | "double precision";
+  /** Bytes. */
+  blob: "blob" | "bytea";
   /** An integer primary key the database numbers. */
   serial(c: ColumnDefinitionBuilder): ColumnDefinitionBuilder;
 }
@@ -157,9 +179,10 @@ function columnTypes(dialect: TrackingDialect): ColumnTypes {
     ? {
         bigint: "bigint",
         double: "double precision",
+        blob: "bytea",
         serial: (c) => c.primaryKey().generatedByDefaultAsIdentity(),
       }
-    : { bigint: "integer", double: "real", serial: (c) => c.primaryKey().autoIncrement() };
+    : { bigint: "integer", double: "real", blob: "blob", serial: (c) => c.primaryKey().autoIncrement() };
 }
 
 const STEPS: Record<TrackingStep, (db: Kysely<unknown>, t: ColumnTypes) => Promise<void>> = {
@@ -337,5 +360,16 @@ const STEPS: Record<TrackingStep, (db: Kysely<unknown>, t: ColumnTypes) => Promi
       .columns(["project", "experiment_id", "request_time"])
       .execute();
     await db.schema.createIndex("tr_traces_time").on("tr_traces").column("request_time").execute();
+  },
+
+  // Gateway-recorded traces as raw batches, made into tr_traces records when first read.
+  async trace_batches(db, t) {
+    await db.schema
+      .createTable("tr_trace_batches")
+      .addColumn("id", "integer", t.serial)
+      .addColumn("created_ms", t.bigint, (c) => c.notNull())
+      .addColumn("items", "text", (c) => c.notNull())
+      .addColumn("data", t.blob, (c) => c.notNull())
+      .execute();
   },
 };

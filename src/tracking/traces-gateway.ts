@@ -1,13 +1,13 @@
 import { randomBytes } from "node:crypto";
 import type { TracesSchema } from "./schema.js";
-import { type TraceInfo, traceRow } from "./traces.js";
+import { type TraceInfo, traceRow } from "./traces-row.js";
 
 /**
  * Gateway-recorded traces (spec.tracing on an InferenceService), from the raw bytes the gateway
- * kept to MLflow 3 trace records. This runs off the request path: in the trace writer thread
- * (traces-worker.ts), never on the gateway's event loop. Batches cross threads (and, from a
- * `loom gateway` node, the network) packed: the bodies in one buffer, the rest in small objects,
- * so that handing them over is one copy and never the pool a Buffer may be a view of.
+ * kept to MLflow 3 trace records. This runs off the request path: a batch is stored packed (the
+ * bodies in one buffer, the rest in small objects: one row, TraceStore.writeBatch) and becomes
+ * records when traces are next read (TraceStore.settle), never on a request's way. Batches from a
+ * `loom gateway` node cross the network packed the same way.
  */
 
 /** A traced request as the gateway saw it (gateway/contract.ts TraceCapture, by shape). */
@@ -107,7 +107,12 @@ export function gatewayRows(b: PackedBatch): {
 } {
   const rows = new Map<string, TracesSchema["tr_traces"][]>();
   let failed = 0;
-  const requests = unpackTraces(b);
+  let requests: TracedRequest[];
+  try {
+    requests = unpackTraces(b);
+  } catch {
+    return { rows, failed: Array.isArray(b.items) ? b.items.length : 1 };
+  }
   for (let i = 0; i < requests.length; i++) {
     const r = requests[i]!;
     try {

@@ -3,48 +3,39 @@ import type { Kysely } from "kysely";
 import { invalidParameter, notFound } from "./errors.js";
 import { type AttributeSpec, type Clause, type Grammar, parseFilter } from "./filter.js";
 import type { TracesSchema } from "./schema.js";
+import { gatewayRows, type PackedItem } from "./traces-gateway.js";
+import {
+  type Assessment,
+  type Body,
+  ROW_COLUMNS,
+  type Row,
+  type TraceInfo,
+  toInfo,
+  traceRow,
+} from "./traces-row.js";
+
+export {
+  ARTIFACT_LOCATION_TAG,
+  type Assessment,
+  durationMs,
+  type Row,
+  type TraceInfo,
+  timestampMs,
+  traceArtifactPath,
+  traceRow,
+} from "./traces-row.js";
 
 /**
  * MLflow 3's traces, per project: the trace's record (its TraceInfo: times, state, previews,
  * metadata, tags) is kept here; its spans are the `traces.json` the client uploads to the
  * artifact location this store hands it (`mlflow-artifacts:/EXP/traces/ID/artifacts`), as
  * MLflow's own server does when it does not take spans itself.
+ *
+ * The gateway's traces (spec.tracing) come as raw batches (writeBatch: one row per batch, no
+ * parsing on the request path) and become records here when traces are next read (settle).
  */
 
-/** TraceInfo as MLflow's proto3 JSON writes it (TraceInfoV3). */
-export interface TraceInfo {
-  trace_id: string;
-  client_request_id?: string;
-  trace_location: { type: "MLFLOW_EXPERIMENT"; mlflow_experiment: { experiment_id: string } };
-  request_preview?: string;
-  response_preview?: string;
-  /** RFC 3339, as protobuf's Timestamp in JSON. */
-  request_time: string;
-  /** "1.5s", as protobuf's Duration in JSON. */
-  execution_duration?: string;
-  state: string;
-  trace_metadata: Record<string, string>;
-  tags: Record<string, string>;
-  /** Feedback and expectations on the trace (mlflow.log_feedback, genai.evaluate's scorers). */
-  assessments?: Assessment[];
-}
-
-/** An Assessment as MLflow's proto3 JSON writes it; kept as sent, with its id and times. */
-export type Assessment = Record<string, unknown> & { assessment_id: string };
-
-/** Where the client uploads a trace's spans, and says it put them there. */
-export const ARTIFACT_LOCATION_TAG = "mlflow.artifactLocation";
-const SPANS_LOCATION_TAG = "mlflow.trace.spansLocation";
-const STATES = new Set(["STATE_UNSPECIFIED", "OK", "ERROR", "IN_PROGRESS"]);
 const MAX_RESULTS = 500;
-
-/** A trace's record without its spans (read only by `spans`). */
-export type Row = Omit<TracesSchema["tr_traces"], "spans">;
-
-/** A trace's spans under the artifact store: DIR/PROJECT/EXP/traces/ID (the sweep removes it). */
-export function traceArtifactPath(experimentId: string | number, traceId: string): string {
-  return `${experimentId}/traces/${traceId}`;
-}
 
 export class TraceStore {
   private readonly db: Kysely<TracesSchema>;
@@ -80,24 +71,74 @@ export class TraceStore {
 
   /** Rows made by traceRow (with their spans), replacing any of the same ids, in one transaction. */
   async writeRows(project: string, rows: TracesSchema["tr_traces"][]): Promise<void> {
-    await this.db.transaction().execute(async (tx) => {
-      for (let i = 0; i < rows.length; i += 200) {
-        const ids = rows.slice(i, i + 200).map((r) => r.trace_id);
-        await tx
-          .deleteFrom("tr_traces")
-          .where("project", "=", project)
-          .where("trace_id", "in", ids)
-          .execute();
-        await tx
-          .insertInto("tr_traces")
-          .values(rows.slice(i, i + 200))
-          .execute();
+    await this.db.transaction().execute((tx) => writeRowsIn(tx, project, rows));
+  }
+
+  /**
+   * A batch of the gateway's traced requests, kept raw (PackedItem[] as JSON, their bodies in
+   * `data`, each item's experimentId set): one INSERT, read back as traces by settle.
+   */
+  async writeBatch(items: string, data: Uint8Array): Promise<void> {
+    await this.db.insertInto("tr_trace_batches").values({ created_ms: this.now(), items, data }).execute();
+  }
+
+  private settling: Promise<number> | undefined;
+
+  /**
+   * Turns the gateway's raw batches into trace records (once: each batch goes as its records are
+   * written, in one transaction), before anything reads traces. A batch at a time, the event loop
+   * let go between them, so a backlog never holds the gateway's requests for long. Resolves with
+   * the items that could not be read (skipped).
+   */
+  settle(): Promise<number> {
+    // One pass at a time; a caller during a pass waits for it and then a pass of its own, so
+    // a batch written before the call is always settled when it resolves.
+    const previous = this.settling;
+    const next = (previous ? previous.then(() => this.settleAll()) : this.settleAll()).finally(() => {
+      if (this.settling === next) this.settling = undefined;
+    });
+    this.settling = next;
+    return next;
+  }
+
+  private async settleAll(): Promise<number> {
+    let failed = 0;
+    for (;;) {
+      const one = await this.settleOne();
+      if (one === undefined) return failed;
+      failed += one;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  /** The oldest batch as records; undefined when there is none. */
+  private async settleOne(): Promise<number | undefined> {
+    return this.db.transaction().execute(async (tx) => {
+      const batch = await tx
+        .selectFrom("tr_trace_batches")
+        .selectAll()
+        .orderBy("id")
+        .limit(1)
+        .executeTakeFirst();
+      if (!batch) return undefined;
+      // Claimed by its deletion: another API process settling it too deletes nothing and skips it.
+      const gone = await tx.deleteFrom("tr_trace_batches").where("id", "=", batch.id).executeTakeFirst();
+      if (Number(gone.numDeletedRows) === 0) return 0;
+      let items: PackedItem[];
+      try {
+        items = JSON.parse(batch.items) as PackedItem[];
+      } catch {
+        return 1;
       }
+      const { rows, failed } = gatewayRows({ items, data: batch.data });
+      for (const [project, list] of rows) await writeRowsIn(tx, project, list);
+      return failed;
     });
   }
 
   /** The spans (traces.json) Loom keeps for a trace it wrote itself, if it is one of those. */
   async spans(project: string, traceId: string): Promise<string | undefined> {
+    await this.settle();
     const row = await this.db
       .selectFrom("tr_traces")
       .select("spans")
@@ -128,20 +169,10 @@ export class TraceStore {
     const clauses = parseFilter(opts.filter, TRACE_GRAMMAR);
     const ids = opts.experimentIds.filter((id) => /^\d+$/.test(id)).map(Number);
     if (ids.length === 0) return { traces: [] };
+    await this.settle();
     const rows = await this.db
       .selectFrom("tr_traces")
-      .select([
-        "project",
-        "trace_id",
-        "experiment_id",
-        "client_request_id",
-        "request_time",
-        "execution_ms",
-        "state",
-        "request_preview",
-        "response_preview",
-        "body",
-      ])
+      .select(ROW_COLUMNS)
       .where("project", "=", project)
       .where("experiment_id", "in", ids)
       .execute();
@@ -187,6 +218,7 @@ export class TraceStore {
     project: string,
     opts: { experimentId: string; traceIds?: string[]; maxTimestampMs?: number; maxTraces?: number },
   ): Promise<{ experiment_id: number; trace_id: string }[]> {
+    await this.settle();
     let q = this.db
       .selectFrom("tr_traces")
       .select(["experiment_id", "trace_id"])
@@ -213,6 +245,7 @@ export class TraceStore {
     maxAgeMs: number,
     batch = 1000,
   ): Promise<{ project: string; experiment_id: number; trace_id: string }[]> {
+    await this.settle();
     const cutoff = this.now() - maxAgeMs;
     const out: { project: string; experiment_id: number; trace_id: string }[] = [];
     for (;;) {
@@ -312,6 +345,7 @@ export class TraceStore {
   }
 
   private async row(project: string, traceId: string): Promise<Row> {
+    await this.settle();
     const row = await this.db
       .selectFrom("tr_traces")
       .selectAll()
@@ -323,6 +357,7 @@ export class TraceStore {
   }
 
   private async editBody(project: string, traceId: string, edit: (b: Body) => void): Promise<void> {
+    await this.settle();
     await this.db.transaction().execute(async (tx) => {
       const row = await tx
         .selectFrom("tr_traces")
@@ -343,12 +378,20 @@ export class TraceStore {
   }
 }
 
-interface Body {
-  metadata: Record<string, string>;
-  tags: Record<string, string>;
-  assessments?: Assessment[];
-  /** Runs linked to the trace besides its source run (LinkTracesToRun). */
-  runs?: string[];
+/** Rows made by traceRow, replacing any of the same ids, in the transaction `tx`. */
+async function writeRowsIn(
+  tx: Kysely<TracesSchema>,
+  project: string,
+  rows: TracesSchema["tr_traces"][],
+): Promise<void> {
+  for (let i = 0; i < rows.length; i += 200) {
+    const ids = rows.slice(i, i + 200).map((r) => r.trace_id);
+    await tx.deleteFrom("tr_traces").where("project", "=", project).where("trace_id", "in", ids).execute();
+    await tx
+      .insertInto("tr_traces")
+      .values(rows.slice(i, i + 200))
+      .execute();
+  }
 }
 
 function assessmentOf(raw: unknown): Record<string, unknown> {
@@ -361,94 +404,6 @@ function findAssessment(b: Body, traceId: string, assessmentId: string): Assessm
   const a = b.assessments?.find((x) => x.assessment_id === assessmentId);
   if (!a) throw notFound(`Assessment with ID '${assessmentId}' not found for trace '${traceId}'`);
   return a;
-}
-
-/**
- * A trace's record as stored, from its TraceInfo: checked (experiment, state, maps) and with the
- * artifact location its spans are read from. Also run by the gateway's trace writer thread.
- */
-export function traceRow(project: string, raw: unknown, now: () => number = Date.now): Row {
-  const info = (raw ?? {}) as Partial<TraceInfo> & {
-    trace_location?: { mlflow_experiment?: { experiment_id?: unknown } };
-  };
-  const traceId = traceIdOf(info.trace_id);
-  const experimentId = String(info.trace_location?.mlflow_experiment?.experiment_id ?? "");
-  if (!/^\d+$/.test(experimentId))
-    throw invalidParameter(
-      "'trace.trace_info.trace_location.mlflow_experiment.experiment_id' must name an experiment",
-    );
-  const state = info.state ?? "STATE_UNSPECIFIED";
-  if (!STATES.has(state)) throw invalidParameter(`Invalid trace state '${state}'`);
-  const tags = {
-    ...stringMap(info.tags, "tags"),
-    [ARTIFACT_LOCATION_TAG]: `mlflow-artifacts:/${traceArtifactPath(experimentId, traceId)}/artifacts`,
-    [SPANS_LOCATION_TAG]: "ARTIFACT_REPO",
-  };
-  return {
-    project,
-    trace_id: traceId,
-    experiment_id: Number(experimentId),
-    client_request_id: info.client_request_id ?? null,
-    request_time: info.request_time ? timestampMs(info.request_time) : now(),
-    execution_ms: info.execution_duration ? durationMs(info.execution_duration) : null,
-    state,
-    request_preview: info.request_preview ?? null,
-    response_preview: info.response_preview ?? null,
-    body: JSON.stringify({ metadata: stringMap(info.trace_metadata, "trace_metadata"), tags }),
-  };
-}
-
-function traceIdOf(v: unknown): string {
-  if (typeof v !== "string" || !/^[A-Za-z0-9._:-]{1,128}$/.test(v))
-    throw invalidParameter(
-      `'trace.trace_info.trace_id' must be 1-128 letters, digits, '.', '_', ':' or '-', got ${JSON.stringify(v)}`,
-    );
-  return v;
-}
-
-function stringMap(v: unknown, field: string): Record<string, string> {
-  if (v === undefined || v === null) return {};
-  if (typeof v !== "object" || Array.isArray(v))
-    throw invalidParameter(`'${field}' must be a map of strings`);
-  const out: Record<string, string> = {};
-  for (const [k, x] of Object.entries(v)) out[k] = typeof x === "string" ? x : JSON.stringify(x);
-  return out;
-}
-
-/** A protobuf Timestamp in JSON ("2026-01-02T03:04:05.123456Z") to ms. */
-export function timestampMs(v: unknown): number {
-  // Date.parse takes at most ms: the finer digits are cut.
-  const text = typeof v === "string" ? v.replace(/(\.\d{3})\d+/, "$1") : "";
-  const ms = Date.parse(text);
-  if (!Number.isFinite(ms)) throw invalidParameter(`Invalid timestamp ${JSON.stringify(v)}`);
-  return ms;
-}
-
-/** A protobuf Duration in JSON ("1.5s") to ms. */
-export function durationMs(v: unknown): number {
-  const m = typeof v === "string" ? /^(-?\d+(?:\.\d+)?)s$/.exec(v) : null;
-  if (!m) throw invalidParameter(`Invalid duration ${JSON.stringify(v)}`);
-  return Math.round(Number(m[1]) * 1000);
-}
-
-function toInfo(r: Row): TraceInfo {
-  const body = JSON.parse(r.body) as Body;
-  return {
-    trace_id: r.trace_id,
-    ...(r.client_request_id ? { client_request_id: r.client_request_id } : {}),
-    trace_location: {
-      type: "MLFLOW_EXPERIMENT",
-      mlflow_experiment: { experiment_id: String(r.experiment_id) },
-    },
-    ...(r.request_preview !== null ? { request_preview: r.request_preview } : {}),
-    ...(r.response_preview !== null ? { response_preview: r.response_preview } : {}),
-    request_time: new Date(r.request_time).toISOString(),
-    ...(r.execution_ms !== null ? { execution_duration: `${r.execution_ms / 1000}s` } : {}),
-    state: r.state,
-    trace_metadata: body.metadata,
-    tags: body.tags,
-    ...(body.assessments?.length ? { assessments: body.assessments } : {}),
-  };
 }
 
 // ---- MLflow's trace search grammar -------------------------------------------------------

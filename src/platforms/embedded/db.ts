@@ -185,6 +185,7 @@ const MIGRATIONS: Record<string, Migration> = {
     logged_models: "0005_logged_models",
     // Added after 0010: the name sorts it last, where the migrator runs it.
     traces: "0011_traces",
+    trace_batches: "0012_trace_batches",
   }),
   "0006_token_projects": {
     // Tokens scoped to one project (tracking's tenancy; workloads get one for their project).
