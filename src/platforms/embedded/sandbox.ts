@@ -2,13 +2,12 @@ import { spawnSync } from "node:child_process";
 import {
   existsSync,
   lstatSync,
-  readdirSync,
   readFileSync,
   readlinkSync,
   renameSync,
   writeFileSync,
 } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname } from "node:path";
 import { type CgroupLayout, detectCgroups } from "./cgroups.js";
 
 /**
@@ -220,17 +219,6 @@ export function describeSandbox(s: SandboxSupport): string {
     ? `memory limits and CPU shares (cgroup ${s.cgroups.version})`
     : "no memory limits or CPU shares (cgroups not writable)";
   return `bubblewrap (mount, PID, IPC, UTS namespaces), ${who}, ${limits}`;
-}
-
-/** /dev/nvidia* and friends, passed through to workloads (CUDA_VISIBLE_DEVICES still picks). */
-export function gpuDevices(): string[] {
-  try {
-    return readdirSync("/dev")
-      .filter((n) => n.startsWith("nvidia") || n === "dri")
-      .map((n) => join("/dev", n));
-  } catch {
-    return [];
-  }
 }
 
 /** First uid/gid handed to projects; 200000 keeps clear of system and regular users (and subuid ranges start at 100000 with 65536 each). */
