@@ -15,7 +15,7 @@ import type {
   WorkerEndpoint,
   WorkloadRef,
 } from "../../ports/runtime.js";
-import type { NodeCapacity } from "../../ports/scheduler.js";
+import type { GpuDeviceStatus, NodeCapacity } from "../../ports/scheduler.js";
 import { oomKilled, removeCgroup } from "./cgroups.js";
 import { freeLoopbackEndpoints } from "./endpoints.js";
 import { exitOf } from "./exits.js";
@@ -161,13 +161,13 @@ export class LocalRuntime implements Runtime {
         ...(this.gpu.memoryBytes ? { gpuMemoryBytes: this.gpu.memoryBytes } : {}),
         gpuSharing: this.gpu.sharing,
         ...(this.gpu.sharingReason ? { gpuSharingReason: this.gpu.sharingReason } : {}),
-        ...(this.gpu.devices ? { gpuDevices: this.gpuDevices() } : {}),
+        ...(this.gpu.devices ? { gpuDevices: this.gpuStatus() } : {}),
       },
     ];
   }
 
   /** Each real device's health and use, with the device memory each worker's processes hold. */
-  private gpuDevices() {
+  gpuStatus(): GpuDeviceStatus[] {
     const workers = new Map<string, { project: string; name: string; worker: number }>();
     for (const g of this.gangs.values())
       for (const w of g.workers)
