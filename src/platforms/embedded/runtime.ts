@@ -159,8 +159,13 @@ export class LocalRuntime implements Runtime {
         gpus: this.gpu.ids(),
         ...(this.gpu.model ? { gpuModel: this.gpu.model } : {}),
         ...(this.gpu.memoryBytes ? { gpuMemoryBytes: this.gpu.memoryBytes } : {}),
-        gpuSharing: this.gpu.sharing,
-        ...(this.gpu.sharingReason ? { gpuSharingReason: this.gpu.sharingReason } : {}),
+        // Said only where there are devices to share (a CPU machine's node says nothing of GPUs).
+        ...(this.gpu.ids().length > 0 || this.gpu.devices
+          ? {
+              gpuSharing: this.gpu.sharing,
+              ...(this.gpu.sharingReason ? { gpuSharingReason: this.gpu.sharingReason } : {}),
+            }
+          : {}),
         ...(this.gpu.devices ? { gpuDevices: this.gpuStatus() } : {}),
       },
     ];
