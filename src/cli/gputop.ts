@@ -25,11 +25,19 @@ export function gpuTopText(nodes: NodeUsage[], table: (rows: string[][]) => stri
       ]),
     );
     const workers = devices.flatMap(({ node, d }) =>
-      (d.workloads ?? []).map((w) => [node, d.id, w.project, w.name, String(w.worker), mib(w.memoryUsedBytes)]),
+      (d.workloads ?? []).map((w) => [
+        node,
+        d.id,
+        w.project,
+        w.name,
+        String(w.worker),
+        mib(w.memoryUsedBytes),
+      ]),
     );
     if (workers.length > 0)
       out.push(table([["NODE", "GPU", "PROJECT", "WORKLOAD", "WORKER", "GPU MEMORY"], ...workers]));
   }
-  for (const n of nodes) if (n.gpuSharingReason && n.gpuSharing !== "mps") out.push(`${n.name}: ${n.gpuSharingReason}\n`);
+  for (const n of nodes)
+    if (n.gpuSharingReason && n.gpuSharing !== "mps") out.push(`${n.name}: ${n.gpuSharingReason}\n`);
   return out.join("\n");
 }

@@ -94,7 +94,13 @@ export function nvidiaGpus(o: NvidiaGpusOptions): GpuHost {
       if (devices.length === 0) return { CUDA_VISIBLE_DEVICES: "" };
       const env: Record<string, string> = { CUDA_VISIBLE_DEVICES: devices.map((d) => d.uuid).join(",") };
       const share = a.gpuShare;
-      if (share !== undefined && share < 1 && sharing === "mps" && devices.length === 1 && o.mps?.has(devices[0]!.id))
+      if (
+        share !== undefined &&
+        share < 1 &&
+        sharing === "mps" &&
+        devices.length === 1 &&
+        o.mps?.has(devices[0]!.id)
+      )
         Object.assign(env, o.mps.clientEnv(devices[0]!, share));
       return env;
     },

@@ -202,7 +202,8 @@ export class GpuInventory {
     };
     // The same index now naming another card (a driver reload renumbered them) is not the device
     // work was placed on: treated as the old one gone.
-    if (prev && prev.uuid !== row.uuid) this.markUnhealthy(d, `its index now names another device (${row.uuid})`);
+    if (prev && prev.uuid !== row.uuid)
+      this.markUnhealthy(d, `its index now names another device (${row.uuid})`);
     if (row.errors.length > 0) this.markUnhealthy(d, `nvidia-smi reports errors: ${row.errors.join("; ")}`);
     if ((row.eccUncorrected ?? 0) > 0)
       this.markUnhealthy(d, `${row.eccUncorrected} uncorrected ECC errors since the driver loaded`);

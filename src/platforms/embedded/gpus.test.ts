@@ -74,7 +74,13 @@ function gangOn(gpus: string[], command: string[], gpuShare?: number): GangSpec 
         index: 0,
         command,
         env: {},
-        allocation: { node: "n", cpuMillis: 100, memoryBytes: 2 ** 28, gpus, ...(gpuShare ? { gpuShare } : {}) },
+        allocation: {
+          node: "n",
+          cpuMillis: 100,
+          memoryBytes: 2 ** 28,
+          gpus,
+          ...(gpuShare ? { gpuShare } : {}),
+        },
       },
     ],
   };
@@ -113,7 +119,15 @@ describe("real GPUs (a stand-in nvidia-smi)", () => {
     await inv.refresh();
     expect(g.host.ids()).toEqual(["0"]);
     // The scheduler places a 1-GPU job on the one healthy device only.
-    const rt = new LocalRuntime({ dataDir: join(dir, "rt"), instanceId: randomUUID(), cpuMillis: 4000, memoryBytes: 2 ** 32, gpus: [], gpuHost: g.host, log });
+    const rt = new LocalRuntime({
+      dataDir: join(dir, "rt"),
+      instanceId: randomUUID(),
+      cpuMillis: 4000,
+      memoryBytes: 2 ** 32,
+      gpus: [],
+      gpuHost: g.host,
+      log,
+    });
     const node = (await rt.nodes())[0]!;
     expect(node.gpus).toEqual(["0"]);
     expect(node.gpuDevices!.filter((d) => !d.healthy).map((d) => d.id)).toEqual(["1", "2", "3"]);
@@ -123,7 +137,12 @@ describe("real GPUs (a stand-in nvidia-smi)", () => {
 
   it("without MPS, fractional requests get whole GPUs unless the admin allows unenforced sharing", async () => {
     const smi = fakeSmi([row(0)]);
-    const whole = await machineGpus({ dataDir: dir, nvidiaSmi: smi.bin, mpsControl: join(dir, "absent"), log });
+    const whole = await machineGpus({
+      dataDir: dir,
+      nvidiaSmi: smi.bin,
+      mpsControl: join(dir, "absent"),
+      log,
+    });
     expect(whole.host.sharing).toBe("whole");
     expect(whole.host.sharingReason).toMatch(/not installed.*get whole GPUs.*--gpu-sharing unenforced/);
     const loose = await machineGpus({
@@ -136,7 +155,13 @@ describe("real GPUs (a stand-in nvidia-smi)", () => {
     expect(loose.host.sharing).toBe("unenforced");
     // Two gpu: 0.5 workloads on a node of one GPU: one at a time under "whole", both at once unenforced.
     const twoHalves = (sharing: "whole" | "unenforced") => {
-      const node = toSchedNode({ name: "n", cpuMillis: 8000, memoryBytes: 2 ** 34, gpus: ["0"], gpuSharing: sharing });
+      const node = toSchedNode({
+        name: "n",
+        cpuMillis: 8000,
+        memoryBytes: 2 ** 34,
+        gpus: ["0"],
+        gpuSharing: sharing,
+      });
       const pending = ["a", "b"].map((name, i) => ({
         name,
         project: "p",
@@ -205,7 +230,15 @@ describe("real GPUs (a stand-in nvidia-smi)", () => {
   it("exports per-device and per-worker use in /metrics, and tells workspace culling when a device computes", async () => {
     const smi = fakeSmi([row(0, "40210, 97")]);
     const g = await machineGpus({ dataDir: dir, nvidiaSmi: smi.bin, mpsControl: join(dir, "absent"), log });
-    const rt = new LocalRuntime({ dataDir: join(dir, "rt"), instanceId: randomUUID(), cpuMillis: 4000, memoryBytes: 2 ** 32, gpus: [], gpuHost: g.host, log });
+    const rt = new LocalRuntime({
+      dataDir: join(dir, "rt"),
+      instanceId: randomUUID(),
+      cpuMillis: 4000,
+      memoryBytes: 2 ** 32,
+      gpus: [],
+      gpuHost: g.host,
+      log,
+    });
     const spec = gangOn(["0"], ["sleep", "600"]);
     try {
       await rt.start(spec);
@@ -216,10 +249,14 @@ describe("real GPUs (a stand-in nvidia-smi)", () => {
       const registry = new Registry();
       registerGpuMetrics(registry, () => rt.gpuStatus());
       const text = await registry.metrics();
-      expect(text).toMatch(/loom_gpu_utilization_percent\{gpu="0",uuid="GPU-0f2e[^"]*",model="NVIDIA H100 80GB HBM3"\} 97/);
+      expect(text).toMatch(
+        /loom_gpu_utilization_percent\{gpu="0",uuid="GPU-0f2e[^"]*",model="NVIDIA H100 80GB HBM3"\} 97/,
+      );
       expect(text).toMatch(/loom_gpu_memory_used_bytes\{gpu="0"[^}]*\} 42163240960/);
       expect(text).toMatch(/loom_gpu_healthy\{gpu="0"[^}]*\} 1/);
-      expect(text).toContain(`loom_gpu_workload_memory_used_bytes{gpu="0",project="p",workload="j",worker="0"} ${2048 * 2 ** 20}`);
+      expect(text).toContain(
+        `loom_gpu_workload_memory_used_bytes{gpu="0",project="p",workload="j",worker="0"} ${2048 * 2 ** 20}`,
+      );
       // Workspace culling reads the same sample: 97% is busy; a device it does not know, no answer.
       expect(await g.activity(["0"])).toBe(true);
       expect(await g.activity(["7"])).toBeUndefined();
@@ -229,4 +266,79 @@ describe("real GPUs (a stand-in nvidia-smi)", () => {
       g.close();
     }
   });
+
+  const support = detectSandbox();
+  it.runIf(!!support.bwrap && support.privileged)(
+    "lends a sandboxed worker only its own /dev/nvidiaN and its GPU's MPS pipes: another's device cannot be seen or opened",
+    async () => {
+      // Real character devices (NVIDIA's major, 195), in a /dev of the test's own.
+      const dev = join(dir, "dev");
+      mkdirSync(dev);
+      const nodes: [string, number][] = [
+        ["nvidia0", 0],
+        ["nvidia1", 1],
+        ["nvidiactl", 255],
+        ["nvidia-uvm", 254],
+      ];
+      for (const [name, minor] of nodes) {
+        const r = spawnSync("mknod", ["-m", "0666", join(dev, name), "c", "195", String(minor)]);
+        expect(r.status, String(r.stderr)).toBe(0);
+      }
+      const smi = fakeSmi([row(0), row(1)]);
+      const g = await machineGpus({
+        dataDir: join(dir, "rt"),
+        nvidiaSmi: smi.bin,
+        mpsControl: fakeMps(),
+        devRoot: dev,
+        log,
+      });
+      const rt = new LocalRuntime({
+        dataDir: join(dir, "rt"),
+        instanceId: randomUUID(),
+        cpuMillis: 4000,
+        memoryBytes: 2 ** 32,
+        gpus: [],
+        gpuHost: g.host,
+        sandbox: support,
+        log,
+      });
+      const otherPipes = join(dir, "rt", "gpu-mps", "1", "pipe");
+      const spec = gangOn(
+        ["0"],
+        [
+          "sh",
+          "-c",
+          `echo "cvd=$CUDA_VISIBLE_DEVICES"; echo $(ls ${dev}); ` +
+            `test -c ${dev}/nvidia0 && echo own-is-a-device; ` +
+            `(exec 3<${dev}/nvidia1) 2>/dev/null && echo OTHER-OPENED || echo other-not-openable; ` +
+            `test -d "$CUDA_MPS_PIPE_DIRECTORY" && test -w "$CUDA_MPS_PIPE_DIRECTORY" && echo own-mps-pipes; ` +
+            `test -e ${otherPipes} && echo OTHER-PIPES || echo other-pipes-hidden`,
+        ],
+        0.5,
+      );
+      try {
+        await rt.start(spec);
+        let w = (await rt.observe(spec.ref))!.workers[0]!;
+        for (let i = 0; i < 400 && w.state === "Running"; i++) {
+          await new Promise((r) => setTimeout(r, 50));
+          w = (await rt.observe(spec.ref))!.workers[0]!;
+        }
+        let out = "";
+        for await (const chunk of await rt.logs(spec.ref, { worker: 0 })) out += String(chunk);
+        expect(out.trim().split("\n")).toEqual([
+          `cvd=${UUID(0)}`,
+          "nvidia-uvm nvidia0 nvidiactl",
+          "own-is-a-device",
+          "other-not-openable",
+          "own-mps-pipes",
+          "other-pipes-hidden",
+        ]);
+        expect(w.state, w.message).toBe("Succeeded");
+      } finally {
+        await rt.release(spec.ref);
+        await rt.close();
+        g.close();
+      }
+    },
+  );
 });

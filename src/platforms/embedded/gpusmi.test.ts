@@ -66,7 +66,9 @@ describe("nvidia-smi's output", () => {
 
   it("reads the processes on the devices, and the driver's XIDs for a device", () => {
     expect(
-      parseComputeApps("4242, GPU-1f2e3d4c-5b6a-7988-a7b6-c5d4e3f2a1b0, 2048\n77, GPU-x, [N/A]\nNo running processes found\n"),
+      parseComputeApps(
+        "4242, GPU-1f2e3d4c-5b6a-7988-a7b6-c5d4e3f2a1b0, 2048\n77, GPU-x, [N/A]\nNo running processes found\n",
+      ),
     ).toEqual([
       { pid: 4242, gpuUuid: "GPU-1f2e3d4c-5b6a-7988-a7b6-c5d4e3f2a1b0", usedMiB: 2048 },
       { pid: 77, gpuUuid: "GPU-x" },

@@ -119,7 +119,10 @@ export function registerGpuMetrics(registry: Registry, status: () => GpuDeviceSt
       this.reset();
       for (const d of status())
         for (const w of d.workloads ?? [])
-          this.set({ gpu: d.id, project: w.project, workload: w.name, worker: String(w.worker) }, w.memoryUsedBytes);
+          this.set(
+            { gpu: d.id, project: w.project, workload: w.name, worker: String(w.worker) },
+            w.memoryUsedBytes,
+          );
     },
   });
 }

@@ -1,12 +1,5 @@
 import { spawnSync } from "node:child_process";
-import {
-  existsSync,
-  lstatSync,
-  readFileSync,
-  readlinkSync,
-  renameSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { type CgroupLayout, detectCgroups } from "./cgroups.js";
 
@@ -121,10 +114,14 @@ export function bwrapArgs(spec: SandboxSpec, privileged: boolean): string[] {
     "/var",
   );
   if (spec.shm) a.push("--bind", spec.shm, "/dev/shm");
-  for (const d of spec.devices ?? []) a.push("--dev-bind-try", d, d);
   // bwrap makes a bind's missing parents with the modes of the host's (a 0700 data dir would
   // stay closed to the workload's uid): they are made 0755 first, holding nothing but the binds.
-  for (const dir of parentsToMake([...spec.ro, ...spec.rw])) a.push("--perms", "0755", "--dir", dir);
+  // Devices outside /dev (a test's own nodes) get theirs too; /dev itself is bwrap's --dev.
+  const devices = spec.devices ?? [];
+  const outsideDev = devices.filter((d) => !d.startsWith("/dev/"));
+  for (const dir of parentsToMake([...spec.ro, ...spec.rw, ...outsideDev]))
+    a.push("--perms", "0755", "--dir", dir);
+  for (const d of devices) a.push("--dev-bind-try", d, d);
   for (const p of spec.ro) a.push("--ro-bind-try", p, p);
   for (const p of spec.rw) a.push("--bind", p, p);
   a.push("--chdir", spec.cwd);
