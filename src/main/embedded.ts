@@ -126,37 +126,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const codeServer = codeServerFor(log);
   const events = new SqliteEventRecorder(database.db, now);
   const instance = instanceId(opts.dataDir);
-  const gpus = await machineGpus({
-    ...(opts.gpus !== undefined ? { declared: opts.gpus } : {}),
-    dataDir: opts.dataDir,
-    allowUnenforced: opts.gpuSharing === "unenforced",
-    log: log.child({ component: "gpus" }),
-  });
-  const networks = new GangNetworks({
-    instanceId: instance,
-    enabled: opts.networkIsolation,
-  });
-  if (!networks.capability.isolated)
-    log.warn({ reason: networks.capability.reason }, "workloads share this machine's network");
-  const processes = new LocalRuntime({
-    dataDir: opts.dataDir,
-    instanceId: instance,
-    networks,
-    cpuMillis: availableParallelism() * 1000,
-    memoryBytes: totalmem(),
-    gpus: gpus.host.ids(),
-    gpuHost: gpus.host,
-    log: log.child({ component: "runtime/local" }),
-    sandbox,
-    insecureSharedUser: !!opts.insecureSharedUser,
-    // The built-in model server (runtimes/loom-tinygpt) loads examples/pretrain's model code.
-    // code-server (ide: vscode) is lent the same way where the machine has it.
-    lend: [
-      join(PACKAGE_ROOT, "runtimes"),
-      join(PACKAGE_ROOT, "examples"),
-      ...(codeServer ? [codeServer.lend] : []),
-    ],
-  });
+  const { gpus, networks, processes } = await localRuntime(opts, instance, sandbox, codeServer);
   // Model replicas: supervised processes that wait for the scheduler like any pod.
   const replicas = new LocalRevisions({
     runtime: processes,
@@ -322,4 +292,46 @@ function listenOn(server: Server, host: string, port: number): Promise<number> {
       ok((server.address() as AddressInfo).port);
     });
   });
+}
+
+/** This machine's GPUs, gangs' networks and the process runtime over them (startEmbedded's). */
+async function localRuntime(
+  opts: EmbeddedOptions,
+  instance: string,
+  sandbox: SandboxSupport,
+  codeServer: ReturnType<typeof codeServerFor>,
+) {
+  const log = opts.log;
+  const gpus = await machineGpus({
+    ...(opts.gpus !== undefined ? { declared: opts.gpus } : {}),
+    dataDir: opts.dataDir,
+    allowUnenforced: opts.gpuSharing === "unenforced",
+    log: log.child({ component: "gpus" }),
+  });
+  const networks = new GangNetworks({
+    instanceId: instance,
+    enabled: opts.networkIsolation,
+  });
+  if (!networks.capability.isolated)
+    log.warn({ reason: networks.capability.reason }, "workloads share this machine's network");
+  const processes = new LocalRuntime({
+    dataDir: opts.dataDir,
+    instanceId: instance,
+    networks,
+    cpuMillis: availableParallelism() * 1000,
+    memoryBytes: totalmem(),
+    gpus: gpus.host.ids(),
+    gpuHost: gpus.host,
+    log: log.child({ component: "runtime/local" }),
+    sandbox,
+    insecureSharedUser: !!opts.insecureSharedUser,
+    // The built-in model server (runtimes/loom-tinygpt) loads examples/pretrain's model code.
+    // code-server (ide: vscode) is lent the same way where the machine has it.
+    lend: [
+      join(PACKAGE_ROOT, "runtimes"),
+      join(PACKAGE_ROOT, "examples"),
+      ...(codeServer ? [codeServer.lend] : []),
+    ],
+  });
+  return { gpus, networks, processes };
 }

@@ -7,6 +7,7 @@ import type {
   Decisions,
   GpuDeviceStatus,
   GpuSharing,
+  NodeCapacity,
   RunningWorkload,
   Scheduler,
   Snapshot,
@@ -85,7 +86,11 @@ export class SchedulingView {
   }
 
   async nodes(): Promise<NodeUsage[]> {
-    const [s, capacity] = await Promise.all([this.snapshot(), this.deps.runtime.nodes()]);
+    // The runtime's own view adds GPU health and use; a runtime that cannot say leaves them out.
+    const [s, capacity] = await Promise.all([
+      this.snapshot(),
+      (async () => this.deps.runtime.nodes())().catch((): NodeCapacity[] => []),
+    ]);
     const gpu = new Map(capacity.map((c) => [c.name, c]));
     const usage = new Map<string, NodeUsage>();
     for (const n of s.nodes) {
