@@ -6,6 +6,7 @@ import type { PromptVersionView } from "../api/prompt.js";
 import type { ObjectEvent } from "../ports/store.js";
 import type { NodeUsage, ProjectUsage } from "../server/scheduling.js";
 import { CliError } from "./errors.js";
+import { gpuTopText } from "./gputop.js";
 import { ref } from "./resources.js";
 
 /** What `GET /nodes` and `GET /usage/projects` answer (the server's types). */
@@ -423,6 +424,7 @@ export function topText(projects: ProjectUsageView[], nodes: NodeUsageView[]): s
       pct(used.mem, mem),
     ],
   ]);
+  const gpu = gpuTopText(nodes, table);
   return `${projectRows}
-${cluster}`;
+${cluster}${gpu ? `\n${gpu}` : ""}`;
 }

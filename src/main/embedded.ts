@@ -12,8 +12,8 @@ import { type CodeServerInstall, findCodeServer } from "../platforms/embedded/co
 import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../platforms/embedded/events.js";
-import { nvidiaSmiActivity } from "../platforms/embedded/gpuactivity.js";
-import { detectGpus } from "../platforms/embedded/gpus.js";
+import { machineGpus } from "../platforms/embedded/gpus.js";
+import { registerGpuMetrics } from "../platforms/embedded/gpuusage.js";
 import { GangNetworks, type NetworkCapability } from "../platforms/embedded/netns.js";
 import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
 import { LocalRevisions } from "../platforms/embedded/replicas.js";
@@ -48,7 +48,6 @@ const BUILTIN_RUNTIME = [
  */
 const WORKSPACE_HELPERS = {
   ideActivity,
-  gpuActivity: nvidiaSmiActivity(),
   sshd: join(PACKAGE_ROOT, "runtimes", "loom-sshd", "loom-sshd.sh"),
 };
 
@@ -61,6 +60,8 @@ export interface EmbeddedOptions {
   workspacePort?: number;
   /** Declares N virtual GPUs instead of asking nvidia-smi. */
   gpus?: number;
+  /** "unenforced": where CUDA MPS is unavailable, fractional GPU requests still share devices. */
+  gpuSharing?: "unenforced";
   log: Logger;
   /** Periodic resync of every controller (and orphan collection). */
   resyncMs?: number;
@@ -91,6 +92,8 @@ export interface EmbeddedServer {
   adminTokenFile: string;
   /** How workloads are isolated here, in one line (`loom up` prints it). */
   sandbox: string;
+  /** One line: the GPUs found (or declared) and how fractions share them. */
+  gpus: string;
   app: FastifyInstance;
   /** Whether each workload has a network of its own, and why not (for `loom up` to say). */
   network: NetworkCapability;
@@ -123,30 +126,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const codeServer = codeServerFor(log);
   const events = new SqliteEventRecorder(database.db, now);
   const instance = instanceId(opts.dataDir);
-  const networks = new GangNetworks({
-    instanceId: instance,
-    enabled: opts.networkIsolation,
-  });
-  if (!networks.capability.isolated)
-    log.warn({ reason: networks.capability.reason }, "workloads share this machine's network");
-  const processes = new LocalRuntime({
-    dataDir: opts.dataDir,
-    instanceId: instance,
-    networks,
-    cpuMillis: availableParallelism() * 1000,
-    memoryBytes: totalmem(),
-    gpus: detectGpus(opts.gpus),
-    log: log.child({ component: "runtime/local" }),
-    sandbox,
-    insecureSharedUser: !!opts.insecureSharedUser,
-    // The built-in model server (runtimes/loom-tinygpt) loads examples/pretrain's model code.
-    // code-server (ide: vscode) is lent the same way where the machine has it.
-    lend: [
-      join(PACKAGE_ROOT, "runtimes"),
-      join(PACKAGE_ROOT, "examples"),
-      ...(codeServer ? [codeServer.lend] : []),
-    ],
-  });
+  const { gpus, networks, processes } = await localRuntime(opts, instance, sandbox, codeServer);
   // Model replicas: supervised processes that wait for the scheduler like any pod.
   const replicas = new LocalRevisions({
     runtime: processes,
@@ -158,6 +138,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   });
   const runtime = new EmbeddedRuntime(processes, replicas);
   const controllers = opts.controllers !== false;
+  const metrics = processMetricsRegistry();
+  if (gpus.inventory) registerGpuMetrics(metrics, () => processes.gpuStatus());
   const workspaceDirectory = new InMemoryWorkspaceDirectory();
   let workspacePort = 0;
   const plane = await assembleControlPlane({
@@ -165,7 +147,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     events,
     runtime,
     log,
-    metrics: processMetricsRegistry(),
+    metrics,
     now,
     resyncMs: opts.resyncMs,
     baseBackoffMs: opts.baseBackoffMs,
@@ -174,6 +156,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       // Its own origin, never the API's: the origin listener's port (by default the API's + 1).
       workspaceOrigin: () => (workspacePort ? `http://ws.localhost:${workspacePort}` : undefined),
       ...WORKSPACE_HELPERS,
+      gpuActivity: gpus.activity,
       ...(codeServer ? { codeServer: codeServer.command } : {}),
     },
     api: {
@@ -232,6 +215,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     adminToken: admin.token,
     adminTokenFile: admin.file,
     sandbox: sandboxLine(sandbox, !!opts.insecureSharedUser),
+    gpus: gpus.line,
     app: plane.app!,
     network: networks.capability,
     workspaces: {
@@ -248,6 +232,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       await plane.close();
       await runtime.close();
       networks.close();
+      gpus.close();
       await store.close();
       await trackingDb.close();
       await database.close();
@@ -307,4 +292,46 @@ function listenOn(server: Server, host: string, port: number): Promise<number> {
       ok((server.address() as AddressInfo).port);
     });
   });
+}
+
+/** This machine's GPUs, gangs' networks and the process runtime over them (startEmbedded's). */
+async function localRuntime(
+  opts: EmbeddedOptions,
+  instance: string,
+  sandbox: SandboxSupport,
+  codeServer: ReturnType<typeof codeServerFor>,
+) {
+  const log = opts.log;
+  const gpus = await machineGpus({
+    ...(opts.gpus !== undefined ? { declared: opts.gpus } : {}),
+    dataDir: opts.dataDir,
+    allowUnenforced: opts.gpuSharing === "unenforced",
+    log: log.child({ component: "gpus" }),
+  });
+  const networks = new GangNetworks({
+    instanceId: instance,
+    enabled: opts.networkIsolation,
+  });
+  if (!networks.capability.isolated)
+    log.warn({ reason: networks.capability.reason }, "workloads share this machine's network");
+  const processes = new LocalRuntime({
+    dataDir: opts.dataDir,
+    instanceId: instance,
+    networks,
+    cpuMillis: availableParallelism() * 1000,
+    memoryBytes: totalmem(),
+    gpus: gpus.host.ids(),
+    gpuHost: gpus.host,
+    log: log.child({ component: "runtime/local" }),
+    sandbox,
+    insecureSharedUser: !!opts.insecureSharedUser,
+    // The built-in model server (runtimes/loom-tinygpt) loads examples/pretrain's model code.
+    // code-server (ide: vscode) is lent the same way where the machine has it.
+    lend: [
+      join(PACKAGE_ROOT, "runtimes"),
+      join(PACKAGE_ROOT, "examples"),
+      ...(codeServer ? [codeServer.lend] : []),
+    ],
+  });
+  return { gpus, networks, processes };
 }

@@ -34,6 +34,33 @@ export interface NodeCapacity {
   gpuModel?: string;
   /** Memory of each GPU (Kubernetes: label nvidia.com/gpu.memory, in MiB). */
   gpuMemoryBytes?: number;
+  /** How fractional GPU requests share a device here (unset: "unenforced", as Kubernetes packs them). */
+  gpuSharing?: GpuSharing;
+  /** Why fractions are not enforced here, for the node's status. */
+  gpuSharingReason?: string;
+  /** Each real device's health and last sample (embedded, with nvidia-smi), for status and `loom top`. */
+  gpuDevices?: GpuDeviceStatus[];
+}
+
+/**
+ * How fractional GPU requests share a device: "mps" enforced by CUDA MPS (a memory limit and a
+ * share of the SMs per workload), "unenforced" packed by accounting alone, "whole" a fractional
+ * request takes a whole device (no MPS, and the admin did not allow unenforced sharing).
+ */
+export type GpuSharing = "mps" | "unenforced" | "whole";
+
+/** One device's health and use, as the runtime last read it. */
+export interface GpuDeviceStatus {
+  id: string;
+  uuid?: string;
+  model?: string;
+  healthy: boolean;
+  reason?: string;
+  utilization?: number;
+  memoryBytes?: number;
+  memoryUsedBytes?: number;
+  /** Device memory each worker's processes use, by "project/name/worker". */
+  workloads?: { project: string; name: string; worker: number; memoryUsedBytes: number }[];
 }
 
 /** What one worker was given: its node, its requests, and its devices. */

@@ -3,7 +3,15 @@ import type { Project } from "../api/project.js";
 import type { TrainingJob } from "../api/trainingjob.js";
 import { SnapshotBuilder, workloadOf } from "../controllers/admission/snapshot.js";
 import type { Runtime } from "../ports/runtime.js";
-import type { Decisions, RunningWorkload, Scheduler, Snapshot } from "../ports/scheduler.js";
+import type {
+  Decisions,
+  GpuDeviceStatus,
+  GpuSharing,
+  NodeCapacity,
+  RunningWorkload,
+  Scheduler,
+  Snapshot,
+} from "../ports/scheduler.js";
 import { DEFAULT_POOL, gangTotals } from "../ports/scheduler.js";
 import type { ResourceStore } from "../ports/store.js";
 
@@ -17,6 +25,11 @@ export interface NodeUsage {
   workloads: string[];
   /** Each GPU device and what holds it (several holders: fractions of it), for the console's node map (a server before it sent none). */
   devices?: DeviceUsage[];
+  /** How fractional GPU requests share a device on this node, and why not enforced where not. */
+  gpuSharing?: GpuSharing;
+  gpuSharingReason?: string;
+  /** Real devices' health, utilisation and memory, with each worker's memory (embedded with nvidia-smi). */
+  gpuStatus?: GpuDeviceStatus[];
 }
 
 /** One GPU device of a node and the workers holding it, each with its share (1: the whole device). */
@@ -73,10 +86,19 @@ export class SchedulingView {
   }
 
   async nodes(): Promise<NodeUsage[]> {
-    const s = await this.snapshot();
+    // The runtime's own view adds GPU health and use; a runtime that cannot say leaves them out.
+    const [s, capacity] = await Promise.all([
+      this.snapshot(),
+      (async () => this.deps.runtime.nodes())().catch((): NodeCapacity[] => []),
+    ]);
+    const gpu = new Map(capacity.map((c) => [c.name, c]));
     const usage = new Map<string, NodeUsage>();
     for (const n of s.nodes) {
+      const c = gpu.get(n.name);
       usage.set(n.name, {
+        ...(c?.gpuSharing ? { gpuSharing: c.gpuSharing } : {}),
+        ...(c?.gpuSharingReason ? { gpuSharingReason: c.gpuSharingReason } : {}),
+        ...(c?.gpuDevices ? { gpuStatus: c.gpuDevices } : {}),
         name: n.name,
         pool: n.pool ?? DEFAULT_POOL,
         ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),

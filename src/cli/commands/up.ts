@@ -14,6 +14,7 @@ interface UpOpts {
   workspacePort?: string;
   host: string;
   gpus?: string;
+  gpuSharing?: string;
   trackingDb?: string;
   auditRetention?: string;
   traceRetention?: string;
@@ -35,6 +36,12 @@ export function registerUp(program: Command, deps: CliDeps): void {
     .option("--workspace-port <port>", "port of the workspaces' own origin (default: --port + 1)")
     .option("--host <host>", "address to listen on", "127.0.0.1")
     .addOption(new Option("--gpus <n>", "declare N virtual GPUs instead of detecting them with nvidia-smi"))
+    .addOption(
+      new Option(
+        "--gpu-sharing <mode>",
+        "where CUDA MPS is unavailable, 'unenforced' lets fractional GPU requests share a device anyway (default: they get whole GPUs)",
+      ).choices(["unenforced"]),
+    )
     .option(
       "--tracking-db <url>",
       "keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
@@ -80,6 +87,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
           ...(workspacePort !== undefined ? { workspacePort } : {}),
           host: opts.host,
           gpus,
+          ...(opts.gpuSharing === "unenforced" ? { gpuSharing: "unenforced" as const } : {}),
           log,
           ...(opts.trackingDb ? { trackingDb: opts.trackingDb } : {}),
           auditRetentionMs: auditRetentionMs(opts.auditRetention ?? "30d"),
@@ -105,6 +113,7 @@ export function registerUp(program: Command, deps: CliDeps): void {
           `workspaces:  ${server.workspaces.urlPattern} (loom open ws/NAME)\n` +
           `apps:        ${server.workspaces.urlPattern.replace(".ws.localhost", ".app.localhost")} (loom open app/NAME)\n` +
           `sandbox:     ${server.sandbox}\n` +
+          `gpus:        ${server.gpus}\n` +
           `network:     ${server.network.isolated ? "one namespace per workload (reaches only Loom's API and gateway)" : `shared with this machine: ${server.network.reason}`}\n` +
           `CLI context "embedded" written to ${configPath()}; try: loom apply -f examples/hello/\n`,
       );

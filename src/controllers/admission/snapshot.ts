@@ -216,5 +216,6 @@ export function toSchedNode(n: NodeCapacity): SchedNode {
     ...(n.maxWorkers !== undefined ? { maxPods: n.maxWorkers } : {}),
     ...(n.pool ? { pool: n.pool } : {}),
     ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
+    ...(n.gpuSharing === "whole" ? { wholeGpusOnly: true } : {}),
   };
 }

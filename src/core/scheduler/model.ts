@@ -26,6 +26,8 @@ export interface SchedNode {
   gpus: GpuDevice[];
   /** Pods (or processes) the node takes at most; unset means no limit. */
   maxPods?: number;
+  /** Fractional requests take a whole device here (sharing could not be enforced). */
+  wholeGpusOnly?: boolean;
 }
 
 /** One pod (worker) of a gang. */

@@ -198,7 +198,11 @@ export class ClusterState {
         let pick = -1;
         let pickFree = spread ? -1 : Number.POSITIVE_INFINITY;
         for (let i = 0; i < n.deviceFree.length; i++) {
-          const s = pod.gpu > 0 ? pod.gpu : pod.gpuMemoryBytes! / (n.node.gpus[i]!.memoryBytes ?? 0);
+          const s = n.node.wholeGpusOnly
+            ? 1
+            : pod.gpu > 0
+              ? pod.gpu
+              : pod.gpuMemoryBytes! / (n.node.gpus[i]!.memoryBytes ?? 0);
           const free = n.deviceFree[i]!;
           if (!(s > 0 && s <= 1) || free + EPS < s) continue;
           if (spread ? free > pickFree : free < pickFree) {

@@ -24,7 +24,10 @@ export interface GangSandboxDeps {
   dataDir: string;
   /** Where Loom builds Python environments (lent read-only; the rest of the data dir is not). */
   environmentsDir: string;
-  devices: string[];
+  /** The GPUs' /dev entries a worker holding these devices is lent (its own and the driver's shared nodes only). */
+  devices: (gpus: string[]) => string[];
+  /** Directories a worker with this allocation must reach read-write (its GPU's MPS pipes). */
+  gpuBinds?: (a: GangSpec["workers"][number]["allocation"]) => string[];
   /** Lent read-only to every workload (Loom's built-in runtimes' code). */
   lend: string[];
 }
@@ -189,11 +192,12 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
             heartbeatFile,
             ...(home ? [home] : []),
             ...(persistent ? [persistent] : []),
+            ...(deps.gpuBinds?.(w.allocation) ?? []),
           ],
           ro: lent,
           shm,
           network: "host",
-          devices: w.allocation.gpus.length > 0 ? deps.devices : [],
+          devices: w.allocation.gpus.length > 0 ? deps.devices(w.allocation.gpus) : [],
           cwd,
         },
         w.command,

@@ -15,11 +15,13 @@ import type {
   WorkerEndpoint,
   WorkloadRef,
 } from "../../ports/runtime.js";
-import type { NodeCapacity } from "../../ports/scheduler.js";
+import type { GpuDeviceStatus, NodeCapacity } from "../../ports/scheduler.js";
 import { oomKilled, removeCgroup } from "./cgroups.js";
 import { freeLoopbackEndpoints } from "./endpoints.js";
 import { exitOf } from "./exits.js";
 import { cgroupName, type GangSandboxDeps, gangSandbox, shmDir } from "./gangsandbox.js";
+import { type GpuHost, virtualGpus } from "./gpuhost.js";
+import { gpuStatus, workerOfPid } from "./gpuusage.js";
 import { dialAddress, hasOwnNetwork, listeningPortsOf, workloadListeners } from "./listening.js";
 import { exposedPorts, type GangNetworks } from "./netns.js";
 import { dialHere, NamespaceDialer } from "./nsdial.js";
@@ -27,7 +29,7 @@ import { CheckpointReports, observation } from "./observation.js";
 import { isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
 import { PythonEnvironments } from "./pyenv.js";
 import { recoverGangs } from "./recovery.js";
-import { gpuDevices, ProjectIds, type SandboxSupport } from "./sandbox.js";
+import { ProjectIds, type SandboxSupport } from "./sandbox.js";
 import { Spawner, type SpawnRequest } from "./spawner.js";
 import { tailFile } from "./tail.js";
 import { credentialFiles, homeDir, SHIM, workerEnv, workerKey } from "./workerenv.js";
@@ -39,7 +41,10 @@ export interface LocalRuntimeOptions {
   instanceId: string;
   cpuMillis: number;
   memoryBytes: number;
+  /** Virtual device ids (`loom up --gpus N`), used where gpuHost is not given. */
   gpus: string[];
+  /** The machine's real GPUs (gpuhost.ts): health, per-worker devices, MPS. */
+  gpuHost?: GpuHost;
   log: Logger;
   /** How often processes not spawned by this server (re-adopted ones) are checked. */
   pollMs?: number;
@@ -87,6 +92,8 @@ export class LocalRuntime implements Runtime {
   private readonly sandbox: GangSandboxDeps | undefined;
   /** Connections into gangs' own networks (port-forward, ssh). */
   private readonly dialer = new NamespaceDialer();
+  /** The devices workers are placed on and how each is lent (virtual ones without nvidia-smi). */
+  private readonly gpu: GpuHost;
 
   /**
    * Every rank runs on this machine: the launcher starts them all itself (the hostfile names
@@ -104,6 +111,7 @@ export class LocalRuntime implements Runtime {
 
   constructor(private readonly opts: LocalRuntimeOptions) {
     this.now = opts.now ?? (() => new Date());
+    this.gpu = opts.gpuHost ?? virtualGpus(opts.gpus);
     this.environments = new PythonEnvironments(
       opts.environmentsDir ?? join(opts.dataDir, "environments"),
       opts.log,
@@ -121,7 +129,8 @@ export class LocalRuntime implements Runtime {
           ids: new ProjectIds(join(opts.dataDir, "project-uids.json")),
           dataDir: opts.dataDir,
           environmentsDir,
-          devices: gpuDevices(),
+          devices: (gpus) => this.gpu.deviceFiles(gpus),
+          gpuBinds: (a) => this.gpu.binds(a),
           lend: opts.lend ?? [],
         }
       : undefined;
@@ -147,9 +156,35 @@ export class LocalRuntime implements Runtime {
         name: this.nodeName,
         cpuMillis: this.opts.cpuMillis,
         memoryBytes: this.opts.memoryBytes,
-        gpus: this.opts.gpus,
+        gpus: this.gpu.ids(),
+        ...(this.gpu.model ? { gpuModel: this.gpu.model } : {}),
+        ...(this.gpu.memoryBytes ? { gpuMemoryBytes: this.gpu.memoryBytes } : {}),
+        // Said only where there are devices to share (a CPU machine's node says nothing of GPUs).
+        ...(this.gpu.ids().length > 0 || this.gpu.devices
+          ? {
+              gpuSharing: this.gpu.sharing,
+              ...(this.gpu.sharingReason ? { gpuSharingReason: this.gpu.sharingReason } : {}),
+            }
+          : {}),
+        ...(this.gpu.devices ? { gpuDevices: this.gpuStatus() } : {}),
       },
     ];
+  }
+
+  /** Each real device's health and use, with the device memory each worker's processes hold. */
+  gpuStatus(): GpuDeviceStatus[] {
+    const workers = new Map<string, { project: string; name: string; worker: number }>();
+    for (const g of this.gangs.values())
+      for (const w of g.workers)
+        workers.set(workerKey(g.ref.uid, g.attempt, w.index), {
+          project: g.ref.project,
+          name: g.ref.name,
+          worker: w.index,
+        });
+    return gpuStatus(this.gpu, (pid) => {
+      const key = workerOfPid(pid);
+      return key ? workers.get(key) : undefined;
+    });
   }
 
   /** Loopback ports the kernel says are free now, distinct across the gang. */
@@ -229,7 +264,11 @@ export class LocalRuntime implements Runtime {
     const prefix = network?.argvPrefix ?? [];
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
-      const base = workerEnv(spec, w, this.files, this.opts.instanceId, venv, !!sandbox);
+      // The devices named as the host names them (UUIDs for real GPUs), with MPS for a share.
+      const base = {
+        ...workerEnv(spec, w, this.files, this.opts.instanceId, venv, !!sandbox),
+        ...this.gpu.env(w.allocation),
+      };
       const env = network ? network.env(base) : base;
       const key = workerKey(spec.ref.uid, spec.attempt, w.index);
       const exitFile = join(dir, `worker-${w.index}.exit`);

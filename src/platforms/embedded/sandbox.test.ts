@@ -96,7 +96,7 @@ describe("sandbox", () => {
       ids: new ProjectIds(join(dir, "ids.json")),
       dataDir: join(dir, "data"),
       environmentsDir: join(dir, "data", "environments"),
-      devices: [],
+      devices: () => [],
       lend: [],
     };
     expect(() => gangSandbox(deps, gang("a", { workingDir: dir }), undefined)).toThrow(
@@ -126,7 +126,7 @@ describe("sandbox", () => {
       ids: new ProjectIds(join(dir, "ids.json")),
       dataDir: join(dir, "data"),
       environmentsDir: join(dir, "data", "environments"),
-      devices: [],
+      devices: () => [],
       lend: [],
     };
     const spec = { ...gang("a"), home: { name: "nb" } };

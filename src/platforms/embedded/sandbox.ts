@@ -1,14 +1,6 @@
 import { spawnSync } from "node:child_process";
-import {
-  existsSync,
-  lstatSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  renameSync,
-  writeFileSync,
-} from "node:fs";
-import { dirname, join } from "node:path";
+import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { type CgroupLayout, detectCgroups } from "./cgroups.js";
 
 /**
@@ -122,10 +114,14 @@ export function bwrapArgs(spec: SandboxSpec, privileged: boolean): string[] {
     "/var",
   );
   if (spec.shm) a.push("--bind", spec.shm, "/dev/shm");
-  for (const d of spec.devices ?? []) a.push("--dev-bind-try", d, d);
   // bwrap makes a bind's missing parents with the modes of the host's (a 0700 data dir would
   // stay closed to the workload's uid): they are made 0755 first, holding nothing but the binds.
-  for (const dir of parentsToMake([...spec.ro, ...spec.rw])) a.push("--perms", "0755", "--dir", dir);
+  // Devices outside /dev (a test's own nodes) get theirs too; /dev itself is bwrap's --dev.
+  const devices = spec.devices ?? [];
+  const outsideDev = devices.filter((d) => !d.startsWith("/dev/"));
+  for (const dir of parentsToMake([...spec.ro, ...spec.rw, ...outsideDev]))
+    a.push("--perms", "0755", "--dir", dir);
+  for (const d of devices) a.push("--dev-bind-try", d, d);
   for (const p of spec.ro) a.push("--ro-bind-try", p, p);
   for (const p of spec.rw) a.push("--bind", p, p);
   a.push("--chdir", spec.cwd);
@@ -220,17 +216,6 @@ export function describeSandbox(s: SandboxSupport): string {
     ? `memory limits and CPU shares (cgroup ${s.cgroups.version})`
     : "no memory limits or CPU shares (cgroups not writable)";
   return `bubblewrap (mount, PID, IPC, UTS namespaces), ${who}, ${limits}`;
-}
-
-/** /dev/nvidia* and friends, passed through to workloads (CUDA_VISIBLE_DEVICES still picks). */
-export function gpuDevices(): string[] {
-  try {
-    return readdirSync("/dev")
-      .filter((n) => n.startsWith("nvidia") || n === "dri")
-      .map((n) => join("/dev", n));
-  } catch {
-    return [];
-  }
 }
 
 /** First uid/gid handed to projects; 200000 keeps clear of system and regular users (and subuid ranges start at 100000 with 65536 each). */
