@@ -116,7 +116,7 @@ describe("console: examples/finetune's run chart and sweep in Chromium", () => {
     await page.waitForSelector("figure[data-metric=val_loss][data-xmin] canvas", { timeout: 60_000 });
     expect(await page.getAttribute("figure[data-metric=val_loss]", "data-points")).toBe(String(steps.length));
     expect(await page.getAttribute("figure[data-metric=train_loss]", "data-points")).toBe(
-      String(steps.length),
+      String(trainPoints),
     );
     expect(await page.getAttribute("figure[aria-label='val_loss by step']", "data-series")).toBe("1");
     // By step: the axis spans the first to the last evaluation.
