@@ -10,7 +10,7 @@ import { LoomProcess, ROOT } from "./helpers.js";
 
 /**
  * Issue 21's Apps page in real Chromium on a real `loom up`: a real Streamlit App
- * (test/fixtures/apps, the venv test/apps* use) shows Running, and its Open button opens a tab on
+ * (test/fixtures/apps, the venv test/apps* use) shows Ready, and its Open button opens a tab on
  * the app's own user-content origin (never the console's), through the one-time log-in link, which
  * lands on the app's page as rendered by Streamlit. The attacks: the link's ticket is refused the
  * second time, and the console's session cookie never reaches the app's origin.
@@ -99,8 +99,8 @@ describe("console: an App's Open button in Chromium", () => {
   it("opens the app on its own origin through the one-time log-in, landing on the app's page", async () => {
     await page.goto(`${loom.url}/#/workspaces`);
     await page.waitForSelector("text=default/tides");
-    // Live through the watch: the row turns Running once Streamlit answers.
-    await page.waitForSelector("#apps-title ~ table .phase.Running", { timeout: 300_000 });
+    // Live through the watch: the row turns Ready once Streamlit answers.
+    await page.waitForSelector("#apps-title ~ table .phase.Ready", { timeout: 300_000 });
     let status = await appStatus();
     for (const deadline = Date.now() + 60_000; !status.url && Date.now() < deadline; await sleep(250))
       status = await appStatus();
