@@ -41,6 +41,8 @@ describe("console: experiments and runs in Chromium", () => {
   const errors: string[] = [];
   let expId = "";
   const runs: Record<string, string> = {};
+  /** When each run logged its one accuracy point (ms): the lone x of that chart. */
+  const accuracyAt: Record<string, number> = {};
 
   async function ml<T>(path: string, body: unknown): Promise<T> {
     const r = await loom.api("POST", `${ML}/${path}`, body);
@@ -64,6 +66,7 @@ describe("console: experiments and runs in Chromium", () => {
       step,
     }));
     metrics.push({ key: "accuracy", value: 0.5 + points / 100, timestamp: t0, step: 0 });
+    accuracyAt[name.slice(-1)] = t0;
     await ml("runs/log-batch", { run_id: id, metrics, params: [{ key: "lr", value: lr }] });
     await ml("runs/update", { run_id: id, status: "FINISHED", end_time: Date.now() });
     return id;
@@ -146,6 +149,17 @@ describe("console: experiments and runs in Chromium", () => {
     await page.check("input[type=radio] >> nth=1");
     await page.waitForSelector("figure[aria-label='loss by time'] canvas");
     expect(await page.getAttribute("figure[data-metric=loss]", "data-points")).toBe(String(POINTS_A));
+    // accuracy has one point: by time its axis is a small window around it, not uPlot's years.
+    await page.waitForSelector("figure[aria-label='accuracy by time'][data-xmin] canvas");
+    const xmin = Number(await page.getAttribute("figure[data-metric=accuracy]", "data-xmin"));
+    const xmax = Number(await page.getAttribute("figure[data-metric=accuracy]", "data-xmax"));
+    expect(xmax - xmin).toBeGreaterThan(0);
+    expect(xmax - xmin).toBeLessThanOrEqual(120);
+    expect((xmin + xmax) / 2).toBeCloseTo(accuracyAt.a! / 1000, 3);
+    // The many-point loss chart keeps its own span: first to last point, edge to edge.
+    expect(Number(await page.getAttribute("figure[data-metric=loss]", "data-xmax"))).toBe(
+      (accuracyAt.a! + (POINTS_A - 1) * 1000) / 1000,
+    );
     expect(await axeViolations(page)).toEqual([]);
     await screenshot(page, "console-run");
   }, 60_000);

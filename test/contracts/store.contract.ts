@@ -285,6 +285,41 @@ export function resourceStoreContract(
         expect(Number(listed.resourceVersion)).toBeGreaterThanOrEqual(rvOf(made));
         for (const o of listed.items) expect(Number(listed.resourceVersion)).toBeGreaterThanOrEqual(rvOf(o));
       });
+      it("pages with limit and continue: every item once, in order, each page reporting the first page's revision", async () => {
+        const team = unique("pages");
+        const names = Array.from({ length: 5 }, () => unique("pg")).sort();
+        for (const n of names) await store.create(tj(n, { labels: { team } }));
+        const seen: string[] = [];
+        const revisions = new Set<string>();
+        let cont: string | undefined;
+        let pages = 0;
+        do {
+          const page = await store.list("TrainingJob", {
+            project: p1,
+            labelSelector: `team=${team}`,
+            limit: 2,
+            continue: cont,
+          });
+          expect(page.items.length).toBeLessThanOrEqual(2);
+          seen.push(...page.items.map((o) => o.metadata.name));
+          revisions.add(page.resourceVersion);
+          cont = page.continue;
+          pages++;
+          // A write between pages before where the list stopped: no later page repeats or shows it.
+          if (pages === 1) await store.create(tj(unique("pa-late"), { labels: { team } }));
+        } while (cont && pages < 10);
+        expect(seen).toEqual(names);
+        expect(pages).toBe(3);
+        expect(revisions.size).toBe(1);
+        // Unpaged: all of it, the late one too, and no continue.
+        const all = await store.list("TrainingJob", { project: p1, labelSelector: `team=${team}` });
+        expect(all.items).toHaveLength(6);
+        expect(all.continue).toBeUndefined();
+        // A continue value the store never gave is refused, saying what to do.
+        await expect(
+          store.list("TrainingJob", { project: p1, limit: 2, continue: "bm90LWEtdG9rZW4" }),
+        ).rejects.toThrow(/invalid continue token.*list again without it/);
+      });
     });
 
     describe("update", () => {

@@ -2,6 +2,11 @@
 
 export const BASE = "/apis/loom.dev/v1alpha1";
 
+/** The list path of a kind: one project's, or every project's for a token that reaches them all. */
+export function kindPath(plural: string, project: string | undefined): string {
+  return project ? `${BASE}/projects/${encodeURIComponent(project)}/${plural}` : `${BASE}/${plural}`;
+}
+
 /** An API refusal, with the server's own message (which says what to do). */
 export class ApiError extends Error {
   constructor(

@@ -1,5 +1,5 @@
 import type { Logger } from "pino";
-import { LoomError, NotFoundError } from "../../api/errors.js";
+import { BadRequestError, LoomError, NotFoundError } from "../../api/errors.js";
 import { kindByKind } from "../../api/kinds.js";
 import { API_VERSION, type ObjectMeta, type Resource } from "../../api/meta.js";
 import type {
@@ -49,22 +49,30 @@ export class KubeResourceStore implements ResourceStore {
 
   async list(kind: string, opts: ListOptions = {}): Promise<ListResult> {
     const items: Resource[] = [];
-    let cont: string | undefined;
+    // Paged (a limit): one page of kube-apiserver's own, its continue handed back as ours (opaque
+    // to both, and consistent: every page is read at the first page's revision). Unpaged: all of it.
+    const paged = opts.limit !== undefined;
+    let cont = opts.continue || undefined;
     let resourceVersion = "";
     do {
-      const page = await this.client.request<KubeList>("GET", collectionPath(kind, opts.project), {
-        query: { labelSelector: opts.labelSelector || undefined, limit: 500, continue: cont },
-      });
+      let page: KubeList;
+      try {
+        page = await this.client.request<KubeList>("GET", collectionPath(kind, opts.project), {
+          query: { labelSelector: opts.labelSelector || undefined, limit: opts.limit ?? 500, continue: cont },
+        });
+      } catch (err) {
+        throw badContinue(err, opts.continue);
+      }
       resourceVersion = page.metadata.resourceVersion;
       cont = page.metadata.continue || undefined;
       for (const o of page.items) if (isLoomObject(kind, o)) items.push(toLoom(o));
-    } while (cont);
+    } while (cont && !paged);
     items.sort(
       (a, b) =>
         (a.metadata.project ?? "").localeCompare(b.metadata.project ?? "") ||
         a.metadata.name.localeCompare(b.metadata.name),
     );
-    return { items, resourceVersion };
+    return { items, resourceVersion, ...(paged && cont ? { continue: cont } : {}) };
   }
 
   async watch(
@@ -265,6 +273,15 @@ function itemPath(kind: string, project: string, name: string): string {
 /** Namespaced Loom objects outside loom-* namespaces are not part of any project: ignore them. */
 function isLoomObject(kind: string, o: KubeObject): boolean {
   return !kindByKind(kind)?.namespaced || projectOf(o.metadata.namespace) !== undefined;
+}
+
+/** kube-apiserver's refusal of a continue value it did not give, said as a list of ours says it. */
+function badContinue(err: unknown, cont: string | undefined): unknown {
+  if (cont && err instanceof BadRequestError)
+    return new BadRequestError(
+      `invalid continue token (${err.message}): pass the metadata.continue of the previous page unchanged, or list again without it`,
+    );
+  return err;
 }
 
 function notFound(err: unknown, kind: string, project: string, name: string): unknown {

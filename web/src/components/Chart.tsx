@@ -7,20 +7,18 @@ export function Chart({
   label,
   data,
   series,
-  points = false,
   xTime = false,
   height = 220,
 }: {
   label: string;
   data: AlignedData;
   series: { label: string; stroke: string }[];
-  points?: boolean;
   xTime?: boolean;
   height?: number;
 }) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
-  const shape = `${series.map((s) => s.label).join("|")}|${points}|${xTime}`;
+  const shape = `${series.map((s) => s.label).join("|")}|${xTime}`;
   // biome-ignore lint/correctness/useExhaustiveDependencies: rebuilt only when the series change, data goes through setData
   useEffect(() => {
     if (!box.current) return;
@@ -28,14 +26,7 @@ export function Chart({
       width: Math.max(320, box.current.clientWidth || 560),
       height,
       scales: { x: { time: xTime } },
-      series: [
-        {},
-        ...series.map((s) => ({
-          label: s.label,
-          stroke: s.stroke,
-          ...(points ? { paths: () => null, points: { show: true, size: 8, fill: s.stroke } } : {}),
-        })),
-      ],
+      series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.stroke }))],
     };
     plot.current = new uPlot(opts, data, box.current);
     return () => {

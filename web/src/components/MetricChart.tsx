@@ -1,6 +1,7 @@
 import { useEffect, useRef } from "react";
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
+import { xRange } from "../xrange.js";
 
 /** One series of a chart: a name and its points (x: step or time in seconds). */
 export interface Series {
@@ -28,7 +29,8 @@ export function align(series: Series[]): uPlot.AlignedData {
 
 /**
  * A line chart drawn by uPlot on a canvas. The figure carries what it draws as data attributes
- * (data-series, data-points: points per series), so tests and benches read the chart's own data.
+ * (data-series, data-points: points per series; data-xmin/data-xmax: the x range drawn), so tests
+ * and benches read the chart's own data.
  */
 export function MetricChart(props: { title: string; series: Series[]; byTime: boolean; width?: number }) {
   const box = useRef<HTMLDivElement>(null);
@@ -50,7 +52,7 @@ export function MetricChart(props: { title: string; series: Series[]; byTime: bo
         width,
         height: 260,
         title,
-        scales: { x: { time: byTime } },
+        scales: { x: { time: byTime, range: (u, min, max) => xRange(u.data[0], min, max, byTime) } },
         axes: [{ label: byTime ? "time" : "step" }, {}],
         series: [
           {},
@@ -63,6 +65,16 @@ export function MetricChart(props: { title: string; series: Series[]; byTime: bo
             points: { show: s.xs.length <= 50 },
           })),
         ],
+        hooks: {
+          // The x range drawn, on the figure: what a test or bench checks of the axis.
+          setScale: [
+            (u, key) => {
+              if (key !== "x" || !el.parentElement) return;
+              el.parentElement.dataset.xmin = String(u.scales.x?.min);
+              el.parentElement.dataset.xmax = String(u.scales.x?.max);
+            },
+          ],
+        },
       },
       align(series),
       el,

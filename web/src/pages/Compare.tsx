@@ -1,14 +1,12 @@
 import { useEffect, useState } from "react";
-import { MetricChart, type Series } from "../components/MetricChart.js";
+import { MetricCharts, toSeries } from "../components/MetricCharts.js";
 import { type Metric, metricPoints, mlflow, type Run, runName } from "../mlflow.js";
 import { href } from "../router.js";
-import { toSeries } from "./Run.js";
 
 /** Runs compared: one chart per metric any of them logged, each run a series on it. */
 export function ComparePage({ project, ids }: { project: string; ids: string[] }) {
   const [runs, setRuns] = useState<Run[]>();
   const [charts, setCharts] = useState<Record<string, (Metric & { run_id: string })[]>>({});
-  const [byTime, setByTime] = useState(false);
   const [error, setError] = useState("");
   const key = ids.join(",");
   useEffect(() => {
@@ -47,32 +45,22 @@ export function ComparePage({ project, ids }: { project: string; ids: string[] }
           ))}
         </p>
       )}
-      <fieldset className="filters">
-        <legend className="muted">Charts by</legend>
-        <label>
-          <input type="radio" name="x" checked={!byTime} onChange={() => setByTime(false)} /> step
-        </label>
-        <label>
-          <input type="radio" name="x" checked={byTime} onChange={() => setByTime(true)} /> time
-        </label>
-      </fieldset>
-      <div className="charts">
-        {runs &&
-          Object.keys(charts)
-            .sort()
-            .map((k) => {
-              const series: Series[] = runs
-                .map((r) =>
-                  toSeries(
-                    runName(r),
-                    charts[k]!.filter((p) => p.run_id === r.info.run_id),
-                    byTime,
-                  ),
-                )
-                .filter((s) => s.xs.length > 0);
-              return <MetricChart key={k} title={k} byTime={byTime} series={series} />;
-            })}
-      </div>
+      {runs && (
+        <MetricCharts
+          metrics={Object.keys(charts).sort()}
+          seriesOf={(key, byTime) =>
+            runs
+              .map((r) =>
+                toSeries(
+                  runName(r),
+                  charts[key]!.filter((p) => p.run_id === r.info.run_id),
+                  byTime,
+                ),
+              )
+              .filter((s) => s.xs.length > 0)
+          }
+        />
+      )}
     </>
   );
 }

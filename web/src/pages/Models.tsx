@@ -1,10 +1,9 @@
 import { useEffect, useMemo, useState } from "react";
-import { age, api, BASE, type Resource } from "../api.js";
+import { age, api, BASE, kindPath, type Resource } from "../api.js";
 import { href } from "../router.js";
 import { useMe } from "../session.js";
 import { useWatchedList } from "../watch.js";
 import type { Service } from "./Serving.js";
-import { kindPath } from "./Sweeps.js";
 
 export interface Version {
   version: string;

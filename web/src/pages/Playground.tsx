@@ -1,6 +1,5 @@
 import { type FormEvent, useEffect, useRef, useState } from "react";
-import { api } from "../api.js";
-import { kindPath } from "./Sweeps.js";
+import { api, kindPath } from "../api.js";
 
 interface Prompt {
   metadata: { name: string };

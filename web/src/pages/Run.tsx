@@ -1,24 +1,13 @@
 import { useEffect, useState } from "react";
-import { MetricChart, type Series } from "../components/MetricChart.js";
+import { MetricCharts, toSeries } from "../components/MetricCharts.js";
 import { type Metric, metricPoints, mlflow, mlflowBase, type Run, runName, when } from "../mlflow.js";
 import { href } from "../router.js";
 import { fmt } from "./Runs.js";
-
-/** Points of one run's metric as a chart series, x by step or by time (seconds). */
-export function toSeries(label: string, points: Metric[], byTime: boolean): Series {
-  const sorted = byTime ? [...points].sort((a, b) => a.timestamp - b.timestamp) : points;
-  return {
-    label,
-    xs: sorted.map((p) => (byTime ? p.timestamp / 1000 : p.step)),
-    ys: sorted.map((p) => p.value),
-  };
-}
 
 /** A run: params, tags, latest metrics, a chart per metric (by step or time), its artifacts. */
 export function RunPage({ project, runId }: { project: string; runId: string }) {
   const [run, setRun] = useState<Run>();
   const [error, setError] = useState("");
-  const [byTime, setByTime] = useState(false);
   const [points, setPoints] = useState<Record<string, Metric[]>>({});
   useEffect(() => {
     let live = true;
@@ -61,32 +50,13 @@ export function RunPage({ project, runId }: { project: string; runId: string }) 
         <dd>{when(info.end_time)}</dd>
       </dl>
       <h2>Metrics</h2>
-      <fieldset className="filters">
-        <legend className="muted">Charts by</legend>
-        <label>
-          <input type="radio" name="x" checked={!byTime} onChange={() => setByTime(false)} /> step
-        </label>
-        <label>
-          <input type="radio" name="x" checked={byTime} onChange={() => setByTime(true)} /> time
-        </label>
-      </fieldset>
-      <div className="charts">
-        {metrics.map((m) => {
-          const ps = points[m.key];
-          return ps ? (
-            <MetricChart
-              key={m.key}
-              title={m.key}
-              byTime={byTime}
-              series={[toSeries(runName(run), ps, byTime)]}
-            />
-          ) : (
-            <p key={m.key} className="muted">
-              Loading {m.key}…
-            </p>
-          );
-        })}
-      </div>
+      <MetricCharts
+        metrics={metrics.map((m) => m.key)}
+        seriesOf={(key, byTime) => {
+          const ps = points[key];
+          return ps && [toSeries(runName(run), ps, byTime)];
+        }}
+      />
       <KeyValues title="Latest metrics" rows={metrics.map((m) => ({ key: m.key, value: fmt(m.value) }))} />
       <KeyValues title="Parameters" rows={data.params ?? []} />
       <KeyValues title="Tags" rows={(data.tags ?? []).filter((t) => !t.key.startsWith("mlflow.log-model"))} />

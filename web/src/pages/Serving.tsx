@@ -1,11 +1,10 @@
 import { useEffect, useMemo, useState } from "react";
-import { age, api, keyOf, type Resource } from "../api.js";
+import { age, api, kindPath, type Resource } from "../api.js";
 import { Chart } from "../components/Chart.js";
-import { href } from "../router.js";
+import { LiveTable } from "../components/LiveTable.js";
 import { useMe } from "../session.js";
-import { useWatchedList, useWatchedObject } from "../watch.js";
+import { useWatchedObject } from "../watch.js";
 import { Playground } from "./Playground.js";
-import { kindPath } from "./Sweeps.js";
 
 export interface Revision {
   name: string;
@@ -31,52 +30,21 @@ export interface Service extends Resource {
 
 /** Every InferenceService the user can see, live: phase, replicas, traffic. */
 export function ServingPage() {
-  const me = useMe();
-  const services = useWatchedList<Service>(
-    kindPath("inferenceservices", me.allProjects ? undefined : me.project),
-  );
-  const now = Date.now();
   return (
-    <>
-      <h1>Serving</h1>
-      {services.error && <p role="alert">{services.error}</p>}
-      {!services.loaded ? (
-        <p className="muted">Loading…</p>
-      ) : services.items.length === 0 ? (
-        <p className="muted">No InferenceServices: apply one (see examples/serving).</p>
-      ) : (
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">Project</th>
-              <th scope="col">Name</th>
-              <th scope="col">Phase</th>
-              <th scope="col">Model</th>
-              <th scope="col">Ready</th>
-              <th scope="col">Traffic</th>
-              <th scope="col">Age</th>
-            </tr>
-          </thead>
-          <tbody>
-            {services.items.map((s) => (
-              <tr key={keyOf(s)}>
-                <td>{s.metadata.project}</td>
-                <td>
-                  <a href={href("serving", s.metadata.project ?? "", s.metadata.name)}>{s.metadata.name}</a>
-                </td>
-                <td className={`phase ${s.status?.phase ?? "Pending"}`}>{s.status?.phase ?? "Pending"}</td>
-                <td>{s.spec?.model}</td>
-                <td>
-                  {s.status?.ready ?? 0}/{s.status?.desired ?? 0}
-                </td>
-                <td>{(s.status?.traffic ?? []).map((t) => `${t.revision} ${t.percent}%`).join(", ")}</td>
-                <td>{age(s.metadata.creationTimestamp, now)}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      )}
-    </>
+    <LiveTable<Service>
+      title="Serving"
+      plural="inferenceservices"
+      route="serving"
+      empty="No InferenceServices: apply one (see docs/serving.md)."
+      columns={[
+        { header: "Model", cell: (s) => s.spec?.model },
+        { header: "Ready", cell: (s) => `${s.status?.ready ?? 0}/${s.status?.desired ?? 0}` },
+        {
+          header: "Traffic",
+          cell: (s) => (s.status?.traffic ?? []).map((t) => `${t.revision} ${t.percent}%`).join(", "),
+        },
+      ]}
+    />
   );
 }
 

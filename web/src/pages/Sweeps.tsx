@@ -1,9 +1,9 @@
-import { useMemo, useState } from "react";
-import { age, BASE, keyOf, type Resource } from "../api.js";
-import { Chart } from "../components/Chart.js";
+import { useMemo } from "react";
+import { kindPath, type Resource } from "../api.js";
+import { LiveTable } from "../components/LiveTable.js";
+import { ParallelCoords } from "../components/ParallelCoords.js";
 import { href } from "../router.js";
-import { useMe } from "../session.js";
-import { useWatchedList, useWatchedObject } from "../watch.js";
+import { useWatchedObject } from "../watch.js";
 
 export interface Trial {
   number: number;
@@ -29,60 +29,28 @@ export interface Sweep extends Resource {
   };
 }
 
-/** The list path of a kind: one project's, or every project's for a token that reaches them all. */
-export function kindPath(plural: string, project: string | undefined): string {
-  return project ? `${BASE}/projects/${encodeURIComponent(project)}/${plural}` : `${BASE}/${plural}`;
-}
-
 /** Every sweep the user can see, live: trials done, best objective so far. */
 export function SweepsPage() {
-  const me = useMe();
-  const sweeps = useWatchedList<Sweep>(kindPath("sweeps", me.allProjects ? undefined : me.project));
-  const now = Date.now();
-  const rows = [...sweeps.items].sort((a, b) =>
-    (b.metadata.creationTimestamp ?? "").localeCompare(a.metadata.creationTimestamp ?? ""),
-  );
   return (
-    <>
-      <h1>Sweeps</h1>
-      {sweeps.error && <p role="alert">{sweeps.error}</p>}
-      {!sweeps.loaded ? (
-        <p className="muted">Loading…</p>
-      ) : rows.length === 0 ? (
-        <p className="muted">
-          No sweeps. <code>loom apply -f</code> a Sweep (see examples/sweep) to start one.
-        </p>
-      ) : (
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">Project</th>
-              <th scope="col">Name</th>
-              <th scope="col">Phase</th>
-              <th scope="col">Objective</th>
-              <th scope="col">Trials</th>
-              <th scope="col">Best</th>
-              <th scope="col">Age</th>
-            </tr>
-          </thead>
-          <tbody>
-            {rows.map((s) => (
-              <tr key={keyOf(s)}>
-                <td>{s.metadata.project}</td>
-                <td>
-                  <a href={href("sweeps", s.metadata.project ?? "", s.metadata.name)}>{s.metadata.name}</a>
-                </td>
-                <td className={`phase ${s.status?.phase ?? "Pending"}`}>{s.status?.phase ?? "Pending"}</td>
-                <td>{s.spec?.objective ? `${s.spec.objective.goal} ${s.spec.objective.metric}` : ""}</td>
-                <td>{s.status?.trials?.length ?? 0}</td>
-                <td>{s.status?.best ? fmt(s.status.best.objective) : "—"}</td>
-                <td>{age(s.metadata.creationTimestamp, now)}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      )}
-    </>
+    <LiveTable<Sweep>
+      title="Sweeps"
+      plural="sweeps"
+      route="sweeps"
+      empty={
+        <>
+          No sweeps. <code>loom apply -f</code> a Sweep (see examples/finetune) to start one.
+        </>
+      }
+      sort={(a, b) => (b.metadata.creationTimestamp ?? "").localeCompare(a.metadata.creationTimestamp ?? "")}
+      columns={[
+        {
+          header: "Objective",
+          cell: (s) => (s.spec?.objective ? `${s.spec.objective.goal} ${s.spec.objective.metric}` : ""),
+        },
+        { header: "Trials", cell: (s) => s.status?.trials?.length ?? 0 },
+        { header: "Best", cell: (s) => (s.status?.best ? fmt(s.status.best.objective) : "—") },
+      ]}
+    />
   );
 }
 
@@ -103,7 +71,7 @@ export function bestSoFar(trials: Trial[], goal: "minimize" | "maximize"): (numb
     });
 }
 
-/** A sweep: its trials (early stops marked), best so far, and each parameter against the objective. */
+/** A sweep: its trials (early stops marked), best so far, and parallel coordinates of values against the objective. */
 export function SweepPage({ project, name }: { project: string; name: string }) {
   const { obj: sweep, error } = useWatchedObject<Sweep>(kindPath("sweeps", project), name);
   const trials = useMemo(
@@ -111,16 +79,20 @@ export function SweepPage({ project, name }: { project: string; name: string }) 
     [sweep],
   );
   const params = useMemo(() => [...new Set(trials.flatMap((t) => Object.keys(t.params)))].sort(), [trials]);
-  const [param, setParam] = useState("");
-  const shownParam = params.includes(param) ? param : (params[0] ?? "");
+  const pcTrials = useMemo(
+    () =>
+      trials.map((t) => ({
+        number: t.number,
+        params: t.params,
+        objective: t.objective,
+        stopped: t.phase === "EarlyStopped",
+      })),
+    [trials],
+  );
   const goal = sweep?.spec?.objective?.goal ?? "minimize";
   const best = bestSoFar(trials, goal);
   if (error && !sweep) return <p role="alert">{error}</p>;
   if (!sweep) return <p className="muted">Loading…</p>;
-  const numeric = trials.filter((t) => typeof t.params[shownParam] === "number" && t.objective !== undefined);
-  const sorted = [...numeric].sort(
-    (a, b) => (a.params[shownParam] as number) - (b.params[shownParam] as number),
-  );
   return (
     <>
       <h1>
@@ -184,29 +156,14 @@ export function SweepPage({ project, name }: { project: string; name: string }) 
         </tbody>
       </table>
       {params.length > 0 && (
-        <section aria-labelledby="scatter">
-          <h2 id="scatter">Values against the objective</h2>
-          <label>
-            Parameter{" "}
-            <select value={shownParam} onChange={(e) => setParam(e.target.value)}>
-              {params.map((p) => (
-                <option key={p}>{p}</option>
-              ))}
-            </select>
-          </label>
-          {sorted.length ? (
-            <Chart
-              label={`${sweep.spec?.objective?.metric ?? "objective"} against ${shownParam}, one point per trial`}
-              points
-              data={[
-                sorted.map((t) => t.params[shownParam] as number),
-                sorted.map((t) => t.objective ?? null),
-              ]}
-              series={[{ label: sweep.spec?.objective?.metric ?? "objective", stroke: "#2563eb" }]}
-            />
-          ) : (
-            <p className="muted">No trial has reported a numeric {shownParam} with an objective yet.</p>
-          )}
+        <section aria-labelledby="parcoords">
+          <h2 id="parcoords">Values against the objective</h2>
+          <ParallelCoords
+            trials={pcTrials}
+            params={params}
+            objective={sweep.spec?.objective?.metric ?? "objective"}
+            best={sweep.status?.best?.trial}
+          />
         </section>
       )}
     </>
