@@ -500,6 +500,12 @@ spec: {}
     const url = /API and MLflow tracking at (\S+)/.exec(operator.stdout())?.[1];
     expect(url, operator.stdout()).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const admin = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
+    // The web console comes with the API (issue 21): its page at /, its log-in refusing no token.
+    const page = await fetch(`${url}/`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get("content-type")).toMatch(/text\/html/);
+    expect(await page.text()).toContain('<div id="root"></div>');
+    expect((await fetch(`${url}/apis/loom.dev/v1alpha1/whoami`)).status).toBe(401);
     const mlflow = async (method: string, path: string, token: string, body?: unknown) => {
       const r = await fetch(`${url}/api/2.0/mlflow/${path}`, {
         method,
