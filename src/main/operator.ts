@@ -119,6 +119,8 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     origin = workspaceOriginServer({
       access: plane.workspaceAccess!,
       directory,
+      // /proxy/P/: the workspace's other ports, through pods/portforward to its pod.
+      connectPort: (ref, worker, port) => runtime.connectPort(ref, worker, port),
       log: log.child({ component: "workspace-origin" }),
       ...(plane.appOrigin ? { apps: plane.appOrigin } : {}),
     });
