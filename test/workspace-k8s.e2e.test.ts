@@ -596,18 +596,11 @@ spec:
     }, 120_000);
 
     it("loom run --from ws/NAME: a claim cloned from NAME-home, owned by the job, mounted read-only as every worker's working dir", async () => {
-      const run = await loom([
-        "run",
-        "--from",
-        "ws/nb",
-        "--name",
-        "from-nb",
-        "--workers",
-        "2",
-        "--",
-        "python",
-        "train.py",
-      ]);
+      // Through the operator's API: its ServiceAccount reads the class and makes the clone.
+      const run = await cli.cli(
+        ["run", "--from", "ws/nb", "--name", "from-nb", "--workers", "2", "--", "python", "train.py"],
+        { env: { LOOM_URL: apiUrl, LOOM_TOKEN: adminToken } },
+      );
       expect(run.code, run.stderr).toBe(0);
       expect(run.stdout).toContain("trainingjob.loom.dev/from-nb created");
       const tj = get(["trainingjob", "from-nb"])!;
@@ -651,6 +644,7 @@ spec:
     }, 180_000);
 
     it("refuses, saying what to do, a home whose storage class cannot clone, and one with no class", async () => {
+      // Through the CLI's own API on the kubeconfig's identity (as the other tests' loom calls).
       const st = await loom(["run", "--from", "ws/st", "--", "python", "train.py"]);
       expect(st.code).not.toBe(0);
       expect(st.stderr).toContain("storage class static");

@@ -1,4 +1,4 @@
-import { BadRequestError, NotFoundError } from "../../api/errors.js";
+import { BadRequestError, ForbiddenError, LoomError, NotFoundError } from "../../api/errors.js";
 import { TRAININGJOB } from "../../api/kinds.js";
 import type { WorkspaceSnapshots } from "../../ports/workspaces.js";
 import type { KubeClient } from "./client.js";
@@ -51,6 +51,7 @@ export class KubeHomeClones implements WorkspaceSnapshots {
           `spec.fromWorkspace: workspace ${name} has no home yet (its claim ${claim} is made when it first runs): start it (loom start ws/${name}), then run the job`,
         );
       });
+    await this.mayCreateClaims(ns);
     const cls = pvc.spec.storageClassName;
     const instead = "or build an image with the code and run the job from it (spec.image)";
     if (!cls)
@@ -60,6 +61,9 @@ export class KubeHomeClones implements WorkspaceSnapshots {
     const sc = await this.client
       .request<{ provisioner?: string }>("GET", `/apis/storage.k8s.io/v1/storageclasses/${cls}`)
       .catch((err: unknown) => {
+        // An identity that may not read storage classes (a member's kubeconfig): the clone is
+        // tried, and a class that cannot clone leaves it Pending with the driver's event.
+        if (err instanceof LoomError && err.httpStatus === 403) return { provisioner: "unknown" };
         if (!(err instanceof NotFoundError)) throw err;
         throw new BadRequestError(
           `spec.fromWorkspace: storage class ${cls} of workspace ${name}'s home (claim ${claim}) does not exist, so its claim cannot be cloned; ${instead}`,
@@ -101,6 +105,29 @@ export class KubeHomeClones implements WorkspaceSnapshots {
       },
       query: { fieldManager: "loom" },
     });
+  }
+
+  /**
+   * Whether this identity may create the clone (asked before the job exists, so a refusal leaves
+   * no job behind): the operator's ServiceAccount may; a member's own kubeconfig (the CLI's
+   * --kubeconfig) may not unless an admin granted it.
+   */
+  private async mayCreateClaims(ns: string): Promise<void> {
+    const review = await this.client.request<{ status?: { allowed?: boolean } }>(
+      "POST",
+      "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+      {
+        body: {
+          apiVersion: "authorization.k8s.io/v1",
+          kind: "SelfSubjectAccessReview",
+          spec: { resourceAttributes: { namespace: ns, verb: "create", resource: "persistentvolumeclaims" } },
+        },
+      },
+    );
+    if (!review.status?.allowed)
+      throw new ForbiddenError(
+        `spec.fromWorkspace clones the workspace's home into a PersistentVolumeClaim, and this Kubernetes identity may not create one in ${ns}: submit the job through Loom's API on the operator (LOOM_URL and LOOM_TOKEN; the operator runs with --data-dir), or ask a cluster admin for create on persistentvolumeclaims there`,
+      );
   }
 
   /** Nothing was made before the job existed: take() only checks. */
