@@ -562,6 +562,8 @@ spec:
     });
 
     beforeAll(async () => {
+      // A job left by an earlier run of this file on the same cluster goes first.
+      await loom(["delete", "trainingjob", "from-nb", "--timeout", "60"]);
       // A CSI class (no driver runs in this cluster: the clone stays Pending, which is all a test
       // of the objects needs) and a class of static volumes, which cannot clone.
       for (const sc of [
@@ -595,7 +597,7 @@ spec:
       );
     }, 120_000);
 
-    it("loom run --from ws/NAME: a claim cloned from NAME-home, owned by the job, mounted read-only as every worker's working dir", async () => {
+    it("loom run --from ws/NAME: a claim cloned from NAME-home, owned by the job, mounted read-only as every worker's working dir, deleted with the job", async () => {
       // Through the operator's API: its ServiceAccount reads the class and makes the clone.
       const run = await cli.cli(
         ["run", "--from", "ws/nb", "--name", "from-nb", "--workers", "2", "--", "python", "train.py"],
@@ -630,9 +632,9 @@ spec:
         });
         const c = pod.spec.containers[0];
         expect(c.volumeMounts).toContainEqual(
-          expect.objectContaining({ name: "code", mountPath: "/home/loom", readOnly: true }),
+          expect.objectContaining({ name: "code", mountPath: "/loom/code", readOnly: true }),
         );
-        expect(c.workingDir).toBe("/home/loom");
+        expect(c.workingDir).toBe("/loom/code");
       }
       // Deleted with the job (the garbage collector follows the owner reference).
       expect(cluster.kubectl(["delete", "trainingjob", "from-nb", "-n", NS, "--timeout=60s"]).code).toBe(0);

@@ -197,7 +197,7 @@ export class Gangs {
         worker: {
           ...w,
           env: splitCredentials(w.env).env,
-          // Run from the workspace's home as it was: where it was mounted, and the working dir.
+          // Run from the workspace's home as it was, in its clone: the working dir.
           ...(code && !w.workingDir ? { workingDir: CODE_MOUNT } : {}),
         },
         ...(credentials ? { credentials } : {}),

@@ -3,10 +3,12 @@ import { TRAININGJOB } from "../../api/kinds.js";
 import type { WorkspaceSnapshots } from "../../ports/workspaces.js";
 import type { KubeClient } from "./client.js";
 import { namespaceOf, ownerRef, workloadLabels } from "./naming.js";
-import { HOME_MOUNT } from "./revisions.js";
 
-/** Where a job's clone of a workspace's home is mounted (read-only): where the home was, the working dir. */
-export const CODE_MOUNT = HOME_MOUNT;
+/**
+ * Where a job's clone of a workspace's home is mounted (read-only), the workers' working dir:
+ * beside the checkpoint mounts, since HOME (/home/loom) is each worker's own writable directory.
+ */
+export const CODE_MOUNT = "/loom/code";
 
 /** The claim a TrainingJob (by uid) runs from under spec.fromWorkspace: its clone of the home. */
 export function codeClaimName(jobUid: string): string {
