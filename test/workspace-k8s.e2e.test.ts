@@ -645,7 +645,7 @@ spec:
       expect(get(["pvc", "nb-home"])?.metadata.deletionTimestamp).toBeUndefined();
     }, 180_000);
 
-    it("refuses, saying what to do, a home whose storage class cannot clone, and one with no class", async () => {
+    it("refuses, saying what to do, a home whose storage class cannot clone, one with no class, and an identity that may not create the clone", async () => {
       // Through the CLI's own API on the kubeconfig's identity (as the other tests' loom calls).
       const st = await loom(["run", "--from", "ws/st", "--", "python", "train.py"]);
       expect(st.code).not.toBe(0);
@@ -657,6 +657,36 @@ spec:
       expect(applied.code).not.toBe(0);
       expect(applied.stderr).toContain("which has no storage class");
       expect(applied.stderr).toContain("build an image with the code");
+      // A project editor's own kubeconfig (the CLI's API on their identity): their Role does not
+      // create claims, so the job is refused before it exists, saying where to submit it.
+      const bound = cluster.kubectl([
+        "create",
+        "rolebinding",
+        "ws-test-editor",
+        "-n",
+        NS,
+        "--role=loom-editor",
+        "--user=wsk-editor",
+      ]);
+      expect(bound.code, bound.stderr).toBe(0);
+      try {
+        const member = cluster.userKubeconfig("wsk-editor");
+        const r = await cli.cli([
+          "--kubeconfig",
+          member,
+          "run",
+          "--from",
+          "ws/nb",
+          "--",
+          "python",
+          "train.py",
+        ]);
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toContain("this Kubernetes identity may not create one in loom-default");
+        expect(r.stderr).toContain("LOOM_URL");
+      } finally {
+        cluster.kubectl(["delete", "rolebinding", "ws-test-editor", "-n", NS]);
+      }
       expect(cluster.kubectl(["get", "trainingjobs", "-n", NS, "-o", "name"]).stdout).toBe("");
       expect(list("pvc", "loom.dev/from-workspace")).toEqual([]);
     });
