@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync } from "node:fs";
-import { type IncomingHttpHeaders, request } from "node:http";
+import { createServer as createHttpServer, type IncomingHttpHeaders, request } from "node:http";
 import { type AddressInfo, connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -423,6 +423,72 @@ spec:
       }
     }, 120_000);
 
+    it("a port the workspace's pod listens on appears in status.ports (pods/exec) and is served at /proxy/P/ (pods/portforward), behind the same log-in", async () => {
+      // kwok runs `cat /proc/net/tcp /proc/net/tcp6` (the operator's exec) on this machine (a
+      // ClusterExec), so the pod "listens" where this machine does: on the server started here,
+      // which a ClusterPortForward then stands in for the pod's port with.
+      const file = `served from inside the workspace ${randomBytes(4).toString("hex")}`;
+      const server = createHttpServer((req, res) => {
+        res.writeHead(req.url === "/file.txt" ? 200 : 404, { "content-type": "text/plain" });
+        res.end(req.url === "/file.txt" ? file : `no ${req.url}`);
+      });
+      await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+      const port = (server.address() as AddressInfo).port;
+      const rules = [
+        {
+          apiVersion: "kwok.x-k8s.io/v1alpha1",
+          kind: "ClusterExec",
+          metadata: { name: "loom-test-exec" },
+          spec: { selector: { matchNamespaces: [NS] }, execs: [{ local: {} }] },
+        },
+        {
+          apiVersion: "kwok.x-k8s.io/v1alpha1",
+          kind: "ClusterPortForward",
+          metadata: { name: "loom-test-proxy" },
+          spec: {
+            selector: { matchNamespaces: [NS] },
+            forwards: [{ ports: [port], target: { address: "127.0.0.1", port } }],
+          },
+        },
+      ];
+      for (const rule of rules) {
+        const made = cluster.kubectl(["apply", "-f", "-"], { input: JSON.stringify(rule) });
+        expect(made.code, made.stderr).toBe(0);
+      }
+      try {
+        const listed = await workspace(
+          (w) => (w.status?.ports as { port: number }[] | undefined)?.some((p) => p.port === port) === true,
+        );
+        const entry = (listed.status.ports as { port: number; url: string }[]).find((p) => p.port === port);
+        expect(entry?.url).toBe(`http://lab--default.ws.localhost:${originPort}/proxy/${port}/`);
+        // The IDE's own port is not a forwarded one.
+        expect((listed.status.ports as { port: number }[]).map((p) => p.port)).not.toContain(8888);
+        const sid = await sessionFor(editor);
+        const page = await until("the page through /proxy/P/", async () => {
+          const r = await origin(`/proxy/${port}/file.txt`, host("lab"), `loom_ws=${sid}`);
+          return r.status === 200 ? r : undefined;
+        });
+        expect(page.body).toBe(file);
+        // The fence, on /proxy/P/ too: no cookie, a forged one, another workspace's session.
+        const none = await origin(`/proxy/${port}/file.txt`, host("lab"));
+        expect(none.status).toBe(401);
+        expect(none.body).not.toContain(file);
+        expect((await origin(`/proxy/${port}/file.txt`, host("lab"), "loom_ws=forged")).status).toBe(401);
+        const sid2 = await sessionFor(editor, "lab2");
+        const moved = await origin(`/proxy/${port}/file.txt`, host("lab"), `loom_ws=${sid2}`);
+        expect(moved.status).toBe(403);
+        expect(moved.body).not.toContain(file);
+        // A port nothing listens on is refused before anything is dialed.
+        const closed = await origin("/proxy/1/file.txt", host("lab"), `loom_ws=${sid}`);
+        expect(closed.status).toBe(404);
+        expect(closed.body).toContain("does not listen on port 1");
+      } finally {
+        server.close();
+        cluster.kubectl(["delete", "clusterexec", "loom-test-exec"]);
+        cluster.kubectl(["delete", "clusterportforward", "loom-test-proxy"]);
+      }
+    }, 180_000);
+
     it("gives a viewer, another project's member, an API key and an unknown token no link", async () => {
       const viewer = await tokenFor("v", "viewer", "default");
       const stranger = await tokenFor("s", "editor", "other");
@@ -474,39 +540,183 @@ spec:
     expect(get(["pvc", "lab-home"])?.metadata.uid).toBe(claim);
   }, 180_000);
 
-  it("refuses spec.fromWorkspace on a TrainingJob, saying why, through loom apply and loom run --from", async () => {
-    const job = `apiVersion: loom.dev/v1alpha1
+  describe("spec.fromWorkspace: the job runs from a clone of the home's claim", () => {
+    const job = (name: string, from: string) => `apiVersion: loom.dev/v1alpha1
 kind: TrainingJob
-metadata: {name: from-lab}
+metadata: {name: ${name}}
 spec:
-  fromWorkspace: lab
+  fromWorkspace: ${from}
   command: [python, train.py]
 `;
-    const applied = await loom(["apply", "-f", "-"], job);
-    expect(applied.code).not.toBe(0);
-    expect(applied.stderr).toContain("spec.fromWorkspace is not supported on this platform yet");
-    expect(applied.stderr).toContain("build an image with the code");
-    const run = await loom(["run", "--from", "ws/lab", "--", "python", "train.py"]);
-    expect(run.code).not.toBe(0);
-    expect(run.stderr).toContain("spec.fromWorkspace is not supported on this platform yet");
-    expect(cluster.kubectl(["get", "trainingjobs", "-n", NS, "-o", "name"]).stdout).toBe("");
-    // Written to the API server directly (past Loom's API): it never runs without its code, and
-    // its status says why.
-    const direct = cluster.kubectl(["apply", "-f", "-"], {
-      input: job.replace("metadata: {name: from-lab}", `metadata: {name: from-lab, namespace: ${NS}}`),
+    const wsWithClass = (name: string, storageClassName: string) => ({
+      apiVersion: "loom.dev/v1alpha1",
+      kind: "Workspace",
+      metadata: { name },
+      spec: {
+        ide: "none",
+        command: ["python3", "-m", "http.server", "$PORT"],
+        image: "python:3.12-slim",
+        env: { FROM_NOTEBOOK: "1" },
+        home: { size: "3Gi", storageClassName },
+      },
     });
-    expect(direct.code, direct.stderr).toBe(0);
-    const refused = await until("the job's refusal", () => {
-      const j = get(["trainingjob", "from-lab"]);
-      const c = (
-        j?.status?.conditions as { type: string; reason: string; message: string }[] | undefined
-      )?.find((x) => x.reason === "FailedCreate");
-      return c;
+
+    beforeAll(async () => {
+      // A job left by an earlier run of this file on the same cluster goes first.
+      await loom(["delete", "trainingjob", "from-nb", "--timeout", "60"]);
+      // A CSI class (no driver runs in this cluster: the clone stays Pending, which is all a test
+      // of the objects needs) and a class of static volumes, which cannot clone.
+      for (const sc of [
+        { name: "loom-csi", provisioner: "hostpath.csi.k8s.io" },
+        { name: "static", provisioner: "kubernetes.io/no-provisioner" },
+      ]) {
+        const made = cluster.kubectl(["apply", "-f", "-"], {
+          input: JSON.stringify({
+            apiVersion: "storage.k8s.io/v1",
+            kind: "StorageClass",
+            metadata: { name: sc.name },
+            provisioner: sc.provisioner,
+            volumeBindingMode: "Immediate",
+          }),
+        });
+        expect(made.code, made.stderr).toBe(0);
+      }
+      for (const [name, cls] of [
+        ["nb", "loom-csi"],
+        ["st", "static"],
+      ] as const) {
+        const res = await api(
+          "POST",
+          "/apis/loom.dev/v1alpha1/projects/default/workspaces",
+          wsWithClass(name, cls),
+        );
+        expect([201, 409], JSON.stringify(res.body)).toContain(res.status);
+      }
+      await until("the homes' claims", () =>
+        get(["pvc", "nb-home"]) && get(["pvc", "st-home"]) ? true : undefined,
+      );
+    }, 120_000);
+
+    it("loom run --from ws/NAME: a claim cloned from NAME-home, owned by the job, mounted read-only as every worker's working dir, deleted with the job", async () => {
+      // Through the operator's API: its ServiceAccount reads the class and makes the clone.
+      const run = await cli.cli(
+        ["run", "--from", "ws/nb", "--name", "from-nb", "--workers", "2", "--", "python", "train.py"],
+        { env: { LOOM_URL: apiUrl, LOOM_TOKEN: adminToken } },
+      );
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stdout).toContain("trainingjob.loom.dev/from-nb created");
+      const tj = get(["trainingjob", "from-nb"])!;
+      // The workspace's image and env, resolved at create.
+      expect(tj.spec.image).toBe("python:3.12-slim");
+      expect(tj.spec.env).toMatchObject({ FROM_NOTEBOOK: "1" });
+      const clone = get(["pvc", `code-${tj.metadata.uid}`]);
+      expect(clone, operator.log().slice(-2000)).toBeDefined();
+      expect(clone!.spec).toMatchObject({
+        dataSource: { kind: "PersistentVolumeClaim", name: "nb-home" },
+        storageClassName: "loom-csi",
+        accessModes: ["ReadOnlyMany"],
+        resources: { requests: { storage: "3Gi" } },
+      });
+      expect(clone!.metadata.ownerReferences).toEqual([
+        expect.objectContaining({ kind: "TrainingJob", name: "from-nb", uid: tj.metadata.uid }),
+      ]);
+      // Every worker mounts it read-only where the home was, its working dir.
+      const workers = await until("the job's worker pods", () => {
+        const p = list("pods", `loom.dev/workload-uid=${tj.metadata.uid}`);
+        return p.length === 2 ? p : undefined;
+      });
+      for (const pod of workers) {
+        expect(pod.spec.volumes).toContainEqual({
+          name: "code",
+          persistentVolumeClaim: { claimName: `code-${tj.metadata.uid}`, readOnly: true },
+        });
+        const c = pod.spec.containers[0];
+        expect(c.volumeMounts).toContainEqual(
+          expect.objectContaining({ name: "code", mountPath: "/loom/code", readOnly: true }),
+        );
+        expect(c.workingDir).toBe("/loom/code");
+      }
+      // Deleted with the job (the garbage collector follows the owner reference).
+      expect(cluster.kubectl(["delete", "trainingjob", "from-nb", "-n", NS, "--timeout=60s"]).code).toBe(0);
+      await until("the clone to go with the job", () =>
+        get(["pvc", `code-${tj.metadata.uid}`]) ? undefined : true,
+      );
+      // The workspace's own home is untouched.
+      expect(get(["pvc", "nb-home"])?.metadata.deletionTimestamp).toBeUndefined();
+    }, 180_000);
+
+    it("refuses, saying what to do, a home whose storage class cannot clone, one with no class, and an identity that may not create the clone", async () => {
+      // Through the CLI's own API on the kubeconfig's identity (as the other tests' loom calls).
+      const st = await loom(["run", "--from", "ws/st", "--", "python", "train.py"]);
+      expect(st.code).not.toBe(0);
+      expect(st.stderr).toContain("storage class static");
+      expect(st.stderr).toContain("cannot clone a claim: only CSI drivers clone volumes");
+      expect(st.stderr).toContain("spec.home.storageClassName");
+      // lab's home has no class (the cluster has no default one).
+      const applied = await loom(["apply", "-f", "-"], job("from-lab", "lab"));
+      expect(applied.code).not.toBe(0);
+      expect(applied.stderr).toContain("which has no storage class");
+      expect(applied.stderr).toContain("build an image with the code");
+      // A project editor's own kubeconfig (the CLI's API on their identity): their Role does not
+      // create claims, so the job is refused before it exists, saying where to submit it.
+      const bound = cluster.kubectl([
+        "create",
+        "rolebinding",
+        "ws-test-editor",
+        "-n",
+        NS,
+        "--role=loom-editor",
+        "--user=wsk-editor",
+      ]);
+      expect(bound.code, bound.stderr).toBe(0);
+      try {
+        const member = cluster.userKubeconfig("wsk-editor");
+        const r = await cli.cli([
+          "--kubeconfig",
+          member,
+          "run",
+          "--from",
+          "ws/nb",
+          "--",
+          "python",
+          "train.py",
+        ]);
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toContain("this Kubernetes identity may not create one in loom-default");
+        expect(r.stderr).toContain("LOOM_URL");
+      } finally {
+        cluster.kubectl(["delete", "rolebinding", "ws-test-editor", "-n", NS]);
+      }
+      expect(cluster.kubectl(["get", "trainingjobs", "-n", NS, "-o", "name"]).stdout).toBe("");
+      expect(list("pvc", "loom.dev/from-workspace")).toEqual([]);
     });
-    expect(refused.message).toContain("spec.fromWorkspace is not supported on Kubernetes yet");
-    expect(list("pods", `loom.dev/workload=from-lab`)).toEqual([]);
-    expect(cluster.kubectl(["delete", "trainingjob", "from-lab", "-n", NS, "--timeout=60s"]).code).toBe(0);
-  }, 120_000);
+
+    it("a job written to the API server directly (past Loom's API, so no clone) never runs, and says why", async () => {
+      const direct = cluster.kubectl(["apply", "-f", "-"], {
+        input: job("from-direct", "nb").replace(
+          "metadata: {name: from-direct}",
+          `metadata: {name: from-direct, namespace: ${NS}}`,
+        ),
+      });
+      expect(direct.code, direct.stderr).toBe(0);
+      const refused = await until("the job's refusal", () => {
+        const j = get(["trainingjob", "from-direct"]);
+        return (
+          j?.status?.conditions as { type: string; reason: string; message: string }[] | undefined
+        )?.find((x) => x.reason === "FailedCreate");
+      });
+      expect(refused.message).toContain("does not exist: Loom's API makes it when the job is created");
+      expect(list("pods", "loom.dev/workload=from-direct")).toEqual([]);
+      expect(cluster.kubectl(["delete", "trainingjob", "from-direct", "-n", NS, "--timeout=60s"]).code).toBe(
+        0,
+      );
+    }, 120_000);
+
+    afterAll(async () => {
+      for (const name of ["nb", "st"])
+        await loom(["delete", "ws", name, "--timeout", "60"]).catch(() => undefined);
+    });
+  });
 
   it("delete: the Workspace's Deployment, Service, policy and claim go with it", async () => {
     const del = await loom(["delete", "ws", "lab", "--timeout", "60"]);

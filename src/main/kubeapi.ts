@@ -4,6 +4,7 @@ import { Registry } from "prom-client";
 import { VERSION } from "../lib/version.js";
 import { KubeClient } from "../platforms/kubernetes/client.js";
 import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
+import { KubeHomeClones } from "../platforms/kubernetes/homeclone.js";
 import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
 import { KubeResourceStore } from "../platforms/kubernetes/store.js";
 import type { Role, TokenInfo, TokenStore, TokenSummary } from "../ports/store.js";
@@ -64,6 +65,8 @@ export async function startKubeApi(opts: {
     log: opts.log,
     version: VERSION,
     ensureDefaultProject: false,
+    // loom run --from ws/NAME: the clone of the home, made with the kubeconfig's identity.
+    workspaceSnapshots: new KubeHomeClones(client),
   });
   const url = await app.listen({ host: "127.0.0.1", port: 0 });
   return {

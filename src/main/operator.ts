@@ -9,6 +9,7 @@ import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { KubeClient } from "../platforms/kubernetes/client.js";
 import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
+import { KubeHomeClones } from "../platforms/kubernetes/homeclone.js";
 import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
 import { KubeResourceStore } from "../platforms/kubernetes/store.js";
 import { ServiceWorkspaceDirectory } from "../platforms/kubernetes/workspaces.js";
@@ -95,7 +96,16 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     metrics,
     now: () => new Date(),
     resyncMs: opts.resyncMs,
-    ...(tracking ? { api: { ...tracking.api, workspaceOriginPort: () => workspacePort } } : {}),
+    ...(tracking
+      ? {
+          api: {
+            ...tracking.api,
+            workspaceOriginPort: () => workspacePort,
+            // loom run --from ws/NAME: the job's code is a clone of the home's claim.
+            workspaceSnapshots: new KubeHomeClones(client),
+          },
+        }
+      : {}),
     workspaces: {
       // ide: vscode runs the image's own code-server (as Kubeflow's codeserver images have it).
       codeServer: ["code-server"],
@@ -119,6 +129,8 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     origin = workspaceOriginServer({
       access: plane.workspaceAccess!,
       directory,
+      // /proxy/P/: the workspace's other ports, through pods/portforward to its pod.
+      connectPort: (ref, worker, port) => runtime.connectPort(ref, worker, port),
       log: log.child({ component: "workspace-origin" }),
       ...(plane.appOrigin ? { apps: plane.appOrigin } : {}),
     });

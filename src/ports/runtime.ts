@@ -291,6 +291,12 @@ export interface RevisionRuntime {
    */
   listRevisions?(): Promise<{ service: WorkloadRef; revision: string }[]>;
   /**
+   * The TCP ports replica `replica` (its id) of `service` listens on, asked inside it (Kubernetes:
+   * pods/exec reading the pod's /proc/net/tcp{,6}): a round trip through the API server, so asked
+   * at the reconcile cadence, not every second. Absent where Runtime.listeningPorts sees them.
+   */
+  replicaPorts?(service: WorkloadRef, replica: string): Promise<number[]>;
+  /**
    * A replica's output (`loom logs ws/NAME`, app/, isvc/), as `kubectl logs` shows a pod's: the
    * one named (its id, or its index among the running ones), else the first ready, else the
    * newest; `previous`: the last one that exited (a crashing replica's output). Undefined when no

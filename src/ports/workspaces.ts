@@ -47,7 +47,8 @@ export type GpuActivity = (devices: string[]) => Promise<boolean | undefined>;
 /**
  * Snapshots of a workspace's home for `loom run --from ws/NAME` (spec.fromWorkspace): taken when
  * the job is created, so later edits in the notebook do not change what the job runs. Embedded:
- * `<data>/snapshots/PROJECT/JOB-UID`, lent read-only to the job's workers as their working dir.
+ * `<data>/snapshots/PROJECT/JOB-UID`, lent read-only to the job's workers as their working dir;
+ * Kubernetes: a clone of the home's claim (`code-JOB-UID`), mounted read-only by the workers.
  */
 export interface WorkspaceSnapshots {
   /**
@@ -55,8 +56,11 @@ export interface WorkspaceSnapshots {
    * do, when it is too big); returns a handle for `commit` or `discard`.
    */
   take(project: string, name: string): Promise<string>;
-  /** Makes the staged copy the snapshot of the job `uid`. */
-  commit(handle: string, project: string, uid: string): Promise<void>;
+  /**
+   * Makes the staged copy the snapshot of the job `uid` (named `name`: Kubernetes makes the job
+   * the owner of its clone of the home, deleted with it).
+   */
+  commit(handle: string, project: string, uid: string, name?: string): Promise<void>;
   /** Throws the staged copy away (the job was not created). */
   discard(handle: string): Promise<void>;
 }

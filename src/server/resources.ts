@@ -101,7 +101,7 @@ export class ResourceService {
       await snapshots.discard(handle);
       throw err;
     }
-    await snapshots.commit(handle, created.metadata.project!, created.metadata.uid!);
+    await snapshots.commit(handle, created.metadata.project!, created.metadata.uid!, created.metadata.name);
     return created;
   }
 

@@ -67,8 +67,10 @@ export function upCluster(opts: { state?: string; nodes?: number } = {}): TestCl
       return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
     },
     userKubeconfig(name, ...groups) {
+      // This cluster's CA (a file's own cluster has its own state dir).
       const o = execFileSync("bash", [join(ROOT, "test/k8s/user-kubeconfig.sh"), name, ...groups], {
         encoding: "utf8",
+        env,
       });
       return o.trim().split("\n").at(-1)!;
     },

@@ -327,11 +327,13 @@ start kube-scheduler "$BIN/kube-scheduler" \
 
 # --- kwok: fake nodes and simulated pod lifecycles ---
 # Container logs come from kwok Logs / ClusterLogs objects (CRDs), so tests can give pods logs;
-# pods/portforward from PortForward / ClusterPortForward objects (forward to a local address).
+# pods/portforward from PortForward / ClusterPortForward objects (forward to a local address);
+# pods/exec from Exec / ClusterExec objects (the command runs on this machine).
 k apply -f "$HERE/crds" >/dev/null
 wait_until "kwok CRDs established" 60 k wait --for=condition=Established --timeout=5s \
   crd/logs.kwok.x-k8s.io crd/clusterlogs.kwok.x-k8s.io \
-  crd/portforwards.kwok.x-k8s.io crd/clusterportforwards.kwok.x-k8s.io
+  crd/portforwards.kwok.x-k8s.io crd/clusterportforwards.kwok.x-k8s.io \
+  crd/execs.kwok.x-k8s.io crd/clusterexecs.kwok.x-k8s.io
 # kwok reads log files in the CRI format: "<RFC 3339 nano time> stdout|stderr F <line>".
 echo "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ) stdout F This container is simulated by kwok; give it logs with a kwok.x-k8s.io/v1alpha1 Logs object (see test/k8s/README.md)." \
   >"$STATE/kwok-default.log"
@@ -358,7 +360,7 @@ start kwok "$BIN/kwok" \
   --server-address "127.0.0.1:$KWOK_PORT" \
   --tls-cert-file "$PKI/kwok-serving.crt" \
   --tls-private-key-file "$PKI/kwok-serving.key" \
-  --enable-crds Logs,ClusterLogs,PortForward,ClusterPortForward \
+  --enable-crds Logs,ClusterLogs,PortForward,ClusterPortForward,Exec,ClusterExec \
   "${stage_args[@]}"
 
 wait_until "kube-controller-manager /healthz" 120 curl -skf --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"

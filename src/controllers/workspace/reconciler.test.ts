@@ -253,6 +253,56 @@ describe("Workspace controller", () => {
     expect(directory.lookup(PROJECT, "nb")).toBeUndefined();
   });
 
+  it("Kubernetes: ports asked inside the replica (serving.replicaPorts, an exec) at the 5 s cadence, every 2 s only while it is used; a failed look keeps the last", async () => {
+    const asked: { service: WorkloadRef; replica: string }[] = [];
+    let fail = false;
+    const ports = new Map<string, number[]>();
+    const serving = Object.assign(revisions, {
+      replicaPorts: async (service: WorkloadRef, replica: string) => {
+        asked.push({ service, replica });
+        if (fail) throw new Error("exec: no cat in the image");
+        return ports.get(replica) ?? [];
+      },
+    });
+    const r = new WorkspaceReconciler({
+      store,
+      // No Runtime.listeningPorts: the platform cannot see a pod's sockets from outside.
+      runtime: { serving } as unknown as Runtime,
+      events: new SqliteEventRecorder(database.db, now),
+      log: pino({ level: "silent" }),
+      now,
+      directory,
+      workspaceOrigin: () => "http://ws.localhost:7471",
+    });
+    const ws = await create({ ide: "none", command: ["python3", "-m", "http.server", "$PORT"] });
+    await r.reconcile(`${PROJECT}/nb`);
+    revisions.ready();
+    const rid = [...revisions.revisions.values()][0]!.replicas[0]!.id;
+    ports.set(rid, [40000, 6006]);
+    // Nobody connected: the usual cadence, no faster poll.
+    expect((await r.reconcile(`${PROJECT}/nb`)).requeueAfterMs).toBe(5000);
+    expect(asked.at(-1)).toEqual({
+      service: expect.objectContaining({ uid: ws.metadata.uid }),
+      replica: rid,
+    });
+    expect((await get()).status?.ports).toEqual([
+      { port: 6006, url: "http://nb--p.ws.localhost:7471/proxy/6006/" },
+    ]);
+    // The replica's handle is published, so the origin dials /proxy/P/ into the replica's pod.
+    expect(directory.lookup(PROJECT, "nb")).toMatchObject({ ports: [6006], replica: { name: rid } });
+    // Someone uses it through the origin: every 2 s, for a minute after.
+    directory.touch(PROJECT, "nb", clock);
+    expect((await r.reconcile(`${PROJECT}/nb`)).requeueAfterMs).toBe(2000);
+    clock = new Date(clock.getTime() + 61_000);
+    expect((await r.reconcile(`${PROJECT}/nb`)).requeueAfterMs).toBe(5000);
+    // An exec that fails does not close the ports.
+    fail = true;
+    await r.reconcile(`${PROJECT}/nb`);
+    expect((await get()).status?.ports).toEqual([
+      { port: 6006, url: "http://nb--p.ws.localhost:7471/proxy/6006/" },
+    ]);
+  });
+
   it("model access: the revision's replica gets OPENAI_BASE_URL, the bridge on PYTHONPATH and the key as a file, one per revision; stopping revokes it", async () => {
     const calls: string[] = [];
     const models: WorkloadModels = {

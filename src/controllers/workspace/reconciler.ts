@@ -293,12 +293,22 @@ export class WorkspaceReconciler implements Reconciler {
     );
     // Running: look for new ports (and idleness) every second; a status write only when they change.
     if (running && this.deps.runtime.listeningPorts) return 1000;
+    // Where a look is an exec through the API server (Kubernetes), every 2 s only while someone
+    // uses the workspace through Loom (the last minute), else at the usual 5 s.
+    if (running && serving.replicaPorts && this.recentlyUsed(project, name, now)) return 2000;
     return status.phase === "Running" || status.phase === "Stopped" ? 5000 : 250;
+  }
+
+  /** Whether the origin or port-forward saw the workspace used within the last minute. */
+  private recentlyUsed(project: string, name: string, now: Date): boolean {
+    const last = this.deps.directory?.lastActivity?.(project, name);
+    return last !== undefined && now.getTime() - last.getTime() < 60_000;
   }
 
   /**
    * The TCP ports the replica listens on besides the IDE's own, sorted: what /proxy/P/ may reach.
-   * The runtime finds a replica's processes by its uid (embedded: the replica's own workload).
+   * The runtime finds a replica's processes by its uid (embedded: the replica's own workload);
+   * Kubernetes asks inside the replica's pod (RevisionRuntime.replicaPorts).
    * A failed look keeps what was seen last rather than closing the ports on a passing error.
    */
   private async otherPorts(
@@ -307,10 +317,13 @@ export class WorkspaceReconciler implements Reconciler {
     last: WorkspaceStatus["ports"],
   ): Promise<number[]> {
     const { runtime } = this.deps;
-    if (!runtime.listeningPorts) return [];
+    const serving = runtime.serving;
+    if (!runtime.listeningPorts && !serving?.replicaPorts) return [];
     const at = replicaRef(ref, replica);
     try {
-      const all = await runtime.listeningPorts(at, 0);
+      const all = runtime.listeningPorts
+        ? await runtime.listeningPorts(at, 0)
+        : await serving!.replicaPorts!(ref, replica.id);
       // Loom's own sshd is for `loom ssh` (a tunnel), not a page to serve at /proxy/2222/.
       const own = new Set([replica.port, ...(this.deps.sshd !== undefined ? [SSHD_PORT] : [])]);
       return [...new Set(all)].filter((p) => !own.has(p)).sort((a, b) => a - b);

@@ -131,11 +131,13 @@ export class KubeClient {
    */
   async upgrade(
     path: string,
-    query: Record<string, string>,
+    query: Record<string, string | string[]>,
     headers: Record<string, string>,
   ): Promise<{ socket: Duplex; head: Buffer; headers: http.IncomingHttpHeaders }> {
     const url = new URL(path, this.server);
-    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    // A list repeats its key: pods/exec takes its command as command=a&command=b.
+    for (const [k, v] of Object.entries(query))
+      for (const one of Array.isArray(v) ? v : [v]) url.searchParams.append(k, one);
     const { agent: _pooled, ...base } = await this.connectionOptions();
     const options: https.RequestOptions = {
       ...base,

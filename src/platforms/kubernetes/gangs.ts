@@ -21,6 +21,7 @@ import {
   secretFileCredentials,
   splitCredentials,
 } from "./credentials.js";
+import { CODE_MOUNT, codeClaimName } from "./homeclone.js";
 import {
   LABELS as L,
   namespaceOf,
@@ -105,13 +106,9 @@ export class Gangs {
 
   async start(spec: GangSpec): Promise<void> {
     const { ref, attempt } = spec;
-    // Loom's API refuses such a job; one written to the API server directly must not run
-    // without the code it was meant to run.
-    if (spec.snapshot)
-      throw new Error(
-        "spec.fromWorkspace is not supported on Kubernetes yet (the home is a ReadWriteOnce claim the workspace holds): build an image with the code and run the job from it",
-      );
     const ns = namespaceOf(ref.project);
+    // spec.fromWorkspace: the clone of the home Loom's API made when the job was created.
+    const code = spec.snapshot ? await this.codeClaim(ref) : undefined;
     const pods = await this.cache.workloadPods(ref);
     const attemptOf = (p: Pod) => Number(p.metadata.labels?.[L.attempt]);
     if (pods.some((p) => attemptOf(p) > attempt)) return;
@@ -145,7 +142,7 @@ export class Gangs {
     const createdBound = new Set<string>();
     for (const w of spec.workers) {
       if (existing.has(podName(ref.name, attempt, w.index))) continue;
-      const pod = this.workerPod(spec, w, claim, initClaim, credentials);
+      const pod = this.workerPod(spec, w, { claim, initClaim, code }, credentials);
       // A gang of one is whole as soon as its pod exists: it is created on the node admission
       // chose. Created and then bound, it cost one request more and one more update of the pod
       // that every pod watcher (kwok or kubelets, scheduler, controller-manager, this operator)
@@ -187,17 +184,22 @@ export class Gangs {
   private workerPod(
     spec: GangSpec,
     w: WorkerSpec,
-    claim: string | undefined,
-    initClaim: string | undefined,
+    claims: { claim: string | undefined; initClaim: string | undefined; code: string | undefined },
     credentials: { secretName: string; files: CredentialFiles } | undefined,
   ) {
     const { ref, attempt } = spec;
+    const { claim, initClaim, code } = claims;
     const fraction = isFractionalGpu(w.allocation);
     return {
       apiVersion: "v1",
       kind: "Pod",
       ...podTemplate({
-        worker: { ...w, env: splitCredentials(w.env).env },
+        worker: {
+          ...w,
+          env: splitCredentials(w.env).env,
+          // Run from the workspace's home as it was, in its clone: the working dir.
+          ...(code && !w.workingDir ? { workingDir: CODE_MOUNT } : {}),
+        },
         ...(credentials ? { credentials } : {}),
         defaultImage: this.deps.defaultImage,
         containerName: "worker",
@@ -230,12 +232,14 @@ export class Gangs {
           ...(initClaim
             ? [{ name: "init-checkpoint", persistentVolumeClaim: { claimName: initClaim, readOnly: true } }]
             : []),
+          ...(code ? [{ name: "code", persistentVolumeClaim: { claimName: code, readOnly: true } }] : []),
         ],
         volumeMounts: [
           { name: "checkpoint", mountPath: CHECKPOINT_MOUNT },
           ...(initClaim
             ? [{ name: "init-checkpoint", mountPath: INIT_CHECKPOINT_MOUNT, readOnly: true }]
             : []),
+          ...(code ? [{ name: "code", mountPath: CODE_MOUNT, readOnly: true }] : []),
         ],
         ...(spec.workers.length > 1
           ? { ports: [{ name: "rendezvous", containerPort: WORKER_BASE_PORT }] }
@@ -304,6 +308,32 @@ export class Gangs {
       },
       spec: { clusterIP: "None", publishNotReadyAddresses: true, selector: { [L.uid]: ref.uid } },
     });
+  }
+
+  /**
+   * The job's clone of its workspace's home (homeclone.ts), made by Loom's API at create. A job
+   * written to the API server directly has none and must not run without the code it names.
+   */
+  private async codeClaim(ref: WorkloadRef): Promise<string> {
+    const name = codeClaimName(ref.uid);
+    const pvc = await this.client
+      .request<{ status?: { phase?: string } }>(
+        "GET",
+        `/api/v1/namespaces/${namespaceOf(ref.project)}/persistentvolumeclaims/${name}`,
+      )
+      .catch((err: unknown) => {
+        if (!(err instanceof NotFoundError)) throw err;
+        return undefined;
+      });
+    if (!pvc)
+      throw new Error(
+        `spec.fromWorkspace: the job's clone of the workspace's home (claim ${name}) does not exist: Loom's API makes it when the job is created, and this job was written to the API server directly; create it through Loom (loom run --from ws/NAME, or loom apply)`,
+      );
+    if (pvc.status?.phase === "Lost")
+      throw new Error(
+        `spec.fromWorkspace: the job's clone of the workspace's home (claim ${name}) lost its volume; create the job again (loom run --from ws/NAME)`,
+      );
+    return name;
   }
 
   /** The claim checkpoints live on: the user's, or one Loom makes per job (deleted with it). */

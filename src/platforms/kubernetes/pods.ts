@@ -19,6 +19,7 @@ export interface Pod {
     annotations?: Record<string, string>;
     deletionTimestamp?: string;
     resourceVersion?: string;
+    uid?: string;
     creationTimestamp?: string;
   };
   spec?: {

@@ -116,7 +116,7 @@ export class PortForwardStream extends Duplex {
 }
 
 /** A client frame (FIN, masked) with this opcode and payload. */
-function frame(opcode: number, payload: Buffer): Buffer {
+export function frame(opcode: number, payload: Buffer): Buffer {
   const len = payload.length;
   const header = len < 126 ? Buffer.alloc(2) : len < 65536 ? Buffer.alloc(4) : Buffer.alloc(10);
   header[0] = 0x80 | opcode;

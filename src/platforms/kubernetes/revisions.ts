@@ -8,6 +8,7 @@ import {
   secretFileCredentials,
   splitCredentials,
 } from "./credentials.js";
+import { podListeningPorts } from "./exec.js";
 import { LABELS as L, namespaceOf, ownerRef, REVISION_LABEL, workloadLabels } from "./naming.js";
 import { containerResources, type Pod, type PodTemplateSpec, podTemplate } from "./pods.js";
 import { kubernetesReplicaLogs } from "./replicalogs.js";
@@ -80,6 +81,8 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
               | undefined;
             return {
               id: p.metadata.name,
+              // The pod's own uid: Runtime.connectPort reaches exactly this pod (workspaces' /proxy/P/).
+              ...(p.metadata.uid ? { uid: p.metadata.uid } : {}),
               ...(st?.podIP ? { host: st.podIP } : {}),
               port: Number(
                 (p.spec as { containers: { ports?: { containerPort: number }[] }[] }).containers[0]
@@ -93,6 +96,7 @@ export function kubernetesRevisions(client: KubeClient, defaultImage: string | u
           }),
       };
     },
+    replicaPorts: (service, replica) => podListeningPorts(client, namespaceOf(service.project), replica),
     replicaLogs: (service, revisions, opts) => kubernetesReplicaLogs(client, service, revisions, opts),
     deleteRevision: async (service, revision) => {
       const ns = namespaceOf(service.project);

@@ -170,6 +170,10 @@ export class KubernetesRuntime implements Runtime {
    * operator needs no route to the pod network, and the API server checks its RBAC on the way.
    */
   async connectPort(ref: WorkloadRef, worker: number, port: number): Promise<Duplex> {
+    // A serving replica's handle (a workspace's /proxy/P/) names its pod and carries the pod's uid.
+    const own = this.cache.pod(`${namespaceOf(ref.project)}/${ref.name}`);
+    if (worker === 0 && own?.metadata.uid === ref.uid && !own.metadata.deletionTimestamp)
+      return openPortForward(this.client, own.metadata.namespace, own.metadata.name, port);
     const running = (await this.cache.workloadPods(ref))
       .filter((p) => !p.metadata.deletionTimestamp && p.status?.phase === "Running")
       .sort(

@@ -8,7 +8,8 @@ export type ServiceOfReplica = (project: string, pod: string) => { host: string;
  * The workspace directory on Kubernetes: a running workspace is reached at its revision's Service
  * (`REVISION.loom-PROJECT.svc:80`, which its NetworkPolicy opens to Loom's gateway pods only),
  * not at its pod's address, so the user-content origin follows the Service whatever pod backs it.
- * The replica handle is dropped: the origin never dials into a pod itself here.
+ * Other ports (`/proxy/P/`) are reached through the API server's pods/portforward to the replica's
+ * pod (Runtime.connectPort): the operator needs no route to the pod network.
  */
 export class ServiceWorkspaceDirectory implements WorkspaceDirectory {
   constructor(
@@ -22,8 +23,9 @@ export class ServiceWorkspaceDirectory implements WorkspaceDirectory {
       this.inner.publish(project, name, endpoint);
       return;
     }
-    const { replica: _replica, ...rest } = endpoint;
-    this.inner.publish(project, name, { ...rest, host: svc.host, port: svc.port });
+    // The IDE's port through the Service; the replica handle stays, so /proxy/P/ (ports the
+    // Service does not carry, servers bound to the pod's 127.0.0.1) goes through pods/portforward.
+    this.inner.publish(project, name, { ...endpoint, host: svc.host, port: svc.port });
   }
 
   lookup(project: string, name: string): WorkspaceEndpoint | undefined {
