@@ -63,7 +63,8 @@ stop_real_node() {
     done
   fi
   # Volumes (tmpfs for secrets) and snapshot mounts under the node's dirs, deepest first.
-  findmnt -rn -o TARGET | grep "^$dir/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  local m
+  for m in $(findmnt -rn -o TARGET | grep "^$dir/" | sort -r || true); do umount -l "$m" 2>/dev/null || true; done
   ip link delete "$REAL_BRIDGE" 2>/dev/null || true
 }
 
@@ -130,6 +131,10 @@ state = "$dir/containerd/state"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = 'loom.local/pause:1'
 [plugins.'io.containerd.cri.v1.runtime']
+  # This machine's root lacks CAP_SYS_RESOURCE: no process may lower its OOM score, and runc
+  # fails the pause container's -998 ("can't get final child's PID from pipe"). Keep scores at or
+  # above containerd's own, as for rootless containerd.
+  restrict_oom_score_adj = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = 'runc'
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -145,11 +150,21 @@ state = "$dir/containerd/state"
   stream_server_address = '127.0.0.1'
   stream_server_port = '0'
 EOF
+  # up.sh's umask 077 would make containerd's snapshot dirs, i.e. every container's root
+  # directory, 0700: a non-root container could not even find its command. The node's daemons
+  # run with the usual 022 (what they write that must stay private, they chmod themselves).
+  local umask_was
+  umask_was=$(umask)
+  umask 022
   # The shim is found on PATH.
   PATH="$nodebin:$PATH" start containerd "$nodebin/containerd" --config "$dir/containerd.toml"
   wait_until "containerd" 60 real_ctr version
-  real_ctr images import --base-name loom.local/pause "$images/pause.tar" >/dev/null
-  real_ctr images import --base-name loom.local/busybox "$images/busybox.tar" >/dev/null
+  # ctr warns on stderr that cgroup v1 is deprecated: say only what fails.
+  local img out
+  for img in pause busybox; do
+    out=$(real_ctr images import --base-name "loom.local/$img" "$images/$img.tar" 2>&1) ||
+      die "importing $images/$img.tar into containerd failed: $out"
+  done
   log "imported loom.local/pause:1, loom.local/busybox:1 ($((SECONDS - t0))s)"
 
   cat >"$dir/kubelet.yaml" <<EOF
@@ -209,6 +224,7 @@ nodePortAddresses: ["$ip/32"]
 conntrack: {maxPerCore: 0, min: 0}
 EOF
   start kube-proxy "$nodebin/kube-proxy" --config "$dir/kube-proxy.yaml"
+  umask "$umask_was"
 
   wait_until "node $REAL_NODE Ready" 180 real_node_ready
   wait_until "kube-proxy /healthz" 60 curl -sf --max-time 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
