@@ -285,7 +285,9 @@ ${spec}`;
     expect(loomFields.map((f) => `${f.operation}${f.subresource ? `/${f.subresource}` : ""}`).sort()).toEqual(
       ["Update", "Update/status"],
     );
-    const spec = raw.metadata.managedFields.find((f) => f.manager === "kubectl-client-side-apply" || f.manager === "kubectl");
+    const spec = raw.metadata.managedFields.find(
+      (f) => f.manager === "kubectl-client-side-apply" || f.manager === "kubectl",
+    );
     expect(spec, "kubectl's manager keeps the spec").toBeDefined();
   });
 

@@ -66,6 +66,7 @@ describe("a real node in the test cluster", () => {
     spec: {
       ...ON_REAL_NODE,
       restartPolicy: "Never",
+      terminationGracePeriodSeconds: 2,
       securityContext: { runAsNonRoot: true, runAsUser: 1000, seccompProfile: { type: "RuntimeDefault" } },
       containers: [
         {
@@ -81,7 +82,9 @@ describe("a real node in the test cluster", () => {
 
   beforeAll(async () => {
     ({ cluster, operatorKubeconfig } = operatorCluster("realnode", { nodes: 1 }));
-    cluster.kubectl(["create", "namespace", NS]);
+    // A reused cluster keeps an earlier run's pods: start from an empty namespace.
+    kubectl(["delete", "namespace", NS, "--ignore-not-found", "--timeout=120s"]);
+    kubectl(["create", "namespace", NS]);
     kubectl(["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted", "--overwrite"]);
   }, 3_600_000);
 
@@ -121,7 +124,7 @@ describe("a real node in the test cluster", () => {
     expect(fails.status.phase).toBe("Failed");
     expect(fails.status.containerStatuses?.[0]?.state?.terminated?.exitCode).toBe(3);
     expect(kubectl(["logs", "-n", NS, "fails"])).toContain("about to fail");
-  });
+  }, 300_000);
 
   it("carries a request from pod to pod over the bridge CNI, and through a Service's ClusterIP (kube-proxy)", async () => {
     const token = `token-${Date.now()}`;
@@ -155,10 +158,11 @@ describe("a real node in the test cluster", () => {
     ]);
     const clusterIP = kubectl(["get", "svc", "server", "-n", NS, "-o", "jsonpath={.spec.clusterIP}"]).trim();
     // The client retries: kube-proxy writes the Service's rules when it sees its endpoints.
-    const fetch = (url: string) =>
-      `for i in $(seq 60); do wget -qO- -T 2 ${url} && exit 0; sleep 1; done; echo "no answer from ${url}"; exit 1`;
-    kubectl(["create", "-f", "-"], JSON.stringify(pod("client", fetch(`http://${ip}:8080/`))));
-    kubectl(["create", "-f", "-"], JSON.stringify(pod("via-service", fetch(`http://${clusterIP}/`))));
+    // nc, not wget: the static busybox's wget crashes looking up the "http" service without NSS.
+    const fetch = (host: string, port: number) =>
+      `for i in $(seq 60); do r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${host} ${port}) && [ -n "$r" ] && echo "$r" | tail -n 1 && exit 0; sleep 1; done; echo "no answer from ${host}:${port}"; exit 1`;
+    kubectl(["create", "-f", "-"], JSON.stringify(pod("client", fetch(ip, 8080))));
+    kubectl(["create", "-f", "-"], JSON.stringify(pod("via-service", fetch(clusterIP, 80))));
     const client = await finished("client");
     expect(kubectl(["logs", "-n", NS, "client"]).trim()).toBe(token);
     expect(client.status.phase).toBe("Succeeded");
@@ -166,7 +170,7 @@ describe("a real node in the test cluster", () => {
     const viaService = await finished("via-service");
     expect(kubectl(["logs", "-n", NS, "via-service"]).trim()).toBe(token);
     expect(viaService.status.phase).toBe("Succeeded");
-  });
+  }, 300_000);
 
   it("runs a Loom TrainingJob's pod on real-0: Succeeded on exit 0, Failed with the worker's real exit code", async () => {
     operator = startOperator(operatorKubeconfig);
@@ -174,6 +178,9 @@ describe("a real node in the test cluster", () => {
     await until("namespace loom-default", () =>
       cluster.kubectl(["get", "ns", "loom-default"]).code === 0 ? true : undefined,
     );
+    // A reused cluster keeps an earlier run's jobs.
+    const trainingjobs = ["trainingjobs.loom.dev", "trains", "crashes", "-n", "loom-default"];
+    kubectl(["delete", ...trainingjobs, "--ignore-not-found", "--timeout=60s"]);
     const job = (name: string, script: string) => `apiVersion: loom.dev/v1alpha1
 kind: TrainingJob
 metadata: {name: ${name}}
@@ -205,5 +212,5 @@ spec:
     const crashes = await waitJob("crashes");
     expect(crashes.status?.phase, JSON.stringify(crashes.status)).toBe("Failed");
     expect(JSON.stringify(crashes.status)).toContain('"exitCode":7');
-  });
+  }, 300_000);
 });

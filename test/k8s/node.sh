@@ -14,6 +14,8 @@ REAL_NODE=real-0
 REAL_POD_CIDR=10.200.0.0/24
 REAL_BRIDGE=loomreal0
 REAL_NODE_IMAGES_VERSION=1
+# The state dir of the cluster whose real node runs on this machine (there can be one).
+REAL_NODE_OWNER=/run/loom-k8s-real-node
 
 real_node_dir() { echo "$STATE/node"; }
 
@@ -65,7 +67,10 @@ stop_real_node() {
   # Volumes (tmpfs for secrets) and snapshot mounts under the node's dirs, deepest first.
   local m
   for m in $(findmnt -rn -o TARGET | grep "^$dir/" | sort -r || true); do umount -l "$m" 2>/dev/null || true; done
-  ip link delete "$REAL_BRIDGE" 2>/dev/null || true
+  if [[ "$(cat "$REAL_NODE_OWNER" 2>/dev/null)" == "$STATE" ]]; then
+    ip link delete "$REAL_BRIDGE" 2>/dev/null || true
+    rm -f "$REAL_NODE_OWNER"
+  fi
 }
 
 # ensure_real_node: starts containerd, kubelet and kube-proxy for real-0 unless they run, and
@@ -85,6 +90,12 @@ ensure_real_node() {
   ip="$(real_node_ip)"
   [[ -n "$ip" ]] || die "cannot find this machine's IPv4 address for the real node (ip route get)"
   stop_real_node
+  local owner
+  owner=$(cat "$REAL_NODE_OWNER" 2>/dev/null || true)
+  if [[ -n "$owner" && "$owner" != "$STATE" ]] && grep -q '^kubelet ' "$owner/pids" 2>/dev/null; then
+    die "another test cluster's real node runs on this machine (state $owner); one at a time: stop it with LOOM_K8S_STATE=$owner bash test/k8s/down.sh"
+  fi
+  echo "$STATE" >"$REAL_NODE_OWNER"
   rm -rf "$dir"
   mkdir -p "$dir"/{containerd,cni/net.d,kubelet,pod-logs,volume-plugins,runc}
   ln -sfn "$nodebin" "$dir/bin"
