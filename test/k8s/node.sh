@@ -64,6 +64,17 @@ stop_real_node() {
       [[ -n "$ns" ]] && ip netns delete "$(basename "$ns")" 2>/dev/null || true
     done
   fi
+  # kube-proxy's chains in the host's iptables (and nftables) go with it.
+  [[ -x "$dir/bin/kube-proxy" ]] && "$dir/bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  # And the kubelet's: its canaries and the rule that drops outside traffic to 127.0.0.0/8.
+  local table chain
+  while iptables -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+  while iptables -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+  for table in filter nat mangle; do
+    for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+      iptables -t "$table" -F "$chain" 2>/dev/null && iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
   # Volumes (tmpfs for secrets) and snapshot mounts under the node's dirs, deepest first.
   local m
   for m in $(findmnt -rn -o TARGET | grep "^$dir/" | sort -r || true); do umount -l "$m" 2>/dev/null || true; done
