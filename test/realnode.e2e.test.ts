@@ -172,6 +172,54 @@ describe("a real node in the test cluster", () => {
     expect(viaService.status.phase).toBe("Succeeded");
   }, 300_000);
 
+  it("enforces a NetworkPolicy (kube-router): the server answers only pods the policy admits", async () => {
+    const ip = getPod("server").status.podIP!;
+    const token = kubectl(["exec", "-n", NS, "server", "--", "cat", "/tmp/www/index.html"]).trim();
+    kubectl(
+      ["apply", "-f", "-"],
+      JSON.stringify({
+        apiVersion: "networking.k8s.io/v1",
+        kind: "NetworkPolicy",
+        metadata: { name: "server-friends", namespace: NS },
+        spec: {
+          podSelector: { matchLabels: { app: "server" } },
+          policyTypes: ["Ingress"],
+          ingress: [
+            { from: [{ podSelector: { matchLabels: { role: "friend" } } }], ports: [{ port: 8080 }] },
+          ],
+        },
+      }),
+    );
+    // The enforcer applies the policy when it sees it: the stranger tries until it is refused.
+    const request = `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${ip} 8080 2>/dev/null`;
+    kubectl(
+      ["create", "-f", "-"],
+      JSON.stringify(
+        pod(
+          "stranger",
+          `for i in $(seq 60); do r=$(${request}); [ -z "$r" ] && echo refused && exit 0; sleep 1; done; echo "still answered"; exit 1`,
+        ),
+      ),
+    );
+    const stranger = await finished("stranger");
+    expect(kubectl(["logs", "-n", NS, "stranger"]).trim()).toBe("refused");
+    expect(stranger.status.phase).toBe("Succeeded");
+    // Then a pod the policy admits still gets its answer.
+    kubectl(
+      ["create", "-f", "-"],
+      JSON.stringify(
+        pod(
+          "friend",
+          `for i in $(seq 30); do r=$(${request}) && [ -n "$r" ] && echo "$r" | tail -n 1 && exit 0; sleep 1; done; exit 1`,
+          { role: "friend" },
+        ),
+      ),
+    );
+    const friend = await finished("friend");
+    expect(kubectl(["logs", "-n", NS, "friend"]).trim()).toBe(token);
+    expect(friend.status.phase).toBe("Succeeded");
+  }, 300_000);
+
   it("runs a Loom TrainingJob's pod on real-0: Succeeded on exit 0, Failed with the worker's real exit code", async () => {
     operator = startOperator(operatorKubeconfig);
     await operator.ready;

@@ -2,6 +2,7 @@
 # Builds what a real node needs, from Go modules into the same cache as build.sh:
 #   kubelet, kube-proxy           (k8s.io/kubernetes, the same version and ldflags as build.sh)
 #   containerd, ctr, containerd-shim-runc-v2   (github.com/containerd/containerd/v2)
+#   kube-router, as the NetworkPolicy enforcer only   (github.com/cloudnativelabs/kube-router/v2)
 # runc and the CNI plugins come from Debian (runc, containernetworking-plugins). Only what is
 # missing is built. The last line printed is the bin directory holding the node's binaries.
 #
@@ -10,12 +11,14 @@ set -euo pipefail
 
 K8S_VERSION=v1.37.2
 CONTAINERD_VERSION=v2.4.2
+KUBE_ROUTER_VERSION=v2.1.0
 
 CACHE="${LOOM_K8S_CACHE:-$HOME/.cache/loom/k8s}"
 K8S_DIR="$CACHE/kubernetes-$K8S_VERSION"
 NODE_DIR="$CACHE/kubelet-$K8S_VERSION"
 CTRD_DIR="$CACHE/containerd-$CONTAINERD_VERSION"
-BIN="$CACHE/bin-node-$K8S_VERSION-containerd-$CONTAINERD_VERSION"
+KR_DIR="$CACHE/kube-router-$KUBE_ROUTER_VERSION"
+BIN="$CACHE/bin-node-$K8S_VERSION-containerd-$CONTAINERD_VERSION-kube-router-$KUBE_ROUTER_VERSION"
 
 export GOTOOLCHAIN=local
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
@@ -92,10 +95,33 @@ build_containerd() {
   log "built containerd $CONTAINERD_VERSION in $((SECONDS - start))s"
 }
 
+have_kube_router() { [[ -x "$KR_DIR/bin/kube-router" ]]; }
+
+build_kube_router() {
+  local start=$SECONDS src="$KR_DIR/src" m=github.com/cloudnativelabs/kube-router/v2
+  log "building kube-router $KUBE_ROUTER_VERSION; log: $KR_DIR/build.log"
+  rm -rf "$src" "$KR_DIR/bin.tmp"
+  mkdir -p "$src" "$KR_DIR/bin.tmp"
+  {
+    printf 'module loom.local/kube-router-build\n\ngo 1.26\n' >"$src/go.mod"
+    (cd "$src" && go get "$m/cmd/kube-router@$KUBE_ROUTER_VERSION")
+    (cd "$src" && CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "-s -w" -o "$KR_DIR/bin.tmp/" "$m/cmd/kube-router")
+  } >"$KR_DIR/build.log" 2>&1 || {
+    log "FAILED after $((SECONDS - start))s; tail of $KR_DIR/build.log:"
+    tail -30 "$KR_DIR/build.log" >&2
+    return 1
+  }
+  rm -rf "${KR_DIR:?}/bin"
+  mv "$KR_DIR/bin.tmp" "$KR_DIR/bin"
+  log "built kube-router $KUBE_ROUTER_VERSION in $((SECONDS - start))s"
+}
+
 have_containerd || ticking "building containerd" "$CTRD_DIR/build.log" build_containerd
 have_kubelet || ticking "building kubelet" "$NODE_DIR/build.log" build_kubelet
+have_kube_router || ticking "building kube-router" "$KR_DIR/build.log" build_kube_router
 
 mkdir -p "$BIN"
 for b in kubelet kube-proxy; do ln -sfn "$NODE_DIR/bin/$b" "$BIN/$b"; done
 for b in containerd ctr containerd-shim-runc-v2; do ln -sfn "$CTRD_DIR/bin/$b" "$BIN/$b"; done
+ln -sfn "$KR_DIR/bin/kube-router" "$BIN/kube-router"
 echo "$BIN"

@@ -46,7 +46,7 @@ stop_real_node() {
   dir="$(real_node_dir)"
   [[ -d "$dir" && -f "$PIDS" ]] || return 0
   while read -r name pid exe; do
-    [[ "$name" == kubelet || "$name" == kube-proxy ]] || continue
+    [[ "$name" == kubelet || "$name" == kube-proxy || "$name" == kube-router ]] || continue
     if pid_is "$pid" "$exe"; then
       kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 50); do pid_is "$pid" "$exe" || break; sleep 0.1; done
@@ -64,7 +64,9 @@ stop_real_node() {
       [[ -n "$ns" ]] && ip netns delete "$(basename "$ns")" 2>/dev/null || true
     done
   fi
-  # kube-proxy's chains in the host's iptables (and nftables) go with it.
+  # kube-router's policy chains and ipsets, and kube-proxy's chains in the host's iptables (and
+  # nftables), go with them.
+  [[ -x "$dir/bin/kube-router" ]] && "$dir/bin/kube-router" --cleanup-config >/dev/null 2>&1 || true
   [[ -x "$dir/bin/kube-proxy" ]] && "$dir/bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
   # And the kubelet's: its canaries and the rule that drops outside traffic to 127.0.0.0/8.
   local table chain
@@ -246,12 +248,54 @@ nodePortAddresses: ["$ip/32"]
 conntrack: {maxPerCore: 0, min: 0}
 EOF
   start kube-proxy "$nodebin/kube-proxy" --config "$dir/kube-proxy.yaml"
+  start_policy_enforcer "$dir" "$nodebin"
   umask "$umask_was"
 
   wait_until "node $REAL_NODE Ready" 180 real_node_ready
   wait_until "kube-proxy /healthz" 60 curl -sf --max-time 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
   echo "LOOM_K8S_REAL_NODE=$REAL_NODE" >>"$STATE/cluster.env"
   log "real node $REAL_NODE Ready in $((SECONDS - t0))s (kubelet $ip:$KUBELET_PORT, pods $REAL_POD_CIDR)"
+}
+
+# start_policy_enforcer DIR BIN: kube-router with only its NetworkPolicy controller (iptables,
+# ipset), under a ClusterRole that reads what policies select. kube-network-policies would be
+# the smaller choice, but it needs nftables' queue statement, and this kernel lacks NFT_QUEUE.
+start_policy_enforcer() {
+  local dir=$1 nodebin=$2
+  command -v ipset >/dev/null || die "ipset is required for the real node's NetworkPolicy enforcer (apt-get install ipset)"
+  new_cert "$PKI" kube-router "/CN=loom:network-policy" clientAuth
+  write_kubeconfig "$dir/kube-router.kubeconfig" "${LOOM_K8S_SERVER:-$SERVER}" loom:network-policy \
+    cert "$PKI/kube-router.key" "$PKI/kube-router.crt"
+  k apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "loom:network-policy"}
+rules:
+- apiGroups: [""]
+  resources: [namespaces, pods, services, endpoints, nodes]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "loom:network-policy"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "loom:network-policy"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "loom:network-policy"}
+EOF
+  pick_port KR_HEALTH_PORT
+  start kube-router "$nodebin/kube-router" \
+    --kubeconfig "$dir/kube-router.kubeconfig" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+    --hostname-override "$REAL_NODE" \
+    --service-cluster-ip-range "${SERVICE_CIDR:-10.96.0.0/16}" \
+    --health-port "$KR_HEALTH_PORT" --metrics-port 0
+  wait_until "kube-router (NetworkPolicy) /healthz" 60 curl -sf --max-time 2 "http://127.0.0.1:$KR_HEALTH_PORT/healthz"
 }
 
 real_node_ready() {
