@@ -1,4 +1,5 @@
-# A real node beside the kwok ones: containerd + runc + bridge CNI + kubelet (+ kube-proxy),
+# A real node beside the kwok ones: containerd + runc + bridge CNI + kubelet, kube-proxy for
+# Services and kube-router for NetworkPolicy,
 # registering node `real-0` (label loom.dev/real-node=true, loom.dev/node-pool=real; taint
 # loom.dev/real-node=true:NoSchedule, so pods the default scheduler places never land there unless
 # they tolerate it). Sourced by lib.sh (definitions only); up.sh calls ensure_real_node when
@@ -64,9 +65,8 @@ stop_real_node() {
       [[ -n "$ns" ]] && ip netns delete "$(basename "$ns")" 2>/dev/null || true
     done
   fi
-  # kube-router's policy chains and ipsets, and kube-proxy's chains in the host's iptables (and
-  # nftables), go with them.
-  [[ -x "$dir/bin/kube-router" ]] && "$dir/bin/kube-router" --cleanup-config >/dev/null 2>&1 || true
+  remove_policy_rules
+  # kube-proxy's chains in the host's iptables (and nftables) go with it.
   [[ -x "$dir/bin/kube-proxy" ]] && "$dir/bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
   # And the kubelet's: its canaries and the rule that drops outside traffic to 127.0.0.0/8.
   local table chain
@@ -255,6 +255,21 @@ EOF
   wait_until "kube-proxy /healthz" 60 curl -sf --max-time 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
   echo "LOOM_K8S_REAL_NODE=$REAL_NODE" >>"$STATE/cluster.env"
   log "real node $REAL_NODE Ready in $((SECONDS - t0))s (kubelet $ip:$KUBELET_PORT, pods $REAL_POD_CIDR)"
+}
+
+# remove_policy_rules: kube-router's chains and ipsets leave the host (its own --cleanup-config
+# panics without IPVS).
+remove_policy_rules() {
+  local rule chain set
+  iptables -S 2>/dev/null | grep -E '^-A (INPUT|FORWARD|OUTPUT) .*kube-router netpol' | sed 's/^-A/-D/' |
+    while read -r rule; do eval "iptables $rule" 2>/dev/null || true; done || true
+  for chain in $(iptables -S 2>/dev/null | awk '/^-N (KUBE-ROUTER-|KUBE-NWPLCY-|KUBE-POD-FW-)/ {print $2}'); do
+    iptables -F "$chain" 2>/dev/null || true
+  done
+  for chain in $(iptables -S 2>/dev/null | awk '/^-N (KUBE-ROUTER-|KUBE-NWPLCY-|KUBE-POD-FW-)/ {print $2}'); do
+    iptables -X "$chain" 2>/dev/null || true
+  done
+  for set in $(ipset list -n 2>/dev/null | grep -E '^KUBE-(SRC|DST)-' || true); do ipset destroy "$set" 2>/dev/null || true; done
 }
 
 # start_policy_enforcer DIR BIN: kube-router with only its NetworkPolicy controller (iptables,
