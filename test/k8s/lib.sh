@@ -26,6 +26,7 @@ pid_is() {
 # Stops every recorded component, last started first; TERM, then KILL after 15s.
 stop_recorded() {
   [[ -f "$PIDS" ]] || return 0
+  stop_real_node
   local lines=() line name pid exe i waited
   mapfile -t lines <"$PIDS"
   for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
@@ -124,3 +125,6 @@ current-context: $user@loom-test
 KUBECONFIG
   mv "$file.tmp" "$file"
 }
+
+# shellcheck source=node.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node.sh"

@@ -8,6 +8,7 @@
 #   LOOM_K8S_STATE   state dir (default ~/.cache/loom/k8s/run): pki, kubeconfigs, etcd data, logs, pids
 #   LOOM_K8S_NODES   fake nodes to have (default 4); a reused cluster gains missing ones
 #   LOOM_K8S_CACHE   binary cache (see build.sh)
+#   LOOM_K8S_REAL_NODE=1  also a real node, real-0: containerd + kubelet (see node.sh)
 set -euo pipefail
 umask 077
 
@@ -185,6 +186,7 @@ nodes_ready() {
 if healthy; then
   log "reusing the cluster already running from $STATE"
   ensure_nodes "$NODES"
+  [[ "${LOOM_K8S_REAL_NODE:-}" != 1 ]] || ensure_real_node
   echo "$ADMIN"
   exit 0
 fi
@@ -381,5 +383,6 @@ LOOM_K8S_KWOK=http://127.0.0.1:$KWOK_PORT
 EOF
 
 ensure_nodes "$NODES"
+[[ "${LOOM_K8S_REAL_NODE:-}" != 1 ]] || ensure_real_node
 log "cluster up in $((SECONDS - started))s: $SERVER, $NODES fake nodes, state $STATE"
 echo "$ADMIN"
