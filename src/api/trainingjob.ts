@@ -372,6 +372,18 @@ export const TrainingJobStatus = z.object({
   checkpoint: z.object({ time: z.string(), step: z.number().optional() }).optional(),
   /** The job's tracking run: every attempt logs to it (MLFLOW_RUN_ID for worker 0). */
   tracking: z.object({ experimentId: z.string(), runId: z.string() }).optional(),
+  /**
+   * Nodes asked of a node autoscaler while the job waits for capacity (Kubernetes with the
+   * cluster-autoscaler): since when, how many of which pool once it answered, or why it will not.
+   */
+  capacityRequest: z
+    .object({
+      requestedAt: z.string(),
+      nodes: z.number().optional(),
+      pool: z.string().optional(),
+      refused: z.string().optional(),
+    })
+    .optional(),
   /** An elastic job asked to change size: its workers stop (checkpointing) and it is admitted again. */
   resize: z.object({ workers: z.number(), reason: z.string(), requestedAt: z.string() }).optional(),
   observedGeneration: z.number().optional(),

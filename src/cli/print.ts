@@ -3,6 +3,7 @@ import type { InferenceServiceStatus } from "../api/inferenceservice.js";
 import type { KindDef } from "../api/kinds.js";
 import { API_VERSION, type Condition, type Resource } from "../api/meta.js";
 import type { PromptVersionView } from "../api/prompt.js";
+import { describeCapacity } from "../controllers/admission/capacity.js";
 import type { ObjectEvent } from "../ports/store.js";
 import type { NodeUsage, ProjectUsage } from "../server/scheduling.js";
 import { CliError } from "./errors.js";
@@ -251,6 +252,8 @@ export function describe(def: KindDef, obj: Resource, events: ObjectEvent[]): st
     "nextAttemptTime",
   ])
     if (status[k] !== undefined) field(k[0]!.toUpperCase() + k.slice(1), status[k]);
+  const capacity = status.capacityRequest as Parameters<typeof describeCapacity>[0] | undefined;
+  if (capacity) field("Capacity", describeCapacity(capacity, new Date()));
   block("Spec", obj.spec);
   const workers = status.workers as
     | { index: number; state: string; pid?: number; exitCode?: number; signal?: string }[]

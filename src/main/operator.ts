@@ -50,6 +50,8 @@ export interface OperatorOptions {
    * data dir's SQLite file; tokens stay there.
    */
   trackingDb?: string;
+  /** A node autoscaler runs: waiting gangs are shown to it as pending pods (demand.ts). */
+  nodeAutoscaling?: boolean;
 }
 
 export interface Operator {
@@ -77,6 +79,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     log: log.child({ component: "runtime/kubernetes" }),
     defaultImage: opts.defaultImage,
     metrics: { lastEventTimestamp: lastEventGauge(metrics) },
+    ...(opts.nodeAutoscaling ? { nodeAutoscaling: true } : {}),
   });
   const events = new KubeEventRecorder(client);
   await ensureDefaultProject(store);

@@ -210,6 +210,16 @@ export interface Runtime {
   /** Called when external work or the nodes change: the scheduler should look again. */
   onCapacityChange?(listener: () => void): void;
   /**
+   * Where nodes come with demand (Kubernetes with a node autoscaler): makes a gang that waits
+   * for capacity visible to the autoscaler, the whole gang at once, or withdraws it
+   * (`undefined`). Idempotent; answers what is known of the request. Absent where nothing adds
+   * nodes, and where the operator was not told an autoscaler runs.
+   */
+  requestCapacity?(
+    ref: WorkloadRef,
+    request: CapacityRequest | undefined,
+  ): Promise<CapacityAnswer | undefined>;
+  /**
    * Long-running service replicas (InferenceService revisions): Kubernetes runs them as a
    * Deployment per revision, embedded as supervised processes. Either way their pods wait for
    * Loom's scheduler as external work (`external()`), so one admission cycle places them and
@@ -217,6 +227,31 @@ export interface Runtime {
    */
   readonly serving?: RevisionRuntime;
   close(): Promise<void>;
+}
+
+/** A waiting gang's shape: what a node autoscaler needs to add nodes for all of it at once. */
+export interface CapacityRequest {
+  /** Workers the gang needs at once (an elastic gang's minimum). */
+  workers: number;
+  /** What each worker asks for. */
+  cpuMillis: number;
+  memoryBytes: number;
+  gpu: number;
+  nodePool?: string;
+  gpuModel?: string;
+  /** Loom's reason it waits (the scheduler's code and words). */
+  reason: string;
+  message: string;
+}
+
+/** What is known of a capacity request: since when, and what the autoscaler answered. */
+export interface CapacityAnswer {
+  requestedAt: string;
+  /** Nodes the autoscaler is adding for it, and their pool (its node group), once it said so. */
+  nodes?: number;
+  pool?: string;
+  /** The autoscaler's own words when it will not help (no node group fits, at its maximum). */
+  refused?: string;
 }
 
 /** One revision of an InferenceService, for platforms that manage replicas themselves. */

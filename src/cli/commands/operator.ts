@@ -12,6 +12,7 @@ interface OperatorOpts {
   workspacePort?: string;
   trackingUrl?: string;
   trackingDb?: string;
+  nodeAutoscaling?: boolean;
 }
 
 /** `loom operator`: Loom's controllers against a cluster (--kubeconfig, or in-cluster). */
@@ -39,6 +40,10 @@ export function registerOperator(program: Command, deps: CliDeps): void {
       "--tracking-db <url>",
       "with --data-dir: keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
     )
+    .option(
+      "--node-autoscaling",
+      "a node autoscaler (the cluster-autoscaler) runs: gangs that wait for room are shown to it as pending pods, so it adds nodes for them",
+    )
     .action(async (opts: OperatorOpts) => {
       if (opts.trackingDb !== undefined) {
         if (!opts.dataDir)
@@ -55,6 +60,7 @@ export function registerOperator(program: Command, deps: CliDeps): void {
         log,
         metricsPort: Number(opts.metricsPort),
         defaultImage: opts.defaultImage,
+        ...(opts.nodeAutoscaling ? { nodeAutoscaling: true } : {}),
         ...(opts.dataDir
           ? {
               dataDir: opts.dataDir,

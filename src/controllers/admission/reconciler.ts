@@ -5,11 +5,27 @@ import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import { type TrainingJob, workerRange } from "../../api/trainingjob.js";
 import { forEachConcurrently } from "../../lib/concurrency.js";
 import type { Runtime } from "../../ports/runtime.js";
-import type { PendingDecision, PodPlacement, PreemptDecision, Scheduler } from "../../ports/scheduler.js";
+import type {
+  PendingDecision,
+  PodPlacement,
+  PreemptDecision,
+  RunningWorkload,
+  Scheduler,
+} from "../../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { WriteOverlay } from "../../reconcile/overlay.js";
 import { refOf } from "../trainingjob/reconciler.js";
+import {
+  CAPACITY_REQUEUE_MS,
+  type CapacityStatus,
+  capacityRequestOf,
+  capacityStatus,
+  sameCapacity,
+  usageByProject,
+  wantsCapacity,
+  withinLimit,
+} from "./capacity.js";
 import { type BuiltSnapshot, SnapshotBuilder } from "./snapshot.js";
 
 /** Status writes one admission cycle keeps in flight at once. */
@@ -102,21 +118,57 @@ export class AdmissionReconciler implements Reconciler {
       if (job) await this.admit(job, placements, now);
       else await runtime.bindExternal?.(id, placements);
     });
+    // Gangs that wait for room ask a node autoscaler for it (where one runs); others withdraw.
+    const capacity = await this.requestCapacity(decisions.pending, byId, running);
     // Most waiting jobs wait for the same reason as last cycle: sort them out without a promise each.
     const changed = decisions.pending.filter((p) => {
       const job = byId.get(p.id);
-      return !job || !this.sameBlocker(job, p);
+      if (!job || !this.sameBlocker(job, p)) return true;
+      return capacity.has(p.id) && !sameCapacity(job.status?.capacityRequest, capacity.get(p.id));
     });
     await forEachConcurrently(changed, WRITE_CONCURRENCY, async (p) => {
       const job = byId.get(p.id);
-      if (job) await this.wait(job, p, now);
+      if (job)
+        await this.wait(job, p, now, capacity.has(p.id) ? capacity.get(p.id) : job.status?.capacityRequest);
       else await runtime.explainExternal?.(p.id, p.reason, withHolders(p));
     });
-    return {};
+    // The autoscaler answers in its own time (events on the request's pods): look again soon.
+    return [...capacity.values()].some((c) => c) ? { requeueAfterMs: CAPACITY_REQUEUE_MS } : {};
+  }
+
+  /**
+   * Asks the runtime's node autoscaler for room for each gang that waits for it, and withdraws
+   * the request of each that no longer does; the answers by workload id (undefined: withdrawn).
+   * Nothing at all where the runtime has no autoscaler.
+   */
+  private async requestCapacity(
+    pending: PendingDecision[],
+    byId: Map<string, TrainingJob>,
+    running: RunningWorkload[],
+  ): Promise<Map<string, CapacityStatus | undefined>> {
+    const out = new Map<string, CapacityStatus | undefined>();
+    const runtime = this.deps.runtime;
+    if (!runtime.requestCapacity) return out;
+    const projects = new Map(this.deps.listProjects().map((p) => [p.metadata.name, p]));
+    const usage = usageByProject(running);
+    await forEachConcurrently(pending, WRITE_CONCURRENCY, async (p) => {
+      const job = byId.get(p.id);
+      if (!job) return;
+      const project = projects.get(job.metadata.project ?? "");
+      const request = wantsCapacity(job, p, project) ? capacityRequestOf(job, p) : undefined;
+      const want = request && withinLimit(request, project, usage.get(job.metadata.project ?? ""));
+      if (!want && !job.status?.capacityRequest) return;
+      const answer = await runtime.requestCapacity!(refOf(job), want ? request : undefined);
+      out.set(p.id, answer ? capacityStatus(answer) : undefined);
+    });
+    return out;
   }
 
   private async admit(job: TrainingJob, placements: PodPlacement[], now: Date): Promise<void> {
     const first = placements[0]!;
+    // Its capacity request has done its work: withdrawn before the workers exist, so the
+    // autoscaler never sees it unplaced beside them and adds nodes a second time.
+    if (job.status?.capacityRequest) await this.deps.runtime.requestCapacity?.(refOf(job), undefined);
     const r = job.spec.resources;
     const share = first.gpus.length === 1 && first.gpus[0]!.share < 1 ? first.gpus[0]!.share : undefined;
     const devices = first.gpus.map((g) => g.device);
@@ -132,6 +184,7 @@ export class AdmissionReconciler implements Reconciler {
         ...job.status,
         phase: job.status?.phase ?? "Pending",
         queuePosition: undefined,
+        capacityRequest: undefined,
         admission: {
           node: first.node,
           cpuMillis: r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0),
@@ -201,14 +254,23 @@ export class AdmissionReconciler implements Reconciler {
     return m === p.message || (m.startsWith(p.message) && m.startsWith(HELD_BY, p.message.length));
   }
 
-  private async wait(job: TrainingJob, p: PendingDecision, now: Date): Promise<void> {
+  private async wait(
+    job: TrainingJob,
+    p: PendingDecision,
+    now: Date,
+    capacityRequest: CapacityStatus | undefined,
+  ): Promise<void> {
     const message = withHolders(p);
+    const prev = getCondition(job.status?.conditions, "Admitted");
+    const sameWords =
+      job.status?.phase === "Pending" && prev?.reason === p.reason && prev.message === message;
     await this.writeStatus({
       ...job,
       status: {
         ...job.status,
         phase: "Pending",
         queuePosition: p.queuePosition,
+        capacityRequest,
         conditions: setCondition(
           job.status?.conditions,
           { type: "Admitted", status: "False", reason: p.reason, message },
@@ -216,6 +278,8 @@ export class AdmissionReconciler implements Reconciler {
         ),
       },
     });
+    // A new answer from the autoscaler alone is no new event: the status says it.
+    if (sameWords) return;
     await this.deps.events.record(
       refOf(job),
       p.reason === "WaitingForPreemption" ? "Normal" : "Warning",

@@ -1,3 +1,4 @@
+import { DEMAND_LABEL } from "./demand.js";
 import { LABELS as L } from "./naming.js";
 import { isTerminal, type Pod, SCHEDULER_NAME } from "./pods.js";
 
@@ -38,6 +39,8 @@ export function isExternalPending(p: Pod): boolean {
   return (
     p.spec?.schedulerName === SCHEDULER_NAME &&
     !p.spec.nodeName &&
+    // A capacity request's pods (demand.ts) stand for a gang Loom already counts: never work.
+    !p.metadata.labels?.[DEMAND_LABEL] &&
     !p.metadata.deletionTimestamp &&
     !isTerminal(p)
   );

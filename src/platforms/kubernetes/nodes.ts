@@ -13,16 +13,33 @@ export const NODE_LABELS = {
 /** The fields of a Node that the runtime reads. */
 export interface KubeNode {
   metadata: { name: string; resourceVersion?: string; labels?: Record<string, string> };
-  spec?: { unschedulable?: boolean; taints?: { effect: string }[] };
+  spec?: { unschedulable?: boolean; taints?: { key?: string; effect: string }[] };
   status?: { allocatable?: Record<string, string>; conditions?: { type: string; status: string }[] };
 }
 
-/** What the scheduler may place on: Ready, schedulable nodes by name, from their allocatable. */
+/**
+ * Taints the cluster-autoscaler puts on a node it is about to remove (NoSchedule) and on one it
+ * considers removing (PreferNoSchedule). Loom binds pods itself, past kube-scheduler's taint
+ * checks, so it must honour both here: work bound to such a node would be killed with it, or
+ * keep an idle node alive that the autoscaler meant to give back.
+ */
+export const AUTOSCALER_TAINTS = ["ToBeDeletedByClusterAutoscaler", "DeletionCandidateOfClusterAutoscaler"];
+
+/** Whether the cluster-autoscaler has marked this node for removal (now or soon). */
+export function markedForRemoval(n: KubeNode): boolean {
+  return !!n.spec?.taints?.some((t) => t.key !== undefined && AUTOSCALER_TAINTS.includes(t.key));
+}
+
+/**
+ * What the scheduler may place on: Ready, schedulable nodes by name, from their allocatable;
+ * never a node the cluster-autoscaler marked for removal.
+ */
 export function nodeCapacities(items: KubeNode[]): NodeCapacity[] {
   return items
     .filter(
       (n) =>
         !n.spec?.unschedulable &&
+        !markedForRemoval(n) &&
         n.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
     )
     .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))

@@ -34,6 +34,7 @@ export interface Pod {
     startTime?: string;
     message?: string;
     reason?: string;
+    conditions?: { type: string; status: string; reason?: string; message?: string }[];
     containerStatuses?: {
       name: string;
       state?: { terminated?: { exitCode: number; signal?: number; reason?: string; finishedAt?: string } };

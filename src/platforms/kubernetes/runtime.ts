@@ -2,6 +2,8 @@ import type { Duplex, Readable } from "node:stream";
 import type { Logger } from "pino";
 import { NotFoundError } from "../../api/errors.js";
 import type {
+  CapacityAnswer,
+  CapacityRequest,
   ExternalWork,
   GangObservation,
   GangSpec,
@@ -18,6 +20,7 @@ import type { ControllerMetrics } from "../../reconcile/metrics.js";
 import { applyObject } from "./apply.js";
 import { ClusterCache } from "./cache.js";
 import type { KubeClient } from "./client.js";
+import { CapacityRequests } from "./demand.js";
 import { ExternalScheduling } from "./external.js";
 import { isExternalPending } from "./external-index.js";
 import { Gangs } from "./gangs.js";
@@ -35,6 +38,12 @@ export interface KubernetesRuntimeOptions {
   defaultImage?: string;
   /** The informers' last-event gauge (kind "Pod" and "Node"). */
   metrics?: Pick<ControllerMetrics, "lastEventTimestamp">;
+  /**
+   * A node autoscaler (the cluster-autoscaler) adds nodes for pending pods: gangs that wait for
+   * capacity are shown to it as pods it can simulate (demand.ts). Off, a waiting gang creates
+   * nothing (each would cost the API server its pods' writes for no one to read).
+   */
+  nodeAutoscaling?: boolean;
 }
 
 /**
@@ -49,6 +58,12 @@ export class KubernetesRuntime implements Runtime {
   private readonly cache: ClusterCache;
   private readonly gangs: Gangs;
   private readonly externalPods: ExternalScheduling;
+
+  /** Present when a node autoscaler runs (options.nodeAutoscaling). */
+  readonly requestCapacity?: (
+    ref: WorkloadRef,
+    request: CapacityRequest | undefined,
+  ) => Promise<CapacityAnswer | undefined>;
 
   constructor(opts: KubernetesRuntimeOptions) {
     this.client = opts.client;
@@ -72,6 +87,10 @@ export class KubernetesRuntime implements Runtime {
       defaultImage: opts.defaultImage,
     });
     this.serving = kubernetesRevisions(this.client, opts.defaultImage);
+    if (opts.nodeAutoscaling) {
+      const requests = new CapacityRequests(this.client, this.cache, opts.log);
+      this.requestCapacity = (ref, request) => requests.request(ref, request);
+    }
   }
 
   /**

@@ -1,0 +1,230 @@
+import type { Logger } from "pino";
+import { NotFoundError } from "../../api/errors.js";
+import type { CapacityAnswer, CapacityRequest, WorkloadRef } from "../../ports/runtime.js";
+import type { ClusterCache } from "./cache.js";
+import type { KubeClient } from "./client.js";
+import { LABELS as L, namespaceOf, ownerRef } from "./naming.js";
+import { NODE_LABELS } from "./nodes.js";
+import { containerResources, type Pod, podTemplate } from "./pods.js";
+
+/** On a capacity request's pods: the uid of the workload they stand for. */
+export const DEMAND_LABEL = "loom.dev/capacity-for";
+/** What a capacity request's pods would run, were they ever bound (they never are). */
+const PAUSE_IMAGE = "registry.k8s.io/pause:3.10";
+/** How often the autoscaler's answer (its events on the pods) is read again, per workload. */
+const ANSWER_TTL_MS = 5_000;
+
+/** The name of a capacity request's pod for one worker of a workload. */
+export function demandPodName(workload: string, index: number): string {
+  const suffix = `-capacity-${index}`;
+  return `${workload.slice(0, 63 - suffix.length)}${suffix}`;
+}
+
+/** Whether a pod is a capacity request (never a worker, never work for Loom to place). */
+export function isDemandPod(pod: Pod): boolean {
+  return !!pod.metadata.labels?.[DEMAND_LABEL];
+}
+
+/**
+ * A gang waiting for capacity, as the cluster-autoscaler sees demand: one unbound pod per worker,
+ * shaped like the worker (requests, pool, GPU model), with schedulerName "loom" (kube-scheduler
+ * leaves it alone) and `PodScheduled=False`, reason `Unschedulable`, Loom's reason as message.
+ * The autoscaler simulates them all in one loop, so a 16-GPU gang of two 8-GPU workers asks a
+ * node group for two nodes at once. They hold nothing and are never bound: when the nodes join,
+ * admission places the gang, the request is withdrawn (its pods deleted) and the real workers are
+ * created on the new nodes. Owned by the workload, so they go with it.
+ */
+export class CapacityRequests {
+  private readonly answers = new Map<string, { at: number; answer: Partial<CapacityAnswer> }>();
+
+  constructor(
+    private readonly client: KubeClient,
+    private readonly cache: ClusterCache,
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  async request(ref: WorkloadRef, req: CapacityRequest | undefined): Promise<CapacityAnswer | undefined> {
+    if (!req) {
+      await this.withdraw(ref);
+      return undefined;
+    }
+    const ns = namespaceOf(ref.project);
+    let first: Pod | undefined;
+    for (let i = 0; i < req.workers; i++) {
+      const name = demandPodName(ref.name, i);
+      const pod = this.cache.pod(`${ns}/${name}`) ?? (await this.create(ref, req, i));
+      if (i === 0) first = pod;
+      await this.explain(pod, req);
+    }
+    const answer = await this.answer(ref, first);
+    return {
+      requestedAt: first?.metadata.creationTimestamp ?? new Date(this.now()).toISOString(),
+      ...answer,
+    };
+  }
+
+  private async create(ref: WorkloadRef, req: CapacityRequest, index: number): Promise<Pod> {
+    const ns = namespaceOf(ref.project);
+    const allocation = {
+      node: "",
+      cpuMillis: req.cpuMillis,
+      memoryBytes: req.memoryBytes,
+      gpus: Array.from({ length: Math.ceil(req.gpu) }, (_, i) => `gpu-${i}`),
+    };
+    const nodeSelector: Record<string, string> = {
+      ...(req.nodePool ? { [NODE_LABELS.pool]: req.nodePool } : {}),
+      ...(req.gpuModel ? { [NODE_LABELS.gpuModel]: req.gpuModel } : {}),
+    };
+    const t = podTemplate({
+      worker: { image: PAUSE_IMAGE, command: ["/pause"], env: {}, allocation },
+      defaultImage: PAUSE_IMAGE,
+      containerName: "capacity",
+      labels: {
+        [L.managedBy]: "loom",
+        [L.workload]: ref.name,
+        [L.component]: "capacity-request",
+        [DEMAND_LABEL]: ref.uid,
+      },
+      env: {},
+      resources: containerResources(allocation, false),
+      pod: {
+        name: demandPodName(ref.name, index),
+        namespace: ns,
+        ownerReferences: [ownerRef(ref)],
+        restartPolicy: "Never",
+        hostname: demandPodName(ref.name, index),
+      },
+    });
+    const body = {
+      apiVersion: "v1",
+      kind: "Pod",
+      ...t,
+      spec: {
+        ...t.spec,
+        terminationGracePeriodSeconds: 0,
+        ...(Object.keys(nodeSelector).length ? { nodeSelector } : {}),
+      },
+    };
+    try {
+      const pod = await this.client.request<Pod>("POST", `/api/v1/namespaces/${ns}/pods`, {
+        body,
+        query: { fieldManager: "loom" },
+      });
+      this.cache.wrote(pod);
+      this.log.info(
+        { project: ref.project, workload: ref.name, worker: index },
+        "asked the node autoscaler for capacity",
+      );
+      return pod;
+    } catch (err) {
+      if ((err as { code?: string }).code !== "AlreadyExists") throw err;
+      return this.client.request<Pod>("GET", `/api/v1/namespaces/${ns}/pods/${body.metadata.name}`);
+    }
+  }
+
+  /** As kube-scheduler marks a pod it cannot place: what the autoscaler looks for. */
+  private async explain(pod: Pod, req: CapacityRequest): Promise<void> {
+    const message = `${req.reason}: ${req.message}`;
+    const cond = pod.status?.conditions?.find((c) => c.type === "PodScheduled");
+    if (cond?.status === "False" && cond.reason === "Unschedulable" && cond.message === message) return;
+    const updated = await this.client
+      .request<Pod>(
+        "PATCH",
+        `/api/v1/namespaces/${pod.metadata.namespace}/pods/${pod.metadata.name}/status`,
+        {
+          body: {
+            status: {
+              conditions: [
+                {
+                  type: "PodScheduled",
+                  status: "False",
+                  reason: "Unschedulable",
+                  message,
+                  lastTransitionTime: new Date(this.now()).toISOString(),
+                },
+              ],
+            },
+          },
+          contentType: "application/strategic-merge-patch+json",
+        },
+      )
+      .catch((err: unknown) => {
+        if (!(err instanceof NotFoundError)) throw err;
+        return undefined;
+      });
+    this.cache.wrote(updated);
+  }
+
+  /**
+   * The autoscaler's answer, from its events on the first pod: "pod triggered scale-up:
+   * [{pool 0->2 (max: 4)}]" (how many nodes of which group), or "pod didn't trigger scale-up"
+   * and why. Read at most every few seconds per workload.
+   */
+  private async answer(ref: WorkloadRef, pod: Pod | undefined): Promise<Partial<CapacityAnswer>> {
+    const cached = this.answers.get(ref.uid);
+    if (!pod || (cached && this.now() - cached.at < ANSWER_TTL_MS)) return cached?.answer ?? {};
+    const list = await this.client
+      .request<{ items: KubeEvent[] }>("GET", `/api/v1/namespaces/${pod.metadata.namespace}/events`, {
+        query: { fieldSelector: `involvedObject.kind=Pod,involvedObject.name=${pod.metadata.name}` },
+      })
+      .catch((err: unknown) => {
+        this.log.debug({ err, pod: pod.metadata.name }, "could not read the autoscaler's events");
+        return { items: [] as KubeEvent[] };
+      });
+    const answer = autoscalerAnswer(list.items);
+    this.answers.set(ref.uid, { at: this.now(), answer });
+    return answer;
+  }
+
+  private async withdraw(ref: WorkloadRef): Promise<void> {
+    this.answers.delete(ref.uid);
+    // Pod by pod (the operator's role has no deletecollection); unbound pods go at once. A
+    // withdrawal is rare (once per gang that asked), so the walk over the cache is cheap enough.
+    const mine = (await this.cache.loomPods()).filter((p) => p.metadata.labels?.[DEMAND_LABEL] === ref.uid);
+    for (const p of mine)
+      await this.client
+        .request("DELETE", `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}`, {
+          body: { apiVersion: "v1", kind: "DeleteOptions", gracePeriodSeconds: 0 },
+        })
+        .catch((err: unknown) => {
+          if (!(err instanceof NotFoundError)) throw err;
+        });
+  }
+}
+
+/** The fields of a core/v1 Event read here. */
+export interface KubeEvent {
+  reason?: string;
+  message?: string;
+  source?: { component?: string };
+  reportingComponent?: string;
+  lastTimestamp?: string;
+  eventTime?: string;
+  firstTimestamp?: string;
+  metadata?: { creationTimestamp?: string };
+}
+
+const SCALE_UP = /\{(\S+) (\d+)->(\d+) \(max: \d+\)\}/g;
+
+/**
+ * The cluster-autoscaler's newest word on a pod: TriggeredScaleUp names each node group and its
+ * size before and after ("{pool 0->2 (max: 4)}"), NotTriggerScaleUp says why none would help.
+ */
+export function autoscalerAnswer(events: KubeEvent[]): Partial<CapacityAnswer> {
+  const when = (e: KubeEvent) =>
+    Date.parse(e.lastTimestamp ?? e.eventTime ?? e.firstTimestamp ?? e.metadata?.creationTimestamp ?? "") ||
+    0;
+  const newest = events
+    .filter((e) => e.reason === "TriggeredScaleUp" || e.reason === "NotTriggerScaleUp")
+    .sort((a, b) => when(b) - when(a))[0];
+  if (!newest) return {};
+  if (newest.reason === "NotTriggerScaleUp") return { refused: newest.message ?? "no node group fits" };
+  let nodes = 0;
+  const pools: string[] = [];
+  for (const m of (newest.message ?? "").matchAll(SCALE_UP)) {
+    nodes += Number(m[3]) - Number(m[2]);
+    pools.push(m[1]!);
+  }
+  return nodes > 0 ? { nodes, pool: pools.join(", ") } : {};
+}

@@ -1,0 +1,35 @@
+import { describe, expect, it } from "vitest";
+import { type KubeNode, markedForRemoval, nodeCapacities } from "./nodes.js";
+
+function node(name: string, taints?: { key: string; effect: string }[]): KubeNode {
+  return {
+    metadata: { name, labels: { "loom.dev/node-pool": "gpu" } },
+    spec: taints ? { taints } : {},
+    status: {
+      allocatable: { cpu: "32", memory: "256Gi", "nvidia.com/gpu": "8", pods: "110" },
+      conditions: [{ type: "Ready", status: "True" }],
+    },
+  };
+}
+
+describe("nodeCapacities and the cluster-autoscaler's marks", () => {
+  it("never offers a node the autoscaler is deleting or may delete", () => {
+    // The attack: the autoscaler drains node b while Loom, binding past kube-scheduler, puts a
+    // gang there; the gang dies with the node. Both taints keep the node out of the snapshot.
+    const nodes = [
+      node("a"),
+      node("b", [{ key: "ToBeDeletedByClusterAutoscaler", effect: "NoSchedule" }]),
+      node("c", [{ key: "DeletionCandidateOfClusterAutoscaler", effect: "PreferNoSchedule" }]),
+      node("d", [{ key: "nvidia.com/gpu", effect: "NoSchedule" }]),
+    ];
+    expect(nodeCapacities(nodes).map((n) => n.name)).toEqual(["a", "d"]);
+    expect(nodes.map(markedForRemoval)).toEqual([false, true, true, false]);
+  });
+
+  it("offers the node again once the autoscaler takes its mark back", () => {
+    const n = node("b", [{ key: "ToBeDeletedByClusterAutoscaler", effect: "NoSchedule" }]);
+    expect(nodeCapacities([n])).toEqual([]);
+    const unmarked = node("b", []);
+    expect(nodeCapacities([unmarked]).map((c) => [c.name, c.pool, c.gpus.length])).toEqual([["b", "gpu", 8]]);
+  });
+});
