@@ -12,6 +12,9 @@ interface OperatorOpts {
   workspacePort?: string;
   trackingUrl?: string;
   trackingDb?: string;
+  leaderElect?: boolean;
+  leaderElectionNamespace?: string;
+  leaderElectionId: string;
 }
 
 /** `loom operator`: Loom's controllers against a cluster (--kubeconfig, or in-cluster). */
@@ -39,6 +42,15 @@ export function registerOperator(program: Command, deps: CliDeps): void {
       "--tracking-db <url>",
       "with --data-dir: keep MLflow tracking in PostgreSQL (postgres://user@host:5432/db) instead of the data dir's SQLite",
     )
+    .option(
+      "--leader-elect",
+      "run only while holding a coordination.k8s.io Lease, so that several replicas are safe (one leads, the others wait)",
+    )
+    .option(
+      "--leader-election-namespace <ns>",
+      "namespace of the Lease (default: $POD_NAMESPACE, else loom-system)",
+    )
+    .option("--leader-election-id <name>", "name of the Lease", "loom-operator")
     .action(async (opts: OperatorOpts) => {
       if (opts.trackingDb !== undefined) {
         if (!opts.dataDir)
@@ -55,6 +67,20 @@ export function registerOperator(program: Command, deps: CliDeps): void {
         log,
         metricsPort: Number(opts.metricsPort),
         defaultImage: opts.defaultImage,
+        ...(opts.leaderElect
+          ? {
+              leaderElection: {
+                namespace: opts.leaderElectionNamespace ?? process.env.POD_NAMESPACE ?? "loom-system",
+                name: opts.leaderElectionId,
+              },
+              // As controller-runtime's manager: a leader that lost its lease exits at once, and
+              // Kubernetes restarts it as a standby; it must not act beside the new leader.
+              onLostLeadership: () => {
+                deps.stderr.write("loom operator: lost the leader lease; exiting\n");
+                process.exit(1);
+              },
+            }
+          : {}),
         ...(opts.dataDir
           ? {
               dataDir: opts.dataDir,
