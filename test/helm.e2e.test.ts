@@ -19,7 +19,11 @@ interface Obj {
     annotations?: Record<string, string>;
   };
   spec?: Record<string, unknown> & {
-    template?: { spec: { containers: { args?: string[]; image: string; env?: { name: string }[] }[] } };
+    template?: {
+      spec: {
+        containers: { command?: string[]; args?: string[]; image: string; env?: { name: string }[] }[];
+      };
+    };
   };
   [k: string]: unknown;
 }
@@ -72,9 +76,9 @@ describe("the Helm chart", () => {
     const op = find(objs, "Deployment", "loom-operator")!;
     const c = op.spec!.template!.spec.containers[0]!;
     expect(c.image).toBe("loom:0.1.0");
+    expect(c.command).toEqual(["node", "/opt/loom/bin/loom.js", "operator"]);
     expect(c.args).toEqual(
       expect.arrayContaining([
-        "operator",
         "--data-dir=/var/lib/loom",
         "--host=0.0.0.0",
         "--leader-elect",
