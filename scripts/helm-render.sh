@@ -50,4 +50,4 @@ if [[ -n "$CHECK" && ${#stale[@]} -gt 0 ]]; then
   echo "out of date: ${stale[*]}; regenerate them: npm run build && bash scripts/helm-render.sh" >&2
   exit 1
 fi
-echo "up to date: $CHART/Chart.yaml $CHART/crds/loom.dev.yaml deploy/operator.yaml deploy/gateway.yaml"
+if ((${#stale[@]})); then echo "regenerated: ${stale[*]}"; else echo "up to date: $CHART/Chart.yaml $CHART/crds/loom.dev.yaml deploy/operator.yaml deploy/gateway.yaml"; fi
