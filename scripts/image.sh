@@ -9,7 +9,8 @@
 # Each image is written as an OCI image layout directory and as one tarball holding that layout
 # plus a docker-save manifest.json, which `ctr -n k8s.io images import`, `docker load` and
 # `skopeo copy oci-archive:` all accept. The Debian root filesystems come from mmdebstrap and are
-# cached (by suite, package list and SOURCE_DATE_EPOCH), so a rebuild only re-packs Loom's layer.
+# cached (by suite and package list; LOOM_IMAGE_REBASE=1 refreshes them), so a rebuild only re-packs
+# Loom's layer. The Debian layer's mtimes are a fixed day (BASE_EPOCH), so it is the same layer in every version.
 #
 # Reproducible: every layer is a tar sorted by name with owner 0:0 and every mtime set to
 # SOURCE_DATE_EPOCH (default: the last commit's time), gzip without name or time; the config's
@@ -33,6 +34,9 @@ CACHE="${LOOM_IMAGE_CACHE:-$HOME/.cache/loom/image}"
 OUT="${LOOM_IMAGE_OUT:-$CACHE/out}"
 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 export SOURCE_DATE_EPOCH
+# The Debian layer's own fixed time (bookworm's release day), not the commit's: the base layer and
+# its cache stay the same from commit to commit, so nodes that hold it pull only Loom's layer.
+BASE_EPOCH=1686355200
 # Both images run as this non-root uid (the chart's runAsUser).
 LOOM_UID=1000
 
@@ -42,26 +46,30 @@ need mmdebstrap mmdebstrap
 need gzip gzip
 
 mkdir -p "$CACHE" "$OUT"
-exec 9>"$CACHE/.lock"
-flock 9
 
-# Deterministic tar of a directory's contents (names relative, "./" first) on stdout.
+# Deterministic tar of a directory's contents (names relative, "./" first) on stdout; every mtime
+# is $2 (default SOURCE_DATE_EPOCH).
 tar_dir() {
-  tar -C "$1" --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+  tar -C "$1" --sort=name --mtime="@${2:-$SOURCE_DATE_EPOCH}" --owner=0 --group=0 --numeric-owner \
     --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
     --xattrs --xattrs-include='security.capability' -cf - .
 }
 
-# A Debian root filesystem as a deterministic layer tar, built once per (variant, packages, epoch).
-# Docs, man pages and locales are left out (dpkg path-exclude), apt's lists and caches emptied.
+# A Debian root filesystem as a deterministic layer tar, built once per package list and kept
+# (LOOM_IMAGE_REBASE=1 builds it again, e.g. for Debian's security updates; the digest then
+# changes with the packages). Docs, man pages and locales are left out (dpkg path-exclude), apt's
+# lists and caches emptied.
 rootfs() {
   local name=$1 include=$2 key dir tmp
-  key=$(printf '%s\n' "$SUITE" "$MIRROR" "$include" "$SOURCE_DATE_EPOCH" "$LOOM_UID" v1 | sha256sum | cut -c1-16)
+  key=$(printf '%s\n' "$SUITE" "$MIRROR" "$include" "$BASE_EPOCH" "$LOOM_UID" v1 | sha256sum | cut -c1-16)
   dir="$CACHE/rootfs-$name-$key.tar"
-  if [[ ! -s "$dir" ]]; then
+  # Two builds at once (CI and a test): one builds the root filesystem, the other waits for it.
+  exec 8>"$dir.lock"
+  flock 8
+  if [[ ! -s "$dir" || -n "${LOOM_IMAGE_REBASE:-}" ]]; then
     log "building the $name root filesystem with mmdebstrap ($include); cached as $dir"
     tmp=$(mktemp -d "$CACHE/tmp.XXXXXX")
-    mmdebstrap --quiet --variant=minbase --include="$include" \
+    SOURCE_DATE_EPOCH=$BASE_EPOCH mmdebstrap --quiet --variant=minbase --include="$include" \
       --aptopt='APT::Install-Recommends "false"' \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
@@ -72,10 +80,11 @@ rootfs() {
     # Re-pack through the same tar as every other layer: one normal form, whatever mmdebstrap wrote.
     mkdir "$tmp/x"
     tar -C "$tmp/x" --numeric-owner --xattrs --xattrs-include='*' -xpf "$tmp/rootfs.tar"
-    tar_dir "$tmp/x" >"$tmp/layer.tar"
+    tar_dir "$tmp/x" "$BASE_EPOCH" >"$tmp/layer.tar"
     mv "$tmp/layer.tar" "$dir"
     rm -rf "$tmp"
   fi
+  exec 8>&-
   echo "$dir"
 }
 
@@ -117,8 +126,11 @@ build() {
   "$layerfn" "$tmp" >"$tmp/app.tar"
   log "assembling $image:$tag"
   local line
+  exec 7>"$OUT/.$image.lock"
+  flock 7
   line=$(node "$ROOT/scripts/image-oci.mjs" --name "$image:$tag" --out "$OUT" --epoch "$SOURCE_DATE_EPOCH" \
     --config "$config" --layer "$base" --layer "$tmp/app.tar")
+  exec 7>&-
   rm -rf "$tmp"
   results+=("$line")
 }
