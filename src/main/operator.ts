@@ -82,6 +82,9 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     ? new LeaseElector(client, { ...opts.leaderElection, log: log.child({ component: "leader-election" }) })
     : undefined;
   await elector?.acquire();
+  // Renewing starts now, beside the start-up below (as client-go's does): a slow start must not
+  // let the lease lapse while this process begins to act.
+  elector?.keepLeading(() => opts.onLostLeadership?.());
   const store = new KubeResourceStore(client, log.child({ component: "store/kube" }));
   const metrics = processMetricsRegistry();
   const runtime = new KubernetesRuntime({
@@ -168,7 +171,6 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     const addr = s.address();
     metricsUrl = typeof addr === "object" && addr ? `http://127.0.0.1:${addr.port}` : undefined;
   }
-  elector?.keepLeading(() => opts.onLostLeadership?.());
   log.info({ metricsUrl, leader: elector?.identity }, "operator started");
   return {
     metricsUrl,

@@ -102,9 +102,18 @@ export class LeaseElector {
         onLost();
         return;
       }
-      this.timer = setTimeout(tick, this.retryMs);
+      this.schedule(tick);
     };
+    this.schedule(tick);
+  }
+
+  /**
+   * Renewal alone never keeps the process alive (unref): what the leader serves does, and a start
+   * that failed after winning the lease must still let the process exit.
+   */
+  private schedule(tick: () => Promise<void>): void {
     this.timer = setTimeout(tick, this.retryMs);
+    this.timer.unref();
   }
 
   /**
