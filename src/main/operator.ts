@@ -10,6 +10,7 @@ import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { KubeClient } from "../platforms/kubernetes/client.js";
 import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
 import { KubeHomeClones } from "../platforms/kubernetes/homeclone.js";
+import { LeaseElector } from "../platforms/kubernetes/lease.js";
 import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
 import { KubeResourceStore } from "../platforms/kubernetes/store.js";
 import { ServiceWorkspaceDirectory } from "../platforms/kubernetes/workspaces.js";
@@ -52,6 +53,14 @@ export interface OperatorOptions {
   trackingDb?: string;
   /** A node autoscaler runs: waiting gangs are shown to it as pending pods (demand.ts). */
   nodeAutoscaling?: boolean;
+  /**
+   * Run only while holding this Lease (two replicas: one leads, the other waits). Everything —
+   * controllers and the API — starts after the lease is won, so the standby neither reconciles
+   * nor opens the data dir's SQLite files, and a Service sees only the leader ready.
+   */
+  leaderElection?: { namespace: string; name: string };
+  /** Called once if leadership is lost while running; the process must exit (as controller-runtime's does). */
+  onLostLeadership?: () => void;
 }
 
 export interface Operator {
@@ -72,6 +81,13 @@ export interface Operator {
 export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const log = opts.log;
   const client = KubeClient.fromKubeconfig(opts.kubeconfig, opts.context);
+  const elector = opts.leaderElection
+    ? new LeaseElector(client, { ...opts.leaderElection, log: log.child({ component: "leader-election" }) })
+    : undefined;
+  await elector?.acquire();
+  // Renewing starts now, beside the start-up below (as client-go's does): a slow start must not
+  // let the lease lapse while this process begins to act.
+  elector?.keepLeading(() => opts.onLostLeadership?.());
   const store = new KubeResourceStore(client, log.child({ component: "store/kube" }));
   const metrics = processMetricsRegistry();
   const runtime = new KubernetesRuntime({
@@ -170,7 +186,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     const addr = s.address();
     metricsUrl = typeof addr === "object" && addr ? `http://127.0.0.1:${addr.port}` : undefined;
   }
-  log.info({ metricsUrl }, "operator started");
+  log.info({ metricsUrl, leader: elector?.identity }, "operator started");
   return {
     metricsUrl,
     ...(tracking ? { url, adminTokenFile: plane.admin!.file, workspacePort } : {}),
@@ -185,6 +201,8 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       await tracking?.close();
       await runtime.close();
       await new Promise<void>((ok) => (server ? server.close(() => ok()) : ok()));
+      // Released only once nothing of ours acts any more: the standby may start at once.
+      await elector?.stop(true);
     },
   };
 }

@@ -13,6 +13,9 @@ interface OperatorOpts {
   trackingUrl?: string;
   trackingDb?: string;
   nodeAutoscaling?: boolean;
+  leaderElect?: boolean;
+  leaderElectionNamespace?: string;
+  leaderElectionId: string;
 }
 
 /** `loom operator`: Loom's controllers against a cluster (--kubeconfig, or in-cluster). */
@@ -44,6 +47,15 @@ export function registerOperator(program: Command, deps: CliDeps): void {
       "--node-autoscaling",
       "a node autoscaler (the cluster-autoscaler) runs: gangs that wait for room are shown to it as pending pods, so it adds nodes for them",
     )
+    .option(
+      "--leader-elect",
+      "run only while holding a coordination.k8s.io Lease, so that several replicas are safe (one leads, the others wait)",
+    )
+    .option(
+      "--leader-election-namespace <ns>",
+      "namespace of the Lease (default: $POD_NAMESPACE, else loom-system)",
+    )
+    .option("--leader-election-id <name>", "name of the Lease", "loom-operator")
     .action(async (opts: OperatorOpts) => {
       if (opts.trackingDb !== undefined) {
         if (!opts.dataDir)
@@ -61,6 +73,20 @@ export function registerOperator(program: Command, deps: CliDeps): void {
         metricsPort: Number(opts.metricsPort),
         defaultImage: opts.defaultImage,
         ...(opts.nodeAutoscaling ? { nodeAutoscaling: true } : {}),
+        ...(opts.leaderElect
+          ? {
+              leaderElection: {
+                namespace: opts.leaderElectionNamespace ?? process.env.POD_NAMESPACE ?? "loom-system",
+                name: opts.leaderElectionId,
+              },
+              // As controller-runtime's manager: a leader that lost its lease exits at once, and
+              // Kubernetes restarts it as a standby; it must not act beside the new leader.
+              onLostLeadership: () => {
+                deps.stderr.write("loom operator: lost the leader lease; exiting\n");
+                process.exit(1);
+              },
+            }
+          : {}),
         ...(opts.dataDir
           ? {
               dataDir: opts.dataDir,
