@@ -135,6 +135,45 @@ describe.each(TRACKING_BACKENDS)("traces on $name", (backend) => {
     await expect(ids(undefined, ["nope"])).rejects.toMatchObject({ errorCode: "INVALID_PARAMETER_VALUE" });
   });
 
+  it("pages without a filter (ordered and paged by the database) exactly as with one (in memory): every trace once, in order, ties by id", async () => {
+    const exp = await t.store.createExperiment("p", "paging");
+    // 23 traces, times with ties, states mixed, execution times with ties.
+    for (let i = 0; i < 23; i++)
+      await t.traces.start("p", {
+        ...info(`pg-${String(i).padStart(2, "0")}`, exp, clock - (i % 7) * 1000),
+        state: i % 3 === 0 ? "ERROR" : "OK",
+        execution_duration: `${(i % 4) * 0.5}s`,
+      });
+    const all = async (orderBy: string[] | undefined, filter?: string) => {
+      const out: string[] = [];
+      let pageToken: string | undefined;
+      do {
+        const page = await t.traces.search("p", {
+          experimentIds: [exp],
+          maxResults: 5,
+          orderBy,
+          filter,
+          pageToken,
+        });
+        out.push(...page.traces.map((x) => x.trace_id));
+        pageToken = page.next_page_token;
+      } while (pageToken);
+      return out;
+    };
+    // A filter that every trace passes takes the in-memory path: both must agree.
+    const everything = "attributes.timestamp_ms > 0";
+    for (const orderBy of [
+      undefined,
+      ["timestamp_ms ASC"],
+      ["execution_time_ms DESC", "status"],
+      ["state", "timestamp DESC"],
+    ]) {
+      const inSql = await all(orderBy);
+      expect(inSql, JSON.stringify(orderBy)).toEqual(await all(orderBy, everything));
+      expect(new Set(inSql).size).toBe(23);
+    }
+  });
+
   it("sets and deletes tags; deletes by id and by age", async () => {
     const exp = await t.store.createExperiment("p", "edit");
     await t.traces.start("p", info("a-3", exp, clock - 3000));
