@@ -248,6 +248,9 @@ nodePortAddresses: ["$ip/32"]
 conntrack: {maxPerCore: 0, min: 0}
 EOF
   start kube-proxy "$nodebin/kube-proxy" --config "$dir/kube-proxy.yaml"
+  # kube-router finds its node by name at start and exits if the kubelet has not registered it
+  # yet (seen on CI: it started 0.2 s before real-0 existed).
+  wait_until "node $REAL_NODE registered" 120 k get node "$REAL_NODE"
   start_policy_enforcer "$dir" "$nodebin"
   umask "$umask_was"
 
