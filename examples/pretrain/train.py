@@ -1,4 +1,4 @@
-"""Pretrain a tiny GPT-style character-level language model with DistributedDataParallel (gloo, CPU).
+"""Pretrain a tiny GPT-style character-level language model with DistributedDataParallel (gloo on CPUs; --device cuda: NCCL on GPUs).
 
 Runs under Loom or plain torchrun:
     torchrun --nnodes 1 --nproc_per_node 2 examples/pretrain/train.py --steps 200
@@ -56,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--step-sleep", type=float, default=0.0, help="artificial delay per step, seconds (for tests)")
     p.add_argument("--corpus-chars", type=int, default=200_000)
     p.add_argument("--dist-timeout", type=float, default=300.0, help="seconds a rendezvous or collective may wait for a peer")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: this rank's GPU (LOCAL_RANK among the visible ones)")
+    p.add_argument("--backend", choices=["gloo", "nccl"], default=None, help="process group backend (default: nccl on cuda, gloo on cpu)")
+    p.add_argument("--timing-warmup", type=int, default=10, help="steps left out of the STEPTIME mean (start-up, CUDA warm-up)")
     return p.parse_args(argv)
 
 
@@ -100,9 +103,16 @@ class TinyGPT(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
 
+    def to_device(self, device):
+        """Module.to plus the blocks' masks, which are plain attributes (see Block) that .to skips."""
+        self.to(device)
+        for b in self.blocks:
+            b.mask = b.mask.to(device)
+        return self
+
     def forward(self, idx, targets):
         t = idx.shape[1]
-        x = self.tok(idx) + self.pos(torch.arange(t))
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
         logits = self.head(self.ln(self.blocks(x)))
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -173,8 +183,15 @@ def main(argv=None):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
     distributed = world > 1
+    if args.device == "cuda":
+        # Each worker sees only its own devices (CUDA_VISIBLE_DEVICES): local rank k takes the k-th.
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = args.backend or ("nccl" if device.type == "cuda" else "gloo")
     if distributed:
-        dist.init_process_group("gloo", init_method="env://", world_size=world, rank=rank,
+        dist.init_process_group(backend, init_method="env://", world_size=world, rank=rank,
                                 timeout=datetime.timedelta(seconds=args.dist_timeout))
     is_main = rank == 0
     ckpt_dir = os.environ.get("LOOM_CHECKPOINT_DIR") or "./checkpoints"
@@ -191,7 +208,7 @@ def main(argv=None):
     config = {"vocab": len(chars), "context": args.context, "d_model": args.d_model,
               "layers": args.layers, "heads": args.heads}
     torch.manual_seed(args.seed)
-    model = TinyGPT(config["vocab"], args.context, args.d_model, args.layers, args.heads)
+    model = TinyGPT(config["vocab"], args.context, args.d_model, args.layers, args.heads).to_device(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
 
     start_step, last_loss = 0, float("nan")
@@ -205,17 +222,17 @@ def main(argv=None):
         del ckpt
     if distributed:
         # Every rank must run the same steps, or collectives pair up wrong: check they agree.
-        s = torch.tensor([start_step, -start_step], dtype=torch.float64)
+        s = torch.tensor([start_step, -start_step], dtype=torch.float64, device=device)
         dist.all_reduce(s, op=dist.ReduceOp.MAX)
         if s[0].item() != -s[1].item():
             raise SystemExit(f"rank {rank} would resume from step {start_step}, another rank from "
                              f"{int(s[0].item())}: is {ckpt_dir} shared by all workers?")
-        ddp = nn.parallel.DistributedDataParallel(model)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         ddp = model
 
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"world {world}, {len(text)} chars corpus, vocab {len(chars)}, {n_params} params, "
+    log(f"world {world} on {device} ({backend if distributed else 'no process group'}), {len(text)} chars corpus, vocab {len(chars)}, {n_params} params, "
         f"checkpoints in {ckpt_dir}")
     if start_step:
         log(f"resumed from step {start_step}")
@@ -223,12 +240,16 @@ def main(argv=None):
     model.train()
     step = start_step
     t0 = time.time()
+    timed_from, timed_t0 = None, None  # STEPTIME: steps after --timing-warmup, wall clock
     while step < args.steps:
         step += 1
         lr = args.lr * min(1.0, step / max(1, args.warmup))
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if timed_from is None and step > start_step + args.timing_warmup:
+            timed_from, timed_t0 = step, time.time()
         x, y = get_batch(data, args.seed, step, rank, args.batch_size, args.context)
+        x, y = x.to(device), y.to(device)
         loss = ddp(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages gradients across ranks here
@@ -239,7 +260,8 @@ def main(argv=None):
 
         # One collective per step carries both the loss (summed, then averaged) and the stop flag
         # (summed: non-zero on any rank means stop; the same as a MAX), so every rank sees the same.
-        stats = torch.tensor([loss.item(), float(STOP_SIGNAL)], dtype=torch.float64)
+        # loss.item() waits for the step's GPU work, so the wall clock times whole steps.
+        stats = torch.tensor([loss.item(), float(STOP_SIGNAL)], dtype=torch.float64, device=device)
         if distributed:
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
         last_loss = stats[0].item() / world
@@ -257,6 +279,8 @@ def main(argv=None):
             # Leave without another collective: the peers are exiting too.
             os._exit(128 + int(signum))
 
+    if timed_from is not None:
+        log(f"STEPTIME mean_s={(time.time() - timed_t0) / (step - timed_from + 1):.6f} steps={step - timed_from + 1}")
     log(f"FINAL step={step} loss={last_loss:.6f}")
     if distributed:
         dist.destroy_process_group()
