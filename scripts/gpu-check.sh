@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
 # npm run gpu-check: what only a real NVIDIA GPU can show, in one run of under 10 minutes with no
-# network (nothing is installed: it uses what the machine has). Each step has a timeout, reports,
-# and the next runs anyway. Figures and a summary go to $OUT (default ./gpu-check-out):
-#   summary.txt, fixtures/ (real nvidia-smi output, for the parsers' tests), one log per step.
+# network (nothing is installed: it uses the machine's python3 with PyTorch, and the node, dist/
+# and node_modules that `npm run gpu-check:pack` put in .gpucheck/ where the machine has none).
+# Each step has a timeout, reports, and the next runs anyway.
 # Steps: discovery (the fields Loom reads), isolation (a sandboxed job given no GPU, or GPU 0 only,
 # cannot open another), MPS memory limit (a client allocating past its share gets CUDA OOM, one
-# within it does not). Exit 0 when every step passed, 1 when one failed; on a machine without a GPU
-# it says "no GPU" and exits 0 having run nothing (issue 24: CI and CPU machines run it too).
+# within it does not); then under a real `loom up` on the GPU (scripts/gpu-check/loom-steps.mjs):
+# two `gpu: 0.5` jobs (the over-allocating one fails alone with CUDA OOM; their throughput against
+# a whole-GPU job), 2-process DDP on the GPU, an InferenceService replica answering an OpenAI chat
+# request through the gateway, and examples/pretrain under Loom against torchrun.
+# $OUT (default ./gpu-check-out) gets three files, within the device tool's 8: summary.txt (the
+# table), results-section.md (the dated section also appended to bench/RESULTS.md) and
+# gpu-check-logs.tar.gz (fixtures/ with real nvidia-smi output for the parsers' tests, every log).
+# Exit 0 when every step passed, 1 when one failed; on a machine without a GPU it says "no GPU"
+# and exits 0 having run nothing (issue 24: CI and CPU machines run it too).
+# LOOM_GPU_CHECK_REHEARSE=1: the Loom steps on this machine's CPUs instead (`loom up --gpus 1`,
+# gloo, CPU tensors, no MPS), to prove their plumbing where there is no GPU (test/gpu-check.test.ts).
 set -u
+START=$(date +%s)
+DEADLINE=$((START + ${LOOM_GPU_CHECK_SECONDS:-570}))
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT="${OUT:-$PWD/gpu-check-out}"
-mkdir -p "$OUT/fixtures"
+WORK="${LOOM_GPU_CHECK_WORK:-$(mktemp -d /tmp/loom-gpu-check.XXXXXX)}"
+REHEARSE="${LOOM_GPU_CHECK_REHEARSE:-0}"
+mkdir -p "$OUT" "$WORK/fixtures"
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 FAILED=0
@@ -18,13 +32,22 @@ result() { # step status detail
   say "$(printf '%-12s %-5s %s' "$1" "$2" "$3")"
   [ "$2" = PASS ] || [ "$2" = SKIP ] || FAILED=1
 }
+# Everything but the table goes to $WORK, packed into one file of $OUT at the end.
+pack_out() {
+  tar -C "$WORK" --exclude=loom-data --exclude=loom-config.yaml --exclude=node --exclude='torchrun-ckpt-*' -czf "$OUT/gpu-check-logs.tar.gz" . 2>/dev/null
+}
 say "loom gpu-check $(date -u +%FT%TZ) on $(hostname)"
 
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! timeout 30 nvidia-smi -L >"$OUT/fixtures/nvidia-smi-L.txt" 2>&1; then
+if [ "$REHEARSE" = 1 ]; then
+  say "rehearsal on CPU (LOOM_GPU_CHECK_REHEARSE=1): the Loom steps only, on virtual GPUs; nothing is measured"
+elif ! command -v nvidia-smi >/dev/null 2>&1 || ! timeout 30 nvidia-smi -L >"$WORK/fixtures/nvidia-smi-L.txt" 2>&1; then
   say "no GPU: nvidia-smi is missing or lists no device; nothing was run"
   exit 0
 fi
+OUTDIR="$OUT"
+OUT="$WORK" # the GPU steps below write their logs and fixtures here
 
+if [ "$REHEARSE" != 1 ]; then
 # 1. Discovery: the exact queries Loom runs (src/platforms/embedded/gpusmi.ts), kept as fixtures.
 FIELDS="index,uuid,name,memory.total,memory.used,utilization.gpu,pci.bus_id,driver_version,mig.mode.current,ecc.errors.uncorrected.volatile.total"
 if timeout 30 nvidia-smi --query-gpu=$FIELDS --format=csv,noheader,nounits >"$OUT/fixtures/query-gpu.csv" 2>"$OUT/discovery.log"; then
@@ -109,7 +132,7 @@ else
   wait $A; WITHIN=$?; wait $B; PAST=$?
   T1=$(date +%s.%N)
   echo quit | timeout 30 nvidia-cuda-mps-control >/dev/null 2>&1
-  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY CUDA_MPS_PINNED_DEVICE_MEM_LIMIT CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
+  unset CUDA_VISIBLE_DEVICES CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY CUDA_MPS_PINNED_DEVICE_MEM_LIMIT CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
   OOM=$(grep -ci "out of memory" "$OUT/mps-past.log")
   if [ $WITHIN -eq 0 ] && [ $PAST -ne 0 ] && [ "$OOM" -gt 0 ]; then
     result mps PASS "limit 0=${HALF}M: $((MEM0 * 3 / 10)) MiB allocated, $((MEM0 * 7 / 10)) MiB got CUDA OOM ($(echo "$T1 - $T0" | bc 2>/dev/null || echo ?) s)"
@@ -118,6 +141,76 @@ else
   fi
 fi
 
-say "fixtures: $OUT/fixtures (copy into src/platforms/embedded/ tests as captured nvidia-smi output)"
+fi # not a rehearsal
+OUT="$OUTDIR"
+
+# 4. Under Loom. The python with PyTorch (CUDA on the GPU; Debian's CPU build in the rehearsal).
+if [ "$REHEARSE" = 1 ]; then
+  PY=""
+  for p in /usr/bin/python3 python3; do
+    if command -v $p >/dev/null && timeout 120 $p -c "import torch" 2>/dev/null; then PY=$(command -v $p); break; fi
+  done
+else
+  [ -n "$PY" ] && PY=$(command -v "$PY")
+fi
+# Node >= 20: the machine's, else the one gpu-check:pack put in .gpucheck/ (xz, or Python's lzma
+# where xz is missing); dist/ and node_modules/ likewise, unpacked into the checkout.
+unxz_to() { xz -dc "$1" >"$2" 2>/dev/null || ${PY:-python3} -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; }
+NODE=""
+if command -v node >/dev/null && [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge 20 ]; then
+  NODE=$(command -v node)
+elif [ -f "$ROOT/.gpucheck/node.xz" ]; then
+  unxz_to "$ROOT/.gpucheck/node.xz" "$WORK/node" && chmod +x "$WORK/node" && NODE="$WORK/node"
+fi
+if [ -f "$ROOT/.gpucheck/loom.tar.xz" ] && { [ ! -f "$ROOT/dist/cli/main.js" ] || [ ! -e "$ROOT/node_modules" ]; }; then
+  { tar -xJf "$ROOT/.gpucheck/loom.tar.xz" -C "$ROOT" 2>/dev/null ||
+    ${PY:-python3} -c 'import sys,tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$ROOT/.gpucheck/loom.tar.xz" "$ROOT"; } &&
+    touch "$ROOT/dist/cli/main.js" # as new as the copied sources: no "stale build" warning
+fi
+if [ -z "$NODE" ]; then
+  result loom FAIL "no node >= 20 here and no .gpucheck/node.xz: run npm run gpu-check:pack and carry .gpucheck"
+elif [ ! -f "$ROOT/dist/cli/main.js" ]; then
+  result loom FAIL "no dist/ (npm run build, or npm run gpu-check:pack and carry .gpucheck)"
+elif [ -z "$PY" ]; then
+  result loom FAIL "no python with PyTorch: the Loom steps run PyTorch workers"
+else
+  say "loom: node $("$NODE" --version) at $NODE, python $PY"
+  LEFT=$((DEADLINE - $(date +%s)))
+  GC_MODE=$([ "$REHEARSE" = 1 ] && echo rehearse || echo gpu) GC_PY="$PY" GC_WORK="$WORK" GC_SUMMARY="$SUMMARY" \
+    GC_DEADLINE=$((DEADLINE - 20)) timeout $((LEFT > 30 ? LEFT : 30)) "$NODE" "$ROOT/scripts/gpu-check/loom-steps.mjs" 2>&1 |
+    tee "$WORK/loom-steps.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { FAILED=1; grep -q "^loom-up" "$SUMMARY" || result loom FAIL "loom-steps ended early: $(tail -3 "$WORK/loom-steps.log" | tr '\n' ' ')"; }
+fi
+
+# The dated section for bench/RESULTS.md: the machine, then the table.
+if [ "$REHEARSE" = 1 ]; then
+  GPU="none (CPU rehearsal)"; DRIVER="-"; CUDA="-"
+else
+  GPU=$(head -1 "$WORK/fixtures/query-gpu.csv" 2>/dev/null | cut -d, -f3 | sed 's/^ *//')
+  DRIVER=$(head -1 "$WORK/fixtures/query-gpu.csv" 2>/dev/null | cut -d, -f8 | tr -d ' ')
+  CUDA=$(timeout 30 nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -1)
+fi
+TORCH=$([ -n "$PY" ] && timeout 60 "$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)
+[ "$FAILED" -eq 0 ] && VERDICT=PASS || VERDICT=FAIL
+{
+  echo
+  echo "## $(date -u '+%F %H:%M') UTC — gpu-check$([ "$REHEARSE" = 1 ] && echo " (CPU rehearsal)")"
+  echo
+  echo "GPU: ${GPU:-?}; driver ${DRIVER:-?}; CUDA ${CUDA:-?}; PyTorch ${TORCH:-?}; $(nproc) CPUs; $(( $(date +%s) - START )) s in all: **$VERDICT**"
+  echo
+  echo '```'
+  grep -E '^[a-z-]+ +(PASS|FAIL|SKIP) ' "$SUMMARY"
+  echo '```'
+} >"$OUT/results-section.md"
+if [ "$REHEARSE" != 1 ] && [ -f "$ROOT/bench/RESULTS.md" ]; then
+  cat "$OUT/results-section.md" >>"$ROOT/bench/RESULTS.md"
+  say "appended to bench/RESULTS.md (and in $OUT/results-section.md: copy it into the repository's)"
+fi
+pack_out
+echo
+echo "step         result what was seen"
+grep -E '^[a-z-]+ +(PASS|FAIL|SKIP) ' "$SUMMARY"
+echo
+say "logs and fixtures: $OUT/gpu-check-logs.tar.gz (fixtures/: real nvidia-smi output for the parsers' tests)"
 [ $FAILED -eq 0 ] && say "gpu-check: PASS" || say "gpu-check: FAIL"
 exit $FAILED
