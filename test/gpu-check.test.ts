@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 
 // `npm run gpu-check` on machines without a GPU: it must say so and stop, or, where a stand-in
@@ -13,11 +13,11 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-const run = (path: string) =>
+const run = (path: string, extra: Record<string, string> = {}, timeout = 120_000) =>
   spawnSync("bash", [SCRIPT], {
     encoding: "utf8",
-    env: { PATH: path, OUT: join(dir, "out"), HOME: dir },
-    timeout: 120_000,
+    env: { PATH: path, OUT: join(dir, "out"), HOME: dir, LOOM_GPU_CHECK_WORK: join(dir, "work"), ...extra },
+    timeout,
   });
 
 describe("npm run gpu-check without a GPU", () => {
@@ -47,7 +47,37 @@ esac
     expect(summary).toMatch(/allocator: none/);
     expect(summary).toMatch(/mps\s+FAIL\s+nvidia-cuda-mps-control missing/);
     expect(summary).toMatch(/gpu-check: FAIL/);
+    // No python with CUDA here: the steps under Loom say so rather than start.
+    expect(summary).toMatch(/loom\s+FAIL\s+no python with PyTorch/);
     expect(r.status).toBe(1);
-    expect(readFileSync(join(dir, "out", "fixtures", "query-gpu.csv"), "utf8")).toMatch(/^0, GPU-/);
+    expect(readFileSync(join(dir, "work", "fixtures", "query-gpu.csv"), "utf8")).toMatch(/^0, GPU-/);
+    // What comes back from the device: at most 8 files (three).
+    expect(readdirSync(join(dir, "out")).sort()).toEqual([
+      "gpu-check-logs.tar.gz",
+      "results-section.md",
+      "summary.txt",
+    ]);
   });
+});
+
+// The CPU rehearsal: every step under a real `loom up --gpus 1` (built dist/, Debian's CPU PyTorch),
+// gloo for NCCL, CPU tensors and a share checked by the worker for MPS. It proves the plumbing the
+// GPU run depends on: jobs placed on the device's shares, the over-allocating one failing alone,
+// a 2-worker DDP gang, a replica answering through the gateway, the torchrun baseline, the table.
+const torchPython = spawnSync("/usr/bin/python3", ["-c", "import torch"]).status === 0;
+describe.skipIf(!torchPython)("npm run gpu-check, rehearsed on CPU (LOOM_GPU_CHECK_REHEARSE=1)", () => {
+  it("runs every Loom step and reports each in the table and the RESULTS section", () => {
+    const r = run(`${dirname(process.execPath)}:/usr/bin:/bin`, { LOOM_GPU_CHECK_REHEARSE: "1" }, 540_000);
+    const summary = readFileSync(join(dir, "out", "summary.txt"), "utf8");
+    for (const step of ["loom-up", "frac-oom", "frac-rate", "ddp", "serving", "pretrain"])
+      expect(summary, `${r.stdout}\n${r.stderr}`).toMatch(new RegExp(`^${step}\\s+PASS`, "m"));
+    expect(summary).toMatch(/0\.7: Failed with CUDA OOM/);
+    expect(summary).toMatch(/gpu-check: PASS/);
+    expect(r.status).toBe(0);
+    const section = readFileSync(join(dir, "out", "results-section.md"), "utf8");
+    expect(section).toMatch(/^## \d{4}-\d\d-\d\d \d\d:\d\d UTC — gpu-check \(CPU rehearsal\)$/m);
+    expect(section).toMatch(/^serving +PASS +chat through the gateway: 200/m);
+    // A rehearsal never writes the repository's bench/RESULTS.md.
+    expect(r.stdout).not.toMatch(/appended to bench\/RESULTS.md/);
+  }, 600_000);
 });
