@@ -157,12 +157,13 @@ fi
 # where xz is missing); dist/ and node_modules/ likewise, unpacked into the checkout.
 unxz_to() { xz -dc "$1" >"$2" 2>/dev/null || ${PY:-python3} -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; }
 NODE=""
-if command -v node >/dev/null && [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge 20 ]; then
+# LOOM_GPU_CHECK_PACKED=1 takes .gpucheck's even where the machine has one (to rehearse that path).
+if [ "${LOOM_GPU_CHECK_PACKED:-0}" != 1 ] && command -v node >/dev/null && [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge 20 ]; then
   NODE=$(command -v node)
 elif [ -f "$ROOT/.gpucheck/node.xz" ]; then
   unxz_to "$ROOT/.gpucheck/node.xz" "$WORK/node" && chmod +x "$WORK/node" && NODE="$WORK/node"
 fi
-if [ -f "$ROOT/.gpucheck/loom.tar.xz" ] && { [ ! -f "$ROOT/dist/cli/main.js" ] || [ ! -e "$ROOT/node_modules" ]; }; then
+if [ -f "$ROOT/.gpucheck/loom.tar.xz" ] && { [ ! -f "$ROOT/dist/cli/main.js" ] || [ ! -e "$ROOT/node_modules" ] || [ "${LOOM_GPU_CHECK_PACKED:-0}" = 1 ]; }; then
   { tar -xJf "$ROOT/.gpucheck/loom.tar.xz" -C "$ROOT" 2>/dev/null ||
     ${PY:-python3} -c 'import sys,tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$ROOT/.gpucheck/loom.tar.xz" "$ROOT"; } &&
     touch "$ROOT/dist/cli/main.js" # as new as the copied sources: no "stale build" warning
