@@ -232,8 +232,8 @@ def main(argv=None):
         ddp = model
 
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"world {world} on {device} ({backend if distributed else 'no process group'}), {len(text)} chars corpus, vocab {len(chars)}, {n_params} params, "
-        f"checkpoints in {ckpt_dir}")
+    log(f"world {world}, {len(text)} chars corpus, vocab {len(chars)}, {n_params} params, "
+        f"checkpoints in {ckpt_dir}" + (f", on {device} ({backend})" if device.type == "cuda" else ""))
     if start_step:
         log(f"resumed from step {start_step}")
 
