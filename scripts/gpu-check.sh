@@ -203,9 +203,11 @@ TORCH=$([ -n "$PY" ] && timeout 60 "$PY" -c 'import torch; print(torch.__version
   grep -E '^[a-z-]+ +(PASS|FAIL|SKIP) ' "$SUMMARY"
   echo '```'
 } >"$OUT/results-section.md"
-if [ "$REHEARSE" != 1 ] && [ -f "$ROOT/bench/RESULTS.md" ]; then
-  cat "$OUT/results-section.md" >>"$ROOT/bench/RESULTS.md"
-  say "appended to bench/RESULTS.md (and in $OUT/results-section.md: copy it into the repository's)"
+# LOOM_GPU_CHECK_RESULTS: another file to append to (tests: never the checkout's own).
+RESULTS="${LOOM_GPU_CHECK_RESULTS:-$ROOT/bench/RESULTS.md}"
+if [ "$REHEARSE" != 1 ] && [ -f "$RESULTS" ]; then
+  cat "$OUT/results-section.md" >>"$RESULTS"
+  say "appended to $RESULTS (and in $OUT/results-section.md: copy it into the repository's)"
 fi
 pack_out
 echo

@@ -16,7 +16,15 @@ afterEach(() => rmSync(dir, { recursive: true, force: true }));
 const run = (path: string, extra: Record<string, string> = {}, timeout = 120_000) =>
   spawnSync("bash", [SCRIPT], {
     encoding: "utf8",
-    env: { PATH: path, OUT: join(dir, "out"), HOME: dir, LOOM_GPU_CHECK_WORK: join(dir, "work"), ...extra },
+    env: {
+      PATH: path,
+      OUT: join(dir, "out"),
+      HOME: dir,
+      LOOM_GPU_CHECK_WORK: join(dir, "work"),
+      // The section goes here, not into the checkout's bench/RESULTS.md.
+      LOOM_GPU_CHECK_RESULTS: join(dir, "RESULTS.md"),
+      ...extra,
+    },
     timeout,
   });
 
@@ -41,6 +49,7 @@ esac
     );
     chmodSync(smi, 0o755);
     // No python with torch, no nvcc, no MPS on this PATH.
+    writeFileSync(join(dir, "RESULTS.md"), "# results\n");
     const r = run(`${dir}:/usr/bin:/bin`);
     const summary = readFileSync(join(dir, "out", "summary.txt"), "utf8");
     expect(summary).toMatch(/discovery\s+PASS\s+1 device/);
@@ -52,6 +61,10 @@ esac
     expect(r.status).toBe(1);
     expect(readFileSync(join(dir, "work", "fixtures", "query-gpu.csv"), "utf8")).toMatch(/^0, GPU-/);
     // What comes back from the device: at most 8 files (three).
+    // The dated section, with the GPU and driver nvidia-smi named, appended to the results file.
+    expect(readFileSync(join(dir, "RESULTS.md"), "utf8")).toMatch(
+      /^# results\n\n## \d{4}-\d\d-\d\d \d\d:\d\d UTC — gpu-check\n\nGPU: NVIDIA H100 80GB HBM3; driver 550\.54\.15;[^\n]*\*\*FAIL\*\*/,
+    );
     expect(readdirSync(join(dir, "out")).sort()).toEqual([
       "gpu-check-logs.tar.gz",
       "results-section.md",
