@@ -13,9 +13,18 @@ import type { WorkloadFiles } from "./workloadfiles.js";
  * it read-only, which uid it runs as.
  */
 
-/** Like the plain shim (workerenv.ts), after joining the worker's cgroups; `trap ''` makes bwrap ignore SIGTERM (see sandboxedArgv). */
+/**
+ * Joins the worker's cgroups (as root, before anything drops to the project's uid), has bwrap
+ * ignore SIGTERM (`trap ''`, see sandboxedArgv), then becomes the sandbox: no fork and no shell
+ * waiting beside it. bwrap itself records the workload's exit code in the exit file (fd 9,
+ * `--json-status-fd`: `{ "exit-code": N }`, 128 + N for a signal, as a shell's `$?`) and exits
+ * with it, so the spawn helper sees the code too.
+ */
 export const SANDBOX_SHIM =
-  'f=$1; g=$2; shift 2; for p in $g; do echo $$ > "$p" || { printf 125 > "$f"; exit 125; }; done; trap "" TERM INT; "$@"; c=$?; printf "%s" "$c" > "$f"; exit $c';
+  'f=$1; g=$2; shift 2; for p in $g; do echo $$ > "$p" || { printf 125 > "$f"; exit 125; }; done; trap "" TERM INT; exec "$@" 9>"$f"';
+
+/** The fd the shim opens on the exit file, for bwrap's `--json-status-fd`. */
+export const STATUS_FD = 9;
 
 export interface GangSandboxDeps {
   support: SandboxSupport;
@@ -115,6 +124,8 @@ export interface GangSandbox {
     exitFile: string,
     heartbeatFile: string,
     env: Record<string, string>,
+    /** The gang's network namespace, entered after the shim (which joins cgroups as root). */
+    netns?: string,
   ): Pick<SpawnRequest, "command" | "args" | "cwd" | "dirs" | "writes" | "owned">;
 }
 
@@ -171,7 +182,7 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
         ...(persistent ? [own(persistent)] : []),
       ],
     },
-    worker(w, exitFile, heartbeatFile, env) {
+    worker(w, exitFile, heartbeatFile, env, netns) {
       // A snapshot is lent read-only (below, as any working dir that is not the workload's own).
       const cwd = workingDirs.get(w.index) ?? snapshot ?? persistent ?? workDir;
       const lent = [...ro, ...(cwd !== workDir && cwd !== persistent ? [cwd] : [])];
@@ -196,11 +207,12 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
           ],
           ro: lent,
           shm,
-          network: "host",
+          network: netns ? { netns } : "host",
           devices: w.allocation.gpus.length > 0 ? deps.devices(w.allocation.gpus) : [],
           cwd,
         },
         w.command,
+        STATUS_FD,
       );
       return {
         command: "/bin/sh",

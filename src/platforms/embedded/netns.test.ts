@@ -221,7 +221,8 @@ describe("the pool of network namespaces", () => {
         const slot = readlinkSync(link);
         expect(slot).toMatch(/pool-\d+$/);
         const ns = `net:[${statSync(link).ino}]`;
-        expect(readlinkSync(`/proc/${pid}/ns/net`)).toBe(ns);
+        // The worker's shim joins its cgroups first, then enters the namespace (nsenter execs).
+        await until("the worker in the slot's namespace", () => readlinkSync(`/proc/${pid}/ns/net`) === ns);
         // Left behind in the namespace, outside the gang's process group.
         const s = spawn("nsenter", [`--net=${link}`, "--", "sleep", "600"], {
           detached: true,

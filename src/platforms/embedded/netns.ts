@@ -41,6 +41,8 @@ export interface NetworkCapability {
 export interface NetworkJoin {
   /** Goes before the worker's command: enters the namespace, then execs (the pid stays the shim's). */
   argvPrefix: string[];
+  /** The namespace's file (a sandboxed worker's nsenter enters it after its shim). */
+  netns: string;
   /** The worker's env with Loom's URL (http://127.0.0.1:<API port>) at the host's end of the link. */
   env(env: Record<string, string>): Record<string, string>;
   /** For the spawn helper, with the first worker of an attempt. */
@@ -155,6 +157,7 @@ export class GangNetworks {
     const api = this.apiPort;
     return {
       argvPrefix: ["nsenter", `--net=${file}`, "--"],
+      netns: file,
       env: (env) => (api === undefined ? env : atHostEnd(env, api, hostAddress)),
       setup: {
         file: this.fileOf(slot ?? uid),

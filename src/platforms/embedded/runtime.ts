@@ -259,9 +259,9 @@ export class LocalRuntime implements Runtime {
       ...(sandbox ? { owned: sandbox.prepare.owned } : {}),
       ...(network ? { network: network.setup } : {}),
     };
-    // In the gang's network namespace, where there is one: nsenter (as root, before the sandbox
-    // drops to the project's uid) execs, so the pid is still the shim's.
-    const prefix = network?.argvPrefix ?? [];
+    // In the gang's network namespace, where there is one: nsenter execs, so the pid is still
+    // the shim's. Before the shim unsandboxed; after it, sandboxed (its shim joins cgroups as root).
+    const prefix = sandbox ? [] : (network?.argvPrefix ?? []);
     for (const w of spec.workers) {
       const rec = gang.workers.find((r) => r.index === w.index)!;
       // The devices named as the host names them (UUIDs for real GPUs), with MPS for a share.
@@ -273,7 +273,7 @@ export class LocalRuntime implements Runtime {
       const key = workerKey(spec.ref.uid, spec.attempt, w.index);
       const exitFile = join(dir, `worker-${w.index}.exit`);
       const run: Pick<SpawnRequest, "command" | "args" | "cwd" | "dirs" | "writes" | "owned"> = sandbox
-        ? sandbox.worker(w, exitFile, join(dir, `worker-${w.index}.heartbeat`), env)
+        ? sandbox.worker(w, exitFile, join(dir, `worker-${w.index}.heartbeat`), env, network?.netns)
         : {
             command: "/bin/sh",
             args: ["-c", SHIM, "loom-worker", exitFile, ...w.command],

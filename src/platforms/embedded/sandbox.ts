@@ -86,13 +86,11 @@ function systemBinds(): string[] {
  * network part is one field, so a caller may join a network namespace or unshare one.
  */
 export function bwrapArgs(spec: SandboxSpec, privileged: boolean): string[] {
-  const a: string[] = [
-    "--die-with-parent",
-    "--unshare-pid",
-    "--unshare-ipc",
-    "--unshare-uts",
-    "--unshare-cgroup-try",
-  ];
+  // No --die-with-parent: bwrap is the worker's process (the shim execs it) and its parent is the
+  // spawn helper, which ends with the server while workers must outlive it. A stop signals the
+  // whole process group, the sandbox's PID 1 included, and the kernel then ends every process
+  // of its PID namespace.
+  const a: string[] = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"];
   // Unprivileged, bwrap needs a user namespace for the others; as root it must not have one
   // (the sandbox's uid would map to root outside), the uid is dropped with setpriv instead.
   if (!privileged) a.push("--unshare-user");
@@ -144,14 +142,22 @@ function parentsToMake(paths: string[]): string[] {
 }
 
 /**
- * The full argv that runs `command` in the sandbox: bwrap, then (privileged) setpriv to the
- * project's uid with no capabilities and no way to gain any, then `env --default-signal`, so
- * the workload gets SIGTERM's default action back (the shim has bwrap ignore it: bwrap must
- * outlive a stop's SIGTERM, or the workload's graceful exit would be cut short by the SIGKILL
- * that follows its shim's exit).
+ * The full argv that runs `command` in the sandbox: nsenter into the gang's network (if it has
+ * one: bwrap cannot join one), bwrap, then (privileged) setpriv to the project's uid with no
+ * capabilities and no way to gain any, then `env --default-signal`, so the workload gets SIGTERM's default action back (the
+ * shim has bwrap ignore it: bwrap must outlive a stop's SIGTERM, or the workload's graceful exit
+ * would be cut short by the SIGKILL that follows). `statusFd`: bwrap writes the workload's exit
+ * code there as JSON (the shim's exit file, read after a restart).
  */
-export function sandboxedArgv(support: SandboxSupport, spec: SandboxSpec, command: string[]): string[] {
+export function sandboxedArgv(
+  support: SandboxSupport,
+  spec: SandboxSpec,
+  command: string[],
+  statusFd?: number,
+): string[] {
   if (!support.bwrap) throw new Error(`no sandbox on this machine: ${support.unavailable}`);
+  const status = statusFd === undefined ? [] : ["--json-status-fd", String(statusFd)];
+  const netns = typeof spec.network === "object" ? [`--net=${spec.network.netns}`] : [];
   const drop =
     support.privileged && spec.uid !== undefined
       ? [
@@ -166,12 +172,12 @@ export function sandboxedArgv(support: SandboxSupport, spec: SandboxSpec, comman
       : [];
   // bwrap cannot join a namespace: a given one is entered first (as root: nsenter needs
   // CAP_SYS_ADMIN), and bwrap then keeps it (no --unshare-net).
-  const enter =
-    typeof spec.network === "object" ? ["/usr/bin/nsenter", `--net=${spec.network.netns}`, "--"] : [];
+  const enter = netns.length ? ["/usr/bin/nsenter", ...netns, "--"] : [];
   return [
     ...enter,
     support.bwrap,
     ...bwrapArgs(spec, support.privileged),
+    ...status,
     "--",
     ...drop,
     "/usr/bin/env",

@@ -32,6 +32,18 @@ describe("WorkloadFiles", () => {
     expect(f.readExitFile(g, 0)).toBe(143);
   });
 
+  it("reads a sandboxed worker's code from bwrap's JSON status, and none while it still runs", () => {
+    const f = files();
+    const g = gang("u2");
+    mkdirSync(f.attemptDir("u2", 2), { recursive: true });
+    const file = join(f.attemptDir("u2", 2), "worker-0.exit");
+    const started = '{ "child-pid": 4242, "pid-namespace": 4026532243 }\n';
+    writeFileSync(file, started);
+    expect(f.readExitFile(g, 0)).toBeUndefined();
+    writeFileSync(file, `${started}{ "exit-code": 137 }\n`);
+    expect(f.readExitFile(g, 0)).toBe(137);
+  });
+
   it("knows no activity until a worker writes its log or heartbeat", () => {
     const f = files();
     const g = gang("u1");

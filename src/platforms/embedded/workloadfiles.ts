@@ -80,6 +80,9 @@ export class WorkloadFiles {
         join(this.attemptDir(gang.ref.uid, gang.attempt), `worker-${index}.exit`),
         "utf8",
       ).trim();
+      // A sandboxed worker's is bwrap's JSON status (the last document has the exit code).
+      const json = /"exit-code":\s*(-?\d+)/.exec(text);
+      if (json) return Number(json[1]);
       const n = Number(text);
       return text !== "" && Number.isInteger(n) ? n : undefined;
     } catch {
