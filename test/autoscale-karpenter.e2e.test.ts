@@ -97,7 +97,12 @@ describe("node autoscaling from Loom's queue with Karpenter (kwok provider)", ()
         (p) => p.node,
       ),
     );
-  const trainingJob = (name: string, gpu: number, workers: number, runFor = "5s") => `apiVersion: loom.dev/v1alpha1
+  const trainingJob = (
+    name: string,
+    gpu: number,
+    workers: number,
+    runFor = "5s",
+  ) => `apiVersion: loom.dev/v1alpha1
 kind: TrainingJob
 metadata:
   name: ${name}
@@ -118,7 +123,14 @@ spec:
     );
   const release = (names: string[]) => {
     for (const n of names)
-      cluster.kubectl(["patch", "node", n, "--type=json", "-p", `[{"op":"remove","path":"/metadata/finalizers"}]`]);
+      cluster.kubectl([
+        "patch",
+        "node",
+        n,
+        "--type=json",
+        "-p",
+        `[{"op":"remove","path":"/metadata/finalizers"}]`,
+      ]);
   };
 
   beforeAll(async () => {
@@ -143,7 +155,8 @@ spec:
     );
     operator = startOperator(c.operatorKubeconfig, ["--node-autoscaling"]);
     await operator.ready;
-    for (let i = 0; i < 60 && cluster.kubectl(["get", "ns", "loom-default"]).code !== 0; i++) await sleep(500);
+    for (let i = 0; i < 60 && cluster.kubectl(["get", "ns", "loom-default"]).code !== 0; i++)
+      await sleep(500);
   }, 3_600_000);
 
   afterAll(async () => {
@@ -166,7 +179,9 @@ spec:
     expect(nodeClaims()).toHaveLength(0);
     expect(poolNodes()).toHaveLength(0);
     const described = await loom(["describe", "tj", "huge"]);
-    expect(described.stdout).toMatch(/Capacity:\s+the node autoscaler adds no node for it \(requested \d+ s ago\)/);
+    expect(described.stdout).toMatch(
+      /Capacity:\s+the node autoscaler adds no node for it \(requested \d+ s ago\)/,
+    );
     expect((await loom(["delete", "tj", "huge", "--timeout", "60"])).code).toBe(0);
     await until("huge's stand-in pods gone", () => (demandPods() === "" ? true : undefined));
     expect(nodeClaims()).toHaveLength(0);
@@ -179,7 +194,9 @@ spec:
     try {
       expect((await loom(["apply", "-f", "-"], trainingJob("big", 8, 2))).code).toBe(0);
       const asked = await until("Karpenter's nominations in status", async () => {
-        const c = (await job("big"))?.status?.capacityRequest as { nodes?: number; pool?: string } | undefined;
+        const c = (await job("big"))?.status?.capacityRequest as
+          | { nodes?: number; pool?: string }
+          | undefined;
         return c?.nodes === 2 ? c : undefined;
       });
       expect(asked).toMatchObject({ nodes: 2, pool: POOL });
@@ -204,7 +221,14 @@ spec:
 
     // Hold the two nodes in the API once Karpenter removes them, to try binding work there.
     for (const n of added)
-      cluster.kubectl(["patch", "node", n, "--type=merge", "-p", JSON.stringify({ metadata: { finalizers: [HOLD] } })]);
+      cluster.kubectl([
+        "patch",
+        "node",
+        n,
+        "--type=merge",
+        "-p",
+        JSON.stringify({ metadata: { finalizers: [HOLD] } }),
+      ]);
     try {
       await until("big Succeeded", async () => ((await phase("big")) === "Succeeded" ? true : undefined));
       // Empty now: Karpenter taints them karpenter.sh/disrupted and deletes them (held here).

@@ -236,7 +236,7 @@ const when = (e: KubeEvent) =>
 
 /** Whether an event is Karpenter's (its FailedScheduling; kube-scheduler's has the same reason). */
 const byKarpenter = (e: KubeEvent) =>
-  (e.source?.component ?? e.reportingComponent ?? "").toLowerCase().includes("karpenter");
+  `${e.source?.component ?? ""} ${e.reportingComponent ?? ""}`.toLowerCase().includes("karpenter");
 
 /**
  * The node autoscaler's newest word on a pod. The cluster-autoscaler's TriggeredScaleUp names each
