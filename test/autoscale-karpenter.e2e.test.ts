@@ -47,6 +47,7 @@ spec:
 interface KubeNodeJson {
   metadata: { name: string; deletionTimestamp?: string; finalizers?: string[] };
   spec?: { taints?: { key: string; effect: string }[] };
+  status?: { conditions?: { type: string; status: string }[] };
 }
 
 describe("node autoscaling from Loom's queue with Karpenter (kwok provider)", () => {
@@ -253,7 +254,15 @@ spec:
         },
         240_000,
       );
-      // The attack: new work that fits on either marked node (they still look Ready and empty).
+      // The attack: new work that fits on either marked node (they still look Ready and empty:
+      // only the taint says they are going).
+      expect(
+        poolNodes()
+          .filter((n) => removing.includes(n.metadata.name))
+          .filter((n) => n.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"))
+          .map((n) => n.metadata.name)
+          .sort(),
+      ).toEqual([...removing].sort());
       expect((await loom(["apply", "-f", "-"], trainingJob("after", 8, 1, "2s"))).code).toBe(0);
       const after = await until("after Running", async () => {
         const j = await job("after");
