@@ -47,7 +47,7 @@ build() {
   fi
   local start=$SECONDS
   mkdir -p "$DIR"
-  log "building Karpenter's kwok provider $KARPENTER_VERSION (cold: ~5 min on 2 cores); log: $DIR/build.log"
+  log "building Karpenter's kwok provider $KARPENTER_VERSION (cold: ~13 min on 2 busy cores); log: $DIR/build.log"
   rm -rf "$DIR/bin.tmp"
   # `go install module/pkg@version` builds it with the module's own go.mod and go.sum.
   if ! GOBIN="$DIR/bin.tmp" ticking "building Karpenter" "$DIR/build.log" \
