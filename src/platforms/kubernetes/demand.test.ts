@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { autoscalerAnswer, DEMAND_LABEL, demandPodName } from "./demand.js";
+import { autoscalerAnswer, DEMAND_LABEL, demandPodName, nominations } from "./demand.js";
 import { classifyPod, isExternalPending } from "./external-index.js";
 import type { Pod } from "./pods.js";
 
@@ -39,6 +39,67 @@ describe("the cluster-autoscaler's answer to a capacity request", () => {
       refused: msg,
     });
     expect(autoscalerAnswer([])).toEqual({});
+  });
+});
+
+describe("Karpenter's answer to a capacity request", () => {
+  const nominated = (pod: string, target: string, at: string) => ({
+    reason: "Nominated",
+    message: `Pod should schedule on: ${target}`,
+    involvedObject: { name: pod },
+    source: { component: "karpenter" },
+    lastTimestamp: at,
+  });
+
+  it("counts the NodeClaims it nominated the gang's pods for, each once", () => {
+    // Karpenter names one NodeClaim per pod: a 2 x 8-GPU gang on 8-GPU nodes is two NodeClaims.
+    const first = [nominated("big-capacity-0", "nodeclaim/gpu-8-abcde", "2026-01-01T00:00:05Z")];
+    expect(autoscalerAnswer(first)).toEqual({ nominated: true });
+    const events = [
+      ...first,
+      nominated("big-capacity-1", "nodeclaim/gpu-8-fghij", "2026-01-01T00:00:05Z"),
+      // An older nomination of the same pod, and another gang's pod: neither counts.
+      nominated("big-capacity-1", "nodeclaim/gpu-8-zzzzz", "2026-01-01T00:00:01Z"),
+      nominated("other-capacity-0", "nodeclaim/gpu-8-qqqqq", "2026-01-01T00:00:06Z"),
+    ];
+    const gang = new Set(["big-capacity-0", "big-capacity-1"]);
+    expect([...nominations(events, gang)].sort()).toEqual(["nodeclaim/gpu-8-abcde", "nodeclaim/gpu-8-fghij"]);
+    // Two small workers on one node: one NodeClaim.
+    const packed = [
+      nominated("big-capacity-0", "nodeclaim/gpu-8-abcde, node/kwok-x", "2026-01-01T00:00:05Z"),
+      nominated("big-capacity-1", "nodeclaim/gpu-8-abcde", "2026-01-01T00:00:05Z"),
+    ];
+    expect(nominations(packed, gang)).toEqual(new Set(["nodeclaim/gpu-8-abcde"]));
+  });
+
+  it("says why when no NodePool fits, but not for kube-scheduler's FailedScheduling", () => {
+    const msg =
+      'Failed to schedule pod, incompatible with nodepool "gpu-8", no instance type satisfied resources {"nvidia.com/gpu":"9"}';
+    expect(
+      autoscalerAnswer([{ reason: "FailedScheduling", message: msg, source: { component: "karpenter" } }]),
+    ).toEqual({ refused: msg });
+    // The same reason from kube-scheduler is not the autoscaler's word.
+    expect(
+      autoscalerAnswer([
+        {
+          reason: "FailedScheduling",
+          message: "0/3 nodes are available",
+          source: { component: "default-scheduler" },
+        },
+      ]),
+    ).toEqual({});
+    // A later nomination supersedes an earlier refusal (the NodePool became ready).
+    expect(
+      autoscalerAnswer([
+        {
+          reason: "FailedScheduling",
+          message: msg,
+          source: { component: "karpenter" },
+          lastTimestamp: "2026-01-01T00:00:01Z",
+        },
+        nominated("big-capacity-0", "nodeclaim/gpu-8-abcde", "2026-01-01T00:00:02Z"),
+      ]),
+    ).toEqual({ nominated: true });
   });
 });
 

@@ -57,7 +57,7 @@ export class CapacityRequests {
       if (i === 0) first = pod;
       await this.explain(pod, req);
     }
-    const answer = await this.answer(ref, first);
+    const answer = await this.answer(ref, first, req);
     return {
       requestedAt: first?.metadata.creationTimestamp ?? new Date(this.now()).toISOString(),
       ...answer,
@@ -157,24 +157,45 @@ export class CapacityRequests {
   }
 
   /**
-   * The autoscaler's answer, from its events on the first pod: "pod triggered scale-up:
-   * [{pool 0->2 (max: 4)}]" (how many nodes of which group), or "pod didn't trigger scale-up"
-   * and why. Read at most every few seconds per workload.
+   * The autoscaler's answer, from its events on the first pod: the cluster-autoscaler's "pod
+   * triggered scale-up: [{pool 0->2 (max: 4)}]" (how many nodes of which group) or "pod didn't
+   * trigger scale-up" and why; Karpenter's "Pod should schedule on: nodeclaim/…" (one NodeClaim
+   * per event, so the gang's other pods are read too, to count its nodes) or its
+   * "Failed to schedule pod, …". Read at most every few seconds per workload.
    */
-  private async answer(ref: WorkloadRef, pod: Pod | undefined): Promise<Partial<CapacityAnswer>> {
+  private async answer(
+    ref: WorkloadRef,
+    pod: Pod | undefined,
+    req: CapacityRequest,
+  ): Promise<Partial<CapacityAnswer>> {
     const cached = this.answers.get(ref.uid);
     if (!pod || (cached && this.now() - cached.at < ANSWER_TTL_MS)) return cached?.answer ?? {};
-    const list = await this.client
-      .request<{ items: KubeEvent[] }>("GET", `/api/v1/namespaces/${pod.metadata.namespace}/events`, {
-        query: { fieldSelector: `involvedObject.kind=Pod,involvedObject.name=${pod.metadata.name}` },
-      })
-      .catch((err: unknown) => {
-        this.log.debug({ err, pod: pod.metadata.name }, "could not read the autoscaler's events");
-        return { items: [] as KubeEvent[] };
-      });
-    const answer = autoscalerAnswer(list.items);
+    const ns = pod.metadata.namespace ?? namespaceOf(ref.project);
+    const first = autoscalerAnswer(
+      await this.events(ns, `involvedObject.kind=Pod,involvedObject.name=${pod.metadata.name}`),
+    );
+    let answer: Partial<CapacityAnswer> = first;
+    if (first.nominated) {
+      // One read for the namespace's nominations, not one per worker.
+      const gang = new Set(Array.from({ length: req.workers }, (_, i) => demandPodName(ref.name, i)));
+      const nominated = nominations(await this.events(ns, "involvedObject.kind=Pod,reason=Nominated"), gang);
+      answer = {
+        nodes: nominated.size,
+        pool: req.nodePool ?? [...new Set([...nominated].map(nodePoolOf))].join(", "),
+      };
+    }
     this.answers.set(ref.uid, { at: this.now(), answer });
     return answer;
+  }
+
+  private async events(ns: string, fieldSelector: string): Promise<KubeEvent[]> {
+    const list = await this.client
+      .request<{ items: KubeEvent[] }>("GET", `/api/v1/namespaces/${ns}/events`, { query: { fieldSelector } })
+      .catch((err: unknown) => {
+        this.log.debug({ err, fieldSelector }, "could not read the autoscaler's events");
+        return { items: [] as KubeEvent[] };
+      });
+    return list.items;
   }
 
   private async withdraw(ref: WorkloadRef): Promise<void> {
@@ -197,6 +218,7 @@ export class CapacityRequests {
 export interface KubeEvent {
   reason?: string;
   message?: string;
+  involvedObject?: { name?: string };
   source?: { component?: string };
   reportingComponent?: string;
   lastTimestamp?: string;
@@ -206,20 +228,36 @@ export interface KubeEvent {
 }
 
 const SCALE_UP = /\{(\S+) (\d+)->(\d+) \(max: \d+\)\}/g;
+/** Karpenter's nomination: the NodeClaim (new capacity) or node it means the pod for. */
+const NOMINATED = /^Pod should schedule on: ((?:nodeclaim|node)\/[^\s,]+)/;
+
+const when = (e: KubeEvent) =>
+  Date.parse(e.lastTimestamp ?? e.eventTime ?? e.firstTimestamp ?? e.metadata?.creationTimestamp ?? "") || 0;
+
+/** Whether an event is Karpenter's (its FailedScheduling; kube-scheduler's has the same reason). */
+const byKarpenter = (e: KubeEvent) =>
+  `${e.source?.component ?? ""} ${e.reportingComponent ?? ""}`.toLowerCase().includes("karpenter");
 
 /**
- * The cluster-autoscaler's newest word on a pod: TriggeredScaleUp names each node group and its
- * size before and after ("{pool 0->2 (max: 4)}"), NotTriggerScaleUp says why none would help.
+ * The node autoscaler's newest word on a pod. The cluster-autoscaler's TriggeredScaleUp names each
+ * node group and its size before and after ("{pool 0->2 (max: 4)}"), NotTriggerScaleUp says why
+ * none would help. Karpenter's Nominated names one NodeClaim per pod (`nominated`: count them over
+ * the gang with `nominations`), its FailedScheduling why no NodePool fits.
  */
-export function autoscalerAnswer(events: KubeEvent[]): Partial<CapacityAnswer> {
-  const when = (e: KubeEvent) =>
-    Date.parse(e.lastTimestamp ?? e.eventTime ?? e.firstTimestamp ?? e.metadata?.creationTimestamp ?? "") ||
-    0;
+export function autoscalerAnswer(events: KubeEvent[]): Partial<CapacityAnswer> & { nominated?: true } {
   const newest = events
-    .filter((e) => e.reason === "TriggeredScaleUp" || e.reason === "NotTriggerScaleUp")
+    .filter(
+      (e) =>
+        e.reason === "TriggeredScaleUp" ||
+        e.reason === "NotTriggerScaleUp" ||
+        (e.reason === "Nominated" && NOMINATED.test(e.message ?? "")) ||
+        (e.reason === "FailedScheduling" && byKarpenter(e)),
+    )
     .sort((a, b) => when(b) - when(a))[0];
   if (!newest) return {};
-  if (newest.reason === "NotTriggerScaleUp") return { refused: newest.message ?? "no node group fits" };
+  if (newest.reason === "NotTriggerScaleUp" || newest.reason === "FailedScheduling")
+    return { refused: newest.message ?? "no node group fits" };
+  if (newest.reason === "Nominated") return { nominated: true };
   let nodes = 0;
   const pools: string[] = [];
   for (const m of (newest.message ?? "").matchAll(SCALE_UP)) {
@@ -227,4 +265,29 @@ export function autoscalerAnswer(events: KubeEvent[]): Partial<CapacityAnswer> {
     pools.push(m[1]!);
   }
   return nodes > 0 ? { nodes, pool: pools.join(", ") } : {};
+}
+
+/**
+ * The NodeClaims (or nodes) Karpenter means a gang's pods for: each pod's newest nomination, as
+ * "nodeclaim/<name>". Two workers nominated for one NodeClaim count once.
+ */
+export function nominations(events: KubeEvent[], pods: ReadonlySet<string>): Set<string> {
+  const newest = new Map<string, KubeEvent>();
+  for (const e of events) {
+    const pod = e.involvedObject?.name;
+    if (e.reason !== "Nominated" || !pod || !pods.has(pod)) continue;
+    const seen = newest.get(pod);
+    if (!seen || when(e) >= when(seen)) newest.set(pod, e);
+  }
+  const targets = new Set<string>();
+  for (const e of newest.values()) {
+    const m = NOMINATED.exec(e.message ?? "");
+    if (m) targets.add(m[1]!);
+  }
+  return targets;
+}
+
+/** The NodePool of a NodeClaim Karpenter named "<nodepool>-<5 random characters>". */
+function nodePoolOf(target: string): string {
+  return target.replace(/^(nodeclaim|node)\//, "").replace(/-[a-z0-9]{5}$/, "");
 }

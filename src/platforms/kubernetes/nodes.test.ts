@@ -32,4 +32,20 @@ describe("nodeCapacities and the cluster-autoscaler's marks", () => {
     const unmarked = node("b", []);
     expect(nodeCapacities([unmarked]).map((c) => [c.name, c.pool, c.gpus.length])).toEqual([["b", "gpu", 8]]);
   });
+
+  it("never offers a node Karpenter is disrupting or has not registered yet", () => {
+    // The attack: Karpenter consolidates an idle node (karpenter.sh/disrupted:NoSchedule, then
+    // drains and deletes it) while Loom binds a new gang there; or Loom binds to a kwok node that
+    // turned Ready before Karpenter lifted karpenter.sh/unregistered:NoExecute, and the taint
+    // manager evicts the gang. Neither node may be offered.
+    const nodes = [
+      node("a"),
+      node("b", [{ key: "karpenter.sh/disrupted", effect: "NoSchedule" }]),
+      node("c", [{ key: "karpenter.sh/unregistered", effect: "NoExecute" }]),
+    ];
+    expect(nodeCapacities(nodes).map((n) => n.name)).toEqual(["a"]);
+    expect(nodes.map(markedForRemoval)).toEqual([false, true, true]);
+    // Once Karpenter registers it, the node is offered.
+    expect(nodeCapacities([node("c", [])]).map((n) => n.name)).toEqual(["c"]);
+  });
 });

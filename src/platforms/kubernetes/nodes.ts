@@ -18,21 +18,31 @@ export interface KubeNode {
 }
 
 /**
- * Taints the cluster-autoscaler puts on a node it is about to remove (NoSchedule) and on one it
- * considers removing (PreferNoSchedule). Loom binds pods itself, past kube-scheduler's taint
- * checks, so it must honour both here: work bound to such a node would be killed with it, or
- * keep an idle node alive that the autoscaler meant to give back.
+ * Taints a node autoscaler puts on a node it is about to remove, may remove, or has not finished
+ * bringing up. Loom binds pods itself, past kube-scheduler's taint checks, so it must honour them
+ * here: work bound to such a node would be killed with it, keep an idle node alive that the
+ * autoscaler meant to give back, or be evicted at once.
+ * - cluster-autoscaler: ToBeDeletedByClusterAutoscaler (NoSchedule, removing it now) and
+ *   DeletionCandidateOfClusterAutoscaler (PreferNoSchedule, considering it).
+ * - Karpenter: karpenter.sh/disrupted (NoSchedule: consolidating, expiring or draining it) and
+ *   karpenter.sh/unregistered (NoExecute: its NodeClaim is not registered yet; a kwok node can be
+ *   Ready before Karpenter takes this off, and the taint manager evicts whatever is bound there).
  */
-export const AUTOSCALER_TAINTS = ["ToBeDeletedByClusterAutoscaler", "DeletionCandidateOfClusterAutoscaler"];
+export const AUTOSCALER_TAINTS = [
+  "ToBeDeletedByClusterAutoscaler",
+  "DeletionCandidateOfClusterAutoscaler",
+  "karpenter.sh/disrupted",
+  "karpenter.sh/unregistered",
+];
 
-/** Whether the cluster-autoscaler has marked this node for removal (now or soon). */
+/** Whether a node autoscaler has marked this node for removal (now or soon), or not yet handed it over. */
 export function markedForRemoval(n: KubeNode): boolean {
   return !!n.spec?.taints?.some((t) => t.key !== undefined && AUTOSCALER_TAINTS.includes(t.key));
 }
 
 /**
  * What the scheduler may place on: Ready, schedulable nodes by name, from their allocatable;
- * never a node the cluster-autoscaler marked for removal.
+ * never a node a node autoscaler marked for removal.
  */
 export function nodeCapacities(items: KubeNode[]): NodeCapacity[] {
   return items
