@@ -9,5 +9,6 @@ export default defineConfig({
     // Two cores: end-to-end files start real servers and processes; more in parallel only adds noise.
     maxWorkers: 2,
     reporters: ["default", "./test/summary-reporter.ts"],
+    globalSetup: ["./test/global-setup.ts"],
   },
 });
