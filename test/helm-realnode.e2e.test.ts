@@ -134,7 +134,8 @@ describe("Loom installed by Helm on the real node", () => {
       env: { ...process.env, MLFLOW_TRACKING_URI: apiUrl, MLFLOW_TRACKING_TOKEN: adminToken, ...env },
     });
     expect(r.status, r.stderr).toBe(0);
-    return r.stdout.trim();
+    // Its last line: mlflow prints a "View run" line of its own when a run ends.
+    return r.stdout.trim().split("\n").at(-1)!;
   };
   const ctr = (args: string[]) => {
     const node = join(state, "node");

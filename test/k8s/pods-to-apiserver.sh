@@ -1,24 +1,38 @@
 #!/usr/bin/env bash
-# Lets the real node's pods reach the test API server through the `kubernetes` Service
-# (10.96.0.1:443), as in-cluster clients do (Loom's operator installed by Helm, kubectl in a pod).
-# The test API server listens on the host's loopback only (127.0.0.1:PORT), which the `kubernetes`
-# Service cannot name (its endpoints may not be loopback, so it has none) and kube-proxy cannot
-# reach; without this a pod's TLS connection to 10.96.0.1:443 leaves by the default route and is
-# answered by whatever is out there ("self-signed certificate in certificate chain").
-# Here: traffic from the pod bridge to 10.96.0.1:443 is DNATed to 127.0.0.1:PORT (the kubelet's
-# KUBE-FIREWALL lets DNATed traffic to loopback in) with route_localnet on the bridge. The API
-# server's certificate names 10.96.0.1, so clients verify it with the service account's CA.
+# Two things a real cluster's network gives pods that the test cluster's real node lacks; Loom's
+# own pods (installed by Helm: test/helm-realnode.e2e.test.ts) need both.
+#
+# 1. The API server through the `kubernetes` Service (10.96.0.1:443), as in-cluster clients
+#    (Loom's operator) reach it. The test API server listens on the host's loopback only
+#    (127.0.0.1:PORT), which the `kubernetes` Service cannot name (its endpoints may not be
+#    loopback, so it has none): without this a pod's TLS connection to 10.96.0.1:443 leaves by
+#    the default route and is answered by whatever is out there ("self-signed certificate in
+#    certificate chain"). Here: traffic from the pod bridge to 10.96.0.1:443 is DNATed to
+#    127.0.0.1:PORT (the kubelet's KUBE-FIREWALL lets DNATed traffic to loopback in) with
+#    route_localnet on the bridge. The API server's certificate names 10.96.0.1.
+# 2. A Service address that kube-proxy has no ready endpoint for (the operator's pod between an
+#    upgrade's old and new one) must not leave the host either: it went out by the default route
+#    and this machine's egress proxy answered (HTTP 404), on a kept-alive connection the gateway
+#    then used for every later request, so it never saw the new operator. Traffic from the pod
+#    bridge still addressed to the Service range in FORWARD (kube-proxy's DNAT happens before) is
+#    refused with a TCP reset, as a cluster's unroutable Service range fails fast.
 # Idempotent. Usage: pods-to-apiserver.sh STATE [--remove]
 set -euo pipefail
 STATE=$1
 BRIDGE=loomreal0
+SERVICE_CIDR=10.96.0.0/16 # up.sh's
+TAG="loom test: pods to the API server"
 port=$(sed -n 's#.*server: https://127\.0\.0\.1:\([0-9]*\).*#\1#p' "$STATE/admin.kubeconfig" | head -1)
 [[ -n "$port" ]] || { echo "pods-to-apiserver: no API server port in $STATE/admin.kubeconfig" >&2; exit 1; }
-rule=(PREROUTING -i "$BRIDGE" -d 10.96.0.1/32 -p tcp --dport 443 -m comment --comment "loom test: pods to the API server" -j DNAT --to-destination "127.0.0.1:$port")
 # A restarted cluster has a new port: drop every earlier rule of ours first.
-while read -r old; do
-  eval "iptables -t nat ${old/-A/-D}"
-done < <(iptables -t nat -S PREROUTING | grep -F '"loom test: pods to the API server"' || true)
+for table in nat filter; do
+  while read -r old; do
+    eval "iptables -t $table ${old/-A/-D}"
+  done < <(iptables -t "$table" -S | grep -F "\"$TAG\"" || true)
+done
 [[ "${2:-}" == --remove ]] && exit 0
 sysctl -qw "net.ipv4.conf.$BRIDGE.route_localnet=1"
-iptables -t nat -I "${rule[@]:0:1}" 1 "${rule[@]:1}"
+iptables -t nat -I PREROUTING 1 -i "$BRIDGE" -d 10.96.0.1/32 -p tcp --dport 443 -m comment --comment "$TAG" \
+  -j DNAT --to-destination "127.0.0.1:$port"
+iptables -t filter -I FORWARD 1 -i "$BRIDGE" -d "$SERVICE_CIDR" -p tcp -m comment --comment "$TAG" \
+  -j REJECT --reject-with tcp-reset
