@@ -13,9 +13,10 @@
 # 2. A Service address that kube-proxy has no ready endpoint for (the operator's pod between an
 #    upgrade's old and new one) must not leave the host either: it went out by the default route
 #    and this machine's egress proxy answered (HTTP 404), on a kept-alive connection the gateway
-#    then used for every later request, so it never saw the new operator. Traffic from the pod
-#    bridge still addressed to the Service range in FORWARD (kube-proxy's DNAT happens before) is
-#    refused with a TCP reset, as a cluster's unroutable Service range fails fast.
+#    then used for every later request, so it never saw the new operator. (kube-proxy's own
+#    REJECT for such a Service comes after kube-router's ACCEPT in FORWARD, so it never acts.)
+#    Here: traffic from the pod bridge that kube-proxy's KUBE-SERVICES left un-DNATed is DNATed
+#    to a closed port on the host's loopback, so the connection is refused at once.
 # Idempotent. Usage: pods-to-apiserver.sh STATE [--remove]
 set -euo pipefail
 STATE=$1
@@ -34,5 +35,6 @@ done
 sysctl -qw "net.ipv4.conf.$BRIDGE.route_localnet=1"
 iptables -t nat -I PREROUTING 1 -i "$BRIDGE" -d 10.96.0.1/32 -p tcp --dport 443 -m comment --comment "$TAG" \
   -j DNAT --to-destination "127.0.0.1:$port"
-iptables -t filter -I FORWARD 1 -i "$BRIDGE" -d "$SERVICE_CIDR" -p tcp -m comment --comment "$TAG" \
-  -j REJECT --reject-with tcp-reset
+# Appended: after kube-proxy's KUBE-SERVICES jump, which it keeps where it is.
+iptables -t nat -A PREROUTING -i "$BRIDGE" -d "$SERVICE_CIDR" -p tcp -m comment --comment "$TAG" \
+  -j DNAT --to-destination 127.0.0.1:1
