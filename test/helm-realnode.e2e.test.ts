@@ -53,7 +53,8 @@ ThreadingHTTPServer((os.environ.get("HOST", "0.0.0.0"), int(os.environ["PORT"]))
 
 /** A training loop that runs until deleted, one numbered step a second. */
 const TRAIN_LOOP = `
-import itertools, time
+import itertools, os, signal, time
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
 for step in itertools.count():
     print("step", step, flush=True)
     time.sleep(1)

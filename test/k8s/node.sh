@@ -65,6 +65,7 @@ stop_real_node() {
       [[ -n "$ns" ]] && ip netns delete "$(basename "$ns")" 2>/dev/null || true
     done
   fi
+  bash "$HERE/pods-to-apiserver.sh" "$STATE" --remove || true
   remove_policy_rules
   # kube-proxy's chains in the host's iptables (and nftables) go with it.
   [[ -x "$dir/bin/kube-proxy" ]] && "$dir/bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
@@ -258,6 +259,7 @@ EOF
   wait_until "kube-proxy /healthz" 60 curl -sf --max-time 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
   echo "LOOM_K8S_REAL_NODE=$REAL_NODE" >>"$STATE/cluster.env"
   log "real node $REAL_NODE Ready in $((SECONDS - t0))s (kubelet $ip:$KUBELET_PORT, pods $REAL_POD_CIDR)"
+  bash "$HERE/pods-to-apiserver.sh" "$STATE" || die "routing pods to the API server failed"
 }
 
 # remove_policy_rules: kube-router's chains and ipsets leave the host (its own --cleanup-config

@@ -23,15 +23,20 @@ STATE=$1
 BRIDGE=loomreal0
 SERVICE_CIDR=10.96.0.0/16 # up.sh's
 TAG="loom test: pods to the API server"
-port=$(sed -n 's#.*server: https://127\.0\.0\.1:\([0-9]*\).*#\1#p' "$STATE/admin.kubeconfig" | head -1)
-[[ -n "$port" ]] || { echo "pods-to-apiserver: no API server port in $STATE/admin.kubeconfig" >&2; exit 1; }
-# A restarted cluster has a new port: drop every earlier rule of ours first.
+# Ours from before (a restarted cluster has a new port) go first.
 for table in nat filter; do
   while read -r old; do
     eval "iptables -t $table ${old/-A/-D}"
   done < <(iptables -t "$table" -S | grep -F "\"$TAG\"" || true)
 done
 [[ "${2:-}" == --remove ]] && exit 0
+port=$(sed -n 's#.*server: https://127\.0\.0\.1:\([0-9]*\).*#\1#p' "$STATE/admin.kubeconfig" | head -1)
+[[ -n "$port" ]] || { echo "pods-to-apiserver: no API server port in $STATE/admin.kubeconfig" >&2; exit 1; }
+# The bridge CNI makes the bridge with the first pod; route_localnet must be set on it before.
+if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+  ip link add name "$BRIDGE" type bridge
+  ip link set "$BRIDGE" up
+fi
 sysctl -qw "net.ipv4.conf.$BRIDGE.route_localnet=1"
 iptables -t nat -I PREROUTING 1 -i "$BRIDGE" -d 10.96.0.1/32 -p tcp --dport 443 -m comment --comment "$TAG" \
   -j DNAT --to-destination "127.0.0.1:$port"
