@@ -31,6 +31,7 @@ import {
   refFromLabels,
   workloadLabels,
 } from "./naming.js";
+import { loomTaintTolerations } from "./nodes.js";
 import {
   bindPod,
   containerResources,
@@ -201,6 +202,7 @@ export class Gangs {
           ...(code && !w.workingDir ? { workingDir: CODE_MOUNT } : {}),
         },
         ...(credentials ? { credentials } : {}),
+        tolerations: loomTaintTolerations(this.deps.cache.nodes.get(w.allocation.node)),
         defaultImage: this.deps.defaultImage,
         containerName: "worker",
         labels: {
