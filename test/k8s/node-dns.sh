@@ -126,6 +126,9 @@ EOF
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   set -euo pipefail
+  mkdir -p "${LOOM_K8S_CACHE:-$HOME/.cache/loom/k8s}"
+  exec 9>"${LOOM_K8S_CACHE:-$HOME/.cache/loom/k8s}/.node-dns-build.lock"
+  flock 9
   build_coredns
   coredns_bin
 fi
