@@ -118,6 +118,8 @@ export interface PodTemplateSpec {
   probes?: { readinessProbe: unknown; startupProbe: unknown };
   /** The workload's credentials Secret and the files it holds: mounted, never in env. */
   credentials?: { secretName: string; files: CredentialFiles };
+  /** The container's root filesystem is read-only (its writable places are volumes). */
+  readOnlyRootFilesystem?: boolean;
   /** Tolerations beyond the worker's own: its node's loom.dev/ taints, when it named the pool. */
   tolerations?: Toleration[];
 }
@@ -183,6 +185,7 @@ export function podTemplate(t: PodTemplateSpec) {
             allowPrivilegeEscalation: false,
             capabilities: { drop: ["ALL"] },
             runAsNonRoot: true,
+            ...(t.readOnlyRootFilesystem ? { readOnlyRootFilesystem: true } : {}),
             seccompProfile: { type: "RuntimeDefault" },
           },
         },
