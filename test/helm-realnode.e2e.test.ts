@@ -273,8 +273,6 @@ describe("Loom installed by Helm on the real node", () => {
         gateway: {
           ...ON_REAL_NODE,
           replicas: 1,
-          // The real node has no cluster DNS yet: the kubelet fills in the Service's address.
-          apiUrl: "http://$(LOOM_API_SERVICE_HOST):7470",
           resources: { requests: { cpu: "100m", memory: "64Mi" }, limits: { memory: "512Mi" } },
         },
       }),
@@ -330,6 +328,10 @@ describe("Loom installed by Helm on the real node", () => {
       ),
     );
     expect(pods(NS, "app.kubernetes.io/name=loom-gateway")[0]!.spec.nodeName).toBe("real-0");
+    // It found the API by the Service's DNS name (the real node's CoreDNS).
+    expect(kubectl(["logs", "-n", NS, "deploy/loom-gateway"])).toContain(
+      `following http://loom-api.${NS}.svc:7470`,
+    );
   }, 900_000);
 
   it("loom (through the loom-api Service, and with --kubeconfig) lists and creates a TrainingJob that runs on real-0; the mlflow client logs a run and reads it back", async () => {
