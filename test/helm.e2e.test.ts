@@ -119,6 +119,33 @@ describe("the Helm chart", () => {
     expect(JSON.stringify(find(objs, "Deployment", "loom-operator"))).not.toContain("pw@");
   });
 
+  it("places the gateway by its own nodeSelector and tolerations, and points it at the API by apiUrl when given", () => {
+    const objs = template(
+      "--set",
+      "gateway.nodeSelector.pool=serving",
+      "--set",
+      "gateway.tolerations[0].key=serving",
+      "--set",
+      "gateway.tolerations[0].operator=Exists",
+      "--set",
+      "gateway.apiUrl=http://$(LOOM_API_SERVICE_HOST):7470",
+    );
+    const gw = find(objs, "Deployment", "loom-gateway")!.spec!.template!.spec as unknown as {
+      nodeSelector: Record<string, string>;
+      tolerations: unknown[];
+      containers: { args: string[] }[];
+    };
+    expect(gw.nodeSelector).toEqual({ pool: "serving" });
+    expect(gw.tolerations).toEqual([{ key: "serving", operator: "Exists" }]);
+    expect(gw.containers[0]!.args).toContain("--api=http://$(LOOM_API_SERVICE_HOST):7470");
+    const byDefault = find(template(), "Deployment", "loom-gateway")!.spec!.template!.spec as unknown as {
+      nodeSelector?: unknown;
+      containers: { args: string[] }[];
+    };
+    expect(byDefault.nodeSelector).toBeUndefined();
+    expect(byDefault.containers[0]!.args).toContain("--api=http://loom-api.loom-system.svc:7470");
+  });
+
   it("refuses another namespace, saying why and what to run", () => {
     const r = run(["template", "loom", CHART, "--namespace", "ml"]);
     expect(r.code).not.toBe(0);

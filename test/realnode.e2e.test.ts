@@ -1,8 +1,10 @@
 import { execFileSync } from "node:child_process";
+import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Job, LoomProcess } from "./helpers.js";
-import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.js";
+import { operatorCluster, ownState, startOperator, type TestCluster } from "./k8s/cluster.js";
 
 /**
  * Below the API server for once: a real node (`real-0`: containerd, runc, the bridge CNI, kubelet
@@ -14,6 +16,30 @@ import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.
 process.env.LOOM_K8S_REAL_NODE = "1";
 const NS = "real";
 const IMAGE = "loom.local/busybox:1";
+const ROOT = join(import.meta.dirname, "..");
+/** `npm run image`'s Python image (PyTorch on CPU), imported into real-0's containerd. */
+const PYTHON_IMAGE = "loom-python:0.1.0";
+
+/** Imports loom-python into the node's containerd unless it is there (built first if missing). */
+function importPythonImage(): void {
+  const node = join(ownState("realnode"), "node");
+  const ctr = (args: string[]) =>
+    execFileSync(
+      join(node, "bin/ctr"),
+      ["--address", join(node, "containerd.sock"), "-n", "k8s.io", ...args],
+      {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+  if (ctr(["images", "ls", "-q"]).includes(`docker.io/library/${PYTHON_IMAGE}`)) return;
+  const out = execFileSync("bash", [join(ROOT, "scripts/image.sh"), "python"], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const tarball = out.trim().split("\n").at(-1)!.split(" ")[1]!;
+  ctr(["images", "import", tarball]);
+}
 const ON_REAL_NODE = {
   nodeSelector: { "loom.dev/real-node": "true" },
   tolerations: [{ key: "loom.dev/real-node", operator: "Equal", value: "true", effect: "NoSchedule" }],
@@ -172,6 +198,60 @@ describe("a real node in the test cluster", () => {
     expect(viaService.status.phase).toBe("Succeeded");
   }, 300_000);
 
+  it("resolves names through cluster DNS (CoreDNS): a Service, a headless Service's pods by hostname, and the API's own Service", async () => {
+    // Two pods named under a headless Service, as Loom's gang workers are (hostname + subdomain).
+    for (const host of ["peer-0", "peer-1"]) {
+      const p = pod(host, "exec sleep 600", { app: "peers" });
+      kubectl(
+        ["create", "-f", "-"],
+        JSON.stringify({ ...p, spec: { ...p.spec, hostname: host, subdomain: "peers" } }),
+      );
+    }
+    kubectl(
+      ["create", "-f", "-"],
+      JSON.stringify({
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "peers", namespace: NS },
+        spec: { clusterIP: "None", selector: { app: "peers" }, ports: [{ port: 29500 }] },
+      }),
+    );
+    const ips = await until("both peers' IPs", () => {
+      const got = ["peer-0", "peer-1"].map((n) => getPod(n).status);
+      return got.every((s) => s.phase === "Running" && s.podIP) ? got.map((s) => s.podIP!) : undefined;
+    });
+    const clusterIP = kubectl(["get", "svc", "server", "-n", NS, "-o", "jsonpath={.spec.clusterIP}"]).trim();
+    // CoreDNS answers once it has seen the EndpointSlices: the resolver retries until then.
+    const resolve = (name: string) =>
+      `for i in $(seq 60); do a=$(nslookup ${name} 2>/dev/null | sed -n '/^Name:/,$ s/^Address[^:]*: *\\([0-9.]*\\).*/\\1/p' | head -1); [ -n "$a" ] && echo "${name} $a" && break; sleep 1; done`;
+    kubectl(
+      ["create", "-f", "-"],
+      JSON.stringify(
+        pod(
+          "resolver",
+          [
+            resolve("server"),
+            resolve("server.real.svc.cluster.local"),
+            resolve("peer-0.peers.real.svc.cluster.local"),
+            resolve("peer-1.peers"),
+            resolve("kubernetes.default"),
+            "grep -E '^(nameserver|search)' /etc/resolv.conf",
+          ].join("; "),
+        ),
+      ),
+    );
+    const resolver = await finished("resolver");
+    const out = kubectl(["logs", "-n", NS, "resolver"]);
+    expect(resolver.status.phase, out).toBe("Succeeded");
+    expect(out).toContain(`server ${clusterIP}`);
+    expect(out).toContain(`server.real.svc.cluster.local ${clusterIP}`);
+    expect(out).toContain(`peer-0.peers.real.svc.cluster.local ${ips[0]}`);
+    expect(out).toContain(`peer-1.peers ${ips[1]}`);
+    expect(out).toMatch(/kubernetes\.default 10\.96\.0\.1\b/);
+    expect(out).toContain("search real.svc.cluster.local svc.cluster.local cluster.local");
+    kubectl(["delete", "pod", "peer-0", "peer-1", "-n", NS, "--wait=false"]);
+  }, 300_000);
+
   it("enforces a NetworkPolicy (kube-router): the server answers only pods the policy admits", async () => {
     const ip = getPod("server").status.podIP!;
     const token = kubectl(["exec", "-n", NS, "server", "--", "cat", "/tmp/www/index.html"]).trim();
@@ -261,4 +341,269 @@ spec:
     expect(crashes.status?.phase, JSON.stringify(crashes.status)).toBe("Failed");
     expect(JSON.stringify(crashes.status)).toContain('"exitCode":7');
   }, 300_000);
+  it("fences a Loom project for real: another namespace's pod cannot reach a worker (NetworkPolicy), a root or escalating pod is refused (PodSecurity), and the worker runs as non-root on a read-only root filesystem", async () => {
+    const ns = "loom-default";
+    kubectl(["delete", "trainingjobs.loom.dev", "fenced", "-n", ns, "--ignore-not-found", "--timeout=60s"]);
+    const applied = await loom(
+      ["apply", "-f", "-"],
+      `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: fenced}
+spec:
+  image: ${IMAGE}
+  command: [sh, -c, "mkdir -p /tmp/www && echo inside > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+  nodePool: real
+  resources: {cpu: 50m, memory: 32Mi}
+  terminationGracePeriodSeconds: 1
+`,
+    );
+    expect(applied.code, applied.stderr).toBe(0);
+    const worker = await until("the fenced worker running", () => {
+      const items = (
+        JSON.parse(kubectl(["get", "pods", "-n", ns, "-l", "loom.dev/workload=fenced", "-o", "json"])) as {
+          items: (Pod & { metadata: { name: string } })[];
+        }
+      ).items;
+      const p = items[0];
+      return p?.status.phase === "Running" && p.status.podIP ? p : undefined;
+    });
+    const ip = worker.status.podIP!;
+    // Non-root, and the image is read-only to it: only its volumes (here /tmp) take writes.
+    const exec = (script: string) =>
+      cluster.kubectl(["exec", "-n", ns, worker.metadata.name, "--", "sh", "-c", script]);
+    expect(exec("id -u").stdout.trim()).toBe("1000");
+    const write = exec("echo x > /pwned");
+    expect(write.code).not.toBe(0);
+    expect(write.stderr).toMatch(/Read-only file system/);
+    expect(exec("echo x > /tmp/ok && cat /tmp/ok").stdout.trim()).toBe("x");
+
+    // The attack: a pod in another namespace connects to the worker's port; the project's
+    // NetworkPolicy admits only its own namespace's pods, kube-router drops the rest.
+    const request = `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${ip} 8080 2>/dev/null`;
+    kubectl(
+      ["create", "-f", "-"],
+      JSON.stringify(
+        pod(
+          "intruder",
+          `for i in $(seq 60); do r=$(${request}); [ -z "$r" ] && echo refused && exit 0; sleep 1; done; echo "still answered"; exit 1`,
+        ),
+      ),
+    );
+    const intruder = await finished("intruder");
+    expect(kubectl(["logs", "-n", NS, "intruder"]).trim()).toBe("refused");
+    expect(intruder.status.phase).toBe("Succeeded");
+    // A pod of the project itself still gets its answer (the policy is the fence, not a dead port).
+    const neighbour = pod(
+      "neighbour",
+      `for i in $(seq 30); do r=$(${request}) && [ -n "$r" ] && echo "$r" | tail -n 1 && exit 0; sleep 1; done; exit 1`,
+    );
+    cluster.kubectl(["delete", "pod", "neighbour", "-n", ns, "--ignore-not-found"]);
+    kubectl(
+      ["create", "-f", "-"],
+      JSON.stringify({ ...neighbour, metadata: { ...neighbour.metadata, namespace: ns } }),
+    );
+    const answered = await finished("neighbour", ns);
+    expect(kubectl(["logs", "-n", ns, "neighbour"]).trim()).toBe("inside");
+    expect(answered.status.phase).toBe("Succeeded");
+    cluster.kubectl(["delete", "pod", "neighbour", "-n", ns, "--wait=false"]);
+
+    // The attack: pods in the project's namespace that ask for root, or to escalate privileges.
+    const root = pod("as-root", "id -u");
+    const asRoot = cluster.kubectl(["create", "-f", "-"], {
+      input: JSON.stringify({
+        ...root,
+        metadata: { ...root.metadata, namespace: ns },
+        spec: { ...root.spec, securityContext: { runAsUser: 0, seccompProfile: { type: "RuntimeDefault" } } },
+      }),
+    });
+    expect(asRoot.code).not.toBe(0);
+    expect(asRoot.stderr).toMatch(/violates PodSecurity "restricted:latest".*runAsNonRoot/s);
+    const esc = pod("escalates", "id -u");
+    const escalates = cluster.kubectl(["create", "-f", "-"], {
+      input: JSON.stringify({
+        ...esc,
+        metadata: { ...esc.metadata, namespace: ns },
+        spec: {
+          ...esc.spec,
+          containers: esc.spec.containers.map((c) => ({
+            ...c,
+            securityContext: {
+              allowPrivilegeEscalation: true,
+              privileged: true,
+              capabilities: { drop: ["ALL"] },
+            },
+          })),
+        },
+      }),
+    });
+    expect(escalates.code).not.toBe(0);
+    expect(escalates.stderr).toMatch(/violates PodSecurity.*(privileged|allowPrivilegeEscalation)/s);
+    await loom(["delete", "tj", "fenced", "--timeout", "60"]);
+  }, 300_000);
+
+  it("trains a 2-pod PyTorch DDP TrainingJob (gloo, CPU) over the pod network by its headless Service's DNS, checkpoints to its PVC, survives a killed pod by a whole-gang restart from the checkpoint, and logs to tracking with its scoped credential", async () => {
+    importPythonImage();
+    // Tracking must be reachable from pods: the operator's API on the node's address.
+    const hostIP = kubectl([
+      "get",
+      "node",
+      "real-0",
+      "-o",
+      'jsonpath={.status.addresses[?(@.type=="InternalIP")].address}',
+    ]).trim();
+    await operator?.stop();
+    const dataDir = join(ownState("realnode"), "ddp-operator");
+    rmSync(dataDir, { recursive: true, force: true });
+    operator = startOperator(operatorKubeconfig, ["--data-dir", dataDir, "--host", hostIP, "--port", "0"]);
+    await operator.ready;
+    const url = /API and MLflow tracking at (\S+)/.exec(operator.stdout())?.[1];
+    expect(url, operator.stdout()).toMatch(new RegExp(`^http://${hostIP.replaceAll(".", "\\.")}:\\d+$`));
+    const admin = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
+
+    // The checkpoint claim: a hostPath PersistentVolume on real-0, bound to the job's claim; the
+    // example and the metric logger ride on it too (the image holds PyTorch, not the example).
+    const vol = join(ownState("realnode"), "ddp-volume");
+    rmSync(vol, { recursive: true, force: true });
+    mkdirSync(join(vol, "code"), { recursive: true });
+    cpSync(join(ROOT, "examples/pretrain"), join(vol, "code"), { recursive: true });
+    cpSync(join(ROOT, "test/fixtures/tracked-train.py"), join(vol, "code/tracked-train.py"));
+    // LOOM_CHECKPOINT_DIR is the claim's root: uid 1000 writes there.
+    chmodSync(vol, 0o777);
+    kubectl([
+      "delete",
+      "trainingjobs.loom.dev",
+      "ddp",
+      "-n",
+      "loom-default",
+      "--ignore-not-found",
+      "--timeout=60s",
+    ]);
+    kubectl(["delete", "pvc", "ddp-ckpt", "-n", "loom-default", "--ignore-not-found", "--timeout=60s"]);
+    kubectl(["delete", "pv", "realnode-ddp", "--ignore-not-found", "--timeout=60s"]);
+    kubectl(
+      ["apply", "-f", "-"],
+      JSON.stringify({
+        apiVersion: "v1",
+        kind: "List",
+        items: [
+          {
+            apiVersion: "v1",
+            kind: "PersistentVolume",
+            metadata: { name: "realnode-ddp" },
+            spec: {
+              capacity: { storage: "1Gi" },
+              accessModes: ["ReadWriteMany"],
+              persistentVolumeReclaimPolicy: "Retain",
+              storageClassName: "realnode-hostpath",
+              hostPath: { path: vol, type: "Directory" },
+              claimRef: { namespace: "loom-default", name: "ddp-ckpt" },
+            },
+          },
+          {
+            apiVersion: "v1",
+            kind: "PersistentVolumeClaim",
+            metadata: { name: "ddp-ckpt", namespace: "loom-default" },
+            spec: {
+              accessModes: ["ReadWriteMany"],
+              storageClassName: "realnode-hostpath",
+              volumeName: "realnode-ddp",
+              resources: { requests: { storage: "1Gi" } },
+            },
+          },
+        ],
+      }),
+    );
+    const steps = 300;
+    const applied = await loom(
+      ["apply", "-f", "-"],
+      `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: ddp}
+spec:
+  workers: 2
+  framework: pytorch
+  image: ${PYTHON_IMAGE}
+  command: [python3, /loom/checkpoint/code/tracked-train.py, /loom/checkpoint/code/train.py, --steps, "${steps}", --checkpoint-every, "10", --log-every, "10", --step-sleep, "0.05", --corpus-chars, "20000"]
+  nodePool: real
+  resources: {cpu: 500m, memory: 768Mi}
+  failurePolicy: {maxRestarts: 2}
+  checkpoint: {claimName: ddp-ckpt}
+  terminationGracePeriodSeconds: 10
+`,
+    );
+    expect(applied.code, applied.stderr).toBe(0);
+    const job = async () => {
+      const r = await loom(["get", "tj", "ddp", "-o", "json"]);
+      return r.code === 0 ? (JSON.parse(r.stdout) as Job) : undefined;
+    };
+    const podsOf = (attempt: number) =>
+      (
+        JSON.parse(
+          kubectl([
+            "get",
+            "pods",
+            "-n",
+            "loom-default",
+            "-l",
+            `loom.dev/workload=ddp,loom.dev/attempt=${attempt}`,
+            "-o",
+            "json",
+          ]),
+        ) as { items: (Pod & { metadata: { name: string; labels: Record<string, string> } })[] }
+      ).items.sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+    const logOf = (name: string) => cluster.kubectl(["logs", "-n", "loom-default", name]).stdout;
+    // Both ranks rendezvous (MASTER_ADDR is worker 0's name under the headless Service) and
+    // train; a checkpoint past step 0 is on the claim.
+    const first = await until("attempt 1 training past its first checkpoints", () => {
+      const pods = podsOf(1);
+      if (pods.length !== 2) return undefined;
+      const ckpt = join(vol, "loom.json");
+      const at = existsSync(ckpt) ? (JSON.parse(readFileSync(ckpt, "utf8")) as { step: number }).step : 0;
+      return at >= 20 && /step \d+ loss/.test(logOf(pods[0]!.metadata.name)) ? pods : undefined;
+    });
+    expect(first.map((p) => p.spec.nodeName)).toEqual(["real-0", "real-0"]);
+    const env = (
+      first[0] as unknown as { spec: { containers: { env: { name: string; value: string }[] }[] } }
+    ).spec.containers[0]!.env;
+    const envOf = Object.fromEntries(env.map((e) => [e.name, e.value]));
+    expect(envOf.MASTER_ADDR).toMatch(/^ddp-0\.ddp$/);
+    expect(envOf.MLFLOW_TRACKING_URI).toBe(url);
+    expect(envOf.MLFLOW_TRACKING_TOKEN).toBeUndefined();
+
+    // Kill worker 1: the gang stops and restarts whole (attempt 2), resuming from the checkpoint.
+    kubectl([
+      "delete",
+      "pod",
+      "-n",
+      "loom-default",
+      first[1]!.metadata.name,
+      "--grace-period=1",
+      "--wait=false",
+    ]);
+    const second = await until("attempt 2's two pods", () => {
+      const pods = podsOf(2);
+      return pods.length === 2 ? pods : undefined;
+    });
+    expect(second.map((p) => p.spec.nodeName)).toEqual(["real-0", "real-0"]);
+    const done = await until("TrainingJob ddp to finish", async () => {
+      const j = await job();
+      return j?.status?.phase === "Succeeded" || j?.status?.phase === "Failed" ? j : undefined;
+    });
+    expect(done.status?.phase, JSON.stringify(done.status)).toBe("Succeeded");
+    expect(done.status?.restarts).toBe(1);
+    const resumedLog = logOf(second[0]!.metadata.name);
+    const resumed = Number(/resumed from step (\d+)/.exec(resumedLog)?.[1] ?? 0);
+    expect(resumed, resumedLog).toBeGreaterThan(0);
+    expect(resumedLog).toContain(`FINAL step=${steps}`);
+    expect(JSON.parse(readFileSync(join(vol, "loom.json"), "utf8")).step).toBe(steps);
+
+    // Rank 0 logged its loss to the job's run with the workload's own token.
+    const history = await fetch(
+      `${url}/api/2.0/mlflow/metrics/get-history?run_id=${envOf.MLFLOW_RUN_ID}&metric_key=loss`,
+      { headers: { authorization: `Bearer ${admin}` } },
+    );
+    const metrics = ((await history.json()) as { metrics?: { step: number }[] }).metrics ?? [];
+    expect(metrics.map((m) => m.step)).toContain(steps);
+    expect(metrics.some((m) => m.step <= resumed)).toBe(true);
+  }, 900_000);
 });

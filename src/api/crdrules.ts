@@ -1,7 +1,7 @@
 import type { z } from "zod";
 import { APP_COMMAND_RULE } from "./app.js";
 import { SweepSpec } from "./sweep.js";
-import { TrainingJobSpec } from "./trainingjob.js";
+import { TOLERATION_KEY_RULE, TrainingJobSpec } from "./trainingjob.js";
 import { WORKSPACE_COMMAND_RULE } from "./workspace.js";
 
 /** A CEL rule as a CRD's x-kubernetes-validations holds it. */
@@ -55,6 +55,15 @@ export const RULES_BY_MESSAGE: Record<string, CrdRule> = {
         rule: "(has(self.ide) && self.ide == 'none') == has(self.command)",
         message: WORKSPACE_COMMAND_RULE,
         fieldPath: ".command",
+      },
+    ],
+  },
+  [TOLERATION_KEY_RULE]: {
+    validations: [
+      {
+        rule: "(has(self.operator) && self.operator == 'Exists') || has(self.key)",
+        message: TOLERATION_KEY_RULE,
+        fieldPath: ".key",
       },
     ],
   },

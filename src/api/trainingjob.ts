@@ -118,6 +118,21 @@ export const WorkerCount = z
     "Workers started together as a gang: a number, or {min, max} for an elastic job that starts with what fits (at least min) and grows toward max.",
   );
 
+export const TOLERATION_KEY_RULE =
+  "a toleration with operator Equal needs a key (only Exists may leave it empty, to tolerate every taint)";
+const TaintEffect = z.enum(["NoSchedule", "PreferNoSchedule", "NoExecute"]);
+
+/** A toleration of node taints, in Kubernetes' shape. */
+export const Toleration = z
+  .strictObject({
+    key: z.string().min(1).optional(),
+    operator: z.enum(["Exists", "Equal"]).default("Equal"),
+    value: z.string().optional(),
+    effect: TaintEffect.optional().describe("Unset: every effect."),
+  })
+  .refine((t) => t.operator === "Exists" || t.key !== undefined, { message: TOLERATION_KEY_RULE })
+  .describe("Tolerate node taints matching this, as on Kubernetes.");
+
 export const PythonEnvironment = z
   .union(
     [
@@ -232,6 +247,13 @@ export const TrainingJobSpec = z
       .min(1)
       .optional()
       .describe('Run only on nodes with this GPU model (label nvidia.com/gpu.product), e.g. "H100".'),
+    tolerations: z
+      .array(Toleration)
+      .max(32)
+      .optional()
+      .describe(
+        "Node taints the workers tolerate (Kubernetes' shape); NoSchedule/NoExecute-tainted nodes take only work that tolerates them. Naming a node pool tolerates its nodes' loom.dev/ taints.",
+      ),
     placement: z
       .enum(["binpack", "spread"])
       .default("binpack")

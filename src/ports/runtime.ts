@@ -1,5 +1,12 @@
 import type { Duplex, Readable } from "node:stream";
-import type { Allocation, NodeCapacity, PodPlacement, RunningWorkload, Workload } from "./scheduler.js";
+import type {
+  Allocation,
+  NodeCapacity,
+  PodPlacement,
+  RunningWorkload,
+  Toleration,
+  Workload,
+} from "./scheduler.js";
 
 /** Identifies one workload across the platform: uid guards against a re-created namesake. */
 export interface WorkloadRef {
@@ -30,6 +37,8 @@ export interface WorkerSpec {
   allocation: Allocation;
   /** Seconds between SIGTERM and SIGKILL for stops the platform makes on its own. */
   terminationGracePeriodSeconds?: number;
+  /** Node taints it tolerates (Kubernetes: the pod's tolerations; the scheduler already honoured them). */
+  tolerations?: Toleration[];
   /**
    * Secrets as files (the workload's credentials), never env: written, mode as given, under a
    * home directory private to the workload, which is the worker's HOME; `$(HOME)` in env values

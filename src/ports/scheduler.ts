@@ -1,11 +1,12 @@
-import { type Decisions, SchedulerMemo, type Snapshot } from "../core/scheduler/model.js";
+import { type Decisions, SchedulerMemo, type Snapshot, type Taint } from "../core/scheduler/model.js";
 import { DEFAULT_POOL } from "../core/scheduler/nodes.js";
 import { gangTotals, schedule } from "../core/scheduler/schedule.js";
+import { LOOM_TAINT_PREFIX } from "../core/scheduler/taints.js";
 
 // The scheduler's vocabulary (snapshot, workloads, placements, decisions) and the two helpers the
 // views need: everything outside core/ reaches the scheduler through this port.
 export type * from "../core/scheduler/model.js";
-export { DEFAULT_POOL, gangTotals, SchedulerMemo };
+export { DEFAULT_POOL, gangTotals, LOOM_TAINT_PREFIX, SchedulerMemo };
 
 /**
  * The Scheduler port: a pure function from a snapshot of capacity, projects and workloads to
@@ -32,6 +33,8 @@ export interface NodeCapacity {
   pool?: string;
   /** GPU model (Kubernetes: label nvidia.com/gpu.product). */
   gpuModel?: string;
+  /** The node's taints (Kubernetes); work must tolerate NoSchedule/NoExecute ones to go there. */
+  taints?: Taint[];
   /** Memory of each GPU (Kubernetes: label nvidia.com/gpu.memory, in MiB). */
   gpuMemoryBytes?: number;
   /** How fractional GPU requests share a device here (unset: "unenforced", as Kubernetes packs them). */

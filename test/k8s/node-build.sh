@@ -3,6 +3,7 @@
 #   kubelet, kube-proxy           (k8s.io/kubernetes, the same version and ldflags as build.sh)
 #   containerd, ctr, containerd-shim-runc-v2   (github.com/containerd/containerd/v2)
 #   kube-router, as the NetworkPolicy enforcer only   (github.com/cloudnativelabs/kube-router/v2)
+#   CoreDNS, for cluster DNS                          (github.com/coredns/coredns, node-dns.sh)
 # runc and the CNI plugins come from Debian (runc, containernetworking-plugins). Only what is
 # missing is built. The last line printed is the bin directory holding the node's binaries.
 #
@@ -119,6 +120,9 @@ build_kube_router() {
 have_containerd || ticking "building containerd" "$CTRD_DIR/build.log" build_containerd
 have_kubelet || ticking "building kubelet" "$NODE_DIR/build.log" build_kubelet
 have_kube_router || ticking "building kube-router" "$KR_DIR/build.log" build_kube_router
+
+# CoreDNS (node-dns.sh builds it; here too, so a CI's prebuild of the node covers it).
+bash "$HERE/node-dns.sh" >/dev/null
 
 mkdir -p "$BIN"
 for b in kubelet kube-proxy; do ln -sfn "$NODE_DIR/bin/$b" "$BIN/$b"; done

@@ -11,6 +11,9 @@
 # chains are the host's.
 # shellcheck shell=bash
 
+# shellcheck source=node-dns.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node-dns.sh"
+
 REAL_NODE=real-0
 REAL_POD_CIDR=10.200.0.0/24
 REAL_BRIDGE=loomreal0
@@ -47,7 +50,7 @@ stop_real_node() {
   dir="$(real_node_dir)"
   [[ -d "$dir" && -f "$PIDS" ]] || return 0
   while read -r name pid exe; do
-    [[ "$name" == kubelet || "$name" == kube-proxy || "$name" == kube-router ]] || continue
+    [[ "$name" == kubelet || "$name" == kube-proxy || "$name" == kube-router || "$name" == coredns ]] || continue
     if pid_is "$pid" "$exe"; then
       kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 50); do pid_is "$pid" "$exe" || break; sleep 0.1; done
@@ -65,6 +68,7 @@ stop_real_node() {
       [[ -n "$ns" ]] && ip netns delete "$(basename "$ns")" 2>/dev/null || true
     done
   fi
+  bash "$HERE/pods-to-apiserver.sh" "$STATE" --remove || true
   remove_policy_rules
   # kube-proxy's chains in the host's iptables (and nftables) go with it.
   [[ -x "$dir/bin/kube-proxy" ]] && "$dir/bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
@@ -191,6 +195,7 @@ EOF
   done
   log "imported loom.local/pause:1, loom.local/busybox:1 ($((SECONDS - t0))s)"
 
+  start_cluster_dns "$dir" "$ip"
   cat >"$dir/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -215,6 +220,7 @@ authorization: {mode: Webhook}
 podLogsDir: $dir/pod-logs
 volumePluginDir: $dir/volume-plugins
 clusterDomain: cluster.local
+clusterDNS: [$ip]
 resolvConf: /etc/resolv.conf
 maxPods: 110
 podCIDR: $REAL_POD_CIDR
@@ -258,6 +264,7 @@ EOF
   wait_until "kube-proxy /healthz" 60 curl -sf --max-time 2 "http://127.0.0.1:$PROXY_HEALTHZ_PORT/healthz"
   echo "LOOM_K8S_REAL_NODE=$REAL_NODE" >>"$STATE/cluster.env"
   log "real node $REAL_NODE Ready in $((SECONDS - t0))s (kubelet $ip:$KUBELET_PORT, pods $REAL_POD_CIDR)"
+  bash "$HERE/pods-to-apiserver.sh" "$STATE" || die "routing pods to the API server failed"
 }
 
 # remove_policy_rules: kube-router's chains and ipsets leave the host (its own --cleanup-config

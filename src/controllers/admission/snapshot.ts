@@ -174,6 +174,7 @@ export function workloadOf(job: TrainingJob): Workload {
     ...(job.spec.nodePool ? { nodePool: job.spec.nodePool } : {}),
     ...(job.spec.gpuModel ? { gpuModel: job.spec.gpuModel } : {}),
     placement: job.spec.placement ?? "binpack",
+    ...(job.spec.tolerations?.length ? { tolerations: job.spec.tolerations } : {}),
   };
 }
 
@@ -217,5 +218,6 @@ export function toSchedNode(n: NodeCapacity): SchedNode {
     ...(n.pool ? { pool: n.pool } : {}),
     ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
     ...(n.gpuSharing === "whole" ? { wholeGpusOnly: true } : {}),
+    ...(n.taints ? { taints: n.taints } : {}),
   };
 }

@@ -138,6 +138,7 @@ async function planWorkers(
     workingDir: job.spec.workingDir,
     allocation: allocationOf(admission, p.index),
     terminationGracePeriodSeconds: job.spec.terminationGracePeriodSeconds,
+    ...(job.spec.tolerations?.length ? { tolerations: job.spec.tolerations } : {}),
     ...(files.length > 0 ? { files } : {}),
     env: withModelAccess(
       {

@@ -28,6 +28,24 @@ export interface SchedNode {
   maxPods?: number;
   /** Fractional requests take a whole device here (sharing could not be enforced). */
   wholeGpusOnly?: boolean;
+  /** The node's taints; NoSchedule and NoExecute ones keep off work that does not tolerate them. */
+  taints?: Taint[];
+}
+
+/** A node taint, in Kubernetes' shape. */
+export interface Taint {
+  key: string;
+  value?: string;
+  effect: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+}
+
+/** A workload's toleration of taints, in Kubernetes' shape (an empty key with Exists: every taint). */
+export interface Toleration {
+  key?: string;
+  operator?: "Exists" | "Equal";
+  value?: string;
+  /** Unset: every effect. */
+  effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
 }
 
 /** One pod (worker) of a gang. */
@@ -65,6 +83,8 @@ export interface Workload {
   nodePool?: string;
   gpuModel?: string;
   placement?: PlacementPolicy;
+  /** Taints it tolerates; naming a node pool also tolerates that pool's Loom taints (taints.ts). */
+  tolerations?: Toleration[];
 }
 
 /** A device or a share of one given to a pod. */

@@ -1,4 +1,5 @@
 import type { PodPlacement, PodRequest, SchedNode, Vec, Workload } from "./model.js";
+import { toleratesNode } from "./taints.js";
 
 const EPS = 1e-9;
 /** The pool of nodes that name none. */
@@ -94,12 +95,17 @@ export class ClusterState {
     return { gpu, cpu, memory, pods };
   }
 
-  /** Nodes a workload may use: its pool (or the project's pools) and GPU model. */
-  eligible(w: Workload, projectPools?: string[]): NodeState[] {
+  /**
+   * Nodes a workload may use: its pool (or the project's pools) and GPU model, and only nodes
+   * whose NoSchedule/NoExecute taints it tolerates (`ignoreTaints`: the nodes it would have
+   * without them, to say why none is left).
+   */
+  eligible(w: Workload, projectPools?: string[], ignoreTaints = false): NodeState[] {
     return this.nodes.filter(
       (n) =>
         (w.nodePool ? n.pool === w.nodePool : !projectPools || projectPools.includes(n.pool)) &&
-        (!w.gpuModel || n.node.gpuModel === w.gpuModel),
+        (!w.gpuModel || n.node.gpuModel === w.gpuModel) &&
+        (ignoreTaints || toleratesNode(w, n.node)),
     );
   }
 

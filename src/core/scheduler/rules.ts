@@ -4,6 +4,7 @@ import { type PendingReasonCode, RESOURCES, type RunningWorkload, type Vec, type
 import type { NodeState } from "./nodes.js";
 import { add, contested, deservedOf, EPS, fill, gangTotals, sub } from "./resources.js";
 import type { CycleState, Pending, ProjectState } from "./state.js";
+import { describeTaint, hardTaints, toleratesNode } from "./taints.js";
 
 /** A workload the rules let through: where it may go, what it asks, and whether within quota. */
 export interface Admitted {
@@ -98,8 +99,14 @@ export function neverFits(s: CycleState, w: Workload, eligible: NodeState[]): st
   const where = [w.nodePool ? `pool "${w.nodePool}"` : "", w.gpuModel ? `GPU model "${w.gpuModel}"` : ""]
     .filter(Boolean)
     .join(" and ");
-  if (eligible.length === 0)
+  if (eligible.length === 0) {
+    const tainted = s.cluster.eligible(w, undefined, true).filter((n) => !toleratesNode(w, n.node));
+    if (tainted.length > 0) {
+      const taints = [...new Set(tainted.flatMap((n) => hardTaints(n.node).map(describeTaint)))];
+      return `every node ${where ? `with ${where} ` : ""}is tainted (${taints.join(", ")}) and the workload tolerates none of them: add spec.tolerations, or name the node's pool in spec.nodePool for Loom's own loom.dev/ taints`;
+    }
     return `no node ${where ? `with ${where}` : "is schedulable"}: check spec.nodePool and spec.gpuModel`;
+  }
   for (const pod of w.pods) {
     if (!eligible.some((n) => s.cluster.fitsEmpty(n, pod))) {
       return `requests more than any${where ? ` ${where}` : ""} node can ever offer: ${exceeded(pod, eligible)}; lower spec.resources`;

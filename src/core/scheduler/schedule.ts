@@ -264,6 +264,8 @@ function shapeKey(w: Workload, memo: SchedulerMemo | undefined): string {
     w.gpuModel,
     w.placement,
     w.pods,
+    // Tolerations decide which nodes it may use: look-alikes that tolerate differently differ.
+    w.tolerations,
   ]);
   memo?.shapes.set(w, { pods: w.pods, key });
   return key;

@@ -31,6 +31,7 @@ import {
   refFromLabels,
   workloadLabels,
 } from "./naming.js";
+import { loomTaintTolerations } from "./nodes.js";
 import {
   bindPod,
   containerResources,
@@ -44,6 +45,8 @@ import {
 /** Where LOOM_CHECKPOINT_DIR is mounted in every worker. */
 const CHECKPOINT_MOUNT = "/loom/checkpoint";
 const INIT_CHECKPOINT_MOUNT = "/loom/init-checkpoint";
+/** What an MPI host worker runs (runtime.ts's mpiHost): sshd writes under the image's /run. */
+export const MPI_SSHD = "/usr/sbin/sshd";
 /** The first of a worker's rendezvous ports (MASTER_PORT, TF_CONFIG, Ray's GCS on the head). */
 const WORKER_BASE_PORT = 29500;
 
@@ -190,6 +193,10 @@ export class Gangs {
     const { ref, attempt } = spec;
     const { claim, initClaim, code } = claims;
     const fraction = isFractionalGpu(w.allocation);
+    // A training worker's image is read-only to it: what it writes goes to its checkpoint, its
+    // HOME and /tmp. Not an MPI host's sshd, which writes its pid and privilege-separation
+    // files under the image's /run.
+    const readOnlyRoot = ref.kind === "TrainingJob" && w.command[0] !== MPI_SSHD;
     return {
       apiVersion: "v1",
       kind: "Pod",
@@ -201,6 +208,7 @@ export class Gangs {
           ...(code && !w.workingDir ? { workingDir: CODE_MOUNT } : {}),
         },
         ...(credentials ? { credentials } : {}),
+        tolerations: loomTaintTolerations(this.deps.cache.nodes.get(w.allocation.node)),
         defaultImage: this.deps.defaultImage,
         containerName: "worker",
         labels: {
@@ -233,6 +241,7 @@ export class Gangs {
             ? [{ name: "init-checkpoint", persistentVolumeClaim: { claimName: initClaim, readOnly: true } }]
             : []),
           ...(code ? [{ name: "code", persistentVolumeClaim: { claimName: code, readOnly: true } }] : []),
+          ...(readOnlyRoot ? [{ name: "tmp", emptyDir: {} }] : []),
         ],
         volumeMounts: [
           { name: "checkpoint", mountPath: CHECKPOINT_MOUNT },
@@ -240,7 +249,9 @@ export class Gangs {
             ? [{ name: "init-checkpoint", mountPath: INIT_CHECKPOINT_MOUNT, readOnly: true }]
             : []),
           ...(code ? [{ name: "code", mountPath: CODE_MOUNT, readOnly: true }] : []),
+          ...(readOnlyRoot ? [{ name: "tmp", mountPath: "/tmp" }] : []),
         ],
+        readOnlyRootFilesystem: readOnlyRoot,
         ...(spec.workers.length > 1
           ? { ports: [{ name: "rendezvous", containerPort: WORKER_BASE_PORT }] }
           : {}),

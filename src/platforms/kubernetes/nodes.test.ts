@@ -1,7 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { type KubeNode, markedForRemoval, nodeCapacities } from "./nodes.js";
+import { type KubeNode, loomTaintTolerations, markedForRemoval, nodeCapacities } from "./nodes.js";
+import { podTemplate } from "./pods.js";
 
-function node(name: string, taints?: { key: string; effect: string }[]): KubeNode {
+function node(name: string, taints?: { key: string; value?: string; effect: string }[]): KubeNode {
   return {
     metadata: { name, labels: { "loom.dev/node-pool": "gpu" } },
     spec: taints ? { taints } : {},
@@ -47,5 +48,60 @@ describe("nodeCapacities and the cluster-autoscaler's marks", () => {
     expect(nodes.map(markedForRemoval)).toEqual([false, true, true]);
     // Once Karpenter registers it, the node is offered.
     expect(nodeCapacities([node("c", [])]).map((n) => n.name)).toEqual(["c"]);
+  });
+});
+
+describe("taints reach the scheduler, and Loom's pods tolerate their node's Loom taints", () => {
+  it("gives the scheduler a node's NoSchedule and NoExecute taints, not PreferNoSchedule ones", () => {
+    const n = node("real-0", [
+      { key: "loom.dev/real-node", value: "true", effect: "NoSchedule" },
+      { key: "dedicated", value: "infer", effect: "NoExecute" },
+      { key: "soft", effect: "PreferNoSchedule" },
+    ]);
+    expect(nodeCapacities([n])[0]?.taints).toEqual([
+      { key: "loom.dev/real-node", value: "true", effect: "NoSchedule" },
+      { key: "dedicated", value: "infer", effect: "NoExecute" },
+    ]);
+    expect(nodeCapacities([node("a")])[0]?.taints).toBeUndefined();
+  });
+
+  it("a pod placed on a node with loom.dev/ taints carries tolerations for them (and for nothing else), beside the job's own", () => {
+    const n = node("real-0", [
+      { key: "loom.dev/real-node", value: "true", effect: "NoSchedule" },
+      { key: "dedicated", value: "infer", effect: "NoExecute" },
+    ]);
+    const mine = loomTaintTolerations(n);
+    expect(mine).toEqual([
+      { key: "loom.dev/real-node", operator: "Equal", value: "true", effect: "NoSchedule" },
+    ]);
+    expect(loomTaintTolerations(undefined)).toEqual([]);
+    const pod = podTemplate({
+      worker: {
+        command: ["true"],
+        env: {},
+        allocation: { node: "real-0", cpuMillis: 0, memoryBytes: 0, gpus: [] },
+        tolerations: [{ key: "dedicated", operator: "Exists" }],
+      },
+      defaultImage: "img",
+      containerName: "worker",
+      labels: {},
+      env: {},
+      resources: {},
+      tolerations: mine,
+    });
+    expect(pod.spec.tolerations).toEqual([{ key: "dedicated", operator: "Exists" }, ...mine]);
+    const plain = podTemplate({
+      worker: {
+        command: ["true"],
+        env: {},
+        allocation: { node: "a", cpuMillis: 0, memoryBytes: 0, gpus: [] },
+      },
+      defaultImage: "img",
+      containerName: "worker",
+      labels: {},
+      env: {},
+      resources: {},
+    });
+    expect("tolerations" in plain.spec).toBe(false);
   });
 });

@@ -1,5 +1,11 @@
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import type { NodeCapacity, RunningWorkload } from "../../ports/scheduler.js";
+import {
+  LOOM_TAINT_PREFIX,
+  type NodeCapacity,
+  type RunningWorkload,
+  type Taint,
+  type Toleration,
+} from "../../ports/scheduler.js";
 import { projectOf } from "./naming.js";
 import { GPU_RESOURCE, type Pod } from "./pods.js";
 
@@ -13,7 +19,7 @@ export const NODE_LABELS = {
 /** The fields of a Node that the runtime reads. */
 export interface KubeNode {
   metadata: { name: string; resourceVersion?: string; labels?: Record<string, string> };
-  spec?: { unschedulable?: boolean; taints?: { key?: string; effect: string }[] };
+  spec?: { unschedulable?: boolean; taints?: { key?: string; value?: string; effect: string }[] };
   status?: { allocatable?: Record<string, string>; conditions?: { type: string; status: string }[] };
 }
 
@@ -41,8 +47,32 @@ export function markedForRemoval(n: KubeNode): boolean {
 }
 
 /**
- * What the scheduler may place on: Ready, schedulable nodes by name, from their allocatable;
- * never a node a node autoscaler marked for removal.
+ * The taints Loom's scheduler must honour (it binds past kube-scheduler): NoSchedule and
+ * NoExecute ones; the autoscaler's are handled by leaving the node out altogether.
+ */
+export function hardTaintsOf(n: KubeNode): Taint[] {
+  return (n.spec?.taints ?? []).flatMap((t) =>
+    t.key && !AUTOSCALER_TAINTS.includes(t.key) && (t.effect === "NoSchedule" || t.effect === "NoExecute")
+      ? [{ key: t.key, ...(t.value ? { value: t.value } : {}), effect: t.effect }]
+      : [],
+  );
+}
+
+/**
+ * Tolerations of a node's Loom taints (loom.dev/…), for a pod Loom's scheduler placed there:
+ * only work that named the node's pool (or tolerates them itself) is placed on such a node, and
+ * its pod says so, so a NoExecute one does not evict it.
+ */
+export function loomTaintTolerations(n: KubeNode | undefined): Toleration[] {
+  if (!n) return [];
+  return hardTaintsOf(n)
+    .filter((t) => t.key.startsWith(LOOM_TAINT_PREFIX))
+    .map((t) => ({ key: t.key, operator: "Equal", value: t.value ?? "", effect: t.effect }));
+}
+
+/**
+ * What the scheduler may place on: Ready, schedulable nodes by name, from their allocatable,
+ * with their taints; never a node a node autoscaler marked for removal.
  */
 export function nodeCapacities(items: KubeNode[]): NodeCapacity[] {
   return items
@@ -58,6 +88,7 @@ export function nodeCapacities(items: KubeNode[]): NodeCapacity[] {
       const gpus = Number(a[GPU_RESOURCE] ?? 0);
       const labels = n.metadata.labels ?? {};
       const gpuMemMiB = Number(labels[NODE_LABELS.gpuMemoryMiB] ?? 0);
+      const taints = hardTaintsOf(n);
       return {
         name: n.metadata.name,
         cpuMillis: parseCpuMillis(a.cpu ?? "0") ?? 0,
@@ -67,6 +98,7 @@ export function nodeCapacities(items: KubeNode[]): NodeCapacity[] {
         ...(labels[NODE_LABELS.pool] ? { pool: labels[NODE_LABELS.pool] } : {}),
         ...(labels[NODE_LABELS.gpuModel] ? { gpuModel: labels[NODE_LABELS.gpuModel] } : {}),
         ...(gpuMemMiB > 0 ? { gpuMemoryBytes: gpuMemMiB * 2 ** 20 } : {}),
+        ...(taints.length ? { taints } : {}),
       };
     });
 }

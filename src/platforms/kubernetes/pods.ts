@@ -1,6 +1,6 @@
 import { gpuShareEnv } from "../../api/env.js";
 import type { WorkerSpec } from "../../ports/runtime.js";
-import type { Allocation } from "../../ports/scheduler.js";
+import type { Allocation, Toleration } from "../../ports/scheduler.js";
 import type { KubeClient } from "./client.js";
 import { type CredentialFiles, credentialMounts } from "./credentials.js";
 
@@ -118,6 +118,10 @@ export interface PodTemplateSpec {
   probes?: { readinessProbe: unknown; startupProbe: unknown };
   /** The workload's credentials Secret and the files it holds: mounted, never in env. */
   credentials?: { secretName: string; files: CredentialFiles };
+  /** The container's root filesystem is read-only (its writable places are volumes). */
+  readOnlyRootFilesystem?: boolean;
+  /** Tolerations beyond the worker's own: its node's loom.dev/ taints, when it named the pool. */
+  tolerations?: Toleration[];
 }
 
 /**
@@ -134,6 +138,7 @@ export function podTemplate(t: PodTemplateSpec) {
     : undefined;
   const volumes = [...(t.volumes ?? []), ...(creds?.volumes ?? [])];
   const volumeMounts = [...(t.volumeMounts ?? []), ...(creds?.volumeMounts ?? [])];
+  const tolerations = [...(w.tolerations ?? []), ...(t.tolerations ?? [])];
   return {
     metadata: {
       ...(t.pod ? { name: t.pod.name, namespace: t.pod.namespace } : {}),
@@ -148,6 +153,9 @@ export function podTemplate(t: PodTemplateSpec) {
       ...(t.pod?.subdomain ? { subdomain: t.pod.subdomain } : {}),
       enableServiceLinks: false,
       automountServiceAccountToken: false,
+      // Loom binds the pod itself, past kube-scheduler's taint checks; the tolerations it
+      // carries keep the node's NoExecute taints from evicting it, and say why it may be there.
+      ...(tolerations.length ? { tolerations } : {}),
       // Loom's stops delete with the job's grace period; this covers everyone else's.
       terminationGracePeriodSeconds: w.terminationGracePeriodSeconds ?? 30,
       ...(volumes.length ? { volumes } : {}),
@@ -177,6 +185,7 @@ export function podTemplate(t: PodTemplateSpec) {
             allowPrivilegeEscalation: false,
             capabilities: { drop: ["ALL"] },
             runAsNonRoot: true,
+            ...(t.readOnlyRootFilesystem ? { readOnlyRootFilesystem: true } : {}),
             seccompProfile: { type: "RuntimeDefault" },
           },
         },

@@ -23,7 +23,7 @@ import type { KubeClient } from "./client.js";
 import { CapacityRequests } from "./demand.js";
 import { ExternalScheduling } from "./external.js";
 import { isExternalPending } from "./external-index.js";
-import { Gangs } from "./gangs.js";
+import { Gangs, MPI_SSHD } from "./gangs.js";
 import { LABELS, namespaceOf, REVISION_LABEL, refFromLabels } from "./naming.js";
 import { nodeCapacities } from "./nodes.js";
 import { openPortForward } from "./portforward.js";
@@ -97,7 +97,7 @@ export class KubernetesRuntime implements Runtime {
    * As Kubeflow's MPIJob: the image runs sshd on each host worker, and the launcher's mpirun
    * starts ranks on them over ssh (the image provides sshd, its config and keys).
    */
-  readonly mpiHost: MpiHost = { command: ["/usr/sbin/sshd", "-De"], env: {} };
+  readonly mpiHost: MpiHost = { command: [MPI_SSHD, "-De"], env: {} };
 
   /** Serving: a Deployment, a Service and a NetworkPolicy per revision (revisions.ts). */
   readonly serving: RevisionRuntime;
