@@ -232,6 +232,14 @@ export const TrainingJobSpec = z
       .min(1)
       .optional()
       .describe('Run only on nodes with this GPU model (label nvidia.com/gpu.product), e.g. "H100".'),
+    clusters: z
+      .array(z.string().min(1))
+      .optional()
+      .describe("Run only in these member clusters of the fleet (loom get clusters); unset means any."),
+    clusterSelector: z
+      .record(z.string(), z.string())
+      .optional()
+      .describe("Run only in member clusters whose labels match all of these."),
     placement: z
       .enum(["binpack", "spread"])
       .default("binpack")
@@ -326,6 +334,8 @@ export const DeviceShare = z.object({ device: z.string(), share: z.number() });
 
 export const Admission = z.object({
   node: z.string(),
+  /** The fleet member the gang was placed in (unset: the control plane's own platform). */
+  cluster: z.string().optional(),
   workers: z.number().optional(),
   cpuMillis: z.number(),
   memoryBytes: z.number(),
