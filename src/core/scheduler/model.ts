@@ -28,6 +28,11 @@ export interface SchedNode {
   maxPods?: number;
   /** Fractional requests take a whole device here (sharing could not be enforced). */
   wholeGpusOnly?: boolean;
+  /**
+   * The fleet member the node belongs to (issue 23); unset outside a fleet. A gang is placed
+   * whole in one member: its pods never span clusters.
+   */
+  cluster?: string;
 }
 
 /** One pod (worker) of a gang. */
@@ -65,6 +70,8 @@ export interface Workload {
   nodePool?: string;
   gpuModel?: string;
   placement?: PlacementPolicy;
+  /** Fleet members it may run in (spec.clusters, a cluster selector); unset means any. */
+  clusters?: string[];
 }
 
 /** A device or a share of one given to a pod. */
