@@ -23,7 +23,7 @@ import { ModelView } from "./models.js";
 import { PromptView } from "./prompts.js";
 import { ensureDefaultProject, ResourceService } from "./resources.js";
 import { clusterRoutes } from "./routes/clusters.js";
-import { logRoutes } from "./routes/logs.js";
+import { type LogRoutesDeps, logRoutes } from "./routes/logs.js";
 import { modelRoutes } from "./routes/models.js";
 import { acceptUpgrades, portForwardRoutes } from "./routes/portforward.js";
 import { projectRoutes } from "./routes/projects.js";
@@ -80,6 +80,8 @@ export interface AppDeps {
   workspaceActivity?: Pick<WorkspaceDirectory, "touch">;
   /** Platform secrets (member clusters' kubeconfigs); absent: only the `self` member can be registered. */
   secrets?: SecretStore;
+  /** Fleet members' worker logs (issue 23), for jobs placed in another member. */
+  memberLogs?: LogRoutesDeps["memberLogs"];
   /** Users' SSH public keys (`loom ssh-key`); absent: those routes are not served. */
   sshKeys?: SshKeyStore;
   /** The web console (issue 21): where its built files lie (default dist/console); false: not served. */
@@ -182,7 +184,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // Before the generic routes: …/inferenceservices/S/figures is not a subresource of theirs.
   servingFiguresRoutes(app, { metrics: deps.metrics });
   resourceRoutes(app, { store: deps.store, events: deps.events, resources, listOrWatch: list, scheduling });
-  logRoutes(app, { resources, runtime: deps.runtime });
+  logRoutes(app, {
+    resources,
+    runtime: deps.runtime,
+    ...(deps.memberLogs ? { memberLogs: deps.memberLogs } : {}),
+  });
   portForwardRoutes(app, {
     resources,
     runtime: deps.runtime,
