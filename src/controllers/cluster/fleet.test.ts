@@ -58,7 +58,8 @@ async function world() {
     };
     members.set(name, member);
   }
-  const now = () => new Date("2026-01-01T00:00:00Z");
+  let clock = Date.parse("2026-01-01T00:00:00Z");
+  const now = () => new Date(clock);
   const log = pino({ level: "silent" });
   const fleet = new Fleet({
     connector: { connect: async (_c, kubeconfig) => members.get(kubeconfig.replace("clusters: ", ""))! },
@@ -107,7 +108,7 @@ async function world() {
       apiVersion: "loom.dev/v1alpha1",
       kind: CLUSTER,
       metadata: { name, labels: { region: name === "a" ? "eu" : "us" } },
-      spec: { kubeconfigSecret: { name: `cluster-${name}-kubeconfig` } },
+      spec: { kubeconfigSecret: { name: `cluster-${name}-kubeconfig` }, clusterLostTimeout: "30s" },
     });
     await cp.store.create(object);
     await clusters.reconcile(name);
@@ -137,6 +138,9 @@ async function world() {
     submit,
     get,
     capacityChanges: () => capacityChanges,
+    tick: (ms: number) => {
+      clock += ms;
+    },
   };
 }
 
@@ -268,5 +272,36 @@ describe("the fleet: one queue over members", () => {
     await w.submit("j1", 4);
     await w.cycle();
     expect((await w.get("j1")).status?.admission?.cluster).toBe("b");
+  });
+
+  it("failover: a member lost past clusterLostTimeout has its jobs re-admitted elsewhere; back, its stale copy is stopped", async () => {
+    const w = await world();
+    await w.register("a");
+    await w.register("b");
+    await w.submit("j1", 4, 1, { clusters: ["a", "b"] });
+    await w.cycle();
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("a");
+    await w.remote.reconcile(await w.get("j1"));
+    const a = w.members.get("a")!;
+    await a.store.get(TRAININGJOB, "p", "j1"); // its copy runs in a
+    a.reachable = false;
+    await w.clusters.reconcile("a");
+    w.tick(29_000);
+    await w.clusters.reconcile("a");
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("a"); // not yet: 29 s < 30 s
+    w.tick(1_000);
+    await w.clusters.reconcile("a");
+    const lost = await w.get("j1");
+    expect(lost.status?.admission).toBeUndefined();
+    expect(lost.status?.conditions?.find((c) => c.type === "Admitted")?.reason).toBe("ClusterLost");
+    await w.cycle();
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("b");
+    await w.remote.reconcile(await w.get("j1"));
+    await w.members.get("b")!.store.get(TRAININGJOB, "p", "j1");
+    // a answers again: the copy it still has is stopped there, so j1 never runs twice.
+    a.reachable = true;
+    await w.clusters.reconcile("a");
+    await expect(a.store.get(TRAININGJOB, "p", "j1")).rejects.toThrow(/not found/);
+    await w.members.get("b")!.store.get(TRAININGJOB, "p", "j1"); // b's copy stays
   });
 });

@@ -1,12 +1,20 @@
 import type { Logger } from "pino";
-import { type Cluster, type ClusterStatus, SELF_CLUSTER } from "../../api/cluster.js";
+import {
+  type Cluster,
+  type ClusterStatus,
+  clusterLostTimeoutMs,
+  DEFAULT_CLUSTER_LOST_TIMEOUT,
+  SELF_CLUSTER,
+} from "../../api/cluster.js";
 import { AlreadyExistsError, NotFoundError } from "../../api/errors.js";
-import { CLUSTER } from "../../api/kinds.js";
-import { API_VERSION } from "../../api/meta.js";
+import { CLUSTER, TRAININGJOB } from "../../api/kinds.js";
+import { API_VERSION, setCondition } from "../../api/meta.js";
+import { isFinished, type TrainingJob } from "../../api/trainingjob.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import { Controller, type ReconcileResult, type Reconciler } from "../../reconcile/controller.js";
 import { Informer, storeSource } from "../../reconcile/informer.js";
 import type { createControllerMetrics } from "../../reconcile/metrics.js";
+import { FLEET_UID_LABEL } from "./dispatch.js";
 import type { Fleet } from "./fleet.js";
 
 /** How often each member is probed (health, version, nodes). */
@@ -54,6 +62,11 @@ export class ClusterReconciler implements Reconciler {
     const before = JSON.stringify(this.deps.fleet.nodes([]));
     const status = await this.deps.fleet.refresh(cluster);
     if (JSON.stringify(this.deps.fleet.nodes([])) !== before) this.deps.onCapacityChange();
+    if (status.phase === "Ready" && !wasReady) await this.stopStale(name);
+    if (status.phase === "Unreachable" && status.unreachableSince) {
+      const lostFor = this.deps.now().getTime() - Date.parse(status.unreachableSince);
+      if (lostFor >= clusterLostTimeoutMs(cluster)) await this.failover(cluster, status.unreachableSince);
+    }
     if (this.changed(cluster.status, status)) {
       await this.deps.store.updateStatus({ ...cluster, status });
       if (status.phase === "Ready" && !wasReady)
@@ -62,6 +75,73 @@ export class ClusterReconciler implements Reconciler {
         await this.event(cluster, "Warning", "Unreachable", status.conditions?.[0]?.message ?? "unreachable");
     }
     return { requeueAfterMs: this.deps.probeMs ?? DEFAULT_PROBE_MS };
+  }
+
+  /**
+   * The member has been unreachable past its clusterLostTimeout: its unfinished jobs go back to
+   * the one queue (admitted elsewhere in the next cycle); their copies there are stopped when it
+   * returns (stopStale).
+   */
+  private async failover(cluster: Cluster, since: string): Promise<void> {
+    const name = cluster.metadata.name;
+    const jobs = (await this.deps.store.list(TRAININGJOB)).items as TrainingJob[];
+    const lost = jobs.filter(
+      (j) => j.status?.admission?.cluster === name && !isFinished(j) && !j.metadata.deletionTimestamp,
+    );
+    const message = `cluster ${name} unreachable since ${since} (clusterLostTimeout ${cluster.spec.clusterLostTimeout ?? DEFAULT_CLUSTER_LOST_TIMEOUT}): back in the queue`;
+    for (const job of lost) {
+      const { admission: _a, preemption: _p, ...rest } = job.status!;
+      await this.deps.store.updateStatus({
+        ...job,
+        status: {
+          ...rest,
+          phase: "Pending",
+          conditions: setCondition(
+            job.status?.conditions,
+            { type: "Admitted", status: "False", reason: "ClusterLost", message },
+            this.deps.now(),
+          ),
+        },
+      });
+      await this.deps.events.record(
+        {
+          kind: TRAININGJOB,
+          project: job.metadata.project ?? "",
+          name: job.metadata.name,
+          uid: job.metadata.uid,
+        },
+        "Warning",
+        "ClusterLost",
+        message,
+      );
+    }
+    if (lost.length > 0) this.deps.onCapacityChange();
+  }
+
+  /**
+   * The member answers again: copies of jobs that moved away while it was lost (or were deleted
+   * here meanwhile) are deleted there, so no job runs twice.
+   */
+  private async stopStale(name: string): Promise<void> {
+    const member = this.deps.fleet.member(name);
+    if (!member) return;
+    const copies = (await member.store.list(TRAININGJOB)).items as TrainingJob[];
+    for (const copy of copies) {
+      const uid = copy.metadata.labels?.[FLEET_UID_LABEL];
+      if (!uid || copy.metadata.deletionTimestamp) continue;
+      const project = copy.metadata.project ?? "";
+      let ours: TrainingJob | undefined;
+      try {
+        ours = (await this.deps.store.get(TRAININGJOB, project, copy.metadata.name)) as TrainingJob;
+      } catch (err) {
+        if (!(err instanceof NotFoundError)) throw err;
+      }
+      if (ours?.metadata.uid === uid && ours.status?.admission?.cluster === name) continue;
+      await member.store.delete(TRAININGJOB, project, copy.metadata.name).catch((err: unknown) => {
+        if (!(err instanceof NotFoundError)) throw err;
+      });
+      this.deps.log.info({ cluster: name, job: `${project}/${copy.metadata.name}` }, "stale copy stopped");
+    }
   }
 
   private forget(name: string): void {
