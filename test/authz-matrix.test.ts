@@ -231,6 +231,9 @@ function classify(
     return { access: "any-user", write };
   if (url === `${BASE}/usage/projects` || url === `${BASE}/:plural`) return { access: "unscoped", write };
   if (url === `${BASE}/projects`) return { access: write ? "unscoped-admin" : "unscoped", write };
+  // Fleet members (issue 23): an unscoped admin's alone, reads included.
+  if (url === `${BASE}/clusters` || url.startsWith(`${BASE}/clusters/`))
+    return { access: "unscoped-admin", write };
   if (url === `${BASE}/tokens` || url === `${BASE}/tokens/:id` || url === `${BASE}/audit`)
     return { access: "unscoped-admin", write };
   if (url === `${BASE}/projects/:name`)

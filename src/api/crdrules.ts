@@ -1,5 +1,6 @@
 import type { z } from "zod";
 import { APP_COMMAND_RULE } from "./app.js";
+import { CLUSTER_SOURCE_RULE } from "./cluster.js";
 import { SweepSpec } from "./sweep.js";
 import { TOLERATION_KEY_RULE, TrainingJobSpec } from "./trainingjob.js";
 import { WORKSPACE_COMMAND_RULE } from "./workspace.js";
@@ -40,6 +41,14 @@ export const DURATION_PATTERN = String.raw`^\s*0*[1-9][0-9]*(s|m|h)?\s*$`;
  * as `loom apply`). crds.test.ts fails for a refinement missing here.
  */
 export const RULES_BY_MESSAGE: Record<string, CrdRule> = {
+  [CLUSTER_SOURCE_RULE]: {
+    validations: [
+      {
+        rule: "has(self.platform) != has(self.kubeconfigSecret)",
+        message: CLUSTER_SOURCE_RULE,
+      },
+    ],
+  },
   [APP_COMMAND_RULE]: {
     validations: [
       {

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { AppSpec, AppStatus } from "./app.js";
+import { ClusterSpec, ClusterStatus } from "./cluster.js";
 import { type FieldIssue, ValidationError } from "./errors.js";
 import { InferenceServiceSpec, InferenceServiceStatus } from "./inferenceservice.js";
 import { API_VERSION, InputMetadata, type Resource } from "./meta.js";
@@ -48,6 +49,7 @@ export const MODEL = "Model";
 export const WORKSPACE = "Workspace";
 export const PROMPT = "Prompt";
 export const APP = "App";
+export const CLUSTER = "Cluster";
 
 export const KINDS: readonly KindDef[] = [
   {
@@ -183,6 +185,23 @@ export const KINDS: readonly KindDef[] = [
       { name: "LATEST", path: "status.latestVersion" },
       { name: "ALIASES", path: "status.aliasText" },
       { name: "DESCRIPTION", path: "spec.description", wide: true },
+    ],
+  },
+  {
+    // A member of the fleet (issue 23): cluster-scoped, admins only (its secret names a kubeconfig).
+    kind: CLUSTER,
+    singular: "cluster",
+    plural: "clusters",
+    shortNames: [],
+    namespaced: false,
+    spec: ClusterSpec,
+    status: ClusterStatus,
+    columns: [
+      { name: "STATUS", path: "status.phase" },
+      { name: "VERSION", path: "status.version.kubernetes" },
+      { name: "POOLS", path: "status.capacityText" },
+      { name: "LOOM", path: "status.version.loom", wide: true },
+      { name: "LAST-SEEN", path: "status.lastSeen", type: "date", wide: true },
     ],
   },
 ];

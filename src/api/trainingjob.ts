@@ -254,6 +254,14 @@ export const TrainingJobSpec = z
       .describe(
         "Node taints the workers tolerate (Kubernetes' shape); NoSchedule/NoExecute-tainted nodes take only work that tolerates them. Naming a node pool tolerates its nodes' loom.dev/ taints.",
       ),
+    clusters: z
+      .array(z.string().min(1))
+      .optional()
+      .describe("Run only in these member clusters of the fleet (loom get clusters); unset means any."),
+    clusterSelector: z
+      .record(z.string(), z.string())
+      .optional()
+      .describe("Run only in member clusters whose labels match all of these."),
     placement: z
       .enum(["binpack", "spread"])
       .default("binpack")
@@ -348,6 +356,8 @@ export const DeviceShare = z.object({ device: z.string(), share: z.number() });
 
 export const Admission = z.object({
   node: z.string(),
+  /** The fleet member the gang was placed in (unset: the control plane's own platform). */
+  cluster: z.string().optional(),
   workers: z.number().optional(),
   cpuMillis: z.number(),
   memoryBytes: z.number(),

@@ -15,6 +15,9 @@ import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
 import { APP, type AppDeps, AppReconciler, appOfReplica } from "./app/reconciler.js";
+import { RemoteJobs } from "./cluster/dispatch.js";
+import { Fleet, type FleetDeps } from "./cluster/fleet.js";
+import { clusterLoop } from "./cluster/reconciler.js";
 import {
   INFERENCESERVICE,
   type InferenceServiceDeps,
@@ -73,6 +76,12 @@ export interface ControllerManagerDeps {
   >;
   /** Apps (run where the runtime can serve): the apps' serving table and autoscaler, their origin. */
   apps?: Pick<AppDeps, "scale" | "table" | "appOrigin">;
+  /**
+   * The fleet (issue 23): Cluster objects name members, reached through the connector with the
+   * kubeconfigs the secret store holds; one queue places work over all of them. Absent: no
+   * Cluster loop, one platform.
+   */
+  fleet?: Pick<FleetDeps, "connector" | "secrets" | "version"> & { probeMs?: number };
 }
 
 /**
@@ -95,15 +104,15 @@ export class ControllerManager {
   private appInformer: Informer | undefined;
   private apps: Controller | undefined;
 
+  /** The fleet's members, where deps.fleet is given (views read capacity and logs through it). */
+  readonly fleet: Fleet | undefined;
+
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
-    const admissionReconciler = new AdmissionReconciler({
-      ...deps,
-      log: log("admission"),
-      listJobs: () => [...this.unfinishedJobs.values()],
-      listProjects: () => this.projectInformer.list() as Project[],
-    });
+    const { fleet, remote } = fleetOf(deps, log("dispatch"));
+    this.fleet = fleet;
+    const admissionReconciler = this.newAdmission(fleet, log("admission"));
     this.admissionReconciler = admissionReconciler;
     const admission = new Controller(admissionReconciler, log("admission"), metrics);
     // Every kind's loop validates first (validate.ts): a bad object is marked Failed/Invalid once.
@@ -114,6 +123,7 @@ export class ControllerManager {
           ...deps,
           log: log("trainingjob"),
           baseBackoffMs: deps.baseBackoffMs,
+          ...(remote ? { remote } : {}),
           cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
         }),
         TRAININGJOB,
@@ -145,6 +155,7 @@ export class ControllerManager {
       2,
     );
     this.controllers.push(admission, jobs, projects, sweeps);
+    if (fleet) this.addClusterLoop(fleet, admission, metrics);
     let services: Controller | undefined;
     if (deps.serving) {
       const reconciler = new InferenceServiceReconciler({
@@ -265,6 +276,38 @@ export class ControllerManager {
     else if (app) this.apps?.enqueue(`${ref.project}/${app}`);
     else this.services?.enqueue(`${ref.project}/${serviceOfReplica(ref.name)}`);
     return true;
+  }
+
+  /** The admission loop's reconciler: one queue over this platform's nodes and the fleet's. */
+  private newAdmission(fleet: Fleet | undefined, log: Logger): AdmissionReconciler {
+    const { fleet: _members, ...deps } = this.deps;
+    return new AdmissionReconciler({
+      ...deps,
+      ...(fleet ? { fleet } : {}),
+      log,
+      listJobs: () => [...this.unfinishedJobs.values()],
+      listProjects: () => this.projectInformer.list() as Project[],
+    });
+  }
+
+  /** The Cluster loop (issue 23): members probed, their capacity handed to the one queue. */
+  private addClusterLoop(fleet: Fleet, admission: Controller, metrics: ControllerMetricsSet): void {
+    const { fleet: _f, ...deps } = this.deps;
+    const log = this.deps.log.child({ component: "controller/cluster" });
+    const loop = clusterLoop(
+      {
+        ...deps,
+        fleet,
+        log,
+        ...(this.deps.fleet?.probeMs ? { probeMs: this.deps.fleet.probeMs } : {}),
+        onCapacityChange: () => admission.enqueueBatched(ADMISSION_KEY),
+      },
+      log,
+      metrics,
+      deps.resyncMs,
+    );
+    this.controllers.push(loop.controller);
+    this.informers.push(loop.informer);
   }
 
   /** The Workspace loop and its informer: one replica each through the serving capability. */
@@ -456,4 +499,12 @@ export class ControllerManager {
       this.deps.log.error({ err }, "garbage collection failed");
     }
   }
+}
+
+/** The fleet's members and the loop half that runs jobs placed in them, where deps.fleet is given. */
+function fleetOf(deps: ControllerManagerDeps, log: Logger): { fleet?: Fleet; remote?: RemoteJobs } {
+  if (!deps.fleet) return {};
+  const fleet = new Fleet({ ...deps.fleet, localNodes: () => deps.runtime.nodes(), now: deps.now });
+  const remote = new RemoteJobs({ ...deps, log, member: (name) => fleet.member(name) });
+  return { fleet, remote };
 }

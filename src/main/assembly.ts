@@ -9,13 +9,15 @@ import { Gateway } from "../gateway/gateway.js";
 import { VERSION } from "../lib/version.js";
 import type { OpenedDatabase } from "../platforms/embedded/db.js";
 import type { AuditLog } from "../ports/audit.js";
+import type { MemberCluster } from "../ports/fleet.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
+import type { SecretStore } from "../ports/secrets.js";
 import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore, TokenStore } from "../ports/store.js";
 import type { WorkspaceSnapshots } from "../ports/workspaces.js";
-import { buildApp } from "../server/app.js";
+import { type AppDeps, buildApp } from "../server/app.js";
 import type { HostHandler } from "../server/apps/origin.js";
 import { GatewayTraceRecorder } from "../server/gatewaytraces.js";
 import { workloadModels } from "../server/modelaccess.js";
@@ -84,6 +86,8 @@ export interface ApiOptions {
   audit?: AuditLog;
   /** Serve workspace log-in (issue 19) for a user-content origin on this port (known once it listens). */
   workspaceOriginPort?: () => number;
+  /** Platform secrets: fleet members' kubeconfigs (issue 23). */
+  secrets?: SecretStore;
 }
 
 export interface ControlPlaneOptions {
@@ -99,6 +103,8 @@ export interface ControlPlaneOptions {
   api?: ApiOptions;
   /** Workspaces: where running ones are published, and the workspace origin's base URL. */
   workspaces?: ControllerManagerDeps["workspaces"];
+  /** The fleet (issue 23): how members are reached; absent, one platform. */
+  fleet?: ControllerManagerDeps["fleet"];
 }
 
 export interface ControlPlane {
@@ -129,7 +135,12 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
   // Where controllers run, the scheduling views read the admission loop's own snapshot.
   const snapshot = (): Promise<Snapshot> | undefined =>
     controllersStarted ? manager.schedulingSnapshot() : undefined;
-  const api = opts.api ? await assembleApi(opts, opts.api, () => url, snapshot) : undefined;
+  // A job placed in another member has its workers' logs there (the manager's fleet, built below).
+  const memberLogs = (cluster: string): Pick<Runtime, "logs"> | undefined => {
+    const m: MemberCluster | undefined = manager.fleet?.member(cluster);
+    return m?.logs ? { logs: m.logs.bind(m) } : undefined;
+  };
+  const api = opts.api ? await assembleApi(opts, opts.api, () => url, snapshot, memberLogs) : undefined;
   const manager = new ControllerManager({
     store: opts.store,
     runtime: opts.runtime,
@@ -143,6 +154,7 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
     ...(api?.controllerDeps ?? {}),
     ...(opts.workspaces ? { workspaces: opts.workspaces } : {}),
     ...(api?.apps ? { apps: api.apps.controllerDeps } : {}),
+    ...(opts.fleet ? { fleet: opts.fleet } : {}),
   });
   api?.serving.connect(manager);
   api?.apps?.connect(manager);
@@ -182,6 +194,7 @@ async function assembleApi(
   api: ApiOptions,
   listeningAt: () => string,
   schedulingSnapshot: () => Promise<Snapshot> | undefined,
+  memberLogs: NonNullable<AppDeps["memberLogs"]>,
 ) {
   // Project-scoped tokens hold only for the project they were made in (its uid), workloads'
   // only while their workload runs.
@@ -227,6 +240,7 @@ async function assembleApi(
     ...(apps && originPort ? { apps: { access: apps.access, originPort } } : {}),
     ...(opts.workspaces?.directory ? { workspaceActivity: opts.workspaces.directory } : {}),
     ...(api.sshKeys ? { sshKeys: api.sshKeys } : {}),
+    ...(api.secrets ? { secrets: api.secrets, memberLogs } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
   const controllerDeps: Pick<

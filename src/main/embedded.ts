@@ -7,6 +7,7 @@ import type { FastifyInstance } from "fastify";
 import type { Logger } from "pino";
 import { TRAININGJOB } from "../api/kinds.js";
 import { RUNTIME_FINALIZER } from "../controllers/trainingjob/reconciler.js";
+import { VERSION } from "../lib/version.js";
 import { SqliteAuditLog } from "../platforms/embedded/audit.js";
 import { type CodeServerInstall, findCodeServer } from "../platforms/embedded/codeserver.js";
 import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
@@ -19,11 +20,13 @@ import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
 import { LocalRevisions } from "../platforms/embedded/replicas.js";
 import { LocalRuntime } from "../platforms/embedded/runtime.js";
 import { describeSandbox, detectSandbox, type SandboxSupport } from "../platforms/embedded/sandbox.js";
+import { SqliteSecretStore } from "../platforms/embedded/secrets.js";
 import { HomeSnapshots } from "../platforms/embedded/snapshots.js";
 import { SqliteSshKeyStore } from "../platforms/embedded/sshkeys.js";
 import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { WorkloadFiles } from "../platforms/embedded/workloadfiles.js";
+import { kubeMemberConnector } from "../platforms/kubernetes/cluster.js";
 import { localModelResolver } from "../server/models.js";
 import { ideActivity } from "../server/workspaces/activity.js";
 import { InMemoryWorkspaceDirectory } from "../server/workspaces/directory.js";
@@ -125,6 +128,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
   const sandbox = sandboxFor(opts);
   const codeServer = codeServerFor(log);
   const events = new SqliteEventRecorder(database.db, now);
+  const secrets = new SqliteSecretStore(database.db, now);
   const instance = instanceId(opts.dataDir);
   const { gpus, networks, processes } = await localRuntime(opts, instance, sandbox, codeServer);
   // Model replicas: supervised processes that wait for the scheduler like any pod.
@@ -159,7 +163,10 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       gpuActivity: gpus.activity,
       ...(codeServer ? { codeServer: codeServer.command } : {}),
     },
+    // Members of the fleet (issue 23): Kubernetes clusters with Loom, their kubeconfigs kept here.
+    fleet: { connector: kubeMemberConnector(log), secrets, version: VERSION },
     api: {
+      secrets,
       tokens: new SqliteTokenStore(database.db),
       sshKeys: new SqliteSshKeyStore(database.db),
       trackingDb,

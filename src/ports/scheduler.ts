@@ -43,6 +43,8 @@ export interface NodeCapacity {
   gpuSharingReason?: string;
   /** Each real device's health and last sample (embedded, with nvidia-smi), for status and `loom top`. */
   gpuDevices?: GpuDeviceStatus[];
+  /** The fleet member the node is in (issue 23); unset outside a fleet. */
+  cluster?: string;
 }
 
 /**

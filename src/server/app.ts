@@ -6,6 +6,7 @@ import type { AuditLog } from "../ports/audit.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
+import type { SecretStore } from "../ports/secrets.js";
 import type { SshKeyStore } from "../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore, TokenInfo, TokenStore } from "../ports/store.js";
 import type { WorkspaceDirectory, WorkspaceSnapshots } from "../ports/workspaces.js";
@@ -21,7 +22,8 @@ import { installJsonParsers } from "./jsonbody.js";
 import { ModelView } from "./models.js";
 import { PromptView } from "./prompts.js";
 import { ensureDefaultProject, ResourceService } from "./resources.js";
-import { logRoutes } from "./routes/logs.js";
+import { clusterRoutes } from "./routes/clusters.js";
+import { type LogRoutesDeps, logRoutes } from "./routes/logs.js";
 import { modelRoutes } from "./routes/models.js";
 import { acceptUpgrades, portForwardRoutes } from "./routes/portforward.js";
 import { projectRoutes } from "./routes/projects.js";
@@ -76,6 +78,10 @@ export interface AppDeps {
   apps?: { access: WorkspaceAccess; originPort(): number };
   /** Where port-forward records a workspace's activity (idle culling). */
   workspaceActivity?: Pick<WorkspaceDirectory, "touch">;
+  /** Platform secrets (member clusters' kubeconfigs); absent: only the `self` member can be registered. */
+  secrets?: SecretStore;
+  /** Fleet members' worker logs (issue 23), for jobs placed in another member. */
+  memberLogs?: LogRoutesDeps["memberLogs"];
   /** Users' SSH public keys (`loom ssh-key`); absent: those routes are not served. */
   sshKeys?: SshKeyStore;
   /** The web console (issue 21): where its built files lie (default dist/console); false: not served. */
@@ -168,6 +174,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     });
   schedulingRoutes(app, { scheduling });
   projectRoutes(app, { resources, listOrWatch: list });
+  clusterRoutes(app, { resources, listOrWatch: list, ...(deps.secrets ? { secrets: deps.secrets } : {}) });
   modelRoutes(app, {
     models: deps.tracking
       ? new ModelView(deps.tracking.registry, deps.tracking.store, deps.store)
@@ -177,7 +184,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // Before the generic routes: …/inferenceservices/S/figures is not a subresource of theirs.
   servingFiguresRoutes(app, { metrics: deps.metrics });
   resourceRoutes(app, { store: deps.store, events: deps.events, resources, listOrWatch: list, scheduling });
-  logRoutes(app, { resources, runtime: deps.runtime });
+  logRoutes(app, {
+    resources,
+    runtime: deps.runtime,
+    ...(deps.memberLogs ? { memberLogs: deps.memberLogs } : {}),
+  });
   portForwardRoutes(app, {
     resources,
     runtime: deps.runtime,

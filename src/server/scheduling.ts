@@ -55,6 +55,8 @@ export interface AdmissionPreview {
   message: string;
   /** Workloads ("project/name") that would be preempted for it. */
   preempts: string[];
+  /** In a fleet: the member that would take it (or where its victims run). */
+  cluster?: string;
 }
 
 /**
@@ -188,18 +190,23 @@ export class SchedulingView {
     const running = s.running.filter((w) => w.id !== id);
     const decisions: Decisions = this.deps.scheduler.schedule({ ...s, pending, running });
     const bound = decisions.bind.find((b) => b.id === id);
-    const preempts = decisions.preempt
-      .filter((p) => p.for === id)
-      .map((p) => running.find((r) => r.id === p.id)?.name ?? p.id);
+    const mine = decisions.preempt.filter((p) => p.for === id);
+    const victims = mine.map((p) => running.find((r) => r.id === p.id));
+    const preempts = victims.map((v, i) => v?.name ?? mine[i]!.id);
+    const victimMembers = [...new Set(victims.map((v) => memberOf.get(v?.placements[0]?.node ?? "")))];
+    // In a fleet, the member a node is in: where it would run, where its victims run.
+    const memberOf = new Map(s.nodes.flatMap((n) => (n.cluster ? [[n.name, n.cluster]] : [])));
     if (bound) {
+      const cluster = memberOf.get(bound.placements[0]?.node ?? "");
       const nodes = [...new Set(bound.placements.map((p) => p.node))].join(", ");
       const gpus = bound.placements.flatMap((p) =>
         p.gpus.map((g) => (g.share < 1 ? `${g.device} (${g.share})` : g.device)),
       );
       return {
         outcome: "Admit",
-        message: `would start now on ${nodes}${gpus.length ? ` with GPU(s) ${gpus.join(", ")}` : ""}`,
+        message: `would start now${cluster ? ` in cluster ${cluster}` : ""} on ${nodes}${gpus.length ? ` with GPU(s) ${gpus.join(", ")}` : ""}`,
         preempts: [],
+        ...(cluster ? { cluster } : {}),
       };
     }
     const waiting = decisions.pending.find((p) => p.id === id);
@@ -207,8 +214,9 @@ export class SchedulingView {
       const reason = decisions.preempt.find((p) => p.for === id)?.reason;
       return {
         outcome: "Preempt",
-        message: `would preempt ${preempts.length} workload(s) (${reason}): ${preempts.join(", ")}; starts once they stop`,
+        message: `would preempt ${preempts.length} workload(s) (${reason})${victimMembers[0] ? ` in cluster ${victimMembers.join(", ")}` : ""}: ${preempts.join(", ")}; starts once they stop`,
         preempts,
+        ...(victimMembers[0] ? { cluster: victimMembers[0] } : {}),
       };
     }
     return {

@@ -9,6 +9,7 @@ import type { Api, CliDeps } from "../deps.js";
 import { CliError } from "../errors.js";
 import { type Prepared, prepare, readManifests } from "../manifests.js";
 import { collectionPath, itemPath, ref } from "../resources.js";
+import { sendKubeconfig, withKubeconfig } from "./cluster.js";
 
 /** `loom apply -f FILE...`: create or update, all or nothing (every document is validated first). */
 export function registerApply(program: Command, deps: CliDeps): void {
@@ -21,8 +22,13 @@ export function registerApply(program: Command, deps: CliDeps): void {
       "--dry-run",
       "change nothing; say what apply would do to each object (created, configured, unchanged) and, for TrainingJobs, whether each would start now, where, or what it would preempt",
     )
-    .action(async (opts: { filename: string[]; project?: string; dryRun?: boolean }) =>
-      apply(deps, opts.filename, opts.project, !!opts.dryRun),
+    .option(
+      "--kubeconfig-file <path>",
+      "with one Cluster: the member's kubeconfig, kept by the control plane as a secret (never shown again)",
+    )
+    .action(
+      async (opts: { filename: string[]; project?: string; dryRun?: boolean; kubeconfigFile?: string }) =>
+        apply(deps, opts.filename, opts.project, !!opts.dryRun, opts.kubeconfigFile),
     );
 }
 
@@ -37,10 +43,19 @@ export interface Verdict {
 /** The server's answer, with the admission preview a dry run asked for. */
 type Answer = Resource & { status?: { admissionPreview?: { message: string } } };
 
-async function apply(deps: CliDeps, files: string[], projectOpt: string | undefined, dryRunOnly: boolean) {
+async function apply(
+  deps: CliDeps,
+  files: string[],
+  projectOpt: string | undefined,
+  dryRunOnly: boolean,
+  kubeconfigFile?: string,
+) {
   const { api, defaultProject } = deps.client();
   const docs = readManifests(files);
   const prepared = docs.map((d) => prepare(d, projectOpt ?? defaultProject));
+  const member = kubeconfigFile ? withKubeconfig(prepared, kubeconfigFile) : undefined;
+  // The secret first (its checks too): the member's first probe finds its kubeconfig.
+  if (member) await sendKubeconfig(api, member.cluster, member.kubeconfig, dryRunOnly);
   // The dry run of every document first: it is what --dry-run prints, and apply's check that
   // every document would go through before anything is written (a bad document stores nothing).
   // The admission preview costs a scheduling pass per job: only a dry run that prints it asks.

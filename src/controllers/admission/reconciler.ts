@@ -1,4 +1,5 @@
 import type { Logger } from "pino";
+import { SELF_CLUSTER } from "../../api/cluster.js";
 import { getCondition, setCondition } from "../../api/meta.js";
 import type { Project } from "../../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
@@ -26,7 +27,7 @@ import {
   wantsCapacity,
   withinLimit,
 } from "./capacity.js";
-import { type BuiltSnapshot, SnapshotBuilder } from "./snapshot.js";
+import { type BuiltSnapshot, type FleetCapacity, SnapshotBuilder } from "./snapshot.js";
 
 /** Status writes one admission cycle keeps in flight at once. */
 const WRITE_CONCURRENCY = 16;
@@ -50,6 +51,8 @@ export interface AdmissionDeps {
   events: EventRecorder;
   log: Logger;
   now: () => Date;
+  /** The fleet's members (issue 23): one queue over their nodes and this platform's. */
+  fleet?: FleetCapacity;
 }
 
 /**
@@ -74,6 +77,7 @@ export class AdmissionReconciler implements Reconciler {
       jobs: () => this.written.list(this.deps.listJobs()),
       projects: this.deps.listProjects,
       runtime: this.deps.runtime,
+      ...(this.deps.fleet ? { fleet: this.deps.fleet } : {}),
     });
   }
 
@@ -113,9 +117,13 @@ export class AdmissionReconciler implements Reconciler {
       const job = byId.get(r.id);
       if (job && !job.status?.resize) await this.resize(job, r.pods, r.message, now);
     });
+    // In a fleet a gang's nodes are all in one member: the first says which (self: run here).
+    const memberOf = new Map(
+      nodes.flatMap((n) => (n.cluster && n.cluster !== SELF_CLUSTER ? [[n.name, n.cluster]] : [])),
+    );
     await forEachConcurrently(decisions.bind, BIND_CONCURRENCY, async ({ id, placements }) => {
       const job = byId.get(id);
-      if (job) await this.admit(job, placements, now);
+      if (job) await this.admit(job, placements, now, memberOf.get(placements[0]?.node ?? ""));
       else await runtime.bindExternal?.(id, placements);
     });
     // Gangs that wait for room ask a node autoscaler for it (where one runs); others withdraw.
@@ -164,7 +172,12 @@ export class AdmissionReconciler implements Reconciler {
     return out;
   }
 
-  private async admit(job: TrainingJob, placements: PodPlacement[], now: Date): Promise<void> {
+  private async admit(
+    job: TrainingJob,
+    placements: PodPlacement[],
+    now: Date,
+    cluster?: string,
+  ): Promise<void> {
     const first = placements[0]!;
     // Its capacity request has done its work: withdrawn before the workers exist, so the
     // autoscaler never sees it unplaced beside them and adds nodes a second time.
@@ -177,7 +190,7 @@ export class AdmissionReconciler implements Reconciler {
       range.min < range.max
         ? ` with ${placements.length} of up to ${range.max} workers (elastic, at least ${range.min})`
         : "";
-    const message = `admitted to ${first.node}${devices.length ? ` with GPU(s) ${devices.join(",")}${share !== undefined ? ` (share ${share})` : ""}` : ""}${size}`;
+    const message = `admitted to ${cluster ? `cluster ${cluster}, node ${first.node.slice(cluster.length + 1)}` : first.node}${devices.length ? ` with GPU(s) ${devices.join(",")}${share !== undefined ? ` (share ${share})` : ""}` : ""}${size}`;
     await this.writeStatus({
       ...job,
       status: {
@@ -187,6 +200,7 @@ export class AdmissionReconciler implements Reconciler {
         capacityRequest: undefined,
         admission: {
           node: first.node,
+          ...(cluster ? { cluster } : {}),
           cpuMillis: r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0),
           memoryBytes: r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0),
           gpus: devices,

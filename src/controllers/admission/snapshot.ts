@@ -20,6 +20,16 @@ export interface SnapshotSources {
   jobs(): TrainingJob[] | Promise<TrainingJob[]>;
   projects(): Project[] | Promise<Project[]>;
   runtime: Pick<Runtime, "nodes" | "external">;
+  /** The fleet's members (issue 23): their nodes join the runtime's, and cluster selectors resolve here. */
+  fleet?: FleetCapacity;
+}
+
+/** What a snapshot needs of the fleet: every member's nodes, and members by label. */
+export interface FleetCapacity {
+  /** The nodes to schedule on: the local ones and every reachable member's, each with its member. */
+  nodes(local: NodeCapacity[]): NodeCapacity[];
+  /** Members whose labels match the selector. */
+  matching(selector: Record<string, string>): string[];
 }
 
 /** The scheduler's snapshot, with the TrainingJobs behind its workloads by uid. */
@@ -64,7 +74,21 @@ export class SnapshotBuilder {
       this.sources.projects(),
       this.sources.runtime.nodes(),
     ]);
-    const built = buildSnapshot(jobs, nodes, this.sources.runtime.external?.(), this.workloads);
+    const fleet = this.sources.fleet;
+    const built = buildSnapshot(
+      jobs,
+      fleet ? fleet.nodes(nodes) : nodes,
+      this.sources.runtime.external?.(),
+      this.workloads,
+    );
+    // A cluster selector names members by their labels, which change apart from the job.
+    if (fleet)
+      built.pending = built.pending.map((w) => {
+        const selector = built.byId.get(w.id)?.spec.clusterSelector;
+        if (!selector) return w;
+        const named = fleet.matching(selector);
+        return { ...w, clusters: w.clusters ? w.clusters.filter((c) => named.includes(c)) : named };
+      });
     return { ...built, projects: projects.map(policyOf), memo: this.memo };
   }
 }
@@ -173,6 +197,7 @@ export function workloadOf(job: TrainingJob): Workload {
     ...(range.min < range.max ? { elastic: range } : {}),
     ...(job.spec.nodePool ? { nodePool: job.spec.nodePool } : {}),
     ...(job.spec.gpuModel ? { gpuModel: job.spec.gpuModel } : {}),
+    ...(job.spec.clusters ? { clusters: job.spec.clusters } : {}),
     placement: job.spec.placement ?? "binpack",
     ...(job.spec.tolerations?.length ? { tolerations: job.spec.tolerations } : {}),
   };
@@ -219,5 +244,6 @@ export function toSchedNode(n: NodeCapacity): SchedNode {
     ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
     ...(n.gpuSharing === "whole" ? { wholeGpusOnly: true } : {}),
     ...(n.taints ? { taints: n.taints } : {}),
+    ...(n.cluster ? { cluster: n.cluster } : {}),
   };
 }

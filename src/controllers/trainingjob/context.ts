@@ -6,6 +6,7 @@ import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { SshKeyStore } from "../../ports/sshkeys.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { WorkloadTracking } from "../../ports/tracking.js";
+import type { ReconcileResult } from "../../reconcile/controller.js";
 import type { WriteOverlay } from "../../reconcile/overlay.js";
 
 export const TRAININGJOB = "TrainingJob";
@@ -30,6 +31,11 @@ export interface TrainingJobDeps {
    * (LOOM_SSH_AUTHORIZED_KEYS_FILE), which runtimes/loom-sshd authorizes.
    */
   sshKeys?: Pick<SshKeyStore, "authorizedKeys">;
+  /**
+   * Jobs the fleet's queue placed in another member (status.admission.cluster): they run there,
+   * and this hands them over whole (controllers/cluster/dispatch.ts).
+   */
+  remote?: { owns(job: TrainingJob): boolean; reconcile(job: TrainingJob): Promise<ReconcileResult> };
   /** First restart delay; doubles per attempt up to maxBackoffMs. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;

@@ -60,9 +60,10 @@ export class TrainingJobReconciler implements Reconciler {
   async reconcile(key: string): Promise<ReconcileResult> {
     const [project, name] = splitKey(key);
     const seen = this.deps.cached?.(key);
-    if (seen && nothingToDo(seen)) return {};
+    if (seen && nothingToDo(seen) && !this.deps.remote?.owns(seen)) return {};
     const current = await this.read(key, project, name, seen);
     if (!current) return {};
+    if (this.deps.remote?.owns(current)) return this.deps.remote.reconcile(current);
     const ref = refOf(current);
     if (current.metadata.deletionTimestamp) return finalize(this.ctx, current, ref);
     if (isFinished(current)) return settleFinished(this.ctx, current, ref);

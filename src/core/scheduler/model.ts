@@ -30,6 +30,11 @@ export interface SchedNode {
   wholeGpusOnly?: boolean;
   /** The node's taints; NoSchedule and NoExecute ones keep off work that does not tolerate them. */
   taints?: Taint[];
+  /**
+   * The fleet member the node belongs to (issue 23); unset outside a fleet. A gang is placed
+   * whole in one member: its pods never span clusters.
+   */
+  cluster?: string;
 }
 
 /** A node taint, in Kubernetes' shape. */
@@ -85,6 +90,8 @@ export interface Workload {
   placement?: PlacementPolicy;
   /** Taints it tolerates; naming a node pool also tolerates that pool's Loom taints (taints.ts). */
   tolerations?: Toleration[];
+  /** Fleet members it may run in (spec.clusters, a cluster selector); unset means any. */
+  clusters?: string[];
 }
 
 /** A device or a share of one given to a pod. */

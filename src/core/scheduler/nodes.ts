@@ -105,7 +105,8 @@ export class ClusterState {
       (n) =>
         (w.nodePool ? n.pool === w.nodePool : !projectPools || projectPools.includes(n.pool)) &&
         (!w.gpuModel || n.node.gpuModel === w.gpuModel) &&
-        (ignoreTaints || toleratesNode(w, n.node)),
+        (ignoreTaints || toleratesNode(w, n.node)) &&
+        (!w.clusters || (n.node.cluster !== undefined && w.clusters.includes(n.node.cluster))),
     );
   }
 
@@ -155,6 +156,20 @@ export class ClusterState {
    * every tentative placement is undone.
    */
   place(w: Workload, eligible: NodeState[]): PodPlacement[] | undefined {
+    // A fleet: the whole gang in one member, the members tried in order (the first that fits
+    // is filled before the next is used, as binpack fills nodes).
+    const members = byCluster(eligible);
+    if (members.size > 1) {
+      for (const nodes of members.values()) {
+        const placed = this.placeIn(w, nodes);
+        if (placed) return placed;
+      }
+      return undefined;
+    }
+    return this.placeIn(w, eligible);
+  }
+
+  private placeIn(w: Workload, eligible: NodeState[]): PodPlacement[] | undefined {
     const order = w.pods
       .map((pod, i) => ({ pod, i }))
       .sort((a, b) => b.pod.gpu - a.pod.gpu || b.pod.cpuMillis - a.pod.cpuMillis || a.i - b.i);
@@ -254,6 +269,18 @@ export class ClusterState {
     }
     return { undo, gpus };
   }
+}
+
+/** Nodes by fleet member, members in node order; one group (key "") outside a fleet. */
+export function byCluster(nodes: NodeState[]): Map<string, NodeState[]> {
+  const out = new Map<string, NodeState[]>();
+  for (const n of nodes) {
+    const key = n.node.cluster ?? "";
+    const group = out.get(key);
+    if (group) group.push(n);
+    else out.set(key, [n]);
+  }
+  return out;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { describe, describeFree, describeGang, exceeded, holdersOf } from "./explain.js";
 import { within } from "./fairshare.js";
 import { type PendingReasonCode, RESOURCES, type RunningWorkload, type Vec, type Workload } from "./model.js";
-import type { NodeState } from "./nodes.js";
+import { byCluster, type NodeState } from "./nodes.js";
 import { add, contested, deservedOf, EPS, fill, gangTotals, sub } from "./resources.js";
 import type { CycleState, Pending, ProjectState } from "./state.js";
 import { describeTaint, hardTaints, toleratesNode } from "./taints.js";
@@ -105,7 +105,18 @@ export function neverFits(s: CycleState, w: Workload, eligible: NodeState[]): st
       const taints = [...new Set(tainted.flatMap((n) => hardTaints(n.node).map(describeTaint)))];
       return `every node ${where ? `with ${where} ` : ""}is tainted (${taints.join(", ")}) and the workload tolerates none of them: add spec.tolerations, or name the node's pool in spec.nodePool for Loom's own loom.dev/ taints`;
     }
-    return `no node ${where ? `with ${where}` : "is schedulable"}: check spec.nodePool and spec.gpuModel`;
+    return `no node ${where ? `with ${where}` : "is schedulable"}${w.clusters ? ` in cluster(s) ${w.clusters.join(", ")}` : ""}: check spec.nodePool, spec.gpuModel${w.clusters ? " and spec.clusters" : ""}`;
+  }
+  const members = byCluster(eligible);
+  if (members.size > 1) {
+    // A fleet: the gang must fit whole in one member; say what each lacks.
+    const why: string[] = [];
+    for (const [name, nodes] of members) {
+      const one = neverFits(s, w, nodes);
+      if (!one) return undefined;
+      why.push(`${name}: ${one}`);
+    }
+    return `fits in no member cluster (a gang runs whole in one) — ${why.join("; ")}`;
   }
   for (const pod of w.pods) {
     if (!eligible.some((n) => s.cluster.fitsEmpty(n, pod))) {

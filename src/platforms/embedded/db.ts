@@ -93,6 +93,13 @@ export interface SshKeysTable {
   created_at: string;
 }
 
+/** Platform secrets (a member cluster's kubeconfig): the database file is the server user's only. */
+export interface SecretsTable {
+  name: string;
+  data: string;
+  updated_at: string;
+}
+
 export interface MetaTable {
   key: string;
   value: string;
@@ -106,6 +113,7 @@ export interface Schema {
   meta: MetaTable;
   audit: AuditTable;
   ssh_keys: SshKeysTable;
+  secrets: SecretsTable;
 }
 
 /**
@@ -257,6 +265,17 @@ const MIGRATIONS: Record<string, Migration> = {
         .addColumn("created_at", "text", (c) => c.notNull())
         .addPrimaryKeyConstraint("ssh_keys_pk", ["user", "name"])
         .addUniqueConstraint("ssh_keys_user_fingerprint", ["user", "fingerprint"])
+        .execute();
+    },
+  },
+  "0011_secrets": {
+    // Member clusters' kubeconfigs (issue 23): kept out of the objects, never served back.
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable("secrets")
+        .addColumn("name", "text", (c) => c.primaryKey())
+        .addColumn("data", "text", (c) => c.notNull())
+        .addColumn("updated_at", "text", (c) => c.notNull())
         .execute();
     },
   },

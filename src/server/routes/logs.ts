@@ -12,6 +12,11 @@ import { BASE, type Params, type Query } from "./params.js";
 export interface LogRoutesDeps {
   resources: ResourceService;
   runtime: Pick<Runtime, "logs" | "serving">;
+  /**
+   * A fleet member's logs (issue 23): a job placed in another member (status.admission.cluster)
+   * has its workers there. Undefined when the member is unreachable.
+   */
+  memberLogs?: (cluster: string) => Pick<Runtime, "logs"> | undefined;
 }
 
 /** Kinds that run as replicas of revisions: their logs are a replica's output. */
@@ -113,6 +118,7 @@ export function logRoutes(app: FastifyInstance, deps: LogRoutesDeps): void {
         uid: job.metadata.uid,
       };
       const follow = req.query.follow === "1" || req.query.follow === "true";
+      const logs = logSource(deps, job);
       // Every line of "all workers" is prefixed, a one-worker job's too: the output reads the same
       // whatever the job's size, as the README promises; --worker N prints one worker's bare.
       const stream = all
@@ -120,13 +126,25 @@ export function logRoutes(app: FastifyInstance, deps: LogRoutesDeps): void {
             await Promise.all(
               Array.from({ length: count }, async (_, w) => ({
                 prefix: `[worker ${w}]`,
-                stream: await deps.runtime.logs(ref, { worker: w, attempt, follow }),
+                stream: await logs.logs(ref, { worker: w, attempt, follow }),
               })),
             ),
           )
-        : await deps.runtime.logs(ref, { worker, attempt, follow });
+        : await logs.logs(ref, { worker, attempt, follow });
       req.raw.on("close", () => stream.destroy());
       return reply.type("text/plain; charset=utf-8").send(stream);
     },
   });
+}
+
+/** Where a job's workers' logs are: this platform's runtime, or the fleet member it was placed in. */
+function logSource(deps: LogRoutesDeps, job: TrainingJob): Pick<Runtime, "logs"> {
+  const cluster = job.status?.admission?.cluster;
+  if (!cluster) return deps.runtime;
+  const member = deps.memberLogs?.(cluster);
+  if (!member)
+    throw new BadRequestError(
+      `${job.metadata.name} runs in cluster ${cluster}, which this control plane cannot reach now; loom get clusters says why`,
+    );
+  return member;
 }

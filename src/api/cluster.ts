@@ -1,0 +1,96 @@
+import { z } from "zod";
+import type { Condition, Resource } from "./meta.js";
+
+/** The member every control plane has: its own platform (embedded processes, or its own cluster). */
+export const SELF_CLUSTER = "self";
+/** How long a member may stay unreachable before its running work is re-admitted elsewhere. */
+export const DEFAULT_CLUSTER_LOST_TIMEOUT = "30s";
+
+export const CLUSTER_SOURCE_RULE = "name exactly one of platform: self or kubeconfigSecret";
+
+export const ClusterSpec = z
+  .strictObject({
+    platform: z
+      .enum(["self"])
+      .optional()
+      .describe("self: the control plane's own platform (always a member; no kubeconfig needed)."),
+    kubeconfigSecret: z
+      .strictObject({
+        name: z.string().min(1).describe("The secret's name (loom apply --kubeconfig-file stores it)."),
+      })
+      .optional()
+      .describe(
+        "The member's kubeconfig, held as a secret in the control plane's store: never part of the object, never returned to readers.",
+      ),
+    clusterLostTimeout: z
+      .string()
+      .regex(/^\d+(ms|s|m)$/, 'a duration such as "30s" or "2m"')
+      .optional()
+      .describe(
+        'How long the member may be unreachable before its running work is re-admitted elsewhere (default "30s").',
+      ),
+    unschedulable: z
+      .boolean()
+      .optional()
+      .describe("Take no new work here (running work stays), as kubectl cordon does for a node."),
+  })
+  .refine((s) => (s.platform === "self") !== (s.kubeconfigSecret !== undefined), CLUSTER_SOURCE_RULE)
+  .describe(
+    "A member of the fleet: a Kubernetes cluster running Loom's CRDs and operator, or this platform.",
+  );
+
+const PoolCapacity = z.object({
+  name: z.string(),
+  nodes: z.number(),
+  gpu: z.number(),
+  cpuMillis: z.number(),
+  memoryBytes: z.number(),
+});
+
+export const ClusterStatus = z.object({
+  phase: z.enum(["Ready", "Unreachable", "Pending"]).optional(),
+  /** When the control plane last reached the member. */
+  lastSeen: z.string().optional(),
+  /** Since when it has been unreachable (unset while it answers). */
+  unreachableSince: z.string().optional(),
+  version: z.object({ kubernetes: z.string().optional(), loom: z.string().optional() }).optional(),
+  /** Capacity by node pool, from the member's nodes. */
+  pools: z.array(PoolCapacity).optional(),
+  /** "8 GPU, 64 CPU (2 pools)": what `loom get clusters` prints. */
+  capacityText: z.string().optional(),
+  conditions: z.array(z.any()).optional(),
+});
+
+export type ClusterSpec = z.output<typeof ClusterSpec>;
+export type PoolCapacity = z.output<typeof PoolCapacity>;
+export interface ClusterStatus extends Omit<z.output<typeof ClusterStatus>, "conditions"> {
+  conditions?: Condition[];
+}
+export type Cluster = Resource<ClusterSpec, ClusterStatus>;
+
+/** Milliseconds of a duration as the spec writes it ("30s", "500ms", "2m"). */
+export function durationMs(text: string): number {
+  const m = /^(\d+)(ms|s|m)$/.exec(text);
+  if (!m) throw new Error(`not a duration: ${text}`);
+  const n = Number(m[1]);
+  return m[2] === "ms" ? n : m[2] === "s" ? n * 1000 : n * 60_000;
+}
+
+/** The timeout after which a member's work moves elsewhere. */
+export function clusterLostTimeoutMs(c: Cluster): number {
+  return durationMs(c.spec.clusterLostTimeout ?? DEFAULT_CLUSTER_LOST_TIMEOUT);
+}
+
+/** The secret name `loom apply --kubeconfig-file` stores a member's kubeconfig under. */
+export function kubeconfigSecretName(cluster: string): string {
+  return `cluster-${cluster}-kubeconfig`;
+}
+
+/** "8 GPU, 64 CPU, 256Gi (2 pools)" from pools' capacity. */
+export function capacityText(pools: PoolCapacity[]): string {
+  const gpu = pools.reduce((s, p) => s + p.gpu, 0);
+  const cpu = pools.reduce((s, p) => s + p.cpuMillis, 0) / 1000;
+  const gib = Math.round(pools.reduce((s, p) => s + p.memoryBytes, 0) / 2 ** 30);
+  const names = pools.map((p) => `${p.name}:${p.nodes}`).join(",");
+  return `${gpu} GPU, ${Math.round(cpu * 10) / 10} CPU, ${gib}Gi [${names}]`;
+}

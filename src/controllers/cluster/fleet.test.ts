@@ -1,0 +1,307 @@
+import { pino } from "pino";
+import { afterEach, describe, expect, it } from "vitest";
+import type { Cluster } from "../../api/cluster.js";
+import { CLUSTER, TRAININGJOB, validateManifest } from "../../api/kinds.js";
+import type { TrainingJob } from "../../api/trainingjob.js";
+import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
+import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
+import { SqliteSecretStore } from "../../platforms/embedded/secrets.js";
+import { SqliteResourceStore } from "../../platforms/embedded/store.js";
+import type { MemberCluster } from "../../ports/fleet.js";
+import type { Runtime } from "../../ports/runtime.js";
+import { coreScheduler, type NodeCapacity } from "../../ports/scheduler.js";
+import { AdmissionReconciler } from "../admission/reconciler.js";
+import { FLEET_UID_LABEL, RemoteJobs } from "./dispatch.js";
+import { Fleet } from "./fleet.js";
+import { ClusterReconciler } from "./reconciler.js";
+
+// The fleet's loops over real stores (issue 23): a control plane's SQLite store, and two members
+// whose Loom stores are SQLite stores too (the port does not say which platform a member is; the
+// kwok e2e runs real Kubernetes members). The members' own operators are played by this test:
+// it writes the status their loops would.
+
+const GiB = 2 ** 30;
+const opened: OpenedDatabase[] = [];
+afterEach(async () => {
+  for (const d of opened.splice(0)) await d.close();
+});
+
+async function storeOf() {
+  const db = await openSqlite(":memory:");
+  opened.push(db);
+  return { db, store: await SqliteResourceStore.open(db.db), events: new SqliteEventRecorder(db.db) };
+}
+
+const node = (name: string, gpus: number): NodeCapacity => ({
+  name,
+  cpuMillis: 32_000,
+  memoryBytes: 128 * GiB,
+  gpus: Array.from({ length: gpus }, (_, i) => `${i}`),
+});
+
+async function world() {
+  const cp = await storeOf();
+  const secrets = new SqliteSecretStore(cp.db.db);
+  const members = new Map<string, MemberCluster & { reachable: boolean }>();
+  for (const name of ["a", "b"]) {
+    const m = await storeOf();
+    const member = {
+      store: m.store,
+      events: m.events,
+      reachable: true,
+      nodes: async () => [node("n0", 8)],
+      probe: async () => {
+        if (!member.reachable) throw new Error("connect ECONNREFUSED");
+        return { kubernetes: "v1.31.0", loom: "test" };
+      },
+      close: () => {},
+    };
+    members.set(name, member);
+  }
+  let clock = Date.parse("2026-01-01T00:00:00Z");
+  const now = () => new Date(clock);
+  const log = pino({ level: "silent" });
+  const fleet = new Fleet({
+    connector: { connect: async (_c, kubeconfig) => members.get(kubeconfig.replace("clusters: ", ""))! },
+    secrets,
+    localNodes: async () => [],
+    version: "test",
+    now,
+  });
+  let capacityChanges = 0;
+  const clusters = new ClusterReconciler({
+    store: cp.store,
+    events: cp.events,
+    fleet,
+    log,
+    now,
+    onCapacityChange: () => void capacityChanges++,
+  });
+  const jobs = async () => (await cp.store.list(TRAININGJOB)).items as TrainingJob[];
+  const admission = new AdmissionReconciler({
+    store: cp.store,
+    listJobs: () => cache,
+    listProjects: () => [{ metadata: { name: "p" }, spec: {} } as never],
+    runtime: { nodes: async () => [] } as unknown as Runtime,
+    scheduler: coreScheduler,
+    events: cp.events,
+    log,
+    now,
+    fleet,
+  });
+  let cache: TrainingJob[] = [];
+  const cycle = async () => {
+    cache = await jobs();
+    await admission.reconcile("cycle");
+    cache = await jobs();
+  };
+  const remote = new RemoteJobs({
+    store: cp.store,
+    events: cp.events,
+    log,
+    now,
+    member: (n) => fleet.member(n),
+  });
+  const register = async (name: string) => {
+    await secrets.put(`cluster-${name}-kubeconfig`, `clusters: ${name}`);
+    const { object } = validateManifest({
+      apiVersion: "loom.dev/v1alpha1",
+      kind: CLUSTER,
+      metadata: { name, labels: { region: name === "a" ? "eu" : "us" } },
+      spec: { kubeconfigSecret: { name: `cluster-${name}-kubeconfig` }, clusterLostTimeout: "30s" },
+    });
+    await cp.store.create(object);
+    await clusters.reconcile(name);
+  };
+  const submit = async (name: string, gpu: number, workers = 1, extra: Record<string, unknown> = {}) => {
+    const { object } = validateManifest({
+      apiVersion: "loom.dev/v1alpha1",
+      kind: TRAININGJOB,
+      metadata: { name, project: "p" },
+      spec: { command: ["python", "train.py"], workers, resources: { gpu }, ...extra },
+    });
+    const created = await cp.store.create({
+      ...object,
+      metadata: { ...object.metadata, finalizers: ["loom.dev/runtime"] },
+    });
+    return created as TrainingJob;
+  };
+  const get = async (name: string) => (await cp.store.get(TRAININGJOB, "p", name)) as TrainingJob;
+  return {
+    cp,
+    members,
+    fleet,
+    clusters,
+    cycle,
+    remote,
+    register,
+    submit,
+    get,
+    capacityChanges: () => capacityChanges,
+    tick: (ms: number) => {
+      clock += ms;
+    },
+  };
+}
+
+describe("the fleet: one queue over members", () => {
+  it("registers members: Ready with version and capacity per pool, and the self member appears", async () => {
+    const w = await world();
+    await w.register("a");
+    const a = (await w.cp.store.get(CLUSTER, "", "a")) as Cluster;
+    expect(a.status?.phase).toBe("Ready");
+    expect(a.status?.version).toEqual({ kubernetes: "v1.31.0", loom: "test" });
+    expect(a.status?.pools).toEqual([
+      { name: "default", nodes: 1, gpu: 8, cpuMillis: 32_000, memoryBytes: 128 * GiB },
+    ]);
+    expect(a.status?.capacityText).toBe("8 GPU, 32 CPU, 128Gi [default:1]");
+    const self = (await w.cp.store.get(CLUSTER, "", "self")) as Cluster;
+    expect(self.spec.platform).toBe("self");
+    expect(w.capacityChanges()).toBe(1);
+  });
+
+  it("a member whose kubeconfig secret is missing is Unreachable and says how to give it", async () => {
+    const w = await world();
+    const { object } = validateManifest({
+      apiVersion: "loom.dev/v1alpha1",
+      kind: CLUSTER,
+      metadata: { name: "c" },
+      spec: { kubeconfigSecret: { name: "nope" } },
+    });
+    await w.cp.store.create(object);
+    await w.clusters.reconcile("c");
+    const c = (await w.cp.store.get(CLUSTER, "", "c")) as Cluster;
+    expect(c.status?.phase).toBe("Unreachable");
+    expect(c.status?.conditions?.[0]?.message).toMatch(/no secret "nope".*--kubeconfig-file/);
+  });
+
+  it("fills a then b, spec.clusters and a selector narrow, a gang too big for any member waits naming each", async () => {
+    const w = await world();
+    await w.register("a");
+    await w.register("b");
+    await w.submit("j1", 4);
+    await w.submit("j2", 4);
+    await w.submit("j3", 4);
+    await w.cycle();
+    // Jobs made in one millisecond are equals in the queue: which two fill a is not fixed.
+    const placed = await Promise.all(["j1", "j2", "j3"].map(async (n) => (await w.get(n)).status?.admission));
+    expect(placed.map((p) => p?.cluster).sort()).toEqual(["a", "a", "b"]);
+    expect(placed.map((p) => p?.node).sort()).toEqual(["a/n0", "a/n0", "b/n0"]);
+    await w.submit("onlyb", 2, 1, { clusters: ["b"] });
+    await w.submit("us", 1, 1, { clusterSelector: { region: "us" } });
+    await w.submit("huge", 8, 2);
+    await w.cycle();
+    expect((await w.get("onlyb")).status?.admission?.cluster).toBe("b");
+    expect((await w.get("us")).status?.admission?.cluster).toBe("b");
+    const huge = await w.get("huge");
+    expect(huge.status?.admission).toBeUndefined();
+    const why = huge.status?.conditions?.find((c) => c.type === "Admitted")?.message ?? "";
+    expect(why).toMatch(/fits in no member cluster/);
+    expect(why).toMatch(/ a: /);
+    expect(why).toMatch(/; b: /);
+  });
+
+  it("creates the job in its member, mirrors status and events back, and deletes the copy with the job", async () => {
+    const w = await world();
+    await w.register("a");
+    await w.register("b");
+    await w.submit("j1", 4);
+    await w.cycle();
+    await w.remote.reconcile(await w.get("j1"));
+    const a = w.members.get("a")!;
+    const copy = (await a.store.get(TRAININGJOB, "p", "j1")) as TrainingJob;
+    expect(copy.metadata.labels?.[FLEET_UID_LABEL]).toBe((await w.get("j1")).metadata.uid);
+    expect(copy.spec.clusters).toBeUndefined();
+    await a.store.get("Project", "", "p"); // made for it, without a quota
+    // The member's operator runs it (played here): its status comes back.
+    await a.store.updateStatus({ ...copy, status: { phase: "Running", ready: "1/1", attempts: 1 } });
+    await (a.events as SqliteEventRecorder).record(
+      { kind: TRAININGJOB, project: "p", name: "j1", uid: copy.metadata.uid },
+      "Normal",
+      "Started",
+      "attempt 1 started",
+    );
+    expect(await w.remote.reconcile(await w.get("j1"))).toEqual({ requeueAfterMs: 2000 });
+    const mirrored = await w.get("j1");
+    expect(mirrored.status?.phase).toBe("Running");
+    expect(mirrored.status?.ready).toBe("1/1");
+    expect(mirrored.status?.admission?.cluster).toBe("a");
+    const events = await w.cp.events.listFor({ kind: TRAININGJOB, project: "p", name: "j1" });
+    expect(events.map((e) => e.message)).toContain("[cluster a] attempt 1 started");
+    // Deleted on the control plane: the copy goes first, then the finalizer.
+    await w.cp.store.delete(TRAININGJOB, "p", "j1");
+    await w.remote.reconcile(await w.get("j1"));
+    await expect(a.store.get(TRAININGJOB, "p", "j1")).rejects.toThrow(/not found/);
+    await expect(w.get("j1")).rejects.toThrow(/not found/);
+  });
+
+  it("a job whose name is taken in the member by another job is not adopted", async () => {
+    const w = await world();
+    await w.register("a");
+    await w.register("b");
+    const a = w.members.get("a")!;
+    await a.store.create({
+      apiVersion: "loom.dev/v1alpha1",
+      kind: "Project",
+      metadata: { name: "p" },
+      spec: {},
+    } as never);
+    const { object } = validateManifest({
+      apiVersion: "loom.dev/v1alpha1",
+      kind: TRAININGJOB,
+      metadata: { name: "j1", project: "p" },
+      spec: { command: ["sleep", "1"] },
+    });
+    await a.store.create(object);
+    await w.submit("j1", 4);
+    await w.cycle();
+    await w.remote.reconcile(await w.get("j1"));
+    const j = await w.get("j1");
+    expect(j.status?.conditions?.find((c) => c.type === "Dispatched")?.reason).toBe("MemberNameTaken");
+    const theirs = (await a.store.get(TRAININGJOB, "p", "j1")) as TrainingJob;
+    expect(theirs.metadata.labels?.[FLEET_UID_LABEL]).toBeUndefined();
+  });
+
+  it("an unreachable member's nodes leave the queue: new work goes to the other", async () => {
+    const w = await world();
+    await w.register("a");
+    await w.register("b");
+    w.members.get("a")!.reachable = false;
+    await w.clusters.reconcile("a");
+    expect(((await w.cp.store.get(CLUSTER, "", "a")) as Cluster).status?.phase).toBe("Unreachable");
+    await w.submit("j1", 4);
+    await w.cycle();
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("b");
+  });
+
+  it("failover: a member lost past clusterLostTimeout has its jobs re-admitted elsewhere; back, its stale copy is stopped", async () => {
+    const w = await world();
+    await w.register("a");
+    await w.register("b");
+    await w.submit("j1", 4, 1, { clusters: ["a", "b"] });
+    await w.cycle();
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("a");
+    await w.remote.reconcile(await w.get("j1"));
+    const a = w.members.get("a")!;
+    await a.store.get(TRAININGJOB, "p", "j1"); // its copy runs in a
+    a.reachable = false;
+    await w.clusters.reconcile("a");
+    w.tick(29_000);
+    await w.clusters.reconcile("a");
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("a"); // not yet: 29 s < 30 s
+    w.tick(1_000);
+    await w.clusters.reconcile("a");
+    const lost = await w.get("j1");
+    expect(lost.status?.admission).toBeUndefined();
+    expect(lost.status?.conditions?.find((c) => c.type === "Admitted")?.reason).toBe("ClusterLost");
+    await w.cycle();
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("b");
+    await w.remote.reconcile(await w.get("j1"));
+    await w.members.get("b")!.store.get(TRAININGJOB, "p", "j1");
+    // a answers again: the copy it still has is stopped there, so j1 never runs twice.
+    a.reachable = true;
+    await w.clusters.reconcile("a");
+    await expect(a.store.get(TRAININGJOB, "p", "j1")).rejects.toThrow(/not found/);
+    await w.members.get("b")!.store.get(TRAININGJOB, "p", "j1"); // b's copy stays
+  });
+});

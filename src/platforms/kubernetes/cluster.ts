@@ -1,0 +1,85 @@
+import type { Readable } from "node:stream";
+import type { Logger } from "pino";
+import type { Cluster } from "../../api/cluster.js";
+import { TRAININGJOB } from "../../api/kinds.js";
+import type { TrainingJob } from "../../api/trainingjob.js";
+import type { MemberCluster, MemberConnector } from "../../ports/fleet.js";
+import type { LogOptions, WorkloadRef } from "../../ports/runtime.js";
+import type { NodeCapacity } from "../../ports/scheduler.js";
+import { KubeClient } from "./client.js";
+import { KubeEventRecorder } from "./events.js";
+import { namespaceOf, podName } from "./naming.js";
+import { type KubeNode, markedForRemoval, nodeCapacities } from "./nodes.js";
+import { KubeResourceStore } from "./store.js";
+
+/** A member is probed often: a request that has not answered in this long means unreachable. */
+const MEMBER_REQUEST_TIMEOUT_MS = 5000;
+
+/**
+ * A Kubernetes cluster with Loom's CRDs and operator as a fleet member (issue 23): its Loom
+ * store (the CRDs), its nodes as capacity, its version, its events and its workers' logs, all
+ * through the kubeconfig the control plane holds as a secret.
+ */
+export class KubeMember implements MemberCluster {
+  readonly store: KubeResourceStore;
+  readonly events: KubeEventRecorder;
+
+  constructor(
+    private readonly client: KubeClient,
+    log: Logger,
+  ) {
+    this.store = new KubeResourceStore(client, log);
+    this.events = new KubeEventRecorder(client);
+  }
+
+  async nodes(): Promise<NodeCapacity[]> {
+    const list = await this.client.request<{ items: KubeNode[] }>("GET", "/api/v1/nodes");
+    // Nodes the member's autoscaler is removing, and cordoned ones, take no new work.
+    const usable = list.items.filter(
+      (n) => !markedForRemoval(n) && !(n as { spec?: { unschedulable?: boolean } }).spec?.unschedulable,
+    );
+    return nodeCapacities(usable);
+  }
+
+  async probe(): Promise<{ kubernetes?: string; loom?: string }> {
+    const v = await this.client.request<{ gitVersion?: string }>("GET", "/version");
+    // Loom's CRDs carry the version that generated them (loom crds).
+    let loom: string | undefined;
+    try {
+      const crd = await this.client.request<{ metadata?: { labels?: Record<string, string> } }>(
+        "GET",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/trainingjobs.loom.dev",
+      );
+      loom = crd.metadata?.labels?.["app.kubernetes.io/version"] ?? "installed";
+    } catch {
+      loom = undefined;
+    }
+    return { ...(v.gitVersion ? { kubernetes: v.gitVersion } : {}), ...(loom ? { loom } : {}) };
+  }
+
+  /** A worker's log: the pod of the member's copy's latest (or named) attempt. */
+  async logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
+    const copy = (await this.store.get(TRAININGJOB, ref.project, ref.name)) as TrainingJob;
+    const attempt = opts.attempt ?? copy.status?.attempts ?? 1;
+    const name = podName(ref.name, attempt, opts.worker);
+    return this.client.stream(`/api/v1/namespaces/${namespaceOf(ref.project)}/pods/${name}/log`, {
+      container: "worker",
+      follow: opts.follow ? "true" : undefined,
+    });
+  }
+
+  close(): void {
+    this.client.destroy();
+  }
+}
+
+/** Connects Kubernetes members from their kubeconfigs. */
+export function kubeMemberConnector(log: Logger): MemberConnector {
+  return {
+    connect: async (cluster: Cluster, kubeconfig: string) =>
+      new KubeMember(
+        KubeClient.fromKubeconfigText(kubeconfig, MEMBER_REQUEST_TIMEOUT_MS),
+        log.child({ component: "fleet", cluster: cluster.metadata.name }),
+      ),
+  };
+}
