@@ -5,6 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Job, LoomProcess } from "./helpers.js";
 import { operatorCluster, ownState, startOperator, type TestCluster } from "./k8s/cluster.js";
+import { importPythonImage, PYTHON_IMAGE } from "./k8s/python-image.js";
 
 /**
  * Below the API server for once: a real node (`real-0`: containerd, runc, the bridge CNI, kubelet
@@ -17,29 +18,7 @@ process.env.LOOM_K8S_REAL_NODE = "1";
 const NS = "real";
 const IMAGE = "loom.local/busybox:1";
 const ROOT = join(import.meta.dirname, "..");
-/** `npm run image`'s Python image (PyTorch on CPU), imported into real-0's containerd. */
-const PYTHON_IMAGE = "loom-python:0.1.0";
 
-/** Imports loom-python into the node's containerd unless it is there (built first if missing). */
-function importPythonImage(): void {
-  const node = join(ownState("realnode"), "node");
-  const ctr = (args: string[]) =>
-    execFileSync(
-      join(node, "bin/ctr"),
-      ["--address", join(node, "containerd.sock"), "-n", "k8s.io", ...args],
-      {
-        encoding: "utf8",
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
-  if (ctr(["images", "ls", "-q"]).includes(`docker.io/library/${PYTHON_IMAGE}`)) return;
-  const out = execFileSync("bash", [join(ROOT, "scripts/image.sh"), "python"], {
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const tarball = out.trim().split("\n").at(-1)!.split(" ")[1]!;
-  ctr(["images", "import", tarball]);
-}
 const ON_REAL_NODE = {
   nodeSelector: { "loom.dev/real-node": "true" },
   tolerations: [{ key: "loom.dev/real-node", operator: "Equal", value: "true", effect: "NoSchedule" }],
@@ -442,7 +421,7 @@ spec:
   }, 300_000);
 
   it("trains a 2-pod PyTorch DDP TrainingJob (gloo, CPU) over the pod network by its headless Service's DNS, checkpoints to its PVC, survives a killed pod by a whole-gang restart from the checkpoint, and logs to tracking with its scoped credential", async () => {
-    importPythonImage();
+    importPythonImage(ownState("realnode"));
     // Tracking must be reachable from pods: the operator's API on the node's address.
     const hostIP = kubectl([
       "get",

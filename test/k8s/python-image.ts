@@ -1,0 +1,30 @@
+import { execFileSync } from "node:child_process";
+import { join } from "node:path";
+
+const ROOT = join(import.meta.dirname, "../..");
+/** `npm run image`'s Python image (PyTorch on CPU), as pods on the real node name it. */
+export const PYTHON_IMAGE = "loom-python:0.1.0";
+
+/**
+ * Imports loom-python into the real node's containerd (the cluster in `state`) unless it is
+ * there; builds it first with scripts/image.sh when its tarball is missing (cached root fs).
+ */
+export function importPythonImage(state: string): void {
+  const node = join(state, "node");
+  const ctr = (args: string[]) =>
+    execFileSync(
+      join(node, "bin/ctr"),
+      ["--address", join(node, "containerd.sock"), "-n", "k8s.io", ...args],
+      {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+  if (ctr(["images", "ls", "-q"]).includes(`docker.io/library/${PYTHON_IMAGE}`)) return;
+  const out = execFileSync("bash", [join(ROOT, "scripts/image.sh"), "python"], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const tarball = out.trim().split("\n").at(-1)!.split(" ")[1]!;
+  ctr(["images", "import", tarball]);
+}
