@@ -494,7 +494,7 @@ spec:
         ],
       }),
     );
-    const steps = 300;
+    const steps = 150;
     const applied = await loom(
       ["apply", "-f", "-"],
       `apiVersion: loom.dev/v1alpha1

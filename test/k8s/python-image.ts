@@ -1,4 +1,6 @@
 import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
 import { join } from "node:path";
 
 const ROOT = join(import.meta.dirname, "../..");
@@ -7,7 +9,7 @@ export const PYTHON_IMAGE = "loom-python:0.1.0";
 
 /**
  * Imports loom-python into the real node's containerd (the cluster in `state`) unless it is
- * there; builds it first with scripts/image.sh when its tarball is missing (cached root fs).
+ * there: `npm run image`'s tarball when it exists, else built with scripts/image.sh first.
  */
 export function importPythonImage(state: string): void {
   const node = join(state, "node");
@@ -21,10 +23,15 @@ export function importPythonImage(state: string): void {
       },
     );
   if (ctr(["images", "ls", "-q"]).includes(`docker.io/library/${PYTHON_IMAGE}`)) return;
-  const out = execFileSync("bash", [join(ROOT, "scripts/image.sh"), "python"], {
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const tarball = out.trim().split("\n").at(-1)!.split(" ")[1]!;
+  // npm run image's tarball when it is there (test/image.e2e makes it); else build it (minutes).
+  const out = process.env.LOOM_IMAGE_OUT ?? join(homedir(), ".cache/loom/image/out");
+  let tarball = join(out, `${PYTHON_IMAGE.replace(":", "-")}.tar`);
+  if (!existsSync(tarball)) {
+    const built = execFileSync("bash", [join(ROOT, "scripts/image.sh"), "python"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    tarball = built.trim().split("\n").at(-1)!.split(" ")[1]!;
+  }
   ctr(["images", "import", tarball]);
 }
