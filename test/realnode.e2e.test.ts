@@ -324,6 +324,11 @@ spec:
   }, 300_000);
   it("fences a Loom project for real: another namespace's pod cannot reach a worker (NetworkPolicy), a root or escalating pod is refused (PodSecurity), and the worker runs as non-root on a read-only root filesystem", async () => {
     const ns = "loom-default";
+    // Run alone (-t), the operator the TrainingJob test starts is not there yet.
+    if (!operator) {
+      operator = startOperator(operatorKubeconfig);
+      await operator.ready;
+    }
     kubectl(["delete", "trainingjobs.loom.dev", "fenced", "-n", ns, "--ignore-not-found", "--timeout=60s"]);
     const applied = await loom(
       ["apply", "-f", "-"],
