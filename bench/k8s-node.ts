@@ -202,7 +202,6 @@ spec:
       "- Training = the pod's first gloo all_reduce returned (its `TRAINING <time.time()>` line); the Job's pods find rank 0 as `NAME-0.NAME` through the headless Service (CoreDNS), as Loom's do.",
       "- After a death the Job only replaces the pod; its rank 0 still waits on the old peer, so the Job does not train again by itself. Loom stops the whole gang and starts a new attempt, which trains.",
       `- Load average at end: ${loadNow()}. Whole bench: ${((Date.now() - began) / 1000).toFixed(0)} s.`,
-      "",
     ].join("\n");
     if (process.env.LOOM_BENCH_APPEND !== "0") appendResults(section);
     console.log(section);
