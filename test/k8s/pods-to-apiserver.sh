@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Two things a real cluster's network gives pods that the test cluster's real node lacks; Loom's
-# own pods (installed by Helm: test/helm-realnode.e2e.test.ts) need both.
+# own pods (installed by Helm: test/helm-realnode.suite.ts) need both.
 #
 # 1. The API server through the `kubernetes` Service (10.96.0.1:443), as in-cluster clients
 #    (Loom's operator) reach it. The test API server listens on the host's loopback only

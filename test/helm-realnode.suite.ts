@@ -18,13 +18,7 @@ import { genaiPython } from "./tracking-client.js";
  * upgrade` rolls Loom under a running TrainingJob without disturbing it or losing tracking data.
  * One cluster, one install, steps in order: each step builds on the one before.
  */
-/**
- * Opt-in (LOOM_TEST_HELM_REALNODE=1): a machine has one real node, and test/realnode.e2e.test.ts
- * holds it for its own cluster while `npm test` runs files two at a time; run this file alone,
- * after that cluster is down (see test/k8s/README.md).
- */
-const ENABLED = process.env.LOOM_TEST_HELM_REALNODE === "1";
-if (ENABLED) process.env.LOOM_K8S_REAL_NODE = "1";
+process.env.LOOM_K8S_REAL_NODE = "1";
 const NS = "loom-system";
 const CHART = join(ROOT, "deploy/helm/loom");
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
@@ -86,12 +80,7 @@ async function timed<T>(name: string, f: () => T | Promise<T>): Promise<T> {
   }
 }
 
-it.runIf(!ENABLED)(
-  "Loom installed by Helm on the real node: skipped, set LOOM_TEST_HELM_REALNODE=1",
-  () => {},
-);
-
-describe.runIf(ENABLED)("Loom installed by Helm on the real node", () => {
+describe("Loom installed by Helm on the real node", () => {
   let cluster: TestCluster;
   let state: string;
   let helm: string;
@@ -268,8 +257,8 @@ describe.runIf(ENABLED)("Loom installed by Helm on the real node", () => {
         cluster.kubectl(["delete", kind, "--all", "-A", "--wait=false"]);
     }
     rmSync(work, { recursive: true, force: true });
-    // The machine's one real node goes back (test/realnode.e2e.test.ts's cluster needs it), unless
-    // kept for a warm rerun.
+    // The machine's one real node goes back (another cluster may need it), unless kept for a warm
+    // rerun.
     if (cluster && process.env.LOOM_TEST_KEEP_CLUSTER !== "1")
       spawnSync("bash", [join(ROOT, "test/k8s/down.sh")], {
         env: { ...process.env, LOOM_K8S_STATE: state },
