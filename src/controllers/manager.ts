@@ -108,18 +108,14 @@ export class ControllerManager {
     const admission = new Controller(admissionReconciler, log("admission"), metrics);
     // Every kind's loop validates first (validate.ts): a bad object is marked Failed/Invalid once.
     const validated = validatingFor(deps);
+    const jobReconciler = new TrainingJobReconciler({
+      ...deps,
+      log: log("trainingjob"),
+      baseBackoffMs: deps.baseBackoffMs,
+      cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
+    });
     const jobs = new Controller(
-      validated(
-        new TrainingJobReconciler({
-          ...deps,
-          log: log("trainingjob"),
-          baseBackoffMs: deps.baseBackoffMs,
-          cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
-        }),
-        TRAININGJOB,
-        () => this.tjInformer,
-        true,
-      ),
+      validated(jobReconciler, TRAININGJOB, () => this.tjInformer, true),
       log("trainingjob"),
       metrics,
       TRAININGJOB_WORKERS,
@@ -195,12 +191,25 @@ export class ControllerManager {
             admission.enqueueBatched(ADMISSION_KEY); // nodes may have come or gone meanwhile
             return;
           }
-          jobs.enqueue(key);
-          // A trial changed: its sweep looks again (a trial finished, another may start).
-          const sweep = (obj as TrainingJob | undefined)?.metadata.labels?.[SWEEP_LABEL];
-          if (sweep) sweeps.enqueue(`${key.split("/")[0]}/${sweep}`);
-          if (this.admissionRelevant(key, obj as TrainingJob | undefined, type))
-            admission.enqueueBatched(ADMISSION_KEY);
+          const changed = () => {
+            if (job && type === "MODIFIED") {
+              // A store may deliver a write's event before the write's answer: wait for the answer.
+              if (jobReconciler.holdEcho(key, changed) || admissionReconciler.holdEcho(job, changed)) return;
+            }
+            // A loop's own write coming back through the watch calls for no reconcile by that
+            // loop: it acted on that state when it wrote it. That was a reconcile per status write.
+            const admissions = !!job && type === "MODIFIED" && admissionReconciler.isOwnWrite(job);
+            const own = !!job && type === "MODIFIED" && jobReconciler.isOwnWrite(key, job);
+            // A waiting job's why (the admission loop's write) is nothing for the job's loop to do.
+            if (!own && !(admissions && !job.status?.admission)) jobs.enqueue(key);
+            // A trial changed: its sweep looks again (a trial finished, another may start).
+            const sweep = job?.metadata.labels?.[SWEEP_LABEL];
+            if (sweep) sweeps.enqueue(`${key.split("/")[0]}/${sweep}`);
+            // Called even for the admission loop's own write, so that its view stays current.
+            if (this.admissionRelevant(key, job, type) && !admissions)
+              admission.enqueueBatched(ADMISSION_KEY);
+          };
+          changed();
         },
       },
       log("informer"),

@@ -77,13 +77,29 @@ export class AdmissionReconciler implements Reconciler {
     });
   }
 
+  /**
+   * Whether the informer's event for `job` only brings back this loop's own latest write: the
+   * cycle that wrote it counted it already (through the overlay), so it calls for no new cycle.
+   */
+  isOwnWrite(job: TrainingJob): boolean {
+    return this.written.isOwn(job.metadata.uid, job);
+  }
+
+  /** Holds an event for `job` while this loop writes it; `replay` runs once the write ended. */
+  holdEcho(job: TrainingJob, replay: () => void): boolean {
+    return this.written.holdEcho(job.metadata.uid, replay);
+  }
+
   /** The snapshot a cycle decides on (also what the scheduling views read). */
   snapshot(): Promise<BuiltSnapshot> {
     return this.snapshots.build();
   }
 
   private async writeStatus(job: TrainingJob): Promise<void> {
-    this.written.remember((await this.deps.store.updateStatus(job)) as TrainingJob);
+    await this.written.write(
+      job.metadata.uid,
+      async () => (await this.deps.store.updateStatus(job)) as TrainingJob,
+    );
   }
 
   async reconcile(_key: string): Promise<ReconcileResult> {

@@ -67,6 +67,11 @@ export class JobContext {
     return this.overlay ? this.overlay.remember(job) : job;
   }
 
+  /** Runs one write of the job (`op` returns it as stored) and notes it, as remember does. */
+  track(job: TrainingJob, op: () => Promise<TrainingJob>): Promise<TrainingJob> {
+    return this.overlay ? this.overlay.write(keyOf(job), op) : op();
+  }
+
   /** Drops what this loop wrote of the job (it is about to go). */
   forget(job: TrainingJob): void {
     this.overlay?.forget(keyOf(job));
@@ -78,7 +83,10 @@ export class JobContext {
    */
   async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<TrainingJob> {
     if (isDeepStrictEqual(job.status ?? {}, status)) return job;
-    const written = this.remember((await this.deps.store.updateStatus({ ...job, status })) as TrainingJob);
+    const written = await this.track(
+      job,
+      async () => (await this.deps.store.updateStatus({ ...job, status })) as TrainingJob,
+    );
     // Finished: the job's own credential goes with it (verify refuses it anyway once the phase
     // shows; this removes it). Every terminal phase is written here, once.
     if (ENDED.has(status.phase ?? "") && !ENDED.has(job.status?.phase ?? ""))

@@ -39,6 +39,20 @@ export class TrainingJobReconciler implements Reconciler {
     this.ctx = new JobContext(deps, this.overlay);
   }
 
+  /**
+   * Whether the informer's event for `job` only brings back this loop's own latest write: the
+   * reconcile that wrote it already acted on that state (it returned a requeue where it needed
+   * one), so the echo needs no reconcile of its own (one per status write before).
+   */
+  isOwnWrite(key: string, job: TrainingJob): boolean {
+    return this.overlay?.isOwn(key, job) ?? false;
+  }
+
+  /** Holds an event for `key` while this loop writes the job; `replay` runs once the write ended. */
+  holdEcho(key: string, replay: () => void): boolean {
+    return this.overlay?.holdEcho(key, replay) ?? false;
+  }
+
   /** The job as of this loop's latest knowledge: the cache, or our own newer write. */
   private async read(
     key: string,
