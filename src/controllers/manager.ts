@@ -13,6 +13,7 @@ import type { WorkloadTracking } from "../ports/tracking.js";
 import { Controller, type Reconciler } from "../reconcile/controller.js";
 import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
+import { admittedStatus } from "./admission/offer.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
 import { APP, type AppDeps, AppReconciler, appOfReplica } from "./app/reconciler.js";
 import {
@@ -103,6 +104,14 @@ export class ControllerManager {
       log: log("admission"),
       listJobs: () => [...this.unfinishedJobs.values()],
       listProjects: () => this.projectInformer.list() as Project[],
+      // The job's loop writes the admission with the start: one status write per job fewer.
+      offer: (job, offer) => {
+        const key = displayKey(job.metadata);
+        jobReconciler.offer(job, offer);
+        // Admission's view of the job has the admission now: its write with the start calls for no cycle.
+        this.admissionRelevant(key, { ...job, status: admittedStatus(job, offer) }, "MODIFIED");
+        jobs.enqueue(key);
+      },
     });
     this.admissionReconciler = admissionReconciler;
     const admission = new Controller(admissionReconciler, log("admission"), metrics);

@@ -46,7 +46,15 @@ export class JobContext {
     private readonly overlay?: WriteOverlay<TrainingJob>,
     /** An event still being recorded: events recorded here go after it, in order. */
     private readonly pendingEvent?: Promise<void>,
+    /** Jobs whose status holds what the store does not have yet (an admission offered). */
+    private readonly unwrittenJobs = new WeakSet<TrainingJob>(),
   ) {}
+
+  /** Marks a job whose status holds more than the store has: its next status write always goes out. */
+  unwritten(job: TrainingJob): TrainingJob {
+    this.unwrittenJobs.add(job);
+    return job;
+  }
 
   /**
    * Records an event while the caller goes on with `then` (one round trip less than waiting for
@@ -58,7 +66,10 @@ export class JobContext {
     then: (ctx: JobContext) => Promise<T>,
   ): Promise<T> {
     const recorded = this.event(...event);
-    const [, result] = await Promise.all([recorded, then(new JobContext(this.deps, this.overlay, recorded))]);
+    const [, result] = await Promise.all([
+      recorded,
+      then(new JobContext(this.deps, this.overlay, recorded, this.unwrittenJobs)),
+    ]);
     return result;
   }
 
@@ -82,7 +93,7 @@ export class JobContext {
    * the job as stored now, for a phase that goes on to write again.
    */
   async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<TrainingJob> {
-    if (isDeepStrictEqual(job.status ?? {}, status)) return job;
+    if (!this.unwrittenJobs.has(job) && isDeepStrictEqual(job.status ?? {}, status)) return job;
     const written = await this.track(
       job,
       async () => (await this.deps.store.updateStatus({ ...job, status })) as TrainingJob,

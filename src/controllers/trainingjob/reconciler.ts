@@ -3,6 +3,7 @@ import { isFinished, type TrainingJob, type TrainingJobStatus } from "../../api/
 import type { GangObservation, WorkloadRef } from "../../ports/runtime.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { WriteOverlay } from "../../reconcile/overlay.js";
+import { type AdmissionOffer, admittedStatus } from "../admission/offer.js";
 import { holdRuntimeFinalizer, nothingToDo } from "./admit.js";
 import { JobContext, keyOf, refOf, splitKey, TRAININGJOB, type TrainingJobDeps } from "./context.js";
 import { finalize } from "./delete.js";
@@ -71,18 +72,45 @@ export class TrainingJobReconciler implements Reconciler {
     return this.overlay.get(key, seen);
   }
 
+  /**
+   * Admissions the admission loop handed over (AdmissionDeps.offer), by key: the start writes
+   * the admission with the workers it started, in one status write instead of two.
+   */
+  private readonly offers = new Map<string, { uid: string; offer: AdmissionOffer }>();
+
+  /** Takes an admission to write with the job's start (the caller enqueues the job). */
+  offer(job: TrainingJob, offer: AdmissionOffer): void {
+    this.offers.set(keyOf(job), { uid: job.metadata.uid, offer });
+  }
+
+  /** The admission offered for `current`, while it still applies (not yet written, same job). */
+  private offerFor(key: string, current: TrainingJob): AdmissionOffer | undefined {
+    const held = this.offers.get(key);
+    if (!held) return undefined;
+    if (held.uid === current.metadata.uid && !current.status?.admission && !isFinished(current))
+      return held.offer;
+    this.offers.delete(key);
+    return undefined;
+  }
+
   async reconcile(key: string): Promise<ReconcileResult> {
     const [project, name] = splitKey(key);
     const seen = this.deps.cached?.(key);
-    if (seen && nothingToDo(seen)) return {};
+    if (seen && nothingToDo(seen) && !this.offers.has(key)) return {};
     const current = await this.read(key, project, name, seen);
-    if (!current) return {};
+    if (!current) {
+      this.offers.delete(key);
+      return {};
+    }
     const ref = refOf(current);
     if (current.metadata.deletionTimestamp) return finalize(this.ctx, current, ref);
     if (isFinished(current)) return settleFinished(this.ctx, current, ref);
-    if (!current.status?.admission) return {}; // the admission loop decides when it may start
+    const offer = this.offerFor(key, current);
+    if (!current.status?.admission && !offer) return {}; // the admission loop decides when it may start
 
-    const job = await holdRuntimeFinalizer(this.ctx, current);
+    let job = await holdRuntimeFinalizer(this.ctx, current);
+    // Admitted and not yet written: the attempt's first status write carries the admission.
+    if (offer) job = this.ctx.unwritten({ ...job, status: admittedStatus(job, offer) });
     if (job.status?.preemption) return yieldToPreemption(this.ctx, job, ref);
     if (job.status?.resize) return yieldForResize(this.ctx, job, ref);
     return this.advance(job, ref);
