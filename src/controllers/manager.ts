@@ -258,7 +258,9 @@ export class ControllerManager {
       // No admission cycle: capacity is counted by admissions, and whatever a worker's change
       // frees (a job finished, a victim stopped) comes through the job's own status write. A
       // cycle per worker event was thousands of cycles with nothing to decide in bench:k8s.
-      jobs.enqueue(displayKey(ref));
+      const key = displayKey(ref);
+      // The start this loop is making itself: it observes the gang right after.
+      if (!jobReconciler.isStarting(key)) jobs.enqueue(key);
     });
   }
 

@@ -35,6 +35,13 @@ export interface TrainingJobDeps {
   maxBackoffMs?: number;
 }
 
+interface SharedState {
+  /** Jobs whose status holds what the store does not have yet (an admission offered). */
+  unwritten: WeakSet<TrainingJob>;
+  /** Keys whose gang this loop is starting now. */
+  starting: Set<string>;
+}
+
 /**
  * What every phase of the lifecycle shares: the deps, and the writes that keep this loop's
  * overlay of the informer's cache (see WriteOverlay) up to date.
@@ -46,13 +53,33 @@ export class JobContext {
     private readonly overlay?: WriteOverlay<TrainingJob>,
     /** An event still being recorded: events recorded here go after it, in order. */
     private readonly pendingEvent?: Promise<void>,
-    /** Jobs whose status holds what the store does not have yet (an admission offered). */
-    private readonly unwrittenJobs = new WeakSet<TrainingJob>(),
+    /** What every context of this loop shares (alongsideEvent makes contexts of its own). */
+    private readonly shared: SharedState = { unwritten: new WeakSet(), starting: new Set() },
   ) {}
+
+  /**
+   * Runs `start` (the runtime's start of the job's gang) with the job marked as starting: the
+   * runtime's own announcement of the start calls for no reconcile, as the caller observes the
+   * gang right after.
+   */
+  async starting<T>(job: TrainingJob, start: () => Promise<T>): Promise<T> {
+    const key = keyOf(job);
+    this.shared.starting.add(key);
+    try {
+      return await start();
+    } finally {
+      this.shared.starting.delete(key);
+    }
+  }
+
+  /** Whether this loop is starting the job's gang now (see starting). */
+  isStarting(key: string): boolean {
+    return this.shared.starting.has(key);
+  }
 
   /** Marks a job whose status holds more than the store has: its next status write always goes out. */
   unwritten(job: TrainingJob): TrainingJob {
-    this.unwrittenJobs.add(job);
+    this.shared.unwritten.add(job);
     return job;
   }
 
@@ -68,7 +95,7 @@ export class JobContext {
     const recorded = this.event(...event);
     const [, result] = await Promise.all([
       recorded,
-      then(new JobContext(this.deps, this.overlay, recorded, this.unwrittenJobs)),
+      then(new JobContext(this.deps, this.overlay, recorded, this.shared)),
     ]);
     return result;
   }
@@ -93,7 +120,7 @@ export class JobContext {
    * the job as stored now, for a phase that goes on to write again.
    */
   async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<TrainingJob> {
-    if (!this.unwrittenJobs.has(job) && isDeepStrictEqual(job.status ?? {}, status)) return job;
+    if (!this.shared.unwritten.has(job) && isDeepStrictEqual(job.status ?? {}, status)) return job;
     const written = await this.track(
       job,
       async () => (await this.deps.store.updateStatus({ ...job, status })) as TrainingJob,

@@ -49,6 +49,14 @@ export class TrainingJobReconciler implements Reconciler {
     return this.overlay?.isOwn(key, job) ?? false;
   }
 
+  /**
+   * Whether a runtime change of `key` is only the start this loop is making (the start's
+   * reconcile observes the gang right after it): no reconcile of its own.
+   */
+  isStarting(key: string): boolean {
+    return this.ctx.isStarting(key);
+  }
+
   /** Holds an event for `key` while this loop writes the job; `replay` runs once the write ended. */
   holdEcho(key: string, replay: () => void): boolean {
     return this.overlay?.holdEcho(key, replay) ?? false;
@@ -76,19 +84,38 @@ export class TrainingJobReconciler implements Reconciler {
    * Admissions the admission loop handed over (AdmissionDeps.offer), by key: the start writes
    * the admission with the workers it started, in one status write instead of two.
    */
-  private readonly offers = new Map<string, { uid: string; offer: AdmissionOffer }>();
+  private readonly offers = new Map<string, { job: TrainingJob; offer: AdmissionOffer }>();
 
-  /** Takes an admission to write with the job's start (the caller enqueues the job). */
+  /**
+   * Takes an admission to write with the job's start (the caller enqueues the job); `job` is
+   * the admission loop's copy, which may be newer than the cache (its own waiting write).
+   */
   offer(job: TrainingJob, offer: AdmissionOffer): void {
-    this.offers.set(keyOf(job), { uid: job.metadata.uid, offer });
+    this.offers.set(keyOf(job), { job, offer });
   }
 
-  /** The admission offered for `current`, while it still applies (not yet written, same job). */
-  private offerFor(key: string, current: TrainingJob): AdmissionOffer | undefined {
+  /**
+   * The job to start with its admission offered, while the offer still applies (not yet
+   * written, same job): the newer of `current` and the copy the offer came with, so the start's
+   * write does not conflict with the admission loop's write the cache does not show yet.
+   */
+  private offerFor(
+    key: string,
+    current: TrainingJob,
+  ): { job: TrainingJob; offer: AdmissionOffer } | undefined {
     const held = this.offers.get(key);
     if (!held) return undefined;
-    if (held.uid === current.metadata.uid && !current.status?.admission && !isFinished(current))
-      return held.offer;
+    if (
+      held.job.metadata.uid === current.metadata.uid &&
+      !current.status?.admission &&
+      !isFinished(current)
+    ) {
+      const newer =
+        Number(held.job.metadata.resourceVersion) > Number(current.metadata.resourceVersion)
+          ? held.job
+          : current;
+      return { job: newer, offer: held.offer };
+    }
     this.offers.delete(key);
     return undefined;
   }
@@ -105,12 +132,12 @@ export class TrainingJobReconciler implements Reconciler {
     const ref = refOf(current);
     if (current.metadata.deletionTimestamp) return finalize(this.ctx, current, ref);
     if (isFinished(current)) return settleFinished(this.ctx, current, ref);
-    const offer = this.offerFor(key, current);
-    if (!current.status?.admission && !offer) return {}; // the admission loop decides when it may start
-
-    let job = await holdRuntimeFinalizer(this.ctx, current);
     // Admitted and not yet written: the attempt's first status write carries the admission.
-    if (offer) job = this.ctx.unwritten({ ...job, status: admittedStatus(job, offer) });
+    const offered = this.offerFor(key, current);
+    if (!current.status?.admission && !offered) return {}; // the admission loop decides when it may start
+
+    let job = await holdRuntimeFinalizer(this.ctx, offered?.job ?? current);
+    if (offered) job = this.ctx.unwritten({ ...job, status: admittedStatus(job, offered.offer) });
     if (job.status?.preemption) return yieldToPreemption(this.ctx, job, ref);
     if (job.status?.resize) return yieldForResize(this.ctx, job, ref);
     return this.advance(job, ref);

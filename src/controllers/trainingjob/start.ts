@@ -185,15 +185,17 @@ async function launch(
   const ref = refOf(job);
   try {
     const initCheckpoint = await resolveInitCheckpoint(ctx, job);
-    await ctx.deps.runtime.start({
-      ref,
-      attempt,
-      workers,
-      checkpoint: job.spec.checkpoint,
-      ...(initCheckpoint ? { initCheckpoint } : {}),
-      ...(job.spec.python ? { python: job.spec.python } : {}),
-      ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
-    });
+    await ctx.starting(job, () =>
+      ctx.deps.runtime.start({
+        ref,
+        attempt,
+        workers,
+        checkpoint: job.spec.checkpoint,
+        ...(initCheckpoint ? { initCheckpoint } : {}),
+        ...(job.spec.python ? { python: job.spec.python } : {}),
+        ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
+      }),
+    );
   } catch (err) {
     // Say why in the object (quota, admission policy, image rules), then retry with backoff.
     const message = `cannot start attempt ${attempt}: ${(err as Error).message}`;
