@@ -242,9 +242,13 @@ export class AdmissionReconciler implements Reconciler {
       at: now,
     };
     if (this.deps.offer) {
+      // The job's loop writes it, and says so in its Started event (an event is a write on
+      // Kubernetes, where the Job controller records none for admission).
       this.offered.set(job.metadata.uid, offer);
       this.deps.offer(job, offer);
-    } else await this.writeStatus({ ...job, status: admittedStatus(job, offer) });
+      return;
+    }
+    await this.writeStatus({ ...job, status: admittedStatus(job, offer) });
     await this.deps.events.record(refOf(job), "Normal", "Admitted", message);
   }
 

@@ -72,6 +72,21 @@ export class JobContext {
     }
   }
 
+  /**
+   * The admission an offered job brings (its Admitted condition's words), while not written
+   * yet: the write that carries it says so in its event. Undefined for a job as stored.
+   */
+  offeredAdmission(job: TrainingJob): string | undefined {
+    if (!this.shared.unwritten.has(job)) return undefined;
+    return job.status?.conditions?.find((c) => c.type === "Admitted" && c.status === "True")?.message;
+  }
+
+  /** Records the Admitted event of an offered job whose admission goes out without a start. */
+  async admittedWithoutStart(job: TrainingJob): Promise<void> {
+    const admitted = this.offeredAdmission(job);
+    if (admitted) await this.event(job, "Normal", "Admitted", admitted);
+  }
+
   /** Whether this loop is starting the job's gang now (see starting). */
   isStarting(key: string): boolean {
     return this.shared.starting.has(key);
