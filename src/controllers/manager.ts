@@ -200,25 +200,7 @@ export class ControllerManager {
             admission.enqueueBatched(ADMISSION_KEY); // nodes may have come or gone meanwhile
             return;
           }
-          const changed = () => {
-            if (job && type === "MODIFIED") {
-              // A store may deliver a write's event before the write's answer: wait for the answer.
-              if (jobReconciler.holdEcho(key, changed) || admissionReconciler.holdEcho(job, changed)) return;
-            }
-            // A loop's own write coming back through the watch calls for no reconcile by that
-            // loop: it acted on that state when it wrote it. That was a reconcile per status write.
-            const admissions = !!job && type === "MODIFIED" && admissionReconciler.isOwnWrite(job);
-            const own = !!job && type === "MODIFIED" && jobReconciler.isOwnWrite(key, job);
-            // A waiting job's why (the admission loop's write) is nothing for the job's loop to do.
-            if (!own && !(admissions && !job.status?.admission)) jobs.enqueue(key);
-            // A trial changed: its sweep looks again (a trial finished, another may start).
-            const sweep = job?.metadata.labels?.[SWEEP_LABEL];
-            if (sweep) sweeps.enqueue(`${key.split("/")[0]}/${sweep}`);
-            // Called even for the admission loop's own write, so that its view stays current.
-            if (this.admissionRelevant(key, job, type) && !admissions)
-              admission.enqueueBatched(ADMISSION_KEY);
-          };
-          changed();
+          this.jobChanged({ key, job, type, jobReconciler, jobs, sweeps });
         },
       },
       log("informer"),
@@ -361,6 +343,38 @@ export class ControllerManager {
     );
     this.informers.push(inf);
     return { controller, informer: inf };
+  }
+
+  /**
+   * A job was added, changed or deleted: its loop, its sweep and the admission loop look again,
+   * each only where the change is news to it.
+   */
+  private jobChanged(c: {
+    key: string;
+    job: TrainingJob | undefined;
+    type: string;
+    jobReconciler: TrainingJobReconciler;
+    jobs: Controller;
+    sweeps: Controller;
+  }): void {
+    const { key, job, type } = c;
+    const admission = this.admissionReconciler;
+    if (job && type === "MODIFIED") {
+      // A store may deliver a write's event before the write's answer: wait for the answer.
+      const replay = () => this.jobChanged(c);
+      if (c.jobReconciler.holdEcho(key, replay) || admission.holdEcho(job, replay)) return;
+    }
+    // A loop's own write coming back through the watch calls for no reconcile by that loop: it
+    // acted on that state when it wrote it. That was a reconcile per status write.
+    const admissions = !!job && type === "MODIFIED" && admission.isOwnWrite(job);
+    const own = !!job && type === "MODIFIED" && c.jobReconciler.isOwnWrite(key, job);
+    // A waiting job's why (the admission loop's write) is nothing for the job's loop to do.
+    if (!own && !(admissions && !job.status?.admission)) c.jobs.enqueue(key);
+    // A trial changed: its sweep looks again (a trial finished, another may start).
+    const sweep = job?.metadata.labels?.[SWEEP_LABEL];
+    if (sweep) c.sweeps.enqueue(`${key.split("/")[0]}/${sweep}`);
+    // Called even for the admission loop's own write, so that its view stays current.
+    if (this.admissionRelevant(key, job, type) && !admissions) this.admission.enqueueBatched(ADMISSION_KEY);
   }
 
   /**
