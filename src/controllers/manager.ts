@@ -13,6 +13,7 @@ import type { WorkloadTracking } from "../ports/tracking.js";
 import { Controller, type Reconciler } from "../reconcile/controller.js";
 import { Informer, storeSource } from "../reconcile/informer.js";
 import { createControllerMetrics } from "../reconcile/metrics.js";
+import { type AdmissionOffer, admittedStatus } from "./admission/offer.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
 import { APP, type AppDeps, AppReconciler, appOfReplica } from "./app/reconciler.js";
 import { RemoteJobs } from "./cluster/dispatch.js";
@@ -112,24 +113,27 @@ export class ControllerManager {
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
     const { fleet, remote } = fleetOf(deps, log("dispatch"));
     this.fleet = fleet;
-    const admissionReconciler = this.newAdmission(fleet, log("admission"));
+    // The job's loop writes the admission with the start: one status write per job fewer.
+    const admissionReconciler = this.newAdmission(fleet, log("admission"), (job, offer) => {
+      const key = displayKey(job.metadata);
+      jobReconciler.offer(job, offer);
+      // Admission's view of the job has the admission now: its write with the start calls for no cycle.
+      this.admissionRelevant(key, { ...job, status: admittedStatus(job, offer) }, "MODIFIED");
+      jobs.enqueue(key);
+    });
     this.admissionReconciler = admissionReconciler;
     const admission = new Controller(admissionReconciler, log("admission"), metrics);
     // Every kind's loop validates first (validate.ts): a bad object is marked Failed/Invalid once.
     const validated = validatingFor(deps);
+    const jobReconciler = new TrainingJobReconciler({
+      ...deps,
+      log: log("trainingjob"),
+      baseBackoffMs: deps.baseBackoffMs,
+      ...(remote ? { remote } : {}),
+      cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
+    });
     const jobs = new Controller(
-      validated(
-        new TrainingJobReconciler({
-          ...deps,
-          log: log("trainingjob"),
-          baseBackoffMs: deps.baseBackoffMs,
-          ...(remote ? { remote } : {}),
-          cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
-        }),
-        TRAININGJOB,
-        () => this.tjInformer,
-        true,
-      ),
+      validated(jobReconciler, TRAININGJOB, () => this.tjInformer, true),
       log("trainingjob"),
       metrics,
       TRAININGJOB_WORKERS,
@@ -206,12 +210,7 @@ export class ControllerManager {
             admission.enqueueBatched(ADMISSION_KEY); // nodes may have come or gone meanwhile
             return;
           }
-          jobs.enqueue(key);
-          // A trial changed: its sweep looks again (a trial finished, another may start).
-          const sweep = (obj as TrainingJob | undefined)?.metadata.labels?.[SWEEP_LABEL];
-          if (sweep) sweeps.enqueue(`${key.split("/")[0]}/${sweep}`);
-          if (this.admissionRelevant(key, obj as TrainingJob | undefined, type))
-            admission.enqueueBatched(ADMISSION_KEY);
+          this.jobChanged({ key, job, type, jobReconciler, jobs, sweeps });
         },
       },
       log("informer"),
@@ -251,7 +250,9 @@ export class ControllerManager {
       // No admission cycle: capacity is counted by admissions, and whatever a worker's change
       // frees (a job finished, a victim stopped) comes through the job's own status write. A
       // cycle per worker event was thousands of cycles with nothing to decide in bench:k8s.
-      jobs.enqueue(displayKey(ref));
+      const key = displayKey(ref);
+      // The start this loop is making itself: it observes the gang right after.
+      if (!jobReconciler.isStarting(key)) jobs.enqueue(key);
     });
   }
 
@@ -279,12 +280,17 @@ export class ControllerManager {
   }
 
   /** The admission loop's reconciler: one queue over this platform's nodes and the fleet's. */
-  private newAdmission(fleet: Fleet | undefined, log: Logger): AdmissionReconciler {
+  private newAdmission(
+    fleet: Fleet | undefined,
+    log: Logger,
+    offer: (job: TrainingJob, offer: AdmissionOffer) => void,
+  ): AdmissionReconciler {
     const { fleet: _members, ...deps } = this.deps;
     return new AdmissionReconciler({
       ...deps,
       ...(fleet ? { fleet } : {}),
       log,
+      offer,
       listJobs: () => [...this.unfinishedJobs.values()],
       listProjects: () => this.projectInformer.list() as Project[],
     });
@@ -384,6 +390,38 @@ export class ControllerManager {
     );
     this.informers.push(inf);
     return { controller, informer: inf };
+  }
+
+  /**
+   * A job was added, changed or deleted: its loop, its sweep and the admission loop look again,
+   * each only where the change is news to it.
+   */
+  private jobChanged(c: {
+    key: string;
+    job: TrainingJob | undefined;
+    type: string;
+    jobReconciler: TrainingJobReconciler;
+    jobs: Controller;
+    sweeps: Controller;
+  }): void {
+    const { key, job, type } = c;
+    const admission = this.admissionReconciler;
+    if (job && type === "MODIFIED") {
+      // A store may deliver a write's event before the write's answer: wait for the answer.
+      const replay = () => this.jobChanged(c);
+      if (c.jobReconciler.holdEcho(key, replay) || admission.holdEcho(job, replay)) return;
+    }
+    // A loop's own write coming back through the watch calls for no reconcile by that loop: it
+    // acted on that state when it wrote it. That was a reconcile per status write.
+    const admissions = !!job && type === "MODIFIED" && admission.isOwnWrite(job);
+    const own = !!job && type === "MODIFIED" && c.jobReconciler.isOwnWrite(key, job);
+    // A waiting job's why (the admission loop's write) is nothing for the job's loop to do.
+    if (!own && !(admissions && !job.status?.admission)) c.jobs.enqueue(key);
+    // A trial changed: its sweep looks again (a trial finished, another may start).
+    const sweep = job?.metadata.labels?.[SWEEP_LABEL];
+    if (sweep) c.sweeps.enqueue(`${key.split("/")[0]}/${sweep}`);
+    // Called even for the admission loop's own write, so that its view stays current.
+    if (this.admissionRelevant(key, job, type) && !admissions) this.admission.enqueueBatched(ADMISSION_KEY);
   }
 
   /**

@@ -90,3 +90,42 @@ describe("WriteOverlay.list (every cached object)", () => {
     expect(overlay.list([b])[0]).toBe(b);
   });
 });
+
+describe("WriteOverlay own writes (echoes through the watch)", () => {
+  it("tells this loop's latest write from anyone else's, by uid and version", () => {
+    const overlay = new WriteOverlay(byName);
+    overlay.remember(obj("a", 8));
+    expect(overlay.isOwn("p/a", obj("a", 8))).toBe(true);
+    expect(overlay.isOwn("p/a", obj("a", 9))).toBe(false); // someone wrote after us
+    expect(overlay.isOwn("p/a", obj("a", 8, "uid-other"))).toBe(false); // a namesake made again
+    expect(overlay.isOwn("p/b", obj("b", 8))).toBe(false);
+  });
+
+  it("holds an event that comes while a write is in flight, and hands it back once the write is known", async () => {
+    const overlay = new WriteOverlay(byName);
+    let answer: (o: Resource) => void = () => undefined;
+    const writing = overlay.write("p/a", () => new Promise<Resource>((r) => (answer = r)));
+    const replays: boolean[] = [];
+    // The store delivered the write's event before its answer: not decidable yet, so held.
+    const echo = obj("a", 8);
+    expect(overlay.holdEcho("p/a", () => replays.push(overlay.isOwn("p/a", echo)))).toBe(true);
+    const other = obj("a", 7);
+    expect(overlay.holdEcho("p/a", () => replays.push(overlay.isOwn("p/a", other)))).toBe(true);
+    expect(replays).toEqual([]);
+    answer(obj("a", 8));
+    await writing;
+    // Replayed once the write ended: the echo is ours, the other write is not.
+    expect(replays).toEqual([true, false]);
+    expect(overlay.holdEcho("p/a", () => undefined)).toBe(false);
+  });
+
+  it("hands held events back when the write fails, so none is lost", async () => {
+    const overlay = new WriteOverlay(byName);
+    const writing = overlay.write("p/a", () => Promise.reject(new Error("conflict")));
+    let replayed = 0;
+    overlay.holdEcho("p/a", () => replayed++);
+    await expect(writing).rejects.toThrow("conflict");
+    expect(replayed).toBe(1);
+    expect(overlay.isOwn("p/a", obj("a", 8))).toBe(false);
+  });
+});

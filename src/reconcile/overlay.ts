@@ -19,6 +19,53 @@ export class WriteOverlay<T extends Resource> {
     return obj;
   }
 
+  /** Writes of this loop in flight, by key, and the events that came for the key meanwhile. */
+  private readonly writing = new Map<string, { count: number; held: (() => void)[] }>();
+
+  /**
+   * Runs one write of this loop (`op` returns the object as stored) and remembers what it
+   * stored. Events for the key that came while it was in flight (held by holdEcho) are handed
+   * back once it ends, when whether they were this write's own echo can be told.
+   */
+  async write(key: string, op: () => Promise<T>): Promise<T> {
+    const entry = this.writing.get(key) ?? { count: 0, held: [] };
+    entry.count++;
+    this.writing.set(key, entry);
+    try {
+      return this.remember(await op());
+    } finally {
+      if (--entry.count === 0) {
+        this.writing.delete(key);
+        for (const replay of entry.held) replay();
+      }
+    }
+  }
+
+  /**
+   * Holds an informer event for `key` while one of this loop's writes of it is in flight (a
+   * store may deliver a write's watch event before the write's own answer); `replay` runs once
+   * the write has ended. False, and nothing held, when no write of the key is in flight.
+   */
+  holdEcho(key: string, replay: () => void): boolean {
+    const entry = this.writing.get(key);
+    if (!entry) return false;
+    entry.held.push(replay);
+    return true;
+  }
+
+  /**
+   * Whether `obj` is this loop's own latest write under `key`, as the watch brings it back: the
+   * loop acted on that state when it wrote it, so it need not look again for that event alone.
+   */
+  isOwn(key: string, obj: T): boolean {
+    const mine = this.written.get(key);
+    return (
+      mine !== undefined &&
+      mine.metadata.uid === obj.metadata.uid &&
+      mine.metadata.resourceVersion === obj.metadata.resourceVersion
+    );
+  }
+
   /** Drops what this loop wrote under `key` (the object is going away). */
   forget(key: string): void {
     this.written.delete(key);

@@ -3,7 +3,7 @@ import { SELF_CLUSTER } from "../../api/cluster.js";
 import { getCondition, setCondition } from "../../api/meta.js";
 import type { Project } from "../../api/project.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import { type TrainingJob, workerRange } from "../../api/trainingjob.js";
+import { isFinished, type TrainingJob, workerRange } from "../../api/trainingjob.js";
 import { forEachConcurrently } from "../../lib/concurrency.js";
 import type { Runtime } from "../../ports/runtime.js";
 import type {
@@ -27,6 +27,7 @@ import {
   wantsCapacity,
   withinLimit,
 } from "./capacity.js";
+import { type AdmissionOffer, admittedStatus } from "./offer.js";
 import { type BuiltSnapshot, type FleetCapacity, SnapshotBuilder } from "./snapshot.js";
 
 /** Status writes one admission cycle keeps in flight at once. */
@@ -53,6 +54,12 @@ export interface AdmissionDeps {
   now: () => Date;
   /** The fleet's members (issue 23): one queue over their nodes and this platform's. */
   fleet?: FleetCapacity;
+  /**
+   * Hands an admission to the TrainingJob loop instead of writing it: that loop starts the job
+   * and writes the admission in the same status write as the start (one write per job fewer).
+   * Without it, the admission is written here.
+   */
+  offer?: (job: TrainingJob, offer: AdmissionOffer) => void;
 }
 
 /**
@@ -72,13 +79,52 @@ export class AdmissionReconciler implements Reconciler {
   private readonly written = new WriteOverlay<TrainingJob>((job) => job.metadata.uid);
   private readonly snapshots: SnapshotBuilder;
 
+  /**
+   * Admissions handed to the TrainingJob loop (deps.offer), by job uid, until the cache shows
+   * them written: counted as if written, so the capacity is not handed out twice meanwhile.
+   */
+  private readonly offered = new Map<string, AdmissionOffer>();
+
   constructor(private readonly deps: AdmissionDeps) {
     this.snapshots = new SnapshotBuilder({
-      jobs: () => this.written.list(this.deps.listJobs()),
+      jobs: () => this.withOffers(this.written.list(this.deps.listJobs())),
       projects: this.deps.listProjects,
       runtime: this.deps.runtime,
       ...(this.deps.fleet ? { fleet: this.deps.fleet } : {}),
     });
+  }
+
+  /**
+   * Whether the informer's event for `job` only brings back this loop's own latest write: the
+   * cycle that wrote it counted it already (through the overlay), so it calls for no new cycle.
+   */
+  isOwnWrite(job: TrainingJob): boolean {
+    return this.written.isOwn(job.metadata.uid, job);
+  }
+
+  /** Holds an event for `job` while this loop writes it; `replay` runs once the write ended. */
+  holdEcho(job: TrainingJob, replay: () => void): boolean {
+    return this.written.holdEcho(job.metadata.uid, replay);
+  }
+
+  /** Jobs with the admissions offered and not yet written shown in them. */
+  private withOffers(jobs: TrainingJob[]): TrainingJob[] {
+    if (this.offered.size === 0) return jobs;
+    const listed = new Set<string>();
+    const out = jobs.map((job) => {
+      const uid = job.metadata.uid;
+      listed.add(uid);
+      const offer = this.offered.get(uid);
+      if (!offer) return job;
+      // Written (with the start), or the job has gone another way: the offer has done its work.
+      if (job.status?.admission || job.metadata.deletionTimestamp || isFinished(job)) {
+        this.offered.delete(uid);
+        return job;
+      }
+      return { ...job, status: admittedStatus(job, offer) };
+    });
+    for (const uid of this.offered.keys()) if (!listed.has(uid)) this.offered.delete(uid);
+    return out;
   }
 
   /** The snapshot a cycle decides on (also what the scheduling views read). */
@@ -87,7 +133,10 @@ export class AdmissionReconciler implements Reconciler {
   }
 
   private async writeStatus(job: TrainingJob): Promise<void> {
-    this.written.remember((await this.deps.store.updateStatus(job)) as TrainingJob);
+    await this.written.write(
+      job.metadata.uid,
+      async () => (await this.deps.store.updateStatus(job)) as TrainingJob,
+    );
   }
 
   async reconcile(_key: string): Promise<ReconcileResult> {
@@ -191,31 +240,31 @@ export class AdmissionReconciler implements Reconciler {
         ? ` with ${placements.length} of up to ${range.max} workers (elastic, at least ${range.min})`
         : "";
     const message = `admitted to ${cluster ? `cluster ${cluster}, node ${first.node.slice(cluster.length + 1)}` : first.node}${devices.length ? ` with GPU(s) ${devices.join(",")}${share !== undefined ? ` (share ${share})` : ""}` : ""}${size}`;
-    await this.writeStatus({
-      ...job,
-      status: {
-        ...job.status,
-        phase: job.status?.phase ?? "Pending",
-        queuePosition: undefined,
-        capacityRequest: undefined,
-        admission: {
-          node: first.node,
-          ...(cluster ? { cluster } : {}),
-          cpuMillis: r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0),
-          memoryBytes: r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0),
-          gpus: devices,
-          ...(share !== undefined ? { gpuShare: share } : {}),
-          workers: placements.length,
-          placements,
-          admittedAt: now.toISOString(),
-        },
-        conditions: setCondition(
-          job.status?.conditions,
-          { type: "Admitted", status: "True", reason: "Admitted", message },
-          now,
-        ),
+    const offer: AdmissionOffer = {
+      admission: {
+        node: first.node,
+        ...(cluster ? { cluster } : {}),
+        cpuMillis: r.cpu === undefined ? 0 : (parseCpuMillis(r.cpu) ?? 0),
+        memoryBytes: r.memory === undefined ? 0 : (parseMemoryBytes(r.memory) ?? 0),
+        gpus: devices,
+        ...(share !== undefined ? { gpuShare: share } : {}),
+        workers: placements.length,
+        placements,
+        admittedAt: now.toISOString(),
       },
-    });
+      message,
+      at: now,
+    };
+    // A job placed in another member of the fleet is started there (its loop hands it over on
+    // seeing the written admission): only a local start writes the admission with itself.
+    if (this.deps.offer && !cluster) {
+      // The job's loop writes it, and says so in its Started event (an event is a write on
+      // Kubernetes, where the Job controller records none for admission).
+      this.offered.set(job.metadata.uid, offer);
+      this.deps.offer(job, offer);
+      return;
+    }
+    await this.writeStatus({ ...job, status: admittedStatus(job, offer) });
     await this.deps.events.record(refOf(job), "Normal", "Admitted", message);
   }
 

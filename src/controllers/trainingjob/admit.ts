@@ -22,11 +22,12 @@ export async function holdRuntimeFinalizer(ctx: JobContext, job: TrainingJob): P
   if (job.metadata.finalizers?.includes(RUNTIME_FINALIZER)) return job;
   const { store } = ctx.deps;
   // The finalizer alone where the store can (on Kubernetes a far smaller write than the job).
-  const written = store.addFinalizer
-    ? await store.addFinalizer(job, RUNTIME_FINALIZER)
-    : await store.update({
-        ...job,
-        metadata: { ...job.metadata, finalizers: [...(job.metadata.finalizers ?? []), RUNTIME_FINALIZER] },
-      });
-  return ctx.remember(written as TrainingJob);
+  return ctx.track(job, async () =>
+    store.addFinalizer
+      ? ((await store.addFinalizer(job, RUNTIME_FINALIZER)) as TrainingJob)
+      : ((await store.update({
+          ...job,
+          metadata: { ...job.metadata, finalizers: [...(job.metadata.finalizers ?? []), RUNTIME_FINALIZER] },
+        })) as TrainingJob),
+  );
 }

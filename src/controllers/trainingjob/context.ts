@@ -41,6 +41,13 @@ export interface TrainingJobDeps {
   maxBackoffMs?: number;
 }
 
+interface SharedState {
+  /** Jobs whose status holds what the store does not have yet (an admission offered). */
+  unwritten: WeakSet<TrainingJob>;
+  /** Keys whose gang this loop is starting now. */
+  starting: Set<string>;
+}
+
 /**
  * What every phase of the lifecycle shares: the deps, and the writes that keep this loop's
  * overlay of the informer's cache (see WriteOverlay) up to date.
@@ -52,7 +59,50 @@ export class JobContext {
     private readonly overlay?: WriteOverlay<TrainingJob>,
     /** An event still being recorded: events recorded here go after it, in order. */
     private readonly pendingEvent?: Promise<void>,
+    /** What every context of this loop shares (alongsideEvent makes contexts of its own). */
+    private readonly shared: SharedState = { unwritten: new WeakSet(), starting: new Set() },
   ) {}
+
+  /**
+   * Runs `start` (the runtime's start of the job's gang) with the job marked as starting: the
+   * runtime's own announcement of the start calls for no reconcile, as the caller observes the
+   * gang right after.
+   */
+  async starting<T>(job: TrainingJob, start: () => Promise<T>): Promise<T> {
+    const key = keyOf(job);
+    this.shared.starting.add(key);
+    try {
+      return await start();
+    } finally {
+      this.shared.starting.delete(key);
+    }
+  }
+
+  /**
+   * The admission an offered job brings (its Admitted condition's words), while not written
+   * yet: the write that carries it says so in its event. Undefined for a job as stored.
+   */
+  offeredAdmission(job: TrainingJob): string | undefined {
+    if (!this.shared.unwritten.has(job)) return undefined;
+    return job.status?.conditions?.find((c) => c.type === "Admitted" && c.status === "True")?.message;
+  }
+
+  /** Records the Admitted event of an offered job whose admission goes out without a start. */
+  async admittedWithoutStart(job: TrainingJob): Promise<void> {
+    const admitted = this.offeredAdmission(job);
+    if (admitted) await this.event(job, "Normal", "Admitted", admitted);
+  }
+
+  /** Whether this loop is starting the job's gang now (see starting). */
+  isStarting(key: string): boolean {
+    return this.shared.starting.has(key);
+  }
+
+  /** Marks a job whose status holds more than the store has: its next status write always goes out. */
+  unwritten(job: TrainingJob): TrainingJob {
+    this.shared.unwritten.add(job);
+    return job;
+  }
 
   /**
    * Records an event while the caller goes on with `then` (one round trip less than waiting for
@@ -64,13 +114,21 @@ export class JobContext {
     then: (ctx: JobContext) => Promise<T>,
   ): Promise<T> {
     const recorded = this.event(...event);
-    const [, result] = await Promise.all([recorded, then(new JobContext(this.deps, this.overlay, recorded))]);
+    const [, result] = await Promise.all([
+      recorded,
+      then(new JobContext(this.deps, this.overlay, recorded, this.shared)),
+    ]);
     return result;
   }
 
   /** Notes this loop's own write, so the next reconcile does not act on the cache's older copy. */
   remember(job: TrainingJob): TrainingJob {
     return this.overlay ? this.overlay.remember(job) : job;
+  }
+
+  /** Runs one write of the job (`op` returns it as stored) and notes it, as remember does. */
+  track(job: TrainingJob, op: () => Promise<TrainingJob>): Promise<TrainingJob> {
+    return this.overlay ? this.overlay.write(keyOf(job), op) : op();
   }
 
   /** Drops what this loop wrote of the job (it is about to go). */
@@ -83,8 +141,11 @@ export class JobContext {
    * the job as stored now, for a phase that goes on to write again.
    */
   async writeStatus(job: TrainingJob, status: TrainingJobStatus): Promise<TrainingJob> {
-    if (isDeepStrictEqual(job.status ?? {}, status)) return job;
-    const written = this.remember((await this.deps.store.updateStatus({ ...job, status })) as TrainingJob);
+    if (!this.shared.unwritten.has(job) && isDeepStrictEqual(job.status ?? {}, status)) return job;
+    const written = await this.track(
+      job,
+      async () => (await this.deps.store.updateStatus({ ...job, status })) as TrainingJob,
+    );
     // Finished: the job's own credential goes with it (verify refuses it anyway once the phase
     // shows; this removes it). Every terminal phase is written here, once.
     if (ENDED.has(status.phase ?? "") && !ENDED.has(job.status?.phase ?? ""))

@@ -3,6 +3,7 @@ import { isFinished, type TrainingJob, type TrainingJobStatus } from "../../api/
 import type { GangObservation, WorkloadRef } from "../../ports/runtime.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { WriteOverlay } from "../../reconcile/overlay.js";
+import { type AdmissionOffer, admittedStatus } from "../admission/offer.js";
 import { holdRuntimeFinalizer, nothingToDo } from "./admit.js";
 import { JobContext, keyOf, refOf, splitKey, TRAININGJOB, type TrainingJobDeps } from "./context.js";
 import { finalize } from "./delete.js";
@@ -39,6 +40,28 @@ export class TrainingJobReconciler implements Reconciler {
     this.ctx = new JobContext(deps, this.overlay);
   }
 
+  /**
+   * Whether the informer's event for `job` only brings back this loop's own latest write: the
+   * reconcile that wrote it already acted on that state (it returned a requeue where it needed
+   * one), so the echo needs no reconcile of its own (one per status write before).
+   */
+  isOwnWrite(key: string, job: TrainingJob): boolean {
+    return this.overlay?.isOwn(key, job) ?? false;
+  }
+
+  /**
+   * Whether a runtime change of `key` is only the start this loop is making (the start's
+   * reconcile observes the gang right after it): no reconcile of its own.
+   */
+  isStarting(key: string): boolean {
+    return this.ctx.isStarting(key);
+  }
+
+  /** Holds an event for `key` while this loop writes the job; `replay` runs once the write ended. */
+  holdEcho(key: string, replay: () => void): boolean {
+    return this.overlay?.holdEcho(key, replay) ?? false;
+  }
+
   /** The job as of this loop's latest knowledge: the cache, or our own newer write. */
   private async read(
     key: string,
@@ -57,19 +80,65 @@ export class TrainingJobReconciler implements Reconciler {
     return this.overlay.get(key, seen);
   }
 
+  /**
+   * Admissions the admission loop handed over (AdmissionDeps.offer), by key: the start writes
+   * the admission with the workers it started, in one status write instead of two.
+   */
+  private readonly offers = new Map<string, { job: TrainingJob; offer: AdmissionOffer }>();
+
+  /**
+   * Takes an admission to write with the job's start (the caller enqueues the job); `job` is
+   * the admission loop's copy, which may be newer than the cache (its own waiting write).
+   */
+  offer(job: TrainingJob, offer: AdmissionOffer): void {
+    this.offers.set(keyOf(job), { job, offer });
+  }
+
+  /**
+   * The job to start with its admission offered, while the offer still applies (not yet
+   * written, same job): the newer of `current` and the copy the offer came with, so the start's
+   * write does not conflict with the admission loop's write the cache does not show yet.
+   */
+  private offerFor(
+    key: string,
+    current: TrainingJob,
+  ): { job: TrainingJob; offer: AdmissionOffer } | undefined {
+    const held = this.offers.get(key);
+    if (!held) return undefined;
+    if (
+      held.job.metadata.uid === current.metadata.uid &&
+      !current.status?.admission &&
+      !isFinished(current)
+    ) {
+      const newer =
+        Number(held.job.metadata.resourceVersion) > Number(current.metadata.resourceVersion)
+          ? held.job
+          : current;
+      return { job: newer, offer: held.offer };
+    }
+    this.offers.delete(key);
+    return undefined;
+  }
+
   async reconcile(key: string): Promise<ReconcileResult> {
     const [project, name] = splitKey(key);
     const seen = this.deps.cached?.(key);
-    if (seen && nothingToDo(seen) && !this.deps.remote?.owns(seen)) return {};
+    if (seen && nothingToDo(seen) && !this.offers.has(key) && !this.deps.remote?.owns(seen)) return {};
     const current = await this.read(key, project, name, seen);
-    if (!current) return {};
+    if (!current) {
+      this.offers.delete(key);
+      return {};
+    }
     if (this.deps.remote?.owns(current)) return this.deps.remote.reconcile(current);
     const ref = refOf(current);
     if (current.metadata.deletionTimestamp) return finalize(this.ctx, current, ref);
     if (isFinished(current)) return settleFinished(this.ctx, current, ref);
-    if (!current.status?.admission) return {}; // the admission loop decides when it may start
+    // Admitted and not yet written: the attempt's first status write carries the admission.
+    const offered = this.offerFor(key, current);
+    if (!current.status?.admission && !offered) return {}; // the admission loop decides when it may start
 
-    const job = await holdRuntimeFinalizer(this.ctx, current);
+    let job = await holdRuntimeFinalizer(this.ctx, offered?.job ?? current);
+    if (offered) job = this.ctx.unwritten({ ...job, status: admittedStatus(job, offered.offer) });
     if (job.status?.preemption) return yieldToPreemption(this.ctx, job, ref);
     if (job.status?.resize) return yieldForResize(this.ctx, job, ref);
     return this.advance(job, ref);

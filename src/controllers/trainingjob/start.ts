@@ -38,7 +38,9 @@ export async function startAttempt(
   const workers = await planWorkers(ctx, job, status, attempt, count);
   await launch(ctx, job, status, attempt, workers);
   markStarted(job, status, attempt, count, workers, ctx.deps.now());
-  const started = `attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`;
+  // An admission written with this start: one event says both (an event is a write on Kubernetes).
+  const admitted = ctx.offeredAdmission(job);
+  const started = `${admitted ? `${admitted}; ` : ""}attempt ${attempt}: started ${workers.length} worker(s) on ${admission.node}`;
   // The Started event goes out beside the status write that follows, not before it.
   return ctx.alongsideEvent([job, "Normal", "Started", started], async (ctx) => {
     // What the workers do now goes into the same write: their pids, or already their exit (a
@@ -86,6 +88,7 @@ async function prepareEnvironment(
 ): Promise<ReconcileResult | undefined> {
   // Embedded, a named Python environment is built once (minutes, the first time).
   const prep = ctx.deps.runtime.prepare?.({ python: job.spec.python }) ?? { ready: true };
+  if ("failed" in prep || !prep.ready) await ctx.admittedWithoutStart(job);
   if ("failed" in prep)
     return fail(
       ctx,
@@ -186,15 +189,17 @@ async function launch(
   const ref = refOf(job);
   try {
     const initCheckpoint = await resolveInitCheckpoint(ctx, job);
-    await ctx.deps.runtime.start({
-      ref,
-      attempt,
-      workers,
-      checkpoint: job.spec.checkpoint,
-      ...(initCheckpoint ? { initCheckpoint } : {}),
-      ...(job.spec.python ? { python: job.spec.python } : {}),
-      ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
-    });
+    await ctx.starting(job, () =>
+      ctx.deps.runtime.start({
+        ref,
+        attempt,
+        workers,
+        checkpoint: job.spec.checkpoint,
+        ...(initCheckpoint ? { initCheckpoint } : {}),
+        ...(job.spec.python ? { python: job.spec.python } : {}),
+        ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
+      }),
+    );
   } catch (err) {
     // Say why in the object (quota, admission policy, image rules), then retry with backoff.
     const message = `cannot start attempt ${attempt}: ${(err as Error).message}`;
@@ -207,6 +212,7 @@ async function launch(
         now,
       ),
     });
+    await ctx.admittedWithoutStart(job);
     await ctx.event(job, "Warning", "FailedCreate", message);
     throw err;
   }
