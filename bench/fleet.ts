@@ -197,16 +197,19 @@ async function partAutoscale(): Promise<PartResult> {
   await watchAll(http, "/apis/karpenter.sh/v1/nodeclaims", (t, c, at) => {
     if (t === "ADDED" && !claims.has(c.metadata.name)) claims.set(c.metadata.name, at);
   });
-  /** Pool nodes by name: when first seen Ready. */
+  /** Pool nodes by name: when first seen Ready, and when also free of Karpenter's unregistered taint. */
   const readyAt = new Map<string, number>();
+  const usableAt = new Map<string, number>();
   await watchAll(http, `/api/v1/nodes?labelSelector=loom.dev%2Fnode-pool%3D${POOL}`, (_t, n, at) => {
     const ready = (n.status?.conditions ?? []).some((c: Obj) => c.type === "Ready" && c.status === "True");
     if (ready && !readyAt.has(n.metadata.name)) readyAt.set(n.metadata.name, at);
+    const registering = (n.spec?.taints ?? []).some((t: Obj) => t.key === "karpenter.sh/unregistered");
+    if (ready && !registering && !usableAt.has(n.metadata.name)) usableAt.set(n.metadata.name, at);
   });
   const poolNodes = () =>
     kubectlOk(cluster, ["get", "nodes", "-l", `loom.dev/node-pool=${POOL}`, "-o", "name"]).trim();
 
-  const rows: Record<"ms" | "claims" | "spread" | "claimed" | "afterReady", number>[] = [];
+  const rows: Record<"ms" | "claims" | "spread" | "claimed" | "afterReady" | "afterUsable", number>[] = [];
   const sideOf: string[] = [];
   for (let run = 0; run < RUNS; run++) {
     for (const side of run % 2 === 0 ? ["loom", "job"] : ["job", "loom"]) {
@@ -221,6 +224,7 @@ async function partAutoscale(): Promise<PartResult> {
       });
       const made = [...claims.values()].filter((at) => at >= t0);
       const ready = [...readyAt.values()].filter((at) => at >= t0);
+      const usable = [...usableAt.values()].filter((at) => at >= t0);
       sideOf.push(side);
       rows.push({
         ms: bound - t0,
@@ -228,6 +232,7 @@ async function partAutoscale(): Promise<PartResult> {
         spread: made.length ? Math.max(...made) - Math.min(...made) : Number.NaN,
         claimed: made.length ? Math.max(...made) - t0 : Number.NaN,
         afterReady: ready.length ? bound - Math.max(...ready) : Number.NaN,
+        afterUsable: usable.length ? bound - Math.max(...usable) : Number.NaN,
       });
       log(`(a) ${name}: arrival → both pods bound ${fmt(bound - t0)} ms, ${made.length} NodeClaim(s)`);
       // Empty the pool for the next gang (not timed).
@@ -268,6 +273,12 @@ async function partAutoscale(): Promise<PartResult> {
             fmt(of("loom", "afterReady")),
             fmt(of("job", "afterReady")),
             ratio(of("loom", "afterReady"), of("job", "afterReady")),
+          ],
+          [
+            "last new node registered (taint gone) → both bound (ms)",
+            fmt(of("loom", "afterUsable")),
+            fmt(of("job", "afterUsable")),
+            ratio(of("loom", "afterUsable"), of("job", "afterUsable")),
           ],
           ["NodeClaims per gang", fmt(of("loom", "claims")), fmt(of("job", "claims")), "—"],
           ["first → last NodeClaim created (ms)", fmt(of("loom", "spread")), fmt(of("job", "spread")), "—"],
