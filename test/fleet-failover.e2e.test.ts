@@ -146,6 +146,12 @@ while True:
       return j?.status?.admission?.cluster === "b" && j.status.phase === "Running" ? j : undefined;
     });
     expect(inB("train").code).toBe(0);
+    // b counts its attempts from 1; the control plane shows them after the one made in self.
+    await until("b's attempt counted after self's", async () =>
+      (await job("train"))?.status?.attempts === first.status.attempts + 1 ? true : undefined,
+    );
+    const early = await cp.cli(["logs", "train", "--attempt", String(first.status.attempts)]);
+    expect(early.stderr).toMatch(/ran before the job was placed in this member cluster/);
     const stepAtMove = JSON.parse(readFileSync(join(ckptDir, "loom.json"), "utf8")).step as number;
     const d = await cp.cli(["delete", "tj", "hog", "--timeout", "60"]);
     expect(d.code, d.stderr).toBe(0);
@@ -171,6 +177,7 @@ while True:
     const described = (await cp.cli(["describe", "tj", "train"])).stdout;
     expect(described).toMatch(/ClusterLost/);
     expect(back.status.conditions.find((c: Obj) => c.type === "Admitted")?.status).toBe("True");
+    expect(back.status.attempts).toBe(first.status.attempts + 2); // self, b, self again: none reused
 
     // b answers again: the copy it kept of train is deleted there; train keeps running in self.
     process.kill(apiserverPid, "SIGCONT");

@@ -1,4 +1,5 @@
 import type { Logger } from "pino";
+import { FLEET_ATTEMPT_BASE_ANNOTATION, fleetAttemptBase } from "../../api/cluster.js";
 import { NotFoundError } from "../../api/errors.js";
 import { PROJECT, TRAININGJOB } from "../../api/kinds.js";
 import { type Condition, setCondition } from "../../api/meta.js";
@@ -113,7 +114,11 @@ export class RemoteJobs {
         name: job.metadata.name,
         project,
         labels: { ...job.metadata.labels, [FLEET_UID_LABEL]: job.metadata.uid },
-        ...(job.metadata.annotations ? { annotations: job.metadata.annotations } : {}),
+        annotations: {
+          ...job.metadata.annotations,
+          // Attempts made elsewhere (before a preemption or failover moved it): numbers never reused.
+          [FLEET_ATTEMPT_BASE_ANNOTATION]: String(job.status?.attempts ?? 0),
+        },
       },
       spec,
     } as never)) as TrainingJob;
@@ -134,6 +139,9 @@ export class RemoteJobs {
       else (status as Record<string, unknown>)[k] = theirs[k];
     }
     status.phase = theirs.phase ?? "Pending";
+    // The copy counts its attempts from 1: after the ones the job made before it came here.
+    const attempts = fleetAttemptBase(copy) + (theirs.attempts ?? 0);
+    if (attempts > 0) status.attempts = attempts;
     // Our Admitted (the fleet's decision) beside the member's other conditions.
     const ours = job.status?.conditions?.find((c) => c.type === "Admitted");
     const conditions: Condition[] = (theirs.conditions ?? [])

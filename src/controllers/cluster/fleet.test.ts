@@ -397,4 +397,23 @@ describe("the fleet: one queue over members", () => {
         new DirCheckpointVault(w.files).put("u", new Map([[bad, Buffer.from("x")]])),
       ).rejects.toThrow(/leaves the checkpoint directory/);
   });
+
+  it("attempts made before a job came to a member are counted on: numbers (and their logs) are never reused", async () => {
+    const w = await world();
+    await w.register("a");
+    const created = await w.submit("j1", 4);
+    // Two attempts ran elsewhere before (preempted in self, say).
+    await w.cp.store.updateStatus({ ...created, status: { phase: "Pending", attempts: 2 } });
+    await w.cycle();
+    await w.remote.reconcile(await w.get("j1"));
+    const a = w.members.get("a")!;
+    const copy = (await a.store.get(TRAININGJOB, "p", "j1")) as TrainingJob;
+    expect(copy.metadata.annotations?.["loom.dev/fleet-attempt-base"]).toBe("2");
+    // Not started there yet: still 2, not forgotten (a failover now would start attempt 3).
+    await w.remote.reconcile(await w.get("j1"));
+    expect((await w.get("j1")).status?.attempts).toBe(2);
+    await a.store.updateStatus({ ...copy, status: { phase: "Running", attempts: 1 } });
+    await w.remote.reconcile(await w.get("j1"));
+    expect((await w.get("j1")).status?.attempts).toBe(3);
+  });
 });
