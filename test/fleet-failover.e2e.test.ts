@@ -93,7 +93,7 @@ while True:
     const file = join(dir, `b-${unschedulable}.yaml`);
     writeFileSync(
       file,
-      `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {clusterLostTimeout: 5s, unschedulable: ${unschedulable}, kubeconfigSecret: {name: cluster-b-kubeconfig}}\n`,
+      `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {clusterLostTimeout: 5s, unschedulable: ${unschedulable}}\n`,
     );
     return file;
   };
@@ -135,7 +135,7 @@ while True:
     const ckptDir = join(cp.dataDir, "workloads", first.metadata.uid, "checkpoint");
     expect(existsSync(join(ckptDir, "loom.json"))).toBe(true);
 
-    // b takes work; self is filled by a job that outranks train: train checkpoints on SIGTERM
+    // b takes work (the same file re-applied without --kubeconfig-file keeps its secret); self is filled by a job that outranks train: train checkpoints on SIGTERM
     // and the queue places it in b.
     const m = await cp.cli(["apply", "-f", memberYaml(false)]);
     expect(m.code, m.stderr).toBe(0);
