@@ -107,7 +107,7 @@ while True:
     apiserverPid = Number(/^kube-apiserver\s+(\d+)/m.exec(pids)?.[1]);
     expect(apiserverPid).toBeGreaterThan(0);
     await cp.start();
-    // b takes no work at first (binpack would prefer its larger node): train starts in self.
+    // b takes no work at first (self is tried first anyway): train starts in self, where it really runs.
     const r = await cp.cli(["apply", "-f", memberYaml(true), "--kubeconfig-file", b.kubeconfig]);
     expect(r.code, r.stderr).toBe(0);
     await until("b Ready", async () => {
