@@ -3,6 +3,19 @@ import type { Condition, Resource } from "./meta.js";
 
 /** The member every control plane has: its own platform (embedded processes, or its own cluster). */
 export const SELF_CLUSTER = "self";
+/**
+ * On a member's copy of a job: the attempts the job had made before it was placed there (in
+ * other members). The copy counts its own from 1; the control plane shows base + the copy's, so
+ * attempt numbers (and each attempt's logs) are never reused when a job moves between members.
+ */
+export const FLEET_ATTEMPT_BASE_ANNOTATION = "loom.dev/fleet-attempt-base";
+
+/** The attempts a member's copy was created after (its FLEET_ATTEMPT_BASE_ANNOTATION; 0 when unset). */
+export function fleetAttemptBase(copy: { metadata: { annotations?: Record<string, string> } }): number {
+  const n = Number(copy.metadata.annotations?.[FLEET_ATTEMPT_BASE_ANNOTATION] ?? 0);
+  return Number.isInteger(n) && n > 0 ? n : 0;
+}
+
 /** How long a member may stay unreachable before its running work is re-admitted elsewhere. */
 export const DEFAULT_CLUSTER_LOST_TIMEOUT = "30s";
 

@@ -4,6 +4,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
+import type { CheckpointVault } from "../ports/fleet.js";
 import type { WorkloadModels } from "../ports/models.js";
 import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
@@ -82,7 +83,11 @@ export interface ControllerManagerDeps {
    * kubeconfigs the secret store holds; one queue places work over all of them. Absent: no
    * Cluster loop, one platform.
    */
-  fleet?: Pick<FleetDeps, "connector" | "secrets" | "version"> & { probeMs?: number };
+  fleet?: Pick<FleetDeps, "connector" | "secrets" | "version"> & {
+    probeMs?: number;
+    /** Where members' checkpoints are copied to: a job that fails over here resumes from them. */
+    vault?: CheckpointVault;
+  };
 }
 
 /**
@@ -543,6 +548,12 @@ export class ControllerManager {
 function fleetOf(deps: ControllerManagerDeps, log: Logger): { fleet?: Fleet; remote?: RemoteJobs } {
   if (!deps.fleet) return {};
   const fleet = new Fleet({ ...deps.fleet, localNodes: () => deps.runtime.nodes(), now: deps.now });
-  const remote = new RemoteJobs({ ...deps, log, member: (name) => fleet.member(name) });
+  const vault = deps.fleet.vault;
+  const remote = new RemoteJobs({
+    ...deps,
+    log,
+    member: (name) => fleet.member(name),
+    ...(vault ? { vault } : {}),
+  });
   return { fleet, remote };
 }

@@ -9,6 +9,7 @@ import { TRAININGJOB } from "../api/kinds.js";
 import { RUNTIME_FINALIZER } from "../controllers/trainingjob/reconciler.js";
 import { VERSION } from "../lib/version.js";
 import { SqliteAuditLog } from "../platforms/embedded/audit.js";
+import { DirCheckpointVault } from "../platforms/embedded/checkpointvault.js";
 import { type CodeServerInstall, findCodeServer } from "../platforms/embedded/codeserver.js";
 import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
@@ -164,7 +165,14 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       ...(codeServer ? { codeServer: codeServer.command } : {}),
     },
     // Members of the fleet (issue 23): Kubernetes clusters with Loom, their kubeconfigs kept here.
-    fleet: { connector: kubeMemberConnector(log), secrets, version: VERSION },
+    // Members' checkpoints are kept in each job's own checkpoint directory here: a job that fails
+    // over to this platform resumes from them.
+    fleet: {
+      connector: kubeMemberConnector(log),
+      secrets,
+      version: VERSION,
+      vault: new DirCheckpointVault(new WorkloadFiles(opts.dataDir)),
+    },
     api: {
       secrets,
       tokens: new SqliteTokenStore(database.db),

@@ -20,8 +20,32 @@ export interface MemberCluster {
   readonly events?: Pick<EventRecorder, "listFor">;
   /** A worker's log in the member (`loom logs` from the control plane). */
   logs?(ref: WorkloadRef, opts: LogOptions): Promise<Readable>;
+  /**
+   * The files of the latest checkpoint the member's copy of a job wrote (its LOOM_CHECKPOINT_DIR,
+   * names relative to it), or undefined when it has none or the member cannot read them. Only
+   * asked when the copy reports a checkpoint step newer than the one the control plane holds.
+   */
+  checkpoint?(ref: WorkloadRef): Promise<CheckpointFiles | undefined>;
   /** Stops its connections and watches. */
   close(): void;
+}
+
+/** A checkpoint's files: path relative to the checkpoint directory → contents. */
+export type CheckpointFiles = Map<string, Buffer>;
+
+/**
+ * Where the control plane keeps each fleet job's last synced checkpoint (by the job's uid on the
+ * control plane): the directory the job's next attempt resumes from when it lands on the
+ * control plane's own platform (the `self` member).
+ */
+export interface CheckpointVault {
+  /** The step of the checkpoint held for the job (its loom.json), undefined when none. */
+  step(uid: string): Promise<number | undefined>;
+  /**
+   * Replaces the checkpoint held for the job with these files, loom.json last, so the step it
+   * reports never runs ahead of the files. Refuses names that leave the directory.
+   */
+  put(uid: string, files: CheckpointFiles): Promise<void>;
 }
 
 /** Makes a member from its Cluster object and the kubeconfig its secret holds. */

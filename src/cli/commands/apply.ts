@@ -9,7 +9,7 @@ import type { Api, CliDeps } from "../deps.js";
 import { CliError } from "../errors.js";
 import { type Prepared, prepare, readManifests } from "../manifests.js";
 import { collectionPath, itemPath, ref } from "../resources.js";
-import { sendKubeconfig, withKubeconfig } from "./cluster.js";
+import { defaultKubeconfigSecrets, sendKubeconfig, withKubeconfig } from "./cluster.js";
 
 /** `loom apply -f FILE...`: create or update, all or nothing (every document is validated first). */
 export function registerApply(program: Command, deps: CliDeps): void {
@@ -54,6 +54,7 @@ async function apply(
   const docs = readManifests(files);
   const prepared = docs.map((d) => prepare(d, projectOpt ?? defaultProject));
   const member = kubeconfigFile ? withKubeconfig(prepared, kubeconfigFile) : undefined;
+  defaultKubeconfigSecrets(prepared);
   // The secret first (its checks too): the member's first probe finds its kubeconfig.
   if (member) await sendKubeconfig(api, member.cluster, member.kubeconfig, dryRunOnly);
   // The dry run of every document first: it is what --dry-run prints, and apply's check that

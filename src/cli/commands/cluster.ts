@@ -36,6 +36,22 @@ export function withKubeconfig(
   return { cluster, kubeconfig };
 }
 
+/**
+ * A Cluster manifest that names neither `platform: self` nor a secret is a Kubernetes member
+ * whose kubeconfig `--kubeconfig-file` keeps under its default secret: re-applying the same file
+ * (to cordon the member, change its timeout) then works without sending the kubeconfig again,
+ * and a member registered without one says how to give it (loom describe cluster).
+ */
+export function defaultKubeconfigSecrets(prepared: Prepared[]): void {
+  for (const p of prepared) {
+    if (p.def.kind !== CLUSTER) continue;
+    const spec = (p.body.spec ?? {}) as Record<string, unknown>;
+    if (spec.platform !== undefined || spec.kubeconfigSecret !== undefined) continue;
+    spec.kubeconfigSecret = { name: kubeconfigSecretName(p.name) };
+    p.body.spec = spec;
+  }
+}
+
 /** Stores the kubeconfig as the control plane's secret (write-only: it is never read back). */
 export async function sendKubeconfig(
   api: Api,

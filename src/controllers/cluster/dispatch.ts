@@ -1,9 +1,10 @@
 import type { Logger } from "pino";
+import { FLEET_ATTEMPT_BASE_ANNOTATION, fleetAttemptBase } from "../../api/cluster.js";
 import { NotFoundError } from "../../api/errors.js";
 import { PROJECT, TRAININGJOB } from "../../api/kinds.js";
 import { type Condition, setCondition } from "../../api/meta.js";
 import { isFinished, type TrainingJob, type TrainingJobStatus } from "../../api/trainingjob.js";
-import type { MemberCluster } from "../../ports/fleet.js";
+import type { CheckpointVault, MemberCluster } from "../../ports/fleet.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult } from "../../reconcile/controller.js";
 
@@ -35,6 +36,8 @@ export interface RemoteJobsDeps {
   now: () => Date;
   /** A reachable member by name. */
   member(name: string): MemberCluster | undefined;
+  /** Where the checkpoints of jobs running in members are copied to (none: not synced). */
+  vault?: CheckpointVault;
 }
 
 /**
@@ -74,6 +77,7 @@ export class RemoteJobs {
     if (!copy) return { requeueAfterMs: MIRROR_INTERVAL_MS };
     await this.mirrorStatus(job, copy, cluster);
     await this.mirrorEvents(member, job, copy, cluster);
+    await this.syncCheckpoint(member, job, copy, cluster);
     return isFinished(copy) ? {} : { requeueAfterMs: MIRROR_INTERVAL_MS };
   }
 
@@ -110,7 +114,11 @@ export class RemoteJobs {
         name: job.metadata.name,
         project,
         labels: { ...job.metadata.labels, [FLEET_UID_LABEL]: job.metadata.uid },
-        ...(job.metadata.annotations ? { annotations: job.metadata.annotations } : {}),
+        annotations: {
+          ...job.metadata.annotations,
+          // Attempts made elsewhere (before a preemption or failover moved it): numbers never reused.
+          [FLEET_ATTEMPT_BASE_ANNOTATION]: String(job.status?.attempts ?? 0),
+        },
       },
       spec,
     } as never)) as TrainingJob;
@@ -131,6 +139,9 @@ export class RemoteJobs {
       else (status as Record<string, unknown>)[k] = theirs[k];
     }
     status.phase = theirs.phase ?? "Pending";
+    // The copy counts its attempts from 1: after the ones the job made before it came here.
+    const attempts = fleetAttemptBase(copy) + (theirs.attempts ?? 0);
+    if (attempts > 0) status.attempts = attempts;
     // Our Admitted (the fleet's decision) beside the member's other conditions.
     const ours = job.status?.conditions?.find((c) => c.type === "Admitted");
     const conditions: Condition[] = (theirs.conditions ?? [])
@@ -156,6 +167,44 @@ export class RemoteJobs {
       if (seen.has(key)) continue;
       seen.add(key);
       await this.deps.events.record(ref(job), e.type, e.reason, `[cluster ${cluster}] ${e.message}`);
+    }
+  }
+
+  /**
+   * Copies the member's newest checkpoint of the job to the control plane (the vault) when the
+   * copy reports a step newer than the one held: if the member is lost, the job's next attempt
+   * resumes from it. Pulled by the control plane (it holds the member's credentials already;
+   * the member's workers need no route back). A failed pull is retried on the next mirror.
+   */
+  private async syncCheckpoint(
+    member: MemberCluster,
+    job: TrainingJob,
+    copy: TrainingJob,
+    cluster: string,
+  ): Promise<void> {
+    const theirs = copy.status?.checkpoint?.step;
+    if (!this.deps.vault || !member.checkpoint || theirs === undefined) return;
+    const held = await this.deps.vault.step(job.metadata.uid);
+    if (held !== undefined && held >= theirs) return;
+    const project = job.metadata.project ?? "";
+    try {
+      const files = await member.checkpoint({
+        kind: TRAININGJOB,
+        project,
+        name: job.metadata.name,
+        uid: copy.metadata.uid,
+      });
+      if (!files) return;
+      await this.deps.vault.put(job.metadata.uid, files);
+      this.deps.log.info(
+        { cluster, job: `${project}/${job.metadata.name}`, step: theirs, files: files.size },
+        "checkpoint synced from member",
+      );
+    } catch (err) {
+      this.deps.log.warn(
+        { err, cluster, job: `${project}/${job.metadata.name}` },
+        "checkpoint sync from member failed; retried at the next mirror",
+      );
     }
   }
 

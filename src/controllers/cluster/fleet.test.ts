@@ -1,13 +1,18 @@
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Cluster } from "../../api/cluster.js";
 import { CLUSTER, TRAININGJOB, validateManifest } from "../../api/kinds.js";
 import type { TrainingJob } from "../../api/trainingjob.js";
+import { DirCheckpointVault } from "../../platforms/embedded/checkpointvault.js";
 import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
 import { SqliteSecretStore } from "../../platforms/embedded/secrets.js";
 import { SqliteResourceStore } from "../../platforms/embedded/store.js";
-import type { MemberCluster } from "../../ports/fleet.js";
+import { WorkloadFiles } from "../../platforms/embedded/workloadfiles.js";
+import type { CheckpointFiles, MemberCluster } from "../../ports/fleet.js";
 import type { Runtime } from "../../ports/runtime.js";
 import { coreScheduler, type NodeCapacity } from "../../ports/scheduler.js";
 import { AdmissionReconciler } from "../admission/reconciler.js";
@@ -42,13 +47,23 @@ const node = (name: string, gpus: number): NodeCapacity => ({
 async function world() {
   const cp = await storeOf();
   const secrets = new SqliteSecretStore(cp.db.db);
-  const members = new Map<string, MemberCluster & { reachable: boolean }>();
+  const members = new Map<
+    string,
+    MemberCluster & { reachable: boolean; ckpt?: CheckpointFiles; pulls: number }
+  >();
   for (const name of ["a", "b"]) {
     const m = await storeOf();
     const member = {
       store: m.store,
       events: m.events,
       reachable: true,
+      ckpt: undefined as CheckpointFiles | undefined,
+      pulls: 0,
+      // The member's copy's checkpoint directory, as its platform would read it.
+      checkpoint: async () => {
+        member.pulls++;
+        return member.ckpt;
+      },
       nodes: async () => [node("n0", 8)],
       probe: async () => {
         if (!member.reachable) throw new Error("connect ECONNREFUSED");
@@ -95,12 +110,15 @@ async function world() {
     await admission.reconcile("cycle");
     cache = await jobs();
   };
+  // The control plane's checkpoint copies: the embedded platform's own workload directories.
+  const files = new WorkloadFiles(mkdtempSync(join(tmpdir(), "loom-fleet-vault-")));
   const remote = new RemoteJobs({
     store: cp.store,
     events: cp.events,
     log,
     now,
     member: (n) => fleet.member(n),
+    vault: new DirCheckpointVault(files),
   });
   const register = async (name: string) => {
     await secrets.put(`cluster-${name}-kubeconfig`, `clusters: ${name}`);
@@ -134,6 +152,7 @@ async function world() {
     clusters,
     cycle,
     remote,
+    files,
     register,
     submit,
     get,
@@ -303,5 +322,98 @@ describe("the fleet: one queue over members", () => {
     await w.clusters.reconcile("a");
     await expect(a.store.get(TRAININGJOB, "p", "j1")).rejects.toThrow(/not found/);
     await w.members.get("b")!.store.get(TRAININGJOB, "p", "j1"); // b's copy stays
+  });
+
+  it("syncs a member's checkpoints to the control plane as they are reported; after failover to self the job resumes from the last one", async () => {
+    const w = await world();
+    await w.register("a");
+    await w.submit("j1", 4, 1, { clusters: ["a", "self"] });
+    await w.cycle();
+    const j1 = await w.get("j1");
+    expect(j1.status?.admission?.cluster).toBe("a");
+    await w.remote.reconcile(j1);
+    const a = w.members.get("a")!;
+    // No checkpoint reported yet: nothing is pulled.
+    await w.remote.reconcile(await w.get("j1"));
+    expect(a.pulls).toBe(0);
+    const report = async (step: number) =>
+      a.store.updateStatus({
+        ...((await a.store.get(TRAININGJOB, "p", "j1")) as TrainingJob),
+        status: { phase: "Running", attempts: 1, checkpoint: { step, time: "2026-01-01T00:00:00Z" } },
+      });
+    a.ckpt = new Map([
+      ["loom.json", Buffer.from('{"step": 20}')],
+      ["shards/ckpt.pt", Buffer.from("weights@20")],
+    ]);
+    await report(20);
+    await w.remote.reconcile(await w.get("j1"));
+    const dir = w.files.checkpointDir(j1.metadata.uid);
+    expect(readFileSync(join(dir, "shards/ckpt.pt"), "utf8")).toBe("weights@20");
+    expect(a.pulls).toBe(1);
+    // The same step again: not pulled again; a newer one replaces it.
+    await w.remote.reconcile(await w.get("j1"));
+    expect(a.pulls).toBe(1);
+    a.ckpt = new Map([
+      ["loom.json", Buffer.from('{"step": 40}')],
+      ["shards/ckpt.pt", Buffer.from("weights@40")],
+    ]);
+    await report(40);
+    await w.remote.reconcile(await w.get("j1"));
+    expect(readFileSync(join(dir, "shards/ckpt.pt"), "utf8")).toBe("weights@40");
+    // a is lost: the job goes to self, whose attempt's LOOM_CHECKPOINT_DIR is that directory.
+    a.reachable = false;
+    await w.clusters.reconcile("a");
+    w.tick(30_000);
+    await w.clusters.reconcile("a");
+    expect((await w.get("j1")).status?.conditions?.find((c) => c.type === "Admitted")?.reason).toBe(
+      "ClusterLost",
+    );
+    expect(JSON.parse(readFileSync(join(dir, "loom.json"), "utf8")).step).toBe(40);
+  });
+
+  it("a member's checkpoint file names that leave the job's directory are refused, and nothing is written", async () => {
+    const w = await world();
+    await w.register("a");
+    await w.submit("j1", 4);
+    await w.cycle();
+    await w.remote.reconcile(await w.get("j1"));
+    const a = w.members.get("a")!;
+    const copy = (await a.store.get(TRAININGJOB, "p", "j1")) as TrainingJob;
+    a.ckpt = new Map([
+      ["ok.pt", Buffer.from("fine")],
+      ["../../../admin-token", Buffer.from("attacker's")],
+      ["loom.json", Buffer.from('{"step": 5}')],
+    ]);
+    await a.store.updateStatus({
+      ...copy,
+      status: { phase: "Running", checkpoint: { step: 5, time: "2026-01-01T00:00:00Z" } },
+    });
+    await w.remote.reconcile(await w.get("j1"));
+    const dir = w.files.checkpointDir((await w.get("j1")).metadata.uid);
+    expect(() => readFileSync(join(dir, "ok.pt"))).toThrow(/ENOENT/);
+    expect(() => readFileSync(join(w.files.root, "..", "admin-token"))).toThrow(/ENOENT/);
+    for (const bad of ["/etc/passwd", "..", "a/../../x"])
+      await expect(
+        new DirCheckpointVault(w.files).put("u", new Map([[bad, Buffer.from("x")]])),
+      ).rejects.toThrow(/leaves the checkpoint directory/);
+  });
+
+  it("attempts made before a job came to a member are counted on: numbers (and their logs) are never reused", async () => {
+    const w = await world();
+    await w.register("a");
+    const created = await w.submit("j1", 4);
+    // Two attempts ran elsewhere before (preempted in self, say).
+    await w.cp.store.updateStatus({ ...created, status: { phase: "Pending", attempts: 2 } });
+    await w.cycle();
+    await w.remote.reconcile(await w.get("j1"));
+    const a = w.members.get("a")!;
+    const copy = (await a.store.get(TRAININGJOB, "p", "j1")) as TrainingJob;
+    expect(copy.metadata.annotations?.["loom.dev/fleet-attempt-base"]).toBe("2");
+    // Not started there yet: still 2, not forgotten (a failover now would start attempt 3).
+    await w.remote.reconcile(await w.get("j1"));
+    expect((await w.get("j1")).status?.attempts).toBe(2);
+    await a.store.updateStatus({ ...copy, status: { phase: "Running", attempts: 1 } });
+    await w.remote.reconcile(await w.get("j1"));
+    expect((await w.get("j1")).status?.attempts).toBe(3);
   });
 });

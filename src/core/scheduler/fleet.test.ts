@@ -124,4 +124,24 @@ describe("one queue over a fleet", () => {
     expect(d.bind).toEqual([]);
     expect(d.pending[0]?.reason).toBe("OverLimit");
   });
+
+  it("tries the control plane's own member first, whatever its host's name, then the others in name order", () => {
+    const host = (name: string): SchedNode => ({
+      name, // the self member's nodes keep their own names
+      cluster: "self",
+      cpuMillis: 2000,
+      memoryBytes: 8 * GiB,
+      gpus: [],
+    });
+    for (const name of ["aaa-host", "zzz-host"]) {
+      const d = schedule({
+        nodes: [node("b", "n0", 8), host(name), node("a", "n0", 8)],
+        projects: [proj("p")],
+        running: [],
+        pending: [job("cpu", 1, 0, {}, 1), job("gpu", 1, 4, {}, 2)],
+      });
+      const where = Object.fromEntries(d.bind.map((b) => [b.id, membersOf(b.placements)[0]]));
+      expect(where).toEqual({ cpu: name, gpu: "a" });
+    }
+  });
 });

@@ -1,3 +1,4 @@
+import { SELF_CLUSTER } from "../../api/cluster.js";
 import type { PodPlacement, PodRequest, SchedNode, Vec, Workload } from "./model.js";
 import { toleratesNode } from "./taints.js";
 
@@ -36,7 +37,14 @@ export class ClusterState {
 
   constructor(nodes: SchedNode[]) {
     this.nodes = [...nodes]
-      .sort((a, b) => compareText(a.name, b.name))
+      // A fleet's members in a fixed order, the control plane's own first (its nodes' names are
+      // unprefixed: by name alone, the host's name would decide whether self is tried first).
+      .sort(
+        (a, b) =>
+          memberRank(a) - memberRank(b) ||
+          compareText(a.cluster ?? "", b.cluster ?? "") ||
+          compareText(a.name, b.name),
+      )
       .map((node, index) => ({
         node,
         index,
@@ -272,6 +280,11 @@ export class ClusterState {
 }
 
 /** Nodes by fleet member, members in node order; one group (key "") outside a fleet. */
+/** The control plane's own nodes (and those outside a fleet) before other members'. */
+function memberRank(n: SchedNode): number {
+  return n.cluster === undefined || n.cluster === SELF_CLUSTER ? 0 : 1;
+}
+
 export function byCluster(nodes: NodeState[]): Map<string, NodeState[]> {
   const out = new Map<string, NodeState[]>();
   for (const n of nodes) {

@@ -1,6 +1,7 @@
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
-import type { Cluster } from "../../api/cluster.js";
+import { type Cluster, fleetAttemptBase } from "../../api/cluster.js";
+import { BadRequestError } from "../../api/errors.js";
 import { TRAININGJOB } from "../../api/kinds.js";
 import type { TrainingJob } from "../../api/trainingjob.js";
 import type { MemberCluster, MemberConnector } from "../../ports/fleet.js";
@@ -57,10 +58,18 @@ export class KubeMember implements MemberCluster {
     return { ...(v.gitVersion ? { kubernetes: v.gitVersion } : {}), ...(loom ? { loom } : {}) };
   }
 
-  /** A worker's log: the pod of the member's copy's latest (or named) attempt. */
+  /**
+   * A worker's log: the pod of the member's copy's latest (or named) attempt. Attempts are
+   * numbered as the control plane shows them (after those the job made before it came here).
+   */
   async logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
     const copy = (await this.store.get(TRAININGJOB, ref.project, ref.name)) as TrainingJob;
-    const attempt = opts.attempt ?? copy.status?.attempts ?? 1;
+    const base = fleetAttemptBase(copy);
+    if (opts.attempt !== undefined && opts.attempt <= base)
+      throw new BadRequestError(
+        `attempt ${opts.attempt} of ${ref.name} ran before the job was placed in this member cluster (its attempts here are ${base + 1} on), and its log is not read from here; ask for a later attempt, or read it once the job runs on the control plane's own platform again`,
+      );
+    const attempt = opts.attempt !== undefined ? opts.attempt - base : (copy.status?.attempts ?? 1);
     const name = podName(ref.name, attempt, opts.worker);
     return this.client.stream(`/api/v1/namespaces/${namespaceOf(ref.project)}/pods/${name}/log`, {
       container: "worker",
