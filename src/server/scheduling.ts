@@ -193,9 +193,9 @@ export class SchedulingView {
     const mine = decisions.preempt.filter((p) => p.for === id);
     const victims = mine.map((p) => running.find((r) => r.id === p.id));
     const preempts = victims.map((v, i) => v?.name ?? mine[i]!.id);
-    const victimMembers = [...new Set(victims.map((v) => memberOf.get(v?.placements[0]?.node ?? "")))];
     // In a fleet, the member a node is in: where it would run, where its victims run.
     const memberOf = new Map(s.nodes.flatMap((n) => (n.cluster ? [[n.name, n.cluster]] : [])));
+    const victimMembers = [...new Set(victims.map((v) => memberOf.get(v?.placements[0]?.node ?? "")))];
     if (bound) {
       const cluster = memberOf.get(bound.placements[0]?.node ?? "");
       const nodes = [...new Set(bound.placements.map((p) => p.node))].join(", ");
