@@ -32,7 +32,7 @@ function prebuiltOrBuild(which: "loom" | "python", out: string) {
     `${name}-${version}.tar`,
   );
   if (process.env.LOOM_IMAGE_PREBUILT !== "1" || !existsSync(tarball)) return buildImage(which, out);
-  const index = JSON.parse(execFileSync("tar", ["-xOf", tarball, "index.json"], { encoding: "utf8" }));
+  const index = JSON.parse(execFileSync("tar", ["-xOf", tarball, "./index.json"], { encoding: "utf8" }));
   const digest = index.manifests[0].digest as string;
   const ref = (index.manifests[0].annotations["io.containerd.image.name"] as string).replace(
     "docker.io/library/",

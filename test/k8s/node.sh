@@ -102,6 +102,12 @@ ensure_real_node() {
   command -v runc >/dev/null || die "runc is required for the real node (apt-get install runc)"
   [[ -x /usr/lib/cni/bridge ]] || die "CNI plugins are required for the real node (apt-get install containernetworking-plugins)"
   [[ "$(cat /proc/sys/vm/swappiness 2>/dev/null)" ]] || true
+  # The kubelet (cAdvisor), containerd and every kube-apiserver on the machine each take inotify
+  # instances; Debian's default of 128 per user ran out with a few test clusters up at once
+  # ("Failed to start cAdvisor: inotify_init: too many open files"). kind's advice: raise it.
+  if (($(cat /proc/sys/fs/inotify/max_user_instances) < 1024)); then
+    echo 1024 >/proc/sys/fs/inotify/max_user_instances || log "could not raise fs.inotify.max_user_instances"
+  fi
   nodebin="$("$HERE/node-build.sh" | tail -n 1)"
   images="$(build_real_node_images)"
   ip="$(real_node_ip)"
