@@ -58,7 +58,7 @@ const MIGRATIONS = [
   "0007_api_keys",
 ];
 
-/** What a database records once opened by this Loom: the old ones, then those added since (issue 17: token lifecycle, audit log; issue 20: traces). */
+/** What a database records once opened by this Loom: the old ones, then those added since (issue 17: token lifecycle, audit log; issue 20: traces; issue 23: member clusters' secrets). */
 const CURRENT = [
   ...MIGRATIONS,
   "0008_token_lifecycle",
@@ -66,6 +66,7 @@ const CURRENT = [
   "0010_ssh_keys",
   "0011_traces",
   "0012_trace_batches",
+  "0013_secrets",
 ];
 
 /** Tracking's tables added since the old migrations (issue 20: MLflow 3's traces). */

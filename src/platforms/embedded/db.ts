@@ -268,7 +268,7 @@ const MIGRATIONS: Record<string, Migration> = {
         .execute();
     },
   },
-  "0011_secrets": {
+  "0013_secrets": {
     // Member clusters' kubeconfigs (issue 23): kept out of the objects, never served back.
     async up(db: Kysely<unknown>) {
       await db.schema
