@@ -1,5 +1,6 @@
-import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { dirname, isAbsolute, join, normalize, sep } from "node:path";
+import { constants } from "node:fs";
+import { lstat, mkdir, open, rename, rm } from "node:fs/promises";
+import { isAbsolute, join, normalize, sep } from "node:path";
 import { BadRequestError } from "../../api/errors.js";
 import type { CheckpointFiles, CheckpointVault } from "../../ports/fleet.js";
 import type { WorkloadFiles } from "./workloadfiles.js";
@@ -18,11 +19,14 @@ export class DirCheckpointVault implements CheckpointVault {
 
   async step(uid: string): Promise<number | undefined> {
     try {
-      const step = (
-        JSON.parse(await readFile(join(this.files.checkpointDir(uid), REPORT), "utf8")) as {
-          step?: unknown;
-        }
-      ).step;
+      // O_NOFOLLOW: the job's own workers wrote this directory; a loom.json that is a link would
+      // have this (root) process read a file of the link's choosing.
+      const file = await open(
+        join(this.files.checkpointDir(uid), REPORT),
+        constants.O_RDONLY | constants.O_NOFOLLOW,
+      );
+      const text = await file.readFile("utf8").finally(() => file.close());
+      const step = (JSON.parse(text) as { step?: unknown }).step;
       return typeof step === "number" ? step : undefined;
     } catch {
       return undefined;
@@ -35,17 +39,46 @@ export class DirCheckpointVault implements CheckpointVault {
     for (const name of files.keys()) safeName(name);
     const names = [...files.keys()].sort((a, b) => Number(a === REPORT) - Number(b === REPORT));
     for (const name of names) {
-      const target = join(dir, name);
-      await mkdir(dirname(target), { recursive: true });
+      const parts = normalize(name)
+        .split(sep)
+        .filter((p) => p !== "" && p !== ".");
+      const target = join(dir, ...parts);
+      await mkdirNoLinks(dir, parts.slice(0, -1));
       // Each file whole or not at all: a sync cut short never leaves half a checkpoint file.
+      // "wx" (O_EXCL) never follows a link left at the temporary name; rename replaces a link
+      // at the target rather than writing through it.
       const tmp = `${target}.loom-sync.tmp`;
+      await rm(tmp, { force: true });
       try {
-        await writeFile(tmp, files.get(name)!);
+        const file = await open(tmp, "wx", 0o600);
+        await file.writeFile(files.get(name)!).finally(() => file.close());
         await rename(tmp, target);
       } finally {
         await rm(tmp, { force: true });
       }
     }
+  }
+}
+
+/**
+ * Makes each directory of a checkpoint file's path under `dir`, refusing one that is a link: the
+ * directory was written by the job's own workers (as its project's uid), and this process, which
+ * writes as root, must never follow a link they left (`sub -> /etc`) out of it.
+ */
+async function mkdirNoLinks(dir: string, parts: string[]): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  let at = dir;
+  for (const part of parts) {
+    at = join(at, part);
+    const st = await lstat(at).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return undefined;
+      throw e;
+    });
+    if (!st) await mkdir(at);
+    else if (!st.isDirectory() || st.isSymbolicLink())
+      throw new BadRequestError(
+        `checkpoint directory ${JSON.stringify(part)} is not a plain directory (a link the job left?): refusing to write through it`,
+      );
   }
 }
 

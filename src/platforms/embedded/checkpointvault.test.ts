@@ -1,0 +1,62 @@
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { DirCheckpointVault } from "./checkpointvault.js";
+import { WorkloadFiles } from "./workloadfiles.js";
+
+/**
+ * The vault writes as the server's user (root on `loom up`) into a directory the job's own workers
+ * wrote: a link they left there must never carry a synced file, or the job's step read, out of it.
+ */
+describe("DirCheckpointVault", () => {
+  const setup = () => {
+    const data = mkdtempSync(join(tmpdir(), "loom-vault-"));
+    const files = new WorkloadFiles(data);
+    const outside = mkdtempSync(join(tmpdir(), "loom-vault-outside-"));
+    return { files, vault: new DirCheckpointVault(files), outside, dir: files.checkpointDir("u") };
+  };
+
+  it("writes the files, loom.json last, and reads the step back", async () => {
+    const { vault } = setup();
+    await vault.put(
+      "u",
+      new Map([
+        ["loom.json", Buffer.from('{"step": 7}')],
+        ["sub/model.pt", Buffer.from("weights")],
+      ]),
+    );
+    expect(await vault.step("u")).toBe(7);
+  });
+
+  it("refuses to write through a directory link the job left, and writes nothing outside", async () => {
+    const { vault, outside, dir } = setup();
+    mkdirSync(dir, { recursive: true });
+    symlinkSync(outside, join(dir, "sub"));
+    await expect(vault.put("u", new Map([["sub/evil", Buffer.from("x")]]))).rejects.toThrow(
+      /not a plain directory/,
+    );
+    expect(existsSync(join(outside, "evil"))).toBe(false);
+    expect(existsSync(join(outside, "evil.loom-sync.tmp"))).toBe(false);
+  });
+
+  it("replaces a file link the job left rather than writing through it", async () => {
+    const { vault, outside, dir } = setup();
+    mkdirSync(dir, { recursive: true });
+    const victim = join(outside, "victim");
+    writeFileSync(victim, "untouched");
+    symlinkSync(victim, join(dir, "model.pt"));
+    symlinkSync(victim, join(dir, "model.pt.loom-sync.tmp"));
+    await vault.put("u", new Map([["model.pt", Buffer.from("weights")]]));
+    expect(readFileSync(victim, "utf8")).toBe("untouched");
+    expect(readFileSync(join(dir, "model.pt"), "utf8")).toBe("weights");
+  });
+
+  it("does not read a loom.json that is a link", async () => {
+    const { vault, outside, dir } = setup();
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(outside, "secret.json"), '{"step": 99}');
+    symlinkSync(join(outside, "secret.json"), join(dir, "loom.json"));
+    expect(await vault.step("u")).toBeUndefined();
+  });
+});
