@@ -11,6 +11,14 @@ import { LoomProcess, ROOT } from "./helpers.js";
 
 const MANIFEST = readFileSync(join(ROOT, "examples/pretrain/pretrain.yaml"), "utf8");
 
+/**
+ * The example's arguments with a pause per step: a job the test must interrupt mid-run (kill a
+ * worker, preempt it) keeps running long enough for that however fast the machine computes (with
+ * OpenBLAS a step takes ~0.04 s of CPU; 140 steps were then gone in 6 s). Sleeping changes no result:
+ * the final loss is the uninterrupted run's.
+ */
+const INTERRUPTIBLE = ["--steps", "200", "--checkpoint-every", "20", "--step-sleep", "0.05"];
+
 /** The example's manifest under another name, with other training arguments. */
 function pretrain(name: string, args?: string[], project = "default"): string {
   let m = MANIFEST.replace(/^ {2}name: pretrain$/m, `  name: ${name}\n  project: ${project}`);
@@ -99,7 +107,7 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
 
   it("a killed worker restarts the gang from the last checkpoint, never overlapping, to the same loss", async () => {
     expect(uninterrupted).toBeGreaterThan(0);
-    expect((await loom.cli(["apply", "-f", "-"], { input: pretrain("fault") })).code).toBe(0);
+    expect((await loom.cli(["apply", "-f", "-"], { input: pretrain("fault", INTERRUPTIBLE) })).code).toBe(0);
     const started = await loom.waitFor("fault", (j) => j.status?.ready === "2/2", 120_000);
     const watcher = new AttemptWatcher(started.metadata.uid);
     watcher.start();
@@ -141,7 +149,7 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
       "apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: owner}\nspec: {quota: {gpu: 2}}\n";
     expect((await loom.cli(["apply", "-f", "-"], { input: projects })).code).toBe(0);
     // The borrower has no quota: it runs on the owner's idle GPUs until the owner wants them.
-    const job = pretrain("borrowed", undefined, "borrower").replace(
+    const job = pretrain("borrowed", INTERRUPTIBLE, "borrower").replace(
       "resources: {cpu: 1, memory: 1Gi}",
       "resources: {cpu: 1, memory: 1Gi, gpu: 1}",
     );
