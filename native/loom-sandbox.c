@@ -484,7 +484,7 @@ int main(int argc, char **argv) {
     close(status_fd);
     status_fd = -1;
   }
-  umask(0);
+  mode_t old_umask = umask(0);
   if (mount(NULL, "/", NULL, MS_SILENT | MS_SLAVE | MS_REC, NULL) != 0) die("making / a slave");
   if (mount("tmpfs", "/tmp", "tmpfs", MS_NODEV | MS_NOSUID, NULL) != 0) die("tmpfs for the root");
   if (chdir("/tmp") != 0) die("chdir");
@@ -503,8 +503,10 @@ int main(int argc, char **argv) {
   close(oldroot);
   if (unshare_net) loopback_up();
   if (hostname && sethostname(hostname, strlen(hostname)) != 0) die("sethostname");
-  umask(022);
+  /* As bwrap: the caller's umask back, and PWD where the workload starts. */
+  umask(old_umask);
   if (chdir_to && chdir(chdir_to) != 0) die("chdir %s", chdir_to);
+  if (setenv("PWD", chdir_to ? chdir_to : "/", 1) != 0) die("setenv PWD");
   errno = 0;
 
   /* The workload is PID 2; PID 1 reaps and ends with its code (the namespace's others with it). */

@@ -113,16 +113,20 @@ describe("the sandbox launcher", () => {
       // mount point, options, fs type, super options (sizes differ per mount, not per program)
       "awk '{print $5, $6, $(NF-2), $(NF-1), $NF}' /proc/self/mountinfo | sed 's/,size=[^ ]*//;s/,nr_inodes=[^ ]*//';" +
         " grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp|SigIgn|SigBlk|NSpid)' /proc/self/status;" +
-        " hostname; pwd; umask; ls /proc | grep -c '^[0-9]'; ls -la / /dev /tmp | awk '{print $1, $3, $4, $NF}'",
+        ' hostname; pwd; echo "$PWD"; umask;' +
+        " ls /proc | grep -c '^[0-9]'; ls -la / /dev /tmp | awk '{print $1, $3, $4, $NF}'",
     ];
-    const bw = run(sandboxedArgv(support, spec, look));
-    const ours = run(launcherArgv(support, spec, look));
+    // The caller's umask is the workload's (a server's 027 stays 027).
+    const masked = (argv: string[]) => ["/bin/sh", "-c", 'umask 027; exec "$@"', "x", ...argv];
+    const bw = run(masked(sandboxedArgv(support, spec, look)));
+    const ours = run(masked(launcherArgv(support, spec, look)));
     expect(bw.status, bw.stderr).toBe(0);
     expect(ours.status, ours.stderr).toBe(0);
     expect(ours.stdout).toBe(bw.stdout);
     expect(ours.stdout).toMatch(new RegExp(`^Uid:\\s+${UID}\\s+${UID}\\s+${UID}\\s+${UID}$`, "m"));
     expect(ours.stdout).toMatch(/^CapBnd:\s+0+$/m);
     expect(ours.stdout).toMatch(/^NoNewPrivs:\s+1$/m);
+    expect(ours.stdout).toMatch(/^0027$/m);
   });
 
   it.runIf(both)("holds every fence against a workload that tries", () => {
