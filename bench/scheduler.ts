@@ -83,24 +83,23 @@ const PUBLISHED = [
 // (c)
 const E2E_JOBS = num(env.LOOM_BENCH_SCHED_E2E_JOBS, 1000);
 /** What (c)'s Loom isolates each job with, and the mount table every sandbox start copies. */
-const isolationNote = {
-  both: "sandbox and network namespace (as `loom up`)",
-  none: "none (LOOM_BENCH_SCHED_ISOLATION=none)",
-  sandbox: "sandbox only (LOOM_BENCH_SCHED_ISOLATION=sandbox)",
-  network: "network namespace only (LOOM_BENCH_SCHED_ISOLATION=network)",
-}
-  [
-    env.LOOM_BENCH_SCHED_ISOLATION ?? "both"
-  ]!// Which program makes the sandboxes (sandbox.ts): Loom's launcher where built, else bubblewrap's chain.
-  .concat(
-    (env.LOOM_BENCH_SCHED_ISOLATION ?? "both") === "none" || env.LOOM_BENCH_SCHED_ISOLATION === "network"
-      ? ""
-      : env.LOOM_SANDBOX_LAUNCHER === "bwrap"
-        ? ", started by bubblewrap's chain (LOOM_SANDBOX_LAUNCHER=bwrap)"
-        : existsSync(LAUNCHER_PATH)
-          ? ", started by Loom's launcher (native/loom-sandbox.c)"
-          : ", started by bubblewrap's chain (Loom's launcher not built)",
-  );
+const isolation = env.LOOM_BENCH_SCHED_ISOLATION ?? "both";
+/** Which program makes the sandboxes (sandbox.ts): Loom's launcher where built, else bubblewrap's chain. */
+const sandboxProgram =
+  isolation === "none" || isolation === "network"
+    ? ""
+    : env.LOOM_SANDBOX_LAUNCHER === "bwrap"
+      ? ", started by bubblewrap's chain (LOOM_SANDBOX_LAUNCHER=bwrap)"
+      : existsSync(LAUNCHER_PATH)
+        ? ", started by Loom's launcher (native/loom-sandbox.c)"
+        : ", started by bubblewrap's chain (Loom's launcher not built)";
+const isolationNote =
+  {
+    both: "sandbox and network namespace (as `loom up`)",
+    none: "none (LOOM_BENCH_SCHED_ISOLATION=none)",
+    sandbox: "sandbox only (LOOM_BENCH_SCHED_ISOLATION=sandbox)",
+    network: "network namespace only (LOOM_BENCH_SCHED_ISOLATION=network)",
+  }[isolation] + sandboxProgram;
 const mountsAtStart = readFileSync("/proc/self/mountinfo", "utf8").split("\n").filter(Boolean).length;
 const netnsAtStart = existsSync("/run/netns") ? readdirSync("/run/netns").length : 0;
 const E2E_CONCURRENCY = 16;
@@ -880,7 +879,6 @@ async function runLoomE2e(): Promise<LoomE2e> {
   // `loom up`'s composition root with its defaults (30 s resync), no virtual GPUs, pino at warn.
   // LOOM_BENCH_SCHED_ISOLATION=none|sandbox|network|both (default both, as `loom up`): what each
   // job's isolation costs, measured by turning its parts off.
-  const isolation = env.LOOM_BENCH_SCHED_ISOLATION ?? "both";
   const server = await startEmbedded({
     dataDir,
     port: 0,
