@@ -14,7 +14,15 @@
  * `npm run bench:scheduler`; see bench/README.md.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { appendFileSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  writeFileSync,
+} from "node:fs";
 import { Agent, request as httpRequest } from "node:http";
 import { arch, availableParallelism, loadavg, platform } from "node:os";
 import { dirname, join } from "node:path";
@@ -31,6 +39,7 @@ import type {
   Workload,
 } from "../src/core/scheduler/model.js";
 import { schedule } from "../src/core/scheduler/schedule.js";
+import { LAUNCHER_PATH } from "../src/platforms/embedded/sandbox.js";
 import { cleanupAll, cleanups, fmt, machine, markdownTable, num, ratio, sleep, tempDir } from "./report.js";
 import { type BindingRun, runBindingBench } from "./scheduler-k8s.js";
 
@@ -74,12 +83,23 @@ const PUBLISHED = [
 // (c)
 const E2E_JOBS = num(env.LOOM_BENCH_SCHED_E2E_JOBS, 1000);
 /** What (c)'s Loom isolates each job with, and the mount table every sandbox start copies. */
-const isolationNote = {
-  both: "sandbox and network namespace (as `loom up`)",
-  none: "none (LOOM_BENCH_SCHED_ISOLATION=none)",
-  sandbox: "sandbox only (LOOM_BENCH_SCHED_ISOLATION=sandbox)",
-  network: "network namespace only (LOOM_BENCH_SCHED_ISOLATION=network)",
-}[env.LOOM_BENCH_SCHED_ISOLATION ?? "both"];
+const isolation = env.LOOM_BENCH_SCHED_ISOLATION ?? "both";
+/** Which program makes the sandboxes (sandbox.ts): Loom's launcher where built, else bubblewrap's chain. */
+const sandboxProgram =
+  isolation === "none" || isolation === "network"
+    ? ""
+    : env.LOOM_SANDBOX_LAUNCHER === "bwrap"
+      ? ", started by bubblewrap's chain (LOOM_SANDBOX_LAUNCHER=bwrap)"
+      : existsSync(LAUNCHER_PATH)
+        ? ", started by Loom's launcher (native/loom-sandbox.c)"
+        : ", started by bubblewrap's chain (Loom's launcher not built)";
+const isolationNote =
+  {
+    both: "sandbox and network namespace (as `loom up`)",
+    none: "none (LOOM_BENCH_SCHED_ISOLATION=none)",
+    sandbox: "sandbox only (LOOM_BENCH_SCHED_ISOLATION=sandbox)",
+    network: "network namespace only (LOOM_BENCH_SCHED_ISOLATION=network)",
+  }[isolation] + sandboxProgram;
 const mountsAtStart = readFileSync("/proc/self/mountinfo", "utf8").split("\n").filter(Boolean).length;
 const netnsAtStart = existsSync("/run/netns") ? readdirSync("/run/netns").length : 0;
 const E2E_CONCURRENCY = 16;
@@ -811,10 +831,43 @@ function runInWorker(target: E2eTarget): Promise<E2eFigures> {
   });
 }
 
+/**
+ * CPU time of this process and everything it starts from now on (Loom's spawn helper, sandboxes
+ * and jobs; Slurm's daemons and sbatch), from a cpuacct cgroup of its own (cgroup v1, as root):
+ * unlike wall time it holds on a loaded machine, and unlike process.cpuUsage() it counts the
+ * children. Undefined where there is no writable cpuacct hierarchy.
+ */
+function cpuacctMeter(): { usageMs: () => number; close: () => void } | undefined {
+  const root = "/sys/fs/cgroup/cpuacct";
+  const dir = join(root, `loom-bench-${process.pid}`);
+  try {
+    if (!existsSync(join(root, "cpuacct.usage"))) return undefined;
+    if (!existsSync(dir)) mkdirSync(dir);
+    writeFileSync(join(dir, "cgroup.procs"), String(process.pid));
+  } catch {
+    return undefined;
+  }
+  return {
+    usageMs: () => Number(readFileSync(join(dir, "cpuacct.usage"), "utf8")) / 1e6,
+    close: () => {
+      try {
+        writeFileSync(join(root, "cgroup.procs"), String(process.pid));
+        rmdirSync(dir);
+      } catch {
+        // children still in it (a daemon not stopped yet): left, empty later
+      }
+    },
+  };
+}
+const meter = cpuacctMeter();
+if (meter) cleanups.push(async () => meter.close());
+
 interface LoomE2e {
   figures: E2eFigures;
   /** CPU seconds of this process (server and client thread) from the first create to the end. */
   cpuSeconds: number;
+  /** CPU ms of every process on Loom's side (server, spawn helper, sandboxes, jobs; cpuacct). */
+  allCpuMs?: number;
   wallSeconds: number;
   reconciles: Record<string, { count: number; seconds: number }>;
 }
@@ -826,7 +879,6 @@ async function runLoomE2e(): Promise<LoomE2e> {
   // `loom up`'s composition root with its defaults (30 s resync), no virtual GPUs, pino at warn.
   // LOOM_BENCH_SCHED_ISOLATION=none|sandbox|network|both (default both, as `loom up`): what each
   // job's isolation costs, measured by turning its parts off.
-  const isolation = env.LOOM_BENCH_SCHED_ISOLATION ?? "both";
   const server = await startEmbedded({
     dataDir,
     port: 0,
@@ -844,6 +896,7 @@ async function runLoomE2e(): Promise<LoomE2e> {
   cleanups.push(close);
   try {
     const cpu0 = process.cpuUsage();
+    const all0 = meter?.usageMs();
     const wall0 = performance.now();
     const figures = await runInWorker({
       url: server.url,
@@ -852,6 +905,7 @@ async function runLoomE2e(): Promise<LoomE2e> {
       timeoutMs: E2E_TIMEOUT_MS,
     });
     const cpu = process.cpuUsage(cpu0);
+    const allCpuMs = meter && all0 !== undefined ? meter.usageMs() - all0 : undefined;
     const wallSeconds = (performance.now() - wall0) / 1000;
     const res = await fetch(`${server.url}/metrics`, {
       headers: { authorization: `Bearer ${server.adminToken}` },
@@ -865,7 +919,7 @@ async function runLoomE2e(): Promise<LoomE2e> {
       if (m[1] === "sum") entry.seconds += Number(m[3]);
       else entry.count += Number(m[3]);
     }
-    return { figures, cpuSeconds: (cpu.user + cpu.system) / 1e6, wallSeconds, reconciles };
+    return { figures, cpuSeconds: (cpu.user + cpu.system) / 1e6, allCpuMs, wallSeconds, reconciles };
   } finally {
     await close();
   }
@@ -934,7 +988,7 @@ function slurmSh(
 /** The slurm.conf settings that decide throughput, as slurm.sh wrote them. */
 const SLURM_KEYS = ["SchedulerType", "SchedulerParameters", "SelectTypeParameters", "Epilog", "AuthType"];
 
-async function runSlurm(): Promise<{ lines: SlurmLine[]; conf?: string; error?: string }> {
+async function runSlurm(): Promise<{ lines: SlurmLine[]; conf?: string; error?: string; allCpuMs?: number }> {
   const cpus = String(availableParallelism());
   const up = await slurmSh(["up"], { SLURM_CPUS: cpus }, 180_000);
   const exports: Record<string, string> = {};
@@ -957,6 +1011,7 @@ async function runSlurm(): Promise<{ lines: SlurmLine[]; conf?: string; error?: 
     // reported as unknown
   }
   try {
+    const all0 = meter?.usageMs();
     const run = await slurmSh(
       ["run", String(E2E_JOBS), "both"],
       { ...exports, SLURM_RUN_TIMEOUT_S: String(Math.ceil(SLURM_TIMEOUT_MS / 1000)) },
@@ -966,13 +1021,15 @@ async function runSlurm(): Promise<{ lines: SlurmLine[]; conf?: string; error?: 
       .split("\n")
       .filter((l) => l.startsWith("{"))
       .map((l) => JSON.parse(l) as SlurmLine);
+    const allCpuMs = meter && all0 !== undefined ? meter.usageMs() - all0 : undefined;
     if (run.code !== 0)
       return {
         lines,
         conf,
+        allCpuMs,
         error: `slurm.sh run failed (exit ${run.code}): ${run.stderr.trim().slice(-300)}`,
       };
-    return { lines, conf };
+    return { lines, conf, allCpuMs };
   } finally {
     cleanups.splice(cleanups.indexOf(down), 1);
     await down();
@@ -1001,7 +1058,7 @@ async function partEndToEnd(deadline: number): Promise<PartOutput> {
     }
   } else loomError = "skipped (LOOM_BENCH_SCHED_E2E_RUNS has no loom)";
 
-  let slurm: { lines: SlurmLine[]; conf?: string; error?: string } = {
+  let slurm: { lines: SlurmLine[]; conf?: string; error?: string; allCpuMs?: number } = {
     lines: [],
     error: "skipped (LOOM_BENCH_SCHED_E2E_RUNS has no slurm)",
   };
@@ -1078,6 +1135,14 @@ async function partEndToEnd(deadline: number): Promise<PartOutput> {
         `${fmt(lf.watchEvents)} TrainingJob writes on the watch (${fmt(lf.watchEvents / Math.max(1, lf.created), 1)} per job, creates included), ${fmt(lf.waitingWrites)} of them to jobs still waiting for admission; ` +
         `this process (server and client thread) used ${fmt(loom!.cpuSeconds, 1)} CPU s in ${fmt(loom!.wallSeconds, 1)} s wall (${fmt((100 * loom!.cpuSeconds) / loom!.wallSeconds)}% of one core); controllers: ${rc || "no metrics"}.`,
     );
+    if (loom!.allCpuMs !== undefined)
+      notes.push(
+        `CPU per job, every process on each side (cpuacct: Loom's server, spawn helper, sandboxes and jobs; Slurm's daemons, sbatch, squeue and jobs, separate and array together): Loom ${fmt(loom!.allCpuMs / lf.jobs, 1)} ms` +
+          (slurm.allCpuMs !== undefined && slurm.lines.length
+            ? `, Slurm ${fmt(slurm.allCpuMs / slurm.lines.reduce((n, l) => n + l.jobs, 0), 1)} ms`
+            : "") +
+          ".",
+      );
     // Each sandbox start copies the mount table and unmounts it again (bwrap): network namespaces
     // that crashed servers left under /run/netns made this bench 30% slower before (40.7 vs 59.2 jobs/s).
     notes.push(

@@ -13,6 +13,8 @@ import { distState } from "./dist.js";
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const state = distState(root);
 if (process.env.npm_command === "exec") process.exit(0);
+// The sandbox launcher (native/loom-sandbox.c), where there is a C compiler; never fails install.
+spawnSync(process.execPath, [join(root, "bin", "native.js")], { cwd: root, stdio: "inherit" });
 if (state === "fresh") {
   console.log("loom: dist/ is up to date with src/; not compiling again (npm run build forces it)");
   process.exit(0);

@@ -261,7 +261,8 @@ function sandboxFor(opts: EmbeddedOptions): SandboxSupport {
   const sandbox: SandboxSupport =
     opts.sandbox === false
       ? { privileged: false, unavailable: "turned off for this server" }
-      : detectSandbox();
+      : // LOOM_SANDBOX_LAUNCHER=bwrap: bubblewrap's chain even where Loom's launcher works (a comparison).
+        detectSandbox(process.env.LOOM_SANDBOX_LAUNCHER === "bwrap" ? { launcher: false } : {});
   logSandbox(opts.log, sandbox, !!opts.insecureSharedUser);
   return sandbox;
 }

@@ -2,7 +2,13 @@ import { readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import type { GangSpec } from "../../ports/runtime.js";
 import { type CgroupPlan, cgroupPlan } from "./cgroups.js";
-import { type ProjectIds, type SandboxSupport, sandboxedArgv } from "./sandbox.js";
+import {
+  launcherArgv,
+  type ProjectIds,
+  type SandboxSpec,
+  type SandboxSupport,
+  sandboxedArgv,
+} from "./sandbox.js";
 import type { SpawnRequest } from "./spawner.js";
 import { homeDir } from "./workerenv.js";
 import type { WorkloadFiles } from "./workloadfiles.js";
@@ -14,7 +20,7 @@ import type { WorkloadFiles } from "./workloadfiles.js";
  */
 
 /**
- * Joins the worker's cgroups (as root, before anything drops to the project's uid), has bwrap
+ * Where there is no launcher (sandbox.ts): joins the worker's cgroups (as root, before anything drops to the project's uid), has bwrap
  * ignore SIGTERM (`trap ''`, see sandboxedArgv), then becomes the sandbox: no fork and no shell
  * waiting beside it. bwrap itself records the workload's exit code in the exit file (fd 9,
  * `--json-status-fd`: `{ "exit-code": N }`, 128 + N for a signal, as a shell's `$?`) and exits
@@ -192,31 +198,39 @@ export function gangSandbox(deps: GangSandboxDeps, spec: GangSpec, venv: string 
       const cg: CgroupPlan | undefined = deps.support.cgroups
         ? cgroupPlan(deps.support.cgroups, cgroupName(spec.ref.uid, spec.attempt, w.index), w.allocation)
         : undefined;
-      const argv = sandboxedArgv(
-        deps.support,
-        {
-          uid,
-          gid: uid,
-          rw: [
-            workDir,
-            checkpointDir,
-            heartbeatFile,
-            ...(home ? [home] : []),
-            ...(persistent ? [persistent] : []),
-            ...(deps.gpuBinds?.(w.allocation) ?? []),
-          ],
-          ro: lent,
-          shm,
-          network: netns ? { netns } : "host",
-          devices: w.allocation.gpus.length > 0 ? deps.devices(w.allocation.gpus) : [],
-          cwd,
-        },
-        w.command,
-        STATUS_FD,
-      );
+      const box: SandboxSpec = {
+        uid,
+        gid: uid,
+        rw: [
+          workDir,
+          checkpointDir,
+          heartbeatFile,
+          ...(home ? [home] : []),
+          ...(persistent ? [persistent] : []),
+          ...(deps.gpuBinds?.(w.allocation) ?? []),
+        ],
+        ro: lent,
+        shm,
+        network: netns ? { netns } : "host",
+        devices: w.allocation.gpus.length > 0 ? deps.devices(w.allocation.gpus) : [],
+        cwd,
+      };
+      const procs = cg?.procs ?? [];
+      // One exec with Loom's launcher; else the shim, then nsenter, bwrap, setpriv and env.
+      const [command, ...args] = deps.support.launcher
+        ? launcherArgv(deps.support, box, w.command, { statusFile: exitFile, cgroupProcs: procs })
+        : [
+            "/bin/sh",
+            "-c",
+            SANDBOX_SHIM,
+            "loom-worker",
+            exitFile,
+            procs.join(" "),
+            ...sandboxedArgv(deps.support, box, w.command, STATUS_FD),
+          ];
       return {
-        command: "/bin/sh",
-        args: ["-c", SANDBOX_SHIM, "loom-worker", exitFile, (cg?.procs ?? []).join(" "), ...argv],
+        command: command!,
+        args,
         cwd: "/",
         dirs: cg?.dirs ?? [],
         writes: cg?.writes ?? [],

@@ -1,6 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, lstatSync, readFileSync, readlinkSync, renameSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { type CgroupLayout, detectCgroups } from "./cgroups.js";
 
 /**
@@ -10,6 +11,12 @@ import { type CgroupLayout, detectCgroups } from "./cgroups.js";
  * read-only system, the directories it was granted, a /proc of its own processes and a private
  * /tmp; not the data dir, not other workloads. This file only builds argument lists: the spawn
  * helper runs them, the runtime decides what each workload is granted.
+ *
+ * Two programs make that sandbox from the same arguments. As root, where it was built (`npm run
+ * build`, native/loom-sandbox.c) and works on this kernel, Loom's own launcher does it in one
+ * exec: cgroups joined, network namespace entered, namespaces and root made, uid dropped. Else
+ * (unprivileged, no C compiler, a kernel before 5.12) a shell shim, nsenter, bubblewrap, setpriv
+ * and env do it one after another (docs/security.md, "what the sandbox costs").
  */
 
 /** What this machine lets Loom do, found once at start (`loom up` prints it). */
@@ -23,6 +30,13 @@ export interface SandboxSupport {
   privileged: boolean;
   /** Where per-workload cgroups go; undefined: CPU and memory are only accounted, not enforced. */
   cgroups?: CgroupLayout;
+  /**
+   * Loom's launcher (native/loom-sandbox.c), as root where it was built and its probe passed: it
+   * takes bwrapArgs' options and does the shim's, nsenter's, setpriv's and env's parts itself.
+   */
+  launcher?: string;
+  /** Why the launcher is not used (bubblewrap's chain is), for `loom up`'s line. */
+  launcherUnavailable?: string;
   /** Why there is no sandbox (bwrap missing, namespaces refused), for `loom up` and errors. */
   unavailable?: string;
 }
@@ -187,11 +201,46 @@ export function sandboxedArgv(
 }
 
 /**
+ * The argv that starts `command` in the sandbox with Loom's launcher, which also joins the
+ * worker's cgroups (`cgroupProcs`, before anything forks), enters `spec.network`'s namespace,
+ * drops to the spec's uid (no groups, no capabilities, no_new_privs) and records the exit code
+ * in `statusFile` as bwrap's `--json-status-fd` does: one exec where the shim's chain has six.
+ */
+export function launcherArgv(
+  support: SandboxSupport,
+  spec: SandboxSpec,
+  command: string[],
+  start: { statusFile?: string; cgroupProcs?: string[] } = {},
+): string[] {
+  if (!support.launcher || !support.privileged) throw new Error("no launcher here: use sandboxedArgv");
+  return [
+    support.launcher,
+    ...(start.statusFile ? ["--status-file", start.statusFile] : []),
+    ...(start.cgroupProcs ?? []).flatMap((p) => ["--cgroup-procs", p]),
+    ...(typeof spec.network === "object" ? ["--netns", spec.network.netns] : []),
+    ...(spec.uid !== undefined
+      ? ["--setuid", String(spec.uid), "--setgid", String(spec.gid ?? spec.uid)]
+      : []),
+    ...bwrapArgs(spec, true),
+    "--",
+    ...command,
+  ];
+}
+
+/** Where `npm run build` leaves the launcher (bin/native.js): native/build/, beside src/ and dist/. */
+export const LAUNCHER_PATH = join(
+  dirname(fileURLToPath(import.meta.url)),
+  "../../../native/build/loom-sandbox",
+);
+
+/**
  * What this machine allows, tried for real: bwrap runs `true` in the namespaces a workload gets.
  * Where that fails the reason says why (no bwrap, user namespaces disabled, a container that
- * refuses mounts), for `loom up` to print.
+ * refuses mounts), for `loom up` to print. As root, Loom's launcher is tried the same way (and
+ * to a project's uid); where it is missing or fails, workloads start through bubblewrap's chain.
+ * `launcher: false` keeps to that chain (LOOM_SANDBOX_LAUNCHER=bwrap).
  */
-export function detectSandbox(opts: { bwrap?: string } = {}): SandboxSupport {
+export function detectSandbox(opts: { bwrap?: string; launcher?: string | false } = {}): SandboxSupport {
   const privileged = process.getuid?.() === 0;
   const bwrap = opts.bwrap ?? "/usr/bin/bwrap";
   const cgroups = privileged ? detectCgroups() : undefined;
@@ -211,7 +260,33 @@ export function detectSandbox(opts: { bwrap?: string } = {}): SandboxSupport {
     const why = (probe.stderr || probe.error?.message || `exit ${probe.status}`).trim().split("\n")[0];
     return { privileged, cgroups, unavailable: `the kernel refused bubblewrap's namespaces: ${why}` };
   }
-  return { bwrap, privileged, cgroups };
+  if (!privileged) return { bwrap, privileged, cgroups };
+  const launcher = probeLauncher(opts.launcher ?? LAUNCHER_PATH);
+  return { bwrap, privileged, cgroups, ...launcher };
+}
+
+/** The launcher where it runs `true` here as a project's uid; else why not. */
+function probeLauncher(path: string | false): Pick<SandboxSupport, "launcher" | "launcherUnavailable"> {
+  if (path === false) return { launcherUnavailable: "turned off (LOOM_SANDBOX_LAUNCHER=bwrap)" };
+  if (!existsSync(path))
+    return { launcherUnavailable: `${path} was not built (npm run build needs a C compiler: cc)` };
+  const support: SandboxSupport = { privileged: true, launcher: path };
+  // Dropped to the first project uid's range, never a real user's.
+  const spec: SandboxSpec = {
+    uid: PROJECT_UID_BASE,
+    gid: PROJECT_UID_BASE,
+    rw: [],
+    ro: [],
+    network: "host",
+    cwd: "/",
+  };
+  const probe = spawnSync(path, launcherArgv(support, spec, ["/usr/bin/env", "true"]).slice(1), {
+    encoding: "utf8",
+    timeout: 10_000,
+  });
+  if (probe.status === 0) return { launcher: path };
+  const why = (probe.stderr || probe.error?.message || `exit ${probe.status}`).trim().split("\n")[0];
+  return { launcherUnavailable: `its probe failed: ${why}` };
 }
 
 /** One line for `loom up`: what a workload is isolated by here. */
@@ -221,7 +296,10 @@ export function describeSandbox(s: SandboxSupport): string {
   const limits = s.cgroups
     ? `memory limits and CPU shares (cgroup ${s.cgroups.version})`
     : "no memory limits or CPU shares (cgroups not writable)";
-  return `bubblewrap (mount, PID, IPC, UTS namespaces), ${who}, ${limits}`;
+  const by = s.launcher
+    ? "Loom's launcher"
+    : `bubblewrap${s.launcherUnavailable ? ` (Loom's launcher: ${s.launcherUnavailable})` : ""}`;
+  return `${by} (mount, PID, IPC, UTS namespaces), ${who}, ${limits}`;
 }
 
 /** First uid/gid handed to projects; 200000 keeps clear of system and regular users (and subuid ranges start at 100000 with 65536 each). */
