@@ -301,6 +301,56 @@ describe("KubernetesRuntime's requests", () => {
     expect(api.text()).toMatchSnapshot();
   });
 
+  it("a worker's pod events wake its job only when what the job sees of it changes", async () => {
+    let created = { metadata: {} as Record<string, unknown> };
+    const api = new FakeApi((method, path, opts) => {
+      if (method === "GET" && (path === "/api/v1/pods" || path === "/api/v1/nodes"))
+        return { metadata: { resourceVersion: "50" }, items: path.endsWith("nodes") ? [node("node-0")] : [] };
+      if (method === "POST" && path.endsWith("/pods")) {
+        // As kube-apiserver answers a create: the pod Pending.
+        created = opts.body as typeof created;
+        return {
+          ...created,
+          kind: "Pod",
+          metadata: { ...created.metadata, resourceVersion: "101" },
+          status: { phase: "Pending" },
+        };
+      }
+      return undefined;
+    });
+    runtime = new KubernetesRuntime({ client: api.client(), log });
+    const changed: string[] = [];
+    runtime.onChange((ref) => changed.push(ref.name));
+    await runtime.watchPods();
+    const one: GangSpec = { ...gang(1), workers: gang(1).workers.slice(0, 1), initCheckpoint: undefined };
+    await runtime.start({ ...one, checkpoint: undefined });
+    let rv = 200;
+    const send = (type: string, extra: Record<string, unknown> = {}, meta: Record<string, unknown> = {}) =>
+      api.watches
+        .get("/api/v1/pods")!
+        .write(
+          `${JSON.stringify({ type, object: { ...created, kind: "Pod", metadata: { ...created.metadata, resourceVersion: String(++rv), ...meta }, ...extra } })}\n`,
+        );
+    const running = { phase: "Running", startTime: "t1" };
+    send("ADDED", { status: { phase: "Pending" } }); // the echo of the runtime's own create: it observed the pod as it wrote it
+    send("MODIFIED", {
+      status: { phase: "Pending", conditions: [{ type: "PodScheduled", status: "True" }] },
+    });
+    send("MODIFIED", { status: { ...running } }); // started: news
+    send("MODIFIED", { status: { ...running, podIP: "10.0.0.9" } }); // an address: nothing for the job
+    send("MODIFIED", {
+      status: {
+        phase: "Succeeded",
+        startTime: "t1",
+        containerStatuses: [{ name: "worker", state: { terminated: { exitCode: 0, finishedAt: "t2" } } }],
+      },
+    });
+    send("DELETED", { status: { phase: "Succeeded" } });
+    // Every event has been handled once the last one (the pod gone) shows.
+    await vi.waitFor(async () => expect(await runtime!.observe(job)).toBeUndefined());
+    expect(changed).toEqual(["train", "train", "train"]); // started, succeeded, gone
+  });
+
   it("with the watch: external pods, binding, explanations, events, own writes", async () => {
     const external = (name: string, extra: Record<string, unknown>) => ({
       kind: "Pod",
