@@ -351,6 +351,48 @@ describe("KubernetesRuntime's requests", () => {
     expect(changed).toEqual(["train", "train", "train"]); // started, succeeded, gone
   });
 
+  it("a start withdraws the gang's capacity request, side by side and before any worker pod", async () => {
+    const demand = (i: number) =>
+      pod(`train-capacity-${i}`, {
+        "app.kubernetes.io/managed-by": "loom",
+        "loom.dev/workload": "train",
+        "app.kubernetes.io/component": "capacity-request",
+        "loom.dev/capacity-for": "uid-1",
+      });
+    const api = new FakeApi((method, path) => {
+      if (method === "GET" && path === "/api/v1/pods")
+        return { metadata: { resourceVersion: "50" }, items: [demand(0), demand(1)] };
+      if (method === "GET" && path === "/api/v1/nodes")
+        return { metadata: { resourceVersion: "50" }, items: [node("node-0"), node("node-1")] };
+      return undefined;
+    });
+    runtime = new KubernetesRuntime({ client: api.client(), log, nodeAutoscaling: true });
+    await runtime.watchPods();
+    api.calls.length = 0;
+    await runtime.start({ ...gang(1), checkpoint: undefined, initCheckpoint: undefined });
+    const verbs = api.calls.map((c) => c.split(" ").slice(0, 2).join(" "));
+    const deletes = verbs.filter((v) => v.startsWith("DELETE") && v.includes("-capacity-"));
+    expect(deletes).toEqual([
+      "DELETE /api/v1/namespaces/loom-team-a/pods/train-capacity-0",
+      "DELETE /api/v1/namespaces/loom-team-a/pods/train-capacity-1",
+    ]);
+    // Sent before the Service's apply (not after it), and both before the first worker pod.
+    expect(verbs.indexOf(deletes[1]!)).toBeLessThan(verbs.findIndex((v) => v.includes("/services/")));
+    expect(verbs.indexOf(deletes[1]!)).toBeLessThan(
+      verbs.indexOf("POST /api/v1/namespaces/loom-team-a/pods"),
+    );
+
+    // A gang that asked for nothing: no delete, and no walk over the cluster's pods.
+    api.calls.length = 0;
+    await runtime.start({
+      ...gang(1),
+      ref: { ...job, name: "other", uid: "uid-2" },
+      checkpoint: undefined,
+      initCheckpoint: undefined,
+    });
+    expect(api.calls.filter((c) => c.startsWith("DELETE") || c.startsWith("GET"))).toEqual([]);
+  });
+
   it("with the watch: external pods, binding, explanations, events, own writes", async () => {
     const external = (name: string, extra: Record<string, unknown>) => ({
       kind: "Pod",
