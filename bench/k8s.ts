@@ -182,6 +182,8 @@ interface Snapshot {
   serverCount: Map<string, number>;
   cpu: Map<string, number>;
   benchRequests: number;
+  /** The operator's reconciles by controller, and "CONTROLLER resync" for those of resyncs. */
+  reconciles: Map<string, number>;
 }
 
 interface Ctx {
@@ -204,6 +206,9 @@ async function snapshot(ctx: Ctx): Promise<Snapshot> {
   }
   const self = process.cpuUsage();
   cpu.set("bench (this process)", (self.user + self.system) / 1e6);
+  const reconciles = ctx.operator
+    ? await reconcileCounts(ctx.operator.metricsUrl)
+    : new Map<string, number>();
   const res = await ctx.http.send("GET", "/metrics");
   if (res.status !== 200) throw new Error(`kube-apiserver /metrics: HTTP ${res.status}`);
   const byRequest = new Map<string, number>();
@@ -250,7 +255,22 @@ async function snapshot(ctx: Ctx): Promise<Snapshot> {
     serverCount,
     cpu,
     benchRequests,
+    reconciles,
   };
+}
+
+/** The operator's reconciles so far, by controller ("CONTROLLER resync": those of resyncs); empty if it does not answer. */
+async function reconcileCounts(metricsUrl: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const text = await fetch(`${metricsUrl}/metrics`, { signal: AbortSignal.timeout(5_000) })
+    .then((r) => r.text())
+    .catch(() => "");
+  const add = (k: string, v: number) => out.set(k, (out.get(k) ?? 0) + v);
+  for (const m of samples(text, "loom_reconcile_duration_seconds_count"))
+    add(m.labels.controller ?? "?", m.value);
+  for (const m of samples(text, "loom_reconcile_resyncs_total"))
+    add(`${m.labels.controller ?? "?"} resync`, m.value);
+  return out;
 }
 
 interface WindowStats {
@@ -268,6 +288,7 @@ interface WindowStats {
   serverSeconds: Map<string, number>;
   serverCount: Map<string, number>;
   cpu: Map<string, number>;
+  reconciles: Map<string, number>;
 }
 
 function diffMap(a: Map<string, number>, b: Map<string, number>): Map<string, number> {
@@ -314,6 +335,7 @@ function windowStats(a: Snapshot, b: Snapshot): WindowStats {
     serverSeconds: diffMap(a.serverSeconds, b.serverSeconds),
     serverCount: diffMap(a.serverCount, b.serverCount),
     cpu: diffMap(a.cpu, b.cpu),
+    reconciles: diffMap(a.reconciles, b.reconciles),
   };
 }
 
@@ -1021,6 +1043,13 @@ function sumOf(m: Map<string, number>, keys: string[]): number {
   return keys.reduce((s, k) => s + (m.get(k) ?? 0), 0);
 }
 
+/** The operator's reconciles of one controller in the run's window, less those of resyncs (undefined: not scraped). */
+function reconcilesOf(f: RunFigures, controller: string): number | undefined {
+  const all = f.window.reconciles.get(controller);
+  if (all === undefined) return undefined;
+  return all - (f.window.reconciles.get(`${controller} resync`) ?? 0);
+}
+
 function mainTable(
   loom: RunFigures | undefined,
   jobs: RunFigures | undefined,
@@ -1108,6 +1137,24 @@ function mainTable(
       per(loom, (f) => perJob(f, 1000 * sumOf(f.window.cpu, CONTROLLER_CPU[f.workload.name]!))),
       per(jobs, (f) => perJob(f, 1000 * sumOf(f.window.cpu, CONTROLLER_CPU[f.workload.name]!))),
       1,
+    ],
+    [
+      "Loom reconciles per job in the window: trainingjob, less resyncs",
+      per(loom, (f) => {
+        const n = reconcilesOf(f, "trainingjob");
+        return n === undefined ? undefined : perJob(f, n);
+      }),
+      undefined,
+      1,
+    ],
+    [
+      "Loom reconciles per job in the window: admission cycles",
+      per(loom, (f) => {
+        const n = reconcilesOf(f, "admission");
+        return n === undefined ? undefined : perJob(f, n);
+      }),
+      undefined,
+      2,
     ],
     [
       "kube-apiserver + etcd CPU per job (ms)",

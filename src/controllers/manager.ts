@@ -29,7 +29,7 @@ import {
 import { ProjectReconciler } from "./project/reconciler.js";
 import { type ModelRegistrar, SWEEP, SweepReconciler, type TrialMetrics } from "./sweep/reconciler.js";
 import { TRAININGJOB, TrainingJobReconciler } from "./trainingjob/reconciler.js";
-import { validatingFor } from "./validate.js";
+import { invalidSpec, validatingFor } from "./validate.js";
 import {
   WORKSPACE,
   type WorkspaceDeps,
@@ -420,8 +420,12 @@ export class ControllerManager {
     // acted on that state when it wrote it. That was a reconcile per status write.
     const admissions = !!job && type === "MODIFIED" && admission.isOwnWrite(job);
     const own = !!job && type === "MODIFIED" && c.jobReconciler.isOwnWrite(key, job);
-    // A waiting job's why (the admission loop's write) is nothing for the job's loop to do.
-    if (!own && !(admissions && !job.status?.admission)) c.jobs.enqueue(key);
+    // A waiting job's why (the admission loop's write) is nothing for the job's loop to do, nor
+    // is a new job's arrival: the admission loop hands it over when it may start. A reconcile of
+    // each (that returned at once) was one per job in bench:k8s. A bad spec still goes there.
+    const waiting =
+      !!job && type !== "DELETED" && c.jobReconciler.waitsForAdmission(key, job) && !invalidSpec(job);
+    if (!own && !waiting && !(admissions && !job.status?.admission)) c.jobs.enqueue(key);
     // A trial changed: its sweep looks again (a trial finished, another may start).
     const sweep = job?.metadata.labels?.[SWEEP_LABEL];
     if (sweep) c.sweeps.enqueue(`${key.split("/")[0]}/${sweep}`);

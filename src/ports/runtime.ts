@@ -222,7 +222,8 @@ export interface Runtime {
    * Where nodes come with demand (Kubernetes with a node autoscaler): makes a gang that waits
    * for capacity visible to the autoscaler, the whole gang at once, or withdraws it
    * (`undefined`). Idempotent; answers what is known of the request. Absent where nothing adds
-   * nodes, and where the operator was not told an autoscaler runs.
+   * nodes, and where the operator was not told an autoscaler runs. `start` withdraws the
+   * workload's request itself before any of its pods exist.
    */
   requestCapacity?(
     ref: WorkloadRef,

@@ -80,6 +80,7 @@ export class Controller {
       if (key === undefined) return;
       this.metrics.queueDepth.set({ controller: name }, this.queue.length);
       const end = this.metrics.reconcileSeconds.startTimer({ controller: name });
+      if (this.queue.isResync(key)) this.metrics.resyncs.inc({ controller: name });
       const began = Date.now();
       try {
         const result = await this.reconciler.reconcile(key);

@@ -4,6 +4,8 @@ import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 export interface ControllerMetrics {
   reconcileSeconds: Histogram<"controller" | "result">;
   reconcileErrors: Counter<"controller">;
+  /** Reconciles of keys the periodic resync queued (part of reconcileSeconds' count). */
+  resyncs: Counter<"controller">;
   queueDepth: Gauge<"controller">;
   lastEventTimestamp: Gauge<"kind">;
 }
@@ -20,6 +22,12 @@ export function createControllerMetrics(registry: Registry): ControllerMetrics {
     reconcileErrors: new Counter({
       name: "loom_reconcile_errors_total",
       help: "Reconciles that failed and were retried with backoff.",
+      labelNames: ["controller"],
+      registers: [registry],
+    }),
+    resyncs: new Counter({
+      name: "loom_reconcile_resyncs_total",
+      help: "Reconciles of keys the periodic resync queued, not a change (counted in loom_reconcile_duration_seconds too).",
       labelNames: ["controller"],
       registers: [registry],
     }),

@@ -101,6 +101,17 @@ describe("WriteOverlay own writes (echoes through the watch)", () => {
     expect(overlay.isOwn("p/b", obj("b", 8))).toBe(false);
   });
 
+  it("counts an earlier write's echo that comes after a later write as no news (finalizer, then status)", async () => {
+    const overlay = new WriteOverlay(byName);
+    await overlay.write("p/a", async () => obj("a", 8)); // the finalizer's patch
+    await overlay.write("p/a", async () => obj("a", 9)); // the start's status write, made from 8
+    // The watch brings 8 back only now: the loop read and acted on it before it wrote 9.
+    expect(overlay.isOwn("p/a", obj("a", 8))).toBe(true);
+    expect(overlay.isOwn("p/a", obj("a", 9))).toBe(true);
+    expect(overlay.isOwn("p/a", obj("a", 10))).toBe(false); // another writer after us
+    expect(overlay.isOwn("p/a", obj("a", 7, "uid-other"))).toBe(false); // a namesake made again
+  });
+
   it("holds an event that comes while a write is in flight, and hands it back once the write is known", async () => {
     const overlay = new WriteOverlay(byName);
     let answer: (o: Resource) => void = () => undefined;
@@ -109,7 +120,7 @@ describe("WriteOverlay own writes (echoes through the watch)", () => {
     // The store delivered the write's event before its answer: not decidable yet, so held.
     const echo = obj("a", 8);
     expect(overlay.holdEcho("p/a", () => replays.push(overlay.isOwn("p/a", echo)))).toBe(true);
-    const other = obj("a", 7);
+    const other = obj("a", 9);
     expect(overlay.holdEcho("p/a", () => replays.push(overlay.isOwn("p/a", other)))).toBe(true);
     expect(replays).toEqual([]);
     answer(obj("a", 8));

@@ -54,15 +54,18 @@ export class WriteOverlay<T extends Resource> {
   }
 
   /**
-   * Whether `obj` is this loop's own latest write under `key`, as the watch brings it back: the
-   * loop acted on that state when it wrote it, so it need not look again for that event alone.
+   * Whether the watch's `obj` under `key` is no news to this loop: its own latest write coming
+   * back, or a version older than that write (an earlier write of its own, such as the
+   * finalizer's patch before the start's status write, or anyone's before it). The loop's writes
+   * carry the version they were made from as a precondition, so a version older than its latest
+   * write is one it had read and acted on when it wrote.
    */
   isOwn(key: string, obj: T): boolean {
     const mine = this.written.get(key);
     return (
       mine !== undefined &&
       mine.metadata.uid === obj.metadata.uid &&
-      mine.metadata.resourceVersion === obj.metadata.resourceVersion
+      Number(obj.metadata.resourceVersion) <= Number(mine.metadata.resourceVersion)
     );
   }
 

@@ -32,12 +32,17 @@ describe("WorkQueue", () => {
     expect(q.length).toBe(2);
     expect(q.backgroundLength).toBe(2);
     const order: string[] = [];
+    const resyncs: string[] = [];
     for (let i = 0; i < 4; i++) {
       const k = (await q.get())!;
       order.push(k);
+      if (q.isResync(k)) resyncs.push(k);
       q.done(k);
+      expect(q.isResync(k)).toBe(false);
     }
     expect(order).toEqual(["changed", "r3", "r1", "r2"]);
+    // What the controller counts as resyncs: only keys served from the background lane.
+    expect(resyncs).toEqual(["r1", "r2"]);
     expect(await peek(q.get())).toBe("pending");
   });
 

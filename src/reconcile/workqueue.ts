@@ -19,6 +19,8 @@ export class WorkQueue {
   private readonly background: string[] = [];
   private readonly backgroundQueued = new Set<string>();
   private readonly processing = new Set<string>();
+  /** Keys being processed that came from the background lane (resyncs), until done(). */
+  private readonly processingBackground = new Set<string>();
   /** Keys re-added while being processed: they go back in the queue when done. */
   private readonly dirty = new Set<string>();
   private readonly timers = new Map<string, { at: number; timer: NodeJS.Timeout }>();
@@ -57,6 +59,7 @@ export class WorkQueue {
     const waiter = this.waiters.shift();
     if (waiter) {
       this.processing.add(key);
+      this.processingBackground.add(key);
       waiter(key);
       return;
     }
@@ -109,14 +112,21 @@ export class WorkQueue {
       const next = this.background.shift()!;
       if (!this.backgroundQueued.delete(next)) continue; // moved to the main lane meanwhile
       this.processing.add(next);
+      this.processingBackground.add(next);
       return Promise.resolve(next);
     }
     if (this.shuttingDown) return Promise.resolve(undefined);
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
+  /** Whether the key being processed came from the background lane (a resync), not a change. */
+  isResync(key: string): boolean {
+    return this.processingBackground.has(key);
+  }
+
   done(key: string): void {
     this.processing.delete(key);
+    this.processingBackground.delete(key);
     if (this.dirty.delete(key)) this.add(key);
   }
 

@@ -12,6 +12,8 @@ function harness(opts: {
   autoscaler: boolean;
   nodes: NodeCapacity[];
   projectSpec?: Record<string, unknown>;
+  /** Admissions handed to the TrainingJob loop (as the manager does), not written here. */
+  offers?: string[];
 }) {
   const jobs = new Map<string, TrainingJob>();
   let rv = 1;
@@ -48,6 +50,7 @@ function harness(opts: {
     } as unknown as EventRecorder,
     log: pino({ level: "silent" }),
     now: () => new Date("2026-01-01T00:00:40Z"),
+    ...(opts.offers ? { offer: (job: TrainingJob) => void opts.offers!.push(job.metadata.name) } : {}),
   });
   const add = (name: string, gpu: number, workers: number, extra: Record<string, unknown> = {}) =>
     jobs.set(name, {
@@ -103,6 +106,19 @@ describe("admission and a node autoscaler", () => {
     expect(h.calls).toEqual([{ name: "big", request: undefined }]);
     expect(job.status?.admission?.workers).toBe(2);
     expect(job.status?.capacityRequest).toBeUndefined();
+  });
+
+  it("hands an admitted gang to its start without waiting for the withdrawal: the runtime's start withdraws it", async () => {
+    const nodes: NodeCapacity[] = [];
+    const offers: string[] = [];
+    const h = harness({ autoscaler: true, nodes, offers });
+    h.add("big", 8, 2);
+    await h.reconciler.reconcile("cycle");
+    nodes.push(gpuNode("n1"), gpuNode("n2"));
+    h.calls.length = 0;
+    await h.reconciler.reconcile("cycle");
+    expect(offers).toEqual(["big"]);
+    expect(h.calls).toEqual([]);
   });
 
   it("asks nothing for a job its project's limit holds back: new nodes would not let it run", async () => {

@@ -229,8 +229,12 @@ export class AdmissionReconciler implements Reconciler {
   ): Promise<void> {
     const first = placements[0]!;
     // Its capacity request has done its work: withdrawn before the workers exist, so the
-    // autoscaler never sees it unplaced beside them and adds nodes a second time.
-    if (job.status?.capacityRequest) await this.deps.runtime.requestCapacity?.(refOf(job), undefined);
+    // autoscaler never sees it unplaced beside them and adds nodes a second time. A gang started
+    // here has the runtime's start withdraw it (Runtime.requestCapacity), beside its other
+    // objects: waiting for the deletes here put them between a node's arrival and the binding.
+    const startsHere = cluster ? undefined : this.deps.offer;
+    if (job.status?.capacityRequest && !startsHere)
+      await this.deps.runtime.requestCapacity?.(refOf(job), undefined);
     const r = job.spec.resources;
     const share = first.gpus.length === 1 && first.gpus[0]!.share < 1 ? first.gpus[0]!.share : undefined;
     const devices = first.gpus.map((g) => g.device);
@@ -257,11 +261,11 @@ export class AdmissionReconciler implements Reconciler {
     };
     // A job placed in another member of the fleet is started there (its loop hands it over on
     // seeing the written admission): only a local start writes the admission with itself.
-    if (this.deps.offer && !cluster) {
+    if (startsHere) {
       // The job's loop writes it, and says so in its Started event (an event is a write on
       // Kubernetes, where the Job controller records none for admission).
       this.offered.set(job.metadata.uid, offer);
-      this.deps.offer(job, offer);
+      startsHere(job, offer);
       return;
     }
     await this.writeStatus({ ...job, status: admittedStatus(job, offer) });

@@ -57,6 +57,15 @@ export class TrainingJobReconciler implements Reconciler {
     return this.ctx.isStarting(key);
   }
 
+  /**
+   * Whether an event of `job` has nothing for this loop: it waits for admission (the admission
+   * loop decides when it may start, and hands it over with an offer) and none is in hand. The
+   * caller still has a job with an invalid spec reconciled, which marks it Failed.
+   */
+  waitsForAdmission(key: string, job: TrainingJob): boolean {
+    return nothingToDo(job) && !isFinished(job) && !this.offers.has(key) && !this.deps.remote?.owns(job);
+  }
+
   /** Holds an event for `key` while this loop writes the job; `replay` runs once the write ended. */
   holdEcho(key: string, replay: () => void): boolean {
     return this.overlay?.holdEcho(key, replay) ?? false;

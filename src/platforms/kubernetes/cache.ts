@@ -5,7 +5,7 @@ import type { ControllerMetrics } from "../../reconcile/metrics.js";
 import type { KubeClient } from "./client.js";
 import { LABELS as L, namespaceOf } from "./naming.js";
 import type { KubeNode } from "./nodes.js";
-import type { Pod } from "./pods.js";
+import { type Pod, workerView } from "./pods.js";
 import { kubeCollectionSource, objectKey } from "./source.js";
 
 /** How long a deleted pod's revision is remembered, so that a late write echo cannot revive it. */
@@ -42,6 +42,8 @@ export class ClusterCache {
    */
   private readonly ownWrites = new Map<string, Pod>();
   private readonly tombstones = new Map<string, { rv: number; at: number }>();
+  /** Each gang worker pod's workerView as last handed on (or written by this runtime). */
+  private readonly workerViews = new Map<string, string>();
   private synced = false;
 
   constructor(
@@ -104,10 +106,24 @@ export class ClusterCache {
     }
     if (type === "DELETED") {
       this.ownWrites.delete(key);
+      this.workerViews.delete(key);
       this.tombstones.set(key, { rv: Number(pod.metadata.resourceVersion ?? 0), at: Date.now() });
     }
     if (type === "RESYNC") return;
+    if (type !== "DELETED" && this.sameWorkerView(key, pod)) return;
     this.handlers.onPod(key, pod, type);
+  }
+
+  /**
+   * Whether a gang worker's pod shows its job nothing new (see workerView), noting what it shows.
+   * Seeded by this runtime's own writes, so their echoes are no news either.
+   */
+  private sameWorkerView(key: string, pod: Pod): boolean {
+    const view = workerView(pod);
+    if (view === undefined) return false;
+    if (this.workerViews.get(key) === view) return true;
+    this.workerViews.set(key, view);
+    return false;
   }
 
   /** Remembers what the API server answered to this runtime's own pod write. */
@@ -120,6 +136,9 @@ export class ClusterCache {
     const tomb = this.tombstones.get(key);
     if (tomb && tomb.rv >= rv) return;
     this.ownWrites.set(key, pod);
+    // The caller observes what it wrote (through ownWrites): the watch's echo is no news.
+    const view = workerView(pod);
+    if (view !== undefined) this.workerViews.set(key, view);
   }
 
   /** The pod by key: as the watch last showed it, else as this runtime last wrote it. */

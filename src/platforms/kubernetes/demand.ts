@@ -200,17 +200,45 @@ export class CapacityRequests {
 
   private async withdraw(ref: WorkloadRef): Promise<void> {
     this.answers.delete(ref.uid);
-    // Pod by pod (the operator's role has no deletecollection); unbound pods go at once. A
-    // withdrawal is rare (once per gang that asked), so the walk over the cache is cheap enough.
+    // A withdrawal is rare (once per gang that asked), so the walk over the cache is cheap enough.
     const mine = (await this.cache.loomPods()).filter((p) => p.metadata.labels?.[DEMAND_LABEL] === ref.uid);
-    for (const p of mine)
-      await this.client
-        .request("DELETE", `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}`, {
-          body: { apiVersion: "v1", kind: "DeleteOptions", gracePeriodSeconds: 0 },
-        })
-        .catch((err: unknown) => {
-          if (!(err instanceof NotFoundError)) throw err;
-        });
+    await this.deletePods(mine);
+  }
+
+  /**
+   * Withdraws the workload's request, if it made one, before its gang's pods exist (the gang's
+   * start calls it): found by name in the cache, with no walk over every pod, so a start that
+   * never asked pays nothing.
+   */
+  async withdrawBeforeStart(ref: WorkloadRef): Promise<void> {
+    const ns = namespaceOf(ref.project);
+    const mine: Pod[] = [];
+    for (let i = 0; ; i++) {
+      const pod = this.cache.pod(`${ns}/${demandPodName(ref.name, i)}`);
+      if (pod?.metadata.labels?.[DEMAND_LABEL] !== ref.uid) break;
+      if (!pod.metadata.deletionTimestamp) mine.push(pod);
+    }
+    if (mine.length === 0) return;
+    this.answers.delete(ref.uid);
+    await this.deletePods(mine);
+  }
+
+  /**
+   * Pod by pod (the operator's role has no deletecollection), side by side: unbound pods go at
+   * once, and a gang's start waits for its request's pods to go (bench:fleet (a)).
+   */
+  private async deletePods(pods: Pod[]): Promise<void> {
+    await Promise.all(
+      pods.map((p) =>
+        this.client
+          .request("DELETE", `/api/v1/namespaces/${p.metadata.namespace}/pods/${p.metadata.name}`, {
+            body: { apiVersion: "v1", kind: "DeleteOptions", gracePeriodSeconds: 0 },
+          })
+          .catch((err: unknown) => {
+            if (!(err instanceof NotFoundError)) throw err;
+          }),
+      ),
+    );
   }
 }
 

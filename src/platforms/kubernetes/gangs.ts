@@ -107,7 +107,13 @@ export class Gangs {
     return latest > 0 ? new Date(latest) : undefined;
   }
 
-  async start(spec: GangSpec): Promise<void> {
+  /** `beforePods`: work under way (a capacity request's withdrawal) that must end before any pod is made. */
+  async start(spec: GangSpec, beforePods?: Promise<void>): Promise<void> {
+    // Settled here even when an earlier step throws (no unhandled rejection); awaited before the pods.
+    const before = beforePods?.then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     const { ref, attempt } = spec;
     const ns = namespaceOf(ref.project);
     // spec.fromWorkspace: the clone of the home Loom's API made when the job was created.
@@ -141,29 +147,36 @@ export class Gangs {
       ? (spec.initCheckpoint.checkpoint?.claimName ??
         `${spec.initCheckpoint.ref.name}-checkpoint`.slice(0, 63))
       : undefined;
+    const failed = await before;
+    if (failed) throw failed;
     // Pods this start created on their node: nothing to bind.
     const createdBound = new Set<string>();
-    for (const w of spec.workers) {
-      if (existing.has(podName(ref.name, attempt, w.index))) continue;
-      const pod = this.workerPod(spec, w, { claim, initClaim, code }, credentials);
-      // A gang of one is whole as soon as its pod exists: it is created on the node admission
-      // chose. Created and then bound, it cost one request more and one more update of the pod
-      // that every pod watcher (kwok or kubelets, scheduler, controller-manager, this operator)
-      // decodes: 1.0 of the operator's 10.0 requests per job in bench:k8s.
-      const body =
-        spec.workers.length === 1 ? { ...pod, spec: { ...pod.spec, nodeName: w.allocation.node } } : pod;
-      try {
-        this.cache.wrote(
-          await this.client.request<Pod>("POST", `/api/v1/namespaces/${ns}/pods`, {
-            body,
-            query: { fieldManager: "loom" },
-          }),
-        );
-        if (body !== pod) createdBound.add(podName(ref.name, attempt, w.index));
-      } catch (err) {
-        if ((err as { code?: string }).code !== "AlreadyExists") throw err;
-      }
-    }
+    // Side by side: unbound (in a gang of several) none can run before the binds below, and
+    // one after another they were a round trip per worker between a node's arrival and the
+    // gang's binding (bench:fleet (a)).
+    await Promise.all(
+      spec.workers.map(async (w) => {
+        if (existing.has(podName(ref.name, attempt, w.index))) return;
+        const pod = this.workerPod(spec, w, { claim, initClaim, code }, credentials);
+        // A gang of one is whole as soon as its pod exists: it is created on the node admission
+        // chose. Created and then bound, it cost one request more and one more update of the pod
+        // that every pod watcher (kwok or kubelets, scheduler, controller-manager, this operator)
+        // decodes: 1.0 of the operator's 10.0 requests per job in bench:k8s.
+        const body =
+          spec.workers.length === 1 ? { ...pod, spec: { ...pod.spec, nodeName: w.allocation.node } } : pod;
+        try {
+          this.cache.wrote(
+            await this.client.request<Pod>("POST", `/api/v1/namespaces/${ns}/pods`, {
+              body,
+              query: { fieldManager: "loom" },
+            }),
+          );
+          if (body !== pod) createdBound.add(podName(ref.name, attempt, w.index));
+        } catch (err) {
+          if ((err as { code?: string }).code !== "AlreadyExists") throw err;
+        }
+      }),
+    );
     // The whole gang exists: bind every pod to the node admission chose for it.
     await Promise.all(
       spec.workers.map(async (w) => {

@@ -3,6 +3,7 @@ import type { WorkerSpec } from "../../ports/runtime.js";
 import type { Allocation, Toleration } from "../../ports/scheduler.js";
 import type { KubeClient } from "./client.js";
 import { type CredentialFiles, credentialMounts } from "./credentials.js";
+import { LABELS as L } from "./naming.js";
 
 export const GPU_RESOURCE = "nvidia.com/gpu";
 
@@ -40,6 +41,28 @@ export interface Pod {
       state?: { terminated?: { exitCode: number; signal?: number; reason?: string; finishedAt?: string } };
     }[];
   };
+}
+
+/**
+ * What a gang worker's pod shows its job's loop (gangs.ts observe: attempt, worker, phase, start,
+ * exit, deletion), as one string; undefined for any other pod. An event that leaves it unchanged
+ * (the echo of Loom's own create or delete, a kubelet's patch of conditions or addresses) has
+ * nothing for that loop: in bench:k8s every pod event was a TrainingJob reconcile.
+ */
+export function workerView(p: Pod): string | undefined {
+  const labels = p.metadata.labels;
+  if (labels?.[L.component] !== "worker") return undefined;
+  const terminated = p.status?.containerStatuses?.find((c) => c.name === "worker")?.state?.terminated;
+  return JSON.stringify([
+    labels[L.attempt],
+    labels[L.worker],
+    p.status?.phase,
+    p.status?.startTime,
+    p.status?.message,
+    p.status?.reason,
+    terminated ? [terminated.exitCode, terminated.signal, terminated.reason, terminated.finishedAt] : null,
+    !!p.metadata.deletionTimestamp,
+  ]);
 }
 
 /** Whether the pod has ended (it holds nothing any more). */

@@ -301,6 +301,98 @@ describe("KubernetesRuntime's requests", () => {
     expect(api.text()).toMatchSnapshot();
   });
 
+  it("a worker's pod events wake its job only when what the job sees of it changes", async () => {
+    let created = { metadata: {} as Record<string, unknown> };
+    const api = new FakeApi((method, path, opts) => {
+      if (method === "GET" && (path === "/api/v1/pods" || path === "/api/v1/nodes"))
+        return { metadata: { resourceVersion: "50" }, items: path.endsWith("nodes") ? [node("node-0")] : [] };
+      if (method === "POST" && path.endsWith("/pods")) {
+        // As kube-apiserver answers a create: the pod Pending.
+        created = opts.body as typeof created;
+        return {
+          ...created,
+          kind: "Pod",
+          metadata: { ...created.metadata, resourceVersion: "101" },
+          status: { phase: "Pending" },
+        };
+      }
+      return undefined;
+    });
+    runtime = new KubernetesRuntime({ client: api.client(), log });
+    const changed: string[] = [];
+    runtime.onChange((ref) => changed.push(ref.name));
+    await runtime.watchPods();
+    const one: GangSpec = { ...gang(1), workers: gang(1).workers.slice(0, 1), initCheckpoint: undefined };
+    await runtime.start({ ...one, checkpoint: undefined });
+    let rv = 200;
+    const send = (type: string, extra: Record<string, unknown> = {}, meta: Record<string, unknown> = {}) =>
+      api.watches
+        .get("/api/v1/pods")!
+        .write(
+          `${JSON.stringify({ type, object: { ...created, kind: "Pod", metadata: { ...created.metadata, resourceVersion: String(++rv), ...meta }, ...extra } })}\n`,
+        );
+    const running = { phase: "Running", startTime: "t1" };
+    send("ADDED", { status: { phase: "Pending" } }); // the echo of the runtime's own create: it observed the pod as it wrote it
+    send("MODIFIED", {
+      status: { phase: "Pending", conditions: [{ type: "PodScheduled", status: "True" }] },
+    });
+    send("MODIFIED", { status: { ...running } }); // started: news
+    send("MODIFIED", { status: { ...running, podIP: "10.0.0.9" } }); // an address: nothing for the job
+    send("MODIFIED", {
+      status: {
+        phase: "Succeeded",
+        startTime: "t1",
+        containerStatuses: [{ name: "worker", state: { terminated: { exitCode: 0, finishedAt: "t2" } } }],
+      },
+    });
+    send("DELETED", { status: { phase: "Succeeded" } });
+    // Every event has been handled once the last one (the pod gone) shows.
+    await vi.waitFor(async () => expect(await runtime!.observe(job)).toBeUndefined());
+    expect(changed).toEqual(["train", "train", "train"]); // started, succeeded, gone
+  });
+
+  it("a start withdraws the gang's capacity request, side by side and before any worker pod", async () => {
+    const demand = (i: number) =>
+      pod(`train-capacity-${i}`, {
+        "app.kubernetes.io/managed-by": "loom",
+        "loom.dev/workload": "train",
+        "app.kubernetes.io/component": "capacity-request",
+        "loom.dev/capacity-for": "uid-1",
+      });
+    const api = new FakeApi((method, path) => {
+      if (method === "GET" && path === "/api/v1/pods")
+        return { metadata: { resourceVersion: "50" }, items: [demand(0), demand(1)] };
+      if (method === "GET" && path === "/api/v1/nodes")
+        return { metadata: { resourceVersion: "50" }, items: [node("node-0"), node("node-1")] };
+      return undefined;
+    });
+    runtime = new KubernetesRuntime({ client: api.client(), log, nodeAutoscaling: true });
+    await runtime.watchPods();
+    api.calls.length = 0;
+    await runtime.start({ ...gang(1), checkpoint: undefined, initCheckpoint: undefined });
+    const verbs = api.calls.map((c) => c.split(" ").slice(0, 2).join(" "));
+    const deletes = verbs.filter((v) => v.startsWith("DELETE") && v.includes("-capacity-"));
+    expect(deletes).toEqual([
+      "DELETE /api/v1/namespaces/loom-team-a/pods/train-capacity-0",
+      "DELETE /api/v1/namespaces/loom-team-a/pods/train-capacity-1",
+    ]);
+    // Sent before the Service's apply (not after it), and both before the first worker pod.
+    expect(verbs.indexOf(deletes[1]!)).toBeLessThan(verbs.findIndex((v) => v.includes("/services/")));
+    expect(verbs.indexOf(deletes[1]!)).toBeLessThan(
+      verbs.indexOf("POST /api/v1/namespaces/loom-team-a/pods"),
+    );
+
+    // A gang that asked for nothing: no delete, and no walk over the cluster's pods.
+    api.calls.length = 0;
+    await runtime.start({
+      ...gang(1),
+      ref: { ...job, name: "other", uid: "uid-2" },
+      checkpoint: undefined,
+      initCheckpoint: undefined,
+    });
+    expect(api.calls.filter((c) => c.startsWith("DELETE") || c.startsWith("GET"))).toEqual([]);
+  });
+
   it("with the watch: external pods, binding, explanations, events, own writes", async () => {
     const external = (name: string, extra: Record<string, unknown>) => ({
       kind: "Pod",

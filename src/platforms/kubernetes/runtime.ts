@@ -58,6 +58,7 @@ export class KubernetesRuntime implements Runtime {
   private readonly cache: ClusterCache;
   private readonly gangs: Gangs;
   private readonly externalPods: ExternalScheduling;
+  private capacityRequests: CapacityRequests | undefined;
 
   /** Present when a node autoscaler runs (options.nodeAutoscaling). */
   readonly requestCapacity?: (
@@ -90,6 +91,7 @@ export class KubernetesRuntime implements Runtime {
     if (opts.nodeAutoscaling) {
       const requests = new CapacityRequests(this.client, this.cache, opts.log);
       this.requestCapacity = (ref, request) => requests.request(ref, request);
+      this.capacityRequests = requests;
     }
   }
 
@@ -140,8 +142,13 @@ export class KubernetesRuntime implements Runtime {
     return nodeCapacities(await this.cache.nodeList());
   }
 
+  /**
+   * A gang that asked the node autoscaler for room withdraws the request here, beside the start's
+   * other objects and before its pods exist (so the autoscaler never sees the request unplaced
+   * beside them): admission hands the gang over without waiting for the deletes.
+   */
   start(spec: GangSpec): Promise<void> {
-    return this.gangs.start(spec);
+    return this.gangs.start(spec, this.capacityRequests?.withdrawBeforeStart(spec.ref));
   }
 
   observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
