@@ -1,3 +1,4 @@
+import { seedsCheckpoint } from "../../api/cluster.js";
 import { NotFoundError } from "../../api/errors.js";
 import { setCondition } from "../../api/meta.js";
 import {
@@ -198,6 +199,7 @@ async function launch(
         ...(initCheckpoint ? { initCheckpoint } : {}),
         ...(job.spec.python ? { python: job.spec.python } : {}),
         ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
+        ...(seedsCheckpoint(job, attempt) ? { seedCheckpoint: true } : {}),
       }),
     );
   } catch (err) {
