@@ -64,7 +64,7 @@ function pod(
       containerStatuses: [
         { name: "worker", state: opts.seed === "running" ? { waiting: {} } : { running: {} } },
       ],
-    } as Pod["status"],
+    } as unknown as Pod["status"],
   };
 }
 
@@ -101,7 +101,7 @@ function fakeCluster(pods: Pod[], dirs: Map<string, string>) {
       const name = /pods\/([^/]+)\/exec$/.exec(path)![1]!;
       calls.push(`EXEC ${name} ${query.container} ${[query.command].flat().join(" ")}`);
       const dir = dirs.get(name)!;
-      const command = [query.command].flat().map((a) => a.replaceAll(CHECKPOINT_MOUNT, dir));
+      const command = [query.command].flat().map((a) => (a ?? "").replaceAll(CHECKPOINT_MOUNT, dir));
       const server = createServer();
       servers.push(server);
       await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
