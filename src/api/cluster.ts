@@ -16,6 +16,9 @@ export function fleetAttemptBase(copy: { metadata: { annotations?: Record<string
   return Number.isInteger(n) && n > 0 ? n : 0;
 }
 
+/** The label that ties a member's copy to the control plane's job (its uid). */
+export const FLEET_UID_LABEL = "loom.dev/fleet-uid";
+
 /**
  * On a member's copy: the step of the checkpoint the control plane holds for the job (it failed
  * over, or was moved, here). The copy's first attempt waits until that checkpoint is written into

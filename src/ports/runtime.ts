@@ -101,6 +101,12 @@ export interface GangSpec {
    * Kubernetes only (an embedded platform is never another control plane's member).
    */
   seedCheckpoint?: boolean;
+  /**
+   * Others read this job's checkpoints (a fleet's control plane; jobs with initCheckpointFrom):
+   * a platform that must go looking for the step of LOOM_CHECKPOINT_DIR/loom.json (Kubernetes:
+   * pods/exec) does so for these jobs only. The embedded platform reports every job's.
+   */
+  reportCheckpoint?: boolean;
 }
 
 /** A worker's network identity for one attempt: a host peers can reach and ports it may use. */

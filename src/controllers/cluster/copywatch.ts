@@ -1,11 +1,9 @@
 import type { Logger } from "pino";
+import { FLEET_UID_LABEL } from "../../api/cluster.js";
 import { TRAININGJOB } from "../../api/kinds.js";
 import { displayKey } from "../../api/meta.js";
 import type { MemberCluster } from "../../ports/fleet.js";
 import type { StopWatch } from "../../ports/store.js";
-
-/** The label that ties a member's copy to the control plane's job (its uid). */
-export const FLEET_UID_LABEL = "loom.dev/fleet-uid";
 
 interface MemberWatch {
   member: MemberCluster;

@@ -1,5 +1,10 @@
 import type { Logger } from "pino";
-import { FLEET_ATTEMPT_BASE_ANNOTATION, FLEET_SEED_ANNOTATION, fleetAttemptBase } from "../../api/cluster.js";
+import {
+  FLEET_ATTEMPT_BASE_ANNOTATION,
+  FLEET_SEED_ANNOTATION,
+  FLEET_UID_LABEL,
+  fleetAttemptBase,
+} from "../../api/cluster.js";
 import { NotFoundError } from "../../api/errors.js";
 import { PROJECT, TRAININGJOB } from "../../api/kinds.js";
 import { type Condition, setCondition } from "../../api/meta.js";
@@ -7,7 +12,7 @@ import { isFinished, type TrainingJob, type TrainingJobStatus } from "../../api/
 import type { CheckpointVault, MemberCluster } from "../../ports/fleet.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult } from "../../reconcile/controller.js";
-import { CopyWatches, FLEET_UID_LABEL } from "./copywatch.js";
+import { CopyWatches } from "./copywatch.js";
 
 export { FLEET_UID_LABEL };
 

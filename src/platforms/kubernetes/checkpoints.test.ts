@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import {
   CHECKPOINT_MOUNT,
   CheckpointProbe,
+  REPORT_LABEL,
   readCheckpoint,
   SEED_CONTAINER,
   seedCheckpoint,
@@ -49,6 +50,7 @@ function pod(
         ...workloadLabels({ ...ref, uid: opts.uid ?? ref.uid }),
         [L.attempt]: String(opts.attempt ?? 1),
         [L.worker]: String(worker),
+        ...(worker === 0 ? { [REPORT_LABEL]: "true" } : {}),
       },
     },
     spec: {
@@ -259,7 +261,10 @@ describe("checkpoints through pods/exec", () => {
 
   it("the operator reports worker 0's loom.json step, wakes the job only when it changes, and gives up on an image without cat", async () => {
     const d0 = dirOf();
-    const pods = [pod("train-a1-w0", 0), pod("train-a1-w1", 1)];
+    // A job whose checkpoint nobody reads (no REPORT_LABEL) is never asked.
+    const quiet = pod("quiet-a1-w0", 0, { uid: "quiet" });
+    delete quiet.metadata.labels![REPORT_LABEL];
+    const pods = [pod("train-a1-w0", 0), pod("train-a1-w1", 1), quiet];
     const { client, calls } = fakeCluster(pods, new Map([["train-a1-w0", d0]]));
     const woken: string[] = [];
     const probe = new CheckpointProbe({
@@ -276,7 +281,7 @@ describe("checkpoints through pods/exec", () => {
     await probe.probe();
     expect(probe.report(ref.uid)).toEqual({ time: "2026-12-07T00:00:00.000Z", step: 15 });
     expect(woken).toEqual([ref.uid]);
-    // Worker 1 is never asked: worker 0 speaks for the job.
+    // Worker 1 is never asked (worker 0 speaks for the job), nor the quiet job.
     expect(
       calls.filter((c) => c.startsWith("EXEC")).every((c) => c.startsWith("EXEC train-a1-w0 worker cat")),
     ).toBe(true);

@@ -32,6 +32,8 @@ export const CHECKPOINT_PROBE_MS = 5000;
 const SEED_WAIT_SECONDS = 600;
 /** A checkpoint larger than this is not moved through the API server (it stays in the member). */
 export const MAX_SYNCED_CHECKPOINT_BYTES = 256 << 20;
+/** On worker 0 of a job whose checkpoint step is reported (GangSpec.reportCheckpoint). */
+export const REPORT_LABEL = "loom.dev/checkpoint-report";
 /** How many pods' loom.json are read at once. */
 const PROBE_CONCURRENCY = 4;
 
@@ -65,8 +67,9 @@ type CheckpointReport = { time: string; step?: number };
 
 /**
  * The operator's side: the step each running TrainingJob's worker 0 last wrote to loom.json,
- * read every CHECKPOINT_PROBE_MS through pods/exec (one request per running job; images without
- * `cat` are skipped after the first try), and a wake-up for the job when it changes.
+ * read every CHECKPOINT_PROBE_MS through pods/exec (one request per running job whose checkpoint
+ * others read: REPORT_LABEL; images without `cat` are skipped after the first try), and a
+ * wake-up for the job when it changes.
  */
 export class CheckpointProbe {
   private readonly reports = new Map<string, { raw: string; report: CheckpointReport }>();
@@ -112,6 +115,7 @@ export class CheckpointProbe {
         return (
           l[L.kind] === TRAININGJOB &&
           l[L.worker] === "0" &&
+          l[REPORT_LABEL] === "true" &&
           workerRunning(p) &&
           !p.metadata.deletionTimestamp &&
           !this.unreadable.has(p.metadata.name)

@@ -13,7 +13,7 @@ import type {
 } from "../../ports/runtime.js";
 import { applyObject } from "./apply.js";
 import type { ClusterCache } from "./cache.js";
-import { CHECKPOINT_MOUNT, seedContainer } from "./checkpoints.js";
+import { CHECKPOINT_MOUNT, REPORT_LABEL, seedContainer } from "./checkpoints.js";
 import type { KubeClient } from "./client.js";
 import {
   type CredentialFiles,
@@ -215,6 +215,7 @@ export class Gangs {
           [L.attempt]: String(attempt),
           [L.worker]: String(w.index),
           [L.component]: "worker",
+          ...(spec.reportCheckpoint && w.index === 0 ? { [REPORT_LABEL]: "true" } : {}),
         },
         env: {
           // A fractional GPU: the pod asks the device plugin for none, and names the device
