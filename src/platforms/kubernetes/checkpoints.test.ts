@@ -197,15 +197,22 @@ describe("checkpoints through pods/exec", () => {
     expect(await readCheckpoint(stopped.client, ref)).toBeUndefined();
   });
 
-  it("another job's pods are never read or written, even in the same namespace", async () => {
+  it("another job's pods are never read or written: not in the same namespace, not another project's pod that copies the uid label", async () => {
     const theirs = dirOf();
     writeFileSync(join(theirs, "loom.json"), '{"step": 99}');
+    // Project q's worker labels its pod with p's copy uid, hoping to be read (or seeded) for it.
+    const impostor = pod("train-a1-w0", 0, { seed: "running" });
+    impostor.metadata.namespace = "loom-q";
     const { client, calls } = fakeCluster(
       [
         pod("other-a1-w0", 0, { uid: "someone-else" }),
         pod("other-a1-w1", 1, { uid: "someone-else", seed: "running" }),
+        impostor,
       ],
-      new Map([["other-a1-w0", theirs]]),
+      new Map([
+        ["other-a1-w0", theirs],
+        ["train-a1-w0", theirs],
+      ]),
     );
     expect(await readCheckpoint(client, ref)).toBeUndefined();
     expect(await seedCheckpoint(client, ref, new Map([["loom.json", Buffer.from("{}")]]))).toBe(0);
