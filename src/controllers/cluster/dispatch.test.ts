@@ -106,7 +106,7 @@ describe("RemoteJobs: checkpoints into a member, mirroring by watch", () => {
       ["shards/w.pt", Buffer.from([1, 2, 3])],
     ]);
     await w.vault.put(job.metadata.uid, held);
-    expect((await w.remote.reconcile(await w.get("train"))).requeueAfterMs).toBe(500);
+    expect((await w.remote.reconcile(await w.get("train"))).requeueAfterMs).toBe(1000);
     const copy = await w.copy("train");
     expect(copy.metadata.annotations?.[FLEET_SEED_ANNOTATION]).toBe("40");
     // The copy's workers are not ready for it yet: asked again, with the copy's own uid.

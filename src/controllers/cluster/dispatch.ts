@@ -29,7 +29,7 @@ export const MIRROR_INTERVAL_MS = 2000;
  */
 export const MIRROR_RESYNC_MS = 30_000;
 /** How often a copy's seeding is looked at while its workers start (they wait for it). */
-const SEED_POLL_MS = 500;
+const SEED_POLL_MS = 1000;
 
 /** Status fields the member owns while the job runs there, copied back as they are. */
 const MIRRORED = [

@@ -218,7 +218,8 @@ export async function readCheckpoint(
  * Writes a checkpoint into the first attempt of a job (by its uid in this cluster) whose workers
  * wait in their SEED_CONTAINER: each waiting pod (only worker 0 when the directory is a shared
  * claim) gets the files through `tar -x` and the mark that lets it go on. Returns how many pods
- * still wait for it to start (0: every pod has its checkpoint, or none waits any more).
+ * still wait for it (1 while the attempt has no pod yet; 0: every pod has its checkpoint). The
+ * caller stops asking once the copy is past its first attempt.
  */
 export async function seedCheckpoint(
   client: KubeClient,
@@ -226,6 +227,8 @@ export async function seedCheckpoint(
   files: CheckpointFiles,
 ): Promise<number> {
   const pods = (await podsOf(client, ref)).filter((p) => p.metadata.labels?.[L.attempt] === "1");
+  // Not made yet: they will wait for it.
+  if (pods.length === 0) return 1;
   const waiting = pods.filter((p) => seedState(p) !== "done");
   const shared = pods.some((p) =>
     (p.spec as { volumes?: { name: string; persistentVolumeClaim?: unknown }[] } | undefined)?.volumes?.some(
