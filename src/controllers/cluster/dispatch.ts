@@ -68,8 +68,8 @@ export type WakeJob = (key: string) => void;
 export class RemoteJobs {
   /** Member events already mirrored, per job uid ("reason|message|count"). */
   private readonly mirrored = new Map<string, Set<string>>();
-  /** Copies (by uid) whose first attempt has the control plane's checkpoint. */
-  private readonly seeded = new Set<string>();
+  /** Per job uid: its copy (by uid) whose first attempt has the control plane's checkpoint. */
+  private readonly seeded = new Map<string, string>();
   private watches: CopyWatches | undefined;
 
   constructor(private readonly deps: RemoteJobsDeps) {}
@@ -131,10 +131,13 @@ export class RemoteJobs {
     cluster: string,
   ): Promise<boolean> {
     const uid = copy.metadata.uid;
-    if (this.seeded.has(uid) || copy.metadata.annotations?.[FLEET_SEED_ANNOTATION] === undefined)
+    if (
+      this.seeded.get(job.metadata.uid) === uid ||
+      copy.metadata.annotations?.[FLEET_SEED_ANNOTATION] === undefined
+    )
       return false;
     if (!member.seed || !this.deps.vault || isFinished(copy) || (copy.status?.attempts ?? 0) > 1) {
-      this.seeded.add(uid);
+      this.seeded.set(job.metadata.uid, uid);
       return false;
     }
     const project = job.metadata.project ?? "";
@@ -144,7 +147,7 @@ export class RemoteJobs {
         ? await member.seed({ kind: TRAININGJOB, project, name: job.metadata.name, uid }, files)
         : 0;
       if (waiting > 0) return true;
-      this.seeded.add(uid);
+      this.seeded.set(job.metadata.uid, uid);
       await this.deps.events.record(
         ref(job),
         "Normal",
@@ -312,6 +315,7 @@ export class RemoteJobs {
 
   private async dropFinalizer(job: TrainingJob): Promise<ReconcileResult> {
     this.mirrored.delete(job.metadata.uid);
+    this.seeded.delete(job.metadata.uid);
     if (!job.metadata.finalizers?.includes(RUNTIME_FINALIZER)) return {};
     await this.deps.store.update({
       ...job,
