@@ -18,7 +18,7 @@ import {
 import type { KubeClient } from "./client.js";
 import { LABELS as L, workloadLabels } from "./naming.js";
 import type { Pod } from "./pods.js";
-import { parseFrame } from "./portforward.js";
+import { parseFrame, frame as wsFrame } from "./portforward.js";
 
 // checkpoints.ts against a fake API server whose pods/exec runs the command for real on this
 // machine (real tar, cat and sh), each pod's LOOM_CHECKPOINT_DIR a directory of its own: what
@@ -70,21 +70,9 @@ function pod(
   };
 }
 
-/** A server frame (unmasked) on one exec channel. */
+/** A frame on one exec channel (masked as a client's are: the reader unmasks either). */
 function frame(channel: number, body: Buffer): Buffer {
-  const payload = Buffer.concat([Buffer.from([channel]), body]);
-  const len = payload.length;
-  const head = len < 126 ? Buffer.alloc(2) : len < 65536 ? Buffer.alloc(4) : Buffer.alloc(10);
-  head[0] = 0x82;
-  if (len < 126) head[1] = len;
-  else if (len < 65536) {
-    head[1] = 126;
-    head.writeUInt16BE(len, 2);
-  } else {
-    head[1] = 127;
-    head.writeBigUInt64BE(BigInt(len), 2);
-  }
-  return Buffer.concat([head, payload]);
+  return wsFrame(0x2, Buffer.concat([Buffer.from([channel]), body]));
 }
 
 /** The fake API server: lists pods by label selector, runs execs in each pod's directory. */
