@@ -6,3 +6,5 @@
  */
 import "./realnode.suite.js";
 import "./helm-realnode.suite.js";
+// A fleet member with the real node, lost and back (issue 23): its own clusters, after the others.
+import "./fleet-realnode.suite.js";

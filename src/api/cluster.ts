@@ -16,6 +16,24 @@ export function fleetAttemptBase(copy: { metadata: { annotations?: Record<string
   return Number.isInteger(n) && n > 0 ? n : 0;
 }
 
+/** The label that ties a member's copy to the control plane's job (its uid). */
+export const FLEET_UID_LABEL = "loom.dev/fleet-uid";
+
+/**
+ * On a member's copy: the step of the checkpoint the control plane holds for the job (it failed
+ * over, or was moved, here). The copy's first attempt waits until that checkpoint is written into
+ * its LOOM_CHECKPOINT_DIR, and resumes from it.
+ */
+export const FLEET_SEED_ANNOTATION = "loom.dev/fleet-checkpoint-seed";
+
+/** Whether attempt `attempt` of a member's copy starts from the control plane's checkpoint. */
+export function seedsCheckpoint(
+  copy: { metadata: { annotations?: Record<string, string> } },
+  attempt: number,
+): boolean {
+  return attempt === 1 && copy.metadata.annotations?.[FLEET_SEED_ANNOTATION] !== undefined;
+}
+
 /** How long a member may stay unreachable before its running work is re-admitted elsewhere. */
 export const DEFAULT_CLUSTER_LOST_TIMEOUT = "30s";
 

@@ -112,6 +112,7 @@ export class ControllerManager {
 
   /** The fleet's members, where deps.fleet is given (views read capacity and logs through it). */
   readonly fleet: Fleet | undefined;
+  private readonly remote: RemoteJobs | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
@@ -143,6 +144,9 @@ export class ControllerManager {
       metrics,
       TRAININGJOB_WORKERS,
     );
+    // A change to a job's copy in a member (one watch per member) wakes the job here.
+    remote?.watchCopies((key) => jobs.enqueue(key));
+    this.remote = remote;
     const projects = new Controller(
       validated(new ProjectReconciler(deps.store, deps.runtime), "Project", () => this.projectInformer),
       log("project"),
@@ -496,6 +500,7 @@ export class ControllerManager {
 
   async stop(): Promise<void> {
     clearInterval(this.gcTimer);
+    this.remote?.close();
     for (const i of this.informers) i.stop();
     await Promise.all(this.controllers.map((c) => c.stop()));
   }

@@ -26,6 +26,12 @@ export interface MemberCluster {
    * asked when the copy reports a checkpoint step newer than the one the control plane holds.
    */
   checkpoint?(ref: WorkloadRef): Promise<CheckpointFiles | undefined>;
+  /**
+   * Writes the checkpoint the control plane holds into the first attempt of a copy created with
+   * FLEET_SEED_ANNOTATION (its workers wait for it). Returns how many of the copy's workers still
+   * wait to be ready for it (0: done, or nothing waits any more). Asked again until it says 0.
+   */
+  seed?(ref: WorkloadRef, files: CheckpointFiles): Promise<number>;
   /** Stops its connections and watches. */
   close(): void;
 }
@@ -46,6 +52,8 @@ export interface CheckpointVault {
    * reports never runs ahead of the files. Refuses names that leave the directory.
    */
   put(uid: string, files: CheckpointFiles): Promise<void>;
+  /** The files held for the job, undefined when none (to seed a member it moves into). */
+  files(uid: string): Promise<CheckpointFiles | undefined>;
 }
 
 /** Makes a member from its Cluster object and the kubeconfig its secret holds. */

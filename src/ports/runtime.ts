@@ -95,6 +95,18 @@ export interface GangSpec {
    * was created (spec.fromWorkspace), lent read-only; the runtime knows where it is by the ref.
    */
   snapshot?: boolean;
+  /**
+   * The job failed over into this platform as a fleet member (issue 23): its workers wait until
+   * the fleet's control plane has written the checkpoint it holds into LOOM_CHECKPOINT_DIR.
+   * Kubernetes only (an embedded platform is never another control plane's member).
+   */
+  seedCheckpoint?: boolean;
+  /**
+   * Others read this job's checkpoints (a fleet's control plane; jobs with initCheckpointFrom):
+   * a platform that must go looking for the step of LOOM_CHECKPOINT_DIR/loom.json (Kubernetes:
+   * pods/exec) does so for these jobs only. The embedded platform reports every job's.
+   */
+  reportCheckpoint?: boolean;
 }
 
 /** A worker's network identity for one attempt: a host peers can reach and ports it may use. */

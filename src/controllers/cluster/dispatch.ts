@@ -1,5 +1,10 @@
 import type { Logger } from "pino";
-import { FLEET_ATTEMPT_BASE_ANNOTATION, fleetAttemptBase } from "../../api/cluster.js";
+import {
+  FLEET_ATTEMPT_BASE_ANNOTATION,
+  FLEET_SEED_ANNOTATION,
+  FLEET_UID_LABEL,
+  fleetAttemptBase,
+} from "../../api/cluster.js";
 import { NotFoundError } from "../../api/errors.js";
 import { PROJECT, TRAININGJOB } from "../../api/kinds.js";
 import { type Condition, setCondition } from "../../api/meta.js";
@@ -7,13 +12,24 @@ import { isFinished, type TrainingJob, type TrainingJobStatus } from "../../api/
 import type { CheckpointVault, MemberCluster } from "../../ports/fleet.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult } from "../../reconcile/controller.js";
+import { CopyWatches } from "./copywatch.js";
 
-/** The label that ties a member's copy to the control plane's job (its uid). */
-export const FLEET_UID_LABEL = "loom.dev/fleet-uid";
+export { FLEET_UID_LABEL };
+
 /** The control plane's finalizer on a job (the same one the local lifecycle uses). */
 const RUNTIME_FINALIZER = "loom.dev/runtime";
-/** How often a job running in a member is looked at again (status, events). */
+/**
+ * How often a job running in a member is looked at again while its member's copies are not
+ * watched (yet): a watch that is opening, or a store that cannot watch.
+ */
 export const MIRROR_INTERVAL_MS = 2000;
+/**
+ * With the member's copies watched (copywatch.ts) a change wakes the job; this resync only
+ * catches what no watch event carries (a member's event about an unchanged copy).
+ */
+export const MIRROR_RESYNC_MS = 30_000;
+/** How often a copy's seeding is looked at while its workers start (they wait for it). */
+const SEED_POLL_MS = 1000;
 
 /** Status fields the member owns while the job runs there, copied back as they are. */
 const MIRRORED = [
@@ -40,6 +56,9 @@ export interface RemoteJobsDeps {
   vault?: CheckpointVault;
 }
 
+/** A job's key in the trainingjob loop ("project/name"), woken when its copy changes. */
+export type WakeJob = (key: string) => void;
+
 /**
  * TrainingJobs the queue placed in another member (status.admission.cluster): created there
  * through the member's Loom store (whose own operator runs them), their status and events
@@ -49,8 +68,24 @@ export interface RemoteJobsDeps {
 export class RemoteJobs {
   /** Member events already mirrored, per job uid ("reason|message|count"). */
   private readonly mirrored = new Map<string, Set<string>>();
+  /** Per job uid: its copy (by uid) whose first attempt has the control plane's checkpoint. */
+  private readonly seeded = new Map<string, string>();
+  private watches: CopyWatches | undefined;
 
   constructor(private readonly deps: RemoteJobsDeps) {}
+
+  /**
+   * Mirrors by watch: one watch per member on its copies, a change waking the job (`wake`, the
+   * trainingjob loop's enqueue). Without it every job in a member is read every 2 s.
+   */
+  watchCopies(wake: WakeJob): void {
+    this.watches = new CopyWatches({ log: this.deps.log, wake });
+  }
+
+  /** Stops the members' watches. */
+  close(): void {
+    this.watches?.close();
+  }
 
   /** Whether the job was placed in another member. */
   owns(job: TrainingJob): boolean {
@@ -73,12 +108,60 @@ export class RemoteJobs {
       if (!(await this.removeCopy(member, job))) return { requeueAfterMs: 500 };
       return this.requeue(job, cluster);
     }
+    const watched = this.watches?.ensure(cluster, member) ?? false;
     const copy = await this.ensureCopy(member, job, cluster);
     if (!copy) return { requeueAfterMs: MIRROR_INTERVAL_MS };
+    const seeding = await this.seedCopy(member, job, copy, cluster);
     await this.mirrorStatus(job, copy, cluster);
     await this.mirrorEvents(member, job, copy, cluster);
     await this.syncCheckpoint(member, job, copy, cluster);
-    return isFinished(copy) ? {} : { requeueAfterMs: MIRROR_INTERVAL_MS };
+    if (seeding) return { requeueAfterMs: SEED_POLL_MS };
+    if (isFinished(copy)) return {};
+    return { requeueAfterMs: watched ? MIRROR_RESYNC_MS : MIRROR_INTERVAL_MS };
+  }
+
+  /**
+   * A copy created with the control plane's checkpoint (FLEET_SEED_ANNOTATION): its first
+   * attempt's workers wait until the member has it (member.seed). True while they still wait.
+   */
+  private async seedCopy(
+    member: MemberCluster,
+    job: TrainingJob,
+    copy: TrainingJob,
+    cluster: string,
+  ): Promise<boolean> {
+    const uid = copy.metadata.uid;
+    if (
+      this.seeded.get(job.metadata.uid) === uid ||
+      copy.metadata.annotations?.[FLEET_SEED_ANNOTATION] === undefined
+    )
+      return false;
+    if (!member.seed || !this.deps.vault || isFinished(copy) || (copy.status?.attempts ?? 0) > 1) {
+      this.seeded.set(job.metadata.uid, uid);
+      return false;
+    }
+    const project = job.metadata.project ?? "";
+    try {
+      const files = await this.deps.vault.files(job.metadata.uid);
+      const waiting = files
+        ? await member.seed({ kind: TRAININGJOB, project, name: job.metadata.name, uid }, files)
+        : 0;
+      if (waiting > 0) return true;
+      this.seeded.set(job.metadata.uid, uid);
+      await this.deps.events.record(
+        ref(job),
+        "Normal",
+        "CheckpointSeeded",
+        `cluster ${cluster} resumes from the checkpoint the control plane holds (step ${copy.metadata.annotations[FLEET_SEED_ANNOTATION]})`,
+      );
+      return false;
+    } catch (err) {
+      this.deps.log.warn(
+        { err, cluster, job: `${project}/${job.metadata.name}` },
+        "seeding the member's copy failed; retried",
+      );
+      return true;
+    }
   }
 
   /** The member's copy, created (with its project) when missing; undefined if the name is taken. */
@@ -107,6 +190,8 @@ export class RemoteJobs {
         spec: {},
       } as never);
     const { clusters: _c, clusterSelector: _s, ...spec } = job.spec;
+    // A checkpoint held here (the job ran elsewhere before): the copy's first attempt resumes from it.
+    const held = member.seed ? await this.deps.vault?.step(job.metadata.uid) : undefined;
     const created = (await member.store.create({
       apiVersion: job.apiVersion,
       kind: TRAININGJOB,
@@ -118,6 +203,7 @@ export class RemoteJobs {
           ...job.metadata.annotations,
           // Attempts made elsewhere (before a preemption or failover moved it): numbers never reused.
           [FLEET_ATTEMPT_BASE_ANNOTATION]: String(job.status?.attempts ?? 0),
+          ...(held !== undefined ? { [FLEET_SEED_ANNOTATION]: String(held) } : {}),
         },
       },
       spec,
@@ -229,6 +315,7 @@ export class RemoteJobs {
 
   private async dropFinalizer(job: TrainingJob): Promise<ReconcileResult> {
     this.mirrored.delete(job.metadata.uid);
+    this.seeded.delete(job.metadata.uid);
     if (!job.metadata.finalizers?.includes(RUNTIME_FINALIZER)) return {};
     await this.deps.store.update({
       ...job,

@@ -1,3 +1,4 @@
+import { FLEET_UID_LABEL, seedsCheckpoint } from "../../api/cluster.js";
 import { NotFoundError } from "../../api/errors.js";
 import { setCondition } from "../../api/meta.js";
 import {
@@ -198,6 +199,9 @@ async function launch(
         ...(initCheckpoint ? { initCheckpoint } : {}),
         ...(job.spec.python ? { python: job.spec.python } : {}),
         ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
+        ...(seedsCheckpoint(job, attempt) ? { seedCheckpoint: true } : {}),
+        // Its checkpoint is read by others: a fleet's control plane, jobs that start from it.
+        ...(job.spec.checkpoint || job.metadata.labels?.[FLEET_UID_LABEL] ? { reportCheckpoint: true } : {}),
       }),
     );
   } catch (err) {

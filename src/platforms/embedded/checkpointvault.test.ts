@@ -59,4 +59,23 @@ describe("DirCheckpointVault", () => {
     symlinkSync(join(outside, "secret.json"), join(dir, "loom.json"));
     expect(await vault.step("u")).toBeUndefined();
   });
+
+  it("hands back the job's files to seed a member with, never what a link it left points at", async () => {
+    const { vault, outside, dir } = setup();
+    expect(await vault.files("u")).toBeUndefined();
+    await vault.put(
+      "u",
+      new Map([
+        ["loom.json", Buffer.from('{"step": 7}')],
+        ["sub/model.pt", Buffer.from("weights")],
+      ]),
+    );
+    mkdirSync(join(outside, "keys"));
+    writeFileSync(join(outside, "keys", "id_rsa"), "the server's key");
+    symlinkSync(join(outside, "keys"), join(dir, "keys"));
+    symlinkSync(join(outside, "keys", "id_rsa"), join(dir, "id_rsa"));
+    const files = await vault.files("u");
+    expect([...files!.keys()].sort()).toEqual(["loom.json", "sub/model.pt"]);
+    expect(files!.get("sub/model.pt")?.toString()).toBe("weights");
+  });
 });

@@ -1,6 +1,6 @@
 import { constants } from "node:fs";
-import { lstat, mkdir, open, rename, rm } from "node:fs/promises";
-import { isAbsolute, join, normalize, sep } from "node:path";
+import { lstat, mkdir, open, readdir, readlink, realpath, rename, rm } from "node:fs/promises";
+import { isAbsolute, join, normalize, relative, sep } from "node:path";
 import { BadRequestError } from "../../api/errors.js";
 import type { CheckpointFiles, CheckpointVault } from "../../ports/fleet.js";
 import type { WorkloadFiles } from "./workloadfiles.js";
@@ -15,14 +15,14 @@ const REPORT = "loom.json";
  * the last synced checkpoint with no copy at start.
  */
 export class DirCheckpointVault implements CheckpointVault {
-  constructor(private readonly files: WorkloadFiles) {}
+  constructor(private readonly workloads: WorkloadFiles) {}
 
   async step(uid: string): Promise<number | undefined> {
     try {
       // O_NOFOLLOW: the job's own workers wrote this directory; a loom.json that is a link would
       // have this (root) process read a file of the link's choosing.
       const file = await open(
-        join(this.files.checkpointDir(uid), REPORT),
+        join(this.workloads.checkpointDir(uid), REPORT),
         constants.O_RDONLY | constants.O_NOFOLLOW,
       );
       const text = await file.readFile("utf8").finally(() => file.close());
@@ -33,8 +33,32 @@ export class DirCheckpointVault implements CheckpointVault {
     }
   }
 
+  async files(uid: string): Promise<CheckpointFiles | undefined> {
+    const dir = await realpath(this.workloads.checkpointDir(uid)).catch(() => undefined);
+    if (!dir) return undefined;
+    const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+    const files: CheckpointFiles = new Map();
+    for (const e of entries) {
+      // Regular files only (a link is an entry of its own, never followed), read as root: each
+      // is opened without following a link, and must still be inside the directory once open
+      // (a directory on its path swapped for a link meanwhile would carry the read out of it).
+      if (!e.isFile() || e.name.endsWith(".loom-sync.tmp")) continue;
+      const path = join(e.parentPath, e.name);
+      const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
+      if (!file) continue;
+      try {
+        const real = await readlink(`/proc/self/fd/${file.fd}`);
+        if (!real.startsWith(`${dir}${sep}`)) continue;
+        files.set(relative(dir, real).split(sep).join("/"), await file.readFile());
+      } finally {
+        await file.close();
+      }
+    }
+    return files.has(REPORT) ? files : undefined;
+  }
+
   async put(uid: string, files: CheckpointFiles): Promise<void> {
-    const dir = this.files.checkpointDir(uid);
+    const dir = this.workloads.checkpointDir(uid);
     // The names come from a member cluster: one that leaves the directory is an attack (or a bug).
     for (const name of files.keys()) safeName(name);
     const names = [...files.keys()].sort((a, b) => Number(a === REPORT) - Number(b === REPORT));

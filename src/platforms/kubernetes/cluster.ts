@@ -4,9 +4,10 @@ import { type Cluster, fleetAttemptBase } from "../../api/cluster.js";
 import { BadRequestError } from "../../api/errors.js";
 import { TRAININGJOB } from "../../api/kinds.js";
 import type { TrainingJob } from "../../api/trainingjob.js";
-import type { MemberCluster, MemberConnector } from "../../ports/fleet.js";
+import type { CheckpointFiles, MemberCluster, MemberConnector } from "../../ports/fleet.js";
 import type { LogOptions, WorkloadRef } from "../../ports/runtime.js";
 import type { NodeCapacity } from "../../ports/scheduler.js";
+import { readCheckpoint, seedCheckpoint } from "./checkpoints.js";
 import { KubeClient } from "./client.js";
 import { KubeEventRecorder } from "./events.js";
 import { namespaceOf, podName } from "./naming.js";
@@ -75,6 +76,16 @@ export class KubeMember implements MemberCluster {
       container: "worker",
       follow: opts.follow ? "true" : undefined,
     });
+  }
+
+  /** The copy's latest checkpoint, read from its worker 0 (checkpoints.ts). */
+  checkpoint(ref: WorkloadRef): Promise<CheckpointFiles | undefined> {
+    return readCheckpoint(this.client, ref);
+  }
+
+  /** The control plane's checkpoint, written into the copy's first attempt (checkpoints.ts). */
+  seed(ref: WorkloadRef, files: CheckpointFiles): Promise<number> {
+    return seedCheckpoint(this.client, ref, files);
   }
 
   close(): void {

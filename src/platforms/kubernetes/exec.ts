@@ -8,9 +8,16 @@ const STDERR = 2;
 /** The exec's outcome: a metav1.Status as JSON ("Success", or "Failure" with the exit code). */
 const STATUS = 3;
 
+/** pods/exec's stdin channel: what the client writes starts with this byte. */
+const STDIN = 0;
+/** Stdin is sent in frames of this size. */
+const STDIN_CHUNK = 64 << 10;
+
 /** What a command run in a pod printed, and how it ended. */
 export interface ExecResult {
   stdout: string;
+  /** stdout as bytes (binary output: a tar stream). */
+  stdoutBytes: Buffer;
   stderr: string;
   /** The API server's Status: "Success", else why (a non-zero exit, no such executable). */
   status: { status?: string; message?: string; reason?: string };
@@ -19,19 +26,27 @@ export interface ExecResult {
 /**
  * Runs `command` (no shell) in the first container of pod `pod` in namespace `ns` through the API
  * server's `pods/exec` (a WebSocket, v4.channel.k8s.io, as kubectl's WebSocket client speaks it):
- * no stdin, no TTY, output collected up to `maxBytes`. Rejects when the exec cannot be opened or
- * does not end within `timeoutMs`; a command that fails resolves with its Status.
+ * no TTY, output collected up to `maxBytes` (more fails the exec), `stdin` written when given
+ * (v4 cannot close stdin: the command must read only as many bytes as it is sent, e.g. `head -c`).
+ * Rejects when the exec cannot be opened or does not end within `timeoutMs`; a command that fails
+ * resolves with its Status.
  */
 export async function execInPod(
   client: KubeClient,
   ns: string,
   pod: string,
   command: string[],
-  opts: { timeoutMs?: number; maxBytes?: number } = {},
+  opts: { timeoutMs?: number; maxBytes?: number; container?: string; stdin?: Buffer } = {},
 ): Promise<ExecResult> {
   const { socket, head } = await client.upgrade(
     `/api/v1/namespaces/${ns}/pods/${pod}/exec`,
-    { command, stdout: "true", stderr: "true" },
+    {
+      command,
+      stdout: "true",
+      stderr: "true",
+      ...(opts.stdin ? { stdin: "true" } : {}),
+      ...(opts.container ? { container: opts.container } : {}),
+    },
     {
       connection: "Upgrade",
       upgrade: "websocket",
@@ -46,6 +61,7 @@ export async function execInPod(
     const err: Buffer[] = [];
     let status = "";
     let size = 0;
+    let overflow = false;
     let buffer: Buffer = Buffer.alloc(0);
     let fragments: Buffer[] = [];
     const timer = setTimeout(() => {
@@ -55,14 +71,20 @@ export async function execInPod(
     const done = () => {
       clearTimeout(timer);
       socket.destroy();
+      if (overflow) {
+        reject(new Error(`exec in pod ${ns}/${pod} printed more than ${max} bytes`));
+        return;
+      }
       let parsed: ExecResult["status"] = {};
       try {
         parsed = status ? (JSON.parse(status) as ExecResult["status"]) : { status: "Success" };
       } catch {
         parsed = { status: "Failure", message: status };
       }
+      const stdoutBytes = Buffer.concat(out);
       resolve({
-        stdout: Buffer.concat(out).toString("utf8"),
+        stdout: stdoutBytes.toString("utf8"),
+        stdoutBytes,
         stderr: Buffer.concat(err).toString("utf8"),
         status: parsed,
       });
@@ -74,7 +96,7 @@ export async function execInPod(
       else if (size + body.length <= max) {
         size += body.length;
         (m[0] === STDOUT ? out : m[0] === STDERR ? err : []).push(body);
-      }
+      } else overflow = true;
     };
     const onData = (chunk: Buffer) => {
       buffer = buffer.length ? Buffer.concat([buffer, chunk]) : chunk;
@@ -101,6 +123,10 @@ export async function execInPod(
       reject(e);
     });
     if (head.length) onData(head);
+    const stdin = opts.stdin;
+    if (stdin)
+      for (let i = 0; i < stdin.length; i += STDIN_CHUNK)
+        socket.write(frame(0x2, Buffer.concat([Buffer.from([STDIN]), stdin.subarray(i, i + STDIN_CHUNK)])));
   });
 }
 

@@ -13,6 +13,7 @@ import type {
 } from "../../ports/runtime.js";
 import { applyObject } from "./apply.js";
 import type { ClusterCache } from "./cache.js";
+import { CHECKPOINT_MOUNT, REPORT_LABEL, seedContainer } from "./checkpoints.js";
 import type { KubeClient } from "./client.js";
 import {
   type CredentialFiles,
@@ -42,8 +43,6 @@ import {
   podTemplate,
 } from "./pods.js";
 
-/** Where LOOM_CHECKPOINT_DIR is mounted in every worker. */
-const CHECKPOINT_MOUNT = "/loom/checkpoint";
 const INIT_CHECKPOINT_MOUNT = "/loom/init-checkpoint";
 /** What an MPI host worker runs (runtime.ts's mpiHost): sshd writes under the image's /run. */
 export const MPI_SSHD = "/usr/sbin/sshd";
@@ -210,7 +209,7 @@ export class Gangs {
     // HOME and /tmp. Not an MPI host's sshd, which writes its pid and privilege-separation
     // files under the image's /run.
     const readOnlyRoot = ref.kind === "TrainingJob" && w.command[0] !== MPI_SSHD;
-    return {
+    const pod = {
       apiVersion: "v1",
       kind: "Pod",
       ...podTemplate({
@@ -229,6 +228,7 @@ export class Gangs {
           [L.attempt]: String(attempt),
           [L.worker]: String(w.index),
           [L.component]: "worker",
+          ...(spec.reportCheckpoint && w.index === 0 ? { [REPORT_LABEL]: "true" } : {}),
         },
         env: {
           // A fractional GPU: the pod asks the device plugin for none, and names the device
@@ -269,6 +269,14 @@ export class Gangs {
           ? { ports: [{ name: "rendezvous", containerPort: WORKER_BASE_PORT }] }
           : {}),
       }),
+    };
+    if (!spec.seedCheckpoint) return pod;
+    // Failed over into this cluster: the worker waits until the fleet's control plane has written
+    // the checkpoint it holds into LOOM_CHECKPOINT_DIR (checkpoints.ts).
+    const worker = pod.spec.containers[0]!;
+    return {
+      ...pod,
+      spec: { ...pod.spec, initContainers: [seedContainer(ref.uid, worker)] },
     };
   }
 

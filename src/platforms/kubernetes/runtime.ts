@@ -19,6 +19,7 @@ import type { NodeCapacity, PodPlacement } from "../../ports/scheduler.js";
 import type { ControllerMetrics } from "../../reconcile/metrics.js";
 import { applyObject } from "./apply.js";
 import { ClusterCache } from "./cache.js";
+import { CheckpointProbe } from "./checkpoints.js";
 import type { KubeClient } from "./client.js";
 import { CapacityRequests } from "./demand.js";
 import { ExternalScheduling } from "./external.js";
@@ -44,6 +45,11 @@ export interface KubernetesRuntimeOptions {
    * nothing (each would cost the API server its pods' writes for no one to read).
    */
   nodeAutoscaling?: boolean;
+  /**
+   * How often each running TrainingJob's loom.json is read (checkpoints.ts), in ms; 0: never
+   * (its checkpoint step is then not reported). Default CHECKPOINT_PROBE_MS.
+   */
+  checkpointProbeMs?: number;
 }
 
 /**
@@ -59,6 +65,8 @@ export class KubernetesRuntime implements Runtime {
   private readonly gangs: Gangs;
   private readonly externalPods: ExternalScheduling;
   private capacityRequests: CapacityRequests | undefined;
+  /** The step each running job last wrote to loom.json (read through pods/exec). */
+  private readonly checkpoints: CheckpointProbe;
 
   /** Present when a node autoscaler runs (options.nodeAutoscaling). */
   readonly requestCapacity?: (
@@ -87,6 +95,15 @@ export class KubernetesRuntime implements Runtime {
       cache: this.cache,
       defaultImage: opts.defaultImage,
     });
+    this.checkpoints = new CheckpointProbe({
+      client: this.client,
+      log: opts.log,
+      pods: () => this.cache.loomPods(),
+      onChange: (ref) => {
+        for (const l of this.listeners) l(ref);
+      },
+    });
+    if (opts.checkpointProbeMs !== 0) this.checkpoints.start(opts.checkpointProbeMs);
     this.serving = kubernetesRevisions(this.client, opts.defaultImage);
     if (opts.nodeAutoscaling) {
       const requests = new CapacityRequests(this.client, this.cache, opts.log);
@@ -151,8 +168,10 @@ export class KubernetesRuntime implements Runtime {
     return this.gangs.start(spec, this.capacityRequests?.withdrawBeforeStart(spec.ref));
   }
 
-  observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
-    return this.gangs.observe(ref);
+  async observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
+    const obs = await this.gangs.observe(ref);
+    const checkpoint = this.checkpoints.report(ref.uid);
+    return obs && checkpoint ? { ...obs, checkpoint } : obs;
   }
 
   stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean> {
@@ -217,6 +236,7 @@ export class KubernetesRuntime implements Runtime {
   }
 
   async close(): Promise<void> {
+    this.checkpoints.stop();
     this.cache.stop();
   }
 }
