@@ -1,11 +1,11 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Job, LoomProcess } from "./helpers.js";
 import { operatorCluster, ownState, startOperator, type TestCluster } from "./k8s/cluster.js";
 import { importPythonImage, PYTHON_IMAGE } from "./k8s/python-image.js";
+import { realNodeWaits } from "./k8s/realnode.js";
 
 /**
  * Below the API server for once: a real node (`real-0`: containerd, runc, the bridge CNI, kubelet
@@ -24,15 +24,6 @@ const ON_REAL_NODE = {
   tolerations: [{ key: "loom.dev/real-node", operator: "Equal", value: "true", effect: "NoSchedule" }],
 };
 
-interface Pod {
-  spec: { nodeName?: string };
-  status: {
-    phase?: string;
-    podIP?: string;
-    containerStatuses?: { state?: { terminated?: { exitCode: number } } }[];
-  };
-}
-
 describe("a real node in the test cluster", () => {
   let cluster: TestCluster;
   let operatorKubeconfig: string;
@@ -41,27 +32,11 @@ describe("a real node in the test cluster", () => {
   const loom = (args: string[], input?: string) =>
     cli.cli(["--kubeconfig", cluster.kubeconfig, ...args], { input });
 
-  async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>): Promise<T> {
-    for (let i = 0; i < 360; i++) {
-      const v = await probe();
-      if (v !== undefined) return v;
-      await sleep(500);
-    }
-    throw new Error(`timed out waiting for ${what}\n${operator?.log().slice(-3000) ?? ""}`);
-  }
-
-  const kubectl = (args: string[], input?: string) => {
-    const r = cluster.kubectl(args, input === undefined ? {} : { input });
-    expect(r.code, `kubectl ${args.join(" ")}: ${r.stderr}`).toBe(0);
-    return r.stdout;
-  };
-  const getPod = (name: string, ns = NS) =>
-    JSON.parse(kubectl(["get", "pod", name, "-n", ns, "-o", "json"])) as Pod;
-  const finished = (name: string, ns = NS) =>
-    until(`pod ${ns}/${name} to finish`, () => {
-      const p = getPod(name, ns);
-      return p.status.phase === "Succeeded" || p.status.phase === "Failed" ? p : undefined;
-    });
+  const { until, kubectl, getPod, pods, finished } = realNodeWaits({
+    cluster: () => cluster,
+    diagnose: () => operator?.log().slice(-3000) ?? "",
+    namespace: NS,
+  });
 
   /** A pod of the busybox image on real-0, as uid 1000 under the restricted Pod Security profile. */
   const pod = (name: string, script: string, labels: Record<string, string> = {}) => ({
@@ -320,11 +295,9 @@ spec:
       });
     const trains = await waitJob("trains");
     expect(trains.status?.phase, JSON.stringify(trains.status)).toBe("Succeeded");
-    const pods = JSON.parse(
-      kubectl(["get", "pods", "-n", "loom-default", "-l", "loom.dev/workload=trains", "-o", "json"]),
-    ) as { items: (Pod & { metadata: { name: string } })[] };
-    expect(pods.items.map((p) => p.spec.nodeName)).toEqual(["real-0"]);
-    expect(kubectl(["logs", "-n", "loom-default", pods.items[0]!.metadata.name])).toContain("step 2");
+    const trained = pods("loom-default", "loom.dev/workload=trains");
+    expect(trained.map((p) => p.spec.nodeName)).toEqual(["real-0"]);
+    expect(kubectl(["logs", "-n", "loom-default", trained[0]!.metadata.name])).toContain("step 2");
     const crashes = await waitJob("crashes");
     expect(crashes.status?.phase, JSON.stringify(crashes.status)).toBe("Failed");
     expect(JSON.stringify(crashes.status)).toContain('"exitCode":7');
@@ -352,12 +325,7 @@ spec:
     );
     expect(applied.code, applied.stderr).toBe(0);
     const worker = await until("the fenced worker running", () => {
-      const items = (
-        JSON.parse(kubectl(["get", "pods", "-n", ns, "-l", "loom.dev/workload=fenced", "-o", "json"])) as {
-          items: (Pod & { metadata: { name: string } })[];
-        }
-      ).items;
-      const p = items[0];
+      const p = pods(ns, "loom.dev/workload=fenced")[0];
       return p?.status.phase === "Running" && p.status.podIP ? p : undefined;
     });
     const ip = worker.status.podIP!;
@@ -530,34 +498,19 @@ spec:
       return r.code === 0 ? (JSON.parse(r.stdout) as Job) : undefined;
     };
     const podsOf = (attempt: number) =>
-      (
-        JSON.parse(
-          kubectl([
-            "get",
-            "pods",
-            "-n",
-            "loom-default",
-            "-l",
-            `loom.dev/workload=ddp,loom.dev/attempt=${attempt}`,
-            "-o",
-            "json",
-          ]),
-        ) as { items: (Pod & { metadata: { name: string; labels: Record<string, string> } })[] }
-      ).items.sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+      pods("loom-default", `loom.dev/workload=ddp,loom.dev/attempt=${attempt}`);
     const logOf = (name: string) => cluster.kubectl(["logs", "-n", "loom-default", name]).stdout;
     // Both ranks rendezvous (MASTER_ADDR is worker 0's name under the headless Service) and
     // train; a checkpoint past step 0 is on the claim.
     const first = await until("attempt 1 training past its first checkpoints", () => {
-      const pods = podsOf(1);
-      if (pods.length !== 2) return undefined;
+      const gang = podsOf(1);
+      if (gang.length !== 2) return undefined;
       const ckpt = join(vol, "loom.json");
       const at = existsSync(ckpt) ? (JSON.parse(readFileSync(ckpt, "utf8")) as { step: number }).step : 0;
-      return at >= 20 && /step \d+ loss/.test(logOf(pods[0]!.metadata.name)) ? pods : undefined;
+      return at >= 20 && /step \d+ loss/.test(logOf(gang[0]!.metadata.name)) ? gang : undefined;
     });
     expect(first.map((p) => p.spec.nodeName)).toEqual(["real-0", "real-0"]);
-    const env = (
-      first[0] as unknown as { spec: { containers: { env: { name: string; value: string }[] }[] } }
-    ).spec.containers[0]!.env;
+    const env = first[0]!.spec.containers[0]!.env ?? [];
     const envOf = Object.fromEntries(env.map((e) => [e.name, e.value]));
     expect(envOf.MASTER_ADDR).toMatch(/^ddp-0\.ddp$/);
     expect(envOf.MLFLOW_TRACKING_URI).toBe(url);
@@ -574,8 +527,8 @@ spec:
       "--wait=false",
     ]);
     const second = await until("attempt 2's two pods", () => {
-      const pods = podsOf(2);
-      return pods.length === 2 ? pods : undefined;
+      const gang = podsOf(2);
+      return gang.length === 2 ? gang : undefined;
     });
     expect(second.map((p) => p.spec.nodeName)).toEqual(["real-0", "real-0"]);
     const done = await until("TrainingJob ddp to finish", async () => {
