@@ -130,7 +130,7 @@ python_lock() {
   local tmp
   tmp=$(mktemp -d)
   # shellcheck disable=SC2046
-  pip install --quiet --dry-run --ignore-installed --report "$tmp/report.json" --target "$tmp/t" \
+  pip install --quiet --root-user-action=ignore --dry-run --ignore-installed --report "$tmp/report.json" --target "$tmp/t" \
     $(pip_platform) "${PYTHON_PACKAGES[@]}"
   {
     sed -n '1,/^# To change/p' "$PYTHON_LOCK"
@@ -161,7 +161,7 @@ python_packages() {
     tmp=$(mktemp -d "$CACHE/tmp.XXXXXX")
     site="$tmp/root/usr/local/lib/python3.11/dist-packages"
     # shellcheck disable=SC2046
-    PIP_FIND_LINKS='' pip install --quiet --no-cache-dir --disable-pip-version-check --no-compile --no-deps \
+    PIP_FIND_LINKS= pip install --quiet --root-user-action=ignore --no-cache-dir --disable-pip-version-check --no-compile --no-deps \
       --require-hashes --target "$site" $(pip_platform) -r "$PYTHON_LOCK"
     rm -rf "$site/bin"
     find "$site" -name __pycache__ -prune -exec rm -rf {} +

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Job, LoomProcess } from "./helpers.js";
 import { operatorCluster, ownState, startOperator, type TestCluster } from "./k8s/cluster.js";
 import { importPythonImage, PYTHON_IMAGE } from "./k8s/python-image.js";
-import { realNodeWaits } from "./k8s/realnode.js";
+import { podReady, realNodeWaits } from "./k8s/realnode.js";
 
 /**
  * Below the API server for once: a real node (`real-0`: containerd, runc, the bridge CNI, kubelet
@@ -28,6 +28,8 @@ describe("a real node in the test cluster", () => {
   let cluster: TestCluster;
   let operatorKubeconfig: string;
   let operator: ReturnType<typeof startOperator> | undefined;
+  /** Whether the operator runs with --data-dir (the API, tracking and serving). */
+  let serving = false;
   const cli = new LoomProcess();
   const loom = (args: string[], input?: string) =>
     cli.cli(["--kubeconfig", cluster.kubeconfig, ...args], { input });
@@ -417,6 +419,7 @@ spec:
     rmSync(dataDir, { recursive: true, force: true });
     operator = startOperator(operatorKubeconfig, ["--data-dir", dataDir, "--host", hostIP, "--port", "0"]);
     await operator.ready;
+    serving = true;
     const url = /API and MLflow tracking at (\S+)/.exec(operator.stdout())?.[1];
     expect(url, operator.stdout()).toMatch(new RegExp(`^http://${hostIP.replaceAll(".", "\\.")}:\\d+$`));
     const admin = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
@@ -541,9 +544,12 @@ spec:
     const resumed = Number(/resumed from step (\d+)/.exec(resumedLog)?.[1] ?? 0);
     expect(resumed, resumedLog).toBeGreaterThan(0);
     expect(resumedLog).toContain(`FINAL step=${steps}`);
+    // Rank 0 logged with the official client (the image's mlflow-skinny), and never failed to.
+    expect(resumedLog).toMatch(/tracking: logging to run \w+ with mlflow 3\.17\.2/);
+    expect(resumedLog).not.toContain("log_metric failed");
     expect(JSON.parse(readFileSync(join(vol, "loom.json"), "utf8")).step).toBe(steps);
 
-    // Rank 0 logged its loss to the job's run with the workload's own token.
+    // Rank 0 logged its loss to the job's run with the workload's own token (~/.mlflow/credentials).
     const history = await fetch(
       `${url}/api/2.0/mlflow/metrics/get-history?run_id=${envOf.MLFLOW_RUN_ID}&metric_key=loss`,
       { headers: { authorization: `Bearer ${admin}` } },
@@ -552,4 +558,79 @@ spec:
     expect(metrics.map((m) => m.step)).toContain(steps);
     expect(metrics.some((m) => m.step <= resumed)).toBe(true);
   }, 900_000);
+  it("places an InferenceService replica on a tainted real-0 only with spec.tolerations: without, it waits saying which taints; with, it runs there and is ready", async () => {
+    const ns = "loom-default";
+    // Serving needs the operator's API (--data-dir); the DDP test's has it.
+    if (!serving) {
+      await operator?.stop();
+      const dataDir = join(ownState("realnode"), "serving-operator");
+      rmSync(dataDir, { recursive: true, force: true });
+      operator = startOperator(operatorKubeconfig, ["--data-dir", dataDir, "--port", "0"]);
+      await operator.ready;
+      serving = true;
+    }
+    kubectl([
+      "delete",
+      "inferenceservices.loom.dev",
+      "tolerant",
+      "-n",
+      ns,
+      "--ignore-not-found",
+      "--timeout=60s",
+    ]);
+    // real-0 alone, tainted beyond its own loom.dev/real-node as a dedicated node would be; the
+    // kwok node cordoned, so a replica that tolerates nothing has nowhere to go.
+    kubectl(["cordon", "kwok-node-0"]);
+    kubectl(["taint", "node", "real-0", "dedicated=serving:NoSchedule", "--overwrite"]);
+    try {
+      const isvc = (tolerations: string) => `apiVersion: loom.dev/v1alpha1
+kind: InferenceService
+metadata: {name: tolerant}
+spec:
+  model: /tmp
+  runtime:
+    image: ${IMAGE}
+    command: [sh, -c, "mkdir -p /tmp/www && echo ok > /tmp/www/health && exec httpd -f -p $PORT -h /tmp/www"]
+  resources: {cpu: 50m, memory: 32Mi}
+${tolerations}`;
+      const untolerated = await loom(["apply", "-f", "-"], isvc(""));
+      expect(untolerated.code, untolerated.stderr).toBe(0);
+      const why = await until("the untolerated replica's reason", () => {
+        const c = pods(ns, "loom.dev/workload=tolerant")[0]?.status.conditions?.find(
+          (x) => x.type === "PodScheduled" && x.status === "False",
+        );
+        return c?.message;
+      });
+      expect(why).toMatch(/is tainted \(.*dedicated=serving:NoSchedule.*\).*add spec\.tolerations/);
+      expect(pods(ns, "loom.dev/workload=tolerant").map((p) => p.spec.nodeName)).toEqual([undefined]);
+
+      const tolerated = await loom(
+        ["apply", "-f", "-"],
+        isvc(`  tolerations:
+    - {key: dedicated, operator: Equal, value: serving, effect: NoSchedule}
+    - {key: loom.dev/real-node, operator: Exists}
+`),
+      );
+      expect(tolerated.code, tolerated.stderr).toBe(0);
+      const replica = await until("the tolerating revision's replica ready on real-0", () =>
+        pods(ns, "loom.dev/workload=tolerant").find((p) => p.spec.nodeName === "real-0" && podReady(p)),
+      );
+      expect(replica.spec.tolerations).toContainEqual(
+        expect.objectContaining({ key: "dedicated", value: "serving", effect: "NoSchedule" }),
+      );
+      const svc = await until("the InferenceService Ready", async () => {
+        const r = await loom(["get", "isvc", "tolerant", "-o", "json"]);
+        const got =
+          r.code === 0
+            ? (JSON.parse(r.stdout) as { status?: { phase?: string; latestReadyRevision?: string } })
+            : undefined;
+        return got?.status?.phase === "Ready" ? got : undefined;
+      });
+      expect(svc.status?.latestReadyRevision).toBe("tolerant-2");
+    } finally {
+      await loom(["delete", "isvc", "tolerant", "--timeout", "60"]).catch(() => undefined);
+      cluster.kubectl(["taint", "node", "real-0", "dedicated=serving:NoSchedule-"]);
+      cluster.kubectl(["uncordon", "kwok-node-0"]);
+    }
+  }, 300_000);
 });

@@ -13,6 +13,7 @@ export interface RealPod {
   spec: {
     nodeName?: string;
     containers: { image: string; env?: { name: string; value: string }[] }[];
+    tolerations?: { key?: string; operator?: string; value?: string; effect?: string }[];
   };
   status: {
     phase?: string;
