@@ -144,8 +144,9 @@ describe("Loom installed by Helm on the real node", () => {
     ]);
     // In-cluster clients (the operator) reach the API server through the kubernetes Service.
     execFileSync("bash", [join(ROOT, "test/k8s/pods-to-apiserver.sh"), state]);
-    // real-0 is this cluster's only node (no kwok nodes): model pods, which the default scheduler
-    // places and Loom gives no toleration, must fit there too.
+    // real-0 is this cluster's only node (no kwok nodes): the job and model pods here name no pool
+    // and no toleration (as a user's would on a cluster without taints), so it takes them untainted.
+    // (Tolerations on a tainted real-0: test/realnode.suite.ts.)
     cluster.kubectl(["taint", "node", "real-0", "loom.dev/real-node-"]);
 
     // A reused cluster keeps an earlier run's install: start from nothing.
