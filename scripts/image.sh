@@ -5,6 +5,8 @@
 #                          built package (dist/, bin/, runtimes/) + its production node_modules
 #   loom-python:<version>  Debian bookworm (minbase) + python3, pip, venv and Debian's CPU PyTorch
 #                          (python3-torch: what runtimes/loom-tinygpt and the examples need)
+#                          + the official MLflow client (mlflow-skinny, from PyPI: the wheels pinned
+#                          with their hashes in scripts/image-python-requirements.txt)
 #
 # Each image is written as an OCI image layout directory and as one tarball holding that layout
 # plus a docker-save manifest.json, which `ctr -n k8s.io images import`, `docker load` and
@@ -18,6 +20,7 @@
 # two builds give the same digests (test/image.e2e.test.ts).
 #
 # Usage: scripts/image.sh [loom|python]...   (default: both)
+#        scripts/image.sh python-lock            re-resolve PYTHON_PACKAGES into the requirements file
 # Environment:
 #   LOOM_IMAGE_CACHE  cache root (default ~/.cache/loom/image); the rootfs tarballs live here
 #   LOOM_IMAGE_OUT    output directory (default $LOOM_IMAGE_CACHE/out)
@@ -39,6 +42,10 @@ export SOURCE_DATE_EPOCH
 BASE_EPOCH=1686355200
 # Both images run as this non-root uid (the chart's runAsUser).
 LOOM_UID=1000
+# loom-python's packages from PyPI (the same client the tests pin, test/tracking-client.ts), and
+# the lock that pins them and all they need, wheel by wheel (`scripts/image.sh python-lock`).
+PYTHON_PACKAGES=(mlflow-skinny==3.17.2)
+PYTHON_LOCK="$ROOT/scripts/image-python-requirements.txt"
 
 log() { echo "[image] $*" >&2; }
 need() { command -v "$1" >/dev/null || { echo "image: $1 is missing; install it: apt-get install -y $2" >&2; exit 1; }; }
@@ -110,6 +117,63 @@ loom_layer() {
   tar_dir "$tmp/root"
 }
 
+# pip's wheel selection for the image's Python (bookworm: CPython 3.11, glibc 2.36, x86_64), not
+# this machine's: pip 23 takes each manylinux tag given and no older one, so all are listed.
+pip_platform() {
+  local v
+  printf -- '--python-version 3.11 --implementation cp --abi cp311 --only-binary=:all:'
+  for v in 2_36 2_35 2_34 2_31 2_28 2_27 2_24 2_17 2_12 2_5; do printf -- ' --platform manylinux_%s_x86_64' "$v"; done
+}
+
+# Resolves PYTHON_PACKAGES for the image's Python and writes every wheel's version and hash.
+python_lock() {
+  local tmp
+  tmp=$(mktemp -d)
+  # shellcheck disable=SC2046
+  pip install --quiet --root-user-action=ignore --dry-run --ignore-installed --report "$tmp/report.json" --target "$tmp/t" \
+    $(pip_platform) "${PYTHON_PACKAGES[@]}"
+  {
+    sed -n '1,/^# To change/p' "$PYTHON_LOCK"
+    python3 -c '
+import json, sys
+for i in sorted(json.load(open(sys.argv[1]))["install"], key=lambda i: i["metadata"]["name"].lower()):
+    print("%s==%s \\\n    --hash=sha256:%s" % (i["metadata"]["name"], i["metadata"]["version"], i["download_info"]["archive_info"]["hashes"]["sha256"]))
+' "$tmp/report.json"
+  } >"$tmp/lock.txt"
+  mv "$tmp/lock.txt" "$PYTHON_LOCK"
+  rm -rf "$tmp"
+  log "wrote $PYTHON_LOCK"
+}
+
+# The locked PyPI packages as a layer under /usr/local/lib/python3.11/dist-packages (ahead of
+# Debian's on sys.path), installed from exactly the locked wheels (--require-hashes, --no-deps),
+# without byte code (its headers hold times) or console scripts (their shebang names this
+# machine's python). Built once per lock and kept, its mtimes BASE_EPOCH, like the root filesystems.
+python_packages() {
+  local key layer tmp site
+  need pip python3-pip
+  key=$(printf '%s\n' "$(cat "$PYTHON_LOCK")" "$(pip_platform)" "$BASE_EPOCH" v1 | sha256sum | cut -c1-16)
+  layer="$CACHE/pypi-python-$key.tar"
+  exec 8>"$layer.lock"
+  flock 8
+  if [[ ! -s "$layer" ]]; then
+    log "installing loom-python's PyPI packages ($(grep -c '^[A-Za-z]' "$PYTHON_LOCK") wheels); cached as $layer"
+    tmp=$(mktemp -d "$CACHE/tmp.XXXXXX")
+    site="$tmp/root/usr/local/lib/python3.11/dist-packages"
+    # shellcheck disable=SC2046
+    PIP_FIND_LINKS= pip install --quiet --root-user-action=ignore --no-cache-dir --disable-pip-version-check --no-compile --no-deps \
+      --require-hashes --target "$site" $(pip_platform) -r "$PYTHON_LOCK"
+    rm -rf "$site/bin"
+    find "$site" -name __pycache__ -prune -exec rm -rf {} +
+    chmod -R u+rwX,go+rX,go-w "$tmp/root"
+    tar_dir "$tmp/root" "$BASE_EPOCH" >"$tmp/layer.tar"
+    mv "$tmp/layer.tar" "$layer"
+    rm -rf "$tmp"
+  fi
+  exec 8>&-
+  echo "$layer"
+}
+
 python_layer() {
   local tmp=$1 app="$1/root/opt/loom"
   mkdir -p "$app"
@@ -119,8 +183,12 @@ python_layer() {
 }
 
 results=()
+# build IMAGE TAG DEBIAN-PACKAGES LAYER-FUNCTION CONFIG [CACHED-LAYER...]: the Debian root
+# filesystem, then the cached layers given, then the one the function writes.
 build() {
-  local image=$1 tag=$2 include=$3 layerfn=$4 config=$5 base tmp
+  local image=$1 tag=$2 include=$3 layerfn=$4 config=$5 base tmp extra=() l
+  shift 5
+  for l in "$@"; do extra+=(--layer "$l"); done
   base=$(rootfs "$image" "$include")
   tmp=$(mktemp -d "$CACHE/tmp.XXXXXX")
   "$layerfn" "$tmp" >"$tmp/app.tar"
@@ -129,7 +197,7 @@ build() {
   exec 7>"$OUT/.$image.lock"
   flock 7
   line=$(node "$ROOT/scripts/image-oci.mjs" --name "$image:$tag" --out "$OUT" --epoch "$SOURCE_DATE_EPOCH" \
-    --config "$config" --layer "$base" --layer "$tmp/app.tar")
+    --config "$config" --layer "$base" "${extra[@]}" --layer "$tmp/app.tar")
   exec 7>&-
   rm -rf "$tmp"
   results+=("$line")
@@ -144,10 +212,13 @@ for t in "${targets[@]}"; do
       "{\"User\":\"$LOOM_UID:$LOOM_UID\",\"WorkingDir\":\"/opt/loom\",\"Env\":[\"PATH=/usr/local/bin:/usr/bin:/bin\",\"HOME=/home/loom\",\"NODE_ENV=production\"],\"Entrypoint\":[\"node\",\"/opt/loom/bin/loom.js\"],\"Cmd\":[\"operator\"]}"
     ;;
   python)
+    pylayer=$(python_packages)
     build loom-python "$VERSION" ca-certificates,python3,python3-pip,python3-venv,python3-torch python_layer \
-      "{\"User\":\"$LOOM_UID:$LOOM_UID\",\"WorkingDir\":\"/opt/loom\",\"Env\":[\"PATH=/usr/local/bin:/usr/bin:/bin\",\"HOME=/home/loom\",\"PYTHONDONTWRITEBYTECODE=1\"],\"Cmd\":[\"python3\"]}"
+      "{\"User\":\"$LOOM_UID:$LOOM_UID\",\"WorkingDir\":\"/opt/loom\",\"Env\":[\"PATH=/usr/local/bin:/usr/bin:/bin\",\"HOME=/home/loom\",\"PYTHONDONTWRITEBYTECODE=1\"],\"Cmd\":[\"python3\"]}" \
+      "$pylayer"
     ;;
-  *) echo "image: unknown image $t (loom or python)" >&2; exit 2 ;;
+  python-lock) python_lock ;;
+  *) echo "image: unknown image $t (loom, python or python-lock)" >&2; exit 2 ;;
   esac
 done
-printf '%s\n' "${results[@]}"
+((${#results[@]} == 0)) || printf '%s\n' "${results[@]}"

@@ -9,7 +9,7 @@ import { operatorCluster, ownState, startOperator, type TestCluster } from "./k8
 /**
  * Node autoscaling with a real node autoscaler: Karpenter and its kwok cloud provider (built from
  * sigs.k8s.io/karpenter by test/k8s/karpenter.sh, run as a host process) in a cluster of this
- * file's own, with one NodePool "gpu-8" of 8-GPU kwok nodes that starts empty. Loom's waiting
+ * file's own, with one NodePool "gpu-8" of 8-GPU kwok nodes, tainted, that starts empty. Loom's waiting
  * gangs are the demand (pending stand-in pods, PodScheduled=False/Unschedulable); Karpenter adds
  * NodeClaims and kwok nodes; Loom binds the gang there; once the work is done Karpenter
  * consolidates the empty nodes away. (Not the cluster-autoscaler: the Go module proxy refuses it.)
@@ -30,6 +30,11 @@ spec:
         loom.dev/node-pool: ${POOL}
         nvidia.com/gpu.product: ${GPU_MODEL}
     spec:
+      # Reserved, as GPU pools are: Karpenter adds nodes only for pods that tolerate both, so
+      # Loom's stand-in pods must carry the gang's toleration and the pool's Loom taint.
+      taints:
+        - {key: nvidia.com/gpu, value: present, effect: NoSchedule}
+        - {key: loom.dev/node-pool, value: ${POOL}, effect: NoSchedule}
       nodeClassRef: {group: karpenter.kwok.sh, kind: KWOKNodeClass, name: default}
       requirements:
         - {key: node.kubernetes.io/instance-type, operator: In, values: [gpu-8x-amd64-linux]}
@@ -114,6 +119,7 @@ spec:
   command: ["python", "train.py"]
   workers: ${workers}
   nodePool: ${POOL}
+  tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
   resources: {cpu: "1", memory: 1Gi, gpu: ${gpu}}
 `;
   /** kwok's pid: stopping it keeps new nodes from turning Ready, as machines still booting. */

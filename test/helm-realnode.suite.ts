@@ -1,11 +1,12 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { homedir, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "./helpers.js";
 import { ownState, type TestCluster, upCluster } from "./k8s/cluster.js";
+import { ctr, IMAGE_OUT, importImage } from "./k8s/python-image.js";
+import { podReady, type RealPod, realNodeWaits } from "./k8s/realnode.js";
 import { genaiPython } from "./tracking-client.js";
 
 /**
@@ -22,7 +23,6 @@ process.env.LOOM_K8S_REAL_NODE = "1";
 const NS = "loom-system";
 const CHART = join(ROOT, "deploy/helm/loom");
 const VERSION = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
-const IMAGE_OUT = process.env.LOOM_IMAGE_OUT ?? join(homedir(), ".cache/loom/image/out");
 const UPGRADED_TAG = `${VERSION}-upgraded`;
 const ON_REAL_NODE = {
   nodeSelector: { "loom.dev/real-node": "true" },
@@ -60,16 +60,6 @@ for step in itertools.count():
     time.sleep(1)
 `;
 
-interface Pod {
-  metadata: { name: string; uid: string; deletionTimestamp?: string };
-  spec: { nodeName?: string; containers: { image: string }[] };
-  status: {
-    phase?: string;
-    conditions?: { type: string; status: string }[];
-    containerStatuses?: { restartCount: number; ready: boolean }[];
-  };
-}
-
 const timings: Record<string, number> = {};
 async function timed<T>(name: string, f: () => T | Promise<T>): Promise<T> {
   const t0 = Date.now();
@@ -89,29 +79,14 @@ describe("Loom installed by Helm on the real node", () => {
   let apiUrl: string;
   let gatewayUrl: string;
   let runId: string;
-  let jobPod: Pod;
+  let jobPod: RealPod;
   const work = join(tmpdir(), `loom-helm-realnode-${process.pid}`);
 
-  async function until<T>(what: string, probe: () => T | undefined, seconds = 180): Promise<T> {
-    for (let i = 0; i < seconds * 2; i++) {
-      const v = probe();
-      if (v !== undefined) return v;
-      await sleep(500);
-    }
-    const diag = cluster.kubectl(["get", "pods", "-A", "-o", "wide"]).stdout;
-    throw new Error(`timed out waiting for ${what}\n${diag}`);
-  }
-  const kubectl = (args: string[], input?: string) => {
-    const r = cluster.kubectl(args, input === undefined ? {} : { input });
-    expect(r.code, `kubectl ${args.join(" ")}: ${r.stderr}`).toBe(0);
-    return r.stdout;
-  };
-  const pods = (ns: string, selector: string) =>
-    (
-      JSON.parse(kubectl(["get", "pods", "-n", ns, "-l", selector, "-o", "json"])) as { items: Pod[] }
-    ).items.filter((p) => !p.metadata.deletionTimestamp);
-  const ready = (p: Pod) =>
-    p.status.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false;
+  const { until, kubectl, pods } = realNodeWaits({
+    cluster: () => cluster,
+    diagnose: () => cluster.kubectl(["get", "pods", "-A", "-o", "wide"]).stdout,
+  });
+  const ready = podReady;
   const helmRun = (args: string[]) => {
     const r = spawnSync(helm, args, {
       encoding: "utf8",
@@ -138,29 +113,6 @@ describe("Loom installed by Helm on the real node", () => {
     // Its last line: mlflow prints a "View run" line of its own when a run ends.
     return r.stdout.trim().split("\n").at(-1)!;
   };
-  const ctr = (args: string[]) => {
-    const node = join(state, "node");
-    return execFileSync(
-      join(node, "bin/ctr"),
-      ["--address", join(node, "containerd.sock"), "-n", "k8s.io", ...args],
-      {
-        encoding: "utf8",
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
-  };
-
-  /** Imports an image's tarball into real-0's containerd unless it holds that digest already. */
-  function importImage(name: string): void {
-    const layout = join(IMAGE_OUT, `${name}-${VERSION}`);
-    const digest = (
-      JSON.parse(readFileSync(join(layout, "index.json"), "utf8")) as { manifests: { digest: string }[] }
-    ).manifests[0]!.digest;
-    const ref = `docker.io/library/${name}:${VERSION}`;
-    if (ctr(["images", "ls", `name==${ref}`]).includes(digest)) return;
-    ctr(["images", "import", `${layout}.tar`]);
-  }
-
   beforeAll(async () => {
     state = ownState("helmnode");
     cluster = await timed("cluster up (real node)", () => upCluster({ state, nodes: 0 }));
@@ -179,11 +131,11 @@ describe("Loom installed by Helm on the real node", () => {
       );
     }
     await timed("image import", () => {
-      importImage("loom");
-      importImage("loom-python");
+      importImage(state, "loom");
+      importImage(state, "loom-python");
     });
     // The upgrade's "new image" is the same image under another tag (helm upgrade changes the tag).
-    ctr([
+    ctr(state, [
       "images",
       "tag",
       "--force",
@@ -192,8 +144,9 @@ describe("Loom installed by Helm on the real node", () => {
     ]);
     // In-cluster clients (the operator) reach the API server through the kubernetes Service.
     execFileSync("bash", [join(ROOT, "test/k8s/pods-to-apiserver.sh"), state]);
-    // real-0 is this cluster's only node (no kwok nodes): model pods, which the default scheduler
-    // places and Loom gives no toleration, must fit there too.
+    // real-0 is this cluster's only node (no kwok nodes): the job and model pods here name no pool
+    // and no toleration (as a user's would on a cluster without taints), so it takes them untainted.
+    // (Tolerations on a tainted real-0: test/realnode.suite.ts.)
     cluster.kubectl(["taint", "node", "real-0", "loom.dev/real-node-"]);
 
     // A reused cluster keeps an earlier run's install: start from nothing.

@@ -141,16 +141,17 @@ describe("the OCI images", () => {
     expect(id.stdout.trim()).toBe("loom");
   }, 1_800_000);
 
-  it("loom-python:<version> has python3, pip and CPU PyTorch, and the tinygpt runtime", () => {
+  it("loom-python:<version> has python3, pip and CPU PyTorch, the official MLflow client beside it, and the tinygpt runtime", () => {
     const p = prebuiltOrBuild("python", tmp("loom-image-py-"));
     console.log(`${p.ref}: ${(p.bytes / 2 ** 20).toFixed(1)} MiB tarball, ${p.digest}`);
     const tag = p.ref.split(":")[1]!;
     const r = runIn(p.tarball, tag, [
       "python3",
       "-c",
-      "import torch, pip, venv, os; print(torch.__version__, torch.ones(2).sum().item(), os.path.exists('runtimes/loom-tinygpt/server.py'))",
+      // mlflow's wheels (PyPI) load beside Debian's torch in one process, and its fluent API is there.
+      "import mlflow, torch, pip, venv, os; print(torch.__version__, torch.ones(2).sum().item(), os.path.exists('runtimes/loom-tinygpt/server.py'), mlflow.__version__, callable(mlflow.log_metric))",
     ]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout.trim()).toMatch(/^\S+ 2\.0 True$/);
+    expect(r.stdout.trim()).toMatch(/^\S+ 2\.0 True 3\.17\.2 True$/);
   }, 1_800_000);
 });

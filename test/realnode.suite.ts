@@ -1,11 +1,11 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Job, LoomProcess } from "./helpers.js";
 import { operatorCluster, ownState, startOperator, type TestCluster } from "./k8s/cluster.js";
 import { importPythonImage, PYTHON_IMAGE } from "./k8s/python-image.js";
+import { podReady, realNodeWaits } from "./k8s/realnode.js";
 
 /**
  * Below the API server for once: a real node (`real-0`: containerd, runc, the bridge CNI, kubelet
@@ -24,44 +24,21 @@ const ON_REAL_NODE = {
   tolerations: [{ key: "loom.dev/real-node", operator: "Equal", value: "true", effect: "NoSchedule" }],
 };
 
-interface Pod {
-  spec: { nodeName?: string };
-  status: {
-    phase?: string;
-    podIP?: string;
-    containerStatuses?: { state?: { terminated?: { exitCode: number } } }[];
-  };
-}
-
 describe("a real node in the test cluster", () => {
   let cluster: TestCluster;
   let operatorKubeconfig: string;
   let operator: ReturnType<typeof startOperator> | undefined;
+  /** Whether the operator runs with --data-dir (the API, tracking and serving). */
+  let serving = false;
   const cli = new LoomProcess();
   const loom = (args: string[], input?: string) =>
     cli.cli(["--kubeconfig", cluster.kubeconfig, ...args], { input });
 
-  async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>): Promise<T> {
-    for (let i = 0; i < 360; i++) {
-      const v = await probe();
-      if (v !== undefined) return v;
-      await sleep(500);
-    }
-    throw new Error(`timed out waiting for ${what}\n${operator?.log().slice(-3000) ?? ""}`);
-  }
-
-  const kubectl = (args: string[], input?: string) => {
-    const r = cluster.kubectl(args, input === undefined ? {} : { input });
-    expect(r.code, `kubectl ${args.join(" ")}: ${r.stderr}`).toBe(0);
-    return r.stdout;
-  };
-  const getPod = (name: string, ns = NS) =>
-    JSON.parse(kubectl(["get", "pod", name, "-n", ns, "-o", "json"])) as Pod;
-  const finished = (name: string, ns = NS) =>
-    until(`pod ${ns}/${name} to finish`, () => {
-      const p = getPod(name, ns);
-      return p.status.phase === "Succeeded" || p.status.phase === "Failed" ? p : undefined;
-    });
+  const { until, kubectl, getPod, pods, finished } = realNodeWaits({
+    cluster: () => cluster,
+    diagnose: () => operator?.log().slice(-3000) ?? "",
+    namespace: NS,
+  });
 
   /** A pod of the busybox image on real-0, as uid 1000 under the restricted Pod Security profile. */
   const pod = (name: string, script: string, labels: Record<string, string> = {}) => ({
@@ -320,11 +297,9 @@ spec:
       });
     const trains = await waitJob("trains");
     expect(trains.status?.phase, JSON.stringify(trains.status)).toBe("Succeeded");
-    const pods = JSON.parse(
-      kubectl(["get", "pods", "-n", "loom-default", "-l", "loom.dev/workload=trains", "-o", "json"]),
-    ) as { items: (Pod & { metadata: { name: string } })[] };
-    expect(pods.items.map((p) => p.spec.nodeName)).toEqual(["real-0"]);
-    expect(kubectl(["logs", "-n", "loom-default", pods.items[0]!.metadata.name])).toContain("step 2");
+    const trained = pods("loom-default", "loom.dev/workload=trains");
+    expect(trained.map((p) => p.spec.nodeName)).toEqual(["real-0"]);
+    expect(kubectl(["logs", "-n", "loom-default", trained[0]!.metadata.name])).toContain("step 2");
     const crashes = await waitJob("crashes");
     expect(crashes.status?.phase, JSON.stringify(crashes.status)).toBe("Failed");
     expect(JSON.stringify(crashes.status)).toContain('"exitCode":7');
@@ -352,12 +327,7 @@ spec:
     );
     expect(applied.code, applied.stderr).toBe(0);
     const worker = await until("the fenced worker running", () => {
-      const items = (
-        JSON.parse(kubectl(["get", "pods", "-n", ns, "-l", "loom.dev/workload=fenced", "-o", "json"])) as {
-          items: (Pod & { metadata: { name: string } })[];
-        }
-      ).items;
-      const p = items[0];
+      const p = pods(ns, "loom.dev/workload=fenced")[0];
       return p?.status.phase === "Running" && p.status.podIP ? p : undefined;
     });
     const ip = worker.status.podIP!;
@@ -449,6 +419,7 @@ spec:
     rmSync(dataDir, { recursive: true, force: true });
     operator = startOperator(operatorKubeconfig, ["--data-dir", dataDir, "--host", hostIP, "--port", "0"]);
     await operator.ready;
+    serving = true;
     const url = /API and MLflow tracking at (\S+)/.exec(operator.stdout())?.[1];
     expect(url, operator.stdout()).toMatch(new RegExp(`^http://${hostIP.replaceAll(".", "\\.")}:\\d+$`));
     const admin = readFileSync(join(dataDir, "admin-token"), "utf8").trim();
@@ -530,34 +501,19 @@ spec:
       return r.code === 0 ? (JSON.parse(r.stdout) as Job) : undefined;
     };
     const podsOf = (attempt: number) =>
-      (
-        JSON.parse(
-          kubectl([
-            "get",
-            "pods",
-            "-n",
-            "loom-default",
-            "-l",
-            `loom.dev/workload=ddp,loom.dev/attempt=${attempt}`,
-            "-o",
-            "json",
-          ]),
-        ) as { items: (Pod & { metadata: { name: string; labels: Record<string, string> } })[] }
-      ).items.sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+      pods("loom-default", `loom.dev/workload=ddp,loom.dev/attempt=${attempt}`);
     const logOf = (name: string) => cluster.kubectl(["logs", "-n", "loom-default", name]).stdout;
     // Both ranks rendezvous (MASTER_ADDR is worker 0's name under the headless Service) and
     // train; a checkpoint past step 0 is on the claim.
     const first = await until("attempt 1 training past its first checkpoints", () => {
-      const pods = podsOf(1);
-      if (pods.length !== 2) return undefined;
+      const gang = podsOf(1);
+      if (gang.length !== 2) return undefined;
       const ckpt = join(vol, "loom.json");
       const at = existsSync(ckpt) ? (JSON.parse(readFileSync(ckpt, "utf8")) as { step: number }).step : 0;
-      return at >= 20 && /step \d+ loss/.test(logOf(pods[0]!.metadata.name)) ? pods : undefined;
+      return at >= 20 && /step \d+ loss/.test(logOf(gang[0]!.metadata.name)) ? gang : undefined;
     });
     expect(first.map((p) => p.spec.nodeName)).toEqual(["real-0", "real-0"]);
-    const env = (
-      first[0] as unknown as { spec: { containers: { env: { name: string; value: string }[] }[] } }
-    ).spec.containers[0]!.env;
+    const env = first[0]!.spec.containers[0]!.env ?? [];
     const envOf = Object.fromEntries(env.map((e) => [e.name, e.value]));
     expect(envOf.MASTER_ADDR).toMatch(/^ddp-0\.ddp$/);
     expect(envOf.MLFLOW_TRACKING_URI).toBe(url);
@@ -574,8 +530,8 @@ spec:
       "--wait=false",
     ]);
     const second = await until("attempt 2's two pods", () => {
-      const pods = podsOf(2);
-      return pods.length === 2 ? pods : undefined;
+      const gang = podsOf(2);
+      return gang.length === 2 ? gang : undefined;
     });
     expect(second.map((p) => p.spec.nodeName)).toEqual(["real-0", "real-0"]);
     const done = await until("TrainingJob ddp to finish", async () => {
@@ -588,9 +544,12 @@ spec:
     const resumed = Number(/resumed from step (\d+)/.exec(resumedLog)?.[1] ?? 0);
     expect(resumed, resumedLog).toBeGreaterThan(0);
     expect(resumedLog).toContain(`FINAL step=${steps}`);
+    // Rank 0 logged with the official client (the image's mlflow-skinny), and never failed to.
+    expect(resumedLog).toMatch(/tracking: logging to run \w+ with mlflow 3\.17\.2/);
+    expect(resumedLog).not.toContain("log_metric failed");
     expect(JSON.parse(readFileSync(join(vol, "loom.json"), "utf8")).step).toBe(steps);
 
-    // Rank 0 logged its loss to the job's run with the workload's own token.
+    // Rank 0 logged its loss to the job's run with the workload's own token (~/.mlflow/credentials).
     const history = await fetch(
       `${url}/api/2.0/mlflow/metrics/get-history?run_id=${envOf.MLFLOW_RUN_ID}&metric_key=loss`,
       { headers: { authorization: `Bearer ${admin}` } },
@@ -599,4 +558,79 @@ spec:
     expect(metrics.map((m) => m.step)).toContain(steps);
     expect(metrics.some((m) => m.step <= resumed)).toBe(true);
   }, 900_000);
+  it("places an InferenceService replica on a tainted real-0 only with spec.tolerations: without, it waits saying which taints; with, it runs there and is ready", async () => {
+    const ns = "loom-default";
+    // Serving needs the operator's API (--data-dir); the DDP test's has it.
+    if (!serving) {
+      await operator?.stop();
+      const dataDir = join(ownState("realnode"), "serving-operator");
+      rmSync(dataDir, { recursive: true, force: true });
+      operator = startOperator(operatorKubeconfig, ["--data-dir", dataDir, "--port", "0"]);
+      await operator.ready;
+      serving = true;
+    }
+    kubectl([
+      "delete",
+      "inferenceservices.loom.dev",
+      "tolerant",
+      "-n",
+      ns,
+      "--ignore-not-found",
+      "--timeout=60s",
+    ]);
+    // real-0 alone, tainted beyond its own loom.dev/real-node as a dedicated node would be; the
+    // kwok node cordoned, so a replica that tolerates nothing has nowhere to go.
+    kubectl(["cordon", "kwok-node-0"]);
+    kubectl(["taint", "node", "real-0", "dedicated=serving:NoSchedule", "--overwrite"]);
+    try {
+      const isvc = (tolerations: string) => `apiVersion: loom.dev/v1alpha1
+kind: InferenceService
+metadata: {name: tolerant}
+spec:
+  model: /tmp
+  runtime:
+    image: ${IMAGE}
+    command: [sh, -c, "mkdir -p /tmp/www && echo ok > /tmp/www/health && exec httpd -f -p $PORT -h /tmp/www"]
+  resources: {cpu: 50m, memory: 32Mi}
+${tolerations}`;
+      const untolerated = await loom(["apply", "-f", "-"], isvc(""));
+      expect(untolerated.code, untolerated.stderr).toBe(0);
+      const why = await until("the untolerated replica's reason", () => {
+        const c = pods(ns, "loom.dev/workload=tolerant")[0]?.status.conditions?.find(
+          (x) => x.type === "PodScheduled" && x.status === "False",
+        );
+        return c?.message;
+      });
+      expect(why).toMatch(/is tainted \(.*dedicated=serving:NoSchedule.*\).*add spec\.tolerations/);
+      expect(pods(ns, "loom.dev/workload=tolerant").map((p) => p.spec.nodeName)).toEqual([undefined]);
+
+      const tolerated = await loom(
+        ["apply", "-f", "-"],
+        isvc(`  tolerations:
+    - {key: dedicated, operator: Equal, value: serving, effect: NoSchedule}
+    - {key: loom.dev/real-node, operator: Exists}
+`),
+      );
+      expect(tolerated.code, tolerated.stderr).toBe(0);
+      const replica = await until("the tolerating revision's replica ready on real-0", () =>
+        pods(ns, "loom.dev/workload=tolerant").find((p) => p.spec.nodeName === "real-0" && podReady(p)),
+      );
+      expect(replica.spec.tolerations).toContainEqual(
+        expect.objectContaining({ key: "dedicated", value: "serving", effect: "NoSchedule" }),
+      );
+      const svc = await until("the InferenceService Ready", async () => {
+        const r = await loom(["get", "isvc", "tolerant", "-o", "json"]);
+        const got =
+          r.code === 0
+            ? (JSON.parse(r.stdout) as { status?: { phase?: string; latestReadyRevision?: string } })
+            : undefined;
+        return got?.status?.phase === "Ready" ? got : undefined;
+      });
+      expect(svc.status?.latestReadyRevision).toBe("tolerant-2");
+    } finally {
+      await loom(["delete", "isvc", "tolerant", "--timeout", "60"]).catch(() => undefined);
+      cluster.kubectl(["taint", "node", "real-0", "dedicated=serving:NoSchedule-"]);
+      cluster.kubectl(["uncordon", "kwok-node-0"]);
+    }
+  }, 300_000);
 });

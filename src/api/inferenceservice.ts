@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { type Condition, ConditionSchema, type Resource } from "./meta.js";
-import { PythonEnvironment, parseDurationSeconds, Resources } from "./trainingjob.js";
+import { PythonEnvironment, parseDurationSeconds, Resources, Toleration } from "./trainingjob.js";
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
@@ -67,6 +67,13 @@ export const InferenceServiceSpec = z
       .refine((r) => r.min <= r.max, { message: "min must not exceed max", path: ["min"] })
       .default({ min: 1, max: 1 })
       .describe("Replicas between min and max; min 0 scales to zero when idle."),
+    tolerations: z
+      .array(Toleration)
+      .max(32)
+      .optional()
+      .describe(
+        "Node taints the replicas tolerate (Kubernetes' shape, as a TrainingJob's); NoSchedule/NoExecute-tainted nodes take only replicas that tolerate them. Embedded, the machine has no taints.",
+      ),
     autoscaling: Autoscaling,
     readiness: z
       .strictObject({

@@ -146,6 +146,27 @@ describe("validateManifest", () => {
     ).toMatch(/not both/);
   });
 
+  it("takes an InferenceService's tolerations in Kubernetes' shape, as a TrainingJob's, and refuses a keyless Equal", () => {
+    const isvc = (tolerations: unknown) => ({
+      apiVersion: API,
+      kind: "InferenceService",
+      metadata: { name: "chat" },
+      spec: { model: "models:/m/1", tolerations },
+    });
+    expect(
+      validateManifest(isvc([{ key: "dedicated", value: "serving", effect: "NoSchedule" }])).object.spec,
+    ).toMatchObject({
+      tolerations: [{ key: "dedicated", operator: "Equal", value: "serving", effect: "NoSchedule" }],
+    });
+    expect(validateManifest(isvc([{ operator: "Exists" }])).object.spec).toMatchObject({
+      tolerations: [{ operator: "Exists" }],
+    });
+    expect(invalid(isvc([{ value: "x" }])).issues).toEqual([
+      { path: "spec.tolerations.0", message: expect.stringContaining("operator Equal needs a key") },
+    ]);
+    expect(paths(invalid(isvc([{ key: "k", effect: "Sometimes" }])))).toEqual(["spec.tolerations.0.effect"]);
+  });
+
   it("reports an unknown field such as a misspelt command", () => {
     const err = invalid(job({ comand: ["x"] }));
     expect(err.issues).toContainEqual({ path: "spec", message: "unknown field(s): comand" });

@@ -261,6 +261,8 @@ export interface CapacityRequest {
   gpu: number;
   nodePool?: string;
   gpuModel?: string;
+  /** The taints the gang tolerates: a node group whose nodes are tainted must see them to help. */
+  tolerations?: Toleration[];
   /** Loom's reason it waits (the scheduler's code and words). */
   reason: string;
   message: string;

@@ -23,29 +23,33 @@ pid_is() {
   [[ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" == "$exe" ]]
 }
 
+# stop_pid NAME PID EXE TENTHS: TERM, then KILL if it still runs after TENTHS tenths of a second.
+stop_pid() {
+  local name=$1 pid=$2 exe=$3 tenths=$4 waited=0
+  pid_is "$pid" "$exe" || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  while pid_is "$pid" "$exe" && ((waited < tenths)); do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  if pid_is "$pid" "$exe"; then
+    log "$name (pid $pid) ignored SIGTERM for $((tenths / 10))s; killing"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  log "stopped $name (pid $pid)"
+}
+
 # Stops every recorded component, last started first; TERM, then KILL after 15s.
 stop_recorded() {
   [[ -f "$PIDS" ]] || return 0
   stop_real_node
-  local lines=() line name pid exe i waited
+  local lines=() line name pid exe i
   mapfile -t lines <"$PIDS"
   for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
     line=${lines[i]}
     [[ -n "$line" ]] || continue
     read -r name pid exe <<<"$line"
-    if pid_is "$pid" "$exe"; then
-      kill -TERM "$pid" 2>/dev/null || true
-      waited=0
-      while pid_is "$pid" "$exe" && ((waited < 150)); do
-        sleep 0.1
-        waited=$((waited + 1))
-      done
-      if pid_is "$pid" "$exe"; then
-        log "$name (pid $pid) ignored SIGTERM for 15s; killing"
-        kill -KILL "$pid" 2>/dev/null || true
-      fi
-      log "stopped $name (pid $pid)"
-    fi
+    stop_pid "$name" "$pid" "$exe" 150
   done
   rm -f "$PIDS"
 }
@@ -93,6 +97,30 @@ authorityKeyIdentifier = keyid"
 }
 
 b64() { base64 -w0 <"$1"; }
+
+# host_client DIR NAME USER RULES: what a component on the host (CoreDNS, kube-router) reads the
+# API with: a client certificate for USER ($PKI/NAME), the kubeconfig DIR/NAME.kubeconfig, and a
+# ClusterRole USER with RULES (YAML list items) bound to USER.
+host_client() {
+  local dir=$1 name=$2 user=$3 rules=$4
+  new_cert "$PKI" "$name" "/CN=$user" clientAuth
+  write_kubeconfig "$dir/$name.kubeconfig" "${LOOM_K8S_SERVER:-$SERVER}" "$user" \
+    cert "$PKI/$name.key" "$PKI/$name.crt"
+  k apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "$user"}
+rules:
+$rules
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "$user"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "$user"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "$user"}
+EOF
+}
 
 # write_kubeconfig FILE SERVER USER (cert KEYFILE CRTFILE | token TOKEN)
 write_kubeconfig() {

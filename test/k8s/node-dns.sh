@@ -66,39 +66,28 @@ EOF
   echo "[k8s node dns] built CoreDNS $COREDNS_VERSION in $((SECONDS - start))s" >&2
 }
 
-# start_cluster_dns DIR IP: CoreDNS on IP:53 under a ClusterRole that reads Services,
-# EndpointSlices, Pods and Namespaces; waits until it answers for kubernetes.default.
-start_cluster_dns() {
-  local dir=$1 ip=$2 t0=$SECONDS
+# build_coredns_locked: build_coredns, one build at a time on the machine (others wait, saying so).
+build_coredns_locked() {
   local lockfile="${LOOM_K8S_CACHE:-$HOME/.cache/loom/k8s}/.node-dns-build.lock"
   mkdir -p "$(dirname "$lockfile")"
   (
     exec 9>"$lockfile"
     lock_fd 9 "$lockfile" "build of CoreDNS"
     ticking "building CoreDNS" "$(dirname "$(dirname "$(coredns_bin)")")/build.log" build_coredns
-  ) || die "building CoreDNS failed"
-  new_cert "$PKI" coredns "/CN=loom:coredns" clientAuth
-  write_kubeconfig "$dir/coredns.kubeconfig" "${LOOM_K8S_SERVER:-$SERVER}" loom:coredns \
-    cert "$PKI/coredns.key" "$PKI/coredns.crt"
-  k apply -f - >/dev/null <<EOF
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: "loom:coredns"}
-rules:
-- apiGroups: [""]
+  )
+}
+
+# start_cluster_dns DIR IP: CoreDNS on IP:53 under a ClusterRole that reads Services,
+# EndpointSlices, Pods and Namespaces; waits until it answers for kubernetes.default.
+start_cluster_dns() {
+  local dir=$1 ip=$2 t0=$SECONDS
+  build_coredns_locked || die "building CoreDNS failed"
+  host_client "$dir" coredns loom:coredns '- apiGroups: [""]
   resources: [services, pods, namespaces]
   verbs: [list, watch]
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
-  verbs: [list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: "loom:coredns"}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "loom:coredns"}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "loom:coredns"}
-EOF
+  verbs: [list, watch]'
   pick_port DNS_HEALTH_PORT
   pick_port DNS_READY_PORT
   # `pods insecure` answers 10-200-0-5.ns.pod.cluster.local, as kubeadm's CoreDNS does.
@@ -126,9 +115,9 @@ EOF
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   set -euo pipefail
-  mkdir -p "${LOOM_K8S_CACHE:-$HOME/.cache/loom/k8s}"
-  exec 9>"${LOOM_K8S_CACHE:-$HOME/.cache/loom/k8s}/.node-dns-build.lock"
-  flock 9
-  build_coredns
+  log() { echo "[k8s node dns] $*" >&2; }
+  # shellcheck source=wait.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/wait.sh"
+  build_coredns_locked
   coredns_bin
 fi

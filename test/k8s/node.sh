@@ -51,12 +51,7 @@ stop_real_node() {
   [[ -d "$dir" && -f "$PIDS" ]] || return 0
   while read -r name pid exe; do
     [[ "$name" == kubelet || "$name" == kube-proxy || "$name" == kube-router || "$name" == coredns ]] || continue
-    if pid_is "$pid" "$exe"; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do pid_is "$pid" "$exe" || break; sleep 0.1; done
-      pid_is "$pid" "$exe" && kill -KILL "$pid" 2>/dev/null
-      log "stopped $name (pid $pid)"
-    fi
+    stop_pid "$name" "$pid" "$exe" 50
   done <"$PIDS"
   if [[ -S "$dir/containerd.sock" ]] && grep -q '^containerd ' "$PIDS"; then
     for c in $(real_ctr tasks ls -q 2>/dev/null); do real_ctr tasks kill -s SIGKILL "$c" >/dev/null 2>&1 || true; done
@@ -294,15 +289,7 @@ remove_policy_rules() {
 start_policy_enforcer() {
   local dir=$1 nodebin=$2
   command -v ipset >/dev/null || die "ipset is required for the real node's NetworkPolicy enforcer (apt-get install ipset)"
-  new_cert "$PKI" kube-router "/CN=loom:network-policy" clientAuth
-  write_kubeconfig "$dir/kube-router.kubeconfig" "${LOOM_K8S_SERVER:-$SERVER}" loom:network-policy \
-    cert "$PKI/kube-router.key" "$PKI/kube-router.crt"
-  k apply -f - >/dev/null <<EOF
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: "loom:network-policy"}
-rules:
-- apiGroups: [""]
+  host_client "$dir" kube-router loom:network-policy '- apiGroups: [""]
   resources: [namespaces, pods, services, endpoints, nodes]
   verbs: [get, list, watch]
 - apiGroups: [networking.k8s.io]
@@ -310,15 +297,7 @@ rules:
   verbs: [get, list, watch]
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
-  verbs: [get, list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: "loom:network-policy"}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "loom:network-policy"}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "loom:network-policy"}
-EOF
+  verbs: [get, list, watch]'
   pick_port KR_HEALTH_PORT
   start kube-router "$nodebin/kube-router" \
     --kubeconfig "$dir/kube-router.kubeconfig" \

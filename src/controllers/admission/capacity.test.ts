@@ -59,6 +59,13 @@ describe("which waiting gangs ask a node autoscaler for nodes", () => {
     expect(
       capacityRequestOf(job({ workers: { min: 3, max: 8 } }), pending("InsufficientCapacity")).workers,
     ).toBe(3);
+    // A gang that tolerates a tainted pool: its stand-ins must too, or no node group can help.
+    const tolerations = [
+      { key: "nvidia.com/gpu", operator: "Exists" as const, effect: "NoSchedule" as const },
+    ];
+    expect(capacityRequestOf(job({ tolerations }), pending("InsufficientCapacity")).tolerations).toEqual(
+      tolerations,
+    );
   });
 });
 

@@ -89,6 +89,7 @@ export function capacityRequestOf(job: TrainingJob, p: PendingDecision): Capacit
     gpu: Number(r.gpu ?? 0),
     ...(job.spec.nodePool ? { nodePool: job.spec.nodePool } : {}),
     ...(job.spec.gpuModel ? { gpuModel: job.spec.gpuModel } : {}),
+    ...(job.spec.tolerations?.length ? { tolerations: job.spec.tolerations } : {}),
     reason: p.reason,
     message: p.message,
   };

@@ -39,9 +39,10 @@ export interface InferenceServiceDeps {
 
 /** What makes a new revision: the parts that change the replicas, not traffic or scaling. */
 function revisionHash(spec: InferenceServiceSpec): string {
-  const { model, runtime, resources, readiness, python, env } = spec;
+  const { model, runtime, resources, readiness, python, env, tolerations } = spec;
+  // Tolerations are absent (and so out of the JSON) unless set: existing revisions keep their hash.
   return createHash("sha256")
-    .update(JSON.stringify({ model, runtime, resources, readiness, python, env }))
+    .update(JSON.stringify({ model, runtime, resources, readiness, python, env, tolerations }))
     .digest("hex")
     .slice(0, 12);
 }

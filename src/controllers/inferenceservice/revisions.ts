@@ -44,6 +44,8 @@ export function replicaWorker(
       ),
     },
     terminationGracePeriodSeconds: 30,
+    // Kubernetes: the pods' tolerations, which Loom's scheduler reads; embedded: the replicas'.
+    ...(spec.tolerations?.length ? { tolerations: spec.tolerations } : {}),
   };
 }
 

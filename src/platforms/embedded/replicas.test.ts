@@ -145,7 +145,10 @@ describe("LocalRevisions (embedded service replicas)", () => {
     const rt = open();
     let capacityCalls = 0;
     rt.onCapacityChange(() => capacityCalls++);
-    await rt.serving.applyRevision(revision(1, 1));
+    // Tolerations reach the scheduler as on Kubernetes (the machine has no taints to match).
+    const tolerations = [{ key: "dedicated", operator: "Exists" as const }];
+    const spec = revision(1, 1);
+    await rt.serving.applyRevision({ ...spec, worker: { ...spec.worker, tolerations } });
     const pending = rt.external().pending;
     expect(pending).toEqual([
       expect.objectContaining({
@@ -153,6 +156,7 @@ describe("LocalRevisions (embedded service replicas)", () => {
         project: "team",
         preemptible: true,
         pods: [expect.objectContaining({ gpu: 1 })],
+        tolerations,
       }),
     ]);
     expect(capacityCalls).toBeGreaterThan(0);

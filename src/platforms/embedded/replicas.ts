@@ -208,6 +208,8 @@ export class LocalRevisions implements RevisionRuntime {
           preemptible: rev.spec.preemptible ?? true,
           createdAt: r.createdAt,
           pods: [request],
+          // The machine has no taints; they count all the same, as on Kubernetes.
+          ...(rev.spec.worker.tolerations?.length ? { tolerations: rev.spec.worker.tolerations } : {}),
         };
         if (r.phase === "Pending") {
           if (needsPlace(request)) pending.push(workload);

@@ -1,6 +1,17 @@
+import pino from "pino";
 import { describe, expect, it } from "vitest";
-import { autoscalerAnswer, DEMAND_LABEL, demandPodName, nominations } from "./demand.js";
+import type { ClusterCache } from "./cache.js";
+import type { KubeClient } from "./client.js";
+import {
+  autoscalerAnswer,
+  CapacityRequests,
+  DEMAND_LABEL,
+  demandPodName,
+  nominations,
+  poolTolerations,
+} from "./demand.js";
 import { classifyPod, isExternalPending } from "./external-index.js";
+import type { KubeNode } from "./nodes.js";
 import type { Pod } from "./pods.js";
 
 describe("the cluster-autoscaler's answer to a capacity request", () => {
@@ -120,5 +131,69 @@ describe("capacity request pods", () => {
   it("have names within the API's 63 characters", () => {
     expect(demandPodName("x".repeat(80), 12)).toHaveLength(63);
     expect(demandPodName("x".repeat(80), 12).endsWith("-capacity-12")).toBe(true);
+  });
+});
+
+describe("capacity request pods of a gang that tolerates taints", () => {
+  const poolNode = (name: string, pool: string, taints: { key: string; value?: string; effect: string }[]) =>
+    ({ metadata: { name, labels: { "loom.dev/node-pool": pool } }, spec: { taints } }) as KubeNode;
+
+  it("carry the gang's tolerations, its pool's convention taint and the Loom taints of the pool's nodes, so the autoscaler may add tainted nodes", async () => {
+    const created: { spec: Record<string, unknown> }[] = [];
+    const client = {
+      request: async (method: string, path: string, opts: { body?: unknown } = {}) => {
+        if (method === "POST" && path.endsWith("/pods")) {
+          created.push(opts.body as { spec: Record<string, unknown> });
+          return opts.body;
+        }
+        return { items: [] };
+      },
+    } as unknown as KubeClient;
+    const nodes = [
+      poolNode("gpu-a", "gpu-8", [
+        { key: "loom.dev/reserved", value: "ml", effect: "NoSchedule" },
+        { key: "nvidia.com/gpu", value: "present", effect: "NoSchedule" },
+      ]),
+      poolNode("cpu-a", "cpu", [{ key: "loom.dev/other", value: "x", effect: "NoSchedule" }]),
+    ];
+    const cache = {
+      pod: () => undefined,
+      wrote: () => undefined,
+      nodes: { list: () => nodes },
+    } as unknown as ClusterCache;
+    const requests = new CapacityRequests(client, cache, pino({ level: "silent" }));
+    const gpuToleration = {
+      key: "nvidia.com/gpu",
+      operator: "Exists" as const,
+      effect: "NoSchedule" as const,
+    };
+    await requests.request(
+      { kind: "TrainingJob", project: "p", name: "big", uid: "u1" },
+      {
+        workers: 2,
+        cpuMillis: 1000,
+        memoryBytes: 2 ** 30,
+        gpu: 8,
+        nodePool: "gpu-8",
+        tolerations: [gpuToleration],
+        reason: "NodePoolNotAllowed",
+        message: "no node of pool gpu-8",
+      },
+    );
+    expect(created).toHaveLength(2);
+    for (const pod of created) {
+      expect(pod.spec.nodeSelector).toEqual({ "loom.dev/node-pool": "gpu-8" });
+      expect(pod.spec.tolerations).toEqual([
+        gpuToleration,
+        { key: "loom.dev/node-pool", operator: "Equal", value: "gpu-8" },
+        { key: "loom.dev/reserved", operator: "Equal", value: "ml", effect: "NoSchedule" },
+      ]);
+    }
+  });
+
+  it("tolerate the pool's convention taint before the pool has any node", () => {
+    expect(poolTolerations("gpu-8", [])).toEqual([
+      { key: "loom.dev/node-pool", operator: "Equal", value: "gpu-8" },
+    ]);
   });
 });

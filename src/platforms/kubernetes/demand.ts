@@ -1,10 +1,11 @@
 import type { Logger } from "pino";
 import { NotFoundError } from "../../api/errors.js";
 import type { CapacityAnswer, CapacityRequest, WorkloadRef } from "../../ports/runtime.js";
+import type { Toleration } from "../../ports/scheduler.js";
 import type { ClusterCache } from "./cache.js";
 import type { KubeClient } from "./client.js";
 import { LABELS as L, namespaceOf, ownerRef } from "./naming.js";
-import { NODE_LABELS } from "./nodes.js";
+import { type KubeNode, loomTaintTolerations, NODE_LABELS } from "./nodes.js";
 import { containerResources, type Pod, podTemplate } from "./pods.js";
 
 /** On a capacity request's pods: the uid of the workload they stand for. */
@@ -18,6 +19,27 @@ const ANSWER_TTL_MS = 5_000;
 export function demandPodName(workload: string, index: number): string {
   const suffix = `-capacity-${index}`;
   return `${workload.slice(0, 63 - suffix.length)}${suffix}`;
+}
+
+/** The taint a node group reserves its nodes for a pool with, by Loom's convention: loom.dev/node-pool=POOL. */
+export const POOL_TAINT = NODE_LABELS.pool;
+
+/**
+ * What a stand-in pod of a gang that names `pool` tolerates beyond the gang's own tolerations:
+ * the pool's taint by convention (`loom.dev/node-pool=POOL`, any effect: new nodes may carry it
+ * before any exists), and the Loom taints (loom.dev/…) the pool's current nodes carry, since
+ * Loom places a gang that names the pool there whatever those are.
+ */
+export function poolTolerations(pool: string, nodes: KubeNode[]): Toleration[] {
+  const out = new Map<string, Toleration>([
+    [`${POOL_TAINT}=${pool}`, { key: POOL_TAINT, operator: "Equal", value: pool }],
+  ]);
+  for (const n of nodes) {
+    if (n.metadata.labels?.[NODE_LABELS.pool] !== pool) continue;
+    for (const t of loomTaintTolerations(n))
+      if (!out.has(`${t.key}=${t.value}`)) out.set(`${t.key}=${t.value}:${t.effect}`, t);
+  }
+  return [...out.values()];
 }
 
 /** Whether a pod is a capacity request (never a worker, never work for Loom to place). */
@@ -77,7 +99,15 @@ export class CapacityRequests {
       ...(req.gpuModel ? { [NODE_LABELS.gpuModel]: req.gpuModel } : {}),
     };
     const t = podTemplate({
-      worker: { image: PAUSE_IMAGE, command: ["/pause"], env: {}, allocation },
+      worker: {
+        image: PAUSE_IMAGE,
+        command: ["/pause"],
+        env: {},
+        allocation,
+        ...(req.tolerations?.length ? { tolerations: req.tolerations } : {}),
+      },
+      // Naming a pool tolerates its nodes' Loom taints (loom.dev/…): the autoscaler must know it.
+      ...(req.nodePool ? { tolerations: poolTolerations(req.nodePool, this.cache.nodes.list()) } : {}),
       defaultImage: PAUSE_IMAGE,
       containerName: "capacity",
       labels: {

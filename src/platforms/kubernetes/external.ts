@@ -146,6 +146,9 @@ function pendingWorkload(id: string, pods: Pod[]): Workload {
     ...(first.metadata.labels?.[NODE_LABELS.pool]
       ? { nodePool: first.metadata.labels[NODE_LABELS.pool] }
       : {}),
+    // The pods' own tolerations (a serving revision's, from its spec): Loom binds past
+    // kube-scheduler, so it honours the node's taints against them itself.
+    ...(first.spec?.tolerations?.length ? { tolerations: first.spec.tolerations } : {}),
   };
 }
 

@@ -29,6 +29,8 @@ export interface Pod {
     priority?: number;
     containers?: { resources?: { requests?: Record<string, string> } }[];
     initContainers?: { resources?: { requests?: Record<string, string> } }[];
+    /** Kubernetes' shape; the API server has validated operator and effect. */
+    tolerations?: Toleration[];
   };
   status?: {
     phase?: string;

@@ -480,3 +480,59 @@ describe("KubernetesRuntime's requests", () => {
     expect(api.text()).toMatchSnapshot();
   });
 });
+
+describe("a serving revision's tolerations", () => {
+  it("go on its pods, and its waiting pods reach Loom's scheduler with them", async () => {
+    const tolerations = [
+      { key: "dedicated", operator: "Equal" as const, value: "serving", effect: "NoSchedule" as const },
+    ];
+    const waiting = {
+      kind: "Pod",
+      metadata: {
+        name: "chat-1-abc",
+        namespace: "loom-team-a",
+        resourceVersion: "7",
+        creationTimestamp: "t0",
+        labels: { "loom.dev/component": "model" },
+      },
+      spec: {
+        schedulerName: "loom",
+        tolerations,
+        containers: [{ resources: { requests: { cpu: "100m", memory: "64Mi" } } }],
+      },
+    };
+    const api = new FakeApi((method, path) => {
+      if (method === "GET" && path === "/api/v1/pods")
+        return { metadata: { resourceVersion: "50" }, items: [waiting] };
+      if (method === "GET" && path === "/api/v1/nodes")
+        return { metadata: { resourceVersion: "50" }, items: [node("node-a")] };
+      return undefined;
+    });
+    runtime = new KubernetesRuntime({ client: api.client(), log });
+    const service: WorkloadRef = { kind: "InferenceService", project: "team-a", name: "chat", uid: "uid-s" };
+    await runtime.serving!.applyRevision({
+      service,
+      revision: "chat-1",
+      replicas: 1,
+      worker: {
+        command: ["serve"],
+        env: {},
+        allocation: { node: "", cpuMillis: 100, memoryBytes: 64 * 2 ** 20, gpus: [] },
+        tolerations,
+      },
+      port: 8080,
+      readinessPath: "/health",
+      readinessTimeoutSeconds: 30,
+    });
+    const deployment = api.calls.find((c) => c.includes("/deployments/chat-1"))!;
+    const body = JSON.parse(deployment.slice(deployment.indexOf("{"))) as {
+      body: { spec: { template: { spec: { tolerations?: unknown } } } };
+    };
+    expect(body.body.spec.template.spec.tolerations).toEqual(tolerations);
+
+    await runtime.watchPods();
+    expect(runtime.external().pending).toEqual([
+      expect.objectContaining({ id: "pod:loom-team-a/chat-1-abc", project: "team-a", tolerations }),
+    ]);
+  });
+});
