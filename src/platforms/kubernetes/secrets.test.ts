@@ -50,7 +50,7 @@ describe("member kubeconfigs as Secrets in Loom's namespace", () => {
   });
 
   it("never reads a Secret without a kubeconfig key, nor says what it holds", async () => {
-    const held = new Map([
+    const held = new Map<string, Record<string, string>>([
       ["/api/v1/namespaces/loom-system/secrets/db", { password: b64("hunter2") }],
       ["/api/v1/namespaces/loom-system/secrets/tls", { "tls.key": b64("hunter2"), "tls.crt": b64("x") }],
     ]);
