@@ -3,6 +3,8 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { NotFoundError } from "../api/errors.js";
+import { CLUSTER } from "../api/kinds.js";
 import { passThroughModels } from "../controllers/inferenceservice/revisions.js";
 import { VERSION } from "../lib/version.js";
 import { SqliteAuditLog } from "../platforms/embedded/audit.js";
@@ -105,6 +107,9 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const events = new KubeEventRecorder(client);
   // Fleet members (issue 23): Cluster objects here, their kubeconfigs Secrets in Loom's namespace.
   const secrets = new KubeSecretStore(client, opts.systemNamespace ?? DEFAULT_SYSTEM_NAMESPACE);
+  const fleet = (await hasClusterKind(store, log))
+    ? { connector: kubeMemberConnector(log), secrets, version: VERSION }
+    : undefined;
   await ensureDefaultProject(store);
   await runtime.watchPods();
   const tracking = opts.dataDir ? await openTrackingFiles(opts, opts.dataDir, log) : undefined;
@@ -122,7 +127,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     metrics,
     now: () => new Date(),
     resyncMs: opts.resyncMs,
-    fleet: { connector: kubeMemberConnector(log), secrets, version: VERSION },
+    ...(fleet ? { fleet } : {}),
     ...(tracking
       ? {
           api: {
@@ -264,4 +269,22 @@ async function openTrackingFiles(
       await database.close();
     },
   };
+}
+
+/**
+ * Whether the cluster serves the Cluster kind. An install upgraded without its CRDs (Helm never
+ * upgrades a chart's crds/) has none: the operator then runs without a fleet rather than wait
+ * forever for that informer to sync, and says how to turn it on.
+ */
+async function hasClusterKind(store: KubeResourceStore, log: Logger): Promise<boolean> {
+  try {
+    await store.list(CLUSTER);
+    return true;
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+    log.warn(
+      "the clusters.loom.dev CRD is not installed: no fleet members (issue 23) until it is (kubectl apply --server-side -f deploy/helm/loom/crds/loom.dev.yaml) and the operator restarts",
+    );
+    return false;
+  }
 }
