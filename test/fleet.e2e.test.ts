@@ -46,6 +46,8 @@ ${extra}`;
   beforeAll(async () => {
     for (const name of ["a", "b"]) {
       const own = operatorCluster(`fleet-${name}`, { nodes: 1 });
+      // A reused cluster keeps an earlier run's copies: they would hold its GPUs.
+      own.cluster.kubectl(["delete", "trainingjobs.loom.dev", "--all", "-A", "--timeout=60s"]);
       const operator = startOperator(own.operatorKubeconfig);
       await operator.ready;
       members.push({ name, cluster: own.cluster, operator });
@@ -64,7 +66,8 @@ ${extra}`;
   }, 600_000);
 
   afterAll(async () => {
-    await cp.cli(["delete", "tj", "--all", "--timeout", "60"]).catch(() => undefined);
+    for (const p of ["default", "p1", "p2"])
+      await cp.cli(["delete", "tj", "--all", "-p", p, "--timeout", "60"]).catch(() => undefined);
     await cp.stop();
     for (const m of members) await m.operator.stop();
   });
@@ -83,25 +86,28 @@ ${extra}`;
     expect(described.stdout).toContain('"name": "cluster-a-kubeconfig"');
   });
 
-  it("fills a, then b; spec.clusters sends to b; a gang too big for any member waits naming each", async () => {
-    const r = await cp.cli(["apply", "-f", "-"], {
-      input: [jobYaml("j1", 4), jobYaml("j2", 4), jobYaml("j3", 4)].join("---\n"),
-    });
-    expect(r.code, r.stderr).toBe(0);
-    const placed = await until("j1..j3 admitted", async () => {
-      const all = await Promise.all(["j1", "j2", "j3"].map(job));
-      const c = all.map((j) => j?.status?.admission?.cluster);
-      return c.every(Boolean) ? c : undefined;
-    });
-    expect([...placed].sort()).toEqual(["a", "a", "b"]);
+  it("fills a, then b: a job too big for a's free GPUs lands on b; spec.clusters sends to b; a gang too big for any member waits naming each", async () => {
+    // One at a time, so the order is the submission order: 6 GPUs fill most of a; 4 do not fit
+    // the 2 a has left and go to b; 2 fill a.
+    const placed: string[] = [];
+    for (const [name, gpu] of [
+      ["j1", 6],
+      ["j2", 4],
+      ["j3", 2],
+    ] as const) {
+      const r = await cp.cli(["apply", "-f", "-"], { input: jobYaml(name, gpu) });
+      expect(r.code, r.stderr).toBe(0);
+      placed.push(await until(`${name} admitted`, async () => (await job(name))?.status?.admission?.cluster));
+    }
+    expect(placed).toEqual(["a", "b", "a"]);
     // Each runs in its member: the copy is there, its pods bound by that member's Loom.
-    const whereJ3 = placed[2] === "b" ? 1 : 0;
-    const running = await until("j3 Running, mirrored from its member", async () => {
-      const j = await job("j3");
+    const running = await until("j2 Running, mirrored from its member", async () => {
+      const j = await job("j2");
       return j?.status?.phase === "Running" ? j : undefined;
     });
-    expect(running.status.admission.cluster).toBe(members[whereJ3]!.name);
-    expect(inMember(whereJ3, "j3").code).toBe(0);
+    expect(running.status.admission.node).toMatch(/^b\//);
+    expect(inMember(1, "j2").code).toBe(0);
+    expect(inMember(0, "j2").code).not.toBe(0);
     const b = await cp.cli(["apply", "-f", "-"], { input: jobYaml("onlyb", 2, 1, "  clusters: [b]") });
     expect(b.code, b.stderr).toBe(0);
     const onlyb = await until("onlyb admitted", async () => (await job("onlyb"))?.status?.admission);
@@ -115,7 +121,7 @@ ${extra}`;
     expect(why).toMatch(/fits in no member cluster/);
     expect(why).toMatch(/ a: /);
     expect(why).toMatch(/; b: /);
-    const describe = await cp.cli(["describe", "tj", "j3"]);
+    const describe = await cp.cli(["describe", "tj", "j2"]);
     expect(describe.stdout).toMatch(/Dispatched/);
   });
 
@@ -134,5 +140,82 @@ ${extra}`;
     await until("the member's copy gone", async () =>
       inMember(where, "onlyb").code !== 0 ? true : undefined,
     );
+  });
+
+  it("two projects of equal quota share the fleet by fair share: the one that borrowed it all gives back, across both members", async () => {
+    const cleared = await cp.cli(["delete", "tj", "--all", "--timeout", "120"]);
+    expect(cleared.code, cleared.stderr).toBe(0);
+    const projects = await cp.cli(["apply", "-f", "-"], {
+      input: ["p1", "p2"]
+        .map(
+          (p) =>
+            `apiVersion: loom.dev/v1alpha1\nkind: Project\nmetadata: {name: ${p}}\nspec: {quota: {gpu: 4}}\n`,
+        )
+        .join("---\n"),
+    });
+    expect(projects.code, projects.stderr).toBe(0);
+    /** GPUs each project holds in each member, from the control plane's view ("p1@a": 8). */
+    const held = async () => {
+      const r = await cp.api("GET", "/apis/loom.dev/v1alpha1/trainingjobs");
+      const by: Record<string, number> = {};
+      for (const j of (r.body as { items: Obj[] }).items)
+        if (j.status?.admission?.cluster && j.status.phase === "Running") {
+          const k = `${j.metadata.project}@${j.status.admission.cluster}`;
+          by[k] = (by[k] ?? 0) + 2;
+        }
+      return by;
+    };
+    const submit = async (p: string) => {
+      const r = await cp.cli(["apply", "-p", p, "-f", "-"], {
+        input: Array.from({ length: 6 }, (_, i) => jobYaml(`${p}-${i}`, 2)).join("---\n"),
+      });
+      expect(r.code, r.stderr).toBe(0);
+    };
+    // Alone, p1 may borrow all it asks for: 12 of the 16 GPUs, running in both members.
+    await submit("p1");
+    const alone = await until("p1's six jobs running", async () => {
+      const by = await held();
+      return (by["p1@a"] ?? 0) + (by["p1@b"] ?? 0) === 12 ? by : undefined;
+    });
+    expect(alone).toEqual({ "p1@a": 8, "p1@b": 4 });
+    // p2 asks as much: it gets its quota and an equal share of the rest, 8 each, the members full.
+    await submit("p2");
+    const shared = await until(
+      "8 GPUs each, every member full",
+      async () => {
+        const by = await held();
+        const sum = (keys: string[]) => keys.reduce((s, k) => s + (by[k] ?? 0), 0);
+        return sum(["p1@a", "p1@b"]) === 8 &&
+          sum(["p2@a", "p2@b"]) === 8 &&
+          sum(["p1@a", "p2@a"]) === 8 &&
+          sum(["p1@b", "p2@b"]) === 8
+          ? by
+          : undefined;
+      },
+      480,
+    );
+    expect(Object.keys(shared).some((k) => k.startsWith("p2@"))).toBe(true);
+    // p1 gave back by preemption; the rest wait, saying why.
+    const p1 = (
+      (await cp.api("GET", "/apis/loom.dev/v1alpha1/projects/p1/trainingjobs")).body as { items: Obj[] }
+    ).items;
+    expect(p1.filter((j) => (j.status?.preemptions ?? 0) > 0).length).toBeGreaterThanOrEqual(2);
+    const waiting = p1.filter((j) => !j.status?.admission);
+    expect(waiting.length).toBe(2);
+    for (const j of waiting)
+      expect(j.status?.conditions?.find((c: Obj) => c.type === "Admitted")?.status).toBe("False");
+    // What each member runs is what the control plane says: 4 copies each, of both projects' jobs.
+    for (const m of members) {
+      const copies = m.cluster.kubectl([
+        "get",
+        "trainingjobs.loom.dev",
+        "-A",
+        "-l",
+        "loom.dev/fleet-uid",
+        "-o",
+        "name",
+      ]);
+      expect(copies.stdout.trim().split("\n").filter(Boolean).length, copies.stderr).toBe(4);
+    }
   });
 });

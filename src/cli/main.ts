@@ -83,6 +83,7 @@ export function buildProgram(options: ProgramOptions = {}): Command {
       watchPods: command === "top" || (command === "get" && ["nodes", "node", "no"].includes(args[0] ?? "")),
       // Only warnings: the in-process API must not mix its logs into command output.
       log: createLogger("warn"),
+      ...(process.env.LOOM_SYSTEM_NAMESPACE ? { systemNamespace: process.env.LOOM_SYSTEM_NAMESPACE } : {}),
     });
     clusterContext = api;
     closers.push(() => api.close());

@@ -1,13 +1,22 @@
 import { randomBytes } from "node:crypto";
+import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import { Registry } from "prom-client";
+import type { Cluster } from "../api/cluster.js";
+import { BadRequestError } from "../api/errors.js";
+import { CLUSTER } from "../api/kinds.js";
 import { VERSION } from "../lib/version.js";
 import { KubeClient } from "../platforms/kubernetes/client.js";
+import { kubeMemberConnector } from "../platforms/kubernetes/cluster.js";
 import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
 import { KubeHomeClones } from "../platforms/kubernetes/homeclone.js";
 import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
+import { DEFAULT_SYSTEM_NAMESPACE, KubeSecretStore } from "../platforms/kubernetes/secrets.js";
 import { KubeResourceStore } from "../platforms/kubernetes/store.js";
-import type { Role, TokenInfo, TokenStore, TokenSummary } from "../ports/store.js";
+import type { MemberConnector } from "../ports/fleet.js";
+import type { LogOptions, Runtime, WorkloadRef } from "../ports/runtime.js";
+import type { SecretStore } from "../ports/secrets.js";
+import type { ResourceStore, Role, TokenInfo, TokenStore, TokenSummary } from "../ports/store.js";
 import { buildApp } from "../server/app.js";
 
 /** One token, valid for the life of this process only. */
@@ -51,13 +60,20 @@ export async function startKubeApi(opts: {
   log: Logger;
   /** List-watch pods and nodes first (capacity views that count others' pods too). */
   watchPods?: boolean;
+  /** Loom's own namespace, where fleet members' kubeconfig Secrets are kept (default loom-system). */
+  systemNamespace?: string;
 }) {
   const client = KubeClient.fromKubeconfig(opts.kubeconfig, opts.context);
   const tokens = new EphemeralTokens();
   const runtime = new KubernetesRuntime({ client, log: opts.log });
   if (opts.watchPods) await runtime.watchPods();
+  const store = new KubeResourceStore(client, opts.log);
+  // Written with the kubeconfig's identity: RBAC on Secrets in Loom's namespace decides.
+  const secrets = new KubeSecretStore(client, opts.systemNamespace ?? DEFAULT_SYSTEM_NAMESPACE);
   const app = await buildApp({
-    store: new KubeResourceStore(client, opts.log),
+    store,
+    secrets,
+    memberLogs: (cluster) => memberLogsOnDemand(store, secrets, kubeMemberConnector(opts.log), cluster),
     tokens,
     events: new KubeEventRecorder(client),
     runtime,
@@ -75,6 +91,43 @@ export async function startKubeApi(opts: {
     async close() {
       await app.close();
       await runtime.close();
+    },
+  };
+}
+
+/**
+ * A fleet member's workers' logs where no fleet runs (this short-lived API): the member is
+ * reached for the one request, with the kubeconfig its Cluster's Secret holds, and let go when the
+ * log ends. The operator's API reads them through its fleet instead.
+ */
+function memberLogsOnDemand(
+  store: ResourceStore,
+  secrets: SecretStore,
+  connector: MemberConnector,
+  name: string,
+): Pick<Runtime, "logs"> {
+  return {
+    async logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
+      const cluster = (await store.get(CLUSTER, "", name)) as Cluster;
+      const secret = cluster.spec.kubeconfigSecret?.name;
+      const kubeconfig = secret ? await secrets.get(secret) : undefined;
+      if (kubeconfig === undefined)
+        throw new BadRequestError(
+          `cluster ${name} has no kubeconfig secret to reach it with; loom describe cluster ${name} says why`,
+        );
+      const member = await connector.connect(cluster, kubeconfig);
+      if (!member.logs) {
+        member.close();
+        throw new BadRequestError(`cluster ${name} does not serve its workers' logs`);
+      }
+      try {
+        const stream = await member.logs(ref, opts);
+        stream.once("close", () => member.close());
+        return stream;
+      } catch (err) {
+        member.close();
+        throw err;
+      }
     },
   };
 }

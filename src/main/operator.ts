@@ -3,15 +3,20 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { NotFoundError } from "../api/errors.js";
+import { CLUSTER } from "../api/kinds.js";
 import { passThroughModels } from "../controllers/inferenceservice/revisions.js";
+import { VERSION } from "../lib/version.js";
 import { SqliteAuditLog } from "../platforms/embedded/audit.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { KubeClient } from "../platforms/kubernetes/client.js";
+import { kubeMemberConnector } from "../platforms/kubernetes/cluster.js";
 import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
 import { KubeHomeClones } from "../platforms/kubernetes/homeclone.js";
 import { LeaseElector } from "../platforms/kubernetes/lease.js";
 import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
+import { DEFAULT_SYSTEM_NAMESPACE, KubeSecretStore } from "../platforms/kubernetes/secrets.js";
 import { KubeResourceStore } from "../platforms/kubernetes/store.js";
 import { ServiceWorkspaceDirectory } from "../platforms/kubernetes/workspaces.js";
 import { lastEventGauge } from "../reconcile/metrics.js";
@@ -61,6 +66,8 @@ export interface OperatorOptions {
   leaderElection?: { namespace: string; name: string };
   /** Called once if leadership is lost while running; the process must exit (as controller-runtime's does). */
   onLostLeadership?: () => void;
+  /** Loom's own namespace: fleet members' kubeconfig Secrets are kept there (default loom-system). */
+  systemNamespace?: string;
 }
 
 export interface Operator {
@@ -98,6 +105,11 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     ...(opts.nodeAutoscaling ? { nodeAutoscaling: true } : {}),
   });
   const events = new KubeEventRecorder(client);
+  // Fleet members (issue 23): Cluster objects here, their kubeconfigs Secrets in Loom's namespace.
+  const secrets = new KubeSecretStore(client, opts.systemNamespace ?? DEFAULT_SYSTEM_NAMESPACE);
+  const fleet = (await hasClusterKind(store, log))
+    ? { connector: kubeMemberConnector(log), secrets, version: VERSION }
+    : undefined;
   await ensureDefaultProject(store);
   await runtime.watchPods();
   const tracking = opts.dataDir ? await openTrackingFiles(opts, opts.dataDir, log) : undefined;
@@ -115,10 +127,12 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     metrics,
     now: () => new Date(),
     resyncMs: opts.resyncMs,
+    ...(fleet ? { fleet } : {}),
     ...(tracking
       ? {
           api: {
             ...tracking.api,
+            secrets,
             workspaceOriginPort: () => workspacePort,
             // loom run --from ws/NAME: the job's code is a clone of the home's claim.
             workspaceSnapshots: new KubeHomeClones(client),
@@ -255,4 +269,22 @@ async function openTrackingFiles(
       await database.close();
     },
   };
+}
+
+/**
+ * Whether the cluster serves the Cluster kind. An install upgraded without its CRDs (Helm never
+ * upgrades a chart's crds/) has none: the operator then runs without a fleet rather than wait
+ * forever for that informer to sync, and says how to turn it on.
+ */
+async function hasClusterKind(store: KubeResourceStore, log: Logger): Promise<boolean> {
+  try {
+    await store.list(CLUSTER);
+    return true;
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+    log.warn(
+      "the clusters.loom.dev CRD is not installed: no fleet members (issue 23) until it is (kubectl apply --server-side -f deploy/helm/loom/crds/loom.dev.yaml) and the operator restarts",
+    );
+    return false;
+  }
 }

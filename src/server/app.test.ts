@@ -1,16 +1,8 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type { FastifyInstance, InjectOptions } from "fastify";
-import { pino } from "pino";
-import { Registry } from "prom-client";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { type OpenedDatabase, openSqlite } from "../platforms/embedded/db.js";
-import { SqliteEventRecorder } from "../platforms/embedded/events.js";
-import { LocalRuntime } from "../platforms/embedded/runtime.js";
-import { SqliteResourceStore } from "../platforms/embedded/store.js";
-import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
-import { buildApp } from "./app.js";
+import { type RouteApp, routeApp } from "../../test/routeapp.js";
+import type { SqliteEventRecorder } from "../platforms/embedded/events.js";
+import type { SqliteResourceStore } from "../platforms/embedded/store.js";
 
 const BASE = "/apis/loom.dev/v1alpha1";
 const JOBS = `${BASE}/projects/default/trainingjobs`;
@@ -24,64 +16,26 @@ function job(
 }
 
 describe("HTTP API", () => {
-  let dataDir: string;
-  let database: OpenedDatabase;
+  let r: RouteApp;
   let store: SqliteResourceStore;
-  let runtime: LocalRuntime;
   let app: FastifyInstance;
   let token: string;
   let events: SqliteEventRecorder;
 
   /** An authenticated request; the body is sent as JSON. */
-  function call(
+  const call = (
     method: InjectOptions["method"],
     url: string,
     body?: unknown,
     headers: Record<string, string> = {},
-  ) {
-    return app.inject({
-      method,
-      url,
-      headers: { authorization: `Bearer ${token}`, ...headers },
-      ...(body === undefined ? {} : { payload: body as InjectOptions["payload"] }),
-    });
-  }
+  ) => r.call(token, method, url, body, headers);
 
   beforeEach(async () => {
-    dataDir = mkdtempSync(join(tmpdir(), "loom-app-"));
-    database = await openSqlite(":memory:");
-    store = await SqliteResourceStore.open(database.db);
-    const tokens = new SqliteTokenStore(database.db);
-    token = (await tokens.create("admin", "admin")).token;
-    events = new SqliteEventRecorder(database.db);
-    const log = pino({ level: "silent" });
-    runtime = new LocalRuntime({
-      dataDir,
-      instanceId: `app-test-${Math.random().toString(36).slice(2)}`,
-      cpuMillis: 1000,
-      memoryBytes: 2 ** 30,
-      gpus: [],
-      log,
-      pollMs: 50,
-    });
-    app = await buildApp({
-      store,
-      tokens,
-      events,
-      runtime,
-      metrics: new Registry(),
-      log,
-      version: "0.0.0-test",
-    });
+    r = await routeApp({ name: "app" });
+    ({ app, store, events, admin: token } = r);
   });
 
-  afterEach(async () => {
-    await app.close();
-    await runtime.close();
-    await store.close();
-    await database.close();
-    rmSync(dataDir, { recursive: true, force: true });
-  });
+  afterEach(() => r.close());
 
   describe("authentication", () => {
     it("serves /healthz without a token", async () => {

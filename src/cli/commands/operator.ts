@@ -16,6 +16,7 @@ interface OperatorOpts {
   leaderElect?: boolean;
   leaderElectionNamespace?: string;
   leaderElectionId: string;
+  systemNamespace?: string;
 }
 
 /** `loom operator`: Loom's controllers against a cluster (--kubeconfig, or in-cluster). */
@@ -56,6 +57,10 @@ export function registerOperator(program: Command, deps: CliDeps): void {
       "namespace of the Lease (default: $POD_NAMESPACE, else loom-system)",
     )
     .option("--leader-election-id <name>", "name of the Lease", "loom-operator")
+    .option(
+      "--system-namespace <ns>",
+      "Loom's own namespace, where fleet members' kubeconfig Secrets are kept (default: $POD_NAMESPACE, else loom-system)",
+    )
     .action(async (opts: OperatorOpts) => {
       if (opts.trackingDb !== undefined) {
         if (!opts.dataDir)
@@ -71,6 +76,7 @@ export function registerOperator(program: Command, deps: CliDeps): void {
         context: g.kubeContext,
         log,
         metricsPort: Number(opts.metricsPort),
+        systemNamespace: opts.systemNamespace ?? process.env.POD_NAMESPACE ?? "loom-system",
         defaultImage: opts.defaultImage,
         ...(opts.nodeAutoscaling ? { nodeAutoscaling: true } : {}),
         ...(opts.leaderElect

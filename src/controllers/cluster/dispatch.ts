@@ -374,7 +374,8 @@ function ref(job: TrainingJob) {
   };
 }
 
-async function getOrUndefined<T>(
+/** The object, or undefined where the store has none (the one lookup the fleet's loops share). */
+export async function getOrUndefined<T>(
   store: ResourceStore,
   kind: string,
   project: string,

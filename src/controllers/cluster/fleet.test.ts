@@ -44,7 +44,9 @@ const node = (name: string, gpus: number): NodeCapacity => ({
   gpus: Array.from({ length: gpus }, (_, i) => `${i}`),
 });
 
-async function world() {
+async function world(
+  projects: { name: string; spec: Record<string, unknown> }[] = [{ name: "p", spec: {} }],
+) {
   const cp = await storeOf();
   const secrets = new SqliteSecretStore(cp.db.db);
   const members = new Map<
@@ -96,7 +98,7 @@ async function world() {
   const admission = new AdmissionReconciler({
     store: cp.store,
     listJobs: () => cache,
-    listProjects: () => [{ metadata: { name: "p" }, spec: {} } as never],
+    listProjects: () => projects.map((p) => ({ metadata: { name: p.name }, spec: p.spec }) as never),
     runtime: { nodes: async () => [] } as unknown as Runtime,
     scheduler: coreScheduler,
     events: cp.events,
@@ -131,11 +133,17 @@ async function world() {
     await cp.store.create(object);
     await clusters.reconcile(name);
   };
-  const submit = async (name: string, gpu: number, workers = 1, extra: Record<string, unknown> = {}) => {
+  const submit = async (
+    name: string,
+    gpu: number,
+    workers = 1,
+    extra: Record<string, unknown> = {},
+    project = "p",
+  ) => {
     const { object } = validateManifest({
       apiVersion: "loom.dev/v1alpha1",
       kind: TRAININGJOB,
-      metadata: { name, project: "p" },
+      metadata: { name, project },
       spec: { command: ["python", "train.py"], workers, resources: { gpu }, ...extra },
     });
     const created = await cp.store.create({
@@ -144,13 +152,15 @@ async function world() {
     });
     return created as TrainingJob;
   };
-  const get = async (name: string) => (await cp.store.get(TRAININGJOB, "p", name)) as TrainingJob;
+  const get = async (name: string, project = "p") =>
+    (await cp.store.get(TRAININGJOB, project, name)) as TrainingJob;
   return {
     cp,
     members,
     fleet,
     clusters,
     cycle,
+    jobs,
     remote,
     files,
     register,
@@ -218,6 +228,52 @@ describe("the fleet: one queue over members", () => {
     expect(why).toMatch(/fits in no member cluster/);
     expect(why).toMatch(/ a: /);
     expect(why).toMatch(/; b: /);
+  });
+
+  it("two projects of equal quota share the fleet: the one that borrowed it all gives back, across members, to its fair share", async () => {
+    const quota = { quota: { gpu: 4 } };
+    const w = await world([
+      { name: "p1", spec: quota },
+      { name: "p2", spec: quota },
+    ]);
+    await w.register("a");
+    await w.register("b");
+    const held = async () => {
+      const by: Record<string, number> = {};
+      for (const j of await w.jobs())
+        if (j.status?.admission) {
+          const k = `${j.metadata.project}@${j.status.admission.cluster}`;
+          by[k] = (by[k] ?? 0) + 2;
+        }
+      return by;
+    };
+    // The members' own Loom would run the copies; here the dispatch loop stands for the whole
+    // round trip: copies made, preempted ones deleted there and put back in the queue.
+    const settle = async () => {
+      for (let round = 0; round < 6; round++) {
+        await w.cycle();
+        for (const j of await w.jobs()) if (j.status?.admission) await w.remote.reconcile(j);
+      }
+    };
+    for (let i = 0; i < 6; i++) await w.submit(`p1-${i}`, 2, 1, {}, "p1");
+    await settle();
+    // Alone, p1 borrows everything it asks for: 12 of the 16 GPUs, a filled first.
+    expect(await held()).toEqual({ "p1@a": 8, "p1@b": 4 });
+    for (let i = 0; i < 6; i++) await w.submit(`p2-${i}`, 2, 1, {}, "p2");
+    await settle();
+    const by = await held();
+    const total = (p: string) => (by[`${p}@a`] ?? 0) + (by[`${p}@b`] ?? 0);
+    expect([total("p1"), total("p2")]).toEqual([8, 8]);
+    expect((by["p1@a"] ?? 0) + (by["p2@a"] ?? 0)).toBe(8);
+    expect((by["p1@b"] ?? 0) + (by["p2@b"] ?? 0)).toBe(8);
+    // What p1 gave back was taken from it by fair share, and each member holds only admitted copies.
+    const preempted = (await w.jobs()).filter((j) => (j.status?.preemptions ?? 0) > 0);
+    expect(preempted.map((j) => j.metadata.project)).toEqual(["p1", "p1"]);
+    for (const [name, m] of w.members) {
+      const copies = (await m.store.list(TRAININGJOB)).items.map((c) => `${c.metadata.project}@${name}`);
+      expect(copies.length).toBe(4);
+      for (const c of copies) expect(by[c]).toBeGreaterThan(0);
+    }
   });
 
   it("creates the job in its member, mirrors status and events back, and deletes the copy with the job", async () => {

@@ -14,7 +14,7 @@ import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import { Controller, type ReconcileResult, type Reconciler } from "../../reconcile/controller.js";
 import { Informer, storeSource } from "../../reconcile/informer.js";
 import type { createControllerMetrics } from "../../reconcile/metrics.js";
-import { FLEET_UID_LABEL } from "./dispatch.js";
+import { FLEET_UID_LABEL, getOrUndefined } from "./dispatch.js";
 import type { Fleet } from "./fleet.js";
 
 /** How often each member is probed (health, version, nodes). */
@@ -45,15 +45,8 @@ export class ClusterReconciler implements Reconciler {
   constructor(private readonly deps: ClusterDeps) {}
 
   async reconcile(name: string): Promise<ReconcileResult> {
-    let cluster: Cluster;
-    try {
-      cluster = (await this.deps.store.get(CLUSTER, "", name)) as Cluster;
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-      this.forget(name);
-      return {};
-    }
-    if (cluster.metadata.deletionTimestamp) {
+    const cluster = await getOrUndefined<Cluster>(this.deps.store, CLUSTER, "", name);
+    if (!cluster || cluster.metadata.deletionTimestamp) {
       this.forget(name);
       return {};
     }
@@ -130,12 +123,12 @@ export class ClusterReconciler implements Reconciler {
       const uid = copy.metadata.labels?.[FLEET_UID_LABEL];
       if (!uid || copy.metadata.deletionTimestamp) continue;
       const project = copy.metadata.project ?? "";
-      let ours: TrainingJob | undefined;
-      try {
-        ours = (await this.deps.store.get(TRAININGJOB, project, copy.metadata.name)) as TrainingJob;
-      } catch (err) {
-        if (!(err instanceof NotFoundError)) throw err;
-      }
+      const ours = await getOrUndefined<TrainingJob>(
+        this.deps.store,
+        TRAININGJOB,
+        project,
+        copy.metadata.name,
+      );
       if (ours?.metadata.uid === uid && ours.status?.admission?.cluster === name) continue;
       await member.store.delete(TRAININGJOB, project, copy.metadata.name).catch((err: unknown) => {
         if (!(err instanceof NotFoundError)) throw err;
@@ -159,20 +152,16 @@ export class ClusterReconciler implements Reconciler {
   }
 
   private async ensureSelf(): Promise<void> {
+    if (await getOrUndefined(this.deps.store, CLUSTER, "", SELF_CLUSTER)) return;
     try {
-      await this.deps.store.get(CLUSTER, "", SELF_CLUSTER);
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-      try {
-        await this.deps.store.create({
-          apiVersion: API_VERSION,
-          kind: CLUSTER,
-          metadata: { name: SELF_CLUSTER },
-          spec: { platform: "self" },
-        } as never);
-      } catch (e) {
-        if (!(e instanceof AlreadyExistsError)) throw e;
-      }
+      await this.deps.store.create({
+        apiVersion: API_VERSION,
+        kind: CLUSTER,
+        metadata: { name: SELF_CLUSTER },
+        spec: { platform: "self" },
+      } as never);
+    } catch (e) {
+      if (!(e instanceof AlreadyExistsError)) throw e;
     }
   }
 

@@ -91,10 +91,22 @@ export class KubeClient {
   /** A client from a kubeconfig's text (a fleet member's, kept as a secret), its current context. */
   static fromKubeconfigText(text: string, requestTimeoutMs = 30_000): KubeClient {
     const kc = new KubeConfig();
-    kc.loadFromString(text);
+    try {
+      kc.loadFromString(text);
+    } catch (err) {
+      // The parser quotes the text around a syntax error: a secret's, never to be echoed.
+      const at = (err as { mark?: { line?: number } }).mark?.line;
+      throw new Error(`the kubeconfig is not valid YAML${at !== undefined ? ` (line ${at + 1})` : ""}`);
+    }
     const cluster = kc.getCurrentCluster();
     if (!cluster) throw new Error("no cluster in the kubeconfig (its current-context names none)");
-    return new KubeClient(kc, new URL(cluster.server), requestTimeoutMs);
+    let server: URL;
+    try {
+      server = new URL(cluster.server);
+    } catch {
+      throw new Error(`the kubeconfig's cluster ${cluster.name} has no valid server URL`);
+    }
+    return new KubeClient(kc, server, requestTimeoutMs);
   }
 
   /** Closes kept-alive connections (a member that was deregistered). */

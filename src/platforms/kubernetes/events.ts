@@ -32,7 +32,7 @@ export class KubeEventRecorder implements EventRecorder {
   ) {}
 
   async record(ref: EventRef, type: "Normal" | "Warning", reason: string, message: string): Promise<void> {
-    const ns = namespaceOf(ref.project);
+    const ns = eventNamespace(ref.project);
     const ts = this.now().toISOString();
     const key = [ns, ref.kind, ref.name, ref.uid, type, reason, message].join("\u0000");
     const seen = this.written.get(key);
@@ -59,7 +59,7 @@ export class KubeEventRecorder implements EventRecorder {
           apiVersion: "loom.dev/v1alpha1",
           kind: ref.kind,
           name: ref.name,
-          namespace: ns,
+          ...(ref.project ? { namespace: ns } : {}),
           uid: ref.uid,
         },
         type,
@@ -107,11 +107,19 @@ export class KubeEventRecorder implements EventRecorder {
     if (ref.uid) selector.push(`involvedObject.uid=${ref.uid}`);
     const list = await this.client.request<{ items: KubeEvent[] }>(
       "GET",
-      `/api/v1/namespaces/${namespaceOf(ref.project)}/events`,
+      `/api/v1/namespaces/${eventNamespace(ref.project)}/events`,
       {
         query: { fieldSelector: selector.join(","), limit: Math.max(limit, 50) },
       },
     );
     return list.items;
   }
+}
+
+/**
+ * Where an object's events go: its project's namespace; a cluster-scoped object's (a fleet's
+ * Cluster) in "default", where Kubernetes keeps a Node's, with no namespace on the involved object.
+ */
+function eventNamespace(project: string): string {
+  return project ? namespaceOf(project) : "default";
 }

@@ -1,15 +1,15 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import type { FastifyInstance, InjectOptions } from "fastify";
 import { pino } from "pino";
 import { Registry } from "prom-client";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
+import { type RouteApp, routeApp } from "../../../test/routeapp.js";
+import type { OpenedDatabase } from "../../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
-import { LocalRuntime } from "../../platforms/embedded/runtime.js";
-import { SqliteResourceStore } from "../../platforms/embedded/store.js";
+import type { LocalRuntime } from "../../platforms/embedded/runtime.js";
+import type { SqliteResourceStore } from "../../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../../platforms/embedded/tokens.js";
 import { buildApp } from "../app.js";
 import { parseCookies } from "./session.js";
@@ -25,6 +25,7 @@ const job = (name: string) => ({
 });
 
 describe("console routes", () => {
+  let r: RouteApp;
   let dir: string;
   let database: OpenedDatabase;
   let store: SqliteResourceStore;
@@ -33,49 +34,25 @@ describe("console routes", () => {
   const tokens = { admin: "", viewer: "", key: "" };
 
   beforeEach(async () => {
-    dir = mkdtempSync(join(tmpdir(), "loom-console-"));
-    mkdirSync(join(dir, "console", "assets"), { recursive: true });
-    writeFileSync(
-      join(dir, "console", "index.html"),
-      "<!doctype html><script type=module src=/assets/a-1.js></script>",
-    );
-    writeFileSync(join(dir, "console", "assets", "a-1.js"), "console.log(1)");
-    writeFileSync(join(dir, "console", "assets", "a-1.js.gz"), gzipSync("console.log(1)"));
-    database = await openSqlite(":memory:");
-    store = await SqliteResourceStore.open(database.db);
-    const tokenStore = new SqliteTokenStore(database.db);
-    tokens.admin = (await tokenStore.create("admin", "admin")).token;
-    tokens.viewer = (await tokenStore.create("v", "viewer", { project: "default" })).token;
-    tokens.key = (await tokenStore.create("k", "viewer", { project: "default", apiKey: {} })).token;
-    const log = pino({ level: "silent" });
-    runtime = new LocalRuntime({
-      dataDir: join(dir, "data"),
-      instanceId: `console-test-${Math.random().toString(36).slice(2)}`,
-      cpuMillis: 1000,
-      memoryBytes: 2 ** 30,
-      gpus: [],
-      log,
-      pollMs: 50,
+    r = await routeApp({
+      name: "console",
+      deps: (_db, d) => {
+        mkdirSync(join(d, "console", "assets"), { recursive: true });
+        writeFileSync(
+          join(d, "console", "index.html"),
+          "<!doctype html><script type=module src=/assets/a-1.js></script>",
+        );
+        writeFileSync(join(d, "console", "assets", "a-1.js"), "console.log(1)");
+        writeFileSync(join(d, "console", "assets", "a-1.js.gz"), gzipSync("console.log(1)"));
+        return { console: { dir: join(d, "console") } };
+      },
     });
-    app = await buildApp({
-      store,
-      tokens: tokenStore,
-      events: new SqliteEventRecorder(database.db),
-      runtime,
-      metrics: new Registry(),
-      log,
-      version: "0.0.0-test",
-      console: { dir: join(dir, "console") },
-    });
+    ({ app, store, runtime, database, dir, admin: tokens.admin } = r);
+    tokens.viewer = (await r.tokens.create("v", "viewer", { project: "default" })).token;
+    tokens.key = (await r.tokens.create("k", "viewer", { project: "default", apiKey: {} })).token;
   });
 
-  afterEach(async () => {
-    await app.close();
-    await runtime.close();
-    await store.close();
-    await database.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  afterEach(() => r.close());
 
   /** Logs in with a token; returns the Cookie header the browser would send afterwards and the CSRF value. */
   async function login(token: string): Promise<{ cookie: string; csrf: string }> {

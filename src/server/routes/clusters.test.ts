@@ -1,17 +1,6 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import type { FastifyInstance } from "fastify";
-import { pino } from "pino";
-import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
-import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
-import { LocalRuntime } from "../../platforms/embedded/runtime.js";
+import { type RouteApp, routeApp } from "../../../test/routeapp.js";
 import { SqliteSecretStore } from "../../platforms/embedded/secrets.js";
-import { SqliteResourceStore } from "../../platforms/embedded/store.js";
-import { SqliteTokenStore } from "../../platforms/embedded/tokens.js";
-import { buildApp } from "../app.js";
 
 // The fence around a member's kubeconfig (issue 23): admins write it, nobody reads it back.
 
@@ -20,59 +9,27 @@ const KUBECONFIG =
   "apiVersion: v1\nclusters:\n- name: b\n  cluster: {server: https://b.example:6443}\nusers:\n- name: u\n  user: {token: SECRET-TOKEN-123}\n";
 
 describe("cluster routes", () => {
-  let dataDir: string;
-  let database: OpenedDatabase;
-  let runtime: LocalRuntime;
-  let app: FastifyInstance;
+  let r: RouteApp;
   let secrets: SqliteSecretStore;
   const tokens: Record<string, string> = {};
 
   beforeAll(async () => {
-    dataDir = mkdtempSync(join(tmpdir(), "loom-clusters-"));
-    database = await openSqlite(":memory:");
-    const store = await SqliteResourceStore.open(database.db);
-    const tokenStore = new SqliteTokenStore(database.db);
-    tokens.admin = (await tokenStore.create("admin", "admin")).token;
-    tokens.editor = (await tokenStore.create("ed", "editor")).token;
-    tokens.projectAdmin = (await tokenStore.create("pa", "admin", "default")).token;
-    secrets = new SqliteSecretStore(database.db);
-    const log = pino({ level: "silent" });
-    runtime = new LocalRuntime({
-      dataDir,
-      instanceId: `clusters-test-${Math.random().toString(36).slice(2)}`,
-      cpuMillis: 1000,
-      memoryBytes: 2 ** 30,
-      gpus: [],
-      log,
-      pollMs: 50,
+    r = await routeApp({
+      name: "clusters",
+      deps: (database) => {
+        secrets = new SqliteSecretStore(database.db);
+        return { secrets, console: false };
+      },
     });
-    app = await buildApp({
-      store,
-      tokens: tokenStore,
-      events: new SqliteEventRecorder(database.db),
-      runtime,
-      metrics: new Registry(),
-      log,
-      version: "0.0.0-test",
-      secrets,
-      console: false,
-    });
+    tokens.admin = r.admin;
+    tokens.editor = (await r.tokens.create("ed", "editor")).token;
+    tokens.projectAdmin = (await r.tokens.create("pa", "admin", "default")).token;
   });
 
-  afterAll(async () => {
-    await app.close();
-    await runtime.close();
-    await database.close();
-    rmSync(dataDir, { recursive: true, force: true });
-  });
+  afterAll(() => r.close());
 
   const call = (who: string, method: "GET" | "PUT" | "POST", url: string, payload?: unknown) =>
-    app.inject({
-      method,
-      url,
-      headers: { authorization: `Bearer ${tokens[who]}` },
-      ...(payload === undefined ? {} : { payload: payload as object }),
-    });
+    r.call(tokens[who], method, url, payload);
 
   it("an admin registers a member and its kubeconfig; the secret is stored, and never in any answer", async () => {
     const put = await call("admin", "PUT", `${BASE}/clusters/b/kubeconfig`, { kubeconfig: KUBECONFIG });

@@ -1,18 +1,8 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import type { FastifyInstance } from "fastify";
-import { pino } from "pino";
-import { Registry } from "prom-client";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { type RouteApp, routeApp } from "../../../test/routeapp.js";
 import type { Resource } from "../../api/meta.js";
-import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
-import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
-import { LocalRuntime } from "../../platforms/embedded/runtime.js";
-import { SqliteResourceStore } from "../../platforms/embedded/store.js";
-import { SqliteTokenStore } from "../../platforms/embedded/tokens.js";
+import type { SqliteResourceStore } from "../../platforms/embedded/store.js";
 import type { TokenStore } from "../../ports/store.js";
-import { buildApp } from "../app.js";
 import { boundTokens, workloadCredentials } from "../workloadtokens.js";
 import { parseTtl } from "./tokens.js";
 
@@ -26,21 +16,13 @@ const project = (name: string) =>
   }) as unknown as Resource;
 
 describe("token and API key routes", () => {
-  let dataDir: string;
-  let database: OpenedDatabase;
+  let r: RouteApp;
   let store: SqliteResourceStore;
-  let runtime: LocalRuntime;
   let tokens: TokenStore;
-  let app: FastifyInstance;
   let admin: string;
 
   const call = (token: string, method: "GET" | "POST" | "DELETE", url: string, body?: unknown) =>
-    app.inject({
-      method,
-      url,
-      headers: { authorization: `Bearer ${token}` },
-      ...(body === undefined ? {} : { payload: body as object }),
-    });
+    r.call(token, method, url, body);
   const mint = async (role: "admin" | "editor" | "viewer", p?: string) =>
     (
       await call(admin, "POST", `${BASE}/tokens`, {
@@ -51,41 +33,13 @@ describe("token and API key routes", () => {
     ).json().token as string;
 
   beforeEach(async () => {
-    dataDir = mkdtempSync(join(tmpdir(), "loom-tokens-"));
-    database = await openSqlite(":memory:");
-    store = await SqliteResourceStore.open(database.db);
-    tokens = boundTokens(new SqliteTokenStore(database.db), store);
-    admin = (await tokens.create("admin", "admin")).token;
-    const log = pino({ level: "silent" });
-    runtime = new LocalRuntime({
-      dataDir,
-      instanceId: `tokens-test-${Math.random().toString(36).slice(2)}`,
-      cpuMillis: 1000,
-      memoryBytes: 2 ** 30,
-      gpus: [],
-      log,
-      pollMs: 50,
-    });
-    app = await buildApp({
-      store,
-      tokens,
-      events: new SqliteEventRecorder(database.db),
-      runtime,
-      metrics: new Registry(),
-      log,
-      version: "0.0.0-test",
-    });
+    r = await routeApp({ name: "tokens", tokens: (raw, s) => boundTokens(raw, s) });
+    ({ store, tokens, admin } = r);
     await store.create(project("a"));
     await store.create(project("b"));
   });
 
-  afterEach(async () => {
-    await app.close();
-    await runtime.close();
-    await store.close();
-    await database.close();
-    rmSync(dataDir, { recursive: true, force: true });
-  });
+  afterEach(() => r.close());
 
   it("parses ttls as seconds, m, h and d, and refuses others", () => {
     expect(parseTtl(undefined)).toBeUndefined();
@@ -185,7 +139,7 @@ describe("token and API key routes", () => {
     expect(await tokens.verify(second)).toMatchObject({ role: "editor", project: "a", workload: ref });
     // Basic auth, as the mlflow client sends it from ~/.mlflow/credentials.
     const basic = `Basic ${Buffer.from(`loom:${second}`).toString("base64")}`;
-    const viaBasic = await app.inject({
+    const viaBasic = await r.app.inject({
       method: "GET",
       // Its own object: what a workload's credential may read of Loom's API.
       url: `${BASE}/projects/a/trainingjobs/j`,
