@@ -287,7 +287,8 @@ function ref(job: TrainingJob) {
   };
 }
 
-async function getOrUndefined<T>(
+/** The object, or undefined where the store has none by that name. */
+export async function getOrUndefined<T>(
   store: ResourceStore,
   kind: string,
   project: string,

@@ -15,12 +15,11 @@ import type {
   Workload,
 } from "../../ports/scheduler.js";
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
+import { FLEET_UID_LABEL, getOrUndefined } from "../cluster/dispatch.js";
 import { INFERENCESERVICE } from "./names.js";
 
 /** External work ids of fleet replicas start so: the admission's bind/explain/preempt come here. */
 export const FLEET_REPLICA_PREFIX = "fleet:";
-/** The label that ties a member's copy of a service to the control plane's (its uid). */
-const FLEET_UID_LABEL = "loom.dev/fleet-uid";
 
 /** What fleet replicas need of the fleet: members by name and label, and their health. */
 export interface FleetMembers {
@@ -545,20 +544,6 @@ async function ensureMemberProject(store: ResourceStore, project: string): Promi
     .catch((err: unknown) => {
       if (!(err instanceof AlreadyExistsError)) throw err;
     });
-}
-
-async function getOrUndefined<T>(
-  store: ResourceStore,
-  kind: string,
-  project: string,
-  name: string,
-): Promise<T | undefined> {
-  try {
-    return (await store.get(kind, project, name)) as T;
-  } catch (err) {
-    if (err instanceof NotFoundError) return undefined;
-    throw err;
-  }
 }
 
 /**
