@@ -247,6 +247,29 @@ describe("fleet serving: one InferenceService, replicas in the control plane and
     expect(a.replica).toMatch(/^m1\//);
   }, 400_000);
 
+  it("a TrainingJob placed in the Loom member runs there; its status and its log come back", async () => {
+    const r = await cp.cli(["apply", "-f", "-"], {
+      input: `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: hello}
+spec:
+  command: [python3, -c, "print('hello from the member')"]
+  clusters: [m1]
+`,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const job = await until("hello Succeeded, mirrored from m1", async () => {
+      const j = (await cp.api("GET", `${BASE}/projects/default/trainingjobs/hello`)).body as Obj;
+      return j.status?.phase === "Succeeded" ? j : undefined;
+    });
+    expect(job.status.admission.cluster).toBe("m1");
+    const copy = (await member.api("GET", `${BASE}/projects/default/trainingjobs/hello`)).body as Obj;
+    expect(copy.metadata.labels["loom.dev/fleet-uid"]).toBe(job.metadata.uid);
+    const logs = await cp.cli(["logs", "hello"]);
+    expect(logs.code, logs.stderr).toBe(0);
+    expect(logs.stdout).toContain("hello from the member");
+  }, 300_000);
+
   it("a lost member's replicas are made again elsewhere; back, its stale copy is deleted", async () => {
     const before = await isvc(cp, "echo");
     expect(before?.status?.ready).toBe(2);

@@ -28,6 +28,7 @@ async function world() {
   const cp = await storeOf();
   const m = await storeOf();
   let since: string | undefined;
+  let active = true;
   let now = Date.parse("2026-12-07T12:00:00Z");
   const member: MemberCluster = {
     store: m.store,
@@ -41,6 +42,7 @@ async function world() {
     close: () => {},
   };
   const fleet = {
+    active: () => active,
     member: (name: string) => (name === "m1" && since === undefined ? member : undefined),
     has: (name: string) => name === "m1" || name === "self",
     matching: () => ["self", "m1"],
@@ -90,6 +92,9 @@ async function world() {
     rev,
     local,
     locals,
+    alone: () => {
+      active = false;
+    },
     lose: () => {
       since = new Date(now).toISOString();
     },
@@ -190,5 +195,17 @@ describe("FleetReplicas", () => {
     expect(bound).toEqual(["default/echo-1-r0"]);
     expect(wrapped.external!().pending).toHaveLength(1);
     expect(await wrapped.nodes()).toEqual([]);
+  });
+
+  it("with no other member registered, a replica for self is placed on this platform's nodes as they are", async () => {
+    const w = await world();
+    w.rev.desired = 1;
+    await w.replicas.converge(w.svc, w.rev, w.local);
+    expect(w.replicas.external().pending[0]!.clusters).toEqual(["self", "m1"]);
+    w.alone();
+    expect(w.replicas.external().pending[0]!.clusters).toBeUndefined();
+    w.replicas.bind(w.replicas.external().pending[0]!.id, [{ pod: 0, node: "host-1", gpus: [] }]);
+    await w.replicas.converge(w.svc, w.rev, w.local);
+    expect(w.locals.at(-1)).toBe(1);
   });
 });

@@ -23,6 +23,8 @@ export const FLEET_REPLICA_PREFIX = "fleet:";
 
 /** What fleet replicas need of the fleet: members by name and label, and their health. */
 export interface FleetMembers {
+  /** Whether any member besides this platform is registered (else nodes carry no member). */
+  active(): boolean;
   member(name: string): MemberCluster | undefined;
   has(name: string): boolean;
   matching(selector: Record<string, string>): string[];
@@ -114,6 +116,8 @@ export class FleetReplicas {
   external(): ExternalWork {
     const pending: Workload[] = [];
     const running: RunningWorkload[] = [];
+    // No other member registered: the nodes are this platform's alone, named without a member.
+    const local = !this.deps.fleet.active();
     for (const st of this.services.values())
       for (const s of st.slots) {
         const w: Workload = {
@@ -125,7 +129,7 @@ export class FleetReplicas {
           preemptible: true,
           createdAt: s.createdAt,
           pods: [s.pod],
-          clusters: s.clusters,
+          ...(local && s.clusters.includes(SELF_CLUSTER) ? {} : { clusters: s.clusters }),
           placement: "spread",
         };
         if (!s.cluster) pending.push(w);

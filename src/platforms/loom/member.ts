@@ -1,6 +1,8 @@
+import { Readable } from "node:stream";
+import type { ReadableStream } from "node:stream/web";
 import type { Logger } from "pino";
 import { parse } from "yaml";
-import type { Cluster } from "../../api/cluster.js";
+import { type Cluster, fleetAttemptBase } from "../../api/cluster.js";
 import {
   AlreadyExistsError,
   BadRequestError,
@@ -10,9 +12,10 @@ import {
   NotFoundError,
   UnauthorizedError,
 } from "../../api/errors.js";
-import { kindByKind, PROJECT } from "../../api/kinds.js";
+import { kindByKind, PROJECT, TRAININGJOB } from "../../api/kinds.js";
 import type { Resource } from "../../api/meta.js";
 import type { MemberCluster, MemberConnector, MemberGateway } from "../../ports/fleet.js";
+import type { LogOptions, WorkloadRef } from "../../ports/runtime.js";
 import type { NodeCapacity } from "../../ports/scheduler.js";
 import type { ListOptions, ListResult, ObjectEvent, ResourceStore } from "../../ports/store.js";
 
@@ -79,6 +82,25 @@ export class LoomMember implements MemberCluster {
       ...(n.pool && n.pool !== "default" ? { pool: n.pool } : {}),
       ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
     }));
+  }
+
+  /**
+   * A worker's log, read from the member's API. Attempts are numbered as the control plane shows
+   * them (after those the job made before it came here).
+   */
+  async logs(ref: WorkloadRef, opts: LogOptions): Promise<Readable> {
+    const copy = await this.store.get(TRAININGJOB, ref.project, ref.name);
+    const base = fleetAttemptBase(copy);
+    if (opts.attempt !== undefined && opts.attempt <= base)
+      throw new BadRequestError(
+        `attempt ${opts.attempt} of ${ref.name} ran before the job was placed in cluster ${this.cluster} (its attempts there are ${base + 1} on), and its log is not read from there`,
+      );
+    const q = new URLSearchParams({ worker: String(opts.worker) });
+    if (opts.attempt !== undefined) q.set("attempt", String(opts.attempt - base));
+    if (opts.follow) q.set("follow", "1");
+    return this.api.stream(
+      `${BASE}/projects/${encodeURIComponent(ref.project)}/trainingjobs/${encodeURIComponent(ref.name)}/log?${q}`,
+    );
   }
 
   async probe(): Promise<{ kubernetes?: string; loom?: string }> {
@@ -166,6 +188,27 @@ export class LoomApi {
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
     });
+    return this.answer<T>(res);
+  }
+
+  /** A streaming GET (a worker's log, followed or not). */
+  async stream(path: string): Promise<Readable> {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+    let res: Response;
+    try {
+      res = await fetch(new URL(path, this.server), {
+        headers: { authorization: `Bearer ${this.token}` },
+        signal: abort.signal,
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!res.ok) return this.answer(res);
+    return streamOf(res);
+  }
+
+  private async answer<T>(res: Response): Promise<T> {
     const text = await res.text();
     // biome-ignore lint/suspicious/noExplicitAny: a JSON answer of the API
     let parsed: any;
@@ -178,6 +221,11 @@ export class LoomApi {
     const message = `member ${this.server.origin}: ${parsed?.message ?? (text.slice(0, 200) || res.statusText)}`;
     throw errorOf(res.status, parsed?.reason, message);
   }
+}
+
+/** A streamed answer (a log): headers within the request timeout, the body as long as it lasts. */
+async function streamOf(res: Response): Promise<Readable> {
+  return res.body ? Readable.fromWeb(res.body as ReadableStream<Uint8Array>) : Readable.from([]);
 }
 
 function errorOf(status: number, reason: string | undefined, message: string): Error {
