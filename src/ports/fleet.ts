@@ -29,7 +29,8 @@ export interface MemberCluster {
   /**
    * Where the control plane's gateway sends a project's requests for the replicas this member
    * runs (its gateway), with a credential scoped to that project (a project API key made there
-   * through the member's API): never an open port, and a key of one project reaches no other.
+   * through the member's API, the project made first where missing): never an open port, and a
+   * key of one project reaches no other.
    * Absent: the member runs no replicas for the fleet (InferenceServices stay off it).
    */
   gateway?(project: string): Promise<MemberGateway>;

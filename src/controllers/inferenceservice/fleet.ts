@@ -1,9 +1,9 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { type Cluster, clusterLostTimeoutMs, SELF_CLUSTER } from "../../api/cluster.js";
-import { AlreadyExistsError, NotFoundError } from "../../api/errors.js";
+import { NotFoundError } from "../../api/errors.js";
 import type { InferenceService, RevisionStatus } from "../../api/inferenceservice.js";
-import { CLUSTER, PROJECT } from "../../api/kinds.js";
+import { CLUSTER } from "../../api/kinds.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
 import type { MemberCluster, MemberGateway } from "../../ports/fleet.js";
 import type { ExternalWork, Runtime } from "../../ports/runtime.js";
@@ -392,10 +392,11 @@ export class FleetReplicas {
           if (await this.removeCopy(member, svc)) st.copies.delete(name);
           continue;
         }
+        if (!member.gateway) continue;
+        // First: it makes the project there (and the key the gateway forwards with).
+        this.gateways.set(`${name}/${svc.metadata.project}`, await member.gateway(svc.metadata.project!));
         st.copies.add(name);
         const copy = await this.ensureCopy(member, svc, name, placed);
-        if (!member.gateway) continue;
-        this.gateways.set(`${name}/${svc.metadata.project}`, await member.gateway(svc.metadata.project!));
         const n = copy?.status?.ready ?? 0;
         placed.forEach((s, i) => {
           ready.set(s.id, i < n);
@@ -444,7 +445,6 @@ export class FleetReplicas {
       return undefined;
     }
     if (!copy) {
-      await ensureMemberProject(member.store, project);
       await this.event(
         placed[0]!,
         "Normal",
@@ -533,21 +533,6 @@ function podOf(rev: RevisionStatus): PodRequest {
 
 function revisionNumber(name: string): number {
   return Number(/(\d+)$/.exec(name)?.[1] ?? 0);
-}
-
-/** The project in the member (without a quota: the queue, and so the quota, is the control plane's). */
-async function ensureMemberProject(store: ResourceStore, project: string): Promise<void> {
-  if (await getOrUndefined(store, PROJECT, "", project)) return;
-  await store
-    .create({
-      apiVersion: "loom.dev/v1alpha1",
-      kind: PROJECT,
-      metadata: { name: project },
-      spec: {},
-    } as never)
-    .catch((err: unknown) => {
-      if (!(err instanceof AlreadyExistsError)) throw err;
-    });
 }
 
 /**
