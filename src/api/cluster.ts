@@ -53,6 +53,12 @@ export const ClusterSpec = z
       .describe(
         "The member's kubeconfig, held as a secret in the control plane's store: never part of the object, never returned to readers.",
       ),
+    api: z
+      .enum(["kubernetes", "loom"])
+      .optional()
+      .describe(
+        "How the control plane speaks to the member: kubernetes (default; its API server, with Loom's CRDs and operator) or loom (a Loom API server such as another `loom up`; the kubeconfig's server and token are its URL and token).",
+      ),
     clusterLostTimeout: z
       .string()
       .regex(/^\d+(ms|s|m)$/, 'a duration such as "30s" or "2m"')

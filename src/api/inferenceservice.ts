@@ -118,6 +118,17 @@ export const InferenceServiceSpec = z
       .optional(),
     python: PythonEnvironment.optional(),
     env: z.record(z.string().regex(ENV_NAME), z.string()).default({}),
+    clusters: z
+      .array(z.string().min(1))
+      .min(1)
+      .optional()
+      .describe(
+        "Run replicas in these members of the fleet (loom get clusters; self is the control plane's own platform), spread by free capacity, all behind the control plane's gateway. Unset (and no clusterSelector): only on the control plane's own platform.",
+      ),
+    clusterSelector: z
+      .record(z.string(), z.string())
+      .optional()
+      .describe("Run replicas in the fleet's members whose labels match all of these."),
     tracing: z
       .boolean()
       .default(false)
@@ -148,6 +159,8 @@ export const RevisionStatus = z.object({
         /** Where the scheduler placed it (replicas that ask for resources). */
         node: z.string().optional(),
         gpus: z.array(z.object({ device: z.string(), share: z.number() })).optional(),
+        /** The fleet member it runs in (host and port are then that member's gateway). */
+        cluster: z.string().optional(),
       }),
     )
     .optional(),

@@ -20,6 +20,7 @@ import { APP, type AppDeps, AppReconciler, appOfReplica } from "./app/reconciler
 import { RemoteJobs } from "./cluster/dispatch.js";
 import { Fleet, type FleetDeps } from "./cluster/fleet.js";
 import { clusterLoop } from "./cluster/reconciler.js";
+import { FleetReplicas, withFleetReplicas } from "./inferenceservice/fleet.js";
 import {
   INFERENCESERVICE,
   type InferenceServiceDeps,
@@ -113,12 +114,15 @@ export class ControllerManager {
   /** The fleet's members, where deps.fleet is given (views read capacity and logs through it). */
   readonly fleet: Fleet | undefined;
   private readonly remote: RemoteJobs | undefined;
+  /** InferenceService replicas in the fleet's members (the gateway reads their credentials here). */
+  readonly fleetReplicas: FleetReplicas | undefined;
 
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
-    const { fleet, remote } = fleetOf(deps, log("dispatch"));
+    const { fleet, remote, replicas } = fleetOf(deps, log("dispatch"));
     this.fleet = fleet;
+    this.fleetReplicas = replicas;
     // The job's loop writes the admission with the start: one status write per job fewer.
     const admissionReconciler = this.newAdmission(fleet, log("admission"), (job, offer) => {
       const key = displayKey(job.metadata);
@@ -178,6 +182,7 @@ export class ControllerManager {
         log: log("inferenceservice"),
         now: deps.now,
         ...deps.serving,
+        ...(replicas ? { fleet: replicas } : {}),
       });
       services = new Controller(
         validated(reconciler, INFERENCESERVICE, () => this.isvcInformer),
@@ -200,6 +205,7 @@ export class ControllerManager {
       this.informers.push(this.isvcInformer);
     }
     this.services = services;
+    this.wireFleetReplicas(admission);
     // Both run wherever the runtime can serve: embedded, and the Kubernetes operator.
     if (deps.runtime.serving) {
       this.addWorkspaces(validated, metrics);
@@ -288,6 +294,12 @@ export class ControllerManager {
     return true;
   }
 
+  /** A fleet replica placed or freed wakes its service's loop; slots that come or go, the queue. */
+  private wireFleetReplicas(admission: Controller): void {
+    this.fleetReplicas?.onChange((key) => this.services?.enqueue(key));
+    this.fleetReplicas?.onCapacityChange(() => admission.enqueueBatched(ADMISSION_KEY));
+  }
+
   /** The admission loop's reconciler: one queue over this platform's nodes and the fleet's. */
   private newAdmission(
     fleet: Fleet | undefined,
@@ -297,6 +309,7 @@ export class ControllerManager {
     const { fleet: _members, ...deps } = this.deps;
     return new AdmissionReconciler({
       ...deps,
+      ...(this.fleetReplicas ? { runtime: withFleetReplicas(deps.runtime, this.fleetReplicas) } : {}),
       ...(fleet ? { fleet } : {}),
       log,
       offer,
@@ -554,7 +567,10 @@ export class ControllerManager {
 }
 
 /** The fleet's members and the loop half that runs jobs placed in them, where deps.fleet is given. */
-function fleetOf(deps: ControllerManagerDeps, log: Logger): { fleet?: Fleet; remote?: RemoteJobs } {
+function fleetOf(
+  deps: ControllerManagerDeps,
+  log: Logger,
+): { fleet?: Fleet; remote?: RemoteJobs; replicas?: FleetReplicas } {
   if (!deps.fleet) return {};
   const fleet = new Fleet({ ...deps.fleet, localNodes: () => deps.runtime.nodes(), now: deps.now });
   const vault = deps.fleet.vault;
@@ -564,5 +580,10 @@ function fleetOf(deps: ControllerManagerDeps, log: Logger): { fleet?: Fleet; rem
     member: (name) => fleet.member(name),
     ...(vault ? { vault } : {}),
   });
-  return { fleet, remote };
+  // Services' replicas in members, where this platform serves (they run beside its own).
+  const replicas =
+    deps.serving && deps.runtime.serving
+      ? new FleetReplicas({ fleet, store: deps.store, events: deps.events, log, now: deps.now })
+      : undefined;
+  return { fleet, remote, ...(replicas ? { replicas } : {}) };
 }

@@ -11,6 +11,8 @@ export interface Replica {
   id: string;
   host: string;
   port: number;
+  /** Set on every request to this replica (a fleet member's gateway: its project key). */
+  headers?: Record<string, string>;
 }
 
 /** How a request to a replica went, as far as health is concerned. */

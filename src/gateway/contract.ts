@@ -17,6 +17,11 @@ export interface ReplicaEndpoint {
   host: string;
   port: number;
   ready: boolean;
+  /**
+   * Headers set on every request to this replica, over the service's upstreamHeaders: a replica
+   * behind another gateway (a fleet member's) with the credential that gateway wants.
+   */
+  headers?: Record<string, string>;
 }
 
 export interface RevisionEndpoint {

@@ -146,6 +146,29 @@ describe.each<Kind>(["Node's http server", "the hand-rolled front"])("HttpForwar
     expect(outcomes).toEqual([["a", "success"]]);
   });
 
+  it("sets a replica's own headers over the service's (a fleet member's gateway and its key); never the caller's", async () => {
+    const seen: IncomingMessage["headers"][] = [];
+    const up = await listen((req, res) => {
+      seen.push(req.headers);
+      res.end("ok");
+    });
+    const member: Replica = {
+      id: "m1/r",
+      host: "127.0.0.1",
+      port: up,
+      headers: { authorization: "Bearer member-key" },
+    };
+    const { pick } = picker([member]);
+    const f = await front({
+      pick,
+      setRequestHeaders: { authorization: "Bearer service-key", "x-upstream-key": "k" },
+    });
+    const r = await call(f.port, { headers: { authorization: "Bearer caller" }, body: "{}" });
+    expect(r.status).toBe(200);
+    expect(seen[0]!.authorization).toBe("Bearer member-key");
+    expect(seen[0]!["x-upstream-key"]).toBe("k");
+  });
+
   it("retries a refused connection on the next replica and reports the failure", async () => {
     const dead = await deadPort();
     const up = await listen((_req, res) => res.end("from b"));

@@ -490,6 +490,7 @@ function requestHeaders(req: GatewayRequest, r: Lease["replica"], o: ForwardOpti
     }
   }
   const set = o.setRequestHeaders;
+  const own = r.headers;
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
@@ -506,6 +507,7 @@ function requestHeaders(req: GatewayRequest, r: Lease["replica"], o: ForwardOpti
     // A 100-continue handshake upstream would only add a round trip (and undici refuses it).
     if (k === "expect" || (o.body && k === "content-length")) continue;
     if (set && Object.hasOwn(set, k)) continue; // replaced below
+    if (own && Object.hasOwn(own, k)) continue;
     if (k === "x-forwarded-proto") proto = true;
     else if (k === "x-forwarded-host") forwardedHost = true;
     out.push(k, v);
@@ -517,7 +519,8 @@ function requestHeaders(req: GatewayRequest, r: Lease["replica"], o: ForwardOpti
   if (!proto)
     out.push("x-forwarded-proto", "encrypted" in req.socket && req.socket.encrypted ? "https" : "http");
   if (host && !forwardedHost) out.push("x-forwarded-host", host);
-  if (set) for (const k in set) out.push(k.toLowerCase(), set[k]!);
+  if (set) for (const k in set) if (!own || !Object.hasOwn(own, k)) out.push(k.toLowerCase(), set[k]!);
+  if (own) for (const k in own) out.push(k, own[k]!);
   return out;
 }
 

@@ -91,7 +91,9 @@ export function sync(g: GatewayContext, ep: ServiceEndpoint, rev: RevisionEndpoi
   st.affinityChars = ep.affinity?.prefixChars;
   st.tracing = ep.tracing === true;
   const ready = rev.replicas.filter((r) => r.ready);
-  st.balancer.update(ready.map(({ id, host, port }) => ({ id, host, port })));
+  st.balancer.update(
+    ready.map(({ id, host, port, headers }) => (headers ? { id, host, port, headers } : { id, host, port })),
+  );
   st.ready = ready.length;
   st.starting = rev.replicas.length - ready.length;
   g.metrics.replicas.set({ ...labels(target), state: "ready" }, ready.length);

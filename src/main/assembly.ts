@@ -278,6 +278,8 @@ function servingParts(opts: Pick<ControlPlaneOptions, "metrics" | "log">) {
     gateway,
     connect(manager: ControllerManager) {
       directory.onScale = (key) => manager.enqueueInferenceService(key);
+      // Replicas in fleet members are reached with the project's key at that member's gateway.
+      directory.memberHeaders = (cluster, project) => manager.fleetReplicas?.headers(cluster, project);
     },
   };
 }

@@ -28,6 +28,8 @@ import { SqliteResourceStore } from "../platforms/embedded/store.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { WorkloadFiles } from "../platforms/embedded/workloadfiles.js";
 import { kubeMemberConnector } from "../platforms/kubernetes/cluster.js";
+import { loomMemberConnector } from "../platforms/loom/member.js";
+import type { MemberConnector } from "../ports/fleet.js";
 import { localModelResolver } from "../server/models.js";
 import { ideActivity } from "../server/workspaces/activity.js";
 import { InMemoryWorkspaceDirectory } from "../server/workspaces/directory.js";
@@ -168,7 +170,7 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     // Members' checkpoints are kept in each job's own checkpoint directory here: a job that fails
     // over to this platform resumes from them.
     fleet: {
-      connector: kubeMemberConnector(log),
+      connector: memberConnector(log),
       secrets,
       version: VERSION,
       vault: new DirCheckpointVault(new WorkloadFiles(opts.dataDir)),
@@ -350,4 +352,14 @@ async function localRuntime(
     ],
   });
   return { gpus, networks, processes };
+}
+
+/** Members by how they are spoken to: a Kubernetes API server (Loom's CRDs) or a Loom API server. */
+function memberConnector(log: Logger): MemberConnector {
+  const kube = kubeMemberConnector(log);
+  const loom = loomMemberConnector(log);
+  return {
+    connect: (cluster, kubeconfig) =>
+      (cluster.spec.api === "loom" ? loom : kube).connect(cluster, kubeconfig),
+  };
 }

@@ -32,8 +32,24 @@ export interface MemberCluster {
    * wait to be ready for it (0: done, or nothing waits any more). Asked again until it says 0.
    */
   seed?(ref: WorkloadRef, files: CheckpointFiles): Promise<number>;
+  /**
+   * Where the control plane's gateway sends a project's requests for the replicas this member
+   * runs (its gateway), with a credential scoped to that project (a project API key made there
+   * through the member's API, the project made first where missing): never an open port, and a
+   * key of one project reaches no other.
+   * Absent: the member runs no replicas for the fleet (InferenceServices stay off it).
+   */
+  gateway?(project: string): Promise<MemberGateway>;
   /** Stops its connections and watches. */
   close(): void;
+}
+
+/** A member's gateway as one project reaches it. */
+export interface MemberGateway {
+  host: string;
+  port: number;
+  /** Set on every request forwarded there (Authorization: the project's key in that member). */
+  headers: Record<string, string>;
 }
 
 /** A checkpoint's files: path relative to the checkpoint directory → contents. */

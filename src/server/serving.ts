@@ -41,6 +41,11 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
   private waiters: (() => void)[] = [];
   /** Called when the autoscaler changes a target: the service's controller looks again. */
   onScale: (serviceKey: string) => void = () => {};
+  /**
+   * The credential a replica in a fleet member is reached with (the project's key at that
+   * member's gateway); undefined: not reachable yet, so not routed to.
+   */
+  memberHeaders: (cluster: string, project: string) => Record<string, string> | undefined = () => undefined;
 
   /**
    * `sessionAffinity`: the table of Apps (a directory of its own, so the OpenAI routes never
@@ -126,9 +131,12 @@ export class ServingDirectory implements ServingTable, EndpointDirectory, Scaler
         .map((r) => ({
           name: r.name,
           weight: weights.get(r.name)!,
-          replicas: (r.replicas ?? [])
-            .filter((x) => x.host && x.port)
-            .map((x) => ({ id: x.id, host: x.host!, port: x.port!, ready: x.ready })),
+          replicas: (r.replicas ?? []).flatMap((x) => {
+            if (!x.host || !x.port) return [];
+            if (!x.cluster) return [{ id: x.id, host: x.host, port: x.port, ready: x.ready }];
+            const headers = this.memberHeaders(x.cluster, svc.metadata.project!);
+            return headers ? [{ id: x.id, host: x.host, port: x.port, ready: x.ready, headers }] : [];
+          }),
         })),
       autoscaling: {
         minReplicas: spec.replicas.min,

@@ -13,6 +13,7 @@ import type { ModelResolver, ScaleTargets, ServingTable } from "../../ports/serv
 import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js";
 import { latestRevision, requeueAfter, type ServedView, scaleRevisions } from "../serving/revisions.js";
+import type { FleetReplicas } from "./fleet.js";
 import { INFERENCESERVICE, replicaName, SERVING_FINALIZER, seconds, serviceOfReplica } from "./names.js";
 import { convergeOnPlatform, serviceRef } from "./revisions.js";
 
@@ -35,6 +36,8 @@ export interface InferenceServiceDeps {
   builtinCommand: string[];
   /** The gateway's OpenAI base URL, for status.url. */
   baseUrl?: () => string;
+  /** Replicas across the fleet's members, for services that name some (issue 23). */
+  fleet?: FleetReplicas;
 }
 
 /** What makes a new revision: the parts that change the replicas, not traffic or scaling. */
@@ -77,6 +80,9 @@ export class InferenceServiceReconciler implements Reconciler {
         metadata: { ...svc.metadata, finalizers: [...(svc.metadata.finalizers ?? []), SERVING_FINALIZER] },
       })) as InferenceService;
     }
+    // Across the fleet when the spec names members; a service that stopped naming them leaves them.
+    const fleet = this.deps.fleet?.owns(svc) ? this.deps.fleet : undefined;
+    if (!fleet && this.deps.fleet?.holds(svc.metadata.uid)) await this.deps.fleet.release(svc);
     const now = this.deps.now();
     const before = svc.status ?? {};
     const status: InferenceServiceStatus = structuredClone(before);
@@ -105,7 +111,8 @@ export class InferenceServiceReconciler implements Reconciler {
     const { waiting, keep } = await scaleRevisions(view, status, revisions, latest, {
       ...(this.deps.scale ? { scale: this.deps.scale } : {}),
       now,
-      converge: (rev) => this.converge(svc, rev),
+      converge: (rev) =>
+        fleet ? fleet.converge(svc, rev, (r) => this.converge(svc, r)) : this.converge(svc, rev),
     });
     if (this.deps.baseUrl) status.url = `${this.deps.baseUrl()}/v1 (model ${name})`;
     status.observedGeneration = svc.metadata.generation;
@@ -116,7 +123,9 @@ export class InferenceServiceReconciler implements Reconciler {
     // scale-down or a rollout's retired revision never answers a new request with a refusal.
     this.deps.table?.publish(key, { ...svc, status });
     // A request may be held until a replica is ready: probe a fresh replica often.
-    return { requeueAfterMs: requeueAfter(keep, waiting, now) };
+    // A member's replicas are read through its API: every 500 ms at most while one starts.
+    const after = requeueAfter(keep, waiting, now);
+    return { requeueAfterMs: fleet && waiting ? Math.max(after, 500) : after };
   }
 
   /**
@@ -136,6 +145,9 @@ export class InferenceServiceReconciler implements Reconciler {
 
   private async finalize(key: string, svc: InferenceService): Promise<ReconcileResult> {
     this.deps.table?.publish(key, undefined);
+    const fleet = this.deps.fleet;
+    if (fleet && (fleet.owns(svc) || fleet.holds(svc.metadata.uid)) && !(await fleet.release(svc)))
+      return { requeueAfterMs: 500 };
     const service = serviceRef(svc);
     for (const rev of svc.status?.revisions ?? []) await this.serving().deleteRevision(service, rev.name);
     // The object goes once its replicas have (embedded lists what it still runs): removed earlier,

@@ -144,4 +144,29 @@ describe("one queue over a fleet", () => {
       expect(where).toEqual({ cpu: name, gpu: "a" });
     }
   });
+
+  it("spread places each one-pod workload in the member with the most room for it (a service's replicas)", () => {
+    const running: RunningWorkload[] = [
+      {
+        ...job("r1", 1, 2),
+        placements: [{ pod: 0, node: "a/n0", gpus: [0, 1].map((d) => ({ device: `${d}`, share: 1 })) }],
+      },
+    ];
+    const s: Snapshot = {
+      nodes: fleet(),
+      projects: [proj("p")],
+      running,
+      pending: [1, 2, 3, 4].map((i) => job(`s${i}`, 1, 1, { placement: "spread" }, i)),
+    };
+    const d = schedule(s);
+    const where = d.bind.map((b) => membersOf(b.placements)[0]);
+    // b has 8 free, a 6: b, b, then a and b alike (a first: members' order breaks ties), …
+    expect(where).toEqual(["b", "b", "a", "b"]);
+    // binpack keeps the members' order.
+    const packed = schedule({
+      ...s,
+      pending: s.pending.map((w) => ({ ...w, placement: "binpack" as const })),
+    });
+    expect(packed.bind.map((b) => membersOf(b.placements)[0])).toEqual(["a", "a", "a", "a"]);
+  });
 });

@@ -168,7 +168,14 @@ export class ClusterState {
     // is filled before the next is used, as binpack fills nodes).
     const members = byCluster(eligible);
     if (members.size > 1) {
-      for (const nodes of members.values()) {
+      // Spread: the member with the most room for what the gang asks for first (a service's
+      // replicas over the fleet); binpack keeps the members' order.
+      const groups = [...members.values()];
+      if (w.placement === "spread") {
+        const room = new Map(groups.map((g) => [g, roomFor(w, g)]));
+        groups.sort((a, b) => room.get(b)! - room.get(a)!);
+      }
+      for (const nodes of groups) {
         const placed = this.placeIn(w, nodes);
         if (placed) return placed;
       }
@@ -283,6 +290,18 @@ export class ClusterState {
 /** The control plane's own nodes (and those outside a fleet) before other members'. */
 function memberRank(n: SchedNode): number {
   return n.cluster === undefined || n.cluster === SELF_CLUSTER ? 0 : 1;
+}
+
+/** A member's free amount of the resource the workload asks most of (GPU, then CPU, then memory). */
+function roomFor(w: Workload, nodes: NodeState[]): number {
+  const asks = (k: "gpu" | "cpuMillis" | "memoryBytes") => w.pods.some((p) => p[k] > 0);
+  let room = 0;
+  for (const n of nodes) {
+    if (asks("gpu")) room += n.deviceFree.reduce((a, f) => a + f, 0);
+    else if (asks("cpuMillis")) room += n.freeCpu;
+    else if (asks("memoryBytes")) room += n.freeMemory;
+  }
+  return room;
 }
 
 export function byCluster(nodes: NodeState[]): Map<string, NodeState[]> {
