@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { LoomProcess } from "./helpers.js";
 import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.js";
 
@@ -13,6 +13,10 @@ import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.
  * the kubeconfig becomes a Secret in loom-system, written with the user's own credentials, read
  * by the operator's service account, and never served back through Loom's API.
  */
+// Each test waits up to 120 s for the operators (`until`): past that it fails with their log,
+// which the default 60 s test timeout would cut off first.
+vi.setConfig({ testTimeout: 300_000 });
+
 describe("fleet: loom operator as the control plane, one kwok member", () => {
   let cp: TestCluster;
   let member: TestCluster;
@@ -25,12 +29,16 @@ describe("fleet: loom operator as the control plane, one kwok member", () => {
     cli.cli(["--kubeconfig", cp.kubeconfig, ...args], input === undefined ? {} : { input });
 
   async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined): Promise<T> {
-    for (let i = 0; i < 240; i++) {
+    // A bound in time, not in tries: each probe may start a CLI, slow on a loaded machine.
+    const deadline = Date.now() + 150_000;
+    while (Date.now() < deadline) {
       const v = await probe();
       if (v !== undefined) return v;
       await sleep(500);
     }
-    throw new Error(`timed out waiting for ${what}\n${operators[1]?.log().slice(-3000) ?? ""}`);
+    throw new Error(
+      `timed out waiting for ${what}\ncontrol plane's operator:\n${operators[1]?.log().slice(-4000) ?? ""}\nmember's operator:\n${operators[0]?.log().slice(-2000) ?? ""}`,
+    );
   }
   const kubectlOk = (c: TestCluster, args: string[], input?: string) => {
     const r = c.kubectl(args, input === undefined ? {} : { input });

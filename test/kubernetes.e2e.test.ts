@@ -490,7 +490,9 @@ spec: {}
       kubeconfig: alice,
     });
     expect(cannotWrite.stderr).toMatch(/forbidden/i);
-  });
+    // Three waits of up to 60 s each (the project's roles, then each job): the default 60 s
+    // test timeout cut it off before any of them could say what it waited for.
+  }, 240_000);
 
   it("tracking on Kubernetes: pods get the operator's tracking URL, a project token (a mounted Secret) and their run; a Sweep picks its best trial from what they log", async () => {
     await operator.stop();
