@@ -92,8 +92,14 @@ export class RemoteJobs {
     return !!job.status?.admission?.cluster;
   }
 
-  async reconcile(job: TrainingJob): Promise<ReconcileResult> {
-    const cluster = job.status!.admission!.cluster!;
+  async reconcile(seen: TrainingJob): Promise<ReconcileResult> {
+    const cluster = seen.status!.admission!.cluster!;
+    // The finalizer before any copy exists: without it a delete on the control plane removed the
+    // job at once, and its copy in the member ran on with nothing left to delete it.
+    const job =
+      seen.metadata.deletionTimestamp || seen.metadata.finalizers?.includes(RUNTIME_FINALIZER)
+        ? seen
+        : await this.holdFinalizer(seen);
     const member = this.deps.member(cluster);
     if (!member) {
       // Unreachable: nothing to do until it answers (failover is the cluster loop's decision).
@@ -311,6 +317,21 @@ export class RemoteJobs {
       }
     }
     return !(await getOrUndefined(member.store, TRAININGJOB, project, job.metadata.name));
+  }
+
+  private async holdFinalizer(job: TrainingJob): Promise<TrainingJob> {
+    const { store } = this.deps;
+    return (
+      store.addFinalizer
+        ? await store.addFinalizer(job, RUNTIME_FINALIZER)
+        : await store.update({
+            ...job,
+            metadata: {
+              ...job.metadata,
+              finalizers: [...(job.metadata.finalizers ?? []), RUNTIME_FINALIZER],
+            },
+          })
+    ) as TrainingJob;
   }
 
   private async dropFinalizer(job: TrainingJob): Promise<ReconcileResult> {
