@@ -222,15 +222,23 @@ done`;
     });
     expect(resumed).toBe(`resuming from step ${lastSynced}`);
 
-    // b returns, API server first: the control plane deletes its stale copy; then its node.
+    // b returns, API server first: the control plane marks its stale copy deleted before b's node
+    // is back, so b never starts another attempt of it. The copy itself goes only once its pods
+    // are confirmed gone, which takes the node's kubelet (as Kubernetes keeps a pod on a silent
+    // node Terminating): so the node comes back next, and then the copy must be gone.
     const apiserver = pidOf("kube-apiserver");
     process.kill(apiserver, "SIGCONT");
+    await until("the stale copy in b marked for deletion", () => {
+      const r = b.kubectl(["get", "trainingjobs.loom.dev", "train", "-n", "loom-default", "-o", "json"]);
+      if (r.code !== 0) return true;
+      return (JSON.parse(r.stdout) as Obj).metadata?.deletionTimestamp ? true : undefined;
+    });
+    for (const p of stoppedPids.splice(0)) process.kill(p, "SIGCONT");
     await until("the stale copy in b deleted", () =>
       b.kubectl(["get", "trainingjobs.loom.dev", "train", "-n", "loom-default"]).code !== 0
         ? true
         : undefined,
     );
-    for (const p of stoppedPids.splice(0)) process.kill(p, "SIGCONT");
     expect((await job())?.status?.phase).toBe("Running");
     expect((await job())?.status?.admission?.cluster).toBeUndefined();
     await sleep(3000); // b's node back: nothing of train starts there again
