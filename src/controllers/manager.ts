@@ -173,38 +173,7 @@ export class ControllerManager {
     );
     this.controllers.push(admission, jobs, projects, sweeps);
     if (fleet) this.addClusterLoop(fleet, admission, metrics);
-    let services: Controller | undefined;
-    if (deps.serving) {
-      const reconciler = new InferenceServiceReconciler({
-        store: deps.store,
-        runtime: deps.runtime,
-        events: deps.events,
-        log: log("inferenceservice"),
-        now: deps.now,
-        ...deps.serving,
-        ...(replicas ? { fleet: replicas } : {}),
-      });
-      services = new Controller(
-        validated(reconciler, INFERENCESERVICE, () => this.isvcInformer),
-        log("inferenceservice"),
-        metrics,
-        4,
-      );
-      this.controllers.push(services);
-      const servicesController = services;
-      this.isvcInformer = new Informer(
-        storeSource(deps.store, INFERENCESERVICE),
-        {
-          onChange: (key, _obj, type) =>
-            type === "RESYNC" ? servicesController.enqueueBackground(key) : servicesController.enqueue(key),
-        },
-        log("informer"),
-        metrics,
-        { resyncMs: deps.resyncMs },
-      );
-      this.informers.push(this.isvcInformer);
-    }
-    this.services = services;
+    this.addServices(validated, metrics, replicas);
     this.wireFleetReplicas(admission);
     // Both run wherever the runtime can serve: embedded, and the Kubernetes operator.
     if (deps.runtime.serving) {
@@ -339,6 +308,45 @@ export class ControllerManager {
   }
 
   /** The Workspace loop and its informer: one replica each through the serving capability. */
+  /** The InferenceService loop, where the runtime serves (deps.serving); its replicas may sit in the fleet's members. */
+  private addServices(
+    validated: ReturnType<typeof validatingFor>,
+    metrics: ControllerMetricsSet,
+    replicas: FleetReplicas | undefined,
+  ): void {
+    const deps = this.deps;
+    if (!deps.serving) return;
+    const log = deps.log.child({ component: "controller/inferenceservice" });
+    const reconciler = new InferenceServiceReconciler({
+      store: deps.store,
+      runtime: deps.runtime,
+      events: deps.events,
+      log,
+      now: deps.now,
+      ...deps.serving,
+      ...(replicas ? { fleet: replicas } : {}),
+    });
+    const services = new Controller(
+      validated(reconciler, INFERENCESERVICE, () => this.isvcInformer),
+      log,
+      metrics,
+      4,
+    );
+    this.controllers.push(services);
+    this.isvcInformer = new Informer(
+      storeSource(deps.store, INFERENCESERVICE),
+      {
+        onChange: (key, _obj, type) =>
+          type === "RESYNC" ? services.enqueueBackground(key) : services.enqueue(key),
+      },
+      deps.log.child({ component: "controller/informer" }),
+      metrics,
+      { resyncMs: deps.resyncMs },
+    );
+    this.informers.push(this.isvcInformer);
+    this.services = services;
+  }
+
   private addWorkspaces(validated: ReturnType<typeof validatingFor>, metrics: ControllerMetricsSet) {
     const log = this.deps.log.child({ component: "controller/workspace" });
     const reconciler = new WorkspaceReconciler({

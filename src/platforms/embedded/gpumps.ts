@@ -2,6 +2,7 @@ import { execFile } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { processAlive } from "../../lib/pid.js";
 import type { GpuDevice } from "./gpuinventory.js";
 
 /**
@@ -141,12 +142,6 @@ export class MpsDaemons {
     const file = join(this.pipeDir(id), "nvidia-cuda-mps-control.pid");
     if (!existsSync(file)) return false;
     const pid = Number(readFileSync(file, "utf8").trim());
-    if (!Number.isInteger(pid) || pid <= 0) return false;
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
+    return processAlive(pid);
   }
 }

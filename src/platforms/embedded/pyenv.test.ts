@@ -1,4 +1,5 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -47,7 +48,19 @@ describe("PythonEnvironments", () => {
     const other = { ...spec, systemSitePackages: true };
     const first = new PythonEnvironments(dir, pino({ level: "silent" })).prepare(other);
     expect((first as { message: string }).message).toMatch(/\d+s so far \(the last build here took \d+s\)/);
-    expect((await until(envs, other)).at(-1)).toEqual({ ready: true });
+    // Both servers share the cache: the second waits for the first's build instead of racing it.
+    const seen = await until(envs, other);
+    expect((seen[0] as { message: string }).message).toMatch(/being built by process \d+/);
+    expect(seen.at(-1)).toEqual({ ready: true });
+  }, 130_000);
+
+  it("takes over the build of a process that is gone (its lock names a dead pid)", async () => {
+    const third = { ...spec, requirements: [], interpreter: "python3.11" };
+    const location = envs.location(third);
+    const gone = spawnSync("true").pid; // exited: its pid names no process now
+    writeFileSync(`${location}.building`, String(gone));
+    expect((await until(envs, third)).at(-1)).toEqual({ ready: true });
+    expect(existsSync(`${location}.building`)).toBe(false);
   }, 130_000);
 
   it("names what pip is doing now, and a first build's rough size", () => {

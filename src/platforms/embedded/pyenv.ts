@@ -1,9 +1,20 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Logger } from "pino";
+import { processAlive } from "../../lib/pid.js";
 import type { Preparation, PythonEnvironmentSpec } from "../../ports/runtime.js";
 
 /** Written last: an environment without it is a build that did not finish. */
@@ -12,6 +23,8 @@ const READY_MARKER = ".loom-ready";
 const LAST_BUILD_FILE = "last-build-seconds";
 /** How often the server's log says a build is still going (`loom up`'s terminal is never silent). */
 const PROGRESS_LOG_MS = 10_000;
+/** Locks this process holds (`<env>.building`): a lock naming this pid but not in here was left behind. */
+const heldHere = new Set<string>();
 
 export interface Build {
   startedAt: number;
@@ -60,7 +73,17 @@ export class PythonEnvironments {
       this.builds.delete(key);
       return { failed: build.error };
     }
-    if (!build) this.start(key, dir, spec);
+    if (!build) {
+      // Another server or job sharing this cache may be building the same content: building it
+      // twice in one directory would remove the other's half-built venv under it.
+      const holder = takeBuildLock(dir);
+      if (holder !== undefined)
+        return {
+          ready: false,
+          message: `the Python environment is being built by process ${holder} (log: ${dir}.log); waiting for it`,
+        };
+      this.start(key, dir, spec);
+    }
     return { ready: false, message: progressMessage(this.builds.get(key)!, dir) };
   }
 
@@ -111,16 +134,18 @@ export class PythonEnvironments {
     const done = () => {
       clearInterval(ticker);
       out.end();
+      releaseBuildLock(dir);
     };
     const run = (i: number): void => {
       if (i === steps.length) {
-        done();
         try {
           writeFileSync(join(dir, READY_MARKER), JSON.stringify(spec));
         } catch (err) {
           build.error = `cannot mark the environment ready: ${(err as Error).message}`;
+          done();
           return;
         }
+        done();
         this.builds.delete(key);
         const seconds = Math.round((Date.now() - build.startedAt) / 1000);
         this.log.info({ environment: key, seconds }, "Python environment ready");
@@ -168,6 +193,46 @@ export class PythonEnvironments {
     } catch {
       return undefined;
     }
+  }
+}
+
+/**
+ * Takes `<dir>.building` for this process (undefined), or names the live process that holds it.
+ * A lock whose process is gone (a killed server) is taken over.
+ */
+function takeBuildLock(dir: string): number | undefined {
+  const lock = `${dir}.building`;
+  mkdirSync(join(dir, ".."), { recursive: true });
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(lock, "wx");
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      heldHere.add(lock);
+      return undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    const holder = Number(readFileOr(lock));
+    const alive = holder === process.pid ? heldHere.has(lock) : processAlive(holder);
+    if (alive) return holder;
+    rmSync(lock, { force: true });
+  }
+  // Lost the race to take it over to another process: that one builds.
+  return Number(readFileOr(lock)) || 0;
+}
+
+function releaseBuildLock(dir: string): void {
+  const lock = `${dir}.building`;
+  heldHere.delete(lock);
+  rmSync(lock, { force: true });
+}
+
+function readFileOr(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return "";
   }
 }
 
