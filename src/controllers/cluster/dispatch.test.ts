@@ -7,9 +7,8 @@ import { FLEET_SEED_ANNOTATION } from "../../api/cluster.js";
 import { TRAININGJOB, validateManifest } from "../../api/kinds.js";
 import type { TrainingJob } from "../../api/trainingjob.js";
 import { DirCheckpointVault } from "../../platforms/embedded/checkpointvault.js";
-import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
-import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
-import { SqliteResourceStore } from "../../platforms/embedded/store.js";
+import type { OpenedDatabase } from "../../platforms/embedded/db.js";
+import { memoryStore } from "../../platforms/embedded/memorystore.js";
 import { WorkloadFiles } from "../../platforms/embedded/workloadfiles.js";
 import type { CheckpointFiles, MemberCluster } from "../../ports/fleet.js";
 import type { WorkloadRef } from "../../ports/runtime.js";
@@ -25,9 +24,9 @@ afterEach(async () => {
 });
 
 async function storeOf() {
-  const db = await openSqlite(":memory:");
-  opened.push(db);
-  return { store: await SqliteResourceStore.open(db.db), events: new SqliteEventRecorder(db.db) };
+  const opening = await memoryStore();
+  opened.push(opening.db);
+  return opening;
 }
 
 async function world(opts: { seed?: boolean } = {}) {

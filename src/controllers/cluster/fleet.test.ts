@@ -7,10 +7,9 @@ import type { Cluster } from "../../api/cluster.js";
 import { CLUSTER, TRAININGJOB, validateManifest } from "../../api/kinds.js";
 import type { TrainingJob } from "../../api/trainingjob.js";
 import { DirCheckpointVault } from "../../platforms/embedded/checkpointvault.js";
-import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
-import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
+import type { OpenedDatabase } from "../../platforms/embedded/db.js";
+import { memoryStore } from "../../platforms/embedded/memorystore.js";
 import { SqliteSecretStore } from "../../platforms/embedded/secrets.js";
-import { SqliteResourceStore } from "../../platforms/embedded/store.js";
 import { WorkloadFiles } from "../../platforms/embedded/workloadfiles.js";
 import type { CheckpointFiles, MemberCluster } from "../../ports/fleet.js";
 import type { Runtime } from "../../ports/runtime.js";
@@ -32,9 +31,9 @@ afterEach(async () => {
 });
 
 async function storeOf() {
-  const db = await openSqlite(":memory:");
-  opened.push(db);
-  return { db, store: await SqliteResourceStore.open(db.db), events: new SqliteEventRecorder(db.db) };
+  const opening = await memoryStore();
+  opened.push(opening.db);
+  return opening;
 }
 
 const node = (name: string, gpus: number): NodeCapacity => ({

@@ -2,9 +2,8 @@ import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import type { InferenceService, RevisionStatus } from "../../api/inferenceservice.js";
 import { CLUSTER, INFERENCESERVICE, validateManifest } from "../../api/kinds.js";
-import { type OpenedDatabase, openSqlite } from "../../platforms/embedded/db.js";
-import { SqliteEventRecorder } from "../../platforms/embedded/events.js";
-import { SqliteResourceStore } from "../../platforms/embedded/store.js";
+import type { OpenedDatabase } from "../../platforms/embedded/db.js";
+import { memoryStore } from "../../platforms/embedded/memorystore.js";
 import type { MemberCluster } from "../../ports/fleet.js";
 import type { Runtime } from "../../ports/runtime.js";
 import { FleetReplicas, withFleetReplicas } from "./fleet.js";
@@ -19,9 +18,9 @@ afterEach(async () => {
 });
 
 async function storeOf() {
-  const db = await openSqlite(":memory:");
-  opened.push(db);
-  return { store: await SqliteResourceStore.open(db.db), events: new SqliteEventRecorder(db.db) };
+  const opening = await memoryStore();
+  opened.push(opening.db);
+  return opening;
 }
 
 async function world() {
