@@ -17,11 +17,13 @@
  * LOOM_BENCH_FAILOVER_JOBS (100), LOOM_BENCH_LOST_TIMEOUT ("30s"), LOOM_BENCH_PARTS (a,b,c).
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { LoomProcess, ROOT } from "../test/helpers.js";
 import { operatorCluster, ownState, startOperator, type TestCluster } from "../test/k8s/cluster.js";
+import { type AuditedRequest, readAudit, stepOf, writeAuditPolicy } from "./audit.js";
 import { KubeHttp, kubeTarget } from "./cluster.js";
 import {
   cleanupAll,
@@ -160,8 +162,89 @@ const plainGang = (name: string) =>
     },
   });
 
+/** Whose requests part (a) counts: Loom's operator; kube-scheduler and the Job controller. */
+const CLIENTS = {
+  loom: ["system:serviceaccount:loom-system:loom-operator"],
+  job: ["system:kube-scheduler", "system:serviceaccount:kube-system:job-controller"],
+};
+
+/**
+ * Each side's requests per gang once its last new node was registered: from kube-apiserver's
+ * answer to the node write that the bench then saw as the node's last step (Karpenter's removal of
+ * its unregistered taint) until the bench began deleting the gang. Per step (verb and resource):
+ * requests per gang, and when the first was received and the last answered, in ms after that
+ * write (medians over the gangs).
+ */
+function afterRegistration(
+  audit: AuditedRequest[],
+  windows: { side: "loom" | "job"; name: string; usable: number; bound: number; end: number }[],
+): { table: string; note: string } {
+  const nodeWrites = audit.filter(
+    (r) => r.resource === "nodes" && (r.verb === "patch" || r.verb === "update"),
+  );
+  type Step = { count: number; first: number; last: number };
+  const perGang: { side: "loom" | "job"; steps: Map<string, Step>; total: number; beforeBound: number }[] =
+    [];
+  for (const w of windows) {
+    // The last node write the bench can have seen (it sees a write after the answer).
+    const registered = nodeWrites.filter((r) => r.completed <= w.usable + 1).at(-1)?.completed ?? w.usable;
+    const mine = audit.filter(
+      (r) => CLIENTS[w.side].includes(r.user) && r.received >= registered && r.received <= w.end,
+    );
+    const steps = new Map<string, Step>();
+    for (const r of mine) {
+      const s = steps.get(stepOf(r)) ?? { count: 0, first: Number.POSITIVE_INFINITY, last: 0 };
+      s.count++;
+      s.first = Math.min(s.first, r.received - registered);
+      s.last = Math.max(s.last, r.completed - registered);
+      steps.set(stepOf(r), s);
+    }
+    perGang.push({
+      side: w.side,
+      steps,
+      total: mine.length,
+      beforeBound: mine.filter((r) => r.completed <= w.bound).length,
+    });
+  }
+  const names = [...new Set(perGang.flatMap((g) => [...g.steps.keys()]))].sort(
+    (a, b) => stepAt(a) - stepAt(b) || a.localeCompare(b),
+  );
+  function stepAt(step: string): number {
+    return median(perGang.flatMap((g) => (g.steps.has(step) ? [g.steps.get(step)!.first] : []))) ?? 0;
+  }
+  const cell = (side: "loom" | "job", step: string) => {
+    const gangs = perGang.filter((g) => g.side === side);
+    const had = gangs.flatMap((g) => (g.steps.has(step) ? [g.steps.get(step)!] : []));
+    if (had.length === 0) return "—";
+    const n = median(gangs.map((g) => g.steps.get(step)?.count ?? 0));
+    return `${fmt(n)} · ${fmt(median(had.map((s) => s.first)))} → ${fmt(median(had.map((s) => s.last)))}`;
+  };
+  const total = (side: "loom" | "job", k: "total" | "beforeBound") =>
+    fmt(median(perGang.filter((g) => g.side === side).map((g) => g[k])));
+  const table = markdownTable(
+    [
+      "after the last node registered: requests per gang · first received → last answered (ms)",
+      "Loom operator",
+      "kube-scheduler + Job controller",
+    ],
+    [
+      ...names.map((step) => [step, cell("loom", step), cell("job", step)]),
+      ["all requests (median per gang)", total("loom", "total"), total("job", "total")],
+      ["… answered before both pods were bound", total("loom", "beforeBound"), total("job", "beforeBound")],
+    ],
+  );
+  const gangs = windows.length;
+  const note = `Requests: kube-apiserver's audit log (Metadata level, every request but watches from the operator's ServiceAccount, kube-scheduler and the Job controller, and every Node write), ${gangs} gang(s) with a registration seen. Time 0 is the API server's answer to the node write the bench then saw as the last new node's registration; the window ends when the bench begins deleting the gang, so each side's own writes after the bind (Loom: the job's status and its event) are in it. Times are the API server's, so they hold what each round trip cost on this loaded machine.`;
+  return { table, note };
+}
+
 async function partAutoscale(): Promise<PartResult> {
+  // kube-apiserver's audit log: the requests each side sent once the last node was registered.
+  const policyDir = mkdtempSync(join(tmpdir(), "loom-benchfleet-audit-"));
+  cleanups.push(() => rmSync(policyDir, { recursive: true, force: true }));
+  process.env.LOOM_K8S_AUDIT_POLICY = writeAuditPolicy(policyDir, [...CLIENTS.loom, ...CLIENTS.job]);
   const { cluster, operatorKubeconfig } = operatorCluster("karp", { nodes: 1 });
+  delete process.env.LOOM_K8S_AUDIT_POLICY;
   downLater("karp");
   const state = ownState("karp");
   execFileSync("bash", [join(ROOT, "test/k8s/karpenter.sh"), "up"], {
@@ -212,6 +295,9 @@ async function partAutoscale(): Promise<PartResult> {
   type Key = "ms" | "claims" | "spread" | "claimed" | "afterReady" | "afterUsable" | "podSpread";
   const rows: Record<Key, number>[] = [];
   const sideOf: string[] = [];
+  /** Per gang, epoch ms: the last node seen usable, both pods bound, the bench's delete begun. */
+  const epoch = (at: number) => performance.timeOrigin + at;
+  const windows: { side: "loom" | "job"; name: string; usable: number; bound: number; end: number }[] = [];
   for (let run = 0; run < RUNS; run++) {
     for (const side of run % 2 === 0 ? ["loom", "job"] : ["job", "loom"]) {
       const name = `${side}-${run}`;
@@ -237,6 +323,14 @@ async function partAutoscale(): Promise<PartResult> {
         afterUsable: usable.length ? bound.last - Math.max(...usable) : Number.NaN,
       });
       log(`(a) ${name}: arrival → both pods bound ${fmt(bound.last - t0)} ms, ${made.length} NodeClaim(s)`);
+      if (usable.length)
+        windows.push({
+          side: side as "loom" | "job",
+          name,
+          usable: epoch(Math.max(...usable)),
+          bound: epoch(bound.last),
+          end: Date.now(),
+        });
       // Empty the pool for the next gang (not timed).
       if (side === "loom")
         kubectlOk(cluster, ["delete", "trainingjobs.loom.dev", name, "-n", NS, "--timeout=120s"]);
@@ -257,6 +351,8 @@ async function partAutoscale(): Promise<PartResult> {
   const of = (side: string, k: keyof (typeof rows)[number]) =>
     median(rows.filter((_, i) => sideOf[i] === side).map((r) => r[k]));
   const [lm, jm] = [of("loom", "ms"), of("job", "ms")];
+  await sleep(2_500); // the audit log is written in batches of at most a second
+  const requests = afterRegistration(readAudit(join(state, "logs/audit.log")), windows);
   return {
     heading: "(a) A 2×8-GPU gang's arrival → both pods bound, Karpenter growing an empty pool",
     blocks: [
@@ -287,12 +383,14 @@ async function partAutoscale(): Promise<PartResult> {
           ["first → last NodeClaim created (ms)", fmt(of("loom", "spread")), fmt(of("job", "spread")), "—"],
         ],
       ),
+      requests.table,
     ],
     notes: [
       `Goal: Loom ≤ 1× kube-scheduler's: ${lm !== undefined && jm !== undefined && lm <= jm ? "met" : "NOT met"} (${ratio(lm, jm)}).`,
       `Each run: ${RUNS} gangs per side, alternating which goes first; the pool (NodePool ${POOL}, kwok instance type gpu-8x-amd64-linux: 8 GPU, 32 CPU) is empty at each arrival (the bench deletes the NodeClaims between gangs, untimed). Karpenter ${karpVersion} built from sigs.k8s.io/karpenter/kwok (test/k8s/karpenter.sh: batch idle 1 s, max 3 s), a host process.`,
       "Loom: a TrainingJob of 2 workers × 8 GPU; `loom operator --node-autoscaling` puts one pending stand-in pod per worker (PodScheduled=False, Unschedulable) for the whole gang, and binds the workers itself once the nodes are Ready. Peer: a batch/v1 indexed Job, 2 pods with the same requests and a node selector for the pool, bound by kube-scheduler. Bound = the pod seen with spec.nodeName on the bench's watch.",
       `Where the sides differ: Karpenter's part (arrival → NodeClaims, then nodes Ready and registered) is the same machinery for both; after the last node is registered (Karpenter removes its karpenter.sh/unregistered taint) kube-scheduler binds pods that already exist and wait (${fmt(of("job", "afterUsable"))} ms), while Loom places the gang on the node event and only then creates its worker pods with spec.nodeName (${fmt(of("loom", "afterUsable"))} ms).`,
+      requests.note,
       "Not the cluster-autoscaler (the issue's anchor): the Go module proxy answers 403 for k8s.io/autoscaler/cluster-autoscaler, so it cannot be built here; Karpenter is the node autoscaler both sides use.",
     ],
     workload: `(a) ${RUNS} 2×8-GPU gangs per side on an empty Karpenter pool`,

@@ -9,6 +9,9 @@
 #   LOOM_K8S_NODES   fake nodes to have (default 4); a reused cluster gains missing ones
 #   LOOM_K8S_CACHE   binary cache (see build.sh)
 #   LOOM_K8S_REAL_NODE=1  also a real node, real-0: containerd + kubelet (see node.sh)
+#   LOOM_K8S_AUDIT_POLICY  an audit policy file: kube-apiserver then writes its audit log (JSON
+#                    lines, batched, flushed within a second) to $STATE/logs/audit.log (benches
+#                    count and time requests from it)
 set -euo pipefail
 umask 077
 
@@ -265,6 +268,12 @@ start etcd "$BIN/etcd" \
 wait_until etcd 60 curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
 
 # --- kube-apiserver ---
+AUDIT=()
+if [[ -n "${LOOM_K8S_AUDIT_POLICY:-}" ]]; then
+  [[ -f "$LOOM_K8S_AUDIT_POLICY" ]] || die "LOOM_K8S_AUDIT_POLICY names no file: $LOOM_K8S_AUDIT_POLICY"
+  AUDIT=(--audit-policy-file "$LOOM_K8S_AUDIT_POLICY" --audit-log-path "$LOGS/audit.log"
+    --audit-log-format json --audit-log-mode batch --audit-log-batch-max-wait 1s)
+fi
 start kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 \
@@ -293,7 +302,8 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --kubelet-certificate-authority "$PKI/ca.crt" \
   --kubelet-preferred-address-types InternalIP \
   --allow-privileged=true \
-  --profiling=false
+  --profiling=false \
+  "${AUDIT[@]}"
 wait_until "kube-apiserver /readyz" 180 \
   curl -sf --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$SERVER/readyz"
 
