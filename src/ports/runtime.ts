@@ -178,8 +178,12 @@ export interface Runtime {
   /**
    * Starts an attempt. Idempotent: a second call for the same attempt does nothing. Throws if an
    * earlier attempt still has live workers (stop it first: attempts never overlap).
+   * `held`: the caller's own write beside the start (the runtime finalizer) that must succeed
+   * before any worker may run. A platform that can make its workers without running them makes
+   * them meanwhile (Kubernetes: unbound pods, bound once it has succeeded); others wait for it
+   * first. If it fails, no worker runs, nothing of the attempt is left, and start throws its error.
    */
-  start(spec: GangSpec): Promise<void>;
+  start(spec: GangSpec, held?: Promise<unknown>): Promise<void>;
   /** The latest attempt the runtime knows of, or undefined if it holds nothing for this workload. */
   observe(ref: WorkloadRef): Promise<GangObservation | undefined>;
   /**

@@ -108,6 +108,25 @@ describe("admission and a node autoscaler", () => {
     expect(job.status?.capacityRequest).toBeUndefined();
   });
 
+  it("writes nothing while the nodes it asked for join one by one, and admits the gang on the last", async () => {
+    const nodes: NodeCapacity[] = [];
+    const h = harness({ autoscaler: true, nodes });
+    h.add("big", 8, 2);
+    await h.reconciler.reconcile("cycle");
+    const asked = h.jobs.get("big")!;
+    expect(asked.status?.capacityRequest?.nodes).toBe(2);
+    h.events.length = 0;
+    // One of its two nodes: the reason the core gives changes (the pool is no longer empty), but
+    // the job still waits for the nodes it asked for, which its status already says.
+    nodes.push(gpuNode("n1"));
+    await h.reconciler.reconcile("cycle");
+    expect(h.jobs.get("big")).toBe(asked);
+    expect(h.events).toEqual([]);
+    nodes.push(gpuNode("n2"));
+    await h.reconciler.reconcile("cycle");
+    expect(h.jobs.get("big")!.status?.admission?.workers).toBe(2);
+  });
+
   it("hands an admitted gang to its start without waiting for the withdrawal: the runtime's start withdraws it", async () => {
     const nodes: NodeCapacity[] = [];
     const offers: string[] = [];

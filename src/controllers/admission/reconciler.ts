@@ -180,7 +180,15 @@ export class AdmissionReconciler implements Reconciler {
     // Most waiting jobs wait for the same reason as last cycle: sort them out without a promise each.
     const changed = decisions.pending.filter((p) => {
       const job = byId.get(p.id);
-      if (!job || !this.sameBlocker(job, p)) return true;
+      if (!job) return true;
+      // Waiting for the nodes it asked for, and still asking: nodes that join one by one are the
+      // answer coming in (its capacityRequest says how many, of which pool), not a new reason.
+      // Written each time, they were a status write and an event between a gang's nodes'
+      // registrations, and the cycle that placed the gang on the last one waited for them
+      // (bench:fleet (a)).
+      const stillAsking =
+        !!capacity.get(p.id) && !!job.status?.capacityRequest && job.status.phase === "Pending";
+      if (!stillAsking && !this.sameBlocker(job, p)) return true;
       return capacity.has(p.id) && !sameCapacity(job.status?.capacityRequest, capacity.get(p.id));
     });
     await forEachConcurrently(changed, WRITE_CONCURRENCY, async (p) => {

@@ -121,6 +121,16 @@ export class JobContext {
     return result;
   }
 
+  /**
+   * `job` as the store now has it after this loop's write of its metadata (`stored`: the
+   * finalizer's), with the status `job` carries, still to be written if it was unwritten.
+   */
+  rebase(job: TrainingJob, stored: TrainingJob): TrainingJob {
+    const out = { ...stored, status: job.status };
+    if (this.shared.unwritten.has(job)) this.shared.unwritten.add(out);
+    return out;
+  }
+
   /** Notes this loop's own write, so the next reconcile does not act on the cache's older copy. */
   remember(job: TrainingJob): TrainingJob {
     return this.overlay ? this.overlay.remember(job) : job;

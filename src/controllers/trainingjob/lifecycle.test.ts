@@ -69,7 +69,13 @@ class FakeRuntime implements Runtime {
     return undefined;
   }
 
-  async start(spec: GangSpec): Promise<void> {
+  /** For each start, whether the caller's finalizer write was still under way beside it. */
+  readonly heldBeside: boolean[] = [];
+
+  async start(spec: GangSpec, held?: Promise<unknown>): Promise<void> {
+    this.heldBeside.push(!!held);
+    // As a runtime must: no worker before the caller's write is done (and none if it failed).
+    await held;
     const gang = this.gangs.get(spec.ref.uid);
     if (gang?.attempt === spec.attempt) return;
     if (gang?.workers.some((w) => w.state === "Running"))
@@ -220,6 +226,50 @@ describe("TrainingJobReconciler (fake runtime, SQLite store)", () => {
     await reconcile();
     return getJob();
   }
+
+  it("starts a first attempt beside the finalizer's write, and nothing when that write fails", async () => {
+    await createJob({ failurePolicy: { maxRestarts: 3 } });
+    await admit();
+    // The finalizer's write fails once (the job changed under it): no worker starts, nothing is
+    // written, and the retry starts the gang.
+    let failures = 1;
+    const failing = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop === "update")
+          return async (obj: TrainingJob) => {
+            if (failures-- > 0) throw new Error("conflict: the object has been modified");
+            return target.update(obj);
+          };
+        const v = Reflect.get(target, prop, receiver);
+        return typeof v === "function" ? v.bind(target) : v;
+      },
+    });
+    const beside = new TrainingJobReconciler({
+      store: failing,
+      runtime,
+      events,
+      log: pino({ level: "silent" }),
+      now,
+    });
+    await expect(beside.reconcile(`${PROJECT}/train`)).rejects.toThrow(/conflict/);
+    expect(runtime.started).toEqual([]);
+    expect((await getJob()).status?.phase).toBeUndefined();
+    expect((await getJob()).metadata.finalizers ?? []).toEqual([]);
+    await beside.reconcile(`${PROJECT}/train`);
+    expect(runtime.heldBeside).toEqual([true, true]);
+    expect(runtime.started).toHaveLength(1);
+    const job = await getJob();
+    expect(job.metadata.finalizers).toEqual([RUNTIME_FINALIZER]);
+    expect(job.status).toMatchObject({ phase: "Running", attempts: 1 });
+    // Once it holds the finalizer, a start (the next attempt) has nothing beside it.
+    runtime.exit(job, 0, 1);
+    for (let i = 0; i < 4 && runtime.started.length < 2; i++) {
+      await beside.reconcile(`${PROJECT}/train`);
+      clock += 60_000;
+    }
+    expect(runtime.started).toHaveLength(2);
+    expect(runtime.heldBeside.at(-1)).toBe(false);
+  });
 
   it("waits for admission, then starts attempt 1 with every worker's planned environment", async () => {
     await createJob();

@@ -5,7 +5,15 @@ import type { ReconcileResult, Reconciler } from "../../reconcile/controller.js"
 import { WriteOverlay } from "../../reconcile/overlay.js";
 import { type AdmissionOffer, admittedStatus } from "../admission/offer.js";
 import { holdRuntimeFinalizer, nothingToDo } from "./admit.js";
-import { JobContext, keyOf, refOf, splitKey, TRAININGJOB, type TrainingJobDeps } from "./context.js";
+import {
+  JobContext,
+  keyOf,
+  RUNTIME_FINALIZER,
+  refOf,
+  splitKey,
+  TRAININGJOB,
+  type TrainingJobDeps,
+} from "./context.js";
 import { finalize } from "./delete.js";
 import { attemptFailed } from "./failure.js";
 import { track } from "./observe.js";
@@ -146,22 +154,44 @@ export class TrainingJobReconciler implements Reconciler {
     const offered = this.offerFor(key, current);
     if (!current.status?.admission && !offered) return {}; // the admission loop decides when it may start
 
-    let job = await holdRuntimeFinalizer(this.ctx, offered?.job ?? current);
+    let job = offered?.job ?? current;
+    // The finalizer's write goes beside a start (the runtime makes the gang meanwhile, and lets
+    // no worker run before it is written: Runtime.start's `held`); every other step waits for it.
+    const holding = job.metadata.finalizers?.includes(RUNTIME_FINALIZER)
+      ? undefined
+      : holdRuntimeFinalizer(this.ctx, job);
+    // Whatever path this takes awaits it (its error is the step's); never an unhandled rejection.
+    holding?.catch(() => undefined);
     if (offered) job = this.ctx.unwritten({ ...job, status: admittedStatus(job, offered.offer) });
-    if (job.status?.preemption) return yieldToPreemption(this.ctx, job, ref);
-    if (job.status?.resize) return yieldForResize(this.ctx, job, ref);
-    return this.advance(job, ref);
+    const held = async () => (holding ? this.ctx.rebase(job, await holding) : job);
+    if (job.status?.preemption) return yieldToPreemption(this.ctx, await held(), ref);
+    if (job.status?.resize) return yieldForResize(this.ctx, await held(), ref);
+    return this.advance(job, ref, holding);
   }
 
-  /** An admitted job, neither preempted nor resizing: start, restart or follow its attempt. */
-  private async advance(job: TrainingJob, ref: WorkloadRef): Promise<ReconcileResult> {
-    const status: TrainingJobStatus = { ...job.status };
+  /**
+   * An admitted job, neither preempted nor resizing: start, restart or follow its attempt.
+   * `holding`: the finalizer's write, under way (a start goes beside it; anything else waits).
+   */
+  private async advance(
+    seen: TrainingJob,
+    ref: WorkloadRef,
+    holding?: Promise<TrainingJob>,
+  ): Promise<ReconcileResult> {
+    const status: TrainingJobStatus = { ...seen.status };
     const attempts = status.attempts ?? 0;
     // Admitted again after a preemption or resize: a new attempt, once the stopped one is gone.
     if (status.preemptedAttempt !== undefined && status.preemptedAttempt >= attempts)
-      return startAttempt(this.ctx, job, status, attempts + 1);
-    const obs = await this.deps.runtime.observe(ref);
+      return startAttempt(this.ctx, seen, status, attempts + 1, holding);
+    const obs = await this.deps.runtime.observe(ref).catch(async (err: unknown) => {
+      await holding?.catch(() => undefined);
+      throw err;
+    });
     const now = this.deps.now();
+    const fresh = !obs && attempts === 0 && !status.nextAttemptTime;
+    // Only a first start goes beside the finalizer's write: it is the only step that can lack it.
+    if (fresh) return startAttempt(this.ctx, seen, status, 1, holding);
+    const job = holding ? this.ctx.rebase(seen, await holding) : seen;
 
     if (!obs || obs.attempt < attempts) {
       if (attempts > 0 && !status.nextAttemptTime) {

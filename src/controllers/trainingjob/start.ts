@@ -27,17 +27,41 @@ export async function startAttempt(
   job: TrainingJob,
   status: TrainingJobStatus,
   attempt: number,
+  holding?: Promise<TrainingJob>,
 ): Promise<ReconcileResult> {
+  try {
+    return await startGang(ctx, job, status, attempt, holding);
+  } finally {
+    // The finalizer's write is never left behind a step that returned or failed without it.
+    await holding?.catch(() => undefined);
+  }
+}
+
+/**
+ * startAttempt's steps. `holding`: the runtime finalizer's write, under way; the runtime makes
+ * the gang beside it and runs no worker before it is written, and every status write here waits
+ * for it (it changes the job's resourceVersion).
+ */
+async function startGang(
+  ctx: JobContext,
+  seen: TrainingJob,
+  status: TrainingJobStatus,
+  attempt: number,
+  holding: Promise<TrainingJob> | undefined,
+): Promise<ReconcileResult> {
+  let job = seen;
+  const stored = async () => (holding ? ctx.rebase(seen, await holding) : seen);
   const admission = job.status!.admission!;
   const ref = refOf(job);
   // Attempts never overlap: anything left of the previous one goes first.
   if (!(await ctx.deps.runtime.stop(ref, job.spec.terminationGracePeriodSeconds)))
     return { requeueAfterMs: 250 };
-  const notReady = await prepareEnvironment(ctx, job, status);
+  const notReady = await prepareEnvironment(ctx, job, status, stored);
   if (notReady) return notReady;
   const count = admission.workers ?? admission.placements?.length ?? workerRange(job.spec).max;
   const workers = await planWorkers(ctx, job, status, attempt, count);
-  await launch(ctx, job, status, attempt, workers);
+  await launch(ctx, job, status, attempt, workers, holding);
+  job = await stored();
   markStarted(job, status, attempt, count, workers, ctx.deps.now());
   // An admission written with this start: one event says both (an event is a write on Kubernetes).
   const admitted = ctx.offeredAdmission(job);
@@ -84,12 +108,16 @@ export async function restartAfterBackoff(
 /** The gang's environment, or what to return while it is not ready (or cannot be built). */
 async function prepareEnvironment(
   ctx: JobContext,
-  job: TrainingJob,
+  seen: TrainingJob,
   status: TrainingJobStatus,
+  stored: () => Promise<TrainingJob>,
 ): Promise<ReconcileResult | undefined> {
   // Embedded, a named Python environment is built once (minutes, the first time).
-  const prep = ctx.deps.runtime.prepare?.({ python: job.spec.python }) ?? { ready: true };
-  if ("failed" in prep || !prep.ready) await ctx.admittedWithoutStart(job);
+  const prep = ctx.deps.runtime.prepare?.({ python: seen.spec.python }) ?? { ready: true };
+  if (!("failed" in prep) && prep.ready) return undefined;
+  // Written below: after the finalizer's write, if one is under way.
+  const job = await stored();
+  await ctx.admittedWithoutStart(job);
   if ("failed" in prep)
     return fail(
       ctx,
@@ -182,29 +210,45 @@ async function modelAccess(
 /** Starts the gang; if the runtime refuses, the status says why before the error goes up. */
 async function launch(
   ctx: JobContext,
-  job: TrainingJob,
+  seen: TrainingJob,
   status: TrainingJobStatus,
   attempt: number,
   workers: WorkerSpec[],
+  holding: Promise<TrainingJob> | undefined,
 ): Promise<void> {
-  const ref = refOf(job);
+  const ref = refOf(seen);
+  let job = seen;
   try {
     const initCheckpoint = await resolveInitCheckpoint(ctx, job);
     await ctx.starting(job, () =>
-      ctx.deps.runtime.start({
-        ref,
-        attempt,
-        workers,
-        checkpoint: job.spec.checkpoint,
-        ...(initCheckpoint ? { initCheckpoint } : {}),
-        ...(job.spec.python ? { python: job.spec.python } : {}),
-        ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
-        ...(seedsCheckpoint(job, attempt) ? { seedCheckpoint: true } : {}),
-        // Its checkpoint is read by others: a fleet's control plane, jobs that start from it.
-        ...(job.spec.checkpoint || job.metadata.labels?.[FLEET_UID_LABEL] ? { reportCheckpoint: true } : {}),
-      }),
+      ctx.deps.runtime.start(
+        {
+          ref,
+          attempt,
+          workers,
+          checkpoint: job.spec.checkpoint,
+          ...(initCheckpoint ? { initCheckpoint } : {}),
+          ...(job.spec.python ? { python: job.spec.python } : {}),
+          ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
+          ...(seedsCheckpoint(job, attempt) ? { seedCheckpoint: true } : {}),
+          // Its checkpoint is read by others: a fleet's control plane, jobs that start from it.
+          ...(job.spec.checkpoint || job.metadata.labels?.[FLEET_UID_LABEL]
+            ? { reportCheckpoint: true }
+            : {}),
+        },
+        holding,
+      ),
     );
   } catch (err) {
+    // The finalizer's write failed (the job changed or went): nothing ran; the retry sees why.
+    const held = holding
+      ? await holding.then(
+          (j) => ctx.rebase(seen, j),
+          () => undefined,
+        )
+      : seen;
+    if (!held) throw err;
+    job = held;
     // Say why in the object (quota, admission policy, image rules), then retry with backoff.
     const message = `cannot start attempt ${attempt}: ${(err as Error).message}`;
     const now = ctx.deps.now();

@@ -46,8 +46,8 @@ export class EmbeddedRuntime implements Runtime {
     return this.processes.lastActivity(ref);
   }
 
-  start(spec: GangSpec): Promise<void> {
-    return this.processes.start(spec);
+  start(spec: GangSpec, held?: Promise<unknown>): Promise<void> {
+    return this.processes.start(spec, held);
   }
 
   observe(ref: WorkloadRef): Promise<GangObservation | undefined> {

@@ -206,7 +206,9 @@ export class LocalRuntime implements Runtime {
     return gang ? this.files.lastActivity(gang) : undefined;
   }
 
-  async start(spec: GangSpec): Promise<void> {
+  async start(spec: GangSpec, held?: Promise<unknown>): Promise<void> {
+    // Processes run as soon as they exist: the caller's write comes first (Runtime.start).
+    await held;
     const prev = this.gangs.get(spec.ref.uid);
     if (prev && prev.attempt >= spec.attempt) return;
     if (prev?.workers.some((w) => !w.exit)) {

@@ -53,8 +53,9 @@ export function isDemandPod(pod: Pod): boolean {
  * leaves it alone) and `PodScheduled=False`, reason `Unschedulable`, Loom's reason as message.
  * The autoscaler simulates them all in one loop, so a 16-GPU gang of two 8-GPU workers asks a
  * node group for two nodes at once. They hold nothing and are never bound: when the nodes join,
- * admission places the gang, the request is withdrawn (its pods deleted) and the real workers are
- * created on the new nodes. Owned by the workload, so they go with it.
+ * admission places the gang, and its start withdraws the request (its pods deleted) while it makes
+ * the real workers, binding them to the new nodes once the request is gone. Owned by the
+ * workload, so they go with it.
  */
 export class CapacityRequests {
   private readonly answers = new Map<string, { at: number; answer: Partial<CapacityAnswer> }>();
@@ -153,11 +154,16 @@ export class CapacityRequests {
     }
   }
 
-  /** As kube-scheduler marks a pod it cannot place: what the autoscaler looks for. */
+  /**
+   * As kube-scheduler marks a pod it cannot place: what the autoscaler looks for (the condition
+   * and its reason; the message, Loom's reason when it asked, is for people). Marked once: its
+   * words were rewritten as each of the gang's nodes joined, a write per pod between the nodes'
+   * arrival and the gang's binding (bench:fleet (a)); the job's status says why it waits.
+   */
   private async explain(pod: Pod, req: CapacityRequest): Promise<void> {
     const message = `${req.reason}: ${req.message}`;
     const cond = pod.status?.conditions?.find((c) => c.type === "PodScheduled");
-    if (cond?.status === "False" && cond.reason === "Unschedulable" && cond.message === message) return;
+    if (cond?.status === "False" && cond.reason === "Unschedulable") return;
     const updated = await this.client
       .request<Pod>(
         "PATCH",
@@ -236,11 +242,11 @@ export class CapacityRequests {
   }
 
   /**
-   * Withdraws the workload's request, if it made one, before its gang's pods exist (the gang's
-   * start calls it): found by name in the cache, with no walk over every pod, so a start that
-   * never asked pays nothing.
+   * Withdraws the workload's request, if it made one, before its gang's pods are bound (the
+   * gang's start calls it, beside making them): found by name in the cache, with no walk over
+   * every pod, so a start that never asked pays nothing.
    */
-  async withdrawBeforeStart(ref: WorkloadRef): Promise<void> {
+  async withdrawForStart(ref: WorkloadRef): Promise<void> {
     const ns = namespaceOf(ref.project);
     const mine: Pod[] = [];
     for (let i = 0; ; i++) {
@@ -255,7 +261,7 @@ export class CapacityRequests {
 
   /**
    * Pod by pod (the operator's role has no deletecollection), side by side: unbound pods go at
-   * once, and a gang's start waits for its request's pods to go (bench:fleet (a)).
+   * once, and a gang's start waits for its request's pods to go before it binds (bench:fleet (a)).
    */
   private async deletePods(pods: Pod[]): Promise<void> {
     await Promise.all(

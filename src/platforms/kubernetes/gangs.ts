@@ -106,92 +106,143 @@ export class Gangs {
     return latest > 0 ? new Date(latest) : undefined;
   }
 
-  /** `beforePods`: work under way (a capacity request's withdrawal) that must end before any pod is made. */
-  async start(spec: GangSpec, beforePods?: Promise<void>): Promise<void> {
-    // Settled here even when an earlier step throws (no unhandled rejection); awaited before the pods.
-    const before = beforePods?.then(
-      () => undefined,
-      (err: unknown) => err,
-    );
+  /**
+   * Makes the attempt's pods and binds them, whole. `beforeBind`: work under way beside the start
+   * (the caller's runtime finalizer, the withdrawal of the gang's capacity request) that must
+   * succeed before any pod is bound. Everything the pods need (the headless Service, the claim,
+   * the credentials) is made side by side with the unbound pods and the work in `beforeBind`, and
+   * the pods are bound once all of it has succeeded: two round trips between the admission and a
+   * bound gang (bench:fleet (a)), where one after another they were four. If any of it fails, the
+   * attempt's unbound pods go and the first error is thrown: nothing runs, nothing is left half made.
+   */
+  async start(spec: GangSpec, beforeBind: (Promise<unknown> | undefined)[] = []): Promise<void> {
+    // Settled at once (no unhandled rejection when an earlier step throws); awaited before the binds.
+    const gates = beforeBind.flatMap((p) => (p ? [p.then(() => undefined)] : []));
     const { ref, attempt } = spec;
     const ns = namespaceOf(ref.project);
-    // spec.fromWorkspace: the clone of the home Loom's API made when the job was created.
-    const code = spec.snapshot ? await this.codeClaim(ref) : undefined;
-    const pods = await this.cache.workloadPods(ref);
+    let code: string | undefined;
+    let pods: Pod[];
+    try {
+      // spec.fromWorkspace: the clone of the home Loom's API made when the job was created.
+      code = spec.snapshot ? await this.codeClaim(ref) : undefined;
+      pods = await this.cache.workloadPods(ref);
+    } catch (err) {
+      await Promise.allSettled(gates);
+      throw err;
+    }
     const attemptOf = (p: Pod) => Number(p.metadata.labels?.[L.attempt]);
     if (pods.some((p) => attemptOf(p) > attempt)) return;
     const earlier = pods.filter((p) => attemptOf(p) < attempt);
-    if (earlier.some((p) => !isTerminal(p)))
-      throw new Error(
-        `attempt of ${ref.name} still has live pods; stop it before starting attempt ${attempt}`,
-      );
-    // Finished pods of earlier attempts go now: attempts never overlap, and names are per attempt.
-    for (const p of earlier) await this.deletePod(p, 0);
+    const problem = earlier.some((p) => !isTerminal(p))
+      ? new Error(`attempt of ${ref.name} still has live pods; stop it before starting attempt ${attempt}`)
+      : spec.initCheckpoint && !spec.initCheckpoint.checkpoint
+        ? new Error(
+            `TrainingJob ${spec.initCheckpoint.ref.name} keeps its checkpoints in an emptyDir that ends with its pods; give it spec.checkpoint (a claim) so other jobs can start from them`,
+          )
+        : undefined;
+    if (problem) {
+      await Promise.allSettled(gates);
+      throw problem;
+    }
     // A retry of this start creates what is missing and binds what is unbound.
     const existing = new Set(pods.filter((p) => attemptOf(p) === attempt).map((p) => p.metadata.name));
-    // Peers find each other by name through a headless Service. A single worker has no peers,
-    // and the Service's EndpointSlices cost the control plane ~8 requests per job (bench:k8s).
-    if (spec.workers.length > 1) await this.ensureService(ref);
-    const claim = spec.checkpoint ? await this.ensureCheckpointClaim(ref, spec.checkpoint) : undefined;
-    // The workload's credentials: a Secret of its own, written before any pod that mounts it.
-    const credentials = gangCredentials(spec);
-    if (credentials)
-      await applyObject(this.client, credentialSecret(ref, credentials.secretName, credentials.files));
-    if (spec.initCheckpoint && !spec.initCheckpoint.checkpoint)
-      throw new Error(
-        `TrainingJob ${spec.initCheckpoint.ref.name} keeps its checkpoints in an emptyDir that ends with its pods; give it spec.checkpoint (a claim) so other jobs can start from them`,
-      );
+    const claim = spec.checkpoint
+      ? (spec.checkpoint.claimName ?? `${ref.name}-checkpoint`.slice(0, 63))
+      : undefined;
     // The source job's claim (its own, or the one Loom made for it), mounted read-only.
     const initClaim = spec.initCheckpoint
       ? (spec.initCheckpoint.checkpoint?.claimName ??
         `${spec.initCheckpoint.ref.name}-checkpoint`.slice(0, 63))
       : undefined;
-    const failed = await before;
-    if (failed) throw failed;
-    // Pods this start created on their node: nothing to bind.
-    const createdBound = new Set<string>();
-    // Side by side: unbound (in a gang of several) none can run before the binds below, and
-    // one after another they were a round trip per worker between a node's arrival and the
-    // gang's binding (bench:fleet (a)).
-    await Promise.all(
-      spec.workers.map(async (w) => {
-        if (existing.has(podName(ref.name, attempt, w.index))) return;
-        const pod = this.workerPod(spec, w, { claim, initClaim, code }, credentials);
-        // A gang of one is whole as soon as its pod exists: it is created on the node admission
-        // chose. Created and then bound, it cost one request more and one more update of the pod
-        // that every pod watcher (kwok or kubelets, scheduler, controller-manager, this operator)
-        // decodes: 1.0 of the operator's 10.0 requests per job in bench:k8s.
-        const body =
-          spec.workers.length === 1 ? { ...pod, spec: { ...pod.spec, nodeName: w.allocation.node } } : pod;
-        try {
-          this.cache.wrote(
-            await this.client.request<Pod>("POST", `/api/v1/namespaces/${ns}/pods`, {
-              body,
-              query: { fieldManager: "loom" },
-            }),
-          );
-          if (body !== pod) createdBound.add(podName(ref.name, attempt, w.index));
-        } catch (err) {
-          if ((err as { code?: string }).code !== "AlreadyExists") throw err;
-        }
-      }),
-    );
-    // The whole gang exists: bind every pod to the node admission chose for it.
-    await Promise.all(
-      spec.workers.map(async (w) => {
-        const name = podName(ref.name, attempt, w.index);
-        if (createdBound.has(name) || this.cache.pod(`${ns}/${name}`)?.spec?.nodeName) return;
-        try {
-          await bindPod(this.client, ns, name, w.allocation.node);
-        } catch (err) {
-          // Bound already (a retry of this start): the pod keeps its node.
-          if (!(err instanceof LoomError && err.code === "Conflict")) throw err;
-        }
-      }),
-    );
+    const credentials = gangCredentials(spec);
+    const needs: Promise<unknown>[] = [
+      ...gates,
+      // Finished pods of earlier attempts go (attempts never overlap, and names are per attempt).
+      ...earlier.map((p) => this.deletePod(p, 0)),
+      // Peers find each other by name through a headless Service. A single worker has no peers,
+      // and the Service's EndpointSlices cost the control plane ~8 requests per job (bench:k8s).
+      ...(spec.workers.length > 1 ? [this.ensureService(ref)] : []),
+      ...(spec.checkpoint && !spec.checkpoint.claimName
+        ? [this.ensureCheckpointClaim(ref, spec.checkpoint)]
+        : []),
+      // The workload's credentials: a Secret of its own, there before any pod that mounts it runs.
+      ...(credentials
+        ? [applyObject(this.client, credentialSecret(ref, credentials.secretName, credentials.files))]
+        : []),
+    ];
+    const podOf = (w: WorkerSpec) => this.workerPod(spec, w, { claim, initClaim, code }, credentials);
+    const missing = spec.workers.filter((w) => !existing.has(podName(ref.name, attempt, w.index)));
+    if (spec.workers.length === 1) {
+      // A gang of one is whole as soon as its pod exists: it is created on the node admission
+      // chose, once what it needs is there. Created and then bound, it cost one request more and
+      // one more update of the pod that every pod watcher (kwok or kubelets, scheduler,
+      // controller-manager, this operator) decodes: 1.0 of the operator's 10.0 requests per job
+      // in bench:k8s.
+      await allOrFirstError(needs);
+      const w = spec.workers[0]!;
+      const name = podName(ref.name, attempt, w.index);
+      const pod = missing.length ? podOf(w) : undefined;
+      const created =
+        pod && (await this.createPod(ns, { ...pod, spec: { ...pod.spec, nodeName: w.allocation.node } }));
+      // There already (a retry of this start): bound unless the cache shows it bound.
+      if (!created && !this.cache.pod(`${ns}/${name}`)?.spec?.nodeName)
+        await this.bind(ns, name, w.allocation.node);
+    } else {
+      // Unbound, none of them can run: they are made beside everything else, side by side.
+      const made = missing.map((w) => this.createPod(ns, podOf(w)));
+      try {
+        await allOrFirstError([...needs, ...made]);
+      } catch (err) {
+        await this.withdrawUnbound(spec);
+        throw err;
+      }
+      // The whole gang exists, and all it needs: bind every pod to the node admission chose.
+      await Promise.all(
+        spec.workers.map(async (w) => {
+          const name = podName(ref.name, attempt, w.index);
+          if (!this.cache.pod(`${ns}/${name}`)?.spec?.nodeName) await this.bind(ns, name, w.allocation.node);
+        }),
+      );
+    }
     this.deps.log.info(
       { project: ref.project, workload: ref.name, attempt },
       "created and bound worker pods",
+    );
+  }
+
+  /** Creates a pod; false when it exists already (a retry of a start). */
+  private async createPod(ns: string, body: object): Promise<boolean> {
+    try {
+      this.cache.wrote(
+        await this.client.request<Pod>("POST", `/api/v1/namespaces/${ns}/pods`, {
+          body,
+          query: { fieldManager: "loom" },
+        }),
+      );
+      return true;
+    } catch (err) {
+      if ((err as { code?: string }).code !== "AlreadyExists") throw err;
+      return false;
+    }
+  }
+
+  private async bind(ns: string, name: string, node: string): Promise<void> {
+    try {
+      await bindPod(this.client, ns, name, node);
+    } catch (err) {
+      // Bound already (a retry of this start): the pod keeps its node.
+      if (!(err instanceof LoomError && err.code === "Conflict")) throw err;
+    }
+  }
+
+  /** A start that cannot bind its gang leaves none of its pods (unbound, none ran). */
+  private async withdrawUnbound(spec: GangSpec): Promise<void> {
+    const ns = namespaceOf(spec.ref.project);
+    await Promise.allSettled(
+      spec.workers.map(async (w) => {
+        const pod = this.cache.pod(`${ns}/${podName(spec.ref.name, spec.attempt, w.index)}`);
+        if (pod && !pod.spec?.nodeName && !pod.metadata.deletionTimestamp) await this.deletePod(pod, 0);
+      }),
     );
   }
 
@@ -410,6 +461,12 @@ export class Gangs {
         },
       });
   }
+}
+
+/** Waits for every promise; throws the first error once all have settled (none left running). */
+async function allOrFirstError(work: Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(work)).find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
 }
 
 /**

@@ -351,7 +351,7 @@ describe("KubernetesRuntime's requests", () => {
     expect(changed).toEqual(["train", "train", "train"]); // started, succeeded, gone
   });
 
-  it("a start withdraws the gang's capacity request, side by side and before any worker pod", async () => {
+  it("a start withdraws the gang's capacity request beside making its pods, and binds none before the withdrawal and the caller's write", async () => {
     const demand = (i: number) =>
       pod(`train-capacity-${i}`, {
         "app.kubernetes.io/managed-by": "loom",
@@ -376,10 +376,12 @@ describe("KubernetesRuntime's requests", () => {
       "DELETE /api/v1/namespaces/loom-team-a/pods/train-capacity-0",
       "DELETE /api/v1/namespaces/loom-team-a/pods/train-capacity-1",
     ]);
-    // Sent before the Service's apply (not after it), and both before the first worker pod.
+    // Side by side: the deletes, the Service's apply and the unbound worker pods go out together
+    // (none waits for another's answer), and no pod is bound before all of them have answered.
     expect(verbs.indexOf(deletes[1]!)).toBeLessThan(verbs.findIndex((v) => v.includes("/services/")));
-    expect(verbs.indexOf(deletes[1]!)).toBeLessThan(
-      verbs.indexOf("POST /api/v1/namespaces/loom-team-a/pods"),
+    expect(verbs.filter((v) => v === "POST /api/v1/namespaces/loom-team-a/pods")).toHaveLength(2);
+    expect(verbs.findIndex((v) => v.endsWith("/binding"))).toBeGreaterThan(
+      verbs.lastIndexOf("POST /api/v1/namespaces/loom-team-a/pods"),
     );
 
     // A gang that asked for nothing: no delete, and no walk over the cluster's pods.
@@ -391,6 +393,51 @@ describe("KubernetesRuntime's requests", () => {
       initCheckpoint: undefined,
     });
     expect(api.calls.filter((c) => c.startsWith("DELETE") || c.startsWith("GET"))).toEqual([]);
+  });
+
+  it("makes a gang's pods beside the caller's write, binds them once it is done, and leaves none if it fails", async () => {
+    const api = new FakeApi((method, path) => {
+      if (method === "GET" && path === "/api/v1/pods")
+        return { metadata: { resourceVersion: "50" }, items: [] };
+      if (method === "GET" && path === "/api/v1/nodes")
+        return { metadata: { resourceVersion: "50" }, items: [node("node-0"), node("node-1")] };
+      return undefined;
+    });
+    runtime = new KubernetesRuntime({ client: api.client(), log });
+    await runtime.watchPods();
+    const spec = { ...gang(1), checkpoint: undefined, initCheckpoint: undefined };
+    api.calls.length = 0;
+    let finalizer!: () => void;
+    const held = new Promise<void>((ok) => {
+      finalizer = ok;
+    });
+    const started = runtime.start(spec, held);
+    await new Promise((ok) => setTimeout(ok, 20));
+    const verbs = () => api.calls.map((c) => c.split(" ").slice(0, 2).join(" "));
+    // Made while the write is under way, and not bound: unbound, none can run.
+    expect(verbs().filter((v) => v === "POST /api/v1/namespaces/loom-team-a/pods")).toHaveLength(2);
+    expect(verbs().filter((v) => v.endsWith("/binding"))).toEqual([]);
+    finalizer();
+    await started;
+    expect(verbs().filter((v) => v.endsWith("/binding"))).toHaveLength(2);
+
+    // The caller's write fails (the job went): nothing bound, and the unbound pods go.
+    const other = { ...spec, ref: { ...job, name: "gone", uid: "uid-9" } };
+    api.calls.length = 0;
+    await expect(runtime.start(other, Promise.reject(new Error("the job is gone")))).rejects.toThrow(
+      "the job is gone",
+    );
+    expect(verbs().filter((v) => v.endsWith("/binding"))).toEqual([]);
+    expect(verbs().filter((v) => v.startsWith("DELETE"))).toEqual([
+      "DELETE /api/v1/namespaces/loom-team-a/pods/gone-a1-w0",
+      "DELETE /api/v1/namespaces/loom-team-a/pods/gone-a1-w1",
+    ]);
+
+    // A gang of one is created on its node: only once the write is done, and not at all if it fails.
+    const one = { ...spec, ref: { ...job, name: "solo", uid: "uid-8" }, workers: spec.workers.slice(0, 1) };
+    api.calls.length = 0;
+    await expect(runtime.start(one, Promise.reject(new Error("conflict")))).rejects.toThrow("conflict");
+    expect(api.calls).toEqual([]);
   });
 
   it("with the watch: external pods, binding, explanations, events, own writes", async () => {

@@ -161,11 +161,13 @@ export class KubernetesRuntime implements Runtime {
 
   /**
    * A gang that asked the node autoscaler for room withdraws the request here, beside the start's
-   * other objects and before its pods exist (so the autoscaler never sees the request unplaced
-   * beside them): admission hands the gang over without waiting for the deletes.
+   * other objects and its unbound pods (which no autoscaler counts as demand: they are not marked
+   * Unschedulable), and before any pod is bound, so the autoscaler never sees the request beside
+   * a placed gang and adds its nodes a second time. `held` (the caller's finalizer) goes the same
+   * way: the pods are made meanwhile, and bound once it is written.
    */
-  start(spec: GangSpec): Promise<void> {
-    return this.gangs.start(spec, this.capacityRequests?.withdrawBeforeStart(spec.ref));
+  start(spec: GangSpec, held?: Promise<unknown>): Promise<void> {
+    return this.gangs.start(spec, [this.capacityRequests?.withdrawForStart(spec.ref), held]);
   }
 
   async observe(ref: WorkloadRef): Promise<GangObservation | undefined> {
