@@ -33,7 +33,7 @@ interface Lease {
 }
 
 /** A MicroTime as the API server parses it: exactly six fractional digits. */
-function microTime(d: Date): string {
+export function microTime(d: Date): string {
   return d.toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
 }
 
