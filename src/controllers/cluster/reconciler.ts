@@ -182,7 +182,8 @@ export class ClusterReconciler implements Reconciler {
  */
 export function probeEveryMs(cluster: Cluster, probeMs = DEFAULT_PROBE_MS): number {
   if (cluster.spec.platform === "self") return probeMs;
-  return Math.min(probeMs, Math.floor((fleetLeaseSeconds(clusterLostTimeoutMs(cluster)) * 1000) / 3));
+  const lease = fleetLeaseSeconds(clusterLostTimeoutMs(cluster)) * 1000;
+  return Math.min(probeMs, Math.max(500, Math.floor(lease / 3)));
 }
 
 /** Conditions carry their transition time: compared without it. */
