@@ -1,15 +1,38 @@
 import type { Logger } from "pino";
 import { FLEET_HOLDER_ANNOTATION } from "../api/cluster.js";
 import { displayKey, type Resource } from "../api/meta.js";
+import type { CheckpointVault, FleetLeases } from "../ports/fleet.js";
+import type { Runtime } from "../ports/runtime.js";
+import type { EventRecorder, ResourceStore } from "../ports/store.js";
 import { RemoteJobs } from "./cluster/dispatch.js";
 import { Fence } from "./cluster/fence.js";
-import { Fleet } from "./cluster/fleet.js";
+import { Fleet, type FleetDeps } from "./cluster/fleet.js";
 import { FleetReplicas } from "./inferenceservice/fleet.js";
-import type { ControllerManagerDeps } from "./manager.js";
+import type { InferenceServiceDeps } from "./inferenceservice/reconciler.js";
+
+/** How a control plane reaches its fleet (ControllerManagerDeps.fleet). */
+export type FleetOptions = Pick<FleetDeps, "connector" | "secrets" | "version"> & {
+  probeMs?: number;
+  /** This control plane's name in the leases it renews in members (default: the host's name). */
+  holder?: string;
+  /** Where members' checkpoints are copied to: a job that fails over here resumes from them. */
+  vault?: CheckpointVault;
+};
+
+/** What the fleet's halves take of the manager's deps. */
+interface WiringDeps {
+  store: ResourceStore;
+  events: EventRecorder;
+  runtime: Runtime;
+  now: () => Date;
+  serving?: Pick<InferenceServiceDeps, "models">;
+  fleet?: FleetOptions;
+  fleetLeases?: FleetLeases;
+}
 
 /** The fleet's members and the loop half that runs jobs placed in them, where deps.fleet is given. */
 export function fleetOf(
-  deps: ControllerManagerDeps,
+  deps: WiringDeps,
   log: Logger,
 ): { fleet?: Fleet; remote?: RemoteJobs; replicas?: FleetReplicas } {
   if (!deps.fleet) return {};
@@ -36,7 +59,7 @@ export function fleetOf(
  * stops them.
  */
 export function fenceOf(
-  deps: ControllerManagerDeps,
+  deps: WiringDeps,
   log: Logger,
   jobs: () => Resource[],
   wake: (key: string) => void,

@@ -4,7 +4,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
-import type { CheckpointVault, FleetLeases } from "../ports/fleet.js";
+import type { FleetLeases } from "../ports/fleet.js";
 import type { WorkloadModels } from "../ports/models.js";
 import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
@@ -19,9 +19,9 @@ import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
 import { APP, type AppDeps, AppReconciler, appOfReplica } from "./app/reconciler.js";
 import type { RemoteJobs } from "./cluster/dispatch.js";
 import type { Fence } from "./cluster/fence.js";
-import type { Fleet, FleetDeps } from "./cluster/fleet.js";
+import type { Fleet } from "./cluster/fleet.js";
 import { clusterLoop } from "./cluster/reconciler.js";
-import { fenceOf, fleetOf } from "./fleetwiring.js";
+import { type FleetOptions, fenceOf, fleetOf } from "./fleetwiring.js";
 import { type FleetReplicas, withFleetReplicas } from "./inferenceservice/fleet.js";
 import {
   INFERENCESERVICE,
@@ -88,13 +88,7 @@ export interface ControllerManagerDeps {
    * kubeconfigs the secret store holds; one queue places work over all of them. Absent: no
    * Cluster loop, one platform.
    */
-  fleet?: Pick<FleetDeps, "connector" | "secrets" | "version"> & {
-    probeMs?: number;
-    /** This control plane's name in the leases it renews in members (default: the host's name). */
-    holder?: string;
-    /** Where members' checkpoints are copied to: a job that fails over here resumes from them. */
-    vault?: CheckpointVault;
-  };
+  fleet?: FleetOptions;
 }
 
 /**
