@@ -40,6 +40,14 @@ export async function yieldForResize(
   return {};
 }
 
+/** A stopped attempt's status: no workers now (their logs stay: loom logs --attempt), Pending. */
+const STOPPED = {
+  workers: undefined,
+  ready: undefined,
+  phase: "Pending",
+  nextAttemptTime: undefined,
+} as const;
+
 /**
  * A preemption asked this job to give its capacity back: stop every worker gracefully (SIGTERM,
  * then the grace period, so it can checkpoint), then return to the queue keeping its attempt
@@ -68,14 +76,11 @@ export async function yieldToPreemption(
   );
   await ctx.writeStatus(job, {
     ...job.status,
-    workers: undefined, // none now; the stopped attempt's logs stay (loom logs --attempt)
-    ready: undefined,
-    phase: "Pending",
+    ...STOPPED,
     admission: undefined,
     preemption: undefined,
     preemptions: (job.status?.preemptions ?? 0) + 1,
     preemptedAttempt: attempts,
-    nextAttemptTime: undefined,
     conditions,
   });
   await ctx.event(job, "Warning", "Preempted", message);
@@ -129,14 +134,7 @@ export async function yieldToFence(
     now,
   );
   conditions = setCondition(conditions, { type: "Running", status: "False", reason: "Fenced", message }, now);
-  await ctx.writeStatus(job, {
-    ...job.status,
-    workers: undefined, // none now; the stopped attempt's logs stay (loom logs --attempt)
-    ready: undefined,
-    phase: "Pending",
-    nextAttemptTime: undefined,
-    conditions,
-  });
+  await ctx.writeStatus(job, { ...job.status, ...STOPPED, conditions });
   await ctx.event(job, "Warning", "Fenced", message);
   return {};
 }
