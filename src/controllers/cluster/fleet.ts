@@ -189,7 +189,7 @@ export class Fleet {
             type: "Ready",
             status: "True",
             reason: "LeaseNotRenewed",
-            message: `the member answers, but this control plane's lease there could not be renewed (${e.leaseError}): the member stops the jobs placed there when it lapses; let the control plane's credentials for the member write coordination.k8s.io leases in loom-system`,
+            message: `the member answers, but this control plane's lease there could not be renewed (${e.leaseError}): the member stops the jobs placed there when it lapses. A Kubernetes member: let the kubeconfig's credentials create and update coordination.k8s.io leases in loom-system; a Loom member: run this version of Loom there`,
           }
         : { type: "Ready", status: "True", reason: "Reachable", message: "the member answers" }
       : { type: "Ready", status: "False", reason: "Unreachable", message: e.error ?? "unreachable" };
