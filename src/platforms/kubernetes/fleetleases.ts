@@ -1,7 +1,6 @@
-import { NotFoundError } from "../../api/errors.js";
 import type { FleetLease, FleetLeases } from "../../ports/fleet.js";
 import type { KubeClient } from "./client.js";
-import { microTime } from "./lease.js";
+import { microTime, readOrCreateLease } from "./lease.js";
 
 /** The label of the fleet's leases (a namespace holds other leases: leader election's). */
 const FLEET_LEASE_LABEL = "loom.dev/fleet-lease";
@@ -60,21 +59,11 @@ export class KubeFleetLeases implements FleetLeases {
       leaseDurationSeconds: durationSeconds,
       renewTime: microTime(new Date()),
     };
-    let lease: Lease;
-    try {
-      lease = await this.client.request<Lease>("GET", `${this.path}/${name}`);
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-      await this.client.request("POST", this.path, {
-        body: {
-          apiVersion: "coordination.k8s.io/v1",
-          kind: "Lease",
-          metadata: { name, labels: { [FLEET_LEASE_LABEL]: "true" } },
-          spec,
-        },
-      });
-      return;
-    }
+    const lease = await readOrCreateLease<Lease>(this.client, this.path, {
+      metadata: { name, labels: { [FLEET_LEASE_LABEL]: "true" } },
+      spec,
+    });
+    if (!lease) return;
     // The resourceVersion read rides along; a conflict is a renewal by the same holder racing:
     // the next probe renews again.
     await this.client.request("PUT", `${this.path}/${name}`, {
