@@ -234,6 +234,8 @@ function classify(
   // Fleet members (issue 23): an unscoped admin's alone, reads included.
   if (url === `${BASE}/clusters` || url.startsWith(`${BASE}/clusters/`))
     return { access: "unscoped-admin", write };
+  // A control plane's lease in this member (self-fencing): an unscoped admin's alone, as the fleet's.
+  if (url === `${BASE}/fleetleases/:name`) return { access: "unscoped-admin", write };
   if (url === `${BASE}/tokens` || url === `${BASE}/tokens/:id` || url === `${BASE}/audit`)
     return { access: "unscoped-admin", write };
   if (url === `${BASE}/projects/:name`)

@@ -12,7 +12,7 @@ import { operatorCluster, ownState, startOperator, type TestCluster } from "./k8
  * operator`. kwok pods run nothing, so the job's checkpoints are written where it really runs: it
  * starts in `self`, is preempted into `b` (self is full), then `b`'s kube-apiserver is stopped
  * (SIGSTOP: unreachable with its state kept, so that it can come back) → after clusterLostTimeout
- * (5 s here, 30 s by default) the job is admitted to `self` again and resumes from the step it
+ * (10 s here, 30 s by default; the member fences its copy after half of it) the job is admitted to `self` again and resumes from the step it
  * checkpointed; when `b`'s API server comes back (SIGCONT) the stale copy there is deleted. The
  * workers' own marker files (pid, start, last beat) show that no two ran at once.
  */
@@ -93,7 +93,7 @@ while True:
     const file = join(dir, `b-${unschedulable}.yaml`);
     writeFileSync(
       file,
-      `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {clusterLostTimeout: 5s, unschedulable: ${unschedulable}}\n`,
+      `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {clusterLostTimeout: 10s, unschedulable: ${unschedulable}}\n`,
     );
     return file;
   };
@@ -196,7 +196,7 @@ while True:
     marks.sort((x, y) => x[0]! - y[0]!);
     for (let i = 1; i < marks.length; i++) expect(marks[i]![0]).toBeGreaterThan(marks[i - 1]![1]!);
     console.log(
-      `fleet failover: b lost → train Running in self in ${failoverMs} ms (clusterLostTimeout 5 s); test ${Date.now() - started} ms`,
+      `fleet failover: b lost → train Running in self in ${failoverMs} ms (clusterLostTimeout 10 s); test ${Date.now() - started} ms`,
     );
   }, 600_000);
 });

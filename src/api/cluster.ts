@@ -16,6 +16,24 @@ export function fleetAttemptBase(copy: { metadata: { annotations?: Record<string
   return Number.isInteger(n) && n > 0 ? n : 0;
 }
 
+/**
+ * On a member's copy: the control plane that placed it (the holder of the lease it renews in the
+ * member). The member stops the copy's workers when that lease has not been renewed in time.
+ */
+export const FLEET_HOLDER_ANNOTATION = "loom.dev/fleet-control-plane";
+
+/** The condition a member writes on a copy it stopped because its control plane's lease lapsed. */
+export const FENCED_CONDITION = "Fenced";
+
+/**
+ * How long a control plane's lease in a member lasts: half the member's clusterLostTimeout, so
+ * the member has stopped the copies (lease + one renewal period + their stop) before the control
+ * plane re-admits them elsewhere (clusterLostTimeout after its first failed probe).
+ */
+export function fleetLeaseSeconds(clusterLostTimeoutMs: number): number {
+  return Math.max(1, Math.floor(clusterLostTimeoutMs / 2000));
+}
+
 /** The label that ties a member's copy to the control plane's job (its uid). */
 export const FLEET_UID_LABEL = "loom.dev/fleet-uid";
 

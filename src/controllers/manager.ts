@@ -4,7 +4,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
-import type { CheckpointVault } from "../ports/fleet.js";
+import type { FleetLeases } from "../ports/fleet.js";
 import type { WorkloadModels } from "../ports/models.js";
 import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
@@ -17,10 +17,12 @@ import { createControllerMetrics } from "../reconcile/metrics.js";
 import { type AdmissionOffer, admittedStatus } from "./admission/offer.js";
 import { ADMISSION_KEY, AdmissionReconciler } from "./admission/reconciler.js";
 import { APP, type AppDeps, AppReconciler, appOfReplica } from "./app/reconciler.js";
-import { RemoteJobs } from "./cluster/dispatch.js";
-import { Fleet, type FleetDeps } from "./cluster/fleet.js";
+import type { RemoteJobs } from "./cluster/dispatch.js";
+import type { Fence } from "./cluster/fence.js";
+import type { Fleet } from "./cluster/fleet.js";
 import { clusterLoop } from "./cluster/reconciler.js";
-import { FleetReplicas, withFleetReplicas } from "./inferenceservice/fleet.js";
+import { type FleetOptions, fenceOf, fleetOf } from "./fleetwiring.js";
+import { type FleetReplicas, withFleetReplicas } from "./inferenceservice/fleet.js";
 import {
   INFERENCESERVICE,
   type InferenceServiceDeps,
@@ -79,16 +81,14 @@ export interface ControllerManagerDeps {
   >;
   /** Apps (run where the runtime can serve): the apps' serving table and autoscaler, their origin. */
   apps?: Pick<AppDeps, "scale" | "table" | "appOrigin">;
+  /** Leases control planes renew here: copies they placed stop when theirs lapses (self-fencing). */
+  fleetLeases?: FleetLeases;
   /**
    * The fleet (issue 23): Cluster objects name members, reached through the connector with the
    * kubeconfigs the secret store holds; one queue places work over all of them. Absent: no
    * Cluster loop, one platform.
    */
-  fleet?: Pick<FleetDeps, "connector" | "secrets" | "version"> & {
-    probeMs?: number;
-    /** Where members' checkpoints are copied to: a job that fails over here resumes from them. */
-    vault?: CheckpointVault;
-  };
+  fleet?: FleetOptions;
 }
 
 /**
@@ -114,6 +114,7 @@ export class ControllerManager {
   /** The fleet's members, where deps.fleet is given (views read capacity and logs through it). */
   readonly fleet: Fleet | undefined;
   private readonly remote: RemoteJobs | undefined;
+  private readonly fence: Fence | undefined;
   /** InferenceService replicas in the fleet's members (the gateway reads their credentials here). */
   readonly fleetReplicas: FleetReplicas | undefined;
 
@@ -123,6 +124,14 @@ export class ControllerManager {
     const { fleet, remote, replicas } = fleetOf(deps, log("dispatch"));
     this.fleet = fleet;
     this.fleetReplicas = replicas;
+    // A lapsed lease wakes the copies its control plane placed here (their loop stops them).
+    const fence = fenceOf(
+      deps,
+      log("fence"),
+      () => this.tjInformer.list(),
+      (key) => jobs.enqueue(key),
+    );
+    this.fence = fence;
     // The job's loop writes the admission with the start: one status write per job fewer.
     const admissionReconciler = this.newAdmission(fleet, log("admission"), (job, offer) => {
       const key = displayKey(job.metadata);
@@ -140,6 +149,7 @@ export class ControllerManager {
       log: log("trainingjob"),
       baseBackoffMs: deps.baseBackoffMs,
       ...(remote ? { remote } : {}),
+      ...(fence ? { fence } : {}),
       cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
     });
     const jobs = new Controller(
@@ -508,6 +518,8 @@ export class ControllerManager {
   }
 
   async start(): Promise<void> {
+    // The leases first: a copy whose control plane's lease is stale must not start in between.
+    await this.fence?.start();
     for (const c of this.controllers) c.start();
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.waitForSync()));
@@ -522,6 +534,7 @@ export class ControllerManager {
   async stop(): Promise<void> {
     clearInterval(this.gcTimer);
     this.remote?.close();
+    this.fence?.stop();
     for (const i of this.informers) i.stop();
     await Promise.all(this.controllers.map((c) => c.stop()));
   }
@@ -572,26 +585,4 @@ export class ControllerManager {
       this.deps.log.error({ err }, "garbage collection failed");
     }
   }
-}
-
-/** The fleet's members and the loop half that runs jobs placed in them, where deps.fleet is given. */
-function fleetOf(
-  deps: ControllerManagerDeps,
-  log: Logger,
-): { fleet?: Fleet; remote?: RemoteJobs; replicas?: FleetReplicas } {
-  if (!deps.fleet) return {};
-  const fleet = new Fleet({ ...deps.fleet, localNodes: () => deps.runtime.nodes(), now: deps.now });
-  const vault = deps.fleet.vault;
-  const remote = new RemoteJobs({
-    ...deps,
-    log,
-    member: (name) => fleet.member(name),
-    ...(vault ? { vault } : {}),
-  });
-  // Services' replicas in members, where this platform serves (they run beside its own).
-  const replicas =
-    deps.serving && deps.runtime.serving
-      ? new FleetReplicas({ fleet, store: deps.store, events: deps.events, log, now: deps.now })
-      : undefined;
-  return { fleet, remote, ...(replicas ? { replicas } : {}) };
 }

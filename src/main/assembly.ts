@@ -9,7 +9,7 @@ import { Gateway } from "../gateway/gateway.js";
 import { VERSION } from "../lib/version.js";
 import type { OpenedDatabase } from "../platforms/embedded/db.js";
 import type { AuditLog } from "../ports/audit.js";
-import type { MemberCluster } from "../ports/fleet.js";
+import type { FleetLeases, MemberCluster } from "../ports/fleet.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
@@ -105,6 +105,8 @@ export interface ControlPlaneOptions {
   workspaces?: ControllerManagerDeps["workspaces"];
   /** The fleet (issue 23): how members are reached; absent, one platform. */
   fleet?: ControllerManagerDeps["fleet"];
+  /** Where control planes renew their leases in this platform as a member (self-fencing). */
+  fleetLeases?: FleetLeases;
 }
 
 export interface ControlPlane {
@@ -155,6 +157,7 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
     ...(opts.workspaces ? { workspaces: opts.workspaces } : {}),
     ...(api?.apps ? { apps: api.apps.controllerDeps } : {}),
     ...(opts.fleet ? { fleet: opts.fleet } : {}),
+    ...(opts.fleetLeases ? { fleetLeases: opts.fleetLeases } : {}),
   });
   api?.serving.connect(manager);
   api?.apps?.connect(manager);
@@ -241,6 +244,7 @@ async function assembleApi(
     ...(opts.workspaces?.directory ? { workspaceActivity: opts.workspaces.directory } : {}),
     ...(api.sshKeys ? { sshKeys: api.sshKeys } : {}),
     ...(api.secrets ? { secrets: api.secrets, memberLogs } : {}),
+    ...(opts.fleetLeases ? { fleetLeases: opts.fleetLeases } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
   const controllerDeps: Pick<

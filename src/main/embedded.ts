@@ -14,6 +14,7 @@ import { type CodeServerInstall, findCodeServer } from "../platforms/embedded/co
 import { instanceId, lockDataDir } from "../platforms/embedded/datadir.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../platforms/embedded/events.js";
+import { FileFleetLeases } from "../platforms/embedded/fleetleases.js";
 import { machineGpus } from "../platforms/embedded/gpus.js";
 import { registerGpuMetrics } from "../platforms/embedded/gpuusage.js";
 import { GangNetworks, type NetworkCapability } from "../platforms/embedded/netns.js";
@@ -175,6 +176,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
       version: VERSION,
       vault: new DirCheckpointVault(new WorkloadFiles(opts.dataDir)),
     },
+    // This platform as another control plane's member: the copies it placed stop when its lease lapses.
+    fleetLeases: new FileFleetLeases(opts.dataDir),
     api: {
       secrets,
       tokens: new SqliteTokenStore(database.db),

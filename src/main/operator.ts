@@ -13,6 +13,7 @@ import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { KubeClient } from "../platforms/kubernetes/client.js";
 import { kubeMemberConnector } from "../platforms/kubernetes/cluster.js";
 import { KubeEventRecorder } from "../platforms/kubernetes/events.js";
+import { KubeFleetLeases } from "../platforms/kubernetes/fleetleases.js";
 import { KubeHomeClones } from "../platforms/kubernetes/homeclone.js";
 import { LeaseElector } from "../platforms/kubernetes/lease.js";
 import { KubernetesRuntime } from "../platforms/kubernetes/runtime.js";
@@ -128,6 +129,8 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     now: () => new Date(),
     resyncMs: opts.resyncMs,
     ...(fleet ? { fleet } : {}),
+    // This cluster as another control plane's member: the copies it placed stop when its Lease lapses.
+    fleetLeases: new KubeFleetLeases(client, opts.systemNamespace ?? DEFAULT_SYSTEM_NAMESPACE),
     ...(tracking
       ? {
           api: {

@@ -40,6 +40,12 @@ export interface MemberCluster {
    * Absent: the member runs no replicas for the fleet (InferenceServices stay off it).
    */
   gateway?(project: string): Promise<MemberGateway>;
+  /**
+   * Renews this control plane's lease in the member (self-fencing): the member's own Loom stops
+   * the copies placed by `holder` when it has not seen the lease renewed for `durationSeconds` by
+   * its own clock. Absent: the member cannot fence (its copies run on through a partition).
+   */
+  renewLease?(holder: string, durationSeconds: number): Promise<void>;
   /** Stops its connections and watches. */
   close(): void;
 }
@@ -75,4 +81,27 @@ export interface CheckpointVault {
 /** Makes a member from its Cluster object and the kubeconfig its secret holds. */
 export interface MemberConnector {
   connect(cluster: Cluster, kubeconfig: string): Promise<MemberCluster>;
+}
+
+/** One control plane's lease in a member, as the member reads it. */
+export interface FleetLease {
+  /** The control plane that renews it (copies it placed carry its name: FLEET_HOLDER_ANNOTATION). */
+  holder: string;
+  durationSeconds: number;
+  /**
+   * Changes with every renewal (a counter, a resourceVersion): the member watches it change and
+   * times it by its own clock. Never a time to compare with the member's clock.
+   */
+  renewal: string;
+}
+
+/**
+ * The leases control planes renew in this platform (the member's side of self-fencing): a
+ * coordination.k8s.io Lease on Kubernetes, a record in the data dir embedded.
+ */
+export interface FleetLeases {
+  /** Every control plane's lease here. Throws when they cannot be read (then none is seen renewed). */
+  list(): Promise<FleetLease[]>;
+  /** Renews (or creates) holder's lease: what a control plane's renewal writes. */
+  renew(holder: string, durationSeconds: number): Promise<void>;
 }

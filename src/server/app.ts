@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { findKind } from "../api/kinds.js";
 import type { AuditLog } from "../ports/audit.js";
+import type { FleetLeases } from "../ports/fleet.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
@@ -80,6 +81,8 @@ export interface AppDeps {
   workspaceActivity?: Pick<WorkspaceDirectory, "touch">;
   /** Platform secrets (member clusters' kubeconfigs); absent: only the `self` member can be registered. */
   secrets?: SecretStore;
+  /** The leases control planes renew here, where this platform is a fleet member (self-fencing). */
+  fleetLeases?: FleetLeases;
   /** Fleet members' worker logs (issue 23), for jobs placed in another member. */
   memberLogs?: LogRoutesDeps["memberLogs"];
   /** Users' SSH public keys (`loom ssh-key`); absent: those routes are not served. */
@@ -174,7 +177,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     });
   schedulingRoutes(app, { scheduling });
   projectRoutes(app, { resources, listOrWatch: list });
-  clusterRoutes(app, { resources, listOrWatch: list, ...(deps.secrets ? { secrets: deps.secrets } : {}) });
+  clusterRoutes(app, {
+    resources,
+    listOrWatch: list,
+    ...(deps.secrets ? { secrets: deps.secrets } : {}),
+    ...(deps.fleetLeases ? { leases: deps.fleetLeases } : {}),
+  });
   modelRoutes(app, {
     models: deps.tracking
       ? new ModelView(deps.tracking.registry, deps.tracking.store, deps.store)

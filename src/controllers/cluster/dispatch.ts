@@ -1,6 +1,8 @@
 import type { Logger } from "pino";
 import {
+  FENCED_CONDITION,
   FLEET_ATTEMPT_BASE_ANNOTATION,
+  FLEET_HOLDER_ANNOTATION,
   FLEET_SEED_ANNOTATION,
   FLEET_UID_LABEL,
   fleetAttemptBase,
@@ -54,6 +56,8 @@ export interface RemoteJobsDeps {
   member(name: string): MemberCluster | undefined;
   /** Where the checkpoints of jobs running in members are copied to (none: not synced). */
   vault?: CheckpointVault;
+  /** This control plane's lease name in members: its copies carry it (FLEET_HOLDER_ANNOTATION). */
+  holder?: string;
 }
 
 /** A job's key in the trainingjob loop ("project/name"), woken when its copy changes. */
@@ -112,11 +116,20 @@ export class RemoteJobs {
     }
     if (job.status?.preemption) {
       if (!(await this.removeCopy(member, job))) return { requeueAfterMs: 500 };
-      return this.requeue(job, cluster);
+      const p = job.status.preemption;
+      return this.requeue(job, "Preempted", `stopped in cluster ${cluster}: ${p.message}`);
     }
     const watched = this.watches?.ensure(cluster, member) ?? false;
     const copy = await this.ensureCopy(member, job, cluster);
     if (!copy) return { requeueAfterMs: MIRROR_INTERVAL_MS };
+    const fenced = copy.status?.conditions?.find((c) => c.type === FENCED_CONDITION && c.status === "True");
+    if (fenced) {
+      await this.mirrorEvents(member, job, copy, cluster);
+      // The member stopped it (this control plane's lease there lapsed) and never restarts it:
+      // the job goes back to the one queue, and is admitted again (there or elsewhere).
+      if (!(await this.removeCopy(member, job))) return { requeueAfterMs: 500 };
+      return this.requeue(job, "Fenced", `cluster ${cluster} stopped its copy: ${fenced.message}`);
+    }
     const seeding = await this.seedCopy(member, job, copy, cluster);
     await this.mirrorStatus(job, copy, cluster);
     await this.mirrorEvents(member, job, copy, cluster);
@@ -209,6 +222,8 @@ export class RemoteJobs {
           ...job.metadata.annotations,
           // Attempts made elsewhere (before a preemption or failover moved it): numbers never reused.
           [FLEET_ATTEMPT_BASE_ANNOTATION]: String(job.status?.attempts ?? 0),
+          // The member stops this copy when this control plane's lease there lapses (fence.ts).
+          ...(this.deps.holder ? { [FLEET_HOLDER_ANNOTATION]: this.deps.holder } : {}),
           ...(held !== undefined ? { [FLEET_SEED_ANNOTATION]: String(held) } : {}),
         },
       },
@@ -348,29 +363,31 @@ export class RemoteJobs {
     return {};
   }
 
-  /** Preempted: its copy is gone, so it waits in the one queue again (nothing counted against it). */
-  private async requeue(job: TrainingJob, cluster: string): Promise<ReconcileResult> {
+  /**
+   * Preempted, or fenced by its member: its copy is gone, so it waits in the one queue again
+   * (nothing counted against it).
+   */
+  private async requeue(
+    job: TrainingJob,
+    reason: "Preempted" | "Fenced",
+    message: string,
+  ): Promise<ReconcileResult> {
     const now = this.deps.now();
-    const p = job.status!.preemption!;
     const { admission: _a, preemption: _p, ...rest } = job.status!;
     await this.deps.store.updateStatus({
       ...job,
       status: {
         ...rest,
         phase: "Pending",
-        preemptions: (job.status?.preemptions ?? 0) + 1,
+        ...(reason === "Preempted" ? { preemptions: (job.status?.preemptions ?? 0) + 1 } : {}),
         conditions: setCondition(
           job.status?.conditions,
-          {
-            type: "Admitted",
-            status: "False",
-            reason: "Preempted",
-            message: `stopped in cluster ${cluster}: ${p.message}`,
-          },
+          { type: "Admitted", status: "False", reason, message },
           now,
         ),
       },
     });
+    if (reason === "Fenced") await this.deps.events.record(ref(job), "Warning", reason, message);
     return {};
   }
 

@@ -3,11 +3,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
-import type { Cluster } from "../../api/cluster.js";
+import { type Cluster, FENCED_CONDITION, FLEET_HOLDER_ANNOTATION } from "../../api/cluster.js";
 import { CLUSTER, TRAININGJOB, validateManifest } from "../../api/kinds.js";
 import type { TrainingJob } from "../../api/trainingjob.js";
 import { DirCheckpointVault } from "../../platforms/embedded/checkpointvault.js";
 import type { OpenedDatabase } from "../../platforms/embedded/db.js";
+import type { SqliteEventRecorder } from "../../platforms/embedded/events.js";
 import { memoryStore } from "../../platforms/embedded/memorystore.js";
 import { SqliteSecretStore } from "../../platforms/embedded/secrets.js";
 import { WorkloadFiles } from "../../platforms/embedded/workloadfiles.js";
@@ -50,7 +51,12 @@ async function world(
   const secrets = new SqliteSecretStore(cp.db.db);
   const members = new Map<
     string,
-    MemberCluster & { reachable: boolean; ckpt?: CheckpointFiles; pulls: number }
+    MemberCluster & {
+      reachable: boolean;
+      ckpt?: CheckpointFiles;
+      pulls: number;
+      leases: [string, number][];
+    }
   >();
   for (const name of ["a", "b"]) {
     const m = await storeOf();
@@ -64,6 +70,10 @@ async function world(
       checkpoint: async () => {
         member.pulls++;
         return member.ckpt;
+      },
+      leases: [] as [string, number][],
+      renewLease: async (holder: string, seconds: number) => {
+        member.leases.push([holder, seconds]);
       },
       nodes: async () => [node("n0", 8)],
       probe: async () => {
@@ -83,6 +93,7 @@ async function world(
     localNodes: async () => [],
     version: "test",
     now,
+    holder: "cp",
   });
   let capacityChanges = 0;
   const clusters = new ClusterReconciler({
@@ -120,6 +131,7 @@ async function world(
     now,
     member: (n) => fleet.member(n),
     vault: new DirCheckpointVault(files),
+    holder: fleet.holder,
   });
   const register = async (name: string) => {
     await secrets.put(`cluster-${name}-kubeconfig`, `clusters: ${name}`);
@@ -377,6 +389,41 @@ describe("the fleet: one queue over members", () => {
     await w.clusters.reconcile("a");
     await expect(a.store.get(TRAININGJOB, "p", "j1")).rejects.toThrow(/not found/);
     await w.members.get("b")!.store.get(TRAININGJOB, "p", "j1"); // b's copy stays
+  });
+
+  it("renews its lease in each member at each probe; a copy the member fenced sends the job back to the queue and is deleted", async () => {
+    const w = await world();
+    await w.register("a");
+    const a = w.members.get("a")!;
+    // Half of clusterLostTimeout (30 s), renewed at each probe, at least three times a lease.
+    expect(a.leases).toEqual([["cp", 15]]);
+    expect(await w.clusters.reconcile("a")).toEqual({ requeueAfterMs: 5000 });
+    expect(a.leases.length).toBe(2);
+    await w.submit("j1", 4);
+    await w.cycle();
+    await w.remote.reconcile(await w.get("j1"));
+    const copy = (await a.store.get(TRAININGJOB, "p", "j1")) as TrainingJob;
+    expect(copy.metadata.annotations?.[FLEET_HOLDER_ANNOTATION]).toBe("cp");
+    // The member's Loom fenced it (its lease lapsed there while a renewal was late) and stopped it.
+    await a.store.updateStatus({
+      ...copy,
+      status: {
+        phase: "Pending",
+        conditions: [
+          { type: FENCED_CONDITION, status: "True", reason: "LeaseExpired", message: "lease lapsed" },
+        ],
+      },
+    } as TrainingJob);
+    // The control plane decides: the copy goes, the job waits in the one queue to be admitted again.
+    expect(await w.remote.reconcile(await w.get("j1"))).toEqual({});
+    await expect(a.store.get(TRAININGJOB, "p", "j1")).rejects.toThrow(/not found/);
+    const back = await w.get("j1");
+    expect(back.status?.admission).toBeUndefined();
+    const admitted = back.status?.conditions?.find((c) => c.type === "Admitted");
+    expect(admitted?.reason).toBe("Fenced");
+    expect(admitted?.message).toMatch(/cluster a stopped its copy: lease lapsed/);
+    await w.cycle();
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("a");
   });
 
   it("syncs a member's checkpoints to the control plane as they are reported; after failover to self the job resumes from the last one", async () => {

@@ -1,8 +1,11 @@
 import { createHash } from "node:crypto";
+import { hostname } from "node:os";
 import {
   type Cluster,
   type ClusterStatus,
   capacityText,
+  clusterLostTimeoutMs,
+  fleetLeaseSeconds,
   type PoolCapacity,
   SELF_CLUSTER,
 } from "../../api/cluster.js";
@@ -21,6 +24,8 @@ interface Entry {
   lastSeen?: string;
   unreachableSince?: string;
   error?: string;
+  /** Why this control plane's lease there could not be renewed (its copies there will stop). */
+  leaseError?: string;
 }
 
 export interface FleetDeps {
@@ -31,6 +36,8 @@ export interface FleetDeps {
   /** The version of Loom this control plane runs (the `self` member's). */
   version: string;
   now: () => Date;
+  /** This control plane's name in the leases it renews in members (default: the host's name). */
+  holder?: string;
 }
 
 /**
@@ -40,8 +47,12 @@ export interface FleetDeps {
  */
 export class Fleet {
   private readonly entries = new Map<string, Entry>();
+  /** The name of this control plane's lease in each member (copies it places carry it). */
+  readonly holder: string;
 
-  constructor(private readonly deps: FleetDeps) {}
+  constructor(private readonly deps: FleetDeps) {
+    this.holder = deps.holder ?? hostname();
+  }
 
   /** Whether any member other than this platform is registered: only then is there a fleet. */
   active(): boolean {
@@ -118,6 +129,7 @@ export class Fleet {
         const member = await this.connect(cluster, e);
         version = await member.probe();
         e.nodes = await member.nodes();
+        await this.renewLease(cluster, member, e);
       }
       e.ready = true;
       e.lastSeen = now;
@@ -129,6 +141,20 @@ export class Fleet {
       e.error = err instanceof Error ? err.message : String(err);
     }
     return this.statusOf(e, version);
+  }
+
+  /**
+   * Renews this control plane's lease in the member (it fences the copies placed here when the
+   * lease lapses). A failed renewal leaves the member Ready and says so: its copies will stop.
+   */
+  private async renewLease(cluster: Cluster, member: MemberCluster, e: Entry): Promise<void> {
+    if (!member.renewLease) return;
+    try {
+      await member.renewLease(this.holder, fleetLeaseSeconds(clusterLostTimeoutMs(cluster)));
+      e.leaseError = undefined;
+    } catch (err) {
+      e.leaseError = err instanceof Error ? err.message : String(err);
+    }
   }
 
   /** Since when the member has been unreachable (undefined while it answers). */
@@ -158,7 +184,14 @@ export class Fleet {
     const pools = poolsOf(e.nodes);
     const prev = e.cluster.status;
     const condition = e.ready
-      ? { type: "Ready", status: "True", reason: "Reachable", message: "the member answers" }
+      ? e.leaseError
+        ? {
+            type: "Ready",
+            status: "True",
+            reason: "LeaseNotRenewed",
+            message: `the member answers, but this control plane's lease there could not be renewed (${e.leaseError}): the member stops the jobs placed there when it lapses. A Kubernetes member: let the kubeconfig's credentials create and update coordination.k8s.io leases in loom-system; a Loom member: run this version of Loom there`,
+          }
+        : { type: "Ready", status: "True", reason: "Reachable", message: "the member answers" }
       : { type: "Ready", status: "False", reason: "Unreachable", message: e.error ?? "unreachable" };
     return {
       phase: e.ready ? "Ready" : "Unreachable",

@@ -4,6 +4,7 @@ import {
   type ClusterStatus,
   clusterLostTimeoutMs,
   DEFAULT_CLUSTER_LOST_TIMEOUT,
+  fleetLeaseSeconds,
   SELF_CLUSTER,
 } from "../../api/cluster.js";
 import { AlreadyExistsError, NotFoundError } from "../../api/errors.js";
@@ -67,7 +68,7 @@ export class ClusterReconciler implements Reconciler {
       if (status.phase === "Unreachable" && cluster.status?.phase !== "Unreachable")
         await this.event(cluster, "Warning", "Unreachable", status.conditions?.[0]?.message ?? "unreachable");
     }
-    return { requeueAfterMs: this.deps.probeMs ?? DEFAULT_PROBE_MS };
+    return { requeueAfterMs: probeEveryMs(cluster, this.deps.probeMs) };
   }
 
   /**
@@ -173,6 +174,16 @@ export class ClusterReconciler implements Reconciler {
       message,
     );
   }
+}
+
+/**
+ * How often a member is probed (and this control plane's lease there renewed): every probeMs,
+ * and at least three times per lease, so one slow renewal never lets a lease lapse.
+ */
+export function probeEveryMs(cluster: Cluster, probeMs = DEFAULT_PROBE_MS): number {
+  if (cluster.spec.platform === "self") return probeMs;
+  const lease = fleetLeaseSeconds(clusterLostTimeoutMs(cluster)) * 1000;
+  return Math.min(probeMs, Math.max(500, Math.floor(lease / 3)));
 }
 
 /** Conditions carry their transition time: compared without it. */

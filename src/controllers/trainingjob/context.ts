@@ -8,6 +8,7 @@ import type { EventRecorder, ResourceStore } from "../../ports/store.js";
 import type { WorkloadTracking } from "../../ports/tracking.js";
 import type { ReconcileResult } from "../../reconcile/controller.js";
 import type { WriteOverlay } from "../../reconcile/overlay.js";
+import type { Fence } from "../cluster/fence.js";
 
 export const TRAININGJOB = "TrainingJob";
 const ENDED = new Set(["Succeeded", "Failed"]);
@@ -36,6 +37,8 @@ export interface TrainingJobDeps {
    * and this hands them over whole (controllers/cluster/dispatch.ts).
    */
   remote?: { owns(job: TrainingJob): boolean; reconcile(job: TrainingJob): Promise<ReconcileResult> };
+  /** Fleet copies placed here by a control plane whose lease lapsed are stopped (self-fencing). */
+  fence?: Pick<Fence, "verdict" | "graceSeconds">;
   /** First restart delay; doubles per attempt up to maxBackoffMs. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;

@@ -18,7 +18,7 @@ import { finalize } from "./delete.js";
 import { attemptFailed } from "./failure.js";
 import { track } from "./observe.js";
 import { restartAfterBackoff, startAttempt } from "./start.js";
-import { settleFinished, yieldForResize, yieldToPreemption } from "./stop.js";
+import { settleFinished, yieldForResize, yieldToFence, yieldToPreemption } from "./stop.js";
 
 // What other modules import from here; each phase of the lifecycle has a file of its own:
 // admit.ts (waiting, the finalizer), start.ts (an attempt, and a restart after backoff),
@@ -150,6 +150,11 @@ export class TrainingJobReconciler implements Reconciler {
     const ref = refOf(current);
     if (current.metadata.deletionTimestamp) return finalize(this.ctx, current, ref);
     if (isFinished(current)) return settleFinished(this.ctx, current, ref);
+    // A fleet copy whose control plane's lease lapsed never runs here again (fence.ts).
+    const fence = this.deps.fence?.verdict(current);
+    if (fence?.action === "stop")
+      return yieldToFence(this.ctx, current, ref, fence.message, this.deps.fence!.graceSeconds(current));
+    if (fence?.action === "wait") return { requeueAfterMs: 1000 };
     // Admitted and not yet written: the attempt's first status write carries the admission.
     const offered = this.offerFor(key, current);
     if (!current.status?.admission && !offered) return {}; // the admission loop decides when it may start

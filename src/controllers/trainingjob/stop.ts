@@ -1,3 +1,4 @@
+import { FENCED_CONDITION } from "../../api/cluster.js";
 import { setCondition } from "../../api/meta.js";
 import type { TrainingJob } from "../../api/trainingjob.js";
 import type { WorkloadRef } from "../../ports/runtime.js";
@@ -39,6 +40,14 @@ export async function yieldForResize(
   return {};
 }
 
+/** A stopped attempt's status: no workers now (their logs stay: loom logs --attempt), Pending. */
+const STOPPED = {
+  workers: undefined,
+  ready: undefined,
+  phase: "Pending",
+  nextAttemptTime: undefined,
+} as const;
+
 /**
  * A preemption asked this job to give its capacity back: stop every worker gracefully (SIGTERM,
  * then the grace period, so it can checkpoint), then return to the queue keeping its attempt
@@ -67,14 +76,11 @@ export async function yieldToPreemption(
   );
   await ctx.writeStatus(job, {
     ...job.status,
-    workers: undefined, // none now; the stopped attempt's logs stay (loom logs --attempt)
-    ready: undefined,
-    phase: "Pending",
+    ...STOPPED,
     admission: undefined,
     preemption: undefined,
     preemptions: (job.status?.preemptions ?? 0) + 1,
     preemptedAttempt: attempts,
-    nextAttemptTime: undefined,
     conditions,
   });
   await ctx.event(job, "Warning", "Preempted", message);
@@ -102,5 +108,33 @@ export async function settleFinished(
       ready: `0/${obs.workers.length}`,
     });
   }
+  return {};
+}
+
+/**
+ * A fleet copy whose control plane's lease lapsed (controllers/cluster/fence.ts): stop every
+ * worker (SIGTERM, then a grace short enough to end before the control plane re-admits the job
+ * elsewhere) and say why, once. The copy stays stopped, whatever the lease does next: the
+ * control plane deletes it or admits the job again when it reaches this member.
+ */
+export async function yieldToFence(
+  ctx: JobContext,
+  job: TrainingJob,
+  ref: WorkloadRef,
+  message: string,
+  graceSeconds: number,
+): Promise<ReconcileResult> {
+  const stopped = await ctx.deps.runtime.stop(ref, graceSeconds);
+  if (!stopped) return { requeueAfterMs: 250 };
+  if (job.status?.conditions?.some((c) => c.type === FENCED_CONDITION && c.status === "True")) return {};
+  const now = ctx.deps.now();
+  let conditions = setCondition(
+    job.status?.conditions,
+    { type: FENCED_CONDITION, status: "True", reason: "LeaseExpired", message },
+    now,
+  );
+  conditions = setCondition(conditions, { type: "Running", status: "False", reason: "Fenced", message }, now);
+  await ctx.writeStatus(job, { ...job.status, ...STOPPED, conditions });
+  await ctx.event(job, "Warning", "Fenced", message);
   return {};
 }

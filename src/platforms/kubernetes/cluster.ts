@@ -10,8 +10,10 @@ import type { NodeCapacity } from "../../ports/scheduler.js";
 import { readCheckpoint, seedCheckpoint } from "./checkpoints.js";
 import { KubeClient } from "./client.js";
 import { KubeEventRecorder } from "./events.js";
+import { KubeFleetLeases } from "./fleetleases.js";
 import { namespaceOf, podName } from "./naming.js";
 import { type KubeNode, markedForRemoval, nodeCapacities } from "./nodes.js";
+import { DEFAULT_SYSTEM_NAMESPACE } from "./secrets.js";
 import { KubeResourceStore } from "./store.js";
 
 /** A member is probed often: a request that has not answered in this long means unreachable. */
@@ -25,6 +27,7 @@ const MEMBER_REQUEST_TIMEOUT_MS = 5000;
 export class KubeMember implements MemberCluster {
   readonly store: KubeResourceStore;
   readonly events: KubeEventRecorder;
+  private readonly leases: KubeFleetLeases;
 
   constructor(
     private readonly client: KubeClient,
@@ -32,6 +35,7 @@ export class KubeMember implements MemberCluster {
   ) {
     this.store = new KubeResourceStore(client, log);
     this.events = new KubeEventRecorder(client);
+    this.leases = new KubeFleetLeases(client, DEFAULT_SYSTEM_NAMESPACE);
   }
 
   async nodes(): Promise<NodeCapacity[]> {
@@ -86,6 +90,11 @@ export class KubeMember implements MemberCluster {
   /** The control plane's checkpoint, written into the copy's first attempt (checkpoints.ts). */
   seed(ref: WorkloadRef, files: CheckpointFiles): Promise<number> {
     return seedCheckpoint(this.client, ref, files);
+  }
+
+  /** This control plane's Lease in the member's Loom namespace (its operator fences by it). */
+  renewLease(holder: string, durationSeconds: number): Promise<void> {
+    return this.leases.renew(holder, durationSeconds);
   }
 
   close(): void {

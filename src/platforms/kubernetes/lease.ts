@@ -33,8 +33,28 @@ interface Lease {
 }
 
 /** A MicroTime as the API server parses it: exactly six fractional digits. */
-function microTime(d: Date): string {
+export function microTime(d: Date): string {
   return d.toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
+}
+
+/**
+ * The Lease `init.metadata.name` in the leases collection at `path`, or undefined when there was
+ * none and `init` was created instead (a racing creator makes this an AlreadyExists).
+ */
+export async function readOrCreateLease<L>(
+  client: KubeClient,
+  path: string,
+  init: { metadata: { name: string } & Record<string, unknown>; spec: object },
+): Promise<L | undefined> {
+  try {
+    return await client.request<L>("GET", `${path}/${init.metadata.name}`);
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+    await client.request("POST", path, {
+      body: { apiVersion: "coordination.k8s.io/v1", kind: "Lease", ...init },
+    });
+    return undefined;
+  }
 }
 
 /**
@@ -153,21 +173,11 @@ export class LeaseElector {
       leaseTransitions: 0,
     };
     try {
-      let lease: Lease;
-      try {
-        lease = await this.client.request<Lease>("GET", `${this.path}/${this.opts.name}`);
-      } catch (err) {
-        if (!(err instanceof NotFoundError)) throw err;
-        await this.client.request("POST", this.path, {
-          body: {
-            apiVersion: "coordination.k8s.io/v1",
-            kind: "Lease",
-            metadata: { name: this.opts.name, namespace: this.opts.namespace },
-            spec: mine,
-          },
-        });
-        return this.renewed();
-      }
+      const lease = await readOrCreateLease<Lease>(this.client, this.path, {
+        metadata: { name: this.opts.name, namespace: this.opts.namespace },
+        spec: mine,
+      });
+      if (!lease) return this.renewed();
       const spec = lease.spec ?? {};
       const record = JSON.stringify([spec.holderIdentity, spec.renewTime, spec.leaseDurationSeconds]);
       if (this.observed?.record !== record) this.observed = { record, at: Date.now() };

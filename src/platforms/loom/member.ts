@@ -139,6 +139,13 @@ export class LoomMember implements MemberCluster {
     };
   }
 
+  /** This control plane's lease in the member (its own Loom fences the copies placed there by it). */
+  async renewLease(holder: string, durationSeconds: number): Promise<void> {
+    await this.api.request("PUT", `${BASE}/fleetleases/${encodeURIComponent(holder)}`, {
+      leaseDurationSeconds: durationSeconds,
+    });
+  }
+
   close(): void {
     this.keys.clear();
   }

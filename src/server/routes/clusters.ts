@@ -1,6 +1,7 @@
 import type { FastifyInstance } from "fastify";
 import { kubeconfigSecretName } from "../../api/cluster.js";
 import { BadRequestError } from "../../api/errors.js";
+import type { FleetLeases } from "../../ports/fleet.js";
 import type { SecretStore } from "../../ports/secrets.js";
 import type { ResourceService } from "../resources.js";
 import { route, rule } from "../routetable.js";
@@ -12,6 +13,8 @@ export interface ClusterRoutesDeps {
   listOrWatch: ListOrWatch;
   /** Where member kubeconfigs are kept; absent: this control plane takes none (only `self`). */
   secrets?: SecretStore;
+  /** The leases control planes renew here (this platform as a fleet member); absent: none taken. */
+  leases?: FleetLeases;
 }
 
 type G = { Params: Params; Querystring: Query };
@@ -91,4 +94,32 @@ export function clusterRoutes(app: FastifyInstance, deps: ClusterRoutesDeps): vo
       return reply.code(200).send({ kind: "Secret", metadata: { name } });
     },
   });
+  route<G>(app, {
+    method: "PUT",
+    url: `${BASE}/fleetleases/:name`,
+    rule: rule.admin("clusters"),
+    handler: async (req) => renewLease(deps.leases, req.params.name!, req.body),
+  });
+}
+
+/** The longest lease taken: a control plane renews every few seconds. */
+const MAX_LEASE_SECONDS = 3600;
+
+/**
+ * A control plane renews its lease in this member (self-fencing, issue 23): the copies it placed
+ * here stop when this member has not seen it renewed for leaseDurationSeconds.
+ */
+async function renewLease(leases: FleetLeases | undefined, holder: string, body: unknown) {
+  if (!leases)
+    throw new BadRequestError(
+      "this server takes no fleet leases (it runs no controllers): register a server that runs them as the member",
+    );
+  const seconds = (body as { leaseDurationSeconds?: unknown } | undefined)?.leaseDurationSeconds;
+  if (typeof seconds !== "number" || !Number.isInteger(seconds) || seconds < 1 || seconds > MAX_LEASE_SECONDS)
+    throw new BadRequestError(
+      `send {"leaseDurationSeconds": N} with a whole number of seconds from 1 to ${MAX_LEASE_SECONDS}`,
+    );
+  if (holder.length > 253) throw new BadRequestError("a lease holder's name has at most 253 characters");
+  await leases.renew(holder, seconds);
+  return { kind: "FleetLease", holder, leaseDurationSeconds: seconds };
 }
