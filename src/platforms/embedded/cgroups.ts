@@ -17,7 +17,12 @@ export interface CgroupPlan {
   dirs: string[];
   /** Limit files to write, after the dirs. */
   writes: { path: string; data: string }[];
-  /** cgroup.procs files the shim writes its own pid to before it starts the sandbox. */
+  /**
+   * Files the launcher (or the shim) writes "0" (itself) to before it starts the sandbox: on v1
+   * each hierarchy's `tasks` (the one thread of a launcher or shell moves without the kernel's
+   * global threadgroup lock, whose RCU grace period made each start wait 8-14 ms on a busy
+   * machine: a pid written to cgroup.procs takes it); on v2 `cgroup.procs`.
+   */
   procs: string[];
 }
 
@@ -109,11 +114,7 @@ export function cgroupPlan(
       ...(memory ? [{ path: join(mem, "memory.limit_in_bytes"), data: memory }] : []),
       ...(cpu ? [{ path: join(cpu, "cpu.shares"), data: String(shares) }] : []),
     ],
-    procs: [
-      join(mem, "cgroup.procs"),
-      ...(pids ? [join(pids, "cgroup.procs")] : []),
-      ...(cpu ? [join(cpu, "cgroup.procs")] : []),
-    ],
+    procs: [join(mem, "tasks"), ...(pids ? [join(pids, "tasks")] : []), ...(cpu ? [join(cpu, "tasks")] : [])],
   };
 }
 
@@ -124,6 +125,11 @@ function dirsOf(layout: CgroupLayout, name: string): string[] {
     ...[layout.memory, ...(layout.pids ? [layout.pids] : [])].map((d) => join(d, name)),
     join(layout.cpu, `loom-${name}`),
   ];
+}
+
+/** The file listing every process of the worker's cgroup (its memory one on v1: always made). */
+export function processList(layout: CgroupLayout, name: string): string {
+  return join(layout.version === "v2" ? layout.root : layout.memory, name, "cgroup.procs");
 }
 
 /** Whether the kernel's OOM killer killed a process of the worker's cgroup. */
