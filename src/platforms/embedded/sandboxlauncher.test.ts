@@ -123,8 +123,10 @@ describe("the sandbox launcher", () => {
     const look = [
       "sh",
       "-c",
-      // mount point, options, fs type, super options (sizes differ per mount, not per program)
-      "awk '{print $5, $6, $(NF-2), $(NF-1), $NF}' /proc/self/mountinfo | sed 's/,size=[^ ]*//;s/,nr_inodes=[^ ]*//';" +
+      // mount point, options, fs type, super options (sizes differ per mount, not per program),
+      // sorted: the kernel lists mounts by when each was made, and the launcher copies its
+      // sources first (one pivot_root), bwrap as it goes.
+      "awk '{print $5, $6, $(NF-2), $(NF-1), $NF}' /proc/self/mountinfo | sed 's/,size=[^ ]*//;s/,nr_inodes=[^ ]*//' | sort;" +
         " grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp|SigIgn|SigBlk|NSpid)' /proc/self/status;" +
         ' hostname; pwd; echo "$PWD"; umask;' +
         " ls /proc | grep -c '^[0-9]'; ls -la / /dev /tmp | awk '{print $1, $3, $4, $NF}'",
