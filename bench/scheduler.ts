@@ -669,6 +669,8 @@ interface E2eFigures {
   /** Of those, writes to jobs still waiting for admission (their Pending condition), creates excluded. */
   waitingWrites: number;
   createErrors: string[];
+  /** What the first failed jobs' status said (up to 3). */
+  failures: string[];
 }
 
 type E2eMessage = { type: "done"; figures: E2eFigures } | { type: "error"; message: string };
@@ -710,6 +712,7 @@ async function e2eClient(t: E2eTarget): Promise<E2eFigures> {
   const admitted = new Set<string>();
   const succeeded = new Set<string>();
   const failed = new Set<string>();
+  const failures: string[] = [];
   let events = 0;
   let waitingWrites = 0;
   let t0 = 0;
@@ -741,7 +744,10 @@ async function e2eClient(t: E2eTarget): Promise<E2eFigures> {
           if (!line.trim()) continue;
           const e = JSON.parse(line) as {
             type: string;
-            object: { metadata: { name: string }; status?: { phase?: string; admission?: unknown } };
+            object: {
+              metadata: { name: string };
+              status?: { phase?: string; admission?: unknown; conditions?: { message?: string }[] };
+            };
           };
           if (e.type === "ERROR") throw new Error(`watch ended: ${line.slice(0, 300)}`);
           if (e.type === "BOOKMARK") continue;
@@ -763,7 +769,17 @@ async function e2eClient(t: E2eTarget): Promise<E2eFigures> {
               admitted.add(name);
               if (admitted.size === t.jobs) allAdmittedMs = now;
             }
-          } else if (phase === "Failed") failed.add(name);
+          } else if (phase === "Failed" && !failed.has(name)) {
+            failed.add(name);
+            if (failures.length < 3)
+              failures.push(
+                `${name}: ${(e.object.status?.conditions ?? [])
+                  .map((c) => c.message)
+                  .filter(Boolean)
+                  .join("; ")
+                  .slice(0, 300)}`,
+              );
+          }
           if (succeeded.size + failed.size >= t.jobs) finish();
         }
       });
@@ -816,6 +832,7 @@ async function e2eClient(t: E2eTarget): Promise<E2eFigures> {
     watchEvents: events,
     waitingWrites,
     createErrors,
+    failures,
   };
 }
 
@@ -1272,6 +1289,7 @@ async function partEndToEnd(deadline: number): Promise<PartOutput> {
     );
     if (lf.createErrors.length)
       notes.push(`${loom.variant.name} create errors: ${lf.createErrors.join("; ")}.`);
+    if (lf.failures.length) notes.push(`${loom.variant.name} failed jobs said: ${lf.failures.join(" | ")}.`);
     if (lf.totalMs === undefined)
       notes.push(
         `${loom.variant.name} did not finish within ${E2E_TIMEOUT_MS / 1000} s (LOOM_BENCH_SCHED_E2E_TIMEOUT_S): ${lf.succeeded} of ${lf.jobs} had succeeded.`,
