@@ -19,7 +19,9 @@
  *
  * Bind mounts are recursive and their flags (read-only, nosuid, nodev) are set on the whole
  * tree with one mount_setattr(2) (Linux 5.12), where bwrap re-reads /proc/self/mountinfo for
- * every bind to find the submounts; Loom falls back to bwrap where that call is missing.
+ * every bind to find the submounts; their sources are copied first with open_tree(2) and
+ * attached with move_mount(2), so the root takes one pivot_root where bwrap's takes two. Loom
+ * falls back to bwrap where any of these calls is missing (the start-up probe fails).
  */
 #define _GNU_SOURCE
 #include <errno.h>
