@@ -82,29 +82,54 @@ const PUBLISHED = [
 ];
 // (c)
 const E2E_JOBS = num(env.LOOM_BENCH_SCHED_E2E_JOBS, 1000);
-/** What (c)'s Loom isolates each job with, and the mount table every sandbox start copies. */
+/**
+ * Loom's sides in (c), each a server of its own, one after another (LOOM_BENCH_SCHED_E2E_RUNS):
+ * `loom` isolates as LOOM_BENCH_SCHED_ISOLATION says (default both, as `loom up`); `launcher`,
+ * `bwrap` and `none` compare what a job's sandbox costs in one run: sandbox and network
+ * namespace started by Loom's launcher, the same by bubblewrap's chain, and no isolation.
+ */
+interface LoomVariant {
+  name: string;
+  isolation: string;
+  /** LOOM_SANDBOX_LAUNCHER for its server ("bwrap": bubblewrap's chain even where the launcher works). */
+  launcher?: "bwrap";
+}
 const isolation = env.LOOM_BENCH_SCHED_ISOLATION ?? "both";
-/** Which program makes the sandboxes (sandbox.ts): Loom's launcher where built, else bubblewrap's chain. */
-const sandboxProgram =
-  isolation === "none" || isolation === "network"
-    ? ""
-    : env.LOOM_SANDBOX_LAUNCHER === "bwrap"
-      ? ", started by bubblewrap's chain (LOOM_SANDBOX_LAUNCHER=bwrap)"
-      : existsSync(LAUNCHER_PATH)
-        ? ", started by Loom's launcher (native/loom-sandbox.c)"
-        : ", started by bubblewrap's chain (Loom's launcher not built)";
-const isolationNote =
-  {
-    both: "sandbox and network namespace (as `loom up`)",
-    none: "none (LOOM_BENCH_SCHED_ISOLATION=none)",
-    sandbox: "sandbox only (LOOM_BENCH_SCHED_ISOLATION=sandbox)",
-    network: "network namespace only (LOOM_BENCH_SCHED_ISOLATION=network)",
-  }[isolation] + sandboxProgram;
+const LOOM_VARIANTS: Record<string, LoomVariant> = {
+  loom: {
+    name: "Loom embedded",
+    isolation,
+    ...(env.LOOM_SANDBOX_LAUNCHER === "bwrap" ? { launcher: "bwrap" as const } : {}),
+  },
+  launcher: { name: "Loom, launcher", isolation: "both" },
+  bwrap: { name: "Loom, bwrap chain", isolation: "both", launcher: "bwrap" },
+  none: { name: "Loom, no isolation", isolation: "none" },
+};
+/** What a variant isolates each job with, and which program makes its sandboxes (sandbox.ts). */
+function isolationNote(v: LoomVariant): string {
+  const program =
+    v.isolation === "none" || v.isolation === "network"
+      ? ""
+      : v.launcher === "bwrap"
+        ? ", started by bubblewrap's chain (LOOM_SANDBOX_LAUNCHER=bwrap)"
+        : existsSync(LAUNCHER_PATH)
+          ? ", started by Loom's launcher (native/loom-sandbox.c)"
+          : ", started by bubblewrap's chain (Loom's launcher not built)";
+  const what =
+    {
+      both: "sandbox and network namespace (as `loom up`)",
+      none: "none",
+      sandbox: "sandbox only",
+      network: "network namespace only",
+    }[v.isolation] ?? v.isolation;
+  return what + program;
+}
 const mountsAtStart = readFileSync("/proc/self/mountinfo", "utf8").split("\n").filter(Boolean).length;
 const netnsAtStart = existsSync("/run/netns") ? readdirSync("/run/netns").length : 0;
 const E2E_CONCURRENCY = 16;
 const E2E_TIMEOUT_MS = num(env.LOOM_BENCH_SCHED_E2E_TIMEOUT_S, 300) * 1000;
 const E2E_RUNS = (env.LOOM_BENCH_SCHED_E2E_RUNS ?? "loom,slurm").split(",").map((r) => r.trim());
+const UNKNOWN_RUNS = E2E_RUNS.filter((r) => r !== "slurm" && !(r in LOOM_VARIANTS));
 const SLURM_TIMEOUT_MS = num(env.LOOM_BENCH_SCHED_SLURM_TIMEOUT_S, 300) * 1000;
 const E2E_GOAL = 2;
 const PROJECT = "default";
@@ -644,6 +669,8 @@ interface E2eFigures {
   /** Of those, writes to jobs still waiting for admission (their Pending condition), creates excluded. */
   waitingWrites: number;
   createErrors: string[];
+  /** What the first failed jobs' status said (up to 3). */
+  failures: string[];
 }
 
 type E2eMessage = { type: "done"; figures: E2eFigures } | { type: "error"; message: string };
@@ -685,6 +712,7 @@ async function e2eClient(t: E2eTarget): Promise<E2eFigures> {
   const admitted = new Set<string>();
   const succeeded = new Set<string>();
   const failed = new Set<string>();
+  const failures: string[] = [];
   let events = 0;
   let waitingWrites = 0;
   let t0 = 0;
@@ -716,7 +744,10 @@ async function e2eClient(t: E2eTarget): Promise<E2eFigures> {
           if (!line.trim()) continue;
           const e = JSON.parse(line) as {
             type: string;
-            object: { metadata: { name: string }; status?: { phase?: string; admission?: unknown } };
+            object: {
+              metadata: { name: string };
+              status?: { phase?: string; admission?: unknown; conditions?: { message?: string }[] };
+            };
           };
           if (e.type === "ERROR") throw new Error(`watch ended: ${line.slice(0, 300)}`);
           if (e.type === "BOOKMARK") continue;
@@ -738,7 +769,17 @@ async function e2eClient(t: E2eTarget): Promise<E2eFigures> {
               admitted.add(name);
               if (admitted.size === t.jobs) allAdmittedMs = now;
             }
-          } else if (phase === "Failed") failed.add(name);
+          } else if (phase === "Failed" && !failed.has(name)) {
+            failed.add(name);
+            if (failures.length < 3)
+              failures.push(
+                `${name}: ${(e.object.status?.conditions ?? [])
+                  .map((c) => c.message)
+                  .filter(Boolean)
+                  .join("; ")
+                  .slice(0, 300)}`,
+              );
+          }
           if (succeeded.size + failed.size >= t.jobs) finish();
         }
       });
@@ -791,6 +832,7 @@ async function e2eClient(t: E2eTarget): Promise<E2eFigures> {
     watchEvents: events,
     waitingWrites,
     createErrors,
+    failures,
   };
 }
 
@@ -863,29 +905,59 @@ const meter = cpuacctMeter();
 if (meter) cleanups.push(async () => meter.close());
 
 interface LoomE2e {
+  variant: LoomVariant;
   figures: E2eFigures;
   /** CPU seconds of this process (server and client thread) from the first create to the end. */
   cpuSeconds: number;
   /** CPU ms of every process on Loom's side (server, spawn helper, sandboxes, jobs; cpuacct). */
   allCpuMs?: number;
+  /** The spawn helper's own CPU ms, and that of the processes it started and reaped (sandboxes, jobs, ip). */
+  helper?: { ownMs: number; childrenMs: number };
   wallSeconds: number;
   reconciles: Record<string, { count: number; seconds: number }>;
 }
 
-async function runLoomE2e(): Promise<LoomE2e> {
+/**
+ * The CPU ms of this process's `node -e` children (Loom's spawn helper), their own and their
+ * reaped children's, from /proc (clock ticks); undefined where there is none.
+ */
+function helperCpu(): { ownMs: number; childrenMs: number } | undefined {
+  const tick = 1000 / 100; // USER_HZ is 100 on Linux
+  let out: { ownMs: number; childrenMs: number } | undefined;
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(f[1]) !== process.pid) continue;
+      const argv = readFileSync(`/proc/${e}/cmdline`, "utf8").split("\0");
+      if (argv[1] !== "-e") continue;
+      out ??= { ownMs: 0, childrenMs: 0 };
+      out.ownMs += (Number(f[11]) + Number(f[12])) * tick;
+      out.childrenMs += (Number(f[13]) + Number(f[14])) * tick;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+async function runLoomE2e(variant: LoomVariant): Promise<LoomE2e> {
   const { createLogger } = await import("../src/lib/log.js");
   const { startEmbedded } = await import("../src/main/embedded.js");
   const dataDir = tempDir("loom-bench-sched-");
   // `loom up`'s composition root with its defaults (30 s resync), no virtual GPUs, pino at warn.
-  // LOOM_BENCH_SCHED_ISOLATION=none|sandbox|network|both (default both, as `loom up`): what each
-  // job's isolation costs, measured by turning its parts off.
+  // The variant's isolation: what each job's isolation costs, measured by turning its parts off.
+  const iso = variant.isolation;
+  if (variant.launcher) process.env.LOOM_SANDBOX_LAUNCHER = variant.launcher;
+  else delete process.env.LOOM_SANDBOX_LAUNCHER;
   const server = await startEmbedded({
     dataDir,
     port: 0,
     gpus: 0,
     log: createLogger("warn"),
-    ...(isolation === "none" || isolation === "network" ? { sandbox: false } : {}),
-    ...(isolation === "none" || isolation === "sandbox" ? { networkIsolation: false } : {}),
+    ...(iso === "none" || iso === "network" ? { sandbox: false } : {}),
+    ...(iso === "none" || iso === "sandbox" ? { networkIsolation: false } : {}),
   });
   let closed = false;
   const close = async () => {
@@ -897,6 +969,7 @@ async function runLoomE2e(): Promise<LoomE2e> {
   try {
     const cpu0 = process.cpuUsage();
     const all0 = meter?.usageMs();
+    const helper0 = helperCpu();
     const wall0 = performance.now();
     const figures = await runInWorker({
       url: server.url,
@@ -906,6 +979,11 @@ async function runLoomE2e(): Promise<LoomE2e> {
     });
     const cpu = process.cpuUsage(cpu0);
     const allCpuMs = meter && all0 !== undefined ? meter.usageMs() - all0 : undefined;
+    const helper1 = helperCpu();
+    const helper = helper1 && {
+      ownMs: helper1.ownMs - (helper0?.ownMs ?? 0),
+      childrenMs: helper1.childrenMs - (helper0?.childrenMs ?? 0),
+    };
     const wallSeconds = (performance.now() - wall0) / 1000;
     const res = await fetch(`${server.url}/metrics`, {
       headers: { authorization: `Bearer ${server.adminToken}` },
@@ -919,9 +997,18 @@ async function runLoomE2e(): Promise<LoomE2e> {
       if (m[1] === "sum") entry.seconds += Number(m[3]);
       else entry.count += Number(m[3]);
     }
-    return { figures, cpuSeconds: (cpu.user + cpu.system) / 1e6, allCpuMs, wallSeconds, reconciles };
+    return {
+      variant,
+      figures,
+      cpuSeconds: (cpu.user + cpu.system) / 1e6,
+      allCpuMs,
+      helper,
+      wallSeconds,
+      reconciles,
+    };
   } finally {
     await close();
+    delete process.env.LOOM_SANDBOX_LAUNCHER;
   }
 }
 
@@ -988,7 +1075,15 @@ function slurmSh(
 /** The slurm.conf settings that decide throughput, as slurm.sh wrote them. */
 const SLURM_KEYS = ["SchedulerType", "SchedulerParameters", "SelectTypeParameters", "Epilog", "AuthType"];
 
-async function runSlurm(): Promise<{ lines: SlurmLine[]; conf?: string; error?: string; allCpuMs?: number }> {
+interface SlurmRun {
+  lines: SlurmLine[];
+  conf?: string;
+  error?: string;
+  /** CPU ms of every process on Slurm's side (cpuacct) during each mode's run, by mode. */
+  cpuMs: Partial<Record<SlurmLine["mode"], number>>;
+}
+
+async function runSlurm(): Promise<SlurmRun> {
   const cpus = String(availableParallelism());
   const up = await slurmSh(["up"], { SLURM_CPUS: cpus }, 180_000);
   const exports: Record<string, string> = {};
@@ -1000,7 +1095,11 @@ async function runSlurm(): Promise<{ lines: SlurmLine[]; conf?: string; error?: 
   };
   cleanups.push(down);
   if (up.code !== 0 || !exports.SLURM_CONF)
-    return { lines: [], error: `slurm.sh up failed (exit ${up.code}): ${up.stderr.trim().slice(-300)}` };
+    return {
+      lines: [],
+      cpuMs: {},
+      error: `slurm.sh up failed (exit ${up.code}): ${up.stderr.trim().slice(-300)}`,
+    };
   let conf: string | undefined;
   try {
     const text = readFileSync(exports.SLURM_CONF, "utf8");
@@ -1010,26 +1109,37 @@ async function runSlurm(): Promise<{ lines: SlurmLine[]; conf?: string; error?: 
   } catch {
     // reported as unknown
   }
+  const lines: SlurmLine[] = [];
+  const cpuMs: SlurmRun["cpuMs"] = {};
   try {
-    const all0 = meter?.usageMs();
-    const run = await slurmSh(
-      ["run", String(E2E_JOBS), "both"],
-      { ...exports, SLURM_RUN_TIMEOUT_S: String(Math.ceil(SLURM_TIMEOUT_MS / 1000)) },
-      SLURM_TIMEOUT_MS * 2 + 60_000,
-    );
-    const lines = run.stdout
-      .split("\n")
-      .filter((l) => l.startsWith("{"))
-      .map((l) => JSON.parse(l) as SlurmLine);
-    const allCpuMs = meter && all0 !== undefined ? meter.usageMs() - all0 : undefined;
-    if (run.code !== 0)
-      return {
-        lines,
-        conf,
-        allCpuMs,
-        error: `slurm.sh run failed (exit ${run.code}): ${run.stderr.trim().slice(-300)}`,
-      };
-    return { lines, conf, allCpuMs };
+    // One mode at a time, so each has its own CPU figure (the warm-up jobs go with the first).
+    for (const [i, mode] of (["separate", "array"] as const).entries()) {
+      const all0 = meter?.usageMs();
+      const run = await slurmSh(
+        ["run", String(E2E_JOBS), mode],
+        {
+          ...exports,
+          SLURM_RUN_TIMEOUT_S: String(Math.ceil(SLURM_TIMEOUT_MS / 1000)),
+          ...(i > 0 ? { SLURM_WARMUP: "0" } : {}),
+        },
+        SLURM_TIMEOUT_MS + 60_000,
+      );
+      if (meter && all0 !== undefined) cpuMs[mode] = meter.usageMs() - all0;
+      lines.push(
+        ...run.stdout
+          .split("\n")
+          .filter((l) => l.startsWith("{"))
+          .map((l) => JSON.parse(l) as SlurmLine),
+      );
+      if (run.code !== 0)
+        return {
+          lines,
+          conf,
+          cpuMs,
+          error: `slurm.sh run ${mode} failed (exit ${run.code}): ${run.stderr.trim().slice(-300)}`,
+        };
+    }
+    return { lines, conf, cpuMs };
   } finally {
     cleanups.splice(cleanups.indexOf(down), 1);
     await down();
@@ -1039,37 +1149,45 @@ async function runSlurm(): Promise<{ lines: SlurmLine[]; conf?: string; error?: 
 async function partEndToEnd(deadline: number): Promise<PartOutput> {
   const cpus = availableParallelism();
   const notes: string[] = [];
-  let loom: LoomE2e | undefined;
-  let loomError: string | undefined;
-  if (E2E_RUNS.includes("loom")) {
-    log(`(c) Loom: ${E2E_JOBS} TrainingJobs (/bin/true, cpu 1) through the embedded server's API`);
+  if (UNKNOWN_RUNS.length)
+    throw new Error(
+      `unknown run(s) ${UNKNOWN_RUNS.join(", ")} in LOOM_BENCH_SCHED_E2E_RUNS (known: ${[...Object.keys(LOOM_VARIANTS), "slurm"].join(", ")})`,
+    );
+  const looms: LoomE2e[] = [];
+  const loomErrors: string[] = [];
+  for (const key of E2E_RUNS.filter((r) => r in LOOM_VARIANTS)) {
+    const variant = LOOM_VARIANTS[key]!;
+    log(`(c) ${variant.name}: ${E2E_JOBS} TrainingJobs (/bin/true, cpu 1) through the embedded server's API`);
     try {
-      loom = await runLoomE2e();
+      const loom = await runLoomE2e(variant);
+      looms.push(loom);
       const f = loom.figures;
       log(
-        `(c) Loom: submitted in ${fmt(f.submitMs / 1000, 2)} s; ${f.succeeded} succeeded, ${f.failed} failed` +
+        `(c) ${variant.name}: submitted in ${fmt(f.submitMs / 1000, 2)} s; ${f.succeeded} succeeded, ${f.failed} failed` +
           (f.totalMs !== undefined
             ? ` in ${fmt(f.totalMs / 1000, 2)} s → ${fmt(f.jobs / (f.totalMs / 1000), 1)} jobs/s`
-            : ` when the ${E2E_TIMEOUT_MS / 1000} s deadline came`),
+            : ` when the ${E2E_TIMEOUT_MS / 1000} s deadline came`) +
+          (loom.allCpuMs !== undefined ? `; ${fmt(loom.allCpuMs / f.jobs, 1)} ms CPU per job` : ""),
       );
     } catch (err) {
-      loomError = err instanceof Error ? err.message.split("\n")[0] : String(err);
-      log(`(c) Loom FAILED: ${loomError}`);
+      const message = err instanceof Error ? err.message.split("\n")[0] : String(err);
+      loomErrors.push(`${variant.name}: ${message}`);
+      log(`(c) ${variant.name} FAILED: ${message}`);
     }
-  } else loomError = "skipped (LOOM_BENCH_SCHED_E2E_RUNS has no loom)";
+  }
+  if (!E2E_RUNS.some((r) => r in LOOM_VARIANTS))
+    loomErrors.push("skipped (LOOM_BENCH_SCHED_E2E_RUNS has no Loom run)");
 
-  let slurm: { lines: SlurmLine[]; conf?: string; error?: string; allCpuMs?: number } = {
-    lines: [],
-    error: "skipped (LOOM_BENCH_SCHED_E2E_RUNS has no slurm)",
-  };
+  let slurm: SlurmRun = { lines: [], cpuMs: {}, error: "skipped (LOOM_BENCH_SCHED_E2E_RUNS has no slurm)" };
   if (E2E_RUNS.includes("slurm")) {
-    if (performance.now() + 120_000 > deadline) slurm = { lines: [], error: "not run: too little time left" };
+    if (performance.now() + 120_000 > deadline)
+      slurm = { lines: [], cpuMs: {}, error: "not run: too little time left" };
     else {
-      log(`(c) Slurm: bench/slurm/slurm.sh up, run ${E2E_JOBS} (separate, then array), down`);
+      log(`(c) Slurm: bench/slurm/slurm.sh up, run ${E2E_JOBS} separate, then ${E2E_JOBS} as an array, down`);
       try {
         slurm = await runSlurm();
       } catch (err) {
-        slurm = { lines: [], error: err instanceof Error ? err.message : String(err) };
+        slurm = { lines: [], cpuMs: {}, error: err instanceof Error ? err.message : String(err) };
       }
       for (const l of slurm.lines)
         log(`(c) Slurm ${l.mode}: ${fmt(l.totalSeconds, 2)} s → ${fmt(l.jobsPerSecond, 1)} jobs/s`);
@@ -1079,95 +1197,124 @@ async function partEndToEnd(deadline: number): Promise<PartOutput> {
 
   const sep = slurm.lines.find((l) => l.mode === "separate");
   const arr = slurm.lines.find((l) => l.mode === "array");
-  const lf = loom?.figures;
-  const loomTotal = lf?.totalMs !== undefined ? lf.totalMs / 1000 : undefined;
-  const loomRate = loomTotal !== undefined ? lf!.jobs / loomTotal : undefined;
+  const totalOf = (l: LoomE2e) => (l.figures.totalMs !== undefined ? l.figures.totalMs / 1000 : undefined);
+  const rateOf = (l: LoomE2e) => {
+    const t = totalOf(l);
+    return t !== undefined ? l.figures.jobs / t : undefined;
+  };
+  const perJob = (l: LoomE2e, ms: number | undefined) => (ms === undefined ? undefined : ms / l.figures.jobs);
+  const slurmCpu = (mode: SlurmLine["mode"]) => {
+    const line = slurm.lines.find((l) => l.mode === mode);
+    const ms = slurm.cpuMs[mode];
+    return line && ms !== undefined ? ms / line.jobs : undefined;
+  };
+  // Ratios are the first Loom run's (as `loom up` by default) against Slurm.
+  const first = looms[0];
+  const row = (
+    label: string,
+    loomCell: (l: LoomE2e) => number | undefined,
+    digits: number,
+    s?: [number | undefined, number | undefined],
+    ratios = true,
+  ) => {
+    const f = first ? loomCell(first) : undefined;
+    return [
+      label,
+      ...looms.map((l) => fmt(loomCell(l), digits)),
+      fmt(s?.[0], digits),
+      fmt(s?.[1], digits),
+      ratios ? ratio(f, s?.[0]) : "",
+      ratios ? ratio(f, s?.[1]) : "",
+    ];
+  };
   const rows: string[][] = [
-    [
-      "jobs per second (jobs ÷ total)",
-      fmt(loomRate, 1),
-      fmt(sep?.jobsPerSecond, 1),
-      fmt(arr?.jobsPerSecond, 1),
-      ratio(loomRate, sep?.jobsPerSecond),
-      ratio(loomRate, arr?.jobsPerSecond),
-    ],
-    [
-      "total: first submit → all done (s)",
-      fmt(loomTotal, 2),
-      fmt(sep?.totalSeconds, 2),
-      fmt(arr?.totalSeconds, 2),
-      ratio(loomTotal, sep?.totalSeconds),
-      ratio(loomTotal, arr?.totalSeconds),
-    ],
-    [
+    row("jobs per second (jobs ÷ total)", rateOf, 1, [sep?.jobsPerSecond, arr?.jobsPerSecond]),
+    row("total: first submit → all done (s)", totalOf, 2, [sep?.totalSeconds, arr?.totalSeconds]),
+    row(
       "submit: first → last accepted (s)",
-      fmt(lf ? lf.submitMs / 1000 : undefined, 2),
-      fmt(sep?.submitSeconds, 2),
-      fmt(arr?.submitSeconds, 2),
-      "",
-      "",
-    ],
+      (l) => l.figures.submitMs / 1000,
+      2,
+      [sep?.submitSeconds, arr?.submitSeconds],
+      false,
+    ),
+    row("CPU per job, ms: every process on each side (cpuacct)", (l) => perJob(l, l.allCpuMs), 1, [
+      slurmCpu("separate"),
+      slurmCpu("array"),
+    ]),
+    row(
+      "· of it this process (server, client thread)",
+      (l) => perJob(l, l.cpuSeconds * 1000),
+      1,
+      undefined,
+      false,
+    ),
+    row("· the spawn helper itself", (l) => perJob(l, l.helper?.ownMs), 1, undefined, false),
+    row(
+      "· what the helper started (sandboxes, jobs)",
+      (l) => perJob(l, l.helper?.childrenMs),
+      1,
+      undefined,
+      false,
+    ),
   ];
+  const firstName = first?.variant.name ?? "Loom";
   const blocks = [
     markdownTable(
       [
         `${fmt(E2E_JOBS)} jobs of /bin/true, 1 CPU each, ${cpus} CPUs`,
-        "Loom embedded (separate creates)",
+        ...looms.map((l) => l.variant.name),
         "Slurm, separate sbatch",
         "Slurm, job array",
-        "Loom ÷ Slurm separate",
-        "Loom ÷ Slurm array",
+        `${firstName} ÷ Slurm separate`,
+        `${firstName} ÷ Slurm array`,
       ],
       rows,
     ),
   ];
   notes.push(
-    `Ratios are Loom ÷ Slurm: above 1× is better for Loom on jobs per second, below 1× on seconds. Goal: at least ${E2E_GOAL}× Slurm's jobs per second.`,
-    `Loom: the embedded platform from \`startEmbedded\` (src/main/embedded.ts, what \`loom up\` runs) in a temp data dir, port 0, pino at warn, no GPUs, its defaults otherwise; its local runtime offers availableParallelism() = ${cpus} CPUs, so at most ${cpus} one-CPU jobs run at once. A client thread creates ${fmt(E2E_JOBS)} TrainingJobs in project ${PROJECT} (\`spec: {command: ["/bin/true"], resources: {cpu: 1}}\`) over HTTP keep-alive, ${E2E_CONCURRENCY} creates in flight, and follows them on one watch opened before the first create; total runs from the first create until the watch has shown every job Succeeded.`,
+    `Ratios are ${firstName} ÷ Slurm: above 1× is better for Loom on jobs per second, below 1× on seconds and CPU. Goal: at least ${E2E_GOAL}× Slurm's jobs per second.`,
+    `Loom: the embedded platform from \`startEmbedded\` (src/main/embedded.ts, what \`loom up\` runs) in a temp data dir, port 0, pino at warn, no GPUs, its defaults otherwise; its local runtime offers availableParallelism() = ${cpus} CPUs, so at most ${cpus} one-CPU jobs run at once. A client thread creates ${fmt(E2E_JOBS)} TrainingJobs in project ${PROJECT} (\`spec: {command: ["/bin/true"], resources: {cpu: 1}}\`) over HTTP keep-alive, ${E2E_CONCURRENCY} creates in flight, and follows them on one watch opened before the first create; total runs from the first create until the watch has shown every job Succeeded. Each Loom column is a server of its own, one after another.`,
     `Slurm ${slurm.lines[0]?.slurmVersion ?? ""}: bench/slurm/slurm.sh, one node with CPUs=${cpus}, configured for throughput (${slurm.conf ?? "slurm.conf not read"}): \`separate\` runs ${fmt(E2E_JOBS)} sbatch processes one after another, \`array\` one \`sbatch --array=1-${E2E_JOBS}\`; each job \`-n1 -c1 --wrap /bin/true\`; total until squeue (polled every 0.1 s) is empty. Slurm needs the no-op Epilog (Epilog=/bin/true) that slurm.sh configures: without one a freed CPU waits up to 1 s for slurmctld's background scheduling pass and Slurm runs about 2 jobs/s here (bench/slurm/README.md).`,
+    "CPU per job: every process of each side, from a cpuacct cgroup of the bench's own (Loom: its server and client thread, spawn helper, sandboxes and jobs; Slurm: its daemons, sbatch, squeue and jobs, each mode's run apart, the 4 warm-up jobs with the separate run). The rows under it split Loom's: this process (process.cpuUsage), the spawn helper's own time and that of the processes it started and reaped (/proc/PID/stat, 10 ms ticks).",
   );
-  if (lf) {
-    const rc = Object.entries(loom!.reconciles)
+  for (const loom of looms) {
+    const lf = loom.figures;
+    const rc = Object.entries(loom.reconciles)
       .map(([name, r]) => `${name} ${fmt(r.count)} reconciles, ${fmt(r.seconds, 1)} s`)
       .join("; ");
     notes.push(
-      `Loom details: ${lf.created} created, ${lf.succeeded} succeeded, ${lf.failed} failed; all admitted ${fmt(lf.allAdmittedMs !== undefined ? lf.allAdmittedMs / 1000 : undefined, 2)} s after the first create, first Succeeded at ${fmt(lf.firstSucceededMs !== undefined ? lf.firstSucceededMs / 1000 : undefined, 2)} s; ` +
+      `${loom.variant.name}: isolation ${isolationNote(loom.variant)}; ${lf.created} created, ${lf.succeeded} succeeded, ${lf.failed} failed; all admitted ${fmt(lf.allAdmittedMs !== undefined ? lf.allAdmittedMs / 1000 : undefined, 2)} s after the first create, first Succeeded at ${fmt(lf.firstSucceededMs !== undefined ? lf.firstSucceededMs / 1000 : undefined, 2)} s; ` +
         `${fmt(lf.watchEvents)} TrainingJob writes on the watch (${fmt(lf.watchEvents / Math.max(1, lf.created), 1)} per job, creates included), ${fmt(lf.waitingWrites)} of them to jobs still waiting for admission; ` +
-        `this process (server and client thread) used ${fmt(loom!.cpuSeconds, 1)} CPU s in ${fmt(loom!.wallSeconds, 1)} s wall (${fmt((100 * loom!.cpuSeconds) / loom!.wallSeconds)}% of one core); controllers: ${rc || "no metrics"}.`,
+        `this process (server and client thread) used ${fmt(loom.cpuSeconds, 1)} CPU s in ${fmt(loom.wallSeconds, 1)} s wall (${fmt((100 * loom.cpuSeconds) / loom.wallSeconds)}% of one core); load average ${loadavg()[0]!.toFixed(2)} at its end; controllers: ${rc || "no metrics"}.`,
     );
-    if (loom!.allCpuMs !== undefined)
-      notes.push(
-        `CPU per job, every process on each side (cpuacct: Loom's server, spawn helper, sandboxes and jobs; Slurm's daemons, sbatch, squeue and jobs, separate and array together): Loom ${fmt(loom!.allCpuMs / lf.jobs, 1)} ms` +
-          (slurm.allCpuMs !== undefined && slurm.lines.length
-            ? `, Slurm ${fmt(slurm.allCpuMs / slurm.lines.reduce((n, l) => n + l.jobs, 0), 1)} ms`
-            : "") +
-          ".",
-      );
-    // Each sandbox start copies the mount table and unmounts it again (bwrap): network namespaces
-    // that crashed servers left under /run/netns made this bench 30% slower before (40.7 vs 59.2 jobs/s).
-    notes.push(
-      `Isolation: ${isolationNote}; mounts on this machine at the start: ${fmt(mountsAtStart)} (${fmt(netnsAtStart)} of them network namespaces under /run/netns).`,
-    );
-    if (lf.createErrors.length) notes.push(`Loom create errors: ${lf.createErrors.join("; ")}.`);
+    if (lf.createErrors.length)
+      notes.push(`${loom.variant.name} create errors: ${lf.createErrors.join("; ")}.`);
+    if (lf.failures.length) notes.push(`${loom.variant.name} failed jobs said: ${lf.failures.join(" | ")}.`);
     if (lf.totalMs === undefined)
       notes.push(
-        `Loom did not finish within ${E2E_TIMEOUT_MS / 1000} s (LOOM_BENCH_SCHED_E2E_TIMEOUT_S): ${lf.succeeded} of ${lf.jobs} had succeeded.`,
+        `${loom.variant.name} did not finish within ${E2E_TIMEOUT_MS / 1000} s (LOOM_BENCH_SCHED_E2E_TIMEOUT_S): ${lf.succeeded} of ${lf.jobs} had succeeded.`,
       );
   }
-  if (loomError) notes.push(`Loom: ${loomError}.`);
+  // Each sandbox start copies the mount table and unmounts it again: network namespaces that
+  // crashed servers left under /run/netns made this bench 30% slower before (40.7 vs 59.2 jobs/s).
+  notes.push(
+    `Mounts on this machine at the start: ${fmt(mountsAtStart)} (${fmt(netnsAtStart)} of them network namespaces under /run/netns).`,
+  );
+  for (const e of loomErrors) notes.push(`Loom: ${e}.`);
   for (const l of slurm.lines)
     notes.push(
       `Slurm ${l.mode}: ${l.completedSeen} COMPLETED and ${l.notCompletedSeen} other among the records slurmctld still held (states ${l.states}); load average ${l.loadAvg1mAtStart} at its start.`,
     );
   if (slurm.error) notes.push(`Slurm: ${slurm.error}`);
   notes.push(
-    `Both run one after another on the same ${cpus} cores; each side's own processes (Loom's server and client thread; slurmctld, slurmd, slurmstepd, sbatch and squeue) compete with its jobs for them.`,
+    `All run one after another on the same ${cpus} cores; each side's own processes (Loom's server and client thread; slurmctld, slurmd, slurmstepd, sbatch and squeue) compete with its jobs for them.`,
   );
-  if (loomRate !== undefined && sep)
+  const firstRate = first ? rateOf(first) : undefined;
+  if (firstRate !== undefined && sep)
     notes.push(
-      loomRate >= E2E_GOAL * sep.jobsPerSecond
-        ? `Loom meets the goal: ${ratio(loomRate, sep.jobsPerSecond)} Slurm's separate submissions.`
-        : `Loom is below the goal of ${E2E_GOAL}× Slurm (${ratio(loomRate, sep.jobsPerSecond)} of separate sbatch); bench/README.md lists where the time goes.`,
+      firstRate >= E2E_GOAL * sep.jobsPerSecond
+        ? `${firstName} meets the goal: ${ratio(firstRate, sep.jobsPerSecond)} Slurm's separate submissions.`
+        : `${firstName} is below the goal of ${E2E_GOAL}× Slurm (${ratio(firstRate, sep.jobsPerSecond)} of separate sbatch); bench/README.md lists where the time goes.`,
     );
   const versions = slurm.lines[0]
     ? [`Slurm ${slurm.lines[0].slurmVersion} (slurm-wlm, bench/slurm/slurm.sh)`]
@@ -1178,7 +1325,7 @@ async function partEndToEnd(deadline: number): Promise<PartOutput> {
     notes,
     versions,
     workload: `(c) ${fmt(E2E_JOBS)} × /bin/true with 1 CPU on ${cpus} CPUs`,
-    ok: loomTotal !== undefined,
+    ok: looms.length > 0 && looms.every((l) => totalOf(l) !== undefined),
   };
 }
 

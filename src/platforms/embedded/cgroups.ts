@@ -9,7 +9,7 @@ import { join } from "node:path";
  */
 export type CgroupLayout =
   /** cpu: the cgroup Loom itself runs in (workers' cpu cgroups are `loom-<name>` beside its processes). */
-  { version: "v1"; memory: string; cpu: string; pids?: string } | { version: "v2"; root: string };
+  { version: "v1"; memory: string; cpu: string } | { version: "v2"; root: string };
 
 /** The cgroup for one worker: made and filled by the spawn helper, joined by the worker's shim. */
 export interface CgroupPlan {
@@ -17,7 +17,12 @@ export interface CgroupPlan {
   dirs: string[];
   /** Limit files to write, after the dirs. */
   writes: { path: string; data: string }[];
-  /** cgroup.procs files the shim writes its own pid to before it starts the sandbox. */
+  /**
+   * Files the launcher (or the shim) writes "0" (itself) to before it starts the sandbox: on v1
+   * each hierarchy's `tasks` (the one thread of a launcher or shell moves without the kernel's
+   * global threadgroup lock, whose RCU grace period made each start wait 8-14 ms on a busy
+   * machine: a pid written to cgroup.procs takes it); on v2 `cgroup.procs`.
+   */
   procs: string[];
 }
 
@@ -42,13 +47,9 @@ export function detectCgroups(root = ROOT): CgroupLayout | undefined {
   const memory = join(root, "memory");
   const cpu = join(root, "cpu");
   if (!writable(memory) || !writable(cpu)) return undefined;
-  const pids = join(root, "pids");
-  return {
-    version: "v1",
-    memory: join(memory, SUBTREE),
-    cpu: join(cpu, ownCgroup("cpu")),
-    ...(writable(pids) ? { pids: join(pids, SUBTREE) } : {}),
-  };
+  // No pids hierarchy: nothing sets a pids limit, and a cgroup made, joined and removed per
+  // worker for no limit was a third of the cgroups' cost at every start.
+  return { version: "v1", memory: join(memory, SUBTREE), cpu: join(cpu, ownCgroup("cpu")) };
 }
 
 /** Loom's own cgroup in a v1 hierarchy (from /proc/self/cgroup), "/" where it cannot be read. */
@@ -101,29 +102,26 @@ export function cgroupPlan(
     };
   }
   const mem = join(layout.memory, name);
-  const pids = layout.pids ? join(layout.pids, name) : undefined;
   const cpu = shares ? join(layout.cpu, `loom-${name}`) : undefined;
   return {
-    dirs: [mem, ...(pids ? [pids] : []), ...(cpu ? [cpu] : [])],
+    dirs: [mem, ...(cpu ? [cpu] : [])],
     writes: [
       ...(memory ? [{ path: join(mem, "memory.limit_in_bytes"), data: memory }] : []),
       ...(cpu ? [{ path: join(cpu, "cpu.shares"), data: String(shares) }] : []),
     ],
-    procs: [
-      join(mem, "cgroup.procs"),
-      ...(pids ? [join(pids, "cgroup.procs")] : []),
-      ...(cpu ? [join(cpu, "cgroup.procs")] : []),
-    ],
+    procs: [join(mem, "tasks"), ...(cpu ? [join(cpu, "tasks")] : [])],
   };
 }
 
 /** The worker's cgroup dirs, whatever the plan wrote. */
 function dirsOf(layout: CgroupLayout, name: string): string[] {
   if (layout.version === "v2") return [join(layout.root, name)];
-  return [
-    ...[layout.memory, ...(layout.pids ? [layout.pids] : [])].map((d) => join(d, name)),
-    join(layout.cpu, `loom-${name}`),
-  ];
+  return [join(layout.memory, name), join(layout.cpu, `loom-${name}`)];
+}
+
+/** The file listing every process of the worker's cgroup (its memory one on v1: always made). */
+export function processList(layout: CgroupLayout, name: string): string {
+  return join(layout.version === "v2" ? layout.root : layout.memory, name, "cgroup.procs");
 }
 
 /** Whether the kernel's OOM killer killed a process of the worker's cgroup. */

@@ -27,7 +27,7 @@ import type { WorkloadFiles } from "./workloadfiles.js";
  * with it, so the spawn helper sees the code too.
  */
 export const SANDBOX_SHIM =
-  'f=$1; g=$2; shift 2; for p in $g; do echo $$ > "$p" || { printf 125 > "$f"; exit 125; }; done; trap "" TERM INT; exec "$@" 9>"$f"';
+  'f=$1; g=$2; shift 2; for p in $g; do echo 0 > "$p" || { printf 125 > "$f"; exit 125; }; done; trap "" TERM INT; exec "$@" 9>"$f"';
 
 /** The fd the shim opens on the exit file, for bwrap's `--json-status-fd`. */
 export const STATUS_FD = 9;

@@ -169,9 +169,11 @@ describe("the pool of network namespaces", () => {
     throw new Error(`timed out waiting for ${what}`);
   }
 
-  // A sandboxed gang takes a namespace made ahead; when it ends, anything left in that namespace
-  // (here a process started into it from outside the gang's process group, as an escape would be)
-  // is killed before the namespace serves the next gang, and the pool goes when Loom stops.
+  // A sandboxed gang takes a namespace made ahead; when it ends, anything of the gang left in that
+  // namespace (here a process that left the gang's process group and PID namespace, as an escape
+  // would: it is still in the gang's cgroup, which a workload cannot leave) is killed before the
+  // namespace serves the next gang, and the pool goes when Loom stops. Where there are no cgroups
+  // every process on the machine is looked at instead (a process of root's outside the gang too).
   it.runIf(process.getuid?.() === 0)(
     "hands a sandboxed gang a namespace made ahead, clears it for the next, and ends the pool at close",
     async () => {
@@ -223,11 +225,21 @@ describe("the pool of network namespaces", () => {
         const ns = `net:[${statSync(link).ino}]`;
         // The worker's shim joins its cgroups first, then enters the namespace (nsenter execs).
         await until("the worker in the slot's namespace", () => readlinkSync(`/proc/${pid}/ns/net`) === ns);
-        // Left behind in the namespace, outside the gang's process group.
-        const s = spawn("nsenter", [`--net=${link}`, "--", "sleep", "600"], {
-          detached: true,
-          stdio: "ignore",
-        });
+        // Left behind in the namespace, outside the gang's process group, in its cgroup.
+        const layout = support.cgroups;
+        const cgroup =
+          layout?.version === "v1"
+            ? join(layout.memory, `${a.uid}-a1-w0`, "tasks")
+            : layout
+              ? join(layout.root, `${a.uid}-a1-w0`, "cgroup.procs")
+              : undefined;
+        const enter = ["nsenter", `--net=${link}`, "--", "sleep", "600"];
+        const s = cgroup
+          ? spawn("/bin/sh", ["-c", 'echo 0 > "$0" && exec "$@"', cgroup, ...enter], {
+              detached: true,
+              stdio: "ignore",
+            })
+          : spawn(enter[0]!, enter.slice(1), { detached: true, stdio: "ignore" });
         stray = s.pid!;
         await until("the stray process in the namespace", () => {
           try {

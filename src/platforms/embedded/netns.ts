@@ -22,7 +22,8 @@ import type { NetworkSetup, NetworkTeardown } from "./netsetup.js";
  * ending it (an unmount, a link deleted, the kernel's own cleanup) cost about 13 ms of a job's
  * start in bench:scheduler (c). Sandboxed gangs without exposed ports take a namespace made
  * ahead of need (`pool-N`, its own link), entered through a symlink named after the gang; when
- * the gang ends its processes are killed and the namespace goes back to the pool. That is safe
+ * the gang ends its processes (those of its worker cgroups, which a sandboxed workload cannot
+ * leave: netsetup.ts) are killed and the namespace goes back to the pool. That is safe
  * because a sandboxed workload has no capabilities: it cannot change its namespace's addresses,
  * routes or rules, and what it leaves (sockets) goes with its processes. Unsandboxed workloads
  * run as root, and replicas get a port rule, so theirs are made for them and ended, as before.

@@ -43,6 +43,15 @@ export interface NetworkTeardown {
    * capabilities, a uid of their own) and that no port rule was added to.
    */
   recycle?: boolean;
+  /**
+   * The gang's worker cgroups' process lists (`cgroup.procs`), where it had cgroups: every process
+   * its sandboxes started is in them (the launcher or shim joins them before it enters the
+   * namespace, and a workload cannot leave them: no capabilities, cgroupfs read-only), so a
+   * recycled namespace is known empty from these few files instead of a look at every process
+   * on the machine (7 ms of CPU per job with 136 processes, more on a busier machine). A file
+   * that is gone is an empty cgroup (a cgroup with a process cannot be removed).
+   */
+  cgroups?: string[];
 }
 
 /**
@@ -98,6 +107,24 @@ const killIn = async (file) => {
   }
   return n;
 };
+// SIGKILLs every process of the gang's cgroups; how many there were, -1 where a list could not
+// be read (then the namespace is not recycled on its word).
+const killInCgroups = async (files) => {
+  let n = 0;
+  for (const f of files) {
+    let text;
+    try { text = await fs.promises.readFile(f, "utf8"); } catch (e) {
+      if (e.code === "ENOENT") continue;
+      return -1;
+    }
+    for (const p of text.split("\\n")) {
+      if (!p) continue;
+      try { process.kill(Number(p), "SIGKILL"); } catch {}
+      n++;
+    }
+  }
+  return n;
+};
 const making = new Map();
 // Namespaces this helper made, with their host end's address: a pooled one taken again needs no
 // look at every interface of the machine (getifaddrs), only that it is still mounted.
@@ -150,8 +177,11 @@ function teardownNetwork(t) {
   return serially(t.file, async () => {
     if (t.recycle && isMounted(t.file)) {
       // Kept once no process is left in it (those killed are gone at the next look).
+      const look = t.cgroups ? () => killInCgroups(t.cgroups) : () => killIn(t.file);
       for (let i = 0; i < 5; i++) {
-        if ((await killIn(t.file)) === 0) return;
+        const n = await look();
+        if (n === 0) return;
+        if (n < 0) break;
         await pause(10 * (i + 1));
       }
     }

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { readlinkSync } from "node:fs";
+import { readlinkSync, statSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 
 /**
@@ -47,6 +47,24 @@ export class NamespaceDialer {
       helper.pending.set(id, { resolve, reject });
       helper.child.send({ id, host, port });
     }).finally(() => this.idleSoon(ns, helper));
+  }
+
+  /**
+   * Ends the helper in the namespace at `file` (a gang's, now ended): a pooled namespace is
+   * handed to the next gang with no process of Loom's left in it either.
+   */
+  forget(file: string): void {
+    if (this.helpers.size === 0) return;
+    let ns: string;
+    try {
+      ns = `net:[${statSync(file).ino}]`;
+    } catch {
+      return;
+    }
+    const helper = this.helpers.get(ns);
+    if (!helper) return;
+    this.helpers.delete(ns);
+    helper.child.kill("SIGKILL");
   }
 
   close(): void {

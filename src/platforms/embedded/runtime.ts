@@ -16,7 +16,7 @@ import type {
   WorkloadRef,
 } from "../../ports/runtime.js";
 import type { GpuDeviceStatus, NodeCapacity } from "../../ports/scheduler.js";
-import { oomKilled, removeCgroup } from "./cgroups.js";
+import { oomKilled, processList, removeCgroup } from "./cgroups.js";
 import { freeLoopbackEndpoints } from "./endpoints.js";
 import { exitOf } from "./exits.js";
 import { cgroupName, type GangSandboxDeps, gangSandbox, shmDir } from "./gangsandbox.js";
@@ -388,7 +388,7 @@ export class LocalRuntime implements Runtime {
     rmSync(join(this.files.root, ref.uid), { recursive: true, force: true });
     // A job's snapshot of a workspace's home (spec.fromWorkspace) goes with it.
     rmSync(this.files.snapshotDir(ref.project, ref.uid), { recursive: true, force: true });
-    await this.endNetwork(ref.uid);
+    await this.endNetwork(ref.uid, gang);
   }
 
   async list(): Promise<WorkloadRef[]> {
@@ -506,7 +506,7 @@ export class LocalRuntime implements Runtime {
       "worker exited",
     );
     // The gang has ended: its network goes now, not when the workload is deleted.
-    if (gang.workers.every((w) => w.exit)) void this.endNetwork(gang.ref.uid);
+    if (gang.workers.every((w) => w.exit)) void this.endNetwork(gang.ref.uid, gang);
     this.notify(gang.ref);
   }
 
@@ -546,10 +546,23 @@ export class LocalRuntime implements Runtime {
     }
   }
 
-  /** Removes a gang's network namespace (in the spawn helper); one removal at a time per gang. */
-  private endNetwork(uid: string): Promise<void> {
-    const teardown = this.opts.networks?.teardown(uid);
-    if (!teardown) return Promise.resolve();
+  /**
+   * Removes a gang's network namespace (in the spawn helper); one removal at a time per gang. A
+   * pooled one goes back to the pool once the gang's cgroups are empty (netsetup.ts: every
+   * process of its sandboxes is in them); Loom's own dialer in it ends first.
+   */
+  private endNetwork(uid: string, gang?: GangRecord): Promise<void> {
+    const planned = this.opts.networks?.teardown(uid);
+    if (!planned) return Promise.resolve();
+    this.dialer.forget(planned.file);
+    const cgroups = this.sandbox?.support.cgroups;
+    const teardown =
+      planned.recycle && cgroups && gang
+        ? {
+            ...planned,
+            cgroups: gang.workers.map((w) => processList(cgroups, cgroupName(uid, gang.attempt, w.index))),
+          }
+        : planned;
     const prev = this.networkEnds.get(uid) ?? Promise.resolve();
     const done = prev
       .then(() => this.spawner.teardown(teardown))

@@ -71,7 +71,7 @@ describe("sandbox", () => {
       { path: "/m/loom/w/memory.limit_in_bytes", data: String(2 ** 30) },
       { path: "/c/own/loom-w/cpu.shares", data: "1536" },
     ]);
-    expect(v1.procs).toEqual(["/m/loom/w/cgroup.procs", "/c/own/loom-w/cgroup.procs"]);
+    expect(v1.procs).toEqual(["/m/loom/w/tasks", "/c/own/loom-w/tasks"]);
     const small = cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/own" }, "w", {
       cpuMillis: 100,
       memoryBytes: 0,
@@ -81,7 +81,7 @@ describe("sandbox", () => {
     expect(
       cgroupPlan({ version: "v1", memory: "/m/loom", cpu: "/c/own" }, "w", { cpuMillis: 0, memoryBytes: 0 })
         .procs,
-    ).toEqual(["/m/loom/w/cgroup.procs"]);
+    ).toEqual(["/m/loom/w/tasks"]);
     const v2 = cgroupPlan({ version: "v2", root: "/g/loom" }, "w", { cpuMillis: 250, memoryBytes: 0 });
     expect(v2.writes).toContainEqual({ path: "/g/loom/w/cpu.weight", data: "100" });
     const big = cgroupPlan({ version: "v2", root: "/g/loom" }, "w", { cpuMillis: 64_000, memoryBytes: 0 });

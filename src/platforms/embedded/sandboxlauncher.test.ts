@@ -1,5 +1,14 @@
 import { spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmdirSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -114,8 +123,10 @@ describe("the sandbox launcher", () => {
     const look = [
       "sh",
       "-c",
-      // mount point, options, fs type, super options (sizes differ per mount, not per program)
-      "awk '{print $5, $6, $(NF-2), $(NF-1), $NF}' /proc/self/mountinfo | sed 's/,size=[^ ]*//;s/,nr_inodes=[^ ]*//';" +
+      // mount point, options, fs type, super options (sizes differ per mount, not per program),
+      // sorted: the kernel lists mounts by when each was made, and the launcher copies its
+      // sources first (one pivot_root), bwrap as it goes.
+      "awk '{print $5, $6, $(NF-2), $(NF-1), $NF}' /proc/self/mountinfo | sed 's/,size=[^ ]*//;s/,nr_inodes=[^ ]*//' | sort;" +
         " grep -E '^(Uid|Gid|Groups|Cap|NoNewPrivs|Seccomp|SigIgn|SigBlk|NSpid)' /proc/self/status;" +
         ' hostname; pwd; echo "$PWD"; umask;' +
         " ls /proc | grep -c '^[0-9]'; ls -la / /dev /tmp | awk '{print $1, $3, $4, $NF}'",
@@ -179,6 +190,65 @@ describe("the sandbox launcher", () => {
     expect(cg.status).toBe(125);
     expect(cg.stdout).toBe("");
   });
+
+  // cgroup v1 (this host's): the launcher joins through each hierarchy's `tasks` (itself, "0"),
+  // and every process it starts stays in that cgroup: a workload can neither leave it (back to
+  // the root, where no limit holds) nor join another gang's.
+  it.runIf(both && support.cgroups?.version === "v1")(
+    "joins the worker's cgroups, which its workload can neither leave nor trade for another gang's",
+    async () => {
+      const spec = fullSpec();
+      const memory = (support.cgroups as { memory: string }).memory;
+      const own = join(memory, `test-${process.pid}-own`);
+      const other = join(memory, `test-${process.pid}-other`);
+      for (const d of [own, other]) mkdirSync(d, { recursive: true });
+      try {
+        const attempts = [
+          `echo 0 > ${other}/tasks && echo JOINED-OTHER`,
+          `echo 0 > ${other}/cgroup.procs && echo JOINED-OTHER-PROCS`,
+          `echo 0 > /sys/fs/cgroup/memory/tasks && echo LEFT`,
+          `echo 0 > ${memory}/tasks && echo LEFT-TO-LOOM`,
+          `echo 1 > ${own}/memory.limit_in_bytes && echo SET-OWN-LIMIT`,
+          `mkdir ${own}/escape && echo MADE-CHILD`,
+        ];
+        const argv = launcherArgv(
+          support,
+          spec,
+          ["sh", "-c", `${attempts.join("; ")}; echo done; sleep 60`],
+          {
+            cgroupProcs: [join(own, "tasks")],
+          },
+        );
+        const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ["ignore", "pipe", "pipe"] });
+        let out = "";
+        await new Promise<void>((resolve) =>
+          child.stdout!.on("data", (d: Buffer) => {
+            out += d.toString();
+            if (out.includes("done")) resolve();
+          }),
+        );
+        // The launcher, the sandbox's PID 1, the workload's shell and its sleep: all in its cgroup.
+        const procs = readFileSync(join(own, "cgroup.procs"), "utf8").trim().split("\n");
+        expect(procs).toContain(String(child.pid));
+        expect(procs.length).toBeGreaterThanOrEqual(3);
+        expect(readFileSync(join(other, "cgroup.procs"), "utf8")).toBe("");
+        const code = new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+        process.kill(-child.pid!, "SIGKILL");
+        await code;
+        expect(out.trim()).toBe("done");
+      } finally {
+        for (const d of [own, other])
+          for (let i = 0; i < 50; i++) {
+            try {
+              rmdirSync(d);
+              break;
+            } catch {
+              await new Promise((r) => setTimeout(r, 20));
+            }
+          }
+      }
+    },
+  );
 
   it.runIf(both)(
     "outlives a stop's SIGTERM to its process group, which ends the workload by default",
