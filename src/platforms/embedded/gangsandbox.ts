@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync, realpathSync, statSync } from "node:fs";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import type { GangSpec } from "../../ports/runtime.js";
 import { type CgroupPlan, cgroupPlan } from "./cgroups.js";
@@ -53,17 +53,35 @@ function within(inner: string, outer: string): boolean {
   return r === "" || (!r.startsWith("..") && !isAbsolute(r));
 }
 
+/** The path with every link resolved where it exists (the kernel binds what the links name). */
+function real(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path; // missing: nothing to follow; the workload says so itself
+  }
+}
+
 /**
  * A path the spec asks to lend the workload (its working directory, its venv): refused when it
- * holds or is inside the data dir, where other workloads' files and Loom's secrets are.
+ * holds or is inside the data dir, where other workloads' files and Loom's secrets are, or is a
+ * kernel file system. Checked after links are followed: `/proc/1/root` or a link to the data dir
+ * is the directory it names, and the resolved path is what gets bound.
  */
 function lendable(deps: GangSandboxDeps, path: string, field: string): string {
-  const abs = resolve(path);
+  const abs = real(resolve(path));
+  const dataDir = real(deps.dataDir);
+  const environmentsDir = real(deps.environmentsDir);
   // One of Loom's own built environments (under the data dir by default) is lent as it is.
-  if (abs !== deps.environmentsDir && within(abs, deps.environmentsDir)) return abs;
-  if (within(abs, deps.dataDir) || within(deps.dataDir, abs)) {
+  if (abs !== environmentsDir && within(abs, environmentsDir)) return abs;
+  if (["/proc", "/sys", "/dev"].some((kernel) => within(abs, kernel))) {
     throw new Error(
-      `${field} ${path} is inside Loom's data dir or holds it (${deps.dataDir}); a sandboxed workload may not see it: use a directory of its own`,
+      `${field} ${path} is in ${abs.split("/").slice(0, 2).join("/")}, the kernel's view of this machine's processes and devices; a sandboxed workload may not be lent it: use a directory of its own`,
+    );
+  }
+  if (within(abs, dataDir) || within(dataDir, abs)) {
+    throw new Error(
+      `${field} ${path}${abs === resolve(path) ? "" : ` (${abs})`} is inside Loom's data dir or holds it (${deps.dataDir}); a sandboxed workload may not see it: use a directory of its own`,
     );
   }
   return abs;

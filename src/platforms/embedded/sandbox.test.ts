@@ -1,6 +1,6 @@
 import { spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
@@ -117,6 +117,33 @@ describe("sandbox", () => {
     }
     // Loom's own built environments are lent as they are.
     expect(() => gangSandbox(deps, gang("a"), join(dir, "data", "environments", "abc"))).not.toThrow();
+  });
+
+  it("follows links before it lends: /proc/1/root (the host's /) and a link into the data dir are refused", () => {
+    const deps = {
+      support: { bwrap: "/usr/bin/bwrap", privileged: true },
+      files: new WorkloadFiles(join(dir, "data")),
+      ids: new ProjectIds(join(dir, "ids.json")),
+      dataDir: join(dir, "data"),
+      environmentsDir: join(dir, "data", "environments"),
+      devices: () => [],
+      lend: [],
+    };
+    mkdirSync(join(dir, "data", "secrets"), { recursive: true });
+    // The attack: a path that reads as harmless text but names the host's root or Loom's secrets.
+    expect(() => gangSandbox(deps, gang("a", { workingDir: "/proc/1/root" }), undefined)).toThrow(/\/proc/);
+    expect(() => gangSandbox(deps, gang("a", { workingDir: "/sys/fs/cgroup" }), undefined)).toThrow(/\/sys/);
+    const outside = mkdtempSync(join(tmpdir(), "loom-link-"));
+    try {
+      symlinkSync(join(dir, "data", "secrets"), join(outside, "innocent"));
+      expect(() =>
+        gangSandbox(deps, gang("a", { workingDir: join(outside, "innocent") }), undefined),
+      ).toThrow(/inside Loom's data dir or holds it/);
+      symlinkSync(join(dir, "data", "secrets"), join(outside, "venv"));
+      expect(() => gangSandbox(deps, gang("a"), join(outside, "venv"))).toThrow(/python.venv/);
+    } finally {
+      rmSync(outside, { recursive: true, force: true });
+    }
   });
 
   it("lends a workspace's persistent home writable as its cwd, owned by the project's uid; only its own", () => {
