@@ -183,7 +183,9 @@ export class DocSession {
   async close(): Promise<void> {
     if (this.up && this.up.exitCode === null) {
       await this.bash(
-        "loom delete sweeps --all || true; loom delete isvc --all || true; loom delete tj --all || true",
+        // Workspaces and apps too: their sandboxed servers outlive `loom up` (adopted at its next start).
+        "loom delete sweeps --all || true; loom delete isvc --all || true; loom delete tj --all || true; " +
+          "loom delete ws --all || true; loom delete apps --all || true",
         120_000,
       );
       const exited = new Promise((ok) => this.up!.once("exit", ok));
