@@ -206,7 +206,9 @@ spec:
     // Karpenter may be reused from an earlier run: read only what it logs from here on.
     const logFrom = karpenterLog().length;
     try {
-      expect((await loom(["apply", "-f", "-"], trainingJob("big", 8, 2))).code).toBe(0);
+      // 30 s of work: the nodes must still be there when the test reads them after seeing it
+      // Running (5 s of work and consolidateAfter 5 s removed them first under load, in CI).
+      expect((await loom(["apply", "-f", "-"], trainingJob("big", 8, 2, "30s"))).code).toBe(0);
       const asked = await until("Karpenter's nominations in status", async () => {
         const c = (await job("big"))?.status?.capacityRequest as
           | { nodes?: number; pool?: string }
