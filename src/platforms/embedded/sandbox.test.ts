@@ -89,16 +89,19 @@ describe("sandbox", () => {
     expect(v2.writes.some((w) => w.path.endsWith("memory.max"))).toBe(false);
   });
 
+  /** A privileged sandbox's deps over this file's temp dir, for the tests of what may be lent. */
+  const lendingDeps = () => ({
+    support: { bwrap: "/usr/bin/bwrap", privileged: true },
+    files: new WorkloadFiles(join(dir, "data")),
+    ids: new ProjectIds(join(dir, "ids.json")),
+    dataDir: join(dir, "data"),
+    environmentsDir: join(dir, "data", "environments"),
+    devices: () => [],
+    lend: [],
+  });
+
   it("refuses to lend the data dir, or a directory holding it, as a working directory or venv", () => {
-    const deps = {
-      support: { bwrap: "/usr/bin/bwrap", privileged: true },
-      files: new WorkloadFiles(join(dir, "data")),
-      ids: new ProjectIds(join(dir, "ids.json")),
-      dataDir: join(dir, "data"),
-      environmentsDir: join(dir, "data", "environments"),
-      devices: () => [],
-      lend: [],
-    };
+    const deps = lendingDeps();
     expect(() => gangSandbox(deps, gang("a", { workingDir: dir }), undefined)).toThrow(
       /inside Loom's data dir or holds it/,
     );
@@ -120,15 +123,7 @@ describe("sandbox", () => {
   });
 
   it("follows links before it lends: /proc/1/root (the host's /) and a link into the data dir are refused", () => {
-    const deps = {
-      support: { bwrap: "/usr/bin/bwrap", privileged: true },
-      files: new WorkloadFiles(join(dir, "data")),
-      ids: new ProjectIds(join(dir, "ids.json")),
-      dataDir: join(dir, "data"),
-      environmentsDir: join(dir, "data", "environments"),
-      devices: () => [],
-      lend: [],
-    };
+    const deps = lendingDeps();
     mkdirSync(join(dir, "data", "secrets"), { recursive: true });
     // The attack: a path that reads as harmless text but names the host's root or Loom's secrets.
     expect(() => gangSandbox(deps, gang("a", { workingDir: "/proc/1/root" }), undefined)).toThrow(/\/proc/);
@@ -147,15 +142,7 @@ describe("sandbox", () => {
   });
 
   it("lends a workspace's persistent home writable as its cwd, owned by the project's uid; only its own", () => {
-    const deps = {
-      support: { bwrap: "/usr/bin/bwrap", privileged: true },
-      files: new WorkloadFiles(join(dir, "data")),
-      ids: new ProjectIds(join(dir, "ids.json")),
-      dataDir: join(dir, "data"),
-      environmentsDir: join(dir, "data", "environments"),
-      devices: () => [],
-      lend: [],
-    };
+    const deps = lendingDeps();
     const spec = { ...gang("a"), home: { name: "nb" } };
     const home = join(dir, "data", "homes", "a", "nb");
     const plan = gangSandbox(deps, spec, undefined);
