@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT } from "./helpers.js";
+import { LoomProcess, processesNaming, ROOT } from "./helpers.js";
 
 /**
  * Serving across the fleet (issue 23), for real: a control plane (`loom up`) with its own
@@ -295,6 +295,10 @@ spec:
       await registerMember(again.url, again.token);
       await until("the stale copy deleted in the member", async () =>
         (await isvc(again, "echo")) ? undefined : true,
+      );
+      // And its replica stopped, not left running with no object to say so.
+      await until("the stale replica's process gone in the member", async () =>
+        processesNaming(again.dataDir).length === 0 ? true : undefined,
       );
     } finally {
       await again.stop();
