@@ -227,7 +227,8 @@ ${extra}`;
 /**
  * Pids of live processes whose command line names `dir` (a server's sandboxed workloads name their
  * data dir in their launcher's arguments): what a test must see gone before it calls its server's
- * work done, since workloads outlive `loom up` by design (the next start adopts them).
+ * work done, since workloads outlive `loom up` by design (the next start adopts them). The
+ * server's own process names its data dir too (`--data-dir`): leave out its pid while it runs.
  */
 export function processesNaming(dir: string): number[] {
   const pids: number[] = [];
