@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT } from "./helpers.js";
+import { LoomProcess, processesNaming, ROOT } from "./helpers.js";
 
 /**
  * Serving across the fleet (issue 23), for real: a control plane (`loom up`) with its own
@@ -274,7 +274,9 @@ spec:
     const before = await isvc(cp, "echo");
     expect(before?.status?.ready).toBe(2);
     const memberHome = member.home;
-    await member.stop();
+    // Stopped, its data dir kept (stop() would delete it: a new member, not this one back). Its
+    // replica outlives it by design: the next server on the data dir adopts it.
+    await member.kill("SIGTERM");
     const t0 = Date.now();
     await until("echo: both replicas in self", async () => {
       const s = await isvc(cp, "echo");
@@ -295,6 +297,11 @@ spec:
       await registerMember(again.url, again.token);
       await until("the stale copy deleted in the member", async () =>
         (await isvc(again, "echo")) ? undefined : true,
+      );
+      // And its replica stopped, not left running with no object to say so (the server itself
+      // names its data dir too).
+      await until("the stale replica's process gone in the member", async () =>
+        processesNaming(again.dataDir).filter((pid) => pid !== again.pid).length === 0 ? true : undefined,
       );
     } finally {
       await again.stop();

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -222,6 +222,26 @@ metadata:
 spec:
   command: ${JSON.stringify(command)}
 ${extra}`;
+}
+
+/**
+ * Pids of live processes whose command line names `dir` (a server's sandboxed workloads name their
+ * data dir in their launcher's arguments): what a test must see gone before it calls its server's
+ * work done, since workloads outlive `loom up` by design (the next start adopts them). The
+ * server's own process names its data dir too (`--data-dir`): leave out its pid while it runs.
+ */
+export function processesNaming(dir: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(dir) && alive(pid)) pids.push(pid);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
 }
 
 /** True while a process with this pid exists (and is not a zombie). */

@@ -1,5 +1,5 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, sep } from "node:path";
 import type { Logger } from "pino";
 import { exitOf } from "./exits.js";
 import { findProcessesByEnv, isSameProcessAlive, processStartTicks, signalGroup } from "./procfs.js";
@@ -70,6 +70,10 @@ export function recoverGangs(deps: RecoveryDeps): Map<string, GangRecord> {
       signalGroup(pid, "SIGKILL");
     }
   }
+  for (const pid of formerWorkers(files.root, gangs, claimed)) {
+    log.warn({ pid }, "killing a worker of an earlier installation on this data dir (its state is gone)");
+    signalGroup(pid, "SIGKILL");
+  }
   const adopted = [...gangs.values()].flatMap((g) => g.workers.filter((w) => !w.exit).map((w) => w.pid));
   if (adopted.length > 0) log.info({ pids: adopted }, "re-adopted running workers");
   return gangs;
@@ -82,4 +86,35 @@ function processGroupOf(pid: number): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Group leaders of workers started for this data dir whose workload has no state here: the data
+ * dir was deleted and made anew under a server's running workers (its new instance id does not
+ * name them), or a crash came between a spawn and its record. Nothing would stop them ever: they
+ * are found by the exit file their command line names (the shim's, or the sandbox launcher's
+ * --status-file), inside this data dir's workloads/.
+ */
+export function formerWorkers(root: string, gangs: Map<string, GangRecord>, claimed: Set<number>): number[] {
+  const prefix = root.endsWith(sep) ? root : root + sep;
+  const found: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    if (pid === process.pid || claimed.has(pid)) continue;
+    let argv: string[];
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    } catch {
+      continue;
+    }
+    const at = argv.indexOf("--status-file");
+    const shim = argv.indexOf("loom-worker");
+    const exitFile = at >= 0 ? argv[at + 1] : shim >= 0 ? argv[shim + 1] : undefined;
+    if (!exitFile?.startsWith(prefix) || !exitFile.endsWith(".exit")) continue;
+    const uid = exitFile.slice(prefix.length).split(sep)[0]!;
+    if (gangs.has(uid) || processGroupOf(pid) !== pid) continue;
+    found.push(pid);
+  }
+  return found;
 }

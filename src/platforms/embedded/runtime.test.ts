@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -282,6 +282,30 @@ describe("LocalRuntime", () => {
     newRuntime();
     expect(await exited).toBe("SIGKILL");
     expect(other.pid !== undefined && alive(other.pid)).toBe(true);
+  });
+
+  it("kills the workers of an earlier installation on this data dir, whose state was deleted", async () => {
+    const rt1 = newRuntime();
+    const spec = gang(["sleep", "30"]);
+    await rt1.start(spec);
+    const pid = (await rt1.observe(spec.ref))!.workers[0]!.pid!;
+    await rt1.close();
+    closed.add(rt1);
+    // The data dir deleted under the running worker and made anew: a new installation there.
+    // (Moved aside, not removed: a write of the closed runtime may still land in it.)
+    const gone = `${dataDir}-gone`;
+    renameSync(dataDir, gone);
+    mkdirSync(dataDir);
+    const first = instanceId;
+    instanceId = `test-${randomUUID()}`;
+    try {
+      const rt2 = newRuntime();
+      expect(await rt2.list()).toEqual([]);
+      await until(() => !alive(pid));
+    } finally {
+      for (const p of findProcessesByEnv("LOOM_INSTANCE", first)) process.kill(p.pid, "SIGKILL");
+      rmSync(gone, { recursive: true, force: true, maxRetries: 10 });
+    }
   });
 
   it("treats a second start() of the same attempt as a no-op", async () => {
