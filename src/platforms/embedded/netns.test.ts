@@ -12,12 +12,14 @@ import {
   rmSync,
   statSync,
 } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
-import { EXPOSE_ENV, exposedPorts, GangNetworks } from "./netns.js";
+import { EXPOSE_ENV, exposedPorts, GATEWAY, GangNetworks } from "./netns.js";
 import { LocalRuntime } from "./runtime.js";
 import { detectSandbox } from "./sandbox.js";
 
@@ -38,17 +40,20 @@ describe("GangNetworks", () => {
     expect(exposedPorts([{ env: { [EXPOSE_ENV]: "x,1;2" } }])).toEqual([]);
   });
 
-  it.runIf(process.getuid?.() === 0)("moves Loom's URL to the link's host end, and only Loom's", () => {
+  it.runIf(process.getuid?.() === 0)("moves Loom's URL to the gateway, and only Loom's", () => {
     const n = new GangNetworks({ instanceId: "feedfacefeedface" });
     if (!n.capability.isolated) return;
     n.openApi(7470);
     try {
       const join = n.join("11112222-3333-4444-5555-666677778888", [8000])!;
-      const { hostAddress, address, ifname, ports } = join.setup;
+      const { gateway, address, ifname, ports, mac, hostMac } = join.setup;
       expect(ifname).toBe("lmfeed111122223");
       expect(ifname.length).toBeLessThanOrEqual(15);
       expect(ports).toEqual([8000]);
-      expect(hostAddress).toMatch(/^198\.1[89]\.\d+\.\d+$/);
+      expect(gateway).toBe(GATEWAY);
+      expect(address).toMatch(/^198\.1[89]\.\d+\.\d+$/);
+      expect(mac).toMatch(/^02:4c:[0-9a-f]{2}:[0-9a-f]{2}:00:02$/);
+      expect(hostMac).toBe(mac.replace(/02$/, "01"));
       expect(n.address("11112222-3333-4444-5555-666677778888")).toBe(address);
       const env = join.env({
         MLFLOW_TRACKING_URI: "http://127.0.0.1:7470/mlflow/projects/a",
@@ -57,13 +62,13 @@ describe("GangNetworks", () => {
         PLAIN: "127.0.0.1:7470",
       });
       expect(env).toEqual({
-        MLFLOW_TRACKING_URI: `http://${hostAddress}:7470/mlflow/projects/a`,
-        LOOM_URL: `http://${hostAddress}:7470`,
+        MLFLOW_TRACKING_URI: `http://${GATEWAY}:7470/mlflow/projects/a`,
+        LOOM_URL: `http://${GATEWAY}:7470`,
         OTHER: "http://127.0.0.1:74701/",
         PLAIN: "127.0.0.1:7470",
       });
-      // Two gangs never share a link's addresses.
-      expect(n.join("99998888-3333-4444-5555-666677778888", [])!.setup.hostAddress).not.toBe(hostAddress);
+      // Two gangs never share an address.
+      expect(n.join("99998888-3333-4444-5555-666677778888", [])!.setup.address).not.toBe(address);
     } finally {
       n.close();
     }
@@ -152,6 +157,97 @@ describe("a gang's network across attempts", () => {
   );
 });
 
+describe("the host's addresses", () => {
+  // Chromium takes any address added to or removed from the host as a network change and fails
+  // every request it has in flight (ERR_NETWORK_CHANGED): an app's page loading while another
+  // workload started lost its scripts (CI). A gang's link adds none, while both ways through it
+  // still work: the host reaches a port in the gang, the gang reaches Loom's API port.
+  it.runIf(process.getuid?.() === 0)(
+    "stay as they are while a gang starts and ends, both ways through its link working",
+    async () => {
+      const instanceId = randomUUID();
+      const networks = new GangNetworks({ instanceId });
+      if (!networks.capability.isolated) return;
+      const ifPrefix = `lm${instanceId.replace(/-/g, "").slice(0, 4)}`;
+      const api = createServer((_req, res) => res.end("loom api"));
+      await new Promise<void>((r) => api.listen(0, "127.0.0.1", r));
+      const apiPort = (api.address() as AddressInfo).port;
+      networks.openApi(apiPort);
+      const monitor = spawn("ip", ["-o", "monitor", "address"], { stdio: ["ignore", "pipe", "ignore"] });
+      let events = "";
+      monitor.stdout.on("data", (d: Buffer) => {
+        events += d.toString();
+      });
+      const dataDir = mkdtempSync(join(tmpdir(), "loom-netns-"));
+      const runtime = new LocalRuntime({
+        dataDir,
+        instanceId,
+        cpuMillis: 1000,
+        memoryBytes: 2 ** 30,
+        gpus: [],
+        log: pino({ level: "silent" }),
+        networks,
+      });
+      const ref = { kind: "InferenceService", project: "default", name: "both-ways", uid: randomUUID() };
+      const port = 20_000 + Math.floor(Math.random() * 20_000);
+      const heard = join(dataDir, "heard");
+      // Asks Loom's API (its URL moved to the gateway), writes down the answer, then serves.
+      const worker = [
+        "import os, urllib.request, http.server",
+        "open(os.environ['HEARD'], 'w').write(urllib.request.urlopen(os.environ['LOOM_URL'], timeout=30).read().decode())",
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), http.server.SimpleHTTPRequestHandler).serve_forever()",
+      ].join("\n");
+      try {
+        await runtime.start({
+          ref,
+          attempt: 1,
+          workers: [
+            {
+              index: 0,
+              command: ["python3", "-c", worker],
+              env: {
+                LOOM_URL: `http://127.0.0.1:${apiPort}/`,
+                HEARD: heard,
+                PORT: String(port),
+                [EXPOSE_ENV]: String(port),
+                PATH: process.env.PATH ?? "/usr/bin:/bin",
+              },
+              allocation: { node: "local", cpuMillis: 0, memoryBytes: 0, gpus: [] },
+            },
+          ],
+        });
+        await until("the gang asked Loom's API", () => readFileOrEmpty(heard) === "loom api");
+        const address = networks.address(ref.uid)!;
+        let served = "";
+        for (let i = 0; i < 300 && !served; i++) {
+          served = await fetch(`http://${address}:${port}/`).then(
+            (r) => `${r.status}`,
+            () => "",
+          );
+          if (!served) await sleep(50);
+        }
+        expect(served).toBe("200");
+        const { ifname } = networks.join(ref.uid, [])!.setup;
+        expect(existsSync(`/sys/class/net/${ifname}`)).toBe(true);
+        while (!(await runtime.stop(ref, 0))) await sleep(10);
+        await runtime.release(ref);
+        await until(
+          "the gang's link gone",
+          () => !existsSync(`/sys/class/net/${networks.join(ref.uid, [])!.setup.ifname}`),
+        );
+      } finally {
+        await runtime.close();
+        networks.close();
+        api.close();
+        monitor.kill();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+      expect(events.split("\n").filter((l) => l.includes(ifPrefix) || l.includes(GATEWAY))).toEqual([]);
+    },
+    60_000,
+  );
+});
+
 describe("the pool of network namespaces", () => {
   const alive = (pid: number) => {
     try {
@@ -161,13 +257,6 @@ describe("the pool of network namespaces", () => {
       return false;
     }
   };
-  async function until(what: string, f: () => boolean): Promise<void> {
-    for (let i = 0; i < 300; i++) {
-      if (f()) return;
-      await sleep(50);
-    }
-    throw new Error(`timed out waiting for ${what}`);
-  }
 
   // A sandboxed gang takes a namespace made ahead; when it ends, anything of the gang left in that
   // namespace (here a process that left the gang's process group and PID namespace, as an escape
@@ -273,6 +362,14 @@ describe("the pool of network namespaces", () => {
     60_000,
   );
 });
+
+async function until(what: string, f: () => boolean): Promise<void> {
+  for (let i = 0; i < 300; i++) {
+    if (f()) return;
+    await sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
 
 function readFileOrEmpty(path: string): string {
   try {

@@ -1,5 +1,13 @@
 import { execFileSync } from "node:child_process";
-import { existsSync, lstatSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type { NetworkSetup, NetworkTeardown } from "./netsetup.js";
@@ -9,8 +17,8 @@ import type { NetworkSetup, NetworkTeardown } from "./netsetup.js";
  * trial, one replica) share one, with a loopback of its own, so torch rendezvous and DDP over
  * 127.0.0.1 work between them and nothing else on the machine reaches their ports, nor they
  * anyone else's. Each namespace has one veth link to the host (netsetup.ts): through it a
- * workload reaches Loom's API and gateway (one port, at the host's end of its link) and nothing
- * else, and the gateway reaches a replica's port. The kernel forwards; no process relays.
+ * workload reaches Loom's API and gateway (one port, at GATEWAY) and nothing else, and the
+ * gateway reaches a replica's port. The kernel forwards; no process relays.
  *
  * Lifetime: made by the spawn helper with the first worker of an attempt (kept if it is there),
  * removed by the helper once every worker of the attempt has exited, and at release: the
@@ -44,7 +52,7 @@ export interface NetworkJoin {
   argvPrefix: string[];
   /** The namespace's file (a sandboxed worker's nsenter enters it after its shim). */
   netns: string;
-  /** The worker's env with Loom's URL (http://127.0.0.1:<API port>) at the host's end of the link. */
+  /** The worker's env with Loom's URL (http://127.0.0.1:<API port>) at the gateway. */
   env(env: Record<string, string>): Record<string, string>;
   /** For the spawn helper, with the first worker of an attempt. */
   setup: NetworkSetup;
@@ -57,9 +65,18 @@ const NETNS_DIR = "/run/netns";
 
 /**
  * Links take /30s of 198.18.0.0/15 (RFC 2544's benchmarking range: routed nowhere, and not the
- * link-local range, where cloud metadata services live).
+ * link-local range, where cloud metadata services live); a namespace's address is the block's
+ * second. Block 0 is the gateway's.
  */
 const LINK_BLOCKS = 2 ** 15;
+
+/**
+ * The host's address for every namespace of every installation on this machine: a /32 on the
+ * loopback (labelled lo:loom), added once by the first Loom and kept (others use it; removing it
+ * would be the very address change that links without addresses avoid: netsetup.ts). Workers
+ * reach Loom's API port here; the host's table sends it on to 127.0.0.1.
+ */
+export const GATEWAY = "198.18.0.1";
 
 /** Pooled namespaces made ahead of need; at most POOL_KEEP idle ones are kept (each is a mount). */
 const POOL_AHEAD = 2;
@@ -154,17 +171,15 @@ export class GangNetworks {
     if (!this.capability.isolated) return undefined;
     const slot = pooled && expose.length === 0 ? this.takeSlot(uid) : undefined;
     const file = this.fileOf(uid);
-    const { hostAddress, address } = linkAddresses(this.linkBlock(slot ?? uid));
     const api = this.apiPort;
     return {
       argvPrefix: ["nsenter", `--net=${file}`, "--"],
       netns: file,
-      env: (env) => (api === undefined ? env : atHostEnd(env, api, hostAddress)),
+      env: (env) => (api === undefined ? env : atGateway(env, api)),
       setup: {
         file: this.fileOf(slot ?? uid),
         ifname: this.ifnameOf(slot ?? uid),
-        hostAddress,
-        address,
+        ...linkAddresses(this.linkBlock(slot ?? uid)),
         ports: expose,
         ...(slot ? { link: file } : {}),
       },
@@ -264,8 +279,12 @@ export class GangNetworks {
   }
 
   private slotSetup(slot: string): NetworkSetup {
-    const { hostAddress, address } = linkAddresses(this.linkBlock(slot));
-    return { file: this.fileOf(slot), ifname: this.ifnameOf(slot), hostAddress, address, ports: [] };
+    return {
+      file: this.fileOf(slot),
+      ifname: this.ifnameOf(slot),
+      ...linkAddresses(this.linkBlock(slot)),
+      ports: [],
+    };
   }
 
   /** The host end of the gang's link: lm<instance 4><uid 9>, or lm<instance 4>p<slot> for the pool's. */
@@ -278,21 +297,26 @@ export class GangNetworks {
     return join(NETNS_DIR, `${this.prefix}${key}`);
   }
 
-  /** A /30 that no interface of this machine and no other gang uses; kept for the uid (or slot). */
+  /**
+   * A /30 whose address no interface of this machine has and no route leads to (the links of
+   * other installations here are routes only, their host ends have no address), that no other
+   * gang of this one has; kept for the uid (or slot).
+   */
   private linkBlock(uid: string): number {
     const had = this.links.get(uid);
     if (had !== undefined) return had;
-    const used = new Set(
-      Object.values(networkInterfaces())
+    const used = new Set([
+      ...Object.values(networkInterfaces())
         .flat()
         .map((a) => a?.address),
-    );
+      ...routedAddresses(),
+    ]);
     const taken = new Set(this.links.values());
     const start = Math.floor(Math.random() * LINK_BLOCKS);
     for (let i = 0; i < LINK_BLOCKS; i++) {
       const block = (start + i) % LINK_BLOCKS;
       const a = linkAddresses(block);
-      if (taken.has(block) || used.has(a.hostAddress) || used.has(a.address)) continue;
+      if (block === 0 || taken.has(block) || used.has(a.address)) continue;
       this.links.set(uid, block);
       return block;
     }
@@ -315,6 +339,7 @@ export class GangNetworks {
       });
       execFileSync("umount", [file], { stdio: "pipe" });
       execFileSync("nft", ["--version"], { stdio: "pipe" });
+      addGateway();
       return { isolated: true, reason: "each workload has a network namespace of its own" };
     } catch (err) {
       const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
@@ -336,16 +361,50 @@ export function exposedPorts(workers: { env: Record<string, string> }[]): number
   return [...ports];
 }
 
-/** Loom's URL in env values (MLFLOW_TRACKING_URI and the like) moved to the link's host end. */
-function atHostEnd(env: Record<string, string>, port: number, hostAddress: string): Record<string, string> {
+/** Loom's URL in env values (MLFLOW_TRACKING_URI and the like) moved to the gateway. */
+function atGateway(env: Record<string, string>, port: number): Record<string, string> {
   const loopback = new RegExp(`//(127\\.0\\.0\\.1|localhost):${port}(?=/|$)`, "g");
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) out[k] = v.replace(loopback, `//${hostAddress}:${port}`);
+  for (const [k, v] of Object.entries(env)) out[k] = v.replace(loopback, `//${GATEWAY}:${port}`);
   return out;
 }
 
-function linkAddresses(block: number): { hostAddress: string; address: string } {
-  const base = (198 << 24) + (18 << 16) + block * 4;
-  const ip = (n: number) => [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
-  return { hostAddress: ip(base + 1), address: ip(base + 2) };
+/** A link's addresses: the namespace end's, its MAC and the host end's (02: locally administered). */
+function linkAddresses(block: number): { gateway: string; address: string; mac: string; hostMac: string } {
+  const base = (198 << 24) + (18 << 16) + block * 4 + 2;
+  const address = [base >>> 24, (base >>> 16) & 255, (base >>> 8) & 255, base & 255].join(".");
+  const hex = (n: number) => n.toString(16).padStart(2, "0");
+  const mac = (end: number) => `02:4c:${hex(block >>> 8)}:${hex(block & 255)}:00:${hex(end)}`;
+  return { gateway: GATEWAY, address, mac: mac(2), hostMac: mac(1) };
+}
+
+/** Destinations of the host's /32 routes (/proc/net/route: little-endian hex): other links' namespaces. */
+function routedAddresses(): string[] {
+  let text: string;
+  try {
+    text = readFileSync("/proc/net/route", "utf8");
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const line of text.split("\n").slice(1)) {
+    const [, dest, , , , , , mask] = line.split("\t");
+    if (!dest || mask !== "FFFFFFFF") continue;
+    const n = Number.parseInt(dest, 16);
+    out.push([n & 255, (n >>> 8) & 255, (n >>> 16) & 255, n >>> 24].join("."));
+  }
+  return out;
+}
+
+/** GATEWAY on the host's loopback, unless there (another installation's, or this one's before). */
+function addGateway(): void {
+  // Listed under its label (lo:loom), as getifaddrs names a labelled IPv4 address.
+  const all = Object.values(networkInterfaces()).flat();
+  if (all.some((a) => a?.address === GATEWAY)) return;
+  try {
+    execFileSync("ip", ["addr", "add", `${GATEWAY}/32`, "dev", "lo", "label", "lo:loom"], { stdio: "pipe" });
+  } catch (err) {
+    // Added by another Loom starting at the same time.
+    if (!String((err as { stderr?: Buffer }).stderr ?? "").includes("File exists")) throw err;
+  }
 }

@@ -4,11 +4,19 @@
  * helper's own), so the forks and execs happen off the server's event loop.
  *
  * A namespace has its own loopback (the gang's rendezvous and DDP) and one veth link to the
- * host, a /30: the namespace's end is "loom0" at x.x.x.2, the host's end is named after the
- * installation and the workload (lm<inst 4><uid 9>) at x.x.x.1. No process relays anything:
- * - out, to Loom: workers are told the API's URL at the host's end (netns.ts rewrites their
- *   env), and the host's table (netns.ts, hostRules) sends that port to Loom's 127.0.0.1 and
- *   drops everything else a link brings in or would forward;
+ * host: the namespace's end is "loom0" at x.x.x.2/32, the host's end is named after the
+ * installation and the workload (lm<inst 4><uid 9>) and has no address at all. Each side has a
+ * route to the other (x.x.x.2 from the host, the gateway from the namespace) and knows the
+ * other's MAC (static neighbour entries: no ARP, whatever the host's arp_ignore). The host side
+ * is reached at one address for every link of every installation, GATEWAY on the host's
+ * loopback, added once (netns.ts). Why no address per link: every address added to or removed
+ * from the host is an "IP address change" to Chromium, which then fails every request it has in
+ * flight with ERR_NETWORK_CHANGED, so a console or app page being loaded failed whenever a
+ * workload started or ended (seen in CI: an app's scripts did not load). Routes, neighbours and
+ * links without addresses do not count. No process relays anything:
+ * - out, to Loom: workers are told the API's URL at the gateway (netns.ts rewrites their env),
+ *   and the host's table (netns.ts, hostRules) sends that port from a link to Loom's 127.0.0.1
+ *   and drops everything else a link brings in or would forward;
  * - in, to a replica: the gateway dials x.x.x.2:<port>; a rule in the namespace sends that port
  *   to the replica's own 127.0.0.1 (so a server that binds only loopback is reached too).
  */
@@ -19,8 +27,12 @@ export interface NetworkSetup {
   file: string;
   /** The host end's name (15 characters at most). */
   ifname: string;
-  hostAddress: string;
+  /** The host's address workers reach Loom at: the same for every link (GATEWAY, netns.ts). */
+  gateway: string;
+  /** The namespace's end: its address (a /32) and MAC, and the host end's MAC. */
   address: string;
+  mac: string;
+  hostMac: string;
   /** Ports the host reaches in the namespace (a replica's). */
   ports: number[];
   /**
@@ -78,7 +90,6 @@ export interface NetworkTeardown {
 export const NETWORK_HELPER = `
 const { execFile } = require("node:child_process");
 const netPath = require("node:path");
-const netOs = require("node:os");
 const isMounted = (f) => { try { return fs.statSync(f).dev !== fs.statSync(netPath.dirname(f)).dev; } catch { return false; } };
 const runIn = (cmd, args, input) => new Promise((resolve, reject) => {
   const c = execFile(cmd, args, (err, _out, stderr) =>
@@ -86,8 +97,14 @@ const runIn = (cmd, args, input) => new Promise((resolve, reject) => {
   c.stdin.end(input);
 });
 const pause = (ms) => new Promise((r) => setTimeout(r, ms));
-// Both ends there and the host's with the address asked for (a pool slot from before may differ).
-const hasLink = (n) => (netOs.networkInterfaces()[n.ifname] || []).some((a) => a.address === n.hostAddress);
+// Both ends there, the host's with its route to the address asked for (a pool slot from before
+// may differ): /proc/net/route has each route as "<iface> <destination, little-endian hex> ...".
+const hexLE = (ip) => ip.split(".").reverse().map((b) => Number(b).toString(16).padStart(2, "0")).join("").toUpperCase();
+const hasLink = (n) => {
+  const want = n.ifname + "\\t" + hexLE(n.address) + "\\t";
+  try { return fs.readFileSync("/proc/net/route", "utf8").split("\\n").some((l) => l.startsWith(want)); }
+  catch { return false; }
+};
 const dropLink = async (ifname) => {
   if (!fs.existsSync("/sys/class/net/" + ifname)) return;
   // Gone meanwhile (the kernel's own removal of the namespace got there first): nothing to do.
@@ -126,27 +143,34 @@ const killInCgroups = async (files) => {
   return n;
 };
 const making = new Map();
-// Namespaces this helper made, with their host end's address: a pooled one taken again needs no
-// look at every interface of the machine (getifaddrs), only that it is still mounted.
+// Namespaces this helper made, with their address: a pooled one taken again needs no look at the
+// machine's routes, only that it is still mounted.
 const made = new Map();
 async function makeNetwork(n) {
-  if (made.get(n.file) === n.hostAddress && isMounted(n.file)) return;
-  if (isMounted(n.file) && hasLink(n)) return void made.set(n.file, n.hostAddress);
+  if (made.get(n.file) === n.address && isMounted(n.file)) return;
+  if (isMounted(n.file) && hasLink(n)) return void made.set(n.file, n.address);
   if (isMounted(n.file)) await endNetwork(n);
   await dropLink(n.ifname);
   fs.mkdirSync(netPath.dirname(n.file), { recursive: true });
   fs.writeFileSync(n.file, "");
-  const inside = ["link set lo up", "link add loom0 type veth peer name " + n.ifname + " netns " + process.pid,
-    "addr add " + n.address + "/30 dev loom0", "link set loom0 up", ""].join("\\n");
+  const inside = ["link set lo up",
+    "link add loom0 address " + n.mac + " type veth peer name " + n.ifname + " address " + n.hostMac + " netns " + process.pid,
+    "addr add " + n.address + "/32 dev loom0", "link set loom0 up",
+    "route add " + n.gateway + "/32 dev loom0 src " + n.address,
+    "neigh replace " + n.gateway + " lladdr " + n.hostMac + " dev loom0 nud permanent", ""].join("\\n");
   if (n.ports.length === 0) await runIn("unshare", ["--net=" + n.file, "ip", "-b", "-"], inside);
   else await runIn("unshare", ["--net=" + n.file, "/bin/sh", "-c",
     "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet && ip -b - && exec nft \\"$0\\"",
     "table ip loom { chain loom_pre { type nat hook prerouting priority dstnat; iifname \\"loom0\\" tcp dport { " +
       n.ports.join(", ") + " } dnat to 127.0.0.1; }; }"], inside);
-  await runIn("ip", ["-b", "-"], ["addr add " + n.hostAddress + "/30 dev " + n.ifname, "link set " + n.ifname + " up", ""].join("\\n"));
+  // No address on the host's end, not even IPv6's link-local one (addrgenmode none, before it is
+  // up): see the top of this file.
+  await runIn("ip", ["-b", "-"], ["link set " + n.ifname + " addrgenmode none", "link set " + n.ifname + " up",
+    "route add " + n.address + "/32 dev " + n.ifname + " src " + n.gateway,
+    "neigh replace " + n.address + " lladdr " + n.mac + " dev " + n.ifname + " nud permanent", ""].join("\\n"));
   // The host's end takes what the host's table sends to Loom's 127.0.0.1.
   fs.writeFileSync("/proc/sys/net/ipv4/conf/" + n.ifname + "/route_localnet", "1");
-  made.set(n.file, n.hostAddress);
+  made.set(n.file, n.address);
 }
 // One make (or end) at a time per namespace file, in the order asked.
 function serially(file, f) {
