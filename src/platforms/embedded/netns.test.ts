@@ -111,15 +111,7 @@ describe("a gang's network across attempts", () => {
       const networks = new GangNetworks({ instanceId: randomUUID() });
       if (!networks.capability.isolated) return;
       const dataDir = mkdtempSync(join(tmpdir(), "loom-netns-"));
-      const runtime = new LocalRuntime({
-        dataDir,
-        instanceId: randomUUID(),
-        cpuMillis: 1000,
-        memoryBytes: 2 ** 30,
-        gpus: [],
-        log: pino({ level: "silent" }),
-        networks,
-      });
+      const runtime = localRuntime({ dataDir, instanceId: randomUUID(), networks });
       const ref = { kind: "TrainingJob", project: "default", name: "restarts", uid: randomUUID() };
       const held: number[] = [];
       const failures: string[] = [];
@@ -179,15 +171,7 @@ describe("the host's addresses", () => {
         events += d.toString();
       });
       const dataDir = mkdtempSync(join(tmpdir(), "loom-netns-"));
-      const runtime = new LocalRuntime({
-        dataDir,
-        instanceId,
-        cpuMillis: 1000,
-        memoryBytes: 2 ** 30,
-        gpus: [],
-        log: pino({ level: "silent" }),
-        networks,
-      });
+      const runtime = localRuntime({ dataDir, instanceId, networks });
       const ref = { kind: "InferenceService", project: "default", name: "both-ways", uid: randomUUID() };
       const port = 20_000 + Math.floor(Math.random() * 20_000);
       const heard = join(dataDir, "heard");
@@ -273,16 +257,7 @@ describe("the pool of network namespaces", () => {
       const dataDir = mkdtempSync(join(tmpdir(), "loom-netns-"));
       const prefix = `loom-${instanceId.replace(/-/g, "").slice(0, 8)}-`;
       const slots = () => readdirSync("/run/netns").filter((n) => n.startsWith(`${prefix}pool-`));
-      const runtime = new LocalRuntime({
-        dataDir,
-        instanceId,
-        cpuMillis: 1000,
-        memoryBytes: 2 ** 30,
-        gpus: [],
-        log: pino({ level: "silent" }),
-        networks,
-        sandbox: support,
-      });
+      const runtime = localRuntime({ dataDir, instanceId, networks, sandbox: support });
       const gang = (name: string) => ({ kind: "TrainingJob", project: "default", name, uid: randomUUID() });
       const start = async (ref: ReturnType<typeof gang>) => {
         await runtime.start({
@@ -362,6 +337,22 @@ describe("the pool of network namespaces", () => {
     60_000,
   );
 });
+
+/** A runtime of one CPU and 1 GiB, silent, with the test's networks (and sandbox). */
+function localRuntime(
+  opts: Pick<
+    ConstructorParameters<typeof LocalRuntime>[0],
+    "dataDir" | "instanceId" | "networks" | "sandbox"
+  >,
+): LocalRuntime {
+  return new LocalRuntime({
+    cpuMillis: 1000,
+    memoryBytes: 2 ** 30,
+    gpus: [],
+    log: pino({ level: "silent" }),
+    ...opts,
+  });
+}
 
 async function until(what: string, f: () => boolean): Promise<void> {
   for (let i = 0; i < 300; i++) {
