@@ -1,9 +1,8 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess } from "./helpers.js";
+import { LoomProcess, until as waitUntil } from "./helpers.js";
 import { operatorCluster, ownState, startOperator, type TestCluster } from "./k8s/cluster.js";
 
 /**
@@ -27,16 +26,12 @@ describe("fleet failover: a lost member's job resumes elsewhere from its checkpo
   // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
   type Obj = Record<string, any>;
 
-  async function until<T>(what: string, probe: () => Promise<T | undefined>, tries = 240): Promise<T> {
-    for (let i = 0; i < tries; i++) {
-      const v = await probe();
-      if (v !== undefined) return v;
-      await sleep(500);
-    }
-    throw new Error(
-      `timed out waiting for ${what}: ${JSON.stringify((await job("train"))?.status)}\n${cp.log.slice(-3000)}`,
-    );
-  }
+  const until = <T>(what: string, probe: () => Promise<T | undefined>) =>
+    waitUntil(what, probe, {
+      ms: 120_000,
+      every: 500,
+      context: async () => `${JSON.stringify((await job("train"))?.status)}\n${cp.log.slice(-3000)}`,
+    });
   const job = async (name: string): Promise<Obj | undefined> => {
     const r = await cp.cli(["get", "tj", name, "-o", "json"]);
     return r.code === 0 ? (JSON.parse(r.stdout) as Obj) : undefined;

@@ -1,9 +1,8 @@
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess } from "./helpers.js";
+import { LoomProcess, until as waitUntil } from "./helpers.js";
 import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.js";
 import { CuttableProxy } from "./proxy.js";
 
@@ -24,17 +23,12 @@ describe("fleet fencing on a Kubernetes member: its operator stops the copy when
   let operator: ReturnType<typeof startOperator>;
   let proxy: CuttableProxy;
 
-  async function until<T>(what: string, probe: () => Promise<T | undefined>, ms = 240_000): Promise<T> {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      const v = await probe();
-      if (v !== undefined) return v;
-      await sleep(500);
-    }
-    throw new Error(
-      `timed out waiting for ${what}\ncontrol plane:\n${cp.log.slice(-3000)}\noperator:\n${operator?.log().slice(-3000)}`,
-    );
-  }
+  const until = <T>(what: string, probe: () => Promise<T | undefined>) =>
+    waitUntil(what, probe, {
+      ms: 240_000,
+      every: 500,
+      context: () => `control plane:\n${cp.log.slice(-3000)}\noperator:\n${operator?.log().slice(-3000)}`,
+    });
   const job = async (): Promise<Obj | undefined> => {
     const r = await cp.cli(["get", "tj", "train", "-o", "json"]);
     return r.code === 0 ? (JSON.parse(r.stdout) as Obj) : undefined;

@@ -1,9 +1,8 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess } from "./helpers.js";
+import { LoomProcess, until as waitUntil } from "./helpers.js";
 import { CuttableProxy } from "./proxy.js";
 
 const BASE = "/apis/loom.dev/v1alpha1";
@@ -25,17 +24,12 @@ describe("fleet fencing: a member cut off from its control plane stops the job b
   const dir = mkdtempSync(join(tmpdir(), "loom-fence-"));
   let proxy: CuttableProxy;
 
-  async function until<T>(what: string, probe: () => Promise<T | undefined>, ms = 180_000): Promise<T> {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      const v = await probe();
-      if (v !== undefined) return v;
-      await sleep(300);
-    }
-    throw new Error(
-      `timed out waiting for ${what}\ncontrol plane:\n${cp.log.slice(-3000)}\nmember a:\n${a.log.slice(-3000)}`,
-    );
-  }
+  const until = <T>(what: string, probe: () => Promise<T | undefined>) =>
+    waitUntil(what, probe, {
+      ms: 180_000,
+      every: 300,
+      context: () => `control plane:\n${cp.log.slice(-3000)}\nmember a:\n${a.log.slice(-3000)}`,
+    });
   const get = async (p: LoomProcess, name: string): Promise<Obj | undefined> => {
     const r = await p.api("GET", `${BASE}/projects/default/trainingjobs/${name}`);
     return r.status === 200 ? (r.body as Obj) : undefined;

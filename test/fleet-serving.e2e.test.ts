@@ -1,10 +1,9 @@
 import { chmodSync, copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, processesNaming, ROOT } from "./helpers.js";
+import { LoomProcess, processesNaming, ROOT, until as waitUntil } from "./helpers.js";
 
 /**
  * Serving across the fleet (issue 23), for real: a control plane (`loom up`) with its own
@@ -38,17 +37,12 @@ describe("fleet serving: one InferenceService, replicas in the control plane and
   let key = ""; // a key of project default on the control plane
   let otherKey = ""; // one of project other
 
-  async function until<T>(what: string, probe: () => Promise<T | undefined>, ms = 120_000): Promise<T> {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      const v = await probe();
-      if (v !== undefined) return v;
-      await sleep(300);
-    }
-    throw new Error(
-      `timed out waiting for ${what}\ncontrol plane:\n${cp.log.slice(-3000)}\nmember:\n${member.log.slice(-2000)}`,
-    );
-  }
+  const until = <T>(what: string, probe: () => Promise<T | undefined>, ms = 120_000) =>
+    waitUntil(what, probe, {
+      ms,
+      every: 300,
+      context: () => `control plane:\n${cp.log.slice(-3000)}\nmember:\n${member.log.slice(-2000)}`,
+    });
   const isvc = async (p: LoomProcess, name: string, project = "default"): Promise<Obj | undefined> => {
     const r = await p.api("GET", `${BASE}/projects/${project}/inferenceservices/${name}`);
     return r.status === 200 ? (r.body as Obj) : undefined;

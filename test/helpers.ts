@@ -258,3 +258,21 @@ export function alive(pid: number): boolean {
     return false;
   }
 }
+
+/**
+ * Polls `probe` until it gives a value (not undefined), every `every` ms for at most `ms`; then
+ * fails with `what` and the `context` (servers' logs, the object last seen) to read why.
+ */
+export async function until<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  opts: { ms: number; every: number; context: () => string | Promise<string> },
+): Promise<T> {
+  const end = Date.now() + opts.ms;
+  while (Date.now() < end) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    await sleep(opts.every);
+  }
+  throw new Error(`timed out waiting for ${what}\n${await opts.context()}`);
+}
