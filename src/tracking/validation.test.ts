@@ -236,6 +236,15 @@ describe.each(TRACKING_BACKENDS)("MLflow bad input on $name", (backend) => {
     // A real socket, so the upload can be cut off half-way.
     await app.listen({ port: 0, host: "127.0.0.1" });
     const { port } = app.server.address() as AddressInfo;
+    const cutDir = join(dir, "p", exp, "cut");
+    const left = () => {
+      try {
+        return readdirSync(cutDir);
+      } catch {
+        return [];
+      }
+    };
+    const pause = () => new Promise((r) => setTimeout(r, 20));
     await new Promise<void>((resolve) => {
       const req = httpRequest({
         host: "127.0.0.1",
@@ -245,22 +254,16 @@ describe.each(TRACKING_BACKENDS)("MLflow bad input on $name", (backend) => {
         headers: { "content-length": "1000000" },
       });
       req.on("error", () => resolve());
-      req.write(Buffer.alloc(1000, 1), () => setTimeout(() => req.destroy(), 100));
       req.on("close", () => resolve());
+      // Cut off only once the server writes the upload's temp file: cut earlier (a loaded
+      // machine), the check below could pass before the server made the file at all.
+      req.write(Buffer.alloc(1000, 1), async () => {
+        while (left().length === 0) await pause();
+        req.destroy();
+      });
     });
     // The server sees the abort and removes the temp file; wait until it has (no timing bound).
-    const cutDir = join(dir, "p", exp, "cut");
-    for (;;) {
-      const left = (() => {
-        try {
-          return readdirSync(cutDir);
-        } catch {
-          return [];
-        }
-      })();
-      if (left.length === 0) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    while (left().length > 0) await pause();
     expect(readdirSync(cutDir)).toEqual([]);
   });
 });
