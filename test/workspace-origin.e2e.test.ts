@@ -347,7 +347,7 @@ describe("workspace origin", () => {
           res.on("end", () =>
             ok({
               status: res.statusCode ?? 0,
-              keepAlive: res.headers["keep-alive"],
+              keepAlive: String(res.headers["keep-alive"]),
               reused: req.reusedSocket,
             }),
           );
