@@ -122,7 +122,12 @@ describe("gateway-recorded traces (spec.tracing) read back with the MLflow clien
     await create("plain", {});
     await Promise.all([ready("traced"), ready("plain")]);
   }, 400_000);
-  afterAll(() => loom.stop());
+  afterAll(async () => {
+    // Replicas outlive `loom up` by design (re-adopted at its next start): delete them, or the
+    // two tinygpt servers stay running after the test.
+    await loom.cli(["delete", "isvc", "--all", "--timeout", "30"]).catch(() => undefined);
+    await loom.stop();
+  });
 
   it("a traced service's chat requests (plain and streamed) are found by key name, service and time, with prompt, completion, tokens, latency and revision; an untraced service records nothing; another project cannot see them", async () => {
     const openai = new OpenAI({ baseURL: `${loom.url}/v1`, apiKey: key });
