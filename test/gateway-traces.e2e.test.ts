@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT } from "./helpers.js";
+import { LoomProcess, ROOT, spawnAsync } from "./helpers.js";
 import { genaiPython, mlflowPython } from "./tracking-client.js";
 
 /**
@@ -19,10 +19,16 @@ import { genaiPython, mlflowPython } from "./tracking-client.js";
 
 const BASE = "/apis/loom.dev/v1alpha1";
 
-function py(python: string, script: string, uri: string, token: string, env: Record<string, string> = {}) {
+async function py(
+  python: string,
+  script: string,
+  uri: string,
+  token: string,
+  env: Record<string, string> = {},
+) {
   const args = script.endsWith(".py") ? [join(ROOT, script)] : ["-c", script];
-  const r = spawnSync(python, args, {
-    encoding: "utf8",
+  // Not spawnSync: the test's fetches after it would reuse a socket the server closed meanwhile.
+  const r = await spawnAsync(python, args, {
     env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, ...env },
     timeout: 120_000,
   });
@@ -116,7 +122,12 @@ describe("gateway-recorded traces (spec.tracing) read back with the MLflow clien
     await create("plain", {});
     await Promise.all([ready("traced"), ready("plain")]);
   }, 400_000);
-  afterAll(() => loom.stop());
+  afterAll(async () => {
+    // Replicas outlive `loom up` by design (re-adopted at its next start): delete them, or the
+    // two tinygpt servers stay running after the test.
+    await loom.cli(["delete", "isvc", "--all", "--timeout", "30"]).catch(() => undefined);
+    await loom.stop();
+  });
 
   it("a traced service's chat requests (plain and streamed) are found by key name, service and time, with prompt, completion, tokens, latency and revision; an untraced service records nothing; another project cannot see them", async () => {
     const openai = new OpenAI({ baseURL: `${loom.url}/v1`, apiKey: key });
@@ -165,7 +176,7 @@ describe("gateway-recorded traces (spec.tracing) read back with the MLflow clien
     const traceId = /TRACE (\S+)/.exec(r.out)![1]!;
 
     // The untraced service: no experiment, no trace anywhere in the project.
-    const none = py(
+    const none = await py(
       python,
       `
 import mlflow, time
@@ -182,16 +193,16 @@ print(len(mlflow.search_traces(locations=["${expId}"], filter_string="tags.\`loo
 import mlflow
 print(len(mlflow.search_traces(locations=["${expId}"], return_type="list")))
 print(mlflow.get_trace("${traceId}") is None)`;
-    const other = py(python, look, uri("other"), otherToken);
+    const other = await py(python, look, uri("other"), otherToken);
     expect(other.code, other.out).toBe(0);
     expect(other.stdout.split("\n").slice(-2), other.out).toEqual(["0", "True"]);
-    const cross = py(python, look, uri("default"), otherToken);
+    const cross = await py(python, look, uri("default"), otherToken);
     expect(cross.code, cross.out).not.toBe(0);
     expect(cross.out).toMatch(/403|PERMISSION_DENIED|not a member|may not/i);
   }, 240_000);
 
   it("mlflow.genai.evaluate: predict_fn calls the service through the openai client, custom scorers judge it; the run's metrics, its traces and their assessments read back; another project can neither read nor add assessments", async () => {
-    const r = py(genai, "test/fixtures/tracking/evaluate_suite.py", uri("default"), loom.token, {
+    const r = await py(genai, "test/fixtures/tracking/evaluate_suite.py", uri("default"), loom.token, {
       MODEL: "traced",
       OPENAI_BASE_URL: `${loom.url}/v1`,
       OPENAI_API_KEY: key,
@@ -206,13 +217,13 @@ print(mlflow.get_trace("${traceId}") is None)`;
 import mlflow
 mlflow.log_feedback(trace_id="${traceId}", name="forged", value=False)`;
     // With its own project's URI the trace does not exist; with default's, its token is refused.
-    const own = py(genai, attack, uri("other"), otherToken);
+    const own = await py(genai, attack, uri("other"), otherToken);
     expect(own.code, own.out).not.toBe(0);
     expect(own.out).toMatch(/not found|RESOURCE_DOES_NOT_EXIST/i);
-    const cross = py(genai, attack, uri("default"), otherToken);
+    const cross = await py(genai, attack, uri("default"), otherToken);
     expect(cross.code, cross.out).not.toBe(0);
     expect(cross.out).toMatch(/403|PERMISSION_DENIED|not a member|may not/i);
-    const names = py(
+    const names = await py(
       genai,
       `import mlflow\nprint(sorted(a.name for a in mlflow.get_trace("${traceId}").info.assessments))`,
       uri("default"),

@@ -1,10 +1,10 @@
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT } from "./helpers.js";
+import { LoomProcess, ROOT, spawnAsync } from "./helpers.js";
 import { mlflowPython, mlflowServer } from "./tracking-client.js";
 
 /**
@@ -18,9 +18,9 @@ const SCRIPTS = [
   ["test/fixtures/tracking/traces_suite.py", /OK 22 checks/],
 ] as const;
 
-function run(python: string, script: string, uri: string, token: string, suffix: string) {
-  const r = spawnSync(python, [join(ROOT, script)], {
-    encoding: "utf8",
+async function run(python: string, script: string, uri: string, token: string, suffix: string) {
+  // Not spawnSync: the test's fetches after it would reuse a socket the server closed meanwhile.
+  const r = await spawnAsync(python, [join(ROOT, script)], {
     env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, SUFFIX: suffix },
     timeout: 180_000,
   });
@@ -88,11 +88,11 @@ describe("the same MLflow 3 GenAI client scripts against the real mlflow server 
   });
 
   for (const [script, ok] of SCRIPTS)
-    it(`${script.split("/").at(-1)}: passes against mlflow server, and against Loom`, () => {
-      const mlflow = run(python, script, peerUrl, "unused", "peer");
+    it(`${script.split("/").at(-1)}: passes against mlflow server, and against Loom`, async () => {
+      const mlflow = await run(python, script, peerUrl, "unused", "peer");
       expect(mlflow.code, `against mlflow server:\n${mlflow.out}`).toBe(0);
       expect(mlflow.out).toMatch(ok);
-      const ours = run(python, script, loom.url, loom.token, "loom");
+      const ours = await run(python, script, loom.url, loom.token, "loom");
       expect(ours.code, `against Loom:\n${ours.out}`).toBe(0);
       expect(ours.out).toMatch(ok);
     }, 400_000);

@@ -1,15 +1,20 @@
-import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT } from "./helpers.js";
+import { LoomProcess, ROOT, spawnAsync } from "./helpers.js";
 import { mlflowPython } from "./tracking-client.js";
 
 /** Runs a Python script (a fixture path or inline code) with the official client pointed at a tracking URI. */
-function py(python: string, script: string, uri: string, token: string, env: Record<string, string> = {}) {
+async function py(
+  python: string,
+  script: string,
+  uri: string,
+  token: string,
+  env: Record<string, string> = {},
+) {
   const args = script.endsWith(".py") ? [join(ROOT, script)] : ["-c", script];
-  const r = spawnSync(python, args, {
-    encoding: "utf8",
+  // Not spawnSync: the test's fetches after it would reuse a socket the server closed meanwhile.
+  const r = await spawnAsync(python, args, {
     env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, ...env },
     timeout: 120_000,
   });
@@ -34,8 +39,10 @@ describe("MLflow 3 GenAI client against Loom: the prompt registry", () => {
   }, 300_000);
   afterAll(() => loom.stop());
 
-  it("registers versions, moves and deletes aliases, loads by version, alias and @latest, tags versions, searches; models and prompts do not mix", () => {
-    const r = py(python, "test/fixtures/tracking/prompts_suite.py", loom.url, loom.token, { SUFFIX: "root" });
+  it("registers versions, moves and deletes aliases, loads by version, alias and @latest, tags versions, searches; models and prompts do not mix", async () => {
+    const r = await py(python, "test/fixtures/tracking/prompts_suite.py", loom.url, loom.token, {
+      SUFFIX: "root",
+    });
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/OK 16 checks/);
   }, 180_000);
@@ -87,7 +94,7 @@ import mlflow
 mlflow.genai.register_prompt(name="secret", template="The launch code is {{code}}")
 mlflow.genai.set_prompt_alias("secret", alias="production", version=1)
 print(mlflow.genai.load_prompt("prompts:/secret@production").template)`;
-    const a = py(python, register, uri("team-a"), tokens["team-a"]!);
+    const a = await py(python, register, uri("team-a"), tokens["team-a"]!);
     expect(a.code, a.out).toBe(0);
     expect(a.stdout).toBe("The launch code is {{code}}");
     // From team-b, with team-b's token: not there (and team-b may have its own "secret").
@@ -99,11 +106,11 @@ try:
     print("LOADED")
 except Exception as e:
     print("REFUSED", type(e).__name__)`;
-    const b = py(python, look, uri("team-b"), tokens["team-b"]!);
+    const b = await py(python, look, uri("team-b"), tokens["team-b"]!);
     expect(b.code, b.out).toBe(0);
     expect(b.stdout).toBe("[]\nREFUSED MlflowException");
     // team-b's token at team-a's URI: refused outright.
-    const cross = py(python, look, uri("team-a"), tokens["team-b"]!);
+    const cross = await py(python, look, uri("team-a"), tokens["team-b"]!);
     expect(cross.code, cross.out).not.toBe(0);
     expect(cross.out).toMatch(/403|PERMISSION_DENIED|not a member|may not/i);
     const listed = await loom.cli(["get", "prompts", "-p", "team-b"]);
@@ -111,13 +118,15 @@ except Exception as e:
     expect((await loom.cli(["get", "prompts", "-p", "team-a"])).stdout).toMatch(/secret\s+1\s+production=1/);
   }, 120_000);
 
-  it("traces: a traced function with a child span, manual spans, search by tag, time, state and name, get_trace with inputs and outputs, tags, delete", () => {
-    const r = py(python, "test/fixtures/tracking/traces_suite.py", loom.url, loom.token, { SUFFIX: "root" });
+  it("traces: a traced function with a child span, manual spans, search by tag, time, state and name, get_trace with inputs and outputs, tags, delete", async () => {
+    const r = await py(python, "test/fixtures/tracking/traces_suite.py", loom.url, loom.token, {
+      SUFFIX: "root",
+    });
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/OK 22 checks/);
   }, 180_000);
 
-  it("a trace in one project is invisible from another, by search and by id, and another project's token cannot read it", () => {
+  it("a trace in one project is invisible from another, by search and by id, and another project's token cannot read it", async () => {
     const write = `
 import mlflow
 exp = mlflow.set_experiment("secret-traces")
@@ -128,19 +137,19 @@ def f(x):
 f(21)
 mlflow.flush_trace_async_logging()
 print(mlflow.get_last_active_trace_id(), exp.experiment_id)`;
-    const a = py(python, write, uri("team-a"), tokens["team-a"]!);
+    const a = await py(python, write, uri("team-a"), tokens["team-a"]!);
     expect(a.code, a.out).toBe(0);
     const [traceId, expId] = a.stdout.split("\n").at(-1)!.split(" ");
     const look = `
 import mlflow
 print(len(mlflow.search_traces(locations=["${expId}"], filter_string="tags.secret = 'yes'", return_type="list")))
 print(mlflow.get_trace("${traceId}") is None)`;
-    const own = py(python, look, uri("team-a"), tokens["team-a"]!);
+    const own = await py(python, look, uri("team-a"), tokens["team-a"]!);
     expect(own.stdout.split("\n").slice(-2), own.out).toEqual(["1", "False"]);
-    const other = py(python, look, uri("team-b"), tokens["team-b"]!);
+    const other = await py(python, look, uri("team-b"), tokens["team-b"]!);
     expect(other.code, other.out).toBe(0);
     expect(other.stdout.split("\n").slice(-2), other.out).toEqual(["0", "True"]);
-    const cross = py(python, look, uri("team-a"), tokens["team-b"]!);
+    const cross = await py(python, look, uri("team-a"), tokens["team-b"]!);
     expect(cross.code, cross.out).not.toBe(0);
     expect(cross.out).toMatch(/403|PERMISSION_DENIED|not a member|may not/i);
   }, 120_000);
@@ -163,7 +172,7 @@ with mlflow.start_span(name="once") as s:
     s.set_inputs({"a": 1})
 mlflow.flush_trace_async_logging()
 print(mlflow.get_last_active_trace_id(), exp.experiment_id)`;
-    const w = py(python, write, loom.url, loom.token);
+    const w = await py(python, write, loom.url, loom.token);
     expect(w.code, w.out).toBe(0);
     const [traceId, expId] = w.stdout.split("\n").at(-1)!.split(" ");
     const get = () => loom.api("GET", `/api/3.0/mlflow/traces/${traceId}`);

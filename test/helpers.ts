@@ -7,6 +7,36 @@ import { setTimeout as sleep } from "node:timers/promises";
 export const ROOT = resolve(import.meta.dirname, "..");
 const BIN = join(ROOT, "bin", "loom.js");
 
+/**
+ * spawnSync's status and output, without blocking this process while the command runs. A test
+ * that blocks its event loop past a server's keep-alive timeout (a Python suite run with
+ * spawnSync for a minute or more) and then fetches sends on the pooled connection the server
+ * closed meanwhile: its HTTP client, blocked too, never saw the close nor ran its own idle timer
+ * (fetch failed, cause: other side closed). Killed with SIGTERM after `timeout` ms, as spawnSync.
+ */
+export function spawnAsync(
+  command: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeout?: number } = {},
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((ok) => {
+    const p = spawn(command, args, { env: opts.env, cwd: opts.cwd, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+    p.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = opts.timeout ? setTimeout(() => p.kill("SIGTERM"), opts.timeout) : undefined;
+    p.on("error", (err) => {
+      clearTimeout(timer);
+      ok({ status: null, stdout, stderr: `${stderr}${err.message}\n` });
+    });
+    p.on("close", (code) => {
+      clearTimeout(timer);
+      ok({ status: code, stdout, stderr });
+    });
+  });
+}
+
 export interface CliResult {
   code: number;
   stdout: string;

@@ -2,7 +2,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { ROOT } from "./helpers.js";
+import { ROOT, spawnAsync } from "./helpers.js";
 
 /** The official MLflow client (pinned), with pandas for mlflow.pyfunc, in a venv cached across runs. */
 export const MLFLOW = "mlflow-skinny==3.17.2";
@@ -93,9 +93,9 @@ export function torchPython(): string {
  * Runs test/fixtures/tracking/client_suite.py (the official client against every endpoint) at a
  * tracking URI; it prints "OK N checks" when all pass.
  */
-export function clientSuite(python: string, uri: string, token: string, suffix: string) {
-  const r = spawnSync(python, [join(ROOT, "test/fixtures/tracking/client_suite.py")], {
-    encoding: "utf8",
+export async function clientSuite(python: string, uri: string, token: string, suffix: string) {
+  // Not spawnSync: the test's own fetches after it would reuse a socket the server closed meanwhile.
+  const r = await spawnAsync(python, [join(ROOT, "test/fixtures/tracking/client_suite.py")], {
     env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, SUFFIX: suffix },
     timeout: 120_000,
   });

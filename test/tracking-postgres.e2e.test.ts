@@ -32,7 +32,7 @@ describe("MLflow tracking on PostgreSQL (loom up --tracking-db), driven by the o
   });
 
   it("passes the client suite (search filters, order, pages, history, NaN, registry, aliases, logged models), all of it in PostgreSQL", async () => {
-    const r = clientSuite(python, loom.url, loom.token, "pg");
+    const r = await clientSuite(python, loom.url, loom.token, "pg");
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/OK 67 checks/);
     // It is in PostgreSQL, with timestamps as bigint ...
@@ -69,7 +69,12 @@ describe("MLflow tracking on PostgreSQL (loom up --tracking-db), driven by the o
     expect((await loom.cli(["apply", "-f", "-"], { input: project })).code).toBe(0);
     const created = await loom.cli(["token", "create", "alice", "-p", "team-pg", "--role", "editor"]);
     expect(created.code, created.stderr).toBe(0);
-    const r = clientSuite(python, `${loom.url}/mlflow/projects/team-pg`, created.stdout.trim(), "team-pg");
+    const r = await clientSuite(
+      python,
+      `${loom.url}/mlflow/projects/team-pg`,
+      created.stdout.trim(),
+      "team-pg",
+    );
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/OK 67 checks/);
     const byProject = await pg!.query<{ project: string; n: string }>(

@@ -1,7 +1,6 @@
-import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT } from "./helpers.js";
+import { LoomProcess, ROOT, spawnAsync } from "./helpers.js";
 import { clientSuite, mlflowPython, torchPython, VENV } from "./tracking-client.js";
 
 describe("MLflow tracking API, driven by the official mlflow client (embedded)", () => {
@@ -15,8 +14,8 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
 
   const suite = (uri: string, suffix: string, token = loom.token) => clientSuite(python, uri, token, suffix);
 
-  it("experiments, runs, every logging call, search with filters, order and pages, metric history, artifacts, model registry, pyfunc log_model and load_model by alias", () => {
-    const r = suite(loom.url, "root");
+  it("experiments, runs, every logging call, search with filters, order and pages, metric history, artifacts, model registry, pyfunc log_model and load_model by alias", async () => {
+    const r = await suite(loom.url, "root");
     expect(r.code, r.out).toBe(0);
     expect(r.out).toMatch(/OK 67 checks/);
   }, 180_000);
@@ -92,10 +91,9 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
     expect(denied.body).toMatchObject({ error_code: "PERMISSION_DENIED" });
   }, 60_000);
 
-  it("mlflow.pytorch log_model, register, alias champion, load_model by alias and by runs:/ gives the same outputs", () => {
+  it("mlflow.pytorch log_model, register, alias champion, load_model by alias and by runs:/ gives the same outputs", async () => {
     const torch = torchPython();
-    const r = spawnSync(torch, [join(ROOT, "test/fixtures/tracking/pytorch_roundtrip.py")], {
-      encoding: "utf8",
+    const r = await spawnAsync(torch, [join(ROOT, "test/fixtures/tracking/pytorch_roundtrip.py")], {
       env: {
         ...process.env,
         MLFLOW_TRACKING_URI: loom.url,
@@ -121,7 +119,7 @@ describe("MLflow tracking API, driven by the official mlflow client (embedded)",
     };
     const alice = await token(["alice", "-p", "team-a", "--role", "editor"]);
     const viewer = await token(["carol", "-p", "team-a", "--role", "viewer"]);
-    const r = suite(`${loom.url}/mlflow/projects/team-a`, "team-a", alice);
+    const r = await suite(`${loom.url}/mlflow/projects/team-a`, "team-a", alice);
     expect(r.code, r.out).toBe(0);
     const as = (who: string, method: string, path: string, body?: unknown) =>
       loom.api(method, path, body, who);

@@ -1,15 +1,16 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, type IncomingHttpHeaders, request } from "node:http";
+import { Agent, createServer, type IncomingHttpHeaders, request } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type EmbeddedServer, startEmbedded } from "../src/main/embedded.js";
 import { type Browser, type BrowserContext, launchBrowser, screenshot } from "./browser.js";
 import { LoomProcess } from "./helpers.js";
+import { KernelSocket } from "./kernelsocket.js";
 import { Upstream } from "./wsupstream.js";
 
 /**
@@ -301,6 +302,79 @@ describe("workspace origin", () => {
     expect(seen["x-forwarded-proto"]).toBe("http");
     expect(seen.host).toBe(host("nb"));
   });
+
+  it("bytes either way on a WebSocket through the origin are the workspace's activity (idle culling), at most a touch a second", async () => {
+    const sid = await sessionFor(editor);
+    const dir = server.workspaces.directory;
+    const last = () => dir.lastActivity("default", "nb")?.getTime() ?? 0;
+    const socket = await KernelSocket.open(originOf("nb"), "/echo", `loom_ws=${sid}`);
+    try {
+      // Nothing but the socket's traffic from here on: no request, no new socket. Each step waits
+      // past the one-a-second limit, then expects the record to move to at least its start.
+      await sleep(1100);
+      let since = Date.now();
+      socket.send({ from: "browser" });
+      await socket.next((m) => (m as unknown as { from?: string }).from === "browser", 10_000);
+      await expect.poll(last, { timeout: 10_000 }).toBeGreaterThanOrEqual(since);
+      // The workspace's side alone (a Jupyter ping, VS Code's keep-alive) counts as well.
+      await sleep(1100);
+      since = Date.now();
+      nb.push(JSON.stringify({ from: "workspace" }));
+      await socket.next((m) => (m as unknown as { from?: string }).from === "workspace", 10_000);
+      await expect.poll(last, { timeout: 10_000 }).toBeGreaterThanOrEqual(since);
+      // A chatty socket is not a write per frame: ten frames each way in half a second, a touch or two.
+      await sleep(1100);
+      const touches = vi.spyOn(dir, "touch");
+      for (let i = 0; i < 10; i++) {
+        socket.send({ burst: i });
+        await sleep(50);
+      }
+      await socket.next((m) => (m as unknown as { burst?: number }).burst === 9, 10_000);
+      expect(touches.mock.calls.length).toBeGreaterThan(0);
+      expect(touches.mock.calls.length).toBeLessThanOrEqual(4);
+      touches.mockRestore();
+    } finally {
+      await socket.close();
+    }
+  });
+
+  it("keeps an idle keep-alive connection 75 s on the API and on the origin, not Node's 5 s: a request 7 s after the last goes on the same connection", async () => {
+    const sid = await sessionFor(editor);
+    const get = (agent: Agent, port: number, path: string, headers: Record<string, string>) =>
+      new Promise<{ status: number; keepAlive?: string; reused: boolean }>((ok, fail) => {
+        const req = request({ host: "127.0.0.1", port, path, headers, agent }, (res) => {
+          res.resume();
+          res.on("end", () =>
+            ok({
+              status: res.statusCode ?? 0,
+              keepAlive: String(res.headers["keep-alive"]),
+              reused: req.reusedSocket,
+            }),
+          );
+        });
+        req.on("error", fail);
+        req.end();
+      });
+    const twice = async (port: number, path: string, headers: Record<string, string> = {}) => {
+      // One socket, kept: a socket the server closes leaves the agent, and the next request
+      // would then go on a new one (reused: false).
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        const first = await get(agent, port, path, headers);
+        expect(first).toMatchObject({ status: 200, keepAlive: "timeout=75" });
+        // Past Node's default (5 s, plus the 1 s it allows), which clients idle for as long as
+        // 5 s (httpx, Node's agent) race: the request sent as the server closes meets a closed socket.
+        await sleep(7000);
+        expect(await get(agent, port, path, headers)).toMatchObject({ status: 200, reused: true });
+      } finally {
+        agent.destroy();
+      }
+    };
+    await Promise.all([
+      twice(Number(new URL(server.url).port), "/healthz"),
+      twice(server.workspaces.port, "/", { host: host("nb"), cookie: `loom_ws=${sid}` }),
+    ]);
+  }, 60_000);
 
   it("the log-in answer: HttpOnly, SameSite=Lax, Path=/, no Domain (host-only), then / ", async () => {
     const link = await login(editor);

@@ -12,6 +12,7 @@ export class Upstream {
   readonly seen: { method: string; url: string; headers: IncomingMessage["headers"] }[] = [];
   readonly sockets: string[] = [];
   private releaseEvents: (() => void) | undefined;
+  private readonly open = new Set<Duplex>();
   private readonly server: Server;
   port = 0;
 
@@ -37,6 +38,8 @@ export class Upstream {
       socket.write(
         `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
       );
+      this.open.add(socket);
+      socket.on("close", () => this.open.delete(socket));
       echoFrames(socket);
     });
   }
@@ -45,6 +48,12 @@ export class Upstream {
     await new Promise<void>((ok) => this.server.listen(0, "127.0.0.1", ok));
     this.port = (this.server.address() as AddressInfo).port;
     return this.port;
+  }
+
+  /** Sends a short (under 126 bytes) text frame of its own on every open WebSocket, as a server push would. */
+  push(text: string): void {
+    const payload = Buffer.from(text);
+    for (const s of this.open) s.write(Buffer.concat([Buffer.from([0x81, payload.length]), payload]));
   }
 
   /** Ends the open event stream with its second event. */

@@ -246,7 +246,6 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     async close() {
       if (closed) return;
       closed = true;
-      origin.stopActivity();
       origin.closeAllConnections();
       await new Promise((done) => origin.close(done));
       await plane.close();

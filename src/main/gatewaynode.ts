@@ -4,6 +4,7 @@ import type { Logger } from "pino";
 import { UnauthorizedError } from "../api/errors.js";
 import { Gateway, type KeyUsage, type ScaleTarget, type ServiceEndpoint } from "../gateway/gateway.js";
 import { onlyProject } from "../gateway/metrics.js";
+import { KEEP_ALIVE_TIMEOUT_MS } from "../lib/httpserver.js";
 import type { TokenInfo } from "../ports/store.js";
 import { bearerAuthenticator } from "../server/authz.js";
 import { installErrorHandler } from "../server/errors.js";
@@ -169,6 +170,7 @@ export async function startGatewayNode(opts: GatewayNodeOptions): Promise<Gatewa
     loggerInstance: log as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
     // The one spelling of a path the router, the fast lane and the upstream see (lib/paths.ts).
     rewriteUrl,
     serverFactory: serverWith(openAIFastLane({ gateway, directory, traces }, authenticate)),

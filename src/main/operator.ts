@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import { NotFoundError } from "../api/errors.js";
 import { CLUSTER } from "../api/kinds.js";
 import { passThroughModels } from "../controllers/inferenceservice/revisions.js";
+import { withKeepAlive } from "../lib/httpserver.js";
 import { VERSION } from "../lib/version.js";
 import { SqliteAuditLog } from "../platforms/embedded/audit.js";
 import { openSqlite } from "../platforms/embedded/db.js";
@@ -189,15 +190,17 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   let server: http.Server | undefined;
   let metricsUrl: string | undefined;
   if (opts.metricsPort !== undefined) {
-    server = http.createServer(async (req, res) => {
-      if (req.url === "/healthz") return res.end("ok");
-      if (req.url === "/metrics") {
-        res.setHeader("content-type", metrics.contentType);
-        return res.end(await metrics.metrics());
-      }
-      res.statusCode = 404;
-      res.end();
-    });
+    server = withKeepAlive(
+      http.createServer(async (req, res) => {
+        if (req.url === "/healthz") return res.end("ok");
+        if (req.url === "/metrics") {
+          res.setHeader("content-type", metrics.contentType);
+          return res.end(await metrics.metrics());
+        }
+        res.statusCode = 404;
+        res.end();
+      }),
+    );
     const s = server;
     await new Promise<void>((ok) => s.listen(opts.metricsPort, "127.0.0.1", ok));
     const addr = s.address();
@@ -210,7 +213,6 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     async close() {
       if (origin) {
         const o = origin;
-        o.stopActivity();
         o.closeAllConnections();
         await new Promise((done) => o.close(done));
       }

@@ -25,7 +25,7 @@ export interface WorkspaceDirectory {
   /** Publishes where the workspace answers; undefined when it is stopped or gone. */
   publish(project: string, name: string, endpoint: WorkspaceEndpoint | undefined): void;
   lookup(project: string, name: string): WorkspaceEndpoint | undefined;
-  /** Activity seen by the proxy (requests, open WebSockets), for idle culling. */
+  /** Activity seen by the proxy (requests; bytes either way on WebSockets and tunnels), for idle culling. */
   touch?(project: string, name: string, at: Date): void;
   lastActivity?(project: string, name: string): Date | undefined;
 }

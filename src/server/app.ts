@@ -2,6 +2,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { findKind } from "../api/kinds.js";
+import { KEEP_ALIVE_TIMEOUT_MS } from "../lib/httpserver.js";
 import type { AuditLog } from "../ports/audit.js";
 import type { FleetLeases } from "../ports/fleet.js";
 import type { Runtime } from "../ports/runtime.js";
@@ -117,6 +118,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     loggerInstance: deps.log.child({ component: "api" }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 8 * 1024 * 1024,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS, // Fastify's own would be 72 s; one value for every listener
     rewriteUrl,
     ...(fastLane ? { serverFactory: serverWith(fastLane) } : {}),
   });

@@ -7,6 +7,7 @@ import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { WorkspaceDirectory } from "../../ports/workspaces.js";
 import type { ResourceService } from "../resources.js";
 import { route, rule } from "../routetable.js";
+import { touchOnTraffic } from "../workspaces/activity.js";
 import { BASE, type Params, type Query } from "./params.js";
 
 /**
@@ -133,15 +134,7 @@ export function portForwardRoutes(app: FastifyInstance, deps: PortForwardDeps): 
       if (def.kind === WORKSPACE && deps.workspaces?.touch) {
         const touch = deps.workspaces.touch.bind(deps.workspaces, project, req.params.name!);
         touch(new Date());
-        // Each chunk either way is activity; at most one touch a second.
-        let lastTouch = Date.now();
-        const seen = () => {
-          if (Date.now() - lastTouch < 1000) return;
-          lastTouch = Date.now();
-          touch(new Date());
-        };
-        upgrade.socket.on("data", seen);
-        upstream.on("data", seen);
+        touchOnTraffic([upgrade.socket, upstream], () => touch(new Date()));
       }
     },
   });

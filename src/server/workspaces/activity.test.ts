@@ -1,8 +1,9 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { afterEach, describe, expect, it } from "vitest";
+import { PassThrough } from "node:stream";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import type { WorkspaceEndpoint } from "../../ports/workspaces.js";
-import { ideActivity } from "./activity.js";
+import { ideActivity, touchOnTraffic } from "./activity.js";
 
 /**
  * The Jupyter adapter of idle culling against a server answering as Jupyter Server 2 does (the
@@ -85,5 +86,26 @@ describe("ideActivity (Jupyter)", () => {
     answer = { status: "expired", lastHeartbeat: 0 };
     expect(await ideActivity("vscode", ep)).toBeUndefined();
     expect(asked).toEqual(["/healthz", "/healthz"]);
+  });
+});
+
+describe("touchOnTraffic (a proxied WebSocket or tunnel)", () => {
+  afterEach(() => vi.useRealTimers());
+
+  it("touches on the first chunk either way, then at most once per interval, however many chunks", () => {
+    vi.useFakeTimers({ now: 1_000_000 });
+    const [client, upstream] = [new PassThrough(), new PassThrough()];
+    let touches = 0;
+    touchOnTraffic([client, upstream], () => touches++, 1000);
+    expect(touches).toBe(0); // opening is the caller's to count
+    upstream.emit("data", Buffer.from("ping"));
+    expect(touches).toBe(1);
+    for (let i = 0; i < 50; i++) client.emit("data", Buffer.from("x"));
+    vi.advanceTimersByTime(999);
+    upstream.emit("data", Buffer.from("y"));
+    expect(touches).toBe(1);
+    vi.advanceTimersByTime(1);
+    client.emit("data", Buffer.from("z"));
+    expect(touches).toBe(2);
   });
 });

@@ -1,4 +1,25 @@
+import type { Duplex } from "node:stream";
 import type { IdeActivity } from "../../ports/workspaces.js";
+
+/**
+ * Counts bytes either way on a proxied connection (a WebSocket through the workspace origin, a
+ * `loom port-forward` or `loom ssh` tunnel) as use of the workspace, for idle culling: calls
+ * `touch` on the first chunk and then at most once per `everyMs`, so a busy socket costs a
+ * clock read per chunk, not a write. An open IDE tab is never silent for long: VS Code's
+ * remote protocol sends a keep-alive every 5 s, Jupyter pings its kernel and terminal sockets
+ * every 30 s (and any WebSocket that lives behind nginx must speak within its 60 s); a socket
+ * whose far end vanished without closing stops counting once nothing flows on it.
+ */
+export function touchOnTraffic(streams: readonly Duplex[], touch: () => void, everyMs = 1000): void {
+  let last = Number.NEGATIVE_INFINITY;
+  const seen = () => {
+    const now = Date.now();
+    if (now - last < everyMs) return;
+    last = now;
+    touch();
+  };
+  for (const s of streams) s.on("data", seen);
+}
 
 /**
  * Jupyter's last activity from its `/api/status` (no token: Loom's origin is the gate), or now

@@ -2,9 +2,11 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { LoomError } from "../../api/errors.js";
+import { withKeepAlive } from "../../lib/httpserver.js";
 import type { Runtime } from "../../ports/runtime.js";
 import type { WorkspaceDirectory, WorkspaceEndpoint } from "../../ports/workspaces.js";
 import type { WorkspaceAccess, WorkspaceSession } from "./access.js";
+import { touchOnTraffic } from "./activity.js";
 import { parseWorkspaceHost, type WorkspaceHost, WS_DOMAIN } from "./host.js";
 import { refuseUpgrade, sendPage } from "./pages.js";
 import { forwardHttp, forwardUpgrade, SESSION_COOKIE, sessionCookies, type Target } from "./proxy.js";
@@ -14,8 +16,6 @@ export interface OriginDeps {
   directory: WorkspaceDirectory;
   log: Logger;
   now?: () => Date;
-  /** How often open WebSockets count as activity (default 30 s). */
-  activityEveryMs?: number;
   /**
    * Dials a port inside a workload's own network (Runtime.connectPort): /proxy/P/ of a workspace
    * whose endpoint names its replica goes through it, so servers bound to 127.0.0.1 there answer.
@@ -50,22 +50,19 @@ class Refusal extends Error {
  * tickets, checks the session on every request and WebSocket, and proxies to the endpoint the
  * workspace controller published (and /proxy/P/ to the workspace's other ports).
  */
-export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity(): void } {
+export function workspaceOriginServer(deps: OriginDeps): Server {
   const now = deps.now ?? (() => new Date());
-  const open = new Map<object, WorkspaceHost>();
-  const timer = setInterval(() => {
-    for (const ws of open.values()) deps.directory.touch?.(ws.project, ws.name, now());
-  }, deps.activityEveryMs ?? 30_000);
-  timer.unref();
 
   // No whole-request deadline (long uploads to a notebook); headersTimeout still bounds slow clients.
-  const server = createServer({ requestTimeout: 0 }, (req, res) => {
-    if (deps.apps?.serves(req)) return deps.apps.request(req, res);
-    handle(req, res).catch((err: Error) => {
-      const r = asRefusal(err, deps.log);
-      sendPage(res, r.status, r.title, r.message, {}, r.refresh);
-    });
-  });
+  const server = withKeepAlive(
+    createServer({ requestTimeout: 0 }, (req, res) => {
+      if (deps.apps?.serves(req)) return deps.apps.request(req, res);
+      handle(req, res).catch((err: Error) => {
+        const r = asRefusal(err, deps.log);
+        sendPage(res, r.status, r.title, r.message, {}, r.refresh);
+      });
+    }),
+  );
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const ws = workspaceOf(req);
@@ -151,21 +148,19 @@ export function workspaceOriginServer(deps: OriginDeps): Server & { stopActivity
     await session(req, ws);
     const target = targetOf(new URL(req.url ?? "/", "http://origin"), endpointOf(ws), deps.connectPort);
     if ("redirect" in target) throw new Refusal(404, "Not found", `connect to ${target.redirect}`);
-    const key = {};
+    const touch = () => deps.directory.touch?.(ws.project, ws.name, now());
     forwardUpgrade(req, socket, head, target, {
       unreachable: (err) => refuseUpgrade(socket, 502, unreachable(ws, target, err).message),
-      opened: () => {
-        open.set(key, ws);
-        deps.directory.touch?.(ws.project, ws.name, now());
+      // What flows either way is use (an open IDE tab keeps talking), as on a port-forward tunnel.
+      opened: (upstream) => {
+        touch();
+        touchOnTraffic([socket, upstream], touch);
       },
-      closed: () => {
-        open.delete(key);
-        deps.directory.touch?.(ws.project, ws.name, now());
-      },
+      closed: touch,
     });
   }
 
-  return Object.assign(server, { stopActivity: () => clearInterval(timer) });
+  return server;
 }
 
 /** The workspace the Host names; anything else is not served here. */

@@ -157,16 +157,16 @@ export function forwardHttp(
 }
 
 /**
- * Forwards an HTTP Upgrade (WebSocket) and then splices the two sockets. Calls `opened` once the
- * workspace switched protocols and `closed` when either side ends; a workspace that answers
- * without upgrading has its response relayed as is.
+ * Forwards an HTTP Upgrade (WebSocket) and then splices the two sockets. Calls `opened` with the
+ * workspace's socket once it switched protocols and `closed` when either side ends; a workspace
+ * that answers without upgrading has its response relayed as is.
  */
 export function forwardUpgrade(
   req: IncomingMessage,
   socket: Duplex,
   head: Buffer,
   target: Target,
-  hooks: { unreachable(err: Error): void; opened(): void; closed(): void },
+  hooks: { unreachable(err: Error): void; opened(upstream: Duplex): void; closed(): void },
 ): void {
   const upstream = request({
     ...upstreamOptions(target),
@@ -181,7 +181,7 @@ export function forwardUpgrade(
     if (head.length) usock.write(head);
     usock.pipe(socket);
     socket.pipe(usock);
-    hooks.opened();
+    hooks.opened(usock);
     let done = false;
     const close = () => {
       if (done) return;
