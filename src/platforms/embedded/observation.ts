@@ -31,20 +31,15 @@ export function observation(gang: GangRecord, checkpoint: CheckpointReport | und
 /** What each job reported of its latest checkpoint in $LOOM_CHECKPOINT_DIR/loom.json, read again only when its mtime moves. */
 export class CheckpointReports {
   private readonly reports = new Map<string, { mtimeMs: number; report: CheckpointReport }>();
+  /** The newest mtime `moved` has announced per job (its job may not have read it yet). */
+  private readonly announced = new Map<string, number>();
 
   constructor(private readonly files: WorkloadFiles) {}
 
   of(uid: string): CheckpointReport | undefined {
-    const file = join(this.files.checkpointDir(uid), "loom.json");
-    let mtimeMs: number;
-    try {
-      // Most jobs never checkpoint: no exception (and its stack trace) per observation for that.
-      const stat = statSync(file, { throwIfNoEntry: false });
-      if (!stat) return undefined;
-      mtimeMs = stat.mtimeMs;
-    } catch {
-      return undefined;
-    }
+    const file = this.file(uid);
+    const mtimeMs = mtimeOf(file);
+    if (mtimeMs === undefined) return undefined;
     const known = this.reports.get(uid);
     if (known?.mtimeMs === mtimeMs) return known.report;
     const report: CheckpointReport = { time: new Date(mtimeMs).toISOString() };
@@ -58,8 +53,37 @@ export class CheckpointReports {
     return report;
   }
 
+  /**
+   * Whether loom.json has moved since `of` last read it or this last said so: true once per new
+   * checkpoint (a stat, no read). The runtime's poll wakes a live gang's job with it, as
+   * Kubernetes' CheckpointProbe does: without, status.checkpoint lagged by up to a resync (30 s),
+   * too late for what acts on it (`loom get`, initCheckpointFrom, a test interrupting a job).
+   */
+  moved(uid: string): boolean {
+    const mtimeMs = mtimeOf(this.file(uid));
+    if (mtimeMs === undefined) return false;
+    if (mtimeMs === this.reports.get(uid)?.mtimeMs || mtimeMs === this.announced.get(uid)) return false;
+    this.announced.set(uid, mtimeMs);
+    return true;
+  }
+
   /** The workload is released. */
   forget(uid: string): void {
     this.reports.delete(uid);
+    this.announced.delete(uid);
+  }
+
+  private file(uid: string): string {
+    return join(this.files.checkpointDir(uid), "loom.json");
+  }
+}
+
+/** A file's modification time; undefined where it is missing or unreadable. */
+function mtimeOf(file: string): number | undefined {
+  try {
+    // Most jobs never checkpoint: no exception (and its stack trace) per look for that.
+    return statSync(file, { throwIfNoEntry: false })?.mtimeMs;
+  } catch {
+    return undefined;
   }
 }

@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -175,6 +175,26 @@ describe("LocalRuntime", () => {
     await rt.start(spec);
     await finished(rt, spec.ref);
     expect(await readAll(await rt.logs(spec.ref, { worker: 0 }))).toBe("[]\n");
+  });
+
+  it("wakes the job for each new checkpoint (loom.json) of a running worker", async () => {
+    const rt = newRuntime();
+    // The step each change announced, as the job's loop would observe it then.
+    const seen: (number | undefined)[] = [];
+    rt.onChange((ref) => void rt.observe(ref).then((o) => seen.push(o?.checkpoint?.step)));
+    // At each go from the test it checkpoints (step 5, then 10), and keeps running: only a wake-up
+    // for the checkpoint itself can tell the job (no exit comes).
+    const at = (go: string, step: number) =>
+      `until [ -e "$LOOM_CHECKPOINT_DIR/${go}" ]; do sleep 0.05; done; echo '{"step": ${step}}' > "$LOOM_CHECKPOINT_DIR/t" && mv "$LOOM_CHECKPOINT_DIR/t" "$LOOM_CHECKPOINT_DIR/loom.json"`;
+    const spec = gang(["sh", "-c", `${at("go1", 5)}; ${at("go2", 10)}; exec sleep 30`]);
+    const go = (name: string) =>
+      writeFileSync(join(dataDir, "workloads", spec.ref.uid, "checkpoint", name), "");
+    await rt.start(spec);
+    go("go1");
+    await until(() => seen.includes(5));
+    go("go2");
+    await until(() => seen.includes(10));
+    expect((await rt.observe(spec.ref))?.workers[0]?.state).toBe("Running");
   });
 
   it("stop() sends SIGTERM and returns true once the worker is gone", async () => {

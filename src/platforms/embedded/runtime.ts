@@ -46,7 +46,7 @@ export interface LocalRuntimeOptions {
   /** The machine's real GPUs (gpuhost.ts): health, per-worker devices, MPS. */
   gpuHost?: GpuHost;
   log: Logger;
-  /** How often processes not spawned by this server (re-adopted ones) are checked. */
+  /** How often re-adopted processes, and live gangs' loom.json, are checked. */
   pollMs?: number;
   /** Where built Python environments are cached (default: under the data dir). */
   environmentsDir?: string;
@@ -146,7 +146,7 @@ export class LocalRuntime implements Runtime {
     const live = [...this.gangs.values()].filter((g) => g.workers.some((w) => !w.exit)).map((g) => g.ref.uid);
     for (const uid of opts.networks?.orphans(new Set(live)) ?? []) void this.endNetwork(uid);
     if (this.sandbox?.support.privileged) this.prewarmNetworks();
-    this.poll = setInterval(() => this.checkAdopted(), opts.pollMs ?? 500);
+    this.poll = setInterval(() => this.watchGangs(), opts.pollMs ?? 500);
     this.poll.unref();
   }
 
@@ -530,9 +530,10 @@ export class LocalRuntime implements Runtime {
     );
   }
 
-  /** Processes this server did not spawn (re-adopted after a restart) are watched by polling. */
-  private checkAdopted(): void {
+  /** Polls re-adopted workers (not spawned here); a live gang's new checkpoint wakes its job. */
+  private watchGangs(): void {
     for (const gang of this.gangs.values()) {
+      if (gang.workers.some((w) => !w.exit) && this.checkpoints.moved(gang.ref.uid)) this.notify(gang.ref);
       for (const w of gang.workers) {
         if (
           w.exit ||
