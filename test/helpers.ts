@@ -211,6 +211,29 @@ export class LoomProcess {
     throw new Error(`timed out waiting for ${name}; last seen: ${JSON.stringify(last?.status)}`);
   }
 
+  /** Polls a job's log (one worker's, of one attempt where given) until it matches. */
+  async waitForLog(
+    name: string,
+    pattern: RegExp,
+    opts: { project?: string; worker?: number; attempt?: number } = {},
+    timeoutMs = 120_000,
+  ): Promise<string> {
+    const query = new URLSearchParams();
+    if (opts.worker !== undefined) query.set("worker", String(opts.worker));
+    if (opts.attempt !== undefined) query.set("attempt", String(opts.attempt));
+    const path = `/apis/loom.dev/v1alpha1/projects/${opts.project ?? "default"}/trainingjobs/${name}/log?${query}`;
+    const deadline = Date.now() + timeoutMs;
+    let last: unknown;
+    while (Date.now() < deadline) {
+      last = (await this.api("GET", path).catch(() => undefined))?.body;
+      if (typeof last === "string" && pattern.test(last)) return last;
+      await sleep(100);
+    }
+    throw new Error(
+      `timed out waiting for ${pattern} in ${name}'s log; last seen:\n${String(last).slice(-2000)}`,
+    );
+  }
+
   async stop(): Promise<void> {
     // Delete what the test left so no worker process outlives it.
     if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) {

@@ -1,8 +1,8 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { findProcessesByEnv } from "../src/platforms/embedded/procfs.js";
-import { LoomProcess, ROOT } from "./helpers.js";
+import { type Job, LoomProcess, ROOT } from "./helpers.js";
 
 /**
  * Distributed training on the embedded platform with real PyTorch (Debian's python3-torch, CPU):
@@ -12,12 +12,24 @@ import { LoomProcess, ROOT } from "./helpers.js";
 const MANIFEST = readFileSync(join(ROOT, "examples/pretrain/pretrain.yaml"), "utf8");
 
 /**
- * The example's arguments with a pause per step: a job the test must interrupt mid-run (kill a
- * worker, preempt it) keeps running long enough for that however fast the machine computes (with
- * OpenBLAS a step takes ~0.04 s of CPU; 140 steps were then gone in 6 s). Sleeping changes no result:
- * the final loss is the uninterrupted run's.
+ * A job a test interrupts waits before its last step until the test lets it finish (`release`):
+ * it cannot end before the test is done with it, however slow the machine. A fixed length could
+ * (CI, loaded: the elastic job ran its 400 steps out before the test's reclaim came).
  */
-const INTERRUPTIBLE = ["--steps", "200", "--checkpoint-every", "20", "--step-sleep", "0.05"];
+const HELD = ["--hold-file", "go"];
+
+/** Lets a job started with HELD take its last step. */
+function release(loom: LoomProcess, job: Job): void {
+  writeFileSync(join(loom.dataDir, "workloads", job.metadata.uid, "checkpoint", "go"), "");
+}
+
+/**
+ * The example's arguments with a pause per step, so the test interrupts it mid-run (kill a worker,
+ * preempt it) however fast the machine computes (with OpenBLAS a step takes ~0.04 s of CPU; 140
+ * steps were then gone in 6 s), and HELD. Neither changes a result: the final loss is the
+ * uninterrupted run's.
+ */
+const INTERRUPTIBLE = ["--steps", "200", "--checkpoint-every", "20", "--step-sleep", "0.05", ...HELD];
 
 /** The example's manifest under another name, with other training arguments. */
 function pretrain(name: string, args?: string[], project = "default"): string {
@@ -116,6 +128,7 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
       const at = await loom.waitFor("fault", (j) => (j.status?.checkpoint?.step ?? 0) >= 60, 300_000);
       const pid = at.status!.workers![1]!.pid!;
       process.kill(-pid, "SIGKILL");
+      release(loom, await loom.waitFor("fault", (j) => (j.status?.attempts ?? 0) >= 2, 120_000));
       const done = await loom.waitFor(
         "fault",
         (j) => j.status?.phase === "Succeeded" || j.status?.phase === "Failed",
@@ -160,6 +173,7 @@ describe("examples/pretrain: PyTorch DDP on 2 workers (embedded)", () => {
       'spec: {command: [sleep, "2"], resources: {gpu: 2}}\n';
     expect((await loom.cli(["apply", "-f", "-"], { input: owner })).code).toBe(0);
     await loom.waitFor("mine", (j) => j.status?.phase === "Succeeded", 120_000, "owner");
+    release(loom, await loom.job("borrowed", "borrower"));
     const done = await loom.waitFor(
       "borrowed",
       (j) => j.status?.phase === "Succeeded" || j.status?.phase === "Failed",
@@ -285,7 +299,7 @@ describe("elastic workers {min: 1, max: 2} (embedded, 2 virtual GPUs)", () => {
 
     const elastic = pretrain(
       "elastic",
-      ["--steps", "400", "--checkpoint-every", "10", "--step-sleep", "0.05"],
+      ["--steps", "400", "--checkpoint-every", "10", "--step-sleep", "0.05", ...HELD],
       "borrower",
     )
       .replace("workers: 2", "workers: {min: 1, max: 2}")
@@ -305,9 +319,13 @@ describe("elastic workers {min: 1, max: 2} (embedded, 2 virtual GPUs)", () => {
       "borrower",
     );
     const grown = two.status!.attempts!;
-    // Let the 2-worker attempt train and checkpoint before the owner comes back.
-    const before = two.status?.checkpoint?.step ?? 0;
-    await loom.waitFor("elastic", (j) => (j.status?.checkpoint?.step ?? 0) > before, 120_000, "borrower");
+    // Let the 2-worker attempt resume before the owner comes back (its SIGTERM then checkpoints):
+    // its log, not a new checkpoint, since a held job may have no step left before its last.
+    await loom.waitForLog("elastic", /^resumed from step \d+/m, {
+      project: "borrower",
+      worker: 0,
+      attempt: grown,
+    });
     // The owner takes one GPU back (within its quota): the job comes back with one worker.
     expect((await loom.cli(["apply", "-f", "-"], { input: gpuJob("mine", 10) })).code).toBe(0);
     await loom.waitFor("mine", (j) => j.status?.ready === "1/1", 120_000, "owner");
@@ -318,6 +336,7 @@ describe("elastic workers {min: 1, max: 2} (embedded, 2 virtual GPUs)", () => {
       "borrower",
     );
     expect(shrunk.status?.preemptions).toBe(1);
+    release(loom, shrunk);
     const done = await loom.waitFor(
       "elastic",
       (j) => j.status?.phase === "Succeeded" || j.status?.phase === "Failed",

@@ -19,6 +19,9 @@ Contract
   does not stop anything: the run finishes and exits 0.
 - Rank 0 prints `step N loss X` every --log-every steps and finally
   `FINAL step=<steps> loss=<mean loss of the last step over all ranks, 6 decimals>`.
+- --hold-file NAME (for tests): every rank waits before the last step until NAME exists in
+  LOOM_CHECKPOINT_DIR, so a run a test interrupts is still running when it does, however slow
+  the machine; a SIGTERM meanwhile stops it as during a step (rank 0 checkpoints, exit 143).
 """
 import argparse
 import datetime
@@ -54,6 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=10, help="linear learning-rate warmup steps")
     p.add_argument("--step-sleep", type=float, default=0.0, help="artificial delay per step, seconds (for tests)")
+    p.add_argument("--hold-file", default=None, help="wait before the last step until this file exists in the checkpoint directory (for tests)")
     p.add_argument("--corpus-chars", type=int, default=200_000)
     p.add_argument("--dist-timeout", type=float, default=300.0, help="seconds a rendezvous or collective may wait for a peer")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: this rank's GPU (LOCAL_RANK among the visible ones)")
@@ -174,6 +178,31 @@ def _on_signal(signum, _frame):
         STOP_SIGNAL = signum
 
 
+def hold(path, step, log):
+    """--hold-file: waits until path exists; True if a stop signal came first."""
+    log(f"holding before step {step + 1} until {path} exists")
+    said = time.time()
+    while not os.path.exists(path):
+        if STOP_SIGNAL:
+            return True
+        time.sleep(0.1)
+        if time.time() - said >= 60:  # a line now and then: a held run is not a hung one
+            log(f"still holding before step {step + 1}")
+            said = time.time()
+    return False
+
+
+def stop_now(step, is_main, save, log):
+    """Rank 0 checkpoints the step, then every rank exits 128+signal without another collective."""
+    if is_main:
+        save()
+    signum = STOP_SIGNAL or signal.SIGTERM  # a rank that got no signal itself exits as if SIGTERM
+    log(f"checkpointed at step {step} on {signal.Signals(signum).name}")
+    sys.stdout.flush()
+    # Leave without another collective: the peers are exiting too.
+    os._exit(128 + int(signum))
+
+
 def main(argv=None):
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -241,7 +270,10 @@ def main(argv=None):
     step = start_step
     t0 = time.time()
     timed_from, timed_t0 = None, None  # STEPTIME: steps after --timing-warmup, wall clock
+    save = lambda: save_checkpoint(ckpt_dir, model, optimizer, step, last_loss, config)  # noqa: E731
     while step < args.steps:
+        if args.hold_file and step == args.steps - 1 and hold(os.path.join(ckpt_dir, args.hold_file), step, log):
+            stop_now(step, is_main, save, log)
         step += 1
         lr = args.lr * min(1.0, step / max(1, args.warmup))
         for group in optimizer.param_groups:
@@ -270,14 +302,10 @@ def main(argv=None):
         if step % args.log_every == 0 or step == args.steps:
             log(f"step {step} loss {last_loss:.4f} ({(time.time() - t0) / (step - start_step):.3f}s/step)")
         periodic = args.checkpoint_every > 0 and step % args.checkpoint_every == 0
-        if is_main and (periodic or stop or step == args.steps):
-            save_checkpoint(ckpt_dir, model, optimizer, step, last_loss, config)
         if stop:
-            signum = STOP_SIGNAL or signal.SIGTERM  # a rank that got no signal itself exits as if SIGTERM
-            log(f"checkpointed at step {step} on {signal.Signals(signum).name}")
-            sys.stdout.flush()
-            # Leave without another collective: the peers are exiting too.
-            os._exit(128 + int(signum))
+            stop_now(step, is_main, save, log)
+        if is_main and (periodic or step == args.steps):
+            save()
 
     if timed_from is not None:
         log(f"STEPTIME mean_s={(time.time() - timed_t0) / (step - timed_from + 1):.6f} steps={step - timed_from + 1}")
