@@ -222,15 +222,14 @@ export class LoomProcess {
     if (opts.worker !== undefined) query.set("worker", String(opts.worker));
     if (opts.attempt !== undefined) query.set("attempt", String(opts.attempt));
     const path = `/apis/loom.dev/v1alpha1/projects/${opts.project ?? "default"}/trainingjobs/${name}/log?${query}`;
-    const deadline = Date.now() + timeoutMs;
     let last: unknown;
-    while (Date.now() < deadline) {
-      last = (await this.api("GET", path).catch(() => undefined))?.body;
-      if (typeof last === "string" && pattern.test(last)) return last;
-      await sleep(100);
-    }
-    throw new Error(
-      `timed out waiting for ${pattern} in ${name}'s log; last seen:\n${String(last).slice(-2000)}`,
+    return until(
+      `${pattern} in ${name}'s log`,
+      async () => {
+        last = (await this.api("GET", path).catch(() => undefined))?.body;
+        return typeof last === "string" && pattern.test(last) ? last : undefined;
+      },
+      { ms: timeoutMs, every: 100, context: () => `last seen:\n${String(last).slice(-2000)}` },
     );
   }
 
