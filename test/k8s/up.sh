@@ -105,12 +105,22 @@ start() {
 }
 
 declare -A TAKEN=()
+# Ports are picked below the kernel's ephemeral range (ip_local_port_range, 32768-60999 by
+# default): a port free when picked stays free until its component listens (kwok, 10-20 s later
+# on a loaded machine) only if no outgoing connection and no listen(0) can take it meanwhile.
+# CI: kwok failed with "bind: address already in use" on 47440, picked from 20000-49999.
+read -r EPHEMERAL_LO EPHEMERAL_HI </proc/sys/net/ipv4/ip_local_port_range
+if ((EPHEMERAL_LO > 12000)); then
+  PORT_BASE=10000 PORT_SPAN=$((EPHEMERAL_LO - 10000))
+else
+  PORT_BASE=$((EPHEMERAL_HI + 1)) PORT_SPAN=$((65535 - EPHEMERAL_HI))
+fi
 # pick_port VAR: a free TCP port on this machine, distinct from the others picked in this run.
 pick_port() {
   local used p
   used="$(ss -Htan | awk '{print $4}' | sed 's/.*://' | sort -u)"
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    p=$((PORT_BASE + (RANDOM * 32768 + RANDOM) % PORT_SPAN))
     [[ -z "${TAKEN[$p]:-}" ]] || continue
     grep -qx "$p" <<<"$used" && continue
     TAKEN[$p]=1
