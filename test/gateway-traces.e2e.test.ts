@@ -5,8 +5,8 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT, spawnAsync } from "./helpers.js";
-import { genaiPython, mlflowPython } from "./tracking-client.js";
+import { LoomProcess, ROOT } from "./helpers.js";
+import { genaiPython, mlflowPython, py } from "./tracking-client.js";
 
 /**
  * Gateway-recorded traces on a real `loom up`: InferenceServices of the built-in runtime
@@ -18,22 +18,6 @@ import { genaiPython, mlflowPython } from "./tracking-client.js";
  */
 
 const BASE = "/apis/loom.dev/v1alpha1";
-
-async function py(
-  python: string,
-  script: string,
-  uri: string,
-  token: string,
-  env: Record<string, string> = {},
-) {
-  const args = script.endsWith(".py") ? [join(ROOT, script)] : ["-c", script];
-  // Not spawnSync: the test's fetches after it would reuse a socket the server closed meanwhile.
-  const r = await spawnAsync(python, args, {
-    env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, ...env },
-    timeout: 120_000,
-  });
-  return { code: r.status, out: `${r.stdout}\n${r.stderr}`, stdout: r.stdout.trim() };
-}
 
 describe("gateway-recorded traces (spec.tracing) read back with the MLflow client", () => {
   const loom = new LoomProcess();

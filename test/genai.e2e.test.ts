@@ -1,25 +1,8 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LoomProcess, ROOT, spawnAsync } from "./helpers.js";
-import { mlflowPython } from "./tracking-client.js";
-
-/** Runs a Python script (a fixture path or inline code) with the official client pointed at a tracking URI. */
-async function py(
-  python: string,
-  script: string,
-  uri: string,
-  token: string,
-  env: Record<string, string> = {},
-) {
-  const args = script.endsWith(".py") ? [join(ROOT, script)] : ["-c", script];
-  // Not spawnSync: the test's fetches after it would reuse a socket the server closed meanwhile.
-  const r = await spawnAsync(python, args, {
-    env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, ...env },
-    timeout: 120_000,
-  });
-  return { code: r.status, out: `${r.stdout}\n${r.stderr}`, stdout: r.stdout.trim() };
-}
+import { LoomProcess } from "./helpers.js";
+import { mlflowPython, py } from "./tracking-client.js";
 
 describe("MLflow 3 GenAI client against Loom: the prompt registry", () => {
   const loom = new LoomProcess();

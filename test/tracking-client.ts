@@ -101,3 +101,20 @@ export async function clientSuite(python: string, uri: string, token: string, su
   });
   return { code: r.status, out: `${r.stdout}\n${r.stderr}` };
 }
+
+/** Runs a Python script (a fixture path or inline code) with the official client pointed at a tracking URI. */
+export async function py(
+  python: string,
+  script: string,
+  uri: string,
+  token: string,
+  env: Record<string, string> = {},
+) {
+  const args = script.endsWith(".py") ? [join(ROOT, script)] : ["-c", script];
+  // Not spawnSync: the test's fetches after it would reuse a socket the server closed meanwhile.
+  const r = await spawnAsync(python, args, {
+    env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, ...env },
+    timeout: 120_000,
+  });
+  return { code: r.status, out: `${r.stdout}\n${r.stderr}`, stdout: r.stdout.trim() };
+}
