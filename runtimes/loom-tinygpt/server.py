@@ -14,7 +14,8 @@ this file for the contract; in short:
   Tokens are characters of the model's vocabulary.
 - LOOM_MODEL_NAME (tinygpt) is the model id; LOOM_REPLICA is echoed in `x-loom-replica`;
   LOOM_SLOW_MS adds a delay per generated character.
-- SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most 10 s), exit 0.
+- SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most 10 s), exit 0. While the
+  model loads: the default action (ended at once).
 """
 import argparse
 import base64
@@ -986,17 +987,19 @@ def main(argv=None):
     stop = threading.Event()
 
     def on_signal(signum, _frame):
-        if not STATE.ready:
-            log(f"{signal.Signals(signum).name} while loading: exiting")
-            os._exit(0)
         if stop.is_set():
             log(f"second {signal.Signals(signum).name}: exiting now")
             os._exit(128 + signum)
         log(f"{signal.Signals(signum).name}: stopping")
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # While the model loads, a stop ends the process at once by the kernel's default action: a
+    # Python handler runs only between bytecodes, and torch's import sits in C (loading its
+    # libraries) for many seconds on a loaded machine, so a replica stopped then outlived its
+    # grace period (CI: SIGKILLed after 15 s). The draining handler comes once there is
+    # something to drain.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     Server.address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     try:
@@ -1015,6 +1018,8 @@ def main(argv=None):
         die(f"cannot load the model from {path}: {type(e).__name__}: {e}", 2)
     m = STATE.model
     STATE.created = int(time.time())
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     STATE.ready = True
     log(f"ready: model '{STATE.name}' from {m.source}: vocab {m.vocab}, context {m.context}, d_model {m.d_model}, "
         f"{m.cfg['layers']} layers; linear layers: {m.linear_backend}; loaded in {time.monotonic() - t0:.1f}s"

@@ -121,12 +121,16 @@ describe("Autoscaler", () => {
     expect(a.decide(6_000, 0).desired).toBe(3);
   });
 
-  it("keeps a new revision's starting replica until it has been idle for scaleToZeroAfter", () => {
+  it("keeps a new revision's starting replica until it has been ready, then idle for scaleToZeroAfter", () => {
     const a = new Autoscaler({ ...base, scaleToZeroAfterMs: 10_000 }, 0);
-    // Starting (not ready): kept, so that the revision proves itself ready once.
+    // Starting (not ready): kept, so that the revision proves itself ready once — also when
+    // loading its model takes longer than scaleToZeroAfter (CI: stopped 12 s in, never ready).
     expect(a.decide(1_000, 0, 1).desired).toBe(1);
-    expect(a.decide(3_000, 1).desired).toBe(1);
-    const z = a.decide(10_000, 1);
+    expect(a.decide(15_000, 0, 1).desired).toBe(1);
+    // Ready at 16 s: idle from then on.
+    expect(a.decide(16_000, 1).desired).toBe(1);
+    expect(a.decide(25_000, 1).desired).toBe(1);
+    const z = a.decide(26_000, 1);
     expect(z.desired).toBe(0);
     expect(z.reason).toMatch(/no requests for 10 s/);
   });

@@ -104,6 +104,8 @@ export class Autoscaler {
   private readonly startT: number;
   /** Whether any request arrived since this autoscaler began (a cold revision stays at zero). */
   private sawTraffic = false;
+  /** Whether a replica has been ready since this autoscaler began (a new revision proves itself). */
+  private sawReady = false;
   /** Recent recommendations, for the scale-down delay's max-over-window. */
   private recent: { t: number; n: number }[] = [];
 
@@ -146,6 +148,13 @@ export class Autoscaler {
    */
   decide(now: number, ready: number, starting = 0): Decision {
     const p = this.p;
+    if (ready > 0 && !this.sawReady) {
+      this.sawReady = true;
+      // A new revision's idle time counts from when it could first have served, not from when
+      // it was created: on a loaded machine its first replica can take longer than
+      // scaleToZeroAfter to load its model.
+      if (!this.sawTraffic && this.idleSince !== undefined) this.idleSince = now;
+    }
     const stableC = this.window.average(now, p.stableWindowMs);
     // From zero, the held requests are all the signal there is; averaging them away would start
     // one replica for a queue that needs several.
@@ -177,7 +186,15 @@ export class Autoscaler {
       reason = `panic: ${round(panicC)} concurrent in the last ${p.panicWindowMs / 1000} s`;
     }
 
-    if (p.minReplicas === 0 && this.idleSince !== undefined && now - this.idleSince >= p.scaleToZeroAfterMs) {
+    // A first replica still starting, before any replica was ready or any request came, is the
+    // revision proving itself: stopping it would leave the revision never shown ready.
+    const proving = !this.sawReady && !this.sawTraffic && starting > 0;
+    if (
+      p.minReplicas === 0 &&
+      !proving &&
+      this.idleSince !== undefined &&
+      now - this.idleSince >= p.scaleToZeroAfterMs
+    ) {
       // Idle long enough: zero, regardless of the scale-down delay (the grace period is this).
       this.recent = [];
       this.panicSince = undefined;
