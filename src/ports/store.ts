@@ -180,8 +180,8 @@ export interface TokenStore {
   list(filter?: { project?: string; apiKeys?: boolean }): Promise<TokenSummary[]>;
   /** Removes one token; false if there was none of that id. */
   revoke(id: string): Promise<boolean>;
-  /** Removes every token of a workload (by its uid); returns how many. */
-  revokeWorkload(uid: string): Promise<number>;
+  /** Removes every token of a workload (by its uid), or only its API keys with `apiKeys`; returns how many. */
+  revokeWorkload(uid: string, opts?: { apiKeys?: boolean }): Promise<number>;
 }
 
 /** TokenCreateOptions from either form of TokenStore.create's arguments. */

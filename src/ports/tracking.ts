@@ -15,7 +15,9 @@ export interface WorkloadTracking {
   ensureRun(
     ref: { project: string; name: string; uid: string },
     experiment: string,
-  ): Promise<{ experimentId: string; runId: string }>;
+    /** Tags a run made by this call with the attempt (then `created`: no tagAttempt needed). */
+    attempt?: number,
+  ): Promise<{ experimentId: string; runId: string; created?: boolean }>;
   /** Marks the run with the attempt now running. */
   tagAttempt(project: string, runId: string, attempt: number): Promise<void>;
   /**

@@ -91,8 +91,9 @@ export function workloadModels(tokens: TokenStore, baseUrl: () => string): Workl
   const live = new Map<string, Map<string, string>>();
   const revokeKeys = async (ref: WorkloadRef) => {
     live.delete(ref.uid);
-    const keys = await tokens.list({ project: ref.project, apiKeys: true });
-    for (const k of keys) if (k.workload?.uid === ref.uid) await tokens.revoke(k.id);
+    // One delete by the workload's uid (indexed), where listing every key of the project to
+    // pick them out grew with the project's keys on every job start and end.
+    await tokens.revokeWorkload(ref.uid, { apiKeys: true });
   };
   return {
     async access(ref, session, opts): Promise<ModelAccess> {

@@ -61,7 +61,7 @@ export function boundTokens(tokens: TokenStore, store: ResourceStore): TokenStor
     },
     list: (filter) => tokens.list(filter),
     revoke: (id) => tokens.revoke(id),
-    revokeWorkload: (uid) => tokens.revokeWorkload(uid),
+    revokeWorkload: (uid, opts) => tokens.revokeWorkload(uid, opts),
   };
 }
 

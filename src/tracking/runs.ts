@@ -24,6 +24,14 @@ export class Runs {
     project: string,
     req: { experimentId?: string; userId?: string; runName?: string; startTime?: number; tags?: KeyValue[] },
   ): Promise<Run> {
+    return this.get(project, await this.insert(project, req));
+  }
+
+  /** Makes a run and its tags (one transaction) and returns its id, without reading it back. */
+  async insert(
+    project: string,
+    req: { experimentId?: string; userId?: string; runName?: string; startTime?: number; tags?: KeyValue[] },
+  ): Promise<string> {
     const exp = await this.experiments.row(project, req.experimentId ?? "0");
     if (exp.lifecycle_stage !== "active")
       throw invalidParameter(`The experiment ${exp.experiment_id} must be in the 'active' state.`);
@@ -52,14 +60,15 @@ export class Runs {
           artifact_uri: `${exp.artifact_location}/${runId}/artifacts`,
         })
         .execute();
-      for (const t of tags)
-        await tx
-          .insertInto("tr_tags")
-          .values({ run_uuid: runId, key: t.key, value: t.value })
-          .onConflict((oc) => oc.columns(["run_uuid", "key"]).doUpdateSet({ value: t.value }))
-          .execute();
+      // One statement for all of them; a key given twice keeps its last value, as one upsert
+      // after another did.
+      const byKey = new Map(tags.map((t) => [t.key, t.value]));
+      await tx
+        .insertInto("tr_tags")
+        .values([...byKey].map(([key, value]) => ({ run_uuid: runId, key, value })))
+        .execute();
     });
-    return this.get(project, runId);
+    return runId;
   }
 
   /** The project's run by id. */

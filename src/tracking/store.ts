@@ -101,6 +101,14 @@ export class TrackingStore {
     return this.runs.create(project, req);
   }
 
+  /** createRun without reading the run back: its id (for Loom's own runs, made per job). */
+  startRun(
+    project: string,
+    req: { experimentId?: string; userId?: string; runName?: string; startTime?: number; tags?: KeyValue[] },
+  ): Promise<string> {
+    return this.runs.insert(project, req);
+  }
+
   getRun(project: string, runId: string | undefined): Promise<Run> {
     return this.runs.get(project, runId);
   }

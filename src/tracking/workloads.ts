@@ -5,6 +5,7 @@ import type { TrackingStore } from "./store.js";
 export type { WorkloadTracking };
 
 export const WORKLOAD_UID_TAG = "loom.workload_uid";
+const ATTEMPT_TAG = "loom.attempt";
 
 /** Embedded: the tracking store in this process; workers call back over loopback. */
 export class LocalWorkloadTracking implements WorkloadTracking {
@@ -26,21 +27,33 @@ export class LocalWorkloadTracking implements WorkloadTracking {
   async ensureRun(
     ref: { project: string; name: string; uid: string },
     experiment: string,
-  ): Promise<{ experimentId: string; runId: string }> {
-    const experimentId = await this.store
-      .getExperimentByName(ref.project, experiment)
-      .then((e) => e.experiment_id)
-      .catch(() => this.store.createExperiment(ref.project, experiment))
-      // Two jobs creating the same experiment at once: the other one won.
-      .catch(async () => (await this.store.getExperimentByName(ref.project, experiment)).experiment_id);
-    const found = await this.store.searchRuns(ref.project, {
-      experimentIds: [experimentId],
-      filter: `tags.\`${WORKLOAD_UID_TAG}\` = '${ref.uid}'`,
-      viewType: "ALL",
-      maxResults: 1,
-    });
-    if (found.runs[0]) return { experimentId, runId: found.runs[0].info.run_id };
-    const run = await this.store.createRun(ref.project, {
+    attempt?: number,
+  ): Promise<{ experimentId: string; runId: string; created: boolean }> {
+    let experimentId: string;
+    // An experiment made by this call holds no run yet: nothing to look for.
+    let fresh = false;
+    try {
+      experimentId = (await this.store.getExperimentByName(ref.project, experiment)).experiment_id;
+    } catch {
+      try {
+        experimentId = await this.store.createExperiment(ref.project, experiment);
+        fresh = true;
+      } catch {
+        // Two jobs creating the same experiment at once: the other one won.
+        experimentId = (await this.store.getExperimentByName(ref.project, experiment)).experiment_id;
+      }
+    }
+    if (!fresh) {
+      // A run made for this job before its status could say so (a crash, a conflict on the write).
+      const found = await this.store.searchRuns(ref.project, {
+        experimentIds: [experimentId],
+        filter: `tags.\`${WORKLOAD_UID_TAG}\` = '${ref.uid}'`,
+        viewType: "ALL",
+        maxResults: 1,
+      });
+      if (found.runs[0]) return { experimentId, runId: found.runs[0].info.run_id, created: false };
+    }
+    const runId = await this.store.startRun(ref.project, {
       experimentId,
       runName: ref.name,
       userId: "loom",
@@ -49,13 +62,15 @@ export class LocalWorkloadTracking implements WorkloadTracking {
         { key: "loom.workload", value: ref.name },
         { key: WORKLOAD_UID_TAG, value: ref.uid },
         { key: "mlflow.source.name", value: `loom:trainingjob/${ref.name}` },
+        // The first attempt's tag with the run itself (tagAttempt is then not needed).
+        ...(attempt !== undefined ? [{ key: ATTEMPT_TAG, value: String(attempt) }] : []),
       ],
     });
-    return { experimentId, runId: run.info.run_id };
+    return { experimentId, runId, created: true };
   }
 
   async tagAttempt(project: string, runId: string, attempt: number): Promise<void> {
-    await this.store.logBatch(project, runId, { tags: [{ key: "loom.attempt", value: String(attempt) }] });
+    await this.store.logBatch(project, runId, { tags: [{ key: ATTEMPT_TAG, value: String(attempt) }] });
   }
 
   async clientCredentials(ref: WorkloadRef): Promise<{ env: Record<string, string>; files: SecretFile[] }> {

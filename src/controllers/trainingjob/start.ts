@@ -362,9 +362,15 @@ async function trackingEnv(
   const ref = refOf(job);
   const experiment = job.spec.experiment ?? job.metadata.name;
   try {
-    const run = status.tracking ?? (await tracking.ensureRun(ref, experiment));
+    let run = status.tracking;
+    let tagged = false;
+    if (!run) {
+      const made = await tracking.ensureRun(ref, experiment, attempt);
+      run = { experimentId: made.experimentId, runId: made.runId };
+      tagged = made.created === true;
+    }
     status.tracking = run;
-    await tracking.tagAttempt(ref.project, run.runId, attempt);
+    if (!tagged) await tracking.tagAttempt(ref.project, run.runId, attempt);
     const credentials = await tracking.clientCredentials(ref);
     return {
       files: credentials.files,

@@ -74,4 +74,19 @@ describe("SqliteTokenStore", () => {
     expect(await tokens.verify(second.token)).toBeUndefined();
     expect(await tokens.verify(other.token)).toBeDefined();
   });
+
+  it("revokeWorkload with apiKeys removes the workload's API keys and leaves its token", async () => {
+    const ref = { kind: "TrainingJob", project: "p1", name: "j", uid: "w-1" };
+    const token = await tokens.create("trainingjob/j", "editor", { project: "p1", workload: ref });
+    const key = await tokens.create("trainingjob/j", "viewer", { project: "p1", apiKey: {}, workload: ref });
+    const othersKey = await tokens.create("trainingjob/k", "viewer", {
+      project: "p1",
+      apiKey: {},
+      workload: { ...ref, name: "k", uid: "w-2" },
+    });
+    expect(await tokens.revokeWorkload("w-1", { apiKeys: true })).toBe(1);
+    expect(await tokens.verify(key.token)).toBeUndefined();
+    expect(await tokens.verify(token.token)).toBeDefined();
+    expect(await tokens.verify(othersKey.token)).toBeDefined();
+  });
 });

@@ -21,9 +21,12 @@ export function hashToken(token: string): string {
 const LAST_USED_EVERY_MS = 60_000;
 /** Expired tokens are kept this long (listed as expired), then pruned when a token is made. */
 const KEEP_EXPIRED_MS = 24 * 3600_000;
+const SWEEP_EVERY_MS = 60_000;
 
 export class SqliteTokenStore implements TokenStore {
   private readonly now: () => Date;
+  /** When expired tokens were last swept (ms); they are kept KEEP_EXPIRED_MS anyway. */
+  private sweptAt = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly db: Kysely<Schema>,
@@ -56,10 +59,14 @@ export class SqliteTokenStore implements TokenStore {
       ...(workload ? { workload } : {}),
       ...(project && projectUid ? { projectUid } : {}),
     };
-    await this.db
-      .deleteFrom("tokens")
-      .where("expires_at", "<", new Date(now.getTime() - KEEP_EXPIRED_MS).toISOString())
-      .execute();
+    // Expired tokens long past are swept now and then, not on every create (two per job start).
+    if (now.getTime() - this.sweptAt >= SWEEP_EVERY_MS) {
+      this.sweptAt = now.getTime();
+      await this.db
+        .deleteFrom("tokens")
+        .where("expires_at", "<", new Date(now.getTime() - KEEP_EXPIRED_MS).toISOString())
+        .execute();
+    }
     await this.db
       .insertInto("tokens")
       .values({
@@ -121,8 +128,10 @@ export class SqliteTokenStore implements TokenStore {
     return Number(r.numDeletedRows) > 0;
   }
 
-  async revokeWorkload(uid: string): Promise<number> {
-    const r = await this.db.deleteFrom("tokens").where("workload_uid", "=", uid).executeTakeFirst();
+  async revokeWorkload(uid: string, opts: { apiKeys?: boolean } = {}): Promise<number> {
+    let q = this.db.deleteFrom("tokens").where("workload_uid", "=", uid);
+    if (opts.apiKeys) q = q.where("kind", "=", "apikey");
+    const r = await q.executeTakeFirst();
     return Number(r.numDeletedRows);
   }
 }
