@@ -33,6 +33,8 @@ describe("SqliteSshKeyStore", () => {
       project: "p",
       workload: { kind: "TrainingJob", project: "p", name: "j", uid: "u" },
     });
+    // None registered yet (answered without the join): then the first key is seen at once.
+    expect(await keys.authorizedKeys("p")).toEqual([]);
     const expired = await tokens.create("gone", "editor", { project: "p", ttlSeconds: 1 });
     await db
       .updateTable("tokens")

@@ -6,6 +6,11 @@ import type { Schema, SshKeysTable } from "./db.js";
 /** Users' SSH public keys in the embedded database (table ssh_keys, migration 0010). */
 export class SqliteSshKeyStore implements SshKeyStore {
   private readonly now: () => Date;
+  /**
+   * Whether any key is registered (this store is the table's one writer: the data dir is locked
+   * to one process). Most installations have none, and every job's start asks for them.
+   */
+  private anyKeys: boolean | undefined;
 
   constructor(
     private readonly db: Kysely<Schema>,
@@ -41,6 +46,7 @@ export class SqliteSshKeyStore implements SshKeyStore {
       created_at: this.now().toISOString(),
     };
     await this.db.insertInto("ssh_keys").values(row).execute();
+    this.anyKeys = true;
     return shown(row);
   }
 
@@ -65,6 +71,9 @@ export class SqliteSshKeyStore implements SshKeyStore {
   }
 
   async authorizedKeys(project: string): Promise<string[]> {
+    this.anyKeys ??=
+      (await this.db.selectFrom("ssh_keys").select("name").limit(1).executeTakeFirst()) !== undefined;
+    if (!this.anyKeys) return [];
     const now = this.now().toISOString();
     const rows = await this.db
       .selectFrom("ssh_keys as k")
