@@ -246,6 +246,9 @@ function classify(
   if (url === `${BASE}/projects/:project/audit`) return { access: "unscoped-admin", write };
   // A tunnel into a workload (an upgrade; a GET) is its project's editors' and admins'.
   if (url.endsWith("/portforward")) return { access: "project-editors", write };
+  // A job's checkpoint files (a fleet's control plane reads and seeds them in a Loom member): the
+  // project's data in bulk, so its editors' and admins', reads included.
+  if (url === `${BASE}/projects/:project/trainingjobs/:name/checkpoint`) return { access: "project-editors", write };
   if (url.startsWith(`${BASE}/projects/:project/`) && url.endsWith("/status") && write)
     return { access: "nobody", write };
   if (url.startsWith(`${BASE}/projects/:project/`)) return { access: "project", write };
