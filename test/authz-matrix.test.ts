@@ -248,7 +248,8 @@ function classify(
   if (url.endsWith("/portforward")) return { access: "project-editors", write };
   // A job's checkpoint files (a fleet's control plane reads and seeds them in a Loom member): the
   // project's data in bulk, so its editors' and admins', reads included.
-  if (url === `${BASE}/projects/:project/trainingjobs/:name/checkpoint`) return { access: "project-editors", write };
+  if (url === `${BASE}/projects/:project/trainingjobs/:name/checkpoint`)
+    return { access: "project-editors", write };
   if (url.startsWith(`${BASE}/projects/:project/`) && url.endsWith("/status") && write)
     return { access: "nobody", write };
   if (url.startsWith(`${BASE}/projects/:project/`)) return { access: "project", write };

@@ -143,7 +143,9 @@ while True:
       existsSync(join(vault, "loom.json"))
         ? (JSON.parse(readFileSync(join(vault, "loom.json"), "utf8")).step as number)
         : undefined;
-    await until("a checkpoint of step 15 or more synced from a", async () => ((held() ?? 0) >= 15 ? true : undefined));
+    await until("a checkpoint of step 15 or more synced from a", async () =>
+      (held() ?? 0) >= 15 ? true : undefined,
+    );
     expect(readFileSync(join(vault, "weights.txt"), "utf8")).toMatch(/^w\d+$/);
     const firstLog = (await cp.cli(["logs", "train"])).stdout;
     expect(firstLog).toMatch(/starting at step 0/);

@@ -79,7 +79,9 @@ export class DirCheckpointVault implements CheckpointVault {
     // uid when sandboxed) read and replace it when they resume. Written as root, it is handed over.
     const st = await lstat(dir);
     if (!st.isDirectory())
-      throw new BadRequestError("the job's checkpoint directory is not a plain directory: refusing to write there");
+      throw new BadRequestError(
+        "the job's checkpoint directory is not a plain directory: refusing to write there",
+      );
     const owner = process.getuid?.() === 0 ? { uid: st.uid, gid: st.gid } : undefined;
     for (const name of names) {
       const parts = normalize(name)

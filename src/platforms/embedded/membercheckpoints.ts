@@ -36,10 +36,12 @@ export class DirMemberCheckpoints implements MemberCheckpoints {
     await this.dirs.put(ref.uid, files);
     // After the last file: the mark never says yes to half a checkpoint. "wx": made once, and
     // never written through a link (the job's workers cannot write beside their directory).
-    const mark = await open(this.workloads.seedMark(ref.uid), "wx", 0o600).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === "EEXIST") return undefined;
-      throw e;
-    });
+    const mark = await open(this.workloads.seedMark(ref.uid), "wx", 0o600).catch(
+      (e: NodeJS.ErrnoException) => {
+        if (e.code === "EEXIST") return undefined;
+        throw e;
+      },
+    );
     if (!mark) return 0;
     await mark.writeFile(JSON.stringify({ step })).finally(() => mark.close());
     return 0;

@@ -274,7 +274,8 @@ export class LoomApi {
         authorization: `Bearer ${this.token}`,
         ...(body ? { "content-type": CHECKPOINT_MEDIA_TYPE } : {}),
       },
-      ...(body ? { body } : {}),
+      // A Buffer of its own memory (packTar's), which fetch sends as it is.
+      ...(body ? { body: body as Uint8Array<ArrayBuffer> } : {}),
       signal: AbortSignal.timeout(CHECKPOINT_TIMEOUT_MS),
     });
     if (!res.ok) return this.answer(res);

@@ -61,8 +61,12 @@ describe("checkpoint routes", () => {
     outside = mkdtempSync(join(tmpdir(), "loom-ckpt-outside-"));
     for (const project of ["alpha", "beta"])
       await r.store.create(
-        validateManifest({ apiVersion: "loom.dev/v1alpha1", kind: "Project", metadata: { name: project }, spec: {} })
-          .object,
+        validateManifest({
+          apiVersion: "loom.dev/v1alpha1",
+          kind: "Project",
+          metadata: { name: project },
+          spec: {},
+        }).object,
       );
     tokens.admin = r.admin;
     tokens.alphaEditor = (await r.tokens.create("ae", "editor", "alpha")).token;
@@ -122,13 +126,13 @@ describe("checkpoint routes", () => {
 
   it("a seed whose names leave the directory is refused, and nothing is written anywhere", async () => {
     const uid = jobs["alpha/evil"]!.metadata.uid;
-    const escape = join(files.checkpointDir(uid), "..", "..", "escaped");
+    const escaped = join(files.checkpointDir(uid), "..", "..", "escaped");
     for (const name of ["../../escaped", "/etc/loom-escaped", "sub/../../../escaped"]) {
       const res = await seed("admin", "alpha", "evil", packTar(checkpoint(1, { [name]: "pwned" })));
       expect(res.statusCode, `${name}: ${res.body}`).toBe(400);
       expect(res.json().message).toMatch(/leaves the checkpoint directory/);
     }
-    expect(existsSync(escape)).toBe(false);
+    expect(existsSync(escaped)).toBe(false);
     expect(existsSync("/etc/loom-escaped")).toBe(false);
     expect(existsSync(join(files.checkpointDir(uid), "loom.json"))).toBe(false);
     expect(existsSync(files.seedMark(uid))).toBe(false);

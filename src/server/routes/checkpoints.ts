@@ -35,7 +35,7 @@ type G = { Params: Params; Querystring: Query };
 export function checkpointRoutes(app: FastifyInstance, deps: CheckpointRoutesDeps): void {
   const url = `${BASE}/projects/:project/trainingjobs/:name/checkpoint`;
   const fence = rule.project("trainingjobs/checkpoint", "write");
-  // Parsed for these routes' bodies only: any other route given a tar refuses it as a bad body.
+  // On the one instance, so for every route: only these read a tar; others refuse it as a bad body.
   app.addContentTypeParser(CHECKPOINT_MEDIA_TYPE, { parseAs: "buffer" }, (_req, body, done) =>
     done(null, body),
   );
@@ -91,7 +91,7 @@ function served(checkpoints: MemberCheckpoints | undefined): MemberCheckpoints {
   throw new LoomError(
     "NotImplemented",
     501,
-    "this server keeps no jobs' checkpoints to read or seed (it runs no workloads of its own here): its jobs start from their own checkpoint storage",
+    "this server does not serve its jobs' checkpoint files (an operator's API): register its cluster as a Kubernetes member instead, whose checkpoints move through pods/exec",
   );
 }
 
