@@ -22,6 +22,7 @@ import { ServingDirectory } from "../src/server/serving.js";
 import { workloadCredentials } from "../src/server/workloadtokens.js";
 import { workspaceAccessOn } from "../src/server/workspaces/access.js";
 import { sqliteTracking, type Tracking, trackingOn } from "../src/tracking/db.js";
+import { addProject } from "./routeapp.js";
 
 /**
  * The authorization matrix: every route the server registers × every kind of caller × own and
@@ -129,16 +130,7 @@ async function world(): Promise<World> {
   const runs = new Map<string, { run: string; experiment: string }>();
   const ownRuns = new Map<string, string>();
   const jobUid = new Map<string, string>();
-  for (const project of [OWN, FOREIGN]) {
-    await store.create(
-      validateManifest({
-        apiVersion: "loom.dev/v1alpha1",
-        kind: "Project",
-        metadata: { name: project },
-        spec: {},
-      }).object,
-    );
-  }
+  for (const project of [OWN, FOREIGN]) await addProject(store, project);
   byName.set("admin", (await real.create("admin", "admin")).token);
   byName.set("editor", (await real.create("editor", "editor")).token);
   byName.set("viewer", (await real.create("viewer", "viewer")).token);

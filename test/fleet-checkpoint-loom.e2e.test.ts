@@ -1,12 +1,9 @@
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, processesNaming, until as waitUntil } from "./helpers.js";
-
-const BASE = "/apis/loom.dev/v1alpha1";
-// biome-ignore lint/suspicious/noExplicitAny: objects as the API returns them
-type Obj = Record<string, any>;
+import { applyYaml, type Obj, registerLoomMember, trainingJob } from "./loommembers.js";
 
 /**
  * Checkpoints out of and into Loom members (issue 23, "failover in seconds"), for real: a control
@@ -33,36 +30,10 @@ describe("fleet checkpoints with Loom members: a job lost with its member resume
       context: () =>
         `control plane:\n${cp.log.slice(-3000)}\nmember a:\n${a.log.slice(-1500)}\nmember b:\n${b.log.slice(-3000)}`,
     });
-  const get = async (p: LoomProcess, name: string): Promise<Obj | undefined> => {
-    const r = await p.api("GET", `${BASE}/projects/default/trainingjobs/${name}`);
-    return r.status === 200 ? (r.body as Obj) : undefined;
-  };
-  const apply = async (p: LoomProcess, yaml: string, extra: string[] = []) => {
-    const file = join(dir, `m-${Math.random().toString(36).slice(2)}.yaml`);
-    writeFileSync(file, yaml);
-    const r = await p.cli(["apply", "-f", file, ...extra]);
-    expect(r.code, r.stderr).toBe(0);
-  };
-  const register = async (name: string, member: LoomProcess) => {
-    const kubeconfig = join(dir, `${name}.kubeconfig`);
-    writeFileSync(
-      kubeconfig,
-      [
-        "apiVersion: v1",
-        "kind: Config",
-        `clusters: [{name: ${name}, cluster: {server: "${member.url}"}}]`,
-        `users: [{name: ${name}, user: {token: "${member.token}"}}]`,
-        `contexts: [{name: ${name}, context: {cluster: ${name}, user: ${name}}}]`,
-        `current-context: ${name}`,
-      ].join("\n"),
-      { mode: 0o600 },
-    );
-    await apply(
-      cp,
-      `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${name}}\nspec: {api: loom, clusterLostTimeout: 10s}\n`,
-      ["--kubeconfig-file", kubeconfig],
-    );
-  };
+  const get = trainingJob;
+  const apply = (p: LoomProcess, yaml: string) => applyYaml(p, dir, yaml);
+  const register = (name: string, member: LoomProcess) =>
+    registerLoomMember(cp, dir, { name, server: member.url, token: member.token, clusterLostTimeout: "10s" });
   /** Kills `a` and every process it started: the machine is gone, its workers with it. */
   const loseA = async () => {
     const workers = processesNaming(a.dataDir).filter((pid) => pid !== a.pid);
@@ -102,7 +73,10 @@ while True:
 `;
 
   beforeAll(async () => {
-    await Promise.all([cp.start(), a.start(), b.start()]);
+    // One after another: three servers starting at once on a loaded machine can miss the start timeout.
+    await cp.start();
+    await a.start();
+    await b.start();
     // The control plane's own platform takes nothing: the job goes to a (members by name), then b.
     await apply(
       cp,

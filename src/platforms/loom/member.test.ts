@@ -2,9 +2,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type RouteApp, routeApp } from "../../../test/routeapp.js";
+import { addTrainingJob, type RouteApp, routeApp } from "../../../test/routeapp.js";
 import { FLEET_SEED_ANNOTATION } from "../../api/cluster.js";
-import { validateManifest } from "../../api/kinds.js";
 import type { Resource } from "../../api/meta.js";
 import { DirMemberCheckpoints } from "../embedded/membercheckpoints.js";
 import { WorkloadFiles } from "../embedded/workloadfiles.js";
@@ -32,17 +31,11 @@ describe("LoomMember checkpoints", () => {
   let files: WorkloadFiles;
   let member: LoomMember;
   const job = (name: string, seed?: number) =>
-    r.store.create(
-      validateManifest({
-        apiVersion: "loom.dev/v1alpha1",
-        kind: "TrainingJob",
-        metadata: {
-          name,
-          project: "default",
-          ...(seed !== undefined ? { annotations: { [FLEET_SEED_ANNOTATION]: String(seed) } } : {}),
-        },
-        spec: { command: ["true"] },
-      }).object,
+    addTrainingJob(
+      r.store,
+      "default",
+      name,
+      seed !== undefined ? { [FLEET_SEED_ANNOTATION]: String(seed) } : undefined,
     );
 
   beforeAll(async () => {

@@ -2,9 +2,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFil
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type RouteApp, routeApp } from "../../../test/routeapp.js";
+import { addProject, addTrainingJob, type RouteApp, routeApp } from "../../../test/routeapp.js";
 import { FLEET_SEED_ANNOTATION } from "../../api/cluster.js";
-import { validateManifest } from "../../api/kinds.js";
 import type { Resource } from "../../api/meta.js";
 import { packTar, unpackTar } from "../../lib/tar.js";
 import { DirMemberCheckpoints } from "../../platforms/embedded/membercheckpoints.js";
@@ -32,19 +31,8 @@ describe("checkpoint routes", () => {
   const jobs: Record<string, Resource> = {};
 
   const job = async (project: string, name: string, seed?: number) => {
-    jobs[`${project}/${name}`] = await r.store.create(
-      validateManifest({
-        apiVersion: "loom.dev/v1alpha1",
-        kind: "TrainingJob",
-        metadata: {
-          name,
-          project,
-          ...(seed !== undefined ? { annotations: { [FLEET_SEED_ANNOTATION]: String(seed) } } : {}),
-        },
-        spec: { command: ["true"] },
-      }).object,
-    );
-    return jobs[`${project}/${name}`]!;
+    const annotations = seed !== undefined ? { [FLEET_SEED_ANNOTATION]: String(seed) } : undefined;
+    jobs[`${project}/${name}`] = await addTrainingJob(r.store, project, name, annotations);
   };
   const dirOf = (key: string) => files.checkpointDir(jobs[key]!.metadata.uid);
   const seed = (who: string, project: string, name: string, body: Buffer) =>
@@ -59,15 +47,7 @@ describe("checkpoint routes", () => {
       },
     });
     outside = mkdtempSync(join(tmpdir(), "loom-ckpt-outside-"));
-    for (const project of ["alpha", "beta"])
-      await r.store.create(
-        validateManifest({
-          apiVersion: "loom.dev/v1alpha1",
-          kind: "Project",
-          metadata: { name: project },
-          spec: {},
-        }).object,
-      );
+    for (const project of ["alpha", "beta"]) await addProject(r.store, project);
     tokens.admin = r.admin;
     tokens.alphaEditor = (await r.tokens.create("ae", "editor", "alpha")).token;
     tokens.alphaViewer = (await r.tokens.create("av", "viewer", "alpha")).token;
