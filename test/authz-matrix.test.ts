@@ -22,6 +22,7 @@ import { ServingDirectory } from "../src/server/serving.js";
 import { workloadCredentials } from "../src/server/workloadtokens.js";
 import { workspaceAccessOn } from "../src/server/workspaces/access.js";
 import { sqliteTracking, type Tracking, trackingOn } from "../src/tracking/db.js";
+import { addProject } from "./routeapp.js";
 
 /**
  * The authorization matrix: every route the server registers × every kind of caller × own and
@@ -129,16 +130,7 @@ async function world(): Promise<World> {
   const runs = new Map<string, { run: string; experiment: string }>();
   const ownRuns = new Map<string, string>();
   const jobUid = new Map<string, string>();
-  for (const project of [OWN, FOREIGN]) {
-    await store.create(
-      validateManifest({
-        apiVersion: "loom.dev/v1alpha1",
-        kind: "Project",
-        metadata: { name: project },
-        spec: {},
-      }).object,
-    );
-  }
+  for (const project of [OWN, FOREIGN]) await addProject(store, project);
   byName.set("admin", (await real.create("admin", "admin")).token);
   byName.set("editor", (await real.create("editor", "editor")).token);
   byName.set("viewer", (await real.create("viewer", "viewer")).token);
@@ -246,6 +238,10 @@ function classify(
   if (url === `${BASE}/projects/:project/audit`) return { access: "unscoped-admin", write };
   // A tunnel into a workload (an upgrade; a GET) is its project's editors' and admins'.
   if (url.endsWith("/portforward")) return { access: "project-editors", write };
+  // A job's checkpoint files (a fleet's control plane reads and seeds them in a Loom member): the
+  // project's data in bulk, so its editors' and admins', reads included.
+  if (url === `${BASE}/projects/:project/trainingjobs/:name/checkpoint`)
+    return { access: "project-editors", write };
   if (url.startsWith(`${BASE}/projects/:project/`) && url.endsWith("/status") && write)
     return { access: "nobody", write };
   if (url.startsWith(`${BASE}/projects/:project/`)) return { access: "project", write };

@@ -1,13 +1,12 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, until as waitUntil } from "./helpers.js";
+import { applyYaml, type Obj, registerLoomMember, trainingJob } from "./loommembers.js";
 import { CuttableProxy } from "./proxy.js";
 
 const BASE = "/apis/loom.dev/v1alpha1";
-// biome-ignore lint/suspicious/noExplicitAny: objects as the API returns them
-type Obj = Record<string, any>;
 
 /**
  * Self-fencing across a partition (issue 23, point 4), for real: a control plane (`loom up`) and
@@ -30,16 +29,8 @@ describe("fleet fencing: a member cut off from its control plane stops the job b
       every: 300,
       context: () => `control plane:\n${cp.log.slice(-3000)}\nmember a:\n${a.log.slice(-3000)}`,
     });
-  const get = async (p: LoomProcess, name: string): Promise<Obj | undefined> => {
-    const r = await p.api("GET", `${BASE}/projects/default/trainingjobs/${name}`);
-    return r.status === 200 ? (r.body as Obj) : undefined;
-  };
-  const apply = async (p: LoomProcess, yaml: string, extra: string[] = []) => {
-    const file = join(dir, `m-${Math.random().toString(36).slice(2)}.yaml`);
-    writeFileSync(file, yaml);
-    const r = await p.cli(["apply", "-f", file, ...extra]);
-    expect(r.code, r.stderr).toBe(0);
-  };
+  const get = trainingJob;
+  const apply = (p: LoomProcess, yaml: string, extra: string[] = []) => applyYaml(p, dir, yaml, extra);
   const selfMember = (unschedulable: boolean) =>
     apply(
       cp,
@@ -70,27 +61,15 @@ while True:
     await a.start();
     proxy = new CuttableProxy("127.0.0.1", Number(new URL(a.url).port));
     await proxy.start();
-    const kubeconfig = join(dir, "a.kubeconfig");
-    writeFileSync(
-      kubeconfig,
-      [
-        "apiVersion: v1",
-        "kind: Config",
-        `clusters: [{name: a, cluster: {server: "http://127.0.0.1:${proxy.port}"}}]`,
-        `users: [{name: a, user: {token: "${a.token}"}}]`,
-        "contexts: [{name: a, context: {cluster: a, user: a}}]",
-        "current-context: a",
-      ].join("\n"),
-      { mode: 0o600 },
-    );
     // The control plane's own platform takes nothing at first: the job goes to a.
     await selfMember(true);
-    // 20 s: the lease in a lasts 10 s (half), renewed every 3.3 s.
-    await apply(
-      cp,
-      "apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: a}\nspec: {api: loom, clusterLostTimeout: 20s}\n",
-      ["--kubeconfig-file", kubeconfig],
-    );
+    // Through the proxy. 20 s: the lease in a lasts 10 s (half), renewed every 3.3 s.
+    await registerLoomMember(cp, dir, {
+      name: "a",
+      server: `http://127.0.0.1:${proxy.port}`,
+      token: a.token,
+      clusterLostTimeout: "20s",
+    });
     await until("a Ready", async () => {
       const r = await cp.cli(["get", "clusters"]);
       return /^a\s+Ready/m.test(r.stdout) ? true : undefined;

@@ -4,12 +4,14 @@ import { join } from "node:path";
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from "fastify";
 import { pino } from "pino";
 import { Registry } from "prom-client";
+import { validateManifest } from "../src/api/kinds.js";
+import type { Resource } from "../src/api/meta.js";
 import { type OpenedDatabase, openSqlite } from "../src/platforms/embedded/db.js";
 import { SqliteEventRecorder } from "../src/platforms/embedded/events.js";
 import { LocalRuntime } from "../src/platforms/embedded/runtime.js";
 import { SqliteResourceStore } from "../src/platforms/embedded/store.js";
 import { SqliteTokenStore } from "../src/platforms/embedded/tokens.js";
-import type { TokenStore } from "../src/ports/store.js";
+import type { ResourceStore, TokenStore } from "../src/ports/store.js";
 import { type AppDeps, buildApp } from "../src/server/app.js";
 
 /** Loom's API over an in-memory database and a local runtime, for route tests (`app.inject`, no socket). */
@@ -100,4 +102,29 @@ export async function routeApp(
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Creates a project as the API would (no quota). */
+export function addProject(store: ResourceStore, name: string): Promise<Resource> {
+  return store.create(
+    validateManifest({ apiVersion: "loom.dev/v1alpha1", kind: "Project", metadata: { name }, spec: {} })
+      .object,
+  );
+}
+
+/** Creates a TrainingJob in `project` that runs `true`, with these annotations. */
+export function addTrainingJob(
+  store: ResourceStore,
+  project: string,
+  name: string,
+  annotations?: Record<string, string>,
+): Promise<Resource> {
+  return store.create(
+    validateManifest({
+      apiVersion: "loom.dev/v1alpha1",
+      kind: "TrainingJob",
+      metadata: { name, project, ...(annotations ? { annotations } : {}) },
+      spec: { command: ["true"] },
+    }).object,
+  );
 }

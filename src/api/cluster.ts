@@ -52,6 +52,23 @@ export function seedsCheckpoint(
   return attempt === 1 && copy.metadata.annotations?.[FLEET_SEED_ANNOTATION] !== undefined;
 }
 
+/**
+ * How a checkpoint travels through Loom's API (a Loom member's checkpoint route): a tar of its
+ * regular files (lib/tar.ts), the job's uid in the member as `?uid=` so that a job of the same
+ * name made meanwhile is never read or seeded instead.
+ */
+export const CHECKPOINT_MEDIA_TYPE = "application/x-tar";
+
+/** The step a checkpoint's loom.json says ({"step": N}), undefined where it says none. */
+export function checkpointStep(files: Map<string, Buffer>): number | undefined {
+  try {
+    const step = (JSON.parse(files.get("loom.json")?.toString("utf8") ?? "") as { step?: unknown }).step;
+    return typeof step === "number" && Number.isFinite(step) ? step : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** How long a member may stay unreachable before its running work is re-admitted elsewhere. */
 export const DEFAULT_CLUSTER_LOST_TIMEOUT = "30s";
 

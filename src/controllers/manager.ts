@@ -4,7 +4,7 @@ import { displayKey } from "../api/meta.js";
 import type { Project } from "../api/project.js";
 import { SWEEP_LABEL } from "../api/sweep.js";
 import { isFinished, type TrainingJob } from "../api/trainingjob.js";
-import type { FleetLeases } from "../ports/fleet.js";
+import type { FleetLeases, MemberCheckpoints } from "../ports/fleet.js";
 import type { WorkloadModels } from "../ports/models.js";
 import type { Runtime, WorkloadRef } from "../ports/runtime.js";
 import type { Scheduler, Snapshot } from "../ports/scheduler.js";
@@ -83,6 +83,8 @@ export interface ControllerManagerDeps {
   apps?: Pick<AppDeps, "scale" | "table" | "appOrigin">;
   /** Leases control planes renew here: copies they placed stop when theirs lapses (self-fencing). */
   fleetLeases?: FleetLeases;
+  /** This platform's jobs' checkpoints as a control plane seeds them (a seeded copy waits for it). */
+  memberCheckpoints?: MemberCheckpoints;
   /**
    * The fleet (issue 23): Cluster objects name members, reached through the connector with the
    * kubeconfigs the secret store holds; one queue places work over all of them. Absent: no

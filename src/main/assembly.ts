@@ -9,7 +9,7 @@ import { Gateway } from "../gateway/gateway.js";
 import { VERSION } from "../lib/version.js";
 import type { OpenedDatabase } from "../platforms/embedded/db.js";
 import type { AuditLog } from "../ports/audit.js";
-import type { FleetLeases, MemberCluster } from "../ports/fleet.js";
+import type { FleetLeases, MemberCheckpoints, MemberCluster } from "../ports/fleet.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
@@ -107,6 +107,8 @@ export interface ControlPlaneOptions {
   fleet?: ControllerManagerDeps["fleet"];
   /** Where control planes renew their leases in this platform as a member (self-fencing). */
   fleetLeases?: FleetLeases;
+  /** This platform's jobs' checkpoints, read and seeded by a control plane through the API (a Loom member). */
+  memberCheckpoints?: MemberCheckpoints;
 }
 
 export interface ControlPlane {
@@ -158,6 +160,7 @@ export async function assembleControlPlane(opts: ControlPlaneOptions): Promise<C
     ...(api?.apps ? { apps: api.apps.controllerDeps } : {}),
     ...(opts.fleet ? { fleet: opts.fleet } : {}),
     ...(opts.fleetLeases ? { fleetLeases: opts.fleetLeases } : {}),
+    ...(opts.memberCheckpoints ? { memberCheckpoints: opts.memberCheckpoints } : {}),
   });
   api?.serving.connect(manager);
   api?.apps?.connect(manager);
@@ -245,6 +248,7 @@ async function assembleApi(
     ...(api.sshKeys ? { sshKeys: api.sshKeys } : {}),
     ...(api.secrets ? { secrets: api.secrets, memberLogs } : {}),
     ...(opts.fleetLeases ? { fleetLeases: opts.fleetLeases } : {}),
+    ...(opts.memberCheckpoints ? { memberCheckpoints: opts.memberCheckpoints } : {}),
   });
   const trackingUrl = () => api.trackingUrl ?? listeningAt();
   const controllerDeps: Pick<

@@ -17,6 +17,7 @@ import { SqliteEventRecorder } from "../platforms/embedded/events.js";
 import { FileFleetLeases } from "../platforms/embedded/fleetleases.js";
 import { machineGpus } from "../platforms/embedded/gpus.js";
 import { registerGpuMetrics } from "../platforms/embedded/gpuusage.js";
+import { DirMemberCheckpoints } from "../platforms/embedded/membercheckpoints.js";
 import { GangNetworks, type NetworkCapability } from "../platforms/embedded/netns.js";
 import { EmbeddedRuntime } from "../platforms/embedded/platform.js";
 import { LocalRevisions } from "../platforms/embedded/replicas.js";
@@ -178,6 +179,8 @@ export async function startEmbedded(opts: EmbeddedOptions): Promise<EmbeddedServ
     },
     // This platform as another control plane's member: the copies it placed stop when its lease lapses.
     fleetLeases: new FileFleetLeases(opts.dataDir),
+    // … and its copies' checkpoints, which the control plane reads and seeds through the API.
+    memberCheckpoints: new DirMemberCheckpoints(new WorkloadFiles(opts.dataDir)),
     api: {
       secrets,
       tokens: new SqliteTokenStore(database.db),

@@ -78,6 +78,36 @@ export interface CheckpointVault {
   files(uid: string): Promise<CheckpointFiles | undefined>;
 }
 
+/** The most a checkpoint moved between members may hold (its files' bytes together). */
+export const MAX_SYNCED_CHECKPOINT_BYTES = 256 << 20;
+
+/**
+ * This platform's own jobs' checkpoints, as a fleet's control plane reads and seeds them through
+ * Loom's API when this platform is its member (`spec.api: loom`, issue 23). Jobs by their ref
+ * here (the copy's uid in this platform, never the control plane's).
+ */
+export interface MemberCheckpoints {
+  /**
+   * The files of the latest checkpoint the job wrote (its LOOM_CHECKPOINT_DIR: regular files
+   * only, never through a link), undefined while it has no loom.json there. Throws past
+   * MAX_SYNCED_CHECKPOINT_BYTES.
+   */
+  files(ref: WorkloadRef): Promise<CheckpointFiles | undefined>;
+  /**
+   * Writes the control plane's checkpoint into the job's directory before its first attempt
+   * (a copy created with FLEET_SEED_ANNOTATION), loom.json last; then `seeded` says so. A seed
+   * already written is never written over (the workers may have gone on from it). Returns how
+   * many workers still wait for it (0: done), as MemberCluster.seed. Refuses names that leave
+   * the directory, and a directory on the way that is a link.
+   */
+  seed(ref: WorkloadRef, files: CheckpointFiles): Promise<number>;
+  /**
+   * Whether the seed is in place: the first attempt of a seeded copy starts only then (the
+   * trainingjob loop waits). Absent: the platform's workers wait for it themselves.
+   */
+  seeded?(ref: WorkloadRef): Promise<boolean>;
+}
+
 /** Makes a member from its Cluster object and the kubeconfig its secret holds. */
 export interface MemberConnector {
   connect(cluster: Cluster, kubeconfig: string): Promise<MemberCluster>;

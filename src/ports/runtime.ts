@@ -98,7 +98,8 @@ export interface GangSpec {
   /**
    * The job failed over into this platform as a fleet member (issue 23): its workers wait until
    * the fleet's control plane has written the checkpoint it holds into LOOM_CHECKPOINT_DIR.
-   * Kubernetes only (an embedded platform is never another control plane's member).
+   * Kubernetes: an init container waits. Embedded (a Loom member) ignores it: the trainingjob
+   * loop starts the attempt only once MemberCheckpoints.seeded says so (seed.ts).
    */
   seedCheckpoint?: boolean;
   /**

@@ -4,7 +4,7 @@ import type { Registry } from "prom-client";
 import { findKind } from "../api/kinds.js";
 import { KEEP_ALIVE_TIMEOUT_MS } from "../lib/httpserver.js";
 import type { AuditLog } from "../ports/audit.js";
-import type { FleetLeases } from "../ports/fleet.js";
+import type { FleetLeases, MemberCheckpoints } from "../ports/fleet.js";
 import type { Runtime } from "../ports/runtime.js";
 import type { Snapshot } from "../ports/scheduler.js";
 import { coreScheduler } from "../ports/scheduler.js";
@@ -24,6 +24,7 @@ import { installJsonParsers } from "./jsonbody.js";
 import { ModelView } from "./models.js";
 import { PromptView } from "./prompts.js";
 import { ensureDefaultProject, ResourceService } from "./resources.js";
+import { checkpointRoutes } from "./routes/checkpoints.js";
 import { clusterRoutes } from "./routes/clusters.js";
 import { type LogRoutesDeps, logRoutes } from "./routes/logs.js";
 import { modelRoutes } from "./routes/models.js";
@@ -84,6 +85,8 @@ export interface AppDeps {
   secrets?: SecretStore;
   /** The leases control planes renew here, where this platform is a fleet member (self-fencing). */
   fleetLeases?: FleetLeases;
+  /** This platform's jobs' checkpoints, read and seeded by a control plane placing jobs here. */
+  memberCheckpoints?: MemberCheckpoints;
   /** Fleet members' worker logs (issue 23), for jobs placed in another member. */
   memberLogs?: LogRoutesDeps["memberLogs"];
   /** Users' SSH public keys (`loom ssh-key`); absent: those routes are not served. */
@@ -193,6 +196,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   // Before the generic routes: …/inferenceservices/S/figures is not a subresource of theirs.
   servingFiguresRoutes(app, { metrics: deps.metrics });
+  checkpointRoutes(app, {
+    resources,
+    ...(deps.memberCheckpoints ? { checkpoints: deps.memberCheckpoints } : {}),
+  });
   resourceRoutes(app, { store: deps.store, events: deps.events, resources, listOrWatch: list, scheduling });
   logRoutes(app, {
     resources,

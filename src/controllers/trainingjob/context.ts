@@ -1,6 +1,7 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import type { TrainingJob, TrainingJobStatus } from "../../api/trainingjob.js";
+import type { MemberCheckpoints } from "../../ports/fleet.js";
 import type { WorkloadModels } from "../../ports/models.js";
 import type { Runtime, WorkloadRef } from "../../ports/runtime.js";
 import type { SshKeyStore } from "../../ports/sshkeys.js";
@@ -39,6 +40,11 @@ export interface TrainingJobDeps {
   remote?: { owns(job: TrainingJob): boolean; reconcile(job: TrainingJob): Promise<ReconcileResult> };
   /** Fleet copies placed here by a control plane whose lease lapsed are stopped (self-fencing). */
   fence?: Pick<Fence, "verdict" | "graceSeconds">;
+  /**
+   * This platform's jobs' checkpoints as a fleet's control plane seeds them (a Loom member): a
+   * seeded copy's first attempt starts once `seeded` says so (seed.ts).
+   */
+  memberCheckpoints?: Pick<MemberCheckpoints, "seeded">;
   /** First restart delay; doubles per attempt up to maxBackoffMs. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;

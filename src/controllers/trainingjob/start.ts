@@ -16,6 +16,7 @@ import { type JobContext, refOf, TRAININGJOB } from "./context.js";
 import { fail } from "./failure.js";
 import { planGang, portsPerWorker } from "./frameworks.js";
 import { mirrorWorkers, track } from "./observe.js";
+import { awaitSeed } from "./seed.js";
 
 /**
  * Starts attempt `attempt` of an admitted job: what is left of the previous one stopped, its
@@ -58,6 +59,9 @@ async function startGang(
     return { requeueAfterMs: 250 };
   const notReady = await prepareEnvironment(ctx, job, status, stored);
   if (notReady) return notReady;
+  // A fleet copy's first attempt resumes from the control plane's checkpoint: not before it is here.
+  const unseeded = await awaitSeed(ctx, job, status, attempt, stored);
+  if (unseeded) return unseeded;
   const count = admission.workers ?? admission.placements?.length ?? workerRange(job.spec).max;
   const workers = await planWorkers(ctx, job, status, attempt, count);
   await launch(ctx, job, status, attempt, workers, holding);

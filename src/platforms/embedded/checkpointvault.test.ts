@@ -1,4 +1,13 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -77,5 +86,35 @@ describe("DirCheckpointVault", () => {
     const files = await vault.files("u");
     expect([...files!.keys()].sort()).toEqual(["loom.json", "sub/model.pt"]);
     expect(files!.get("sub/model.pt")?.toString()).toBe("weights");
+  });
+
+  // A job that ran here and moved: its directory is its project's uid's (sandboxed), and what the
+  // vault (root) writes there must be readable and replaceable by its workers when it resumes here.
+  it.skipIf(process.getuid?.() !== 0)("hands what it writes over to the directory's owner", async () => {
+    const { vault, dir } = setup();
+    mkdirSync(dir, { recursive: true });
+    chownSync(dir, 54321, 54321);
+    await vault.put(
+      "u",
+      new Map([
+        ["loom.json", Buffer.from('{"step": 7}')],
+        ["sub/model.pt", Buffer.from("weights")],
+      ]),
+    );
+    for (const path of ["loom.json", "sub", "sub/model.pt"])
+      expect(statSync(join(dir, path)).uid, path).toBe(54321);
+  });
+
+  it("refuses to read a checkpoint larger than asked, rather than hold it", async () => {
+    const { vault } = setup();
+    await vault.put(
+      "u",
+      new Map([
+        ["loom.json", Buffer.from('{"step": 7}')],
+        ["w", Buffer.alloc(4096)],
+      ]),
+    );
+    await expect(vault.files("u", 1024)).rejects.toThrow(/larger than 1024 bytes/);
+    expect((await vault.files("u", 1 << 20))?.size).toBe(2);
   });
 });

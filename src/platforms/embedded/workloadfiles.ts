@@ -10,6 +10,7 @@ import type { WorkloadRef } from "../../ports/runtime.js";
  *
  *   workloads/<uid>/state.json                   the GangRecord
  *   workloads/<uid>/checkpoint/                  outlives attempts: where a job checkpoints
+ *   workloads/<uid>/checkpoint-seeded            a fleet's control plane seeded the checkpoint
  *   workloads/<uid>/work/                        the default working directory
  *   workloads/<uid>/attempt-<n>/worker-<i>.log   and .heartbeat, .exit (the shim's exit code)
  */
@@ -47,6 +48,14 @@ export class WorkloadFiles {
   /** Outlives attempts (and the workers' stops): where a job checkpoints and resumes from. */
   checkpointDir(uid: string): string {
     return join(this.root, uid, "checkpoint");
+  }
+
+  /**
+   * Written once a fleet's control plane has seeded the job's checkpoint (membercheckpoints.ts):
+   * beside the checkpoint directory, never in it, so no worker writes it and no sync carries it.
+   */
+  seedMark(uid: string): string {
+    return join(this.root, uid, "checkpoint-seeded");
   }
 
   /**

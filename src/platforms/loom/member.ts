@@ -2,7 +2,7 @@ import { Readable } from "node:stream";
 import type { ReadableStream } from "node:stream/web";
 import type { Logger } from "pino";
 import { parse } from "yaml";
-import { type Cluster, fleetAttemptBase } from "../../api/cluster.js";
+import { CHECKPOINT_MEDIA_TYPE, type Cluster, fleetAttemptBase } from "../../api/cluster.js";
 import {
   AlreadyExistsError,
   BadRequestError,
@@ -14,7 +14,14 @@ import {
 } from "../../api/errors.js";
 import { kindByKind, PROJECT, TRAININGJOB } from "../../api/kinds.js";
 import type { Resource } from "../../api/meta.js";
-import type { MemberCluster, MemberConnector, MemberGateway } from "../../ports/fleet.js";
+import { packTar, unpackTar } from "../../lib/tar.js";
+import {
+  type CheckpointFiles,
+  MAX_SYNCED_CHECKPOINT_BYTES,
+  type MemberCluster,
+  type MemberConnector,
+  type MemberGateway,
+} from "../../ports/fleet.js";
 import type { LogOptions, WorkloadRef } from "../../ports/runtime.js";
 import type { NodeCapacity } from "../../ports/scheduler.js";
 import type { ListOptions, ListResult, ObjectEvent, ResourceStore } from "../../ports/store.js";
@@ -25,6 +32,10 @@ const REQUEST_TIMEOUT_MS = 5000;
 /** The fleet's API keys in a member live this long; a new one is made well before (see KEY_RENEW_MS). */
 const KEY_TTL_SECONDS = 24 * 3600;
 const KEY_RENEW_MS = 12 * 3600 * 1000;
+/** A checkpoint moves in one request: up to MAX_SYNCED_CHECKPOINT_BYTES, so given longer. */
+const CHECKPOINT_TIMEOUT_MS = 120_000;
+/** The most a checkpoint's answer may carry: its files and their tar headers. */
+const MAX_CHECKPOINT_ANSWER_BYTES = MAX_SYNCED_CHECKPOINT_BYTES + (16 << 20);
 
 /** The server and bearer token a kubeconfig's current context names (a Loom member's credential). */
 export function serverAndToken(kubeconfig: string): { server: URL; token: string } {
@@ -52,6 +63,8 @@ export class LoomMember implements MemberCluster {
     listFor(ref: { kind: string; project: string; name: string }, limit?: number): Promise<ObjectEvent[]>;
   };
   private readonly keys = new Map<string, { key: string; made: number }>();
+  /** The member serves no checkpoints (an operator's API answers 501): not asked again. */
+  private noCheckpoints = false;
 
   constructor(
     private readonly api: LoomApi,
@@ -139,6 +152,53 @@ export class LoomMember implements MemberCluster {
     };
   }
 
+  /**
+   * The copy's latest checkpoint, read through the member's API (a tar of its LOOM_CHECKPOINT_DIR,
+   * regular files only, read again here as untrusted). Undefined while it has none, or where the
+   * member serves none.
+   */
+  async checkpoint(ref: WorkloadRef): Promise<CheckpointFiles | undefined> {
+    if (this.noCheckpoints) return undefined;
+    let tar: Buffer;
+    try {
+      tar = await this.api.bytes("GET", checkpointPath(ref), undefined, MAX_CHECKPOINT_ANSWER_BYTES);
+    } catch (err) {
+      if (err instanceof NotFoundError) return undefined;
+      if (this.unsupported(err)) return undefined;
+      throw err;
+    }
+    return unpackTar(tar, MAX_SYNCED_CHECKPOINT_BYTES);
+  }
+
+  /**
+   * Seeds the copy's first attempt with the control plane's checkpoint (the member's own Loom
+   * starts it once the files are there). Returns how many workers still wait for it.
+   */
+  async seed(ref: WorkloadRef, files: CheckpointFiles): Promise<number> {
+    if (this.noCheckpoints) return 0;
+    try {
+      const answer = await this.api.bytes("PUT", checkpointPath(ref), packTar(files), 64 << 10);
+      const waiting = (JSON.parse(answer.toString("utf8")) as { waiting?: unknown }).waiting;
+      return typeof waiting === "number" ? waiting : 0;
+    } catch (err) {
+      // The copy is gone (or is another job's now): nothing waits for this seed.
+      if (err instanceof NotFoundError) return 0;
+      if (this.unsupported(err)) return 0;
+      throw err;
+    }
+  }
+
+  /** A member without the checkpoint routes' store (501): said once, then not asked again. */
+  private unsupported(err: unknown): boolean {
+    if (!(err instanceof LoomError) || err.code !== "NotImplemented") return false;
+    this.noCheckpoints = true;
+    this.log.warn(
+      { err: err.message },
+      "the member serves no checkpoints: its jobs are not synced (one that fails over starts from its own storage)",
+    );
+    return true;
+  }
+
   /** This control plane's lease in the member (its own Loom fences the copies placed there by it). */
   async renewLease(holder: string, durationSeconds: number): Promise<void> {
     await this.api.request("PUT", `${BASE}/fleetleases/${encodeURIComponent(holder)}`, {
@@ -149,6 +209,11 @@ export class LoomMember implements MemberCluster {
   close(): void {
     this.keys.clear();
   }
+}
+
+/** A job's checkpoint route in the member, for the copy by its uid there. */
+function checkpointPath(ref: WorkloadRef): string {
+  return `${BASE}/projects/${encodeURIComponent(ref.project)}/trainingjobs/${encodeURIComponent(ref.name)}/checkpoint?uid=${encodeURIComponent(ref.uid)}`;
 }
 
 interface MemberNode {
@@ -198,6 +263,38 @@ export class LoomApi {
     return this.answer<T>(res);
   }
 
+  /**
+   * A request whose body or answer is bytes (a checkpoint's tar), with a timeout for moving it;
+   * an answer longer than maxBytes is refused rather than held.
+   */
+  async bytes(method: string, path: string, body: Buffer | undefined, maxBytes: number): Promise<Buffer> {
+    const res = await fetch(new URL(path, this.server), {
+      method,
+      headers: {
+        authorization: `Bearer ${this.token}`,
+        ...(body ? { "content-type": CHECKPOINT_MEDIA_TYPE } : {}),
+      },
+      // A Buffer of its own memory (packTar's), which fetch sends as it is.
+      ...(body ? { body: body as Uint8Array<ArrayBuffer> } : {}),
+      signal: AbortSignal.timeout(CHECKPOINT_TIMEOUT_MS),
+    });
+    if (!res.ok) return this.answer(res);
+    const chunks: Buffer[] = [];
+    let total = 0;
+    // Leaving the loop (the throw) destroys the stream, and with it the answer's connection.
+    for await (const chunk of await streamOf(res)) {
+      total += (chunk as Uint8Array).length;
+      if (total > maxBytes)
+        throw new LoomError(
+          "MemberError",
+          502,
+          `member ${this.server.origin}: an answer of more than ${maxBytes} bytes to ${method} ${path.split("?")[0]} is refused`,
+        );
+      chunks.push(chunk as Buffer);
+    }
+    return Buffer.concat(chunks);
+  }
+
   /** A streaming GET (a worker's log, followed or not). */
   async stream(path: string): Promise<Readable> {
     const abort = new AbortController();
@@ -242,6 +339,7 @@ function errorOf(status: number, reason: string | undefined, message: string): E
   if (status === 401) return new UnauthorizedError(message);
   if (status === 403) return new ForbiddenError(message);
   if (status === 400 || status === 422) return new BadRequestError(message);
+  if (status === 501) return new LoomError("NotImplemented", 501, message);
   return new LoomError("MemberError", 502, message);
 }
 
