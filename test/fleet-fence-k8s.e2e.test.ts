@@ -1,10 +1,10 @@
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, until as waitUntil } from "./helpers.js";
 import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.js";
-import { CuttableProxy } from "./proxy.js";
+import { type CuttableProxy, proxiedKubeconfig } from "./proxy.js";
 
 // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
 type Obj = Record<string, any>;
@@ -51,14 +51,9 @@ describe("fleet fencing on a Kubernetes member: its operator stops the copy when
     b.kubectl(["delete", "trainingjobs.loom.dev", "--all", "-A", "--timeout=60s"]);
     operator = startOperator(own.operatorKubeconfig);
     await operator.ready;
-    // The control plane's kubeconfig for b names the proxy (TLS passes through it whole).
-    const text = readFileSync(b.kubeconfig, "utf8");
-    const server = /server:\s*(https:\/\/127\.0\.0\.1:(\d+))/.exec(text);
-    expect(server).not.toBeNull();
-    proxy = new CuttableProxy("127.0.0.1", Number(server![2]));
-    await proxy.start();
+    // The control plane's kubeconfig for b names the proxy.
     const proxied = join(dir, "b.kubeconfig");
-    writeFileSync(proxied, text.replace(server![1]!, `https://127.0.0.1:${proxy.port}`), { mode: 0o600 });
+    proxy = await proxiedKubeconfig(b.kubeconfig, proxied);
     await cp.start();
     await selfMember(true);
     await apply(

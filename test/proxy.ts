@@ -1,3 +1,4 @@
+import { readFileSync, writeFileSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 
 /**
@@ -52,4 +53,19 @@ export class CuttableProxy {
     for (const s of this.live) s.destroy();
     this.server?.close();
   }
+}
+
+/**
+ * A CuttableProxy in front of the API server `kubeconfig` names (TLS passes through it whole), and
+ * that kubeconfig pointed at the proxy, written to `file`: a control plane given it reaches the
+ * member only through what the test can cut.
+ */
+export async function proxiedKubeconfig(kubeconfig: string, file: string): Promise<CuttableProxy> {
+  const text = readFileSync(kubeconfig, "utf8");
+  const server = /server:\s*(https:\/\/127\.0\.0\.1:(\d+))/.exec(text);
+  if (!server) throw new Error(`${kubeconfig} names no https://127.0.0.1 server to proxy`);
+  const proxy = new CuttableProxy("127.0.0.1", Number(server[2]));
+  await proxy.start();
+  writeFileSync(file, text.replace(server[1]!, `https://127.0.0.1:${proxy.port}`), { mode: 0o600 });
+  return proxy;
 }

@@ -9,6 +9,7 @@ import { Fence } from "./cluster/fence.js";
 import { Fleet, type FleetDeps } from "./cluster/fleet.js";
 import { FleetReplicas } from "./inferenceservice/fleet.js";
 import type { InferenceServiceDeps } from "./inferenceservice/reconciler.js";
+import { type SelfSeeding, selfSeedingOf } from "./trainingjob/selfseed.js";
 
 /** How a control plane reaches its fleet (ControllerManagerDeps.fleet). */
 export type FleetOptions = Pick<FleetDeps, "connector" | "secrets" | "version"> & {
@@ -34,7 +35,7 @@ interface WiringDeps {
 export function fleetOf(
   deps: WiringDeps,
   log: Logger,
-): { fleet?: Fleet; remote?: RemoteJobs; replicas?: FleetReplicas } {
+): { fleet?: Fleet; remote?: RemoteJobs; replicas?: FleetReplicas; selfSeed?: SelfSeeding } {
   if (!deps.fleet) return {};
   const fleet = new Fleet({ ...deps.fleet, localNodes: () => deps.runtime.nodes(), now: deps.now });
   const vault = deps.fleet.vault;
@@ -50,7 +51,9 @@ export function fleetOf(
     deps.serving && deps.runtime.serving
       ? new FleetReplicas({ fleet, store: deps.store, events: deps.events, log, now: deps.now })
       : undefined;
-  return { fleet, remote, ...(replicas ? { replicas } : {}) };
+  // A job back on this platform from a member, where the vault is not its own storage here.
+  const selfSeed = selfSeedingOf({ ...deps, vault, log });
+  return { fleet, remote, ...(replicas ? { replicas } : {}), ...(selfSeed ? { selfSeed } : {}) };
 }
 
 /**

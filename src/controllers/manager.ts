@@ -123,7 +123,7 @@ export class ControllerManager {
   constructor(private readonly deps: ControllerManagerDeps) {
     const metrics = createControllerMetrics(deps.metrics);
     const log = (name: string) => deps.log.child({ component: `controller/${name}` });
-    const { fleet, remote, replicas } = fleetOf(deps, log("dispatch"));
+    const { fleet, remote, replicas, selfSeed } = fleetOf(deps, log("dispatch"));
     this.fleet = fleet;
     this.fleetReplicas = replicas;
     // A lapsed lease wakes the copies its control plane placed here (their loop stops them).
@@ -151,6 +151,7 @@ export class ControllerManager {
       log: log("trainingjob"),
       baseBackoffMs: deps.baseBackoffMs,
       ...(remote ? { remote } : {}),
+      ...(selfSeed ? { selfSeed } : {}),
       ...(fence ? { fence } : {}),
       cached: (key) => this.tjInformer.get(key) as TrainingJob | undefined,
     });
@@ -545,6 +546,8 @@ export class ControllerManager {
   private async collectGarbage(): Promise<void> {
     try {
       const live = new Set(this.tjInformer.list().map((o) => o.metadata.uid));
+      // The fleet's checkpoints of jobs that are gone (a vault of its own: the operator's).
+      await this.deps.fleet?.vault?.prune?.(live);
       // Workspaces run their replica through the serving capability too: theirs are not orphans.
       const services = new Set(
         [

@@ -9,6 +9,7 @@ import { passThroughModels } from "../controllers/inferenceservice/revisions.js"
 import { withKeepAlive } from "../lib/httpserver.js";
 import { VERSION } from "../lib/version.js";
 import { SqliteAuditLog } from "../platforms/embedded/audit.js";
+import { StagedCheckpointVault } from "../platforms/embedded/checkpointvault.js";
 import { openSqlite } from "../platforms/embedded/db.js";
 import { SqliteTokenStore } from "../platforms/embedded/tokens.js";
 import { KubeClient } from "../platforms/kubernetes/client.js";
@@ -110,8 +111,17 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   // Fleet members (issue 23): Cluster objects here, their kubeconfigs Secrets in Loom's namespace.
   const secrets = new KubeSecretStore(client, opts.systemNamespace ?? DEFAULT_SYSTEM_NAMESPACE);
   const fleet = (await hasClusterKind(store, log))
-    ? { connector: kubeMemberConnector(log), secrets, version: VERSION }
+    ? {
+        connector: kubeMemberConnector(log),
+        secrets,
+        version: VERSION,
+        ...(opts.dataDir ? { vault: fleetVault(opts.dataDir) } : {}),
+      }
     : undefined;
+  if (fleet && !opts.dataDir)
+    log.info(
+      "no --data-dir: the fleet's checkpoints are not synced to this control plane, so a job that fails over starts from its own checkpoint storage where it lands (give the operator --data-dir, a PersistentVolume, to keep them)",
+    );
   await ensureDefaultProject(store);
   await runtime.watchPods();
   const tracking = opts.dataDir ? await openTrackingFiles(opts, opts.dataDir, log) : undefined;
@@ -224,6 +234,17 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       await elector?.stop(true);
     },
   };
+}
+
+/**
+ * The fleet's checkpoint vault (issue 23): the last checkpoint synced from each job's member, in
+ * the data dir (`fleet-checkpoints/<uid>/`), which seeds the job where it goes next, this
+ * cluster included.
+ */
+function fleetVault(dataDir: string): StagedCheckpointVault {
+  const root = join(dataDir, "fleet-checkpoints");
+  mkdirSync(root, { recursive: true, mode: 0o700 });
+  return new StagedCheckpointVault(root);
 }
 
 /** Listens and returns the port (the one picked, for 0). */

@@ -1,6 +1,6 @@
 import type { Readable } from "node:stream";
 import type { Cluster } from "../api/cluster.js";
-import type { LogOptions, WorkloadRef } from "./runtime.js";
+import type { CheckpointFiles, LogOptions, WorkloadRef } from "./runtime.js";
 import type { NodeCapacity } from "./scheduler.js";
 import type { EventRecorder, ResourceStore } from "./store.js";
 
@@ -58,8 +58,7 @@ export interface MemberGateway {
   headers: Record<string, string>;
 }
 
-/** A checkpoint's files: path relative to the checkpoint directory → contents. */
-export type CheckpointFiles = Map<string, Buffer>;
+export type { CheckpointFiles } from "./runtime.js";
 
 /**
  * Where the control plane keeps each fleet job's last synced checkpoint (by the job's uid on the
@@ -76,6 +75,26 @@ export interface CheckpointVault {
   put(uid: string, files: CheckpointFiles): Promise<void>;
   /** The files held for the job, undefined when none (to seed a member it moves into). */
   files(uid: string): Promise<CheckpointFiles | undefined>;
+  /**
+   * Where the vault is not the job's own checkpoint storage on the control plane's platform (the
+   * operator: its data dir, while the job's pods checkpoint to their own volume), what was last
+   * written from it into that storage: a job that comes back to the `self` member is seeded from
+   * the vault like a member's copy. Absent (embedded): the vault is the job's own directory there.
+   */
+  readonly self?: SelfSeedMarks;
+  /**
+   * Forgets the checkpoints of jobs whose uid is not in `live` (deleted while or before this
+   * process ran). Absent where the platform removes them with the job's own files (embedded).
+   */
+  prune?(live: ReadonlySet<string>): Promise<void>;
+}
+
+/** The step of the vault's checkpoint last written into a job's storage on the `self` member. */
+export interface SelfSeedMarks {
+  /** The step last seeded into the job's own checkpoint storage there; undefined: never. */
+  seeded(uid: string): Promise<number | undefined>;
+  /** Records that the job's workers there got the vault's checkpoint of this step. */
+  markSeeded(uid: string, step: number): Promise<void>;
 }
 
 /** The most a checkpoint moved between members may hold (its files' bytes together). */

@@ -54,6 +54,9 @@ export interface SecretFile {
   mode: number;
 }
 
+/** A checkpoint's files: path relative to the checkpoint directory → contents. */
+export type CheckpointFiles = Map<string, Buffer>;
+
 /** Where checkpoints live across attempts (LOOM_CHECKPOINT_DIR). */
 export interface CheckpointStorage {
   /** Kubernetes: an existing PersistentVolumeClaim; unset, the runtime makes one of `size`. */
@@ -96,10 +99,13 @@ export interface GangSpec {
    */
   snapshot?: boolean;
   /**
-   * The job failed over into this platform as a fleet member (issue 23): its workers wait until
-   * the fleet's control plane has written the checkpoint it holds into LOOM_CHECKPOINT_DIR.
+   * The job failed over into this platform (issue 23): as another control plane's member (a
+   * copy's first attempt), or back to its own control plane's cluster (the `self` member) after
+   * it ran in a member. Its workers wait until the control plane has written the checkpoint it
+   * holds into LOOM_CHECKPOINT_DIR (`Runtime.seedCheckpoint` here, `MemberCluster.seed` there).
    * Kubernetes: an init container waits. Embedded (a Loom member) ignores it: the trainingjob
-   * loop starts the attempt only once MemberCheckpoints.seeded says so (seed.ts).
+   * loop starts the attempt only once MemberCheckpoints.seeded says so (seed.ts); an embedded
+   * control plane's vault is the job's own checkpoint directory.
    */
   seedCheckpoint?: boolean;
   /**
@@ -235,6 +241,17 @@ export interface Runtime {
   connectPort?(ref: WorkloadRef, worker: number, port: number): Promise<Duplex>;
   /** Called when external work or the nodes change: the scheduler should look again. */
   onCapacityChange?(listener: () => void): void;
+  /**
+   * Writes a checkpoint into the workers of attempt `attempt`, started with
+   * GangSpec.seedCheckpoint (they wait for it). Says how many still wait to be ready for it (0:
+   * done, or nothing waits any more; asked again until it says 0) and how many this call wrote
+   * it into. Absent where the fleet's vault is the job's own checkpoint directory (embedded).
+   */
+  seedCheckpoint?(
+    ref: WorkloadRef,
+    attempt: number,
+    files: CheckpointFiles,
+  ): Promise<{ waiting: number; written: number }>;
   /**
    * Where nodes come with demand (Kubernetes with a node autoscaler): makes a gang that waits
    * for capacity visible to the autoscaler, the whole gang at once, or withdraws it

@@ -45,6 +45,14 @@ export interface TrainingJobDeps {
    * seeded copy's first attempt starts once `seeded` says so (seed.ts).
    */
   memberCheckpoints?: Pick<MemberCheckpoints, "seeded">;
+  /**
+   * A job back on this platform from a fleet member resumes from the checkpoint synced from there
+   * (selfseed.ts), where the fleet's vault is not its own checkpoint storage here (the operator).
+   */
+  selfSeed?: {
+    due(job: TrainingJob): Promise<number | undefined>;
+    push(job: TrainingJob, attempt: number): Promise<ReconcileResult | undefined>;
+  };
   /** First restart delay; doubles per attempt up to maxBackoffMs. */
   baseBackoffMs?: number;
   maxBackoffMs?: number;

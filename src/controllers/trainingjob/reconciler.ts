@@ -214,8 +214,18 @@ export class TrainingJobReconciler implements Reconciler {
         return { requeueAfterMs: Date.parse(status.nextAttemptTime) - now.getTime() };
       return startAttempt(this.ctx, job, status, attempts + 1);
     }
-    return status.nextAttemptTime
-      ? restartAfterBackoff(this.ctx, job, status, obs, now)
-      : track(this.ctx, job, status, obs, now);
+    if (status.nextAttemptTime) return restartAfterBackoff(this.ctx, job, status, obs, now);
+    // The attempt's workers may wait for the checkpoint this platform's vault holds (selfseed.ts):
+    // a file read while none is due.
+    const seeding = await this.deps.selfSeed?.push(job, obs.attempt);
+    const tracked = await track(this.ctx, job, status, obs, now);
+    return seeding ? soonest(tracked, seeding) : tracked;
   }
+}
+
+/** The earlier of two requeues (none: the other's). */
+function soonest(a: ReconcileResult, b: ReconcileResult): ReconcileResult {
+  if (a.requeueAfterMs === undefined) return b;
+  if (b.requeueAfterMs === undefined) return a;
+  return { requeueAfterMs: Math.min(a.requeueAfterMs, b.requeueAfterMs) };
 }

@@ -224,6 +224,8 @@ async function launch(
   let job = seen;
   try {
     const initCheckpoint = await resolveInitCheckpoint(ctx, job);
+    // A member's copy seeded by its control plane, or a job back here from a member (selfseed.ts).
+    const seed = seedsCheckpoint(job, attempt) || (await ctx.deps.selfSeed?.due(job)) !== undefined;
     await ctx.starting(job, () =>
       ctx.deps.runtime.start(
         {
@@ -234,7 +236,7 @@ async function launch(
           ...(initCheckpoint ? { initCheckpoint } : {}),
           ...(job.spec.python ? { python: job.spec.python } : {}),
           ...(job.spec.fromWorkspace ? { snapshot: true } : {}),
-          ...(seedsCheckpoint(job, attempt) ? { seedCheckpoint: true } : {}),
+          ...(seed ? { seedCheckpoint: true } : {}),
           // Its checkpoint is read by others: a fleet's control plane, jobs that start from it.
           ...(job.spec.checkpoint || job.metadata.labels?.[FLEET_UID_LABEL]
             ? { reportCheckpoint: true }

@@ -3,15 +3,17 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
+  readlinkSync,
   statSync,
   symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { DirCheckpointVault } from "./checkpointvault.js";
+import { DirCheckpointVault, StagedCheckpointVault } from "./checkpointvault.js";
 import { WorkloadFiles } from "./workloadfiles.js";
 
 /**
@@ -116,5 +118,107 @@ describe("DirCheckpointVault", () => {
     );
     await expect(vault.files("u", 1024)).rejects.toThrow(/larger than 1024 bytes/);
     expect((await vault.files("u", 1 << 20))?.size).toBe(2);
+  });
+});
+
+/**
+ * The operator's vault (`--data-dir`): a directory of its own, each put a generation swapped in
+ * whole. The files come from a member cluster: untrusted names, and a sync that may fail midway.
+ */
+describe("StagedCheckpointVault", () => {
+  const setup = () => {
+    const root = join(mkdtempSync(join(tmpdir(), "loom-opvault-")), "fleet-checkpoints");
+    mkdirSync(root);
+    return { root, vault: new StagedCheckpointVault(root) };
+  };
+  const ckpt = (step: number, extra: Record<string, string> = {}) =>
+    new Map<string, Buffer>([
+      ...Object.entries(extra).map(([k, v]) => [k, Buffer.from(v)] as [string, Buffer]),
+      ["loom.json", Buffer.from(JSON.stringify({ step }))],
+    ]);
+  const text = (files: Map<string, Buffer> | undefined) =>
+    Object.fromEntries([...(files ?? new Map<string, Buffer>())].map(([k, v]) => [k, v.toString()]).sort());
+
+  it("holds the files byte for byte under <root>/<uid>/current, and their step", async () => {
+    const { root, vault } = setup();
+    expect(await vault.step("u1")).toBeUndefined();
+    expect(await vault.files("u1")).toBeUndefined();
+    const bytes = Buffer.from([0, 1, 2, 255]);
+    await vault.put("u1", new Map([["shards/w.pt", bytes], ...ckpt(7)]));
+    expect(await vault.step("u1")).toBe(7);
+    const files = await vault.files("u1");
+    expect(files?.get("shards/w.pt")).toEqual(bytes);
+    expect(readFileSync(join(root, "u1", "current", "shards", "w.pt"))).toEqual(bytes);
+    expect(readlinkSync(join(root, "u1", "current"))).toMatch(/^g-/);
+  });
+
+  it("a new checkpoint replaces the held one whole: no file of the older one is carried into it", async () => {
+    const { root, vault } = setup();
+    await vault.put("u1", ckpt(5, { "ckpt-5.pt": "five", "model.pt": "old" }));
+    await vault.put("u1", ckpt(10, { "ckpt-10.pt": "ten", "model.pt": "new" }));
+    expect(await vault.step("u1")).toBe(10);
+    expect(text(await vault.files("u1"))).toEqual({
+      "ckpt-10.pt": "ten",
+      "loom.json": '{"step":10}',
+      "model.pt": "new",
+    });
+    // One generation left on disk, nothing half written.
+    expect(readdirSync(join(root, "u1")).sort()).toEqual(
+      ["current", readlinkSync(join(root, "u1", "current"))].sort(),
+    );
+  });
+
+  it("a sync that fails midway leaves the held checkpoint as it was, and nothing of the failed one", async () => {
+    const { root, vault } = setup();
+    await vault.put("u1", ckpt(5, { "model.pt": "five" }));
+    // "a" written as a file, then "a/b" needs it as a directory: the write fails after a file went in.
+    const bad = new Map([
+      ["a", Buffer.from("x")],
+      ["a/b", Buffer.from("y")],
+      ["model.pt", Buffer.from("half")],
+      ["loom.json", Buffer.from('{"step": 9}')],
+    ]);
+    await expect(vault.put("u1", bad)).rejects.toThrow(/not a plain directory/);
+    expect(await vault.step("u1")).toBe(5);
+    expect(text(await vault.files("u1"))).toEqual({ "loom.json": '{"step":5}', "model.pt": "five" });
+    expect(readdirSync(join(root, "u1")).filter((n) => n.startsWith("g-"))).toHaveLength(1);
+    expect(readdirSync(join(root, "u1")).filter((n) => n.endsWith(".tmp"))).toEqual([]);
+  });
+
+  it("refuses names that leave the directory, writing nothing anywhere", async () => {
+    const { root, vault } = setup();
+    const outside = dirname(root);
+    for (const name of ["../escape", "/etc/escape", "a/../../escape", "..", "nul\u0000byte"]) {
+      await expect(vault.put("u1", new Map([...ckpt(1), [name, Buffer.from("x")]]))).rejects.toThrow(
+        /leaves the checkpoint directory/,
+      );
+    }
+    expect(existsSync(join(outside, "escape"))).toBe(false);
+    expect(existsSync(join(root, "escape"))).toBe(false);
+    expect(existsSync(join(root, "u1"))).toBe(false);
+    expect(await vault.step("u1")).toBeUndefined();
+  });
+
+  it("refuses a uid that is not one plain path component", async () => {
+    const { vault } = setup();
+    for (const uid of ["../u", "a/b", "..", ""])
+      await expect(vault.put(uid, ckpt(1))).rejects.toThrow(/not a plain name/);
+    expect(await vault.step("../u")).toBeUndefined();
+  });
+
+  it("remembers the step last seeded on the control plane's own cluster, and forgets jobs that are gone", async () => {
+    const { root, vault } = setup();
+    expect(await vault.self.seeded("u1")).toBeUndefined();
+    await vault.put("u1", ckpt(7));
+    await vault.self.markSeeded("u1", 7);
+    expect(await vault.self.seeded("u1")).toBe(7);
+    // A newer sync keeps the mark (the seed is due again because 9 > 7).
+    await vault.put("u1", ckpt(9));
+    expect(await vault.self.seeded("u1")).toBe(7);
+    await vault.put("u2", ckpt(3));
+    await vault.prune(new Set(["u2"]));
+    expect(readdirSync(root)).toEqual(["u2"]);
+    expect(await vault.step("u1")).toBeUndefined();
+    expect(await vault.self.seeded("u1")).toBeUndefined();
   });
 });

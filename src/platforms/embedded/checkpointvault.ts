@@ -1,9 +1,21 @@
+import { randomUUID } from "node:crypto";
 import { constants } from "node:fs";
-import { lchown, lstat, mkdir, open, readdir, readlink, realpath, rename, rm } from "node:fs/promises";
+import {
+  lchown,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  readlink,
+  realpath,
+  rename,
+  rm,
+  symlink,
+} from "node:fs/promises";
 import { isAbsolute, join, normalize, relative, sep } from "node:path";
 import { BadRequestError, LoomError } from "../../api/errors.js";
-import type { CheckpointFiles, CheckpointVault } from "../../ports/fleet.js";
-import type { WorkloadFiles } from "./workloadfiles.js";
+import type { CheckpointFiles, CheckpointVault, SelfSeedMarks } from "../../ports/fleet.js";
 
 /** The file a job's workers write after each checkpoint ({"step": N}). */
 const REPORT = "loom.json";
@@ -15,7 +27,8 @@ const REPORT = "loom.json";
  * the last synced checkpoint with no copy at start.
  */
 export class DirCheckpointVault implements CheckpointVault {
-  constructor(private readonly workloads: WorkloadFiles) {}
+  /** `workloads`: where each job's checkpoint directory is (embedded: WorkloadFiles). */
+  constructor(protected readonly workloads: { checkpointDir(uid: string): string }) {}
 
   async step(uid: string): Promise<number | undefined> {
     try {
@@ -70,40 +83,122 @@ export class DirCheckpointVault implements CheckpointVault {
   }
 
   async put(uid: string, files: CheckpointFiles): Promise<void> {
-    const dir = this.workloads.checkpointDir(uid);
-    // The names come from a member cluster: one that leaves the directory is an attack (or a bug).
-    for (const name of files.keys()) safeName(name);
-    const names = [...files.keys()].sort((a, b) => Number(a === REPORT) - Number(b === REPORT));
-    await mkdir(dir, { recursive: true });
-    // What is written here is the job's own: its workers (as the directory's owner, the project's
-    // uid when sandboxed) read and replace it when they resume. Written as root, it is handed over.
-    const st = await lstat(dir);
-    if (!st.isDirectory())
-      throw new BadRequestError(
-        "the job's checkpoint directory is not a plain directory: refusing to write there",
-      );
-    const owner = process.getuid?.() === 0 ? { uid: st.uid, gid: st.gid } : undefined;
-    for (const name of names) {
-      const parts = normalize(name)
-        .split(sep)
-        .filter((p) => p !== "" && p !== ".");
-      const target = join(dir, ...parts);
-      await mkdirNoLinks(dir, parts.slice(0, -1), owner);
-      // Each file whole or not at all: a sync cut short never leaves half a checkpoint file.
-      // "wx" (O_EXCL) never follows a link left at the temporary name; rename replaces a link
-      // at the target rather than writing through it.
-      const tmp = `${target}.loom-sync.tmp`;
-      await rm(tmp, { force: true });
-      try {
+    await writeCheckpoint(this.workloads.checkpointDir(uid), files);
+  }
+}
+
+/**
+ * A vault of its own on the local disk (`loom operator --data-dir`, on its PVC): the job's pods
+ * checkpoint to their own volumes in the cluster, so the vault is never their directory, and a
+ * job that comes back to the control plane's own cluster is seeded from it (`self`). Each put is
+ * a new generation written beside the held one and swapped in whole (a link renamed over
+ * `current`): a reader sees the old checkpoint or the new one, never a mix of both, and files an
+ * older checkpoint had are not carried into the next.
+ *
+ * ```
+ * <root>/<uid>/current -> g-<id>   the held checkpoint (its loom.json written last)
+ * <root>/<uid>/g-<id>/             one generation's files
+ * <root>/<uid>/seeded              the step last seeded into the job's storage on `self`
+ * ```
+ */
+export class StagedCheckpointVault extends DirCheckpointVault {
+  readonly self: SelfSeedMarks;
+
+  constructor(private readonly root: string) {
+    super({ checkpointDir: (uid) => join(homeOf(root, uid), "current") });
+    this.self = {
+      seeded: async (uid) => {
+        const text = await readFile(join(homeOf(root, uid), "seeded"), "utf8").catch(() => undefined);
+        const step = text === undefined ? Number.NaN : Number(text);
+        return Number.isFinite(step) ? step : undefined;
+      },
+      markSeeded: async (uid, step) => {
+        const home = homeOf(root, uid);
+        await mkdir(home, { recursive: true });
+        const tmp = join(home, `seeded.${randomUUID()}.tmp`);
         const file = await open(tmp, "wx", 0o600);
-        await file
-          .writeFile(files.get(name)!)
-          .then(() => owner && file.chown(owner.uid, owner.gid))
-          .finally(() => file.close());
-        await rename(tmp, target);
-      } finally {
-        await rm(tmp, { force: true });
-      }
+        await file.writeFile(String(step)).finally(() => file.close());
+        await rename(tmp, join(home, "seeded"));
+      },
+    };
+  }
+
+  override async put(uid: string, files: CheckpointFiles): Promise<void> {
+    const home = homeOf(this.root, uid);
+    for (const name of files.keys()) safeName(name);
+    await mkdir(home, { recursive: true });
+    const generation = `g-${randomUUID()}`;
+    const link = join(home, `current.${generation}.tmp`);
+    try {
+      await writeCheckpoint(join(home, generation), files);
+      // rename(2) over `current` is atomic: readers resolve the old generation or the new one.
+      await symlink(generation, link);
+      await rename(link, join(home, "current"));
+    } catch (err) {
+      await rm(join(home, generation), { recursive: true, force: true });
+      await rm(link, { force: true });
+      throw err;
+    }
+    // The generations before it (and what a put cut short by a crash left): nothing reads them.
+    for (const name of await readdir(home))
+      if ((name.startsWith("g-") && name !== generation) || name.endsWith(".tmp"))
+        await rm(join(home, name), { recursive: true, force: true });
+  }
+
+  /** Removes the checkpoints of jobs that are gone. */
+  async prune(live: ReadonlySet<string>): Promise<void> {
+    const uids = await readdir(this.root).catch(() => [] as string[]);
+    for (const uid of uids)
+      if (!live.has(uid)) await rm(join(this.root, uid), { recursive: true, force: true });
+  }
+}
+
+/** A job's directory in a vault: its uid as one plain path component, or an error saying why not. */
+function homeOf(root: string, uid: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(uid) || uid.includes(".."))
+    throw new BadRequestError(
+      `job uid ${JSON.stringify(uid)} is not a plain name: no checkpoint is kept for it`,
+    );
+  return join(root, uid);
+}
+
+/**
+ * Writes a checkpoint's files under `dir`, loom.json last (its step never runs ahead of the
+ * files), each file whole: a sync cut short never leaves half a checkpoint file.
+ */
+async function writeCheckpoint(dir: string, files: CheckpointFiles): Promise<void> {
+  // The names come from a member cluster: one that leaves the directory is an attack (or a bug).
+  for (const name of files.keys()) safeName(name);
+  const names = [...files.keys()].sort((a, b) => Number(a === REPORT) - Number(b === REPORT));
+  await mkdir(dir, { recursive: true });
+  // What is written here is the job's own: its workers (as the directory's owner, the project's
+  // uid when sandboxed) read and replace it when they resume. Written as root, it is handed over.
+  const st = await lstat(dir);
+  if (!st.isDirectory())
+    throw new BadRequestError(
+      "the job's checkpoint directory is not a plain directory: refusing to write there",
+    );
+  const owner = process.getuid?.() === 0 ? { uid: st.uid, gid: st.gid } : undefined;
+  for (const name of names) {
+    const parts = normalize(name)
+      .split(sep)
+      .filter((p) => p !== "" && p !== ".");
+    const target = join(dir, ...parts);
+    await mkdirNoLinks(dir, parts.slice(0, -1), owner);
+    // Each file whole or not at all: a sync cut short never leaves half a checkpoint file.
+    // "wx" (O_EXCL) never follows a link left at the temporary name; rename replaces a link
+    // at the target rather than writing through it.
+    const tmp = `${target}.loom-sync.tmp`;
+    await rm(tmp, { force: true });
+    try {
+      const file = await open(tmp, "wx", 0o600);
+      await file
+        .writeFile(files.get(name)!)
+        .then(() => owner && file.chown(owner.uid, owner.gid))
+        .finally(() => file.close());
+      await rename(tmp, target);
+    } finally {
+      await rm(tmp, { force: true });
     }
   }
 }

@@ -14,6 +14,7 @@ import {
   seedCheckpoint,
   seedContainer,
   seededMark,
+  seedPods,
 } from "./checkpoints.js";
 import type { KubeClient } from "./client.js";
 import { LABELS as L, workloadLabels } from "./naming.js";
@@ -253,6 +254,30 @@ describe("checkpoints through pods/exec", () => {
     const done = fakeCluster([pod("train-a1-w0", 0, { seed: "terminated" })], new Map());
     expect(await seedCheckpoint(done.client, ref, files)).toBe(0);
     expect(done.calls.filter((c) => c.startsWith("EXEC"))).toEqual([]);
+  });
+
+  it("a job back on its control plane's own cluster: seeds only the named attempt's waiting pods, with a mark of that attempt", async () => {
+    const files = new Map([["loom.json", Buffer.from('{"step": 9}')]]);
+    const d3 = dirOf();
+    // The claim keeps the mark of an earlier seed (attempt 1's): attempt 3 waits for its own.
+    writeFileSync(join(d3, seededMark(ref.uid)), "");
+    const { client, calls } = fakeCluster(
+      [pod("train-a1-w0", 0, { seed: "terminated" }), pod("train-a3-w0", 0, { attempt: 3, seed: "running" })],
+      new Map([["train-a3-w0", d3]]),
+    );
+    expect(seededMark(ref.uid, 3)).not.toBe(seededMark(ref.uid));
+    expect(await seedPods(client, ref, files, 3)).toEqual({ waiting: 0, written: 1 });
+    expect(readFileSync(join(d3, "loom.json"), "utf8")).toBe('{"step": 9}');
+    expect(existsSync(join(d3, seededMark(ref.uid, 3)))).toBe(true);
+    expect(calls.filter((c) => c.startsWith("EXEC")).map((c) => c.split(" ")[1])).toEqual(["train-a3-w0"]);
+    // Its init container waits for that attempt's mark, not the one the claim already has.
+    const init = seedContainer(ref.uid, { image: "python:3.11-slim", securityContext: {} }, 3);
+    expect(init.command[2]).toContain(`${CHECKPOINT_MOUNT}/${seededMark(ref.uid, 3)} `);
+    // Not made yet: they will wait for it.
+    expect(await seedCheckpoint(client, ref, files, 4)).toBe(1);
+    // Done (the seed container ended): nothing written, and nothing waits.
+    const done = fakeCluster([pod("train-a3-w0", 0, { attempt: 3, seed: "terminated" })], new Map());
+    expect(await seedPods(done.client, ref, files, 3)).toEqual({ waiting: 0, written: 0 });
   });
 
   it("the operator reports worker 0's loom.json step, wakes the job only when it changes, and gives up on an image without cat", async () => {

@@ -16,8 +16,9 @@ import type { Pod } from "./pods.js";
  *   every CHECKPOINT_PROBE_MS) as the job's `status.checkpoint`;
  * - a fleet control plane reads a member's copy's checkpoint (`tar -c` in worker 0) when that
  *   step is newer than the one it holds, and
- * - seeds the first attempt of a copy that failed over into this member: its worker pods wait in
- *   an init container until the control plane has written the checkpoint into their
+ * - seeds the first attempt of a copy that failed over into this member (and the operator, as a
+ *   control plane, a job that came back to its own cluster): its worker pods wait in an init
+ *   container until the control plane has written the checkpoint into their
  *   LOOM_CHECKPOINT_DIR (`tar -x` from stdin).
  * Everything read is untrusted: regular files only (tar.ts), names checked by the vault.
  */
@@ -37,9 +38,14 @@ export const REPORT_LABEL = "loom.dev/checkpoint-report";
 /** How many pods' loom.json are read at once. */
 const PROBE_CONCURRENCY = 4;
 
-/** The mark the control plane leaves once a copy's (by uid) checkpoint is in place. */
-export function seededMark(uid: string): string {
-  return `.loom-seeded-${uid}`;
+/**
+ * The mark the control plane leaves once a job's (by uid) checkpoint is in place for `attempt`:
+ * a member's copy is seeded in its first attempt (the mark names the copy's uid alone, as members
+ * of earlier versions wait for it); a job back on its control plane's own cluster in a later one,
+ * whose mark names the attempt, since a claim keeps the marks of the job's earlier seeds.
+ */
+export function seededMark(uid: string, attempt = 1): string {
+  return attempt === 1 ? `.loom-seeded-${uid}` : `.loom-seeded-${uid}-${attempt}`;
 }
 
 /**
@@ -47,8 +53,8 @@ export function seededMark(uid: string): string {
  * its checkpoint directory (on a shared claim, worker 0's seed is everyone's), at most
  * SEED_WAIT_SECONDS, then the attempt fails rather than start over from step 0.
  */
-export function seedContainer(uid: string, worker: { image: string; securityContext: unknown }) {
-  const mark = `${CHECKPOINT_MOUNT}/${seededMark(uid)}`;
+export function seedContainer(uid: string, worker: { image: string; securityContext: unknown }, attempt = 1) {
+  const mark = `${CHECKPOINT_MOUNT}/${seededMark(uid, attempt)}`;
   return {
     name: SEED_CONTAINER,
     image: worker.image,
@@ -215,20 +221,31 @@ export async function readCheckpoint(
 }
 
 /**
- * Writes a checkpoint into the first attempt of a job (by its uid in this cluster) whose workers
- * wait in their SEED_CONTAINER: each waiting pod (only worker 0 when the directory is a shared
- * claim) gets the files through `tar -x` and the mark that lets it go on. Returns how many pods
- * still wait for it (1 while the attempt has no pod yet; 0: every pod has its checkpoint). The
- * caller stops asking once the copy is past its first attempt.
+ * Writes a checkpoint into attempt `attempt` (a member's copy: its first) of a job (by its uid in
+ * this cluster) whose workers wait in their SEED_CONTAINER: each waiting pod (only worker 0 when
+ * the directory is a shared claim) gets the files through `tar -x` and the mark that lets it go
+ * on. Returns how many pods still wait for it (1 while the attempt has no pod yet; 0: every pod
+ * has its checkpoint). The caller stops asking once the job is past that attempt.
  */
 export async function seedCheckpoint(
   client: KubeClient,
   ref: WorkloadRef,
   files: CheckpointFiles,
+  attempt = 1,
 ): Promise<number> {
-  const pods = (await podsOf(client, ref)).filter((p) => p.metadata.labels?.[L.attempt] === "1");
+  return (await seedPods(client, ref, files, attempt)).waiting;
+}
+
+/** seedCheckpoint, also saying how many pods this call wrote the checkpoint into. */
+export async function seedPods(
+  client: KubeClient,
+  ref: WorkloadRef,
+  files: CheckpointFiles,
+  attempt = 1,
+): Promise<{ waiting: number; written: number }> {
+  const pods = (await podsOf(client, ref)).filter((p) => p.metadata.labels?.[L.attempt] === String(attempt));
   // Not made yet: they will wait for it.
-  if (pods.length === 0) return 1;
+  if (pods.length === 0) return { waiting: 1, written: 0 };
   const waiting = pods.filter((p) => seedState(p) !== "done");
   const shared = pods.some((p) =>
     (p.spec as { volumes?: { name: string; persistentVolumeClaim?: unknown }[] } | undefined)?.volumes?.some(
@@ -238,9 +255,9 @@ export async function seedCheckpoint(
   const targets = waiting.filter(
     (p) => seedState(p) === "running" && (!shared || p.metadata.labels?.[L.worker] === "0"),
   );
-  if (targets.length === 0) return waiting.length;
+  if (targets.length === 0) return { waiting: waiting.length, written: 0 };
   const tar = packTar(files);
-  const mark = `${CHECKPOINT_MOUNT}/${seededMark(ref.uid)}`;
+  const mark = `${CHECKPOINT_MOUNT}/${seededMark(ref.uid, attempt)}`;
   for (const pod of targets) {
     const r = await execInPod(
       client,
@@ -254,7 +271,7 @@ export async function seedCheckpoint(
         `writing the checkpoint of ${ref.name} into pod ${pod.metadata.name}: ${r.status.message ?? r.stderr}`,
       );
   }
-  return waiting.length - targets.length;
+  return { waiting: waiting.length - targets.length, written: targets.length };
 }
 
 /** The seed container's state in a pod: waiting to start, running (ready for files), or done. */

@@ -322,12 +322,13 @@ export class Gangs {
       }),
     };
     if (!spec.seedCheckpoint) return pod;
-    // Failed over into this cluster: the worker waits until the fleet's control plane has written
-    // the checkpoint it holds into LOOM_CHECKPOINT_DIR (checkpoints.ts).
+    // Failed over into this cluster (a member's copy, or a job back on its control plane's own
+    // cluster): the worker waits until the control plane has written the checkpoint it holds into
+    // LOOM_CHECKPOINT_DIR (checkpoints.ts).
     const worker = pod.spec.containers[0]!;
     return {
       ...pod,
-      spec: { ...pod.spec, initContainers: [seedContainer(ref.uid, worker)] },
+      spec: { ...pod.spec, initContainers: [seedContainer(ref.uid, worker, attempt)] },
     };
   }
 

@@ -4,6 +4,7 @@ import { NotFoundError } from "../../api/errors.js";
 import type {
   CapacityAnswer,
   CapacityRequest,
+  CheckpointFiles,
   ExternalWork,
   GangObservation,
   GangSpec,
@@ -19,7 +20,7 @@ import type { NodeCapacity, PodPlacement } from "../../ports/scheduler.js";
 import type { ControllerMetrics } from "../../reconcile/metrics.js";
 import { applyObject } from "./apply.js";
 import { ClusterCache } from "./cache.js";
-import { CheckpointProbe } from "./checkpoints.js";
+import { CheckpointProbe, seedPods } from "./checkpoints.js";
 import type { KubeClient } from "./client.js";
 import { CapacityRequests } from "./demand.js";
 import { ExternalScheduling } from "./external.js";
@@ -174,6 +175,18 @@ export class KubernetesRuntime implements Runtime {
     const obs = await this.gangs.observe(ref);
     const checkpoint = this.checkpoints.report(ref.uid);
     return obs && checkpoint ? { ...obs, checkpoint } : obs;
+  }
+
+  /**
+   * A job back in this cluster from a fleet member: the control plane's checkpoint, written into
+   * its attempt's waiting pods (checkpoints.ts, as a member's copy is seeded).
+   */
+  seedCheckpoint(
+    ref: WorkloadRef,
+    attempt: number,
+    files: CheckpointFiles,
+  ): Promise<{ waiting: number; written: number }> {
+    return seedPods(this.client, ref, files, attempt);
   }
 
   stop(ref: WorkloadRef, graceSeconds: number): Promise<boolean> {
