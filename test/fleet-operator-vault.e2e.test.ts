@@ -222,16 +222,7 @@ spec:
     );
     // The pods of that attempt wait in the seed container for that attempt's mark, and got the files.
     const pods = JSON.parse(
-      kubectlOk(cp, [
-        "get",
-        "pods",
-        "-n",
-        "loom-default",
-        "-l",
-        `loom.dev/workload-uid=${uid}`,
-        "-o",
-        "json",
-      ]),
+      kubectlOk(cp, ["get", "pods", "-n=loom-default", `-l=loom.dev/workload-uid=${uid}`, "-o=json"]),
     ) as Obj;
     const pod = (pods.items as Obj[]).find((p) => p.metadata.labels["loom.dev/attempt"] === String(attempt));
     expect(pod?.spec.initContainers?.map((c: Obj) => c.name)).toEqual(["checkpoint-seed"]);
