@@ -79,7 +79,7 @@ ${extra}`;
         ? r.stdout
         : undefined;
     });
-    expect(out).toMatch(/^NAME\s+STATUS\s+VERSION\s+POOLS\s+AGE/);
+    expect(out).toMatch(/^NAME\s+STATUS\s+VERSION\s+POOLS\s+FREE\s+AGE/);
     expect(out).toMatch(/^self\s+Ready/m);
     const described = await cp.cli(["get", "cluster", "a", "-o", "json"]);
     expect(described.stdout).not.toContain("certificate-authority");
