@@ -60,7 +60,10 @@ ${extra}`;
       { mode: 0o600 },
     );
     const manifest = join(dir, `${name}.yaml`);
-    writeFileSync(manifest, `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${name}}\nspec: {api: loom}\n`);
+    writeFileSync(
+      manifest,
+      `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${name}}\nspec: {api: loom}\n`,
+    );
     const r = await cp.cli(["apply", "-f", manifest, "--kubeconfig-file", kubeconfig]);
     expect(r.code, r.stderr).toBe(0);
   };
@@ -89,10 +92,15 @@ ${extra}`;
     await until("m1's own job running", async () =>
       (await job(m1, "theirs"))?.status?.phase === "Running" ? true : undefined,
     );
-    await until("m1 shows no GPU free", async () => ((await free()).m1?.startsWith("0 GPU") ? true : undefined));
+    await until("m1 shows no GPU free", async () =>
+      (await free()).m1?.startsWith("0 GPU") ? true : undefined,
+    );
     const r = await cp.cli(["apply", "-f", "-"], { input: jobYaml("placed", 2) });
     expect(r.code, r.stderr).toBe(0);
-    const admission = await until("placed admitted", async () => (await job(cp, "placed"))?.status?.admission);
+    const admission = await until(
+      "placed admitted",
+      async () => (await job(cp, "placed"))?.status?.admission,
+    );
     expect(admission.cluster).toBe("m2");
     // m2 runs the copy (its own scheduler admits it); the control plane counts it by its own
     // admission alone: 2 of m2's 4 GPUs are free, not 0.
@@ -112,8 +120,8 @@ ${extra}`;
     // A second job of 2 fits m2's free 2, not m1.
     const second = await cp.cli(["apply", "-f", "-"], { input: jobYaml("second", 2) });
     expect(second.code, second.stderr).toBe(0);
-    expect((await until("second admitted", async () => (await job(cp, "second"))?.status?.admission)).cluster).toBe(
-      "m2",
-    );
+    expect(
+      (await until("second admitted", async () => (await job(cp, "second"))?.status?.admission)).cluster,
+    ).toBe("m2");
   });
 });

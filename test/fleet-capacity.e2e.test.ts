@@ -26,7 +26,8 @@ describe("fleet: a member's own work is subtracted from its free capacity", () =
     waitUntil(what, probe, {
       ms: 240_000,
       every: 500,
-      context: () => `control plane:\n${cp.log.slice(-3000)}\noperator of a:\n${operator?.log().slice(-2000)}`,
+      context: () =>
+        `control plane:\n${cp.log.slice(-3000)}\noperator of a:\n${operator?.log().slice(-2000)}`,
     });
   const a = () => members[0]!.cluster;
   const job = async (name: string): Promise<Obj | undefined> => {
@@ -82,7 +83,10 @@ spec:
     await cp.start();
     for (const m of members) {
       const file = join(dir, `${m.name}.yaml`);
-      writeFileSync(file, `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${m.name}}\nspec: {}\n`);
+      writeFileSync(
+        file,
+        `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${m.name}}\nspec: {}\n`,
+      );
       const r = await cp.cli(["apply", "-f", file, "--kubeconfig-file", m.cluster.kubeconfig]);
       expect(r.code, r.stderr).toBe(0);
     }

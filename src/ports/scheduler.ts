@@ -61,7 +61,7 @@ export interface NodeUse {
 }
 
 /** A figure a member sent, as a count: anything but a finite positive number is none. */
-export function useCount(n: unknown): number {
+export function countOf(n: unknown): number {
   return typeof n === "number" && Number.isFinite(n) && n > 0 ? n : 0;
 }
 

@@ -22,7 +22,9 @@ const loomJob = (nodeName: string, devices: number[]): RunningWorkload => ({
   preemptible: true,
   createdAt: "2026-01-01T00:00:00Z",
   pods: [{ cpuMillis: 0, memoryBytes: 0, gpu: devices.length }],
-  placements: [{ pod: 0, node: nodeName, gpus: devices.map((i) => ({ device: `${nodeName}/gpu-${i}`, share: 1 })) }],
+  placements: [
+    { pod: 0, node: nodeName, gpus: devices.map((i) => ({ device: `${nodeName}/gpu-${i}`, share: 1 })) },
+  ],
 });
 
 describe("what members' own work holds, as the scheduler counts it", () => {
@@ -34,7 +36,11 @@ describe("what members' own work holds, as the scheduler counts it", () => {
       project: "cluster a",
       preemptible: false,
     });
-    expect(held!.placements[0]!.gpus.map((g) => g.device)).toEqual(["a/n0/gpu-7", "a/n0/gpu-6", "a/n0/gpu-5"]);
+    expect(held!.placements[0]!.gpus.map((g) => g.device)).toEqual([
+      "a/n0/gpu-7",
+      "a/n0/gpu-6",
+      "a/n0/gpu-5",
+    ]);
     expect(held!.pods[0]).toEqual({ cpuMillis: 1000, memoryBytes: GiB, gpu: 3 });
   });
 
@@ -63,7 +69,13 @@ describe("what members' own work holds, as the scheduler counts it", () => {
     const job = {
       apiVersion: "loom.dev/v1alpha1",
       kind: "TrainingJob",
-      metadata: { name: "g", project: "p", uid: "g1", generation: 1, creationTimestamp: "2026-01-01T00:00:00Z" },
+      metadata: {
+        name: "g",
+        project: "p",
+        uid: "g1",
+        generation: 1,
+        creationTimestamp: "2026-01-01T00:00:00Z",
+      },
       spec: { command: ["x"], workers: 2, resources: { gpu: 4 } },
       status: {},
     };
@@ -75,7 +87,10 @@ describe("what members' own work holds, as the scheduler counts it", () => {
     });
     expect(decisions.bind[0]?.placements.map((p) => p.node)).toEqual(["b/n0", "b/n0"]);
     // Without the member's own work counted, a (first by name) would have taken it.
-    const blind = buildSnapshot([job as never], nodes.map(({ usedByOthers: _u, ...n }) => n));
+    const blind = buildSnapshot(
+      [job as never],
+      nodes.map(({ usedByOthers: _u, ...n }) => n),
+    );
     const wrong = coreScheduler.schedule({
       ...blind,
       projects: [policyOf({ metadata: { name: "p" }, spec: {} } as never)],

@@ -1,10 +1,10 @@
 import { SELF_CLUSTER } from "../../api/cluster.js";
 import {
+  countOf,
   type DeviceShare,
   type NodeCapacity,
   type PodRequest,
   type RunningWorkload,
-  useCount,
 } from "../../ports/scheduler.js";
 
 /** Ids of what a member's own work holds on one of its nodes start so. */
@@ -25,13 +25,13 @@ export function heldByOthers(nodes: NodeCapacity[], running: RunningWorkload[]):
   return used.map((n) => {
     const use = n.usedByOthers!;
     const member = n.cluster ?? SELF_CLUSTER;
-    const gpus = pickDevices(n.gpus, held.get(n.name), Math.ceil(useCount(use.gpu)));
+    const gpus = pickDevices(n.gpus, held.get(n.name), Math.ceil(countOf(use.gpu)));
     const pods: PodRequest[] = [
-      { cpuMillis: useCount(use.cpuMillis), memoryBytes: useCount(use.memoryBytes), gpu: gpus.length },
+      { cpuMillis: countOf(use.cpuMillis), memoryBytes: countOf(use.memoryBytes), gpu: gpus.length },
     ];
     // Each pod the member runs takes one of the node's pod slots (where the node has a limit:
     // never more of them than it has, whatever the member said).
-    const slots = Math.min(Math.floor(useCount(use.pods)), n.maxWorkers ?? 1);
+    const slots = Math.min(Math.floor(countOf(use.pods)), n.maxWorkers ?? 1);
     for (let i = 1; i < slots; i++) pods.push({ cpuMillis: 0, memoryBytes: 0, gpu: 0 });
     return {
       id: `${OTHERS_PREFIX}${n.name}`,
@@ -47,7 +47,7 @@ export function heldByOthers(nodes: NodeCapacity[], running: RunningWorkload[]):
 }
 
 function hasUse(u: NodeCapacity["usedByOthers"] & object): boolean {
-  return useCount(u.cpuMillis) > 0 || useCount(u.memoryBytes) > 0 || useCount(u.gpu) > 0 || useCount(u.pods) > 0;
+  return countOf(u.cpuMillis) > 0 || countOf(u.memoryBytes) > 0 || countOf(u.gpu) > 0 || countOf(u.pods) > 0;
 }
 
 /** The share of each device that running workloads hold, by node. */

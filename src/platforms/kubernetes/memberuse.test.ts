@@ -4,10 +4,19 @@ import { type CopyMeta, usedByOthers, withUse } from "./memberuse.js";
 import type { Pod } from "./pods.js";
 
 const GiB = 2 ** 30;
-const pod = (name: string, node: string | undefined, requests: Record<string, unknown>, extra: Partial<Pod> = {}): Pod =>
+const pod = (
+  name: string,
+  node: string | undefined,
+  requests: Record<string, unknown>,
+  extra: Partial<Pod> = {},
+): Pod =>
   ({
     metadata: { name, namespace: "ns", ...(extra.metadata ?? {}) },
-    spec: { ...(node ? { nodeName: node } : {}), containers: [{ resources: { requests } }], ...(extra.spec ?? {}) },
+    spec: {
+      ...(node ? { nodeName: node } : {}),
+      containers: [{ resources: { requests } }],
+      ...(extra.spec ?? {}),
+    },
     status: { phase: "Running", ...(extra.status ?? {}) },
   }) as Pod;
 const copy = (uid: string, holder?: string): CopyMeta => ({
@@ -18,7 +27,12 @@ const copy = (uid: string, holder?: string): CopyMeta => ({
   },
 });
 const worker = (name: string, uid: string, gpu: number) =>
-  pod(name, "n0", { "nvidia.com/gpu": String(gpu) }, { metadata: { name, namespace: "ns", labels: { "loom.dev/workload-uid": uid } } });
+  pod(
+    name,
+    "n0",
+    { "nvidia.com/gpu": String(gpu) },
+    { metadata: { name, namespace: "ns", labels: { "loom.dev/workload-uid": uid } } },
+  );
 
 describe("a Kubernetes member's own work on its nodes", () => {
   it("counts bound, unfinished pods by their requests, never the pods of this control plane's copies", () => {
@@ -36,15 +50,32 @@ describe("a Kubernetes member's own work on its nodes", () => {
       [copy("c1", "cp"), copy("c2", "elsewhere"), copy("c3")],
       "cp",
     );
-    expect(use.get("n0")).toEqual({ cpuMillis: 500, memoryBytes: GiB, gpu: 7, pods: 4 });
+    expect(use.get("n0")).toEqual({ cpuMillis: 500, memoryBytes: GiB, gpu: 7, pods: 3 });
     expect(use.get("n1")).toEqual({ cpuMillis: 1000, memoryBytes: 0, gpu: 0, pods: 1 });
-    const nodes = withUse([{ name: "n0", cpuMillis: 1, memoryBytes: 1, gpus: [] }, { name: "n2", cpuMillis: 1, memoryBytes: 1, gpus: [] }], use);
+    const nodes = withUse(
+      [
+        { name: "n0", cpuMillis: 1, memoryBytes: 1, gpus: [] },
+        { name: "n2", cpuMillis: 1, memoryBytes: 1, gpus: [] },
+      ],
+      use,
+    );
     expect(nodes[0]!.usedByOthers?.gpu).toBe(7);
     expect(nodes[1]!.usedByOthers).toBeUndefined();
   });
 
   it("the largest init container counts, as the kubelet reserves it", () => {
-    const p = pod("init", "n0", { cpu: "1" }, { spec: { nodeName: "n0", containers: [{ resources: { requests: { cpu: "1" } } }], initContainers: [{ resources: { requests: { cpu: "3" } } }] } });
+    const p = pod(
+      "init",
+      "n0",
+      { cpu: "1" },
+      {
+        spec: {
+          nodeName: "n0",
+          containers: [{ resources: { requests: { cpu: "1" } } }],
+          initContainers: [{ resources: { requests: { cpu: "3" } } }],
+        },
+      },
+    );
     expect(usedByOthers([p], [], "cp").get("n0")?.cpuMillis).toBe(3000);
   });
 

@@ -1,5 +1,5 @@
 import { FLEET_HOLDER_ANNOTATION, FLEET_UID_LABEL } from "../../api/cluster.js";
-import { type NodeCapacity, type NodeUse, useCount } from "../../ports/scheduler.js";
+import { countOf, type NodeCapacity, type NodeUse } from "../../ports/scheduler.js";
 import type { KubeClient } from "./client.js";
 import { podRequest } from "./external.js";
 import { LABELS as L } from "./naming.js";
@@ -37,9 +37,9 @@ export function usedByOthers(pods: Pod[], copies: CopyMeta[], holder: string): M
       continue;
     }
     const u = out.get(node) ?? { cpuMillis: 0, memoryBytes: 0, gpu: 0, pods: 0 };
-    u.cpuMillis += useCount(r.cpuMillis);
-    u.memoryBytes += useCount(r.memoryBytes);
-    u.gpu += Math.ceil(useCount(r.gpu));
+    u.cpuMillis += countOf(r.cpuMillis);
+    u.memoryBytes += countOf(r.memoryBytes);
+    u.gpu += Math.ceil(countOf(r.gpu));
     u.pods += 1;
     out.set(node, u);
   }

@@ -16,7 +16,9 @@ const job = (holder: string | undefined, gpus: number, phase = "Running") => ({
       cpuMillis: 1000,
       memoryBytes: GiB,
       gpus: [],
-      placements: [{ pod: 0, node: "m0", gpus: Array.from({ length: gpus }, (_, i) => ({ device: `${i}`, share: 1 })) }],
+      placements: [
+        { pod: 0, node: "m0", gpus: Array.from({ length: gpus }, (_, i) => ({ device: `${i}`, share: 1 })) },
+      ],
     },
   },
 });
@@ -67,8 +69,17 @@ describe("a Loom member's own work on its nodes", () => {
         { name: 7 } as never,
         null as never,
       ],
-      [job("cp", 8), { metadata: copyMeta("cp"), status: { admission: { placements: "junk" } } }, null as never],
-      [{ metadata: copyMeta("cp"), status: { revisions: [null, { replicas: [null, { node: "m1", gpus: "x" }] }] } }],
+      [
+        job("cp", 8),
+        { metadata: copyMeta("cp"), status: { admission: { placements: "junk" } } },
+        null as never,
+      ],
+      [
+        {
+          metadata: copyMeta("cp"),
+          status: { revisions: [null, { replicas: [null, { node: "m1", gpus: "x" }] }] },
+        },
+      ],
       "cp",
     );
     expect(use.has("m0")).toBe(false);

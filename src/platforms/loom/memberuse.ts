@@ -1,6 +1,6 @@
 import { FLEET_HOLDER_ANNOTATION, FLEET_UID_LABEL } from "../../api/cluster.js";
 import { parseCpuMillis, parseMemoryBytes } from "../../api/quantity.js";
-import { type NodeUse, useCount } from "../../ports/scheduler.js";
+import { countOf, type NodeUse } from "../../ports/scheduler.js";
 
 /** A node as a Loom member's `GET /nodes` says it (`loom get nodes` there): untrusted input. */
 export interface MemberNodeUsage {
@@ -30,9 +30,9 @@ export function loomUsedByOthers(
   const take = (node: unknown, cpu: unknown, memory: unknown, gpus: unknown) => {
     if (typeof node !== "string") return;
     const u = ours.get(node) ?? { cpuMillis: 0, memoryBytes: 0, gpu: 0, pods: 0 };
-    u.cpuMillis += useCount(cpu);
-    u.memoryBytes += useCount(memory);
-    u.gpu += Array.isArray(gpus) ? gpus.reduce((s: number, g: Obj) => s + useCount(g?.share), 0) : 0;
+    u.cpuMillis += countOf(cpu);
+    u.memoryBytes += countOf(memory);
+    u.gpu += Array.isArray(gpus) ? gpus.reduce((s: number, g: Obj) => s + countOf(g?.share), 0) : 0;
     u.pods += 1;
     ours.set(node, u);
   };
@@ -42,10 +42,10 @@ export function loomUsedByOthers(
     const placements: Obj[] = Array.isArray(a.placements)
       ? a.placements
       : // Admissions written before placements: workers on one node (never an unbounded count).
-        Array.from({ length: Math.min(useCount(a.workers) || 1, MAX_WORKERS) }, (_, pod) => ({
+        Array.from({ length: Math.min(countOf(a.workers) || 1, MAX_WORKERS) }, (_, pod) => ({
           node: a.node,
           gpus:
-            pod === 0 && Array.isArray(a.gpus) ? a.gpus.map(() => ({ share: useCount(a.gpuShare) || 1 })) : [],
+            pod === 0 && Array.isArray(a.gpus) ? a.gpus.map(() => ({ share: countOf(a.gpuShare) || 1 })) : [],
         }));
     for (const p of placements) take(p?.node, a.cpuMillis, a.memoryBytes, p?.gpus);
   }
@@ -63,11 +63,11 @@ export function loomUsedByOthers(
     const a = n.allocated ?? {};
     const o = ours.get(n.name) ?? { cpuMillis: 0, memoryBytes: 0, gpu: 0, pods: 0 };
     const use = {
-      cpuMillis: Math.max(0, useCount(a.cpuMillis) - o.cpuMillis),
-      memoryBytes: Math.max(0, useCount(a.memoryBytes) - o.memoryBytes),
+      cpuMillis: Math.max(0, countOf(a.cpuMillis) - o.cpuMillis),
+      memoryBytes: Math.max(0, countOf(a.memoryBytes) - o.memoryBytes),
       // Shares summed as floating point: what is left of a whole device by rounding alone is none.
-      gpu: Math.max(0, Math.round((useCount(a.gpus) - o.gpu) * 1e6) / 1e6),
-      pods: Math.max(0, useCount(a.pods) - o.pods),
+      gpu: Math.max(0, Math.round((countOf(a.gpus) - o.gpu) * 1e6) / 1e6),
+      pods: Math.max(0, countOf(a.pods) - o.pods),
     };
     if (use.cpuMillis > 0 || use.memoryBytes > 0 || use.gpu > 0 || use.pods > 0) out.set(n.name, use);
   }
