@@ -86,7 +86,9 @@ ${extra}`;
     await m2.stop();
   }, 240_000);
 
-  it("m1's GPUs, held by a job submitted to m1 directly, are not free: the control plane places in m2, and counts that once", async () => {
+  it("m1's GPUs, held by a job submitted to m1 directly, are not free: the control plane places in m2, and counts that once", {
+    timeout: 300_000,
+  }, async () => {
     const own = await m1.cli(["apply", "-f", "-"], { input: jobYaml("theirs", 4) });
     expect(own.code, own.stderr).toBe(0);
     await until("m1's own job running", async () =>

@@ -104,9 +104,11 @@ spec:
       a().kubectl(["delete", "pod", "own-user", "-n", "default", "--grace-period=0", "--force"]);
     }
     await operator?.stop();
-  });
+  }, 180_000);
 
-  it("a's GPUs, held by a plain pod and a job submitted to a directly, are not free: a gang goes to b", async () => {
+  it("a's GPUs, held by a plain pod and a job submitted to a directly, are not free: a gang goes to b", {
+    timeout: 300_000,
+  }, async () => {
     const pod = a().kubectl(["apply", "-f", "-"], { input: plainPod });
     expect(pod.code, pod.stderr).toBe(0);
     // a's own job (its own Loom places it on the 4 GPUs the pod left).
@@ -142,7 +144,9 @@ spec:
     expect(after.a).toMatch(/^0 GPU/);
   });
 
-  it("a job that only a may take waits saying a has no GPU free, and starts there once a's own user is gone", async () => {
+  it("a job that only a may take waits saying a has no GPU free, and starts there once a's own user is gone", {
+    timeout: 300_000,
+  }, async () => {
     const r = await cp.cli(["apply", "-f", "-"], { input: jobYaml("onlya", 2, 1, "  clusters: [a]") });
     expect(r.code, r.stderr).toBe(0);
     const why = await until("onlya's reason", async () => {
