@@ -13,21 +13,20 @@ type Obj = Record<string, any>;
  * pod bound to its node and a TrainingJob submitted to a directly (a's own `loom operator` runs
  * it); the control plane (`loom up`), which placed nothing in a, must see a as full and place a
  * new gang in b, and `loom get clusters` says what is free where. Both members are private kwok
- * clusters with one 8-GPU node (LOOM_K8S_STATE-own-a and -own-b); the control plane's own
- * platform has no GPU. b needs no operator: where the copy is created is what is checked.
+ * clusters with one 8-GPU node (LOOM_K8S_STATE-own-a and -own-b), each with its own operator;
+ * the control plane's own platform has no GPU.
  */
 describe("fleet: a member's own work is subtracted from its free capacity", () => {
   const cp = new LoomProcess();
   const dir = mkdtempSync(join(tmpdir(), "loom-fleet-own-"));
-  const members: { name: string; cluster: TestCluster }[] = [];
-  let operator: ReturnType<typeof startOperator> | undefined;
+  const members: { name: string; cluster: TestCluster; operator: ReturnType<typeof startOperator> }[] = [];
 
   const until = <T>(what: string, probe: () => Promise<T | undefined>) =>
     waitUntil(what, probe, {
       ms: 240_000,
       every: 500,
       context: () =>
-        `control plane:\n${cp.log.slice(-3000)}\noperator of a:\n${operator?.log().slice(-2000)}`,
+        `control plane:\n${cp.log.slice(-3000)}\noperator of a:\n${members[0]?.operator.log().slice(-2000)}`,
     });
   const a = () => members[0]!.cluster;
   const job = async (name: string): Promise<Obj | undefined> => {
@@ -74,11 +73,9 @@ spec:
       // A reused cluster keeps an earlier run's jobs and pods: they would hold its GPUs.
       own.cluster.kubectl(["delete", "trainingjobs.loom.dev", "--all", "-A", "--timeout=60s"]);
       own.cluster.kubectl(["delete", "pod", "own-user", "-n", "default", "--grace-period=0", "--force"]);
-      members.push({ name, cluster: own.cluster });
-      if (name === "a") {
-        operator = startOperator(own.operatorKubeconfig);
-        await operator.ready;
-      }
+      const operator = startOperator(own.operatorKubeconfig);
+      await operator.ready;
+      members.push({ name, cluster: own.cluster, operator });
     }
     await cp.start();
     for (const m of members) {
@@ -103,7 +100,7 @@ spec:
       a().kubectl(["delete", "trainingjobs.loom.dev", "--all", "-A", "--timeout=60s"]);
       a().kubectl(["delete", "pod", "own-user", "-n", "default", "--grace-period=0", "--force"]);
     }
-    await operator?.stop();
+    for (const m of members) await m.operator.stop();
   }, 180_000);
 
   it("a's GPUs, held by a plain pod and a job submitted to a directly, are not free: a gang goes to b", {
@@ -130,12 +127,13 @@ spec:
     const admission = await until("gang admitted", async () => (await job("gang"))?.status?.admission);
     expect(admission.cluster).toBe("b");
     expect(admission.node).toMatch(/^b\//);
-    // Created in b, not in a.
-    await until("the gang's copy in b", async () =>
-      members[1]!.cluster.kubectl(["get", "trainingjobs.loom.dev", "gang", "-n", "loom-default"]).code === 0
-        ? true
-        : undefined,
+    // Created in b and run there (status mirrored back), never in a.
+    await until("the gang Running, mirrored from b", async () =>
+      (await job("gang"))?.status?.phase === "Running" ? true : undefined,
     );
+    expect(
+      members[1]!.cluster.kubectl(["get", "trainingjobs.loom.dev", "gang", "-n", "loom-default"]).code,
+    ).toBe(0);
     expect(a().kubectl(["get", "trainingjobs.loom.dev", "gang", "-n", "loom-default"]).code).not.toBe(0);
     const after = await until("b shows the gang's 4 GPUs taken", async () => {
       const f = await free();
