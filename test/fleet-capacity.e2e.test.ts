@@ -1,9 +1,6 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, until as waitUntil } from "./helpers.js";
-import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.js";
+import { type OperatorMember, operatorMembers, registerMembers } from "./k8s/cluster.js";
 
 // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
 type Obj = Record<string, any>;
@@ -18,8 +15,7 @@ type Obj = Record<string, any>;
  */
 describe("fleet: a member's own work is subtracted from its free capacity", () => {
   const cp = new LoomProcess();
-  const dir = mkdtempSync(join(tmpdir(), "loom-fleet-own-"));
-  const members: { name: string; cluster: TestCluster; operator: ReturnType<typeof startOperator> }[] = [];
+  const members: OperatorMember[] = [];
 
   const until = <T>(what: string, probe: () => Promise<T | undefined>) =>
     waitUntil(what, probe, {
@@ -68,25 +64,11 @@ spec:
 `;
 
   beforeAll(async () => {
-    for (const name of ["a", "b"]) {
-      const own = operatorCluster(`own-${name}`, { nodes: 1 });
-      // A reused cluster keeps an earlier run's jobs and pods: they would hold its GPUs.
-      own.cluster.kubectl(["delete", "trainingjobs.loom.dev", "--all", "-A", "--timeout=60s"]);
-      own.cluster.kubectl(["delete", "pod", "own-user", "-n", "default", "--grace-period=0", "--force"]);
-      const operator = startOperator(own.operatorKubeconfig);
-      await operator.ready;
-      members.push({ name, cluster: own.cluster, operator });
-    }
+    members.push(...(await operatorMembers("own", ["a", "b"])));
+    // A reused cluster keeps an earlier run's own user: it would hold a's GPUs.
+    a().kubectl(["delete", "pod", "own-user", "-n", "default", "--grace-period=0", "--force"]);
     await cp.start();
-    for (const m of members) {
-      const file = join(dir, `${m.name}.yaml`);
-      writeFileSync(
-        file,
-        `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${m.name}}\nspec: {}\n`,
-      );
-      const r = await cp.cli(["apply", "-f", file, "--kubeconfig-file", m.cluster.kubeconfig]);
-      expect(r.code, r.stderr).toBe(0);
-    }
+    await registerMembers(cp, members);
     await until("both members Ready with 8 GPUs free", async () => {
       const f = await free();
       return f.a?.startsWith("8 GPU") && f.b?.startsWith("8 GPU") ? true : undefined;
