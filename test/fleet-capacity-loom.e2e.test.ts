@@ -1,11 +1,9 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, until as waitUntil } from "./helpers.js";
-
-// biome-ignore lint/suspicious/noExplicitAny: objects as the API returns them
-type Obj = Record<string, any>;
+import { type Obj, registerLoomMember, trainingJob } from "./loommembers.js";
 
 /**
  * A Loom member's own work counts (issue 23): two `loom up --gpus 4` servers registered as
@@ -34,10 +32,6 @@ spec:
   command: [sleep, "3600"]
   resources: {gpu: ${gpu}, cpu: 100m, memory: 64Mi}
 ${extra}`;
-  const job = async (p: LoomProcess, name: string): Promise<Obj | undefined> => {
-    const r = await p.cli(["get", "tj", name, "-o", "json"]);
-    return r.code === 0 ? (JSON.parse(r.stdout) as Obj) : undefined;
-  };
   /** `loom get clusters -o json`: each member's status.freeText. */
   const free = async (): Promise<Record<string, string | undefined>> => {
     const r = await cp.cli(["get", "clusters", "-o", "json"]);
@@ -45,33 +39,13 @@ ${extra}`;
     const items = (JSON.parse(r.stdout) as Obj).items as Obj[];
     return Object.fromEntries(items.map((c) => [c.metadata.name, c.status?.freeText]));
   };
-  const register = async (name: string, member: LoomProcess) => {
-    const kubeconfig = join(dir, `${name}.kubeconfig`);
-    writeFileSync(
-      kubeconfig,
-      [
-        "apiVersion: v1",
-        "kind: Config",
-        `clusters: [{name: ${name}, cluster: {server: "${member.url}"}}]`,
-        `users: [{name: ${name}, user: {token: "${member.token}"}}]`,
-        `contexts: [{name: ${name}, context: {cluster: ${name}, user: ${name}}}]`,
-        `current-context: ${name}`,
-      ].join("\n"),
-      { mode: 0o600 },
-    );
-    const manifest = join(dir, `${name}.yaml`);
-    writeFileSync(
-      manifest,
-      `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${name}}\nspec: {api: loom}\n`,
-    );
-    const r = await cp.cli(["apply", "-f", manifest, "--kubeconfig-file", kubeconfig]);
-    expect(r.code, r.stderr).toBe(0);
-  };
-
   beforeAll(async () => {
     await Promise.all([cp.start(), m1.start(), m2.start()]);
-    await register("m1", m1);
-    await register("m2", m2);
+    for (const [name, m] of [
+      ["m1", m1],
+      ["m2", m2],
+    ] as const)
+      await registerLoomMember(cp, dir, { name, server: m.url, token: m.token, clusterLostTimeout: "30s" });
     await until("both members Ready with 4 GPUs free", async () => {
       const f = await free();
       return f.m1?.startsWith("4 GPU") && f.m2?.startsWith("4 GPU") ? true : undefined;
@@ -92,7 +66,7 @@ ${extra}`;
     const own = await m1.cli(["apply", "-f", "-"], { input: jobYaml("theirs", 4) });
     expect(own.code, own.stderr).toBe(0);
     await until("m1's own job running", async () =>
-      (await job(m1, "theirs"))?.status?.phase === "Running" ? true : undefined,
+      (await trainingJob(m1, "theirs"))?.status?.phase === "Running" ? true : undefined,
     );
     await until("m1 shows no GPU free", async () =>
       (await free()).m1?.startsWith("0 GPU") ? true : undefined,
@@ -101,13 +75,13 @@ ${extra}`;
     expect(r.code, r.stderr).toBe(0);
     const admission = await until(
       "placed admitted",
-      async () => (await job(cp, "placed"))?.status?.admission,
+      async () => (await trainingJob(cp, "placed"))?.status?.admission,
     );
     expect(admission.cluster).toBe("m2");
     // m2 runs the copy (its own scheduler admits it); the control plane counts it by its own
     // admission alone: 2 of m2's 4 GPUs are free, not 0.
     await until("the copy running in m2", async () =>
-      (await job(m2, "placed"))?.status?.phase === "Running" ? true : undefined,
+      (await trainingJob(m2, "placed"))?.status?.phase === "Running" ? true : undefined,
     );
     await until("m2 shows 2 GPUs free once the copy runs there", async () =>
       (await free()).m2?.startsWith("2 GPU") ? true : undefined,
@@ -123,7 +97,8 @@ ${extra}`;
     const second = await cp.cli(["apply", "-f", "-"], { input: jobYaml("second", 2) });
     expect(second.code, second.stderr).toBe(0);
     expect(
-      (await until("second admitted", async () => (await job(cp, "second"))?.status?.admission)).cluster,
+      (await until("second admitted", async () => (await trainingJob(cp, "second"))?.status?.admission))
+        .cluster,
     ).toBe("m2");
   });
 });
