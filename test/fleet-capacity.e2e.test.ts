@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess, until as waitUntil } from "./helpers.js";
-import { type OperatorMember, operatorMembers, registerMembers } from "./k8s/cluster.js";
+import { gpuJobYaml, type OperatorMember, operatorMembers, registerMembers } from "./k8s/cluster.js";
 
 // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
 type Obj = Record<string, any>;
@@ -29,15 +29,7 @@ describe("fleet: a member's own work is subtracted from its free capacity", () =
     const r = await cp.cli(["get", "tj", name, "-o", "json"]);
     return r.code === 0 ? (JSON.parse(r.stdout) as Obj) : undefined;
   };
-  const jobYaml = (name: string, gpu: number, workers = 1, extra = "") =>
-    `apiVersion: loom.dev/v1alpha1
-kind: TrainingJob
-metadata: {name: ${name}}
-spec:
-  command: [sleep, "3600"]
-  workers: ${workers}
-  resources: {gpu: ${gpu}, cpu: 1, memory: 1Gi}
-${extra}`;
+  const jobYaml = gpuJobYaml;
   /** The clusters as `loom get clusters` prints them: NAME → the FREE column. */
   const free = async () => {
     const out = (await cp.cli(["get", "clusters"])).stdout;

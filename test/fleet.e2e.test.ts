@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess } from "./helpers.js";
-import { type OperatorMember, operatorMembers, registerMembers } from "./k8s/cluster.js";
+import { gpuJobYaml, type OperatorMember, operatorMembers, registerMembers } from "./k8s/cluster.js";
 
 /**
  * One queue over a fleet (issue 23), for real: two private kwok clusters (LOOM_K8S_STATE-fleet-a
@@ -29,15 +29,7 @@ describe("fleet: one queue over two Kubernetes members", () => {
   };
   const inMember = (m: number, name: string) =>
     members[m]!.cluster.kubectl(["get", "trainingjobs.loom.dev", name, "-n", "loom-default", "-o", "json"]);
-  const jobYaml = (name: string, gpu: number, workers = 1, extra = "") =>
-    `apiVersion: loom.dev/v1alpha1
-kind: TrainingJob
-metadata: {name: ${name}}
-spec:
-  command: [sleep, "3600"]
-  workers: ${workers}
-  resources: {gpu: ${gpu}, cpu: 1, memory: 1Gi}
-${extra}`;
+  const jobYaml = gpuJobYaml;
 
   beforeAll(async () => {
     members.push(...(await operatorMembers("fleet", ["a", "b"])));

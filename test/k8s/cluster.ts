@@ -182,6 +182,18 @@ export async function operatorMembers(prefix: string, names: string[]): Promise<
   return members;
 }
 
+/** A TrainingJob of `workers` sleeping workers with `gpu` GPUs each (1 CPU, 1Gi): a fleet test's gang. */
+export function gpuJobYaml(name: string, gpu: number, workers = 1, extra = ""): string {
+  return `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: ${name}}
+spec:
+  command: [sleep, "3600"]
+  workers: ${workers}
+  resources: {gpu: ${gpu}, cpu: 1, memory: 1Gi}
+${extra}`;
+}
+
 /** Registers members on a control plane (`loom apply -f CLUSTER.yaml --kubeconfig-file`). */
 export async function registerMembers(cp: LoomProcess, members: OperatorMember[]): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "loom-members-"));
