@@ -104,7 +104,7 @@ describe("fleet: loom operator as the control plane, one kwok member", () => {
         ? g.stdout
         : undefined;
     });
-    expect(out).toMatch(/^NAME\s+STATUS\s+VERSION\s+POOLS\s+AGE/);
+    expect(out).toMatch(/^NAME\s+STATUS\s+VERSION\s+POOLS\s+FREE\s+AGE/);
     // The object names its secret; neither Loom's API nor the CRD carries the kubeconfig.
     const got = await loom(["get", "cluster", "m", "-o", "json"]);
     expect(got.stdout).toContain('"name": "cluster-m-kubeconfig"');

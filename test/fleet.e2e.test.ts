@@ -1,10 +1,7 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LoomProcess } from "./helpers.js";
-import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.js";
+import { gpuJobYaml, type OperatorMember, operatorMembers, registerMembers } from "./k8s/cluster.js";
 
 /**
  * One queue over a fleet (issue 23), for real: two private kwok clusters (LOOM_K8S_STATE-fleet-a
@@ -13,9 +10,8 @@ import { operatorCluster, startOperator, type TestCluster } from "./k8s/cluster.
  * the control plane's own platform has no GPU, so GPU jobs go to the members.
  */
 describe("fleet: one queue over two Kubernetes members", () => {
-  const members: { name: string; cluster: TestCluster; operator: ReturnType<typeof startOperator> }[] = [];
+  const members: OperatorMember[] = [];
   const cp = new LoomProcess();
-  const dir = mkdtempSync(join(tmpdir(), "loom-fleet-"));
   // biome-ignore lint/suspicious/noExplicitAny: objects as the API server returns them
   type Obj = Record<string, any>;
 
@@ -33,36 +29,12 @@ describe("fleet: one queue over two Kubernetes members", () => {
   };
   const inMember = (m: number, name: string) =>
     members[m]!.cluster.kubectl(["get", "trainingjobs.loom.dev", name, "-n", "loom-default", "-o", "json"]);
-  const jobYaml = (name: string, gpu: number, workers = 1, extra = "") =>
-    `apiVersion: loom.dev/v1alpha1
-kind: TrainingJob
-metadata: {name: ${name}}
-spec:
-  command: [sleep, "3600"]
-  workers: ${workers}
-  resources: {gpu: ${gpu}, cpu: 1, memory: 1Gi}
-${extra}`;
+  const jobYaml = gpuJobYaml;
 
   beforeAll(async () => {
-    for (const name of ["a", "b"]) {
-      const own = operatorCluster(`fleet-${name}`, { nodes: 1 });
-      // A reused cluster keeps an earlier run's copies: they would hold its GPUs.
-      own.cluster.kubectl(["delete", "trainingjobs.loom.dev", "--all", "-A", "--timeout=60s"]);
-      const operator = startOperator(own.operatorKubeconfig);
-      await operator.ready;
-      members.push({ name, cluster: own.cluster, operator });
-    }
+    members.push(...(await operatorMembers("fleet", ["a", "b"])));
     await cp.start();
-    for (const m of members) {
-      const file = join(dir, `${m.name}.yaml`);
-      writeFileSync(
-        file,
-        `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${m.name}}\nspec: {}\n`,
-      );
-      const r = await cp.cli(["apply", "-f", file, "--kubeconfig-file", m.cluster.kubeconfig]);
-      expect(r.stderr).toBe("");
-      expect(r.stdout).toContain(`cluster.loom.dev/${m.name} created`);
-    }
+    await registerMembers(cp, members);
   }, 600_000);
 
   afterAll(async () => {
@@ -79,7 +51,7 @@ ${extra}`;
         ? r.stdout
         : undefined;
     });
-    expect(out).toMatch(/^NAME\s+STATUS\s+VERSION\s+POOLS\s+AGE/);
+    expect(out).toMatch(/^NAME\s+STATUS\s+VERSION\s+POOLS\s+FREE\s+AGE/);
     expect(out).toMatch(/^self\s+Ready/m);
     const described = await cp.cli(["get", "cluster", "a", "-o", "json"]);
     expect(described.stdout).not.toContain("certificate-authority");

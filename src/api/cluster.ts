@@ -117,6 +117,11 @@ const PoolCapacity = z.object({
   gpu: z.number(),
   cpuMillis: z.number(),
   memoryBytes: z.number(),
+  /**
+   * What the one queue may still place there: the pool's capacity less what the control plane
+   * placed and what the member's own work holds (jobs submitted to it directly, plain pods).
+   */
+  free: z.object({ gpu: z.number(), cpuMillis: z.number(), memoryBytes: z.number() }).optional(),
 });
 
 export const ClusterStatus = z.object({
@@ -130,6 +135,8 @@ export const ClusterStatus = z.object({
   pools: z.array(PoolCapacity).optional(),
   /** "8 GPU, 64 CPU (2 pools)": what `loom get clusters` prints. */
   capacityText: z.string().optional(),
+  /** "2 GPU, 60 CPU, 250Gi": what the one queue may still place there, all pools together. */
+  freeText: z.string().optional(),
   conditions: z.array(z.any()).optional(),
 });
 
@@ -165,4 +172,14 @@ export function capacityText(pools: PoolCapacity[]): string {
   const gib = Math.round(pools.reduce((s, p) => s + p.memoryBytes, 0) / 2 ** 30);
   const names = pools.map((p) => `${p.name}:${p.nodes}`).join(",");
   return `${gpu} GPU, ${Math.round(cpu * 10) / 10} CPU, ${gib}Gi [${names}]`;
+}
+
+/** "2 GPU, 60 CPU, 250Gi" from pools' free capacity (undefined when no pool says it). */
+export function freeText(pools: PoolCapacity[]): string | undefined {
+  if (!pools.some((p) => p.free)) return undefined;
+  const sum = (f: (v: NonNullable<PoolCapacity["free"]>) => number) =>
+    pools.reduce((s, p) => s + (p.free ? f(p.free) : 0), 0);
+  const gpu = Math.round(sum((f) => f.gpu) * 100) / 100;
+  const cpu = Math.round(sum((f) => f.cpuMillis) / 100) / 10;
+  return `${gpu} GPU, ${cpu} CPU, ${Math.round(sum((f) => f.memoryBytes) / 2 ** 30)}Gi`;
 }

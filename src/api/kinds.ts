@@ -200,6 +200,7 @@ export const KINDS: readonly KindDef[] = [
       { name: "STATUS", path: "status.phase" },
       { name: "VERSION", path: "status.version.kubernetes" },
       { name: "POOLS", path: "status.capacityText" },
+      { name: "FREE", path: "status.freeText" },
       { name: "LOOM", path: "status.version.loom", wide: true },
       { name: "LAST-SEEN", path: "status.lastSeen", type: "date", wide: true },
     ],

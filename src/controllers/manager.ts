@@ -311,6 +311,7 @@ export class ControllerManager {
         log,
         ...(this.deps.fleet?.probeMs ? { probeMs: this.deps.fleet.probeMs } : {}),
         onCapacityChange: () => admission.enqueueBatched(ADMISSION_KEY),
+        snapshot: () => this.admissionReconciler.snapshot(),
       },
       log,
       metrics,

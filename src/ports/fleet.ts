@@ -12,8 +12,18 @@ import type { EventRecorder, ResourceStore } from "./store.js";
 export interface MemberCluster {
   /** The member's Loom store (the CRDs there): workloads placed in it are created here. */
   readonly store: ResourceStore;
-  /** The member's nodes as the scheduler counts them (names unprefixed). */
-  nodes(): Promise<NodeCapacity[]>;
+  /**
+   * The member's nodes as the scheduler counts them (names unprefixed), each with what work
+   * `holder` did not place holds on it (usedByOthers: the member's own users' jobs, plain pods;
+   * never the copies `holder` made, which its own admissions count). A member's figures are
+   * untrusted: a request that cannot be read counts as nothing.
+   */
+  nodes(holder: string): Promise<NodeCapacity[]>;
+  /**
+   * Why the last nodes() could not count what the member's own work holds (its nodes then look
+   * free of it); undefined when it could. The member stays Ready and its status says so.
+   */
+  readonly usageError?: string;
   /** Reaches the member; throws when it cannot. Versions where the member says them. */
   probe(): Promise<{ kubernetes?: string; loom?: string }>;
   /** The member's events about one of its objects (mirrored back to the control plane). */

@@ -45,6 +45,24 @@ export interface NodeCapacity {
   gpuDevices?: GpuDeviceStatus[];
   /** The fleet member the node is in (issue 23); unset outside a fleet. */
   cluster?: string;
+  /**
+   * What work this control plane did not place holds on a fleet member's node (its own users'
+   * jobs, plain pods): the one queue counts it as held there. Unset: none, or not a member's node.
+   */
+  usedByOthers?: NodeUse;
+}
+
+/** Requests held on a node: GPUs are whole devices (a fraction of one counts as one). */
+export interface NodeUse {
+  cpuMillis: number;
+  memoryBytes: number;
+  gpu: number;
+  pods: number;
+}
+
+/** A figure a member sent, as a count: anything but a finite positive number is none. */
+export function countOf(n: unknown): number {
+  return typeof n === "number" && Number.isFinite(n) && n > 0 ? n : 0;
 }
 
 /**

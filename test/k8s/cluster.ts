@@ -1,8 +1,8 @@
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { copyFileSync, mkdtempSync } from "node:fs";
+import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
-import { ROOT } from "../helpers.js";
+import { type LoomProcess, ROOT } from "../helpers.js";
 
 /**
  * The shared test cluster: real kube-apiserver, etcd, controller-manager, scheduler and kwok
@@ -156,6 +156,57 @@ export function startOperator(kubeconfig: string, extraArgs: string[] = []) {
       await exited;
     },
   };
+}
+
+/** A Kubernetes fleet member of a test file's own, with its operator. */
+export interface OperatorMember {
+  name: string;
+  cluster: TestCluster;
+  operator: ReturnType<typeof startOperator>;
+}
+
+/**
+ * Fleet members of a test file's own (issue 23): a kwok cluster per name (state
+ * LOOM_K8S_STATE-PREFIX-NAME, one 8-GPU node) with Loom's CRDs and its own `loom operator`, an
+ * earlier run's TrainingJobs deleted (they would hold its GPUs).
+ */
+export async function operatorMembers(prefix: string, names: string[]): Promise<OperatorMember[]> {
+  const members: OperatorMember[] = [];
+  for (const name of names) {
+    const own = operatorCluster(`${prefix}-${name}`, { nodes: 1 });
+    own.cluster.kubectl(["delete", "trainingjobs.loom.dev", "--all", "-A", "--timeout=60s"]);
+    const operator = startOperator(own.operatorKubeconfig);
+    await operator.ready;
+    members.push({ name, cluster: own.cluster, operator });
+  }
+  return members;
+}
+
+/** A TrainingJob of `workers` sleeping workers with `gpu` GPUs each (1 CPU, 1Gi): a fleet test's gang. */
+export function gpuJobYaml(name: string, gpu: number, workers = 1, extra = ""): string {
+  return `apiVersion: loom.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: ${name}}
+spec:
+  command: [sleep, "3600"]
+  workers: ${workers}
+  resources: {gpu: ${gpu}, cpu: 1, memory: 1Gi}
+${extra}`;
+}
+
+/** Registers members on a control plane (`loom apply -f CLUSTER.yaml --kubeconfig-file`). */
+export async function registerMembers(cp: LoomProcess, members: OperatorMember[]): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "loom-members-"));
+  for (const m of members) {
+    const file = join(dir, `${m.name}.yaml`);
+    writeFileSync(
+      file,
+      `apiVersion: loom.dev/v1alpha1\nkind: Cluster\nmetadata: {name: ${m.name}}\nspec: {}\n`,
+    );
+    const r = await cp.cli(["apply", "-f", file, "--kubeconfig-file", m.cluster.kubeconfig]);
+    if (r.code !== 0 || r.stderr !== "" || !r.stdout.includes(`cluster.loom.dev/${m.name} created`))
+      throw new Error(`registering member ${m.name} failed (${r.code}): ${r.stdout}${r.stderr}`);
+  }
 }
 
 export interface Selector {

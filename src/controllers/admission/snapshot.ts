@@ -13,6 +13,7 @@ import {
   type Workload,
 } from "../../ports/scheduler.js";
 import { invalidSpec } from "../validate.js";
+import { heldByOthers } from "./others.js";
 
 /** Where a snapshot's inputs come from: informer caches (admission) or the store (a server without controllers). */
 export interface SnapshotSources {
@@ -127,6 +128,8 @@ export function buildSnapshot(
   workloads.sweep();
   running.push(...(external?.running ?? []));
   pending.push(...(external?.pending ?? []));
+  // Fleet members' own work (issue 23): held on their nodes, around what Loom placed there.
+  running.push(...heldByOthers(nodeCapacity, running));
   return { nodes, running, pending, byId };
 }
 

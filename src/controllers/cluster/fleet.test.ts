@@ -56,6 +56,7 @@ async function world(
       ckpt?: CheckpointFiles;
       pulls: number;
       leases: [string, number][];
+      usageError?: string;
     }
   >();
   for (const name of ["a", "b"]) {
@@ -103,6 +104,8 @@ async function world(
     log,
     now,
     onCapacityChange: () => void capacityChanges++,
+    // Free capacity per pool, as the admission loop sees it (the manager wires the same).
+    snapshot: () => admission.snapshot(),
   });
   const jobs = async () => (await cp.store.list(TRAININGJOB)).items as TrainingJob[];
   const admission = new AdmissionReconciler({
@@ -192,9 +195,17 @@ describe("the fleet: one queue over members", () => {
     expect(a.status?.phase).toBe("Ready");
     expect(a.status?.version).toEqual({ kubernetes: "v1.31.0", loom: "test" });
     expect(a.status?.pools).toEqual([
-      { name: "default", nodes: 1, gpu: 8, cpuMillis: 32_000, memoryBytes: 128 * GiB },
+      {
+        name: "default",
+        nodes: 1,
+        gpu: 8,
+        cpuMillis: 32_000,
+        memoryBytes: 128 * GiB,
+        free: { gpu: 8, cpuMillis: 32_000, memoryBytes: 128 * GiB },
+      },
     ]);
     expect(a.status?.capacityText).toBe("8 GPU, 32 CPU, 128Gi [default:1]");
+    expect(a.status?.freeText).toBe("8 GPU, 32 CPU, 128Gi");
     const self = (await w.cp.store.get(CLUSTER, "", "self")) as Cluster;
     expect(self.spec.platform).toBe("self");
     expect(w.capacityChanges()).toBe(1);
@@ -517,5 +528,87 @@ describe("the fleet: one queue over members", () => {
     await a.store.updateStatus({ ...copy, status: { phase: "Running", attempts: 1 } });
     await w.remote.reconcile(await w.get("j1"));
     expect((await w.get("j1")).status?.attempts).toBe(3);
+  });
+});
+
+describe("the fleet: a member's own work (work it holds that this control plane did not place)", () => {
+  const busy = (gpu: number, pods = 1): NodeCapacity => ({
+    ...node("n0", 8),
+    usedByOthers: { cpuMillis: 2000, memoryBytes: 4 * GiB, gpu, pods },
+  });
+
+  it("is subtracted: a member whose GPUs its own users hold takes no gang, the next member does, and `get clusters` shows it free of neither", async () => {
+    const w = await world();
+    // a's own users hold 6 of its 8 GPUs (a job submitted to a directly): 2 are left.
+    w.members.get("a")!.nodes = async () => [busy(6, 2)];
+    await w.register("a");
+    await w.register("b");
+    await w.submit("j1", 4);
+    await w.cycle();
+    const j1 = (await w.get("j1")).status?.admission;
+    expect(j1?.cluster).toBe("b");
+    // What is left in a still takes what fits there.
+    await w.submit("small", 2);
+    await w.cycle();
+    expect((await w.get("small")).status?.admission?.cluster).toBe("a");
+    // Free per pool: a's 8 less its own 6 less the 2 placed; b's 8 less the 4 placed.
+    await w.clusters.reconcile("a");
+    await w.clusters.reconcile("b");
+    const a = (await w.cp.store.get(CLUSTER, "", "a")) as Cluster;
+    const b = (await w.cp.store.get(CLUSTER, "", "b")) as Cluster;
+    expect(a.status?.pools?.[0]?.free?.gpu).toBe(0);
+    expect(a.status?.freeText).toBe("0 GPU, 30 CPU, 124Gi");
+    expect(b.status?.freeText).toBe("4 GPU, 32 CPU, 128Gi");
+    // A gang that only a may take waits, and says a's own work holds it.
+    await w.submit("onlya", 2, 1, { clusters: ["a"] });
+    await w.cycle();
+    const onlya = await w.get("onlya");
+    expect(onlya.status?.admission).toBeUndefined();
+    const why = onlya.status?.conditions?.find((c) => c.type === "Admitted")?.message ?? "";
+    expect(why).toMatch(/gpu: requested 2, free 0/);
+  });
+
+  it("as it changes: the member's own job ends, the queue looks again and places there", async () => {
+    const w = await world();
+    let own = 8;
+    w.members.get("a")!.nodes = async () => [busy(own)];
+    await w.register("a");
+    await w.submit("onlya", 4, 1, { clusters: ["a"] });
+    await w.cycle();
+    expect((await w.get("onlya")).status?.admission).toBeUndefined();
+    const before = w.capacityChanges();
+    own = 0;
+    await w.clusters.reconcile("a");
+    expect(w.capacityChanges()).toBe(before + 1);
+    await w.cycle();
+    expect((await w.get("onlya")).status?.admission?.cluster).toBe("a");
+  });
+
+  it("figures a member sends that are not counts never break a cycle: they count as nothing", async () => {
+    const w = await world();
+    const junk = [
+      { cpuMillis: Number.NaN, memoryBytes: -5, gpu: Number.POSITIVE_INFINITY, pods: 1e12 },
+      { cpuMillis: "lots", memoryBytes: null, gpu: "8", pods: {} },
+    ] as unknown as NodeCapacity["usedByOthers"][];
+    let i = 0;
+    w.members.get("a")!.nodes = async () => [{ ...node("n0", 8), usedByOthers: junk[i++ % 2] }];
+    await w.register("a");
+    await w.submit("j1", 8);
+    await w.cycle();
+    expect((await w.get("j1")).status?.admission?.cluster).toBe("a");
+    await w.clusters.reconcile("a");
+    await w.submit("j2", 1);
+    await w.cycle();
+    expect((await w.get("j2")).status?.admission).toBeUndefined();
+  });
+
+  it("a member whose own work cannot be read stays Ready and says why (its nodes look free of it)", async () => {
+    const w = await world();
+    w.members.get("a")!.usageError = 'pods is forbidden: User "cp" cannot list resource "pods"';
+    await w.register("a");
+    const a = (await w.cp.store.get(CLUSTER, "", "a")) as Cluster;
+    expect(a.status?.phase).toBe("Ready");
+    expect(a.status?.conditions?.[0]?.reason).toBe("OwnWorkNotCounted");
+    expect(a.status?.conditions?.[0]?.message).toMatch(/cannot list resource "pods".*list pods/);
   });
 });

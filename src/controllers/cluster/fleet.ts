@@ -6,11 +6,12 @@ import {
   capacityText,
   clusterLostTimeoutMs,
   fleetLeaseSeconds,
+  freeText,
   type PoolCapacity,
   SELF_CLUSTER,
 } from "../../api/cluster.js";
 import type { MemberCluster, MemberConnector } from "../../ports/fleet.js";
-import { DEFAULT_POOL, type NodeCapacity } from "../../ports/scheduler.js";
+import { DEFAULT_POOL, type NodeCapacity, type Snapshot } from "../../ports/scheduler.js";
 import type { SecretStore } from "../../ports/secrets.js";
 
 /** What the fleet knows of one member between probes. */
@@ -26,6 +27,8 @@ interface Entry {
   error?: string;
   /** Why this control plane's lease there could not be renewed (its copies there will stop). */
   leaseError?: string;
+  /** Why the member's own work on its nodes could not be counted (they look free of it). */
+  usageError?: string;
 }
 
 export interface FleetDeps {
@@ -128,7 +131,8 @@ export class Fleet {
       } else {
         const member = await this.connect(cluster, e);
         version = await member.probe();
-        e.nodes = await member.nodes();
+        e.nodes = await member.nodes(this.holder);
+        e.usageError = member.usageError;
         await this.renewLease(cluster, member, e);
       }
       e.ready = true;
@@ -191,7 +195,14 @@ export class Fleet {
             reason: "LeaseNotRenewed",
             message: `the member answers, but this control plane's lease there could not be renewed (${e.leaseError}): the member stops the jobs placed there when it lapses. A Kubernetes member: let the kubeconfig's credentials create and update coordination.k8s.io leases in loom-system; a Loom member: run this version of Loom there`,
           }
-        : { type: "Ready", status: "True", reason: "Reachable", message: "the member answers" }
+        : e.usageError
+          ? {
+              type: "Ready",
+              status: "True",
+              reason: "OwnWorkNotCounted",
+              message: `the member answers, but what its own work holds on its nodes could not be read (${e.usageError}): its nodes count as free of it, so a gang may be placed where its own users hold the GPUs. A Kubernetes member: let the kubeconfig's credentials list pods and trainingjobs.loom.dev in every namespace; a Loom member: use an admin token there`,
+            }
+          : { type: "Ready", status: "True", reason: "Reachable", message: "the member answers" }
       : { type: "Ready", status: "False", reason: "Unreachable", message: e.error ?? "unreachable" };
     return {
       phase: e.ready ? "Ready" : "Unreachable",
@@ -204,6 +215,49 @@ export class Fleet {
       conditions: [condition as NonNullable<ClusterStatus["conditions"]>[number]],
     };
   }
+}
+
+/** What free capacity is read from: the admission loop's snapshot (nodes, and what holds them). */
+export type HeldView = Pick<Snapshot, "nodes" | "running">;
+
+/**
+ * The status with each pool's free capacity in the member, as the one queue sees it: the
+ * member's nodes less what every running workload holds there (what this control plane placed,
+ * and the member's own work, which the snapshot holds as others').
+ */
+export function withFree(status: ClusterStatus, member: string, view: HeldView): ClusterStatus {
+  if (status.phase !== "Ready" || !status.pools) return status;
+  const nodes = new Map<string, { pool: string; cpu: number; memory: number }>();
+  const devices = new Map<string, Map<string, number>>();
+  for (const n of view.nodes) {
+    if ((n.cluster ?? SELF_CLUSTER) !== member) continue;
+    nodes.set(n.name, { pool: n.pool ?? DEFAULT_POOL, cpu: n.cpuMillis, memory: n.memoryBytes });
+    devices.set(n.name, new Map(n.gpus.map((g) => [g.id, 1])));
+  }
+  for (const w of view.running)
+    for (const p of w.placements) {
+      const n = nodes.get(p.node);
+      const pod = w.pods[p.pod];
+      if (!n || !pod) continue;
+      n.cpu -= pod.cpuMillis;
+      n.memory -= pod.memoryBytes;
+      const free = devices.get(p.node)!;
+      for (const g of p.gpus) if (free.has(g.device)) free.set(g.device, free.get(g.device)! - g.share);
+    }
+  const byPool = new Map<string, NonNullable<PoolCapacity["free"]>>();
+  for (const [name, n] of nodes) {
+    const f = byPool.get(n.pool) ?? { gpu: 0, cpuMillis: 0, memoryBytes: 0 };
+    for (const share of devices.get(name)!.values()) f.gpu += Math.max(0, share);
+    f.cpuMillis += Math.max(0, n.cpu);
+    f.memoryBytes += Math.max(0, n.memory);
+    byPool.set(n.pool, f);
+  }
+  const pools = status.pools.map((p) => ({
+    ...p,
+    free: byPool.get(p.name) ?? { gpu: 0, cpuMillis: 0, memoryBytes: 0 },
+  }));
+  const text = freeText(pools);
+  return { ...status, pools, ...(text ? { freeText: text } : {}) };
 }
 
 /** Capacity by node pool. */

@@ -16,7 +16,7 @@ import { Controller, type ReconcileResult, type Reconciler } from "../../reconci
 import { Informer, storeSource } from "../../reconcile/informer.js";
 import type { createControllerMetrics } from "../../reconcile/metrics.js";
 import { FLEET_UID_LABEL, getOrUndefined } from "./dispatch.js";
-import type { Fleet } from "./fleet.js";
+import { type Fleet, type HeldView, withFree } from "./fleet.js";
 
 /** How often each member is probed (health, version, nodes). */
 export const DEFAULT_PROBE_MS = 5000;
@@ -32,6 +32,8 @@ export interface ClusterDeps {
   probeMs?: number;
   /** A member's health or capacity changed: the queue looks again. */
   onCapacityChange(): void;
+  /** What the one queue sees (the admission loop's snapshot): each pool's free capacity comes from it. */
+  snapshot?: () => Promise<HeldView>;
 }
 
 /**
@@ -54,7 +56,7 @@ export class ClusterReconciler implements Reconciler {
     if (cluster.spec.platform !== "self") await this.ensureSelf();
     const wasReady = this.deps.fleet.member(name) !== undefined || cluster.status?.phase === "Ready";
     const before = JSON.stringify(this.deps.fleet.nodes([]));
-    const status = await this.deps.fleet.refresh(cluster);
+    const status = await this.free(name, await this.deps.fleet.refresh(cluster));
     if (JSON.stringify(this.deps.fleet.nodes([])) !== before) this.deps.onCapacityChange();
     if (status.phase === "Ready" && !wasReady) await this.stopStale(name);
     if (status.phase === "Unreachable" && status.unreachableSince) {
@@ -135,6 +137,17 @@ export class ClusterReconciler implements Reconciler {
         if (!(err instanceof NotFoundError)) throw err;
       });
       this.deps.log.info({ cluster: name, job: `${project}/${copy.metadata.name}` }, "stale copy stopped");
+    }
+  }
+
+  /** Each pool's free capacity, as the one queue sees it now (left out when that cannot be read). */
+  private async free(name: string, status: ClusterStatus): Promise<ClusterStatus> {
+    if (!this.deps.snapshot || status.phase !== "Ready") return status;
+    try {
+      return withFree(status, name, await this.deps.snapshot());
+    } catch (err) {
+      this.deps.log.debug({ err, cluster: name }, "free capacity not read");
+      return status;
     }
   }
 

@@ -11,6 +11,7 @@ import { readCheckpoint, seedCheckpoint } from "./checkpoints.js";
 import { KubeClient } from "./client.js";
 import { KubeEventRecorder } from "./events.js";
 import { KubeFleetLeases } from "./fleetleases.js";
+import { readUsedByOthers, withUse } from "./memberuse.js";
 import { namespaceOf, podName } from "./naming.js";
 import { type KubeNode, markedForRemoval, nodeCapacities } from "./nodes.js";
 import { DEFAULT_SYSTEM_NAMESPACE } from "./secrets.js";
@@ -38,13 +39,20 @@ export class KubeMember implements MemberCluster {
     this.leases = new KubeFleetLeases(client, DEFAULT_SYSTEM_NAMESPACE);
   }
 
-  async nodes(): Promise<NodeCapacity[]> {
-    const list = await this.client.request<{ items: KubeNode[] }>("GET", "/api/v1/nodes");
+  /** Why the member's own work on its nodes could not be counted at the last nodes() (undefined: it was). */
+  usageError?: string;
+
+  async nodes(holder: string): Promise<NodeCapacity[]> {
+    const [list, { use, error }] = await Promise.all([
+      this.client.request<{ items: KubeNode[] }>("GET", "/api/v1/nodes"),
+      readUsedByOthers(this.client, holder),
+    ]);
+    this.usageError = error;
     // Nodes the member's autoscaler is removing, and cordoned ones, take no new work.
     const usable = list.items.filter(
       (n) => !markedForRemoval(n) && !(n as { spec?: { unschedulable?: boolean } }).spec?.unschedulable,
     );
-    return nodeCapacities(usable);
+    return withUse(nodeCapacities(usable), use);
   }
 
   async probe(): Promise<{ kubernetes?: string; loom?: string }> {

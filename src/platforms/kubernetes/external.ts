@@ -160,7 +160,7 @@ function pendingWorkload(id: string, pods: Pod[]): Workload {
 const requests = new WeakMap<Pod, PodRequest>();
 
 /** A pod's requests as the scheduler counts them (the largest init container counts too). */
-function podRequest(p: Pod): PodRequest {
+export function podRequest(p: Pod): PodRequest {
   let r = requests.get(p);
   if (!r) {
     r = parseRequest(p);
@@ -176,7 +176,9 @@ function parseRequest(p: Pod): PodRequest {
     const r = c.resources?.requests ?? {};
     sum.cpuMillis += parseCpuMillis(r.cpu ?? "0") ?? 0;
     sum.memoryBytes += parseMemoryBytes(r.memory ?? "0") ?? 0;
-    sum.gpu += Number(r[GPU_RESOURCE] ?? 0);
+    // An extended resource is a whole number where the API server validated it; anything else is none.
+    const gpu = Number(r[GPU_RESOURCE] ?? 0);
+    if (Number.isFinite(gpu) && gpu > 0) sum.gpu += gpu;
   }
   for (const c of p.spec?.initContainers ?? []) {
     const r = c.resources?.requests ?? {};

@@ -25,6 +25,7 @@ import {
 import type { LogOptions, WorkloadRef } from "../../ports/runtime.js";
 import type { NodeCapacity } from "../../ports/scheduler.js";
 import type { ListOptions, ListResult, ObjectEvent, ResourceStore } from "../../ports/store.js";
+import { type MemberNodeUsage, readLoomUse } from "./memberuse.js";
 
 const BASE = "/apis/loom.dev/v1alpha1";
 /** A member is probed often: a request that has not answered in this long means unreachable. */
@@ -84,8 +85,13 @@ export class LoomMember implements MemberCluster {
     };
   }
 
-  async nodes(): Promise<NodeCapacity[]> {
+  /** Why the member's own work on its nodes could not be counted at the last nodes() (undefined: it was). */
+  usageError?: string;
+
+  async nodes(holder: string): Promise<NodeCapacity[]> {
     const r = await this.api.request<{ items: MemberNode[] }>("GET", `${BASE}/nodes`);
+    const { use, error } = await readLoomUse((path) => this.api.request("GET", path), BASE, r.items, holder);
+    this.usageError = error;
     return r.items.map((n) => ({
       name: n.name,
       cpuMillis: n.capacity.cpuMillis,
@@ -94,6 +100,7 @@ export class LoomMember implements MemberCluster {
       ...(n.capacity.pods !== undefined ? { maxWorkers: n.capacity.pods } : {}),
       ...(n.pool && n.pool !== "default" ? { pool: n.pool } : {}),
       ...(n.gpuModel ? { gpuModel: n.gpuModel } : {}),
+      ...(use.has(n.name) ? { usedByOthers: use.get(n.name)! } : {}),
     }));
   }
 
@@ -216,7 +223,7 @@ function checkpointPath(ref: WorkloadRef): string {
   return `${BASE}/projects/${encodeURIComponent(ref.project)}/trainingjobs/${encodeURIComponent(ref.name)}/checkpoint?uid=${encodeURIComponent(ref.uid)}`;
 }
 
-interface MemberNode {
+interface MemberNode extends MemberNodeUsage {
   name: string;
   pool?: string;
   gpuModel?: string;
