@@ -113,7 +113,16 @@ export async function py(
   const args = script.endsWith(".py") ? [join(ROOT, script)] : ["-c", script];
   // Not spawnSync: the test's fetches after it would reuse a socket the server closed meanwhile.
   const r = await spawnAsync(python, args, {
-    env: { ...process.env, MLFLOW_TRACKING_URI: uri, MLFLOW_TRACKING_TOKEN: token, ...env },
+    env: {
+      ...process.env,
+      // MLflow 3's usage telemetry (a background thread; nothing to send to from here) failed a
+      // traced function in CI with KeyError '_MLFLOW_TELEMETRY_SESSION_ID': off, as its docs say.
+      MLFLOW_DISABLE_TELEMETRY: "true",
+      DO_NOT_TRACK: "true",
+      MLFLOW_TRACKING_URI: uri,
+      MLFLOW_TRACKING_TOKEN: token,
+      ...env,
+    },
     timeout: 120_000,
   });
   return { code: r.status, out: `${r.stdout}\n${r.stderr}`, stdout: r.stdout.trim() };

@@ -101,6 +101,12 @@ export async function scaleRevisions(
     // Revisions that serve nothing and run nothing are history; keep the latest few.
     if (rev.desired > 0 || (rev.replicas?.length ?? 0) > 0 || isLatest || routed) keep.push(rev);
   }
+  // Traffic again, from what the revisions have now: a revision that became ready in this pass
+  // takes its share in the same status that says it is ready (CI read latestReadyRevision
+  // canary-2, 2 ready, and traffic still all on canary-1, the split computed before it was ready).
+  const settled = routeTraffic(view.spec.traffic, revisions, latest);
+  status.conditions = setCondition(status.conditions, settled.condition, now);
+  status.traffic = settled.traffic;
   status.revisions = keep;
   status.latestReadyRevision =
     [...keep].reverse().find((r) => r.ready > 0)?.name ?? status.latestReadyRevision;
